@@ -1,0 +1,98 @@
+#include "crdt/bounded_counter.h"
+
+#include <gtest/gtest.h>
+#include <rapidcheck/gtest.h>
+
+#include "crdt/crdt_testing.h"
+
+namespace meridian::crdt {
+namespace {
+
+// Replicas restock, sell and pass rights around at random; a refused operation yields an empty
+// delta. `sold` and `restocked` count what really happened, to check the converged value;
+// `global` is the join of every delta made so far: the true global state at this instant.
+struct BcModel {
+  int replicas = 3;
+  uint64_t seq = 0;
+  int64_t restocked = 0;
+  int64_t sold = 0;
+  BoundedCounter global;
+
+  BoundedCounter Make(ReplicaId) { return {}; }
+  BoundedCounter Op(BoundedCounter& c, ReplicaId id, uint32_t pick, uint32_t arg) {
+    ++seq;
+    uint64_t n = arg % 4 + 1;
+    absl::StatusOr<BoundedCounter> d;
+    switch (pick % 5) {
+      case 0:
+        d = c.Increment(id, n, seq);
+        if (d.ok()) restocked += static_cast<int64_t>(n);
+        break;
+      case 1:
+      case 2:
+        d = c.Decrement(id, n, seq);
+        if (d.ok()) sold += static_cast<int64_t>(n);
+        break;
+      default: {
+        ReplicaId to = static_cast<ReplicaId>((id + arg % (replicas - 1)) % replicas + 1);
+        d = c.Move(id, to, n, seq);
+      }
+    }
+    RC_ASSERT(c.Rights(id) >= 0);  // a replica never spends or gives away rights it lacks
+    if (!d.ok()) return {};
+    global.Join(*d);
+    RC_ASSERT(global.Value() >= 0);  // the global value never goes below zero
+    RC_ASSERT(global.Value() == restocked - sold);
+    return *d;
+  }
+  void Merge(BoundedCounter& into, const BoundedCounter& d) { into.Join(d); }
+};
+
+TEST(BoundedCounter, DecrementOnlyWithinOwnRights) {
+  BoundedCounter a;
+  ASSERT_TRUE(a.Increment(1, 5, 1).ok());
+  EXPECT_EQ(a.Rights(1), 5);
+  EXPECT_EQ(a.Rights(2), 0);
+  EXPECT_FALSE(a.Decrement(2, 1, 1).ok());
+  EXPECT_FALSE(a.Decrement(1, 6, 2).ok());
+  auto t = a.Move(1, 2, 3, 3);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(a.Rights(1), 2);
+  EXPECT_EQ(a.Rights(2), 3);
+  EXPECT_TRUE(a.Decrement(2, 3, 1).ok());
+  EXPECT_EQ(a.Value(), 2);
+  EXPECT_FALSE(a.Move(1, 1, 1, 4).ok());
+}
+
+TEST(BoundedCounter, RefusedOperationChangesNothing) {
+  BoundedCounter a;
+  ASSERT_TRUE(a.Increment(1, 2, 1).ok());
+  BoundedCounter before = a;
+  EXPECT_FALSE(a.Decrement(1, 3, 2).ok());
+  EXPECT_FALSE(a.Move(1, 2, 3, 2).ok());
+  EXPECT_FALSE(a.Increment(1, BoundedCounter::kMaxUnits, 2).ok());
+  EXPECT_EQ(a, before);
+}
+
+RC_GTEST_PROP(BoundedCounterProp, JoinLaws, ()) {
+  BcModel m;
+  testing::CheckJoinLaws<BoundedCounter>(m);
+}
+
+RC_GTEST_PROP(BoundedCounterProp, NeverBelowZeroAndConvergesToTruth, ()) {
+  BcModel m;
+  m.replicas = *rc::gen::inRange(3, 6);
+  std::vector<BoundedCounter> deltas;
+  auto rs = testing::RunScenario<BoundedCounter>(m, m.replicas, *testing::GenSteps(), &deltas);
+  for (const auto& r : rs) {
+    RC_ASSERT(r == rs[0]);
+    RC_ASSERT(r.Value() == m.restocked - m.sold);
+    RC_ASSERT(r.Value() >= 0);
+    int64_t rights = 0;
+    for (int i = 1; i <= m.replicas; ++i) rights += r.Rights(static_cast<ReplicaId>(i));
+    RC_ASSERT(rights == r.Value());  // rights account for every unit
+  }
+}
+
+}  // namespace
+}  // namespace meridian::crdt

@@ -1,0 +1,580 @@
+#include "crdt/codec.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "crdt/crdt.pb.h"
+
+namespace meridian::crdt {
+namespace {
+
+namespace pb = ::meridian::crdt::v1;
+
+absl::Status Invalid(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("crdt decode: ", what));
+}
+
+#define MERIDIAN_RETURN_IF_ERROR(expr)      \
+  do {                                      \
+    absl::Status status_ = (expr);          \
+    if (!status_.ok()) return status_;      \
+  } while (false)
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers.
+
+void PutContext(const CausalContext& ctx, const std::vector<Dot>& implied, pb::CausalContext* out) {
+  for (const auto& [replica, counter] : ctx.version_vector()) {
+    // Skip an entry whose whole range 1..counter is implied (a delta holding a replica's first
+    // dots): the decoder rebuilds it from the store.
+    auto first = std::lower_bound(implied.begin(), implied.end(), Dot{replica, 1});
+    if (static_cast<uint64_t>(implied.end() - first) >= counter) {
+      auto last = first + static_cast<std::ptrdiff_t>(counter - 1);
+      if (first->replica == replica && first->counter == 1 && last->replica == replica &&
+          last->counter == counter) {
+        continue;
+      }
+    }
+    auto* e = out->add_versions();
+    e->set_replica(replica);
+    e->set_counter(counter);
+  }
+  // Store dots are implied; only list cloud dots that are not.
+  for (const Dot& d : ctx.cloud()) {
+    if (std::binary_search(implied.begin(), implied.end(), d)) continue;
+    auto* c = out->add_cloud();
+    c->set_replica(d.replica);
+    c->set_counter(d.counter);
+  }
+}
+
+template <class S>
+std::vector<Dot> SortedDots(const S& store) {
+  std::vector<Dot> dots;
+  store.ForEachDot([&](const Dot& d) { dots.push_back(d); });
+  std::sort(dots.begin(), dots.end());
+  return dots;
+}
+
+void PutChanges(const CounterStore& s,
+                google::protobuf::RepeatedPtrField<pb::CounterChange>* out) {
+  for (const auto& [dot, value] : s.entries()) {
+    auto* c = out->Add();
+    c->set_replica(dot.replica);
+    c->set_counter(dot.counter);
+    c->set_value(value);
+  }
+}
+
+template <class Msg>
+std::string Serialize(const Msg& m) {
+  std::string out;
+  m.SerializeToString(&out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding helpers. Each validates what it reads.
+
+template <class Msg>
+absl::Status Parse(std::string_view bytes, const DecodeLimits& l, Msg* m) {
+  if (bytes.size() > l.max_message_bytes) {
+    return Invalid(absl::StrCat("message of ", bytes.size(), " bytes exceeds the limit of ",
+                                l.max_message_bytes));
+  }
+  if (!m->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return Invalid("not a valid protobuf message (truncated or malformed)");
+  }
+  if (m->format_version() != kFormatVersion) {
+    return Invalid(absl::StrCat("unsupported format_version ", m->format_version(),
+                                " (this build reads ", kFormatVersion, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Dot> ReadDot(uint32_t replica, uint64_t counter, const DecodeLimits& l) {
+  if (replica == kNoReplica) return Invalid("dot with replica 0");
+  if (counter == 0) return Invalid("dot with counter 0");
+  if (counter > l.max_counter) return Invalid(absl::StrCat("dot counter ", counter, " too large"));
+  return Dot{replica, counter};
+}
+
+absl::Status CheckCount(size_t n, const DecodeLimits& l, absl::string_view what) {
+  if (n > l.max_entries) {
+    return Invalid(absl::StrCat(n, " ", what, " exceed the limit of ", l.max_entries));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckKey(absl::string_view key, const DecodeLimits& l, absl::string_view what) {
+  if (key.empty()) return Invalid(absl::StrCat("empty ", what));
+  if (key.size() > l.max_key_bytes) {
+    return Invalid(absl::StrCat(what, " of ", key.size(), " bytes exceeds the limit of ",
+                                l.max_key_bytes));
+  }
+  return absl::OkStatus();
+}
+
+// `store_dots` (sorted, unique) are added to the context: they are implied by the encoding.
+absl::StatusOr<CausalContext> ReadContext(const pb::CausalContext& m,
+                                          const std::vector<Dot>& store_dots,
+                                          const DecodeLimits& l) {
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.versions_size() + m.cloud_size(), l, "context entries"));
+  std::vector<std::pair<ReplicaId, uint64_t>> vv;
+  vv.reserve(m.versions_size());
+  for (const auto& e : m.versions()) {
+    if (e.replica() == kNoReplica) return Invalid("version entry with replica 0");
+    if (e.counter() == 0) return Invalid("version entry with counter 0");
+    if (e.counter() > l.max_counter) return Invalid("version entry counter too large");
+    vv.emplace_back(e.replica(), e.counter());
+  }
+  std::sort(vv.begin(), vv.end());
+  for (size_t i = 1; i < vv.size(); ++i) {
+    if (vv[i - 1].first == vv[i].first) return Invalid("version vector names a replica twice");
+  }
+  std::vector<Dot> cloud;
+  cloud.reserve(m.cloud_size() + store_dots.size());
+  for (const auto& d : m.cloud()) {
+    absl::StatusOr<Dot> dot = ReadDot(d.replica(), d.counter(), l);
+    if (!dot.ok()) return dot.status();
+    cloud.push_back(*dot);
+  }
+  cloud.insert(cloud.end(), store_dots.begin(), store_dots.end());
+  return CausalContext::FromParts(std::move(vv), std::move(cloud));
+}
+
+// Checks that no dot appears twice in a store (a dot names exactly one write).
+absl::Status CheckUniqueDots(std::vector<Dot>& dots) {
+  std::sort(dots.begin(), dots.end());
+  if (std::adjacent_find(dots.begin(), dots.end()) != dots.end()) {
+    return Invalid("the same dot appears twice in the store");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CounterStore> ReadChanges(
+    const google::protobuf::RepeatedPtrField<pb::CounterChange>& changes, const DecodeLimits& l,
+    std::vector<Dot>* all_dots) {
+  if (changes.empty()) return Invalid("entry without changes");
+  std::vector<CounterStore::Entry> entries;
+  entries.reserve(changes.size());
+  for (const auto& c : changes) {
+    absl::StatusOr<Dot> dot = ReadDot(c.replica(), c.counter(), l);
+    if (!dot.ok()) return dot.status();
+    if (c.value() > l.max_abs_amount || c.value() < -l.max_abs_amount) {
+      return Invalid(absl::StrCat("counter change of ", c.value(), " is out of range"));
+    }
+    entries.emplace_back(*dot, c.value());
+    all_dots->push_back(*dot);
+  }
+  if (!CounterStore::IsSortedUnique(entries)) return Invalid("changes not sorted by dot");
+  return CounterStore::FromSorted(std::move(entries));
+}
+
+template <class K>
+absl::Status CheckSortedKeys(const std::vector<K>& keys, absl::string_view what) {
+  for (size_t i = 1; i < keys.size(); ++i) {
+    if (!(keys[i - 1] < keys[i])) return Invalid(absl::StrCat(what, " not sorted or duplicated"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GCounter> ReadGCounter(
+    const google::protobuf::RepeatedPtrField<pb::VersionEntry>& entries, const DecodeLimits& l) {
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(entries.size(), l, "counter entries"));
+  std::vector<GCounter::Entry> out;
+  for (const auto& e : entries) {
+    if (e.replica() == kNoReplica) return Invalid("counter entry with replica 0");
+    if (e.counter() > l.max_counter) return Invalid("counter entry too large");
+    out.emplace_back(e.replica(), e.counter());
+  }
+  for (size_t i = 1; i < out.size(); ++i) {
+    if (out[i - 1].first >= out[i].first) return Invalid("counter entries not sorted or duplicated");
+  }
+  return GCounter::FromSorted(std::move(out));
+}
+
+void PutGCounter(const GCounter& c, google::protobuf::RepeatedPtrField<pb::VersionEntry>* out) {
+  for (const auto& [r, v] : c.entries()) {
+    auto* e = out->Add();
+    e->set_replica(r);
+    e->set_counter(v);
+  }
+}
+
+void PutStamp(const Stamp& s, pb::Stamp* out) {
+  out->set_hlc(s.time.value);
+  out->set_replica(s.replica);
+}
+
+void PutBounded(const BoundedCounter& c, google::protobuf::RepeatedPtrField<pb::Transfer>* t,
+                google::protobuf::RepeatedPtrField<pb::Spent>* s) {
+  for (const auto& x : c.transfers()) {
+    auto* m = t->Add();
+    m->set_from_replica(x.from);
+    m->set_to_replica(x.to);
+    m->set_units(x.units);
+    m->set_seq(x.seq);
+  }
+  for (const auto& x : c.spent()) {
+    auto* m = s->Add();
+    m->set_replica(x.replica);
+    m->set_units(x.units);
+    m->set_seq(x.seq);
+  }
+}
+
+absl::StatusOr<BoundedCounter> ReadBounded(
+    const google::protobuf::RepeatedPtrField<pb::Transfer>& t,
+    const google::protobuf::RepeatedPtrField<pb::Spent>& s, const DecodeLimits& l) {
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(t.size() + s.size(), l, "bounded counter entries"));
+  std::vector<BoundedCounter::Transfer> transfers;
+  for (const auto& m : t) {
+    if (m.seq() == 0 || m.seq() > l.max_counter) return Invalid("transfer with invalid seq");
+    transfers.push_back({m.from_replica(), m.to_replica(), m.units(), m.seq()});
+  }
+  std::vector<BoundedCounter::Spent> spent;
+  for (const auto& m : s) {
+    if (m.seq() == 0 || m.seq() > l.max_counter) return Invalid("decrement with invalid seq");
+    spent.push_back({m.replica(), m.units(), m.seq()});
+  }
+  absl::StatusOr<BoundedCounter> c = BoundedCounter::FromParts(std::move(transfers), std::move(spent));
+  if (!c.ok()) return Invalid(c.status().message());
+  return c;
+}
+
+absl::StatusOr<Cart::Field> ReadField(const pb::CartField& m, const DecodeLimits& l,
+                                      absl::string_view name) {
+  if (m.value().size() > l.max_value_bytes) {
+    return Invalid(absl::StrCat("cart ", name, " exceeds ", l.max_value_bytes, " bytes"));
+  }
+  if (m.stamp().replica() == kNoReplica) return Invalid(absl::StrCat("cart ", name, " stamp replica 0"));
+  absl::StatusOr<Dot> dot = ReadDot(m.dot().replica(), m.dot().counter(), l);
+  if (!dot.ok()) return dot.status();
+  Cart::Field f;
+  f.reg.Set(m.value(), Stamp{HlcTimestamp{m.stamp().hlc()}, m.stamp().replica()});
+  f.dot = *dot;
+  return f;
+}
+
+void PutField(const Cart::Field& f, pb::CartField* out) {
+  out->set_value(*f.reg.value());
+  PutStamp(f.reg.stamp(), out->mutable_stamp());
+  out->mutable_dot()->set_replica(f.dot.replica);
+  out->mutable_dot()->set_counter(f.dot.counter);
+}
+
+void FillCart(const Cart& v, pb::Cart* m) {
+  m->set_format_version(kFormatVersion);
+  for (const auto& [sku, line] : v.state().store.entries()) {
+    auto* l = m->add_lines();
+    l->set_sku(sku);
+    PutChanges(line, l->mutable_changes());
+  }
+  std::vector<Dot> implied = SortedDots(v.state().store);
+  // Field dots are implied as well when the field is present.
+  if (v.currency_field().reg.value()) implied.push_back(v.currency_field().dot);
+  if (v.note_field().reg.value()) implied.push_back(v.note_field().dot);
+  std::sort(implied.begin(), implied.end());
+  if (!v.state().ctx.Empty()) PutContext(v.state().ctx, implied, m->mutable_context());
+  if (v.currency_field().reg.value()) PutField(v.currency_field(), m->mutable_currency());
+  if (v.note_field().reg.value()) PutField(v.note_field(), m->mutable_note());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+std::string Encode(const GCounter& v) {
+  pb::GCounter m;
+  m.set_format_version(kFormatVersion);
+  PutGCounter(v, m.mutable_entries());
+  return Serialize(m);
+}
+
+absl::StatusOr<GCounter> DecodeGCounter(std::string_view bytes, const DecodeLimits& l) {
+  pb::GCounter m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  return ReadGCounter(m.entries(), l);
+}
+
+std::string Encode(const PNCounter& v) {
+  pb::PNCounter m;
+  m.set_format_version(kFormatVersion);
+  PutGCounter(v.p(), m.mutable_increments());
+  PutGCounter(v.n(), m.mutable_decrements());
+  return Serialize(m);
+}
+
+absl::StatusOr<PNCounter> DecodePNCounter(std::string_view bytes, const DecodeLimits& l) {
+  pb::PNCounter m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  absl::StatusOr<GCounter> p = ReadGCounter(m.increments(), l);
+  if (!p.ok()) return p.status();
+  absl::StatusOr<GCounter> n = ReadGCounter(m.decrements(), l);
+  if (!n.ok()) return n.status();
+  return PNCounter::FromParts(*std::move(p), *std::move(n));
+}
+
+std::string Encode(const LWWRegister<std::string>& v) {
+  pb::LwwRegister m;
+  m.set_format_version(kFormatVersion);
+  if (v.value()) {
+    m.set_value(*v.value());
+    PutStamp(v.stamp(), m.mutable_stamp());
+  }
+  return Serialize(m);
+}
+
+absl::StatusOr<LWWRegister<std::string>> DecodeLwwRegister(std::string_view bytes,
+                                                           const DecodeLimits& l) {
+  pb::LwwRegister m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  LWWRegister<std::string> r;
+  if (!m.has_value()) {
+    if (m.has_stamp()) return Invalid("register stamp without a value");
+    return r;
+  }
+  if (m.value().size() > l.max_value_bytes) return Invalid("register value too large");
+  if (m.stamp().replica() == kNoReplica) return Invalid("register stamp with replica 0");
+  r.Set(m.value(), Stamp{HlcTimestamp{m.stamp().hlc()}, m.stamp().replica()});
+  return r;
+}
+
+std::string Encode(const MVRegister<std::string>& v) {
+  pb::MvRegister m;
+  m.set_format_version(kFormatVersion);
+  for (const auto& [dot, value] : v.state().store.entries()) {
+    auto* e = m.add_values();
+    e->set_replica(dot.replica);
+    e->set_counter(dot.counter);
+    e->set_value(value);
+  }
+  PutContext(v.state().ctx, SortedDots(v.state().store), m.mutable_context());
+  return Serialize(m);
+}
+
+absl::StatusOr<MVRegister<std::string>> DecodeMvRegister(std::string_view bytes,
+                                                         const DecodeLimits& l) {
+  pb::MvRegister m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.values_size(), l, "register values"));
+  std::vector<DotFun<std::string>::Entry> entries;
+  std::vector<Dot> dots;
+  for (const auto& e : m.values()) {
+    absl::StatusOr<Dot> dot = ReadDot(e.replica(), e.counter(), l);
+    if (!dot.ok()) return dot.status();
+    if (e.value().size() > l.max_value_bytes) return Invalid("register value too large");
+    entries.emplace_back(*dot, e.value());
+    dots.push_back(*dot);
+  }
+  if (!DotFun<std::string>::IsSortedUnique(entries)) return Invalid("values not sorted by dot");
+  absl::StatusOr<CausalContext> ctx = ReadContext(m.context(), dots, l);
+  if (!ctx.ok()) return ctx.status();
+  return MVRegister<std::string>(
+      Causal<DotFun<std::string>>{DotFun<std::string>::FromSorted(std::move(entries)), *ctx});
+}
+
+std::string Encode(const AWORSet<std::string>& v) {
+  pb::AworSet m;
+  m.set_format_version(kFormatVersion);
+  for (const auto& [element, dots] : v.state().store.entries()) {
+    auto* e = m.add_elements();
+    e->set_element(element);
+    for (const auto& [dot, unit] : dots.entries()) {
+      auto* d = e->add_dots();
+      d->set_replica(dot.replica);
+      d->set_counter(dot.counter);
+    }
+  }
+  PutContext(v.state().ctx, SortedDots(v.state().store), m.mutable_context());
+  return Serialize(m);
+}
+
+absl::StatusOr<AWORSet<std::string>> DecodeAworSet(std::string_view bytes, const DecodeLimits& l) {
+  pb::AworSet m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.elements_size(), l, "set elements"));
+  std::vector<std::pair<std::string, DotSet>> entries;
+  std::vector<std::string> keys;
+  std::vector<Dot> all;
+  for (const auto& e : m.elements()) {
+    MERIDIAN_RETURN_IF_ERROR(CheckKey(e.element(), l, "set element"));
+    if (e.dots().empty()) return Invalid("set element without dots");
+    MERIDIAN_RETURN_IF_ERROR(CheckCount(all.size() + e.dots_size(), l, "dots"));
+    std::vector<DotSet::Entry> dots;
+    for (const auto& d : e.dots()) {
+      absl::StatusOr<Dot> dot = ReadDot(d.replica(), d.counter(), l);
+      if (!dot.ok()) return dot.status();
+      dots.emplace_back(*dot, Unit{});
+      all.push_back(*dot);
+    }
+    if (!DotSet::IsSortedUnique(dots)) return Invalid("element dots not sorted");
+    keys.push_back(e.element());
+    entries.emplace_back(e.element(), DotSet::FromSorted(std::move(dots)));
+  }
+  MERIDIAN_RETURN_IF_ERROR(CheckSortedKeys(keys, "set elements"));
+  MERIDIAN_RETURN_IF_ERROR(CheckUniqueDots(all));
+  absl::StatusOr<CausalContext> ctx = ReadContext(m.context(), all, l);
+  if (!ctx.ok()) return ctx.status();
+  return AWORSet<std::string>(Causal<DotMap<std::string, DotSet>>{
+      DotMap<std::string, DotSet>::FromSorted(std::move(entries)), *ctx});
+}
+
+std::string Encode(const CounterMap& v) {
+  pb::CounterMap m;
+  m.set_format_version(kFormatVersion);
+  for (const auto& [key, store] : v.state().store.entries()) {
+    auto* e = m.add_entries();
+    e->set_key(key);
+    PutChanges(store, e->mutable_changes());
+  }
+  PutContext(v.state().ctx, SortedDots(v.state().store), m.mutable_context());
+  return Serialize(m);
+}
+
+absl::StatusOr<CounterMap> DecodeCounterMap(std::string_view bytes, const DecodeLimits& l) {
+  pb::CounterMap m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.entries_size(), l, "map entries"));
+  std::vector<std::pair<std::string, CounterStore>> entries;
+  std::vector<std::string> keys;
+  std::vector<Dot> all;
+  for (const auto& e : m.entries()) {
+    MERIDIAN_RETURN_IF_ERROR(CheckKey(e.key(), l, "map key"));
+    MERIDIAN_RETURN_IF_ERROR(CheckCount(all.size() + e.changes_size(), l, "dots"));
+    absl::StatusOr<CounterStore> s = ReadChanges(e.changes(), l, &all);
+    if (!s.ok()) return s.status();
+    keys.push_back(e.key());
+    entries.emplace_back(e.key(), *std::move(s));
+  }
+  MERIDIAN_RETURN_IF_ERROR(CheckSortedKeys(keys, "map keys"));
+  MERIDIAN_RETURN_IF_ERROR(CheckUniqueDots(all));
+  absl::StatusOr<CausalContext> ctx = ReadContext(m.context(), all, l);
+  if (!ctx.ok()) return ctx.status();
+  return CounterMap(Causal<DotMap<std::string, CounterStore>>{
+      DotMap<std::string, CounterStore>::FromSorted(std::move(entries)), *ctx});
+}
+
+std::string Encode(const BoundedCounter& v) {
+  pb::BoundedCounter m;
+  m.set_format_version(kFormatVersion);
+  PutBounded(v, m.mutable_transfers(), m.mutable_spent());
+  return Serialize(m);
+}
+
+absl::StatusOr<BoundedCounter> DecodeBoundedCounter(std::string_view bytes,
+                                                    const DecodeLimits& l) {
+  pb::BoundedCounter m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  return ReadBounded(m.transfers(), m.spent(), l);
+}
+
+std::string Encode(const Cart& v) {
+  std::string out;
+  EncodeTo(v, &out);
+  return out;
+}
+
+void EncodeTo(const Cart& v, std::string* out) {
+  // One message object per thread, reused: Clear() keeps its allocations, which makes encoding a
+  // small delta nearly allocation-free.
+  thread_local pb::Cart m;
+  m.Clear();
+  FillCart(v, &m);
+  m.AppendToString(out);
+}
+
+absl::StatusOr<Cart> DecodeCart(std::string_view bytes, ReplicaId replica, const DecodeLimits& l) {
+  thread_local pb::Cart m;
+  m.Clear();
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.lines_size(), l, "cart lines"));
+  std::vector<std::pair<std::string, CounterStore>> lines;
+  lines.reserve(m.lines_size());
+  std::vector<Dot> all;
+  for (int i = 0; i < m.lines_size(); ++i) {
+    const auto& line = m.lines(i);
+    MERIDIAN_RETURN_IF_ERROR(CheckKey(line.sku(), l, "SKU"));
+    if (i > 0 && !(m.lines(i - 1).sku() < line.sku())) {
+      return Invalid("cart lines not sorted by SKU or duplicated");
+    }
+    MERIDIAN_RETURN_IF_ERROR(CheckCount(all.size() + line.changes_size(), l, "dots"));
+    absl::StatusOr<CounterStore> s = ReadChanges(line.changes(), l, &all);
+    if (!s.ok()) return s.status();
+    lines.emplace_back(line.sku(), *std::move(s));
+  }
+  Cart::Field currency, note;
+  if (m.has_currency()) {
+    absl::StatusOr<Cart::Field> f = ReadField(m.currency(), l, "currency");
+    if (!f.ok()) return f.status();
+    currency = *std::move(f);
+    all.push_back(currency.dot);
+  }
+  if (m.has_note()) {
+    absl::StatusOr<Cart::Field> f = ReadField(m.note(), l, "note");
+    if (!f.ok()) return f.status();
+    note = *std::move(f);
+    all.push_back(note.dot);
+  }
+  MERIDIAN_RETURN_IF_ERROR(CheckUniqueDots(all));
+  absl::StatusOr<CausalContext> ctx = ReadContext(m.context(), all, l);
+  if (!ctx.ok()) return ctx.status();
+  Cart decoded = Cart::FromParts(
+      Causal<Cart::Lines_>{Cart::Lines_::FromSorted(std::move(lines)), *std::move(ctx)},
+      std::move(currency), std::move(note));
+  if (replica == kNoReplica) return decoded;
+  Cart out(replica);
+  out.Merge(decoded);
+  return out;
+}
+
+std::string Encode(const Inventory& v) {
+  pb::Inventory m;
+  m.set_format_version(kFormatVersion);
+  std::vector<Dot> implied;
+  for (const auto& [sku, counter] : v.items()) {
+    auto* item = m.add_items();
+    item->set_sku(sku);
+    PutBounded(counter, item->mutable_transfers(), item->mutable_spent());
+    for (const auto& t : counter.transfers()) implied.push_back(Dot{t.from, t.seq});
+    for (const auto& s : counter.spent()) implied.push_back(Dot{s.replica, s.seq});
+  }
+  std::sort(implied.begin(), implied.end());
+  PutContext(v.version(), implied, m.mutable_version());
+  return Serialize(m);
+}
+
+absl::StatusOr<Inventory> DecodeInventory(std::string_view bytes, ReplicaId replica,
+                                          const DecodeLimits& l) {
+  pb::Inventory m;
+  MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
+  MERIDIAN_RETURN_IF_ERROR(CheckCount(m.items_size(), l, "inventory items"));
+  std::vector<Inventory::Item> items;
+  size_t entries = 0;
+  for (int i = 0; i < m.items_size(); ++i) {
+    const auto& item = m.items(i);
+    MERIDIAN_RETURN_IF_ERROR(CheckKey(item.sku(), l, "SKU"));
+    if (i > 0 && !(m.items(i - 1).sku() < item.sku())) {
+      return Invalid("inventory items not sorted by SKU or duplicated");
+    }
+    entries += item.transfers_size() + item.spent_size();
+    MERIDIAN_RETURN_IF_ERROR(CheckCount(entries, l, "inventory entries"));
+    absl::StatusOr<BoundedCounter> c = ReadBounded(item.transfers(), item.spent(), l);
+    if (!c.ok()) return c.status();
+    items.emplace_back(item.sku(), *std::move(c));
+  }
+  absl::StatusOr<CausalContext> version = ReadContext(m.version(), {}, l);
+  if (!version.ok()) return version.status();
+  Inventory decoded = Inventory::FromParts(std::move(items), *std::move(version));
+  if (replica == kNoReplica) return decoded;
+  Inventory out(replica);
+  out.Merge(decoded);
+  return out;
+}
+
+}  // namespace meridian::crdt

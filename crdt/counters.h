@@ -1,0 +1,108 @@
+#pragma once
+
+// Grow-only and positive-negative counters, delta-state (Almeida et al. 2018, section 5).
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "crdt/dot.h"
+
+namespace meridian::crdt {
+
+// Per-replica monotone counts; value = their sum. Each replica only raises its own entry.
+// Value type, not thread-safe.
+class GCounter {
+ public:
+  using Entry = std::pair<ReplicaId, uint64_t>;
+
+  // Adds n at `replica`; returns the delta (that replica's new entry).
+  GCounter Increment(ReplicaId replica, uint64_t n = 1) {
+    uint64_t& slot = SlotOrInsert(replica);
+    slot += n;
+    GCounter delta;
+    delta.entries_.emplace_back(replica, slot);
+    return delta;
+  }
+
+  [[nodiscard]] uint64_t Value() const {
+    uint64_t v = 0;
+    for (const auto& e : entries_) v += e.second;
+    return v;
+  }
+  [[nodiscard]] uint64_t Get(ReplicaId replica) const {
+    auto it = Lower(replica);
+    return (it != entries_.end() && it->first == replica) ? it->second : 0;
+  }
+
+  // Pointwise maximum.
+  void Join(const GCounter& other) {
+    for (const auto& [r, v] : other.entries_) {
+      uint64_t& slot = SlotOrInsert(r);
+      slot = std::max(slot, v);
+    }
+  }
+
+  [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
+  // For decoders: entries sorted by replica, unique, nonzero replica.
+  static GCounter FromSorted(std::vector<Entry> entries) {
+    GCounter c;
+    c.entries_ = std::move(entries);
+    return c;
+  }
+
+  friend bool operator==(const GCounter&, const GCounter&) = default;
+
+ private:
+  std::vector<Entry>::const_iterator Lower(ReplicaId r) const {
+    return std::lower_bound(entries_.begin(), entries_.end(), r,
+                            [](const Entry& e, ReplicaId x) { return e.first < x; });
+  }
+  uint64_t& SlotOrInsert(ReplicaId r) {
+    auto it = std::lower_bound(entries_.begin(), entries_.end(), r,
+                               [](const Entry& e, ReplicaId x) { return e.first < x; });
+    if (it == entries_.end() || it->first != r) it = entries_.insert(it, {r, 0});
+    return it->second;
+  }
+
+  std::vector<Entry> entries_;
+};
+
+// Two GCounters: increments and decrements. Value may go negative.
+class PNCounter {
+ public:
+  PNCounter Increment(ReplicaId replica, uint64_t n = 1) {
+    PNCounter d;
+    d.p_ = p_.Increment(replica, n);
+    return d;
+  }
+  PNCounter Decrement(ReplicaId replica, uint64_t n = 1) {
+    PNCounter d;
+    d.n_ = n_.Increment(replica, n);
+    return d;
+  }
+  [[nodiscard]] int64_t Value() const {
+    return static_cast<int64_t>(p_.Value()) - static_cast<int64_t>(n_.Value());
+  }
+  void Join(const PNCounter& other) {
+    p_.Join(other.p_);
+    n_.Join(other.n_);
+  }
+  [[nodiscard]] const GCounter& p() const { return p_; }
+  [[nodiscard]] const GCounter& n() const { return n_; }
+  static PNCounter FromParts(GCounter p, GCounter n) {
+    PNCounter c;
+    c.p_ = std::move(p);
+    c.n_ = std::move(n);
+    return c;
+  }
+
+  friend bool operator==(const PNCounter&, const PNCounter&) = default;
+
+ private:
+  GCounter p_;
+  GCounter n_;
+};
+
+}  // namespace meridian::crdt
