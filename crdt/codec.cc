@@ -280,7 +280,11 @@ void FillCart(const Cart& v, pb::Cart* m) {
   if (v.currency_field().reg.value()) implied.push_back(v.currency_field().dot);
   if (v.note_field().reg.value()) implied.push_back(v.note_field().dot);
   std::sort(implied.begin(), implied.end());
-  if (!v.state().ctx.Empty()) PutContext(v.state().ctx, implied, m->mutable_context());
+  if (!v.state().ctx.Empty()) {
+    PutContext(v.state().ctx, implied, m->mutable_context());
+    // Everything was implied: leave the field out rather than send an empty message.
+    if (m->context().versions().empty() && m->context().cloud().empty()) m->clear_context();
+  }
   if (v.currency_field().reg.value()) PutField(v.currency_field(), m->mutable_currency());
   if (v.note_field().reg.value()) PutField(v.note_field(), m->mutable_note());
 }

@@ -80,7 +80,8 @@ function parseWorkload(path) {
     } else {
       throw new Error(`${path}:${i + 1}: bad line ${JSON.stringify(line)}`);
     }
-    if (!(replica[e] >= 0 && replica[e] < params.replicas) || (kind[e] === EV_OP && !(cart[e] >= 0 && cart[e] < params.carts))) {
+    const cartOk = kind[e] !== EV_OP || (cart[e] >= 0 && cart[e] < params.carts);
+    if (!(replica[e] >= 0 && replica[e] < params.replicas) || !cartOk) {
       throw new Error(`${path}:${i + 1}: replica or cart out of range`);
     }
   }
@@ -128,9 +129,8 @@ export function runBenchmark(makeAdapter) {
 
   // Local events (o, p) and deliveries (d) come in contiguous runs; each run
   // is timed as a whole so the clock is read twice per run, not per event.
-  for (let i = 0; i < w.count; ) {
+  for (let i = 0, end = 0; i < w.count; i = end) {
     const merging = w.kind[i] === EV_DELIVER;
-    let end = i;
     while (end < w.count && (w.kind[end] === EV_DELIVER) === merging) end++;
 
     const t0 = nowNs();
