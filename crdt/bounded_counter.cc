@@ -78,8 +78,8 @@ absl::StatusOr<BoundedCounter> BoundedCounter::Increment(ReplicaId replica, uint
   if (replica == kNoReplica) return absl::InvalidArgumentError("replica id 0 is not valid");
   Transfer& slot = TransferSlot(replica, replica);
   if (n > kMaxUnits - slot.units) {
-    return absl::OutOfRangeError(absl::StrCat("increment of ", n, " would pass the limit of ",
-                                              kMaxUnits, " units"));
+    return absl::OutOfRangeError(
+        absl::StrCat("increment of ", n, " would pass the limit of ", kMaxUnits, " units"));
   }
   slot.units += n;
   slot.seq = std::max(slot.seq, seq);

@@ -57,23 +57,11 @@ void CausalContext::Join(const CausalContext& other) {
     *this = other;
     return;
   }
-  // Merge the sorted version vectors taking the maximum.
-  std::vector<std::pair<ReplicaId, uint64_t>> merged;
-  merged.reserve(vv_.size() + other.vv_.size());
-  auto a = vv_.begin();
-  auto b = other.vv_.begin();
-  while (a != vv_.end() || b != other.vv_.end()) {
-    if (b == other.vv_.end() || (a != vv_.end() && a->first < b->first)) {
-      merged.push_back(*a++);
-    } else if (a == vv_.end() || b->first < a->first) {
-      merged.push_back(*b++);
-    } else {
-      merged.emplace_back(a->first, std::max(a->second, b->second));
-      ++a;
-      ++b;
-    }
+  // Usually both sides know the same few replicas: update in place.
+  for (const auto& [replica, max] : other.vv_) {
+    uint64_t& slot = SlotOrInsert(replica);
+    if (slot < max) slot = max;
   }
-  vv_ = std::move(merged);
   if (!other.cloud_.empty()) {
     std::vector<Dot> cloud;
     cloud.reserve(cloud_.size() + other.cloud_.size());

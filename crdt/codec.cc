@@ -18,10 +18,10 @@ absl::Status Invalid(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("crdt decode: ", what));
 }
 
-#define MERIDIAN_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    absl::Status status_ = (expr);          \
-    if (!status_.ok()) return status_;      \
+#define MERIDIAN_RETURN_IF_ERROR(expr) \
+  do {                                 \
+    absl::Status status_ = (expr);     \
+    if (!status_.ok()) return status_; \
   } while (false)
 
 // ---------------------------------------------------------------------------------------------
@@ -60,8 +60,7 @@ std::vector<Dot> SortedDots(const S& store) {
   return dots;
 }
 
-void PutChanges(const CounterStore& s,
-                google::protobuf::RepeatedPtrField<pb::CounterChange>* out) {
+void PutChanges(const CounterStore& s, google::protobuf::RepeatedPtrField<pb::CounterChange>* out) {
   for (const auto& [dot, value] : s.entries()) {
     auto* c = out->Add();
     c->set_replica(dot.replica);
@@ -113,8 +112,8 @@ absl::Status CheckCount(size_t n, const DecodeLimits& l, absl::string_view what)
 absl::Status CheckKey(absl::string_view key, const DecodeLimits& l, absl::string_view what) {
   if (key.empty()) return Invalid(absl::StrCat("empty ", what));
   if (key.size() > l.max_key_bytes) {
-    return Invalid(absl::StrCat(what, " of ", key.size(), " bytes exceeds the limit of ",
-                                l.max_key_bytes));
+    return Invalid(
+        absl::StrCat(what, " of ", key.size(), " bytes exceeds the limit of ", l.max_key_bytes));
   }
   return absl::OkStatus();
 }
@@ -193,7 +192,8 @@ absl::StatusOr<GCounter> ReadGCounter(
     out.emplace_back(e.replica(), e.counter());
   }
   for (size_t i = 1; i < out.size(); ++i) {
-    if (out[i - 1].first >= out[i].first) return Invalid("counter entries not sorted or duplicated");
+    if (out[i - 1].first >= out[i].first)
+      return Invalid("counter entries not sorted or duplicated");
   }
   return GCounter::FromSorted(std::move(out));
 }
@@ -242,7 +242,8 @@ absl::StatusOr<BoundedCounter> ReadBounded(
     if (m.seq() == 0 || m.seq() > l.max_counter) return Invalid("decrement with invalid seq");
     spent.push_back({m.replica(), m.units(), m.seq()});
   }
-  absl::StatusOr<BoundedCounter> c = BoundedCounter::FromParts(std::move(transfers), std::move(spent));
+  absl::StatusOr<BoundedCounter> c =
+      BoundedCounter::FromParts(std::move(transfers), std::move(spent));
   if (!c.ok()) return Invalid(c.status().message());
   return c;
 }
@@ -252,7 +253,8 @@ absl::StatusOr<Cart::Field> ReadField(const pb::CartField& m, const DecodeLimits
   if (m.value().size() > l.max_value_bytes) {
     return Invalid(absl::StrCat("cart ", name, " exceeds ", l.max_value_bytes, " bytes"));
   }
-  if (m.stamp().replica() == kNoReplica) return Invalid(absl::StrCat("cart ", name, " stamp replica 0"));
+  if (m.stamp().replica() == kNoReplica)
+    return Invalid(absl::StrCat("cart ", name, " stamp replica 0"));
   absl::StatusOr<Dot> dot = ReadDot(m.dot().replica(), m.dot().counter(), l);
   if (!dot.ok()) return dot.status();
   Cart::Field f;
@@ -471,8 +473,7 @@ std::string Encode(const BoundedCounter& v) {
   return Serialize(m);
 }
 
-absl::StatusOr<BoundedCounter> DecodeBoundedCounter(std::string_view bytes,
-                                                    const DecodeLimits& l) {
+absl::StatusOr<BoundedCounter> DecodeBoundedCounter(std::string_view bytes, const DecodeLimits& l) {
   pb::BoundedCounter m;
   MERIDIAN_RETURN_IF_ERROR(Parse(bytes, l, &m));
   return ReadBounded(m.transfers(), m.spent(), l);

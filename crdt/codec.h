@@ -24,10 +24,10 @@ inline constexpr uint32_t kFormatVersion = 1;
 // Limits applied by every decoder.
 struct DecodeLimits {
   size_t max_message_bytes = 8u << 20;
-  size_t max_entries = 200'000;      // keys, lines, elements, changes, context entries
-  size_t max_key_bytes = 256;        // SKUs, set elements, map keys
-  size_t max_value_bytes = 64u << 10;  // register values and cart fields
-  uint64_t max_counter = uint64_t{1} << 62;  // dot counters
+  size_t max_entries = 200'000;               // keys, lines, elements, changes, context entries
+  size_t max_key_bytes = 256;                 // SKUs, set elements, map keys
+  size_t max_value_bytes = 64u << 10;         // register values and cart fields
+  uint64_t max_counter = uint64_t{1} << 62;   // dot counters
   int64_t max_abs_amount = int64_t{1} << 40;  // one counter change
 };
 

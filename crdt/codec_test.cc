@@ -47,7 +47,8 @@ RC_GTEST_PROP(CodecProp, InventoryRoundTrips, ()) {
     std::string sku = "s" + std::to_string(op % 3);
     Inventory& inv = (op & 1) ? a : b;
     absl::StatusOr<Inventory> d =
-        op < 3 ? inv.Restock(sku, n) : (op < 6 ? inv.Take(sku, n) : inv.Transfer(sku, op & 1 ? 2 : 1, n));
+        op < 3 ? inv.Restock(sku, n)
+               : (op < 6 ? inv.Take(sku, n) : inv.Transfer(sku, op & 1 ? 2 : 1, n));
     if (d.ok() && (n & 1)) ((op & 1) ? b : a).Merge(*d);
   }
   auto decoded = DecodeInventory(Encode(a));

@@ -19,9 +19,9 @@
 namespace meridian::crdt::testing {
 
 struct Step {
-  int kind = 0;        // 0: local operation, 1: deliver a random pending delta, 2: duplicate
+  int kind = 0;  // 0: local operation, 1: deliver a random pending delta, 2: duplicate
   uint32_t replica = 0;
-  uint32_t pick = 0;   // which pending delta / operation argument
+  uint32_t pick = 0;  // which pending delta / operation argument
   uint32_t arg = 0;
 };
 

@@ -30,9 +30,9 @@ class DeltaBuffer {
   using PeerId = ReplicaId;
 
   struct Batch {
-    T delta;              // join of the deltas this peer lacks
-    uint64_t upto = 0;    // ack this sequence number once the peer has applied `delta`
-    size_t count = 0;     // number of buffered deltas joined into it
+    T delta;            // join of the deltas this peer lacks
+    uint64_t upto = 0;  // ack this sequence number once the peer has applied `delta`
+    size_t count = 0;   // number of buffered deltas joined into it
   };
 
   explicit DeltaBuffer(size_t max_entries = 4096) : max_entries_(max_entries) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "crdt/causal_context.h"
 #include "crdt/dot.h"
 
@@ -31,10 +32,14 @@ template <class V>
 class DotFun {
  public:
   using Entry = std::pair<Dot, V>;
+  // Most values hold one or two dots (a cart line changed once or twice, a set element): keep
+  // them inline, which saves an allocation and a cache miss per value.
+  using Entries = absl::InlinedVector<Entry, 2>;
 
   [[nodiscard]] bool Empty() const { return entries_.empty(); }
   [[nodiscard]] size_t Size() const { return entries_.size(); }
-  [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
+  [[nodiscard]] uint64_t DotCount() const { return entries_.size(); }
+  [[nodiscard]] const Entries& entries() const { return entries_; }
 
   // Adds (dot, value). REQUIRES: dot is new (not yet in the store).
   void Insert(const Dot& dot, V value) {
@@ -66,49 +71,57 @@ class DotFun {
     return out;
   }
 
-  // this := store part of join((this, ctx), (other, other_ctx)).
+  // this := store part of join((this, ctx), (other, other_ctx)). In place: a delta usually adds
+  // one dot past our last one, so the common case is an append.
   void JoinWith(const CausalContext& ctx, const DotFun& other, const CausalContext& other_ctx) {
-    if (other.entries_.empty()) {
-      if (entries_.empty()) return;
-      std::erase_if(entries_, [&](const Entry& e) { return other_ctx.Contains(e.first); });
-      return;
-    }
-    std::vector<Entry> out;
-    out.reserve(entries_.size() + other.entries_.size());
-    auto a = entries_.begin();
+    if (entries_.empty() && other.entries_.empty()) return;
+    // Our entries: keep when the other side has the dot too (max value) or has not seen it.
     auto b = other.entries_.begin();
-    while (a != entries_.end() || b != other.entries_.end()) {
-      if (b == other.entries_.end() || (a != entries_.end() && a->first < b->first)) {
-        if (!other_ctx.Contains(a->first)) out.push_back(std::move(*a));
-        ++a;
-      } else if (a == entries_.end() || b->first < a->first) {
-        if (!ctx.Contains(b->first)) out.push_back(*b);
-        ++b;
-      } else {
-        out.emplace_back(a->first, std::max(a->second, b->second));
-        ++a;
-        ++b;
-      }
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [&](Entry& e) {
+                                    while (b != other.entries_.end() && b->first < e.first) ++b;
+                                    if (b != other.entries_.end() && b->first == e.first) {
+                                      if (e.second < b->second) e.second = b->second;
+                                      return false;
+                                    }
+                                    return other_ctx.Contains(e.first);
+                                  }),
+                   entries_.end());
+    // Their entries we lack: take those our context has not seen (else we deleted them).
+    bool sorted = true;
+    for (const Entry& e : other.entries_) {
+      if (ctx.Contains(e.first)) continue;
+      auto it = std::lower_bound(entries_.begin(), entries_.end(), e.first,
+                                 [](const Entry& x, const Dot& d) { return x.first < d; });
+      if (it != entries_.end() && it->first == e.first) continue;  // kept above
+      if (!entries_.empty() && !(entries_.back().first < e.first)) sorted = false;
+      entries_.push_back(e);
     }
-    entries_ = std::move(out);
+    if (!sorted) {
+      std::sort(entries_.begin(), entries_.end(),
+                [](const Entry& x, const Entry& y) { return x.first < y.first; });
+    }
   }
 
   // Used by decoders: entries must be sorted by dot and unique.
-  [[nodiscard]] static bool IsSortedUnique(const std::vector<Entry>& e) {
+  template <class Vec>
+  [[nodiscard]] static bool IsSortedUnique(const Vec& e) {
     for (size_t i = 1; i < e.size(); ++i)
       if (!(e[i - 1].first < e[i].first)) return false;
     return true;
   }
-  static DotFun FromSorted(std::vector<Entry> entries) {
+  template <class Vec>
+  static DotFun FromSorted(Vec&& entries) {
     DotFun f;
-    f.entries_ = std::move(entries);
+    f.entries_.assign(std::make_move_iterator(entries.begin()),
+                      std::make_move_iterator(entries.end()));
     return f;
   }
 
   friend bool operator==(const DotFun&, const DotFun&) = default;
 
  private:
-  std::vector<Entry> entries_;
+  Entries entries_;
 };
 
 using DotSet = DotFun<Unit>;
@@ -146,6 +159,11 @@ class DotMap {
   void ForEachDot(Fn&& fn) const {
     for (const auto& e : entries_) e.second.ForEachDot(fn);
   }
+  [[nodiscard]] uint64_t DotCount() const {
+    uint64_t n = 0;
+    for (const auto& e : entries_) n += e.second.DotCount();
+    return n;
+  }
 
   [[nodiscard]] DotMap Unseen(const CausalContext& seen) const {
     DotMap out;
@@ -156,30 +174,33 @@ class DotMap {
     return out;
   }
 
+  // In place: a delta touches one or two keys, so rebuilding the whole map would dominate.
   void JoinWith(const CausalContext& ctx, const DotMap& other, const CausalContext& other_ctx) {
-    std::vector<Entry> out;
-    out.reserve(entries_.size() + other.entries_.size());
     static const S kEmpty{};
-    auto a = entries_.begin();
+    // Store dots are always part of their context. When the other context holds nothing else, it
+    // removes nothing, and our keys it does not mention stay as they are: the common case of a
+    // delta that only adds.
+    const bool other_removes = other_ctx.DotCount() != other.DotCount();
+    absl::InlinedVector<const Entry*, 4> theirs_only;
     auto b = other.entries_.begin();
-    while (a != entries_.end() || b != other.entries_.end()) {
-      if (b == other.entries_.end() || (a != entries_.end() && a->first < b->first)) {
-        a->second.JoinWith(ctx, kEmpty, other_ctx);
-        if (!a->second.Empty()) out.push_back(std::move(*a));
-        ++a;
-      } else if (a == entries_.end() || b->first < a->first) {
-        S s;
-        s.JoinWith(ctx, b->second, other_ctx);
-        if (!s.Empty()) out.emplace_back(b->first, std::move(s));
+    for (Entry& a : entries_) {
+      while (b != other.entries_.end() && b->first < a.first) theirs_only.push_back(&*b++);
+      if (b != other.entries_.end() && b->first == a.first) {
+        a.second.JoinWith(ctx, b->second, other_ctx);
         ++b;
-      } else {
-        a->second.JoinWith(ctx, b->second, other_ctx);
-        if (!a->second.Empty()) out.push_back(std::move(*a));
-        ++a;
-        ++b;
+      } else if (other_removes) {
+        a.second.JoinWith(ctx, kEmpty, other_ctx);
       }
     }
-    entries_ = std::move(out);
+    for (; b != other.entries_.end(); ++b) theirs_only.push_back(&*b);
+    std::erase_if(entries_, [](const Entry& e) { return e.second.Empty(); });
+    for (const Entry* e : theirs_only) {
+      S s;
+      s.JoinWith(ctx, e->second, other_ctx);
+      if (s.Empty()) continue;
+      auto it = LowerMut(e->first);
+      entries_.insert(it, Entry{e->first, std::move(s)});
+    }
   }
 
   [[nodiscard]] static bool IsSortedUnique(const std::vector<Entry>& e) {

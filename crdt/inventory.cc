@@ -47,22 +47,18 @@ absl::StatusOr<Inventory> Inventory::Mutate(std::string_view sku, Op op) {
 }
 
 absl::StatusOr<Inventory> Inventory::Restock(std::string_view sku, uint64_t units) {
-  return Mutate(sku, [&](BoundedCounter& c, uint64_t seq) {
-    return c.Increment(replica_, units, seq);
-  });
+  return Mutate(sku,
+                [&](BoundedCounter& c, uint64_t seq) { return c.Increment(replica_, units, seq); });
 }
 
 absl::StatusOr<Inventory> Inventory::Take(std::string_view sku, uint64_t units) {
-  return Mutate(sku, [&](BoundedCounter& c, uint64_t seq) {
-    return c.Decrement(replica_, units, seq);
-  });
+  return Mutate(sku,
+                [&](BoundedCounter& c, uint64_t seq) { return c.Decrement(replica_, units, seq); });
 }
 
-absl::StatusOr<Inventory> Inventory::Transfer(std::string_view sku, ReplicaId to,
-                                              uint64_t units) {
-  return Mutate(sku, [&](BoundedCounter& c, uint64_t seq) {
-    return c.Move(replica_, to, units, seq);
-  });
+absl::StatusOr<Inventory> Inventory::Transfer(std::string_view sku, ReplicaId to, uint64_t units) {
+  return Mutate(sku,
+                [&](BoundedCounter& c, uint64_t seq) { return c.Move(replica_, to, units, seq); });
 }
 
 void Inventory::Merge(const Inventory& other) {

@@ -13,7 +13,7 @@ std::string Sku(uint32_t pick) { return "sku-" + std::to_string(pick % 3); }
 struct InventoryModel {
   int replicas = 3;
   std::map<std::string, int64_t> truth;  // restocked - sold, per SKU
-  Inventory global;                       // join of every delta made so far
+  Inventory global;                      // join of every delta made so far
 
   Inventory Make(ReplicaId id) { return Inventory(id); }
   Inventory Op(Inventory& inv, ReplicaId id, uint32_t pick, uint32_t arg) {

@@ -133,7 +133,8 @@ class ORMap {
 // Nested mutators usable as ORMap::Update functions. A causal counter keeps one dot per change
 // (dot -> signed amount); its value is the sum. Because every change has its own dot, removing the
 // enclosing key retires exactly the changes that were seen: a concurrent change survives alone,
-// and the removed units never come back (unlike a counter that keeps one running total per replica).
+// and the removed units never come back (unlike a counter that keeps one running total per
+// replica).
 using CounterStore = DotFun<int64_t>;
 
 inline int64_t CounterValue(const CounterStore& s) {

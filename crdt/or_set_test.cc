@@ -92,8 +92,8 @@ TEST(AWORSet, ConcurrentAddWinsOverRemove) {
   StrSet a, b;
   auto d1 = a.Add(1, "x");
   b.Join(d1);
-  auto rm = b.Remove("x");    // b removes what it saw
-  auto d2 = a.Add(1, "x");    // a re-adds concurrently
+  auto rm = b.Remove("x");  // b removes what it saw
+  auto d2 = a.Add(1, "x");  // a re-adds concurrently
   a.Join(rm);
   b.Join(d2);
   EXPECT_TRUE(a.Contains("x"));

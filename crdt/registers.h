@@ -30,8 +30,7 @@ class LWWRegister {
 
   void Join(const LWWRegister& other) {
     if (!other.value_) return;
-    if (!value_ || stamp_ < other.stamp_ ||
-        (stamp_ == other.stamp_ && *value_ < *other.value_)) {
+    if (!value_ || stamp_ < other.stamp_ || (stamp_ == other.stamp_ && *value_ < *other.value_)) {
       value_ = other.value_;
       stamp_ = other.stamp_;
     }

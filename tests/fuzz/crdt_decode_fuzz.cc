@@ -55,8 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       RoundTrip<CounterMap>(bytes, [](std::string_view b) { return DecodeCounterMap(b); });
       break;
     case 6:
-      RoundTrip<BoundedCounter>(bytes,
-                                [](std::string_view b) { return DecodeBoundedCounter(b); });
+      RoundTrip<BoundedCounter>(bytes, [](std::string_view b) { return DecodeBoundedCounter(b); });
       break;
     case 7: {
       absl::StatusOr<Cart> c = DecodeCart(bytes, 7);

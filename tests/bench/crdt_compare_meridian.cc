@@ -1,0 +1,216 @@
+// Meridian's side of tests/bench/crdt_compare.sh: runs a cart workload file (written by
+// crdt_compare/gen_workload.mjs) through crdt::Cart exactly as the Automerge and Yjs runners do:
+// one document per (replica, cart); every local op applies the change and joins its delta into
+// the replica's outgoing buffer; `p R` encodes each touched cart's buffered delta into a message;
+// `d M R` decodes and merges that message at replica R.
+//
+// Usage: crdt_compare_meridian --workload FILE --out RESULT.json --totals TOTALS.txt
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "crdt/cart.h"
+#include "crdt/codec.h"
+
+namespace {
+
+using meridian::crdt::Cart;
+using meridian::crdt::ReplicaId;
+using Clock = std::chrono::steady_clock;
+
+struct Op {
+  uint8_t replica;
+  char kind;  // 'a', 'c', 'r'
+  uint32_t cart;
+  uint32_t sku;
+  int32_t amount;
+};
+struct Event {
+  char type;              // 'o', 'p', 'd'
+  uint32_t a = 0, b = 0;  // o: index into ops; p: replica; d: message, replica
+};
+struct Message {
+  uint32_t origin;
+  uint64_t ops = 0;
+  std::string bytes;                                                      // concatenated payloads
+  std::vector<std::pair<uint32_t, std::pair<uint32_t, uint32_t>>> parts;  // cart, (offset, len)
+};
+
+[[noreturn]] void Die(const std::string& why) {
+  std::fprintf(stderr, "crdt_compare_meridian: %s\n", why.c_str());
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string workload, out_path, totals_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--workload")
+      workload = argv[i + 1];
+    else if (flag == "--out")
+      out_path = argv[i + 1];
+    else if (flag == "--totals")
+      totals_path = argv[i + 1];
+    else
+      Die("unknown flag " + flag);
+  }
+  if (workload.empty() || out_path.empty() || totals_path.empty()) {
+    Die("usage: crdt_compare_meridian --workload FILE --out RESULT.json --totals TOTALS.txt");
+  }
+
+  // Parse everything first: parsing is not part of any measured figure.
+  std::ifstream in(workload);
+  if (!in) Die("cannot open " + workload);
+  std::vector<Op> ops;
+  std::vector<Event> events;
+  std::vector<std::string> sku_names;
+  std::unordered_map<std::string, uint32_t> sku_ids;
+  uint32_t replicas = 0, carts = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    std::istringstream ls(line);
+    std::string t;
+    ls >> t;
+    if (t == "#") {
+      std::string kv;
+      while (ls >> kv) {
+        if (kv.rfind("replicas=", 0) == 0) replicas = std::stoul(kv.substr(9));
+        if (kv.rfind("carts=", 0) == 0) carts = std::stoul(kv.substr(6));
+      }
+    } else if (t == "o") {
+      Op op{};
+      unsigned r;
+      std::string kind, sku;
+      ls >> r >> op.cart >> kind >> sku;
+      op.replica = static_cast<uint8_t>(r);
+      op.kind = kind[0];
+      if (op.kind != 'r') ls >> op.amount;
+      if (!ls || r >= replicas || op.cart >= carts) Die("bad line: " + line);
+      auto [it, fresh] = sku_ids.try_emplace(sku, static_cast<uint32_t>(sku_names.size()));
+      if (fresh) sku_names.push_back(sku);
+      op.sku = it->second;
+      events.push_back({'o', static_cast<uint32_t>(ops.size()), 0});
+      ops.push_back(op);
+    } else if (t == "p") {
+      Event e{'p'};
+      ls >> e.a;
+      events.push_back(e);
+    } else if (t == "d") {
+      Event e{'d'};
+      ls >> e.a >> e.b;
+      events.push_back(e);
+    } else {
+      Die("bad line: " + line);
+    }
+  }
+  if (replicas == 0 || carts == 0) Die("workload header lacks replicas= or carts=");
+
+  std::vector<std::vector<Cart>> docs(replicas);
+  std::vector<std::vector<Cart>> outbox(replicas);
+  std::vector<std::vector<uint32_t>> dirty(replicas);
+  std::vector<uint64_t> ops_since_pack(replicas, 0);
+  for (uint32_t r = 0; r < replicas; ++r) {
+    for (uint32_t c = 0; c < carts; ++c) docs[r].emplace_back(static_cast<ReplicaId>(r + 1));
+    outbox[r].resize(carts);
+  }
+  std::vector<Message> messages;
+  Clock::duration local_time{}, merge_time{};
+  uint64_t wire_bytes = 0, merge_ops = 0;
+
+  size_t done = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const Event& e = events[i];
+    if (e.type == 'o') {
+      // Time each run of consecutive ops as a whole: reading the clock per op would cost as much
+      // as the op itself.
+      auto t0 = Clock::now();
+      for (; i < events.size() && events[i].type == 'o'; ++i) {
+        const Op& op = ops[events[i].a];
+        Cart& doc = docs[op.replica][op.cart];
+        Cart& acc = outbox[op.replica][op.cart];
+        if (acc.Empty()) dirty[op.replica].push_back(op.cart);
+        if (op.kind == 'r') {
+          acc.Merge(doc.Remove(sku_names[op.sku]));
+        } else {
+          doc.AddInto(sku_names[op.sku], op.amount, acc);
+        }
+        ++ops_since_pack[op.replica];
+      }
+      local_time += Clock::now() - t0;
+      --i;
+      size_t before = done;
+      done = i + 1;
+      if (done / 50000 != before / 50000) std::fprintf(stderr, "meridian: %zu events\n", done);
+    } else if (e.type == 'p') {
+      auto t0 = Clock::now();
+      Message m;
+      m.origin = e.a;
+      m.ops = ops_since_pack[e.a];
+      ops_since_pack[e.a] = 0;
+      for (uint32_t c : dirty[e.a]) {
+        uint32_t offset = static_cast<uint32_t>(m.bytes.size());
+        meridian::crdt::EncodeTo(outbox[e.a][c], &m.bytes);
+        m.parts.push_back({c, {offset, static_cast<uint32_t>(m.bytes.size()) - offset}});
+        outbox[e.a][c] = Cart();
+      }
+      dirty[e.a].clear();
+      local_time += Clock::now() - t0;
+      messages.push_back(std::move(m));
+    } else {
+      if (e.a >= messages.size() || e.b >= replicas) Die("delivery of an unknown message");
+      const Message& m = messages[e.a];
+      wire_bytes += m.bytes.size();
+      merge_ops += m.ops;
+      auto t0 = Clock::now();
+      for (const auto& [cart, span] : m.parts) {
+        auto delta =
+            meridian::crdt::DecodeCart(std::string_view(m.bytes).substr(span.first, span.second));
+        if (!delta.ok()) Die("decode failed: " + std::string(delta.status().message()));
+        docs[e.b][cart].Merge(*delta);
+      }
+      merge_time += Clock::now() - t0;
+    }
+  }
+
+  bool converged = true;
+  uint64_t state_bytes = 0;
+  for (uint32_t c = 0; c < carts; ++c) {
+    for (uint32_t r = 1; r < replicas; ++r) converged = converged && docs[r][c] == docs[0][c];
+    state_bytes += meridian::crdt::Encode(docs[0][c]).size();
+  }
+  std::ofstream totals(totals_path);
+  for (uint32_t c = 0; c < carts; ++c) {
+    for (const auto& [sku, line] : docs[0][c].state().store.entries()) {
+      int64_t q = meridian::crdt::CounterValue(line);
+      if (q != 0) totals << c << ' ' << sku << ' ' << q << '\n';
+    }
+  }
+  double local_s = std::chrono::duration<double>(local_time).count();
+  double merge_s = std::chrono::duration<double>(merge_time).count();
+  std::ofstream out(out_path);
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "{\"system\":\"meridian\",\"version\":\"crdt format %u\",\"ops\":%zu,"
+                "\"local_seconds\":%.6f,\"local_ops_per_s\":%.1f,\"merge_ops\":%llu,"
+                "\"merge_seconds\":%.6f,\"merge_ops_per_s\":%.1f,\"wire_bytes\":%llu,"
+                "\"wire_bytes_per_op\":%.3f,\"state_bytes_per_cart\":%.3f,"
+                "\"replicas_converged\":%s,\"carts\":%u}\n",
+                meridian::crdt::kFormatVersion, ops.size(), local_s, ops.size() / local_s,
+                static_cast<unsigned long long>(merge_ops), merge_s, merge_ops / merge_s,
+                static_cast<unsigned long long>(wire_bytes),
+                static_cast<double>(wire_bytes) / ops.size(),
+                static_cast<double>(state_bytes) / carts, converged ? "true" : "false", carts);
+  out << buf;
+  std::fprintf(stderr, "meridian: %s", buf);
+  return converged ? 0 : 1;
+}
