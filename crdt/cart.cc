@@ -31,6 +31,17 @@ Cart Cart::Remove(std::string_view sku) {
   return delta;
 }
 
+void Cart::RemoveInto(std::string_view sku, Cart& delta_acc) {
+  std::string key(sku);
+  const CounterStore* line = state_.store.Find(key);
+  if (!line) return;
+  // The accumulator's changes to this line are all in our line (they are our own, newer ones),
+  // so joining the remove delta drops that whole line from it and adds the retired dots.
+  delta_acc.state_.store.Erase(key);
+  line->ForEachDot([&](const Dot& d) { delta_acc.state_.ctx.Insert(d); });
+  state_.store.Erase(key);
+}
+
 Cart Cart::Clear() {
   Cart delta;
   state_.store.ForEachDot([&](const Dot& d) { delta.state_.ctx.Insert(d); });

@@ -47,6 +47,9 @@ class Cart {
   void AddInto(std::string_view sku, int64_t amount, Cart& delta_acc);
   // Removes the line (what this replica has seen of it).
   Cart Remove(std::string_view sku);
+  // Same, joined straight into `delta_acc` (see AddInto). REQUIRES: `delta_acc` holds only deltas
+  // made by this replica since it was last emptied (what a sender's outbox holds).
+  void RemoveInto(std::string_view sku, Cart& delta_acc);
   // Removes every line (after checkout). Fields stay.
   Cart Clear();
   Cart SetCurrency(std::string currency, HlcTimestamp time);

@@ -44,6 +44,26 @@ TEST(DeltaBuffer, OverflowAsksForFullSync) {
   EXPECT_FALSE(buf.Pending(2).has_value());
 }
 
+// RemoveInto/AddInto joined into an accumulator equal the join of the separate deltas.
+RC_GTEST_PROP(CartProp, IntoVariantsEqualJoinedDeltas, ()) {
+  Cart a(1), b(1);
+  Cart acc, joined;
+  auto ops = *rc::gen::container<std::vector<std::pair<uint8_t, int8_t>>>(
+      rc::gen::pair(rc::gen::inRange<uint8_t>(0, 8), rc::gen::arbitrary<int8_t>()));
+  for (auto [op, v] : ops) {
+    std::string sku = "s" + std::to_string(op % 4);
+    if (op & 4) {
+      a.RemoveInto(sku, acc);
+      joined.Merge(b.Remove(sku));
+    } else {
+      a.AddInto(sku, v, acc);
+      joined.Merge(b.Add(sku, v));
+    }
+  }
+  RC_ASSERT(a == b);
+  RC_ASSERT(acc == joined);
+}
+
 // Gossip over a ring with buffers: everyone converges even though nobody sends back.
 RC_GTEST_PROP(DeltaBufferProp, RingGossipConverges, ()) {
   const int n = *rc::gen::inRange(3, 6);

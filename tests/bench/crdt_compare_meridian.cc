@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
         Cart& acc = outbox[op.replica][op.cart];
         if (acc.Empty()) dirty[op.replica].push_back(op.cart);
         if (op.kind == 'r') {
-          acc.Merge(doc.Remove(sku_names[op.sku]));
+          doc.RemoveInto(sku_names[op.sku], acc);
         } else {
           doc.AddInto(sku_names[op.sku], op.amount, acc);
         }
