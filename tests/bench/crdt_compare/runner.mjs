@@ -26,8 +26,8 @@ export function packageVersion(name) {
   return JSON.parse(readFileSync(url, 'utf8')).version;
 }
 
-// Parses the whole file into typed columns up front so that file parsing never
-// lands inside the timed loops.
+// Parses and validates the whole file into typed columns up front so that
+// neither parsing nor sanity checks land inside the timed loops.
 function parseWorkload(path) {
   const lines = readFileSync(path, 'utf8').split('\n');
   const header = lines[0].match(/^# meridian-cart-workload v1 (.*)$/);
@@ -40,7 +40,9 @@ function parseWorkload(path) {
   );
 
   for (const key of ['replicas', 'carts', 'ops']) {
-    if (!Number.isInteger(params[key]) || params[key] < 1) throw new Error(`${path}: header lacks ${key}`);
+    if (!(Number.isInteger(params[key]) && params[key] >= 1)) {
+      throw new Error(`${path}: header lacks ${key}`);
+    }
   }
 
   const n = lines.length - 1;
@@ -52,13 +54,17 @@ function parseWorkload(path) {
   const amount = new Int32Array(n);
   const skuNames = [];
   const skuIndex = new Map();
+  const messageOrigins = []; // origin replica of each packed message, by id
+  const unpacked = new Uint8Array(params.replicas); // replica has ops since its last `p`
   let count = 0;
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     if (line === '') continue;
     const f = line.split(' ');
     const e = count++;
+    const bad = (why) => new Error(`${path}:${i + 1}: ${why}: ${JSON.stringify(line)}`);
     if (f[0] === 'o') {
+      if (!['a', 'c', 'r'].includes(f[3])) throw bad('unknown op');
       kind[e] = EV_OP;
       replica[e] = Number(f[1]);
       cart[e] = Number(f[2]);
@@ -78,13 +84,21 @@ function parseWorkload(path) {
       cart[e] = Number(f[1]);
       replica[e] = Number(f[2]);
     } else {
-      throw new Error(`${path}:${i + 1}: bad line ${JSON.stringify(line)}`);
+      throw bad('unknown event');
     }
-    const cartOk = kind[e] !== EV_OP || (cart[e] >= 0 && cart[e] < params.carts);
-    if (!(replica[e] >= 0 && replica[e] < params.replicas) || !cartOk) {
-      throw new Error(`${path}:${i + 1}: replica or cart out of range`);
+    if (!(replica[e] >= 0 && replica[e] < params.replicas)) throw bad('replica out of range');
+    if (kind[e] === EV_OP) {
+      if (!(cart[e] >= 0 && cart[e] < params.carts)) throw bad('cart out of range');
+      unpacked[replica[e]] = 1;
+    } else if (kind[e] === EV_PACK) {
+      messageOrigins.push(replica[e]);
+      unpacked[replica[e]] = 0;
+    } else {
+      if (!(cart[e] < messageOrigins.length)) throw bad('message not packed yet');
+      if (messageOrigins[cart[e]] === replica[e]) throw bad('message delivered to its origin');
     }
   }
+  if (unpacked.includes(1)) throw new Error(`${path}: ops after a replica's last pack`);
   return { params, count, kind, replica, cart, op, sku, amount, skuNames };
 }
 
@@ -117,7 +131,7 @@ export function runBenchmark(makeAdapter) {
   // Per replica: cart -> updates produced since the last pack, and op count.
   const pending = Array.from({ length: replicas }, () => new Map());
   const pendingOps = new Int32Array(replicas);
-  const messages = []; // { origin, ops, bytes, carts: [], payloads: [] }
+  const messages = []; // { ops, bytes, carts: [], payloads: [] } by message id
 
   let ops = 0;
   let localNs = 0n;
@@ -149,7 +163,7 @@ export function runBenchmark(makeAdapter) {
         }
         pendingOps[r]++;
       } else if (w.kind[e] === EV_PACK) {
-        const message = { origin: r, ops: pendingOps[r], bytes: 0, carts: [], payloads: [] };
+        const message = { ops: pendingOps[r], bytes: 0, carts: [], payloads: [] };
         for (const [c, updates] of pending[r]) {
           const { payload, bytes } = adapter.pack(updates);
           message.carts.push(c);
@@ -161,7 +175,6 @@ export function runBenchmark(makeAdapter) {
         pendingOps[r] = 0;
       } else {
         const message = messages[w.cart[e]];
-        if (message.origin === r) throw new Error(`message ${w.cart[e]} delivered to its origin`);
         for (let k = 0; k < message.carts.length; k++) {
           adapter.apply(docAt(r, message.carts[k]), message.payloads[k]);
         }
@@ -183,16 +196,15 @@ export function runBenchmark(makeAdapter) {
       nextProgress += PROGRESS_EVERY_OPS;
     }
   }
-  for (let r = 0; r < replicas; r++) {
-    if (pendingOps[r] !== 0) throw new Error(`replica ${r} has unpacked ops at end of workload`);
-  }
 
   // Convergence: every replica must hold the same SKU -> total map per cart
   // (zero totals included, so a leftover zero line on one side still counts).
   let converged = true;
   for (let c = 0; c < carts && converged; c++) {
     if (docs.every((d) => d[c] === undefined)) continue;
-    const texts = docs.map((d) => (d[c] === undefined ? '' : totalsLines(c, adapter.totals(d[c]), true).join('\n')));
+    const texts = docs.map((d) =>
+      d[c] === undefined ? '' : totalsLines(c, adapter.totals(d[c]), true).join('\n'),
+    );
     converged = texts.every((t) => t === texts[0]);
   }
 
