@@ -14,8 +14,8 @@ std::string Sku(uint32_t pick) { return "sku-" + std::to_string(pick % 5); }
 
 struct CartModel {
   uint64_t clock = 0;
-  std::map<std::string, std::vector<std::pair<Dot, int64_t>>> changes;
-  std::map<std::string, std::vector<CausalContext>> removes;
+  testing::ChangeLog changes;
+  testing::RemoveLog removes;
 
   Cart Make(ReplicaId id) { return Cart(id); }
   Cart Op(Cart& c, ReplicaId, uint32_t pick, uint32_t arg) {
@@ -44,19 +44,8 @@ struct CartModel {
   }
   void Merge(Cart& into, const Cart& d) { into.Merge(d); }
 
-  // Quantity = the changes no remove (or clear) of that SKU had seen.
   std::optional<int64_t> Expected(const std::string& sku) const {
-    auto c = changes.find(sku);
-    if (c == changes.end()) return std::nullopt;
-    auto r = removes.find(sku);
-    std::optional<int64_t> sum;
-    for (const auto& [dot, amount] : c->second) {
-      bool seen = false;
-      if (r != removes.end())
-        for (const auto& ctx : r->second) seen = seen || ctx.Contains(dot);
-      if (!seen) sum = sum.value_or(0) + amount;
-    }
-    return sum;
+    return testing::ExpectedCounter(changes, removes, sku);
   }
 };
 

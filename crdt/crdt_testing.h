@@ -11,9 +11,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "crdt/causal_context.h"
 #include "crdt/dot.h"
 
 namespace meridian::crdt::testing {
@@ -130,6 +134,26 @@ void CheckConvergence(Model& model) {
   T joined = model.Make(1);
   for (const T& d : deltas) model.Merge(joined, d);
   RC_ASSERT(joined == rs[0]);  // joining the deltas gives the same state
+}
+
+// The observed-remove oracle for causal counters in a map: a key's value is the sum of the changes
+// (dot, amount) that no remove of that key had in its context; the key exists iff there is one.
+using ChangeLog = std::map<std::string, std::vector<std::pair<Dot, int64_t>>>;
+using RemoveLog = std::map<std::string, std::vector<CausalContext>>;
+
+inline std::optional<int64_t> ExpectedCounter(const ChangeLog& changes, const RemoveLog& removes,
+                                              const std::string& key) {
+  auto c = changes.find(key);
+  if (c == changes.end()) return std::nullopt;
+  auto r = removes.find(key);
+  std::optional<int64_t> sum;
+  for (const auto& [dot, amount] : c->second) {
+    bool seen = false;
+    if (r != removes.end())
+      for (const auto& ctx : r->second) seen = seen || ctx.Contains(dot);
+    if (!seen) sum = sum.value_or(0) + amount;
+  }
+  return sum;
 }
 
 }  // namespace meridian::crdt::testing

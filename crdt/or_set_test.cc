@@ -54,8 +54,8 @@ struct SetModel {
 };
 
 struct MapModel {
-  std::map<std::string, std::vector<std::pair<Dot, int64_t>>> changes;
-  std::map<std::string, std::vector<CausalContext>> removes;
+  testing::ChangeLog changes;
+  testing::RemoveLog removes;
 
   CounterMap Make(ReplicaId) { return {}; }
   CounterMap Op(CounterMap& m, ReplicaId id, uint32_t pick, uint32_t arg) {
@@ -71,20 +71,8 @@ struct MapModel {
   }
   void Merge(CounterMap& into, const CounterMap& d) { into.Join(d); }
 
-  // The key's value is the sum of the changes no remove of that key had seen; the key exists iff
-  // there is at least one such change.
   std::optional<int64_t> Expected(const std::string& k) const {
-    auto c = changes.find(k);
-    if (c == changes.end()) return std::nullopt;
-    auto r = removes.find(k);
-    std::optional<int64_t> sum;
-    for (const auto& [dot, amount] : c->second) {
-      bool seen = false;
-      if (r != removes.end())
-        for (const auto& ctx : r->second) seen = seen || ctx.Contains(dot);
-      if (!seen) sum = sum.value_or(0) + amount;
-    }
-    return sum;
+    return testing::ExpectedCounter(changes, removes, k);
   }
 };
 
