@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "crdt/dot.h"
 
 namespace meridian::crdt {
@@ -48,7 +49,10 @@ class CausalContext {
   [[nodiscard]] uint64_t DotCount() const;
 
   [[nodiscard]] bool Empty() const { return vv_.empty() && cloud_.empty(); }
-  [[nodiscard]] const std::vector<std::pair<ReplicaId, uint64_t>>& version_vector() const {
+  // A handful of regions: the version vector lives inline, saving an allocation and a cache miss
+  // on every context touched.
+  using VersionVector = absl::InlinedVector<std::pair<ReplicaId, uint64_t>, 4>;
+  [[nodiscard]] const VersionVector& version_vector() const {
     return vv_;
   }
   [[nodiscard]] const std::vector<Dot>& cloud() const { return cloud_; }
@@ -66,7 +70,7 @@ class CausalContext {
   uint64_t& SlotOrInsert(ReplicaId replica);
   void Compact();
 
-  std::vector<std::pair<ReplicaId, uint64_t>> vv_;
+  VersionVector vv_;
   std::vector<Dot> cloud_;
 };
 

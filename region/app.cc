@@ -1,0 +1,406 @@
+#include <openssl/rand.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+#include "region/app_impl.h"
+#include "region/migrations.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the handlers.
+
+int64_t UnixNowS() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t UnixNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string RandomId(std::string_view prefix) {
+  unsigned char b[12];
+  RAND_bytes(b, sizeof b);
+  static const char* kHex = "0123456789abcdef";
+  std::string out(prefix);
+  for (unsigned char c : b) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+absl::Status Unprocessable(std::string message) {
+  // FailedPrecondition is 409 (conflicts, stock); OutOfRange carries 422 here.
+  return absl::OutOfRangeError(std::move(message));
+}
+
+HttpResponse ProblemFromStatus(const absl::Status& s) {
+  std::string detail(s.message());
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      return HttpResponse::Problem(400, "Bad Request", detail);
+    case absl::StatusCode::kUnauthenticated:
+      return HttpResponse::Problem(401, "Unauthorized", detail);
+    case absl::StatusCode::kPermissionDenied:
+      return HttpResponse::Problem(403, "Forbidden", detail);
+    case absl::StatusCode::kNotFound:
+      return HttpResponse::Problem(404, "Not Found", detail);
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAborted:
+      return HttpResponse::Problem(409, "Conflict", detail);
+    case absl::StatusCode::kOutOfRange:
+      return HttpResponse::Problem(422, "Unprocessable Entity", detail);
+    case absl::StatusCode::kResourceExhausted:
+      return HttpResponse::Problem(429, "Too Many Requests", detail);
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return HttpResponse::Problem(503, "Service Unavailable", detail);
+    default:
+      spdlog::error("event=internal_error status=\"{}\"", s.ToString());
+      return HttpResponse::Problem(500, "Internal Server Error", "internal error");
+  }
+}
+
+absl::StatusOr<Json> ParseBody(const HttpRequest& req) {
+  if (req.body.empty()) return absl::InvalidArgumentError("request body: a JSON object is required");
+  Json j = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("request body: malformed JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("request body: must be a JSON object");
+  return j;
+}
+
+absl::StatusOr<std::string> StringField(const Json& j, const char* name, bool required,
+                                        std::string def) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) {
+    if (required) return Unprocessable(absl::StrCat(name, ": required"));
+    return def;
+  }
+  if (!it->is_string()) return Unprocessable(absl::StrCat(name, ": must be a string"));
+  return it->get<std::string>();
+}
+
+absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required, int64_t def) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) {
+    if (required) return Unprocessable(absl::StrCat(name, ": required"));
+    return def;
+  }
+  if (!it->is_number_integer()) return Unprocessable(absl::StrCat(name, ": must be an integer"));
+  return it->get<int64_t>();
+}
+
+absl::StatusOr<std::string> SingleFlight::Do(
+    const std::string& key, const std::function<absl::StatusOr<std::string>()>& load) {
+  std::shared_future<absl::StatusOr<std::string>> f;
+  std::promise<absl::StatusOr<std::string>> p;
+  bool leader = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = inflight_.find(key);
+    if (it != inflight_.end()) {
+      f = it->second;
+    } else {
+      f = p.get_future().share();
+      inflight_.emplace(key, f);
+      leader = true;
+    }
+  }
+  if (!leader) return f.get();
+  absl::StatusOr<std::string> v = load();
+  p.set_value(v);
+  std::lock_guard<std::mutex> lock(mu_);
+  inflight_.erase(key);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+PgPool& RegionApp::Impl::ShardFor(std::string_view user_id) {
+  return *shards[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
+}
+
+crdt::HlcTimestamp RegionApp::Impl::Now() {
+  std::lock_guard<std::mutex> lock(hlc_mu);
+  return hlc.Now(static_cast<uint64_t>(UnixNowMs()));
+}
+
+absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpRequest& req) {
+  auto h = req.Header("authorization");
+  if (!h || h->substr(0, 7) != "Bearer ") {
+    return absl::UnauthenticatedError("missing bearer token (Authorization: Bearer <token>)");
+  }
+  return services::VerifyToken(h->substr(7), config.token_secret, UnixNowS());
+}
+
+absl::Status RegionApp::Impl::Operator(const HttpRequest& req) {
+  auto h = req.Header("authorization");
+  if (!h || h->substr(0, 7) != "Bearer ") {
+    return absl::UnauthenticatedError("operator token required");
+  }
+  if (!services::SecretsEqual(h->substr(7), config.operator_token)) {
+    return absl::PermissionDeniedError("not an operator token");
+  }
+  return absl::OkStatus();
+}
+
+std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view residency) {
+  if (services::ResidencyAllows(residency, config.jurisdiction)) return std::nullopt;
+  for (const auto& peer : config.peers) {
+    if (services::ResidencyAllows(residency, peer.jurisdiction)) {
+      HttpResponse r = HttpResponse::Problem(
+          307, "Temporary Redirect",
+          absl::StrCat("this customer's data is pinned to ", AbslView(residency), "; use region ",
+                       peer.name));
+      r.headers.emplace_back("Location", peer.public_url);
+      return r;
+    }
+  }
+  return HttpResponse::Problem(
+      403, "Forbidden",
+      absl::StrCat("data pinned to ", AbslView(residency), " may not be served by region ",
+                   config.name, " (", config.jurisdiction, ") and no allowed region is configured"));
+}
+
+bool RegionApp::Impl::RateLimit(const std::string& client) {
+  int64_t now = UnixNowMs();
+  auto taken = redis->TakeToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst,
+                                now);
+  if (taken.ok()) return *taken;
+  // Redis down: keep limiting, per process.
+  redis_fallbacks->Increment();
+  std::lock_guard<std::mutex> lock(local_buckets_mu);
+  if (local_buckets.size() > 100000) local_buckets.clear();
+  auto& [tokens, ts] = local_buckets.try_emplace(client, config.rate_limit_burst, now).first->second;
+  tokens = std::min(config.rate_limit_burst,
+                    tokens + static_cast<double>(now - ts) * config.rate_limit_per_s / 1000.0);
+  ts = now;
+  if (tokens < 1) return false;
+  tokens -= 1;
+  return true;
+}
+
+void RegionApp::Impl::SetupMetrics() {
+  using namespace prometheus;  // NOLINT: metric builders read better unqualified
+  latency = &BuildHistogram()
+                 .Name("meridian_http_request_duration_seconds")
+                 .Help("HTTP request latency by route")
+                 .Register(*registry);
+  requests = &BuildCounter()
+                  .Name("meridian_http_requests_total")
+                  .Help("HTTP requests by route and status")
+                  .Register(*registry);
+  auto& cache = BuildCounter()
+                    .Name("meridian_catalog_cache_total")
+                    .Help("Catalog cache lookups by result")
+                    .Register(*registry);
+  cache_hits = &cache.Add({{"result", "hit"}});
+  cache_misses = &cache.Add({{"result", "miss"}});
+  redis_fallbacks = &BuildCounter()
+                         .Name("meridian_redis_fallbacks_total")
+                         .Help("Operations served without Redis because it failed")
+                         .Register(*registry)
+                         .Add({});
+  rate_limited = &BuildCounter()
+                      .Name("meridian_rate_limited_total")
+                      .Help("Requests refused by the rate limiter")
+                      .Register(*registry)
+                      .Add({});
+  pool_in_use = &BuildGauge()
+                     .Name("meridian_pg_pool_in_use")
+                     .Help("PostgreSQL connections in use per pool")
+                     .Register(*registry);
+  outbox_depth = &BuildGauge()
+                      .Name("meridian_outbox_depth")
+                      .Help("Rows in the outbox per database (shipped by the replicator)")
+                      .Register(*registry);
+  auto& notes = BuildCounter()
+                    .Name("meridian_notifications_total")
+                    .Help("Notification deliveries by result")
+                    .Register(*registry);
+  notifications_sent = &notes.Add({{"result", "sent"}});
+  notifications_failed = &notes.Add({{"result", "failed"}});
+  notifications_dead = &notes.Add({{"result", "dead_letter"}});
+  reservations_released = &BuildCounter()
+                               .Name("meridian_reservations_released_total")
+                               .Help("Reservations released (cancel, decline, expiry)")
+                               .Register(*registry)
+                               .Add({});
+}
+
+void RegionApp::Impl::SetupRoutes() {
+  auto bind = [this](HttpResponse (Impl::*fn)(HttpRequest&)) {
+    return [this, fn](HttpRequest& r) { return (this->*fn)(r); };
+  };
+  router.Add("GET", "/healthz", bind(&Impl::Healthz));
+  router.Add("GET", "/readyz", bind(&Impl::Readyz));
+  router.Add("GET", "/metrics", bind(&Impl::Metrics));
+  router.Add("POST", "/v1/users", bind(&Impl::Register));
+  router.Add("POST", "/v1/sessions", bind(&Impl::Login));
+  router.Add("GET", "/v1/products", bind(&Impl::ListProducts));
+  router.Add("GET", "/v1/products/{sku}", bind(&Impl::GetProduct));
+  router.Add("GET", "/v1/search", bind(&Impl::Search));
+  router.Add("GET", "/v1/inventory/{sku}", bind(&Impl::GetInventory));
+  router.Add("GET", "/v1/cart", bind(&Impl::GetCart));
+  router.Add("POST", "/v1/cart/items", bind(&Impl::AddCartItem));
+  router.Add("PUT", "/v1/cart/items/{sku}", bind(&Impl::SetCartItem));
+  router.Add("DELETE", "/v1/cart/items/{sku}", bind(&Impl::RemoveCartItem));
+  router.Add("POST", "/v1/checkout", bind(&Impl::Checkout));
+  router.Add("GET", "/v1/orders", bind(&Impl::ListOrders));
+  router.Add("GET", "/v1/orders/{id}", bind(&Impl::GetOrder));
+  router.Add("POST", "/v1/orders/{id}/pay", bind(&Impl::PayOrder));
+  router.Add("POST", "/v1/orders/{id}/cancel", bind(&Impl::CancelOrder));
+  router.Add("PUT", "/v1/admin/categories/{id}", bind(&Impl::PutCategory));
+  router.Add("PUT", "/v1/admin/products/{sku}", bind(&Impl::PutProduct));
+  router.Add("POST", "/v1/admin/inventory/{sku}/restock", bind(&Impl::Restock));
+  router.Add("POST", "/v1/admin/reconcile", bind(&Impl::Reconcile));
+  router.Add("POST", "/v1/admin/sweep", bind(&Impl::SweepNow));
+  router.Add("POST", "/v1/admin/notify", bind(&Impl::NotifyNow));
+}
+
+HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
+  auto start = std::chrono::steady_clock::now();
+  HttpResponse resp;
+  std::string route = "unmatched";
+  bool limited = false;
+  if (req.path != "/healthz" && req.path != "/readyz" && req.path != "/metrics") {
+    // Per client: the customer when a token is present (verified later), else the address.
+    std::string client = req.remote_address.substr(0, req.remote_address.rfind(':'));
+    if (auto h = req.Header("authorization"); h && h->size() > 7) {
+      std::string_view token = h->substr(7);
+      client = std::string(token.substr(0, token.find('.')));
+    }
+    if (!RateLimit(client)) {
+      limited = true;
+      rate_limited->Increment();
+      resp = HttpResponse::Problem(429, "Too Many Requests",
+                                   "rate limit exceeded; retry after a second");
+      resp.headers.emplace_back("Retry-After", "1");
+    }
+  }
+  if (!limited) resp = router.Handle(req, &route);
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
+  latency->Add({{"route", route}, {"method", req.method}}, kBuckets).Observe(seconds);
+  requests->Add({{"route", route}, {"method", req.method}, {"code", std::to_string(resp.status)}})
+      .Increment();
+  return resp;
+}
+
+HttpResponse RegionApp::Impl::Healthz(HttpRequest&) {
+  return HttpResponse::Json(200, Json{{"status", "ok"}, {"region", config.name}}.dump());
+}
+
+HttpResponse RegionApp::Impl::Readyz(HttpRequest&) {
+  Json checks = Json::object();
+  bool ready = migrations_done.load();
+  checks["migrations"] = ready ? "done" : "pending";
+  bool pg_ok = global->Ping();
+  checks["postgres_global"] = pg_ok ? "ok" : "unreachable";
+  ready = ready && pg_ok;
+  for (auto& s : shards) {
+    bool ok = s->Ping();
+    checks["postgres_" + s->name()] = ok ? "ok" : "unreachable";
+    ready = ready && ok;
+  }
+  bool redis_ok = redis->Ping().ok();
+  checks["redis"] = redis_ok ? "ok" : "unreachable";
+  ready = ready && redis_ok;
+  return HttpResponse::Json(ready ? 200 : 503,
+                            Json{{"ready", ready}, {"checks", checks}}.dump());
+}
+
+HttpResponse RegionApp::Impl::Metrics(HttpRequest&) {
+  SampleGauges();
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4";
+  r.body = prometheus::TextSerializer().Serialize(registry->Collect());
+  return r;
+}
+
+void RegionApp::Impl::SampleGauges() {
+  pool_in_use->Add({{"pool", global->name()}}).Set(global->in_use());
+  for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
+  auto depth = [&](PgPool& p) {
+    int64_t n = -1;
+    (void)p.Run([&](pqxx::work& tx) { n = tx.exec1("SELECT count(*) FROM outbox")[0].as<int64_t>(); });
+    if (n >= 0) outbox_depth->Add({{"db", p.name()}}).Set(static_cast<double>(n));
+  };
+  depth(*global);
+  for (auto& s : shards) depth(*s);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+RegionApp::RegionApp(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RegionApp::~RegionApp() { Stop(); }
+
+absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = std::move(config);
+  const RegionConfig& c = impl->config;
+  auto global = PgPool::Create({"global", c.global_dsn, c.pool_size});
+  if (!global.ok()) return global.status();
+  impl->global = *std::move(global);
+  for (size_t i = 0; i < c.shard_dsns.size(); ++i) {
+    auto shard = PgPool::Create({absl::StrCat("shard-", i), c.shard_dsns[i], c.pool_size});
+    if (!shard.ok()) return shard.status();
+    impl->shards.push_back(*std::move(shard));
+  }
+  auto applied = ApplyMigrations(*impl->global, SchemaKind::kGlobal);
+  if (!applied.ok()) return applied.status();
+  for (auto& s : impl->shards) {
+    applied = ApplyMigrations(*s, SchemaKind::kShard);
+    if (!applied.ok()) return applied.status();
+  }
+  impl->migrations_done = true;
+  impl->redis = std::make_unique<RedisClient>(
+      RedisClient::Options{c.redis.host, c.redis.port, c.redis_timeout_ms, c.http_threads, 1000});
+  impl->SetupMetrics();
+  impl->SetupRoutes();
+  return std::unique_ptr<RegionApp>(new RegionApp(std::move(impl)));
+}
+
+absl::Status RegionApp::Start() {
+  Impl& i = *impl_;
+  http::HttpServer::Options o;
+  o.address = i.config.http.host;
+  o.port = i.config.http.port;
+  o.threads = i.config.http_threads;
+  o.max_body_bytes = i.config.max_body_bytes;
+  i.server = std::make_unique<http::HttpServer>(o, [&i](HttpRequest& r) { return i.Dispatch(r); });
+  absl::Status st = i.server->Start();
+  if (!st.ok()) return st;
+  i.StartJobs();
+  spdlog::info("event=region_started region={} jurisdiction={} http={}:{} shards={} durability={}",
+               i.config.name, i.config.jurisdiction, o.address, i.server->port(),
+               i.shards.size(), DurabilityName(i.config.durability));
+  return absl::OkStatus();
+}
+
+void RegionApp::Stop() {
+  if (!impl_) return;
+  impl_->StopJobs();
+  if (impl_->server) impl_->server->Stop();
+}
+
+uint16_t RegionApp::http_port() const { return impl_->server ? impl_->server->port() : 0; }
+
+absl::StatusOr<int> RegionApp::SweepReservations() { return impl_->Sweep(); }
+absl::StatusOr<int> RegionApp::RunNotificationsOnce() { return impl_->NotifyOnce(); }
+
+}  // namespace meridian::region

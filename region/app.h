@@ -1,0 +1,46 @@
+#pragma once
+
+// meridian-region: one region's order stack. Owns the PostgreSQL pools (global shard + user
+// shards), the Redis client, the HTTP API and the background jobs (reservation sweep,
+// notification worker, outbox depth sampling). main.cc only parses flags and calls this.
+//
+// Lifecycle: Create() checks the config, connects to every shard and applies migrations (a region
+// that cannot reach its databases does not start); Start() serves; Stop() drains and joins.
+// Thread-safe after Start(): handlers run concurrently on the HTTP server's pool.
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "region/config.h"
+
+namespace meridian::region {
+
+class RegionApp {
+ public:
+  static absl::StatusOr<std::unique_ptr<RegionApp>> Create(RegionConfig config);
+  ~RegionApp();
+
+  absl::Status Start();
+  void Stop();
+  [[nodiscard]] uint16_t http_port() const;
+
+  // Background jobs, also callable directly (tests, operator endpoints).
+  // Releases the stock of held reservations whose order was not paid before expiry.
+  absl::StatusOr<int> SweepReservations();
+  // Sends due notifications once; returns how many were sent.
+  absl::StatusOr<int> RunNotificationsOnce();
+
+  struct Impl;
+
+ private:
+  explicit RegionApp(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meridian::region

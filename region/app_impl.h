@@ -1,0 +1,156 @@
+#pragma once
+
+// Internal to region/: the state RegionApp's handlers and jobs share. Not a public header.
+
+#include <nlohmann/json.hpp>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "crdt/hlc.h"
+#include "region/app.h"
+#include "region/config.h"
+#include "region/http/http_server.h"
+#include "region/http/router.h"
+#include "region/pg_pool.h"
+#include "region/redis_client.h"
+#include "services/auth.h"
+
+namespace meridian::region {
+
+using http::HttpRequest;
+using http::HttpResponse;
+using Json = nlohmann::json;
+
+// Maps a Status to the problem+json response with the right HTTP status.
+HttpResponse ProblemFromStatus(const absl::Status& s);
+
+// Parses a JSON object body; InvalidArgument (-> 400) when it is not one.
+absl::StatusOr<Json> ParseBody(const HttpRequest& req);
+// Typed field access with clear errors (InvalidArgument -> 422 via the field's name).
+absl::StatusOr<std::string> StringField(const Json& j, const char* name, bool required,
+                                        std::string def = "");
+absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required, int64_t def = 0);
+
+// A validation failure on a well-formed body: 422.
+absl::Status Unprocessable(std::string message);
+
+int64_t UnixNowS();
+int64_t UnixNowMs();
+std::string RandomId(std::string_view prefix);
+
+// Single flight: concurrent loads of the same key wait for one loader.
+class SingleFlight {
+ public:
+  absl::StatusOr<std::string> Do(const std::string& key,
+                                 const std::function<absl::StatusOr<std::string>()>& load);
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_future<absl::StatusOr<std::string>>> inflight_;
+};
+
+struct RegionApp::Impl {
+  RegionConfig config;
+  std::unique_ptr<PgPool> global;
+  std::vector<std::unique_ptr<PgPool>> shards;
+  std::unique_ptr<RedisClient> redis;
+  std::unique_ptr<http::HttpServer> server;
+  http::Router router;
+  SingleFlight product_flight;
+  std::mutex hlc_mu;
+  crdt::Hlc hlc;
+  std::atomic<bool> migrations_done{false};
+
+  // metrics
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Histogram>* latency = nullptr;
+  prometheus::Family<prometheus::Counter>* requests = nullptr;
+  prometheus::Counter* cache_hits = nullptr;
+  prometheus::Counter* cache_misses = nullptr;
+  prometheus::Counter* redis_fallbacks = nullptr;
+  prometheus::Counter* rate_limited = nullptr;
+  prometheus::Family<prometheus::Gauge>* pool_in_use = nullptr;
+  prometheus::Family<prometheus::Gauge>* outbox_depth = nullptr;
+  prometheus::Counter* notifications_sent = nullptr;
+  prometheus::Counter* notifications_failed = nullptr;
+  prometheus::Counter* notifications_dead = nullptr;
+  prometheus::Counter* reservations_released = nullptr;
+
+  // background jobs
+  std::mutex jobs_mu;
+  std::condition_variable jobs_cv;
+  bool stopping = false;
+  std::vector<std::thread> jobs;
+  // Failure injection for the notification sink (tests): the next N sends fail.
+  std::atomic<int> fail_next_notifications{0};
+
+  PgPool& ShardFor(std::string_view user_id);
+  crdt::HlcTimestamp Now();
+
+  void SetupMetrics();
+  void SetupRoutes();
+  HttpResponse Dispatch(HttpRequest& req);
+
+  // Authentication: the customer's claims, or a 401 status.
+  absl::StatusOr<services::TokenClaims> Customer(const HttpRequest& req);
+  absl::Status Operator(const HttpRequest& req);
+  // 307 to an allowed region (or 403) when the residency does not allow this region.
+  std::optional<HttpResponse> ResidencyRedirect(std::string_view residency);
+  bool RateLimit(const std::string& client);
+  std::mutex local_buckets_mu;
+  std::map<std::string, std::pair<double, int64_t>> local_buckets;
+
+  // handlers (region/*_api.cc)
+  HttpResponse Healthz(HttpRequest& req);
+  HttpResponse Readyz(HttpRequest& req);
+  HttpResponse Metrics(HttpRequest& req);
+  HttpResponse Register(HttpRequest& req);
+  HttpResponse Login(HttpRequest& req);
+  HttpResponse ListProducts(HttpRequest& req);
+  HttpResponse GetProduct(HttpRequest& req);
+  HttpResponse Search(HttpRequest& req);
+  HttpResponse PutCategory(HttpRequest& req);
+  HttpResponse PutProduct(HttpRequest& req);
+  HttpResponse Restock(HttpRequest& req);
+  HttpResponse GetInventory(HttpRequest& req);
+  HttpResponse GetCart(HttpRequest& req);
+  HttpResponse AddCartItem(HttpRequest& req);
+  HttpResponse SetCartItem(HttpRequest& req);
+  HttpResponse RemoveCartItem(HttpRequest& req);
+  HttpResponse Checkout(HttpRequest& req);
+  HttpResponse ListOrders(HttpRequest& req);
+  HttpResponse GetOrder(HttpRequest& req);
+  HttpResponse PayOrder(HttpRequest& req);
+  HttpResponse CancelOrder(HttpRequest& req);
+  HttpResponse Reconcile(HttpRequest& req);
+  HttpResponse SweepNow(HttpRequest& req);
+  HttpResponse NotifyNow(HttpRequest& req);
+
+  // shared pieces
+  absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
+  absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
+  absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason);
+  absl::StatusOr<Json> Pay(const std::string& user_id, const std::string& order_id,
+                           const std::string& card_number, int* http_status);
+  absl::StatusOr<int> Sweep();
+  absl::StatusOr<int> NotifyOnce();
+  void SampleGauges();
+  void StartJobs();
+  void StopJobs();
+};
+
+}  // namespace meridian::region

@@ -1,0 +1,182 @@
+// Carts: the Cart CRDT, durable in the user's PostgreSQL shard (state + outbox delta in one
+// transaction), hot in Redis with a version check so that a slow writer can never put an older
+// cart over a newer one (read-your-writes), served from PostgreSQL when Redis is down.
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+#include "crdt/codec.h"
+#include "region/app_impl.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+namespace {
+
+struct CartRow {
+  crdt::Cart cart;
+  int64_t version = 0;
+};
+
+CartRow LoadCart(pqxx::work& tx, const std::string& user_id, crdt::ReplicaId replica, bool lock) {
+  pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " +
+                           tx.quote(user_id) + (lock ? " FOR UPDATE" : ""));
+  if (r.empty()) return CartRow{crdt::Cart(replica), 0};
+  pqxx::binarystring bytes(r[0][0]);
+  auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), replica);
+  if (!cart.ok()) {
+    throw AbortTx{absl::DataLossError(
+        absl::StrCat("cart of ", user_id, " is unreadable: ", cart.status().message()))};
+  }
+  return CartRow{*std::move(cart), r[0][1].as<int64_t>()};
+}
+
+Json CartJson(const std::string& user_id, const crdt::Cart& cart, int64_t version) {
+  Json lines = Json::array();
+  for (const auto& [sku, qty] : cart.Lines()) lines.push_back(Json{{"sku", sku}, {"quantity", qty}});
+  Json j{{"user_id", user_id}, {"lines", lines}, {"version", version}};
+  if (cart.currency()) j["currency"] = *cart.currency();
+  if (cart.note()) j["note"] = *cart.note();
+  return j;
+}
+
+}  // namespace
+
+// Saves the cart and its delta; `residency` tags the outbox row for the replicator's filter.
+void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+              const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+              crdt::ReplicaId origin) {
+  std::string bytes = crdt::Encode(cart);
+  std::string d = crdt::Encode(delta);
+  tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
+           ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
+           ", " + tx.quote(residency) + ", " + tx.quote(version) +
+           ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+           "EXCLUDED.version, updated_at = now()");
+  tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+           tx.quote(origin) + ", 'cart', " + tx.quote(user_id) + ", " +
+           tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", " +
+           tx.quote(residency) + ")");
+}
+
+// Applies `change` to the customer's cart in one transaction, then refreshes Redis.
+static HttpResponse MutateCart(
+    RegionApp::Impl& app, const services::TokenClaims& who,
+    const std::function<absl::StatusOr<crdt::Cart>(crdt::Cart&)>& change) {
+  CartRow saved;
+  absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
+    CartRow row = LoadCart(tx, who.user_id, app.config.replica_id, true);
+    absl::StatusOr<crdt::Cart> delta = change(row.cart);
+    if (!delta.ok()) throw AbortTx{delta.status()};
+    row.version += 1;
+    SaveCart(tx, who.user_id, who.residency, row.cart, *delta, row.version, app.config.replica_id);
+    saved = std::move(row);
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  // Hot copy: written only if newer than what Redis holds (a slower writer cannot regress it).
+  static constexpr const char* kSetIfNewer = R"lua(
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+if tonumber(ARGV[1]) > v then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], 3600)
+end
+return 1)lua";
+  (void)app.redis->Eval(kSetIfNewer, {"cart:" + who.user_id},
+                        {std::to_string(saved.version), crdt::Encode(saved.cart)});
+  return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
+}
+
+HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  auto hot = redis->HGetAll("cart:" + who->user_id);
+  if (hot.ok() && hot->count("s") && hot->count("v")) {
+    auto cart = crdt::DecodeCart(hot->at("s"), config.replica_id);
+    int64_t version = 0;
+    if (cart.ok() && ParseInt(hot->at("v"), &version)) {
+      cache_hits->Increment();
+      return HttpResponse::Json(200, CartJson(who->user_id, *cart, version).dump());
+    }
+  }
+  if (!hot.ok()) redis_fallbacks->Increment();
+  cache_misses->Increment();
+  CartRow row;
+  absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
+    row = LoadCart(tx, who->user_id, config.replica_id, false);
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(200, CartJson(who->user_id, row.cart, row.version).dump());
+}
+
+HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto sku = StringField(*body, "sku", true);
+  auto qty = IntField(*body, "quantity", false, 1);
+  if (!sku.ok()) return ProblemFromStatus(sku.status());
+  if (!qty.ok()) return ProblemFromStatus(qty.status());
+  if (auto st = services::ValidateSku(*sku); !st.ok()) {
+    return ProblemFromStatus(Unprocessable(std::string(st.message())));
+  }
+  if (*qty <= 0 || *qty > config.max_line_quantity) {
+    return ProblemFromStatus(
+        Unprocessable(absl::StrCat("quantity: must be 1..", config.max_line_quantity)));
+  }
+  auto product = ProductJson(*sku);
+  if (absl::IsNotFound(product.status())) {
+    return ProblemFromStatus(Unprocessable(absl::StrCat("sku: no product ", *sku)));
+  }
+  if (!product.ok()) return ProblemFromStatus(product.status());
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<crdt::Cart> {
+    int64_t current = cart.Quantity(*sku);
+    if (current + *qty > config.max_line_quantity) {
+      return Unprocessable(absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
+    }
+    if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
+      return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
+    }
+    return cart.Add(*sku, *qty);
+  });
+}
+
+HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  const std::string sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto qty = IntField(*body, "quantity", true);
+  if (!qty.ok()) return ProblemFromStatus(qty.status());
+  if (*qty < 0 || *qty > config.max_line_quantity) {
+    return ProblemFromStatus(
+        Unprocessable(absl::StrCat("quantity: must be 0..", config.max_line_quantity)));
+  }
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<crdt::Cart> {
+    int64_t current = cart.Quantity(sku);
+    if (current <= 0) return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+    if (*qty == 0) return cart.Remove(sku);
+    return cart.Add(sku, *qty - current);  // a change by the difference: concurrent changes add
+  });
+}
+
+HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  const std::string sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<crdt::Cart> {
+    if (cart.Quantity(sku) <= 0) {
+      return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+    }
+    return cart.Remove(sku);
+  });
+}
+
+}  // namespace meridian::region

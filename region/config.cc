@@ -1,0 +1,276 @@
+#include "region/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+
+namespace meridian::region {
+namespace {
+
+// Reads typed fields and records the first error with the field's path; every accessor returns a
+// usable default after an error so parsing can go on to the end without branching everywhere.
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  bool ok() const { return error_.empty(); }
+  absl::Status status() const {
+    return ok() ? absl::OkStatus()
+                : absl::InvalidArgumentError(absl::StrCat(source_, ": ", error_));
+  }
+  void Fail(const std::string& path, const std::string& what) {
+    if (error_.empty()) error_ = absl::StrCat(path, ": ", what);
+  }
+
+  YAML::Node Map(const YAML::Node& parent, const std::string& key, const std::string& path,
+                 bool required) {
+    YAML::Node n = parent[key];
+    if (!n || n.IsNull()) {
+      if (required) Fail(path, "missing (a mapping is required)");
+      return YAML::Node();
+    }
+    if (!n.IsMap()) Fail(path, "must be a mapping");
+    return n;
+  }
+
+  std::string String(const YAML::Node& parent, const std::string& key, const std::string& path,
+                     bool required, std::string def = "") {
+    if (!parent) return def;
+    YAML::Node n = parent[key];
+    if (!n || n.IsNull()) {
+      if (required) Fail(path, "missing");
+      return def;
+    }
+    if (!n.IsScalar()) {
+      Fail(path, "must be a string");
+      return def;
+    }
+    return n.Scalar();
+  }
+
+  template <class Int>
+  Int Integer(const YAML::Node& parent, const std::string& key, const std::string& path, Int def,
+              Int min, Int max) {
+    if (!parent) return def;
+    YAML::Node n = parent[key];
+    if (!n || n.IsNull()) return def;
+    long long v = 0;
+    try {
+      v = n.as<long long>();
+    } catch (const YAML::Exception&) {
+      Fail(path, absl::StrCat("must be an integer, got '", n.IsScalar() ? n.Scalar() : "?", "'"));
+      return def;
+    }
+    if (v < static_cast<long long>(min) || v > static_cast<long long>(max)) {
+      Fail(path, absl::StrCat("must be between ", min, " and ", max, ", got ", v));
+      return def;
+    }
+    return static_cast<Int>(v);
+  }
+
+  double Number(const YAML::Node& parent, const std::string& key, const std::string& path,
+                double def, double min, double max) {
+    if (!parent) return def;
+    YAML::Node n = parent[key];
+    if (!n || n.IsNull()) return def;
+    double v = 0;
+    try {
+      v = n.as<double>();
+    } catch (const YAML::Exception&) {
+      Fail(path, "must be a number");
+      return def;
+    }
+    if (!(v >= min && v <= max)) {
+      Fail(path, absl::StrCat("must be between ", min, " and ", max, ", got ", v));
+      return def;
+    }
+    return v;
+  }
+
+  Endpoint HostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
+                    bool required) {
+    std::string s = String(parent, key, path, required);
+    Endpoint e;
+    if (s.empty()) return e;
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos || colon == 0) {
+      Fail(path, absl::StrCat("must be host:port, got '", s, "'"));
+      return e;
+    }
+    e.host = s.substr(0, colon);
+    std::string port = s.substr(colon + 1);
+    char* end = nullptr;
+    long p = std::strtol(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p < 0 || p > 65535) {
+      Fail(path, absl::StrCat("port must be 0..65535, got '", port, "'"));
+      return e;
+    }
+    e.port = static_cast<uint16_t>(p);
+    return e;
+  }
+
+  // Keys not in `known` are errors: a typo must not silently fall back to a default.
+  void OnlyKeys(const YAML::Node& n, const std::string& path, std::set<std::string> known) {
+    if (!n || !n.IsMap()) return;
+    for (const auto& kv : n) {
+      std::string k = kv.first.as<std::string>();
+      if (!known.count(k)) Fail(path.empty() ? k : absl::StrCat(path, ".", k), "unknown field");
+    }
+  }
+
+ private:
+  std::string source_;
+  std::string error_;
+};
+
+}  // namespace
+
+std::string_view DurabilityName(Durability d) {
+  return d == Durability::kSyncPeer ? "sync-peer" : "async";
+}
+
+absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AbslView(source), ": not valid YAML (line ", e.mark.line + 1, "): ", e.msg));
+  }
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(AbslView(source), ": must be a mapping"));
+  Reader r{std::string(source)};
+  RegionConfig c;
+  r.OnlyKeys(root, "", {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers"});
+
+  YAML::Node region = r.Map(root, "region", "region", true);
+  r.OnlyKeys(region, "region", {"name", "jurisdiction", "replica_id"});
+  c.name = r.String(region, "name", "region.name", true);
+  c.jurisdiction = r.String(region, "jurisdiction", "region.jurisdiction", true);
+  c.replica_id = r.Integer<uint32_t>(region, "replica_id", "region.replica_id", 0, 1, 255);
+  if (r.ok() && c.replica_id == 0) r.Fail("region.replica_id", "missing");
+  auto valid_name = [](const std::string& s) {
+    if (s.empty() || s.size() > 32) return false;
+    for (char ch : s)
+      if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-')) return false;
+    return true;
+  };
+  if (r.ok() && !valid_name(c.name)) r.Fail("region.name", "1..32 of [A-Za-z0-9-]");
+  if (r.ok() && !valid_name(c.jurisdiction)) r.Fail("region.jurisdiction", "1..32 of [A-Za-z0-9-]");
+
+  YAML::Node listen = r.Map(root, "listen", "listen", true);
+  r.OnlyKeys(listen, "listen", {"http", "grpc"});
+  c.http = r.HostPort(listen, "http", "listen.http", true);
+  c.grpc = r.HostPort(listen, "grpc", "listen.grpc", false);
+
+  YAML::Node pg = r.Map(root, "postgres", "postgres", true);
+  r.OnlyKeys(pg, "postgres", {"global", "shards", "pool_size"});
+  c.global_dsn = r.String(pg, "global", "postgres.global", true);
+  if (pg && pg["shards"]) {
+    YAML::Node shards = pg["shards"];
+    if (!shards.IsSequence() || shards.size() == 0) {
+      r.Fail("postgres.shards", "must be a non-empty list of connection strings");
+    } else if (shards.size() > 64) {
+      r.Fail("postgres.shards", "at most 64 shards");
+    } else {
+      for (size_t i = 0; i < shards.size(); ++i) {
+        std::string path = absl::StrCat("postgres.shards[", i, "]");
+        if (!shards[i].IsScalar() || shards[i].Scalar().empty()) {
+          r.Fail(path, "must be a non-empty connection string");
+        } else {
+          c.shard_dsns.push_back(shards[i].Scalar());
+        }
+      }
+    }
+  } else if (pg) {
+    r.Fail("postgres.shards", "missing");
+  }
+  c.pool_size = r.Integer<int>(pg, "pool_size", "postgres.pool_size", 8, 1, 256);
+
+  YAML::Node redis = r.Map(root, "redis", "redis", true);
+  r.OnlyKeys(redis, "redis", {"address", "timeout_ms"});
+  c.redis = r.HostPort(redis, "address", "redis.address", true);
+  c.redis_timeout_ms = r.Integer<int>(redis, "timeout_ms", "redis.timeout_ms", 200, 1, 60000);
+
+  YAML::Node sec = r.Map(root, "security", "security", true);
+  r.OnlyKeys(sec, "security", {"token_secret", "operator_token", "token_ttl_s"});
+  c.token_secret = r.String(sec, "token_secret", "security.token_secret", true);
+  c.operator_token = r.String(sec, "operator_token", "security.operator_token", true);
+  c.token_ttl_s = r.Integer<int>(sec, "token_ttl_s", "security.token_ttl_s", 86400, 60, 30 * 86400);
+  if (r.ok() && c.token_secret.size() < 32) {
+    r.Fail("security.token_secret", "must be at least 32 characters");
+  }
+  if (r.ok() && c.operator_token.size() < 16) {
+    r.Fail("security.operator_token", "must be at least 16 characters");
+  }
+
+  if (root["peers"]) {
+    YAML::Node peers = root["peers"];
+    if (!peers.IsSequence()) {
+      r.Fail("peers", "must be a list");
+    } else {
+      for (size_t i = 0; i < peers.size(); ++i) {
+        std::string path = absl::StrCat("peers[", i, "]");
+        if (!peers[i].IsMap()) {
+          r.Fail(path, "must be a mapping");
+          continue;
+        }
+        r.OnlyKeys(peers[i], path, {"name", "jurisdiction", "url"});
+        PeerRegion p;
+        p.name = r.String(peers[i], "name", path + ".name", true);
+        p.jurisdiction = r.String(peers[i], "jurisdiction", path + ".jurisdiction", true);
+        p.public_url = r.String(peers[i], "url", path + ".url", true);
+        if (r.ok() && p.public_url.rfind("http://", 0) != 0 &&
+            p.public_url.rfind("https://", 0) != 0) {
+          r.Fail(path + ".url", "must start with http:// or https://");
+        }
+        c.peers.push_back(std::move(p));
+      }
+    }
+  }
+
+  std::string durability = r.String(root, "durability", "durability", false, "async");
+  if (durability == "async") {
+    c.durability = Durability::kAsync;
+  } else if (durability == "sync-peer") {
+    c.durability = Durability::kSyncPeer;
+  } else {
+    r.Fail("durability", absl::StrCat("must be async or sync-peer, got '", durability, "'"));
+  }
+
+  YAML::Node lim = r.Map(root, "limits", "limits", false);
+  r.OnlyKeys(lim, "limits",
+             {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
+              "reservation_ttl_s", "request_timeout_ms", "max_cart_lines", "max_line_quantity"});
+  c.max_body_bytes =
+      r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
+  c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
+  c.rate_limit_per_s = r.Number(lim, "rate_limit_per_s", "limits.rate_limit_per_s", 50, 0.1, 1e7);
+  c.rate_limit_burst = r.Number(lim, "rate_limit_burst", "limits.rate_limit_burst", 100, 1, 1e7);
+  c.reservation_ttl_s =
+      r.Integer<int>(lim, "reservation_ttl_s", "limits.reservation_ttl_s", 900, 1, 7 * 86400);
+  c.request_timeout_ms =
+      r.Integer<int>(lim, "request_timeout_ms", "limits.request_timeout_ms", 5000, 10, 600000);
+  c.max_cart_lines = r.Integer<int>(lim, "max_cart_lines", "limits.max_cart_lines", 100, 1, 10000);
+  c.max_line_quantity =
+      r.Integer<int>(lim, "max_line_quantity", "limits.max_line_quantity", 999, 1, 1000000);
+
+  if (!r.ok()) return r.status();
+  return c;
+}
+
+absl::StatusOr<RegionConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseConfig(ss.str(), path);
+}
+
+}  // namespace meridian::region

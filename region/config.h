@@ -1,0 +1,71 @@
+#pragma once
+
+// The region's configuration, read from YAML and checked before anything starts: a bad file is an
+// InvalidArgument status naming the field (e.g. "postgres.shards[1]: must not be empty"), and the
+// process does not start half-configured.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace meridian::region {
+
+enum class Durability { kAsync, kSyncPeer };
+
+struct Endpoint {
+  std::string host;
+  uint16_t port = 0;
+};
+
+// Another region, for residency redirects (HTTP 307 to an allowed region).
+struct PeerRegion {
+  std::string name;
+  std::string jurisdiction;
+  std::string public_url;  // e.g. http://eu-west.shop.example:8080
+};
+
+struct RegionConfig {
+  // region
+  std::string name;           // e.g. "us-east"
+  std::string jurisdiction;   // e.g. "us", "eu"
+  uint32_t replica_id = 0;    // unique per region, 1..255
+  // listen
+  Endpoint http;
+  Endpoint grpc;
+  // postgres
+  std::string global_dsn;               // catalog, inventory
+  std::vector<std::string> shard_dsns;  // user-keyed data, placed by jump hash of user_id
+  int pool_size = 8;                    // connections per shard
+  // redis
+  Endpoint redis;
+  int redis_timeout_ms = 200;
+  // security
+  std::string token_secret;    // HMAC key for customer tokens, >= 32 bytes
+  std::string operator_token;  // bearer token for admin routes, >= 16 bytes
+  int token_ttl_s = 86400;
+  // peers
+  std::vector<PeerRegion> peers;
+  // durability
+  Durability durability = Durability::kAsync;
+  // limits
+  size_t max_body_bytes = 1 << 20;
+  int http_threads = 8;
+  double rate_limit_per_s = 50;
+  double rate_limit_burst = 100;
+  int reservation_ttl_s = 900;
+  int request_timeout_ms = 5000;
+  int max_cart_lines = 100;
+  int max_line_quantity = 999;
+};
+
+// Parses and validates. `source` names the file in messages.
+[[nodiscard]] absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml,
+                                                      std::string_view source = "config");
+[[nodiscard]] absl::StatusOr<RegionConfig> LoadConfigFile(const std::string& path);
+
+std::string_view DurabilityName(Durability d);
+
+}  // namespace meridian::region

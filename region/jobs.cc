@@ -1,0 +1,160 @@
+// Background jobs: the reservation sweep and the notification worker.
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "region/app_impl.h"
+
+namespace meridian::region {
+
+absl::StatusOr<int> RegionApp::Impl::Sweep() {
+  std::vector<std::pair<std::string, std::string>> expired;  // reservation (= order) id, user
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    for (const auto& r : tx.exec("SELECT id, user_id FROM reservations WHERE state = 'held' AND "
+                                 "expires_at < now() ORDER BY expires_at LIMIT 500")) {
+      expired.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+    }
+  });
+  if (!st.ok()) return st;
+  int released = 0;
+  for (const auto& [id, user_id] : expired) {
+    // Expire the order only if it is still unpaid; a paid order keeps its stock.
+    std::string status = "missing";
+    st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+      pqxx::result r = tx.exec("UPDATE orders SET status = 'expired', updated_at = now() WHERE "
+                               "order_id = " + tx.quote(id) +
+                               " AND status = 'pending_payment' RETURNING status");
+      if (!r.empty()) {
+        status = "expired";
+        return;
+      }
+      pqxx::result cur = tx.exec("SELECT status FROM orders WHERE order_id = " + tx.quote(id));
+      if (!cur.empty()) status = cur[0][0].as<std::string>();
+    });
+    if (!st.ok()) return st;
+    if (status == "paid") {
+      st = global->Run([&](pqxx::work& tx) {
+        tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(id) +
+                 " AND state = 'held'");
+      });
+    } else {
+      // Expired, cancelled, declined, or no order at all (a checkout that died half-way).
+      st = ReleaseReservation(id, absl::StrCat("expired_", status));
+      if (st.ok()) ++released;
+    }
+    if (!st.ok()) return st;
+  }
+  return released;
+}
+
+absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
+  constexpr int kMaxAttempts = 5;
+  int sent = 0;
+  for (auto& shard : shards) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      // SKIP LOCKED: several workers (or regions' processes) share the table without waiting.
+      for (const auto& r : tx.exec("SELECT id, order_id, user_id, kind, payload, attempts FROM "
+                                   "notifications WHERE sent_at IS NULL AND next_attempt_at <= "
+                                   "now() ORDER BY id LIMIT 50 FOR UPDATE SKIP LOCKED")) {
+        int64_t id = r[0].as<int64_t>();
+        int attempts = r[5].as<int>() + 1;
+        // The built-in sink is the structured log (a mail or webhook sink plugs in here).
+        // Operators can make the next deliveries fail for a drill.
+        bool ok = true;
+        std::string error;
+        int pending = fail_next_notifications.load();
+        while (pending > 0 && !fail_next_notifications.compare_exchange_weak(pending, pending - 1)) {
+        }
+        if (pending > 0) {
+          ok = false;
+          error = "injected delivery failure";
+        }
+        if (ok) {
+          spdlog::info("event=notification_sent id={} kind={} order={} user={}", id,
+                       r[3].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>());
+          tx.exec0("UPDATE notifications SET sent_at = now(), attempts = " + tx.quote(attempts) +
+                   " WHERE id = " + tx.quote(id));
+          notifications_sent->Increment();
+          ++sent;
+        } else if (attempts >= kMaxAttempts) {
+          tx.exec0("INSERT INTO notifications_dead (id, order_id, user_id, kind, payload, "
+                   "attempts, last_error) SELECT id, order_id, user_id, kind, payload, " +
+                   tx.quote(attempts) + ", " + tx.quote(error) +
+                   " FROM notifications WHERE id = " + tx.quote(id));
+          tx.exec0("DELETE FROM notifications WHERE id = " + tx.quote(id));
+          notifications_dead->Increment();
+          spdlog::warn("event=notification_dead_letter id={} attempts={} error=\"{}\"", id,
+                       attempts, error);
+        } else {
+          // Exponential backoff: 1, 2, 4, 8 s ... capped at 5 minutes.
+          int backoff_s = std::min(300, 1 << (attempts - 1));
+          tx.exec0("UPDATE notifications SET attempts = " + tx.quote(attempts) +
+                   ", last_error = " + tx.quote(error) + ", next_attempt_at = now() + " +
+                   tx.quote(absl::StrCat(backoff_s, " seconds")) + "::interval WHERE id = " +
+                   tx.quote(id));
+          notifications_failed->Increment();
+        }
+      }
+    });
+    if (!st.ok()) return st;
+  }
+  return sent;
+}
+
+void RegionApp::Impl::StartJobs() {
+  jobs.emplace_back([this] {
+    int tick = 0;
+    std::unique_lock<std::mutex> lock(jobs_mu);
+    while (!stopping) {
+      jobs_cv.wait_for(lock, std::chrono::seconds(1));
+      if (stopping) break;
+      lock.unlock();
+      if (auto n = NotifyOnce(); !n.ok()) {
+        spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
+      }
+      if (++tick % 5 == 0) {
+        if (auto n = Sweep(); !n.ok()) {
+          spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());
+        }
+      }
+      lock.lock();
+    }
+  });
+}
+
+void RegionApp::Impl::StopJobs() {
+  {
+    std::lock_guard<std::mutex> lock(jobs_mu);
+    stopping = true;
+  }
+  jobs_cv.notify_all();
+  for (auto& t : jobs)
+    if (t.joinable()) t.join();
+  jobs.clear();
+}
+
+HttpResponse RegionApp::Impl::SweepNow(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  auto n = Sweep();
+  if (!n.ok()) return ProblemFromStatus(n.status());
+  return HttpResponse::Json(200, Json{{"released", *n}}.dump());
+}
+
+HttpResponse RegionApp::Impl::NotifyNow(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  if (!req.body.empty()) {
+    auto body = ParseBody(req);
+    if (!body.ok()) return ProblemFromStatus(body.status());
+    auto fail = IntField(*body, "fail_next", false, 0);
+    if (!fail.ok()) return ProblemFromStatus(fail.status());
+    if (*fail < 0 || *fail > 1000) return ProblemFromStatus(Unprocessable("fail_next: 0..1000"));
+    fail_next_notifications = static_cast<int>(*fail);
+  }
+  auto n = NotifyOnce();
+  if (!n.ok()) return ProblemFromStatus(n.status());
+  return HttpResponse::Json(200, Json{{"sent", *n}}.dump());
+}
+
+}  // namespace meridian::region

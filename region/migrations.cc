@@ -1,0 +1,210 @@
+#include "region/migrations.h"
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace meridian::region {
+namespace {
+
+// Every table that holds replicated state writes its deltas to `outbox` in the same transaction;
+// seq is the per-origin (this region, this database) sequence number the replicator ships by.
+constexpr const char* kOutbox = R"sql(
+CREATE TABLE outbox (
+  seq        bigserial PRIMARY KEY,
+  origin     integer NOT NULL,
+  kind       text NOT NULL,
+  key        text NOT NULL,
+  payload    bytea NOT NULL,
+  residency  text NOT NULL DEFAULT 'any',
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+)sql";
+
+const std::vector<Migration> kGlobal = {
+    {1, "catalog",
+     R"sql(
+CREATE TABLE categories (
+  id   text PRIMARY KEY CHECK (id ~ '^[a-z0-9-]{1,64}$'),
+  name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200)
+);
+CREATE TABLE products (
+  sku         text PRIMARY KEY CHECK (sku ~ '^[A-Za-z0-9._-]{1,64}$'),
+  name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+  description text NOT NULL DEFAULT '' CHECK (length(description) <= 4000),
+  category_id text REFERENCES categories(id),
+  price_cents bigint NOT NULL CHECK (price_cents >= 0),
+  currency    text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+  hlc         bigint NOT NULL,
+  origin      integer NOT NULL,
+  search      tsvector GENERATED ALWAYS AS (
+                setweight(to_tsvector('english', name), 'A') ||
+                setweight(to_tsvector('english', description), 'B')) STORED,
+  updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX products_search ON products USING gin (search);
+CREATE INDEX products_category ON products (category_id);
+)sql"},
+    {2, "inventory",
+     R"sql(
+CREATE TABLE inventory (
+  sku        text PRIMARY KEY REFERENCES products(sku),
+  state      bytea NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE reservations (
+  id         text PRIMARY KEY,
+  user_id    text NOT NULL,
+  state      text NOT NULL CHECK (state IN ('held', 'committed', 'released')),
+  expires_at timestamptz NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX reservations_expiry ON reservations (expires_at) WHERE state = 'held';
+CREATE TABLE reservation_items (
+  reservation_id text NOT NULL REFERENCES reservations(id),
+  sku            text NOT NULL,
+  units          bigint NOT NULL CHECK (units > 0),
+  PRIMARY KEY (reservation_id, sku)
+);
+)sql"},
+    {3, "outbox", kOutbox},
+    {4, "sandbox_payments",
+     R"sql(
+-- The built-in sandbox payment provider's own records (what a real provider would hold).
+CREATE TABLE sandbox_charges (
+  charge_id       text PRIMARY KEY,
+  idempotency_key text NOT NULL UNIQUE,
+  order_id        text NOT NULL,
+  amount_cents    bigint NOT NULL CHECK (amount_cents >= 0),
+  currency        text NOT NULL,
+  status          text NOT NULL CHECK (status IN ('captured', 'declined', 'refunded')),
+  refunded_cents  bigint NOT NULL DEFAULT 0,
+  created_at      timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+};
+
+const std::vector<Migration> kShard = {
+    {1, "users",
+     R"sql(
+CREATE TABLE users (
+  user_id       text PRIMARY KEY,
+  email         text NOT NULL UNIQUE,
+  name          text NOT NULL DEFAULT '',
+  password_hash text NOT NULL,
+  residency     text NOT NULL,
+  created_at    timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+    {2, "carts",
+     R"sql(
+CREATE TABLE carts (
+  user_id    text PRIMARY KEY,
+  state      bytea NOT NULL,
+  residency  text NOT NULL,
+  version    bigint NOT NULL DEFAULT 0,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+    {3, "orders",
+     R"sql(
+CREATE TABLE orders (
+  order_id        text PRIMARY KEY,
+  user_id         text NOT NULL,
+  status          text NOT NULL CHECK (status IN ('pending_payment', 'paid', 'cancelled',
+                                                  'payment_declined', 'expired', 'refunded')),
+  total_cents     bigint NOT NULL CHECK (total_cents >= 0),
+  currency        text NOT NULL,
+  reservation_id  text NOT NULL,
+  idempotency_key text,
+  owner_region    text NOT NULL,
+  epoch           bigint NOT NULL DEFAULT 1,
+  payment_ref     text,
+  residency       text NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  updated_at      timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (user_id, idempotency_key)
+);
+CREATE INDEX orders_user ON orders (user_id, created_at DESC);
+CREATE TABLE order_items (
+  order_id    text NOT NULL REFERENCES orders(order_id),
+  sku         text NOT NULL,
+  quantity    integer NOT NULL CHECK (quantity > 0),
+  price_cents bigint NOT NULL CHECK (price_cents >= 0),
+  PRIMARY KEY (order_id, sku)
+);
+)sql"},
+    {4, "notifications",
+     R"sql(
+CREATE TABLE notifications (
+  id              bigserial PRIMARY KEY,
+  order_id        text NOT NULL,
+  user_id         text NOT NULL,
+  kind            text NOT NULL,
+  payload         text NOT NULL,
+  attempts        integer NOT NULL DEFAULT 0,
+  next_attempt_at timestamptz NOT NULL DEFAULT now(),
+  sent_at         timestamptz,
+  last_error      text
+);
+CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE sent_at IS NULL;
+CREATE TABLE notifications_dead (
+  id         bigint PRIMARY KEY,
+  order_id   text NOT NULL,
+  user_id    text NOT NULL,
+  kind       text NOT NULL,
+  payload    text NOT NULL,
+  attempts   integer NOT NULL,
+  last_error text,
+  dead_at    timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+    {5, "outbox", kOutbox},
+};
+
+}  // namespace
+
+const std::vector<Migration>& Migrations(SchemaKind kind) {
+  return kind == SchemaKind::kGlobal ? kGlobal : kShard;
+}
+
+absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) {
+  std::vector<int> applied;
+  // One advisory lock per database: concurrent starters wait here, then find nothing to do.
+  constexpr long long kLockKey = 0x4d6572696469616eLL;  // "Meridian"
+  const std::string lock = absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ")");
+  absl::Status st = pool.Run([&](pqxx::work& tx) {
+    tx.exec0(lock);
+    tx.exec0(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT "
+        "NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+  });
+  if (!st.ok()) return st;
+  // Each migration in its own transaction with the row that records it.
+  for (const Migration& m : Migrations(kind)) {
+    bool did = false;
+    st = pool.Run([&](pqxx::work& tx) {
+      did = false;
+      tx.exec0(lock);
+      if (!tx.exec("SELECT 1 FROM schema_migrations WHERE version = " + tx.quote(m.version))
+               .empty()) {
+        return;
+      }
+      tx.exec0(m.sql);
+      tx.exec0("INSERT INTO schema_migrations (version, name) VALUES (" + tx.quote(m.version) +
+               ", " + tx.quote(m.name) + ")");
+      did = true;
+    });
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("migration ", m.version, " (", m.name, ") on ",
+                                                  pool.name(), ": ", st.message()));
+    }
+    if (did) applied.push_back(m.version);
+  }
+  if (!applied.empty()) {
+    spdlog::info("event=migrations_applied db={} count={}", pool.name(), applied.size());
+  }
+  return applied;
+}
+
+}  // namespace meridian::region

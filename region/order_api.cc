@@ -1,0 +1,479 @@
+// Checkout, orders, payments.
+//
+// A checkout touches two databases: stock lives on the global shard, the order and the cart on
+// the customer's shard. PostgreSQL cannot commit across them in one transaction, so a checkout is
+// two local transactions in a fixed order: (1) take the stock and record a reservation with an
+// expiry (global shard), (2) write the order, its items, its event, the confirmation and clear
+// the cart (user shard). If (2) fails, (1) is undone at once; if the process dies between them,
+// the reservation sweep finds a reservation without a paid order and gives the stock back. Stock
+// is therefore never lost and never sold twice, and an order never exists without its stock.
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "crdt/codec.h"
+#include "region/app_impl.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+
+void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                   const crdt::Inventory& delta, crdt::ReplicaId origin);
+crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
+                                       crdt::ReplicaId replica);
+void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+              const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+              crdt::ReplicaId origin);
+
+namespace {
+
+absl::Status ValidIdempotencyKey(std::string_view k) {
+  if (k.empty() || k.size() > 128) {
+    return absl::InvalidArgumentError("Idempotency-Key: 1..128 characters");
+  }
+  for (char c : k)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == ':')) {
+      return absl::InvalidArgumentError("Idempotency-Key: letters, digits and -_.: only");
+    }
+  return absl::OkStatus();
+}
+
+void OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
+                const std::string& residency, const Json& event) {
+  std::string e = event.dump();
+  tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+           tx.quote(origin) + ", 'order', " + tx.quote(order_id) + ", " +
+           tx.quote_raw(reinterpret_cast<const unsigned char*>(e.data()), e.size()) + ", " +
+           tx.quote(residency) + ")");
+}
+
+std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::string& user_id,
+                                                const std::string& key) {
+  pqxx::result r = tx.exec("SELECT order_id FROM orders WHERE user_id = " + tx.quote(user_id) +
+                           " AND idempotency_key = " + tx.quote(key));
+  if (r.empty()) return std::nullopt;
+  return r[0][0].as<std::string>();
+}
+
+}  // namespace
+
+absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
+                                                const std::string& order_id) {
+  Json out;
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec(
+        "SELECT order_id, status, total_cents, currency, owner_region, epoch, payment_ref, "
+        "extract(epoch from created_at)::bigint AS created FROM orders WHERE order_id = " +
+        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+    if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+    const auto& row = r[0];
+    Json items = Json::array();
+    for (const auto& i : tx.exec("SELECT sku, quantity, price_cents FROM order_items WHERE "
+                                 "order_id = " + tx.quote(order_id) + " ORDER BY sku")) {
+      items.push_back(Json{{"sku", i[0].as<std::string>()},
+                           {"quantity", i[1].as<int64_t>()},
+                           {"price_cents", i[2].as<int64_t>()}});
+    }
+    out = Json{{"order_id", row["order_id"].as<std::string>()},
+               {"status", row["status"].as<std::string>()},
+               {"total_cents", row["total_cents"].as<int64_t>()},
+               {"currency", row["currency"].as<std::string>()},
+               {"owner_region", row["owner_region"].as<std::string>()},
+               {"epoch", row["epoch"].as<int64_t>()},
+               {"payment_ref", row["payment_ref"].is_null()
+                                   ? Json()
+                                   : Json(row["payment_ref"].as<std::string>())},
+               {"created_at", row["created"].as<int64_t>()},
+               {"items", items}};
+  });
+  if (!st.ok()) return st;
+  return out;
+}
+
+absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_id,
+                                                 const std::string& reason) {
+  bool released = false;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT state FROM reservations WHERE id = " +
+                             tx.quote(reservation_id) + " FOR UPDATE");
+    if (r.empty() || r[0][0].as<std::string>() == "released") return;  // idempotent
+    std::vector<std::pair<std::string, int64_t>> items;
+    for (const auto& i : tx.exec("SELECT sku, units FROM reservation_items WHERE "
+                                 "reservation_id = " + tx.quote(reservation_id) + " ORDER BY sku")) {
+      items.emplace_back(i[0].as<std::string>(), i[1].as<int64_t>());
+    }
+    // The units return as this region's rights: it took them from its own rights.
+    for (const auto& [sku, units] : items) {
+      crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
+      auto delta = inv.Restock(sku, static_cast<uint64_t>(units));
+      if (!delta.ok()) throw AbortTx{delta.status()};
+      SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    }
+    tx.exec0("UPDATE reservations SET state = 'released' WHERE id = " + tx.quote(reservation_id));
+    released = true;
+  });
+  if (st.ok() && released) {
+    reservations_released->Increment();
+    spdlog::info("event=reservation_released id={} reason={}", reservation_id, reason);
+  }
+  return st;
+}
+
+HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  Json body = Json::object();
+  if (!req.body.empty()) {
+    auto parsed = ParseBody(req);
+    if (!parsed.ok()) return ProblemFromStatus(parsed.status());
+    body = *std::move(parsed);
+  }
+  auto card = StringField(body, "card_number", false);
+  if (!card.ok()) return ProblemFromStatus(card.status());
+  if (!card->empty()) {
+    if (auto st = services::ValidateCardNumber(*card); !st.ok()) {
+      return ProblemFromStatus(Unprocessable(std::string(st.message())));
+    }
+  }
+  std::string idem;
+  if (auto h = req.Header("idempotency-key")) {
+    idem = std::string(*h);
+    if (auto st = ValidIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
+  }
+  const std::string& user_id = who->user_id;
+  PgPool& shard = ShardFor(user_id);
+
+  auto replay = [&](const std::string& order_id) {
+    auto order = OrderJson(user_id, order_id);
+    if (!order.ok()) return ProblemFromStatus(order.status());
+    (*order)["idempotent_replay"] = true;
+    return HttpResponse::Json(200, order->dump());
+  };
+
+  // 1. A repeated key returns the order it made.
+  crdt::Cart snapshot(config.replica_id);
+  std::optional<std::string> existing;
+  absl::Status st = shard.Run([&](pqxx::work& tx) {
+    if (!idem.empty()) existing = FindByIdempotencyKey(tx, user_id, idem);
+    if (existing) return;
+    pqxx::result r = tx.exec("SELECT state FROM carts WHERE user_id = " + tx.quote(user_id));
+    if (!r.empty()) {
+      pqxx::binarystring bytes(r[0][0]);
+      auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+      if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
+      snapshot = *std::move(cart);
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  if (existing) return replay(*existing);
+  auto lines = snapshot.Lines();
+  if (lines.empty()) return ProblemFromStatus(Unprocessable("cart: empty, nothing to check out"));
+
+  // 2. Prices, and 3. stock: take it and record the reservation.
+  std::string order_id = RandomId("o");
+  int64_t total = 0;
+  std::string currency;
+  std::map<std::string, int64_t> prices;
+  st = global->Run([&](pqxx::work& tx) {
+    for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
+      pqxx::result p = tx.exec("SELECT price_cents, currency FROM products WHERE sku = " +
+                               tx.quote(sku));
+      if (p.empty()) {
+        throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
+      }
+      if (!currency.empty() && p[0][1].as<std::string>() != currency) {
+        throw AbortTx{Unprocessable("cart: products in different currencies")};
+      }
+      currency = p[0][1].as<std::string>();
+      prices[sku] = p[0][0].as<int64_t>();
+      total += prices[sku] * qty;
+      crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
+      auto delta = inv.Take(sku, static_cast<uint64_t>(qty));
+      if (!delta.ok()) {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("out of stock: ", sku, " (", qty, " requested, ",
+                         std::max<int64_t>(inv.Rights(sku, config.replica_id), 0),
+                         " available in region ", config.name, ")"))};
+      }
+      SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    }
+    tx.exec0("INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
+             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'held', now() + " +
+             tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) + "::interval)");
+    for (const auto& [sku, qty] : lines) {
+      tx.exec0("INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
+               tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ")");
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+
+  // 4. The order, atomically with its event, its confirmation and the cart cleared of exactly
+  //    the lines it took (lines added meanwhile stay).
+  st = shard.Run([&](pqxx::work& tx) {
+    if (!idem.empty()) {
+      if (auto other = FindByIdempotencyKey(tx, user_id, idem)) {
+        throw AbortTx{absl::AlreadyExistsError(*other)};
+      }
+    }
+    tx.exec0("INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
+             "reservation_id, idempotency_key, owner_region, residency) VALUES (" +
+             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " +
+             tx.quote(total) + ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
+             (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " +
+             tx.quote(config.name) + ", " + tx.quote(who->residency) + ")");
+    Json items = Json::array();
+    for (const auto& [sku, qty] : lines) {
+      tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
+               tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ", " +
+               tx.quote(prices[sku]) + ")");
+      items.push_back(Json{{"sku", sku}, {"quantity", qty}, {"price_cents", prices[sku]}});
+    }
+    Json event{{"event", "created"}, {"order_id", order_id}, {"user_id", user_id},
+               {"epoch", 1},         {"owner_region", config.name}, {"total_cents", total},
+               {"currency", currency}, {"items", items}};
+    OrderEvent(tx, config.replica_id, order_id, who->residency, event);
+    tx.exec0("INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
+             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
+             tx.quote(event.dump()) + ")");
+    // Clear what the snapshot held.
+    pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " +
+                             tx.quote(user_id) + " FOR UPDATE");
+    if (!r.empty()) {
+      pqxx::binarystring bytes(r[0][0]);
+      auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+      if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
+      crdt::Cart taken = snapshot;
+      crdt::Cart delta = taken.Clear();
+      cart->Merge(delta);
+      SaveCart(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
+               config.replica_id);
+    }
+  });
+  if (!st.ok()) {
+    absl::Status undo = ReleaseReservation(order_id, "checkout_failed");
+    if (!undo.ok()) {
+      spdlog::error("event=reservation_release_failed id={} status=\"{}\" (the sweep retries)",
+                    order_id, undo.ToString());
+    }
+    if (absl::IsAlreadyExists(st)) return replay(std::string(st.message()));  // concurrent twin
+    return ProblemFromStatus(st);
+  }
+  (void)redis->Del("cart:" + user_id);
+
+  // 5. Pay now when a card came with the checkout.
+  int status = 201;
+  absl::StatusOr<Json> order;
+  if (!card->empty()) {
+    order = Pay(user_id, order_id, *card, &status);
+    if (status == 200) status = 201;
+  } else {
+    order = OrderJson(user_id, order_id);
+  }
+  if (!order.ok()) return ProblemFromStatus(order.status());
+  (*order)["durability"] = std::string(DurabilityName(config.durability));
+  return HttpResponse::Json(status, order->dump());
+}
+
+absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std::string& order_id,
+                                          const std::string& card_number, int* http_status) {
+  PgPool& shard = ShardFor(user_id);
+  int64_t total = 0;
+  std::string currency, residency;
+  absl::Status st = shard.Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT status, total_cents, currency, residency FROM orders WHERE "
+                             "order_id = " + tx.quote(order_id) + " AND user_id = " +
+                             tx.quote(user_id));
+    if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+    std::string status = r[0][0].as<std::string>();
+    if (status != "pending_payment") {
+      throw AbortTx{absl::FailedPreconditionError(
+          absl::StrCat("order ", order_id, " is ", status, ", not awaiting payment"))};
+    }
+    total = r[0][1].as<int64_t>();
+    currency = r[0][2].as<std::string>();
+    residency = r[0][3].as<std::string>();
+  });
+  if (!st.ok()) return st;
+
+  // The sandbox provider: one charge per order (idempotent capture by key).
+  bool approved = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
+  std::string charge_id = RandomId("ch");
+  st = global->Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec(
+        "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
+        "currency, status) VALUES (" +
+        tx.quote(charge_id) + ", " + tx.quote("pay:" + order_id) + ", " + tx.quote(order_id) +
+        ", " + tx.quote(total) + ", " + tx.quote(currency) + ", " +
+        tx.quote(approved ? "captured" : "declined") +
+        ") ON CONFLICT (idempotency_key) DO NOTHING RETURNING charge_id");
+    if (r.empty()) {
+      pqxx::row prior = tx.exec1("SELECT charge_id, status FROM sandbox_charges WHERE "
+                                 "idempotency_key = " + tx.quote("pay:" + order_id));
+      charge_id = prior[0].as<std::string>();
+      approved = prior[1].as<std::string>() == "captured";
+    }
+  });
+  if (!st.ok()) return st;
+
+  st = shard.Run([&](pqxx::work& tx) {
+    std::string next = approved ? "paid" : "payment_declined";
+    pqxx::result r = tx.exec("UPDATE orders SET status = " + tx.quote(next) +
+                             ", payment_ref = " + tx.quote(charge_id) +
+                             ", updated_at = now() WHERE order_id = " + tx.quote(order_id) +
+                             " AND status = 'pending_payment' RETURNING epoch");
+    if (r.empty()) {
+      throw AbortTx{absl::FailedPreconditionError(
+          absl::StrCat("order ", order_id, " changed while being paid"))};
+    }
+    OrderEvent(tx, config.replica_id, order_id, residency,
+               Json{{"event", next}, {"order_id", order_id}, {"epoch", r[0][0].as<int64_t>()},
+                    {"payment_ref", charge_id}});
+  });
+  if (!st.ok()) return st;
+  if (approved) {
+    st = global->Run([&](pqxx::work& tx) {
+      tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(order_id) +
+               " AND state = 'held'");
+    });
+    if (!st.ok()) return st;
+    *http_status = 200;
+  } else {
+    st = ReleaseReservation(order_id, "payment_declined");
+    if (!st.ok()) return st;
+    *http_status = 402;
+  }
+  return OrderJson(user_id, order_id);
+}
+
+HttpResponse RegionApp::Impl::PayOrder(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto card = StringField(*body, "card_number", true);
+  if (!card.ok()) return ProblemFromStatus(card.status());
+  if (auto st = services::ValidateCardNumber(*card); !st.ok()) {
+    return ProblemFromStatus(Unprocessable(std::string(st.message())));
+  }
+  int status = 200;
+  auto order = Pay(who->user_id, req.params["id"], *card, &status);
+  if (!order.ok()) return ProblemFromStatus(order.status());
+  return HttpResponse::Json(status, order->dump());
+}
+
+HttpResponse RegionApp::Impl::ListOrders(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  std::vector<std::string> ids;
+  absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
+    for (const auto& r : tx.exec("SELECT order_id FROM orders WHERE user_id = " +
+                                 tx.quote(who->user_id) + " ORDER BY created_at DESC LIMIT 100")) {
+      ids.push_back(r[0].as<std::string>());
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  Json items = Json::array();
+  for (const auto& id : ids) {
+    auto o = OrderJson(who->user_id, id);
+    if (!o.ok()) return ProblemFromStatus(o.status());
+    items.push_back(*std::move(o));
+  }
+  return HttpResponse::Json(200, Json{{"items", items}}.dump());
+}
+
+HttpResponse RegionApp::Impl::GetOrder(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  // Another customer's order id reads as not found: no hint that it exists.
+  auto o = OrderJson(who->user_id, req.params["id"]);
+  if (!o.ok()) return ProblemFromStatus(o.status());
+  return HttpResponse::Json(200, o->dump());
+}
+
+HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
+  auto who = Customer(req);
+  if (!who.ok()) return ProblemFromStatus(who.status());
+  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  const std::string order_id = req.params["id"];
+  std::string next;
+  std::string payment_ref;
+  absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT status, payment_ref, epoch, residency FROM orders WHERE "
+                             "order_id = " + tx.quote(order_id) + " AND user_id = " +
+                             tx.quote(who->user_id) + " FOR UPDATE");
+    if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+    std::string status = r[0][0].as<std::string>();
+    if (status == "pending_payment") {
+      next = "cancelled";
+    } else if (status == "paid") {
+      next = "refunded";
+      payment_ref = r[0][1].as<std::string>();
+    } else {
+      throw AbortTx{absl::FailedPreconditionError(
+          absl::StrCat("order ", order_id, " is ", status, " and cannot be cancelled"))};
+    }
+    tx.exec0("UPDATE orders SET status = " + tx.quote(next) +
+             ", updated_at = now() WHERE order_id = " + tx.quote(order_id));
+    OrderEvent(tx, config.replica_id, order_id, r[0][3].as<std::string>(),
+               Json{{"event", next}, {"order_id", order_id}, {"epoch", r[0][2].as<int64_t>()}});
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  if (!payment_ref.empty()) {
+    st = global->Run([&](pqxx::work& tx) {
+      tx.exec0("UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents "
+               "WHERE charge_id = " + tx.quote(payment_ref) + " AND status = 'captured'");
+    });
+    if (!st.ok()) return ProblemFromStatus(st);
+  }
+  st = ReleaseReservation(order_id, next);
+  if (!st.ok()) return ProblemFromStatus(st);
+  auto o = OrderJson(who->user_id, order_id);
+  if (!o.ok()) return ProblemFromStatus(o.status());
+  return HttpResponse::Json(200, o->dump());
+}
+
+HttpResponse RegionApp::Impl::Reconcile(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  std::vector<services::ProviderCharge> charges;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    for (const auto& r : tx.exec("SELECT charge_id, order_id, status, amount_cents FROM "
+                                 "sandbox_charges ORDER BY charge_id")) {
+      charges.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>(),
+                         r[3].as<int64_t>()});
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  std::vector<services::OrderPayment> orders;
+  for (auto& shard : shards) {
+    st = shard->Run([&](pqxx::work& tx) {
+      for (const auto& r : tx.exec("SELECT order_id, status, coalesce(payment_ref, ''), "
+                                   "total_cents FROM orders WHERE payment_ref IS NOT NULL OR "
+                                   "status IN ('paid', 'refunded')")) {
+        orders.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>(),
+                          r[3].as<int64_t>()});
+      }
+    });
+    if (!st.ok()) return ProblemFromStatus(st);
+  }
+  Json mismatches = Json::array();
+  for (const auto& m : services::Reconcile(charges, orders)) {
+    mismatches.push_back(Json{{"kind", m.kind},
+                              {"order_id", m.order_id},
+                              {"charge_id", m.charge_id},
+                              {"detail", m.detail}});
+  }
+  return HttpResponse::Json(200, Json{{"charges", charges.size()},
+                                      {"orders", orders.size()},
+                                      {"mismatches", mismatches}}
+                                     .dump());
+}
+
+}  // namespace meridian::region

@@ -1,0 +1,123 @@
+#include "region/pg_pool.h"
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace meridian::region {
+
+absl::Status StatusFromPqxx(const std::exception& e, const std::string& context) {
+  std::string what = absl::StrCat(context, ": ", e.what());
+  if (dynamic_cast<const pqxx::unique_violation*>(&e)) return absl::AlreadyExistsError(what);
+  if (dynamic_cast<const pqxx::foreign_key_violation*>(&e) ||
+      dynamic_cast<const pqxx::check_violation*>(&e) ||
+      dynamic_cast<const pqxx::not_null_violation*>(&e)) {
+    return absl::FailedPreconditionError(what);
+  }
+  if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) return absl::UnknownError(what);
+  if (dynamic_cast<const pqxx::broken_connection*>(&e)) return absl::UnavailableError(what);
+  if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return absl::AbortedError(what);
+  if (dynamic_cast<const pqxx::data_exception*>(&e)) return absl::InvalidArgumentError(what);
+  return absl::InternalError(what);
+}
+
+absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
+  std::unique_ptr<PgPool> pool(new PgPool(std::move(options)));
+  for (int i = 0; i < pool->options_.size; ++i) {
+    auto c = pool->Connect();
+    if (!c.ok()) return c.status();
+    pool->idle_.push_back(*std::move(c));
+  }
+  return pool;
+}
+
+PgPool::~PgPool() = default;
+
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
+  try {
+    return std::make_unique<pqxx::connection>(options_.dsn);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("postgres ", options_.name, ": cannot connect: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(options_.acquire_timeout_ms);
+  while (idle_.empty()) {
+    // A slot freed by a dropped (broken) connection is refilled here, lazily.
+    if (in_use_ + static_cast<int>(idle_.size()) < options_.size) {
+      ++in_use_;
+      lock.unlock();
+      auto fresh = Connect();
+      if (!fresh.ok()) {
+        lock.lock();
+        --in_use_;
+        cv_.notify_one();
+      }
+      return fresh;
+    }
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "postgres ", options_.name, ": no free connection within ", options_.acquire_timeout_ms,
+          " ms (pool of ", options_.size, ")"));
+    }
+  }
+  auto c = std::move(idle_.back());
+  idle_.pop_back();
+  ++in_use_;
+  return c;
+}
+
+void PgPool::Release(std::unique_ptr<pqxx::connection> c) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_use_;
+    if (c) idle_.push_back(std::move(c));
+  }
+  cv_.notify_one();
+}
+
+int PgPool::in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_use_;
+}
+
+absl::Status PgPool::Run(const std::function<void(pqxx::work&)>& fn, bool serializable) {
+  for (int attempt = 0;; ++attempt) {
+    auto conn = Acquire();
+    if (!conn.ok()) return conn.status();
+    std::unique_ptr<pqxx::connection> c = *std::move(conn);
+    absl::Status result;
+    bool retry = false;
+    try {
+      if (!c->is_open()) throw pqxx::broken_connection("connection closed");
+      pqxx::work tx(*c);
+      if (serializable) tx.exec0("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+      fn(tx);
+      tx.commit();
+    } catch (const AbortTx& abort) {
+      result = abort.status;
+    } catch (const pqxx::transaction_rollback& e) {  // serialization failure, deadlock
+      retry = attempt < options_.max_retries;
+      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+    } catch (const pqxx::broken_connection& e) {
+      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+      c.reset();  // dropped; Acquire opens a new one when the slot is next needed
+    } catch (const std::exception& e) {
+      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+    }
+    Release(std::move(c));
+    if (!retry) return result;
+    spdlog::debug("event=pg_retry pool={} attempt={} status={}", options_.name, attempt + 1,
+                  result.ToString());
+  }
+}
+
+bool PgPool::Ping() {
+  return Run([](pqxx::work& tx) { tx.exec1("SELECT 1"); }).ok();
+}
+
+}  // namespace meridian::region

@@ -1,0 +1,185 @@
+#include "region/redis_client.h"
+
+#include <hiredis/hiredis.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace meridian::region {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// KEYS[1] bucket; ARGV rate/s, burst, now ms. Stores tokens and last refill time; expires idle
+// buckets so that keys do not pile up.
+constexpr const char* kTokenBucketLua = R"lua(
+local b = redis.call('HMGET', KEYS[1], 't', 'ts')
+local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local ok = 0
+if tokens >= 1 then tokens = tokens - 1; ok = 1 end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+)lua";
+
+}  // namespace
+
+struct RedisClient::Reply {
+  redisReply* r = nullptr;
+  ~Reply() {
+    if (r) freeReplyObject(r);
+  }
+};
+
+RedisClient::RedisClient(Options options) : options_(std::move(options)) {}
+
+RedisClient::~RedisClient() {
+  for (redisContext* c : idle_) redisFree(c);
+}
+
+bool RedisClient::breaker_open() const { return NowMs() < open_until_ms_.load(); }
+
+void RedisClient::Trip() {
+  failures_.fetch_add(1);
+  open_until_ms_.store(NowMs() + options_.open_ms);
+}
+
+redisContext* RedisClient::Acquire() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!idle_.empty()) {
+      redisContext* c = idle_.back();
+      idle_.pop_back();
+      return c;
+    }
+  }
+  timeval tv{options_.timeout_ms / 1000, (options_.timeout_ms % 1000) * 1000};
+  redisContext* c = redisConnectWithTimeout(options_.host.c_str(), options_.port, tv);
+  if (c == nullptr) return nullptr;
+  if (c->err) {
+    redisFree(c);
+    return nullptr;
+  }
+  redisSetTimeout(c, tv);
+  return c;
+}
+
+void RedisClient::Release(redisContext* c, bool healthy) {
+  if (!healthy) {
+    redisFree(c);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (static_cast<int>(idle_.size()) < options_.pool_size) {
+    idle_.push_back(c);
+    return;
+  }
+  redisFree(c);
+}
+
+absl::StatusOr<std::unique_ptr<RedisClient::Reply>> RedisClient::Command(
+    const std::vector<std::string_view>& args) {
+  if (breaker_open()) return absl::UnavailableError("redis: circuit open after a recent failure");
+  redisContext* c = Acquire();
+  if (c == nullptr) {
+    Trip();
+    return absl::UnavailableError(
+        absl::StrCat("redis ", options_.host, ":", options_.port, ": cannot connect"));
+  }
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (auto a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto reply = std::make_unique<Reply>();
+  reply->r = static_cast<redisReply*>(
+      redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
+  if (reply->r == nullptr || c->err) {
+    std::string err = c->err ? c->errstr : "no reply";
+    Release(c, false);
+    Trip();
+    spdlog::warn("event=redis_error error=\"{}\"", err);
+    return absl::UnavailableError(absl::StrCat("redis: ", err));
+  }
+  Release(c, true);
+  if (reply->r->type == REDIS_REPLY_ERROR) {
+    return absl::InternalError(absl::StrCat("redis: ", std::string(reply->r->str, reply->r->len)));
+  }
+  return reply;
+}
+
+absl::StatusOr<std::optional<std::string>> RedisClient::Get(std::string_view key) {
+  auto r = Command({"GET", key});
+  if (!r.ok()) return r.status();
+  if ((*r)->r->type == REDIS_REPLY_NIL) return std::optional<std::string>();
+  return std::optional<std::string>(std::string((*r)->r->str, (*r)->r->len));
+}
+
+absl::Status RedisClient::Set(std::string_view key, std::string_view value, int ttl_s) {
+  std::string ttl = std::to_string(ttl_s);
+  auto r = ttl_s > 0 ? Command({"SET", key, value, "EX", ttl}) : Command({"SET", key, value});
+  return r.status();
+}
+
+absl::StatusOr<bool> RedisClient::SetNx(std::string_view key, std::string_view value, int ttl_s) {
+  std::string ttl = std::to_string(ttl_s);
+  auto r = Command({"SET", key, value, "NX", "EX", ttl});
+  if (!r.ok()) return r.status();
+  return (*r)->r->type != REDIS_REPLY_NIL;
+}
+
+absl::Status RedisClient::Del(std::string_view key) { return Command({"DEL", key}).status(); }
+
+absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s,
+                                            double burst, int64_t now_ms) {
+  std::string rate = std::to_string(rate_per_s), b = std::to_string(burst),
+              now = std::to_string(now_ms);
+  auto r = Command({"EVAL", kTokenBucketLua, "1", key, rate, b, now});
+  if (!r.ok()) return r.status();
+  return (*r)->r->type == REDIS_REPLY_INTEGER && (*r)->r->integer == 1;
+}
+
+absl::Status RedisClient::Eval(std::string_view script, const std::vector<std::string>& keys,
+                               const std::vector<std::string>& args) {
+  std::string nkeys = std::to_string(keys.size());
+  std::vector<std::string_view> argv = {"EVAL", script, nkeys};
+  for (const auto& k : keys) argv.push_back(k);
+  for (const auto& a : args) argv.push_back(a);
+  return Command(argv).status();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> RedisClient::HGetAll(std::string_view key) {
+  auto r = Command({"HGETALL", key});
+  if (!r.ok()) return r.status();
+  std::map<std::string, std::string> out;
+  const redisReply* rep = (*r)->r;
+  if (rep->type != REDIS_REPLY_ARRAY) return out;
+  for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+    out.emplace(std::string(rep->element[i]->str, rep->element[i]->len),
+                std::string(rep->element[i + 1]->str, rep->element[i + 1]->len));
+  }
+  return out;
+}
+
+absl::Status RedisClient::Ping() {
+  // Bypass the breaker: readiness and the half-open probe need a real answer.
+  redisContext* c = Acquire();
+  if (c == nullptr) return absl::UnavailableError("redis: cannot connect");
+  auto* r = static_cast<redisReply*>(redisCommand(c, "PING"));
+  bool ok = r != nullptr && !c->err;
+  if (r) freeReplyObject(r);
+  Release(c, ok);
+  if (ok) open_until_ms_.store(0);
+  return ok ? absl::OkStatus() : absl::UnavailableError("redis: no reply to PING");
+}
+
+}  // namespace meridian::region

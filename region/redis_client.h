@@ -1,0 +1,68 @@
+#pragma once
+
+// A small hiredis client for the region's cache, hot carts, rate limits and idempotency keys,
+// with a circuit breaker: when Redis fails, calls return Unavailable at once for `open_ms`
+// (callers then fall back to PostgreSQL), after which one call probes it again. Never blocks
+// longer than the configured timeout. Thread-safe (a small pool of connections).
+
+#include <atomic>
+#include <map>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+struct redisContext;
+
+namespace meridian::region {
+
+class RedisClient {
+ public:
+  struct Options {
+    std::string host = "127.0.0.1";
+    uint16_t port = 6379;
+    int timeout_ms = 200;
+    int pool_size = 8;
+    int open_ms = 1000;  // how long the breaker stays open after a failure
+  };
+  explicit RedisClient(Options options);
+  ~RedisClient();
+
+  absl::StatusOr<std::optional<std::string>> Get(std::string_view key);
+  absl::Status Set(std::string_view key, std::string_view value, int ttl_s = 0);
+  // SET NX with a TTL: true if this call created the key.
+  absl::StatusOr<bool> SetNx(std::string_view key, std::string_view value, int ttl_s);
+  absl::Status Del(std::string_view key);
+  // Token bucket in one Lua script (atomic across regions' threads): true if a token was taken.
+  absl::StatusOr<bool> TakeToken(std::string_view key, double rate_per_s, double burst,
+                                 int64_t now_ms);
+  absl::Status Ping();
+  // EVAL a script; the reply is ignored beyond errors.
+  absl::Status Eval(std::string_view script, const std::vector<std::string>& keys,
+                    const std::vector<std::string>& args);
+  // HGETALL as a map (empty when the key does not exist).
+  absl::StatusOr<std::map<std::string, std::string>> HGetAll(std::string_view key);
+
+  [[nodiscard]] bool breaker_open() const;
+  [[nodiscard]] uint64_t failures() const { return failures_.load(); }
+
+ private:
+  struct Reply;
+  absl::StatusOr<std::unique_ptr<Reply>> Command(const std::vector<std::string_view>& args);
+  redisContext* Acquire();
+  void Release(redisContext* c, bool healthy);
+  void Trip();
+
+  Options options_;
+  std::mutex mu_;
+  std::vector<redisContext*> idle_;
+  std::atomic<int64_t> open_until_ms_{0};
+  std::atomic<uint64_t> failures_{0};
+};
+
+}  // namespace meridian::region

@@ -1,0 +1,336 @@
+// Users and catalog: registration, login, products, categories, search, inventory reads.
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+#include "crdt/codec.h"
+#include "region/app_impl.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+
+HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto email = StringField(*body, "email", true);
+  auto password = StringField(*body, "password", true);
+  auto name = StringField(*body, "name", false);
+  auto residency = StringField(*body, "residency", false, "any");
+  for (auto* f : {&email, &password, &name, &residency})
+    if (!f->ok()) return ProblemFromStatus(f->status());
+  for (absl::Status st : {services::ValidateEmail(*email), services::ValidatePassword(*password),
+                          services::ValidateText("name", *name, 0, 200),
+                          services::ValidateResidency(*residency)}) {
+    if (!st.ok()) return ProblemFromStatus(Unprocessable(std::string(st.message())));
+  }
+  if (auto redirect = ResidencyRedirect(*residency)) return *redirect;
+  std::string user_id = services::UserIdForEmail(*email);
+  std::string hash = services::HashPassword(*password);
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    tx.exec0("INSERT INTO users (user_id, email, name, password_hash, residency) VALUES (" +
+             tx.quote(user_id) + ", " + tx.quote(*email) + ", " + tx.quote(*name) + ", " +
+             tx.quote(hash) + ", " + tx.quote(*residency) + ")");
+  });
+  if (absl::IsAlreadyExists(st)) {
+    return HttpResponse::Problem(409, "Conflict", "an account with this e-mail already exists");
+  }
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(
+      201, Json{{"user_id", user_id}, {"email", *email}, {"residency", *residency}}.dump());
+}
+
+HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto email = StringField(*body, "email", true);
+  auto password = StringField(*body, "password", true);
+  if (!email.ok()) return ProblemFromStatus(email.status());
+  if (!password.ok()) return ProblemFromStatus(password.status());
+  std::string user_id = services::UserIdForEmail(*email);
+  std::optional<std::pair<std::string, std::string>> row;  // hash, residency
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " +
+                             tx.quote(user_id));
+    if (!r.empty()) row.emplace(r[0][0].as<std::string>(), r[0][1].as<std::string>());
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  // The same answer for an unknown e-mail and a wrong password.
+  if (!row || !services::VerifyPassword(*password, row->first)) {
+    return HttpResponse::Problem(401, "Unauthorized", "wrong e-mail or password");
+  }
+  if (auto redirect = ResidencyRedirect(row->second)) return *redirect;
+  services::TokenClaims claims{user_id, row->second, UnixNowS() + config.token_ttl_s};
+  return HttpResponse::Json(200, Json{{"token", services::IssueToken(claims, config.token_secret)},
+                                      {"user_id", user_id},
+                                      {"residency", row->second},
+                                      {"expires_at", claims.expires_unix_s}}
+                                     .dump());
+}
+
+namespace {
+
+Json ProductRow(const pqxx::row& r) {
+  return Json{{"sku", r["sku"].as<std::string>()},
+              {"name", r["name"].as<std::string>()},
+              {"description", r["description"].as<std::string>()},
+              {"category", r["category_id"].is_null() ? Json() : Json(r["category_id"].as<std::string>())},
+              {"price_cents", r["price_cents"].as<int64_t>()},
+              {"currency", r["currency"].as<std::string>()}};
+}
+
+constexpr const char* kProductCols = "sku, name, description, category_id, price_cents, currency";
+
+absl::StatusOr<int> LimitParam(const HttpRequest& req, const char* name, int def, int max) {
+  auto v = req.QueryParam(name);
+  if (!v) return def;
+  int n = 0;
+  if (!ParseInt(*v, &n) || n < 0 || n > max) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": an integer 0..", max));
+  }
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku) {
+  std::string key = "product:" + sku;
+  auto cached = redis->Get(key);
+  if (cached.ok() && cached->has_value()) {
+    cache_hits->Increment();
+    return **cached;
+  }
+  if (!cached.ok()) redis_fallbacks->Increment();
+  cache_misses->Increment();
+  // Single flight: a burst of misses on one product makes one database read.
+  return product_flight.Do(key, [&]() -> absl::StatusOr<std::string> {
+    std::optional<std::string> json;
+    absl::Status st = global->Run([&](pqxx::work& tx) {
+      pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ",
+                                            tx.quote(sku)));
+      if (!r.empty()) json = ProductRow(r[0]).dump();
+    });
+    if (!st.ok()) return st;
+    if (!json) return absl::NotFoundError(absl::StrCat("no product ", sku));
+    (void)redis->Set(key, *json, 300);
+    return *json;
+  });
+}
+
+HttpResponse RegionApp::Impl::GetProduct(HttpRequest& req) {
+  const std::string& sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  auto json = ProductJson(sku);
+  if (!json.ok()) return ProblemFromStatus(json.status());
+  return HttpResponse::Json(200, *json);
+}
+
+HttpResponse RegionApp::Impl::ListProducts(HttpRequest& req) {
+  auto limit = LimitParam(req, "limit", 20, 100);
+  auto offset = LimitParam(req, "offset", 0, 1000000);
+  if (!limit.ok()) return ProblemFromStatus(limit.status());
+  if (!offset.ok()) return ProblemFromStatus(offset.status());
+  auto category = req.QueryParam("category");
+  if (category) {
+    if (auto st = services::ValidateCategoryId(*category); !st.ok()) return ProblemFromStatus(st);
+  }
+  Json items = Json::array();
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    std::string where = category ? " WHERE category_id = " + tx.quote(*category) : "";
+    for (const auto& r : tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products", where,
+                                              " ORDER BY sku LIMIT ", *limit, " OFFSET ",
+                                              *offset))) {
+      items.push_back(ProductRow(r));
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(200, Json{{"items", items}}.dump());
+}
+
+HttpResponse RegionApp::Impl::Search(HttpRequest& req) {
+  auto q = req.QueryParam("q");
+  if (!q || q->empty()) return HttpResponse::Problem(400, "Bad Request", "q: a search text is required");
+  if (auto st = services::ValidateText("q", *q, 1, 200); !st.ok()) return ProblemFromStatus(st);
+  auto limit = LimitParam(req, "limit", 20, 100);
+  if (!limit.ok()) return ProblemFromStatus(limit.status());
+  Json items = Json::array();
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    // websearch_to_tsquery accepts any user text without syntax errors.
+    std::string query = "websearch_to_tsquery('english', " + tx.quote(*q) + ")";
+    for (const auto& r : tx.exec(absl::StrCat(
+             "SELECT ", kProductCols, ", ts_rank(search, ", query, ") AS rank FROM products WHERE ",
+             "search @@ ", query, " ORDER BY rank DESC, sku LIMIT ", *limit))) {
+      Json p = ProductRow(r);
+      p["rank"] = r["rank"].as<double>();
+      items.push_back(std::move(p));
+    }
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(200, Json{{"items", items}}.dump());
+}
+
+HttpResponse RegionApp::Impl::PutCategory(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  const std::string& id = req.params["id"];
+  if (auto st = services::ValidateCategoryId(id); !st.ok()) return ProblemFromStatus(st);
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto name = StringField(*body, "name", true);
+  if (!name.ok()) return ProblemFromStatus(name.status());
+  if (auto st = services::ValidateText("name", *name, 1, 200); !st.ok()) {
+    return ProblemFromStatus(Unprocessable(std::string(st.message())));
+  }
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    tx.exec0("INSERT INTO categories (id, name) VALUES (" + tx.quote(id) + ", " + tx.quote(*name) +
+             ") ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name");
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(200, Json{{"id", id}, {"name", *name}}.dump());
+}
+
+HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  const std::string& sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto name = StringField(*body, "name", true);
+  auto description = StringField(*body, "description", false);
+  auto category = StringField(*body, "category", false);
+  auto currency = StringField(*body, "currency", false, "USD");
+  auto price = IntField(*body, "price_cents", true);
+  for (auto* f : {&name, &description, &category, &currency})
+    if (!f->ok()) return ProblemFromStatus(f->status());
+  if (!price.ok()) return ProblemFromStatus(price.status());
+  for (absl::Status st : {services::ValidateText("name", *name, 1, 200),
+                          services::ValidateText("description", *description, 0, 4000),
+                          services::ValidateCurrency(*currency)}) {
+    if (!st.ok()) return ProblemFromStatus(Unprocessable(std::string(st.message())));
+  }
+  if (*price < 0 || *price > 100'000'000'00) {
+    return ProblemFromStatus(Unprocessable("price_cents: must be 0..10000000000"));
+  }
+  if (!category->empty()) {
+    if (auto st = services::ValidateCategoryId(*category); !st.ok()) {
+      return ProblemFromStatus(Unprocessable(std::string(st.message())));
+    }
+  }
+  crdt::HlcTimestamp ts = Now();
+  bool created = false;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    if (!category->empty() &&
+        tx.exec("SELECT 1 FROM categories WHERE id = " + tx.quote(*category)).empty()) {
+      throw AbortTx{Unprocessable(absl::StrCat("category: no category ", *category))};
+    }
+    std::string cat = category->empty() ? "NULL" : tx.quote(*category);
+    // Last writer by HLC wins, also against a concurrent replicated write (issue 4).
+    pqxx::result r = tx.exec(
+        "INSERT INTO products (sku, name, description, category_id, price_cents, currency, hlc, "
+        "origin) VALUES (" +
+        tx.quote(sku) + ", " + tx.quote(*name) + ", " + tx.quote(*description) + ", " + cat +
+        ", " + tx.quote(*price) + ", " + tx.quote(*currency) + ", " +
+        tx.quote(static_cast<int64_t>(ts.value)) + ", " + tx.quote(config.replica_id) +
+        ") ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, description = "
+        "EXCLUDED.description, category_id = EXCLUDED.category_id, price_cents = "
+        "EXCLUDED.price_cents, currency = EXCLUDED.currency, hlc = EXCLUDED.hlc, origin = "
+        "EXCLUDED.origin, updated_at = now() WHERE (products.hlc, products.origin) < "
+        "(EXCLUDED.hlc, EXCLUDED.origin) RETURNING (xmax = 0) AS created");
+    created = !r.empty() && r[0][0].as<bool>();
+    Json delta{{"sku", sku},          {"name", *name},        {"description", *description},
+               {"category", *category}, {"price_cents", *price}, {"currency", *currency},
+               {"hlc", ts.value},       {"origin", config.replica_id}};
+    tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (" +
+             tx.quote(config.replica_id) + ", 'product', " + tx.quote(sku) + ", " +
+             tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.dump().data()),
+                          delta.dump().size()) +
+             ")");
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  (void)redis->Del("product:" + sku);
+  auto json = ProductJson(sku);
+  if (!json.ok()) return ProblemFromStatus(json.status());
+  return HttpResponse::Json(created ? 201 : 200, *json);
+}
+
+namespace {
+
+// Loads the SKU's inventory document (FOR UPDATE when `lock`), or an empty one.
+crdt::Inventory LoadInventory(pqxx::work& tx, const std::string& sku, crdt::ReplicaId replica,
+                              bool lock) {
+  pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(sku) +
+                           (lock ? " FOR UPDATE" : ""));
+  if (r.empty()) return crdt::Inventory(replica);
+  pqxx::binarystring bytes(r[0][0]);
+  auto inv = crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), replica);
+  if (!inv.ok()) {
+    throw AbortTx{absl::DataLossError(
+        absl::StrCat("inventory of ", sku, " is unreadable: ", inv.status().message()))};
+  }
+  return *std::move(inv);
+}
+
+}  // namespace
+
+// Writes the SKU's inventory document and its delta to the outbox, in `tx`.
+void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                   const crdt::Inventory& delta, crdt::ReplicaId origin) {
+  std::string bytes = crdt::Encode(state);
+  std::string d = crdt::Encode(delta);
+  tx.exec0("INSERT INTO inventory (sku, state) VALUES (" + tx.quote(sku) + ", " +
+           tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
+           ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+  tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (" + tx.quote(origin) +
+           ", 'inventory', " + tx.quote(sku) + ", " +
+           tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ")");
+}
+
+crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
+                                       crdt::ReplicaId replica) {
+  return LoadInventory(tx, sku, replica, true);
+}
+
+HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  const std::string& sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  auto units = IntField(*body, "units", true);
+  if (!units.ok()) return ProblemFromStatus(units.status());
+  if (*units <= 0 || *units > 1'000'000'000) {
+    return ProblemFromStatus(Unprocessable("units: must be 1..1000000000"));
+  }
+  int64_t available = 0, rights = 0;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
+      throw AbortTx{absl::NotFoundError(absl::StrCat("no product ", sku))};
+    }
+    crdt::Inventory inv = LoadInventory(tx, sku, config.replica_id, true);
+    auto delta = inv.Restock(sku, static_cast<uint64_t>(*units));
+    if (!delta.ok()) throw AbortTx{Unprocessable(std::string(delta.status().message()))};
+    SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    available = inv.Available(sku);
+    rights = inv.Rights(sku, config.replica_id);
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(
+      200, Json{{"sku", sku}, {"available", available}, {"local_rights", rights}}.dump());
+}
+
+HttpResponse RegionApp::Impl::GetInventory(HttpRequest& req) {
+  const std::string& sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  Json out;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    crdt::Inventory inv = LoadInventory(tx, sku, config.replica_id, false);
+    Json rights = Json::object();
+    if (const crdt::BoundedCounter* c = inv.Find(sku)) {
+      for (crdt::ReplicaId r : c->Replicas()) rights[std::to_string(r)] = c->Rights(r);
+    }
+    out = Json{{"sku", sku}, {"available", inv.Available(sku)}, {"rights_by_replica", rights}};
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  return HttpResponse::Json(200, out.dump());
+}
+
+}  // namespace meridian::region

@@ -1,0 +1,123 @@
+#include "services/auth.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <cctype>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+
+namespace meridian::services {
+namespace {
+
+std::string Hex(const unsigned char* p, size_t n) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kDigits[p[i] >> 4];
+    out[2 * i + 1] = kDigits[p[i] & 15];
+  }
+  return out;
+}
+
+bool Unhex(std::string_view s, std::vector<unsigned char>* out) {
+  if (s.size() % 2) return false;
+  out->clear();
+  for (size_t i = 0; i < s.size(); i += 2) {
+    auto v = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int hi = v(s[i]), lo = v(s[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out->push_back(static_cast<unsigned char>(hi * 16 + lo));
+  }
+  return true;
+}
+
+std::string Pbkdf2(std::string_view password, const unsigned char* salt, size_t salt_len,
+                   int iterations) {
+  unsigned char out[32];
+  PKCS5_PBKDF2_HMAC(password.data(), static_cast<int>(password.size()), salt,
+                    static_cast<int>(salt_len), iterations, EVP_sha256(), sizeof out, out);
+  return Hex(out, sizeof out);
+}
+
+std::string Hmac(std::string_view data, std::string_view secret) {
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac, &len);
+  return Hex(mac, len);
+}
+
+}  // namespace
+
+bool SecretsEqual(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string HashPassword(std::string_view password, int iterations) {
+  unsigned char salt[16];
+  RAND_bytes(salt, sizeof salt);
+  return absl::StrCat("pbkdf2-sha256$", iterations, "$", Hex(salt, sizeof salt), "$",
+                      Pbkdf2(password, salt, sizeof salt, iterations));
+}
+
+bool VerifyPassword(std::string_view password, std::string_view stored) {
+  std::vector<std::string_view> parts = Split(stored, '$');
+  if (parts.size() != 4 || parts[0] != "pbkdf2-sha256") return false;
+  int iterations = 0;
+  if (!ParseInt(parts[1], &iterations) || iterations < 1 || iterations > 10'000'000) {
+    return false;
+  }
+  std::vector<unsigned char> salt;
+  if (!Unhex(parts[2], &salt)) return false;
+  return SecretsEqual(Pbkdf2(password, salt.data(), salt.size(), iterations), parts[3]);
+}
+
+std::string UserIdForEmail(std::string_view email) {
+  std::string lower(email);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(lower.data()), lower.size(), digest);
+  return "u" + Hex(digest, 12);
+}
+
+std::string IssueToken(const TokenClaims& claims, std::string_view secret) {
+  std::string body = absl::StrCat(claims.user_id, ".", claims.residency, ".", claims.expires_unix_s);
+  return absl::StrCat(body, ".", Hmac(body, secret));
+}
+
+absl::StatusOr<TokenClaims> VerifyToken(std::string_view token, std::string_view secret,
+                                        int64_t now_unix_s) {
+  if (token.size() > 512) return absl::UnauthenticatedError("token too long");
+  size_t last = token.rfind('.');
+  if (last == std::string_view::npos) return absl::UnauthenticatedError("malformed token");
+  std::string_view body = token.substr(0, last);
+  if (!SecretsEqual(Hmac(body, secret), token.substr(last + 1))) {
+    return absl::UnauthenticatedError("invalid token signature");
+  }
+  std::vector<std::string_view> parts = Split(body, '.');
+  if (parts.size() != 3) return absl::UnauthenticatedError("malformed token");
+  TokenClaims c;
+  c.user_id = std::string(parts[0]);
+  c.residency = std::string(parts[1]);
+  if (!ParseInt(parts[2], &c.expires_unix_s)) {
+    return absl::UnauthenticatedError("malformed token");
+  }
+  if (c.expires_unix_s <= now_unix_s) return absl::UnauthenticatedError("token expired");
+  return c;
+}
+
+}  // namespace meridian::services

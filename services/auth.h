@@ -1,0 +1,42 @@
+#pragma once
+
+// Customer credentials and tokens.
+// - Passwords: PBKDF2-HMAC-SHA256 (OpenSSL), 16-byte random salt, stored as
+//   "pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>"; verification is constant-time.
+// - Tokens: "<user_id>.<residency>.<expiry unix s>.<hex HMAC-SHA256 of the first three>", signed
+//   with the region's token secret. A token names the user and the user's residency so that a
+//   region can route and refuse without a database read.
+// - User ids derive from the normalized e-mail (so a login finds the user's shard without a
+//   global index): "u" + the first 24 hex digits of SHA-256(lowercased e-mail).
+// Thread-safe (no state).
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace meridian::services {
+
+inline constexpr int kPasswordIterations = 100'000;
+
+std::string HashPassword(std::string_view password, int iterations = kPasswordIterations);
+bool VerifyPassword(std::string_view password, std::string_view stored);
+
+std::string UserIdForEmail(std::string_view email);
+
+struct TokenClaims {
+  std::string user_id;
+  std::string residency;
+  int64_t expires_unix_s = 0;
+};
+
+std::string IssueToken(const TokenClaims& claims, std::string_view secret);
+// Unauthenticated for a malformed, forged or expired token.
+absl::StatusOr<TokenClaims> VerifyToken(std::string_view token, std::string_view secret,
+                                        int64_t now_unix_s);
+
+// Constant-time comparison of two secrets (operator token checks).
+bool SecretsEqual(std::string_view a, std::string_view b);
+
+}  // namespace meridian::services

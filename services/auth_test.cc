@@ -1,0 +1,39 @@
+#include "services/auth.h"
+
+#include <gtest/gtest.h>
+
+namespace meridian::services {
+namespace {
+
+TEST(Auth, PasswordHashVerifies) {
+  std::string h = HashPassword("correct horse", 1000);
+  EXPECT_TRUE(VerifyPassword("correct horse", h));
+  EXPECT_FALSE(VerifyPassword("correct hose", h));
+  EXPECT_NE(HashPassword("correct horse", 1000), h);  // salted
+  EXPECT_FALSE(VerifyPassword("x", "garbage"));
+  EXPECT_FALSE(VerifyPassword("x", "pbkdf2-sha256$0$00$00"));
+}
+
+TEST(Auth, TokensRoundTripAndRejectForgery) {
+  TokenClaims c{"u123", "eu", 2000};
+  std::string t = IssueToken(c, "secret-secret-secret-secret-secret");
+  auto ok = VerifyToken(t, "secret-secret-secret-secret-secret", 1000);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->user_id, "u123");
+  EXPECT_EQ(ok->residency, "eu");
+  EXPECT_FALSE(VerifyToken(t, "another-secret-another-secret-xx", 1000).ok());
+  EXPECT_FALSE(VerifyToken(t, "secret-secret-secret-secret-secret", 2000).ok());  // expired
+  std::string forged = t;
+  forged[1] = '9';
+  EXPECT_FALSE(VerifyToken(forged, "secret-secret-secret-secret-secret", 1000).ok());
+  EXPECT_FALSE(VerifyToken("", "s", 0).ok());
+}
+
+TEST(Auth, UserIdIsStableAndCaseInsensitive) {
+  EXPECT_EQ(UserIdForEmail("Ann@Example.com"), UserIdForEmail("ann@example.com"));
+  EXPECT_NE(UserIdForEmail("ann@example.com"), UserIdForEmail("bob@example.com"));
+  EXPECT_EQ(UserIdForEmail("a@b.c").size(), 25u);
+}
+
+}  // namespace
+}  // namespace meridian::services

@@ -1,0 +1,67 @@
+#pragma once
+
+// Pure domain rules shared by the region's handlers: shard placement, input validation, the
+// sandbox payment provider's decision, reconciliation. No I/O.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace meridian::services {
+
+// Jump consistent hash (Lamping & Veach, 2014) of a 64-bit key into [0, buckets): adding a shard
+// moves only 1/(k+1) of the users. The key is the FNV-1a hash of the user id.
+int32_t JumpHash(uint64_t key, int32_t buckets);
+uint64_t Fnv1a64(std::string_view s);
+inline int32_t ShardForUser(std::string_view user_id, int32_t shards) {
+  return JumpHash(Fnv1a64(user_id), shards);
+}
+
+// Field validators: OK or InvalidArgument naming the field.
+absl::Status ValidateSku(std::string_view sku);
+absl::Status ValidateEmail(std::string_view email);
+absl::Status ValidatePassword(std::string_view password);
+absl::Status ValidateResidency(std::string_view residency);  // "any" or [a-z]{2,16}
+absl::Status ValidateCurrency(std::string_view currency);    // ISO 4217 shape
+absl::Status ValidateCategoryId(std::string_view id);
+absl::Status ValidateText(std::string_view field, std::string_view value, size_t min_len,
+                          size_t max_len);
+
+// Whether a customer pinned to `residency` may have data in a region of `jurisdiction`.
+inline bool ResidencyAllows(std::string_view residency, std::string_view jurisdiction) {
+  return residency == "any" || residency == jurisdiction;
+}
+
+// The sandbox provider's rules, like a real provider's test cards: the number must pass the Luhn
+// check (else InvalidArgument); 4000000000000002 is always declined, everything else approved.
+enum class CardDecision { kApproved, kDeclined };
+absl::Status ValidateCardNumber(std::string_view number);
+CardDecision SandboxDecision(std::string_view card_number);
+
+// Reconciliation: compares the provider's charges with the orders that reference them.
+struct ProviderCharge {
+  std::string charge_id;
+  std::string order_id;
+  std::string status;  // captured, declined, refunded
+  int64_t amount_cents = 0;
+};
+struct OrderPayment {
+  std::string order_id;
+  std::string status;       // order status
+  std::string payment_ref;  // charge id, empty if none
+  int64_t total_cents = 0;
+};
+struct Mismatch {
+  std::string kind;  // charge_without_order, paid_order_without_charge, amount_differs,
+                     // status_differs
+  std::string order_id;
+  std::string charge_id;
+  std::string detail;
+};
+std::vector<Mismatch> Reconcile(const std::vector<ProviderCharge>& charges,
+                                const std::vector<OrderPayment>& orders);
+
+}  // namespace meridian::services
