@@ -174,7 +174,7 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) 
   constexpr long long kLockKey = 0x4d6572696469616eLL;  // "Meridian"
   const std::string lock = absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ")");
   absl::Status st = pool.Run([&](pqxx::work& tx) {
-    tx.exec0(lock);
+    tx.exec(lock);
     tx.exec0(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT "
         "NULL, applied_at timestamptz NOT NULL DEFAULT now())");
@@ -185,7 +185,7 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) 
     bool did = false;
     st = pool.Run([&](pqxx::work& tx) {
       did = false;
-      tx.exec0(lock);
+      tx.exec(lock);
       if (!tx.exec("SELECT 1 FROM schema_migrations WHERE version = " + tx.quote(m.version))
                .empty()) {
         return;
