@@ -73,7 +73,8 @@ HttpResponse ProblemFromStatus(const absl::Status& s) {
 }
 
 absl::StatusOr<Json> ParseBody(const HttpRequest& req) {
-  if (req.body.empty()) return absl::InvalidArgumentError("request body: a JSON object is required");
+  if (req.body.empty())
+    return absl::InvalidArgumentError("request body: a JSON object is required");
   Json j = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("request body: malformed JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("request body: must be a JSON object");
@@ -159,10 +160,10 @@ std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view 
   if (services::ResidencyAllows(residency, config.jurisdiction)) return std::nullopt;
   for (const auto& peer : config.peers) {
     if (services::ResidencyAllows(residency, peer.jurisdiction)) {
-      HttpResponse r = HttpResponse::Problem(
-          307, "Temporary Redirect",
-          absl::StrCat("this customer's data is pinned to ", AbslView(residency), "; use region ",
-                       peer.name));
+      HttpResponse r =
+          HttpResponse::Problem(307, "Temporary Redirect",
+                                absl::StrCat("this customer's data is pinned to ",
+                                             AbslView(residency), "; use region ", peer.name));
       r.headers.emplace_back("Location", peer.public_url);
       return r;
     }
@@ -170,19 +171,21 @@ std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view 
   return HttpResponse::Problem(
       403, "Forbidden",
       absl::StrCat("data pinned to ", AbslView(residency), " may not be served by region ",
-                   config.name, " (", config.jurisdiction, ") and no allowed region is configured"));
+                   config.name, " (", config.jurisdiction,
+                   ") and no allowed region is configured"));
 }
 
 bool RegionApp::Impl::RateLimit(const std::string& client) {
   int64_t now = UnixNowMs();
-  auto taken = redis->TakeToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst,
-                                now);
+  auto taken =
+      redis->TakeToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst, now);
   if (taken.ok()) return *taken;
   // Redis down: keep limiting, per process.
   redis_fallbacks->Increment();
   std::lock_guard<std::mutex> lock(local_buckets_mu);
   if (local_buckets.size() > 100000) local_buckets.clear();
-  auto& [tokens, ts] = local_buckets.try_emplace(client, config.rate_limit_burst, now).first->second;
+  auto& [tokens, ts] =
+      local_buckets.try_emplace(client, config.rate_limit_burst, now).first->second;
   tokens = std::min(config.rate_limit_burst,
                     tokens + static_cast<double>(now - ts) * config.rate_limit_per_s / 1000.0);
   ts = now;
@@ -290,8 +293,7 @@ HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
     }
   }
   if (!limited) resp = router.Handle(req, &route);
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   static const prometheus::Histogram::BucketBoundaries kBuckets = {
       0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
   latency->Add({{"route", route}, {"method", req.method}}, kBuckets).Observe(seconds);
@@ -319,8 +321,7 @@ HttpResponse RegionApp::Impl::Readyz(HttpRequest&) {
   bool redis_ok = redis->Ping().ok();
   checks["redis"] = redis_ok ? "ok" : "unreachable";
   ready = ready && redis_ok;
-  return HttpResponse::Json(ready ? 200 : 503,
-                            Json{{"ready", ready}, {"checks", checks}}.dump());
+  return HttpResponse::Json(ready ? 200 : 503, Json{{"ready", ready}, {"checks", checks}}.dump());
 }
 
 HttpResponse RegionApp::Impl::Metrics(HttpRequest&) {
@@ -336,7 +337,8 @@ void RegionApp::Impl::SampleGauges() {
   for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
   auto depth = [&](PgPool& p) {
     int64_t n = -1;
-    (void)p.Run([&](pqxx::work& tx) { n = tx.exec1("SELECT count(*) FROM outbox")[0].as<int64_t>(); });
+    (void)p.Run(
+        [&](pqxx::work& tx) { n = tx.exec1("SELECT count(*) FROM outbox")[0].as<int64_t>(); });
     if (n >= 0) outbox_depth->Add({{"db", p.name()}}).Set(static_cast<double>(n));
   };
   depth(*global);
@@ -387,8 +389,8 @@ absl::Status RegionApp::Start() {
   if (!st.ok()) return st;
   i.StartJobs();
   spdlog::info("event=region_started region={} jurisdiction={} http={}:{} shards={} durability={}",
-               i.config.name, i.config.jurisdiction, o.address, i.server->port(),
-               i.shards.size(), DurabilityName(i.config.durability));
+               i.config.name, i.config.jurisdiction, o.address, i.server->port(), i.shards.size(),
+               DurabilityName(i.config.durability));
   return absl::OkStatus();
 }
 

@@ -2,11 +2,11 @@
 
 // Internal to region/: the state RegionApp's handlers and jobs share. Not a public header.
 
-#include <nlohmann/json.hpp>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <condition_variable>

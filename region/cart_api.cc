@@ -19,8 +19,8 @@ struct CartRow {
 };
 
 CartRow LoadCart(pqxx::work& tx, const std::string& user_id, crdt::ReplicaId replica, bool lock) {
-  pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " +
-                           tx.quote(user_id) + (lock ? " FOR UPDATE" : ""));
+  pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) +
+                           (lock ? " FOR UPDATE" : ""));
   if (r.empty()) return CartRow{crdt::Cart(replica), 0};
   pqxx::binarystring bytes(r[0][0]);
   auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), replica);
@@ -33,7 +33,8 @@ CartRow LoadCart(pqxx::work& tx, const std::string& user_id, crdt::ReplicaId rep
 
 Json CartJson(const std::string& user_id, const crdt::Cart& cart, int64_t version) {
   Json lines = Json::array();
-  for (const auto& [sku, qty] : cart.Lines()) lines.push_back(Json{{"sku", sku}, {"quantity", qty}});
+  for (const auto& [sku, qty] : cart.Lines())
+    lines.push_back(Json{{"sku", sku}, {"quantity", qty}});
   Json j{{"user_id", user_id}, {"lines", lines}, {"version", version}};
   if (cart.currency()) j["currency"] = *cart.currency();
   if (cart.note()) j["note"] = *cart.note();
@@ -134,7 +135,8 @@ HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
   return MutateCart(*this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<crdt::Cart> {
     int64_t current = cart.Quantity(*sku);
     if (current + *qty > config.max_line_quantity) {
-      return Unprocessable(absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
+      return Unprocessable(
+          absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
     }
     if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
       return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));

@@ -144,10 +144,13 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
     return absl::InvalidArgumentError(
         absl::StrCat(AbslView(source), ": not valid YAML (line ", e.mark.line + 1, "): ", e.msg));
   }
-  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(AbslView(source), ": must be a mapping"));
+  if (!root.IsMap())
+    return absl::InvalidArgumentError(absl::StrCat(AbslView(source), ": must be a mapping"));
   Reader r{std::string(source)};
   RegionConfig c;
-  r.OnlyKeys(root, "", {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers"});
+  r.OnlyKeys(
+      root, "",
+      {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers"});
 
   YAML::Node region = r.Map(root, "region", "region", true);
   r.OnlyKeys(region, "region", {"name", "jurisdiction", "replica_id"});

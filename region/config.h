@@ -29,9 +29,9 @@ struct PeerRegion {
 
 struct RegionConfig {
   // region
-  std::string name;           // e.g. "us-east"
-  std::string jurisdiction;   // e.g. "us", "eu"
-  uint32_t replica_id = 0;    // unique per region, 1..255
+  std::string name;          // e.g. "us-east"
+  std::string jurisdiction;  // e.g. "us", "eu"
+  uint32_t replica_id = 0;   // unique per region, 1..255
   // listen
   Endpoint http;
   Endpoint grpc;
@@ -63,7 +63,7 @@ struct RegionConfig {
 
 // Parses and validates. `source` names the file in messages.
 [[nodiscard]] absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml,
-                                                      std::string_view source = "config");
+                                                       std::string_view source = "config");
 [[nodiscard]] absl::StatusOr<RegionConfig> LoadConfigFile(const std::string& path);
 
 std::string_view DurabilityName(Durability d);

@@ -48,8 +48,7 @@ TEST(Config, NamesTheBadField) {
   ExpectError(Replace(kGood, "\"127.0.0.1:8080\"", "\"127.0.0.1:99999\""), "listen.http");
   ExpectError(Replace(kGood, "\"host=127.0.0.1 port=5434 dbname=s1\"", "\"\""),
               "postgres.shards[1]");
-  ExpectError(Replace(kGood, "0123456789abcdef0123456789abcdef", "short"),
-              "security.token_secret");
+  ExpectError(Replace(kGood, "0123456789abcdef0123456789abcdef", "short"), "security.token_secret");
   ExpectError(std::string(kGood) + "durability: eventually\n", "durability");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");

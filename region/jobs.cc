@@ -23,9 +23,10 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
     // Expire the order only if it is still unpaid; a paid order keeps its stock.
     std::string status = "missing";
     st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec("UPDATE orders SET status = 'expired', updated_at = now() WHERE "
-                               "order_id = " + tx.quote(id) +
-                               " AND status = 'pending_payment' RETURNING status");
+      pqxx::result r = tx.exec(
+          "UPDATE orders SET status = 'expired', updated_at = now() WHERE "
+          "order_id = " +
+          tx.quote(id) + " AND status = 'pending_payment' RETURNING status");
       if (!r.empty()) {
         status = "expired";
         return;
@@ -65,7 +66,8 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
         bool ok = true;
         std::string error;
         int pending = fail_next_notifications.load();
-        while (pending > 0 && !fail_next_notifications.compare_exchange_weak(pending, pending - 1)) {
+        while (pending > 0 &&
+               !fail_next_notifications.compare_exchange_weak(pending, pending - 1)) {
         }
         if (pending > 0) {
           ok = false;
@@ -79,10 +81,11 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
           notifications_sent->Increment();
           ++sent;
         } else if (attempts >= kMaxAttempts) {
-          tx.exec0("INSERT INTO notifications_dead (id, order_id, user_id, kind, payload, "
-                   "attempts, last_error) SELECT id, order_id, user_id, kind, payload, " +
-                   tx.quote(attempts) + ", " + tx.quote(error) +
-                   " FROM notifications WHERE id = " + tx.quote(id));
+          tx.exec0(
+              "INSERT INTO notifications_dead (id, order_id, user_id, kind, payload, "
+              "attempts, last_error) SELECT id, order_id, user_id, kind, payload, " +
+              tx.quote(attempts) + ", " + tx.quote(error) +
+              " FROM notifications WHERE id = " + tx.quote(id));
           tx.exec0("DELETE FROM notifications WHERE id = " + tx.quote(id));
           notifications_dead->Increment();
           spdlog::warn("event=notification_dead_letter id={} attempts={} error=\"{}\"", id,
@@ -92,8 +95,8 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
           int backoff_s = std::min(300, 1 << (attempts - 1));
           tx.exec0("UPDATE notifications SET attempts = " + tx.quote(attempts) +
                    ", last_error = " + tx.quote(error) + ", next_attempt_at = now() + " +
-                   tx.quote(absl::StrCat(backoff_s, " seconds")) + "::interval WHERE id = " +
-                   tx.quote(id));
+                   tx.quote(absl::StrCat(backoff_s, " seconds")) +
+                   "::interval WHERE id = " + tx.quote(id));
           notifications_failed->Increment();
         }
       }

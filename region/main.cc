@@ -1,7 +1,7 @@
 // meridian-region: parses flags, loads the config, runs the region until SIGINT/SIGTERM.
 
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <csignal>
 #include <cstdio>
@@ -14,8 +14,9 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::string log_level = "info";
   bool check_only = false;
-  cli.add_option("-c,--config", config_path, "YAML config file")->required()->check(
-      CLI::ExistingFile);
+  cli.add_option("-c,--config", config_path, "YAML config file")
+      ->required()
+      ->check(CLI::ExistingFile);
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   cli.add_flag("--check-config", check_only, "validate the config and exit");
@@ -46,8 +47,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (auto st = (*app)->Start(); !st.ok()) {
-    std::fprintf(stderr, "meridian-region: cannot start: %s\n",
-                 std::string(st.message()).c_str());
+    std::fprintf(stderr, "meridian-region: cannot start: %s\n", std::string(st.message()).c_str());
     return 1;
   }
   int sig = 0;

@@ -73,7 +73,8 @@ absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
     const auto& row = r[0];
     Json items = Json::array();
     for (const auto& i : tx.exec("SELECT sku, quantity, price_cents FROM order_items WHERE "
-                                 "order_id = " + tx.quote(order_id) + " ORDER BY sku")) {
+                                 "order_id = " +
+                                 tx.quote(order_id) + " ORDER BY sku")) {
       items.push_back(Json{{"sku", i[0].as<std::string>()},
                            {"quantity", i[1].as<int64_t>()},
                            {"price_cents", i[2].as<int64_t>()}});
@@ -84,9 +85,8 @@ absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
                {"currency", row["currency"].as<std::string>()},
                {"owner_region", row["owner_region"].as<std::string>()},
                {"epoch", row["epoch"].as<int64_t>()},
-               {"payment_ref", row["payment_ref"].is_null()
-                                   ? Json()
-                                   : Json(row["payment_ref"].as<std::string>())},
+               {"payment_ref",
+                row["payment_ref"].is_null() ? Json() : Json(row["payment_ref"].as<std::string>())},
                {"created_at", row["created"].as<int64_t>()},
                {"items", items}};
   });
@@ -98,12 +98,13 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
                                                  const std::string& reason) {
   bool released = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT state FROM reservations WHERE id = " +
-                             tx.quote(reservation_id) + " FOR UPDATE");
+    pqxx::result r = tx.exec(
+        "SELECT state FROM reservations WHERE id = " + tx.quote(reservation_id) + " FOR UPDATE");
     if (r.empty() || r[0][0].as<std::string>() == "released") return;  // idempotent
     std::vector<std::pair<std::string, int64_t>> items;
     for (const auto& i : tx.exec("SELECT sku, units FROM reservation_items WHERE "
-                                 "reservation_id = " + tx.quote(reservation_id) + " ORDER BY sku")) {
+                                 "reservation_id = " +
+                                 tx.quote(reservation_id) + " ORDER BY sku")) {
       items.emplace_back(i[0].as<std::string>(), i[1].as<int64_t>());
     }
     // The units return as this region's rights: it took them from its own rights.
@@ -181,8 +182,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   std::map<std::string, int64_t> prices;
   st = global->Run([&](pqxx::work& tx) {
     for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
-      pqxx::result p = tx.exec("SELECT price_cents, currency FROM products WHERE sku = " +
-                               tx.quote(sku));
+      pqxx::result p =
+          tx.exec("SELECT price_cents, currency FROM products WHERE sku = " + tx.quote(sku));
       if (p.empty()) {
         throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
       }
@@ -220,12 +221,13 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
         throw AbortTx{absl::AlreadyExistsError(*other)};
       }
     }
-    tx.exec0("INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
-             "reservation_id, idempotency_key, owner_region, residency) VALUES (" +
-             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " +
-             tx.quote(total) + ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
-             (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " +
-             tx.quote(config.name) + ", " + tx.quote(who->residency) + ")");
+    tx.exec0(
+        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
+        "reservation_id, idempotency_key, owner_region, residency) VALUES (" +
+        tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " + tx.quote(total) +
+        ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
+        (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " + tx.quote(config.name) +
+        ", " + tx.quote(who->residency) + ")");
     Json items = Json::array();
     for (const auto& [sku, qty] : lines) {
       tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
@@ -233,16 +235,17 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                tx.quote(prices[sku]) + ")");
       items.push_back(Json{{"sku", sku}, {"quantity", qty}, {"price_cents", prices[sku]}});
     }
-    Json event{{"event", "created"}, {"order_id", order_id}, {"user_id", user_id},
-               {"epoch", 1},         {"owner_region", config.name}, {"total_cents", total},
-               {"currency", currency}, {"items", items}};
+    Json event{{"event", "created"},          {"order_id", order_id},
+               {"user_id", user_id},          {"epoch", 1},
+               {"owner_region", config.name}, {"total_cents", total},
+               {"currency", currency},        {"items", items}};
     OrderEvent(tx, config.replica_id, order_id, who->residency, event);
     tx.exec0("INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
              tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
              tx.quote(event.dump()) + ")");
     // Clear what the snapshot held.
-    pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " +
-                             tx.quote(user_id) + " FOR UPDATE");
+    pqxx::result r = tx.exec(
+        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     if (!r.empty()) {
       pqxx::binarystring bytes(r[0][0]);
       auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
@@ -260,7 +263,14 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       spdlog::error("event=reservation_release_failed id={} status=\"{}\" (the sweep retries)",
                     order_id, undo.ToString());
     }
-    if (absl::IsAlreadyExists(st)) return replay(std::string(st.message()));  // concurrent twin
+    if (absl::IsAlreadyExists(st) && !idem.empty()) {
+      // A concurrent request with the same key won (seen by our check, or by the unique index
+      // when both checked before either committed): answer with its order.
+      std::optional<std::string> winner;
+      absl::Status found =
+          shard.Run([&](pqxx::work& tx) { winner = FindByIdempotencyKey(tx, user_id, idem); });
+      if (found.ok() && winner) return replay(*winner);
+    }
     return ProblemFromStatus(st);
   }
   (void)redis->Del("cart:" + user_id);
@@ -285,9 +295,10 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   int64_t total = 0;
   std::string currency, residency;
   absl::Status st = shard.Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT status, total_cents, currency, residency FROM orders WHERE "
-                             "order_id = " + tx.quote(order_id) + " AND user_id = " +
-                             tx.quote(user_id));
+    pqxx::result r = tx.exec(
+        "SELECT status, total_cents, currency, residency FROM orders WHERE "
+        "order_id = " +
+        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     std::string status = r[0][0].as<std::string>();
     if (status != "pending_payment") {
@@ -312,8 +323,10 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
         tx.quote(approved ? "captured" : "declined") +
         ") ON CONFLICT (idempotency_key) DO NOTHING RETURNING charge_id");
     if (r.empty()) {
-      pqxx::row prior = tx.exec1("SELECT charge_id, status FROM sandbox_charges WHERE "
-                                 "idempotency_key = " + tx.quote("pay:" + order_id));
+      pqxx::row prior = tx.exec1(
+          "SELECT charge_id, status FROM sandbox_charges WHERE "
+          "idempotency_key = " +
+          tx.quote("pay:" + order_id));
       charge_id = prior[0].as<std::string>();
       approved = prior[1].as<std::string>() == "captured";
     }
@@ -331,7 +344,9 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           absl::StrCat("order ", order_id, " changed while being paid"))};
     }
     OrderEvent(tx, config.replica_id, order_id, residency,
-               Json{{"event", next}, {"order_id", order_id}, {"epoch", r[0][0].as<int64_t>()},
+               Json{{"event", next},
+                    {"order_id", order_id},
+                    {"epoch", r[0][0].as<int64_t>()},
                     {"payment_ref", charge_id}});
   });
   if (!st.ok()) return st;
@@ -406,9 +421,10 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
   std::string next;
   std::string payment_ref;
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT status, payment_ref, epoch, residency FROM orders WHERE "
-                             "order_id = " + tx.quote(order_id) + " AND user_id = " +
-                             tx.quote(who->user_id) + " FOR UPDATE");
+    pqxx::result r = tx.exec(
+        "SELECT status, payment_ref, epoch, residency FROM orders WHERE "
+        "order_id = " +
+        tx.quote(order_id) + " AND user_id = " + tx.quote(who->user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     std::string status = r[0][0].as<std::string>();
     if (status == "pending_payment") {
@@ -428,8 +444,10 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
   if (!st.ok()) return ProblemFromStatus(st);
   if (!payment_ref.empty()) {
     st = global->Run([&](pqxx::work& tx) {
-      tx.exec0("UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents "
-               "WHERE charge_id = " + tx.quote(payment_ref) + " AND status = 'captured'");
+      tx.exec0(
+          "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents "
+          "WHERE charge_id = " +
+          tx.quote(payment_ref) + " AND status = 'captured'");
     });
     if (!st.ok()) return ProblemFromStatus(st);
   }
@@ -470,10 +488,9 @@ HttpResponse RegionApp::Impl::Reconcile(HttpRequest& req) {
                               {"charge_id", m.charge_id},
                               {"detail", m.detail}});
   }
-  return HttpResponse::Json(200, Json{{"charges", charges.size()},
-                                      {"orders", orders.size()},
-                                      {"mismatches", mismatches}}
-                                     .dump());
+  return HttpResponse::Json(
+      200, Json{{"charges", charges.size()}, {"orders", orders.size()}, {"mismatches", mismatches}}
+               .dump());
 }
 
 }  // namespace meridian::region

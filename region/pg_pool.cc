@@ -44,8 +44,8 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
 
 absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
   std::unique_lock<std::mutex> lock(mu_);
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::milliseconds(options_.acquire_timeout_ms);
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.acquire_timeout_ms);
   while (idle_.empty()) {
     // A slot freed by a dropped (broken) connection is refilled here, lazily.
     if (in_use_ + static_cast<int>(idle_.size()) < options_.size) {
@@ -60,9 +60,9 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
       return fresh;
     }
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "postgres ", options_.name, ": no free connection within ", options_.acquire_timeout_ms,
-          " ms (pool of ", options_.size, ")"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("postgres ", options_.name, ": no free connection within ",
+                       options_.acquire_timeout_ms, " ms (pool of ", options_.size, ")"));
     }
   }
   auto c = std::move(idle_.back());

@@ -50,6 +50,14 @@ bool RedisClient::breaker_open() const { return NowMs() < open_until_ms_.load();
 void RedisClient::Trip() {
   failures_.fetch_add(1);
   open_until_ms_.store(NowMs() + options_.open_ms);
+  // One failure usually means the server went away: the other pooled connections are dead too,
+  // and each would fail (and re-trip the breaker) once after the server is back.
+  std::vector<redisContext*> stale;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stale.swap(idle_);
+  }
+  for (redisContext* c : stale) redisFree(c);
 }
 
 redisContext* RedisClient::Acquire() {
@@ -139,8 +147,8 @@ absl::StatusOr<bool> RedisClient::SetNx(std::string_view key, std::string_view v
 
 absl::Status RedisClient::Del(std::string_view key) { return Command({"DEL", key}).status(); }
 
-absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s,
-                                            double burst, int64_t now_ms) {
+absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s, double burst,
+                                            int64_t now_ms) {
   std::string rate = std::to_string(rate_per_s), b = std::to_string(burst),
               now = std::to_string(now_ms);
   auto r = Command({"EVAL", kTokenBucketLua, "1", key, rate, b, now});
@@ -172,14 +180,20 @@ absl::StatusOr<std::map<std::string, std::string>> RedisClient::HGetAll(std::str
 
 absl::Status RedisClient::Ping() {
   // Bypass the breaker: readiness and the half-open probe need a real answer.
-  redisContext* c = Acquire();
-  if (c == nullptr) return absl::UnavailableError("redis: cannot connect");
-  auto* r = static_cast<redisReply*>(redisCommand(c, "PING"));
-  bool ok = r != nullptr && !c->err;
-  if (r) freeReplyObject(r);
-  Release(c, ok);
-  if (ok) open_until_ms_.store(0);
-  return ok ? absl::OkStatus() : absl::UnavailableError("redis: no reply to PING");
+  // Two tries: a pooled connection may be stale after a Redis restart; the second is fresh.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    redisContext* c = Acquire();
+    if (c == nullptr) return absl::UnavailableError("redis: cannot connect");
+    auto* r = static_cast<redisReply*>(redisCommand(c, "PING"));
+    bool ok = r != nullptr && !c->err;
+    if (r) freeReplyObject(r);
+    Release(c, ok);
+    if (ok) {
+      open_until_ms_.store(0);
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnavailableError("redis: no reply to PING");
 }
 
 }  // namespace meridian::region

@@ -6,8 +6,8 @@
 // longer than the configured timeout. Thread-safe (a small pool of connections).
 
 #include <atomic>
-#include <map>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>

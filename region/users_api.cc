@@ -19,9 +19,9 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
   auto residency = StringField(*body, "residency", false, "any");
   for (auto* f : {&email, &password, &name, &residency})
     if (!f->ok()) return ProblemFromStatus(f->status());
-  for (absl::Status st : {services::ValidateEmail(*email), services::ValidatePassword(*password),
-                          services::ValidateText("name", *name, 0, 200),
-                          services::ValidateResidency(*residency)}) {
+  for (absl::Status st :
+       {services::ValidateEmail(*email), services::ValidatePassword(*password),
+        services::ValidateText("name", *name, 0, 200), services::ValidateResidency(*residency)}) {
     if (!st.ok()) return ProblemFromStatus(Unprocessable(std::string(st.message())));
   }
   if (auto redirect = ResidencyRedirect(*residency)) return *redirect;
@@ -50,8 +50,8 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   std::string user_id = services::UserIdForEmail(*email);
   std::optional<std::pair<std::string, std::string>> row;  // hash, residency
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " +
-                             tx.quote(user_id));
+    pqxx::result r =
+        tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " + tx.quote(user_id));
     if (!r.empty()) row.emplace(r[0][0].as<std::string>(), r[0][1].as<std::string>());
   });
   if (!st.ok()) return ProblemFromStatus(st);
@@ -71,12 +71,13 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
 namespace {
 
 Json ProductRow(const pqxx::row& r) {
-  return Json{{"sku", r["sku"].as<std::string>()},
-              {"name", r["name"].as<std::string>()},
-              {"description", r["description"].as<std::string>()},
-              {"category", r["category_id"].is_null() ? Json() : Json(r["category_id"].as<std::string>())},
-              {"price_cents", r["price_cents"].as<int64_t>()},
-              {"currency", r["currency"].as<std::string>()}};
+  return Json{
+      {"sku", r["sku"].as<std::string>()},
+      {"name", r["name"].as<std::string>()},
+      {"description", r["description"].as<std::string>()},
+      {"category", r["category_id"].is_null() ? Json() : Json(r["category_id"].as<std::string>())},
+      {"price_cents", r["price_cents"].as<int64_t>()},
+      {"currency", r["currency"].as<std::string>()}};
 }
 
 constexpr const char* kProductCols = "sku, name, description, category_id, price_cents, currency";
@@ -106,8 +107,8 @@ absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku)
   return product_flight.Do(key, [&]() -> absl::StatusOr<std::string> {
     std::optional<std::string> json;
     absl::Status st = global->Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ",
-                                            tx.quote(sku)));
+      pqxx::result r = tx.exec(
+          absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ", tx.quote(sku)));
       if (!r.empty()) json = ProductRow(r[0]).dump();
     });
     if (!st.ok()) return st;
@@ -137,9 +138,9 @@ HttpResponse RegionApp::Impl::ListProducts(HttpRequest& req) {
   Json items = Json::array();
   absl::Status st = global->Run([&](pqxx::work& tx) {
     std::string where = category ? " WHERE category_id = " + tx.quote(*category) : "";
-    for (const auto& r : tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products", where,
-                                              " ORDER BY sku LIMIT ", *limit, " OFFSET ",
-                                              *offset))) {
+    for (const auto& r :
+         tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products", where,
+                              " ORDER BY sku LIMIT ", *limit, " OFFSET ", *offset))) {
       items.push_back(ProductRow(r));
     }
   });
@@ -149,7 +150,8 @@ HttpResponse RegionApp::Impl::ListProducts(HttpRequest& req) {
 
 HttpResponse RegionApp::Impl::Search(HttpRequest& req) {
   auto q = req.QueryParam("q");
-  if (!q || q->empty()) return HttpResponse::Problem(400, "Bad Request", "q: a search text is required");
+  if (!q || q->empty())
+    return HttpResponse::Problem(400, "Bad Request", "q: a search text is required");
   if (auto st = services::ValidateText("q", *q, 1, 200); !st.ok()) return ProblemFromStatus(st);
   auto limit = LimitParam(req, "limit", 20, 100);
   if (!limit.ok()) return ProblemFromStatus(limit.status());
@@ -157,9 +159,9 @@ HttpResponse RegionApp::Impl::Search(HttpRequest& req) {
   absl::Status st = global->Run([&](pqxx::work& tx) {
     // websearch_to_tsquery accepts any user text without syntax errors.
     std::string query = "websearch_to_tsquery('english', " + tx.quote(*q) + ")";
-    for (const auto& r : tx.exec(absl::StrCat(
-             "SELECT ", kProductCols, ", ts_rank(search, ", query, ") AS rank FROM products WHERE ",
-             "search @@ ", query, " ORDER BY rank DESC, sku LIMIT ", *limit))) {
+    for (const auto& r : tx.exec(absl::StrCat("SELECT ", kProductCols, ", ts_rank(search, ", query,
+                                              ") AS rank FROM products WHERE ", "search @@ ", query,
+                                              " ORDER BY rank DESC, sku LIMIT ", *limit))) {
       Json p = ProductRow(r);
       p["rank"] = r["rank"].as<double>();
       items.push_back(std::move(p));
@@ -227,8 +229,8 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
     pqxx::result r = tx.exec(
         "INSERT INTO products (sku, name, description, category_id, price_cents, currency, hlc, "
         "origin) VALUES (" +
-        tx.quote(sku) + ", " + tx.quote(*name) + ", " + tx.quote(*description) + ", " + cat +
-        ", " + tx.quote(*price) + ", " + tx.quote(*currency) + ", " +
+        tx.quote(sku) + ", " + tx.quote(*name) + ", " + tx.quote(*description) + ", " + cat + ", " +
+        tx.quote(*price) + ", " + tx.quote(*currency) + ", " +
         tx.quote(static_cast<int64_t>(ts.value)) + ", " + tx.quote(config.replica_id) +
         ") ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, description = "
         "EXCLUDED.description, category_id = EXCLUDED.category_id, price_cents = "
@@ -236,9 +238,14 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
         "EXCLUDED.origin, updated_at = now() WHERE (products.hlc, products.origin) < "
         "(EXCLUDED.hlc, EXCLUDED.origin) RETURNING (xmax = 0) AS created");
     created = !r.empty() && r[0][0].as<bool>();
-    Json delta{{"sku", sku},          {"name", *name},        {"description", *description},
-               {"category", *category}, {"price_cents", *price}, {"currency", *currency},
-               {"hlc", ts.value},       {"origin", config.replica_id}};
+    Json delta{{"sku", sku},
+               {"name", *name},
+               {"description", *description},
+               {"category", *category},
+               {"price_cents", *price},
+               {"currency", *currency},
+               {"hlc", ts.value},
+               {"origin", config.replica_id}};
     tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (" +
              tx.quote(config.replica_id) + ", 'product', " + tx.quote(sku) + ", " +
              tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.dump().data()),

@@ -95,7 +95,8 @@ std::string UserIdForEmail(std::string_view email) {
 }
 
 std::string IssueToken(const TokenClaims& claims, std::string_view secret) {
-  std::string body = absl::StrCat(claims.user_id, ".", claims.residency, ".", claims.expires_unix_s);
+  std::string body =
+      absl::StrCat(claims.user_id, ".", claims.residency, ".", claims.expires_unix_s);
   return absl::StrCat(body, ".", Hmac(body, secret));
 }
 

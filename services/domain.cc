@@ -13,8 +13,8 @@ int32_t JumpHash(uint64_t key, int32_t buckets) {
   while (j < buckets) {
     b = j;
     key = key * 2862933555777941757ULL + 1;
-    j = static_cast<int64_t>((b + 1) * (static_cast<double>(1LL << 31) /
-                                        static_cast<double>((key >> 33) + 1)));
+    j = static_cast<int64_t>(
+        (b + 1) * (static_cast<double>(1LL << 31) / static_cast<double>((key >> 33) + 1)));
   }
   return static_cast<int32_t>(b);
 }
@@ -53,7 +53,8 @@ absl::Status ValidateEmail(std::string_view email) {
     return Bad("email", "not an e-mail address");
   }
   for (char c : email) {
-    if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c))) {
+    if (std::isspace(static_cast<unsigned char>(c)) ||
+        std::iscntrl(static_cast<unsigned char>(c))) {
       return Bad("email", "must not contain spaces or control characters");
     }
   }
@@ -90,8 +91,8 @@ absl::Status ValidateCurrency(std::string_view c) {
 absl::Status ValidateCategoryId(std::string_view id) {
   if (id.empty() || id.size() > 64) return Bad("category", "must be 1..64 characters");
   for (char c : id)
-    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
-          c == '-')) {
+    if (!(std::islower(static_cast<unsigned char>(c)) ||
+          std::isdigit(static_cast<unsigned char>(c)) || c == '-')) {
       return Bad("category", "only a-z, 0-9 and '-'");
     }
   return absl::OkStatus();
@@ -103,7 +104,8 @@ absl::Status ValidateText(std::string_view field, std::string_view value, size_t
     return Bad(field, absl::StrCat("must be ", min_len, "..", max_len, " bytes"));
   }
   for (unsigned char c : value)
-    if (c < 0x20 && c != '\n' && c != '\t') return Bad(field, "must not contain control characters");
+    if (c < 0x20 && c != '\n' && c != '\t')
+      return Bad(field, "must not contain control characters");
   return absl::OkStatus();
 }
 

@@ -50,10 +50,11 @@ TEST(Domain, SandboxCards) {
 }
 
 TEST(Domain, ReconcileFindsEveryKindOfMismatch) {
-  std::vector<ProviderCharge> charges = {
-      {"c1", "o1", "captured", 100}, {"c2", "o2", "captured", 200},
-      {"c3", "o3", "captured", 300}, {"c4", "o9", "captured", 50},
-      {"c5", "o5", "declined", 10}};
+  std::vector<ProviderCharge> charges = {{"c1", "o1", "captured", 100},
+                                         {"c2", "o2", "captured", 200},
+                                         {"c3", "o3", "captured", 300},
+                                         {"c4", "o9", "captured", 50},
+                                         {"c5", "o5", "declined", 10}};
   std::vector<OrderPayment> orders = {{"o1", "paid", "c1", 100},
                                       {"o2", "paid", "c2", 250},
                                       {"o3", "cancelled", "c3", 300},

@@ -54,6 +54,7 @@ constexpr int kLingerMsMax = 1000;
 constexpr int kAcceptRetryMs = 50;
 // Larger write buffers are released after the response, not kept per idle connection.
 constexpr size_t kOutBufferKeepBytes = 64 * 1024;
+constexpr uint64_t kBodyReserveBytesMax = 64 * 1024;
 // Offsets in http_parser_url are 16-bit.
 constexpr size_t kTargetBytesMax = 65535;
 constexpr std::string_view kContinueResponse = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -262,7 +263,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
                     "the body is " + std::to_string(parser->content_length) +
                         " bytes; the limit is " + std::to_string(c.core_.options.max_body_bytes));
     }
-    if (length_known) request.body.reserve(parser->content_length);
+    // Capped: a client announcing 1 MiB and sending nothing must not make us hold 1 MiB (times
+    // every connection it opens).
+    if (length_known)
+      request.body.reserve(std::min<uint64_t>(parser->content_length, kBodyReserveBytesMax));
     const bool has_body = chunked || (length_known && parser->content_length > 0);
     if (has_body && !c.http10_) {
       const std::optional<std::string_view> expect = request.Header("expect");

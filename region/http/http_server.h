@@ -20,7 +20,7 @@ namespace meridian::region::http {
 // supported: the request is answered (by the handler) and the connection closed.
 //
 // Limits, each answered with a problem+json response and then a close:
-//   malformed request -> 400; request line + headers over max_header_bytes -> 431; body over
+//   malformed request -> 400; request target + headers over max_header_bytes -> 431; body over
 //   max_body_bytes -> 413 (as soon as Content-Length says so, or when the chunks add up to more;
 //   the rest of the body is not read); a request not fully received within read_timeout_ms of its
 //   first byte (of the accept, for a connection's first request) -> 408.
@@ -45,7 +45,9 @@ class HttpServer {
     std::string address = "127.0.0.1";  // an IPv4 or IPv6 literal, not a host name
     uint16_t port = 0;                  // 0 = pick a free one; see port()
     int threads = 4;
-    size_t max_header_bytes = 16 * 1024;  // request line + header lines
+    // Counts the request target and the header names and values (not the method, version,
+    // separators). http_parser caps the whole head at 80 KiB whatever this says.
+    size_t max_header_bytes = 16 * 1024;
     size_t max_body_bytes = 1 << 20;
     int read_timeout_ms = 10000;  // the whole request must arrive within this
     int idle_timeout_ms = 30000;  // keep-alive idle between requests

@@ -32,8 +32,10 @@ runBenchmark(({ replicas }) => ({
   },
 
   remove(handle, sku) {
-    // One transaction, so deleting several replicas' keys yields one update
-    // (and none at all when no key is present locally).
+    // Drops every `${sku}/` key present locally; those can only be
+    // `${sku}/0` .. `${sku}/${replicas - 1}`, so probe them instead of scanning
+    // the map. One transaction, so several deletions yield one update (and
+    // none at all when no key is present locally).
     handle.lastUpdate = null;
     handle.doc.transact(() => {
       for (let r = 0; r < replicas; r++) {

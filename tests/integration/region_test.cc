@@ -1,0 +1,410 @@
+// The region against real PostgreSQL (two shard servers, the global shard beside shard 0) and a
+// real Redis, all started on free loopback ports by tests/support. The region runs in-process on
+// a free port; requests go over real sockets.
+
+#include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
+#include <nlohmann/json.hpp>
+
+#include <pqxx/pqxx>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "region/app.h"
+#include "region/config.h"
+#include "tests/integration/http_client.h"
+#include "tests/support/postgres_server.h"
+#include "tests/support/redis_server.h"
+
+namespace meridian::region {
+namespace {
+
+using Json = nlohmann::json;
+using test_support::PostgresServer;
+using test_support::RedisServer;
+using testing::Request;
+using testing::Response;
+
+constexpr const char* kOperator = "operator-token-for-tests";
+
+class RegionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    for (int i = 0; i < 2; ++i) {
+      auto pg = PostgresServer::Start({.name = "shard" + std::to_string(i)});
+      ASSERT_TRUE(pg.ok()) << pg.status();
+      pgs_.push_back(*std::move(pg));
+    }
+    ASSERT_TRUE(pgs_[0]->CreateDatabase("global").ok());
+    ASSERT_TRUE(pgs_[0]->CreateDatabase("shard0").ok());
+    ASSERT_TRUE(pgs_[1]->CreateDatabase("shard1").ok());
+    auto redis = RedisServer::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+
+    RegionConfig c;
+    c.name = "us-east";
+    c.jurisdiction = "us";
+    c.replica_id = 1;
+    c.http = {"127.0.0.1", 0};
+    c.global_dsn = pgs_[0]->ConnectionString("global");
+    c.shard_dsns = {pgs_[0]->ConnectionString("shard0"), pgs_[1]->ConnectionString("shard1")};
+    c.pool_size = 8;
+    c.redis = {"127.0.0.1", redis_->port()};
+    c.token_secret = "a-test-secret-of-at-least-32-characters!";
+    c.operator_token = kOperator;
+    c.rate_limit_per_s = 100000;
+    c.rate_limit_burst = 100000;
+    c.reservation_ttl_s = 2;
+    c.max_body_bytes = 64 * 1024;
+    c.http_threads = 16;
+    c.peers = {{"eu-west", "eu", "http://eu-west.example:8080"}};
+    auto app = RegionApp::Create(c);
+    ASSERT_TRUE(app.ok()) << app.status();
+    app_ = *std::move(app);
+    ASSERT_TRUE(app_->Start().ok());
+    port_ = app_->http_port();
+
+    ASSERT_EQ(Admin("PUT", "/v1/admin/categories/kitchen", R"({"name":"Kitchen"})").status, 200);
+    for (int i = 1; i <= 5; ++i) {
+      std::string sku = "sku-" + std::to_string(i);
+      Response r = Admin("PUT", "/v1/admin/products/" + sku,
+                         Json{{"name", "Copper kettle " + std::to_string(i)},
+                              {"description", "boils water"},
+                              {"category", "kitchen"},
+                              {"price_cents", 1000 * i}}
+                             .dump());
+      ASSERT_EQ(r.status, 201) << r.body;
+      ASSERT_EQ(Admin("POST", "/v1/admin/inventory/" + sku + "/restock", R"({"units":100})").status,
+                200);
+    }
+  }
+
+  static void TearDownTestSuite() {
+    if (app_) app_->Stop();
+    app_.reset();
+    redis_.reset();
+    pgs_.clear();
+  }
+
+  static Response Admin(const std::string& method, const std::string& target,
+                        const std::string& body = "") {
+    return Request(port_, method, target, body,
+                   {{"Authorization", std::string("Bearer ") + kOperator}});
+  }
+
+  // Registers a fresh customer and returns their token.
+  static std::string NewCustomer(const std::string& residency = "us") {
+    static std::atomic<int> n{0};
+    std::string email =
+        "c" + std::to_string(n++) + "-" +
+        std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
+        "@example.com";
+    Response r = Request(
+        port_, "POST", "/v1/users",
+        Json{{"email", email}, {"password", "long-password"}, {"residency", residency}}.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    Response s = Request(port_, "POST", "/v1/sessions",
+                         Json{{"email", email}, {"password", "long-password"}}.dump());
+    EXPECT_EQ(s.status, 200) << s.body;
+    return Json::parse(s.body)["token"];
+  }
+
+  static Response As(const std::string& token, const std::string& method, const std::string& target,
+                     const std::string& body = "",
+                     std::vector<std::pair<std::string, std::string>> extra = {}) {
+    extra.emplace_back("Authorization", "Bearer " + token);
+    return Request(port_, method, target, body, extra);
+  }
+
+  static int64_t Available(const std::string& sku) {
+    Response r = Request(port_, "GET", "/v1/inventory/" + sku);
+    return Json::parse(r.body)["available"];
+  }
+
+  static int64_t Count(int pg, const std::string& db, const std::string& sql) {
+    pqxx::connection c(pgs_[pg]->ConnectionString(db));
+    pqxx::work tx(c);
+    return tx.exec1(sql)[0].as<int64_t>();
+  }
+  static int64_t CountAllShards(const std::string& sql) {
+    return Count(0, "shard0", sql) + Count(1, "shard1", sql);
+  }
+
+  static inline std::vector<std::unique_ptr<PostgresServer>> pgs_;
+  static inline std::unique_ptr<RedisServer> redis_;
+  static inline std::unique_ptr<RegionApp> app_;
+  static inline uint16_t port_ = 0;
+};
+
+TEST_F(RegionTest, CustomerFlowEndToEnd) {
+  EXPECT_EQ(Request(port_, "GET", "/healthz").status, 200);
+  Response ready = Request(port_, "GET", "/readyz");
+  EXPECT_EQ(ready.status, 200) << ready.body;
+
+  std::string t = NewCustomer();
+  Response list = Request(port_, "GET", "/v1/products?category=kitchen&limit=3");
+  ASSERT_EQ(list.status, 200);
+  EXPECT_EQ(Json::parse(list.body)["items"].size(), 3u);
+  Response search = Request(port_, "GET", "/v1/search?q=copper+kettle");
+  ASSERT_EQ(search.status, 200);
+  EXPECT_EQ(Json::parse(search.body)["items"].size(), 5u);
+  EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-2").status, 200);
+  EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-404").status, 404);
+
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":2})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":1})").status, 200);
+  ASSERT_EQ(As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":3})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
+  ASSERT_EQ(As(t, "DELETE", "/v1/cart/items/sku-3").status, 200);
+  Response cart = As(t, "GET", "/v1/cart");
+  ASSERT_EQ(cart.status, 200);
+  EXPECT_EQ(Json::parse(cart.body)["lines"],
+            Json::parse(R"([{"sku":"sku-1","quantity":2},{"sku":"sku-2","quantity":3}])"));
+
+  int64_t before = Available("sku-1");
+  Response order = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})",
+                      {{"Idempotency-Key", "flow-1"}});
+  ASSERT_EQ(order.status, 201) << order.body;
+  Json o = Json::parse(order.body);
+  EXPECT_EQ(o["status"], "paid");
+  EXPECT_EQ(o["total_cents"], 2 * 1000 + 3 * 2000);
+  EXPECT_EQ(o["durability"], "async");
+  EXPECT_EQ(Available("sku-1"), before - 2);
+  EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].empty());
+
+  Response orders = As(t, "GET", "/v1/orders");
+  ASSERT_EQ(orders.status, 200);
+  EXPECT_EQ(Json::parse(orders.body)["items"].size(), 1u);
+  std::string id = o["order_id"];
+  Response cancel = As(t, "POST", "/v1/orders/" + id + "/cancel");
+  ASSERT_EQ(cancel.status, 200) << cancel.body;
+  EXPECT_EQ(Json::parse(cancel.body)["status"], "refunded");
+  EXPECT_EQ(Available("sku-1"), before);  // stock released
+  EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
+
+  Response rec = Admin("POST", "/v1/admin/reconcile");
+  ASSERT_EQ(rec.status, 200);
+  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+  Response metrics = Request(port_, "GET", "/metrics");
+  EXPECT_NE(metrics.body.find("meridian_http_request_duration_seconds"), std::string::npos);
+  EXPECT_NE(metrics.body.find("meridian_outbox_depth"), std::string::npos);
+}
+
+TEST_F(RegionTest, BadInputsChangeNothing) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  std::string cart_before = As(t, "GET", "/v1/cart").body;
+  int64_t outbox_before = CountAllShards("SELECT count(*) FROM outbox");
+  int64_t users_before = CountAllShards("SELECT count(*) FROM users");
+
+  struct Case {
+    std::string method, target, body;
+    int status;
+    bool auth = true;
+  };
+  std::vector<Case> cases = {
+      {"POST", "/v1/cart/items", "{not json", 400},
+      {"POST", "/v1/cart/items", "[1,2]", 400},
+      {"POST", "/v1/cart/items", R"({"quantity":1})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":7,"quantity":1})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":"two"})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":-3})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":0})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":"no-such-sku","quantity":1})", 422},
+      {"POST", "/v1/cart/items", R"({"sku":"bad sku!","quantity":1})", 422},
+      {"PUT", "/v1/cart/items/sku-5", R"({"quantity":2})", 404},
+      {"DELETE", "/v1/cart/items/sku-5", "", 404},
+      {"POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})", 401, false},
+      {"POST", "/v1/checkout", R"({"card_number":"1234"})", 422},
+      {"POST", "/v1/users", R"({"email":"nope","password":"long-password"})", 422, false},
+      {"POST", "/v1/users", R"({"email":"a@b.io","password":"short"})", 422, false},
+      {"PUT", "/v1/admin/products/sku-9", R"({"name":"x","price_cents":1})", 401, false},
+      {"GET", "/v1/orders/o-someone-elses", "", 404},
+  };
+  for (const Case& c : cases) {
+    Response r =
+        c.auth ? As(t, c.method, c.target, c.body) : Request(port_, c.method, c.target, c.body);
+    EXPECT_EQ(r.status, c.status) << c.method << " " << c.target << " " << c.body << " -> "
+                                  << r.body;
+    EXPECT_NE(r.Header("content-type").find("problem+json"), std::string::npos) << r.body;
+  }
+  // Forged and wrong tokens.
+  EXPECT_EQ(As(t + "x", "GET", "/v1/cart").status, 401);
+  EXPECT_EQ(As("garbage", "GET", "/v1/cart").status, 401);
+  EXPECT_EQ(As(t, "PUT", "/v1/admin/products/sku-9", R"({"name":"x","price_cents":1})").status,
+            403);
+  // Oversized body.
+  std::string big(100 * 1024, 'x');
+  EXPECT_EQ(As(t, "POST", "/v1/cart/items", big).status, 413);
+
+  EXPECT_EQ(As(t, "GET", "/v1/cart").body, cart_before);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox"), outbox_before);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM users"), users_before);
+  EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM products WHERE sku = 'sku-9'"), 0);
+}
+
+TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
+  std::string a = NewCustomer(), b = NewCustomer();
+  ASSERT_EQ(As(a, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  Response o = As(a, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  std::string id = Json::parse(o.body)["order_id"];
+  EXPECT_EQ(As(b, "GET", "/v1/orders/" + id).status, 404);
+  EXPECT_EQ(As(b, "POST", "/v1/orders/" + id + "/cancel").status, 404);
+  EXPECT_EQ(
+      As(b, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
+      404);
+  EXPECT_EQ(As(a, "POST", "/v1/orders/" + id + "/cancel").status, 200);
+}
+
+TEST_F(RegionTest, ConcurrentCheckoutsOfTheLastUnits) {
+  ASSERT_EQ(
+      Admin("PUT", "/v1/admin/products/scarce", R"({"name":"Scarce","price_cents":500})").status,
+      201);
+  constexpr int kUnits = 5, kCustomers = 24;
+  ASSERT_EQ(
+      Admin("POST", "/v1/admin/inventory/scarce/restock", Json{{"units", kUnits}}.dump()).status,
+      200);
+  std::vector<std::string> tokens;
+  for (int i = 0; i < kCustomers; ++i) {
+    tokens.push_back(NewCustomer());
+    ASSERT_EQ(
+        As(tokens.back(), "POST", "/v1/cart/items", R"({"sku":"scarce","quantity":1})").status,
+        200);
+  }
+  std::atomic<int> ok{0}, conflict{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCustomers; ++i) {
+    threads.emplace_back([&, i] {
+      Response r = As(tokens[i], "POST", "/v1/checkout");
+      if (r.status == 201) {
+        ++ok;
+      } else if (r.status == 409) {
+        ++conflict;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok.load(), kUnits);
+  EXPECT_EQ(conflict.load(), kCustomers - kUnits);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(Available("scarce"), 0);
+}
+
+TEST_F(RegionTest, RepeatedIdempotencyKeyReturnsTheSameOrder) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":1})").status, 200);
+  std::vector<std::thread> threads;
+  std::vector<std::string> ids(6);
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      Response r = As(t, "POST", "/v1/checkout", "", {{"Idempotency-Key", "same-key"}});
+      if (r.status == 201 || r.status == 200) ids[i] = Json::parse(r.body)["order_id"];
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& id : ids) EXPECT_EQ(id, ids[0]);
+  EXPECT_FALSE(ids[0].empty());
+  Response list = As(t, "GET", "/v1/orders");
+  EXPECT_EQ(Json::parse(list.body)["items"].size(), 1u);
+}
+
+TEST_F(RegionTest, SweepReleasesExpiredReservations) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-3");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":4})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  EXPECT_EQ(Json::parse(o.body)["status"], "pending_payment");
+  EXPECT_EQ(Available("sku-3"), before - 4);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  auto released = app_->SweepReservations();
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_GE(*released, 1);
+  EXPECT_EQ(Available("sku-3"), before);
+  std::string id = Json::parse(o.body)["order_id"];
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/orders/" + id).body)["status"], "expired");
+  EXPECT_EQ(
+      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
+      409);
+}
+
+TEST_F(RegionTest, DeclinedPaymentReleasesStock) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-2");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4000000000000002"})");
+  EXPECT_EQ(o.status, 402) << o.body;
+  EXPECT_EQ(Json::parse(o.body)["status"], "payment_declined");
+  EXPECT_EQ(Available("sku-2"), before);
+}
+
+TEST_F(RegionTest, KeepsServingWhileRedisIsDown) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  ASSERT_TRUE(redis_->Kill9().ok());
+  EXPECT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  Response cart = As(t, "GET", "/v1/cart");
+  ASSERT_EQ(cart.status, 200);
+  EXPECT_EQ(Json::parse(cart.body)["lines"][0]["quantity"], 2);  // read-your-writes from PG
+  EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-1").status, 200);
+  EXPECT_EQ(Request(port_, "GET", "/readyz").status, 503);
+
+  ASSERT_TRUE(redis_->Restart().ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // the breaker re-probes
+  EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-1").status, 200);
+  EXPECT_EQ(Request(port_, "GET", "/readyz").status, 200);
+  // Redis is used again: the product read above filled the cache.
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto* r = static_cast<redisReply*>(redisCommand(c, "EXISTS product:sku-1"));
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->integer, 1);
+  freeReplyObject(r);
+  redisFree(c);
+}
+
+TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/checkout").status, 201);
+  // Deliver whatever is due now, then make the next deliveries fail.
+  int64_t dead_before = CountAllShards("SELECT count(*) FROM notifications_dead");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  ASSERT_EQ(Admin("POST", "/v1/admin/notify", R"({"fail_next":1000})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/checkout").status, 201);
+  for (int i = 0; i < 5; ++i) {
+    // Make every pending one due immediately instead of waiting for the backoff.
+    for (int s = 0; s < 2; ++s) {
+      pqxx::connection c(pgs_[s]->ConnectionString("shard" + std::to_string(s)));
+      pqxx::work tx(c);
+      tx.exec0("UPDATE notifications SET next_attempt_at = now() WHERE sent_at IS NULL");
+      tx.commit();
+    }
+    ASSERT_TRUE(app_->RunNotificationsOnce().ok());
+  }
+  EXPECT_GE(CountAllShards("SELECT count(*) FROM notifications_dead"), dead_before + 1);
+  ASSERT_EQ(Admin("POST", "/v1/admin/notify", R"({"fail_next":0})").status, 200);
+  // A healthy sink sends what is left.
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/checkout").status, 201);
+  auto sent = app_->RunNotificationsOnce();
+  ASSERT_TRUE(sent.ok());
+  EXPECT_GE(*sent, 1);
+}
+
+TEST_F(RegionTest, PinnedCustomerIsRedirected) {
+  Response r = Request(port_, "POST", "/v1/users",
+                       R"({"email":"eva@example.eu","password":"long-password","residency":"eu"})");
+  EXPECT_EQ(r.status, 307) << r.body;
+  EXPECT_EQ(r.Header("location"), "http://eu-west.example:8080");
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM users WHERE email = 'eva@example.eu'"), 0);
+}
+
+}  // namespace
+}  // namespace meridian::region
