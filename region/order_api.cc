@@ -160,8 +160,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   crdt::Cart snapshot(config.replica_id);
   std::optional<std::string> existing;
   absl::Status st = shard.Run([&](pqxx::work& tx) {
-    if (!idem.empty()) existing = FindByIdempotencyKey(tx, user_id, idem);
-    if (existing) return;
+    // Cart first, key second: each statement sees the latest commits (READ COMMITTED), and a twin
+    // request that commits in between has emptied the cart but is then found by its key.
     pqxx::result r = tx.exec("SELECT state FROM carts WHERE user_id = " + tx.quote(user_id));
     if (!r.empty()) {
       pqxx::binarystring bytes(r[0][0]);
@@ -169,6 +169,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
       snapshot = *std::move(cart);
     }
+    if (!idem.empty()) existing = FindByIdempotencyKey(tx, user_id, idem);
   });
   if (!st.ok()) return ProblemFromStatus(st);
   if (existing) return replay(*existing);

@@ -304,7 +304,11 @@ TEST_F(RegionTest, RepeatedIdempotencyKeyReturnsTheSameOrder) {
   for (int i = 0; i < 6; ++i) {
     threads.emplace_back([&, i] {
       Response r = As(t, "POST", "/v1/checkout", "", {{"Idempotency-Key", "same-key"}});
-      if (r.status == 201 || r.status == 200) ids[i] = Json::parse(r.body)["order_id"];
+      if (r.status == 201 || r.status == 200) {
+        ids[i] = Json::parse(r.body)["order_id"];
+      } else {
+        ids[i] = "status " + std::to_string(r.status) + ": " + r.body;
+      }
     });
   }
   for (auto& th : threads) th.join();
