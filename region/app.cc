@@ -332,6 +332,19 @@ HttpResponse RegionApp::Impl::Metrics(HttpRequest&) {
   return r;
 }
 
+void RegionApp::Impl::WarmCatalogCache() {
+  // Fill the cache before the first customer arrives, so a cold start is not a stampede on the
+  // global shard. Best effort: without Redis the region serves from PostgreSQL anyway.
+  int warmed = 0;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    for (const auto& r : tx.exec("SELECT sku FROM products ORDER BY updated_at DESC LIMIT 2000")) {
+      if (redis->breaker_open()) return;
+      if (ProductJson(r[0].as<std::string>()).ok()) ++warmed;
+    }
+  });
+  spdlog::info("event=catalog_cache_warmed products={} status=\"{}\"", warmed, st.ToString());
+}
+
 void RegionApp::Impl::SampleGauges() {
   pool_in_use->Add({{"pool", global->name()}}).Set(global->in_use());
   for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
@@ -387,6 +400,7 @@ absl::Status RegionApp::Start() {
   i.server = std::make_unique<http::HttpServer>(o, [&i](HttpRequest& r) { return i.Dispatch(r); });
   absl::Status st = i.server->Start();
   if (!st.ok()) return st;
+  i.WarmCatalogCache();
   i.StartJobs();
   spdlog::info("event=region_started region={} jurisdiction={} http={}:{} shards={} durability={}",
                i.config.name, i.config.jurisdiction, o.address, i.server->port(), i.shards.size(),

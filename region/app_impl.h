@@ -149,6 +149,7 @@ struct RegionApp::Impl {
   absl::StatusOr<int> Sweep();
   absl::StatusOr<int> NotifyOnce();
   void SampleGauges();
+  void WarmCatalogCache();
   void StartJobs();
   void StopJobs();
 };
