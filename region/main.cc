@@ -8,20 +8,36 @@
 
 #include "region/app.h"
 #include "region/config.h"
+#include "region/migrations.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"meridian-region: one region of the Meridian order stack"};
   std::string config_path;
   std::string log_level = "info";
   bool check_only = false;
-  cli.add_option("-c,--config", config_path, "YAML config file")
-      ->required()
-      ->check(CLI::ExistingFile);
+  std::string print_schema;
+  auto* config_opt =
+      cli.add_option("-c,--config", config_path, "YAML config file")->check(CLI::ExistingFile);
+  cli.add_option("--print-schema", print_schema,
+                 "print the SQL of every migration of a database kind (global or shard) and exit")
+      ->check(CLI::IsMember({"global", "shard"}));
   cli.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   cli.add_flag("--check-config", check_only, "validate the config and exit");
   CLI11_PARSE(cli, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
+  if (!print_schema.empty()) {
+    auto kind = print_schema == "global" ? meridian::region::SchemaKind::kGlobal
+                                         : meridian::region::SchemaKind::kShard;
+    for (const auto& m : meridian::region::Migrations(kind)) {
+      std::printf("-- migration %d: %s\n%s\n", m.version, m.name, m.sql);
+    }
+    return 0;
+  }
+  if (config_opt->count() == 0) {
+    std::fprintf(stderr, "meridian-region: --config is required (see --help)\n");
+    return 2;
+  }
 
   auto config = meridian::region::LoadConfigFile(config_path);
   if (!config.ok()) {
