@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +37,20 @@ class Cart {
   using Lines_ = DotMap<std::string, CounterStore>;
 
   Cart() = default;
+  Cart(const Cart& other)
+      : replica_(other.replica_),
+        state_(other.state_),
+        fields_(other.fields_ ? std::make_unique<Fields>(*other.fields_) : nullptr) {}
+  Cart& operator=(const Cart& other) {
+    if (this != &other) {
+      replica_ = other.replica_;
+      state_ = other.state_;
+      fields_ = other.fields_ ? std::make_unique<Fields>(*other.fields_) : nullptr;
+    }
+    return *this;
+  }
+  Cart(Cart&&) noexcept = default;
+  Cart& operator=(Cart&&) noexcept = default;
   // `replica` makes the dots of local changes. A Cart that only receives (or a delta) may use
   // kNoReplica; calling a mutator on it is a programming error.
   explicit Cart(ReplicaId replica) : replica_(replica) {}
@@ -47,9 +62,19 @@ class Cart {
   void AddInto(std::string_view sku, int64_t amount, Cart& delta_acc);
   // Removes the line (what this replica has seen of it).
   Cart Remove(std::string_view sku);
-  // Same, joined straight into `delta_acc` (see AddInto). REQUIRES: `delta_acc` holds only deltas
-  // made by this replica since it was last emptied (what a sender's outbox holds).
+  // Same, joined straight into `delta_acc` (see AddInto).
   void RemoveInto(std::string_view sku, Cart& delta_acc);
+
+  // The same changes as outbox records, for a sender that logs each change and folds the log per
+  // cart at ship time. AddChange applies the change and returns its dot: the delta is
+  // {sku: {dot: amount}} with context {dot}. RemoveLine removes the line and appends the dots it
+  // retired: the delta is an empty store with context `retired`. JoinChange and JoinRemoval join
+  // such a delta into this cart (any cart: they are the general join, specialised).
+  Dot AddChange(std::string_view sku, int64_t amount);
+  void RemoveLine(std::string_view sku, std::vector<Dot>* retired);
+  void JoinChange(std::string_view sku, Dot dot, int64_t amount);
+  void JoinRemoval(std::string_view sku, const Dot* retired, size_t count);
+
   // Removes every line (after checkout). Fields stay.
   Cart Clear();
   Cart SetCurrency(std::string currency, HlcTimestamp time);
@@ -69,35 +94,42 @@ class Cart {
   [[nodiscard]] int64_t Quantity(std::string_view sku) const;
   // Lines with a positive quantity, sorted by SKU.
   [[nodiscard]] std::vector<std::pair<std::string, int64_t>> Lines() const;
-  [[nodiscard]] std::optional<std::string> currency() const { return currency_.reg.value(); }
-  [[nodiscard]] std::optional<std::string> note() const { return note_.reg.value(); }
+  [[nodiscard]] std::optional<std::string> currency() const { return currency_field().reg.value(); }
+  [[nodiscard]] std::optional<std::string> note() const { return note_field().reg.value(); }
   // Every dot this cart has seen: its version, for ChangesSince and anti-entropy.
   [[nodiscard]] const CausalContext& version() const { return state_.ctx; }
   [[nodiscard]] bool Empty() const {
-    return state_.store.Empty() && state_.ctx.Empty() && !currency_.reg.value() &&
-           !note_.reg.value();
+    return state_.store.Empty() && state_.ctx.Empty() && !currency_field().reg.value() &&
+           !note_field().reg.value();
   }
   [[nodiscard]] ReplicaId replica() const { return replica_; }
 
   // Raw parts, for the codec.
   [[nodiscard]] const Causal<Lines_>& state() const { return state_; }
-  [[nodiscard]] const Field& currency_field() const { return currency_; }
-  [[nodiscard]] const Field& note_field() const { return note_; }
+  [[nodiscard]] const Field& currency_field() const;
+  [[nodiscard]] const Field& note_field() const;
   static Cart FromParts(Causal<Lines_> state, Field currency, Field note);
 
   // Equality of replicated content (the local replica id is not content).
   friend bool operator==(const Cart& a, const Cart& b) {
-    return a.state_ == b.state_ && a.currency_ == b.currency_ && a.note_ == b.note_;
+    return a.state_ == b.state_ && a.currency_field() == b.currency_field() &&
+           a.note_field() == b.note_field();
   }
 
  private:
-  Cart SetField(Field Cart::*field, std::string value, HlcTimestamp time);
+  // The LWW fields live out of line: most carts never set them, and a smaller Cart keeps more
+  // documents in cache (the cart workload is memory-bound).
+  struct Fields {
+    Field currency;
+    Field note;
+  };
+  Cart SetField(Field Fields::*field, std::string value, HlcTimestamp time);
   static void JoinField(Field& mine, const Field& theirs);
 
   ReplicaId replica_ = kNoReplica;
   Causal<Lines_> state_;
-  Field currency_;
-  Field note_;
+  Field& MutableField(Field Fields::*field);
+  std::unique_ptr<Fields> fields_;
 };
 
 }  // namespace meridian::crdt

@@ -1,11 +1,13 @@
 // Meridian's side of tests/bench/crdt_compare.sh: runs a cart workload file (written by
 // crdt_compare/gen_workload.mjs) through crdt::Cart exactly as the Automerge and Yjs runners do:
-// one document per (replica, cart); every local op applies the change and joins its delta into
-// the replica's outgoing buffer; `p R` encodes each touched cart's buffered delta into a message;
-// `d M R` decodes and merges that message at replica R.
+// one document per (replica, cart); every local op applies the change and appends it to the
+// replica's outbox log (as the region does: one outbox row per change); `p R` folds the log per
+// cart into the join of its deltas and encodes each into a message; `d M R` decodes and merges
+// that message at replica R.
 //
 // Usage: crdt_compare_meridian --workload FILE --out RESULT.json --totals TOTALS.txt
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -115,13 +117,21 @@ int main(int argc, char** argv) {
   }
   if (replicas == 0 || carts == 0) Die("workload header lacks replicas= or carts=");
 
+  // An outbox record: one change (dot, amount) or one removal (its retired dots in `retired`).
+  struct Record {
+    uint32_t cart;
+    uint32_t sku;
+    meridian::crdt::Dot dot;
+    int64_t amount;
+    uint32_t retired_begin;
+    uint32_t retired_count;  // > 0 marks a removal
+  };
   std::vector<std::vector<Cart>> docs(replicas);
-  std::vector<std::vector<Cart>> outbox(replicas);
-  std::vector<std::vector<uint32_t>> dirty(replicas);
+  std::vector<std::vector<Record>> outbox(replicas);
+  std::vector<std::vector<meridian::crdt::Dot>> retired(replicas);
   std::vector<uint64_t> ops_since_pack(replicas, 0);
   for (uint32_t r = 0; r < replicas; ++r) {
     for (uint32_t c = 0; c < carts; ++c) docs[r].emplace_back(static_cast<ReplicaId>(r + 1));
-    outbox[r].resize(carts);
   }
   std::vector<Message> messages;
   Clock::duration local_time{}, merge_time{};
@@ -137,12 +147,15 @@ int main(int argc, char** argv) {
       for (; i < events.size() && events[i].type == 'o'; ++i) {
         const Op& op = ops[events[i].a];
         Cart& doc = docs[op.replica][op.cart];
-        Cart& acc = outbox[op.replica][op.cart];
-        if (acc.Empty()) dirty[op.replica].push_back(op.cart);
         if (op.kind == 'r') {
-          doc.RemoveInto(sku_names[op.sku], acc);
+          auto& pool = retired[op.replica];
+          uint32_t begin = static_cast<uint32_t>(pool.size());
+          doc.RemoveLine(sku_names[op.sku], &pool);
+          uint32_t n = static_cast<uint32_t>(pool.size()) - begin;
+          if (n > 0) outbox[op.replica].push_back({op.cart, op.sku, {}, 0, begin, n});
         } else {
-          doc.AddInto(sku_names[op.sku], op.amount, acc);
+          meridian::crdt::Dot dot = doc.AddChange(sku_names[op.sku], op.amount);
+          outbox[op.replica].push_back({op.cart, op.sku, dot, op.amount, 0, 0});
         }
         ++ops_since_pack[op.replica];
       }
@@ -157,13 +170,30 @@ int main(int argc, char** argv) {
       m.origin = e.a;
       m.ops = ops_since_pack[e.a];
       ops_since_pack[e.a] = 0;
-      for (uint32_t c : dirty[e.a]) {
+      // Fold the log per cart: records of one cart stay in log order (stable sort), and joining
+      // them in that order is the join of their deltas.
+      auto& log = outbox[e.a];
+      std::stable_sort(log.begin(), log.end(),
+                       [](const Record& x, const Record& y) { return x.cart < y.cart; });
+      const auto& pool = retired[e.a];
+      for (size_t j = 0; j < log.size();) {
+        Cart delta;
+        uint32_t c = log[j].cart;
+        for (; j < log.size() && log[j].cart == c; ++j) {
+          const Record& rec = log[j];
+          if (rec.retired_count > 0) {
+            delta.JoinRemoval(sku_names[rec.sku], pool.data() + rec.retired_begin,
+                              rec.retired_count);
+          } else {
+            delta.JoinChange(sku_names[rec.sku], rec.dot, rec.amount);
+          }
+        }
         uint32_t offset = static_cast<uint32_t>(m.bytes.size());
-        meridian::crdt::EncodeTo(outbox[e.a][c], &m.bytes);
+        meridian::crdt::EncodeTo(delta, &m.bytes);
         m.parts.push_back({c, {offset, static_cast<uint32_t>(m.bytes.size()) - offset}});
-        outbox[e.a][c] = Cart();
       }
-      dirty[e.a].clear();
+      log.clear();
+      retired[e.a].clear();
       local_time += Clock::now() - t0;
       messages.push_back(std::move(m));
     } else {
