@@ -156,7 +156,8 @@ absl::Status RegionApp::Impl::Operator(const HttpRequest& req) {
   return absl::OkStatus();
 }
 
-std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view residency) {
+std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view residency,
+                                                               const HttpRequest& req) {
   if (services::ResidencyAllows(residency, config.jurisdiction)) return std::nullopt;
   for (const auto& peer : config.peers) {
     if (services::ResidencyAllows(residency, peer.jurisdiction)) {
@@ -164,7 +165,10 @@ std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view 
           HttpResponse::Problem(307, "Temporary Redirect",
                                 absl::StrCat("this customer's data is pinned to ",
                                              AbslView(residency), "; use region ", peer.name));
-      r.headers.emplace_back("Location", peer.public_url);
+      // Same path and query at the allowed region, so the client repeats the same request there.
+      std::string base = peer.public_url;
+      while (!base.empty() && base.back() == '/') base.pop_back();
+      r.headers.emplace_back("Location", base + req.target);
       return r;
     }
   }
@@ -278,11 +282,13 @@ HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
   std::string route = "unmatched";
   bool limited = false;
   if (req.path != "/healthz" && req.path != "/readyz" && req.path != "/metrics") {
-    // Per client: the customer when a token is present (verified later), else the address.
-    std::string client = req.remote_address.substr(0, req.remote_address.rfind(':'));
-    if (auto h = req.Header("authorization"); h && h->size() > 7) {
-      std::string_view token = h->substr(7);
-      client = std::string(token.substr(0, token.find('.')));
+    // Per client: the customer when the token verifies (a forged or random token must not buy a
+    // fresh bucket, nor drain someone else's), the operator, else the address.
+    std::string client = "ip:" + req.remote_address.substr(0, req.remote_address.rfind(':'));
+    if (auto claims = Customer(req); claims.ok()) {
+      client = "user:" + claims->user_id;
+    } else if (Operator(req).ok()) {
+      client = "operator";
     }
     if (!RateLimit(client)) {
       limited = true;

@@ -109,7 +109,7 @@ struct RegionApp::Impl {
   absl::StatusOr<services::TokenClaims> Customer(const HttpRequest& req);
   absl::Status Operator(const HttpRequest& req);
   // 307 to an allowed region (or 403) when the residency does not allow this region.
-  std::optional<HttpResponse> ResidencyRedirect(std::string_view residency);
+  std::optional<HttpResponse> ResidencyRedirect(std::string_view residency, const HttpRequest& req);
   bool RateLimit(const std::string& client);
   std::mutex local_buckets_mu;
   std::map<std::string, std::pair<double, int64_t>> local_buckets;

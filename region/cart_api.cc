@@ -90,7 +90,7 @@ return 1)lua";
 HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   auto hot = redis->HGetAll("cart:" + who->user_id);
   if (hot.ok() && hot->count("s") && hot->count("v")) {
     auto cart = crdt::DecodeCart(hot->at("s"), config.replica_id);
@@ -113,7 +113,7 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
 HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   auto body = ParseBody(req);
   if (!body.ok()) return ProblemFromStatus(body.status());
   auto sku = StringField(*body, "sku", true);
@@ -148,7 +148,7 @@ HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
 HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   const std::string sku = req.params["sku"];
   if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
   auto body = ParseBody(req);
@@ -170,7 +170,7 @@ HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
 HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   const std::string sku = req.params["sku"];
   if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
   return MutateCart(*this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<crdt::Cart> {

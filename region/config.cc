@@ -165,7 +165,16 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
     return true;
   };
   if (r.ok() && !valid_name(c.name)) r.Fail("region.name", "1..32 of [A-Za-z0-9-]");
-  if (r.ok() && !valid_name(c.jurisdiction)) r.Fail("region.jurisdiction", "1..32 of [A-Za-z0-9-]");
+  auto valid_jurisdiction = [](const std::string& s) {
+    if (s.size() < 2 || s.size() > 16) return false;
+    for (char ch : s)
+      if (!std::islower(static_cast<unsigned char>(ch))) return false;
+    return true;
+  };
+  // Must match how customers' residencies are written (services::ValidateResidency).
+  if (r.ok() && !valid_jurisdiction(c.jurisdiction)) {
+    r.Fail("region.jurisdiction", "2..16 lowercase letters, like a residency (e.g. eu, us)");
+  }
 
   YAML::Node listen = r.Map(root, "listen", "listen", true);
   r.OnlyKeys(listen, "listen", {"http", "grpc"});

@@ -42,6 +42,14 @@ absl::Status ValidIdempotencyKey(std::string_view k) {
   return absl::OkStatus();
 }
 
+// Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order.
+absl::Status ValidOrderId(std::string_view id) {
+  bool ok = id.size() == 25 && id[0] == 'o';
+  for (size_t i = 1; ok && i < id.size(); ++i)
+    ok = std::isxdigit(static_cast<unsigned char>(id[i]));
+  return ok ? absl::OkStatus() : absl::NotFoundError("no such order");
+}
+
 void OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
                 const std::string& residency, const Json& event) {
   std::string e = event.dump();
@@ -127,7 +135,7 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
 HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   Json body = Json::object();
   if (!req.body.empty()) {
     auto parsed = ParseBody(req);
@@ -282,6 +290,14 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   if (!card->empty()) {
     order = Pay(user_id, order_id, *card, &status);
     if (status == 200) status = 201;
+    if (!order.ok()) {
+      // The order exists and the cart is cleared: report it, awaiting payment, with the reason,
+      // rather than an error that would make the customer check out again.
+      std::string why(order.status().message());
+      order = OrderJson(user_id, order_id);
+      if (order.ok()) (*order)["payment_error"] = why;
+      status = 201;
+    }
   } else {
     order = OrderJson(user_id, order_id);
   }
@@ -342,7 +358,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
                              " AND status = 'pending_payment' RETURNING epoch");
     if (r.empty()) {
       throw AbortTx{absl::FailedPreconditionError(
-          absl::StrCat("order ", order_id, " changed while being paid"))};
+          absl::StrCat("order ", order_id, " changed while being paid (charge refunded)"))};
     }
     OrderEvent(tx, config.replica_id, order_id, residency,
                Json{{"event", next},
@@ -369,7 +385,8 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
 HttpResponse RegionApp::Impl::PayOrder(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
+  if (auto st = ValidOrderId(req.params["id"]); !st.ok()) return ProblemFromStatus(st);
   auto body = ParseBody(req);
   if (!body.ok()) return ProblemFromStatus(body.status());
   auto card = StringField(*body, "card_number", true);
@@ -386,7 +403,7 @@ HttpResponse RegionApp::Impl::PayOrder(HttpRequest& req) {
 HttpResponse RegionApp::Impl::ListOrders(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   std::vector<std::string> ids;
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
     for (const auto& r : tx.exec("SELECT order_id FROM orders WHERE user_id = " +
@@ -407,7 +424,8 @@ HttpResponse RegionApp::Impl::ListOrders(HttpRequest& req) {
 HttpResponse RegionApp::Impl::GetOrder(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
+  if (auto st = ValidOrderId(req.params["id"]); !st.ok()) return ProblemFromStatus(st);
   // Another customer's order id reads as not found: no hint that it exists.
   auto o = OrderJson(who->user_id, req.params["id"]);
   if (!o.ok()) return ProblemFromStatus(o.status());
@@ -417,7 +435,8 @@ HttpResponse RegionApp::Impl::GetOrder(HttpRequest& req) {
 HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
-  if (auto redirect = ResidencyRedirect(who->residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
+  if (auto st = ValidOrderId(req.params["id"]); !st.ok()) return ProblemFromStatus(st);
   const std::string order_id = req.params["id"];
   std::string next;
   std::string payment_ref;

@@ -24,7 +24,7 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
         services::ValidateText("name", *name, 0, 200), services::ValidateResidency(*residency)}) {
     if (!st.ok()) return ProblemFromStatus(Unprocessable(std::string(st.message())));
   }
-  if (auto redirect = ResidencyRedirect(*residency)) return *redirect;
+  if (auto redirect = ResidencyRedirect(*residency, req)) return *redirect;
   std::string user_id = services::UserIdForEmail(*email);
   std::string hash = services::HashPassword(*password);
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
@@ -59,7 +59,7 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   if (!row || !services::VerifyPassword(*password, row->first)) {
     return HttpResponse::Problem(401, "Unauthorized", "wrong e-mail or password");
   }
-  if (auto redirect = ResidencyRedirect(row->second)) return *redirect;
+  if (auto redirect = ResidencyRedirect(row->second, req)) return *redirect;
   services::TokenClaims claims{user_id, row->second, UnixNowS() + config.token_ttl_s};
   return HttpResponse::Json(200, Json{{"token", services::IssueToken(claims, config.token_secret)},
                                       {"user_id", user_id},

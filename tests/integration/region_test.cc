@@ -44,6 +44,16 @@ class RegionTest : public ::testing::Test {
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = *std::move(redis);
 
+    config_ = BaseConfig();
+    auto app = RegionApp::Create(config_);
+    ASSERT_TRUE(app.ok()) << app.status();
+    app_ = *std::move(app);
+    ASSERT_TRUE(app_->Start().ok());
+    port_ = app_->http_port();
+    Seed();
+  }
+
+  static RegionConfig BaseConfig() {
     RegionConfig c;
     c.name = "us-east";
     c.jurisdiction = "us";
@@ -61,12 +71,10 @@ class RegionTest : public ::testing::Test {
     c.max_body_bytes = 64 * 1024;
     c.http_threads = 16;
     c.peers = {{"eu-west", "eu", "http://eu-west.example:8080"}};
-    auto app = RegionApp::Create(c);
-    ASSERT_TRUE(app.ok()) << app.status();
-    app_ = *std::move(app);
-    ASSERT_TRUE(app_->Start().ok());
-    port_ = app_->http_port();
+    return c;
+  }
 
+  static void Seed() {
     ASSERT_EQ(Admin("PUT", "/v1/admin/categories/kitchen", R"({"name":"Kitchen"})").status, 200);
     for (int i = 1; i <= 5; ++i) {
       std::string sku = "sku-" + std::to_string(i);
@@ -137,6 +145,7 @@ class RegionTest : public ::testing::Test {
   static inline std::unique_ptr<RedisServer> redis_;
   static inline std::unique_ptr<RegionApp> app_;
   static inline uint16_t port_ = 0;
+  static inline RegionConfig config_;
 };
 
 TEST_F(RegionTest, CustomerFlowEndToEnd) {
@@ -223,6 +232,7 @@ TEST_F(RegionTest, BadInputsChangeNothing) {
       {"POST", "/v1/users", R"({"email":"a@b.io","password":"short"})", 422, false},
       {"PUT", "/v1/admin/products/sku-9", R"({"name":"x","price_cents":1})", 401, false},
       {"GET", "/v1/orders/o-someone-elses", "", 404},
+      {"GET", "/v1/orders/%FF%FE", "", 404},
   };
   for (const Case& c : cases) {
     Response r =
@@ -406,8 +416,44 @@ TEST_F(RegionTest, PinnedCustomerIsRedirected) {
   Response r = Request(port_, "POST", "/v1/users",
                        R"({"email":"eva@example.eu","password":"long-password","residency":"eu"})");
   EXPECT_EQ(r.status, 307) << r.body;
-  EXPECT_EQ(r.Header("location"), "http://eu-west.example:8080");
+  EXPECT_EQ(r.Header("location"), "http://eu-west.example:8080/v1/users");
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM users WHERE email = 'eva@example.eu'"), 0);
+}
+
+TEST_F(RegionTest, RateLimitedPerClient) {
+  // A second region process on the same databases with a tight limit: 3 requests of burst, then
+  // 429 with Retry-After; another client has its own bucket.
+  RegionConfig c = BaseConfig();
+  c.rate_limit_per_s = 0.5;
+  c.rate_limit_burst = 3;
+  auto app = RegionApp::Create(c);
+  ASSERT_TRUE(app.ok()) << app.status();
+  ASSERT_TRUE((*app)->Start().ok());
+  uint16_t port = (*app)->http_port();
+  std::string t = NewCustomer();
+  int ok = 0, limited = 0;
+  std::string retry_after;
+  for (int i = 0; i < 6; ++i) {
+    Response r = Request(port, "GET", "/v1/cart", "", {{"Authorization", "Bearer " + t}});
+    if (r.status == 200) ++ok;
+    if (r.status == 429) {
+      ++limited;
+      retry_after = r.Header("retry-after");
+    }
+  }
+  EXPECT_EQ(ok, 3);
+  EXPECT_EQ(limited, 3);
+  EXPECT_EQ(retry_after, "1");
+  std::string other = NewCustomer();
+  EXPECT_EQ(Request(port, "GET", "/v1/cart", "", {{"Authorization", "Bearer " + other}}).status,
+            200);
+  // Random tokens do not buy fresh buckets: they count against the caller's address.
+  for (int i = 0; i < 4; ++i) {
+    Request(port, "GET", "/v1/products/sku-1", "",
+            {{"Authorization", "Bearer x" + std::to_string(i)}});
+  }
+  EXPECT_EQ(Request(port, "GET", "/v1/products/sku-1").status, 429);
+  (*app)->Stop();
 }
 
 }  // namespace
