@@ -132,10 +132,13 @@ template <class K, class S>
 class DotMap {
  public:
   using Entry = std::pair<K, S>;
+  // A cart holds a handful of lines: keep up to four inline, next to the cart itself, which
+  // saves a dependent cache miss per access on a large set of documents.
+  using Entries = absl::InlinedVector<Entry, 4>;
 
   [[nodiscard]] bool Empty() const { return entries_.empty(); }
   [[nodiscard]] size_t Size() const { return entries_.size(); }
-  [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
+  [[nodiscard]] const Entries& entries() const { return entries_; }
 
   [[nodiscard]] const S* Find(const K& key) const {
     auto it = Lower(key);
@@ -193,7 +196,9 @@ class DotMap {
       }
     }
     for (; b != other.entries_.end(); ++b) theirs_only.push_back(&*b);
-    std::erase_if(entries_, [](const Entry& e) { return e.second.Empty(); });
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.second.Empty(); }),
+                   entries_.end());
     for (const Entry* e : theirs_only) {
       S s;
       s.JoinWith(ctx, e->second, other_ctx);
@@ -203,30 +208,33 @@ class DotMap {
     }
   }
 
-  [[nodiscard]] static bool IsSortedUnique(const std::vector<Entry>& e) {
+  template <class Vec>
+  [[nodiscard]] static bool IsSortedUnique(const Vec& e) {
     for (size_t i = 1; i < e.size(); ++i)
       if (!(e[i - 1].first < e[i].first)) return false;
     return true;
   }
-  static DotMap FromSorted(std::vector<Entry> entries) {
+  template <class Vec>
+  static DotMap FromSorted(Vec&& entries) {
     DotMap m;
-    m.entries_ = std::move(entries);
+    m.entries_.assign(std::make_move_iterator(entries.begin()),
+                      std::make_move_iterator(entries.end()));
     return m;
   }
 
   friend bool operator==(const DotMap&, const DotMap&) = default;
 
  private:
-  typename std::vector<Entry>::const_iterator Lower(const K& key) const {
+  typename Entries::const_iterator Lower(const K& key) const {
     return std::lower_bound(entries_.begin(), entries_.end(), key,
                             [](const Entry& e, const K& k) { return e.first < k; });
   }
-  typename std::vector<Entry>::iterator LowerMut(const K& key) {
+  typename Entries::iterator LowerMut(const K& key) {
     return std::lower_bound(entries_.begin(), entries_.end(), key,
                             [](const Entry& e, const K& k) { return e.first < k; });
   }
 
-  std::vector<Entry> entries_;
+  Entries entries_;
 };
 
 // A causal CRDT: a dot store and the context of every dot it has seen. Join is the only merge,

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 #include "region/app_impl.h"
+#include "region/internal_service.h"
 #include "region/migrations.h"
 #include "services/domain.h"
 
@@ -406,6 +407,14 @@ absl::Status RegionApp::Start() {
   i.server = std::make_unique<http::HttpServer>(o, [&i](HttpRequest& r) { return i.Dispatch(r); });
   absl::Status st = i.server->Start();
   if (!st.ok()) return st;
+  if (!i.config.grpc.host.empty()) {
+    auto grpc = InternalServer::Start(i, i.config.grpc.host, i.config.grpc.port);
+    if (!grpc.ok()) {
+      i.server->Stop();
+      return grpc.status();
+    }
+    i.grpc = *std::move(grpc);
+  }
   i.WarmCatalogCache();
   i.StartJobs();
   spdlog::info("event=region_started region={} jurisdiction={} http={}:{} shards={} durability={}",
@@ -417,10 +426,12 @@ absl::Status RegionApp::Start() {
 void RegionApp::Stop() {
   if (!impl_) return;
   impl_->StopJobs();
+  if (impl_->grpc) impl_->grpc->Stop();
   if (impl_->server) impl_->server->Stop();
 }
 
 uint16_t RegionApp::http_port() const { return impl_->server ? impl_->server->port() : 0; }
+uint16_t RegionApp::grpc_port() const { return impl_->grpc ? impl_->grpc->port() : 0; }
 
 absl::StatusOr<int> RegionApp::SweepReservations() { return impl_->Sweep(); }
 absl::StatusOr<int> RegionApp::RunNotificationsOnce() { return impl_->NotifyOnce(); }

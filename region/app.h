@@ -29,6 +29,8 @@ class RegionApp {
   absl::Status Start();
   void Stop();
   [[nodiscard]] uint16_t http_port() const;
+  // The internal gRPC API's port; 0 when listen.grpc is not configured.
+  [[nodiscard]] uint16_t grpc_port() const;
 
   // Background jobs, also callable directly (tests, operator endpoints).
   // Releases the stock of held reservations whose order was not paid before expiry.

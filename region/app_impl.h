@@ -69,6 +69,7 @@ struct RegionApp::Impl {
   std::vector<std::unique_ptr<PgPool>> shards;
   std::unique_ptr<RedisClient> redis;
   std::unique_ptr<http::HttpServer> server;
+  std::unique_ptr<class InternalServer> grpc;
   http::Router router;
   SingleFlight product_flight;
   std::mutex hlc_mu;

@@ -12,8 +12,12 @@
 #include <chrono>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
+#include "crdt/codec.h"
 #include "region/app.h"
 #include "region/config.h"
+#include "region/internal.grpc.pb.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
@@ -59,6 +63,7 @@ class RegionTest : public ::testing::Test {
     c.jurisdiction = "us";
     c.replica_id = 1;
     c.http = {"127.0.0.1", 0};
+    c.grpc = {"127.0.0.1", 0};
     c.global_dsn = pgs_[0]->ConnectionString("global");
     c.shard_dsns = {pgs_[0]->ConnectionString("shard0"), pgs_[1]->ConnectionString("shard1")};
     c.pool_size = 8;
@@ -418,6 +423,58 @@ TEST_F(RegionTest, PinnedCustomerIsRedirected) {
   EXPECT_EQ(r.status, 307) << r.body;
   EXPECT_EQ(r.Header("location"), "http://eu-west.example:8080/v1/users");
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM users WHERE email = 'eva@example.eu'"), 0);
+}
+
+TEST_F(RegionTest, InternalGrpcApi) {
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(app_->grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::RegionInternal::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    v1::GetStatusResponse status;
+    ASSERT_TRUE(stub->GetStatus(&ctx, {}, &status).ok());
+    EXPECT_EQ(status.region(), "us-east");
+    EXPECT_EQ(status.durability(), v1::DURABILITY_ASYNC);
+    EXPECT_EQ(status.databases_size(), 3);
+    EXPECT_TRUE(status.redis_reachable());
+  }
+  // A cart change lands in the customer's shard outbox as a decodable Cart delta.
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":2})").status, 200);
+  bool found = false;
+  for (const char* db : {"shard-0", "shard-1"}) {
+    grpc::ClientContext ctx;
+    v1::ReadOutboxRequest req;
+    req.set_database(db);
+    req.set_limit(10000);
+    v1::ReadOutboxResponse out;
+    ASSERT_TRUE(stub->ReadOutbox(&ctx, req, &out).ok());
+    int64_t last = 0;
+    for (const auto& rec : out.records()) {
+      EXPECT_GT(rec.seq(), last);  // in sequence order
+      last = rec.seq();
+      if (rec.kind() != v1::OUTBOX_KIND_CART) continue;
+      auto delta = crdt::DecodeCart(rec.payload());
+      ASSERT_TRUE(delta.ok()) << delta.status();
+      if (delta->Quantity("sku-2") == 2 && rec.residency() == "us") found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  {
+    grpc::ClientContext ctx;
+    v1::GetInventoryRightsRequest req;
+    req.set_sku("sku-2");
+    v1::GetInventoryRightsResponse rights;
+    ASSERT_TRUE(stub->GetInventoryRights(&ctx, req, &rights).ok());
+    ASSERT_EQ(rights.rights_size(), 1);
+    EXPECT_EQ(rights.rights(0).replica_id(), 1u);
+    EXPECT_EQ(rights.rights(0).units(), rights.available());
+  }
+  grpc::ClientContext ctx;
+  v1::ReadOutboxRequest bad;
+  bad.set_database("shard-99");
+  v1::ReadOutboxResponse out;
+  EXPECT_EQ(stub->ReadOutbox(&ctx, bad, &out).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(RegionTest, RateLimitedPerClient) {
