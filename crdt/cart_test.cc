@@ -4,6 +4,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <map>
+#include <tuple>
 
 #include "crdt/crdt_testing.h"
 
@@ -134,6 +135,57 @@ RC_GTEST_PROP(CartProp, NovelPartJoinsLikeTheWholeDelta, ()) {
   Cart novel = states[1];
   novel.Merge(states[0].NovelPart(states[1]));
   RC_ASSERT(novel == whole);
+}
+
+// The outbox-record primitives are the general join, specialised: folding records from several
+// replicas, in any order, equals merging their deltas.
+RC_GTEST_PROP(CartProp, RecordsFoldLikeDeltas, ()) {
+  std::vector<Cart> replicas = {Cart(1), Cart(2), Cart(3)};
+  struct Rec {
+    std::string sku;
+    Dot dot;
+    int64_t amount;
+    std::vector<Dot> retired;
+  };
+  std::vector<Rec> log;
+  std::vector<Cart> deltas;
+  auto ops = *rc::gen::container<std::vector<std::tuple<uint8_t, uint8_t, int8_t>>>(
+      rc::gen::tuple(rc::gen::inRange<uint8_t>(0, 3), rc::gen::inRange<uint8_t>(0, 8),
+                     rc::gen::arbitrary<int8_t>()));
+  for (auto [r, what, v] : ops) {
+    Cart& c = replicas[r];
+    std::string sku = "s" + std::to_string(what % 4);
+    if (what & 4) {
+      Rec rec{sku, {}, 0, {}};
+      Cart before = c;
+      c.RemoveLine(sku, &rec.retired);
+      deltas.push_back(before.Remove(sku));
+      log.push_back(rec);
+    } else {
+      Cart before = c;
+      Dot d = c.AddChange(sku, v);
+      deltas.push_back(before.Add(sku, v));
+      log.push_back({sku, d, v, {}});
+    }
+    if (v & 1) replicas[(r + 1) % 3].Merge(deltas.back());  // some deltas travel early
+  }
+  auto order = *rc::gen::arbitrary<std::vector<uint16_t>>();
+  std::vector<size_t> perm(log.size());
+  for (size_t i = 0; i < perm.size(); ++i) perm[i] = i;
+  for (size_t i = 0; i < perm.size() && i < order.size(); ++i) {
+    std::swap(perm[i], perm[order[i] % perm.size()]);
+  }
+  Cart folded, merged;
+  for (size_t i : perm) {
+    const Rec& rec = log[i];
+    if (rec.retired.empty() && rec.dot.replica != kNoReplica) {
+      folded.JoinChange(rec.sku, rec.dot, rec.amount);
+    } else if (!rec.retired.empty()) {
+      folded.JoinRemoval(rec.sku, rec.retired.data(), rec.retired.size());
+    }
+    merged.Merge(deltas[i]);
+  }
+  RC_ASSERT(folded == merged);
 }
 
 }  // namespace
