@@ -63,7 +63,7 @@ void CausalContext::Join(const CausalContext& other) {
     if (slot < max) slot = max;
   }
   if (!other.cloud_.empty()) {
-    std::vector<Dot> cloud;
+    Cloud cloud;
     cloud.reserve(cloud_.size() + other.cloud_.size());
     std::set_union(cloud_.begin(), cloud_.end(), other.cloud_.begin(), other.cloud_.end(),
                    std::back_inserter(cloud));
@@ -75,7 +75,7 @@ void CausalContext::Join(const CausalContext& other) {
 void CausalContext::Compact() {
   // The cloud is sorted by (replica, counter), so one pass folds each replica's run of
   // contiguous counters into the version vector and drops what the vector already covers.
-  std::vector<Dot> keep;
+  Cloud keep;
   for (const Dot& d : cloud_) {
     uint64_t max = Max(d.replica);
     if (d.counter <= max) continue;
@@ -105,7 +105,7 @@ CausalContext CausalContext::FromParts(std::vector<std::pair<ReplicaId, uint64_t
   }
   std::sort(cloud.begin(), cloud.end());
   cloud.erase(std::unique(cloud.begin(), cloud.end()), cloud.end());
-  ctx.cloud_ = std::move(cloud);
+  ctx.cloud_.assign(cloud.begin(), cloud.end());
   ctx.Compact();
   return ctx;
 }

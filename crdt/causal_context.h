@@ -52,10 +52,10 @@ class CausalContext {
   // A handful of regions: the version vector lives inline, saving an allocation and a cache miss
   // on every context touched.
   using VersionVector = absl::InlinedVector<std::pair<ReplicaId, uint64_t>, 4>;
-  [[nodiscard]] const VersionVector& version_vector() const {
-    return vv_;
-  }
-  [[nodiscard]] const std::vector<Dot>& cloud() const { return cloud_; }
+  [[nodiscard]] const VersionVector& version_vector() const { return vv_; }
+  // A delta's context is a few dots out of order: keep two inline.
+  using Cloud = absl::InlinedVector<Dot, 2>;
+  [[nodiscard]] const Cloud& cloud() const { return cloud_; }
 
   // Used by the decoder after it validated the parts: sorts, removes duplicates and compacts.
   static CausalContext FromParts(std::vector<std::pair<ReplicaId, uint64_t>> vv,
@@ -71,7 +71,7 @@ class CausalContext {
   void Compact();
 
   VersionVector vv_;
-  std::vector<Dot> cloud_;
+  Cloud cloud_;
 };
 
 }  // namespace meridian::crdt

@@ -60,6 +60,14 @@ std::vector<Dot> SortedDots(const S& store) {
   return dots;
 }
 
+// Same, into a reused buffer (the per-delta hot path).
+template <class S>
+void SortedDotsInto(const S& store, std::vector<Dot>* dots) {
+  dots->clear();
+  store.ForEachDot([&](const Dot& d) { dots->push_back(d); });
+  std::sort(dots->begin(), dots->end());
+}
+
 void PutChanges(const CounterStore& s, google::protobuf::RepeatedPtrField<pb::CounterChange>* out) {
   for (const auto& [dot, value] : s.entries()) {
     auto* c = out->Add();
@@ -277,7 +285,8 @@ void FillCart(const Cart& v, pb::Cart* m) {
     l->set_sku(sku);
     PutChanges(line, l->mutable_changes());
   }
-  std::vector<Dot> implied = SortedDots(v.state().store);
+  thread_local std::vector<Dot> implied;
+  SortedDotsInto(v.state().store, &implied);
   // Field dots are implied as well when the field is present.
   if (v.currency_field().reg.value()) implied.push_back(v.currency_field().dot);
   if (v.note_field().reg.value()) implied.push_back(v.note_field().dot);
@@ -485,13 +494,151 @@ std::string Encode(const Cart& v) {
   return out;
 }
 
-void EncodeTo(const Cart& v, std::string* out) {
-  // One message object per thread, reused: Clear() keeps its allocations, which makes encoding a
-  // small delta nearly allocation-free.
-  thread_local pb::Cart m;
-  m.Clear();
+std::string EncodeCartReference(const Cart& v) {
+  pb::Cart m;
   FillCart(v, &m);
-  m.AppendToString(out);
+  return m.SerializeAsString();
+}
+
+namespace {
+
+// Hand-written protobuf wire encoding of crdt.v1.Cart: the same bytes as serializing the message
+// built by FillCart (tested against EncodeCartReference), without building the message. Shipping
+// encodes one small delta per changed cart, where the message objects cost more than the data.
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+uint64_t ZigZag(int64_t v) {
+  return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
+}
+// Size of a {1: varint a, 2: varint b} message (Dot, VersionEntry), zero fields omitted.
+size_t PairSize(uint64_t a, uint64_t b) {
+  return (a ? 1 + VarintSize(a) : 0) + (b ? 1 + VarintSize(b) : 0);
+}
+void PutPair(std::string* out, uint8_t tag, uint64_t a, uint64_t b) {
+  out->push_back(static_cast<char>(tag));
+  PutVarint(out, PairSize(a, b));
+  if (a) {
+    out->push_back(0x08);
+    PutVarint(out, a);
+  }
+  if (b) {
+    out->push_back(0x10);
+    PutVarint(out, b);
+  }
+}
+size_t ChangeSize(const Dot& d, int64_t value) {
+  return PairSize(d.replica, d.counter) + (value ? 1 + VarintSize(ZigZag(value)) : 0);
+}
+size_t LenField(size_t body) { return 1 + VarintSize(body) + body; }
+
+size_t FieldSize(const Cart::Field& f) {
+  const std::string& value = *f.reg.value();
+  size_t n = value.empty() ? 0 : LenField(value.size());
+  n += LenField(PairSize(f.reg.stamp().time.value, f.reg.stamp().replica));
+  n += LenField(PairSize(f.dot.replica, f.dot.counter));
+  return n;
+}
+void PutField(std::string* out, uint8_t tag, const Cart::Field& f) {
+  const std::string& value = *f.reg.value();
+  out->push_back(static_cast<char>(tag));
+  PutVarint(out, FieldSize(f));
+  if (!value.empty()) {
+    out->push_back(0x0a);
+    PutVarint(out, value.size());
+    out->append(value);
+  }
+  PutPair(out, 0x12, f.reg.stamp().time.value, f.reg.stamp().replica);
+  PutPair(out, 0x1a, f.dot.replica, f.dot.counter);
+}
+
+}  // namespace
+
+void EncodeTo(const Cart& v, std::string* out) {
+  const auto& lines = v.state().store.entries();
+  const CausalContext& ctx = v.state().ctx;
+  const bool has_currency = v.currency_field().reg.value().has_value();
+  const bool has_note = v.note_field().reg.value().has_value();
+  thread_local std::vector<Dot> implied;
+  SortedDotsInto(v.state().store, &implied);
+  if (has_currency) implied.push_back(v.currency_field().dot);
+  if (has_note) implied.push_back(v.note_field().dot);
+  std::sort(implied.begin(), implied.end());
+
+  // The context's entries that are not implied (PutContext's rule).
+  thread_local std::vector<std::pair<uint64_t, uint64_t>> versions, cloud;
+  versions.clear();
+  cloud.clear();
+  for (const auto& [replica, counter] : ctx.version_vector()) {
+    auto first = std::lower_bound(implied.begin(), implied.end(), Dot{replica, 1});
+    if (static_cast<uint64_t>(implied.end() - first) >= counter) {
+      auto last = first + static_cast<std::ptrdiff_t>(counter - 1);
+      if (first->replica == replica && first->counter == 1 && last->replica == replica &&
+          last->counter == counter) {
+        continue;
+      }
+    }
+    versions.emplace_back(replica, counter);
+  }
+  for (const Dot& d : ctx.cloud()) {
+    if (!std::binary_search(implied.begin(), implied.end(), d)) {
+      cloud.emplace_back(d.replica, d.counter);
+    }
+  }
+
+  out->push_back(0x08);  // format_version
+  PutVarint(out, kFormatVersion);
+  for (const auto& [sku, line] : lines) {
+    size_t changes = 0;
+    for (const auto& [dot, value] : line.entries()) changes += LenField(ChangeSize(dot, value));
+    size_t body = (sku.empty() ? 0 : LenField(sku.size())) + changes;
+    out->push_back(0x12);
+    PutVarint(out, body);
+    if (!sku.empty()) {
+      out->push_back(0x0a);
+      PutVarint(out, sku.size());
+      out->append(sku);
+    }
+    for (const auto& [dot, value] : line.entries()) {
+      out->push_back(0x12);
+      PutVarint(out, ChangeSize(dot, value));
+      if (dot.replica) {
+        out->push_back(0x08);
+        PutVarint(out, dot.replica);
+      }
+      if (dot.counter) {
+        out->push_back(0x10);
+        PutVarint(out, dot.counter);
+      }
+      if (value) {
+        out->push_back(0x18);
+        PutVarint(out, ZigZag(value));
+      }
+    }
+  }
+  if (!versions.empty() || !cloud.empty()) {
+    size_t body = 0;
+    for (const auto& [a, b] : versions) body += LenField(PairSize(a, b));
+    for (const auto& [a, b] : cloud) body += LenField(PairSize(a, b));
+    out->push_back(0x1a);
+    PutVarint(out, body);
+    for (const auto& [a, b] : versions) PutPair(out, 0x0a, a, b);
+    for (const auto& [a, b] : cloud) PutPair(out, 0x12, a, b);
+  }
+  if (has_currency) PutField(out, 0x22, v.currency_field());
+  if (has_note) PutField(out, 0x2a, v.note_field());
 }
 
 absl::StatusOr<Cart> DecodeCart(std::string_view bytes, ReplicaId replica, const DecodeLimits& l) {

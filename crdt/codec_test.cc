@@ -39,6 +39,14 @@ RC_GTEST_PROP(CodecProp, CartRoundTrips, ()) {
   RC_ASSERT(Encode(*decoded) == Encode(c));  // deterministic
 }
 
+RC_GTEST_PROP(CodecProp, FastCartEncoderMatchesProtobuf, ()) {
+  Cart c = RandomCart();
+  RC_ASSERT(Encode(c) == EncodeCartReference(c));
+  Cart d(3);
+  d.Merge(c.ChangesSince(CausalContext{}));
+  RC_ASSERT(Encode(d) == EncodeCartReference(d));
+}
+
 RC_GTEST_PROP(CodecProp, InventoryRoundTrips, ()) {
   Inventory a(1), b(2);
   auto ops = *rc::gen::container<std::vector<std::pair<uint8_t, uint8_t>>>(
