@@ -240,6 +240,11 @@ void RegionApp::Impl::SetupMetrics() {
   notifications_sent = &notes.Add({{"result", "sent"}});
   notifications_failed = &notes.Add({{"result", "failed"}});
   notifications_dead = &notes.Add({{"result", "dead_letter"}});
+  replication_rejected = &BuildCounter()
+                              .Name("meridian_replication_rejected_frames_total")
+                              .Help("Peer delta batches refused (malformed, residency, origin)")
+                              .Register(*registry)
+                              .Add({});
   reservations_released = &BuildCounter()
                                .Name("meridian_reservations_released_total")
                                .Help("Reservations released (cancel, decline, expiry)")

@@ -90,6 +90,7 @@ struct RegionApp::Impl {
   prometheus::Counter* notifications_failed = nullptr;
   prometheus::Counter* notifications_dead = nullptr;
   prometheus::Counter* reservations_released = nullptr;
+  prometheus::Counter* replication_rejected = nullptr;
 
   // background jobs
   std::mutex jobs_mu;

@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
@@ -50,6 +52,15 @@ pb::OutboxKind KindOf(const std::string& kind) {
   if (kind == "product") return pb::OUTBOX_KIND_PRODUCT;
   return pb::OUTBOX_KIND_UNSPECIFIED;
 }
+
+// One peer record, checked and decoded before anything is applied.
+struct Prepared {
+  const pb::OutboxRecord* record;
+  PgPool* target;
+  std::optional<crdt::Cart> cart;
+  std::optional<crdt::Inventory> inventory;
+  Json json;
+};
 
 class Service final : public pb::RegionInternal::Service {
  public:
@@ -103,6 +114,117 @@ class Service final : public pb::RegionInternal::Service {
     return ToGrpc(st);
   }
 
+  grpc::Status ApplyDeltas(grpc::ServerContext*, const pb::ApplyDeltasRequest* req,
+                           pb::ApplyDeltasResponse* out) override {
+    auto bad = [&](const std::string& why) {
+      app_.replication_rejected->Increment();
+      spdlog::warn("event=replication_frame_rejected origin={} db={} reason=\"{}\"", req->origin(),
+                   req->origin_database(), why);
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
+    };
+    if (req->origin() == 0 || req->origin() == app_.config.replica_id) {
+      return bad("origin: a peer's replica id, not 0 or this region's own");
+    }
+    if (req->origin_database().empty() || req->origin_database().size() > 64) {
+      return bad("origin_database: 1..64 characters");
+    }
+    if (req->records_size() > 10000) return bad("records: at most 10000 per call");
+    // Pass 1: check and decode everything; a bad record rejects the call with nothing applied.
+    std::vector<Prepared> prepared;
+    int64_t last_seq = 0;
+    for (const auto& rec : req->records()) {
+      if (rec.seq() <= last_seq) return bad("records: seq must ascend");
+      last_seq = rec.seq();
+      if (!services::ResidencyAllows(rec.residency(), app_.config.jurisdiction)) {
+        return bad(absl::StrCat("residency violation: record ", rec.seq(), " is pinned to ",
+                                rec.residency(), ", this region is ", app_.config.jurisdiction));
+      }
+      Prepared p{&rec, nullptr, std::nullopt, std::nullopt, Json()};
+      switch (rec.kind()) {
+        case pb::OUTBOX_KIND_CART: {
+          auto c = crdt::DecodeCart(rec.payload(), app_.config.replica_id);
+          if (!c.ok()) return bad(absl::StrCat("record ", rec.seq(), ": ", c.status().message()));
+          if (rec.key().empty() || rec.key().size() > 64) return bad("cart key: a user id");
+          p.cart = *std::move(c);
+          p.target = &app_.ShardFor(rec.key());
+          break;
+        }
+        case pb::OUTBOX_KIND_INVENTORY: {
+          auto inv = crdt::DecodeInventory(rec.payload(), app_.config.replica_id);
+          if (!inv.ok()) {
+            return bad(absl::StrCat("record ", rec.seq(), ": ", inv.status().message()));
+          }
+          if (!services::ValidateSku(rec.key()).ok()) return bad("inventory key: a SKU");
+          for (const auto& [sku, counter] : inv->items()) {
+            if (sku != rec.key()) return bad("inventory delta names another SKU than its key");
+          }
+          p.inventory = *std::move(inv);
+          p.target = app_.global.get();
+          break;
+        }
+        case pb::OUTBOX_KIND_PRODUCT:
+        case pb::OUTBOX_KIND_ORDER: {
+          p.json = Json::parse(rec.payload(), nullptr, false);
+          if (p.json.is_discarded() || !p.json.is_object()) {
+            return bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
+          }
+          if (rec.kind() == pb::OUTBOX_KIND_PRODUCT) {
+            if (!p.json.contains("sku") || !p.json["sku"].is_string() ||
+                !services::ValidateSku(p.json["sku"].get<std::string>()).ok() ||
+                !p.json.contains("hlc") || !p.json["hlc"].is_number_unsigned() ||
+                !p.json.contains("name") || !p.json["name"].is_string() ||
+                !p.json.contains("price_cents") || !p.json["price_cents"].is_number_integer() ||
+                !p.json.contains("currency") || !p.json["currency"].is_string()) {
+              return bad(absl::StrCat("record ", rec.seq(), ": malformed product write"));
+            }
+            p.target = app_.global.get();
+          } else {
+            if (!p.json.contains("user_id") || !p.json["user_id"].is_string() ||
+                !p.json.contains("event") || !p.json["event"].is_string() ||
+                !p.json.contains("epoch") || !p.json["epoch"].is_number_integer()) {
+              return bad(absl::StrCat("record ", rec.seq(), ": malformed order event"));
+            }
+            p.target = &app_.ShardFor(p.json["user_id"].get<std::string>());
+          }
+          break;
+        }
+        default:
+          return bad(absl::StrCat("record ", rec.seq(), ": unknown kind"));
+      }
+      prepared.push_back(std::move(p));
+    }
+    // Pass 2: each record in its own transaction with its target's high-water mark.
+    int applied = 0, duplicates = 0;
+    for (Prepared& p : prepared) {
+      const pb::OutboxRecord& rec = *p.record;
+      bool dup = false;
+      absl::Status st = p.target->Run([&](pqxx::work& tx) {
+        dup = false;
+        pqxx::result mark = tx.exec(
+            "SELECT seq FROM replication_applied WHERE origin = " + tx.quote(req->origin()) +
+            " AND origin_db = " + tx.quote(req->origin_database()) + " FOR UPDATE");
+        if (!mark.empty() && mark[0][0].as<int64_t>() >= rec.seq()) {
+          dup = true;
+          return;
+        }
+        Apply(tx, p);
+        tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
+                 tx.quote(req->origin()) + ", " + tx.quote(req->origin_database()) + ", " +
+                 tx.quote(rec.seq()) +
+                 ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = EXCLUDED.seq");
+      });
+      if (!st.ok()) return ToGrpc(st);  // applied so far stays applied; the peer resends the rest
+      dup ? ++duplicates : ++applied;
+      out->set_applied_through_seq(rec.seq());
+      // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
+      if (rec.kind() == pb::OUTBOX_KIND_CART) (void)app_.redis->Del("cart:" + rec.key());
+      if (rec.kind() == pb::OUTBOX_KIND_PRODUCT) (void)app_.redis->Del("product:" + rec.key());
+    }
+    out->set_applied(applied);
+    out->set_duplicates(duplicates);
+    return grpc::Status::OK;
+  }
+
   grpc::Status ReadOutbox(grpc::ServerContext*, const pb::ReadOutboxRequest* req,
                           pb::ReadOutboxResponse* out) override {
     PgPool* pool = nullptr;
@@ -140,6 +262,122 @@ class Service final : public pb::RegionInternal::Service {
   }
 
  private:
+  // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
+  // full mesh every region hears every origin directly (never send a peer back what came from it).
+  void Apply(pqxx::work& tx, Prepared& p) {
+    const pb::OutboxRecord& rec = *p.record;
+    auto bytes = [&](const std::string& b) {
+      return tx.quote_raw(reinterpret_cast<const unsigned char*>(b.data()), b.size());
+    };
+    switch (rec.kind()) {
+      case pb::OUTBOX_KIND_CART: {
+        pqxx::result r =
+            tx.exec("SELECT state, version FROM carts WHERE user_id = " + tx.quote(rec.key()) +
+                    " FOR UPDATE");
+        crdt::Cart cart(app_.config.replica_id);
+        int64_t version = 0;
+        if (!r.empty()) {
+          pqxx::binarystring b(r[0][0]);
+          auto c = crdt::DecodeCart(std::string_view(b.get(), b.size()), app_.config.replica_id);
+          if (!c.ok()) throw AbortTx{absl::DataLossError(std::string(c.status().message()))};
+          cart = *std::move(c);
+          version = r[0][1].as<int64_t>();
+        }
+        cart.Merge(*p.cart);
+        tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES (" +
+                 tx.quote(rec.key()) + ", " + bytes(crdt::Encode(cart)) + ", " +
+                 tx.quote(rec.residency()) + ", " + tx.quote(version + 1) +
+                 ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+                 "EXCLUDED.version, updated_at = now()");
+        break;
+      }
+      case pb::OUTBOX_KIND_INVENTORY: {
+        pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(rec.key()) +
+                                 " FOR UPDATE");
+        crdt::Inventory inv(app_.config.replica_id);
+        if (!r.empty()) {
+          pqxx::binarystring b(r[0][0]);
+          auto i =
+              crdt::DecodeInventory(std::string_view(b.get(), b.size()), app_.config.replica_id);
+          if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
+          inv = *std::move(i);
+        }
+        inv.Merge(*p.inventory);
+        // The stock row needs its product: replicated catalog writes may arrive later, so a
+        // placeholder product is made and overwritten by the real (later-HLC) write.
+        tx.exec0("INSERT INTO products (sku, name, price_cents, currency, hlc, origin) VALUES (" +
+                 tx.quote(rec.key()) + ", " + tx.quote(rec.key()) +
+                 ", 0, 'USD', 0, 0) ON CONFLICT "
+                 "(sku) DO NOTHING");
+        tx.exec0("INSERT INTO inventory (sku, state) VALUES (" + tx.quote(rec.key()) + ", " +
+                 bytes(crdt::Encode(inv)) +
+                 ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+        break;
+      }
+      case pb::OUTBOX_KIND_PRODUCT: {
+        const Json& j = p.json;
+        std::string category = j.value("category", std::string());
+        if (!category.empty() &&
+            tx.exec("SELECT 1 FROM categories WHERE id = " + tx.quote(category)).empty()) {
+          tx.exec0("INSERT INTO categories (id, name) VALUES (" + tx.quote(category) + ", " +
+                   tx.quote(category) + ") ON CONFLICT DO NOTHING");
+        }
+        // Last writer by (HLC, origin) wins, whatever order the writes arrive in.
+        tx.exec0(
+            "INSERT INTO products (sku, name, description, category_id, price_cents, currency, "
+            "hlc, origin) VALUES (" +
+            tx.quote(j["sku"].get<std::string>()) + ", " + tx.quote(j["name"].get<std::string>()) +
+            ", " + tx.quote(j.value("description", std::string())) + ", " +
+            (category.empty() ? std::string("NULL") : tx.quote(category)) + ", " +
+            tx.quote(j["price_cents"].get<int64_t>()) + ", " +
+            tx.quote(j["currency"].get<std::string>()) + ", " +
+            tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
+            tx.quote(j.value("origin", 0)) +
+            ") ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, description = "
+            "EXCLUDED.description, category_id = EXCLUDED.category_id, price_cents = "
+            "EXCLUDED.price_cents, currency = EXCLUDED.currency, hlc = EXCLUDED.hlc, origin = "
+            "EXCLUDED.origin, updated_at = now() WHERE (products.hlc, products.origin) < "
+            "(EXCLUDED.hlc, EXCLUDED.origin)");
+        break;
+      }
+      case pb::OUTBOX_KIND_ORDER: {
+        const Json& j = p.json;
+        std::string event = j["event"];
+        int64_t epoch = j["epoch"];
+        if (event == "created") {
+          tx.exec0(
+              "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
+              "reservation_id, owner_region, epoch, residency) VALUES (" +
+              tx.quote(rec.key()) + ", " + tx.quote(j["user_id"].get<std::string>()) +
+              ", 'pending_payment', " + tx.quote(j.value("total_cents", int64_t{0})) + ", " +
+              tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) +
+              ", " + tx.quote(j.value("owner_region", std::string("?"))) + ", " + tx.quote(epoch) +
+              ", " + tx.quote(rec.residency()) + ") ON CONFLICT (order_id) DO NOTHING");
+          if (j.contains("items") && j["items"].is_array()) {
+            for (const auto& it : j["items"]) {
+              if (!it.is_object()) continue;
+              tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
+                       tx.quote(rec.key()) + ", " + tx.quote(it.value("sku", std::string("?"))) +
+                       ", " + tx.quote(it.value("quantity", 1)) + ", " +
+                       tx.quote(it.value("price_cents", int64_t{0})) + ") ON CONFLICT DO NOTHING");
+            }
+          }
+        } else {
+          static const std::set<std::string> kStatuses = {"paid", "payment_declined", "cancelled",
+                                                          "refunded", "expired"};
+          if (!kStatuses.count(event)) break;
+          // A stale-epoch event changes nothing (fencing; leases come with issue 5).
+          tx.exec0("UPDATE orders SET status = " + tx.quote(event) +
+                   ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()) +
+                   " AND epoch <= " + tx.quote(epoch));
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
   RegionApp::Impl& app_;
 };
 

@@ -82,6 +82,15 @@ CREATE TABLE sandbox_charges (
   created_at      timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {5, "replication_applied", R"sql(
+-- Per peer stream (origin replica, origin database): the highest seq applied to this database.
+CREATE TABLE replication_applied (
+  origin    integer NOT NULL,
+  origin_db text NOT NULL,
+  seq       bigint NOT NULL,
+  PRIMARY KEY (origin, origin_db)
+);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {
@@ -160,6 +169,14 @@ CREATE TABLE notifications_dead (
 );
 )sql"},
     {5, "outbox", kOutbox},
+    {6, "replication_applied", R"sql(
+CREATE TABLE replication_applied (
+  origin    integer NOT NULL,
+  origin_db text NOT NULL,
+  seq       bigint NOT NULL,
+  PRIMARY KEY (origin, origin_db)
+);
+)sql"},
 };
 
 }  // namespace

@@ -363,6 +363,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     OrderEvent(tx, config.replica_id, order_id, residency,
                Json{{"event", next},
                     {"order_id", order_id},
+                    {"user_id", user_id},
                     {"epoch", r[0][0].as<int64_t>()},
                     {"payment_ref", charge_id}});
   });
@@ -459,7 +460,10 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
     tx.exec0("UPDATE orders SET status = " + tx.quote(next) +
              ", updated_at = now() WHERE order_id = " + tx.quote(order_id));
     OrderEvent(tx, config.replica_id, order_id, r[0][3].as<std::string>(),
-               Json{{"event", next}, {"order_id", order_id}, {"epoch", r[0][2].as<int64_t>()}});
+               Json{{"event", next},
+                    {"order_id", order_id},
+                    {"user_id", who->user_id},
+                    {"epoch", r[0][2].as<int64_t>()}});
   });
   if (!st.ok()) return ProblemFromStatus(st);
   if (!payment_ref.empty()) {
