@@ -1,0 +1,190 @@
+// meridian-loadgen: drives a Meridian region on this machine with open-loop customer traffic and
+// reports per-operation throughput, latency percentiles and errors. See tests/load/README.md.
+//
+// This file only parses flags and wires the driver; the work is in driver.cc.
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "tests/load/driver.h"
+#include "tests/load/target.h"
+#include "tests/load/workload.h"
+
+namespace {
+
+constexpr const char* kDefaultMix =
+    "browse=40,search=10,cart_add=25,cart_remove=5,checkout=15,get_cart=5";
+
+// The command line as run, with secrets replaced: it is written into the results file.
+std::string CommandLine(int argc, char** argv) {
+  std::string out;
+  bool hide_next = false;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (hide_next) {
+      arg = "<redacted>";
+      hide_next = false;
+    } else if (arg == "--operator-token") {
+      hide_next = true;
+    } else if (arg.rfind("--operator-token=", 0) == 0) {
+      arg = "--operator-token=<redacted>";
+    }
+    out += (i ? " " : "") + arg;
+  }
+  return out;
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "meridian-loadgen: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace load = meridian::load;
+  CLI::App app{"meridian-loadgen: open-loop load against a Meridian region on this machine"};
+  load::LoadOptions opt;
+  std::string target_url, mix_spec = kDefaultMix, out_path = "results/load.json";
+  std::string operator_token_file, arrivals = "uniform";
+  bool no_progress = false;
+  app.add_option("--target", target_url, "region URL, loopback only: http://127.0.0.1:PORT")
+      ->required();
+  app.add_option("--rate", opt.rate_per_s, "arrivals (requests) per second, all customers")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 100000.0));
+  app.add_option("--duration-s", opt.duration_s, "length of the schedule, warmup included")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 3600.0));
+  app.add_option("--warmup-s", opt.warmup_s, "first seconds excluded from the figures")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--max-requests", opt.max_requests, "stop scheduling after this many arrivals")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{100'000'000}));
+  app.add_option("--customers", opt.customers, "customers registered and logged in at setup")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--connections", opt.connections, "keep-alive connections in the pool")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  auto* token_opt = app.add_option("--operator-token", opt.operator_token,
+                                   "operator token: seed --seed-products products with stock");
+  app.add_option("--operator-token-file", operator_token_file,
+                 "read the operator token from this file (keeps it out of ps and the results)")
+      ->check(CLI::ExistingFile)
+      ->excludes(token_opt);
+  app.add_option("--seed-products", opt.seed_products, "products to seed (with a token)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--seed-stock", opt.seed_stock_units, "units restocked per seeded product")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1'000'000'000}));
+  app.add_option("--mix", mix_spec,
+                 "operation weights: browse, list, search, cart_add, "
+                 "cart_update, cart_remove, get_cart, checkout")
+      ->capture_default_str();
+  app.add_option("--declined-fraction", opt.declined_fraction,
+                 "share of checkouts paid with the declined test card (HTTP 402)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--replay-fraction", opt.replay_fraction,
+                 "share of checkouts that repeat the customer's previous Idempotency-Key")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--zipf-s", opt.zipf_s, "Zipf exponent of product popularity (0 = uniform)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
+  app.add_option("--out", out_path, "results file (JSON)")->capture_default_str();
+  app.add_option("--timeout-ms", opt.timeout_ms, "per-request timeout")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 600000));
+  app.add_option("--seed", opt.seed, "random seed for the workload's choices")
+      ->capture_default_str();
+  app.add_option("--arrivals", arrivals, "arrival timeline: uniform or poisson")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"uniform", "poisson"}));
+  app.add_option("--max-backlog", opt.max_backlog,
+                 "arrivals that may wait for a connection; more are shed (and counted)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1'000'000}));
+  app.add_option("--customer-prefix", opt.customer_prefix,
+                 "customer e-mails are PREFIX-N@loadgen.example.com (reused across runs)")
+      ->capture_default_str();
+  app.add_option("--max-lag-ms", opt.max_lag_ms,
+                 "send-lag p99 above which the run does not count as sustained")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 60000.0));
+  app.add_option("--setup-concurrency", opt.setup_concurrency, "parallel requests during setup")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_flag("--no-progress", no_progress, "no per-second progress lines on stderr");
+  CLI11_PARSE(app, argc, argv);
+
+  auto target = load::ParseTarget(target_url);
+  if (!target.ok()) return Fail(std::string(target.status().message()));
+  opt.target = *target;
+  opt.target_url = target_url;
+  auto mix = load::Mix::Parse(mix_spec);
+  if (!mix.ok()) return Fail(std::string(mix.status().message()));
+  opt.mix = *mix;
+  if (opt.warmup_s >= opt.duration_s) {
+    return Fail("--warmup-s must be shorter than --duration-s");
+  }
+  if (opt.customer_prefix.empty() || opt.customer_prefix.size() > 40 ||
+      opt.customer_prefix.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_") !=
+          std::string::npos) {
+    return Fail("--customer-prefix: 1..40 characters of a-z, 0-9, '-' and '_'");
+  }
+  if (!operator_token_file.empty()) {
+    std::ifstream in(operator_token_file);
+    std::getline(in, opt.operator_token);
+    while (!opt.operator_token.empty() &&
+           std::isspace(static_cast<unsigned char>(opt.operator_token.back()))) {
+      opt.operator_token.pop_back();
+    }
+    if (opt.operator_token.empty()) return Fail("--operator-token-file: the file is empty");
+  }
+  opt.poisson = arrivals == "poisson";
+  opt.progress = !no_progress;
+
+  // Logs go to stderr beside the progress lines; stdout carries only the result table.
+  auto logger = spdlog::stderr_color_mt("loadgen");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_default_logger(logger);
+
+  load::LoadDriver driver(opt);
+  if (absl::Status st = driver.Setup(); !st.ok()) {
+    std::fprintf(stderr, "meridian-loadgen: setup failed: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  auto report = driver.Run();
+  if (!report.ok()) {
+    std::fprintf(stderr, "meridian-loadgen: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  report->command_line = CommandLine(argc, argv);
+  std::cout << "\n" << report->ToTable() << std::flush;
+
+  std::error_code ec;
+  std::filesystem::path out(out_path);
+  if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
+  std::ofstream file(out);
+  file << report->ToJson().dump(2) << "\n";
+  file.close();
+  if (!file) {
+    std::fprintf(stderr, "meridian-loadgen: could not write %s\n", out_path.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "meridian-loadgen: results written to %s\n", out_path.c_str());
+  return 0;
+}
