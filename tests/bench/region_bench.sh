@@ -57,7 +57,7 @@ pgbench -n -h 127.0.0.1 -p "$PG_PORT_0" -U postgres -c "$CLIENTS" -j 2 -T "$SECS
 ANCHOR_TPS=$(grep -oP 'tps = \K[0-9.]+' "$OUT/pgbench.txt" | head -1)
 
 field() {  # field FILE EXPR  (EXPR over r = the loadgen's JSON)
-  node -e 'const r=require(process.argv[1]); const v=eval(process.argv[2]); console.log(v===undefined?"":v)' "$1" "$2"
+  node -e 'const r=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); const v=eval(process.argv[2]); console.log(v===undefined?"":v)' "$1" "$2"
 }
 run() {  # run NAME RATE MIX -> prints "achieved sustained"
   build/tests/load/meridian-loadgen --target "$URL" --operator-token-file "$DATA/operator_token" \
