@@ -1,12 +1,16 @@
--- pgbench script: the SQL of one Meridian checkout with an approved card, statement for
--- statement and transaction for transaction, as region/order_api.cc issues it (5 transactions:
--- cart + key read; stock + reservation; order + items + events + cart; charge; paid + committed;
--- then the order read for the response). Global tables live in schema g, the customer's shard in
+-- pgbench script: the SQL of one checkout operation of meridian-loadgen's checkout-only run —
+-- the add that fills the empty cart (region/cart_api.cc), then the checkout with an approved
+-- card (region/order_api.cc) — statement for statement and transaction for transaction. Global tables live in schema g, the customer's shard in
 -- schema s, in one database, so the anchor pays no cross-server round trips that Meridian pays:
 -- it is an upper bound for the same work on the same PostgreSQL and settings.
 \set u random(1, 100000)
 \set sku random(1, 24)
 \set k random(1, 1000000000)
+BEGIN;
+SELECT state, version FROM s.carts WHERE user_id = 'u' || :u FOR UPDATE;
+INSERT INTO s.carts (user_id, state, residency, version) VALUES ('u' || :u, decode(repeat('ab', 30), 'hex'), 'us', 1) ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = s.carts.version + 1, updated_at = now();
+INSERT INTO s.outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'u' || :u, decode(repeat('ab', 11), 'hex'), 'us');
+COMMIT;
 BEGIN;
 SELECT state FROM s.carts WHERE user_id = 'u' || :u;
 SELECT order_id FROM s.orders WHERE user_id = 'u' || :u AND idempotency_key = 'k' || :k;
