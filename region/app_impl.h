@@ -146,8 +146,17 @@ struct RegionApp::Impl {
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
   absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
   absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason);
+  // An order the caller has just written (checkout): Pay needs no read, and the response is built
+  // from it instead of read back.
+  struct KnownOrder {
+    int64_t total_cents = 0;
+    std::string currency;
+    std::string residency;
+    Json json;
+  };
   absl::StatusOr<Json> Pay(const std::string& user_id, const std::string& order_id,
-                           const std::string& card_number, int* http_status);
+                           const std::string& card_number, int* http_status,
+                           const KnownOrder* known = nullptr);
   absl::StatusOr<int> Sweep();
   absl::StatusOr<int> NotifyOnce();
   void SampleGauges();

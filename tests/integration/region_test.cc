@@ -342,9 +342,10 @@ TEST_F(RegionTest, SweepReleasesExpiredReservations) {
   EXPECT_EQ(Json::parse(o.body)["status"], "pending_payment");
   EXPECT_EQ(Available("sku-3"), before - 4);
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  // The background job sweeps every 5 s and may have been first; either way, after a sweep the
+  // stock is back and the order expired.
   auto released = app_->SweepReservations();
   ASSERT_TRUE(released.ok()) << released.status();
-  EXPECT_GE(*released, 1);
   EXPECT_EQ(Available("sku-3"), before);
   std::string id = Json::parse(o.body)["order_id"];
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/orders/" + id).body)["status"], "expired");
