@@ -27,18 +27,19 @@ absl::Status Invalid(absl::string_view what) {
 // ---------------------------------------------------------------------------------------------
 // Encoding helpers.
 
+// Whether the whole range (replica, 1..counter) is among `implied` (sorted): a delta holding a
+// replica's first dots. Such a version entry is left out; the decoder rebuilds it from the store.
+bool RangeImplied(ReplicaId replica, uint64_t counter, const std::vector<Dot>& implied) {
+  auto first = std::lower_bound(implied.begin(), implied.end(), Dot{replica, 1});
+  if (static_cast<uint64_t>(implied.end() - first) < counter) return false;
+  auto last = first + static_cast<std::ptrdiff_t>(counter - 1);
+  return first->replica == replica && first->counter == 1 && last->replica == replica &&
+         last->counter == counter;
+}
+
 void PutContext(const CausalContext& ctx, const std::vector<Dot>& implied, pb::CausalContext* out) {
   for (const auto& [replica, counter] : ctx.version_vector()) {
-    // Skip an entry whose whole range 1..counter is implied (a delta holding a replica's first
-    // dots): the decoder rebuilds it from the store.
-    auto first = std::lower_bound(implied.begin(), implied.end(), Dot{replica, 1});
-    if (static_cast<uint64_t>(implied.end() - first) >= counter) {
-      auto last = first + static_cast<std::ptrdiff_t>(counter - 1);
-      if (first->replica == replica && first->counter == 1 && last->replica == replica &&
-          last->counter == counter) {
-        continue;
-      }
-    }
+    if (RangeImplied(replica, counter, implied)) continue;
     auto* e = out->add_versions();
     e->set_replica(replica);
     e->set_counter(counter);
@@ -582,15 +583,7 @@ void EncodeTo(const Cart& v, std::string* out) {
   versions.clear();
   cloud.clear();
   for (const auto& [replica, counter] : ctx.version_vector()) {
-    auto first = std::lower_bound(implied.begin(), implied.end(), Dot{replica, 1});
-    if (static_cast<uint64_t>(implied.end() - first) >= counter) {
-      auto last = first + static_cast<std::ptrdiff_t>(counter - 1);
-      if (first->replica == replica && first->counter == 1 && last->replica == replica &&
-          last->counter == counter) {
-        continue;
-      }
-    }
-    versions.emplace_back(replica, counter);
+    if (!RangeImplied(replica, counter, implied)) versions.emplace_back(replica, counter);
   }
   for (const Dot& d : ctx.cloud()) {
     if (!std::binary_search(implied.begin(), implied.end(), d)) {

@@ -21,6 +21,16 @@ CREATE TABLE outbox (
 );
 )sql";
 
+// Per peer stream (origin replica, origin database): the highest seq applied to this database.
+constexpr const char* kReplicationApplied = R"sql(
+CREATE TABLE replication_applied (
+  origin    integer NOT NULL,
+  origin_db text NOT NULL,
+  seq       bigint NOT NULL,
+  PRIMARY KEY (origin, origin_db)
+);
+)sql";
+
 const std::vector<Migration> kGlobal = {
     {1, "catalog",
      R"sql(
@@ -82,15 +92,7 @@ CREATE TABLE sandbox_charges (
   created_at      timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
-    {5, "replication_applied", R"sql(
--- Per peer stream (origin replica, origin database): the highest seq applied to this database.
-CREATE TABLE replication_applied (
-  origin    integer NOT NULL,
-  origin_db text NOT NULL,
-  seq       bigint NOT NULL,
-  PRIMARY KEY (origin, origin_db)
-);
-)sql"},
+    {5, "replication_applied", kReplicationApplied},
 };
 
 const std::vector<Migration> kShard = {
@@ -169,14 +171,7 @@ CREATE TABLE notifications_dead (
 );
 )sql"},
     {5, "outbox", kOutbox},
-    {6, "replication_applied", R"sql(
-CREATE TABLE replication_applied (
-  origin    integer NOT NULL,
-  origin_db text NOT NULL,
-  seq       bigint NOT NULL,
-  PRIMARY KEY (origin, origin_db)
-);
-)sql"},
+    {6, "replication_applied", kReplicationApplied},
 };
 
 }  // namespace
