@@ -59,17 +59,17 @@ ANCHOR_TPS=$(grep -oP 'tps = \K[0-9.]+' "$OUT/pgbench.txt" | head -1)
 field() {  # field FILE EXPR  (EXPR over r = the loadgen's JSON)
   node -e 'const r=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); const v=eval(process.argv[2]); console.log(v===undefined?"":v)' "$1" "$2"
 }
-run() {  # run NAME RATE MIX -> prints "achieved sustained"
+run() {  # run NAME RATE MIX [LOADGEN FLAGS...] -> prints "achieved sustained"
   build/tests/load/meridian-loadgen --target "$URL" --operator-token-file "$DATA/operator_token" \
-    --rate "$2" --duration-s "$SECS" --mix "$3" --connections 64 --out "$OUT/$1.json" \
+    --rate "$2" --duration-s "$SECS" --mix "$3" --connections 64 --out "$OUT/$1.json" "${@:4}" \
     >"$OUT/$1.txt" 2>&1 || true
   echo "$(field "$OUT/$1.json" 'r.achieved_rate_per_s') $(field "$OUT/$1.json" 'r.sustained?1:0')"
 }
 
-echo "== 2. checkout-only, rising rates"
+echo "== 2. checkout-only (all approved, like the anchor), rising rates"
 BEST_CHECKOUT=0
 for rate in 100 200 300 400 500 600 700 800 1000 1200; do
-  read -r achieved sustained < <(run "checkout-$rate" "$rate" "checkout=1")
+  read -r achieved sustained < <(run "checkout-$rate" "$rate" "checkout=1" --declined-fraction 0)
   echo "   $rate/s: achieved $achieved/s sustained=$sustained"
   [[ "$sustained" == 1 ]] || break
   BEST_CHECKOUT=$achieved
