@@ -43,21 +43,28 @@ Json CartJson(const std::string& user_id, const crdt::Cart& cart, int64_t versio
 
 }  // namespace
 
-// Saves the cart and its delta; `residency` tags the outbox row for the replicator's filter.
+// The SQL that saves the cart and its delta; `residency` tags the outbox row for the
+// replicator's filter. SaveCart runs it; a caller batching several writes appends it to its own.
+std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+                        const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+                        crdt::ReplicaId origin) {
+  std::string bytes = crdt::Encode(cart);
+  std::string d = crdt::Encode(delta);
+  return "INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
+         ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
+         ", " + tx.quote(residency) + ", " + tx.quote(version) +
+         ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+         "EXCLUDED.version, updated_at = now();" +
+         "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
+         ", 'cart', " + tx.quote(user_id) + ", " +
+         tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", " +
+         tx.quote(residency) + ");";
+}
+
 void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
               const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
               crdt::ReplicaId origin) {
-  std::string bytes = crdt::Encode(cart);
-  std::string d = crdt::Encode(delta);
-  tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
-           ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
-           ", " + tx.quote(residency) + ", " + tx.quote(version) +
-           ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-           "EXCLUDED.version, updated_at = now()");
-  tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
-           tx.quote(origin) + ", 'cart', " + tx.quote(user_id) + ", " +
-           tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", " +
-           tx.quote(residency) + ")");
+  tx.exec(SaveCartSql(tx, user_id, residency, cart, delta, version, origin));  // one round trip
 }
 
 // Applies `change` to the customer's cart in one transaction, then refreshes Redis.

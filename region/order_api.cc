@@ -22,11 +22,16 @@ namespace meridian::region {
 
 void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
                    const crdt::Inventory& delta, crdt::ReplicaId origin);
+std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                             const crdt::Inventory& delta, crdt::ReplicaId origin);
 crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
                                        crdt::ReplicaId replica);
 void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
               const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
               crdt::ReplicaId origin);
+std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+                        const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+                        crdt::ReplicaId origin);
 
 namespace {
 
@@ -50,13 +55,18 @@ absl::Status ValidOrderId(std::string_view id) {
   return ok ? absl::OkStatus() : absl::NotFoundError("no such order");
 }
 
+std::string OrderEventSql(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
+                          const std::string& residency, const Json& event) {
+  std::string e = event.dump();
+  return "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
+         ", 'order', " + tx.quote(order_id) + ", " +
+         tx.quote_raw(reinterpret_cast<const unsigned char*>(e.data()), e.size()) + ", " +
+         tx.quote(residency) + ");";
+}
+
 void OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
                 const std::string& residency, const Json& event) {
-  std::string e = event.dump();
-  tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
-           tx.quote(origin) + ", 'order', " + tx.quote(order_id) + ", " +
-           tx.quote_raw(reinterpret_cast<const unsigned char*>(e.data()), e.size()) + ", " +
-           tx.quote(residency) + ")");
+  tx.exec(OrderEventSql(tx, origin, order_id, residency, event));
 }
 
 std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::string& user_id,
@@ -190,11 +200,20 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   std::string currency;
   std::map<std::string, int64_t> prices;
   st = global->Run([&](pqxx::work& tx) {
+    // Reads one round trip per line (price and locked stock together); all writes go in one
+    // batch at the end: round trips, not work, bound a checkout's latency and lock hold time.
+    std::string writes;
     for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
-      pqxx::result p =
-          tx.exec("SELECT price_cents, currency FROM products WHERE sku = " + tx.quote(sku));
+      pqxx::result p = tx.exec(
+          "SELECT p.price_cents, p.currency, i.state FROM products p JOIN inventory i USING (sku) "
+          "WHERE p.sku = " +
+          tx.quote(sku) + " FOR UPDATE OF i");
       if (p.empty()) {
-        throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
+        if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
+          throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
+        }
+        throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
+            "out of stock: ", sku, " (", qty, " requested, none in region ", config.name, ")"))};
       }
       if (!currency.empty() && p[0][1].as<std::string>() != currency) {
         throw AbortTx{Unprocessable("cart: products in different currencies")};
@@ -202,23 +221,27 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       currency = p[0][1].as<std::string>();
       prices[sku] = p[0][0].as<int64_t>();
       total += prices[sku] * qty;
-      crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
-      auto delta = inv.Take(sku, static_cast<uint64_t>(qty));
+      pqxx::binarystring bytes(p[0][2]);
+      auto inv =
+          crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+      if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
+      auto delta = inv->Take(sku, static_cast<uint64_t>(qty));
       if (!delta.ok()) {
         throw AbortTx{absl::FailedPreconditionError(
             absl::StrCat("out of stock: ", sku, " (", qty, " requested, ",
-                         std::max<int64_t>(inv.Rights(sku, config.replica_id), 0),
+                         std::max<int64_t>(inv->Rights(sku, config.replica_id), 0),
                          " available in region ", config.name, ")"))};
       }
-      SaveInventory(tx, sku, inv, *delta, config.replica_id);
+      writes += SaveInventorySql(tx, sku, *inv, *delta, config.replica_id);
     }
-    tx.exec0("INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
-             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'held', now() + " +
-             tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) + "::interval)");
+    writes += "INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
+              tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'held', now() + " +
+              tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) + "::interval);";
     for (const auto& [sku, qty] : lines) {
-      tx.exec0("INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
-               tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ")");
+      writes += "INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
+                tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ");";
     }
+    tx.exec(writes);
   });
   if (!st.ok()) return ProblemFromStatus(st);
 
@@ -231,18 +254,21 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
         throw AbortTx{absl::AlreadyExistsError(*other)};
       }
     }
-    tx.exec0(
+    // Reads first (the cart, locked), then every write in one round trip.
+    pqxx::result r = tx.exec(
+        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
+    std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
         "reservation_id, idempotency_key, owner_region, residency) VALUES (" +
         tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " + tx.quote(total) +
         ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
         (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " + tx.quote(config.name) +
-        ", " + tx.quote(who->residency) + ")");
+        ", " + tx.quote(who->residency) + ");";
     Json items = Json::array();
     for (const auto& [sku, qty] : lines) {
-      tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
-               tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ", " +
-               tx.quote(prices[sku]) + ")");
+      writes += "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
+                tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ", " +
+                tx.quote(prices[sku]) + ");";
       items.push_back(Json{{"sku", sku}, {"quantity", qty}, {"price_cents", prices[sku]}});
     }
     created_items = items;
@@ -250,13 +276,11 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                {"user_id", user_id},          {"epoch", 1},
                {"owner_region", config.name}, {"total_cents", total},
                {"currency", currency},        {"items", items}};
-    OrderEvent(tx, config.replica_id, order_id, who->residency, event);
-    tx.exec0("INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
-             tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
-             tx.quote(event.dump()) + ")");
+    writes += OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
+    writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
+              tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
+              tx.quote(event.dump()) + ");";
     // Clear what the snapshot held.
-    pqxx::result r = tx.exec(
-        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     if (!r.empty()) {
       pqxx::binarystring bytes(r[0][0]);
       auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
@@ -264,9 +288,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       crdt::Cart taken = snapshot;
       crdt::Cart delta = taken.Clear();
       cart->Merge(delta);
-      SaveCart(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
-               config.replica_id);
+      writes += SaveCartSql(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
+                            config.replica_id);
     }
+    tx.exec(writes);
   });
   if (!st.ok()) {
     absl::Status undo = ReleaseReservation(order_id, "checkout_failed");

@@ -279,16 +279,22 @@ crdt::Inventory LoadInventory(pqxx::work& tx, const std::string& sku, crdt::Repl
 }  // namespace
 
 // Writes the SKU's inventory document and its delta to the outbox, in `tx`.
-void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
-                   const crdt::Inventory& delta, crdt::ReplicaId origin) {
+std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                             const crdt::Inventory& delta, crdt::ReplicaId origin) {
   std::string bytes = crdt::Encode(state);
   std::string d = crdt::Encode(delta);
-  tx.exec0("INSERT INTO inventory (sku, state) VALUES (" + tx.quote(sku) + ", " +
-           tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
-           ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
-  tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (" + tx.quote(origin) +
-           ", 'inventory', " + tx.quote(sku) + ", " +
-           tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ")");
+  return "INSERT INTO inventory (sku, state) VALUES (" + tx.quote(sku) + ", " +
+         tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
+         ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now();" +
+         "INSERT INTO outbox (origin, kind, key, payload) VALUES (" + tx.quote(origin) +
+         ", 'inventory', " + tx.quote(sku) + ", " +
+         tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ");";
+}
+
+void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                   const crdt::Inventory& delta, crdt::ReplicaId origin) {
+  // Both statements in one round trip (the simple query protocol runs them in order).
+  tx.exec(SaveInventorySql(tx, sku, state, delta, origin));
 }
 
 crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
