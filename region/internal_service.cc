@@ -3,9 +3,14 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
@@ -60,6 +65,43 @@ struct Prepared {
   std::optional<crdt::Cart> cart;
   std::optional<crdt::Inventory> inventory;
   Json json;
+};
+
+// Wakes PollOutbox long polls: bumped whenever a database NOTIFYs meridian_outbox (the outbox
+// trigger does, once per insert statement, on commit).
+class OutboxSignal {
+ public:
+  uint64_t generation() {
+    std::lock_guard<std::mutex> l(mu_);
+    return generation_;
+  }
+  void Bump() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++generation_;
+    }
+    cv_.notify_all();
+  }
+  // Waits until the generation moves past `seen`; false when the deadline came first.
+  bool WaitPast(uint64_t seen, std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_until(l, deadline, [&] { return generation_ != seen; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t generation_ = 0;
+};
+
+class OutboxListener final : public pqxx::notification_receiver {
+ public:
+  OutboxListener(pqxx::connection_base& c, OutboxSignal& signal)
+      : pqxx::notification_receiver(c, "meridian_outbox"), signal_(signal) {}
+  void operator()(const std::string&, int) override { signal_.Bump(); }
+
+ private:
+  OutboxSignal& signal_;
 };
 
 class Service final : public pb::RegionInternal::Service {
@@ -193,48 +235,153 @@ class Service final : public pb::RegionInternal::Service {
       }
       prepared.push_back(std::move(p));
     }
-    // Pass 2: each record in its own transaction with its target's high-water mark.
+    // Pass 2: one transaction per target database, shards first and the global database last.
+    // Each transaction checks and advances that database's high-water mark for this stream, so
+    // a record is applied exactly once however often it is resent. The global database's mark
+    // is advanced through the last seq of the call only after every shard committed: it is the
+    // stream's resume point (GetStreamMarks).
+    std::vector<PgPool*> targets;
+    for (auto& s : app_.shards) targets.push_back(s.get());
+    targets.push_back(app_.global.get());
     int applied = 0, duplicates = 0;
-    for (Prepared& p : prepared) {
-      const pb::OutboxRecord& rec = *p.record;
-      bool dup = false;
-      absl::Status st = p.target->Run([&](pqxx::work& tx) {
-        dup = false;
+    for (PgPool* target : targets) {
+      std::vector<Prepared*> mine;
+      for (Prepared& p : prepared)
+        if (p.target == target) mine.push_back(&p);
+      if (mine.empty() && target != app_.global.get()) continue;
+      int n_applied = 0, n_dup = 0;
+      absl::Status st = target->Run([&](pqxx::work& tx) {
+        n_applied = n_dup = 0;
         pqxx::result mark = tx.exec(
             "SELECT seq FROM replication_applied WHERE origin = " + tx.quote(req->origin()) +
             " AND origin_db = " + tx.quote(req->origin_database()) + " FOR UPDATE");
-        if (!mark.empty() && mark[0][0].as<int64_t>() >= rec.seq()) {
-          dup = true;
-          return;
+        int64_t high = mark.empty() ? 0 : mark[0][0].as<int64_t>();
+        // Deltas for the same cart or SKU are joined in memory first: one read and one write
+        // per key (a join is associative and commutative, so this equals applying them in turn).
+        std::map<std::string, Prepared*> carts, stock;
+        std::vector<Prepared*> todo;
+        for (Prepared* p : mine) {
+          if (p->record->seq() <= high) {
+            ++n_dup;
+            continue;
+          }
+          ++n_applied;
+          if (p->cart) {
+            auto [it, fresh] = carts.emplace(p->record->key(), p);
+            if (!fresh) {
+              it->second->cart->Merge(*p->cart);
+              continue;
+            }
+          } else if (p->inventory) {
+            auto [it, fresh] = stock.emplace(p->record->key(), p);
+            if (!fresh) {
+              it->second->inventory->Merge(*p->inventory);
+              continue;
+            }
+          }
+          todo.push_back(p);
         }
-        Apply(tx, p);
-        tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
-                 tx.quote(req->origin()) + ", " + tx.quote(req->origin_database()) + ", " +
-                 tx.quote(rec.seq()) +
-                 ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = EXCLUDED.seq");
+        for (Prepared* p : todo) Apply(tx, *p);
+        if (last_seq > high) {
+          tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
+                   tx.quote(req->origin()) + ", " + tx.quote(req->origin_database()) + ", " +
+                   tx.quote(last_seq) +
+                   ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = EXCLUDED.seq");
+        }
       });
-      if (!st.ok()) return ToGrpc(st);  // applied so far stays applied; the peer resends the rest
-      dup ? ++duplicates : ++applied;
-      out->set_applied_through_seq(rec.seq());
+      // What committed stays committed; the peer resends the rest and the marks skip it.
+      if (!st.ok()) return ToGrpc(st);
+      applied += n_applied;
+      duplicates += n_dup;
       // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
-      if (rec.kind() == pb::OUTBOX_KIND_CART) (void)app_.redis->Del("cart:" + rec.key());
-      if (rec.kind() == pb::OUTBOX_KIND_PRODUCT) (void)app_.redis->Del("product:" + rec.key());
+      for (Prepared* p : mine) {
+        if (p->record->kind() == pb::OUTBOX_KIND_CART)
+          (void)app_.redis->Del("cart:" + p->record->key());
+        if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
+          (void)app_.redis->Del("product:" + p->record->key());
+        }
+      }
     }
+    out->set_applied_through_seq(last_seq);
     out->set_applied(applied);
     out->set_duplicates(duplicates);
     return grpc::Status::OK;
   }
 
+  grpc::Status GetStreamMarks(grpc::ServerContext*, const pb::GetStreamMarksRequest*,
+                              pb::GetStreamMarksResponse* out) override {
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      for (const auto& r : tx.exec("SELECT origin, origin_db, seq FROM replication_applied")) {
+        pb::StreamMark* m = out->add_marks();
+        m->set_origin(r[0].as<uint32_t>());
+        m->set_origin_database(r[1].as<std::string>());
+        m->set_seq(r[2].as<int64_t>());
+      }
+    });
+    return ToGrpc(st);
+  }
+
+  grpc::Status TruncateOutbox(grpc::ServerContext*, const pb::TruncateOutboxRequest* req,
+                              pb::TruncateOutboxResponse* out) override {
+    PgPool* pool = PoolNamed(req->database());
+    if (!pool) return UnknownDatabase(req->database());
+    if (req->through_seq() < 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "through_seq: >= 0");
+    }
+    absl::Status st = pool->Run([&](pqxx::work& tx) {
+      pqxx::result r = tx.exec("DELETE FROM outbox WHERE seq <= " + tx.quote(req->through_seq()));
+      out->set_deleted(static_cast<int64_t>(r.affected_rows()));
+    });
+    return ToGrpc(st);
+  }
+
+  grpc::Status PollOutbox(grpc::ServerContext* ctx, const pb::PollOutboxRequest* req,
+                          pb::PollOutboxResponse* out) override {
+    int limit = req->limit() == 0 ? 1000 : req->limit();
+    if (limit < 1 || limit > 10000) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit: 1..10000");
+    }
+    if (req->wait_ms() < 0 || req->wait_ms() > 10000) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "wait_ms: 0..10000");
+    }
+    if (req->cursors_size() == 0 || req->cursors_size() > 64) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cursors: 1..64");
+    }
+    std::vector<PgPool*> pools;
+    for (const auto& c : req->cursors()) {
+      PgPool* pool = PoolNamed(c.database());
+      if (!pool) return UnknownDatabase(c.database());
+      if (c.after_seq() < 0 || c.gap_horizon() < 0) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_seq and gap_horizon: >= 0");
+      }
+      pools.push_back(pool);
+    }
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(req->wait_ms());
+    while (true) {
+      uint64_t generation = outbox_signal_.generation();
+      out->clear_chunks();
+      bool any = false;
+      for (int i = 0; i < req->cursors_size(); ++i) {
+        pb::OutboxChunk* chunk = out->add_chunks();
+        absl::Status st = ReadChunk(*pools[i], req->cursors(i), limit, chunk);
+        if (!st.ok()) return ToGrpc(st);
+        any = any || chunk->records_size() > 0;
+      }
+      auto now = std::chrono::steady_clock::now();
+      if (any || ctx->IsCancelled() || now >= deadline) break;
+      // In slices, so that a cancelled call or a server shutdown is noticed soon.
+      outbox_signal_.WaitPast(generation, std::min(deadline, now + std::chrono::milliseconds(250)));
+    }
+    return grpc::Status::OK;
+  }
+
+  OutboxSignal& outbox_signal() { return outbox_signal_; }
+
   grpc::Status ReadOutbox(grpc::ServerContext*, const pb::ReadOutboxRequest* req,
                           pb::ReadOutboxResponse* out) override {
-    PgPool* pool = nullptr;
-    if (req->database() == "global") pool = app_.global.get();
-    for (auto& s : app_.shards)
-      if (s->name() == req->database()) pool = s.get();
-    if (!pool) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "database: 'global' or 'shard-N', got '" + req->database() + "'");
-    }
+    PgPool* pool = PoolNamed(req->database());
+    if (!pool) return UnknownDatabase(req->database());
     int limit = req->limit() == 0 ? 1000 : req->limit();
     if (limit < 1 || limit > 10000) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit: 1..10000");
@@ -262,6 +409,66 @@ class Service final : public pb::RegionInternal::Service {
   }
 
  private:
+  PgPool* PoolNamed(const std::string& name) {
+    if (name == app_.global->name()) return app_.global.get();
+    for (auto& s : app_.shards)
+      if (s->name() == name) return s.get();
+    return nullptr;
+  }
+
+  static grpc::Status UnknownDatabase(const std::string& name) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "database: 'global' or 'shard-N', got '" + name + "'");
+  }
+
+  // One cursor's rows in commit order. The rows and the snapshot bounds come from one statement,
+  // so they share a snapshot: a missing seq below a visible one belongs to a transaction that
+  // was running then (or aborted). It is skipped only once the snapshot's xmin has passed the
+  // horizon recorded when the gap was first seen, i.e. once that transaction has surely ended.
+  absl::Status ReadChunk(PgPool& pool, const pb::OutboxCursor& cursor, int limit,
+                         pb::OutboxChunk* chunk) {
+    chunk->set_database(cursor.database());
+    chunk->set_next_after_seq(cursor.after_seq());
+    return pool.Run([&](pqxx::work& tx) {
+      chunk->clear_records();
+      pqxx::result rows = tx.exec(
+          "SELECT pg_snapshot_xmin(snap.s)::text::bigint, pg_snapshot_xmax(snap.s)::text::bigint, "
+          "o.seq, o.origin, o.kind, o.key, o.payload, o.residency, o.ms FROM (SELECT "
+          "pg_current_snapshot() AS s) snap LEFT JOIN LATERAL (SELECT seq, origin, kind, key, "
+          "payload, residency, (extract(epoch from created_at) * 1000)::bigint AS ms FROM outbox "
+          "WHERE seq > " +
+          tx.quote(cursor.after_seq()) + " ORDER BY seq LIMIT " + tx.quote(limit) + ") o ON true");
+      int64_t next = cursor.after_seq();
+      int64_t horizon = 0;
+      bool at_cursor = true;  // the caller's horizon belongs to a gap right after its cursor
+      for (const auto& r : rows) {
+        if (r[2].is_null()) break;
+        const int64_t xmin = r[0].as<int64_t>(), xmax = r[1].as<int64_t>();
+        const int64_t seq = r[2].as<int64_t>();
+        if (seq != next + 1 && xmin != xmax) {  // a gap, and transactions are running
+          const bool ended = at_cursor && cursor.gap_horizon() != 0 && xmin >= cursor.gap_horizon();
+          if (!ended) {
+            horizon = at_cursor && cursor.gap_horizon() != 0 ? cursor.gap_horizon() : xmax;
+            break;
+          }
+        }
+        pb::OutboxRecord* rec = chunk->add_records();
+        rec->set_seq(seq);
+        rec->set_origin(r[3].as<uint32_t>());
+        rec->set_kind(KindOf(r[4].as<std::string>()));
+        rec->set_key(r[5].as<std::string>());
+        pqxx::binarystring payload(r[6]);
+        rec->set_payload(payload.str());
+        rec->set_residency(r[7].as<std::string>());
+        SetNow(rec->mutable_created_at(), r[8].as<int64_t>());
+        next = seq;
+        at_cursor = false;
+      }
+      chunk->set_next_after_seq(next);
+      chunk->set_gap_horizon(horizon);
+    });
+  }
+
   // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
   // full mesh every region hears every origin directly (never send a peer back what came from it).
   void Apply(pqxx::work& tx, Prepared& p) {
@@ -379,6 +586,7 @@ class Service final : public pb::RegionInternal::Service {
   }
 
   RegionApp::Impl& app_;
+  OutboxSignal outbox_signal_;
 };
 
 }  // namespace
@@ -387,6 +595,27 @@ struct InternalServer::Impl {
   std::unique_ptr<Service> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
+  std::atomic<bool> stopping{false};
+  std::vector<std::thread> listeners;
+
+  // One LISTEN connection per database; reconnects after a failure (and wakes the polls then,
+  // since a notification may have been missed meanwhile).
+  void Listen(PgPool& pool) {
+    while (!stopping) {
+      auto conn = pool.Connect();
+      if (conn.ok()) {
+        try {
+          OutboxListener listener(**conn, service->outbox_signal());
+          service->outbox_signal().Bump();
+          while (!stopping) (*conn)->await_notification(0, 200000);
+        } catch (const std::exception& e) {
+          spdlog::warn("event=outbox_listen_failed db={} error=\"{}\"", pool.name(), e.what());
+        }
+      }
+      for (int i = 0; i < 10 && !stopping; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
 };
 
 InternalServer::InternalServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -401,18 +630,30 @@ absl::StatusOr<std::unique_ptr<InternalServer>> InternalServer::Start(RegionApp:
   builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
                            &impl->port);
   builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
   impl->server = builder.BuildAndStart();
   if (!impl->server || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat("grpc: cannot listen on ", host, ":", port));
   }
   spdlog::info("event=grpc_started address={}:{}", host, impl->port);
+  Impl* raw = impl.get();
+  raw->listeners.emplace_back([raw, &app] { raw->Listen(*app.global); });
+  for (auto& shard : app.shards) {
+    PgPool* pool = shard.get();
+    raw->listeners.emplace_back([raw, pool] { raw->Listen(*pool); });
+  }
   return std::unique_ptr<InternalServer>(new InternalServer(std::move(impl)));
 }
 
 uint16_t InternalServer::port() const { return static_cast<uint16_t>(impl_->port); }
 
 void InternalServer::Stop() {
-  if (impl_ && impl_->server) {
+  if (!impl_) return;
+  impl_->stopping = true;
+  for (auto& t : impl_->listeners) t.join();
+  impl_->listeners.clear();
+  if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     impl_->server.reset();
   }

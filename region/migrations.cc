@@ -31,6 +31,26 @@ CREATE TABLE replication_applied (
 );
 )sql";
 
+// The outbox in commit order. A seq is taken by a transaction that already holds an xid, so a
+// reader that sees seq n+1 but not n knows n belongs to a transaction that was running when it
+// looked (or aborted): PollOutbox waits until every such transaction has ended before it ships
+// past the gap. Each insert statement also wakes the replicator's long poll (LISTEN).
+constexpr const char* kOutboxCommitOrder = R"sql(
+CREATE FUNCTION meridian_outbox_next_seq() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  PERFORM pg_current_xact_id();
+  RETURN nextval('outbox_seq_seq');
+END $$;
+ALTER TABLE outbox ALTER COLUMN seq SET DEFAULT meridian_outbox_next_seq();
+CREATE FUNCTION meridian_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('meridian_outbox', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+  FOR EACH STATEMENT EXECUTE FUNCTION meridian_outbox_notify();
+)sql";
+
 const std::vector<Migration> kGlobal = {
     {1, "catalog",
      R"sql(
@@ -93,6 +113,7 @@ CREATE TABLE sandbox_charges (
 );
 )sql"},
     {5, "replication_applied", kReplicationApplied},
+    {6, "outbox_commit_order", kOutboxCommitOrder},
 };
 
 const std::vector<Migration> kShard = {
@@ -172,6 +193,7 @@ CREATE TABLE notifications_dead (
 )sql"},
     {5, "outbox", kOutbox},
     {6, "replication_applied", kReplicationApplied},
+    {7, "outbox_commit_order", kOutboxCommitOrder},
 };
 
 }  // namespace
