@@ -10,15 +10,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/yaml_reader.h"
 
 namespace meridian::region {
 
 enum class Durability { kAsync, kSyncPeer };
 
-struct Endpoint {
-  std::string host;
-  uint16_t port = 0;
-};
+using Endpoint = ::meridian::Endpoint;
 
 // Another region, for residency redirects (HTTP 307 to an allowed region).
 struct PeerRegion {

@@ -235,6 +235,11 @@ class Service final : public pb::RegionInternal::Service {
       }
       prepared.push_back(std::move(p));
     }
+    if (req->through_seq() != 0 && req->through_seq() < last_seq) {
+      return bad("through_seq: below the last record's seq");
+    }
+    last_seq = std::max(last_seq, req->through_seq());
+    if (last_seq == 0) return grpc::Status::OK;
     // Pass 2: one transaction per target database, shards first and the global database last.
     // Each transaction checks and advances that database's high-water mark for this stream, so
     // a record is applied exactly once however often it is resent. The global database's mark

@@ -1,0 +1,49 @@
+#pragma once
+
+// meridian-replicator's configuration (YAML), checked before anything starts; errors name the
+// field. See replication/README.md for an example.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/yaml_reader.h"
+
+namespace meridian::replication {
+
+struct Peer {
+  std::string name;          // region name; must match the CN of its certificate
+  std::string jurisdiction;  // what its residency filter allows
+  uint32_t replica_id = 0;
+  Endpoint address;  // where its replicator listens (or the link emulator in front of it)
+};
+
+struct ReplicatorConfig {
+  std::string region;
+  std::string jurisdiction;
+  uint32_t replica_id = 0;
+  Endpoint region_grpc;  // this region's internal API
+  Endpoint listen;       // peers dial here
+  Endpoint metrics;      // Prometheus /metrics; port 0 = off
+  // mutual TLS: this region's key and certificate, and the CA that signs every region's.
+  std::string tls_ca, tls_cert, tls_key;
+  std::vector<Peer> peers;
+  // shipping
+  int batch_max_records = 512;
+  int batch_max_bytes = 256 << 10;
+  int64_t max_inflight_bytes = 8 << 20;
+  int poll_wait_ms = 1000;
+  int heartbeat_ms = 500;
+  int peer_timeout_ms = 3000;  // no frame for this long: the stream is dead
+  int backoff_min_ms = 100;
+  int backoff_max_ms = 5000;
+  int truncate_interval_ms = 5000;
+};
+
+[[nodiscard]] absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
+                                                                     std::string_view source);
+[[nodiscard]] absl::StatusOr<ReplicatorConfig> LoadReplicatorConfig(const std::string& path);
+
+}  // namespace meridian::replication

@@ -1,0 +1,93 @@
+#include "replication/frames.h"
+
+#include <gtest/gtest.h>
+
+namespace meridian::replication {
+namespace {
+
+pb::RecordList Records(int n, int64_t first_seq, std::string residency = "any") {
+  pb::RecordList list;
+  for (int i = 0; i < n; ++i) {
+    pb::Record* r = list.add_records();
+    r->set_seq(first_seq + i);
+    r->set_kind(pb::RECORD_KIND_CART);
+    r->set_key("user-" + std::to_string(i % 7));
+    r->set_payload(std::string(40, static_cast<char>('a' + i % 3)));
+    r->set_residency(residency);
+    r->set_committed_unix_ms(1700000000000 + i);
+  }
+  return list;
+}
+
+TEST(Frames, RoundTripCompressesLargeBatches) {
+  pb::RecordList list = Records(200, 10);
+  pb::DeltaBatch b = EncodeBatch(3, "shard-0", 10, 215, list, 1);
+  EXPECT_EQ(b.compression(), pb::COMPRESSION_ZLIB);
+  EXPECT_LT(b.payload().size(), list.ByteSizeLong() / 2);
+  auto back = DecodeBatch(b, 3);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->SerializeAsString(), list.SerializeAsString());
+}
+
+TEST(Frames, SmallAndEmptyBatchesGoUncompressed) {
+  pb::DeltaBatch b = EncodeBatch(3, "global", 1, 5, pb::RecordList(), 1);
+  EXPECT_EQ(b.compression(), pb::COMPRESSION_NONE);
+  auto back = DecodeBatch(b, 3);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->records_size(), 0);
+}
+
+TEST(Frames, RejectsLiesAndDamage) {
+  pb::DeltaBatch good = EncodeBatch(3, "shard-1", 10, 215, Records(200, 10), 1);
+  EXPECT_FALSE(DecodeBatch(good, 4).ok()) << "origin is not the stream's peer";
+
+  pb::DeltaBatch b = good;
+  b.set_origin_database("Shard 1; DROP");
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_last_seq(100);  // records beyond the range
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_first_seq(0);
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_payload(b.payload().substr(0, b.payload().size() / 2));  // truncated
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_uncompressed_bytes(b.uncompressed_bytes() + 1);
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_uncompressed_bytes(kMaxBatchBytes + 1);  // a zip bomb announces itself or fails
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_compression(pb::COMPRESSION_UNSPECIFIED);
+  EXPECT_FALSE(DecodeBatch(b, 3).ok());
+
+  b = good;
+  b.set_compression(pb::COMPRESSION_NONE);
+  b.set_payload(std::string(b.uncompressed_bytes(), '\xff'));
+  EXPECT_FALSE(DecodeBatch(b, 3).ok()) << "garbage is not a record list";
+}
+
+TEST(Frames, RejectsBadRecords) {
+  pb::RecordList list = Records(3, 10);
+  list.mutable_records(1)->set_seq(10);  // not ascending
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  list = Records(3, 10);
+  list.mutable_records(2)->set_kind(static_cast<pb::RecordKind>(99));
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  list = Records(3, 10);
+  list.mutable_records(0)->clear_key();
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  list = Records(3, 10, "");
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+}
+
+}  // namespace
+}  // namespace meridian::replication

@@ -1,0 +1,794 @@
+#include "replication/replicator.h"
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/summary.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "region/internal.grpc.pb.h"
+#include "replication/frames.h"
+#include "replication/replication.grpc.pb.h"
+#include "services/domain.h"
+
+namespace meridian::replication {
+namespace {
+
+namespace rpb = ::meridian::region::v1;
+using Clock = std::chrono::steady_clock;
+
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+constexpr int kMaxFrameBytes = 32 << 20;  // larger frames end the stream (RESOURCE_EXHAUSTED)
+
+// Both ends of a stream look the same to a session.
+class FrameStream {
+ public:
+  virtual ~FrameStream() = default;
+  virtual bool Read(pb::Frame* f) = 0;
+  virtual bool Write(const pb::Frame& f) = 0;
+  virtual void Cancel() = 0;
+};
+
+class ServerFrameStream final : public FrameStream {
+ public:
+  ServerFrameStream(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw)
+      : ctx_(ctx), rw_(rw) {}
+  bool Read(pb::Frame* f) override { return rw_->Read(f); }
+  bool Write(const pb::Frame& f) override { return rw_->Write(f); }
+  void Cancel() override { ctx_->TryCancel(); }
+
+ private:
+  grpc::ServerContext* ctx_;
+  grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw_;
+};
+
+class ClientFrameStream final : public FrameStream {
+ public:
+  ClientFrameStream(grpc::ClientContext* ctx, grpc::ClientReaderWriter<pb::Frame, pb::Frame>* rw)
+      : ctx_(ctx), rw_(rw) {}
+  bool Read(pb::Frame* f) override { return rw_->Read(f); }
+  bool Write(const pb::Frame& f) override { return rw_->Write(f); }
+  void Cancel() override { ctx_->TryCancel(); }
+
+ private:
+  grpc::ClientContext* ctx_;
+  grpc::ClientReaderWriter<pb::Frame, pb::Frame>* rw_;
+};
+
+struct PeerMetrics {
+  prometheus::Summary* lag_ms;
+  prometheus::Gauge* lag_seq;
+  prometheus::Counter* bytes_sent;
+  prometheus::Counter* bytes_received;
+  prometheus::Histogram* batch_records;
+  prometheus::Counter* reconnects;
+  prometheus::Counter* rejected;
+  prometheus::Counter* applied;
+  prometheus::Gauge* connected;
+};
+
+struct PeerState {
+  Peer config;
+  PeerMetrics m;
+  std::mutex mu;
+  FrameStream* active = nullptr;  // the live session's stream, if any
+  // What the peer has durably applied of each of our databases (from its Hello and Acks).
+  std::map<std::string, int64_t> acked;
+  bool heard = false;  // a Hello arrived since this process started
+};
+
+rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
+pb::RecordKind ToWireKind(rpb::OutboxKind k) { return static_cast<pb::RecordKind>(k); }
+
+}  // namespace
+
+struct Replicator::Impl {
+  ReplicatorConfig config;
+  std::string ca, cert, key;
+  std::unique_ptr<rpb::RegionInternal::Stub> region;
+  std::vector<std::unique_ptr<PeerState>> peers;
+  std::atomic<bool> stopping{false};
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  std::vector<std::thread> threads;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<pb::Replication::Service> service;
+  int port = 0;
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::map<std::string, int64_t> truncated;  // per local database, housekeeping thread only
+
+  // Sleeps up to `d`; false when the replicator is stopping.
+  bool SleepFor(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> l(stop_mu);
+    return !stop_cv.wait_for(l, d, [&] { return stopping.load(); });
+  }
+
+  PeerState* PeerNamed(const std::string& name) {
+    for (auto& p : peers)
+      if (p->config.name == name) return p.get();
+    return nullptr;
+  }
+
+  std::unique_ptr<grpc::ClientContext> RegionCtx(int timeout_ms) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+    return ctx;
+  }
+
+  absl::Status RegionError(const grpc::Status& s, const std::string& what) {
+    return absl::UnavailableError(absl::StrCat("region ", what, ": ", s.error_message()));
+  }
+
+  absl::StatusOr<std::vector<std::string>> LocalDatabases() {
+    rpb::GetStatusRequest req;
+    rpb::GetStatusResponse resp;
+    auto ctx = RegionCtx(5000);
+    grpc::Status s = region->GetStatus(ctx.get(), req, &resp);
+    if (!s.ok()) return RegionError(s, "GetStatus");
+    std::vector<std::string> dbs;
+    for (const auto& d : resp.databases()) dbs.push_back(d.name());
+    return dbs;
+  }
+
+  void InitMetrics() {
+    auto& lag =
+        prometheus::BuildSummary()
+            .Name("meridian_replication_lag_ms")
+            .Help("Milliseconds from the origin's commit to the apply here, per origin peer")
+            .Register(*registry);
+    auto& lag_seq = prometheus::BuildGauge()
+                        .Name("meridian_replication_lag_seq")
+                        .Help("Outbox records committed here and not yet acked by the peer")
+                        .Register(*registry);
+    auto& bytes = prometheus::BuildCounter()
+                      .Name("meridian_replication_bytes_total")
+                      .Help("Frame bytes on the stream with a peer")
+                      .Register(*registry);
+    auto& batch = prometheus::BuildHistogram()
+                      .Name("meridian_replication_batch_records")
+                      .Help("Records per delta batch sent to a peer")
+                      .Register(*registry);
+    auto& reconnects = prometheus::BuildCounter()
+                           .Name("meridian_replication_reconnects_total")
+                           .Help("Streams with a peer that ended (and were or will be redialled)")
+                           .Register(*registry);
+    auto& rejected = prometheus::BuildCounter()
+                         .Name("meridian_replication_rejected_frames_total")
+                         .Help("Frames from a peer rejected as malformed or breaking residency")
+                         .Register(*registry);
+    auto& applied = prometheus::BuildCounter()
+                        .Name("meridian_replication_applied_records_total")
+                        .Help("Peer records applied here")
+                        .Register(*registry);
+    auto& connected = prometheus::BuildGauge()
+                          .Name("meridian_replication_connected")
+                          .Help("1 while a stream with the peer is established")
+                          .Register(*registry);
+    for (auto& p : peers) {
+      prometheus::Labels l{{"peer", p->config.name}};
+      p->m.lag_ms =
+          &lag.Add(l, prometheus::Summary::Quantiles{{0.5, 0.01}, {0.9, 0.005}, {0.99, 0.001}},
+                   std::chrono::seconds(30), 3);
+      p->m.lag_seq = &lag_seq.Add(l);
+      p->m.bytes_sent = &bytes.Add({{"peer", p->config.name}, {"direction", "sent"}});
+      p->m.bytes_received = &bytes.Add({{"peer", p->config.name}, {"direction", "received"}});
+      p->m.batch_records =
+          &batch.Add(l, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256,
+                                                                512, 1024, 4096, 10000});
+      p->m.reconnects = &reconnects.Add(l);
+      p->m.rejected = &rejected.Add(l);
+      p->m.applied = &applied.Add(l);
+      p->m.connected = &connected.Add(l);
+    }
+  }
+
+  absl::Status RunSession(PeerState& peer, FrameStream& stream);
+  void DialLoop(PeerState& peer);
+  void Housekeeping();
+};
+
+namespace {
+
+// One established stream with one peer: this side's sender thread ships our outbox; the calling
+// thread reads the peer's frames (applies batches, takes acks); a watchdog ends a quiet stream.
+class Session {
+ public:
+  Session(Replicator::Impl& r, PeerState& peer, FrameStream& stream)
+      : r_(r), peer_(peer), stream_(stream) {}
+
+  absl::Status Run() {
+    auto dbs = r_.LocalDatabases();
+    if (!dbs.ok()) return dbs.status();
+    rpb::GetStreamMarksResponse marks;
+    {
+      auto ctx = r_.RegionCtx(5000);
+      grpc::Status s = r_.region->GetStreamMarks(ctx.get(), rpb::GetStreamMarksRequest(), &marks);
+      if (!s.ok()) return r_.RegionError(s, "GetStreamMarks");
+    }
+    pb::Frame hello;
+    pb::Hello* h = hello.mutable_hello();
+    h->set_region(r_.config.region);
+    h->set_jurisdiction(r_.config.jurisdiction);
+    h->set_replica_id(r_.config.replica_id);
+    h->set_protocol_version(pb::PROTOCOL_VERSION_1);
+    for (const auto& m : marks.marks()) {
+      if (m.origin() != peer_.config.replica_id) continue;
+      pb::AckedSeq* a = h->add_applied();
+      a->set_origin_database(m.origin_database());
+      a->set_seq(m.seq());
+    }
+    last_received_ = Clock::now();
+    std::thread watchdog([this] { Watch(); });
+    std::thread writer([this] { WriteLoop(); });
+    absl::Status result = Converse(hello, *dbs);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    stream_.Cancel();
+    if (sender_.joinable()) sender_.join();
+    watchdog.join();
+    writer.join();
+    return result;
+  }
+
+ private:
+  struct Cursor {
+    std::string db;
+    int64_t after_seq = 0;
+    int64_t gap_horizon = 0;
+  };
+
+  absl::Status Reject(const std::string& why) {
+    peer_.m.rejected->Increment();
+    spdlog::warn("event=replication_frame_rejected peer={} reason=\"{}\"", peer_.config.name, why);
+    return absl::InvalidArgumentError(why);
+  }
+
+  // Frames go out through one writer thread, so that the reader never blocks on a full
+  // window: the reader keeps draining the peer's batches (and queueing acks) whatever the
+  // sender is doing, and two regions shipping to each other cannot deadlock. False once the
+  // session ended.
+  bool Write(pb::Frame f) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (done_ || write_failed_) return false;
+      outgoing_.push_back(std::move(f));
+    }
+    last_sent_ = Clock::now();
+    cv_.notify_all();
+    return true;
+  }
+
+  void WriteLoop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (true) {
+      cv_.wait(l, [&] { return done_ || !outgoing_.empty(); });
+      if (done_) return;
+      pb::Frame f = std::move(outgoing_.front());
+      outgoing_.pop_front();
+      l.unlock();
+      bool ok = stream_.Write(f);
+      if (ok) peer_.m.bytes_sent->Increment(static_cast<double>(f.ByteSizeLong()));
+      l.lock();
+      if (!ok) {
+        write_failed_ = true;
+        cv_.notify_all();
+        l.unlock();
+        stream_.Cancel();
+        return;
+      }
+    }
+  }
+
+  void Watch() {
+    const auto timeout = std::chrono::milliseconds(r_.config.peer_timeout_ms);
+    std::unique_lock<std::mutex> l(mu_);
+    while (!done_) {
+      cv_.wait_for(l, std::chrono::milliseconds(50));
+      if (done_) break;
+      if (Clock::now() - last_received_.load() > timeout || r_.stopping) {
+        if (!r_.stopping) {
+          spdlog::warn("event=replication_peer_silent peer={} timeout_ms={}", peer_.config.name,
+                       r_.config.peer_timeout_ms);
+        }
+        stream_.Cancel();
+        break;
+      }
+    }
+  }
+
+  absl::Status Converse(const pb::Frame& hello, const std::vector<std::string>& dbs) {
+    if (!Write(hello)) return absl::UnavailableError("the stream closed before our hello");
+    pb::Frame f;
+    if (!stream_.Read(&f)) return absl::UnavailableError("the stream closed before the hello");
+    last_received_ = Clock::now();
+    peer_.m.bytes_received->Increment(static_cast<double>(f.ByteSizeLong()));
+    if (!f.has_hello()) return Reject("the first frame must be a hello");
+    const pb::Hello& ph = f.hello();
+    if (ph.protocol_version() != pb::PROTOCOL_VERSION_1) {
+      return Reject(
+          absl::StrCat("protocol version ", ph.protocol_version(), " is not spoken here"));
+    }
+    if (ph.region() != peer_.config.name || ph.replica_id() != peer_.config.replica_id ||
+        ph.jurisdiction() != peer_.config.jurisdiction) {
+      return Reject(absl::StrCat("hello from ", ph.region(), "/", ph.replica_id(), "/",
+                                 ph.jurisdiction(), " does not match the configured peer ",
+                                 peer_.config.name, "/", peer_.config.replica_id, "/",
+                                 peer_.config.jurisdiction));
+    }
+    std::vector<Cursor> cursors;
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.heard = true;
+      for (const std::string& db : dbs) {
+        Cursor c{db, 0, 0};
+        for (const auto& a : ph.applied())
+          if (a.origin_database() == db) c.after_seq = std::max<int64_t>(0, a.seq());
+        peer_.acked[db] = c.after_seq;
+        cursors.push_back(c);
+      }
+    }
+    peer_.m.connected->Set(1);
+    spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
+      std::string s;
+      for (const Cursor& c : cursors) absl::StrAppend(&s, c.db, ":", c.after_seq, " ");
+      return s;
+    }());
+    sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
+    absl::Status result = absl::OkStatus();
+    while (stream_.Read(&f)) {
+      last_received_ = Clock::now();
+      peer_.m.bytes_received->Increment(static_cast<double>(f.ByteSizeLong()));
+      switch (f.body_case()) {
+        case pb::Frame::kBatch:
+          result = ApplyBatch(f.batch());
+          break;
+        case pb::Frame::kAck:
+          result = TakeAck(f.ack());
+          break;
+        case pb::Frame::kHeartbeat:
+          break;
+        case pb::Frame::kHello:
+          result = Reject("a second hello on one stream");
+          break;
+        default:
+          result = Reject("a frame with no known body");
+          break;
+      }
+      if (!result.ok()) break;
+    }
+    peer_.m.connected->Set(0);
+    if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
+    if (result.ok() && ship_error_.load()) result = absl::UnavailableError("shipping failed");
+    return result;
+  }
+
+  absl::Status ApplyBatch(const pb::DeltaBatch& b) {
+    auto list = DecodeBatch(b, peer_.config.replica_id);
+    if (!list.ok()) return Reject(std::string(list.status().message()));
+    rpb::ApplyDeltasRequest req;
+    req.set_origin(b.origin());
+    req.set_origin_database(b.origin_database());
+    req.set_through_seq(b.last_seq());
+    for (const pb::Record& rec : list->records()) {
+      if (!services::ResidencyAllows(rec.residency(), r_.config.jurisdiction)) {
+        return Reject(absl::StrCat("residency violation: record ", rec.seq(), " of ",
+                                   b.origin_database(), " is pinned to ", rec.residency(),
+                                   ", this region is ", r_.config.jurisdiction));
+      }
+      rpb::OutboxRecord* o = req.add_records();
+      o->set_seq(rec.seq());
+      o->set_origin(b.origin());
+      o->set_kind(ToRegionKind(rec.kind()));
+      o->set_key(rec.key());
+      o->set_payload(rec.payload());
+      o->set_residency(rec.residency());
+      o->mutable_created_at()->set_seconds(rec.committed_unix_ms() / 1000);
+      o->mutable_created_at()->set_nanos(static_cast<int32_t>(rec.committed_unix_ms() % 1000) *
+                                         1000000);
+    }
+    rpb::ApplyDeltasResponse resp;
+    auto ctx = r_.RegionCtx(30000);
+    grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return Reject(s.error_message());
+    if (!s.ok()) return r_.RegionError(s, "ApplyDeltas");
+    const int64_t now = UnixMs();
+    for (const pb::Record& rec : list->records()) {
+      peer_.m.lag_ms->Observe(
+          static_cast<double>(std::max<int64_t>(0, now - rec.committed_unix_ms())));
+    }
+    peer_.m.applied->Increment(resp.applied());
+    pb::Frame ack;
+    ack.mutable_ack()->set_origin_database(b.origin_database());
+    ack.mutable_ack()->set_seq(b.last_seq());
+    if (!Write(ack)) return absl::UnavailableError("the stream closed before the ack");
+    return absl::OkStatus();
+  }
+
+  absl::Status TakeAck(const pb::Ack& a) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = inflight_.find(a.origin_database());
+    if (it == inflight_.end()) return Reject("an ack for a database we did not ship");
+    auto& q = it->second;
+    while (!q.empty() && q.front().first <= a.seq()) {
+      inflight_bytes_ -= q.front().second;
+      q.pop_front();
+    }
+    {
+      std::lock_guard<std::mutex> pl(peer_.mu);
+      int64_t& acked = peer_.acked[a.origin_database()];
+      acked = std::max(acked, a.seq());
+    }
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Waits until fewer than max_inflight_bytes are unacknowledged; false when the session ends.
+  bool WaitForWindow() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] {
+      return done_ || write_failed_ || inflight_bytes_ < r_.config.max_inflight_bytes;
+    });
+    return !done_ && !write_failed_;
+  }
+
+  bool SendBatch(const std::string& db, int64_t first, int64_t last, const pb::RecordList& list) {
+    pb::Frame f;
+    *f.mutable_batch() = EncodeBatch(r_.config.replica_id, db, first, last, list, UnixMs());
+    size_t bytes = f.ByteSizeLong();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      inflight_[db].emplace_back(last, bytes);
+      inflight_bytes_ += static_cast<int64_t>(bytes);
+    }
+    peer_.m.batch_records->Observe(list.records_size());
+    return Write(std::move(f));
+  }
+
+  void Ship(std::vector<Cursor> cursors) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const Cursor& c : cursors) inflight_[c.db];
+    }
+    const std::string& peer_jurisdiction = peer_.config.jurisdiction;
+    while (WaitForWindow()) {
+      rpb::PollOutboxRequest req;
+      for (const Cursor& c : cursors) {
+        rpb::OutboxCursor* oc = req.add_cursors();
+        oc->set_database(c.db);
+        oc->set_after_seq(c.after_seq);
+        oc->set_gap_horizon(c.gap_horizon);
+      }
+      req.set_limit(r_.config.batch_max_records);
+      req.set_wait_ms(r_.config.heartbeat_ms);
+      rpb::PollOutboxResponse resp;
+      auto ctx = r_.RegionCtx(r_.config.heartbeat_ms + 10000);
+      grpc::Status s = r_.region->PollOutbox(ctx.get(), req, &resp);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (done_) return;
+      }
+      if (!s.ok() || resp.chunks_size() != static_cast<int>(cursors.size())) {
+        // The region is restarting or overloaded: keep the stream (the peer's batches wait for
+        // the same region anyway) and poll again shortly.
+        spdlog::warn("event=outbox_poll_failed peer={} error=\"{}\"", peer_.config.name,
+                     s.error_message());
+        Heartbeat();
+        if (!r_.SleepFor(std::chrono::milliseconds(200))) return;
+        continue;
+      }
+      for (size_t i = 0; i < cursors.size(); ++i) {
+        Cursor& c = cursors[i];
+        const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
+        c.gap_horizon = chunk.gap_horizon();
+        if (chunk.next_after_seq() <= c.after_seq) continue;
+        // Batches by count and bytes; records the peer may not hold are left out (the batch's
+        // range still covers them, so the peer's resume point moves past them).
+        pb::RecordList list;
+        size_t bytes = 0;
+        int64_t first = c.after_seq + 1;
+        for (const rpb::OutboxRecord& o : chunk.records()) {
+          if (services::ResidencyAllows(o.residency(), peer_jurisdiction)) {
+            pb::Record* rec = list.add_records();
+            rec->set_seq(o.seq());
+            rec->set_kind(ToWireKind(o.kind()));
+            rec->set_key(o.key());
+            rec->set_payload(o.payload());
+            rec->set_residency(o.residency());
+            rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
+                                       o.created_at().nanos() / 1000000);
+            bytes += o.payload().size() + o.key().size() + 24;
+          }
+          if (list.records_size() >= r_.config.batch_max_records ||
+              bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
+            if (!SendBatch(c.db, first, o.seq(), list)) return Fail();
+            first = o.seq() + 1;
+            list.Clear();
+            bytes = 0;
+          }
+        }
+        if (first <= chunk.next_after_seq()) {
+          if (!SendBatch(c.db, first, chunk.next_after_seq(), list)) return Fail();
+        }
+        c.after_seq = chunk.next_after_seq();
+      }
+      if (Clock::now() - last_sent_.load() >= std::chrono::milliseconds(r_.config.heartbeat_ms)) {
+        if (!Heartbeat()) return Fail();
+      }
+    }
+  }
+
+  bool Heartbeat() {
+    pb::Frame f;
+    f.mutable_heartbeat()->set_sent_unix_ms(UnixMs());
+    return Write(f);
+  }
+
+  void Fail() {
+    ship_error_ = true;
+    stream_.Cancel();
+  }
+
+  Replicator::Impl& r_;
+  PeerState& peer_;
+  FrameStream& stream_;
+  std::thread sender_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  bool write_failed_ = false;
+  std::deque<pb::Frame> outgoing_;
+  std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
+  int64_t inflight_bytes_ = 0;
+  std::atomic<Clock::time_point> last_received_{Clock::now()};
+  std::atomic<Clock::time_point> last_sent_{Clock::now()};
+  std::atomic<bool> ship_error_{false};
+};
+
+class ReplicationService final : public pb::Replication::Service {
+ public:
+  explicit ReplicationService(Replicator::Impl& r) : r_(r) {}
+
+  grpc::Status Stream(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw) override {
+    // The peer is who its certificate says (the CA signed it for that region's name).
+    std::string cn;
+    for (const auto& v : ctx->auth_context()->FindPropertyValues("x509_common_name")) {
+      cn.assign(v.data(), v.size());
+    }
+    PeerState* peer = r_.PeerNamed(cn);
+    if (!peer) {
+      spdlog::warn("event=replication_peer_refused cn=\"{}\" peer={}", cn, ctx->peer());
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "no configured peer region has this certificate's name");
+    }
+    if (peer->config.replica_id > r_.config.replica_id) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "streams are dialled by the region with the lower replica id");
+    }
+    ServerFrameStream stream(ctx, rw);
+    absl::Status st = r_.RunSession(*peer, stream);
+    if (st.ok() || r_.stopping) return grpc::Status::OK;
+    return grpc::Status(st.code() == absl::StatusCode::kInvalidArgument
+                            ? grpc::StatusCode::INVALID_ARGUMENT
+                            : grpc::StatusCode::UNAVAILABLE,
+                        std::string(st.message()));
+  }
+
+ private:
+  Replicator::Impl& r_;
+};
+
+}  // namespace
+
+absl::Status Replicator::Impl::RunSession(PeerState& peer, FrameStream& stream) {
+  {
+    // One live stream per peer: a new one (the peer redialled) replaces a half-dead old one.
+    std::lock_guard<std::mutex> l(peer.mu);
+    if (peer.active) peer.active->Cancel();
+    peer.active = &stream;
+  }
+  Session session(*this, peer, stream);
+  absl::Status st = session.Run();
+  {
+    std::lock_guard<std::mutex> l(peer.mu);
+    if (peer.active == &stream) peer.active = nullptr;
+  }
+  if (!stopping) {
+    peer.m.reconnects->Increment();
+    spdlog::info("event=replication_stream_down peer={} reason=\"{}\"", peer.config.name,
+                 std::string(st.message()));
+  }
+  return st;
+}
+
+void Replicator::Impl::DialLoop(PeerState& peer) {
+  std::mt19937_64 rng(std::random_device{}());
+  int backoff = config.backoff_min_ms;
+  const std::string target = absl::StrCat(peer.config.address.host, ":", peer.config.address.port);
+  while (!stopping) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = ca;
+    tls.pem_private_key = key;
+    tls.pem_cert_chain = cert;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(peer.config.name);
+    args.SetMaxReceiveMessageSize(kMaxFrameBytes);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, config.backoff_min_ms);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, config.backoff_max_ms);
+    args.SetInt("grpc.use_local_subchannel_pool", 1);  // a fresh connection per attempt
+    auto channel = grpc::CreateCustomChannel(target, grpc::SslCredentials(tls), args);
+    auto stub = pb::Replication::NewStub(channel);
+    grpc::ClientContext ctx;
+    auto started = Clock::now();
+    auto rw = stub->Stream(&ctx);
+    ClientFrameStream stream(&ctx, rw.get());
+    absl::Status st = RunSession(peer, stream);
+    ctx.TryCancel();
+    (void)rw->Finish();
+    if (stopping) break;
+    // A stream that lived a while was healthy: start the backoff over.
+    if (Clock::now() - started > std::chrono::seconds(5)) backoff = config.backoff_min_ms;
+    std::uniform_int_distribution<int> jitter(backoff / 2, backoff);
+    int wait = jitter(rng);
+    spdlog::info("event=replication_redial peer={} in_ms={}", peer.config.name, wait);
+    if (!SleepFor(std::chrono::milliseconds(wait))) break;
+    backoff = std::min(backoff * 2, config.backoff_max_ms);
+  }
+}
+
+// Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
+// every peer has acked (only once every peer has said where it stands since this start).
+void Replicator::Impl::Housekeeping() {
+  auto last_truncate = Clock::now();
+  while (SleepFor(std::chrono::milliseconds(1000))) {
+    rpb::GetStatusResponse status;
+    auto ctx = RegionCtx(5000);
+    if (!region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) continue;
+    std::map<std::string, int64_t> through;
+    bool all_heard = true;
+    for (auto& p : peers) {
+      std::lock_guard<std::mutex> l(p->mu);
+      int64_t behind = 0;
+      for (const auto& d : status.databases()) {
+        auto it = p->acked.find(d.name());
+        int64_t acked = it == p->acked.end() ? 0 : it->second;
+        behind += std::max<int64_t>(0, d.outbox_max_seq() - acked);
+        auto [t, fresh] = through.emplace(d.name(), acked);
+        if (!fresh) t->second = std::min(t->second, acked);
+      }
+      p->m.lag_seq->Set(static_cast<double>(behind));
+      all_heard = all_heard && p->heard;
+    }
+    if (!all_heard ||
+        Clock::now() - last_truncate < std::chrono::milliseconds(config.truncate_interval_ms)) {
+      continue;
+    }
+    last_truncate = Clock::now();
+    for (const auto& [db, seq] : through) {
+      if (seq <= truncated[db]) continue;
+      rpb::TruncateOutboxRequest req;
+      req.set_database(db);
+      req.set_through_seq(seq);
+      rpb::TruncateOutboxResponse resp;
+      auto tctx = RegionCtx(10000);
+      if (region->TruncateOutbox(tctx.get(), req, &resp).ok()) {
+        truncated[db] = seq;
+        if (resp.deleted() > 0) {
+          spdlog::info("event=outbox_truncated db={} through_seq={} rows={}", db, seq,
+                       resp.deleted());
+        }
+      }
+    }
+  }
+}
+
+Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Replicator::~Replicator() { Stop(); }
+uint16_t Replicator::port() const { return static_cast<uint16_t>(impl_->port); }
+
+absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = std::move(config);
+  const ReplicatorConfig& c = impl->config;
+  for (auto [path, out] : {std::pair{&c.tls_ca, &impl->ca}, std::pair{&c.tls_cert, &impl->cert},
+                           std::pair{&c.tls_key, &impl->key}}) {
+    auto text = ReadFile(*path);
+    if (!text.ok()) return text.status();
+    *out = *std::move(text);
+  }
+  for (const Peer& p : c.peers) {
+    auto state = std::make_unique<PeerState>();
+    state->config = p;
+    impl->peers.push_back(std::move(state));
+  }
+  impl->InitMetrics();
+  if (c.metrics.port != 0 || !c.metrics.host.empty()) {
+    try {
+      impl->exposer = std::make_unique<prometheus::Exposer>(
+          absl::StrCat(c.metrics.host, ":", c.metrics.port), 1);
+      impl->exposer->RegisterCollectable(impl->registry);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", c.metrics.host, ":",
+                                                 c.metrics.port, ": ", e.what()));
+    }
+  }
+  grpc::ChannelArguments region_args;
+  region_args.SetMaxReceiveMessageSize(64 << 20);
+  impl->region = rpb::RegionInternal::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port),
+                                grpc::InsecureChannelCredentials(), region_args));
+
+  grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  tls.pem_root_certs = impl->ca;
+  tls.pem_key_cert_pairs.push_back({impl->key, impl->cert});
+  impl->service = std::make_unique<ReplicationService>(*impl);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(c.listen.host, ":", c.listen.port),
+                           grpc::SslServerCredentials(tls), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || impl->port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", c.listen.host, ":", c.listen.port));
+  }
+  Impl* raw = impl.get();
+  for (auto& p : raw->peers) {
+    PeerState* peer = p.get();
+    if (peer->config.replica_id > c.replica_id) {
+      raw->threads.emplace_back([raw, peer] { raw->DialLoop(*peer); });
+    }
+  }
+  raw->threads.emplace_back([raw] { raw->Housekeeping(); });
+  spdlog::info("event=replicator_started region={} listen={}:{} peers={}", c.region, c.listen.host,
+               raw->port, c.peers.size());
+  return std::unique_ptr<Replicator>(new Replicator(std::move(impl)));
+}
+
+void Replicator::Stop() {
+  if (!impl_ || impl_->stopping.exchange(true)) return;
+  { std::lock_guard<std::mutex> l(impl_->stop_mu); }
+  impl_->stop_cv.notify_all();
+  for (auto& p : impl_->peers) {
+    std::lock_guard<std::mutex> l(p->mu);
+    if (p->active) p->active->Cancel();
+  }
+  if (impl_->server)
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
+}
+
+}  // namespace meridian::replication
