@@ -55,6 +55,7 @@ pb::OutboxKind KindOf(const std::string& kind) {
   if (kind == "inventory") return pb::OUTBOX_KIND_INVENTORY;
   if (kind == "order") return pb::OUTBOX_KIND_ORDER;
   if (kind == "product") return pb::OUTBOX_KIND_PRODUCT;
+  if (kind == "user") return pb::OUTBOX_KIND_USER;
   return pb::OUTBOX_KIND_UNSPECIFIED;
 }
 
@@ -228,6 +229,21 @@ class Service final : public pb::RegionInternal::Service {
             }
             p.target = &app_.ShardFor(p.json["user_id"].get<std::string>());
           }
+          break;
+        }
+        case pb::OUTBOX_KIND_USER: {
+          p.json = Json::parse(rec.payload(), nullptr, false);
+          auto str = [&](const char* f) {
+            return p.json.is_object() && p.json.contains(f) && p.json[f].is_string();
+          };
+          if (!str("user_id") || !str("email") || !str("name") || !str("password_hash") ||
+              !p.json.contains("hlc") || !p.json["hlc"].is_number_unsigned() ||
+              p.json["user_id"].get<std::string>() != rec.key() ||
+              !services::ValidateEmail(p.json["email"].get<std::string>()).ok() ||
+              rec.residency().empty()) {
+            return bad(absl::StrCat("record ", rec.seq(), ": malformed profile write"));
+          }
+          p.target = &app_.ShardFor(rec.key());
           break;
         }
         default:
@@ -583,6 +599,22 @@ class Service final : public pb::RegionInternal::Service {
                    ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()) +
                    " AND epoch <= " + tx.quote(epoch));
         }
+        break;
+      }
+      case pb::OUTBOX_KIND_USER: {
+        const Json& j = p.json;
+        tx.exec0(
+            "INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
+            "VALUES (" +
+            tx.quote(rec.key()) + ", " + tx.quote(j["email"].get<std::string>()) + ", " +
+            tx.quote(j["name"].get<std::string>()) + ", " +
+            tx.quote(j["password_hash"].get<std::string>()) + ", " + tx.quote(rec.residency()) +
+            ", " + tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
+            tx.quote(j.value("origin", 0)) +
+            ") ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, "
+            "password_hash = EXCLUDED.password_hash, residency = EXCLUDED.residency, hlc = "
+            "EXCLUDED.hlc, origin = EXCLUDED.origin WHERE (users.hlc, users.origin) < "
+            "(EXCLUDED.hlc, EXCLUDED.origin)");
         break;
       }
       default:

@@ -194,6 +194,12 @@ CREATE TABLE notifications_dead (
     {5, "outbox", kOutbox},
     {6, "replication_applied", kReplicationApplied},
     {7, "outbox_commit_order", kOutboxCommitOrder},
+    {8, "users_replicated",
+     R"sql(
+-- Profiles replicate to residency-allowed regions; the last writer by (HLC, origin) wins.
+ALTER TABLE users ADD COLUMN hlc bigint NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN origin integer NOT NULL DEFAULT 0;
+)sql"},
 };
 
 }  // namespace

@@ -27,10 +27,22 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
   if (auto redirect = ResidencyRedirect(*residency, req)) return *redirect;
   std::string user_id = services::UserIdForEmail(*email);
   std::string hash = services::HashPassword(*password);
+  crdt::HlcTimestamp ts = Now();
+  // The profile replicates to the regions its residency allows (the outbox row carries it), as
+  // a last-writer record by (HLC, origin).
+  Json profile{{"user_id", user_id},  {"email", *email}, {"name", *name},
+               {"password_hash", hash}, {"hlc", ts.value}, {"origin", config.replica_id}};
+  std::string payload = profile.dump();
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    tx.exec0("INSERT INTO users (user_id, email, name, password_hash, residency) VALUES (" +
+    tx.exec0("INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
+             "VALUES (" +
              tx.quote(user_id) + ", " + tx.quote(*email) + ", " + tx.quote(*name) + ", " +
-             tx.quote(hash) + ", " + tx.quote(*residency) + ")");
+             tx.quote(hash) + ", " + tx.quote(*residency) + ", " +
+             tx.quote(static_cast<int64_t>(ts.value)) + ", " + tx.quote(config.replica_id) + ")");
+    tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+             tx.quote(config.replica_id) + ", 'user', " + tx.quote(user_id) + ", " +
+             tx.quote_raw(reinterpret_cast<const unsigned char*>(payload.data()), payload.size()) +
+             ", " + tx.quote(*residency) + ")");
   });
   if (absl::IsAlreadyExists(st)) {
     return HttpResponse::Problem(409, "Conflict", "an account with this e-mail already exists");

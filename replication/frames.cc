@@ -87,7 +87,7 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
       return bad("record seq ", r.seq(), " is out of order or outside the batch's range");
     }
     prev = r.seq();
-    if (r.kind() < pb::RECORD_KIND_CART || r.kind() > pb::RECORD_KIND_PRODUCT) {
+    if (r.kind() < pb::RECORD_KIND_CART || r.kind() > pb::RECORD_KIND_USER) {
       return bad("record ", r.seq(), ": unknown kind");
     }
     if (r.key().empty() || r.key().size() > 128) return bad("record ", r.seq(), ": key 1..128");

@@ -250,15 +250,21 @@ class Session {
     std::thread watchdog([this] { Watch(); });
     std::thread writer([this] { WriteLoop(); });
     absl::Status result = Converse(hello, *dbs);
+    // Ends the session without cancelling the stream when the writer is idle, so that the
+    // peer sees the status we return (say INVALID_ARGUMENT naming its bad frame) rather than
+    // CANCELLED; a writer stuck on a full window is cut loose by a cancel after a second.
     {
-      std::lock_guard<std::mutex> l(mu_);
+      std::unique_lock<std::mutex> l(mu_);
       done_ = true;
+      cv_.notify_all();
+      if (!cv_.wait_for(l, std::chrono::seconds(1), [&] { return !writing_; })) {
+        l.unlock();
+        stream_.Cancel();
+      }
     }
-    cv_.notify_all();
-    stream_.Cancel();
+    writer.join();
     if (sender_.joinable()) sender_.join();
     watchdog.join();
-    writer.join();
     return result;
   }
 
@@ -297,10 +303,13 @@ class Session {
       if (done_) return;
       pb::Frame f = std::move(outgoing_.front());
       outgoing_.pop_front();
+      writing_ = true;
       l.unlock();
       bool ok = stream_.Write(f);
       if (ok) peer_.m.bytes_sent->Increment(static_cast<double>(f.ByteSizeLong()));
       l.lock();
+      writing_ = false;
+      cv_.notify_all();
       if (!ok) {
         write_failed_ = true;
         cv_.notify_all();
@@ -568,6 +577,7 @@ class Session {
   std::condition_variable cv_;
   bool done_ = false;
   bool write_failed_ = false;
+  bool writing_ = false;
   std::deque<pb::Frame> outgoing_;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
   int64_t inflight_bytes_ = 0;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Makes the development CA and one certificate per region for the replicators' mutual TLS.
+#   deploy/make-certs.sh DIR REGION...
+# DIR/ca.pem and DIR/ca.key are the CA (kept if present, so new regions join the same CA);
+# DIR/REGION.pem and DIR/REGION.key carry CN=REGION and subjectAltName DNS:REGION, which is the
+# name a peer checks (and how a replicator tells which peer is calling). EC P-256, 825 days.
+# A development CA only: production regions get certificates from the operator's own CA.
+set -euo pipefail
+if [[ $# -lt 2 ]]; then
+  echo "usage: $0 DIR REGION..." >&2
+  exit 2
+fi
+dir=$1
+shift
+mkdir -p "$dir"
+umask 077
+if [[ ! -s $dir/ca.pem || ! -s $dir/ca.key ]]; then
+  openssl ecparam -name prime256v1 -genkey -noout -out "$dir/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 825 -subj "/CN=meridian-dev-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$dir/ca.pem" 2>/dev/null
+fi
+for region in "$@"; do
+  if [[ ! $region =~ ^[a-z0-9-]{1,64}$ ]]; then
+    echo "make-certs: region name '$region' must be 1..64 of [a-z0-9-]" >&2
+    exit 2
+  fi
+  [[ -s $dir/$region.pem && -s $dir/$region.key ]] && continue
+  openssl ecparam -name prime256v1 -genkey -noout -out "$dir/$region.key" 2>/dev/null
+  openssl req -new -key "$dir/$region.key" -subj "/CN=$region" -out "$dir/$region.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' \
+    "$region" >"$dir/$region.ext"
+  openssl x509 -req -in "$dir/$region.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 825 -sha256 -extfile "$dir/$region.ext" -out "$dir/$region.pem" 2>/dev/null
+  rm -f "$dir/$region.csr" "$dir/$region.ext"
+done
+chmod 0644 "$dir"/*.pem

@@ -1,0 +1,511 @@
+// Three regions as real processes (PostgreSQL, Redis, meridian-region, meridian-replicator each,
+// and a delaying link proxy per pair), replicating over mutually authenticated gRPC streams.
+// Concurrent edits converge; kill -9 and a partition lose nothing; pinned data stays home; a
+// forged, malformed or oversized frame ends the stream with nothing applied.
+//
+// MERIDIAN_PARTITION_SECONDS sets the partition's length (default 5 s in CI; the full
+// drill is 60: `MERIDIAN_PARTITION_SECONDS=60 ctest -R ThreeRegions`).
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <pqxx/pqxx>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "crdt/codec.h"
+#include "replication/frames.h"
+#include "replication/replication.grpc.pb.h"
+#include "services/auth.h"
+#include "tests/integration/http_client.h"
+#include "tests/support/cluster.h"
+#include "tests/support/process.h"
+
+namespace meridian {
+namespace {
+
+using Json = nlohmann::json;
+using test_support::Cluster;
+using testing::Request;
+using testing::Response;
+namespace rpb = ::meridian::replication::v1;
+using Lines = std::map<std::string, int64_t>;
+
+constexpr size_t kUs = 0, kEu = 1, kAp = 2;
+
+// Polls `done` until it holds or `seconds` pass.
+bool Eventually(const std::function<bool()>& done, double seconds) {
+  auto until = std::chrono::steady_clock::now() +
+               std::chrono::milliseconds(static_cast<int>(seconds * 1000));
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class ThreeRegions : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test_support::ClusterOptions o;
+    o.name = "three";
+    o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
+    auto c = Cluster::Start(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    c_ = *std::move(c);
+  }
+
+  std::string Operator() { return "Bearer " + c_->options().operator_token; }
+
+  // A customer's token: registered in `region` (the profile replicates where residency allows).
+  std::string Customer(size_t region, const std::string& email, const std::string& residency) {
+    Response r = Request(
+        c_->http_port(region), "POST", "/v1/users",
+        Json{{"email", email}, {"password", "long-password"}, {"residency", residency}}.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    Response s = Request(c_->http_port(region), "POST", "/v1/sessions",
+                         Json{{"email", email}, {"password", "long-password"}}.dump());
+    EXPECT_EQ(s.status, 200) << s.body;
+    return Json::parse(s.body, nullptr, false).value("token", "");
+  }
+
+  void Product(size_t region, const std::string& sku, int price) {
+    Response r = Request(c_->http_port(region), "PUT", "/v1/admin/products/" + sku,
+                         Json{{"name", "Item " + sku}, {"price_cents", price}}.dump(),
+                         {{"Authorization", Operator()}});
+    ASSERT_TRUE(r.status == 200 || r.status == 201) << r.body;
+  }
+
+  // Waits until every region serves the product.
+  void ProductsEverywhere(const std::vector<std::string>& skus) {
+    for (const auto& sku : skus) {
+      for (size_t i = 0; i < c_->size(); ++i) {
+        ASSERT_TRUE(Eventually(
+            [&] { return Request(c_->http_port(i), "GET", "/v1/products/" + sku).status == 200; },
+            20))
+            << sku << " never reached " << c_->spec(i).name;
+      }
+    }
+  }
+
+  int Add(size_t region, const std::string& token, const std::string& sku, int qty) {
+    return Request(c_->http_port(region), "POST", "/v1/cart/items",
+                   Json{{"sku", sku}, {"quantity", qty}}.dump(),
+                   {{"Authorization", "Bearer " + token}})
+        .status;
+  }
+
+  // The cart as the region's PostgreSQL holds it (both shards are searched).
+  std::optional<Lines> DbCart(size_t region, const std::string& user_id) {
+    for (const char* db : {"shard0", "shard1"}) {
+      try {
+        pqxx::connection conn(c_->Dsn(region, db));
+        pqxx::work tx(conn);
+        pqxx::result r = tx.exec("SELECT state FROM carts WHERE user_id = " + tx.quote(user_id));
+        if (r.empty()) continue;
+        pqxx::binarystring b(r[0][0]);
+        auto cart = crdt::DecodeCart(std::string_view(b.get(), b.size()), 99);
+        if (!cart.ok()) return std::nullopt;
+        Lines lines;
+        for (const auto& [sku, q] : cart->Lines()) lines[sku] = q;
+        return lines;
+      } catch (const std::exception&) {
+        return std::nullopt;
+      }
+    }
+    return Lines{};
+  }
+
+  int64_t Count(size_t region, const std::string& db, const std::string& sql) {
+    pqxx::connection conn(c_->Dsn(region, db));
+    pqxx::work tx(conn);
+    return tx.exec1(sql)[0].as<int64_t>();
+  }
+
+  // True when every region's database holds the same cart for each user (and it is `want`
+  // when given).
+  bool Converged(const std::vector<std::string>& users, const std::map<std::string, Lines>& want,
+                 std::string* why) {
+    for (const auto& u : users) {
+      auto first = DbCart(0, u);
+      if (!first) return false;
+      for (size_t i = 1; i < c_->size(); ++i) {
+        auto other = DbCart(i, u);
+        if (!other || *other != *first) {
+          *why = u + " differs between " + c_->spec(0).name + " and " + c_->spec(i).name;
+          return false;
+        }
+      }
+      if (want.count(u) && want.at(u) != *first) {
+        *why = u + " converged to something else than expected";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  std::unique_ptr<Cluster> c_;
+};
+
+TEST_F(ThreeRegions, ConcurrentCartEditsAndCatalogWritesConverge) {
+  for (const char* sku : {"sku-1", "sku-2"}) Product(kUs, sku, 500);
+  ProductsEverywhere({"sku-1", "sku-2"});
+  std::vector<std::string> tokens, users;
+  for (int u = 0; u < 4; ++u) {
+    std::string email = "shopper" + std::to_string(u) + "@example.com";
+    tokens.push_back(Customer(kUs, email, "any"));
+    users.push_back(services::UserIdForEmail(email));
+  }
+  // The same customers add to the same line in all three regions at once.
+  constexpr int kRounds = 15;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (size_t region = 0; region < 3; ++region) {
+    threads.emplace_back([&, region] {
+      for (int k = 0; k < kRounds; ++k)
+        for (const auto& t : tokens)
+          if (Add(region, t, "sku-1", 1) != 200) ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(failures, 0);
+  std::map<std::string, Lines> want;
+  for (const auto& u : users) want[u] = Lines{{"sku-1", 3 * kRounds}};  // no add lost
+  std::string why;
+  ASSERT_TRUE(Eventually([&] { return Converged(users, want, &why); }, 30)) << why;
+
+  // A remove in eu (after seeing every add) while ap adds another line: the removed line stays
+  // removed everywhere, the concurrent add survives.
+  std::thread remove([&] {
+    EXPECT_EQ(Request(c_->http_port(kEu), "DELETE", "/v1/cart/items/sku-1", "",
+                      {{"Authorization", "Bearer " + tokens[0]}})
+                  .status,
+              200);
+  });
+  EXPECT_EQ(Add(kAp, tokens[0], "sku-2", 2), 200);
+  remove.join();
+  want[users[0]] = Lines{{"sku-2", 2}};
+  ASSERT_TRUE(Eventually([&] { return Converged(users, want, &why); }, 30)) << why;
+
+  // The replicators restart and resend from their marks: nothing comes back.
+  for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(c_->KillReplicator(i).ok());
+  for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(c_->StartReplicator(i).ok());
+  EXPECT_EQ(Add(kUs, tokens[1], "sku-2", 1), 200);
+  want[users[1]]["sku-2"] = 1;
+  ASSERT_TRUE(Eventually([&] { return Converged(users, want, &why); }, 30)) << why;
+
+  // Catalog: two regions write the same product at once; every region ends on one price.
+  std::thread us([&] { Product(kUs, "sku-9", 100); });
+  Product(kEu, "sku-9", 200);
+  us.join();
+  ProductsEverywhere({"sku-9"});
+  auto price = [&](size_t i) {
+    return Count(i, "global", "SELECT price_cents FROM products WHERE sku = 'sku-9'");
+  };
+  ASSERT_TRUE(Eventually([&] { return price(0) == price(1) && price(1) == price(2); }, 30));
+  EXPECT_TRUE(price(0) == 100 || price(0) == 200);
+}
+
+TEST_F(ThreeRegions, KillNineAndAPartitionLoseNothing) {
+  Product(kUs, "sku-1", 500);
+  ProductsEverywhere({"sku-1"});
+  std::vector<std::string> tokens, users;
+  for (int u = 0; u < 6; ++u) {
+    std::string email = "buyer" + std::to_string(u) + "@example.com";
+    tokens.push_back(Customer(kEu, email, "any"));
+    users.push_back(services::UserIdForEmail(email));
+  }
+  // Traffic everywhere, all the time; a user's acknowledged adds must all survive.
+  std::atomic<bool> stop{false};
+  std::vector<std::atomic<int>> acked(users.size()), attempted(users.size());
+  std::vector<std::thread> traffic;
+  for (size_t region = 0; region < 3; ++region) {
+    traffic.emplace_back([&, region] {
+      std::mt19937 rng(static_cast<unsigned>(region));
+      while (!stop) {
+        size_t u = rng() % users.size();
+        ++attempted[u];
+        if (Add(region, tokens[u], "sku-1", 1) == 200) ++acked[u];
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  auto pause = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
+  pause(800);
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());  // mid-stream
+  pause(700);
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  pause(500);
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  pause(500);
+  ASSERT_TRUE(c_->StartRegionServer(kEu).ok());
+  pause(500);
+  const char* env = std::getenv("MERIDIAN_PARTITION_SECONDS");
+  const int partition_s = env ? std::max(1, std::atoi(env)) : 5;
+  ASSERT_TRUE(c_->Partition(kAp).ok());
+  pause(partition_s * 1000);
+  ASSERT_TRUE(c_->Heal(kAp).ok());
+  pause(1000);
+  stop = true;
+  for (auto& t : traffic) t.join();
+
+  std::string why;
+  ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 60)) << why;
+  for (size_t u = 0; u < users.size(); ++u) {
+    auto cart = DbCart(kUs, users[u]);
+    ASSERT_TRUE(cart);
+    int64_t have = cart->count("sku-1") ? cart->at("sku-1") : 0;
+    // Every acknowledged add is there; at most the unanswered ones (cut off by the kill) more.
+    EXPECT_GE(have, acked[u].load()) << users[u];
+    EXPECT_LE(have, attempted[u].load()) << users[u];
+  }
+  // The outbox is truncated once every peer acked (housekeeping runs every few seconds).
+  auto metrics = c_->Metrics(kUs);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_NE(metrics->find("meridian_replication_reconnects_total"), std::string::npos);
+}
+
+// A client that speaks the replication protocol with a region's certificate (a buggy or
+// compromised peer), to send what a correct replicator never would.
+class ForgedPeer {
+ public:
+  ForgedPeer(const Cluster& c, size_t as, size_t to, const std::string& cert_dir = "") {
+    const std::string dir = cert_dir.empty() ? c.cert_dir() : cert_dir;
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = ReadAll(c.cert_dir() + "/ca.pem");
+    tls.pem_private_key = ReadAll(dir + "/" + c.spec(as).name + ".key");
+    tls.pem_cert_chain = ReadAll(dir + "/" + c.spec(as).name + ".pem");
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(c.spec(to).name);
+    args.SetMaxSendMessageSize(64 << 20);
+    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(c.replication_port(to)),
+                                         grpc::SslCredentials(tls), args);
+    stub_ = rpb::Replication::NewStub(channel_);
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+    rw_ = stub_->Stream(&ctx_);
+    spec_ = c.spec(as);
+  }
+
+  // Sends our hello and reads the peer's; false when the stream never came up.
+  bool Hello() {
+    rpb::Frame f;
+    f.mutable_hello()->set_region(spec_.name);
+    f.mutable_hello()->set_jurisdiction(spec_.jurisdiction);
+    f.mutable_hello()->set_replica_id(spec_.replica_id);
+    f.mutable_hello()->set_protocol_version(rpb::PROTOCOL_VERSION_1);
+    if (!rw_->Write(f)) return false;
+    rpb::Frame in;
+    return rw_->Read(&in) && in.has_hello();
+  }
+
+  // Sends `f` and reads until the stream ends; returns how it ended.
+  grpc::Status SendAndFinish(const rpb::Frame& f) {
+    (void)rw_->Write(f);
+    rpb::Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return rw_->Finish();
+  }
+
+ private:
+  test_support::RegionSpec spec_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<rpb::Replication::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<rpb::Frame, rpb::Frame>> rw_;
+};
+
+rpb::Frame CartBatch(uint32_t origin, const std::string& user_id, const std::string& residency,
+                     int64_t seq) {
+  crdt::Cart cart(origin);
+  crdt::Cart delta = cart.Add("sku-1", 3);
+  rpb::RecordList list;
+  rpb::Record* r = list.add_records();
+  r->set_seq(seq);
+  r->set_kind(rpb::RECORD_KIND_CART);
+  r->set_key(user_id);
+  r->set_payload(crdt::Encode(delta));
+  r->set_residency(residency);
+  r->set_committed_unix_ms(1);
+  rpb::Frame f;
+  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1);
+  return f;
+}
+
+TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {
+  Product(kEu, "sku-1", 500);
+  ProductsEverywhere({"sku-1"});
+  std::string eve = Customer(kEu, "eve@example.eu", "eu");
+  std::string eve_id = services::UserIdForEmail("eve@example.eu");
+  ASSERT_EQ(Add(kEu, eve, "sku-1", 2), 200);
+  // Outside eu her requests are redirected and nothing of hers is written there.
+  EXPECT_EQ(Add(kUs, eve, "sku-1", 1), 307);
+  // A customer without residency, written after her: once it is everywhere, eve's records have
+  // gone past the other regions' filters.
+  std::string ann = Customer(kEu, "ann@example.com", "any");
+  std::string ann_id = services::UserIdForEmail("ann@example.com");
+  ASSERT_EQ(Add(kEu, ann, "sku-1", 1), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({ann_id}, {{ann_id, {{"sku-1", 1}}}}, &why);
+      },
+      30))
+      << why;
+  const std::string by_id = "'" + eve_id + "'";
+  for (size_t region : {kUs, kAp}) {
+    for (const char* db : {"shard0", "shard1"}) {
+      EXPECT_EQ(Count(region, db, "SELECT count(*) FROM users WHERE user_id = " + by_id), 0);
+      EXPECT_EQ(Count(region, db, "SELECT count(*) FROM carts WHERE user_id = " + by_id), 0);
+      EXPECT_EQ(Count(region, db, "SELECT count(*) FROM users WHERE user_id = '" + ann_id + "'") +
+                    Count(region, db == std::string("shard0") ? "shard1" : "shard0",
+                          "SELECT count(*) FROM users WHERE user_id = '" + ann_id + "'"),
+                1)
+          << "ann's profile replicates";
+    }
+  }
+  EXPECT_EQ(Count(kEu, "shard0", "SELECT count(*) FROM users WHERE user_id = " + by_id) +
+                Count(kEu, "shard1", "SELECT count(*) FROM users WHERE user_id = " + by_id),
+            1);
+
+  // A peer (eu-west's certificate) forges a frame that would put eve's cart in ap-south. The
+  // genuine eu-west replicator is stopped first: it would displace the forged stream.
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ForgedPeer forged(*c_, kEu, kAp);
+  ASSERT_TRUE(forged.Hello());
+  grpc::Status st = forged.SendAndFinish(CartBatch(2, eve_id, "eu", 1'000'000'000));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("residency"), std::string::npos) << st.error_message();
+  for (const char* db : {"shard0", "shard1"}) {
+    EXPECT_EQ(Count(kAp, db, "SELECT count(*) FROM carts WHERE user_id = " + by_id), 0);
+  }
+  auto metrics = c_->Metrics(kAp);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_NE(metrics->find("meridian_replication_rejected_frames_total{peer=\"eu-west\"} 1"),
+            std::string::npos)
+      << *metrics;
+}
+
+TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReconnects) {
+  Product(kEu, "sku-1", 500);
+  ProductsEverywhere({"sku-1"});
+  const std::string victim = services::UserIdForEmail("victim@example.com");
+  auto nothing_applied = [&] {
+    int64_t n = 0;
+    for (const char* db : {"shard0", "shard1"}) {
+      n += Count(kAp, db, "SELECT count(*) FROM carts WHERE user_id = '" + victim + "'");
+    }
+    return n == 0;
+  };
+  // The genuine eu-west replicator is stopped while the forged streams talk to ap-south (a new
+  // stream from a peer displaces its old one, so it would cut them short).
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  {  // garbage instead of a record list
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'000);
+    f.mutable_batch()->set_compression(rpb::COMPRESSION_NONE);
+    f.mutable_batch()->set_payload(std::string(64, '\xee'));
+    f.mutable_batch()->set_uncompressed_bytes(64);
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // truncated compressed payload
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'001);
+    std::string big(4000, 'x');
+    rpb::RecordList list;
+    for (int i = 0; i < 20; ++i) {
+      rpb::Record* r = list.add_records();
+      r->set_seq(2'000'000'001 + i);
+      r->set_kind(rpb::RECORD_KIND_CART);
+      r->set_key(victim);
+      r->set_payload(big);
+      r->set_residency("any");
+    }
+    *f.mutable_batch() =
+        replication::EncodeBatch(2, "shard-0", 2'000'000'001, 2'000'000'100, list, 1);
+    ASSERT_EQ(f.batch().compression(), rpb::COMPRESSION_ZLIB);
+    f.mutable_batch()->mutable_payload()->resize(f.batch().payload().size() / 2);
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // a well-formed frame whose cart delta is garbage: the region's decoder rejects it
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::RecordList list;
+    rpb::Record* r = list.add_records();
+    r->set_seq(2'000'000'200);
+    r->set_kind(rpb::RECORD_KIND_CART);
+    r->set_key(victim);
+    r->set_payload("\x0a\xff\xff\xff\xff\x0f");
+    r->set_residency("any");
+    rpb::Frame f;
+    *f.mutable_batch() =
+        replication::EncodeBatch(2, "shard-0", 2'000'000'200, 2'000'000'200, list, 1);
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // oversized: a 40 MiB frame
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'300);
+    f.mutable_batch()->set_payload(std::string(40 << 20, 'z'));
+    grpc::Status st = p.SendAndFinish(f);
+    EXPECT_FALSE(st.ok());
+  }
+  {  // a batch before the hello
+    ForgedPeer p(*c_, kEu, kAp);
+    EXPECT_EQ(p.SendAndFinish(CartBatch(2, victim, "any", 2'000'000'400)).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // a certificate from another CA is refused at the handshake
+    std::string other = c_->dir() + "/other-ca";
+    ASSERT_TRUE(test_support::Process::Run(
+                    {.argv = {"bash", test_support::SourceDir() + "/deploy/make-certs.sh", other,
+                              "eu-west"}},
+                    absl::Seconds(60))
+                    .ok());
+    ForgedPeer p(*c_, kEu, kAp, other);
+    EXPECT_FALSE(p.Hello());
+  }
+  {  // us-east's certificate claiming to be eu-west in its hello
+    ForgedPeer p(*c_, kUs, kAp);
+    rpb::Frame f;
+    f.mutable_hello()->set_region("eu-west");
+    f.mutable_hello()->set_jurisdiction("eu");
+    f.mutable_hello()->set_replica_id(2);
+    f.mutable_hello()->set_protocol_version(rpb::PROTOCOL_VERSION_1);
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  EXPECT_TRUE(nothing_applied());
+  // The genuine eu-west replicator comes back, resumes from ap-south's marks and ships.
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  std::string bo = Customer(kEu, "bo@example.com", "any");
+  std::string bo_id = services::UserIdForEmail("bo@example.com");
+  ASSERT_EQ(Add(kEu, bo, "sku-1", 4), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({bo_id}, {{bo_id, {{"sku-1", 4}}}}, &why);
+      },
+      30))
+      << why;
+  EXPECT_TRUE(nothing_applied());
+}
+
+}  // namespace
+}  // namespace meridian

@@ -1,0 +1,279 @@
+#include "tests/support/cluster.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/support/ports.h"
+#include "tests/support/temp_dir.h"
+
+namespace meridian::test_support {
+namespace {
+
+// A minimal HTTP GET on loopback: the status code and body ("" and 0 when unreachable).
+std::pair<int, std::string> HttpGet(uint16_t port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return {0, ""};
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string raw;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (raw.size() < 12) return {0, ""};
+  int status = std::atoi(raw.substr(9, 3).c_str());
+  auto body = raw.find("\r\n\r\n");
+  return {status, body == std::string::npos ? "" : raw.substr(body + 4)};
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+std::string RegionBinary() { return MERIDIAN_REGION_BIN; }
+std::string ReplicatorBinary() { return MERIDIAN_REPLICATOR_BIN; }
+std::string NetemProxyBinary() { return MERIDIAN_NETEM_PROXY_BIN; }
+std::string SourceDir() { return MERIDIAN_SOURCE_DIR; }
+
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options) {
+  std::unique_ptr<Cluster> c(new Cluster(std::move(options)));
+  if (auto st = c->Build(); !st.ok()) return st;
+  return c;
+}
+
+Cluster::~Cluster() {
+  // Replicators and servers first (they hold connections to the databases).
+  for (auto& r : regions_) {
+    r->replicator.reset();
+    r->server.reset();
+  }
+  links_.clear();
+  regions_.clear();
+  if (!dir_.empty()) RemoveTempDir(dir_);
+}
+
+std::string Cluster::Dsn(size_t i, const std::string& db) const {
+  return regions_[i]->pg->ConnectionString(db);
+}
+
+absl::Status Cluster::Build() {
+  auto dir = MakeTempDir(options_.name, "");
+  if (!dir.ok()) return dir.status();
+  dir_ = *dir;
+  cert_dir_ = dir_ + "/certs";
+  std::vector<std::string> argv = {"bash", SourceDir() + "/deploy/make-certs.sh", cert_dir_};
+  for (const RegionSpec& s : options_.regions) argv.push_back(s.name);
+  if (auto st = Process::Run({.argv = argv, .log_path = dir_ + "/certs.log"}, absl::Seconds(60));
+      !st.ok()) {
+    return st;
+  }
+  for (const RegionSpec& s : options_.regions) {
+    auto r = std::make_unique<Region>();
+    r->spec = s;
+    auto pg = PostgresServer::Start({.name = s.name, .max_connections = 120});
+    if (!pg.ok()) return pg.status();
+    r->pg = *std::move(pg);
+    for (const char* db : {"global", "shard0", "shard1"}) {
+      if (auto st = r->pg->CreateDatabase(db); !st.ok()) return st;
+    }
+    auto redis = RedisServer::Start({.name = s.name});
+    if (!redis.ok()) return redis.status();
+    r->redis = *std::move(redis);
+    r->http_port = FreeTcpPort();
+    r->grpc_port = FreeTcpPort();
+    r->repl_port = FreeTcpPort();
+    r->metrics_port = FreeTcpPort();
+    regions_.push_back(std::move(r));
+  }
+  // Links: the lower replica id dials, through a delaying proxy in front of the higher one.
+  for (size_t a = 0; a < regions_.size(); ++a) {
+    for (size_t b = 0; b < regions_.size(); ++b) {
+      if (regions_[a]->spec.replica_id >= regions_[b]->spec.replica_id) continue;
+      Link l{a, b, nullptr, 0, ""};
+      std::string key = absl::StrCat(regions_[a]->spec.name, "/", regions_[b]->spec.name);
+      double delay = options_.delay_ms.count(key) ? options_.delay_ms.at(key) : 0.0;
+      std::string port_file =
+          absl::StrCat(dir_, "/link-", key.replace(key.find('/'), 1, "-"), ".port");
+      l.stats_file = port_file + ".stats";
+      auto proxy = Process::Spawn(
+          {.argv = {NetemProxyBinary(), "--listen", "127.0.0.1:0", "--target",
+                    absl::StrCat("127.0.0.1:", regions_[b]->repl_port), "--delay-ms",
+                    absl::StrCat(delay), "--port-file", port_file, "--stats-file", l.stats_file},
+           .log_path = port_file + ".log"});
+      if (!proxy.ok()) return proxy.status();
+      l.proxy = *std::move(proxy);
+      for (int i = 0; i < 100 && l.port == 0; ++i) {
+        std::string p = ReadAll(port_file);
+        if (!p.empty()) l.port = static_cast<uint16_t>(std::atoi(p.c_str()));
+        if (l.port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (l.port == 0) return absl::UnavailableError("the link proxy did not start: " + key);
+      links_.push_back(std::move(l));
+    }
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    Region& r = *regions_[i];
+    std::string y = absl::StrCat(
+        "region: {name: ", r.spec.name, ", jurisdiction: ", r.spec.jurisdiction,
+        ", replica_id: ", r.spec.replica_id, "}\n", "listen: {http: \"127.0.0.1:", r.http_port,
+        "\", grpc: \"127.0.0.1:", r.grpc_port, "\"}\n", "postgres:\n  global: \"",
+        r.pg->ConnectionString("global"), "\"\n  shards:\n    - \"",
+        r.pg->ConnectionString("shard0"), "\"\n    - \"", r.pg->ConnectionString("shard1"),
+        "\"\n  pool_size: ", options_.pool_size, "\n",
+        "redis: {address: \"127.0.0.1:", r.redis->port(), "\"}\n", "security: {token_secret: \"",
+        options_.token_secret, "\", operator_token: \"", options_.operator_token, "\"}\n",
+        "limits: {rate_limit_per_s: 1000000, rate_limit_burst: 1000000}\n", "peers:\n");
+    for (size_t j = 0; j < regions_.size(); ++j) {
+      if (j == i) continue;
+      absl::StrAppend(&y, "  - {name: ", regions_[j]->spec.name,
+                      ", jurisdiction: ", regions_[j]->spec.jurisdiction,
+                      ", url: \"http://127.0.0.1:", regions_[j]->http_port, "\"}\n");
+    }
+    y += options_.region_yaml_extra;
+    r.region_yaml = absl::StrCat(dir_, "/", r.spec.name, "-region.yaml");
+    if (auto st = WriteFile(r.region_yaml, y); !st.ok()) return st;
+
+    std::string ry = absl::StrCat(
+        "region: ", r.spec.name, "\njurisdiction: ", r.spec.jurisdiction,
+        "\nreplica_id: ", r.spec.replica_id, "\nregion_grpc: \"127.0.0.1:", r.grpc_port,
+        "\"\nlisten: \"127.0.0.1:", r.repl_port, "\"\nmetrics: \"127.0.0.1:", r.metrics_port,
+        "\"\ntls: {ca: \"", cert_dir_, "/ca.pem\", cert: \"", cert_dir_, "/", r.spec.name,
+        ".pem\", key: \"", cert_dir_, "/", r.spec.name,
+        ".key\"}\nshipping: ", options_.shipping_yaml, "\npeers:\n");
+    for (size_t j = 0; j < regions_.size(); ++j) {
+      if (j == i) continue;
+      uint16_t port = regions_[j]->repl_port;
+      for (const Link& l : links_)
+        if (l.a == i && l.b == j) port = l.port;
+      absl::StrAppend(&ry, "  - {name: ", regions_[j]->spec.name,
+                      ", jurisdiction: ", regions_[j]->spec.jurisdiction,
+                      ", replica_id: ", regions_[j]->spec.replica_id,
+                      ", address: \"127.0.0.1:", port, "\"}\n");
+    }
+    r.replicator_yaml = absl::StrCat(dir_, "/", r.spec.name, "-replicator.yaml");
+    if (auto st = WriteFile(r.replicator_yaml, ry); !st.ok()) return st;
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    if (auto st = StartRegionServer(i); !st.ok()) return st;
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    if (auto st = StartReplicator(i); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::KillRegionServer(size_t i) {
+  Region& r = *regions_[i];
+  if (!r.server) return absl::OkStatus();
+  auto st = r.server->Terminate(SIGKILL, absl::Seconds(5));
+  r.server.reset();
+  return st.ok() ? absl::OkStatus() : st.status();
+}
+
+absl::Status Cluster::StartRegionServer(size_t i) {
+  Region& r = *regions_[i];
+  auto p =
+      Process::Spawn({.argv = {RegionBinary(), "--config", r.region_yaml, "--log-level", "warn"},
+                      .log_path = absl::StrCat(dir_, "/", r.spec.name, "-region.log")});
+  if (!p.ok()) return p.status();
+  r.server = *std::move(p);
+  for (int k = 0; k < 300; ++k) {
+    if (HttpGet(r.http_port, "/readyz").first == 200) return absl::OkStatus();
+    if (!r.server->Running()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "meridian-region ", r.spec.name, " did not become ready: ", FileTail(r.server->log_path())));
+}
+
+absl::Status Cluster::KillReplicator(size_t i) {
+  Region& r = *regions_[i];
+  if (!r.replicator) return absl::OkStatus();
+  auto st = r.replicator->Terminate(SIGKILL, absl::Seconds(5));
+  r.replicator.reset();
+  return st.ok() ? absl::OkStatus() : st.status();
+}
+
+absl::Status Cluster::StartReplicator(size_t i) {
+  Region& r = *regions_[i];
+  auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml},
+                           .log_path = absl::StrCat(dir_, "/", r.spec.name, "-replicator.log")});
+  if (!p.ok()) return p.status();
+  r.replicator = *std::move(p);
+  for (int k = 0; k < 200; ++k) {
+    if (HttpGet(r.metrics_port, "/metrics").first == 200) return absl::OkStatus();
+    if (!r.replicator->Running()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "meridian-replicator ", r.spec.name, " did not start: ", FileTail(r.replicator->log_path())));
+}
+
+absl::Status Cluster::Partition(size_t i) {
+  for (Link& l : links_) {
+    if (l.a != i && l.b != i) continue;
+    if (auto st = l.proxy->Signal(SIGUSR1); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::Heal(size_t i) {
+  for (Link& l : links_) {
+    if (l.a != i && l.b != i) continue;
+    if (auto st = l.proxy->Signal(SIGUSR2); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Cluster::LinkBytes() const {
+  uint64_t total = 0;
+  for (const Link& l : links_) {
+    std::string s = ReadAll(l.stats_file);
+    for (const char* key : {"\"bytes_forward\": ", "\"bytes_backward\": "}) {
+      auto p = s.find(key);
+      if (p != std::string::npos) total += std::stoull(s.substr(p + std::strlen(key)));
+    }
+  }
+  return total;
+}
+
+absl::StatusOr<std::string> Cluster::Metrics(size_t i) const {
+  auto [status, body] = HttpGet(regions_[i]->metrics_port, "/metrics");
+  if (status != 200) return absl::UnavailableError("replicator metrics unreachable");
+  return body;
+}
+
+}  // namespace meridian::test_support

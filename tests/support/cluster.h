@@ -1,0 +1,109 @@
+#pragma once
+
+// A local multi-region cluster of real processes for end-to-end tests and benchmarks: per region
+// one PostgreSQL server (databases global, shard0, shard1), one Redis, a meridian-region and a
+// meridian-replicator process; between each pair of regions a meridian-netem-proxy with the
+// pair's one-way delay, which also partitions on demand. Every port is a free loopback port;
+// every process dies with the test. Certificates come from deploy/make-certs.sh.
+//
+// One thread drives a Cluster (spawn from the thread that lives as long as the processes).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "tests/support/postgres_server.h"
+#include "tests/support/process.h"
+#include "tests/support/redis_server.h"
+
+namespace meridian::test_support {
+
+struct RegionSpec {
+  std::string name;
+  std::string jurisdiction;
+  uint32_t replica_id = 0;
+};
+
+struct ClusterOptions {
+  std::string name = "cluster";
+  std::vector<RegionSpec> regions = {
+      {"us-east", "us", 1}, {"eu-west", "eu", 2}, {"ap-south", "ap", 3}};
+  // One-way delay per pair, by "a/b" with a's replica id lower; missing pairs get 0.
+  std::map<std::string, double> delay_ms = {};
+  std::string operator_token = "operator-token-for-tests";
+  std::string token_secret = "a-test-secret-shared-by-all-regions!!";
+  // Extra YAML appended to every region's config (e.g. "durability: sync-peer\n").
+  std::string region_yaml_extra = "";
+  // Replicator shipping settings (YAML mapping body, e.g. "{heartbeat_ms: 200}").
+  std::string shipping_yaml = "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000}";
+  int pool_size = 6;
+};
+
+class Cluster {
+ public:
+  // Starts every region and link and waits until every region answers /readyz.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Cluster>> Start(ClusterOptions options);
+  ~Cluster();
+
+  [[nodiscard]] size_t size() const { return regions_.size(); }
+  [[nodiscard]] const RegionSpec& spec(size_t i) const { return regions_[i]->spec; }
+  [[nodiscard]] uint16_t http_port(size_t i) const { return regions_[i]->http_port; }
+  [[nodiscard]] uint16_t grpc_port(size_t i) const { return regions_[i]->grpc_port; }
+  [[nodiscard]] uint16_t replication_port(size_t i) const { return regions_[i]->repl_port; }
+  [[nodiscard]] uint16_t metrics_port(size_t i) const { return regions_[i]->metrics_port; }
+  // libpq connection string of a region's database: "global", "shard0", "shard1".
+  [[nodiscard]] std::string Dsn(size_t i, const std::string& db) const;
+  [[nodiscard]] const std::string& cert_dir() const { return cert_dir_; }
+  [[nodiscard]] const std::string& dir() const { return dir_; }
+  [[nodiscard]] const ClusterOptions& options() const { return options_; }
+
+  // kill -9 and restart of one region's processes. Start* wait for readiness (region: /readyz).
+  absl::Status KillRegionServer(size_t i);
+  absl::Status StartRegionServer(size_t i);
+  absl::Status KillReplicator(size_t i);
+  absl::Status StartReplicator(size_t i);
+  // Cuts (or restores) every link between region i and the others.
+  absl::Status Partition(size_t i);
+  absl::Status Heal(size_t i);
+  // Bytes the links carried so far (both directions, all pairs), from the proxies' counters.
+  [[nodiscard]] uint64_t LinkBytes() const;
+
+  // The Prometheus text of a region's replicator.
+  [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
+
+ private:
+  struct Region {
+    RegionSpec spec;
+    std::unique_ptr<PostgresServer> pg;
+    std::unique_ptr<RedisServer> redis;
+    std::unique_ptr<Process> server, replicator;
+    uint16_t http_port = 0, grpc_port = 0, repl_port = 0, metrics_port = 0;
+    std::string region_yaml, replicator_yaml;
+  };
+  struct Link {
+    size_t a, b;  // a dials b through the proxy
+    std::unique_ptr<Process> proxy;
+    uint16_t port = 0;
+    std::string stats_file;
+  };
+
+  explicit Cluster(ClusterOptions options) : options_(std::move(options)) {}
+  absl::Status Build();
+
+  ClusterOptions options_;
+  std::string dir_, cert_dir_;
+  std::vector<std::unique_ptr<Region>> regions_;
+  std::vector<Link> links_;
+};
+
+// Where the project's binaries are (set at build time).
+std::string RegionBinary();
+std::string ReplicatorBinary();
+std::string NetemProxyBinary();
+std::string SourceDir();
+
+}  // namespace meridian::test_support
