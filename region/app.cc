@@ -16,6 +16,11 @@ namespace meridian::region {
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the handlers.
 
+std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key) {
+  return "SELECT pg_advisory_xact_lock(hashtextextended(" +
+         tx.quote(absl::StrCat(AbslView(kind), ":", key)) + ", 0));";
+}
+
 int64_t UnixNowS() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())

@@ -48,6 +48,11 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
 // A validation failure on a well-formed body: 422.
 absl::Status Unprocessable(std::string message);
 
+// "SELECT pg_advisory_xact_lock(...);" for one document (a cart, a SKU's inventory): every
+// read-merge-write of a CRDT row takes it first, so that two writers never both see "no row yet"
+// and the second upsert overwrites the first's join. Take several in key order.
+std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key);
+
 int64_t UnixNowS();
 int64_t UnixNowMs();
 std::string RandomId(std::string_view prefix);

@@ -19,7 +19,8 @@ struct CartRow {
 };
 
 CartRow LoadCart(pqxx::work& tx, const std::string& user_id, crdt::ReplicaId replica, bool lock) {
-  pqxx::result r = tx.exec("SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) +
+  pqxx::result r = tx.exec((lock ? DocumentLockSql(tx, "cart", user_id) : std::string()) +
+                           "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) +
                            (lock ? " FOR UPDATE" : ""));
   if (r.empty()) return CartRow{crdt::Cart(replica), 0};
   pqxx::binarystring bytes(r[0][0]);

@@ -300,8 +300,12 @@ class Service final : public pb::RegionInternal::Service {
               continue;
             }
           }
-          todo.push_back(p);
+          if (!p->cart && !p->inventory) todo.push_back(p);
         }
+        // Documents in key order (their locks never form a cycle with another batch's), then
+        // the rest in seq order.
+        for (auto& [key, p] : carts) Apply(tx, *p);
+        for (auto& [key, p] : stock) Apply(tx, *p);
         for (Prepared* p : todo) Apply(tx, *p);
         if (last_seq > high) {
           tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
@@ -500,7 +504,8 @@ class Service final : public pb::RegionInternal::Service {
     switch (rec.kind()) {
       case pb::OUTBOX_KIND_CART: {
         pqxx::result r =
-            tx.exec("SELECT state, version FROM carts WHERE user_id = " + tx.quote(rec.key()) +
+            tx.exec(DocumentLockSql(tx, "cart", rec.key()) +
+                    "SELECT state, version FROM carts WHERE user_id = " + tx.quote(rec.key()) +
                     " FOR UPDATE");
         crdt::Cart cart(app_.config.replica_id);
         int64_t version = 0;
@@ -520,7 +525,8 @@ class Service final : public pb::RegionInternal::Service {
         break;
       }
       case pb::OUTBOX_KIND_INVENTORY: {
-        pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(rec.key()) +
+        pqxx::result r = tx.exec(DocumentLockSql(tx, "inventory", rec.key()) +
+                                 "SELECT state FROM inventory WHERE sku = " + tx.quote(rec.key()) +
                                  " FOR UPDATE");
         crdt::Inventory inv(app_.config.replica_id);
         if (!r.empty()) {

@@ -256,6 +256,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     // Reads first (the cart, locked), then every write in one round trip.
     pqxx::result r = tx.exec(
+        DocumentLockSql(tx, "cart", user_id) +
         "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "

@@ -30,15 +30,16 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
   crdt::HlcTimestamp ts = Now();
   // The profile replicates to the regions its residency allows (the outbox row carries it), as
   // a last-writer record by (HLC, origin).
-  Json profile{{"user_id", user_id},  {"email", *email}, {"name", *name},
+  Json profile{{"user_id", user_id},    {"email", *email}, {"name", *name},
                {"password_hash", hash}, {"hlc", ts.value}, {"origin", config.replica_id}};
   std::string payload = profile.dump();
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    tx.exec0("INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
-             "VALUES (" +
-             tx.quote(user_id) + ", " + tx.quote(*email) + ", " + tx.quote(*name) + ", " +
-             tx.quote(hash) + ", " + tx.quote(*residency) + ", " +
-             tx.quote(static_cast<int64_t>(ts.value)) + ", " + tx.quote(config.replica_id) + ")");
+    tx.exec0(
+        "INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
+        "VALUES (" +
+        tx.quote(user_id) + ", " + tx.quote(*email) + ", " + tx.quote(*name) + ", " +
+        tx.quote(hash) + ", " + tx.quote(*residency) + ", " +
+        tx.quote(static_cast<int64_t>(ts.value)) + ", " + tx.quote(config.replica_id) + ")");
     tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
              tx.quote(config.replica_id) + ", 'user', " + tx.quote(user_id) + ", " +
              tx.quote_raw(reinterpret_cast<const unsigned char*>(payload.data()), payload.size()) +
@@ -276,7 +277,8 @@ namespace {
 // Loads the SKU's inventory document (FOR UPDATE when `lock`), or an empty one.
 crdt::Inventory LoadInventory(pqxx::work& tx, const std::string& sku, crdt::ReplicaId replica,
                               bool lock) {
-  pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(sku) +
+  pqxx::result r = tx.exec((lock ? DocumentLockSql(tx, "inventory", sku) : std::string()) +
+                           "SELECT state FROM inventory WHERE sku = " + tx.quote(sku) +
                            (lock ? " FOR UPDATE" : ""));
   if (r.empty()) return crdt::Inventory(replica);
   pqxx::binarystring bytes(r[0][0]);
