@@ -23,6 +23,7 @@
 #include "crdt/hlc.h"
 #include "region/app.h"
 #include "region/config.h"
+#include "region/documents.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
 #include "region/pg_pool.h"
@@ -47,11 +48,6 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
 
 // A validation failure on a well-formed body: 422.
 absl::Status Unprocessable(std::string message);
-
-// "SELECT pg_advisory_xact_lock(...);" for one document (a cart, a SKU's inventory): every
-// read-merge-write of a CRDT row takes it first, so that two writers never both see "no row yet"
-// and the second upsert overwrites the first's join. Take several in key order.
-std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key);
 
 int64_t UnixNowS();
 int64_t UnixNowMs();

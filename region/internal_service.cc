@@ -304,7 +304,7 @@ class Service final : public pb::RegionInternal::Service {
         }
         // Documents in key order (their locks never form a cycle with another batch's), then
         // the rest in seq order.
-        for (auto& [key, p] : carts) Apply(tx, *p);
+        if (!carts.empty()) ApplyCarts(tx, carts);
         for (auto& [key, p] : stock) Apply(tx, *p);
         for (Prepared* p : todo) Apply(tx, *p);
         if (last_seq > high) {
@@ -494,6 +494,42 @@ class Service final : public pb::RegionInternal::Service {
     });
   }
 
+  // Joins every cart of a batch in two round trips: lock the carts (in key order) and read them,
+  // then write them all back with the stream's mark.
+  void ApplyCarts(pqxx::work& tx, const std::map<std::string, Prepared*>& carts) {
+    std::string keys, locks;
+    for (const auto& [key, p] : carts) {
+      if (!keys.empty()) keys += ", ";
+      keys += tx.quote(key);
+      locks += DocumentLockSql(tx, "cart", key);
+    }
+    std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
+    for (const auto& r : tx.exec(locks + "SELECT user_id, state, version FROM carts WHERE user_id "
+                                         "IN (" +
+                                 keys + ") FOR UPDATE")) {
+      pqxx::binarystring b(r[1]);
+      auto c = crdt::DecodeCart(std::string_view(b.get(), b.size()), app_.config.replica_id);
+      if (!c.ok()) throw AbortTx{absl::DataLossError(std::string(c.status().message()))};
+      current.emplace(r[0].as<std::string>(), std::make_pair(*std::move(c), r[2].as<int64_t>()));
+    }
+    std::string values;
+    for (const auto& [key, p] : carts) {
+      auto it = current.find(key);
+      crdt::Cart cart = it == current.end() ? crdt::Cart(app_.config.replica_id)
+                                            : std::move(it->second.first);
+      int64_t version = it == current.end() ? 0 : it->second.second;
+      cart.Merge(*p->cart);
+      std::string state = crdt::Encode(cart);
+      if (!values.empty()) values += ", ";
+      values += "(" + tx.quote(key) + ", " +
+                tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
+                ", " + tx.quote(p->record->residency()) + ", " + tx.quote(version + 1) + ")";
+    }
+    tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES " + values +
+             " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+             "EXCLUDED.version, updated_at = now()");
+  }
+
   // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
   // full mesh every region hears every origin directly (never send a peer back what came from it).
   void Apply(pqxx::work& tx, Prepared& p) {
@@ -502,28 +538,6 @@ class Service final : public pb::RegionInternal::Service {
       return tx.quote_raw(reinterpret_cast<const unsigned char*>(b.data()), b.size());
     };
     switch (rec.kind()) {
-      case pb::OUTBOX_KIND_CART: {
-        pqxx::result r =
-            tx.exec(DocumentLockSql(tx, "cart", rec.key()) +
-                    "SELECT state, version FROM carts WHERE user_id = " + tx.quote(rec.key()) +
-                    " FOR UPDATE");
-        crdt::Cart cart(app_.config.replica_id);
-        int64_t version = 0;
-        if (!r.empty()) {
-          pqxx::binarystring b(r[0][0]);
-          auto c = crdt::DecodeCart(std::string_view(b.get(), b.size()), app_.config.replica_id);
-          if (!c.ok()) throw AbortTx{absl::DataLossError(std::string(c.status().message()))};
-          cart = *std::move(c);
-          version = r[0][1].as<int64_t>();
-        }
-        cart.Merge(*p.cart);
-        tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES (" +
-                 tx.quote(rec.key()) + ", " + bytes(crdt::Encode(cart)) + ", " +
-                 tx.quote(rec.residency()) + ", " + tx.quote(version + 1) +
-                 ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-                 "EXCLUDED.version, updated_at = now()");
-        break;
-      }
       case pb::OUTBOX_KIND_INVENTORY: {
         pqxx::result r = tx.exec(DocumentLockSql(tx, "inventory", rec.key()) +
                                  "SELECT state FROM inventory WHERE sku = " + tx.quote(rec.key()) +

@@ -16,22 +16,10 @@
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
+#include "region/documents.h"
 #include "services/domain.h"
 
 namespace meridian::region {
-
-void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
-                   const crdt::Inventory& delta, crdt::ReplicaId origin);
-std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
-                             const crdt::Inventory& delta, crdt::ReplicaId origin);
-crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
-                                       crdt::ReplicaId replica);
-void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
-              const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-              crdt::ReplicaId origin);
-std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
-                        const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-                        crdt::ReplicaId origin);
 
 namespace {
 

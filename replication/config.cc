@@ -50,7 +50,7 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
   r.OnlyKeys(
       ship, "shipping",
-      {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "poll_wait_ms", "heartbeat_ms",
+      {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms", "heartbeat_ms",
        "peer_timeout_ms", "backoff_min_ms", "backoff_max_ms", "truncate_interval_ms"});
   c.batch_max_records =
       r.Integer<int>(ship, "batch_max_records", "shipping.batch_max_records", 512, 1, 10000);
@@ -59,7 +59,8 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   c.max_inflight_bytes =
       r.Integer<int64_t>(ship, "max_inflight_bytes", "shipping.max_inflight_bytes", 8 << 20,
                          64 << 10, int64_t{1} << 32);
-  c.poll_wait_ms = r.Integer<int>(ship, "poll_wait_ms", "shipping.poll_wait_ms", 1000, 10, 10000);
+  c.batch_linger_ms =
+      r.Integer<int>(ship, "batch_linger_ms", "shipping.batch_linger_ms", 5, 0, 1000);
   c.heartbeat_ms = r.Integer<int>(ship, "heartbeat_ms", "shipping.heartbeat_ms", 500, 50, 60000);
   c.peer_timeout_ms =
       r.Integer<int>(ship, "peer_timeout_ms", "shipping.peer_timeout_ms", 3000, 200, 600000);

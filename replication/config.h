@@ -34,7 +34,7 @@ struct ReplicatorConfig {
   int batch_max_records = 512;
   int batch_max_bytes = 256 << 10;
   int64_t max_inflight_bytes = 8 << 20;
-  int poll_wait_ms = 1000;
+  int batch_linger_ms = 5;  // under load, wait this long between outbox reads
   int heartbeat_ms = 500;
   int peer_timeout_ms = 3000;  // no frame for this long: the stream is dead
   int backoff_min_ms = 100;

@@ -9,6 +9,7 @@
 #include <prometheus/summary.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -264,11 +265,19 @@ class Session {
     }
     writer.join();
     if (sender_.joinable()) sender_.join();
+    if (applier_.joinable()) applier_.join();
     watchdog.join();
     return result;
   }
 
  private:
+  struct Pending {
+    std::string db;
+    int64_t last_seq = 0;
+    std::vector<rpb::OutboxRecord> records;
+    size_t bytes = 0;
+  };
+
   struct Cursor {
     std::string db;
     int64_t after_seq = 0;
@@ -375,13 +384,14 @@ class Session {
       return s;
     }());
     sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
+    applier_ = std::thread([this] { ApplyLoop(); });
     absl::Status result = absl::OkStatus();
     while (stream_.Read(&f)) {
       last_received_ = Clock::now();
       peer_.m.bytes_received->Increment(static_cast<double>(f.ByteSizeLong()));
       switch (f.body_case()) {
         case pb::Frame::kBatch:
-          result = ApplyBatch(f.batch());
+          result = EnqueueBatch(f.batch());
           break;
         case pb::Frame::kAck:
           result = TakeAck(f.ack());
@@ -398,51 +408,116 @@ class Session {
       if (!result.ok()) break;
     }
     peer_.m.connected->Set(0);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (result.ok() && !apply_status_.ok()) result = apply_status_;
+    }
     if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
     if (result.ok() && ship_error_.load()) result = absl::UnavailableError("shipping failed");
     return result;
   }
 
-  absl::Status ApplyBatch(const pb::DeltaBatch& b) {
+  // Checks a peer's batch and queues it for the applier. Batches arrive faster than one
+  // ApplyDeltas per batch could take them; the applier takes everything queued per database in
+  // one call (group commit), so the apply keeps up and its batches grow with the load.
+  absl::Status EnqueueBatch(const pb::DeltaBatch& b) {
     auto list = DecodeBatch(b, peer_.config.replica_id);
     if (!list.ok()) return Reject(std::string(list.status().message()));
-    rpb::ApplyDeltasRequest req;
-    req.set_origin(b.origin());
-    req.set_origin_database(b.origin_database());
-    req.set_through_seq(b.last_seq());
+    Pending p;
+    p.db = b.origin_database();
+    p.last_seq = b.last_seq();
     for (const pb::Record& rec : list->records()) {
       if (!services::ResidencyAllows(rec.residency(), r_.config.jurisdiction)) {
         return Reject(absl::StrCat("residency violation: record ", rec.seq(), " of ",
                                    b.origin_database(), " is pinned to ", rec.residency(),
                                    ", this region is ", r_.config.jurisdiction));
       }
-      rpb::OutboxRecord* o = req.add_records();
-      o->set_seq(rec.seq());
-      o->set_origin(b.origin());
-      o->set_kind(ToRegionKind(rec.kind()));
-      o->set_key(rec.key());
-      o->set_payload(rec.payload());
-      o->set_residency(rec.residency());
-      o->mutable_created_at()->set_seconds(rec.committed_unix_ms() / 1000);
-      o->mutable_created_at()->set_nanos(static_cast<int32_t>(rec.committed_unix_ms() % 1000) *
-                                         1000000);
+      rpb::OutboxRecord& o = p.records.emplace_back();
+      o.set_seq(rec.seq());
+      o.set_origin(b.origin());
+      o.set_kind(ToRegionKind(rec.kind()));
+      o.set_key(rec.key());
+      o.set_payload(rec.payload());
+      o.set_residency(rec.residency());
+      o.mutable_created_at()->set_seconds(rec.committed_unix_ms() / 1000);
+      o.mutable_created_at()->set_nanos(static_cast<int32_t>(rec.committed_unix_ms() % 1000) *
+                                        1000000);
+      p.bytes += rec.payload().size() + rec.key().size() + 32;
     }
-    rpb::ApplyDeltasResponse resp;
-    auto ctx = r_.RegionCtx(30000);
-    grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
-    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return Reject(s.error_message());
-    if (!s.ok()) return r_.RegionError(s, "ApplyDeltas");
-    const int64_t now = UnixMs();
-    for (const pb::Record& rec : list->records()) {
-      peer_.m.lag_ms->Observe(
-          static_cast<double>(std::max<int64_t>(0, now - rec.committed_unix_ms())));
+    std::unique_lock<std::mutex> l(mu_);
+    int64_t& queued_through = queued_through_[p.db];
+    if (b.first_seq() <= queued_through) {
+      l.unlock();
+      return Reject(absl::StrCat("batch of ", p.db, " starts at ", b.first_seq(),
+                                 ", at or below what this stream already carried (",
+                                 queued_through, ")"));
     }
-    peer_.m.applied->Increment(resp.applied());
-    pb::Frame ack;
-    ack.mutable_ack()->set_origin_database(b.origin_database());
-    ack.mutable_ack()->set_seq(b.last_seq());
-    if (!Write(ack)) return absl::UnavailableError("the stream closed before the ack");
+    queued_through = b.last_seq();
+    // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
+    cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
+    if (done_) return absl::OkStatus();
+    apply_bytes_ += p.bytes;
+    apply_queue_.push_back(std::move(p));
+    cv_.notify_all();
     return absl::OkStatus();
+  }
+
+  void ApplyLoop() {
+    while (true) {
+      std::vector<std::pair<std::string, rpb::ApplyDeltasRequest>> calls;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return done_ || !apply_queue_.empty(); });
+        if (done_) return;
+        // Everything queued, one call per origin database (at most 10,000 records each).
+        while (!apply_queue_.empty()) {
+          Pending& p = apply_queue_.front();
+          auto it = std::find_if(calls.begin(), calls.end(),
+                                 [&](const auto& c) { return c.first == p.db; });
+          if (it == calls.end()) {
+            calls.emplace_back(p.db, rpb::ApplyDeltasRequest());
+            it = calls.end() - 1;
+            it->second.set_origin(peer_.config.replica_id);
+            it->second.set_origin_database(p.db);
+          }
+          if (it->second.records_size() > 0 &&
+              it->second.records_size() + static_cast<int>(p.records.size()) > 10000) {
+            break;
+          }
+          for (auto& o : p.records) *it->second.add_records() = std::move(o);
+          it->second.set_through_seq(p.last_seq);
+          apply_bytes_ -= p.bytes;
+          apply_queue_.pop_front();
+        }
+        cv_.notify_all();
+      }
+      for (auto& [db, req] : calls) {
+        rpb::ApplyDeltasResponse resp;
+        auto ctx = r_.RegionCtx(30000);
+        grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+        if (!s.ok()) {
+          absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                                ? Reject(s.error_message())
+                                : r_.RegionError(s, "ApplyDeltas");
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            apply_status_ = st;
+          }
+          stream_.Cancel();
+          return;
+        }
+        const int64_t now = UnixMs();
+        for (const rpb::OutboxRecord& o : req.records()) {
+          int64_t committed = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
+          peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
+        }
+        peer_.m.applied->Increment(resp.applied());
+        pb::Frame ack;
+        ack.mutable_ack()->set_origin_database(db);
+        ack.mutable_ack()->set_seq(req.through_seq());
+        if (!Write(std::move(ack))) return;
+      }
+    }
   }
 
   absl::Status TakeAck(const pb::Ack& a) {
@@ -555,6 +630,13 @@ class Session {
       if (Clock::now() - last_sent_.load() >= std::chrono::milliseconds(r_.config.heartbeat_ms)) {
         if (!Heartbeat()) return Fail();
       }
+      // Under load, linger a moment before the next read so that batches fill (the first
+      // record after a quiet spell goes out at once: an empty poll long-polls instead).
+      int got = 0;
+      for (const auto& chunk : resp.chunks()) got = std::max(got, chunk.records_size());
+      if (got > 0 && got < r_.config.batch_max_records && r_.config.batch_linger_ms > 0) {
+        if (!r_.SleepFor(std::chrono::milliseconds(r_.config.batch_linger_ms))) return;
+      }
     }
   }
 
@@ -572,7 +654,11 @@ class Session {
   Replicator::Impl& r_;
   PeerState& peer_;
   FrameStream& stream_;
-  std::thread sender_;
+  std::thread sender_, applier_;
+  std::deque<Pending> apply_queue_;
+  size_t apply_bytes_ = 0;
+  std::map<std::string, int64_t> queued_through_;
+  absl::Status apply_status_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;

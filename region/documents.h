@@ -1,0 +1,38 @@
+#pragma once
+
+// The SQL that stores the region's CRDT documents (carts in the user's shard, inventory in the
+// global database) together with their outbox deltas, for the region's handlers and for tools
+// that write exactly as the region does (the replication benchmark's load driver).
+
+#include <pqxx/pqxx>
+
+#include <string>
+#include <string_view>
+
+#include "crdt/cart.h"
+#include "crdt/inventory.h"
+
+namespace meridian::region {
+
+// "SELECT pg_advisory_xact_lock(...);" for one document (a cart, a SKU's inventory): every
+// read-merge-write of a CRDT row takes it first, so that two writers never both see "no row yet"
+// and the second upsert overwrites the first's join. Take several in key order.
+std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key);
+
+// Saves the cart's state and its delta (to the outbox, tagged with `residency`).
+std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+                        const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+                        crdt::ReplicaId origin);
+void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
+              const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
+              crdt::ReplicaId origin);
+
+// Saves the SKU's inventory document and its delta.
+std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                             const crdt::Inventory& delta, crdt::ReplicaId origin);
+void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
+                   const crdt::Inventory& delta, crdt::ReplicaId origin);
+crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
+                                       crdt::ReplicaId replica);
+
+}  // namespace meridian::region

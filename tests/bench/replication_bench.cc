@@ -1,0 +1,286 @@
+// Replication lag and bytes on the wire, three regions on this machine (not a pass/fail test).
+//
+// Starts a local three-region cluster of real processes (tests/support/cluster.h: PostgreSQL,
+// Redis, meridian-region, meridian-replicator per region; a link proxy per pair holding bytes for
+// the pair's one-way delay: us-east/eu-west 38 ms, us-east/ap-south 100 ms, eu-west/ap-south
+// 60 ms), then drives --rate cart changes per second into every region at once, the way the
+// region commits them (the cart row and its delta in the outbox, one transaction per change, same
+// customers in every region), open loop, for --seconds. Then it waits until every region holds
+// the same carts and reports, per directed pair, p50 and p99 of the lag from the origin's commit
+// to the apply at the peer (the replicators' meridian_replication_lag_ms summaries), and the
+// bytes the links carried per shipped cart change against the encoded delta's size.
+//
+//   replication_bench [--seconds 30] [--rate 2000] [--changes-per-tx 10] [--users 20000]
+//                     [--baseline] [--out results/replication.json]
+// --changes-per-tx groups changes of distinct customers in one commit, as a busy region's group
+// commit would: this machine (2 cores for three regions' PostgreSQL, servers and replicators)
+// sustains about 1,850 single-change commits/s per region with replication off (--baseline
+// --changes-per-tx 1), so 2,000 changes/s per region needs them grouped.
+
+#include <pqxx/pqxx>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "crdt/codec.h"
+#include "region/documents.h"
+#include "services/domain.h"
+#include "tests/support/cluster.h"
+
+namespace {
+
+using meridian::test_support::Cluster;
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+
+struct DriverStats {
+  std::atomic<int64_t> ops{0}, errors{0}, delta_bytes{0}, late{0};
+};
+
+// One region's load: `threads` connections per shard, each paced to its share of `rate`.
+void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx, int users,
+           double seconds, DriverStats& stats) {
+  const uint32_t replica = c.spec(region).replica_id;
+  std::vector<std::thread> pool;
+  const auto start = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::vector<std::unique_ptr<pqxx::connection>> shards;
+      for (const char* db : {"shard0", "shard1"}) {
+        shards.push_back(std::make_unique<pqxx::connection>(c.Dsn(region, db)));
+      }
+      std::mt19937_64 rng(region * 1000 + t);
+      const double per_thread = rate / threads / per_tx;
+      for (int64_t i = 0;; ++i) {
+        auto due = start + std::chrono::microseconds(static_cast<int64_t>(i * 1e6 / per_thread));
+        if (due - start > std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6))) break;
+        auto now = Clock::now();
+        if (due > now) {
+          std::this_thread::sleep_until(due);
+        } else if (now - due > std::chrono::milliseconds(100)) {
+          ++stats.late;
+        }
+        // `per_tx` changes of distinct customers of one shard in one transaction.
+        int shard = static_cast<int>(rng() % 2);
+        std::vector<std::string> batch;
+        while (static_cast<int>(batch.size()) < per_tx) {
+          std::string user = "bench-user-" + std::to_string(rng() % users);
+          if (meridian::services::ShardForUser(user, 2) != shard) continue;
+          if (std::find(batch.begin(), batch.end(), user) == batch.end()) batch.push_back(user);
+        }
+        std::sort(batch.begin(), batch.end());  // lock order
+        try {
+          pqxx::work tx(*shards[shard]);
+          std::string writes;
+          int64_t bytes = 0;
+          for (const std::string& user : batch) {
+            std::string sku = "sku-" + std::to_string(rng() % 50);
+            pqxx::result r = tx.exec(meridian::region::DocumentLockSql(tx, "cart", user) +
+                                     "SELECT state, version FROM carts WHERE user_id = " +
+                                     tx.quote(user) + " FOR UPDATE");
+            meridian::crdt::Cart cart(replica);
+            int64_t version = 0;
+            if (!r.empty()) {
+              pqxx::binarystring b(r[0][0]);
+              auto decoded =
+                  meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), replica);
+              if (!decoded.ok()) throw std::runtime_error("undecodable cart");
+              cart = *std::move(decoded);
+              version = r[0][1].as<int64_t>();
+            }
+            meridian::crdt::Cart delta = cart.Add(sku, 1);
+            writes += meridian::region::SaveCartSql(tx, user, "any", cart, delta, version + 1,
+                                                    replica);
+            bytes += static_cast<int64_t>(meridian::crdt::Encode(delta).size());
+          }
+          tx.exec(writes);
+          tx.commit();
+          stats.delta_bytes += bytes;
+          stats.ops += per_tx;
+        } catch (const std::exception& e) {
+          ++stats.errors;
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+}
+
+// Every cart of one region (both shards) as its lines, to tell when the regions agree. (The
+// stored bytes may differ between replicas of the same state: each region's copy carries its
+// own compaction of the causal context.)
+std::map<std::string, std::vector<std::pair<std::string, int64_t>>> Carts(const Cluster& c,
+                                                                         size_t region) {
+  std::map<std::string, std::vector<std::pair<std::string, int64_t>>> out;
+  for (const char* db : {"shard0", "shard1"}) {
+    pqxx::connection conn(c.Dsn(region, db));
+    pqxx::work tx(conn);
+    for (const auto& r : tx.exec("SELECT user_id, state FROM carts")) {
+      pqxx::binarystring b(r[1]);
+      auto cart = meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), 99);
+      if (cart.ok()) out[r[0].as<std::string>()] = cart->Lines();
+    }
+  }
+  return out;
+}
+
+// A summary quantile from Prometheus text: name{peer="P",quantile="Q"} V.
+double Quantile(const std::string& text, const std::string& peer, const std::string& q) {
+  std::string key = "meridian_replication_lag_ms{peer=\"" + peer + "\",quantile=\"" + q + "\"} ";
+  auto p = text.find(key);
+  if (p == std::string::npos) return -1;
+  return std::stod(text.substr(p + key.size()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"replication_bench: lag and wire bytes of three replicating regions"};
+  double seconds = 30, rate = 2000;
+  int users = 20000, threads = 4, per_tx = 10;
+  std::string out_path = "results/replication.json";
+  cli.add_option("--seconds", seconds, "load duration")->check(CLI::Range(5.0, 3600.0));
+  cli.add_option("--rate", rate, "cart changes per second per region")
+      ->check(CLI::Range(1.0, 100000.0));
+  cli.add_option("--users", users, "distinct customers (shared by all regions)")
+      ->check(CLI::Range(1, 10000000));
+  cli.add_option("--threads", threads, "connections per region")->check(CLI::Range(1, 64));
+  cli.add_option("--changes-per-tx", per_tx,
+                 "cart changes (of distinct customers) committed per transaction")
+      ->check(CLI::Range(1, 1000));
+  cli.add_option("--out", out_path, "results file (JSON)");
+  bool baseline = false;
+  cli.add_flag("--baseline", baseline,
+               "stop the replicators first: the machine's capacity for the local writes alone");
+  CLI11_PARSE(cli, argc, argv);
+
+  meridian::test_support::ClusterOptions o;
+  o.name = "replbench";
+  o.delay_ms = {{"us-east/eu-west", 38}, {"us-east/ap-south", 100}, {"eu-west/ap-south", 60}};
+  o.shipping_yaml = "{}";
+  std::fprintf(stderr, "starting three regions (PostgreSQL fsync=off, Redis, region, "
+                       "replicator each; link proxies)...\n");
+  auto cluster = Cluster::Start(o);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "replication_bench: %s\n", std::string(cluster.status().message()).c_str());
+    return 1;
+  }
+  Cluster& c = **cluster;
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // streams up (TLS through the links)
+  if (baseline) {
+    for (size_t r = 0; r < c.size(); ++r) (void)c.KillReplicator(r);
+  }
+  const uint64_t bytes_before = c.LinkBytes();
+  std::fprintf(stderr, "driving %.0f cart changes/s into each region for %.0f s...\n", rate,
+               seconds);
+  std::vector<DriverStats> stats(c.size());
+  std::vector<std::thread> drivers;
+  for (size_t r = 0; r < c.size(); ++r) {
+    drivers.emplace_back([&, r] { Drive(c, r, rate, threads, per_tx, users, seconds, stats[r]); });
+  }
+  const auto load_start = Clock::now();
+  for (auto& d : drivers) d.join();
+  const auto load_end = Clock::now();
+  const double load_s = std::chrono::duration<double>(load_end - load_start).count();
+  // Scrape the lag summaries now: their window is the load (30 s, sliding).
+  std::vector<std::string> metrics(c.size());
+  for (size_t r = 0; r < c.size(); ++r) {
+    auto m = c.Metrics(r);
+    metrics[r] = m.ok() ? *m : "";
+  }
+  std::fprintf(stderr, "waiting for the regions to agree...\n");
+  double converge_s = -1;
+  for (int i = 0; i < 240; ++i) {
+    auto first = Carts(c, 0);
+    bool same = true;
+    for (size_t r = 1; r < c.size() && same; ++r) same = Carts(c, r) == first;
+    if (same) {
+      converge_s = std::chrono::duration<double>(Clock::now() - load_end).count();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the last acks
+  const uint64_t wire = c.LinkBytes() - bytes_before;
+
+  int64_t ops = 0, errors = 0, delta_bytes = 0, late = 0;
+  Json per_region = Json::object();
+  for (size_t r = 0; r < c.size(); ++r) {
+    ops += stats[r].ops;
+    errors += stats[r].errors;
+    delta_bytes += stats[r].delta_bytes;
+    late += stats[r].late;
+    per_region[c.spec(r).name] = {{"ops", stats[r].ops.load()},
+                                  {"achieved_per_s", stats[r].ops.load() / seconds},
+                                  {"errors", stats[r].errors.load()}};
+  }
+  std::printf("\nReplication, 3 regions, %.0f cart changes/s offered per region (%d per "
+              "transaction), %.0f s\n",
+              rate, per_tx, seconds);
+  std::printf("%-22s %9s %9s %9s %11s %s\n", "pair (origin -> peer)", "one-way", "p50 ms",
+              "p99 ms", "p99 target", "met");
+  Json pairs = Json::array();
+  bool all_met = true;
+  for (size_t to = 0; to < c.size(); ++to) {
+    for (size_t from = 0; from < c.size(); ++from) {
+      if (from == to) continue;
+      std::string a = c.spec(std::min(from, to)).name, b = c.spec(std::max(from, to)).name;
+      double one_way = o.delay_ms.at(a + "/" + b);
+      double p50 = Quantile(metrics[to], c.spec(from).name, "0.5");
+      double p99 = Quantile(metrics[to], c.spec(from).name, "0.99");
+      bool met = p99 >= 0 && p99 <= one_way + 25;
+      all_met = all_met && met;
+      std::string name = c.spec(from).name + " -> " + c.spec(to).name;
+      std::printf("%-22s %9.0f %9.1f %9.1f %11.0f %s\n", name.c_str(), one_way, p50, p99,
+                  one_way + 25, met ? "yes" : "NO");
+      pairs.push_back({{"from", c.spec(from).name}, {"to", c.spec(to).name},
+                       {"one_way_ms", one_way}, {"p50_ms", p50}, {"p99_ms", p99},
+                       {"p99_target_ms", one_way + 25}, {"met", met}});
+    }
+  }
+  const double shipped = static_cast<double>(ops) * static_cast<double>(c.size() - 1);
+  const double wire_per_op = shipped > 0 ? wire / shipped : 0;
+  const double delta_avg = ops > 0 ? static_cast<double>(delta_bytes) / ops : 0;
+  std::printf("\ncart changes committed: %lld in %.1f s (%.0f/s per region), errors %lld, late "
+              "starts (>100 ms behind schedule) %lld\n",
+              static_cast<long long>(ops), load_s, ops / load_s / c.size(),
+              static_cast<long long>(errors), static_cast<long long>(late));
+  std::printf("encoded delta: %.1f B avg; on the links (TLS, HTTP/2, acks, heartbeats "
+              "included): %.1f B per shipped change = %.2fx (target <= 1.5x)\n",
+              delta_avg, wire_per_op, delta_avg > 0 ? wire_per_op / delta_avg : 0);
+  std::printf("regions agreed %.1f s after the load stopped\n", converge_s);
+  Json result = {
+      {"bench", "replication"},
+      {"regions", c.size()},
+      {"offered_per_region_per_s", rate},
+      {"seconds", seconds},
+      {"users", users},
+      {"changes_per_transaction", per_tx},
+      {"committed", ops},
+      {"load_wall_s", load_s},
+      {"achieved_per_region_per_s", ops / load_s / c.size()},
+      {"errors", errors},
+      {"late_starts", late},
+      {"per_region", per_region},
+      {"pairs", pairs},
+      {"lag_targets_met", all_met},
+      {"delta_bytes_avg", delta_avg},
+      {"wire_bytes_per_shipped_change", wire_per_op},
+      {"wire_ratio", delta_avg > 0 ? wire_per_op / delta_avg : 0},
+      {"wire_ratio_target", 1.5},
+      {"converged_after_s", converge_s},
+      {"postgres", "fsync=off (test servers)"},
+  };
+  std::ofstream(out_path) << result.dump(2) << "\n";
+  std::printf("wrote %s\n", out_path.c_str());
+  return 0;
+}
