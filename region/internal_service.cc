@@ -279,7 +279,8 @@ class Service final : public pb::RegionInternal::Service {
         int64_t high = mark.empty() ? 0 : mark[0][0].as<int64_t>();
         // Deltas for the same cart or SKU are joined in memory first: one read and one write
         // per key (a join is associative and commutative, so this equals applying them in turn).
-        std::map<std::string, Prepared*> carts, stock;
+        // Every document's deltas in seq order, documents in key order.
+        std::map<std::string, std::vector<Prepared*>> carts, stock;
         std::vector<Prepared*> todo;
         for (Prepared* p : mine) {
           if (p->record->seq() <= high) {
@@ -288,24 +289,18 @@ class Service final : public pb::RegionInternal::Service {
           }
           ++n_applied;
           if (p->cart) {
-            auto [it, fresh] = carts.emplace(p->record->key(), p);
-            if (!fresh) {
-              it->second->cart->Merge(*p->cart);
-              continue;
-            }
+            carts[p->record->key()].push_back(p);
           } else if (p->inventory) {
-            auto [it, fresh] = stock.emplace(p->record->key(), p);
-            if (!fresh) {
-              it->second->inventory->Merge(*p->inventory);
-              continue;
-            }
+            stock[p->record->key()].push_back(p);
+          } else {
+            todo.push_back(p);
           }
-          if (!p->cart && !p->inventory) todo.push_back(p);
         }
         // Documents in key order (their locks never form a cycle with another batch's), then
         // the rest in seq order.
         if (!carts.empty()) ApplyCarts(tx, carts);
-        for (auto& [key, p] : stock) Apply(tx, *p);
+        for (auto& [key, deltas] : stock)
+          for (Prepared* p : deltas) Apply(tx, *p);
         for (Prepared* p : todo) Apply(tx, *p);
         if (last_seq > high) {
           tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
@@ -383,18 +378,28 @@ class Service final : public pb::RegionInternal::Service {
     }
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(req->wait_ms());
+    std::vector<pb::OutboxCursor> cursors(req->cursors().begin(), req->cursors().end());
     while (true) {
       uint64_t generation = outbox_signal_.generation();
       out->clear_chunks();
-      bool any = false;
-      for (int i = 0; i < req->cursors_size(); ++i) {
+      bool any = false, gap = false;
+      for (size_t i = 0; i < cursors.size(); ++i) {
         pb::OutboxChunk* chunk = out->add_chunks();
-        absl::Status st = ReadChunk(*pools[i], req->cursors(i), limit, chunk);
+        absl::Status st = ReadChunk(*pools[i], cursors[i], limit, chunk);
         if (!st.ok()) return ToGrpc(st);
         any = any || chunk->records_size() > 0;
+        gap = gap || chunk->gap_horizon() != 0;
+        cursors[i].set_gap_horizon(chunk->gap_horizon());
+        cursors[i].set_gap_horizon_seq(chunk->gap_horizon_seq());
       }
       auto now = std::chrono::steady_clock::now();
       if (any || ctx->IsCancelled() || now >= deadline) break;
+      if (gap) {
+        // Blocked at a gap: its transaction ends within moments (or has aborted); look again
+        // soon rather than wait for the next commit.
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        continue;
+      }
       // In slices, so that a cancelled call or a server shutdown is noticed soon.
       outbox_signal_.WaitPast(generation, std::min(deadline, now + std::chrono::milliseconds(250)));
     }
@@ -457,23 +462,31 @@ class Service final : public pb::RegionInternal::Service {
     return pool.Run([&](pqxx::work& tx) {
       chunk->clear_records();
       pqxx::result rows = tx.exec(
-          "SELECT pg_snapshot_xmin(snap.s)::text::bigint, pg_snapshot_xmax(snap.s)::text::bigint, "
+          "SELECT pg_snapshot_xmin(snap.s)::text::bigint, 0, "
           "o.seq, o.origin, o.kind, o.key, o.payload, o.residency, o.ms FROM (SELECT "
           "pg_current_snapshot() AS s) snap LEFT JOIN LATERAL (SELECT seq, origin, kind, key, "
           "payload, residency, (extract(epoch from created_at) * 1000)::bigint AS ms FROM outbox "
           "WHERE seq > " +
           tx.quote(cursor.after_seq()) + " ORDER BY seq LIMIT " + tx.quote(limit) + ") o ON true");
       int64_t next = cursor.after_seq();
-      int64_t horizon = 0;
-      bool at_cursor = true;  // the caller's horizon belongs to a gap right after its cursor
+      int64_t horizon = 0, horizon_seq = 0;
       for (const auto& r : rows) {
         if (r[2].is_null()) break;
-        const int64_t xmin = r[0].as<int64_t>(), xmax = r[1].as<int64_t>();
+        const int64_t xmin = r[0].as<int64_t>();
         const int64_t seq = r[2].as<int64_t>();
-        if (seq != next + 1 && xmin != xmax) {  // a gap, and transactions are running
-          const bool ended = at_cursor && cursor.gap_horizon() != 0 && xmin >= cursor.gap_horizon();
+        if (seq != next + 1) {
+          // A gap: the seqs in it were taken by transactions that may still be running. The
+          // caller's horizon settles every gap up to gap_horizon_seq (the last seq taken when
+          // the horizon was made) once the oldest running xid has passed gap_horizon (an xid
+          // taken after that): each holder got its xid before its seq, so before the horizon,
+          // and has ended. (The snapshot's own xmax would not do: a running transaction younger
+          // than every completed one is at or above it.)
+          const bool ended = cursor.gap_horizon() != 0 && seq - 1 <= cursor.gap_horizon_seq() &&
+                             xmin >= cursor.gap_horizon();
           if (!ended) {
-            horizon = at_cursor && cursor.gap_horizon() != 0 ? cursor.gap_horizon() : xmax;
+            // Every seq taken so far (read first), then an xid above every xid so far.
+            horizon_seq = tx.exec1("SELECT last_value FROM outbox_seq_seq")[0].as<int64_t>();
+            horizon = tx.exec1("SELECT pg_current_xact_id()::text::bigint")[0].as<int64_t>();
             break;
           }
         }
@@ -487,25 +500,30 @@ class Service final : public pb::RegionInternal::Service {
         rec->set_residency(r[7].as<std::string>());
         SetNow(rec->mutable_created_at(), r[8].as<int64_t>());
         next = seq;
-        at_cursor = false;
+      }
+      if (horizon == 0 && cursor.gap_horizon() != 0 && cursor.gap_horizon_seq() > next) {
+        horizon = cursor.gap_horizon();  // still settles gaps further on
+        horizon_seq = cursor.gap_horizon_seq();
       }
       chunk->set_next_after_seq(next);
       chunk->set_gap_horizon(horizon);
+      chunk->set_gap_horizon_seq(horizon_seq);
     });
   }
 
   // Joins every cart of a batch in two round trips: lock the carts (in key order) and read them,
   // then write them all back with the stream's mark.
-  void ApplyCarts(pqxx::work& tx, const std::map<std::string, Prepared*>& carts) {
+  void ApplyCarts(pqxx::work& tx, const std::map<std::string, std::vector<Prepared*>>& carts) {
     std::string keys, locks;
-    for (const auto& [key, p] : carts) {
+    for (const auto& [key, deltas] : carts) {
       if (!keys.empty()) keys += ", ";
       keys += tx.quote(key);
       locks += DocumentLockSql(tx, "cart", key);
     }
     std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
-    for (const auto& r : tx.exec(locks + "SELECT user_id, state, version FROM carts WHERE user_id "
-                                         "IN (" +
+    for (const auto& r : tx.exec(locks +
+                                 "SELECT user_id, state, version FROM carts WHERE user_id "
+                                 "IN (" +
                                  keys + ") FOR UPDATE")) {
       pqxx::binarystring b(r[1]);
       auto c = crdt::DecodeCart(std::string_view(b.get(), b.size()), app_.config.replica_id);
@@ -513,12 +531,13 @@ class Service final : public pb::RegionInternal::Service {
       current.emplace(r[0].as<std::string>(), std::make_pair(*std::move(c), r[2].as<int64_t>()));
     }
     std::string values;
-    for (const auto& [key, p] : carts) {
+    for (const auto& [key, deltas] : carts) {
       auto it = current.find(key);
-      crdt::Cart cart = it == current.end() ? crdt::Cart(app_.config.replica_id)
-                                            : std::move(it->second.first);
+      crdt::Cart cart =
+          it == current.end() ? crdt::Cart(app_.config.replica_id) : std::move(it->second.first);
       int64_t version = it == current.end() ? 0 : it->second.second;
-      cart.Merge(*p->cart);
+      for (const Prepared* p : deltas) cart.Merge(*p->cart);
+      const Prepared* p = deltas.back();
       std::string state = crdt::Encode(cart);
       if (!values.empty()) values += ", ";
       values += "(" + tx.quote(key) + ", " +

@@ -48,10 +48,10 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   c.tls_cert = r.String(tls, "cert", "tls.cert", true);
   c.tls_key = r.String(tls, "key", "tls.key", true);
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
-  r.OnlyKeys(
-      ship, "shipping",
-      {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms", "heartbeat_ms",
-       "peer_timeout_ms", "backoff_min_ms", "backoff_max_ms", "truncate_interval_ms"});
+  r.OnlyKeys(ship, "shipping",
+             {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
+              "heartbeat_ms", "peer_timeout_ms", "backoff_min_ms", "backoff_max_ms",
+              "truncate_interval_ms"});
   c.batch_max_records =
       r.Integer<int>(ship, "batch_max_records", "shipping.batch_max_records", 512, 1, 10000);
   c.batch_max_bytes =

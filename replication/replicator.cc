@@ -282,6 +282,7 @@ class Session {
     std::string db;
     int64_t after_seq = 0;
     int64_t gap_horizon = 0;
+    int64_t gap_horizon_seq = 0;
   };
 
   absl::Status Reject(const std::string& why) {
@@ -370,7 +371,7 @@ class Session {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
       for (const std::string& db : dbs) {
-        Cursor c{db, 0, 0};
+        Cursor c{db, 0, 0, 0};
         for (const auto& a : ph.applied())
           if (a.origin_database() == db) c.after_seq = std::max<int64_t>(0, a.seq());
         peer_.acked[db] = c.after_seq;
@@ -449,8 +450,8 @@ class Session {
     if (b.first_seq() <= queued_through) {
       l.unlock();
       return Reject(absl::StrCat("batch of ", p.db, " starts at ", b.first_seq(),
-                                 ", at or below what this stream already carried (",
-                                 queued_through, ")"));
+                                 ", at or below what this stream already carried (", queued_through,
+                                 ")"));
     }
     queued_through = b.last_seq();
     // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
@@ -495,6 +496,12 @@ class Session {
         rpb::ApplyDeltasResponse resp;
         auto ctx = r_.RegionCtx(30000);
         grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+        spdlog::debug(
+            "event=batch_applied peer={} db={} records={} first={} through={} applied={} "
+            "duplicates={} ok={}",
+            peer_.config.name, db, req.records_size(),
+            req.records_size() ? req.records(0).seq() : 0, req.through_seq(), resp.applied(),
+            resp.duplicates(), s.ok());
         if (!s.ok()) {
           absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
                                 ? Reject(s.error_message())
@@ -557,6 +564,8 @@ class Session {
       inflight_bytes_ += static_cast<int64_t>(bytes);
     }
     peer_.m.batch_records->Observe(list.records_size());
+    spdlog::debug("event=batch_sent peer={} db={} first={} last={} records={}", peer_.config.name,
+                  db, first, last, list.records_size());
     return Write(std::move(f));
   }
 
@@ -573,6 +582,7 @@ class Session {
         oc->set_database(c.db);
         oc->set_after_seq(c.after_seq);
         oc->set_gap_horizon(c.gap_horizon);
+        oc->set_gap_horizon_seq(c.gap_horizon_seq);
       }
       req.set_limit(r_.config.batch_max_records);
       req.set_wait_ms(r_.config.heartbeat_ms);
@@ -596,6 +606,7 @@ class Session {
         Cursor& c = cursors[i];
         const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
         c.gap_horizon = chunk.gap_horizon();
+        c.gap_horizon_seq = chunk.gap_horizon_seq();
         if (chunk.next_after_seq() <= c.after_seq) continue;
         // Batches by count and bytes; records the peer may not hold are left out (the batch's
         // range still covers them, so the peer's resume point moves past them).

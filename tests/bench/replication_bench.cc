@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -44,6 +45,8 @@ using Json = nlohmann::json;
 
 struct DriverStats {
   std::atomic<int64_t> ops{0}, errors{0}, delta_bytes{0}, late{0};
+  std::mutex mu;
+  std::map<std::string, std::map<std::string, int64_t>> committed;  // user -> sku -> units
 };
 
 // One region's load: `threads` connections per shard, each paced to its share of `rate`.
@@ -82,11 +85,14 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
           pqxx::work tx(*shards[shard]);
           std::string writes;
           int64_t bytes = 0;
+          std::vector<std::string> skus;
           for (const std::string& user : batch) {
             std::string sku = "sku-" + std::to_string(rng() % 50);
-            pqxx::result r = tx.exec(meridian::region::DocumentLockSql(tx, "cart", user) +
-                                     "SELECT state, version FROM carts WHERE user_id = " +
-                                     tx.quote(user) + " FOR UPDATE");
+            skus.push_back(sku);
+            pqxx::result r =
+                tx.exec(meridian::region::DocumentLockSql(tx, "cart", user) +
+                        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user) +
+                        " FOR UPDATE");
             meridian::crdt::Cart cart(replica);
             int64_t version = 0;
             if (!r.empty()) {
@@ -98,12 +104,16 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
               version = r[0][1].as<int64_t>();
             }
             meridian::crdt::Cart delta = cart.Add(sku, 1);
-            writes += meridian::region::SaveCartSql(tx, user, "any", cart, delta, version + 1,
-                                                    replica);
+            writes +=
+                meridian::region::SaveCartSql(tx, user, "any", cart, delta, version + 1, replica);
             bytes += static_cast<int64_t>(meridian::crdt::Encode(delta).size());
           }
           tx.exec(writes);
           tx.commit();
+          {
+            std::lock_guard<std::mutex> l(stats.mu);
+            for (size_t k = 0; k < batch.size(); ++k) stats.committed[batch[k]][skus[k]] += 1;
+          }
           stats.delta_bytes += bytes;
           stats.ops += per_tx;
         } catch (const std::exception& e) {
@@ -119,7 +129,7 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
 // stored bytes may differ between replicas of the same state: each region's copy carries its
 // own compaction of the causal context.)
 std::map<std::string, std::vector<std::pair<std::string, int64_t>>> Carts(const Cluster& c,
-                                                                         size_t region) {
+                                                                          size_t region) {
   std::map<std::string, std::vector<std::pair<std::string, int64_t>>> out;
   for (const char* db : {"shard0", "shard1"}) {
     pqxx::connection conn(c.Dsn(region, db));
@@ -166,12 +176,15 @@ int main(int argc, char** argv) {
   meridian::test_support::ClusterOptions o;
   o.name = "replbench";
   o.delay_ms = {{"us-east/eu-west", 38}, {"us-east/ap-south", 100}, {"eu-west/ap-south", 60}};
-  o.shipping_yaml = "{}";
-  std::fprintf(stderr, "starting three regions (PostgreSQL fsync=off, Redis, region, "
-                       "replicator each; link proxies)...\n");
+  o.shipping_yaml =
+      std::getenv("MERIDIAN_BENCH_SHIPPING") ? std::getenv("MERIDIAN_BENCH_SHIPPING") : "{}";
+  std::fprintf(stderr,
+               "starting three regions (PostgreSQL fsync=off, Redis, region, "
+               "replicator each; link proxies)...\n");
   auto cluster = Cluster::Start(o);
   if (!cluster.ok()) {
-    std::fprintf(stderr, "replication_bench: %s\n", std::string(cluster.status().message()).c_str());
+    std::fprintf(stderr, "replication_bench: %s\n",
+                 std::string(cluster.status().message()).c_str());
     return 1;
   }
   Cluster& c = **cluster;
@@ -199,7 +212,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "waiting for the regions to agree...\n");
   double converge_s = -1;
-  for (int i = 0; i < 240; ++i) {
+  for (int i = 0; i < 120; ++i) {
     auto first = Carts(c, 0);
     bool same = true;
     for (size_t r = 1; r < c.size() && same; ++r) same = Carts(c, r) == first;
@@ -208,6 +221,73 @@ int main(int argc, char** argv) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  if (converge_s < 0) {  // say where they differ, and whose changes each region misses
+    std::map<std::string, std::map<std::string, int64_t>> want;
+    for (size_t r = 0; r < c.size(); ++r)
+      for (const auto& [u, lines] : stats[r].committed)
+        for (const auto& [sku, q] : lines) want[u][sku] += q;
+    for (size_t r = 0; r < c.size(); ++r) {
+      auto have = Carts(c, r);
+      std::map<std::string, int> missing_from;  // origin region -> changes missing here
+      int bad = 0;
+      for (const auto& [u, lines] : want) {
+        std::map<std::string, int64_t> got;
+        for (const auto& [sku, q] : have[u]) got[sku] = q;
+        if (got == lines) continue;
+        ++bad;
+        if (bad == 1) {
+          for (const auto& [sku, q] : lines) {
+            if (got[sku] >= q) continue;
+            std::fprintf(stderr, "  e.g. %s misses %s of %s\n", c.spec(r).name.c_str(), sku.c_str(),
+                         u.c_str());
+            for (size_t o = 0; o < c.size(); ++o) {
+              for (const char* db : {"shard0", "shard1"}) {
+                pqxx::connection conn(c.Dsn(o, db));
+                pqxx::work tx(conn);
+                for (const auto& row :
+                     tx.exec("SELECT seq, xmin::text FROM outbox WHERE kind = 'cart' AND key = " +
+                             tx.quote(u) + " AND origin = " + tx.quote(c.spec(o).replica_id))) {
+                  std::fprintf(stderr, "    %s/%s outbox seq %s xmin %s\n", c.spec(o).name.c_str(),
+                               db, row[0].c_str(), row[1].c_str());
+                }
+              }
+            }
+          }
+        }
+        for (size_t o = 0; o < c.size(); ++o) {
+          auto it = stats[o].committed.find(u);
+          if (it == stats[o].committed.end()) continue;
+          for (const auto& [sku, q] : it->second)
+            if (got[sku] < lines.at(sku)) missing_from[c.spec(o).name]++;
+        }
+      }
+      std::string m;
+      for (const auto& [o, n] : missing_from) m += o + ":" + std::to_string(n) + " ";
+      std::fprintf(stderr, "%s: %d carts not as committed; lines short, by origin: %s\n",
+                   c.spec(r).name.c_str(), bad, m.c_str());
+    }
+    auto first = Carts(c, 0);
+    for (size_t r = 1; r < c.size(); ++r) {
+      auto other = Carts(c, r);
+      int shown = 0, differ = 0;
+      for (const auto& [user, lines] : first) {
+        auto it = other.find(user);
+        if (it != other.end() && it->second == lines) continue;
+        ++differ;
+        if (shown++ < 3) {
+          std::string a, b;
+          for (const auto& [sku, q] : lines) a += sku + "=" + std::to_string(q) + " ";
+          if (it != other.end())
+            for (const auto& [sku, q] : it->second) b += sku + "=" + std::to_string(q) + " ";
+          std::fprintf(stderr, "  %s: %s has [%s], %s has [%s]\n", user.c_str(),
+                       c.spec(0).name.c_str(), a.c_str(), c.spec(r).name.c_str(), b.c_str());
+        }
+      }
+      std::fprintf(stderr, "%s and %s differ on %d of %zu carts (%zu there)\n",
+                   c.spec(0).name.c_str(), c.spec(r).name.c_str(), differ, first.size(),
+                   other.size());
+    }
   }
   std::this_thread::sleep_for(std::chrono::seconds(1));  // the last acks
   const uint64_t wire = c.LinkBytes() - bytes_before;
@@ -223,11 +303,12 @@ int main(int argc, char** argv) {
                                   {"achieved_per_s", stats[r].ops.load() / seconds},
                                   {"errors", stats[r].errors.load()}};
   }
-  std::printf("\nReplication, 3 regions, %.0f cart changes/s offered per region (%d per "
-              "transaction), %.0f s\n",
-              rate, per_tx, seconds);
-  std::printf("%-22s %9s %9s %9s %11s %s\n", "pair (origin -> peer)", "one-way", "p50 ms",
-              "p99 ms", "p99 target", "met");
+  std::printf(
+      "\nReplication, 3 regions, %.0f cart changes/s offered per region (%d per "
+      "transaction), %.0f s\n",
+      rate, per_tx, seconds);
+  std::printf("%-22s %9s %9s %9s %11s %s\n", "pair (origin -> peer)", "one-way", "p50 ms", "p99 ms",
+              "p99 target", "met");
   Json pairs = Json::array();
   bool all_met = true;
   for (size_t to = 0; to < c.size(); ++to) {
@@ -242,21 +323,27 @@ int main(int argc, char** argv) {
       std::string name = c.spec(from).name + " -> " + c.spec(to).name;
       std::printf("%-22s %9.0f %9.1f %9.1f %11.0f %s\n", name.c_str(), one_way, p50, p99,
                   one_way + 25, met ? "yes" : "NO");
-      pairs.push_back({{"from", c.spec(from).name}, {"to", c.spec(to).name},
-                       {"one_way_ms", one_way}, {"p50_ms", p50}, {"p99_ms", p99},
-                       {"p99_target_ms", one_way + 25}, {"met", met}});
+      pairs.push_back({{"from", c.spec(from).name},
+                       {"to", c.spec(to).name},
+                       {"one_way_ms", one_way},
+                       {"p50_ms", p50},
+                       {"p99_ms", p99},
+                       {"p99_target_ms", one_way + 25},
+                       {"met", met}});
     }
   }
   const double shipped = static_cast<double>(ops) * static_cast<double>(c.size() - 1);
   const double wire_per_op = shipped > 0 ? wire / shipped : 0;
   const double delta_avg = ops > 0 ? static_cast<double>(delta_bytes) / ops : 0;
-  std::printf("\ncart changes committed: %lld in %.1f s (%.0f/s per region), errors %lld, late "
-              "starts (>100 ms behind schedule) %lld\n",
-              static_cast<long long>(ops), load_s, ops / load_s / c.size(),
-              static_cast<long long>(errors), static_cast<long long>(late));
-  std::printf("encoded delta: %.1f B avg; on the links (TLS, HTTP/2, acks, heartbeats "
-              "included): %.1f B per shipped change = %.2fx (target <= 1.5x)\n",
-              delta_avg, wire_per_op, delta_avg > 0 ? wire_per_op / delta_avg : 0);
+  std::printf(
+      "\ncart changes committed: %lld in %.1f s (%.0f/s per region), errors %lld, late "
+      "starts (>100 ms behind schedule) %lld\n",
+      static_cast<long long>(ops), load_s, ops / load_s / c.size(), static_cast<long long>(errors),
+      static_cast<long long>(late));
+  std::printf(
+      "encoded delta: %.1f B avg; on the links (TLS, HTTP/2, acks, heartbeats "
+      "included): %.1f B per shipped change = %.2fx (target <= 1.5x)\n",
+      delta_avg, wire_per_op, delta_avg > 0 ? wire_per_op / delta_avg : 0);
   std::printf("regions agreed %.1f s after the load stopped\n", converge_s);
   Json result = {
       {"bench", "replication"},

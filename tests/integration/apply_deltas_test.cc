@@ -8,6 +8,14 @@
 
 #include <pqxx/pqxx>
 
+#include <algorithm>
+#include <atomic>
+#include <iterator>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
 #include "crdt/codec.h"
 #include "region/app.h"
 #include "region/internal.grpc.pb.h"
@@ -234,6 +242,128 @@ TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   Json inv = Json::parse(Request(us2_->port(), "GET", "/v1/inventory/sku-2").body);
   EXPECT_EQ(inv["available"], 7);
   EXPECT_EQ(inv["rights_by_replica"]["1"], 7);  // the rights stay with the restocking region
+}
+
+}  // namespace
+}  // namespace meridian::region
+
+namespace meridian::region {
+namespace {
+
+// The case that sank a naive snapshot check: the transaction holding the lower seq has the
+// higher xid, and no transaction with a higher xid has completed, so it is not in the snapshot's
+// list of running transactions at all (it is at or above xmax).
+TEST_F(ApplyDeltasTest, PollOutboxWaitsForALowerSeqHeldByAYoungerTransaction) {
+  const std::string dsn = us_->pg->ConnectionString("shard0");
+  pqxx::connection a(dsn), b(dsn);
+  pqxx::work older(a), younger(b);
+  older.exec("SELECT pg_current_xact_id()");
+  younger.exec("SELECT pg_current_xact_id()");
+  const char* insert =
+      "INSERT INTO outbox (origin, kind, key, payload) VALUES (1, 'cart', 'k', 'x') RETURNING seq";
+  int64_t low = younger.exec1(insert)[0].as<int64_t>();
+  int64_t high = older.exec1(insert)[0].as<int64_t>();
+  ASSERT_LT(low, high);
+  older.commit();
+  v1::OutboxCursor cursor;
+  cursor.set_database("shard-0");
+  cursor.set_after_seq(low - 1);
+  std::vector<int64_t> seen;
+  auto poll = [&] {
+    for (int i = 0; i < 5; ++i) {
+      grpc::ClientContext ctx;
+      v1::PollOutboxRequest req;
+      *req.add_cursors() = cursor;
+      req.set_wait_ms(10);
+      v1::PollOutboxResponse resp;
+      ASSERT_TRUE(us_->stub->PollOutbox(&ctx, req, &resp).ok());
+      for (const auto& r : resp.chunks(0).records()) seen.push_back(r.seq());
+      cursor.set_after_seq(resp.chunks(0).next_after_seq());
+      cursor.set_gap_horizon(resp.chunks(0).gap_horizon());
+      cursor.set_gap_horizon_seq(resp.chunks(0).gap_horizon_seq());
+    }
+  };
+  poll();
+  EXPECT_TRUE(seen.empty()) << "shipped past a seq whose transaction is still running";
+  younger.commit();
+  poll();
+  EXPECT_EQ(seen, (std::vector<int64_t>{low, high}));
+}
+
+// Writers commit outbox rows concurrently, out of seq order (a transaction takes its seq, then
+// sleeps while later ones commit); a reader following PollOutbox's cursors must see every
+// committed row exactly once, in seq order, and never skip one that commits late.
+TEST_F(ApplyDeltasTest, PollOutboxNeverSkipsARowThatCommitsLate) {
+  const std::string dsn = us_->pg->ConnectionString("shard0");
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::set<int64_t> committed;
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 6; ++w) {
+    writers.emplace_back([&, w] {
+      pqxx::connection conn(dsn);
+      std::mt19937 rng(w);
+      while (!stop) {
+        pqxx::work tx(conn);
+        // Like a cart write: the transaction gets its xid (a row lock, a write) well before it
+        // takes a seq, so xid order and seq order differ between concurrent writers.
+        tx.exec("SELECT pg_current_xact_id()");
+        if (rng() % 2 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 10));
+        std::vector<int64_t> seqs;
+        for (int n = 1 + static_cast<int>(rng() % 3); n > 0; --n) {
+          seqs.push_back(tx.exec1("INSERT INTO outbox (origin, kind, key, payload) VALUES (1, "
+                                  "'cart', 'k', 'x') RETURNING seq")[0]
+                             .as<int64_t>());
+          if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 30));
+        }
+        if (rng() % 10 == 0) {
+          tx.abort();  // a seq that never commits
+          continue;
+        }
+        tx.commit();
+        std::lock_guard<std::mutex> l(mu);
+        committed.insert(seqs.begin(), seqs.end());
+      }
+    });
+  }
+  std::vector<int64_t> seen;
+  v1::OutboxCursor cursor;
+  cursor.set_database("shard-0");
+  auto poll = [&] {
+    grpc::ClientContext ctx;
+    v1::PollOutboxRequest req;
+    *req.add_cursors() = cursor;
+    req.set_limit(50);
+    req.set_wait_ms(20);
+    v1::PollOutboxResponse resp;
+    grpc::Status st = us_->stub->PollOutbox(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.chunks_size(), 1);
+    for (const auto& r : resp.chunks(0).records()) seen.push_back(r.seq());
+    cursor.set_after_seq(resp.chunks(0).next_after_seq());
+    cursor.set_gap_horizon(resp.chunks(0).gap_horizon());
+    cursor.set_gap_horizon_seq(resp.chunks(0).gap_horizon_seq());
+  };
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(4);
+  while (std::chrono::steady_clock::now() < until) poll();
+  stop = true;
+  for (auto& t : writers) t.join();
+  for (size_t n = 0, idle = 0; idle < 20; n = seen.size()) {  // drain
+    poll();
+    idle = seen.size() == n ? idle + 1 : 0;
+  }
+  std::vector<int64_t> want(committed.begin(), committed.end());
+  ASSERT_GT(want.size(), 100u);
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  std::vector<int64_t> missing;
+  std::set_difference(want.begin(), want.end(), seen.begin(), seen.end(),
+                      std::back_inserter(missing));
+  if (!missing.empty()) {
+    std::fprintf(stderr, "missing %zu, first %lld, last seen %lld\n", missing.size(),
+                 static_cast<long long>(missing[0]), static_cast<long long>(seen.back()));
+  }
+  EXPECT_EQ(seen, want) << "saw " << seen.size() << " of " << want.size() << ", cursor at "
+                        << cursor.after_seq() << " horizon " << cursor.gap_horizon();
 }
 
 }  // namespace

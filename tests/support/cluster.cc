@@ -229,7 +229,9 @@ absl::Status Cluster::KillReplicator(size_t i) {
 
 absl::Status Cluster::StartReplicator(size_t i) {
   Region& r = *regions_[i];
-  auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml},
+  const char* level = std::getenv("MERIDIAN_REPLICATOR_LOG_LEVEL");
+  auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml,
+                                    "--log-level", level ? level : "info"},
                            .log_path = absl::StrCat(dir_, "/", r.spec.name, "-replicator.log")});
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
