@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/strings.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
 #include "region/internal.grpc.pb.h"
@@ -256,71 +258,50 @@ class Service final : public pb::RegionInternal::Service {
     }
     last_seq = std::max(last_seq, req->through_seq());
     if (last_seq == 0) return grpc::Status::OK;
-    // Pass 2: one transaction per target database, shards first and the global database last.
-    // Each transaction checks and advances that database's high-water mark for this stream, so
-    // a record is applied exactly once however often it is resent. The global database's mark
-    // is advanced through the last seq of the call only after every shard committed: it is the
-    // stream's resume point (GetStreamMarks).
+    // Pass 2: one transaction per target database that has records. Each checks and advances
+    // that database's high-water mark for this stream, so a record is applied exactly once
+    // however often it is resent. The stream's resume point (GetStreamMarks) lives in the
+    // global database: it moves only after every target committed, at most every 200 ms
+    // (between moves a reconnect resends a little, and the marks skip it).
     std::vector<PgPool*> targets;
     for (auto& s : app_.shards) targets.push_back(s.get());
     targets.push_back(app_.global.get());
     int applied = 0, duplicates = 0;
+    bool global_marked = false;
+    std::vector<std::string> stale;  // hot copies to drop from Redis
     for (PgPool* target : targets) {
       std::vector<Prepared*> mine;
       for (Prepared& p : prepared)
         if (p.target == target) mine.push_back(&p);
-      if (mine.empty() && target != app_.global.get()) continue;
+      if (mine.empty()) continue;
       int n_applied = 0, n_dup = 0;
       absl::Status st = target->Run([&](pqxx::work& tx) {
         n_applied = n_dup = 0;
-        pqxx::result mark = tx.exec(
-            "SELECT seq FROM replication_applied WHERE origin = " + tx.quote(req->origin()) +
-            " AND origin_db = " + tx.quote(req->origin_database()) + " FOR UPDATE");
-        int64_t high = mark.empty() ? 0 : mark[0][0].as<int64_t>();
-        // Deltas for the same cart or SKU are joined in memory first: one read and one write
-        // per key (a join is associative and commutative, so this equals applying them in turn).
-        // Every document's deltas in seq order, documents in key order.
-        std::map<std::string, std::vector<Prepared*>> carts, stock;
-        std::vector<Prepared*> todo;
-        for (Prepared* p : mine) {
-          if (p->record->seq() <= high) {
-            ++n_dup;
-            continue;
-          }
-          ++n_applied;
-          if (p->cart) {
-            carts[p->record->key()].push_back(p);
-          } else if (p->inventory) {
-            stock[p->record->key()].push_back(p);
-          } else {
-            todo.push_back(p);
-          }
-        }
-        // Documents in key order (their locks never form a cycle with another batch's), then
-        // the rest in seq order.
-        if (!carts.empty()) ApplyCarts(tx, carts);
-        for (auto& [key, deltas] : stock)
-          for (Prepared* p : deltas) Apply(tx, *p);
-        for (Prepared* p : todo) Apply(tx, *p);
-        if (last_seq > high) {
-          tx.exec0("INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" +
-                   tx.quote(req->origin()) + ", " + tx.quote(req->origin_database()) + ", " +
-                   tx.quote(last_seq) +
-                   ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = EXCLUDED.seq");
-        }
+        ApplyToTarget(tx, *req, mine, last_seq, &n_applied, &n_dup);
       });
       // What committed stays committed; the peer resends the rest and the marks skip it.
       if (!st.ok()) return ToGrpc(st);
+      global_marked = global_marked || target == app_.global.get();
       applied += n_applied;
       duplicates += n_dup;
-      // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
       for (Prepared* p : mine) {
-        if (p->record->kind() == pb::OUTBOX_KIND_CART)
-          (void)app_.redis->Del("cart:" + p->record->key());
+        if (p->record->kind() == pb::OUTBOX_KIND_CART) stale.push_back("cart:" + p->record->key());
         if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
-          (void)app_.redis->Del("product:" + p->record->key());
+          stale.push_back("product:" + p->record->key());
         }
       }
+    }
+    if (!global_marked && StreamMarkDue(req->origin(), req->origin_database())) {
+      absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+        tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));
+      });
+      if (!st.ok()) return ToGrpc(st);
+    }
+    // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
+    if (!stale.empty()) {
+      std::sort(stale.begin(), stale.end());
+      stale.erase(std::unique(stale.begin(), stale.end()), stale.end());
+      (void)app_.redis->DelMany(stale);
     }
     out->set_applied_through_seq(last_seq);
     out->set_applied(applied);
@@ -459,7 +440,7 @@ class Service final : public pb::RegionInternal::Service {
                          pb::OutboxChunk* chunk) {
     chunk->set_database(cursor.database());
     chunk->set_next_after_seq(cursor.after_seq());
-    return pool.Run([&](pqxx::work& tx) {
+    return pool.RunAutocommit([&](pqxx::nontransaction& tx) {
       chunk->clear_records();
       pqxx::result rows = tx.exec(
           "SELECT pg_snapshot_xmin(snap.s)::text::bigint, 0, "
@@ -511,42 +492,99 @@ class Service final : public pb::RegionInternal::Service {
     });
   }
 
-  // Joins every cart of a batch in two round trips: lock the carts (in key order) and read them,
-  // then write them all back with the stream's mark.
-  void ApplyCarts(pqxx::work& tx, const std::map<std::string, std::vector<Prepared*>>& carts) {
-    std::string keys, locks;
-    for (const auto& [key, deltas] : carts) {
-      if (!keys.empty()) keys += ", ";
-      keys += tx.quote(key);
-      locks += DocumentLockSql(tx, "cart", key);
+  static std::string MarkSql(pqxx::work& tx, uint32_t origin, const std::string& db, int64_t seq) {
+    return "INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" + tx.quote(origin) +
+           ", " + tx.quote(db) + ", " + tx.quote(seq) +
+           ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = GREATEST("
+           "replication_applied.seq, EXCLUDED.seq);";
+  }
+
+  // True when the stream's resume point in the global database is due to move (every 200 ms).
+  bool StreamMarkDue(uint32_t origin, const std::string& db) {
+    std::lock_guard<std::mutex> l(marks_mu_);
+    auto now = std::chrono::steady_clock::now();
+    auto& last = mark_written_[{origin, db}];
+    if (now - last < std::chrono::milliseconds(200)) return false;
+    last = now;
+    return true;
+  }
+
+  // Applies one target database's share of a call in `tx`, in three round trips: lock the
+  // stream and the documents (advisory locks, documents in key order) and read the mark and
+  // every cart; join in memory; write the carts and the mark. Deltas for one cart are joined in
+  // seq order into one write (a join is associative, so this equals applying them in turn).
+  void ApplyToTarget(pqxx::work& tx, const pb::ApplyDeltasRequest& req,
+                     const std::vector<Prepared*>& mine, int64_t last_seq, int* n_applied,
+                     int* n_dup) {
+    std::map<std::string, std::vector<Prepared*>> carts, stock;
+    for (Prepared* p : mine) {
+      if (p->cart) carts[p->record->key()];
     }
+    std::string sql = DocumentLockSql(
+        tx, "stream", absl::StrCat(req.origin(), "/", AbslView(req.origin_database())));
+    std::string keys;
+    for (const auto& [key, unused] : carts) {
+      sql += DocumentLockSql(tx, "cart", key);
+      keys += (keys.empty() ? "" : ", ") + tx.quote(key);
+    }
+    sql += "SELECT 0, NULL, NULL, seq FROM replication_applied WHERE origin = " +
+           tx.quote(req.origin()) + " AND origin_db = " + tx.quote(req.origin_database());
+    if (!keys.empty()) {
+      sql +=
+          " UNION ALL SELECT 1, user_id, state, version FROM carts WHERE user_id IN (" + keys + ")";
+    }
+    int64_t high = 0;
     std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
-    for (const auto& r : tx.exec(locks +
-                                 "SELECT user_id, state, version FROM carts WHERE user_id "
-                                 "IN (" +
-                                 keys + ") FOR UPDATE")) {
-      pqxx::binarystring b(r[1]);
+    for (const auto& r : tx.exec(sql)) {
+      if (r[0].as<int>() == 0) {
+        high = r[3].as<int64_t>();
+        continue;
+      }
+      pqxx::binarystring b(r[2]);
       auto c = crdt::DecodeCart(std::string_view(b.get(), b.size()), app_.config.replica_id);
       if (!c.ok()) throw AbortTx{absl::DataLossError(std::string(c.status().message()))};
-      current.emplace(r[0].as<std::string>(), std::make_pair(*std::move(c), r[2].as<int64_t>()));
+      current.emplace(r[1].as<std::string>(), std::make_pair(*std::move(c), r[3].as<int64_t>()));
     }
-    std::string values;
+    std::vector<Prepared*> todo;
+    for (Prepared* p : mine) {
+      if (p->record->seq() <= high) {
+        ++*n_dup;
+        continue;
+      }
+      ++*n_applied;
+      if (p->cart) {
+        carts[p->record->key()].push_back(p);
+      } else if (p->inventory) {
+        stock[p->record->key()].push_back(p);
+      } else {
+        todo.push_back(p);
+      }
+    }
+    std::string writes, values;
     for (const auto& [key, deltas] : carts) {
+      if (deltas.empty()) continue;  // all duplicates
       auto it = current.find(key);
       crdt::Cart cart =
           it == current.end() ? crdt::Cart(app_.config.replica_id) : std::move(it->second.first);
       int64_t version = it == current.end() ? 0 : it->second.second;
       for (const Prepared* p : deltas) cart.Merge(*p->cart);
-      const Prepared* p = deltas.back();
       std::string state = crdt::Encode(cart);
-      if (!values.empty()) values += ", ";
-      values += "(" + tx.quote(key) + ", " +
+      values += (values.empty() ? "(" : ", (") + tx.quote(key) + ", " +
                 tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
-                ", " + tx.quote(p->record->residency()) + ", " + tx.quote(version + 1) + ")";
+                ", " + tx.quote(deltas.back()->record->residency()) + ", " + tx.quote(version + 1) +
+                ")";
     }
-    tx.exec0("INSERT INTO carts (user_id, state, residency, version) VALUES " + values +
-             " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-             "EXCLUDED.version, updated_at = now()");
+    if (!values.empty()) {
+      writes += "INSERT INTO carts (user_id, state, residency, version) VALUES " + values +
+                " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+                "EXCLUDED.version, updated_at = now();";
+    }
+    // The rarer kinds one by one: stock documents in key order, then the rest in seq order.
+    for (auto& [key, deltas] : stock)
+      for (Prepared* p : deltas) Apply(tx, *p);
+    for (Prepared* p : todo) Apply(tx, *p);
+    if (last_seq > high) writes += MarkSql(tx, req.origin(), req.origin_database(), last_seq);
+    if (!writes.empty()) tx.exec(writes);
   }
 
   // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
@@ -663,6 +701,8 @@ class Service final : public pb::RegionInternal::Service {
 
   RegionApp::Impl& app_;
   OutboxSignal outbox_signal_;
+  std::mutex marks_mu_;
+  std::map<std::pair<uint32_t, std::string>, std::chrono::steady_clock::time_point> mark_written_;
 };
 
 }  // namespace

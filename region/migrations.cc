@@ -51,6 +51,12 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
   FOR EACH STATEMENT EXECUTE FUNCTION meridian_outbox_notify();
 )sql";
 
+// Lag is measured from the outbox row's created_at: the moment of the insert (close to the
+// commit, the outbox insert is a transaction's last write), not the transaction's start.
+constexpr const char* kOutboxInsertTime = R"sql(
+ALTER TABLE outbox ALTER COLUMN created_at SET DEFAULT clock_timestamp();
+)sql";
+
 const std::vector<Migration> kGlobal = {
     {1, "catalog",
      R"sql(
@@ -114,6 +120,7 @@ CREATE TABLE sandbox_charges (
 )sql"},
     {5, "replication_applied", kReplicationApplied},
     {6, "outbox_commit_order", kOutboxCommitOrder},
+    {7, "outbox_insert_time", kOutboxInsertTime},
 };
 
 const std::vector<Migration> kShard = {
@@ -200,6 +207,7 @@ CREATE TABLE notifications_dead (
 ALTER TABLE users ADD COLUMN hlc bigint NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN origin integer NOT NULL DEFAULT 0;
 )sql"},
+    {9, "outbox_insert_time", kOutboxInsertTime},
 };
 
 }  // namespace

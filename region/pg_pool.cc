@@ -86,6 +86,22 @@ int PgPool::in_use() const {
 }
 
 absl::Status PgPool::Run(const std::function<void(pqxx::work&)>& fn, bool serializable) {
+  return WithConnection([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    if (serializable) tx.exec0("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    fn(tx);
+    tx.commit();
+  });
+}
+
+absl::Status PgPool::RunAutocommit(const std::function<void(pqxx::nontransaction&)>& fn) {
+  return WithConnection([&](pqxx::connection& c) {
+    pqxx::nontransaction tx(c);
+    fn(tx);
+  });
+}
+
+absl::Status PgPool::WithConnection(const std::function<void(pqxx::connection&)>& fn) {
   for (int attempt = 0;; ++attempt) {
     auto conn = Acquire();
     if (!conn.ok()) return conn.status();
@@ -94,10 +110,7 @@ absl::Status PgPool::Run(const std::function<void(pqxx::work&)>& fn, bool serial
     bool retry = false;
     try {
       if (!c->is_open()) throw pqxx::broken_connection("connection closed");
-      pqxx::work tx(*c);
-      if (serializable) tx.exec0("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
-      fn(tx);
-      tx.commit();
+      fn(*c);
     } catch (const AbortTx& abort) {
       result = abort.status;
     } catch (const pqxx::transaction_rollback& e) {  // serialization failure, deadlock

@@ -45,6 +45,10 @@ class PgPool {
   // Runs `fn` in a read-write transaction (READ COMMITTED unless `serializable`).
   absl::Status Run(const std::function<void(pqxx::work&)>& fn, bool serializable = false);
 
+  // Runs `fn` outside a transaction block: each statement commits on its own (one round trip per
+  // statement, no BEGIN/COMMIT). For reads that need no snapshot across statements.
+  absl::Status RunAutocommit(const std::function<void(pqxx::nontransaction&)>& fn);
+
   // Opens a fresh connection (outside the pool) for a one-off job such as migrations.
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Connect() const;
 
@@ -57,6 +61,8 @@ class PgPool {
  private:
   explicit PgPool(Options options) : options_(std::move(options)) {}
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire();
+  // Acquire, run, release; failures become a Status; serialization failures are retried.
+  absl::Status WithConnection(const std::function<void(pqxx::connection&)>& fn);
   void Release(std::unique_ptr<pqxx::connection> c);
 
   Options options_;

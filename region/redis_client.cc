@@ -147,6 +147,13 @@ absl::StatusOr<bool> RedisClient::SetNx(std::string_view key, std::string_view v
 
 absl::Status RedisClient::Del(std::string_view key) { return Command({"DEL", key}).status(); }
 
+absl::Status RedisClient::DelMany(const std::vector<std::string>& keys) {
+  if (keys.empty()) return absl::OkStatus();
+  std::vector<std::string_view> args{"DEL"};
+  for (const auto& k : keys) args.push_back(k);
+  return Command(args).status();
+}
+
 absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s, double burst,
                                             int64_t now_ms) {
   std::string rate = std::to_string(rate_per_s), b = std::to_string(burst),

@@ -38,6 +38,8 @@ class RedisClient {
   // SET NX with a TTL: true if this call created the key.
   absl::StatusOr<bool> SetNx(std::string_view key, std::string_view value, int ttl_s);
   absl::Status Del(std::string_view key);
+  // One DEL of many keys (one round trip).
+  absl::Status DelMany(const std::vector<std::string>& keys);
   // Token bucket in one Lua script (atomic across regions' threads): true if a token was taken.
   absl::StatusOr<bool> TakeToken(std::string_view key, double rate_per_s, double burst,
                                  int64_t now_ms);

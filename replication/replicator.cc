@@ -336,7 +336,9 @@ class Session {
     while (!done_) {
       cv_.wait_for(l, std::chrono::milliseconds(50));
       if (done_) break;
-      if (Clock::now() - last_received_.load() > timeout || r_.stopping) {
+      const bool apply_failed =
+          !apply_status_.ok() && Clock::now() - apply_failed_at_ > std::chrono::seconds(1);
+      if (Clock::now() - last_received_.load() > timeout || r_.stopping || apply_failed) {
         if (!r_.stopping) {
           spdlog::warn("event=replication_peer_silent peer={} timeout_ms={}", peer_.config.name,
                        r_.config.peer_timeout_ms);
@@ -406,11 +408,20 @@ class Session {
           result = Reject("a frame with no known body");
           break;
       }
+      if (result.ok()) {
+        std::lock_guard<std::mutex> l(mu_);
+        result = apply_status_;
+      }
       if (!result.ok()) break;
     }
     peer_.m.connected->Set(0);
     {
-      std::lock_guard<std::mutex> l(mu_);
+      // The peer half-closed (or went away): let the applier finish what arrived, so that a
+      // rejected batch ends the stream with its own status.
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait_for(l, std::chrono::seconds(5), [&] {
+        return done_ || !apply_status_.ok() || (apply_queue_.empty() && !applying_);
+      });
       if (result.ok() && !apply_status_.ok()) result = apply_status_;
     }
     if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
@@ -468,8 +479,11 @@ class Session {
       std::vector<std::pair<std::string, rpb::ApplyDeltasRequest>> calls;
       {
         std::unique_lock<std::mutex> l(mu_);
+        applying_ = false;
+        cv_.notify_all();
         cv_.wait(l, [&] { return done_ || !apply_queue_.empty(); });
         if (done_) return;
+        applying_ = true;
         // Everything queued, one call per origin database (at most 10,000 records each).
         while (!apply_queue_.empty()) {
           Pending& p = apply_queue_.front();
@@ -495,22 +509,27 @@ class Session {
       for (auto& [db, req] : calls) {
         rpb::ApplyDeltasResponse resp;
         auto ctx = r_.RegionCtx(30000);
+        const auto t0 = Clock::now();
         grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
         spdlog::debug(
             "event=batch_applied peer={} db={} records={} first={} through={} applied={} "
-            "duplicates={} ok={}",
+            "duplicates={} ok={} us={}",
             peer_.config.name, db, req.records_size(),
             req.records_size() ? req.records(0).seq() : 0, req.through_seq(), resp.applied(),
-            resp.duplicates(), s.ok());
+            resp.duplicates(), s.ok(),
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
         if (!s.ok()) {
           absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
                                 ? Reject(s.error_message())
                                 : r_.RegionError(s, "ApplyDeltas");
           {
+            // The reader ends the stream with this status at the next frame (or the watchdog
+            // cancels it a second later if none comes).
             std::lock_guard<std::mutex> l(mu_);
             apply_status_ = st;
+            apply_failed_at_ = Clock::now();
           }
-          stream_.Cancel();
+          cv_.notify_all();
           return;
         }
         const int64_t now = UnixMs();
@@ -670,6 +689,8 @@ class Session {
   size_t apply_bytes_ = 0;
   std::map<std::string, int64_t> queued_through_;
   absl::Status apply_status_;
+  bool applying_ = false;
+  Clock::time_point apply_failed_at_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;

@@ -313,9 +313,10 @@ class ForgedPeer {
     return rw_->Read(&in) && in.has_hello();
   }
 
-  // Sends `f` and reads until the stream ends; returns how it ended.
+  // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
   grpc::Status SendAndFinish(const rpb::Frame& f) {
     (void)rw_->Write(f);
+    (void)rw_->WritesDone();
     rpb::Frame in;
     while (rw_->Read(&in)) {
     }
