@@ -10,7 +10,7 @@ PACKAGES=(
   libpqxx-dev libasio-dev libhiredis-dev libhttp-parser-dev libabsl-dev libspdlog-dev
   libyaml-cpp-dev prometheus-cpp-dev libcli11-dev librapidcheck-dev libgtest-dev libgmock-dev
   libbenchmark-dev libssl-dev nlohmann-json3-dev
-  postgresql postgresql-contrib redis-server pdns-server pdns-backend-remote
+  postgresql postgresql-contrib postgresql-15-pglogical redis-server pdns-server pdns-backend-remote
   dnsutils iproute2 iptables iputils-ping libnetfilter-queue-dev
 )
 # nodejs and npm: a machine may already carry a newer Node.js (for example NodeSource's, which
