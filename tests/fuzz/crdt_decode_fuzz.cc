@@ -1,6 +1,7 @@
-// libFuzzer target for every CRDT decoder. The first byte picks the decoder; the rest is the
-// message. Whatever the input, a decoder must return an error or a value that keeps its
-// invariants, re-encodes to bytes that decode to the same value, and merges without harm.
+// libFuzzer target for every CRDT decoder and the replication frame decoder. The first byte
+// picks the decoder; the rest is the message. Whatever the input, a decoder must return an error or
+// a value that keeps its invariants, re-encodes to bytes that decode to the same value, and merges
+// without harm.
 
 #include <cstddef>
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <string_view>
 
 #include "crdt/codec.h"
+#include "replication/frames.h"
 
 namespace {
 
@@ -33,7 +35,7 @@ void RoundTrip(std::string_view bytes, DecodeFn decode) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   std::string_view bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 9) {
+  switch (data[0] % 10) {
     case 0:
       RoundTrip<GCounter>(bytes, [](std::string_view b) { return DecodeGCounter(b); });
       break;
@@ -70,6 +72,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       local.Add("sku-1", 1);  // still mutable after a hostile merge
       Check(local.version().CheckInvariants());
       (void)local.ChangesSince(CausalContext{});
+      break;
+    }
+    case 9: {  // a peer's replication frame (replication/frames.h)
+      meridian::replication::pb::DeltaBatch batch;
+      if (!batch.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) break;
+      auto list = meridian::replication::DecodeBatch(batch, batch.origin());
+      if (!list.ok()) break;
+      auto again = meridian::replication::DecodeBatch(
+          meridian::replication::EncodeBatch(batch.origin(), batch.origin_database(),
+                                             batch.first_seq(), batch.last_seq(), *list, 0),
+          batch.origin());
+      Check(again.ok() && again->SerializeAsString() == list->SerializeAsString());
       break;
     }
     default: {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "crdt/codec.h"
+#include "replication/frames.h"
 
 using namespace meridian::crdt;  // NOLINT: a tool's main
 
@@ -65,5 +66,16 @@ int main(int argc, char** argv) {
   Write(dir, "cart", 7, Encode(cart));
   Write(dir, "cart_delta", 7, Encode(Cart(3).Add("sku-0042", 2)));
   Write(dir, "inventory", 8, Encode(inv));
+  meridian::replication::pb::RecordList records;
+  for (int i = 0; i < 40; ++i) {
+    auto* r = records.add_records();
+    r->set_seq(100 + i);
+    r->set_kind(meridian::replication::pb::RECORD_KIND_CART);
+    r->set_key("user-" + std::to_string(i % 5));
+    r->set_payload(Encode(Cart(3).Add("sku-0042", 1 + i % 3)));
+    r->set_residency(i % 4 ? "any" : "eu");
+  }
+  Write(dir, "replication_batch", 9,
+        meridian::replication::EncodeBatch(3, "shard-0", 100, 150, records, 1).SerializeAsString());
   return 0;
 }
