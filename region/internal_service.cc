@@ -125,9 +125,15 @@ class Service final : public pb::RegionInternal::Service {
       d->set_pool_size(pool.size());
       d->set_pool_in_use(pool.in_use());
       absl::Status st = pool.Run([&](pqxx::work& tx) {
-        pqxx::row r = tx.exec1("SELECT count(*), coalesce(max(seq), 0) FROM outbox");
+        pqxx::row r = tx.exec1(
+            "SELECT count(*), coalesce(max(seq), 0), coalesce(min(seq), 0), (SELECT CASE WHEN "
+            "is_called THEN last_value ELSE 0 END FROM outbox_seq_seq), (SELECT id FROM "
+            "outbox_stream LIMIT 1) FROM outbox");
         d->set_outbox_rows(r[0].as<int64_t>());
         d->set_outbox_max_seq(r[1].as<int64_t>());
+        d->set_outbox_min_seq(r[2].as<int64_t>());
+        d->set_outbox_last_seq(r[3].as<int64_t>());
+        d->set_stream(pool.name() + "-" + r[4].as<std::string>());
       });
       d->set_reachable(st.ok());
     };
@@ -178,8 +184,12 @@ class Service final : public pb::RegionInternal::Service {
     std::vector<Prepared> prepared;
     int64_t last_seq = 0;
     for (const auto& rec : req->records()) {
-      if (rec.seq() <= last_seq) return bad("records: seq must ascend");
-      last_seq = rec.seq();
+      if (req->state()) {
+        if (rec.seq() != 0) return bad("records of a state transfer carry seq 0");
+      } else {
+        if (rec.seq() <= last_seq) return bad("records: seq must ascend");
+        last_seq = rec.seq();
+      }
       if (!services::ResidencyAllows(rec.residency(), app_.config.jurisdiction)) {
         return bad(absl::StrCat("residency violation: record ", rec.seq(), " is pinned to ",
                                 rec.residency(), ", this region is ", app_.config.jurisdiction));
@@ -257,7 +267,7 @@ class Service final : public pb::RegionInternal::Service {
       return bad("through_seq: below the last record's seq");
     }
     last_seq = std::max(last_seq, req->through_seq());
-    if (last_seq == 0) return grpc::Status::OK;
+    if (last_seq == 0 && prepared.empty()) return grpc::Status::OK;
     // Pass 2: one transaction per target database that has records. Each checks and advances
     // that database's high-water mark for this stream, so a record is applied exactly once
     // however often it is resent. The stream's resume point (GetStreamMarks) lives in the
@@ -277,7 +287,7 @@ class Service final : public pb::RegionInternal::Service {
       int n_applied = 0, n_dup = 0;
       absl::Status st = target->Run([&](pqxx::work& tx) {
         n_applied = n_dup = 0;
-        ApplyToTarget(tx, *req, mine, last_seq, &n_applied, &n_dup);
+        ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
       });
       // What committed stays committed; the peer resends the rest and the marks skip it.
       if (!st.ok()) return ToGrpc(st);
@@ -291,7 +301,19 @@ class Service final : public pb::RegionInternal::Service {
         }
       }
     }
-    if (!global_marked && StreamMarkDue(req->origin(), req->origin_database())) {
+    if (req->state()) {
+      // The end of a state transfer moves the stream's marks in every database at once.
+      if (last_seq > 0) {
+        for (PgPool* target : targets) {
+          absl::Status st = target->Run([&](pqxx::work& tx) {
+            tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));
+          });
+          if (!st.ok()) return ToGrpc(st);
+        }
+        spdlog::info("event=state_transfer_applied origin={} db={} through_seq={}", req->origin(),
+                     req->origin_database(), last_seq);
+      }
+    } else if (!global_marked && StreamMarkDue(req->origin(), req->origin_database())) {
       absl::Status st = app_.global->Run([&](pqxx::work& tx) {
         tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));
       });
@@ -307,6 +329,147 @@ class Service final : public pb::RegionInternal::Service {
     out->set_applied(applied);
     out->set_duplicates(duplicates);
     return grpc::Status::OK;
+  }
+
+  grpc::Status OutboxBarrier(grpc::ServerContext*, const pb::OutboxBarrierRequest* req,
+                             pb::OutboxBarrierResponse* out) override {
+    PgPool* pool = PoolNamed(req->database());
+    if (!pool) return UnknownDatabase(req->database());
+    // SHARE mode waits for every transaction that inserted into the outbox and holds new ones
+    // back until we have read the sequence: every seq up to it has committed or aborted.
+    absl::Status st = pool->Run([&](pqxx::work& tx) {
+      tx.exec0("LOCK TABLE outbox IN SHARE MODE");
+      out->set_seq(tx.exec1("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "
+                            "outbox_seq_seq")[0]
+                       .as<int64_t>());
+    });
+    return ToGrpc(st);
+  }
+
+  grpc::Status ReadState(grpc::ServerContext*, const pb::ReadStateRequest* req,
+                         pb::ReadStateResponse* out) override {
+    PgPool* pool = PoolNamed(req->database());
+    if (!pool) return UnknownDatabase(req->database());
+    const bool global = pool == app_.global.get();
+    int limit = req->limit() == 0 ? 500 : req->limit();
+    if (limit < 1 || limit > 10000) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit: 1..10000");
+    }
+    std::string sql;
+    switch (req->kind()) {
+      case pb::OUTBOX_KIND_CART:
+        sql = "SELECT user_id, state, residency FROM carts";
+        break;
+      case pb::OUTBOX_KIND_USER:
+        sql = "SELECT user_id, email, name, password_hash, residency, hlc, origin FROM users";
+        break;
+      case pb::OUTBOX_KIND_ORDER:
+        sql =
+            "SELECT order_id, user_id, status, total_cents, currency, owner_region, epoch, "
+            "residency, (SELECT coalesce(json_agg(json_build_object('sku', sku, 'quantity', "
+            "quantity, 'price_cents', price_cents)), '[]') FROM order_items i WHERE i.order_id "
+            "= o.order_id)::text FROM orders o";
+        break;
+      case pb::OUTBOX_KIND_PRODUCT:
+        sql =
+            "SELECT sku, name, description, coalesce(category_id, ''), price_cents, currency, "
+            "hlc, origin FROM products WHERE hlc > 0";
+        break;
+      case pb::OUTBOX_KIND_INVENTORY:
+        sql = "SELECT sku, state FROM inventory";
+        break;
+      default:
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "kind: a document kind");
+    }
+    const bool global_kind =
+        req->kind() == pb::OUTBOX_KIND_PRODUCT || req->kind() == pb::OUTBOX_KIND_INVENTORY;
+    if (global != global_kind) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "kind: not a document of database " + req->database());
+    }
+    absl::Status st = pool->Run([&](pqxx::work& tx) {
+      const std::string key =
+          req->kind() == pb::OUTBOX_KIND_CART || req->kind() == pb::OUTBOX_KIND_USER ? "user_id"
+          : req->kind() == pb::OUTBOX_KIND_ORDER                                     ? "order_id"
+                                                                                     : "sku";
+      sql += std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT ? " AND " : " WHERE ") + key +
+             " > " + tx.quote(req->after_key()) + " ORDER BY " + key + " LIMIT " + tx.quote(limit);
+      pqxx::result rows = tx.exec(sql);
+      auto add = [&](pb::OutboxKind kind, const std::string& k, std::string payload,
+                     const std::string& residency) {
+        pb::OutboxRecord* rec = out->add_records();
+        rec->set_origin(app_.config.replica_id);
+        rec->set_kind(kind);
+        rec->set_key(k);
+        rec->set_payload(std::move(payload));
+        rec->set_residency(residency);
+        SetNow(rec->mutable_created_at(), UnixNowMs());
+      };
+      for (const auto& r : rows) {
+        const std::string k = r[0].as<std::string>();
+        out->set_last_key(k);
+        switch (req->kind()) {
+          case pb::OUTBOX_KIND_CART: {
+            pqxx::binarystring b(r[1]);
+            add(pb::OUTBOX_KIND_CART, k, b.str(), r[2].as<std::string>());
+            break;
+          }
+          case pb::OUTBOX_KIND_USER:
+            add(pb::OUTBOX_KIND_USER, k,
+                Json{{"user_id", k},
+                     {"email", r[1].as<std::string>()},
+                     {"name", r[2].as<std::string>()},
+                     {"password_hash", r[3].as<std::string>()},
+                     {"hlc", static_cast<uint64_t>(r[5].as<int64_t>())},
+                     {"origin", r[6].as<int>()}}
+                    .dump(),
+                r[4].as<std::string>());
+            break;
+          case pb::OUTBOX_KIND_ORDER: {
+            Json created{{"event", "created"},
+                         {"order_id", k},
+                         {"user_id", r[1].as<std::string>()},
+                         {"epoch", r[6].as<int64_t>()},
+                         {"owner_region", r[5].as<std::string>()},
+                         {"total_cents", r[3].as<int64_t>()},
+                         {"currency", r[4].as<std::string>()},
+                         {"items", Json::parse(r[8].as<std::string>(), nullptr, false)}};
+            add(pb::OUTBOX_KIND_ORDER, k, created.dump(), r[7].as<std::string>());
+            const std::string status = r[2].as<std::string>();
+            if (status != "pending_payment") {
+              add(pb::OUTBOX_KIND_ORDER, k,
+                  Json{{"event", status},
+                       {"order_id", k},
+                       {"user_id", r[1].as<std::string>()},
+                       {"epoch", r[6].as<int64_t>()}}
+                      .dump(),
+                  r[7].as<std::string>());
+            }
+            break;
+          }
+          case pb::OUTBOX_KIND_PRODUCT:
+            add(pb::OUTBOX_KIND_PRODUCT, k,
+                Json{{"sku", k},
+                     {"name", r[1].as<std::string>()},
+                     {"description", r[2].as<std::string>()},
+                     {"category", r[3].as<std::string>()},
+                     {"price_cents", r[4].as<int64_t>()},
+                     {"currency", r[5].as<std::string>()},
+                     {"hlc", static_cast<uint64_t>(r[6].as<int64_t>())},
+                     {"origin", r[7].as<int>()}}
+                    .dump(),
+                "any");
+            break;
+          default: {
+            pqxx::binarystring b(r[1]);
+            add(pb::OUTBOX_KIND_INVENTORY, k, b.str(), "any");
+            break;
+          }
+        }
+      }
+      out->set_done(static_cast<int>(rows.size()) < limit);
+    });
+    return ToGrpc(st);
   }
 
   grpc::Status GetStreamMarks(grpc::ServerContext*, const pb::GetStreamMarksRequest*,
@@ -533,11 +696,11 @@ class Service final : public pb::RegionInternal::Service {
       sql +=
           " UNION ALL SELECT 1, user_id, state, version FROM carts WHERE user_id IN (" + keys + ")";
     }
-    int64_t high = 0;
+    int64_t high = req.state() ? -1 : 0;  // a state transfer joins everything
     std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
     for (const auto& r : tx.exec(sql)) {
       if (r[0].as<int>() == 0) {
-        high = r[3].as<int64_t>();
+        if (!req.state()) high = r[3].as<int64_t>();
         continue;
       }
       pqxx::binarystring b(r[2]);
@@ -583,7 +746,9 @@ class Service final : public pb::RegionInternal::Service {
     for (auto& [key, deltas] : stock)
       for (Prepared* p : deltas) Apply(tx, *p);
     for (Prepared* p : todo) Apply(tx, *p);
-    if (last_seq > high) writes += MarkSql(tx, req.origin(), req.origin_database(), last_seq);
+    if (!req.state() && last_seq > high) {
+      writes += MarkSql(tx, req.origin(), req.origin_database(), last_seq);
+    }
     if (!writes.empty()) tx.exec(writes);
   }
 

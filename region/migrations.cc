@@ -57,6 +57,13 @@ constexpr const char* kOutboxInsertTime = R"sql(
 ALTER TABLE outbox ALTER COLUMN created_at SET DEFAULT clock_timestamp();
 )sql";
 
+// The outbox's stream identity: peers keep their marks per (origin, stream), so a database that
+// is rebuilt (its sequence starts over) is a new stream to them, not an old one to resume.
+constexpr const char* kOutboxStream = R"sql(
+CREATE TABLE outbox_stream (id text PRIMARY KEY);
+INSERT INTO outbox_stream VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8));
+)sql";
+
 const std::vector<Migration> kGlobal = {
     {1, "catalog",
      R"sql(
@@ -121,6 +128,7 @@ CREATE TABLE sandbox_charges (
     {5, "replication_applied", kReplicationApplied},
     {6, "outbox_commit_order", kOutboxCommitOrder},
     {7, "outbox_insert_time", kOutboxInsertTime},
+    {8, "outbox_stream", kOutboxStream},
 };
 
 const std::vector<Migration> kShard = {
@@ -208,6 +216,7 @@ ALTER TABLE users ADD COLUMN hlc bigint NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN origin integer NOT NULL DEFAULT 0;
 )sql"},
     {9, "outbox_insert_time", kOutboxInsertTime},
+    {10, "outbox_stream", kOutboxStream},
 };
 
 }  // namespace

@@ -15,8 +15,10 @@ bool ValidDatabaseName(const std::string& name) {
 }
 
 pb::DeltaBatch EncodeBatch(uint32_t origin, const std::string& origin_database, int64_t first_seq,
-                           int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms) {
+                           int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms,
+                           bool state) {
   pb::DeltaBatch b;
+  b.set_state(state);
   b.set_origin(origin);
   b.set_origin_database(origin_database);
   b.set_first_seq(first_seq);
@@ -47,7 +49,8 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
     return bad("batch origin ", b.origin(), " is not the stream's peer ", expected_origin);
   }
   if (!ValidDatabaseName(b.origin_database())) return bad("batch origin_database: malformed");
-  if (b.first_seq() < 1 || b.last_seq() < b.first_seq()) {
+  if (b.state() ? (b.first_seq() != 0 || b.last_seq() < 0)
+                : (b.first_seq() < 1 || b.last_seq() < b.first_seq())) {
     return bad("batch seq range [", b.first_seq(), ", ", b.last_seq(), "] is not valid");
   }
   if (b.uncompressed_bytes() > kMaxBatchBytes) {
@@ -81,9 +84,14 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
   if (list.records_size() > kMaxBatchRecords) {
     return bad("batch of ", list.records_size(), " records exceeds ", kMaxBatchRecords);
   }
+  if (b.state() && b.last_seq() != 0 && list.records_size() != 0) {
+    return bad("the last batch of a state transfer carries no records");
+  }
   int64_t prev = b.first_seq() - 1;
   for (const pb::Record& r : list.records()) {
-    if (r.seq() <= prev || r.seq() > b.last_seq()) {
+    if (b.state()) {
+      if (r.seq() != 0) return bad("a state transfer's records carry seq 0");
+    } else if (r.seq() <= prev || r.seq() > b.last_seq()) {
       return bad("record seq ", r.seq(), " is out of order or outside the batch's range");
     }
     prev = r.seq();

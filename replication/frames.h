@@ -21,7 +21,8 @@ inline constexpr int kMaxBatchRecords = 10000;
 // Builds the batch of `records` (ascending seq, within [first_seq, last_seq]) of one origin
 // database. Compresses with zlib when that saves at least an eighth.
 pb::DeltaBatch EncodeBatch(uint32_t origin, const std::string& origin_database, int64_t first_seq,
-                           int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms);
+                           int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms,
+                           bool state = false);
 
 // Checks a peer's batch against the stream's origin and the limits, and decodes its records.
 absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& batch, uint32_t expected_origin);

@@ -149,14 +149,18 @@ struct Replicator::Impl {
     return absl::UnavailableError(absl::StrCat("region ", what, ": ", s.error_message()));
   }
 
-  absl::StatusOr<std::vector<std::string>> LocalDatabases() {
+  // (database name, stream name) of every local database.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LocalDatabases() {
     rpb::GetStatusRequest req;
     rpb::GetStatusResponse resp;
     auto ctx = RegionCtx(5000);
     grpc::Status s = region->GetStatus(ctx.get(), req, &resp);
     if (!s.ok()) return RegionError(s, "GetStatus");
-    std::vector<std::string> dbs;
-    for (const auto& d : resp.databases()) dbs.push_back(d.name());
+    std::vector<std::pair<std::string, std::string>> dbs;
+    for (const auto& d : resp.databases()) {
+      if (d.stream().empty()) return absl::UnavailableError("region GetStatus: no stream names");
+      dbs.emplace_back(d.name(), d.stream());
+    }
     return dbs;
   }
 
@@ -273,13 +277,15 @@ class Session {
  private:
   struct Pending {
     std::string db;
+    bool state = false;  // a state transfer's batch
     int64_t last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
     size_t bytes = 0;
   };
 
   struct Cursor {
-    std::string db;
+    std::string db;      // the local database, for the region's API
+    std::string stream;  // its stream name, for the peer
     int64_t after_seq = 0;
     int64_t gap_horizon = 0;
     int64_t gap_horizon_seq = 0;
@@ -349,7 +355,8 @@ class Session {
     }
   }
 
-  absl::Status Converse(const pb::Frame& hello, const std::vector<std::string>& dbs) {
+  absl::Status Converse(const pb::Frame& hello,
+                        const std::vector<std::pair<std::string, std::string>>& dbs) {
     if (!Write(hello)) return absl::UnavailableError("the stream closed before our hello");
     pb::Frame f;
     if (!stream_.Read(&f)) return absl::UnavailableError("the stream closed before the hello");
@@ -372,18 +379,18 @@ class Session {
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
-      for (const std::string& db : dbs) {
-        Cursor c{db, 0, 0, 0};
+      for (const auto& [db, stream] : dbs) {
+        Cursor c{db, stream, 0, 0, 0};
         for (const auto& a : ph.applied())
-          if (a.origin_database() == db) c.after_seq = std::max<int64_t>(0, a.seq());
-        peer_.acked[db] = c.after_seq;
+          if (a.origin_database() == stream) c.after_seq = std::max<int64_t>(0, a.seq());
+        peer_.acked[stream] = c.after_seq;
         cursors.push_back(c);
       }
     }
     peer_.m.connected->Set(1);
     spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
       std::string s;
-      for (const Cursor& c : cursors) absl::StrAppend(&s, c.db, ":", c.after_seq, " ");
+      for (const Cursor& c : cursors) absl::StrAppend(&s, c.stream, ":", c.after_seq, " ");
       return s;
     }());
     sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
@@ -437,6 +444,7 @@ class Session {
     if (!list.ok()) return Reject(std::string(list.status().message()));
     Pending p;
     p.db = b.origin_database();
+    p.state = b.state();
     p.last_seq = b.last_seq();
     for (const pb::Record& rec : list->records()) {
       if (!services::ResidencyAllows(rec.residency(), r_.config.jurisdiction)) {
@@ -458,13 +466,13 @@ class Session {
     }
     std::unique_lock<std::mutex> l(mu_);
     int64_t& queued_through = queued_through_[p.db];
-    if (b.first_seq() <= queued_through) {
+    if (!b.state() && b.first_seq() <= queued_through) {
       l.unlock();
       return Reject(absl::StrCat("batch of ", p.db, " starts at ", b.first_seq(),
                                  ", at or below what this stream already carried (", queued_through,
                                  ")"));
     }
-    queued_through = b.last_seq();
+    queued_through = std::max(queued_through, b.last_seq());
     // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
     cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
     if (done_) return absl::OkStatus();
@@ -487,20 +495,22 @@ class Session {
         // Everything queued, one call per origin database (at most 10,000 records each).
         while (!apply_queue_.empty()) {
           Pending& p = apply_queue_.front();
-          auto it = std::find_if(calls.begin(), calls.end(),
-                                 [&](const auto& c) { return c.first == p.db; });
+          auto it = std::find_if(calls.begin(), calls.end(), [&](const auto& c) {
+            return c.first == p.db && c.second.state() == p.state;
+          });
           if (it == calls.end()) {
             calls.emplace_back(p.db, rpb::ApplyDeltasRequest());
             it = calls.end() - 1;
             it->second.set_origin(peer_.config.replica_id);
             it->second.set_origin_database(p.db);
+            it->second.set_state(p.state);
           }
           if (it->second.records_size() > 0 &&
               it->second.records_size() + static_cast<int>(p.records.size()) > 10000) {
             break;
           }
           for (auto& o : p.records) *it->second.add_records() = std::move(o);
-          it->second.set_through_seq(p.last_seq);
+          it->second.set_through_seq(std::max(it->second.through_seq(), p.last_seq));
           apply_bytes_ -= p.bytes;
           apply_queue_.pop_front();
         }
@@ -534,6 +544,7 @@ class Session {
         }
         const int64_t now = UnixMs();
         for (const rpb::OutboxRecord& o : req.records()) {
+          if (req.state()) break;  // full documents: no commit time to measure from
           int64_t committed = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
           peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
         }
@@ -573,9 +584,10 @@ class Session {
     return !done_ && !write_failed_;
   }
 
-  bool SendBatch(const std::string& db, int64_t first, int64_t last, const pb::RecordList& list) {
+  bool SendBatch(const std::string& db, int64_t first, int64_t last, const pb::RecordList& list,
+                 bool state = false) {
     pb::Frame f;
-    *f.mutable_batch() = EncodeBatch(r_.config.replica_id, db, first, last, list, UnixMs());
+    *f.mutable_batch() = EncodeBatch(r_.config.replica_id, db, first, last, list, UnixMs(), state);
     size_t bytes = f.ByteSizeLong();
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -591,9 +603,10 @@ class Session {
   void Ship(std::vector<Cursor> cursors) {
     {
       std::lock_guard<std::mutex> l(mu_);
-      for (const Cursor& c : cursors) inflight_[c.db];
+      for (const Cursor& c : cursors) inflight_[c.stream];
     }
     const std::string& peer_jurisdiction = peer_.config.jurisdiction;
+    if (!CatchUpFromState(cursors)) return Fail();
     while (WaitForWindow()) {
       rpb::PollOutboxRequest req;
       for (const Cursor& c : cursors) {
@@ -646,14 +659,14 @@ class Session {
           }
           if (list.records_size() >= r_.config.batch_max_records ||
               bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
-            if (!SendBatch(c.db, first, o.seq(), list)) return Fail();
+            if (!SendBatch(c.stream, first, o.seq(), list)) return Fail();
             first = o.seq() + 1;
             list.Clear();
             bytes = 0;
           }
         }
         if (first <= chunk.next_after_seq()) {
-          if (!SendBatch(c.db, first, chunk.next_after_seq(), list)) return Fail();
+          if (!SendBatch(c.stream, first, chunk.next_after_seq(), list)) return Fail();
         }
         c.after_seq = chunk.next_after_seq();
       }
@@ -668,6 +681,91 @@ class Session {
         if (!r_.SleepFor(std::chrono::milliseconds(r_.config.batch_linger_ms))) return;
       }
     }
+  }
+
+  // Anti-entropy: a peer whose resume point lies in the part of our outbox already truncated
+  // (a new or rebuilt region, or one that was away while the others truncated) gets the full
+  // documents of that database instead, then the outbox from the barrier seq on. False when the
+  // stream failed.
+  bool CatchUpFromState(std::vector<Cursor>& cursors) {
+    rpb::GetStatusResponse status;
+    {
+      auto ctx = r_.RegionCtx(5000);
+      if (!r_.region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) return true;
+    }
+    for (Cursor& c : cursors) {
+      for (const auto& d : status.databases()) {
+        if (d.name() != c.db) continue;
+        const bool truncated = d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
+                                                      : d.outbox_last_seq() > c.after_seq;
+        if (truncated && !SendState(c)) return false;
+      }
+    }
+    return true;
+  }
+
+  bool SendState(Cursor& c) {
+    rpb::OutboxBarrierRequest breq;
+    breq.set_database(c.db);
+    rpb::OutboxBarrierResponse barrier;
+    {
+      auto ctx = r_.RegionCtx(30000);
+      grpc::Status s = r_.region->OutboxBarrier(ctx.get(), breq, &barrier);
+      if (!s.ok()) {
+        spdlog::warn("event=state_transfer_failed peer={} db={} error=\"{}\"", peer_.config.name,
+                     c.db, s.error_message());
+        return false;
+      }
+    }
+    spdlog::info("event=state_transfer_started peer={} db={} peer_resume={} through_seq={}",
+                 peer_.config.name, c.db, c.after_seq, barrier.seq());
+    const bool global = c.db == "global";
+    const std::vector<rpb::OutboxKind> kinds =
+        global ? std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_PRODUCT, rpb::OUTBOX_KIND_INVENTORY}
+               : std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_USER, rpb::OUTBOX_KIND_CART,
+                                              rpb::OUTBOX_KIND_ORDER};
+    int64_t sent = 0;
+    for (rpb::OutboxKind kind : kinds) {
+      std::string after;
+      for (bool done = false; !done;) {
+        if (!WaitForWindow()) return false;
+        rpb::ReadStateRequest req;
+        req.set_database(c.db);
+        req.set_kind(kind);
+        req.set_after_key(after);
+        req.set_limit(r_.config.batch_max_records);
+        rpb::ReadStateResponse resp;
+        auto ctx = r_.RegionCtx(30000);
+        grpc::Status s = r_.region->ReadState(ctx.get(), req, &resp);
+        if (!s.ok()) {
+          spdlog::warn("event=state_transfer_failed peer={} db={} error=\"{}\"", peer_.config.name,
+                       c.db, s.error_message());
+          return false;
+        }
+        pb::RecordList list;
+        for (const rpb::OutboxRecord& o : resp.records()) {
+          if (!services::ResidencyAllows(o.residency(), peer_.config.jurisdiction)) continue;
+          pb::Record* rec = list.add_records();
+          rec->set_seq(0);
+          rec->set_kind(ToWireKind(o.kind()));
+          rec->set_key(o.key());
+          rec->set_payload(o.payload());
+          rec->set_residency(o.residency());
+          rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
+                                     o.created_at().nanos() / 1000000);
+        }
+        if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, true)) return false;
+        sent += list.records_size();
+        after = resp.last_key();
+        done = resp.done();
+      }
+    }
+    if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), true)) return false;
+    spdlog::info("event=state_transfer_sent peer={} db={} documents={} through_seq={}",
+                 peer_.config.name, c.db, sent, barrier.seq());
+    c.after_seq = barrier.seq();
+    c.gap_horizon = c.gap_horizon_seq = 0;
+    return true;
   }
 
   bool Heartbeat() {
@@ -810,7 +908,7 @@ void Replicator::Impl::Housekeeping() {
       std::lock_guard<std::mutex> l(p->mu);
       int64_t behind = 0;
       for (const auto& d : status.databases()) {
-        auto it = p->acked.find(d.name());
+        auto it = p->acked.find(d.stream());
         int64_t acked = it == p->acked.end() ? 0 : it->second;
         behind += std::max<int64_t>(0, d.outbox_max_seq() - acked);
         auto [t, fresh] = through.emplace(d.name(), acked);

@@ -65,6 +65,9 @@ class ThreeRegions : public ::testing::Test {
     test_support::ClusterOptions o;
     o.name = "three";
     o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
+    o.shipping_yaml =
+        "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, "
+        "truncate_interval_ms: 300}";
     auto c = Cluster::Start(o);
     ASSERT_TRUE(c.ok()) << c.status();
     c_ = *std::move(c);
@@ -278,6 +281,68 @@ TEST_F(ThreeRegions, KillNineAndAPartitionLoseNothing) {
   auto metrics = c_->Metrics(kUs);
   ASSERT_TRUE(metrics.ok());
   EXPECT_NE(metrics->find("meridian_replication_reconnects_total"), std::string::npos);
+}
+
+// A region rebuilt from nothing (its databases dropped) while the others have already truncated
+// their outboxes catches up from the peers' full documents (anti-entropy), then from their
+// outboxes; its own restarted sequences are a new stream to the peers, not an old one resumed.
+TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
+  Product(kUs, "sku-1", 500);
+  Product(kEu, "sku-2", 700);
+  ProductsEverywhere({"sku-1", "sku-2"});
+  std::vector<std::string> tokens, users;
+  for (int u = 0; u < 5; ++u) {
+    std::string email = "early" + std::to_string(u) + "@example.com";
+    tokens.push_back(Customer(u % 2 ? kEu : kUs, email, "any"));
+    users.push_back(services::UserIdForEmail(email));
+    ASSERT_EQ(Add(kUs, tokens.back(), "sku-1", u + 1), 200);
+    ASSERT_EQ(Add(kEu, tokens.back(), "sku-2", 1), 200);
+  }
+  std::string eve = Customer(kEu, "eve@example.eu", "eu");
+  const std::string eve_id = services::UserIdForEmail("eve@example.eu");
+  ASSERT_EQ(Add(kEu, eve, "sku-1", 1), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
+  // Every peer acked: the outboxes of us-east and eu-west are truncated.
+  auto outbox_rows = [&](size_t region) {
+    return Count(region, "global", "SELECT count(*) FROM outbox") +
+           Count(region, "shard0", "SELECT count(*) FROM outbox") +
+           Count(region, "shard1", "SELECT count(*) FROM outbox");
+  };
+  ASSERT_TRUE(Eventually([&] { return outbox_rows(kUs) == 0 && outbox_rows(kEu) == 0; }, 30));
+
+  // ap-south loses everything and comes back empty.
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  {
+    pqxx::connection admin(c_->Dsn(kAp, "postgres"));
+    pqxx::nontransaction tx(admin);
+    for (const char* db : {"global", "shard0", "shard1"}) {
+      tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
+      tx.exec(std::string("CREATE DATABASE ") + db);
+    }
+  }
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
+  EXPECT_EQ(Count(kAp, "global", "SELECT count(*) FROM products WHERE sku IN ('sku-1', 'sku-2')"),
+            2);
+  EXPECT_EQ(Count(kAp, "shard0", "SELECT count(*) FROM users") +
+                Count(kAp, "shard1", "SELECT count(*) FROM users"),
+            5)
+      << "the five profiles without residency, not eve's";
+  for (const char* db : {"shard0", "shard1"}) {
+    EXPECT_EQ(Count(kAp, db, "SELECT count(*) FROM carts WHERE user_id = '" + eve_id + "'"), 0);
+  }
+  // Its own new writes reach the others (its sequences started over: a new stream to them).
+  ASSERT_EQ(Add(kAp, tokens[0], "sku-2", 5), 200);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kUs, users[0]);
+        return cart && cart->count("sku-2") && cart->at("sku-2") == 6;
+      },
+      30));
+  ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
 }
 
 // A client that speaks the replication protocol with a region's certificate (a buggy or
