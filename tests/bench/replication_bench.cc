@@ -254,25 +254,6 @@ int main(int argc, char** argv) {
         for (const auto& [sku, q] : have[u]) got[sku] = q;
         if (got == lines) continue;
         ++bad;
-        if (bad == 1) {
-          for (const auto& [sku, q] : lines) {
-            if (got[sku] >= q) continue;
-            std::fprintf(stderr, "  e.g. %s misses %s of %s\n", c.spec(r).name.c_str(), sku.c_str(),
-                         u.c_str());
-            for (size_t o = 0; o < c.size(); ++o) {
-              for (const char* db : {"shard0", "shard1"}) {
-                pqxx::connection conn(c.Dsn(o, db));
-                pqxx::work tx(conn);
-                for (const auto& row :
-                     tx.exec("SELECT seq, xmin::text FROM outbox WHERE kind = 'cart' AND key = " +
-                             tx.quote(u) + " AND origin = " + tx.quote(c.spec(o).replica_id))) {
-                  std::fprintf(stderr, "    %s/%s outbox seq %s xmin %s\n", c.spec(o).name.c_str(),
-                               db, row[0].c_str(), row[1].c_str());
-                }
-              }
-            }
-          }
-        }
         for (size_t o = 0; o < c.size(); ++o) {
           auto it = stats[o].committed.find(u);
           if (it == stats[o].committed.end()) continue;

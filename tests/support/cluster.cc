@@ -46,6 +46,18 @@ std::pair<int, std::string> HttpGet(uint16_t port, const std::string& path) {
   return {status, body == std::string::npos ? "" : raw.substr(body + 4)};
 }
 
+// Waits up to 15 s for `path` on `port` to answer 200 while `process` runs.
+absl::Status AwaitHttp(Process& process, uint16_t port, const std::string& path,
+                       const std::string& what) {
+  for (int k = 0; k < 300; ++k) {
+    if (HttpGet(port, path).first == 200) return absl::OkStatus();
+    if (!process.Running()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(what, " did not become ready: ", FileTail(process.log_path())));
+}
+
 absl::Status WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
@@ -210,13 +222,7 @@ absl::Status Cluster::StartRegionServer(size_t i) {
                       .log_path = absl::StrCat(dir_, "/", r.spec.name, "-region.log")});
   if (!p.ok()) return p.status();
   r.server = *std::move(p);
-  for (int k = 0; k < 300; ++k) {
-    if (HttpGet(r.http_port, "/readyz").first == 200) return absl::OkStatus();
-    if (!r.server->Running()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return absl::UnavailableError(absl::StrCat(
-      "meridian-region ", r.spec.name, " did not become ready: ", FileTail(r.server->log_path())));
+  return AwaitHttp(*r.server, r.http_port, "/readyz", "meridian-region " + r.spec.name);
 }
 
 absl::Status Cluster::KillReplicator(size_t i) {
@@ -235,13 +241,7 @@ absl::Status Cluster::StartReplicator(size_t i) {
                            .log_path = absl::StrCat(dir_, "/", r.spec.name, "-replicator.log")});
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
-  for (int k = 0; k < 200; ++k) {
-    if (HttpGet(r.metrics_port, "/metrics").first == 200) return absl::OkStatus();
-    if (!r.replicator->Running()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  return absl::UnavailableError(absl::StrCat(
-      "meridian-replicator ", r.spec.name, " did not start: ", FileTail(r.replicator->log_path())));
+  return AwaitHttp(*r.replicator, r.metrics_port, "/metrics", "meridian-replicator " + r.spec.name);
 }
 
 absl::Status Cluster::Partition(size_t i) {
