@@ -1,0 +1,522 @@
+#!/usr/bin/env bash
+# netns.sh — regions as network namespaces on one machine, with one-way delay and loss per pair of
+# regions (meridian-netem-nfq on iptables NFQUEUE; this kernel has no netem) and partitions on
+# demand (iptables DROP). Needs root. See deploy/netem/README.md.
+#
+#   netns.sh up        [--prefix P] [--subnet 10.A.B] [--regions r1,r2,...] [--delay A/B=MS]...
+#                      [--loss A/B=PCT]... [--hook egress|ingress] [--seed N] [--nfq BIN] [--state DIR]
+#   netns.sh down      [--prefix P] [--state DIR]           everything up made, gone (idempotent)
+#   netns.sh partition REGION|A/B [--prefix P]              cut REGION from every other (or one pair)
+#   netns.sh heal      REGION|A/B [--prefix P]              restore what partition cut
+#   netns.sh set-delay A/B=MS [--prefix P]                  change a pair's one-way delay, live
+#   netns.sh set-loss  A/B=PCT [--prefix P]                 change a pair's loss (each direction), live
+#   netns.sh status    [--prefix P]                         namespaces, links, partitions, counters
+#   netns.sh addr REGION [--prefix P]                       the region's address (10.A.B.i)
+#   netns.sh ns   REGION [--prefix P]                       the region's namespace name (P-REGION)
+#   netns.sh check     [--nfq BIN]                          can namespaces and NFQUEUE be used here?
+#
+# Names: namespace P-REGION, bridge P-br (root namespace, address 10.A.B.254), host-side veth P-vI
+# (the namespace side is eth0, address 10.A.B.(I+1)), iptables chains MERIDIAN-PART and
+# MERIDIAN-DELAY inside each namespace. P is 1..10 of [a-z0-9] starting with a letter (default
+# mer); use a unique P per concurrent user. Defaults: subnet 10.77.0, regions us-east,eu-west,
+# ap-south, delays us-east/eu-west 38, us-east/ap-south 100, eu-west/ap-south 60 ms (other pairs
+# 0), loss 0, delay applied on ingress (by source; --hook egress: by destination). State (rules,
+# pids, counters, logs) in --state DIR, default /run/meridian-netem/P.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+PREFIX=mer
+STATE=
+SUBNET=
+REGIONS_CSV=
+HOOK=
+SEED=
+NFQ=${MERIDIAN_NETEM_NFQ:-}
+DELAY_ARGS=()
+LOSS_ARGS=()
+TARGET=
+
+log() { printf 'netns: %s\n' "$*"; }
+die() { printf 'netns: error: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,26p' "$0"; }
+
+CMD=${1:-}
+[[ $# -gt 0 ]] && shift
+case "$CMD" in
+  partition | heal | set-delay | set-loss | addr | ns)
+    TARGET=${1:-}
+    [[ -n "$TARGET" && "$TARGET" != -* ]] || die "$CMD needs an argument (see --help)"
+    shift
+    ;;
+  -h | --help | help | "") usage; exit 0 ;;
+esac
+while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 || "$1" == -h || "$1" == --help ]] || die "$1 needs a value"
+  case "$1" in
+    --prefix) PREFIX=$2; shift 2 ;;
+    --state) STATE=$2; shift 2 ;;
+    --subnet) SUBNET=$2; shift 2 ;;
+    --regions) REGIONS_CSV=$2; shift 2 ;;
+    --delay) DELAY_ARGS+=("$2"); shift 2 ;;
+    --loss) LOSS_ARGS+=("$2"); shift 2 ;;
+    --hook) HOOK=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
+    --nfq) NFQ=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+[[ "$PREFIX" =~ ^[a-z][a-z0-9]{0,9}$ ]] ||
+  die "--prefix must be 1..10 characters of [a-z0-9] starting with a letter (interface names are at most 15)"
+STATE=${STATE:-/run/meridian-netem/$PREFIX}
+BR="$PREFIX-br"
+FWD_COMMENT="meridian-netem-$PREFIX"
+
+# ---------------------------------------------------------------------------------------------
+# State: state.env (shape) and links (one "A/B delay_ms loss_pct" line per pair).
+
+REGIONS=()
+declare -A PAIR_DELAY=() PAIR_LOSS=()
+
+load_state() {
+  [[ -f "$STATE/state.env" ]] || return 1
+  # shellcheck disable=SC1091
+  source "$STATE/state.env"
+  read -r -a REGIONS <<<"$STATE_REGIONS"
+  SUBNET=$STATE_SUBNET
+  HOOK=$STATE_HOOK
+  SEED=$STATE_SEED
+  local pair d l
+  while read -r pair d l; do
+    [[ -n "$pair" ]] || continue
+    PAIR_DELAY[$pair]=$d
+    PAIR_LOSS[$pair]=$l
+  done <"$STATE/links"
+  return 0
+}
+
+save_state() {
+  mkdir -p "$STATE"
+  {
+    echo "STATE_REGIONS=\"${REGIONS[*]}\""
+    echo "STATE_SUBNET=$SUBNET"
+    echo "STATE_HOOK=$HOOK"
+    echo "STATE_SEED=$SEED"
+    echo "STATE_NFQ=\"$NFQ\""
+    echo "STATE_FWD_RULE=${STATE_FWD_RULE:-0}"
+  } >"$STATE/state.env.tmp"
+  mv "$STATE/state.env.tmp" "$STATE/state.env"
+  local p
+  for p in "${!PAIR_DELAY[@]}"; do echo "$p ${PAIR_DELAY[$p]} ${PAIR_LOSS[$p]}"; done |
+    sort >"$STATE/links.tmp"
+  mv "$STATE/links.tmp" "$STATE/links"
+}
+
+require_state() { load_state || die "nothing is up under prefix '$PREFIX' (no $STATE/state.env)"; }
+
+index_of() {
+  local i
+  for i in "${!REGIONS[@]}"; do [[ "${REGIONS[$i]}" == "$1" ]] && { echo "$i"; return 0; }; done
+  die "no region '$1' (regions: ${REGIONS[*]})"
+}
+ns_of() { echo "$PREFIX-${REGIONS[$1]}"; }
+addr_of() { echo "$SUBNET.$(($1 + 1))"; }
+veth_of() { echo "$PREFIX-v$1"; }
+
+# "A/B" with A before B in region order, or an error.
+pair_key() {
+  [[ "$1" =~ ^([a-z0-9-]+)/([a-z0-9-]+)$ ]] || die "'$1' is not a pair A/B of regions"
+  local a b
+  a=$(index_of "${BASH_REMATCH[1]}")
+  b=$(index_of "${BASH_REMATCH[2]}")
+  ((a != b)) || die "'$1': a region is not a pair with itself"
+  if ((a < b)); then echo "${REGIONS[$a]}/${REGIONS[$b]}"; else echo "${REGIONS[$b]}/${REGIONS[$a]}"; fi
+}
+pair_of() { if (($1 < $2)); then echo "${REGIONS[$1]}/${REGIONS[$2]}"; else echo "${REGIONS[$2]}/${REGIONS[$1]}"; fi; }
+
+# Applies "A/B=V" settings to PAIR_DELAY or PAIR_LOSS (named by $1), checking V against $2 (max).
+apply_settings() {
+  local -n table=$1
+  local max=$2 what=$3 s key
+  shift 3
+  for s in "$@"; do
+    [[ "$s" =~ ^([a-z0-9/-]+)=([0-9]+(\.[0-9]+)?)$ ]] || die "--$what must be A/B=NUMBER, got '$s'"
+    key=$(pair_key "${BASH_REMATCH[1]}")
+    awk -v v="${BASH_REMATCH[2]}" -v m="$max" 'BEGIN { exit !(v <= m) }' ||
+      die "--$what $s: must be at most $max"
+    table[$key]=${BASH_REMATCH[2]}
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of `up`, each idempotent.
+
+need_root() {
+  [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces and iptables); use the proxy links instead"
+  command -v ip >/dev/null || die "ip (iproute2) not installed (deploy/install-deps.sh)"
+  command -v iptables >/dev/null || die "iptables not installed (deploy/install-deps.sh)"
+}
+
+find_nfq() {
+  if [[ -z "$NFQ" ]]; then
+    local b
+    for b in "${MERIDIAN_BUILD:-$ROOT/build}/deploy/netem/meridian-netem-nfq" "$ROOT/build/deploy/netem/meridian-netem-nfq"; do
+      [[ -x "$b" ]] && { NFQ=$b; break; }
+    done
+  fi
+  [[ -n "$NFQ" && -x "$NFQ" ]] ||
+    die "meridian-netem-nfq not found (build it: cmake --build build --target meridian-netem-nfq; or --nfq BIN)"
+  NFQ=$(cd "$(dirname "$NFQ")" && pwd)/$(basename "$NFQ")
+}
+
+subnet_free() {
+  # Our own bridge may already carry the subnet (a second `up`); anything else is a collision.
+  local used
+  used=$(ip -4 -o addr show | awk -v br="$BR" '$2 != br { print $4 }' | grep -E "^${SUBNET//./\\.}\\." || true)
+  [[ -z "$used" ]] || die "subnet $SUBNET.0/24 is already used here ($used); pick another --subnet"
+  used=$(ip -4 route show | awk -v br="$BR" '$0 !~ (" dev " br " ") { print $1 }' |
+    grep -E "^${SUBNET//./\\.}\\." || true)
+  [[ -z "$used" ]] || die "subnet $SUBNET.0/24 is already routed here ($used); pick another --subnet"
+}
+
+bridge_up() {
+  if ! ip link show "$BR" >/dev/null 2>&1; then
+    subnet_free
+    ip link add "$BR" type bridge
+  fi
+  ip -4 addr show dev "$BR" | grep -q "inet $SUBNET.254/24" || ip addr add "$SUBNET.254/24" dev "$BR"
+  ip link set "$BR" up
+  # With br_netfilter, bridged frames cross the root namespace's FORWARD chain; if its policy
+  # drops (Docker does that), let our bridge's own traffic through.
+  if [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" == 1 ]] &&
+    ! iptables -S FORWARD | grep -qx -- '-P FORWARD ACCEPT'; then
+    iptables -C FORWARD -i "$BR" -o "$BR" -m comment --comment "$FWD_COMMENT" -j ACCEPT 2>/dev/null ||
+      iptables -I FORWARD 1 -i "$BR" -o "$BR" -m comment --comment "$FWD_COMMENT" -j ACCEPT
+    STATE_FWD_RULE=1
+  fi
+}
+
+region_ns_up() {
+  local i=$1 ns veth addr
+  ns=$(ns_of "$i")
+  veth=$(veth_of "$i")
+  addr=$(addr_of "$i")
+  ip netns list | awk '{ print $1 }' | grep -qx -- "$ns" || ip netns add "$ns"
+  if ! ip link show "$veth" >/dev/null 2>&1; then
+    ip -n "$ns" link del eth0 2>/dev/null || true
+    ip link add "$veth" type veth peer name eth0 netns "$ns"
+  fi
+  ip link set "$veth" master "$BR"
+  ip link set "$veth" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" -4 addr show dev eth0 | grep -q "inet $addr/24" || ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route replace default via "$SUBNET.254" dev eth0
+}
+
+ipt() { local ns=$1; shift; ip netns exec "$ns" iptables -w "$@"; }
+
+# MERIDIAN-PART (partitions) first in INPUT; MERIDIAN-DELAY sends peers' packets to queue 0, in
+# INPUT by source (ingress, the default) or in OUTPUT by destination (egress). Either way each
+# direction of a pair gets the pair's one-way delay. Ingress is the default because a packet held
+# on egress still counts against its sender's TCP Small Queues budget (about 1 ms of data at the
+# pacing rate), which throttles a 38 ms link to ~0.1 MB/s; on ingress veth has already released
+# it from the sender (measured 33 MB/s). Partitions drop on INPUT, so a cut link behaves as a real
+# one (the sender sees silence, not an error).
+chains_up() {
+  local i=$1 ns j peer match chain
+  ns=$(ns_of "$i")
+  ipt "$ns" -N MERIDIAN-PART 2>/dev/null || true
+  ipt "$ns" -N MERIDIAN-DELAY 2>/dev/null || true
+  ipt "$ns" -C INPUT -j MERIDIAN-PART 2>/dev/null || ipt "$ns" -I INPUT 1 -j MERIDIAN-PART
+  if [[ "$HOOK" == egress ]]; then chain=OUTPUT; match=-d; else chain=INPUT; match=-s; fi
+  for c in INPUT OUTPUT; do
+    [[ "$c" == "$chain" ]] && continue
+    ipt "$ns" -D "$c" -j MERIDIAN-DELAY 2>/dev/null || true
+  done
+  ipt "$ns" -C "$chain" -j MERIDIAN-DELAY 2>/dev/null || ipt "$ns" -A "$chain" -j MERIDIAN-DELAY
+  ipt "$ns" -F MERIDIAN-DELAY
+  for j in "${!REGIONS[@]}"; do
+    ((j == i)) && continue
+    peer=$(addr_of "$j")
+    ipt "$ns" -A MERIDIAN-DELAY "$match" "$peer/32" -j NFQUEUE --queue-num 0 --queue-bypass
+  done
+}
+
+write_rules() {
+  local i=$1 ns j key field f
+  ns=$(ns_of "$i")
+  f="$STATE/$ns.rules"
+  if [[ "$HOOK" == egress ]]; then field=dst; else field=src; fi
+  {
+    echo "# ${REGIONS[$i]} ($HOOK): written by netns.sh; one-way delay and loss per peer"
+    for j in "${!REGIONS[@]}"; do
+      ((j == i)) && continue
+      key=$(pair_of "$i" "$j")
+      echo "$field=$(addr_of "$j") delay=${PAIR_DELAY[$key]} loss=${PAIR_LOSS[$key]}  # ${REGIONS[$j]}"
+    done
+  } >"$f.tmp"
+  mv "$f.tmp" "$f"
+}
+
+nfq_pid() {
+  local f="$STATE/$1.nfq.pid"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+}
+
+stat_field() { # stat_field NS FIELD: a top-level number from the tool's stats file
+  sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$STATE/$1.stats" 2>/dev/null || true
+}
+
+queue_bound() { ip netns exec "$1" awk '$1 == 0 { found = 1 } END { exit !found }' /proc/net/netfilter/nfnetlink_queue 2>/dev/null; }
+
+# Starts the region's meridian-netem-nfq, or makes a running one reload its rules.
+nfq_up() {
+  local i=$1 ns pid before
+  ns=$(ns_of "$i")
+  if pid=$(nfq_pid "$ns"); then
+    before=$(stat_field "$ns" reloads)
+    kill -HUP "$pid"
+    for _ in $(seq 1 100); do
+      [[ "$(stat_field "$ns" reloads)" != "$before" ]] && return 0
+      sleep 0.02
+    done
+    die "$ns: meridian-netem-nfq (pid $pid) did not reload its rules; see $STATE/$ns.nfq.log"
+  fi
+  ip netns exec "$ns" setsid "$NFQ" --queue 0 --rules-file "$STATE/$ns.rules" \
+    --seed "$((SEED + i))" --stats-file "$STATE/$ns.stats" --stats-interval-s 1 \
+    </dev/null >>"$STATE/$ns.nfq.log" 2>&1 &
+  echo $! >"$STATE/$ns.nfq.pid"
+  for _ in $(seq 1 250); do
+    queue_bound "$ns" && return 0
+    kill -0 "$(cat "$STATE/$ns.nfq.pid")" 2>/dev/null ||
+      die "$ns: meridian-netem-nfq exited: $(tail -n 3 "$STATE/$ns.nfq.log")"
+    sleep 0.02
+  done
+  die "$ns: meridian-netem-nfq did not bind queue 0 in 5 s; see $STATE/$ns.nfq.log"
+}
+
+cmd_up() {
+  need_root
+  find_nfq
+  local had_state=0
+  local -a want_regions=()
+  if load_state; then had_state=1; fi
+  if [[ -n "$REGIONS_CSV" ]]; then IFS=, read -r -a want_regions <<<"$REGIONS_CSV"; fi
+  if ((had_state)); then
+    [[ ${#want_regions[@]} -eq 0 || "${want_regions[*]}" == "${REGIONS[*]}" ]] ||
+      die "prefix '$PREFIX' is up with regions ${REGIONS[*]}; run down first to change them"
+  else
+    ((${#want_regions[@]})) || want_regions=(us-east eu-west ap-south)
+    REGIONS=("${want_regions[@]}")
+    SUBNET=${SUBNET:-10.77.0}
+    HOOK=${HOOK:-ingress}
+    SEED=${SEED:-1}
+  fi
+  local r o
+  ((${#REGIONS[@]} >= 2 && ${#REGIONS[@]} <= 200)) || die "--regions: give 2..200 regions"
+  for r in "${REGIONS[@]}"; do
+    [[ "$r" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "region name '$r': use [a-z0-9-], starting with a letter"
+  done
+  [[ $(printf '%s\n' "${REGIONS[@]}" | sort -u | wc -l) -eq ${#REGIONS[@]} ]] || die "--regions: a name is given twice"
+  [[ "$SUBNET" =~ ^10\.([0-9]{1,3})\.([0-9]{1,3})$ ]] && ((BASH_REMATCH[1] <= 255 && BASH_REMATCH[2] <= 255)) ||
+    die "--subnet must be 10.A.B (a /24 of 10/8), got '$SUBNET'"
+  [[ "$HOOK" == egress || "$HOOK" == ingress ]] || die "--hook must be egress or ingress"
+  [[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "--seed must be a number"
+  if ((had_state == 0)); then
+    local i j key
+    for i in "${!REGIONS[@]}"; do
+      for ((j = i + 1; j < ${#REGIONS[@]}; j++)); do
+        key="${REGIONS[$i]}/${REGIONS[$j]}"
+        case "$key" in
+          us-east/eu-west | eu-west/us-east) PAIR_DELAY[$key]=38 ;;
+          us-east/ap-south | ap-south/us-east) PAIR_DELAY[$key]=100 ;;
+          eu-west/ap-south | ap-south/eu-west) PAIR_DELAY[$key]=60 ;;
+          *) PAIR_DELAY[$key]=0 ;;
+        esac
+        PAIR_LOSS[$key]=0
+      done
+    done
+  fi
+  apply_settings PAIR_DELAY 60000 delay "${DELAY_ARGS[@]}"
+  apply_settings PAIR_LOSS 100 loss "${LOSS_ARGS[@]}"
+
+  mkdir -p "$STATE"
+  bridge_up
+  save_state
+  for i in "${!REGIONS[@]}"; do
+    region_ns_up "$i"
+    chains_up "$i"
+    write_rules "$i"
+    nfq_up "$i"
+  done
+  for o in "${!PAIR_DELAY[@]}"; do
+    log "link $o: one-way delay ${PAIR_DELAY[$o]} ms, loss ${PAIR_LOSS[$o]} % ($HOOK)"
+  done
+  for i in "${!REGIONS[@]}"; do log "region ${REGIONS[$i]}: namespace $(ns_of "$i"), address $(addr_of "$i")"; done
+}
+
+# ---------------------------------------------------------------------------------------------
+
+stop_pid() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.02; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+cmd_down() {
+  [[ $(id -u) -eq 0 ]] || die "needs root"
+  if ! load_state; then
+    # No state: remove what our names say, for the default regions or --regions.
+    if [[ -n "$REGIONS_CSV" ]]; then IFS=, read -r -a REGIONS <<<"$REGIONS_CSV"; else REGIONS=(us-east eu-west ap-south); fi
+  fi
+  local i ns pid f
+  for i in "${!REGIONS[@]}"; do
+    ns=$(ns_of "$i")
+    if pid=$(nfq_pid "$ns"); then stop_pid "$pid"; fi
+    rm -f "$STATE/$ns.nfq.pid"
+    if ip netns list | awk '{ print $1 }' | grep -qx -- "$ns"; then
+      # Whatever still runs inside our namespace was started there by us (meridian, a test).
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do
+        log "$ns: stopping leftover pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null || echo '?'))"
+        stop_pid "$pid"
+      done
+      ip netns del "$ns"
+    fi
+    ip link del "$(veth_of "$i")" 2>/dev/null || true
+  done
+  ip link del "$BR" 2>/dev/null || true
+  while iptables -D FORWARD -i "$BR" -o "$BR" -m comment --comment "$FWD_COMMENT" -j ACCEPT 2>/dev/null; do :; done
+  if [[ -d "$STATE" ]]; then
+    rm -f "$STATE"/state.env "$STATE"/links "$STATE"/*.rules "$STATE"/*.stats "$STATE"/*.pid "$STATE"/*.tmp
+    # The default state folder lives with the namespaces; a given one keeps its logs.
+    [[ "$STATE" == /run/meridian-netem/"$PREFIX" ]] && rm -rf "$STATE"
+  fi
+  log "down: prefix $PREFIX removed"
+}
+
+# partition/heal: the pairs a target names (REGION: all its pairs; A/B: that one), as "i j".
+target_pairs() {
+  if [[ "$TARGET" == */* ]]; then
+    local key a b
+    key=$(pair_key "$TARGET")
+    a=$(index_of "${key%/*}")
+    b=$(index_of "${key#*/}")
+    echo "$a $b"
+  else
+    local t j
+    t=$(index_of "$TARGET")
+    for j in "${!REGIONS[@]}"; do ((j != t)) && echo "$t $j"; done
+  fi
+  return 0
+}
+
+part_rule() { # part_rule i j: the rule in i's namespace that drops j's packets for pair i/j
+  echo "-s $(addr_of "$2")/32 -m comment --comment partition:$(pair_of "$1" "$2") -j DROP"
+}
+
+cmd_partition() {
+  need_root
+  require_state
+  local a b
+  while read -r a b; do
+    # shellcheck disable=SC2046
+    ipt "$(ns_of "$a")" -C MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null || ipt "$(ns_of "$a")" -A MERIDIAN-PART $(part_rule "$a" "$b")
+    # shellcheck disable=SC2046
+    ipt "$(ns_of "$b")" -C MERIDIAN-PART $(part_rule "$b" "$a") 2>/dev/null || ipt "$(ns_of "$b")" -A MERIDIAN-PART $(part_rule "$b" "$a")
+    log "partitioned $(pair_of "$a" "$b")"
+  done < <(target_pairs)
+}
+
+cmd_heal() {
+  need_root
+  require_state
+  local a b
+  while read -r a b; do
+    # shellcheck disable=SC2046
+    while ipt "$(ns_of "$a")" -D MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null; do :; done
+    # shellcheck disable=SC2046
+    while ipt "$(ns_of "$b")" -D MERIDIAN-PART $(part_rule "$b" "$a") 2>/dev/null; do :; done
+    log "healed $(pair_of "$a" "$b")"
+  done < <(target_pairs)
+}
+
+cmd_set() { # cmd_set delay|loss
+  need_root
+  require_state
+  find_nfq
+  local key a b
+  if [[ $1 == delay ]]; then apply_settings PAIR_DELAY 60000 delay "$TARGET"; else apply_settings PAIR_LOSS 100 loss "$TARGET"; fi
+  key=$(pair_key "${TARGET%%=*}")
+  save_state
+  a=$(index_of "${key%/*}")
+  b=$(index_of "${key#*/}")
+  write_rules "$a"
+  write_rules "$b"
+  nfq_up "$a"
+  nfq_up "$b"
+  log "link $key: one-way delay ${PAIR_DELAY[$key]} ms, loss ${PAIR_LOSS[$key]} %"
+}
+
+cmd_status() {
+  require_state
+  echo "prefix $PREFIX: ${#REGIONS[@]} regions on $SUBNET.0/24 (bridge $BR at $SUBNET.254), delay on $HOOK, state $STATE"
+  local i ns pid st p parts
+  for i in "${!REGIONS[@]}"; do
+    ns=$(ns_of "$i")
+    st="missing"
+    ip netns list | awk '{ print $1 }' | grep -qx -- "$ns" && st="up"
+    if pid=$(nfq_pid "$ns"); then
+      p="meridian-netem-nfq pid $pid: received $(stat_field "$ns" received) held_now $(stat_field "$ns" held_now) lost $(stat_field "$ns" lost) overflow $(stat_field "$ns" overflow)"
+    else
+      p="meridian-netem-nfq NOT running (packets pass undelayed)"
+    fi
+    echo "  ${REGIONS[$i]}: namespace $ns $st, address $(addr_of "$i"); $p"
+    if [[ "$st" == up && $(id -u) -eq 0 ]]; then
+      parts=$(ipt "$ns" -S MERIDIAN-PART 2>/dev/null | sed -n 's/.*partition:\([^ ]*\) .*/\1/p' | sort -u | tr '\n' ' ')
+      [[ -n "$parts" ]] && echo "    partitioned: $parts"
+    fi
+  done
+  for p in $(printf '%s\n' "${!PAIR_DELAY[@]}" | sort); do
+    echo "  link $p: one-way delay ${PAIR_DELAY[$p]} ms, loss ${PAIR_LOSS[$p]} %"
+  done
+}
+
+# Can this machine run regions in namespaces? Exit 0, or 1 with the reason on stderr.
+cmd_check() {
+  [[ $(id -u) -eq 0 ]] || { echo "netns: not root: network namespaces need root" >&2; exit 1; }
+  command -v ip >/dev/null || { echo "netns: no ip (iproute2)" >&2; exit 1; }
+  command -v iptables >/dev/null || { echo "netns: no iptables" >&2; exit 1; }
+  find_nfq
+  local probe="mprobe$$" ok=1 why=""
+  if ! ip netns add "$probe" 2>/dev/null; then
+    echo "netns: cannot create a network namespace (ip netns add failed)" >&2
+    exit 1
+  fi
+  if ! why=$(ip netns exec "$probe" iptables -w -A OUTPUT -d 10.255.255.1/32 -j NFQUEUE --queue-num 0 --queue-bypass 2>&1); then
+    ok=0; why="iptables NFQUEUE in a namespace failed: $why"
+  elif ! why=$(ip netns exec "$probe" "$NFQ" --queue 0 --probe 2>&1); then
+    ok=0; why="meridian-netem-nfq cannot bind a queue: $why"
+  fi
+  ip netns del "$probe" 2>/dev/null || true
+  ((ok)) || { echo "netns: $why" >&2; exit 1; }
+  echo "netns: ok (namespaces, iptables NFQUEUE, $NFQ)"
+}
+
+case "$CMD" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  partition) cmd_partition ;;
+  heal) cmd_heal ;;
+  set-delay) cmd_set delay ;;
+  set-loss) cmd_set loss ;;
+  status) cmd_status ;;
+  addr) require_state; addr_of "$(index_of "$TARGET")" ;;
+  ns) require_state; index_of "$TARGET" >/dev/null; echo "$PREFIX-$TARGET" ;;
+  check) cmd_check ;;
+  *) die "unknown command '$CMD' (see --help)" ;;
+esac
