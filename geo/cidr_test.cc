@@ -1,0 +1,128 @@
+#include "geo/cidr.h"
+
+#include <gtest/gtest.h>
+#include <rapidcheck/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace meridian::geo {
+namespace {
+
+IpAddress Ip(const char* text) {
+  absl::StatusOr<IpAddress> ip = ParseIpAddress(text);
+  EXPECT_TRUE(ip.ok()) << ip.status();
+  return ip.ok() ? *ip : IpAddress{};
+}
+
+Cidr Prefix(const char* text) {
+  absl::StatusOr<Cidr> c = ParseCidr(text, /*strict_host_bits=*/true);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *c : Cidr{};
+}
+
+TEST(IpAddress, ParsesBothFamiliesAndUnmapsV4MappedV6) {
+  EXPECT_TRUE(Ip("10.1.2.3").is_v4);
+  EXPECT_EQ(Ip("10.1.2.3").ToString(), "10.1.2.3");
+  EXPECT_FALSE(Ip("2001:db8::1").is_v4);
+  EXPECT_EQ(Ip("2001:db8::1").ToString(), "2001:db8::1");
+  EXPECT_EQ(Ip("::ffff:10.1.2.3"), Ip("10.1.2.3"));
+}
+
+TEST(IpAddress, RejectsGarbage) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", "10.1.2", "10.1.2.256", "1.2.3.4 ", "::g", "localhost",
+                                "1.2.3.4/24", std::string(100, '1'), std::string("1.2.3.4\0", 8)}) {
+    EXPECT_FALSE(ParseIpAddress(bad).ok()) << bad;
+  }
+}
+
+TEST(Cidr, ParsesAndChecksHostBits) {
+  EXPECT_EQ(Prefix("10.1.0.0/16").ToString(), "10.1.0.0/16");
+  EXPECT_EQ(Prefix("10.1.2.3").prefix_len, 32);
+  EXPECT_EQ(Prefix("2001:db8::/32").ToString(), "2001:db8::/32");
+  EXPECT_EQ(Prefix("0.0.0.0/0").prefix_len, 0);
+  EXPECT_EQ(Prefix("::ffff:10.1.0.0/112").ToString(), "10.1.0.0/16");
+
+  absl::StatusOr<Cidr> typo = ParseCidr("10.1.2.3/16", /*strict_host_bits=*/true);
+  ASSERT_FALSE(typo.ok());
+  EXPECT_NE(std::string(typo.status().message()).find("did you mean 10.1.0.0/16"),
+            std::string::npos)
+      << typo.status();
+  // pdns's real-remote carries the client's address with the ECS length: host bits are cleared.
+  absl::StatusOr<Cidr> loose = ParseCidr("10.1.2.3/16", /*strict_host_bits=*/false);
+  ASSERT_TRUE(loose.ok());
+  EXPECT_EQ(loose->ToString(), "10.1.0.0/16");
+}
+
+TEST(Cidr, RejectsBadLengths) {
+  for (const char* bad : {"10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/", "10.0.0.0/1x", "::/129",
+                          "::ffff:10.0.0.0/95", "/8", "10.0.0.0/8/8"}) {
+    EXPECT_FALSE(ParseCidr(bad, false).ok()) << bad;
+  }
+}
+
+TEST(Cidr, MaskAddressClearsPartialBytes) {
+  EXPECT_EQ(MaskAddress(Ip("10.255.255.255"), 9).ToString(), "10.128.0.0");
+  EXPECT_EQ(MaskAddress(Ip("10.255.255.255"), 0).ToString(), "0.0.0.0");
+  EXPECT_EQ(MaskAddress(Ip("2001:db8:ffff::1"), 35).ToString(), "2001:db8:e000::");
+  EXPECT_TRUE(Prefix("10.0.0.0/8").Contains(Ip("10.9.9.9")));
+  EXPECT_FALSE(Prefix("10.0.0.0/8").Contains(Ip("11.0.0.1")));
+  EXPECT_FALSE(Prefix("::/0").Contains(Ip("10.0.0.1")));  // families never mix
+}
+
+TEST(CidrTable, LongestPrefixWinsAndFamiliesStayApart) {
+  CidrTable t;
+  ASSERT_TRUE(t.Insert(Prefix("10.0.0.0/8"), 1).ok());
+  ASSERT_TRUE(t.Insert(Prefix("10.1.0.0/16"), 2).ok());
+  ASSERT_TRUE(t.Insert(Prefix("10.1.2.0/24"), 3).ok());
+  ASSERT_TRUE(t.Insert(Prefix("::/0"), 4).ok());
+  EXPECT_FALSE(t.Insert(Prefix("10.1.0.0/16"), 9).ok());  // duplicate
+  EXPECT_EQ(t.size(), 4u);
+
+  auto m = t.Lookup(Ip("10.1.2.3"));
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->value, 3u);
+  EXPECT_EQ(m->prefix_len, 24);
+  EXPECT_EQ(t.Lookup(Ip("10.1.3.3"))->value, 2u);
+  EXPECT_EQ(t.Lookup(Ip("10.2.3.3"))->value, 1u);
+  EXPECT_FALSE(t.Lookup(Ip("11.0.0.1")));
+  EXPECT_EQ(t.Lookup(Ip("2001:db8::1"))->value, 4u);
+  EXPECT_EQ(t.Lookup(Ip("2001:db8::1"))->prefix_len, 0);
+}
+
+// The table agrees with a brute-force scan: the longest prefix that contains the address.
+RC_GTEST_PROP(CidrTable, MatchesBruteForce, ()) {
+  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
+      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
+  CidrTable table;
+  std::vector<Cidr> inserted;
+  for (const auto& [bits, len] : prefixes) {
+    IpAddress a;
+    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
+    Cidr c{MaskAddress(a, len), len};
+    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
+  }
+  const uint32_t probe_bits = *rc::gen::arbitrary<uint32_t>();
+  IpAddress probe;
+  for (int i = 0; i < 4; ++i) probe.bytes[i] = static_cast<uint8_t>(probe_bits >> (24 - 8 * i));
+  int best_len = -1;
+  size_t best = 0;
+  for (size_t i = 0; i < inserted.size(); ++i) {
+    if (inserted[i].Contains(probe) && inserted[i].prefix_len > best_len) {
+      best_len = inserted[i].prefix_len;
+      best = i;
+    }
+  }
+  const auto m = table.Lookup(probe);
+  if (best_len < 0) {
+    RC_ASSERT(!m.has_value());
+  } else {
+    RC_ASSERT(m.has_value());
+    RC_ASSERT(m->value == best);
+    RC_ASSERT(m->prefix_len == best_len);
+  }
+}
+
+}  // namespace
+}  // namespace meridian::geo

@@ -1,0 +1,126 @@
+// MaxMind database (a real .mmdb made by testdata/make_test_mmdb.pl with Debian's
+// MaxMind::DB::Writer) and the client locator's order: GeoIP, then the CIDR table, then default.
+
+#include "geo/geoip.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "geo/config.h"
+#include "geo/locator.h"
+
+namespace meridian::geo {
+namespace {
+
+const std::string kTestDb = std::string(MERIDIAN_GEO_TESTDATA) + "/test-city.mmdb";
+
+IpAddress Ip(const char* text) { return *ParseIpAddress(text); }
+Cidr Net(const char* text) { return *ParseCidr(text, false); }
+
+TEST(MaxMindDatabase, MissingFileIsNotFoundNamingThePath) {
+  auto db = MaxMindDatabase::Open("/nonexistent/GeoLite2-City.mmdb");
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(db.status().message()).find("/nonexistent/GeoLite2-City.mmdb"),
+            std::string::npos);
+}
+
+TEST(MaxMindDatabase, AFileThatIsNotAnMmdbIsInvalid) {
+  const std::string path = ::testing::TempDir() + "/not-a-database.mmdb";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "this is not a MaxMind DB file, just some bytes\n";
+  }
+  auto db = MaxMindDatabase::Open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(db.status().message()).find(path), std::string::npos);
+  std::remove(path.c_str());
+}
+
+TEST(MaxMindDatabase, LooksUpIpv4AndIpv6WithTheirNetworkPrefix) {
+  auto db = MaxMindDatabase::Open(kTestDb);
+  ASSERT_TRUE(db.ok()) << db.status();
+
+  auto frankfurt = (*db)->Lookup(Ip("203.0.113.77"));
+  ASSERT_TRUE(frankfurt.ok()) << frankfurt.status();
+  ASSERT_TRUE(frankfurt->has_value());
+  EXPECT_DOUBLE_EQ((*frankfurt)->point.lat_deg, 50.11);
+  EXPECT_DOUBLE_EQ((*frankfurt)->point.lon_deg, 8.68);
+  EXPECT_EQ((*frankfurt)->prefix_len, 24);  // the IPv6 tree's /120, in IPv4 terms
+
+  auto singapore = (*db)->Lookup(Ip("2001:db8:1::5"));
+  ASSERT_TRUE(singapore.ok());
+  ASSERT_TRUE(singapore->has_value());
+  EXPECT_DOUBLE_EQ((*singapore)->point.lat_deg, 1.35);
+  EXPECT_EQ((*singapore)->prefix_len, 48);
+
+  auto no_location = (*db)->Lookup(Ip("198.51.100.1"));
+  ASSERT_TRUE(no_location.ok());
+  EXPECT_FALSE(no_location->has_value());
+
+  auto absent = (*db)->Lookup(Ip("8.8.8.8"));
+  ASSERT_TRUE(absent.ok());
+  EXPECT_FALSE(absent->has_value());
+}
+
+GeoConfig LocatorConfig() {
+  GeoConfig c;
+  c.regions = {RegionConfig{"us-east", {Ip("10.1.0.1")}, {38.9, -77.0}, ""},
+               RegionConfig{"eu-west", {Ip("10.2.0.1")}, {53.3, -6.3}, ""}};
+  c.locations = {LocationConfig{Net("203.0.113.0/24"), 0, {}},   // overridden by GeoIP
+                 LocationConfig{Net("198.51.100.0/24"), 1, {}},  // GeoIP has no location
+                 LocationConfig{Net("100.64.0.0/10"), std::nullopt, {-33.9, 151.2}}};
+  c.default_location = {38.9, -77.0};
+  return c;
+}
+
+TEST(ClientLocator, GeoIpFirstThenTheTableThenTheDefault) {
+  auto db = MaxMindDatabase::Open(kTestDb);
+  ASSERT_TRUE(db.ok()) << db.status();
+  const GeoConfig config = LocatorConfig();
+  ClientLocator locator(config, *std::move(db));
+
+  ClientLocation geoip = locator.Locate(Net("203.0.113.0/24"));
+  EXPECT_EQ(geoip.source, LocationSource::kGeoIp);
+  EXPECT_DOUBLE_EQ(geoip.point.lat_deg, 50.11);
+  EXPECT_EQ(geoip.scope_prefix_len, 24);
+
+  ClientLocation table = locator.Locate(Net("198.51.100.0/24"));
+  EXPECT_EQ(table.source, LocationSource::kCidrTable);
+  EXPECT_DOUBLE_EQ(table.point.lat_deg, 53.3);  // eu-west's coordinates
+  EXPECT_EQ(table.scope_prefix_len, 24);
+  EXPECT_EQ(table.table_row, 1u);
+
+  ClientLocation point = locator.Locate(Net("100.64.7.0/24"));
+  EXPECT_EQ(point.source, LocationSource::kCidrTable);
+  EXPECT_DOUBLE_EQ(point.point.lon_deg, 151.2);
+  EXPECT_EQ(point.scope_prefix_len, 10);
+
+  ClientLocation fallback = locator.Locate(Net("8.8.8.0/24"));
+  EXPECT_EQ(fallback.source, LocationSource::kDefault);
+  EXPECT_DOUBLE_EQ(fallback.point.lat_deg, 38.9);
+  EXPECT_EQ(fallback.scope_prefix_len, 24);  // the client's own prefix
+}
+
+// A database that fails: the locator reports the error and uses its table.
+class FailingDatabase : public GeoIpDatabase {
+ public:
+  absl::StatusOr<std::optional<GeoIpHit>> Lookup(const IpAddress&) const override {
+    return absl::InternalError("corrupt search tree");
+  }
+};
+
+TEST(ClientLocator, AGeoIpErrorFallsThroughToTheTable) {
+  const GeoConfig config = LocatorConfig();
+  ClientLocator locator(config, std::make_unique<FailingDatabase>());
+  absl::Status error;
+  ClientLocation where = locator.Locate(Net("198.51.100.0/24"), &error);
+  EXPECT_EQ(where.source, LocationSource::kCidrTable);
+  EXPECT_EQ(error.code(), absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace meridian::geo
