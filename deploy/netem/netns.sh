@@ -89,6 +89,7 @@ load_state() {
   SUBNET=$STATE_SUBNET
   HOOK=$STATE_HOOK
   SEED=$STATE_SEED
+  NFQ=${NFQ:-$STATE_NFQ}
   local pair d l
   while read -r pair d l; do
     [[ -n "$pair" ]] || continue
@@ -139,7 +140,7 @@ pair_of() { if (($1 < $2)); then echo "${REGIONS[$1]}/${REGIONS[$2]}"; else echo
 
 # Applies "A/B=V" settings to PAIR_DELAY or PAIR_LOSS (named by $1), checking V against $2 (max).
 apply_settings() {
-  local -n table=$1
+  local -n table=$1  # a nameref: writes go to the caller's associative array
   local max=$2 what=$3 s key
   shift 3
   for s in "$@"; do
@@ -147,6 +148,7 @@ apply_settings() {
     key=$(pair_key "${BASH_REMATCH[1]}")
     awk -v v="${BASH_REMATCH[2]}" -v m="$max" 'BEGIN { exit !(v <= m) }' ||
       die "--$what $s: must be at most $max"
+    # shellcheck disable=SC2034,SC2004  # table is a nameref to an associative array
     table[$key]=${BASH_REMATCH[2]}
   done
 }
@@ -262,15 +264,23 @@ write_rules() {
   mv "$f.tmp" "$f"
 }
 
+# Running and not a zombie (an orphan waits for its reaper, which may be slow in containers).
+alive() {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ "$st" != Z* ]]
+}
+
 nfq_pid() {
   local f="$STATE/$1.nfq.pid"
-  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+  [[ -f "$f" ]] && alive "$(cat "$f")" && cat "$f"
 }
 
 stat_field() { # stat_field NS FIELD: a top-level number from the tool's stats file
   sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$STATE/$1.stats" 2>/dev/null || true
 }
 
+# shellcheck disable=SC2016  # awk's own $1
 queue_bound() { ip netns exec "$1" awk '$1 == 0 { found = 1 } END { exit !found }' /proc/net/netfilter/nfnetlink_queue 2>/dev/null; }
 
 # Starts the region's meridian-netem-nfq, or makes a running one reload its rules.
@@ -292,7 +302,7 @@ nfq_up() {
   echo $! >"$STATE/$ns.nfq.pid"
   for _ in $(seq 1 250); do
     queue_bound "$ns" && return 0
-    kill -0 "$(cat "$STATE/$ns.nfq.pid")" 2>/dev/null ||
+    alive "$(cat "$STATE/$ns.nfq.pid")" ||
       die "$ns: meridian-netem-nfq exited: $(tail -n 3 "$STATE/$ns.nfq.log")"
     sleep 0.02
   done
@@ -322,8 +332,10 @@ cmd_up() {
     [[ "$r" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "region name '$r': use [a-z0-9-], starting with a letter"
   done
   [[ $(printf '%s\n' "${REGIONS[@]}" | sort -u | wc -l) -eq ${#REGIONS[@]} ]] || die "--regions: a name is given twice"
-  [[ "$SUBNET" =~ ^10\.([0-9]{1,3})\.([0-9]{1,3})$ ]] && ((BASH_REMATCH[1] <= 255 && BASH_REMATCH[2] <= 255)) ||
+  if ! [[ "$SUBNET" =~ ^10\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]] ||
+    ((BASH_REMATCH[1] > 255 || BASH_REMATCH[2] > 255)); then
     die "--subnet must be 10.A.B (a /24 of 10/8), got '$SUBNET'"
+  fi
   [[ "$HOOK" == egress || "$HOOK" == ingress ]] || die "--hook must be egress or ingress"
   [[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "--seed must be a number"
   if ((had_state == 0)); then
@@ -343,6 +355,17 @@ cmd_up() {
   fi
   apply_settings PAIR_DELAY 60000 delay "${DELAY_ARGS[@]}"
   apply_settings PAIR_LOSS 100 loss "${LOSS_ARGS[@]}"
+  if ((had_state == 0)); then
+    # Names of this prefix that exist without our state belong to someone else (or to a run that
+    # lost its state): never adopt them.
+    local taken=""
+    ip link show "$BR" >/dev/null 2>&1 && taken="$BR"
+    for i in "${!REGIONS[@]}"; do
+      ip netns list | awk '{ print $1 }' | grep -qx -- "$(ns_of "$i")" && taken="$taken $(ns_of "$i")"
+      ip link show "$(veth_of "$i")" >/dev/null 2>&1 && taken="$taken $(veth_of "$i")"
+    done
+    [[ -z "$taken" ]] || die "prefix '$PREFIX' is in use here without state in $STATE ($taken); if those are yours: netns.sh down --prefix $PREFIX --regions $(IFS=,; echo "${REGIONS[*]}"); else pick another --prefix"
+  fi
 
   mkdir -p "$STATE"
   bridge_up
@@ -364,7 +387,7 @@ cmd_up() {
 stop_pid() {
   local pid=$1
   kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.02; done
+  for _ in $(seq 1 100); do alive "$pid" || return 0; sleep 0.02; done
   kill -9 "$pid" 2>/dev/null || true
 }
 
@@ -477,7 +500,7 @@ cmd_status() {
     fi
     echo "  ${REGIONS[$i]}: namespace $ns $st, address $(addr_of "$i"); $p"
     if [[ "$st" == up && $(id -u) -eq 0 ]]; then
-      parts=$(ipt "$ns" -S MERIDIAN-PART 2>/dev/null | sed -n 's/.*partition:\([^ ]*\) .*/\1/p' | sort -u | tr '\n' ' ')
+      parts=$(ipt "$ns" -S MERIDIAN-PART 2>/dev/null | sed -n 's/.*partition:\([^ "]*\).*/\1/p' | sort -u | tr '\n' ' ')
       [[ -n "$parts" ]] && echo "    partitioned: $parts"
     fi
   done

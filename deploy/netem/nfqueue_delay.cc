@@ -287,6 +287,11 @@ class App {
     const auto addrs =
         meridian::netem::ParseIpv4Header(payload, len > 0 ? static_cast<size_t>(len) : 0);
     ++stats_.received;
+    if (shutting_down_) {
+      ++stats_.accepted_now;
+      Verdict(q, id, NF_ACCEPT);
+      return;
+    }
     const Clock::time_point now = Clock::now();
     const Decision d = policy_.Decide(q.num, addrs, now);
     switch (d.kind) {
@@ -356,15 +361,42 @@ class App {
     return rules;
   }
 
+  // Accepts everything, held or on its way, and leaves no packet in the kernel's queue: unbinding
+  // a queue makes the kernel DROP whatever is still queued there. So first the queue takes no
+  // more packets (length 0 with fail-open: the kernel accepts new ones itself), then we drain
+  // what was already sent to us and release what we hold, and only then unbind.
   void Shutdown() {
+    shutting_down_ = true;
+    for (auto& q : queues_) {
+      if (nfq_set_queue_flags(q->qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN) < 0 ||
+          nfq_set_queue_maxlen(q->qh, 0) < 0) {
+        std::fprintf(stderr,
+                     "%s: queue %u: cannot stop queueing (%s); packets that arrive "
+                     "during shutdown may be dropped\n",
+                     kProg, q->num, std::strerror(errno));
+      }
+    }
+    DrainSocket();
     const size_t n = held_.PopAll([&](const HeldPacket& p, Clock::time_point) {
       Verdict(*p.queue, p.id, NF_ACCEPT);
       ++stats_.released;
     });
+    DrainSocket();
     std::fprintf(stderr, "%s: SIGTERM: accepted %zu held packet(s), exiting\n", kProg, n);
     PrintStats();
     WriteStatsFile();
     Close();
+  }
+
+  // Handles every message already in the socket (in shutdown, each packet is accepted at once).
+  void DrainSocket() {
+    std::vector<char> buf(1 << 16);
+    for (;;) {
+      ssize_t r = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
+      if (r < 0 && errno == ENOBUFS) continue;
+      if (r <= 0) return;
+      nfq_handle_packet(h_, buf.data(), static_cast<int>(r));
+    }
   }
 
   void Close() {
@@ -463,6 +495,7 @@ class App {
   uint64_t seed_;
   Stats stats_;
   int64_t late_samples_ = 0;
+  bool shutting_down_ = false;
   nfq_handle* h_ = nullptr;
   int fd_ = -1;
   std::vector<std::unique_ptr<Queue>> queues_;

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Region emulation end to end, on real namespaces, iptables and meridian-netem-nfq:
+#   - three regions come up (twice: idempotent) under a prefix and subnet unique to this run;
+#   - ping RTT (user to user) between pairs with different delays is 2x the one-way delay, never
+#     less, and a live set-delay takes effect; a TCP connect takes one RTT;
+#   - a loss setting drops about that share in each direction;
+#   - a partition blocks TCP between regions (customers in the root namespace still get through),
+#     a pair partition cuts only that pair, heal restores both;
+#   - SIGTERM makes the tool accept what it holds;
+#   - bad input fails clearly and creates nothing; down leaves nothing behind (twice: idempotent).
+#
+# Usage: netns_test.sh PATH/TO/meridian-netem-nfq
+# Namespaces need root. As root they are expected: anything that cannot be made FAILS the test.
+# Not root: the test is skipped (exit 77) unless MERIDIAN_EXPECT_NETNS=1, which makes it fail.
+# CI runs as root. About 20 s.
+set -euo pipefail
+
+NFQ=${1:?usage: netns_test.sh PATH/TO/meridian-netem-nfq}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+NETNS="$ROOT/deploy/netem/netns.sh"
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# Running and not a zombie (orphans wait for their reaper, which may be slow in a container).
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ "$st" != Z* ]]; }
+ok() { echo "ok: $*"; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  if [[ "${MERIDIAN_EXPECT_NETNS:-0}" == 1 ]]; then
+    fail "not root, but MERIDIAN_EXPECT_NETNS=1: region emulation in namespaces needs root"
+  fi
+  echo "SKIP: not root; network namespaces need root (set MERIDIAN_EXPECT_NETNS=1 to fail instead)"
+  exit 77
+fi
+[[ -x "$NFQ" ]] || fail "no meridian-netem-nfq at $NFQ"
+bash "$NETNS" check --nfq "$NFQ" || fail "running as root, but namespaces/NFQUEUE cannot be used here (above)"
+
+# Names and a subnet no one else uses.
+P=mt$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+SUBNET=
+for _ in $(seq 1 50); do
+  s="10.$((200 + RANDOM % 50)).$((RANDOM % 256))"
+  if ! ip -4 -o addr show | grep -q " ${s//./\\.}\\." && ! ip -4 route show | grep -q "^${s//./\\.}\\."; then
+    SUBNET=$s
+    break
+  fi
+done
+[[ -n "$SUBNET" ]] || fail "no free 10.x.y.0/24 found"
+STATE=$(mktemp -d)
+LISTENER=
+cleanup() {
+  [[ -n "$LISTENER" ]] && kill "$LISTENER" 2>/dev/null
+  bash "$NETNS" down --prefix "$P" --state "$STATE" >/dev/null 2>&1 || true
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+net() { bash "$NETNS" "$@" --prefix "$P" --state "$STATE"; }
+US="$SUBNET.1" EU="$SUBNET.2" AP="$SUBNET.3"
+echo "prefix $P, subnet $SUBNET.0/24, state $STATE"
+
+# ---- bad input creates nothing
+! net up --nfq "$NFQ" --subnet "$SUBNET" --delay us-east/mars=5 2>/dev/null || fail "an unknown region was accepted"
+! net up --nfq "$NFQ" --subnet "$SUBNET" --loss us-east/eu-west=101 2>/dev/null || fail "loss 101 % was accepted"
+! net up --nfq "$NFQ" --subnet 10.300.1 2>/dev/null || fail "subnet 10.300.1 was accepted"
+! ip netns list | grep -q "^$P-" || fail "a refused up left namespaces behind"
+out=$("$NFQ" --queue 1 --rule 'dst=10.1.1.1 delay=fast' 2>&1) && fail "a bad --rule was accepted"
+[[ "$out" == *"delay=fast: not a number"* ]] || fail "unclear --rule error: $out"
+echo "dst=10.1.1.1 delay=5" >"$STATE/bad.rules"
+echo "dst=10.1.1.300 delay=5" >>"$STATE/bad.rules"
+out=$("$NFQ" --queue 1 --rules-file "$STATE/bad.rules" 2>&1) && fail "a bad rules file was accepted"
+[[ "$out" == *"line 2"* ]] || fail "rules file error does not name the line: $out"
+ok "bad input refused with clear errors; nothing created"
+
+# ---- up, twice
+t0=$EPOCHREALTIME
+net up --nfq "$NFQ" --subnet "$SUBNET" --regions us-east,eu-west,ap-south --seed 7 >/dev/null
+net up --nfq "$NFQ" --subnet "$SUBNET" >/dev/null
+ok "up twice in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+for r in us-east eu-west ap-south; do
+  n=$(ip netns exec "$P-$r" iptables -S | grep -c -- '-j MERIDIAN-' || true)
+  [[ "$n" == 2 ]] || fail "$P-$r: expected 2 jumps to our chains after two ups, found $n"
+  n=$(ip netns exec "$P-$r" iptables -S MERIDIAN-DELAY | grep -c NFQUEUE || true)
+  [[ "$n" == 2 ]] || fail "$P-$r: expected 2 NFQUEUE rules, found $n"
+done
+ok "idempotent: one set of rules per namespace"
+
+# rtt_check NS DEST ONE_WAY_MS: ping (user-to-user times, -U) and check 2x one-way, never less.
+rtt_check() {
+  local ns=$1 dst=$2 d=$3 times
+  times=$(ip netns exec "$P-$ns" ping -U -n -c 10 -i 0.02 -w 10 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p')
+  [[ $(wc -l <<<"$times") -ge 9 ]] || fail "$ns -> $dst: too few replies: $times"
+  sort -n <<<"$times" | awk -v d="$d" -v what="$ns -> $dst" '
+    { v[NR] = $1 }
+    END {
+      med = v[int((NR + 1) / 2)]; want = 2 * d
+      printf "ok: %s: RTT min %.2f median %.2f max %.2f ms for one-way %s ms (want %s +-5, min >= %s)\n", what, v[1], med, v[NR], d, want, want
+      if (v[1] < want - 0.05) { print "FAIL: " what ": a packet came back early" > "/dev/stderr"; exit 1 }
+      if (med < want - 5 || med > want + 5) { print "FAIL: " what ": median off" > "/dev/stderr"; exit 1 }
+    }'
+}
+rtt_check us-east "$EU" 38
+rtt_check us-east "$AP" 100
+rtt_check eu-west "$AP" 60
+rtt_check ap-south "$EU" 60
+
+# TCP: a listener in eu-west (redis-server; our namespace is fresh, so any port is free there).
+ip netns exec "$P-eu-west" redis-server --port 7000 --bind "$EU" --protected-mode no --save '' \
+  --appendonly no --daemonize no --logfile "$STATE/redis.log" </dev/null >/dev/null 2>&1 &
+LISTENER=$!
+for _ in $(seq 1 100); do redis-cli -h "$EU" -p 7000 ping >/dev/null 2>&1 && break; sleep 0.05; done
+# connect_ms NS: TCP connect time to the listener from NS (one RTT), or nothing after 1 s.
+connect_ms() {
+  ip netns exec "$P-$1" timeout 1 bash -c "s=\$EPOCHREALTIME; exec 3<>/dev/tcp/$EU/7000 && echo \"\$s \$EPOCHREALTIME\"" 2>/dev/null |
+    awk '{ printf "%.2f\n", ($2 - $1) * 1000 }' || true
+}
+ms=$(connect_ms us-east)
+[[ -n "$ms" ]] || fail "TCP connect us-east -> eu-west failed"
+awk -v m="$ms" 'BEGIN { exit !(m >= 76 && m <= 86) }' || fail "TCP connect us-east -> eu-west took $ms ms, want 76..86"
+ok "TCP connect us-east -> eu-west in $ms ms (one RTT, 76)"
+
+# ---- live delay change
+net set-delay eu-west/us-east=10 >/dev/null
+rtt_check us-east "$EU" 10
+rtt_check us-east "$AP" 100
+
+# ---- loss: 20 % each direction, so a ping round trip survives (0.8)^2 = 64 %
+net set-loss us-east/eu-west=20 >/dev/null
+loss=$(ip netns exec "$P-us-east" ping -n -q -c 400 -i 0.005 -W 1 "$EU" | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
+awk -v l="$loss" 'BEGIN { exit !(l >= 28 && l <= 44) }' || fail "ping loss $loss % with 20 % each way, want 36 +-8"
+# The tool's own count of the requests it dropped in eu-west (counters restart at each reload).
+kill -USR1 "$(cat "$STATE/$P-eu-west.nfq.pid")"
+sleep 0.2
+rule=$(grep -o "{\"lost\":[0-9]*,\"packets\":[0-9]*,\"rule\":\"src=$US/32 [^\"]*\"" "$STATE/$P-eu-west.stats") ||
+  fail "no counters for us-east in eu-west's stats: $(cat "$STATE/$P-eu-west.stats")"
+lost=${rule#*\"lost\":}
+lost=${lost%%,*}
+pk=${rule#*\"packets\":}
+pk=${pk%%,*}
+awk -v l="$lost" -v p="$pk" 'BEGIN { exit !(p >= 380 && l / p >= 0.14 && l / p <= 0.26) }' ||
+  fail "eu-west's tool dropped $lost of $pk requests, want 20 +-6 %"
+net set-loss us-east/eu-west=0 >/dev/null
+ok "ping loss $loss % for 20 % each way (expected 36); eu-west's tool dropped $lost of $pk requests"
+
+# ---- partitions
+net partition eu-west >/dev/null
+[[ -z "$(connect_ms us-east)" ]] || fail "us-east reached eu-west through a partition"
+[[ -z "$(connect_ms ap-south)" ]] || fail "ap-south reached eu-west through a partition"
+[[ "$(redis-cli -h "$EU" -p 7000 ping 2>/dev/null)" == PONG ]] || fail "the root namespace (customers) lost eu-west"
+ip netns exec "$P-us-east" ping -n -q -c 2 -i 0.2 -w 1 "$AP" >/dev/null || fail "us-east/ap-south was cut by eu-west's partition"
+st=$(net status)
+grep -q "partitioned: .*us-east/eu-west" <<<"$st" || fail "status does not show the partition: $st"
+ok "partition eu-west: TCP from both regions blocked, customers and us-east/ap-south unaffected"
+net heal eu-west >/dev/null
+[[ -n "$(connect_ms us-east)" ]] || fail "us-east cannot reach eu-west after heal"
+[[ -n "$(connect_ms ap-south)" ]] || fail "ap-south cannot reach eu-west after heal"
+ok "heal eu-west: TCP restored"
+net partition ap-south/eu-west >/dev/null
+[[ -z "$(connect_ms ap-south)" ]] || fail "ap-south reached eu-west through a pair partition"
+[[ -n "$(connect_ms us-east)" ]] || fail "a pair partition ap-south/eu-west cut us-east"
+net heal eu-west/ap-south >/dev/null
+[[ -n "$(connect_ms ap-south)" ]] || fail "ap-south cannot reach eu-west after pair heal"
+ok "pair partition ap-south/eu-west cuts only that pair; heal restores it"
+
+# ---- SIGTERM releases held packets at once
+net set-delay us-east/eu-west=4000 >/dev/null
+ip netns exec "$P-us-east" ping -U -n -c 1 -W 12 "$EU" >"$STATE/ping.out" 2>&1 &
+pinger=$!
+sleep 0.5
+tools="$(cat "$STATE/$P-eu-west.nfq.pid") $(cat "$STATE/$P-us-east.nfq.pid")"
+# shellcheck disable=SC2086
+kill -TERM $tools
+wait "$pinger" || fail "the held ping was lost at SIGTERM: $(cat "$STATE/ping.out")"
+for pid in $tools; do
+  for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.02; done
+done
+t=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' "$STATE/ping.out")
+awk -v t="$t" 'BEGIN { exit !(t < 2500) }' || fail "held ping took $t ms: SIGTERM did not release it"
+grep -q "accepted 1 held packet" "$STATE/$P-eu-west.nfq.log" || fail "eu-west's tool did not report the held packet"
+ok "SIGTERM accepted the held packet (ping $t ms instead of 8000)"
+net up --nfq "$NFQ" >/dev/null # restarts the two tools
+net set-delay us-east/eu-west=38 >/dev/null
+rtt_check us-east "$EU" 38
+
+# ---- down, twice; nothing left
+kill "$LISTENER" 2>/dev/null || true
+wait "$LISTENER" 2>/dev/null || true
+LISTENER=
+pids=$(cat "$STATE"/*.nfq.pid)
+net down >/dev/null
+net down >/dev/null
+! ip netns list | grep -q "^$P-" || fail "namespaces left: $(ip netns list | grep "^$P-")"
+! ip -o link show | grep -q " $P-" || fail "interfaces left: $(ip -o link show | grep " $P-")"
+! iptables -S FORWARD | grep -q "meridian-netem-$P" || fail "a FORWARD rule was left"
+for pid in $pids; do ! alive "$pid" || fail "meridian-netem-nfq pid $pid still runs"; done
+ok "down twice: no namespace, interface, rule or process of $P left"
+echo "PASS"
