@@ -1,0 +1,442 @@
+#include "replication/lease.h"
+
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/str_cat.h"
+
+namespace meridian::replication {
+
+absl::Status LeaseConfig::Validate() const {
+  auto bad = [](const char* field, const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("leases.", field, ": ", why));
+  };
+  if (ttl_ms < 100 || ttl_ms > 600000) return bad("ttl_ms", "must be 100..600000");
+  if (max_drift < 0 || max_drift > 0.1) return bad("max_drift", "must be 0..0.1");
+  if (margin_ms < 0) return bad("margin_ms", "must be >= 0");
+  if (HolderValidityMs() <= 0) return bad("margin_ms", "leaves no lease time (ttl_ms too short)");
+  if (renew_interval_ms < 10 || renew_interval_ms * 2 > HolderValidityMs()) {
+    return bad("renew_interval_ms",
+               "must be >= 10 and at most half of the holder's validity "
+               "(ttl_ms * (1 - 2 * max_drift) - margin_ms), so one lost round does not lapse it");
+  }
+  if (retry_interval_ms < 10 || retry_interval_ms > ttl_ms) {
+    return bad("retry_interval_ms", "must be 10..ttl_ms");
+  }
+  if (round_timeout_ms < 10 || round_timeout_ms >= HolderValidityMs()) {
+    return bad("round_timeout_ms", "must be >= 10 and below the holder's validity");
+  }
+  if (alive_timeout_ms < 2 * renew_interval_ms) {
+    return bad("alive_timeout_ms", "must be at least twice renew_interval_ms");
+  }
+  if (handback_after_ms < 0) return bad("handback_after_ms", "must be >= 0 (0: never automatic)");
+  return absl::OkStatus();
+}
+
+int64_t LeaseConfig::HolderValidityMs() const {
+  return static_cast<int64_t>(static_cast<double>(ttl_ms) * (1.0 - 2.0 * max_drift)) - margin_ms;
+}
+
+std::string_view LeaseEventName(LeaseEvent::Kind kind) {
+  switch (kind) {
+    case LeaseEvent::Kind::kAcquired:
+      return "lease_acquired";
+    case LeaseEvent::Kind::kActive:
+      return "lease_active";
+    case LeaseEvent::Kind::kLost:
+      return "lease_lost";
+    case LeaseEvent::Kind::kLearned:
+      return "lease_learned";
+    case LeaseEvent::Kind::kReleased:
+      return "lease_released";
+    case LeaseEvent::Kind::kStaleRefused:
+      return "lease_stale_refused";
+  }
+  return "lease_unknown";
+}
+
+LeaseManager::LeaseManager(RegionId self, std::vector<RegionId> regions,
+                           std::vector<RegionId> witnesses, LeaseConfig config, LeaseStore* store,
+                           const Clock* clock, SendFn send, EventFn on_event, SyncFn on_sync)
+    : self_(self),
+      regions_(std::move(regions)),
+      witnesses_(std::move(witnesses)),
+      config_(config),
+      store_(store),
+      clock_(clock),
+      send_(std::move(send)),
+      on_event_(std::move(on_event)),
+      on_sync_(std::move(on_sync)) {
+  std::sort(regions_.begin(), regions_.end());
+  std::sort(witnesses_.begin(), witnesses_.end());
+  assert(config_.Validate().ok());
+  assert(store_ != nullptr && clock_ != nullptr);
+}
+
+absl::Status LeaseManager::Start() {
+  if (started_) return absl::FailedPreconditionError("lease manager already started");
+  const int64_t now = clock_->NowMs();
+  std::map<RegionId, AcceptorRecord> saved = store_->Load();
+  for (RegionId g : regions_) {
+    Acceptor& a = acceptors_[g];
+    if (auto it = saved.find(g); it != saved.end()) a.record = it->second;
+    claimed_[g] = a.record.epoch;
+    won_[g];
+    holdings_[g];
+  }
+  // Promises made before a restart were in memory: grant no new epoch to anyone else for one
+  // ttl. A first start (nothing saved) has made no promises.
+  if (!saved.empty()) {
+    quarantine_until_ms_ = now + config_.ttl_ms;
+    listen_until_ms_ = now + 2 * config_.renew_interval_ms;
+  }
+  for (RegionId r : regions_) last_heard_ms_[r] = now;
+  for (RegionId r : witnesses_) last_heard_ms_[r] = now;
+  started_ = true;
+  return absl::OkStatus();
+}
+
+bool LeaseManager::IsHolder() const {
+  return std::binary_search(regions_.begin(), regions_.end(), self_);
+}
+
+std::vector<RegionId> LeaseManager::Preference(RegionId group) const {
+  std::vector<RegionId> out;
+  auto it = std::lower_bound(regions_.begin(), regions_.end(), group);
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    size_t idx = (static_cast<size_t>(it - regions_.begin()) + i) % regions_.size();
+    out.push_back(regions_[idx]);
+  }
+  return out;
+}
+
+bool LeaseManager::Alive(RegionId peer) const {
+  if (peer == self_) return true;
+  auto it = last_heard_ms_.find(peer);
+  return it != last_heard_ms_.end() && clock_->NowMs() - it->second < config_.alive_timeout_ms;
+}
+
+void LeaseManager::Heard(RegionId peer) {
+  if (peer == self_) return;
+  auto it = last_heard_ms_.find(peer);
+  if (it == last_heard_ms_.end()) return;  // not a member: ignore
+  it->second = clock_->NowMs();
+}
+
+bool LeaseManager::Designated(RegionId group) const {
+  for (RegionId r : Preference(group))
+    if (Alive(r)) return r == self_;
+  return false;
+}
+
+bool LeaseManager::WantsToAcquire(RegionId group, const Holding& h) const {
+  const Won& w = won_.at(group);
+  if (w.owner == self_ && h.released_epoch != 0 && h.released_epoch == w.epoch) {
+    // Handed back and not yet taken: take it again only if its home has gone quiet.
+    return !Alive(group) && Designated(group);
+  }
+  if (group == self_ && h.handback_offer_epoch != 0 && h.handback_offer_epoch >= w.epoch) {
+    return true;  // the holder handed it back
+  }
+  // While another region renews it, leave it alone. Otherwise (ours but lapsed, or its owner has
+  // stopped renewing) the designated region, the first alive in the preference order, takes it.
+  // Only one region trying keeps two candidates from splitting the votes forever (each one's own
+  // acceptor keeps promising itself).
+  if (w.owner != self_ && w.owner != kNoRegion) {
+    auto r = last_renewal_.find(group);
+    if (r != last_renewal_.end() && r->second.first == w.owner &&
+        clock_->NowMs() - r->second.second < config_.alive_timeout_ms) {
+      return false;
+    }
+  }
+  return Designated(group);
+}
+
+void LeaseManager::Tick() {
+  assert(started_);
+  if (!IsHolder()) return;
+  const int64_t now = clock_->NowMs();
+  for (RegionId g : regions_) {
+    Holding& h = holdings_[g];
+    if (h.round_open && now - h.round_start_ms >= config_.round_timeout_ms) {
+      h.round_open = false;
+      if (h.state == Holding::State::kAcquiring) h.state = Holding::State::kIdle;
+    }
+    if (Held(h) && now >= h.valid_until_ms) StepDown(g, h, LeaseEvent::Kind::kLost);
+    // A successor hands the group home once home has been reachable for a while.
+    if (Held(h) && g != self_ && config_.handback_after_ms > 0) {
+      if (Alive(g)) {
+        if (h.home_alive_since_ms < 0) h.home_alive_since_ms = now;
+        if (h.state == Holding::State::kActive &&
+            now - h.home_alive_since_ms >= config_.handback_after_ms) {
+          Release(g, h);
+          continue;
+        }
+      } else {
+        h.home_alive_since_ms = -1;
+      }
+    }
+    const Won& w = won_.at(g);
+    if (!Held(h) && h.released_epoch != 0 && w.owner == self_ && w.epoch == h.released_epoch &&
+        Alive(g)) {
+      // The offer may have been lost: repeat it until home takes the group.
+      if (now >= h.next_round_ms) {
+        Deliver(g, LeaseHandback{g, h.released_epoch});
+        h.next_round_ms = now + config_.retry_interval_ms;
+      }
+      continue;
+    }
+    if (h.round_open || now < h.next_round_ms) continue;
+    if (Held(h)) {
+      StartRound(g, h, h.epoch, now);
+      h.next_round_ms = now + config_.renew_interval_ms;
+    } else if (now >= listen_until_ms_ && WantsToAcquire(g, h)) {
+      h.state = Holding::State::kAcquiring;
+      StartRound(g, h, std::max(claimed_.at(g), w.epoch) + 1, now);
+      h.next_round_ms = now + config_.retry_interval_ms;
+    }
+  }
+}
+
+void LeaseManager::StartRound(RegionId group, Holding& h, uint64_t epoch, int64_t now) {
+  h.epoch = epoch;
+  h.round = next_round_id_++;
+  h.round_start_ms = now;
+  h.round_open = true;
+  h.grants.clear();
+  h.refusals.clear();
+  const LeaseRequest req{group, epoch, h.round, Held(h)};
+  // Ask ourselves first: our own acceptor is the cheapest vote.
+  Deliver(self_, req);
+  for (RegionId r : regions_)
+    if (r != self_) Deliver(r, req);
+  for (RegionId w : witnesses_)
+    if (w != self_) Deliver(w, req);
+}
+
+void LeaseManager::Deliver(RegionId to, const LeaseMessage& m) {
+  if (to == self_) {
+    OnMessage(self_, m);
+  } else {
+    send_(to, m);
+  }
+}
+
+void LeaseManager::OnMessage(RegionId from, const LeaseMessage& message) {
+  assert(started_);
+  Heard(from);
+  std::visit(
+      [&](const auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        // A group we do not know is a peer's configuration error: ignore it, do not crash.
+        if (!claimed_.count(m.group)) return;
+        if constexpr (std::is_same_v<T, LeaseRequest>) {
+          OnRequest(from, m);
+        } else if constexpr (std::is_same_v<T, LeaseReply>) {
+          OnReply(from, m);
+        } else if constexpr (std::is_same_v<T, LeaseRelease>) {
+          OnRelease(from, m);
+        } else {
+          OnHandback(from, m);
+        }
+      },
+      message);
+}
+
+void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
+  Acceptor& a = acceptors_[m.group];
+  const int64_t now = clock_->NowMs();
+  bool grant = false;
+  if (m.epoch == 0 || from == kNoRegion) {
+    grant = false;  // malformed: refuse
+  } else if (m.epoch < a.record.epoch) {
+    Emit(LeaseEvent::Kind::kStaleRefused, m.group, m.epoch, from);
+  } else if (m.epoch == a.record.epoch) {
+    grant = a.record.owner == from;  // one owner per epoch
+  } else if (from == a.record.owner ||
+             (now >= a.promised_until_ms && now >= quarantine_until_ms_)) {
+    // Only a.record.owner can hold a promise from us, so it may move to a higher epoch at once.
+    AcceptorRecord next{m.epoch, from};
+    if (store_->Save(m.group, next).ok()) {
+      a.record = next;
+      grant = true;
+    }
+  }
+  if (grant) a.promised_until_ms = std::max(a.promised_until_ms, now + config_.ttl_ms);
+  Claim(m.group, a.record.epoch);
+  if (m.renewal && from != self_) {
+    LearnWon(m.group, m.epoch, from);
+    if (won_.at(m.group).epoch == m.epoch) last_renewal_[m.group] = {from, now};
+  }
+  Deliver(from, LeaseReply{m.group, m.epoch, m.round, grant, a.record.epoch, a.record.owner});
+}
+
+void LeaseManager::OnReply(RegionId from, const LeaseReply& m) {
+  Claim(m.group, m.known_epoch);
+  Holding& h = holdings_[m.group];
+  if (!h.round_open || m.round != h.round || m.epoch != h.epoch) return;  // a stale reply
+  if (!m.granted) {
+    // A renewal goes on whatever: the lease stays valid until it expires. An acquisition that can
+    // no longer reach a majority ends now and is retried, at a fresh epoch, on the next retry.
+    h.refusals.insert(from);
+    const size_t members = regions_.size() + witnesses_.size();
+    if (h.state == Holding::State::kAcquiring && members - h.refusals.size() < Majority()) {
+      h.round_open = false;
+      h.state = Holding::State::kIdle;
+    }
+    return;
+  }
+  h.grants.insert(from);
+  if (h.grants.size() < Majority()) return;
+  h.round_open = false;
+  const int64_t until = h.round_start_ms + config_.HolderValidityMs();
+  if (Held(h)) {
+    h.valid_until_ms = std::max(h.valid_until_ms, until);
+    return;
+  }
+  // Won this epoch.
+  h.valid_until_ms = until;
+  h.released_epoch = 0;
+  h.handback_offer_epoch = 0;
+  h.home_alive_since_ms = -1;
+  LearnWon(m.group, h.epoch, self_);
+  Emit(LeaseEvent::Kind::kAcquired, m.group, h.epoch, self_);
+  // Epoch 1 is the first anyone held; any later epoch may follow someone else's changes, so it
+  // is usable only once the host has synced the group (asked again after every fresh win until
+  // it is done; the host drops duplicates).
+  if (h.epoch > 1 && synced_epoch_[m.group] < h.epoch) {
+    h.state = Holding::State::kSyncing;
+    if (on_sync_) {
+      on_sync_(m.group, h.epoch);
+    } else {
+      SyncDone(m.group, h.epoch);
+    }
+  } else {
+    h.state = Holding::State::kActive;
+    Emit(LeaseEvent::Kind::kActive, m.group, h.epoch, self_);
+  }
+}
+
+void LeaseManager::SyncDone(RegionId group, uint64_t epoch) {
+  if (!holdings_.count(group)) return;
+  synced_epoch_[group] = std::max(synced_epoch_[group], epoch);
+  Holding& h = holdings_[group];
+  if (h.state == Holding::State::kSyncing && h.epoch <= epoch) {
+    h.state = Holding::State::kActive;
+    Emit(LeaseEvent::Kind::kActive, group, h.epoch, self_);
+  }
+}
+
+void LeaseManager::OnRelease(RegionId from, const LeaseRelease& m) {
+  Acceptor& a = acceptors_[m.group];
+  if (a.record.epoch == m.epoch && a.record.owner == from) a.promised_until_ms = 0;
+}
+
+void LeaseManager::OnHandback(RegionId from, const LeaseHandback& m) {
+  if (m.group != self_ || m.epoch == 0) return;  // only a group's home takes it back
+  LearnWon(m.group, m.epoch, from);
+  Holding& h = holdings_[m.group];
+  if (m.epoch >= won_.at(m.group).epoch && m.epoch > h.handback_offer_epoch) {
+    h.handback_offer_epoch = m.epoch;
+  }
+}
+
+void LeaseManager::Learn(RegionId group, uint64_t epoch, RegionId owner) {
+  if (!won_.count(group) || epoch == 0 || owner == kNoRegion) return;
+  LearnWon(group, epoch, owner);
+}
+
+void LeaseManager::Claim(RegionId group, uint64_t epoch) {
+  uint64_t& c = claimed_.at(group);
+  c = std::max(c, epoch);
+}
+
+void LeaseManager::LearnWon(RegionId group, uint64_t epoch, RegionId owner) {
+  Claim(group, epoch);
+  Won& w = won_.at(group);
+  if (epoch <= w.epoch) return;
+  w = Won{epoch, owner};
+  if (owner == self_) return;
+  Emit(LeaseEvent::Kind::kLearned, group, epoch, owner);
+  Holding& h = holdings_[group];
+  if (Held(h) && h.epoch < epoch) StepDown(group, h, LeaseEvent::Kind::kLost);
+  if (h.state == Holding::State::kAcquiring && h.epoch <= epoch) {
+    h.round_open = false;
+    h.state = Holding::State::kIdle;
+  }
+}
+
+void LeaseManager::StepDown(RegionId group, Holding& h, LeaseEvent::Kind why) {
+  h.state = Holding::State::kIdle;
+  h.valid_until_ms = 0;
+  h.round_open = false;
+  h.home_alive_since_ms = -1;
+  Emit(why, group, h.epoch, self_);
+}
+
+void LeaseManager::Release(RegionId group, Holding& h) {
+  const uint64_t epoch = h.epoch;
+  h.state = Holding::State::kIdle;
+  h.valid_until_ms = 0;
+  h.round_open = false;
+  h.released_epoch = epoch;
+  h.home_alive_since_ms = -1;
+  h.next_round_ms = clock_->NowMs() + config_.retry_interval_ms;
+  Emit(LeaseEvent::Kind::kReleased, group, epoch, self_);
+  const LeaseRelease rel{group, epoch};
+  Deliver(self_, rel);
+  for (RegionId r : regions_)
+    if (r != self_) Deliver(r, rel);
+  for (RegionId w : witnesses_)
+    if (w != self_) Deliver(w, rel);
+  Deliver(group, LeaseHandback{group, epoch});
+}
+
+absl::Status LeaseManager::HandBack(RegionId group) {
+  auto it = holdings_.find(group);
+  if (it == holdings_.end()) return absl::NotFoundError(absl::StrCat("no lease group ", group));
+  if (group == self_) {
+    return absl::FailedPreconditionError("a region's own group is already home");
+  }
+  if (it->second.state != Holding::State::kActive) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("group ", group, " is not held (usable) by this region"));
+  }
+  Release(group, it->second);
+  return absl::OkStatus();
+}
+
+bool LeaseManager::CanMutate(RegionId group) const {
+  auto it = holdings_.find(group);
+  if (it == holdings_.end()) return false;
+  const Holding& h = it->second;
+  return h.state == Holding::State::kActive && clock_->NowMs() < h.valid_until_ms;
+}
+
+GroupView LeaseManager::View(RegionId group) const {
+  GroupView v;
+  v.group = group;
+  auto w = won_.find(group);
+  if (w == won_.end()) return v;
+  v.epoch = w->second.epoch;
+  v.owner = w->second.owner;
+  v.claimed_epoch = claimed_.at(group);
+  const Holding& h = holdings_.at(group);
+  v.held = Held(h);
+  v.syncing = h.state == Holding::State::kSyncing;
+  v.usable = CanMutate(group);
+  v.valid_for_ms = v.usable ? h.valid_until_ms - clock_->NowMs() : 0;
+  return v;
+}
+
+std::vector<GroupView> LeaseManager::Views() const {
+  std::vector<GroupView> out;
+  for (RegionId g : regions_) out.push_back(View(g));
+  return out;
+}
+
+void LeaseManager::Emit(LeaseEvent::Kind kind, RegionId group, uint64_t epoch, RegionId owner) {
+  if (on_event_) on_event_(LeaseEvent{kind, group, epoch, owner});
+}
+
+}  // namespace meridian::replication

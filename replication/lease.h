@@ -1,0 +1,270 @@
+#pragma once
+
+// Order-ownership leases with fencing epochs.
+//
+// Every order belongs to a lease *group*: the region that created it (its home). A group is owned
+// by one region at a time under a lease with an epoch (the fencing token). Each region runs one
+// LeaseManager, which plays two roles:
+//   - acceptor, for every group: it promises a holder not to grant the group to anyone else for
+//     `ttl_ms` of its own clock after it received the holder's request, and it remembers, durably,
+//     the highest epoch it granted and to whom;
+//   - holder/candidate: it renews the groups it owns through a majority of acceptors, takes over a
+//     silent owner's group at epoch + 1 when it is that group's designated successor, and hands a
+//     group back to its home region once that region is healthy again.
+//
+// Safety (never two regions able to mutate one group at the same instant): a holder that started
+// a round at t0 on its clock and got grants from a majority considers itself owner until
+//   t0 + ttl_ms * (1 - 2 * max_drift) - margin_ms.
+// Each granting acceptor received the request after t0 and will not grant a higher epoch for ttl_ms
+// of its own clock, so, as long as clock *rates* differ by less than max_drift (offsets do not
+// matter: only durations are used), every granting acceptor's promise outlives the holder's
+// belief. A takeover needs a majority too, and two majorities share an acceptor; that acceptor
+// grants the higher epoch only after its promise has run out. An acceptor grants one owner per
+// epoch, so two candidates cannot both win the same epoch. A restarted acceptor (its promises
+// were in memory) grants nothing new for ttl_ms. Epochs are saved before a grant is sent, so they
+// never go back; a region that lost its store entirely is safe as long as it is a minority.
+//
+// Liveness: a group whose owner is silent (no message for alive_timeout_ms) is taken over, once
+// the acceptors' promises to the old owner have run out, by the first region that is alive in the
+// group's preference order: its home first, then the others by ascending id after the home,
+// wrapping around. Every acquisition asks for a fresh epoch, above every epoch this region has
+// seen claimed anywhere, so candidates never deadlock on a contested epoch; an acceptor grants a
+// higher epoch at once to the region it already promised (nobody else can hold a promise from it).
+// An epoch above 1 becomes usable only after the host reports that it synced the group's orders
+// from its peers (SyncDone): the new owner does not work on a stale copy.
+//
+// Claims and wins: an acceptor's record is a *claim* (the candidate may not have won). This region
+// keeps the highest claim (to pick fresh epochs) apart from the highest epoch it knows was *won*
+// (from its own wins, a winner's sync request — Learn() — or a handback): only a won epoch moves
+// the region's fence and makes a holder step down.
+//
+// Threading: not thread-safe; the host serializes calls (the replicator under one mutex, the
+// simulator on one thread). No I/O: messages leave through the `send` callback, durable state
+// through LeaseStore, time comes from Clock.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "replication/clock.h"
+
+namespace meridian::replication {
+
+using RegionId = uint32_t;  // a region's replica id, 1..255; 0 is "none"
+inline constexpr RegionId kNoRegion = 0;
+
+struct LeaseConfig {
+  int64_t ttl_ms = 6000;             // how long an acceptor's promise lasts
+  int64_t renew_interval_ms = 1000;  // a holder starts a renewal round this often
+  int64_t retry_interval_ms = 250;   // how often an acquisition (takeover, handback) is retried
+  int64_t round_timeout_ms = 1500;   // a round without a majority by then is abandoned
+  int64_t alive_timeout_ms = 2500;   // a peer unheard of this long is presumed down
+  double max_drift = 0.01;           // bound on clock-rate differences (1%: very generous)
+  int64_t margin_ms = 100;           // a holder stops this much before its computed expiry
+  int64_t handback_after_ms = 5000;  // hand a group home once home was alive this long; 0: never
+                                     // automatically (only HandBack())
+
+  // InvalidArgument naming the field when a value is out of range or the timings contradict
+  // each other (e.g. renew_interval_ms must leave a renewal room before expiry).
+  [[nodiscard]] absl::Status Validate() const;
+  // How long a holder may act on a round that started at t0: t0 + HolderValidityMs().
+  [[nodiscard]] int64_t HolderValidityMs() const;
+};
+
+// --- messages (plain values: the replicator maps them to protobuf, the simulator passes them) --
+// A candidate asks for `group` at `epoch` (renewal: the epoch it holds; acquisition: a new one).
+struct LeaseRequest {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  uint64_t round = 0;  // echoed in the reply, to match replies to the round that asked
+  // A renewal: the sender won `epoch` (receivers learn who holds the group from it).
+  bool renewal = false;
+  friend bool operator==(const LeaseRequest&, const LeaseRequest&) = default;
+};
+// An acceptor's answer. `known_epoch`/`known_owner` are its record, so a refused candidate learns
+// who holds the group now.
+struct LeaseReply {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  uint64_t round = 0;
+  bool granted = false;
+  uint64_t known_epoch = 0;
+  RegionId known_owner = kNoRegion;
+  friend bool operator==(const LeaseReply&, const LeaseReply&) = default;
+};
+// A holder gives up `epoch` of `group` (it has stopped acting on it): acceptors drop their promise.
+struct LeaseRelease {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  friend bool operator==(const LeaseRelease&, const LeaseRelease&) = default;
+};
+// From the holder to the group's home: "I released `epoch`; take epoch + 1".
+struct LeaseHandback {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  friend bool operator==(const LeaseHandback&, const LeaseHandback&) = default;
+};
+using LeaseMessage = std::variant<LeaseRequest, LeaseReply, LeaseRelease, LeaseHandback>;
+
+// An acceptor's durable record for one group.
+struct AcceptorRecord {
+  uint64_t epoch = 0;
+  RegionId owner = kNoRegion;
+  friend bool operator==(const AcceptorRecord&, const AcceptorRecord&) = default;
+};
+
+class LeaseStore {
+ public:
+  virtual ~LeaseStore() = default;
+  // Every group's record as last saved; empty on a first start.
+  [[nodiscard]] virtual std::map<RegionId, AcceptorRecord> Load() = 0;
+  // Durable when it returns OK; on an error the grant is refused.
+  [[nodiscard]] virtual absl::Status Save(RegionId group, const AcceptorRecord& record) = 0;
+};
+
+// What the host may want to log, count or act on (fences, syncs, DNS).
+struct LeaseEvent {
+  enum class Kind {
+    kAcquired,      // won `epoch` of `group` (usable after SyncDone if sync was requested)
+    kActive,        // the group became usable at `epoch`
+    kLost,          // held `epoch` but a round failed to renew it before expiry, or refused
+    kLearned,       // learned a higher epoch: `owner` holds `group` at `epoch` (raise the fence)
+    kReleased,      // handed `group` back at `epoch`
+    kStaleRefused,  // as acceptor, refused a request for an epoch below its record
+  };
+  Kind kind;
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  RegionId owner = kNoRegion;
+};
+std::string_view LeaseEventName(LeaseEvent::Kind kind);
+
+// This region's view of one group, for the region (fences, forwarding) and for operators.
+struct GroupView {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;          // highest epoch known to have been won (the fence); 0: none
+  RegionId owner = kNoRegion;  // who won it
+  uint64_t claimed_epoch = 0;  // highest epoch seen claimed at any acceptor
+  bool held = false;           // this region holds it (usable or syncing)
+  bool usable = false;         // this region may mutate the group's orders now
+  int64_t valid_for_ms = 0;    // when usable: how much longer (by this region's clock)
+  bool syncing = false;        // won, waiting for SyncDone
+};
+
+class LeaseManager {
+ public:
+  using SendFn = std::function<void(RegionId to, const LeaseMessage& message)>;
+  using EventFn = std::function<void(const LeaseEvent& event)>;
+  // Called after winning a new epoch; the host syncs the group's orders from its peers, raising
+  // their fences to `epoch` first, and then calls SyncDone(group, epoch).
+  using SyncFn = std::function<void(RegionId group, uint64_t epoch)>;
+
+  // `regions`: every region id (the groups, and the acceptors); `witnesses`: acceptor-only
+  // members (a two-region deployment's third vote); `self` is in `regions` or `witnesses`.
+  // REQUIRES: config.Validate().ok(); ids non-zero and distinct.
+  LeaseManager(RegionId self, std::vector<RegionId> regions, std::vector<RegionId> witnesses,
+               LeaseConfig config, LeaseStore* store, const Clock* clock, SendFn send,
+               EventFn on_event = {}, SyncFn on_sync = {});
+
+  // Loads the acceptor records and starts the restart quarantine. Call once, before anything else.
+  [[nodiscard]] absl::Status Start();
+
+  // Drives renewals, takeovers, handbacks and round timeouts. Call every ~50 ms (or at every
+  // simulated step); it sends at most one round per group per call.
+  void Tick();
+  // A message from `from`. Also counts as a sign of life from `from`.
+  void OnMessage(RegionId from, const LeaseMessage& message);
+  // Any other sign of life from a peer (a replication frame, a heartbeat).
+  void Heard(RegionId peer);
+  // The host finished syncing `group` for `epoch`: the group becomes usable (if still held).
+  void SyncDone(RegionId group, uint64_t epoch);
+  // Another region told us it won `group` at `epoch` (its sync request): remember it, and step
+  // down if this region held an older epoch.
+  void Learn(RegionId group, uint64_t epoch, RegionId owner);
+  // Operator or failover controller: hand `group` back to its home now (if held and not home).
+  [[nodiscard]] absl::Status HandBack(RegionId group);
+
+  [[nodiscard]] bool CanMutate(RegionId group) const;
+  [[nodiscard]] GroupView View(RegionId group) const;
+  [[nodiscard]] std::vector<GroupView> Views() const;
+  [[nodiscard]] bool Alive(RegionId peer) const;
+  [[nodiscard]] RegionId self() const { return self_; }
+  // The group's successors in preference order (home first).
+  [[nodiscard]] std::vector<RegionId> Preference(RegionId group) const;
+
+ private:
+  struct Acceptor {
+    AcceptorRecord record;
+    int64_t promised_until_ms = 0;
+  };
+  struct Holding {
+    enum class State { kIdle, kAcquiring, kSyncing, kActive };
+    State state = State::kIdle;
+    uint64_t epoch = 0;  // the epoch held or being acquired
+    int64_t valid_until_ms = 0;
+    // the round in flight
+    uint64_t round = 0;
+    int64_t round_start_ms = 0;
+    bool round_open = false;
+    std::set<RegionId> grants;
+    std::set<RegionId> refusals;
+    int64_t next_round_ms = 0;
+    // handbacks
+    uint64_t released_epoch = 0;        // this region released this epoch (don't reacquire it)
+    uint64_t handback_offer_epoch = 0;  // home side: the holder released this epoch for us
+    int64_t home_alive_since_ms = -1;   // holder side: since when home has been alive again
+  };
+  struct Won {
+    uint64_t epoch = 0;
+    RegionId owner = kNoRegion;
+  };
+
+  void OnRequest(RegionId from, const LeaseRequest& m);
+  void OnReply(RegionId from, const LeaseReply& m);
+  void OnRelease(RegionId from, const LeaseRelease& m);
+  void OnHandback(RegionId from, const LeaseHandback& m);
+  void Deliver(RegionId to, const LeaseMessage& m);
+  void StartRound(RegionId group, Holding& h, uint64_t epoch, int64_t now);
+  void StepDown(RegionId group, Holding& h, LeaseEvent::Kind why);
+  void Claim(RegionId group, uint64_t epoch);
+  void LearnWon(RegionId group, uint64_t epoch, RegionId owner);
+  void Release(RegionId group, Holding& h);
+  bool WantsToAcquire(RegionId group, const Holding& h) const;
+  bool Designated(RegionId group) const;
+  void Emit(LeaseEvent::Kind kind, RegionId group, uint64_t epoch, RegionId owner);
+  size_t Majority() const { return (regions_.size() + witnesses_.size()) / 2 + 1; }
+  bool IsHolder() const;
+  static bool Held(const Holding& h) {
+    return h.state == Holding::State::kActive || h.state == Holding::State::kSyncing;
+  }
+
+  RegionId self_;
+  std::vector<RegionId> regions_;    // sorted
+  std::vector<RegionId> witnesses_;  // sorted
+  LeaseConfig config_;
+  LeaseStore* store_;
+  const Clock* clock_;
+  SendFn send_;
+  EventFn on_event_;
+  SyncFn on_sync_;
+  bool started_ = false;
+  int64_t quarantine_until_ms_ = 0;
+  int64_t listen_until_ms_ = 0;  // after a restart: hear the holders' renewals before competing
+  uint64_t next_round_id_ = 1;
+  std::map<RegionId, Acceptor> acceptors_;
+  std::map<RegionId, Holding> holdings_;
+  std::map<RegionId, uint64_t> claimed_;  // highest epoch seen claimed
+  std::map<RegionId, Won> won_;           // highest epoch known won
+  // the last renewal request heard for each group: from whom, when (its holder is active)
+  std::map<RegionId, std::pair<RegionId, int64_t>> last_renewal_;
+  std::map<RegionId, int64_t> last_heard_ms_;
+  std::map<RegionId, uint64_t> synced_epoch_;  // SyncDone received for this epoch
+};
+
+}  // namespace meridian::replication

@@ -1,0 +1,391 @@
+#include "replication/lease.h"
+
+#include <gtest/gtest.h>
+#include <rapidcheck.h>
+#include <rapidcheck/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <queue>
+#include <random>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <vector>
+
+namespace meridian::replication {
+namespace {
+
+// A node's clock: global time scaled by its rate, plus an offset (skew). Rates stay within the
+// configured drift bound.
+class TestClock final : public Clock {
+ public:
+  TestClock(const int64_t* global_ms, double rate, int64_t offset_ms)
+      : global_ms_(global_ms), rate_(rate), offset_ms_(offset_ms) {}
+  int64_t NowMs() const override {
+    return offset_ms_ + static_cast<int64_t>(std::floor(static_cast<double>(*global_ms_) * rate_));
+  }
+
+ private:
+  const int64_t* global_ms_;
+  double rate_;
+  int64_t offset_ms_;
+};
+
+class MemStore final : public LeaseStore {
+ public:
+  std::map<RegionId, AcceptorRecord> Load() override { return records; }
+  absl::Status Save(RegionId g, const AcceptorRecord& r) override {
+    if (fail) return absl::UnavailableError("store down");
+    records[g] = r;
+    return absl::OkStatus();
+  }
+  std::map<RegionId, AcceptorRecord> records;
+  bool fail = false;
+};
+
+LeaseConfig FastConfig() {
+  LeaseConfig c;
+  c.ttl_ms = 600;
+  c.renew_interval_ms = 100;
+  c.retry_interval_ms = 50;
+  c.round_timeout_ms = 200;
+  c.alive_timeout_ms = 250;
+  c.max_drift = 0.01;
+  c.margin_ms = 20;
+  c.handback_after_ms = 500;
+  return c;
+}
+
+// N regions on a simulated network: delays, loss, partitions, crashes; every 1 ms each live node
+// may tick. Checks after every step that no group is mutable at two regions.
+struct Cluster {
+  struct Msg {
+    int64_t at;
+    uint64_t seq;
+    RegionId from, to;
+    LeaseMessage m;
+    bool operator>(const Msg& o) const { return std::tie(at, seq) > std::tie(o.at, o.seq); }
+  };
+  struct Node {
+    std::unique_ptr<TestClock> clock;
+    MemStore store;
+    std::unique_ptr<LeaseManager> lm;
+    bool up = true;
+    int64_t next_tick = 0;
+    std::vector<LeaseEvent> events;
+  };
+
+  Cluster(int n, LeaseConfig cfg, uint64_t seed, bool drift = false) : config(cfg), rng(seed) {
+    for (int i = 1; i <= n; ++i) ids.push_back(static_cast<RegionId>(i));
+    for (RegionId id : ids) {
+      double rate = 1.0;
+      if (drift) {
+        std::uniform_real_distribution<double> d(-cfg.max_drift / 2, cfg.max_drift / 2);
+        rate += d(rng);
+      }
+      std::uniform_int_distribution<int64_t> off(0, 100000);
+      nodes[id].clock = std::make_unique<TestClock>(&now, rate, drift ? off(rng) : 0);
+      Boot(id);
+    }
+  }
+
+  void Boot(RegionId id) {
+    Node& n = nodes[id];
+    n.lm = std::make_unique<LeaseManager>(
+        id, ids, std::vector<RegionId>{}, config, &n.store, n.clock.get(),
+        [this, id](RegionId to, const LeaseMessage& m) { Send(id, to, m); },
+        [&n](const LeaseEvent& e) { n.events.push_back(e); },
+        [this, id](RegionId g, uint64_t e) { pending_syncs.emplace_back(id, g, e); });
+    ASSERT_TRUE(n.lm->Start().ok());
+    n.up = true;
+  }
+
+  void Send(RegionId from, RegionId to, const LeaseMessage& m) {
+    if (cut.count({std::min(from, to), std::max(from, to)})) return;
+    if (loss > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < loss) return;
+    int64_t d = delay_ms;
+    if (jitter_ms > 0) d += std::uniform_int_distribution<int64_t>(0, jitter_ms)(rng);
+    q.push(Msg{now + d, seq++, from, to, m});
+  }
+
+  void Step() {
+    ++now;
+    while (!q.empty() && q.top().at <= now) {
+      Msg m = q.top();
+      q.pop();
+      Node& n = nodes[m.to];
+      if (n.up && !cut.count({std::min(m.from, m.to), std::max(m.from, m.to)})) {
+        n.lm->OnMessage(m.from, m.m);
+      }
+    }
+    for (RegionId id : ids) {
+      Node& n = nodes[id];
+      if (n.up && now >= n.next_tick) {
+        n.lm->Tick();
+        n.next_tick = now + 10;
+      }
+    }
+    // Syncs complete after one step (the simulator in tests/sim models them fully).
+    auto syncs = std::move(pending_syncs);
+    pending_syncs.clear();
+    for (auto [id, g, e] : syncs)
+      if (nodes[id].up) nodes[id].lm->SyncDone(g, e);
+    CheckSafety();
+  }
+
+  void Run(int64_t ms) {
+    for (int64_t i = 0; i < ms; ++i) Step();
+  }
+
+  void CheckSafety() {
+    for (RegionId g : ids) {
+      std::vector<RegionId> mutable_at;
+      for (RegionId id : ids)
+        if (nodes[id].up && nodes[id].lm->CanMutate(g)) mutable_at.push_back(id);
+      if (mutable_at.size() > 1) {
+        violations++;
+        ADD_FAILURE() << "group " << g << " mutable at " << mutable_at.size()
+                      << " regions at t=" << now;
+      }
+    }
+  }
+
+  RegionId Holder(RegionId g) {
+    for (RegionId id : ids)
+      if (nodes[id].up && nodes[id].lm->CanMutate(g)) return id;
+    return kNoRegion;
+  }
+
+  void Crash(RegionId id) { nodes[id].up = false; }
+  void Restart(RegionId id) { Boot(id); }
+  void Partition(RegionId id) {
+    for (RegionId o : ids)
+      if (o != id) cut.insert({std::min(id, o), std::max(id, o)});
+  }
+  void Heal() { cut.clear(); }
+
+  LeaseConfig config;
+  std::mt19937_64 rng;
+  int64_t now = 0;
+  uint64_t seq = 0;
+  int64_t delay_ms = 5;
+  int64_t jitter_ms = 0;
+  double loss = 0;
+  std::vector<RegionId> ids;
+  std::map<RegionId, Node> nodes;
+  std::priority_queue<Msg, std::vector<Msg>, std::greater<Msg>> q;
+  std::set<std::pair<RegionId, RegionId>> cut;
+  std::vector<std::tuple<RegionId, RegionId, uint64_t>> pending_syncs;
+  int violations = 0;
+};
+
+TEST(LeaseConfig, ValidatesFields) {
+  EXPECT_TRUE(LeaseConfig{}.Validate().ok());
+  LeaseConfig c;
+  c.ttl_ms = 50;
+  EXPECT_NE(c.Validate().message().find("ttl_ms"), std::string::npos);
+  c = LeaseConfig{};
+  c.renew_interval_ms = 4000;  // > half of 6000 * 0.98 - 100
+  EXPECT_NE(c.Validate().message().find("renew_interval_ms"), std::string::npos);
+  c = LeaseConfig{};
+  c.alive_timeout_ms = 1000;
+  EXPECT_NE(c.Validate().message().find("alive_timeout_ms"), std::string::npos);
+  c = LeaseConfig{};
+  c.max_drift = 0.5;
+  EXPECT_NE(c.Validate().message().find("max_drift"), std::string::npos);
+  EXPECT_EQ(LeaseConfig{}.HolderValidityMs(), 6000 * 98 / 100 - 100);
+}
+
+TEST(Lease, EveryHomeHoldsItsGroupAtEpochOne) {
+  Cluster c(3, FastConfig(), 1);
+  c.Run(50);
+  for (RegionId g : c.ids) {
+    EXPECT_EQ(c.Holder(g), g);
+    EXPECT_EQ(c.nodes[g].lm->View(g).epoch, 1u);
+  }
+  c.Run(5000);  // renewals keep it
+  for (RegionId g : c.ids) EXPECT_EQ(c.Holder(g), g);
+  EXPECT_EQ(c.violations, 0);
+}
+
+TEST(Lease, SuccessorTakesOverAfterExpiryOnlyAndHomeGetsItBack) {
+  Cluster c(3, FastConfig(), 2);
+  c.Run(700);  // past the start quarantine
+  ASSERT_EQ(c.Holder(1), 1u);
+  c.Crash(1);
+  const int64_t crashed_at = c.now;
+  while (c.Holder(1) == kNoRegion && c.now - crashed_at < 5000) c.Step();
+  const int64_t took = c.now - crashed_at;
+  EXPECT_EQ(c.Holder(1), 2u) << "the next region after home is the designated successor";
+  EXPECT_GE(took, c.config.HolderValidityMs() - 100) << "no takeover before the old lease ends";
+  EXPECT_LE(took, c.config.ttl_ms + 400);
+  EXPECT_EQ(c.nodes[2].lm->View(1).epoch, 2u);
+
+  // Home returns: it learns epoch 2, does not act, and gets its group back after the hysteresis.
+  c.Restart(1);
+  c.Run(60);
+  EXPECT_FALSE(c.nodes[1].lm->CanMutate(1));
+  c.Run(3000);
+  EXPECT_EQ(c.Holder(1), 1u);
+  EXPECT_EQ(c.nodes[1].lm->View(1).epoch, 3u);
+  EXPECT_EQ(c.violations, 0);
+}
+
+TEST(Lease, IsolatedHolderStopsBeforeTheMajorityTakesOver) {
+  Cluster c(5, FastConfig(), 3);
+  c.Run(700);
+  c.Partition(3);
+  bool seen_gap = false;
+  for (int i = 0; i < 3000; ++i) {
+    c.Step();
+    if (!c.nodes[3].lm->CanMutate(3) && c.Holder(3) == kNoRegion) seen_gap = true;
+  }
+  EXPECT_TRUE(seen_gap);
+  EXPECT_EQ(c.Holder(3), 4u);
+  c.Heal();
+  c.Run(3000);
+  EXPECT_EQ(c.Holder(3), 3u);
+  EXPECT_EQ(c.violations, 0);
+}
+
+TEST(Lease, StaleRequestIsRefusedAndReported) {
+  Cluster c(3, FastConfig(), 4);
+  c.Run(700);
+  c.Crash(1);
+  c.Run(2000);
+  ASSERT_EQ(c.Holder(1), 2u);
+  // Region 3's acceptor refuses an epoch-1 request from a zombie of region 1.
+  std::vector<LeaseEvent> before = c.nodes[3].events;
+  c.nodes[3].lm->OnMessage(1, LeaseRequest{1, 1, 999});
+  bool refused = false;
+  for (size_t i = before.size(); i < c.nodes[3].events.size(); ++i) {
+    refused |= c.nodes[3].events[i].kind == LeaseEvent::Kind::kStaleRefused;
+  }
+  EXPECT_TRUE(refused);
+}
+
+TEST(Lease, RestartedAcceptorGrantsNoNewEpochForOneTtl) {
+  MemStore store;
+  store.records[1] = AcceptorRecord{1, 1};  // it has granted before: a restart, not a first start
+  int64_t now = 1000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<std::pair<RegionId, LeaseMessage>> sent;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId to, const LeaseMessage& m) { sent.emplace_back(to, m); });
+  ASSERT_TRUE(lm.Start().ok());
+  lm.OnMessage(3, LeaseRequest{1, 2, 7});
+  ASSERT_FALSE(sent.empty());
+  EXPECT_FALSE(std::get<LeaseReply>(sent.back().second).granted);
+  now += 700;
+  lm.OnMessage(3, LeaseRequest{1, 2, 8});
+  const auto& reply = std::get<LeaseReply>(sent.back().second);
+  EXPECT_TRUE(reply.granted);
+  EXPECT_EQ(store.records.at(1), (AcceptorRecord{2, 3}));
+  // One owner per epoch.
+  lm.OnMessage(1, LeaseRequest{1, 2, 9});
+  EXPECT_FALSE(std::get<LeaseReply>(sent.back().second).granted);
+}
+
+TEST(Lease, StoreFailureRefusesTheGrant) {
+  MemStore store;
+  store.fail = true;
+  int64_t now = 10000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<LeaseMessage> sent;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId, const LeaseMessage& m) { sent.push_back(m); });
+  ASSERT_TRUE(lm.Start().ok());
+  now += 1000;
+  lm.OnMessage(3, LeaseRequest{1, 2, 1});
+  EXPECT_FALSE(std::get<LeaseReply>(sent.back()).granted);
+}
+
+TEST(Lease, UnknownGroupFromAPeerIsIgnored) {
+  Cluster c(3, FastConfig(), 5);
+  c.nodes[1].lm->OnMessage(2, LeaseRequest{77, 5, 1});
+  c.nodes[1].lm->OnMessage(2, LeaseReply{77, 5, 1, true, 5, 2});
+  c.Run(100);
+  EXPECT_EQ(c.Holder(1), 1u);
+}
+
+TEST(Lease, ExplicitHandBack) {
+  LeaseConfig cfg = FastConfig();
+  cfg.handback_after_ms = 0;  // only on request
+  Cluster c(3, cfg, 6);
+  c.Run(700);
+  c.Crash(1);
+  c.Run(2000);
+  ASSERT_EQ(c.Holder(1), 2u);
+  c.Restart(1);
+  c.Run(3000);
+  EXPECT_EQ(c.Holder(1), 2u) << "no automatic handback";
+  EXPECT_FALSE(c.nodes[2].lm->HandBack(2).ok()) << "own group";
+  EXPECT_FALSE(c.nodes[3].lm->HandBack(1).ok()) << "not held here";
+  ASSERT_TRUE(c.nodes[2].lm->HandBack(1).ok());
+  c.Run(200);
+  EXPECT_EQ(c.Holder(1), 1u);
+  EXPECT_EQ(c.violations, 0);
+}
+
+// Any schedule of crashes, restarts, partitions, loss, delay and clock drift: never two regions
+// able to mutate one group at the same instant.
+RC_GTEST_PROP(LeaseProperty, NeverTwoHolders, ()) {
+  const auto seed = *rc::gen::arbitrary<uint64_t>();
+  const int n = *rc::gen::inRange(3, 6);
+  Cluster c(n, FastConfig(), seed, /*drift=*/true);
+  c.delay_ms = *rc::gen::inRange(1, 60);
+  c.jitter_ms = *rc::gen::inRange(0, 60);
+  c.loss = *rc::gen::element(0.0, 0.05, 0.3);
+  const auto faults = *rc::gen::container<std::vector<std::pair<int, int>>>(
+      rc::gen::pair(rc::gen::inRange(0, 5), rc::gen::inRange(1, n + 1)));
+  std::ostringstream log;
+  for (auto [kind, who] : faults) {
+    log << "fault " << kind << " " << who << " at " << c.now << "\n";
+    RegionId id = static_cast<RegionId>(who);
+    switch (kind) {
+      case 0:
+        c.Crash(id);
+        break;
+      case 1:
+        if (!c.nodes[id].up) c.Restart(id);
+        break;
+      case 2:
+        c.Partition(id);
+        break;
+      case 3:
+        c.Heal();
+        break;
+      default:
+        break;
+    }
+    c.Run(*rc::gen::inRange(50, 1500));
+    RC_ASSERT(c.violations == 0);
+  }
+  // Heal and restart everything: every group ends with exactly one holder.
+  c.Heal();
+  c.loss = 0;
+  for (RegionId id : c.ids)
+    if (!c.nodes[id].up) c.Restart(id);
+  c.Run(6000);
+  RC_ASSERT(c.violations == 0);
+  for (RegionId g : c.ids) {
+    if (c.Holder(g) == kNoRegion) {
+      for (RegionId id : c.ids) {
+        auto v = c.nodes[id].lm->View(g);
+        log << "g=" << g << " at=" << id << " epoch=" << v.epoch << " owner=" << v.owner
+            << " held=" << v.held << " syncing=" << v.syncing << " up=" << c.nodes[id].up << "\n";
+        for (auto& e : c.nodes[id].events)
+          if (e.group == g)
+            log << "  n" << id << " " << LeaseEventName(e.kind) << " e=" << e.epoch
+                << " o=" << e.owner << "\n";
+      }
+    }
+    if (c.Holder(g) == kNoRegion) fprintf(stderr, "%s", log.str().c_str());
+    RC_ASSERT(c.Holder(g) != kNoRegion);
+  }
+}
+
+}  // namespace
+}  // namespace meridian::replication

@@ -1,0 +1,306 @@
+#include "replication/rights.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace meridian::replication {
+namespace {
+
+constexpr double kLn2 = 0.69314718055994530942;
+constexpr size_t kMaxSkuBytes = 256;
+// A grant decided here may take this long to show in the view (the host executes it).
+constexpr int64_t kPendingGrantMs = 1000;
+
+uint64_t Lookup(const std::map<RegionId, uint64_t>& m, RegionId k) {
+  auto it = m.find(k);
+  return it == m.end() ? 0 : it->second;
+}
+
+}  // namespace
+
+absl::Status RightsConfig::Validate() const {
+  auto bad = [](const char* field, const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("rights.", field, ": ", why));
+  };
+  if (gossip_interval_ms < 10 || gossip_interval_ms > 60000) {
+    return bad("gossip_interval_ms", "must be 10..60000");
+  }
+  if (demand_half_life_ms < 100) return bad("demand_half_life_ms", "must be >= 100");
+  if (urgent_keep_ms < 0) return bad("urgent_keep_ms", "must be >= 0");
+  if (grant_cooldown_ms < 0) return bad("grant_cooldown_ms", "must be >= 0");
+  if (request_cooldown_ms < 0) return bad("request_cooldown_ms", "must be >= 0");
+  if (info_ttl_ms < 2 * gossip_interval_ms) {
+    return bad("info_ttl_ms", "must be at least twice gossip_interval_ms");
+  }
+  if (active_window_ms < info_ttl_ms) return bad("active_window_ms", "must be >= info_ttl_ms");
+  if (!(rebalance_threshold >= 0 && rebalance_threshold <= 1)) {
+    return bad("rebalance_threshold", "must be 0..1");
+  }
+  if (max_skus_per_gossip < 1 || max_skus_per_gossip > 100000) {
+    return bad("max_skus_per_gossip", "must be 1..100000");
+  }
+  return absl::OkStatus();
+}
+
+RightsManager::RightsManager(RegionId self, std::vector<RegionId> peers, RightsConfig config,
+                             const Clock* clock, SendFn send, ViewFn view)
+    : self_(self),
+      peers_(std::move(peers)),
+      config_(config),
+      clock_(clock),
+      send_(std::move(send)),
+      view_(std::move(view)) {
+  assert(config_.Validate().ok());
+  std::sort(peers_.begin(), peers_.end());
+}
+
+double RightsManager::Rate(const Demand& d, int64_t now) const {
+  if (d.decayed <= 0) return 0;
+  const double hl = static_cast<double>(config_.demand_half_life_ms);
+  const double age = static_cast<double>(std::max<int64_t>(0, now - d.at_ms));
+  return d.decayed * std::exp2(-age / hl) * kLn2 / hl * 1000.0;
+}
+
+double RightsManager::DemandPerS(const std::string& sku) const {
+  auto it = local_.find(sku);
+  return it == local_.end() ? 0 : Rate(it->second.demand, clock_->NowMs());
+}
+
+void RightsManager::RecordDemand(const std::string& sku, uint64_t units) {
+  const int64_t now = clock_->NowMs();
+  Local& l = local_[sku];
+  const double hl = static_cast<double>(config_.demand_half_life_ms);
+  const double age = static_cast<double>(std::max<int64_t>(0, now - l.demand.at_ms));
+  l.demand.decayed = l.demand.decayed * std::exp2(-age / hl) + static_cast<double>(units);
+  l.demand.at_ms = now;
+  l.touched_ms = now;
+}
+
+void RightsManager::SetWaiting(const std::string& sku, uint64_t units) {
+  const int64_t now = clock_->NowMs();
+  Local& l = local_[sku];
+  // Re-ask while waiting goes on: a request can be lost, and peers' rights change.
+  const uint64_t before =
+      now - l.last_request_ms >= 4 * config_.request_cooldown_ms ? 0 : l.waiting;
+  l.waiting = units;
+  l.touched_ms = now;
+  if (units > before && now - l.last_request_ms >= config_.request_cooldown_ms) {
+    l.last_request_ms = now;
+    for (RegionId p : peers_) send_(p, RightsRequest{sku, units});
+  }
+}
+
+void RightsManager::OnMessage(RegionId from, const RightsMessage& message) {
+  if (!std::binary_search(peers_.begin(), peers_.end(), from)) return;  // not a peer
+  const int64_t now = clock_->NowMs();
+  if (const auto* g = std::get_if<RightsGossip>(&message)) {
+    // Never trust a peer: a malformed entry is dropped, the rest is used.
+    size_t n = 0;
+    for (const RightsGossip::Entry& e : g->entries) {
+      if (++n > 2 * config_.max_skus_per_gossip) break;
+      if (e.sku.empty() || e.sku.size() > kMaxSkuBytes) continue;
+      if (!std::isfinite(e.demand_per_s) || e.demand_per_s < 0 || e.demand_per_s > 1e9) continue;
+      if (e.rights < -(int64_t{1} << 41) || e.rights > (int64_t{1} << 41)) continue;
+      PeerInfo& p = peers_info_[e.sku][from];
+      p.entry = e;
+      p.at_ms = now;
+    }
+  } else {
+    const auto& r = std::get<RightsRequest>(message);
+    if (r.sku.empty() || r.sku.size() > kMaxSkuBytes || r.units > (uint64_t{1} << 40)) return;
+    PeerInfo& p = peers_info_[r.sku][from];
+    p.urgent_units = r.units;
+    p.urgent_at_ms = now;
+  }
+}
+
+void RightsManager::Gossip(int64_t now) {
+  std::set<std::string> skus;
+  for (auto it = local_.begin(); it != local_.end();) {
+    if (now - it->second.touched_ms > config_.active_window_ms && it->second.waiting == 0) {
+      it = local_.erase(it);
+      continue;
+    }
+    skus.insert(it->first);
+    ++it;
+  }
+  for (auto it = peers_info_.begin(); it != peers_info_.end();) {
+    bool any = false;
+    for (auto p = it->second.begin(); p != it->second.end();) {
+      if (!Fresh(std::max(p->second.at_ms, p->second.urgent_at_ms), now)) {
+        p = it->second.erase(p);
+      } else {
+        any = true;
+        ++p;
+      }
+    }
+    if (!any) {
+      it = peers_info_.erase(it);
+      continue;
+    }
+    skus.insert(it->first);
+    ++it;
+  }
+  RightsGossip g;
+  for (const std::string& sku : skus) {
+    std::optional<SkuRights> v = view_(sku);
+    RightsGossip::Entry e;
+    e.sku = sku;
+    e.rights = v ? v->rights : 0;
+    if (v) e.received = v->received;
+    auto l = local_.find(sku);
+    if (l != local_.end()) {
+      e.demand_per_s = Rate(l->second.demand, now);
+      e.waiting = l->second.waiting;
+    }
+    g.entries.push_back(std::move(e));
+  }
+  if (g.entries.size() > config_.max_skus_per_gossip) {
+    // Keep what matters most: waiting checkouts, then demand.
+    std::stable_sort(g.entries.begin(), g.entries.end(), [](const auto& a, const auto& b) {
+      if (a.waiting != b.waiting) return a.waiting > b.waiting;
+      return a.demand_per_s > b.demand_per_s;
+    });
+    g.entries.resize(config_.max_skus_per_gossip);
+  }
+  if (g.entries.empty()) return;
+  for (RegionId p : peers_) send_(p, g);
+}
+
+std::vector<RightsManager::Grant> RightsManager::Tick() {
+  const int64_t now = clock_->NowMs();
+  if (now >= next_gossip_ms_) {
+    Gossip(now);
+    next_gossip_ms_ = now + config_.gossip_interval_ms;
+  }
+  std::vector<Grant> out;
+  for (const auto& [sku, info] : peers_info_) Decide(sku, now, out);
+  return out;
+}
+
+void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Grant>& out) {
+  std::optional<SkuRights> v = view_(sku);
+  if (!v || v->rights <= 0) return;
+  auto pi = peers_info_.find(sku);
+  if (pi == peers_info_.end()) return;
+  int64_t mine = v->rights;
+  double my_rate = 0;
+  uint64_t my_waiting = 0;
+  if (auto l = local_.find(sku); l != local_.end()) {
+    my_rate = Rate(l->second.demand, now);
+    my_waiting = l->second.waiting;
+  }
+  struct Peer {
+    RegionId id;
+    double rights = 0;  // as gossiped, plus what we sent that it had not yet seen
+    double rate = 0;
+    uint64_t waiting = 0;  // waiting units not yet covered by grants in flight
+  };
+  std::vector<Peer> peers;
+  for (const auto& [id, p] : pi->second) {
+    const bool gossip_fresh = Fresh(p.at_ms, now);
+    const bool urgent_fresh =
+        p.urgent_units > 0 && Fresh(p.urgent_at_ms, now) && p.urgent_at_ms >= p.at_ms;
+    if (!gossip_fresh && !urgent_fresh) continue;
+    const uint64_t given = Lookup(v->given, id);
+    const uint64_t seen = gossip_fresh ? Lookup(p.entry.received, self_) : given;
+    uint64_t in_flight = given > seen ? given - seen : 0;
+    if (auto pg = pending_.find({sku, id}); pg != pending_.end()) {
+      if (given >= pg->second.expected_given || now - pg->second.at_ms > kPendingGrantMs) {
+        pending_.erase(pg);
+      } else {
+        in_flight += pg->second.expected_given - given;
+      }
+    }
+    Peer q{id};
+    q.rights =
+        static_cast<double>(gossip_fresh ? p.entry.rights : 0) + static_cast<double>(in_flight);
+    q.rate = gossip_fresh ? p.entry.demand_per_s : 0;
+    const uint64_t waiting = urgent_fresh ? p.urgent_units : (gossip_fresh ? p.entry.waiting : 0);
+    q.waiting = waiting > in_flight ? waiting - in_flight : 0;
+    peers.push_back(q);
+  }
+  auto cooled = [&](RegionId to) {
+    auto it = last_grant_ms_.find({sku, to});
+    return it == last_grant_ms_.end() || now - it->second >= config_.grant_cooldown_ms;
+  };
+  auto give = [&](Peer& p, int64_t units, bool urgent) {
+    out.push_back(Grant{sku, p.id, static_cast<uint64_t>(units), urgent});
+    mine -= units;
+    p.rights += static_cast<double>(units);
+    if (urgent) p.waiting -= std::min<uint64_t>(p.waiting, static_cast<uint64_t>(units));
+    last_grant_ms_[{sku, p.id}] = now;
+    Pending& pg = pending_[{sku, p.id}];
+    pg.expected_given =
+        std::max(pg.expected_given, Lookup(v->given, p.id)) + static_cast<uint64_t>(units);
+    pg.at_ms = now;
+  };
+
+  // 1. Checkouts waiting elsewhere come before our predicted demand; not before our own waiters.
+  if (my_waiting == 0) {
+    const int64_t keep = static_cast<int64_t>(
+        std::ceil(my_rate * static_cast<double>(config_.urgent_keep_ms) / 1000.0));
+    std::sort(peers.begin(), peers.end(),
+              [](const Peer& a, const Peer& b) { return a.waiting > b.waiting; });
+    for (Peer& p : peers) {
+      const int64_t available = mine - keep;
+      if (available <= 0) break;
+      if (p.waiting == 0 || !cooled(p.id)) continue;
+      give(p, std::min<int64_t>(available, static_cast<int64_t>(p.waiting)), true);
+    }
+  }
+
+  // 2. Shares in proportion to demand.
+  double total = static_cast<double>(mine);
+  double demand = my_rate;
+  for (const Peer& p : peers) {
+    total += std::max(0.0, p.rights);
+    demand += p.rate;
+  }
+  if (demand <= 1e-9 || mine <= 0) return;
+  const double my_target = total * my_rate / demand;
+  int64_t spare = mine - static_cast<int64_t>(std::ceil(my_target));
+  if (spare <= 0) return;
+  std::vector<std::pair<double, Peer*>> deficits;
+  for (Peer& p : peers) {
+    const double target = total * p.rate / demand;
+    const double deficit = target - p.rights;
+    if (deficit >= std::max(1.0, config_.rebalance_threshold * target) && cooled(p.id)) {
+      deficits.emplace_back(deficit, &p);
+    }
+  }
+  std::sort(deficits.begin(), deficits.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (auto& [deficit, p] : deficits) {
+    if (spare <= 0) break;
+    const int64_t units = std::min<int64_t>(spare, static_cast<int64_t>(std::floor(deficit)));
+    if (units <= 0) continue;
+    give(*p, units, false);
+    spare -= units;
+  }
+}
+
+std::vector<RightsManager::RegionView> RightsManager::Views(const std::string& sku) {
+  const int64_t now = clock_->NowMs();
+  std::vector<RegionView> out;
+  RegionView me{self_};
+  if (std::optional<SkuRights> v = view_(sku)) me.rights = v->rights;
+  if (auto l = local_.find(sku); l != local_.end()) {
+    me.demand_per_s = Rate(l->second.demand, now);
+    me.waiting = l->second.waiting;
+  }
+  out.push_back(me);
+  if (auto pi = peers_info_.find(sku); pi != peers_info_.end()) {
+    for (const auto& [id, p] : pi->second) {
+      out.push_back(RegionView{id, p.entry.rights, p.entry.demand_per_s,
+                               std::max(p.entry.waiting, p.urgent_units), now - p.at_ms});
+    }
+  }
+  return out;
+}
+
+}  // namespace meridian::replication

@@ -1,0 +1,209 @@
+#include "replication/rights.h"
+
+#include <gtest/gtest.h>
+#include <rapidcheck.h>
+#include <rapidcheck/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <vector>
+
+namespace meridian::replication {
+namespace {
+
+class ManualClock final : public Clock {
+ public:
+  int64_t NowMs() const override { return now; }
+  int64_t now = 1000;
+};
+
+struct Harness {
+  explicit Harness(RightsConfig cfg = {}) {
+    rm = std::make_unique<RightsManager>(
+        1, std::vector<RegionId>{2, 3}, cfg, &clock,
+        [this](RegionId to, const RightsMessage& m) { sent.emplace_back(to, m); },
+        [this](const std::string& sku) -> std::optional<SkuRights> {
+          auto it = views.find(sku);
+          if (it == views.end()) return std::nullopt;
+          return it->second;
+        });
+  }
+  // Executes grants as the host would: our rights go down, `given` goes up.
+  void Execute(const std::vector<RightsManager::Grant>& grants) {
+    for (const auto& g : grants) {
+      views[g.sku].rights -= static_cast<int64_t>(g.units);
+      views[g.sku].given[g.to] += g.units;
+    }
+  }
+  RightsGossip::Entry Entry(std::string sku, int64_t rights, double demand, uint64_t waiting = 0,
+                            uint64_t received_from_us = 0) {
+    RightsGossip::Entry e;
+    e.sku = std::move(sku);
+    e.rights = rights;
+    e.demand_per_s = demand;
+    e.waiting = waiting;
+    if (received_from_us) e.received[1] = received_from_us;
+    return e;
+  }
+  uint64_t Total(const std::vector<RightsManager::Grant>& grants, RegionId to) {
+    uint64_t n = 0;
+    for (const auto& g : grants)
+      if (g.to == to) n += g.units;
+    return n;
+  }
+
+  ManualClock clock;
+  std::map<std::string, SkuRights> views;
+  std::vector<std::pair<RegionId, RightsMessage>> sent;
+  std::unique_ptr<RightsManager> rm;
+};
+
+TEST(RightsConfig, ValidatesFields) {
+  EXPECT_TRUE(RightsConfig{}.Validate().ok());
+  RightsConfig c;
+  c.gossip_interval_ms = 1;
+  EXPECT_NE(c.Validate().message().find("gossip_interval_ms"), std::string::npos);
+  c = RightsConfig{};
+  c.info_ttl_ms = 150;
+  EXPECT_NE(c.Validate().message().find("info_ttl_ms"), std::string::npos);
+  c = RightsConfig{};
+  c.rebalance_threshold = 2;
+  EXPECT_NE(c.Validate().message().find("rebalance_threshold"), std::string::npos);
+}
+
+TEST(Rights, UrgentRequestIsAnsweredFromSpareRights) {
+  Harness h;
+  h.views["kettle"].rights = 20;
+  h.rm->OnMessage(2, RightsRequest{"kettle", 5});
+  auto grants = h.rm->Tick();
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0], (RightsManager::Grant{"kettle", 2, 5, true}));
+}
+
+TEST(Rights, OwnWaitersComeFirst) {
+  Harness h;
+  h.views["kettle"].rights = 3;
+  h.rm->SetWaiting("kettle", 4);
+  h.rm->OnMessage(2, RightsRequest{"kettle", 5});
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, SharesFollowDemand) {
+  Harness h;
+  h.views["kettle"].rights = 100;
+  for (int i = 0; i < 10; ++i) h.rm->RecordDemand("kettle", 1);
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 45)}});
+  h.rm->OnMessage(3, RightsGossip{{h.Entry("kettle", 0, 0)}});
+  auto grants = h.rm->Tick();
+  // Our rate is ~10 units decayed over a 2 s half-life: ~3.5/s; region 2 wants ~93% of 100.
+  const uint64_t to2 = h.Total(grants, 2);
+  EXPECT_GE(to2, 85u);
+  EXPECT_LE(to2, 95u);
+  EXPECT_EQ(h.Total(grants, 3), 0u);
+  h.Execute(grants);
+
+  // The grant is in flight: region 2's next gossip has not seen it, so nothing more is sent.
+  h.clock.now += 200;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 45)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
+  // Once it arrived, region 2 reports it; still nothing (shares are met).
+  h.clock.now += 200;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", static_cast<int64_t>(to2), 45, 0, to2)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, NoDemandNoMoves) {
+  Harness h;
+  h.views["kettle"].rights = 100;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 0)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, GrantsAreRateLimited) {
+  RightsConfig cfg;
+  cfg.grant_cooldown_ms = 500;
+  Harness h(cfg);
+  h.views["kettle"].rights = 100;
+  h.rm->OnMessage(2, RightsRequest{"kettle", 1});
+  h.Execute(h.rm->Tick());
+  h.clock.now += 10;
+  h.rm->OnMessage(2, RightsRequest{"kettle", 50});
+  EXPECT_TRUE(h.rm->Tick().empty());
+  h.clock.now += 500;
+  h.rm->OnMessage(2, RightsRequest{"kettle", 50});
+  EXPECT_EQ(h.Total(h.rm->Tick(), 2), 50u);
+}
+
+TEST(Rights, StaleInformationIsIgnored) {
+  Harness h;
+  h.views["kettle"].rights = 100;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 50, 10)}});
+  h.clock.now += 10000;
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, MalformedGossipIsDropped) {
+  Harness h;
+  h.views["kettle"].rights = 100;
+  RightsGossip g;
+  g.entries.push_back(h.Entry("", 0, 50, 10));
+  g.entries.push_back(h.Entry(std::string(300, 'x'), 0, 50, 10));
+  g.entries.push_back(h.Entry("kettle", 0, std::numeric_limits<double>::quiet_NaN(), 10));
+  g.entries.push_back(h.Entry("kettle", 0, -5, 10));
+  h.rm->OnMessage(2, g);
+  h.rm->OnMessage(9, RightsRequest{"kettle", 10});  // not a peer
+  h.rm->OnMessage(2, RightsRequest{"kettle", uint64_t{1} << 50});
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, GossipCarriesRightsDemandWaitingAndReceived) {
+  Harness h;
+  h.views["kettle"].rights = 7;
+  h.views["kettle"].received[2] = 3;
+  h.rm->RecordDemand("kettle", 2);
+  h.rm->SetWaiting("kettle", 4);  // also sends an urgent request to both peers
+  ASSERT_EQ(h.sent.size(), 2u);
+  EXPECT_EQ(std::get<RightsRequest>(h.sent[0].second), (RightsRequest{"kettle", 4}));
+  h.sent.clear();
+  (void)h.rm->Tick();
+  ASSERT_EQ(h.sent.size(), 2u);
+  const auto& g = std::get<RightsGossip>(h.sent[0].second);
+  ASSERT_EQ(g.entries.size(), 1u);
+  EXPECT_EQ(g.entries[0].rights, 7);
+  EXPECT_EQ(g.entries[0].waiting, 4u);
+  EXPECT_EQ(g.entries[0].received.at(2), 3u);
+  EXPECT_GT(g.entries[0].demand_per_s, 0);
+  // Not again before the interval.
+  h.sent.clear();
+  h.clock.now += 10;
+  (void)h.rm->Tick();
+  EXPECT_TRUE(h.sent.empty());
+}
+
+// Whatever peers say, one Tick never gives away more than this region holds.
+RC_GTEST_PROP(RightsProperty, NeverGivesMoreThanHeld, ()) {
+  Harness h;
+  const auto rights = *rc::gen::inRange<int64_t>(-5, 500);
+  h.views["s"].rights = rights;
+  const auto demand = *rc::gen::inRange(0, 50);
+  for (int i = 0; i < demand; ++i) h.rm->RecordDemand("s", 1);
+  for (RegionId p : {RegionId{2}, RegionId{3}}) {
+    h.rm->OnMessage(p, RightsGossip{{h.Entry("s", *rc::gen::inRange<int64_t>(-10, 500),
+                                             *rc::gen::inRange(0, 1000) / 10.0,
+                                             *rc::gen::inRange<uint64_t>(0, 300))}});
+    if (*rc::gen::arbitrary<bool>()) {
+      h.rm->OnMessage(p, RightsRequest{"s", *rc::gen::inRange<uint64_t>(0, 1000)});
+    }
+  }
+  uint64_t total = 0;
+  for (const auto& g : h.rm->Tick()) {
+    RC_ASSERT(g.units > 0u);
+    RC_ASSERT(g.to != 1u);
+    total += g.units;
+  }
+  RC_ASSERT(static_cast<int64_t>(total) <= std::max<int64_t>(rights, 0));
+}
+
+}  // namespace
+}  // namespace meridian::replication
