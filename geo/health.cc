@@ -46,6 +46,7 @@ HealthTracker::HealthTracker(size_t region_count, HealthPolicy policy, int64_t n
   for (RegionHealth& r : regions_) {
     r.probe_state = policy.initial;
     r.probe_state_since_ms = now_ms;
+    r.override_since_ms = now_ms;  // "auto" since the start
     r.effective_since_ms = now_ms;
   }
 }
