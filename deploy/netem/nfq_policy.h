@@ -142,6 +142,7 @@ class HoldQueue {
   [[nodiscard]] size_t size() const { return heap_.size(); }
   [[nodiscard]] size_t capacity() const { return capacity_; }
   [[nodiscard]] size_t high_water() const { return high_water_; }
+  void ResetHighWater() { high_water_ = heap_.size(); }
 
  private:
   struct Entry {

@@ -231,6 +231,8 @@ TEST(HoldQueueTest, RefusesBeyondCapacity) {
   q.PopDue(t, [](int, Clock::time_point) {});
   EXPECT_TRUE(q.Push(t, 5));
   EXPECT_EQ(q.high_water(), 3u);
+  q.ResetHighWater();
+  EXPECT_EQ(q.high_water(), 1u);
 }
 
 }  // namespace

@@ -10,9 +10,10 @@
 // packet is dropped and counted, as a full router buffer would.
 //
 // Signals: SIGUSR1 prints a stats line (and rewrites --stats-file); SIGHUP reloads --rules-file
-// (a bad file is reported and changes nothing); SIGTERM/SIGINT accept every held packet, unbind
-// and exit 0. With --queue-bypass on the iptables rule, packets flow undelayed while no program
-// is bound to the queue.
+// (a bad file is reported and changes nothing; a good one restarts the per-rule counters, the
+// release lateness figures and the held high-water mark); SIGTERM/SIGINT accept every held packet,
+// unbind and exit 0. With --queue-bypass on the iptables rule, packets flow undelayed while no
+// program is bound to the queue.
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -347,6 +348,12 @@ class App {
     std::vector<Rule> rules = CommandLineRules();
     rules.insert(rules.end(), loaded->begin(), loaded->end());
     policy_.ReplaceRules(std::move(rules));
+    // Per-rule counters restart with the new rules; so do the timing figures, so that each
+    // setting's lateness and queue depth can be read on their own.
+    stats_.late_us_max = 0;
+    stats_.late_us_sum = 0;
+    late_samples_ = 0;
+    held_.ResetHighWater();
     ++stats_.reloads;
     std::fprintf(stderr, "%s: reloaded %s: %zu rule(s)\n", kProg, opts_.rules_file.c_str(),
                  policy_.rules().size());
