@@ -192,4 +192,8 @@ net down >/dev/null
 ! iptables -S FORWARD | grep -q "meridian-netem-$P" || fail "a FORWARD rule was left"
 for pid in $pids; do ! alive "$pid" || fail "meridian-netem-nfq pid $pid still runs"; done
 ok "down twice: no namespace, interface, rule or process of $P left"
+# Under ASan/UBSan (the CI's second pass) the tools report into their logs.
+if grep -l -E "AddressSanitizer|LeakSanitizer|runtime error:" "$STATE"/*.nfq.log 2>/dev/null; then
+  fail "a sanitizer reported in meridian-netem-nfq: $(grep -h -A5 -E "Sanitizer|runtime error:" "$STATE"/*.nfq.log | head -20)"
+fi
 echo "PASS"
