@@ -162,6 +162,16 @@ void LeaseManager::Tick() {
       h.round_open = false;
       if (h.state == Holding::State::kAcquiring) h.state = Holding::State::kIdle;
     }
+    if (h.round_open && now - h.round_sent_ms >= config_.retry_interval_ms) {
+      // Ask again whoever has not answered: a lost request or reply must not cost the round.
+      // Acceptors answer a repeat exactly as the first time (a renewed promise only runs later).
+      h.round_sent_ms = now;
+      const LeaseRequest req{g, h.epoch, h.round, Held(h)};
+      for (RegionId r : regions_)
+        if (r != self_ && !h.grants.count(r) && !h.refusals.count(r)) Deliver(r, req);
+      for (RegionId w : witnesses_)
+        if (w != self_ && !h.grants.count(w) && !h.refusals.count(w)) Deliver(w, req);
+    }
     if (Held(h) && now >= h.valid_until_ms) StepDown(g, h, LeaseEvent::Kind::kLost);
     // A successor hands the group home once home has been reachable for a while.
     if (Held(h) && g != self_ && config_.handback_after_ms > 0) {
@@ -202,6 +212,7 @@ void LeaseManager::StartRound(RegionId group, Holding& h, uint64_t epoch, int64_
   h.epoch = epoch;
   h.round = next_round_id_++;
   h.round_start_ms = now;
+  h.round_sent_ms = now;
   h.round_open = true;
   h.grants.clear();
   h.refusals.clear();

@@ -211,6 +211,7 @@ class LeaseManager {
     // the round in flight
     uint64_t round = 0;
     int64_t round_start_ms = 0;
+    int64_t round_sent_ms = 0;
     bool round_open = false;
     std::set<RegionId> grants;
     std::set<RegionId> refusals;

@@ -55,8 +55,7 @@ bool OrderTransitionAllowed(OrderStatus from, OrderStatus to) {
   }
 }
 
-absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event,
-                                             uint64_t fence_epoch) {
+absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event) {
   if (event.order_id.empty() || event.group == 0 || event.epoch == 0 || event.version == 0) {
     return absl::InvalidArgumentError("order event: order_id, group, epoch and version are needed");
   }
@@ -67,7 +66,6 @@ absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent
   if (event.creates && (event.user_id.empty() || event.total_cents < 0)) {
     return absl::InvalidArgumentError("order event: a creating event needs user_id and a total");
   }
-  if (event.epoch < fence_epoch) return ApplyOutcome::kStale;
   bool changed = false;
   if (state.order_id.empty()) {
     state.order_id = event.order_id;
@@ -86,9 +84,10 @@ absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent
     state.epoch = event.epoch;
     state.version = event.version;
     state.status = event.status;
-    changed = true;
+    return ApplyOutcome::kApplied;
   }
-  return changed ? ApplyOutcome::kApplied : ApplyOutcome::kDuplicate;
+  if (changed) return ApplyOutcome::kApplied;  // facts only: they never conflict
+  return event.epoch < state.epoch ? ApplyOutcome::kStale : ApplyOutcome::kDuplicate;
 }
 
 void JoinOrder(OrderState& state, const OrderState& other) {

@@ -11,8 +11,13 @@
 //   - the status is a register ordered by (epoch, version): the owner bumps version on every
 //     change, a new owner continues from the version it synced at a higher epoch, and the join
 //     keeps the larger (epoch, version).
-// Fencing: an event made at an epoch below the receiver's fence for the group is stale (its maker
-// no longer owned the group) and is rejected, counted, and changes nothing.
+// Fencing: an event made at an epoch below the order's current epoch is stale: a newer owner has
+// changed the order since, so the event is rejected (counted by the caller) and changes nothing
+// but the creation facts, which never conflict. An old owner's late event on an order the new
+// owner has not touched is still applied: it happened while its maker held the lease (the lease
+// protocol guarantees no region acts after its lease ends), and applying it keeps every copy
+// convergent whatever order events and state transfers arrive in. The owner's own writes are
+// fenced before they happen (MakeOrderChange, and the region's conditional UPDATE).
 
 #include <cstdint>
 #include <string>
@@ -80,14 +85,13 @@ struct OrderEvent {
 enum class ApplyOutcome {
   kApplied,    // the state changed
   kDuplicate,  // already reflected (or superseded): nothing to do
-  kStale,      // made at an epoch below the fence: rejected
+  kStale,      // made at an epoch below the order's: superseded by a newer owner, rejected
 };
 
-// Applies a shipped event to `state` (which may be empty: order_id unset). `fence_epoch` is the
-// receiver's highest known epoch for event.group. Never fails on a well-formed event; a malformed
-// one (wrong order, epoch or version 0) is InvalidArgument and changes nothing.
-absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event,
-                                             uint64_t fence_epoch);
+// Applies a shipped event to `state` (which may be empty: order_id unset). Never fails on a
+// well-formed event; a malformed one (wrong order, epoch or version 0) is InvalidArgument and
+// changes nothing.
+absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event);
 
 // Joins another copy of the same order (a state transfer). Commutative, associative, idempotent.
 void JoinOrder(OrderState& state, const OrderState& other);
