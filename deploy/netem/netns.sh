@@ -40,7 +40,7 @@ TARGET=
 
 log() { printf 'netns: %s\n' "$*"; }
 die() { printf 'netns: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,26p' "$0"; }
+usage() { sed -n '2,24p' "$0"; }
 
 CMD=${1:-}
 [[ $# -gt 0 ]] && shift
