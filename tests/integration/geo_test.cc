@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -17,6 +18,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -462,6 +464,13 @@ TEST_F(GeoDnsTest, HealthHookMovesTheAnswerAndBack) {
   EXPECT_NE(ReadFile(geo_->log_path())
                 .find("event=geo_region_health region=eu-west state=down source=override"),
             std::string::npos);
+
+  // SIGTERM stops it cleanly (exit 0; under ASan this includes the leak check at exit).
+  absl::StatusOr<int> status = geo_->Terminate(SIGTERM, absl::Seconds(10));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+      << test_support::DescribeWaitStatus(*status) << "\n"
+      << test_support::FileTail(geo_->log_path());
 }
 
 // The default health settings (probe every 500 ms, timeout 400 ms, fall 3, rise 5): a region whose
