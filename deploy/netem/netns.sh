@@ -267,8 +267,8 @@ write_rules() {
 # Running and not a zombie (an orphan waits for its reaper, which may be slow in containers).
 alive() {
   local st
-  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ "$st" != Z* ]]
+  st=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n "$st" && "$st" != Z ]]
 }
 
 nfq_pid() {

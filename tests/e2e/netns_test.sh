@@ -21,7 +21,7 @@ NETNS="$ROOT/deploy/netem/netns.sh"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # Running and not a zombie (orphans wait for their reaper, which may be slow in a container).
-alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ "$st" != Z* ]]; }
+alive() { local st; st=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) && [[ -n "$st" && "$st" != Z ]]; }
 ok() { echo "ok: $*"; }
 
 if [[ $(id -u) -ne 0 ]]; then
