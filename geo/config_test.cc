@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -150,7 +153,8 @@ TEST(GeoConfig, EveryErrorNamesItsField) {
 }
 
 TEST(GeoConfig, LastResortRegionAndTokenFileRelativeToTheConfig) {
-  const std::string dir = ::testing::TempDir();
+  const std::string dir = ::testing::TempDir() + "/geo-config-test-" + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
   {
     std::ofstream token(dir + "/geo-token");
     token << "file-token-0123456789abcdef\n";
@@ -170,6 +174,7 @@ TEST(GeoConfig, LastResortRegionAndTokenFileRelativeToTheConfig) {
   EXPECT_EQ(c->last_resort_ttl_s, 2u);
   std::remove((dir + "/geo-token").c_str());
   std::remove((dir + "/geo-config.yaml").c_str());
+  ::rmdir(dir.c_str());
 }
 
 TEST(GeoConfig, TheShippedExampleIsValid) {

@@ -3,8 +3,11 @@
 
 #include "geo/geoip.h"
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
 #include <string>
 
@@ -28,7 +31,8 @@ TEST(MaxMindDatabase, MissingFileIsNotFoundNamingThePath) {
 }
 
 TEST(MaxMindDatabase, AFileThatIsNotAnMmdbIsInvalid) {
-  const std::string path = ::testing::TempDir() + "/not-a-database.mmdb";
+  const std::string path =
+      ::testing::TempDir() + "/not-a-database-" + std::to_string(::getpid()) + ".mmdb";
   {
     std::ofstream out(path, std::ios::binary);
     out << "this is not a MaxMind DB file, just some bytes\n";
