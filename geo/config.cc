@@ -390,6 +390,10 @@ absl::StatusOr<GeoConfig> ParseConfig(std::string_view yaml, std::string_view so
                 "last_resort", "locations", "default_location", "maxmind_db", "operator_token",
                 "operator_token_file"});
     if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
+    // "[::1]:8053": the brackets only delimit the address.
+    if (c.listen.host.size() > 2 && c.listen.host.front() == '[' && c.listen.host.back() == ']') {
+      c.listen.host = c.listen.host.substr(1, c.listen.host.size() - 2);
+    }
     if (r.ok()) {
       absl::StatusOr<IpAddress> listen_ip = ParseIpAddress(c.listen.host);
       if (!listen_ip.ok()) {

@@ -152,6 +152,16 @@ TEST(GeoConfig, EveryErrorNamesItsField) {
   }
 }
 
+TEST(GeoConfig, ListenTakesIpv6WithOrWithoutBrackets) {
+  for (const char* listen : {"\"[::1]:8053\"", "\"::1:8053\""}) {
+    absl::StatusOr<GeoConfig> c =
+        ParseConfig(With("listen: 127.0.0.1:0", std::string("listen: ") + listen));
+    ASSERT_TRUE(c.ok()) << listen << ": " << c.status();
+    EXPECT_EQ(c->listen.host, "::1");
+    EXPECT_EQ(c->listen.port, 8053);
+  }
+}
+
 TEST(GeoConfig, LastResortRegionAndTokenFileRelativeToTheConfig) {
   const std::string dir = ::testing::TempDir() + "/geo-config-test-" + std::to_string(::getpid());
   ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
