@@ -405,10 +405,11 @@ TEST_F(GeoDnsTest, AnswersTheNearestRegionPerSubnetWithEcsScopeAndTtl) {
     const char* address;
     int scope;
   } cases[] = {
-      {kUsEastSubnet, kUsEast, 24},  {kEuWestSubnet, kEuWest, 24}, {kApSubnet, kAp, 24},
-      {"198.18.200.0/24", kAp, 16},   // only the /16 matches: scope 16
-      {"192.0.2.0/24", kEuWest, 24},  // Frankfurt by coordinates: Dublin is nearest
-      {"8.8.8.0/24", kUsEast, 24},    // unknown: the default region, the client's own prefix
+      {kUsEastSubnet, kUsEast, 24},        {kEuWestSubnet, kEuWest, 24}, {kApSubnet, kAp, 24},
+      {"198.18.200.0/24", kAp, 16},         // only the /16 matches: scope 16
+      {"192.0.2.0/24", kEuWest, 24},        // Frankfurt by coordinates: Dublin is nearest
+      {"8.8.8.0/24", kUsEast, 24},          // unknown: the default region, the client's own prefix
+      {"2001:db8:1200::/56", kUsEast, 56},  // an IPv6 client subnet works the same way
   };
   for (const auto& c : cases) {
     const DigResult r = Dig(c.subnet);
