@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -17,6 +18,7 @@
 #include "common/strings.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
+#include "region/control_service.h"
 #include "region/internal.grpc.pb.h"
 #include "services/domain.h"
 
@@ -278,6 +280,7 @@ class Service final : public pb::RegionInternal::Service {
     targets.push_back(app_.global.get());
     int applied = 0, duplicates = 0;
     bool global_marked = false;
+    bool stock_changed = false;      // wake checkouts waiting for rights
     std::vector<std::string> stale;  // hot copies to drop from Redis
     for (PgPool* target : targets) {
       std::vector<Prepared*> mine;
@@ -299,8 +302,10 @@ class Service final : public pb::RegionInternal::Service {
         if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
           stale.push_back("product:" + p->record->key());
         }
+        if (p->record->kind() == pb::OUTBOX_KIND_INVENTORY) stock_changed = true;
       }
     }
+    if (stock_changed) app_.rights_signals.StockChanged();
     if (req->state()) {
       // The end of a state transfer moves the stream's marks in every database at once.
       if (last_seq > 0) {
@@ -368,7 +373,7 @@ class Service final : public pb::RegionInternal::Service {
             "SELECT order_id, user_id, status, total_cents, currency, owner_region, epoch, "
             "residency, (SELECT coalesce(json_agg(json_build_object('sku', sku, 'quantity', "
             "quantity, 'price_cents', price_cents)), '[]') FROM order_items i WHERE i.order_id "
-            "= o.order_id)::text FROM orders o";
+            "= o.order_id)::text, lease_group, version FROM orders o WHERE facts";
         break;
       case pb::OUTBOX_KIND_PRODUCT:
         sql =
@@ -392,7 +397,11 @@ class Service final : public pb::RegionInternal::Service {
           req->kind() == pb::OUTBOX_KIND_CART || req->kind() == pb::OUTBOX_KIND_USER ? "user_id"
           : req->kind() == pb::OUTBOX_KIND_ORDER                                     ? "order_id"
                                                                                      : "sku";
-      sql += std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT ? " AND " : " WHERE ") + key +
+      sql += std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT ||
+                                 req->kind() == pb::OUTBOX_KIND_ORDER
+                             ? " AND "
+                             : " WHERE ") +
+             key +
              " > " + tx.quote(req->after_key()) + " ORDER BY " + key + " LIMIT " + tx.quote(limit);
       pqxx::result rows = tx.exec(sql);
       auto add = [&](pb::OutboxKind kind, const std::string& k, std::string payload,
@@ -426,10 +435,14 @@ class Service final : public pb::RegionInternal::Service {
                 r[4].as<std::string>());
             break;
           case pb::OUTBOX_KIND_ORDER: {
+            const uint32_t group =
+                app_.GroupOf(r[9].as<int64_t>(), r[5].as<std::string>());
             Json created{{"event", "created"},
                          {"order_id", k},
                          {"user_id", r[1].as<std::string>()},
+                         {"group", group},
                          {"epoch", r[6].as<int64_t>()},
+                         {"version", 1},
                          {"owner_region", r[5].as<std::string>()},
                          {"total_cents", r[3].as<int64_t>()},
                          {"currency", r[4].as<std::string>()},
@@ -441,7 +454,9 @@ class Service final : public pb::RegionInternal::Service {
                   Json{{"event", status},
                        {"order_id", k},
                        {"user_id", r[1].as<std::string>()},
-                       {"epoch", r[6].as<int64_t>()}}
+                       {"group", group},
+                       {"epoch", r[6].as<int64_t>()},
+                       {"version", r[10].as<int64_t>()}}
                       .dump(),
                   r[7].as<std::string>());
             }
@@ -595,19 +610,43 @@ class Service final : public pb::RegionInternal::Service {
                         "database: 'global' or 'shard-N', got '" + name + "'");
   }
 
-  // One cursor's rows in commit order. The rows and the snapshot bounds come from one statement,
+  // One cursor's rows in commit order. The rows and the snapshot facts come from one statement,
   // so they share a snapshot: a missing seq below a visible one belongs to a transaction that
-  // was running then (or aborted). It is skipped only once the snapshot's xmin has passed the
-  // horizon recorded when the gap was first seen, i.e. once that transaction has surely ended.
+  // was running then (or aborted). It is skipped only once every transaction that could hold it
+  // has surely ended as of a later snapshot.
+  //
+  // Which transactions could hold it: when a gap is first seen we read the sequence's last value
+  // (gap_horizon_seq), then the outbox's writers: every transaction holding the outbox's
+  // RowExclusiveLock. A seq is taken by an INSERT INTO outbox, which holds that lock (from
+  // before it took the seq) until its transaction ends, and its transaction already holds an
+  // xid (meridian_outbox_next_seq), so every transaction holding a seq <= gap_horizon_seq that
+  // has not ended is among them. The gaps up to gap_horizon_seq are settled once a snapshot
+  // shows every one of those writers completed (pg_visible_in_snapshot). Transactions that never
+  // write the outbox (the apply of a peer's deltas, other databases of the cluster) do not hold
+  // it up. The writer list stays here, keyed by (database, gap_horizon); the cursor carries the
+  // key. gap_horizon is an xid taken after the sequence was read, so the older rule also holds:
+  // once the snapshot's xmin passes it every possible holder has ended (the fallback when the
+  // list is gone, say after a restart of this server).
   absl::Status ReadChunk(PgPool& pool, const pb::OutboxCursor& cursor, int limit,
                          pb::OutboxChunk* chunk) {
     chunk->set_database(cursor.database());
     chunk->set_next_after_seq(cursor.after_seq());
+    std::optional<std::vector<int64_t>> writers;
+    if (cursor.gap_horizon() != 0) writers = GapWriters(cursor.database(), cursor.gap_horizon());
     return pool.RunAutocommit([&](pqxx::nontransaction& tx) {
       chunk->clear_records();
+      std::string writers_ended = "false";
+      if (writers) {
+        std::string list;
+        for (int64_t w : *writers) absl::StrAppend(&list, list.empty() ? "" : ",", w);
+        writers_ended =
+            "(SELECT coalesce(bool_and(pg_visible_in_snapshot(w::text::xid8, snap.s)), true) "
+            "FROM unnest('{" +
+            list + "}'::bigint[]) AS w)";
+      }
       pqxx::result rows = tx.exec(
-          "SELECT pg_snapshot_xmin(snap.s)::text::bigint, 0, "
-          "o.seq, o.origin, o.kind, o.key, o.payload, o.residency, o.ms FROM (SELECT "
+          "SELECT pg_snapshot_xmin(snap.s)::text::bigint, " + writers_ended +
+          ", o.seq, o.origin, o.kind, o.key, o.payload, o.residency, o.ms FROM (SELECT "
           "pg_current_snapshot() AS s) snap LEFT JOIN LATERAL (SELECT seq, origin, kind, key, "
           "payload, residency, (extract(epoch from created_at) * 1000)::bigint AS ms FROM outbox "
           "WHERE seq > " +
@@ -617,20 +656,29 @@ class Service final : public pb::RegionInternal::Service {
       for (const auto& r : rows) {
         if (r[2].is_null()) break;
         const int64_t xmin = r[0].as<int64_t>();
+        const bool writers_done = r[1].as<bool>();
         const int64_t seq = r[2].as<int64_t>();
         if (seq != next + 1) {
-          // A gap: the seqs in it were taken by transactions that may still be running. The
-          // caller's horizon settles every gap up to gap_horizon_seq (the last seq taken when
-          // the horizon was made) once the oldest running xid has passed gap_horizon (an xid
-          // taken after that): each holder got its xid before its seq, so before the horizon,
-          // and has ended. (The snapshot's own xmax would not do: a running transaction younger
-          // than every completed one is at or above it.)
+          // A gap: the seqs in it were taken by transactions that may still be running (or
+          // have aborted). (The snapshot's own xmax would not do for the xid rule: a running
+          // transaction younger than every completed one is at or above it.)
           const bool ended = cursor.gap_horizon() != 0 && seq - 1 <= cursor.gap_horizon_seq() &&
-                             xmin >= cursor.gap_horizon();
+                             (writers_done || xmin >= cursor.gap_horizon());
           if (!ended) {
-            // Every seq taken so far (read first), then an xid above every xid so far.
+            // Every seq taken so far (read first), then the writers that may hold one, and
+            // an xid above every xid so far.
             horizon_seq = tx.exec1("SELECT last_value FROM outbox_seq_seq")[0].as<int64_t>();
-            horizon = tx.exec1("SELECT pg_current_xact_id()::text::bigint")[0].as<int64_t>();
+            pqxx::row w = tx.exec1(
+                "SELECT c, (SELECT coalesce(array_agg(DISTINCT c + ((x.transactionid::text::"
+                "bigint - (c & 4294967295) + 6442450944) % 4294967296) - 2147483648), '{}') FROM "
+                "pg_locks o JOIN pg_locks x ON x.virtualtransaction = o.virtualtransaction AND "
+                "x.locktype = 'transactionid' WHERE o.locktype = 'relation' AND o.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) AND o.relation "
+                "= 'outbox'::regclass AND o.mode = 'RowExclusiveLock')::text FROM (SELECT "
+                "pg_current_xact_id()::text::bigint AS c) cur");
+            horizon = w[0].as<int64_t>();
+            RememberGapWriters(cursor.database(), horizon,
+                               ParseBigintArray(w[1].as<std::string>()));
             break;
           }
         }
@@ -653,6 +701,43 @@ class Service final : public pb::RegionInternal::Service {
       chunk->set_gap_horizon(horizon);
       chunk->set_gap_horizon_seq(horizon_seq);
     });
+  }
+
+  // "{1,2,3}" (a bigint[] as text) as numbers.
+  static std::vector<int64_t> ParseBigintArray(const std::string& text) {
+    std::vector<int64_t> out;
+    int64_t v = 0;
+    bool in = false, neg = false;
+    for (char ch : text) {
+      if (ch == '-') {
+        neg = true;
+      } else if (ch >= '0' && ch <= '9') {
+        v = v * 10 + (ch - '0');
+        in = true;
+      } else {
+        if (in) out.push_back(neg ? -v : v);
+        v = 0;
+        in = neg = false;
+      }
+    }
+    return out;
+  }
+
+  void RememberGapWriters(const std::string& db, int64_t horizon, std::vector<int64_t> writers) {
+    std::lock_guard<std::mutex> l(gap_mu_);
+    gap_writers_[{db, horizon}] = std::move(writers);
+    gap_order_.emplace_back(db, horizon);
+    while (gap_order_.size() > 4096) {  // cursors only ever carry recent horizons
+      gap_writers_.erase(gap_order_.front());
+      gap_order_.pop_front();
+    }
+  }
+
+  std::optional<std::vector<int64_t>> GapWriters(const std::string& db, int64_t horizon) {
+    std::lock_guard<std::mutex> l(gap_mu_);
+    auto it = gap_writers_.find({db, horizon});
+    if (it == gap_writers_.end()) return std::nullopt;
+    return it->second;
   }
 
   static std::string MarkSql(pqxx::work& tx, uint32_t origin, const std::string& db, int64_t seq) {
@@ -683,12 +768,18 @@ class Service final : public pb::RegionInternal::Service {
     for (Prepared* p : mine) {
       if (p->cart) carts[p->record->key()];
     }
+    // The stream's lock, then the carts' in key order: the same locks as DocumentLockSql
+    // ("kind:key"), taken in one statement rather than one statement per document.
     std::string sql = DocumentLockSql(
         tx, "stream", absl::StrCat(req.origin(), "/", AbslView(req.origin_database())));
-    std::string keys;
+    std::string keys, locks;
     for (const auto& [key, unused] : carts) {
-      sql += DocumentLockSql(tx, "cart", key);
+      locks += (locks.empty() ? "" : ", ") + tx.quote("cart:" + key);
       keys += (keys.empty() ? "" : ", ") + tx.quote(key);
+    }
+    if (!locks.empty()) {
+      sql += "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(ARRAY[" + locks +
+             "]::text[]) AS k;";
     }
     sql += "SELECT 0, NULL, NULL, seq FROM replication_applied WHERE origin = " +
            tx.quote(req.origin()) + " AND origin_db = " + tx.quote(req.origin_database());
@@ -810,39 +901,9 @@ class Service final : public pb::RegionInternal::Service {
             "(EXCLUDED.hlc, EXCLUDED.origin)");
         break;
       }
-      case pb::OUTBOX_KIND_ORDER: {
-        const Json& j = p.json;
-        std::string event = j["event"];
-        int64_t epoch = j["epoch"];
-        if (event == "created") {
-          tx.exec0(
-              "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
-              "reservation_id, owner_region, epoch, residency) VALUES (" +
-              tx.quote(rec.key()) + ", " + tx.quote(j["user_id"].get<std::string>()) +
-              ", 'pending_payment', " + tx.quote(j.value("total_cents", int64_t{0})) + ", " +
-              tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) +
-              ", " + tx.quote(j.value("owner_region", std::string("?"))) + ", " + tx.quote(epoch) +
-              ", " + tx.quote(rec.residency()) + ") ON CONFLICT (order_id) DO NOTHING");
-          if (j.contains("items") && j["items"].is_array()) {
-            for (const auto& it : j["items"]) {
-              if (!it.is_object()) continue;
-              tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
-                       tx.quote(rec.key()) + ", " + tx.quote(it.value("sku", std::string("?"))) +
-                       ", " + tx.quote(it.value("quantity", 1)) + ", " +
-                       tx.quote(it.value("price_cents", int64_t{0})) + ") ON CONFLICT DO NOTHING");
-            }
-          }
-        } else {
-          static const std::set<std::string> kStatuses = {"paid", "payment_declined", "cancelled",
-                                                          "refunded", "expired"};
-          if (!kStatuses.count(event)) break;
-          // A stale-epoch event changes nothing (fencing; leases come with issue 5).
-          tx.exec0("UPDATE orders SET status = " + tx.quote(event) +
-                   ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()) +
-                   " AND epoch <= " + tx.quote(epoch));
-        }
+      case pb::OUTBOX_KIND_ORDER:
+        ApplyOrderEvent(tx, rec, p.json);
         break;
-      }
       case pb::OUTBOX_KIND_USER: {
         const Json& j = p.json;
         tx.exec0(
@@ -864,9 +925,88 @@ class Service final : public pb::RegionInternal::Service {
     }
   }
 
+  // An order event from a peer (services/orders.h rules, in SQL): the status is a register ordered
+  // by (epoch, version), so events and state transfers may arrive in any order and every copy
+  // converges; an event below the order's epoch was superseded by a newer owner and is refused
+  // (counted). A status event ahead of its order's creation leaves a row without the creation
+  // facts, which the creating event fills in later.
+  void ApplyOrderEvent(pqxx::work& tx, const pb::OutboxRecord& rec, const Json& j) {
+    const std::string event = j["event"];
+    const int64_t epoch = j["epoch"];
+    const bool created = event == "created";
+    // Events from before leases carried no version: creation is 1, any change comes after it.
+    const int64_t version =
+        j.contains("version") && j["version"].is_number_integer() ? j["version"].get<int64_t>()
+                                                                  : (created ? 1 : 2);
+    const int64_t group_field =
+        j.contains("group") && j["group"].is_number_integer() ? j["group"].get<int64_t>() : 0;
+    const uint32_t group =
+        app_.GroupOf(group_field, j.value("owner_region", app_.RegionName(rec.origin())));
+    static const std::set<std::string> kStatuses = {"paid", "payment_declined", "cancelled",
+                                                    "refunded", "expired"};
+    if (!created && !kStatuses.count(event)) return;
+    const std::string status = created ? "pending_payment" : event;
+    const std::string user_id = j["user_id"].get<std::string>();
+    pqxx::result row = tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " +
+                               tx.quote(rec.key()) + " FOR UPDATE");
+    if (row.empty()) {
+      tx.exec0(
+          "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+          "owner_region, epoch, version, lease_group, payment_ref, residency, facts) VALUES (" +
+          tx.quote(rec.key()) + ", " + tx.quote(user_id) + ", " + tx.quote(status) + ", " +
+          tx.quote(j.value("total_cents", int64_t{0})) + ", " +
+          tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) + ", " +
+          tx.quote(app_.RegionName(group)) + ", " + tx.quote(epoch) + ", " + tx.quote(version) +
+          ", " + tx.quote(group) + ", " +
+          (j.contains("payment_ref") && j["payment_ref"].is_string()
+               ? tx.quote(j["payment_ref"].get<std::string>())
+               : std::string("NULL")) +
+          ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ")");
+      if (created) InsertItems(tx, rec.key(), j);
+      return;
+    }
+    const int64_t row_epoch = row[0][0].as<int64_t>();
+    const int64_t row_version = row[0][1].as<int64_t>();
+    if (created && !row[0][2].as<bool>()) {
+      // The creation facts arrive after a later status: fill them in, keep the status.
+      tx.exec0("UPDATE orders SET total_cents = " + tx.quote(j.value("total_cents", int64_t{0})) +
+               ", currency = " + tx.quote(j.value("currency", std::string("USD"))) +
+               ", facts = true WHERE order_id = " + tx.quote(rec.key()));
+      InsertItems(tx, rec.key(), j);
+    }
+    if (std::make_pair(epoch, version) > std::make_pair(row_epoch, row_version)) {
+      tx.exec0("UPDATE orders SET status = " + tx.quote(status) + ", epoch = " + tx.quote(epoch) +
+               ", version = " + tx.quote(version) + ", lease_group = " + tx.quote(group) +
+               (j.contains("payment_ref") && j["payment_ref"].is_string()
+                    ? ", payment_ref = " + tx.quote(j["payment_ref"].get<std::string>())
+                    : std::string()) +
+               ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()));
+    } else if (epoch < row_epoch && !created) {
+      app_.stale_peer_events->Increment();
+      spdlog::info(
+          "event=stale_epoch_event_rejected order={} origin={} event={} epoch={} order_epoch={}",
+          rec.key(), rec.origin(), event, epoch, row_epoch);
+    }
+  }
+
+  static void InsertItems(pqxx::work& tx, const std::string& order_id, const Json& j) {
+    if (!j.contains("items") || !j["items"].is_array()) return;
+    for (const auto& it : j["items"]) {
+      if (!it.is_object()) continue;
+      tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
+               tx.quote(order_id) + ", " + tx.quote(it.value("sku", std::string("?"))) + ", " +
+               tx.quote(std::max<int64_t>(1, it.value("quantity", int64_t{1}))) + ", " +
+               tx.quote(std::max<int64_t>(0, it.value("price_cents", int64_t{0}))) +
+               ") ON CONFLICT DO NOTHING");
+    }
+  }
+
   RegionApp::Impl& app_;
   OutboxSignal outbox_signal_;
   std::mutex marks_mu_;
+  std::mutex gap_mu_;
+  std::map<std::pair<std::string, int64_t>, std::vector<int64_t>> gap_writers_;
+  std::deque<std::pair<std::string, int64_t>> gap_order_;
   std::map<std::pair<uint32_t, std::string>, std::chrono::steady_clock::time_point> mark_written_;
 };
 
@@ -874,6 +1014,7 @@ class Service final : public pb::RegionInternal::Service {
 
 struct InternalServer::Impl {
   std::unique_ptr<Service> service;
+  std::unique_ptr<grpc::Service> control;  // RegionControl (region/control_service.h)
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::atomic<bool> stopping{false};
@@ -911,6 +1052,8 @@ absl::StatusOr<std::unique_ptr<InternalServer>> InternalServer::Start(RegionApp:
   builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
                            &impl->port);
   builder.RegisterService(impl->service.get());
+  impl->control = MakeRegionControlService(app);
+  builder.RegisterService(impl->control.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
   impl->server = builder.BuildAndStart();

@@ -269,7 +269,7 @@ class Session {
     }
     writer.join();
     if (sender_.joinable()) sender_.join();
-    if (applier_.joinable()) applier_.join();
+    for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
     return result;
   }
@@ -281,6 +281,7 @@ class Session {
     int64_t last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
     size_t bytes = 0;
+    Clock::time_point queued_at;
   };
 
   struct Cursor {
@@ -394,7 +395,6 @@ class Session {
       return s;
     }());
     sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
-    applier_ = std::thread([this] { ApplyLoop(); });
     absl::Status result = absl::OkStatus();
     while (stream_.Read(&f)) {
       last_received_ = Clock::now();
@@ -427,7 +427,7 @@ class Session {
       // rejected batch ends the stream with its own status.
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait_for(l, std::chrono::seconds(5), [&] {
-        return done_ || !apply_status_.ok() || (apply_queue_.empty() && !applying_);
+        return done_ || !apply_status_.ok() || (apply_queued_ == 0 && applying_ == 0);
       });
       if (result.ok() && !apply_status_.ok()) result = apply_status_;
     }
@@ -446,6 +446,18 @@ class Session {
     p.db = b.origin_database();
     p.state = b.state();
     p.last_seq = b.last_seq();
+    p.queued_at = Clock::now();
+    if (spdlog::should_log(spdlog::level::debug)) {
+      int64_t oldest = 0;
+      for (const pb::Record& rec : list->records())
+        if (oldest == 0 || rec.committed_unix_ms() < oldest) oldest = rec.committed_unix_ms();
+      const int64_t now = UnixMs();
+      spdlog::debug(
+          "event=batch_received peer={} db={} first={} last={} records={} age_at_send_ms={} "
+          "transit_ms={}",
+          peer_.config.name, b.origin_database(), b.first_seq(), b.last_seq(), list->records_size(),
+          oldest ? b.sent_unix_ms() - oldest : 0, now - b.sent_unix_ms());
+    }
     for (const pb::Record& rec : list->records()) {
       if (!services::ResidencyAllows(rec.residency(), r_.config.jurisdiction)) {
         return Reject(absl::StrCat("residency violation: record ", rec.seq(), " of ",
@@ -476,84 +488,97 @@ class Session {
     // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
     cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
     if (done_) return absl::OkStatus();
+    auto queue = apply_queues_.find(p.db);
+    if (queue == apply_queues_.end()) {
+      // One applier per origin database: the peer's databases go to different databases
+      // here (a cart lives in the same shard everywhere), so their applies run side by side.
+      if (apply_queues_.size() >= 64) {
+        l.unlock();
+        return Reject("more than 64 origin databases on one stream");
+      }
+      queue = apply_queues_.emplace(p.db, std::deque<Pending>()).first;
+      appliers_.emplace(p.db, std::thread([this, db = p.db] { ApplyLoop(db); }));
+    }
     apply_bytes_ += p.bytes;
-    apply_queue_.push_back(std::move(p));
+    ++apply_queued_;
+    queue->second.push_back(std::move(p));
     cv_.notify_all();
     return absl::OkStatus();
   }
 
-  void ApplyLoop() {
+  // Applies what the peer ships of one of its databases, in stream order: everything queued
+  // in one ApplyDeltas call (at most 10,000 records; a state transfer's batches apart).
+  void ApplyLoop(const std::string& origin_db) {
+    bool busy = false;
     while (true) {
-      std::vector<std::pair<std::string, rpb::ApplyDeltasRequest>> calls;
+      rpb::ApplyDeltasRequest req;
+      Clock::time_point queued_at;
       {
         std::unique_lock<std::mutex> l(mu_);
-        applying_ = false;
+        std::deque<Pending>& queue = apply_queues_[origin_db];
+        if (busy) --applying_;
+        busy = false;
         cv_.notify_all();
-        cv_.wait(l, [&] { return done_ || !apply_queue_.empty(); });
+        cv_.wait(l, [&] { return done_ || !queue.empty(); });
         if (done_) return;
-        applying_ = true;
-        // Everything queued, one call per origin database (at most 10,000 records each).
-        while (!apply_queue_.empty()) {
-          Pending& p = apply_queue_.front();
-          auto it = std::find_if(calls.begin(), calls.end(), [&](const auto& c) {
-            return c.first == p.db && c.second.state() == p.state;
-          });
-          if (it == calls.end()) {
-            calls.emplace_back(p.db, rpb::ApplyDeltasRequest());
-            it = calls.end() - 1;
-            it->second.set_origin(peer_.config.replica_id);
-            it->second.set_origin_database(p.db);
-            it->second.set_state(p.state);
-          }
-          if (it->second.records_size() > 0 &&
-              it->second.records_size() + static_cast<int>(p.records.size()) > 10000) {
+        busy = true;
+        ++applying_;
+        req.set_origin(peer_.config.replica_id);
+        req.set_origin_database(origin_db);
+        req.set_state(queue.front().state);
+        queued_at = queue.front().queued_at;
+        while (!queue.empty()) {
+          Pending& p = queue.front();
+          if (p.state != req.state()) break;
+          if (req.records_size() > 0 &&
+              req.records_size() + static_cast<int>(p.records.size()) > 10000) {
             break;
           }
-          for (auto& o : p.records) *it->second.add_records() = std::move(o);
-          it->second.set_through_seq(std::max(it->second.through_seq(), p.last_seq));
+          for (auto& o : p.records) *req.add_records() = std::move(o);
+          req.set_through_seq(std::max(req.through_seq(), p.last_seq));
           apply_bytes_ -= p.bytes;
-          apply_queue_.pop_front();
+          --apply_queued_;
+          queue.pop_front();
         }
         cv_.notify_all();
       }
-      for (auto& [db, req] : calls) {
-        rpb::ApplyDeltasResponse resp;
-        auto ctx = r_.RegionCtx(30000);
-        const auto t0 = Clock::now();
-        grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
-        spdlog::debug(
-            "event=batch_applied peer={} db={} records={} first={} through={} applied={} "
-            "duplicates={} ok={} us={}",
-            peer_.config.name, db, req.records_size(),
-            req.records_size() ? req.records(0).seq() : 0, req.through_seq(), resp.applied(),
-            resp.duplicates(), s.ok(),
-            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
-        if (!s.ok()) {
-          absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
-                                ? Reject(s.error_message())
-                                : r_.RegionError(s, "ApplyDeltas");
-          {
-            // The reader ends the stream with this status at the next frame (or the watchdog
-            // cancels it a second later if none comes).
-            std::lock_guard<std::mutex> l(mu_);
-            apply_status_ = st;
-            apply_failed_at_ = Clock::now();
-          }
-          cv_.notify_all();
-          return;
+      rpb::ApplyDeltasResponse resp;
+      auto ctx = r_.RegionCtx(30000);
+      const auto t0 = Clock::now();
+      grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+      spdlog::debug(
+          "event=batch_applied peer={} db={} records={} first={} through={} applied={} "
+          "duplicates={} ok={} us={} queued_us={}",
+          peer_.config.name, origin_db, req.records_size(),
+          req.records_size() ? req.records(0).seq() : 0, req.through_seq(), resp.applied(),
+          resp.duplicates(), s.ok(),
+          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count(),
+          std::chrono::duration_cast<std::chrono::microseconds>(t0 - queued_at).count());
+      if (!s.ok()) {
+        absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                              ? Reject(s.error_message())
+                              : r_.RegionError(s, "ApplyDeltas");
+        {
+          // The reader ends the stream with this status at the next frame (or the watchdog
+          // cancels it a second later if none comes).
+          std::lock_guard<std::mutex> l(mu_);
+          apply_status_ = st;
+          apply_failed_at_ = Clock::now();
         }
-        const int64_t now = UnixMs();
-        for (const rpb::OutboxRecord& o : req.records()) {
-          if (req.state()) break;  // full documents: no commit time to measure from
-          int64_t committed = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
-          peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
-        }
-        peer_.m.applied->Increment(resp.applied());
-        pb::Frame ack;
-        ack.mutable_ack()->set_origin_database(db);
-        ack.mutable_ack()->set_seq(req.through_seq());
-        if (!Write(std::move(ack))) return;
+        cv_.notify_all();
+        return;
       }
+      const int64_t now = UnixMs();
+      for (const rpb::OutboxRecord& o : req.records()) {
+        if (req.state()) break;  // full documents: no commit time to measure from
+        int64_t committed = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
+        peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
+      }
+      peer_.m.applied->Increment(resp.applied());
+      pb::Frame ack;
+      ack.mutable_ack()->set_origin_database(origin_db);
+      ack.mutable_ack()->set_seq(req.through_seq());
+      if (!Write(std::move(ack))) return;
     }
   }
 
@@ -620,7 +645,24 @@ class Session {
       req.set_wait_ms(r_.config.heartbeat_ms);
       rpb::PollOutboxResponse resp;
       auto ctx = r_.RegionCtx(r_.config.heartbeat_ms + 10000);
+      const auto t0 = Clock::now();
       grpc::Status s = r_.region->PollOutbox(ctx.get(), req, &resp);
+      if (spdlog::should_log(spdlog::level::debug)) {
+        int n = 0, gaps = 0;
+        int64_t oldest = 0;
+        for (const auto& chunk : resp.chunks()) {
+          n += chunk.records_size();
+          gaps += chunk.gap_horizon() != 0;
+          for (const auto& o : chunk.records()) {
+            int64_t ms = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
+            if (oldest == 0 || ms < oldest) oldest = ms;
+          }
+        }
+        spdlog::debug(
+            "event=outbox_polled peer={} records={} gaps={} oldest_age_ms={} us={}",
+            peer_.config.name, n, gaps, oldest ? UnixMs() - oldest : 0,
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+      }
       {
         std::lock_guard<std::mutex> l(mu_);
         if (done_) return;
@@ -782,12 +824,14 @@ class Session {
   Replicator::Impl& r_;
   PeerState& peer_;
   FrameStream& stream_;
-  std::thread sender_, applier_;
-  std::deque<Pending> apply_queue_;
+  std::thread sender_;
+  std::map<std::string, std::deque<Pending>> apply_queues_;  // per origin database
+  std::map<std::string, std::thread> appliers_;
   size_t apply_bytes_ = 0;
+  int apply_queued_ = 0;  // batches in apply_queues_
+  int applying_ = 0;      // appliers inside an ApplyDeltas call
   std::map<std::string, int64_t> queued_through_;
   absl::Status apply_status_;
-  bool applying_ = false;
   Clock::time_point apply_failed_at_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -50,8 +50,11 @@ struct DriverStats {
 };
 
 // One region's load: `threads` connections per shard, each paced to its share of `rate`.
+// The rows of one commit are written as the region writes them (region/cart_api.cc: the cart
+// row, then its delta into the outbox), in two multi-row statements, or with --per-change-sql in
+// the region's own two statements per change (SaveCartSql).
 void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx, int users,
-           int nskus, double seconds, DriverStats& stats) {
+           int nskus, double seconds, bool per_change_sql, DriverStats& stats) {
   const uint32_t replica = c.spec(region).replica_id;
   std::vector<std::thread> pool;
   const auto start = Clock::now();
@@ -83,30 +86,58 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
         std::sort(batch.begin(), batch.end());  // lock order
         try {
           pqxx::work tx(*shards[shard]);
-          std::string writes;
+          // The region's read-merge-write of each cart (region/cart_api.cc: the document's
+          // advisory lock, then the row), for the whole group at once: the locks in key order
+          // and the rows in one round trip, then every cart row and outbox delta in one.
+          std::string read = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(";
+          std::string in;
+          for (const std::string& user : batch) {
+            read += (in.empty() ? "ARRAY[" : ", ") + tx.quote("cart:" + user);
+            in += (in.empty() ? "" : ", ") + tx.quote(user);
+          }
+          read += "]::text[]) AS k; SELECT user_id, state, version FROM carts WHERE user_id IN (" +
+                  in + ") FOR UPDATE";
+          std::map<std::string, std::pair<meridian::crdt::Cart, int64_t>> rows;
+          for (const auto& r : tx.exec(read)) {
+            pqxx::binarystring b(r[1]);
+            auto decoded = meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), replica);
+            if (!decoded.ok()) throw std::runtime_error("undecodable cart");
+            rows.emplace(r[0].as<std::string>(),
+                         std::make_pair(*std::move(decoded), r[2].as<int64_t>()));
+          }
+          std::string writes, cart_rows, outbox_rows;
           int64_t bytes = 0;
           std::vector<std::string> skus;
           for (const std::string& user : batch) {
             std::string sku = "sku-" + std::to_string(rng() % nskus);
             skus.push_back(sku);
-            pqxx::result r =
-                tx.exec(meridian::region::DocumentLockSql(tx, "cart", user) +
-                        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user) +
-                        " FOR UPDATE");
-            meridian::crdt::Cart cart(replica);
-            int64_t version = 0;
-            if (!r.empty()) {
-              pqxx::binarystring b(r[0][0]);
-              auto decoded =
-                  meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), replica);
-              if (!decoded.ok()) throw std::runtime_error("undecodable cart");
-              cart = *std::move(decoded);
-              version = r[0][1].as<int64_t>();
-            }
+            auto it = rows.find(user);
+            meridian::crdt::Cart cart =
+                it == rows.end() ? meridian::crdt::Cart(replica) : std::move(it->second.first);
+            const int64_t version = it == rows.end() ? 0 : it->second.second;
             meridian::crdt::Cart delta = cart.Add(sku, 1);
-            writes +=
-                meridian::region::SaveCartSql(tx, user, "any", cart, delta, version + 1, replica);
-            bytes += static_cast<int64_t>(meridian::crdt::Encode(delta).size());
+            const std::string d = meridian::crdt::Encode(delta);
+            bytes += static_cast<int64_t>(d.size());
+            if (per_change_sql) {
+              writes +=
+                  meridian::region::SaveCartSql(tx, user, "any", cart, delta, version + 1, replica);
+              continue;
+            }
+            const std::string state = meridian::crdt::Encode(cart);
+            auto raw = [&](const std::string& b) {
+              return tx.quote_raw(reinterpret_cast<const unsigned char*>(b.data()), b.size());
+            };
+            cart_rows += (cart_rows.empty() ? "(" : ", (") + tx.quote(user) + ", " + raw(state) +
+                         ", 'any', " + tx.quote(version + 1) + ")";
+            outbox_rows += (outbox_rows.empty() ? "(" : ", (") + tx.quote(replica) + ", 'cart', " +
+                           tx.quote(user) + ", " + raw(d) + ", 'any')";
+          }
+          if (!per_change_sql) {
+            writes = "INSERT INTO carts (user_id, state, residency, version) VALUES " + cart_rows +
+                     " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
+                     "EXCLUDED.version, updated_at = now(); INSERT INTO outbox (origin, kind, key, "
+                     "payload, residency) VALUES " +
+                     outbox_rows + ";";
           }
           tx.exec(writes);
           tx.commit();
@@ -170,7 +201,10 @@ int main(int argc, char** argv) {
                  "cart changes (of distinct customers) committed per transaction")
       ->check(CLI::Range(1, 1000));
   cli.add_option("--out", out_path, "results file (JSON)");
-  bool baseline = false;
+  bool baseline = false, per_change_sql = false;
+  cli.add_flag("--per-change-sql", per_change_sql,
+               "write each change with the region's own two statements (SaveCartSql) instead of "
+               "two multi-row statements per commit");
   cli.add_flag("--baseline", baseline,
                "stop the replicators first: the machine's capacity for the local writes alone");
   CLI11_PARSE(cli, argc, argv);
@@ -201,8 +235,9 @@ int main(int argc, char** argv) {
   std::vector<DriverStats> stats(c.size());
   std::vector<std::thread> drivers;
   for (size_t r = 0; r < c.size(); ++r) {
-    drivers.emplace_back(
-        [&, r] { Drive(c, r, rate, threads, per_tx, users, skus, seconds, stats[r]); });
+    drivers.emplace_back([&, r] {
+      Drive(c, r, rate, threads, per_tx, users, skus, seconds, per_change_sql, stats[r]);
+    });
   }
   const auto load_start = Clock::now();
   for (auto& d : drivers) d.join();
@@ -352,6 +387,7 @@ int main(int argc, char** argv) {
       {"seconds", seconds},
       {"users", users},
       {"changes_per_transaction", per_tx},
+      {"per_change_sql", per_change_sql},
       {"committed", ops},
       {"load_wall_s", load_s},
       {"achieved_per_region_per_s", ops / load_s / c.size()},
