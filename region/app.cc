@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 #include "region/app_impl.h"
+#include "region/control_service.h"
 #include "region/internal_service.h"
 #include "region/migrations.h"
 #include "services/domain.h"
@@ -250,6 +251,26 @@ void RegionApp::Impl::SetupMetrics() {
                               .Help("Peer delta batches refused (malformed, residency, origin)")
                               .Register(*registry)
                               .Add({});
+  auto& stale = BuildCounter()
+                    .Name("meridian_stale_epoch_rejected_total")
+                    .Help("Order changes refused for a stale lease epoch: this region's own fenced "
+                          "writes, and peers' events superseded by a newer owner")
+                    .Register(*registry);
+  stale_local_writes = &stale.Add({{"source", "local_write"}});
+  stale_peer_events = &stale.Add({{"source", "peer_event"}});
+  forwards = &BuildCounter()
+                  .Name("meridian_order_forwards_total")
+                  .Help("Order changes forwarded to the order's owner region, by result")
+                  .Register(*registry);
+  rights_waits = &BuildCounter()
+                      .Name("meridian_rights_waits_total")
+                      .Help("Checkouts that waited for inventory rights from other regions, by "
+                            "result (granted, refused)")
+                      .Register(*registry);
+  checkout_durability = &BuildCounter()
+                             .Name("meridian_checkout_durability_total")
+                             .Help("Checkouts by the durability they were acknowledged with")
+                             .Register(*registry);
   reservations_released = &BuildCounter()
                                .Name("meridian_reservations_released_total")
                                .Help("Reservations released (cancel, decline, expiry)")
@@ -285,6 +306,8 @@ void RegionApp::Impl::SetupRoutes() {
   router.Add("POST", "/v1/admin/reconcile", bind(&Impl::Reconcile));
   router.Add("POST", "/v1/admin/sweep", bind(&Impl::SweepNow));
   router.Add("POST", "/v1/admin/notify", bind(&Impl::NotifyNow));
+  router.Add("GET", "/v1/admin/leases", bind(&Impl::GetLeases));
+  router.Add("GET", "/v1/admin/rights/{sku}", bind(&Impl::GetRights));
 }
 
 HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
@@ -400,6 +423,8 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     if (!applied.ok()) return applied.status();
   }
   impl->migrations_done = true;
+  impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
+                                              c.replication.lease_margin_ms);
   impl->redis = std::make_unique<RedisClient>(
       RedisClient::Options{c.redis.host, c.redis.port, c.redis_timeout_ms, c.http_threads, 1000});
   impl->SetupMetrics();
@@ -425,6 +450,7 @@ absl::Status RegionApp::Start() {
     }
     i.grpc = *std::move(grpc);
   }
+  ConnectForwarder(i);
   i.WarmCatalogCache();
   i.StartJobs();
   spdlog::info("event=region_started region={} jurisdiction={} http={}:{} shards={} durability={}",

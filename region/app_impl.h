@@ -23,9 +23,11 @@
 #include "crdt/hlc.h"
 #include "region/app.h"
 #include "region/config.h"
+#include "region/coordination.h"
 #include "region/documents.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
+#include "region/leases.h"
 #include "region/pg_pool.h"
 #include "region/redis_client.h"
 #include "services/auth.h"
@@ -51,6 +53,8 @@ absl::Status Unprocessable(std::string message);
 
 int64_t UnixNowS();
 int64_t UnixNowMs();
+
+class OrderForwarder;  // region/control_service.cc: the client of the replicator's forwarder
 std::string RandomId(std::string_view prefix);
 
 // Single flight: concurrent loads of the same key wait for one loader.
@@ -77,6 +81,14 @@ struct RegionApp::Impl {
   crdt::Hlc hlc;
   std::atomic<bool> migrations_done{false};
 
+  // issue 5: leases, rights signals, peers' acknowledgements, forwarding
+  std::unique_ptr<LeaseTable> leases;
+  RightsSignals rights_signals;
+  PeerAcks peer_acks;
+  std::shared_ptr<OrderForwarder> forwarder;  // null without a replicator
+  std::mutex streams_mu;
+  std::map<std::string, std::string> stream_names;  // pool name -> its outbox stream name
+
   // metrics
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Histogram>* latency = nullptr;
@@ -92,6 +104,11 @@ struct RegionApp::Impl {
   prometheus::Counter* notifications_dead = nullptr;
   prometheus::Counter* reservations_released = nullptr;
   prometheus::Counter* replication_rejected = nullptr;
+  prometheus::Counter* stale_local_writes = nullptr;  // fenced UPDATEs that matched nothing
+  prometheus::Counter* stale_peer_events = nullptr;   // peers' order events superseded here
+  prometheus::Family<prometheus::Counter>* forwards = nullptr;             // {result}
+  prometheus::Family<prometheus::Counter>* rights_waits = nullptr;         // {result}
+  prometheus::Family<prometheus::Counter>* checkout_durability = nullptr;  // {mode}
 
   // background jobs
   std::mutex jobs_mu;
@@ -142,6 +159,29 @@ struct RegionApp::Impl {
   HttpResponse Reconcile(HttpRequest& req);
   HttpResponse SweepNow(HttpRequest& req);
   HttpResponse NotifyNow(HttpRequest& req);
+  HttpResponse GetLeases(HttpRequest& req);
+  HttpResponse GetRights(HttpRequest& req);
+
+  // Order changes, for the HTTP handlers and for changes forwarded from other regions. When this
+  // region does not hold the order's lease and `may_forward`, the change goes to the owner.
+  HttpResponse PayForUser(const std::string& user_id, const std::string& order_id,
+                          const std::string& card_number, bool may_forward);
+  HttpResponse CancelForUser(const std::string& user_id, const std::string& order_id,
+                             bool may_forward);
+  HttpResponse NotOwnerProblem(const std::string& order_id, const LeaseTable::Decision& lease);
+  // region/control_service.cc
+  HttpResponse ForwardToOwner(uint32_t owner, const std::string& user_id,
+                              const std::string& order_id, bool pay,
+                              const std::string& card_number);
+  // The lease group of an order row (older rows carry 0 and their creator's name).
+  uint32_t GroupOf(int64_t lease_group, const std::string& owner_region) const;
+  std::string RegionName(uint32_t replica) const;
+  // The outbox stream name of a database ("shard-0-<id>"), as the replicator reports acks.
+  absl::StatusOr<std::string> StreamName(PgPool& pool);
+  // Raises the fence of `group` to `epoch` in every shard (never lowers it).
+  absl::Status RaiseFence(uint32_t group, uint64_t epoch, uint32_t owner);
+  std::mutex fence_mu;
+  std::map<uint32_t, uint64_t> fence_written;  // what RaiseFence already wrote
 
   // shared pieces
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
@@ -153,6 +193,8 @@ struct RegionApp::Impl {
     int64_t total_cents = 0;
     std::string currency;
     std::string residency;
+    uint32_t group = 0;
+    uint64_t epoch = 0;
     Json json;
   };
   absl::StatusOr<Json> Pay(const std::string& user_id, const std::string& order_id,

@@ -35,9 +35,9 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
     return absl::InvalidArgumentError(absl::StrCat(AbslView(source), ": must be a mapping"));
   Reader r{std::string(source)};
   RegionConfig c;
-  r.OnlyKeys(
-      root, "",
-      {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers"});
+  r.OnlyKeys(root, "",
+             {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers",
+              "replication"});
 
   YAML::Node region = r.Map(root, "region", "region", true);
   r.OnlyKeys(region, "region", {"name", "jurisdiction", "replica_id"});
@@ -120,11 +120,15 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
           r.Fail(path, "must be a mapping");
           continue;
         }
-        r.OnlyKeys(peers[i], path, {"name", "jurisdiction", "url"});
+        r.OnlyKeys(peers[i], path, {"name", "jurisdiction", "url", "replica_id"});
         PeerRegion p;
         p.name = r.String(peers[i], "name", path + ".name", true);
         p.jurisdiction = r.String(peers[i], "jurisdiction", path + ".jurisdiction", true);
         p.public_url = r.String(peers[i], "url", path + ".url", true);
+        p.replica_id = r.Integer<uint32_t>(peers[i], "replica_id", path + ".replica_id", 0, 1, 255);
+        if (r.ok() && p.replica_id == c.replica_id) {
+          r.Fail(path + ".replica_id", "must differ from region.replica_id");
+        }
         if (r.ok() && p.public_url.rfind("http://", 0) != 0 &&
             p.public_url.rfind("https://", 0) != 0) {
           r.Fail(path + ".url", "must start with http:// or https://");
@@ -141,6 +145,23 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
     c.durability = Durability::kSyncPeer;
   } else {
     r.Fail("durability", absl::StrCat("must be async or sync-peer, got '", durability, "'"));
+  }
+
+  YAML::Node repl = r.Map(root, "replication", "replication", false);
+  if (repl) {
+    r.OnlyKeys(repl, "replication",
+               {"replicator", "rights_wait_ms", "sync_peer_timeout_ms", "lease_margin_ms"});
+    c.replication.enabled = true;
+    c.replication.replicator = r.HostPort(repl, "replicator", "replication.replicator", false);
+    c.replication.rights_wait_ms =
+        r.Integer<int>(repl, "rights_wait_ms", "replication.rights_wait_ms", 200, 0, 60000);
+    c.replication.sync_peer_timeout_ms = r.Integer<int>(
+        repl, "sync_peer_timeout_ms", "replication.sync_peer_timeout_ms", 2000, 1, 600000);
+    c.replication.lease_margin_ms =
+        r.Integer<int>(repl, "lease_margin_ms", "replication.lease_margin_ms", 100, 0, 60000);
+  }
+  if (r.ok() && c.durability == Durability::kSyncPeer && !c.replication.enabled) {
+    r.Fail("durability", "sync-peer needs a replication section (there is no peer to wait for)");
   }
 
   YAML::Node lim = r.Map(root, "limits", "limits", false);

@@ -22,7 +22,18 @@ using Endpoint = ::meridian::Endpoint;
 struct PeerRegion {
   std::string name;
   std::string jurisdiction;
-  std::string public_url;  // e.g. http://eu-west.shop.example:8080
+  std::string public_url;   // e.g. http://eu-west.shop.example:8080
+  uint32_t replica_id = 0;  // 0 when not given (then leases cannot name it as an owner)
+};
+
+// Multi-region coordination with this region's replicator (issue 5). Absent: a single region,
+// which owns all its orders at epoch 1 and sells only its own stock.
+struct ReplicationLink {
+  bool enabled = false;
+  Endpoint replicator;              // the replicator's local control API (order forwarding)
+  int rights_wait_ms = 200;         // a checkout short of rights waits this long for a grant
+  int sync_peer_timeout_ms = 2000;  // a sync-peer checkout waits this long for a peer
+  int lease_margin_ms = 100;        // the region stops acting on a lease this much early
 };
 
 struct RegionConfig {
@@ -48,6 +59,8 @@ struct RegionConfig {
   std::vector<PeerRegion> peers;
   // durability
   Durability durability = Durability::kAsync;
+  // replication
+  ReplicationLink replication;
   // limits
   size_t max_body_bytes = 1 << 20;
   int http_threads = 8;

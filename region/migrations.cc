@@ -129,6 +129,17 @@ CREATE TABLE sandbox_charges (
     {6, "outbox_commit_order", kOutboxCommitOrder},
     {7, "outbox_insert_time", kOutboxInsertTime},
     {8, "outbox_stream", kOutboxStream},
+    {9, "lease_acceptor",
+     R"sql(
+-- The order-lease acceptor's durable records (replication/lease.h): per lease group, the highest
+-- epoch this region granted and to whom. Written before a grant is sent, so epochs never go back.
+CREATE TABLE lease_acceptor (
+  grp        integer PRIMARY KEY CHECK (grp BETWEEN 1 AND 255),
+  epoch      bigint NOT NULL CHECK (epoch >= 0),
+  owner      integer NOT NULL CHECK (owner BETWEEN 0 AND 255),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {
@@ -217,6 +228,25 @@ ALTER TABLE users ADD COLUMN origin integer NOT NULL DEFAULT 0;
 )sql"},
     {9, "outbox_insert_time", kOutboxInsertTime},
     {10, "outbox_stream", kOutboxStream},
+    {11, "order_leases",
+     R"sql(
+-- Order ownership (issue 5): every order belongs to the lease group of the region that created
+-- it, and its status is a register ordered by (epoch, version). A region writes an order only
+-- with the epoch of the lease it holds, and only if neither the order nor the group's fence has a
+-- higher one: a stale writer's UPDATE matches nothing.
+ALTER TABLE orders ADD COLUMN lease_group integer NOT NULL DEFAULT 0;
+ALTER TABLE orders ADD COLUMN version bigint NOT NULL DEFAULT 1;
+-- false for a row made from a status event that arrived before the order's creation (its
+-- creation facts come later).
+ALTER TABLE orders ADD COLUMN facts boolean NOT NULL DEFAULT true;
+CREATE TABLE order_fence (
+  grp        integer PRIMARY KEY CHECK (grp BETWEEN 1 AND 255),
+  epoch      bigint NOT NULL,
+  owner      integer NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX orders_lease_group ON orders (lease_group, order_id);
+)sql"},
 };
 
 }  // namespace

@@ -57,6 +57,22 @@ void OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order
   tx.exec(OrderEventSql(tx, origin, order_id, residency, event));
 }
 
+// The fencing clause of an order UPDATE: nothing matches once the group's fence (the highest epoch
+// this region knows was won for it) is above the writer's epoch.
+std::string FenceSql(pqxx::work& tx, uint32_t group, int64_t epoch) {
+  return " AND NOT EXISTS (SELECT 1 FROM order_fence f WHERE f.grp = " + tx.quote(group) +
+         " AND f.epoch > " + tx.quote(epoch) + ")";
+}
+
+// After a fenced UPDATE matched nothing: was it the epoch (a newer owner), not the status?
+bool IsStale(pqxx::work& tx, const std::string& order_id, uint32_t group, int64_t epoch) {
+  pqxx::result r = tx.exec(
+      "SELECT (SELECT epoch FROM orders WHERE order_id = " + tx.quote(order_id) + ") > " +
+      tx.quote(epoch) + " OR EXISTS (SELECT 1 FROM order_fence WHERE grp = " + tx.quote(group) +
+      " AND epoch > " + tx.quote(epoch) + ")");
+  return !r.empty() && !r[0][0].is_null() && r[0][0].as<bool>();
+}
+
 std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::string& user_id,
                                                 const std::string& key) {
   pqxx::result r = tx.exec("SELECT order_id FROM orders WHERE user_id = " + tx.quote(user_id) +
@@ -182,60 +198,117 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   auto lines = snapshot.Lines();
   if (lines.empty()) return ProblemFromStatus(Unprocessable("cart: empty, nothing to check out"));
 
-  // 2. Prices, and 3. stock: take it and record the reservation.
+  // The order will belong to this region's lease group: without the lease (cut off from the
+  // majority, or starting) this region must not create orders other regions may take over.
+  LeaseTable::Decision lease = leases->ForGroup(config.replica_id);
+  if (!lease.mine) {
+    HttpResponse r = HttpResponse::Problem(
+        503, "Service Unavailable",
+        absl::StrCat("region ", config.name,
+                     " cannot take orders right now: it does not hold its order lease (it is "
+                     "starting, or cut off from the other regions); retry shortly"));
+    r.headers.emplace_back("Retry-After", "1");
+    return r;
+  }
+  if (config.replication.enabled) {
+    for (const auto& [sku, qty] : lines)
+      rights_signals.RecordDemand(sku, static_cast<uint64_t>(qty));
+  }
+
+  // 2. Prices, and 3. stock: take it and record the reservation. A region sells only within its
+  //    own rights; short of them, it waits (bounded) for a grant from a region that has spare.
   std::string order_id = RandomId("o");
   int64_t total = 0;
   std::string currency;
   std::map<std::string, int64_t> prices;
-  st = global->Run([&](pqxx::work& tx) {
-    // Reads one round trip per line (price and locked stock together); all writes go in one
-    // batch at the end: round trips, not work, bound a checkout's latency and lock hold time.
-    std::string writes;
-    for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
-      pqxx::result p = tx.exec(
-          "SELECT p.price_cents, p.currency, i.state FROM products p JOIN inventory i USING (sku) "
-          "WHERE p.sku = " +
-          tx.quote(sku) + " FOR UPDATE OF i");
-      if (p.empty()) {
-        if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
-          throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
+  const auto wait_deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(config.replication.enabled ? config.replication.rights_wait_ms : 0);
+  bool waited = false;
+  for (;;) {
+    std::map<std::string, int64_t> short_units;  // SKU -> units missing here
+    const uint64_t stock_seen = rights_signals.StockVersion();
+    total = 0;
+    currency.clear();
+    prices.clear();
+    st = global->Run([&](pqxx::work& tx) {
+      short_units.clear();
+      // Reads one round trip per line (price and locked stock together); all writes go in one
+      // batch at the end: round trips, not work, bound a checkout's latency and lock hold time.
+      std::string writes;
+      for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
+        pqxx::result p = tx.exec(
+            "SELECT p.price_cents, p.currency, i.state FROM products p JOIN inventory i USING "
+            "(sku) WHERE p.sku = " +
+            tx.quote(sku) + " FOR UPDATE OF i");
+        if (p.empty()) {
+          if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
+            throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku, " no longer exists"))};
+          }
+          short_units[sku] = qty;
+          continue;
         }
-        throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
-            "out of stock: ", sku, " (", qty, " requested, none in region ", config.name, ")"))};
+        if (!currency.empty() && p[0][1].as<std::string>() != currency) {
+          throw AbortTx{Unprocessable("cart: products in different currencies")};
+        }
+        currency = p[0][1].as<std::string>();
+        prices[sku] = p[0][0].as<int64_t>();
+        total += prices[sku] * qty;
+        pqxx::binarystring bytes(p[0][2]);
+        auto inv =
+            crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+        if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
+        auto delta = inv->Take(sku, static_cast<uint64_t>(qty));
+        if (!delta.ok()) {
+          short_units[sku] = qty - std::max<int64_t>(inv->Rights(sku, config.replica_id), 0);
+          continue;
+        }
+        writes += SaveInventorySql(tx, sku, *inv, *delta, config.replica_id);
       }
-      if (!currency.empty() && p[0][1].as<std::string>() != currency) {
-        throw AbortTx{Unprocessable("cart: products in different currencies")};
+      if (!short_units.empty()) throw AbortTx{absl::ResourceExhaustedError("short of rights")};
+      writes += "INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
+                tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'held', now() + " +
+                tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) + "::interval);";
+      for (const auto& [sku, qty] : lines) {
+        writes += "INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
+                  tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ");";
       }
-      currency = p[0][1].as<std::string>();
-      prices[sku] = p[0][0].as<int64_t>();
-      total += prices[sku] * qty;
-      pqxx::binarystring bytes(p[0][2]);
-      auto inv =
-          crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), config.replica_id);
-      if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
-      auto delta = inv->Take(sku, static_cast<uint64_t>(qty));
-      if (!delta.ok()) {
-        throw AbortTx{absl::FailedPreconditionError(
-            absl::StrCat("out of stock: ", sku, " (", qty, " requested, ",
-                         std::max<int64_t>(inv->Rights(sku, config.replica_id), 0),
-                         " available in region ", config.name, ")"))};
+      tx.exec(writes);
+    });
+    if (st.ok() || short_units.empty()) break;
+    if (std::chrono::steady_clock::now() >= wait_deadline) {
+      std::string what;
+      for (const auto& [sku, missing] : short_units) {
+        int64_t qty = 0;
+        for (const auto& [l, q] : lines)
+          if (l == sku) qty = q;
+        absl::StrAppend(&what, what.empty() ? "" : "; ", sku, " (", qty, " requested, ",
+                        qty - missing, " available in region ", config.name, ")");
       }
-      writes += SaveInventorySql(tx, sku, *inv, *delta, config.replica_id);
+      if (waited) rights_waits->Add({{"result", "refused"}}).Increment();
+      return ProblemFromStatus(absl::FailedPreconditionError(absl::StrCat(
+          "out of stock: ", what,
+          config.replication.enabled ? absl::StrCat("; waited ", config.replication.rights_wait_ms,
+                                                    " ms for stock from other regions")
+                                     : std::string())));
     }
-    writes += "INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
-              tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'held', now() + " +
-              tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) + "::interval);";
-    for (const auto& [sku, qty] : lines) {
-      writes += "INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
-                tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ");";
+    // Short: tell the replicator (it asks peers with spare rights), and wait for stock to change.
+    waited = true;
+    std::vector<uint64_t> tickets;
+    for (const auto& [sku, missing] : short_units) {
+      tickets.push_back(rights_signals.StartWaiting(sku, static_cast<uint64_t>(missing)));
     }
-    tx.exec(writes);
-  });
+    (void)rights_signals.WaitForStockChange(stock_seen, wait_deadline);
+    for (uint64_t t : tickets) rights_signals.DoneWaiting(t);
+  }
   if (!st.ok()) return ProblemFromStatus(st);
+  if (waited) rights_waits->Add({{"result", "granted"}}).Increment();
 
   // 4. The order, atomically with its event, its confirmation and the cart cleared of exactly
-  //    the lines it took (lines added meanwhile stay).
+  //    the lines it took (lines added meanwhile stay). The event goes last: its outbox seq is what
+  //    a sync-peer checkout waits for a peer to acknowledge.
   Json created_items = Json::array();
+  int64_t event_seq = 0;
   st = shard.Run([&](pqxx::work& tx) {
     if (!idem.empty()) {
       if (auto other = FindByIdempotencyKey(tx, user_id, idem)) {
@@ -248,11 +321,13 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
         "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
-        "reservation_id, idempotency_key, owner_region, residency) VALUES (" +
+        "reservation_id, idempotency_key, owner_region, residency, lease_group, epoch, version) "
+        "VALUES (" +
         tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " + tx.quote(total) +
         ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
         (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " + tx.quote(config.name) +
-        ", " + tx.quote(who->residency) + ");";
+        ", " + tx.quote(who->residency) + ", " + tx.quote(config.replica_id) + ", " +
+        tx.quote(static_cast<int64_t>(lease.epoch)) + ", 1);";
     Json items = Json::array();
     for (const auto& [sku, qty] : lines) {
       writes += "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
@@ -262,10 +337,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     created_items = items;
     Json event{{"event", "created"},          {"order_id", order_id},
-               {"user_id", user_id},          {"epoch", 1},
+               {"user_id", user_id},          {"group", config.replica_id},
+               {"epoch", lease.epoch},        {"version", 1},
                {"owner_region", config.name}, {"total_cents", total},
                {"currency", currency},        {"items", items}};
-    writes += OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
     writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
               tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
               tx.quote(event.dump()) + ");";
@@ -280,7 +355,11 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       writes += SaveCartSql(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
                             config.replica_id);
     }
-    tx.exec(writes);
+    std::string ev = OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
+    ev.pop_back();  // the trailing ';'
+    writes += ev + " RETURNING seq";
+    pqxx::result out = tx.exec(writes);
+    if (out.size() == 1) event_seq = out[0][0].as<int64_t>();
   });
   if (!st.ok()) {
     absl::Status undo = ReleaseReservation(order_id, "checkout_failed");
@@ -300,15 +379,52 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   }
   (void)redis->Del("cart:" + user_id);
 
-  // 5. Pay now when a card came with the checkout. The response is built from what was written
+  // 5. Durability: in sync-peer mode, answer once another region allowed to hold this customer's
+  //    data has applied the order, while this region still holds its lease (a takeover syncs from
+  //    that region before acting). Without that in time the answer says it is async.
+  std::string durability = "async";
+  std::string durability_note;
+  if (config.durability == Durability::kSyncPeer) {
+    auto stream = StreamName(shard);
+    uint32_t peer = 0;
+    if (stream.ok() && event_seq > 0) {
+      const std::string residency = who->residency;
+      peer = peer_acks.WaitFor(
+          *stream, event_seq,
+          [&](uint32_t p) {
+            for (const auto& pr : config.peers)
+              if (pr.replica_id == p) return services::ResidencyAllows(residency, pr.jurisdiction);
+            return false;
+          },
+          std::chrono::steady_clock::now() +
+              std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
+    }
+    if (peer != 0 && leases->ForGroup(config.replica_id).mine) {
+      durability = "sync-peer";
+      durability_note = absl::StrCat("persisted in region ", RegionName(peer));
+    } else if (peer != 0) {
+      durability_note = "a peer applied the order, but this region's lease lapsed meanwhile";
+    } else {
+      durability_note = absl::StrCat("no region allowed to hold this order confirmed it within ",
+                                     config.replication.sync_peer_timeout_ms,
+                                     " ms; it is committed here and replicates asynchronously");
+    }
+  }
+  checkout_durability->Add({{"mode", durability}}).Increment();
+
+  // 6. Pay now when a card came with the checkout. The response is built from what was written
   //    (no read back).
-  KnownOrder known{total, currency, who->residency,
+  KnownOrder known{total,
+                   currency,
+                   who->residency,
+                   config.replica_id,
+                   lease.epoch,
                    Json{{"order_id", order_id},
                         {"status", "pending_payment"},
                         {"total_cents", total},
                         {"currency", currency},
                         {"owner_region", config.name},
-                        {"epoch", 1},
+                        {"epoch", lease.epoch},
                         {"payment_ref", Json()},
                         {"created_at", UnixNowS()},
                         {"items", created_items}}};
@@ -329,7 +445,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     order = known.json;
   }
   if (!order.ok()) return ProblemFromStatus(order.status());
-  (*order)["durability"] = std::string(DurabilityName(config.durability));
+  (*order)["durability"] = durability;
+  if (!durability_note.empty()) (*order)["durability_note"] = durability_note;
   return HttpResponse::Json(status, order->dump());
 }
 
@@ -340,10 +457,11 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   int64_t total = known ? known->total_cents : 0;
   std::string currency = known ? known->currency : "";
   std::string residency = known ? known->residency : "";
+  uint32_t group = known ? known->group : 0;
   absl::Status st = known ? absl::OkStatus() : shard.Run([&](pqxx::work& tx) {
     pqxx::result r = tx.exec(
-        "SELECT status, total_cents, currency, residency FROM orders WHERE "
-        "order_id = " +
+        "SELECT status, total_cents, currency, residency, lease_group, owner_region FROM orders "
+        "WHERE order_id = " +
         tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     std::string status = r[0][0].as<std::string>();
@@ -354,8 +472,16 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     total = r[0][1].as<int64_t>();
     currency = r[0][2].as<std::string>();
     residency = r[0][3].as<std::string>();
+    group = GroupOf(r[0][4].as<int64_t>(), r[0][5].as<std::string>());
   });
   if (!st.ok()) return st;
+  // Only the lease holder changes an order, with its epoch; checked again in the UPDATE.
+  LeaseTable::Decision lease = leases->ForGroup(group);
+  if (!lease.mine) {
+    return absl::UnavailableError(
+        absl::StrCat("region ", config.name, " does not hold the lease of order ", order_id));
+  }
+  const auto epoch = static_cast<int64_t>(lease.epoch);
 
   // The sandbox provider: one charge per order (idempotent capture by key).
   bool approved = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
@@ -379,24 +505,48 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   });
   if (!st.ok()) return st;
 
+  bool stale = false;
   st = shard.Run([&](pqxx::work& tx) {
     std::string next = approved ? "paid" : "payment_declined";
-    pqxx::result r = tx.exec("UPDATE orders SET status = " + tx.quote(next) +
-                             ", payment_ref = " + tx.quote(charge_id) +
-                             ", updated_at = now() WHERE order_id = " + tx.quote(order_id) +
-                             " AND status = 'pending_payment' RETURNING epoch");
+    // Fenced: nothing matches if the order or its group has moved to a newer epoch.
+    pqxx::result r = tx.exec(
+        "UPDATE orders SET status = " + tx.quote(next) + ", payment_ref = " + tx.quote(charge_id) +
+        ", epoch = " + tx.quote(epoch) +
+        ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
+        " AND status = 'pending_payment' AND epoch <= " + tx.quote(epoch) +
+        FenceSql(tx, group, epoch) + " RETURNING version");
     if (r.empty()) {
+      stale = IsStale(tx, order_id, group, epoch);
+      if (stale) {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("order ", order_id,
+                         " has been changed by a newer owner; this region's payment was refused"))};
+      }
       throw AbortTx{absl::FailedPreconditionError(
-          absl::StrCat("order ", order_id, " changed while being paid (charge refunded)"))};
+          absl::StrCat("order ", order_id, " changed while being paid"))};
     }
     OrderEvent(tx, config.replica_id, order_id, residency,
                Json{{"event", next},
                     {"order_id", order_id},
                     {"user_id", user_id},
-                    {"epoch", r[0][0].as<int64_t>()},
+                    {"group", group},
+                    {"epoch", epoch},
+                    {"version", r[0][0].as<int64_t>()},
                     {"payment_ref", charge_id}});
   });
-  if (!st.ok()) return st;
+  if (!st.ok()) {
+    if (stale) stale_local_writes->Increment();
+    if (approved) {
+      // The order was not paid here: give the money back rather than leave a stray capture.
+      (void)global->Run([&](pqxx::work& tx) {
+        tx.exec0(
+            "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents WHERE "
+            "charge_id = " +
+            tx.quote(charge_id) + " AND status = 'captured'");
+      });
+    }
+    return st;
+  }
   if (approved) {
     st = global->Run([&](pqxx::work& tx) {
       tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(order_id) +
@@ -430,8 +580,38 @@ HttpResponse RegionApp::Impl::PayOrder(HttpRequest& req) {
   if (auto st = services::ValidateCardNumber(*card); !st.ok()) {
     return ProblemFromStatus(Unprocessable(std::string(st.message())));
   }
+  return PayForUser(who->user_id, req.params["id"], *card, /*may_forward=*/true);
+}
+
+// Whose lease an order is under, and what to do when it is not this region's.
+namespace {
+struct OrderOwner {
+  uint32_t group = 0;
+  bool found = false;
+};
+}  // namespace
+
+HttpResponse RegionApp::Impl::PayForUser(const std::string& user_id, const std::string& order_id,
+                                         const std::string& card_number, bool may_forward) {
+  OrderOwner o;
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT lease_group, owner_region FROM orders WHERE order_id = " +
+                             tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+    if (r.empty()) return;
+    o.found = true;
+    o.group = GroupOf(r[0][0].as<int64_t>(), r[0][1].as<std::string>());
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  if (!o.found) return ProblemFromStatus(absl::NotFoundError(absl::StrCat("no order ", order_id)));
+  LeaseTable::Decision lease = leases->ForGroup(o.group);
+  if (!lease.mine) {
+    if (may_forward && lease.owner != 0 && lease.owner != config.replica_id) {
+      return ForwardToOwner(lease.owner, user_id, order_id, /*pay=*/true, card_number);
+    }
+    return NotOwnerProblem(order_id, lease);
+  }
   int status = 200;
-  auto order = Pay(who->user_id, req.params["id"], *card, &status);
+  auto order = Pay(user_id, order_id, card_number, &status);
   if (!order.ok()) return ProblemFromStatus(order.status());
   return HttpResponse::Json(status, order->dump());
 }
@@ -473,15 +653,28 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
   if (!who.ok()) return ProblemFromStatus(who.status());
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   if (auto st = ValidOrderId(req.params["id"]); !st.ok()) return ProblemFromStatus(st);
-  const std::string order_id = req.params["id"];
+  return CancelForUser(who->user_id, req.params["id"], /*may_forward=*/true);
+}
+
+HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const std::string& order_id,
+                                            bool may_forward) {
   std::string next;
   std::string payment_ref;
-  absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
+  bool stale = false;
+  std::optional<LeaseTable::Decision> not_mine;
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    not_mine.reset();
     pqxx::result r = tx.exec(
-        "SELECT status, payment_ref, epoch, residency FROM orders WHERE "
+        "SELECT status, payment_ref, residency, lease_group, owner_region FROM orders WHERE "
         "order_id = " +
-        tx.quote(order_id) + " AND user_id = " + tx.quote(who->user_id) + " FOR UPDATE");
+        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+    const uint32_t group = GroupOf(r[0][3].as<int64_t>(), r[0][4].as<std::string>());
+    LeaseTable::Decision lease = leases->ForGroup(group);
+    if (!lease.mine) {
+      not_mine = lease;
+      return;
+    }
     std::string status = r[0][0].as<std::string>();
     if (status == "pending_payment") {
       next = "cancelled";
@@ -492,15 +685,32 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
       throw AbortTx{absl::FailedPreconditionError(
           absl::StrCat("order ", order_id, " is ", status, " and cannot be cancelled"))};
     }
-    tx.exec0("UPDATE orders SET status = " + tx.quote(next) +
-             ", updated_at = now() WHERE order_id = " + tx.quote(order_id));
-    OrderEvent(tx, config.replica_id, order_id, r[0][3].as<std::string>(),
+    const auto epoch = static_cast<int64_t>(lease.epoch);
+    pqxx::result u = tx.exec(
+        "UPDATE orders SET status = " + tx.quote(next) + ", epoch = " + tx.quote(epoch) +
+        ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
+        " AND epoch <= " + tx.quote(epoch) + FenceSql(tx, group, epoch) + " RETURNING version");
+    if (u.empty()) {
+      stale = true;
+      throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
+          "order ", order_id, " has been changed by a newer owner; this change was refused"))};
+    }
+    OrderEvent(tx, config.replica_id, order_id, r[0][2].as<std::string>(),
                Json{{"event", next},
                     {"order_id", order_id},
-                    {"user_id", who->user_id},
-                    {"epoch", r[0][2].as<int64_t>()}});
+                    {"user_id", user_id},
+                    {"group", group},
+                    {"epoch", epoch},
+                    {"version", u[0][0].as<int64_t>()}});
   });
+  if (stale) stale_local_writes->Increment();
   if (!st.ok()) return ProblemFromStatus(st);
+  if (not_mine) {
+    if (may_forward && not_mine->owner != 0 && not_mine->owner != config.replica_id) {
+      return ForwardToOwner(not_mine->owner, user_id, order_id, /*pay=*/false, "");
+    }
+    return NotOwnerProblem(order_id, *not_mine);
+  }
   if (!payment_ref.empty()) {
     st = global->Run([&](pqxx::work& tx) {
       tx.exec0(
@@ -512,9 +722,76 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
   }
   st = ReleaseReservation(order_id, next);
   if (!st.ok()) return ProblemFromStatus(st);
-  auto o = OrderJson(who->user_id, order_id);
+  auto o = OrderJson(user_id, order_id);
   if (!o.ok()) return ProblemFromStatus(o.status());
   return HttpResponse::Json(200, o->dump());
+}
+
+HttpResponse RegionApp::Impl::NotOwnerProblem(const std::string& order_id,
+                                              const LeaseTable::Decision& lease) {
+  std::string detail =
+      lease.owner != 0 && lease.owner != config.replica_id
+          ? absl::StrCat("order ", order_id, " is owned by region ", RegionName(lease.owner),
+                         ", which cannot be reached from here right now; retry shortly")
+          : absl::StrCat("no region holds the lease of order ", order_id,
+                         " right now (a failover is in progress); retry in a few seconds");
+  HttpResponse r = HttpResponse::Problem(503, "Service Unavailable", detail);
+  r.headers.emplace_back("Retry-After", "2");
+  return r;
+}
+
+uint32_t RegionApp::Impl::GroupOf(int64_t lease_group, const std::string& owner_region) const {
+  if (lease_group > 0) return static_cast<uint32_t>(lease_group);
+  // Rows written before leases existed: their creator's group.
+  if (owner_region == config.name) return config.replica_id;
+  for (const auto& p : config.peers)
+    if (p.name == owner_region && p.replica_id != 0) return p.replica_id;
+  return config.replica_id;
+}
+
+std::string RegionApp::Impl::RegionName(uint32_t replica) const {
+  if (replica == config.replica_id) return config.name;
+  for (const auto& p : config.peers)
+    if (p.replica_id == replica) return p.name;
+  return absl::StrCat("replica-", replica);
+}
+
+absl::StatusOr<std::string> RegionApp::Impl::StreamName(PgPool& pool) {
+  {
+    std::lock_guard<std::mutex> lock(streams_mu);
+    auto it = stream_names.find(pool.name());
+    if (it != stream_names.end()) return it->second;
+  }
+  std::string id;
+  absl::Status st = pool.Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
+    if (!r.empty()) id = r[0][0].as<std::string>();
+  });
+  if (!st.ok()) return st;
+  std::string name = absl::StrCat(pool.name(), "-", id);
+  std::lock_guard<std::mutex> lock(streams_mu);
+  stream_names[pool.name()] = name;
+  return name;
+}
+
+absl::Status RegionApp::Impl::RaiseFence(uint32_t group, uint64_t epoch, uint32_t owner) {
+  {
+    std::lock_guard<std::mutex> lock(fence_mu);
+    if (fence_written[group] >= epoch) return absl::OkStatus();
+  }
+  for (auto& shard : shards) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      tx.exec0("INSERT INTO order_fence (grp, epoch, owner) VALUES (" + tx.quote(group) + ", " +
+               tx.quote(static_cast<int64_t>(epoch)) + ", " + tx.quote(owner) +
+               ") ON CONFLICT (grp) DO UPDATE SET epoch = EXCLUDED.epoch, owner = "
+               "EXCLUDED.owner, updated_at = now() WHERE order_fence.epoch < EXCLUDED.epoch");
+    });
+    if (!st.ok()) return st;
+  }
+  std::lock_guard<std::mutex> lock(fence_mu);
+  uint64_t& w = fence_written[group];
+  w = std::max(w, epoch);
+  return absl::OkStatus();
 }
 
 HttpResponse RegionApp::Impl::Reconcile(HttpRequest& req) {

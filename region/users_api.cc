@@ -340,6 +340,7 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
     rights = inv.Rights(sku, config.replica_id);
   });
   if (!st.ok()) return ProblemFromStatus(st);
+  rights_signals.StockChanged();  // waiting checkouts may now have the units
   return HttpResponse::Json(
       200, Json{{"sku", sku}, {"available", available}, {"local_rights", rights}}.dump());
 }

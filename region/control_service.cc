@@ -1,0 +1,424 @@
+#include "region/control_service.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "crdt/codec.h"
+#include "region/control.grpc.pb.h"
+#include "region/documents.h"
+#include "services/domain.h"
+#include "services/orders.h"
+
+namespace meridian::region {
+
+namespace pb = ::meridian::region::v1;
+
+class OrderForwarder {
+ public:
+  explicit OrderForwarder(std::shared_ptr<grpc::Channel> channel)
+      : stub_(pb::OrderForwarder::NewStub(channel)) {}
+  grpc::Status Forward(const pb::MutateOrderRequest& req, pb::MutateOrderResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return stub_->ForwardOrder(&ctx, req, out);
+  }
+
+ private:
+  std::unique_ptr<pb::OrderForwarder::Stub> stub_;
+};
+
+void ConnectForwarder(RegionApp::Impl& app) {
+  const auto& r = app.config.replication;
+  if (!r.enabled || r.replicator.host.empty() || r.replicator.port == 0) return;
+  app.forwarder = std::make_shared<OrderForwarder>(grpc::CreateChannel(
+      absl::StrCat(r.replicator.host, ":", r.replicator.port), grpc::InsecureChannelCredentials()));
+}
+
+HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& user_id,
+                                             const std::string& order_id, bool pay,
+                                             const std::string& card_number) {
+  const std::string owner_name = RegionName(owner);
+  if (!forwarder) {
+    forwards->Add({{"result", "unavailable"}}).Increment();
+    return NotOwnerProblem(order_id, LeaseTable::Decision{false, 0, owner});
+  }
+  pb::MutateOrderRequest req;
+  req.set_order_id(order_id);
+  req.set_user_id(user_id);
+  req.set_action(pay ? pb::ORDER_ACTION_PAY : pb::ORDER_ACTION_CANCEL);
+  req.set_card_number(card_number);
+  req.set_from_region(config.replica_id);
+  req.set_owner(owner);
+  pb::MutateOrderResponse out;
+  grpc::Status s = forwarder->Forward(req, &out);
+  if (!s.ok() || out.http_status() < 200 || out.http_status() > 599) {
+    forwards->Add({{"result", "failed"}}).Increment();
+    spdlog::warn("event=order_forward_failed order={} owner={} code={} error=\"{}\"", order_id,
+                 owner_name, static_cast<int>(s.error_code()), s.error_message());
+    HttpResponse r =
+        HttpResponse::Problem(503, "Service Unavailable",
+                              absl::StrCat("order ", order_id, " is owned by region ", owner_name,
+                                           ", which could not be reached to make this change (",
+                                           s.error_message(), "); retry shortly"));
+    r.headers.emplace_back("Retry-After", "2");
+    return r;
+  }
+  forwards->Add({{"result", "ok"}}).Increment();
+  HttpResponse r;
+  r.status = out.http_status();
+  r.body = out.body();
+  r.content_type = r.status >= 400 ? "application/problem+json" : "application/json";
+  r.headers.emplace_back("X-Meridian-Owner-Region", owner_name);
+  return r;
+}
+
+namespace {
+
+grpc::Status Invalid(const std::string& why) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
+}
+
+grpc::Status FromStatus(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  auto code = grpc::StatusCode::UNAVAILABLE;
+  if (absl::IsInvalidArgument(s)) code = grpc::StatusCode::INVALID_ARGUMENT;
+  if (absl::IsNotFound(s)) code = grpc::StatusCode::NOT_FOUND;
+  if (absl::IsFailedPrecondition(s)) code = grpc::StatusCode::FAILED_PRECONDITION;
+  if (absl::IsDataLoss(s)) code = grpc::StatusCode::DATA_LOSS;
+  return grpc::Status(code, std::string(s.message()));
+}
+
+bool ValidReplica(uint32_t r) { return r >= 1 && r <= 255; }
+
+void FillRights(const crdt::Inventory& inv, const std::string& sku, crdt::ReplicaId self,
+                pb::RightsView* v) {
+  v->set_sku(sku);
+  const crdt::BoundedCounter* bc = inv.Find(sku);
+  if (bc == nullptr) return;
+  v->set_exists(true);
+  v->set_rights(bc->Rights(self));
+  for (const auto& t : bc->transfers()) {
+    if (t.from == self && t.to != self) {
+      auto* g = v->add_given();
+      g->set_replica(t.to);
+      g->set_units(t.units);
+    }
+    if (t.to == self && t.from != self) {
+      auto* g = v->add_received();
+      g->set_replica(t.from);
+      g->set_units(t.units);
+    }
+  }
+}
+
+class ControlService final : public pb::RegionControl::Service {
+ public:
+  explicit ControlService(RegionApp::Impl& app) : app_(app) {}
+
+  grpc::Status SetLeases(grpc::ServerContext*, const pb::SetLeasesRequest* req,
+                         pb::SetLeasesResponse*) override {
+    std::vector<LeaseGrant> grants;
+    for (const auto& g : req->groups()) {
+      if (!ValidReplica(g.group()) || (g.owner() != 0 && !ValidReplica(g.owner())) ||
+          g.valid_for_ms() < 0 || g.valid_for_ms() > 3600000) {
+        return Invalid(absl::StrCat("lease for group ", g.group(), ": out of range"));
+      }
+      grants.push_back(LeaseGrant{g.group(), g.epoch(), g.owner(), g.usable(), g.valid_for_ms()});
+    }
+    app_.leases->Update(grants);
+    for (const auto& g : grants) {
+      if (g.epoch == 0 || g.owner == 0) continue;
+      if (auto st = app_.RaiseFence(g.group, g.epoch, g.owner); !st.ok()) return FromStatus(st);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LoadLeaseRecords(grpc::ServerContext*, const pb::LoadLeaseRecordsRequest*,
+                                pb::LoadLeaseRecordsResponse* out) override {
+    return FromStatus(app_.global->Run([&](pqxx::work& tx) {
+      out->clear_records();
+      for (const auto& r : tx.exec("SELECT grp, epoch, owner FROM lease_acceptor ORDER BY grp")) {
+        auto* rec = out->add_records();
+        rec->set_group(r[0].as<uint32_t>());
+        rec->set_epoch(static_cast<uint64_t>(r[1].as<int64_t>()));
+        rec->set_owner(r[2].as<uint32_t>());
+      }
+    }));
+  }
+
+  grpc::Status SaveLeaseRecord(grpc::ServerContext*, const pb::SaveLeaseRecordRequest* req,
+                               pb::SaveLeaseRecordResponse*) override {
+    const auto& r = req->record();
+    if (!ValidReplica(r.group()) || (r.owner() != 0 && !ValidReplica(r.owner())) ||
+        r.epoch() > (uint64_t{1} << 62)) {
+      return Invalid("lease record out of range");
+    }
+    return FromStatus(app_.global->Run([&](pqxx::work& tx) {
+      // Epochs never go back, whatever order saves arrive in.
+      tx.exec0("INSERT INTO lease_acceptor (grp, epoch, owner) VALUES (" + tx.quote(r.group()) +
+               ", " + tx.quote(static_cast<int64_t>(r.epoch())) + ", " + tx.quote(r.owner()) +
+               ") ON CONFLICT (grp) DO UPDATE SET epoch = EXCLUDED.epoch, owner = "
+               "EXCLUDED.owner, updated_at = now() WHERE lease_acceptor.epoch <= EXCLUDED.epoch");
+    }));
+  }
+
+  grpc::Status ReadGroupOrders(grpc::ServerContext*, const pb::ReadGroupOrdersRequest* req,
+                               pb::ReadGroupOrdersResponse* out) override {
+    if (!ValidReplica(req->group()) || !ValidReplica(req->owner()) || req->epoch() == 0 ||
+        req->limit() < 0 || req->limit() > 5000 || req->after_key().size() > 64 ||
+        !services::ValidateResidency(req->jurisdiction()).ok()) {
+      return Invalid("ReadGroupOrders: group, owner, epoch, jurisdiction or limit out of range");
+    }
+    // The new owner's epoch first: from now on this region refuses older writers of the group.
+    if (auto st = app_.RaiseFence(req->group(), req->epoch(), req->owner()); !st.ok()) {
+      return FromStatus(st);
+    }
+    const int limit = req->limit() == 0 ? 500 : req->limit();
+    std::vector<pb::OrderState> rows;
+    bool more = false;
+    const std::string creator = app_.RegionName(req->group());
+    for (auto& shard : app_.shards) {
+      absl::Status st = shard->Run([&](pqxx::work& tx) {
+        pqxx::result r = tx.exec(
+            "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.currency, o.residency, "
+            "o.epoch, o.version, coalesce(o.payment_ref, ''), coalesce((SELECT "
+            "json_agg(json_build_array(i.sku, i.quantity, i.price_cents) ORDER BY i.sku) FROM "
+            "order_items i WHERE i.order_id = o.order_id)::text, '[]') FROM orders o WHERE "
+            "(o.lease_group = " +
+            tx.quote(req->group()) + " OR (o.lease_group = 0 AND o.owner_region = " +
+            tx.quote(creator) + ")) AND o.order_id > " + tx.quote(req->after_key()) +
+            " AND (o.residency = 'any' OR o.residency = " + tx.quote(req->jurisdiction()) +
+            ") ORDER BY o.order_id LIMIT " + tx.quote(limit));
+        if (static_cast<int>(r.size()) == limit) more = true;
+        for (const auto& row : r) {
+          pb::OrderState s;
+          s.set_order_id(row[0].as<std::string>());
+          s.set_group(req->group());
+          s.set_created(true);
+          s.set_user_id(row[1].as<std::string>());
+          s.set_status(row[2].as<std::string>());
+          s.set_total_cents(row[3].as<int64_t>());
+          s.set_currency(row[4].as<std::string>());
+          s.set_residency(row[5].as<std::string>());
+          s.set_epoch(static_cast<uint64_t>(row[6].as<int64_t>()));
+          s.set_version(static_cast<uint64_t>(row[7].as<int64_t>()));
+          s.set_payment_ref(row[8].as<std::string>());
+          Json items = Json::parse(row[9].as<std::string>(), nullptr, false);
+          if (items.is_array()) {
+            for (const auto& it : items) {
+              if (!it.is_array() || it.size() != 3) continue;
+              auto* line = s.add_items();
+              line->set_sku(it[0].get<std::string>());
+              line->set_quantity(it[1].get<int64_t>());
+              line->set_price_cents(it[2].get<int64_t>());
+            }
+          }
+          rows.push_back(std::move(s));
+        }
+      });
+      if (!st.ok()) return FromStatus(st);
+    }
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.order_id() < b.order_id(); });
+    if (static_cast<int>(rows.size()) > limit) {
+      rows.resize(static_cast<size_t>(limit));
+      more = true;
+    }
+    for (auto& r : rows) *out->add_orders() = std::move(r);
+    out->set_last_key(out->orders().empty() ? req->after_key()
+                                            : out->orders(out->orders_size() - 1).order_id());
+    out->set_done(!more);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ApplyOrderStates(grpc::ServerContext*, const pb::ApplyOrderStatesRequest* req,
+                                pb::ApplyOrderStatesResponse* out) override {
+    if (req->orders_size() > 5000) return Invalid("ApplyOrderStates: at most 5000 orders");
+    // Validate everything first: a bad state fails the call with nothing applied.
+    for (const auto& s : req->orders()) {
+      if (s.order_id().empty() || s.order_id().size() > 64 || s.user_id().empty() ||
+          s.user_id().size() > 128 || !ValidReplica(s.group()) || s.epoch() == 0 ||
+          s.version() == 0 || !services::ParseOrderStatus(s.status()).ok() || s.total_cents() < 0 ||
+          !services::ValidateResidency(s.residency()).ok() || s.items_size() > 1000) {
+        return Invalid(absl::StrCat("order state ", s.order_id(), ": malformed"));
+      }
+      if (!services::ResidencyAllows(s.residency(), app_.config.jurisdiction)) {
+        app_.replication_rejected->Increment();
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                            absl::StrCat("order ", s.order_id(), " is pinned to ", s.residency(),
+                                         " and may not be stored in ", app_.config.name));
+      }
+    }
+    int changed = 0;
+    for (const auto& s : req->orders()) {
+      absl::Status st = app_.ShardFor(s.user_id()).Run([&](pqxx::work& tx) {
+        pqxx::result r =
+            tx.exec("SELECT epoch, version FROM orders WHERE order_id = " + tx.quote(s.order_id()) +
+                    " FOR UPDATE");
+        const auto epoch = static_cast<int64_t>(s.epoch());
+        const auto version = static_cast<int64_t>(s.version());
+        if (r.empty()) {
+          tx.exec0(
+              "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
+              "reservation_id, owner_region, epoch, version, lease_group, payment_ref, "
+              "residency) VALUES (" +
+              tx.quote(s.order_id()) + ", " + tx.quote(s.user_id()) + ", " + tx.quote(s.status()) +
+              ", " + tx.quote(s.total_cents()) + ", " +
+              tx.quote(s.currency().empty() ? std::string("USD") : s.currency()) + ", " +
+              tx.quote(s.order_id()) + ", " + tx.quote(app_.RegionName(s.group())) + ", " +
+              tx.quote(epoch) + ", " + tx.quote(version) + ", " + tx.quote(s.group()) + ", " +
+              (s.payment_ref().empty() ? std::string("NULL") : tx.quote(s.payment_ref())) + ", " +
+              tx.quote(s.residency()) + ")");
+          for (const auto& line : s.items()) {
+            tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
+                     tx.quote(s.order_id()) + ", " + tx.quote(line.sku()) + ", " +
+                     tx.quote(std::max<int64_t>(1, line.quantity())) + ", " +
+                     tx.quote(std::max<int64_t>(0, line.price_cents())) +
+                     ") ON CONFLICT DO NOTHING");
+          }
+          ++changed;
+          return;
+        }
+        // The register: the larger (epoch, version) wins.
+        pqxx::result u = tx.exec(
+            "UPDATE orders SET status = " + tx.quote(s.status()) + ", epoch = " + tx.quote(epoch) +
+            ", version = " + tx.quote(version) + ", payment_ref = " +
+            (s.payment_ref().empty() ? std::string("payment_ref") : tx.quote(s.payment_ref())) +
+            ", updated_at = now() WHERE order_id = " + tx.quote(s.order_id()) +
+            " AND (epoch, version) < (" + tx.quote(epoch) + ", " + tx.quote(version) +
+            ") RETURNING 1");
+        if (!u.empty()) ++changed;
+      });
+      if (!st.ok()) return FromStatus(st);
+    }
+    out->set_changed(changed);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WaitRightsDemand(grpc::ServerContext*, const pb::WaitRightsDemandRequest* req,
+                                pb::WaitRightsDemandResponse* out) override {
+    if (req->wait_ms() < 0 || req->wait_ms() > 10000) return Invalid("wait_ms: 0..10000");
+    RightsSignals::Poll p =
+        app_.rights_signals.TakeSignals(std::chrono::milliseconds(req->wait_ms()));
+    for (const auto& [sku, units] : p.demand) {
+      auto* d = out->add_demand();
+      d->set_sku(sku);
+      d->set_units(units);
+    }
+    for (const auto& [sku, units] : p.waiting) {
+      auto* w = out->add_waiting();
+      w->set_sku(sku);
+      w->set_units(units);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetRightsViews(grpc::ServerContext*, const pb::GetRightsViewsRequest* req,
+                              pb::GetRightsViewsResponse* out) override {
+    if (req->skus_size() > 10000) return Invalid("GetRightsViews: at most 10000 SKUs");
+    if (req->skus_size() == 0) return grpc::Status::OK;
+    for (const auto& sku : req->skus()) {
+      if (!services::ValidateSku(sku).ok()) return Invalid(absl::StrCat("bad SKU '", sku, "'"));
+    }
+    return FromStatus(app_.global->Run([&](pqxx::work& tx) {
+      out->clear_views();
+      std::string in;
+      for (const auto& sku : req->skus())
+        absl::StrAppend(&in, in.empty() ? "" : ", ", tx.quote(sku));
+      std::map<std::string, crdt::Inventory> found;
+      for (const auto& r : tx.exec("SELECT sku, state FROM inventory WHERE sku IN (" + in + ")")) {
+        pqxx::binarystring bytes(r[1]);
+        auto inv = crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()),
+                                         app_.config.replica_id);
+        if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
+        found.emplace(r[0].as<std::string>(), *std::move(inv));
+      }
+      for (const auto& sku : req->skus()) {
+        auto* v = out->add_views();
+        auto it = found.find(sku);
+        if (it == found.end()) {
+          v->set_sku(sku);
+        } else {
+          FillRights(it->second, sku, app_.config.replica_id, v);
+        }
+      }
+    }));
+  }
+
+  grpc::Status TransferRights(grpc::ServerContext*, const pb::TransferRightsRequest* req,
+                              pb::TransferRightsResponse* out) override {
+    if (!services::ValidateSku(req->sku()).ok() || !ValidReplica(req->to()) ||
+        req->to() == app_.config.replica_id || req->units() == 0 ||
+        req->units() > crdt::BoundedCounter::kMaxUnits) {
+      return Invalid("TransferRights: sku, destination or units out of range");
+    }
+    bool moved = false;
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      moved = false;
+      crdt::Inventory inv = LoadInventoryForUpdate(tx, req->sku(), app_.config.replica_id);
+      auto delta = inv.Transfer(req->sku(), req->to(), req->units());
+      if (!delta.ok()) return;  // sold meanwhile: nothing to give
+      SaveInventory(tx, req->sku(), inv, *delta, app_.config.replica_id);
+      moved = true;
+    });
+    if (!st.ok()) return FromStatus(st);
+    out->set_moved(moved ? req->units() : 0);
+    if (moved) {
+      spdlog::info("event=rights_granted sku={} to={} units={}", req->sku(),
+                   app_.RegionName(req->to()), req->units());
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportPeerAcks(grpc::ServerContext*, const pb::ReportPeerAcksRequest* req,
+                              pb::ReportPeerAcksResponse*) override {
+    for (const auto& a : req->acks()) {
+      if (a.database().empty() || a.database().size() > 128 || !ValidReplica(a.peer()) ||
+          a.seq() < 0) {
+        return Invalid("ReportPeerAcks: malformed ack");
+      }
+    }
+    for (const auto& a : req->acks()) app_.peer_acks.Update(a.database(), a.peer(), a.seq());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status MutateOrder(grpc::ServerContext*, const pb::MutateOrderRequest* req,
+                           pb::MutateOrderResponse* out) override {
+    if (req->order_id().empty() || req->order_id().size() > 64 || req->user_id().empty() ||
+        req->user_id().size() > 128) {
+      return Invalid("MutateOrder: order_id and user_id are required");
+    }
+    HttpResponse r;
+    if (req->action() == pb::ORDER_ACTION_PAY) {
+      if (auto st = services::ValidateCardNumber(req->card_number()); !st.ok()) {
+        r = ProblemFromStatus(Unprocessable(std::string(st.message())));
+      } else {
+        r = app_.PayForUser(req->user_id(), req->order_id(), req->card_number(), false);
+      }
+    } else if (req->action() == pb::ORDER_ACTION_CANCEL) {
+      r = app_.CancelForUser(req->user_id(), req->order_id(), false);
+    } else {
+      return Invalid("MutateOrder: action must be PAY or CANCEL");
+    }
+    spdlog::info("event=order_change_forwarded order={} from={} status={}", req->order_id(),
+                 app_.RegionName(req->from_region()), r.status);
+    out->set_http_status(r.status);
+    out->set_body(r.body);
+    return grpc::Status::OK;
+  }
+
+ private:
+  RegionApp::Impl& app_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeRegionControlService(RegionApp::Impl& app) {
+  return std::make_unique<ControlService>(app);
+}
+
+}  // namespace meridian::region

@@ -1,0 +1,85 @@
+// Operator views of the multi-region coordination (issue 5): order leases and inventory rights.
+
+#include "absl/strings/str_cat.h"
+#include "crdt/codec.h"
+#include "region/app_impl.h"
+#include "region/documents.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+
+HttpResponse RegionApp::Impl::GetLeases(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  const auto now = LeaseTable::Clock::now();
+  Json groups = Json::array();
+  if (!leases->managed()) {
+    groups.push_back(Json{{"group", config.replica_id},
+                          {"group_region", config.name},
+                          {"epoch", 1},
+                          {"owner", config.name},
+                          {"held_here", true},
+                          {"valid_for_ms", nullptr}});
+  }
+  for (const auto& [group, e] : leases->Snapshot()) {
+    const int64_t left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(e.usable_until - now).count();
+    groups.push_back(
+        Json{{"group", group},
+             {"group_region", RegionName(group)},
+             {"epoch", e.grant.epoch},
+             {"owner", e.grant.owner ? Json(RegionName(e.grant.owner)) : Json()},
+             {"held_here", e.grant.usable && left > 0},
+             {"valid_for_ms", e.grant.usable && left > 0 ? Json(left) : Json()},
+             {"updated_ms_ago",
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - e.updated).count()}});
+  }
+  return HttpResponse::Json(
+      200,
+      Json{{"region", config.name}, {"managed", leases->managed()}, {"groups", groups}}.dump());
+}
+
+HttpResponse RegionApp::Impl::GetRights(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  const std::string sku = req.params["sku"];
+  if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
+  crdt::Inventory inv(config.replica_id);
+  bool found = false;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(sku));
+    if (r.empty()) return;
+    pqxx::binarystring bytes(r[0][0]);
+    auto decoded =
+        crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+    if (!decoded.ok()) throw AbortTx{absl::DataLossError(std::string(decoded.status().message()))};
+    inv = *std::move(decoded);
+    found = true;
+  });
+  if (!st.ok()) return ProblemFromStatus(st);
+  if (!found) return ProblemFromStatus(absl::NotFoundError(absl::StrCat("no stock for ", sku)));
+  Json regions = Json::array();
+  const crdt::BoundedCounter* bc = inv.Find(sku);
+  if (bc != nullptr) {
+    for (crdt::ReplicaId r : bc->Replicas()) {
+      uint64_t given = 0, received = 0;
+      for (const auto& t : bc->transfers()) {
+        if (t.from == r && t.to != r) given += t.units;
+        if (t.to == r && t.from != r) received += t.units;
+      }
+      regions.push_back(Json{{"replica_id", r},
+                             {"region", RegionName(r)},
+                             {"rights", bc->Rights(r)},
+                             {"transferred_out", given},
+                             {"transferred_in", received}});
+    }
+  }
+  uint64_t waiting = 0;
+  if (auto w = rights_signals.Waiting(); w.count(sku)) waiting = w[sku];
+  return HttpResponse::Json(200, Json{{"sku", sku},
+                                      {"as_seen_by", config.name},
+                                      {"available", inv.Available(sku)},
+                                      {"regions", regions},
+                                      {"waiting_here", waiting}}
+                                     .dump());
+}
+
+}  // namespace meridian::region
