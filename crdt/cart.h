@@ -12,9 +12,30 @@
 #include "crdt/dot_store.h"
 #include "crdt/hlc.h"
 #include "crdt/or_set.h"
+#include "crdt/packed_cart.h"
 #include "crdt/registers.h"
 
 namespace meridian::crdt {
+
+// A read-only, flattened view of a cart's lines and context, for encoders. The string_views point
+// into the cart and stay valid while it is not changed.
+struct CartView {
+  struct Line {
+    std::string_view sku;
+    uint32_t begin;  // its changes: changes[begin, end), sorted by dot
+    uint32_t end;
+  };
+  std::vector<std::pair<ReplicaId, uint64_t>> versions;  // the context's version vector
+  std::vector<Dot> cloud;                                // and its cloud
+  std::vector<Line> lines;                               // sorted by SKU
+  std::vector<std::pair<Dot, int64_t>> changes;
+  void Clear() {
+    versions.clear();
+    cloud.clear();
+    lines.clear();
+    changes.clear();
+  }
+};
 
 // A shopping cart as a document: lines SKU -> quantity (an observed-remove map of causal counters)
 // plus last-writer-wins fields (currency, note). Every mutator applies the change locally and
@@ -25,6 +46,11 @@ namespace meridian::crdt {
 // - a removed line comes back only through a change the remover had not seen, and then with only
 //   that change's units (each change has its own dot, so the removed units never return);
 // - a line's quantity can be <= 0 after concurrent decrements; Lines() leaves such lines out.
+//
+// Storage: the compact packed form of crdt/packed_cart.h (one small block per cart), or, for a
+// state beyond its limits (huge counters or amounts, hundreds of replicas or lines), the general
+// Causal<DotMap<std::string, CounterStore>>. Both hold the same content; which one a cart uses is
+// not observable except through speed.
 //
 // Value type, not thread-safe. Deltas and states are encoded by crdt/codec.h.
 class Cart {
@@ -39,12 +65,14 @@ class Cart {
   Cart() = default;
   Cart(const Cart& other)
       : replica_(other.replica_),
-        state_(other.state_),
+        packed_(other.packed_),
+        general_(other.general_ ? std::make_unique<Causal<Lines_>>(*other.general_) : nullptr),
         fields_(other.fields_ ? std::make_unique<Fields>(*other.fields_) : nullptr) {}
   Cart& operator=(const Cart& other) {
     if (this != &other) {
       replica_ = other.replica_;
-      state_ = other.state_;
+      packed_ = other.packed_;
+      general_ = other.general_ ? std::make_unique<Causal<Lines_>>(*other.general_) : nullptr;
       fields_ = other.fields_ ? std::make_unique<Fields>(*other.fields_) : nullptr;
     }
     return *this;
@@ -97,24 +125,27 @@ class Cart {
   [[nodiscard]] std::optional<std::string> currency() const { return currency_field().reg.value(); }
   [[nodiscard]] std::optional<std::string> note() const { return note_field().reg.value(); }
   // Every dot this cart has seen: its version, for ChangesSince and anti-entropy.
-  [[nodiscard]] const CausalContext& version() const { return state_.ctx; }
-  [[nodiscard]] bool Empty() const {
-    return state_.store.Empty() && state_.ctx.Empty() && !currency_field().reg.value() &&
-           !note_field().reg.value();
-  }
+  [[nodiscard]] CausalContext version() const;
+  [[nodiscard]] bool Empty() const;
   [[nodiscard]] ReplicaId replica() const { return replica_; }
 
-  // Raw parts, for the codec.
-  [[nodiscard]] const Causal<Lines_>& state() const { return state_; }
+  // Raw parts, for the codec and tests. state() builds the general form (a copy: bind it to a
+  // variable before iterating over its parts); FillView is the cheap read for encoders.
+  [[nodiscard]] Causal<Lines_> state() const;
+  void FillView(CartView* view) const;
   [[nodiscard]] const Field& currency_field() const;
   [[nodiscard]] const Field& note_field() const;
   static Cart FromParts(Causal<Lines_> state, Field currency, Field note);
 
+  // Whether the lines and context are in the packed form (tests, memory accounting), and the
+  // heap bytes they take.
+  [[nodiscard]] bool packed() const { return general_ == nullptr; }
+  [[nodiscard]] size_t LineBytes() const;
+  // The representation invariants (tests and fuzzing).
+  [[nodiscard]] bool CheckInvariants() const;
+
   // Equality of replicated content (the local replica id is not content).
-  friend bool operator==(const Cart& a, const Cart& b) {
-    return a.state_ == b.state_ && a.currency_field() == b.currency_field() &&
-           a.note_field() == b.note_field();
-  }
+  friend bool operator==(const Cart& a, const Cart& b);
 
  private:
   // The LWW fields live out of line: most carts never set them, and a smaller Cart keeps more
@@ -125,10 +156,19 @@ class Cart {
   };
   Cart SetField(Field Fields::*field, std::string value, HlcTimestamp time);
   static void JoinField(Field& mine, const Field& theirs);
+  Field& MutableField(Field Fields::*field);
+  // Switches to the general form (if packed) and returns it.
+  Causal<Lines_>& General();
+  // Stores `state`, packed when it fits.
+  void SetState(Causal<Lines_> state);
+  // Back to the packed form when the general state fits it again.
+  void Normalize();
+  // Takes the next dot of this replica into the context.
+  Dot NextDot();
 
   ReplicaId replica_ = kNoReplica;
-  Causal<Lines_> state_;
-  Field& MutableField(Field Fields::*field);
+  internal::PackedCart packed_;              // the state, unless general_ is set
+  std::unique_ptr<Causal<Lines_>> general_;  // the state when it does not fit packed_
   std::unique_ptr<Fields> fields_;
 };
 

@@ -1,6 +1,7 @@
 #include "crdt/codec.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -281,19 +282,20 @@ void PutField(const Cart::Field& f, pb::CartField* out) {
 
 void FillCart(const Cart& v, pb::Cart* m) {
   m->set_format_version(kFormatVersion);
-  for (const auto& [sku, line] : v.state().store.entries()) {
+  const Causal<Cart::Lines_> state = v.state();
+  for (const auto& [sku, line] : state.store.entries()) {
     auto* l = m->add_lines();
     l->set_sku(sku);
     PutChanges(line, l->mutable_changes());
   }
   thread_local std::vector<Dot> implied;
-  SortedDotsInto(v.state().store, &implied);
+  SortedDotsInto(state.store, &implied);
   // Field dots are implied as well when the field is present.
   if (v.currency_field().reg.value()) implied.push_back(v.currency_field().dot);
   if (v.note_field().reg.value()) implied.push_back(v.note_field().dot);
   std::sort(implied.begin(), implied.end());
-  if (!v.state().ctx.Empty()) {
-    PutContext(v.state().ctx, implied, m->mutable_context());
+  if (!state.ctx.Empty()) {
+    PutContext(state.ctx, implied, m->mutable_context());
     // Everything was implied: leave the field out rather than send an empty message.
     if (m->context().versions().empty() && m->context().cloud().empty()) m->clear_context();
   }
@@ -506,20 +508,15 @@ namespace {
 // Hand-written protobuf wire encoding of crdt.v1.Cart: the same bytes as serializing the message
 // built by FillCart (tested against EncodeCartReference), without building the message. Shipping
 // encodes one small delta per changed cart, where the message objects cost more than the data.
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
+// Sizes are computed first, then the bytes are written through a pointer into `out`, grown once.
+size_t VarintSize(uint64_t v) { return 1 + (63 - __builtin_clzll(v | 1)) / 7; }
+char* PutVarint(char* p, uint64_t v) {
   while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-void PutVarint(std::string* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
+    *p++ = static_cast<char>(v | 0x80);
     v >>= 7;
   }
-  out->push_back(static_cast<char>(v));
+  *p++ = static_cast<char>(v);
+  return p;
 }
 uint64_t ZigZag(int64_t v) {
   return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
@@ -528,22 +525,48 @@ uint64_t ZigZag(int64_t v) {
 size_t PairSize(uint64_t a, uint64_t b) {
   return (a ? 1 + VarintSize(a) : 0) + (b ? 1 + VarintSize(b) : 0);
 }
-void PutPair(std::string* out, uint8_t tag, uint64_t a, uint64_t b) {
-  out->push_back(static_cast<char>(tag));
-  PutVarint(out, PairSize(a, b));
+char* PutPairBody(char* p, uint64_t a, uint64_t b) {
   if (a) {
-    out->push_back(0x08);
-    PutVarint(out, a);
+    *p++ = 0x08;
+    p = PutVarint(p, a);
   }
   if (b) {
-    out->push_back(0x10);
-    PutVarint(out, b);
+    *p++ = 0x10;
+    p = PutVarint(p, b);
   }
+  return p;
+}
+char* PutPair(char* p, uint8_t tag, uint64_t a, uint64_t b) {
+  *p++ = static_cast<char>(tag);
+  p = PutVarint(p, PairSize(a, b));
+  return PutPairBody(p, a, b);
 }
 size_t ChangeSize(const Dot& d, int64_t value) {
   return PairSize(d.replica, d.counter) + (value ? 1 + VarintSize(ZigZag(value)) : 0);
 }
 size_t LenField(size_t body) { return 1 + VarintSize(body) + body; }
+char* PutBytes(char* p, uint8_t tag, std::string_view bytes) {
+  *p++ = static_cast<char>(tag);
+  p = PutVarint(p, bytes.size());
+  std::memcpy(p, bytes.data(), bytes.size());
+  return p + bytes.size();
+}
+char* PutChange(char* p, const Dot& dot, int64_t value) {
+  *p++ = 0x12;
+  p = PutVarint(p, ChangeSize(dot, value));
+  p = PutPairBody(p, dot.replica, dot.counter);
+  if (value) {
+    *p++ = 0x18;
+    p = PutVarint(p, ZigZag(value));
+  }
+  return p;
+}
+// Grows `out` by `n` bytes and returns where they start.
+char* Extend(std::string* out, size_t n) {
+  size_t old = out->size();
+  out->resize(old + n);
+  return out->data() + old;
+}
 
 size_t FieldSize(const Cart::Field& f) {
   const std::string& value = *f.reg.value();
@@ -552,86 +575,153 @@ size_t FieldSize(const Cart::Field& f) {
   n += LenField(PairSize(f.dot.replica, f.dot.counter));
   return n;
 }
-void PutField(std::string* out, uint8_t tag, const Cart::Field& f) {
+char* PutField(char* p, uint8_t tag, const Cart::Field& f) {
   const std::string& value = *f.reg.value();
-  out->push_back(static_cast<char>(tag));
-  PutVarint(out, FieldSize(f));
-  if (!value.empty()) {
-    out->push_back(0x0a);
-    PutVarint(out, value.size());
-    out->append(value);
-  }
-  PutPair(out, 0x12, f.reg.stamp().time.value, f.reg.stamp().replica);
-  PutPair(out, 0x1a, f.dot.replica, f.dot.counter);
+  *p++ = static_cast<char>(tag);
+  p = PutVarint(p, FieldSize(f));
+  if (!value.empty()) p = PutBytes(p, 0x0a, value);
+  p = PutPair(p, 0x12, f.reg.stamp().time.value, f.reg.stamp().replica);
+  return PutPair(p, 0x1a, f.dot.replica, f.dot.counter);
+}
+// A context message of `versions` then `cloud`; nothing when both are empty.
+size_t ContextSize(const std::vector<std::pair<uint64_t, uint64_t>>& versions,
+                   const std::vector<std::pair<uint64_t, uint64_t>>& cloud) {
+  if (versions.empty() && cloud.empty()) return 0;
+  size_t body = 0;
+  for (const auto& [a, b] : versions) body += LenField(PairSize(a, b));
+  for (const auto& [a, b] : cloud) body += LenField(PairSize(a, b));
+  return LenField(body);
+}
+char* PutContext(char* p, const std::vector<std::pair<uint64_t, uint64_t>>& versions,
+                 const std::vector<std::pair<uint64_t, uint64_t>>& cloud) {
+  if (versions.empty() && cloud.empty()) return p;
+  size_t body = 0;
+  for (const auto& [a, b] : versions) body += LenField(PairSize(a, b));
+  for (const auto& [a, b] : cloud) body += LenField(PairSize(a, b));
+  *p++ = 0x1a;
+  p = PutVarint(p, body);
+  for (const auto& [a, b] : versions) p = PutPair(p, 0x0a, a, b);
+  for (const auto& [a, b] : cloud) p = PutPair(p, 0x12, a, b);
+  return p;
 }
 
-}  // namespace
-
-void EncodeTo(const Cart& v, std::string* out) {
-  const auto& lines = v.state().store.entries();
-  const CausalContext& ctx = v.state().ctx;
-  const bool has_currency = v.currency_field().reg.value().has_value();
-  const bool has_note = v.note_field().reg.value().has_value();
+// Encodes a cart given as a view plus its fields (EncodeTo and the one-record deltas share it).
+void EncodeView(const CartView& v, const Cart::Field* currency, const Cart::Field* note,
+                std::string* out) {
   thread_local std::vector<Dot> implied;
-  SortedDotsInto(v.state().store, &implied);
-  if (has_currency) implied.push_back(v.currency_field().dot);
-  if (has_note) implied.push_back(v.note_field().dot);
-  std::sort(implied.begin(), implied.end());
+  implied.clear();
+  for (const auto& [dot, value] : v.changes) implied.push_back(dot);
+  if (currency) implied.push_back(currency->dot);
+  if (note) implied.push_back(note->dot);
+  if (implied.size() > 1) std::sort(implied.begin(), implied.end());
 
   // The context's entries that are not implied (PutContext's rule).
   thread_local std::vector<std::pair<uint64_t, uint64_t>> versions, cloud;
   versions.clear();
   cloud.clear();
-  for (const auto& [replica, counter] : ctx.version_vector()) {
+  for (const auto& [replica, counter] : v.versions) {
     if (!RangeImplied(replica, counter, implied)) versions.emplace_back(replica, counter);
   }
-  for (const Dot& d : ctx.cloud()) {
+  for (const Dot& d : v.cloud) {
     if (!std::binary_search(implied.begin(), implied.end(), d)) {
       cloud.emplace_back(d.replica, d.counter);
     }
   }
 
-  out->push_back(0x08);  // format_version
-  PutVarint(out, kFormatVersion);
-  for (const auto& [sku, line] : lines) {
-    size_t changes = 0;
-    for (const auto& [dot, value] : line.entries()) changes += LenField(ChangeSize(dot, value));
-    size_t body = (sku.empty() ? 0 : LenField(sku.size())) + changes;
-    out->push_back(0x12);
-    PutVarint(out, body);
-    if (!sku.empty()) {
-      out->push_back(0x0a);
-      PutVarint(out, sku.size());
-      out->append(sku);
+  auto line_body = [&](const CartView::Line& line) {
+    size_t n = line.sku.empty() ? 0 : LenField(line.sku.size());
+    for (uint32_t i = line.begin; i < line.end; ++i) {
+      n += LenField(ChangeSize(v.changes[i].first, v.changes[i].second));
     }
-    for (const auto& [dot, value] : line.entries()) {
-      out->push_back(0x12);
-      PutVarint(out, ChangeSize(dot, value));
-      if (dot.replica) {
-        out->push_back(0x08);
-        PutVarint(out, dot.replica);
-      }
-      if (dot.counter) {
-        out->push_back(0x10);
-        PutVarint(out, dot.counter);
-      }
-      if (value) {
-        out->push_back(0x18);
-        PutVarint(out, ZigZag(value));
-      }
+    return n;
+  };
+  size_t size = 1 + VarintSize(kFormatVersion) + ContextSize(versions, cloud);
+  for (const CartView::Line& line : v.lines) size += LenField(line_body(line));
+  if (currency) size += LenField(FieldSize(*currency));
+  if (note) size += LenField(FieldSize(*note));
+
+  char* p = Extend(out, size);
+  *p++ = 0x08;  // format_version
+  p = PutVarint(p, kFormatVersion);
+  for (const CartView::Line& line : v.lines) {
+    *p++ = 0x12;
+    p = PutVarint(p, line_body(line));
+    if (!line.sku.empty()) p = PutBytes(p, 0x0a, line.sku);
+    for (uint32_t i = line.begin; i < line.end; ++i) {
+      p = PutChange(p, v.changes[i].first, v.changes[i].second);
     }
   }
-  if (!versions.empty() || !cloud.empty()) {
-    size_t body = 0;
-    for (const auto& [a, b] : versions) body += LenField(PairSize(a, b));
-    for (const auto& [a, b] : cloud) body += LenField(PairSize(a, b));
-    out->push_back(0x1a);
-    PutVarint(out, body);
-    for (const auto& [a, b] : versions) PutPair(out, 0x0a, a, b);
-    for (const auto& [a, b] : cloud) PutPair(out, 0x12, a, b);
+  p = PutContext(p, versions, cloud);
+  if (currency) p = PutField(p, 0x22, *currency);
+  if (note) p = PutField(p, 0x2a, *note);
+}
+
+}  // namespace
+
+void EncodeTo(const Cart& v, std::string* out) {
+  thread_local CartView view;
+  v.FillView(&view);
+  EncodeView(view, v.currency_field().reg.value() ? &v.currency_field() : nullptr,
+             v.note_field().reg.value() ? &v.note_field() : nullptr, out);
+}
+
+void EncodeChangeDeltaTo(std::string_view sku, Dot dot, int64_t amount, std::string* out) {
+  if (dot.replica == kNoReplica || dot.counter == 0) {
+    // Not a dot a cart makes; encode it the long way, exactly as the delta Cart would be.
+    thread_local CartView view;
+    view.Clear();
+    if (dot.counter == 1) {
+      view.versions.emplace_back(dot.replica, 1);
+    } else {
+      view.cloud.push_back(dot);
+    }
+    view.changes.emplace_back(dot, amount);
+    view.lines.push_back({sku, 0, 1});
+    EncodeView(view, nullptr, nullptr, out);
+    return;
   }
-  if (has_currency) PutField(out, 0x22, v.currency_field());
-  if (has_note) PutField(out, 0x2a, v.note_field());
+  // The delta's context is {dot}: a version entry {replica: 1} or a cloud dot, either way implied
+  // by the line's change, so the message is the format version and one line.
+  size_t change = ChangeSize(dot, amount);
+  size_t line = (sku.empty() ? 0 : LenField(sku.size())) + LenField(change);
+  char* p = Extend(out, 1 + VarintSize(kFormatVersion) + LenField(line));
+  *p++ = 0x08;
+  p = PutVarint(p, kFormatVersion);
+  *p++ = 0x12;
+  p = PutVarint(p, line);
+  if (!sku.empty()) p = PutBytes(p, 0x0a, sku);
+  PutChange(p, dot, amount);
+}
+
+void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out) {
+  // The context of `retired` as CausalContext keeps it: per replica, the run 1..k as a version
+  // entry, the other dots in the cloud. No line implies any of them.
+  thread_local std::vector<Dot> dots;
+  thread_local std::vector<std::pair<uint64_t, uint64_t>> versions, cloud;
+  dots.clear();
+  for (size_t i = 0; i < count; ++i) {
+    if (retired[i].counter != 0) dots.push_back(retired[i]);  // a context never holds counter 0
+  }
+  if (!std::is_sorted(dots.begin(), dots.end())) std::sort(dots.begin(), dots.end());
+  dots.erase(std::unique(dots.begin(), dots.end()), dots.end());
+  versions.clear();
+  cloud.clear();
+  for (size_t i = 0; i < dots.size();) {
+    ReplicaId r = dots[i].replica;
+    uint64_t run = 0;
+    while (i < dots.size() && dots[i].replica == r && dots[i].counter == run + 1) {
+      ++run;
+      ++i;
+    }
+    if (run > 0) versions.emplace_back(r, run);
+    for (; i < dots.size() && dots[i].replica == r; ++i) {
+      cloud.emplace_back(dots[i].replica, dots[i].counter);
+    }
+  }
+  char* p = Extend(out, 1 + VarintSize(kFormatVersion) + ContextSize(versions, cloud));
+  *p++ = 0x08;
+  p = PutVarint(p, kFormatVersion);
+  PutContext(p, versions, cloud);
 }
 
 absl::StatusOr<Cart> DecodeCart(std::string_view bytes, ReplicaId replica, const DecodeLimits& l) {

@@ -47,6 +47,12 @@ std::string Encode(const Inventory& v);
 void EncodeTo(const Cart& v, std::string* out);
 // The same encoding through the generated protobuf message: the reference for EncodeTo.
 std::string EncodeCartReference(const Cart& v);
+// The encodings of one outbox record's delta, appended to `out`, without building the delta:
+// EncodeChangeDeltaTo gives Encode of the delta of Cart::AddChange (the cart {sku: {dot: amount}}
+// with context {dot}); EncodeRemovalDeltaTo gives Encode of the delta of Cart::RemoveLine (no
+// lines, context `retired`). Byte-identical to encoding those Carts (property-tested).
+void EncodeChangeDeltaTo(std::string_view sku, Dot dot, int64_t amount, std::string* out);
+void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out);
 
 absl::StatusOr<GCounter> DecodeGCounter(std::string_view bytes, const DecodeLimits& l = {});
 absl::StatusOr<PNCounter> DecodePNCounter(std::string_view bytes, const DecodeLimits& l = {});

@@ -41,6 +41,7 @@ struct Event {
 struct Message {
   uint32_t origin;
   uint64_t ops = 0;
+  uint32_t deliveries_left = 0;
   std::string bytes;                                                      // concatenated payloads
   std::vector<std::pair<uint32_t, std::pair<uint32_t, uint32_t>>> parts;  // cart, (offset, len)
 };
@@ -116,8 +117,19 @@ int main(int argc, char** argv) {
     }
   }
   if (replicas == 0 || carts == 0) Die("workload header lacks replicas= or carts=");
+  // How many times each message will be delivered, so that its buffers can be reused (as an outbox
+  // frees a batch every peer has) once the last delivery is done.
+  std::vector<uint32_t> deliveries;
+  for (const Event& e : events) {
+    if (e.type != 'd') continue;
+    if (e.a >= deliveries.size()) deliveries.resize(e.a + 1, 0);
+    ++deliveries[e.a];
+  }
 
   // An outbox record: one change (dot, amount) or one removal (its retired dots in `retired`).
+  // Records of one cart are chained in log order (`next`), so that shipping folds each cart's
+  // records without sorting the log.
+  constexpr uint32_t kNone = ~uint32_t{0};
   struct Record {
     uint32_t cart;
     uint32_t sku;
@@ -125,16 +137,36 @@ int main(int argc, char** argv) {
     int64_t amount;
     uint32_t retired_begin;
     uint32_t retired_count;  // > 0 marks a removal
+    uint32_t next;           // the cart's next record, or kNone
+  };
+  struct Outbox {
+    std::vector<Record> log;
+    std::vector<meridian::crdt::Dot> retired;
+    std::vector<uint32_t> first, last;  // per cart: its first and last record since the last ship
+    std::vector<uint32_t> touched;      // carts with records, in order of first record
+    void Append(const Record& rec) {
+      auto i = static_cast<uint32_t>(log.size());
+      log.push_back(rec);
+      if (first[rec.cart] == kNone) {
+        first[rec.cart] = i;
+        touched.push_back(rec.cart);
+      } else {
+        log[last[rec.cart]].next = i;
+      }
+      last[rec.cart] = i;
+    }
   };
   std::vector<std::vector<Cart>> docs(replicas);
-  std::vector<std::vector<Record>> outbox(replicas);
-  std::vector<std::vector<meridian::crdt::Dot>> retired(replicas);
+  std::vector<Outbox> outbox(replicas);
   std::vector<uint64_t> ops_since_pack(replicas, 0);
   for (uint32_t r = 0; r < replicas; ++r) {
     for (uint32_t c = 0; c < carts; ++c) docs[r].emplace_back(static_cast<ReplicaId>(r + 1));
+    outbox[r].first.assign(carts, kNone);
+    outbox[r].last.assign(carts, kNone);
   }
   std::vector<Message> messages;
-  Clock::duration local_time{}, merge_time{};
+  std::vector<Message> spare;  // delivered messages whose buffers the next packs reuse
+  Clock::duration local_time{}, merge_time{}, ship_time{};  // ship_time: part of local_time
   uint64_t wire_bytes = 0, merge_ops = 0;
 
   size_t done = 0;
@@ -147,15 +179,15 @@ int main(int argc, char** argv) {
       for (; i < events.size() && events[i].type == 'o'; ++i) {
         const Op& op = ops[events[i].a];
         Cart& doc = docs[op.replica][op.cart];
+        Outbox& box = outbox[op.replica];
         if (op.kind == 'r') {
-          auto& pool = retired[op.replica];
-          uint32_t begin = static_cast<uint32_t>(pool.size());
-          doc.RemoveLine(sku_names[op.sku], &pool);
-          uint32_t n = static_cast<uint32_t>(pool.size()) - begin;
-          if (n > 0) outbox[op.replica].push_back({op.cart, op.sku, {}, 0, begin, n});
+          auto begin = static_cast<uint32_t>(box.retired.size());
+          doc.RemoveLine(sku_names[op.sku], &box.retired);
+          uint32_t n = static_cast<uint32_t>(box.retired.size()) - begin;
+          if (n > 0) box.Append({op.cart, op.sku, {}, 0, begin, n, kNone});
         } else {
           meridian::crdt::Dot dot = doc.AddChange(sku_names[op.sku], op.amount);
-          outbox[op.replica].push_back({op.cart, op.sku, dot, op.amount, 0, 0});
+          box.Append({op.cart, op.sku, dot, op.amount, 0, 0, kNone});
         }
         ++ops_since_pack[op.replica];
       }
@@ -167,38 +199,59 @@ int main(int argc, char** argv) {
     } else if (e.type == 'p') {
       auto t0 = Clock::now();
       Message m;
+      if (!spare.empty()) {
+        m = std::move(spare.back());
+        spare.pop_back();
+        m.bytes.clear();
+        m.parts.clear();
+      }
       m.origin = e.a;
+      size_t id = messages.size();
+      m.deliveries_left = id < deliveries.size() ? deliveries[id] : 0;
       m.ops = ops_since_pack[e.a];
       ops_since_pack[e.a] = 0;
-      // Fold the log per cart: records of one cart stay in log order (stable sort), and joining
-      // them in that order is the join of their deltas.
-      auto& log = outbox[e.a];
-      std::stable_sort(log.begin(), log.end(),
-                       [](const Record& x, const Record& y) { return x.cart < y.cart; });
-      const auto& pool = retired[e.a];
-      for (size_t j = 0; j < log.size();) {
-        Cart delta;
-        uint32_t c = log[j].cart;
-        for (; j < log.size() && log[j].cart == c; ++j) {
-          const Record& rec = log[j];
-          if (rec.retired_count > 0) {
-            delta.JoinRemoval(sku_names[rec.sku], pool.data() + rec.retired_begin,
-                              rec.retired_count);
+      // Fold the log per cart (its records in log order; joining them in that order is the join of
+      // their deltas) and encode one delta per cart. A cart with one record ships that record's
+      // delta, encoded straight from the record (the same bytes as encoding the delta Cart).
+      Outbox& box = outbox[e.a];
+      for (uint32_t c : box.touched) {
+        uint32_t j = box.first[c];
+        box.first[c] = kNone;
+        auto offset = static_cast<uint32_t>(m.bytes.size());
+        const Record& head = box.log[j];
+        if (head.next == kNone) {
+          if (head.retired_count > 0) {
+            meridian::crdt::EncodeRemovalDeltaTo(box.retired.data() + head.retired_begin,
+                                                 head.retired_count, &m.bytes);
           } else {
-            delta.JoinChange(sku_names[rec.sku], rec.dot, rec.amount);
+            meridian::crdt::EncodeChangeDeltaTo(sku_names[head.sku], head.dot, head.amount,
+                                                &m.bytes);
           }
+        } else {
+          Cart delta;
+          for (; j != kNone; j = box.log[j].next) {
+            const Record& rec = box.log[j];
+            if (rec.retired_count > 0) {
+              delta.JoinRemoval(sku_names[rec.sku], box.retired.data() + rec.retired_begin,
+                                rec.retired_count);
+            } else {
+              delta.JoinChange(sku_names[rec.sku], rec.dot, rec.amount);
+            }
+          }
+          meridian::crdt::EncodeTo(delta, &m.bytes);
         }
-        uint32_t offset = static_cast<uint32_t>(m.bytes.size());
-        meridian::crdt::EncodeTo(delta, &m.bytes);
         m.parts.push_back({c, {offset, static_cast<uint32_t>(m.bytes.size()) - offset}});
       }
-      log.clear();
-      retired[e.a].clear();
-      local_time += Clock::now() - t0;
+      box.touched.clear();
+      box.log.clear();
+      box.retired.clear();
+      Clock::duration shipping = Clock::now() - t0;
+      local_time += shipping;
+      ship_time += shipping;
       messages.push_back(std::move(m));
     } else {
       if (e.a >= messages.size() || e.b >= replicas) Die("delivery of an unknown message");
-      const Message& m = messages[e.a];
+      Message& m = messages[e.a];
       wire_bytes += m.bytes.size();
       merge_ops += m.ops;
       auto t0 = Clock::now();
@@ -209,6 +262,11 @@ int main(int argc, char** argv) {
         docs[e.b][cart].Merge(*delta);
       }
       merge_time += Clock::now() - t0;
+      if (--m.deliveries_left == 0) {
+        spare.emplace_back();
+        spare.back().bytes = std::move(m.bytes);
+        spare.back().parts = std::move(m.parts);
+      }
     }
   }
 
@@ -220,7 +278,8 @@ int main(int argc, char** argv) {
   }
   std::ofstream totals(totals_path);
   for (uint32_t c = 0; c < carts; ++c) {
-    for (const auto& [sku, line] : docs[0][c].state().store.entries()) {
+    const auto state = docs[0][c].state();
+    for (const auto& [sku, line] : state.store.entries()) {
       int64_t q = meridian::crdt::CounterValue(line);
       if (q != 0) totals << c << ' ' << sku << ' ' << q << '\n';
     }
@@ -231,11 +290,13 @@ int main(int argc, char** argv) {
   char buf[1024];
   std::snprintf(buf, sizeof buf,
                 "{\"system\":\"meridian\",\"version\":\"crdt format %u\",\"ops\":%zu,"
-                "\"local_seconds\":%.6f,\"local_ops_per_s\":%.1f,\"merge_ops\":%llu,"
+                "\"local_seconds\":%.6f,\"local_ship_seconds\":%.6f,\"local_ops_per_s\":%.1f,"
+                "\"merge_ops\":%llu,"
                 "\"merge_seconds\":%.6f,\"merge_ops_per_s\":%.1f,\"wire_bytes\":%llu,"
                 "\"wire_bytes_per_op\":%.3f,\"state_bytes_per_cart\":%.3f,"
                 "\"replicas_converged\":%s,\"carts\":%u}\n",
-                meridian::crdt::kFormatVersion, ops.size(), local_s, ops.size() / local_s,
+                meridian::crdt::kFormatVersion, ops.size(), local_s,
+                std::chrono::duration<double>(ship_time).count(), ops.size() / local_s,
                 static_cast<unsigned long long>(merge_ops), merge_s, merge_ops / merge_s,
                 static_cast<unsigned long long>(wire_bytes),
                 static_cast<double>(wire_bytes) / ops.size(),
