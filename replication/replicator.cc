@@ -22,7 +22,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "region/internal.grpc.pb.h"
+#include "replication/coordinator.h"
 #include "replication/frames.h"
 #include "replication/replication.grpc.pb.h"
 #include "services/domain.h"
@@ -31,7 +33,7 @@ namespace meridian::replication {
 namespace {
 
 namespace rpb = ::meridian::region::v1;
-using Clock = std::chrono::steady_clock;
+using SteadyTime = std::chrono::steady_clock;
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -104,10 +106,219 @@ struct PeerState {
   // What the peer has durably applied of each of our databases (from its Hello and Acks).
   std::map<std::string, int64_t> acked;
   bool heard = false;  // a Hello arrived since this process started
+  // Queues a frame on the live session (coordination frames); empty while there is none.
+  std::function<bool(pb::Frame)> send;
 };
 
 rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
 pb::RecordKind ToWireKind(rpb::OutboxKind k) { return static_cast<pb::RecordKind>(k); }
+
+int64_t CommittedMs(const rpb::OutboxRecord& o) {
+  return o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
+}
+
+pb::Record ToWire(const rpb::OutboxRecord& o) {
+  pb::Record rec;
+  rec.set_seq(o.seq());
+  rec.set_kind(ToWireKind(o.kind()));
+  rec.set_key(o.key());
+  rec.set_payload(o.payload());
+  rec.set_residency(o.residency());
+  rec.set_committed_unix_ms(CommittedMs(o));
+  return rec;
+}
+
+// The region's outbox, read once for every peer. One reader thread long-polls PollOutbox (commit
+// order: it never passes a seq whose transaction may still commit) and keeps what it read, per
+// local database, as slices: every committed record with after < seq <= through. A session
+// ships from the slices past its peer's position and waits here for more; what every attached
+// session has passed is dropped. A session whose position lies before the oldest slice (a peer
+// resuming from far back) reads the outbox itself until it reaches the slices.
+class OutboxFeed {
+ public:
+  struct Slice {
+    int64_t after = 0, through = 0;
+    std::shared_ptr<const std::vector<pb::Record>> records;
+  };
+
+  OutboxFeed(rpb::RegionInternal::Stub& region, const ReplicatorConfig& config)
+      : region_(region), config_(config) {}
+
+  // A session ships `db` from `pos` on. The first session of a database starts its slices there.
+  void Attach(const void* who, const std::string& db, int64_t pos) {
+    std::lock_guard<std::mutex> l(mu_);
+    Db& d = dbs_[db];
+    if (!d.started) {
+      d.started = true;
+      d.next_after = pos;
+    }
+    d.positions[who] = pos;
+    cv_.notify_all();
+  }
+
+  void Detach(const void* who) {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [name, d] : dbs_) d.positions.erase(who);
+  }
+
+  // The records of `db` past `pos` (slices), and the position they take the session to; false
+  // when `pos` lies before the oldest slice (the session reads the outbox itself).
+  bool Take(const void* who, const std::string& db, int64_t pos, std::vector<Slice>* out,
+            int64_t* through) {
+    std::lock_guard<std::mutex> l(mu_);
+    Db& d = dbs_[db];
+    d.positions[who] = pos;
+    const int64_t base = d.slices.empty() ? d.next_after : d.slices.front().after;
+    if (!d.started || pos < base) return false;
+    *through = std::max(pos, d.next_after);
+    for (const Slice& s : d.slices)
+      if (s.through > pos) out->push_back(s);
+    Trim(d);
+    return true;
+  }
+
+  // Waits until one of `positions` (database -> position) has records past it, or `deadline`.
+  // (Or until `over` is set and Kick() called.)
+  void Wait(const std::map<std::string, int64_t>& positions, SteadyTime::time_point deadline,
+            const std::atomic<bool>& over) {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait_until(l, deadline, [&] {
+      if (stopping_ || over) return true;
+      for (const auto& [db, pos] : positions) {
+        auto it = dbs_.find(db);
+        if (it != dbs_.end() && it->second.next_after > pos) return true;
+      }
+      return false;
+    });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  void Kick() {
+    { std::lock_guard<std::mutex> l(mu_); }
+    cv_.notify_all();
+  }
+
+  // The reader: until Stop().
+  void Run() {
+    while (true) {
+      rpb::PollOutboxRequest req;
+      std::vector<std::string> names;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] {
+          if (stopping_) return true;
+          for (const auto& [name, d] : dbs_)
+            if (d.started) return true;
+          return false;
+        });
+        if (stopping_) return;
+        for (const auto& [name, d] : dbs_) {
+          if (!d.started) continue;
+          rpb::OutboxCursor* c = req.add_cursors();
+          c->set_database(name);
+          c->set_after_seq(d.next_after);
+          c->set_gap_horizon(d.gap_horizon);
+          c->set_gap_horizon_seq(d.gap_horizon_seq);
+          names.push_back(name);
+        }
+      }
+      req.set_limit(config_.batch_max_records);
+      req.set_wait_ms(config_.heartbeat_ms);
+      rpb::PollOutboxResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(config_.heartbeat_ms + 10000));
+      const auto t0 = SteadyTime::now();
+      grpc::Status s = region_.PollOutbox(&ctx, req, &resp);
+      if (!s.ok() || resp.chunks_size() != static_cast<int>(names.size())) {
+        spdlog::warn("event=outbox_poll_failed error=\"{}\"", s.error_message());
+        std::unique_lock<std::mutex> l(mu_);
+        if (cv_.wait_for(l, std::chrono::milliseconds(200), [&] { return stopping_; })) return;
+        continue;
+      }
+      int got = 0, gaps = 0;
+      int64_t oldest = 0;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (size_t i = 0; i < names.size(); ++i) {
+          const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
+          Db& d = dbs_[names[i]];
+          if (chunk.database() != names[i] ||
+              req.cursors(static_cast<int>(i)).after_seq() != d.next_after) {
+            continue;  // not what we asked for (or asked from elsewhere): read again
+          }
+          d.gap_horizon = chunk.gap_horizon();
+          d.gap_horizon_seq = chunk.gap_horizon_seq();
+          gaps += chunk.gap_horizon() != 0;
+          if (chunk.next_after_seq() <= d.next_after) continue;
+          auto records = std::make_shared<std::vector<pb::Record>>();
+          records->reserve(static_cast<size_t>(chunk.records_size()));
+          for (const rpb::OutboxRecord& o : chunk.records()) {
+            records->push_back(ToWire(o));
+            if (oldest == 0 || CommittedMs(o) < oldest) oldest = CommittedMs(o);
+          }
+          got = std::max(got, chunk.records_size());
+          d.count += records->size();
+          d.slices.push_back(Slice{d.next_after, chunk.next_after_seq(), std::move(records)});
+          d.next_after = chunk.next_after_seq();
+          Trim(d);
+        }
+      }
+      cv_.notify_all();
+      spdlog::debug(
+          "event=outbox_polled records={} gaps={} oldest_age_ms={} us={}", got, gaps,
+          oldest ? UnixMs() - oldest : 0,
+          std::chrono::duration_cast<std::chrono::microseconds>(SteadyTime::now() - t0).count());
+      // Under load, linger a moment before the next read so that batches fill (the first
+      // record after a quiet spell goes out at once: an empty poll long-polls instead).
+      if (got > 0 && got < config_.batch_max_records && config_.batch_linger_ms > 0) {
+        std::unique_lock<std::mutex> l(mu_);
+        if (cv_.wait_for(l, std::chrono::milliseconds(config_.batch_linger_ms),
+                         [&] { return stopping_; })) {
+          return;
+        }
+      }
+    }
+  }
+
+ private:
+  // At most this many records are kept per database: a session further behind reads the
+  // outbox itself.
+  static constexpr size_t kMaxRecords = 200000;
+
+  struct Db {
+    bool started = false;
+    int64_t next_after = 0;  // every record through here is in the slices (or was dropped)
+    int64_t gap_horizon = 0, gap_horizon_seq = 0;
+    std::deque<Slice> slices;
+    size_t count = 0;                          // records in slices
+    std::map<const void*, int64_t> positions;  // attached sessions
+  };
+
+  // Drops the slices every attached session has passed (all of them when none is attached).
+  void Trim(Db& d) {
+    int64_t low = d.next_after;
+    for (const auto& [who, pos] : d.positions) low = std::min(low, pos);
+    while (!d.slices.empty() && (d.slices.front().through <= low || d.count > kMaxRecords)) {
+      d.count -= d.slices.front().records->size();
+      d.slices.pop_front();
+    }
+  }
+
+  rpb::RegionInternal::Stub& region_;
+  const ReplicatorConfig& config_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, Db> dbs_;
+};
 
 }  // namespace
 
@@ -122,10 +333,12 @@ struct Replicator::Impl {
   std::vector<std::thread> threads;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<pb::Replication::Service> service;
+  std::unique_ptr<Coordinator> coordinator;  // leases, rights, forwarding (issue 5); optional
   int port = 0;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<prometheus::Exposer> exposer;
   std::map<std::string, int64_t> truncated;  // per local database, housekeeping thread only
+  std::unique_ptr<OutboxFeed> feed;
 
   // Sleeps up to `d`; false when the replicator is stopping.
   bool SleepFor(std::chrono::milliseconds d) {
@@ -251,7 +464,7 @@ class Session {
       a->set_origin_database(m.origin_database());
       a->set_seq(m.seq());
     }
-    last_received_ = Clock::now();
+    last_received_ = SteadyTime::now();
     std::thread watchdog([this] { Watch(); });
     std::thread writer([this] { WriteLoop(); });
     absl::Status result = Converse(hello, *dbs);
@@ -261,16 +474,22 @@ class Session {
     {
       std::unique_lock<std::mutex> l(mu_);
       done_ = true;
+      over_ = true;
       cv_.notify_all();
       if (!cv_.wait_for(l, std::chrono::seconds(1), [&] { return !writing_; })) {
         l.unlock();
         stream_.Cancel();
       }
     }
+    r_.feed->Kick();  // the sender may be waiting for records
     writer.join();
     if (sender_.joinable()) sender_.join();
     for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      if (owns_send_) peer_.send = nullptr;
+    }
     return result;
   }
 
@@ -281,7 +500,7 @@ class Session {
     int64_t last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
     size_t bytes = 0;
-    Clock::time_point queued_at;
+    SteadyTime::time_point queued_at;
   };
 
   struct Cursor {
@@ -308,7 +527,7 @@ class Session {
       if (done_ || write_failed_) return false;
       outgoing_.push_back(std::move(f));
     }
-    last_sent_ = Clock::now();
+    last_sent_ = SteadyTime::now();
     cv_.notify_all();
     return true;
   }
@@ -344,8 +563,8 @@ class Session {
       cv_.wait_for(l, std::chrono::milliseconds(50));
       if (done_) break;
       const bool apply_failed =
-          !apply_status_.ok() && Clock::now() - apply_failed_at_ > std::chrono::seconds(1);
-      if (Clock::now() - last_received_.load() > timeout || r_.stopping || apply_failed) {
+          !apply_status_.ok() && SteadyTime::now() - apply_failed_at_ > std::chrono::seconds(1);
+      if (SteadyTime::now() - last_received_.load() > timeout || r_.stopping || apply_failed) {
         if (!r_.stopping) {
           spdlog::warn("event=replication_peer_silent peer={} timeout_ms={}", peer_.config.name,
                        r_.config.peer_timeout_ms);
@@ -361,7 +580,7 @@ class Session {
     if (!Write(hello)) return absl::UnavailableError("the stream closed before our hello");
     pb::Frame f;
     if (!stream_.Read(&f)) return absl::UnavailableError("the stream closed before the hello");
-    last_received_ = Clock::now();
+    last_received_ = SteadyTime::now();
     peer_.m.bytes_received->Increment(static_cast<double>(f.ByteSizeLong()));
     if (!f.has_hello()) return Reject("the first frame must be a hello");
     const pb::Hello& ph = f.hello();
@@ -389,6 +608,12 @@ class Session {
       }
     }
     peer_.m.connected->Set(1);
+    {
+      // Coordination frames (leases, rights, syncs) from now on go out on this stream.
+      std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.send = [this](pb::Frame fr) { return Write(std::move(fr)); };
+      owns_send_ = true;
+    }
     spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
       std::string s;
       for (const Cursor& c : cursors) absl::StrAppend(&s, c.stream, ":", c.after_seq, " ");
@@ -397,7 +622,8 @@ class Session {
     sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
     absl::Status result = absl::OkStatus();
     while (stream_.Read(&f)) {
-      last_received_ = Clock::now();
+      last_received_ = SteadyTime::now();
+      if (r_.coordinator) r_.coordinator->Heard(peer_.config.replica_id);
       peer_.m.bytes_received->Increment(static_cast<double>(f.ByteSizeLong()));
       switch (f.body_case()) {
         case pb::Frame::kBatch:
@@ -407,6 +633,17 @@ class Session {
           result = TakeAck(f.ack());
           break;
         case pb::Frame::kHeartbeat:
+          break;
+        case pb::Frame::kLease:
+        case pb::Frame::kRights:
+        case pb::Frame::kSyncRequest:
+        case pb::Frame::kSyncReply:
+          if (!r_.coordinator) {
+            result = Reject("coordination frames, but coordination is off here");
+          } else if (absl::Status st = r_.coordinator->OnFrame(peer_.config.replica_id, f);
+                     !st.ok()) {
+            result = Reject(std::string(st.message()));
+          }
           break;
         case pb::Frame::kHello:
           result = Reject("a second hello on one stream");
@@ -446,7 +683,7 @@ class Session {
     p.db = b.origin_database();
     p.state = b.state();
     p.last_seq = b.last_seq();
-    p.queued_at = Clock::now();
+    p.queued_at = SteadyTime::now();
     if (spdlog::should_log(spdlog::level::debug)) {
       int64_t oldest = 0;
       for (const pb::Record& rec : list->records())
@@ -512,7 +749,7 @@ class Session {
     bool busy = false;
     while (true) {
       rpb::ApplyDeltasRequest req;
-      Clock::time_point queued_at;
+      SteadyTime::time_point queued_at;
       {
         std::unique_lock<std::mutex> l(mu_);
         std::deque<Pending>& queue = apply_queues_[origin_db];
@@ -544,7 +781,7 @@ class Session {
       }
       rpb::ApplyDeltasResponse resp;
       auto ctx = r_.RegionCtx(30000);
-      const auto t0 = Clock::now();
+      const auto t0 = SteadyTime::now();
       grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
       spdlog::debug(
           "event=batch_applied peer={} db={} records={} first={} through={} applied={} "
@@ -552,7 +789,7 @@ class Session {
           peer_.config.name, origin_db, req.records_size(),
           req.records_size() ? req.records(0).seq() : 0, req.through_seq(), resp.applied(),
           resp.duplicates(), s.ok(),
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count(),
+          std::chrono::duration_cast<std::chrono::microseconds>(SteadyTime::now() - t0).count(),
           std::chrono::duration_cast<std::chrono::microseconds>(t0 - queued_at).count());
       if (!s.ok()) {
         absl::Status st = s.error_code() == grpc::StatusCode::INVALID_ARGUMENT
@@ -563,7 +800,7 @@ class Session {
           // cancels it a second later if none comes).
           std::lock_guard<std::mutex> l(mu_);
           apply_status_ = st;
-          apply_failed_at_ = Clock::now();
+          apply_failed_at_ = SteadyTime::now();
         }
         cv_.notify_all();
         return;
@@ -597,6 +834,7 @@ class Session {
       acked = std::max(acked, a.seq());
     }
     cv_.notify_all();
+    if (r_.coordinator) r_.coordinator->OnAck(peer_.config.replica_id, a.origin_database(), a.seq());
     return absl::OkStatus();
   }
 
@@ -625,104 +863,128 @@ class Session {
     return Write(std::move(f));
   }
 
+  // Ships our outbox to the peer: from the region-wide feed, or, for a database where the peer
+  // is further behind than the feed reaches, from the outbox itself until it catches up.
   void Ship(std::vector<Cursor> cursors) {
     {
       std::lock_guard<std::mutex> l(mu_);
       for (const Cursor& c : cursors) inflight_[c.stream];
     }
-    const std::string& peer_jurisdiction = peer_.config.jurisdiction;
     if (!CatchUpFromState(cursors)) return Fail();
+    OutboxFeed& feed = *r_.feed;
+    for (const Cursor& c : cursors) feed.Attach(this, c.db, c.after_seq);
+    struct Detach {
+      OutboxFeed& feed;
+      const void* who;
+      ~Detach() { feed.Detach(who); }
+    } detach{feed, this};
     while (WaitForWindow()) {
-      rpb::PollOutboxRequest req;
-      for (const Cursor& c : cursors) {
-        rpb::OutboxCursor* oc = req.add_cursors();
-        oc->set_database(c.db);
-        oc->set_after_seq(c.after_seq);
-        oc->set_gap_horizon(c.gap_horizon);
-        oc->set_gap_horizon_seq(c.gap_horizon_seq);
-      }
-      req.set_limit(r_.config.batch_max_records);
-      req.set_wait_ms(r_.config.heartbeat_ms);
-      rpb::PollOutboxResponse resp;
-      auto ctx = r_.RegionCtx(r_.config.heartbeat_ms + 10000);
-      const auto t0 = Clock::now();
-      grpc::Status s = r_.region->PollOutbox(ctx.get(), req, &resp);
-      if (spdlog::should_log(spdlog::level::debug)) {
-        int n = 0, gaps = 0;
-        int64_t oldest = 0;
-        for (const auto& chunk : resp.chunks()) {
-          n += chunk.records_size();
-          gaps += chunk.gap_horizon() != 0;
-          for (const auto& o : chunk.records()) {
-            int64_t ms = o.created_at().seconds() * 1000 + o.created_at().nanos() / 1000000;
-            if (oldest == 0 || ms < oldest) oldest = ms;
-          }
+      std::vector<Cursor*> behind;
+      bool sent = false;
+      for (Cursor& c : cursors) {
+        std::vector<OutboxFeed::Slice> slices;
+        int64_t through = 0;
+        if (!feed.Take(this, c.db, c.after_seq, &slices, &through)) {
+          behind.push_back(&c);
+          continue;
         }
-        spdlog::debug(
-            "event=outbox_polled peer={} records={} gaps={} oldest_age_ms={} us={}",
-            peer_.config.name, n, gaps, oldest ? UnixMs() - oldest : 0,
-            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+        if (through <= c.after_seq) continue;
+        if (!ShipSlices(c, slices, through)) return Fail();
+        sent = true;
       }
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (done_) return;
-      }
-      if (!s.ok() || resp.chunks_size() != static_cast<int>(cursors.size())) {
-        // The region is restarting or overloaded: keep the stream (the peer's batches wait for
-        // the same region anyway) and poll again shortly.
-        spdlog::warn("event=outbox_poll_failed peer={} error=\"{}\"", peer_.config.name,
-                     s.error_message());
-        Heartbeat();
-        if (!r_.SleepFor(std::chrono::milliseconds(200))) return;
+      if (!behind.empty()) {
+        if (!ReadBehind(behind)) return;
         continue;
       }
-      for (size_t i = 0; i < cursors.size(); ++i) {
-        Cursor& c = cursors[i];
-        const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
-        c.gap_horizon = chunk.gap_horizon();
-        c.gap_horizon_seq = chunk.gap_horizon_seq();
-        if (chunk.next_after_seq() <= c.after_seq) continue;
-        // Batches by count and bytes; records the peer may not hold are left out (the batch's
-        // range still covers them, so the peer's resume point moves past them).
-        pb::RecordList list;
-        size_t bytes = 0;
-        int64_t first = c.after_seq + 1;
-        for (const rpb::OutboxRecord& o : chunk.records()) {
-          if (services::ResidencyAllows(o.residency(), peer_jurisdiction)) {
-            pb::Record* rec = list.add_records();
-            rec->set_seq(o.seq());
-            rec->set_kind(ToWireKind(o.kind()));
-            rec->set_key(o.key());
-            rec->set_payload(o.payload());
-            rec->set_residency(o.residency());
-            rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
-                                       o.created_at().nanos() / 1000000);
-            bytes += o.payload().size() + o.key().size() + 24;
-          }
-          if (list.records_size() >= r_.config.batch_max_records ||
-              bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
-            if (!SendBatch(c.stream, first, o.seq(), list)) return Fail();
-            first = o.seq() + 1;
-            list.Clear();
-            bytes = 0;
-          }
-        }
-        if (first <= chunk.next_after_seq()) {
-          if (!SendBatch(c.stream, first, chunk.next_after_seq(), list)) return Fail();
-        }
-        c.after_seq = chunk.next_after_seq();
-      }
-      if (Clock::now() - last_sent_.load() >= std::chrono::milliseconds(r_.config.heartbeat_ms)) {
+      const auto heartbeat_due =
+          last_sent_.load() + std::chrono::milliseconds(r_.config.heartbeat_ms);
+      if (SteadyTime::now() >= heartbeat_due) {
         if (!Heartbeat()) return Fail();
+        continue;
       }
-      // Under load, linger a moment before the next read so that batches fill (the first
-      // record after a quiet spell goes out at once: an empty poll long-polls instead).
-      int got = 0;
-      for (const auto& chunk : resp.chunks()) got = std::max(got, chunk.records_size());
-      if (got > 0 && got < r_.config.batch_max_records && r_.config.batch_linger_ms > 0) {
-        if (!r_.SleepFor(std::chrono::milliseconds(r_.config.batch_linger_ms))) return;
+      if (!sent) {
+        std::map<std::string, int64_t> positions;
+        for (const Cursor& c : cursors) positions[c.db] = c.after_seq;
+        feed.Wait(positions, heartbeat_due, over_);
       }
     }
+  }
+
+  // Batches the records of `slices` past the cursor, by count and bytes; records the peer may
+  // not hold are left out (the batch's range still covers them, so the peer's resume point moves
+  // past them). False when the stream failed.
+  bool ShipSlices(Cursor& c, const std::vector<OutboxFeed::Slice>& slices, int64_t through) {
+    pb::RecordList list;
+    size_t bytes = 0;
+    int64_t first = c.after_seq + 1;
+    for (const OutboxFeed::Slice& slice : slices) {
+      for (const pb::Record& rec : *slice.records) {
+        if (rec.seq() <= c.after_seq) continue;
+        if (services::ResidencyAllows(rec.residency(), peer_.config.jurisdiction)) {
+          *list.add_records() = rec;
+          bytes += rec.payload().size() + rec.key().size() + 24;
+        }
+        if (list.records_size() >= r_.config.batch_max_records ||
+            bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
+          if (!SendBatch(c.stream, first, rec.seq(), list)) return false;
+          first = rec.seq() + 1;
+          list.Clear();
+          bytes = 0;
+        }
+      }
+    }
+    if (first <= through && !SendBatch(c.stream, first, through, list)) return false;
+    c.after_seq = through;
+    return true;
+  }
+
+  // One read of the outbox for the cursors the feed does not reach back to. False when the
+  // session is over.
+  bool ReadBehind(const std::vector<Cursor*>& cursors) {
+    rpb::PollOutboxRequest req;
+    for (const Cursor* c : cursors) {
+      rpb::OutboxCursor* oc = req.add_cursors();
+      oc->set_database(c->db);
+      oc->set_after_seq(c->after_seq);
+      oc->set_gap_horizon(c->gap_horizon);
+      oc->set_gap_horizon_seq(c->gap_horizon_seq);
+    }
+    req.set_limit(r_.config.batch_max_records);
+    req.set_wait_ms(50);
+    rpb::PollOutboxResponse resp;
+    auto ctx = r_.RegionCtx(10000);
+    grpc::Status s = r_.region->PollOutbox(ctx.get(), req, &resp);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (done_) return false;
+    }
+    if (!s.ok() || resp.chunks_size() != static_cast<int>(cursors.size())) {
+      // The region is restarting or overloaded: keep the stream (the peer's batches wait for
+      // the same region anyway) and read again shortly.
+      spdlog::warn("event=outbox_poll_failed peer={} error=\"{}\"", peer_.config.name,
+                   s.error_message());
+      if (!Heartbeat()) return false;
+      return r_.SleepFor(std::chrono::milliseconds(200));
+    }
+    for (size_t i = 0; i < cursors.size(); ++i) {
+      Cursor& c = *cursors[i];
+      const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
+      c.gap_horizon = chunk.gap_horizon();
+      c.gap_horizon_seq = chunk.gap_horizon_seq();
+      if (chunk.next_after_seq() <= c.after_seq) continue;
+      auto records = std::make_shared<std::vector<pb::Record>>();
+      for (const rpb::OutboxRecord& o : chunk.records()) records->push_back(ToWire(o));
+      if (!ShipSlices(c, {OutboxFeed::Slice{c.after_seq, chunk.next_after_seq(), records}},
+                      chunk.next_after_seq())) {
+        Fail();
+        return false;
+      }
+    }
+    if (SteadyTime::now() - last_sent_.load() >=
+        std::chrono::milliseconds(r_.config.heartbeat_ms)) {
+      if (!Heartbeat()) return false;
+    }
+    return true;
   }
 
   // Anti-entropy: a peer whose resume point lies in the part of our outbox already truncated
@@ -832,7 +1094,7 @@ class Session {
   int applying_ = 0;      // appliers inside an ApplyDeltas call
   std::map<std::string, int64_t> queued_through_;
   absl::Status apply_status_;
-  Clock::time_point apply_failed_at_;
+  SteadyTime::time_point apply_failed_at_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -841,14 +1103,37 @@ class Session {
   std::deque<pb::Frame> outgoing_;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
   int64_t inflight_bytes_ = 0;
-  std::atomic<Clock::time_point> last_received_{Clock::now()};
-  std::atomic<Clock::time_point> last_sent_{Clock::now()};
+  std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
+  std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};
   std::atomic<bool> ship_error_{false};
+  bool owns_send_ = false;  // this session installed peer_.send
+  std::atomic<bool> over_{false};  // done_, for waits outside mu_
 };
 
 class ReplicationService final : public pb::Replication::Service {
  public:
   explicit ReplicationService(Replicator::Impl& r) : r_(r) {}
+
+  grpc::Status ForwardOrder(grpc::ServerContext* ctx, const pb::ForwardOrderRequest* req,
+                            pb::ForwardOrderResponse* out) override {
+    std::string cn;
+    for (const auto& v : ctx->auth_context()->FindPropertyValues("x509_common_name")) {
+      cn.assign(v.data(), v.size());
+    }
+    PeerState* peer = r_.PeerNamed(cn);
+    if (!peer) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "no configured peer region has this certificate's name");
+    }
+    if (!r_.coordinator) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "coordination is off here");
+    }
+    if (req->order_id().empty() || req->order_id().size() > 64 || req->user_id().empty() ||
+        req->user_id().size() > 128 || req->card_number().size() > 32) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ForwardOrder: malformed request");
+    }
+    return r_.coordinator->ForwardIncoming(peer->config.replica_id, *req, out);
+  }
 
   grpc::Status Stream(grpc::ServerContext* ctx,
                       grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw) override {
@@ -921,7 +1206,7 @@ void Replicator::Impl::DialLoop(PeerState& peer) {
     auto channel = grpc::CreateCustomChannel(target, grpc::SslCredentials(tls), args);
     auto stub = pb::Replication::NewStub(channel);
     grpc::ClientContext ctx;
-    auto started = Clock::now();
+    auto started = SteadyTime::now();
     auto rw = stub->Stream(&ctx);
     ClientFrameStream stream(&ctx, rw.get());
     absl::Status st = RunSession(peer, stream);
@@ -929,7 +1214,7 @@ void Replicator::Impl::DialLoop(PeerState& peer) {
     (void)rw->Finish();
     if (stopping) break;
     // A stream that lived a while was healthy: start the backoff over.
-    if (Clock::now() - started > std::chrono::seconds(5)) backoff = config.backoff_min_ms;
+    if (SteadyTime::now() - started > std::chrono::seconds(5)) backoff = config.backoff_min_ms;
     std::uniform_int_distribution<int> jitter(backoff / 2, backoff);
     int wait = jitter(rng);
     spdlog::info("event=replication_redial peer={} in_ms={}", peer.config.name, wait);
@@ -941,7 +1226,7 @@ void Replicator::Impl::DialLoop(PeerState& peer) {
 // Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
 // every peer has acked (only once every peer has said where it stands since this start).
 void Replicator::Impl::Housekeeping() {
-  auto last_truncate = Clock::now();
+  auto last_truncate = SteadyTime::now();
   while (SleepFor(std::chrono::milliseconds(1000))) {
     rpb::GetStatusResponse status;
     auto ctx = RegionCtx(5000);
@@ -961,11 +1246,11 @@ void Replicator::Impl::Housekeeping() {
       p->m.lag_seq->Set(static_cast<double>(behind));
       all_heard = all_heard && p->heard;
     }
-    if (!all_heard ||
-        Clock::now() - last_truncate < std::chrono::milliseconds(config.truncate_interval_ms)) {
+    if (!all_heard || SteadyTime::now() - last_truncate <
+                          std::chrono::milliseconds(config.truncate_interval_ms)) {
       continue;
     }
-    last_truncate = Clock::now();
+    last_truncate = SteadyTime::now();
     for (const auto& [db, seq] : through) {
       if (seq <= truncated[db]) continue;
       rpb::TruncateOutboxRequest req;
@@ -989,6 +1274,9 @@ Replicator::~Replicator() { Stop(); }
 uint16_t Replicator::port() const { return static_cast<uint16_t>(impl_->port); }
 
 absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig config) {
+  // gRPC's mutexes are absl's: their deadlock-cycle bookkeeping costs every lock and unlock
+  // on the shipping path, and it only ever reports.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   const ReplicatorConfig& c = impl->config;
@@ -1023,6 +1311,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   tls.pem_root_certs = impl->ca;
   tls.pem_key_cert_pairs.push_back({impl->key, impl->cert});
+  impl->feed = std::make_unique<OutboxFeed>(*impl->region, impl->config);
   impl->service = std::make_unique<ReplicationService>(*impl);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(c.listen.host, ":", c.listen.port),
@@ -1035,6 +1324,28 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         absl::StrCat("cannot listen on ", c.listen.host, ":", c.listen.port));
   }
   Impl* raw = impl.get();
+  if (c.coordination) {
+    raw->coordinator = std::make_unique<Coordinator>(
+        c,
+        grpc::CreateChannel(absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port),
+                            grpc::InsecureChannelCredentials()),
+        Coordinator::Tls{raw->ca, raw->cert, raw->key}, [raw](RegionId to, pb::Frame f) {
+          for (auto& p : raw->peers) {
+            if (p->config.replica_id != to) continue;
+            std::function<bool(pb::Frame)> send;
+            {
+              std::lock_guard<std::mutex> l(p->mu);
+              send = p->send;
+            }
+            return send ? send(std::move(f)) : false;
+          }
+          return false;
+        });
+    if (absl::Status st = raw->coordinator->Start(); !st.ok()) {
+      raw->server->Shutdown();
+      return st;
+    }
+  }
   for (auto& p : raw->peers) {
     PeerState* peer = p.get();
     if (peer->config.replica_id > c.replica_id) {
@@ -1042,6 +1353,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     }
   }
   raw->threads.emplace_back([raw] { raw->Housekeeping(); });
+  raw->threads.emplace_back([raw] { raw->feed->Run(); });
   spdlog::info("event=replicator_started region={} listen={}:{} peers={}", c.region, c.listen.host,
                raw->port, c.peers.size());
   return std::unique_ptr<Replicator>(new Replicator(std::move(impl)));
@@ -1051,6 +1363,8 @@ void Replicator::Stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
   { std::lock_guard<std::mutex> l(impl_->stop_mu); }
   impl_->stop_cv.notify_all();
+  if (impl_->coordinator) impl_->coordinator->Stop();
+  if (impl_->feed) impl_->feed->Stop();
   for (auto& p : impl_->peers) {
     std::lock_guard<std::mutex> l(p->mu);
     if (p->active) p->active->Cancel();
