@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
@@ -288,10 +289,31 @@ class Service final : public pb::RegionInternal::Service {
         if (p.target == target) mine.push_back(&p);
       if (mine.empty()) continue;
       int n_applied = 0, n_dup = 0;
-      absl::Status st = target->Run([&](pqxx::work& tx) {
-        n_applied = n_dup = 0;
-        ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
-      });
+      const bool carts_only =
+          std::all_of(mine.begin(), mine.end(), [](const Prepared* p) { return p->cart; });
+      absl::Status st;
+      if (carts_only) {
+        // The common case in two round trips: BEGIN rides with the locks and reads, COMMIT
+        // with the writes (a failure anywhere rolls the transaction back before the
+        // connection goes back to the pool).
+        st = target->RunAutocommit([&](pqxx::nontransaction& tx) {
+          n_applied = n_dup = 0;
+          try {
+            ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
+          } catch (...) {
+            try {
+              tx.exec0("ROLLBACK");
+            } catch (...) {
+            }
+            throw;
+          }
+        });
+      } else {
+        st = target->Run([&](pqxx::work& tx) {
+          n_applied = n_dup = 0;
+          ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
+        });
+      }
       // What committed stays committed; the peer resends the rest and the marks skip it.
       if (!st.ok()) return ToGrpc(st);
       global_marked = global_marked || target == app_.global.get();
@@ -397,12 +419,12 @@ class Service final : public pb::RegionInternal::Service {
           req->kind() == pb::OUTBOX_KIND_CART || req->kind() == pb::OUTBOX_KIND_USER ? "user_id"
           : req->kind() == pb::OUTBOX_KIND_ORDER                                     ? "order_id"
                                                                                      : "sku";
-      sql += std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT ||
-                                 req->kind() == pb::OUTBOX_KIND_ORDER
-                             ? " AND "
-                             : " WHERE ") +
-             key +
-             " > " + tx.quote(req->after_key()) + " ORDER BY " + key + " LIMIT " + tx.quote(limit);
+      sql +=
+          std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT || req->kind() == pb::OUTBOX_KIND_ORDER
+                          ? " AND "
+                          : " WHERE ") +
+          key + " > " + tx.quote(req->after_key()) + " ORDER BY " + key + " LIMIT " +
+          tx.quote(limit);
       pqxx::result rows = tx.exec(sql);
       auto add = [&](pb::OutboxKind kind, const std::string& k, std::string payload,
                      const std::string& residency) {
@@ -435,8 +457,7 @@ class Service final : public pb::RegionInternal::Service {
                 r[4].as<std::string>());
             break;
           case pb::OUTBOX_KIND_ORDER: {
-            const uint32_t group =
-                app_.GroupOf(r[9].as<int64_t>(), r[5].as<std::string>());
+            const uint32_t group = app_.GroupOf(r[9].as<int64_t>(), r[5].as<std::string>());
             Json created{{"event", "created"},
                          {"order_id", k},
                          {"user_id", r[1].as<std::string>()},
@@ -740,7 +761,8 @@ class Service final : public pb::RegionInternal::Service {
     return it->second;
   }
 
-  static std::string MarkSql(pqxx::work& tx, uint32_t origin, const std::string& db, int64_t seq) {
+  static std::string MarkSql(pqxx::transaction_base& tx, uint32_t origin, const std::string& db,
+                             int64_t seq) {
     return "INSERT INTO replication_applied (origin, origin_db, seq) VALUES (" + tx.quote(origin) +
            ", " + tx.quote(db) + ", " + tx.quote(seq) +
            ") ON CONFLICT (origin, origin_db) DO UPDATE SET seq = GREATEST("
@@ -761,26 +783,29 @@ class Service final : public pb::RegionInternal::Service {
   // stream and the documents (advisory locks, documents in key order) and read the mark and
   // every cart; join in memory; write the carts and the mark. Deltas for one cart are joined in
   // seq order into one write (a join is associative, so this equals applying them in turn).
-  void ApplyToTarget(pqxx::work& tx, const pb::ApplyDeltasRequest& req,
-                     const std::vector<Prepared*>& mine, int64_t last_seq, int* n_applied,
-                     int* n_dup) {
+  //
+  // In a pqxx::nontransaction (carts only) it opens and commits the transaction itself: BEGIN
+  // goes with the first round trip and COMMIT with the last.
+  template <typename Tx>
+  void ApplyToTarget(Tx& tx, const pb::ApplyDeltasRequest& req, const std::vector<Prepared*>& mine,
+                     int64_t last_seq, int* n_applied, int* n_dup) {
+    constexpr bool kOwnTransaction = std::is_same_v<Tx, pqxx::nontransaction>;
     std::map<std::string, std::vector<Prepared*>> carts, stock;
     for (Prepared* p : mine) {
       if (p->cart) carts[p->record->key()];
     }
     // The stream's lock, then the carts' in key order: the same locks as DocumentLockSql
     // ("kind:key"), taken in one statement rather than one statement per document.
-    std::string sql = DocumentLockSql(
-        tx, "stream", absl::StrCat(req.origin(), "/", AbslView(req.origin_database())));
-    std::string keys, locks;
+    std::string keys,
+        locks =
+            tx.quote(absl::StrCat("stream:", req.origin(), "/", AbslView(req.origin_database())));
     for (const auto& [key, unused] : carts) {
-      locks += (locks.empty() ? "" : ", ") + tx.quote("cart:" + key);
+      locks += ", " + tx.quote("cart:" + key);
       keys += (keys.empty() ? "" : ", ") + tx.quote(key);
     }
-    if (!locks.empty()) {
-      sql += "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(ARRAY[" + locks +
-             "]::text[]) AS k;";
-    }
+    std::string sql = std::string(kOwnTransaction ? "BEGIN;" : "") +
+                      "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(ARRAY[" +
+                      locks + "]::text[]) AS k;";
     sql += "SELECT 0, NULL, NULL, seq FROM replication_applied WHERE origin = " +
            tx.quote(req.origin()) + " AND origin_db = " + tx.quote(req.origin_database());
     if (!keys.empty()) {
@@ -789,7 +814,8 @@ class Service final : public pb::RegionInternal::Service {
     }
     int64_t high = req.state() ? -1 : 0;  // a state transfer joins everything
     std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
-    for (const auto& r : tx.exec(sql)) {
+    const pqxx::result rows = tx.exec(sql);
+    for (const auto& r : rows) {
       if (r[0].as<int>() == 0) {
         if (!req.state()) high = r[3].as<int64_t>();
         continue;
@@ -834,12 +860,15 @@ class Service final : public pb::RegionInternal::Service {
                 "EXCLUDED.version, updated_at = now();";
     }
     // The rarer kinds one by one: stock documents in key order, then the rest in seq order.
-    for (auto& [key, deltas] : stock)
-      for (Prepared* p : deltas) Apply(tx, *p);
-    for (Prepared* p : todo) Apply(tx, *p);
+    if constexpr (!kOwnTransaction) {
+      for (auto& [key, deltas] : stock)
+        for (Prepared* p : deltas) Apply(tx, *p);
+      for (Prepared* p : todo) Apply(tx, *p);
+    }
     if (!req.state() && last_seq > high) {
       writes += MarkSql(tx, req.origin(), req.origin_database(), last_seq);
     }
+    if (kOwnTransaction) writes += "COMMIT;";
     if (!writes.empty()) tx.exec(writes);
   }
 
@@ -935,9 +964,9 @@ class Service final : public pb::RegionInternal::Service {
     const int64_t epoch = j["epoch"];
     const bool created = event == "created";
     // Events from before leases carried no version: creation is 1, any change comes after it.
-    const int64_t version =
-        j.contains("version") && j["version"].is_number_integer() ? j["version"].get<int64_t>()
-                                                                  : (created ? 1 : 2);
+    const int64_t version = j.contains("version") && j["version"].is_number_integer()
+                                ? j["version"].get<int64_t>()
+                                : (created ? 1 : 2);
     const int64_t group_field =
         j.contains("group") && j["group"].is_number_integer() ? j["group"].get<int64_t>() : 0;
     const uint32_t group =
@@ -947,8 +976,9 @@ class Service final : public pb::RegionInternal::Service {
     if (!created && !kStatuses.count(event)) return;
     const std::string status = created ? "pending_payment" : event;
     const std::string user_id = j["user_id"].get<std::string>();
-    pqxx::result row = tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " +
-                               tx.quote(rec.key()) + " FOR UPDATE");
+    pqxx::result row =
+        tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
+                " FOR UPDATE");
     if (row.empty()) {
       tx.exec0(
           "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "

@@ -56,16 +56,24 @@ class FrameStream {
  public:
   virtual ~FrameStream() = default;
   virtual bool Read(pb::Frame* f) = 0;
-  virtual bool Write(const pb::Frame& f) = 0;
+  // `more`: another frame follows at once, so this one may wait for it in gRPC's buffer (one
+  // TLS record and TCP segment for both rather than one each).
+  virtual bool Write(const pb::Frame& f, bool more) = 0;
   virtual void Cancel() = 0;
 };
+
+grpc::WriteOptions Options(bool more) {
+  grpc::WriteOptions o;
+  if (more) o.set_buffer_hint();
+  return o;
+}
 
 class ServerFrameStream final : public FrameStream {
  public:
   ServerFrameStream(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw)
       : ctx_(ctx), rw_(rw) {}
   bool Read(pb::Frame* f) override { return rw_->Read(f); }
-  bool Write(const pb::Frame& f) override { return rw_->Write(f); }
+  bool Write(const pb::Frame& f, bool more) override { return rw_->Write(f, Options(more)); }
   void Cancel() override { ctx_->TryCancel(); }
 
  private:
@@ -78,7 +86,7 @@ class ClientFrameStream final : public FrameStream {
   ClientFrameStream(grpc::ClientContext* ctx, grpc::ClientReaderWriter<pb::Frame, pb::Frame>* rw)
       : ctx_(ctx), rw_(rw) {}
   bool Read(pb::Frame* f) override { return rw_->Read(f); }
-  bool Write(const pb::Frame& f) override { return rw_->Write(f); }
+  bool Write(const pb::Frame& f, bool more) override { return rw_->Write(f, Options(more)); }
   void Cancel() override { ctx_->TryCancel(); }
 
  private:
@@ -475,8 +483,8 @@ class Session {
       std::unique_lock<std::mutex> l(mu_);
       done_ = true;
       over_ = true;
-      cv_.notify_all();
-      if (!cv_.wait_for(l, std::chrono::seconds(1), [&] { return !writing_; })) {
+      NotifyAll();
+      if (!state_cv_.wait_for(l, std::chrono::seconds(1), [&] { return !writing_; })) {
         l.unlock();
         stream_.Cancel();
       }
@@ -528,27 +536,28 @@ class Session {
       outgoing_.push_back(std::move(f));
     }
     last_sent_ = SteadyTime::now();
-    cv_.notify_all();
+    write_cv_.notify_one();
     return true;
   }
 
   void WriteLoop() {
     std::unique_lock<std::mutex> l(mu_);
     while (true) {
-      cv_.wait(l, [&] { return done_ || !outgoing_.empty(); });
+      write_cv_.wait(l, [&] { return done_ || !outgoing_.empty(); });
       if (done_) return;
       pb::Frame f = std::move(outgoing_.front());
       outgoing_.pop_front();
+      const bool more = !outgoing_.empty();
       writing_ = true;
       l.unlock();
-      bool ok = stream_.Write(f);
+      bool ok = stream_.Write(f, more);
       if (ok) peer_.m.bytes_sent->Increment(static_cast<double>(f.ByteSizeLong()));
       l.lock();
       writing_ = false;
-      cv_.notify_all();
+      if (done_) state_cv_.notify_all();
       if (!ok) {
         write_failed_ = true;
-        cv_.notify_all();
+        NotifyAll();
         l.unlock();
         stream_.Cancel();
         return;
@@ -560,7 +569,7 @@ class Session {
     const auto timeout = std::chrono::milliseconds(r_.config.peer_timeout_ms);
     std::unique_lock<std::mutex> l(mu_);
     while (!done_) {
-      cv_.wait_for(l, std::chrono::milliseconds(50));
+      watch_cv_.wait_for(l, std::chrono::milliseconds(50));
       if (done_) break;
       const bool apply_failed =
           !apply_status_.ok() && SteadyTime::now() - apply_failed_at_ > std::chrono::seconds(1);
@@ -663,7 +672,8 @@ class Session {
       // The peer half-closed (or went away): let the applier finish what arrived, so that a
       // rejected batch ends the stream with its own status.
       std::unique_lock<std::mutex> l(mu_);
-      cv_.wait_for(l, std::chrono::seconds(5), [&] {
+      draining_ = true;
+      state_cv_.wait_for(l, std::chrono::seconds(5), [&] {
         return done_ || !apply_status_.ok() || (apply_queued_ == 0 && applying_ == 0);
       });
       if (result.ok() && !apply_status_.ok()) result = apply_status_;
@@ -723,7 +733,7 @@ class Session {
     }
     queued_through = std::max(queued_through, b.last_seq());
     // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
-    cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
+    state_cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
     if (done_) return absl::OkStatus();
     auto queue = apply_queues_.find(p.db);
     if (queue == apply_queues_.end()) {
@@ -733,13 +743,13 @@ class Session {
         l.unlock();
         return Reject("more than 64 origin databases on one stream");
       }
-      queue = apply_queues_.emplace(p.db, std::deque<Pending>()).first;
+      queue = apply_queues_.try_emplace(p.db).first;
       appliers_.emplace(p.db, std::thread([this, db = p.db] { ApplyLoop(db); }));
     }
     apply_bytes_ += p.bytes;
     ++apply_queued_;
-    queue->second.push_back(std::move(p));
-    cv_.notify_all();
+    queue->second.batches.push_back(std::move(p));
+    queue->second.cv.notify_one();
     return absl::OkStatus();
   }
 
@@ -752,11 +762,12 @@ class Session {
       SteadyTime::time_point queued_at;
       {
         std::unique_lock<std::mutex> l(mu_);
-        std::deque<Pending>& queue = apply_queues_[origin_db];
+        ApplyQueue& aq = apply_queues_[origin_db];
+        std::deque<Pending>& queue = aq.batches;
         if (busy) --applying_;
         busy = false;
-        cv_.notify_all();
-        cv_.wait(l, [&] { return done_ || !queue.empty(); });
+        if (draining_) state_cv_.notify_all();
+        aq.cv.wait(l, [&] { return done_ || !queue.empty(); });
         if (done_) return;
         busy = true;
         ++applying_;
@@ -777,7 +788,7 @@ class Session {
           --apply_queued_;
           queue.pop_front();
         }
-        cv_.notify_all();
+        state_cv_.notify_all();  // a reader held back by the queue's size
       }
       rpb::ApplyDeltasResponse resp;
       auto ctx = r_.RegionCtx(30000);
@@ -802,7 +813,7 @@ class Session {
           apply_status_ = st;
           apply_failed_at_ = SteadyTime::now();
         }
-        cv_.notify_all();
+        state_cv_.notify_all();
         return;
       }
       const int64_t now = UnixMs();
@@ -833,15 +844,24 @@ class Session {
       int64_t& acked = peer_.acked[a.origin_database()];
       acked = std::max(acked, a.seq());
     }
-    cv_.notify_all();
-    if (r_.coordinator) r_.coordinator->OnAck(peer_.config.replica_id, a.origin_database(), a.seq());
+    window_cv_.notify_all();
+    if (r_.coordinator)
+      r_.coordinator->OnAck(peer_.config.replica_id, a.origin_database(), a.seq());
     return absl::OkStatus();
+  }
+
+  void NotifyAll() {
+    write_cv_.notify_all();
+    watch_cv_.notify_all();
+    window_cv_.notify_all();
+    state_cv_.notify_all();
+    for (auto& [db, q] : apply_queues_) q.cv.notify_all();
   }
 
   // Waits until fewer than max_inflight_bytes are unacknowledged; false when the session ends.
   bool WaitForWindow() {
     std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] {
+    window_cv_.wait(l, [&] {
       return done_ || write_failed_ || inflight_bytes_ < r_.config.max_inflight_bytes;
     });
     return !done_ && !write_failed_;
@@ -860,7 +880,27 @@ class Session {
     peer_.m.batch_records->Observe(list.records_size());
     spdlog::debug("event=batch_sent peer={} db={} first={} last={} records={}", peer_.config.name,
                   db, first, last, list.records_size());
+    if (staging_) {
+      staged_.push_back(std::move(f));
+      return true;
+    }
     return Write(std::move(f));
+  }
+
+  // Queues the staged frames at once, so that the writer sends them back to back (one TLS
+  // record and TCP segment where they fit). False once the session ended.
+  bool WriteStaged() {
+    staging_ = false;
+    if (staged_.empty()) return true;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (done_ || write_failed_) return false;
+      for (pb::Frame& f : staged_) outgoing_.push_back(std::move(f));
+    }
+    staged_.clear();
+    last_sent_ = SteadyTime::now();
+    write_cv_.notify_one();
+    return true;
   }
 
   // Ships our outbox to the peer: from the region-wide feed, or, for a database where the peer
@@ -881,6 +921,7 @@ class Session {
     while (WaitForWindow()) {
       std::vector<Cursor*> behind;
       bool sent = false;
+      staging_ = true;  // the batches of every database in one go
       for (Cursor& c : cursors) {
         std::vector<OutboxFeed::Slice> slices;
         int64_t through = 0;
@@ -892,6 +933,7 @@ class Session {
         if (!ShipSlices(c, slices, through)) return Fail();
         sent = true;
       }
+      if (!WriteStaged()) return Fail();
       if (!behind.empty()) {
         if (!ReadBehind(behind)) return;
         continue;
@@ -1087,7 +1129,11 @@ class Session {
   PeerState& peer_;
   FrameStream& stream_;
   std::thread sender_;
-  std::map<std::string, std::deque<Pending>> apply_queues_;  // per origin database
+  struct ApplyQueue {
+    std::deque<Pending> batches;
+    std::condition_variable cv;  // its applier waits here
+  };
+  std::map<std::string, ApplyQueue> apply_queues_;  // per origin database
   std::map<std::string, std::thread> appliers_;
   size_t apply_bytes_ = 0;
   int apply_queued_ = 0;  // batches in apply_queues_
@@ -1096,7 +1142,11 @@ class Session {
   absl::Status apply_status_;
   SteadyTime::time_point apply_failed_at_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  // mu_ guards the session's state; each kind of waiter has its own condition (a notify wakes
+  // only who can proceed): the writer, the watchdog, the sender's window, and the rest (the
+  // reader's backpressure and the end of the session).
+  std::condition_variable write_cv_, watch_cv_, window_cv_, state_cv_;
+  bool draining_ = false;  // the reader waits for the appliers to finish
   bool done_ = false;
   bool write_failed_ = false;
   bool writing_ = false;
@@ -1106,8 +1156,10 @@ class Session {
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};
   std::atomic<bool> ship_error_{false};
-  bool owns_send_ = false;  // this session installed peer_.send
+  bool owns_send_ = false;         // this session installed peer_.send
   std::atomic<bool> over_{false};  // done_, for waits outside mu_
+  bool staging_ = false;           // sender thread only: SendBatch stages its frame
+  std::vector<pb::Frame> staged_;
 };
 
 class ReplicationService final : public pb::Replication::Service {
