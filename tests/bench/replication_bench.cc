@@ -17,6 +17,7 @@
 // sustains about 1,850 single-change commits/s per region with replication off (--baseline
 // --changes-per-tx 1), so 2,000 changes/s per region needs them grouped.
 
+#include <unistd.h>
 #include <pqxx/pqxx>
 
 #include <CLI/CLI.hpp>
@@ -26,10 +27,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "crdt/codec.h"
@@ -182,6 +185,104 @@ double Quantile(const std::string& text, const std::string& peer, const std::str
   return std::stod(text.substr(p + key.size()));
 }
 
+// CPU time of every process on the machine (user + system, seconds), and the machine's busy and
+// total time (/proc/stat), to tell where the cores went during the load.
+struct ProcCpu {
+  int ppid = 0;
+  std::string cmd;
+  double cpu_s = 0;
+};
+struct CpuSnapshot {
+  std::map<int, ProcCpu> procs;
+  double busy_s = 0, total_s = 0;  // all cores
+};
+
+CpuSnapshot TakeCpuSnapshot() {
+  CpuSnapshot snap;
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    std::vector<std::string> f;
+    while (rest >> field) f.push_back(field);
+    if (f.size() < 13) continue;
+    ProcCpu p;
+    p.ppid = std::atoi(f[1].c_str());
+    p.cpu_s = (std::atof(f[11].c_str()) + std::atof(f[12].c_str())) / tick;
+    std::ifstream cmdline(entry.path() / "cmdline");
+    std::getline(cmdline, p.cmd);
+    std::replace(p.cmd.begin(), p.cmd.end(), '\0', ' ');
+    if (p.cmd.empty())
+      p.cmd = "[" + line.substr(line.find('(') + 1, close - line.find('(') - 1) + "]";
+    snap.procs[std::stoi(name)] = std::move(p);
+  }
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  stat >> cpu;
+  std::vector<double> t;
+  for (double v; t.size() < 8 && stat >> v;) t.push_back(v / tick);
+  for (size_t i = 0; i < t.size(); ++i) {
+    snap.total_s += t[i];
+    if (i != 3 && i != 4) snap.busy_s += t[i];  // idle, iowait
+  }
+  return snap;
+}
+
+// CPU between two snapshots as a percentage of one core, per process group: each region's
+// PostgreSQL (the server and its backends, the load driver's included), server, replicator and
+// Redis, the link proxies, this driver, and everything else on the machine.
+std::map<std::string, double> CpuByGroup(const Cluster& c, const CpuSnapshot& a,
+                                         const CpuSnapshot& b, double seconds) {
+  std::map<int, std::string> postmasters;  // pid -> region
+  for (const auto& [pid, p] : b.procs) {
+    for (size_t r = 0; r < c.size(); ++r) {
+      const std::string dsn = c.Dsn(r, "global");
+      auto at = dsn.find("port=");
+      std::string port = dsn.substr(at + 5, dsn.find(' ', at) - at - 5);
+      if (p.cmd.find("/postgres ") != std::string::npos &&
+          p.cmd.find("-p " + port + " ") != std::string::npos) {
+        postmasters[pid] = c.spec(r).name;
+      }
+    }
+  }
+  const int self = getpid();
+  std::map<std::string, double> out;
+  for (const auto& [pid, p] : b.procs) {
+    auto before = a.procs.find(pid);
+    const double used = p.cpu_s - (before != a.procs.end() ? before->second.cpu_s : 0.0);
+    if (used <= 0) continue;
+    std::string group = "other (not this benchmark)";
+    if (pid == self) {
+      group = "replication_bench (load driver)";
+    } else if (postmasters.count(pid)) {
+      group = "postgres " + postmasters[pid];
+    } else if (postmasters.count(p.ppid)) {
+      group = "postgres " + postmasters[p.ppid];
+    } else if (p.ppid == self) {
+      for (size_t r = 0; r < c.size(); ++r) {
+        const std::string& n = c.spec(r).name;
+        if (p.cmd.find(n + "-region.yaml") != std::string::npos) group = "region " + n;
+        if (p.cmd.find(n + "-replicator.yaml") != std::string::npos) group = "replicator " + n;
+      }
+      if (p.cmd.find("redis-server") != std::string::npos) group = "redis (all regions)";
+      if (p.cmd.find("netem-proxy") != std::string::npos) group = "link proxies";
+    }
+    out[group] += used;
+  }
+  for (auto& [group, used] : out) used = 100.0 * used / seconds;
+  out["machine busy (all processes, of " +
+      std::to_string(std::thread::hardware_concurrency() * 100) + ")"] =
+      100.0 * (b.busy_s - a.busy_s) / seconds;
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -240,7 +341,19 @@ int main(int argc, char** argv) {
     });
   }
   const auto load_start = Clock::now();
+  // CPU per process over the load's middle (the driver's connections end with the load).
+  std::map<std::string, double> cpu;
+  std::thread cpu_probe([&] {
+    std::this_thread::sleep_until(load_start + std::chrono::seconds(2));
+    CpuSnapshot a = TakeCpuSnapshot();
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_until(
+        load_start + std::chrono::milliseconds(static_cast<int64_t>((seconds - 1) * 1000)));
+    CpuSnapshot b = TakeCpuSnapshot();
+    cpu = CpuByGroup(c, a, b, std::chrono::duration<double>(Clock::now() - t0).count());
+  });
   for (auto& d : drivers) d.join();
+  cpu_probe.join();
   const auto load_end = Clock::now();
   const double load_s = std::chrono::duration<double>(load_end - load_start).count();
   // Scrape the lag summaries now: their window is the load (30 s, sliding).
@@ -403,7 +516,14 @@ int main(int argc, char** argv) {
       {"converged_after_s", converge_s},
       {"lost_units", lost_units},
       {"postgres", "fsync=off (test servers)"},
+      {"cpu_percent_of_one_core", cpu},
   };
+  std::printf("\nCPU during the load (%% of one core; the machine has %u):\n",
+              std::thread::hardware_concurrency());
+  std::vector<std::pair<double, std::string>> by_use;
+  for (const auto& [group, pct] : cpu) by_use.emplace_back(pct, group);
+  std::sort(by_use.rbegin(), by_use.rend());
+  for (const auto& [pct, group] : by_use) std::printf("  %-44s %6.1f%%\n", group.c_str(), pct);
   std::ofstream(out_path) << result.dump(2) << "\n";
   std::printf("wrote %s\n", out_path.c_str());
   return 0;
