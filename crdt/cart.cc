@@ -78,13 +78,11 @@ Cart Cart::Add(std::string_view sku, int64_t amount) {
   return delta;
 }
 
-Dot Cart::AddChange(std::string_view sku, int64_t amount) {
+Dot Cart::AddChangeGeneral(std::string_view sku, int64_t amount) {
   assert(replica_ != kNoReplica);
-  Dot dot;
-  if (!general_ && packed_.AddChange(replica_, sku, amount, &dot)) return dot;
-  // Beyond the packed limits (the packed form refused without changing anything).
+  // The general form, or beyond the packed limits (the packed form refused, changing nothing).
   Causal<Lines_>& g = General();
-  dot = g.ctx.Next(replica_);
+  Dot dot = g.ctx.Next(replica_);
   g.store.FindOrInsert(std::string(sku)).Insert(dot, amount);
   return dot;
 }
@@ -127,11 +125,7 @@ Cart Cart::Remove(std::string_view sku) {
   return delta;
 }
 
-void Cart::RemoveLine(std::string_view sku, std::vector<Dot>* retired) {
-  if (!general_) {
-    packed_.RemoveLine(sku, retired);
-    return;
-  }
+void Cart::RemoveLineGeneral(std::string_view sku, std::vector<Dot>* retired) {
   std::string key(sku);
   const CounterStore* line = general_->store.Find(key);
   if (!line) return;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cassert>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -98,8 +99,19 @@ class Cart {
   // {sku: {dot: amount}} with context {dot}. RemoveLine removes the line and appends the dots it
   // retired: the delta is an empty store with context `retired`. JoinChange and JoinRemoval join
   // such a delta into this cart (any cart: they are the general join, specialised).
-  Dot AddChange(std::string_view sku, int64_t amount);
-  void RemoveLine(std::string_view sku, std::vector<Dot>* retired);
+  Dot AddChange(std::string_view sku, int64_t amount) {
+    assert(replica_ != kNoReplica);
+    Dot dot;
+    if (!general_ && packed_.AddChange(replica_, sku, amount, &dot)) return dot;
+    return AddChangeGeneral(sku, amount);
+  }
+  void RemoveLine(std::string_view sku, std::vector<Dot>* retired) {
+    if (!general_) {
+      packed_.RemoveLine(sku, retired);
+    } else {
+      RemoveLineGeneral(sku, retired);
+    }
+  }
   void JoinChange(std::string_view sku, Dot dot, int64_t amount);
   void JoinRemoval(std::string_view sku, const Dot* retired, size_t count);
 
@@ -165,6 +177,9 @@ class Cart {
   void Normalize();
   // Takes the next dot of this replica into the context.
   Dot NextDot();
+  // AddChange and RemoveLine in the general form (or beyond the packed limits).
+  Dot AddChangeGeneral(std::string_view sku, int64_t amount);
+  void RemoveLineGeneral(std::string_view sku, std::vector<Dot>* retired);
 
   ReplicaId replica_ = kNoReplica;
   internal::PackedCart packed_;              // the state, unless general_ is set

@@ -665,35 +665,131 @@ void EncodeTo(const Cart& v, std::string* out) {
              v.note_field().reg.value() ? &v.note_field() : nullptr, out);
 }
 
-void EncodeChangeDeltaTo(std::string_view sku, Dot dot, int64_t amount, std::string* out) {
+// EncodeChangeDelta for a dot no cart makes (replica or counter 0): the long way, exactly as the
+// delta Cart would be encoded. Out of line: it keeps the usual path small.
+[[gnu::noinline]] static char* EncodeInvalidChangeDelta(std::string_view sku, Dot dot, int64_t amount,
+                                                 char* out) {
+  thread_local CartView view;
+  thread_local std::string bytes;
+  view.Clear();
+  if (dot.counter == 1) {
+    view.versions.emplace_back(dot.replica, 1);
+  } else {
+    view.cloud.push_back(dot);
+  }
+  view.changes.emplace_back(dot, amount);
+  view.lines.push_back({sku, 0, 1});
+  bytes.clear();
+  EncodeView(view, nullptr, nullptr, &bytes);
+  std::memcpy(out, bytes.data(), bytes.size());
+  return out + bytes.size();
+}
+
+char* EncodeChangeDelta(std::string_view sku, Dot dot, int64_t amount, char* out) {
   if (dot.replica == kNoReplica || dot.counter == 0) {
-    // Not a dot a cart makes; encode it the long way, exactly as the delta Cart would be.
-    thread_local CartView view;
-    view.Clear();
-    if (dot.counter == 1) {
-      view.versions.emplace_back(dot.replica, 1);
-    } else {
-      view.cloud.push_back(dot);
-    }
-    view.changes.emplace_back(dot, amount);
-    view.lines.push_back({sku, 0, 1});
-    EncodeView(view, nullptr, nullptr, out);
-    return;
+    return EncodeInvalidChangeDelta(sku, dot, amount, out);
   }
   // The delta's context is {dot}: a version entry {replica: 1} or a cloud dot, either way implied
   // by the line's change, so the message is the format version and one line.
+  static_assert(kFormatVersion < 0x80);
+  const uint64_t zigzag = ZigZag(amount);
+  char* p = out;
+  p[0] = 0x08;
+  p[1] = static_cast<char>(kFormatVersion);
+  p[2] = 0x12;
+  if (dot.replica < 0x80 && dot.counter < 0x80 && zigzag < 0x80 && sku.size() <= 100) {
+    // Every varint is one byte (the usual case: few regions, a cart's own small counters).
+    const size_t change = 4 + (amount ? 2 : 0);
+    p[3] = static_cast<char>((sku.empty() ? 0 : 2 + sku.size()) + 2 + change);
+    p += 4;
+    if (!sku.empty()) {
+      p[0] = 0x0a;
+      p[1] = static_cast<char>(sku.size());
+      if (sku.size() >= 8 && sku.size() <= 16) {  // the usual SKU: two overlapping 8-byte copies
+        std::memcpy(p + 2, sku.data(), 8);
+        std::memcpy(p + 2 + sku.size() - 8, sku.data() + sku.size() - 8, 8);
+      } else {
+        std::memcpy(p + 2, sku.data(), sku.size());
+      }
+      p += 2 + sku.size();
+    }
+    p[0] = 0x12;
+    p[1] = static_cast<char>(change);
+    p[2] = 0x08;
+    p[3] = static_cast<char>(dot.replica);
+    p[4] = 0x10;
+    p[5] = static_cast<char>(dot.counter);
+    if (!amount) return p + 6;
+    p[6] = 0x18;
+    p[7] = static_cast<char>(zigzag);
+    return p + 8;
+  }
   size_t change = ChangeSize(dot, amount);
   size_t line = (sku.empty() ? 0 : LenField(sku.size())) + LenField(change);
-  char* p = Extend(out, 1 + VarintSize(kFormatVersion) + LenField(line));
-  *p++ = 0x08;
-  p = PutVarint(p, kFormatVersion);
-  *p++ = 0x12;
-  p = PutVarint(p, line);
+  p = PutVarint(p + 3, line);
   if (!sku.empty()) p = PutBytes(p, 0x0a, sku);
-  PutChange(p, dot, amount);
+  return PutChange(p, dot, amount);
 }
 
-void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out) {
+void EncodeChangeDeltaTo(std::string_view sku, Dot dot, int64_t amount, std::string* out) {
+  size_t old = out->size();
+  out->resize(old + MaxChangeDeltaBytes(sku.size()));
+  char* end = EncodeChangeDelta(sku, dot, amount, out->data() + old);
+  out->resize(static_cast<size_t>(end - out->data()));
+}
+
+char* EncodeRemovalDelta(const Dot* retired, size_t count, char* out) {
+  static_assert(kFormatVersion < 0x80);
+  out[0] = 0x08;
+  out[1] = static_cast<char>(kFormatVersion);
+  // Fast path: a few sorted, distinct dots with one-byte varints (what RemoveLine retires from a
+  // cart that few regions changed): each context entry is 6 bytes, written in one pass per kind.
+  constexpr size_t kFastDots = 16;
+  bool fast = count <= kFastDots;
+  for (size_t i = 0; fast && i < count; ++i) {
+    const Dot& d = retired[i];
+    fast = d.replica > 0 && d.replica < 0x80 && d.counter > 0 && d.counter < 0x80 &&
+           (i == 0 || retired[i - 1] < d);
+  }
+  if (fast) {
+    char* p = out + 4;
+    // Versions (each replica's run 1..k), then the cloud (the rest), as CausalContext keeps them.
+    for (int kind = 0; kind < 2; ++kind) {
+      for (size_t i = 0; i < count;) {
+        const ReplicaId r = retired[i].replica;
+        uint64_t run = 0;
+        while (i < count && retired[i].replica == r && retired[i].counter == run + 1) {
+          ++run;
+          ++i;
+        }
+        if (kind == 0 && run > 0) {
+          p[0] = 0x0a;
+          p[1] = 4;
+          p[2] = 0x08;
+          p[3] = static_cast<char>(r);
+          p[4] = 0x10;
+          p[5] = static_cast<char>(run);
+          p += 6;
+        }
+        for (; i < count && retired[i].replica == r; ++i) {
+          if (kind == 1) {
+            p[0] = 0x12;
+            p[1] = 4;
+            p[2] = 0x08;
+            p[3] = static_cast<char>(r);
+            p[4] = 0x10;
+            p[5] = static_cast<char>(retired[i].counter);
+            p += 6;
+          }
+        }
+      }
+    }
+    const size_t body = static_cast<size_t>(p - (out + 4));
+    if (body == 0) return out + 2;
+    out[2] = 0x1a;
+    out[3] = static_cast<char>(body);
+    return p;
+  }
   // The context of `retired` as CausalContext keeps it: per replica, the run 1..k as a version
   // entry, the other dots in the cloud. No line implies any of them.
   thread_local std::vector<Dot> dots;
@@ -718,10 +814,76 @@ void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out) {
       cloud.emplace_back(dots[i].replica, dots[i].counter);
     }
   }
-  char* p = Extend(out, 1 + VarintSize(kFormatVersion) + ContextSize(versions, cloud));
-  *p++ = 0x08;
-  p = PutVarint(p, kFormatVersion);
-  PutContext(p, versions, cloud);
+  return PutContext(out + 2, versions, cloud);
+}
+
+void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out) {
+  size_t old = out->size();
+  out->resize(old + MaxRemovalDeltaBytes(count));
+  char* end = EncodeRemovalDelta(retired, count, out->data() + old);
+  out->resize(static_cast<size_t>(end - out->data()));
+}
+
+void EncodeRecordsTo(const CartRecord* records, size_t n, std::string* out) {
+  // The fold of the records' deltas, in log order, as JoinChange and JoinRemoval do it: a change
+  // whose dot is already in the context is skipped; a removal drops the entries of its line whose
+  // dots it retires; every dot joins the context. Then encoded like the folded Cart.
+  struct Entry {
+    std::string_view sku;
+    Dot dot;
+    int64_t amount;
+  };
+  thread_local std::vector<Entry> entries;
+  thread_local std::vector<Dot> seen;
+  thread_local CartView view;
+  entries.clear();
+  seen.clear();
+  auto contains = [&](const Dot& d) {
+    return d.counter == 0 || std::find(seen.begin(), seen.end(), d) != seen.end();
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const CartRecord& rec = records[i];
+    if (rec.retired_count == 0) {
+      if (contains(rec.dot)) continue;
+      entries.push_back({rec.sku, rec.dot, rec.amount});
+      seen.push_back(rec.dot);
+    } else {
+      const Dot* begin = rec.retired;
+      const Dot* end = rec.retired + rec.retired_count;
+      entries.erase(std::remove_if(entries.begin(), entries.end(),
+                                   [&](const Entry& e) {
+                                     return e.sku == rec.sku && std::find(begin, end, e.dot) != end;
+                                   }),
+                    entries.end());
+      for (const Dot* d = begin; d != end; ++d) {
+        if (!contains(*d)) seen.push_back(*d);
+      }
+    }
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.sku != b.sku ? a.sku < b.sku : a.dot < b.dot;
+  });
+  std::sort(seen.begin(), seen.end());
+  view.Clear();
+  for (size_t i = 0; i < seen.size();) {
+    ReplicaId r = seen[i].replica;
+    uint64_t run = 0;
+    while (i < seen.size() && seen[i].replica == r && seen[i].counter == run + 1) {
+      ++run;
+      ++i;
+    }
+    if (run > 0) view.versions.emplace_back(r, run);
+    for (; i < seen.size() && seen[i].replica == r; ++i) view.cloud.push_back(seen[i]);
+  }
+  for (size_t i = 0; i < entries.size();) {
+    auto begin = static_cast<uint32_t>(view.changes.size());
+    std::string_view sku = entries[i].sku;
+    for (; i < entries.size() && entries[i].sku == sku; ++i) {
+      view.changes.emplace_back(entries[i].dot, entries[i].amount);
+    }
+    view.lines.push_back({sku, begin, static_cast<uint32_t>(view.changes.size())});
+  }
+  EncodeView(view, nullptr, nullptr, out);
 }
 
 absl::StatusOr<Cart> DecodeCart(std::string_view bytes, ReplicaId replica, const DecodeLimits& l) {

@@ -47,12 +47,32 @@ std::string Encode(const Inventory& v);
 void EncodeTo(const Cart& v, std::string* out);
 // The same encoding through the generated protobuf message: the reference for EncodeTo.
 std::string EncodeCartReference(const Cart& v);
-// The encodings of one outbox record's delta, appended to `out`, without building the delta:
-// EncodeChangeDeltaTo gives Encode of the delta of Cart::AddChange (the cart {sku: {dot: amount}}
-// with context {dot}); EncodeRemovalDeltaTo gives Encode of the delta of Cart::RemoveLine (no
-// lines, context `retired`). Byte-identical to encoding those Carts (property-tested).
+// The encodings of outbox records' deltas, without building the delta Carts (the hot path of a
+// sender that logs each change and ships per-cart deltas). Byte-identical to Encode of the
+// delta Cart (property-tested):
+// - EncodeChangeDelta: the delta of Cart::AddChange, the cart {sku: {dot: amount}} with context
+//   {dot}. Writes at most MaxChangeDeltaBytes(sku.size()) bytes at `out`; returns their end.
+// - EncodeRemovalDelta: the delta of Cart::RemoveLine, no lines and context `retired`. Writes at
+//   most MaxRemovalDeltaBytes(count) bytes.
+// - EncodeRecordsTo: the join of several records' deltas in log order (what folding them with
+//   Cart::JoinChange / Cart::JoinRemoval into an empty Cart gives).
+// The ...To forms append to a string.
+constexpr size_t MaxChangeDeltaBytes(size_t sku_bytes) { return 64 + sku_bytes; }
+constexpr size_t MaxRemovalDeltaBytes(size_t count) { return 16 + 32 * count; }
+char* EncodeChangeDelta(std::string_view sku, Dot dot, int64_t amount, char* out);
+char* EncodeRemovalDelta(const Dot* retired, size_t count, char* out);
 void EncodeChangeDeltaTo(std::string_view sku, Dot dot, int64_t amount, std::string* out);
 void EncodeRemovalDeltaTo(const Dot* retired, size_t count, std::string* out);
+// One outbox record: a change (retired_count == 0: dot, amount) or a removal of the line `sku`
+// (the dots it retired). Views into the caller's storage.
+struct CartRecord {
+  std::string_view sku;
+  Dot dot;
+  int64_t amount = 0;
+  const Dot* retired = nullptr;
+  size_t retired_count = 0;
+};
+void EncodeRecordsTo(const CartRecord* records, size_t n, std::string* out);
 
 absl::StatusOr<GCounter> DecodeGCounter(std::string_view bytes, const DecodeLimits& l = {});
 absl::StatusOr<PNCounter> DecodePNCounter(std::string_view bytes, const DecodeLimits& l = {});

@@ -21,9 +21,16 @@ uint64_t Reindex(uint64_t change, uint32_t index) {
 uint64_t MakeCloud(uint32_t index, uint64_t counter) { return (uint64_t{index} << 32) | counter; }
 
 // Bytewise three-way comparison, the order of std::string.
-int CompareSku(const uint8_t* a, size_t an, const char* b, size_t bn) {
+inline int CompareSku(const uint8_t* a, size_t an, const char* b, size_t bn) {
   size_t n = std::min(an, bn);
   size_t i = 0;
+  if (n >= 8) {  // SKUs usually differ in their first 8 bytes: one comparison
+    uint64_t x, y;
+    std::memcpy(&x, a, 8);
+    std::memcpy(&y, b, 8);
+    if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
+    i = 8;
+  }
   for (; i + 8 <= n; i += 8) {
     uint64_t x, y;
     std::memcpy(&x, a + i, 8);
@@ -37,21 +44,131 @@ int CompareSku(const uint8_t* a, size_t an, const char* b, size_t bn) {
   return an < bn ? -1 : (an > bn ? 1 : 0);
 }
 
-void* Allocate(void* old, size_t bytes) {
-  void* p = old ? std::realloc(old, bytes) : std::malloc(bytes);
-  if (!p) throw std::bad_alloc();
-  return p;
+// Where `sku` is, or would go, among `n_lines` line records starting at `base`.
+struct Scan {
+  bool found;
+  uint32_t offset;
+  uint32_t first_change;
+  uint32_t n;
+};
+inline Scan ScanLines(const uint8_t* base, uint32_t n_lines, std::string_view sku) {
+  const uint8_t* p = base;
+  uint32_t first = 0;
+  // The key's first 8 bytes as a big-endian number: most lines compare on that alone.
+  const bool long_key = sku.size() >= 8;
+  uint64_t key_prefix = 0;
+  if (long_key) {
+    std::memcpy(&key_prefix, sku.data(), 8);
+    key_prefix = __builtin_bswap64(key_prefix);
+  }
+  for (uint32_t i = 0; i < n_lines; ++i) {
+    const uint32_t n = p[0], len = p[1];
+    int c;
+    if (long_key && len >= 8) {
+      uint64_t prefix;
+      std::memcpy(&prefix, p + 2, 8);
+      prefix = __builtin_bswap64(prefix);
+      c = prefix < key_prefix   ? -1
+          : prefix > key_prefix ? 1
+                                : CompareSku(p + 10, len - 8, sku.data() + 8, sku.size() - 8);
+    } else {
+      c = CompareSku(p + 2, len, sku.data(), sku.size());
+    }
+    if (c >= 0) {
+      return Scan{c == 0, static_cast<uint32_t>(p - base), first, c == 0 ? n : 0};
+    }
+    first += n;
+    p += 2 + len;
+  }
+  return Scan{false, static_cast<uint32_t>(p - base), first, 0};
 }
 
 size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 
+// Block sizes come in classes 64, 96, 144, 224, 336, ... (steps of 1.5): a block that grows
+// one change at a time reallocates rarely, and the blocks growing carts free are the sizes the
+// next growing carts ask for.
+size_t CapacityFor(size_t bytes) {
+  size_t c = 64;
+  while (c < bytes) c = RoundUp16(c + c / 2);
+  return c;
+}
+
+// Freed blocks of the smaller classes wait in a per-thread cache for the next allocation of
+// their class: carts grow through the classes one after another, so frees and allocations of a
+// class come in step. (glibc's own per-thread cache keeps 7 chunks per size and sends the rest
+// through its coalescing bins, which cost several times more per block here.) Bounded: at most
+// kCachedPerClass blocks per class and thread; a thread's cache is freed when the thread exits.
+constexpr int kCachedClasses = 8;  // 64 .. 1152 bytes
+constexpr uint32_t kCachedPerClass = 32;
+int CachedClass(size_t capacity) {
+  size_t c = 64;
+  for (int k = 0; k < kCachedClasses; ++k, c = RoundUp16(c + c / 2)) {
+    if (c == capacity) return k;
+  }
+  return -1;
+}
+struct BlockCache {
+  void* head[kCachedClasses] = {};
+  uint32_t count[kCachedClasses] = {};
+  ~BlockCache();
+};
+thread_local constinit bool tls_cache_gone = false;
+thread_local BlockCache tls_cache;
+BlockCache::~BlockCache() {
+  tls_cache_gone = true;
+  for (void* p : head) {
+    while (p) {
+      void* next = *static_cast<void**>(p);
+      std::free(p);
+      p = next;
+    }
+  }
+}
+
+// A block of `capacity` bytes (a CapacityFor size) with its header's capacity set.
+void* AllocateBlock(size_t capacity) {
+  int k = CachedClass(capacity);
+  void* p = nullptr;
+  if (k >= 0 && !tls_cache_gone) {
+    BlockCache& cache = tls_cache;
+    if (cache.head[k]) {
+      p = cache.head[k];
+      cache.head[k] = *static_cast<void**>(p);
+      cache.count[k]--;
+    }
+  }
+  if (!p) {
+    p = std::malloc(capacity);
+    if (!p) throw std::bad_alloc();
+  }
+  static_cast<uint32_t*>(p)[0] = static_cast<uint32_t>(capacity);  // Header::capacity
+  return p;
+}
+
 }  // namespace
+
+void PackedCart::Release(void* block) {
+  if (!block) return;
+  size_t capacity = static_cast<const Header*>(block)->capacity;
+  int k = CachedClass(capacity);
+  if (k >= 0 && !tls_cache_gone) {
+    BlockCache& cache = tls_cache;
+    if (cache.count[k] < kCachedPerClass) {
+      *static_cast<void**>(block) = cache.head[k];
+      cache.head[k] = block;
+      cache.count[k]++;
+      return;
+    }
+  }
+  std::free(block);
+}
 
 PackedCart::PackedCart(const PackedCart& other) {
   if (!other.block_) return;
   size_t used = other.UsedBytes();
-  size_t cap = RoundUp16(used);
-  block_ = Allocate(nullptr, cap);
+  size_t cap = CapacityFor(used);
+  block_ = AllocateBlock(cap);
   std::memcpy(block_, other.block_, used);
   header()->capacity = static_cast<uint32_t>(cap);
 }
@@ -59,16 +176,16 @@ PackedCart::PackedCart(const PackedCart& other) {
 PackedCart& PackedCart::operator=(const PackedCart& other) {
   if (this == &other) return *this;
   if (!other.block_) {
-    std::free(block_);
+    Release(block_);
     block_ = nullptr;
     return *this;
   }
   size_t used = other.UsedBytes();
   if (!block_ || header()->capacity < used) {
-    size_t cap = RoundUp16(used);
-    std::free(block_);
+    size_t cap = CapacityFor(used);
+    Release(block_);
     block_ = nullptr;
-    block_ = Allocate(nullptr, cap);
+    block_ = AllocateBlock(cap);
     std::memcpy(block_, other.block_, used);
     header()->capacity = static_cast<uint32_t>(cap);
   } else {
@@ -89,13 +206,11 @@ void PackedCart::Reserve(size_t extra) {
   size_t cap = block_ ? header()->capacity : 0;
   if (used + extra <= cap) return;
   // Grow by half: carts grow one change at a time, and a tight block keeps more carts in cache.
-  size_t want = RoundUp16(std::max({used + extra, cap + cap / 2, size_t{64}}));
-  // malloc + copy + free rather than realloc: glibc's realloc rarely grows in place here and its
-  // copy path bypasses the per-thread cache that serves malloc and free.
-  void* fresh = Allocate(nullptr, want);
+  size_t want = CapacityFor(used + extra);
+  void* fresh = AllocateBlock(want);
   if (block_) {
     std::memcpy(fresh, block_, used);
-    std::free(block_);
+    Release(block_);
   } else {
     std::memset(fresh, 0, sizeof(Header));
   }
@@ -104,28 +219,9 @@ void PackedCart::Reserve(size_t extra) {
 }
 
 PackedCart::LinePos PackedCart::FindLine(std::string_view sku) const {
-  LinePos pos{false, 0, 0, 0};
-  if (!block_) return pos;
-  const Header* h = header();
-  const uint8_t* base = lines();
-  const uint8_t* p = base;
-  uint32_t first = 0;
-  for (uint32_t i = 0; i < h->n_lines; ++i) {
-    uint32_t n = p[0], len = p[1];
-    int c = CompareSku(p + 2, len, sku.data(), sku.size());
-    if (c >= 0) {
-      pos.found = c == 0;
-      pos.offset = static_cast<uint32_t>(p - base);
-      pos.first_change = first;
-      pos.n = c == 0 ? n : 0;
-      return pos;
-    }
-    first += n;
-    p += 2 + len;
-  }
-  pos.offset = static_cast<uint32_t>(p - base);
-  pos.first_change = first;
-  return pos;
+  if (!block_) return LinePos{false, 0, 0, 0};
+  Scan scan = ScanLines(lines(), header()->n_lines, sku);
+  return LinePos{scan.found, scan.offset, scan.first_change, scan.n};
 }
 
 uint32_t PackedCart::FindRep(ReplicaId replica, bool* found) const {
@@ -204,44 +300,61 @@ bool PackedCart::PrepareNext(ReplicaId replica, size_t extra, uint32_t* index) {
 
 bool PackedCart::AddChange(ReplicaId replica, std::string_view sku, int64_t amount, Dot* dot) {
   if (amount < kAmountMin || amount > kAmountMax || sku.size() > kMaxSkuBytes) return false;
-  LinePos pos = FindLine(sku);
-  size_t extra = 8;
-  if (pos.found) {
-    if (pos.n >= kMaxLineChanges) return false;
-  } else {
-    size_t n_lines = block_ ? header()->n_lines : 0;
-    size_t line_bytes = block_ ? header()->line_bytes : 0;
-    if (n_lines >= kMaxLines || line_bytes + 2 + sku.size() > 0xffff) return false;
-    extra += 2 + sku.size();
-  }
-  if (block_ && header()->n_changes >= 0xffff) return false;
+  // One pass over the block: find the replica and the line, check every limit, then make room
+  // (growing the block, inserting the replica) and insert. Positions are kept as offsets within
+  // their regions, which stay valid while regions before them grow.
+  const Header empty{};
+  const Header& h0 = block_ ? *header() : empty;
+  const uint32_t n_reps = h0.n_reps;
+  const Rep* r = block_ ? reps() : nullptr;
   uint32_t i = 0;
-  if (!PrepareNext(replica, extra, &i)) return false;
-  uint64_t counter = BumpRep(i);
+  if (n_reps <= 8) {
+    while (i < n_reps && r[i].replica < replica) ++i;
+  } else {
+    i = static_cast<uint32_t>(
+        std::lower_bound(r, r + n_reps, replica,
+                         [](const Rep& x, ReplicaId id) { return x.replica < id; }) -
+        r);
+  }
+  const bool have_rep = i < n_reps && r[i].replica == replica;
+  if (have_rep ? r[i].vv + uint64_t{1} >= kCounterLimit : n_reps >= kMaxReps) return false;
+  const Scan pos = block_ ? ScanLines(lines(), h0.n_lines, sku) : Scan{false, 0, 0, 0};
+  const size_t record = pos.found ? 0 : 2 + sku.size();
+  if (h0.n_changes >= 0xffff ||
+      (pos.found ? pos.n >= kMaxLineChanges
+                 : h0.n_lines >= kMaxLines || h0.line_bytes + record > 0xffff)) {
+    return false;
+  }
+  const size_t extra = 8 + record + (have_rep ? 0 : sizeof(Rep));
+  if (!block_ || UsedBytes() + extra > header()->capacity) Reserve(extra);
+  if (!have_rep) InsertRep(i, replica);
+  const uint64_t counter = header()->n_cloud == 0 ? ++reps()[i].vv : BumpRep(i);
 
   // The new dot is the highest of its replica, but a line can hold dots of later replicas (and,
   // after a restore, cloud dots of this one): insert in dot order.
   Header* h = header();
   uint64_t* ch = changes();
-  uint64_t key = (uint64_t{i} << 32) | counter;
+  const uint32_t n_changes = h->n_changes;
+  const size_t line_bytes = h->line_bytes;
+  const uint64_t key = (uint64_t{i} << 32) | counter;
   uint32_t p = pos.first_change;
-  uint32_t end = p + pos.n;
+  const uint32_t end = p + pos.n;
   while (p < end && ChangeKey(ch[p]) < key) ++p;
-  std::memmove(ch + p + 1, ch + p, (h->n_changes - p) * size_t{8} + h->line_bytes);
+  std::memmove(ch + p + 1, ch + p, (n_changes - p) * size_t{8} + line_bytes);
   ch[p] = MakeChange(i, counter, amount);
-  h->n_changes++;
-  uint8_t* ln = lines();
+  uint8_t* ln = reinterpret_cast<uint8_t*>(ch + n_changes + 1);
   if (pos.found) {
     ln[pos.offset]++;
   } else {
     uint8_t* at = ln + pos.offset;
-    std::memmove(at + 2 + sku.size(), at, h->line_bytes - pos.offset);
+    std::memmove(at + record, at, line_bytes - pos.offset);
     at[0] = 1;
     at[1] = static_cast<uint8_t>(sku.size());
     std::memcpy(at + 2, sku.data(), sku.size());
-    h->line_bytes = static_cast<uint16_t>(h->line_bytes + 2 + sku.size());
+    h->line_bytes = static_cast<uint16_t>(line_bytes + record);
     h->n_lines++;
   }
+  h->n_changes = static_cast<uint16_t>(n_changes + 1);
   *dot = Dot{replica, counter};
   return true;
 }
@@ -345,9 +458,9 @@ bool PackedCart::Pack(const General& g, PackedCart* out) {
   size_t used = sizeof(Header) + 8 * (table.size() + cl.size() + n_changes) + line_bytes;
   PackedCart p;
   if (used > sizeof(Header)) {
-    p.block_ = Allocate(nullptr, RoundUp16(used));
+    p.block_ = AllocateBlock(CapacityFor(used));
     Header* h = p.header();
-    *h = Header{static_cast<uint32_t>(RoundUp16(used)),
+    *h = Header{static_cast<uint32_t>(CapacityFor(used)),
                 static_cast<uint16_t>(n_changes),
                 static_cast<uint16_t>(line_bytes),
                 static_cast<uint16_t>(cl.size()),
@@ -388,8 +501,8 @@ bool PackedCart::OneChange(std::string_view sku, Dot dot, int64_t amount, Packed
   bool in_cloud = dot.counter > 1;
   size_t used = sizeof(Header) + 8 * (2 + size_t{in_cloud}) + 2 + sku.size();
   PackedCart p;
-  p.block_ = Allocate(nullptr, RoundUp16(used));
-  *p.header() = Header{static_cast<uint32_t>(RoundUp16(used)),
+  p.block_ = AllocateBlock(CapacityFor(used));
+  *p.header() = Header{static_cast<uint32_t>(CapacityFor(used)),
                        1,
                        static_cast<uint16_t>(2 + sku.size()),
                        static_cast<uint16_t>(in_cloud),
@@ -615,10 +728,11 @@ bool PackedCart::Join(const PackedCart& other) {
   size_t used =
       sizeof(Header) + 8 * (joined.size() + cloud.size() + out_changes.size()) + out_lines.size();
   if (header()->capacity < used) {
-    size_t want = RoundUp16(std::max(used, size_t{header()->capacity} * 3 / 2));
-    std::free(block_);
+    // Room for a few more changes: the next local change to this cart should not reallocate.
+    size_t want = CapacityFor(used + 24);
+    Release(block_);
     block_ = nullptr;
-    block_ = Allocate(nullptr, want);
+    block_ = AllocateBlock(want);
     header()->capacity = static_cast<uint32_t>(want);
   }
   Header* h = header();

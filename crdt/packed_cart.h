@@ -57,7 +57,9 @@ class PackedCart {
     std::swap(block_, other.block_);
     return *this;
   }
-  ~PackedCart() { std::free(block_); }
+  ~PackedCart() {
+    if (block_) Release(block_);
+  }
 
   // Packs a general state. Returns false, leaving *out unchanged, when it does not fit.
   // REQUIRES: g is a valid causal state (store dots in the context, compacted context).
@@ -164,6 +166,8 @@ class PackedCart {
     return reinterpret_cast<const uint8_t*>(changes() + header()->n_changes);
   }
   size_t UsedBytes() const;
+  // Frees a block (into the per-thread cache of its size class when there is room).
+  static void Release(void* block);
 
   LinePos FindLine(std::string_view sku) const;
   // Index of `replica` in the rep table, or where it would be inserted (*found false).

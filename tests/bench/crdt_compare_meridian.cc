@@ -13,6 +13,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -38,11 +39,30 @@ struct Event {
   char type;              // 'o', 'p', 'd'
   uint32_t a = 0, b = 0;  // o: index into ops; p: replica; d: message, replica
 };
+// A growable byte buffer that, unlike std::string, does not zero the room it adds.
+struct Bytes {
+  std::unique_ptr<char[]> data;
+  size_t size = 0;
+  size_t capacity = 0;
+  // Room for `n` more bytes at data + size.
+  char* Room(size_t n) {
+    if (size + n > capacity) {
+      size_t grown = std::max({size + n, 2 * capacity, size_t{4096}});
+      auto fresh = std::make_unique_for_overwrite<char[]>(grown);
+      if (size) std::memcpy(fresh.get(), data.get(), size);
+      data = std::move(fresh);
+      capacity = grown;
+    }
+    return data.get() + size;
+  }
+  std::string_view view() const { return {data.get(), size}; }
+};
+
 struct Message {
   uint32_t origin;
   uint64_t ops = 0;
   uint32_t deliveries_left = 0;
-  std::string bytes;                                                      // concatenated payloads
+  Bytes bytes;                                                            // concatenated payloads
   std::vector<std::pair<uint32_t, std::pair<uint32_t, uint32_t>>> parts;  // cart, (offset, len)
 };
 
@@ -126,20 +146,20 @@ int main(int argc, char** argv) {
     ++deliveries[e.a];
   }
 
-  // An outbox record: one change (dot, amount) or one removal (its retired dots in `retired`).
-  // Records of one cart are chained in log order (`next`), so that shipping folds each cart's
-  // records without sorting the log.
+  // An outbox record: one change (counter, amount; the dot's replica is the outbox's) or one
+  // removal (its retired dots in `retired`). Records of one cart are chained in log order
+  // (`next`), so that shipping folds each cart's records without sorting the log.
   constexpr uint32_t kNone = ~uint32_t{0};
   struct Record {
     uint32_t cart;
     uint32_t sku;
-    meridian::crdt::Dot dot;
-    int64_t amount;
-    uint32_t retired_begin;
+    uint64_t counter;
+    int64_t amount;          // a removal: the index of its first retired dot
     uint32_t retired_count;  // > 0 marks a removal
     uint32_t next;           // the cart's next record, or kNone
   };
   struct Outbox {
+    ReplicaId replica;
     std::vector<Record> log;
     std::vector<meridian::crdt::Dot> retired;
     std::vector<uint32_t> first, last;  // per cart: its first and last record since the last ship
@@ -147,13 +167,15 @@ int main(int argc, char** argv) {
     void Append(const Record& rec) {
       auto i = static_cast<uint32_t>(log.size());
       log.push_back(rec);
-      if (first[rec.cart] == kNone) {
-        first[rec.cart] = i;
+      uint32_t& head = first[rec.cart];
+      uint32_t& tail = last[rec.cart];
+      if (head == kNone) {
+        head = i;
         touched.push_back(rec.cart);
       } else {
-        log[last[rec.cart]].next = i;
+        log[tail].next = i;
       }
-      last[rec.cart] = i;
+      tail = i;
     }
   };
   std::vector<std::vector<Cart>> docs(replicas);
@@ -161,6 +183,7 @@ int main(int argc, char** argv) {
   std::vector<uint64_t> ops_since_pack(replicas, 0);
   for (uint32_t r = 0; r < replicas; ++r) {
     for (uint32_t c = 0; c < carts; ++c) docs[r].emplace_back(static_cast<ReplicaId>(r + 1));
+    outbox[r].replica = static_cast<ReplicaId>(r + 1);
     outbox[r].first.assign(carts, kNone);
     outbox[r].last.assign(carts, kNone);
   }
@@ -184,10 +207,10 @@ int main(int argc, char** argv) {
           auto begin = static_cast<uint32_t>(box.retired.size());
           doc.RemoveLine(sku_names[op.sku], &box.retired);
           uint32_t n = static_cast<uint32_t>(box.retired.size()) - begin;
-          if (n > 0) box.Append({op.cart, op.sku, {}, 0, begin, n, kNone});
+          if (n > 0) box.Append({op.cart, op.sku, 0, begin, n, kNone});
         } else {
           meridian::crdt::Dot dot = doc.AddChange(sku_names[op.sku], op.amount);
-          box.Append({op.cart, op.sku, dot, op.amount, 0, 0, kNone});
+          box.Append({op.cart, op.sku, dot.counter, op.amount, 0, kNone});
         }
         ++ops_since_pack[op.replica];
       }
@@ -202,7 +225,7 @@ int main(int argc, char** argv) {
       if (!spare.empty()) {
         m = std::move(spare.back());
         spare.pop_back();
-        m.bytes.clear();
+        m.bytes.size = 0;
         m.parts.clear();
       }
       m.origin = e.a;
@@ -214,33 +237,43 @@ int main(int argc, char** argv) {
       // their deltas) and encode one delta per cart. A cart with one record ships that record's
       // delta, encoded straight from the record (the same bytes as encoding the delta Cart).
       Outbox& box = outbox[e.a];
+      Bytes& buf = m.bytes;
       for (uint32_t c : box.touched) {
         uint32_t j = box.first[c];
         box.first[c] = kNone;
-        auto offset = static_cast<uint32_t>(m.bytes.size());
         const Record& head = box.log[j];
-        if (head.next == kNone) {
-          if (head.retired_count > 0) {
-            meridian::crdt::EncodeRemovalDeltaTo(box.retired.data() + head.retired_begin,
-                                                 head.retired_count, &m.bytes);
-          } else {
-            meridian::crdt::EncodeChangeDeltaTo(sku_names[head.sku], head.dot, head.amount,
-                                                &m.bytes);
-          }
+        const std::string& sku = sku_names[head.sku];
+        const size_t offset = buf.size;
+        if (head.next == kNone && head.retired_count > 0) {
+          char* start = buf.Room(meridian::crdt::MaxRemovalDeltaBytes(head.retired_count));
+          char* end = meridian::crdt::EncodeRemovalDelta(box.retired.data() + head.amount,
+                                                         head.retired_count, start);
+          buf.size += static_cast<size_t>(end - start);
+        } else if (head.next == kNone) {
+          char* start = buf.Room(meridian::crdt::MaxChangeDeltaBytes(sku.size()));
+          char* end = meridian::crdt::EncodeChangeDelta(sku, {box.replica, head.counter},
+                                                        head.amount, start);
+          buf.size += static_cast<size_t>(end - start);
         } else {
-          Cart delta;
+          thread_local std::vector<meridian::crdt::CartRecord> recs;
+          thread_local std::string folded;
+          recs.clear();
           for (; j != kNone; j = box.log[j].next) {
             const Record& rec = box.log[j];
             if (rec.retired_count > 0) {
-              delta.JoinRemoval(sku_names[rec.sku], box.retired.data() + rec.retired_begin,
-                                rec.retired_count);
+              recs.push_back(
+                  {sku_names[rec.sku], {}, 0, box.retired.data() + rec.amount, rec.retired_count});
             } else {
-              delta.JoinChange(sku_names[rec.sku], rec.dot, rec.amount);
+              recs.push_back({sku_names[rec.sku], {box.replica, rec.counter}, rec.amount});
             }
           }
-          meridian::crdt::EncodeTo(delta, &m.bytes);
+          folded.clear();
+          meridian::crdt::EncodeRecordsTo(recs.data(), recs.size(), &folded);
+          std::memcpy(buf.Room(folded.size()), folded.data(), folded.size());
+          buf.size += folded.size();
         }
-        m.parts.push_back({c, {offset, static_cast<uint32_t>(m.bytes.size()) - offset}});
+        m.parts.push_back(
+            {c, {static_cast<uint32_t>(offset), static_cast<uint32_t>(buf.size - offset)}});
       }
       box.touched.clear();
       box.log.clear();
@@ -252,12 +285,11 @@ int main(int argc, char** argv) {
     } else {
       if (e.a >= messages.size() || e.b >= replicas) Die("delivery of an unknown message");
       Message& m = messages[e.a];
-      wire_bytes += m.bytes.size();
+      wire_bytes += m.bytes.size;
       merge_ops += m.ops;
       auto t0 = Clock::now();
       for (const auto& [cart, span] : m.parts) {
-        auto delta =
-            meridian::crdt::DecodeCart(std::string_view(m.bytes).substr(span.first, span.second));
+        auto delta = meridian::crdt::DecodeCart(m.bytes.view().substr(span.first, span.second));
         if (!delta.ok()) Die("decode failed: " + std::string(delta.status().message()));
         docs[e.b][cart].Merge(*delta);
       }
