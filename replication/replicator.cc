@@ -153,11 +153,19 @@ class OutboxFeed {
       : region_(region), config_(config) {}
 
   // A session ships `db` from `pos` on. The first session of a database starts its slices there.
-  void Attach(const void* who, const std::string& db, int64_t pos) {
+  // `stream` names the database's incarnation: a rebuilt database (its seqs start over)
+  // starts its slices afresh.
+  void Attach(const void* who, const std::string& db, const std::string& stream, int64_t pos) {
     std::lock_guard<std::mutex> l(mu_);
     Db& d = dbs_[db];
+    if (d.started && d.stream != stream) {
+      const uint64_t generation = d.generation + 1;
+      d = Db();
+      d.generation = generation;
+    }
     if (!d.started) {
       d.started = true;
+      d.stream = stream;
       d.next_after = pos;
     }
     d.positions[who] = pos;
@@ -171,13 +179,14 @@ class OutboxFeed {
 
   // The records of `db` past `pos` (slices), and the position they take the session to; false
   // when `pos` lies before the oldest slice (the session reads the outbox itself).
-  bool Take(const void* who, const std::string& db, int64_t pos, std::vector<Slice>* out,
-            int64_t* through) {
+  bool Take(const void* who, const std::string& db, const std::string& stream, int64_t pos,
+            std::vector<Slice>* out, int64_t* through) {
     std::lock_guard<std::mutex> l(mu_);
     Db& d = dbs_[db];
+    if (!d.started || d.stream != stream) return false;
     d.positions[who] = pos;
     const int64_t base = d.slices.empty() ? d.next_after : d.slices.front().after;
-    if (!d.started || pos < base) return false;
+    if (pos < base) return false;
     *through = std::max(pos, d.next_after);
     for (const Slice& s : d.slices)
       if (s.through > pos) out->push_back(s);
@@ -218,6 +227,7 @@ class OutboxFeed {
     while (true) {
       rpb::PollOutboxRequest req;
       std::vector<std::string> names;
+      std::vector<uint64_t> generations;
       {
         std::unique_lock<std::mutex> l(mu_);
         cv_.wait(l, [&] {
@@ -235,6 +245,7 @@ class OutboxFeed {
           c->set_gap_horizon(d.gap_horizon);
           c->set_gap_horizon_seq(d.gap_horizon_seq);
           names.push_back(name);
+          generations.push_back(d.generation);
         }
       }
       req.set_limit(config_.batch_max_records);
@@ -258,9 +269,9 @@ class OutboxFeed {
         for (size_t i = 0; i < names.size(); ++i) {
           const rpb::OutboxChunk& chunk = resp.chunks(static_cast<int>(i));
           Db& d = dbs_[names[i]];
-          if (chunk.database() != names[i] ||
+          if (chunk.database() != names[i] || d.generation != generations[i] ||
               req.cursors(static_cast<int>(i)).after_seq() != d.next_after) {
-            continue;  // not what we asked for (or asked from elsewhere): read again
+            continue;  // not what we asked for (or the slices started afresh): read again
           }
           d.gap_horizon = chunk.gap_horizon();
           d.gap_horizon_seq = chunk.gap_horizon_seq();
@@ -303,7 +314,9 @@ class OutboxFeed {
 
   struct Db {
     bool started = false;
-    int64_t next_after = 0;  // every record through here is in the slices (or was dropped)
+    std::string stream;       // the incarnation the slices belong to
+    uint64_t generation = 0;  // bumped when the slices start afresh
+    int64_t next_after = 0;   // every record through here is in the slices (or was dropped)
     int64_t gap_horizon = 0, gap_horizon_seq = 0;
     std::deque<Slice> slices;
     size_t count = 0;                          // records in slices
@@ -912,7 +925,7 @@ class Session {
     }
     if (!CatchUpFromState(cursors)) return Fail();
     OutboxFeed& feed = *r_.feed;
-    for (const Cursor& c : cursors) feed.Attach(this, c.db, c.after_seq);
+    for (const Cursor& c : cursors) feed.Attach(this, c.db, c.stream, c.after_seq);
     struct Detach {
       OutboxFeed& feed;
       const void* who;
@@ -925,7 +938,7 @@ class Session {
       for (Cursor& c : cursors) {
         std::vector<OutboxFeed::Slice> slices;
         int64_t through = 0;
-        if (!feed.Take(this, c.db, c.after_seq, &slices, &through)) {
+        if (!feed.Take(this, c.db, c.stream, c.after_seq, &slices, &through)) {
           behind.push_back(&c);
           continue;
         }
