@@ -30,7 +30,7 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   YamlReader r{std::string(source)};
   r.OnlyKeys(root, "",
              {"region", "jurisdiction", "replica_id", "region_grpc", "listen", "metrics", "tls",
-              "peers", "shipping"});
+              "peers", "shipping", "coordination"});
   ReplicatorConfig c;
   c.region = r.String(root, "region", "region", true);
   c.jurisdiction = r.String(root, "jurisdiction", "jurisdiction", true);
@@ -75,6 +75,79 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   }
   if (r.ok() && c.backoff_max_ms < c.backoff_min_ms) {
     r.Fail("shipping.backoff_max_ms", "must be at least backoff_min_ms");
+  }
+  YAML::Node co = r.Map(root, "coordination", "coordination", false);
+  if (co) {
+    c.coordination = true;
+    r.OnlyKeys(co, "coordination", {"control", "admin", "operator_token_file", "leases", "rights"});
+    c.control = r.HostPort(co, "control", "coordination.control", false);
+    c.admin = r.HostPort(co, "admin", "coordination.admin", false);
+    std::string token_file =
+        r.String(co, "operator_token_file", "coordination.operator_token_file", false);
+    if (r.ok() && !token_file.empty()) {
+      std::ifstream in(token_file);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      c.operator_token = ss.str();
+      while (!c.operator_token.empty() &&
+             (c.operator_token.back() == '\n' || c.operator_token.back() == ' ')) {
+        c.operator_token.pop_back();
+      }
+      if (!in || c.operator_token.size() < 16) {
+        r.Fail("coordination.operator_token_file",
+               "must name a readable file holding a token of at least 16 characters");
+      }
+    }
+    if (r.ok() && c.admin.port != 0 && c.operator_token.empty()) {
+      r.Fail("coordination.operator_token_file", "required when coordination.admin is set");
+    }
+    YAML::Node l = r.Map(co, "leases", "coordination.leases", false);
+    r.OnlyKeys(l, "coordination.leases",
+               {"ttl_ms", "renew_interval_ms", "retry_interval_ms", "round_timeout_ms",
+                "alive_timeout_ms", "max_drift", "margin_ms", "handback_after_ms"});
+    const std::string lp = "coordination.leases.";
+    c.leases.ttl_ms = r.Integer<int64_t>(l, "ttl_ms", lp + "ttl_ms", 6000, 100, 600000);
+    c.leases.renew_interval_ms =
+        r.Integer<int64_t>(l, "renew_interval_ms", lp + "renew_interval_ms", 1000, 10, 300000);
+    c.leases.retry_interval_ms =
+        r.Integer<int64_t>(l, "retry_interval_ms", lp + "retry_interval_ms", 250, 10, 600000);
+    c.leases.round_timeout_ms =
+        r.Integer<int64_t>(l, "round_timeout_ms", lp + "round_timeout_ms", 1500, 10, 600000);
+    c.leases.alive_timeout_ms =
+        r.Integer<int64_t>(l, "alive_timeout_ms", lp + "alive_timeout_ms", 2500, 20, 600000);
+    c.leases.max_drift = r.Number(l, "max_drift", lp + "max_drift", 0.01, 0, 0.1);
+    c.leases.margin_ms = r.Integer<int64_t>(l, "margin_ms", lp + "margin_ms", 100, 0, 600000);
+    c.leases.handback_after_ms =
+        r.Integer<int64_t>(l, "handback_after_ms", lp + "handback_after_ms", 5000, 0, 3600000);
+    if (r.ok()) {
+      if (absl::Status st = c.leases.Validate(); !st.ok()) {
+        r.Fail("coordination", std::string(st.message()));
+      }
+    }
+    YAML::Node rg = r.Map(co, "rights", "coordination.rights", false);
+    r.OnlyKeys(rg, "coordination.rights",
+               {"gossip_interval_ms", "demand_half_life_ms", "lead_ms", "horizon_ms", "tte_ratio",
+                "grant_cooldown_ms", "request_cooldown_ms", "info_ttl_ms"});
+    const std::string rp = "coordination.rights.";
+    c.rights.gossip_interval_ms =
+        r.Integer<int64_t>(rg, "gossip_interval_ms", rp + "gossip_interval_ms", 100, 10, 60000);
+    c.rights.demand_half_life_ms = r.Integer<int64_t>(
+        rg, "demand_half_life_ms", rp + "demand_half_life_ms", 2000, 100, 3600000);
+    c.rights.lead_ms = r.Integer<int64_t>(rg, "lead_ms", rp + "lead_ms", 300, 0, 600000);
+    c.rights.horizon_ms =
+        r.Integer<int64_t>(rg, "horizon_ms", rp + "horizon_ms", 10000, 100, 3600000);
+    c.rights.tte_ratio = r.Number(rg, "tte_ratio", rp + "tte_ratio", 2.0, 1, 100);
+    c.rights.grant_cooldown_ms =
+        r.Integer<int64_t>(rg, "grant_cooldown_ms", rp + "grant_cooldown_ms", 50, 0, 600000);
+    c.rights.request_cooldown_ms =
+        r.Integer<int64_t>(rg, "request_cooldown_ms", rp + "request_cooldown_ms", 50, 0, 600000);
+    c.rights.info_ttl_ms =
+        r.Integer<int64_t>(rg, "info_ttl_ms", rp + "info_ttl_ms", 3000, 20, 3600000);
+    if (r.ok()) {
+      if (absl::Status st = c.rights.Validate(); !st.ok()) {
+        r.Fail("coordination", std::string(st.message()));
+      }
+    }
   }
   YAML::Node peers = root["peers"];
   if (!peers || !peers.IsSequence() || peers.size() == 0) {

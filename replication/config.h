@@ -10,6 +10,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/yaml_reader.h"
+#include "replication/lease.h"
+#include "replication/rights.h"
 
 namespace meridian::replication {
 
@@ -40,6 +42,13 @@ struct ReplicatorConfig {
   int backoff_min_ms = 100;
   int backoff_max_ms = 5000;
   int truncate_interval_ms = 5000;
+  // coordination (issue 5): leases, rights, takeover sync, forwarding, operator API
+  bool coordination = false;
+  Endpoint control;            // local API for the region (order forwarding); port 0 = off
+  Endpoint admin;              // operator HTTP API (status, handback); port 0 = off
+  std::string operator_token;  // bearer token of the admin API (from operator_token_file)
+  LeaseConfig leases;
+  RightsConfig rights;
 };
 
 [[nodiscard]] absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -30,16 +31,15 @@ absl::Status RightsConfig::Validate() const {
     return bad("gossip_interval_ms", "must be 10..60000");
   }
   if (demand_half_life_ms < 100) return bad("demand_half_life_ms", "must be >= 100");
-  if (urgent_keep_ms < 0) return bad("urgent_keep_ms", "must be >= 0");
+  if (lead_ms < 0 || lead_ms > 600000) return bad("lead_ms", "must be 0..600000");
+  if (horizon_ms < 100 || horizon_ms > 3600000) return bad("horizon_ms", "must be 100..3600000");
+  if (!(tte_ratio >= 1 && tte_ratio <= 100)) return bad("tte_ratio", "must be 1..100");
   if (grant_cooldown_ms < 0) return bad("grant_cooldown_ms", "must be >= 0");
   if (request_cooldown_ms < 0) return bad("request_cooldown_ms", "must be >= 0");
   if (info_ttl_ms < 2 * gossip_interval_ms) {
     return bad("info_ttl_ms", "must be at least twice gossip_interval_ms");
   }
   if (active_window_ms < info_ttl_ms) return bad("active_window_ms", "must be >= info_ttl_ms");
-  if (!(rebalance_threshold >= 0 && rebalance_threshold <= 1)) {
-    return bad("rebalance_threshold", "must be 0..1");
-  }
   if (max_skus_per_gossip < 1 || max_skus_per_gossip > 100000) {
     return bad("max_skus_per_gossip", "must be 1..100000");
   }
@@ -240,48 +240,45 @@ void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Gran
     pg.at_ms = now;
   };
 
-  // 1. Checkouts waiting elsewhere come before our predicted demand; not before our own waiters.
-  if (my_waiting == 0) {
-    const int64_t keep = static_cast<int64_t>(
-        std::ceil(my_rate * static_cast<double>(config_.urgent_keep_ms) / 1000.0));
-    std::sort(peers.begin(), peers.end(),
-              [](const Peer& a, const Peer& b) { return a.waiting > b.waiting; });
-    for (Peer& p : peers) {
-      const int64_t available = mine - keep;
-      if (available <= 0) break;
-      if (p.waiting == 0 || !cooled(p.id)) continue;
-      give(p, std::min<int64_t>(available, static_cast<int64_t>(p.waiting)), true);
-    }
+  // Our own waiting checkouts come first: give nothing away while they wait.
+  if (my_waiting > 0) return;
+  const int64_t reserve =
+      static_cast<int64_t>(std::ceil(my_rate * static_cast<double>(config_.lead_ms) / 1000.0));
+
+  // 1. Checkouts waiting elsewhere, from what we hold above our reserve.
+  std::sort(peers.begin(), peers.end(),
+            [](const Peer& a, const Peer& b) { return a.waiting > b.waiting; });
+  for (Peer& p : peers) {
+    const int64_t available = mine - reserve;
+    if (available <= 0) break;
+    if (p.waiting == 0 || !cooled(p.id)) continue;
+    give(p, std::min<int64_t>(available, static_cast<int64_t>(p.waiting)), true);
   }
 
-  // 2. Shares in proportion to demand.
-  double total = static_cast<double>(mine);
-  double demand = my_rate;
-  for (const Peer& p : peers) {
-    total += std::max(0.0, p.rights);
-    demand += p.rate;
-  }
-  if (demand <= 1e-9 || mine <= 0) return;
-  const double my_target = total * my_rate / demand;
-  int64_t spare = mine - static_cast<int64_t>(std::ceil(my_target));
-  if (spare <= 0) return;
-  std::vector<std::pair<double, Peer*>> deficits;
+  // 2. Ahead of demand: toward the peer that will run out first, if much sooner than we will.
+  if (mine - reserve <= 0) return;
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const double my_tte = my_rate > 1e-9 ? static_cast<double>(mine) / my_rate : kInf;
+  Peer* soonest = nullptr;
+  double soonest_tte = kInf;
   for (Peer& p : peers) {
-    const double target = total * p.rate / demand;
-    const double deficit = target - p.rights;
-    if (deficit >= std::max(1.0, config_.rebalance_threshold * target) && cooled(p.id)) {
-      deficits.emplace_back(deficit, &p);
+    if (p.rate <= 1e-9 || !cooled(p.id)) continue;
+    const double tte = std::max(0.0, p.rights) / p.rate;
+    if (tte < soonest_tte) {
+      soonest_tte = tte;
+      soonest = &p;
     }
   }
-  std::sort(deficits.begin(), deficits.end(),
-            [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (auto& [deficit, p] : deficits) {
-    if (spare <= 0) break;
-    const int64_t units = std::min<int64_t>(spare, static_cast<int64_t>(std::floor(deficit)));
-    if (units <= 0) continue;
-    give(*p, units, false);
-    spare -= units;
-  }
+  if (soonest == nullptr) return;
+  if (soonest_tte * 1000.0 > static_cast<double>(config_.horizon_ms)) return;
+  if (my_tte < kInf && soonest_tte * config_.tte_ratio > my_tte) return;
+  // Equalize: (mine - x) / my_rate == (theirs + x) / their_rate.
+  const double theirs = std::max(0.0, soonest->rights);
+  double x = my_rate > 1e-9 ? (static_cast<double>(mine) * soonest->rate - theirs * my_rate) /
+                                  (soonest->rate + my_rate)
+                            : static_cast<double>(mine);
+  const int64_t units = std::min<int64_t>(static_cast<int64_t>(std::floor(x)), mine - reserve);
+  if (units >= 1) give(*soonest, units, false);
 }
 
 std::vector<RightsManager::RegionView> RightsManager::Views(const std::string& sku) {

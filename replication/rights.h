@@ -10,13 +10,15 @@
 // streams. Only a region's own rights can be given away, so no decision here can oversell: the
 // bounded counter's invariant holds whatever this logic decides.
 //
-// Policy, per SKU, on every Tick:
+// Policy, per SKU, on every Tick (never while checkouts here wait for this SKU themselves):
 //   1. Urgent: a peer that reported checkouts waiting for units (RightsRequest, or `waiting` in its
-//      gossip) gets them from our rights, keeping only `urgent_keep_ms` worth of our own demand.
-//   2. Rebalance: the total rights seen (ours, peers' last gossip, plus our grants still in
-//      flight) are split in proportion to each region's recent demand (an exponentially decayed
-//      rate, half-life `demand_half_life_ms`). What we hold above our share goes to the peers
-//      furthest below theirs, once a deficit is worth a grant (hysteresis).
+//      gossip) gets them from our rights above our reserve (our recent demand over `lead_ms`).
+//   2. Ahead of demand: compare each region's time to exhaustion (rights / demand rate, an
+//      exponentially decayed rate with half-life `demand_half_life_ms`). When the peer that will
+//      run out first will do so within `horizon_ms` and `tte_ratio` times sooner than we will, move
+//      enough to equalize the two (keeping our reserve). A region without demand has an infinite
+//      time to exhaustion: it gives everything to whoever needs it. Near the end, when everyone's
+//      time is short, only the urgent path moves units, so they stay where they will be sold.
 // Grants in flight are tracked exactly: gossip carries, per peer, the cumulative units the sender
 // has received from it (P[peer][sender] in the bounded counter), and we know what we gave.
 // Limits: one grant per (SKU, peer) per `grant_cooldown_ms`; one urgent request per SKU per
@@ -43,12 +45,13 @@ namespace meridian::replication {
 struct RightsConfig {
   int64_t gossip_interval_ms = 100;
   int64_t demand_half_life_ms = 2000;
-  int64_t urgent_keep_ms = 100;  // own demand kept back when answering a peer's waiting checkouts
+  int64_t lead_ms = 300;       // reserve: this much of our own demand is never given away
+  int64_t horizon_ms = 10000;  // proactive moves only toward a peer running out within this
+  double tte_ratio = 2.0;      // ... and this many times sooner than we would
   int64_t grant_cooldown_ms = 50;
   int64_t request_cooldown_ms = 50;
   int64_t info_ttl_ms = 3000;
   int64_t active_window_ms = 10000;  // a SKU is gossiped while touched within this window
-  double rebalance_threshold = 0.2;  // a deficit below this share of the peer's target waits
   size_t max_skus_per_gossip = 2000;
 
   [[nodiscard]] absl::Status Validate() const;

@@ -68,8 +68,8 @@ TEST(RightsConfig, ValidatesFields) {
   c.info_ttl_ms = 150;
   EXPECT_NE(c.Validate().message().find("info_ttl_ms"), std::string::npos);
   c = RightsConfig{};
-  c.rebalance_threshold = 2;
-  EXPECT_NE(c.Validate().message().find("rebalance_threshold"), std::string::npos);
+  c.tte_ratio = 0.5;
+  EXPECT_NE(c.Validate().message().find("tte_ratio"), std::string::npos);
 }
 
 TEST(Rights, UrgentRequestIsAnsweredFromSpareRights) {
@@ -89,28 +89,45 @@ TEST(Rights, OwnWaitersComeFirst) {
   EXPECT_TRUE(h.rm->Tick().empty());
 }
 
-TEST(Rights, SharesFollowDemand) {
+TEST(Rights, RightsMoveTowardWhoRunsOutFirst) {
   Harness h;
   h.views["kettle"].rights = 100;
   for (int i = 0; i < 10; ++i) h.rm->RecordDemand("kettle", 1);
   h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 45)}});
   h.rm->OnMessage(3, RightsGossip{{h.Entry("kettle", 0, 0)}});
   auto grants = h.rm->Tick();
-  // Our rate is ~10 units decayed over a 2 s half-life: ~3.5/s; region 2 wants ~93% of 100.
+  // Our rate is ~10 units decayed over a 2 s half-life: ~3.5/s; region 2 sells 45/s and has
+  // none: equal times to exhaustion leave us ~7 of 100 (and at least our 300 ms reserve).
   const uint64_t to2 = h.Total(grants, 2);
-  EXPECT_GE(to2, 85u);
+  EXPECT_GE(to2, 88u);
   EXPECT_LE(to2, 95u);
-  EXPECT_EQ(h.Total(grants, 3), 0u);
+  EXPECT_EQ(h.Total(grants, 3), 0u) << "region 3 has no demand";
   h.Execute(grants);
 
   // The grant is in flight: region 2's next gossip has not seen it, so nothing more is sent.
   h.clock.now += 200;
   h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 45)}});
   EXPECT_TRUE(h.rm->Tick().empty());
-  // Once it arrived, region 2 reports it; still nothing (shares are met).
+  // Once it arrived, region 2 reports it; still nothing (times to exhaustion are equal).
   h.clock.now += 200;
   h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", static_cast<int64_t>(to2), 45, 0, to2)}});
   EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, NoMovesWhenEveryoneHasTimeLeft) {
+  Harness h;
+  h.views["kettle"].rights = 1000;
+  for (int i = 0; i < 10; ++i) h.rm->RecordDemand("kettle", 1);
+  // Region 2 sells 1/s and holds 300: 300 s to go, beyond the 10 s horizon.
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 300, 1)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
+}
+
+TEST(Rights, ARegionWithoutDemandGivesAllItHas) {
+  Harness h;
+  h.views["kettle"].rights = 7;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 5)}});
+  EXPECT_EQ(h.Total(h.rm->Tick(), 2), 7u);
 }
 
 TEST(Rights, NoDemandNoMoves) {

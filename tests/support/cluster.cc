@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "tests/support/ports.h"
 #include "tests/support/temp_dir.h"
 
@@ -128,6 +129,8 @@ absl::Status Cluster::Build() {
     r->grpc_port = FreeTcpPort();
     r->repl_port = FreeTcpPort();
     r->metrics_port = FreeTcpPort();
+    r->admin_port = FreeTcpPort();
+    r->control_port = FreeTcpPort();
     regions_.push_back(std::move(r));
   }
   // Links: the lower replica id dials, through a delaying proxy in front of the higher one.
@@ -172,7 +175,12 @@ absl::Status Cluster::Build() {
       if (j == i) continue;
       absl::StrAppend(&y, "  - {name: ", regions_[j]->spec.name,
                       ", jurisdiction: ", regions_[j]->spec.jurisdiction,
+                      ", replica_id: ", regions_[j]->spec.replica_id,
                       ", url: \"http://127.0.0.1:", regions_[j]->http_port, "\"}\n");
+    }
+    if (options_.coordination) {
+      absl::StrAppend(&y, "replication: {replicator: \"127.0.0.1:", r.control_port,
+                      "\", rights_wait_ms: ", options_.rights_wait_ms, "}\n");
     }
     y += options_.region_yaml_extra;
     r.region_yaml = absl::StrCat(dir_, "/", r.spec.name, "-region.yaml");
@@ -194,6 +202,16 @@ absl::Status Cluster::Build() {
                       ", jurisdiction: ", regions_[j]->spec.jurisdiction,
                       ", replica_id: ", regions_[j]->spec.replica_id,
                       ", address: \"127.0.0.1:", port, "\"}\n");
+    }
+    if (options_.coordination) {
+      const std::string token_file = absl::StrCat(dir_, "/operator_token");
+      if (auto st = WriteFile(token_file, options_.operator_token + "\n"); !st.ok()) return st;
+      absl::StrAppend(&ry, "coordination:\n  control: \"127.0.0.1:", r.control_port,
+                      "\"\n  admin: \"127.0.0.1:", r.admin_port, "\"\n  operator_token_file: \"",
+                      token_file, "\"\n");
+      for (const auto& line : absl::StrSplit(options_.coordination_yaml, '\n')) {
+        if (!line.empty()) absl::StrAppend(&ry, "  ", line, "\n");
+      }
     }
     r.replicator_yaml = absl::StrCat(dir_, "/", r.spec.name, "-replicator.yaml");
     if (auto st = WriteFile(r.replicator_yaml, ry); !st.ok()) return st;

@@ -41,6 +41,12 @@ struct ClusterOptions {
   // Replicator shipping settings (YAML mapping body, e.g. "{heartbeat_ms: 200}").
   std::string shipping_yaml = "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000}";
   int pool_size = 6;
+  // Issue 5: leases, rights and forwarding between the regions and their replicators.
+  bool coordination = false;
+  // YAML mapping body appended to the replicator's coordination section (e.g.
+  // "leases: {ttl_ms: 3000, renew_interval_ms: 500}").
+  std::string coordination_yaml = "";
+  int rights_wait_ms = 200;
 };
 
 class Cluster {
@@ -55,6 +61,9 @@ class Cluster {
   [[nodiscard]] uint16_t grpc_port(size_t i) const { return regions_[i]->grpc_port; }
   [[nodiscard]] uint16_t replication_port(size_t i) const { return regions_[i]->repl_port; }
   [[nodiscard]] uint16_t metrics_port(size_t i) const { return regions_[i]->metrics_port; }
+  // With coordination: the replicator's operator HTTP API and local control port.
+  [[nodiscard]] uint16_t admin_port(size_t i) const { return regions_[i]->admin_port; }
+  [[nodiscard]] uint16_t control_port(size_t i) const { return regions_[i]->control_port; }
   // libpq connection string of a region's database: "global", "shard0", "shard1".
   [[nodiscard]] std::string Dsn(size_t i, const std::string& db) const;
   [[nodiscard]] const std::string& cert_dir() const { return cert_dir_; }
@@ -82,6 +91,7 @@ class Cluster {
     std::unique_ptr<RedisServer> redis;
     std::unique_ptr<Process> server, replicator;
     uint16_t http_port = 0, grpc_port = 0, repl_port = 0, metrics_port = 0;
+    uint16_t admin_port = 0, control_port = 0;
     std::string region_yaml, replicator_yaml;
   };
   struct Link {

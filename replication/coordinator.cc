@@ -1,0 +1,798 @@
+#include "replication/coordinator.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "region/http/http_server.h"
+#include "region/http/router.h"
+#include "replication/clock.h"
+#include "replication/lease.h"
+#include "replication/rights.h"
+
+namespace meridian::replication {
+namespace {
+
+namespace rpb = ::meridian::region::v1;
+using Json = nlohmann::json;
+using region::http::HttpRequest;
+using region::http::HttpResponse;
+
+constexpr size_t kMaxSkuBytes = 256;
+constexpr int kSyncPage = 500;
+
+std::unique_ptr<grpc::ClientContext> Ctx(int timeout_ms) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  return ctx;
+}
+
+// --- frames <-> the logic's messages ------------------------------------------------------------
+pb::Frame ToFrame(const LeaseMessage& m) {
+  pb::Frame f;
+  pb::LeaseFrame* l = f.mutable_lease();
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        l->set_group(x.group);
+        l->set_epoch(x.epoch);
+        if constexpr (std::is_same_v<T, LeaseRequest>) {
+          l->mutable_request()->set_round(x.round);
+          l->mutable_request()->set_renewal(x.renewal);
+        } else if constexpr (std::is_same_v<T, LeaseReply>) {
+          auto* r = l->mutable_reply();
+          r->set_round(x.round);
+          r->set_granted(x.granted);
+          r->set_known_epoch(x.known_epoch);
+          r->set_known_owner(x.known_owner);
+        } else if constexpr (std::is_same_v<T, LeaseRelease>) {
+          l->mutable_release();
+        } else {
+          l->mutable_handback();
+        }
+      },
+      m);
+  return f;
+}
+
+absl::StatusOr<LeaseMessage> FromFrame(const pb::LeaseFrame& l) {
+  if (l.group() == 0 || l.group() > 255 || l.epoch() == 0) {
+    return absl::InvalidArgumentError("lease frame: group 1..255 and an epoch are required");
+  }
+  switch (l.kind_case()) {
+    case pb::LeaseFrame::kRequest:
+      return LeaseMessage(
+          LeaseRequest{l.group(), l.epoch(), l.request().round(), l.request().renewal()});
+    case pb::LeaseFrame::kReply:
+      if (l.reply().known_owner() > 255) {
+        return absl::InvalidArgumentError("lease reply: owner out of range");
+      }
+      return LeaseMessage(LeaseReply{l.group(), l.epoch(), l.reply().round(), l.reply().granted(),
+                                     l.reply().known_epoch(), l.reply().known_owner()});
+    case pb::LeaseFrame::kRelease:
+      return LeaseMessage(LeaseRelease{l.group(), l.epoch()});
+    case pb::LeaseFrame::kHandback:
+      return LeaseMessage(LeaseHandback{l.group(), l.epoch()});
+    default:
+      return absl::InvalidArgumentError("lease frame without a kind");
+  }
+}
+
+pb::Frame ToFrame(const RightsMessage& m) {
+  pb::Frame f;
+  pb::RightsFrame* r = f.mutable_rights();
+  if (const auto* g = std::get_if<RightsGossip>(&m)) {
+    auto* out = r->mutable_gossip();
+    for (const auto& e : g->entries) {
+      auto* x = out->add_entries();
+      x->set_sku(e.sku);
+      x->set_rights(e.rights);
+      x->set_demand_per_s(e.demand_per_s);
+      x->set_waiting(e.waiting);
+      for (const auto& [replica, units] : e.received) {
+        auto* rf = x->add_received();
+        rf->set_replica(replica);
+        rf->set_units(units);
+      }
+    }
+  } else {
+    const auto& q = std::get<RightsRequest>(m);
+    r->mutable_request()->set_sku(q.sku);
+    r->mutable_request()->set_units(q.units);
+  }
+  return f;
+}
+
+absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
+  if (r.has_gossip()) {
+    if (r.gossip().entries_size() > 100000) {
+      return absl::InvalidArgumentError("rights gossip: too many entries");
+    }
+    RightsGossip g;
+    for (const auto& x : r.gossip().entries()) {
+      if (x.sku().empty() || x.sku().size() > kMaxSkuBytes || !std::isfinite(x.demand_per_s()) ||
+          x.received_size() > 255) {
+        return absl::InvalidArgumentError("rights gossip: malformed entry");
+      }
+      RightsGossip::Entry e;
+      e.sku = x.sku();
+      e.rights = x.rights();
+      e.demand_per_s = x.demand_per_s();
+      e.waiting = x.waiting();
+      for (const auto& rf : x.received()) {
+        if (rf.replica() == 0 || rf.replica() > 255) {
+          return absl::InvalidArgumentError("rights gossip: replica out of range");
+        }
+        e.received[rf.replica()] = rf.units();
+      }
+      g.entries.push_back(std::move(e));
+    }
+    return RightsMessage(std::move(g));
+  }
+  if (r.has_request()) {
+    if (r.request().sku().empty() || r.request().sku().size() > kMaxSkuBytes) {
+      return absl::InvalidArgumentError("rights request: malformed SKU");
+    }
+    return RightsMessage(RightsRequest{r.request().sku(), r.request().units()});
+  }
+  return absl::InvalidArgumentError("rights frame without a kind");
+}
+
+// The acceptor's records in the region's global database.
+class RegionLeaseStore final : public LeaseStore {
+ public:
+  explicit RegionLeaseStore(rpb::RegionControl::Stub* stub) : stub_(stub) {}
+  std::map<RegionId, AcceptorRecord> Load() override { return loaded_; }
+  absl::Status Save(RegionId group, const AcceptorRecord& record) override {
+    rpb::SaveLeaseRecordRequest req;
+    req.mutable_record()->set_group(group);
+    req.mutable_record()->set_epoch(record.epoch);
+    req.mutable_record()->set_owner(record.owner);
+    rpb::SaveLeaseRecordResponse resp;
+    auto ctx = Ctx(2000);
+    grpc::Status s = stub_->SaveLeaseRecord(ctx.get(), req, &resp);
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    return absl::OkStatus();
+  }
+  absl::Status Preload() {
+    rpb::LoadLeaseRecordsResponse resp;
+    auto ctx = Ctx(5000);
+    grpc::Status s = stub_->LoadLeaseRecords(ctx.get(), rpb::LoadLeaseRecordsRequest(), &resp);
+    if (!s.ok()) {
+      return absl::UnavailableError(absl::StrCat("region LoadLeaseRecords: ", s.error_message()));
+    }
+    for (const auto& r : resp.records()) loaded_[r.group()] = AcceptorRecord{r.epoch(), r.owner()};
+    return absl::OkStatus();
+  }
+
+ private:
+  rpb::RegionControl::Stub* stub_;
+  std::map<RegionId, AcceptorRecord> loaded_;
+};
+
+}  // namespace
+
+struct Coordinator::Impl {
+  ReplicatorConfig config;
+  std::unique_ptr<rpb::RegionControl::Stub> region;
+  Tls tls;
+  SendFn send;
+  SteadyClock clock;
+  std::unique_ptr<RegionLeaseStore> store;
+
+  std::mutex mu;  // the logic and its caches
+  std::unique_ptr<LeaseManager> lm;
+  std::unique_ptr<RightsManager> rm;
+  std::map<std::string, SkuRights> views;  // this region's rights, refreshed every tick
+  std::set<std::string> wanted;            // SKUs the rights manager asked about, not cached yet
+  struct Sync {
+    uint64_t epoch = 0;
+    std::set<RegionId> done;
+    std::map<RegionId, std::chrono::steady_clock::time_point> asked;
+    bool usable = false;
+  };
+  std::map<RegionId, Sync> syncs;  // per group being synced after a win
+
+  std::mutex acks_mu;
+  std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
+
+  std::atomic<bool> stopping{false};
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  bool wake = false;
+  std::vector<std::thread> threads;
+
+  std::map<RegionId, std::unique_ptr<pb::Replication::Stub>> peer_stubs;
+  std::unique_ptr<grpc::Server> control_server;
+  std::unique_ptr<rpb::OrderForwarder::Service> forwarder;
+  int control_port = 0;
+  std::unique_ptr<region::http::HttpServer> admin;
+  region::http::Router router;
+
+  const Peer* PeerById(RegionId id) const {
+    for (const auto& p : config.peers)
+      if (p.replica_id == id) return &p;
+    return nullptr;
+  }
+  std::string Name(RegionId id) const {
+    if (id == config.replica_id) return config.region;
+    if (const Peer* p = PeerById(id)) return p->name;
+    return id == 0 ? std::string("none") : absl::StrCat("replica-", id);
+  }
+
+  void Wake() {
+    {
+      std::lock_guard<std::mutex> l(wake_mu);
+      wake = true;
+    }
+    wake_cv.notify_all();
+  }
+  bool Sleep(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> l(wake_mu);
+    wake_cv.wait_for(l, d, [&] { return wake || stopping.load(); });
+    wake = false;
+    return !stopping;
+  }
+
+  void SendLease(RegionId to, const LeaseMessage& m) { (void)send(to, ToFrame(m)); }
+  void SendRights(RegionId to, const RightsMessage& m) { (void)send(to, ToFrame(m)); }
+
+  // --- the tick: leases, grants, rights views, the region's lease table, syncs -------------------
+  void TickLoop() {
+    while (Sleep(std::chrono::milliseconds(50))) Tick();
+  }
+
+  void Tick() {
+    std::vector<RightsManager::Grant> grants;
+    std::vector<GroupView> leases;
+    std::set<std::string> want;
+    std::vector<std::pair<RegionId, pb::Frame>> sync_asks;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      lm->Tick();
+      grants = rm->Tick();
+      leases = lm->Views();
+      want = wanted;
+      for (const auto& [sku, v] : views) {
+        if (want.size() >= 2000) break;
+        want.insert(sku);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [group, s] : syncs) {
+        for (const auto& p : config.peers) {
+          if (s.done.count(p.replica_id)) continue;
+          auto it = s.asked.find(p.replica_id);
+          if (it != s.asked.end() && now - it->second < std::chrono::seconds(1)) continue;
+          s.asked[p.replica_id] = now;
+          pb::Frame f;
+          f.mutable_sync_request()->set_group(group);
+          f.mutable_sync_request()->set_epoch(s.epoch);
+          sync_asks.emplace_back(p.replica_id, std::move(f));
+        }
+      }
+    }
+    for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
+    for (const auto& g : grants) ExecuteGrant(g);
+    RefreshViews(want);
+    PushLeases(leases);
+  }
+
+  void ExecuteGrant(const RightsManager::Grant& g) {
+    rpb::TransferRightsRequest req;
+    req.set_sku(g.sku);
+    req.set_to(g.to);
+    req.set_units(g.units);
+    rpb::TransferRightsResponse resp;
+    auto ctx = Ctx(2000);
+    grpc::Status s = region->TransferRights(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event=rights_grant_failed sku={} to={} units={} error=\"{}\"", g.sku,
+                   Name(g.to), g.units, s.error_message());
+      return;
+    }
+    spdlog::debug("event=rights_granted sku={} to={} units={} moved={} urgent={}", g.sku,
+                  Name(g.to), g.units, resp.moved(), g.urgent);
+  }
+
+  void RefreshViews(const std::set<std::string>& skus) {
+    if (skus.empty()) return;
+    rpb::GetRightsViewsRequest req;
+    for (const auto& s : skus) req.add_skus(s);
+    rpb::GetRightsViewsResponse resp;
+    auto ctx = Ctx(2000);
+    if (!region->GetRightsViews(ctx.get(), req, &resp).ok()) return;
+    std::lock_guard<std::mutex> l(mu);
+    for (const auto& v : resp.views()) {
+      wanted.erase(v.sku());
+      if (!v.exists()) {
+        views.erase(v.sku());
+        continue;
+      }
+      SkuRights r;
+      r.rights = v.rights();
+      for (const auto& g : v.given()) r.given[g.replica()] = g.units();
+      for (const auto& g : v.received()) r.received[g.replica()] = g.units();
+      views[v.sku()] = std::move(r);
+    }
+  }
+
+  void PushLeases(const std::vector<GroupView>& leases) {
+    rpb::SetLeasesRequest req;
+    for (const GroupView& v : leases) {
+      auto* g = req.add_groups();
+      g->set_group(v.group);
+      g->set_epoch(v.epoch);
+      g->set_owner(v.owner);
+      g->set_usable(v.usable);
+      g->set_valid_for_ms(v.usable ? v.valid_for_ms : 0);
+      g->set_claimed_epoch(v.claimed_epoch);
+      g->set_syncing(v.syncing);
+    }
+    rpb::SetLeasesResponse resp;
+    auto ctx = Ctx(1000);
+    grpc::Status s = region->SetLeases(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::debug("event=set_leases_failed error=\"{}\"", s.error_message());
+    }
+  }
+
+  // --- checkouts' demand, from the region -------------------------------------------------------
+  void DemandLoop() {
+    while (!stopping) {
+      rpb::WaitRightsDemandRequest req;
+      req.set_wait_ms(500);
+      rpb::WaitRightsDemandResponse resp;
+      auto ctx = Ctx(3000);
+      grpc::Status s = region->WaitRightsDemand(ctx.get(), req, &resp);
+      if (!s.ok()) {
+        if (!Sleep(std::chrono::milliseconds(200))) return;
+        continue;
+      }
+      bool urgent = false;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        for (const auto& d : resp.demand()) rm->RecordDemand(d.sku(), d.units());
+        for (const auto& w : resp.waiting()) {
+          rm->SetWaiting(w.sku(), w.units());
+          urgent = urgent || w.units() > 0;
+        }
+      }
+      if (urgent) Wake();
+    }
+  }
+
+  // --- peers' acks, to the region (sync-peer checkouts) ------------------------------------------
+  void AcksLoop() {
+    while (!stopping) {
+      std::map<std::pair<std::string, RegionId>, int64_t> batch;
+      {
+        std::unique_lock<std::mutex> l(acks_mu);
+        acks_cv.wait_for(l, std::chrono::milliseconds(200),
+                         [&] { return !acks.empty() || stopping.load(); });
+        batch.swap(acks);
+      }
+      if (batch.empty()) continue;
+      rpb::ReportPeerAcksRequest req;
+      for (const auto& [k, seq] : batch) {
+        auto* a = req.add_acks();
+        a->set_database(k.first);
+        a->set_peer(k.second);
+        a->set_seq(seq);
+      }
+      rpb::ReportPeerAcksResponse resp;
+      auto ctx = Ctx(2000);
+      (void)region->ReportPeerAcks(ctx.get(), req, &resp);
+    }
+  }
+  std::condition_variable acks_cv;
+
+  // --- takeover sync
+  // ------------------------------------------------------------------------------- Called by the
+  // lease manager (under mu) after a win.
+  void StartSync(RegionId group, uint64_t epoch) {
+    Sync& s = syncs[group];
+    if (s.epoch == epoch) return;
+    s = Sync{epoch, {}, {}, false};
+    spdlog::info("event=lease_sync_started group={} epoch={}", Name(group), epoch);
+    Wake();
+  }
+
+  absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
+    const Peer* p = PeerById(from);
+    if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.after_key().size() > 64) {
+      return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
+    }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      lm->Learn(m.group(), m.epoch(), from);
+    }
+    rpb::ReadGroupOrdersRequest req;
+    req.set_group(m.group());
+    req.set_epoch(m.epoch());
+    req.set_owner(from);
+    req.set_jurisdiction(p->jurisdiction);
+    req.set_after_key(m.after_key());
+    req.set_limit(kSyncPage);
+    rpb::ReadGroupOrdersResponse resp;
+    auto ctx = Ctx(10000);
+    grpc::Status s = region->ReadGroupOrders(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event=lease_sync_read_failed group={} for={} error=\"{}\"", Name(m.group()),
+                   Name(from), s.error_message());
+      return absl::OkStatus();  // the new owner asks again
+    }
+    pb::Frame f;
+    pb::GroupSyncReply* r = f.mutable_sync_reply();
+    r->set_group(m.group());
+    r->set_epoch(m.epoch());
+    r->set_last_key(resp.last_key());
+    r->set_done(resp.done());
+    for (const auto& o : resp.orders()) {
+      pb::SyncedOrder* x = r->add_orders();
+      x->set_order_id(o.order_id());
+      x->set_user_id(o.user_id());
+      x->set_total_cents(o.total_cents());
+      x->set_currency(o.currency());
+      x->set_residency(o.residency());
+      x->set_epoch(o.epoch());
+      x->set_version(o.version());
+      x->set_status(o.status());
+      x->set_payment_ref(o.payment_ref());
+      for (const auto& i : o.items()) {
+        auto* line = x->add_items();
+        line->set_sku(i.sku());
+        line->set_quantity(i.quantity());
+        line->set_price_cents(i.price_cents());
+      }
+    }
+    (void)send(from, std::move(f));
+    return absl::OkStatus();
+  }
+
+  absl::Status OnSyncReply(RegionId from, const pb::GroupSyncReply& m) {
+    if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000) {
+      return absl::InvalidArgumentError("sync reply: group or size out of range");
+    }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = syncs.find(m.group());
+      if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();  // old
+    }
+    if (m.orders_size() > 0) {
+      rpb::ApplyOrderStatesRequest req;
+      for (const auto& o : m.orders()) {
+        rpb::OrderState* s = req.add_orders();
+        s->set_order_id(o.order_id());
+        s->set_group(m.group());
+        s->set_created(true);
+        s->set_user_id(o.user_id());
+        s->set_total_cents(o.total_cents());
+        s->set_currency(o.currency());
+        s->set_residency(o.residency());
+        s->set_epoch(o.epoch());
+        s->set_version(o.version());
+        s->set_status(o.status());
+        s->set_payment_ref(o.payment_ref());
+        for (const auto& i : o.items()) {
+          auto* line = s->add_items();
+          line->set_sku(i.sku());
+          line->set_quantity(i.quantity());
+          line->set_price_cents(i.price_cents());
+        }
+      }
+      rpb::ApplyOrderStatesResponse resp;
+      auto ctx = Ctx(10000);
+      grpc::Status s = region->ApplyOrderStates(ctx.get(), req, &resp);
+      if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+          s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+        return absl::InvalidArgumentError(absl::StrCat("sync reply: ", s.error_message()));
+      }
+      if (!s.ok()) return absl::OkStatus();  // asked again in a second
+    }
+    if (!m.done()) {
+      pb::Frame f;
+      f.mutable_sync_request()->set_group(m.group());
+      f.mutable_sync_request()->set_epoch(m.epoch());
+      f.mutable_sync_request()->set_after_key(m.last_key());
+      (void)send(from, std::move(f));
+      std::lock_guard<std::mutex> l(mu);
+      auto it = syncs.find(m.group());
+      if (it != syncs.end()) it->second.asked[from] = std::chrono::steady_clock::now();
+      return absl::OkStatus();
+    }
+    std::lock_guard<std::mutex> l(mu);
+    auto it = syncs.find(m.group());
+    if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();
+    Sync& s = it->second;
+    s.done.insert(from);
+    const size_t members = config.peers.size() + 1;
+    if (!s.usable && s.done.size() + 1 >= members / 2 + 1) {
+      s.usable = true;
+      spdlog::info("event=lease_sync_done group={} epoch={} peers_synced={}", Name(m.group()),
+                   m.epoch(), s.done.size());
+      lm->SyncDone(m.group(), m.epoch());
+    }
+    if (s.done.size() == config.peers.size()) syncs.erase(it);
+    return absl::OkStatus();
+  }
+
+  void OnLeaseEvent(const LeaseEvent& e) {
+    spdlog::info("event={} group={} epoch={} owner={}", LeaseEventName(e.kind), Name(e.group),
+                 e.epoch, Name(e.owner));
+  }
+
+  // --- forwarding --------------------------------------------------------------------------------
+  pb::Replication::Stub* PeerStub(RegionId id) {
+    auto it = peer_stubs.find(id);
+    return it == peer_stubs.end() ? nullptr : it->second.get();
+  }
+
+  // --- operators
+  // ------------------------------------------------------------------------------------
+  bool Authorized(const HttpRequest& req) const {
+    auto h = req.Header("authorization");
+    return h && h->substr(0, 7) == "Bearer " && h->substr(7) == config.operator_token;
+  }
+
+  HttpResponse Status(HttpRequest& req) {
+    if (!Authorized(req))
+      return HttpResponse::Problem(401, "Unauthorized", "operator token required");
+    Json peers = Json::array();
+    Json leases = Json::array();
+    {
+      std::lock_guard<std::mutex> l(mu);
+      for (const auto& p : config.peers) {
+        peers.push_back(Json{{"name", p.name},
+                             {"replica_id", p.replica_id},
+                             {"jurisdiction", p.jurisdiction},
+                             {"alive", lm->Alive(p.replica_id)}});
+      }
+      for (const GroupView& v : lm->Views()) {
+        leases.push_back(Json{{"group", v.group},
+                              {"group_region", Name(v.group)},
+                              {"epoch", v.epoch},
+                              {"owner", Name(v.owner)},
+                              {"held_here", v.held},
+                              {"usable", v.usable},
+                              {"syncing", v.syncing},
+                              {"valid_for_ms", v.valid_for_ms},
+                              {"claimed_epoch", v.claimed_epoch}});
+      }
+    }
+    return HttpResponse::Json(200, Json{{"region", config.region},
+                                        {"replica_id", config.replica_id},
+                                        {"jurisdiction", config.jurisdiction},
+                                        {"peers", peers},
+                                        {"leases", leases}}
+                                       .dump());
+  }
+
+  HttpResponse Handback(HttpRequest& req) {
+    if (!Authorized(req))
+      return HttpResponse::Problem(401, "Unauthorized", "operator token required");
+    const std::string name = req.params["region"];
+    RegionId group = 0;
+    if (name == config.region) group = config.replica_id;
+    for (const auto& p : config.peers)
+      if (p.name == name) group = p.replica_id;
+    if (group == 0) return HttpResponse::Problem(404, "Not Found", "no such region: " + name);
+    absl::Status st;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      st = lm->HandBack(group);
+    }
+    if (!st.ok()) return HttpResponse::Problem(409, "Conflict", std::string(st.message()));
+    spdlog::info("event=lease_handback_requested group={} by=operator", name);
+    return HttpResponse::Json(200, Json{{"group_region", name}, {"released", true}}.dump());
+  }
+};
+
+namespace {
+
+class ForwarderService final : public rpb::OrderForwarder::Service {
+ public:
+  explicit ForwarderService(Coordinator::Impl& c) : c_(c) {}
+  grpc::Status ForwardOrder(grpc::ServerContext*, const rpb::MutateOrderRequest* req,
+                            rpb::MutateOrderResponse* out) override {
+    pb::Replication::Stub* stub = c_.PeerStub(req->owner());
+    if (stub == nullptr) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("no peer region with replica id ", req->owner()));
+    }
+    pb::ForwardOrderRequest f;
+    f.set_order_id(req->order_id());
+    f.set_user_id(req->user_id());
+    f.set_action(static_cast<pb::OrderAction>(req->action()));
+    f.set_card_number(req->card_number());
+    f.set_from_region(c_.config.replica_id);
+    pb::ForwardOrderResponse resp;
+    auto ctx = Ctx(4000);
+    grpc::Status s = stub->ForwardOrder(ctx.get(), f, &resp);
+    if (!s.ok()) return s;
+    out->set_http_status(resp.http_status());
+    out->set_body(resp.body());
+    return grpc::Status::OK;
+  }
+
+ private:
+  Coordinator::Impl& c_;
+};
+
+}  // namespace
+
+Coordinator::Coordinator(const ReplicatorConfig& config, std::shared_ptr<grpc::Channel> region,
+                         Tls tls, SendFn send)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->config = config;
+  impl_->region = rpb::RegionControl::NewStub(region);
+  impl_->tls = std::move(tls);
+  impl_->send = std::move(send);
+}
+
+Coordinator::~Coordinator() { Stop(); }
+
+absl::Status Coordinator::Start() {
+  Impl& c = *impl_;
+  c.store = std::make_unique<RegionLeaseStore>(c.region.get());
+  // The records must be read: starting without them would forget promises and epochs.
+  absl::Status st;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    st = c.store->Preload();
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (!st.ok()) return st;
+  std::vector<RegionId> ids{c.config.replica_id};
+  std::vector<RegionId> peers;
+  for (const auto& p : c.config.peers) {
+    ids.push_back(p.replica_id);
+    peers.push_back(p.replica_id);
+  }
+  c.lm = std::make_unique<LeaseManager>(
+      c.config.replica_id, ids, std::vector<RegionId>{}, c.config.leases, c.store.get(), &c.clock,
+      [&c](RegionId to, const LeaseMessage& m) { c.SendLease(to, m); },
+      [&c](const LeaseEvent& e) { c.OnLeaseEvent(e); },
+      [&c](RegionId g, uint64_t e) { c.StartSync(g, e); });
+  if (st = c.lm->Start(); !st.ok()) return st;
+  c.rm = std::make_unique<RightsManager>(
+      c.config.replica_id, peers, c.config.rights, &c.clock,
+      [&c](RegionId to, const RightsMessage& m) { c.SendRights(to, m); },
+      [&c](const std::string& sku) -> std::optional<SkuRights> {
+        // Called under c.mu: a cached view, refreshed by the tick.
+        auto it = c.views.find(sku);
+        if (it != c.views.end()) return it->second;
+        c.wanted.insert(sku);
+        return std::nullopt;
+      });
+
+  // Channels to every peer for forwarded order changes (mutual TLS, as the streams).
+  for (const auto& p : c.config.peers) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = c.tls.ca;
+    tls.pem_private_key = c.tls.key;
+    tls.pem_cert_chain = c.tls.cert;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(p.name);
+    c.peer_stubs[p.replica_id] = pb::Replication::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat(p.address.host, ":", p.address.port), grpc::SslCredentials(tls), args));
+  }
+  if (!c.config.control.host.empty()) {
+    c.forwarder = std::make_unique<ForwarderService>(c);
+    grpc::ServerBuilder b;
+    b.AddListeningPort(absl::StrCat(c.config.control.host, ":", c.config.control.port),
+                       grpc::InsecureServerCredentials(), &c.control_port);
+    b.RegisterService(c.forwarder.get());
+    c.control_server = b.BuildAndStart();
+    if (!c.control_server || c.control_port == 0) {
+      return absl::UnavailableError(absl::StrCat("coordination.control: cannot listen on ",
+                                                 c.config.control.host, ":",
+                                                 c.config.control.port));
+    }
+  }
+  if (!c.config.admin.host.empty()) {
+    c.router.Add("GET", "/v1/status", [&c](HttpRequest& r) { return c.Status(r); });
+    c.router.Add("POST", "/v1/leases/{region}/handback",
+                 [&c](HttpRequest& r) { return c.Handback(r); });
+    region::http::HttpServer::Options o;
+    o.address = c.config.admin.host;
+    o.port = c.config.admin.port;
+    o.threads = 2;
+    c.admin = std::make_unique<region::http::HttpServer>(
+        o, [&c](HttpRequest& r) { return c.router.Handle(r); });
+    if (st = c.admin->Start(); !st.ok()) return st;
+  }
+  c.threads.emplace_back([&c] { c.TickLoop(); });
+  c.threads.emplace_back([&c] { c.DemandLoop(); });
+  c.threads.emplace_back([&c] { c.AcksLoop(); });
+  spdlog::info("event=coordination_started region={} lease_ttl_ms={} control_port={} admin_port={}",
+               c.config.region, c.config.leases.ttl_ms, c.control_port,
+               c.admin ? c.admin->port() : 0);
+  return absl::OkStatus();
+}
+
+void Coordinator::Stop() {
+  Impl& c = *impl_;
+  if (c.stopping.exchange(true)) return;
+  c.Wake();
+  c.acks_cv.notify_all();
+  for (auto& t : c.threads) t.join();
+  c.threads.clear();
+  if (c.admin) c.admin->Stop();
+  if (c.control_server) c.control_server->Shutdown();
+}
+
+void Coordinator::Heard(RegionId peer) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  if (impl_->lm) impl_->lm->Heard(peer);
+}
+
+absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
+  Impl& c = *impl_;
+  switch (frame.body_case()) {
+    case pb::Frame::kLease: {
+      auto m = FromFrame(frame.lease());
+      if (!m.ok()) return m.status();
+      std::lock_guard<std::mutex> l(c.mu);
+      c.lm->OnMessage(peer, *m);
+      return absl::OkStatus();
+    }
+    case pb::Frame::kRights: {
+      auto m = FromFrame(frame.rights());
+      if (!m.ok()) return m.status();
+      {
+        std::lock_guard<std::mutex> l(c.mu);
+        c.rm->OnMessage(peer, *m);
+      }
+      if (std::holds_alternative<RightsRequest>(*m)) c.Wake();  // answer waiting checkouts now
+      return absl::OkStatus();
+    }
+    case pb::Frame::kSyncRequest:
+      return c.OnSyncRequest(peer, frame.sync_request());
+    case pb::Frame::kSyncReply:
+      return c.OnSyncReply(peer, frame.sync_reply());
+    default:
+      return absl::InvalidArgumentError("not a coordination frame");
+  }
+}
+
+void Coordinator::OnAck(RegionId peer, const std::string& stream, int64_t seq) {
+  {
+    std::lock_guard<std::mutex> l(impl_->acks_mu);
+    int64_t& s = impl_->acks[{stream, peer}];
+    s = std::max(s, seq);
+  }
+  impl_->acks_cv.notify_all();
+}
+
+grpc::Status Coordinator::ForwardIncoming(RegionId from, const pb::ForwardOrderRequest& req,
+                                          pb::ForwardOrderResponse* out) {
+  rpb::MutateOrderRequest m;
+  m.set_order_id(req.order_id());
+  m.set_user_id(req.user_id());
+  m.set_action(static_cast<rpb::OrderAction>(req.action()));
+  m.set_card_number(req.card_number());
+  m.set_from_region(from);
+  m.set_owner(impl_->config.replica_id);
+  rpb::MutateOrderResponse resp;
+  auto ctx = Ctx(4000);
+  grpc::Status s = impl_->region->MutateOrder(ctx.get(), m, &resp);
+  if (!s.ok()) return s;
+  out->set_http_status(resp.http_status());
+  out->set_body(resp.body());
+  return grpc::Status::OK;
+}
+
+uint16_t Coordinator::control_port() const { return static_cast<uint16_t>(impl_->control_port); }
+uint16_t Coordinator::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
+
+}  // namespace meridian::replication

@@ -1,0 +1,501 @@
+// Issue 5 end to end, on real processes (PostgreSQL, Redis, meridian-region and
+// meridian-replicator per region, delaying links): three regions selling the same stock never
+// oversell and sell all of it; a killed region's orders move to its successor after the lease
+// expires and can be cancelled there, and come back without ever having two owners; sync-peer
+// checkouts say which durability applied; stale-epoch writes and events are refused and counted.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <pqxx/pqxx>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "region/control.grpc.pb.h"
+#include "region/internal.grpc.pb.h"
+#include "tests/integration/http_client.h"
+#include "tests/support/cluster.h"
+
+namespace meridian {
+namespace {
+
+using Json = nlohmann::json;
+using test_support::Cluster;
+using testing::Request;
+using testing::Response;
+namespace cpb = ::meridian::region::v1;
+
+constexpr size_t kUs = 0, kEu = 1, kAp = 2;
+
+bool Eventually(const std::function<bool()>& done, double seconds) {
+  auto until = std::chrono::steady_clock::now() +
+               std::chrono::milliseconds(static_cast<int>(seconds * 1000));
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return done();
+}
+
+// Fast leases for tests: 3 s ttl, renewals every 500 ms, handback 2 s after home is back.
+const char* kFastLeases =
+    "leases: {ttl_ms: 3000, renew_interval_ms: 500, retry_interval_ms: 100, round_timeout_ms: "
+    "800, alive_timeout_ms: 1200, handback_after_ms: 2000}";
+
+class LeasesTest : public ::testing::Test {
+ protected:
+  void Start(test_support::ClusterOptions o) {
+    auto c = Cluster::Start(std::move(o));
+    ASSERT_TRUE(c.ok()) << c.status();
+    c_ = *std::move(c);
+  }
+  void StartThree(const std::string& region_extra = "") {
+    test_support::ClusterOptions o;
+    o.name = "leases";
+    o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
+    o.coordination = true;
+    o.coordination_yaml = kFastLeases;
+    o.region_yaml_extra = region_extra;
+    o.pool_size = 8;
+    Start(std::move(o));
+  }
+
+  std::string Operator() { return "Bearer " + c_->options().operator_token; }
+
+  std::pair<std::string, std::string> Customer(size_t region, const std::string& email,
+                                               const std::string& residency = "any") {
+    Response r = Request(
+        c_->http_port(region), "POST", "/v1/users",
+        Json{{"email", email}, {"password", "long-password"}, {"residency", residency}}.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    Json rj = Json::parse(r.body, nullptr, false);
+    std::string user_id = rj.is_object() ? rj.value("user_id", "") : "";
+    Response s;
+    for (int attempt = 0; attempt < 5 && s.status != 200; ++attempt) {
+      s = Request(c_->http_port(region), "POST", "/v1/sessions",
+                  Json{{"email", email}, {"password", "long-password"}}.dump());
+      if (s.status != 200) {
+        std::printf("login %s at %s: status %d body %s\n", email.c_str(),
+                    c_->spec(region).name.c_str(), s.status, s.body.c_str());
+      }
+    }
+    EXPECT_EQ(s.status, 200) << s.body;
+    Json j = Json::parse(s.body, nullptr, false);
+    return {j.is_object() ? j.value("token", "") : "", user_id};
+  }
+
+  void Product(size_t region, const std::string& sku) {
+    Response r = Request(c_->http_port(region), "PUT", "/v1/admin/products/" + sku,
+                         Json{{"name", "Item " + sku}, {"price_cents", 1000}}.dump(),
+                         {{"Authorization", Operator()}});
+    ASSERT_TRUE(r.status == 200 || r.status == 201) << r.body;
+    for (size_t i = 0; i < c_->size(); ++i) {
+      ASSERT_TRUE(Eventually(
+          [&] { return Request(c_->http_port(i), "GET", "/v1/products/" + sku).status == 200; },
+          20));
+    }
+  }
+
+  void Restock(size_t region, const std::string& sku, int units) {
+    Response r = Request(c_->http_port(region), "POST", "/v1/admin/inventory/" + sku + "/restock",
+                         Json{{"units", units}}.dump(), {{"Authorization", Operator()}});
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+
+  // Waits until every region holds its own order lease.
+  void LeasesSettled() {
+    for (size_t i = 0; i < c_->size(); ++i) {
+      ASSERT_TRUE(Eventually([&] { return HeldHere(i, c_->spec(i).name); }, 20))
+          << c_->spec(i).name << " never got its own lease";
+    }
+  }
+
+  Json Leases(size_t region) {
+    Response r = Request(c_->http_port(region), "GET", "/v1/admin/leases", "",
+                         {{"Authorization", Operator()}});
+    if (r.status != 200) return Json();
+    return Json::parse(r.body, nullptr, false);
+  }
+  bool HeldHere(size_t region, const std::string& group_region) {
+    Json l = Leases(region);
+    if (!l.is_object()) return false;
+    for (const auto& g : l["groups"])
+      if (g.value("group_region", "") == group_region) return g.value("held_here", false);
+    return false;
+  }
+  uint64_t Epoch(size_t region, const std::string& group_region) {
+    Json l = Leases(region);
+    if (!l.is_object()) return 0;
+    for (const auto& g : l["groups"])
+      if (g.value("group_region", "") == group_region) return g.value("epoch", uint64_t{0});
+    return 0;
+  }
+
+  double Metric(size_t region, const std::string& name_and_labels) {
+    Response r = Request(c_->http_port(region), "GET", "/metrics");
+    size_t pos = r.body.find("\n" + name_and_labels + " ");
+    if (pos == std::string::npos) return 0;
+    return std::atof(r.body.c_str() + pos + name_and_labels.size() + 2);
+  }
+
+  int64_t Count(size_t region, const std::string& sql) {
+    int64_t n = 0;
+    for (const char* db : {"shard0", "shard1"}) {
+      pqxx::connection conn(c_->Dsn(region, db));
+      pqxx::work tx(conn);
+      n += tx.exec1(sql)[0].as<int64_t>();
+    }
+    return n;
+  }
+
+  std::unique_ptr<Cluster> c_;
+};
+
+// Three regions hammer the same 500 units, all of whose rights start in one region: exactly 500
+// orders, no oversell, every region's view of the stock converges to zero.
+TEST_F(LeasesTest, ThreeRegionsSellExactlyTheStockThereIs) {
+  StartThree();
+  LeasesSettled();
+  Product(kUs, "hot-1");
+  Restock(kUs, "hot-1", 500);
+  std::atomic<int> sold{0};
+  std::atomic<int> refused{0};
+  std::atomic<bool> stop{false};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::vector<std::thread> clients;
+  std::mutex errors_mu;
+  std::map<int, int> other_statuses;
+  for (size_t region = 0; region < 3; ++region) {
+    for (int t = 0; t < 4; ++t) {
+      clients.emplace_back([&, region, t] {
+        auto [token, user] = Customer(
+            region, "buyer-" + std::to_string(region) + "-" + std::to_string(t) + "@example.com");
+        const std::string auth = "Bearer " + token;
+        while (!stop) {
+          if (std::chrono::steady_clock::now() > deadline) {
+            stop = true;
+            break;
+          }
+          // One unit per order: set the line (a refused checkout leaves the cart as it was).
+          Response a = Request(c_->http_port(region), "PUT", "/v1/cart/items/hot-1",
+                               Json{{"quantity", 1}}.dump(), {{"Authorization", auth}});
+          if (a.status == 404) {
+            a = Request(c_->http_port(region), "POST", "/v1/cart/items",
+                        Json{{"sku", "hot-1"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+          }
+          if (a.status != 200 && a.status != 201) continue;
+          Response r = Request(c_->http_port(region), "POST", "/v1/checkout", "{}",
+                               {{"Authorization", auth}});
+          if (r.status == 201) {
+            if (++sold >= 500) stop = true;
+            continue;
+          }
+          if (r.status == 409) {
+            // Out of stock here for now: customers keep trying until the SKU is sold out.
+            ++refused;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            continue;
+          }
+          std::lock_guard<std::mutex> l(errors_mu);
+          ++other_statuses[r.status];
+        }
+      });
+    }
+  }
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(sold.load(), 500) << "refused " << refused.load();
+  if (sold.load() != 500) {
+    for (size_t i = 0; i < 3; ++i) {
+      pqxx::connection g(c_->Dsn(i, "global"));
+      pqxx::work tx(g);
+      std::string states;
+      for (const auto& row : tx.exec("SELECT r.state, count(*), sum(i.units) FROM reservations r "
+                                     "JOIN reservation_items i ON i.reservation_id = r.id GROUP BY "
+                                     "r.state ORDER BY 1")) {
+        states += row[0].as<std::string>() + "=" + row[1].as<std::string>() + "/" +
+                  row[2].as<std::string>() + " ";
+      }
+      std::printf(
+          "%s: own orders %lld, all orders %lld, reservations %s\n", c_->spec(i).name.c_str(),
+          static_cast<long long>(
+              Count(i, "SELECT count(*) FROM orders WHERE lease_group = " + std::to_string(i + 1))),
+          static_cast<long long>(Count(i, "SELECT count(*) FROM orders")), states.c_str());
+    }
+    for (size_t i = 0; i < 3; ++i) {
+      std::printf("%s: %s\n", c_->spec(i).name.c_str(),
+                  Request(c_->http_port(i), "GET", "/v1/admin/rights/hot-1", "",
+                          {{"Authorization", Operator()}})
+                      .body.c_str());
+    }
+  }
+  EXPECT_TRUE(other_statuses.empty())
+      << "unexpected statuses, e.g. " << other_statuses.begin()->first;
+  // Every region agrees, once replication settles: 500 orders, no stock left, none negative.
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(Eventually(
+        [&] {
+          Response inv = Request(c_->http_port(i), "GET", "/v1/inventory/hot-1");
+          return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 0;
+        },
+        30))
+        << c_->spec(i).name << " still shows stock";
+    EXPECT_TRUE(Eventually(
+        [&] { return Count(i, "SELECT count(*) FROM order_items WHERE sku = 'hot-1'") == 500; },
+        30))
+        << c_->spec(i).name << " does not hold exactly 500 orders";
+  }
+  std::printf("sold 500 of 500 with %d refusals (waited for rights, then out of stock)\n",
+              refused.load());
+}
+
+// A region dies: after its lease expires its successor owns its orders (and cancels one for the
+// customer); the region returns, learns the higher epoch, and gets its orders back by handback.
+// At no poll do two regions hold the group.
+TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
+  StartThree();
+  LeasesSettled();
+  Product(kUs, "kettle");
+  Restock(kUs, "kettle", 50);
+  auto [token, user] = Customer(kUs, "ann@example.com");
+  const std::string auth = "Bearer " + token;
+  std::vector<std::string> orders;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+                      Json{{"sku", "kettle"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
+                  .status,
+              200);
+    Response r =
+        Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+    ASSERT_EQ(r.status, 201) << r.body;
+    orders.push_back(Json::parse(r.body).value("order_id", ""));
+  }
+  // The orders reach eu-west.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Request(c_->http_port(kEu), "GET", "/v1/orders/" + orders[0], "",
+                       {{"Authorization", auth}})
+                   .status == 200;
+      },
+      20));
+
+  // Never two owners: watch every live region's view of us-east's group throughout.
+  std::atomic<bool> watching{true};
+  std::atomic<int> double_owned{0};
+  std::atomic<bool> us_down{false};
+  std::thread watcher([&] {
+    while (watching) {
+      int holders = 0;
+      for (size_t i = 0; i < 3; ++i) {
+        if (i == kUs && us_down) continue;
+        if (HeldHere(i, "us-east")) ++holders;
+      }
+      if (holders > 1) ++double_owned;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+
+  us_down = true;
+  const auto killed = std::chrono::steady_clock::now();
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  // eu-west, next after us-east, takes the group once the lease has expired.
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  const double took_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_GE(took_s, 2.0) << "not before the old lease (3 s ttl) could have run out";
+  EXPECT_GE(Epoch(kEu, "us-east"), 2u);
+  std::printf("us-east's orders owned by eu-west %.2f s after the kill (ttl 3 s)\n", took_s);
+  // The customer, now served by eu-west, cancels an order created in us-east.
+  Response cancel = Request(c_->http_port(kEu), "POST", "/v1/orders/" + orders[0] + "/cancel", "",
+                            {{"Authorization", auth}});
+  EXPECT_EQ(cancel.status, 200) << cancel.body;
+  EXPECT_EQ(Json::parse(cancel.body, nullptr, false).value("status", ""), "cancelled");
+  // ap-south is not the owner: it forwards the change to eu-west.
+  Response fwd = Request(c_->http_port(kAp), "POST", "/v1/orders/" + orders[1] + "/cancel", "",
+                         {{"Authorization", auth}});
+  EXPECT_EQ(fwd.status, 200) << fwd.body;
+  EXPECT_EQ(fwd.Header("x-meridian-owner-region"), "eu-west");
+
+  // us-east returns: it learns epoch >= 2 and does not act, then gets its group back.
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  us_down = false;
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30))
+      << "us-east never got its orders back";
+  EXPECT_FALSE(HeldHere(kEu, "us-east"));
+  EXPECT_GE(Epoch(kUs, "us-east"), 3u);
+  // And serves them again: the third order is cancellable at home, the first stays cancelled.
+  Response home = Request(c_->http_port(kUs), "POST", "/v1/orders/" + orders[2] + "/cancel", "",
+                          {{"Authorization", auth}});
+  EXPECT_EQ(home.status, 200) << home.body;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        Response o = Request(c_->http_port(kUs), "GET", "/v1/orders/" + orders[0], "",
+                             {{"Authorization", auth}});
+        return Json::parse(o.body, nullptr, false).value("status", "") == "cancelled";
+      },
+      20));
+  watching = false;
+  watcher.join();
+  EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";
+}
+
+// Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so; cut off,
+// the region answers within its lease with durability async and a reason, then refuses orders.
+TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
+  StartThree("durability: sync-peer\n");
+  LeasesSettled();
+  Product(kUs, "mug");
+  Restock(kUs, "mug", 20);
+  auto [token, user] = Customer(kUs, "bob@example.com");
+  const std::string auth = "Bearer " + token;
+  auto checkout = [&]() {
+    if (Request(c_->http_port(kUs), "PUT", "/v1/cart/items/mug", Json{{"quantity", 1}}.dump(),
+                {{"Authorization", auth}})
+            .status == 404) {
+      Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+              Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+    }
+    return Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+  };
+  Response ok = checkout();
+  ASSERT_EQ(ok.status, 201) << ok.body;
+  Json o = Json::parse(ok.body);
+  EXPECT_EQ(o.value("durability", ""), "sync-peer") << ok.body;
+  // The order is in a peer's database when the answer came back.
+  const std::string id = o.value("order_id", "");
+  EXPECT_TRUE(Count(kEu, "SELECT count(*) FROM orders WHERE order_id = '" + id + "'") +
+                  Count(kAp, "SELECT count(*) FROM orders WHERE order_id = '" + id + "'") >=
+              1);
+
+  ASSERT_TRUE(c_->Partition(kUs).ok());
+  Response degraded = checkout();
+  if (degraded.status == 201) {
+    Json d = Json::parse(degraded.body);
+    EXPECT_EQ(d.value("durability", ""), "async") << degraded.body;
+    EXPECT_FALSE(d.value("durability_note", "").empty());
+  } else {
+    EXPECT_EQ(degraded.status, 503) << degraded.body;
+  }
+  // Once its lease has run out, a cut-off region takes no orders.
+  ASSERT_TRUE(Eventually([&] { return !HeldHere(kUs, "us-east"); }, 10));
+  Response refused = checkout();
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  ASSERT_TRUE(c_->Heal(kUs).ok());
+}
+
+// Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
+// by a region whose lease epoch is older than the group's fence matches nothing and is counted;
+// a peer's event below the order's epoch changes nothing and is counted.
+TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
+  test_support::ClusterOptions o;
+  o.name = "stale";
+  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+  // No coordination in the replicators: this test plays the replicator for us-east.
+  o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
+  Start(std::move(o));
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c_->grpc_port(kUs)),
+                                     grpc::InsecureChannelCredentials());
+  auto control = cpb::RegionControl::NewStub(channel);
+  auto set_lease = [&](uint64_t epoch, bool usable) {
+    cpb::SetLeasesRequest req;
+    auto* g = req.add_groups();
+    g->set_group(1);
+    g->set_epoch(epoch);
+    g->set_owner(1);
+    g->set_usable(usable);
+    g->set_valid_for_ms(60000);
+    cpb::SetLeasesResponse resp;
+    grpc::ClientContext ctx;
+    return control->SetLeases(&ctx, req, &resp);
+  };
+  ASSERT_TRUE(set_lease(1, true).ok());
+  Product(kUs, "lamp");
+  Restock(kUs, "lamp", 5);
+  auto [token, user] = Customer(kUs, "cy@example.com");
+  const std::string auth = "Bearer " + token;
+  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+                    Json{{"sku", "lamp"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
+                .status,
+            200);
+  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string order = Json::parse(r.body).value("order_id", "");
+
+  // Another region won epoch 5 of us-east's group and synced from here: the fence is 5.
+  cpb::ReadGroupOrdersRequest sync;
+  sync.set_group(1);
+  sync.set_epoch(5);
+  sync.set_owner(2);
+  sync.set_jurisdiction("us");
+  cpb::ReadGroupOrdersResponse synced;
+  grpc::ClientContext sctx;
+  ASSERT_TRUE(control->ReadGroupOrders(&sctx, sync, &synced).ok());
+  ASSERT_EQ(synced.orders_size(), 1);
+  EXPECT_EQ(synced.orders(0).order_id(), order);
+
+  // us-east still believes it holds epoch 1: its cancel is a stale write, refused by the fence.
+  const double before = Metric(kUs, "meridian_stale_epoch_rejected_total{source=\"local_write\"}");
+  Response stale = Request(c_->http_port(kUs), "POST", "/v1/orders/" + order + "/cancel", "",
+                           {{"Authorization", auth}});
+  EXPECT_EQ(stale.status, 409) << stale.body;
+  EXPECT_NE(stale.body.find("newer owner"), std::string::npos) << stale.body;
+  EXPECT_EQ(Metric(kUs, "meridian_stale_epoch_rejected_total{source=\"local_write\"}"), before + 1);
+  EXPECT_EQ(Count(kUs,
+                  "SELECT count(*) FROM orders WHERE status = 'pending_payment' AND "
+                  "order_id = '" +
+                      order + "'"),
+            1);
+
+  // The new owner's change (epoch 5) arrives as a state; then an old event at epoch 1 is refused.
+  cpb::ApplyOrderStatesRequest states;
+  cpb::OrderState* s = states.add_orders();
+  *s = synced.orders(0);
+  s->set_epoch(5);
+  s->set_version(2);
+  s->set_status("cancelled");
+  cpb::ApplyOrderStatesResponse applied;
+  grpc::ClientContext actx;
+  ASSERT_TRUE(control->ApplyOrderStates(&actx, states, &applied).ok());
+  EXPECT_EQ(applied.changed(), 1);
+
+  auto internal = cpb::RegionInternal::NewStub(channel);
+  cpb::ApplyDeltasRequest deltas;
+  deltas.set_origin(2);
+  deltas.set_origin_database("shard-0-test");
+  auto* rec = deltas.add_records();
+  rec->set_seq(1);
+  rec->set_origin(2);
+  rec->set_kind(cpb::OUTBOX_KIND_ORDER);
+  rec->set_key(order);
+  rec->set_residency("any");
+  rec->set_payload(Json{
+      {"event", "paid"},
+      {"order_id", order},
+      {"user_id", user},
+      {"group", 1},
+      {"epoch", 1},
+      {"version", 9}}.dump());
+  const double peer_before =
+      Metric(kUs, "meridian_stale_epoch_rejected_total{source=\"peer_event\"}");
+  cpb::ApplyDeltasResponse dresp;
+  grpc::ClientContext dctx;
+  ASSERT_TRUE(internal->ApplyDeltas(&dctx, deltas, &dresp).ok());
+  EXPECT_EQ(Metric(kUs, "meridian_stale_epoch_rejected_total{source=\"peer_event\"}"),
+            peer_before + 1);
+  EXPECT_EQ(Count(kUs,
+                  "SELECT count(*) FROM orders WHERE status = 'cancelled' AND epoch = 5 "
+                  "AND order_id = '" +
+                      order + "'"),
+            1);
+}
+
+}  // namespace
+}  // namespace meridian
