@@ -308,6 +308,7 @@ void RegionApp::Impl::SetupRoutes() {
   router.Add("POST", "/v1/admin/notify", bind(&Impl::NotifyNow));
   router.Add("GET", "/v1/admin/leases", bind(&Impl::GetLeases));
   router.Add("GET", "/v1/admin/rights/{sku}", bind(&Impl::GetRights));
+  router.Add("GET", "/v1/admin/residency", bind(&Impl::ResidencyAudit));
 }
 
 HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {

@@ -161,6 +161,7 @@ struct RegionApp::Impl {
   HttpResponse NotifyNow(HttpRequest& req);
   HttpResponse GetLeases(HttpRequest& req);
   HttpResponse GetRights(HttpRequest& req);
+  HttpResponse ResidencyAudit(HttpRequest& req);
 
   // Order changes, for the HTTP handlers and for changes forwarded from other regions. When this
   // region does not hold the order's lease and `may_forward`, the change goes to the owner.

@@ -83,3 +83,49 @@ HttpResponse RegionApp::Impl::GetRights(HttpRequest& req) {
 }
 
 }  // namespace meridian::region
+
+namespace meridian::region {
+
+// Residency audit: what this region holds per residency, and every record whose residency does
+// not allow this region's jurisdiction (there must be none; meridianctl residency audit checks
+// every region). Reads every shard; bounded output (at most 1000 violations listed).
+HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  Json tables = Json::object();
+  Json violations = Json::array();
+  int64_t violation_count = 0;
+  for (const char* table : {"users", "carts", "orders"}) {
+    const std::string key = std::string(table) == "orders" ? "order_id" : "user_id";
+    std::map<std::string, int64_t> counts;
+    for (auto& shard : shards) {
+      absl::Status st = shard->Run([&](pqxx::work& tx) {
+        for (const auto& r :
+             tx.exec(std::string("SELECT residency, count(*) FROM ") + table + " GROUP BY 1")) {
+          counts[r[0].as<std::string>()] += r[1].as<int64_t>();
+        }
+        for (const auto& r : tx.exec("SELECT " + key + ", residency FROM " + table +
+                                     " WHERE residency <> 'any' AND residency <> " +
+                                     tx.quote(config.jurisdiction) + " ORDER BY 1 LIMIT 1000")) {
+          ++violation_count;
+          if (violations.size() < 1000) {
+            violations.push_back(Json{{"table", table},
+                                      {"key", r[0].as<std::string>()},
+                                      {"residency", r[1].as<std::string>()},
+                                      {"database", shard->name()}});
+          }
+        }
+      });
+      if (!st.ok()) return ProblemFromStatus(st);
+    }
+    tables[table] = counts;
+  }
+  return HttpResponse::Json(200, Json{{"region", config.name},
+                                      {"jurisdiction", config.jurisdiction},
+                                      {"tables", tables},
+                                      {"violations", violations},
+                                      {"violation_count", violation_count},
+                                      {"checked_at", UnixNowS()}}
+                                     .dump());
+}
+
+}  // namespace meridian::region
