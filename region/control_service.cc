@@ -386,6 +386,131 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status DeclareLost(grpc::ServerContext*, const pb::DeclareLostRequest* req,
+                           pb::DeclareLostResponse* out) override {
+    if (!ValidReplica(req->region()) || req->region() == app_.config.replica_id) {
+      return Invalid("DeclareLost: region must be another region's replica id");
+    }
+    const std::string id = RandomId("dl");
+    pb::LostDeclaration* d = out->mutable_declaration();
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      d->Clear();
+      d->set_id(id);
+      d->set_region(req->region());
+      d->set_declared_by(app_.config.replica_id);
+      d->set_declared_unix_ms(UnixNowMs());
+      std::string writes;
+      for (const auto& r : tx.exec("SELECT sku, state FROM inventory ORDER BY sku FOR UPDATE")) {
+        const std::string sku = r[0].as<std::string>();
+        pqxx::binarystring bytes(r[1]);
+        auto inv = crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()),
+                                         app_.config.replica_id);
+        if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
+        const int64_t frozen = inv->Rights(sku, req->region());
+        if (frozen <= 0) continue;
+        // The lost region's rights become this region's: the same units, restocked here. They
+        // stay counted in its entries too until it returns and writes them off (RetireRights).
+        auto delta = inv->Restock(sku, static_cast<uint64_t>(frozen));
+        if (!delta.ok()) throw AbortTx{delta.status()};
+        writes += SaveInventorySql(tx, sku, *inv, *delta, app_.config.replica_id);
+        writes += "INSERT INTO lost_declarations (id, region, declared_by, sku, units) VALUES (" +
+                  tx.quote(id) + ", " + tx.quote(req->region()) + ", " +
+                  tx.quote(app_.config.replica_id) + ", " + tx.quote(sku) + ", " +
+                  tx.quote(frozen) + ");";
+        auto* item = d->add_items();
+        item->set_sku(sku);
+        item->set_units(static_cast<uint64_t>(frozen));
+      }
+      if (!writes.empty()) tx.exec(writes);
+    });
+    if (!st.ok()) return FromStatus(st);
+    app_.rights_signals.StockChanged();
+    uint64_t units = 0;
+    for (const auto& i : d->items()) units += i.units();
+    spdlog::warn("event=region_declared_lost region={} reclaimed_skus={} reclaimed_units={} id={}",
+                 app_.RegionName(req->region()), d->items_size(), units, id);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListLostDeclarations(grpc::ServerContext*,
+                                    const pb::ListLostDeclarationsRequest* req,
+                                    pb::ListLostDeclarationsResponse* out) override {
+    if (!ValidReplica(req->region())) return Invalid("ListLostDeclarations: region out of range");
+    return FromStatus(app_.global->Run([&](pqxx::work& tx) {
+      out->clear_declarations();
+      std::map<std::string, pb::LostDeclaration*> by_id;
+      for (const auto& r :
+           tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "
+                   "units FROM lost_declarations WHERE region = " +
+                   tx.quote(req->region()) + " ORDER BY id, sku")) {
+        const std::string id = r[0].as<std::string>();
+        pb::LostDeclaration*& d = by_id[id];
+        if (d == nullptr) {
+          d = out->add_declarations();
+          d->set_id(id);
+          d->set_region(req->region());
+          d->set_declared_by(r[1].as<uint32_t>());
+          d->set_declared_unix_ms(r[2].as<int64_t>());
+        }
+        auto* item = d->add_items();
+        item->set_sku(r[3].as<std::string>());
+        item->set_units(static_cast<uint64_t>(r[4].as<int64_t>()));
+      }
+    }));
+  }
+
+  grpc::Status RetireRights(grpc::ServerContext*, const pb::RetireRightsRequest* req,
+                            pb::RetireRightsResponse* out) override {
+    const auto& d = req->declaration();
+    if (d.id().empty() || d.id().size() > 64 || d.region() != app_.config.replica_id ||
+        !ValidReplica(d.declared_by()) || d.items_size() > 100000) {
+      return Invalid("RetireRights: a declaration against this region is required");
+    }
+    for (const auto& i : d.items()) {
+      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
+          i.units() > crdt::BoundedCounter::kMaxUnits) {
+        return Invalid("RetireRights: malformed item");
+      }
+    }
+    uint64_t units = 0;
+    uint64_t short_units = 0;
+    bool already = false;
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      units = short_units = 0;
+      already = false;
+      uint64_t total = 0;
+      for (const auto& i : d.items()) total += i.units();
+      if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units) VALUES (" +
+                  tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
+                  tx.quote(static_cast<int64_t>(total)) +
+                  ") ON CONFLICT (declaration_id) DO NOTHING RETURNING 1")
+              .empty()) {
+        already = true;
+        return;
+      }
+      for (const auto& i : d.items()) {
+        crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
+        const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
+        const uint64_t n = std::min<uint64_t>(i.units(), static_cast<uint64_t>(have));
+        short_units += i.units() - n;
+        if (n == 0) continue;
+        auto delta = inv.Take(i.sku(), n);
+        if (!delta.ok()) throw AbortTx{delta.status()};
+        SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
+        units += n;
+      }
+    });
+    if (!st.ok()) return FromStatus(st);
+    out->set_already(already);
+    out->set_units(units);
+    if (!already) {
+      // Short: this region sold units the declarer did not know about when it reclaimed them.
+      spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}", d.id(),
+                   app_.RegionName(d.declared_by()), units, short_units);
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status MutateOrder(grpc::ServerContext*, const pb::MutateOrderRequest* req,
                            pb::MutateOrderResponse* out) override {
     if (req->order_id().empty() || req->order_id().size() > 64 || req->user_id().empty() ||

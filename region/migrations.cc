@@ -140,6 +140,26 @@ CREATE TABLE lease_acceptor (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {10, "lost_declarations",
+     R"sql(
+-- An operator declared a region lost: the rights this region reclaimed from it, per SKU (sent to
+-- the region when it returns), and, on the returning region, the declarations it has written off.
+CREATE TABLE lost_declarations (
+  id          text NOT NULL,
+  region      integer NOT NULL CHECK (region BETWEEN 1 AND 255),
+  declared_by integer NOT NULL CHECK (declared_by BETWEEN 1 AND 255),
+  sku         text NOT NULL,
+  units       bigint NOT NULL CHECK (units > 0),
+  declared_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (id, sku)
+);
+CREATE TABLE rights_retired (
+  declaration_id text PRIMARY KEY,
+  declared_by    integer NOT NULL,
+  units          bigint NOT NULL,
+  retired_at     timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

@@ -205,6 +205,7 @@ struct Coordinator::Impl {
 
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
+  std::set<RegionId> peers_up;  // streams that came up: tell them of declarations (under acks_mu)
 
   std::atomic<bool> stopping{false};
   std::mutex wake_mu;
@@ -282,6 +283,7 @@ struct Coordinator::Impl {
       }
     }
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
+    AnnounceDeclarations();
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
     PushLeases(leases);
@@ -526,6 +528,122 @@ struct Coordinator::Impl {
     return absl::OkStatus();
   }
 
+  // --- regions declared lost --------------------------------------------------------------------
+  // A peer whose stream just came up may have been declared lost here: send it what we reclaimed
+  // from it, so it writes those rights off (idempotently) and nothing is counted twice.
+  void AnnounceDeclarations() {
+    std::set<RegionId> up;
+    {
+      std::lock_guard<std::mutex> l(acks_mu);
+      up.swap(peers_up);
+    }
+    for (RegionId peer : up) {
+      rpb::ListLostDeclarationsRequest req;
+      req.set_region(peer);
+      rpb::ListLostDeclarationsResponse resp;
+      auto ctx = Ctx(2000);
+      if (!region->ListLostDeclarations(ctx.get(), req, &resp).ok()) {
+        std::lock_guard<std::mutex> l(acks_mu);
+        peers_up.insert(peer);  // try again next tick
+        continue;
+      }
+      for (const auto& d : resp.declarations()) {
+        pb::Frame f;
+        pb::RightsRetire* r = f.mutable_rights()->mutable_retire();
+        r->set_declaration_id(d.id());
+        r->set_declared_by(d.declared_by());
+        r->set_declared_unix_ms(d.declared_unix_ms());
+        for (const auto& i : d.items()) {
+          auto* x = r->add_items();
+          x->set_sku(i.sku());
+          x->set_units(i.units());
+        }
+        (void)send(peer, std::move(f));
+      }
+    }
+  }
+
+  absl::Status OnRetire(RegionId from, const pb::RightsRetire& r) {
+    if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() != from ||
+        r.items_size() > 100000) {
+      return absl::InvalidArgumentError("rights retire: malformed declaration");
+    }
+    rpb::RetireRightsRequest req;
+    rpb::LostDeclaration* d = req.mutable_declaration();
+    d->set_id(r.declaration_id());
+    d->set_region(config.replica_id);
+    d->set_declared_by(r.declared_by());
+    d->set_declared_unix_ms(r.declared_unix_ms());
+    for (const auto& i : r.items()) {
+      auto* x = d->add_items();
+      x->set_sku(i.sku());
+      x->set_units(i.units());
+    }
+    rpb::RetireRightsResponse resp;
+    auto ctx = Ctx(10000);
+    grpc::Status s = region->RetireRights(ctx.get(), req, &resp);
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return absl::InvalidArgumentError(absl::StrCat("rights retire: ", s.error_message()));
+    }
+    if (s.ok() && !resp.already()) {
+      spdlog::warn("event=rights_written_off declared_by={} declaration={} units={}",
+                   Name(r.declared_by()), r.declaration_id(), resp.units());
+    }
+    return absl::OkStatus();  // a failure is retried when the stream comes up again
+  }
+
+  HttpResponse DeclareLost(HttpRequest& req) {
+    if (!Authorized(req))
+      return HttpResponse::Problem(401, "Unauthorized", "operator token required");
+    const std::string name = req.params["region"];
+    const Peer* lost = nullptr;
+    for (const auto& p : config.peers)
+      if (p.name == name) lost = &p;
+    if (lost == nullptr) {
+      return HttpResponse::Problem(404, "Not Found", "no peer region named " + name);
+    }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (lm->Alive(lost->replica_id)) {
+        return HttpResponse::Problem(409, "Conflict",
+                                     name +
+                                         " is alive (heard from recently); it cannot be "
+                                         "declared lost");
+      }
+      if (!lm->CanMutate(lost->replica_id)) {
+        return HttpResponse::Problem(
+            409, "Conflict",
+            "this region does not hold " + name +
+                "'s order lease; declare it lost at the region that took it over (see "
+                "GET /v1/status), once its lease has expired");
+      }
+    }
+    rpb::DeclareLostRequest dreq;
+    dreq.set_region(lost->replica_id);
+    rpb::DeclareLostResponse dresp;
+    auto ctx = Ctx(30000);
+    grpc::Status s = region->DeclareLost(ctx.get(), dreq, &dresp);
+    if (!s.ok()) return HttpResponse::Problem(503, "Service Unavailable", s.error_message());
+    Json items = Json::array();
+    uint64_t units = 0;
+    for (const auto& i : dresp.declaration().items()) {
+      items.push_back(Json{{"sku", i.sku()}, {"units", i.units()}});
+      units += i.units();
+    }
+    spdlog::warn("event=region_declared_lost region={} by=operator reclaimed_units={} id={}", name,
+                 units, dresp.declaration().id());
+    return HttpResponse::Json(200, Json{{"region", name},
+                                        {"declared_by", config.region},
+                                        {"declaration_id", dresp.declaration().id()},
+                                        {"reclaimed", items},
+                                        {"reclaimed_units", units},
+                                        {"note",
+                                         "units the lost region sold but never shipped are "
+                                         "reclaimed too; if it returns, it writes its reclaimed "
+                                         "rights off and logs any shortfall"}}
+                                       .dump());
+  }
+
   void OnLeaseEvent(const LeaseEvent& e) {
     spdlog::info("event={} group={} epoch={} owner={}", LeaseEventName(e.kind), Name(e.group),
                  e.epoch, Name(e.owner));
@@ -703,6 +821,8 @@ absl::Status Coordinator::Start() {
     c.router.Add("GET", "/v1/status", [&c](HttpRequest& r) { return c.Status(r); });
     c.router.Add("POST", "/v1/leases/{region}/handback",
                  [&c](HttpRequest& r) { return c.Handback(r); });
+    c.router.Add("POST", "/v1/regions/{region}/declare-lost",
+                 [&c](HttpRequest& r) { return c.DeclareLost(r); });
     region::http::HttpServer::Options o;
     o.address = c.config.admin.host;
     o.port = c.config.admin.port;
@@ -747,6 +867,7 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
       return absl::OkStatus();
     }
     case pb::Frame::kRights: {
+      if (frame.rights().has_retire()) return c.OnRetire(peer, frame.rights().retire());
       auto m = FromFrame(frame.rights());
       if (!m.ok()) return m.status();
       {
@@ -763,6 +884,14 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
     default:
       return absl::InvalidArgumentError("not a coordination frame");
   }
+}
+
+void Coordinator::OnPeerUp(RegionId peer) {
+  {
+    std::lock_guard<std::mutex> l(impl_->acks_mu);
+    impl_->peers_up.insert(peer);
+  }
+  impl_->Wake();
 }
 
 void Coordinator::OnAck(RegionId peer, const std::string& stream, int64_t seq) {

@@ -56,6 +56,8 @@ class Coordinator {
   // A lease, rights or sync frame from `peer`. InvalidArgument for a malformed one (the session
   // rejects the stream, as for any bad frame).
   [[nodiscard]] absl::Status OnFrame(RegionId peer, const pb::Frame& frame);
+  // A stream with `peer` is up: declarations of it as lost (if any) are sent to it.
+  void OnPeerUp(RegionId peer);
   // The peer acknowledged our `stream` through `seq` (for sync-peer checkouts).
   void OnAck(RegionId peer, const std::string& stream, int64_t seq);
   // Replication.ForwardOrder from a peer: run the change at our region.

@@ -636,6 +636,7 @@ class Session {
       peer_.send = [this](pb::Frame fr) { return Write(std::move(fr)); };
       owns_send_ = true;
     }
+    if (r_.coordinator) r_.coordinator->OnPeerUp(peer_.config.replica_id);
     spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
       std::string s;
       for (const Cursor& c : cursors) absl::StrAppend(&s, c.stream, ":", c.after_seq, " ");

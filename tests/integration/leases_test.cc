@@ -347,6 +347,73 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";
 }
 
+// An operator declares a dead region lost at its successor: the successor takes over its
+// inventory rights (and can sell them); when the region returns it writes those rights off, so
+// the stock is counted once and nothing is oversold.
+TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
+  StartThree();
+  LeasesSettled();
+  Product(kUs, "vase");
+  Restock(kUs, "vase", 30);
+  Restock(kEu, "vase", 10);
+  auto rights = [&](size_t at, const std::string& of) -> int64_t {
+    Response r = Request(c_->http_port(at), "GET", "/v1/admin/rights/vase", "",
+                         {{"Authorization", Operator()}});
+    Json j = Json::parse(r.body, nullptr, false);
+    if (!j.is_object()) return -1;
+    for (const auto& x : j["regions"])
+      if (x.value("region", "") == of) return x.value("rights", int64_t{0});
+    return 0;
+  };
+  ASSERT_TRUE(Eventually([&] { return rights(kEu, "us-east") == 30; }, 20));
+  auto declare = [&](size_t at) {
+    return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
+                   {{"Authorization", Operator()}});
+  };
+  // Not while us-east is alive.
+  EXPECT_EQ(declare(kEu).status, 409);
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  // ap-south does not hold us-east's lease: it refuses and says where to go.
+  EXPECT_EQ(declare(kAp).status, 409);
+  Response d = declare(kEu);
+  ASSERT_EQ(d.status, 200) << d.body;
+  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 30);
+  EXPECT_EQ(rights(kEu, "eu-west"), 40);
+  // eu-west sells all 40 units it now holds.
+  auto [token, user] = Customer(kEu, "dee@example.com");
+  const std::string auth = "Bearer " + token;
+  int sold = 0;
+  for (int i = 0; i < 45; ++i) {
+    if (Request(c_->http_port(kEu), "PUT", "/v1/cart/items/vase", Json{{"quantity", 1}}.dump(),
+                {{"Authorization", auth}})
+            .status == 404) {
+      Request(c_->http_port(kEu), "POST", "/v1/cart/items",
+              Json{{"sku", "vase"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+    }
+    if (Request(c_->http_port(kEu), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
+            .status == 201) {
+      ++sold;
+    }
+  }
+  EXPECT_EQ(sold, 40);
+  // us-east returns: it writes off the 30 reclaimed units; every region ends with 0 available
+  // (40 restocked, 40 sold) and us-east holds no rights.
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(Eventually(
+        [&] {
+          Response inv = Request(c_->http_port(i), "GET", "/v1/inventory/vase");
+          return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 0 &&
+                 rights(i, "us-east") == 0;
+        },
+        30))
+        << c_->spec(i).name;
+  }
+}
+
 // Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so; cut off,
 // the region answers within its lease with durability async and a reason, then refuses orders.
 TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
