@@ -74,12 +74,20 @@ struct Record {
   Payload payload;
 };
 
+// How far a region's state reflects each origin's outbox: `any` for the records every region may
+// hold, `pinned` for those pinned to the region's own jurisdiction. A stream's applied mark moves
+// both; a peer's state (a sync reply) moves `any`, and `pinned` only if the peer has the same
+// jurisdiction (another one never had what is pinned to us).
+struct Knowledge {
+  std::map<RegionId, uint64_t> any, pinned;
+};
+
 struct Batch {
   RegionId origin = 0;
   uint64_t first = 0;  // records cover seqs [first, last]; absent ones were not for the receiver
   uint64_t last = 0;
   std::vector<Record> records;
-  std::map<RegionId, uint64_t> marks;  // the sender's applied marks (how far it has each origin)
+  Knowledge known;  // how far the sender's state reflects each origin's stream
 };
 struct Ack {
   RegionId origin = 0;
@@ -96,7 +104,7 @@ struct SyncRequest {
 struct SyncReply {
   RegionId group = 0;
   uint64_t epoch = 0;
-  std::map<RegionId, uint64_t> marks;
+  Knowledge known;
   std::vector<services::OrderState> orders;
   std::vector<std::pair<std::string, crdt::Cart>> carts;
   crdt::Inventory inventory;
@@ -157,9 +165,17 @@ struct Region {
     int64_t next_ask = 0;
   };
   std::map<RegionId, GroupSync> syncs;
-  std::map<RegionId, std::map<RegionId, uint64_t>> peer_marks;  // from their batches
-  std::map<RegionId, int64_t> next_pull;                        // per silent origin
-  std::map<std::pair<RegionId, RegionId>, uint64_t> pulled_at;  // (origin, peer): its mark
+  Knowledge known;                           // durable, with the state
+  std::map<RegionId, Knowledge> peer_known;  // from their batches
+  std::map<RegionId, int64_t> next_pull;     // per silent origin
+  // (origin, peer): how far that peer's state reflected the origin when we last joined it
+  std::map<std::pair<RegionId, RegionId>, std::pair<uint64_t, uint64_t>> pulled_at;
+
+  Knowledge KnownNow() const {
+    Knowledge k = known;
+    k.any[id] = k.pinned[id] = outbox.size();
+    return k;
+  }
 
   int64_t Now() const { return clock->NowMs(); }
 };
@@ -169,6 +185,7 @@ struct OrderFacts {
   std::string residency;
   bool sync_acked = false;
   bool async_acked = false;
+  std::set<RegionId> persisted_at;  // the allowed peers that had applied it when it was acked
 };
 
 class World {
@@ -427,15 +444,14 @@ class World {
         if (Allowed(to, rec.residency)) b.records.push_back(rec);
       }
       if (b.last >= b.first) ps.next = b.last + 1;
-      b.marks = r.applied;
-      b.marks[r.id] = top;
+      b.known = r.KnownNow();
       ps.last_sent_at = now;
       Send(r.id, peer, std::move(b));
     }
   }
 
   void OnBatch(Region& r, RegionId from, const Batch& b) {
-    r.peer_marks[from] = b.marks;
+    r.peer_known[from] = b.known;
     uint64_t& mark = r.applied[from];
     if (b.first > mark + 1) {
       Send(r.id, from, Ack{from, mark});  // a gap: the sender resends from here
@@ -453,6 +469,8 @@ class World {
       Apply(r, rec);
     }
     if (b.last > mark) mark = b.last;
+    r.known.any[from] = std::max(r.known.any[from], mark);
+    r.known.pinned[from] = std::max(r.known.pinned[from], mark);
     Send(r.id, from, Ack{from, mark});
     if (stock_changed) TryWaiters(r);
   }
@@ -490,10 +508,18 @@ class World {
     if (e.kind == K::kReleased) ++result_.stats.handbacks;
     if (e.kind == K::kActive) {
       // A new owner acts only with every order of the group that was acknowledged as sync-peer
-      // durable (and may live here): otherwise a customer's acknowledged order would be unknown
-      // to the region that now decides about it.
+      // durable (and may live here) and that one of the regions it synced from held: otherwise
+      // a customer's acknowledged order would be unknown to the region that now decides about
+      // it. (It syncs from a majority; a peer outside it that holds an order is synced later.)
+      std::set<RegionId> synced{r.id};
+      if (auto it = r.syncs.find(e.group); it != r.syncs.end() && it->second.epoch == e.epoch) {
+        synced.insert(it->second.replied.begin(), it->second.replied.end());
+      }
       for (const auto& [id, f] : orders_) {
         if (!f.sync_acked || f.region != e.group || !Allowed(r, f.residency)) continue;
+        bool reachable = synced.count(f.region) > 0;
+        for (RegionId p : f.persisted_at) reachable = reachable || synced.count(p) > 0;
+        if (!reachable) continue;
         auto it = r.orders.find(id);
         if (it == r.orders.end() || !it->second.created) {
           Fail("region " + std::to_string(r.id) + " became owner of group " +
@@ -515,23 +541,27 @@ class World {
     // Sent on the next tick, and repeated until every peer answered once.
   }
 
-  // An origin that has gone silent may have shipped more to some peers than to us: pull the
-  // state of a peer whose mark for it is ahead of ours (nobody relays another region's stream).
+  // An origin that has gone silent may have shipped more to some peers than to us, or they may
+  // have its state through a sync: pull the state of a peer whose knowledge of it is ahead of
+  // ours (nobody relays another region's stream).
   void PullSilentOrigins(Region& r) {
     const int64_t now = r.Now();
     for (const auto& x : regions_) {
       if (x.id == r.id || r.lm->Alive(x.id)) continue;
       int64_t& next = r.next_pull[x.id];
       if (now < next) continue;
-      const uint64_t mine = r.applied[x.id];
-      for (const auto& [peer, marks] : r.peer_marks) {
+      for (const auto& [peer, k] : r.peer_known) {
         if (peer == x.id || !r.lm->Alive(peer)) continue;
-        auto it = marks.find(x.id);
-        if (it == marks.end() || it->second <= mine) continue;
-        // A peer of another jurisdiction cannot move our mark (it lacks what is pinned to us):
-        // its state is still worth joining once per advance of its mark (recorded when its
-        // reply arrives, so a lost request or reply is asked again).
-        if (it->second <= r.pulled_at[{x.id, peer}]) continue;
+        const bool same = R(peer).jurisdiction == r.jurisdiction;
+        auto get = [&](const std::map<RegionId, uint64_t>& m) {
+          auto it = m.find(x.id);
+          return it == m.end() ? uint64_t{0} : it->second;
+        };
+        const uint64_t any = get(k.any), pinned = same ? get(k.pinned) : 0;
+        const auto& done = r.pulled_at[{x.id, peer}];
+        const bool ahead = (any > get(r.known.any) && any > done.first) ||
+                           (same && pinned > get(r.known.pinned) && pinned > done.second);
+        if (!ahead) continue;
         Send(r.id, peer, SyncRequest{0, 0});
         next = now + 1000;
         break;
@@ -545,8 +575,7 @@ class World {
     SyncReply reply;
     reply.group = m.group;
     reply.epoch = m.epoch;
-    reply.marks = r.applied;
-    reply.marks[r.id] = r.outbox.size();
+    reply.known = r.KnownNow();
     for (const auto& [id, o] : r.orders)
       if (Allowed(to, order_residency_[id])) reply.orders.push_back(o);
     for (const auto& [user, cart] : r.carts)
@@ -561,20 +590,26 @@ class World {
       r.carts.try_emplace(user, crdt::Cart(r.id)).first->second.Merge(cart);
     }
     r.inv.Merge(m.inventory);
-    // The peer's state reflects every origin's records through its marks: ours may move there
-    // (an origin resuming later ships from the moved mark; what lies before it is in the join) —
-    // but only if the peer may hold everything we may: the same jurisdiction. Another
-    // jurisdiction's marks also cover records pinned to us that it never had.
-    for (const auto& [origin, seq] : m.marks) {
-      uint64_t& pulled = r.pulled_at[{origin, from}];
-      pulled = std::max(pulled, seq);
+    // The peer's state reflects each origin's records through its knowledge marks; ours move
+    // there (pinned only with a peer of our jurisdiction), and so may the stream's applied mark:
+    // an origin resuming later ships from it, and what lies before it is in the join.
+    const bool same = R(from).jurisdiction == r.jurisdiction;
+    for (const auto& [origin, seq] : m.known.any) {
+      auto& done = r.pulled_at[{origin, from}];
+      done.first = std::max(done.first, seq);
+      if (origin != r.id) r.known.any[origin] = std::max(r.known.any[origin], seq);
     }
-    const bool same_rules = R(from).jurisdiction == r.jurisdiction;
-    for (const auto& [origin, seq] : m.marks) {
-      if (!same_rules) break;
+    for (const auto& [origin, seq] : m.known.pinned) {
+      if (!same) break;
+      auto& done = r.pulled_at[{origin, from}];
+      done.second = std::max(done.second, seq);
+      if (origin != r.id) r.known.pinned[origin] = std::max(r.known.pinned[origin], seq);
+    }
+    for (const auto& [origin, any] : r.known.any) {
       if (origin == r.id) continue;
+      const uint64_t both = std::min(any, r.known.pinned[origin]);
       uint64_t& mark = r.applied[origin];
-      if (seq > mark) mark = seq;
+      if (both > mark) mark = both;
     }
     TryWaiters(r);
     auto it = r.syncs.find(m.group);
@@ -740,11 +775,14 @@ class World {
   void CheckSyncWaits(Region& r) {
     std::vector<Region::SyncWait> rest;
     for (const auto& w : r.sync_waits) {
-      bool persisted = false;
+      std::set<RegionId> persisted;
       for (const auto& [peer, ps] : r.send)
-        if (ps.acked >= w.seq && Allowed(R(peer), orders_[w.order_id].residency)) persisted = true;
-      if (persisted && r.lm->CanMutate(w.group)) {
+        if (ps.acked >= w.seq && Allowed(R(peer), orders_[w.order_id].residency)) {
+          persisted.insert(peer);
+        }
+      if (!persisted.empty() && r.lm->CanMutate(w.group)) {
         orders_[w.order_id].sync_acked = true;
+        orders_[w.order_id].persisted_at = persisted;
         ++result_.stats.orders_sync_acked;
       } else if (r.Now() >= w.deadline || !r.lm->CanMutate(w.group)) {
         orders_[w.order_id].async_acked = true;  // answered, saying durability was async
