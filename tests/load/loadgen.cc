@@ -1,4 +1,4 @@
-// meridian-loadgen: drives a Meridian region on this machine with open-loop customer traffic and
+// meridian-loadgen: drives Meridian regions on this machine with open-loop customer traffic and
 // reports per-operation throughput, latency percentiles and errors. See tests/load/README.md.
 //
 // This file only parses flags and wires the driver; the work is in driver.cc.
@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -48,6 +49,20 @@ int Fail(const std::string& message) {
   return 2;
 }
 
+bool ValidName(const std::string& name) {
+  return !name.empty() && name.size() <= 63 &&
+         name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string::npos;
+}
+
+// "NAME=VALUE" with a valid region name.
+bool SplitPair(const std::string& spec, std::string* name, std::string* value) {
+  size_t eq = spec.find('=');
+  if (eq == std::string::npos) return false;
+  *name = spec.substr(0, eq);
+  *value = spec.substr(eq + 1);
+  return ValidName(*name) && !value->empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -55,10 +70,48 @@ int main(int argc, char** argv) {
   CLI::App app{"meridian-loadgen: open-loop load against a Meridian region on this machine"};
   load::LoadOptions opt;
   std::string target_url, mix_spec = kDefaultMix, out_path = "results/load.json";
-  std::string operator_token_file, arrivals = "uniform";
+  std::string operator_token_file, arrivals = "uniform", dns_spec;
+  std::vector<std::string> region_specs, region_address_specs, subnet_specs;
   bool no_progress = false;
-  app.add_option("--target", target_url, "region URL, loopback only: http://127.0.0.1:PORT")
-      ->required();
+  auto* target_opt = app.add_option(
+      "--target", target_url,
+      "one region's URL on this machine: http://127.0.0.1:PORT (or a local namespace address)");
+  app.add_option("--region", region_specs,
+                 "NAME=URL, repeatable: several regions, each with its own connection pool")
+      ->excludes(target_opt);
+  app.add_option("--region-address", region_address_specs,
+                 "NAME=IP, repeatable: an address GeoDNS answers for region NAME (default: the "
+                 "host of its URL)");
+  app.add_option("--dns", dns_spec,
+                 "GeoDNS server 127.0.0.1:PORT: customers go where it answers for their client "
+                 "subnet, asked again when the answer's TTL runs out");
+  app.add_option("--dns-name", opt.dns_name, "the service name to ask for (with --dns)");
+  app.add_option("--client-subnet", subnet_specs,
+                 "A.B.C.D/LEN, repeatable (with --dns): customer i sends the i-th mod n subnet "
+                 "as its EDNS Client Subnet");
+  app.add_option("--residency", opt.residency,
+                 "residency of newly registered customers: any, or a jurisdiction (us, eu, ...)")
+      ->capture_default_str();
+  app.add_option("--scarce-products", opt.scarce_products,
+                 "extra products with little stock, for oversell checks (with a token)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  app.add_option("--scarce-stock", opt.scarce_stock_units,
+                 "units of each scarce product restocked in every region")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{1'000'000'000}));
+  app.add_option("--scarce-fraction", opt.scarce_fraction,
+                 "share of cart_add operations that add a scarce product")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--scarce-prefix", opt.scarce_prefix,
+                 "SKU prefix of the scarce products (PREFIX-00001...); pick a fresh one per run "
+                 "to know exactly what was stocked")
+      ->capture_default_str();
+  app.add_option("--timeline-out", opt.timeline_path,
+                 "per-second timeline, JSON lines, written while the run goes");
+  app.add_option("--acks-out", opt.acks_path,
+                 "acknowledged orders (201 to a checkout), JSON lines, written while the run goes");
   app.add_option("--rate", opt.rate_per_s, "arrivals (requests) per second, all customers")
       ->capture_default_str()
       ->check(CLI::Range(0.1, 100000.0));
@@ -130,10 +183,64 @@ int main(int argc, char** argv) {
   app.add_flag("--no-progress", no_progress, "no per-second progress lines on stderr");
   CLI11_PARSE(app, argc, argv);
 
-  auto target = load::ParseTarget(target_url);
-  if (!target.ok()) return Fail(std::string(target.status().message()));
-  opt.target = *target;
-  opt.target_url = target_url;
+  const load::LocalRoutes routes = load::LocalRoutes::FromSystem();
+  if (target_url.empty() && region_specs.empty()) return Fail("give --target or --region");
+  if (!target_url.empty()) region_specs.push_back("target=" + target_url);
+  for (const std::string& spec : region_specs) {
+    load::RegionTarget region;
+    if (!SplitPair(spec, &region.name, &region.url)) {
+      return Fail("--region '" + spec + "': expected NAME=URL, NAME of a-z, 0-9 and '-'");
+    }
+    for (const auto& other : opt.regions) {
+      if (other.name == region.name) return Fail("--region: '" + region.name + "' given twice");
+    }
+    auto target = load::ParseTarget(region.url, &routes);
+    if (!target.ok()) return Fail(std::string(target.status().message()));
+    region.target = *target;
+    region.dns_addresses.push_back(target->address);
+    opt.regions.push_back(std::move(region));
+  }
+  for (const std::string& spec : region_address_specs) {
+    std::string name, address;
+    if (!SplitPair(spec, &name, &address)) return Fail("--region-address '" + spec + "': NAME=IP");
+    auto it = std::find_if(opt.regions.begin(), opt.regions.end(),
+                           [&](const load::RegionTarget& r) { return r.name == name; });
+    if (it == opt.regions.end()) return Fail("--region-address: no --region named '" + name + "'");
+    it->dns_addresses.push_back(address);
+  }
+  if (!dns_spec.empty()) {
+    size_t colon = dns_spec.rfind(':');
+    std::string host = dns_spec.substr(0, colon);
+    int port = colon == std::string::npos ? 0 : std::atoi(dns_spec.c_str() + colon + 1);
+    if (colon == std::string::npos || !load::IsLoopbackLiteral(host) || port < 1 || port > 65535) {
+      return Fail("--dns '" + dns_spec +
+                  "': expected 127.0.0.1:PORT (a DNS server on this machine)");
+    }
+    std::error_code ec;
+    opt.dns_server =
+        asio::ip::udp::endpoint(asio::ip::make_address(host, ec), static_cast<uint16_t>(port));
+    if (ec) return Fail("--dns '" + dns_spec + "': " + ec.message());
+    if (opt.dns_name.empty()) return Fail("--dns needs --dns-name (e.g. shop.example.test)");
+    if (!load::EncodeAQuery(1, opt.dns_name, nullptr).ok()) {
+      return Fail("--dns-name '" + opt.dns_name + "' is not a DNS name");
+    }
+    if (subnet_specs.empty()) return Fail("--dns needs at least one --client-subnet");
+  } else if (!subnet_specs.empty() || !opt.dns_name.empty()) {
+    return Fail("--client-subnet and --dns-name go with --dns");
+  }
+  for (const std::string& spec : subnet_specs) {
+    auto subnet = load::ParseIpv4Subnet(spec);
+    if (!subnet.ok()) return Fail(std::string(subnet.status().message()));
+    opt.client_subnets.push_back(*subnet);
+  }
+  if (opt.residency != "any" &&
+      (opt.residency.size() < 2 || opt.residency.size() > 16 ||
+       opt.residency.find_first_not_of("abcdefghijklmnopqrstuvwxyz") != std::string::npos)) {
+    return Fail("--residency: 'any' or a jurisdiction of 2..16 letters a-z");
+  }
+  if (!ValidName(opt.scarce_prefix) || opt.scarce_prefix.size() > 40) {
+    return Fail("--scarce-prefix: 1..40 characters of a-z, 0-9 and '-'");
+  }
   auto mix = load::Mix::Parse(mix_spec);
   if (!mix.ok()) return Fail(std::string(mix.status().message()));
   opt.mix = *mix;
@@ -153,6 +260,9 @@ int main(int argc, char** argv) {
       opt.operator_token.pop_back();
     }
     if (opt.operator_token.empty()) return Fail("--operator-token-file: the file is empty");
+  }
+  if (opt.scarce_products > 0 && opt.operator_token.empty()) {
+    return Fail("--scarce-products needs the operator token (they are seeded and restocked)");
   }
   opt.poisson = arrivals == "poisson";
   opt.progress = !no_progress;

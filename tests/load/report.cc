@@ -119,6 +119,19 @@ nlohmann::ordered_json RunReport::ToJson() const {
     ops_json[std::string(OpName(static_cast<OpKind>(i)))] = o;
   }
   j["operations"] = ops_json;
+  j["stopped_by_signal"] = stopped_by_signal;
+  j["acked_orders"] = acked_orders;
+  if (dns.enabled) {
+    nlohmann::ordered_json switches = nlohmann::ordered_json::array();
+    for (const DnsSwitch& s : dns.switches) {
+      switches.push_back(
+          {{"at_unix_ms", s.at_unix_ms}, {"subnet", s.subnet}, {"from", s.from}, {"to", s.to}});
+    }
+    j["dns"] = {{"queries", dns.queries},
+                {"timeouts", dns.timeouts},
+                {"failures", dns.failures},
+                {"switches", switches}};
+  }
   j["all_operations_latency_ms"] = LatencyJson(all);
   return j;
 }
@@ -169,6 +182,11 @@ std::string RunReport::ToTable() const {
       target_rate_per_s, achieved_rate_per_s, window_s, static_cast<long long>(arrivals_total),
       static_cast<long long>(arrivals_measured), static_cast<long long>(http_requests),
       static_cast<long long>(shed), static_cast<long long>(backlog_max));
+  if (dns.enabled) {
+    out += Format("dns: %lld queries, %lld timeouts, %lld failures, %zu region switches\n",
+                  static_cast<long long>(dns.queries), static_cast<long long>(dns.timeouts),
+                  static_cast<long long>(dns.failures), dns.switches.size());
+  }
   out += Format("send lag ms: p50 %.2f  p99 %.2f  max %.2f (limit p99 %.0f)\n",
                 Ms(lag_us.ValueAtQuantile(0.5)), Ms(lag_us.ValueAtQuantile(0.99)), Ms(lag_us.max()),
                 max_lag_ms);

@@ -67,6 +67,23 @@ struct RunReport {
 
   std::array<OpReport, kOpKinds> ops;
 
+  // Multi-region runs and drills.
+  bool stopped_by_signal = false;  // SIGINT/SIGTERM ended the schedule early
+  int64_t acked_orders = 0;        // checkouts answered 201 (also in --acks-out)
+  struct DnsSwitch {
+    int64_t at_unix_ms = 0;
+    std::string subnet;
+    std::string from;
+    std::string to;
+  };
+  struct DnsFigures {
+    bool enabled = false;
+    int64_t queries = 0;
+    int64_t timeouts = 0;
+    int64_t failures = 0;
+    std::vector<DnsSwitch> switches;
+  } dns;
+
   // Derived by Finalize().
   double achieved_rate_per_s = 0;
   int64_t errors_total = 0;
