@@ -93,10 +93,18 @@ absl::StatusOr<DrillCluster> LoadDrillCluster(const std::string& data_dir) {
     auto repl_yaml = LoadYaml(r.dir + "/replicator.yaml");
     if (repl_yaml.ok()) {
       const YAML::Node& ry = *repl_yaml;
-      if (ry["coordination"] && ry["coordination"]["leases"] &&
-          ry["coordination"]["leases"]["ttl_ms"]) {
-        std::string ttl = Scalar(ry["coordination"]["leases"]["ttl_ms"]);
+      const YAML::Node coordination = ry["coordination"];
+      if (coordination && coordination["leases"] && coordination["leases"]["ttl_ms"]) {
+        std::string ttl = Scalar(coordination["leases"]["ttl_ms"]);
         if (!ttl.empty()) c.lease_ttl_ms = std::atoll(ttl.c_str());
+      }
+      // The replicator's own config is authoritative for where it listens (ports.env may lack
+      // ADMIN_PORT for all but the first region of clusters made by older deploy scripts).
+      if (r.replicator.empty() && coordination && !Scalar(coordination["admin"]).empty()) {
+        r.replicator = "http://" + Scalar(coordination["admin"]);
+      }
+      if (r.metrics.empty() && !Scalar(ry["metrics"]).empty()) {
+        r.metrics = "http://" + Scalar(ry["metrics"]) + "/metrics";
       }
     }
     if (r.replicator.empty()) {

@@ -267,7 +267,7 @@ std::string DrillReport::ToMarkdown() const {
     std::vector<std::string> classes;
     for (const auto& [c, n] : s.errors_by_class) classes.push_back(absl::StrCat(c, "=", n));
     absl::StrAppend(&md, "| ",
-                    kill ? absl::StrFormat("%+.0f", (s.start_unix_ms - kill->unix_ms) / 1000.0)
+                    kill ? absl::StrFormat("%+.1f", (s.start_unix_ms - kill->unix_ms) / 1000.0)
                          : std::string("?"),
                     " | ", s.arrivals, " | ", s.errors, " | ", Pct(s.error_rate), " | ",
                     absl::StrFormat("%.0f", s.p99_ms), " | ", absl::StrJoin(classes, " "), " |\n");
@@ -275,8 +275,10 @@ std::string DrillReport::ToMarkdown() const {
   if (shown == 0) md += "| — | | | | | none |\n";
 
   md += "\n## Orders (RPO)\n\n";
-  absl::StrAppend(&md, "Checked at ", Sec(rpo_checked_unix_ms - (kill ? kill->unix_ms : 0)),
-                  " after the kill, while the region was away, in every survivor's databases:\n\n");
+  absl::StrAppend(&md, "Orders acknowledged up to ",
+                  Sec(rpo_checked_unix_ms - (kill ? kill->unix_ms : 0)),
+                  " after the kill, looked up in every survivor's databases while the region was "
+                  "still away:\n\n");
   absl::StrAppend(&md, "- acknowledged by ", region, " before the check: ", rpo.acked_by_lost, " (",
                   rpo.acked_sync_peer, " sync-peer, ", rpo.acked_async, " async)\n");
   absl::StrAppend(&md, "- missing at every survivor: ", rpo.missing_sync_peer, " sync-peer, ",
@@ -329,7 +331,8 @@ std::string DrillReport::ToMarkdown() const {
 }
 
 std::string DrillReport::ToSvg() const {
-  constexpr double kW = 960, kH = 420, kL = 64, kR = 74, kT = 78, kB = 48;
+  constexpr size_t kLabelRows = 5;
+  constexpr double kW = 960, kH = 460, kL = 64, kR = 74, kT = 48 + 12.0 * kLabelRows, kB = 48;
   const double pw = kW - kL - kR, ph = kH - kT - kB;
   const Event* kill = Find("kill");
   const int64_t origin =
@@ -435,22 +438,26 @@ std::string DrillReport::ToSvg() const {
                           "stroke-width=\"1.6\"/>\n",
                           line);
   }
-  // Events: a vertical line each, labels staggered in rows above the plot.
-  int row = 0;
-  double last_x = -1e9;
+  // Events: a vertical line each; labels packed into rows above the plot, each label in the
+  // first row where it does not overlap the previous one (about 5.6 px per character).
+  std::vector<double> row_end(kLabelRows, -1e9);
   for (const Event& e : events) {
     double x = X((e.unix_ms - origin) / 1000.0);
-    row = (x - last_x < 90) ? (row + 1) % 3 : 0;
-    last_x = x;
+    std::string label =
+        kill ? absl::StrFormat("%s %+.1fs", e.name, (e.unix_ms - kill->unix_ms) / 1000.0) : e.name;
+    const double width = 5.6 * static_cast<double>(label.size()) + 6;
+    size_t row = 0;
+    while (row + 1 < row_end.size() && row_end[row] > x) ++row;
+    row_end[row] = x + width;
     const char* color = EventColor(e.name);
+    const double top = kT - 6 - 12.0 * static_cast<double>(kLabelRows - row);
     absl::StrAppendFormat(&svg,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
                           "stroke-width=\"1.4\" stroke-dasharray=\"5 2\"/>\n",
-                          x, kT - 26 + 11.0 * row, x, kT + ph, color);
-    absl::StrAppendFormat(
-        &svg, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\" font-size=\"10\">%s %s</text>\n", x + 2,
-        kT - 28 + 11.0 * row + 8, color, Xml(e.name),
-        kill ? absl::StrFormat("%+.1fs", (e.unix_ms - kill->unix_ms) / 1000.0) : std::string());
+                          x, top + 2, x, kT + ph, color);
+    absl::StrAppendFormat(&svg,
+                          "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\" font-size=\"10\">%s</text>\n",
+                          x + 2, top + 9, color, Xml(label));
   }
   svg += "</svg>\n";
   return svg;

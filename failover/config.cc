@@ -1,0 +1,250 @@
+#include "failover/config.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace meridian::failover {
+namespace {
+
+std::string Idx(const std::string& path, size_t i) { return absl::StrCat(path, "[", i, "]"); }
+
+bool ValidName(std::string_view name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  }
+  return true;
+}
+
+// An http(s)://host[:port][/path] URL without spaces or control characters.
+bool ValidUrl(std::string_view url) {
+  std::string_view rest;
+  if (url.rfind("http://", 0) == 0) {
+    rest = url.substr(7);
+  } else if (url.rfind("https://", 0) == 0) {
+    rest = url.substr(8);
+  } else {
+    return false;
+  }
+  if (rest.empty() || rest[0] == '/' || rest[0] == ':') return false;
+  for (char c : url) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+std::string TrimSlash(std::string s) {
+  while (!s.empty() && s.back() == '/') s.pop_back();
+  return s;
+}
+
+std::string ResolvePath(std::string_view base_dir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
+  return absl::StrCat(std::string(base_dir), "/", path);
+}
+
+std::string Url(YamlReader& r, const YAML::Node& n, const std::string& key, const std::string& path,
+                bool required) {
+  std::string u = r.String(n, key, path, required);
+  if (u.empty()) {
+    if (required && r.ok()) r.Fail(path, "must not be empty");
+    return u;
+  }
+  if (!ValidUrl(u)) {
+    r.Fail(path, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
+    return "";
+  }
+  return TrimSlash(u);
+}
+
+}  // namespace
+
+DeciderConfig FailoverConfig::decider_config() const {
+  DeciderConfig d;
+  for (const auto& r : regions) d.regions.push_back(r.name);
+  d.self = region;
+  d.lost_after_checks = lost_after_checks;
+  d.recover_after_checks = recover_after_checks;
+  d.observation_ttl_ms = observation_ttl_ms;
+  return d;
+}
+
+const RegionEndpoints* FailoverConfig::Find(std::string_view name) const {
+  for (const auto& r : regions)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml, std::string_view source,
+                                           std::string_view base_dir) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(source), ": not valid YAML: ", e.what()));
+  }
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(source), ": must be a YAML mapping"));
+  }
+  YamlReader r{std::string(source)};
+  FailoverConfig c;
+  r.OnlyKeys(root, "",
+             {"region", "listen", "http_threads", "regions", "geo", "probe_interval_ms",
+              "probe_timeout_ms", "lost_after_checks", "recover_after_checks", "observation_ttl_ms",
+              "catch_up", "handback_timeout_ms", "geo_reconcile_interval_ms", "audit_file",
+              "operator_token", "operator_token_file"});
+  c.region = r.String(root, "region", "region", true);
+  if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
+  c.http_threads = r.Integer<int>(root, "http_threads", "http_threads", 2, 1, 16);
+
+  YAML::Node regions = root["regions"];
+  if (!regions || regions.IsNull()) {
+    r.Fail("regions", "missing (a list of every region is required)");
+  } else if (!regions.IsSequence() || regions.size() == 0) {
+    r.Fail("regions", "must be a non-empty list");
+  } else if (regions.size() > 64) {
+    r.Fail("regions", "at most 64 regions");
+  } else {
+    std::set<std::string> names;
+    for (size_t i = 0; i < regions.size(); ++i) {
+      const std::string p = Idx("regions", i);
+      YAML::Node n = regions[i];
+      if (!n.IsMap()) {
+        r.Fail(p, "must be a mapping");
+        break;
+      }
+      r.OnlyKeys(n, p, {"name", "url", "replicator", "metrics", "controller"});
+      RegionEndpoints e;
+      e.name = r.String(n, "name", p + ".name", true);
+      if (r.ok() && !ValidName(e.name)) {
+        r.Fail(p + ".name",
+               absl::StrCat("must be 1..63 characters of [a-z0-9-], got '", e.name, "'"));
+      }
+      if (r.ok() && !names.insert(e.name).second) {
+        r.Fail(p + ".name", absl::StrCat("'", e.name, "' appears twice"));
+      }
+      e.url = Url(r, n, "url", p + ".url", true);
+      e.replicator = Url(r, n, "replicator", p + ".replicator", true);
+      e.metrics = Url(r, n, "metrics", p + ".metrics", true);
+      e.controller = Url(r, n, "controller", p + ".controller", false);
+      c.regions.push_back(std::move(e));
+    }
+  }
+  if (r.ok() && c.Find(c.region) == nullptr) {
+    r.Fail("region", absl::StrCat("'", c.region, "' is not one of regions[].name"));
+  }
+  if (r.ok()) {
+    for (size_t i = 0; i < c.regions.size(); ++i) {
+      if (c.regions[i].name != c.region && c.regions[i].controller.empty()) {
+        r.Fail(Idx("regions", i) + ".controller",
+               "missing (every other region's controller URL is required: observations are "
+               "exchanged)");
+        break;
+      }
+    }
+  }
+
+  YAML::Node geo = root["geo"];
+  if (geo && !geo.IsNull()) {
+    if (!geo.IsSequence()) {
+      r.Fail("geo", "must be a list of meridian-geo base URLs");
+    } else {
+      for (size_t i = 0; i < geo.size() && r.ok(); ++i) {
+        const std::string p = Idx("geo", i);
+        if (!geo[i].IsScalar()) {
+          r.Fail(p, "must be a URL string");
+          break;
+        }
+        const std::string u = geo[i].Scalar();
+        if (!ValidUrl(u)) {
+          r.Fail(p, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
+          break;
+        }
+        c.geo.push_back(TrimSlash(u));
+      }
+    }
+  }
+
+  c.probe_interval_ms =
+      r.Integer<int>(root, "probe_interval_ms", "probe_interval_ms", 500, 50, 60000);
+  const int default_timeout = std::min(400, c.probe_interval_ms * 4 / 5);
+  c.probe_timeout_ms =
+      r.Integer<int>(root, "probe_timeout_ms", "probe_timeout_ms", default_timeout, 10, 60000);
+  if (r.ok() && c.probe_timeout_ms >= c.probe_interval_ms) {
+    r.Fail("probe_timeout_ms", absl::StrCat("must be below probe_interval_ms (",
+                                            c.probe_interval_ms, "), got ", c.probe_timeout_ms));
+  }
+  c.lost_after_checks =
+      r.Integer<uint32_t>(root, "lost_after_checks", "lost_after_checks", 3, 1, 100);
+  c.recover_after_checks =
+      r.Integer<uint32_t>(root, "recover_after_checks", "recover_after_checks", 10, 1, 1000);
+  c.observation_ttl_ms = r.Integer<int64_t>(root, "observation_ttl_ms", "observation_ttl_ms",
+                                            3 * int64_t{c.probe_interval_ms}, 1, 3600000);
+  if (r.ok() && c.observation_ttl_ms <= c.probe_interval_ms) {
+    r.Fail("observation_ttl_ms",
+           absl::StrCat("must be above probe_interval_ms (", c.probe_interval_ms,
+                        "): a peer's observations arrive once per interval, got ",
+                        c.observation_ttl_ms));
+  }
+  YAML::Node cu = r.Map(root, "catch_up", "catch_up", false);
+  r.OnlyKeys(cu, "catch_up", {"max_apply_lag_ms", "max_backlog_records"});
+  c.catch_up.max_apply_lag_ms =
+      r.Number(cu, "max_apply_lag_ms", "catch_up.max_apply_lag_ms", 1000, 1, 3600000);
+  c.catch_up.max_backlog_records =
+      r.Number(cu, "max_backlog_records", "catch_up.max_backlog_records", 1000, 0, 1e12);
+  c.handback_timeout_ms =
+      r.Integer<int64_t>(root, "handback_timeout_ms", "handback_timeout_ms", 60000, 1000, 3600000);
+  c.geo_reconcile_interval_ms = r.Integer<int64_t>(root, "geo_reconcile_interval_ms",
+                                                   "geo_reconcile_interval_ms", 5000, 100, 3600000);
+  c.audit_file = ResolvePath(base_dir, r.String(root, "audit_file", "audit_file", false));
+
+  const bool has_token = root["operator_token"] && !root["operator_token"].IsNull();
+  const bool has_file = root["operator_token_file"] && !root["operator_token_file"].IsNull();
+  if (r.ok() && has_token == has_file) {
+    r.Fail("operator_token", "exactly one of operator_token and operator_token_file is required");
+  } else if (r.ok() && has_token) {
+    c.operator_token = r.String(root, "operator_token", "operator_token", true);
+  } else if (r.ok()) {
+    const std::string path =
+        ResolvePath(base_dir, r.String(root, "operator_token_file", "operator_token_file", true));
+    std::ifstream in(path);
+    if (!in) {
+      r.Fail("operator_token_file", absl::StrCat("cannot read '", path, "'"));
+    } else {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      c.operator_token = ss.str();
+      while (!c.operator_token.empty() &&
+             std::isspace(static_cast<unsigned char>(c.operator_token.back()))) {
+        c.operator_token.pop_back();
+      }
+    }
+  }
+  if (r.ok()) {
+    bool printable = true;
+    for (char ch : c.operator_token) printable = printable && ch > 0x20 && ch < 0x7f;
+    if (c.operator_token.size() < 16 || !printable) {
+      r.Fail(has_token ? "operator_token" : "operator_token_file",
+             "the token must be at least 16 printable bytes without spaces");
+    }
+  }
+  if (!r.ok()) return r.status();
+  return c;
+}
+
+absl::StatusOr<FailoverConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string dir;
+  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = path.substr(0, slash);
+  return ParseConfig(ss.str(), path, dir);
+}
+
+}  // namespace meridian::failover

@@ -1,0 +1,900 @@
+#include "failover/controller.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "failover/decision.h"
+#include "failover/probe.h"
+#include "failover/wire.h"
+#include "region/http/http_server.h"
+#include "region/http/router.h"
+
+namespace meridian::failover {
+
+using region::http::HttpRequest;
+using region::http::HttpResponse;
+using Json = nlohmann::json;
+
+namespace {
+
+constexpr size_t kMaxAuditEntries = 200;
+constexpr int64_t kHandbackRetryMs = 1000;
+
+std::string UtcNow() {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Truncate(std::string s, size_t n) {
+  if (s.size() > n) s.resize(n);
+  return s;
+}
+
+double StateValue(RegionState s) {
+  switch (s) {
+    case RegionState::kUp:
+      return 0;
+    case RegionState::kLost:
+      return 1;
+    case RegionState::kRecovering:
+      return 2;
+  }
+  return -1;
+}
+
+bool ValidSku(std::string_view sku) {
+  if (sku.empty() || sku.size() > 64) return false;
+  for (char c : sku) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'))
+      return false;
+  }
+  return true;
+}
+
+// Who holds a region's lease group, as the replicators report it.
+struct Holder {
+  std::string region;
+  uint64_t epoch = 0;
+};
+
+}  // namespace
+
+class Controller::Impl {
+ public:
+  Impl(FailoverConfig config, Options options)
+      : config_(std::move(config)), decider_(config_.decider_config()) {
+    if (options.clock == nullptr) {
+      owned_clock_ = std::make_unique<SteadyClock>();
+      clock_ = owned_clock_.get();
+    } else {
+      clock_ = options.clock;
+    }
+    if (options.http == nullptr) {
+      owned_http_ = MakeCurlHttpClient();
+      http_ = owned_http_.get();
+    } else {
+      http_ = options.http;
+    }
+    uint64_t inc = options.incarnation;
+    while (inc == 0) inc = std::random_device{}() * uint64_t{0x100000001} ^ std::random_device{}();
+    decider_.set_incarnation(inc);
+    for (const auto& r : config_.regions) names_.push_back(r.name);
+    InitMetrics();
+    InitRoutes();
+  }
+
+  absl::Status OpenAudit() {
+    if (config_.audit_file.empty()) return absl::OkStatus();
+    audit_.open(config_.audit_file, std::ios::app);
+    if (!audit_) {
+      return absl::UnavailableError(
+          absl::StrCat("audit_file: cannot open '", config_.audit_file, "' for appending"));
+    }
+    return absl::OkStatus();
+  }
+
+  // ---------------------------------------------------------------------------------- lifecycle
+  absl::Status Start() {
+    region::http::HttpServer::Options o;
+    o.address = config_.listen.host;
+    o.port = config_.listen.port;
+    o.threads = config_.http_threads;
+    o.max_body_bytes = kMaxObservationBytes;
+    server_ = std::make_unique<region::http::HttpServer>(
+        o, [this](HttpRequest& r) { return router_.Handle(r); });
+    if (absl::Status st = server_->Start(); !st.ok()) return st;
+    started_ = true;
+    probe_thread_ = std::thread([this] { ProbeLoop(); });
+    push_thread_ = std::thread([this] { PushLoop(); });
+    action_thread_ = std::thread([this] { ActionLoop(); });
+    spdlog::info(
+        "event=failover_started region={} listen={}:{} regions={} probe_interval_ms={} "
+        "lost_after_checks={} recover_after_checks={} quorum={} geo={} audit_file={}",
+        config_.region, config_.listen.host, server_->port(), absl::StrJoin(names_, ","),
+        config_.probe_interval_ms, config_.lost_after_checks, config_.recover_after_checks,
+        decider_.quorum(), config_.geo.size(), LogValue(config_.audit_file));
+    return absl::OkStatus();
+  }
+
+  uint16_t port() const { return server_ ? server_->port() : 0; }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> l(wake_mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    wake_cv_.notify_all();
+    if (probe_thread_.joinable()) probe_thread_.join();
+    if (push_thread_.joinable()) push_thread_.join();
+    if (action_thread_.joinable()) action_thread_.join();
+    if (server_) server_->Stop();
+  }
+
+  HttpResponse Handle(HttpRequest& r) { return router_.Handle(r); }
+
+  // --------------------------------------------------------------------------------- the round
+  void RunRound() {
+    const int64_t started = clock_->NowMs();
+    std::vector<HttpCall> calls;
+    for (const auto& r : config_.regions) {
+      calls.push_back(HttpCall{"GET", r.url + "/readyz", "", ""});
+      calls.push_back(HttpCall{"GET", r.replicator + "/v1/status", "", config_.operator_token});
+      calls.push_back(HttpCall{"GET", r.metrics, "", ""});
+    }
+    std::vector<HttpResult> results = http_->Run(calls, config_.probe_timeout_ms);
+    std::map<std::string, RegionProbe> probes;
+    for (size_t i = 0; i < config_.regions.size(); ++i) {
+      RegionProbe& p = probes[config_.regions[i].name];
+      p.readyz = std::move(results[3 * i]);
+      p.status = std::move(results[3 * i + 1]);
+      p.metrics = std::move(results[3 * i + 2]);
+      const std::string& name = config_.regions[i].name;
+      if (!p.readyz.ok()) m_probe_failures_.at({name, "readyz"})->Increment();
+      if (!p.status.ok()) m_probe_failures_.at({name, "status"})->Increment();
+      if (!p.metrics.ok()) m_probe_failures_.at({name, "metrics"})->Increment();
+    }
+    const int64_t now = clock_->NowMs();
+    std::lock_guard<std::mutex> l(mu_);
+    std::map<std::string, RegionCheck> checks =
+        ComputeChecks(names_, probes, prev_metrics_, config_.catch_up);
+    std::map<std::string, RegionReport> reports;
+    for (auto& [name, c] : checks) {
+      // Without metrics this round, the next one has no interval to measure lag over.
+      if (c.metrics) {
+        prev_metrics_[name] = *c.metrics;
+      } else {
+        prev_metrics_.erase(name);
+      }
+      RegionReport rep;
+      rep.healthy = c.healthy;
+      rep.caught_up = c.caught_up;
+      rep.reason = Truncate(c.reason, kMaxReasonBytes);
+      reports[name] = rep;
+      m_healthy_.at(name)->Set(c.healthy ? 1 : 0);
+      m_caught_up_.at(name)->Set(c.caught_up ? 1 : 0);
+    }
+    last_checks_ = std::move(checks);
+    decider_.RecordOwnChecks(now, reports);
+    EvaluateLocked(now);
+    FollowUpsLocked(now);
+    m_rounds_->Increment();
+    m_round_ms_->Set(static_cast<double>(now - started));
+  }
+
+  void PushObservation() {
+    std::string body;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      body = ObservationToJson(decider_.own());
+    }
+    std::vector<HttpCall> calls;
+    std::vector<std::string> to;
+    for (const auto& r : config_.regions) {
+      if (r.name == config_.region || r.controller.empty()) continue;
+      calls.push_back(
+          HttpCall{"POST", r.controller + "/v1/observations", body, config_.operator_token});
+      to.push_back(r.name);
+    }
+    std::vector<HttpResult> res = http_->Run(calls, config_.probe_timeout_ms);
+    for (size_t i = 0; i < res.size(); ++i) {
+      // 409: the peer already holds a newer one from us (a reordered push); not a failure.
+      if (!res[i].ok() && res[i].status != 409) {
+        m_push_failures_.at(to[i])->Increment();
+        spdlog::debug("event=failover_push_failed to={} error={}", to[i],
+                      LogValue(res[i].Describe()));
+      }
+    }
+  }
+
+  void RunPendingActions() {
+    for (;;) {
+      std::function<void()> a;
+      {
+        std::lock_guard<std::mutex> l(actions_mu_);
+        if (actions_.empty()) return;
+        a = std::move(actions_.front());
+        actions_.pop_front();
+      }
+      a();
+    }
+  }
+
+ private:
+  // ----------------------------------------------------------------------------------- threads
+  bool WaitUntil(std::chrono::steady_clock::time_point t) {
+    std::unique_lock<std::mutex> l(wake_mu_);
+    wake_cv_.wait_until(l, t, [this] { return stopping_; });
+    return !stopping_;
+  }
+
+  void ProbeLoop() {
+    auto next = std::chrono::steady_clock::now();
+    const auto interval = std::chrono::milliseconds(config_.probe_interval_ms);
+    while (true) {
+      RunRound();
+      {
+        std::lock_guard<std::mutex> l(wake_mu_);
+        push_due_ = true;
+      }
+      wake_cv_.notify_all();
+      next += interval;
+      const auto now = std::chrono::steady_clock::now();
+      if (next < now) next = now;  // a slow round: skip ticks rather than bunch them up
+      if (!WaitUntil(next)) return;
+    }
+  }
+
+  void PushLoop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> l(wake_mu_);
+        wake_cv_.wait(l, [this] { return stopping_ || push_due_; });
+        if (stopping_) return;
+        push_due_ = false;
+      }
+      PushObservation();
+    }
+  }
+
+  void ActionLoop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> l(wake_mu_);
+        wake_cv_.wait(l, [this] { return stopping_ || actions_due_; });
+        if (stopping_) return;
+        actions_due_ = false;
+      }
+      RunPendingActions();
+    }
+  }
+
+  void Enqueue(std::function<void()> action) {
+    {
+      std::lock_guard<std::mutex> l(actions_mu_);
+      actions_.push_back(std::move(action));
+    }
+    if (started_) {
+      {
+        std::lock_guard<std::mutex> l(wake_mu_);
+        actions_due_ = true;
+      }
+      wake_cv_.notify_all();
+    }
+  }
+
+  // -------------------------------------------------------------------------------- decisions
+  struct Progress {
+    int64_t lost_at_ms = -1;
+    bool takeover_seen = false;
+    bool handback_pending = false;
+    int64_t handback_started_ms = 0;
+    int64_t handback_last_try_ms = -1;
+    int64_t geo_checked_ms = 0;
+    std::optional<int64_t> detected_after_ms;
+    std::string handback_state;  // "", "pending", "done", "gave_up"
+    Json takeover;               // null until seen
+  };
+
+  void Audit(const std::string& event, const std::string& region, const std::string& what,
+             const std::string& fields, const std::string& reason, Json entry) {
+    std::string line = absl::StrCat("event=", event, " controller=", config_.region,
+                                    " region=", LogValue(region), " ", what);
+    if (!fields.empty()) absl::StrAppend(&line, " ", fields);
+    absl::StrAppend(&line, " reason=", LogValue(reason));
+    spdlog::info("{}", line);
+    std::lock_guard<std::mutex> l(audit_mu_);
+    if (audit_.is_open()) {
+      audit_ << UtcNow() << " " << line << "\n";
+      audit_.flush();
+    }
+    entry["event"] = event;
+    entry["region"] = region;
+    entry["reason"] = reason;
+    entry["unix_ms"] = UnixMs();
+    entry["line"] = line;
+    audit_entries_.push_back(std::move(entry));
+    while (audit_entries_.size() > kMaxAuditEntries) audit_entries_.pop_front();
+  }
+
+  // A decision of the Decider, or an observed consequence ("lease_taken_over", "lease_home").
+  void AuditDecision(const std::string& region, const std::string& decision,
+                     const std::string& fields, const std::string& reason, Json entry = {}) {
+    if (entry.is_null()) entry = Json::object();
+    entry["decision"] = decision;
+    Audit("failover_decision", region, absl::StrCat("decision=", decision), fields, reason,
+          std::move(entry));
+    m_decisions_.at(region)->Add({{"region", region}, {"decision", decision}}).Increment();
+  }
+
+  void EvaluateLocked(int64_t now) {
+    for (const Decision& d : decider_.Evaluate(now)) {
+      Progress& p = progress_[d.region];
+      std::string fields =
+          absl::StrCat("from=", RegionStateName(d.from), " to=", RegionStateName(d.to),
+                       " votes=", d.voters.size(), " needed=", d.needed, " of=", names_.size(),
+                       " voters=", LogValue(absl::StrJoin(d.voters, ",")));
+      Json entry{{"from", RegionStateName(d.from)},
+                 {"to", RegionStateName(d.to)},
+                 {"voters", d.voters},
+                 {"needed", d.needed}};
+      if (d.decision == "lost") {
+        p.lost_at_ms = now;
+        p.takeover_seen = false;
+        p.takeover = nullptr;
+        p.handback_pending = false;
+        p.handback_state.clear();
+        p.geo_checked_ms = now;
+        // Detection as this controller saw it: from its first failed check in the streak.
+        if (auto since = decider_.own_fail_since_ms(d.region); since) {
+          p.detected_after_ms = now - *since;
+          absl::StrAppend(&fields, " first_failed_check_ms_ago=", *p.detected_after_ms);
+          entry["first_failed_check_ms_ago"] = *p.detected_after_ms;
+          m_detection_ms_.at(d.region)->Set(static_cast<double>(*p.detected_after_ms));
+        }
+      }
+      AuditDecision(d.region, d.decision, fields, d.reason, entry);
+      m_state_.at(d.region)->Set(StateValue(d.to));
+      if (d.decision == "lost" && d.from == RegionState::kUp) {
+        SetGeo(d.region, "down",
+               absl::StrCat("meridian-failover ", config_.region, ": region lost (",
+                            d.voters.size(), "/", names_.size(), " controllers)"));
+        AuditDecision(d.region, "rights_frozen", "",
+                      absl::StrCat("only ", d.region,
+                                   " can spend its inventory rights: they stay unusable until it "
+                                   "returns or an operator declares it lost (meridianctl "
+                                   "declare-lost ",
+                                   d.region, ")"));
+      }
+      if (d.decision == "recovered") {
+        SetGeo(d.region, "auto",
+               absl::StrCat("meridian-failover ", config_.region, ": region recovered"));
+        p.handback_pending = true;
+        p.handback_state = "pending";
+        p.handback_started_ms = now;
+        p.handback_last_try_ms = -1;
+        AuditDecision(d.region, "rights_usable", "",
+                      absl::StrCat(d.region, " is back: its inventory rights are its own again"));
+      }
+    }
+    for (const auto& r : names_) {
+      const Tally t = decider_.Count(now, r);
+      m_lost_votes_.at(r)->Set(static_cast<double>(t.lost.size()));
+    }
+  }
+
+  // Who holds each group and whether it can use it, from this round's replicator statuses.
+  std::map<std::string, Holder> HoldersLocked() const {
+    std::map<std::string, Holder> out;
+    for (const auto& [name, c] : last_checks_) {
+      if (!c.status) continue;
+      for (const LeaseInfo& l : c.status->leases) {
+        if (l.held_here && l.usable) {
+          auto it = out.find(l.group_region);
+          if (it == out.end() || l.epoch > it->second.epoch) out[l.group_region] = {name, l.epoch};
+        }
+      }
+    }
+    return out;
+  }
+
+  void FollowUpsLocked(int64_t now) {
+    const std::map<std::string, Holder> holders = HoldersLocked();
+    for (const auto& r : names_) {
+      Progress& p = progress_[r];
+      const RegionState s = decider_.state(r);
+      auto h = holders.find(r);
+      if (s != RegionState::kUp) {
+        // (b) takeover runs by itself in the replicators after the lease expires: observe it.
+        if (!p.takeover_seen && h != holders.end() && h->second.region != r) {
+          p.takeover_seen = true;
+          const int64_t after = p.lost_at_ms >= 0 ? now - p.lost_at_ms : 0;
+          p.takeover = Json{
+              {"owner", h->second.region}, {"epoch", h->second.epoch}, {"after_lost_ms", after}};
+          AuditDecision(
+              r, "lease_taken_over",
+              absl::StrCat("owner=", h->second.region, " epoch=", h->second.epoch,
+                           " after_lost_ms=", after),
+              absl::StrCat(h->second.region, "'s replicator holds ", r, "'s order lease (usable)"),
+              p.takeover);
+        }
+        if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms) {
+          p.geo_checked_ms = now;
+          const std::string region = r;
+          Enqueue([this, region] { EnsureGeoDown(region); });
+        }
+        continue;
+      }
+      if (!p.handback_pending) continue;
+      if (h != holders.end() && h->second.region == r) {
+        p.handback_pending = false;
+        p.handback_state = "done";
+        AuditDecision(r, "lease_home",
+                      absl::StrCat("epoch=", h->second.epoch,
+                                   " after_recovered_ms=", now - p.handback_started_ms),
+                      absl::StrCat(r, " holds its own order lease again"));
+        continue;
+      }
+      if (now - p.handback_started_ms > config_.handback_timeout_ms) {
+        p.handback_pending = false;
+        p.handback_state = "gave_up";
+        AuditDecision(
+            r, "handback_gave_up", "",
+            absl::StrCat(r, " did not get its lease back within ", config_.handback_timeout_ms,
+                         " ms; the replicators' automatic handback may still do it"));
+        continue;
+      }
+      if (h != holders.end() &&
+          (p.handback_last_try_ms < 0 || now - p.handback_last_try_ms >= kHandbackRetryMs)) {
+        p.handback_last_try_ms = now;
+        const std::string region = r, holder = h->second.region;
+        Enqueue([this, region, holder] { RequestHandback(region, holder); });
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------------ actions
+  void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
+    if (config_.geo.empty()) return;
+    Enqueue([this, region, state, reason] {
+      const std::string body = Json{{"state", state}, {"reason", reason}}.dump();
+      std::vector<HttpCall> calls;
+      for (const auto& g : config_.geo) {
+        calls.push_back(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
+                                 config_.operator_token});
+      }
+      std::vector<HttpResult> res = http_->Run(calls, 2000);
+      for (size_t i = 0; i < res.size(); ++i) {
+        Action("geo_health", region,
+               absl::StrCat("state=", state, " geo=", LogValue(config_.geo[i])), res[i]);
+      }
+    });
+  }
+
+  void EnsureGeoDown(const std::string& region) {
+    for (const auto& g : config_.geo) {
+      HttpResult r =
+          http_->Do(HttpCall{"GET", absl::StrCat(g, "/v1/regions/", region), "", ""}, 2000);
+      if (!r.ok()) continue;
+      Json j = Json::parse(r.body, nullptr, false);
+      std::string override_state;
+      if (j.is_object() && j.contains("override") && j["override"].is_object())
+        override_state = j["override"].value("state", "");
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (decider_.state(region) == RegionState::kUp) return;  // recovered meanwhile
+      }
+      if (override_state == "down") continue;
+      HttpResult post =
+          http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
+                             Json{{"state", "down"},
+                                  {"reason", absl::StrCat("meridian-failover ", config_.region,
+                                                          ": region lost (override restored)")}}
+                                 .dump(),
+                             config_.operator_token},
+                    2000);
+      Action("geo_health", region, absl::StrCat("state=down geo=", LogValue(g), " reconcile=1"),
+             post);
+    }
+  }
+
+  void RequestHandback(const std::string& region, const std::string& holder) {
+    const RegionEndpoints* h = config_.Find(holder);
+    if (h == nullptr) return;
+    HttpResult r =
+        http_->Do(HttpCall{"POST", absl::StrCat(h->replicator, "/v1/leases/", region, "/handback"),
+                           "{}", config_.operator_token},
+                  2000);
+    Action("lease_handback", region, absl::StrCat("holder=", holder), r);
+  }
+
+  void Action(const std::string& action, const std::string& region, const std::string& fields,
+              const HttpResult& r) {
+    const std::string result = r.ok() ? "ok" : "error";
+    m_actions_->Add({{"action", action}, {"result", result}}).Increment();
+    Json entry{{"action", action}, {"result", result}, {"status", r.status}};
+    std::string detail = r.ok() ? "" : Truncate(r.error.empty() ? r.body : r.error, 300);
+    Audit("failover_action", region, absl::StrCat("action=", action, " result=", result),
+          absl::StrCat(fields, " status=", r.status), detail, std::move(entry));
+  }
+
+  // ---------------------------------------------------------------------------------- HTTP API
+  absl::Status Authorized(const HttpRequest& r) const {
+    auto h = r.Header("authorization");
+    if (!h) return absl::UnauthenticatedError("operator token required");
+    if (*h != "Bearer " + config_.operator_token)
+      return absl::PermissionDeniedError("wrong operator token");
+    return absl::OkStatus();
+  }
+  static HttpResponse AuthProblem(const absl::Status& st) {
+    return HttpResponse::Problem(
+        st.code() == absl::StatusCode::kUnauthenticated ? 401 : 403,
+        st.code() == absl::StatusCode::kUnauthenticated ? "Unauthorized" : "Forbidden",
+        std::string(st.message()));
+  }
+
+  void InitRoutes() {
+    router_.Add("GET", "/healthz",
+                [](HttpRequest&) { return HttpResponse::Json(200, R"({"ok":true})"); });
+    router_.Add("GET", "/metrics", [this](HttpRequest&) {
+      HttpResponse r;
+      r.content_type = "text/plain; version=0.0.4";
+      r.body = prometheus::TextSerializer().Serialize(registry_->Collect());
+      return r;
+    });
+    router_.Add("GET", "/v1/observations", [this](HttpRequest&) { return GetObservations(); });
+    router_.Add("POST", "/v1/observations", [this](HttpRequest& r) { return PostObservation(r); });
+    router_.Add("GET", "/v1/regions", [this](HttpRequest&) { return GetRegions(); });
+    router_.Add("GET", "/v1/decisions", [this](HttpRequest&) {
+      std::lock_guard<std::mutex> l(audit_mu_);
+      Json list = Json::array();
+      for (const auto& e : audit_entries_) list.push_back(e);
+      return HttpResponse::Json(200,
+                                Json{{"controller", config_.region}, {"entries", list}}.dump());
+    });
+    router_.Add("GET", "/v1/admin/rights/{sku}", [this](HttpRequest& r) { return GetRights(r); });
+  }
+
+  HttpResponse GetObservations() {
+    const int64_t now = clock_->NowMs();
+    std::lock_guard<std::mutex> l(mu_);
+    Json peers = Json::object();
+    for (const auto& name : names_) {
+      if (name == config_.region) continue;
+      auto held = decider_.peer(name);
+      if (!held) {
+        peers[name] = nullptr;
+        continue;
+      }
+      peers[name] = Json{{"observation", Json::parse(ObservationToJson(held->observation))},
+                         {"received_ms_ago", now - held->received_ms},
+                         {"fresh", now - held->received_ms < config_.observation_ttl_ms}};
+    }
+    return HttpResponse::Json(200, Json{{"controller", config_.region},
+                                        {"own", Json::parse(ObservationToJson(decider_.own()))},
+                                        {"peers", peers}}
+                                       .dump(-1, ' ', false, Json::error_handler_t::replace));
+  }
+
+  HttpResponse PostObservation(HttpRequest& r) {
+    if (auto st = Authorized(r); !st.ok()) return AuthProblem(st);
+    auto o = ObservationFromJson(r.body);
+    if (!o.ok()) {
+      m_observations_->Add({{"from", "?"}, {"result", "rejected"}}).Increment();
+      return HttpResponse::Problem(400, "Bad Request", std::string(o.status().message()));
+    }
+    const int64_t now = clock_->NowMs();
+    std::lock_guard<std::mutex> l(mu_);
+    absl::Status st = decider_.AcceptPeerObservation(now, *o);
+    const std::string from = config_.Find(o->from) != nullptr ? o->from : "?";
+    if (absl::IsFailedPrecondition(st)) {
+      m_observations_->Add({{"from", from}, {"result", "stale"}}).Increment();
+      return HttpResponse::Problem(409, "Conflict", std::string(st.message()));
+    }
+    if (!st.ok()) {
+      m_observations_->Add({{"from", from}, {"result", "rejected"}}).Increment();
+      return HttpResponse::Problem(400, "Bad Request", std::string(st.message()));
+    }
+    m_observations_->Add({{"from", from}, {"result", "accepted"}}).Increment();
+    // Decide at once: the quorum may have just been reached (detection must not wait a tick).
+    EvaluateLocked(now);
+    return HttpResponse::Json(200, R"({"accepted":true})");
+  }
+
+  Json CheckJson(const std::string& name) const {
+    auto it = last_checks_.find(name);
+    if (it == last_checks_.end()) return nullptr;
+    const RegionCheck& c = it->second;
+    const RegionReport& own = decider_.own().regions.at(name);
+    Json peers_alive = Json::object();
+    if (c.status)
+      for (const auto& [p, a] : c.status->peers_alive) peers_alive[p] = a;
+    Json repl = Json::object();
+    if (c.metrics) {
+      for (const auto& [p, m] : c.metrics->peers) {
+        Json e{{"lag_p99_ms", m.lag_p99_ms ? Json(*m.lag_p99_ms) : Json()},
+               {"own_backlog_records", m.backlog_records ? Json(*m.backlog_records) : Json()},
+               {"connected", m.connected ? Json(*m.connected) : Json()}};
+        if (auto a = c.apply_lag_ms.find(p); a != c.apply_lag_ms.end())
+          e["apply_lag_ms"] = a->second;
+        if (auto b = c.backlog_records.find(p); b != c.backlog_records.end())
+          e["peer_backlog_records"] = b->second;
+        repl[p] = e;
+      }
+    }
+    return Json{{"healthy", c.healthy},
+                {"caught_up", c.caught_up},
+                {"ready", c.ready},
+                {"fail_streak", own.fail_streak},
+                {"ok_streak", own.ok_streak},
+                {"reason", c.reason},
+                {"replicator_reachable", c.status.has_value()},
+                {"peers_alive", peers_alive},
+                {"replication", repl}};
+  }
+
+  HttpResponse GetRegions() {
+    const int64_t now = clock_->NowMs();
+    std::lock_guard<std::mutex> l(mu_);
+    const std::map<std::string, Holder> holders = HoldersLocked();
+    Json regions = Json::array();
+    for (const auto& name : names_) {
+      const Tally t = decider_.Count(now, name);
+      const RegionState s = decider_.state(name);
+      const Progress& p = progress_[name];
+      Json lease = nullptr;
+      if (auto h = holders.find(name); h != holders.end()) {
+        lease = Json{{"holder", h->second.region},
+                     {"epoch", h->second.epoch},
+                     {"home", h->second.region == name}};
+      }
+      regions.push_back(
+          Json{{"name", name},
+               {"state", RegionStateName(s)},
+               {"state_since_ms_ago", now - decider_.state_since_ms(name)},
+               {"votes", Json{{"lost", t.lost},
+                              {"healthy", t.healthy},
+                              {"recovered", t.recovered},
+                              {"silent", t.silent},
+                              {"needed", t.needed}}},
+               {"check", CheckJson(name)},
+               {"lease", lease},
+               {"rights", s == RegionState::kUp ? "usable" : "frozen"},
+               {"takeover", p.takeover},
+               {"handback", p.handback_state.empty() ? Json() : Json(p.handback_state)},
+               {"detected_after_ms", p.detected_after_ms ? Json(*p.detected_after_ms) : Json()}});
+    }
+    return HttpResponse::Json(200, Json{{"controller", config_.region},
+                                        {"quorum", decider_.quorum()},
+                                        {"lost_after_checks", config_.lost_after_checks},
+                                        {"recover_after_checks", config_.recover_after_checks},
+                                        {"probe_interval_ms", config_.probe_interval_ms},
+                                        {"regions", regions}}
+                                       .dump(-1, ' ', false, Json::error_handler_t::replace));
+  }
+
+  HttpResponse GetRights(HttpRequest& r) {
+    if (auto st = Authorized(r); !st.ok()) return AuthProblem(st);
+    const std::string sku = r.params["sku"];
+    if (!ValidSku(sku)) {
+      return HttpResponse::Problem(400, "Bad Request",
+                                   "sku: 1..64 characters of [A-Za-z0-9._-] expected");
+    }
+    // Ask our own region first, then every other region that is not lost.
+    std::vector<const RegionEndpoints*> order;
+    std::map<std::string, RegionState> states;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& n : names_) states[n] = decider_.state(n);
+    }
+    if (states[config_.region] == RegionState::kUp) order.push_back(config_.Find(config_.region));
+    for (const auto& e : config_.regions) {
+      if (e.name != config_.region && states[e.name] == RegionState::kUp) order.push_back(&e);
+    }
+    std::string errors;
+    for (const RegionEndpoints* e : order) {
+      HttpResult res = http_->Do(HttpCall{"GET", absl::StrCat(e->url, "/v1/admin/rights/", sku), "",
+                                          config_.operator_token},
+                                 2000);
+      if (res.status == 400 || res.status == 404) {
+        return HttpResponse{res.status, "application/problem+json", {}, res.body};
+      }
+      Json j = res.ok() ? Json::parse(res.body, nullptr, false) : Json();
+      if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) {
+        absl::StrAppend(&errors, errors.empty() ? "" : "; ", e->name, ": ",
+                        res.ok() ? "bad body" : res.Describe());
+        continue;
+      }
+      int64_t frozen = 0;
+      Json frozen_regions = Json::array();
+      Json rows = Json::array();
+      for (const Json& row : j["regions"]) {
+        if (!row.is_object()) continue;
+        const std::string name = row.value("region", "");
+        const int64_t units =
+            row.contains("rights") && row["rights"].is_number() ? row["rights"].get<int64_t>() : 0;
+        auto st = states.find(name);
+        const bool is_frozen = st != states.end() && st->second != RegionState::kUp;
+        if (is_frozen) {
+          frozen += units;
+          frozen_regions.push_back(name);
+        }
+        Json out = row;
+        out["state"] = st != states.end() ? Json(RegionStateName(st->second)) : Json();
+        out["frozen"] = is_frozen;
+        rows.push_back(out);
+      }
+      return HttpResponse::Json(200, Json{{"sku", sku},
+                                          {"controller", config_.region},
+                                          {"as_seen_by", j.value("as_seen_by", e->name)},
+                                          {"available", j.value("available", Json())},
+                                          {"regions", rows},
+                                          {"frozen_regions", frozen_regions},
+                                          {"frozen_units", frozen}}
+                                         .dump());
+    }
+    return HttpResponse::Problem(503, "Service Unavailable",
+                                 absl::StrCat("no live region answered: ", errors));
+  }
+
+  // ---------------------------------------------------------------------------------- metrics
+  void InitMetrics() {
+    registry_ = std::make_shared<prometheus::Registry>();
+    auto& state = prometheus::BuildGauge()
+                      .Name("meridian_failover_region_state")
+                      .Help("Decided state of each region: 0 up, 1 lost, 2 recovering")
+                      .Register(*registry_);
+    auto& healthy = prometheus::BuildGauge()
+                        .Name("meridian_failover_region_check_healthy")
+                        .Help("1 when this controller's last check found the region healthy")
+                        .Register(*registry_);
+    auto& caught_up = prometheus::BuildGauge()
+                          .Name("meridian_failover_region_check_caught_up")
+                          .Help("1 when this controller's last check found the region caught up")
+                          .Register(*registry_);
+    auto& votes = prometheus::BuildGauge()
+                      .Name("meridian_failover_lost_votes")
+                      .Help("Controllers whose fresh observation says the region is lost")
+                      .Register(*registry_);
+    auto& detection = prometheus::BuildGauge()
+                          .Name("meridian_failover_detection_ms")
+                          .Help(
+                              "At the last lost decision: ms since this controller's first "
+                              "failed check of the streak")
+                          .Register(*registry_);
+    auto& decisions = prometheus::BuildCounter()
+                          .Name("meridian_failover_decisions_total")
+                          .Help("Failover decisions and observed consequences, per region")
+                          .Register(*registry_);
+    auto& failures = prometheus::BuildCounter()
+                         .Name("meridian_failover_probe_failures_total")
+                         .Help("Failed probes per region and probe (readyz, status, metrics)")
+                         .Register(*registry_);
+    auto& push = prometheus::BuildCounter()
+                     .Name("meridian_failover_observation_push_failures_total")
+                     .Help("Observations not delivered to a peer controller")
+                     .Register(*registry_);
+    for (const auto& n : names_) {
+      m_state_[n] = &state.Add({{"region", n}});
+      m_healthy_[n] = &healthy.Add({{"region", n}});
+      m_caught_up_[n] = &caught_up.Add({{"region", n}});
+      m_lost_votes_[n] = &votes.Add({{"region", n}});
+      m_detection_ms_[n] = &detection.Add({{"region", n}});
+      m_decisions_[n] = &decisions;
+      for (const char* p : {"readyz", "status", "metrics"})
+        m_probe_failures_[{n, p}] = &failures.Add({{"region", n}, {"probe", p}});
+      if (n != config_.region) m_push_failures_[n] = &push.Add({{"to", n}});
+    }
+    m_rounds_ = &prometheus::BuildCounter()
+                     .Name("meridian_failover_rounds_total")
+                     .Help("Probe rounds run")
+                     .Register(*registry_)
+                     .Add({});
+    m_round_ms_ = &prometheus::BuildGauge()
+                       .Name("meridian_failover_round_duration_ms")
+                       .Help("Duration of the last probe round")
+                       .Register(*registry_)
+                       .Add({});
+    m_actions_ = &prometheus::BuildCounter()
+                      .Name("meridian_failover_actions_total")
+                      .Help("Actions taken (geo_health, lease_handback) by result")
+                      .Register(*registry_);
+    m_observations_ = &prometheus::BuildCounter()
+                           .Name("meridian_failover_observations_received_total")
+                           .Help("Peer observations by result (accepted, stale, rejected)")
+                           .Register(*registry_);
+  }
+
+  FailoverConfig config_;
+  std::vector<std::string> names_;
+  std::unique_ptr<Clock> owned_clock_;
+  const Clock* clock_;
+  std::unique_ptr<HttpClient> owned_http_;
+  HttpClient* http_;
+  region::http::Router router_;
+  std::unique_ptr<region::http::HttpServer> server_;
+  bool started_ = false;
+
+  std::mutex mu_;  // the decider and everything derived from rounds
+  Decider decider_;
+  std::map<std::string, RegionCheck> last_checks_;
+  std::map<std::string, ReplicationMetrics> prev_metrics_;
+  std::map<std::string, Progress> progress_;
+
+  std::mutex audit_mu_;
+  std::ofstream audit_;
+  std::deque<Json> audit_entries_;
+
+  std::mutex actions_mu_;
+  std::deque<std::function<void()>> actions_;
+
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  bool stopping_ = false;
+  bool push_due_ = false;
+  bool actions_due_ = false;
+  std::thread probe_thread_, push_thread_, action_thread_;
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::map<std::string, prometheus::Gauge*> m_state_, m_healthy_, m_caught_up_, m_lost_votes_,
+      m_detection_ms_;
+  std::map<std::string, prometheus::Family<prometheus::Counter>*> m_decisions_;
+  std::map<std::pair<std::string, std::string>, prometheus::Counter*> m_probe_failures_;
+  std::map<std::string, prometheus::Counter*> m_push_failures_;
+  prometheus::Counter* m_rounds_ = nullptr;
+  prometheus::Gauge* m_round_ms_ = nullptr;
+  prometheus::Family<prometheus::Counter>* m_actions_ = nullptr;
+  prometheus::Family<prometheus::Counter>* m_observations_ = nullptr;
+};
+
+absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(FailoverConfig config,
+                                                               Options options) {
+  auto impl = std::make_unique<Impl>(std::move(config), options);
+  if (absl::Status st = impl->OpenAudit(); !st.ok()) return st;
+  return std::unique_ptr<Controller>(new Controller(std::move(impl)));
+}
+
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Controller::~Controller() { Stop(); }
+absl::Status Controller::Start() { return impl_->Start(); }
+uint16_t Controller::port() const { return impl_->port(); }
+void Controller::Stop() { impl_->Stop(); }
+HttpResponse Controller::Handle(HttpRequest& r) { return impl_->Handle(r); }
+void Controller::RunRound() { impl_->RunRound(); }
+void Controller::RunPendingActions() { impl_->RunPendingActions(); }
+void Controller::PushObservation() { impl_->PushObservation(); }
+
+}  // namespace meridian::failover

@@ -1,0 +1,75 @@
+#pragma once
+
+// meridian-failover as one object: probes every region, exchanges observations with the other
+// regions' controllers, runs the Decider, and acts on its decisions (geo health hooks, lease
+// handback), writing every decision to the log, the audit file and the metrics. main.cc only
+// parses flags and runs this.
+//
+// HTTP API (config.listen):
+//   GET  /healthz                 liveness
+//   GET  /metrics                 Prometheus text
+//   GET  /v1/observations         this controller's latest observation and the peers' it holds
+//   POST /v1/observations         a peer controller's observation (operator bearer token)
+//   GET  /v1/regions              every region: state, votes, this controller's check, lease
+//                                 holder, takeover/handback progress, rights frozen or not
+//   GET  /v1/decisions            the last 200 audit entries (decisions and actions)
+//   GET  /v1/admin/rights/{sku}   the SKU's rights per region as a live region sees them, with
+//                                 the units frozen in lost regions (operator bearer token)
+//
+// Threads (after Start): the HTTP server's, one probe thread (a round every probe_interval_ms on
+// fixed ticks), one push thread (sends each round's observation to every peer controller at
+// once), one action thread (geo hooks, handbacks; so a slow geo never delays probing).
+// Thread-safety: every public method may be called from any thread once Create returned, except
+// Start/Stop (the owner, once each) and the test drivers RunRound/RunPendingActions/
+// PushObservation (only when not Start()ed).
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "failover/clock.h"
+#include "failover/config.h"
+#include "failover/http_client.h"
+#include "region/http/http_types.h"
+
+namespace meridian::failover {
+
+class Controller {
+ public:
+  struct Options {
+    const Clock* clock = nullptr;  // null: a SteadyClock owned by the controller
+    HttpClient* http = nullptr;    // null: libcurl, owned by the controller
+    uint64_t incarnation = 0;      // 0: random
+  };
+
+  // Opens the audit file (its error is returned: an audit trail that cannot be written must not
+  // go unnoticed).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Controller>> Create(FailoverConfig config,
+                                                                          Options options);
+  ~Controller();  // Stop()s
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  // Binds config.listen, starts the threads. Unavailable when the bind fails.
+  [[nodiscard]] absl::Status Start();
+  [[nodiscard]] uint16_t port() const;
+  void Stop();
+
+  // One request through the router, without the network (tests; also the server's handler).
+  [[nodiscard]] region::http::HttpResponse Handle(region::http::HttpRequest& request);
+
+  // Test drivers (REQUIRES: not Start()ed): one probe round with its decisions and follow-ups;
+  // the actions queued so far, run on the caller's thread; this controller's latest observation
+  // pushed to every peer.
+  void RunRound();
+  void RunPendingActions();
+  void PushObservation();
+
+ private:
+  class Impl;
+  explicit Controller(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meridian::failover

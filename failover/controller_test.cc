@@ -1,0 +1,416 @@
+// The controller with a fake clock and scripted HTTP: a region goes down, a peer controller's
+// observation completes the quorum, geo is told, the takeover is observed, rights reported
+// frozen; the region returns, catches up, geo is restored and the lease is asked back. Also the
+// HTTP API's validation and the audit trail.
+
+#include "failover/controller.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "failover/decision.h"
+#include "failover/fake_http_test_util.h"
+#include "failover/wire.h"
+
+namespace meridian::failover {
+namespace {
+
+using Json = nlohmann::json;
+using region::http::HttpRequest;
+using region::http::HttpResponse;
+
+const std::vector<std::string> kThree = {"us-east", "eu-west", "ap-south"};
+const char* kToken = "operator-token-for-tests";
+
+class FakeClock final : public Clock {
+ public:
+  int64_t NowMs() const override { return now_.load(); }
+  void Advance(int64_t ms) { now_ += ms; }
+
+ private:
+  std::atomic<int64_t> now_{1000000};
+};
+
+std::string StatusJson(const std::string& region, const std::map<std::string, bool>& alive,
+                       const std::vector<std::pair<std::string, uint64_t>>& held) {
+  Json peers = Json::array();
+  for (const auto& [p, a] : alive) peers.push_back(Json{{"name", p}, {"alive", a}});
+  Json leases = Json::array();
+  for (const auto& g : kThree) {
+    Json l{{"group_region", g},  {"epoch", 1},      {"owner", g},
+           {"held_here", false}, {"usable", false}, {"syncing", false}};
+    for (const auto& [hg, epoch] : held) {
+      if (hg == g) {
+        l["epoch"] = epoch;
+        l["owner"] = region;
+        l["held_here"] = true;
+        l["usable"] = true;
+      }
+    }
+    leases.push_back(l);
+  }
+  return Json{{"region", region}, {"peers", peers}, {"leases", leases}}.dump();
+}
+
+std::string MetricsText(const std::string& region) {
+  std::string out;
+  for (const auto& p : kThree) {
+    if (p == region) continue;
+    absl::StrAppend(&out, "meridian_replication_lag_ms{peer=\"", p, "\",quantile=\"0.99\"} 5\n",
+                    "meridian_replication_lag_ms_sum{peer=\"", p, "\"} 100\n",
+                    "meridian_replication_lag_ms_count{peer=\"", p, "\"} 10\n",
+                    "meridian_replication_lag_seq{peer=\"", p, "\"} 0\n",
+                    "meridian_replication_connected{peer=\"", p, "\"} 1\n");
+  }
+  return out;
+}
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/failover-controller-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::string yaml =
+        absl::StrCat("region: us-east\nlisten: 127.0.0.1:0\noperator_token: ", kToken,
+                     "\ngeo: [http://geo]\naudit_file: ", dir_,
+                     "/audit.log\nrecover_after_checks: 3\n", "regions:\n");
+    for (const auto& r : kThree) {
+      absl::StrAppend(&yaml, "  - {name: ", r, ", url: http://", r, ".region, replicator: http://",
+                      r, ".repl, metrics: http://", r, ".repl/metrics, controller: http://", r,
+                      ".ctl}\n");
+    }
+    auto config = ParseConfig(yaml, "test.yaml", "");
+    ASSERT_TRUE(config.ok()) << config.status();
+    http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, R"({"name":"eu-west"})");
+    for (const auto& r : kThree) {
+      SetRegion(r, true);
+      http_.SetJson("http://" + r + ".repl/metrics", 200, MetricsText(r));
+    }
+    SetHeld("us-east", {{"us-east", 1}});
+    SetHeld("eu-west", {{"eu-west", 1}});
+    SetHeld("ap-south", {{"ap-south", 1}});
+    auto c = Controller::Create(*std::move(config), {&clock_, &http_, 0x1234});
+    ASSERT_TRUE(c.ok()) << c.status();
+    c_ = *std::move(c);
+    DeciderConfig peer;
+    peer.regions = kThree;
+    peer.self = "ap-south";
+    peer.recover_after_checks = 3;
+    ap_ = std::make_unique<Decider>(peer);
+    ap_->set_incarnation(99);
+  }
+  void TearDown() override {
+    c_.reset();
+    std::remove((dir_ + "/audit.log").c_str());
+    std::remove(dir_.c_str());
+  }
+
+  // Whether a region answers its probes; its peers see it alive or not accordingly.
+  void SetRegion(const std::string& r, bool up) {
+    up_[r] = up;
+    if (up) {
+      http_.SetJson("http://" + r + ".region/readyz", 200, R"({"ready":true})");
+      http_.SetJson("http://" + r + ".repl/metrics", 200, MetricsText(r));
+    } else {
+      http_.Refuse("http://" + r + ".region/readyz");
+      http_.Refuse("http://" + r + ".repl/v1/status");
+      http_.Refuse("http://" + r + ".repl/metrics");
+    }
+    for (const auto& [name, h] : held_) SetHeld(name, h);
+  }
+  void SetHeld(const std::string& r, std::vector<std::pair<std::string, uint64_t>> held) {
+    held_[r] = held;
+    if (!up_[r]) return;
+    std::map<std::string, bool> alive;
+    for (const auto& p : kThree)
+      if (p != r) alive[p] = up_[p];
+    http_.SetJson("http://" + r + ".repl/v1/status", 200, StatusJson(r, alive, held));
+  }
+
+  HttpResponse Call(const std::string& method, const std::string& path,
+                    const std::string& body = "",
+                    const std::string& auth = std::string("Bearer ") + kToken) {
+    HttpRequest req;
+    req.method = method;
+    req.target = path;
+    req.path = path;
+    req.body = body;
+    if (!auth.empty()) req.headers.push_back({"authorization", auth});
+    return c_->Handle(req);
+  }
+
+  // ap-south's controller checks once (with `down` unhealthy) and sends its observation.
+  HttpResponse PeerRound(const std::string& down = "", bool caught_up = true) {
+    std::map<std::string, RegionReport> checks;
+    for (const auto& r : kThree) {
+      checks[r] = r == down ? RegionReport{false, false, 0, 0, "readyz: connection refused"}
+                            : RegionReport{true, caught_up, 0, 0, ""};
+    }
+    ap_->RecordOwnChecks(clock_.NowMs(), checks);
+    return Call("POST", "/v1/observations", ObservationToJson(ap_->own()));
+  }
+
+  void Round() {
+    clock_.Advance(500);
+    c_->RunRound();
+    c_->RunPendingActions();
+  }
+
+  std::string Audit() {
+    std::ifstream in(dir_ + "/audit.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+  Json Region(const std::string& name) {
+    HttpResponse r = Call("GET", "/v1/regions");
+    EXPECT_EQ(r.status, 200);
+    const Json all = Json::parse(r.body);
+    for (const Json& e : all["regions"])
+      if (e["name"] == name) return e;
+    ADD_FAILURE() << "no region " << name << " in " << r.body;
+    return Json();
+  }
+
+  FakeClock clock_;
+  FakeHttp http_;
+  std::string dir_;
+  std::unique_ptr<Controller> c_;
+  std::unique_ptr<Decider> ap_;
+  std::map<std::string, bool> up_;
+  std::map<std::string, std::vector<std::pair<std::string, uint64_t>>> held_;
+};
+
+TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_EQ(Region("eu-west")["check"]["healthy"], true);
+
+  // eu-west dies. Our own three bad checks are not enough.
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) Round();
+  EXPECT_EQ(Region("eu-west")["check"]["fail_streak"], 3);
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_TRUE(http_.Calls("POST", "http://geo").empty());
+  // ap-south's second bad check: still not; its third completes the quorum at once.
+  ASSERT_EQ(PeerRound("eu-west").status, 200);
+  ASSERT_EQ(PeerRound("eu-west").status, 200);
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  ASSERT_EQ(PeerRound("eu-west").status, 200);
+  Json eu = Region("eu-west");
+  EXPECT_EQ(eu["state"], "lost");
+  EXPECT_EQ(eu["rights"], "frozen");
+  EXPECT_EQ(eu["votes"]["lost"], Json::array({"us-east", "ap-south"}));
+  EXPECT_EQ(eu["detected_after_ms"], 1000);  // our first failed check was 1000 ms before
+  c_->RunPendingActions();
+  std::vector<HttpCall> geo = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(geo.size(), 1u);
+  EXPECT_EQ(geo[0].bearer, kToken);
+  EXPECT_EQ(Json::parse(geo[0].body)["state"], "down");
+  std::string audit = Audit();
+  EXPECT_NE(audit.find("event=failover_decision controller=us-east region=eu-west decision=lost "
+                       "from=up to=lost votes=2 needed=2 of=3 voters=us-east,ap-south "
+                       "first_failed_check_ms_ago=1000 reason=\"unhealthy for >= 3 checks"),
+            std::string::npos)
+      << audit;
+  EXPECT_NE(audit.find("decision=rights_frozen"), std::string::npos);
+  EXPECT_NE(audit.find("event=failover_action controller=us-east region=eu-west "
+                       "action=geo_health result=ok state=down geo=http://geo status=200"),
+            std::string::npos)
+      << audit;
+
+  // Takeover runs in the replicators by itself: us-east now holds eu-west's group.
+  SetHeld("us-east", {{"us-east", 1}, {"eu-west", 2}});
+  Round();
+  eu = Region("eu-west");
+  EXPECT_EQ(eu["takeover"]["owner"], "us-east");
+  EXPECT_EQ(eu["takeover"]["epoch"], 2);
+  EXPECT_EQ(eu["lease"]["holder"], "us-east");
+  EXPECT_NE(Audit().find("decision=lease_taken_over owner=us-east epoch=2"), std::string::npos);
+
+  // Frozen rights as a live region sees them.
+  http_.SetJson("http://us-east.region/v1/admin/rights/sku-1", 200,
+                R"({"sku":"sku-1","as_seen_by":"us-east","available":230,"regions":[
+                   {"replica_id":1,"region":"us-east","rights":100},
+                   {"replica_id":2,"region":"eu-west","rights":70},
+                   {"replica_id":3,"region":"ap-south","rights":60}],"waiting_here":0})");
+  HttpResponse rights = Call("GET", "/v1/admin/rights/sku-1");
+  // The router fills params only through Handle's routing: the route has {sku}.
+  ASSERT_EQ(rights.status, 200) << rights.body;
+  Json rj = Json::parse(rights.body);
+  EXPECT_EQ(rj["frozen_units"], 70);
+  EXPECT_EQ(rj["frozen_regions"], Json::array({"eu-west"}));
+  EXPECT_EQ(Call("GET", "/v1/admin/rights/sku-1", "", "").status, 401);
+  EXPECT_EQ(Call("GET", "/v1/admin/rights/bad%20sku").status, 400);
+
+  // Geo lost the override (restarted): reconciled within geo_reconcile_interval_ms.
+  http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                R"({"name":"eu-west","override":{"state":"auto"},"effective":"down"})");
+  http_.ClearCalls();
+  clock_.Advance(5000);
+  Round();
+  geo = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(geo.size(), 1u);
+  EXPECT_EQ(Json::parse(geo[0].body)["state"], "down");
+
+  // eu-west returns. First healthy checks: recovering, but not caught up in the first round.
+  SetRegion("eu-west", true);
+  http_.ClearCalls();
+  Round();
+  ASSERT_EQ(PeerRound("", false).status, 200);
+  EXPECT_EQ(Region("eu-west")["state"], "recovering");
+  EXPECT_EQ(Region("eu-west")["rights"], "frozen");
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_EQ(Region("eu-west")["state"], "recovering") << "both ok streaks are 2 of 3";
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_EQ(Region("eu-west")["handback"], "pending");
+  c_->RunPendingActions();
+  geo = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(geo.size(), 1u);
+  EXPECT_EQ(Json::parse(geo[0].body)["state"], "auto");
+  // The next round asks the holder (us-east's replicator) to hand the lease back.
+  http_.SetJson("POST http://us-east.repl/v1/leases/eu-west/handback", 200,
+                R"({"group_region":"eu-west","released":true})");
+  Round();
+  std::vector<HttpCall> hb = http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback");
+  ASSERT_EQ(hb.size(), 1u);
+  EXPECT_EQ(hb[0].bearer, kToken);
+  // Not retried within a second.
+  clock_.Advance(-400);
+  Round();
+  EXPECT_EQ(http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback").size(), 1u);
+  // eu-west holds it again.
+  SetHeld("us-east", {{"us-east", 1}});
+  SetHeld("eu-west", {{"eu-west", 3}});
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "done");
+  audit = Audit();
+  EXPECT_NE(audit.find("decision=recovering"), std::string::npos);
+  EXPECT_NE(audit.find("decision=recovered"), std::string::npos);
+  EXPECT_NE(audit.find("decision=rights_usable"), std::string::npos);
+  EXPECT_NE(audit.find("action=lease_handback result=ok holder=us-east status=200"),
+            std::string::npos);
+  EXPECT_NE(audit.find("decision=lease_home epoch=3"), std::string::npos);
+
+  const std::string metrics = Call("GET", "/metrics").body;
+  EXPECT_NE(
+      metrics.find("meridian_failover_decisions_total{decision=\"lost\",region=\"eu-west\"} 1"),
+      std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find(
+                "meridian_failover_decisions_total{decision=\"recovered\",region=\"eu-west\"} 1"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("meridian_failover_region_state{region=\"eu-west\"} 0"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("meridian_failover_detection_ms{region=\"eu-west\"} 1000"),
+            std::string::npos);
+  EXPECT_NE(
+      metrics.find("meridian_failover_actions_total{action=\"lease_handback\",result=\"ok\"} 1"),
+      std::string::npos);
+
+  Json decisions = Json::parse(Call("GET", "/v1/decisions").body);
+  EXPECT_GE(decisions["entries"].size(), 8u);
+}
+
+TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound("eu-west").status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  SetHeld("ap-south", {{"ap-south", 1}, {"eu-west", 2}});
+  SetRegion("eu-west", true);
+  http_.SetJson("POST http://ap-south.repl/v1/leases/eu-west/handback", 409,
+                R"({"title":"Conflict"})");
+  for (int i = 0; i < 5; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "up");
+  Round();
+  EXPECT_GE(http_.Calls("POST", "http://ap-south.repl/v1/leases/eu-west/handback").size(), 1u);
+  clock_.Advance(61000);
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "gave_up");
+  EXPECT_NE(Audit().find("action=lease_handback result=error holder=ap-south status=409"),
+            std::string::npos);
+  EXPECT_NE(Audit().find("decision=handback_gave_up"), std::string::npos);
+}
+
+TEST_F(ControllerTest, ObservationEndpointValidates) {
+  ap_->RecordOwnChecks(clock_.NowMs(), {});
+  const std::string body = ObservationToJson(ap_->own());
+  EXPECT_EQ(Call("POST", "/v1/observations", body, "").status, 401);
+  EXPECT_EQ(Call("POST", "/v1/observations", body, "Bearer wrong-token-0123456789").status, 403);
+  HttpResponse bad = Call("POST", "/v1/observations", R"({"from":"ap-south"})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.body.find("incarnation"), std::string::npos);
+  Observation self = ap_->own();
+  self.from = "us-east";
+  EXPECT_EQ(Call("POST", "/v1/observations", ObservationToJson(self)).status, 400);
+  EXPECT_EQ(Call("POST", "/v1/observations", body).status, 200);
+  EXPECT_EQ(Call("POST", "/v1/observations", body).status, 409) << "a replay";
+  Json obs = Json::parse(Call("GET", "/v1/observations").body);
+  EXPECT_EQ(obs["controller"], "us-east");
+  EXPECT_EQ(obs["peers"]["ap-south"]["fresh"], true);
+  EXPECT_EQ(obs["peers"]["eu-west"], nullptr);
+  EXPECT_EQ(obs["own"]["incarnation"], "0000000000001234");
+  const std::string metrics = Call("GET", "/metrics").body;
+  EXPECT_NE(
+      metrics.find(
+          "meridian_failover_observations_received_total{from=\"ap-south\",result=\"stale\"} 1"),
+      std::string::npos)
+      << metrics;
+  EXPECT_EQ(Call("GET", "/healthz").status, 200);
+}
+
+TEST_F(ControllerTest, PushesItsObservationToEveryPeer) {
+  http_.SetJson("POST http://eu-west.ctl/v1/observations", 200, R"({"accepted":true})");
+  Round();
+  c_->PushObservation();
+  for (const char* peer : {"eu-west", "ap-south"}) {
+    auto calls = http_.Calls("POST", absl::StrCat("http://", peer, ".ctl/v1/observations"));
+    ASSERT_EQ(calls.size(), 1u) << peer;
+    auto o = ObservationFromJson(calls[0].body);
+    ASSERT_TRUE(o.ok()) << o.status();
+    EXPECT_EQ(o->from, "us-east");
+    EXPECT_EQ(o->seq, 1u);
+    EXPECT_EQ(calls[0].bearer, kToken);
+  }
+  EXPECT_TRUE(http_.Calls("POST", "http://us-east.ctl").empty());
+  EXPECT_NE(Call("GET", "/metrics")
+                .body.find("meridian_failover_observation_push_failures_total{to=\"ap-south\"} 1"),
+            std::string::npos);
+}
+
+TEST(ControllerCreateTest, UnwritableAuditFileIsAnError) {
+  auto config = ParseConfig(
+      "region: a\noperator_token: operator-token-for-tests\naudit_file: /nonexistent/dir/a.log\n"
+      "regions: [{name: a, url: http://a, replicator: http://a, metrics: http://a/m}]\n",
+      "t.yaml", "");
+  ASSERT_TRUE(config.ok()) << config.status();
+  FakeHttp http;
+  auto c = Controller::Create(*std::move(config), {nullptr, &http, 1});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("audit_file"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meridian::failover

@@ -1,0 +1,427 @@
+// meridianctl's commands on canned API responses: tables, JSON, exit codes, the residency audit's
+// verdicts, handback and declare-lost (incl. a replicator without the declare-lost route), and
+// reading deploy/meridian's data folder.
+
+#include "failover/ctl.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "failover/fake_http_test_util.h"
+
+namespace meridian::failover {
+namespace {
+
+using Json = nlohmann::json;
+const std::vector<std::string> kThree = {"us-east", "eu-west", "ap-south"};
+
+ClusterEndpoints Cluster() {
+  ClusterEndpoints c;
+  for (const auto& r : kThree) {
+    c.regions.push_back(ClusterRegion{r, "http://" + r + ".region", "http://" + r + ".repl",
+                                      "http://" + r + ".repl/metrics", "http://" + r + ".ctl"});
+  }
+  c.geo = {"http://geo"};
+  c.dns = "127.0.0.1:5300";
+  c.token = "tok";
+  return c;
+}
+
+std::string Status(const std::string& region, const std::map<std::string, bool>& alive,
+                   const std::map<std::string, uint64_t>& held) {
+  Json peers = Json::array();
+  for (const auto& [p, a] : alive) peers.push_back(Json{{"name", p}, {"alive", a}});
+  Json leases = Json::array();
+  for (const auto& g : kThree) {
+    auto h = held.find(g);
+    leases.push_back(Json{{"group_region", g},
+                          {"epoch", h != held.end() ? h->second : 1},
+                          {"owner", h != held.end() ? region : g},
+                          {"held_here", h != held.end()},
+                          {"usable", h != held.end()},
+                          {"syncing", false}});
+  }
+  return Json{{"region", region}, {"peers", peers}, {"leases", leases}}.dump();
+}
+
+std::string Metrics(const std::string& region) {
+  std::string out;
+  for (const auto& p : kThree) {
+    if (p == region) continue;
+    absl::StrAppend(&out, "meridian_replication_lag_ms{peer=\"", p, "\",quantile=\"0.99\"} 5\n",
+                    "meridian_replication_lag_seq{peer=\"", p, "\"} 0\n",
+                    "meridian_replication_connected{peer=\"", p, "\"} 1\n");
+  }
+  return out;
+}
+
+std::string ControllerRegions(const std::map<std::string, std::string>& states) {
+  Json regions = Json::array();
+  for (const auto& [name, st] : states) regions.push_back(Json{{"name", name}, {"state", st}});
+  return Json{{"regions", regions}}.dump();
+}
+
+std::string GeoRegions(const std::string& down = "") {
+  Json regions = Json::array();
+  for (const auto& r : kThree) {
+    regions.push_back(Json{{"name", r},
+                           {"probe", Json{{"state", r == down ? "down" : "up"}}},
+                           {"override", r == down ? Json{{"state", "down"}} : Json()},
+                           {"effective", r == down ? "down" : "up"}});
+  }
+  return Json{{"regions", regions}, {"last_resort_active", false}}.dump();
+}
+
+// The first line of `text` that starts with `prefix`.
+std::string Line(const std::string& text, const std::string& prefix) {
+  size_t at = text.rfind("\n" + prefix);
+  if (text.rfind(prefix, 0) == 0) return text.substr(0, text.find('\n'));
+  if ((at = text.find("\n" + prefix)) == std::string::npos) return "";
+  return text.substr(at + 1, text.find('\n', at + 1) - at - 1);
+}
+
+class CtlTest : public ::testing::Test {
+ protected:
+  void Healthy() {
+    for (const auto& r : kThree) {
+      http_.SetJson("http://" + r + ".region/readyz", 200, "{}");
+      std::map<std::string, bool> alive;
+      for (const auto& p : kThree)
+        if (p != r) alive[p] = true;
+      http_.SetJson("http://" + r + ".repl/v1/status", 200, Status(r, alive, {{r, 1}}));
+      http_.SetJson("http://" + r + ".repl/metrics", 200, Metrics(r));
+      http_.SetJson("http://" + r + ".ctl/v1/regions", 200,
+                    ControllerRegions({{"us-east", "up"}, {"eu-west", "up"}, {"ap-south", "up"}}));
+    }
+    http_.SetJson("http://geo/v1/regions", 200, GeoRegions());
+  }
+  // eu-west killed: taken over by us-east at epoch 2, lost for the surviving controllers.
+  void EuLost() {
+    Healthy();
+    http_.Refuse("http://eu-west.region/readyz");
+    http_.Refuse("http://eu-west.repl/v1/status");
+    http_.Refuse("http://eu-west.repl/metrics");
+    http_.Refuse("http://eu-west.ctl/v1/regions");
+    http_.SetJson("http://us-east.repl/v1/status", 200,
+                  Status("us-east", {{"eu-west", false}, {"ap-south", true}},
+                         {{"us-east", 1}, {"eu-west", 2}}));
+    http_.SetJson("http://ap-south.repl/v1/status", 200,
+                  Status("ap-south", {{"eu-west", false}, {"us-east", true}}, {{"ap-south", 1}}));
+    for (const char* c : {"http://us-east.ctl/v1/regions", "http://ap-south.ctl/v1/regions"}) {
+      http_.SetJson(
+          c, 200, ControllerRegions({{"us-east", "up"}, {"eu-west", "lost"}, {"ap-south", "up"}}));
+    }
+    http_.SetJson("http://geo/v1/regions", 200, GeoRegions("eu-west"));
+  }
+  CtlResult Run(bool json, const std::function<CtlResult(Ctl&)>& f) {
+    Ctl ctl(Cluster(), &http_, json);
+    return f(ctl);
+  }
+  FakeHttp http_;
+};
+
+TEST(RenderTableTest, Aligns) {
+  EXPECT_EQ(RenderTable({"A", "BBB", "C"}, {{"long-cell", "x", "y"}, {"z", "", "w"}}),
+            "A          BBB  C\n"
+            "long-cell  x    y\n"
+            "z               w\n");
+}
+
+TEST_F(CtlTest, StatusHealthy) {
+  Healthy();
+  CtlResult r = Run(false, [](Ctl& c) { return c.Status(""); });
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(r.out.find("REGION    READY  GEO  FAILOVER"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("us-east   yes    up   up (3 controllers)  ap-south p99 5ms backlog 0; "
+                       "eu-west p99 5ms backlog 0  home e1"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("geo: http://geo ok; dns: 127.0.0.1:5300"), std::string::npos);
+  r = Run(true, [](Ctl& c) { return c.Status(""); });
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["regions"].size(), 3u);
+  EXPECT_EQ(j["regions"][1]["name"], "eu-west");
+  EXPECT_EQ(j["regions"][1]["ready"], true);
+  EXPECT_EQ(j["regions"][1]["geo"]["effective"], "up");
+  EXPECT_EQ(j["regions"][1]["failover"]["state"], "up");
+  EXPECT_EQ(j["regions"][1]["replication"]["peers"][0]["lag_p99_ms"], 5.0);
+  EXPECT_EQ(j["regions"][1]["lease"]["home"], true);
+  EXPECT_EQ(j["leases"].size(), 3u);
+  EXPECT_EQ(j["errors"].size(), 0u);
+}
+
+TEST_F(CtlTest, StatusWithARegionLost) {
+  EuLost();
+  CtlResult r = Run(false, [](Ctl& c) { return c.Status(""); });
+  const std::string eu = Line(r.out, "eu-west ");
+  for (const char* cell :
+       {"no (connection refused)", "down (override down)", "lost (2 controllers)",
+        "replicator unreachable", "held by us-east e2"}) {
+    EXPECT_NE(eu.find(cell), std::string::npos) << cell << "\n" << r.out;
+  }
+  EXPECT_NE(Line(r.out, "us-east ").find("eu-west DOWN p99 5ms"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("warning: eu-west replicator: connection refused"), std::string::npos);
+  r = Run(true, [](Ctl& c) { return c.Status(""); });
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["regions"][1]["ready"], false);
+  EXPECT_EQ(j["regions"][1]["ready_error"], "connection refused");
+  EXPECT_EQ(j["regions"][1]["geo"]["override"], "down");
+  EXPECT_EQ(j["regions"][1]["failover"]["views"]["us-east"], "lost");
+  EXPECT_EQ(j["leases"][1]["holder"], "us-east");
+  EXPECT_EQ(j["leases"][1]["epoch"], 2);
+  EXPECT_GE(j["errors"].size(), 2u);
+}
+
+TEST_F(CtlTest, LeasesFlagTwoHolders) {
+  Healthy();
+  CtlResult r = Run(false, [](Ctl& c) { return c.Leases(); });
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("eu-west   eu-west   1      yes   us-east:e1/eu-west eu-west:e1/eu-west* "
+                       "ap-south:e1/eu-west"),
+            std::string::npos)
+      << r.out;
+  // Never two owners: if replicators ever report it, the command says so and fails.
+  http_.SetJson(
+      "http://us-east.repl/v1/status", 200,
+      Status("us-east", {{"eu-west", true}, {"ap-south", true}}, {{"us-east", 1}, {"eu-west", 1}}));
+  r = Run(false, [](Ctl& c) { return c.Leases(); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("PROBLEM: held usable by 2 replicators at once"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("epoch 1 has different owners: eu-west,us-east"), std::string::npos);
+  r = Run(true, [](Ctl& c) { return c.Leases(); });
+  EXPECT_EQ(Json::parse(r.out)["groups"][1]["problems"].size(), 2u);
+}
+
+TEST_F(CtlTest, RightsShowFrozenUnits) {
+  EuLost();
+  const std::string rights =
+      R"({"sku":"sku-1","as_seen_by":"%s","available":230,"regions":[
+      {"region":"us-east","rights":100},{"region":"eu-west","rights":70},{"region":"ap-south","rights":60}],
+      "waiting_here":0})";
+  for (const char* r : {"us-east", "ap-south"}) {
+    std::string body = rights;
+    body.replace(body.find("%s"), 2, r);
+    http_.SetJson(absl::StrCat("http://", r, ".region/v1/admin/rights/sku-1"), 200, body);
+  }
+  CtlResult r = Run(false, [](Ctl& c) { return c.Rights("sku-1"); });
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("us-east     us-east 100, eu-west 70 (FROZEN), ap-south 60  230"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("eu-west     unreachable (connection refused)"), std::string::npos);
+  EXPECT_NE(
+      r.out.find(
+          "frozen (lost regions; reclaim with meridianctl declare-lost): eu-west 70 = 70 units"),
+      std::string::npos);
+  r = Run(true, [](Ctl& c) { return c.Rights("sku-1"); });
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["frozen_units"], 70);
+  EXPECT_EQ(j["failover_states"]["eu-west"], "lost");
+  r = Run(false, [](Ctl& c) { return c.Rights("bad sku"); });
+  EXPECT_EQ(r.exit_code, 2);
+  // Status --sku includes the summary.
+  r = Run(false, [](Ctl& c) { return c.Status("sku-1"); });
+  EXPECT_NE(r.out.find("rights of sku-1"), std::string::npos);
+}
+
+std::string Residency(const std::string& region, const std::string& jur, Json tables,
+                      Json violations = Json::array()) {
+  return Json{{"region", region},
+              {"jurisdiction", jur},
+              {"tables", tables},
+              {"violations", violations},
+              {"violation_count", violations.size()},
+              {"checked_at", 1700000000}}
+      .dump();
+}
+
+TEST_F(CtlTest, ResidencyAuditPasses) {
+  http_.SetJson("http://us-east.region/v1/admin/residency", 200,
+                Residency("us-east", "us",
+                          Json{{"users", {{"any", 10}, {"us", 3}}},
+                               {"carts", {{"any", 4}}},
+                               {"orders", Json::object()}}));
+  http_.SetJson("http://eu-west.region/v1/admin/residency", 200,
+                Residency("eu-west", "eu", Json{{"users", {{"any", 10}, {"eu", 5}}}}));
+  http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
+                Residency("ap-south", "ap", Json{{"users", {{"any", 10}}}}));
+  CtlResult r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("us-east (jurisdiction us): carts {any=4} orders {} users {any=10 us=3}; "
+                       "violations listed: 0"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("PASS: no pinned record sits outside its allowed regions (3 regions, 42 "
+                       "records counted)"),
+            std::string::npos)
+      << r.out;
+  r = Run(true, [](Ctl& c) { return c.ResidencyAudit(); });
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["result"], "pass");
+  EXPECT_EQ(j["regions"][1]["tables"]["users"]["eu"], 5);
+}
+
+TEST_F(CtlTest, ResidencyAuditFails) {
+  // us-east lists an EU user it holds; eu-west's counts show a US cart (even with no listing);
+  // ap-south does not answer.
+  http_.SetJson(
+      "http://us-east.region/v1/admin/residency", 200,
+      Residency(
+          "us-east", "us", Json{{"users", {{"any", 1}, {"eu", 1}}}},
+          Json::array({Json{
+              {"table", "users"}, {"key", "u-1"}, {"residency", "eu"}, {"database", "shard0"}}})));
+  http_.SetJson("http://eu-west.region/v1/admin/residency", 200,
+                Residency("eu-west", "eu", Json{{"carts", {{"us", 2}}}}));
+  CtlResult r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("VIOLATION us-east: users u-1 has residency eu but sits in us-east (us, "
+                       "database shard0)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("VIOLATION eu-west: carts: 2 record(s) with residency 'us' in a eu region"),
+            std::string::npos);
+  EXPECT_NE(r.out.find("VIOLATION ap-south: unreachable or malformed answer (connection refused)"),
+            std::string::npos);
+  EXPECT_NE(r.out.find("FAIL: 3 of 3 regions"), std::string::npos);
+  r = Run(true, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(Json::parse(r.out)["result"], "fail");
+  EXPECT_EQ(r.exit_code, 1);
+}
+
+TEST_F(CtlTest, Handback) {
+  EuLost();
+  // Back, but us-east still holds the group.
+  http_.SetJson("http://eu-west.repl/v1/status", 200,
+                Status("eu-west", {{"us-east", true}, {"ap-south", true}}, {}));
+  http_.SetJson("POST http://us-east.repl/v1/leases/eu-west/handback", 200,
+                R"({"group_region":"eu-west","released":true})");
+  CtlResult r = Run(false, [](Ctl& c) { return c.Handback("eu-west", "", 0); });
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("us-east released eu-west's lease group (was epoch 2)"), std::string::npos);
+  auto calls = http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].bearer, "tok");
+  // Already home.
+  Healthy();
+  r = Run(true, [](Ctl& c) { return c.Handback("eu-west", "", 0); });
+  EXPECT_EQ(Json::parse(r.out)["result"], "already_home");
+  // Nobody holds it.
+  http_.SetJson("http://eu-west.repl/v1/status", 200,
+                Status("eu-west", {{"us-east", true}, {"ap-south", true}}, {}));
+  r = Run(false, [](Ctl& c) { return c.Handback("eu-west", "", 0); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no replicator holds eu-west's lease group"), std::string::npos);
+  EXPECT_EQ(Run(false, [](Ctl& c) { return c.Handback("mars", "", 0); }).exit_code, 2);
+}
+
+TEST_F(CtlTest, DeclareLost) {
+  const std::string audit = ::testing::TempDir() + "/ctl-audit.log";
+  std::remove(audit.c_str());
+  auto run = [&](const std::string& region, bool yes, bool force) {
+    ClusterEndpoints c = Cluster();
+    c.audit_file = audit;
+    Ctl ctl(c, &http_, false);
+    return ctl.DeclareLost(region, "", yes, force);
+  };
+  Healthy();
+  CtlResult r = run("eu-west", false, false);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("Re-run with --yes"), std::string::npos);
+  r = run("eu-west", true, false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no failover controller considers eu-west lost (up at "), std::string::npos)
+      << r.err;
+  EXPECT_TRUE(http_.Calls("POST", "http://").empty()) << "nothing was asked of any replicator";
+  // Lost: the holder of its group (us-east) reclaims. A replicator without the route: 404.
+  EuLost();
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 404,
+                R"({"title":"Not Found","status":404})");
+  r = run("eu-west", true, false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("does not offer POST /v1/regions/{region}/declare-lost (HTTP 404)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("event=operator_decision decision=declare_lost region=eu-west into=us-east"),
+            std::string::npos);
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
+                R"({"region":"eu-west","reclaimed_into":"us-east"})");
+  r = run("eu-west", true, false);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("eu-west declared lost; its inventory rights were reclaimed into us-east"),
+            std::string::npos);
+  std::ifstream in(audit);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("decision=declare_lost region=eu-west into=us-east"), std::string::npos);
+  EXPECT_NE(text.find("result=error status=404"), std::string::npos);
+  EXPECT_NE(text.find("result=ok status=200"), std::string::npos);
+  EXPECT_NE(text.find("controllers_lost=us-east,ap-south"), std::string::npos) << text;
+  // 409: the region still holds its own lease.
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 409,
+                R"({"title":"Conflict","detail":"eu-west still holds its lease"})");
+  r = run("eu-west", true, false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("us-east refused"), std::string::npos);
+  std::remove(audit.c_str());
+}
+
+TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "ctl-data-test";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "geo");
+  auto write = [](const fs::path& p, const std::string& text) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+  };
+  EXPECT_TRUE(absl::IsNotFound(LoadClusterFromDataDir(dir.string()).status()));
+  write(dir / "operator_token", "secret-token\n");
+  write(dir / "cluster.env", "CLUSTER_REGIONS=3\nLINKS_MODE=netns\nNETNS_SUBNET=10.77.0\n");
+  for (int i = 0; i < 3; ++i) {
+    const std::string r = kThree[i];
+    write(dir / r / "url", absl::StrCat("http://10.77.0.", i + 1, ":4000\n"));
+    write(dir / r / "ports.env",
+          absl::StrCat("# ports\nHTTP_PORT=4000\nMETRICS_PORT=410", i, "\nADMIN_PORT=420", i,
+                       "\nFAILOVER_PORT=430", i, "\n"));
+  }
+  write(dir / "geo" / "ports.env", "GEO_PORT=5100\nDNS_PORT=5300\n");
+  auto c = LoadClusterFromDataDir(dir.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->token, "secret-token");
+  ASSERT_EQ(c->regions.size(), 3u);
+  EXPECT_EQ(c->regions[1].name, "eu-west");
+  EXPECT_EQ(c->regions[1].url, "http://10.77.0.2:4000");
+  EXPECT_EQ(c->regions[1].replicator, "http://10.77.0.2:4201");
+  EXPECT_EQ(c->regions[1].metrics, "http://10.77.0.2:4101/metrics");
+  EXPECT_EQ(c->regions[1].controller, "http://127.0.0.1:4301");
+  EXPECT_EQ(c->geo, (std::vector<std::string>{"http://127.0.0.1:5100"}));
+  EXPECT_EQ(c->dns, "127.0.0.1:5300");
+  EXPECT_EQ(c->audit_file, (dir / "operator-audit.log").string());
+  write(dir / "cluster.env", "CLUSTER_REGIONS=7\n");
+  EXPECT_NE(LoadClusterFromDataDir(dir.string()).status().message().find("CLUSTER_REGIONS"),
+            std::string::npos);
+  write(dir / "cluster.env", "CLUSTER_REGIONS=1\n");
+  write(dir / "url", "http://127.0.0.1:4000\n");
+  c = LoadClusterFromDataDir(dir.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->regions.size(), 1u);
+  EXPECT_EQ(c->regions[0].name, "local");
+  EXPECT_EQ(c->regions[0].replicator, "");
+  auto env = ReadEnvFile((dir / "geo" / "ports.env").string());
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->size(), 2u);
+  write(dir / "bad.env", "no equals sign\n");
+  EXPECT_NE(ReadEnvFile((dir / "bad.env").string()).status().message().find("bad.env:1"),
+            std::string::npos);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace meridian::failover
