@@ -40,7 +40,7 @@ struct DrillOptions {
   int settle_s = 5;              // load kept after recovery, to see the error rate stay low
   int cart_sample = 20;          // customers whose carts are compared across regions
   int scarce_products = 4;       // SKUs with little stock, for the oversell check
-  int scarce_stock_per_region = 30;
+  int scarce_stock_per_region = 12;
   std::string loadgen;          // meridian-loadgen binary; "" = found next to meridianctl
   std::string meridian_script;  // deploy/meridian; "" = found from the data dir or the binary
 };

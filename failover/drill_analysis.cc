@@ -167,11 +167,11 @@ RpoFigures ComputeRpo(const std::vector<Ack>& acks, const std::string& lost_regi
     ++f.acked_by_lost;
     const bool sync = a.durability == "sync-peer";
     ++(sync ? f.acked_sync_peer : f.acked_async);
-    if (a.acked_unix_ms >= window_start && a.acked_unix_ms <= kill_unix_ms) {
-      ++f.async_window_orders;
-    }
+    const bool in_window = a.acked_unix_ms >= window_start;
+    if (in_window) ++f.async_window_orders;
     if (present.count(a.order_id)) continue;
     ++(sync ? f.missing_sync_peer : f.missing_async);
+    if (!in_window) ++f.missing_before_window;
     if (f.missing_examples.size() < 10) f.missing_examples.push_back(a.order_id);
   }
   return f;

@@ -97,8 +97,16 @@ TEST(ComputeRpoTest, CountsTheLostRegionsAcksMissingAtSurvivors) {
   EXPECT_EQ(f.acked_async, 1);
   EXPECT_EQ(f.missing_sync_peer, 1);
   EXPECT_EQ(f.missing_async, 1);
-  EXPECT_EQ(f.async_window_orders, 2);  // o2 (1900) and o3 (1950) within [1880, 2000]
+  EXPECT_EQ(f.async_window_orders, 2);  // o2 (1900) and o3 (1950) from 1880 on
+  EXPECT_EQ(f.missing_before_window, 0);
   EXPECT_EQ(f.missing_examples, (std::vector<std::string>{"o2", "o3"}));
+  // A partitioned region answers after the kill: those count in the window; a missing order
+  // acknowledged long before the kill is counted apart.
+  acks.push_back({"o6", 3000, "eu-west", "async", "c", {}});
+  f = ComputeRpo(acks, "eu-west", {"o2"}, 2000, 4000, 120);
+  EXPECT_EQ(f.async_window_orders, 3);
+  EXPECT_EQ(f.missing_before_window, 1);  // o1 (1000)
+  EXPECT_EQ(f.missing_async, 2);          // o3, o6
 }
 
 std::vector<TimelineSecond> Seconds(std::vector<std::pair<int64_t, int64_t>> arrivals_errors) {
@@ -216,6 +224,9 @@ TEST(JudgeTargetsTest, PassesAGoodRunAndFailsEachLimit) {
   o.rpo.async_window_orders = 3;
   EXPECT_TRUE(failing(o).empty());
   o.rpo.missing_async = 4;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (async)"});
+  o.rpo.missing_async = 2;
+  o.rpo.missing_before_window = 1;  // within the count, but older than the window
   EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (async)"});
   // Invariants are flagged as such.
   int invariants = 0;

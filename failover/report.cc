@@ -161,6 +161,7 @@ OJson DrillReport::ToJson() const {
               {"missing_examples", rpo.missing_examples},
               {"lag_p99_ms", rpo.lag_p99_ms},
               {"orders_in_lag_window", rpo.async_window_orders},
+              {"missing_before_window", rpo.missing_before_window},
               {"acked_total", acked_total},
               {"acked_missing_somewhere_after_recovery", acked_missing_after_recovery}};
   OJson stock_json = OJson::array();
@@ -173,6 +174,14 @@ OJson DrillReport::ToJson() const {
   }
   j["stock"] = stock_json;
   j["stock_available_after"] = stock_available_after;
+  {
+    int64_t sold = 0, restocked = 0;
+    for (const StockFigures& s : stock) {
+      sold += s.sold;
+      restocked += s.restocked;
+    }
+    j["stock_accounted"] = stock_available_after >= 0 && sold + stock_available_after == restocked;
+  }
   j["orders_seen"] = orders_seen;
   j["carts"] = {{"customers", carts.customers},
                 {"identical", carts.identical},
@@ -224,7 +233,14 @@ std::string DrillReport::ToMarkdown() const {
                                                 : "**an invariant FAILED**"),
                   "\n\n");
 
-  md += "## Targets\n\n| target | goal | measured | result |\n|---|---|---|---|\n";
+  md += "## Targets\n\n";
+  if (mode != "kill") {
+    md +=
+        "The issue's timing targets are set for kill mode; in partition mode the region stays "
+        "reachable from customers and geo's probes, so detection rests on the controllers "
+        "alone. They are judged the same way here, for comparison.\n\n";
+  }
+  md += "| target | goal | measured | result |\n|---|---|---|---|\n";
   for (const Target& t : targets) {
     absl::StrAppend(&md, "| ", t.name, t.invariant ? " (invariant)" : "", " | ", t.goal, " | ",
                     t.measured, " | ", t.pass ? "PASS" : "**FAIL**", " |\n");
