@@ -80,8 +80,11 @@ struct RpoFigures {
   int64_t missing_sync_peer = 0;  // of those, absent from every survivor at the check
   int64_t missing_async = 0;
   std::vector<std::string> missing_examples;  // up to 10 order ids
-  double lag_p99_ms = 0;            // replication lag p99 from the lost region before the kill
-  int64_t async_window_orders = 0;  // acknowledged by it in [kill - lag_p99, kill]
+  double lag_p99_ms = 0;  // replication lag p99 from the lost region before the kill
+  // Acknowledged by it from kill - lag_p99 on (in kill mode nothing after the kill; a partitioned
+  // region keeps answering its customers until its lease lapses): what async mode may lose.
+  int64_t async_window_orders = 0;
+  int64_t missing_before_window = 0;  // missing and acknowledged before that window (must be 0)
 };
 // `present` holds the order ids found in any survivor's database when the check ran
 // (`checked_unix_ms`, while the region was still away); acknowledgements after the check are not
