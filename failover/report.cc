@@ -305,9 +305,10 @@ std::string DrillReport::ToMarkdown() const {
                   "\n");
   absl::StrAppend(&md, "- replication lag p99 from ", region,
                   " before the kill: ", absl::StrFormat("%.0f", rpo.lag_p99_ms),
-                  " ms; orders it acknowledged in that "
-                  "window before the kill: ",
-                  rpo.async_window_orders, "\n");
+                  " ms; orders it acknowledged from that long before the kill on (what async "
+                  "replication may lose): ",
+                  rpo.async_window_orders,
+                  "; missing ones older than that: ", rpo.missing_before_window, "\n");
   absl::StrAppend(&md, "- after recovery: ", acked_total, " orders acknowledged in the whole run, ",
                   acked_missing_after_recovery, " missing from some region\n");
 
