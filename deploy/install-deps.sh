@@ -12,7 +12,7 @@ PACKAGES=(
   libbenchmark-dev libssl-dev nlohmann-json3-dev
   postgresql postgresql-contrib postgresql-15-pglogical redis-server pdns-server pdns-backend-remote
   dnsutils iproute2 iptables iputils-ping libnetfilter-queue-dev
-  libmaxminddb-dev libcurl4-openssl-dev libmaxmind-db-writer-perl libc-ares-dev
+  libmaxminddb-dev libcurl4-openssl-dev libmaxmind-db-writer-perl libc-ares-dev jq
 )
 # nodejs and npm: a machine may already carry a newer Node.js (for example NodeSource's, which
 # bundles npm and conflicts with Debian's npm package); only install Debian's when absent.
