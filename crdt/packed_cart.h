@@ -3,23 +3,30 @@
 // The compact storage behind crdt::Cart (internal to crdt/; use Cart).
 //
 // A cart's lines and causal context in one heap block, small enough that a replica holding tens
-// of thousands of carts keeps them in cache (the cart workload is bound by memory latency: each
-// change touches one cart picked at random). Layout, all little-endian host order:
+// of thousands of carts keeps them in cache, and laid out so that a local change is an append.
+// Layout (host byte order):
 //
-//   Header (16 B) | Rep[n_reps] | u64 cloud[n_cloud] | u64 change[n_changes] | line bytes
+//   front: Header (16 B) | Rep[n_reps] | u32 cloud[n_cloud] | line records
+//   back:  u64 change[n_changes], ending at the block's end (the region grows downwards)
 //
 //   Rep:    {u32 replica, u32 vv}: the replicas the context names, sorted by id; vv is the
 //           contiguous prefix (0 when the replica has only cloud dots).
-//   cloud:  (rep index << 32 | counter), sorted: dots seen out of order.
-//   change: (rep index << 56 | counter << 24 | amount & 0xffffff), grouped by line in line
-//           order, sorted by dot within a line; a change's dot is (reps[index].replica, counter).
-//   line:   {u8 n_changes, u8 sku_length, sku bytes}, sorted by SKU (bytewise).
+//   cloud:  (rep index << 24 | counter): dots seen out of order, sorted.
+//   line:   {u8 n_changes, u8 sku_length, sku bytes}; a line's index is its position.
+//   change: (line << 56 | rep index << 48 | counter << 24 | amount & 0xffffff); its dot is
+//           (reps[rep index].replica, counter).
 //
-// Rep indices are ordered like replica ids, so dots compare as (index, counter). The form is
-// canonical (equal content, equal used bytes) and holds exactly what Causal<DotMap<std::string,
-// CounterStore>> holds, within limits: at most 255 replicas, lines, changes per line and SKU
-// bytes; dot counters below 2^32; amounts in [-2^23, 2^23). A state beyond them does not fit:
-// the mutators then return false and change nothing, and Cart falls back to the general form.
+// Rep indices are ordered like replica ids, so dots compare as (rep index, counter). A block is
+// either sorted -- lines in SKU order, changes in (line, dot) order: the canonical form, where
+// equal content means equal bytes -- or, after local changes, unsorted: AddChange appends its line
+// record and its change, and RemoveLine compacts in place, so neither moves more than the line
+// records. Whatever needs order (joins, readers, equality) works on the canonical form, sorting a
+// block in place (mutators) or a copy (const readers) first.
+//
+// It holds exactly what Causal<DotMap<std::string, CounterStore>> holds, within limits: at most
+// 255 replicas, lines, changes per line and SKU bytes; dot counters below 2^24; amounts in
+// [-2^23, 2^23). A state beyond them does not fit: the mutators then return false and change
+// nothing, and Cart falls back to the general form.
 //
 // Value type, not thread-safe.
 
@@ -41,7 +48,7 @@ class PackedCart {
  public:
   using General = Causal<DotMap<std::string, CounterStore>>;
 
-  static constexpr uint64_t kCounterLimit = uint64_t{1} << 32;  // counters are below this
+  static constexpr uint64_t kCounterLimit = uint64_t{1} << 24;  // counters are below this
   static constexpr int64_t kAmountMin = -(int64_t{1} << 23);
   static constexpr int64_t kAmountMax = (int64_t{1} << 23) - 1;
   static constexpr size_t kMaxReps = 255;
@@ -78,7 +85,7 @@ class PackedCart {
   bool AddChange(ReplicaId replica, std::string_view sku, int64_t amount, Dot* dot);
   // Takes the next dot of `replica` into the context without a change (a cart field's write).
   bool NextDot(ReplicaId replica, Dot* dot);
-  // Drops the line, appending its dots to `retired` (they stay in the context). Always fits.
+  // Drops the line, appending its dots (in dot order) to `retired`; they stay in the context.
   void RemoveLine(std::string_view sku, std::vector<Dot>* retired);
   // Drops every line, appending their dots to `retired`.
   void RemoveAllLines(std::vector<Dot>* retired);
@@ -89,14 +96,20 @@ class PackedCart {
   [[nodiscard]] bool StoreEmpty() const { return !block_ || header()->n_changes == 0; }
   [[nodiscard]] bool ContextEmpty() const { return !block_ || header()->n_reps == 0; }
 
-  // Readers. fn(std::string_view sku, const uint64_t* changes, uint32_t n) per line, SKU order.
+  // Readers. fn(std::string_view sku, const uint64_t* changes, uint32_t n) per line, in SKU
+  // order, changes in dot order (an unsorted block is read through a sorted copy).
   template <class Fn>
   void ForEachLine(Fn&& fn) const {
     if (!block_) return;
-    const Header* h = header();
+    if (!header()->sorted) {
+      PackedCart copy = *this;
+      copy.Sort();
+      copy.ForEachLine(fn);
+      return;
+    }
     const uint64_t* ch = changes();
     const uint8_t* p = lines();
-    for (uint32_t i = 0; i < h->n_lines; ++i) {
+    for (uint32_t i = 0; i < header()->n_lines; ++i) {
       uint32_t n = p[0], len = p[1];
       fn(std::string_view(reinterpret_cast<const char*>(p + 2), len), ch, n);
       ch += n;
@@ -104,7 +117,7 @@ class PackedCart {
     }
   }
   [[nodiscard]] Dot DotOf(uint64_t change) const {
-    return Dot{reps()[change >> 56].replica, (change >> 24) & 0xffffffffu};
+    return Dot{reps()[(change >> 48) & 0xff].replica, (change >> 24) & 0xffffff};
   }
   [[nodiscard]] static int64_t AmountOf(uint64_t change) {
     return static_cast<int64_t>(change << 40) >> 40;
@@ -114,8 +127,8 @@ class PackedCart {
   [[nodiscard]] uint64_t rep_vv(uint32_t i) const { return reps()[i].vv; }
   [[nodiscard]] uint32_t cloud_count() const { return block_ ? header()->n_cloud : 0; }
   [[nodiscard]] Dot cloud_dot(uint32_t i) const {
-    uint64_t c = cloud()[i];
-    return Dot{reps()[c >> 32].replica, c & 0xffffffffu};
+    uint32_t c = cloud()[i];
+    return Dot{reps()[c >> 24].replica, c & 0xffffff};
   }
 
   // Bytes of the block (capacity included), for memory accounting.
@@ -133,7 +146,8 @@ class PackedCart {
     uint16_t n_cloud;
     uint8_t n_reps;
     uint8_t n_lines;
-    uint32_t unused;
+    uint8_t sorted;  // 1: the canonical form
+    uint8_t unused[3];
   };
   static_assert(sizeof(Header) == 16);
   struct Rep {
@@ -141,13 +155,6 @@ class PackedCart {
     uint32_t vv;
   };
   static_assert(sizeof(Rep) == 8);
-  // Where a SKU's line is, or would be inserted.
-  struct LinePos {
-    bool found;
-    uint32_t offset;        // byte offset of the line record in the line region
-    uint32_t first_change;  // index of its first change (or where it would go)
-    uint32_t n;             // its number of changes
-  };
 
   Header* header() { return static_cast<Header*>(block_); }
   const Header* header() const { return static_cast<const Header*>(block_); }
@@ -155,20 +162,33 @@ class PackedCart {
   const Rep* reps() const {
     return reinterpret_cast<const Rep*>(static_cast<const char*>(block_) + sizeof(Header));
   }
-  uint64_t* cloud() { return reinterpret_cast<uint64_t*>(reps() + header()->n_reps); }
-  const uint64_t* cloud() const {
-    return reinterpret_cast<const uint64_t*>(reps() + header()->n_reps);
+  uint32_t* cloud() { return reinterpret_cast<uint32_t*>(reps() + header()->n_reps); }
+  const uint32_t* cloud() const {
+    return reinterpret_cast<const uint32_t*>(reps() + header()->n_reps);
   }
-  uint64_t* changes() { return cloud() + header()->n_cloud; }
-  const uint64_t* changes() const { return cloud() + header()->n_cloud; }
-  uint8_t* lines() { return reinterpret_cast<uint8_t*>(changes() + header()->n_changes); }
+  uint8_t* lines() { return reinterpret_cast<uint8_t*>(cloud() + header()->n_cloud); }
   const uint8_t* lines() const {
-    return reinterpret_cast<const uint8_t*>(changes() + header()->n_changes);
+    return reinterpret_cast<const uint8_t*>(cloud() + header()->n_cloud);
   }
-  size_t UsedBytes() const;
-  // Frees a block (into the per-thread cache of its size class when there is room).
-  static void Release(void* block);
+  uint64_t* changes() {
+    return reinterpret_cast<uint64_t*>(static_cast<char*>(block_) + header()->capacity) -
+           header()->n_changes;
+  }
+  const uint64_t* changes() const {
+    return reinterpret_cast<const uint64_t*>(static_cast<const char*>(block_) +
+                                             header()->capacity) -
+           header()->n_changes;
+  }
+  // Bytes of the front part (header to the end of the line records).
+  size_t FrontBytes() const;
+  size_t UsedBytes() const { return FrontBytes() + 8 * size_t{header()->n_changes}; }
 
+  // The line record of `sku`: its index and byte offset, or where a new one would be appended.
+  struct LinePos {
+    bool found;
+    uint32_t index;
+    uint32_t offset;
+  };
   LinePos FindLine(std::string_view sku) const;
   // Index of `replica` in the rep table, or where it would be inserted (*found false).
   uint32_t FindRep(ReplicaId replica, bool* found) const;
@@ -179,8 +199,10 @@ class PackedCart {
   // Increments rep i's vv and folds cloud dots that became contiguous; returns the new dot's
   // counter. REQUIRES: vv + 1 < kCounterLimit.
   uint64_t BumpRep(uint32_t i);
-  // Takes rep index for `replica` and checks its next counter fits; inserts it if needed.
-  bool PrepareNext(ReplicaId replica, size_t extra, uint32_t* index);
+  // Puts the block in the canonical form (lines by SKU, changes by line and dot).
+  void Sort();
+  // Frees a block (into the per-thread cache of its size class when there is room).
+  static void Release(void* block);
 
   void* block_ = nullptr;
 };
