@@ -1093,6 +1093,12 @@ int Drill::Run() {
       report.carts.customers > 0 && report.carts.identical == report.carts.customers;
   report.targets = drill::JudgeTargets(o);
   report.loadgen_command = loadgen_command_;
+  if (g_interrupted) {
+    notes_.insert(notes_.begin(),
+                  "INTERRUPTED by the operator (SIGINT/SIGTERM): the drill stopped waiting, "
+                  "brought the region back and stopped the load; what it had not seen yet is "
+                  "missing from the figures");
+  }
   report.notes = notes_;
   report.notes.push_back(
       absl::StrCat("raw load files (per-second timeline, acknowledged orders, "
