@@ -98,14 +98,18 @@ absl::StatusOr<DrillCluster> LoadDrillCluster(const std::string& data_dir) {
         std::string ttl = Scalar(coordination["leases"]["ttl_ms"]);
         if (!ttl.empty()) c.lease_ttl_ms = std::atoll(ttl.c_str());
       }
-      // The replicator's own config is authoritative for where it listens (ports.env may lack
-      // ADMIN_PORT for all but the first region of clusters made by older deploy scripts).
-      if (r.replicator.empty() && coordination && !Scalar(coordination["admin"]).empty()) {
+      // The replicator's own config is authoritative for where it listens: deploy/meridian's
+      // ports.env can lack ADMIN_PORT (or carry another region's) for all but the first region.
+      if (coordination && !Scalar(coordination["admin"]).empty()) {
         r.replicator = "http://" + Scalar(coordination["admin"]);
       }
-      if (r.metrics.empty() && !Scalar(ry["metrics"]).empty()) {
+      if (!Scalar(ry["metrics"]).empty()) {
         r.metrics = "http://" + Scalar(ry["metrics"]) + "/metrics";
       }
+    }
+    // Likewise the controller's: its `listen`.
+    if (auto fy = LoadYaml(r.dir + "/failover.yaml"); fy.ok() && !Scalar((*fy)["listen"]).empty()) {
+      r.controller = "http://" + Scalar((*fy)["listen"]);
     }
     if (r.replicator.empty()) {
       return absl::FailedPreconditionError(

@@ -318,7 +318,11 @@ class DataDir : public ::testing::Test {
       Write(d + "region.yaml",
             "durability: sync-peer\npostgres:\n  global: \"host=h dbname=g\"\n  shards:\n"
             "    - \"host=h port=1 dbname=s0\"\n    - \"host=h port=2 dbname=s1\"\n");
-      Write(d + "replicator.yaml", "coordination:\n  leases: {ttl_ms: 4000}\n");
+      Write(d + "replicator.yaml",
+            i == 3 ? "metrics: \"10.77.0.3:4201\"\ncoordination:\n  admin: \"10.77.0.3:4101\"\n"
+                     "  leases: {ttl_ms: 4000}\n"
+                   : "coordination:\n  leases: {ttl_ms: 4000}\n");
+      if (i == 3) Write(d + "failover.yaml", "region: ap-south\nlisten: 127.0.0.1:4301\n");
       ++i;
     }
     Write("geo/ports.env", "GEO_PORT=8053\nDNS_PORT=5300\n");
@@ -358,6 +362,12 @@ TEST_F(DataDir, ReadsEverythingTheDrillNeeds) {
   EXPECT_EQ(eu->dsns.size(), 2u);
   EXPECT_EQ(eu->replicator, "http://10.77.0.2:4100");
   EXPECT_EQ(eu->controller, "http://127.0.0.1:4300");
+  // The processes' own configs win over ports.env.
+  const DrillRegion* ap = c->Find("ap-south");
+  ASSERT_NE(ap, nullptr);
+  EXPECT_EQ(ap->replicator, "http://10.77.0.3:4101");
+  EXPECT_EQ(ap->metrics, "http://10.77.0.3:4201/metrics");
+  EXPECT_EQ(ap->controller, "http://127.0.0.1:4301");
 }
 
 TEST_F(DataDir, RefusesAClusterItCannotDrill) {
