@@ -40,7 +40,9 @@ class YamlReader {
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) {
       if (required) Fail(path, "missing (a mapping is required)");
-      return YAML::Node();
+      // Undefined, so `if (node)` is false for a missing section (a default YAML::Node is a
+      // defined null, which is true).
+      return YAML::Node(YAML::NodeType::Undefined);
     }
     if (!n.IsMap()) Fail(path, "must be a mapping");
     return n;

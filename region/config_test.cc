@@ -52,6 +52,29 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "durability: eventually\n", "durability");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");
+  ExpectError(std::string(kGood) + "durability: sync-peer\n", "durability");
+  ExpectError(std::string(kGood) + "replication: {rights_wait_ms: -1}\n",
+              "replication.rights_wait_ms");
+  ExpectError(std::string(kGood) + "replication: {replicatr: \"x:1\"}\n", "replication.replicatr");
+  ExpectError(Replace(kGood, "url: \"http://127.0.0.1:8081\"",
+                      "replica_id: 1, url: \"http://127.0.0.1:8081\""),
+              "peers[0].replica_id");
+}
+
+// Without a replication section a region is alone: it owns its orders (no leases to wait for).
+TEST(Config, ReplicationIsOffUnlessConfigured) {
+  auto alone = ParseConfig(kGood);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_FALSE(alone->replication.enabled);
+  auto linked = ParseConfig(std::string(kGood) +
+                            "replication: {replicator: \"127.0.0.1:7301\", rights_wait_ms: 150}\n"
+                            "durability: sync-peer\n");
+  ASSERT_TRUE(linked.ok()) << linked.status();
+  EXPECT_TRUE(linked->replication.enabled);
+  EXPECT_EQ(linked->replication.rights_wait_ms, 150);
+  EXPECT_EQ(linked->replication.sync_peer_timeout_ms, 2000);
+  EXPECT_EQ(linked->replication.replicator.port, 7301);
+  EXPECT_EQ(linked->durability, Durability::kSyncPeer);
 }
 
 }  // namespace

@@ -79,7 +79,22 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   YAML::Node co = r.Map(root, "coordination", "coordination", false);
   if (co) {
     c.coordination = true;
-    r.OnlyKeys(co, "coordination", {"control", "admin", "operator_token_file", "leases", "rights"});
+    r.OnlyKeys(co, "coordination",
+               {"control", "admin", "operator_token_file", "leases", "rights", "witness"});
+    YAML::Node w = r.Map(co, "witness", "coordination.witness", false);
+    if (w) {
+      r.OnlyKeys(w, "coordination.witness", {"name", "replica_id", "address"});
+      Peer wp;
+      wp.name = r.String(w, "name", "coordination.witness.name", true);
+      wp.jurisdiction = "none";
+      wp.replica_id =
+          r.Integer<uint32_t>(w, "replica_id", "coordination.witness.replica_id", 0, 1, 255);
+      wp.address = r.HostPort(w, "address", "coordination.witness.address", true);
+      if (r.ok() && (wp.replica_id == 0 || wp.replica_id == c.replica_id)) {
+        r.Fail("coordination.witness.replica_id", "1..255, not this region's own");
+      }
+      c.witness = wp;
+    }
     c.control = r.HostPort(co, "control", "coordination.control", false);
     c.admin = r.HostPort(co, "admin", "coordination.admin", false);
     std::string token_file =
@@ -178,6 +193,13 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
         r.Fail(path + ".replica_id", "1..255, unique, not this region's own");
       }
       c.peers.push_back(std::move(p));
+    }
+  }
+  if (r.ok() && c.witness) {
+    for (const Peer& p : c.peers) {
+      if (p.replica_id == c.witness->replica_id || p.name == c.witness->name) {
+        r.Fail("coordination.witness", "must differ from every peer (name and replica_id)");
+      }
     }
   }
   if (!r.ok()) return r.status();

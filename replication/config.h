@@ -4,6 +4,7 @@
 // field. See replication/README.md for an example.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,6 +50,8 @@ struct ReplicatorConfig {
   std::string operator_token;  // bearer token of the admin API (from operator_token_file)
   LeaseConfig leases;
   RightsConfig rights;
+  // A two-region deployment's witness (meridian-witness): the third lease vote. Optional.
+  std::optional<Peer> witness;
 };
 
 [[nodiscard]] absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,

@@ -54,3 +54,46 @@ TEST(ReplicatorConfig, ErrorsNameTheField) {
 
 }  // namespace
 }  // namespace meridian::replication
+
+namespace meridian::replication {
+namespace {
+
+TEST(ReplicatorConfig, CoordinationIsOffUnlessConfigured) {
+  auto plain = ParseReplicatorConfig(kGood, "r.yaml");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->coordination);
+  EXPECT_FALSE(plain->witness.has_value());
+  auto co = ParseReplicatorConfig(
+      std::string(kGood) +
+          "coordination:\n  control: 127.0.0.1:7301\n  leases: {ttl_ms: 3000, renew_interval_ms: "
+          "500, alive_timeout_ms: 1200, round_timeout_ms: 800}\n  rights: {lead_ms: 200}\n"
+          "  witness: {name: witness, replica_id: 250, address: 127.0.0.1:7500}\n",
+      "r.yaml");
+  ASSERT_TRUE(co.ok()) << co.status();
+  EXPECT_TRUE(co->coordination);
+  EXPECT_EQ(co->leases.ttl_ms, 3000);
+  EXPECT_EQ(co->rights.lead_ms, 200);
+  ASSERT_TRUE(co->witness.has_value());
+  EXPECT_EQ(co->witness->replica_id, 250u);
+}
+
+TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
+  auto expect_error = [](const std::string& extra, const std::string& field) {
+    auto c = ParseReplicatorConfig(std::string(kGood) + extra, "r.yaml");
+    ASSERT_FALSE(c.ok()) << extra;
+    EXPECT_NE(std::string(c.status().message()).find(field), std::string::npos)
+        << c.status().message();
+  };
+  expect_error("coordination: {leases: {ttl_ms: 50}}\n", "coordination.leases.ttl_ms");
+  expect_error("coordination: {leases: {renew_interval_ms: 5000}}\n", "renew_interval_ms");
+  expect_error("coordination: {rights: {tte_ratio: 0.5}}\n", "coordination.rights.tte_ratio");
+  expect_error("coordination: {admin: 127.0.0.1:7400}\n", "coordination.operator_token_file");
+  expect_error("coordination: {operator_token_file: /nonexistent/token}\n",
+               "coordination.operator_token_file");
+  expect_error("coordination: {witness: {name: eu-west, replica_id: 2, address: 1.2.3.4:5}}\n",
+               "coordination.witness");
+  expect_error("coordination: {lease: {}}\n", "coordination.lease");
+}
+
+}  // namespace
+}  // namespace meridian::replication

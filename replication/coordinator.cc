@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "region/http/router.h"
 #include "replication/clock.h"
 #include "replication/lease.h"
+#include "replication/lease_frames.h"
 #include "replication/rights.h"
 
 namespace meridian::replication {
@@ -40,52 +42,8 @@ std::unique_ptr<grpc::ClientContext> Ctx(int timeout_ms) {
 // --- frames <-> the logic's messages ------------------------------------------------------------
 pb::Frame ToFrame(const LeaseMessage& m) {
   pb::Frame f;
-  pb::LeaseFrame* l = f.mutable_lease();
-  std::visit(
-      [&](const auto& x) {
-        using T = std::decay_t<decltype(x)>;
-        l->set_group(x.group);
-        l->set_epoch(x.epoch);
-        if constexpr (std::is_same_v<T, LeaseRequest>) {
-          l->mutable_request()->set_round(x.round);
-          l->mutable_request()->set_renewal(x.renewal);
-        } else if constexpr (std::is_same_v<T, LeaseReply>) {
-          auto* r = l->mutable_reply();
-          r->set_round(x.round);
-          r->set_granted(x.granted);
-          r->set_known_epoch(x.known_epoch);
-          r->set_known_owner(x.known_owner);
-        } else if constexpr (std::is_same_v<T, LeaseRelease>) {
-          l->mutable_release();
-        } else {
-          l->mutable_handback();
-        }
-      },
-      m);
+  *f.mutable_lease() = ToLeaseFrame(m);
   return f;
-}
-
-absl::StatusOr<LeaseMessage> FromFrame(const pb::LeaseFrame& l) {
-  if (l.group() == 0 || l.group() > 255 || l.epoch() == 0) {
-    return absl::InvalidArgumentError("lease frame: group 1..255 and an epoch are required");
-  }
-  switch (l.kind_case()) {
-    case pb::LeaseFrame::kRequest:
-      return LeaseMessage(
-          LeaseRequest{l.group(), l.epoch(), l.request().round(), l.request().renewal()});
-    case pb::LeaseFrame::kReply:
-      if (l.reply().known_owner() > 255) {
-        return absl::InvalidArgumentError("lease reply: owner out of range");
-      }
-      return LeaseMessage(LeaseReply{l.group(), l.epoch(), l.reply().round(), l.reply().granted(),
-                                     l.reply().known_epoch(), l.reply().known_owner()});
-    case pb::LeaseFrame::kRelease:
-      return LeaseMessage(LeaseRelease{l.group(), l.epoch()});
-    case pb::LeaseFrame::kHandback:
-      return LeaseMessage(LeaseHandback{l.group(), l.epoch()});
-    default:
-      return absl::InvalidArgumentError("lease frame without a kind");
-  }
 }
 
 pb::Frame ToFrame(const RightsMessage& m) {
@@ -245,7 +203,47 @@ struct Coordinator::Impl {
     return !stopping;
   }
 
-  void SendLease(RegionId to, const LeaseMessage& m) { (void)send(to, ToFrame(m)); }
+  void SendLease(RegionId to, const LeaseMessage& m) {
+    if (config.witness && to == config.witness->replica_id) {
+      {
+        std::lock_guard<std::mutex> l(witness_mu);
+        if (witness_queue.size() < 256) witness_queue.push_back(ToLeaseFrame(m));
+      }
+      witness_cv.notify_all();
+      return;
+    }
+    (void)send(to, ToFrame(m));
+  }
+
+  // The witness is called, one request at a time, from its own thread; its reply goes to the
+  // lease manager like any acceptor's.
+  void WitnessLoop() {
+    while (!stopping) {
+      pb::LeaseFrame f;
+      {
+        std::unique_lock<std::mutex> l(witness_mu);
+        witness_cv.wait_for(l, std::chrono::milliseconds(200),
+                            [&] { return !witness_queue.empty() || stopping.load(); });
+        if (witness_queue.empty()) continue;
+        f = std::move(witness_queue.front());
+        witness_queue.pop_front();
+      }
+      pb::LeaseFrame reply;
+      auto ctx = Ctx(1000);
+      grpc::Status s = witness_stub->Lease(ctx.get(), f, &reply);
+      if (!s.ok()) continue;  // lost: the lease round asks again
+      const RegionId w = config.witness->replica_id;
+      std::lock_guard<std::mutex> l(mu);
+      lm->Heard(w);
+      if (reply.kind_case() == pb::LeaseFrame::KIND_NOT_SET) continue;
+      auto m = FromLeaseFrame(reply);
+      if (m.ok()) lm->OnMessage(w, *m);
+    }
+  }
+  std::mutex witness_mu;
+  std::condition_variable witness_cv;
+  std::deque<pb::LeaseFrame> witness_queue;
+  std::unique_ptr<pb::LeaseWitness::Stub> witness_stub;
   void SendRights(RegionId to, const RightsMessage& m) { (void)send(to, ToFrame(m)); }
 
   // --- the tick: leases, grants, rights views, the region's lease table, syncs -------------------
@@ -399,13 +397,25 @@ struct Coordinator::Impl {
   std::condition_variable acks_cv;
 
   // --- takeover sync
-  // ------------------------------------------------------------------------------- Called by the
-  // lease manager (under mu) after a win.
+  // --- takeover sync -------------------------------------------------------------------------
+  // How many regions (this one included) must have answered a takeover sync: a majority of the
+  // regions, but never the old owner too: with two regions (and a witness) the survivor is the
+  // only other copy there is, and it needs no one's answer.
+  size_t SyncQuorum() const {
+    const size_t regions = config.peers.size() + 1;
+    return std::max<size_t>(1, std::min(regions / 2 + 1, regions - 1));
+  }
+
+  // Called by the lease manager (under mu) after a win.
   void StartSync(RegionId group, uint64_t epoch) {
     Sync& s = syncs[group];
     if (s.epoch == epoch) return;
     s = Sync{epoch, {}, {}, false};
     spdlog::info("event=lease_sync_started group={} epoch={}", Name(group), epoch);
+    if (SyncQuorum() <= 1) {
+      s.usable = true;
+      lm->SyncDone(group, epoch);  // the peers are still asked, for their fences and late orders
+    }
     Wake();
   }
 
@@ -517,8 +527,7 @@ struct Coordinator::Impl {
     if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();
     Sync& s = it->second;
     s.done.insert(from);
-    const size_t members = config.peers.size() + 1;
-    if (!s.usable && s.done.size() + 1 >= members / 2 + 1) {
+    if (!s.usable && s.done.size() + 1 >= SyncQuorum()) {
       s.usable = true;
       spdlog::info("event=lease_sync_done group={} epoch={} peers_synced={}", Name(m.group()),
                    m.epoch(), s.done.size());
@@ -776,8 +785,10 @@ absl::Status Coordinator::Start() {
     ids.push_back(p.replica_id);
     peers.push_back(p.replica_id);
   }
+  std::vector<RegionId> witnesses;
+  if (c.config.witness) witnesses.push_back(c.config.witness->replica_id);
   c.lm = std::make_unique<LeaseManager>(
-      c.config.replica_id, ids, std::vector<RegionId>{}, c.config.leases, c.store.get(), &c.clock,
+      c.config.replica_id, ids, witnesses, c.config.leases, c.store.get(), &c.clock,
       [&c](RegionId to, const LeaseMessage& m) { c.SendLease(to, m); },
       [&c](const LeaseEvent& e) { c.OnLeaseEvent(e); },
       [&c](RegionId g, uint64_t e) { c.StartSync(g, e); });
@@ -803,6 +814,18 @@ absl::Status Coordinator::Start() {
     args.SetSslTargetNameOverride(p.name);
     c.peer_stubs[p.replica_id] = pb::Replication::NewStub(grpc::CreateCustomChannel(
         absl::StrCat(p.address.host, ":", p.address.port), grpc::SslCredentials(tls), args));
+  }
+  if (c.config.witness) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = c.tls.ca;
+    tls.pem_private_key = c.tls.key;
+    tls.pem_cert_chain = c.tls.cert;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(c.config.witness->name);
+    c.witness_stub = pb::LeaseWitness::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat(c.config.witness->address.host, ":", c.config.witness->address.port),
+        grpc::SslCredentials(tls), args));
+    c.threads.emplace_back([&c] { c.WitnessLoop(); });
   }
   if (!c.config.control.host.empty()) {
     c.forwarder = std::make_unique<ForwarderService>(c);
@@ -845,6 +868,7 @@ void Coordinator::Stop() {
   if (c.stopping.exchange(true)) return;
   c.Wake();
   c.acks_cv.notify_all();
+  c.witness_cv.notify_all();
   for (auto& t : c.threads) t.join();
   c.threads.clear();
   if (c.admin) c.admin->Stop();
@@ -860,7 +884,7 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
   Impl& c = *impl_;
   switch (frame.body_case()) {
     case pb::Frame::kLease: {
-      auto m = FromFrame(frame.lease());
+      auto m = FromLeaseFrame(frame.lease());
       if (!m.ok()) return m.status();
       std::lock_guard<std::mutex> l(c.mu);
       c.lm->OnMessage(peer, *m);

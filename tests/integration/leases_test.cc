@@ -414,6 +414,35 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   }
 }
 
+// Two regions and a witness: the witness is the third vote, so either region's orders move to the
+// other when it dies; with the witness gone the two regions still hold their leases.
+TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
+  test_support::ClusterOptions o;
+  o.name = "witness";
+  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+  o.delay_ms = {{"us-east/eu-west", 8}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.witness = true;
+  Start(std::move(o));
+  LeasesSettled();
+  // The witness dies: two of three votes remain, the leases stay.
+  ASSERT_TRUE(c_->KillWitness().ok());
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // longer than the 3 s ttl
+  EXPECT_TRUE(HeldHere(kUs, "us-east"));
+  EXPECT_TRUE(HeldHere(kEu, "eu-west"));
+  ASSERT_TRUE(c_->StartWitness().ok());
+  // us-east dies: eu-west and the witness make the majority that moves its orders.
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  EXPECT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20))
+      << "eu-west never took us-east's orders with the witness's vote";
+  // It comes back and gets them back.
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  EXPECT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
+}
+
 // Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so; cut off,
 // the region answers within its lease with durability async and a reason, then refuses orders.
 TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {

@@ -78,6 +78,7 @@ std::string ReadAll(const std::string& path) {
 
 std::string RegionBinary() { return MERIDIAN_REGION_BIN; }
 std::string ReplicatorBinary() { return MERIDIAN_REPLICATOR_BIN; }
+std::string WitnessBinary() { return MERIDIAN_WITNESS_BIN; }
 std::string NetemProxyBinary() { return MERIDIAN_NETEM_PROXY_BIN; }
 std::string SourceDir() { return MERIDIAN_SOURCE_DIR; }
 
@@ -93,6 +94,7 @@ Cluster::~Cluster() {
     r->replicator.reset();
     r->server.reset();
   }
+  witness_.reset();
   links_.clear();
   regions_.clear();
   if (!dir_.empty()) RemoveTempDir(dir_);
@@ -109,6 +111,7 @@ absl::Status Cluster::Build() {
   cert_dir_ = dir_ + "/certs";
   std::vector<std::string> argv = {"bash", SourceDir() + "/deploy/make-certs.sh", cert_dir_};
   for (const RegionSpec& s : options_.regions) argv.push_back(s.name);
+  if (options_.witness) argv.push_back("witness");
   if (auto st = Process::Run({.argv = argv, .log_path = dir_ + "/certs.log"}, absl::Seconds(60));
       !st.ok()) {
     return st;
@@ -212,9 +215,35 @@ absl::Status Cluster::Build() {
       for (const auto& line : absl::StrSplit(options_.coordination_yaml, '\n')) {
         if (!line.empty()) absl::StrAppend(&ry, "  ", line, "\n");
       }
+      if (options_.witness) {
+        if (witness_port_ == 0) witness_port_ = FreeTcpPort();
+        absl::StrAppend(&ry, "  witness: {name: witness, replica_id: 250, address: \"127.0.0.1:",
+                        witness_port_, "\"}\n");
+      }
     }
     r.replicator_yaml = absl::StrCat(dir_, "/", r.spec.name, "-replicator.yaml");
     if (auto st = WriteFile(r.replicator_yaml, ry); !st.ok()) return st;
+  }
+  if (options_.witness) {
+    std::string wy = absl::StrCat(
+        "name: witness\nreplica_id: 250\nlisten: \"127.0.0.1:", witness_port_, "\"\ntls: {ca: \"",
+        cert_dir_, "/ca.pem\", cert: \"", cert_dir_, "/witness.pem\", key: \"", cert_dir_,
+        "/witness.key\"}\nstore: \"", dir_, "/witness-leases.json\"\n", "regions:\n");
+    for (const auto& r : regions_) {
+      absl::StrAppend(&wy, "  - {name: ", r->spec.name, ", replica_id: ", r->spec.replica_id,
+                      "}\n");
+    }
+    // The regions' lease ttl (the witness promises for as long as they expect).
+    for (const auto& line : absl::StrSplit(options_.coordination_yaml, '\n')) {
+      std::string l(line);
+      if (l.rfind("leases:", 0) == 0 && l.find("ttl_ms:") != std::string::npos) {
+        size_t p = l.find("ttl_ms:") + 7;
+        absl::StrAppend(&wy, "leases: {ttl_ms: ", std::atoi(l.c_str() + p), "}\n");
+      }
+    }
+    witness_yaml_ = dir_ + "/witness.yaml";
+    if (auto st = WriteFile(witness_yaml_, wy); !st.ok()) return st;
+    if (auto st = StartWitness(); !st.ok()) return st;
   }
   for (size_t i = 0; i < regions_.size(); ++i) {
     if (auto st = StartRegionServer(i); !st.ok()) return st;
@@ -260,6 +289,33 @@ absl::Status Cluster::StartReplicator(size_t i) {
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
   return AwaitHttp(*r.replicator, r.metrics_port, "/metrics", "meridian-replicator " + r.spec.name);
+}
+
+absl::Status Cluster::StartWitness() {
+  auto p = Process::Spawn(
+      {.argv = {WitnessBinary(), "--config", witness_yaml_}, .log_path = dir_ + "/witness.log"});
+  if (!p.ok()) return p.status();
+  witness_ = *std::move(p);
+  // Ready when it accepts connections.
+  for (int i = 0; i < 100; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(witness_port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (ok) return absl::OkStatus();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::UnavailableError("meridian-witness did not start; see " + dir_ + "/witness.log");
+}
+
+absl::Status Cluster::KillWitness() {
+  if (!witness_) return absl::OkStatus();
+  auto st = witness_->Terminate(SIGKILL, absl::Seconds(5));
+  witness_.reset();
+  return st.ok() ? absl::OkStatus() : st.status();
 }
 
 absl::Status Cluster::Partition(size_t i) {

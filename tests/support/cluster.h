@@ -47,6 +47,8 @@ struct ClusterOptions {
   // "leases: {ttl_ms: 3000, renew_interval_ms: 500}").
   std::string coordination_yaml = "";
   int rights_wait_ms = 200;
+  // A meridian-witness (the third lease vote of a two-region deployment), replica id 250.
+  bool witness = false;
 };
 
 class Cluster {
@@ -75,6 +77,9 @@ class Cluster {
   absl::Status StartRegionServer(size_t i);
   absl::Status KillReplicator(size_t i);
   absl::Status StartReplicator(size_t i);
+  // The witness process (options.witness): kill -9 and restart.
+  absl::Status KillWitness();
+  absl::Status StartWitness();
   // Cuts (or restores) every link between region i and the others.
   absl::Status Partition(size_t i);
   absl::Status Heal(size_t i);
@@ -106,6 +111,9 @@ class Cluster {
 
   ClusterOptions options_;
   std::string dir_, cert_dir_;
+  std::unique_ptr<Process> witness_;
+  uint16_t witness_port_ = 0;
+  std::string witness_yaml_;
   std::vector<std::unique_ptr<Region>> regions_;
   std::vector<Link> links_;
 };
@@ -113,6 +121,7 @@ class Cluster {
 // Where the project's binaries are (set at build time).
 std::string RegionBinary();
 std::string ReplicatorBinary();
+std::string WitnessBinary();
 std::string NetemProxyBinary();
 std::string SourceDir();
 

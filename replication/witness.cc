@@ -1,0 +1,234 @@
+#include "replication/witness.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "replication/lease_frames.h"
+#include "replication/replication.grpc.pb.h"
+
+namespace meridian::replication {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool FsyncPath(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return false;
+  bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::string_view source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(source), ": not valid YAML: ", e.what()));
+  }
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(source), ": not a mapping"));
+  }
+  YamlReader r{std::string(source)};
+  r.OnlyKeys(root, "", {"name", "replica_id", "listen", "tls", "store", "regions", "leases"});
+  WitnessConfig c;
+  c.name = r.String(root, "name", "name", true);
+  c.replica_id = r.Integer<uint32_t>(root, "replica_id", "replica_id", 0, 1, 255);
+  if (r.ok() && c.replica_id == 0) r.Fail("replica_id", "missing (1..255)");
+  c.listen = r.HostPort(root, "listen", "listen", true);
+  YAML::Node tls = r.Map(root, "tls", "tls", true);
+  r.OnlyKeys(tls, "tls", {"ca", "cert", "key"});
+  c.tls_ca = r.String(tls, "ca", "tls.ca", true);
+  c.tls_cert = r.String(tls, "cert", "tls.cert", true);
+  c.tls_key = r.String(tls, "key", "tls.key", true);
+  c.store_path = r.String(root, "store", "store", true);
+  YAML::Node regions = root["regions"];
+  if (!regions || !regions.IsSequence() || regions.size() < 2) {
+    r.Fail("regions", "a list of at least two regions is required");
+  } else {
+    std::set<uint32_t> ids{c.replica_id};
+    for (size_t i = 0; i < regions.size(); ++i) {
+      std::string path = absl::StrCat("regions[", i, "]");
+      r.OnlyKeys(regions[i], path, {"name", "replica_id"});
+      WitnessConfig::Region reg;
+      reg.name = r.String(regions[i], "name", path + ".name", true);
+      reg.replica_id =
+          r.Integer<uint32_t>(regions[i], "replica_id", path + ".replica_id", 0, 1, 255);
+      if (r.ok() && (reg.replica_id == 0 || !ids.insert(reg.replica_id).second)) {
+        r.Fail(path + ".replica_id", "1..255, unique, not the witness's own");
+      }
+      c.regions.push_back(reg);
+    }
+  }
+  YAML::Node l = r.Map(root, "leases", "leases", false);
+  r.OnlyKeys(l, "leases", {"ttl_ms", "max_drift"});
+  c.leases.ttl_ms = r.Integer<int64_t>(l, "ttl_ms", "leases.ttl_ms", 6000, 100, 600000);
+  c.leases.max_drift = r.Number(l, "max_drift", "leases.max_drift", 0.01, 0, 0.1);
+  if (r.ok()) {
+    if (absl::Status st = c.leases.Validate(); !st.ok())
+      r.Fail("leases", std::string(st.message()));
+  }
+  if (!r.ok()) return r.status();
+  return c;
+}
+
+absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseWitnessConfig(*text, path);
+}
+
+absl::Status FileLeaseStore::Open() {
+  std::ifstream in(path_);
+  if (!in) return absl::OkStatus();  // a first start
+  std::stringstream ss;
+  ss << in.rdbuf();
+  Json j = Json::parse(ss.str(), nullptr, false);
+  if (!j.is_object() || !j.contains("records") || !j["records"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": not a lease store"));
+  }
+  for (const auto& r : j["records"]) {
+    if (!r.is_object() || !r.value("group", Json()).is_number_unsigned() ||
+        !r.value("epoch", Json()).is_number_unsigned() ||
+        !r.value("owner", Json()).is_number_unsigned()) {
+      return absl::InvalidArgumentError(absl::StrCat(path_, ": malformed record"));
+    }
+    records_[r["group"].get<uint32_t>()] =
+        AcceptorRecord{r["epoch"].get<uint64_t>(), r["owner"].get<uint32_t>()};
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FileLeaseStore::Save(RegionId group, const AcceptorRecord& record) {
+  auto next = records_;
+  next[group] = record;
+  Json j{{"records", Json::array()}};
+  for (const auto& [g, r] : next) {
+    j["records"].push_back(Json{{"group", g}, {"epoch", r.epoch}, {"owner", r.owner}});
+  }
+  const std::string tmp = path_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << j.dump() << "\n";
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
+  }
+  if (!FsyncPath(tmp, O_RDONLY) || ::rename(tmp.c_str(), path_.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot replace ", path_));
+  }
+  const size_t slash = path_.rfind('/');
+  (void)FsyncPath(slash == std::string::npos ? "." : path_.substr(0, slash),
+                  O_RDONLY | O_DIRECTORY);
+  records_ = std::move(next);
+  return absl::OkStatus();
+}
+
+struct Witness::Impl final : public v1::LeaseWitness::Service {
+  WitnessConfig config;
+  SteadyClock clock;
+  std::unique_ptr<FileLeaseStore> store;
+  std::mutex mu;
+  std::unique_ptr<LeaseManager> lm;
+  std::optional<LeaseMessage> reply;  // what lm answered to the request being handled
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseFrame* req,
+                     v1::LeaseFrame* out) override {
+    std::string cn;
+    for (const auto& v : ctx->auth_context()->FindPropertyValues("x509_common_name")) {
+      cn.assign(v.data(), v.size());
+    }
+    RegionId from = kNoRegion;
+    for (const auto& r : config.regions)
+      if (r.name == cn) from = r.replica_id;
+    if (from == kNoRegion) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "no configured region has this certificate's name");
+    }
+    auto m = FromLeaseFrame(*req);
+    if (!m.ok())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(m.status().message()));
+    std::lock_guard<std::mutex> l(mu);
+    reply.reset();
+    lm->OnMessage(from, *m);
+    if (reply) *out = ToLeaseFrame(*reply);
+    return grpc::Status::OK;
+  }
+};
+
+Witness::Witness(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Witness::~Witness() { Stop(); }
+uint16_t Witness::port() const { return static_cast<uint16_t>(impl_->port); }
+
+void Witness::Stop() {
+  if (impl_ && impl_->server) {
+    impl_->server->Shutdown();
+    impl_->server.reset();
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Witness>> Witness::Start(WitnessConfig config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = std::move(config);
+  Impl* w = impl.get();
+  w->store = std::make_unique<FileLeaseStore>(w->config.store_path);
+  if (absl::Status st = w->store->Open(); !st.ok()) return st;
+  std::vector<RegionId> regions;
+  for (const auto& r : w->config.regions) regions.push_back(r.replica_id);
+  w->lm = std::make_unique<LeaseManager>(
+      w->config.replica_id, regions, std::vector<RegionId>{w->config.replica_id}, w->config.leases,
+      w->store.get(), &w->clock, [w](RegionId, const LeaseMessage& m) { w->reply = m; },
+      [w](const LeaseEvent& e) {
+        if (e.kind == LeaseEvent::Kind::kStaleRefused) {
+          spdlog::info("event={} group={} epoch={} from={}", LeaseEventName(e.kind), e.group,
+                       e.epoch, e.owner);
+        }
+      });
+  if (absl::Status st = w->lm->Start(); !st.ok()) return st;
+  std::string ca, cert, key;
+  for (auto [path, dst] : {std::pair{&w->config.tls_ca, &ca}, std::pair{&w->config.tls_cert, &cert},
+                           std::pair{&w->config.tls_key, &key}}) {
+    auto text = ReadFile(*path);
+    if (!text.ok()) return text.status();
+    *dst = *std::move(text);
+  }
+  grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  tls.pem_root_certs = ca;
+  tls.pem_key_cert_pairs.push_back({key, cert});
+  grpc::ServerBuilder b;
+  b.AddListeningPort(absl::StrCat(w->config.listen.host, ":", w->config.listen.port),
+                     grpc::SslServerCredentials(tls), &w->port);
+  b.RegisterService(w);
+  w->server = b.BuildAndStart();
+  if (!w->server || w->port == 0) {
+    return absl::UnavailableError(absl::StrCat("witness: cannot listen on ", w->config.listen.host,
+                                               ":", w->config.listen.port));
+  }
+  spdlog::info("event=witness_started name={} port={} regions={}", w->config.name, w->port,
+               w->config.regions.size());
+  return std::unique_ptr<Witness>(new Witness(std::move(impl)));
+}
+
+}  // namespace meridian::replication

@@ -1,0 +1,69 @@
+#pragma once
+
+// meridian-witness: the third lease vote of a two-region deployment. It runs only the acceptor
+// half of the lease protocol (replication/lease.h): it never holds a group, it answers the
+// regions' lease requests (LeaseWitness.Lease over mutual TLS) and keeps its records in a file,
+// written atomically and fsync'd before a grant is answered. With two regions and a witness a
+// majority is two of three, so one region (or the witness) may be lost.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/yaml_reader.h"
+#include "replication/lease.h"
+
+namespace meridian::replication {
+
+struct WitnessConfig {
+  std::string name;  // the CN of its certificate
+  uint32_t replica_id = 0;
+  Endpoint listen;
+  std::string tls_ca, tls_cert, tls_key;
+  std::string store_path;  // the acceptor's records (JSON)
+  struct Region {
+    std::string name;
+    uint32_t replica_id = 0;
+  };
+  std::vector<Region> regions;
+  LeaseConfig leases;  // must match the regions' (ttl, drift)
+};
+
+[[nodiscard]] absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml,
+                                                               std::string_view source);
+[[nodiscard]] absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path);
+
+// The acceptor's records in a file: Save writes a temporary file, fsyncs it, renames it over the
+// old one and fsyncs the folder, so a crash leaves the old records or the new ones.
+class FileLeaseStore final : public LeaseStore {
+ public:
+  explicit FileLeaseStore(std::string path) : path_(std::move(path)) {}
+  // Reads the file (missing: empty). InvalidArgument for a corrupt file.
+  [[nodiscard]] absl::Status Open();
+  std::map<RegionId, AcceptorRecord> Load() override { return records_; }
+  absl::Status Save(RegionId group, const AcceptorRecord& record) override;
+
+ private:
+  std::string path_;
+  std::map<RegionId, AcceptorRecord> records_;
+};
+
+class Witness {
+ public:
+  static absl::StatusOr<std::unique_ptr<Witness>> Start(WitnessConfig config);
+  ~Witness();
+  [[nodiscard]] uint16_t port() const;
+  void Stop();
+
+  struct Impl;
+
+ private:
+  explicit Witness(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meridian::replication
