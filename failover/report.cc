@@ -271,7 +271,8 @@ std::string DrillReport::ToMarkdown() const {
       "- Customer errors are connection failures, timeouts, 5xx (503 while a region cannot take "
       "orders), 429 and shed requests; 409 out of stock and other 4xx answers are not errors.\n";
   md +=
-      "\nSeconds with errors:\n\n| t (s) | requests | errors | rate | p99 ms | error classes |\n"
+      "\nSeconds with errors (t: when the second starts, from the kill):\n\n| t (s) | requests | "
+      "errors | rate | p99 ms | error classes |\n"
       "|---|---|---|---|---|---|\n";
   int shown = 0;
   for (const TimelineSecond& s : timeline) {
@@ -283,7 +284,7 @@ std::string DrillReport::ToMarkdown() const {
     std::vector<std::string> classes;
     for (const auto& [c, n] : s.errors_by_class) classes.push_back(absl::StrCat(c, "=", n));
     absl::StrAppend(&md, "| ",
-                    kill ? absl::StrFormat("%+.1f", (s.start_unix_ms - kill->unix_ms) / 1000.0)
+                    kill ? absl::StrFormat("%+.2f", (s.start_unix_ms - kill->unix_ms) / 1000.0)
                          : std::string("?"),
                     " | ", s.arrivals, " | ", s.errors, " | ", Pct(s.error_rate), " | ",
                     absl::StrFormat("%.0f", s.p99_ms), " | ", absl::StrJoin(classes, " "), " |\n");
