@@ -38,6 +38,7 @@ namespace {
 
 constexpr size_t kMaxAuditEntries = 200;
 constexpr int64_t kHandbackRetryMs = 1000;
+constexpr size_t kMaxDeclarationBytes = 4 << 20;
 
 std::string UtcNow() {
   const auto now = std::chrono::system_clock::now();
@@ -132,7 +133,7 @@ class Controller::Impl {
     o.address = config_.listen.host;
     o.port = config_.listen.port;
     o.threads = config_.http_threads;
-    o.max_body_bytes = kMaxObservationBytes;
+    o.max_body_bytes = kMaxDeclarationBytes;  // observations are checked to 64 KiB on their own
     server_ = std::make_unique<region::http::HttpServer>(
         o, [this](HttpRequest& r) { return router_.Handle(r); });
     if (absl::Status st = server_->Start(); !st.ok()) return st;
@@ -327,6 +328,10 @@ class Controller::Impl {
     std::optional<int64_t> detected_after_ms;
     std::string handback_state;  // "", "pending", "done", "gave_up"
     Json takeover;               // null until seen
+    // Operator declarations (meridianctl declare-lost) while lost: id -> the replicator's answer;
+    // and the units reclaimed per SKU. Cleared on recovery (the region writes them off then).
+    std::map<std::string, Json> declarations;
+    std::map<std::string, int64_t> reclaimed_units;
   };
 
   void Audit(const std::string& event, const std::string& region, const std::string& what,
@@ -406,8 +411,16 @@ class Controller::Impl {
         p.handback_state = "pending";
         p.handback_started_ms = now;
         p.handback_last_try_ms = -1;
-        AuditDecision(d.region, "rights_usable", "",
-                      absl::StrCat(d.region, " is back: its inventory rights are its own again"));
+        AuditDecision(
+            d.region, "rights_usable",
+            p.declarations.empty() ? "" : absl::StrCat("declarations=", p.declarations.size()),
+            p.declarations.empty()
+                ? absl::StrCat(d.region, " is back: its inventory rights are its own again")
+                : absl::StrCat(d.region,
+                               " is back: it writes off the rights reclaimed from it and "
+                               "keeps the rest"));
+        p.declarations.clear();
+        p.reclaimed_units.clear();
       }
     }
     for (const auto& r : names_) {
@@ -457,6 +470,15 @@ class Controller::Impl {
           Enqueue([this, region] { EnsureGeoDown(region); });
         }
         continue;
+      }
+      // A "down" override of ours left behind (e.g. by a controller restarted while the region was
+      // lost) is lifted once a quorum sees the region healthy and caught up for M checks: the
+      // same evidence a recovery needs, so a controller cut off from the others cannot do it.
+      if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms &&
+          decider_.Count(now, r).recovered.size() >= decider_.quorum()) {
+        p.geo_checked_ms = now;
+        const std::string region = r;
+        Enqueue([this, region] { EnsureGeoNotDownByUs(region); });
       }
       if (!p.handback_pending) continue;
       if (h != holders.end() && h->second.region == r) {
@@ -531,6 +553,35 @@ class Controller::Impl {
     }
   }
 
+  void EnsureGeoNotDownByUs(const std::string& region) {
+    for (const auto& g : config_.geo) {
+      HttpResult r =
+          http_->Do(HttpCall{"GET", absl::StrCat(g, "/v1/regions/", region), "", ""}, 2000);
+      if (!r.ok()) continue;
+      Json j = Json::parse(r.body, nullptr, false);
+      if (!j.is_object() || !j.contains("override") || !j["override"].is_object()) continue;
+      const Json& o = j["override"];
+      const std::string reason =
+          o.contains("reason") && o["reason"].is_string() ? o["reason"].get<std::string>() : "";
+      // Only our own kind of override: an operator's "down" stays until the operator lifts it.
+      if (o.value("state", "") != "down" || reason.rfind("meridian-failover", 0) != 0) continue;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (decider_.state(region) != RegionState::kUp) return;
+      }
+      HttpResult post =
+          http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
+                             Json{{"state", "auto"},
+                                  {"reason", absl::StrCat("meridian-failover ", config_.region,
+                                                          ": region up (a stale override lifted)")}}
+                                 .dump(),
+                             config_.operator_token},
+                    2000);
+      Action("geo_health", region, absl::StrCat("state=auto geo=", LogValue(g), " reconcile=1"),
+             post);
+    }
+  }
+
   void RequestHandback(const std::string& region, const std::string& holder) {
     const RegionEndpoints* h = config_.Find(holder);
     if (h == nullptr) return;
@@ -586,6 +637,8 @@ class Controller::Impl {
                                 Json{{"controller", config_.region}, {"entries", list}}.dump());
     });
     router_.Add("GET", "/v1/admin/rights/{sku}", [this](HttpRequest& r) { return GetRights(r); });
+    router_.Add("POST", "/v1/regions/{region}/declared-lost",
+                [this](HttpRequest& r) { return PostDeclaredLost(r); });
   }
 
   HttpResponse GetObservations() {
@@ -681,21 +734,23 @@ class Controller::Impl {
                      {"epoch", h->second.epoch},
                      {"home", h->second.region == name}};
       }
-      regions.push_back(
-          Json{{"name", name},
-               {"state", RegionStateName(s)},
-               {"state_since_ms_ago", now - decider_.state_since_ms(name)},
-               {"votes", Json{{"lost", t.lost},
-                              {"healthy", t.healthy},
-                              {"recovered", t.recovered},
-                              {"silent", t.silent},
-                              {"needed", t.needed}}},
-               {"check", CheckJson(name)},
-               {"lease", lease},
-               {"rights", s == RegionState::kUp ? "usable" : "frozen"},
-               {"takeover", p.takeover},
-               {"handback", p.handback_state.empty() ? Json() : Json(p.handback_state)},
-               {"detected_after_ms", p.detected_after_ms ? Json(*p.detected_after_ms) : Json()}});
+      regions.push_back(Json{
+          {"name", name},
+          {"state", RegionStateName(s)},
+          {"state_since_ms_ago", now - decider_.state_since_ms(name)},
+          {"votes", Json{{"lost", t.lost},
+                         {"healthy", t.healthy},
+                         {"recovered", t.recovered},
+                         {"silent", t.silent},
+                         {"needed", t.needed}}},
+          {"check", CheckJson(name)},
+          {"lease", lease},
+          {"rights",
+           s == RegionState::kUp ? "usable" : (p.declarations.empty() ? "frozen" : "reclaimed")},
+          {"declarations", DeclarationsJson(p)},
+          {"takeover", p.takeover},
+          {"handback", p.handback_state.empty() ? Json() : Json(p.handback_state)},
+          {"detected_after_ms", p.detected_after_ms ? Json(*p.detected_after_ms) : Json()}});
     }
     return HttpResponse::Json(200, Json{{"controller", config_.region},
                                         {"quorum", decider_.quorum()},
@@ -716,9 +771,15 @@ class Controller::Impl {
     // Ask our own region first, then every other region that is not lost.
     std::vector<const RegionEndpoints*> order;
     std::map<std::string, RegionState> states;
+    std::map<std::string, int64_t> reclaimed;  // region -> units of this SKU reclaimed from it
     {
       std::lock_guard<std::mutex> l(mu_);
-      for (const auto& n : names_) states[n] = decider_.state(n);
+      for (const auto& n : names_) {
+        states[n] = decider_.state(n);
+        const Progress& p = progress_[n];
+        if (auto it = p.reclaimed_units.find(sku); it != p.reclaimed_units.end())
+          reclaimed[n] = it->second;
+      }
     }
     if (states[config_.region] == RegionState::kUp) order.push_back(config_.Find(config_.region));
     for (const auto& e : config_.regions) {
@@ -747,14 +808,20 @@ class Controller::Impl {
         const int64_t units =
             row.contains("rights") && row["rights"].is_number() ? row["rights"].get<int64_t>() : 0;
         auto st = states.find(name);
-        const bool is_frozen = st != states.end() && st->second != RegionState::kUp;
-        if (is_frozen) {
-          frozen += units;
+        const bool lost = st != states.end() && st->second != RegionState::kUp;
+        // Rights an operator reclaimed (declare-lost) still show in the counter until the
+        // region returns and writes them off: they are not frozen, they were moved.
+        const int64_t moved = lost && reclaimed.count(name) ? reclaimed[name] : 0;
+        const int64_t frozen_here = lost ? std::max<int64_t>(0, units - moved) : 0;
+        if (frozen_here > 0) {
+          frozen += frozen_here;
           frozen_regions.push_back(name);
         }
         Json out = row;
         out["state"] = st != states.end() ? Json(RegionStateName(st->second)) : Json();
-        out["frozen"] = is_frozen;
+        out["frozen"] = frozen_here > 0;
+        out["frozen_units"] = frozen_here;
+        out["reclaimed_units"] = moved;
         rows.push_back(out);
       }
       return HttpResponse::Json(200, Json{{"sku", sku},
@@ -768,6 +835,70 @@ class Controller::Impl {
     }
     return HttpResponse::Problem(503, "Service Unavailable",
                                  absl::StrCat("no live region answered: ", errors));
+  }
+
+  static Json DeclarationsJson(const Progress& p) {
+    Json list = Json::array();
+    for (const auto& [id, d] : p.declarations) list.push_back(d);
+    return list;
+  }
+
+  // meridianctl reports an operator's declare-lost (the replicator's answer), so the rights
+  // reports stop counting the reclaimed units as frozen. Only for a region this controller
+  // considers lost; idempotent by declaration id.
+  HttpResponse PostDeclaredLost(HttpRequest& r) {
+    if (auto st = Authorized(r); !st.ok()) return AuthProblem(st);
+    const std::string region = r.params["region"];
+    if (config_.Find(region) == nullptr)
+      return HttpResponse::Problem(404, "Not Found", "no such region: " + region);
+    if (r.body.size() > kMaxDeclarationBytes)
+      return HttpResponse::Problem(400, "Bad Request", "body: too large");
+    Json j = Json::parse(r.body, nullptr, false);
+    if (!j.is_object()) return HttpResponse::Problem(400, "Bad Request", "body: not a JSON object");
+    if (j.value("region", "") != region)
+      return HttpResponse::Problem(400, "Bad Request", "region: must name the region in the path");
+    const std::string id = j.contains("declaration_id") && j["declaration_id"].is_string()
+                               ? j["declaration_id"].get<std::string>()
+                               : "";
+    if (id.empty() || id.size() > 128 || !ValidSku(id))
+      return HttpResponse::Problem(400, "Bad Request", "declaration_id: 1..128 of [A-Za-z0-9._-]");
+    if (!j.contains("reclaimed") || !j["reclaimed"].is_array() || j["reclaimed"].size() > 100000)
+      return HttpResponse::Problem(400, "Bad Request", "reclaimed: an array of {sku, units}");
+    std::map<std::string, int64_t> units;
+    int64_t total = 0;
+    for (const Json& e : j["reclaimed"]) {
+      if (!e.is_object() || !e.contains("sku") || !e["sku"].is_string() ||
+          !ValidSku(e["sku"].get<std::string>()) || !e.contains("units") ||
+          !e["units"].is_number_unsigned() || e["units"].get<uint64_t>() > (uint64_t{1} << 40)) {
+        return HttpResponse::Problem(400, "Bad Request",
+                                     "reclaimed[]: each needs a valid sku and units 0..2^40");
+      }
+      units[e["sku"].get<std::string>()] += e["units"].get<int64_t>();
+      total += e["units"].get<int64_t>();
+    }
+    const std::string by = j.contains("declared_by") && j["declared_by"].is_string()
+                               ? j["declared_by"].get<std::string>()
+                               : "?";
+    std::lock_guard<std::mutex> l(mu_);
+    if (decider_.state(region) == RegionState::kUp) {
+      return HttpResponse::Problem(409, "Conflict",
+                                   region + " is not lost for this controller: nothing recorded");
+    }
+    Progress& p = progress_[region];
+    if (p.declarations.count(id)) {
+      return HttpResponse::Json(200, Json{{"recorded", false}, {"already", true}}.dump());
+    }
+    p.declarations[id] = Json{{"declaration_id", id},
+                              {"declared_by", by},
+                              {"reclaimed_units", total},
+                              {"skus", units.size()}};
+    for (const auto& [sku, n] : units) p.reclaimed_units[sku] += n;
+    AuditDecision(region, "rights_reclaimed",
+                  absl::StrCat("declaration=", LogValue(id), " declared_by=", LogValue(by),
+                               " units=", total, " skus=", units.size()),
+                  "an operator declared the region lost (meridianctl declare-lost): its rights "
+                  "were reclaimed; it writes them off if it returns");
+    return HttpResponse::Json(200, Json{{"recorded", true}}.dump());
   }
 
   // ---------------------------------------------------------------------------------- metrics

@@ -15,6 +15,9 @@
 //   GET  /v1/decisions            the last 200 audit entries (decisions and actions)
 //   GET  /v1/admin/rights/{sku}   the SKU's rights per region as a live region sees them, with
 //                                 the units frozen in lost regions (operator bearer token)
+//   POST /v1/regions/{r}/declared-lost  an operator's declare-lost, as the replicator answered it
+//                                 (meridianctl sends it): the reclaimed units are no longer
+//                                 reported frozen (operator bearer token; 409 unless r is lost)
 //
 // Threads (after Start): the HTTP server's, one probe thread (a round every probe_interval_ms on
 // fixed ticks), one push thread (sends each round's observation to every peer controller at

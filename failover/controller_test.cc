@@ -254,6 +254,45 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
   EXPECT_EQ(Call("GET", "/v1/admin/rights/sku-1", "", "").status, 401);
   EXPECT_EQ(Call("GET", "/v1/admin/rights/bad%20sku").status, 400);
 
+  // An operator declares it lost (meridianctl forwards the replicator's answer): the reclaimed
+  // units stop counting as frozen.
+  const std::string declared =
+      R"({"region":"eu-west","declaration_id":"dl1","declared_by":"us-east",
+          "reclaimed":[{"sku":"sku-1","units":50},{"sku":"sku-2","units":9}],"reclaimed_units":59})";
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost", declared, "").status, 401);
+  EXPECT_EQ(Call("POST", "/v1/regions/mars/declared-lost", declared).status, 404);
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost", "[]").status, 400);
+  EXPECT_EQ(Call("POST", "/v1/regions/us-east/declared-lost", declared).status, 400)
+      << "the body names another region";
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost",
+                 R"({"region":"eu-west","declaration_id":"x y","reclaimed":[]})")
+                .status,
+            400);
+  EXPECT_EQ(
+      Call("POST", "/v1/regions/eu-west/declared-lost",
+           R"({"region":"eu-west","declaration_id":"d","reclaimed":[{"sku":"a","units":-1}]})")
+          .status,
+      400);
+  HttpResponse rec = Call("POST", "/v1/regions/eu-west/declared-lost", declared);
+  ASSERT_EQ(rec.status, 200) << rec.body;
+  EXPECT_EQ(Json::parse(rec.body)["recorded"], true);
+  EXPECT_EQ(
+      Json::parse(Call("POST", "/v1/regions/eu-west/declared-lost", declared).body)["already"],
+      true);
+  rj = Json::parse(Call("GET", "/v1/admin/rights/sku-1").body);
+  EXPECT_EQ(rj["frozen_units"], 20);  // 70 - 50 reclaimed
+  EXPECT_EQ(rj["regions"][1]["reclaimed_units"], 50);
+  EXPECT_EQ(Region("eu-west")["rights"], "reclaimed");
+  EXPECT_EQ(Region("eu-west")["declarations"][0]["reclaimed_units"], 59);
+  EXPECT_NE(Audit().find("decision=rights_reclaimed declaration=dl1 declared_by=us-east units=59 "
+                         "skus=2"),
+            std::string::npos);
+  // A live region cannot be "declared lost" here.
+  EXPECT_EQ(Call("POST", "/v1/regions/ap-south/declared-lost",
+                 R"({"region":"ap-south","declaration_id":"dl2","reclaimed":[]})")
+                .status,
+            409);
+
   // Geo lost the override (restarted): reconciled within geo_reconcile_interval_ms.
   http_.SetJson("http://geo/v1/regions/eu-west", 200,
                 R"({"name":"eu-west","override":{"state":"auto"},"effective":"down"})");
@@ -270,7 +309,7 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
   Round();
   ASSERT_EQ(PeerRound("", false).status, 200);
   EXPECT_EQ(Region("eu-west")["state"], "recovering");
-  EXPECT_EQ(Region("eu-west")["rights"], "frozen");
+  EXPECT_EQ(Region("eu-west")["rights"], "reclaimed") << "until it is up again";
   for (int i = 0; i < 2; ++i) {
     Round();
     ASSERT_EQ(PeerRound().status, 200);
@@ -303,7 +342,9 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
   audit = Audit();
   EXPECT_NE(audit.find("decision=recovering"), std::string::npos);
   EXPECT_NE(audit.find("decision=recovered"), std::string::npos);
-  EXPECT_NE(audit.find("decision=rights_usable"), std::string::npos);
+  EXPECT_NE(audit.find("decision=rights_usable declarations=1"), std::string::npos);
+  EXPECT_EQ(Region("eu-west")["rights"], "usable");
+  EXPECT_EQ(Region("eu-west")["declarations"].size(), 0u);
   EXPECT_NE(audit.find("action=lease_handback result=ok holder=us-east status=200"),
             std::string::npos);
   EXPECT_NE(audit.find("decision=lease_home epoch=3"), std::string::npos);
@@ -326,6 +367,44 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
 
   Json decisions = Json::parse(Call("GET", "/v1/decisions").body);
   EXPECT_GE(decisions["entries"].size(), 8u);
+}
+
+TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
+  // A previous controller left eu-west overridden down; this one (just started) sees it healthy.
+  http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                R"j({"name":"eu-west","effective":"down","override":{"state":"down",
+                     "reason":"meridian-failover us-east: region lost (2/3 controllers)"}})j");
+  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
+  // Our own view alone (no peer observations) is not enough, however long.
+  for (int i = 0; i < 15; ++i) Round();
+  clock_.Advance(5000);
+  Round();
+  EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
+  // With ap-south's caught-up streak too: lifted ("auto"), and audited.
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  clock_.Advance(5000);
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  auto posts = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(posts.size(), 1u);
+  EXPECT_EQ(Json::parse(posts[0].body)["state"], "auto");
+  EXPECT_NE(Audit().find("action=geo_health result=ok state=auto geo=http://geo reconcile=1"),
+            std::string::npos);
+  // An operator's override is left alone.
+  http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                R"({"name":"eu-west","override":{"state":"down","reason":"maintenance"}})");
+  http_.ClearCalls();
+  for (int i = 0; i < 12; ++i) {
+    clock_.Advance(500);
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_FALSE(http_.Calls("GET", "http://geo/v1/regions/eu-west").empty()) << "it did look";
+  EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
 }
 
 TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {

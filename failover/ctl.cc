@@ -557,6 +557,7 @@ CtlResult Ctl::Rights(const std::string& sku) {
   const size_t n = c_.regions.size();
   // Failover states (any controller that answers; a region lost for any of them is shown lost).
   std::map<std::string, std::string> state;
+  std::set<std::string> reclaimed;  // lost regions whose rights an operator reclaimed
   for (size_t i = 0; i < n; ++i) {
     Json j = ParseJson(res[n + i]);
     if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) continue;
@@ -564,6 +565,7 @@ CtlResult Ctl::Rights(const std::string& sku) {
       std::string& s = state[Str(e, "name")];
       const std::string v = Str(e, "state");
       if (s.empty() || s == "up") s = v;
+      if (Str(e, "rights") == "reclaimed") reclaimed.insert(Str(e, "name"));
     }
   }
   Json views = Json::array();
@@ -597,8 +599,11 @@ CtlResult Ctl::Rights(const std::string& sku) {
       const int64_t units =
           row.contains("rights") && row["rights"].is_number() ? row["rights"].get<int64_t>() : 0;
       const std::string st = st_of(name);
-      const bool is_frozen = !st.empty() && st != "up";
-      cells.push_back(absl::StrCat(name, " ", units, is_frozen ? " (FROZEN)" : ""));
+      const bool lost = !st.empty() && st != "up";
+      const bool is_frozen = lost && !reclaimed.count(name);
+      cells.push_back(absl::StrCat(
+          name, " ", units,
+          is_frozen ? " (FROZEN)" : (lost ? " (RECLAIMED: written off if it returns)" : "")));
       if (!frozen_done && live_view && is_frozen) frozen[name] = units;
     }
     if (live_view) frozen_done = true;
@@ -619,6 +624,7 @@ CtlResult Ctl::Rights(const std::string& sku) {
     r.out = Dump(Json{{"sku", sku},
                       {"views", views},
                       {"failover_states", state},
+                      {"reclaimed_regions", reclaimed},
                       {"frozen", frozen_json},
                       {"frozen_units", frozen_total}});
   } else {
@@ -922,10 +928,31 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
            {"controllers_lost", lost_by},
            {"response", ParseJson(res2)}};
   if (res2.ok()) {
-    r.out = json_
-                ? Dump(out)
-                : absl::StrCat(region, " declared lost; its inventory rights were reclaimed into ",
-                               target, ":\n", res2.body, "\n");
+    // Tell the controllers, so their rights reports count the reclaimed units as moved.
+    std::vector<HttpCall> tell;
+    std::vector<std::string> told_names;
+    for (const auto& reg : c_.regions) {
+      if (reg.controller.empty()) continue;
+      tell.push_back(
+          HttpCall{"POST", absl::StrCat(reg.controller, "/v1/regions/", region, "/declared-lost"),
+                   res2.body, c_.token});
+      told_names.push_back(reg.name);
+    }
+    std::vector<HttpResult> told = http_->Run(tell, timeout_ms_);
+    Json recorded = Json::array();
+    for (size_t i = 0; i < told.size(); ++i) {
+      if (told[i].ok()) {
+        recorded.push_back(told_names[i]);
+      } else {
+        r.err += absl::StrCat("warning: controller ", told_names[i],
+                              " did not record it: ", told[i].Describe(), "\n");
+      }
+    }
+    out["controllers_recorded"] = recorded;
+    r.out = json_ ? Dump(out)
+                  : absl::StrCat(
+                        region, " declared lost; its inventory rights were reclaimed into ", target,
+                        " (recorded by ", recorded.size(), " controllers):\n", res2.body, "\n");
     return r;
   }
   r.exit_code = 1;

@@ -225,6 +225,19 @@ TEST_F(CtlTest, RightsShowFrozenUnits) {
   Json j = Json::parse(r.out);
   EXPECT_EQ(j["frozen_units"], 70);
   EXPECT_EQ(j["failover_states"]["eu-west"], "lost");
+  // After declare-lost the controllers say "reclaimed": shown, not counted as frozen.
+  for (const char* c : {"http://us-east.ctl/v1/regions", "http://ap-south.ctl/v1/regions"}) {
+    http_.SetJson(c, 200,
+                  R"({"regions":[{"name":"us-east","state":"up","rights":"usable"},
+                      {"name":"eu-west","state":"lost","rights":"reclaimed"},
+                      {"name":"ap-south","state":"up","rights":"usable"}]})");
+  }
+  r = Run(false, [](Ctl& c) { return c.Rights("sku-1"); });
+  EXPECT_NE(r.out.find("eu-west 70 (RECLAIMED: written off if it returns)"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("frozen (lost regions"), std::string::npos) << r.out;
+  EXPECT_EQ(Json::parse(Run(true, [](Ctl& c) { return c.Rights("sku-1"); }).out)["frozen_units"],
+            0);
   r = Run(false, [](Ctl& c) { return c.Rights("bad sku"); });
   EXPECT_EQ(r.exit_code, 2);
   // Status --sku includes the summary.
@@ -351,10 +364,23 @@ TEST_F(CtlTest, DeclareLost) {
       << r.err;
   EXPECT_NE(r.err.find("event=operator_decision decision=declare_lost region=eu-west into=us-east"),
             std::string::npos);
-  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
-                R"({"region":"eu-west","reclaimed_into":"us-east"})");
+  const std::string answer =
+      R"({"region":"eu-west","declaration_id":"dl9","declared_by":"us-east","reclaimed":[]})";
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200, answer);
+  http_.SetJson("POST http://us-east.ctl/v1/regions/eu-west/declared-lost", 200, "{}");
+  http_.SetJson("POST http://ap-south.ctl/v1/regions/eu-west/declared-lost", 200, "{}");
   r = run("eu-west", true, false);
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Every controller is told (eu-west's is down: a warning, not a failure).
+  for (const char* c : {"us-east", "ap-south", "eu-west"}) {
+    auto told =
+        http_.Calls("POST", absl::StrCat("http://", c, ".ctl/v1/regions/eu-west/declared-lost"));
+    ASSERT_EQ(told.size(), 1u) << c;
+    EXPECT_EQ(told[0].body, answer);
+    EXPECT_EQ(told[0].bearer, "tok");
+  }
+  EXPECT_NE(r.out.find("(recorded by 2 controllers)"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("warning: controller eu-west did not record it"), std::string::npos);
   EXPECT_NE(r.out.find("eu-west declared lost; its inventory rights were reclaimed into us-east"),
             std::string::npos);
   std::ifstream in(audit);

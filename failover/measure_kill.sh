@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Quick failover timing on a running deploy/meridian cluster, without load (the region-loss drill,
 # `meridianctl drill region-loss`, is the full measurement). kill -9 of REGION's meridian-region
-# and meridian-replicator, then, polled every 50 ms from the root namespace:
+# and meridian-replicator (--mode partition: `deploy/meridian partition REGION` instead), then,
+# polled every 50 ms from the root namespace:
 #   detection  every surviving controller's /v1/regions says REGION is lost
 #   dns        dig with REGION's customers' subnet no longer answers REGION's address
 #   takeover   a surviving replicator holds REGION's lease group, usable
-# then `deploy/meridian up` restarts it and:
+# then `deploy/meridian up` restarts it (partition: `deploy/meridian heal REGION`) and:
 #   recovered  every surviving controller says up again (after catch-up and hysteresis)
 #   dns back   dig answers REGION's address again
 #   lease home REGION's replicator holds its own group again
-# Usage: failover/measure_kill.sh [--data DIR] [--region eu-west]   (needs root, curl, jq, dig)
+# Usage: failover/measure_kill.sh [--data DIR] [--region eu-west] [--mode kill|partition]
+#        (needs root, curl, jq, dig)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=.meridian
 REGION=eu-west
+MODE=kill
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data) DATA=$2; shift 2 ;;
     --region) REGION=$2; shift 2 ;;
+    --mode) MODE=$2; shift 2 ;;
     *) echo "measure_kill: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -42,9 +46,14 @@ holds() { curl -sf -H "Authorization: Bearer $TOKEN" "http://$(host "$1"):$(port
             jq -e --arg g "$REGION" '.leases[] | select(.group_region == $g and .held_here and .usable)' >/dev/null; }
 answer() { dig @127.0.0.1 -p "$DNS_PORT" shop.example.test A +subnet="$SUBNET" +short +time=1 +tries=1 | head -1; }
 
-echo "measure_kill: $REGION answers $ADDR for $SUBNET; killing its region and replicator"
+[[ "$MODE" == kill || "$MODE" == partition ]] || { echo "measure_kill: --mode kill|partition" >&2; exit 2; }
+echo "measure_kill: $REGION answers $ADDR for $SUBNET; $MODE"
 t0=$(now_ms)
-kill -9 "$(cat "$DATA/$REGION/region.pid")" "$(cat "$DATA/$REGION/replicator.pid")"
+if [[ "$MODE" == kill ]]; then
+  kill -9 "$(cat "$DATA/$REGION/region.pid")" "$(cat "$DATA/$REGION/replicator.pid")"
+else
+  bash "$ROOT/deploy/meridian" partition "$REGION" --data "$DATA" >/dev/null
+fi
 detect= dns= takeover=
 while [[ -z "$detect" || -z "$dns" || -z "$takeover" ]]; do
   t=$(now_ms)
@@ -57,9 +66,13 @@ while [[ -z "$detect" || -z "$dns" || -z "$takeover" ]]; do
   if [[ -z "$takeover" ]]; then for s in "${survivors[@]}"; do holds "$s" && takeover=$((t - t0)); done; fi
   sleep 0.05
 done
-echo "detection_ms=$detect dns_switch_ms=$dns takeover_ms=$takeover (after the kill)"
+echo "detection_ms=$detect dns_switch_ms=$dns takeover_ms=$takeover (after the $MODE)"
 t1=$(now_ms)
-bash "$ROOT/deploy/meridian" up --data "$DATA" >/dev/null
+if [[ "$MODE" == kill ]]; then
+  bash "$ROOT/deploy/meridian" up --data "$DATA" >/dev/null
+else
+  bash "$ROOT/deploy/meridian" heal "$REGION" --data "$DATA" >/dev/null
+fi
 up=$(( $(now_ms) - t1 ))
 rec= back= home=
 while [[ -z "$rec" || -z "$back" || -z "$home" ]]; do
@@ -73,4 +86,4 @@ while [[ -z "$rec" || -z "$back" || -z "$home" ]]; do
   [[ -z "$home" ]] && holds "$REGION" && home=$((t - t1))
   sleep 0.05
 done
-echo "restart (deploy/meridian up) took ${up}ms; recovered_ms=$rec dns_back_ms=$back lease_home_ms=$home (after the restart began)"
+echo "return ($MODE: up or heal) took ${up}ms; recovered_ms=$rec dns_back_ms=$back lease_home_ms=$home (after the return began)"
