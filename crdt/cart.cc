@@ -62,10 +62,17 @@ void Cart::FillView(CartView* view) const {
       view->versions.emplace_back(packed_.rep_replica(i), packed_.rep_vv(i));
   }
   for (uint32_t i = 0; i < packed_.cloud_count(); ++i) view->cloud.push_back(packed_.cloud_dot(i));
-  packed_.ForEachLine([&](std::string_view sku, const uint64_t* changes, uint32_t n) {
+  // The SKUs must outlive this call: an unsorted block is read through the view's sorted copy
+  // (ForEachLine's own copy would be gone, and the views with it).
+  const internal::PackedCart* sorted = &packed_;
+  if (!packed_.IsSorted()) {
+    view->canonical = packed_.SortedCopy();
+    sorted = &view->canonical;
+  }
+  sorted->ForEachLine([&](std::string_view sku, const uint64_t* changes, uint32_t n) {
     auto begin = static_cast<uint32_t>(view->changes.size());
     for (uint32_t j = 0; j < n; ++j) {
-      view->changes.emplace_back(packed_.DotOf(changes[j]),
+      view->changes.emplace_back(sorted->DotOf(changes[j]),
                                  internal::PackedCart::AmountOf(changes[j]));
     }
     view->lines.push_back({sku, begin, static_cast<uint32_t>(view->changes.size())});

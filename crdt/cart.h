@@ -19,7 +19,8 @@
 namespace meridian::crdt {
 
 // A read-only, flattened view of a cart's lines and context, for encoders. The string_views point
-// into the cart and stay valid while it is not changed.
+// into the cart (or into `canonical`, the view's own sorted copy of a cart whose local changes
+// are not sorted yet) and stay valid while the cart and the view are not changed.
 struct CartView {
   struct Line {
     std::string_view sku;
@@ -30,7 +31,9 @@ struct CartView {
   std::vector<Dot> cloud;                                // and its cloud
   std::vector<Line> lines;                               // sorted by SKU
   std::vector<std::pair<Dot, int64_t>> changes;
+  internal::PackedCart canonical;
   void Clear() {
+    canonical = internal::PackedCart();
     versions.clear();
     cloud.clear();
     lines.clear();

@@ -73,6 +73,18 @@ struct BlockCache {
   uint32_t count[kCachedClasses] = {};
   ~BlockCache();
 };
+// Under AddressSanitizer every block goes back to malloc, so a use after free is reported.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kCacheBlocks = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kCacheBlocks = false;
+#else
+constexpr bool kCacheBlocks = true;
+#endif
+#else
+constexpr bool kCacheBlocks = true;
+#endif
 thread_local constinit bool tls_cache_gone = false;
 thread_local BlockCache tls_cache;
 BlockCache::~BlockCache() {
@@ -88,7 +100,7 @@ BlockCache::~BlockCache() {
 
 // A block of `capacity` bytes (a CapacityFor size). Its contents are undefined.
 void* AllocateBlock(size_t capacity) {
-  int k = CachedClass(capacity);
+  int k = kCacheBlocks ? CachedClass(capacity) : -1;
   if (k >= 0 && !tls_cache_gone) {
     BlockCache& cache = tls_cache;
     if (void* p = cache.head[k]) {
@@ -106,7 +118,7 @@ void* AllocateBlock(size_t capacity) {
 
 void PackedCart::Release(void* block) {
   if (!block) return;
-  int k = CachedClass(static_cast<const Header*>(block)->capacity);
+  int k = kCacheBlocks ? CachedClass(static_cast<const Header*>(block)->capacity) : -1;
   if (k >= 0 && !tls_cache_gone) {
     BlockCache& cache = tls_cache;
     if (cache.count[k] < kCachedPerClass) {

@@ -95,9 +95,18 @@ class PackedCart {
   [[nodiscard]] int64_t Quantity(std::string_view sku) const;
   [[nodiscard]] bool StoreEmpty() const { return !block_ || header()->n_changes == 0; }
   [[nodiscard]] bool ContextEmpty() const { return !block_ || header()->n_reps == 0; }
+  // Whether the block is in the canonical form (an empty one is).
+  [[nodiscard]] bool IsSorted() const { return !block_ || header()->sorted; }
+  // A copy in the canonical form.
+  [[nodiscard]] PackedCart SortedCopy() const {
+    PackedCart copy = *this;
+    copy.Sort();
+    return copy;
+  }
 
   // Readers. fn(std::string_view sku, const uint64_t* changes, uint32_t n) per line, in SKU
-  // order, changes in dot order (an unsorted block is read through a sorted copy).
+  // order, changes in dot order (an unsorted block is read through a sorted copy, so `sku` and
+  // `changes` are valid only during the call: keep a SortedCopy to hold on to them).
   template <class Fn>
   void ForEachLine(Fn&& fn) const {
     if (!block_) return;

@@ -114,7 +114,9 @@ class ThreeRegions : public ::testing::Test {
   }
 
   // The cart as the region's PostgreSQL holds it (both shards are searched).
-  std::optional<Lines> DbCart(size_t region, const std::string& user_id) {
+  // On failure *error (when given) says why.
+  std::optional<Lines> DbCart(size_t region, const std::string& user_id,
+                              std::string* error = nullptr) {
     for (const char* db : {"shard0", "shard1"}) {
       try {
         pqxx::connection conn(c_->Dsn(region, db));
@@ -123,11 +125,15 @@ class ThreeRegions : public ::testing::Test {
         if (r.empty()) continue;
         pqxx::binarystring b(r[0][0]);
         auto cart = crdt::DecodeCart(std::string_view(b.get(), b.size()), 99);
-        if (!cart.ok()) return std::nullopt;
+        if (!cart.ok()) {
+          if (error) *error = "cart of " + user_id + " in " + db + ": " + cart.status().ToString();
+          return std::nullopt;
+        }
         Lines lines;
         for (const auto& [sku, q] : cart->Lines()) lines[sku] = q;
         return lines;
-      } catch (const std::exception&) {
+      } catch (const std::exception& e) {
+        if (error) *error = std::string(db) + ": " + e.what();
         return std::nullopt;
       }
     }
@@ -145,11 +151,12 @@ class ThreeRegions : public ::testing::Test {
   bool Converged(const std::vector<std::string>& users, const std::map<std::string, Lines>& want,
                  std::string* why) {
     for (const auto& u : users) {
-      auto first = DbCart(0, u);
+      auto first = DbCart(0, u, why);
       if (!first) return false;
       for (size_t i = 1; i < c_->size(); ++i) {
-        auto other = DbCart(i, u);
-        if (!other || *other != *first) {
+        auto other = DbCart(i, u, why);
+        if (!other) return false;
+        if (*other != *first) {
           *why = u + " differs between " + c_->spec(0).name + " and " + c_->spec(i).name;
           return false;
         }
