@@ -245,14 +245,22 @@ void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Gran
   const int64_t reserve =
       static_cast<int64_t>(std::ceil(my_rate * static_cast<double>(config_.lead_ms) / 1000.0));
 
-  // 1. Checkouts waiting elsewhere, from what we hold above our reserve.
+  // 1. Checkouts waiting elsewhere. They are sales now, where our reserve is sales we expect in
+  //    the next lead_ms: the waiting units come from anything we hold, and from what we hold
+  //    above our reserve a top-up of the peer's own expected demand over lead_ms, so that its
+  //    next checkouts do not wait for another round trip. (Answering only from above the reserve
+  //    refused checkouts near a sell-out while peers kept their reserves: 23 of 31 refusals.)
   std::sort(peers.begin(), peers.end(),
             [](const Peer& a, const Peer& b) { return a.waiting > b.waiting; });
   for (Peer& p : peers) {
-    const int64_t available = mine - reserve;
-    if (available <= 0) break;
+    if (mine <= 0) break;
     if (p.waiting == 0 || !cooled(p.id)) continue;
-    give(p, std::min<int64_t>(available, static_cast<int64_t>(p.waiting)), true);
+    const int64_t now_units = std::min<int64_t>(mine, static_cast<int64_t>(p.waiting));
+    const int64_t lead_units =
+        static_cast<int64_t>(std::ceil(p.rate * static_cast<double>(config_.lead_ms) / 1000.0));
+    const int64_t top_up =
+        std::clamp<int64_t>(mine - now_units - reserve, 0, std::max<int64_t>(0, lead_units));
+    give(p, now_units + top_up, true);
   }
 
   // 2. Ahead of demand: toward the peer that will run out first, if much sooner than we will.

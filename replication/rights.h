@@ -12,7 +12,9 @@
 //
 // Policy, per SKU, on every Tick (never while checkouts here wait for this SKU themselves):
 //   1. Urgent: a peer that reported checkouts waiting for units (RightsRequest, or `waiting` in its
-//      gossip) gets them from our rights above our reserve (our recent demand over `lead_ms`).
+//      gossip) gets them from any rights we hold (they are sales now; our reserve, our recent
+//      demand over `lead_ms`, is sales we only expect), plus, from what we hold above our
+//      reserve, its own expected demand over `lead_ms`.
 //   2. Ahead of demand: compare each region's time to exhaustion (rights / demand rate, an
 //      exponentially decayed rate with half-life `demand_half_life_ms`). When the peer that will
 //      run out first will do so within `horizon_ms` and `tte_ratio` times sooner than we will, move

@@ -81,6 +81,35 @@ TEST(Rights, UrgentRequestIsAnsweredFromSpareRights) {
   EXPECT_EQ(grants[0], (RightsManager::Grant{"kettle", 2, 5, true}));
 }
 
+// Waiting checkouts are answered even from our reserve; above it, the peer also gets its own
+// expected demand over lead_ms, so its next checkouts need no second round trip.
+TEST(Rights, UrgentRequestsTakeTheReserveAndTopUpFromSpare) {
+  Harness h;
+  h.views["kettle"].rights = 4;
+  for (int i = 0; i < 40; ++i) h.rm->RecordDemand("kettle", 1);  // ~14/s: reserve 5
+  h.rm->OnMessage(2, RightsRequest{"kettle", 3});
+  auto grants = h.rm->Tick();
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0], (RightsManager::Grant{"kettle", 2, 3, true})) << "all three, no top-up";
+
+  Harness g;
+  g.views["kettle"].rights = 100;
+  g.rm->OnMessage(2, RightsGossip{{g.Entry("kettle", 0, 40)}});  // 40/s: 12 units per 300 ms
+  g.rm->OnMessage(2, RightsRequest{"kettle", 2});
+  grants = g.rm->Tick();
+  EXPECT_EQ(g.Total(grants, 2), 14u) << "2 waiting + 12 expected; the rest at the next tick";
+
+  Harness k;
+  k.views["kettle"].rights = 30;
+  for (int i = 0; i < 40; ++i) k.rm->RecordDemand("kettle", 1);
+  k.rm->OnMessage(2, RightsGossip{{k.Entry("kettle", 0, 40)}});
+  k.rm->OnMessage(2, RightsRequest{"kettle", 2});
+  grants = k.rm->Tick();
+  ASSERT_FALSE(grants.empty());
+  EXPECT_TRUE(grants[0].urgent);
+  EXPECT_EQ(grants[0].units, 2u + 12u) << "2 waiting + 12 expected over 300 ms";
+}
+
 TEST(Rights, OwnWaitersComeFirst) {
   Harness h;
   h.views["kettle"].rights = 3;

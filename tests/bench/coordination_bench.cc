@@ -180,6 +180,7 @@ Json RunRights(int units, double rate, std::vector<double> skew, double max_seco
   std::mutex refusals_mu;
   std::vector<std::pair<size_t, Clock::time_point>> refusals;
   std::map<int, int> errors;
+  Clock::time_point sold_out_at{};
   std::vector<std::thread> clients;
   const auto start = Clock::now();
   double total_skew = 0;
@@ -202,7 +203,11 @@ Json RunRights(int units, double rate, std::vector<double> skew, double max_seco
           Response r = Request(c->http_port(region), "POST", "/v1/checkout", "{}",
                                {{"Authorization", auth}});
           if (r.status == 201) {
-            if (++sold >= units) stop = true;
+            if (++sold >= units) {
+              std::lock_guard<std::mutex> l(refusals_mu);
+              sold_out_at = Clock::now();
+              stop = true;
+            }
           } else {
             std::lock_guard<std::mutex> l(refusals_mu);
             if (r.status == 409) {
@@ -226,22 +231,31 @@ Json RunRights(int units, double rate, std::vector<double> skew, double max_seco
   int64_t stranded = 0;
   for (size_t i = 0; i < 3; ++i) stranded += std::max<int64_t>(0, OwnRights(*c, i, sku));
   // Refusals while another region held rights (the last sample at or before the refusal).
+  // Each refusal in detail: when (ms before the sell-out; negative after it), and what every
+  // region held at the sample before it.
   int avoidable = 0;
   std::vector<int> refused_by(3, 0);
+  Json detail = Json::array();
+  const Clock::time_point end = sold_out_at == Clock::time_point{} ? Clock::now() : sold_out_at;
   for (const auto& [region, t] : refusals) {
     ++refused_by[region];
+    bool spare = false;
+    Json held_by = Json::array();
     for (size_t o = 0; o < 3; ++o) {
-      if (o == region) continue;
       int64_t held = 0;
       for (const auto& [st, r] : samples[o]) {
         if (st > t) break;
         held = r;
       }
-      if (held >= 1) {
-        ++avoidable;
-        break;
-      }
+      held_by.push_back(held);
+      if (o != region && held >= 1) spare = true;
     }
+    if (spare) ++avoidable;
+    detail.push_back(Json{{"region", c->spec(region).name},
+                          {"ms_before_sellout",
+                           std::chrono::duration_cast<std::chrono::milliseconds>(end - t).count()},
+                          {"rights_held", held_by},
+                          {"another_held_rights", spare}});
   }
   Json out{{"mode", "rights"},
            {"units", units},
@@ -255,7 +269,8 @@ Json RunRights(int units, double rate, std::vector<double> skew, double max_seco
            {"other_errors", errors.size()},
            {"seconds", seconds},
            {"rate_per_s", rate},
-           {"skew", skew}};
+           {"skew", skew},
+           {"refusals", detail}};
   std::printf(
       "rights: %d of %d units sold in %.1f s (%d checkouts); refused for rights %zu (%d while "
       "another region held rights = %.2f%% of checkouts; target <= 1%%); stranded at sellout %lld "
