@@ -6,6 +6,14 @@
 
 namespace meridian::crdt::internal {
 namespace {
+// memcpy from a vector's data(), which is null when the vector is empty (memcpy's arguments
+// must not be null even for 0 bytes).
+inline void CopyIn(void* to, const void* from, size_t bytes) {
+  if (bytes > 0) std::memcpy(to, from, bytes);
+}
+}  // namespace
+
+namespace {
 
 // A change: line << 56 | rep << 48 | counter << 24 | amount (24-bit two's complement).
 uint64_t MakeChange(uint32_t line, uint32_t rep, uint64_t counter, int64_t amount) {
@@ -410,7 +418,7 @@ void PackedCart::Sort() {
     new_index[records[k].index] = static_cast<uint8_t>(k);
     sorted_lines.insert(sorted_lines.end(), records[k].at, records[k].at + 2 + records[k].at[1]);
   }
-  std::memcpy(lines(), sorted_lines.data(), sorted_lines.size());
+  CopyIn(lines(), sorted_lines.data(), sorted_lines.size());
   uint64_t* ch = changes();
   for (uint32_t j = 0; j < h->n_changes; ++j) {
     ch[j] = WithLineAndRep(ch[j], new_index[LineOf(ch[j])], RepOf(ch[j]));
@@ -482,7 +490,7 @@ bool PackedCart::Pack(const General& g, PackedCart* out) {
                        static_cast<uint8_t>(entries.size()),
                        1,
                        {}};
-  std::memcpy(p.reps(), table.data(), table.size() * sizeof(Rep));
+  CopyIn(p.reps(), table.data(), table.size() * sizeof(Rep));
   uint32_t* c = p.cloud();
   for (size_t j = 0; j < cl.size(); ++j) {
     uint32_t index = 0;
@@ -776,10 +784,10 @@ bool PackedCart::Join(const PackedCart& other) {
                      static_cast<uint8_t>(n_lines),
                      1,
                      {}};
-  std::memcpy(reps(), joined.data(), joined.size() * sizeof(Rep));
-  std::memcpy(cloud(), cloud_joined.data(), cloud_joined.size() * 4);
-  std::memcpy(lines(), out_lines.data(), out_lines.size());
-  std::memcpy(changes(), out_changes.data(), back);
+  CopyIn(reps(), joined.data(), joined.size() * sizeof(Rep));
+  CopyIn(cloud(), cloud_joined.data(), cloud_joined.size() * 4);
+  CopyIn(lines(), out_lines.data(), out_lines.size());
+  CopyIn(changes(), out_changes.data(), back);
   return true;
 }
 
