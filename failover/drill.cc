@@ -320,8 +320,10 @@ class Drill {
   std::map<std::string, Event> events_;
   std::atomic<Phase> phase_{Phase::kBaseline};
   std::atomic<bool> stop_threads_{false};
-  int64_t kill_ms_ = 0;
-  int64_t return_ms_ = 0;
+  // Read by the watcher threads while the drill thread sets them.
+  std::atomic<int64_t> removal_started_ms_{0};  // just before the removal command or signals
+  std::atomic<int64_t> kill_ms_{0};
+  std::atomic<int64_t> return_ms_{0};
   int dns_ttl_s_ = 0;
   // Latest state for the recovery wait (guarded by mu_).
   bool ready_ = false, lease_home_ = false, dns_back_ = false, caught_up_ = false;
@@ -604,7 +606,10 @@ void Drill::MonitorLoop() {
             if (!e.is_object() || e.value("region", "") != lost_->name) continue;
             const std::string decision = e.value("decision", "");
             const int64_t at = e.value("unix_ms", int64_t{0});
-            if (decision == "lost" && at >= kill_ms_) {
+            // Only decisions of this drill (a previous drill's "lost" stays in the audit list;
+            // a partition's t = 0 is when its command returned, so count from its start).
+            const int64_t since = removal_started_ms_;
+            if (decision == "lost" && since > 0 && at >= since) {
               // The earliest controller wins: Note keeps the first one noted, so compare.
               std::lock_guard<std::mutex> l(mu_);
               auto it = events_.find("detection");
@@ -1003,6 +1008,7 @@ int Drill::Run() {
   lag_p99_ms_ = BaselineLagP99();
   bool removed = false;
   if (!g_interrupted) {
+    removal_started_ms_ = NowMs();
     phase_ = Phase::kOutage;
     st = RemoveRegion();
     removed = st.ok() || kill_ms_ > 0;
@@ -1080,7 +1086,7 @@ int Drill::Run() {
   }
   o.region_back = all_parts && report.Find("region ready") != nullptr;
   if (all_parts && recovery && report.errors.failback_ok_unix_ms) {
-    recovery = std::max(*recovery, return_ms_);
+    recovery = std::max<int64_t>(*recovery, return_ms_);
     report.events.push_back(Event{"recovery", *recovery,
                                   "the last of: ready, caught up, lease home, DNS back, errors "
                                   "under 1%"});
