@@ -667,8 +667,8 @@ void EncodeTo(const Cart& v, std::string* out) {
 
 // EncodeChangeDelta for a dot no cart makes (replica or counter 0): the long way, exactly as the
 // delta Cart would be encoded. Out of line: it keeps the usual path small.
-[[gnu::noinline]] static char* EncodeInvalidChangeDelta(std::string_view sku, Dot dot, int64_t amount,
-                                                 char* out) {
+[[gnu::noinline]] static char* EncodeInvalidChangeDelta(std::string_view sku, Dot dot,
+                                                        int64_t amount, char* out) {
   thread_local CartView view;
   thread_local std::string bytes;
   view.Clear();

@@ -253,8 +253,9 @@ void RegionApp::Impl::SetupMetrics() {
                               .Add({});
   auto& stale = BuildCounter()
                     .Name("meridian_stale_epoch_rejected_total")
-                    .Help("Order changes refused for a stale lease epoch: this region's own fenced "
-                          "writes, and peers' events superseded by a newer owner")
+                    .Help(
+                        "Order changes refused for a stale lease epoch: this region's own fenced "
+                        "writes, and peers' events superseded by a newer owner")
                     .Register(*registry);
   stale_local_writes = &stale.Add({{"source", "local_write"}});
   stale_peer_events = &stale.Add({{"source", "peer_event"}});
@@ -264,8 +265,9 @@ void RegionApp::Impl::SetupMetrics() {
                   .Register(*registry);
   rights_waits = &BuildCounter()
                       .Name("meridian_rights_waits_total")
-                      .Help("Checkouts that waited for inventory rights from other regions, by "
-                            "result (granted, refused)")
+                      .Help(
+                          "Checkouts that waited for inventory rights from other regions, by "
+                          "result (granted, refused)")
                       .Register(*registry);
   checkout_durability = &BuildCounter()
                              .Name("meridian_checkout_durability_total")

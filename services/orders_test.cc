@@ -48,7 +48,7 @@ TEST(Orders, ApplyCreatesThenChanges) {
 TEST(Orders, StaleEpochIsRejectedAndChangesNothing) {
   OrderState s;
   ASSERT_TRUE(ApplyOrderEvent(s, Created()).ok());
-  auto pay = MakeOrderChange(s, OrderStatus::kPaid, 1);  // the old owner's, delivered late
+  auto pay = MakeOrderChange(s, OrderStatus::kPaid, 1);          // the old owner's, delivered late
   auto cancel = MakeOrderChange(s, OrderStatus::kCancelled, 2);  // the new owner's
   ASSERT_EQ(*ApplyOrderEvent(s, *cancel), ApplyOutcome::kApplied);
   OrderState before = s;
