@@ -6,26 +6,21 @@
 #include <csignal>
 #include <cstdio>
 
+#include "common/daemon.h"
 #include "region/app.h"
 #include "region/config.h"
 #include "region/migrations.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"meridian-region: one region of the Meridian order stack"};
-  std::string config_path;
-  std::string log_level = "info";
-  bool check_only = false;
+  meridian::common::DaemonOptions opt;
   std::string print_schema;
-  auto* config_opt =
-      cli.add_option("-c,--config", config_path, "YAML config file")->check(CLI::ExistingFile);
+  auto* config_opt = meridian::common::AddDaemonOptions(cli, &opt, "YAML config file");
   cli.add_option("--print-schema", print_schema,
                  "print the SQL of every migration of a database kind (global or shard) and exit")
       ->check(CLI::IsMember({"global", "shard"}));
-  cli.add_option("--log-level", log_level, "trace, debug, info, warn, error")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
-  cli.add_flag("--check-config", check_only, "validate the config and exit");
   CLI11_PARSE(cli, argc, argv);
-  spdlog::set_level(spdlog::level::from_str(log_level));
+  meridian::common::ApplyLogLevel(opt);
   if (!print_schema.empty()) {
     auto kind = print_schema == "global" ? meridian::region::SchemaKind::kGlobal
                                          : meridian::region::SchemaKind::kShard;
@@ -39,22 +34,18 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  auto config = meridian::region::LoadConfigFile(config_path);
+  auto config = meridian::region::LoadConfigFile(opt.config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "meridian-region: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
-  if (check_only) {
+  if (opt.check_only) {
     std::printf("config ok: region %s (%s), %zu shards\n", config->name.c_str(),
                 config->jurisdiction.c_str(), config->shard_dsns.size());
     return 0;
   }
   // Block the signals in every thread; the main thread waits for them below.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = meridian::common::BlockStopSignals();
 
   auto app = meridian::region::RegionApp::Create(*std::move(config));
   if (!app.ok()) {
@@ -66,8 +57,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meridian-region: cannot start: %s\n", std::string(st.message()).c_str());
     return 1;
   }
-  int sig = 0;
-  sigwait(&signals, &sig);
+  const int sig = meridian::common::WaitForStopSignal(signals);
   spdlog::info("event=region_stopping signal={}", sig);
   (*app)->Stop();
   return 0;
