@@ -111,9 +111,7 @@ class PackedCart {
   void ForEachLine(Fn&& fn) const {
     if (!block_) return;
     if (!header()->sorted) {
-      PackedCart copy = *this;
-      copy.Sort();
-      copy.ForEachLine(fn);
+      SortedCopy().ForEachLine(fn);
       return;
     }
     const uint64_t* ch = changes();

@@ -242,8 +242,11 @@ void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Gran
 
   // Our own waiting checkouts come first: give nothing away while they wait.
   if (my_waiting > 0) return;
-  const int64_t reserve =
-      static_cast<int64_t>(std::ceil(my_rate * static_cast<double>(config_.lead_ms) / 1000.0));
+  // Units a demand rate sells over lead_ms.
+  auto over_lead = [&](double rate) {
+    return static_cast<int64_t>(std::ceil(rate * static_cast<double>(config_.lead_ms) / 1000.0));
+  };
+  const int64_t reserve = over_lead(my_rate);
 
   // 1. Checkouts waiting elsewhere. They are sales now, where our reserve is sales we expect in
   //    the next lead_ms: the waiting units come from anything we hold, and from what we hold
@@ -256,10 +259,8 @@ void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Gran
     if (mine <= 0) break;
     if (p.waiting == 0 || !cooled(p.id)) continue;
     const int64_t now_units = std::min<int64_t>(mine, static_cast<int64_t>(p.waiting));
-    const int64_t lead_units =
-        static_cast<int64_t>(std::ceil(p.rate * static_cast<double>(config_.lead_ms) / 1000.0));
     const int64_t top_up =
-        std::clamp<int64_t>(mine - now_units - reserve, 0, std::max<int64_t>(0, lead_units));
+        std::clamp<int64_t>(mine - now_units - reserve, 0, std::max<int64_t>(0, over_lead(p.rate)));
     give(p, now_units + top_up, true);
   }
 
