@@ -81,7 +81,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!list.ok()) break;
       auto again = meridian::replication::DecodeBatch(
           meridian::replication::EncodeBatch(batch.origin(), batch.origin_database(),
-                                             batch.first_seq(), batch.last_seq(), *list, 0),
+                                             batch.first_seq(), batch.last_seq(), *list, 0,
+                                             batch.state()),
           batch.origin());
       Check(again.ok() && again->SerializeAsString() == list->SerializeAsString());
       break;
