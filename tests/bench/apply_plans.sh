@@ -39,7 +39,7 @@ chmod 755 "$work"
 mkdir "$work/data" "$work/sock"
 chown postgres "$work/data" "$work/sock"
 stop() {
-  su postgres -c "$PGBIN/pg_ctl -D $work/data -m immediate stop" >/dev/null 2>&1 || true
+  su postgres -c "$PGBIN/pg_ctl -D $work/data -m fast stop" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap stop EXIT
