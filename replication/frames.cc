@@ -16,9 +16,9 @@ bool ValidDatabaseName(const std::string& name) {
 
 pb::DeltaBatch EncodeBatch(uint32_t origin, const std::string& origin_database, int64_t first_seq,
                            int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms,
-                           bool state) {
+                           BatchKind kind) {
   pb::DeltaBatch b;
-  b.set_state(state);
+  b.set_state(kind == BatchKind::kState);
   b.set_origin(origin);
   b.set_origin_database(origin_database);
   b.set_first_seq(first_seq);

@@ -18,11 +18,16 @@ namespace pb = ::meridian::replication::v1;
 inline constexpr uint32_t kMaxBatchBytes = 16u << 20;  // uncompressed
 inline constexpr int kMaxBatchRecords = 10000;
 
+// A batch of outbox records in seq order, or one of a state transfer (full documents with seq 0,
+// first_seq 0; see DeltaBatch.state). No default: the two are validated differently, and a batch
+// re-encoded as the wrong kind is refused by DecodeBatch.
+enum class BatchKind { kDeltas, kState };
+
 // Builds the batch of `records` (ascending seq, within [first_seq, last_seq]) of one origin
 // database. Compresses with zlib when that saves at least an eighth.
 pb::DeltaBatch EncodeBatch(uint32_t origin, const std::string& origin_database, int64_t first_seq,
                            int64_t last_seq, const pb::RecordList& records, int64_t now_unix_ms,
-                           bool state = false);
+                           BatchKind kind);
 
 // Checks a peer's batch against the stream's origin and the limits, and decodes its records.
 absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& batch, uint32_t expected_origin);

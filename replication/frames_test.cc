@@ -21,7 +21,7 @@ pb::RecordList Records(int n, int64_t first_seq, std::string residency = "any") 
 
 TEST(Frames, RoundTripCompressesLargeBatches) {
   pb::RecordList list = Records(200, 10);
-  pb::DeltaBatch b = EncodeBatch(3, "shard-0", 10, 215, list, 1);
+  pb::DeltaBatch b = EncodeBatch(3, "shard-0", 10, 215, list, 1, BatchKind::kDeltas);
   EXPECT_EQ(b.compression(), pb::COMPRESSION_ZLIB);
   EXPECT_LT(b.payload().size(), list.ByteSizeLong() / 2);
   auto back = DecodeBatch(b, 3);
@@ -30,15 +30,33 @@ TEST(Frames, RoundTripCompressesLargeBatches) {
 }
 
 TEST(Frames, SmallAndEmptyBatchesGoUncompressed) {
-  pb::DeltaBatch b = EncodeBatch(3, "global", 1, 5, pb::RecordList(), 1);
+  pb::DeltaBatch b = EncodeBatch(3, "global", 1, 5, pb::RecordList(), 1, BatchKind::kDeltas);
   EXPECT_EQ(b.compression(), pb::COMPRESSION_NONE);
   auto back = DecodeBatch(b, 3);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->records_size(), 0);
 }
 
+TEST(Frames, StateTransferBatchesKeepTheirKind) {
+  pb::RecordList docs = Records(3, 0);
+  for (pb::Record& r : *docs.mutable_records()) r.set_seq(0);  // full documents carry seq 0
+  pb::DeltaBatch b = EncodeBatch(3, "shard-0", 0, 0, docs, 1, BatchKind::kState);
+  EXPECT_TRUE(b.state());
+  auto back = DecodeBatch(b, 3);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->SerializeAsString(), docs.SerializeAsString());
+  // The last batch of a transfer: no records, last_seq = where shipping goes on.
+  pb::DeltaBatch end = EncodeBatch(3, "shard-0", 0, 42, pb::RecordList(), 1, BatchKind::kState);
+  EXPECT_TRUE(DecodeBatch(end, 3).ok());
+  // The same documents sent as deltas are refused: seq 0 is no place in an outbox.
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "shard-0", 0, 0, docs, 1, BatchKind::kDeltas), 3).ok());
+  // And a state batch may not carry outbox records.
+  EXPECT_FALSE(
+      DecodeBatch(EncodeBatch(3, "shard-0", 0, 0, Records(2, 5), 1, BatchKind::kState), 3).ok());
+}
+
 TEST(Frames, RejectsLiesAndDamage) {
-  pb::DeltaBatch good = EncodeBatch(3, "shard-1", 10, 215, Records(200, 10), 1);
+  pb::DeltaBatch good = EncodeBatch(3, "shard-1", 10, 215, Records(200, 10), 1, BatchKind::kDeltas);
   EXPECT_FALSE(DecodeBatch(good, 4).ok()) << "origin is not the stream's peer";
 
   pb::DeltaBatch b = good;
@@ -78,15 +96,15 @@ TEST(Frames, RejectsLiesAndDamage) {
 TEST(Frames, RejectsBadRecords) {
   pb::RecordList list = Records(3, 10);
   list.mutable_records(1)->set_seq(10);  // not ascending
-  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
   list = Records(3, 10);
   list.mutable_records(2)->set_kind(static_cast<pb::RecordKind>(99));
-  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
   list = Records(3, 10);
   list.mutable_records(0)->clear_key();
-  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
   list = Records(3, 10, "");
-  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1), 3).ok());
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
 }
 
 }  // namespace

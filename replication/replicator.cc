@@ -882,9 +882,9 @@ class Session {
   }
 
   bool SendBatch(const std::string& db, int64_t first, int64_t last, const pb::RecordList& list,
-                 bool state = false) {
+                 BatchKind kind) {
     pb::Frame f;
-    *f.mutable_batch() = EncodeBatch(r_.config.replica_id, db, first, last, list, UnixMs(), state);
+    *f.mutable_batch() = EncodeBatch(r_.config.replica_id, db, first, last, list, UnixMs(), kind);
     size_t bytes = f.ByteSizeLong();
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -982,14 +982,15 @@ class Session {
         }
         if (list.records_size() >= r_.config.batch_max_records ||
             bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
-          if (!SendBatch(c.stream, first, rec.seq(), list)) return false;
+          if (!SendBatch(c.stream, first, rec.seq(), list, BatchKind::kDeltas)) return false;
           first = rec.seq() + 1;
           list.Clear();
           bytes = 0;
         }
       }
     }
-    if (first <= through && !SendBatch(c.stream, first, through, list)) return false;
+    if (first <= through && !SendBatch(c.stream, first, through, list, BatchKind::kDeltas))
+      return false;
     c.after_seq = through;
     return true;
   }
@@ -1114,13 +1115,14 @@ class Session {
           rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
                                      o.created_at().nanos() / 1000000);
         }
-        if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, true)) return false;
+        if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, BatchKind::kState))
+          return false;
         sent += list.records_size();
         after = resp.last_key();
         done = resp.done();
       }
     }
-    if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), true)) return false;
+    if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), BatchKind::kState)) return false;
     spdlog::info("event=state_transfer_sent peer={} db={} documents={} through_seq={}",
                  peer_.config.name, c.db, sent, barrier.seq());
     c.after_seq = barrier.seq();

@@ -82,7 +82,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto again = meridian::replication::DecodeBatch(
           meridian::replication::EncodeBatch(batch.origin(), batch.origin_database(),
                                              batch.first_seq(), batch.last_seq(), *list, 0,
-                                             batch.state()),
+                                             batch.state()
+                                                 ? meridian::replication::BatchKind::kState
+                                                 : meridian::replication::BatchKind::kDeltas),
           batch.origin());
       Check(again.ok() && again->SerializeAsString() == list->SerializeAsString());
       break;

@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     r->set_residency(i % 4 ? "any" : "eu");
   }
   Write(dir, "replication_batch", 9,
-        meridian::replication::EncodeBatch(3, "shard-0", 100, 150, records, 1).SerializeAsString());
+        meridian::replication::EncodeBatch(3, "shard-0", 100, 150, records, 1,
+                                           meridian::replication::BatchKind::kDeltas)
+            .SerializeAsString());
   return 0;
 }

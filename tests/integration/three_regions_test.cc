@@ -416,7 +416,8 @@ rpb::Frame CartBatch(uint32_t origin, const std::string& user_id, const std::str
   r->set_residency(residency);
   r->set_committed_unix_ms(1);
   rpb::Frame f;
-  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1);
+  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1,
+                                                replication::BatchKind::kDeltas);
   return f;
 }
 
@@ -511,8 +512,8 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
       r->set_payload(big);
       r->set_residency("any");
     }
-    *f.mutable_batch() =
-        replication::EncodeBatch(2, "shard-0", 2'000'000'001, 2'000'000'100, list, 1);
+    *f.mutable_batch() = replication::EncodeBatch(2, "shard-0", 2'000'000'001, 2'000'000'100, list,
+                                                  1, replication::BatchKind::kDeltas);
     ASSERT_EQ(f.batch().compression(), rpb::COMPRESSION_ZLIB);
     f.mutable_batch()->mutable_payload()->resize(f.batch().payload().size() / 2);
     EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -528,8 +529,8 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     r->set_payload("\x0a\xff\xff\xff\xff\x0f");
     r->set_residency("any");
     rpb::Frame f;
-    *f.mutable_batch() =
-        replication::EncodeBatch(2, "shard-0", 2'000'000'200, 2'000'000'200, list, 1);
+    *f.mutable_batch() = replication::EncodeBatch(2, "shard-0", 2'000'000'200, 2'000'000'200, list,
+                                                  1, replication::BatchKind::kDeltas);
     EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
   {  // oversized: a 40 MiB frame
