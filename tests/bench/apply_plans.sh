@@ -34,18 +34,22 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [[ -x "$PGBIN/initdb" ]] || { echo "apply_plans.sh: PostgreSQL not found (deploy/install-deps.sh)" >&2; exit 1; }
 command -v pgbench >/dev/null || { echo "apply_plans.sh: pgbench not found" >&2; exit 1; }
 
+# PostgreSQL refuses to run as root: as root, its commands run as the postgres user.
+as_pg() {
+  if [[ $EUID -eq 0 ]]; then su postgres -c "$*"; else bash -c "$*"; fi
+}
 work=$(mktemp -d)
 chmod 755 "$work"
 mkdir "$work/data" "$work/sock"
-chown postgres "$work/data" "$work/sock"
+[[ $EUID -ne 0 ]] || chown postgres "$work/data" "$work/sock"
 stop() {
-  su postgres -c "$PGBIN/pg_ctl -D $work/data -m fast stop" >/dev/null 2>&1 || true
+  as_pg "$PGBIN/pg_ctl -D $work/data -m fast stop" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap stop EXIT
 echo "== PostgreSQL in $work (Unix socket only)"
-su postgres -c "$PGBIN/initdb -D $work/data -A trust" >/dev/null
-su postgres -c "$PGBIN/pg_ctl -D $work/data -w -l $work/sock/log start -o \
+as_pg "$PGBIN/initdb -D $work/data -A trust" >/dev/null
+as_pg "$PGBIN/pg_ctl -D $work/data -w -l $work/sock/log start -o \
   '-p 5432 -k $work/sock -c listen_addresses= -c fsync=off'" >/dev/null
 PG=(-h "$work/sock" -p 5432 -U postgres)
 
