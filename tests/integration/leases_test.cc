@@ -276,14 +276,21 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
     ASSERT_EQ(r.status, 201) << r.body;
     orders.push_back(Json::parse(r.body).value("order_id", ""));
   }
-  // The orders reach eu-west.
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Request(c_->http_port(kEu), "GET", "/v1/orders/" + orders[0], "",
-                       {{"Authorization", auth}})
-                   .status == 200;
-      },
-      20));
+  // Every order reaches both peers before the kill: a region's outbox goes to each peer
+  // directly, so a batch still on its way to ap-south (100 ms away) when us-east dies would reach
+  // it only after us-east returns, and ap-south could not forward an order it does not know.
+  for (size_t peer : {kEu, kAp}) {
+    for (const std::string& id : orders) {
+      ASSERT_TRUE(Eventually(
+          [&] {
+            return Request(c_->http_port(peer), "GET", "/v1/orders/" + id, "",
+                           {{"Authorization", auth}})
+                       .status == 200;
+          },
+          20))
+          << "order " << id << " never reached " << c_->spec(peer).name;
+    }
+  }
 
   // Never two owners: watch every live region's view of us-east's group throughout.
   std::atomic<bool> watching{true};
