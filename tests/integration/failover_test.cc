@@ -78,9 +78,8 @@ class FailoverTest : public ::testing::Test {
     auto dir = test_support::MakeTempDir("failover", "");
     ASSERT_TRUE(dir.ok()) << dir.status();
     dir_ = *dir;
-    StartGeo();
-    if (HasFatalFailure()) return;
-    StartControllers();
+    ASSERT_NO_FATAL_FAILURE(StartGeo());
+    ASSERT_NO_FATAL_FAILURE(StartControllers());
   }
 
   void TearDown() override {

@@ -398,8 +398,8 @@ class GeoDnsTest : public ::testing::Test {
 constexpr char kSlowProbes[] = "{probe_interval_ms: 5000, probe_timeout_ms: 1000}";
 
 TEST_F(GeoDnsTest, AnswersTheNearestRegionPerSubnetWithEcsScopeAndTtl) {
-  StartGeo(kSlowProbes);
-  StartPdns();
+  ASSERT_NO_FATAL_FAILURE(StartGeo(kSlowProbes));
+  ASSERT_NO_FATAL_FAILURE(StartPdns());
   const struct {
     const char* subnet;
     const char* address;
@@ -434,8 +434,8 @@ TEST_F(GeoDnsTest, AnswersTheNearestRegionPerSubnetWithEcsScopeAndTtl) {
 }
 
 TEST_F(GeoDnsTest, HealthHookMovesTheAnswerAndBack) {
-  StartGeo(kSlowProbes);
-  StartPdns();
+  ASSERT_NO_FATAL_FAILURE(StartGeo(kSlowProbes));
+  ASSERT_NO_FATAL_FAILURE(StartPdns());
   ASSERT_EQ(Dig(kEuWestSubnet).addresses, std::vector<std::string>{kEuWest});
 
   EXPECT_EQ(SetHealth("eu-west", "down", "not-the-operator-token").status, 403);
@@ -478,8 +478,9 @@ TEST_F(GeoDnsTest, HealthHookMovesTheAnswerAndBack) {
 // readyz fails is out of the answers within fall x interval (+ one timeout), not after one
 // failure, and back only after rise good probes.
 TEST_F(GeoDnsTest, FailingReadyzMovesTheAnswerWithinTheThresholds) {
-  StartGeo("{probe_interval_ms: 500, probe_timeout_ms: 400, fall: 3, rise: 5}");
-  StartPdns();
+  ASSERT_NO_FATAL_FAILURE(
+      StartGeo("{probe_interval_ms: 500, probe_timeout_ms: 400, fall: 3, rise: 5}"));
+  ASSERT_NO_FATAL_FAILURE(StartPdns());
   ASSERT_EQ(Dig(kEuWestSubnet).addresses, std::vector<std::string>{kEuWest});
 
   const auto failed_at = Clock::now();
@@ -523,8 +524,8 @@ TEST_F(GeoDnsTest, FailingReadyzMovesTheAnswerWithinTheThresholds) {
 }
 
 TEST_F(GeoDnsTest, EveryRegionDownAnswersTheLastResort) {
-  StartGeo(kSlowProbes);
-  StartPdns();
+  ASSERT_NO_FATAL_FAILURE(StartGeo(kSlowProbes));
+  ASSERT_NO_FATAL_FAILURE(StartPdns());
   for (const char* region : {"us-east", "eu-west", "ap-southeast"}) {
     ASSERT_EQ(SetHealth(region, "down").status, 200);
   }
@@ -548,8 +549,8 @@ TEST_F(GeoDnsTest, EveryRegionDownAnswersTheLastResort) {
 // per query) and, for scale, whole dig invocations. A backend that left Nagle on would show
 // ~40-130 ms per query here.
 TEST_F(GeoDnsTest, QueryLatency) {
-  StartGeo(kSlowProbes);
-  StartPdns();
+  ASSERT_NO_FATAL_FAILURE(StartGeo(kSlowProbes));
+  ASSERT_NO_FATAL_FAILURE(StartPdns());
   constexpr int kQueries = 1000;
   std::vector<double> ms;
   ms.reserve(kQueries);

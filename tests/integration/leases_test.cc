@@ -161,7 +161,7 @@ class LeasesTest : public ::testing::Test {
 // Three regions hammer the same 500 units, all of whose rights start in one region: exactly 500
 // orders, no oversell, every region's view of the stock converges to zero.
 TEST_F(LeasesTest, ThreeRegionsSellExactlyTheStockThereIs) {
-  StartThree();
+  ASSERT_NO_FATAL_FAILURE(StartThree());
   LeasesSettled();
   Product(kUs, "hot-1");
   Restock(kUs, "hot-1", 500);
@@ -259,7 +259,7 @@ TEST_F(LeasesTest, ThreeRegionsSellExactlyTheStockThereIs) {
 // customer); the region returns, learns the higher epoch, and gets its orders back by handback.
 // At no poll do two regions hold the group.
 TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
-  StartThree();
+  ASSERT_NO_FATAL_FAILURE(StartThree());
   LeasesSettled();
   Product(kUs, "kettle");
   Restock(kUs, "kettle", 50);
@@ -358,7 +358,7 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
 // inventory rights (and can sell them); when the region returns it writes those rights off, so
 // the stock is counted once and nothing is oversold.
 TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
-  StartThree();
+  ASSERT_NO_FATAL_FAILURE(StartThree());
   LeasesSettled();
   Product(kUs, "vase");
   Restock(kUs, "vase", 30);
@@ -431,7 +431,7 @@ TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
   o.coordination = true;
   o.coordination_yaml = kFastLeases;
   o.witness = true;
-  Start(std::move(o));
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   LeasesSettled();
   // The witness dies: two of three votes remain, the leases stay.
   ASSERT_TRUE(c_->KillWitness().ok());
@@ -453,7 +453,7 @@ TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
 // Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so; cut off,
 // the region answers within its lease with durability async and a reason, then refuses orders.
 TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
-  StartThree("durability: sync-peer\n");
+  ASSERT_NO_FATAL_FAILURE(StartThree("durability: sync-peer\n"));
   LeasesSettled();
   Product(kUs, "mug");
   Restock(kUs, "mug", 20);
@@ -503,7 +503,7 @@ TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
   o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
   // No coordination in the replicators: this test plays the replicator for us-east.
   o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
-  Start(std::move(o));
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c_->grpc_port(kUs)),
                                      grpc::InsecureChannelCredentials());
   auto control = cpb::RegionControl::NewStub(channel);

@@ -134,6 +134,10 @@ absl::Status Cluster::Build() {
     r->metrics_port = FreeTcpPort();
     r->admin_port = FreeTcpPort();
     r->control_port = FreeTcpPort();
+    for (uint16_t p : {r->http_port, r->grpc_port, r->repl_port, r->metrics_port, r->admin_port,
+                       r->control_port}) {
+      if (p == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
+    }
     regions_.push_back(std::move(r));
   }
   // Links: the lower replica id dials, through a delaying proxy in front of the higher one.

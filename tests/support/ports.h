@@ -4,15 +4,23 @@
 
 namespace meridian::test_support {
 
-// Returns a TCP port on 127.0.0.1 that was free a moment ago, or 0 if no socket could be bound.
+// Returns a TCP port on 127.0.0.1 for a test's listener, or 0 if none could be found.
 //
-// How: bind a socket to 127.0.0.1:0, read back the port the kernel chose, close the socket.
-// The race: between this call and the caller's own bind, another process (or an outgoing
-// connection picking an ephemeral source port) may take the port. It is rare but real, so callers
-// that bind the port must retry with a fresh FreeTcpPort() when the bind fails with "address in
-// use" (PostgresServer and RedisServer do). Within one process the same port is never returned
-// twice, so two servers started back to back cannot be handed the same port.
+// Where from: below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+// default), in [10000, first ephemeral port). Outgoing connections take their source ports from
+// the ephemeral range, and a test machine makes thousands of them (connection pools, gRPC
+// channels, HTTP clients); a listener port picked inside that range by bind(0) could be taken
+// as a source port before the server bound it (CI saw a replicator fail "cannot listen" on
+// such a port). Below the range only another listener can hold it.
 //
+// No two callers get the same port while the first one lives, across processes too: a port is
+// claimed with an exclusive flock(2) on /tmp/meridian-test-ports/<port>, held until this process
+// exits (the kernel drops it even on kill -9), so concurrent ctest processes never pick the same
+// port. A claimed port is also checked bindable (no listener, no TIME_WAIT) at the time of the
+// call; a listener of another program may still take it before ours binds, so PostgresServer and
+// RedisServer retry on "address in use".
+//
+// Falls back to bind(0) (an ephemeral port) where the ephemeral range leaves no room below it.
 // Thread-safe.
 [[nodiscard]] uint16_t FreeTcpPort();
 

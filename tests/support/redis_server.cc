@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
   std::string last_error;
   for (int attempt = 1; attempt <= kPortAttemptsMax; ++attempt) {
     server->port_ = FreeTcpPort();
-    if (server->port_ == 0) return absl::UnavailableError("FreeTcpPort: cannot bind 127.0.0.1:0");
+    if (server->port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
     switch (server->StartOnce(&last_error)) {
       case Outcome::kReady:
         return server;

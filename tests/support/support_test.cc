@@ -1,7 +1,9 @@
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,6 +66,40 @@ TEST(FreeTcpPortTest, DistinctAndBindable) {
   addr.sin_port = htons(port);
   EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   close(fd);
+}
+
+// Outgoing connections take source ports from the ephemeral range; a listener port from there can
+// be taken before the server binds it (CI: "cannot listen on 127.0.0.1:37561").
+TEST(FreeTcpPortTest, BelowTheEphemeralRange) {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int lo = 0, hi = 0;
+  ASSERT_TRUE(in >> lo >> hi);
+  if (lo - 10000 < 1000) GTEST_SKIP() << "ephemeral range starts at " << lo << ": no room below";
+  for (int i = 0; i < 50; ++i) {
+    uint16_t port = FreeTcpPort();
+    ASSERT_NE(port, 0);
+    EXPECT_GE(port, 10000);
+    EXPECT_LT(port, lo);
+  }
+}
+
+// Another process (a concurrent ctest job) cannot be handed a port this one holds: the port's
+// claim file is locked for as long as this process lives.
+TEST(FreeTcpPortTest, ClaimIsHeldAgainstOtherProcesses) {
+  uint16_t port = FreeTcpPort();
+  ASSERT_NE(port, 0);
+  std::string path = "/tmp/meridian-test-ports/" + std::to_string(port);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int fd = open(path.c_str(), O_RDWR);
+    if (fd < 0) _exit(2);
+    _exit(flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : 1);  // 1: the claim held, as it should
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << "2: no claim file " << path << "; 0: the claim was free";
 }
 
 TEST(ProcessTest, ExitStatusAndLog) {
