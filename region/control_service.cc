@@ -174,8 +174,11 @@ class ControlService final : public pb::RegionControl::Service {
       return Invalid("ReadGroupOrders: group, owner, epoch, jurisdiction or limit out of range");
     }
     // The new owner's epoch first: from now on this region refuses older writers of the group.
-    if (auto st = app_.RaiseFence(req->group(), req->epoch(), req->owner()); !st.ok()) {
-      return FromStatus(st);
+    // Not for a catch-up read: the asker is not taking the group over.
+    if (!req->read_only()) {
+      if (auto st = app_.RaiseFence(req->group(), req->epoch(), req->owner()); !st.ok()) {
+        return FromStatus(st);
+      }
     }
     const int limit = req->limit() == 0 ? 500 : req->limit();
     std::vector<pb::OrderState> rows;

@@ -32,6 +32,8 @@ using region::http::HttpResponse;
 
 constexpr size_t kMaxSkuBytes = 256;
 constexpr int kSyncPage = 500;
+// How long a survivor keeps asking a new owner for a dead region's orders.
+constexpr auto kCatchUpMax = std::chrono::minutes(2);
 
 std::unique_ptr<grpc::ClientContext> Ctx(int timeout_ms) {
   auto ctx = std::make_unique<grpc::ClientContext>();
@@ -160,6 +162,15 @@ struct Coordinator::Impl {
     bool usable = false;
   };
   std::map<RegionId, Sync> syncs;  // per group being synced after a win
+  struct CatchUp {
+    uint64_t epoch = 0;
+    RegionId owner = 0;     // the group's new owner, asked for its orders
+    std::string after_key;  // the next page starts after this order id
+    std::chrono::steady_clock::time_point started, asked;
+    int64_t orders = 0;  // received so far
+    bool done = false;   // kept, so a resent sync request of the same epoch starts no second one
+  };
+  std::map<RegionId, CatchUp> catchups;  // per dead region's group taken over by a peer
 
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
@@ -278,6 +289,24 @@ struct Coordinator::Impl {
           f.mutable_sync_request()->set_epoch(s.epoch);
           sync_asks.emplace_back(p.replica_id, std::move(f));
         }
+      }
+      // Catch-ups: ask again for a page unanswered for a second (a frame lost with a stream);
+      // give up after kCatchUpMax (the owner gone too: the next owner's sync starts a new one).
+      for (auto it = catchups.begin(); it != catchups.end();) {
+        CatchUp& c = it->second;
+        if (c.done) {
+          ++it;
+          continue;
+        }
+        if (now - c.started > kCatchUpMax) {
+          spdlog::warn("event=lease_catchup_abandoned group={} epoch={} from={} orders={}",
+                       Name(it->first), c.epoch, Name(c.owner), c.orders);
+          c.done = true;
+        } else if (now - c.asked >= std::chrono::seconds(1)) {
+          c.asked = now;
+          sync_asks.emplace_back(c.owner, CatchUpRequest(it->first, c));
+        }
+        ++it;
       }
     }
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
@@ -424,14 +453,16 @@ struct Coordinator::Impl {
     if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.after_key().size() > 64) {
       return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
     }
-    {
+    if (!m.catch_up()) {
       std::lock_guard<std::mutex> l(mu);
       lm->Learn(m.group(), m.epoch(), from);
     }
     rpb::ReadGroupOrdersRequest req;
     req.set_group(m.group());
     req.set_epoch(m.epoch());
-    req.set_owner(from);
+    // A catch-up asker is not taking the group over: nothing of the fence moves for it.
+    req.set_owner(m.catch_up() ? config.replica_id : from);
+    req.set_read_only(m.catch_up());
     req.set_jurisdiction(p->jurisdiction);
     req.set_after_key(m.after_key());
     req.set_limit(kSyncPage);
@@ -439,14 +470,15 @@ struct Coordinator::Impl {
     auto ctx = Ctx(10000);
     grpc::Status s = region->ReadGroupOrders(ctx.get(), req, &resp);
     if (!s.ok()) {
-      spdlog::warn("event=lease_sync_read_failed group={} for={} error=\"{}\"", Name(m.group()),
-                   Name(from), s.error_message());
-      return absl::OkStatus();  // the new owner asks again
+      spdlog::warn("event=lease_sync_read_failed group={} for={} catch_up={} error=\"{}\"",
+                   Name(m.group()), Name(from), m.catch_up(), s.error_message());
+      return absl::OkStatus();  // the asker asks again
     }
     pb::Frame f;
     pb::GroupSyncReply* r = f.mutable_sync_reply();
     r->set_group(m.group());
     r->set_epoch(m.epoch());
+    r->set_catch_up(m.catch_up());
     r->set_last_key(resp.last_key());
     r->set_done(resp.done());
     for (const auto& o : resp.orders()) {
@@ -468,6 +500,12 @@ struct Coordinator::Impl {
       }
     }
     (void)send(from, std::move(f));
+    // A region taking over another one's group (not the home taking it back): the dead region
+    // may have shipped some of its orders to the new owner only. Ask the new owner for what it
+    // holds, so every survivor can serve (and forward) every order the survivors know of.
+    if (!m.catch_up() && from != m.group() && m.group() != config.replica_id) {
+      StartCatchUp(m.group(), m.epoch(), from);
+    }
     return absl::OkStatus();
   }
 
@@ -475,41 +513,14 @@ struct Coordinator::Impl {
     if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000) {
       return absl::InvalidArgumentError("sync reply: group or size out of range");
     }
+    if (m.catch_up()) return OnCatchUpReply(from, m);
     {
       std::lock_guard<std::mutex> l(mu);
       auto it = syncs.find(m.group());
       if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();  // old
     }
-    if (m.orders_size() > 0) {
-      rpb::ApplyOrderStatesRequest req;
-      for (const auto& o : m.orders()) {
-        rpb::OrderState* s = req.add_orders();
-        s->set_order_id(o.order_id());
-        s->set_group(m.group());
-        s->set_created(true);
-        s->set_user_id(o.user_id());
-        s->set_total_cents(o.total_cents());
-        s->set_currency(o.currency());
-        s->set_residency(o.residency());
-        s->set_epoch(o.epoch());
-        s->set_version(o.version());
-        s->set_status(o.status());
-        s->set_payment_ref(o.payment_ref());
-        for (const auto& i : o.items()) {
-          auto* line = s->add_items();
-          line->set_sku(i.sku());
-          line->set_quantity(i.quantity());
-          line->set_price_cents(i.price_cents());
-        }
-      }
-      rpb::ApplyOrderStatesResponse resp;
-      auto ctx = Ctx(10000);
-      grpc::Status s = region->ApplyOrderStates(ctx.get(), req, &resp);
-      if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-          s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-        return absl::InvalidArgumentError(absl::StrCat("sync reply: ", s.error_message()));
-      }
-      if (!s.ok()) return absl::OkStatus();  // asked again in a second
+    if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
+      return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
     }
     if (!m.done()) {
       pb::Frame f;
@@ -534,6 +545,106 @@ struct Coordinator::Impl {
       lm->SyncDone(m.group(), m.epoch());
     }
     if (s.done.size() == config.peers.size()) syncs.erase(it);
+    return absl::OkStatus();
+  }
+
+  // Joins the orders of a sync reply into the region (order states: the larger (epoch, version)
+  // wins). INVALID_ARGUMENT: the frame breaks the rules (malformed, or pinned elsewhere) and ends
+  // the stream; any other error: the region could not apply it now, the page is asked again.
+  absl::Status ApplySyncedOrders(const pb::GroupSyncReply& m) {
+    if (m.orders_size() == 0) return absl::OkStatus();
+    rpb::ApplyOrderStatesRequest req;
+    for (const auto& o : m.orders()) {
+      rpb::OrderState* s = req.add_orders();
+      s->set_order_id(o.order_id());
+      s->set_group(m.group());
+      s->set_created(true);
+      s->set_user_id(o.user_id());
+      s->set_total_cents(o.total_cents());
+      s->set_currency(o.currency());
+      s->set_residency(o.residency());
+      s->set_epoch(o.epoch());
+      s->set_version(o.version());
+      s->set_status(o.status());
+      s->set_payment_ref(o.payment_ref());
+      for (const auto& i : o.items()) {
+        auto* line = s->add_items();
+        line->set_sku(i.sku());
+        line->set_quantity(i.quantity());
+        line->set_price_cents(i.price_cents());
+      }
+    }
+    rpb::ApplyOrderStatesResponse resp;
+    auto ctx = Ctx(10000);
+    grpc::Status s = region->ApplyOrderStates(ctx.get(), req, &resp);
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+        s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      return absl::InvalidArgumentError(absl::StrCat("sync reply: ", s.error_message()));
+    }
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    return absl::OkStatus();
+  }
+
+  // --- catch-up: a survivor pulls a dead region's orders from its new owner -------------------
+  void StartCatchUp(RegionId group, uint64_t epoch, RegionId owner) {
+    pb::Frame f;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      CatchUp& c = catchups[group];
+      if (c.epoch >= epoch) return;  // already pulling from this owner (or a later one)
+      const auto now = std::chrono::steady_clock::now();
+      c = CatchUp{epoch, owner, "", now, now, 0, false};
+      f = CatchUpRequest(group, c);
+    }
+    spdlog::info("event=lease_catchup_started group={} epoch={} from={}", Name(group), epoch,
+                 Name(owner));
+    (void)send(owner, std::move(f));
+  }
+
+  // Under mu.
+  static pb::Frame CatchUpRequest(RegionId group, const CatchUp& c) {
+    pb::Frame f;
+    f.mutable_sync_request()->set_group(group);
+    f.mutable_sync_request()->set_epoch(c.epoch);
+    f.mutable_sync_request()->set_after_key(c.after_key);
+    f.mutable_sync_request()->set_catch_up(true);
+    return f;
+  }
+
+  absl::Status OnCatchUpReply(RegionId from, const pb::GroupSyncReply& m) {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = catchups.find(m.group());
+      // Only an answer to what we asked: this owner, this epoch, still pulling.
+      if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
+          it->second.owner != from) {
+        return absl::OkStatus();
+      }
+    }
+    if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
+      return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
+    }
+    pb::Frame f;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = catchups.find(m.group());
+      if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
+          it->second.owner != from) {
+        return absl::OkStatus();
+      }
+      CatchUp& c = it->second;
+      c.orders += m.orders_size();
+      if (m.done()) {
+        spdlog::info("event=lease_catchup_done group={} epoch={} from={} orders={}",
+                     Name(m.group()), m.epoch(), Name(from), c.orders);
+        c.done = true;
+        return absl::OkStatus();
+      }
+      c.after_key = m.last_key();
+      c.asked = std::chrono::steady_clock::now();
+      f = CatchUpRequest(m.group(), c);
+    }
+    (void)send(from, std::move(f));
     return absl::OkStatus();
   }
 

@@ -276,9 +276,9 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
     ASSERT_EQ(r.status, 201) << r.body;
     orders.push_back(Json::parse(r.body).value("order_id", ""));
   }
-  // Every order reaches both peers before the kill: a region's outbox goes to each peer
-  // directly, so a batch still on its way to ap-south (100 ms away) when us-east dies would reach
-  // it only after us-east returns, and ap-south could not forward an order it does not know.
+  // Every order reaches both peers before the kill: a batch still on its way to ap-south (100 ms
+  // away) when us-east dies would reach it only by the catch-up after eu-west's takeover, which
+  // SurvivorsLearnADeadRegionsOrdersFromItsSuccessor covers; this test is about the ownership.
   for (size_t peer : {kEu, kAp}) {
     for (const std::string& id : orders) {
       ASSERT_TRUE(Eventually(
@@ -352,6 +352,53 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   watching = false;
   watcher.join();
   EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";
+}
+
+// A region dies after shipping an order to one peer only (its link to the other is cut): the
+// peer that takes its group over syncs from the survivors, and the survivor it asks pulls the
+// group's orders back from it (catch-up), so the order is known, and forwarded, everywhere.
+TEST_F(LeasesTest, SurvivorsLearnADeadRegionsOrdersFromItsSuccessor) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "kettle");
+  Restock(kUs, "kettle", 10);
+  auto [token, user] = Customer(kUs, "bea@example.com");
+  const std::string auth = "Bearer " + token;
+  // The customer is known at ap-south before the cut (the profile replicates).
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Request(c_->http_port(kAp), "GET", "/v1/cart", "", {{"Authorization", auth}})
+                   .status == 200;
+      },
+      20));
+
+  ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
+  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+                    Json{{"sku", "kettle"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
+                .status,
+            200);
+  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string order = Json::parse(r.body).value("order_id", "");
+  auto get = [&](size_t region) {
+    return Request(c_->http_port(region), "GET", "/v1/orders/" + order, "",
+                   {{"Authorization", auth}})
+        .status;
+  };
+  ASSERT_TRUE(Eventually([&] { return get(kEu) == 200; }, 20)) << "never reached eu-west";
+  ASSERT_EQ(get(kAp), 404) << "the cut link let the order through";
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  EXPECT_TRUE(Eventually([&] { return get(kAp) == 200; }, 20))
+      << "ap-south never learnt the order eu-west holds for the dead us-east";
+  // And ap-south forwards the customer's cancel to the owner.
+  Response fwd = Request(c_->http_port(kAp), "POST", "/v1/orders/" + order + "/cancel", "",
+                         {{"Authorization", auth}});
+  EXPECT_EQ(fwd.status, 200) << fwd.body;
+  EXPECT_EQ(fwd.Header("x-meridian-owner-region"), "eu-west");
+  ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
 }
 
 // An operator declares a dead region lost at its successor: the successor takes over its

@@ -322,20 +322,41 @@ absl::Status Cluster::KillWitness() {
   return st.ok() ? absl::OkStatus() : st.status();
 }
 
-absl::Status Cluster::Partition(size_t i) {
-  for (Link& l : links_) {
-    if (l.a != i && l.b != i) continue;
-    if (auto st = l.proxy->Signal(SIGUSR1); !st.ok()) return st;
+namespace {
+
+// Sends `signal` to the proxy of every link for which `selected` holds (SIGUSR1 cuts a link,
+// SIGUSR2 restores it).
+template <typename Links, typename Pred>
+absl::Status SignalLinks(Links& links, Pred selected, int signal) {
+  for (auto& l : links) {
+    if (!selected(l)) continue;
+    if (auto st = l.proxy->Signal(signal); !st.ok()) return st;
   }
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::Status Cluster::Partition(size_t i) {
+  return SignalLinks(
+      links_, [i](const Link& l) { return l.a == i || l.b == i; }, SIGUSR1);
+}
+
 absl::Status Cluster::Heal(size_t i) {
-  for (Link& l : links_) {
-    if (l.a != i && l.b != i) continue;
-    if (auto st = l.proxy->Signal(SIGUSR2); !st.ok()) return st;
-  }
-  return absl::OkStatus();
+  return SignalLinks(
+      links_, [i](const Link& l) { return l.a == i || l.b == i; }, SIGUSR2);
+}
+
+absl::Status Cluster::PartitionPair(size_t i, size_t j) {
+  return SignalLinks(
+      links_, [i, j](const Link& l) { return (l.a == i && l.b == j) || (l.a == j && l.b == i); },
+      SIGUSR1);
+}
+
+absl::Status Cluster::HealPair(size_t i, size_t j) {
+  return SignalLinks(
+      links_, [i, j](const Link& l) { return (l.a == i && l.b == j) || (l.a == j && l.b == i); },
+      SIGUSR2);
 }
 
 uint64_t Cluster::LinkBytes() const {

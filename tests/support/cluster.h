@@ -83,6 +83,9 @@ class Cluster {
   // Cuts (or restores) every link between region i and the others.
   absl::Status Partition(size_t i);
   absl::Status Heal(size_t i);
+  // Cuts (or restores) the one link between regions i and j.
+  absl::Status PartitionPair(size_t i, size_t j);
+  absl::Status HealPair(size_t i, size_t j);
   // Bytes the links carried so far (both directions, all pairs), from the proxies' counters.
   [[nodiscard]] uint64_t LinkBytes() const;
 
