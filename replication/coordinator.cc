@@ -171,6 +171,8 @@ struct Coordinator::Impl {
     bool done = false;   // kept, so a resent sync request of the same epoch starts no second one
   };
   std::map<RegionId, CatchUp> catchups;  // per dead region's group taken over by a peer
+  std::function<void(RegionId)> on_taken_over;
+  std::vector<RegionId> taken_over;  // groups taken over since the last tick
 
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
@@ -267,9 +269,11 @@ struct Coordinator::Impl {
     std::vector<GroupView> leases;
     std::set<std::string> want;
     std::vector<std::pair<RegionId, pb::Frame>> sync_asks;
+    std::vector<RegionId> taken;
     {
       std::lock_guard<std::mutex> l(mu);
       lm->Tick();
+      taken.swap(taken_over);
       grants = rm->Tick();
       leases = lm->Views();
       want = wanted;
@@ -310,6 +314,9 @@ struct Coordinator::Impl {
       }
     }
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
+    if (!taken.empty() && on_taken_over) {
+      for (RegionId g : taken) on_taken_over(g);
+    }
     AnnounceDeclarations();
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
@@ -440,6 +447,7 @@ struct Coordinator::Impl {
     Sync& s = syncs[group];
     if (s.epoch == epoch) return;
     s = Sync{epoch, {}, {}, false};
+    if (group != config.replica_id) taken_over.push_back(group);
     spdlog::info("event=lease_sync_started group={} epoch={}", Name(group), epoch);
     if (SyncQuorum() <= 1) {
       s.usable = true;
@@ -454,8 +462,15 @@ struct Coordinator::Impl {
       return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
     }
     if (!m.catch_up()) {
-      std::lock_guard<std::mutex> l(mu);
-      lm->Learn(m.group(), m.epoch(), from);
+      std::vector<GroupView> leases;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        lm->Learn(m.group(), m.epoch(), from);
+        leases = lm->Views();
+      }
+      // The region learns the new owner now, not at the next tick: before the group's orders
+      // reach it by the catch-up below, so it forwards their changes to the right region.
+      PushLeases(leases);
     }
     rpb::ReadGroupOrdersRequest req;
     req.set_group(m.group());
@@ -543,6 +558,7 @@ struct Coordinator::Impl {
       spdlog::info("event=lease_sync_done group={} epoch={} peers_synced={}", Name(m.group()),
                    m.epoch(), s.done.size());
       lm->SyncDone(m.group(), m.epoch());
+      Wake();  // the tick tells the region at once that it may act on the group
     }
     if (s.done.size() == config.peers.size()) syncs.erase(it);
     return absl::OkStatus();
@@ -595,6 +611,7 @@ struct Coordinator::Impl {
       const auto now = std::chrono::steady_clock::now();
       c = CatchUp{epoch, owner, "", now, now, 0, false};
       f = CatchUpRequest(group, c);
+      taken_over.push_back(group);
     }
     spdlog::info("event=lease_catchup_started group={} epoch={} from={}", Name(group), epoch,
                  Name(owner));
@@ -1027,6 +1044,11 @@ void Coordinator::OnPeerUp(RegionId peer) {
     impl_->peers_up.insert(peer);
   }
   impl_->Wake();
+}
+
+void Coordinator::OnRegionTakenOver(std::function<void(RegionId group)> fn) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->on_taken_over = std::move(fn);
 }
 
 void Coordinator::OnAck(RegionId peer, const std::string& stream, int64_t seq) {

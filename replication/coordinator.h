@@ -58,6 +58,10 @@ class Coordinator {
   [[nodiscard]] absl::Status OnFrame(RegionId peer, const pb::Frame& frame);
   // A stream with `peer` is up: declarations of it as lost (if any) are sent to it.
   void OnPeerUp(RegionId peer);
+  // Called (from the coordinator's tick, no lock held) once per takeover of a region's group by
+  // a region other than its home, here or at a peer: that region is gone, and the survivors
+  // should exchange their documents. Set before Start().
+  void OnRegionTakenOver(std::function<void(RegionId group)> fn);
   // The peer acknowledged our `stream` through `seq` (for sync-peer checkouts).
   void OnAck(RegionId peer, const std::string& stream, int64_t seq);
   // Replication.ForwardOrder from a peer: run the change at our region.

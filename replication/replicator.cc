@@ -116,6 +116,8 @@ struct PeerState {
   bool heard = false;  // a Hello arrived since this process started
   // Queues a frame on the live session (coordination frames); empty while there is none.
   std::function<bool(pb::Frame)> send;
+  // Send the peer every document once (a region was lost; see ResendDocumentsIfAsked).
+  std::atomic<bool> resend_state{false};
 };
 
 rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
@@ -933,6 +935,7 @@ class Session {
       ~Detach() { feed.Detach(who); }
     } detach{feed, this};
     while (WaitForWindow()) {
+      if (!ResendDocumentsIfAsked(cursors)) return Fail();
       std::vector<Cursor*> behind;
       bool sent = false;
       staging_ = true;  // the batches of every database in one go
@@ -1080,12 +1083,24 @@ class Session {
     }
     spdlog::info("event=state_transfer_started peer={} db={} peer_resume={} through_seq={}",
                  peer_.config.name, c.db, c.after_seq, barrier.seq());
+    int64_t sent = 0;
+    if (!SendDocuments(c, &sent)) return false;
+    if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), BatchKind::kState)) return false;
+    spdlog::info("event=state_transfer_sent peer={} db={} documents={} through_seq={}",
+                 peer_.config.name, c.db, sent, barrier.seq());
+    c.after_seq = barrier.seq();
+    c.gap_horizon = c.gap_horizon_seq = 0;
+    return true;
+  }
+
+  // Every document of c's database the peer may hold, as state batches (joined at the peer,
+  // no mark moves). False when the stream or the region failed.
+  bool SendDocuments(Cursor& c, int64_t* sent) {
     const bool global = c.db == "global";
     const std::vector<rpb::OutboxKind> kinds =
         global ? std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_PRODUCT, rpb::OUTBOX_KIND_INVENTORY}
                : std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_USER, rpb::OUTBOX_KIND_CART,
                                               rpb::OUTBOX_KIND_ORDER};
-    int64_t sent = 0;
     for (rpb::OutboxKind kind : kinds) {
       std::string after;
       for (bool done = false; !done;) {
@@ -1117,16 +1132,28 @@ class Session {
         }
         if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, BatchKind::kState))
           return false;
-        sent += list.records_size();
+        *sent += list.records_size();
         after = resp.last_key();
         done = resp.done();
       }
     }
-    if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), BatchKind::kState)) return false;
-    spdlog::info("event=state_transfer_sent peer={} db={} documents={} through_seq={}",
-                 peer_.config.name, c.db, sent, barrier.seq());
-    c.after_seq = barrier.seq();
-    c.gap_horizon = c.gap_horizon_seq = 0;
+    return true;
+  }
+
+  // After a region was lost (a peer took its orders over), the survivors may each hold records
+  // of it the others lack (it shipped to each directly and died in between): every survivor
+  // sends its peers its documents, which they join. Asked for by the coordinator
+  // (PeerState::resend_state); a session that fails on the way leaves it asked.
+  bool ResendDocumentsIfAsked(std::vector<Cursor>& cursors) {
+    if (!peer_.resend_state.exchange(false)) return true;
+    int64_t sent = 0;
+    for (Cursor& c : cursors) {
+      if (!SendDocuments(c, &sent)) {
+        peer_.resend_state = true;
+        return false;
+      }
+    }
+    spdlog::info("event=survivor_state_sent peer={} documents={}", peer_.config.name, sent);
     return true;
   }
 
@@ -1409,6 +1436,14 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           }
           return false;
         });
+    raw->coordinator->OnRegionTakenOver([raw](RegionId lost) {
+      for (auto& p : raw->peers) {
+        if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
+        if (!p->resend_state.exchange(true)) {
+          spdlog::info("event=survivor_state_asked peer={} lost_replica={}", p->config.name, lost);
+        }
+      }
+    });
     if (absl::Status st = raw->coordinator->Start(); !st.ok()) {
       raw->server->Shutdown();
       return st;

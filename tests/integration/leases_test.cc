@@ -401,6 +401,41 @@ TEST_F(LeasesTest, SurvivorsLearnADeadRegionsOrdersFromItsSuccessor) {
   ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
 }
 
+// The same for cart changes: us-east ships a cart line to eu-west only and dies; after the
+// takeover the survivors exchange their documents, so ap-south's copy of the cart gets the line
+// and the two survivors agree (no cart item lost because its region died mid-shipping).
+TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "mug");
+  auto [token, user] = Customer(kUs, "cy@example.com");
+  const std::string auth = "Bearer " + token;
+  auto lines = [&](size_t region) {
+    Response r = Request(c_->http_port(region), "GET", "/v1/cart", "", {{"Authorization", auth}});
+    Json j = Json::parse(r.body, nullptr, false);
+    return r.status == 200 && j.is_object() ? j["lines"] : Json();
+  };
+  ASSERT_TRUE(Eventually([&] { return lines(kAp).is_array(); }, 20)) << "profile never at ap-south";
+
+  ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
+  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+                    Json{{"sku", "mug"}, {"quantity", 2}}.dump(), {{"Authorization", auth}})
+                .status,
+            200);
+  ASSERT_TRUE(Eventually([&] { return lines(kEu).size() == 1; }, 20)) << "never reached eu-west";
+  const Json before = lines(kAp);
+  ASSERT_TRUE(before.is_array() && before.empty()) << "the cut link let it through: " << before;
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  ASSERT_TRUE(Eventually([&] { return lines(kAp).size() == 1; }, 20))
+      << "ap-south never got the line eu-west holds from the dead us-east";
+  EXPECT_EQ(lines(kAp), lines(kEu));
+  EXPECT_EQ(lines(kAp)[0].value("quantity", 0), 2);
+  ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
+}
+
 // An operator declares a dead region lost at its successor: the successor takes over its
 // inventory rights (and can sell them); when the region returns it writes those rights off, so
 // the stock is counted once and nothing is oversold.
