@@ -628,15 +628,20 @@ struct Coordinator::Impl {
     return f;
   }
 
+  // Under mu: the catch-up this reply answers (this owner, this epoch, still pulling), or null.
+  CatchUp* Answered(RegionId from, const pb::GroupSyncReply& m) {
+    auto it = catchups.find(m.group());
+    if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
+        it->second.owner != from) {
+      return nullptr;
+    }
+    return &it->second;
+  }
+
   absl::Status OnCatchUpReply(RegionId from, const pb::GroupSyncReply& m) {
     {
       std::lock_guard<std::mutex> l(mu);
-      auto it = catchups.find(m.group());
-      // Only an answer to what we asked: this owner, this epoch, still pulling.
-      if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
-          it->second.owner != from) {
-        return absl::OkStatus();
-      }
+      if (!Answered(from, m)) return absl::OkStatus();  // not what we asked (any more)
     }
     if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
       return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
@@ -644,12 +649,9 @@ struct Coordinator::Impl {
     pb::Frame f;
     {
       std::lock_guard<std::mutex> l(mu);
-      auto it = catchups.find(m.group());
-      if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
-          it->second.owner != from) {
-        return absl::OkStatus();
-      }
-      CatchUp& c = it->second;
+      CatchUp* found = Answered(from, m);
+      if (!found) return absl::OkStatus();
+      CatchUp& c = *found;
       c.orders += m.orders_size();
       if (m.done()) {
         spdlog::info("event=lease_catchup_done group={} epoch={} from={} orders={}",
