@@ -466,11 +466,12 @@ struct Coordinator::Impl {
       {
         std::lock_guard<std::mutex> l(mu);
         lm->Learn(m.group(), m.epoch(), from);
-        leases = lm->Views();
+        if (m.after_key().empty()) leases = lm->Views();
       }
       // The region learns the new owner now, not at the next tick: before the group's orders
-      // reach it by the catch-up below, so it forwards their changes to the right region.
-      PushLeases(leases);
+      // reach it by the catch-up below, so it forwards their changes to the right region. Once
+      // per sync round (its first page, or a resent first page), not for every page.
+      if (m.after_key().empty()) PushLeases(leases);
     }
     rpb::ReadGroupOrdersRequest req;
     req.set_group(m.group());

@@ -1145,7 +1145,9 @@ class Session {
   // sends its peers its documents, which they join. Asked for by the coordinator
   // (PeerState::resend_state); a session that fails on the way leaves it asked.
   bool ResendDocumentsIfAsked(std::vector<Cursor>& cursors) {
-    if (!peer_.resend_state.exchange(false)) return true;
+    // A plain load first: this runs on every turn of the ship loop, and is almost never set.
+    if (!peer_.resend_state.load(std::memory_order_relaxed) || !peer_.resend_state.exchange(false))
+      return true;
     int64_t sent = 0;
     for (Cursor& c : cursors) {
       if (!SendDocuments(c, &sent)) {
