@@ -340,7 +340,8 @@ class Service final : public pb::RegionInternal::Service {
         spdlog::info("event=state_transfer_applied origin={} db={} through_seq={}", req->origin(),
                      req->origin_database(), last_seq);
       }
-    } else if (!global_marked && StreamMarkDue(req->origin(), req->origin_database())) {
+    } else if (!global_marked &&
+               (req->mark_now() || StreamMarkDue(req->origin(), req->origin_database()))) {
       absl::Status st = app_.global->Run([&](pqxx::work& tx) {
         tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));
       });
@@ -508,17 +509,30 @@ class Service final : public pb::RegionInternal::Service {
     return ToGrpc(st);
   }
 
-  grpc::Status GetStreamMarks(grpc::ServerContext*, const pb::GetStreamMarksRequest*,
+  grpc::Status GetStreamMarks(grpc::ServerContext*, const pb::GetStreamMarksRequest* req,
                               pb::GetStreamMarksResponse* out) override {
-    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
-      for (const auto& r : tx.exec("SELECT origin, origin_db, seq FROM replication_applied")) {
-        pb::StreamMark* m = out->add_marks();
-        m->set_origin(r[0].as<uint32_t>());
-        m->set_origin_database(r[1].as<std::string>());
-        m->set_seq(r[2].as<int64_t>());
-      }
-    });
-    return ToGrpc(st);
+    // The resume points live in the global database; each database also holds the mark of
+    // what was applied to it (ApplyDeltas), and the highest of those is the highest applied.
+    std::vector<PgPool*> dbs{app_.global.get()};
+    if (req->highest())
+      for (auto& s : app_.shards) dbs.push_back(s.get());
+    std::map<std::pair<uint32_t, std::string>, int64_t> marks;
+    for (PgPool* db : dbs) {
+      absl::Status st = db->Run([&](pqxx::work& tx) {
+        for (const auto& r : tx.exec("SELECT origin, origin_db, seq FROM replication_applied")) {
+          int64_t& m = marks[{r[0].as<uint32_t>(), r[1].as<std::string>()}];
+          m = std::max(m, r[2].as<int64_t>());
+        }
+      });
+      if (!st.ok()) return ToGrpc(st);
+    }
+    for (const auto& [stream, seq] : marks) {
+      pb::StreamMark* m = out->add_marks();
+      m->set_origin(stream.first);
+      m->set_origin_database(stream.second);
+      m->set_seq(seq);
+    }
+    return grpc::Status::OK;
   }
 
   grpc::Status TruncateOutbox(grpc::ServerContext*, const pb::TruncateOutboxRequest* req,

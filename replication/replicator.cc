@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -104,6 +105,8 @@ struct PeerMetrics {
   prometheus::Counter* rejected;
   prometheus::Counter* applied;
   prometheus::Gauge* connected;
+  prometheus::Counter* survivor_sent;     // exchanges after a loss where we sent our documents
+  prometheus::Counter* survivor_skipped;  // ... where the peer already had what we have
 };
 
 struct PeerState {
@@ -116,8 +119,12 @@ struct PeerState {
   bool heard = false;  // a Hello arrived since this process started
   // Queues a frame on the live session (coordination frames); empty while there is none.
   std::function<bool(pb::Frame)> send;
-  // Send the peer every document once (a region was lost; see ResendDocumentsIfAsked).
-  std::atomic<bool> resend_state{false};
+  // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
+  // the lost regions whose marks we owe the peer, and the peer's marks for lost regions, still
+  // to be compared with ours.
+  std::set<uint32_t> owe_marks;
+  std::map<uint32_t, std::map<std::string, int64_t>> peer_marks;
+  std::atomic<bool> exchange_asked{false};  // either of the two is not empty
 };
 
 rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
@@ -434,6 +441,13 @@ struct Replicator::Impl {
                           .Name("meridian_replication_connected")
                           .Help("1 while a stream with the peer is established")
                           .Register(*registry);
+    auto& survivor = prometheus::BuildCounter()
+                         .Name("meridian_replication_survivor_exchanges_total")
+                         .Help(
+                             "After a region was lost: whether we sent the peer our documents "
+                             "(outcome=documents_sent) or it had every record of the lost "
+                             "region we have (outcome=skipped)")
+                         .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
       p->m.lag_ms =
@@ -449,6 +463,8 @@ struct Replicator::Impl {
       p->m.rejected = &rejected.Add(l);
       p->m.applied = &applied.Add(l);
       p->m.connected = &connected.Add(l);
+      p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
+      p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
     }
   }
 
@@ -509,6 +525,7 @@ class Session {
     if (sender_.joinable()) sender_.join();
     for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
+    FlushResumePoints();
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       if (owns_send_) peer_.send = nullptr;
@@ -670,6 +687,9 @@ class Session {
             result = Reject(std::string(st.message()));
           }
           break;
+        case pb::Frame::kSurvivorMarks:
+          result = TakeSurvivorMarks(f.survivor_marks());
+          break;
         case pb::Frame::kHello:
           result = Reject("a second hello on one stream");
           break;
@@ -697,6 +717,27 @@ class Session {
     if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
     if (result.ok() && ship_error_.load()) result = absl::UnavailableError("shipping failed");
     return result;
+  }
+
+  // While batches apply, the region moves the streams' resume points at most every 200 ms; when
+  // the session is over (every applier joined), they move to what it applied, so that they are
+  // exact while the peer is away: the survivors' exchange after a loss compares them.
+  void FlushResumePoints() {
+    for (const auto& [db, through] : applied_through_) {
+      if (through <= 0) continue;
+      rpb::ApplyDeltasRequest req;
+      req.set_origin(peer_.config.replica_id);
+      req.set_origin_database(db);
+      req.set_through_seq(through);
+      req.set_mark_now(true);
+      rpb::ApplyDeltasResponse resp;
+      auto ctx = r_.RegionCtx(5000);
+      grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+      if (!s.ok()) {
+        spdlog::warn("event=resume_point_flush_failed peer={} db={} through={} error=\"{}\"",
+                     peer_.config.name, db, through, s.error_message());
+      }
+    }
   }
 
   // Checks a peer's batch and queues it for the applier. Batches arrive faster than one
@@ -839,6 +880,11 @@ class Session {
         peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
       }
       peer_.m.applied->Increment(resp.applied());
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        int64_t& through = applied_through_[origin_db];
+        through = std::max(through, req.through_seq());
+      }
       pb::Frame ack;
       ack.mutable_ack()->set_origin_database(origin_db);
       ack.mutable_ack()->set_seq(req.through_seq());
@@ -935,7 +981,7 @@ class Session {
       ~Detach() { feed.Detach(who); }
     } detach{feed, this};
     while (WaitForWindow()) {
-      if (!ResendDocumentsIfAsked(cursors)) return Fail();
+      if (!ExchangeAfterLossIfAsked(cursors)) return Fail();
       std::vector<Cursor*> behind;
       bool sent = false;
       staging_ = true;  // the batches of every database in one go
@@ -1141,22 +1187,132 @@ class Session {
   }
 
   // After a region was lost (a peer took its orders over), the survivors may each hold records
-  // of it the others lack (it shipped to each directly and died in between): every survivor
-  // sends its peers its documents, which they join. Asked for by the coordinator
-  // (PeerState::resend_state); a session that fails on the way leaves it asked.
-  bool ResendDocumentsIfAsked(std::vector<Cursor>& cursors) {
+  // of it the others lack: it shipped to each directly and died in between. Each survivor sends
+  // each other survivor its marks for the lost region's databases (SurvivorMarks, asked for by
+  // the coordinator: owe_marks); a survivor whose mark for one of them is higher than the
+  // peer's sends the peer all its documents, which the peer joins; one that is not ahead sends
+  // nothing (the usual case: the lost region had shipped the same to both). Whatever fails on
+  // the way stays asked. False when the session failed.
+  bool ExchangeAfterLossIfAsked(std::vector<Cursor>& cursors) {
     // A plain load first: this runs on every turn of the ship loop, and is almost never set.
-    if (!peer_.resend_state.load(std::memory_order_relaxed) || !peer_.resend_state.exchange(false))
+    if (!peer_.exchange_asked.load(std::memory_order_relaxed) ||
+        !peer_.exchange_asked.exchange(false)) {
       return true;
-    int64_t sent = 0;
-    for (Cursor& c : cursors) {
-      if (!SendDocuments(c, &sent)) {
-        peer_.resend_state = true;
-        return false;
+    }
+    std::set<uint32_t> owe;
+    std::map<uint32_t, std::map<std::string, int64_t>> theirs;
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      owe.swap(peer_.owe_marks);
+      theirs.swap(peer_.peer_marks);
+    }
+    auto ask_again = [&] {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.owe_marks.insert(owe.begin(), owe.end());
+      for (auto& [lost, marks] : theirs) peer_.peer_marks.try_emplace(lost, std::move(marks));
+      peer_.exchange_asked = true;
+      return false;
+    };
+    // What we tell the peer errs low (our resume points: everything through them is applied
+    // here), what we compare it with errs high (the highest we applied), so that a doubt sends
+    // the documents rather than skipping them.
+    rpb::GetStreamMarksResponse resume, highest;
+    for (auto [out, high] : {std::pair{&resume, false}, std::pair{&highest, true}}) {
+      rpb::GetStreamMarksRequest req;
+      req.set_highest(high);
+      auto ctx = r_.RegionCtx(5000);
+      grpc::Status s = r_.region->GetStreamMarks(ctx.get(), req, out);
+      if (!s.ok()) {
+        spdlog::warn("event=survivor_exchange_failed peer={} error=\"{}\"", peer_.config.name,
+                     s.error_message());
+        return ask_again();
       }
     }
-    spdlog::info("event=survivor_state_sent peer={} documents={}", peer_.config.name, sent);
+    auto of = [](const rpb::GetStreamMarksResponse& all, uint32_t lost) {
+      std::map<std::string, int64_t> marks;
+      for (const auto& m : all.marks())
+        if (m.origin() == lost) marks[m.origin_database()] = m.seq();
+      return marks;
+    };
+    auto describe = [](const std::map<std::string, int64_t>& marks) {
+      std::string s;
+      for (const auto& [db, seq] : marks) absl::StrAppend(&s, s.empty() ? "" : " ", db, ":", seq);
+      return s;
+    };
+    for (auto it = owe.begin(); it != owe.end(); it = owe.erase(it)) {
+      pb::Frame f;
+      pb::SurvivorMarks* sm = f.mutable_survivor_marks();
+      sm->set_lost(*it);
+      const auto marks = of(resume, *it);
+      for (const auto& [db, seq] : marks) {
+        pb::AckedSeq* a = sm->add_applied();
+        a->set_origin_database(db);
+        a->set_seq(seq);
+      }
+      if (!Write(std::move(f))) return ask_again();
+      spdlog::info("event=survivor_marks_sent peer={} lost_replica={} marks=\"{}\"",
+                   peer_.config.name, *it, describe(marks));
+    }
+    bool send = false;
+    for (const auto& [lost, peer_marks] : theirs) {
+      const auto mine = of(highest, lost);
+      std::string ahead;
+      for (const auto& [db, seq] : mine) {
+        auto p = peer_marks.find(db);
+        const int64_t at_peer = p == peer_marks.end() ? 0 : p->second;
+        if (seq > at_peer)
+          absl::StrAppend(&ahead, ahead.empty() ? "" : " ", db, ":", at_peer, "<", seq);
+      }
+      if (ahead.empty()) {
+        peer_.m.survivor_skipped->Increment();
+        spdlog::info(
+            "event=survivor_state_skipped peer={} lost_replica={} ours=\"{}\" theirs=\"{}\"",
+            peer_.config.name, lost, describe(mine), describe(peer_marks));
+      } else {
+        send = true;
+        spdlog::info("event=survivor_state_asked peer={} lost_replica={} ahead=\"{}\"",
+                     peer_.config.name, lost, ahead);
+      }
+    }
+    if (send) {
+      int64_t sent = 0;
+      for (Cursor& c : cursors) {
+        if (!SendDocuments(c, &sent)) return ask_again();
+      }
+      peer_.m.survivor_sent->Increment();
+      spdlog::info("event=survivor_state_sent peer={} documents={}", peer_.config.name, sent);
+    }
     return true;
+  }
+
+  // A peer's marks for a region that was lost (see ExchangeAfterLossIfAsked): kept for the ship
+  // loop to compare with ours.
+  absl::Status TakeSurvivorMarks(const pb::SurvivorMarks& m) {
+    const bool third = std::any_of(r_.peers.begin(), r_.peers.end(), [&](const auto& p) {
+      return p->config.replica_id == m.lost() && p.get() != &peer_;
+    });
+    if (!third) {
+      return Reject(absl::StrCat("survivor marks for replica ", m.lost(),
+                                 ", which is not a third region of this deployment"));
+    }
+    if (m.applied_size() > 1024) return Reject("survivor marks: more than 1024 databases");
+    std::map<std::string, int64_t> marks;
+    for (const pb::AckedSeq& a : m.applied()) {
+      if (a.origin_database().empty() || a.seq() < 0 ||
+          !marks.emplace(a.origin_database(), a.seq()).second) {
+        return Reject(absl::StrCat("survivor marks for replica ", m.lost(),
+                                   ": an empty, negative or repeated mark for database \"",
+                                   a.origin_database(), "\""));
+      }
+    }
+    spdlog::info("event=survivor_marks_received peer={} lost_replica={} marks={}",
+                 peer_.config.name, m.lost(), marks.size());
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.peer_marks[m.lost()] = std::move(marks);
+    }
+    peer_.exchange_asked = true;
+    return absl::OkStatus();
   }
 
   bool Heartbeat() {
@@ -1184,6 +1340,7 @@ class Session {
   int apply_queued_ = 0;  // batches in apply_queues_
   int applying_ = 0;      // appliers inside an ApplyDeltas call
   std::map<std::string, int64_t> queued_through_;
+  std::map<std::string, int64_t> applied_through_;  // per origin database, by this session
   absl::Status apply_status_;
   SteadyTime::time_point apply_failed_at_;
   std::mutex mu_;
@@ -1441,8 +1598,14 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     raw->coordinator->OnRegionTakenOver([raw](RegionId lost) {
       for (auto& p : raw->peers) {
         if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
-        if (!p->resend_state.exchange(true)) {
-          spdlog::info("event=survivor_state_asked peer={} lost_replica={}", p->config.name, lost);
+        bool fresh;
+        {
+          std::lock_guard<std::mutex> l(p->mu);
+          fresh = p->owe_marks.insert(lost).second;
+        }
+        p->exchange_asked = true;
+        if (fresh) {
+          spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
         }
       }
     });

@@ -138,11 +138,48 @@ class LeasesTest : public ::testing::Test {
     return 0;
   }
 
-  double Metric(size_t region, const std::string& name_and_labels) {
-    Response r = Request(c_->http_port(region), "GET", "/metrics");
-    size_t pos = r.body.find("\n" + name_and_labels + " ");
+  // A sample of a Prometheus text page (0 when absent).
+  static double Sample(const std::string& page, const std::string& name_and_labels) {
+    size_t pos = page.find("\n" + name_and_labels + " ");
     if (pos == std::string::npos) return 0;
-    return std::atof(r.body.c_str() + pos + name_and_labels.size() + 2);
+    return std::atof(page.c_str() + pos + name_and_labels.size() + 2);
+  }
+  double Metric(size_t region, const std::string& name_and_labels) {
+    return Sample(Request(c_->http_port(region), "GET", "/metrics").body, name_and_labels);
+  }
+  double ReplicatorMetric(size_t region, const std::string& name_and_labels) {
+    auto page = c_->Metrics(region);
+    return page.ok() ? Sample(*page, name_and_labels) : -1;
+  }
+
+  // Whether `at` has applied every record left in `from`'s outbox: for each of `from`'s outbox
+  // streams, the highest mark `at` holds for it in any of its databases reaches the last seq.
+  bool AppliedEverything(size_t at, size_t from) {
+    for (const char* db : {"global", "shard0", "shard1"}) {
+      pqxx::connection src(c_->Dsn(from, db));
+      pqxx::work stx(src);
+      pqxx::row last = stx.exec1(
+          "SELECT (SELECT id FROM outbox_stream LIMIT 1), coalesce(max(seq), 0) FROM outbox");
+      int64_t applied = 0;
+      for (const char* here : {"global", "shard0", "shard1"}) {
+        pqxx::connection dst(c_->Dsn(at, here));
+        pqxx::work dtx(dst);
+        applied = std::max(applied,
+                           dtx.exec1("SELECT coalesce(max(seq), 0) FROM replication_applied WHERE "
+                                     "origin = " +
+                                     dtx.quote(c_->spec(from).replica_id) + " AND origin_db LIKE " +
+                                     dtx.quote("%-" + last[0].as<std::string>()))[0]
+                               .as<int64_t>());
+      }
+      if (applied < last[1].as<int64_t>()) return false;
+    }
+    return true;
+  }
+
+  // A replicator's count of the survivors' exchanges with `peer` that ended in `outcome`.
+  double Exchanges(size_t at, const std::string& outcome, const std::string& peer) {
+    return ReplicatorMetric(at, "meridian_replication_survivor_exchanges_total{outcome=\"" +
+                                    outcome + "\",peer=\"" + peer + "\"}");
   }
 
   int64_t Count(size_t region, const std::string& sql) {
@@ -433,7 +470,39 @@ TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
       << "ap-south never got the line eu-west holds from the dead us-east";
   EXPECT_EQ(lines(kAp), lines(kEu));
   EXPECT_EQ(lines(kAp)[0].value("quantity", 0), 2);
+  // Only the survivor that had more of us-east sent its documents: ap-south, cut from us-east,
+  // had nothing eu-west lacked, and sent nothing.
+  EXPECT_GE(Exchanges(kEu, "documents_sent", "ap-south"), 1);
+  EXPECT_TRUE(Eventually([&] { return Exchanges(kAp, "skipped", "eu-west") >= 1; }, 20))
+      << "ap-south never compared its marks with eu-west's";
+  EXPECT_EQ(Exchanges(kAp, "documents_sent", "eu-west"), 0);
   ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
+}
+
+// The usual loss: the dead region had shipped everything to both survivors. They compare their
+// marks and send each other nothing (before, each sent the other every document it held).
+TEST_F(LeasesTest, SurvivorsThatHoldAllOfALostRegionExchangeNoDocuments) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "mug");
+  auto [token, user] = Customer(kUs, "di@example.com");
+  ASSERT_EQ(
+      Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+              Json{{"sku", "mug"}, {"quantity", 3}}.dump(), {{"Authorization", "Bearer " + token}})
+          .status,
+      200);
+  for (size_t at : {kEu, kAp}) {
+    ASSERT_TRUE(Eventually([&] { return AppliedEverything(at, kUs); }, 20))
+        << c_->spec(at).name << " never applied all of us-east's outbox";
+  }
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  for (auto [at, peer] : {std::pair{kEu, "ap-south"}, std::pair{kAp, "eu-west"}}) {
+    EXPECT_TRUE(Eventually([&] { return Exchanges(at, "skipped", peer) >= 1; }, 20))
+        << c_->spec(at).name << " never compared its marks with " << peer << "'s";
+    EXPECT_EQ(Exchanges(at, "documents_sent", peer), 0) << c_->spec(at).name;
+  }
 }
 
 // An operator declares a dead region lost at its successor: the successor takes over its

@@ -541,6 +541,25 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     grpc::Status st = p.SendAndFinish(f);
     EXPECT_FALSE(st.ok());
   }
+  {  // survivor marks for a region that is not a third one here (ap-south itself)
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_survivor_marks()->set_lost(c_->spec(kAp).replica_id);
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // survivor marks for us-east naming one database twice
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_survivor_marks()->set_lost(c_->spec(kUs).replica_id);
+    for (int i = 0; i < 2; ++i) {
+      rpb::AckedSeq* a = f.mutable_survivor_marks()->add_applied();
+      a->set_origin_database("shard0");
+      a->set_seq(7);
+    }
+    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
   {  // a batch before the hello
     ForgedPeer p(*c_, kEu, kAp);
     EXPECT_EQ(p.SendAndFinish(CartBatch(2, victim, "any", 2'000'000'400)).error_code(),
