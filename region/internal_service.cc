@@ -415,6 +415,9 @@ class Service final : public pb::RegionInternal::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "kind: not a document of database " + req->database());
     }
+    if (req->keys_size() > 10000) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "keys: at most 10000");
+    }
     absl::Status st = pool->Run([&](pqxx::work& tx) {
       const std::string key =
           req->kind() == pb::OUTBOX_KIND_CART || req->kind() == pb::OUTBOX_KIND_USER ? "user_id"
@@ -424,8 +427,13 @@ class Service final : public pb::RegionInternal::Service {
           std::string(req->kind() == pb::OUTBOX_KIND_PRODUCT || req->kind() == pb::OUTBOX_KIND_ORDER
                           ? " AND "
                           : " WHERE ") +
-          key + " > " + tx.quote(req->after_key()) + " ORDER BY " + key + " LIMIT " +
-          tx.quote(limit);
+          key + " > " + tx.quote(req->after_key());
+      if (req->keys_size() > 0) {
+        std::string keys;
+        for (const std::string& k : req->keys()) keys += (keys.empty() ? "" : ", ") + tx.quote(k);
+        sql += " AND " + key + " = ANY(ARRAY[" + keys + "]::text[])";
+      }
+      sql += " ORDER BY " + key + " LIMIT " + tx.quote(limit);
       pqxx::result rows = tx.exec(sql);
       auto add = [&](pb::OutboxKind kind, const std::string& k, std::string payload,
                      const std::string& residency) {

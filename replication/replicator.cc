@@ -27,6 +27,7 @@
 #include "region/internal.grpc.pb.h"
 #include "replication/coordinator.h"
 #include "replication/frames.h"
+#include "replication/recent_keys.h"
 #include "replication/replication.grpc.pb.h"
 #include "services/domain.h"
 
@@ -105,8 +106,9 @@ struct PeerMetrics {
   prometheus::Counter* rejected;
   prometheus::Counter* applied;
   prometheus::Gauge* connected;
-  prometheus::Counter* survivor_sent;     // exchanges after a loss where we sent our documents
-  prometheus::Counter* survivor_skipped;  // ... where the peer already had what we have
+  prometheus::Counter* survivor_sent;       // exchanges after a loss where we sent our documents
+  prometheus::Counter* survivor_skipped;    // ... where the peer already had what we have
+  prometheus::Counter* survivor_documents;  // documents sent in those exchanges
 };
 
 struct PeerState {
@@ -125,7 +127,14 @@ struct PeerState {
   std::set<uint32_t> owe_marks;
   std::map<uint32_t, std::map<std::string, int64_t>> peer_marks;
   std::atomic<bool> exchange_asked{false};  // either of the two is not empty
+  // The keys of the peer's records applied here lately: should the peer be lost, what another
+  // survivor lacks of it is sent as just the documents those records touched.
+  RecentKeys recent;
 };
+
+// Documents by kind and key: a survivors' exchange narrowed to what the peer lacks.
+using DocumentKeys = std::map<rpb::OutboxKind, std::set<std::string>>;
+constexpr size_t kKeysPerRead = 1000;  // keys named in one ReadState
 
 rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
 pb::RecordKind ToWireKind(rpb::OutboxKind k) { return static_cast<pb::RecordKind>(k); }
@@ -448,6 +457,10 @@ struct Replicator::Impl {
                              "(outcome=documents_sent) or it had every record of the lost "
                              "region we have (outcome=skipped)")
                          .Register(*registry);
+    auto& survivor_docs = prometheus::BuildCounter()
+                              .Name("meridian_replication_survivor_documents_total")
+                              .Help("Documents sent to the peer in those exchanges")
+                              .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
       p->m.lag_ms =
@@ -465,6 +478,7 @@ struct Replicator::Impl {
       p->m.connected = &connected.Add(l);
       p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
       p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
+      p->m.survivor_documents = &survivor_docs.Add(l);
     }
   }
 
@@ -537,7 +551,7 @@ class Session {
   struct Pending {
     std::string db;
     bool state = false;  // a state transfer's batch
-    int64_t last_seq = 0;
+    int64_t first_seq = 0, last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
     size_t bytes = 0;
     SteadyTime::time_point queued_at;
@@ -749,6 +763,7 @@ class Session {
     Pending p;
     p.db = b.origin_database();
     p.state = b.state();
+    p.first_seq = b.first_seq();
     p.last_seq = b.last_seq();
     p.queued_at = SteadyTime::now();
     if (spdlog::should_log(spdlog::level::debug)) {
@@ -816,6 +831,7 @@ class Session {
     bool busy = false;
     while (true) {
       rpb::ApplyDeltasRequest req;
+      int64_t first_seq = 0;
       SteadyTime::time_point queued_at;
       {
         std::unique_lock<std::mutex> l(mu_);
@@ -831,6 +847,7 @@ class Session {
         req.set_origin(peer_.config.replica_id);
         req.set_origin_database(origin_db);
         req.set_state(queue.front().state);
+        first_seq = queue.front().first_seq;
         queued_at = queue.front().queued_at;
         while (!queue.empty()) {
           Pending& p = queue.front();
@@ -880,6 +897,15 @@ class Session {
         peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
       }
       peer_.m.applied->Increment(resp.applied());
+      if (req.state()) {
+        peer_.recent.StateApplied(origin_db, req.through_seq());
+      } else {
+        std::vector<RecentKeys::Record> recs;
+        recs.reserve(static_cast<size_t>(req.records_size()));
+        for (const rpb::OutboxRecord& o : req.records())
+          recs.push_back({o.seq(), static_cast<uint32_t>(o.kind()), o.key()});
+        peer_.recent.Applied(origin_db, first_seq, req.through_seq(), recs);
+      }
       {
         std::lock_guard<std::mutex> l(mu_);
         int64_t& through = applied_through_[origin_db];
@@ -1139,48 +1165,63 @@ class Session {
     return true;
   }
 
-  // Every document of c's database the peer may hold, as state batches (joined at the peer,
-  // no mark moves). False when the stream or the region failed.
-  bool SendDocuments(Cursor& c, int64_t* sent) {
+  // Every document of c's database the peer may hold (or, with `only`, those of these keys), as
+  // state batches (joined at the peer, no mark moves). False when the stream or the region
+  // failed.
+  bool SendDocuments(Cursor& c, int64_t* sent, const DocumentKeys* only = nullptr) {
     const bool global = c.db == "global";
     const std::vector<rpb::OutboxKind> kinds =
         global ? std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_PRODUCT, rpb::OUTBOX_KIND_INVENTORY}
                : std::vector<rpb::OutboxKind>{rpb::OUTBOX_KIND_USER, rpb::OUTBOX_KIND_CART,
                                               rpb::OUTBOX_KIND_ORDER};
     for (rpb::OutboxKind kind : kinds) {
+      // With `only`: its keys of this kind, a slice of them per read (one read per slice when
+      // they fit its limit).
+      std::vector<std::string> wanted;
+      if (only) {
+        auto it = only->find(kind);
+        if (it == only->end()) continue;
+        wanted.assign(it->second.begin(), it->second.end());
+      }
       std::string after;
-      for (bool done = false; !done;) {
-        if (!WaitForWindow()) return false;
-        rpb::ReadStateRequest req;
-        req.set_database(c.db);
-        req.set_kind(kind);
-        req.set_after_key(after);
-        req.set_limit(r_.config.batch_max_records);
-        rpb::ReadStateResponse resp;
-        auto ctx = r_.RegionCtx(30000);
-        grpc::Status s = r_.region->ReadState(ctx.get(), req, &resp);
-        if (!s.ok()) {
-          spdlog::warn("event=state_transfer_failed peer={} db={} error=\"{}\"", peer_.config.name,
-                       c.db, s.error_message());
-          return false;
+      for (size_t slice = 0; !only || slice < wanted.size(); slice += kKeysPerRead) {
+        for (bool done = false; !done;) {
+          if (!WaitForWindow()) return false;
+          rpb::ReadStateRequest req;
+          req.set_database(c.db);
+          req.set_kind(kind);
+          req.set_after_key(after);
+          req.set_limit(r_.config.batch_max_records);
+          for (size_t i = slice; only && i < std::min(wanted.size(), slice + kKeysPerRead); ++i)
+            req.add_keys(wanted[i]);
+          rpb::ReadStateResponse resp;
+          auto ctx = r_.RegionCtx(30000);
+          grpc::Status s = r_.region->ReadState(ctx.get(), req, &resp);
+          if (!s.ok()) {
+            spdlog::warn("event=state_transfer_failed peer={} db={} error=\"{}\"",
+                         peer_.config.name, c.db, s.error_message());
+            return false;
+          }
+          pb::RecordList list;
+          for (const rpb::OutboxRecord& o : resp.records()) {
+            if (!services::ResidencyAllows(o.residency(), peer_.config.jurisdiction)) continue;
+            pb::Record* rec = list.add_records();
+            rec->set_seq(0);
+            rec->set_kind(ToWireKind(o.kind()));
+            rec->set_key(o.key());
+            rec->set_payload(o.payload());
+            rec->set_residency(o.residency());
+            rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
+                                       o.created_at().nanos() / 1000000);
+          }
+          if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, BatchKind::kState))
+            return false;
+          *sent += list.records_size();
+          after = resp.last_key();
+          done = resp.done();
         }
-        pb::RecordList list;
-        for (const rpb::OutboxRecord& o : resp.records()) {
-          if (!services::ResidencyAllows(o.residency(), peer_.config.jurisdiction)) continue;
-          pb::Record* rec = list.add_records();
-          rec->set_seq(0);
-          rec->set_kind(ToWireKind(o.kind()));
-          rec->set_key(o.key());
-          rec->set_payload(o.payload());
-          rec->set_residency(o.residency());
-          rec->set_committed_unix_ms(o.created_at().seconds() * 1000 +
-                                     o.created_at().nanos() / 1000000);
-        }
-        if (list.records_size() > 0 && !SendBatch(c.stream, 0, 0, list, BatchKind::kState))
-          return false;
-        *sent += list.records_size();
-        after = resp.last_key();
-        done = resp.done();
+        if (!only) break;
+        after.clear();
       }
     }
     return true;
@@ -1190,7 +1231,8 @@ class Session {
   // of it the others lack: it shipped to each directly and died in between. Each survivor sends
   // each other survivor its marks for the lost region's databases (SurvivorMarks, asked for by
   // the coordinator: owe_marks); a survivor whose mark for one of them is higher than the
-  // peer's sends the peer all its documents, which the peer joins; one that is not ahead sends
+  // peer's sends the peer the documents that the records in between touched (or, where it does
+  // not know them, all its documents), which the peer joins; one that is not ahead sends
   // nothing (the usual case: the lost region had shipped the same to both). Whatever fails on
   // the way stays asked. False when the session failed.
   bool ExchangeAfterLossIfAsked(std::vector<Cursor>& cursors) {
@@ -1253,15 +1295,27 @@ class Session {
       spdlog::info("event=survivor_marks_sent peer={} lost_replica={} marks=\"{}\"",
                    peer_.config.name, *it, describe(marks));
     }
-    bool send = false;
+    // What to send: the documents of the keys that the records past the peer's marks touched,
+    // as listed here (PeerState::recent of the lost region), or every document where a range is
+    // not listed (applied by an earlier process, or too long ago).
+    bool send = false, every_document = false;
+    DocumentKeys keys;
     for (const auto& [lost, peer_marks] : theirs) {
       const auto mine = of(highest, lost);
+      const PeerState* origin = nullptr;
+      for (const auto& p : r_.peers)
+        if (p->config.replica_id == lost) origin = p.get();
       std::string ahead;
       for (const auto& [db, seq] : mine) {
         auto p = peer_marks.find(db);
         const int64_t at_peer = p == peer_marks.end() ? 0 : p->second;
-        if (seq > at_peer)
-          absl::StrAppend(&ahead, ahead.empty() ? "" : " ", db, ":", at_peer, "<", seq);
+        if (seq <= at_peer) continue;
+        absl::StrAppend(&ahead, ahead.empty() ? "" : " ", db, ":", at_peer, "<", seq);
+        std::vector<std::pair<uint32_t, std::string>> listed;
+        if (!origin || !origin->recent.KeysBetween(db, at_peer, seq, &listed)) {
+          every_document = true;
+        }
+        for (auto& [kind, key] : listed) keys[static_cast<rpb::OutboxKind>(kind)].insert(key);
       }
       if (ahead.empty()) {
         peer_.m.survivor_skipped->Increment();
@@ -1277,10 +1331,14 @@ class Session {
     if (send) {
       int64_t sent = 0;
       for (Cursor& c : cursors) {
-        if (!SendDocuments(c, &sent)) return ask_again();
+        if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
       }
+      size_t n_keys = 0;
+      for (const auto& [kind, k] : keys) n_keys += k.size();
       peer_.m.survivor_sent->Increment();
-      spdlog::info("event=survivor_state_sent peer={} documents={}", peer_.config.name, sent);
+      peer_.m.survivor_documents->Increment(static_cast<double>(sent));
+      spdlog::info("event=survivor_state_sent peer={} documents={} scope={}", peer_.config.name,
+                   sent, every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
     }
     return true;
   }

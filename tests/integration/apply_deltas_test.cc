@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -19,6 +20,7 @@
 #include "crdt/codec.h"
 #include "region/app.h"
 #include "region/internal.grpc.pb.h"
+#include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
@@ -156,6 +158,64 @@ TEST_F(ApplyDeltasTest, ConcurrentCartEditsConvergeBothWaysAndResendsAreHarmless
   ASSERT_TRUE(Ship(*us2_, *us_, 2).ok());
   EXPECT_TRUE(Cart(*us_, t1).empty());
   EXPECT_TRUE(Cart(*us2_, t2).empty());
+}
+
+// What the survivors' exchange after a loss reads (replication/README): the streams' resume
+// points and the highest seq applied, a resume point moved at once (mark_now), and documents by
+// key.
+TEST_F(ApplyDeltasTest, StreamMarksMarkNowAndDocumentsByKey) {
+  for (const char* email : {"a@example.com", "b@example.com", "c@example.com"})
+    Login(*us_, email, "us");
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  const int64_t shipped = std::max(us_->shipped_shard0, us_->shipped_shard1);
+  ASSERT_GT(shipped, 0);
+  auto marks = [&](bool highest) {
+    grpc::ClientContext ctx;
+    v1::GetStreamMarksRequest req;
+    req.set_highest(highest);
+    v1::GetStreamMarksResponse out;
+    EXPECT_TRUE(us2_->stub->GetStreamMarks(&ctx, req, &out).ok());
+    std::map<std::string, int64_t> m;
+    for (const auto& x : out.marks())
+      if (x.origin() == 1) m[x.origin_database()] = x.seq();
+    return m;
+  };
+  const std::string db = us_->shipped_shard0 >= us_->shipped_shard1 ? "shard-0" : "shard-1";
+  EXPECT_EQ(marks(true)[db], shipped);
+  EXPECT_LE(marks(false)[db], shipped);
+  {
+    grpc::ClientContext ctx;
+    v1::ApplyDeltasRequest req;
+    req.set_origin(1);
+    req.set_origin_database(db);
+    req.set_through_seq(shipped);
+    req.set_mark_now(true);
+    v1::ApplyDeltasResponse out;
+    ASSERT_TRUE(us2_->stub->ApplyDeltas(&ctx, req, &out).ok());
+  }
+  EXPECT_EQ(marks(false)[db], shipped);
+
+  auto read = [&](const std::vector<std::string>& keys, grpc::Status* st) {
+    std::vector<std::string> found;
+    for (const char* shard : {"shard-0", "shard-1"}) {
+      grpc::ClientContext ctx;
+      v1::ReadStateRequest req;
+      req.set_database(shard);
+      req.set_kind(v1::OUTBOX_KIND_USER);
+      for (const std::string& k : keys) req.add_keys(k);
+      v1::ReadStateResponse out;
+      *st = us2_->stub->ReadState(&ctx, req, &out);
+      for (const auto& r : out.records()) found.push_back(r.key());
+    }
+    return found;
+  };
+  grpc::Status st;
+  const std::string b = services::UserIdForEmail("b@example.com");
+  EXPECT_EQ(read({b, "no-such-user"}, &st), std::vector<std::string>{b});
+  EXPECT_TRUE(st.ok());
+  EXPECT_EQ(read({}, &st).size(), 3u);  // no keys: every document
+  read(std::vector<std::string>(10001, b), &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ApplyDeltasTest, RejectsBadFramesAndResidencyViolationsWithNothingApplied) {

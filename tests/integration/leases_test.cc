@@ -453,6 +453,12 @@ TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
     return r.status == 200 && j.is_object() ? j["lines"] : Json();
   };
   ASSERT_TRUE(Eventually([&] { return lines(kAp).is_array(); }, 20)) << "profile never at ap-south";
+  // Documents both survivors hold already: an exchange of every document would send them too.
+  for (int i = 0; i < 6; ++i) Customer(kUs, "other" + std::to_string(i) + "@example.com");
+  for (size_t at : {kEu, kAp}) {
+    ASSERT_TRUE(Eventually([&] { return AppliedEverything(at, kUs); }, 20))
+        << c_->spec(at).name << " never applied all of us-east's outbox";
+  }
 
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
   ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
@@ -470,9 +476,12 @@ TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
       << "ap-south never got the line eu-west holds from the dead us-east";
   EXPECT_EQ(lines(kAp), lines(kEu));
   EXPECT_EQ(lines(kAp)[0].value("quantity", 0), 2);
-  // Only the survivor that had more of us-east sent its documents: ap-south, cut from us-east,
-  // had nothing eu-west lacked, and sent nothing.
+  // Only the survivor that had more of us-east sent documents, and only the one that its
+  // records past ap-south's marks touched (the cart; not the 9 or so others it holds): ap-south,
+  // cut from us-east, had nothing eu-west lacked, and sent nothing.
   EXPECT_GE(Exchanges(kEu, "documents_sent", "ap-south"), 1);
+  EXPECT_EQ(
+      ReplicatorMetric(kEu, "meridian_replication_survivor_documents_total{peer=\"ap-south\"}"), 1);
   EXPECT_TRUE(Eventually([&] { return Exchanges(kAp, "skipped", "eu-west") >= 1; }, 20))
       << "ap-south never compared its marks with eu-west's";
   EXPECT_EQ(Exchanges(kAp, "documents_sent", "eu-west"), 0);
