@@ -135,6 +135,14 @@ struct PeerState {
 // Documents by kind and key: a survivors' exchange narrowed to what the peer lacks.
 using DocumentKeys = std::map<rpb::OutboxKind, std::set<std::string>>;
 constexpr size_t kKeysPerRead = 1000;  // keys named in one ReadState
+// Marks per origin replica and origin database (stream).
+using Marks = std::map<uint32_t, std::map<std::string, int64_t>>;
+
+std::string Describe(const std::map<std::string, int64_t>& marks) {
+  std::string s;
+  for (const auto& [db, seq] : marks) absl::StrAppend(&s, s.empty() ? "" : " ", db, ":", seq);
+  return s;
+}
 
 rpb::OutboxKind ToRegionKind(pb::RecordKind k) { return static_cast<rpb::OutboxKind>(k); }
 pb::RecordKind ToWireKind(rpb::OutboxKind k) { return static_cast<pb::RecordKind>(k); }
@@ -1242,7 +1250,7 @@ class Session {
       return true;
     }
     std::set<uint32_t> owe;
-    std::map<uint32_t, std::map<std::string, int64_t>> theirs;
+    Marks theirs;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       owe.swap(peer_.owe_marks);
@@ -1258,89 +1266,91 @@ class Session {
     // What we tell the peer errs low (our resume points: everything through them is applied
     // here), what we compare it with errs high (the highest we applied), so that a doubt sends
     // the documents rather than skipping them.
-    rpb::GetStreamMarksResponse resume, highest;
-    for (auto [out, high] : {std::pair{&resume, false}, std::pair{&highest, true}}) {
-      rpb::GetStreamMarksRequest req;
-      req.set_highest(high);
-      auto ctx = r_.RegionCtx(5000);
-      grpc::Status s = r_.region->GetStreamMarks(ctx.get(), req, out);
-      if (!s.ok()) {
-        spdlog::warn("event=survivor_exchange_failed peer={} error=\"{}\"", peer_.config.name,
-                     s.error_message());
-        return ask_again();
-      }
-    }
-    auto of = [](const rpb::GetStreamMarksResponse& all, uint32_t lost) {
-      std::map<std::string, int64_t> marks;
-      for (const auto& m : all.marks())
-        if (m.origin() == lost) marks[m.origin_database()] = m.seq();
-      return marks;
-    };
-    auto describe = [](const std::map<std::string, int64_t>& marks) {
-      std::string s;
-      for (const auto& [db, seq] : marks) absl::StrAppend(&s, s.empty() ? "" : " ", db, ":", seq);
-      return s;
-    };
+    Marks resume, highest;
+    if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return ask_again();
     for (auto it = owe.begin(); it != owe.end(); it = owe.erase(it)) {
       pb::Frame f;
       pb::SurvivorMarks* sm = f.mutable_survivor_marks();
       sm->set_lost(*it);
-      const auto marks = of(resume, *it);
-      for (const auto& [db, seq] : marks) {
+      for (const auto& [db, seq] : resume[*it]) {
         pb::AckedSeq* a = sm->add_applied();
         a->set_origin_database(db);
         a->set_seq(seq);
       }
       if (!Write(std::move(f))) return ask_again();
       spdlog::info("event=survivor_marks_sent peer={} lost_replica={} marks=\"{}\"",
-                   peer_.config.name, *it, describe(marks));
+                   peer_.config.name, *it, Describe(resume[*it]));
     }
-    // What to send: the documents of the keys that the records past the peer's marks touched,
-    // as listed here (PeerState::recent of the lost region), or every document where a range is
-    // not listed (applied by an earlier process, or too long ago).
-    bool send = false, every_document = false;
     DocumentKeys keys;
+    bool every_document = false;
+    if (!WhatThePeerLacks(theirs, highest, &keys, &every_document)) return true;
+    int64_t sent = 0;
+    for (Cursor& c : cursors) {
+      if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
+    }
+    size_t n_keys = 0;
+    for (const auto& [kind, k] : keys) n_keys += k.size();
+    peer_.m.survivor_sent->Increment();
+    peer_.m.survivor_documents->Increment(static_cast<double>(sent));
+    spdlog::info("event=survivor_state_sent peer={} documents={} scope={}", peer_.config.name, sent,
+                 every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
+    return true;
+  }
+
+  // Our marks per origin region and database: the resume points, or the highest applied.
+  bool ReadMarks(bool highest, Marks* out) {
+    rpb::GetStreamMarksRequest req;
+    req.set_highest(highest);
+    rpb::GetStreamMarksResponse resp;
+    auto ctx = r_.RegionCtx(5000);
+    grpc::Status s = r_.region->GetStreamMarks(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event=survivor_exchange_failed peer={} error=\"{}\"", peer_.config.name,
+                   s.error_message());
+      return false;
+    }
+    for (const auto& m : resp.marks()) (*out)[m.origin()][m.origin_database()] = m.seq();
+    return true;
+  }
+
+  // Whether the peer lacks records of a lost region that we applied (its marks `theirs` below
+  // our `highest`), and which documents to send it then: those of the keys those records touched
+  // as listed here (PeerState::recent of the lost region), or every document where a range is
+  // not listed (applied by an earlier process, or too long ago).
+  bool WhatThePeerLacks(const Marks& theirs, const Marks& highest, DocumentKeys* keys,
+                        bool* every_document) {
+    bool lacks = false;
     for (const auto& [lost, peer_marks] : theirs) {
-      const auto mine = of(highest, lost);
+      auto mine = highest.find(lost);
+      const std::map<std::string, int64_t> none;
+      const auto& ours = mine == highest.end() ? none : mine->second;
       const PeerState* origin = nullptr;
       for (const auto& p : r_.peers)
         if (p->config.replica_id == lost) origin = p.get();
       std::string ahead;
-      for (const auto& [db, seq] : mine) {
+      for (const auto& [db, seq] : ours) {
         auto p = peer_marks.find(db);
         const int64_t at_peer = p == peer_marks.end() ? 0 : p->second;
         if (seq <= at_peer) continue;
         absl::StrAppend(&ahead, ahead.empty() ? "" : " ", db, ":", at_peer, "<", seq);
         std::vector<std::pair<uint32_t, std::string>> listed;
         if (!origin || !origin->recent.KeysBetween(db, at_peer, seq, &listed)) {
-          every_document = true;
+          *every_document = true;
         }
-        for (auto& [kind, key] : listed) keys[static_cast<rpb::OutboxKind>(kind)].insert(key);
+        for (auto& [kind, key] : listed) (*keys)[static_cast<rpb::OutboxKind>(kind)].insert(key);
       }
       if (ahead.empty()) {
         peer_.m.survivor_skipped->Increment();
         spdlog::info(
             "event=survivor_state_skipped peer={} lost_replica={} ours=\"{}\" theirs=\"{}\"",
-            peer_.config.name, lost, describe(mine), describe(peer_marks));
+            peer_.config.name, lost, Describe(ours), Describe(peer_marks));
       } else {
-        send = true;
+        lacks = true;
         spdlog::info("event=survivor_state_asked peer={} lost_replica={} ahead=\"{}\"",
                      peer_.config.name, lost, ahead);
       }
     }
-    if (send) {
-      int64_t sent = 0;
-      for (Cursor& c : cursors) {
-        if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
-      }
-      size_t n_keys = 0;
-      for (const auto& [kind, k] : keys) n_keys += k.size();
-      peer_.m.survivor_sent->Increment();
-      peer_.m.survivor_documents->Increment(static_cast<double>(sent));
-      spdlog::info("event=survivor_state_sent peer={} documents={} scope={}", peer_.config.name,
-                   sent, every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
-    }
-    return true;
+    return lacks;
   }
 
   // A peer's marks for a region that was lost (see ExchangeAfterLossIfAsked): kept for the ship
