@@ -5,7 +5,7 @@
 namespace meridian::replication {
 
 void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t through_seq,
-                         const std::vector<Record>& records) {
+                         std::vector<Record> records) {
   std::lock_guard<std::mutex> l(mu_);
   Stream& s = streams_[stream];
   if (!s.known || first_seq > s.last + 1) {
@@ -13,10 +13,10 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
     s.records.clear();
     s.floor = s.last = std::max<int64_t>(0, first_seq - 1);
   }
-  for (const Record& r : records) {
+  for (Record& r : records) {
     if (r.seq <= s.last) continue;
-    s.records.push_back(r);
     s.last = r.seq;
+    s.records.push_back(std::move(r));
   }
   s.last = std::max(s.last, through_seq);
   while (s.records.size() > per_stream_) {

@@ -35,7 +35,7 @@ class RecentKeys {
   // is already listed are resends and are skipped; a range that starts past the listed one
   // leaves a hole, so the listing starts over there.
   void Applied(const std::string& stream, int64_t first_seq, int64_t through_seq,
-               const std::vector<Record>& records);
+               std::vector<Record> records);
   // A state transfer's batch of the stream: through_seq 0 within the transfer (the listing is
   // forgotten: its documents have no seqs), > 0 at its end (listing from through_seq on).
   void StateApplied(const std::string& stream, int64_t through_seq);

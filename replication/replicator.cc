@@ -910,9 +910,9 @@ class Session {
       } else {
         std::vector<RecentKeys::Record> recs;
         recs.reserve(static_cast<size_t>(req.records_size()));
-        for (const rpb::OutboxRecord& o : req.records())
-          recs.push_back({o.seq(), static_cast<uint32_t>(o.kind()), o.key()});
-        peer_.recent.Applied(origin_db, first_seq, req.through_seq(), recs);
+        for (rpb::OutboxRecord& o : *req.mutable_records())  // done with them: move the keys
+          recs.push_back({o.seq(), static_cast<uint32_t>(o.kind()), std::move(*o.mutable_key())});
+        peer_.recent.Applied(origin_db, first_seq, req.through_seq(), std::move(recs));
       }
       {
         std::lock_guard<std::mutex> l(mu_);
