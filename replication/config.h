@@ -43,6 +43,10 @@ struct ReplicatorConfig {
   int backoff_min_ms = 100;
   int backoff_max_ms = 5000;
   int truncate_interval_ms = 5000;
+  // Keys of each peer's applied records kept per origin database (RecentKeys), so that after a
+  // loss a survivor sends another only the documents it lacks; 0 = keep none (always send every
+  // document). About 100 bytes each.
+  int recent_keys_per_stream = 50000;
   // coordination (issue 5): leases, rights, takeover sync, forwarding, operator API
   bool coordination = false;
   Endpoint control;            // local API for the region (order forwarding); port 0 = off

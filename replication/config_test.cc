@@ -26,6 +26,7 @@ TEST(ReplicatorConfig, ParsesAGoodFile) {
   EXPECT_EQ(c->peers[1].address.port, 7103);
   EXPECT_EQ(c->batch_max_records, 100);
   EXPECT_EQ(c->heartbeat_ms, 500);
+  EXPECT_EQ(c->recent_keys_per_stream, 50000);
 }
 
 TEST(ReplicatorConfig, ErrorsNameTheField) {
@@ -48,6 +49,8 @@ TEST(ReplicatorConfig, ErrorsNameTheField) {
   expect_error(replace("batch_max_records: 100", "batch_max_records: 0"),
                "shipping.batch_max_records");
   expect_error(replace("batch_max_records: 100", "batch_size: 5"), "shipping.batch_size");
+  expect_error(replace("batch_max_records: 100", "recent_keys_per_stream: -1"),
+               "shipping.recent_keys_per_stream");
   expect_error(replace("tls: {ca: ca.pem, cert: us-east.pem, key: us-east.key}", ""), "tls");
   expect_error("region: [", "not valid YAML");
 }

@@ -130,6 +130,8 @@ struct PeerState {
   // The keys of the peer's records applied here lately: should the peer be lost, what another
   // survivor lacks of it is sent as just the documents those records touched.
   RecentKeys recent;
+
+  explicit PeerState(size_t recent_keys_per_stream) : recent(recent_keys_per_stream) {}
 };
 
 // Documents by kind and key: a survivors' exchange narrowed to what the peer lacks.
@@ -1609,7 +1611,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     *out = *std::move(text);
   }
   for (const Peer& p : c.peers) {
-    auto state = std::make_unique<PeerState>();
+    auto state = std::make_unique<PeerState>(static_cast<size_t>(c.recent_keys_per_stream));
     state->config = p;
     impl->peers.push_back(std::move(state));
   }
