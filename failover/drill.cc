@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -299,6 +300,12 @@ class Drill {
   void MonitorLoop();
   void DigLoop();
   double BaselineLagP99();
+  // Each survivor's counts of the survivors' exchange after a loss, per survivor peer:
+  // (survivor, peer) -> {documents_sent exchanges, skipped exchanges, state records sent}.
+  std::map<std::pair<std::string, std::string>, std::array<double, 3>> SurvivorExchanges();
+  // What the survivors' exchange did since `before` (a note for the report).
+  std::string SurvivorExchangeNote(
+      const std::map<std::pair<std::string, std::string>, std::array<double, 3>>& before);
   absl::Status RemoveRegion();
   absl::Status BringBack();
   void CheckRpo(DrillReport* report);
@@ -691,6 +698,49 @@ double Drill::BaselineLagP99() {
   return worst;
 }
 
+std::map<std::pair<std::string, std::string>, std::array<double, 3>> Drill::SurvivorExchanges() {
+  std::vector<HttpCall> calls;
+  for (const DrillRegion* s : survivors_) calls.push_back({"GET", s->metrics, "", ""});
+  std::map<std::pair<std::string, std::string>, std::array<double, 3>> out;
+  const std::vector<HttpResult> res = http_->Run(calls, 2000);
+  for (size_t i = 0; i < res.size() && i < survivors_.size(); ++i) {
+    if (!res[i].ok()) continue;
+    const std::map<std::string, double> counts[3] = {
+        MetricByPeer(res[i].body, "meridian_replication_survivor_exchanges_total",
+                     "outcome=\"documents_sent\""),
+        MetricByPeer(res[i].body, "meridian_replication_survivor_exchanges_total",
+                     "outcome=\"skipped\""),
+        MetricByPeer(res[i].body, "meridian_replication_survivor_state_records_total")};
+    for (const DrillRegion* peer : survivors_) {
+      if (peer == survivors_[i]) continue;
+      auto& row = out[{survivors_[i]->name, peer->name}];
+      for (int k = 0; k < 3; ++k) {
+        auto it = counts[k].find(peer->name);
+        row[k] = it == counts[k].end() ? 0 : it->second;
+      }
+    }
+  }
+  return out;
+}
+
+std::string Drill::SurvivorExchangeNote(
+    const std::map<std::pair<std::string, std::string>, std::array<double, 3>>& before) {
+  std::string text;
+  for (const auto& [pair, now] : SurvivorExchanges()) {
+    auto b = before.find(pair);
+    std::array<double, 3> d = now;
+    for (int k = 0; k < 3 && b != before.end(); ++k) d[k] -= b->second[k];
+    std::string what = d[0] > 0   ? absl::StrCat("sent ", d[2], " state records")
+                       : d[1] > 0 ? std::string("had nothing the peer lacked: sent none")
+                                  : std::string("no exchange seen");
+    absl::StrAppend(&text, text.empty() ? "" : "; ", pair.first, " -> ", pair.second, ": ", what);
+  }
+  return absl::StrCat(
+      "survivors' exchange after the loss (marks compared, then only the documents a peer lacks; "
+      "replication/README): ",
+      text.empty() ? std::string("survivors' metrics unreachable") : text);
+}
+
 absl::Status Drill::RemoveRegion() {
   if (opt_.mode == "partition") {
     Say("removing %s: deploy/meridian partition %s", lost_->name.c_str(), lost_->name.c_str());
@@ -1006,6 +1056,7 @@ int Drill::Run() {
   Say("baseline: %d s of load with every region up", opt_.baseline_s);
   SleepMs(1000LL * opt_.baseline_s);
   lag_p99_ms_ = BaselineLagP99();
+  const auto exchanges_before = SurvivorExchanges();
   bool removed = false;
   if (!g_interrupted) {
     removal_started_ms_ = NowMs();
@@ -1018,6 +1069,7 @@ int Drill::Run() {
     Say("outage: %s stays away for %d s", lost_->name.c_str(), opt_.duration_s);
     SleepMs(1000LL * opt_.duration_s);
     CheckRpo(&report);
+    notes_.push_back(SurvivorExchangeNote(exchanges_before));
     st = BringBack();
     if (!st.ok()) notes_.push_back(absl::StrCat("bringing the region back: ", st.message()));
     bool recovered = WaitForRecovery();

@@ -106,9 +106,9 @@ struct PeerMetrics {
   prometheus::Counter* rejected;
   prometheus::Counter* applied;
   prometheus::Gauge* connected;
-  prometheus::Counter* survivor_sent;       // exchanges after a loss where we sent our documents
-  prometheus::Counter* survivor_skipped;    // ... where the peer already had what we have
-  prometheus::Counter* survivor_documents;  // documents sent in those exchanges
+  prometheus::Counter* survivor_sent;     // exchanges after a loss where we sent our documents
+  prometheus::Counter* survivor_skipped;  // ... where the peer already had what we have
+  prometheus::Counter* survivor_records;  // state records sent in those exchanges
 };
 
 struct PeerState {
@@ -468,8 +468,10 @@ struct Replicator::Impl {
                              "region we have (outcome=skipped)")
                          .Register(*registry);
     auto& survivor_docs = prometheus::BuildCounter()
-                              .Name("meridian_replication_survivor_documents_total")
-                              .Help("Documents sent to the peer in those exchanges")
+                              .Name("meridian_replication_survivor_state_records_total")
+                              .Help(
+                                  "State records sent to the peer in those exchanges (a "
+                                  "document is one; an order with a status, two)")
                               .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
@@ -488,7 +490,7 @@ struct Replicator::Impl {
       p->m.connected = &connected.Add(l);
       p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
       p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
-      p->m.survivor_documents = &survivor_docs.Add(l);
+      p->m.survivor_records = &survivor_docs.Add(l);
     }
   }
 
@@ -1293,8 +1295,8 @@ class Session {
     size_t n_keys = 0;
     for (const auto& [kind, k] : keys) n_keys += k.size();
     peer_.m.survivor_sent->Increment();
-    peer_.m.survivor_documents->Increment(static_cast<double>(sent));
-    spdlog::info("event=survivor_state_sent peer={} documents={} scope={}", peer_.config.name, sent,
+    peer_.m.survivor_records->Increment(static_cast<double>(sent));
+    spdlog::info("event=survivor_state_sent peer={} records={} scope={}", peer_.config.name, sent,
                  every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
     return true;
   }

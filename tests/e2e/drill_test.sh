@@ -8,7 +8,8 @@
 #   - the report exists (report.md, report.json, timeline.svg) and the invariants hold: no
 #     oversell (scarce SKUs sold out across the kill), no sync-peer acknowledged order missing at
 #     the survivors while the region is away, the region back (ready, caught up, lease and DNS
-#     home), sampled carts identical in every region.
+#     home), sampled carts identical in every region, and the survivors compared their marks of
+#     the lost region (the report notes what each sent the other).
 # Timing targets (detection, DNS switch, takeover, error rate) are measured and printed but do not
 # fail the test: on a shared 2-core CI machine (and under the sanitizers) they measure the machine
 # as much as the system; the demo's drill and drills/ hold the figures. The invariants must hold
@@ -82,6 +83,13 @@ jq -e '.carts.customers > 0 and .carts.identical == .carts.customers' "$J" >/dev
 jq -e '.figures_ms.full_recovery_after_return != null' "$J" >/dev/null ||
   fail "the region did not fully recover: $(jq -c '.events' "$J")"
 jq -e '.invariants_hold == true' "$J" >/dev/null || fail "an invariant target failed"
+# The survivors compared their marks of eu-west after the takeover (replication/README, the
+# survivors' exchange): the report notes what each did, and none of them did nothing.
+EXCHANGE=$(jq -r '.notes[] | select(startswith("survivors"))' "$J")
+[[ -n "$EXCHANGE" ]] || fail "the report has no note on the survivors' exchange"
+[[ "$EXCHANGE" != *"no exchange seen"* && "$EXCHANGE" != *unreachable* ]] ||
+  fail "survivors' exchange: $EXCHANGE"
+echo "$EXCHANGE"
 
 echo "== invariants hold; timing targets (informational here):"
 jq -r '.targets[] | "  \(.name): \(.measured) \(if .pass then "PASS" else "FAIL" end)"' "$J"

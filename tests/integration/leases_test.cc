@@ -481,7 +481,8 @@ TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
   // cut from us-east, had nothing eu-west lacked, and sent nothing.
   EXPECT_GE(Exchanges(kEu, "documents_sent", "ap-south"), 1);
   EXPECT_EQ(
-      ReplicatorMetric(kEu, "meridian_replication_survivor_documents_total{peer=\"ap-south\"}"), 1);
+      ReplicatorMetric(kEu, "meridian_replication_survivor_state_records_total{peer=\"ap-south\"}"),
+      1);
   EXPECT_TRUE(Eventually([&] { return Exchanges(kAp, "skipped", "eu-west") >= 1; }, 20))
       << "ap-south never compared its marks with eu-west's";
   EXPECT_EQ(Exchanges(kAp, "documents_sent", "eu-west"), 0);
