@@ -302,10 +302,10 @@ class Drill {
   double BaselineLagP99();
   // Each survivor's counts of the survivors' exchange after a loss, per survivor peer:
   // (survivor, peer) -> {documents_sent exchanges, skipped exchanges, state records sent}.
-  std::map<std::pair<std::string, std::string>, std::array<double, 3>> SurvivorExchanges();
+  using ExchangeCounts = std::map<std::pair<std::string, std::string>, std::array<double, 3>>;
+  ExchangeCounts SurvivorExchanges();
   // What the survivors' exchange did since `before` (a note for the report).
-  std::string SurvivorExchangeNote(
-      const std::map<std::pair<std::string, std::string>, std::array<double, 3>>& before);
+  std::string SurvivorExchangeNote(const ExchangeCounts& before);
   absl::Status RemoveRegion();
   absl::Status BringBack();
   void CheckRpo(DrillReport* report);
@@ -698,10 +698,10 @@ double Drill::BaselineLagP99() {
   return worst;
 }
 
-std::map<std::pair<std::string, std::string>, std::array<double, 3>> Drill::SurvivorExchanges() {
+Drill::ExchangeCounts Drill::SurvivorExchanges() {
   std::vector<HttpCall> calls;
   for (const DrillRegion* s : survivors_) calls.push_back({"GET", s->metrics, "", ""});
-  std::map<std::pair<std::string, std::string>, std::array<double, 3>> out;
+  ExchangeCounts out;
   const std::vector<HttpResult> res = http_->Run(calls, 2000);
   for (size_t i = 0; i < res.size() && i < survivors_.size(); ++i) {
     if (!res[i].ok()) continue;
@@ -723,8 +723,7 @@ std::map<std::pair<std::string, std::string>, std::array<double, 3>> Drill::Surv
   return out;
 }
 
-std::string Drill::SurvivorExchangeNote(
-    const std::map<std::pair<std::string, std::string>, std::array<double, 3>>& before) {
+std::string Drill::SurvivorExchangeNote(const ExchangeCounts& before) {
   std::string text;
   for (const auto& [pair, now] : SurvivorExchanges()) {
     auto b = before.find(pair);
