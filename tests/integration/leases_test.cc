@@ -176,6 +176,15 @@ class LeasesTest : public ::testing::Test {
     return true;
   }
 
+  // Waits until every region but `from` has applied all of `from`'s outbox.
+  void SurvivorsHoldAllOf(size_t from) {
+    for (size_t at = 0; at < c_->size(); ++at) {
+      if (at == from) continue;
+      ASSERT_TRUE(Eventually([&] { return AppliedEverything(at, from); }, 20))
+          << c_->spec(at).name << " never applied all of " << c_->spec(from).name << "'s outbox";
+    }
+  }
+
   // A replicator's count of the survivors' exchanges with `peer` that ended in `outcome`.
   double Exchanges(size_t at, const std::string& outcome, const std::string& peer) {
     return ReplicatorMetric(at, "meridian_replication_survivor_exchanges_total{outcome=\"" +
@@ -455,10 +464,7 @@ TEST_F(LeasesTest, SurvivorsExchangeADeadRegionsCartChanges) {
   ASSERT_TRUE(Eventually([&] { return lines(kAp).is_array(); }, 20)) << "profile never at ap-south";
   // Documents both survivors hold already: an exchange of every document would send them too.
   for (int i = 0; i < 6; ++i) Customer(kUs, "other" + std::to_string(i) + "@example.com");
-  for (size_t at : {kEu, kAp}) {
-    ASSERT_TRUE(Eventually([&] { return AppliedEverything(at, kUs); }, 20))
-        << c_->spec(at).name << " never applied all of us-east's outbox";
-  }
+  ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
 
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
   ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
@@ -501,10 +507,7 @@ TEST_F(LeasesTest, SurvivorsThatHoldAllOfALostRegionExchangeNoDocuments) {
               Json{{"sku", "mug"}, {"quantity", 3}}.dump(), {{"Authorization", "Bearer " + token}})
           .status,
       200);
-  for (size_t at : {kEu, kAp}) {
-    ASSERT_TRUE(Eventually([&] { return AppliedEverything(at, kUs); }, 20))
-        << c_->spec(at).name << " never applied all of us-east's outbox";
-  }
+  ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
