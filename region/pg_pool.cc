@@ -18,6 +18,10 @@ absl::Status StatusFromPqxx(const std::exception& e, const std::string& context)
   if (dynamic_cast<const pqxx::broken_connection*>(&e)) return absl::UnavailableError(what);
   if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return absl::AbortedError(what);
   if (dynamic_cast<const pqxx::data_exception*>(&e)) return absl::InvalidArgumentError(what);
+  // libpqxx refusing a value before it reaches the server (e.g. quoting text that is not valid in
+  // the connection's encoding): the validators should have caught it, but it is the client's
+  // input, not our failure.
+  if (dynamic_cast<const pqxx::argument_error*>(&e)) return absl::InvalidArgumentError(what);
   return absl::InternalError(what);
 }
 

@@ -1,5 +1,6 @@
 #include "services/domain.h"
 
+#include <algorithm>
 #include <cctype>
 #include <map>
 
@@ -34,6 +35,48 @@ absl::Status Bad(std::string_view field, std::string_view why) {
 }
 }  // namespace
 
+TextProblem CheckText(std::string_view value) {
+  // Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF. PostgreSQL
+  // rejects the same sequences, so a string that passes here can always be quoted and stored.
+  const auto* p = reinterpret_cast<const unsigned char*>(value.data());
+  const auto* end = p + value.size();
+  while (p < end) {
+    const unsigned char c = *p;
+    uint32_t cp = 0;
+    size_t n = 0;
+    if (c < 0x80) {
+      cp = c;
+      n = 1;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      cp = c & 0x1Fu;
+      n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      cp = c & 0x0Fu;
+      n = 3;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      cp = c & 0x07u;
+      n = 4;
+    } else {
+      return TextProblem::kInvalidUtf8;  // a continuation byte, C0/C1 (overlong) or F5..FF
+    }
+    if (static_cast<size_t>(end - p) < n) return TextProblem::kInvalidUtf8;
+    for (size_t i = 1; i < n; ++i) {
+      if ((p[i] & 0xC0u) != 0x80u) return TextProblem::kInvalidUtf8;
+      cp = (cp << 6) | (p[i] & 0x3Fu);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return TextProblem::kInvalidUtf8;
+    }
+    // C0 controls except tab and newline, DEL, and the C1 controls U+0080..U+009F.
+    if ((cp < 0x20 && cp != '\n' && cp != '\t') || (cp >= 0x7F && cp <= 0x9F)) {
+      return TextProblem::kControl;
+    }
+    p += n;
+  }
+  return TextProblem::kNone;
+}
+
 absl::Status ValidateSku(std::string_view sku) {
   if (sku.empty() || sku.size() > 64) return Bad("sku", "must be 1..64 characters");
   for (char c : sku) {
@@ -52,11 +95,12 @@ absl::Status ValidateEmail(std::string_view email) {
       email.find('.', at) == std::string_view::npos) {
     return Bad("email", "not an e-mail address");
   }
-  for (char c : email) {
-    if (std::isspace(static_cast<unsigned char>(c)) ||
-        std::iscntrl(static_cast<unsigned char>(c))) {
-      return Bad("email", "must not contain spaces or control characters");
-    }
+  const TextProblem problem = CheckText(email);
+  if (problem == TextProblem::kInvalidUtf8) return Bad("email", "must be valid UTF-8");
+  if (problem == TextProblem::kControl || std::any_of(email.begin(), email.end(), [](char c) {
+        return std::isspace(static_cast<unsigned char>(c)) != 0;
+      })) {
+    return Bad("email", "must not contain spaces or control characters");
   }
   return absl::OkStatus();
 }
@@ -103,10 +147,15 @@ absl::Status ValidateText(std::string_view field, std::string_view value, size_t
   if (value.size() < min_len || value.size() > max_len) {
     return Bad(field, absl::StrCat("must be ", min_len, "..", max_len, " bytes"));
   }
-  for (unsigned char c : value)
-    if (c < 0x20 && c != '\n' && c != '\t')
-      return Bad(field, "must not contain control characters");
-  return absl::OkStatus();
+  switch (CheckText(value)) {
+    case TextProblem::kNone:
+      return absl::OkStatus();
+    case TextProblem::kInvalidUtf8:
+      return Bad(field, "must be valid UTF-8");
+    case TextProblem::kControl:
+      return Bad(field, "must not contain control characters (tab and newline are allowed)");
+  }
+  return Bad(field, "must be valid UTF-8");
 }
 
 absl::Status ValidateCardNumber(std::string_view number) {

@@ -27,8 +27,14 @@ absl::Status ValidatePassword(std::string_view password);
 absl::Status ValidateResidency(std::string_view residency);  // "any" or [a-z]{2,16}
 absl::Status ValidateCurrency(std::string_view currency);    // ISO 4217 shape
 absl::Status ValidateCategoryId(std::string_view id);
+// Free text (names, descriptions, search queries, any query/path/body string stored or sent to
+// PostgreSQL): min_len..max_len bytes of valid UTF-8 without control characters (C0 except tab
+// and newline, DEL, C1).
 absl::Status ValidateText(std::string_view field, std::string_view value, size_t min_len,
                           size_t max_len);
+// What CheckText found; ValidateText and ValidateEmail turn it into their field's message.
+enum class TextProblem { kNone, kInvalidUtf8, kControl };
+TextProblem CheckText(std::string_view value);
 
 // Whether a customer pinned to `residency` may have data in a region of `jurisdiction`.
 inline bool ResidencyAllows(std::string_view residency, std::string_view jurisdiction) {

@@ -24,6 +24,37 @@ TEST(Domain, JumpHashIsStableAndMovesLittle) {
   EXPECT_NEAR(moved, 2000, 300);  // about 1/5
 }
 
+TEST(Domain, TextMustBeUtf8WithoutControlCharacters) {
+  EXPECT_TRUE(ValidateText("q", "copper kettle", 1, 200).ok());
+  EXPECT_TRUE(ValidateText("q", "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80", 1, 200).ok());
+  EXPECT_TRUE(ValidateText("q", "line\nnext\tcol", 1, 200).ok());
+  EXPECT_TRUE(ValidateText("q", "\xC2\xA0\xEF\xBF\xBD\xF4\x8F\xBF\xBF", 1, 200)
+                  .ok());  // U+00A0 U+FFFD U+10FFFF
+  // Not UTF-8: a lone lead byte, a stray continuation, bytes never used, overlong forms,
+  // surrogates, above U+10FFFF, a truncated sequence.
+  for (const char* bad : {"\xC3", "\xFF",
+                          "a\x80"
+                          "b",
+                          "\xC0\xAF", "\xE0\x80\xAF", "\xF0\x80\x80\xAF", "\xED\xA0\x80",
+                          "\xF4\x90\x80\x80", "\xE2\x82", "\xF5\x80\x80\x80"}) {
+    absl::Status st = ValidateText("q", bad, 1, 200);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << bad;
+    EXPECT_EQ(st.message(), "q: must be valid UTF-8") << bad;
+  }
+  // Controls: C0 except tab and newline, DEL, C1 (U+0080..U+009F, encoded C2 80..C2 9F).
+  for (std::string bad : {std::string("a\rb"), std::string(1, '\0'), std::string("\x1B[2J"),
+                          std::string("\x7F"), std::string("\xC2\x80"), std::string("\xC2\x9F")}) {
+    absl::Status st = ValidateText("name", bad, 1, 200);
+    EXPECT_TRUE(absl::IsInvalidArgument(st));
+    EXPECT_NE(st.message().find("control characters"), std::string::npos) << st.message();
+  }
+  EXPECT_FALSE(ValidateText("q", "", 1, 200).ok());
+  EXPECT_FALSE(ValidateText("q", std::string(201, 'a'), 1, 200).ok());
+  EXPECT_FALSE(ValidateEmail("a\xFF@b.io").ok());
+  EXPECT_FALSE(ValidateEmail("a\xC2\x85@b.io").ok());
+  EXPECT_TRUE(ValidateEmail("j\xC3\xB6rg@b.io").ok());
+}
+
 TEST(Domain, Validators) {
   EXPECT_TRUE(ValidateSku("sku-0001").ok());
   EXPECT_FALSE(ValidateSku("").ok());

@@ -261,6 +261,24 @@ TEST_F(RegionTest, BadInputsChangeNothing) {
   EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM products WHERE sku = 'sku-9'"), 0);
 }
 
+TEST_F(RegionTest, TextThatIsNotUtf8OrHasControlsIs400) {
+  // Percent-decoded, these are a lone lead byte, a byte never used in UTF-8, an overlong '/',
+  // a surrogate, DEL and the C1 control NEL: client mistakes, never a 500.
+  for (const char* q : {"%C3", "%FF", "copper%C0%AF", "%ED%A0%80", "a%7Fb", "a%C2%85b", "a%1Bb"}) {
+    Response r = Request(port_, "GET", std::string("/v1/search?q=") + q);
+    EXPECT_EQ(r.status, 400) << q << " -> " << r.body;
+    EXPECT_NE(r.Header("content-type").find("problem+json"), std::string::npos) << r.body;
+    Json problem = Json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(problem.is_object()) << r.body;
+    EXPECT_EQ(problem.value("detail", "").rfind("q: ", 0), 0u) << r.body;
+  }
+  EXPECT_EQ(Request(port_, "GET", "/v1/search?q=caf%C3%A9+kettle").status, 200);
+  // The same rule for body text (JSON escapes can spell C1 controls and DEL).
+  EXPECT_EQ(Admin("PUT", "/v1/admin/categories/c1", R"({"name":"a\u0085b"})").status, 422);
+  EXPECT_EQ(Admin("PUT", "/v1/admin/categories/c1", R"({"name":"a\u007fb"})").status, 422);
+  EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM categories WHERE id = 'c1'"), 0);
+}
+
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
   std::string a = NewCustomer(), b = NewCustomer();
   ASSERT_EQ(As(a, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
