@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <set>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
@@ -79,9 +81,77 @@ HttpResponse ProblemFromStatus(const absl::Status& s) {
   }
 }
 
+namespace {
+
+// A SAX pass over the body before any DOM is built: it stops at the first container nested deeper
+// than kJsonDepthMax (a body of a million '[' must not become a million-level DOM) and at the
+// first member name repeated within one object (nlohmann would keep the last one silently, so
+// two readers of the same body could disagree about it).
+class JsonShapeCheck : public nlohmann::json_sax<Json> {
+ public:
+  // The reason the body was refused; empty while it is acceptable.
+  [[nodiscard]] const std::string& problem() const { return problem_; }
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    if (!Open()) return false;
+    keys_.emplace_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (!keys_.back().insert(k).second) {
+      constexpr size_t kShownBytesMax = 64;
+      problem_ = absl::StrCat("request body: duplicate member \"", k.substr(0, kShownBytesMax),
+                              k.size() > kShownBytesMax ? "...\"" : "\"");
+      return false;
+    }
+    return true;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Open(); }
+  bool end_array() override {
+    --depth_;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    problem_ = "request body: malformed JSON";
+    return false;
+  }
+
+ private:
+  bool Open() {
+    if (++depth_ > kJsonDepthMax) {
+      problem_ = absl::StrCat("request body: JSON nested deeper than ", kJsonDepthMax, " levels");
+      return false;
+    }
+    return true;
+  }
+
+  size_t depth_ = 0;
+  std::vector<std::set<std::string>> keys_;  // one set per open object, innermost last
+  std::string problem_;
+};
+
+}  // namespace
+
 absl::StatusOr<Json> ParseBody(const HttpRequest& req) {
   if (req.body.empty())
     return absl::InvalidArgumentError("request body: a JSON object is required");
+  JsonShapeCheck check;
+  if (!Json::sax_parse(req.body, &check)) {
+    return absl::InvalidArgumentError(check.problem().empty() ? "request body: malformed JSON"
+                                                              : check.problem());
+  }
   Json j = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("request body: malformed JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("request body: must be a JSON object");

@@ -41,7 +41,10 @@ using Json = nlohmann::json;
 // Maps a Status to the problem+json response with the right HTTP status.
 HttpResponse ProblemFromStatus(const absl::Status& s);
 
-// Parses a JSON object body; InvalidArgument (-> 400) when it is not one.
+// Parses a JSON object body; InvalidArgument (-> 400) when it is not one, when it nests
+// containers deeper than kJsonDepthMax, or when an object repeats a member name. The depth is
+// checked while parsing, before any DOM is built, so a deep body costs no memory beyond itself.
+inline constexpr size_t kJsonDepthMax = 32;
 absl::StatusOr<Json> ParseBody(const HttpRequest& req);
 // Typed field access with clear errors (InvalidArgument -> 422 via the field's name).
 absl::StatusOr<std::string> StringField(const Json& j, const char* name, bool required,

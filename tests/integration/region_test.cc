@@ -279,6 +279,43 @@ TEST_F(RegionTest, TextThatIsNotUtf8OrHasControlsIs400) {
   EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM categories WHERE id = 'c1'"), 0);
 }
 
+TEST_F(RegionTest, DuplicateMembersAndDeepNestingAre400AndChangeNothing) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  std::string cart_before = As(t, "GET", "/v1/cart").body;
+  int64_t outbox_before = CountAllShards("SELECT count(*) FROM outbox");
+
+  auto problem_detail = [](const Response& r) {
+    Json p = Json::parse(r.body, nullptr, false);
+    return p.is_object() && p["detail"].is_string() ? p["detail"].get<std::string>() : r.body;
+  };
+  Response dup = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1,"sku":"sku-2"})");
+  EXPECT_EQ(dup.status, 400) << dup.body;
+  EXPECT_EQ(problem_detail(dup), "request body: duplicate member \"sku\"");
+  // A repeated name in a nested object counts too; the same name in sibling objects does not.
+  Response nested =
+      As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1,"x":{"a":1,"a":2}})");
+  EXPECT_EQ(nested.status, 400) << nested.body;
+  EXPECT_EQ(problem_detail(nested), "request body: duplicate member \"a\"");
+
+  // 60 KiB of '[' (under the 64 KiB body limit): refused at depth 33, not parsed into a DOM.
+  Response deep = As(t, "POST", "/v1/cart/items", std::string(60 * 1024, '['));
+  EXPECT_EQ(deep.status, 400) << deep.body;
+  EXPECT_EQ(problem_detail(deep), "request body: JSON nested deeper than 32 levels");
+  std::string deep_member =
+      R"({"sku":"sku-1","quantity":1,"x":)" + std::string(32, '[') + std::string(32, ']') + "}";
+  Response deep33 = As(t, "POST", "/v1/cart/items", deep_member);
+  EXPECT_EQ(deep33.status, 400) << deep33.body;
+  EXPECT_EQ(As(t, "GET", "/v1/cart").body, cart_before);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox"), outbox_before);
+
+  // Exactly 32 levels (the object and 31 arrays) is fine; so are equal names in sibling objects.
+  std::string at_limit = R"({"name":"Kitchen","x":)" + std::string(31, '[') + std::string(31, ']') +
+                         R"(,"y":[{"a":1},{"a":2}]})";
+  Response ok = Admin("PUT", "/v1/admin/categories/kitchen", at_limit);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
   std::string a = NewCustomer(), b = NewCustomer();
   ASSERT_EQ(As(a, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
