@@ -316,6 +316,29 @@ TEST_F(RegionTest, DuplicateMembersAndDeepNestingAre400AndChangeNothing) {
   EXPECT_EQ(ok.status, 200) << ok.body;
 }
 
+TEST_F(RegionTest, SettingTheQuantityALineHasWritesNothing) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":2})").status, 200);
+  Response before = As(t, "GET", "/v1/cart");
+  ASSERT_EQ(before.status, 200);
+  int64_t version = Json::parse(before.body)["version"];
+  int64_t outbox_before = CountAllShards("SELECT count(*) FROM outbox");
+  for (int i = 0; i < 5; ++i) {
+    Response r = As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":2})");
+    ASSERT_EQ(r.status, 200) << r.body;
+    Json cart = Json::parse(r.body);
+    EXPECT_EQ(cart["version"], version);
+    EXPECT_EQ(cart["lines"], Json::parse(R"([{"sku":"sku-2","quantity":2}])"));
+  }
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox"), outbox_before);
+  EXPECT_EQ(As(t, "GET", "/v1/cart").body, before.body);
+  // A real change still writes once.
+  Response changed = As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":3})");
+  ASSERT_EQ(changed.status, 200) << changed.body;
+  EXPECT_EQ(Json::parse(changed.body)["version"], version + 1);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox"), outbox_before + 1);
+}
+
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
   std::string a = NewCustomer(), b = NewCustomer();
   ASSERT_EQ(As(a, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
