@@ -289,6 +289,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnMessageComplete(http_parser* parser) {
     Connection& c = Of(parser);
     c.message_begun_ = false;
+    // The whole body is here (it came with the headers, or the 100 was already sent): a
+    // "100 Continue" now would arrive after the final response, as a stray response of its own.
+    c.expect_continue_ = false;
     // Pausing makes http_parser_execute return right after this request: pipelined requests
     // behind it stay in in_ until this one is answered.
     http_parser_pause(parser, 1);

@@ -464,6 +464,22 @@ TEST_F(HttpServerTest, ExpectContinueGets100BeforeTheBody) {
   EXPECT_EQ(response->body, "POST /e path=/e query= x-test=- body=hello");
 }
 
+TEST_F(HttpServerTest, ExpectContinueWithTheBodyAlreadySentGetsNo100) {
+  StartServer(SmallOptions());
+  TestClient client(server_->port());
+  // Headers and body in one write: the server has nothing to wait for, so no "100 Continue",
+  // neither before the response nor (a stray one) after it.
+  auto response = client.RoundTrip(
+      "POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "POST /e path=/e query= x-test=- body=hello");
+  auto next = client.RoundTrip(Get("/next"));
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->status, 200);
+  EXPECT_EQ(next->body, "GET /next path=/next query= x-test=- body=");
+}
+
 TEST_F(HttpServerTest, ConnectionsOverTheLimitAreRefused) {
   HttpServer::Options options = SmallOptions();
   options.max_connections = 1;
