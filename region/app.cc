@@ -243,9 +243,13 @@ std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view 
                                 absl::StrCat("this customer's data is pinned to ",
                                              AbslView(residency), "; use region ", peer.name));
       // Same path and query at the allowed region, so the client repeats the same request there.
+      // From the parsed path and query, not the raw target: an absolute-form target
+      // ("GET http://host/v1/cart") would otherwise be appended whole after the peer's base URL.
       std::string base = peer.public_url;
       while (!base.empty() && base.back() == '/') base.pop_back();
-      r.headers.emplace_back("Location", base + req.target);
+      std::string location = base + req.path;
+      if (!req.query.empty()) absl::StrAppend(&location, "?", req.query);
+      r.headers.emplace_back("Location", std::move(location));
       return r;
     }
   }

@@ -18,6 +18,7 @@
 #include "region/app.h"
 #include "region/config.h"
 #include "region/internal.grpc.pb.h"
+#include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
@@ -337,6 +338,21 @@ TEST_F(RegionTest, SettingTheQuantityALineHasWritesNothing) {
   ASSERT_EQ(changed.status, 200) << changed.body;
   EXPECT_EQ(Json::parse(changed.body)["version"], version + 1);
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox"), outbox_before + 1);
+}
+
+TEST_F(RegionTest, RedirectLocationIsBuiltFromPathAndQuery) {
+  // A customer pinned to the EU (the token alone decides; GET /v1/cart reads nothing first).
+  std::string eu = services::IssueToken({"u-eu-redirect", "eu", 4102444800}, config_.token_secret);
+  Response origin = As(eu, "GET", "/v1/cart?view=full");
+  EXPECT_EQ(origin.status, 307) << origin.body;
+  EXPECT_EQ(origin.Header("location"), "http://eu-west.example:8080/v1/cart?view=full");
+  // Absolute-form target: only its path and query go after the peer's base URL.
+  Response absolute = As(eu, "GET", "http://attacker.example/v1/cart?view=full");
+  EXPECT_EQ(absolute.status, 307) << absolute.body;
+  EXPECT_EQ(absolute.Header("location"), "http://eu-west.example:8080/v1/cart?view=full");
+  Response no_query = As(eu, "GET", "http://attacker.example:9/v1/cart");
+  EXPECT_EQ(no_query.status, 307) << no_query.body;
+  EXPECT_EQ(no_query.Header("location"), "http://eu-west.example:8080/v1/cart");
 }
 
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
