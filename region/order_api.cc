@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -253,7 +254,14 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
         }
         currency = p[0][1].as<std::string>();
         prices[sku] = p[0][0].as<int64_t>();
-        total += prices[sku] * qty;
+        // Prices come from operators and from peers' replicated products: a product of an
+        // absurd price must not wrap the total around into a small or negative charge.
+        int64_t line_cents = 0;
+        if (__builtin_mul_overflow(prices[sku], qty, &line_cents) ||
+            __builtin_add_overflow(total, line_cents, &total)) {
+          throw AbortTx{Unprocessable(absl::StrCat("cart: the total is too large to charge (over ",
+                                                   INT64_MAX, " cents at ", sku, ")"))};
+        }
         pqxx::binarystring bytes(p[0][2]);
         auto inv =
             crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()), config.replica_id);

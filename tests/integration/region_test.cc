@@ -355,6 +355,34 @@ TEST_F(RegionTest, RedirectLocationIsBuiltFromPathAndQuery) {
   EXPECT_EQ(no_query.Header("location"), "http://eu-west.example:8080/v1/cart");
 }
 
+TEST_F(RegionTest, CheckoutTotalOverflowIs422AndTakesNothing) {
+  ASSERT_EQ(
+      Admin("PUT", "/v1/admin/products/pricey", R"({"name":"Pricey","price_cents":100})").status,
+      201);
+  ASSERT_EQ(Admin("POST", "/v1/admin/inventory/pricey/restock", R"({"units":10})").status, 200);
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"pricey","quantity":2})").status, 200);
+  // A price no operator could set through the API, but a peer's replicated product can carry.
+  {
+    pqxx::connection c(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(c);
+    tx.exec0("UPDATE products SET price_cents = 5000000000000000000 WHERE sku = 'pricey'");
+    tx.commit();
+  }
+  int64_t available = Available("pricey");
+  int64_t orders = CountAllShards("SELECT count(*) FROM orders");
+  int64_t reservations = Count(0, "global", "SELECT count(*) FROM reservations");
+  int64_t global_outbox = Count(0, "global", "SELECT count(*) FROM outbox");
+  Response r = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+  EXPECT_EQ(r.status, 422) << r.body;
+  EXPECT_NE(r.body.find("too large"), std::string::npos) << r.body;
+  EXPECT_EQ(Available("pricey"), available);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM orders"), orders);
+  EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM reservations"), reservations);
+  EXPECT_EQ(Count(0, "global", "SELECT count(*) FROM outbox"), global_outbox);
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"][0]["quantity"], 2);
+}
+
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
   std::string a = NewCustomer(), b = NewCustomer();
   ASSERT_EQ(As(a, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
