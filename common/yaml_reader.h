@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +23,22 @@ struct Endpoint {
 
 // Reads typed fields and records the first error with the field's path; every accessor returns a
 // usable default after an error so parsing can go on to the end without branching everywhere.
+// No accessor throws: a parent that is not a mapping (a section given as a value or a list, already
+// refused by Map) yields the default, so a config parser never subscripts a scalar node.
+// Runs `parse` (a config parser: returns absl::StatusOr<Config>) and turns a YAML::Exception that
+// escapes it into InvalidArgument naming `source`, so that no config file, however malformed,
+// ends a process with an uncaught exception. YamlReader's accessors do not throw; this is for the
+// parser's own node accesses.
+template <class Parse>
+auto CatchYamlErrors(std::string_view source, Parse&& parse) -> decltype(parse()) {
+  try {
+    return parse();
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(absl::string_view(source.data(), source.size()),
+                                                   ": cannot be read as a config: ", e.what()));
+  }
+}
+
 class YamlReader {
  public:
   explicit YamlReader(std::string source) : source_(std::move(source)) {}
@@ -35,22 +52,30 @@ class YamlReader {
     if (error_.empty()) error_ = absl::StrCat(path, ": ", what);
   }
 
+  // The mapping at parent[key], or an undefined node (`if (node)` is false) when it is missing or
+  // is not a mapping (then the error is recorded): a section given as a scalar or a list
+  // (`listen: 0.0.0.0:8080` where a mapping belongs) must not reach `node[key]`, which throws for
+  // a scalar. A parent that is not a mapping (a section already refused) yields undefined too.
   YAML::Node Map(const YAML::Node& parent, const std::string& key, const std::string& path,
                  bool required) {
+    // Undefined, not a default YAML::Node: that one is a defined null, which is true.
+    const YAML::Node undefined(YAML::NodeType::Undefined);
+    if (!parent || !parent.IsMap()) return undefined;
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) {
       if (required) Fail(path, "missing (a mapping is required)");
-      // Undefined, so `if (node)` is false for a missing section (a default YAML::Node is a
-      // defined null, which is true).
-      return YAML::Node(YAML::NodeType::Undefined);
+      return undefined;
     }
-    if (!n.IsMap()) Fail(path, "must be a mapping");
+    if (!n.IsMap()) {
+      Fail(path, absl::StrCat("must be a mapping of fields, got ", Kind(n)));
+      return undefined;
+    }
     return n;
   }
 
   std::string String(const YAML::Node& parent, const std::string& key, const std::string& path,
                      bool required, std::string def = "") {
-    if (!parent) return def;
+    if (!parent || !parent.IsMap()) return def;
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) {
       if (required) Fail(path, "missing");
@@ -66,7 +91,7 @@ class YamlReader {
   template <class Int>
   Int Integer(const YAML::Node& parent, const std::string& key, const std::string& path, Int def,
               Int min, Int max) {
-    if (!parent) return def;
+    if (!parent || !parent.IsMap()) return def;
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) return def;
     long long v = 0;
@@ -85,7 +110,7 @@ class YamlReader {
 
   double Number(const YAML::Node& parent, const std::string& key, const std::string& path,
                 double def, double min, double max) {
-    if (!parent) return def;
+    if (!parent || !parent.IsMap()) return def;
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) return def;
     double v = 0;
@@ -128,9 +153,23 @@ class YamlReader {
   void OnlyKeys(const YAML::Node& n, const std::string& path, std::set<std::string> known) {
     if (!n || !n.IsMap()) return;
     for (const auto& kv : n) {
-      std::string k = kv.first.as<std::string>();
+      // `? [a, b]: 1` or `{x: 1}: 2` has a key that is not a string: as<std::string>() would throw.
+      if (!kv.first.IsScalar()) {
+        Fail(path.empty() ? "(top level)" : path,
+             absl::StrCat("field names must be strings, got ", Kind(kv.first)));
+        continue;
+      }
+      const std::string& k = kv.first.Scalar();
       if (!known.count(k)) Fail(path.empty() ? k : absl::StrCat(path, ".", k), "unknown field");
     }
+  }
+
+  // "a mapping", "a list", "a value", "nothing": what a node is, for errors.
+  static const char* Kind(const YAML::Node& n) {
+    if (!n || n.IsNull()) return "nothing";
+    if (n.IsMap()) return "a mapping";
+    if (n.IsSequence()) return "a list";
+    return "a value";
   }
 
  private:

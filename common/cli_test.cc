@@ -1,0 +1,57 @@
+#include "common/cli.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace meridian::common {
+namespace {
+
+// Parses `args` (without the program name) into an app with an int flag in 1..10, a double flag in
+// 0..1 with the finite check, and a required --name.
+std::optional<int> Parse(std::vector<std::string> args, double* ratio = nullptr) {
+  CLI::App app{"test"};
+  int count = 1;
+  double r = 0.5;
+  std::string name;
+  app.add_option("--count", count)->check(CLI::Range(1, 10));
+  app.add_option("--ratio", r)->check(FiniteNumber)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--name", name)->required();
+  std::vector<const char*> argv{"test"};
+  for (const auto& a : args) argv.push_back(a.c_str());
+  auto rc = ParseFlags(app, static_cast<int>(argv.size()), argv.data());
+  if (ratio != nullptr) *ratio = r;
+  return rc;
+}
+
+TEST(ParseFlags, GoodFlagsGoOn) {
+  double ratio = 0;
+  EXPECT_EQ(Parse({"--name", "x", "--count", "3", "--ratio", "0.25"}, &ratio), std::nullopt);
+  EXPECT_EQ(ratio, 0.25);
+}
+
+TEST(ParseFlags, UsageErrorsExitWithTwo) {
+  EXPECT_EQ(Parse({"--name", "x", "--no-such-flag"}), kUsageExitCode);  // CLI11: 109
+  EXPECT_EQ(Parse({"--name", "x", "--count", "11"}), kUsageExitCode);   // CLI11: 105
+  EXPECT_EQ(Parse({"--name", "x", "--count", "three"}), kUsageExitCode);
+  EXPECT_EQ(Parse({}), kUsageExitCode);  // --name is required; CLI11: 106
+  EXPECT_EQ(Parse({"--name"}), kUsageExitCode);
+}
+
+TEST(ParseFlags, HelpExitsWithZero) { EXPECT_EQ(Parse({"--help"}), 0); }
+
+TEST(FiniteNumber, RefusesNanAndInfinities) {
+  for (const char* bad : {"nan", "NaN", "-nan", "inf", "-inf", "infinity", "1e999", "x", ""}) {
+    EXPECT_EQ(Parse({"--name", "x", "--ratio", bad}), kUsageExitCode) << bad;
+  }
+  std::string v = "nan";
+  EXPECT_NE(FiniteNumber(v), "");
+  v = "0.5";
+  EXPECT_EQ(FiniteNumber(v), "");
+  v = "-1e300";  // finite: a Range check, not this one, refuses it
+  EXPECT_EQ(FiniteNumber(v), "");
+}
+
+}  // namespace
+}  // namespace meridian::common

@@ -1,0 +1,74 @@
+#include "common/files.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace meridian::common {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "meridian-cli-test-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    std::ofstream(dir_ + "/a-file") << "keep\n";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string dir_;
+};
+
+using CheckWritable = TempDir;
+
+TEST_F(CheckWritable, FileInNewFoldersIsCheckedWithoutBeingLeftBehind) {
+  const std::string out = dir_ + "/x/y/results.json";
+  EXPECT_TRUE(CheckWritableFile("--out", out).ok());
+  EXPECT_TRUE(fs::is_directory(dir_ + "/x/y"));
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(CheckWritable, ExistingFileKeepsItsContents) {
+  EXPECT_TRUE(CheckWritableFile("--out", dir_ + "/a-file").ok());
+  std::ifstream in(dir_ + "/a-file");
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "keep");
+}
+
+TEST_F(CheckWritable, UnwritableFileNamesTheFlag) {
+  absl::Status st = CheckWritableFile("--out", dir_ + "/a-file/results.json");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("--out"), std::string::npos) << st;
+  st = CheckWritableFile("--results", dir_);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("--results"), std::string::npos) << st;
+  EXPECT_FALSE(CheckWritableFile("--out", "").ok());
+}
+
+TEST_F(CheckWritable, FolderIsCreatedAndLeftEmpty) {
+  const std::string out = dir_ + "/drills/x";
+  EXPECT_TRUE(CheckWritableDir("--output-dir", out).ok());
+  ASSERT_TRUE(fs::is_directory(out));
+  EXPECT_TRUE(fs::is_empty(out));
+}
+
+TEST_F(CheckWritable, UnwritableFolderNamesTheFlag) {
+  absl::Status st = CheckWritableDir("--output-dir", dir_ + "/a-file/drills");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("--output-dir"), std::string::npos) << st;
+  st = CheckWritableDir("--output-dir", dir_ + "/a-file");
+  EXPECT_FALSE(st.ok());
+  EXPECT_FALSE(CheckWritableDir("--output-dir", "").ok());
+}
+
+}  // namespace
+}  // namespace meridian::common

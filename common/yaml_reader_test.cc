@@ -1,0 +1,70 @@
+#include "common/yaml_reader.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace meridian {
+namespace {
+
+std::string Message(const YamlReader& r) { return std::string(r.status().message()); }
+
+TEST(YamlReader, ASectionGivenAsAValueIsRefusedAndReadsAsDefaults) {
+  for (const char* text : {"listen: 0.0.0.0:8080", "listen: 5", "listen: [a, b]"}) {
+    const YAML::Node root = YAML::Load(text);
+    YamlReader r{"t.yaml"};
+    YAML::Node listen;
+    ASSERT_NO_THROW(listen = r.Map(root, "listen", "listen", true)) << text;
+    EXPECT_FALSE(listen) << text;
+    EXPECT_FALSE(r.ok());
+    EXPECT_NE(Message(r).find("listen: must be a mapping"), std::string::npos) << Message(r);
+    // What a parser does next with the section must not throw either.
+    EXPECT_NO_THROW(r.OnlyKeys(listen, "listen", {"http"}));
+    EXPECT_EQ(r.String(listen, "http", "listen.http", true, "d"), "d");
+    EXPECT_EQ(r.Integer<int>(listen, "port", "listen.port", 7, 0, 10), 7);
+    EXPECT_EQ(r.Number(listen, "rate", "listen.rate", 1.5, 0, 10), 1.5);
+    EXPECT_EQ(r.HostPort(listen, "http", "listen.http", true).port, 0);
+    EXPECT_FALSE(r.Map(listen, "tls", "listen.tls", true));
+  }
+}
+
+TEST(YamlReader, ReadersGiveTheDefaultForAParentThatIsNotAMapping) {
+  for (const char* text : {"5", "[1, 2]", "text"}) {
+    const YAML::Node scalar = YAML::Load(text);
+    YamlReader r{"t.yaml"};
+    EXPECT_NO_THROW({
+      EXPECT_EQ(r.String(scalar, "k", "k", false, "d"), "d");
+      EXPECT_EQ(r.Integer<int>(scalar, "k", "k", 3, 0, 10), 3);
+      EXPECT_EQ(r.Number(scalar, "k", "k", 2.5, 0, 10), 2.5);
+      EXPECT_FALSE(r.Map(scalar, "k", "k", false));
+    }) << text;
+  }
+}
+
+TEST(YamlReader, AMissingOrNullSectionIsUndefined) {
+  const YAML::Node root = YAML::Load("a: 1\nempty:\n");
+  YamlReader r{"t.yaml"};
+  EXPECT_FALSE(r.Map(root, "missing", "missing", false));
+  EXPECT_FALSE(r.Map(root, "empty", "empty", false));
+  EXPECT_TRUE(r.ok());
+  EXPECT_FALSE(r.Map(root, "missing", "missing", true));
+  EXPECT_NE(Message(r).find("missing: missing"), std::string::npos) << Message(r);
+}
+
+TEST(YamlReader, ANonStringKeyIsAnErrorNotAnException) {
+  for (const char* text : {"sec: {[a, b]: 1}", "sec: {{x: 1}: 2}", "sec:\n  ? [a]\n  : 1\n"}) {
+    const YAML::Node root = YAML::Load(text);
+    YamlReader r{"t.yaml"};
+    const YAML::Node sec = r.Map(root, "sec", "sec", true);
+    ASSERT_TRUE(sec) << text;
+    ASSERT_NO_THROW(r.OnlyKeys(sec, "sec", {"a"})) << text;
+    EXPECT_NE(Message(r).find("sec: field names must be strings"), std::string::npos) << Message(r);
+  }
+  YamlReader top{"t.yaml"};
+  ASSERT_NO_THROW(top.OnlyKeys(YAML::Load("? [a]\n: 1\n"), "", {"a"}));
+  EXPECT_NE(Message(top).find("(top level): field names must be strings"), std::string::npos)
+      << Message(top);
+}
+
+}  // namespace
+}  // namespace meridian
