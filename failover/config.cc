@@ -78,8 +78,10 @@ const RegionEndpoints* FailoverConfig::Find(std::string_view name) const {
   return nullptr;
 }
 
-absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml, std::string_view source,
-                                           std::string_view base_dir) {
+namespace {
+
+absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
+                                              std::string_view base_dir) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -235,6 +237,13 @@ absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml, std::string_vi
   }
   if (!r.ok()) return r.status();
   return c;
+}
+
+}  // namespace
+
+absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml, std::string_view source,
+                                           std::string_view base_dir) {
+  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source, base_dir); });
 }
 
 absl::StatusOr<FailoverConfig> LoadConfigFile(const std::string& path) {

@@ -141,5 +141,27 @@ TEST(FailoverConfigTest, TokenFileAndLoad) {
   std::remove(dir.c_str());
 }
 
+// A section given as a value or a list where a mapping belongs, a list given as a mapping, or a
+// field name that is not a string: an error naming it, never an uncaught exception.
+TEST(FailoverConfigTest, ASectionOfTheWrongShapeIsAnErrorNotACrash) {
+  auto expect = [](const std::string& yaml, const std::string& text) {
+    absl::StatusOr<FailoverConfig> c = absl::UnknownError("not parsed");
+    ASSERT_NO_THROW(c = Parse(yaml)) << yaml;
+    ASSERT_FALSE(c.ok()) << yaml;
+    EXPECT_NE(c.status().message().find("failover.yaml: " + text), std::string::npos) << c.status();
+  };
+  for (const char* bad : {"5", "text", "[1, 2]"}) {
+    expect(std::string(kValid) + "catch_up: " + bad + "\n", "catch_up: must be a mapping");
+  }
+  expect(With("listen: 127.0.0.1:0", "listen: {host: 127.0.0.1}"), "listen: must be a string");
+  expect(With("region: eu-west", "region: [eu-west]"), "region: must be a string");
+  expect(With("geo: [http://127.0.0.1:8053/, http://127.0.0.1:8054]", "geo: {a: 1}"),
+         "geo: must be a list");
+  expect(With("  - {name: us-east", "  - 5\n  - {name: us-east"), "regions[0]: must be a mapping");
+  expect(std::string(kValid) + "[a, b]: 1\n", "(top level): field names must be strings");
+  expect(std::string(kValid) + "catch_up: {[max_apply_lag_ms]: 1}\n",
+         "catch_up: field names must be strings");
+}
+
 }  // namespace
 }  // namespace meridian::failover

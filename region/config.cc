@@ -17,13 +17,7 @@ namespace {
 
 using Reader = YamlReader;
 
-}  // namespace
-
-std::string_view DurabilityName(Durability d) {
-  return d == Durability::kSyncPeer ? "sync-peer" : "async";
-}
-
-absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view source) {
+absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -183,6 +177,16 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
 
   if (!r.ok()) return r.status();
   return c;
+}
+
+}  // namespace
+
+std::string_view DurabilityName(Durability d) {
+  return d == Durability::kSyncPeer ? "sync-peer" : "async";
+}
+
+absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view source) {
+  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source); });
 }
 
 absl::StatusOr<RegionConfig> LoadConfigFile(const std::string& path) {

@@ -77,5 +77,39 @@ TEST(Config, ReplicationIsOffUnlessConfigured) {
   EXPECT_EQ(linked->durability, Durability::kSyncPeer);
 }
 
+// A section given as a value or a list where a mapping belongs (`listen: 0.0.0.0:8080`), or a
+// field name that is not a string, is an error naming the section: never an uncaught exception.
+TEST(Config, ASectionThatIsNotAMappingIsAnErrorNotACrash) {
+  auto expect = [](const std::string& yaml, const std::string& text) {
+    absl::StatusOr<RegionConfig> c = absl::UnknownError("not parsed");
+    ASSERT_NO_THROW(c = ParseConfig(yaml, "test.yaml")) << yaml;
+    ASSERT_FALSE(c.ok()) << yaml;
+    EXPECT_NE(std::string(c.status().message()).find(text), std::string::npos)
+        << c.status().message();
+  };
+  expect(Replace(kGood, "listen: {http: \"127.0.0.1:8080\"}", "listen: 0.0.0.0:8080"),
+         "listen: must be a mapping");
+  for (const char* bad : {"5", "text", "[1, 2]"}) {
+    expect(Replace(kGood, "region: {name: us-east, jurisdiction: us, replica_id: 1}",
+                   std::string("region: ") + bad),
+           "region: must be a mapping");
+    expect(Replace(kGood, "redis: {address: \"127.0.0.1:6379\"}", std::string("redis: ") + bad),
+           "redis: must be a mapping");
+    expect(Replace(kGood,
+                   "security: {token_secret: \"0123456789abcdef0123456789abcdef\", "
+                   "operator_token: \"operator-token-1234\"}",
+                   std::string("security: ") + bad),
+           "security: must be a mapping");
+    expect(std::string(kGood) + "limits: " + bad + "\n", "limits: must be a mapping");
+    expect(std::string(kGood) + "replication: " + bad + "\n", "replication: must be a mapping");
+  }
+  std::string postgres_scalar = kGood;
+  const size_t pg = postgres_scalar.find("postgres:"), redis = postgres_scalar.find("redis:");
+  postgres_scalar.replace(pg, redis - pg, "postgres: \"host=127.0.0.1\"\n");
+  expect(postgres_scalar, "postgres: must be a mapping");
+  expect(std::string(kGood) + "[a, b]: 1\n", "field names must be strings");
+  expect(std::string(kGood) + "limits: {{x: 1}: 2}\n", "limits: field names must be strings");
+}
+
 }  // namespace
 }  // namespace meridian::region
