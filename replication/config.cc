@@ -1,5 +1,6 @@
 #include "replication/config.h"
 
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -14,10 +15,15 @@ bool ValidJurisdiction(const std::string& j) {
   return true;
 }
 
-}  // namespace
+// A relative path in the config is relative to the config file's folder (as in meridian-failover's
+// and meridian-geo's configs), not to wherever the process was started.
+std::string ResolvePath(std::string_view base_dir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
+  return absl::StrCat(std::string(base_dir), "/", path);
+}
 
-absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
-                                                       std::string_view source) {
+absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
+                                                std::string_view base_dir) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -44,9 +50,9 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   c.metrics = r.HostPort(root, "metrics", "metrics", false);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
   r.OnlyKeys(tls, "tls", {"ca", "cert", "key"});
-  c.tls_ca = r.String(tls, "ca", "tls.ca", true);
-  c.tls_cert = r.String(tls, "cert", "tls.cert", true);
-  c.tls_key = r.String(tls, "key", "tls.key", true);
+  c.tls_ca = ResolvePath(base_dir, r.String(tls, "ca", "tls.ca", true));
+  c.tls_cert = ResolvePath(base_dir, r.String(tls, "cert", "tls.cert", true));
+  c.tls_key = ResolvePath(base_dir, r.String(tls, "key", "tls.key", true));
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
   r.OnlyKeys(ship, "shipping",
              {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
@@ -99,20 +105,23 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
     }
     c.control = r.HostPort(co, "control", "coordination.control", false);
     c.admin = r.HostPort(co, "admin", "coordination.admin", false);
-    std::string token_file =
-        r.String(co, "operator_token_file", "coordination.operator_token_file", false);
+    std::string token_file = ResolvePath(
+        base_dir, r.String(co, "operator_token_file", "coordination.operator_token_file", false));
     if (r.ok() && !token_file.empty()) {
       std::ifstream in(token_file);
       std::stringstream ss;
       ss << in.rdbuf();
       c.operator_token = ss.str();
+      // Trailing whitespace, "\r\n" of a file saved on Windows included, is not the token's.
       while (!c.operator_token.empty() &&
-             (c.operator_token.back() == '\n' || c.operator_token.back() == ' ')) {
+             std::isspace(static_cast<unsigned char>(c.operator_token.back()))) {
         c.operator_token.pop_back();
       }
-      if (!in || c.operator_token.size() < 16) {
+      if (!in) {
+        r.Fail("coordination.operator_token_file", absl::StrCat("cannot read '", token_file, "'"));
+      } else if (c.operator_token.size() < 16) {
         r.Fail("coordination.operator_token_file",
-               "must name a readable file holding a token of at least 16 characters");
+               absl::StrCat("'", token_file, "' must hold a token of at least 16 characters"));
       }
     }
     if (r.ok() && c.admin.port != 0 && c.operator_token.empty()) {
@@ -208,12 +217,22 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
   return c;
 }
 
+}  // namespace
+
+absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
+                                                       std::string_view source,
+                                                       std::string_view base_dir) {
+  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source, base_dir); });
+}
+
 absl::StatusOr<ReplicatorConfig> LoadReplicatorConfig(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  return ParseReplicatorConfig(ss.str(), path);
+  std::string dir;
+  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = path.substr(0, slash);
+  return ParseReplicatorConfig(ss.str(), path, dir);
 }
 
 }  // namespace meridian::replication

@@ -30,7 +30,8 @@ struct ReplicatorConfig {
   Endpoint region_grpc;  // this region's internal API
   Endpoint listen;       // peers dial here
   Endpoint metrics;      // Prometheus /metrics; port 0 = off
-  // mutual TLS: this region's key and certificate, and the CA that signs every region's.
+  // mutual TLS: this region's key and certificate, and the CA that signs every region's (paths
+  // as given, or resolved against the config file's folder when relative).
   std::string tls_ca, tls_cert, tls_key;
   std::vector<Peer> peers;
   // shipping
@@ -58,8 +59,12 @@ struct ReplicatorConfig {
   std::optional<Peer> witness;
 };
 
-[[nodiscard]] absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
-                                                                     std::string_view source);
+// Parses and validates; never throws. `source` names the file in errors. Relative paths
+// (tls.ca, tls.cert, tls.key, coordination.operator_token_file) are resolved against `base_dir`,
+// the config file's folder ("" leaves them as they are); the token file is read here.
+[[nodiscard]] absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(
+    std::string_view yaml, std::string_view source, std::string_view base_dir = "");
+// Reads the file and parses it, with paths relative to the file's folder.
 [[nodiscard]] absl::StatusOr<ReplicatorConfig> LoadReplicatorConfig(const std::string& path);
 
 }  // namespace meridian::replication

@@ -1,6 +1,12 @@
 #include "replication/config.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "replication/witness.h"
 
 namespace meridian::replication {
 namespace {
@@ -96,6 +102,178 @@ TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
   expect_error("coordination: {witness: {name: eu-west, replica_id: 2, address: 1.2.3.4:5}}\n",
                "coordination.witness");
   expect_error("coordination: {lease: {}}\n", "coordination.lease");
+}
+
+}  // namespace
+}  // namespace meridian::replication
+
+namespace meridian::replication {
+namespace {
+
+// Parses without letting an exception escape: a malformed file is an error, never a crash.
+absl::StatusOr<ReplicatorConfig> ParseNoThrow(const std::string& yaml) {
+  absl::StatusOr<ReplicatorConfig> c = absl::UnknownError("not parsed");
+  EXPECT_NO_THROW(c = ParseReplicatorConfig(yaml, "r.yaml")) << yaml;
+  return c;
+}
+
+void ExpectErrorNaming(const absl::StatusOr<ReplicatorConfig>& c, const std::string& text) {
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(std::string(c.status().message()).find(text), std::string::npos)
+      << c.status().message();
+}
+
+TEST(ReplicatorConfig, ASectionGivenAsAValueOrAListIsAnErrorNotACrash) {
+  const std::string tls = "tls: {ca: ca.pem, cert: us-east.pem, key: us-east.key}";
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = kGood;
+    s.replace(s.find(from), from.size(), to);
+    return s;
+  };
+  for (const char* bad : {"5", "ca.pem", "[ca.pem, a.pem]"}) {
+    ExpectErrorNaming(ParseNoThrow(with(tls, std::string("tls: ") + bad)),
+                      "tls: must be a mapping");
+    ExpectErrorNaming(
+        ParseNoThrow(with("shipping: {batch_max_records: 100}", std::string("shipping: ") + bad)),
+        "shipping: must be a mapping");
+    ExpectErrorNaming(ParseNoThrow(std::string(kGood) + "coordination: " + bad + "\n"),
+                      "coordination: must be a mapping");
+    for (const char* sub : {"leases", "rights", "witness"}) {
+      ExpectErrorNaming(
+          ParseNoThrow(std::string(kGood) + "coordination: {" + sub + ": " + bad + "}\n"),
+          std::string("coordination.") + sub + ": must be a mapping");
+    }
+  }
+  ExpectErrorNaming(ParseNoThrow(with("  - {name: eu-west", "  - 5\n  - {name: eu-west")),
+                    "peers[0]: must be a mapping");
+}
+
+TEST(ReplicatorConfig, AKeyThatIsNotAStringIsAnErrorNotACrash) {
+  ExpectErrorNaming(ParseNoThrow(std::string(kGood) + "[a, b]: 1\n"),
+                    "field names must be strings");
+  ExpectErrorNaming(ParseNoThrow(std::string(kGood) + "coordination: {{x: 1}: 2}\n"),
+                    "coordination: field names must be strings");
+}
+
+class ReplicatorConfigFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "meridian-repl-config-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    std::filesystem::create_directories(dir_ + "/etc");
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::string dir_;
+};
+
+TEST_F(ReplicatorConfigFiles, RelativePathsAreRelativeToTheConfigFile) {
+  std::ofstream(dir_ + "/etc/operator_token") << "operator-token-0123456789\r\n";
+  std::ofstream(dir_ + "/etc/r.yaml")
+      << kGood << "coordination: {admin: 127.0.0.1:7400, operator_token_file: operator_token}\n";
+  auto c = LoadReplicatorConfig(dir_ + "/etc/r.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->operator_token, "operator-token-0123456789");  // the "\r\n" is not the token's
+  EXPECT_EQ(c->tls_ca, dir_ + "/etc/ca.pem");
+  EXPECT_EQ(c->tls_cert, dir_ + "/etc/us-east.pem");
+  EXPECT_EQ(c->tls_key, dir_ + "/etc/us-east.key");
+
+  auto absolute_kept = ParseReplicatorConfig(
+      std::string(kGood).replace(std::string(kGood).find("ca: ca.pem"), 10, "ca: /pki/ca.pem"),
+      "r.yaml", dir_ + "/etc");
+  ASSERT_TRUE(absolute_kept.ok()) << absolute_kept.status();
+  EXPECT_EQ(absolute_kept->tls_ca, "/pki/ca.pem");
+}
+
+TEST_F(ReplicatorConfigFiles, AShortTokenAfterTrimmingIsRefused) {
+  std::ofstream(dir_ + "/etc/operator_token") << "short\r\n";
+  std::ofstream(dir_ + "/etc/r.yaml")
+      << kGood << "coordination: {admin: 127.0.0.1:7400, operator_token_file: operator_token}\n";
+  auto c = LoadReplicatorConfig(dir_ + "/etc/r.yaml");
+  ExpectErrorNaming(c, "coordination.operator_token_file");
+}
+
+// --- meridian-witness's config ---
+
+constexpr const char* kWitness = R"(
+name: witness
+replica_id: 250
+listen: 127.0.0.1:7500
+tls: {ca: ca.pem, cert: witness.pem, key: witness.key}
+store: witness-leases.json
+regions: [{name: us-east, replica_id: 1}, {name: eu-west, replica_id: 2}]
+leases: {ttl_ms: 6000}
+)";
+
+absl::StatusOr<WitnessConfig> ParseWitnessNoThrow(const std::string& yaml) {
+  absl::StatusOr<WitnessConfig> c = absl::UnknownError("not parsed");
+  EXPECT_NO_THROW(c = ParseWitnessConfig(yaml, "w.yaml")) << yaml;
+  return c;
+}
+
+std::string Witness(const std::string& from, const std::string& to) {
+  std::string s = kWitness;
+  s.replace(s.find(from), from.size(), to);
+  return s;
+}
+
+void ExpectWitnessError(const std::string& yaml, const std::string& text) {
+  auto c = ParseWitnessNoThrow(yaml);
+  ASSERT_FALSE(c.ok()) << yaml;
+  EXPECT_NE(std::string(c.status().message()).find(text), std::string::npos)
+      << c.status().message();
+}
+
+TEST(WitnessConfig, ParsesAGoodFile) {
+  auto c = ParseWitnessNoThrow(kWitness);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->regions.size(), 2u);
+  EXPECT_EQ(c->leases.ttl_ms, 6000);
+}
+
+TEST(WitnessConfig, ASectionGivenAsAValueOrAListIsAnErrorNotACrash) {
+  const std::string tls = "tls: {ca: ca.pem, cert: witness.pem, key: witness.key}";
+  for (const char* bad : {"5", "x.pem", "[a, b]"}) {
+    ExpectWitnessError(Witness(tls, std::string("tls: ") + bad), "tls: must be a mapping");
+    ExpectWitnessError(Witness("leases: {ttl_ms: 6000}", std::string("leases: ") + bad),
+                       "leases: must be a mapping");
+  }
+  ExpectWitnessError(Witness("{name: us-east, replica_id: 1}", "5"),
+                     "regions[0]: must be a mapping");
+  ExpectWitnessError(Witness("{name: eu-west, replica_id: 2}", "[eu-west, 2]"),
+                     "regions[1]: must be a mapping");
+  ExpectWitnessError(std::string(kWitness) + "[a]: 1\n", "field names must be strings");
+  ExpectWitnessError(Witness("{ttl_ms: 6000}", "{[ttl_ms]: 6000}"),
+                     "leases: field names must be strings");
+}
+
+TEST(WitnessConfig, TtlBelowWhatTheDefaultRenewalNeedsNamesTtlAndItsMinimum) {
+  // LeaseConfig::Validate with the default renew_interval_ms (1000) and margin_ms (100) needs
+  // ttl_ms * (1 - 2 * max_drift) - 100 >= 2000: 2143 with max_drift 0.01.
+  EXPECT_EQ(WitnessTtlMsMin(0.01), 2143);
+  EXPECT_EQ(WitnessTtlMsMin(0), 2100);
+  EXPECT_EQ(WitnessTtlMsMin(0.1), 2625);
+  for (double drift : {0.0, 0.01, 0.05, 0.1}) {
+    LeaseConfig l;
+    l.max_drift = drift;
+    l.ttl_ms = WitnessTtlMsMin(drift);
+    EXPECT_TRUE(l.Validate().ok()) << drift;
+    l.ttl_ms -= 1;
+    EXPECT_FALSE(l.Validate().ok()) << drift;
+  }
+  auto c = ParseWitnessNoThrow(Witness("{ttl_ms: 6000}", "{ttl_ms: 2142}"));
+  ASSERT_FALSE(c.ok());
+  const std::string m(c.status().message());
+  EXPECT_NE(m.find("leases.ttl_ms: must be at least 2143"), std::string::npos) << m;
+  EXPECT_EQ(m.find("leases.renew_interval_ms"), std::string::npos) << m;  // not a witness key
+  ExpectWitnessError(Witness("{ttl_ms: 6000}", "{ttl_ms: 2200, max_drift: 0.1}"),
+                     "leases.ttl_ms: must be at least 2625");
+  EXPECT_TRUE(ParseWitnessNoThrow(Witness("{ttl_ms: 6000}", "{ttl_ms: 2143}")).ok());
+  ExpectWitnessError(Witness("{ttl_ms: 6000}", "{ttl_ms: 50}"), "leases.ttl_ms");
 }
 
 }  // namespace

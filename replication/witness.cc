@@ -38,9 +38,7 @@ bool FsyncPath(const std::string& path, int flags) {
   return ok;
 }
 
-}  // namespace
-
-absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::string_view source) {
+absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -71,6 +69,10 @@ absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::str
     std::set<uint32_t> ids{c.replica_id};
     for (size_t i = 0; i < regions.size(); ++i) {
       std::string path = absl::StrCat("regions[", i, "]");
+      if (!regions[i].IsMap()) {
+        r.Fail(path, "must be a mapping {name, replica_id}");
+        break;
+      }
       r.OnlyKeys(regions[i], path, {"name", "replica_id"});
       WitnessConfig::Region reg;
       reg.name = r.String(regions[i], "name", path + ".name", true);
@@ -84,14 +86,56 @@ absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::str
   }
   YAML::Node l = r.Map(root, "leases", "leases", false);
   r.OnlyKeys(l, "leases", {"ttl_ms", "max_drift"});
-  c.leases.ttl_ms = r.Integer<int64_t>(l, "ttl_ms", "leases.ttl_ms", 6000, 100, 600000);
+  c.leases.ttl_ms =
+      r.Integer<int64_t>(l, "ttl_ms", "leases.ttl_ms", 6000, kWitnessTtlMsMin, kWitnessTtlMsMax);
   c.leases.max_drift = r.Number(l, "max_drift", "leases.max_drift", 0.01, 0, 0.1);
   if (r.ok()) {
-    if (absl::Status st = c.leases.Validate(); !st.ok())
-      r.Fail("leases", std::string(st.message()));
+    const int64_t ttl_ms_min = WitnessTtlMsMin(c.leases.max_drift);
+    if (c.leases.ttl_ms < ttl_ms_min) {
+      const LeaseConfig defaults;
+      r.Fail("leases.ttl_ms",
+             absl::StrCat("must be at least ", ttl_ms_min, " with max_drift ", c.leases.max_drift,
+                          " (the witness keeps the default renewal timing, which needs "
+                          "ttl_ms * (1 - 2 * max_drift) - ",
+                          defaults.margin_ms, " >= ", 2 * defaults.renew_interval_ms, "), got ",
+                          c.leases.ttl_ms));
+    } else if (absl::Status st = c.leases.Validate(); !st.ok()) {
+      r.Fail("leases", std::string(st.message()));  // WitnessTtlMsMin's search guarantees not
+    }
   }
   if (!r.ok()) return r.status();
   return c;
+}
+
+}  // namespace
+
+int64_t WitnessTtlMsMin(double max_drift) {
+  // The witness sets only ttl_ms and max_drift; its other lease fields keep LeaseConfig's
+  // defaults, which LeaseManager requires to fit ttl_ms (LeaseConfig::Validate: twice
+  // renew_interval_ms within the holder's validity, and more). Every such condition only gets
+  // easier as ttl_ms grows, so the smallest valid ttl_ms is found by bisection, exactly as
+  // Validate computes (integer truncation included).
+  LeaseConfig l;
+  l.max_drift = max_drift;
+  auto valid = [&](int64_t ttl_ms) {
+    l.ttl_ms = ttl_ms;
+    return l.Validate().ok();
+  };
+  int64_t lo = kWitnessTtlMsMin, hi = kWitnessTtlMsMax;
+  if (!valid(hi)) return hi + 1;  // max_drift out of range: no ttl_ms fits
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (valid(mid)) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::string_view source) {
+  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source); });
 }
 
 absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
