@@ -131,8 +131,9 @@ veth_of() { echo "$PREFIX-v$1"; }
 pair_key() {
   [[ "$1" =~ ^([a-z0-9-]+)/([a-z0-9-]+)$ ]] || die "'$1' is not a pair A/B of regions"
   local a b
-  a=$(index_of "${BASH_REMATCH[1]}")
-  b=$(index_of "${BASH_REMATCH[2]}")
+  # `|| exit`: called in $(...), where set -e does not hold; index_of's die ends only its subshell.
+  a=$(index_of "${BASH_REMATCH[1]}") || exit 1
+  b=$(index_of "${BASH_REMATCH[2]}") || exit 1
   ((a != b)) || die "'$1': a region is not a pair with itself"
   if ((a < b)); then echo "${REGIONS[$a]}/${REGIONS[$b]}"; else echo "${REGIONS[$b]}/${REGIONS[$a]}"; fi
 }
@@ -426,13 +427,13 @@ cmd_down() {
 target_pairs() {
   if [[ "$TARGET" == */* ]]; then
     local key a b
-    key=$(pair_key "$TARGET")
-    a=$(index_of "${key%/*}")
-    b=$(index_of "${key#*/}")
+    key=$(pair_key "$TARGET") || exit 1
+    a=$(index_of "${key%/*}") || exit 1
+    b=$(index_of "${key#*/}") || exit 1
     echo "$a $b"
   else
     local t j
-    t=$(index_of "$TARGET")
+    t=$(index_of "$TARGET") || exit 1
     for j in "${!REGIONS[@]}"; do ((j != t)) && echo "$t $j"; done
   fi
   return 0
@@ -445,27 +446,31 @@ part_rule() { # part_rule i j: the rule in i's namespace that drops j's packets 
 cmd_partition() {
   need_root
   require_state
-  local a b
+  local a b pairs
+  # A subshell: its die (an unknown region) must stop us, not just end the loop's input.
+  pairs=$(target_pairs) || exit 1
   while read -r a b; do
     # shellcheck disable=SC2046
     ipt "$(ns_of "$a")" -C MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null || ipt "$(ns_of "$a")" -A MERIDIAN-PART $(part_rule "$a" "$b")
     # shellcheck disable=SC2046
     ipt "$(ns_of "$b")" -C MERIDIAN-PART $(part_rule "$b" "$a") 2>/dev/null || ipt "$(ns_of "$b")" -A MERIDIAN-PART $(part_rule "$b" "$a")
     log "partitioned $(pair_of "$a" "$b")"
-  done < <(target_pairs)
+  done <<<"$pairs"
 }
 
 cmd_heal() {
   need_root
   require_state
-  local a b
+  local a b pairs
+  # A subshell: its die (an unknown region) must stop us, not just end the loop's input.
+  pairs=$(target_pairs) || exit 1
   while read -r a b; do
     # shellcheck disable=SC2046
     while ipt "$(ns_of "$a")" -D MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null; do :; done
     # shellcheck disable=SC2046
     while ipt "$(ns_of "$b")" -D MERIDIAN-PART $(part_rule "$b" "$a") 2>/dev/null; do :; done
     log "healed $(pair_of "$a" "$b")"
-  done < <(target_pairs)
+  done <<<"$pairs"
 }
 
 cmd_set() { # cmd_set delay|loss
