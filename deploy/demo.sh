@@ -12,28 +12,33 @@
 # 4. runs customer load (meridian-loadgen, routed by GeoDNS) and a region-loss drill on it
 #    (meridianctl drill region-loss: kill -9 of eu-west by default, 30 s away, then back);
 # 5. prints the drill's targets (PASS/FAIL) and where its report is (drills/<time>-<region>-<mode>/
-#    report.md, report.json, timeline.svg).
+#    report.md, report.json, timeline.svg) — only a report this run's drill wrote, never an older one.
 #
 # The cluster keeps running afterwards (DIR defaults to .meridian/demo) unless --down is given:
 # explore it with `meridianctl --data DIR status`, stop it with `deploy/meridian down --data DIR`.
-# Needs the packages of deploy/install-deps.sh. About 3 minutes on 2 cores (the first build
-# longer). Exit status: the drill's (0 every target met, 1 a target missed, 2 it could not run).
+# Needs the packages of deploy/install-deps.sh. About 70 s on 2 cores once built and the cluster
+# exists (the drill takes about --duration + 30 s, by its reports' timestamps); the first build and
+# a fresh cluster's first up add theirs. Exit status: the drill's (0 every target met, 1 a target
+# missed, 2 it could not run — also when the build or `deploy/meridian up` fails).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=.meridian/demo
 REGION=eu-west
-MODE=kill
+MODE="kill"
 DURATION=30
 DOWN=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --data | --region | --mode | --duration)
+      [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || { echo "meridian demo: $1 needs a value (see --help)" >&2; exit 2; }
+      ;;&
     --data) DATA=$2; shift 2 ;;
     --region) REGION=$2; shift 2 ;;
     --mode) MODE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --down) DOWN=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "meridian demo: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,18 +62,19 @@ ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || die "PostgreSQL not found: ru
 step "1/5 building (Release) into $BUILD"
 [[ -n "${CCACHE_DIR:-}" ]] || export CCACHE_DIR=$HOME/.cache/meridian-ccache
 if [[ ! -f "$BUILD/build.ninja" ]]; then
-  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake (configure) failed"
 fi
 cmake --build "$BUILD" --target meridian-region meridian-replicator meridian-netem-proxy \
-  meridian-netem-nfq meridian-geo meridian-failover meridianctl meridian-loadgen
+  meridian-netem-nfq meridian-geo meridian-failover meridianctl meridian-loadgen || die "the build failed"
 CTL=$BUILD/failover/meridianctl
 
 step "2/5 three regions with emulated latency, GeoDNS and failover controllers ($DATA)"
 if [[ -f "$DATA/cluster.env" ]]; then
   echo "reusing the cluster in $DATA (its shape and durability were fixed on its first up)"
-  bash "$ROOT/deploy/meridian" up --data "$DATA"
+  bash "$ROOT/deploy/meridian" up --data "$DATA" || die "deploy/meridian up failed (above)"
 else
-  bash "$ROOT/deploy/meridian" up --data "$DATA" --regions 3 --durability sync-peer
+  bash "$ROOT/deploy/meridian" up --data "$DATA" --regions 3 --durability sync-peer ||
+    die "deploy/meridian up failed (above)"
 fi
 [[ -f "$DATA/geo/ports.env" ]] ||
   die "$DATA has no GeoDNS (geo/ports.env): this deploy/meridian does not start geo and failover yet"
@@ -79,9 +85,14 @@ step "3/5 the cluster"
 step "4/5 customer load and a region-loss drill: $MODE $REGION for $DURATION s"
 echo "(the drill starts meridian-loadgen itself; customers reach regions through GeoDNS)"
 rc=0
+# Only a report folder made after this mark is this run's (drills/ also holds committed ones).
+mkdir -p "$ROOT/drills"
+MARK=$(mktemp "${TMPDIR:-/tmp}/meridian-demo.XXXXXX")
+trap 'rm -f "$MARK"' EXIT
 "$CTL" --data "$DATA" drill region-loss --region "$REGION" --mode "$MODE" --duration "$DURATION" \
   --output-dir "$ROOT/drills" || rc=$?
-REPORT=$(ls -td "$ROOT"/drills/*-"$REGION"-"$MODE"/ 2>/dev/null | head -1)
+REPORT=$(find "$ROOT/drills" -mindepth 1 -maxdepth 1 -type d -name "*-$REGION-$MODE" -newer "$MARK" \
+  -printf '%T@ %p/\n' | sort -n | tail -1 | cut -d' ' -f2-)
 
 step "5/5 done (exit $rc)"
 if [[ -n "$REPORT" && -f "$REPORT/report.md" ]]; then
@@ -89,7 +100,8 @@ if [[ -n "$REPORT" && -f "$REPORT/report.md" ]]; then
   echo "timeline: ${REPORT}timeline.svg"
   echo "data:     ${REPORT}report.json"
 else
-  echo "no report was written (see the messages above)"
+  echo "this run's drill wrote no report (see the messages above)"
+  (( rc != 0 )) || rc=2
 fi
 if (( DOWN )); then
   bash "$ROOT/deploy/meridian" down --data "$DATA"
