@@ -73,8 +73,12 @@ HttpResponse ProblemFromStatus(const absl::Status& s) {
     case absl::StatusCode::kResourceExhausted:
       return HttpResponse::Problem(429, "Too Many Requests", detail);
     case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-      return HttpResponse::Problem(503, "Service Unavailable", detail);
+    case absl::StatusCode::kDeadlineExceeded: {
+      // Overload (no free database connection) or a broken database connection: both pass.
+      HttpResponse r = HttpResponse::Problem(503, "Service Unavailable", detail);
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
     default:
       spdlog::error("event=internal_error status=\"{}\"", s.ToString());
       return HttpResponse::Problem(500, "Internal Server Error", "internal error");

@@ -64,9 +64,11 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
       return fresh;
     }
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("postgres ", options_.name, ": no free connection within ",
-                       options_.acquire_timeout_ms, " ms (pool of ", options_.size, ")"));
+      // The server is overloaded (503), not the client over its quota (429): the caller did
+      // nothing wrong and may retry shortly or at another region.
+      return absl::UnavailableError(absl::StrCat(
+          "postgres ", options_.name, ": no free connection within ", options_.acquire_timeout_ms,
+          " ms (pool of ", options_.size, "); the region is overloaded, retry shortly"));
     }
   }
   auto c = std::move(idle_.back());

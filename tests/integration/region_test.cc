@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -19,6 +20,7 @@
 #include "region/config.h"
 #include "region/internal.grpc.pb.h"
 #include "services/auth.h"
+#include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
@@ -633,6 +635,39 @@ TEST_F(RegionTest, RateLimitedPerClient) {
             {{"Authorization", "Bearer x" + std::to_string(i)}});
   }
   EXPECT_EQ(Request(port, "GET", "/v1/products/sku-1").status, 429);
+  (*app)->Stop();
+}
+
+TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
+  // A second region process on the same databases with one connection per pool. A cart change
+  // that waits for a row lock held outside holds the shard's only connection; the next request
+  // for that shard finds no free connection within 5 s: server overload, 503 with Retry-After,
+  // not the client's 429.
+  RegionConfig c = BaseConfig();
+  c.pool_size = 1;
+  auto app = RegionApp::Create(c);
+  ASSERT_TRUE(app.ok()) << app.status();
+  ASSERT_TRUE((*app)->Start().ok());
+  uint16_t port = (*app)->http_port();
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  std::string user_id = Json::parse(As(t, "GET", "/v1/cart").body)["user_id"];
+  int shard = services::ShardForUser(user_id, 2);
+  pqxx::connection blocker(pgs_[shard]->ConnectionString("shard" + std::to_string(shard)));
+  pqxx::work hold(blocker);
+  hold.exec("SELECT pg_advisory_xact_lock(hashtextextended(" + hold.quote("cart:" + user_id) +
+            ", 0))");
+  auto auth = std::vector<std::pair<std::string, std::string>>{{"Authorization", "Bearer " + t}};
+  auto blocked = std::async(std::launch::async, [&] {
+    return Request(port, "PUT", "/v1/cart/items/sku-1", R"({"quantity":2})", auth).status;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it now holds the connection
+  Response r = Request(port, "GET", "/v1/orders", "", auth);
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(r.Header("retry-after"), "1");
+  EXPECT_NE(r.body.find("no free connection"), std::string::npos) << r.body;
+  hold.commit();  // releases the lock: the waiting change completes
+  EXPECT_EQ(blocked.get(), 200);
   (*app)->Stop();
 }
 
