@@ -70,18 +70,20 @@ void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& res
   tx.exec(SaveCartSql(tx, user_id, residency, cart, delta, version, origin));  // one round trip
 }
 
-// Applies `change` to the customer's cart in one transaction, then refreshes Redis. `change`
-// returns the delta, or nullopt when the request asks for what the cart already is: then nothing
-// is written (no version bump, no outbox row), so repeating a request cannot grow the cart's
-// history or the replication stream.
-static HttpResponse MutateCart(
-    RegionApp::Impl& app, const services::TokenClaims& who,
-    const std::function<absl::StatusOr<std::optional<crdt::Cart>>(crdt::Cart&)>& change) {
+// What a cart change makes of the cart: its delta, or nullopt when the request asks for what the
+// cart already is.
+using CartChange = absl::StatusOr<std::optional<crdt::Cart>>;
+
+// Applies `change` to the customer's cart in one transaction, then refreshes Redis. A change
+// that is nullopt writes nothing (no version bump, no outbox row), so repeating a request cannot
+// grow the cart's history or the replication stream.
+static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims& who,
+                               const std::function<CartChange(crdt::Cart&)>& change) {
   CartRow saved;
   bool changed = false;
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
     CartRow row = LoadCart(tx, who.user_id, app.config.replica_id, true);
-    absl::StatusOr<std::optional<crdt::Cart>> delta = change(row.cart);
+    CartChange delta = change(row.cart);
     if (!delta.ok()) throw AbortTx{delta.status()};
     changed = delta->has_value();
     if (changed) {
@@ -153,18 +155,17 @@ HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
     return ProblemFromStatus(Unprocessable(absl::StrCat("sku: no product ", *sku)));
   }
   if (!product.ok()) return ProblemFromStatus(product.status());
-  return MutateCart(
-      *this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<std::optional<crdt::Cart>> {
-        int64_t current = cart.Quantity(*sku);
-        if (current + *qty > config.max_line_quantity) {
-          return Unprocessable(
-              absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
-        }
-        if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
-          return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
-        }
-        return cart.Add(*sku, *qty);
-      });
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
+    int64_t current = cart.Quantity(*sku);
+    if (current + *qty > config.max_line_quantity) {
+      return Unprocessable(
+          absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
+    }
+    if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
+      return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
+    }
+    return cart.Add(*sku, *qty);
+  });
 }
 
 HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
@@ -181,14 +182,13 @@ HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
     return ProblemFromStatus(
         Unprocessable(absl::StrCat("quantity: must be 0..", config.max_line_quantity)));
   }
-  return MutateCart(
-      *this, *who, [&](crdt::Cart& cart) -> absl::StatusOr<std::optional<crdt::Cart>> {
-        int64_t current = cart.Quantity(sku);
-        if (current <= 0) return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
-        if (*qty == current) return std::nullopt;  // already so: an idempotent PUT writes nothing
-        if (*qty == 0) return cart.Remove(sku);
-        return cart.Add(sku, *qty - current);  // a change by the difference: concurrent changes add
-      });
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
+    int64_t current = cart.Quantity(sku);
+    if (current <= 0) return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+    if (*qty == current) return std::nullopt;  // already so: an idempotent PUT writes nothing
+    if (*qty == 0) return cart.Remove(sku);
+    return cart.Add(sku, *qty - current);  // a change by the difference: concurrent changes add
+  });
 }
 
 HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
@@ -197,13 +197,12 @@ HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   const std::string sku = req.params["sku"];
   if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
-  return MutateCart(*this, *who,
-                    [&](crdt::Cart& cart) -> absl::StatusOr<std::optional<crdt::Cart>> {
-                      if (cart.Quantity(sku) <= 0) {
-                        return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
-                      }
-                      return cart.Remove(sku);
-                    });
+  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
+    if (cart.Quantity(sku) <= 0) {
+      return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+    }
+    return cart.Remove(sku);
+  });
 }
 
 }  // namespace meridian::region
