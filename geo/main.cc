@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "common/cli.h"
 #include "common/daemon.h"
 #include "geo/config.h"
 #include "geo/service.h"
@@ -17,7 +18,7 @@ int main(int argc, char** argv) {
   meridian::common::AddDaemonOptions(cli, &opt, "YAML config file (see geo/README.md)",
                                      "validate the config (and the GeoIP file) and exit")
       ->required();
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
 
   absl::StatusOr<meridian::geo::GeoConfig> config = meridian::geo::LoadConfigFile(opt.config_path);

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "common/cli.h"
 #include "common/daemon.h"
 #include "region/app.h"
 #include "region/config.h"
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
   cli.add_option("--print-schema", print_schema,
                  "print the SQL of every migration of a database kind (global or shard) and exit")
       ->check(CLI::IsMember({"global", "shard"}));
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
   if (!print_schema.empty()) {
     auto kind = print_schema == "global" ? meridian::region::SchemaKind::kGlobal

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "common/cli.h"
 #include "common/daemon.h"
 #include "replication/witness.h"
 
@@ -14,7 +15,7 @@ int main(int argc, char** argv) {
   meridian::common::DaemonOptions opt;
   meridian::common::AddDaemonOptions(cli, &opt, "YAML config file (see replication/README.md)")
       ->required();
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
   auto config = meridian::replication::LoadWitnessConfig(opt.config_path);
   if (!config.ok()) {

@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cli.h"
 #include "deploy/netem/nfq_policy.h"
 
 extern "C" {
@@ -519,8 +520,10 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::Range(0, 65535));
   cli.add_option("--delay-ms", o.delay_ms, "default one-way delay for packets no rule matches")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, meridian::netem::kDelayMsMax));
   cli.add_option("--loss-pct", o.loss_pct, "default loss for packets no rule matches")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, meridian::netem::kLossPctMax));
   cli.add_option("--rule", o.rules,
                  "a rule: [queue=N] [src=CIDR] [dst=CIDR] [delay=MS] [loss=PCT]; first match wins "
@@ -534,6 +537,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(size_t{1}, size_t{1000000}));
   cli.add_option("--stats-interval-s", o.stats_interval_s,
                  "print a stats line (and rewrite --stats-file) this often; 0: only on SIGUSR1")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 86400.0));
   cli.add_option("--stats-file", o.stats_file, "write counters here as JSON");
   cli.add_flag("--probe", o.probe, "bind the queues, then exit 0 (can this machine do it?)");
@@ -542,7 +546,7 @@ int main(int argc, char** argv) {
       "packet and exits.\nExample: iptables -A OUTPUT -d 10.77.0.2 -j NFQUEUE --queue-num 0 "
       "--queue-bypass\n         meridian-netem-nfq --queue 0 --rule 'dst=10.77.0.2 delay=38 "
       "loss=1'");
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
 
   if (std::set<uint16_t>(o.queues.begin(), o.queues.end()).size() != o.queues.size()) {
     std::fprintf(stderr, "%s: --queue: a queue number is given twice\n", kProg);
