@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cli.h"
 #include "failover/ctl.h"
 #include "failover/drill.h"
 #include "failover/http_client.h"
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
   region_loss->add_option("--output-dir", drill_options.output_dir,
                           "report folder (default drills)");
 
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
   const bool json = output == "json";
 
   if (region_loss->parsed()) {

@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
@@ -39,6 +40,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/files.h"
 #include "failover/drill_analysis.h"
 #include "failover/drill_cluster.h"
 #include "failover/drill_db.h"
@@ -1168,8 +1170,13 @@ int Drill::Run() {
 
   st = drill::WriteReportFiles(report, report_dir_);
   if (!st.ok()) {
-    std::fprintf(stderr, "meridianctl drill: %s\n", std::string(st.message()).c_str());
-    return 2;
+    // The folder was checked before the region was removed (PrepareDrillOptions), so this is a
+    // failure of the run, not of its options: exit 1, and the figures still go to stdout.
+    std::fprintf(stderr, "meridianctl drill: the drill ran but its report was not written: %s\n",
+                 std::string(st.message()).c_str());
+    std::printf("%s\n",
+                opt_.json ? report.ToJson().dump(2).c_str() : report.SummaryTable().c_str());
+    return 1;
   }
   if (opt_.json) {
     std::printf("%s\n", report.ToJson().dump(2).c_str());
@@ -1210,7 +1217,8 @@ absl::Status ApplyEnvironment(DrillOptions* o) {
   if (const char* v = getenv("MERIDIAN_DRILL_RATE"); v != nullptr && *v != '\0') {
     char* end = nullptr;
     double x = std::strtod(v, &end);
-    if (*end != '\0' || x < 1 || x > 10000) {
+    // strtod reads "nan" and "inf", and NaN fails no comparison: refuse anything not finite.
+    if (*end != '\0' || !std::isfinite(x) || x < 1 || x > 10000) {
       return absl::InvalidArgumentError(absl::StrCat("MERIDIAN_DRILL_RATE='", v, "': 1..10000"));
     }
     o->rate_per_s = x;
@@ -1224,18 +1232,23 @@ absl::Status ApplyEnvironment(DrillOptions* o) {
 
 }  // namespace
 
+absl::Status PrepareDrillOptions(DrillOptions* o) {
+  if (absl::Status st = ApplyEnvironment(o); !st.ok()) return st;
+  if (o->mode != "kill" && o->mode != "partition") {
+    return absl::InvalidArgumentError("--mode must be kill or partition");
+  }
+  if (o->duration_s < 1 || o->duration_s > 3600) {
+    return absl::InvalidArgumentError("--duration must be 1..3600 seconds");
+  }
+  // The report is written after the outage; a folder that cannot take it must be found now,
+  // before anything is removed.
+  return common::CheckWritableDir("--output-dir", o->output_dir);
+}
+
 int RunDrillCommand(const DrillOptions& options) {
   DrillOptions o = options;
-  if (absl::Status st = ApplyEnvironment(&o); !st.ok()) {
+  if (absl::Status st = PrepareDrillOptions(&o); !st.ok()) {
     std::fprintf(stderr, "meridianctl drill: %s\n", std::string(st.message()).c_str());
-    return 2;
-  }
-  if (o.mode != "kill" && o.mode != "partition") {
-    std::fprintf(stderr, "meridianctl drill: --mode must be kill or partition\n");
-    return 2;
-  }
-  if (o.duration_s < 1 || o.duration_s > 3600) {
-    std::fprintf(stderr, "meridianctl drill: --duration must be 1..3600 seconds\n");
     return 2;
   }
   std::error_code ec;

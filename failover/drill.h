@@ -21,6 +21,8 @@
 
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace meridian::failover {
 
 struct DrillOptions {
@@ -44,6 +46,13 @@ struct DrillOptions {
   std::string loadgen;          // meridian-loadgen binary; "" = found next to meridianctl
   std::string meridian_script;  // deploy/meridian; "" = found from the data dir or the binary
 };
+
+// What RunDrillCommand does first, before it looks at the cluster: applies the
+// MERIDIAN_DRILL_<NAME> environment overrides to `options` (a bad value, NaN included, is an
+// error naming the variable), checks --mode and --duration, and creates --output-dir and writes a
+// probe file in it, so that a report folder that cannot be written is found before a region is
+// removed. InvalidArgument naming the flag or variable otherwise.
+[[nodiscard]] absl::Status PrepareDrillOptions(DrillOptions* options);
 
 // Runs the drill; returns the exit code: 0 every target met and every invariant held; 1 the
 // drill ran and something missed (the report says what); 2 bad options or a cluster not ready

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <string>
 
+#include "common/cli.h"
 #include "common/daemon.h"
 #include "failover/config.h"
 #include "failover/controller.h"
@@ -17,7 +18,7 @@ int main(int argc, char** argv) {
   meridian::common::DaemonOptions opt;
   meridian::common::AddDaemonOptions(cli, &opt, "YAML config file (see failover/README.md)")
       ->required();
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
 
   auto config = meridian::failover::LoadConfigFile(opt.config_path);

@@ -1,0 +1,77 @@
+// PrepareDrillOptions: what `meridianctl drill region-loss` refuses before it touches the cluster.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "failover/drill.h"
+
+namespace meridian::failover {
+namespace {
+
+namespace fs = std::filesystem;
+
+class PrepareDrillOptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "meridian-drill-options-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    std::ofstream(dir_ + "/a-file") << "x\n";
+    ::unsetenv("MERIDIAN_DRILL_RATE");
+  }
+  void TearDown() override {
+    ::unsetenv("MERIDIAN_DRILL_RATE");
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  DrillOptions Options(const std::string& output_dir) {
+    DrillOptions o;
+    o.region = "eu-west";
+    o.output_dir = output_dir;
+    return o;
+  }
+  std::string dir_;
+};
+
+TEST_F(PrepareDrillOptionsTest, CreatesTheOutputFolderBeforeAnythingElse) {
+  DrillOptions o = Options(dir_ + "/drills/nested");
+  ASSERT_TRUE(PrepareDrillOptions(&o).ok());
+  EXPECT_TRUE(fs::is_directory(dir_ + "/drills/nested"));
+  EXPECT_TRUE(fs::is_empty(dir_ + "/drills/nested"));  // the probe file is gone
+}
+
+TEST_F(PrepareDrillOptionsTest, AnOutputFolderThatCannotBeWrittenIsRefused) {
+  DrillOptions o = Options(dir_ + "/a-file/drills");
+  absl::Status st = PrepareDrillOptions(&o);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("--output-dir"), std::string::npos) << st;
+}
+
+TEST_F(PrepareDrillOptionsTest, RateFromTheEnvironmentMustBeFinite) {
+  for (const char* bad : {"nan", "NaN", "inf", "-inf", "0", "10001", "80x"}) {
+    ::setenv("MERIDIAN_DRILL_RATE", bad, 1);
+    DrillOptions o = Options(dir_ + "/drills");
+    absl::Status st = PrepareDrillOptions(&o);
+    ASSERT_FALSE(st.ok()) << bad;
+    EXPECT_NE(std::string(st.message()).find("MERIDIAN_DRILL_RATE"), std::string::npos) << st;
+  }
+  ::setenv("MERIDIAN_DRILL_RATE", "80", 1);
+  DrillOptions o = Options(dir_ + "/drills");
+  ASSERT_TRUE(PrepareDrillOptions(&o).ok());
+  EXPECT_EQ(o.rate_per_s, 80);
+}
+
+TEST_F(PrepareDrillOptionsTest, ModeAndDurationNameTheFlag) {
+  DrillOptions o = Options(dir_ + "/drills");
+  o.mode = "unplug";
+  EXPECT_NE(std::string(PrepareDrillOptions(&o).message()).find("--mode"), std::string::npos);
+  o = Options(dir_ + "/drills");
+  o.duration_s = 0;
+  EXPECT_NE(std::string(PrepareDrillOptions(&o).message()).find("--duration"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meridian::failover
