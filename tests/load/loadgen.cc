@@ -14,8 +14,13 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
+#include "common/cli.h"
+#include "common/files.h"
+#include "common/strings.h"
 #include "tests/load/driver.h"
 #include "tests/load/target.h"
 #include "tests/load/workload.h"
@@ -103,6 +108,7 @@ int main(int argc, char** argv) {
   app.add_option("--scarce-fraction", opt.scarce_fraction,
                  "share of cart_add operations that add a scarce product")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--scarce-prefix", opt.scarce_prefix,
                  "SKU prefix of the scarce products (PREFIX-00001...); pick a fresh one per run "
@@ -114,12 +120,15 @@ int main(int argc, char** argv) {
                  "acknowledged orders (201 to a checkout), JSON lines, written while the run goes");
   app.add_option("--rate", opt.rate_per_s, "arrivals (requests) per second, all customers")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.1, 100000.0));
   app.add_option("--duration-s", opt.duration_s, "length of the schedule, warmup included")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(1.0, 3600.0));
   app.add_option("--warmup-s", opt.warmup_s, "first seconds excluded from the figures")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--max-requests", opt.max_requests, "stop scheduling after this many arrivals")
       ->capture_default_str()
@@ -149,13 +158,16 @@ int main(int argc, char** argv) {
   app.add_option("--declined-fraction", opt.declined_fraction,
                  "share of checkouts paid with the declined test card (HTTP 402)")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--replay-fraction", opt.replay_fraction,
                  "share of checkouts that repeat the customer's previous Idempotency-Key")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--zipf-s", opt.zipf_s, "Zipf exponent of product popularity (0 = uniform)")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 10.0));
   app.add_option("--out", out_path, "results file (JSON)")->capture_default_str();
   app.add_option("--timeout-ms", opt.timeout_ms, "per-request timeout")
@@ -176,12 +188,13 @@ int main(int argc, char** argv) {
   app.add_option("--max-lag-ms", opt.max_lag_ms,
                  "send-lag p99 above which the run does not count as sustained")
       ->capture_default_str()
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.1, 60000.0));
   app.add_option("--setup-concurrency", opt.setup_concurrency, "parallel requests during setup")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_flag("--no-progress", no_progress, "no per-second progress lines on stderr");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
 
   const load::LocalRoutes routes = load::LocalRoutes::FromSystem();
   if (target_url.empty() && region_specs.empty()) return Fail("give --target or --region");
@@ -211,7 +224,12 @@ int main(int argc, char** argv) {
   if (!dns_spec.empty()) {
     size_t colon = dns_spec.rfind(':');
     std::string host = dns_spec.substr(0, colon);
-    int port = colon == std::string::npos ? 0 : std::atoi(dns_spec.c_str() + colon + 1);
+    // The whole port, digits only: atoi would read "53x" as 53.
+    int port = 0;
+    if (colon == std::string::npos ||
+        !meridian::ParseInt(std::string_view(dns_spec).substr(colon + 1), &port)) {
+      port = 0;
+    }
     if (colon == std::string::npos || !load::IsLoopbackLiteral(host) || port < 1 || port > 65535) {
       return Fail("--dns '" + dns_spec +
                   "': expected 127.0.0.1:PORT (a DNS server on this machine)");
@@ -266,6 +284,16 @@ int main(int argc, char** argv) {
   }
   opt.poisson = arrivals == "poisson";
   opt.progress = !no_progress;
+  // The results are written after the whole run: an --out that cannot be written is a usage
+  // error now, not a lost run at the end. The timeline and acks files are written during it.
+  const std::pair<const char*, const std::string*> outputs[] = {
+      {"--out", &out_path}, {"--timeline-out", &opt.timeline_path}, {"--acks-out", &opt.acks_path}};
+  for (const auto& [flag, path] : outputs) {
+    if (path->empty() && path != &out_path) continue;  // the other two are optional
+    if (absl::Status st = meridian::common::CheckWritableFile(flag, *path); !st.ok()) {
+      return Fail(std::string(st.message()));
+    }
+  }
 
   // Logs go to stderr beside the progress lines; stdout carries only the result table.
   auto logger = spdlog::stderr_color_mt("loadgen");

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "common/cli.h"
+#include "common/files.h"
 #include "tests/sim/sim.h"
 
 namespace {
@@ -47,7 +49,15 @@ int main(int argc, char** argv) {
   app.add_flag("--no-region-loss", no_loss, "never lose a region for good");
   app.add_flag("--trace", trace, "print every event (use with --seed)");
   app.add_option("--results", results, "write the totals as JSON to this file");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
+  // The totals are written after every seed ran: a --results that cannot be written is a usage
+  // error now, not a run whose result is lost at the end.
+  if (!results.empty()) {
+    if (absl::Status st = meridian::common::CheckWritableFile("--results", results); !st.ok()) {
+      std::fprintf(stderr, "meridian-sim: %s\n", std::string(st.message()).c_str());
+      return meridian::common::kUsageExitCode;
+    }
+  }
 
   std::vector<meridian::sim::Durability> modes;
   if (durability != "sync-peer") modes.push_back(meridian::sim::Durability::kAsync);
@@ -148,6 +158,11 @@ int main(int argc, char** argv) {
         << ", \"takeovers\": " << total.takeovers << ", \"crashes\": " << total.crashes
         << ", \"partitions\": " << total.partitions << ", \"regions_lost\": " << total.lost_region
         << "}\n";
+    out.close();
+    if (!out) {
+      std::fprintf(stderr, "meridian-sim: could not write --results %s\n", results.c_str());
+      return 1;
+    }
   }
   return failures == 0 ? 0 : 1;
 }
