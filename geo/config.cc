@@ -202,7 +202,9 @@ void ParseRegions(YamlReader& r, const YAML::Node& root, GeoConfig& c,
     }
     region.addresses =
         Addresses(r, n[i], "addresses", path + ".addresses", true, kAddressesPerRegionMax);
-    if (!(n[i]["lat"] && n[i]["lon"])) r.Fail(path, "needs lat and lon");
+    // `lat:` with no value is a null, not a coordinate: it must not become 0.
+    const YAML::Node lat = n[i]["lat"], lon = n[i]["lon"];
+    if (!lat || lat.IsNull() || !lon || lon.IsNull()) r.Fail(path, "needs lat and lon");
     region.location.lat_deg = r.Number(n[i], "lat", path + ".lat", 0, -90, 90);
     region.location.lon_deg = r.Number(n[i], "lon", path + ".lon", 0, -180, 180);
     region.readyz_url = r.String(n[i], "readyz", path + ".readyz", false);
