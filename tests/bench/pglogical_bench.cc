@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/cli.h"
 #include "tests/support/cluster.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/process.h"
@@ -73,16 +74,20 @@ int main(int argc, char** argv) {
   double seconds = 20, rate = 500, delay_ms = 38;
   int lines = 2000, threads = 4;
   std::string out_path = "results/pglogical.json";
-  cli.add_option("--seconds", seconds, "load duration")->check(CLI::Range(2.0, 3600.0));
+  cli.add_option("--seconds", seconds, "load duration")
+      ->check(meridian::common::FiniteNumber)
+      ->check(CLI::Range(2.0, 3600.0));
   cli.add_option("--rate", rate, "cart changes per second per node")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(1.0, 100000.0));
   cli.add_option("--lines", lines, "distinct (user, sku) lines both nodes change")
       ->check(CLI::Range(1, 10000000));
   cli.add_option("--delay-ms", delay_ms, "one-way delay between the nodes")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(0.0, 10000.0));
   cli.add_option("--threads", threads, "connections per node")->check(CLI::Range(1, 64));
   cli.add_option("--out", out_path, "results file (JSON)");
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
 
   std::fprintf(stderr, "starting two PostgreSQL nodes with pglogical...\n");
   std::vector<std::unique_ptr<PostgresServer>> nodes;

@@ -35,6 +35,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/cli.h"
 #include "crdt/codec.h"
 #include "region/documents.h"
 #include "services/domain.h"
@@ -290,8 +291,11 @@ int main(int argc, char** argv) {
   double seconds = 30, rate = 2000;
   int users = 20000, threads = 4, per_tx = 10, skus = 50, regions = 3;
   std::string out_path = "results/replication.json";
-  cli.add_option("--seconds", seconds, "load duration")->check(CLI::Range(5.0, 3600.0));
+  cli.add_option("--seconds", seconds, "load duration")
+      ->check(meridian::common::FiniteNumber)
+      ->check(CLI::Range(5.0, 3600.0));
   cli.add_option("--rate", rate, "cart changes per second per region")
+      ->check(meridian::common::FiniteNumber)
       ->check(CLI::Range(1.0, 100000.0));
   cli.add_option("--users", users, "distinct customers (shared by all regions)")
       ->check(CLI::Range(1, 10000000));
@@ -308,7 +312,7 @@ int main(int argc, char** argv) {
                "two multi-row statements per commit");
   cli.add_flag("--baseline", baseline,
                "stop the replicators first: the machine's capacity for the local writes alone");
-  CLI11_PARSE(cli, argc, argv);
+  if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
 
   meridian::test_support::ClusterOptions o;
   o.name = "replbench";
