@@ -105,6 +105,12 @@ void RightsManager::OnMessage(RegionId from, const RightsMessage& message) {
       if (e.sku.empty() || e.sku.size() > kMaxSkuBytes) continue;
       if (!std::isfinite(e.demand_per_s) || e.demand_per_s < 0 || e.demand_per_s > 1e9) continue;
       if (e.rights < -(int64_t{1} << 41) || e.rights > (int64_t{1} << 41)) continue;
+      // Units are used as int64 in the arithmetic of grants: bound them like a request's.
+      if (e.waiting > (uint64_t{1} << 40)) continue;
+      if (std::any_of(e.received.begin(), e.received.end(),
+                      [](const auto& r) { return r.second > (uint64_t{1} << 50); })) {
+        continue;
+      }
       PeerInfo& p = peers_info_[e.sku][from];
       p.entry = e;
       p.at_ms = now;

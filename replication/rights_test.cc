@@ -201,6 +201,11 @@ TEST(Rights, MalformedGossipIsDropped) {
   h.rm->OnMessage(9, RightsRequest{"kettle", 10});  // not a peer
   h.rm->OnMessage(2, RightsRequest{"kettle", uint64_t{1} << 50});
   EXPECT_TRUE(h.rm->Tick().empty());
+  // Counts beyond any stock (the grant arithmetic is int64): waiting, then received.
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 50, uint64_t{1} << 63)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
+  h.rm->OnMessage(3, RightsGossip{{h.Entry("kettle", 0, 50, 10, uint64_t{1} << 63)}});
+  EXPECT_TRUE(h.rm->Tick().empty());
 }
 
 TEST(Rights, GossipCarriesRightsDemandWaitingAndReceived) {
