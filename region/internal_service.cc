@@ -110,6 +110,15 @@ class OutboxListener final : public pqxx::notification_receiver {
   OutboxSignal& signal_;
 };
 
+// An order event's epoch or version: an integer that a lease could have reached (an epoch far
+// beyond would fix the order's status for good: no later owner could outrank it).
+bool InEpochRange(const Json& v) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= (uint64_t{1} << 53);
+  const int64_t x = v.get<int64_t>();
+  return x >= 0 && x <= (int64_t{1} << 53);
+}
+
 class Service final : public pb::RegionInternal::Service {
  public:
   explicit Service(RegionApp::Impl& app) : app_(app) {}
@@ -239,7 +248,9 @@ class Service final : public pb::RegionInternal::Service {
           } else {
             if (!p.json.contains("user_id") || !p.json["user_id"].is_string() ||
                 !p.json.contains("event") || !p.json["event"].is_string() ||
-                !p.json.contains("epoch") || !p.json["epoch"].is_number_integer()) {
+                !p.json.contains("epoch") || !InEpochRange(p.json["epoch"]) ||
+                (p.json.contains("version") && p.json["version"].is_number_integer() &&
+                 !InEpochRange(p.json["version"]))) {
               return bad(absl::StrCat("record ", rec.seq(), ": malformed order event"));
             }
             p.target = &app_.ShardFor(p.json["user_id"].get<std::string>());

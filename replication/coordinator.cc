@@ -458,7 +458,8 @@ struct Coordinator::Impl {
 
   absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
     const Peer* p = PeerById(from);
-    if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.after_key().size() > 64) {
+    if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.epoch() > kMaxEpoch ||
+        m.after_key().size() > 64) {
       return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
     }
     if (!m.catch_up()) {

@@ -53,6 +53,7 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
                 : (b.first_seq() < 1 || b.last_seq() < b.first_seq())) {
     return bad("batch seq range [", b.first_seq(), ", ", b.last_seq(), "] is not valid");
   }
+  if (b.last_seq() > kMaxSeq) return bad("batch last_seq ", b.last_seq(), " is above ", kMaxSeq);
   if (b.uncompressed_bytes() > kMaxBatchBytes) {
     return bad("batch of ", b.uncompressed_bytes(), " bytes exceeds the limit of ", kMaxBatchBytes);
   }
@@ -99,6 +100,10 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
       return bad("record ", r.seq(), ": unknown kind");
     }
     if (r.key().empty() || r.key().size() > 128) return bad("record ", r.seq(), ": key 1..128");
+    if (r.committed_unix_ms() < 0 || r.committed_unix_ms() > kMaxCommittedUnixMs) {
+      return bad("record ", r.seq(), ": committed_unix_ms ", r.committed_unix_ms(),
+                 " is not a time");
+    }
     if (r.residency().empty() || r.residency().size() > 16) {
       return bad("record ", r.seq(), ": residency 1..16 characters");
     }

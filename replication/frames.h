@@ -17,6 +17,11 @@ namespace pb = ::meridian::replication::v1;
 
 inline constexpr uint32_t kMaxBatchBytes = 16u << 20;  // uncompressed
 inline constexpr int kMaxBatchRecords = 10000;
+// The highest seq a peer may name (in a batch, an ack or its hello's resume points): far above
+// any real outbox, and low enough that seq + 1 never overflows.
+inline constexpr int64_t kMaxSeq = int64_t{1} << 62;
+// Commit times a record may carry (Unix ms): from 1970 to about the year 3000.
+inline constexpr int64_t kMaxCommittedUnixMs = int64_t{1} << 45;
 
 // A batch of outbox records in seq order, or one of a state transfer (full documents with seq 0,
 // first_seq 0; see DeltaBatch.state). No default: the two are validated differently, and a batch

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
+#include "replication/lease_frames.h"
+
 namespace meridian::replication {
 namespace {
 
@@ -105,6 +109,40 @@ TEST(Frames, RejectsBadRecords) {
   EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
   list = Records(3, 10, "");
   EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
+  list = Records(3, 10);
+  list.mutable_records(1)->set_committed_unix_ms(-1);  // lag would be measured from before 1970
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
+  list.mutable_records(1)->set_committed_unix_ms(kMaxCommittedUnixMs + 1);
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
+}
+
+TEST(Frames, RejectsSeqsNearTheLimit) {
+  // seq + 1 must never overflow, wherever a peer's seq is used.
+  EXPECT_TRUE(
+      DecodeBatch(
+          EncodeBatch(3, "global", kMaxSeq, kMaxSeq, pb::RecordList(), 1, BatchKind::kDeltas), 3)
+          .ok());
+  EXPECT_FALSE(
+      DecodeBatch(EncodeBatch(3, "global", 1, kMaxSeq + 1, pb::RecordList(), 1, BatchKind::kDeltas),
+                  3)
+          .ok());
+  EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 0, std::numeric_limits<int64_t>::max(),
+                                       pb::RecordList(), 1, BatchKind::kState),
+                           3)
+                   .ok());
+}
+
+TEST(LeaseFrames, RejectEpochsBeyondTheLimit) {
+  // An epoch near 2^64 would wrap to 0 at the next takeover (epoch + 1) and lock the group.
+  v1::LeaseFrame f = ToLeaseFrame(LeaseReply{3, kMaxEpoch, 1, false, kMaxEpoch, 2});
+  EXPECT_TRUE(FromLeaseFrame(f).ok());
+  f.set_epoch(kMaxEpoch + 1);
+  EXPECT_FALSE(FromLeaseFrame(f).ok());
+  f.set_epoch(5);
+  f.mutable_reply()->set_known_epoch(~uint64_t{0});
+  EXPECT_FALSE(FromLeaseFrame(f).ok());
+  f = ToLeaseFrame(LeaseRequest{3, ~uint64_t{0}, 1, true});
+  EXPECT_FALSE(FromLeaseFrame(f).ok());
 }
 
 }  // namespace

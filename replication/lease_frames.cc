@@ -30,16 +30,17 @@ v1::LeaseFrame ToLeaseFrame(const LeaseMessage& m) {
 }
 
 absl::StatusOr<LeaseMessage> FromLeaseFrame(const v1::LeaseFrame& l) {
-  if (l.group() == 0 || l.group() > 255 || l.epoch() == 0) {
-    return absl::InvalidArgumentError("lease frame: group 1..255 and an epoch are required");
+  if (l.group() == 0 || l.group() > 255 || l.epoch() == 0 || l.epoch() > kMaxEpoch) {
+    return absl::InvalidArgumentError(
+        "lease frame: group 1..255 and an epoch 1..2^53 are required");
   }
   switch (l.kind_case()) {
     case v1::LeaseFrame::kRequest:
       return LeaseMessage(
           LeaseRequest{l.group(), l.epoch(), l.request().round(), l.request().renewal()});
     case v1::LeaseFrame::kReply:
-      if (l.reply().known_owner() > 255) {
-        return absl::InvalidArgumentError("lease reply: owner out of range");
+      if (l.reply().known_owner() > 255 || l.reply().known_epoch() > kMaxEpoch) {
+        return absl::InvalidArgumentError("lease reply: owner or known epoch out of range");
       }
       return LeaseMessage(LeaseReply{l.group(), l.epoch(), l.reply().round(), l.reply().granted(),
                                      l.reply().known_epoch(), l.reply().known_owner()});
