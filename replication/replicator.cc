@@ -111,6 +111,26 @@ struct PeerMetrics {
   prometheus::Counter* survivor_records;  // state records sent in those exchanges
 };
 
+// A live session's way out for coordination frames. The coordinator sends through a copy taken
+// under PeerState::mu; the session closes it before it ends, so a frame sent through a copy
+// taken just before goes nowhere instead of to a session that is gone.
+class Outlet {
+ public:
+  explicit Outlet(std::function<bool(pb::Frame)> write) : write_(std::move(write)) {}
+  bool Send(pb::Frame f) {
+    std::lock_guard<std::mutex> l(mu_);
+    return write_ ? write_(std::move(f)) : false;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> l(mu_);
+    write_ = nullptr;
+  }
+
+ private:
+  std::mutex mu_;
+  std::function<bool(pb::Frame)> write_;
+};
+
 struct PeerState {
   Peer config;
   PeerMetrics m;
@@ -120,7 +140,7 @@ struct PeerState {
   std::map<std::string, int64_t> acked;
   bool heard = false;  // a Hello arrived since this process started
   // Queues a frame on the live session (coordination frames); empty while there is none.
-  std::function<bool(pb::Frame)> send;
+  std::shared_ptr<Outlet> send;
   // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
   // the lost regions whose marks we owe the peer, and the peer's marks for lost regions, still
   // to be compared with ours.
@@ -376,6 +396,9 @@ struct Replicator::Impl {
   std::string ca, cert, key;
   std::unique_ptr<rpb::RegionInternal::Stub> region;
   std::vector<std::unique_ptr<PeerState>> peers;
+  // Held by Housekeeping from reading the peers' acks to the end of its truncation, and by a
+  // session's check of its peer's resume point against the outbox (CatchUpFromState).
+  std::mutex truncate_mu;
   std::atomic<bool> stopping{false};
   std::mutex stop_mu;
   std::condition_variable stop_cv;
@@ -552,9 +575,11 @@ class Session {
     for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
     FlushResumePoints();
-    {
+    if (outlet_) {
+      outlet_->Close();
+      // A newer session with this peer may have put its own in place already.
       std::lock_guard<std::mutex> l(peer_.mu);
-      if (owns_send_) peer_.send = nullptr;
+      if (peer_.send == outlet_) peer_.send = nullptr;
     }
     return result;
   }
@@ -575,6 +600,9 @@ class Session {
     int64_t after_seq = 0;
     int64_t gap_horizon = 0;
     int64_t gap_horizon_seq = 0;
+    // Whether we know the peer's resume point is not in the truncated part of our outbox
+    // (CatchUpFromState); an unchecked cursor ships nothing.
+    bool checked = false;
   };
 
   absl::Status Reject(const std::string& why) {
@@ -631,12 +659,15 @@ class Session {
       if (done_) break;
       const bool apply_failed =
           !apply_status_.ok() && SteadyTime::now() - apply_failed_at_ > std::chrono::seconds(1);
-      if (SteadyTime::now() - last_received_.load() > timeout || r_.stopping || apply_failed) {
-        if (!r_.stopping) {
+      const bool silent = !held_back_ && SteadyTime::now() - last_received_.load() > timeout;
+      if (silent || r_.stopping || apply_failed) {
+        if (silent && !r_.stopping) {
           spdlog::warn("event=replication_peer_silent peer={} timeout_ms={}", peer_.config.name,
                        r_.config.peer_timeout_ms);
         }
         stream_.Cancel();
+        cancelled_ = true;
+        NotifyAll();  // a reader held back by the apply queue's size
         break;
       }
     }
@@ -662,12 +693,23 @@ class Session {
                                  peer_.config.name, "/", peer_.config.replica_id, "/",
                                  peer_.config.jurisdiction));
     }
+    for (const auto& a : ph.applied()) {
+      if (a.seq() < 0 || a.seq() > kMaxSeq) {
+        return Reject(absl::StrCat("hello resume point ", a.seq(), " of ", a.origin_database(),
+                                   " is not a seq"));
+      }
+    }
+    {
+      // The peer ships each of its databases from the resume point we gave.
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& a : hello.hello().applied()) queued_through_[a.origin_database()] = a.seq();
+    }
     std::vector<Cursor> cursors;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
       for (const auto& [db, stream] : dbs) {
-        Cursor c{db, stream, 0, 0, 0};
+        Cursor c{db, stream, 0, 0, 0, false};
         for (const auto& a : ph.applied())
           if (a.origin_database() == stream) c.after_seq = std::max<int64_t>(0, a.seq());
         peer_.acked[stream] = c.after_seq;
@@ -678,8 +720,8 @@ class Session {
     {
       // Coordination frames (leases, rights, syncs) from now on go out on this stream.
       std::lock_guard<std::mutex> l(peer_.mu);
-      peer_.send = [this](pb::Frame fr) { return Write(std::move(fr)); };
-      owns_send_ = true;
+      outlet_ = std::make_shared<Outlet>([this](pb::Frame fr) { return Write(std::move(fr)); });
+      peer_.send = outlet_;
     }
     if (r_.coordinator) r_.coordinator->OnPeerUp(peer_.config.replica_id);
     spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
@@ -808,17 +850,38 @@ class Session {
       p.bytes += rec.payload().size() + rec.key().size() + 32;
     }
     std::unique_lock<std::mutex> l(mu_);
+    // Each database's seqs come without gaps, from the resume point our hello gave: a batch's
+    // range covers the records it leaves out (residency), and the last batch of a state transfer
+    // (which may only come before any deltas) moves the stream to the transfer's barrier. A gap
+    // would move our mark past records we never saw.
     int64_t& queued_through = queued_through_[p.db];
-    if (!b.state() && b.first_seq() <= queued_through) {
-      l.unlock();
-      return Reject(absl::StrCat("batch of ", p.db, " starts at ", b.first_seq(),
-                                 ", at or below what this stream already carried (", queued_through,
-                                 ")"));
+    if (b.state() && b.last_seq() != 0) {
+      if (deltas_queued_.count(p.db) || b.last_seq() < queued_through) {
+        const int64_t at = queued_through;
+        l.unlock();
+        return Reject(absl::StrCat("a state transfer of ", p.db, " ends at ", b.last_seq(),
+                                   " after this stream carried deltas or reached ", at));
+      }
+    } else if (!b.state()) {
+      if (b.first_seq() != queued_through + 1) {
+        const int64_t at = queued_through;
+        l.unlock();
+        return Reject(absl::StrCat("batch of ", p.db, " starts at ", b.first_seq(),
+                                   ", this stream is at ", at, " (a gap or an overlap)"));
+      }
+      deltas_queued_.insert(p.db);
     }
     queued_through = std::max(queued_through, b.last_seq());
-    // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer.
-    state_cv_.wait(l, [&] { return done_ || apply_bytes_ < (16 << 20); });
-    if (done_) return absl::OkStatus();
+    // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer (and the
+    // watchdog does not count the peer's silence meanwhile). A failed apply or a cancelled
+    // stream ends the wait: the failed applier will never drain its queue.
+    held_back_ = true;
+    state_cv_.wait(
+        l, [&] { return done_ || cancelled_ || !apply_status_.ok() || apply_bytes_ < (16 << 20); });
+    held_back_ = false;
+    last_received_ = SteadyTime::now();
+    if (!apply_status_.ok()) return apply_status_;
+    if (done_ || cancelled_) return absl::CancelledError("the session is ending");
     auto queue = apply_queues_.find(p.db);
     if (queue == apply_queues_.end()) {
       // One applier per origin database: the peer's databases go to different databases
@@ -934,6 +997,12 @@ class Session {
     std::lock_guard<std::mutex> l(mu_);
     auto it = inflight_.find(a.origin_database());
     if (it == inflight_.end()) return Reject("an ack for a database we did not ship");
+    // An ack past what we shipped would let the outbox be truncated (and a sync-peer checkout
+    // be reported durable) before the peer has the records.
+    if (const int64_t shipped = shipped_through_[a.origin_database()]; a.seq() > shipped) {
+      return Reject(absl::StrCat("an ack of ", a.origin_database(), " through ", a.seq(),
+                                 ", past what was shipped (", shipped, ")"));
+    }
     auto& q = it->second;
     while (!q.empty() && q.front().first <= a.seq()) {
       inflight_bytes_ -= q.front().second;
@@ -976,6 +1045,8 @@ class Session {
       std::lock_guard<std::mutex> l(mu_);
       inflight_[db].emplace_back(last, bytes);
       inflight_bytes_ += static_cast<int64_t>(bytes);
+      int64_t& shipped = shipped_through_[db];
+      shipped = std::max(shipped, last);
     }
     peer_.m.batch_records->Observe(list.records_size());
     spdlog::debug("event=batch_sent peer={} db={} first={} last={} records={}", peer_.config.name,
@@ -1008,9 +1079,13 @@ class Session {
   void Ship(std::vector<Cursor> cursors) {
     {
       std::lock_guard<std::mutex> l(mu_);
-      for (const Cursor& c : cursors) inflight_[c.stream];
+      for (const Cursor& c : cursors) {
+        inflight_[c.stream];
+        shipped_through_[c.stream] = c.after_seq;
+      }
     }
     if (!CatchUpFromState(cursors)) return Fail();
+    auto next_check = SteadyTime::now() + std::chrono::seconds(1);
     OutboxFeed& feed = *r_.feed;
     for (const Cursor& c : cursors) feed.Attach(this, c.db, c.stream, c.after_seq);
     struct Detach {
@@ -1020,10 +1095,15 @@ class Session {
     } detach{feed, this};
     while (WaitForWindow()) {
       if (!ExchangeAfterLossIfAsked(cursors)) return Fail();
+      if (SteadyTime::now() >= next_check) {
+        if (!CatchUpFromState(cursors)) return Fail();
+        next_check = SteadyTime::now() + std::chrono::seconds(1);
+      }
       std::vector<Cursor*> behind;
       bool sent = false;
       staging_ = true;  // the batches of every database in one go
       for (Cursor& c : cursors) {
+        if (!c.checked) continue;
         std::vector<OutboxFeed::Slice> slices;
         int64_t through = 0;
         if (!feed.Take(this, c.db, c.stream, c.after_seq, &slices, &through)) {
@@ -1133,20 +1213,35 @@ class Session {
 
   // Anti-entropy: a peer whose resume point lies in the part of our outbox already truncated
   // (a new or rebuilt region, or one that was away while the others truncated) gets the full
-  // documents of that database instead, then the outbox from the barrier seq on. False when the
-  // stream failed.
+  // documents of that database instead, then the outbox from the barrier seq on. Checks the
+  // cursors not checked yet; one whose database cannot be read now (the region or that
+  // database unreachable) stays unchecked, and the ship loop tries again a second later: reading
+  // on regardless would ship past a truncated gap as if it were aborted transactions. False when
+  // the stream failed.
   bool CatchUpFromState(std::vector<Cursor>& cursors) {
+    if (std::all_of(cursors.begin(), cursors.end(), [](const Cursor& c) { return c.checked; }))
+      return true;
     rpb::GetStatusResponse status;
     {
+      // Housekeeping truncates under the same lock, from acks read under it: so this status
+      // either shows a truncation that went past the peer's hello, or none will.
+      std::lock_guard<std::mutex> tl(r_.truncate_mu);
       auto ctx = r_.RegionCtx(5000);
-      if (!r_.region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) return true;
+      grpc::Status s = r_.region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status);
+      if (!s.ok()) {
+        spdlog::warn("event=outbox_check_failed peer={} error=\"{}\"", peer_.config.name,
+                     s.error_message());
+        return true;
+      }
     }
     for (Cursor& c : cursors) {
+      if (c.checked) continue;
       for (const auto& d : status.databases()) {
-        if (d.name() != c.db) continue;
+        if (d.name() != c.db || !d.reachable()) continue;
         const bool truncated = d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
                                                       : d.outbox_last_seq() > c.after_seq;
         if (truncated && !SendState(c)) return false;
+        c.checked = true;
       }
     }
     return true;
@@ -1214,9 +1309,21 @@ class Session {
                          peer_.config.name, c.db, s.error_message());
             return false;
           }
+          // A page is split by bytes as well: large documents must not make a frame the peer
+          // refuses (kMaxBatchBytes) on every retry.
           pb::RecordList list;
+          size_t bytes = 0;
           for (const rpb::OutboxRecord& o : resp.records()) {
             if (!services::ResidencyAllows(o.residency(), peer_.config.jurisdiction)) continue;
+            const size_t size = o.payload().size() + o.key().size() + 24;
+            if (list.records_size() > 0 &&
+                bytes + size > static_cast<size_t>(r_.config.batch_max_bytes)) {
+              if (!SendBatch(c.stream, 0, 0, list, BatchKind::kState)) return false;
+              *sent += list.records_size();
+              list.Clear();
+              bytes = 0;
+            }
+            bytes += size;
             pb::Record* rec = list.add_records();
             rec->set_seq(0);
             rec->set_kind(ToWireKind(o.kind()));
@@ -1409,9 +1516,10 @@ class Session {
   std::map<std::string, ApplyQueue> apply_queues_;  // per origin database
   std::map<std::string, std::thread> appliers_;
   size_t apply_bytes_ = 0;
-  int apply_queued_ = 0;  // batches in apply_queues_
-  int applying_ = 0;      // appliers inside an ApplyDeltas call
-  std::map<std::string, int64_t> queued_through_;
+  int apply_queued_ = 0;                            // batches in apply_queues_
+  int applying_ = 0;                                // appliers inside an ApplyDeltas call
+  std::map<std::string, int64_t> queued_through_;   // per origin database: the stream's position
+  std::set<std::string> deltas_queued_;             // origin databases with deltas this session
   std::map<std::string, int64_t> applied_through_;  // per origin database, by this session
   absl::Status apply_status_;
   SteadyTime::time_point apply_failed_at_;
@@ -1420,19 +1528,22 @@ class Session {
   // only who can proceed): the writer, the watchdog, the sender's window, and the rest (the
   // reader's backpressure and the end of the session).
   std::condition_variable write_cv_, watch_cv_, window_cv_, state_cv_;
-  bool draining_ = false;  // the reader waits for the appliers to finish
+  bool draining_ = false;   // the reader waits for the appliers to finish
+  bool held_back_ = false;  // the reader waits for the apply queue to shrink
+  bool cancelled_ = false;  // the watchdog cancelled the stream
   bool done_ = false;
   bool write_failed_ = false;
   bool writing_ = false;
   std::deque<pb::Frame> outgoing_;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
+  std::map<std::string, int64_t> shipped_through_;  // per database: the highest seq sent
   int64_t inflight_bytes_ = 0;
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};
   std::atomic<bool> ship_error_{false};
-  bool owns_send_ = false;         // this session installed peer_.send
-  std::atomic<bool> over_{false};  // done_, for waits outside mu_
-  bool staging_ = false;           // sender thread only: SendBatch stages its frame
+  std::shared_ptr<Outlet> outlet_;  // this session's coordination frames (peer_.send)
+  std::atomic<bool> over_{false};   // done_, for waits outside mu_
+  bool staging_ = false;            // sender thread only: SendBatch stages its frame
   std::vector<pb::Frame> staged_;
 };
 
@@ -1557,6 +1668,7 @@ void Replicator::Impl::Housekeeping() {
     rpb::GetStatusResponse status;
     auto ctx = RegionCtx(5000);
     if (!region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) continue;
+    std::lock_guard<std::mutex> tl(truncate_mu);
     std::map<std::string, int64_t> through;
     bool all_heard = true;
     for (auto& p : peers) {
@@ -1658,12 +1770,12 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         Coordinator::Tls{raw->ca, raw->cert, raw->key}, [raw](RegionId to, pb::Frame f) {
           for (auto& p : raw->peers) {
             if (p->config.replica_id != to) continue;
-            std::function<bool(pb::Frame)> send;
+            std::shared_ptr<Outlet> send;
             {
               std::lock_guard<std::mutex> l(p->mu);
               send = p->send;
             }
-            return send ? send(std::move(f)) : false;
+            return send ? send->Send(std::move(f)) : false;
           }
           return false;
         });

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <random>
 #include <sstream>
@@ -373,16 +374,40 @@ class ForgedPeer {
     spec_ = c.spec(as);
   }
 
-  // Sends our hello and reads the peer's; false when the stream never came up.
-  bool Hello() {
+  // Sends our hello (with `applied` as our resume points) and reads the peer's; false when the
+  // stream never came up.
+  bool Hello(const std::vector<std::pair<std::string, int64_t>>& applied = {}) {
     rpb::Frame f;
     f.mutable_hello()->set_region(spec_.name);
     f.mutable_hello()->set_jurisdiction(spec_.jurisdiction);
     f.mutable_hello()->set_replica_id(spec_.replica_id);
     f.mutable_hello()->set_protocol_version(rpb::PROTOCOL_VERSION_1);
+    for (const auto& [db, seq] : applied) {
+      rpb::AckedSeq* a = f.mutable_hello()->add_applied();
+      a->set_origin_database(db);
+      a->set_seq(seq);
+    }
     if (!rw_->Write(f)) return false;
     rpb::Frame in;
     return rw_->Read(&in) && in.has_hello();
+  }
+
+  // Reads until the peer ships a batch; returns it (an empty one when the stream ended first).
+  rpb::DeltaBatch NextBatch() {
+    rpb::Frame in;
+    while (rw_->Read(&in))
+      if (in.has_batch()) return in.batch();
+    return {};
+  }
+
+  // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
+  grpc::Status SendAllAndFinish(const std::vector<rpb::Frame>& frames) {
+    for (const rpb::Frame& f : frames) (void)rw_->Write(f);
+    (void)rw_->WritesDone();
+    rpb::Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return rw_->Finish();
   }
 
   // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
@@ -462,7 +487,7 @@ TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejec
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   ForgedPeer forged(*c_, kEu, kAp);
   ASSERT_TRUE(forged.Hello());
-  grpc::Status st = forged.SendAndFinish(CartBatch(2, eve_id, "eu", 1'000'000'000));
+  grpc::Status st = forged.SendAndFinish(CartBatch(2, eve_id, "eu", 1));
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
   EXPECT_NE(st.error_message().find("residency"), std::string::npos) << st.error_message();
   for (const char* db : {"shard0", "shard1"}) {
@@ -492,7 +517,7 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
   {  // garbage instead of a record list
     ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'000);
+    rpb::Frame f = CartBatch(2, victim, "any", 1);
     f.mutable_batch()->set_compression(rpb::COMPRESSION_NONE);
     f.mutable_batch()->set_payload(std::string(64, '\xee'));
     f.mutable_batch()->set_uncompressed_bytes(64);
@@ -501,19 +526,19 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
   {  // truncated compressed payload
     ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'001);
+    rpb::Frame f = CartBatch(2, victim, "any", 1);
     std::string big(4000, 'x');
     rpb::RecordList list;
     for (int i = 0; i < 20; ++i) {
       rpb::Record* r = list.add_records();
-      r->set_seq(2'000'000'001 + i);
+      r->set_seq(1 + i);
       r->set_kind(rpb::RECORD_KIND_CART);
       r->set_key(victim);
       r->set_payload(big);
       r->set_residency("any");
     }
-    *f.mutable_batch() = replication::EncodeBatch(2, "shard-0", 2'000'000'001, 2'000'000'100, list,
-                                                  1, replication::BatchKind::kDeltas);
+    *f.mutable_batch() =
+        replication::EncodeBatch(2, "shard-0", 1, 100, list, 1, replication::BatchKind::kDeltas);
     ASSERT_EQ(f.batch().compression(), rpb::COMPRESSION_ZLIB);
     f.mutable_batch()->mutable_payload()->resize(f.batch().payload().size() / 2);
     EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -523,20 +548,22 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     ASSERT_TRUE(p.Hello());
     rpb::RecordList list;
     rpb::Record* r = list.add_records();
-    r->set_seq(2'000'000'200);
+    r->set_seq(1);
     r->set_kind(rpb::RECORD_KIND_CART);
     r->set_key(victim);
     r->set_payload("\x0a\xff\xff\xff\xff\x0f");
     r->set_residency("any");
     rpb::Frame f;
-    *f.mutable_batch() = replication::EncodeBatch(2, "shard-0", 2'000'000'200, 2'000'000'200, list,
-                                                  1, replication::BatchKind::kDeltas);
-    EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    *f.mutable_batch() =
+        replication::EncodeBatch(2, "shard-0", 1, 1, list, 1, replication::BatchKind::kDeltas);
+    grpc::Status st = p.SendAndFinish(f);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("crdt decode"), std::string::npos) << st.error_message();
   }
   {  // oversized: a 40 MiB frame
     ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame f = CartBatch(2, victim, "any", 2'000'000'300);
+    rpb::Frame f = CartBatch(2, victim, "any", 1);
     f.mutable_batch()->set_payload(std::string(40 << 20, 'z'));
     grpc::Status st = p.SendAndFinish(f);
     EXPECT_FALSE(st.ok());
@@ -562,8 +589,56 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
   }
   {  // a batch before the hello
     ForgedPeer p(*c_, kEu, kAp);
-    EXPECT_EQ(p.SendAndFinish(CartBatch(2, victim, "any", 2'000'000'400)).error_code(),
+    EXPECT_EQ(p.SendAndFinish(CartBatch(2, victim, "any", 1)).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  // Stream order. A gap would move ap-south's mark past records it never saw: a batch must
+  // start right after the resume point ap-south gave (0 for a stream it does not know).
+  auto expect_rejected = [](const grpc::Status& st, const std::string& why) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(why), std::string::npos) << st.error_message();
+  };
+  {  // a batch that skips seqs 1..999
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    expect_rejected(p.SendAndFinish(CartBatch(2, victim, "any", 1000)), "a gap");
+  }
+  {  // a batch at a seq beyond any outbox
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    *f.mutable_batch() =
+        replication::EncodeBatch(2, "shard-0", 1, replication::kMaxSeq + 1, rpb::RecordList(), 1,
+                                 replication::BatchKind::kDeltas);
+    expect_rejected(p.SendAndFinish(f), "last_seq");
+  }
+  {  // the end of a state transfer (which moves the stream's marks) after deltas
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame deltas, state_end;
+    *deltas.mutable_batch() = replication::EncodeBatch(2, "forged-0", 1, 1, rpb::RecordList(), 1,
+                                                       replication::BatchKind::kDeltas);
+    *state_end.mutable_batch() = replication::EncodeBatch(
+        2, "forged-0", 0, 1'000'000'000, rpb::RecordList(), 1, replication::BatchKind::kState);
+    expect_rejected(p.SendAllAndFinish({deltas, state_end}), "state transfer");
+  }
+  {  // a hello whose resume point is not a seq (seq + 1 would overflow at the sender)
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello({{"shard0", std::numeric_limits<int64_t>::max()}}));
+    rpb::Frame f;
+    f.mutable_heartbeat();
+    expect_rejected(p.SendAndFinish(f), "resume point");
+  }
+  {  // an ack past what ap-south shipped: it would let ap-south truncate its outbox early
+    ASSERT_EQ(Add(kAp, Customer(kAp, "ack@example.com", "any"), "sku-1", 1), 200);
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::DeltaBatch shipped = p.NextBatch();
+    ASSERT_FALSE(shipped.origin_database().empty());
+    rpb::Frame f;
+    f.mutable_ack()->set_origin_database(shipped.origin_database());
+    f.mutable_ack()->set_seq(shipped.last_seq() + 1'000'000);
+    expect_rejected(p.SendAndFinish(f), "past what was shipped");
   }
   {  // a certificate from another CA is refused at the handshake
     std::string other = c_->dir() + "/other-ca";
