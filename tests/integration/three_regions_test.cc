@@ -624,7 +624,8 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
   }
   {  // a hello whose resume point is not a seq (seq + 1 would overflow at the sender)
     ForgedPeer p(*c_, kEu, kAp);
-    ASSERT_TRUE(p.Hello({{"shard0", std::numeric_limits<int64_t>::max()}}));
+    // ap-south may end the stream before its own hello reaches us: only how it ended counts.
+    (void)p.Hello({{"shard0", std::numeric_limits<int64_t>::max()}});
     rpb::Frame f;
     f.mutable_heartbeat();
     expect_rejected(p.SendAndFinish(f), "resume point");
