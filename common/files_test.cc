@@ -7,6 +7,8 @@
 #include <fstream>
 #include <string>
 
+#include "tests/support/temp_dir.h"
+
 namespace meridian::common {
 namespace {
 
@@ -15,15 +17,12 @@ namespace fs = std::filesystem;
 class TempDir : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "meridian-cli-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    auto dir = test_support::MakeTempDir("files-test", "");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
     std::ofstream(dir_ + "/a-file") << "keep\n";
   }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void TearDown() override { test_support::RemoveTempDir(dir_); }
   std::string dir_;
 };
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "failover/drill.h"
+#include "tests/support/temp_dir.h"
 
 namespace meridian::failover {
 namespace {
@@ -16,16 +17,15 @@ namespace fs = std::filesystem;
 class PrepareDrillOptionsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "meridian-drill-options-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    auto dir = test_support::MakeTempDir("drill-options", "");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
     std::ofstream(dir_ + "/a-file") << "x\n";
     ::unsetenv("MERIDIAN_DRILL_RATE");
   }
   void TearDown() override {
     ::unsetenv("MERIDIAN_DRILL_RATE");
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
+    test_support::RemoveTempDir(dir_);
   }
   DrillOptions Options(const std::string& output_dir) {
     DrillOptions o;

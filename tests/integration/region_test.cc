@@ -60,6 +60,17 @@ class RegionTest : public ::testing::Test {
     Seed();
   }
 
+  // A second region process on the same databases, with `c` (BaseConfig() changed), started;
+  // null (and the test failed) when it did not start.
+  static std::unique_ptr<RegionApp> StartSecondApp(const RegionConfig& c) {
+    auto app = RegionApp::Create(c);
+    EXPECT_TRUE(app.ok()) << app.status();
+    if (!app.ok()) return nullptr;
+    absl::Status started = (*app)->Start();
+    EXPECT_TRUE(started.ok()) << started;
+    return started.ok() ? std::move(*app) : nullptr;
+  }
+
   static RegionConfig BaseConfig() {
     RegionConfig c;
     c.name = "us-east";
@@ -608,10 +619,9 @@ TEST_F(RegionTest, RateLimitedPerClient) {
   RegionConfig c = BaseConfig();
   c.rate_limit_per_s = 0.5;
   c.rate_limit_burst = 3;
-  auto app = RegionApp::Create(c);
-  ASSERT_TRUE(app.ok()) << app.status();
-  ASSERT_TRUE((*app)->Start().ok());
-  uint16_t port = (*app)->http_port();
+  auto app = StartSecondApp(c);
+  ASSERT_NE(app, nullptr);
+  uint16_t port = app->http_port();
   std::string t = NewCustomer();
   int ok = 0, limited = 0;
   std::string retry_after;
@@ -635,7 +645,7 @@ TEST_F(RegionTest, RateLimitedPerClient) {
             {{"Authorization", "Bearer x" + std::to_string(i)}});
   }
   EXPECT_EQ(Request(port, "GET", "/v1/products/sku-1").status, 429);
-  (*app)->Stop();
+  app->Stop();
 }
 
 TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
@@ -645,10 +655,9 @@ TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
   // not the client's 429.
   RegionConfig c = BaseConfig();
   c.pool_size = 1;
-  auto app = RegionApp::Create(c);
-  ASSERT_TRUE(app.ok()) << app.status();
-  ASSERT_TRUE((*app)->Start().ok());
-  uint16_t port = (*app)->http_port();
+  auto app = StartSecondApp(c);
+  ASSERT_NE(app, nullptr);
+  uint16_t port = app->http_port();
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
   std::string user_id = Json::parse(As(t, "GET", "/v1/cart").body)["user_id"];
@@ -668,7 +677,7 @@ TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
   EXPECT_NE(r.body.find("no free connection"), std::string::npos) << r.body;
   hold.commit();  // releases the lock: the waiting change completes
   EXPECT_EQ(blocked.get(), 200);
-  (*app)->Stop();
+  app->Stop();
 }
 
 }  // namespace
