@@ -450,6 +450,7 @@ cmd_partition() {
   # A subshell: its die (an unknown region) must stop us, not just end the loop's input.
   pairs=$(target_pairs) || exit 1
   while read -r a b; do
+    [[ -n $a ]] || continue # no pairs: <<< still feeds one empty line
     # shellcheck disable=SC2046
     ipt "$(ns_of "$a")" -C MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null || ipt "$(ns_of "$a")" -A MERIDIAN-PART $(part_rule "$a" "$b")
     # shellcheck disable=SC2046
@@ -465,6 +466,7 @@ cmd_heal() {
   # A subshell: its die (an unknown region) must stop us, not just end the loop's input.
   pairs=$(target_pairs) || exit 1
   while read -r a b; do
+    [[ -n $a ]] || continue # no pairs: <<< still feeds one empty line
     # shellcheck disable=SC2046
     while ipt "$(ns_of "$a")" -D MERIDIAN-PART $(part_rule "$a" "$b") 2>/dev/null; do :; done
     # shellcheck disable=SC2046
