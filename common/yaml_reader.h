@@ -108,6 +108,17 @@ class YamlReader {
     return static_cast<Int>(v);
   }
 
+  // A number that has no default: absent or null (`lat:` with no value) fails as "missing"
+  // rather than reading as 0.
+  double RequiredNumber(const YAML::Node& parent, const std::string& key, const std::string& path,
+                        double min, double max) {
+    if (parent && parent.IsMap() && (!parent[key] || parent[key].IsNull())) {
+      Fail(path, "missing (a number is required)");
+      return 0;
+    }
+    return Number(parent, key, path, 0, min, max);
+  }
+
   double Number(const YAML::Node& parent, const std::string& key, const std::string& path,
                 double def, double min, double max) {
     if (!parent || !parent.IsMap()) return def;

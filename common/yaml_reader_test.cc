@@ -51,6 +51,20 @@ TEST(YamlReader, AMissingOrNullSectionIsUndefined) {
   EXPECT_NE(Message(r).find("missing: missing"), std::string::npos) << Message(r);
 }
 
+TEST(YamlReader, ARequiredNumberThatIsAbsentOrNullIsMissingNotZero) {
+  for (const char* text : {"{}", "lat:", "lat: ~", "lat: null"}) {
+    YamlReader r{"t.yaml"};
+    EXPECT_EQ(r.RequiredNumber(YAML::Load(text), "lat", "regions[0].lat", -90, 90), 0) << text;
+    EXPECT_NE(Message(r).find("regions[0].lat: missing"), std::string::npos) << text;
+  }
+  YamlReader r{"t.yaml"};
+  EXPECT_EQ(r.RequiredNumber(YAML::Load("lat: 0"), "lat", "lat", -90, 90), 0);
+  EXPECT_EQ(r.RequiredNumber(YAML::Load("lat: -33.9"), "lat", "lat", -90, 90), -33.9);
+  EXPECT_TRUE(r.ok()) << Message(r);
+  EXPECT_EQ(r.RequiredNumber(YAML::Load("lat: 91"), "lat", "lat", -90, 90), 0);
+  EXPECT_NE(Message(r).find("lat: must be between -90 and 90"), std::string::npos) << Message(r);
+}
+
 TEST(YamlReader, ANonStringKeyIsAnErrorNotAnException) {
   for (const char* text : {"sec: {[a, b]: 1}", "sec: {{x: 1}: 2}", "sec:\n  ? [a]\n  : 1\n"}) {
     const YAML::Node root = YAML::Load(text);

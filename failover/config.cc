@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 
 namespace meridian::failover {
 namespace {
@@ -39,11 +40,6 @@ bool ValidUrl(std::string_view url) {
 std::string TrimSlash(std::string s) {
   while (!s.empty() && s.back() == '/') s.pop_back();
   return s;
-}
-
-std::string ResolvePath(std::string_view base_dir, const std::string& path) {
-  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
-  return absl::StrCat(std::string(base_dir), "/", path);
 }
 
 std::string Url(YamlReader& r, const YAML::Node& n, const std::string& key, const std::string& path,
@@ -203,7 +199,8 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
       r.Integer<int64_t>(root, "handback_timeout_ms", "handback_timeout_ms", 60000, 1000, 3600000);
   c.geo_reconcile_interval_ms = r.Integer<int64_t>(root, "geo_reconcile_interval_ms",
                                                    "geo_reconcile_interval_ms", 5000, 100, 3600000);
-  c.audit_file = ResolvePath(base_dir, r.String(root, "audit_file", "audit_file", false));
+  c.audit_file =
+      common::ResolveConfigPath(base_dir, r.String(root, "audit_file", "audit_file", false));
 
   const bool has_token = root["operator_token"] && !root["operator_token"].IsNull();
   const bool has_file = root["operator_token_file"] && !root["operator_token_file"].IsNull();
@@ -212,27 +209,17 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
   } else if (r.ok() && has_token) {
     c.operator_token = r.String(root, "operator_token", "operator_token", true);
   } else if (r.ok()) {
-    const std::string path =
-        ResolvePath(base_dir, r.String(root, "operator_token_file", "operator_token_file", true));
-    std::ifstream in(path);
-    if (!in) {
-      r.Fail("operator_token_file", absl::StrCat("cannot read '", path, "'"));
+    auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(
+        base_dir, r.String(root, "operator_token_file", "operator_token_file", true)));
+    if (!token.ok()) {
+      r.Fail("operator_token_file", std::string(token.status().message()));
     } else {
-      std::stringstream ss;
-      ss << in.rdbuf();
-      c.operator_token = ss.str();
-      while (!c.operator_token.empty() &&
-             std::isspace(static_cast<unsigned char>(c.operator_token.back()))) {
-        c.operator_token.pop_back();
-      }
+      c.operator_token = *std::move(token);
     }
   }
   if (r.ok()) {
-    bool printable = true;
-    for (char ch : c.operator_token) printable = printable && ch > 0x20 && ch < 0x7f;
-    if (c.operator_token.size() < 16 || !printable) {
-      r.Fail(has_token ? "operator_token" : "operator_token_file",
-             "the token must be at least 16 printable bytes without spaces");
+    if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
+      r.Fail(has_token ? "operator_token" : "operator_token_file", std::string(st.message()));
     }
   }
   if (!r.ok()) return r.status();
@@ -251,9 +238,7 @@ absl::StatusOr<FailoverConfig> LoadConfigFile(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
   std::stringstream ss;
   ss << in.rdbuf();
-  std::string dir;
-  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = path.substr(0, slash);
-  return ParseConfig(ss.str(), path, dir);
+  return ParseConfig(ss.str(), path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::failover

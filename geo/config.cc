@@ -2,17 +2,16 @@
 
 #include <algorithm>
 #include <cctype>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 
 namespace meridian::geo {
 namespace {
 
-constexpr size_t kTokenBytesMin = 16;
 constexpr size_t kDnsNameMax = 253;
 constexpr size_t kLabelMax = 63;
 
@@ -29,11 +28,6 @@ bool IsWithin(const std::string& name, const std::string& zone) {
   return name == zone || (name.size() > zone.size() &&
                           name.compare(name.size() - zone.size(), zone.size(), zone) == 0 &&
                           name[name.size() - zone.size() - 1] == '.');
-}
-
-std::string ResolvePath(std::string_view base_dir, const std::string& path) {
-  if (path.empty() || path.front() == '/' || base_dir.empty()) return path;
-  return (std::filesystem::path(std::string(base_dir)) / path).string();
 }
 
 // Reads a YAML sequence of IP address strings.
@@ -112,8 +106,8 @@ std::optional<size_t> PointOrRegion(YamlReader& r, const YAML::Node& n, const st
     r.Fail(path, "needs region, or both lat and lon");
     return std::nullopt;
   }
-  point->lat_deg = r.Number(n, "lat", path + ".lat", 0, -90, 90);
-  point->lon_deg = r.Number(n, "lon", path + ".lon", 0, -180, 180);
+  point->lat_deg = r.RequiredNumber(n, "lat", path + ".lat", -90, 90);
+  point->lon_deg = r.RequiredNumber(n, "lon", path + ".lon", -180, 180);
   return std::nullopt;
 }
 
@@ -202,11 +196,8 @@ void ParseRegions(YamlReader& r, const YAML::Node& root, GeoConfig& c,
     }
     region.addresses =
         Addresses(r, n[i], "addresses", path + ".addresses", true, kAddressesPerRegionMax);
-    // `lat:` with no value is a null, not a coordinate: it must not become 0.
-    const YAML::Node lat = n[i]["lat"], lon = n[i]["lon"];
-    if (!lat || lat.IsNull() || !lon || lon.IsNull()) r.Fail(path, "needs lat and lon");
-    region.location.lat_deg = r.Number(n[i], "lat", path + ".lat", 0, -90, 90);
-    region.location.lon_deg = r.Number(n[i], "lon", path + ".lon", 0, -180, 180);
+    region.location.lat_deg = r.RequiredNumber(n[i], "lat", path + ".lat", -90, 90);
+    region.location.lon_deg = r.RequiredNumber(n[i], "lon", path + ".lon", -180, 180);
     region.readyz_url = r.String(n[i], "readyz", path + ".readyz", false);
     if (!region.readyz_url.empty() && region.readyz_url.rfind("http://", 0) != 0 &&
         region.readyz_url.rfind("https://", 0) != 0) {
@@ -329,28 +320,15 @@ void ParseOperatorToken(YamlReader& r, const YAML::Node& root, GeoConfig& c,
   c.operator_token = inline_token;
   if (!file.empty()) {
     path = "operator_token_file";
-    const std::string resolved = ResolvePath(base_dir, file);
-    std::ifstream in(resolved, std::ios::binary);
-    if (!in) {
-      r.Fail(path, absl::StrCat("cannot read '", resolved, "'"));
+    auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(base_dir, file));
+    if (!token.ok()) {
+      r.Fail(path, std::string(token.status().message()));
       return;
     }
-    std::ostringstream text;
-    text << in.rdbuf();
-    c.operator_token = text.str();
-    // Editors and `echo` add a newline; whitespace is never part of a bearer token.
-    while (!c.operator_token.empty() &&
-           std::isspace(static_cast<unsigned char>(c.operator_token.back()))) {
-      c.operator_token.pop_back();
-    }
+    c.operator_token = *std::move(token);
   }
-  if (c.operator_token.size() < kTokenBytesMin) {
-    r.Fail(path, absl::StrCat("the token must be at least ", kTokenBytesMin, " bytes"));
-  } else if (std::any_of(c.operator_token.begin(), c.operator_token.end(), [](char ch) {
-               return std::isspace(static_cast<unsigned char>(ch)) ||
-                      !std::isprint(static_cast<unsigned char>(ch));
-             })) {
-    r.Fail(path, "the token must be printable ASCII without spaces");
+  if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
+    r.Fail(path, std::string(st.message()));
   }
 }
 
@@ -420,7 +398,8 @@ absl::StatusOr<GeoConfig> ParseConfig(std::string_view yaml, std::string_view so
     if (r.ok()) ParseLastResort(r, root, c, index);
     if (r.ok()) ParseLocations(r, root, c, index);
     if (r.ok()) {
-      c.maxmind_db = ResolvePath(base_dir, r.String(root, "maxmind_db", "maxmind_db", false));
+      c.maxmind_db =
+          common::ResolveConfigPath(base_dir, r.String(root, "maxmind_db", "maxmind_db", false));
     }
     if (r.ok()) ParseOperatorToken(r, root, c, base_dir);
   } catch (const YAML::Exception& e) {
@@ -435,8 +414,7 @@ absl::StatusOr<GeoConfig> LoadConfigFile(const std::string& path) {
   if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read config file '", path, "'"));
   std::ostringstream text;
   text << in.rdbuf();
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  return ParseConfig(text.str(), path, dir);
+  return ParseConfig(text.str(), path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::geo

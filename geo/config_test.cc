@@ -91,7 +91,8 @@ TEST(GeoConfig, EveryErrorNamesItsField) {
   const std::pair<std::string, std::string> cases[] = {
       {With("lat: 39.0", "lat: 123"), "geo.yaml: regions[0].lat: must be between -90 and 90"},
       {With("lon: -6.3", "lon: east"), "regions[1].lon: must be a number"},
-      {With("    lon: -6.3\n", ""), "regions[1]: needs lat and lon"},
+      {With("    lon: -6.3\n", ""), "regions[1].lon: missing"},
+      {With("lat: 39.0", "lat:"), "regions[0].lat: missing"},  // a null, not latitude 0
       {With("addresses: [10.2.0.1]", "addresses: [10.2.0.999]"), "regions[1].addresses[0]"},
       {With("addresses: [10.2.0.1]", "addresses: []"), "regions[1].addresses: must not be empty"},
       {With("addresses: [10.2.0.1]", "addresses: [10.2.0.1, 10.2.0.1]"),

@@ -5,6 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/config_files.h"
+
 namespace meridian::replication {
 namespace {
 
@@ -13,13 +15,6 @@ bool ValidJurisdiction(const std::string& j) {
   for (char c : j)
     if (c < 'a' || c > 'z') return false;
   return true;
-}
-
-// A relative path in the config is relative to the config file's folder (as in meridian-failover's
-// and meridian-geo's configs), not to wherever the process was started.
-std::string ResolvePath(std::string_view base_dir, const std::string& path) {
-  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
-  return absl::StrCat(std::string(base_dir), "/", path);
 }
 
 absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
@@ -50,9 +45,9 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.metrics = r.HostPort(root, "metrics", "metrics", false);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
   r.OnlyKeys(tls, "tls", {"ca", "cert", "key"});
-  c.tls_ca = ResolvePath(base_dir, r.String(tls, "ca", "tls.ca", true));
-  c.tls_cert = ResolvePath(base_dir, r.String(tls, "cert", "tls.cert", true));
-  c.tls_key = ResolvePath(base_dir, r.String(tls, "key", "tls.key", true));
+  c.tls_ca = common::ResolveConfigPath(base_dir, r.String(tls, "ca", "tls.ca", true));
+  c.tls_cert = common::ResolveConfigPath(base_dir, r.String(tls, "cert", "tls.cert", true));
+  c.tls_key = common::ResolveConfigPath(base_dir, r.String(tls, "key", "tls.key", true));
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
   r.OnlyKeys(ship, "shipping",
              {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
@@ -105,23 +100,14 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
     }
     c.control = r.HostPort(co, "control", "coordination.control", false);
     c.admin = r.HostPort(co, "admin", "coordination.admin", false);
-    std::string token_file = ResolvePath(
+    const std::string token_file = common::ResolveConfigPath(
         base_dir, r.String(co, "operator_token_file", "coordination.operator_token_file", false));
     if (r.ok() && !token_file.empty()) {
-      std::ifstream in(token_file);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      c.operator_token = ss.str();
-      // Trailing whitespace, "\r\n" of a file saved on Windows included, is not the token's.
-      while (!c.operator_token.empty() &&
-             std::isspace(static_cast<unsigned char>(c.operator_token.back()))) {
-        c.operator_token.pop_back();
-      }
-      if (!in) {
-        r.Fail("coordination.operator_token_file", absl::StrCat("cannot read '", token_file, "'"));
-      } else if (c.operator_token.size() < 16) {
-        r.Fail("coordination.operator_token_file",
-               absl::StrCat("'", token_file, "' must hold a token of at least 16 characters"));
+      auto token = common::ReadOperatorTokenFile(token_file);
+      if (!token.ok()) {
+        r.Fail("coordination.operator_token_file", std::string(token.status().message()));
+      } else {
+        c.operator_token = *std::move(token);
       }
     }
     if (r.ok() && c.admin.port != 0 && c.operator_token.empty()) {
@@ -132,7 +118,8 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
                {"ttl_ms", "renew_interval_ms", "retry_interval_ms", "round_timeout_ms",
                 "alive_timeout_ms", "max_drift", "margin_ms", "handback_after_ms"});
     const std::string lp = "coordination.leases.";
-    c.leases.ttl_ms = r.Integer<int64_t>(l, "ttl_ms", lp + "ttl_ms", 6000, 100, 600000);
+    c.leases.ttl_ms =
+        r.Integer<int64_t>(l, "ttl_ms", lp + "ttl_ms", 6000, kLeaseTtlMsMin, kLeaseTtlMsMax);
     c.leases.renew_interval_ms =
         r.Integer<int64_t>(l, "renew_interval_ms", lp + "renew_interval_ms", 1000, 10, 300000);
     c.leases.retry_interval_ms =
@@ -146,7 +133,15 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
     c.leases.handback_after_ms =
         r.Integer<int64_t>(l, "handback_after_ms", lp + "handback_after_ms", 5000, 0, 3600000);
     if (r.ok()) {
-      if (absl::Status st = c.leases.Validate(); !st.ok()) {
+      // A ttl too short for the other timings is named as such, with the least that fits them.
+      if (const int64_t min = c.leases.MinTtlMs(); c.leases.ttl_ms < min && min <= kLeaseTtlMsMax) {
+        r.Fail(lp + "ttl_ms",
+               absl::StrCat("must be at least ", min,
+                            " with these lease timings (the holder's validity, ttl_ms * (1 - 2 * "
+                            "max_drift) - margin_ms, must hold two renew_interval_ms and exceed "
+                            "round_timeout_ms), got ",
+                            c.leases.ttl_ms));
+      } else if (absl::Status st = c.leases.Validate(); !st.ok()) {
         r.Fail("coordination", std::string(st.message()));
       }
     }
@@ -230,9 +225,7 @@ absl::StatusOr<ReplicatorConfig> LoadReplicatorConfig(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  std::string dir;
-  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = path.substr(0, slash);
-  return ParseReplicatorConfig(ss.str(), path, dir);
+  return ParseReplicatorConfig(ss.str(), path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::replication

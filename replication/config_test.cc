@@ -1,12 +1,12 @@
 #include "replication/config.h"
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "replication/witness.h"
+#include "tests/support/temp_dir.h"
 
 namespace meridian::replication {
 namespace {
@@ -94,6 +94,11 @@ TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
         << c.status().message();
   };
   expect_error("coordination: {leases: {ttl_ms: 50}}\n", "coordination.leases.ttl_ms");
+  expect_error("coordination: {leases: {ttl_ms: 2142}}\n",
+               "coordination.leases.ttl_ms: must be at least 2143");
+  expect_error(
+      "coordination: {leases: {ttl_ms: 2900, renew_interval_ms: 1400, alive_timeout_ms: 2800}}\n",
+      "coordination.leases.ttl_ms: must be at least 2960");
   expect_error("coordination: {leases: {renew_interval_ms: 5000}}\n", "renew_interval_ms");
   expect_error("coordination: {rights: {tte_ratio: 0.5}}\n", "coordination.rights.tte_ratio");
   expect_error("coordination: {admin: 127.0.0.1:7400}\n", "coordination.operator_token_file");
@@ -158,16 +163,12 @@ TEST(ReplicatorConfig, AKeyThatIsNotAStringIsAnErrorNotACrash) {
 class ReplicatorConfigFiles : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "meridian-repl-config-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    auto dir = test_support::MakeTempDir("repl-config", "");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
     std::filesystem::create_directories(dir_ + "/etc");
   }
-  void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
+  void TearDown() override { test_support::RemoveTempDir(dir_); }
   std::string dir_;
 };
 
@@ -235,6 +236,18 @@ TEST(WitnessConfig, ParsesAGoodFile) {
   EXPECT_EQ(c->leases.ttl_ms, 6000);
 }
 
+// The witness resolves its relative paths like the replicator does: from its config's folder, so
+// that `meridian-witness --config etc/w.yaml` works from any working directory.
+TEST_F(ReplicatorConfigFiles, WitnessRelativePathsAreRelativeToTheConfigFile) {
+  std::ofstream(dir_ + "/etc/w.yaml") << kWitness;
+  auto c = LoadWitnessConfig(dir_ + "/etc/w.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->tls_ca, dir_ + "/etc/ca.pem");
+  EXPECT_EQ(c->tls_cert, dir_ + "/etc/witness.pem");
+  EXPECT_EQ(c->tls_key, dir_ + "/etc/witness.key");
+  EXPECT_EQ(c->store_path, dir_ + "/etc/witness-leases.json");
+}
+
 TEST(WitnessConfig, ASectionGivenAsAValueOrAListIsAnErrorNotACrash) {
   const std::string tls = "tls: {ca: ca.pem, cert: witness.pem, key: witness.key}";
   for (const char* bad : {"5", "x.pem", "[a, b]"}) {
@@ -254,13 +267,19 @@ TEST(WitnessConfig, ASectionGivenAsAValueOrAListIsAnErrorNotACrash) {
 TEST(WitnessConfig, TtlBelowWhatTheDefaultRenewalNeedsNamesTtlAndItsMinimum) {
   // LeaseConfig::Validate with the default renew_interval_ms (1000) and margin_ms (100) needs
   // ttl_ms * (1 - 2 * max_drift) - 100 >= 2000: 2143 with max_drift 0.01.
-  EXPECT_EQ(WitnessTtlMsMin(0.01), 2143);
-  EXPECT_EQ(WitnessTtlMsMin(0), 2100);
-  EXPECT_EQ(WitnessTtlMsMin(0.1), 2625);
+  auto min_ttl = [](double drift) {
+    LeaseConfig l;
+    l.max_drift = drift;
+    return l.MinTtlMs();
+  };
+  EXPECT_EQ(min_ttl(0.01), 2143);
+  EXPECT_EQ(min_ttl(0), 2100);
+  EXPECT_EQ(min_ttl(0.1), 2625);
+  EXPECT_EQ(min_ttl(0.2), kLeaseTtlMsMax + 1);  // max_drift out of range: no ttl fits
   for (double drift : {0.0, 0.01, 0.05, 0.1}) {
     LeaseConfig l;
     l.max_drift = drift;
-    l.ttl_ms = WitnessTtlMsMin(drift);
+    l.ttl_ms = min_ttl(drift);
     EXPECT_TRUE(l.Validate().ok()) << drift;
     l.ttl_ms -= 1;
     EXPECT_FALSE(l.Validate().ok()) << drift;
@@ -274,6 +293,19 @@ TEST(WitnessConfig, TtlBelowWhatTheDefaultRenewalNeedsNamesTtlAndItsMinimum) {
                      "leases.ttl_ms: must be at least 2625");
   EXPECT_TRUE(ParseWitnessNoThrow(Witness("{ttl_ms: 6000}", "{ttl_ms: 2143}")).ok());
   ExpectWitnessError(Witness("{ttl_ms: 6000}", "{ttl_ms: 50}"), "leases.ttl_ms");
+}
+
+// deploy/meridian checks --lease-ttl-ms before it writes any config, with its own copy of the
+// minimum for the lease timings it writes (LeaseConfig's defaults); this keeps the copy honest.
+TEST(WitnessConfig, DeployScriptsTtlMinimumIsLeaseConfigs) {
+  std::ifstream in(std::string(MERIDIAN_SOURCE_DIR) + "/deploy/meridian");
+  ASSERT_TRUE(in) << "cannot read deploy/meridian";
+  std::string line;
+  int64_t scripted = -1;
+  while (std::getline(in, line)) {
+    if (line.rfind("LEASE_TTL_MIN_MS=", 0) == 0) scripted = std::stoll(line.substr(17));
+  }
+  EXPECT_EQ(scripted, LeaseConfig{}.MinTtlMs());
 }
 
 }  // namespace

@@ -11,7 +11,10 @@ absl::Status LeaseConfig::Validate() const {
   auto bad = [](const char* field, const char* why) {
     return absl::InvalidArgumentError(absl::StrCat("leases.", field, ": ", why));
   };
-  if (ttl_ms < 100 || ttl_ms > 600000) return bad("ttl_ms", "must be 100..600000");
+  if (ttl_ms < kLeaseTtlMsMin || ttl_ms > kLeaseTtlMsMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("leases.ttl_ms: must be ", kLeaseTtlMsMin, "..", kLeaseTtlMsMax));
+  }
   if (max_drift < 0 || max_drift > 0.1) return bad("max_drift", "must be 0..0.1");
   if (margin_ms < 0) return bad("margin_ms", "must be >= 0");
   if (HolderValidityMs() <= 0) return bad("margin_ms", "leaves no lease time (ttl_ms too short)");
@@ -35,6 +38,28 @@ absl::Status LeaseConfig::Validate() const {
 
 int64_t LeaseConfig::HolderValidityMs() const {
   return static_cast<int64_t>(static_cast<double>(ttl_ms) * (1.0 - 2.0 * max_drift)) - margin_ms;
+}
+
+int64_t LeaseConfig::MinTtlMs() const {
+  // Every condition of Validate that involves ttl_ms only gets easier as it grows, so the
+  // smallest valid ttl_ms is found by bisection over Validate itself (integer truncation
+  // included) rather than by a second copy of its arithmetic.
+  LeaseConfig l = *this;
+  auto valid = [&](int64_t ttl) {
+    l.ttl_ms = ttl;
+    return l.Validate().ok();
+  };
+  int64_t lo = kLeaseTtlMsMin, hi = kLeaseTtlMsMax;
+  if (!valid(hi)) return hi + 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (valid(mid)) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
 }
 
 std::string_view LeaseEventName(LeaseEvent::Kind kind) {

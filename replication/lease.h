@@ -59,6 +59,10 @@ namespace meridian::replication {
 using RegionId = uint32_t;  // a region's replica id, 1..255; 0 is "none"
 inline constexpr RegionId kNoRegion = 0;
 
+// ttl_ms's range; within it, the other timings set the real minimum (LeaseConfig::MinTtlMs).
+inline constexpr int64_t kLeaseTtlMsMin = 100;
+inline constexpr int64_t kLeaseTtlMsMax = 600000;
+
 struct LeaseConfig {
   int64_t ttl_ms = 6000;             // how long an acceptor's promise lasts
   int64_t renew_interval_ms = 1000;  // a holder starts a renewal round this often
@@ -75,6 +79,10 @@ struct LeaseConfig {
   [[nodiscard]] absl::Status Validate() const;
   // How long a holder may act on a round that started at t0: t0 + HolderValidityMs().
   [[nodiscard]] int64_t HolderValidityMs() const;
+  // The smallest ttl_ms with which this config (its other fields as they are) passes Validate:
+  // 2143 for the defaults (two renewals must fit in ttl_ms * (1 - 2 * max_drift) - margin_ms).
+  // kLeaseTtlMsMax + 1 when no ttl_ms does (another field is out of range).
+  [[nodiscard]] int64_t MinTtlMs() const;
 };
 
 // --- messages (plain values: the replicator maps them to protobuf, the simulator passes them) --

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 #include "replication/clock.h"
 #include "replication/lease_frames.h"
 #include "replication/replication.grpc.pb.h"
@@ -38,7 +39,8 @@ bool FsyncPath(const std::string& path, int flags) {
   return ok;
 }
 
-absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
+absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
+                                             std::string_view base_dir) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -58,10 +60,10 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
   c.listen = r.HostPort(root, "listen", "listen", true);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
   r.OnlyKeys(tls, "tls", {"ca", "cert", "key"});
-  c.tls_ca = r.String(tls, "ca", "tls.ca", true);
-  c.tls_cert = r.String(tls, "cert", "tls.cert", true);
-  c.tls_key = r.String(tls, "key", "tls.key", true);
-  c.store_path = r.String(root, "store", "store", true);
+  c.tls_ca = common::ResolveConfigPath(base_dir, r.String(tls, "ca", "tls.ca", true));
+  c.tls_cert = common::ResolveConfigPath(base_dir, r.String(tls, "cert", "tls.cert", true));
+  c.tls_key = common::ResolveConfigPath(base_dir, r.String(tls, "key", "tls.key", true));
+  c.store_path = common::ResolveConfigPath(base_dir, r.String(root, "store", "store", true));
   YAML::Node regions = root["regions"];
   if (!regions || !regions.IsSequence() || regions.size() < 2) {
     r.Fail("regions", "a list of at least two regions is required");
@@ -87,21 +89,17 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
   YAML::Node l = r.Map(root, "leases", "leases", false);
   r.OnlyKeys(l, "leases", {"ttl_ms", "max_drift"});
   c.leases.ttl_ms =
-      r.Integer<int64_t>(l, "ttl_ms", "leases.ttl_ms", 6000, kWitnessTtlMsMin, kWitnessTtlMsMax);
+      r.Integer<int64_t>(l, "ttl_ms", "leases.ttl_ms", 6000, kLeaseTtlMsMin, kLeaseTtlMsMax);
   c.leases.max_drift = r.Number(l, "max_drift", "leases.max_drift", 0.01, 0, 0.1);
-  if (r.ok()) {
-    const int64_t ttl_ms_min = WitnessTtlMsMin(c.leases.max_drift);
-    if (c.leases.ttl_ms < ttl_ms_min) {
-      const LeaseConfig defaults;
-      r.Fail("leases.ttl_ms",
-             absl::StrCat("must be at least ", ttl_ms_min, " with max_drift ", c.leases.max_drift,
-                          " (the witness keeps the default renewal timing, which needs "
-                          "ttl_ms * (1 - 2 * max_drift) - ",
-                          defaults.margin_ms, " >= ", 2 * defaults.renew_interval_ms, "), got ",
-                          c.leases.ttl_ms));
-    } else if (absl::Status st = c.leases.Validate(); !st.ok()) {
-      r.Fail("leases", std::string(st.message()));  // WitnessTtlMsMin's search guarantees not
-    }
+  // The witness sets only ttl_ms and max_drift; its other lease timings keep LeaseConfig's
+  // defaults, so the one thing to report is the ttl_ms those defaults need.
+  if (const int64_t ttl_ms_min = c.leases.MinTtlMs(); r.ok() && c.leases.ttl_ms < ttl_ms_min) {
+    r.Fail("leases.ttl_ms",
+           absl::StrCat("must be at least ", ttl_ms_min, " with max_drift ", c.leases.max_drift,
+                        " (the witness keeps the default renewal timing, which needs "
+                        "ttl_ms * (1 - 2 * max_drift) - ",
+                        c.leases.margin_ms, " >= ", 2 * c.leases.renew_interval_ms, "), got ",
+                        c.leases.ttl_ms));
   }
   if (!r.ok()) return r.status();
   return c;
@@ -109,39 +107,15 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
 
 }  // namespace
 
-int64_t WitnessTtlMsMin(double max_drift) {
-  // The witness sets only ttl_ms and max_drift; its other lease fields keep LeaseConfig's
-  // defaults, which LeaseManager requires to fit ttl_ms (LeaseConfig::Validate: twice
-  // renew_interval_ms within the holder's validity, and more). Every such condition only gets
-  // easier as ttl_ms grows, so the smallest valid ttl_ms is found by bisection, exactly as
-  // Validate computes (integer truncation included).
-  LeaseConfig l;
-  l.max_drift = max_drift;
-  auto valid = [&](int64_t ttl_ms) {
-    l.ttl_ms = ttl_ms;
-    return l.Validate().ok();
-  };
-  int64_t lo = kWitnessTtlMsMin, hi = kWitnessTtlMsMax;
-  if (!valid(hi)) return hi + 1;  // max_drift out of range: no ttl_ms fits
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (valid(mid)) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
-}
-
-absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::string_view source) {
-  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source); });
+absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::string_view source,
+                                                 std::string_view base_dir) {
+  return CatchYamlErrors(source, [&] { return ParseUnguarded(yaml, source, base_dir); });
 }
 
 absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
-  return ParseWitnessConfig(*text, path);
+  return ParseWitnessConfig(*text, path, common::ConfigDir(path));
 }
 
 absl::Status FileLeaseStore::Open() {

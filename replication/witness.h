@@ -33,18 +33,13 @@ struct WitnessConfig {
   LeaseConfig leases;  // must match the regions' (ttl, drift)
 };
 
-// Parses and validates; never throws. `source` names the file in errors. Of the lease timing the
-// witness config sets only leases.ttl_ms and leases.max_drift; ttl_ms must be at least
-// WitnessTtlMsMin(max_drift).
+// Parses and validates; never throws. `source` names the file in errors; relative paths (tls.*,
+// store) resolve from `base_dir`, the config file's folder (common::ConfigDir). Of the lease timing
+// the witness config sets only leases.ttl_ms and leases.max_drift; ttl_ms must be at least
+// LeaseConfig::MinTtlMs() (2143 with the default max_drift 0.01).
 [[nodiscard]] absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml,
-                                                               std::string_view source);
-// leases.ttl_ms's range: the YAML bounds, then, given max_drift, the smallest ttl_ms for which
-// the witness's LeaseConfig (the other fields at their defaults) passes LeaseConfig::Validate:
-// 2143 with the default max_drift 0.01. kWitnessTtlMsMax + 1 when no ttl_ms fits (max_drift
-// outside 0..0.1).
-inline constexpr int64_t kWitnessTtlMsMin = 100;
-inline constexpr int64_t kWitnessTtlMsMax = 600000;
-[[nodiscard]] int64_t WitnessTtlMsMin(double max_drift);
+                                                               std::string_view source,
+                                                               std::string_view base_dir = "");
 [[nodiscard]] absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path);
 
 // The acceptor's records in a file: Save writes a temporary file, fsyncs it, renames it over the

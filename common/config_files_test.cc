@@ -1,0 +1,79 @@
+#include "common/config_files.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/support/temp_dir.h"
+
+namespace meridian::common {
+namespace {
+
+TEST(ConfigDir, IsTheFolderThatHoldsTheFile) {
+  EXPECT_EQ(ConfigDir("r.yaml"), "");  // the working directory
+  EXPECT_EQ(ConfigDir("etc/r.yaml"), "etc");
+  EXPECT_EQ(ConfigDir("/etc/meridian/r.yaml"), "/etc/meridian");
+  EXPECT_EQ(ConfigDir("/r.yaml"), "/");  // not "", which would mean the working directory
+}
+
+TEST(ResolveConfigPath, RelativePathsGoUnderTheConfigFolder) {
+  EXPECT_EQ(ResolveConfigPath("/etc/m", "certs/ca.pem"), "/etc/m/certs/ca.pem");
+  EXPECT_EQ(ResolveConfigPath("/", "ca.pem"), "/ca.pem");
+  EXPECT_EQ(ResolveConfigPath("etc", "ca.pem"), "etc/ca.pem");
+  EXPECT_EQ(ResolveConfigPath("", "ca.pem"), "ca.pem");
+  EXPECT_EQ(ResolveConfigPath("/etc/m", "/pki/ca.pem"), "/pki/ca.pem");
+  EXPECT_EQ(ResolveConfigPath("/etc/m", ""), "");  // an unset path stays unset
+  EXPECT_EQ(ResolveConfigPath(ConfigDir("/r.yaml"), "t"), "/t");
+}
+
+TEST(CheckOperatorToken, NamesTheRuleThatFailed) {
+  EXPECT_TRUE(CheckOperatorToken("0123456789abcdef").ok());
+  EXPECT_NE(CheckOperatorToken("0123456789abcde").message().find("at least 16"), std::string::npos);
+  EXPECT_NE(CheckOperatorToken("0123456789 abcdef").message().find("without spaces"),
+            std::string::npos);
+  EXPECT_FALSE(CheckOperatorToken(std::string("0123456789abcdef\x01", 17)).ok());
+  EXPECT_FALSE(CheckOperatorToken("0123456789abcdef\xc3\xa9").ok());
+}
+
+class TokenFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dir = test_support::MakeTempDir("config-files-test", "");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
+  }
+  void TearDown() override { test_support::RemoveTempDir(dir_); }
+  std::string Write(const std::string& text) {
+    const std::string path = dir_ + "/token";
+    std::ofstream(path, std::ios::binary) << text;
+    return path;
+  }
+  std::string dir_;
+};
+
+TEST_F(TokenFile, TrailingWhitespaceIsNotTheToken) {
+  auto t = ReadOperatorTokenFile(Write("operator-token-0123456789\r\n\n"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(*t, "operator-token-0123456789");
+}
+
+TEST_F(TokenFile, AShortOrSpacedTokenNamesTheFile) {
+  const std::string path = Write("short\n");
+  auto t = ReadOperatorTokenFile(path);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find(path), std::string::npos) << t.status();
+  EXPECT_FALSE(ReadOperatorTokenFile(Write("operator token 0123456789\n")).ok());
+  EXPECT_FALSE(ReadOperatorTokenFile(Write("")).ok());
+}
+
+TEST_F(TokenFile, AMissingFileIsNotFound) {
+  auto t = ReadOperatorTokenFile(dir_ + "/none");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(t.status().message().find("cannot read '" + dir_ + "/none'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meridian::common
