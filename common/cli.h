@@ -2,14 +2,15 @@
 
 // What every Meridian binary's main() shares when parsing its command line: one exit code for a
 // usage error (2, as failover/README.md and failover/DRILL.md promise, instead of CLI11's own
-// 105, 106, 109...) and a validator that refuses NaN and infinities for floating-point flags
-// (CLI11 2.1.2's Range lets NaN through: `val < min || val > max` is false for it). Header-only;
-// the binary links meridian_cli (CLI11). Output paths: common/files.h.
+// 105, 106, 109...) and a range validator for floating-point flags that also refuses NaN and
+// infinities (CLI11 2.1.2's Range lets NaN through: `val < min || val > max` is false for it).
+// Header-only; the binary links meridian_cli (CLI11). Output paths: common/files.h.
 
 #include <CLI/CLI.hpp>
 
 #include <cmath>
 #include <optional>
+#include <sstream>
 #include <string>
 
 namespace meridian::common {
@@ -31,20 +32,32 @@ inline constexpr int kUsageExitCode = 2;
   return std::nullopt;
 }
 
-// A CLI11 validator for floating-point flags: the value must be a finite number. Put it before a
-// Range check: `->check(meridian::common::FiniteNumber)->check(CLI::Range(0.0, 1.0))`.
-class FiniteNumberValidator : public CLI::Validator {
+// A CLI11 validator for floating-point flags: the value must be a finite number within
+// [min, max]. CLI::Range alone lets NaN through. Usage:
+//   app.add_option("--ratio", ratio)->check(meridian::common::FiniteRange(0.0, 1.0));
+class FiniteRange : public CLI::Validator {
  public:
-  FiniteNumberValidator() : CLI::Validator("FINITE") {
-    func_ = [](std::string& input) -> std::string {
+  FiniteRange(double min, double max) : CLI::Validator(Describe(min, max)) {
+    func_ = [min, max](std::string& input) -> std::string {
       double v = 0;
       if (!CLI::detail::lexical_cast(input, v) || !std::isfinite(v)) {
         return "'" + input + "' is not a finite number";
       }
+      if (v < min || v > max) {
+        std::ostringstream out;
+        out << "'" << input << "' is outside " << min << ".." << max;
+        return out.str();
+      }
       return {};
     };
   }
+
+ private:
+  static std::string Describe(double min, double max) {
+    std::ostringstream out;
+    out << "FINITE in " << min << ".." << max;
+    return out.str();
+  }
 };
-inline const FiniteNumberValidator FiniteNumber;
 
 }  // namespace meridian::common

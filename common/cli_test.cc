@@ -16,7 +16,7 @@ std::optional<int> Parse(std::vector<std::string> args, double* ratio = nullptr)
   double r = 0.5;
   std::string name;
   app.add_option("--count", count)->check(CLI::Range(1, 10));
-  app.add_option("--ratio", r)->check(FiniteNumber)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--ratio", r)->check(FiniteRange(0.0, 1.0));
   app.add_option("--name", name)->required();
   std::vector<const char*> argv{"test"};
   for (const auto& a : args) argv.push_back(a.c_str());
@@ -41,16 +41,20 @@ TEST(ParseFlags, UsageErrorsExitWithTwo) {
 
 TEST(ParseFlags, HelpExitsWithZero) { EXPECT_EQ(Parse({"--help"}), 0); }
 
-TEST(FiniteNumber, RefusesNanAndInfinities) {
-  for (const char* bad : {"nan", "NaN", "-nan", "inf", "-inf", "infinity", "1e999", "x", ""}) {
+TEST(FiniteRange, RefusesNanInfinitiesAndValuesOutsideTheRange) {
+  for (const char* bad :
+       {"nan", "NaN", "-nan", "inf", "-inf", "infinity", "1e999", "x", "", "1.5", "-0.1"}) {
     EXPECT_EQ(Parse({"--name", "x", "--ratio", bad}), kUsageExitCode) << bad;
   }
+  const FiniteRange check(0.0, 1.0);
   std::string v = "nan";
-  EXPECT_NE(FiniteNumber(v), "");
-  v = "0.5";
-  EXPECT_EQ(FiniteNumber(v), "");
-  v = "-1e300";  // finite: a Range check, not this one, refuses it
-  EXPECT_EQ(FiniteNumber(v), "");
+  EXPECT_NE(check(v).find("not a finite number"), std::string::npos);
+  v = "2";
+  EXPECT_EQ(check(v), "'2' is outside 0..1");
+  for (const char* good : {"0", "0.5", "1", "1e-300"}) {
+    v = good;
+    EXPECT_EQ(check(v), "") << good;
+  }
 }
 
 }  // namespace

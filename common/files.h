@@ -20,34 +20,44 @@
 namespace meridian::common {
 
 // Whether a file can be written at `path` (an output flag such as --out), checked before the work
-// whose result goes there: creates the missing parent folders, then opens the file for appending
-// (which leaves an existing file's contents alone) and removes it again if it did not exist.
-// InvalidArgument naming `flag` and the reason otherwise.
+// whose result goes there. An existing file (or the file a symlink points to) is opened for
+// appending, which leaves its contents alone; for a new one, the missing parent folders are created
+// (the writer will need them) and the folder is checked for write access, so nothing else is
+// created or removed. InvalidArgument naming `flag` and the reason otherwise.
 [[nodiscard]] inline absl::Status CheckWritableFile(const std::string& flag,
                                                     const std::string& path) {
   namespace fs = std::filesystem;
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": empty path"));
   std::error_code ec;
-  const fs::path p(path);
-  if (fs::is_directory(p, ec)) {
+  // Follow symlinks by hand so a dangling one is judged by where its target would be written.
+  fs::path target(path);
+  for (int hops = 0; hops < 16 && fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
+    const fs::path next = fs::read_symlink(target, ec);
+    if (ec) break;
+    target = next.is_absolute() ? next : target.parent_path() / next;
+  }
+  if (fs::is_directory(target, ec)) {
     return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': is a folder"));
   }
-  if (p.has_parent_path()) {
-    fs::create_directories(p.parent_path(), ec);
-    if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': cannot create ",
-                                                     p.parent_path().string(), ": ", ec.message()));
-    }
-  }
-  const bool existed = fs::exists(p, ec);
-  {
-    std::ofstream out(path, std::ios::app);
+  if (fs::exists(target, ec)) {
+    std::ofstream out(target, std::ios::app);
     if (!out) {
       return absl::InvalidArgumentError(
           absl::StrCat(flag, " '", path, "': cannot be written (", std::strerror(errno), ")"));
     }
+    return absl::OkStatus();
   }
-  if (!existed) fs::remove(p, ec);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  fs::create_directories(parent, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': cannot create ", parent.string(), ": ", ec.message()));
+  }
+  if (::access(parent.c_str(), W_OK | X_OK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': cannot be written in ",
+                                                   parent.string(), " (", std::strerror(errno),
+                                                   ")"));
+  }
   return absl::OkStatus();
 }
 

@@ -43,6 +43,21 @@ TEST_F(CheckWritable, ExistingFileKeepsItsContents) {
   EXPECT_EQ(line, "keep");
 }
 
+// A symlink to a file not yet written is checked where its target would go, and nothing is made
+// or removed (an earlier version created the target, then removed the link instead).
+TEST_F(CheckWritable, DanglingSymlinkIsJudgedByItsTargetAndKept) {
+  const std::string link = dir_ + "/latest.json";
+  fs::create_symlink("runs/r1.json", link);
+  EXPECT_TRUE(CheckWritableFile("--out", link).ok());
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_FALSE(fs::exists(dir_ + "/runs/r1.json"));
+  EXPECT_TRUE(fs::is_directory(dir_ + "/runs"));
+
+  fs::create_symlink("a-file/r.json", dir_ + "/bad.json");  // its folder would be a file
+  EXPECT_FALSE(CheckWritableFile("--out", dir_ + "/bad.json").ok());
+  EXPECT_TRUE(fs::is_symlink(dir_ + "/bad.json"));
+}
+
 TEST_F(CheckWritable, UnwritableFileNamesTheFlag) {
   absl::Status st = CheckWritableFile("--out", dir_ + "/a-file/results.json");
   EXPECT_FALSE(st.ok());

@@ -520,11 +520,9 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::Range(0, 65535));
   cli.add_option("--delay-ms", o.delay_ms, "default one-way delay for packets no rule matches")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, meridian::netem::kDelayMsMax));
+      ->check(meridian::common::FiniteRange(0.0, meridian::netem::kDelayMsMax));
   cli.add_option("--loss-pct", o.loss_pct, "default loss for packets no rule matches")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, meridian::netem::kLossPctMax));
+      ->check(meridian::common::FiniteRange(0.0, meridian::netem::kLossPctMax));
   cli.add_option("--rule", o.rules,
                  "a rule: [queue=N] [src=CIDR] [dst=CIDR] [delay=MS] [loss=PCT]; first match wins "
                  "(command-line rules come before the file's)");
@@ -537,8 +535,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(size_t{1}, size_t{1000000}));
   cli.add_option("--stats-interval-s", o.stats_interval_s,
                  "print a stats line (and rewrite --stats-file) this often; 0: only on SIGUSR1")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 86400.0));
+      ->check(meridian::common::FiniteRange(0.0, 86400.0));
   cli.add_option("--stats-file", o.stats_file, "write counters here as JSON");
   cli.add_flag("--probe", o.probe, "bind the queues, then exit 0 (can this machine do it?)");
   cli.footer(

@@ -156,8 +156,7 @@ int main(int argc, char** argv) {
   cli.add_option("--listen", listen, "host:port to listen on (port 0: any free port)");
   cli.add_option("--target", target, "host:port to forward to")->required();
   cli.add_option("--delay-ms", delay_ms, "one-way delay, each direction")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 60000.0));
+      ->check(meridian::common::FiniteRange(0.0, 60000.0));
   cli.add_option("--port-file", port_file, "write the bound port here");
   cli.add_option("--stats-file", stats_file, "write byte counters here (JSON)");
   cli.footer("Signals: SIGUSR1 partitions the link, SIGUSR2 heals it.");

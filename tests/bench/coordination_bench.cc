@@ -345,17 +345,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"rights", "sync-peer"}));
   app.add_option("--units", units, "rights: units of the SKU")->check(CLI::Range(3, 1000000));
   app.add_option("--rate", rate, "rights: checkout attempts per second, all regions")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(1.0, 5000.0));
+      ->check(meridian::common::FiniteRange(1.0, 5000.0));
   app.add_option("--skew", skew_s, "rights: demand split us-east,eu-west,ap-south");
   app.add_option("--max-seconds", max_seconds, "rights: give up after this long")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(10.0, 3600.0));
+      ->check(meridian::common::FiniteRange(10.0, 3600.0));
   app.add_option("--checkouts", checkouts, "sync-peer: checkouts per mode")
       ->check(CLI::Range(10, 100000));
   app.add_option("--sync-rate", sync_rate, "sync-peer: checkouts per second")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(1.0, 500.0));
+      ->check(meridian::common::FiniteRange(1.0, 500.0));
   app.add_option("--out", out_path, "JSON results file");
   if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
   std::vector<double> skew;

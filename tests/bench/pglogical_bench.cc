@@ -75,16 +75,13 @@ int main(int argc, char** argv) {
   int lines = 2000, threads = 4;
   std::string out_path = "results/pglogical.json";
   cli.add_option("--seconds", seconds, "load duration")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(2.0, 3600.0));
+      ->check(meridian::common::FiniteRange(2.0, 3600.0));
   cli.add_option("--rate", rate, "cart changes per second per node")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(1.0, 100000.0));
+      ->check(meridian::common::FiniteRange(1.0, 100000.0));
   cli.add_option("--lines", lines, "distinct (user, sku) lines both nodes change")
       ->check(CLI::Range(1, 10000000));
   cli.add_option("--delay-ms", delay_ms, "one-way delay between the nodes")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 10000.0));
+      ->check(meridian::common::FiniteRange(0.0, 10000.0));
   cli.add_option("--threads", threads, "connections per node")->check(CLI::Range(1, 64));
   cli.add_option("--out", out_path, "results file (JSON)");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;

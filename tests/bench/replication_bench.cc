@@ -292,11 +292,9 @@ int main(int argc, char** argv) {
   int users = 20000, threads = 4, per_tx = 10, skus = 50, regions = 3;
   std::string out_path = "results/replication.json";
   cli.add_option("--seconds", seconds, "load duration")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(5.0, 3600.0));
+      ->check(meridian::common::FiniteRange(5.0, 3600.0));
   cli.add_option("--rate", rate, "cart changes per second per region")
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(1.0, 100000.0));
+      ->check(meridian::common::FiniteRange(1.0, 100000.0));
   cli.add_option("--users", users, "distinct customers (shared by all regions)")
       ->check(CLI::Range(1, 10000000));
   cli.add_option("--threads", threads, "connections per region")->check(CLI::Range(1, 64));

@@ -108,8 +108,7 @@ int main(int argc, char** argv) {
   app.add_option("--scarce-fraction", opt.scarce_fraction,
                  "share of cart_add operations that add a scarce product")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(meridian::common::FiniteRange(0.0, 1.0));
   app.add_option("--scarce-prefix", opt.scarce_prefix,
                  "SKU prefix of the scarce products (PREFIX-00001...); pick a fresh one per run "
                  "to know exactly what was stocked")
@@ -120,16 +119,13 @@ int main(int argc, char** argv) {
                  "acknowledged orders (201 to a checkout), JSON lines, written while the run goes");
   app.add_option("--rate", opt.rate_per_s, "arrivals (requests) per second, all customers")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.1, 100000.0));
+      ->check(meridian::common::FiniteRange(0.1, 100000.0));
   app.add_option("--duration-s", opt.duration_s, "length of the schedule, warmup included")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(1.0, 3600.0));
+      ->check(meridian::common::FiniteRange(1.0, 3600.0));
   app.add_option("--warmup-s", opt.warmup_s, "first seconds excluded from the figures")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 3600.0));
+      ->check(meridian::common::FiniteRange(0.0, 3600.0));
   app.add_option("--max-requests", opt.max_requests, "stop scheduling after this many arrivals")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{100'000'000}));
@@ -158,17 +154,14 @@ int main(int argc, char** argv) {
   app.add_option("--declined-fraction", opt.declined_fraction,
                  "share of checkouts paid with the declined test card (HTTP 402)")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(meridian::common::FiniteRange(0.0, 1.0));
   app.add_option("--replay-fraction", opt.replay_fraction,
                  "share of checkouts that repeat the customer's previous Idempotency-Key")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(meridian::common::FiniteRange(0.0, 1.0));
   app.add_option("--zipf-s", opt.zipf_s, "Zipf exponent of product popularity (0 = uniform)")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.0, 10.0));
+      ->check(meridian::common::FiniteRange(0.0, 10.0));
   app.add_option("--out", out_path, "results file (JSON)")->capture_default_str();
   app.add_option("--timeout-ms", opt.timeout_ms, "per-request timeout")
       ->capture_default_str()
@@ -188,8 +181,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-lag-ms", opt.max_lag_ms,
                  "send-lag p99 above which the run does not count as sustained")
       ->capture_default_str()
-      ->check(meridian::common::FiniteNumber)
-      ->check(CLI::Range(0.1, 60000.0));
+      ->check(meridian::common::FiniteRange(0.1, 60000.0));
   app.add_option("--setup-concurrency", opt.setup_concurrency, "parallel requests during setup")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
