@@ -670,7 +670,19 @@ TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
   auto blocked = std::async(std::launch::async, [&] {
     return Request(port, "PUT", "/v1/cart/items/sku-1", R"({"quantity":2})", auth).status;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it now holds the connection
+  // Once its advisory lock request waits in PostgreSQL, it holds the shard's only connection.
+  pqxx::connection watcher(pgs_[shard]->ConnectionString("shard" + std::to_string(shard)));
+  bool waiting = false;
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+       !waiting && std::chrono::steady_clock::now() < deadline;) {
+    pqxx::nontransaction q(watcher);
+    waiting =
+        q.exec1("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0]
+            .as<int>() > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // EXPECT, not ASSERT: returning here would wait on `blocked` while `hold` still holds the lock.
+  EXPECT_TRUE(waiting) << "the cart change never waited for the lock";
   Response r = Request(port, "GET", "/v1/orders", "", auth);
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_EQ(r.Header("retry-after"), "1");
