@@ -572,6 +572,7 @@ class Session {
     r_.feed->Kick();  // the sender may be waiting for records
     writer.join();
     if (sender_.joinable()) sender_.join();
+    if (coordination_.joinable()) coordination_.join();
     for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
     FlushResumePoints();
@@ -616,14 +617,32 @@ class Session {
   // sender is doing, and two regions shipping to each other cannot deadlock. False once the
   // session ended.
   bool Write(pb::Frame f) {
+    const size_t bytes = UnwindowedBytes(f);
     {
       std::lock_guard<std::mutex> l(mu_);
       if (done_ || write_failed_) return false;
+      if (outgoing_bytes_ + bytes > kOutgoingBytesMax) return NotReading();
+      outgoing_bytes_ += bytes;
       outgoing_.push_back(std::move(f));
     }
     last_sent_ = SteadyTime::now();
     write_cv_.notify_one();
     return true;
+  }
+
+  // Batches are bounded by the window (max_inflight_bytes); what else goes out (acks, replies to
+  // the peer's sync requests) is paced by the peer. A peer that keeps asking without reading
+  // would grow the queue without end: past kOutgoingBytesMax of such frames the session ends
+  // instead. Called with mu_ held.
+  static size_t UnwindowedBytes(const pb::Frame& f) { return f.has_batch() ? 0 : f.ByteSizeLong(); }
+
+  bool NotReading() {
+    spdlog::warn("event=replication_peer_not_reading peer={} queued_bytes={}", peer_.config.name,
+                 outgoing_bytes_);
+    write_failed_ = true;
+    NotifyAll();
+    stream_.Cancel();
+    return false;
   }
 
   void WriteLoop() {
@@ -633,6 +652,7 @@ class Session {
       if (done_) return;
       pb::Frame f = std::move(outgoing_.front());
       outgoing_.pop_front();
+      outgoing_bytes_ -= std::min(outgoing_bytes_, UnwindowedBytes(f));
       const bool more = !outgoing_.empty();
       writing_ = true;
       l.unlock();
@@ -750,6 +770,8 @@ class Session {
         case pb::Frame::kSyncReply:
           if (!r_.coordinator) {
             result = Reject("coordination frames, but coordination is off here");
+          } else if (CallsTheRegion(f)) {
+            result = QueueCoordination(std::move(f));
           } else if (absl::Status st = r_.coordinator->OnFrame(peer_.config.replica_id, f);
                      !st.ok()) {
             result = Reject(std::string(st.message()));
@@ -778,7 +800,9 @@ class Session {
       std::unique_lock<std::mutex> l(mu_);
       draining_ = true;
       state_cv_.wait_for(l, std::chrono::seconds(5), [&] {
-        return done_ || !apply_status_.ok() || (apply_queued_ == 0 && applying_ == 0);
+        return done_ || !apply_status_.ok() ||
+               (apply_queued_ == 0 && applying_ == 0 && coordination_frames_.empty() &&
+                !coordinating_);
       });
       if (result.ok() && !apply_status_.ok()) result = apply_status_;
     }
@@ -1024,7 +1048,63 @@ class Session {
     watch_cv_.notify_all();
     window_cv_.notify_all();
     state_cv_.notify_all();
+    coordination_cv_.notify_all();
     for (auto& [db, q] : apply_queues_) q.cv.notify_all();
+  }
+
+  // Coordination frames whose handling calls the region (a takeover's or catch-up's order pages,
+  // a rights write-off) can take seconds; they run on this session's coordination thread, in
+  // arrival order, so that the reader goes on reading: leases, acks and batches are not held up
+  // and the watchdog does not take a slow region call for a silent peer. Lease and rights gossip
+  // frames only touch memory and stay on the reader.
+  static bool CallsTheRegion(const pb::Frame& f) {
+    return f.has_sync_request() || f.has_sync_reply() ||
+           (f.has_rights() && f.rights().has_retire());
+  }
+
+  // Queues `f` for the coordination thread (started on first use). At most kCoordinationQueued
+  // frames wait; beyond that the reader waits too, as for a full apply queue.
+  absl::Status QueueCoordination(pb::Frame f) {
+    std::unique_lock<std::mutex> l(mu_);
+    held_back_ = true;
+    state_cv_.wait(l, [&] {
+      return done_ || cancelled_ || !apply_status_.ok() ||
+             coordination_frames_.size() < kCoordinationQueued;
+    });
+    held_back_ = false;
+    last_received_ = SteadyTime::now();
+    if (!apply_status_.ok()) return apply_status_;
+    if (done_ || cancelled_) return absl::CancelledError("the session is ending");
+    coordination_frames_.push_back(std::move(f));
+    if (!coordination_.joinable()) coordination_ = std::thread([this] { CoordinationLoop(); });
+    coordination_cv_.notify_one();
+    return absl::OkStatus();
+  }
+
+  void CoordinationLoop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (true) {
+      coordination_cv_.wait(l, [&] { return done_ || !coordination_frames_.empty(); });
+      if (done_) return;  // what is left is asked again (syncs) or resent on the next stream
+      pb::Frame f = std::move(coordination_frames_.front());
+      coordination_frames_.pop_front();
+      coordinating_ = true;
+      state_cv_.notify_all();  // a reader waiting for room
+      l.unlock();
+      absl::Status st = r_.coordinator->OnFrame(peer_.config.replica_id, f);
+      if (!st.ok()) st = Reject(std::string(st.message()));
+      l.lock();
+      // Both in one hold of mu_: a draining reader must not see this frame done and no failure.
+      coordinating_ = false;
+      if (!st.ok() && apply_status_.ok()) {
+        // As for a failed apply: the reader ends the stream with this status at the next frame,
+        // or the watchdog cancels it a second later.
+        apply_status_ = st;
+        apply_failed_at_ = SteadyTime::now();
+      }
+      if (draining_ || !st.ok()) state_cv_.notify_all();
+      if (!st.ok()) return;
+    }
   }
 
   // Waits until fewer than max_inflight_bytes are unacknowledged; false when the session ends.
@@ -1066,7 +1146,7 @@ class Session {
     {
       std::lock_guard<std::mutex> l(mu_);
       if (done_ || write_failed_) return false;
-      for (pb::Frame& f : staged_) outgoing_.push_back(std::move(f));
+      for (pb::Frame& f : staged_) outgoing_.push_back(std::move(f));  // batches
     }
     staged_.clear();
     last_sent_ = SteadyTime::now();
@@ -1509,6 +1589,11 @@ class Session {
   PeerState& peer_;
   FrameStream& stream_;
   std::thread sender_;
+  std::thread coordination_;                   // CoordinationLoop, once a frame needs it
+  std::deque<pb::Frame> coordination_frames_;  // for coordination_, in arrival order
+  std::condition_variable coordination_cv_;    // coordination_ waits here
+  bool coordinating_ = false;                  // coordination_ is handling a frame
+  static constexpr size_t kCoordinationQueued = 64;
   struct ApplyQueue {
     std::deque<Pending> batches;
     std::condition_variable cv;  // its applier waits here
@@ -1535,6 +1620,8 @@ class Session {
   bool write_failed_ = false;
   bool writing_ = false;
   std::deque<pb::Frame> outgoing_;
+  size_t outgoing_bytes_ = 0;  // of the frames in outgoing_ other than batches
+  static constexpr size_t kOutgoingBytesMax = 64 << 20;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
   std::map<std::string, int64_t> shipped_through_;  // per database: the highest seq sent
   int64_t inflight_bytes_ = 0;

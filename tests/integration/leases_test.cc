@@ -22,6 +22,7 @@
 #include "region/internal.grpc.pb.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/forged_peer.h"
 
 namespace meridian {
 namespace {
@@ -31,6 +32,7 @@ using test_support::Cluster;
 using testing::Request;
 using testing::Response;
 namespace cpb = ::meridian::region::v1;
+namespace rpb = ::meridian::replication::v1;
 
 constexpr size_t kUs = 0, kEu = 1, kAp = 2;
 
@@ -661,6 +663,51 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
 // Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
 // by a region whose lease epoch is older than the group's fence matches nothing and is counted;
 // a peer's event below the order's epoch changes nothing and is counted.
+// Coordination frames that call the region (sync pages, rights write-offs) are handled off the
+// stream's reader, so a slow region call holds up neither the peer's other frames nor the
+// watchdog. A valid one is still answered, and a malformed one still ends the stream with
+// INVALID_ARGUMENT naming it.
+TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  // The genuine eu-west replicator would displace the forged streams.
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  const uint32_t ap = c_->spec(kAp).replica_id;
+  {  // a catch-up sync request for ap-south's own group: a page of its orders comes back
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_sync_request()->set_group(ap);
+    f.mutable_sync_request()->set_epoch(1);
+    f.mutable_sync_request()->set_catch_up(true);
+    ASSERT_TRUE(p.Write(f));
+    rpb::Frame reply = p.Next([](const rpb::Frame& in) { return in.has_sync_reply(); });
+    ASSERT_TRUE(reply.has_sync_reply());
+    EXPECT_EQ(reply.sync_reply().group(), ap);
+    EXPECT_TRUE(reply.sync_reply().catch_up());
+    EXPECT_TRUE(reply.sync_reply().done());
+  }
+  auto expect_rejected = [](const grpc::Status& st, const std::string& why) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(why), std::string::npos) << st.error_message();
+  };
+  {  // a sync request for group 0
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_sync_request()->set_epoch(1);
+    expect_rejected(p.SendAndFinish(f), "sync request");
+  }
+  {  // a rights write-off declared in another region's name
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_rights()->mutable_retire()->set_declaration_id("forged");
+    f.mutable_rights()->mutable_retire()->set_declared_by(c_->spec(kUs).replica_id);
+    expect_rejected(p.SendAndFinish(f), "rights retire");
+  }
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
 TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
   test_support::ClusterOptions o;
   o.name = "stale";

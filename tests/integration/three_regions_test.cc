@@ -28,6 +28,7 @@
 #include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/forged_peer.h"
 #include "tests/support/process.h"
 
 namespace meridian {
@@ -35,6 +36,7 @@ namespace {
 
 using Json = nlohmann::json;
 using test_support::Cluster;
+using test_support::ForgedPeer;
 using testing::Request;
 using testing::Response;
 namespace rpb = ::meridian::replication::v1;
@@ -51,13 +53,6 @@ bool Eventually(const std::function<bool()>& done, double seconds) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return done();
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 class ThreeRegions : public ::testing::Test {
@@ -355,79 +350,6 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
 
 // A client that speaks the replication protocol with a region's certificate (a buggy or
 // compromised peer), to send what a correct replicator never would.
-class ForgedPeer {
- public:
-  ForgedPeer(const Cluster& c, size_t as, size_t to, const std::string& cert_dir = "") {
-    const std::string dir = cert_dir.empty() ? c.cert_dir() : cert_dir;
-    grpc::SslCredentialsOptions tls;
-    tls.pem_root_certs = ReadAll(c.cert_dir() + "/ca.pem");
-    tls.pem_private_key = ReadAll(dir + "/" + c.spec(as).name + ".key");
-    tls.pem_cert_chain = ReadAll(dir + "/" + c.spec(as).name + ".pem");
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride(c.spec(to).name);
-    args.SetMaxSendMessageSize(64 << 20);
-    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(c.replication_port(to)),
-                                         grpc::SslCredentials(tls), args);
-    stub_ = rpb::Replication::NewStub(channel_);
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
-    rw_ = stub_->Stream(&ctx_);
-    spec_ = c.spec(as);
-  }
-
-  // Sends our hello (with `applied` as our resume points) and reads the peer's; false when the
-  // stream never came up.
-  bool Hello(const std::vector<std::pair<std::string, int64_t>>& applied = {}) {
-    rpb::Frame f;
-    f.mutable_hello()->set_region(spec_.name);
-    f.mutable_hello()->set_jurisdiction(spec_.jurisdiction);
-    f.mutable_hello()->set_replica_id(spec_.replica_id);
-    f.mutable_hello()->set_protocol_version(rpb::PROTOCOL_VERSION_1);
-    for (const auto& [db, seq] : applied) {
-      rpb::AckedSeq* a = f.mutable_hello()->add_applied();
-      a->set_origin_database(db);
-      a->set_seq(seq);
-    }
-    if (!rw_->Write(f)) return false;
-    rpb::Frame in;
-    return rw_->Read(&in) && in.has_hello();
-  }
-
-  // Reads until the peer ships a batch; returns it (an empty one when the stream ended first).
-  rpb::DeltaBatch NextBatch() {
-    rpb::Frame in;
-    while (rw_->Read(&in))
-      if (in.has_batch()) return in.batch();
-    return {};
-  }
-
-  // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
-  grpc::Status SendAllAndFinish(const std::vector<rpb::Frame>& frames) {
-    for (const rpb::Frame& f : frames) (void)rw_->Write(f);
-    (void)rw_->WritesDone();
-    rpb::Frame in;
-    while (rw_->Read(&in)) {
-    }
-    return rw_->Finish();
-  }
-
-  // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
-  grpc::Status SendAndFinish(const rpb::Frame& f) {
-    (void)rw_->Write(f);
-    (void)rw_->WritesDone();
-    rpb::Frame in;
-    while (rw_->Read(&in)) {
-    }
-    return rw_->Finish();
-  }
-
- private:
-  test_support::RegionSpec spec_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<rpb::Replication::Stub> stub_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<rpb::Frame, rpb::Frame>> rw_;
-};
-
 rpb::Frame CartBatch(uint32_t origin, const std::string& user_id, const std::string& residency,
                      int64_t seq) {
   crdt::Cart cart(origin);

@@ -1,0 +1,118 @@
+#pragma once
+
+// A test's stand-in for a peer replicator: it opens a replication stream to a region's
+// meridian-replicator with a region's certificate and sends whatever frames the test forges
+// (malformed, out of order, breaking residency), then reports how the real replicator ended the
+// stream. Header-only; link gRPC and the replication proto.
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "replication/replication.grpc.pb.h"
+#include "tests/support/cluster.h"
+
+namespace meridian::test_support {
+
+namespace forged_peer_detail {
+inline std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace forged_peer_detail
+
+// Speaks as region `as` (its certificate from `cert_dir`, the cluster's by default) to region
+// `to`'s replicator. The stream has a 15 s deadline.
+class ForgedPeer {
+ public:
+  using Frame = ::meridian::replication::v1::Frame;
+  ForgedPeer(const Cluster& c, size_t as, size_t to, const std::string& cert_dir = "") {
+    const std::string dir = cert_dir.empty() ? c.cert_dir() : cert_dir;
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = forged_peer_detail::ReadFileOrEmpty(c.cert_dir() + "/ca.pem");
+    tls.pem_private_key = forged_peer_detail::ReadFileOrEmpty(dir + "/" + c.spec(as).name + ".key");
+    tls.pem_cert_chain = forged_peer_detail::ReadFileOrEmpty(dir + "/" + c.spec(as).name + ".pem");
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(c.spec(to).name);
+    args.SetMaxSendMessageSize(64 << 20);
+    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(c.replication_port(to)),
+                                         grpc::SslCredentials(tls), args);
+    stub_ = ::meridian::replication::v1::Replication::NewStub(channel_);
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+    rw_ = stub_->Stream(&ctx_);
+    spec_ = c.spec(as);
+  }
+
+  // Sends our hello (with `applied` as our resume points) and reads the peer's; false when the
+  // stream never came up.
+  bool Hello(const std::vector<std::pair<std::string, int64_t>>& applied = {}) {
+    Frame f;
+    f.mutable_hello()->set_region(spec_.name);
+    f.mutable_hello()->set_jurisdiction(spec_.jurisdiction);
+    f.mutable_hello()->set_replica_id(spec_.replica_id);
+    f.mutable_hello()->set_protocol_version(::meridian::replication::v1::PROTOCOL_VERSION_1);
+    for (const auto& [db, seq] : applied) {
+      ::meridian::replication::v1::AckedSeq* a = f.mutable_hello()->add_applied();
+      a->set_origin_database(db);
+      a->set_seq(seq);
+    }
+    if (!rw_->Write(f)) return false;
+    Frame in;
+    return rw_->Read(&in) && in.has_hello();
+  }
+
+  // Sends one frame and keeps the stream open; false once the stream is gone.
+  bool Write(const Frame& f) { return rw_->Write(f); }
+
+  // Reads until a frame for which `wanted` is true arrives; returns it (an empty frame when the
+  // stream ended first).
+  template <class Pred>
+  Frame Next(Pred wanted) {
+    Frame in;
+    while (rw_->Read(&in))
+      if (wanted(in)) return in;
+    return {};
+  }
+
+  // Reads until the peer ships a batch; returns it (an empty one when the stream ended first).
+  ::meridian::replication::v1::DeltaBatch NextBatch() {
+    return Next([](const Frame& f) { return f.has_batch(); }).batch();
+  }
+
+  // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
+  grpc::Status SendAllAndFinish(const std::vector<Frame>& frames) {
+    for (const Frame& f : frames) (void)rw_->Write(f);
+    (void)rw_->WritesDone();
+    Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return rw_->Finish();
+  }
+
+  // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
+  grpc::Status SendAndFinish(const Frame& f) {
+    (void)rw_->Write(f);
+    (void)rw_->WritesDone();
+    Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return rw_->Finish();
+  }
+
+ private:
+  RegionSpec spec_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<::meridian::replication::v1::Replication::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> rw_;
+};
+
+}  // namespace meridian::test_support
