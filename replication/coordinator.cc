@@ -458,10 +458,6 @@ struct Coordinator::Impl {
 
   absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
     const Peer* p = PeerById(from);
-    if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.epoch() > kMaxEpoch ||
-        m.after_key().size() > 64) {
-      return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
-    }
     if (!m.catch_up()) {
       std::vector<GroupView> leases;
       {
@@ -527,9 +523,6 @@ struct Coordinator::Impl {
   }
 
   absl::Status OnSyncReply(RegionId from, const pb::GroupSyncReply& m) {
-    if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000) {
-      return absl::InvalidArgumentError("sync reply: group or size out of range");
-    }
     if (m.catch_up()) return OnCatchUpReply(from, m);
     {
       std::lock_guard<std::mutex> l(mu);
@@ -704,11 +697,8 @@ struct Coordinator::Impl {
     }
   }
 
-  absl::Status OnRetire(RegionId from, const pb::RightsRetire& r) {
-    if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() != from ||
-        r.items_size() > 100000) {
-      return absl::InvalidArgumentError("rights retire: malformed declaration");
-    }
+  // `r` passed CheckFrame: declared by the peer it came from.
+  absl::Status OnRetire(const pb::RightsRetire& r) {
     rpb::RetireRightsRequest req;
     rpb::LostDeclaration* d = req.mutable_declaration();
     d->set_id(r.declaration_id());
@@ -1012,8 +1002,40 @@ void Coordinator::Heard(RegionId peer) {
   if (impl_->lm) impl_->lm->Heard(peer);
 }
 
+absl::Status Coordinator::CheckFrame(RegionId peer, const pb::Frame& frame) {
+  switch (frame.body_case()) {
+    case pb::Frame::kSyncRequest: {
+      const pb::GroupSyncRequest& m = frame.sync_request();
+      if (m.group() == 0 || m.group() > 255 || m.epoch() == 0 || m.epoch() > kMaxEpoch ||
+          m.after_key().size() > 64) {
+        return absl::InvalidArgumentError("sync request: group, epoch or key out of range");
+      }
+      return absl::OkStatus();
+    }
+    case pb::Frame::kSyncReply: {
+      const pb::GroupSyncReply& m = frame.sync_reply();
+      if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000) {
+        return absl::InvalidArgumentError("sync reply: group or size out of range");
+      }
+      return absl::OkStatus();
+    }
+    case pb::Frame::kRights: {
+      if (!frame.rights().has_retire()) return absl::OkStatus();
+      const pb::RightsRetire& r = frame.rights().retire();
+      if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() != peer ||
+          r.items_size() > 100000) {
+        return absl::InvalidArgumentError("rights retire: malformed declaration");
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return absl::OkStatus();
+  }
+}
+
 absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
   Impl& c = *impl_;
+  if (absl::Status st = CheckFrame(peer, frame); !st.ok()) return st;
   switch (frame.body_case()) {
     case pb::Frame::kLease: {
       auto m = FromLeaseFrame(frame.lease());
@@ -1023,7 +1045,7 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
       return absl::OkStatus();
     }
     case pb::Frame::kRights: {
-      if (frame.rights().has_retire()) return c.OnRetire(peer, frame.rights().retire());
+      if (frame.rights().has_retire()) return c.OnRetire(frame.rights().retire());
       auto m = FromFrame(frame.rights());
       if (!m.ok()) return m.status();
       {

@@ -56,6 +56,10 @@ class Coordinator {
   // A lease, rights or sync frame from `peer`. InvalidArgument for a malformed one (the session
   // rejects the stream, as for any bad frame).
   [[nodiscard]] absl::Status OnFrame(RegionId peer, const pb::Frame& frame);
+  // The checks of OnFrame that need neither the region nor any state: the stream's reader runs
+  // them before it queues a frame whose handling calls the region, so a malformed one ends the
+  // stream at once. InvalidArgument naming what is wrong.
+  [[nodiscard]] static absl::Status CheckFrame(RegionId peer, const pb::Frame& frame);
   // A stream with `peer` is up: declarations of it as lost (if any) are sent to it.
   void OnPeerUp(RegionId peer);
   // Called (from the coordinator's tick, no lock held) once per takeover of a region's group by

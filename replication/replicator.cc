@@ -618,12 +618,25 @@ class Session {
   // session ended.
   bool Write(pb::Frame f) {
     const size_t bytes = UnwindowedBytes(f);
+    size_t queued = 0;
     {
       std::lock_guard<std::mutex> l(mu_);
       if (done_ || write_failed_) return false;
-      if (outgoing_bytes_ + bytes > kOutgoingBytesMax) return NotReading();
-      outgoing_bytes_ += bytes;
-      outgoing_.push_back(std::move(f));
+      if (outgoing_bytes_ + bytes <= kOutgoingBytesMax) {
+        outgoing_bytes_ += bytes;
+        outgoing_.push_back(std::move(f));
+      } else {
+        queued = outgoing_bytes_;
+        write_failed_ = true;
+        not_reading_ = true;
+        NotifyAll();
+      }
+    }
+    if (queued > 0) {
+      spdlog::warn("event=replication_peer_not_reading peer={} queued_bytes={}", peer_.config.name,
+                   queued);
+      stream_.Cancel();
+      return false;
     }
     last_sent_ = SteadyTime::now();
     write_cv_.notify_one();
@@ -632,18 +645,9 @@ class Session {
 
   // Batches are bounded by the window (max_inflight_bytes); what else goes out (acks, replies to
   // the peer's sync requests) is paced by the peer. A peer that keeps asking without reading
-  // would grow the queue without end: past kOutgoingBytesMax of such frames the session ends
-  // instead. Called with mu_ held.
+  // would grow the queue without end: past kOutgoingBytesMax of such frames (these bytes) the
+  // session ends instead.
   static size_t UnwindowedBytes(const pb::Frame& f) { return f.has_batch() ? 0 : f.ByteSizeLong(); }
-
-  bool NotReading() {
-    spdlog::warn("event=replication_peer_not_reading peer={} queued_bytes={}", peer_.config.name,
-                 outgoing_bytes_);
-    write_failed_ = true;
-    NotifyAll();
-    stream_.Cancel();
-    return false;
-  }
 
   void WriteLoop() {
     std::unique_lock<std::mutex> l(mu_);
@@ -771,7 +775,11 @@ class Session {
           if (!r_.coordinator) {
             result = Reject("coordination frames, but coordination is off here");
           } else if (CallsTheRegion(f)) {
-            result = QueueCoordination(std::move(f));
+            if (absl::Status st = Coordinator::CheckFrame(peer_.config.replica_id, f); !st.ok()) {
+              result = Reject(std::string(st.message()));
+            } else {
+              result = QueueCoordination(std::move(f));
+            }
           } else if (absl::Status st = r_.coordinator->OnFrame(peer_.config.replica_id, f);
                      !st.ok()) {
             result = Reject(std::string(st.message()));
@@ -794,17 +802,22 @@ class Session {
       if (!result.ok()) break;
     }
     peer_.m.connected->Set(0);
-    {
-      // The peer half-closed (or went away): let the applier finish what arrived, so that a
-      // rejected batch ends the stream with its own status.
+    if (result.ok()) {
+      // The peer half-closed (or went away): let the appliers and the coordination thread
+      // finish what arrived, so that a rejected frame ends the stream with its own status. Not
+      // when the stream was cut (silence, a failed write): nothing could be answered.
       std::unique_lock<std::mutex> l(mu_);
       draining_ = true;
       state_cv_.wait_for(l, std::chrono::seconds(5), [&] {
-        return done_ || !apply_status_.ok() ||
+        return done_ || cancelled_ || write_failed_ || !apply_status_.ok() ||
                (apply_queued_ == 0 && applying_ == 0 && coordination_frames_.empty() &&
                 !coordinating_);
       });
-      if (result.ok() && !apply_status_.ok()) result = apply_status_;
+      if (!apply_status_.ok()) result = apply_status_;
+      if (result.ok() && not_reading_) {
+        result = absl::ResourceExhaustedError(
+            "the peer does not read: 64 MiB of replies and acks queued for it");
+      }
     }
     if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
     if (result.ok() && ship_error_.load()) result = absl::UnavailableError("shipping failed");
@@ -985,6 +998,7 @@ class Session {
           std::lock_guard<std::mutex> l(mu_);
           apply_status_ = st;
           apply_failed_at_ = SteadyTime::now();
+          --applying_;  // this applier is done: a draining reader must not wait for it
         }
         state_cv_.notify_all();
         return;
@@ -1013,7 +1027,14 @@ class Session {
       pb::Frame ack;
       ack.mutable_ack()->set_origin_database(origin_db);
       ack.mutable_ack()->set_seq(req.through_seq());
-      if (!Write(std::move(ack))) return;
+      if (!Write(std::move(ack))) {
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          --applying_;
+        }
+        state_cv_.notify_all();
+        return;
+      }
     }
   }
 
@@ -1075,17 +1096,34 @@ class Session {
     last_received_ = SteadyTime::now();
     if (!apply_status_.ok()) return apply_status_;
     if (done_ || cancelled_) return absl::CancelledError("the session is ending");
+    // An asker re-sends a page it has no answer to every second; while a slow region call holds
+    // the thread, one copy in the queue is enough.
+    if (f.has_sync_request()) {
+      for (const pb::Frame& q : coordination_frames_) {
+        if (q.has_sync_request() && SamePage(q.sync_request(), f.sync_request())) {
+          return absl::OkStatus();
+        }
+      }
+    }
     coordination_frames_.push_back(std::move(f));
     if (!coordination_.joinable()) coordination_ = std::thread([this] { CoordinationLoop(); });
     coordination_cv_.notify_one();
     return absl::OkStatus();
   }
 
+  static bool SamePage(const pb::GroupSyncRequest& a, const pb::GroupSyncRequest& b) {
+    return a.group() == b.group() && a.epoch() == b.epoch() && a.after_key() == b.after_key() &&
+           a.catch_up() == b.catch_up();
+  }
+
   void CoordinationLoop() {
     std::unique_lock<std::mutex> l(mu_);
     while (true) {
-      coordination_cv_.wait(l, [&] { return done_ || !coordination_frames_.empty(); });
-      if (done_) return;  // what is left is asked again (syncs) or resent on the next stream
+      coordination_cv_.wait(
+          l, [&] { return done_ || cancelled_ || write_failed_ || !coordination_frames_.empty(); });
+      // A stream that ended or was cut cannot carry answers: what is left is asked again
+      // (syncs) or resent on the next stream (write-offs).
+      if (done_ || cancelled_ || write_failed_) return;
       pb::Frame f = std::move(coordination_frames_.front());
       coordination_frames_.pop_front();
       coordinating_ = true;
@@ -1621,6 +1659,7 @@ class Session {
   bool writing_ = false;
   std::deque<pb::Frame> outgoing_;
   size_t outgoing_bytes_ = 0;  // of the frames in outgoing_ other than batches
+  bool not_reading_ = false;   // the session ended because outgoing_bytes_ hit its cap
   static constexpr size_t kOutgoingBytesMax = 64 << 20;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
   std::map<std::string, int64_t> shipped_through_;  // per database: the highest seq sent

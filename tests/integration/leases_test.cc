@@ -20,6 +20,7 @@
 
 #include "region/control.grpc.pb.h"
 #include "region/internal.grpc.pb.h"
+#include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
 #include "tests/support/forged_peer.h"
@@ -660,12 +661,8 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   ASSERT_TRUE(c_->Heal(kUs).ok());
 }
 
-// Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
-// by a region whose lease epoch is older than the group's fence matches nothing and is counted;
-// a peer's event below the order's epoch changes nothing and is counted.
 // Coordination frames that call the region (sync pages, rights write-offs) are handled off the
-// stream's reader, so a slow region call holds up neither the peer's other frames nor the
-// watchdog. A valid one is still answered, and a malformed one still ends the stream with
+// stream's reader. A valid one is still answered, and a malformed one still ends the stream with
 // INVALID_ARGUMENT naming it.
 TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
   ASSERT_NO_FATAL_FAILURE(StartThree());
@@ -708,6 +705,39 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A sync page the region is slow to read (its orders table locked) holds up neither the peer's
+// batches nor their acks: they used to wait behind it on the stream's reader, up to the region
+// call's 10 s deadline, and the watchdog could take the wait for a silent peer.
+TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
+  test_support::ForgedPeer p(*c_, kEu, kAp);
+  ASSERT_TRUE(p.Hello());
+  pqxx::connection locker(c_->Dsn(kAp, "shard0"));
+  pqxx::work lock(locker);
+  lock.exec("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
+  rpb::Frame sync;
+  sync.mutable_sync_request()->set_group(c_->spec(kAp).replica_id);
+  sync.mutable_sync_request()->set_epoch(1);
+  sync.mutable_sync_request()->set_catch_up(true);
+  ASSERT_TRUE(p.Write(sync));
+  ASSERT_TRUE(p.Write(test_support::CartBatch(
+      c_->spec(kEu).replica_id, services::UserIdForEmail("slow@example.com"), "any", 1)));
+  const auto t0 = std::chrono::steady_clock::now();
+  rpb::Frame ack = p.Next([](const rpb::Frame& in) { return in.has_ack() || in.has_sync_reply(); });
+  const double waited_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(ack.has_ack()) << "the sync reply came first: the region call was not held up";
+  EXPECT_LT(waited_s, 3.0) << "the batch's ack waited behind the sync page";
+  lock.commit();  // the region reads the page now and the reply follows
+  rpb::Frame reply = p.Next([](const rpb::Frame& in) { return in.has_sync_reply(); });
+  EXPECT_TRUE(reply.has_sync_reply());
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
+// Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
+// by a region whose lease epoch is older than the group's fence matches nothing and is counted;
+// a peer's event below the order's epoch changes nothing and is counted.
 TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
   test_support::ClusterOptions o;
   o.name = "stale";

@@ -35,6 +35,7 @@ namespace meridian {
 namespace {
 
 using Json = nlohmann::json;
+using test_support::CartBatch;
 using test_support::Cluster;
 using test_support::ForgedPeer;
 using testing::Request;
@@ -346,26 +347,6 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
       },
       30));
   ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
-}
-
-// A client that speaks the replication protocol with a region's certificate (a buggy or
-// compromised peer), to send what a correct replicator never would.
-rpb::Frame CartBatch(uint32_t origin, const std::string& user_id, const std::string& residency,
-                     int64_t seq) {
-  crdt::Cart cart(origin);
-  crdt::Cart delta = cart.Add("sku-1", 3);
-  rpb::RecordList list;
-  rpb::Record* r = list.add_records();
-  r->set_seq(seq);
-  r->set_kind(rpb::RECORD_KIND_CART);
-  r->set_key(user_id);
-  r->set_payload(crdt::Encode(delta));
-  r->set_residency(residency);
-  r->set_committed_unix_ms(1);
-  rpb::Frame f;
-  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1,
-                                                replication::BatchKind::kDeltas);
-  return f;
 }
 
 TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {

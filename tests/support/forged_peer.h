@@ -1,9 +1,9 @@
 #pragma once
 
-// A test's stand-in for a peer replicator: it opens a replication stream to a region's
-// meridian-replicator with a region's certificate and sends whatever frames the test forges
-// (malformed, out of order, breaking residency), then reports how the real replicator ended the
-// stream. Header-only; link gRPC and the replication proto.
+// A test's stand-in for a peer replicator (a buggy or compromised one): it opens a replication
+// stream to a region's meridian-replicator with a region's certificate and sends whatever frames
+// the test forges (malformed, out of order, breaking residency), then reports how the real
+// replicator ended the stream. Header-only; link gRPC, meridian_replication_core and meridian_crdt.
 
 #include <grpcpp/grpcpp.h>
 
@@ -15,6 +15,9 @@
 #include <utility>
 #include <vector>
 
+#include "crdt/cart.h"
+#include "crdt/codec.h"
+#include "replication/frames.h"
 #include "replication/replication.grpc.pb.h"
 #include "tests/support/cluster.h"
 
@@ -114,5 +117,26 @@ class ForgedPeer {
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> rw_;
 };
+
+// A batch of one cart record from `origin`'s database "shard-0" at `seq`: sku-1 x3 for
+// `user_id`, pinned to `residency` ("any" for none).
+inline ::meridian::replication::v1::Frame CartBatch(uint32_t origin, const std::string& user_id,
+                                                    const std::string& residency, int64_t seq) {
+  namespace rpb = ::meridian::replication::v1;
+  crdt::Cart cart(origin);
+  crdt::Cart delta = cart.Add("sku-1", 3);
+  rpb::RecordList list;
+  rpb::Record* r = list.add_records();
+  r->set_seq(seq);
+  r->set_kind(rpb::RECORD_KIND_CART);
+  r->set_key(user_id);
+  r->set_payload(crdt::Encode(delta));
+  r->set_residency(residency);
+  r->set_committed_unix_ms(1);
+  rpb::Frame f;
+  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1,
+                                                replication::BatchKind::kDeltas);
+  return f;
+}
 
 }  // namespace meridian::test_support
