@@ -5,6 +5,7 @@
 // bearer token can come from a file. Header-only, part of meridian_common.
 
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -57,6 +58,10 @@ inline constexpr size_t kOperatorTokenBytesMin = 16;
 // and `echo` add, "\r\n" included), checked by CheckOperatorToken. NotFound when the file cannot
 // be read, InvalidArgument when its token is unusable; the message names the file.
 [[nodiscard]] inline absl::StatusOr<std::string> ReadOperatorTokenFile(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a folder, not a token file"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
   std::ostringstream text;

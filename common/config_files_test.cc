@@ -68,6 +68,12 @@ TEST_F(TokenFile, AShortOrSpacedTokenNamesTheFile) {
   EXPECT_FALSE(ReadOperatorTokenFile(Write("")).ok());
 }
 
+TEST_F(TokenFile, AFolderIsNotATokenFile) {
+  auto t = ReadOperatorTokenFile(dir_);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("is a folder"), std::string::npos) << t.status();
+}
+
 TEST_F(TokenFile, AMissingFileIsNotFound) {
   auto t = ReadOperatorTokenFile(dir_ + "/none");
   ASSERT_FALSE(t.ok());

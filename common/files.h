@@ -28,24 +28,37 @@ namespace meridian::common {
                                                     const std::string& path) {
   namespace fs = std::filesystem;
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": empty path"));
+  if (path.back() == '/') {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': names a folder"));
+  }
   std::error_code ec;
-  // Follow symlinks by hand so a dangling one is judged by where its target would be written.
-  fs::path target(path);
-  for (int hops = 0; hops < 16 && fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
-    const fs::path next = fs::read_symlink(target, ec);
-    if (ec) break;
-    target = next.is_absolute() ? next : target.parent_path() / next;
+  const bool exists = fs::exists(path, ec);  // through symlinks
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': cannot be checked: ", ec.message()));
   }
-  if (fs::is_directory(target, ec)) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': is a folder"));
-  }
-  if (fs::exists(target, ec)) {
-    std::ofstream out(target, std::ios::app);
+  if (exists) {
+    if (fs::is_directory(path, ec)) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': is a folder"));
+    }
+    // Append mode leaves the contents alone (and works for /dev/stdout or a pipe).
+    std::ofstream out(path, std::ios::app);
     if (!out) {
       return absl::InvalidArgumentError(
           absl::StrCat(flag, " '", path, "': cannot be written (", std::strerror(errno), ")"));
     }
     return absl::OkStatus();
+  }
+  // A new file, or a dangling symlink: judged by where the file would be created.
+  fs::path target(path);
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
+    if (hops == 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " '", path, "': too many levels of symbolic links"));
+    }
+    const fs::path next = fs::read_symlink(target, ec);
+    if (ec) break;
+    target = next.is_absolute() ? next : target.parent_path() / next;
   }
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
   fs::create_directories(parent, ec);

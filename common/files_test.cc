@@ -58,6 +58,16 @@ TEST_F(CheckWritable, DanglingSymlinkIsJudgedByItsTargetAndKept) {
   EXPECT_TRUE(fs::is_symlink(dir_ + "/bad.json"));
 }
 
+TEST_F(CheckWritable, SymlinkLoopsAndFolderPathsAreRefused) {
+  fs::create_symlink("loop-b", dir_ + "/loop-a");
+  fs::create_symlink("loop-a", dir_ + "/loop-b");
+  EXPECT_FALSE(CheckWritableFile("--out", dir_ + "/loop-a").ok());
+  absl::Status st = CheckWritableFile("--out", dir_ + "/out/");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("names a folder"), std::string::npos) << st;
+  EXPECT_FALSE(fs::exists(dir_ + "/out"));
+}
+
 TEST_F(CheckWritable, UnwritableFileNamesTheFlag) {
   absl::Status st = CheckWritableFile("--out", dir_ + "/a-file/results.json");
   EXPECT_FALSE(st.ok());

@@ -112,7 +112,7 @@ class YamlReader {
   // rather than reading as 0.
   double RequiredNumber(const YAML::Node& parent, const std::string& key, const std::string& path,
                         double min, double max) {
-    if (parent && parent.IsMap() && (!parent[key] || parent[key].IsNull())) {
+    if (!parent || !parent.IsMap() || !parent[key] || parent[key].IsNull()) {
       Fail(path, "missing (a number is required)");
       return 0;
     }

@@ -134,7 +134,9 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
         r.Integer<int64_t>(l, "handback_after_ms", lp + "handback_after_ms", 5000, 0, 3600000);
     if (r.ok()) {
       // A ttl too short for the other timings is named as such, with the least that fits them.
-      if (const int64_t min = c.leases.MinTtlMs(); c.leases.ttl_ms < min && min <= kLeaseTtlMsMax) {
+      // (Not when retry_interval_ms is above ttl_ms: Validate names that field.)
+      if (const int64_t min = c.leases.MinTtlMs(); c.leases.ttl_ms < min && min <= kLeaseTtlMsMax &&
+                                                   c.leases.retry_interval_ms <= c.leases.ttl_ms) {
         r.Fail(lp + "ttl_ms",
                absl::StrCat("must be at least ", min,
                             " with these lease timings (the holder's validity, ttl_ms * (1 - 2 * "

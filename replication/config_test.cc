@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -100,6 +101,8 @@ TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
       "coordination: {leases: {ttl_ms: 2900, renew_interval_ms: 1400, alive_timeout_ms: 2800}}\n",
       "coordination.leases.ttl_ms: must be at least 2960");
   expect_error("coordination: {leases: {renew_interval_ms: 5000}}\n", "renew_interval_ms");
+  expect_error("coordination: {leases: {ttl_ms: 3000, retry_interval_ms: 3500}}\n",
+               "leases.retry_interval_ms: must be 10..ttl_ms");
   expect_error("coordination: {rights: {tte_ratio: 0.5}}\n", "coordination.rights.tte_ratio");
   expect_error("coordination: {admin: 127.0.0.1:7400}\n", "coordination.operator_token_file");
   expect_error("coordination: {operator_token_file: /nonexistent/token}\n",
@@ -303,7 +306,9 @@ TEST(WitnessConfig, DeployScriptsTtlMinimumIsLeaseConfigs) {
   std::string line;
   int64_t scripted = -1;
   while (std::getline(in, line)) {
-    if (line.rfind("LEASE_TTL_MIN_MS=", 0) == 0) scripted = std::stoll(line.substr(17));
+    if (line.rfind("LEASE_TTL_MIN_MS=", 0) == 0) {
+      scripted = std::strtoll(line.c_str() + 17, nullptr, 10);  // 0 when not a number
+    }
   }
   EXPECT_EQ(scripted, LeaseConfig{}.MinTtlMs());
 }
