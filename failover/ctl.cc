@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/config_files.h"
 #include "failover/probe.h"
 #include "failover/wire.h"
 
@@ -233,12 +234,14 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadEnvFile(
 absl::StatusOr<ClusterEndpoints> LoadClusterFromDataDir(const std::string& dir) {
   ClusterEndpoints c;
   bool ok = false;
-  c.token = Trim(ReadFile(dir + "/operator_token", &ok));
-  if (!ok) {
+  auto token = common::ReadOperatorTokenFile(dir + "/operator_token");
+  if (absl::IsNotFound(token.status())) {
     return absl::NotFoundError(
         absl::StrCat(dir, "/operator_token: cannot read (is ", dir,
                      " a deploy/meridian data folder? run deploy/meridian up)"));
   }
+  if (!token.ok()) return token.status();
+  c.token = *std::move(token);
   c.audit_file = dir + "/operator-audit.log";
   int n = 1;
   auto cluster = ReadEnvFile(dir + "/cluster.env");

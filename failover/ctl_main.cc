@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "common/config_files.h"
 #include "failover/ctl.h"
 #include "failover/drill.h"
 #include "failover/http_client.h"
@@ -174,10 +175,13 @@ int main(int argc, char** argv) {
     if (!token.empty()) cluster.token = token;
   }
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    std::getline(in, cluster.token);
-    while (!cluster.token.empty() && std::isspace(static_cast<unsigned char>(cluster.token.back())))
-      cluster.token.pop_back();
+    auto t = meridian::common::ReadOperatorTokenFile(token_file);
+    if (!t.ok()) {
+      std::fprintf(stderr, "meridianctl: --token-file: %s\n",
+                   std::string(t.status().message()).c_str());
+      return meridian::common::kUsageExitCode;
+    }
+    cluster.token = *std::move(t);
   }
 
   auto http = meridian::failover::MakeCurlHttpClient();

@@ -408,7 +408,7 @@ TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
     std::ofstream(p) << text;
   };
   EXPECT_TRUE(absl::IsNotFound(LoadClusterFromDataDir(dir.string()).status()));
-  write(dir / "operator_token", "secret-token\n");
+  write(dir / "operator_token", "secret-token-0123456789\n");
   write(dir / "cluster.env", "CLUSTER_REGIONS=3\nLINKS_MODE=netns\nNETNS_SUBNET=10.77.0\n");
   for (int i = 0; i < 3; ++i) {
     const std::string r = kThree[i];
@@ -420,7 +420,7 @@ TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
   write(dir / "geo" / "ports.env", "GEO_PORT=5100\nDNS_PORT=5300\n");
   auto c = LoadClusterFromDataDir(dir.string());
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->token, "secret-token");
+  EXPECT_EQ(c->token, "secret-token-0123456789");
   ASSERT_EQ(c->regions.size(), 3u);
   EXPECT_EQ(c->regions[1].name, "eu-west");
   EXPECT_EQ(c->regions[1].url, "http://10.77.0.2:4000");
