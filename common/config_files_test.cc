@@ -5,7 +5,7 @@
 #include <fstream>
 #include <string>
 
-#include "tests/support/temp_dir.h"
+#include "tests/support/temp_dir_test.h"
 
 namespace meridian::common {
 namespace {
@@ -36,20 +36,13 @@ TEST(CheckOperatorToken, NamesTheRuleThatFailed) {
   EXPECT_FALSE(CheckOperatorToken("0123456789abcdef\xc3\xa9").ok());
 }
 
-class TokenFile : public ::testing::Test {
+class TokenFile : public test_support::TempDirTest {
  protected:
-  void SetUp() override {
-    auto dir = test_support::MakeTempDir("config-files-test", "");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = *dir;
-  }
-  void TearDown() override { test_support::RemoveTempDir(dir_); }
   std::string Write(const std::string& text) {
     const std::string path = dir_ + "/token";
     std::ofstream(path, std::ios::binary) << text;
     return path;
   }
-  std::string dir_;
 };
 
 TEST_F(TokenFile, TrailingWhitespaceIsNotTheToken) {

@@ -7,23 +7,19 @@
 #include <fstream>
 #include <string>
 
-#include "tests/support/temp_dir.h"
+#include "tests/support/temp_dir_test.h"
 
 namespace meridian::common {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir : public ::testing::Test {
+class TempDir : public test_support::TempDirTest {
  protected:
   void SetUp() override {
-    auto dir = test_support::MakeTempDir("files-test", "");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = *dir;
+    ASSERT_NO_FATAL_FAILURE(TempDirTest::SetUp());
     std::ofstream(dir_ + "/a-file") << "keep\n";
   }
-  void TearDown() override { test_support::RemoveTempDir(dir_); }
-  std::string dir_;
 };
 
 using CheckWritable = TempDir;

@@ -208,6 +208,10 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
     r.Fail("operator_token", "exactly one of operator_token and operator_token_file is required");
   } else if (r.ok() && has_token) {
     c.operator_token = r.String(root, "operator_token", "operator_token", true);
+    // (A token file is checked by ReadOperatorTokenFile.)
+    if (absl::Status st = common::CheckOperatorToken(c.operator_token); r.ok() && !st.ok()) {
+      r.Fail("operator_token", std::string(st.message()));
+    }
   } else if (r.ok()) {
     auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(
         base_dir, r.String(root, "operator_token_file", "operator_token_file", true)));
@@ -215,11 +219,6 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
       r.Fail("operator_token_file", std::string(token.status().message()));
     } else {
       c.operator_token = *std::move(token);
-    }
-  }
-  if (r.ok()) {
-    if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
-      r.Fail(has_token ? "operator_token" : "operator_token_file", std::string(st.message()));
     }
   }
   if (!r.ok()) return r.status();

@@ -7,25 +7,23 @@
 #include <string>
 
 #include "failover/drill.h"
-#include "tests/support/temp_dir.h"
+#include "tests/support/temp_dir_test.h"
 
 namespace meridian::failover {
 namespace {
 
 namespace fs = std::filesystem;
 
-class PrepareDrillOptionsTest : public ::testing::Test {
+class PrepareDrillOptionsTest : public test_support::TempDirTest {
  protected:
   void SetUp() override {
-    auto dir = test_support::MakeTempDir("drill-options", "");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = *dir;
+    ASSERT_NO_FATAL_FAILURE(TempDirTest::SetUp());
     std::ofstream(dir_ + "/a-file") << "x\n";
     ::unsetenv("MERIDIAN_DRILL_RATE");
   }
   void TearDown() override {
     ::unsetenv("MERIDIAN_DRILL_RATE");
-    test_support::RemoveTempDir(dir_);
+    TempDirTest::TearDown();
   }
   DrillOptions Options(const std::string& output_dir) {
     DrillOptions o;
@@ -33,7 +31,6 @@ class PrepareDrillOptionsTest : public ::testing::Test {
     o.output_dir = output_dir;
     return o;
   }
-  std::string dir_;
 };
 
 TEST_F(PrepareDrillOptionsTest, CreatesTheOutputFolderBeforeAnythingElse) {

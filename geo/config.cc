@@ -316,20 +316,20 @@ void ParseOperatorToken(YamlReader& r, const YAML::Node& root, GeoConfig& c,
     r.Fail("operator_token", "give exactly one of operator_token or operator_token_file");
     return;
   }
-  std::string path = "operator_token";
-  c.operator_token = inline_token;
-  if (!file.empty()) {
-    path = "operator_token_file";
-    auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(base_dir, file));
-    if (!token.ok()) {
-      r.Fail(path, std::string(token.status().message()));
-      return;
+  if (file.empty()) {
+    if (absl::Status st = common::CheckOperatorToken(inline_token); !st.ok()) {
+      r.Fail("operator_token", std::string(st.message()));
     }
-    c.operator_token = *std::move(token);
+    c.operator_token = inline_token;
+    return;
   }
-  if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
-    r.Fail(path, std::string(st.message()));
+  // ReadOperatorTokenFile checks the token too.
+  auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(base_dir, file));
+  if (!token.ok()) {
+    r.Fail("operator_token_file", std::string(token.status().message()));
+    return;
   }
+  c.operator_token = *std::move(token);
 }
 
 }  // namespace

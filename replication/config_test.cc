@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "replication/witness.h"
-#include "tests/support/temp_dir.h"
+#include "tests/support/temp_dir_test.h"
 
 namespace meridian::replication {
 namespace {
@@ -163,16 +163,12 @@ TEST(ReplicatorConfig, AKeyThatIsNotAStringIsAnErrorNotACrash) {
                     "coordination: field names must be strings");
 }
 
-class ReplicatorConfigFiles : public ::testing::Test {
+class ReplicatorConfigFiles : public test_support::TempDirTest {
  protected:
   void SetUp() override {
-    auto dir = test_support::MakeTempDir("repl-config", "");
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_ = *dir;
+    ASSERT_NO_FATAL_FAILURE(TempDirTest::SetUp());
     std::filesystem::create_directories(dir_ + "/etc");
   }
-  void TearDown() override { test_support::RemoveTempDir(dir_); }
-  std::string dir_;
 };
 
 TEST_F(ReplicatorConfigFiles, RelativePathsAreRelativeToTheConfigFile) {

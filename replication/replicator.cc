@@ -656,12 +656,13 @@ class Session {
       if (done_) return;
       pb::Frame f = std::move(outgoing_.front());
       outgoing_.pop_front();
-      outgoing_bytes_ -= std::min(outgoing_bytes_, UnwindowedBytes(f));
+      const size_t bytes = f.ByteSizeLong();
+      if (!f.has_batch()) outgoing_bytes_ -= std::min(outgoing_bytes_, bytes);  // UnwindowedBytes
       const bool more = !outgoing_.empty();
       writing_ = true;
       l.unlock();
       bool ok = stream_.Write(f, more);
-      if (ok) peer_.m.bytes_sent->Increment(static_cast<double>(f.ByteSizeLong()));
+      if (ok) peer_.m.bytes_sent->Increment(static_cast<double>(bytes));
       l.lock();
       writing_ = false;
       if (done_) state_cv_.notify_all();
