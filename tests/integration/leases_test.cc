@@ -735,6 +735,67 @@ TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A peer that keeps asking for sync pages and never reads their replies: past 64 MiB of replies
+// queued for it the replicator ends the stream (event=replication_peer_not_reading) instead of
+// growing its memory without end, and takes the next stream as usual.
+TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
+  const uint32_t ap = c_->spec(kAp).replica_id;
+  {  // 1,000 orders of ap-south's group with 6 KB each: every page of 500 is a 3 MB reply
+    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+    pqxx::work tx(conn);
+    tx.exec(
+        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+        "owner_region, lease_group, payment_ref, residency) SELECT 'flood-' || lpad(i::text, 4, "
+        "'0'), 'flood-user', 'paid', 100, 'USD', 'r-' || i, 'ap-south', " +
+        tx.quote(ap) + ", repeat(md5(i::text), 190), 'any' FROM generate_series(1, 1000) i");
+    tx.commit();
+  }
+  const std::string log_path = c_->dir() + "/" + c_->spec(kAp).name + "-replicator.log";
+  {
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    // 60 distinct pages (a queued page is not queued twice): 180 MB of replies asked for.
+    for (int i = 0; i < 60; ++i) {
+      rpb::Frame f;
+      f.mutable_sync_request()->set_group(ap);
+      f.mutable_sync_request()->set_epoch(1);
+      f.mutable_sync_request()->set_catch_up(true);
+      char key[16];
+      std::snprintf(key, sizeof key, "flood-%04d", i);
+      f.mutable_sync_request()->set_after_key(key);
+      if (!p.Write(f)) break;  // the stream is already gone
+    }
+    // Give the replicator time to read the pages (heartbeats keep the stream from looking
+    // silent), then read: the stream must end cancelled before all 60 replies are handed over.
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10) &&
+           test_support::forged_peer_detail::ReadFileOrEmpty(log_path).find(
+               "event=replication_peer_not_reading") == std::string::npos) {
+      rpb::Frame beat;
+      beat.mutable_heartbeat();
+      if (!p.Write(beat)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    int replies = 0;
+    p.Next([&](const rpb::Frame& in) {
+      replies += in.has_sync_reply();
+      return false;
+    });
+    EXPECT_LT(replies, 60) << "every reply was delivered: nothing capped the queue";
+    EXPECT_EQ(p.Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  const std::string log = test_support::forged_peer_detail::ReadFileOrEmpty(log_path);
+  EXPECT_NE(log.find("event=replication_peer_not_reading peer=eu-west"), std::string::npos)
+      << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+  {  // the replicator is well and takes the next stream
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    EXPECT_TRUE(p.Hello());
+  }
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
 // Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
 // by a region whose lease epoch is older than the group's fence matches nothing and is counted;
 // a peer's event below the order's epoch changes nothing and is counted.

@@ -90,6 +90,9 @@ class ForgedPeer {
     return Next([](const Frame& f) { return f.has_batch(); }).batch();
   }
 
+  // How the stream ended; call once Next or NextBatch found it ended.
+  grpc::Status Finish() { return rw_->Finish(); }
+
   // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
   grpc::Status SendAllAndFinish(const std::vector<Frame>& frames) {
     for (const Frame& f : frames) (void)rw_->Write(f);
