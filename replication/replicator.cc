@@ -108,6 +108,7 @@ struct PeerMetrics {
   prometheus::Gauge* connected;
   prometheus::Counter* survivor_sent;     // exchanges after a loss where we sent our documents
   prometheus::Counter* survivor_skipped;  // ... where the peer already had what we have
+  prometheus::Counter* survivor_parked;   // peer's marks for a loss this region has not seen
   prometheus::Counter* survivor_records;  // state records sent in those exchanges
 };
 
@@ -142,11 +143,14 @@ struct PeerState {
   // Queues a frame on the live session (coordination frames); empty while there is none.
   std::shared_ptr<Outlet> send;
   // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
-  // the lost regions whose marks we owe the peer, and the peer's marks for lost regions, still
-  // to be compared with ours.
+  // the lost regions whose marks we owe the peer; the peer's marks for lost regions, still to
+  // be compared with ours; and the lost regions for which we answer the peer's marks, once per
+  // takeover our coordinator saw (marks for any other region wait in peer_marks for one: a
+  // peer cannot make us send our documents unasked, or again and again).
   std::set<uint32_t> owe_marks;
   std::map<uint32_t, std::map<std::string, int64_t>> peer_marks;
-  std::atomic<bool> exchange_asked{false};  // either of the two is not empty
+  std::set<uint32_t> answer_marks;
+  std::atomic<bool> exchange_asked{false};  // there may be something to send or compare
   // The keys of the peer's records applied here lately: should the peer be lost, what another
   // survivor lacks of it is sent as just the documents those records touched.
   RecentKeys recent;
@@ -487,8 +491,9 @@ struct Replicator::Impl {
                          .Name("meridian_replication_survivor_exchanges_total")
                          .Help(
                              "After a region was lost: whether we sent the peer our documents "
-                             "(outcome=documents_sent) or it had every record of the lost "
-                             "region we have (outcome=skipped)")
+                             "(outcome=documents_sent), it had every record of the lost region "
+                             "we have (outcome=skipped), or its marks came for a loss this "
+                             "region had not seen and wait for it (outcome=parked)")
                          .Register(*registry);
     auto& survivor_docs = prometheus::BuildCounter()
                               .Name("meridian_replication_survivor_state_records_total")
@@ -513,6 +518,7 @@ struct Replicator::Impl {
       p->m.connected = &connected.Add(l);
       p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
       p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
+      p->m.survivor_parked = &survivor.Add({{"peer", p->config.name}, {"outcome", "parked"}});
       p->m.survivor_records = &survivor_docs.Add(l);
     }
   }
@@ -1471,8 +1477,9 @@ class Session {
   // the coordinator: owe_marks); a survivor whose mark for one of them is higher than the
   // peer's sends the peer the documents that the records in between touched (or, where it does
   // not know them, all its documents), which the peer joins; one that is not ahead sends
-  // nothing (the usual case: the lost region had shipped the same to both). Whatever fails on
-  // the way stays asked. False when the session failed.
+  // nothing (the usual case: the lost region had shipped the same to both). A survivor answers
+  // a peer's marks only for a takeover its own coordinator saw, once per takeover
+  // (answer_marks). Whatever fails on the way stays asked. False when the session failed.
   bool ExchangeAfterLossIfAsked(std::vector<Cursor>& cursors) {
     // A plain load first: this runs on every turn of the ship loop, and is almost never set.
     if (!peer_.exchange_asked.load(std::memory_order_relaxed) ||
@@ -1484,12 +1491,21 @@ class Session {
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       owe.swap(peer_.owe_marks);
-      theirs.swap(peer_.peer_marks);
+      for (auto it = peer_.peer_marks.begin(); it != peer_.peer_marks.end();) {
+        if (peer_.answer_marks.erase(it->first) == 0) {
+          ++it;  // parked until our coordinator sees that region taken over
+          continue;
+        }
+        theirs.insert(peer_.peer_marks.extract(it++));
+      }
     }
     auto ask_again = [&] {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.owe_marks.insert(owe.begin(), owe.end());
-      for (auto& [lost, marks] : theirs) peer_.peer_marks.try_emplace(lost, std::move(marks));
+      for (auto& [lost, marks] : theirs) {
+        peer_.peer_marks.try_emplace(lost, std::move(marks));
+        peer_.answer_marks.insert(lost);
+      }
       peer_.exchange_asked = true;
       return false;
     };
@@ -1603,11 +1619,18 @@ class Session {
                                    a.origin_database(), "\""));
       }
     }
-    spdlog::info("event=survivor_marks_received peer={} lost_replica={} marks={}",
-                 peer_.config.name, m.lost(), marks.size());
+    bool awaited;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.peer_marks[m.lost()] = std::move(marks);
+      awaited = peer_.answer_marks.count(m.lost()) > 0;
+    }
+    spdlog::info("event=survivor_marks_received peer={} lost_replica={} marks={} awaited={}",
+                 peer_.config.name, m.lost(), m.applied_size(), awaited);
+    if (!awaited) {
+      // Not (yet) a loss here: compared once our coordinator sees the takeover, if ever.
+      peer_.m.survivor_parked->Increment();
+      return absl::OkStatus();
     }
     peer_.exchange_asked = true;
     return absl::OkStatus();
@@ -1913,6 +1936,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         {
           std::lock_guard<std::mutex> l(p->mu);
           fresh = p->owe_marks.insert(lost).second;
+          p->answer_marks.insert(lost);
         }
         p->exchange_asked = true;
         if (fresh) {

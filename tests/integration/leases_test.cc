@@ -735,6 +735,32 @@ TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A peer's survivor marks for a region no one took over (a buggy or hostile peer, or one that
+// saw a takeover before we did) are parked, not answered: they used to make us send it our
+// documents of that region, every one of them when our recent keys did not cover the gap.
+TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  for (int i = 0; i < 3; ++i) Customer(kUs, "held" + std::to_string(i) + "@example.com");
+  ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
+  test_support::ForgedPeer p(*c_, kEu, kAp);
+  ASSERT_TRUE(p.Hello());
+  rpb::Frame marks;
+  marks.mutable_survivor_marks()->set_lost(c_->spec(kUs).replica_id);  // "we hold none of it"
+  ASSERT_TRUE(p.Write(marks));
+  ASSERT_TRUE(Eventually([&] { return Exchanges(kAp, "parked", "eu-west") == 1; }, 10))
+      << "ap-south never took the marks";
+  // Answered marks send documents within a ship-loop turn; give them three seconds.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(Exchanges(kAp, "documents_sent", "eu-west"), 0);
+  EXPECT_EQ(Exchanges(kAp, "skipped", "eu-west"), 0);
+  EXPECT_EQ(
+      ReplicatorMetric(kAp, "meridian_replication_survivor_state_records_total{peer=\"eu-west\"}"),
+      0);
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
 // A peer that keeps asking for sync pages and never reads their replies: past 64 MiB of replies
 // queued for it the replicator ends the stream (event=replication_peer_not_reading) instead of
 // growing its memory without end, and takes the next stream as usual.
