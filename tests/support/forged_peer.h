@@ -33,11 +33,12 @@ inline std::string ReadFileOrEmpty(const std::string& path) {
 }  // namespace forged_peer_detail
 
 // Speaks as region `as` (its certificate from `cert_dir`, the cluster's by default) to region
-// `to`'s replicator. The stream has a 15 s deadline.
+// `to`'s replicator. The stream has a deadline of `deadline` (15 s by default).
 class ForgedPeer {
  public:
   using Frame = ::meridian::replication::v1::Frame;
-  ForgedPeer(const Cluster& c, size_t as, size_t to, const std::string& cert_dir = "") {
+  ForgedPeer(const Cluster& c, size_t as, size_t to, const std::string& cert_dir = "",
+             std::chrono::seconds deadline = std::chrono::seconds(15)) {
     const std::string dir = cert_dir.empty() ? c.cert_dir() : cert_dir;
     grpc::SslCredentialsOptions tls;
     tls.pem_root_certs = forged_peer_detail::ReadFileOrEmpty(c.cert_dir() + "/ca.pem");
@@ -49,7 +50,7 @@ class ForgedPeer {
     channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(c.replication_port(to)),
                                          grpc::SslCredentials(tls), args);
     stub_ = ::meridian::replication::v1::Replication::NewStub(channel_);
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+    ctx_.set_deadline(std::chrono::system_clock::now() + deadline);
     rw_ = stub_->Stream(&ctx_);
     spec_ = c.spec(as);
   }
