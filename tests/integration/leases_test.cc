@@ -188,6 +188,15 @@ class LeasesTest : public ::testing::Test {
     }
   }
 
+  // Three regions with their leases settled, and records of us-east (three customers) that both
+  // other regions applied: what a survivors' exchange about us-east would send.
+  void StartThreeWithUsEastRecordsEverywhere() {
+    ASSERT_NO_FATAL_FAILURE(StartThree());
+    LeasesSettled();
+    for (int i = 0; i < 3; ++i) Customer(kUs, "held" + std::to_string(i) + "@example.com");
+    ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
+  }
+
   // A replicator's count of the survivors' exchanges with `peer` that ended in `outcome`.
   double Exchanges(size_t at, const std::string& outcome, const std::string& peer) {
     return ReplicatorMetric(at, "meridian_replication_survivor_exchanges_total{outcome=\"" +
@@ -739,10 +748,7 @@ TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
 // saw a takeover before we did) are parked, not answered: they used to make us send it our
 // documents of that region, every one of them when our recent keys did not cover the gap.
 TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
-  ASSERT_NO_FATAL_FAILURE(StartThree());
-  LeasesSettled();
-  for (int i = 0; i < 3; ++i) Customer(kUs, "held" + std::to_string(i) + "@example.com");
-  ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
+  ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
   test_support::ForgedPeer p(*c_, kEu, kAp);
   ASSERT_TRUE(p.Hello());
@@ -766,10 +772,7 @@ TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
 // from. Before, the exchange ran once per takeover, and a survivor could lack the lost region's
 // records until it came back.
 TEST_F(LeasesTest, SurvivorsExchangeAgainOnEveryNewSession) {
-  ASSERT_NO_FATAL_FAILURE(StartThree());
-  LeasesSettled();
-  for (int i = 0; i < 3; ++i) Customer(kUs, "again" + std::to_string(i) + "@example.com");
-  ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
+  ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return Exchanges(kAp, "skipped", "eu-west") >= 1; }, 30))
