@@ -415,38 +415,6 @@ struct Replicator::Impl {
   std::unique_ptr<prometheus::Exposer> exposer;
   std::map<std::string, int64_t> truncated;  // per local database, housekeeping thread only
   std::unique_ptr<OutboxFeed> feed;
-  // Regions our coordinator saw taken over and that we have not heard from since (guarded by
-  // lost_mu): every new session with another survivor exchanges marks for them again, since
-  // what a session queued (marks, documents) is lost with it when it breaks.
-  std::mutex lost_mu;
-  std::set<uint32_t> lost_regions;
-
-  // Asks for the survivors' exchange about `lost` with `p` (ExchangeAfterLossIfAsked): our
-  // marks go out, and the peer's are answered once.
-  static void AskExchange(PeerState& p, uint32_t lost) {
-    bool fresh;
-    {
-      std::lock_guard<std::mutex> l(p.mu);
-      fresh = p.owe_marks.insert(lost).second;
-      p.answer_marks.insert(lost);
-    }
-    p.exchange_asked = true;
-    if (fresh) {
-      spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p.config.name, lost);
-    }
-  }
-
-  // A session with `p` is up: `p` is not lost (any more), and the exchange about every other
-  // lost region runs again on it.
-  void SessionUp(PeerState& p) {
-    std::vector<uint32_t> lost;
-    {
-      std::lock_guard<std::mutex> l(lost_mu);
-      lost_regions.erase(p.config.replica_id);
-      lost.assign(lost_regions.begin(), lost_regions.end());
-    }
-    for (uint32_t x : lost) AskExchange(p, x);
-  }
 
   // Sleeps up to `d`; false when the replicator is stopping.
   bool SleepFor(std::chrono::milliseconds d) {
@@ -671,8 +639,8 @@ class Session {
       }
     }
     if (cut) {
-      spdlog::warn("event=replication_peer_not_reading peer={} queued_bytes={}", peer_.config.name,
-                   queued);
+      spdlog::warn("event=replication_peer_not_reading peer={} queued_bytes={} frame_bytes={}",
+                   peer_.config.name, queued, bytes);
       stream_.Cancel();
       return false;
     }
@@ -787,7 +755,6 @@ class Session {
       peer_.send = outlet_;
     }
     if (r_.coordinator) r_.coordinator->OnPeerUp(peer_.config.replica_id);
-    r_.SessionUp(peer_);
     spdlog::info("event=replication_stream_up peer={} resume=\"{}\"", peer_.config.name, [&] {
       std::string s;
       for (const Cursor& c : cursors) absl::StrAppend(&s, c.stream, ":", c.after_seq, " ");
@@ -856,7 +823,7 @@ class Session {
       if (!apply_status_.ok()) result = apply_status_;
       if (result.ok() && not_reading_) {
         result = absl::ResourceExhaustedError(
-            "the peer does not read: 64 MiB of replies and acks queued for it");
+            "the peer does not read: its replies and acks would pass 64 MiB queued");
       }
     }
     if (result.ok() && !r_.stopping) result = absl::UnavailableError("the peer closed the stream");
@@ -1963,13 +1930,18 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           return false;
         });
     raw->coordinator->OnRegionTakenOver([raw](RegionId lost) {
-      {
-        std::lock_guard<std::mutex> l(raw->lost_mu);
-        raw->lost_regions.insert(lost);
-      }
       for (auto& p : raw->peers) {
         if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
-        Impl::AskExchange(*p, lost);
+        bool fresh;
+        {
+          std::lock_guard<std::mutex> l(p->mu);
+          fresh = p->owe_marks.insert(lost).second;
+          p->answer_marks.insert(lost);
+        }
+        p->exchange_asked = true;
+        if (fresh) {
+          spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
+        }
       }
     });
     if (absl::Status st = raw->coordinator->Start(); !st.ok()) {

@@ -767,35 +767,6 @@ TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
-// What one session queued for the survivors' exchange (marks, documents) is lost with it when
-// it breaks: every new session with a survivor exchanges again, until the lost region is heard
-// from. Before, the exchange ran once per takeover, and a survivor could lack the lost region's
-// records until it came back.
-TEST_F(LeasesTest, SurvivorsExchangeAgainOnEveryNewSession) {
-  ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return Exchanges(kAp, "skipped", "eu-west") >= 1; }, 30))
-      << "ap-south never compared its marks of us-east with eu-west's";
-  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
-  const uint32_t us = c_->spec(kUs).replica_id;
-  for (int session = 0; session < 2; ++session) {
-    test_support::ForgedPeer p(*c_, kEu, kAp);
-    ASSERT_TRUE(p.Hello());
-    rpb::Frame marks = p.Next([](const rpb::Frame& in) { return in.has_survivor_marks(); });
-    ASSERT_TRUE(marks.has_survivor_marks()) << "session " << session << ": no marks came";
-    EXPECT_EQ(marks.survivor_marks().lost(), us);
-    // "We hold none of us-east": ap-south answers with its documents of it.
-    rpb::Frame ours;
-    ours.mutable_survivor_marks()->set_lost(us);
-    ASSERT_TRUE(p.Write(ours));
-    rpb::Frame docs =
-        p.Next([](const rpb::Frame& in) { return in.has_batch() && in.batch().state(); });
-    EXPECT_TRUE(docs.has_batch()) << "session " << session << ": the marks were not answered";
-  }
-  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
-}
-
 // A peer that keeps asking for sync pages and never reads their replies: past 64 MiB of replies
 // queued for it the replicator ends the stream (event=replication_peer_not_reading) instead of
 // growing its memory without end, and takes the next stream as usual.
