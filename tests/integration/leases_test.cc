@@ -681,11 +681,7 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
   {  // a catch-up sync request for ap-south's own group: a page of its orders comes back
     test_support::ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame f;
-    f.mutable_sync_request()->set_group(ap);
-    f.mutable_sync_request()->set_epoch(1);
-    f.mutable_sync_request()->set_catch_up(true);
-    ASSERT_TRUE(p.Write(f));
+    ASSERT_TRUE(p.Write(test_support::CatchUpRequest(ap)));
     rpb::Frame reply = p.Next([](const rpb::Frame& in) { return in.has_sync_reply(); });
     ASSERT_TRUE(reply.has_sync_reply());
     EXPECT_EQ(reply.sync_reply().group(), ap);
@@ -725,11 +721,7 @@ TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
   pqxx::connection locker(c_->Dsn(kAp, "shard0"));
   pqxx::work lock(locker);
   lock.exec("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
-  rpb::Frame sync;
-  sync.mutable_sync_request()->set_group(c_->spec(kAp).replica_id);
-  sync.mutable_sync_request()->set_epoch(1);
-  sync.mutable_sync_request()->set_catch_up(true);
-  ASSERT_TRUE(p.Write(sync));
+  ASSERT_TRUE(p.Write(test_support::CatchUpRequest(c_->spec(kAp).replica_id)));
   ASSERT_TRUE(p.Write(test_support::CartBatch(
       c_->spec(kEu).replica_id, services::UserIdForEmail("slow@example.com"), "any", 1)));
   const auto t0 = std::chrono::steady_clock::now();
@@ -792,13 +784,9 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
     // 90 distinct pages (a queued page is not queued twice): 180 MB of replies asked for.
     constexpr int kPages = 90;
     for (int i = 0; i < kPages; ++i) {
-      rpb::Frame f;
-      f.mutable_sync_request()->set_group(ap);
-      f.mutable_sync_request()->set_epoch(1);
-      f.mutable_sync_request()->set_catch_up(true);
       // flood-0000, flood-0001, ...: page i starts after the i-th order's id
-      f.mutable_sync_request()->set_after_key("flood-" + std::to_string(10000 + i).substr(1));
-      if (!p.Write(f)) break;  // the stream is already gone
+      const std::string after = "flood-" + std::to_string(10000 + i).substr(1);
+      if (!p.Write(test_support::CatchUpRequest(ap, after))) break;  // the stream is gone
     }
     // Wait, reading nothing (heartbeats keep the stream from looking silent), until the
     // replicator says it cut the stream; then read: fewer than all the replies come.

@@ -122,6 +122,18 @@ class ForgedPeer {
   std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> rw_;
 };
 
+// A catch-up sync request for `group`'s orders at epoch 1 (read-only: no fence moves), the page
+// after `after_key`.
+inline ::meridian::replication::v1::Frame CatchUpRequest(uint32_t group,
+                                                         const std::string& after_key = "") {
+  ::meridian::replication::v1::Frame f;
+  f.mutable_sync_request()->set_group(group);
+  f.mutable_sync_request()->set_epoch(1);
+  f.mutable_sync_request()->set_catch_up(true);
+  f.mutable_sync_request()->set_after_key(after_key);
+  return f;
+}
+
 // A batch of one cart record from `origin`'s database "shard-0" at `seq`: sku-1 x3 for
 // `user_id`, pinned to `residency` ("any" for none).
 inline ::meridian::replication::v1::Frame CartBatch(uint32_t origin, const std::string& user_id,
