@@ -106,10 +106,11 @@ struct PeerMetrics {
   prometheus::Counter* rejected;
   prometheus::Counter* applied;
   prometheus::Gauge* connected;
-  prometheus::Counter* survivor_sent;     // exchanges after a loss where we sent our documents
-  prometheus::Counter* survivor_skipped;  // ... where the peer already had what we have
-  prometheus::Counter* survivor_parked;   // peer's marks for a loss this region has not seen
-  prometheus::Counter* survivor_records;  // state records sent in those exchanges
+  prometheus::Counter* survivor_sent;       // exchanges after a loss where we sent our documents
+  prometheus::Counter* survivor_skipped;    // ... where the peer already had what we have
+  prometheus::Counter* survivor_parked;     // peer's marks for a loss this region has not seen
+  prometheus::Counter* survivor_confirmed;  // the peer applied our answer: the exchange is done
+  prometheus::Counter* survivor_records;    // state records sent in those exchanges
 };
 
 // A live session's way out for coordination frames. The coordinator sends through a copy taken
@@ -143,10 +144,12 @@ struct PeerState {
   // Queues a frame on the live session (coordination frames); empty while there is none.
   std::shared_ptr<Outlet> send;
   // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
-  // the lost regions whose marks we owe the peer; the peer's marks for lost regions, still to
-  // be compared with ours; and the lost regions for which we answer the peer's marks, once per
-  // takeover our coordinator saw (marks for any other region wait in peer_marks for one: a
-  // peer cannot make us send our documents unasked, or again and again).
+  // the lost regions whose exchange with the peer is not done (our marks go out once per
+  // session until the peer's answer, and what came before it, is applied here); the peer's
+  // marks for lost regions, still to be compared with ours; and the lost regions for which we
+  // answer the peer's marks, once per session, from a takeover our coordinator saw until the
+  // peer confirms (marks for any other region wait in peer_marks: a peer cannot make us send
+  // our documents unasked, or again and again on one session).
   std::set<uint32_t> owe_marks;
   std::map<uint32_t, std::map<std::string, int64_t>> peer_marks;
   std::set<uint32_t> answer_marks;
@@ -493,7 +496,8 @@ struct Replicator::Impl {
                              "After a region was lost: whether we sent the peer our documents "
                              "(outcome=documents_sent), it had every record of the lost region "
                              "we have (outcome=skipped), or its marks came for a loss this "
-                             "region had not seen (yet) and wait for it (outcome=parked)")
+                             "region had not seen (yet) and wait for it (outcome=parked); "
+                             "outcome=confirmed: the peer applied our answer, the exchange is done")
                          .Register(*registry);
     auto& survivor_docs = prometheus::BuildCounter()
                               .Name("meridian_replication_survivor_state_records_total")
@@ -519,6 +523,7 @@ struct Replicator::Impl {
       p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
       p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
       p->m.survivor_parked = &survivor.Add({{"peer", p->config.name}, {"outcome", "parked"}});
+      p->m.survivor_confirmed = &survivor.Add({{"peer", p->config.name}, {"outcome", "confirmed"}});
       p->m.survivor_records = &survivor_docs.Add(l);
     }
   }
@@ -739,6 +744,9 @@ class Session {
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
+      // A survivors' exchange not done yet (its frames may have been lost with the last
+      // session): our marks go out again, the peer's wait for an answer.
+      if (!peer_.owe_marks.empty()) peer_.exchange_asked = true;
       for (const auto& [db, stream] : dbs) {
         Cursor c{db, stream, 0, 0, 0, false};
         for (const auto& a : ph.applied())
@@ -794,6 +802,12 @@ class Session {
           break;
         case pb::Frame::kSurvivorMarks:
           result = TakeSurvivorMarks(f.survivor_marks());
+          break;
+        case pb::Frame::kSurvivorAnswer:
+          result = TakeSurvivorAnswer(f.survivor_answer());
+          break;
+        case pb::Frame::kSurvivorConfirm:
+          result = TakeSurvivorConfirm(f.survivor_confirm());
           break;
         case pb::Frame::kHello:
           result = Reject("a second hello on one stream");
@@ -939,6 +953,7 @@ class Session {
     }
     apply_bytes_ += p.bytes;
     ++apply_queued_;
+    ++queue->second.queued;
     queue->second.batches.push_back(std::move(p));
     queue->second.cv.notify_one();
     return absl::OkStatus();
@@ -948,6 +963,7 @@ class Session {
   // in one ApplyDeltas call (at most 10,000 records; a state transfer's batches apart).
   void ApplyLoop(const std::string& origin_db) {
     bool busy = false;
+    uint64_t taken = 0;  // batches in this call
     while (true) {
       rpb::ApplyDeltasRequest req;
       int64_t first_seq = 0;
@@ -968,6 +984,7 @@ class Session {
         req.set_state(queue.front().state);
         first_seq = queue.front().first_seq;
         queued_at = queue.front().queued_at;
+        taken = 0;
         while (!queue.empty()) {
           Pending& p = queue.front();
           if (p.state != req.state()) break;
@@ -979,6 +996,7 @@ class Session {
           req.set_through_seq(std::max(req.through_seq(), p.last_seq));
           apply_bytes_ -= p.bytes;
           --apply_queued_;
+          ++taken;
           queue.pop_front();
         }
         state_cv_.notify_all();  // a reader held back by the queue's size
@@ -1030,6 +1048,7 @@ class Session {
         std::lock_guard<std::mutex> l(mu_);
         int64_t& through = applied_through_[origin_db];
         through = std::max(through, req.through_seq());
+        apply_queues_[origin_db].applied += taken;
       }
       pb::Frame ack;
       ack.mutable_ack()->set_origin_database(origin_db);
@@ -1042,6 +1061,7 @@ class Session {
         state_cv_.notify_all();
         return;
       }
+      ConfirmAppliedAnswers();
     }
   }
 
@@ -1477,8 +1497,11 @@ class Session {
   // the coordinator: owe_marks); a survivor whose mark for one of them is higher than the
   // peer's sends the peer the documents that the records in between touched (or, where it does
   // not know them, all its documents), which the peer joins; one that is not ahead sends
-  // nothing (the usual case: the lost region had shipped the same to both). A survivor answers
-  // a peer's marks only for a takeover its own coordinator saw, once per takeover
+  // nothing (the usual case: the lost region had shipped the same to both). Either way it then
+  // sends a SurvivorAnswer, and the asker, once it applied what came before the answer, a
+  // SurvivorConfirm: until then the asker sends its marks again on every new session, since
+  // frames queued on a session that breaks are lost. A survivor answers a peer's marks only for
+  // a takeover its own coordinator saw, at most once per session, until the peer confirms
   // (answer_marks). Whatever fails on the way stays asked. False when the session failed.
   bool ExchangeAfterLossIfAsked(std::vector<Cursor>& cursors) {
     // A plain load first: this runs on every turn of the ship loop, and is almost never set.
@@ -1490,21 +1513,31 @@ class Session {
     Marks theirs;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
-      owe.swap(peer_.owe_marks);
+      for (uint32_t lost : peer_.owe_marks)
+        if (!marks_sent_.count(lost)) owe.insert(lost);
       for (auto it = peer_.peer_marks.begin(); it != peer_.peer_marks.end();) {
-        if (peer_.answer_marks.erase(it->first) == 0) {
-          ++it;  // parked until our coordinator sees that region taken over
+        if (!peer_.answer_marks.count(it->first) || answered_.count(it->first)) {
+          ++it;  // parked until our coordinator sees that region taken over, or the next session
           continue;
         }
         theirs.insert(peer_.peer_marks.extract(it++));
       }
     }
+    if (owe.empty() && theirs.empty()) return true;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& [lost, marks] : theirs) answered_.insert(lost);
+      marks_sent_.insert(owe.begin(), owe.end());  // before the peer can answer
+    }
     auto ask_again = [&] {
-      std::lock_guard<std::mutex> l(peer_.mu);
-      peer_.owe_marks.insert(owe.begin(), owe.end());
-      for (auto& [lost, marks] : theirs) {
-        peer_.peer_marks.try_emplace(lost, std::move(marks));
-        peer_.answer_marks.insert(lost);
+      {
+        std::lock_guard<std::mutex> l(peer_.mu);
+        for (auto& [lost, marks] : theirs) peer_.peer_marks.try_emplace(lost, std::move(marks));
+      }
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (const auto& [lost, marks] : theirs) answered_.erase(lost);
+        for (uint32_t lost : owe) marks_sent_.erase(lost);
       }
       peer_.exchange_asked = true;
       return false;
@@ -1514,32 +1547,41 @@ class Session {
     // the documents rather than skipping them.
     Marks resume, highest;
     if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return ask_again();
-    for (auto it = owe.begin(); it != owe.end(); it = owe.erase(it)) {
+    for (uint32_t lost : owe) {
       pb::Frame f;
       pb::SurvivorMarks* sm = f.mutable_survivor_marks();
-      sm->set_lost(*it);
-      for (const auto& [db, seq] : resume[*it]) {
+      sm->set_lost(lost);
+      for (const auto& [db, seq] : resume[lost]) {
         pb::AckedSeq* a = sm->add_applied();
         a->set_origin_database(db);
         a->set_seq(seq);
       }
       if (!Write(std::move(f))) return ask_again();
       spdlog::info("event=survivor_marks_sent peer={} lost_replica={} marks=\"{}\"",
-                   peer_.config.name, *it, Describe(resume[*it]));
+                   peer_.config.name, lost, Describe(resume[lost]));
     }
+    if (theirs.empty()) return true;
     DocumentKeys keys;
     bool every_document = false;
-    if (!WhatThePeerLacks(theirs, highest, &keys, &every_document)) return true;
     int64_t sent = 0;
-    for (Cursor& c : cursors) {
-      if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
+    if (WhatThePeerLacks(theirs, highest, &keys, &every_document)) {
+      for (Cursor& c : cursors) {
+        if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
+      }
+      size_t n_keys = 0;
+      for (const auto& [kind, k] : keys) n_keys += k.size();
+      peer_.m.survivor_sent->Increment();
+      peer_.m.survivor_records->Increment(static_cast<double>(sent));
+      spdlog::info("event=survivor_state_sent peer={} records={} scope={}", peer_.config.name, sent,
+                   every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
     }
-    size_t n_keys = 0;
-    for (const auto& [kind, k] : keys) n_keys += k.size();
-    peer_.m.survivor_sent->Increment();
-    peer_.m.survivor_records->Increment(static_cast<double>(sent));
-    spdlog::info("event=survivor_state_sent peer={} records={} scope={}", peer_.config.name, sent,
-                 every_document ? "every_document" : absl::StrCat(n_keys, "_keys"));
+    // The answers follow the documents on the stream: the peer confirms once it applied them.
+    for (const auto& [lost, marks] : theirs) {
+      pb::Frame f;
+      f.mutable_survivor_answer()->set_lost(lost);
+      f.mutable_survivor_answer()->set_records(static_cast<uint64_t>(sent));
+      if (!Write(std::move(f))) return ask_again();
+    }
     return true;
   }
 
@@ -1636,6 +1678,82 @@ class Session {
     return absl::OkStatus();
   }
 
+  // The peer's answer to our marks on this stream. Once every batch the stream carried before
+  // it (the peer's documents) is applied here, the exchange is done (ConfirmAppliedAnswers).
+  absl::Status TakeSurvivorAnswer(const pb::SurvivorAnswer& a) {
+    bool asked;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      asked = marks_sent_.count(a.lost()) > 0 && answers_taken_.insert(a.lost()).second;
+      if (asked) {
+        AnswerToConfirm c{a.lost(), {}};
+        for (const auto& [db, queue] : apply_queues_) c.queued[db] = queue.queued;
+        to_confirm_.push_back(std::move(c));
+      }
+    }
+    if (!asked) {
+      return Reject(
+          absl::StrCat("a survivor answer about replica ", a.lost(),
+                       " that our marks did not ask for on this stream, or a second one"));
+    }
+    spdlog::info("event=survivor_answer_received peer={} lost_replica={} records={}",
+                 peer_.config.name, a.lost(), a.records());
+    ConfirmAppliedAnswers();
+    return absl::OkStatus();
+  }
+
+  // Confirms the peer's answers whose batches are applied: the exchange about that lost region
+  // is done, our marks stop going out, and the peer stops answering.
+  void ConfirmAppliedAnswers() {
+    std::vector<uint32_t> done;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (to_confirm_.empty()) return;
+      std::erase_if(to_confirm_, [&](const AnswerToConfirm& c) {
+        for (const auto& [db, queued] : c.queued) {
+          auto q = apply_queues_.find(db);
+          if (q != apply_queues_.end() && q->second.applied < queued) return false;
+        }
+        done.push_back(c.lost);
+        // A later takeover of the same region starts a new exchange on this session.
+        marks_sent_.erase(c.lost);
+        answers_taken_.erase(c.lost);
+        return true;
+      });
+    }
+    for (uint32_t lost : done) {
+      {
+        std::lock_guard<std::mutex> l(peer_.mu);
+        peer_.owe_marks.erase(lost);
+      }
+      spdlog::info("event=survivor_exchange_done peer={} lost_replica={}", peer_.config.name, lost);
+      pb::Frame f;
+      f.mutable_survivor_confirm()->set_lost(lost);
+      (void)Write(std::move(f));  // lost with the session: the peer answers once more, no harm
+    }
+  }
+
+  // The peer applied our answer about a lost region: we answer its marks about it no more.
+  absl::Status TakeSurvivorConfirm(const pb::SurvivorConfirm& c) {
+    bool answered;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      answered = answered_.erase(c.lost()) > 0;
+    }
+    if (!answered) {
+      return Reject(absl::StrCat("a survivor confirm about replica ", c.lost(),
+                                 ", whose marks we did not answer on this stream"));
+    }
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.answer_marks.erase(c.lost());
+    }
+    peer_.m.survivor_confirmed->Increment();
+    spdlog::info("event=survivor_exchange_confirmed peer={} lost_replica={}", peer_.config.name,
+                 c.lost());
+    return absl::OkStatus();
+  }
+
   bool Heartbeat() {
     pb::Frame f;
     f.mutable_heartbeat()->set_sent_unix_ms(UnixMs());
@@ -1658,7 +1776,8 @@ class Session {
   static constexpr size_t kCoordinationQueued = 64;
   struct ApplyQueue {
     std::deque<Pending> batches;
-    std::condition_variable cv;  // its applier waits here
+    std::condition_variable cv;        // its applier waits here
+    uint64_t queued = 0, applied = 0;  // batches, this session
   };
   std::map<std::string, ApplyQueue> apply_queues_;  // per origin database
   std::map<std::string, std::thread> appliers_;
@@ -1695,6 +1814,16 @@ class Session {
   std::atomic<bool> over_{false};   // done_, for waits outside mu_
   bool staging_ = false;            // sender thread only: SendBatch stages its frame
   std::vector<pb::Frame> staged_;
+  // The survivors' exchange on this session (ExchangeAfterLossIfAsked), guarded by mu_ and
+  // written by the sender thread only: the lost regions our marks went out for (and the
+  // answers to them that came), the peer's marks we answered, and the answers waiting for their
+  // batches to be applied before we confirm them (per origin database: ApplyQueue::queued).
+  std::set<uint32_t> marks_sent_, answers_taken_, answered_;
+  struct AnswerToConfirm {
+    uint32_t lost;
+    std::map<std::string, uint64_t> queued;
+  };
+  std::vector<AnswerToConfirm> to_confirm_;
 };
 
 class ReplicationService final : public pb::Replication::Service {

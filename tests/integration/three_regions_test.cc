@@ -490,6 +490,24 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     }
     EXPECT_EQ(p.SendAndFinish(f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
+  {  // a survivor answer to marks ap-south never sent (no region was lost)
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_survivor_answer()->set_lost(c_->spec(kUs).replica_id);
+    grpc::Status st = p.SendAndFinish(f);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("did not ask for"), std::string::npos) << st.error_message();
+  }
+  {  // a survivor confirm of an answer ap-south never gave
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_survivor_confirm()->set_lost(c_->spec(kUs).replica_id);
+    grpc::Status st = p.SendAndFinish(f);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("did not answer"), std::string::npos) << st.error_message();
+  }
   {  // a batch before the hello
     ForgedPeer p(*c_, kEu, kAp);
     EXPECT_EQ(p.SendAndFinish(CartBatch(2, victim, "any", 1)).error_code(),

@@ -94,6 +94,16 @@ class ForgedPeer {
   // How the stream ended; call once Next or NextBatch found it ended.
   grpc::Status Finish() { return rw_->Finish(); }
 
+  // Breaks the stream off, as a lost connection would (frames in flight are lost), and returns
+  // how it ended.
+  grpc::Status Cut() {
+    ctx_.TryCancel();
+    Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return rw_->Finish();
+  }
+
   // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
   grpc::Status SendAllAndFinish(const std::vector<Frame>& frames) {
     for (const Frame& f : frames) (void)rw_->Write(f);
@@ -135,9 +145,11 @@ inline ::meridian::replication::v1::Frame CatchUpRequest(uint32_t group,
 }
 
 // A batch of one cart record from `origin`'s database "shard-0" at `seq`: sku-1 x3 for
-// `user_id`, pinned to `residency` ("any" for none).
-inline ::meridian::replication::v1::Frame CartBatch(uint32_t origin, const std::string& user_id,
-                                                    const std::string& residency, int64_t seq) {
+// `user_id`, pinned to `residency` ("any" for none). As a state batch (`kind` kState) it is a
+// document of a state transfer or a survivors' exchange: no seq, and `seq` must be 0.
+inline ::meridian::replication::v1::Frame CartBatch(
+    uint32_t origin, const std::string& user_id, const std::string& residency, int64_t seq,
+    replication::BatchKind kind = replication::BatchKind::kDeltas) {
   namespace rpb = ::meridian::replication::v1;
   crdt::Cart cart(origin);
   crdt::Cart delta = cart.Add("sku-1", 3);
@@ -150,8 +162,7 @@ inline ::meridian::replication::v1::Frame CartBatch(uint32_t origin, const std::
   r->set_residency(residency);
   r->set_committed_unix_ms(1);
   rpb::Frame f;
-  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1,
-                                                replication::BatchKind::kDeltas);
+  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1, kind);
   return f;
 }
 
