@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -145,15 +146,17 @@ struct PeerState {
   std::shared_ptr<Outlet> send;
   // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
   // the lost regions whose exchange with the peer is not done (our marks go out once per
-  // session until the peer's answer, and what came before it, is applied here); the peer's
-  // marks for lost regions, still to be compared with ours; and the lost regions for which we
-  // answer the peer's marks, once per session, from a takeover our coordinator saw until the
-  // peer confirms (marks for any other region wait in peer_marks: a peer cannot make us send
-  // our documents unasked, or again and again on one session).
+  // session until the peer's answer, and what came before it, is applied here); the lost
+  // regions for which we answer the peer's marks (a takeover our coordinator saw, until the
+  // peer confirms: marks about any other region are parked, so a peer cannot make us send our
+  // documents unasked); and when we last answered about each (once per session, and not again
+  // within kReanswerGap: a peer that redials cannot make us send them again and again).
   std::set<uint32_t> owe_marks;
-  std::map<uint32_t, std::map<std::string, int64_t>> peer_marks;
   std::set<uint32_t> answer_marks;
-  std::atomic<bool> exchange_asked{false};  // there may be something to send or compare
+  std::map<uint32_t, SteadyTime::time_point> last_answer;
+  // Bumped whenever a session may have marks to send or to answer; each session's sender
+  // handles every bump (sessions may overlap while an old one winds down).
+  std::atomic<uint64_t> exchange_generation{0};
   // The keys of the peer's records applied here lately: should the peer be lost, what another
   // survivor lacks of it is sent as just the documents those records touched.
   RecentKeys recent;
@@ -744,9 +747,6 @@ class Session {
     {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
-      // A survivors' exchange not done yet (its frames may have been lost with the last
-      // session): our marks go out again, the peer's wait for an answer.
-      if (!peer_.owe_marks.empty()) peer_.exchange_asked = true;
       for (const auto& [db, stream] : dbs) {
         Cursor c{db, stream, 0, 0, 0, false};
         for (const auto& a : ph.applied())
@@ -963,11 +963,11 @@ class Session {
   // in one ApplyDeltas call (at most 10,000 records; a state transfer's batches apart).
   void ApplyLoop(const std::string& origin_db) {
     bool busy = false;
-    uint64_t taken = 0;  // batches in this call
     while (true) {
       rpb::ApplyDeltasRequest req;
       int64_t first_seq = 0;
       SteadyTime::time_point queued_at;
+      uint64_t taken = 0;  // batches in this call
       {
         std::unique_lock<std::mutex> l(mu_);
         ApplyQueue& aq = apply_queues_[origin_db];
@@ -984,7 +984,6 @@ class Session {
         req.set_state(queue.front().state);
         first_seq = queue.front().first_seq;
         queued_at = queue.front().queued_at;
-        taken = 0;
         while (!queue.empty()) {
           Pending& p = queue.front();
           if (p.state != req.state()) break;
@@ -1501,52 +1500,46 @@ class Session {
   // sends a SurvivorAnswer, and the asker, once it applied what came before the answer, a
   // SurvivorConfirm: until then the asker sends its marks again on every new session, since
   // frames queued on a session that breaks are lost. A survivor answers a peer's marks only for
-  // a takeover its own coordinator saw, at most once per session, until the peer confirms
-  // (answer_marks). Whatever fails on the way stays asked. False when the session failed.
+  // a takeover its own coordinator saw, until the peer confirms (answer_marks), at most once per
+  // session and not within kReanswerGap of its last answer. False when the session failed.
   bool ExchangeAfterLossIfAsked(std::vector<Cursor>& cursors) {
-    // A plain load first: this runs on every turn of the ship loop, and is almost never set.
-    if (!peer_.exchange_asked.load(std::memory_order_relaxed) ||
-        !peer_.exchange_asked.exchange(false)) {
-      return true;
-    }
+    const uint64_t generation = peer_.exchange_generation.load();
+    const auto now = SteadyTime::now();
+    if (generation == exchange_seen_ && (!reanswer_at_ || now < *reanswer_at_)) return true;
+    exchange_seen_ = generation;
+    reanswer_at_.reset();
     std::set<uint32_t> owe;
     Marks theirs;
     {
-      std::lock_guard<std::mutex> l(peer_.mu);
-      for (uint32_t lost : peer_.owe_marks)
-        if (!marks_sent_.count(lost)) owe.insert(lost);
-      for (auto it = peer_.peer_marks.begin(); it != peer_.peer_marks.end();) {
-        if (!peer_.answer_marks.count(it->first) || answered_.count(it->first)) {
-          ++it;  // parked until our coordinator sees that region taken over, or the next session
-          continue;
+      std::lock_guard<std::mutex> l(mu_);  // then peer_.mu, as everywhere
+      std::lock_guard<std::mutex> lp(peer_.mu);
+      for (uint32_t lost : peer_.owe_marks) {
+        if (asked_.try_emplace(lost).second) owe.insert(lost);  // before the peer can answer
+      }
+      for (auto it = peer_marks_.begin(); it != peer_marks_.end();) {
+        const uint32_t lost = it->first;
+        auto last = peer_.last_answer.find(lost);
+        if (!peer_.answer_marks.count(lost) || answered_.count(lost)) {
+          ++it;  // parked until our coordinator sees that region taken over
+        } else if (last != peer_.last_answer.end() && now - last->second < kReanswerGap) {
+          const auto at = last->second + kReanswerGap;  // answered on a session just before
+          reanswer_at_ = reanswer_at_ ? std::min(*reanswer_at_, at) : at;
+          ++it;
+        } else {
+          answered_.insert(lost);
+          peer_.last_answer[lost] = now;
+          theirs.insert(peer_marks_.extract(it++));
         }
-        theirs.insert(peer_.peer_marks.extract(it++));
       }
     }
     if (owe.empty() && theirs.empty()) return true;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      for (const auto& [lost, marks] : theirs) answered_.insert(lost);
-      marks_sent_.insert(owe.begin(), owe.end());  // before the peer can answer
-    }
-    auto ask_again = [&] {
-      {
-        std::lock_guard<std::mutex> l(peer_.mu);
-        for (auto& [lost, marks] : theirs) peer_.peer_marks.try_emplace(lost, std::move(marks));
-      }
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        for (const auto& [lost, marks] : theirs) answered_.erase(lost);
-        for (uint32_t lost : owe) marks_sent_.erase(lost);
-      }
-      peer_.exchange_asked = true;
-      return false;
-    };
+    // Whatever fails from here ends the session: on the next one we send our marks again
+    // (owe_marks holds them until the exchange is done), and so does the peer.
     // What we tell the peer errs low (our resume points: everything through them is applied
     // here), what we compare it with errs high (the highest we applied), so that a doubt sends
     // the documents rather than skipping them.
     Marks resume, highest;
-    if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return ask_again();
+    if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return false;
     for (uint32_t lost : owe) {
       pb::Frame f;
       pb::SurvivorMarks* sm = f.mutable_survivor_marks();
@@ -1556,7 +1549,7 @@ class Session {
         a->set_origin_database(db);
         a->set_seq(seq);
       }
-      if (!Write(std::move(f))) return ask_again();
+      if (!Write(std::move(f))) return false;
       spdlog::info("event=survivor_marks_sent peer={} lost_replica={} marks=\"{}\"",
                    peer_.config.name, lost, Describe(resume[lost]));
     }
@@ -1566,7 +1559,7 @@ class Session {
     int64_t sent = 0;
     if (WhatThePeerLacks(theirs, highest, &keys, &every_document)) {
       for (Cursor& c : cursors) {
-        if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return ask_again();
+        if (!SendDocuments(c, &sent, every_document ? nullptr : &keys)) return false;
       }
       size_t n_keys = 0;
       for (const auto& [kind, k] : keys) n_keys += k.size();
@@ -1580,7 +1573,7 @@ class Session {
       pb::Frame f;
       f.mutable_survivor_answer()->set_lost(lost);
       f.mutable_survivor_answer()->set_records(static_cast<uint64_t>(sent));
-      if (!Write(std::move(f))) return ask_again();
+      if (!Write(std::move(f))) return false;
     }
     return true;
   }
@@ -1663,8 +1656,9 @@ class Session {
     }
     bool awaited;
     {
-      std::lock_guard<std::mutex> l(peer_.mu);
-      peer_.peer_marks[m.lost()] = std::move(marks);
+      std::lock_guard<std::mutex> l(mu_);
+      std::lock_guard<std::mutex> lp(peer_.mu);
+      peer_marks_[m.lost()] = std::move(marks);
       awaited = peer_.answer_marks.count(m.lost()) > 0;
     }
     spdlog::info("event=survivor_marks_received peer={} lost_replica={} marks={} awaited={}",
@@ -1674,7 +1668,7 @@ class Session {
       peer_.m.survivor_parked->Increment();
       return absl::OkStatus();
     }
-    peer_.exchange_asked = true;
+    ++peer_.exchange_generation;
     return absl::OkStatus();
   }
 
@@ -1684,11 +1678,11 @@ class Session {
     bool asked;
     {
       std::lock_guard<std::mutex> l(mu_);
-      asked = marks_sent_.count(a.lost()) > 0 && answers_taken_.insert(a.lost()).second;
+      auto it = asked_.find(a.lost());
+      asked = it != asked_.end() && !it->second.answered;
       if (asked) {
-        AnswerToConfirm c{a.lost(), {}};
-        for (const auto& [db, queue] : apply_queues_) c.queued[db] = queue.queued;
-        to_confirm_.push_back(std::move(c));
+        it->second.answered = true;
+        for (const auto& [db, queue] : apply_queues_) it->second.queued[db] = queue.queued;
       }
     }
     if (!asked) {
@@ -1708,28 +1702,34 @@ class Session {
     std::vector<uint32_t> done;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (to_confirm_.empty()) return;
-      std::erase_if(to_confirm_, [&](const AnswerToConfirm& c) {
-        for (const auto& [db, queued] : c.queued) {
+      auto applied = [&](const Asked& a) {
+        if (!a.answered) return false;
+        for (const auto& [db, queued] : a.queued) {
           auto q = apply_queues_.find(db);
           if (q != apply_queues_.end() && q->second.applied < queued) return false;
         }
-        done.push_back(c.lost);
-        // A later takeover of the same region starts a new exchange on this session.
-        marks_sent_.erase(c.lost);
-        answers_taken_.erase(c.lost);
         return true;
-      });
+      };
+      if (std::none_of(asked_.begin(), asked_.end(),
+                       [&](const auto& a) { return applied(a.second); }))
+        return;
+      std::lock_guard<std::mutex> lp(peer_.mu);
+      for (auto it = asked_.begin(); it != asked_.end();) {
+        if (!applied(it->second)) {
+          ++it;
+          continue;
+        }
+        done.push_back(it->first);
+        peer_.owe_marks.erase(it->first);  // a later takeover of it starts a new exchange
+        it = asked_.erase(it);
+      }
     }
     for (uint32_t lost : done) {
-      {
-        std::lock_guard<std::mutex> l(peer_.mu);
-        peer_.owe_marks.erase(lost);
-      }
       spdlog::info("event=survivor_exchange_done peer={} lost_replica={}", peer_.config.name, lost);
       pb::Frame f;
       f.mutable_survivor_confirm()->set_lost(lost);
-      (void)Write(std::move(f));  // lost with the session: the peer answers once more, no harm
+      // Lost with the session, the peer keeps answer_marks open; we send no more marks.
+      (void)Write(std::move(f));
     }
   }
 
@@ -1738,15 +1738,16 @@ class Session {
     bool answered;
     {
       std::lock_guard<std::mutex> l(mu_);
+      std::lock_guard<std::mutex> lp(peer_.mu);
       answered = answered_.erase(c.lost()) > 0;
+      if (answered) {
+        peer_.answer_marks.erase(c.lost());
+        peer_.last_answer.erase(c.lost());
+      }
     }
     if (!answered) {
       return Reject(absl::StrCat("a survivor confirm about replica ", c.lost(),
                                  ", whose marks we did not answer on this stream"));
-    }
-    {
-      std::lock_guard<std::mutex> l(peer_.mu);
-      peer_.answer_marks.erase(c.lost());
     }
     peer_.m.survivor_confirmed->Increment();
     spdlog::info("event=survivor_exchange_confirmed peer={} lost_replica={}", peer_.config.name,
@@ -1814,16 +1815,22 @@ class Session {
   std::atomic<bool> over_{false};   // done_, for waits outside mu_
   bool staging_ = false;            // sender thread only: SendBatch stages its frame
   std::vector<pb::Frame> staged_;
-  // The survivors' exchange on this session (ExchangeAfterLossIfAsked), guarded by mu_ and
-  // written by the sender thread only: the lost regions our marks went out for (and the
-  // answers to them that came), the peer's marks we answered, and the answers waiting for their
-  // batches to be applied before we confirm them (per origin database: ApplyQueue::queued).
-  std::set<uint32_t> marks_sent_, answers_taken_, answered_;
-  struct AnswerToConfirm {
-    uint32_t lost;
+  // The survivors' exchange on this session (ExchangeAfterLossIfAsked), guarded by mu_: the
+  // lost regions our marks went out for, each, once the peer's answer came, with the batches
+  // queued before it per origin database (ApplyQueue::queued), to be applied before we confirm;
+  // the peer's marks waiting for an answer; and the lost regions whose marks we answered.
+  struct Asked {
+    bool answered = false;
     std::map<std::string, uint64_t> queued;
   };
-  std::vector<AnswerToConfirm> to_confirm_;
+  std::map<uint32_t, Asked> asked_;
+  Marks peer_marks_;
+  std::set<uint32_t> answered_;
+  // Sender thread only: the PeerState::exchange_generation handled, and when marks answered
+  // on an earlier session moments ago may be answered again (kReanswerGap).
+  uint64_t exchange_seen_ = 0;
+  std::optional<SteadyTime::time_point> reanswer_at_;
+  static constexpr auto kReanswerGap = std::chrono::seconds(10);
 };
 
 class ReplicationService final : public pb::Replication::Service {
@@ -2067,7 +2074,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           fresh = p->owe_marks.insert(lost).second;
           p->answer_marks.insert(lost);
         }
-        p->exchange_asked = true;
+        ++p->exchange_generation;
         if (fresh) {
           spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
         }

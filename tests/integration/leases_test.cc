@@ -762,21 +762,23 @@ TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
 
 // The survivors' exchange is confirmed, because frames queued on a session that breaks are lost:
 // until the asker has applied the answer (and what came before it) its marks go out again on
-// every new session, and the answerer answers them again, once a session. A forged eu-west takes
-// us-east's group over (its sync request) and plays the other survivor against ap-south. The
-// exchange used to run once: a session cut in the middle left a survivor without the documents
-// until the lost region came back.
+// every new session, and the answerer answers them again, once a session and not within 10 s of
+// its last answer. A forged eu-west takes us-east's group over (its sync request) and plays the
+// other survivor against ap-south. The exchange used to run once: a session cut in the middle
+// left a survivor without the documents until the lost region came back.
 TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
+  using std::chrono::seconds;
   ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
   const uint32_t us = c_->spec(kUs).replica_id;
   const uint32_t eu = c_->spec(kEu).replica_id;
-  auto marks_about_us = [&](const rpb::Frame& f) {
+  auto marks_about_us = [us](const rpb::Frame& f) {
     return f.has_survivor_marks() && f.survivor_marks().lost() == us;
   };
   auto answer = [](const rpb::Frame& f) { return f.has_survivor_answer(); };
   rpb::Frame our_marks;
   our_marks.mutable_survivor_marks()->set_lost(us);  // "we hold none of us-east"
+  std::chrono::steady_clock::time_point first_answer;
   {  // session 1: ap-south sends its marks and answers ours with its documents; then the
      // stream breaks before either side confirms
     test_support::ForgedPeer p(*c_, kEu, kAp);
@@ -787,23 +789,31 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
     ASSERT_TRUE(p.Write(sync));
     ASSERT_TRUE(p.Next(marks_about_us).has_survivor_marks()) << "ap-south never sent its marks";
     ASSERT_TRUE(p.Write(our_marks));
-    rpb::Frame a = p.Next(answer);
-    ASSERT_TRUE(a.has_survivor_answer()) << "ap-south never answered our marks";
-    EXPECT_GE(a.survivor_answer().records(), 3u);
+    auto a = p.NextAsync(answer);
+    ASSERT_TRUE(p.BeatUntil(a, seconds(10)));
+    first_answer = std::chrono::steady_clock::now();
+    rpb::Frame got = a.get();
+    ASSERT_TRUE(got.has_survivor_answer()) << "ap-south never answered our marks";
+    EXPECT_GE(got.survivor_answer().records(), 3u);
     p.Cut();
   }
   const std::string user = services::UserIdForEmail("exchanged@example.com");
   const std::string carts_of_user = "SELECT count(*) FROM carts WHERE user_id = '" + user + "'";
-  {  // session 2: nothing was confirmed, so both happen again; ap-south confirms our answer
-     // only once the document we sent before it is applied
-    test_support::ForgedPeer p(*c_, kEu, kAp);
+  {  // session 2: nothing was confirmed, so both happen again (ap-south's answer 10 s after
+     // its first); ap-south confirms our answer only once the document before it is applied
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(40));
     ASSERT_TRUE(p.Hello());
     ASSERT_TRUE(p.Next(marks_about_us).has_survivor_marks())
         << "ap-south did not send its marks again on the next session";
     ASSERT_TRUE(p.Write(our_marks));
-    rpb::Frame a = p.Next(answer);
-    ASSERT_TRUE(a.has_survivor_answer()) << "ap-south did not answer our marks again";
-    EXPECT_GE(a.survivor_answer().records(), 3u);
+    auto a = p.NextAsync(answer);
+    ASSERT_TRUE(p.BeatUntil(a, seconds(20)));
+    const double gap_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - first_answer).count();
+    rpb::Frame got = a.get();
+    ASSERT_TRUE(got.has_survivor_answer()) << "ap-south did not answer our marks again";
+    EXPECT_GE(got.survivor_answer().records(), 3u);
+    EXPECT_GE(gap_s, 9.0) << "answered again sooner than 10 s after its last answer";
     // Our documents and answer, with ap-south's cart writes held up by a lock.
     std::vector<std::unique_ptr<pqxx::connection>> lockers;
     std::vector<std::unique_ptr<pqxx::work>> locks;
@@ -818,20 +828,12 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
     ours.mutable_survivor_answer()->set_lost(us);
     ours.mutable_survivor_answer()->set_records(1);
     ASSERT_TRUE(p.Write(ours));
-    auto confirm = std::async(std::launch::async, [&] {
-      return p.Next([](const rpb::Frame& f) { return f.has_survivor_confirm(); });
-    });
-    bool early = false;
-    for (int i = 0; i < 4 && !early; ++i) {  // 2 s, with heartbeats: we must not look silent
-      rpb::Frame beat;
-      beat.mutable_heartbeat();
-      ASSERT_TRUE(p.Write(beat));
-      early = confirm.wait_for(std::chrono::milliseconds(500)) == std::future_status::ready;
-    }
-    EXPECT_FALSE(early)
+    auto confirm = p.NextAsync([](const rpb::Frame& f) { return f.has_survivor_confirm(); });
+    EXPECT_FALSE(p.BeatUntil(confirm, seconds(2)))
         << "ap-south confirmed (or ended the stream) before it applied the document";
     EXPECT_EQ(Count(kAp, carts_of_user), 0);
     for (auto& l : locks) l->commit();
+    ASSERT_TRUE(p.BeatUntil(confirm, seconds(10)));
     rpb::Frame c = confirm.get();
     ASSERT_TRUE(c.has_survivor_confirm()) << "ap-south never confirmed our answer";
     EXPECT_EQ(c.survivor_confirm().lost(), us);
@@ -842,16 +844,14 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
     ASSERT_TRUE(Eventually([&] { return Exchanges(kAp, "confirmed", "eu-west") == 1; }, 10));
     p.Cut();
   }
-  {  // session 3: done both ways: ap-south sends no marks, and parks ours (its marks came within
-     // milliseconds of the stream's start above; this stream ends after 1.5 s without heartbeats)
-    test_support::ForgedPeer p(*c_, kEu, kAp, "", std::chrono::seconds(5));
+  {  // session 3, 10 s on: done both ways: ap-south sends no marks, and parks ours
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(30));
     ASSERT_TRUE(p.Hello());
     ASSERT_TRUE(p.Write(our_marks));
     EXPECT_TRUE(Eventually([&] { return Exchanges(kAp, "parked", "eu-west") == 1; }, 4));
-    rpb::Frame f = p.Next([&](const rpb::Frame& in) { return marks_about_us(in) || answer(in); });
-    EXPECT_FALSE(f.has_survivor_marks()) << "marks again after the exchange was confirmed";
-    EXPECT_FALSE(f.has_survivor_answer()) << "an answer after the exchange was confirmed";
-    p.Finish();
+    auto f = p.NextAsync([&](const rpb::Frame& in) { return marks_about_us(in) || answer(in); });
+    EXPECT_FALSE(p.BeatUntil(f, seconds(11))) << "marks or an answer after the confirm";
+    p.Cut();
   }
   EXPECT_EQ(Exchanges(kAp, "documents_sent", "eu-west"), 2);
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -86,6 +87,27 @@ class ForgedPeer {
     return {};
   }
 
+  // Next on another thread; wait for its frame with BeatUntil. Read nothing else meanwhile.
+  template <class Pred>
+  std::shared_future<Frame> NextAsync(Pred wanted) {
+    reading_ = std::async(std::launch::async, [this, wanted] { return Next(wanted); }).share();
+    return reading_;
+  }
+
+  // Waits up to `timeout` for `next` (from NextAsync), with a heartbeat every 500 ms so that
+  // the peer does not take the wait for a dead stream; whether it is ready (the frame came, or
+  // the stream ended).
+  bool BeatUntil(const std::shared_future<Frame>& next, std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (next.wait_for(std::chrono::milliseconds(500)) != std::future_status::ready) {
+      if (std::chrono::steady_clock::now() >= end) return false;
+      Frame beat;
+      beat.mutable_heartbeat();
+      (void)rw_->Write(beat);
+    }
+    return true;
+  }
+
   // Reads until the peer ships a batch; returns it (an empty one when the stream ended first).
   ::meridian::replication::v1::DeltaBatch NextBatch() {
     return Next([](const Frame& f) { return f.has_batch(); }).batch();
@@ -98,6 +120,7 @@ class ForgedPeer {
   // how it ended.
   grpc::Status Cut() {
     ctx_.TryCancel();
+    if (reading_.valid()) reading_.wait();  // a NextAsync still reading: one read at a time
     Frame in;
     while (rw_->Read(&in)) {
     }
@@ -130,6 +153,7 @@ class ForgedPeer {
   std::unique_ptr<::meridian::replication::v1::Replication::Stub> stub_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> rw_;
+  std::shared_future<Frame> reading_;  // the last NextAsync
 };
 
 // A catch-up sync request for `group`'s orders at epoch 1 (read-only: no fence moves), the page
