@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -154,6 +155,9 @@ struct PeerState {
   std::set<uint32_t> owe_marks;
   std::set<uint32_t> answer_marks;
   std::map<uint32_t, SteadyTime::time_point> last_answer;
+  // Takeovers of each lost region our coordinator saw: an exchange confirmed for an earlier one
+  // does not end the exchange a later one needs.
+  std::map<uint32_t, uint64_t> takeovers;
   // Bumped whenever a session may have marks to send or to answer; each session's sender
   // handles every bump (sessions may overlap while an old one winds down).
   std::atomic<uint64_t> exchange_generation{0};
@@ -253,12 +257,12 @@ class OutboxFeed {
   }
 
   // Waits until one of `positions` (database -> position) has records past it, or `deadline`.
-  // (Or until `over` is set and Kick() called.)
+  // (Or until `wake` is true and Kick() called.)
   void Wait(const std::map<std::string, int64_t>& positions, SteadyTime::time_point deadline,
-            const std::atomic<bool>& over) {
+            const std::function<bool()>& wake) {
     std::unique_lock<std::mutex> l(mu_);
     cv_.wait_until(l, deadline, [&] {
-      if (stopping_ || over) return true;
+      if (stopping_ || wake()) return true;
       for (const auto& [db, pos] : positions) {
         auto it = dbs_.find(db);
         if (it != dbs_.end() && it->second.next_after > pos) return true;
@@ -1272,7 +1276,9 @@ class Session {
       if (!sent) {
         std::map<std::string, int64_t> positions;
         for (const Cursor& c : cursors) positions[c.db] = c.after_seq;
-        feed.Wait(positions, heartbeat_due, over_);
+        // Marks to send or answer (exchange_generation, reanswer_at_) wake us too.
+        feed.Wait(positions, reanswer_at_ ? std::min(heartbeat_due, *reanswer_at_) : heartbeat_due,
+                  [&] { return over_.load() || peer_.exchange_generation != exchange_seen_; });
       }
     }
   }
@@ -1514,7 +1520,10 @@ class Session {
       std::lock_guard<std::mutex> l(mu_);  // then peer_.mu, as everywhere
       std::lock_guard<std::mutex> lp(peer_.mu);
       for (uint32_t lost : peer_.owe_marks) {
-        if (asked_.try_emplace(lost).second) owe.insert(lost);  // before the peer can answer
+        auto [it, fresh] = asked_.try_emplace(lost);  // before the peer can answer
+        if (!fresh) continue;
+        it->second.takeover = peer_.takeovers[lost];
+        owe.insert(lost);
       }
       for (auto it = peer_marks_.begin(); it != peer_marks_.end();) {
         const uint32_t lost = it->first;
@@ -1526,7 +1535,7 @@ class Session {
           reanswer_at_ = reanswer_at_ ? std::min(*reanswer_at_, at) : at;
           ++it;
         } else {
-          answered_.insert(lost);
+          answered_[lost] = peer_.takeovers[lost];
           peer_.last_answer[lost] = now;
           theirs.insert(peer_marks_.extract(it++));
         }
@@ -1669,6 +1678,7 @@ class Session {
       return absl::OkStatus();
     }
     ++peer_.exchange_generation;
+    r_.feed->Kick();  // the sender may be waiting for records
     return absl::OkStatus();
   }
 
@@ -1700,6 +1710,7 @@ class Session {
   // is done, our marks stop going out, and the peer stops answering.
   void ConfirmAppliedAnswers() {
     std::vector<uint32_t> done;
+    bool again = false;
     {
       std::lock_guard<std::mutex> l(mu_);
       auto applied = [&](const Asked& a) {
@@ -1720,9 +1731,17 @@ class Session {
           continue;
         }
         done.push_back(it->first);
-        peer_.owe_marks.erase(it->first);  // a later takeover of it starts a new exchange
+        if (peer_.takeovers[it->first] == it->second.takeover) {
+          peer_.owe_marks.erase(it->first);
+        } else {
+          again = true;  // taken over again since our marks: they go out again
+        }
         it = asked_.erase(it);
       }
+    }
+    if (again) {
+      ++peer_.exchange_generation;
+      r_.feed->Kick();
     }
     for (uint32_t lost : done) {
       spdlog::info("event=survivor_exchange_done peer={} lost_replica={}", peer_.config.name, lost);
@@ -1735,19 +1754,30 @@ class Session {
 
   // The peer applied our answer about a lost region: we answer its marks about it no more.
   absl::Status TakeSurvivorConfirm(const pb::SurvivorConfirm& c) {
-    bool answered;
+    bool answered, again = false;
     {
       std::lock_guard<std::mutex> l(mu_);
       std::lock_guard<std::mutex> lp(peer_.mu);
-      answered = answered_.erase(c.lost()) > 0;
+      auto it = answered_.find(c.lost());
+      answered = it != answered_.end();
       if (answered) {
-        peer_.answer_marks.erase(c.lost());
-        peer_.last_answer.erase(c.lost());
+        // Taken over again since our answer: marks about it are answered again (any that came
+        // on this session meanwhile wait in peer_marks_).
+        again = peer_.takeovers[c.lost()] != it->second;
+        if (!again) {
+          peer_.answer_marks.erase(c.lost());
+          peer_.last_answer.erase(c.lost());
+        }
+        answered_.erase(it);
       }
     }
     if (!answered) {
       return Reject(absl::StrCat("a survivor confirm about replica ", c.lost(),
                                  ", whose marks we did not answer on this stream"));
+    }
+    if (again) {
+      ++peer_.exchange_generation;
+      r_.feed->Kick();
     }
     peer_.m.survivor_confirmed->Increment();
     spdlog::info("event=survivor_exchange_confirmed peer={} lost_replica={}", peer_.config.name,
@@ -1819,13 +1849,15 @@ class Session {
   // lost regions our marks went out for, each, once the peer's answer came, with the batches
   // queued before it per origin database (ApplyQueue::queued), to be applied before we confirm;
   // the peer's marks waiting for an answer; and the lost regions whose marks we answered.
+  // Each with the count of takeovers (PeerState::takeovers) it was for.
   struct Asked {
+    uint64_t takeover = 0;
     bool answered = false;
     std::map<std::string, uint64_t> queued;
   };
   std::map<uint32_t, Asked> asked_;
   Marks peer_marks_;
-  std::set<uint32_t> answered_;
+  std::map<uint32_t, uint64_t> answered_;
   // Sender thread only: the PeerState::exchange_generation handled, and when marks answered
   // on an earlier session moments ago may be answered again (kReanswerGap).
   uint64_t exchange_seen_ = 0;
@@ -2073,8 +2105,10 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           std::lock_guard<std::mutex> l(p->mu);
           fresh = p->owe_marks.insert(lost).second;
           p->answer_marks.insert(lost);
+          ++p->takeovers[lost];
         }
         ++p->exchange_generation;
+        raw->feed->Kick();  // a sender waiting for records
         if (fresh) {
           spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
         }

@@ -8,6 +8,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -87,11 +89,34 @@ class ForgedPeer {
     return {};
   }
 
-  // Next on another thread; wait for its frame with BeatUntil. Read nothing else meanwhile.
+  // A stream still open is cut (a NextAsync's read ends with it).
+  ~ForgedPeer() {
+    ctx_.TryCancel();
+    if (reading_.valid()) reading_.wait();
+  }
+
+  // Next on another thread; wait for its frame with BeatUntil. One read at a time: the last
+  // NextAsync must be over (its future ready) before any other read.
   template <class Pred>
   std::shared_future<Frame> NextAsync(Pred wanted) {
+    if (reading_.valid() &&
+        reading_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      std::fprintf(stderr, "ForgedPeer::NextAsync: the last NextAsync is still reading\n");
+      std::abort();
+    }
     reading_ = std::async(std::launch::async, [this, wanted] { return Next(wanted); }).share();
     return reading_;
+  }
+
+  // Next, with a heartbeat every 500 ms meanwhile, for at most `timeout`: an empty frame when the
+  // stream ended first or time ran out (the stream is cut then).
+  template <class Pred>
+  Frame NextBeating(Pred wanted, std::chrono::milliseconds timeout) {
+    std::shared_future<Frame> next = NextAsync(std::move(wanted));
+    if (BeatUntil(next, timeout)) return next.get();
+    ctx_.TryCancel();
+    next.wait();
+    return {};
   }
 
   // Waits up to `timeout` for `next` (from NextAsync), with a heartbeat every 500 ms so that
