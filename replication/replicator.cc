@@ -1663,11 +1663,11 @@ class Session {
                                    a.origin_database(), "\""));
       }
     }
-    bool awaited;
+    bool awaited, fresh;
     {
       std::lock_guard<std::mutex> l(mu_);
       std::lock_guard<std::mutex> lp(peer_.mu);
-      peer_marks_[m.lost()] = std::move(marks);
+      fresh = peer_marks_.insert_or_assign(m.lost(), std::move(marks)).second;
       awaited = peer_.answer_marks.count(m.lost()) > 0;
     }
     spdlog::info("event=survivor_marks_received peer={} lost_replica={} marks={} awaited={}",
@@ -1677,8 +1677,10 @@ class Session {
       peer_.m.survivor_parked->Increment();
       return absl::OkStatus();
     }
-    ++peer_.exchange_generation;
-    r_.feed->Kick();  // the sender may be waiting for records
+    if (fresh) {  // (marks replacing waiting ones were asked for already)
+      ++peer_.exchange_generation;
+      r_.feed->Kick();  // the sender may be waiting for records
+    }
     return absl::OkStatus();
   }
 
@@ -1709,7 +1711,7 @@ class Session {
   // Confirms the peer's answers whose batches are applied: the exchange about that lost region
   // is done, our marks stop going out, and the peer stops answering.
   void ConfirmAppliedAnswers() {
-    std::vector<uint32_t> done;
+    std::vector<std::pair<uint32_t, bool>> done;  // lost region, taken over again since
     bool again = false;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -1730,11 +1732,12 @@ class Session {
           ++it;
           continue;
         }
-        done.push_back(it->first);
-        if (peer_.takeovers[it->first] == it->second.takeover) {
-          peer_.owe_marks.erase(it->first);
-        } else {
+        const bool moved = peer_.takeovers[it->first] != it->second.takeover;
+        done.emplace_back(it->first, moved);
+        if (moved) {
           again = true;  // taken over again since our marks: they go out again
+        } else {
+          peer_.owe_marks.erase(it->first);
         }
         it = asked_.erase(it);
       }
@@ -1743,8 +1746,9 @@ class Session {
       ++peer_.exchange_generation;
       r_.feed->Kick();
     }
-    for (uint32_t lost : done) {
-      spdlog::info("event=survivor_exchange_done peer={} lost_replica={}", peer_.config.name, lost);
+    for (const auto& [lost, taken_again] : done) {
+      spdlog::info("event=survivor_exchange_done peer={} lost_replica={} taken_over_again={}",
+                   peer_.config.name, lost, taken_again);
       pb::Frame f;
       f.mutable_survivor_confirm()->set_lost(lost);
       // Lost with the session, the peer keeps answer_marks open; we send no more marks.
@@ -2098,6 +2102,13 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           return false;
         });
     raw->coordinator->OnRegionTakenOver([raw](RegionId lost) {
+      // A peer's sync request may name any group: only a region of this deployment is lost
+      // (marks about another would be rejected by every peer, on every session).
+      if (std::none_of(raw->peers.begin(), raw->peers.end(),
+                       [&](const auto& p) { return p->config.replica_id == lost; })) {
+        spdlog::warn("event=survivor_takeover_ignored group={} reason=\"not a peer region\"", lost);
+        return;
+      }
       for (auto& p : raw->peers) {
         if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
         bool fresh;
