@@ -73,7 +73,16 @@ class ForgedPeer {
     }
     if (!rw_->Write(f)) return false;
     Frame in;
-    return rw_->Read(&in) && in.has_hello();
+    if (rw_->Read(&in) && in.has_hello()) return true;
+    if (in.body_case() != 0) {
+      std::fprintf(stderr, "ForgedPeer::Hello: a frame other than a hello came back: %s\n",
+                   in.ShortDebugString().c_str());
+    } else {
+      const grpc::Status st = rw_->Finish();
+      std::fprintf(stderr, "ForgedPeer::Hello: the stream ended: %d %s\n",
+                   static_cast<int>(st.error_code()), st.error_message().c_str());
+    }
+    return false;
   }
 
   // Sends one frame and keeps the stream open; false once the stream is gone.
