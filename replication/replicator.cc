@@ -676,7 +676,8 @@ class Session {
       outgoing_.pop_front();
       const size_t bytes = f.ByteSizeLong();
       if (!f.has_batch()) outgoing_bytes_ -= std::min(outgoing_bytes_, bytes);  // UnwindowedBytes
-      const bool more = !outgoing_.empty();
+      // The hello goes out at once: the peer sends nothing until it has ours.
+      const bool more = !outgoing_.empty() && !f.has_hello();
       writing_ = true;
       l.unlock();
       bool ok = stream_.Write(f, more);
