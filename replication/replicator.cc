@@ -1679,8 +1679,7 @@ class Session {
       return absl::OkStatus();
     }
     if (fresh) {  // (marks replacing waiting ones were asked for already)
-      ++peer_.exchange_generation;
-      r_.feed->Kick();  // the sender may be waiting for records
+      WakeExchange();
     }
     return absl::OkStatus();
   }
@@ -1744,8 +1743,7 @@ class Session {
       }
     }
     if (again) {
-      ++peer_.exchange_generation;
-      r_.feed->Kick();
+      WakeExchange();
     }
     for (const auto& [lost, taken_again] : done) {
       spdlog::info("event=survivor_exchange_done peer={} lost_replica={} taken_over_again={}",
@@ -1781,13 +1779,19 @@ class Session {
                                  ", whose marks we did not answer on this stream"));
     }
     if (again) {
-      ++peer_.exchange_generation;
-      r_.feed->Kick();
+      WakeExchange();
     }
     peer_.m.survivor_confirmed->Increment();
     spdlog::info("event=survivor_exchange_confirmed peer={} lost_replica={}", peer_.config.name,
                  c.lost());
     return absl::OkStatus();
+  }
+
+  // Something for the survivors' exchange to send or answer: the sender looks at its next turn
+  // (and stops waiting for outbox records).
+  void WakeExchange() {
+    ++peer_.exchange_generation;
+    r_.feed->Kick();
   }
 
   bool Heartbeat() {
