@@ -13,6 +13,7 @@
 #include <fstream>
 #include <future>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -78,7 +79,7 @@ class ForgedPeer {
       std::fprintf(stderr, "ForgedPeer::Hello: a frame other than a hello came back: %s\n",
                    in.ShortDebugString().c_str());
     } else {
-      const grpc::Status st = rw_->Finish();
+      const grpc::Status st = Finish();
       std::fprintf(stderr, "ForgedPeer::Hello: the stream ended: %d %s\n",
                    static_cast<int>(st.error_code()), st.error_message().c_str());
     }
@@ -147,39 +148,38 @@ class ForgedPeer {
     return Next([](const Frame& f) { return f.has_batch(); }).batch();
   }
 
-  // How the stream ended; call once Next or NextBatch found it ended.
-  grpc::Status Finish() { return rw_->Finish(); }
+  // How the stream ended; call once Next or NextBatch found it ended. gRPC allows one Finish per
+  // call (a second aborts the process), so the status is kept and later calls return it.
+  grpc::Status Finish() {
+    if (!finished_) finished_ = rw_->Finish();
+    return *finished_;
+  }
 
   // Breaks the stream off, as a lost connection would (frames in flight are lost), and returns
   // how it ended.
   grpc::Status Cut() {
+    if (finished_) return *finished_;
     ctx_.TryCancel();
     if (reading_.valid()) reading_.wait();  // a NextAsync still reading: one read at a time
     Frame in;
     while (rw_->Read(&in)) {
     }
-    return rw_->Finish();
+    return Finish();
   }
 
   // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
   grpc::Status SendAllAndFinish(const std::vector<Frame>& frames) {
+    if (finished_) return *finished_;  // a Hello that failed finished the call already
     for (const Frame& f : frames) (void)rw_->Write(f);
     (void)rw_->WritesDone();
     Frame in;
     while (rw_->Read(&in)) {
     }
-    return rw_->Finish();
+    return Finish();
   }
 
   // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
-  grpc::Status SendAndFinish(const Frame& f) {
-    (void)rw_->Write(f);
-    (void)rw_->WritesDone();
-    Frame in;
-    while (rw_->Read(&in)) {
-    }
-    return rw_->Finish();
-  }
+  grpc::Status SendAndFinish(const Frame& f) { return SendAllAndFinish({f}); }
 
  private:
   RegionSpec spec_;
@@ -187,7 +187,8 @@ class ForgedPeer {
   std::unique_ptr<::meridian::replication::v1::Replication::Stub> stub_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> rw_;
-  std::shared_future<Frame> reading_;  // the last NextAsync
+  std::shared_future<Frame> reading_;     // the last NextAsync
+  std::optional<grpc::Status> finished_;  // the stream's status, once Finish was called
 };
 
 // A catch-up sync request for `group`'s orders at epoch 1 (read-only: no fence moves), the page
