@@ -676,7 +676,12 @@ class Session {
       outgoing_.pop_front();
       const size_t bytes = f.ByteSizeLong();
       if (!f.has_batch()) outgoing_bytes_ -= std::min(outgoing_bytes_, bytes);  // UnwindowedBytes
-      // The hello goes out at once: the peer sends nothing until it has ours.
+      // The hello (the stream's first frame) never carries the buffer hint. On the server side
+      // the first write also sends the response headers, and gRPC's chttp2 starts no transport
+      // write for headers whose message is hinted, yet the blocking Write waits for the headers
+      // to be written: nothing else on the connection, and this writer hangs until the peer,
+      // which sends nothing before our hello, is cut as silent. That happened whenever the
+      // writer woke after the peer's hello had queued frames behind ours (ASan, a busy machine).
       const bool more = !outgoing_.empty() && !f.has_hello();
       writing_ = true;
       l.unlock();
