@@ -161,10 +161,7 @@ class ForgedPeer {
     if (finished_) return *finished_;
     ctx_.TryCancel();
     if (reading_.valid()) reading_.wait();  // a NextAsync still reading: one read at a time
-    Frame in;
-    while (rw_->Read(&in)) {
-    }
-    return Finish();
+    return DrainAndFinish();
   }
 
   // Sends `frames`, half-closes, and reads until the stream ends; returns how it ended.
@@ -172,16 +169,21 @@ class ForgedPeer {
     if (finished_) return *finished_;  // a Hello that failed finished the call already
     for (const Frame& f : frames) (void)rw_->Write(f);
     (void)rw_->WritesDone();
-    Frame in;
-    while (rw_->Read(&in)) {
-    }
-    return Finish();
+    return DrainAndFinish();
   }
 
   // Sends `f`, half-closes, and reads until the stream ends; returns how it ended.
   grpc::Status SendAndFinish(const Frame& f) { return SendAllAndFinish({f}); }
 
  private:
+  // Reads what is left until the stream ends; how it ended.
+  grpc::Status DrainAndFinish() {
+    Frame in;
+    while (rw_->Read(&in)) {
+    }
+    return Finish();
+  }
+
   RegionSpec spec_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<::meridian::replication::v1::Replication::Stub> stub_;
