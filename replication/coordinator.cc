@@ -172,7 +172,19 @@ struct Coordinator::Impl {
   };
   std::map<RegionId, CatchUp> catchups;  // per dead region's group taken over by a peer
   std::function<void(RegionId)> on_taken_over;
-  std::vector<RegionId> taken_over;  // groups taken over since the last tick
+  std::vector<RegionId> taken_over;              // groups taken over since the last tick
+  std::map<RegionId, uint64_t> takeover_epochs;  // the latest takeover noted per group
+
+  // Notes (under mu) that `group`, a peer region's, is held away from its home at `epoch`: the
+  // tick hands it to on_taken_over once per epoch, however many of the ways below saw it first
+  // (our win, the new owner's sync request, its lease renewals).
+  void NoteTakeover(RegionId group, uint64_t epoch) {
+    if (group == config.replica_id) return;
+    uint64_t& noted = takeover_epochs[group];
+    if (epoch <= noted) return;
+    noted = epoch;
+    taken_over.push_back(group);
+  }
 
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
@@ -447,7 +459,7 @@ struct Coordinator::Impl {
     Sync& s = syncs[group];
     if (s.epoch == epoch) return;
     s = Sync{epoch, {}, {}, false};
-    if (group != config.replica_id) taken_over.push_back(group);
+    NoteTakeover(group, epoch);
     spdlog::info("event=lease_sync_started group={} epoch={}", Name(group), epoch);
     if (SyncQuorum() <= 1) {
       s.usable = true;
@@ -606,7 +618,7 @@ struct Coordinator::Impl {
       const auto now = std::chrono::steady_clock::now();
       c = CatchUp{epoch, owner, "", now, now, 0, false};
       f = CatchUpRequest(group, c);
-      taken_over.push_back(group);
+      NoteTakeover(group, epoch);
     }
     spdlog::info("event=lease_catchup_started group={} epoch={} from={}", Name(group), epoch,
                  Name(owner));
@@ -775,9 +787,14 @@ struct Coordinator::Impl {
                                        .dump());
   }
 
+  // Called by the lease manager (under mu).
   void OnLeaseEvent(const LeaseEvent& e) {
     spdlog::info("event={} group={} epoch={} owner={}", LeaseEventName(e.kind), Name(e.group),
                  e.epoch, Name(e.owner));
+    // A group won by a region other than its home is a takeover, seen here however it was learned.
+    // After a restart (nothing in memory) the holder's first renewal tells it, so a replicator
+    // that restarted in the middle of the survivors' exchange takes it up again.
+    if (e.kind == LeaseEvent::Kind::kLearned && e.owner != e.group) NoteTakeover(e.group, e.epoch);
   }
 
   // --- forwarding --------------------------------------------------------------------------------

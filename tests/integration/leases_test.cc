@@ -880,6 +880,76 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A survivor whose replicator restarts in the middle of the survivors' exchange (kill -9) takes it
+// up again: nothing of the exchange is kept, but the new owner's first lease renewal tells the
+// restarted replicator of the takeover, so it sends its marks again and answers the peer's
+// (before the fix it parked the peer's marks for good, and the documents the lost region had
+// shipped to only one survivor stayed there until it came back).
+TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
+  using std::chrono::seconds;
+  ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
+  const uint32_t us = c_->spec(kUs).replica_id;
+  auto marks_about_us = [us](const rpb::Frame& f) {
+    return f.has_survivor_marks() && f.survivor_marks().lost() == us;
+  };
+  {  // session 1: eu-west took us-east's group over; ap-south sends its marks, which go unanswered
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame sync;
+    sync.mutable_sync_request()->set_group(us);
+    sync.mutable_sync_request()->set_epoch(2);
+    ASSERT_TRUE(p.Write(sync));
+    ASSERT_TRUE(p.NextBeating(marks_about_us, seconds(10)).has_survivor_marks())
+        << "ap-south never sent its marks";
+    p.Cut();
+  }
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  // session 2: our marks wait (the restarted replicator has seen no takeover yet) until our lease
+  // renewal of us-east's group at epoch 2 tells it; then it answers them and asks with its own
+  test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(40));
+  ASSERT_TRUE(p.Hello());
+  rpb::Frame our_marks;
+  our_marks.mutable_survivor_marks()->set_lost(us);  // "we hold none of us-east"
+  ASSERT_TRUE(p.Write(our_marks));
+  auto exchange = [&](const rpb::Frame& in) {
+    return marks_about_us(in) || in.has_survivor_answer();
+  };
+  auto first = p.NextAsync(exchange);
+  const bool early = p.BeatUntil(first, seconds(3));
+  ASSERT_FALSE(early) << (first.get().body_case() == 0
+                              ? "the stream ended"
+                              : "exchanged before it knew of the takeover");
+  EXPECT_EQ(Exchanges(kAp, "parked", "eu-west"), 1);
+  rpb::Frame renewal;
+  renewal.mutable_lease()->set_group(us);
+  renewal.mutable_lease()->set_epoch(2);
+  renewal.mutable_lease()->mutable_request()->set_round(1);
+  renewal.mutable_lease()->mutable_request()->set_renewal(true);
+  ASSERT_TRUE(p.Write(renewal));
+  bool marks = false, answered = false;
+  for (int i = 0; i < 2 && !(marks && answered); ++i) {
+    rpb::Frame f;
+    if (i == 0) {
+      if (p.BeatUntil(first, seconds(15))) f = first.get();
+    } else {
+      f = p.NextBeating(exchange, seconds(15));
+    }
+    if (f.body_case() == 0) break;  // the stream ended, or nothing came
+    if (f.has_survivor_marks()) marks = true;
+    if (f.has_survivor_answer()) {
+      answered = true;
+      EXPECT_GE(f.survivor_answer().records(), 3u) << "it holds us-east's customers we lack";
+    }
+  }
+  EXPECT_TRUE(marks) << "the restarted ap-south never sent its marks again";
+  EXPECT_TRUE(answered) << "the restarted ap-south never answered our marks";
+  EXPECT_GE(Exchanges(kAp, "documents_sent", "eu-west"), 1);
+  p.Cut();
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
 // A peer that keeps asking for sync pages and never reads their replies: past 64 MiB of replies
 // queued for it the replicator ends the stream (event=replication_peer_not_reading) instead of
 // growing its memory without end, and takes the next stream as usual.
