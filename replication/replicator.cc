@@ -2083,17 +2083,10 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   tls.pem_key_cert_pairs.push_back({impl->key, impl->cert});
   impl->feed = std::make_unique<OutboxFeed>(*impl->region, impl->config);
   impl->service = std::make_unique<ReplicationService>(*impl);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(c.listen.host, ":", c.listen.port),
-                           grpc::SslServerCredentials(tls), &impl->port);
-  builder.RegisterService(impl->service.get());
-  builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
-  impl->server = builder.BuildAndStart();
-  if (!impl->server || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", c.listen.host, ":", c.listen.port));
-  }
   Impl* raw = impl.get();
+  // The coordinator runs before the stream service listens: a peer's session hands lease, rights
+  // and sync frames to it, and until Start has loaded the lease records (from the region, which
+  // may be slow or restarting) it has no lease or rights manager to hand them to.
   if (c.coordination) {
     raw->coordinator = std::make_unique<Coordinator>(
         c,
@@ -2135,10 +2128,17 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         }
       }
     });
-    if (absl::Status st = raw->coordinator->Start(); !st.ok()) {
-      raw->server->Shutdown();
-      return st;
-    }
+    if (absl::Status st = raw->coordinator->Start(); !st.ok()) return st;
+  }
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(c.listen.host, ":", c.listen.port),
+                           grpc::SslServerCredentials(tls), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || impl->port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", c.listen.host, ":", c.listen.port));
   }
   for (auto& p : raw->peers) {
     PeerState* peer = p.get();

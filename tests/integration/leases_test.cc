@@ -906,6 +906,20 @@ TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
   }
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
   ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  // Its /metrics answers a moment before its stream service and coordinator run: wait for the
+  // second start in its log.
+  const std::string log = c_->dir() + "/" + c_->spec(kAp).name + "-replicator.log";
+  auto starts = [&log] {
+    const std::string text = test_support::forged_peer_detail::ReadFileOrEmpty(log);
+    size_t n = 0;
+    for (size_t at = text.find("event=replicator_started"); at != std::string::npos;
+         at = text.find("event=replicator_started", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  ASSERT_TRUE(Eventually([&] { return starts() >= 2; }, 10))
+      << "ap-south's replicator never started";
   // session 2: our marks wait (the restarted replicator has seen no takeover yet) until our lease
   // renewal of us-east's group at epoch 2 tells it; then it answers them and asks with its own
   test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(40));
@@ -947,6 +961,50 @@ TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
   EXPECT_TRUE(answered) << "the restarted ap-south never answered our marks";
   EXPECT_GE(Exchanges(kAp, "documents_sent", "eu-west"), 1);
   p.Cut();
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
+// A replicator whose coordinator is still loading its lease records (the region slow to answer:
+// here its lease_acceptor table is locked) takes no peer's stream yet. It used to listen at once
+// and crash (a null lease manager) on the first lease frame of a peer that connected meanwhile.
+TEST_F(LeasesTest, APeersLeaseFrameWhileTheLeaseRecordsLoadIsNoCrash) {
+  using std::chrono::seconds;
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
+  const uint32_t us = c_->spec(kUs).replica_id;
+  rpb::Frame renewal;
+  renewal.mutable_lease()->set_group(us);
+  renewal.mutable_lease()->set_epoch(1);
+  renewal.mutable_lease()->mutable_request()->set_round(1);
+  renewal.mutable_lease()->mutable_request()->set_renewal(true);
+  auto lease_reply = [](const rpb::Frame& f) { return f.has_lease() && f.lease().has_reply(); };
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  {
+    pqxx::connection locker(c_->Dsn(kAp, "global"));
+    pqxx::work lock(locker);
+    lock.exec0("LOCK TABLE lease_acceptor IN ACCESS EXCLUSIVE MODE");
+    ASSERT_TRUE(c_->StartReplicator(kAp).ok());  // its /metrics answer: it runs
+    std::this_thread::sleep_for(seconds(1));     // time to listen, if it were to
+    for (int i = 0; i < 3; ++i) {
+      test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(5));
+      if (p.Hello()) {  // before the fix: the stream service listened already
+        (void)p.Write(renewal);
+        (void)p.NextBeating(lease_reply, seconds(2));
+      }
+      ASSERT_TRUE(c_->Metrics(kAp).ok()) << "ap-south's replicator died (try " << i << ")";
+    }
+    lock.abort();
+  }
+  // Once the records are in, the stream service listens and lease frames are answered.
+  bool answered = false;
+  for (int i = 0; i < 20 && !answered; ++i) {
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(5));
+    if (p.Hello() && p.Write(renewal))
+      answered = lease_reply(p.NextBeating(lease_reply, seconds(3)));
+    if (!answered) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  EXPECT_TRUE(answered) << "ap-south never answered a lease frame once its records loaded";
+  ASSERT_TRUE(c_->Metrics(kAp).ok());
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
