@@ -59,6 +59,29 @@ absl::Status AwaitHttp(Process& process, uint16_t port, const std::string& path,
       absl::StrCat(what, " did not become ready: ", FileTail(process.log_path())));
 }
 
+// Whether something accepts TCP connections on loopback `port`.
+bool Listening(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Waits up to 15 s for `port` to accept connections while `process` runs.
+absl::Status AwaitListening(Process& process, uint16_t port, const std::string& what) {
+  for (int k = 0; k < 300; ++k) {
+    if (Listening(port)) return absl::OkStatus();
+    if (!process.Running()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(what, " never listened on ", port, ": ", FileTail(process.log_path())));
+}
+
 absl::Status WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
@@ -284,7 +307,7 @@ absl::Status Cluster::KillReplicator(size_t i) {
   return st.ok() ? absl::OkStatus() : st.status();
 }
 
-absl::Status Cluster::StartReplicator(size_t i) {
+absl::Status Cluster::StartReplicator(size_t i, bool await_streams) {
   Region& r = *regions_[i];
   const char* level = std::getenv("MERIDIAN_REPLICATOR_LOG_LEVEL");
   auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml,
@@ -292,7 +315,12 @@ absl::Status Cluster::StartReplicator(size_t i) {
                            .log_path = absl::StrCat(dir_, "/", r.spec.name, "-replicator.log")});
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
-  return AwaitHttp(*r.replicator, r.metrics_port, "/metrics", "meridian-replicator " + r.spec.name);
+  const std::string what = "meridian-replicator " + r.spec.name;
+  if (absl::Status st = AwaitHttp(*r.replicator, r.metrics_port, "/metrics", what); !st.ok()) {
+    return st;
+  }
+  // Its stream service listens once its coordinator has loaded the lease records.
+  return await_streams ? AwaitListening(*r.replicator, r.repl_port, what) : absl::OkStatus();
 }
 
 absl::Status Cluster::StartWitness() {
@@ -300,19 +328,7 @@ absl::Status Cluster::StartWitness() {
       {.argv = {WitnessBinary(), "--config", witness_yaml_}, .log_path = dir_ + "/witness.log"});
   if (!p.ok()) return p.status();
   witness_ = *std::move(p);
-  // Ready when it accepts connections.
-  for (int i = 0; i < 100; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(witness_port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    if (ok) return absl::OkStatus();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return absl::UnavailableError("meridian-witness did not start; see " + dir_ + "/witness.log");
+  return AwaitListening(*witness_, witness_port_, "meridian-witness");
 }
 
 absl::Status Cluster::KillWitness() {

@@ -72,11 +72,14 @@ class Cluster {
   [[nodiscard]] const std::string& dir() const { return dir_; }
   [[nodiscard]] const ClusterOptions& options() const { return options_; }
 
-  // kill -9 and restart of one region's processes. Start* wait for readiness (region: /readyz).
+  // kill -9 and restart of one region's processes. Start* wait for readiness (region: /readyz;
+  // replicator: /metrics, then its stream service listening, which it does once its coordinator
+  // has loaded the lease records; await_streams false returns after /metrics, for a test that
+  // holds that load up).
   absl::Status KillRegionServer(size_t i);
   absl::Status StartRegionServer(size_t i);
   absl::Status KillReplicator(size_t i);
-  absl::Status StartReplicator(size_t i);
+  absl::Status StartReplicator(size_t i, bool await_streams = true);
   // The witness process (options.witness): kill -9 and restart.
   absl::Status KillWitness();
   absl::Status StartWitness();
