@@ -198,6 +198,13 @@ class LeasesTest : public ::testing::Test {
     ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
   }
 
+  // Whether a frame is a survivor's marks about region `lost`.
+  static auto MarksAbout(uint32_t lost) {
+    return [lost](const rpb::Frame& f) {
+      return f.has_survivor_marks() && f.survivor_marks().lost() == lost;
+    };
+  }
+
   // A replicator's count of the survivors' exchanges with `peer` that ended in `outcome`.
   double Exchanges(size_t at, const std::string& outcome, const std::string& peer) {
     return ReplicatorMetric(at, "meridian_replication_survivor_exchanges_total{outcome=\"" +
@@ -790,9 +797,7 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
   const uint32_t us = c_->spec(kUs).replica_id;
   const uint32_t eu = c_->spec(kEu).replica_id;
-  auto marks_about_us = [us](const rpb::Frame& f) {
-    return f.has_survivor_marks() && f.survivor_marks().lost() == us;
-  };
+  const auto marks_about_us = MarksAbout(us);
   auto answer = [](const rpb::Frame& f) { return f.has_survivor_answer(); };
   rpb::Frame our_marks;
   our_marks.mutable_survivor_marks()->set_lost(us);  // "we hold none of us-east"
@@ -803,10 +808,7 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
      // stream breaks before either side confirms
     test_support::ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame sync;
-    sync.mutable_sync_request()->set_group(us);
-    sync.mutable_sync_request()->set_epoch(2);
-    ASSERT_TRUE(p.Write(sync));
+    ASSERT_TRUE(p.Write(test_support::TakeoverSyncRequest(us, 2)));
     ASSERT_TRUE(p.NextBeating(marks_about_us, seconds(10)).has_survivor_marks())
         << "ap-south never sent its marks";
     marks_sent = std::chrono::steady_clock::now();
@@ -890,16 +892,11 @@ TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
   ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
   const uint32_t us = c_->spec(kUs).replica_id;
-  auto marks_about_us = [us](const rpb::Frame& f) {
-    return f.has_survivor_marks() && f.survivor_marks().lost() == us;
-  };
+  const auto marks_about_us = MarksAbout(us);
   {  // session 1: eu-west took us-east's group over; ap-south sends its marks, which go unanswered
     test_support::ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
-    rpb::Frame sync;
-    sync.mutable_sync_request()->set_group(us);
-    sync.mutable_sync_request()->set_epoch(2);
-    ASSERT_TRUE(p.Write(sync));
+    ASSERT_TRUE(p.Write(test_support::TakeoverSyncRequest(us, 2)));
     ASSERT_TRUE(p.NextBeating(marks_about_us, seconds(10)).has_survivor_marks())
         << "ap-south never sent its marks";
     p.Cut();
@@ -922,12 +919,7 @@ TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
                               ? "the stream ended"
                               : "exchanged before it knew of the takeover");
   EXPECT_EQ(Exchanges(kAp, "parked", "eu-west"), 1);
-  rpb::Frame renewal;
-  renewal.mutable_lease()->set_group(us);
-  renewal.mutable_lease()->set_epoch(2);
-  renewal.mutable_lease()->mutable_request()->set_round(1);
-  renewal.mutable_lease()->mutable_request()->set_renewal(true);
-  ASSERT_TRUE(p.Write(renewal));
+  ASSERT_TRUE(p.Write(test_support::LeaseRenewal(us, 2)));
   bool marks = false, answered = false;
   for (int i = 0; i < 2 && !(marks && answered); ++i) {
     rpb::Frame f;
@@ -958,11 +950,7 @@ TEST_F(LeasesTest, APeersLeaseFrameWhileTheLeaseRecordsLoadIsNoCrash) {
   ASSERT_NO_FATAL_FAILURE(StartThree());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
   const uint32_t us = c_->spec(kUs).replica_id;
-  rpb::Frame renewal;
-  renewal.mutable_lease()->set_group(us);
-  renewal.mutable_lease()->set_epoch(1);
-  renewal.mutable_lease()->mutable_request()->set_round(1);
-  renewal.mutable_lease()->mutable_request()->set_renewal(true);
+  const rpb::Frame renewal = test_support::LeaseRenewal(us, 1);
   auto lease_reply = [](const rpb::Frame& f) { return f.has_lease() && f.lease().has_reply(); };
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
   {

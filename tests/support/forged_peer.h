@@ -205,6 +205,25 @@ inline ::meridian::replication::v1::Frame CatchUpRequest(uint32_t group,
   return f;
 }
 
+// A new owner's takeover sync request for `group`'s orders at `epoch` (the receiver raises its
+// fence and learns the new owner: a takeover it has seen).
+inline ::meridian::replication::v1::Frame TakeoverSyncRequest(uint32_t group, uint64_t epoch) {
+  ::meridian::replication::v1::Frame f;
+  f.mutable_sync_request()->set_group(group);
+  f.mutable_sync_request()->set_epoch(epoch);
+  return f;
+}
+
+// A holder's renewal of `group`'s lease at `epoch` (receivers learn who holds the group from it).
+inline ::meridian::replication::v1::Frame LeaseRenewal(uint32_t group, uint64_t epoch) {
+  ::meridian::replication::v1::Frame f;
+  f.mutable_lease()->set_group(group);
+  f.mutable_lease()->set_epoch(epoch);
+  f.mutable_lease()->mutable_request()->set_round(1);
+  f.mutable_lease()->mutable_request()->set_renewal(true);
+  return f;
+}
+
 // A batch of one cart record from `origin`'s database "shard-0" at `seq`: sku-1 x3 for
 // `user_id`, pinned to `residency` ("any" for none). As a state batch (`kind` kState) it is a
 // document of a state transfer or a survivors' exchange: no seq, and `seq` must be 0.
