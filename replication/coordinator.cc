@@ -21,6 +21,7 @@
 #include "replication/lease.h"
 #include "replication/lease_frames.h"
 #include "replication/rights.h"
+#include "services/domain.h"
 
 namespace meridian::replication {
 namespace {
@@ -30,7 +31,9 @@ using Json = nlohmann::json;
 using region::http::HttpRequest;
 using region::http::HttpResponse;
 
-constexpr size_t kMaxSkuBytes = 256;
+// SKUs per GetRightsViews call (the region takes at most 10,000): asked-about ones, then cached.
+constexpr size_t kRefreshWanted = 5000;
+constexpr size_t kRefreshViews = 2000;
 constexpr int kSyncPage = 500;
 // How long a survivor keeps asking a new owner for a dead region's orders.
 constexpr auto kCatchUpMax = std::chrono::minutes(2);
@@ -80,7 +83,7 @@ absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
     }
     RightsGossip g;
     for (const auto& x : r.gossip().entries()) {
-      if (x.sku().empty() || x.sku().size() > kMaxSkuBytes || !std::isfinite(x.demand_per_s()) ||
+      if (!services::ValidateSku(x.sku()).ok() || !std::isfinite(x.demand_per_s()) ||
           x.received_size() > 255) {
         return absl::InvalidArgumentError("rights gossip: malformed entry");
       }
@@ -100,7 +103,7 @@ absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
     return RightsMessage(std::move(g));
   }
   if (r.has_request()) {
-    if (r.request().sku().empty() || r.request().sku().size() > kMaxSkuBytes) {
+    if (!services::ValidateSku(r.request().sku()).ok()) {
       return absl::InvalidArgumentError("rights request: malformed SKU");
     }
     return RightsMessage(RightsRequest{r.request().sku(), r.request().units()});
@@ -288,9 +291,14 @@ struct Coordinator::Impl {
       taken.swap(taken_over);
       grants = rm->Tick();
       leases = lm->Views();
-      want = wanted;
+      // The region reads at most 10,000 SKUs a call: what was asked about first, in slices, then
+      // the cached views to refresh.
+      for (const auto& sku : wanted) {
+        if (want.size() >= kRefreshWanted) break;
+        want.insert(sku);
+      }
       for (const auto& [sku, v] : views) {
-        if (want.size() >= 2000) break;
+        if (want.size() >= kRefreshWanted + kRefreshViews) break;
         want.insert(sku);
       }
       const auto now = std::chrono::steady_clock::now();

@@ -609,9 +609,12 @@ class Session {
     bool state = false;  // a state transfer's batch
     int64_t first_seq = 0, last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
-    size_t bytes = 0;
+    size_t bytes = kPendingOverhead;  // what it holds in memory, for the apply backpressure
     SteadyTime::time_point queued_at;
   };
+  // Counted for every queued batch, records or not: a peer sending empty batches faster than
+  // they apply must meet the backpressure too.
+  static constexpr size_t kPendingOverhead = 256;
 
   struct Cursor {
     std::string db;      // the local database, for the region's API
@@ -2137,6 +2140,8 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
   impl->server = builder.BuildAndStart();
   if (!impl->server || impl->port == 0) {
+    // The coordinator's threads use the feed and the peers, which go before it when impl does.
+    if (raw->coordinator) raw->coordinator->Stop();
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", c.listen.host, ":", c.listen.port));
   }

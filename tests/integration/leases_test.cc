@@ -733,6 +733,22 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     f.mutable_rights()->mutable_retire()->set_declared_by(c_->spec(kUs).replica_id);
     expect_rejected(p.SendAndFinish(f), "rights retire");
   }
+  // SKUs the region would refuse: taken in, they made every later rights-view refresh fail.
+  {  // gossip about a SKU with a space
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_rights()->mutable_gossip()->add_entries()->set_sku("no spaces");
+    expect_rejected(p.SendAndFinish(f), "rights gossip: malformed entry");
+  }
+  {  // a request for a 65-character SKU
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_rights()->mutable_request()->set_sku(std::string(65, 'x'));
+    f.mutable_rights()->mutable_request()->set_units(1);
+    expect_rejected(p.SendAndFinish(f), "rights request: malformed SKU");
+  }
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
