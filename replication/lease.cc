@@ -226,8 +226,10 @@ void LeaseManager::Tick() {
       StartRound(g, h, h.epoch, now);
       h.next_round_ms = now + config_.renew_interval_ms;
     } else if (now >= listen_until_ms_ && WantsToAcquire(g, h)) {
+      const uint64_t next = std::max(claimed_.at(g), w.epoch) + 1;
+      if (next > kMaxEpoch) continue;  // see kMaxEpoch
       h.state = Holding::State::kAcquiring;
-      StartRound(g, h, std::max(claimed_.at(g), w.epoch) + 1, now);
+      StartRound(g, h, next, now);
       h.next_round_ms = now + config_.retry_interval_ms;
     }
   }

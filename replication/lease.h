@@ -59,6 +59,13 @@ namespace meridian::replication {
 using RegionId = uint32_t;  // a region's replica id, 1..255; 0 is "none"
 inline constexpr RegionId kNoRegion = 0;
 
+// The highest epoch anyone may name (the wire form refuses higher): 2^53, far beyond any lease's
+// lifetime of takeovers, so that epoch + 1 never wraps, and exact in JSON (order events carry
+// epochs). A LeaseManager never asks for a higher one: once a peer has named it (only a buggy or
+// hostile one would), that group is not acquired again rather than asked for at an epoch every
+// peer refuses.
+inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
+
 // ttl_ms's range; within it, the other timings set the real minimum (LeaseConfig::MinTtlMs).
 inline constexpr int64_t kLeaseTtlMsMin = 100;
 inline constexpr int64_t kLeaseTtlMsMax = 600000;

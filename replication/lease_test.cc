@@ -302,6 +302,40 @@ TEST(Lease, StoreFailureRefusesTheGrant) {
   EXPECT_FALSE(std::get<LeaseReply>(sent.back()).granted);
 }
 
+// A peer that names the last epoch there is (kMaxEpoch) does not make this region ask for one past
+// it, which every peer would refuse, ending the stream each time.
+TEST(Lease, NoEpochPastTheLastIsAskedFor) {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<LeaseRequest> asked;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId, const LeaseMessage& m) {
+                    if (auto* r = std::get_if<LeaseRequest>(&m)) asked.push_back(*r);
+                  });
+  ASSERT_TRUE(lm.Start().ok());
+  lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch - 1, 3});  // a claim one below the last
+  for (int i = 0; i < 200; ++i) {  // region 1 silent: region 2, its successor, takes group 1
+    now += 10;
+    lm.Tick();
+  }
+  bool asked_last = false;
+  for (const LeaseRequest& r : asked) {
+    EXPECT_LE(r.epoch, kMaxEpoch);
+    asked_last = asked_last || (r.group == 1 && r.epoch == kMaxEpoch);
+  }
+  EXPECT_TRUE(asked_last) << "the takeover should still use the last epoch";
+  lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch, 3});  // now the last one is claimed
+  const size_t before = asked.size();
+  for (int i = 0; i < 200; ++i) {
+    now += 10;
+    lm.Tick();
+  }
+  for (size_t i = before; i < asked.size(); ++i) {
+    EXPECT_LE(asked[i].epoch, kMaxEpoch) << "group " << asked[i].group;
+  }
+}
+
 TEST(Lease, UnknownGroupFromAPeerIsIgnored) {
   Cluster c(3, FastConfig(), 5);
   c.nodes[1].lm->OnMessage(2, LeaseRequest{77, 5, 1});
