@@ -2011,7 +2011,9 @@ void Replicator::Impl::Housekeeping() {
       int64_t behind = 0;
       for (const auto& d : status.databases()) {
         auto it = p->acked.find(d.stream());
-        int64_t acked = it == p->acked.end() ? 0 : it->second;
+        // No peer has applied past what the outbox holds: a hello claiming more (up to kMaxSeq)
+        // would otherwise be truncated through and recorded, and nothing truncated again.
+        const int64_t acked = std::min(it == p->acked.end() ? 0 : it->second, d.outbox_max_seq());
         behind += std::max<int64_t>(0, d.outbox_max_seq() - acked);
         auto [t, fresh] = through.emplace(d.name(), acked);
         if (!fresh) t->second = std::min(t->second, acked);
