@@ -349,6 +349,65 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
   ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
 }
 
+// Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
+// certificates, lying or confused) let ap-south truncate what its outbox holds, no more: once the
+// genuine peers are back, later records are still truncated after they acked them.
+TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
+  Product(kAp, "sku-1", 500);
+  ProductsEverywhere({"sku-1"});
+  std::string ada = Customer(kAp, "ada@example.com", "any");
+  const std::string ada_id = services::UserIdForEmail("ada@example.com");
+  ASSERT_EQ(Add(kAp, ada, "sku-1", 1), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({ada_id}, {{ada_id, {{"sku-1", 1}}}}, &why);
+      },
+      30))
+      << why;
+  auto outbox_rows = [&] {
+    return Count(kAp, "global", "SELECT count(*) FROM outbox") +
+           Count(kAp, "shard0", "SELECT count(*) FROM outbox") +
+           Count(kAp, "shard1", "SELECT count(*) FROM outbox");
+  };
+  // ap-south's streams: the region's database name and its outbox stream id.
+  std::vector<std::pair<std::string, int64_t>> claim;
+  for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
+                          std::pair{"shard-1", "shard1"}}) {
+    pqxx::connection conn(c_->Dsn(kAp, db));
+    pqxx::work tx(conn);
+    claim.emplace_back(
+        std::string(pool) + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>(),
+        replication::kMaxSeq);
+  }
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  {
+    ForgedPeer us(*c_, kUs, kAp), eu(*c_, kEu, kAp);
+    ASSERT_TRUE(us.Hello(claim));
+    ASSERT_TRUE(eu.Hello(claim));
+    // Both claims stand (heartbeats keep the streams up) until ap-south truncated through them.
+    ASSERT_TRUE(Eventually(
+        [&] {
+          rpb::Frame beat;
+          beat.mutable_heartbeat();
+          return us.Write(beat) && eu.Write(beat) && outbox_rows() == 0;
+        },
+        15));
+  }
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  ASSERT_EQ(Add(kAp, ada, "sku-1", 2), 200);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({ada_id}, {{ada_id, {{"sku-1", 3}}}}, &why);
+      },
+      30))
+      << why;
+  EXPECT_TRUE(Eventually([&] { return outbox_rows() == 0; }, 30))
+      << outbox_rows() << " rows stay in ap-south's outbox after every peer acked them";
+}
+
 TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {
   Product(kEu, "sku-1", 500);
   ProductsEverywhere({"sku-1"});
