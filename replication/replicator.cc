@@ -108,6 +108,8 @@ struct PeerMetrics {
   prometheus::Counter* rejected;
   prometheus::Counter* applied;
   prometheus::Gauge* connected;
+  prometheus::Gauge* apply_queue_batches;   // received, not yet applied
+  prometheus::Gauge* apply_queue_bytes;     // ... as the apply backpressure counts them
   prometheus::Counter* survivor_sent;       // exchanges after a loss where we sent our documents
   prometheus::Counter* survivor_skipped;    // ... where the peer already had what we have
   prometheus::Counter* survivor_parked;     // peer's marks for a loss this region has not seen
@@ -497,6 +499,16 @@ struct Replicator::Impl {
                           .Name("meridian_replication_connected")
                           .Help("1 while a stream with the peer is established")
                           .Register(*registry);
+    auto& queue_batches = prometheus::BuildGauge()
+                              .Name("meridian_replication_apply_queue_batches")
+                              .Help("The peer's batches received here and not yet applied")
+                              .Register(*registry);
+    auto& queue_bytes = prometheus::BuildGauge()
+                            .Name("meridian_replication_apply_queue_bytes")
+                            .Help(
+                                "Bytes of those batches as the apply backpressure counts them "
+                                "(records plus 256 per batch); the stream is held back at 16 MiB")
+                            .Register(*registry);
     auto& survivor = prometheus::BuildCounter()
                          .Name("meridian_replication_survivor_exchanges_total")
                          .Help(
@@ -527,6 +539,8 @@ struct Replicator::Impl {
       p->m.rejected = &rejected.Add(l);
       p->m.applied = &applied.Add(l);
       p->m.connected = &connected.Add(l);
+      p->m.apply_queue_batches = &queue_batches.Add(l);
+      p->m.apply_queue_bytes = &queue_bytes.Add(l);
       p->m.survivor_sent = &survivor.Add({{"peer", p->config.name}, {"outcome", "documents_sent"}});
       p->m.survivor_skipped = &survivor.Add({{"peer", p->config.name}, {"outcome", "skipped"}});
       p->m.survivor_parked = &survivor.Add({{"peer", p->config.name}, {"outcome", "parked"}});
@@ -593,6 +607,10 @@ class Session {
     if (coordination_.joinable()) coordination_.join();
     for (auto& [db, t] : appliers_) t.join();
     watchdog.join();
+    // What was queued and not applied goes with the session (the peer resends it). Gauges
+    // move by amounts, not set: a newer session with this peer may be counting already.
+    peer_.m.apply_queue_bytes->Decrement(static_cast<double>(apply_bytes_));
+    peer_.m.apply_queue_batches->Decrement(apply_queued_);
     FlushResumePoints();
     if (outlet_) {
       outlet_->Close();
@@ -966,6 +984,8 @@ class Session {
     }
     apply_bytes_ += p.bytes;
     ++apply_queued_;
+    peer_.m.apply_queue_bytes->Increment(static_cast<double>(p.bytes));
+    peer_.m.apply_queue_batches->Increment();
     ++queue->second.queued;
     queue->second.batches.push_back(std::move(p));
     queue->second.cv.notify_one();
@@ -1008,6 +1028,8 @@ class Session {
           req.set_through_seq(std::max(req.through_seq(), p.last_seq));
           apply_bytes_ -= p.bytes;
           --apply_queued_;
+          peer_.m.apply_queue_bytes->Decrement(static_cast<double>(p.bytes));
+          peer_.m.apply_queue_batches->Decrement();
           ++taken;
           queue.pop_front();
         }

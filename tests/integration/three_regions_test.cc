@@ -408,6 +408,54 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
       << outbox_rows() << " rows stay in ap-south's outbox after every peer acked them";
 }
 
+// A peer sending empty batches (ranges of seqs with nothing for this region) faster than they
+// apply meets the apply backpressure as one sending records does: while ap-south's applies are
+// held up, its reader stops taking the peer's batches at 16 MiB of queue (256 B per batch, so
+// 65,536 of them), and takes the rest once the applies run again. Nothing is lost.
+TEST_F(ThreeRegions, EmptyBatchesMeetTheApplyBackpressure) {
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ForgedPeer eu(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(eu.Hello());
+  // An apply of empty batches only moves the stream's mark in ap-south's global database: it
+  // waits for this lock.
+  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
+  pqxx::work lock(lock_conn);
+  lock.exec0("LOCK TABLE replication_applied IN ACCESS EXCLUSIVE MODE");
+  constexpr int64_t kBatches = 100'000, kCap = (16 << 20) / 256;
+  std::atomic<int64_t> written{0};
+  std::thread flood([&] {
+    for (int64_t seq = 1; seq <= kBatches; ++seq) {
+      rpb::Frame f;
+      *f.mutable_batch() = replication::EncodeBatch(2, "flood-0", seq, seq, rpb::RecordList(), 1,
+                                                    replication::BatchKind::kDeltas);
+      if (!eu.Write(f)) return;
+      ++written;
+    }
+  });
+  auto queued = [&]() -> int64_t {
+    auto m = c_->Metrics(kAp);
+    if (!m.ok()) return -1;
+    const std::string name = "meridian_replication_apply_queue_batches{peer=\"eu-west\"} ";
+    const size_t at = m->find(name);
+    return at == std::string::npos ? -1 : std::atoll(m->c_str() + at + name.size());
+  };
+  // No ASSERT until the flood is over: the lock holds its writes up.
+  EXPECT_TRUE(Eventually([&] { return queued() >= kCap; }, 20)) << queued();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_EQ(queued(), kCap) << written << " batches written";
+  lock.commit();
+  flood.join();
+  EXPECT_EQ(written, kBatches);
+  // Every batch is applied: ap-south acks the last seq, and its queue is empty.
+  rpb::Frame ack = eu.NextBeating(
+      [&](const rpb::Frame& f) {
+        return f.has_ack() && f.ack().origin_database() == "flood-0" && f.ack().seq() == kBatches;
+      },
+      std::chrono::seconds(30));
+  EXPECT_TRUE(ack.has_ack());
+  EXPECT_TRUE(Eventually([&] { return queued() == 0; }, 10)) << queued();
+}
+
 TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {
   Product(kEu, "sku-1", 500);
   ProductsEverywhere({"sku-1"});
