@@ -13,6 +13,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
@@ -146,6 +149,23 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
   }
   return st;
 }
+
+namespace {
+
+// Whether clearing a checkout's snapshot took exactly its lines from the cart: `before` and
+// `after` are the locked cart's lines around the clear, `taken` the snapshot's (all sorted by
+// SKU, as Cart::Lines gives them).
+bool ClearedExactly(const std::vector<std::pair<std::string, int64_t>>& before,
+                    const std::vector<std::pair<std::string, int64_t>>& after,
+                    const std::vector<std::pair<std::string, int64_t>>& taken) {
+  std::map<std::string, int64_t> removed;
+  for (const auto& [sku, qty] : before) removed[sku] += qty;
+  for (const auto& [sku, qty] : after) removed[sku] -= qty;
+  std::erase_if(removed, [](const auto& kv) { return kv.second == 0; });
+  return removed == std::map<std::string, int64_t>(taken.begin(), taken.end());
+}
+
+}  // namespace
 
 HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   auto who = Customer(req);
@@ -352,17 +372,26 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
               tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
               tx.quote(event.dump()) + ");";
-    // Clear what the snapshot held.
-    if (!r.empty()) {
-      pqxx::binarystring bytes(r[0][0]);
-      auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
-      if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
-      crdt::Cart taken = snapshot;
-      crdt::Cart delta = taken.Clear();
-      cart->Merge(delta);
-      writes += SaveCartSql(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
-                            config.replica_id);
+    // Clear what the snapshot held. The snapshot was read unlocked: the order stands only if
+    // the locked cart still holds every unit of it, so that two checkouts of one cart (a
+    // double click) cannot both take its lines; the one that comes second takes nothing.
+    if (r.empty()) throw AbortTx{Unprocessable("cart: empty, nothing to check out")};
+    pqxx::binarystring bytes(r[0][0]);
+    auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+    if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
+    crdt::Cart taken = snapshot;
+    crdt::Cart delta = taken.Clear();
+    const auto before = cart->Lines();
+    cart->Merge(delta);
+    if (!ClearedExactly(before, cart->Lines(), lines)) {
+      throw AbortTx{before.empty()
+                        ? Unprocessable("cart: empty, nothing to check out")
+                        : absl::AbortedError(
+                              "cart: it changed while checking out (another checkout, or a "
+                              "change made in another region); review it and check out again")};
     }
+    writes += SaveCartSql(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
+                          config.replica_id);
     std::string ev = OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
     ev.pop_back();  // the trailing ';'
     writes += ev + " RETURNING seq";

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <latch>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -444,6 +445,37 @@ TEST_F(RegionTest, ConcurrentCheckoutsOfTheLastUnits) {
   EXPECT_EQ(conflict.load(), kCustomers - kUnits);
   EXPECT_EQ(other.load(), 0);
   EXPECT_EQ(Available("scarce"), 0);
+}
+
+// A double click without an Idempotency-Key: checkouts of one cart at once make one order,
+// take its units once and charge once; the others find the cart empty (or changed).
+TEST_F(RegionTest, ConcurrentCheckoutsOfOneCartMakeOneOrder) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":2})").status, 200);
+  const int64_t before = Available("sku-3");
+  constexpr int kTwins = 6;
+  std::latch go(kTwins);
+  std::vector<Response> answers(kTwins);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kTwins; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      answers[i] = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+    });
+  }
+  for (auto& th : threads) th.join();
+  int created = 0;
+  for (const Response& r : answers) {
+    if (r.status == 201) {
+      ++created;
+    } else {
+      EXPECT_TRUE(r.status == 422 || r.status == 409) << r.status << " " << r.body;
+    }
+  }
+  EXPECT_EQ(created, 1);
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/orders").body)["items"].size(), 1u);
+  EXPECT_EQ(Available("sku-3"), before - 2);
+  EXPECT_EQ(As(t, "GET", "/v1/cart").body.find("sku-3"), std::string::npos);
 }
 
 TEST_F(RegionTest, RepeatedIdempotencyKeyReturnsTheSameOrder) {
