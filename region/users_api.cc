@@ -170,8 +170,20 @@ HttpResponse RegionApp::Impl::Search(HttpRequest& req) {
   if (!limit.ok()) return ProblemFromStatus(limit.status());
   Json items = Json::array();
   absl::Status st = global->Run([&](pqxx::work& tx) {
-    // websearch_to_tsquery accepts any user text without syntax errors.
-    std::string query = "websearch_to_tsquery('english', " + tx.quote(*q) + ")";
+    // websearch_to_tsquery accepts any user text without syntax errors, but more than 32
+    // operators waiting for their operand ("-" runs, "-&", "-(") overflow its parser's stack:
+    // PostgreSQL's XX000 "tsquery stack too small", the text's fault and not the region's. The
+    // text is parsed on its own first so that only that statement's failure is taken for it.
+    std::string parsed;
+    try {
+      parsed = tx.exec1("SELECT websearch_to_tsquery('english', " + tx.quote(*q) + ")::text")[0]
+                   .as<std::string>();
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() != "XX000") throw;
+      throw AbortTx{absl::InvalidArgumentError(
+          "q: more than 32 search operators (such as '-') in a row; PostgreSQL cannot run it")};
+    }
+    const std::string query = tx.quote(parsed) + "::tsquery";
     for (const auto& r : tx.exec(absl::StrCat("SELECT ", kProductCols, ", ts_rank(search, ", query,
                                               ") AS rank FROM products WHERE ", "search @@ ", query,
                                               " ORDER BY rank DESC, sku LIMIT ", *limit))) {
