@@ -315,6 +315,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void CommitHeader() {
+    // A field value excludes its leading and trailing whitespace (RFC 9110, 5.5); http_parser
+    // drops only the leading part.
+    while (!header_value_.empty() && (header_value_.back() == ' ' || header_value_.back() == '\t'))
+      header_value_.pop_back();
     request_.headers.emplace_back(std::move(header_name_), std::move(header_value_));
     header_name_.clear();
     header_value_.clear();

@@ -464,6 +464,22 @@ TEST_F(HttpServerTest, ExpectContinueGets100BeforeTheBody) {
   EXPECT_EQ(response->body, "POST /e path=/e query= x-test=- body=hello");
 }
 
+// Whitespace around a value is not part of it (RFC 9110, 5.5): a token, an idempotency key or
+// "100-continue" followed by a space or tab is still itself.
+TEST_F(HttpServerTest, WhitespaceAroundAValueIsNotPartOfIt) {
+  StartServer(SmallOptions());
+  TestClient client(server_->port());
+  ASSERT_TRUE(
+      client.Send("POST /w HTTP/1.1\r\nHost: t\r\nX-Test: \t value \t \r\nContent-Length: 5\r\n"
+                  "Expect: 100-continue \r\n\r\n"));
+  auto interim = client.Read();
+  ASSERT_TRUE(interim);
+  EXPECT_EQ(interim->status, 100);
+  auto response = client.RoundTrip("hello");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->body, "POST /w path=/w query= x-test=value body=hello");
+}
+
 TEST_F(HttpServerTest, ExpectContinueWithTheBodyAlreadySentGetsNo100) {
   StartServer(SmallOptions());
   TestClient client(server_->port());
