@@ -161,7 +161,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   YAML::Node lim = r.Map(root, "limits", "limits", false);
   r.OnlyKeys(lim, "limits",
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
-              "reservation_ttl_s", "request_timeout_ms", "max_cart_lines", "max_line_quantity"});
+              "reservation_ttl_s", "max_cart_lines", "max_line_quantity"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
@@ -169,8 +169,6 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.rate_limit_burst = r.Number(lim, "rate_limit_burst", "limits.rate_limit_burst", 100, 1, 1e7);
   c.reservation_ttl_s =
       r.Integer<int>(lim, "reservation_ttl_s", "limits.reservation_ttl_s", 900, 1, 7 * 86400);
-  c.request_timeout_ms =
-      r.Integer<int>(lim, "request_timeout_ms", "limits.request_timeout_ms", 5000, 10, 600000);
   c.max_cart_lines = r.Integer<int>(lim, "max_cart_lines", "limits.max_cart_lines", 100, 1, 10000);
   c.max_line_quantity =
       r.Integer<int>(lim, "max_line_quantity", "limits.max_line_quantity", 999, 1, 1000000);

@@ -67,7 +67,6 @@ struct RegionConfig {
   double rate_limit_per_s = 50;
   double rate_limit_burst = 100;
   int reservation_ttl_s = 900;
-  int request_timeout_ms = 5000;
   int max_cart_lines = 100;
   int max_line_quantity = 999;
 };
