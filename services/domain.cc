@@ -191,6 +191,9 @@ std::vector<Mismatch> Reconcile(const std::vector<ProviderCharge>& charges,
     by_id[c.charge_id] = &c;
     if (c.status == "declined") continue;
     auto it = by_ref.find(c.charge_id);
+    // A refunded charge no order took is a payment given back when its order could not be
+    // marked paid (cancelled meanwhile, or moved to a newer owner): settled, not a mismatch.
+    if (it == by_ref.end() && c.status == "refunded") continue;
     if (it == by_ref.end()) {
       out.push_back({"charge_without_order", c.order_id, c.charge_id,
                      absl::StrCat("provider ", c.status, " ", c.amount_cents, " cents")});

@@ -47,7 +47,9 @@ enum class CardDecision { kApproved, kDeclined };
 absl::Status ValidateCardNumber(std::string_view number);
 CardDecision SandboxDecision(std::string_view card_number);
 
-// Reconciliation: compares the provider's charges with the orders that reference them.
+// Reconciliation: compares the provider's charges with the orders that reference them. A
+// declined charge, or a refunded one that no order references (the compensation of a payment
+// whose order changed meanwhile), is settled and never a mismatch.
 struct ProviderCharge {
   std::string charge_id;
   std::string order_id;

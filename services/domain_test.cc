@@ -85,15 +85,19 @@ TEST(Domain, ReconcileFindsEveryKindOfMismatch) {
                                          {"c2", "o2", "captured", 200},
                                          {"c3", "o3", "captured", 300},
                                          {"c4", "o9", "captured", 50},
-                                         {"c5", "o5", "declined", 10}};
-  std::vector<OrderPayment> orders = {{"o1", "paid", "c1", 100},
-                                      {"o2", "paid", "c2", 250},
-                                      {"o3", "cancelled", "c3", 300},
-                                      {"o4", "paid", "c404", 10}};
+                                         {"c5", "o5", "declined", 10},
+                                         // a payment given back: its order was cancelled
+                                         {"c6", "o6", "refunded", 70},
+                                         // refunded, but its order still says paid
+                                         {"c7", "o7", "refunded", 80}};
+  std::vector<OrderPayment> orders = {{"o1", "paid", "c1", 100},      {"o2", "paid", "c2", 250},
+                                      {"o3", "cancelled", "c3", 300}, {"o4", "paid", "c404", 10},
+                                      {"o6", "cancelled", "", 70},    {"o7", "paid", "c7", 80}};
   auto m = Reconcile(charges, orders);
   std::vector<std::string> kinds;
   for (const auto& x : m) kinds.push_back(x.kind + ":" + x.order_id);
-  EXPECT_EQ(kinds.size(), 4u);
+  EXPECT_EQ(kinds.size(), 5u);
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "status_differs:o7"), kinds.end());
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "amount_differs:o2"), kinds.end());
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "status_differs:o3"), kinds.end());
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "charge_without_order:o9"), kinds.end());
