@@ -338,15 +338,17 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   Json created_items = Json::array();
   int64_t event_seq = 0;
   st = shard.Run([&](pqxx::work& tx) {
+    // Reads first (the cart, locked), then every write in one round trip.
+    pqxx::result r = tx.exec(
+        DocumentLockSql(tx, "cart", user_id) +
+        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
+    // After the lock: a twin with the same key that got it first has committed its order by
+    // now, and this statement sees it (it would otherwise find the cart emptied by its twin).
     if (!idem.empty()) {
       if (auto other = FindByIdempotencyKey(tx, user_id, idem)) {
         throw AbortTx{absl::AlreadyExistsError(*other)};
       }
     }
-    // Reads first (the cart, locked), then every write in one round trip.
-    pqxx::result r = tx.exec(
-        DocumentLockSql(tx, "cart", user_id) +
-        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
         "reservation_id, idempotency_key, owner_region, residency, lease_group, epoch, version) "
