@@ -4,10 +4,13 @@
 // from the config file's folder (never from wherever the process was started), and an operator's
 // bearer token can come from a file. Header-only, part of meridian_common.
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cctype>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -36,6 +39,73 @@ namespace meridian::common {
   return out + path;
 }
 
+// The largest config file any daemon reads, and the largest file a config names (a token, a
+// certificate or key).
+inline constexpr size_t kConfigFileBytesMax = 4 << 20;
+
+// Reads a file that a flag or config names (`what`: "config file", "token file"...): only a
+// regular file of at most `max_bytes`. A FIFO would block the process before it can say
+// anything, and /dev/zero never ends; both are refused without a read. NotFound ("cannot read
+// '<path>': <reason>") when it cannot be opened or read, InvalidArgument when it is something
+// else than a regular file or too large; the message names the file.
+[[nodiscard]] inline absl::StatusOr<std::string> ReadRegularFile(
+    const std::string& path, const char* what, size_t max_bytes = kConfigFileBytesMax) {
+  const auto named = [&] { return absl::StrCat(what, " '", path, "'"); };
+  // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno)));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno)));
+  }
+  if (S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(named() + " is a folder");
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        named() + " is not a regular file (a pipe, socket or device cannot be read as one)");
+  }
+  const auto too_large = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat(named(), " is larger than ", max_bytes, " bytes"));
+  };
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large();
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::NotFoundError(absl::StrCat("cannot read '", path, "': ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max_bytes) return too_large();  // it grew while being read
+  }
+  return out;
+}
+
+// Reads a PEM file (a CA, certificate or key) that the config field `field` names: a regular
+// file holding at least one "-----BEGIN " block. Errors name the field and the file, so that a
+// wrong path reads as that and not as a failed listen or handshake later.
+[[nodiscard]] inline absl::StatusOr<std::string> ReadPemFile(const char* field,
+                                                             const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": no file named"));
+  auto text = ReadRegularFile(path, "PEM file", 1 << 20);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat(field, ": ", text.status().message()));
+  }
+  if (text->find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' holds no PEM block (-----BEGIN ...)"));
+  }
+  return text;
+}
+
 // The smallest operator bearer token any daemon accepts.
 inline constexpr size_t kOperatorTokenBytesMin = 16;
 
@@ -58,16 +128,9 @@ inline constexpr size_t kOperatorTokenBytesMin = 16;
 // and `echo` add, "\r\n" included), checked by CheckOperatorToken. NotFound when the file cannot
 // be read, InvalidArgument when its token is unusable; the message names the file.
 [[nodiscard]] inline absl::StatusOr<std::string> ReadOperatorTokenFile(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a folder, not a token file"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string token = text.str();
-  if (in.bad()) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  auto text = ReadRegularFile(path, "token file", 64 << 10);
+  if (!text.ok()) return text.status();
+  std::string token = *std::move(text);
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
     token.pop_back();
   }

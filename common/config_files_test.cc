@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <string>
 
@@ -72,6 +74,51 @@ TEST_F(TokenFile, AMissingFileIsNotFound) {
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(t.status().message().find("cannot read '" + dir_ + "/none'"), std::string::npos);
+}
+
+class RegularFile : public test_support::TempDirTest {};
+
+TEST_F(RegularFile, AFifoIsRefusedWithoutWaitingForAWriter) {
+  const std::string fifo = dir_ + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // A blocking open would wait here for a writer that never comes.
+  auto text = ReadRegularFile(fifo, "config file");
+  ASSERT_FALSE(text.ok());
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(text.status().message().find("not a regular file"), std::string::npos) << text.status();
+  EXPECT_FALSE(ReadOperatorTokenFile(fifo).ok());
+  EXPECT_FALSE(ReadPemFile("tls.ca", fifo).ok());
+}
+
+TEST_F(RegularFile, ADeviceAFolderAndAFileTooLargeAreRefused) {
+  EXPECT_NE(
+      ReadRegularFile("/dev/zero", "config file").status().message().find("not a regular file"),
+      std::string::npos);
+  EXPECT_NE(ReadRegularFile(dir_, "config file").status().message().find("is a folder"),
+            std::string::npos);
+  const std::string big = dir_ + "/big";
+  std::ofstream(big) << std::string(2000, 'x');
+  auto text = ReadRegularFile(big, "config file", 1000);
+  ASSERT_FALSE(text.ok());
+  EXPECT_NE(text.status().message().find("larger than 1000 bytes"), std::string::npos)
+      << text.status();
+  auto fits = ReadRegularFile(big, "config file", 2000);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(fits->size(), 2000u);
+}
+
+TEST_F(RegularFile, APemFileMustHoldABlock) {
+  const std::string pem = dir_ + "/ca.pem";
+  std::ofstream(pem) << "not a certificate\n";
+  auto text = ReadPemFile("tls.ca", pem);
+  ASSERT_FALSE(text.ok());
+  EXPECT_NE(text.status().message().find("tls.ca: '" + pem + "' holds no PEM block"),
+            std::string::npos)
+      << text.status();
+  EXPECT_NE(ReadPemFile("tls.key", "").status().message().find("tls.key: no file named"),
+            std::string::npos);
+  std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  EXPECT_TRUE(ReadPemFile("tls.ca", pem).ok());
 }
 
 }  // namespace

@@ -10,8 +10,10 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
 namespace meridian {
@@ -83,6 +85,12 @@ class YamlReader {
     }
     if (!n.IsScalar()) {
       Fail(path, "must be a string");
+      return def;
+    }
+    // A required field given as "" is as missing as an absent one (an empty address would
+    // otherwise reach a connect, an empty name a message).
+    if (required && n.Scalar().empty()) {
+      Fail(path, "must not be empty");
       return def;
     }
     return n.Scalar();
@@ -160,9 +168,11 @@ class YamlReader {
     return e;
   }
 
-  // Keys not in `known` are errors: a typo must not silently fall back to a default.
+  // Keys not in `known` are errors: a typo must not silently fall back to a default. So is a key
+  // given twice, of which every accessor would read the first and ignore the other.
   void OnlyKeys(const YAML::Node& n, const std::string& path, std::set<std::string> known) {
     if (!n || !n.IsMap()) return;
+    std::set<std::string> seen;
     for (const auto& kv : n) {
       // `? [a, b]: 1` or `{x: 1}: 2` has a key that is not a string: as<std::string>() would throw.
       if (!kv.first.IsScalar()) {
@@ -171,7 +181,9 @@ class YamlReader {
         continue;
       }
       const std::string& k = kv.first.Scalar();
-      if (!known.count(k)) Fail(path.empty() ? k : absl::StrCat(path, ".", k), "unknown field");
+      const std::string field = path.empty() ? k : absl::StrCat(path, ".", k);
+      if (!known.count(k)) Fail(field, "unknown field");
+      if (!seen.insert(k).second) Fail(field, "given twice");
     }
   }
 
@@ -187,5 +199,29 @@ class YamlReader {
   std::string source_;
   std::string error_;
 };
+
+// Parses a config file's text: exactly one YAML document (a second one after "---" is refused,
+// not ignored) with a mapping at the top. Errors name `source` and, for bad YAML, the line.
+[[nodiscard]] inline absl::StatusOr<YAML::Node> LoadConfigYaml(std::string_view yaml,
+                                                               std::string_view source) {
+  const absl::string_view src(source.data(), source.size());
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(src, ": not valid YAML (line ", e.mark.line + 1, "): ", e.msg));
+  }
+  if (docs.size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        src, ": holds ", docs.size(), " YAML documents (separated by '---'); a config is one"));
+  }
+  if (docs.empty() || !docs.front().IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(src, ": (top level): must be a mapping of fields, got ",
+                     YamlReader::Kind(docs.empty() ? YAML::Node() : docs.front())));
+  }
+  return docs.front();
+}
 
 }  // namespace meridian

@@ -80,5 +80,48 @@ TEST(YamlReader, ANonStringKeyIsAnErrorNotAnException) {
       << Message(top);
 }
 
+TEST(YamlReader, AKeyGivenTwiceIsRefused) {
+  const YAML::Node root = YAML::Load("a: 1\nb: 2\na: 3\n");
+  YamlReader r{"t.yaml"};
+  r.OnlyKeys(root, "", {"a", "b"});
+  EXPECT_NE(Message(r).find("a: given twice"), std::string::npos) << Message(r);
+  const YAML::Node nested = YAML::Load("limits: {x: 1, x: -5}\n");
+  YamlReader n{"t.yaml"};
+  n.OnlyKeys(nested["limits"], "limits", {"x"});
+  EXPECT_NE(Message(n).find("limits.x: given twice"), std::string::npos) << Message(n);
+}
+
+TEST(YamlReader, ARequiredStringGivenEmptyIsMissing) {
+  const YAML::Node root = YAML::Load("name: \"\"\naddress: \"\"\nnote: \"\"\n");
+  YamlReader r{"t.yaml"};
+  EXPECT_EQ(r.String(root, "note", "note", false, "d"), "");  // optional: empty is a value
+  EXPECT_TRUE(r.ok());
+  r.String(root, "name", "name", true);
+  EXPECT_NE(Message(r).find("name: must not be empty"), std::string::npos) << Message(r);
+  YamlReader h{"t.yaml"};
+  h.HostPort(root, "address", "address", true);
+  EXPECT_NE(Message(h).find("address: must not be empty"), std::string::npos) << Message(h);
+}
+
+TEST(LoadConfigYaml, OneDocumentWithAMappingAtTheTop) {
+  auto ok = LoadConfigYaml("---\na: 1\n", "t.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*ok)["a"].as<int>(), 1);
+  auto two = LoadConfigYaml("a: 1\n---\na: 2\n", "t.yaml");
+  ASSERT_FALSE(two.ok());
+  EXPECT_NE(two.status().message().find("t.yaml: holds 2 YAML documents"), std::string::npos)
+      << two.status();
+  for (const char* text : {"", "5", "[1, 2]"}) {
+    auto top = LoadConfigYaml(text, "t.yaml");
+    ASSERT_FALSE(top.ok()) << text;
+    EXPECT_NE(top.status().message().find("t.yaml: (top level): must be a mapping"),
+              std::string::npos)
+        << top.status();
+  }
+  auto bad = LoadConfigYaml("a: [\n", "t.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("not valid YAML (line"), std::string::npos) << bad.status();
+}
+
 }  // namespace
 }  // namespace meridian

@@ -1,8 +1,8 @@
 #include "failover/config.h"
 
-#include <fstream>
+#include <arpa/inet.h>
+
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
@@ -78,17 +78,9 @@ namespace {
 
 absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
                                               std::string_view base_dir) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid YAML: ", e.what()));
-  }
-  if (!root.IsMap()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": must be a YAML mapping"));
-  }
+  auto loaded = LoadConfigYaml(yaml, source);
+  if (!loaded.ok()) return loaded.status();
+  const YAML::Node root = *std::move(loaded);
   YamlReader r{std::string(source)};
   FailoverConfig c;
   r.OnlyKeys(root, "",
@@ -98,6 +90,13 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
               "operator_token", "operator_token_file"});
   c.region = r.String(root, "region", "region", true);
   if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
+  // The HTTP server binds an IP literal; a name would pass here and fail only at start.
+  in_addr a4{};
+  in6_addr a6{};
+  if (r.ok() && inet_pton(AF_INET, c.listen.host.c_str(), &a4) != 1 &&
+      inet_pton(AF_INET6, c.listen.host.c_str(), &a6) != 1) {
+    r.Fail("listen", absl::StrCat("the host must be an IP address, got '", c.listen.host, "'"));
+  }
   c.http_threads = r.Integer<int>(root, "http_threads", "http_threads", 2, 1, 16);
 
   YAML::Node regions = root["regions"];
@@ -233,11 +232,9 @@ absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml, std::string_vi
 }
 
 absl::StatusOr<FailoverConfig> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseConfig(ss.str(), path, common::ConfigDir(path));
+  auto text = common::ReadRegularFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::failover

@@ -72,8 +72,11 @@ TEST(FailoverConfigTest, ValidWithDefaults) {
 }
 
 TEST(FailoverConfigTest, ErrorsNameTheField) {
-  ExpectError("[1, 2]", "must be a YAML mapping");
+  ExpectError("[1, 2]", "(top level): must be a mapping");
+  ExpectError("region: us-east\n---\nregion: eu-west\n", "holds 2 YAML documents");
   ExpectError("a: [", "not valid YAML");
+  ExpectError(With("listen: 127.0.0.1:0", "listen: localhost:8080"),
+              "listen: the host must be an IP address, got 'localhost'");
   ExpectError(std::string(kValid) + "colour: red\n", "colour: unknown field");
   ExpectError(With("region: eu-west", "region: mars"), "region: 'mars' is not one of");
   ExpectError(With("region: eu-west\n", ""), "region: missing");

@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
@@ -357,14 +355,12 @@ std::optional<std::string> NormalizeDnsName(std::string_view name) {
 
 absl::StatusOr<GeoConfig> ParseConfig(std::string_view yaml, std::string_view source,
                                       std::string_view base_dir) {
+  auto loaded = LoadConfigYaml(yaml, source);
+  if (!loaded.ok()) return loaded.status();
   YamlReader r{std::string(source)};
   GeoConfig c;
   try {
-    const YAML::Node root = YAML::Load(std::string(yaml));
-    if (!root.IsMap()) {
-      r.Fail("(top level)", "must be a mapping");
-      return r.status();
-    }
+    const YAML::Node root = *std::move(loaded);
     r.OnlyKeys(root, "",
                {"listen", "dns_path", "http_threads", "answer_ttl_s", "zone", "regions", "health",
                 "last_resort", "locations", "default_location", "maxmind_db", "operator_token",
@@ -410,11 +406,9 @@ absl::StatusOr<GeoConfig> ParseConfig(std::string_view yaml, std::string_view so
 }
 
 absl::StatusOr<GeoConfig> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read config file '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return ParseConfig(text.str(), path, common::ConfigDir(path));
+  auto text = common::ReadRegularFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::geo

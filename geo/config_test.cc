@@ -142,7 +142,8 @@ TEST(GeoConfig, EveryErrorNamesItsField) {
        "last_resort.region: 'x' is not a region in regions"},
       {With("listen: 127.0.0.1:0", "listen: 127.0.0.1:0\nlast_resort: {mode: random}"),
        "last_resort.mode: must be all or region, got 'random'"},
-      {"regions: [", "(yaml)"},
+      {"regions: [", "not valid YAML (line 1)"},
+      {"zone: a.test\n---\nzone: b.test\n", "holds 2 YAML documents"},
       {"- a\n- b\n", "(top level): must be a mapping"},
       {"", "(top level): must be a mapping"},
   };

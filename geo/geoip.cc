@@ -28,6 +28,12 @@ absl::StatusOr<std::unique_ptr<MaxMindDatabase>> MaxMindDatabase::Open(const std
   if (::stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("maxmind_db '", path, "': ", std::strerror(errno)));
   }
+  // MMDB_open would block on a FIFO (for a writer) and map no device: only a regular file.
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("maxmind_db '", path,
+                     "': ", S_ISDIR(st.st_mode) ? "is a folder" : "is not a regular file"));
+  }
   auto handle = std::make_unique<Handle>();
   const int rc = MMDB_open(path.c_str(), MMDB_MODE_MMAP, &handle->mmdb);
   if (rc != MMDB_SUCCESS) {

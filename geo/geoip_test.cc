@@ -3,6 +3,7 @@
 
 #include "geo/geoip.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -42,6 +43,21 @@ TEST(MaxMindDatabase, AFileThatIsNotAnMmdbIsInvalid) {
   EXPECT_EQ(db.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(db.status().message()).find(path), std::string::npos);
   std::remove(path.c_str());
+}
+
+// A FIFO would block MMDB_open until a writer came (with the stop signals blocked already).
+TEST(MaxMindDatabase, AFifoOrAFolderIsRefusedWithoutOpeningIt) {
+  const std::string fifo = ::testing::TempDir() + "/fifo-" + std::to_string(::getpid()) + ".mmdb";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto db = MaxMindDatabase::Open(fifo);
+  std::remove(fifo.c_str());
+  ASSERT_FALSE(db.ok());
+  EXPECT_NE(std::string(db.status().message()).find("is not a regular file"), std::string::npos)
+      << db.status();
+  auto dir = MaxMindDatabase::Open(::testing::TempDir());
+  ASSERT_FALSE(dir.ok());
+  EXPECT_NE(std::string(dir.status().message()).find("is a folder"), std::string::npos)
+      << dir.status();
 }
 
 TEST(MaxMindDatabase, LooksUpIpv4AndIpv6WithTheirNetworkPrefix) {

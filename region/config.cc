@@ -2,13 +2,12 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <fstream>
 #include <limits>
 #include <set>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 #include "common/strings.h"
 #include "common/yaml_reader.h"
 
@@ -18,15 +17,9 @@ namespace {
 using Reader = YamlReader;
 
 absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(AbslView(source), ": not valid YAML (line ", e.mark.line + 1, "): ", e.msg));
-  }
-  if (!root.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(AbslView(source), ": must be a mapping"));
+  auto loaded = LoadConfigYaml(yaml, source);
+  if (!loaded.ok()) return loaded.status();
+  const YAML::Node root = *std::move(loaded);
   Reader r{std::string(source)};
   RegionConfig c;
   r.OnlyKeys(root, "",
@@ -99,8 +92,12 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   if (r.ok() && c.token_secret.size() < 32) {
     r.Fail("security.token_secret", "must be at least 32 characters");
   }
-  if (r.ok() && c.operator_token.size() < 16) {
-    r.Fail("security.operator_token", "must be at least 16 characters");
+  // The same rule as every other daemon's operator token (it travels in an Authorization
+  // header: sixteen spaces are not a token).
+  if (r.ok()) {
+    if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
+      r.Fail("security.operator_token", std::string(st.message()));
+    }
   }
 
   if (root["peers"]) {
@@ -188,11 +185,9 @@ absl::StatusOr<RegionConfig> ParseConfig(std::string_view yaml, std::string_view
 }
 
 absl::StatusOr<RegionConfig> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseConfig(ss.str(), path);
+  auto text = common::ReadRegularFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path);
 }
 
 }  // namespace meridian::region

@@ -49,6 +49,12 @@ TEST(Config, NamesTheBadField) {
   ExpectError(Replace(kGood, "\"host=127.0.0.1 port=5434 dbname=s1\"", "\"\""),
               "postgres.shards[1]");
   ExpectError(Replace(kGood, "0123456789abcdef0123456789abcdef", "short"), "security.token_secret");
+  ExpectError(Replace(kGood, "\"host=127.0.0.1 port=5432 dbname=g\"", "\"\""),
+              "postgres.global: must not be empty");
+  ExpectError(Replace(kGood, "\"operator-token-1234\"", "\"                \""),
+              "security.operator_token: the token must be printable ASCII without spaces");
+  ExpectError(std::string(kGood) + "limits: {http_threads: 4, http_threads: -5}\n",
+              "limits.http_threads: given twice");
   ExpectError(std::string(kGood) + "durability: eventually\n", "durability");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");

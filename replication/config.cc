@@ -1,9 +1,7 @@
 #include "replication/config.h"
 
 #include <cctype>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "common/config_files.h"
 
@@ -19,15 +17,9 @@ bool ValidJurisdiction(const std::string& j) {
 
 absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
                                                 std::string_view base_dir) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid YAML: ", e.what()));
-  }
-  if (!root.IsMap())
-    return absl::InvalidArgumentError(absl::StrCat(std::string(source), ": not a mapping"));
+  auto loaded = LoadConfigYaml(yaml, source);
+  if (!loaded.ok()) return loaded.status();
+  const YAML::Node root = *std::move(loaded);
   YamlReader r{std::string(source)};
   r.OnlyKeys(root, "",
              {"region", "jurisdiction", "replica_id", "region_grpc", "listen", "metrics", "tls",
@@ -223,11 +215,9 @@ absl::StatusOr<ReplicatorConfig> ParseReplicatorConfig(std::string_view yaml,
 }
 
 absl::StatusOr<ReplicatorConfig> LoadReplicatorConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseReplicatorConfig(ss.str(), path, common::ConfigDir(path));
+  auto text = common::ReadRegularFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseReplicatorConfig(*text, path, common::ConfigDir(path));
 }
 
 }  // namespace meridian::replication

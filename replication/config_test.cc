@@ -228,6 +228,17 @@ void ExpectWitnessError(const std::string& yaml, const std::string& text) {
       << c.status().message();
 }
 
+TEST(WitnessConfig, EmptyFieldsAndARegionNamedTwiceAreRefused) {
+  ExpectWitnessError(Witness("store: witness-leases.json", "store: \"\""),
+                     "store: must not be empty");
+  ExpectWitnessError(Witness("{name: eu-west, replica_id: 2}", "{name: us-east, replica_id: 2}"),
+                     "regions[1].name: 'us-east' is named twice");
+  ExpectWitnessError(Witness("{name: us-east, replica_id: 1}", "{name: witness, replica_id: 1}"),
+                     "regions[0].name: 'witness' is named twice");
+  ExpectWitnessError(Witness("replica_id: 250", "replica_id: 250\nreplica_id: 251"),
+                     "replica_id: given twice");
+}
+
 TEST(WitnessConfig, ParsesAGoodFile) {
   auto c = ParseWitnessNoThrow(kWitness);
   ASSERT_TRUE(c.ok()) << c.status();

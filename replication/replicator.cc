@@ -14,18 +14,18 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <set>
-#include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/config_files.h"
 #include "region/internal.grpc.pb.h"
 #include "replication/coordinator.h"
 #include "replication/frames.h"
@@ -43,14 +43,6 @@ int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 constexpr int kMaxFrameBytes = 32 << 20;  // larger frames end the stream (RESOURCE_EXHAUSTED)
@@ -2077,9 +2069,10 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   const ReplicatorConfig& c = impl->config;
-  for (auto [path, out] : {std::pair{&c.tls_ca, &impl->ca}, std::pair{&c.tls_cert, &impl->cert},
-                           std::pair{&c.tls_key, &impl->key}}) {
-    auto text = ReadFile(*path);
+  for (auto [field, path, out] : {std::tuple{"tls.ca", &c.tls_ca, &impl->ca},
+                                  std::tuple{"tls.cert", &c.tls_cert, &impl->cert},
+                                  std::tuple{"tls.key", &c.tls_key, &impl->key}}) {
+    auto text = common::ReadPemFile(field, *path);
     if (!text.ok()) return text.status();
     *out = *std::move(text);
   }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
@@ -23,14 +24,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 bool FsyncPath(const std::string& path, int flags) {
   int fd = ::open(path.c_str(), flags);
   if (fd < 0) return false;
@@ -41,16 +34,9 @@ bool FsyncPath(const std::string& path, int flags) {
 
 absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
                                              std::string_view base_dir) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid YAML: ", e.what()));
-  }
-  if (!root.IsMap()) {
-    return absl::InvalidArgumentError(absl::StrCat(std::string(source), ": not a mapping"));
-  }
+  auto loaded = LoadConfigYaml(yaml, source);
+  if (!loaded.ok()) return loaded.status();
+  const YAML::Node root = *std::move(loaded);
   YamlReader r{std::string(source)};
   r.OnlyKeys(root, "", {"name", "replica_id", "listen", "tls", "store", "regions", "leases"});
   WitnessConfig c;
@@ -69,6 +55,7 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
     r.Fail("regions", "a list of at least two regions is required");
   } else {
     std::set<uint32_t> ids{c.replica_id};
+    std::set<std::string> names{c.name};
     for (size_t i = 0; i < regions.size(); ++i) {
       std::string path = absl::StrCat("regions[", i, "]");
       if (!regions[i].IsMap()) {
@@ -82,6 +69,9 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
           r.Integer<uint32_t>(regions[i], "replica_id", path + ".replica_id", 0, 1, 255);
       if (r.ok() && (reg.replica_id == 0 || !ids.insert(reg.replica_id).second)) {
         r.Fail(path + ".replica_id", "1..255, unique, not the witness's own");
+      }
+      if (r.ok() && !names.insert(reg.name).second) {
+        r.Fail(path + ".name", absl::StrCat("'", reg.name, "' is named twice (or is the witness)"));
       }
       c.regions.push_back(reg);
     }
@@ -113,7 +103,7 @@ absl::StatusOr<WitnessConfig> ParseWitnessConfig(std::string_view yaml, std::str
 }
 
 absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
-  auto text = ReadFile(path);
+  auto text = common::ReadRegularFile(path, "config file");
   if (!text.ok()) return text.status();
   return ParseWitnessConfig(*text, path, common::ConfigDir(path));
 }
@@ -226,9 +216,10 @@ absl::StatusOr<std::unique_ptr<Witness>> Witness::Start(WitnessConfig config) {
       });
   if (absl::Status st = w->lm->Start(); !st.ok()) return st;
   std::string ca, cert, key;
-  for (auto [path, dst] : {std::pair{&w->config.tls_ca, &ca}, std::pair{&w->config.tls_cert, &cert},
-                           std::pair{&w->config.tls_key, &key}}) {
-    auto text = ReadFile(*path);
+  for (auto [field, path, dst] : {std::tuple{"tls.ca", &w->config.tls_ca, &ca},
+                                  std::tuple{"tls.cert", &w->config.tls_cert, &cert},
+                                  std::tuple{"tls.key", &w->config.tls_key, &key}}) {
+    auto text = common::ReadPemFile(field, *path);
     if (!text.ok()) return text.status();
     *dst = *std::move(text);
   }
