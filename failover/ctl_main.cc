@@ -117,6 +117,25 @@ int main(int argc, char** argv) {
 #endif
   }
 
+  // Every URL a flag gives is an http(s) base URL with a host: anything else would only fail
+  // later as an unreachable region, in a table that looks like an outage.
+  const auto bad_url = [](const char* flag, const std::string& url) {
+    const bool ok = (url.rfind("http://", 0) == 0 && url.size() > 7) ||
+                    (url.rfind("https://", 0) == 0 && url.size() > 8);
+    if (!ok) {
+      std::fprintf(stderr, "meridianctl: %s: '%s' is not an http:// or https:// URL\n", flag,
+                   url.c_str());
+    }
+    return !ok;
+  };
+  if (!token.empty()) {
+    if (absl::Status st = meridian::common::CheckOperatorToken(token); !st.ok()) {
+      std::fprintf(stderr, "meridianctl: --token: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+  }
+  for (const auto& g : geo_urls)
+    if (bad_url("--geo", g)) return 2;
   ClusterEndpoints cluster;
   if (!region_urls.empty()) {
     for (const auto& s : region_urls) {
@@ -124,6 +143,13 @@ int main(int argc, char** argv) {
       if (!SplitAssignment(s, &r.name, &r.url)) {
         std::fprintf(stderr, "meridianctl: --region must be NAME=URL, got '%s'\n", s.c_str());
         return 2;
+      }
+      if (bad_url("--region", r.url)) return 2;
+      for (const auto& other : cluster.regions) {
+        if (other.name == r.name) {
+          std::fprintf(stderr, "meridianctl: --region names '%s' twice\n", r.name.c_str());
+          return 2;
+        }
       }
       cluster.regions.push_back(r);
     }
@@ -141,6 +167,7 @@ int main(int argc, char** argv) {
           std::fprintf(stderr, "meridianctl: %s must be NAME=URL, got '%s'\n", e.flag, s.c_str());
           return 2;
         }
+        if (bad_url(e.flag, url)) return 2;
         bool found = false;
         for (auto& r : cluster.regions) {
           if (r.name == name) {

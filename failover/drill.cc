@@ -1247,10 +1247,7 @@ absl::Status PrepareDrillOptions(DrillOptions* o) {
 
 int RunDrillCommand(const DrillOptions& options) {
   DrillOptions o = options;
-  if (absl::Status st = PrepareDrillOptions(&o); !st.ok()) {
-    std::fprintf(stderr, "meridianctl drill: %s\n", std::string(st.message()).c_str());
-    return 2;
-  }
+  // The cluster first (it only reads): a drill refused for its --data creates no output folder.
   std::error_code ec;
   std::string data = std::filesystem::weakly_canonical(o.data_dir, ec).string();
   if (ec || data.empty()) data = o.data_dir;
@@ -1258,6 +1255,10 @@ int RunDrillCommand(const DrillOptions& options) {
   if (!cluster.ok()) {
     std::fprintf(stderr, "meridianctl drill: %s\n",
                  std::string(cluster.status().message()).c_str());
+    return 2;
+  }
+  if (absl::Status st = PrepareDrillOptions(&o); !st.ok()) {
+    std::fprintf(stderr, "meridianctl drill: %s\n", std::string(st.message()).c_str());
     return 2;
   }
   // Ctrl-C: stop waiting, bring the region back, stop the load, report what was seen.

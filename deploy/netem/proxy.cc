@@ -21,6 +21,7 @@
 #include <string>
 
 #include "common/cli.h"
+#include "common/files.h"
 
 namespace {
 
@@ -161,17 +162,33 @@ int main(int argc, char** argv) {
   cli.add_option("--stats-file", stats_file, "write byte counters here (JSON)");
   cli.footer("Signals: SIGUSR1 partitions the link, SIGUSR2 heals it.");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
-  auto split = [](const std::string& hp, std::string& host, std::string& port) {
+  // host:port with a decimal port from `min_port` to 65535 (the resolver would take a port
+  // past it modulo 65536, or a service name).
+  auto split = [](const std::string& hp, std::string& host, std::string& port, int min_port) {
     auto c = hp.rfind(':');
     if (c == std::string::npos) return false;
     host = hp.substr(0, c);
     port = hp.substr(c + 1);
-    return !host.empty() && !port.empty();
+    if (host.empty() || port.empty() || port.size() > 5) return false;
+    for (char ch : port)
+      if (ch < '0' || ch > '9') return false;
+    const int p = std::stoi(port);
+    return p >= min_port && p <= 65535;
   };
   std::string lhost, lport, thost, tport;
-  if (!split(listen, lhost, lport) || !split(target, thost, tport)) {
-    std::fprintf(stderr, "meridian-netem proxy: --listen and --target must be host:port\n");
+  if (!split(listen, lhost, lport, 0) || !split(target, thost, tport, 1)) {
+    std::fprintf(stderr,
+                 "meridian-netem proxy: --listen must be host:port (port 0..65535, 0: any free "
+                 "one) and --target host:port (port 1..65535)\n");
     return 2;
+  }
+  for (const auto& [flag, path] :
+       {std::pair{"--port-file", &port_file}, std::pair{"--stats-file", &stats_file}}) {
+    if (path->empty()) continue;
+    if (absl::Status st = meridian::common::CheckWritableFile(flag, *path); !st.ok()) {
+      std::fprintf(stderr, "meridian-netem proxy: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
   }
   try {
     asio::io_context io;
@@ -180,8 +197,14 @@ int main(int argc, char** argv) {
     tcp::endpoint tep = *resolver.resolve(thost, tport).begin();
     tcp::acceptor acceptor(io, lep);
     if (!port_file.empty()) {
-      std::ofstream(port_file + ".tmp") << acceptor.local_endpoint().port() << "\n";
-      std::rename((port_file + ".tmp").c_str(), port_file.c_str());
+      std::ofstream out(port_file + ".tmp");
+      out << acceptor.local_endpoint().port() << "\n";
+      out.close();
+      if (!out || std::rename((port_file + ".tmp").c_str(), port_file.c_str()) != 0) {
+        std::fprintf(stderr, "meridian-netem proxy: cannot write --port-file %s\n",
+                     port_file.c_str());
+        return 1;
+      }
     }
     const auto delay = std::chrono::microseconds(static_cast<int64_t>(delay_ms * 1000.0));
     std::list<std::weak_ptr<Link>> links;
@@ -246,7 +269,14 @@ int main(int argc, char** argv) {
             << ", \"dropped_bytes\": " << g_stats.dropped_bytes
             << ", \"partitioned\": " << (g_partitioned ? "true" : "false") << "}\n";
         out.close();
-        std::rename((stats_file + ".tmp").c_str(), stats_file.c_str());
+        // Checked writable at start; a failure now (a full disk) is said once, and retried.
+        static bool said = false;
+        if ((!out || std::rename((stats_file + ".tmp").c_str(), stats_file.c_str()) != 0) &&
+            !said) {
+          said = true;
+          std::fprintf(stderr, "meridian-netem proxy: cannot write --stats-file %s\n",
+                       stats_file.c_str());
+        }
       }
       tick.expires_after(std::chrono::milliseconds(200));
       tick.async_wait([&](asio::error_code ec) {

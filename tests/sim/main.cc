@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -34,8 +35,13 @@ int main(int argc, char** argv) {
   bool no_loss = false;
   bool trace = false;
   std::string results;
-  app.add_option("--seed", seed, "run this one seed (replay); overrides --first/--seeds");
-  app.add_option("--first", first, "first seed of the range")->check(CLI::PositiveNumber);
+  // Seeds are 1..2^63-1: CLI11 reads "-1" into a uint64_t as 2^64-1 (and a range past it would
+  // wrap around to run nothing).
+  constexpr uint64_t kSeedMax = std::numeric_limits<int64_t>::max();
+  app.add_option("--seed", seed, "run this one seed (replay); overrides --first/--seeds")
+      ->check(CLI::Range(uint64_t{1}, kSeedMax));
+  app.add_option("--first", first, "first seed of the range")
+      ->check(CLI::Range(uint64_t{1}, kSeedMax));
   app.add_option("--seeds", seeds, "how many seeds")->check(CLI::Range(1, 100000000));
   app.add_option("--regions", regions, "3..5 regions (default: chosen by each seed)")
       ->check(CLI::Range(3, 5));
@@ -50,6 +56,12 @@ int main(int argc, char** argv) {
   app.add_flag("--trace", trace, "print every event (use with --seed)");
   app.add_option("--results", results, "write the totals as JSON to this file");
   if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
+  if (seed == 0 && first > kSeedMax - seeds) {
+    std::fprintf(stderr, "meridian-sim: --first %llu with --seeds %llu goes past seed %llu\n",
+                 static_cast<unsigned long long>(first), static_cast<unsigned long long>(seeds),
+                 static_cast<unsigned long long>(kSeedMax));
+    return meridian::common::kUsageExitCode;
+  }
   // The totals are written after every seed ran: a --results that cannot be written is a usage
   // error now, not a run whose result is lost at the end.
   if (!results.empty()) {
