@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "common/config_files.h"
 #include "common/files.h"
 #include "common/strings.h"
 #include "tests/load/driver.h"
@@ -262,14 +263,15 @@ int main(int argc, char** argv) {
           std::string::npos) {
     return Fail("--customer-prefix: 1..40 characters of a-z, 0-9, '-' and '_'");
   }
+  // The same rules as the daemons' (a region would refuse any other token with 403 mid-run).
   if (!operator_token_file.empty()) {
-    std::ifstream in(operator_token_file);
-    std::getline(in, opt.operator_token);
-    while (!opt.operator_token.empty() &&
-           std::isspace(static_cast<unsigned char>(opt.operator_token.back()))) {
-      opt.operator_token.pop_back();
+    auto token = meridian::common::ReadOperatorTokenFile(operator_token_file);
+    if (!token.ok()) return Fail("--operator-token-file: " + std::string(token.status().message()));
+    opt.operator_token = *std::move(token);
+  } else if (!opt.operator_token.empty()) {
+    if (absl::Status st = meridian::common::CheckOperatorToken(opt.operator_token); !st.ok()) {
+      return Fail("--operator-token: " + std::string(st.message()));
     }
-    if (opt.operator_token.empty()) return Fail("--operator-token-file: the file is empty");
   }
   if (opt.scarce_products > 0 && opt.operator_token.empty()) {
     return Fail("--scarce-products needs the operator token (they are seeded and restocked)");
