@@ -143,6 +143,13 @@ class ThreeRegions : public ::testing::Test {
     return tx.exec1(sql)[0].as<int64_t>();
   }
 
+  // Rows in the region's outboxes (every database), truncated once every peer acked them.
+  int64_t OutboxRows(size_t region) {
+    return Count(region, "global", "SELECT count(*) FROM outbox") +
+           Count(region, "shard0", "SELECT count(*) FROM outbox") +
+           Count(region, "shard1", "SELECT count(*) FROM outbox");
+  }
+
   // True when every region's database holds the same cart for each user (and it is `want`
   // when given).
   bool Converged(const std::vector<std::string>& users, const std::map<std::string, Lines>& want,
@@ -308,12 +315,7 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
   std::string why;
   ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
   // Every peer acked: the outboxes of us-east and eu-west are truncated.
-  auto outbox_rows = [&](size_t region) {
-    return Count(region, "global", "SELECT count(*) FROM outbox") +
-           Count(region, "shard0", "SELECT count(*) FROM outbox") +
-           Count(region, "shard1", "SELECT count(*) FROM outbox");
-  };
-  ASSERT_TRUE(Eventually([&] { return outbox_rows(kUs) == 0 && outbox_rows(kEu) == 0; }, 30));
+  ASSERT_TRUE(Eventually([&] { return OutboxRows(kUs) == 0 && OutboxRows(kEu) == 0; }, 30));
 
   // ap-south loses everything and comes back empty.
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
@@ -365,11 +367,6 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
       },
       30))
       << why;
-  auto outbox_rows = [&] {
-    return Count(kAp, "global", "SELECT count(*) FROM outbox") +
-           Count(kAp, "shard0", "SELECT count(*) FROM outbox") +
-           Count(kAp, "shard1", "SELECT count(*) FROM outbox");
-  };
   // ap-south's streams: the region's database name and its outbox stream id.
   std::vector<std::pair<std::string, int64_t>> claim;
   for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
@@ -391,7 +388,7 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
         [&] {
           rpb::Frame beat;
           beat.mutable_heartbeat();
-          return us.Write(beat) && eu.Write(beat) && outbox_rows() == 0;
+          return us.Write(beat) && eu.Write(beat) && OutboxRows(kAp) == 0;
         },
         15));
   }
@@ -404,8 +401,8 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
       },
       30))
       << why;
-  EXPECT_TRUE(Eventually([&] { return outbox_rows() == 0; }, 30))
-      << outbox_rows() << " rows stay in ap-south's outbox after every peer acked them";
+  EXPECT_TRUE(Eventually([&] { return OutboxRows(kAp) == 0; }, 30))
+      << OutboxRows(kAp) << " rows stay in ap-south's outbox after every peer acked them";
 }
 
 // A peer sending empty batches (ranges of seqs with nothing for this region) faster than they
