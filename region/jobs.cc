@@ -19,7 +19,11 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
   });
   if (!st.ok()) return st;
   int released = 0;
-  for (const auto& [id, user_id] : expired) {
+  for (const auto& entry : expired) {
+    // Plain references, not structured bindings: the lambdas below capture them, which clang 14
+    // (the sanitizer build's compiler) does not allow for bindings.
+    const std::string& id = entry.first;
+    const std::string& user_id = entry.second;
     // Expire the order only if it is still unpaid; a paid order keeps its stock.
     std::string status = "missing";
     st = ShardFor(user_id).Run([&](pqxx::work& tx) {

@@ -208,7 +208,7 @@ absl::StatusOr<std::unique_ptr<Witness>> Witness::Start(WitnessConfig config) {
   w->lm = std::make_unique<LeaseManager>(
       w->config.replica_id, regions, std::vector<RegionId>{w->config.replica_id}, w->config.leases,
       w->store.get(), &w->clock, [w](RegionId, const LeaseMessage& m) { w->reply = m; },
-      [w](const LeaseEvent& e) {
+      [](const LeaseEvent& e) {
         if (e.kind == LeaseEvent::Kind::kStaleRefused) {
           spdlog::info("event={} group={} epoch={} from={}", LeaseEventName(e.kind), e.group,
                        e.epoch, e.owner);

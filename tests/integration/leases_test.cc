@@ -531,7 +531,9 @@ TEST_F(LeasesTest, SurvivorsThatHoldAllOfALostRegionExchangeNoDocuments) {
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  for (auto [at, peer] : {std::pair{kEu, "ap-south"}, std::pair{kAp, "eu-west"}}) {
+  for (auto pair : {std::pair{kEu, "ap-south"}, std::pair{kAp, "eu-west"}}) {
+    const auto at = pair.first;  // not a structured binding: the lambda captures it (clang 14)
+    const char* peer = pair.second;
     EXPECT_TRUE(Eventually([&] { return Exchanges(at, "skipped", peer) >= 1; }, 20))
         << c_->spec(at).name << " never compared its marks with " << peer << "'s";
     EXPECT_EQ(Exchanges(at, "documents_sent", peer), 0) << c_->spec(at).name;
