@@ -591,12 +591,19 @@ TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
   }
   EXPECT_GE(CountAllShards("SELECT count(*) FROM notifications_dead"), dead_before + 1);
   ASSERT_EQ(Admin("POST", "/v1/admin/notify", R"({"fail_next":0})").status, 200);
-  // A healthy sink sends what is left.
+  // A healthy sink sends what is left: this call or the region's own notification loop, which
+  // may hold the row (FOR UPDATE SKIP LOCKED) while this call runs, so wait for the row to be sent.
+  const std::string sent_rows = "SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL";
+  const int64_t sent_before = CountAllShards(sent_rows);
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
   ASSERT_EQ(As(t, "POST", "/v1/checkout").status, 201);
-  auto sent = app_->RunNotificationsOnce();
-  ASSERT_TRUE(sent.ok());
-  EXPECT_GE(*sent, 1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (CountAllShards(sent_rows) < sent_before + 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+    ASSERT_TRUE(app_->RunNotificationsOnce().ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(CountAllShards(sent_rows), sent_before + 1) << "the new order's notification not sent";
 }
 
 TEST_F(RegionTest, PinnedCustomerIsRedirected) {
