@@ -68,8 +68,56 @@ absl::StatusOr<std::string> FindBinDir() {
 // else ourselves.
 std::string ServerUser() { return geteuid() == 0 ? "postgres" : ""; }
 
-// One initdb'd cluster per process, copied for every instance. Removed at exit by the process
-// that made it (not by a forked child, e.g. a gtest death test, that happens to exit normally).
+// initdb into a fresh directory from MakeTempDir; the cluster is its "data" subdirectory.
+absl::StatusOr<std::string> InitdbTemplate(const std::string& bin_dir, const std::string& user) {
+  absl::StatusOr<std::string> root = MakeTempDir("pg-template", user);
+  if (!root.ok()) return root.status();
+  Process::Options initdb;
+  initdb.argv = {bin_dir + "/initdb",
+                 "-D",
+                 *root + "/data",
+                 "-U",
+                 "postgres",
+                 "-A",
+                 "trust",
+                 "-E",
+                 "UTF8",
+                 "--no-locale",
+                 "--no-sync"};
+  initdb.log_path = *root + "/initdb.log";
+  initdb.user = user;
+  initdb.working_dir = *root;
+  if (absl::Status s = Process::Run(std::move(initdb), kInitdbTimeout); !s.ok()) {
+    RemoveTempDir(*root);
+    return absl::Status(s.code(), absl::StrCat("initdb of the template cluster: ", s.message()));
+  }
+  return *root;
+}
+
+// The template of a ctest run, named by the file that $MERIDIAN_TEST_PG_TEMPLATE_FILE points to
+// (see MakeSharedTemplate); nullopt when the variable is unset or empty.
+std::optional<absl::StatusOr<std::string>> SharedTemplateDataDir() {
+  const char* file = getenv("MERIDIAN_TEST_PG_TEMPLATE_FILE");
+  if (file == nullptr || file[0] == '\0') return std::nullopt;
+  const std::string what =
+      absl::StrCat("MERIDIAN_TEST_PG_TEMPLATE_FILE=", file,
+                   ": the shared template (made by `meridian-test-pg-template make`) ");
+  std::ifstream in(file);
+  std::string root;
+  if (!std::getline(in, root) || root.empty() || root[0] != '/') {
+    return absl::FailedPreconditionError(absl::StrCat(what, "is not named in that file"));
+  }
+  const std::string data = root + "/data";
+  if (!fs::is_regular_file(fs::path(data) / "PG_VERSION")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, "is not a PostgreSQL cluster: no ", data, "/PG_VERSION"));
+  }
+  return data;
+}
+
+// The cluster every instance copies: the ctest run's shared template if there is one, else one
+// initdb'd once per process and removed at exit by the process that made it (not by a forked
+// child, e.g. a gtest death test, that happens to exit normally).
 class TemplateCache {
  public:
   ~TemplateCache() {
@@ -78,28 +126,10 @@ class TemplateCache {
 
   absl::StatusOr<std::string> DataDir(const std::string& bin_dir, const std::string& user) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (auto shared = SharedTemplateDataDir()) return *shared;
     if (!root_.empty()) return root_ + "/data";
-    absl::StatusOr<std::string> root = MakeTempDir("pg-template", user);
+    absl::StatusOr<std::string> root = InitdbTemplate(bin_dir, user);
     if (!root.ok()) return root.status();
-    Process::Options initdb;
-    initdb.argv = {bin_dir + "/initdb",
-                   "-D",
-                   *root + "/data",
-                   "-U",
-                   "postgres",
-                   "-A",
-                   "trust",
-                   "-E",
-                   "UTF8",
-                   "--no-locale",
-                   "--no-sync"};
-    initdb.log_path = *root + "/initdb.log";
-    initdb.user = user;
-    initdb.working_dir = *root;
-    if (absl::Status s = Process::Run(std::move(initdb), kInitdbTimeout); !s.ok()) {
-      RemoveTempDir(*root);
-      return absl::Status(s.code(), absl::StrCat("initdb of the template cluster: ", s.message()));
-    }
     root_ = *root;
     owner_pid_ = getpid();
     return root_ + "/data";
@@ -117,6 +147,18 @@ TemplateCache& Templates() {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> PostgresServer::MakeSharedTemplate(pid_t owner) {
+  absl::StatusOr<std::string> bin_dir = FindBinDir();
+  if (!bin_dir.ok()) return bin_dir.status();
+  absl::StatusOr<std::string> root = InitdbTemplate(*bin_dir, ServerUser());
+  if (!root.ok()) return root.status();
+  if (absl::Status s = HandTempDirTo(*root, owner); !s.ok()) {
+    RemoveTempDir(*root);
+    return s;
+  }
+  return root;
+}
 
 absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() { return Start(Options{}); }
 

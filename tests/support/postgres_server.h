@@ -1,5 +1,7 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -16,8 +18,9 @@ namespace meridian::test_support {
 // A real PostgreSQL server for integration tests, on a free 127.0.0.1 port, in its own temporary
 // directory, started and stopped by the test.
 //
-// Start() runs initdb once per process into a cached template cluster (removed at exit) and gives
-// each instance a `cp -a` copy of it, which is much cheaper than initdb. The server is the
+// Start() gives each instance a `cp -a` copy of a template cluster, which is much cheaper than
+// initdb: the ctest run's shared template when $MERIDIAN_TEST_PG_TEMPLATE_FILE names one (see
+// MakeSharedTemplate), else one initdb'd once per process (removed at exit). The server is the
 // `postgres` binary itself, run as a child Process rather than daemonized by pg_ctl, so it dies
 // with the test even if the test is SIGKILLed (see Process). Stop() is what `pg_ctl -m immediate
 // stop` does (SIGQUIT to the postmaster); readiness is what `pg_ctl -w` waits for (the server
@@ -52,6 +55,13 @@ class PostgresServer {
   // choosing and binding it, retries with a new one (bounded). Errors quote the server log tail.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(Options options);
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<PostgresServer>> Start();
+
+  // Runs initdb into a new directory for other processes' Start() to copy, hands the directory
+  // to process `owner` (a sweep removes it once that process is gone; see HandTempDirTo) and
+  // returns it; the cluster is its "data" subdirectory. A process uses it when
+  // $MERIDIAN_TEST_PG_TEMPLATE_FILE names a file whose first line is this directory. ctest makes
+  // one per run (tests/support/CMakeLists.txt), so initdb runs once per run, not once per test.
+  [[nodiscard]] static absl::StatusOr<std::string> MakeSharedTemplate(pid_t owner);
 
   PostgresServer(const PostgresServer&) = delete;
   PostgresServer& operator=(const PostgresServer&) = delete;

@@ -199,6 +199,73 @@ TEST(TempDirTest, SweepRemovesOnlyDirectoriesOfDeadProcesses) {
   EXPECT_FALSE(std::filesystem::exists(*mine));
 }
 
+// A directory handed to another process lives as long as that process, not its creator.
+TEST(TempDirTest, HandedDirectoryLivesAsLongAsItsNewOwner) {
+  pid_t holder = fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    pause();
+    _exit(0);
+  }
+  absl::StatusOr<std::string> dir = MakeTempDir("handed", "");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  ASSERT_TRUE(HandTempDirTo(*dir, holder).ok());
+  SweepStaleTempDirs();
+  EXPECT_TRUE(std::filesystem::exists(*dir)) << "swept while its owner runs";
+  kill(holder, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(holder, &status, 0), holder);
+  SweepStaleTempDirs();
+  EXPECT_FALSE(std::filesystem::exists(*dir)) << "kept after its owner died";
+  // No such process: refused, and the directory keeps its owner.
+  absl::StatusOr<std::string> mine = MakeTempDir("handed-to-none", "");
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(HandTempDirTo(*mine, holder).code(), absl::StatusCode::kNotFound);
+  SweepStaleTempDirs();
+  EXPECT_TRUE(std::filesystem::exists(*mine));
+  RemoveTempDir(*mine);
+}
+
+// With $MERIDIAN_TEST_PG_TEMPLATE_FILE naming a shared template (what ctest's pg_template_make
+// sets up), Start() copies that one; a file naming no cluster is a clear error, not an initdb.
+TEST(PostgresServerTest, SharedTemplateIsUsedWhenNamed) {
+  const char* before = getenv("MERIDIAN_TEST_PG_TEMPLATE_FILE");
+  const std::string saved = before == nullptr ? "" : before;
+  absl::StatusOr<std::string> root = PostgresServer::MakeSharedTemplate(getpid());
+  ASSERT_TRUE(root.ok()) << root.status();
+  absl::StatusOr<std::string> files = MakeTempDir("template-file", "");
+  ASSERT_TRUE(files.ok()) << files.status();
+  const std::string file = *files + "/template.path";
+  auto name = [&](const std::string& text) { std::ofstream(file) << text; };
+  setenv("MERIDIAN_TEST_PG_TEMPLATE_FILE", file.c_str(), 1);
+
+  name(*root + "\n");
+  {
+    auto pg = PostgresServer::Start({.name = "from-shared"});
+    ASSERT_TRUE(pg.ok()) << pg.status();
+    EXPECT_EQ(QueryOne((*pg)->ConnectionString(), "SELECT 1"), "1");
+  }
+  EXPECT_TRUE(std::filesystem::exists(*root + "/data/PG_VERSION")) << "an instance changed it";
+  RemoveTempDir(*root);  // now the named template is gone: no silent initdb instead
+  auto gone = PostgresServer::Start({.name = "from-gone"});
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(gone.status().message().find("no " + *root + "/data/PG_VERSION"), std::string::npos)
+      << gone.status();
+  name("relative/path\n");
+  auto relative = PostgresServer::Start({.name = "from-relative"});
+  ASSERT_FALSE(relative.ok());
+  EXPECT_NE(relative.status().message().find("MERIDIAN_TEST_PG_TEMPLATE_FILE="), std::string::npos)
+      << relative.status();
+
+  if (saved.empty()) {
+    unsetenv("MERIDIAN_TEST_PG_TEMPLATE_FILE");
+  } else {
+    setenv("MERIDIAN_TEST_PG_TEMPLATE_FILE", saved.c_str(), 1);
+  }
+  RemoveTempDir(*files);
+}
+
 TEST(PostgresServerTest, StartTimes) {
   auto t0 = std::chrono::steady_clock::now();
   auto cold = PostgresServer::Start();

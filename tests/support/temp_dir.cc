@@ -122,9 +122,9 @@ absl::StatusOr<std::string> MakeTempDir(std::string_view prefix, std::string_vie
     return absl::InternalError(absl::StrCat("mkdtemp ", pattern, ": ", strerror(errno)));
   }
   std::string dir(buffer.data());
-  {
-    std::ofstream owner_file(dir + "/" + kOwnerFile);
-    owner_file << ProcessIdentity(std::to_string(getpid())) << " " << PidNamespace() << "\n";
+  if (absl::Status s = HandTempDirTo(dir, getpid()); !s.ok()) {
+    RemoveTempDir(dir);
+    return s;
   }
   if (geteuid() == 0 && !owner.empty()) {
     struct passwd pw {};
@@ -143,6 +143,27 @@ absl::StatusOr<std::string> MakeTempDir(std::string_view prefix, std::string_vie
     }
   }
   return dir;
+}
+
+absl::Status HandTempDirTo(const std::string& dir, pid_t pid) {
+  const std::string identity = ProcessIdentity(std::to_string(pid));
+  if (identity.empty()) {
+    return absl::NotFoundError(absl::StrCat("HandTempDirTo ", dir, ": no process ", pid));
+  }
+  // Written aside and renamed, so a concurrent sweep never reads half an owner.
+  const std::string path = dir + "/" + kOwnerFile;
+  {
+    std::ofstream owner_file(path + ".new");
+    owner_file << identity << " " << PidNamespace() << "\n";
+    if (!owner_file.flush()) {
+      return absl::InternalError(absl::StrCat("HandTempDirTo: cannot write ", path, ".new"));
+    }
+  }
+  if (rename((path + ".new").c_str(), path.c_str()) != 0) {
+    return absl::InternalError(
+        absl::StrCat("HandTempDirTo: rename to ", path, ": ", strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 void SweepStaleTempDirs() { SweepStale(BaseDir()); }

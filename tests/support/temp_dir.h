@@ -1,8 +1,11 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace meridian::test_support {
@@ -20,6 +23,12 @@ namespace meridian::test_support {
 // Thread-safe.
 [[nodiscard]] absl::StatusOr<std::string> MakeTempDir(std::string_view prefix,
                                                       std::string_view owner);
+
+// Makes `pid` the owner of `dir` (a directory from MakeTempDir): sweeps then remove it once that
+// process is gone rather than once its creator is. For a directory that outlives the process
+// that made it, such as the PostgreSQL template a ctest fixture makes for the whole run (its
+// owner is ctest).
+[[nodiscard]] absl::Status HandTempDirTo(const std::string& dir, pid_t pid);
 
 // Removes `dir` recursively, unless MERIDIAN_KEEP_TEST_DIRS is set to a non-empty value other
 // than "0", in which case it prints the kept path to stderr. Errors are ignored (best effort).
