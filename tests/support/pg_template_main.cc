@@ -73,22 +73,10 @@ int Make(const std::string& state_file) {
     std::fprintf(stderr, "meridian-test-pg-template: %s\n", root.status().ToString().c_str());
     return 1;
   }
-  // Written aside and renamed: a test never reads half a path.
-  const std::string partial = state_file + ".new";
-  {
-    std::ofstream out(partial);
-    out << *root << "\n";
-    if (!out.flush()) {
-      std::fprintf(stderr, "meridian-test-pg-template: cannot write %s\n", partial.c_str());
-      meridian::test_support::RemoveTempDir(*root);
-      return 1;
-    }
-  }
-  std::error_code ec;
-  fs::rename(partial, state_file, ec);
-  if (ec) {
-    std::fprintf(stderr, "meridian-test-pg-template: rename to %s: %s\n", state_file.c_str(),
-                 ec.message().c_str());
+  // A test never reads half a path.
+  if (absl::Status s = meridian::test_support::WriteFileReplacing(state_file, *root + "\n");
+      !s.ok()) {
+    std::fprintf(stderr, "meridian-test-pg-template: %s\n", std::string(s.message()).c_str());
     meridian::test_support::RemoveTempDir(*root);
     return 1;
   }
