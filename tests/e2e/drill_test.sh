@@ -24,7 +24,10 @@ set -euo pipefail
 
 BUILD=$(cd "${1:?usage: drill_test.sh BUILD_DIR}" && pwd)
 RATE=${DRILL_TEST_RATE:-80}
-[[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "drill_test.sh: DRILL_TEST_RATE must be a positive integer" >&2; exit 2; }
+if [[ ! "$RATE" =~ ^[1-9][0-9]*$ ]]; then
+  echo "drill_test.sh: DRILL_TEST_RATE must be a positive integer, not '$RATE'" >&2
+  exit 2
+fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export MERIDIAN_BUILD=$BUILD
 CTL=$BUILD/failover/meridianctl
