@@ -12,6 +12,8 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace meridian::common {
 
@@ -26,6 +28,14 @@ inline constexpr int kUsageExitCode = 2;
                                                    const char* const* argv) {
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RequiredError& e) {
+    // CLI11 checks required flags before it reports unknown arguments, so a typo of a required
+    // flag (`--confg x`) would be reported as "--config is required". Name the unknown first.
+    if (std::vector<std::string> extras = app.remaining(true); !extras.empty()) {
+      app.exit(CLI::ExtrasError(std::move(extras)));
+      return kUsageExitCode;
+    }
+    return app.exit(e) == 0 ? 0 : kUsageExitCode;
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kUsageExitCode;
   }

@@ -39,6 +39,19 @@ TEST(ParseFlags, UsageErrorsExitWithTwo) {
   EXPECT_EQ(Parse({"--name"}), kUsageExitCode);
 }
 
+TEST(ParseFlags, AnUnknownFlagIsNamedBeforeAMissingRequiredOne) {
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(Parse({"--nmae", "x"}), kUsageExitCode);
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--nmae"), std::string::npos) << err;
+  EXPECT_EQ(err.find("required"), std::string::npos) << err;
+
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(Parse({"--count", "3"}), kUsageExitCode);  // nothing unknown: the missing flag
+  err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--name is required"), std::string::npos) << err;
+}
+
 TEST(ParseFlags, HelpExitsWithZero) { EXPECT_EQ(Parse({"--help"}), 0); }
 
 TEST(FiniteRange, RefusesNanInfinitiesAndValuesOutsideTheRange) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -168,7 +169,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(10, 600000));
   app.add_option("--seed", opt.seed, "random seed for the workload's choices")
-      ->capture_default_str();
+      ->capture_default_str()
+      // Up to 2^63-1, as meridian-sim: CLI11 reads -1 into an unsigned flag as 2^64-1.
+      ->check(CLI::Range(uint64_t{0}, uint64_t{std::numeric_limits<int64_t>::max()}));
   app.add_option("--arrivals", arrivals, "arrival timeline: uniform or poisson")
       ->capture_default_str()
       ->check(CLI::IsMember({"uniform", "poisson"}));
