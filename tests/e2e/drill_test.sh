@@ -30,6 +30,9 @@ if [[ ! "$RATE" =~ ^[1-9][0-9]*$ ]]; then
 fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export MERIDIAN_BUILD=$BUILD
+# meridianctl finds deploy/meridian from its own location, which holds only for a build folder
+# inside the repository.
+export MERIDIAN_DRILL_MERIDIAN=$ROOT/deploy/meridian
 CTL=$BUILD/failover/meridianctl
 fail() { echo "FAIL: $*" >&2; exit 1; }
 for bin in "$CTL" "$BUILD/tests/load/meridian-loadgen" "$BUILD/region/meridian-region" \
