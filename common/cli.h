@@ -31,7 +31,8 @@ inline constexpr int kUsageExitCode = 2;
   } catch (const CLI::RequiredError& e) {
     // CLI11 checks required flags before it reports unknown arguments, so a typo of a required
     // flag (`--confg x`) would be reported as "--config is required". Name the unknown first.
-    if (std::vector<std::string> extras = app.remaining(true); !extras.empty()) {
+    if (std::vector<std::string> extras = app.remaining(true);
+        !extras.empty() && !app.get_allow_extras()) {
       app.exit(CLI::ExtrasError(std::move(extras)));
       return kUsageExitCode;
     }
