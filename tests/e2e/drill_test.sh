@@ -16,7 +16,7 @@
 # however slow the machine is.
 #
 # Usage: drill_test.sh BUILD_DIR   (the build must have meridianctl, meridian-loadgen, the region,
-# replicator, geo, failover and netem binaries). About 80 s. DRILL_TEST_RATE (requests/s, default
+# replicator, geo, failover and netem binaries). About 70 s. DRILL_TEST_RATE (requests/s, default
 # 80) is the load. Run by hand on the sanitizer tree (its ctest has no drill), give 30: its -O0
 # regions could not serve 80/s on 2 cores (p50 latency 2 s before the kill, and us-east, serving
 # eu-west's customers as well, timing out after the return, so "errors back under 1%" never came).
