@@ -107,6 +107,7 @@ struct PeerMetrics {
   prometheus::Counter* survivor_parked;     // peer's marks for a loss this region has not seen
   prometheus::Counter* survivor_confirmed;  // the peer applied our answer: the exchange is done
   prometheus::Counter* survivor_records;    // state records sent in those exchanges
+  prometheus::Counter* own_outbox_reads;    // reads of the outbox for this peer alone
 };
 
 // A live session's way out for coordination frames. The coordinator sends through a copy taken
@@ -208,10 +209,14 @@ class OutboxFeed {
   OutboxFeed(rpb::RegionInternal::Stub& region, const ReplicatorConfig& config)
       : region_(region), config_(config) {}
 
-  // A session ships `db` from `pos` on. The first session of a database starts its slices there.
+  // A session ships `db` from `pos` on. The first session of a database starts its slices there,
+  // unless `may_start` is false: a position past every seq the outbox ever took (a peer claiming
+  // more than we wrote) would make the feed skip the records written meanwhile, and every other
+  // session would then read the outbox for itself; such a session reads for itself instead.
   // `stream` names the database's incarnation: a rebuilt database (its seqs start over)
   // starts its slices afresh.
-  void Attach(const void* who, const std::string& db, const std::string& stream, int64_t pos) {
+  void Attach(const void* who, const std::string& db, const std::string& stream, int64_t pos,
+              bool may_start) {
     std::lock_guard<std::mutex> l(mu_);
     Db& d = dbs_[db];
     if (d.started && d.stream != stream) {
@@ -219,7 +224,7 @@ class OutboxFeed {
       d = Db();
       d.generation = generation;
     }
-    if (!d.started) {
+    if (!d.started && may_start) {
       d.started = true;
       d.stream = stream;
       d.next_after = pos;
@@ -516,6 +521,13 @@ struct Replicator::Impl {
                                   "State records sent to the peer in those exchanges (a "
                                   "document is one; an order with a status, two)")
                               .Register(*registry);
+    auto& own_reads = prometheus::BuildCounter()
+                          .Name("meridian_replication_own_outbox_reads_total")
+                          .Help(
+                              "Reads of the outbox for this peer alone, because its resume "
+                              "point lies before what the shared reader holds (a peer catching "
+                              "up) or past the outbox's end; 0 while the peer keeps up")
+                          .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
       p->m.lag_ms =
@@ -538,6 +550,7 @@ struct Replicator::Impl {
       p->m.survivor_parked = &survivor.Add({{"peer", p->config.name}, {"outcome", "parked"}});
       p->m.survivor_confirmed = &survivor.Add({{"peer", p->config.name}, {"outcome", "confirmed"}});
       p->m.survivor_records = &survivor_docs.Add(l);
+      p->m.own_outbox_reads = &own_reads.Add(l);
     }
   }
 
@@ -635,6 +648,10 @@ class Session {
     // Whether we know the peer's resume point is not in the truncated part of our outbox
     // (CatchUpFromState); an unchecked cursor ships nothing.
     bool checked = false;
+    // The resume point lies past the last seq our outbox ever took (CatchUpFromState): the peer
+    // claims more than we wrote, and the session must not start the shared feed there.
+    bool past_end = false;
+    bool attached = false;  // to the shared feed (after the check)
   };
 
   absl::Status Reject(const std::string& why) {
@@ -1258,7 +1275,6 @@ class Session {
     if (!CatchUpFromState(cursors)) return Fail();
     auto next_check = SteadyTime::now() + std::chrono::seconds(1);
     OutboxFeed& feed = *r_.feed;
-    for (const Cursor& c : cursors) feed.Attach(this, c.db, c.stream, c.after_seq);
     struct Detach {
       OutboxFeed& feed;
       const void* who;
@@ -1275,6 +1291,10 @@ class Session {
       staging_ = true;  // the batches of every database in one go
       for (Cursor& c : cursors) {
         if (!c.checked) continue;
+        if (!c.attached) {
+          feed.Attach(this, c.db, c.stream, c.after_seq, !c.past_end);
+          c.attached = true;
+        }
         std::vector<OutboxFeed::Slice> slices;
         int64_t through = 0;
         if (!feed.Take(this, c.db, c.stream, c.after_seq, &slices, &through)) {
@@ -1348,6 +1368,7 @@ class Session {
     }
     req.set_limit(r_.config.batch_max_records);
     req.set_wait_ms(50);
+    peer_.m.own_outbox_reads->Increment();
     rpb::PollOutboxResponse resp;
     auto ctx = r_.RegionCtx(10000);
     grpc::Status s = r_.region->PollOutbox(ctx.get(), req, &resp);
@@ -1414,6 +1435,12 @@ class Session {
         const bool truncated = d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
                                                       : d.outbox_last_seq() > c.after_seq;
         if (truncated && !SendState(c)) return false;
+        c.past_end = c.after_seq > d.outbox_last_seq();
+        if (c.past_end) {
+          spdlog::warn(
+              "event=peer_resume_past_outbox_end peer={} db={} resume_seq={} outbox_last_seq={}",
+              peer_.config.name, c.db, c.after_seq, d.outbox_last_seq());
+        }
         c.checked = true;
       }
     }

@@ -152,8 +152,9 @@ class LeasesTest : public ::testing::Test {
     return Sample(Request(c_->http_port(region), "GET", "/metrics").body, name_and_labels);
   }
   double ReplicatorMetric(size_t region, const std::string& name_and_labels) {
-    auto page = c_->Metrics(region);
-    return page.ok() ? Sample(*page, name_and_labels) : -1;
+    auto value = c_->Metric(region, name_and_labels);
+    if (value.ok()) return *value;
+    return absl::IsNotFound(value.status()) ? 0 : -1;
   }
 
   // Whether `at` has applied every record left in `from`'s outbox: for each of `from`'s outbox

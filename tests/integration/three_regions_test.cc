@@ -353,8 +353,9 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
 
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
 // certificates, lying or confused) let ap-south truncate what its outbox holds, no more: once the
-// genuine peers are back, later records are still truncated after they acked them.
-TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
+// genuine peers are back, later records are still truncated after they acked them. As the first
+// session after a restart, the claim does not move ap-south's shared outbox reader either.
+TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedReader) {
   Product(kAp, "sku-1", 500);
   ProductsEverywhere({"sku-1"});
   std::string ada = Customer(kAp, "ada@example.com", "any");
@@ -403,6 +404,53 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqDoesNotStopTruncation) {
       << why;
   EXPECT_TRUE(Eventually([&] { return OutboxRows(kAp) == 0; }, 30))
       << OutboxRows(kAp) << " rows stay in ap-south's outbox after every peer acked them";
+
+  // The same claim as the first session after ap-south's replicator starts must not start its
+  // shared outbox reader past the outbox's end: the real peers that come next would each read the
+  // outbox for themselves until a restart.
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  {
+    ForgedPeer us(*c_, kUs, kAp, "", std::chrono::seconds(120));
+    ASSERT_TRUE(us.Hello(claim));
+    ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+    ASSERT_EQ(Add(kAp, ada, "sku-1", 1), 200);
+    ASSERT_TRUE(Eventually(
+        [&] {
+          rpb::Frame beat;
+          beat.mutable_heartbeat();
+          auto eu = DbCart(kEu, ada_id, &why);
+          return us.Write(beat) && eu && *eu == Lines{{"sku-1", 4}};
+        },
+        30))
+        << why;
+  }
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({ada_id}, {{ada_id, {{"sku-1", 4}}}}, &why);
+      },
+      30))
+      << why;
+  // Both real peers now ship from the shared reader: their own reads of the outbox stop.
+  auto own_reads = [&](const char* peer) {
+    auto v = c_->Metric(
+        kAp, std::string("meridian_replication_own_outbox_reads_total{peer=\"") + peer + "\"}");
+    return v.ok() ? *v : -1;
+  };
+  double eu_reads = -1, us_reads = -1;
+  bool stopped = false;
+  for (int i = 0; i < 10 && !stopped; ++i) {
+    const double eu = own_reads("eu-west"), us = own_reads("us-east");
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    eu_reads = own_reads("eu-west");
+    us_reads = own_reads("us-east");
+    stopped = eu >= 0 && us >= 0 && eu_reads == eu && us_reads == us;
+  }
+  EXPECT_TRUE(stopped) << "ap-south keeps reading its outbox for each peer: eu-west " << eu_reads
+                       << ", us-east " << us_reads << " reads so far";
 }
 
 // A peer sending empty batches (ranges of seqs with nothing for this region) faster than they
@@ -430,11 +478,8 @@ TEST_F(ThreeRegions, EmptyBatchesMeetTheApplyBackpressure) {
     }
   });
   auto queued = [&]() -> int64_t {
-    auto m = c_->Metrics(kAp);
-    if (!m.ok()) return -1;
-    const std::string name = "meridian_replication_apply_queue_batches{peer=\"eu-west\"} ";
-    const size_t at = m->find(name);
-    return at == std::string::npos ? -1 : std::atoll(m->c_str() + at + name.size());
+    auto m = c_->Metric(kAp, "meridian_replication_apply_queue_batches{peer=\"eu-west\"}");
+    return m.ok() ? static_cast<int64_t>(*m) : -1;
   };
   // No ASSERT until the flood is over: the lock holds its writes up.
   EXPECT_TRUE(Eventually([&] { return queued() >= kCap; }, 20)) << queued();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -391,6 +392,14 @@ absl::StatusOr<std::string> Cluster::Metrics(size_t i) const {
   auto [status, body] = HttpGet(regions_[i]->metrics_port, "/metrics");
   if (status != 200) return absl::UnavailableError("replicator metrics unreachable");
   return body;
+}
+
+absl::StatusOr<double> Cluster::Metric(size_t i, const std::string& name_and_labels) const {
+  auto page = Metrics(i);
+  if (!page.ok()) return page.status();
+  const size_t at = ("\n" + *page).find("\n" + name_and_labels + " ");
+  if (at == std::string::npos) return absl::NotFoundError(name_and_labels + " is not on the page");
+  return std::atof(page->c_str() + at + name_and_labels.size() + 1);
 }
 
 }  // namespace meridian::test_support

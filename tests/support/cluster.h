@@ -94,6 +94,9 @@ class Cluster {
 
   // The Prometheus text of a region's replicator.
   [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
+  // One sample of it, named with its labels as the page prints them
+  // (`meridian_replication_connected{peer="eu-west"}`); NotFound when the page lacks it.
+  [[nodiscard]] absl::StatusOr<double> Metric(size_t i, const std::string& name_and_labels) const;
 
  private:
   struct Region {
