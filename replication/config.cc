@@ -23,7 +23,7 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   YamlReader r{std::string(source)};
   r.OnlyKeys(root, "",
              {"region", "jurisdiction", "replica_id", "region_grpc", "listen", "metrics", "tls",
-              "peers", "shipping", "coordination"});
+              "peers", "shipping", "coordination", "state_dir"});
   ReplicatorConfig c;
   c.region = r.String(root, "region", "region", true);
   c.jurisdiction = r.String(root, "jurisdiction", "jurisdiction", true);
@@ -40,6 +40,8 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.tls_ca = common::ResolveConfigPath(base_dir, r.String(tls, "ca", "tls.ca", true));
   c.tls_cert = common::ResolveConfigPath(base_dir, r.String(tls, "cert", "tls.cert", true));
   c.tls_key = common::ResolveConfigPath(base_dir, r.String(tls, "key", "tls.key", true));
+  c.state_dir =
+      common::ResolveConfigPath(base_dir, r.String(root, "state_dir", "state_dir", false));
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
   r.OnlyKeys(ship, "shipping",
              {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",

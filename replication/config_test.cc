@@ -34,6 +34,7 @@ TEST(ReplicatorConfig, ParsesAGoodFile) {
   EXPECT_EQ(c->batch_max_records, 100);
   EXPECT_EQ(c->heartbeat_ms, 500);
   EXPECT_EQ(c->recent_keys_per_stream, 50000);
+  EXPECT_EQ(c->state_dir, "");  // the recent keys in memory only
 }
 
 TEST(ReplicatorConfig, ErrorsNameTheField) {
@@ -174,10 +175,12 @@ class ReplicatorConfigFiles : public test_support::TempDirTest {
 TEST_F(ReplicatorConfigFiles, RelativePathsAreRelativeToTheConfigFile) {
   std::ofstream(dir_ + "/etc/operator_token") << "operator-token-0123456789\r\n";
   std::ofstream(dir_ + "/etc/r.yaml")
-      << kGood << "coordination: {admin: 127.0.0.1:7400, operator_token_file: operator_token}\n";
+      << kGood << "coordination: {admin: 127.0.0.1:7400, operator_token_file: operator_token}\n"
+      << "state_dir: state\n";
   auto c = LoadReplicatorConfig(dir_ + "/etc/r.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->operator_token, "operator-token-0123456789");  // the "\r\n" is not the token's
+  EXPECT_EQ(c->state_dir, dir_ + "/etc/state");
   EXPECT_EQ(c->tls_ca, dir_ + "/etc/ca.pem");
   EXPECT_EQ(c->tls_cert, dir_ + "/etc/us-east.pem");
   EXPECT_EQ(c->tls_key, dir_ + "/etc/us-east.key");

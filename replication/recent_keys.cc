@@ -1,15 +1,224 @@
 #include "replication/recent_keys.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
 
 namespace meridian::replication {
+
+namespace {
+
+// The file: kMagic, then entries {u32 body length, u32 crc32 of the body, body}, host byte order.
+// Body: u8 'A', u32 stream length, stream, i64 first_seq, i64 through_seq, u32 n, then n times
+// {i64 seq, u32 kind, u32 key length, key} (an Applied call); or u8 'S', u32 stream length,
+// stream, i64 through_seq (a StateApplied call).
+constexpr std::string_view kMagic = "MERIDIAN-RECENT-KEYS 1\n";
+constexpr size_t kMaxBody = size_t{64} << 20;
+// The file is rewritten once it holds more than twice the listing's records plus this many.
+constexpr size_t kRewriteSlack = 10000;
+
+template <typename T>
+void Put(std::string* out, T v) {
+  out->append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+void PutBytes(std::string* out, std::string_view bytes) {
+  Put<uint32_t>(out, static_cast<uint32_t>(bytes.size()));
+  out->append(bytes);
+}
+
+// Frames a body as an entry.
+std::string Entry(const std::string& body) {
+  std::string out;
+  Put<uint32_t>(&out, static_cast<uint32_t>(body.size()));
+  Put<uint32_t>(&out, static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()),
+                                                  static_cast<uInt>(body.size()))));
+  out += body;
+  return out;
+}
+
+template <typename It>
+std::string AppliedBody(const std::string& stream, int64_t first_seq, int64_t through_seq, It begin,
+                        It end) {
+  std::string body;
+  body += 'A';
+  PutBytes(&body, stream);
+  Put<int64_t>(&body, first_seq);
+  Put<int64_t>(&body, through_seq);
+  Put<uint32_t>(&body, static_cast<uint32_t>(end - begin));
+  for (It r = begin; r != end; ++r) {
+    Put<int64_t>(&body, r->seq);
+    Put<uint32_t>(&body, r->kind);
+    PutBytes(&body, r->key);
+  }
+  return body;
+}
+
+// Reads a body; false when it is malformed.
+class Reader {
+ public:
+  explicit Reader(std::string_view s) : s_(s) {}
+  template <typename T>
+  bool Get(T* v) {
+    if (s_.size() < sizeof(T)) return false;
+    std::memcpy(v, s_.data(), sizeof(T));
+    s_.remove_prefix(sizeof(T));
+    return true;
+  }
+  bool GetBytes(std::string* out) {
+    uint32_t n = 0;
+    if (!Get(&n) || s_.size() < n) return false;
+    out->assign(s_.data(), n);
+    s_.remove_prefix(n);
+    return true;
+  }
+  bool done() const { return s_.empty(); }
+
+ private:
+  std::string_view s_;
+};
+
+bool WriteAll(int fd, std::string_view data, std::string* why) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      *why = n < 0 ? std::strerror(errno) : "short write";
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+}  // namespace
+
+RecentKeys::~RecentKeys() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status RecentKeys::Persist(const std::string& path, std::string* warning,
+                                 std::function<void(const std::string&)> on_write_error) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (per_stream_ == 0 || fd_ >= 0) return absl::OkStatus();
+  std::string data;
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (in) {
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      if (in.bad()) return absl::UnavailableError(absl::StrCat("cannot read ", path));
+      data = std::move(ss).str();
+    } else if (::access(path.c_str(), F_OK) == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
+    }
+  }
+  size_t good = 0;  // bytes of the file that were loaded
+  if (!data.empty() && data.substr(0, kMagic.size()) != kMagic) {
+    const std::string aside = path + ".bad";
+    if (::rename(path.c_str(), aside.c_str()) != 0) {
+      return absl::UnavailableError(absl::StrCat(
+          path, " is not a recent-keys file and cannot be set aside: ", strerror(errno)));
+    }
+    *warning = absl::StrCat(path, " is not a recent-keys file: set aside as ", aside,
+                            "; the listing starts empty");
+    data.clear();
+  } else if (!data.empty()) {
+    size_t at = kMagic.size();
+    good = at;
+    size_t entries = 0;
+    while (at < data.size()) {
+      uint32_t len = 0, crc = 0;
+      if (data.size() - at < 8) break;
+      std::memcpy(&len, data.data() + at, 4);
+      std::memcpy(&crc, data.data() + at + 4, 4);
+      if (len == 0 || len > kMaxBody || data.size() - at - 8 < len) break;
+      std::string_view body(data.data() + at + 8, len);
+      if (crc != crc32(0, reinterpret_cast<const Bytef*>(body.data()), len)) break;
+      Reader r(body.substr(1));
+      std::string stream;
+      int64_t first = 0, through = 0;
+      if (body[0] == 'A') {
+        uint32_t n = 0;
+        if (!r.GetBytes(&stream) || !r.Get(&first) || !r.Get(&through) || !r.Get(&n)) break;
+        std::vector<Record> records;
+        bool ok = true;
+        for (uint32_t i = 0; i < n && ok; ++i) {
+          Record rec;
+          ok = r.Get(&rec.seq) && r.Get(&rec.kind) && r.GetBytes(&rec.key);
+          records.push_back(std::move(rec));
+        }
+        if (!ok || !r.done()) break;
+        file_records_ += n;
+        ApplyLocked(stream, first, through, std::move(records));
+      } else if (body[0] == 'S') {
+        if (!r.GetBytes(&stream) || !r.Get(&through) || !r.done()) break;
+        StateLocked(stream, through);
+      } else {
+        break;
+      }
+      at += 8 + len;
+      good = at;
+      ++entries;
+    }
+    if (good < data.size()) {
+      *warning = absl::StrCat(path, ": a damaged entry at byte ", good, " (of ", data.size(),
+                              "): loaded the ", entries, " entries before it and cut the rest");
+    }
+  }
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(good)) != 0 || ::lseek(fd, 0, SEEK_END) < 0) {
+    const std::string why = strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", why));
+  }
+  std::string why;
+  if (good == 0 && !WriteAll(fd, kMagic, &why)) {
+    ::close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", why));
+  }
+  path_ = path;
+  fd_ = fd;
+  on_write_error_ = std::move(on_write_error);
+  return absl::OkStatus();
+}
 
 void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t through_seq,
                          std::vector<Record> records) {
   std::lock_guard<std::mutex> l(mu_);
+  if (fd_ >= 0) {
+    const size_t n = records.size();
+    Log(Entry(AppliedBody(stream, first_seq, through_seq, records.begin(), records.end())), n);
+  }
+  ApplyLocked(stream, first_seq, through_seq, std::move(records));
+  if (fd_ >= 0 && file_records_ > 2 * listed_records_ + kRewriteSlack) Rewrite();
+}
+
+void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (fd_ >= 0) {
+    std::string body;
+    body += 'S';
+    PutBytes(&body, stream);
+    Put<int64_t>(&body, through_seq);
+    Log(Entry(body), 0);
+  }
+  StateLocked(stream, through_seq);
+}
+
+void RecentKeys::ApplyLocked(const std::string& stream, int64_t first_seq, int64_t through_seq,
+                             std::vector<Record> records) {
   Stream& s = streams_[stream];
   if (!s.known || first_seq > s.last + 1) {
     s.known = true;
+    listed_records_ -= s.records.size();
     s.records.clear();
     s.floor = s.last = std::max<int64_t>(0, first_seq - 1);
   }
@@ -17,20 +226,68 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
     if (r.seq <= s.last) continue;
     s.last = r.seq;
     s.records.push_back(std::move(r));
+    ++listed_records_;
   }
   s.last = std::max(s.last, through_seq);
   while (s.records.size() > per_stream_) {
     s.floor = s.records.front().seq;
     s.records.pop_front();
+    --listed_records_;
   }
 }
 
-void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
-  std::lock_guard<std::mutex> l(mu_);
+void RecentKeys::StateLocked(const std::string& stream, int64_t through_seq) {
   Stream& s = streams_[stream];
+  listed_records_ -= s.records.size();
   s.records.clear();
   s.known = through_seq > 0;
   s.floor = s.last = std::max<int64_t>(0, through_seq);
+}
+
+void RecentKeys::Log(std::string entry, size_t records) {
+  std::string why;
+  if (!WriteAll(fd_, entry, &why)) {
+    ::close(fd_);
+    fd_ = -1;
+    if (on_write_error_) on_write_error_(absl::StrCat("cannot write ", path_, ": ", why));
+    return;
+  }
+  file_records_ += records;
+}
+
+// Writes the listing afresh beside the file and renames it over the file: one Applied entry per
+// listed stream (replayed on an empty listing, it gives the same floor, last and records).
+bool RecentKeys::Rewrite() {
+  std::string data(kMagic);
+  for (const auto& [name, s] : streams_) {
+    if (!s.known) continue;
+    data += Entry(AppliedBody(name, s.floor + 1, s.last, s.records.begin(), s.records.end()));
+  }
+  const std::string tmp = path_ + ".new";
+  std::string why;
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    why = strerror(errno);
+  } else if (!WriteAll(fd, data, &why)) {
+    ::close(fd);
+    fd = -1;
+  } else if (::rename(tmp.c_str(), path_.c_str()) != 0) {
+    why = strerror(errno);
+    ::close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
+    ::unlink(tmp.c_str());
+    // The old file still holds a true listing: go on appending to it, and try again once it has
+    // grown as much again.
+    file_records_ = listed_records_;
+    if (on_write_error_) on_write_error_(absl::StrCat("cannot rewrite ", path_, ": ", why));
+    return false;
+  }
+  ::close(fd_);
+  fd_ = fd;  // the new file, positioned at its end
+  file_records_ = listed_records_;
+  return true;
 }
 
 bool RecentKeys::KeysBetween(const std::string& stream, int64_t after, int64_t through,

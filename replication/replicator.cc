@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -2103,9 +2104,30 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     if (!text.ok()) return text.status();
     *out = *std::move(text);
   }
+  if (!c.state_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(c.state_dir, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("state_dir: cannot make ", c.state_dir, ": ", ec.message()));
+    }
+  }
   for (const Peer& p : c.peers) {
     auto state = std::make_unique<PeerState>(static_cast<size_t>(c.recent_keys_per_stream));
     state->config = p;
+    if (!c.state_dir.empty()) {
+      // Named by replica id: the peer's identity in every record, and safe in a path.
+      const std::string path = absl::StrCat(c.state_dir, "/recent-keys-", p.replica_id, ".log");
+      std::string warning;
+      absl::Status st =
+          state->recent.Persist(path, &warning, [name = p.name](const std::string& why) {
+            spdlog::warn("event=recent_keys_not_persisted peer={} error=\"{}\"", name, why);
+          });
+      if (!st.ok()) return absl::Status(st.code(), absl::StrCat("state_dir: ", st.message()));
+      if (!warning.empty()) {
+        spdlog::warn("event=recent_keys_damaged peer={} detail=\"{}\"", p.name, warning);
+      }
+    }
     impl->peers.push_back(std::move(state));
   }
   impl->InitMetrics();
