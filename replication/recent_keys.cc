@@ -1,14 +1,15 @@
 #include "replication/recent_keys.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -34,31 +35,35 @@ void PutBytes(std::string* out, std::string_view bytes) {
   out->append(bytes);
 }
 
-// Frames a body as an entry.
-std::string Entry(const std::string& body) {
-  std::string out;
-  Put<uint32_t>(&out, static_cast<uint32_t>(body.size()));
-  Put<uint32_t>(&out, static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()),
-                                                  static_cast<uInt>(body.size()))));
-  out += body;
-  return out;
+// Appends an entry to *out: its header, then the body `write_body` appends, then the header's
+// length and checksum filled in.
+template <typename F>
+void AppendEntry(std::string* out, F write_body) {
+  const size_t at = out->size();
+  out->append(8, '\0');
+  write_body(out);
+  const uint32_t len = static_cast<uint32_t>(out->size() - at - 8);
+  const uint32_t crc = static_cast<uint32_t>(
+      crc32(0, reinterpret_cast<const Bytef*>(out->data() + at + 8), static_cast<uInt>(len)));
+  std::memcpy(out->data() + at, &len, 4);
+  std::memcpy(out->data() + at + 4, &crc, 4);
 }
 
 template <typename It>
-std::string AppliedBody(const std::string& stream, int64_t first_seq, int64_t through_seq, It begin,
-                        It end) {
-  std::string body;
-  body += 'A';
-  PutBytes(&body, stream);
-  Put<int64_t>(&body, first_seq);
-  Put<int64_t>(&body, through_seq);
-  Put<uint32_t>(&body, static_cast<uint32_t>(end - begin));
-  for (It r = begin; r != end; ++r) {
-    Put<int64_t>(&body, r->seq);
-    Put<uint32_t>(&body, r->kind);
-    PutBytes(&body, r->key);
-  }
-  return body;
+void AppendApplied(std::string* out, const std::string& stream, int64_t first_seq,
+                   int64_t through_seq, It begin, It end) {
+  AppendEntry(out, [&](std::string* body) {
+    *body += 'A';
+    PutBytes(body, stream);
+    Put<int64_t>(body, first_seq);
+    Put<int64_t>(body, through_seq);
+    Put<uint32_t>(body, static_cast<uint32_t>(end - begin));
+    for (It r = begin; r != end; ++r) {
+      Put<int64_t>(body, r->seq);
+      Put<uint32_t>(body, r->kind);
+      PutBytes(body, r->key);
+    }
+  });
 }
 
 // Reads a body; false when it is malformed.
@@ -98,94 +103,118 @@ bool WriteAll(int fd, std::string_view data, std::string* why) {
   return true;
 }
 
+// The first `bytes` of the file at `path` (all of it when it is shorter).
+bool ReadPrefix(const std::string& path, size_t bytes, std::string* out, std::string* why) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0) {
+    *why = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return false;
+  }
+  bytes = std::min(bytes, static_cast<size_t>(st.st_size));
+  out->resize(bytes);
+  size_t got = 0;
+  while (got < bytes) {
+    // In pieces: a read of the file holds up the appends to it for as long as it takes.
+    const size_t piece = std::min<size_t>(bytes - got, 256 << 10);
+    ssize_t n = ::pread(fd, out->data() + got, piece, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      *why = std::strerror(errno);
+      ::close(fd);
+      return false;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  out->resize(got);
+  ::close(fd);
+  return true;
+}
+
 }  // namespace
 
 RecentKeys::~RecentKeys() {
+  if (rewriter_.joinable()) rewriter_.join();
   if (fd_ >= 0) ::close(fd_);
+}
+
+size_t RecentKeys::Replay(std::string_view data, size_t* entries) {
+  size_t at = kMagic.size();
+  *entries = 0;
+  while (at < data.size()) {
+    uint32_t len = 0, crc = 0;
+    if (data.size() - at < 8) break;
+    std::memcpy(&len, data.data() + at, 4);
+    std::memcpy(&crc, data.data() + at + 4, 4);
+    if (len == 0 || len > kMaxBody || data.size() - at - 8 < len) break;
+    std::string_view body(data.data() + at + 8, len);
+    if (crc != crc32(0, reinterpret_cast<const Bytef*>(body.data()), len)) break;
+    Reader r(body.substr(1));
+    std::string stream;
+    int64_t first = 0, through = 0;
+    if (body[0] == 'A') {
+      uint32_t n = 0;
+      if (!r.GetBytes(&stream) || !r.Get(&first) || !r.Get(&through) || !r.Get(&n)) break;
+      std::vector<Record> records;
+      bool ok = true;
+      for (uint32_t i = 0; i < n && ok; ++i) {
+        Record rec;
+        ok = r.Get(&rec.seq) && r.Get(&rec.kind) && r.GetBytes(&rec.key);
+        records.push_back(std::move(rec));
+      }
+      if (!ok || !r.done()) break;
+      file_records_ += n;
+      ApplyLocked(stream, first, through, std::move(records));
+    } else if (body[0] == 'S') {
+      if (!r.GetBytes(&stream) || !r.Get(&through) || !r.done()) break;
+      StateLocked(stream, through);
+    } else {
+      break;
+    }
+    at += 8 + len;
+    ++*entries;
+  }
+  return at;
 }
 
 absl::Status RecentKeys::Persist(const std::string& path, std::string* warning,
                                  std::function<void(const std::string&)> on_write_error) {
   std::lock_guard<std::mutex> l(mu_);
   if (per_stream_ == 0 || fd_ >= 0) return absl::OkStatus();
-  std::string data;
-  {
-    std::ifstream in(path, std::ios::binary);
-    if (in) {
-      std::ostringstream ss;
-      ss << in.rdbuf();
-      if (in.bad()) return absl::UnavailableError(absl::StrCat("cannot read ", path));
-      data = std::move(ss).str();
-    } else if (::access(path.c_str(), F_OK) == 0) {
-      return absl::UnavailableError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
-    }
+  std::string data, why;
+  if (::access(path.c_str(), F_OK) == 0 &&
+      !ReadPrefix(path, std::numeric_limits<size_t>::max(), &data, &why)) {
+    return absl::UnavailableError(absl::StrCat("cannot read ", path, ": ", why));
   }
   size_t good = 0;  // bytes of the file that were loaded
   if (!data.empty() && data.substr(0, kMagic.size()) != kMagic) {
     const std::string aside = path + ".bad";
     if (::rename(path.c_str(), aside.c_str()) != 0) {
       return absl::UnavailableError(absl::StrCat(
-          path, " is not a recent-keys file and cannot be set aside: ", strerror(errno)));
+          path, " is not a recent-keys file and cannot be set aside: ", std::strerror(errno)));
     }
     *warning = absl::StrCat(path, " is not a recent-keys file: set aside as ", aside,
                             "; the listing starts empty");
-    data.clear();
   } else if (!data.empty()) {
-    size_t at = kMagic.size();
-    good = at;
     size_t entries = 0;
-    while (at < data.size()) {
-      uint32_t len = 0, crc = 0;
-      if (data.size() - at < 8) break;
-      std::memcpy(&len, data.data() + at, 4);
-      std::memcpy(&crc, data.data() + at + 4, 4);
-      if (len == 0 || len > kMaxBody || data.size() - at - 8 < len) break;
-      std::string_view body(data.data() + at + 8, len);
-      if (crc != crc32(0, reinterpret_cast<const Bytef*>(body.data()), len)) break;
-      Reader r(body.substr(1));
-      std::string stream;
-      int64_t first = 0, through = 0;
-      if (body[0] == 'A') {
-        uint32_t n = 0;
-        if (!r.GetBytes(&stream) || !r.Get(&first) || !r.Get(&through) || !r.Get(&n)) break;
-        std::vector<Record> records;
-        bool ok = true;
-        for (uint32_t i = 0; i < n && ok; ++i) {
-          Record rec;
-          ok = r.Get(&rec.seq) && r.Get(&rec.kind) && r.GetBytes(&rec.key);
-          records.push_back(std::move(rec));
-        }
-        if (!ok || !r.done()) break;
-        file_records_ += n;
-        ApplyLocked(stream, first, through, std::move(records));
-      } else if (body[0] == 'S') {
-        if (!r.GetBytes(&stream) || !r.Get(&through) || !r.done()) break;
-        StateLocked(stream, through);
-      } else {
-        break;
-      }
-      at += 8 + len;
-      good = at;
-      ++entries;
-    }
+    good = Replay(data, &entries);
     if (good < data.size()) {
       *warning = absl::StrCat(path, ": a damaged entry at byte ", good, " (of ", data.size(),
                               "): loaded the ", entries, " entries before it and cut the rest");
     }
   }
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(good)) != 0 || ::lseek(fd, 0, SEEK_END) < 0) {
-    const std::string why = strerror(errno);
+  if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(good)) != 0 || ::lseek(fd, 0, SEEK_END) < 0 ||
+      (good == 0 && !WriteAll(fd, kMagic, &why))) {
+    if (why.empty()) why = std::strerror(errno);
     if (fd >= 0) ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", why));
-  }
-  std::string why;
-  if (good == 0 && !WriteAll(fd, kMagic, &why)) {
-    ::close(fd);
     return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", why));
   }
   path_ = path;
   fd_ = fd;
+  file_bytes_ = std::max(good, kMagic.size());
   on_write_error_ = std::move(on_write_error);
   return absl::OkStatus();
 }
@@ -194,21 +223,26 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
                          std::vector<Record> records) {
   std::lock_guard<std::mutex> l(mu_);
   if (fd_ >= 0) {
-    const size_t n = records.size();
-    Log(Entry(AppliedBody(stream, first_seq, through_seq, records.begin(), records.end())), n);
+    std::string entry;
+    AppendApplied(&entry, stream, first_seq, through_seq, records.begin(), records.end());
+    Log(entry, records.size());
   }
   ApplyLocked(stream, first_seq, through_seq, std::move(records));
-  if (fd_ >= 0 && file_records_ > 2 * listed_records_ + kRewriteSlack) Rewrite();
+  if (fd_ >= 0 && !rewriting_ && file_records_ > 2 * listed_records_ + kRewriteSlack) {
+    StartRewrite();
+  }
 }
 
 void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
   std::lock_guard<std::mutex> l(mu_);
   if (fd_ >= 0) {
-    std::string body;
-    body += 'S';
-    PutBytes(&body, stream);
-    Put<int64_t>(&body, through_seq);
-    Log(Entry(body), 0);
+    std::string entry;
+    AppendEntry(&entry, [&](std::string* body) {
+      *body += 'S';
+      PutBytes(body, stream);
+      Put<int64_t>(body, through_seq);
+    });
+    Log(entry, 0);
   }
   StateLocked(stream, through_seq);
 }
@@ -244,50 +278,81 @@ void RecentKeys::StateLocked(const std::string& stream, int64_t through_seq) {
   s.floor = s.last = std::max<int64_t>(0, through_seq);
 }
 
-void RecentKeys::Log(std::string entry, size_t records) {
+void RecentKeys::Log(const std::string& entry, size_t records) {
   std::string why;
   if (!WriteAll(fd_, entry, &why)) {
     ::close(fd_);
     fd_ = -1;
-    if (on_write_error_) on_write_error_(absl::StrCat("cannot write ", path_, ": ", why));
+    Failed(absl::StrCat("cannot write ", path_, ": ", why));
     return;
   }
+  file_bytes_ += entry.size();
   file_records_ += records;
+  if (rewriting_) {
+    since_ += entry;
+    since_records_ += records;
+  }
 }
 
-// Writes the listing afresh beside the file and renames it over the file: one Applied entry per
-// listed stream (replayed on an empty listing, it gives the same floor, last and records).
-bool RecentKeys::Rewrite() {
-  std::string data(kMagic);
-  for (const auto& [name, s] : streams_) {
-    if (!s.known) continue;
-    data += Entry(AppliedBody(name, s.floor + 1, s.last, s.records.begin(), s.records.end()));
+void RecentKeys::Failed(const std::string& why) {
+  if (on_write_error_) on_write_error_(why);
+}
+
+void RecentKeys::StartRewrite() {
+  if (rewriter_.joinable()) rewriter_.join();  // the last one, done (rewriting_ is false)
+  rewriting_ = true;
+  since_.clear();
+  since_records_ = 0;
+  rewriter_ = std::thread([this, bytes = file_bytes_] { RewriteFile(bytes); });
+}
+
+// Replays the file's first `bytes` (what it held when the rewrite started) into a listing of its
+// own, which equals ours as it was then, and writes that beside the file: one Applied entry per
+// listed stream (replayed on an empty listing, it gives the same floor, last and records). Then,
+// under the lock, the entries logged since, and the rename.
+void RecentKeys::RewriteFile(size_t bytes) {
+  std::string data, why;
+  RecentKeys then(per_stream_);
+  size_t entries = 0;
+  bool ok = ReadPrefix(path_, bytes, &data, &why);
+  if (ok && then.Replay(data, &entries) != bytes) {
+    ok = false;
+    why = "it no longer replays as written";
   }
   const std::string tmp = path_ + ".new";
-  std::string why;
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    why = strerror(errno);
-  } else if (!WriteAll(fd, data, &why)) {
-    ::close(fd);
-    fd = -1;
-  } else if (::rename(tmp.c_str(), path_.c_str()) != 0) {
-    why = strerror(errno);
-    ::close(fd);
-    fd = -1;
+  int fd = -1;
+  if (ok) {
+    data.assign(kMagic);
+    for (const auto& [name, st] : then.streams_) {
+      if (st.known)
+        AppendApplied(&data, name, st.floor + 1, st.last, st.records.begin(), st.records.end());
+    }
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) why = std::strerror(errno);
+    ok = fd >= 0 && WriteAll(fd, data, &why);
   }
-  if (fd < 0) {
-    ::unlink(tmp.c_str());
-    // The old file still holds a true listing: go on appending to it, and try again once it has
-    // grown as much again.
-    file_records_ = listed_records_;
-    if (on_write_error_) on_write_error_(absl::StrCat("cannot rewrite ", path_, ": ", why));
-    return false;
+  // The replaced file is closed after the lock: that frees its blocks, which takes a while.
+  std::unique_lock<std::mutex> l(mu_);
+  if (ok && fd_ >= 0 && WriteAll(fd, since_, &why)) {
+    if (::rename(tmp.c_str(), path_.c_str()) == 0) {
+      const int old_fd = std::exchange(fd_, fd);  // the new file, positioned at its end
+      file_bytes_ = data.size() + since_.size();
+      file_records_ = then.listed_records_ + since_records_;
+      rewriting_ = false;
+      l.unlock();
+      ::close(old_fd);
+      return;
+    }
+    why = std::strerror(errno);
   }
-  ::close(fd_);
-  fd_ = fd;  // the new file, positioned at its end
+  if (fd >= 0) ::close(fd);
+  ::unlink(tmp.c_str());
+  rewriting_ = false;
+  if (fd_ < 0) return;  // persisting stopped meanwhile (and said why)
+  // The file still holds a true listing: go on appending to it, and try again once it has grown
+  // as much again.
   file_records_ = listed_records_;
-  return true;
+  Failed(absl::StrCat("cannot rewrite ", path_, ": ", why));
 }
 
 bool RecentKeys::KeysBetween(const std::string& stream, int64_t after, int64_t through,

@@ -9,11 +9,16 @@
 // floor); a state transfer (documents without seqs) forgets the stream until its end. Thread-safe.
 //
 // Persist() keeps the listing in a file too, so that a restarted replicator knows what the process
-// before it applied: an append-only log of the calls (each entry length-prefixed and checksummed),
-// rewritten from memory once it holds twice what the listing does. An entry is written after the
-// apply it lists committed, so a crash between the two leaves the file short of that range: the
-// listing then ends before what the database holds, and ranges past it are not covered (the next
-// apply after the restart starts a new listing). Never more than the truth, only less.
+// before it applied: an append-only log of the calls (each entry length-prefixed and checksummed).
+// Once the file holds more than twice the listing, a thread of its own rewrites it: it replays
+// the file as it stood into a listing of its own, writes that afresh beside it, and then, holding
+// the lock only for that, adds the entries logged meanwhile and renames it over the file. (Done in
+// the caller, a rewrite of 150,000 keys held an apply up for 120 ms. `recent_keys_bench`, 30,000
+// records/s on this machine's disk: 5.6 us per call at p50, 45 us at p99, the slowest 13 ms, as a
+// rewrite's write-back met an append; in memory only 2.0 / 13 us, slowest 0.7 ms.) An entry is
+// written after the apply it lists committed, so a crash between the two leaves the file short of
+// that range: the listing then ends before what the database holds, and ranges past it are not
+// covered (the next apply after the restart starts a new listing). Never more than the truth.
 
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +27,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -75,18 +82,29 @@ class RecentKeys {
   void ApplyLocked(const std::string& stream, int64_t first_seq, int64_t through_seq,
                    std::vector<Record> records);
   void StateLocked(const std::string& stream, int64_t through_seq);
-  // The file: appends one entry (and rewrites the file when it has grown), or rewrites it.
-  void Log(std::string entry, size_t records);
-  bool Rewrite();
+  // Replays a file's entries (after its magic) into this listing, up to the first damaged one:
+  // the bytes replayed, magic included, and the entries.
+  size_t Replay(std::string_view file, size_t* entries);
+  // The file: appends one entry (starting a rewrite when the file has grown).
+  void Log(const std::string& entry, size_t records);
+  void StartRewrite();
+  void RewriteFile(size_t bytes);  // the rewriter thread: the file's first `bytes`
+  void Failed(const std::string& why);
 
   const size_t per_stream_;
   mutable std::mutex mu_;
   std::map<std::string, Stream> streams_;
+  size_t listed_records_ = 0;  // records in streams_
   std::string path_;
   std::function<void(const std::string&)> on_write_error_;
-  int fd_ = -1;                // the file, open for appending; -1: not persisted
-  size_t file_records_ = 0;    // records in the file's entries
-  size_t listed_records_ = 0;  // records in streams_
+  int fd_ = -1;              // the file, open for appending; -1: not persisted
+  size_t file_bytes_ = 0;    // its size
+  size_t file_records_ = 0;  // records in its entries
+  // A rewrite under way: the entries appended since it read the file, and their records.
+  bool rewriting_ = false;
+  std::string since_;
+  size_t since_records_ = 0;
+  std::thread rewriter_;
 };
 
 }  // namespace meridian::replication
