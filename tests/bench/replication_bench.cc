@@ -304,15 +304,19 @@ int main(int argc, char** argv) {
                  "cart changes (of distinct customers) committed per transaction")
       ->check(CLI::Range(1, 1000));
   cli.add_option("--out", out_path, "results file (JSON)");
-  bool baseline = false, per_change_sql = false;
+  bool baseline = false, per_change_sql = false, memory_keys = false;
   cli.add_flag("--per-change-sql", per_change_sql,
                "write each change with the region's own two statements (SaveCartSql) instead of "
                "two multi-row statements per commit");
   cli.add_flag("--baseline", baseline,
                "stop the replicators first: the machine's capacity for the local writes alone");
+  cli.add_flag("--memory-keys", memory_keys,
+               "run the replicators without a state_dir: the keys of applied records in memory "
+               "only, as before 2026-12-02 (what persisting them costs the lag)");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
 
   meridian::test_support::ClusterOptions o;
+  o.replicator_state_dir = !memory_keys;
   o.name = "replbench";
   o.delay_ms = {{"us-east/eu-west", 38}, {"us-east/ap-south", 100}, {"eu-west/ap-south", 60}};
   o.regions.resize(regions);
@@ -503,6 +507,7 @@ int main(int argc, char** argv) {
       {"users", users},
       {"changes_per_transaction", per_tx},
       {"per_change_sql", per_change_sql},
+      {"recent_keys_persisted", !memory_keys},
       {"committed", ops},
       {"load_wall_s", load_s},
       {"achieved_per_region_per_s", ops / load_s / c.size()},

@@ -223,8 +223,11 @@ absl::Status Cluster::Build() {
         "\"\nlisten: \"127.0.0.1:", r.repl_port, "\"\nmetrics: \"127.0.0.1:", r.metrics_port,
         "\"\ntls: {ca: \"", cert_dir_, "/ca.pem\", cert: \"", cert_dir_, "/", r.spec.name,
         ".pem\", key: \"", cert_dir_, "/", r.spec.name,
-        ".key\"}\nshipping: ", options_.shipping_yaml, "\nstate_dir: \"", dir_, "/", r.spec.name,
-        "-replicator-state\"\npeers:\n");
+        ".key\"}\nshipping: ", options_.shipping_yaml, "\n",
+        options_.replicator_state_dir
+            ? absl::StrCat("state_dir: \"", dir_, "/", r.spec.name, "-replicator-state\"\n")
+            : "",
+        "peers:\n");
     for (size_t j = 0; j < regions_.size(); ++j) {
       if (j == i) continue;
       uint16_t port = regions_[j]->repl_port;

@@ -49,6 +49,8 @@ struct ClusterOptions {
   int rights_wait_ms = 200;
   // A meridian-witness (the third lease vote of a two-region deployment), replica id 250.
   bool witness = false;
+  // Each replicator keeps its recent keys in a state_dir of its own (false: in memory only).
+  bool replicator_state_dir = true;
 };
 
 class Cluster {
