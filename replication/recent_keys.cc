@@ -23,8 +23,13 @@ namespace {
 // stream, i64 through_seq (a StateApplied call).
 constexpr std::string_view kMagic = "MERIDIAN-RECENT-KEYS 1\n";
 constexpr size_t kMaxBody = size_t{64} << 20;
-// The file is rewritten once it holds more than twice the listing's records plus this many.
+// The file's weight is its records plus its entries (an entry without records, a range of records
+// residency kept from us or a state transfer's, still takes room). It is rewritten once that is
+// more than twice the listing's records plus this many.
 constexpr size_t kRewriteSlack = 10000;
+// A rewrite writes a stream's listing in entries of at most this many records (an entry's body
+// must stay within kMaxBody: keys are up to 128 bytes, and up to 10,000,000 may be listed).
+constexpr size_t kRecordsPerEntry = 10000;
 
 template <typename T>
 void Put(std::string* out, T v) {
@@ -165,10 +170,11 @@ size_t RecentKeys::Replay(std::string_view data, size_t* entries) {
         records.push_back(std::move(rec));
       }
       if (!ok || !r.done()) break;
-      file_records_ += n;
+      file_weight_ += n + 1;
       ApplyLocked(stream, first, through, std::move(records));
     } else if (body[0] == 'S') {
       if (!r.GetBytes(&stream) || !r.Get(&through) || !r.done()) break;
+      file_weight_ += 1;
       StateLocked(stream, through);
     } else {
       break;
@@ -228,7 +234,7 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
     Log(entry, records.size());
   }
   ApplyLocked(stream, first_seq, through_seq, std::move(records));
-  if (fd_ >= 0 && !rewriting_ && file_records_ > 2 * listed_records_ + kRewriteSlack) {
+  if (fd_ >= 0 && !rewriting_ && file_weight_ > 2 * listed_records_ + kRewriteSlack) {
     StartRewrite();
   }
 }
@@ -245,6 +251,9 @@ void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
     Log(entry, 0);
   }
   StateLocked(stream, through_seq);
+  if (fd_ >= 0 && !rewriting_ && file_weight_ > 2 * listed_records_ + kRewriteSlack) {
+    StartRewrite();
+  }
 }
 
 void RecentKeys::ApplyLocked(const std::string& stream, int64_t first_seq, int64_t through_seq,
@@ -287,10 +296,10 @@ void RecentKeys::Log(const std::string& entry, size_t records) {
     return;
   }
   file_bytes_ += entry.size();
-  file_records_ += records;
+  file_weight_ += records + 1;
   if (rewriting_) {
     since_ += entry;
-    since_records_ += records;
+    since_weight_ += records + 1;
   }
 }
 
@@ -298,18 +307,28 @@ void RecentKeys::Failed(const std::string& why) {
   if (on_write_error_) on_write_error_(why);
 }
 
+void RecentKeys::WaitForRewrite() {
+  std::thread rewriter;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    rewriter = std::move(rewriter_);
+  }
+  if (rewriter.joinable()) rewriter.join();
+}
+
 void RecentKeys::StartRewrite() {
   if (rewriter_.joinable()) rewriter_.join();  // the last one, done (rewriting_ is false)
   rewriting_ = true;
   since_.clear();
-  since_records_ = 0;
+  since_weight_ = 0;
   rewriter_ = std::thread([this, bytes = file_bytes_] { RewriteFile(bytes); });
 }
 
 // Replays the file's first `bytes` (what it held when the rewrite started) into a listing of its
-// own, which equals ours as it was then, and writes that beside the file: one Applied entry per
-// listed stream (replayed on an empty listing, it gives the same floor, last and records). Then,
-// under the lock, the entries logged since, and the rename.
+// own, which equals ours as it was then, and writes that beside the file: per listed stream,
+// Applied entries of contiguous ranges from floor + 1 to last (replayed on an empty listing, they
+// give the same floor, last and records). Then, under the lock, the entries logged since, and the
+// rename.
 void RecentKeys::RewriteFile(size_t bytes) {
   std::string data, why;
   RecentKeys then(per_stream_);
@@ -321,11 +340,23 @@ void RecentKeys::RewriteFile(size_t bytes) {
   }
   const std::string tmp = path_ + ".new";
   int fd = -1;
+  size_t weight = then.listed_records_;
   if (ok) {
     data.assign(kMagic);
     for (const auto& [name, st] : then.streams_) {
-      if (st.known)
-        AppendApplied(&data, name, st.floor + 1, st.last, st.records.begin(), st.records.end());
+      if (!st.known) continue;
+      int64_t first = st.floor + 1;
+      auto from = st.records.begin();
+      do {
+        const auto to = st.records.end() - from > static_cast<std::ptrdiff_t>(kRecordsPerEntry)
+                            ? from + kRecordsPerEntry
+                            : st.records.end();
+        const int64_t through = to == st.records.end() ? st.last : (to - 1)->seq;
+        AppendApplied(&data, name, first, through, from, to);
+        ++weight;
+        first = through + 1;
+        from = to;
+      } while (from != st.records.end());
     }
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) why = std::strerror(errno);
@@ -337,7 +368,7 @@ void RecentKeys::RewriteFile(size_t bytes) {
     if (::rename(tmp.c_str(), path_.c_str()) == 0) {
       const int old_fd = std::exchange(fd_, fd);  // the new file, positioned at its end
       file_bytes_ = data.size() + since_.size();
-      file_records_ = then.listed_records_ + since_records_;
+      file_weight_ = weight + since_weight_;
       rewriting_ = false;
       l.unlock();
       ::close(old_fd);
@@ -349,9 +380,9 @@ void RecentKeys::RewriteFile(size_t bytes) {
   ::unlink(tmp.c_str());
   rewriting_ = false;
   if (fd_ < 0) return;  // persisting stopped meanwhile (and said why)
-  // The file still holds a true listing: go on appending to it, and try again once it has grown
-  // as much again.
-  file_records_ = listed_records_;
+  // The file still holds a true listing: go on appending to it, and try again once its weight has
+  // grown by the listing's records plus kRewriteSlack.
+  file_weight_ = listed_records_;
   Failed(absl::StrCat("cannot rewrite ", path_, ": ", why));
 }
 

@@ -10,15 +10,19 @@
 //
 // Persist() keeps the listing in a file too, so that a restarted replicator knows what the process
 // before it applied: an append-only log of the calls (each entry length-prefixed and checksummed).
-// Once the file holds more than twice the listing, a thread of its own rewrites it: it replays
-// the file as it stood into a listing of its own, writes that afresh beside it, and then, holding
-// the lock only for that, adds the entries logged meanwhile and renames it over the file. (Done in
-// the caller, a rewrite of 150,000 keys held an apply up for 120 ms. `recent_keys_bench`, 30,000
-// records/s on this machine's disk: 5.6 us per call at p50, 45 us at p99, the slowest 13 ms, as a
-// rewrite's write-back met an append; in memory only 2.0 / 13 us, slowest 0.7 ms.) An entry is
-// written after the apply it lists committed, so a crash between the two leaves the file short of
-// that range: the listing then ends before what the database holds, and ranges past it are not
-// covered (the next apply after the restart starts a new listing). Never more than the truth.
+// Once the file's records plus entries exceed twice the listing's records plus 10,000, a thread of
+// its own rewrites it: it replays the file as it stood into a listing of its own, writes that
+// afresh beside it, and then, holding the lock only for that, adds the entries logged meanwhile
+// and renames it over the file. (Done in the caller, a rewrite of 150,000 keys held an apply up
+// for 120 ms. `recent_keys_bench`, 30,000 records/s on this machine's disk: 5.6 us per call at
+// p50, 45 us at p99, the slowest 13 ms, as a rewrite's write-back met an append; in memory only
+// 2.0 / 13 us, slowest 0.7 ms.) An entry is written after the apply it lists committed, so a crash
+// between the two leaves the file short of that range: the listing then ends before what the
+// database holds, and ranges past it are not covered (the next apply after the restart starts a
+// new listing). A range it does cover lists every record applied in it. (Should the database lose
+// commits the file lists, as PostgreSQL with synchronous_commit off can in a crash, the listing
+// runs past the database's marks; a survivor asks only up to those, and a seq names one record,
+// so what it lists there stays right.)
 
 #include <cstddef>
 #include <cstdint>
@@ -58,6 +62,8 @@ class RecentKeys {
   // before the other calls; with per_stream 0 it does nothing.
   absl::Status Persist(const std::string& path, std::string* warning,
                        std::function<void(const std::string&)> on_write_error = nullptr);
+  // Waits for a rewrite of the file under way, if any (tests and benches).
+  void WaitForRewrite();
 
   // One successful apply of the stream's range [first_seq, through_seq]: its records (ascending
   // seq; seqs of the range not among them were not for this region). Records at or below what
@@ -97,13 +103,13 @@ class RecentKeys {
   size_t listed_records_ = 0;  // records in streams_
   std::string path_;
   std::function<void(const std::string&)> on_write_error_;
-  int fd_ = -1;              // the file, open for appending; -1: not persisted
-  size_t file_bytes_ = 0;    // its size
-  size_t file_records_ = 0;  // records in its entries
+  int fd_ = -1;             // the file, open for appending; -1: not persisted
+  size_t file_bytes_ = 0;   // its size
+  size_t file_weight_ = 0;  // its records plus its entries (kRewriteSlack)
   // A rewrite under way: the entries appended since it read the file, and their records.
   bool rewriting_ = false;
   std::string since_;
-  size_t since_records_ = 0;
+  size_t since_weight_ = 0;
   std::thread rewriter_;
 };
 

@@ -149,11 +149,13 @@ TEST_F(PersistedRecentKeysTest, TheFileIsRewrittenOnceItHoldsTwiceTheListing) {
     for (int64_t seq = 1; seq <= 30000; ++seq) {
       r->Applied("s", seq, seq, {{seq, 1, "key-" + std::to_string(seq)}});
       biggest = std::max<size_t>(biggest, std::filesystem::file_size(path_));
+      if (seq % 1000 == 0) r->WaitForRewrite();
     }
   }
-  // Entries of 59 bytes here: without rewrites the file would reach 30,000 of them (1.8 MB); a
-  // rewrite starts at 2 x 100 + 10,000 records' entries (600 kB) and the file grows while it runs.
-  EXPECT_LT(biggest, 30000u * 59 / 2);
+  // Entries of up to 59 bytes here, each with one record: without rewrites the file would reach
+  // 30,000 of them (1.8 MB). A rewrite starts once records plus entries pass 2 x 100 + 10,000
+  // (5,101 entries), and up to 999 more come before the loop waits for it.
+  EXPECT_LT(biggest, 6100u * 59 + 4000);
   auto r = Open(100);
   bool ok = false;
   Between(*r, 29899, 30000, &ok);
@@ -163,6 +165,64 @@ TEST_F(PersistedRecentKeysTest, TheFileIsRewrittenOnceItHoldsTwiceTheListing) {
   ASSERT_EQ(keys.size(), 100u);
   EXPECT_EQ(keys.front().second, "key-29901");
   EXPECT_EQ(keys.back().second, "key-30000");
+}
+
+TEST_F(PersistedRecentKeysTest, EntriesLoggedDuringARewriteAreKept) {
+  {
+    auto r = Open(100);
+    // The 5,101st call starts a rewrite (records plus entries past 2 x 100 + 10,000); the next 50
+    // come while it replays those 5,101 entries.
+    for (int64_t seq = 1; seq <= 5151; ++seq) {
+      r->Applied("s", seq, seq, {{seq, 1, "key-" + std::to_string(seq)}});
+    }
+    r->WaitForRewrite();
+  }
+  EXPECT_LT(std::filesystem::file_size(path_), 100u * 59);  // rewritten: 100 keys, 51 entries
+  auto r = Open(100);
+  bool ok = false;
+  Keys keys = Between(*r, 5051, 5151, &ok);
+  EXPECT_TRUE(ok);
+  ASSERT_EQ(keys.size(), 100u);
+  EXPECT_EQ(keys.front().second, "key-5052");
+  EXPECT_EQ(keys.back().second, "key-5151");
+}
+
+TEST_F(PersistedRecentKeysTest, ALongListingIsRewrittenInSeveralEntries) {
+  {
+    auto r = Open(25000);
+    // 30,001 calls of one record each: records plus entries pass 2 x 25,000 + 10,000.
+    for (int64_t seq = 1; seq <= 30001; ++seq) {
+      r->Applied("s", seq, seq, {{seq, 1, "key-" + std::to_string(seq)}});
+    }
+    r->WaitForRewrite();
+  }
+  std::string warning;
+  auto r = Open(25000, &warning);
+  EXPECT_EQ(warning, "");
+  bool ok = false;
+  Between(*r, 5000, 30001, &ok);
+  EXPECT_FALSE(ok);
+  Keys keys = Between(*r, 5001, 30001, &ok);
+  EXPECT_TRUE(ok);
+  ASSERT_EQ(keys.size(), 25000u);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_EQ(keys[i].second, "key-" + std::to_string(5002 + i)) << i;
+  }
+}
+
+TEST_F(PersistedRecentKeysTest, EntriesWithoutRecordsCountTowardsARewriteToo) {
+  {
+    auto r = Open(100);
+    r->Applied("s", 1, 1, {{1, 1, "a"}});
+    // Ranges whose records residency kept from this region: entries without records.
+    for (int64_t seq = 2; seq <= 20001; ++seq) r->Applied("s", seq, seq, {});
+    r->WaitForRewrite();
+  }
+  EXPECT_LT(std::filesystem::file_size(path_), 10300u * 40);  // 40 B an entry, 20,000 of them
+  auto r = Open(100);
+  bool ok = false;
+  EXPECT_EQ(Between(*r, 0, 20001, &ok), (Keys{{1, "a"}}));
+  EXPECT_TRUE(ok);
 }
 
 TEST_F(PersistedRecentKeysTest, ADamagedEntryEndsWhatIsLoadedAndTheFileIsCutThere) {

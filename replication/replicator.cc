@@ -213,7 +213,8 @@ class OutboxFeed {
   // A session ships `db` from `pos` on. The first session of a database starts its slices there,
   // unless `may_start` is false: a position past every seq the outbox ever took (a peer claiming
   // more than we wrote) would make the feed skip the records written meanwhile, and every other
-  // session would then read the outbox for itself; such a session reads for itself instead.
+  // session would then read the outbox for itself. Such a session reads for itself until another
+  // session starts the feed at or below its position, and ships from the feed from then on.
   // `stream` names the database's incarnation: a rebuilt database (its seqs start over)
   // starts its slices afresh.
   void Attach(const void* who, const std::string& db, const std::string& stream, int64_t pos,
@@ -1435,8 +1436,10 @@ class Session {
         if (d.name() != c.db || !d.reachable()) continue;
         const bool truncated = d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
                                                       : d.outbox_last_seq() > c.after_seq;
+        // Before SendState, which moves the cursor to a barrier taken later (past this status's
+        // last seq once anything was written meanwhile).
+        c.past_end = !truncated && c.after_seq > d.outbox_last_seq();
         if (truncated && !SendState(c)) return false;
-        c.past_end = c.after_seq > d.outbox_last_seq();
         if (c.past_end) {
           spdlog::warn(
               "event=peer_resume_past_outbox_end peer={} db={} resume_seq={} outbox_last_seq={}",
@@ -2118,12 +2121,14 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     if (!c.state_dir.empty()) {
       // Named by replica id: the peer's identity in every record, and safe in a path.
       const std::string path = absl::StrCat(c.state_dir, "/recent-keys-", p.replica_id, ".log");
+      // Not persisted (now or after a failed write), the keys are kept in memory all the same:
+      // that only costs the exchange after a restart, so the replicator runs on.
+      auto not_persisted = [name = p.name](const std::string& why) {
+        spdlog::warn("event=recent_keys_not_persisted peer={} error=\"{}\"", name, why);
+      };
       std::string warning;
-      absl::Status st =
-          state->recent.Persist(path, &warning, [name = p.name](const std::string& why) {
-            spdlog::warn("event=recent_keys_not_persisted peer={} error=\"{}\"", name, why);
-          });
-      if (!st.ok()) return absl::Status(st.code(), absl::StrCat("state_dir: ", st.message()));
+      absl::Status st = state->recent.Persist(path, &warning, not_persisted);
+      if (!st.ok()) not_persisted(std::string(st.message()));
       if (!warning.empty()) {
         spdlog::warn("event=recent_keys_damaged peer={} detail=\"{}\"", p.name, warning);
       }
