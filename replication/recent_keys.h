@@ -14,15 +14,15 @@
 // its own rewrites it: it replays the file as it stood into a listing of its own, writes that
 // afresh beside it, and then, holding the lock only for that, adds the entries logged meanwhile
 // and renames it over the file. (Done in the caller, a rewrite of 150,000 keys held an apply up
-// for 120 ms. `recent_keys_bench`, 30,000 records/s on this machine's disk: 5.6 us per call at
-// p50, 45 us at p99, the slowest 13 ms, as a rewrite's write-back met an append; in memory only
-// 2.0 / 13 us, slowest 0.7 ms.) An entry is written after the apply it lists committed, so a crash
-// between the two leaves the file short of that range: the listing then ends before what the
-// database holds, and ranges past it are not covered (the next apply after the restart starts a
-// new listing). A range it does cover lists every record applied in it. (Should the database lose
-// commits the file lists, as PostgreSQL with synchronous_commit off can in a crash, the listing
-// runs past the database's marks; a survivor asks only up to those, and a seq names one record,
-// so what it lists there stays right.)
+// for 120 ms. `recent_keys_bench`, 30,000 records/s on this machine's disk, two runs: 6.0-6.3 us
+// per call at p50, 50-66 us at p99, the slowest 11-13 ms, as a rewrite's write-back met an append;
+// in memory only 2.4 / 13 us, slowest 0.7 ms.) An entry is written after the apply it lists
+// committed, so a crash between the two leaves the file short of that range: the listing then ends
+// before what the database holds, and ranges past it are not covered (the next apply after the
+// restart starts a new listing). A range it does cover lists every record applied in it. (Should
+// the database lose commits the file lists, as PostgreSQL with synchronous_commit off can in a
+// crash, the listing runs past the database's marks; a survivor asks only up to those, and a seq
+// names one record, so what it lists there stays right.)
 
 #include <cstddef>
 #include <cstdint>
