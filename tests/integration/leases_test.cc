@@ -142,14 +142,11 @@ class LeasesTest : public ::testing::Test {
     return 0;
   }
 
-  // A sample of a Prometheus text page (0 when absent).
-  static double Sample(const std::string& page, const std::string& name_and_labels) {
-    size_t pos = page.find("\n" + name_and_labels + " ");
-    if (pos == std::string::npos) return 0;
-    return std::atof(page.c_str() + pos + name_and_labels.size() + 2);
-  }
+  // A sample of the region's /metrics (0 when absent).
   double Metric(size_t region, const std::string& name_and_labels) {
-    return Sample(Request(c_->http_port(region), "GET", "/metrics").body, name_and_labels);
+    auto value =
+        Cluster::Sample(Request(c_->http_port(region), "GET", "/metrics").body, name_and_labels);
+    return value.ok() ? *value : 0;
   }
   double ReplicatorMetric(size_t region, const std::string& name_and_labels) {
     auto value = c_->Metric(region, name_and_labels);
@@ -910,7 +907,7 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
 TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
   using std::chrono::seconds;
   ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
-  Customer(kAp, "local@example.com");  // a document us-east never touched
+  Customer(kAp, "local@example.com");         // a document us-east never touched
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged streams
   const uint32_t us = c_->spec(kUs).replica_id;
   const auto marks_about_us = MarksAbout(us);

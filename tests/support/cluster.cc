@@ -401,9 +401,14 @@ absl::StatusOr<std::string> Cluster::Metrics(size_t i) const {
 absl::StatusOr<double> Cluster::Metric(size_t i, const std::string& name_and_labels) const {
   auto page = Metrics(i);
   if (!page.ok()) return page.status();
-  const size_t at = ("\n" + *page).find("\n" + name_and_labels + " ");
+  return Sample(*page, name_and_labels);
+}
+
+absl::StatusOr<double> Cluster::Sample(const std::string& page,
+                                       const std::string& name_and_labels) {
+  const size_t at = ("\n" + page).find("\n" + name_and_labels + " ");
   if (at == std::string::npos) return absl::NotFoundError(name_and_labels + " is not on the page");
-  return std::atof(page->c_str() + at + name_and_labels.size() + 1);
+  return std::atof(page.c_str() + at + name_and_labels.size() + 1);
 }
 
 }  // namespace meridian::test_support

@@ -99,6 +99,9 @@ class Cluster {
   // One sample of it, named with its labels as the page prints them
   // (`meridian_replication_connected{peer="eu-west"}`); NotFound when the page lacks it.
   [[nodiscard]] absl::StatusOr<double> Metric(size_t i, const std::string& name_and_labels) const;
+  // The same from any Prometheus text page (a region's /metrics, say).
+  [[nodiscard]] static absl::StatusOr<double> Sample(const std::string& page,
+                                                     const std::string& name_and_labels);
 
  private:
   struct Region {
