@@ -234,9 +234,7 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
     Log(entry, records.size());
   }
   ApplyLocked(stream, first_seq, through_seq, std::move(records));
-  if (fd_ >= 0 && !rewriting_ && file_weight_ > 2 * listed_records_ + kRewriteSlack) {
-    StartRewrite();
-  }
+  RewriteIfDue();
 }
 
 void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
@@ -251,9 +249,7 @@ void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
     Log(entry, 0);
   }
   StateLocked(stream, through_seq);
-  if (fd_ >= 0 && !rewriting_ && file_weight_ > 2 * listed_records_ + kRewriteSlack) {
-    StartRewrite();
-  }
+  RewriteIfDue();
 }
 
 void RecentKeys::ApplyLocked(const std::string& stream, int64_t first_seq, int64_t through_seq,
@@ -316,7 +312,8 @@ void RecentKeys::WaitForRewrite() {
   if (rewriter.joinable()) rewriter.join();
 }
 
-void RecentKeys::StartRewrite() {
+void RecentKeys::RewriteIfDue() {
+  if (fd_ < 0 || rewriting_ || file_weight_ <= 2 * listed_records_ + kRewriteSlack) return;
   if (rewriter_.joinable()) rewriter_.join();  // the last one, done (rewriting_ is false)
   rewriting_ = true;
   since_.clear();

@@ -91,9 +91,9 @@ class RecentKeys {
   // Replays a file's entries (after its magic) into this listing, up to the first damaged one:
   // the bytes replayed, magic included, and the entries.
   size_t Replay(std::string_view file, size_t* entries);
-  // The file: appends one entry (starting a rewrite when the file has grown).
+  // The file: appends one entry; starts a rewrite once the file has grown (kRewriteSlack).
   void Log(const std::string& entry, size_t records);
-  void StartRewrite();
+  void RewriteIfDue();
   void RewriteFile(size_t bytes);  // the rewriter thread: the file's first `bytes`
   void Failed(const std::string& why);
 

@@ -1017,7 +1017,7 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
         tx.quote(ap) + ", repeat(md5(i::text), 128), 'any' FROM generate_series(1, 1000) i");
     tx.commit();
   }
-  const std::string log_path = c_->dir() + "/" + c_->spec(kAp).name + "-replicator.log";
+  const std::string log_path = c_->replicator_log(kAp);
   {
     // Sanitizer builds read the pages some times slower: room for that.
     test_support::ForgedPeer p(*c_, kEu, kAp, "", std::chrono::seconds(120));

@@ -347,7 +347,7 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
   EXPECT_GT(written, 0);
   ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
   for (size_t peer : {kUs, kEu}) {
-    std::ifstream log(c_->dir() + "/" + c_->spec(peer).name + "-replicator.log");
+    std::ifstream log(c_->replicator_log(peer));
     std::string line;
     while (std::getline(log, line)) {
       EXPECT_EQ(line.find("peer_resume_past_outbox_end"), std::string::npos)

@@ -317,7 +317,7 @@ absl::Status Cluster::StartReplicator(size_t i, bool await_streams) {
   const char* level = std::getenv("MERIDIAN_REPLICATOR_LOG_LEVEL");
   auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml,
                                     "--log-level", level ? level : "info"},
-                           .log_path = absl::StrCat(dir_, "/", r.spec.name, "-replicator.log")});
+                           .log_path = replicator_log(i)});
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
   const std::string what = "meridian-replicator " + r.spec.name;
@@ -396,6 +396,10 @@ absl::StatusOr<std::string> Cluster::Metrics(size_t i) const {
   auto [status, body] = HttpGet(regions_[i]->metrics_port, "/metrics");
   if (status != 200) return absl::UnavailableError("replicator metrics unreachable");
   return body;
+}
+
+std::string Cluster::replicator_log(size_t i) const {
+  return absl::StrCat(dir_, "/", regions_[i]->spec.name, "-replicator.log");
 }
 
 absl::StatusOr<double> Cluster::Metric(size_t i, const std::string& name_and_labels) const {

@@ -94,6 +94,8 @@ class Cluster {
   // Bytes the links carried so far (both directions, all pairs), from the proxies' counters.
   [[nodiscard]] uint64_t LinkBytes() const;
 
+  // Where a region's replicator logs (kept across its restarts: each start appends).
+  [[nodiscard]] std::string replicator_log(size_t i) const;
   // The Prometheus text of a region's replicator.
   [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
   // One sample of it, named with its labels as the page prints them
