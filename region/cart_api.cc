@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -157,12 +158,21 @@ HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
   if (!product.ok()) return ProblemFromStatus(product.status());
   return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
     int64_t current = cart.Quantity(*sku);
-    if (current + *qty > config.max_line_quantity) {
+    if (std::max<int64_t>(current, 0) + *qty > config.max_line_quantity) {
       return Unprocessable(
           absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
     }
     if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
       return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
+    }
+    if (current < 0) {
+      // Concurrent decrements in two regions left the line below zero, so the customer does not
+      // see it: adding to it would leave it hidden. Start the line afresh (remove what this
+      // region has seen of it, then add): the customer sees exactly what they added, and
+      // changes made elsewhere meanwhile still count.
+      crdt::Cart delta = cart.Remove(*sku);
+      delta.Merge(cart.Add(*sku, *qty));
+      return delta;
     }
     return cart.Add(*sku, *qty);
   });

@@ -45,8 +45,20 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
                  " AND state = 'held'");
       });
     } else {
-      // Expired, cancelled, declined, or no order at all (a checkout that died half-way).
-      st = ReleaseReservation(id, absl::StrCat("expired_", status));
+      // Expired, cancelled, declined, or no order at all (a checkout that died half-way). A
+      // capture of an order that is not paid is a payment whose order update was in doubt and
+      // never retried: the money goes back too.
+      st = global->Run([&](pqxx::work& tx) {
+        pqxx::result r = tx.exec(
+            "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents WHERE "
+            "order_id = " +
+            tx.quote(id) + " AND status = 'captured' RETURNING charge_id");
+        for (const auto& row : r) {
+          spdlog::info("event=stray_capture_refunded order={} charge={} order_status={}", id,
+                       row[0].as<std::string>(), status);
+        }
+      });
+      if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status));
       if (st.ok()) ++released;
     }
     if (!st.ok()) return st;

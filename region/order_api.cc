@@ -5,8 +5,10 @@
 // two local transactions in a fixed order: (1) take the stock and record a reservation with an
 // expiry (global shard), (2) write the order, its items, its event, the confirmation and clear
 // the cart (user shard). If (2) fails, (1) is undone at once; if the process dies between them,
-// the reservation sweep finds a reservation without a paid order and gives the stock back. Stock
-// is therefore never lost and never sold twice, and an order never exists without its stock.
+// the reservation sweep finds a reservation without a paid order and gives the stock back. If
+// the outcome of (2) is unknown (the connection broke during COMMIT), nothing is undone: the
+// sweep settles the reservation by the order's status. Stock is therefore never lost and never
+// sold twice, and an order never exists without its stock.
 
 #include <spdlog/spdlog.h>
 
@@ -26,6 +28,10 @@
 namespace meridian::region {
 
 namespace {
+
+// Payment attempts of one order whose charge was refunded because the order's update failed
+// (each a transient database failure): past this, Pay refuses rather than charge again.
+constexpr int kMaxPaymentAttempts = 8;
 
 absl::Status ValidIdempotencyKey(std::string_view k) {
   if (k.empty() || k.size() > 128) {
@@ -303,7 +309,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       }
       tx.exec(writes);
     });
-    if (st.ok() || short_units.empty()) break;
+    // Only a shortage waits for stock; any other refusal (a product gone, mixed currencies, an
+    // absurd total) is final even when an earlier line was short as well.
+    if (st.ok() || !absl::IsResourceExhausted(st)) break;
     if (std::chrono::steady_clock::now() >= wait_deadline) {
       std::string what;
       for (const auto& [sku, missing] : short_units) {
@@ -400,6 +408,16 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     pqxx::result out = tx.exec(writes);
     if (out.size() == 1) event_seq = out[0][0].as<int64_t>();
   });
+  if (absl::IsUnknown(st)) {
+    // The connection broke during COMMIT: the order may exist. Releasing its stock now could sell
+    // those units twice; the reservation stays held, and the sweep settles it by the order's
+    // status once it expires (commits it if paid, releases it otherwise).
+    spdlog::warn("event=checkout_in_doubt order={} status=\"{}\"", order_id, st.ToString());
+    return ProblemFromStatus(absl::UnavailableError(
+        absl::StrCat("the database connection failed while committing order ", order_id,
+                     ": it may or may not have been created; list your orders (GET /v1/orders) "
+                     "or retry with the same Idempotency-Key")));
+  }
   if (!st.ok()) {
     absl::Status undo = ReleaseReservation(order_id, "checkout_failed");
     if (!undo.ok()) {
@@ -522,24 +540,39 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   }
   const auto epoch = static_cast<int64_t>(lease.epoch);
 
-  // The sandbox provider: one charge per order (idempotent capture by key).
-  bool approved = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
-  std::string charge_id = RandomId("ch");
+  // The sandbox provider: one live charge per order (idempotent capture by key). A retry reuses
+  // the first decision -- unless that charge was refunded because this order's update failed
+  // (below): that attempt is void, and the retry is a new attempt, keyed after the refunded one.
+  const bool decision = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
+  bool approved = decision;
+  std::string charge_id;
   st = global->Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec(
-        "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
-        "currency, status) VALUES (" +
-        tx.quote(charge_id) + ", " + tx.quote("pay:" + order_id) + ", " + tx.quote(order_id) +
-        ", " + tx.quote(total) + ", " + tx.quote(currency) + ", " +
-        tx.quote(approved ? "captured" : "declined") +
-        ") ON CONFLICT (idempotency_key) DO NOTHING RETURNING charge_id");
-    if (r.empty()) {
+    std::string key = "pay:" + order_id;
+    for (int attempt = 1;; ++attempt) {
+      charge_id = RandomId("ch");
+      approved = decision;
+      pqxx::result r = tx.exec(
+          "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
+          "currency, status) VALUES (" +
+          tx.quote(charge_id) + ", " + tx.quote(key) + ", " + tx.quote(order_id) + ", " +
+          tx.quote(total) + ", " + tx.quote(currency) + ", " +
+          tx.quote(approved ? "captured" : "declined") +
+          ") ON CONFLICT (idempotency_key) DO NOTHING RETURNING charge_id");
+      if (!r.empty()) return;
       pqxx::row prior = tx.exec1(
           "SELECT charge_id, status FROM sandbox_charges WHERE "
           "idempotency_key = " +
-          tx.quote("pay:" + order_id));
+          tx.quote(key));
       charge_id = prior[0].as<std::string>();
-      approved = prior[1].as<std::string>() == "captured";
+      const std::string status = prior[1].as<std::string>();
+      approved = status == "captured";
+      if (status != "refunded") return;
+      if (attempt >= kMaxPaymentAttempts) {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("order ", order_id, ": ", kMaxPaymentAttempts,
+                         " payment attempts were given back already; not trying again"))};
+      }
+      key = absl::StrCat("pay:", order_id, ":after:", charge_id);
     }
   });
   if (!st.ok()) return st;
@@ -575,6 +608,16 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   });
   if (!st.ok()) {
     if (stale) stale_local_writes->Increment();
+    if (approved && absl::IsUnknown(st)) {
+      // The connection broke during COMMIT: the order may be paid. Keep the capture: a retry
+      // reuses it, and the sweep refunds it if the order expires unpaid.
+      spdlog::warn("event=payment_in_doubt order={} charge={} status=\"{}\"", order_id, charge_id,
+                   st.ToString());
+      return absl::UnavailableError(absl::StrCat(
+          "the database connection failed while recording the payment of order ", order_id,
+          ": it may or may not be paid; read the order, and pay again if "
+          "it still awaits payment (the same charge is used)"));
+    }
     if (approved) {
       // The order was not paid here: give the money back rather than leave a stray capture.
       (void)global->Run([&](pqxx::work& tx) {
@@ -699,10 +742,12 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
                                             bool may_forward) {
   std::string next;
   std::string payment_ref;
+  std::string already;  // the order was cancelled or refunded before: only settle the rest
   bool stale = false;
   std::optional<LeaseTable::Decision> not_mine;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     not_mine.reset();
+    already.clear();
     pqxx::result r = tx.exec(
         "SELECT status, payment_ref, residency, lease_group, owner_region FROM orders WHERE "
         "order_id = " +
@@ -720,6 +765,13 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     } else if (status == "paid") {
       next = "refunded";
       payment_ref = r[0][1].as<std::string>();
+    } else if (status == "cancelled" || status == "refunded") {
+      // A retry of a cancel whose refund or stock release failed after the status changed: do
+      // those again (both are idempotent), then answer as for any order already cancelled.
+      already = status;
+      next = status;
+      payment_ref = status == "refunded" && !r[0][1].is_null() ? r[0][1].as<std::string>() : "";
+      return;
     } else {
       throw AbortTx{absl::FailedPreconditionError(
           absl::StrCat("order ", order_id, " is ", status, " and cannot be cancelled"))};
@@ -761,6 +813,10 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   }
   st = ReleaseReservation(order_id, next);
   if (!st.ok()) return ProblemFromStatus(st);
+  if (!already.empty()) {
+    return ProblemFromStatus(absl::FailedPreconditionError(
+        absl::StrCat("order ", order_id, " is ", already, " and cannot be cancelled")));
+  }
   auto o = OrderJson(user_id, order_id);
   if (!o.ok()) return ProblemFromStatus(o.status());
   return HttpResponse::Json(200, o->dump());

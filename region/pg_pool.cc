@@ -128,6 +128,9 @@ absl::Status PgPool::WithConnection(const std::function<void(pqxx::connection&)>
     } catch (const std::exception& e) {
       result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
     }
+    // A connection lost in some other way (an in-doubt COMMIT, a server that ended the session
+    // with an error) goes too: pooled, it would fail the next request that draws it.
+    if (c && !c->is_open()) c.reset();
     Release(std::move(c));
     if (!retry) return result;
     spdlog::debug("event=pg_retry pool={} attempt={} status={}", options_.name, attempt + 1,

@@ -161,6 +161,74 @@ class RegionTest : public ::testing::Test {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
   }
 
+  // A fault in a database, for the next `times` rows that `event` (e.g. "UPDATE ON orders") and
+  // `when` (a trigger condition on NEW) match: kError fails the statement; kKillAtCommit ends
+  // the session during its COMMIT (a deferred trigger terminates its own backend), so that the
+  // client cannot know whether the transaction committed (libpqxx's in_doubt_error). A sequence
+  // counts the rows: unlike a table, it is not rolled back with the failed transaction. The
+  // trigger is dropped with the returned guard.
+  enum class Fault { kError, kKillAtCommit };
+  struct FaultGuard {
+    std::vector<std::pair<int, std::string>> dbs;
+    std::string name, table;
+    ~FaultGuard() {
+      for (const auto& [pg, db] : dbs) {
+        pqxx::connection c(pgs_[pg]->ConnectionString(db));
+        pqxx::work tx(c);
+        tx.exec0("DROP TRIGGER " + name + " ON " + table + "; DROP SEQUENCE " + name);
+        tx.commit();
+      }
+    }
+  };
+  static std::unique_ptr<FaultGuard> InjectFault(std::vector<std::pair<int, std::string>> dbs,
+                                                 const std::string& name, Fault fault,
+                                                 const std::string& event, const std::string& table,
+                                                 const std::string& when, int times = 1) {
+    for (const auto& [pg, db] : dbs) {
+      pqxx::connection c(pgs_[pg]->ConnectionString(db));
+      pqxx::work tx(c);
+      tx.exec0(R"sql(
+CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval(TG_ARGV[0]::regclass) <= TG_ARGV[1]::bigint THEN
+    IF TG_ARGV[2] = 'kill' THEN
+      PERFORM pg_terminate_backend(pg_backend_pid());
+    ELSE
+      RAISE EXCEPTION 'injected fault %', TG_ARGV[0];
+    END IF;
+  END IF;
+  RETURN NULL;
+END $$)sql");
+      tx.exec0("CREATE SEQUENCE " + name);
+      tx.exec0(std::string(fault == Fault::kKillAtCommit
+                               ? "CREATE CONSTRAINT TRIGGER " + name + " AFTER " + event + " ON " +
+                                     table + " DEFERRABLE INITIALLY DEFERRED"
+                               : "CREATE TRIGGER " + name + " AFTER " + event + " ON " + table) +
+               " FOR EACH ROW WHEN (" + when + ") EXECUTE FUNCTION test_fault('" + name + "', '" +
+               std::to_string(times) + "', '" + (fault == Fault::kKillAtCommit ? "kill" : "error") +
+               "')");
+      tx.commit();
+    }
+    auto guard = std::make_unique<FaultGuard>();  // built in place: its destructor drops
+    guard->dbs = std::move(dbs);
+    guard->name = name;
+    guard->table = table;
+    return guard;
+  }
+  static std::vector<std::pair<int, std::string>> Shards() {
+    return {{0, "shard0"}, {1, "shard1"}};
+  }
+  static int64_t Charges(const std::string& order_id, const std::string& status) {
+    return Count(0, "global",
+                 "SELECT count(*) FROM sandbox_charges WHERE order_id = '" + order_id +
+                     "' AND status = '" + status + "'");
+  }
+  static Json Order(const std::string& token, const std::string& id) {
+    Response r = As(token, "GET", "/v1/orders/" + id);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Json::parse(r.body, nullptr, false);
+  }
+
   static inline std::vector<std::unique_ptr<PostgresServer>> pgs_;
   static inline std::unique_ptr<RedisServer> redis_;
   static inline std::unique_ptr<RegionApp> app_;
@@ -543,6 +611,192 @@ TEST_F(RegionTest, DeclinedPaymentReleasesStock) {
   EXPECT_EQ(o.status, 402) << o.body;
   EXPECT_EQ(Json::parse(o.body)["status"], "payment_declined");
   EXPECT_EQ(Available("sku-2"), before);
+}
+
+// The order's update fails after the card was charged: the charge is given back, and the
+// customer's retry (the API says 5xx may be retried) is a new attempt that pays the order -- not
+// the refunded first charge read back as a decline, which killed the order and its stock.
+TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  std::string id = Json::parse(o.body)["order_id"];
+  int64_t held = Available("sku-4");
+  {
+    auto fault = InjectFault(Shards(), "fail_paid_update", Fault::kError, "UPDATE", "orders",
+                             "NEW.status = 'paid'");
+    Response failed =
+        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+    EXPECT_EQ(failed.status, 500) << failed.body;
+  }
+  EXPECT_EQ(Order(t, id)["status"], "pending_payment");
+  EXPECT_EQ(Charges(id, "refunded"), 1);  // the first attempt, given back
+
+  Response paid =
+      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(paid.status, 200) << paid.body;
+  EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
+  EXPECT_EQ(Charges(id, "captured"), 1);
+  EXPECT_EQ(Available("sku-4"), held);  // the stock stays with the order
+  // A third call reuses nothing: the order is paid.
+  EXPECT_EQ(
+      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
+      409);
+  EXPECT_EQ(Charges(id, "captured"), 1);
+  Response rec = Admin("POST", "/v1/admin/reconcile");
+  ASSERT_EQ(rec.status, 200);
+  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+}
+
+// The connection breaks while the order's payment commits: the outcome is unknown to the region,
+// so it keeps the capture (a refund could leave a paid order without its money) and says so; the
+// order did not commit here and is never paid, so the sweep expires it, refunds the capture and
+// returns the stock.
+TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-4");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":2})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  std::string id = Json::parse(o.body)["order_id"];
+  {
+    auto fault = InjectFault(Shards(), "kill_paid_commit", Fault::kKillAtCommit, "UPDATE", "orders",
+                             "NEW.status = 'paid'");
+    Response doubt =
+        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+    EXPECT_EQ(doubt.status, 503) << doubt.body;
+    EXPECT_NE(doubt.body.find("may or may not be paid"), std::string::npos) << doubt.body;
+  }
+  EXPECT_EQ(Order(t, id)["status"], "pending_payment");
+  EXPECT_EQ(Charges(id, "captured"), 1);
+  EXPECT_EQ(Available("sku-4"), before - 2);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Order(t, id)["status"], "expired");
+  EXPECT_EQ(Charges(id, "captured"), 0);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(Available("sku-4"), before);
+  Response rec = Admin("POST", "/v1/admin/reconcile");
+  ASSERT_EQ(rec.status, 200);
+  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+}
+
+// The connection breaks while a checkout's order commits: the region cannot know whether the
+// order exists, so it must not hand its stock back at once (if the order did commit, those units
+// would be sold twice). The reservation stays held until the sweep settles it by the order's
+// status; here the order did not commit, so the sweep returns the stock.
+TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-5");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":3})").status, 200);
+  {
+    auto fault = InjectFault(Shards(), "kill_order_commit", Fault::kKillAtCommit, "INSERT",
+                             "orders", "true");
+    Response doubt = As(t, "POST", "/v1/checkout");
+    EXPECT_EQ(doubt.status, 503) << doubt.body;
+    EXPECT_NE(doubt.body.find("may or may not have been created"), std::string::npos) << doubt.body;
+  }
+  EXPECT_EQ(Available("sku-5"), before - 3);  // held, not released on a guess
+  EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);  // the cart is kept
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-5"), before);
+}
+
+// A cancel whose stock release fails after the order became refunded: the retry, answered 409
+// as for any refunded order, still returns the stock (it stayed committed for good before).
+TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-5");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(o.status, 201) << o.body;
+  ASSERT_EQ(Json::parse(o.body)["status"], "paid");
+  std::string id = Json::parse(o.body)["order_id"];
+  {
+    auto fault = InjectFault({{0, "global"}}, "fail_release", Fault::kError, "UPDATE",
+                             "reservations", "NEW.state = 'released'");
+    Response failed = As(t, "POST", "/v1/orders/" + id + "/cancel");
+    EXPECT_EQ(failed.status, 500) << failed.body;
+  }
+  EXPECT_EQ(Order(t, id)["status"], "refunded");
+  EXPECT_EQ(Available("sku-5"), before - 2);
+
+  Response again = As(t, "POST", "/v1/orders/" + id + "/cancel");
+  EXPECT_EQ(again.status, 409) << again.body;
+  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
+  EXPECT_EQ(Available("sku-5"), before);  // released once
+}
+
+// Concurrent decrements in two regions can leave a line below zero (hidden from the customer).
+// Adding to it shows exactly what was added, not a line still hidden at -3 + 1.
+TEST_F(RegionTest, AddingToALineBelowZeroShowsWhatWasAdded) {
+  std::string t = NewCustomer();
+  Response first = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  const std::string user = Json::parse(first.body)["user_id"];
+  // Another region's change of -3 units of sku-2, merged into the stored cart.
+  crdt::Cart other(2);
+  crdt::Cart delta = other.Add("sku-2", -3);
+  int updated = 0;
+  for (const auto& [pg, db] : Shards()) {
+    pqxx::connection c(pgs_[pg]->ConnectionString(db));
+    pqxx::work tx(c);
+    pqxx::result r =
+        tx.exec("SELECT state FROM carts WHERE user_id = " + tx.quote(user) + " FOR UPDATE");
+    if (r.empty()) continue;
+    pqxx::binarystring bytes(r[0][0]);
+    auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), 1);
+    ASSERT_TRUE(cart.ok()) << cart.status();
+    cart->Merge(delta);
+    ASSERT_EQ(cart->Quantity("sku-2"), -3);
+    std::string state = crdt::Encode(*cart);
+    tx.exec0("UPDATE carts SET state = " +
+             tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
+             " WHERE user_id = " + tx.quote(user));
+    tx.commit();
+    ++updated;
+  }
+  ASSERT_EQ(updated, 1);
+
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":2})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  EXPECT_EQ(Json::parse(add.body)["lines"],
+            Json::parse(R"([{"sku":"sku-1","quantity":1},{"sku":"sku-2","quantity":2}])"));
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"], Json::parse(add.body)["lines"]);
+  // And the line behaves as any other from then on.
+  ASSERT_EQ(As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":5})").status, 200);
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"][1]["quantity"], 5);
+}
+
+// One line short of stock and a later one in another currency: the cart can never be checked
+// out as it is, so the answer is 422 (as for mixed currencies alone), not 409 "out of stock".
+TEST_F(RegionTest, AShortLineDoesNotHideAMixedCurrencyCart) {
+  ASSERT_EQ(Admin("PUT", "/v1/admin/products/sku-none",
+                  R"({"name":"Nearly sold out","category":"kitchen","price_cents":500})")
+                .status,
+            201);
+  ASSERT_EQ(Admin("PUT", "/v1/admin/products/sku-peur",
+                  R"({"name":"Euro pan","category":"kitchen","price_cents":700,"currency":"EUR"})")
+                .status,
+            201);
+  ASSERT_EQ(Admin("POST", "/v1/admin/inventory/sku-none/restock", R"({"units":1})").status, 200);
+  ASSERT_EQ(Admin("POST", "/v1/admin/inventory/sku-peur/restock", R"({"units":10})").status, 200);
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-none","quantity":2})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-peur","quantity":1})").status, 200);
+  Response r = As(t, "POST", "/v1/checkout");
+  EXPECT_EQ(r.status, 422) << r.body;
+  EXPECT_NE(r.body.find("different currencies"), std::string::npos) << r.body;
+  EXPECT_EQ(Available("sku-peur"), 10);
 }
 
 TEST_F(RegionTest, KeepsServingWhileRedisIsDown) {
