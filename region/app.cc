@@ -304,6 +304,13 @@ void RegionApp::Impl::SetupMetrics() {
                          .Help("Operations served without Redis because it failed")
                          .Register(*registry)
                          .Add({});
+  stale_hot_cart_gauge = &BuildGauge()
+                              .Name("meridian_redis_stale_hot_carts")
+                              .Help(
+                                  "Carts whose Redis copy may be stale (a write to Redis "
+                                  "failed): read from PostgreSQL until the copy is deleted")
+                              .Register(*registry)
+                              .Add({});
   rate_limited = &BuildCounter()
                       .Name("meridian_rate_limited_total")
                       .Help("Requests refused by the rate limiter")

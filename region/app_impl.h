@@ -80,6 +80,9 @@ struct RegionApp::Impl {
   std::unique_ptr<class InternalServer> grpc;
   http::Router router;
   SingleFlight product_flight;
+  // Hot carts ("cart:<user>") whose Redis copy may be older than PostgreSQL's row; the jobs
+  // thread deletes them from Redis. One hour: the copies' expiry.
+  StaleKeys stale_hot_carts{200'000, std::chrono::seconds(3600)};
   std::mutex hlc_mu;
   crdt::Hlc hlc;
   std::atomic<bool> migrations_done{false};
@@ -99,6 +102,7 @@ struct RegionApp::Impl {
   prometheus::Counter* cache_hits = nullptr;
   prometheus::Counter* cache_misses = nullptr;
   prometheus::Counter* redis_fallbacks = nullptr;
+  prometheus::Gauge* stale_hot_cart_gauge = nullptr;
   prometheus::Counter* rate_limited = nullptr;
   prometheus::Family<prometheus::Gauge>* pool_in_use = nullptr;
   prometheus::Family<prometheus::Gauge>* outbox_depth = nullptr;

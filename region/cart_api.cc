@@ -106,8 +106,13 @@ if tonumber(ARGV[1]) > v then
   redis.call('EXPIRE', KEYS[1], 3600)
 end
 return 1)lua";
-  (void)app.redis->Eval(kSetIfNewer, {"cart:" + who.user_id},
-                        {std::to_string(saved.version), crdt::Encode(saved.cart)});
+  const std::string key = "cart:" + who.user_id;
+  if (!app.redis
+           ->Eval(kSetIfNewer, {key}, {std::to_string(saved.version), crdt::Encode(saved.cart)})
+           .ok()) {
+    // Redis may still hold the copy before this change: read around it until it is deleted.
+    app.stale_hot_carts.Mark(key);
+  }
   return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
 }
 
@@ -115,16 +120,20 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
-  auto hot = redis->HGetAll("cart:" + who->user_id);
-  if (hot.ok() && hot->count("s") && hot->count("v")) {
-    auto cart = crdt::DecodeCart(hot->at("s"), config.replica_id);
-    int64_t version = 0;
-    if (cart.ok() && ParseInt(hot->at("v"), &version)) {
-      cache_hits->Increment();
-      return HttpResponse::Json(200, CartJson(who->user_id, *cart, version).dump());
+  const std::string key = "cart:" + who->user_id;
+  // A copy that may be older than the row (writing it failed) is not read.
+  if (!stale_hot_carts.IsStale(key)) {
+    auto hot = redis->HGetAll(key);
+    if (hot.ok() && hot->count("s") && hot->count("v")) {
+      auto cart = crdt::DecodeCart(hot->at("s"), config.replica_id);
+      int64_t version = 0;
+      if (cart.ok() && ParseInt(hot->at("v"), &version)) {
+        cache_hits->Increment();
+        return HttpResponse::Json(200, CartJson(who->user_id, *cart, version).dump());
+      }
     }
+    if (!hot.ok()) redis_fallbacks->Increment();
   }
-  if (!hot.ok()) redis_fallbacks->Increment();
   cache_misses->Increment();
   CartRow row;
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {

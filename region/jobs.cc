@@ -133,6 +133,9 @@ void RegionApp::Impl::StartJobs() {
       if (auto n = NotifyOnce(); !n.ok()) {
         spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
       }
+      if (stale_hot_carts.size() > 0 && !redis->breaker_open()) {
+        stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_carts.Repair(*redis)));
+      }
       if (++tick % 5 == 0) {
         if (auto n = Sweep(); !n.ok()) {
           spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());

@@ -434,7 +434,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     return ProblemFromStatus(st);
   }
-  (void)redis->Del("cart:" + user_id);
+  if (!redis->Del("cart:" + user_id).ok()) stale_hot_carts.Mark("cart:" + user_id);
 
   // 5. Durability: in sync-peer mode, answer once another region allowed to hold this customer's
   //    data has applied the order, while this region still holds its lease (a takeover syncs from

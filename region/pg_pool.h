@@ -5,8 +5,8 @@
 // exceptions into absl::Status with context. Serialization failures and deadlocks are retried a
 // bounded number of times; a broken connection is replaced and the call fails with Unavailable
 // (the caller's transaction may or may not have committed only for in-doubt commits, reported as
-// Unknown; that connection is replaced too). No free connection within acquire_timeout_ms is Unavailable too (overload).
-// Thread-safe.
+// Unknown; that connection is replaced too). No free connection within acquire_timeout_ms is
+// Unavailable too (overload). Thread-safe.
 
 #include <pqxx/pqxx>
 

@@ -203,4 +203,55 @@ absl::Status RedisClient::Ping() {
   return absl::UnavailableError("redis: no reply to PING");
 }
 
+void StaleKeys::Mark(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(key);
+  if (it != keys_.end()) {
+    it->second = ++generation_;
+    return;
+  }
+  if (keys_.size() >= capacity_) {
+    if (std::chrono::steady_clock::now() >= all_until_) {
+      spdlog::warn(
+          "event=redis_stale_keys_full listed={} (every key is read from PostgreSQL for "
+          "{} s)",
+          keys_.size(), ttl_.count());
+    }
+    all_until_ = std::chrono::steady_clock::now() + ttl_;
+    return;
+  }
+  keys_.emplace(key, ++generation_);
+}
+
+bool StaleKeys::IsStale(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return keys_.count(key) > 0 || std::chrono::steady_clock::now() < all_until_;
+}
+
+size_t StaleKeys::Repair(RedisClient& redis, size_t batch) {
+  std::vector<std::string> keys;
+  std::vector<uint64_t> generations;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, generation] : keys_) {
+      if (keys.size() == batch) break;
+      keys.push_back(key);
+      generations.push_back(generation);
+    }
+  }
+  if (keys.empty() || !redis.DelMany(keys).ok()) return size();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = keys_.find(keys[i]);
+    // Marked again after the DEL was sent: that failure may have left a copy older still.
+    if (it != keys_.end() && it->second == generations[i]) keys_.erase(it);
+  }
+  return keys_.size();
+}
+
+size_t StaleKeys::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return keys_.size();
+}
+
 }  // namespace meridian::region

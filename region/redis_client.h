@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,6 +66,31 @@ class RedisClient {
   std::vector<redisContext*> idle_;
   std::atomic<int64_t> open_until_ms_{0};
   std::atomic<uint64_t> failures_{0};
+};
+
+// Keys whose copy in Redis may be older than PostgreSQL because writing or deleting it failed
+// (the breaker was open, a timeout): readers skip Redis for them, and Repair deletes them from
+// Redis once it answers again. Past `capacity` keys it stops listing them and reports every key
+// stale until `ttl` (the copies' expiry) after the last failure it could not list: by then every
+// copy written before that failure has expired. Thread-safe.
+class StaleKeys {
+ public:
+  StaleKeys(size_t capacity, std::chrono::seconds ttl) : capacity_(capacity), ttl_(ttl) {}
+
+  void Mark(const std::string& key);
+  [[nodiscard]] bool IsStale(const std::string& key) const;
+  // Deletes up to `batch` listed keys from Redis in one round trip and forgets those not marked
+  // again meanwhile. Returns how many stay listed.
+  size_t Repair(RedisClient& redis, size_t batch = 1000);
+  [[nodiscard]] size_t size() const;
+
+ private:
+  const size_t capacity_;
+  const std::chrono::seconds ttl_;
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, uint64_t> keys_;  // key -> the generation of its last mark
+  uint64_t generation_ = 0;
+  std::chrono::steady_clock::time_point all_until_{};
 };
 
 }  // namespace meridian::region

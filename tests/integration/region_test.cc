@@ -824,6 +824,50 @@ TEST_F(RegionTest, KeepsServingWhileRedisIsDown) {
   redisFree(c);
 }
 
+// Writing a cart's hot copy fails while Redis stalls (its writes paused past the client's
+// timeout), so Redis keeps the copy before the change. Once Redis answers again that copy is not
+// served (it was, for up to its hour of expiry): the cart is read from PostgreSQL until the jobs
+// thread has deleted the copy.
+TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
+  std::string t = NewCustomer();
+  Response first = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  const std::string key = "cart:" + Json::parse(first.body)["user_id"].get<std::string>();
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto command = [&](const std::string& cmd) {
+    auto* r = static_cast<redisReply*>(redisCommand(c, cmd.c_str()));
+    std::string out = r == nullptr                    ? "(error)"
+                      : r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len)
+                      : r->type == REDIS_REPLY_NIL    ? "(nil)"
+                                                      : std::to_string(r->integer);
+    if (r) freeReplyObject(r);
+    return out;
+  };
+  ASSERT_EQ(command("HGET " + key + " v"), "1");  // the hot copy of version 1
+
+  command("CLIENT PAUSE 800 WRITE");  // scripts and writes wait; the region gives up at 200 ms
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":1})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  const Json lines = Json::parse(add.body)["lines"];
+  ASSERT_EQ(lines.size(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pause over, breaker closed
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"], lines);
+
+  // The jobs thread (every second) deletes the stale copy; reads use Redis again after that.
+  std::string v;
+  for (int i = 0; i < 50 && (v = command("HGET " + key + " v")) == "1"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(v, "1");
+  EXPECT_NE(Request(port_, "GET", "/metrics").body.find("meridian_redis_stale_hot_carts 0"),
+            std::string::npos);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
+  EXPECT_EQ(command("HGET " + key + " v"), "3");
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 3u);
+  redisFree(c);
+}
+
 TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
