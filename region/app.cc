@@ -55,6 +55,22 @@ absl::Status Unprocessable(std::string message) {
 
 HttpResponse ProblemFromStatus(const absl::Status& s) {
   std::string detail(s.message());
+  if (IsDatabaseError(s) && s.code() != absl::StatusCode::kInternal &&
+      s.code() != absl::StatusCode::kUnknown) {
+    // The database's own text names hosts, tables, constraints and values: logged, not sent.
+    spdlog::warn("event=database_error status=\"{}\"", s.ToString());
+    switch (s.code()) {
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+        detail = "a database of this region is unavailable; retry shortly";
+        break;
+      case absl::StatusCode::kInvalidArgument:
+        detail = "the database refused a value of the request";
+        break;
+      default:
+        detail = "the request conflicts with the data as it is now (changed meanwhile); retry";
+    }
+  }
   switch (s.code()) {
     case absl::StatusCode::kInvalidArgument:
       return HttpResponse::Problem(400, "Bad Request", detail);

@@ -2,27 +2,44 @@
 
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace meridian::region {
 
+namespace {
+constexpr absl::string_view kDatabaseErrorPayload = "type.meridian.dev/database-error";
+}  // namespace
+
+absl::Status TagDatabaseError(absl::Status s) {
+  if (!s.ok()) s.SetPayload(kDatabaseErrorPayload, absl::Cord("1"));
+  return s;
+}
+
+bool IsDatabaseError(const absl::Status& s) {
+  return s.GetPayload(kDatabaseErrorPayload).has_value();
+}
+
 absl::Status StatusFromPqxx(const std::exception& e, const std::string& context) {
-  std::string what = absl::StrCat(context, ": ", e.what());
-  if (dynamic_cast<const pqxx::unique_violation*>(&e)) return absl::AlreadyExistsError(what);
-  if (dynamic_cast<const pqxx::foreign_key_violation*>(&e) ||
-      dynamic_cast<const pqxx::check_violation*>(&e) ||
-      dynamic_cast<const pqxx::not_null_violation*>(&e)) {
-    return absl::FailedPreconditionError(what);
-  }
-  if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) return absl::UnknownError(what);
-  if (dynamic_cast<const pqxx::broken_connection*>(&e)) return absl::UnavailableError(what);
-  if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return absl::AbortedError(what);
-  if (dynamic_cast<const pqxx::data_exception*>(&e)) return absl::InvalidArgumentError(what);
-  // libpqxx refusing a value before it reaches the server (e.g. quoting text that is not valid in
-  // the connection's encoding): the validators should have caught it, but it is the client's
-  // input, not our failure.
-  if (dynamic_cast<const pqxx::argument_error*>(&e)) return absl::InvalidArgumentError(what);
-  return absl::InternalError(what);
+  return TagDatabaseError([&] {
+    std::string what = absl::StrCat(context, ": ", e.what());
+    if (dynamic_cast<const pqxx::unique_violation*>(&e)) return absl::AlreadyExistsError(what);
+    if (dynamic_cast<const pqxx::foreign_key_violation*>(&e) ||
+        dynamic_cast<const pqxx::check_violation*>(&e) ||
+        dynamic_cast<const pqxx::not_null_violation*>(&e)) {
+      return absl::FailedPreconditionError(what);
+    }
+    if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) return absl::UnknownError(what);
+    if (dynamic_cast<const pqxx::broken_connection*>(&e)) return absl::UnavailableError(what);
+    if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return absl::AbortedError(what);
+    if (dynamic_cast<const pqxx::data_exception*>(&e)) return absl::InvalidArgumentError(what);
+    // libpqxx refusing a value before it reaches the server (e.g. quoting text that is not valid in
+    // the connection's encoding): the validators should have caught it, but it is the client's
+    // input, not our failure.
+    if (dynamic_cast<const pqxx::argument_error*>(&e)) return absl::InvalidArgumentError(what);
+    return absl::InternalError(what);
+  }());
 }
 
 absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
@@ -41,8 +58,8 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
   try {
     return std::make_unique<pqxx::connection>(options_.dsn);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("postgres ", options_.name, ": cannot connect: ", e.what()));
+    return TagDatabaseError(absl::UnavailableError(
+        absl::StrCat("postgres ", options_.name, ": cannot connect: ", e.what())));
   }
 }
 

@@ -73,7 +73,14 @@ class PgPool {
   int in_use_ = 0;
 };
 
-// Turns the libpqxx exception in flight into a Status (call from a catch block).
+// Turns the libpqxx exception in flight into a Status (call from a catch block), tagged as a
+// database error.
 absl::Status StatusFromPqxx(const std::exception& e, const std::string& context);
+
+// A status made from a database's error carries a payload saying so: its message (the server's
+// text: hosts, ports, tables, constraints, key values) is for logs and operators, not for
+// customers (ProblemFromStatus answers them with a fixed text per code).
+absl::Status TagDatabaseError(absl::Status s);
+[[nodiscard]] bool IsDatabaseError(const absl::Status& s);
 
 }  // namespace meridian::region
