@@ -177,9 +177,10 @@ struct RegionApp::Impl {
   HttpResponse CancelForUser(const std::string& user_id, const std::string& order_id,
                              bool may_forward);
   HttpResponse NotOwnerProblem(const std::string& order_id, const LeaseTable::Decision& lease);
-  // region/control_service.cc
+  // region/control_service.cc. Forwards a pay or cancel to the order's owner, if its
+  // jurisdiction allows the order's `residency` (503 otherwise).
   HttpResponse ForwardToOwner(uint32_t owner, const std::string& user_id,
-                              const std::string& order_id, bool pay,
+                              const std::string& order_id, const std::string& residency, bool pay,
                               const std::string& card_number);
   // The lease group of an order row (older rows carry 0 and their creator's name).
   uint32_t GroupOf(int64_t lease_group, const std::string& owner_region) const;

@@ -39,9 +39,29 @@ void ConnectForwarder(RegionApp::Impl& app) {
 }
 
 HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& user_id,
-                                             const std::string& order_id, bool pay,
+                                             const std::string& order_id,
+                                             const std::string& residency, bool pay,
                                              const std::string& card_number) {
   const std::string owner_name = RegionName(owner);
+  // The request carries the customer's id and card number: it goes only to a region allowed to
+  // hold their data (a failover can hand a pinned customer's orders to a region outside their
+  // jurisdiction; it holds none of them, and the home region takes the lease back).
+  bool allowed = false;
+  for (const auto& p : config.peers) {
+    if (p.replica_id == owner) allowed = services::ResidencyAllows(residency, p.jurisdiction);
+  }
+  if (!allowed) {
+    forwards->Add({{"result", "residency"}}).Increment();
+    spdlog::info("event=order_forward_refused order={} owner={} residency={}", order_id, owner_name,
+                 residency);
+    HttpResponse r = HttpResponse::Problem(
+        503, "Service Unavailable",
+        absl::StrCat("order ", order_id, " is owned for now by region ", owner_name,
+                     ", which may not hold this customer's data (residency ", residency,
+                     "); retry once its home region owns it again"));
+    r.headers.emplace_back("Retry-After", "5");
+    return r;
+  }
   if (!forwarder) {
     forwards->Add({{"result", "unavailable"}}).Increment();
     return NotOwnerProblem(order_id, LeaseTable::Decision{false, 0, owner});

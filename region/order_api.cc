@@ -670,6 +670,7 @@ namespace {
 struct OrderOwner {
   uint32_t group = 0;
   bool found = false;
+  std::string residency;
 };
 }  // namespace
 
@@ -677,18 +678,20 @@ HttpResponse RegionApp::Impl::PayForUser(const std::string& user_id, const std::
                                          const std::string& card_number, bool may_forward) {
   OrderOwner o;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT lease_group, owner_region FROM orders WHERE order_id = " +
-                             tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+    pqxx::result r =
+        tx.exec("SELECT lease_group, owner_region, residency FROM orders WHERE order_id = " +
+                tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
     if (r.empty()) return;
     o.found = true;
     o.group = GroupOf(r[0][0].as<int64_t>(), r[0][1].as<std::string>());
+    o.residency = r[0][2].as<std::string>();
   });
   if (!st.ok()) return ProblemFromStatus(st);
   if (!o.found) return ProblemFromStatus(absl::NotFoundError(absl::StrCat("no order ", order_id)));
   LeaseTable::Decision lease = leases->ForGroup(o.group);
   if (!lease.mine) {
     if (may_forward && lease.owner != 0 && lease.owner != config.replica_id) {
-      return ForwardToOwner(lease.owner, user_id, order_id, /*pay=*/true, card_number);
+      return ForwardToOwner(lease.owner, user_id, order_id, o.residency, /*pay=*/true, card_number);
     }
     return NotOwnerProblem(order_id, lease);
   }
@@ -743,6 +746,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   std::string next;
   std::string payment_ref;
   std::string already;  // the order was cancelled or refunded before: only settle the rest
+  std::string residency;
   bool stale = false;
   std::optional<LeaseTable::Decision> not_mine;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
@@ -754,6 +758,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
         tx.quote(order_id) + " AND user_id = " + tx.quote(user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     const uint32_t group = GroupOf(r[0][3].as<int64_t>(), r[0][4].as<std::string>());
+    residency = r[0][2].as<std::string>();
     LeaseTable::Decision lease = leases->ForGroup(group);
     if (!lease.mine) {
       not_mine = lease;
@@ -786,7 +791,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
       throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
           "order ", order_id, " has been changed by a newer owner; this change was refused"))};
     }
-    OrderEvent(tx, config.replica_id, order_id, r[0][2].as<std::string>(),
+    OrderEvent(tx, config.replica_id, order_id, residency,
                Json{{"event", next},
                     {"order_id", order_id},
                     {"user_id", user_id},
@@ -798,7 +803,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   if (!st.ok()) return ProblemFromStatus(st);
   if (not_mine) {
     if (may_forward && not_mine->owner != 0 && not_mine->owner != config.replica_id) {
-      return ForwardToOwner(not_mine->owner, user_id, order_id, /*pay=*/false, "");
+      return ForwardToOwner(not_mine->owner, user_id, order_id, residency, /*pay=*/false, "");
     }
     return NotOwnerProblem(order_id, *not_mine);
   }

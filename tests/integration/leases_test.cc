@@ -418,6 +418,65 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";
 }
 
+// While a successor outside a pinned customer's jurisdiction owns their home region's orders
+// (eu-west holds us-east's group after us-east came back, before the handback), a pay at home is
+// not forwarded: the request would carry the customer's id and card number to the EU, whose
+// region holds none of their orders anyway. The customer gets a 503 to retry after the handback.
+TEST_F(LeasesTest, APinnedCustomersPaymentIsNotForwardedOutsideTheirJurisdiction) {
+  test_support::ClusterOptions o;
+  o.name = "pinfwd";
+  o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
+  o.coordination = true;
+  o.coordination_yaml =  // as kFastLeases, but no handback during the test
+      "leases: {ttl_ms: 3000, renew_interval_ms: 500, retry_interval_ms: 100, round_timeout_ms: "
+      "800, alive_timeout_ms: 1200, handback_after_ms: 600000}";
+  o.pool_size = 8;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  LeasesSettled();
+  Product(kUs, "kettle");
+  Restock(kUs, "kettle", 10);
+  auto [token, user] = Customer(kUs, "una@example.com", "us");
+  const std::string auth = "Bearer " + token;
+  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+                    Json{{"sku", "kettle"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
+                .status,
+            200);
+  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string order = Json::parse(r.body).value("order_id", "");
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  // us-east learns that eu-west owns its group now.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        Json l = Leases(kUs);
+        if (!l.is_object()) return false;
+        for (const auto& g : l["groups"]) {
+          if (g.value("group_region", "") == "us-east") return g["owner"] == "eu-west";
+        }
+        return false;
+      },
+      20));
+
+  Response pay = Request(c_->http_port(kUs), "POST", "/v1/orders/" + order + "/pay",
+                         R"({"card_number":"4242424242424242"})", {{"Authorization", auth}});
+  EXPECT_EQ(pay.status, 503) << pay.body;
+  EXPECT_EQ(pay.Header("x-meridian-owner-region"), "") << pay.body;
+  EXPECT_NE(pay.body.find("may not hold this customer's data"), std::string::npos) << pay.body;
+  EXPECT_EQ(Metric(kUs, "meridian_order_forwards_total{result=\"ok\"}"), 0);
+  EXPECT_EQ(Metric(kUs, "meridian_order_forwards_total{result=\"residency\"}"), 1);
+  // A cancel likewise.
+  EXPECT_EQ(Request(c_->http_port(kUs), "POST", "/v1/orders/" + order + "/cancel", "",
+                    {{"Authorization", auth}})
+                .status,
+            503);
+  EXPECT_EQ(Metric(kUs, "meridian_order_forwards_total{result=\"residency\"}"), 2);
+}
+
 // A region dies after shipping an order to one peer only (its link to the other is cut): the
 // peer that takes its group over syncs from the survivors, and the survivor it asks pulls the
 // group's orders back from it (catch-up), so the order is known, and forwarded, everywhere.
