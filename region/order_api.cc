@@ -255,11 +255,13 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   for (;;) {
     std::map<std::string, int64_t> short_units;  // SKU -> units missing here
     const uint64_t stock_seen = rights_signals.StockVersion();
-    total = 0;
-    currency.clear();
-    prices.clear();
     st = global->Run([&](pqxx::work& tx) {
+      // Reset here, not before Run: it runs this body again after a deadlock or serialization
+      // failure, and a total summed over two attempts would be charged.
       short_units.clear();
+      total = 0;
+      currency.clear();
+      prices.clear();
       // Reads one round trip per line (price and locked stock together); all writes go in one
       // batch at the end: round trips, not work, bound a checkout's latency and lock hold time.
       std::string writes;

@@ -162,7 +162,8 @@ class RegionTest : public ::testing::Test {
   }
 
   // A fault in a database, for the next `times` rows that `event` (e.g. "UPDATE ON orders") and
-  // `when` (a trigger condition on NEW) match: kError fails the statement; kKillAtCommit ends
+  // `when` (a trigger condition on NEW) match: kError fails the statement (with `sqlstate`:
+  // 40P01 is a deadlock, which PgPool retries); kKillAtCommit ends
   // the session during its COMMIT (a deferred trigger terminates its own backend), so that the
   // client cannot know whether the transaction committed (libpqxx's in_doubt_error). A sequence
   // counts the rows: unlike a table, it is not rolled back with the failed transaction. The
@@ -183,7 +184,8 @@ class RegionTest : public ::testing::Test {
   static std::unique_ptr<FaultGuard> InjectFault(std::vector<std::pair<int, std::string>> dbs,
                                                  const std::string& name, Fault fault,
                                                  const std::string& event, const std::string& table,
-                                                 const std::string& when, int times = 1) {
+                                                 const std::string& when, int times = 1,
+                                                 const std::string& sqlstate = "P0001") {
     for (const auto& [pg, db] : dbs) {
       pqxx::connection c(pgs_[pg]->ConnectionString(db));
       pqxx::work tx(c);
@@ -194,7 +196,7 @@ BEGIN
     IF TG_ARGV[2] = 'kill' THEN
       PERFORM pg_terminate_backend(pg_backend_pid());
     ELSE
-      RAISE EXCEPTION 'injected fault %', TG_ARGV[0];
+      RAISE EXCEPTION 'injected fault %', TG_ARGV[0] USING ERRCODE = TG_ARGV[3];
     END IF;
   END IF;
   RETURN NULL;
@@ -206,7 +208,7 @@ END $$)sql");
                                : "CREATE TRIGGER " + name + " AFTER " + event + " ON " + table) +
                " FOR EACH ROW WHEN (" + when + ") EXECUTE FUNCTION test_fault('" + name + "', '" +
                std::to_string(times) + "', '" + (fault == Fault::kKillAtCommit ? "kill" : "error") +
-               "')");
+               "', '" + sqlstate + "')");
       tx.commit();
     }
     auto guard = std::make_unique<FaultGuard>();  // built in place: its destructor drops
@@ -775,6 +777,22 @@ TEST_F(RegionTest, AddingToALineBelowZeroShowsWhatWasAdded) {
   // And the line behaves as any other from then on.
   ASSERT_EQ(As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":5})").status, 200);
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"][1]["quantity"], 5);
+}
+
+// The stock transaction of a checkout is retried after a deadlock: the order's total is the
+// cart's, not the sum over both attempts.
+TEST_F(RegionTest, ACheckoutRetriedAfterADeadlockChargesTheCartsTotal) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":3})").status, 200);
+  auto fault = InjectFault({{0, "global"}}, "deadlock_reservation", Fault::kError, "INSERT",
+                           "reservations", "true", 1, "40P01");
+  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(o.status, 201) << o.body;
+  EXPECT_EQ(Json::parse(o.body)["total_cents"], 3 * 2000);
+  EXPECT_EQ(Count(0, "global",
+                  "SELECT amount_cents FROM sandbox_charges WHERE order_id = '" +
+                      Json::parse(o.body)["order_id"].get<std::string>() + "'"),
+            3 * 2000);
 }
 
 // One line short of stock and a later one in another currency: the cart can never be checked
