@@ -196,6 +196,11 @@ struct RegionApp::Impl {
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
   absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
   absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason);
+  // The reservation sweep's step on an unpaid order whose reservation expired: if this region
+  // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
+  // Returns the order's status afterwards: "expired", its current final status, "missing", or
+  // "pending_payment" when another region owns it (its owner decides; the sweep waits).
+  absl::StatusOr<std::string> ExpireOrder(const std::string& order_id, const std::string& user_id);
   // An order the caller has just written (checkout): Pay needs no read, and the response is built
   // from it instead of read back.
   struct KnownOrder {

@@ -24,21 +24,16 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
     // (the sanitizer build's compiler) does not allow for bindings.
     const std::string& id = entry.first;
     const std::string& user_id = entry.second;
-    // Expire the order only if it is still unpaid; a paid order keeps its stock.
-    std::string status = "missing";
-    st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec(
-          "UPDATE orders SET status = 'expired', updated_at = now() WHERE "
-          "order_id = " +
-          tx.quote(id) + " AND status = 'pending_payment' RETURNING status");
-      if (!r.empty()) {
-        status = "expired";
-        return;
-      }
-      pqxx::result cur = tx.exec("SELECT status FROM orders WHERE order_id = " + tx.quote(id));
-      if (!cur.empty()) status = cur[0][0].as<std::string>();
-    });
-    if (!st.ok()) return st;
+    // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
+    auto expired = ExpireOrder(id, user_id);
+    if (!expired.ok()) return expired.status();
+    const std::string& status = *expired;
+    if (status == "pending_payment") {
+      // Another region owns the order now (a failover): it may still be paid there. Its owner
+      // expires or settles it, the event reaches us, and a later sweep settles the reservation.
+      spdlog::debug("event=sweep_deferred reservation={} (the order's owner decides)", id);
+      continue;
+    }
     if (status == "paid") {
       st = global->Run([&](pqxx::work& tx) {
         tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(id) +

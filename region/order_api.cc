@@ -93,6 +93,46 @@ std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::strin
 
 }  // namespace
 
+absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& order_id,
+                                                         const std::string& user_id) {
+  std::string status;
+  bool stale = false;
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    status = "missing";
+    stale = false;
+    pqxx::result r = tx.exec(
+        "SELECT status, residency, lease_group, owner_region FROM orders WHERE order_id = " +
+        tx.quote(order_id) + " FOR UPDATE");
+    if (r.empty()) return;
+    status = r[0][0].as<std::string>();
+    if (status != "pending_payment") return;
+    const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
+    LeaseTable::Decision lease = leases->ForGroup(group);
+    if (!lease.mine) return;  // its owner expires it; the event tells us
+    const auto epoch = static_cast<int64_t>(lease.epoch);
+    pqxx::result u = tx.exec(
+        "UPDATE orders SET status = 'expired', epoch = " + tx.quote(epoch) +
+        ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
+        " AND status = 'pending_payment' AND epoch <= " + tx.quote(epoch) +
+        FenceSql(tx, group, epoch) + " RETURNING version");
+    if (u.empty()) {
+      stale = true;  // a newer owner: it decides
+      return;
+    }
+    OrderEvent(tx, config.replica_id, order_id, r[0][1].as<std::string>(),
+               Json{{"event", "expired"},
+                    {"order_id", order_id},
+                    {"user_id", user_id},
+                    {"group", group},
+                    {"epoch", epoch},
+                    {"version", u[0][0].as<int64_t>()}});
+    status = "expired";
+  });
+  if (!st.ok()) return st;
+  if (stale) stale_local_writes->Increment();
+  return status;
+}
+
 absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
                                                 const std::string& order_id) {
   Json out;

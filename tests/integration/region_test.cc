@@ -599,7 +599,15 @@ TEST_F(RegionTest, SweepReleasesExpiredReservations) {
   ASSERT_TRUE(released.ok()) << released.status();
   EXPECT_EQ(Available("sku-3"), before);
   std::string id = Json::parse(o.body)["order_id"];
-  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/orders/" + id).body)["status"], "expired");
+  Json order = Json::parse(As(t, "GET", "/v1/orders/" + id).body);
+  EXPECT_EQ(order["status"], "expired");
+  EXPECT_EQ(order["epoch"], 1);
+  // The expiry is an order event like any other change (fenced, a new version), so that every
+  // region learns it: without it the others kept the order awaiting payment.
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM outbox WHERE kind = 'order' AND key = '" + id +
+                           "' AND convert_from(payload, 'UTF8')::jsonb @> "
+                           "'{\"event\":\"expired\",\"version\":2}'"),
+            1);
   EXPECT_EQ(
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
       409);
