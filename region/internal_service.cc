@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -21,6 +22,7 @@
 #include "region/app_impl.h"
 #include "region/control_service.h"
 #include "region/internal.grpc.pb.h"
+#include "services/auth.h"
 #include "services/domain.h"
 
 namespace meridian::region {
@@ -117,6 +119,130 @@ bool InEpochRange(const Json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>() <= (uint64_t{1} << 53);
   const int64_t x = v.get<int64_t>();
   return x >= 0 && x <= (int64_t{1} << 53);
+}
+
+// An integer in [lo, hi] (0 <= hi), as JSON may carry it: signed or unsigned, never a float.
+bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) {
+    const uint64_t x = v.get<uint64_t>();
+    return x <= static_cast<uint64_t>(hi) && (lo <= 0 || x >= static_cast<uint64_t>(lo));
+  }
+  const int64_t x = v.get<int64_t>();
+  return x >= lo && x <= hi;
+}
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// Characters as PostgreSQL's length() counts them in a UTF-8 database (nlohmann's parser
+// admits only valid UTF-8): every byte that does not continue a sequence.
+size_t Utf8Length(const std::string& s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// Whether `j` lacks `field`, or has it and `ok` holds for it (present as null counts as present:
+// the apply's j.value() would throw on it).
+template <typename Pred>
+bool Optional(const Json& j, const char* field, Pred ok) {
+  auto it = j.find(field);
+  return it == j.end() || ok(*it);
+}
+
+bool IsString(const Json& v) { return v.is_string(); }
+
+// What is wrong with a peer's record, checked before anything is applied: every field that
+// Apply and ApplyOrderEvent read, with the type they read it as and the range the schema's
+// CHECK constraints and column types allow (region/migrations.cc). A record that passed here
+// and failed there would fail after other databases of the call had committed, as a region
+// error (not INVALID_ARGUMENT): the replicator would not count it as a rejected frame, and the
+// peer would resend it forever. Empty when the record is well formed.
+std::string ProductWriteProblem(const Json& j) {
+  auto text = [&](const char* f, size_t min, size_t max) {
+    return Optional(j, f, [&](const Json& v) {
+      if (!v.is_string()) return false;
+      const size_t n = Utf8Length(v.get<std::string>());
+      return n >= min && n <= max;
+    });
+  };
+  if (!j.contains("sku") || !j["sku"].is_string() ||
+      !services::ValidateSku(j["sku"].get<std::string>()).ok()) {
+    return "sku: a SKU";
+  }
+  if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kInt64Max) || !j["hlc"].is_number_unsigned()) {
+    return "hlc: 0..2^63-1";
+  }
+  if (!j.contains("name") || !text("name", 1, 200)) return "name: 1..200 characters";
+  if (!text("description", 0, 4000)) return "description: at most 4000 characters";
+  if (!Optional(j, "category", [](const Json& v) {
+        return v.is_string() && (v.get<std::string>().empty() ||
+                                 services::ValidateCategoryId(v.get<std::string>()).ok());
+      })) {
+    return "category: empty or a category id ([a-z0-9-]{1,64})";
+  }
+  if (!j.contains("price_cents") || !IntegerIn(j["price_cents"], 0, kInt64Max)) {
+    return "price_cents: an integer >= 0";
+  }
+  if (!j.contains("currency") || !j["currency"].is_string() ||
+      !services::ValidateCurrency(j["currency"].get<std::string>()).ok()) {
+    return "currency: three capital letters";
+  }
+  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
+    return "origin: a replica id";
+  }
+  return "";
+}
+
+std::string OrderEventProblem(const Json& j) {
+  if (!j.contains("user_id") || !j["user_id"].is_string()) return "user_id: a string";
+  if (!j.contains("event") || !j["event"].is_string()) return "event: a string";
+  if (!j.contains("epoch") || !InEpochRange(j["epoch"])) return "epoch: 0..2^53";
+  // version and group are read only when they are integers (events from before leases lack
+  // them, or carry something else).
+  if (j.contains("version") && j["version"].is_number_integer() && !InEpochRange(j["version"])) {
+    return "version: 0..2^53";
+  }
+  if (j.contains("group") && j["group"].is_number_integer() && !IntegerIn(j["group"], 0, 255)) {
+    return "group: 0..255";
+  }
+  if (!Optional(j, "owner_region", IsString)) return "owner_region: a string";
+  if (!Optional(j, "total_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
+    return "total_cents: an integer >= 0";
+  }
+  if (!Optional(j, "currency", IsString)) return "currency: a string";
+  if (!Optional(j, "items", [](const Json& v) { return v.is_array(); })) return "items: a list";
+  if (j.contains("items")) {
+    for (const Json& it : j["items"]) {
+      if (!it.is_object() || !Optional(it, "sku", IsString) ||
+          !Optional(it, "quantity", [](const Json& v) { return IntegerIn(v, 1, kInt32Max); }) ||
+          !Optional(it, "price_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
+        return "items: objects of sku (a string), quantity (1..2^31-1) and price_cents (>= 0)";
+      }
+    }
+  }
+  return "";
+}
+
+std::string ProfileWriteProblem(const Json& j, const pb::OutboxRecord& rec) {
+  auto str = [&](const char* f) { return j.is_object() && j.contains(f) && j[f].is_string(); };
+  if (!str("user_id") || !str("email") || !str("name") || !str("password_hash")) {
+    return "user_id, email, name and password_hash: strings";
+  }
+  if (!j.contains("hlc") || !j["hlc"].is_number_unsigned() || !IntegerIn(j["hlc"], 0, kInt64Max)) {
+    return "hlc: 0..2^63-1";
+  }
+  const std::string email = j["email"].get<std::string>();
+  if (j["user_id"].get<std::string>() != rec.key()) return "user_id: not the record's key";
+  if (!services::ValidateEmail(email).ok()) return "email: an e-mail address";
+  // A user's id is derived from the e-mail: another id with this e-mail would break the
+  // e-mail's uniqueness in the apply.
+  if (rec.key() != services::UserIdForEmail(email)) return "user_id: not the e-mail's user id";
+  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
+    return "origin: a replica id";
+  }
+  if (rec.residency().empty()) return "residency: required";
+  return "";
 }
 
 class Service final : public pb::RegionInternal::Service {
@@ -236,22 +362,13 @@ class Service final : public pb::RegionInternal::Service {
             return bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
           }
           if (rec.kind() == pb::OUTBOX_KIND_PRODUCT) {
-            if (!p.json.contains("sku") || !p.json["sku"].is_string() ||
-                !services::ValidateSku(p.json["sku"].get<std::string>()).ok() ||
-                !p.json.contains("hlc") || !p.json["hlc"].is_number_unsigned() ||
-                !p.json.contains("name") || !p.json["name"].is_string() ||
-                !p.json.contains("price_cents") || !p.json["price_cents"].is_number_integer() ||
-                !p.json.contains("currency") || !p.json["currency"].is_string()) {
-              return bad(absl::StrCat("record ", rec.seq(), ": malformed product write"));
+            if (const std::string why = ProductWriteProblem(p.json); !why.empty()) {
+              return bad(absl::StrCat("record ", rec.seq(), ": malformed product write: ", why));
             }
             p.target = app_.global.get();
           } else {
-            if (!p.json.contains("user_id") || !p.json["user_id"].is_string() ||
-                !p.json.contains("event") || !p.json["event"].is_string() ||
-                !p.json.contains("epoch") || !InEpochRange(p.json["epoch"]) ||
-                (p.json.contains("version") && p.json["version"].is_number_integer() &&
-                 !InEpochRange(p.json["version"]))) {
-              return bad(absl::StrCat("record ", rec.seq(), ": malformed order event"));
+            if (const std::string why = OrderEventProblem(p.json); !why.empty()) {
+              return bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
             }
             p.target = &app_.ShardFor(p.json["user_id"].get<std::string>());
           }
@@ -259,15 +376,8 @@ class Service final : public pb::RegionInternal::Service {
         }
         case pb::OUTBOX_KIND_USER: {
           p.json = Json::parse(rec.payload(), nullptr, false);
-          auto str = [&](const char* f) {
-            return p.json.is_object() && p.json.contains(f) && p.json[f].is_string();
-          };
-          if (!str("user_id") || !str("email") || !str("name") || !str("password_hash") ||
-              !p.json.contains("hlc") || !p.json["hlc"].is_number_unsigned() ||
-              p.json["user_id"].get<std::string>() != rec.key() ||
-              !services::ValidateEmail(p.json["email"].get<std::string>()).ok() ||
-              rec.residency().empty()) {
-            return bad(absl::StrCat("record ", rec.seq(), ": malformed profile write"));
+          if (const std::string why = ProfileWriteProblem(p.json, rec); !why.empty()) {
+            return bad(absl::StrCat("record ", rec.seq(), ": malformed profile write: ", why));
           }
           p.target = &app_.ShardFor(rec.key());
           break;
@@ -554,18 +664,72 @@ class Service final : public pb::RegionInternal::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status TruncateOutbox(grpc::ServerContext*, const pb::TruncateOutboxRequest* req,
+  // Deletes in chunks of kTruncateRowsMax rows, each its own transaction, and never commits
+  // once the caller gave up: a DELETE that outlived the call (waiting for a connection, for a
+  // lock such as OutboxBarrier's, or on a large range) would remove rows after the replicator
+  // concluded they were still there. Each chunk runs under a statement_timeout that ends before
+  // the caller's deadline, and rolls back when the call was cancelled meanwhile (the deadline
+  // passed or the caller went away). What committed before stays: the next call goes on from
+  // there, so a backlog too large for one deadline still goes, chunk by chunk.
+  grpc::Status TruncateOutbox(grpc::ServerContext* ctx, const pb::TruncateOutboxRequest* req,
                               pb::TruncateOutboxResponse* out) override {
     PgPool* pool = PoolNamed(req->database());
     if (!pool) return UnknownDatabase(req->database());
     if (req->through_seq() < 0) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "through_seq: >= 0");
     }
-    absl::Status st = pool->Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec("DELETE FROM outbox WHERE seq <= " + tx.quote(req->through_seq()));
-      out->set_deleted(static_cast<int64_t>(r.affected_rows()));
-    });
-    return ToGrpc(st);
+    const auto deadline = ctx->deadline();
+    const bool bounded = deadline < std::chrono::system_clock::now() + std::chrono::hours(24);
+    int64_t deleted = 0;
+    auto gave_up = [&] {
+      return grpc::Status(
+          grpc::StatusCode::DEADLINE_EXCEEDED,
+          absl::StrCat("truncating ", req->database(), " through ", req->through_seq(),
+                       ": the call ended first (", deleted, " rows deleted, the rest not)"));
+    };
+    while (true) {
+      int64_t chunk = 0;
+      bool late = false;
+      absl::Status st = pool->Run([&](pqxx::work& tx) {
+        chunk = 0;
+        // After the wait for a connection: what is left of the caller's time, less a margin for
+        // the commit and the answer.
+        if (bounded) {
+          const int64_t left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      deadline - std::chrono::system_clock::now())
+                                      .count();
+          const int64_t timeout_ms = left_ms - std::min<int64_t>(500, left_ms / 5);
+          if (ctx->IsCancelled() || timeout_ms < 1) {
+            late = true;
+            return;
+          }
+          tx.exec0("SET LOCAL statement_timeout = " + tx.quote(timeout_ms));
+        }
+        pqxx::result r;
+        try {
+          r = tx.exec("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= " +
+                      tx.quote(req->through_seq()) + " ORDER BY seq LIMIT " +
+                      tx.quote(kTruncateRowsMax) + ")");
+        } catch (const pqxx::sql_error& e) {
+          if (e.sqlstate() == "57014") late = true;  // query_canceled: our statement_timeout
+          throw;
+        }
+        if (ctx->IsCancelled()) {
+          late = true;
+          throw AbortTx{absl::DeadlineExceededError("the call ended")};  // rolls back
+        }
+        chunk = static_cast<int64_t>(r.affected_rows());
+      });
+      if (late || (!st.ok() && (ctx->IsCancelled() ||
+                                (bounded && std::chrono::system_clock::now() >= deadline)))) {
+        return gave_up();
+      }
+      if (!st.ok()) return ToGrpc(st);
+      deleted += chunk;
+      if (chunk < kTruncateRowsMax) break;
+    }
+    out->set_deleted(deleted);
+    return grpc::Status::OK;
   }
 
   grpc::Status PollOutbox(grpc::ServerContext* ctx, const pb::PollOutboxRequest* req,
@@ -1063,6 +1227,8 @@ class Service final : public pb::RegionInternal::Service {
                ") ON CONFLICT DO NOTHING");
     }
   }
+
+  static constexpr int64_t kTruncateRowsMax = 50000;  // per TruncateOutbox transaction
 
   RegionApp::Impl& app_;
   OutboxSignal outbox_signal_;

@@ -46,7 +46,7 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   r.OnlyKeys(ship, "shipping",
              {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
               "heartbeat_ms", "peer_timeout_ms", "backoff_min_ms", "backoff_max_ms",
-              "truncate_interval_ms", "recent_keys_per_stream"});
+              "truncate_interval_ms", "truncate_timeout_ms", "recent_keys_per_stream"});
   c.batch_max_records =
       r.Integer<int>(ship, "batch_max_records", "shipping.batch_max_records", 512, 1, 10000);
   c.batch_max_bytes =
@@ -65,6 +65,8 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
       r.Integer<int>(ship, "backoff_max_ms", "shipping.backoff_max_ms", 5000, 1, 600000);
   c.truncate_interval_ms = r.Integer<int>(ship, "truncate_interval_ms",
                                           "shipping.truncate_interval_ms", 5000, 100, 3600000);
+  c.truncate_timeout_ms = r.Integer<int>(ship, "truncate_timeout_ms",
+                                         "shipping.truncate_timeout_ms", 10000, 100, 600000);
   c.recent_keys_per_stream = r.Integer<int>(ship, "recent_keys_per_stream",
                                             "shipping.recent_keys_per_stream", 50000, 0, 10000000);
   if (r.ok() && c.peer_timeout_ms <= c.heartbeat_ms) {

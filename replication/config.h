@@ -44,6 +44,8 @@ struct ReplicatorConfig {
   int backoff_min_ms = 100;
   int backoff_max_ms = 5000;
   int truncate_interval_ms = 5000;
+  // The deadline of one TruncateOutbox call (the region bounds its DELETE by it).
+  int truncate_timeout_ms = 10000;
   // Keys of each peer's applied records kept per origin database (RecentKeys), so that after a
   // loss a survivor sends another only the documents it lacks; 0 = keep none (always send every
   // document). About 100 bytes each.

@@ -34,6 +34,7 @@ TEST(ReplicatorConfig, ParsesAGoodFile) {
   EXPECT_EQ(c->batch_max_records, 100);
   EXPECT_EQ(c->heartbeat_ms, 500);
   EXPECT_EQ(c->recent_keys_per_stream, 50000);
+  EXPECT_EQ(c->truncate_timeout_ms, 10000);
   EXPECT_EQ(c->state_dir, "");  // the recent keys in memory only
 }
 
@@ -59,6 +60,8 @@ TEST(ReplicatorConfig, ErrorsNameTheField) {
   expect_error(replace("batch_max_records: 100", "batch_size: 5"), "shipping.batch_size");
   expect_error(replace("batch_max_records: 100", "recent_keys_per_stream: -1"),
                "shipping.recent_keys_per_stream");
+  expect_error(replace("batch_max_records: 100", "truncate_timeout_ms: 50"),
+               "shipping.truncate_timeout_ms");
   expect_error(replace("tls: {ca: ca.pem, cert: us-east.pem, key: us-east.key}", ""), "tls");
   expect_error("region: [", "not valid YAML");
 }

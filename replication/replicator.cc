@@ -424,7 +424,12 @@ struct Replicator::Impl {
   int port = 0;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<prometheus::Exposer> exposer;
-  std::map<std::string, int64_t> truncated;  // per local database, housekeeping thread only
+  // Per local stream (a database's incarnation), guarded by truncate_mu: the highest seq a
+  // truncation was decided through, recorded before its TruncateOutbox call and kept whatever the
+  // call returns (one that timed out or failed may have deleted, or may still: CatchUpFromState
+  // counts it as done), and the highest the region confirmed (Housekeeping skips what it holds).
+  std::map<std::string, int64_t> truncating;
+  std::map<std::string, int64_t> truncated;
   std::unique_ptr<OutboxFeed> feed;
 
   // Sleeps up to `d`; false when the replicator is stopping.
@@ -448,6 +453,10 @@ struct Replicator::Impl {
   absl::Status RegionError(const grpc::Status& s, const std::string& what) {
     return absl::UnavailableError(absl::StrCat("region ", what, ": ", s.error_message()));
   }
+
+  // Records per batch we build: the configured count, never more than a peer accepts
+  // (kMaxBatchRecords, which DecodeBatch enforces).
+  int BatchRecordsMax() const { return std::min(config.batch_max_records, kMaxBatchRecords); }
 
   // (database name, stream name) of every local database.
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LocalDatabases() {
@@ -1342,7 +1351,7 @@ class Session {
           *list.add_records() = rec;
           bytes += rec.payload().size() + rec.key().size() + 24;
         }
-        if (list.records_size() >= r_.config.batch_max_records ||
+        if (list.records_size() >= r_.BatchRecordsMax() ||
             bytes >= static_cast<size_t>(r_.config.batch_max_bytes)) {
           if (!SendBatch(c.stream, first, rec.seq(), list, BatchKind::kDeltas)) return false;
           first = rec.seq() + 1;
@@ -1418,9 +1427,13 @@ class Session {
     if (std::all_of(cursors.begin(), cursors.end(), [](const Cursor& c) { return c.checked; }))
       return true;
     rpb::GetStatusResponse status;
+    std::map<std::string, int64_t> truncating;
     {
-      // Housekeeping truncates under the same lock, from acks read under it: so this status
-      // either shows a truncation that went past the peer's hello, or none will.
+      // Housekeeping truncates under the same lock, from acks read under it, and records each
+      // truncation it decides before calling the region: so a truncation that went past the
+      // peer's hello shows here, in this status or in `truncating`, or none will. The status
+      // alone would not do: a TruncateOutbox that timed out may still be deleting (its DELETE
+      // waiting for a lock or a connection), and commit after this status was read.
       std::lock_guard<std::mutex> tl(r_.truncate_mu);
       auto ctx = r_.RegionCtx(5000);
       grpc::Status s = r_.region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status);
@@ -1429,13 +1442,16 @@ class Session {
                      s.error_message());
         return true;
       }
+      truncating = r_.truncating;
     }
     for (Cursor& c : cursors) {
       if (c.checked) continue;
       for (const auto& d : status.databases()) {
         if (d.name() != c.db || !d.reachable()) continue;
-        const bool truncated = d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
-                                                      : d.outbox_last_seq() > c.after_seq;
+        auto decided = truncating.find(c.stream);
+        const bool truncated = (decided != truncating.end() && c.after_seq < decided->second) ||
+                               (d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
+                                                       : d.outbox_last_seq() > c.after_seq);
         // Before SendState, which moves the cursor to a barrier taken later (past this status's
         // last seq once anything was written meanwhile).
         c.past_end = !truncated && c.after_seq > d.outbox_last_seq();
@@ -1513,15 +1529,18 @@ class Session {
                          peer_.config.name, c.db, s.error_message());
             return false;
           }
-          // A page is split by bytes as well: large documents must not make a frame the peer
-          // refuses (kMaxBatchBytes) on every retry.
+          // A page is split by count and by bytes: it may hold more records than it has rows (an
+          // order with a status is two), and large documents must not make a frame the peer
+          // refuses (kMaxBatchRecords, kMaxBatchBytes) on every retry: the transfer would start
+          // over on every redial and never end.
           pb::RecordList list;
           size_t bytes = 0;
           for (const rpb::OutboxRecord& o : resp.records()) {
             if (!services::ResidencyAllows(o.residency(), peer_.config.jurisdiction)) continue;
             const size_t size = o.payload().size() + o.key().size() + 24;
             if (list.records_size() > 0 &&
-                bytes + size > static_cast<size_t>(r_.config.batch_max_bytes)) {
+                (list.records_size() >= r_.BatchRecordsMax() ||
+                 bytes + size > static_cast<size_t>(r_.config.batch_max_bytes))) {
               if (!SendBatch(c.stream, 0, 0, list, BatchKind::kState)) return false;
               *sent += list.records_size();
               list.Clear();
@@ -2049,7 +2068,9 @@ void Replicator::Impl::Housekeeping() {
     auto ctx = RegionCtx(5000);
     if (!region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) continue;
     std::lock_guard<std::mutex> tl(truncate_mu);
-    std::map<std::string, int64_t> through;
+    std::map<std::string, int64_t> through;    // per local stream
+    std::map<std::string, std::string> names;  // stream -> database name
+    for (const auto& d : status.databases()) names[d.stream()] = d.name();
     bool all_heard = true;
     for (auto& p : peers) {
       std::lock_guard<std::mutex> l(p->mu);
@@ -2060,7 +2081,7 @@ void Replicator::Impl::Housekeeping() {
         // would otherwise be truncated through and recorded, and nothing truncated again.
         const int64_t acked = std::min(it == p->acked.end() ? 0 : it->second, d.outbox_max_seq());
         behind += std::max<int64_t>(0, d.outbox_max_seq() - acked);
-        auto [t, fresh] = through.emplace(d.name(), acked);
+        auto [t, fresh] = through.emplace(d.stream(), acked);
         if (!fresh) t->second = std::min(t->second, acked);
       }
       p->m.lag_seq->Set(static_cast<double>(behind));
@@ -2071,19 +2092,29 @@ void Replicator::Impl::Housekeeping() {
       continue;
     }
     last_truncate = SteadyTime::now();
-    for (const auto& [db, seq] : through) {
-      if (seq <= truncated[db]) continue;
+    for (const auto& [stream, seq] : through) {
+      if (stream.empty() || seq <= truncated[stream]) continue;  // (unreachable: no stream)
+      // Decided: from here on a peer resuming below `seq` gets a state transfer, whatever the
+      // call returns. A call that timed out may have deleted, or may still (the region bounds
+      // its DELETE by our deadline, but a commit can race it); a failed one is retried.
+      int64_t& decided = truncating[stream];
+      decided = std::max(decided, seq);
+      const std::string& db = names[stream];
       rpb::TruncateOutboxRequest req;
       req.set_database(db);
       req.set_through_seq(seq);
       rpb::TruncateOutboxResponse resp;
-      auto tctx = RegionCtx(10000);
-      if (region->TruncateOutbox(tctx.get(), req, &resp).ok()) {
-        truncated[db] = seq;
+      auto tctx = RegionCtx(config.truncate_timeout_ms);
+      grpc::Status s = region->TruncateOutbox(tctx.get(), req, &resp);
+      if (s.ok()) {
+        truncated[stream] = seq;
         if (resp.deleted() > 0) {
           spdlog::info("event=outbox_truncated db={} through_seq={} rows={}", db, seq,
                        resp.deleted());
         }
+      } else {
+        spdlog::warn("event=outbox_truncate_failed db={} through_seq={} error=\"{}\"", db, seq,
+                     s.error_message());
       }
     }
   }

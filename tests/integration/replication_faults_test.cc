@@ -1,0 +1,479 @@
+// Faults in the replication data path, on real processes (two regions: PostgreSQL, Redis,
+// meridian-region and meridian-replicator each, a link proxy between them):
+// - a truncation of the outbox whose TruncateOutbox call timed out (its DELETE held up by a lock)
+//   still counts when a peer reconnects from further back: the peer gets a state transfer, never
+//   a stream that skips the rows the DELETE removed once the lock went;
+// - a state transfer whose page holds more records than a batch may carry (an order with a
+//   status is two records) is split below the peer's limit, so the transfer ends;
+// - a peer's record that the apply could not store (a type or a value the schema refuses) is
+//   refused as INVALID_ARGUMENT before any database is written, and the replicator counts it as
+//   a rejected frame.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crdt/cart.h"
+#include "crdt/codec.h"
+#include "region/internal.grpc.pb.h"
+#include "replication/frames.h"
+#include "replication/replication.grpc.pb.h"
+#include "services/auth.h"
+#include "services/domain.h"
+#include "tests/support/cluster.h"
+#include "tests/support/forged_peer.h"
+
+namespace meridian {
+namespace {
+
+using Json = nlohmann::json;
+using test_support::Cluster;
+using test_support::ForgedPeer;
+namespace cpb = ::meridian::region::v1;
+namespace rpb = ::meridian::replication::v1;
+
+// us-east (replica 1) dials eu-west (replica 2); a forged peer speaks as us-east to eu-west.
+constexpr size_t kUs = 0, kEu = 1;
+
+bool Eventually(const std::function<bool()>& done, double seconds) {
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(static_cast<int>(seconds * 1000));
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+class ReplicationFaults : public ::testing::Test {
+ protected:
+  void StartCluster(const std::string& shipping_yaml) {
+    test_support::ClusterOptions o;
+    o.name = "faults";
+    o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+    o.shipping_yaml = shipping_yaml;
+    auto c = Cluster::Start(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    c_ = *std::move(c);
+  }
+
+  int64_t Count(size_t region, const std::string& db, const std::string& sql) {
+    pqxx::connection conn(c_->Dsn(region, db));
+    pqxx::work tx(conn);
+    return tx.exec1(sql)[0].as<int64_t>();
+  }
+
+  void Exec(size_t region, const std::string& db, const std::string& sql) {
+    pqxx::connection conn(c_->Dsn(region, db));
+    pqxx::work tx(conn);
+    tx.exec(sql);
+    tx.commit();
+  }
+
+  double Metric(size_t region, const std::string& name) {
+    auto v = c_->Metric(region, name);
+    return v.ok() ? *v : -1;
+  }
+
+  std::unique_ptr<Cluster> c_;
+};
+
+// A user id that the regions keep in shard `shard` (of two), derived from `base`.
+std::string UserOnShard(const std::string& base, int32_t shard) {
+  for (int i = 0;; ++i) {
+    std::string id = base + "-" + std::to_string(i);
+    if (services::ShardForUser(id, 2) == shard) return id;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 1: a truncation whose call timed out.
+
+// Holds eu-west's global outbox in SHARE mode (as OutboxBarrier does) while eu-west's replicator
+// truncates it: the DELETE waits behind the lock past the call's deadline (shortened to 1 s).
+// Meanwhile us-east reconnects from nothing (a rebuilt or restored peer; here a forged one that
+// acknowledges nothing, so eu-west's window stops its shipping part way). Then the lock goes. A
+// DELETE that committed after the call gave up would leave the rest of the rows unshipped: the
+// stream would jump over them as over a gap. The peer must get every row or a state transfer.
+TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFromBefore) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, truncate_timeout_ms: 1000, batch_max_records: 2, max_inflight_bytes: 65536}"));
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+
+  // 60 catalog writes of ~4 KB that do not compress: far more than the 64 KiB window.
+  constexpr int kRows = 60;
+  std::mt19937 rng(7);
+  const std::string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  auto insert_rows = [&](int first, int n) {
+    pqxx::connection conn(c_->Dsn(kEu, "global"));
+    pqxx::work tx(conn);
+    for (int i = first; i < first + n; ++i) {
+      std::string description(3900, 'x');
+      for (char& ch : description) ch = alphabet[rng() % alphabet.size()];
+      const std::string sku = "sku-" + std::to_string(i);
+      const Json write{{"sku", sku},
+                       {"name", "Item " + std::to_string(i)},
+                       {"description", description},
+                       {"category", ""},
+                       {"price_cents", 100},
+                       {"currency", "USD"},
+                       {"hlc", uint64_t{1000} + static_cast<uint64_t>(i)},
+                       {"origin", 2}};
+      tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (2, 'product', " +
+               tx.quote(sku) + ", convert_to(" + tx.quote(write.dump()) + ", 'UTF8'))");
+    }
+    tx.commit();
+  };
+  insert_rows(0, kRows);
+  std::set<int64_t> rows;
+  std::string stream;
+  {
+    pqxx::connection conn(c_->Dsn(kEu, "global"));
+    pqxx::work tx(conn);
+    for (const auto& r : tx.exec("SELECT seq FROM outbox")) rows.insert(r[0].as<int64_t>());
+    stream = "global-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+  }
+  ASSERT_EQ(rows.size(), static_cast<size_t>(kRows));
+
+  pqxx::connection lock_conn(c_->Dsn(kEu, "global"));
+  pqxx::work lock(lock_conn);
+  lock.exec0("LOCK TABLE outbox IN SHARE MODE");
+  auto deletes = [&](const std::string& where) {
+    return Count(kEu, "global",
+                 "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query "
+                 "LIKE 'DELETE FROM outbox%' AND " +
+                     where);
+  };
+  // us-east comes back, applies the rows and acks them: eu-west decides to truncate, and its
+  // DELETE waits for the lock.
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return deletes("wait_event_type = 'Lock'") > 0; }, 30))
+      << "eu-west never tried to truncate its outbox";
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+
+  // us-east reconnects from nothing, and acknowledges nothing. (What the reader fills in is
+  // declared before the peer: the peer's destructor ends the reader.)
+  std::mutex mu;
+  bool state = false;      // a state transfer of eu-west's global database came
+  std::set<int64_t> got;   // the rows that came as deltas
+  int64_t delta_last = 0;  // the highest seq the deltas covered
+  auto last_batch = std::chrono::steady_clock::now();
+  ForgedPeer peer(*c_, kUs, kEu, "", std::chrono::seconds(120));
+  ASSERT_TRUE(peer.Hello());
+  peer.NextAsync([&](const rpb::Frame& f) {
+    if (!f.has_batch() || f.batch().origin_database() != stream) return false;
+    auto list = replication::DecodeBatch(f.batch(), 2);
+    std::lock_guard<std::mutex> l(mu);
+    last_batch = std::chrono::steady_clock::now();
+    if (f.batch().state()) {
+      state = true;
+    } else {
+      delta_last = std::max(delta_last, f.batch().last_seq());
+      if (list.ok())
+        for (const rpb::Record& r : list->records()) got.insert(r.seq());
+    }
+    return false;  // reads on until the stream ends
+  });
+  // Waits for `done`, with a heartbeat every 200 ms so that eu-west keeps the stream, and once
+  // `acking`, an ack of the deltas that came (which opens eu-west's window).
+  bool acking = false;
+  int64_t acked = 0;
+  auto beat_until = [&](const std::function<bool()>& done, double seconds) {
+    const auto until = std::chrono::steady_clock::now() +
+                       std::chrono::milliseconds(static_cast<int>(seconds * 1000));
+    while (std::chrono::steady_clock::now() < until) {
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      rpb::Frame f;
+      f.mutable_heartbeat();
+      if (acking) {
+        std::lock_guard<std::mutex> l(mu);
+        if (delta_last > acked) {
+          f.mutable_ack()->set_origin_database(stream);
+          f.mutable_ack()->set_seq(acked = delta_last);
+        }
+      }
+      if (!peer.Write(f)) break;
+    }
+    return done();
+  };
+  // eu-west checked our resume point: it sends its state (whose barrier waits for the lock), or
+  // it ships deltas until its window is full (no batch for a second).
+  EXPECT_TRUE(beat_until(
+      [&] {
+        {
+          std::lock_guard<std::mutex> l(mu);
+          if (state || (delta_last > 0 &&
+                        std::chrono::steady_clock::now() - last_batch > std::chrono::seconds(1))) {
+            return true;
+          }
+        }
+        return Count(kEu, "global",
+                     "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                     "query LIKE 'LOCK TABLE outbox%' AND wait_event_type = 'Lock'") > 0;
+      },
+      20));
+  lock.commit();  // the DELETEs still waiting go ahead, or were cancelled with their calls
+  EXPECT_TRUE(beat_until([&] { return deletes("true") == 0; }, 15));
+  acking = true;
+  // One more row, so that the stream must carry everything before it.
+  insert_rows(kRows, 1);
+  const int64_t last = *rows.rbegin() + 1;
+  EXPECT_TRUE(beat_until(
+      [&] {
+        std::lock_guard<std::mutex> l(mu);
+        return delta_last >= last;
+      },
+      20))
+      << "eu-west never shipped the row after the truncated ones";
+  std::lock_guard<std::mutex> l(mu);
+  std::vector<int64_t> missing;
+  for (int64_t seq : rows)
+    if (!got.count(seq)) missing.push_back(seq);
+  EXPECT_TRUE(state || missing.empty())
+      << "no state transfer, and the stream skipped " << missing.size() << " of " << rows.size()
+      << " rows (seqs " << (missing.empty() ? 0 : missing.front()) << ".."
+      << (missing.empty() ? 0 : missing.back()) << ")";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 2: a state transfer's page of orders.
+
+// A state page of N orders with a status is 2N records. With batch_max_records above 5,000 and
+// room in batch_max_bytes, one page used to go out as one batch of more than kMaxBatchRecords:
+// the peer refused it, the stream ended, and every redial sent the same batch again.
+TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
+  constexpr int kOrders = 5001;
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, batch_max_records: 5001, batch_max_bytes: 8388608}"));
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  // Paid orders in us-east's shard0 that its outbox no longer holds (truncated: the sequence
+  // moved on, the outbox is empty), so eu-west can only get them from us-east's full state.
+  const std::string user = UserOnShard("buyer", 0);
+  Exec(kUs, "shard0",
+       "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+       "owner_region, residency, lease_group, epoch, version) SELECT 'o-' || g, '" +
+           user +
+           "', 'paid', 100, 'USD', 'o-' || g, 'us-east', 'any', 1, 1, 2 FROM "
+           "generate_series(1, " +
+           std::to_string(kOrders) + ") g");
+  Exec(kUs, "shard0", "SELECT nextval('outbox_seq_seq')");
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  auto orders = [&] {
+    return Count(kEu, "shard0", "SELECT count(*) FROM orders WHERE status = 'paid'") +
+           Count(kEu, "shard1", "SELECT count(*) FROM orders WHERE status = 'paid'");
+  };
+  EXPECT_TRUE(Eventually([&] { return orders() == kOrders; }, 60))
+      << orders() << " of " << kOrders << " orders reached eu-west";
+  EXPECT_EQ(Metric(kEu, "meridian_replication_rejected_frames_total{peer=\"us-east\"}"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 3: records the apply cannot store.
+
+// A cart delta for `user` (sku-1 x2) from replica 1, at `seq`.
+cpb::OutboxRecord CartRecord(const std::string& user, int64_t seq) {
+  crdt::Cart cart(1);
+  cpb::OutboxRecord r;
+  r.set_seq(seq);
+  r.set_origin(1);
+  r.set_kind(cpb::OUTBOX_KIND_CART);
+  r.set_key(user);
+  r.set_payload(crdt::Encode(cart.Add("sku-1", 2)));
+  r.set_residency("any");
+  return r;
+}
+
+cpb::OutboxRecord JsonRecord(cpb::OutboxKind kind, const std::string& key, const Json& payload,
+                             int64_t seq) {
+  cpb::OutboxRecord r;
+  r.set_seq(seq);
+  r.set_origin(1);
+  r.set_kind(kind);
+  r.set_key(key);
+  r.set_payload(payload.dump());
+  r.set_residency("any");
+  return r;
+}
+
+// An order's creation as us-east writes it, for a customer kept in shard1.
+Json CreatedOrder(const std::string& order_id, const std::string& user) {
+  return Json{
+      {"event", "created"},
+      {"order_id", order_id},
+      {"user_id", user},
+      {"group", 1},
+      {"epoch", 1},
+      {"version", 1},
+      {"owner_region", "us-east"},
+      {"total_cents", 1200},
+      {"currency", "USD"},
+      {"items", Json::array({Json{{"sku", "sku-1"}, {"quantity", 2}, {"price_cents", 600}}})}};
+}
+
+Json Product(const std::string& sku) {
+  return Json{{"sku", sku},         {"name", "Lamp"},      {"description", "A lamp"},
+              {"category", "home"}, {"price_cents", 1500}, {"currency", "USD"},
+              {"hlc", 77},          {"origin", 1}};
+}
+
+// A batch of two records from us-east: a valid cart for a customer in shard0 (applied first),
+// then a record for shard1 or the global database that the apply could not store. The call is
+// refused as INVALID_ARGUMENT, and shard0 holds neither the cart nor the stream's mark.
+TEST_F(ReplicationFaults, ARecordTheApplyCannotStoreIsRefusedBeforeAnythingIsWritten) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(test_support::ClusterOptions().shipping_yaml));
+  auto region = cpb::RegionInternal::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(c_->grpc_port(kEu)), grpc::InsecureChannelCredentials()));
+  const std::string shopper = UserOnShard("shopper", 1);
+  std::string email;  // a profile kept in shard1
+  for (int i = 0; email.empty(); ++i) {
+    const std::string e = "p" + std::to_string(i) + "@example.com";
+    if (services::ShardForUser(services::UserIdForEmail(e), 2) == 1) email = e;
+  }
+  const Json profile{{"user_id", services::UserIdForEmail(email)},
+                     {"email", email},
+                     {"name", "P"},
+                     {"password_hash", "h"},
+                     {"hlc", 5},
+                     {"origin", 1}};
+  struct Case {
+    std::string name;
+    cpb::OutboxKind kind;
+    std::string key;
+    Json payload;
+  };
+  auto order = [&](const std::function<void(Json&)>& edit) {
+    Json j = CreatedOrder("o-bad", shopper);
+    edit(j);
+    return j;
+  };
+  auto product = [&](const std::function<void(Json&)>& edit) {
+    Json j = Product("sku-bad");
+    edit(j);
+    return j;
+  };
+  const std::vector<Case> cases = {
+      {"total_cents as a string", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["total_cents"] = "12"; })},
+      {"a negative total", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["total_cents"] = -5; })},
+      {"currency as a number", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["currency"] = 5; })},
+      {"owner_region as a number", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["owner_region"] = 7; })},
+      {"a group beyond the lease groups", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["group"] = int64_t{3000000000}; })},
+      {"an item's quantity as a string", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["items"][0]["quantity"] = "2"; })},
+      {"an item's quantity beyond an integer", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["items"][0]["quantity"] = int64_t{3000000000}; })},
+      {"an item's sku as a number", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["items"][0]["sku"] = 9; })},
+      {"an item's price as a string", cpb::OUTBOX_KIND_ORDER, "o-bad",
+       order([](Json& j) { j["items"][0]["price_cents"] = "600"; })},
+      {"a product name of 201 characters", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["name"] = std::string(201, 'n'); })},
+      {"a description of 4001 characters", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["description"] = std::string(4001, 'd'); })},
+      {"a lowercase currency", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["currency"] = "usd"; })},
+      {"a category that is not an id", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["category"] = "Bad Category"; })},
+      {"a negative price", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["price_cents"] = -1; })},
+      {"a product's origin as a string", cpb::OUTBOX_KIND_PRODUCT, "sku-bad",
+       product([](Json& j) { j["origin"] = "x"; })},
+      {"a profile's origin as a string", cpb::OUTBOX_KIND_USER,
+       profile["user_id"].get<std::string>(),
+       [&] {
+         Json j = profile;
+         j["origin"] = "x";
+         return j;
+       }()},
+  };
+  auto apply = [&](const std::string& db, const std::string& cart_user, const Case& c) {
+    cpb::ApplyDeltasRequest req;
+    req.set_origin(1);
+    req.set_origin_database(db);
+    *req.add_records() = CartRecord(cart_user, 1);
+    *req.add_records() = JsonRecord(c.kind, c.key, c.payload, 2);
+    cpb::ApplyDeltasResponse resp;
+    grpc::ClientContext ctx;
+    return region->ApplyDeltas(&ctx, req, &resp);
+  };
+  auto untouched = [&](const std::string& db, const std::string& cart_user) {
+    return Count(kEu, "shard0", "SELECT count(*) FROM carts WHERE user_id = '" + cart_user + "'") ==
+               0 &&
+           Count(kEu, "shard0",
+                 "SELECT count(*) FROM replication_applied WHERE origin = 1 AND origin_db = '" +
+                     db + "'") == 0;
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].name);
+    const std::string db = "case-" + std::to_string(i);
+    const std::string cart_user = UserOnShard("cart" + std::to_string(i), 0);
+    const grpc::Status st = apply(db, cart_user, cases[i]);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_TRUE(untouched(db, cart_user)) << "shard0 committed its share of a refused call";
+  }
+  // The same records well formed apply (the checks refuse no genuine write).
+  const std::vector<Case> good = {
+      {"order", cpb::OUTBOX_KIND_ORDER, "o-good", CreatedOrder("o-good", shopper)},
+      {"product", cpb::OUTBOX_KIND_PRODUCT, "sku-good", Product("sku-good")},
+      {"profile", cpb::OUTBOX_KIND_USER, profile["user_id"].get<std::string>(), profile},
+  };
+  for (const Case& g : good) {
+    SCOPED_TRACE(g.name);
+    const std::string db = "good-" + g.name;
+    const std::string cart_user = UserOnShard("good-" + g.name, 0);
+    const grpc::Status st = apply(db, cart_user, g);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_FALSE(untouched(db, cart_user));
+  }
+
+  // Through the replicator: a peer's frame with such a record ends the stream as a rejected
+  // frame (INVALID_ARGUMENT, counted), not as a failing region that the peer retries.
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ForgedPeer peer(*c_, kUs, kEu);
+  ASSERT_TRUE(peer.Hello());
+  const std::string cart_user = UserOnShard("forged", 0);
+  rpb::RecordList list;
+  for (const cpb::OutboxRecord& o :
+       {CartRecord(cart_user, 1),
+        JsonRecord(cpb::OUTBOX_KIND_ORDER, "o-bad", cases[0].payload, 2)}) {
+    rpb::Record* r = list.add_records();
+    r->set_seq(o.seq());
+    r->set_kind(static_cast<rpb::RecordKind>(o.kind()));
+    r->set_key(o.key());
+    r->set_payload(o.payload());
+    r->set_residency(o.residency());
+    r->set_committed_unix_ms(1);
+  }
+  rpb::Frame f;
+  *f.mutable_batch() =
+      replication::EncodeBatch(1, "forged-0", 1, 2, list, 1, replication::BatchKind::kDeltas);
+  const grpc::Status st = peer.SendAndFinish(f);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("total_cents"), std::string::npos) << st.error_message();
+  EXPECT_EQ(Metric(kEu, "meridian_replication_rejected_frames_total{peer=\"us-east\"}"), 1);
+  EXPECT_TRUE(untouched("forged-0", cart_user));
+}
+
+}  // namespace
+}  // namespace meridian
