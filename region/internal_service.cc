@@ -1132,7 +1132,10 @@ class Service final : public pb::RegionInternal::Service {
         break;
       case pb::OUTBOX_KIND_USER: {
         const Json& j = p.json;
-        tx.exec0(
+        // A profile never changes its residency: a write with another one is a second
+        // registration of the same e-mail in another region (which could not see the pinned
+        // profile), and must neither unpin the customer's data nor replace their password.
+        pqxx::result kept = tx.exec(
             "INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
             "VALUES (" +
             tx.quote(rec.key()) + ", " + tx.quote(j["email"].get<std::string>()) + ", " +
@@ -1141,9 +1144,20 @@ class Service final : public pb::RegionInternal::Service {
             ", " + tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
             tx.quote(j.value("origin", 0)) +
             ") ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, "
-            "password_hash = EXCLUDED.password_hash, residency = EXCLUDED.residency, hlc = "
-            "EXCLUDED.hlc, origin = EXCLUDED.origin WHERE (users.hlc, users.origin) < "
-            "(EXCLUDED.hlc, EXCLUDED.origin)");
+            "password_hash = EXCLUDED.password_hash, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin "
+            "WHERE (users.hlc, users.origin) < (EXCLUDED.hlc, EXCLUDED.origin) AND "
+            "users.residency = EXCLUDED.residency RETURNING 1");
+        if (kept.empty()) {
+          pqxx::result stored =
+              tx.exec("SELECT residency FROM users WHERE user_id = " + tx.quote(rec.key()) +
+                      " AND residency <> " + tx.quote(rec.residency()));
+          if (!stored.empty()) {
+            spdlog::warn(
+                "event=profile_residency_conflict user_id={} stored={} incoming={} origin={} "
+                "(the stored profile is kept)",
+                rec.key(), stored[0][0].as<std::string>(), rec.residency(), rec.origin());
+          }
+        }
         break;
       }
       default:

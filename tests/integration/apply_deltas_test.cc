@@ -282,6 +282,43 @@ TEST_F(ApplyDeltasTest, RejectsBadFramesAndResidencyViolationsWithNothingApplied
   EXPECT_EQ(count_carts(*us2_), before + 1);
 }
 
+// The same e-mail registered again in another region, which could not see the pinned profile
+// (it never leaves its jurisdiction), as "any" with another password: its profile write reaches
+// the home region and must change nothing there -- not unpin the customer (whose later carts and
+// orders would then replicate everywhere), not replace their password.
+TEST_F(ApplyDeltasTest, AProfileWriteNeverChangesAStoredResidency) {
+  auto reg = [](Region& r, const std::string& residency, const std::string& password) {
+    return Request(
+               r.port(), "POST", "/v1/users",
+               Json{
+                   {"email", "carol@example.com"}, {"password", password}, {"residency", residency}}
+                   .dump())
+        .status;
+  };
+  auto login = [](Region& r, const std::string& password) {
+    return Request(r.port(), "POST", "/v1/sessions",
+                   Json{{"email", "carol@example.com"}, {"password", password}}.dump())
+        .status;
+  };
+  ASSERT_EQ(reg(*us2_, "us", "carols-own-password"), 201);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a later HLC for the second
+  ASSERT_EQ(reg(*us_, "any", "somebody-elses-password"), 201);
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+
+  const std::string user = services::UserIdForEmail("carol@example.com");
+  pqxx::connection c0(us2_->pg->ConnectionString("shard0"));
+  pqxx::connection c1(us2_->pg->ConnectionString("shard1"));
+  std::string residency;
+  for (auto* c : {&c0, &c1}) {
+    pqxx::work tx(*c);
+    pqxx::result r = tx.exec("SELECT residency FROM users WHERE user_id = " + tx.quote(user));
+    if (!r.empty()) residency = r[0][0].as<std::string>();
+  }
+  EXPECT_EQ(residency, "us");
+  EXPECT_EQ(login(*us2_, "carols-own-password"), 200);
+  EXPECT_EQ(login(*us2_, "somebody-elses-password"), 401);
+}
+
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   auto put = [](Region& r, const std::string& body) {
     return Request(r.port(), "PUT", "/v1/admin/products/sku-2", body,
