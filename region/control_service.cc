@@ -418,10 +418,23 @@ class ControlService final : public pb::RegionControl::Service {
     pb::LostDeclaration* d = out->mutable_declaration();
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       d->Clear();
+      out->set_already_reclaimed_units(0);
       d->set_id(id);
       d->set_region(req->region());
       d->set_declared_by(app_.config.replica_id);
       d->set_declared_unix_ms(UnixNowMs());
+      // What earlier declarations reclaimed and the region has not been told of: those units are
+      // still counted in its rights here (it writes them off when it returns), and are ours
+      // already. Declaring it lost again (a retry, an operator's second try) reclaims only the
+      // rest, or the same units would be restocked twice.
+      std::map<std::string, int64_t> open;
+      for (const auto& r : tx.exec("SELECT sku, sum(units) FROM lost_declarations WHERE region = " +
+                                   tx.quote(req->region()) +
+                                   " AND declared_by = " + tx.quote(app_.config.replica_id) +
+                                   " AND NOT announced GROUP BY sku")) {
+        open[r[0].as<std::string>()] = r[1].as<int64_t>();
+        out->set_already_reclaimed_units(out->already_reclaimed_units() + r[1].as<uint64_t>());
+      }
       std::string writes;
       for (const auto& r : tx.exec("SELECT sku, state FROM inventory ORDER BY sku FOR UPDATE")) {
         const std::string sku = r[0].as<std::string>();
@@ -429,7 +442,7 @@ class ControlService final : public pb::RegionControl::Service {
         auto inv = crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()),
                                          app_.config.replica_id);
         if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
-        const int64_t frozen = inv->Rights(sku, req->region());
+        const int64_t frozen = inv->Rights(sku, req->region()) - open[sku];
         if (frozen <= 0) continue;
         // The lost region's rights become this region's: the same units, restocked here. They
         // stay counted in its entries too until it returns and writes them off (RetireRights).
@@ -461,6 +474,10 @@ class ControlService final : public pb::RegionControl::Service {
     if (!ValidReplica(req->region())) return Invalid("ListLostDeclarations: region out of range");
     return FromStatus(app_.global->Run([&](pqxx::work& tx) {
       out->clear_declarations();
+      if (req->mark_announced()) {
+        tx.exec0("UPDATE lost_declarations SET announced = true WHERE region = " +
+                 tx.quote(req->region()) + " AND NOT announced");
+      }
       std::map<std::string, pb::LostDeclaration*> by_id;
       for (const auto& r :
            tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "

@@ -160,6 +160,13 @@ CREATE TABLE rights_retired (
   retired_at     timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {11, "lost_declarations_announced",
+     R"sql(
+-- Whether the declaration was announced to the region since (it came back, and writes the rights
+-- off): until then its units stay counted in the region's rights here, and declaring it lost
+-- again must not reclaim them a second time.
+ALTER TABLE lost_declarations ADD COLUMN announced boolean NOT NULL DEFAULT false;
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

@@ -694,6 +694,7 @@ struct Coordinator::Impl {
     for (RegionId peer : up) {
       rpb::ListLostDeclarationsRequest req;
       req.set_region(peer);
+      req.set_mark_announced(true);
       rpb::ListLostDeclarationsResponse resp;
       auto ctx = Ctx(2000);
       if (!region->ListLostDeclarations(ctx.get(), req, &resp).ok()) {
@@ -783,16 +784,18 @@ struct Coordinator::Impl {
     }
     spdlog::warn("event=region_declared_lost region={} by=operator reclaimed_units={} id={}", name,
                  units, dresp.declaration().id());
-    return HttpResponse::Json(200, Json{{"region", name},
-                                        {"declared_by", config.region},
-                                        {"declaration_id", dresp.declaration().id()},
-                                        {"reclaimed", items},
-                                        {"reclaimed_units", units},
-                                        {"note",
-                                         "units the lost region sold but never shipped are "
-                                         "reclaimed too; if it returns, it writes its reclaimed "
-                                         "rights off and logs any shortfall"}}
-                                       .dump());
+    return HttpResponse::Json(200,
+                              Json{{"region", name},
+                                   {"declared_by", config.region},
+                                   {"declaration_id", dresp.declaration().id()},
+                                   {"reclaimed", items},
+                                   {"reclaimed_units", units},
+                                   {"already_reclaimed_units", dresp.already_reclaimed_units()},
+                                   {"note",
+                                    "units the lost region sold but never shipped are "
+                                    "reclaimed too; if it returns, it writes its reclaimed "
+                                    "rights off and logs any shortfall"}}
+                                  .dump());
   }
 
   // Called by the lease manager (under mu).

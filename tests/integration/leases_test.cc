@@ -631,6 +631,13 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   ASSERT_EQ(d.status, 200) << d.body;
   EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 30);
   EXPECT_EQ(rights(kEu, "eu-west"), 40);
+  // Declared again (a retry after a timeout, a second operator): the 30 units are eu-west's
+  // already and still counted in us-east's entry; they are not restocked twice.
+  Response again = declare(kEu);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("reclaimed_units", -1), 0) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("already_reclaimed_units", 0), 30) << again.body;
+  EXPECT_EQ(rights(kEu, "eu-west"), 40);
   // eu-west sells all 40 units it now holds.
   auto [token, user] = Customer(kEu, "dee@example.com");
   const std::string auth = "Bearer " + token;
