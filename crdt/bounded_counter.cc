@@ -98,6 +98,13 @@ absl::StatusOr<BoundedCounter> BoundedCounter::Decrement(ReplicaId replica, uint
                                                       " units of rights, ", n, " requested"));
   }
   Spent& slot = SpentSlot(replica);
+  // The slot is cumulative and can pass kMaxUnits (rights received from many replicas, spent
+  // over time): a state past it would be refused by every decoder, so refuse the change instead.
+  if (n > kMaxUnits - slot.units) {
+    return absl::OutOfRangeError(absl::StrCat("replica ", replica, " has spent ", slot.units,
+                                              " units; ", n, " more would pass the limit of ",
+                                              kMaxUnits));
+  }
   slot.units += n;
   slot.seq = std::max(slot.seq, seq);
   BoundedCounter delta;
@@ -118,6 +125,11 @@ absl::StatusOr<BoundedCounter> BoundedCounter::Move(ReplicaId from, ReplicaId to
                                                       " units of rights, ", n, " to transfer"));
   }
   Transfer& slot = TransferSlot(from, to);
+  if (n > kMaxUnits - slot.units) {  // cumulative too: see Decrement
+    return absl::OutOfRangeError(absl::StrCat("replica ", from, " has moved ", slot.units,
+                                              " units to ", to, "; ", n,
+                                              " more would pass the limit of ", kMaxUnits));
+  }
   slot.units += n;
   slot.seq = std::max(slot.seq, seq);
   BoundedCounter delta;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include "crdt/codec.h"
 #include "crdt/crdt_testing.h"
 
 namespace meridian::crdt {
@@ -72,6 +73,29 @@ TEST(BoundedCounter, RefusedOperationChangesNothing) {
   EXPECT_FALSE(a.Move(1, 2, 3, 2).ok());
   EXPECT_FALSE(a.Increment(1, BoundedCounter::kMaxUnits, 2).ok());
   EXPECT_EQ(a, before);
+}
+
+// A replica's spent and moved units are cumulative: with rights received from others they can
+// grow past kMaxUnits, where every decoder refuses the state. The change is refused instead,
+// and the state stays decodable.
+TEST(BoundedCounter, CumulativeSlotsStayWithinTheLimit) {
+  constexpr uint64_t kMax = BoundedCounter::kMaxUnits;
+  BoundedCounter a;
+  ASSERT_TRUE(a.Increment(1, kMax, 1).ok());
+  ASSERT_TRUE(a.Decrement(1, kMax, 2).ok());  // replica 1 has spent the limit
+  ASSERT_TRUE(a.Increment(2, kMax, 1).ok());
+  ASSERT_TRUE(a.Move(2, 1, kMax, 2).ok());  // and holds the limit again, from replica 2
+  ASSERT_TRUE(a.Increment(3, 5, 1).ok());
+  ASSERT_TRUE(a.Move(3, 2, 5, 2).ok());  // replica 2 holds rights again, from replica 3
+  BoundedCounter before = a;
+  EXPECT_FALSE(a.Decrement(1, 1, 3).ok());
+  EXPECT_FALSE(a.Move(2, 1, 1, 3).ok());  // 2 -> 1 has moved the limit
+  EXPECT_EQ(a, before);
+  EXPECT_TRUE(a.Move(2, 3, 1, 3).ok());  // other slots still move
+  EXPECT_TRUE(a.Move(1, 3, 1, 4).ok());
+  auto decoded = DecodeBoundedCounter(Encode(a));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, a);
 }
 
 RC_GTEST_PROP(BoundedCounterProp, JoinLaws, ()) {
