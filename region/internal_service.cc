@@ -472,7 +472,9 @@ class Service final : public pb::RegionInternal::Service {
     if (!stale.empty()) {
       std::sort(stale.begin(), stale.end());
       stale.erase(std::unique(stale.begin(), stale.end()), stale.end());
-      (void)app_.redis->DelMany(stale);
+      if (!app_.redis->DelMany(stale).ok()) {
+        for (const std::string& key : stale) app_.stale_hot_carts.Mark(key);
+      }
     }
     out->set_applied_through_seq(last_seq);
     out->set_applied(applied);
@@ -504,28 +506,28 @@ class Service final : public pb::RegionInternal::Service {
     if (limit < 1 || limit > 10000) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit: 1..10000");
     }
-    std::string sql;
+    std::string base_sql;
     switch (req->kind()) {
       case pb::OUTBOX_KIND_CART:
-        sql = "SELECT user_id, state, residency FROM carts";
+        base_sql = "SELECT user_id, state, residency FROM carts";
         break;
       case pb::OUTBOX_KIND_USER:
-        sql = "SELECT user_id, email, name, password_hash, residency, hlc, origin FROM users";
+        base_sql = "SELECT user_id, email, name, password_hash, residency, hlc, origin FROM users";
         break;
       case pb::OUTBOX_KIND_ORDER:
-        sql =
+        base_sql =
             "SELECT order_id, user_id, status, total_cents, currency, owner_region, epoch, "
             "residency, (SELECT coalesce(json_agg(json_build_object('sku', sku, 'quantity', "
             "quantity, 'price_cents', price_cents)), '[]') FROM order_items i WHERE i.order_id "
             "= o.order_id)::text, lease_group, version FROM orders o WHERE facts";
         break;
       case pb::OUTBOX_KIND_PRODUCT:
-        sql =
+        base_sql =
             "SELECT sku, name, description, coalesce(category_id, ''), price_cents, currency, "
             "hlc, origin FROM products WHERE hlc > 0";
         break;
       case pb::OUTBOX_KIND_INVENTORY:
-        sql = "SELECT sku, state FROM inventory";
+        base_sql = "SELECT sku, state FROM inventory";
         break;
       default:
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "kind: a document kind");
@@ -540,6 +542,10 @@ class Service final : public pb::RegionInternal::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "keys: at most 10000");
     }
     absl::Status st = pool->Run([&](pqxx::work& tx) {
+      // Built afresh on each attempt (Run retries this body after a deadlock).
+      out->clear_records();
+      out->clear_last_key();
+      std::string sql = base_sql;
       const std::string key =
           req->kind() == pb::OUTBOX_KIND_CART || req->kind() == pb::OUTBOX_KIND_USER ? "user_id"
           : req->kind() == pb::OUTBOX_KIND_ORDER                                     ? "order_id"

@@ -170,6 +170,7 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
                                                  const std::string& reason) {
   bool released = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
+    released = false;
     pqxx::result r = tx.exec(
         "SELECT state FROM reservations WHERE id = " + tx.quote(reservation_id) + " FOR UPDATE");
     if (r.empty() || r[0][0].as<std::string>() == "released") return;  // idempotent
@@ -794,6 +795,9 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     not_mine.reset();
     already.clear();
+    next.clear();
+    payment_ref.clear();
+    stale = false;
     pqxx::result r = tx.exec(
         "SELECT status, payment_ref, residency, lease_group, owner_region FROM orders WHERE "
         "order_id = " +
