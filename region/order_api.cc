@@ -622,6 +622,14 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
 
   bool stale = false;
   st = shard.Run([&](pqxx::work& tx) {
+    stale = false;
+    // The charge took a round trip: the lease must still be ours, at the same epoch, as we write
+    // (the fence below covers a newer owner this database has heard of; this, one it has not).
+    const LeaseTable::Decision now = leases->ForGroup(group);
+    if (!now.mine || now.epoch != lease.epoch) {
+      throw AbortTx{absl::UnavailableError(absl::StrCat(
+          "region ", config.name, " lost the lease of order ", order_id, " while paying it"))};
+    }
     std::string next = approved ? "paid" : "payment_declined";
     // Fenced: nothing matches if the order or its group has moved to a newer epoch.
     pqxx::result r = tx.exec(

@@ -333,6 +333,11 @@ struct Coordinator::Impl {
         ++it;
       }
     }
+    // The leases first: the region counts a lease's validity from when the push arrives, so
+    // everything between taking the views and pushing them (grants and view refreshes are RPCs of
+    // up to seconds) would be time the region believes it holds a lease the manager may no
+    // longer hold.
+    PushLeases(leases);
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
     if (!taken.empty() && on_taken_over) {
       for (RegionId g : taken) on_taken_over(g);
@@ -340,7 +345,6 @@ struct Coordinator::Impl {
     AnnounceDeclarations();
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
-    PushLeases(leases);
   }
 
   void ExecuteGrant(const RightsManager::Grant& g) {
