@@ -424,7 +424,11 @@ HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
     // fresh bucket, nor drain someone else's), the operator, else the address.
     std::string client = "ip:" + req.remote_address.substr(0, req.remote_address.rfind(':'));
     if (auto claims = Customer(req); claims.ok()) {
-      client = "user:" + claims->user_id;
+      // A customer whose data may not be held here (about to be redirected) stays limited by
+      // address: their id must not be written to this region's Redis.
+      if (services::ResidencyAllows(claims->residency, config.jurisdiction)) {
+        client = "user:" + claims->user_id;
+      }
     } else if (Operator(req).ok()) {
       client = "operator";
     }

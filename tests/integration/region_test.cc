@@ -938,6 +938,66 @@ TEST_F(RegionTest, PinnedCustomerIsRedirected) {
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM users WHERE email = 'eva@example.eu'"), 0);
 }
 
+// A customer pinned to the EU with a valid token at this US region is redirected, and nothing of
+// theirs is written here on the way: not even the rate limiter's key, which names their id.
+TEST_F(RegionTest, APinnedCustomersRequestLeavesNoKeyOfTheirsInThisRegionsRedis) {
+  services::TokenClaims claims;
+  claims.user_id = services::UserIdForEmail("eve@example.eu");
+  claims.residency = "eu";
+  claims.expires_unix_s = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count() +
+                          600;
+  const std::string token = services::IssueToken(claims, config_.token_secret);
+  EXPECT_EQ(As(token, "GET", "/v1/cart").status, 307);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto* r = static_cast<redisReply*>(redisCommand(c, "EXISTS rl:user:%s", claims.user_id.c_str()));
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->integer, 0);
+  freeReplyObject(r);
+  redisFree(c);
+}
+
+// The residency audit also proves that a pinned customer's cart and orders carry their pin: a
+// cart tagged "any" for a customer pinned to "us" could have been shipped anywhere.
+TEST_F(RegionTest, TheResidencyAuditFlagsACartTaggedMoreWidelyThanItsOwner) {
+  std::string t = NewCustomer("us");
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  const std::string user = Json::parse(add.body)["user_id"];
+  auto audit = [&] {
+    Response r = Admin("GET", "/v1/admin/residency");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Json::parse(r.body, nullptr, false);
+  };
+  auto flagged = [&](const Json& a) {
+    int n = 0;
+    for (const auto& v : a["violations"]) n += v.value("key", "") == user;
+    return n;
+  };
+  EXPECT_EQ(flagged(audit()), 0);
+  for (const auto& [pg, db] : Shards()) {
+    pqxx::connection c(pgs_[pg]->ConnectionString(db));
+    pqxx::work tx(c);
+    tx.exec0("UPDATE carts SET residency = 'any' WHERE user_id = " + tx.quote(user));
+    tx.commit();
+  }
+  Json a = audit();
+  ASSERT_EQ(flagged(a), 1) << a.dump();
+  for (const auto& v : a["violations"]) {
+    if (v.value("key", "") != user) continue;
+    EXPECT_EQ(v["kind"], "differs_from_profile");
+    EXPECT_EQ(v["profile_residency"], "us");
+  }
+  for (const auto& [pg, db] : Shards()) {  // put it back: other tests audit this region too
+    pqxx::connection c(pgs_[pg]->ConnectionString(db));
+    pqxx::work tx(c);
+    tx.exec0("UPDATE carts SET residency = 'us' WHERE user_id = " + tx.quote(user));
+    tx.commit();
+  }
+}
+
 TEST_F(RegionTest, InternalGrpcApi) {
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(app_->grpc_port()),
                                      grpc::InsecureChannelCredentials());
