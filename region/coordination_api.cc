@@ -87,8 +87,10 @@ HttpResponse RegionApp::Impl::GetRights(HttpRequest& req) {
 namespace meridian::region {
 
 // Residency audit: what this region holds per residency, and every record whose residency does
-// not allow this region's jurisdiction (there must be none; meridianctl residency audit checks
-// every region). Reads every shard; bounded output (at most 1000 violations listed).
+// not allow this region's jurisdiction, or whose tag differs from its owner's profile here (a
+// cart or order tagged more widely than the customer is pinned could have been shipped where it
+// must not go): there must be none; meridianctl residency audit checks every region. Reads every
+// shard; bounded output (at most 1000 violations listed).
 HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
   if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
   Json tables = Json::object();
@@ -111,13 +113,34 @@ HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
             violations.push_back(Json{{"table", table},
                                       {"key", r[0].as<std::string>()},
                                       {"residency", r[1].as<std::string>()},
-                                      {"database", shard->name()}});
+                                      {"database", shard->name()},
+                                      {"kind", "not_allowed_here"}});
           }
         }
       });
       if (!st.ok()) return ProblemFromStatus(st);
     }
     tables[table] = counts;
+  }
+  for (auto& shard : shards) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      for (const auto& r :
+           tx.exec("(SELECT 'carts', c.user_id, c.residency, u.residency FROM carts c JOIN users u "
+                   "USING (user_id) WHERE c.residency <> u.residency) UNION ALL (SELECT 'orders', "
+                   "o.order_id, o.residency, u.residency FROM orders o JOIN users u ON u.user_id = "
+                   "o.user_id WHERE o.residency <> u.residency) ORDER BY 1, 2 LIMIT 1000")) {
+        ++violation_count;
+        if (violations.size() < 1000) {
+          violations.push_back(Json{{"table", r[0].as<std::string>()},
+                                    {"key", r[1].as<std::string>()},
+                                    {"residency", r[2].as<std::string>()},
+                                    {"profile_residency", r[3].as<std::string>()},
+                                    {"database", shard->name()},
+                                    {"kind", "differs_from_profile"}});
+        }
+      }
+    });
+    if (!st.ok()) return ProblemFromStatus(st);
   }
   return HttpResponse::Json(200, Json{{"region", config.name},
                                       {"jurisdiction", config.jurisdiction},
