@@ -65,7 +65,11 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
   constexpr int kMaxAttempts = 5;
   int sent = 0;
   for (auto& shard : shards) {
+    // Counted once the transaction committed (Run may run the body again after a deadlock, and
+    // an attempt that rolled back recorded nothing). Delivery itself is at least once.
+    int shard_sent = 0, shard_dead = 0, shard_failed = 0;
     absl::Status st = shard->Run([&](pqxx::work& tx) {
+      shard_sent = shard_dead = shard_failed = 0;
       // SKIP LOCKED: several workers (or regions' processes) share the table without waiting.
       for (const auto& r : tx.exec("SELECT id, order_id, user_id, kind, payload, attempts FROM "
                                    "notifications WHERE sent_at IS NULL AND next_attempt_at <= "
@@ -89,8 +93,7 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
                        r[3].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>());
           tx.exec0("UPDATE notifications SET sent_at = now(), attempts = " + tx.quote(attempts) +
                    " WHERE id = " + tx.quote(id));
-          notifications_sent->Increment();
-          ++sent;
+          ++shard_sent;
         } else if (attempts >= kMaxAttempts) {
           tx.exec0(
               "INSERT INTO notifications_dead (id, order_id, user_id, kind, payload, "
@@ -98,7 +101,7 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
               tx.quote(attempts) + ", " + tx.quote(error) +
               " FROM notifications WHERE id = " + tx.quote(id));
           tx.exec0("DELETE FROM notifications WHERE id = " + tx.quote(id));
-          notifications_dead->Increment();
+          ++shard_dead;
           spdlog::warn("event=notification_dead_letter id={} attempts={} error=\"{}\"", id,
                        attempts, error);
         } else {
@@ -108,11 +111,15 @@ absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
                    ", last_error = " + tx.quote(error) + ", next_attempt_at = now() + " +
                    tx.quote(absl::StrCat(backoff_s, " seconds")) +
                    "::interval WHERE id = " + tx.quote(id));
-          notifications_failed->Increment();
+          ++shard_failed;
         }
       }
     });
     if (!st.ok()) return st;
+    notifications_sent->Increment(shard_sent);
+    notifications_dead->Increment(shard_dead);
+    notifications_failed->Increment(shard_failed);
+    sent += shard_sent;
   }
   return sent;
 }
