@@ -107,6 +107,18 @@ class LeasesTest : public ::testing::Test {
     }
   }
 
+  // One unit of `sku` into the customer's cart at `region`, checked out: the order's id (empty,
+  // and the test failed, when a step did not succeed).
+  std::string OrderOne(size_t region, const std::string& auth, const std::string& sku) {
+    Response add = Request(c_->http_port(region), "POST", "/v1/cart/items",
+                           Json{{"sku", sku}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+    EXPECT_EQ(add.status, 200) << add.body;
+    Response r =
+        Request(c_->http_port(region), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+    EXPECT_EQ(r.status, 201) << r.body;
+    return r.status == 201 ? Json::parse(r.body).value("order_id", "") : "";
+  }
+
   void Restock(size_t region, const std::string& sku, int units) {
     Response r = Request(c_->http_port(region), "POST", "/v1/admin/inventory/" + sku + "/restock",
                          Json{{"units", units}}.dump(), {{"Authorization", Operator()}});
@@ -437,13 +449,8 @@ TEST_F(LeasesTest, APinnedCustomersPaymentIsNotForwardedOutsideTheirJurisdiction
   Restock(kUs, "kettle", 10);
   auto [token, user] = Customer(kUs, "una@example.com", "us");
   const std::string auth = "Bearer " + token;
-  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
-                    Json{{"sku", "kettle"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
-                .status,
-            200);
-  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
-  ASSERT_EQ(r.status, 201) << r.body;
-  const std::string order = Json::parse(r.body).value("order_id", "");
+  const std::string order = OrderOne(kUs, auth, "kettle");
+  ASSERT_FALSE(order.empty());
 
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
@@ -496,13 +503,8 @@ TEST_F(LeasesTest, SurvivorsLearnADeadRegionsOrdersFromItsSuccessor) {
       20));
 
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
-  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
-                    Json{{"sku", "kettle"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
-                .status,
-            200);
-  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
-  ASSERT_EQ(r.status, 201) << r.body;
-  const std::string order = Json::parse(r.body).value("order_id", "");
+  const std::string order = OrderOne(kUs, auth, "kettle");
+  ASSERT_FALSE(order.empty());
   auto get = [&](size_t region) {
     return Request(c_->http_port(region), "GET", "/v1/orders/" + order, "",
                    {{"Authorization", auth}})
@@ -1157,13 +1159,8 @@ TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
   Restock(kUs, "lamp", 5);
   auto [token, user] = Customer(kUs, "cy@example.com");
   const std::string auth = "Bearer " + token;
-  ASSERT_EQ(Request(c_->http_port(kUs), "POST", "/v1/cart/items",
-                    Json{{"sku", "lamp"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
-                .status,
-            200);
-  Response r = Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
-  ASSERT_EQ(r.status, 201) << r.body;
-  const std::string order = Json::parse(r.body).value("order_id", "");
+  const std::string order = OrderOne(kUs, auth, "lamp");
+  ASSERT_FALSE(order.empty());
 
   // Another region won epoch 5 of us-east's group and synced from here: the fence is 5.
   cpb::ReadGroupOrdersRequest sync;

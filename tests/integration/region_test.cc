@@ -225,6 +225,12 @@ END $$)sql");
                  "SELECT count(*) FROM sandbox_charges WHERE order_id = '" + order_id +
                      "' AND status = '" + status + "'");
   }
+  // The operator's reconciliation of charges against orders finds nothing.
+  static void ExpectReconciled() {
+    Response rec = Admin("POST", "/v1/admin/reconcile");
+    ASSERT_EQ(rec.status, 200);
+    EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+  }
   static Json Order(const std::string& token, const std::string& id) {
     Response r = As(token, "GET", "/v1/orders/" + id);
     EXPECT_EQ(r.status, 200) << r.body;
@@ -284,9 +290,7 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   EXPECT_EQ(Available("sku-1"), before);  // stock released
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
 
-  Response rec = Admin("POST", "/v1/admin/reconcile");
-  ASSERT_EQ(rec.status, 200);
-  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+  ExpectReconciled();
   Response metrics = Request(port_, "GET", "/metrics");
   EXPECT_NE(metrics.body.find("meridian_http_request_duration_seconds"), std::string::npos);
   EXPECT_NE(metrics.body.find("meridian_outbox_depth"), std::string::npos);
@@ -654,9 +658,7 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
       409);
   EXPECT_EQ(Charges(id, "captured"), 1);
-  Response rec = Admin("POST", "/v1/admin/reconcile");
-  ASSERT_EQ(rec.status, 200);
-  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+  ExpectReconciled();
 }
 
 // The connection breaks while the order's payment commits: the outcome is unknown to the region,
@@ -689,9 +691,7 @@ TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
   EXPECT_EQ(Charges(id, "captured"), 0);
   EXPECT_EQ(Charges(id, "refunded"), 1);
   EXPECT_EQ(Available("sku-4"), before);
-  Response rec = Admin("POST", "/v1/admin/reconcile");
-  ASSERT_EQ(rec.status, 200);
-  EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
+  ExpectReconciled();
 }
 
 // The connection breaks while a checkout's order commits: the region cannot know whether the
