@@ -43,6 +43,7 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
   cmake --build build-san -j "$JOBS"
   step "sanitizer tests"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0" \
     ctest --test-dir build-san --output-on-failure -j "$JOBS"
 
   if [[ "$FUZZ_SECONDS" -gt 0 ]]; then

@@ -259,8 +259,11 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
 // the peer refused it, the stream ended, and every redial sent the same batch again.
 TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
   constexpr int kOrders = 5001;
+  // A long peer timeout: building a page this size takes seconds in the sanitizer build (with
+  // other tests running), without a heartbeat meanwhile, and a 1.5 s timeout ended every attempt
+  // before its batch was sent.
   ASSERT_NO_FATAL_FAILURE(StartCluster(
-      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "{heartbeat_ms: 200, peer_timeout_ms: 10000, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, batch_max_records: 5001, batch_max_bytes: 8388608}"));
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   // Paid orders in us-east's shard0 that its outbox no longer holds (truncated: the sequence
