@@ -192,6 +192,10 @@ struct Coordinator::Impl {
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
   std::set<RegionId> peers_up;  // streams that came up: tell them of declarations (under acks_mu)
+  // Declarations against this region whose write-off failed (the region unreachable, a database
+  // error): tried again every tick until it succeeds, since until then the region still counts
+  // the reclaimed units as its own rights (under acks_mu).
+  std::map<std::string, pb::RightsRetire> pending_retires;
 
   std::atomic<bool> stopping{false};
   std::mutex wake_mu;
@@ -343,6 +347,7 @@ struct Coordinator::Impl {
       for (RegionId g : taken) on_taken_over(g);
     }
     AnnounceDeclarations();
+    RetryRetires();
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
   }
@@ -741,11 +746,29 @@ struct Coordinator::Impl {
     if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
       return absl::InvalidArgumentError(absl::StrCat("rights retire: ", s.error_message()));
     }
-    if (s.ok() && !resp.already()) {
+    if (!s.ok()) {
+      spdlog::warn(
+          "event=rights_retire_failed declared_by={} declaration={} error=\"{}\" "
+          "(tried again next tick)",
+          Name(r.declared_by()), r.declaration_id(), s.error_message());
+      std::lock_guard<std::mutex> l(acks_mu);
+      pending_retires.emplace(r.declaration_id(), r);
+      return absl::OkStatus();
+    }
+    if (!resp.already()) {
       spdlog::warn("event=rights_written_off declared_by={} declaration={} units={}",
                    Name(r.declared_by()), r.declaration_id(), resp.units());
     }
-    return absl::OkStatus();  // a failure is retried when the stream comes up again
+    return absl::OkStatus();
+  }
+
+  void RetryRetires() {
+    std::map<std::string, pb::RightsRetire> again;
+    {
+      std::lock_guard<std::mutex> l(acks_mu);
+      again.swap(pending_retires);
+    }
+    for (const auto& [id, r] : again) (void)OnRetire(r);  // re-queued if it fails again
   }
 
   HttpResponse DeclareLost(HttpRequest& req) {

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
@@ -657,6 +658,24 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
     }
   }
   EXPECT_EQ(sold, 40);
+  // us-east's first write-off fails (its database refuses it once): until it succeeds, us-east
+  // counts the reclaimed units as its own, so it is tried again at once, not only when a stream
+  // next comes up.
+  {
+    pqxx::connection conn(c_->Dsn(kUs, "global"));
+    pqxx::work tx(conn);
+    tx.exec0(R"sql(
+CREATE SEQUENCE retire_fault;
+CREATE FUNCTION retire_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('retire_fault') = 1 THEN RAISE EXCEPTION 'injected: the first write-off fails'; END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER retire_fault AFTER INSERT ON rights_retired FOR EACH ROW
+  EXECUTE FUNCTION retire_fault();
+)sql");
+    tx.commit();
+  }
   // us-east returns: it writes off the 30 reclaimed units; every region ends with 0 available
   // (40 restocked, 40 sold) and us-east holds no rights.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
@@ -671,6 +690,10 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
         30))
         << c_->spec(i).name;
   }
+  std::ifstream log(c_->replicator_log(kUs));
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("event=rights_retire_failed"), std::string::npos);  // the fault happened
+  EXPECT_NE(text.find("event=rights_written_off"), std::string::npos);
 }
 
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
