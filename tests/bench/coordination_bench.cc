@@ -37,6 +37,7 @@
 #include "common/cli.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 
 namespace {
 
@@ -77,14 +78,7 @@ void OneInCart(const Cluster& c, size_t region, const std::string& auth, const s
   }
 }
 
-bool Eventually(const std::function<bool()>& f, double seconds) {
-  auto until = Clock::now() + std::chrono::milliseconds(static_cast<int>(seconds * 1000));
-  while (Clock::now() < until) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return f();
-}
+using meridian::test_support::Eventually;
 
 void WaitForLeases(const Cluster& c) {
   for (size_t i = 0; i < c.size(); ++i) {

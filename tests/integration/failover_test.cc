@@ -23,6 +23,7 @@
 
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 #include "tests/support/ports.h"
 #include "tests/support/process.h"
 #include "tests/support/temp_dir.h"
@@ -46,14 +47,7 @@ int64_t MsSince(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-bool Eventually(const std::function<bool()>& done, double seconds, int poll_ms = 50) {
-  const auto until = Clock::now() + std::chrono::milliseconds(static_cast<int>(seconds * 1000));
-  while (Clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
-  }
-  return done();
-}
+using test_support::Eventually;
 
 Json GetJson(uint16_t port, const std::string& path, const std::string& token = "") {
   std::vector<std::pair<std::string, std::string>> headers;

@@ -25,6 +25,7 @@
 #include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 #include "tests/support/forged_peer.h"
 
 namespace meridian {
@@ -39,15 +40,7 @@ namespace rpb = ::meridian::replication::v1;
 
 constexpr size_t kUs = 0, kEu = 1, kAp = 2;
 
-bool Eventually(const std::function<bool()>& done, double seconds) {
-  auto until = std::chrono::steady_clock::now() +
-               std::chrono::milliseconds(static_cast<int>(seconds * 1000));
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return done();
-}
+using test_support::Eventually;
 
 // Fast leases for tests: 3 s ttl, renewals every 500 ms, handback 2 s after home is back.
 const char* kFastLeases =

@@ -33,6 +33,7 @@
 #include "services/auth.h"
 #include "services/domain.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 #include "tests/support/forged_peer.h"
 
 namespace meridian {
@@ -47,14 +48,9 @@ namespace rpb = ::meridian::replication::v1;
 // us-east (replica 1) dials eu-west (replica 2); a forged peer speaks as us-east to eu-west.
 constexpr size_t kUs = 0, kEu = 1;
 
+// Polls every 100 ms.
 bool Eventually(const std::function<bool()>& done, double seconds) {
-  const auto until = std::chrono::steady_clock::now() +
-                     std::chrono::milliseconds(static_cast<int>(seconds * 1000));
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
+  return test_support::Eventually(done, seconds, 100);
 }
 
 class ReplicationFaults : public ::testing::Test {

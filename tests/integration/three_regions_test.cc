@@ -28,6 +28,7 @@
 #include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/eventually.h"
 #include "tests/support/forged_peer.h"
 #include "tests/support/process.h"
 
@@ -46,14 +47,9 @@ using Lines = std::map<std::string, int64_t>;
 constexpr size_t kUs = 0, kEu = 1, kAp = 2;
 
 // Polls `done` until it holds or `seconds` pass.
+// Polls every 100 ms.
 bool Eventually(const std::function<bool()>& done, double seconds) {
-  auto until = std::chrono::steady_clock::now() +
-               std::chrono::milliseconds(static_cast<int>(seconds * 1000));
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
+  return test_support::Eventually(done, seconds, 100);
 }
 
 class ThreeRegions : public ::testing::Test {
