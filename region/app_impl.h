@@ -185,6 +185,11 @@ struct RegionApp::Impl {
   // The lease group of an order row (older rows carry 0 and their creator's name).
   uint32_t GroupOf(int64_t lease_group, const std::string& owner_region) const;
   std::string RegionName(uint32_t replica) const;
+  // Whether peer `replica`'s jurisdiction allows data of `residency` (false for an unknown one).
+  bool PeerMayHold(uint32_t replica, std::string_view residency) const;
+  // Refunds the captured charges that `where` (an SQL condition on sandbox_charges) selects;
+  // returns the ids of those refunded. Idempotent: a refunded charge is not selected again.
+  static std::vector<std::string> RefundCaptured(pqxx::work& tx, const std::string& where);
   // The outbox stream name of a database ("shard-0-<id>"), as the replicator reports acks.
   absl::StatusOr<std::string> StreamName(PgPool& pool);
   // Raises the fence of `group` to `epoch` in every shard (never lowers it).

@@ -46,11 +46,7 @@ HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& 
   // The request carries the customer's id and card number: it goes only to a region allowed to
   // hold their data (a failover can hand a pinned customer's orders to a region outside their
   // jurisdiction; it holds none of them, and the home region takes the lease back).
-  bool allowed = false;
-  for (const auto& p : config.peers) {
-    if (p.replica_id == owner) allowed = services::ResidencyAllows(residency, p.jurisdiction);
-  }
-  if (!allowed) {
+  if (!PeerMayHold(owner, residency)) {
     forwards->Add({{"result", "residency"}}).Increment();
     spdlog::info("event=order_forward_refused order={} owner={} residency={}", order_id, owner_name,
                  residency);

@@ -43,16 +43,15 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
       // Expired, cancelled, declined, or no order at all (a checkout that died half-way). A
       // capture of an order that is not paid is a payment whose order update was in doubt and
       // never retried: the money goes back too.
-      st = global->Run([&](pqxx::work& tx) {
-        pqxx::result r = tx.exec(
-            "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents WHERE "
-            "order_id = " +
-            tx.quote(id) + " AND status = 'captured' RETURNING charge_id");
-        for (const auto& row : r) {
+      std::vector<std::string> refunded;
+      st = global->Run(
+          [&](pqxx::work& tx) { refunded = RefundCaptured(tx, "order_id = " + tx.quote(id)); });
+      if (st.ok()) {
+        for (const std::string& charge : refunded) {
           spdlog::info("event=stray_capture_refunded order={} charge={} order_status={}", id,
-                       row[0].as<std::string>(), status);
+                       charge, status);
         }
-      });
+      }
       if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status));
       if (st.ok()) ++released;
     }

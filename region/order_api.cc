@@ -490,12 +490,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     if (stream.ok() && event_seq > 0) {
       const std::string residency = who->residency;
       peer = peer_acks.WaitFor(
-          *stream, event_seq,
-          [&](uint32_t p) {
-            for (const auto& pr : config.peers)
-              if (pr.replica_id == p) return services::ResidencyAllows(residency, pr.jurisdiction);
-            return false;
-          },
+          *stream, event_seq, [&](uint32_t p) { return PeerMayHold(p, residency); },
           std::chrono::steady_clock::now() +
               std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
     }
@@ -671,12 +666,8 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     }
     if (approved) {
       // The order was not paid here: give the money back rather than leave a stray capture.
-      (void)global->Run([&](pqxx::work& tx) {
-        tx.exec0(
-            "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents WHERE "
-            "charge_id = " +
-            tx.quote(charge_id) + " AND status = 'captured'");
-      });
+      (void)global->Run(
+          [&](pqxx::work& tx) { RefundCaptured(tx, "charge_id = " + tx.quote(charge_id)); });
     }
     return st;
   }
@@ -862,12 +853,8 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     return NotOwnerProblem(order_id, *not_mine);
   }
   if (!payment_ref.empty()) {
-    st = global->Run([&](pqxx::work& tx) {
-      tx.exec0(
-          "UPDATE sandbox_charges SET status = 'refunded', refunded_cents = amount_cents "
-          "WHERE charge_id = " +
-          tx.quote(payment_ref) + " AND status = 'captured'");
-    });
+    st = global->Run(
+        [&](pqxx::work& tx) { RefundCaptured(tx, "charge_id = " + tx.quote(payment_ref)); });
     if (!st.ok()) return ProblemFromStatus(st);
   }
   st = ReleaseReservation(order_id, next);
@@ -901,6 +888,22 @@ uint32_t RegionApp::Impl::GroupOf(int64_t lease_group, const std::string& owner_
   for (const auto& p : config.peers)
     if (p.name == owner_region && p.replica_id != 0) return p.replica_id;
   return config.replica_id;
+}
+
+bool RegionApp::Impl::PeerMayHold(uint32_t replica, std::string_view residency) const {
+  for (const auto& p : config.peers)
+    if (p.replica_id == replica) return services::ResidencyAllows(residency, p.jurisdiction);
+  return false;
+}
+
+std::vector<std::string> RegionApp::Impl::RefundCaptured(pqxx::work& tx, const std::string& where) {
+  std::vector<std::string> ids;
+  for (const auto& r : tx.exec("UPDATE sandbox_charges SET status = 'refunded', refunded_cents = "
+                               "amount_cents WHERE status = 'captured' AND " +
+                               where + " RETURNING charge_id")) {
+    ids.push_back(r[0].as<std::string>());
+  }
+  return ids;
 }
 
 std::string RegionApp::Impl::RegionName(uint32_t replica) const {

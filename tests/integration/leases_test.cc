@@ -25,6 +25,7 @@
 #include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
+#include "tests/support/db_fault.h"
 #include "tests/support/eventually.h"
 #include "tests/support/forged_peer.h"
 
@@ -654,21 +655,9 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   // us-east's first write-off fails (its database refuses it once): until it succeeds, us-east
   // counts the reclaimed units as its own, so it is tried again at once, not only when a stream
   // next comes up.
-  {
-    pqxx::connection conn(c_->Dsn(kUs, "global"));
-    pqxx::work tx(conn);
-    tx.exec0(R"sql(
-CREATE SEQUENCE retire_fault;
-CREATE FUNCTION retire_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF nextval('retire_fault') = 1 THEN RAISE EXCEPTION 'injected: the first write-off fails'; END IF;
-  RETURN NULL;
-END $$;
-CREATE TRIGGER retire_fault AFTER INSERT ON rights_retired FOR EACH ROW
-  EXECUTE FUNCTION retire_fault();
-)sql");
-    tx.commit();
-  }
+  test_support::DbFault retire_fault({c_->Dsn(kUs, "global")}, "retire_fault",
+                                     test_support::DbFault::Kind::kError, "INSERT",
+                                     "rights_retired", "true");
   // us-east returns: it writes off the 30 reclaimed units; every region ends with 0 available
   // (40 restocked, 40 sold) and us-east holds no rights.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());

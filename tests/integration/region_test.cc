@@ -23,6 +23,7 @@
 #include "services/auth.h"
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
+#include "tests/support/db_fault.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
 
@@ -161,61 +162,16 @@ class RegionTest : public ::testing::Test {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
   }
 
-  // A fault in a database, for the next `times` rows that `event` (e.g. "UPDATE ON orders") and
-  // `when` (a trigger condition on NEW) match: kError fails the statement (with `sqlstate`:
-  // 40P01 is a deadlock, which PgPool retries); kKillAtCommit ends
-  // the session during its COMMIT (a deferred trigger terminates its own backend), so that the
-  // client cannot know whether the transaction committed (libpqxx's in_doubt_error). A sequence
-  // counts the rows: unlike a table, it is not rolled back with the failed transaction. The
-  // trigger is dropped with the returned guard.
-  enum class Fault { kError, kKillAtCommit };
-  struct FaultGuard {
-    std::vector<std::pair<int, std::string>> dbs;
-    std::string name, table;
-    ~FaultGuard() {
-      for (const auto& [pg, db] : dbs) {
-        pqxx::connection c(pgs_[pg]->ConnectionString(db));
-        pqxx::work tx(c);
-        tx.exec0("DROP TRIGGER " + name + " ON " + table + "; DROP SEQUENCE " + name);
-        tx.commit();
-      }
-    }
-  };
-  static std::unique_ptr<FaultGuard> InjectFault(std::vector<std::pair<int, std::string>> dbs,
-                                                 const std::string& name, Fault fault,
-                                                 const std::string& event, const std::string& table,
-                                                 const std::string& when, int times = 1,
-                                                 const std::string& sqlstate = "P0001") {
-    for (const auto& [pg, db] : dbs) {
-      pqxx::connection c(pgs_[pg]->ConnectionString(db));
-      pqxx::work tx(c);
-      tx.exec0(R"sql(
-CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF nextval(TG_ARGV[0]::regclass) <= TG_ARGV[1]::bigint THEN
-    IF TG_ARGV[2] = 'kill' THEN
-      PERFORM pg_terminate_backend(pg_backend_pid());
-    ELSE
-      RAISE EXCEPTION 'injected fault %', TG_ARGV[0] USING ERRCODE = TG_ARGV[3];
-    END IF;
-  END IF;
-  RETURN NULL;
-END $$)sql");
-      tx.exec0("CREATE SEQUENCE " + name);
-      tx.exec0(std::string(fault == Fault::kKillAtCommit
-                               ? "CREATE CONSTRAINT TRIGGER " + name + " AFTER " + event + " ON " +
-                                     table + " DEFERRABLE INITIALLY DEFERRED"
-                               : "CREATE TRIGGER " + name + " AFTER " + event + " ON " + table) +
-               " FOR EACH ROW WHEN (" + when + ") EXECUTE FUNCTION test_fault('" + name + "', '" +
-               std::to_string(times) + "', '" + (fault == Fault::kKillAtCommit ? "kill" : "error") +
-               "', '" + sqlstate + "')");
-      tx.commit();
-    }
-    auto guard = std::make_unique<FaultGuard>();  // built in place: its destructor drops
-    guard->dbs = std::move(dbs);
-    guard->name = name;
-    guard->table = table;
-    return guard;
+  // test_support::DbFault in databases named by (server, database).
+  using Fault = test_support::DbFault::Kind;
+  static std::unique_ptr<test_support::DbFault> InjectFault(
+      const std::vector<std::pair<int, std::string>>& dbs, const std::string& name, Fault fault,
+      const std::string& event, const std::string& table, const std::string& when, int times = 1,
+      const std::string& sqlstate = "P0001") {
+    std::vector<std::string> dsns;
+    for (const auto& [pg, db] : dbs) dsns.push_back(pgs_[pg]->ConnectionString(db));
+    return std::make_unique<test_support::DbFault>(std::move(dsns), name, fault, event, table, when,
+                                                   times, sqlstate);
   }
   static std::vector<std::pair<int, std::string>> Shards() {
     return {{0, "shard0"}, {1, "shard1"}};
