@@ -205,6 +205,7 @@ absl::Status RedisClient::Ping() {
 
 void StaleKeys::Mark(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
+  any_.store(true, std::memory_order_release);
   auto it = keys_.find(key);
   if (it != keys_.end()) {
     it->second = ++generation_;
@@ -224,8 +225,11 @@ void StaleKeys::Mark(const std::string& key) {
 }
 
 bool StaleKeys::IsStale(const std::string& key) const {
+  if (!any_.load(std::memory_order_acquire)) return false;
   std::lock_guard<std::mutex> lock(mu_);
-  return keys_.count(key) > 0 || std::chrono::steady_clock::now() < all_until_;
+  const bool window = std::chrono::steady_clock::now() < all_until_;
+  if (keys_.empty() && !window) any_.store(false, std::memory_order_release);
+  return window || keys_.count(key) > 0;
 }
 
 size_t StaleKeys::Repair(RedisClient& redis, size_t batch) {
@@ -245,6 +249,9 @@ size_t StaleKeys::Repair(RedisClient& redis, size_t batch) {
     auto it = keys_.find(keys[i]);
     // Marked again after the DEL was sent: that failure may have left a copy older still.
     if (it != keys_.end() && it->second == generations[i]) keys_.erase(it);
+  }
+  if (keys_.empty() && std::chrono::steady_clock::now() >= all_until_) {
+    any_.store(false, std::memory_order_release);
   }
   return keys_.size();
 }

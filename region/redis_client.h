@@ -91,6 +91,9 @@ class StaleKeys {
   std::unordered_map<std::string, uint64_t> keys_;  // key -> the generation of its last mark
   uint64_t generation_ = 0;
   std::chrono::steady_clock::time_point all_until_{};
+  // False while nothing is listed and no overflow window is open: IsStale, on every cart read,
+  // then takes no lock. Set under mu_ by Mark, cleared under mu_ once nothing is stale.
+  mutable std::atomic<bool> any_{false};
 };
 
 }  // namespace meridian::region
