@@ -1012,15 +1012,23 @@ class Service final : public pb::RegionInternal::Service {
     sql += "SELECT 0, NULL, NULL, seq FROM replication_applied WHERE origin = " +
            tx.quote(req.origin()) + " AND origin_db = " + tx.quote(req.origin_database());
     if (!keys.empty()) {
-      sql +=
-          " UNION ALL SELECT 1, user_id, state, version FROM carts WHERE user_id IN (" + keys + ")";
+      sql += " UNION ALL SELECT 1, user_id, state, version FROM carts WHERE user_id IN (" + keys +
+             ") UNION ALL SELECT 2, user_id, convert_to(residency, 'UTF8'), 0 FROM users WHERE "
+             "user_id IN (" +
+             keys + ")";
     }
     int64_t high = req.state() ? -1 : 0;  // a state transfer joins everything
     std::map<std::string, std::pair<crdt::Cart, int64_t>> current;
+    std::map<std::string, std::string> profile_residency;  // of the carts' owners stored here
     const pqxx::result rows = tx.exec(sql);
     for (const auto& r : rows) {
       if (r[0].as<int>() == 0) {
         if (!req.state()) high = r[3].as<int64_t>();
+        continue;
+      }
+      if (r[0].as<int>() == 2) {
+        pqxx::binarystring b(r[2]);
+        profile_residency[r[1].as<std::string>()] = b.str();
         continue;
       }
       pqxx::binarystring b(r[2]);
@@ -1036,6 +1044,19 @@ class Service final : public pb::RegionInternal::Service {
       }
       ++*n_applied;
       if (p->cart) {
+        // A cart tagged unlike its owner's stored profile belongs to another account with the
+        // same id: the same e-mail registered elsewhere while this region's customer is pinned
+        // here (the id comes from the e-mail; the other region could not see the pinned
+        // profile). Merging it would put that account's items into this customer's cart.
+        auto owner = profile_residency.find(p->record->key());
+        if (owner != profile_residency.end() && owner->second != p->record->residency()) {
+          spdlog::warn(
+              "event=cart_residency_conflict user_id={} stored={} incoming={} origin={} seq={} "
+              "(not merged: another account under the same id)",
+              p->record->key(), owner->second, p->record->residency(), req.origin(),
+              p->record->seq());
+          continue;
+        }
         carts[p->record->key()].push_back(p);
       } else if (p->inventory) {
         stock[p->record->key()].push_back(p);

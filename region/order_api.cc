@@ -29,6 +29,18 @@ namespace meridian::region {
 
 namespace {
 
+// The filter for "this customer's orders": the customer's id and the residency of their stored
+// profile. An order tagged otherwise belongs to another account under the same id (the id comes
+// from the e-mail, and the same e-mail can be registered elsewhere while the customer is pinned
+// here): it replicated here, but it is not this customer's to see, pay or cancel. Without a
+// stored profile (a forwarded call that arrived before it), the id alone.
+std::string OfCustomer(pqxx::work& tx, const std::string& user_id) {
+  const std::string id = tx.quote(user_id);
+  return " AND user_id = " + id +
+         " AND residency = COALESCE((SELECT u.residency FROM users u WHERE u.user_id = " + id +
+         "), residency)";
+}
+
 // Payment attempts of one order whose charge was refunded because the order's update failed
 // (each a transient database failure): past this, Pay refuses rather than charge again.
 constexpr int kMaxPaymentAttempts = 8;
@@ -85,7 +97,7 @@ bool IsStale(pqxx::work& tx, const std::string& order_id, uint32_t group, int64_
 
 std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::string& user_id,
                                                 const std::string& key) {
-  pqxx::result r = tx.exec("SELECT order_id FROM orders WHERE user_id = " + tx.quote(user_id) +
+  pqxx::result r = tx.exec("SELECT order_id FROM orders WHERE true" + OfCustomer(tx, user_id) +
                            " AND idempotency_key = " + tx.quote(key));
   if (r.empty()) return std::nullopt;
   return r[0][0].as<std::string>();
@@ -140,7 +152,7 @@ absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
     pqxx::result r = tx.exec(
         "SELECT order_id, status, total_cents, currency, owner_region, epoch, payment_ref, "
         "extract(epoch from created_at)::bigint AS created FROM orders WHERE order_id = " +
-        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+        tx.quote(order_id) + OfCustomer(tx, user_id));
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     const auto& row = r[0];
     Json items = Json::array();
@@ -557,7 +569,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     pqxx::result r = tx.exec(
         "SELECT status, total_cents, currency, residency, lease_group, owner_region FROM orders "
         "WHERE order_id = " +
-        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+        tx.quote(order_id) + OfCustomer(tx, user_id));
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     std::string status = r[0][0].as<std::string>();
     if (status != "pending_payment") {
@@ -722,7 +734,7 @@ HttpResponse RegionApp::Impl::PayForUser(const std::string& user_id, const std::
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     pqxx::result r =
         tx.exec("SELECT lease_group, owner_region, residency FROM orders WHERE order_id = " +
-                tx.quote(order_id) + " AND user_id = " + tx.quote(user_id));
+                tx.quote(order_id) + OfCustomer(tx, user_id));
     if (r.empty()) return;
     o.found = true;
     o.group = GroupOf(r[0][0].as<int64_t>(), r[0][1].as<std::string>());
@@ -749,8 +761,9 @@ HttpResponse RegionApp::Impl::ListOrders(HttpRequest& req) {
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   std::vector<std::string> ids;
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
-    for (const auto& r : tx.exec("SELECT order_id FROM orders WHERE user_id = " +
-                                 tx.quote(who->user_id) + " ORDER BY created_at DESC LIMIT 100")) {
+    for (const auto& r :
+         tx.exec("SELECT order_id FROM orders WHERE true" + OfCustomer(tx, who->user_id) +
+                 " ORDER BY created_at DESC LIMIT 100")) {
       ids.push_back(r[0].as<std::string>());
     }
   });
@@ -800,7 +813,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     pqxx::result r = tx.exec(
         "SELECT status, payment_ref, residency, lease_group, owner_region FROM orders WHERE "
         "order_id = " +
-        tx.quote(order_id) + " AND user_id = " + tx.quote(user_id) + " FOR UPDATE");
+        tx.quote(order_id) + OfCustomer(tx, user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     const uint32_t group = GroupOf(r[0][3].as<int64_t>(), r[0][4].as<std::string>());
     residency = r[0][2].as<std::string>();

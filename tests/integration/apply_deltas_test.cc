@@ -319,6 +319,64 @@ TEST_F(ApplyDeltasTest, AProfileWriteNeverChangesAStoredResidency) {
   EXPECT_EQ(login(*us2_, "somebody-elses-password"), 401);
 }
 
+// The other half of the same collision: the second account's cart and orders, tagged `any`,
+// replicate into the pinned customer's home region under the same id. They must not merge into
+// the customer's cart, nor show up (or be payable, cancellable) among the customer's orders.
+TEST_F(ApplyDeltasTest, AnotherAccountsCartAndOrdersUnderTheSameIdStayApart) {
+  const std::string email = "dora@example.com";
+  auto token = [&](Region& r, const std::string& residency, const std::string& password) {
+    EXPECT_EQ(
+        Request(r.port(), "POST", "/v1/users",
+                Json{{"email", email}, {"password", password}, {"residency", residency}}.dump())
+            .status,
+        201);
+    Response s = Request(r.port(), "POST", "/v1/sessions",
+                         Json{{"email", email}, {"password", password}}.dump());
+    return Json::parse(s.body).value("token", "");
+  };
+  auto as = [](Region& r, const std::string& t, const std::string& method, const std::string& path,
+               const std::string& body = "") {
+    return Request(r.port(), method, path, body, {{"Authorization", "Bearer " + t}});
+  };
+  const std::string pinned = token(*us2_, "us", "doras-own-password");
+  ASSERT_EQ(as(*us2_, pinned, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status,
+            200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const std::string other = token(*us_, "any", "somebody-elses-password");
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/admin/inventory/sku-1/restock", R"({"units":10})",
+                    {{"Authorization", std::string("Bearer ") + kOperator}})
+                .status,
+            200);
+  ASSERT_EQ(as(*us_, other, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":4})").status,
+            200);
+  Response order = as(*us_, other, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(order.status, 201) << order.body;
+  const std::string order_id = Json::parse(order.body)["order_id"];
+  ASSERT_EQ(as(*us_, other, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":5})").status,
+            200);
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+
+  Json lines = Cart(*us2_, pinned);
+  ASSERT_EQ(lines.size(), 1u) << lines;
+  EXPECT_EQ(lines[0]["quantity"], 1) << "the other account's items merged into the cart";
+  EXPECT_TRUE(Json::parse(as(*us2_, pinned, "GET", "/v1/orders").body)["items"].empty());
+  EXPECT_EQ(as(*us2_, pinned, "GET", "/v1/orders/" + order_id).status, 404);
+  EXPECT_EQ(as(*us2_, pinned, "POST", "/v1/orders/" + order_id + "/cancel").status, 404);
+  // The order itself replicated (a successor may need it); only the customer cannot reach it.
+  pqxx::connection c0(us2_->pg->ConnectionString("shard0"));
+  pqxx::connection c1(us2_->pg->ConnectionString("shard1"));
+  int64_t stored = 0;
+  for (auto* c : {&c0, &c1}) {
+    pqxx::work tx(*c);
+    stored += tx.exec1("SELECT count(*) FROM orders WHERE order_id = " + tx.quote(order_id))[0]
+                  .as<int64_t>();
+  }
+  EXPECT_EQ(stored, 1);
+  // The account it belongs to still sees both.
+  EXPECT_EQ(Cart(*us_, other)[0]["quantity"], 5);
+  EXPECT_EQ(as(*us_, other, "GET", "/v1/orders/" + order_id).status, 200);
+}
+
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   auto put = [](Region& r, const std::string& body) {
     return Request(r.port(), "PUT", "/v1/admin/products/sku-2", body,
