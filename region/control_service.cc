@@ -375,6 +375,13 @@ class ControlService final : public pb::RegionControl::Service {
         req->units() > crdt::BoundedCounter::kMaxUnits) {
       return Invalid("TransferRights: sku, destination or units out of range");
     }
+    // Rights are spent (sold or given) only under this region's own lease: a region without it
+    // may have been declared lost, its rights reclaimed by the others, and not yet written off.
+    if (!app_.leases->ForGroup(app_.config.replica_id).mine) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "TransferRights: this region does not hold its own lease (its rights "
+                          "may have been reclaimed while it was away)");
+    }
     bool moved = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       moved = false;

@@ -163,6 +163,7 @@ struct Coordinator::Impl {
     std::set<RegionId> done;
     std::map<RegionId, std::chrono::steady_clock::time_point> asked;
     bool usable = false;
+    bool held_for_retires = false;  // quorum answered; waits for this region's write-offs
   };
   std::map<RegionId, Sync> syncs;  // per group being synced after a win
   struct CatchUp {
@@ -294,6 +295,14 @@ struct Coordinator::Impl {
       lm->Tick();
       taken.swap(taken_over);
       grants = rm->Tick();
+      // Rights are spent (sold or given) only under this region's own lease, usable only once its
+      // write-offs are done (HomeSyncMayFinish): a returning region's rights may include units
+      // reclaimed from it. The manager takes an unexecuted grant as one the view will correct.
+      if (!grants.empty() && !lm->CanMutate(config.replica_id)) {
+        spdlog::debug("event=rights_grants_held count={} (no usable lease of our own)",
+                      grants.size());
+        grants.clear();
+      }
       leases = lm->Views();
       // The region reads at most 10,000 SKUs a call: what was asked about first, in slices, then
       // the cached views to refresh.
@@ -348,6 +357,14 @@ struct Coordinator::Impl {
     }
     AnnounceDeclarations();
     RetryRetires();
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = syncs.find(config.replica_id);
+      if (it != syncs.end() && it->second.held_for_retires) {
+        MaybeFinishSync(config.replica_id, it->second);
+        if (it->second.usable && it->second.done.size() == config.peers.size()) syncs.erase(it);
+      }
+    }
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
   }
@@ -478,11 +495,34 @@ struct Coordinator::Impl {
     s = Sync{epoch, {}, {}, false};
     NoteTakeover(group, epoch);
     spdlog::info("event=lease_sync_started group={} epoch={}", Name(group), epoch);
-    if (SyncQuorum() <= 1) {
-      s.usable = true;
-      lm->SyncDone(group, epoch);  // the peers are still asked, for their fences and late orders
-    }
+    if (SyncQuorum() <= 1) MaybeFinishSync(group, s);  // the peers are still asked anyway
     Wake();
+  }
+
+  // Makes a won lease usable once a quorum has answered its sync (under mu). This region's own
+  // group also waits for every write-off of rights reclaimed from it (pending_retires): until
+  // they commit, its rights still count units other regions now hold, and a usable lease would
+  // let it sell them.
+  void MaybeFinishSync(RegionId group, Sync& s) {
+    if (s.usable || s.done.size() + 1 < SyncQuorum()) return;
+    if (group == config.replica_id) {
+      std::lock_guard<std::mutex> l(acks_mu);
+      if (!pending_retires.empty()) {
+        if (!s.held_for_retires) {
+          spdlog::warn(
+              "event=lease_held_for_write_off group={} epoch={} pending={} (usable once the "
+              "rights reclaimed from this region are written off)",
+              Name(group), s.epoch, pending_retires.size());
+        }
+        s.held_for_retires = true;
+        return;
+      }
+    }
+    s.usable = true;
+    spdlog::info("event=lease_sync_done group={} epoch={} peers_synced={}", Name(group), s.epoch,
+                 s.done.size());
+    lm->SyncDone(group, s.epoch);
+    Wake();  // the tick tells the region at once that it may act on the group
   }
 
   absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
@@ -577,14 +617,8 @@ struct Coordinator::Impl {
     if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();
     Sync& s = it->second;
     s.done.insert(from);
-    if (!s.usable && s.done.size() + 1 >= SyncQuorum()) {
-      s.usable = true;
-      spdlog::info("event=lease_sync_done group={} epoch={} peers_synced={}", Name(m.group()),
-                   m.epoch(), s.done.size());
-      lm->SyncDone(m.group(), m.epoch());
-      Wake();  // the tick tells the region at once that it may act on the group
-    }
-    if (s.done.size() == config.peers.size()) syncs.erase(it);
+    MaybeFinishSync(m.group(), s);
+    if (s.usable && s.done.size() == config.peers.size()) syncs.erase(it);
     return absl::OkStatus();
   }
 

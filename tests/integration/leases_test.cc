@@ -635,33 +635,50 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   EXPECT_EQ(Json::parse(again.body).value("reclaimed_units", -1), 0) << again.body;
   EXPECT_EQ(Json::parse(again.body).value("already_reclaimed_units", 0), 30) << again.body;
   EXPECT_EQ(rights(kEu, "eu-west"), 40);
-  // eu-west sells all 40 units it now holds.
-  auto [token, user] = Customer(kEu, "dee@example.com");
-  const std::string auth = "Bearer " + token;
-  int sold = 0;
-  for (int i = 0; i < 45; ++i) {
-    if (Request(c_->http_port(kEu), "PUT", "/v1/cart/items/vase", Json{{"quantity", 1}}.dump(),
+  // One vase per checkout, in a cart of its own.
+  auto checkout = [&](size_t at, const std::string& auth) {
+    if (Request(c_->http_port(at), "PUT", "/v1/cart/items/vase", Json{{"quantity", 1}}.dump(),
                 {{"Authorization", auth}})
             .status == 404) {
-      Request(c_->http_port(kEu), "POST", "/v1/cart/items",
+      Request(c_->http_port(at), "POST", "/v1/cart/items",
               Json{{"sku", "vase"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
     }
-    if (Request(c_->http_port(kEu), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
-            .status == 201) {
-      ++sold;
-    }
-  }
+    return Request(c_->http_port(at), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
+        .status;
+  };
+  // eu-west sells all 40 units it now holds.
+  const std::string auth = "Bearer " + Customer(kEu, "dee@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 45; ++i) sold += checkout(kEu, auth) == 201;
   EXPECT_EQ(sold, 40);
-  // us-east's first write-off fails (its database refuses it once): until it succeeds, us-east
-  // counts the reclaimed units as its own, so it is tried again at once, not only when a stream
-  // next comes up.
-  test_support::DbFault retire_fault({c_->Dsn(kUs, "global")}, "retire_fault",
-                                     test_support::DbFault::Kind::kError, "INSERT",
-                                     "rights_retired", "true");
+  // us-east's write-off fails (its database refuses it) for a while: until it succeeds, us-east
+  // counts the reclaimed units as its own, so it is tried again every tick (not only when a
+  // stream next comes up), and us-east spends no rights: its own lease stays unusable, so it
+  // neither sells (503) nor grants to ap-south, which has none (409).
+  auto retire_fault = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kUs, "global")}, "retire_fault",
+      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
   // us-east returns: it writes off the 30 reclaimed units; every region ends with 0 available
   // (40 restocked, 40 sold) and us-east holds no rights.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  auto logged = [&](const std::string& what) {
+    std::ifstream log(c_->replicator_log(kUs));
+    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    return text.find(what) != std::string::npos;
+  };
+  ASSERT_TRUE(Eventually([&] { return logged("event=rights_retire_failed"); }, 20));
+  const std::string us_auth = "Bearer " + Customer(kUs, "eve@example.com").first;
+  const std::string ap_auth = "Bearer " + Customer(kAp, "fay@example.com").first;
+  // Longer than a handback (2 s after eu-west hears us-east) and a takeover sync.
+  const auto window = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+  while (std::chrono::steady_clock::now() < window) {
+    EXPECT_EQ(checkout(kUs, us_auth), 503) << "us-east sold rights reclaimed from it";
+    EXPECT_NE(checkout(kAp, ap_auth), 201) << "us-east gave away rights reclaimed from it";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  EXPECT_TRUE(logged("event=lease_held_for_write_off"));
+  retire_fault.reset();
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_TRUE(Eventually(
         [&] {
@@ -672,10 +689,9 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
         30))
         << c_->spec(i).name;
   }
-  std::ifstream log(c_->replicator_log(kUs));
-  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  EXPECT_NE(text.find("event=rights_retire_failed"), std::string::npos);  // the fault happened
-  EXPECT_NE(text.find("event=rights_written_off"), std::string::npos);
+  EXPECT_TRUE(logged("event=rights_written_off"));
+  // With the write-off done, us-east has its lease again and nothing to sell.
+  EXPECT_TRUE(Eventually([&] { return checkout(kUs, us_auth) == 409; }, 20));
 }
 
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
