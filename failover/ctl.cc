@@ -952,6 +952,20 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
       }
     }
     out["controllers_recorded"] = recorded;
+    const Json answer = ParseJson(res2);
+    if (answer.is_object() && !answer.value("recorded_by_majority", true)) {
+      std::string by = target;
+      if (answer.contains("recorded_by") && answer["recorded_by"].is_array()) {
+        for (const auto& peer : answer["recorded_by"])
+          if (peer.is_string()) absl::StrAppend(&by, ", ", peer.get<std::string>());
+      }
+      r.err += absl::StrCat(
+          "warning: the declaration is not yet recorded by a majority of regions (only by ", by,
+          "): if ", target,
+          " is lost before the others record it, a later holder could reclaim the same units "
+          "again. It is sent to each peer again when its stream comes up; running declare-lost "
+          "again re-sends it and reclaims nothing twice.\n");
+    }
     r.out = json_ ? Dump(out)
                   : absl::StrCat(
                         region, " declared lost; its inventory rights were reclaimed into ", target,

@@ -383,6 +383,18 @@ TEST_F(CtlTest, DeclareLost) {
   EXPECT_NE(r.err.find("warning: controller eu-west did not record it"), std::string::npos);
   EXPECT_NE(r.out.find("eu-west declared lost; its inventory rights were reclaimed into us-east"),
             std::string::npos);
+  EXPECT_EQ(r.err.find("not yet recorded by a majority"), std::string::npos) << r.err;
+  // Reclaimed, but no peer recorded the declaration in time: said, still a success.
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
+                R"({"region":"eu-west","declaration_id":"dl10","declared_by":"us-east",)"
+                R"("reclaimed":[{"sku":"vase","units":3}],"reclaimed_units":3,"recorded_by":[],)"
+                R"("recorded_by_majority":false})");
+  r = run("eu-west", true, false);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: the declaration is not yet recorded by a majority of regions "
+                       "(only by us-east)"),
+            std::string::npos)
+      << r.err;
   std::ifstream in(audit);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("decision=declare_lost region=eu-west into=us-east"), std::string::npos);

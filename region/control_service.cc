@@ -427,14 +427,14 @@ class ControlService final : public pb::RegionControl::Service {
       d->set_declared_by(app_.config.replica_id);
       d->set_declared_unix_ms(UnixNowMs());
       // What earlier declarations reclaimed and the region has not been told of: those units are
-      // still counted in its rights here (it writes them off when it returns), and are ours
-      // already. Declaring it lost again (a retry, an operator's second try) reclaims only the
-      // rest, or the same units would be restocked twice.
+      // still counted in its rights here (it writes them off when it returns), and are ours or
+      // another survivor's already. Declaring it lost again (a retry, an operator's second try,
+      // a later holder of its group after the first declarer died) reclaims only the rest, or
+      // the same units would be restocked twice. Other regions' declarations are here once
+      // recorded (RecordLostDeclaration).
       std::map<std::string, int64_t> open;
       for (const auto& r : tx.exec("SELECT sku, sum(units) FROM lost_declarations WHERE region = " +
-                                   tx.quote(req->region()) +
-                                   " AND declared_by = " + tx.quote(app_.config.replica_id) +
-                                   " AND NOT announced GROUP BY sku")) {
+                                   tx.quote(req->region()) + " AND NOT announced GROUP BY sku")) {
         open[r[0].as<std::string>()] = r[1].as<int64_t>();
         out->set_already_reclaimed_units(out->already_reclaimed_units() + r[1].as<uint64_t>());
       }
@@ -500,6 +500,48 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_units(static_cast<uint64_t>(r[4].as<int64_t>()));
       }
     }));
+  }
+
+  grpc::Status RecordLostDeclaration(grpc::ServerContext*,
+                                     const pb::RecordLostDeclarationRequest* req,
+                                     pb::RecordLostDeclarationResponse* out) override {
+    const auto& d = req->declaration();
+    if (d.id().empty() || d.id().size() > 64 || !ValidReplica(d.region()) ||
+        !ValidReplica(d.declared_by()) || d.region() == app_.config.replica_id ||
+        d.declared_by() == app_.config.replica_id || d.declared_by() == d.region() ||
+        d.items_size() == 0 || d.items_size() > 100000) {
+      return Invalid(
+          "RecordLostDeclaration: another region's declaration against a third is required");
+    }
+    for (const auto& i : d.items()) {
+      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
+          i.units() > crdt::BoundedCounter::kMaxUnits) {
+        return Invalid("RecordLostDeclaration: malformed item");
+      }
+    }
+    bool already = false;
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      std::string values;
+      for (const auto& i : d.items()) {
+        values += (values.empty() ? "(" : ", (") + tx.quote(d.id()) + ", " + tx.quote(d.region()) +
+                  ", " + tx.quote(d.declared_by()) + ", " + tx.quote(i.sku()) + ", " +
+                  tx.quote(static_cast<int64_t>(i.units())) + ", to_timestamp(" +
+                  tx.quote(static_cast<double>(d.declared_unix_ms()) / 1000) + "))";
+      }
+      already = tx.exec(
+                      "INSERT INTO lost_declarations (id, region, declared_by, sku, units, "
+                      "declared_at) VALUES " +
+                      values + " ON CONFLICT (id, sku) DO NOTHING RETURNING 1")
+                    .empty();
+    });
+    if (!st.ok()) return FromStatus(st);
+    out->set_already(already);
+    if (!already) {
+      spdlog::warn("event=lost_declaration_recorded region={} declared_by={} id={} skus={}",
+                   app_.RegionName(d.region()), app_.RegionName(d.declared_by()), d.id(),
+                   d.items_size());
+    }
+    return grpc::Status::OK;
   }
 
   grpc::Status RetireRights(grpc::ServerContext*, const pb::RetireRightsRequest* req,

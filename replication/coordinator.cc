@@ -76,6 +76,14 @@ pb::Frame ToFrame(const RightsMessage& m) {
   return f;
 }
 
+// A declaration's shape (its SKUs and units are checked by the region that stores it). In a
+// takeover sync's reply its declarer may be any region (the replier's records of others'); in a
+// write-off or a declaration frame it must be the sender (CheckFrame).
+bool WellFormed(const pb::RightsRetire& r) {
+  return !r.declaration_id().empty() && r.declaration_id().size() <= 64 && r.declared_by() != 0 &&
+         r.declared_by() <= 255 && r.items_size() <= 100000;
+}
+
 absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
   if (r.has_gossip()) {
     if (r.gossip().entries_size() > 100000) {
@@ -197,6 +205,9 @@ struct Coordinator::Impl {
   // error): tried again every tick until it succeeds, since until then the region still counts
   // the reclaimed units as its own rights (under acks_mu).
   std::map<std::string, pb::RightsRetire> pending_retires;
+  // Our declarations: the peers that recorded each (DeclarationRecorded), under acks_mu.
+  std::map<std::string, std::set<RegionId>> recorded_by;
+  std::condition_variable recorded_cv;
 
   std::atomic<bool> stopping{false};
   std::mutex wake_mu;
@@ -563,6 +574,13 @@ struct Coordinator::Impl {
     r->set_catch_up(m.catch_up());
     r->set_last_key(resp.last_key());
     r->set_done(resp.done());
+    if (resp.done() && !m.catch_up()) {
+      // Every declaration against the group's home region known here, whoever made it: if the
+      // home region is the one taking the group back, it writes them off before it sells.
+      std::vector<rpb::LostDeclaration> known;
+      if (!ListDeclarations(m.group(), false, &known)) return absl::OkStatus();  // asked again
+      for (const auto& d : known) ToRetire(d, r->add_declarations());
+    }
     for (const auto& o : resp.orders()) {
       pb::SyncedOrder* x = r->add_orders();
       x->set_order_id(o.order_id());
@@ -597,6 +615,14 @@ struct Coordinator::Impl {
       std::lock_guard<std::mutex> l(mu);
       auto it = syncs.find(m.group());
       if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();  // old
+    }
+    // Taking our own group back: what was reclaimed from us while we were away is written off
+    // before the peer counts towards the quorum (a failed write-off waits in pending_retires,
+    // which holds the lease back: MaybeFinishSync).
+    if (m.done() && m.group() == config.replica_id) {
+      for (const auto& d : m.declarations()) {
+        if (absl::Status st = OnRetire(d); !st.ok()) return st;
+      }
     }
     if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
       return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
@@ -735,30 +761,111 @@ struct Coordinator::Impl {
       up.swap(peers_up);
     }
     for (RegionId peer : up) {
-      rpb::ListLostDeclarationsRequest req;
-      req.set_region(peer);
-      req.set_mark_announced(true);
-      rpb::ListLostDeclarationsResponse resp;
-      auto ctx = Ctx(2000);
-      if (!region->ListLostDeclarations(ctx.get(), req, &resp).ok()) {
+      std::vector<rpb::LostDeclaration> against;
+      if (!ListDeclarations(peer, true, &against)) {
         std::lock_guard<std::mutex> l(acks_mu);
         peers_up.insert(peer);  // try again next tick
         continue;
       }
-      for (const auto& d : resp.declarations()) {
+      for (const auto& d : against) {
+        // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest).
+        if (d.declared_by() != config.replica_id) continue;
         pb::Frame f;
-        pb::RightsRetire* r = f.mutable_rights()->mutable_retire();
-        r->set_declaration_id(d.id());
-        r->set_declared_by(d.declared_by());
-        r->set_declared_unix_ms(d.declared_unix_ms());
-        for (const auto& i : d.items()) {
-          auto* x = r->add_items();
-          x->set_sku(i.sku());
-          x->set_units(i.units());
-        }
+        ToRetire(d, f.mutable_rights()->mutable_retire());
         (void)send(peer, std::move(f));
       }
+      // And our declarations against the others, for the peer to record (again: idempotent).
+      for (const auto& other : config.peers) {
+        if (other.replica_id != peer) SendDeclarations(other.replica_id, peer);
+      }
     }
+  }
+
+  static void ToRetire(const rpb::LostDeclaration& d, pb::RightsRetire* r) {
+    r->set_declaration_id(d.id());
+    r->set_declared_by(d.declared_by());
+    r->set_declared_unix_ms(d.declared_unix_ms());
+    for (const auto& i : d.items()) {
+      auto* x = r->add_items();
+      x->set_sku(i.sku());
+      x->set_units(i.units());
+    }
+  }
+
+  // The declarations recorded here against `region`, from every declarer.
+  bool ListDeclarations(RegionId lost, bool mark_announced,
+                        std::vector<rpb::LostDeclaration>* out) {
+    rpb::ListLostDeclarationsRequest req;
+    req.set_region(lost);
+    req.set_mark_announced(mark_announced);
+    rpb::ListLostDeclarationsResponse resp;
+    auto ctx = Ctx(2000);
+    grpc::Status s = region->ListLostDeclarations(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event=lost_declarations_read_failed region={} error=\"{}\"", Name(lost),
+                   s.error_message());
+      return false;
+    }
+    out->assign(resp.declarations().begin(), resp.declarations().end());
+    return true;
+  }
+
+  // Sends our declarations against `lost` to `to` (every peer but `lost` when 0), to record.
+  void SendDeclarations(RegionId lost, RegionId to = 0) {
+    std::vector<rpb::LostDeclaration> known;
+    if (!ListDeclarations(lost, false, &known)) return;
+    for (const auto& d : known) {
+      if (d.declared_by() != config.replica_id) continue;
+      for (const auto& p : config.peers) {
+        if (p.replica_id == lost || (to != 0 && p.replica_id != to)) continue;
+        pb::Frame f;
+        pb::LostRegionDeclared* x = f.mutable_rights()->mutable_declared();
+        x->set_region(lost);
+        ToRetire(d, x->mutable_declaration());
+        (void)send(p.replica_id, std::move(f));
+      }
+    }
+  }
+
+  // A peer's declaration against a third region: recorded here, then acknowledged.
+  absl::Status OnDeclared(RegionId from, const pb::LostRegionDeclared& m) {
+    rpb::RecordLostDeclarationRequest req;
+    rpb::LostDeclaration* d = req.mutable_declaration();
+    const pb::RightsRetire& r = m.declaration();
+    d->set_id(r.declaration_id());
+    d->set_region(m.region());
+    d->set_declared_by(r.declared_by());
+    d->set_declared_unix_ms(r.declared_unix_ms());
+    for (const auto& i : r.items()) {
+      auto* x = d->add_items();
+      x->set_sku(i.sku());
+      x->set_units(i.units());
+    }
+    rpb::RecordLostDeclarationResponse resp;
+    auto ctx = Ctx(10000);
+    grpc::Status s = region->RecordLostDeclaration(ctx.get(), req, &resp);
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return absl::InvalidArgumentError(absl::StrCat("lost region declared: ", s.error_message()));
+    }
+    if (!s.ok()) {
+      spdlog::warn(
+          "event=lost_declaration_record_failed declared_by={} region={} id={} error=\"{}\" "
+          "(recorded when the declarer sends it again: its next declare, or a new stream)",
+          Name(from), Name(m.region()), r.declaration_id(), s.error_message());
+      return absl::OkStatus();
+    }
+    pb::Frame f;
+    f.mutable_rights()->mutable_recorded()->set_declaration_id(r.declaration_id());
+    (void)send(from, std::move(f));
+    return absl::OkStatus();
+  }
+
+  void OnRecorded(RegionId from, const pb::DeclarationRecorded& m) {
+    {
+      std::lock_guard<std::mutex> l(acks_mu);
+      recorded_by[m.declaration_id()].insert(from);
+    }
+    recorded_cv.notify_all();
   }
 
   // `r` passed CheckFrame: declared by the peer it came from.
@@ -843,6 +950,21 @@ struct Coordinator::Impl {
       items.push_back(Json{{"sku", i.sku()}, {"units", i.units()}});
       units += i.units();
     }
+    // The declaration goes to every other peer to record (with our earlier ones against the same
+    // region, in case a peer missed them): recorded by a majority, it outlives us. We wait a
+    // little for that and say whether it happened; a peer that missed it gets it again when its
+    // stream next comes up.
+    const std::string id = dresp.declaration().id();
+    SendDeclarations(lost->replica_id);
+    Json recorded = Json::array();
+    bool majority = true;
+    if (units > 0) {
+      std::unique_lock<std::mutex> l(acks_mu);
+      recorded_cv.wait_for(l, std::chrono::seconds(5),
+                           [&] { return recorded_by[id].size() + 1 >= SyncQuorum(); });
+      for (RegionId p : recorded_by[id]) recorded.push_back(Name(p));
+      majority = recorded_by[id].size() + 1 >= SyncQuorum();
+    }
     spdlog::warn("event=region_declared_lost region={} by=operator reclaimed_units={} id={}", name,
                  units, dresp.declaration().id());
     return HttpResponse::Json(200,
@@ -852,6 +974,8 @@ struct Coordinator::Impl {
                                    {"reclaimed", items},
                                    {"reclaimed_units", units},
                                    {"already_reclaimed_units", dresp.already_reclaimed_units()},
+                                   {"recorded_by", recorded},
+                                   {"recorded_by_majority", majority},
                                    {"note",
                                     "units the lost region sold but never shipped are "
                                     "reclaimed too; if it returns, it writes its reclaimed "
@@ -1103,17 +1227,30 @@ absl::Status Coordinator::CheckFrame(RegionId peer, const pb::Frame& frame) {
     }
     case pb::Frame::kSyncReply: {
       const pb::GroupSyncReply& m = frame.sync_reply();
-      if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000) {
+      if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000 ||
+          m.declarations_size() > 10000) {
         return absl::InvalidArgumentError("sync reply: group or size out of range");
+      }
+      for (const auto& d : m.declarations()) {
+        if (!WellFormed(d)) return absl::InvalidArgumentError("sync reply: malformed declaration");
       }
       return absl::OkStatus();
     }
     case pb::Frame::kRights: {
-      if (!frame.rights().has_retire()) return absl::OkStatus();
-      const pb::RightsRetire& r = frame.rights().retire();
-      if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() != peer ||
-          r.items_size() > 100000) {
+      const pb::RightsFrame& rf = frame.rights();
+      if (rf.has_retire() && (!WellFormed(rf.retire()) || rf.retire().declared_by() != peer)) {
         return absl::InvalidArgumentError("rights retire: malformed declaration");
+      }
+      // A peer's own declaration, against a third region (the region refuses one against us).
+      if (rf.has_declared() &&
+          (!WellFormed(rf.declared().declaration()) ||
+           rf.declared().declaration().declared_by() != peer || rf.declared().region() == 0 ||
+           rf.declared().region() > 255 || rf.declared().region() == peer)) {
+        return absl::InvalidArgumentError("lost region declared: malformed declaration");
+      }
+      if (rf.has_recorded() &&
+          (rf.recorded().declaration_id().empty() || rf.recorded().declaration_id().size() > 64)) {
+        return absl::InvalidArgumentError("declaration recorded: malformed id");
       }
       return absl::OkStatus();
     }
@@ -1135,6 +1272,11 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
     }
     case pb::Frame::kRights: {
       if (frame.rights().has_retire()) return c.OnRetire(frame.rights().retire());
+      if (frame.rights().has_declared()) return c.OnDeclared(peer, frame.rights().declared());
+      if (frame.rights().has_recorded()) {
+        c.OnRecorded(peer, frame.rights().recorded());
+        return absl::OkStatus();
+      }
       auto m = FromFrame(frame.rights());
       if (!m.ok()) return m.status();
       {

@@ -216,6 +216,33 @@ class LeasesTest : public ::testing::Test {
                                     outcome + "\",peer=\"" + peer + "\"}");
   }
 
+  // `of`'s rights in `sku` as region `at` sees them (-1: no answer).
+  int64_t Rights(size_t at, const std::string& sku, const std::string& of) {
+    Response r = Request(c_->http_port(at), "GET", "/v1/admin/rights/" + sku, "",
+                         {{"Authorization", Operator()}});
+    Json j = Json::parse(r.body, nullptr, false);
+    if (!j.is_object()) return -1;
+    for (const auto& x : j["regions"])
+      if (x.value("region", "") == of) return x.value("rights", int64_t{0});
+    return 0;
+  }
+  // Declares us-east lost at region `at`.
+  Response DeclareUsLost(size_t at) {
+    return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
+                   {{"Authorization", Operator()}});
+  }
+  // A checkout of one `sku` at `at`, in a cart of its own: the status.
+  int CheckoutOne(size_t at, const std::string& auth, const std::string& sku) {
+    if (Request(c_->http_port(at), "PUT", "/v1/cart/items/" + sku, Json{{"quantity", 1}}.dump(),
+                {{"Authorization", auth}})
+            .status == 404) {
+      Request(c_->http_port(at), "POST", "/v1/cart/items",
+              Json{{"sku", sku}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+    }
+    return Request(c_->http_port(at), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
+        .status;
+  }
+
   int64_t Count(size_t region, const std::string& sql) {
     int64_t n = 0;
     for (const char* db : {"shard0", "shard1"}) {
@@ -603,20 +630,9 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   Product(kUs, "vase");
   Restock(kUs, "vase", 30);
   Restock(kEu, "vase", 10);
-  auto rights = [&](size_t at, const std::string& of) -> int64_t {
-    Response r = Request(c_->http_port(at), "GET", "/v1/admin/rights/vase", "",
-                         {{"Authorization", Operator()}});
-    Json j = Json::parse(r.body, nullptr, false);
-    if (!j.is_object()) return -1;
-    for (const auto& x : j["regions"])
-      if (x.value("region", "") == of) return x.value("rights", int64_t{0});
-    return 0;
-  };
+  auto rights = [&](size_t at, const std::string& of) { return Rights(at, "vase", of); };
   ASSERT_TRUE(Eventually([&] { return rights(kEu, "us-east") == 30; }, 20));
-  auto declare = [&](size_t at) {
-    return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
-                   {{"Authorization", Operator()}});
-  };
+  auto declare = [&](size_t at) { return DeclareUsLost(at); };
   // Not while us-east is alive.
   EXPECT_EQ(declare(kEu).status, 409);
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
@@ -635,17 +651,7 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   EXPECT_EQ(Json::parse(again.body).value("reclaimed_units", -1), 0) << again.body;
   EXPECT_EQ(Json::parse(again.body).value("already_reclaimed_units", 0), 30) << again.body;
   EXPECT_EQ(rights(kEu, "eu-west"), 40);
-  // One vase per checkout, in a cart of its own.
-  auto checkout = [&](size_t at, const std::string& auth) {
-    if (Request(c_->http_port(at), "PUT", "/v1/cart/items/vase", Json{{"quantity", 1}}.dump(),
-                {{"Authorization", auth}})
-            .status == 404) {
-      Request(c_->http_port(at), "POST", "/v1/cart/items",
-              Json{{"sku", "vase"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
-    }
-    return Request(c_->http_port(at), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
-        .status;
-  };
+  auto checkout = [&](size_t at, const std::string& auth) { return CheckoutOne(at, auth, "vase"); };
   // eu-west sells all 40 units it now holds.
   const std::string auth = "Bearer " + Customer(kEu, "dee@example.com").first;
   int sold = 0;
@@ -692,6 +698,61 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   EXPECT_TRUE(logged("event=rights_written_off"));
   // With the write-off done, us-east has its lease again and nothing to sell.
   EXPECT_TRUE(Eventually([&] { return checkout(kUs, us_auth) == 409; }, 20));
+}
+
+// A declaration outlives its declarer: eu-west reclaims us-east's rights, sells them and dies;
+// us-east returns while eu-west is still down (us-east and ap-south are a majority). ap-south
+// recorded the declaration when it was made, hands it to us-east in the sync that gives us-east
+// its group back, and us-east writes its rights off before it sells: nothing is sold twice.
+TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "bowl");
+  Restock(kUs, "bowl", 30);
+  Restock(kEu, "bowl", 10);
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "bowl", "us-east") == 30; }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  Response d = DeclareUsLost(kEu);
+  ASSERT_EQ(d.status, 200) << d.body;
+  Json dj = Json::parse(d.body);
+  EXPECT_EQ(dj.value("reclaimed_units", 0), 30);
+  EXPECT_TRUE(dj.value("recorded_by_majority", false)) << d.body;
+  EXPECT_EQ(dj["recorded_by"], Json::array({"ap-south"})) << d.body;
+  {
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations WHERE declared_by = 2 AND "
+                       "region = 1 AND sku = 'bowl' AND units = 30")[0]
+                  .as<int64_t>(),
+              1);
+  }
+  const std::string eu_auth = "Bearer " + Customer(kEu, "gil@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 45; ++i) sold += CheckoutOne(kEu, eu_auth, "bowl") == 201;
+  EXPECT_EQ(sold, 40);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        Response inv = Request(c_->http_port(kAp), "GET", "/v1/inventory/bowl");
+        return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 30;
+      },
+      20));  // ap-south has eu-west's sales; us-east's 30 are still counted until its write-off
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs, /*await_streams=*/false).ok());
+  const std::string us_auth = "Bearer " + Customer(kUs, "hal@example.com").first;
+  int sold_again = 0;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        const int status = CheckoutOne(kUs, us_auth, "bowl");
+        sold_again += status == 201;
+        return status == 409;  // the lease is back and there is nothing to sell
+      },
+      60));
+  EXPECT_EQ(sold_again, 0) << "us-east sold units eu-west had reclaimed and sold";
+  EXPECT_EQ(Rights(kUs, "bowl", "us-east"), 0);
 }
 
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
@@ -821,6 +882,32 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     f.mutable_rights()->mutable_retire()->set_declaration_id("forged");
     f.mutable_rights()->mutable_retire()->set_declared_by(c_->spec(kUs).replica_id);
     expect_rejected(p.SendAndFinish(f), "rights retire");
+  }
+  {  // a declaration in another region's name
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_rights()->mutable_declared()->set_region(c_->spec(kUs).replica_id);
+    f.mutable_rights()->mutable_declared()->mutable_declaration()->set_declaration_id("forged");
+    f.mutable_rights()->mutable_declared()->mutable_declaration()->set_declared_by(
+        c_->spec(kUs).replica_id);
+    expect_rejected(p.SendAndFinish(f), "lost region declared");
+  }
+  {  // a declaration against the region it is sent to: its own write-off is not the peer's call
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* d = f.mutable_rights()->mutable_declared();
+    d->set_region(ap);
+    d->mutable_declaration()->set_declaration_id("forged");
+    d->mutable_declaration()->set_declared_by(c_->spec(kEu).replica_id);
+    auto* item = d->mutable_declaration()->add_items();
+    item->set_sku("vase");
+    item->set_units(5);
+    expect_rejected(p.SendAndFinish(f), "lost region declared");
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations")[0].as<int64_t>(), 0);
   }
   // SKUs the region would refuse: taken in, they made every later rights-view refresh fail.
   {  // gossip about a SKU with a space
