@@ -760,6 +760,15 @@ class Session {
         NotifyAll();  // a reader held back by the apply queue's size
         break;
       }
+      // The ship loop sends heartbeats between its reads, but not while one call takes long (a
+      // state page read from a busy region, a slow outbox poll): the peer would take us for
+      // silent and end the stream, every attempt. Keep it told from here too.
+      if (up_ && SteadyTime::now() - last_sent_.load() >=
+                     std::chrono::milliseconds(r_.config.heartbeat_ms)) {
+        l.unlock();
+        (void)Heartbeat();  // false: the session is ending, which the loop sees
+        l.lock();
+      }
     }
   }
 
@@ -819,6 +828,7 @@ class Session {
       for (const Cursor& c : cursors) absl::StrAppend(&s, c.stream, ":", c.after_seq, " ");
       return s;
     }());
+    up_ = true;  // both hellos are through: heartbeats may go out (Watch)
     sender_ = std::thread([this, cursors]() mutable { Ship(std::move(cursors)); });
     absl::Status result = absl::OkStatus();
     while (stream_.Read(&f)) {
@@ -1921,6 +1931,7 @@ class Session {
   int64_t inflight_bytes_ = 0;
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};
+  std::atomic<bool> up_{false};  // the hellos were exchanged
   std::atomic<bool> ship_error_{false};
   std::shared_ptr<Outlet> outlet_;  // this session's coordination frames (peer_.send)
   std::atomic<bool> over_{false};   // done_, for waits outside mu_

@@ -17,7 +17,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <set>
@@ -256,8 +258,8 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
 TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
   constexpr int kOrders = 5001;
   // A long peer timeout: building a page this size takes seconds in the sanitizer build (with
-  // other tests running), without a heartbeat meanwhile, and a 1.5 s timeout ended every attempt
-  // before its batch was sent.
+  // other tests running). Heartbeats now go out meanwhile (AStatePageSlowToReadKeepsTheStreamUp);
+  // the timeout stays long so that this test is about the batch limit alone.
   ASSERT_NO_FATAL_FAILURE(StartCluster(
       "{heartbeat_ms: 200, peer_timeout_ms: 10000, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, batch_max_records: 5001, batch_max_bytes: 8388608}"));
@@ -281,6 +283,51 @@ TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
   EXPECT_TRUE(Eventually([&] { return orders() == kOrders; }, 60))
       << orders() << " of " << kOrders << " orders reached eu-west";
   EXPECT_EQ(Metric(kEu, "meridian_replication_rejected_frames_total{peer=\"us-east\"}"), 0);
+}
+
+// A state page that takes longer to read than the peer's timeout (here: us-east's orders table
+// locked for 4 s, against a 1.5 s timeout) used to send nothing meanwhile: eu-west ended the
+// stream as silent, and every redial started the transfer over into the same wait. Heartbeats
+// now go out while the page is read, the stream stays up, and the orders arrive once the lock
+// goes.
+TEST_F(ReplicationFaults, AStatePageSlowToReadKeepsTheStreamUp) {
+  constexpr int kOrders = 20;
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300}"));
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  const std::string user = UserOnShard("slow-buyer", 0);
+  Exec(kUs, "shard0",
+       "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+       "owner_region, residency, lease_group, epoch, version) SELECT 'o-slow-' || g, '" +
+           user +
+           "', 'paid', 100, 'USD', 'o-slow-' || g, 'us-east', 'any', 1, 1, 2 FROM "
+           "generate_series(1, " +
+           std::to_string(kOrders) + ") g");
+  Exec(kUs, "shard0", "SELECT nextval('outbox_seq_seq')");  // not in the outbox: a state transfer
+  pqxx::connection holder(c_->Dsn(kUs, "shard0"));
+  pqxx::work lock(holder);
+  lock.exec0("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  // The page is being read (its query waits for the lock) before the 4 s start.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Count(kUs, "shard0",
+                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                     "query LIKE '%FROM orders o WHERE%'") > 0;
+      },
+      20));
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  lock.abort();
+  auto orders = [&] {
+    return Count(kEu, "shard0", "SELECT count(*) FROM orders WHERE order_id LIKE 'o-slow-%'") +
+           Count(kEu, "shard1", "SELECT count(*) FROM orders WHERE order_id LIKE 'o-slow-%'");
+  };
+  EXPECT_TRUE(Eventually([&] { return orders() == kOrders; }, 30)) << orders();
+  std::ifstream log(c_->replicator_log(kEu));
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text.find("event=replication_peer_silent peer=us-east"), std::string::npos)
+      << "eu-west took us-east for silent while it read the page";
 }
 
 // ---------------------------------------------------------------------------------------------
