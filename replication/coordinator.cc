@@ -205,7 +205,8 @@ struct Coordinator::Impl {
   // error): tried again every tick until it succeeds, since until then the region still counts
   // the reclaimed units as its own rights (under acks_mu).
   std::map<std::string, pb::RightsRetire> pending_retires;
-  // Our declarations: the peers that recorded each (DeclarationRecorded), under acks_mu.
+  // Our declarations whose declare-lost call waits: the peers that recorded each so far
+  // (DeclarationRecorded), under acks_mu.
   std::map<std::string, std::set<RegionId>> recorded_by;
   std::condition_variable recorded_cv;
 
@@ -863,7 +864,9 @@ struct Coordinator::Impl {
   void OnRecorded(RegionId from, const pb::DeclarationRecorded& m) {
     {
       std::lock_guard<std::mutex> l(acks_mu);
-      recorded_by[m.declaration_id()].insert(from);
+      auto it = recorded_by.find(m.declaration_id());
+      if (it == recorded_by.end()) return;  // not awaited (any more)
+      it->second.insert(from);
     }
     recorded_cv.notify_all();
   }
@@ -955,6 +958,10 @@ struct Coordinator::Impl {
     // little for that and say whether it happened; a peer that missed it gets it again when its
     // stream next comes up.
     const std::string id = dresp.declaration().id();
+    if (units > 0) {
+      std::lock_guard<std::mutex> l(acks_mu);
+      recorded_by[id];  // awaited: OnRecorded notes only awaited ids
+    }
     SendDeclarations(lost->replica_id);
     Json recorded = Json::array();
     bool majority = true;
@@ -964,6 +971,7 @@ struct Coordinator::Impl {
                            [&] { return recorded_by[id].size() + 1 >= SyncQuorum(); });
       for (RegionId p : recorded_by[id]) recorded.push_back(Name(p));
       majority = recorded_by[id].size() + 1 >= SyncQuorum();
+      recorded_by.erase(id);
     }
     spdlog::warn("event=region_declared_lost region={} by=operator reclaimed_units={} id={}", name,
                  units, dresp.declaration().id());
