@@ -793,7 +793,20 @@ struct Coordinator::Impl {
     }
   }
 
-  // The declarations recorded here against `region`, from every declarer.
+  // The inverse: the declaration `r` against `lost`, as the region takes it.
+  static void FromRetire(const pb::RightsRetire& r, RegionId lost, rpb::LostDeclaration* d) {
+    d->set_id(r.declaration_id());
+    d->set_region(lost);
+    d->set_declared_by(r.declared_by());
+    d->set_declared_unix_ms(r.declared_unix_ms());
+    for (const auto& i : r.items()) {
+      auto* x = d->add_items();
+      x->set_sku(i.sku());
+      x->set_units(i.units());
+    }
+  }
+
+  // The declarations recorded here against `lost`, from every declarer.
   bool ListDeclarations(RegionId lost, bool mark_announced,
                         std::vector<rpb::LostDeclaration>* out) {
     rpb::ListLostDeclarationsRequest req;
@@ -831,17 +844,8 @@ struct Coordinator::Impl {
   // A peer's declaration against a third region: recorded here, then acknowledged.
   absl::Status OnDeclared(RegionId from, const pb::LostRegionDeclared& m) {
     rpb::RecordLostDeclarationRequest req;
-    rpb::LostDeclaration* d = req.mutable_declaration();
     const pb::RightsRetire& r = m.declaration();
-    d->set_id(r.declaration_id());
-    d->set_region(m.region());
-    d->set_declared_by(r.declared_by());
-    d->set_declared_unix_ms(r.declared_unix_ms());
-    for (const auto& i : r.items()) {
-      auto* x = d->add_items();
-      x->set_sku(i.sku());
-      x->set_units(i.units());
-    }
+    FromRetire(r, m.region(), req.mutable_declaration());
     rpb::RecordLostDeclarationResponse resp;
     auto ctx = Ctx(10000);
     grpc::Status s = region->RecordLostDeclaration(ctx.get(), req, &resp);
@@ -871,19 +875,11 @@ struct Coordinator::Impl {
     recorded_cv.notify_all();
   }
 
-  // `r` passed CheckFrame: declared by the peer it came from.
+  // A declaration against this region (`r` passed CheckFrame: from a write-off frame, declared
+  // by its sender; from a takeover sync's reply, by any region): written off once.
   absl::Status OnRetire(const pb::RightsRetire& r) {
     rpb::RetireRightsRequest req;
-    rpb::LostDeclaration* d = req.mutable_declaration();
-    d->set_id(r.declaration_id());
-    d->set_region(config.replica_id);
-    d->set_declared_by(r.declared_by());
-    d->set_declared_unix_ms(r.declared_unix_ms());
-    for (const auto& i : r.items()) {
-      auto* x = d->add_items();
-      x->set_sku(i.sku());
-      x->set_units(i.units());
-    }
+    FromRetire(r, config.replica_id, req.mutable_declaration());
     rpb::RetireRightsResponse resp;
     auto ctx = Ctx(10000);
     grpc::Status s = region->RetireRights(ctx.get(), req, &resp);
