@@ -308,7 +308,7 @@ struct Coordinator::Impl {
       taken.swap(taken_over);
       grants = rm->Tick();
       // Rights are spent (sold or given) only under this region's own lease, usable only once its
-      // write-offs are done (HomeSyncMayFinish): a returning region's rights may include units
+      // write-offs are done (MaybeFinishSync): a returning region's rights may include units
       // reclaimed from it. The manager takes an unexecuted grant as one the view will correct.
       if (!grants.empty() && !lm->CanMutate(config.replica_id)) {
         spdlog::debug("event=rights_grants_held count={} (no usable lease of our own)",
@@ -371,11 +371,7 @@ struct Coordinator::Impl {
     RetryRetires();
     {
       std::lock_guard<std::mutex> l(mu);
-      auto it = syncs.find(config.replica_id);
-      if (it != syncs.end() && it->second.held_for_retires) {
-        MaybeFinishSync(config.replica_id, it->second);
-        if (it->second.usable && it->second.done.size() == config.peers.size()) syncs.erase(it);
-      }
+      AdvanceSync(config.replica_id);  // a home sync held for write-offs that are done now
     }
     for (const auto& g : grants) ExecuteGrant(g);
     RefreshViews(want);
@@ -537,6 +533,15 @@ struct Coordinator::Impl {
     Wake();  // the tick tells the region at once that it may act on the group
   }
 
+  // MaybeFinishSync for `group`'s sync, if any, which is dropped once usable and answered by
+  // every peer (under mu).
+  void AdvanceSync(RegionId group) {
+    auto it = syncs.find(group);
+    if (it == syncs.end()) return;
+    MaybeFinishSync(group, it->second);
+    if (it->second.usable && it->second.done.size() == config.peers.size()) syncs.erase(it);
+  }
+
   absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
     const Peer* p = PeerById(from);
     if (!m.catch_up()) {
@@ -642,10 +647,8 @@ struct Coordinator::Impl {
     std::lock_guard<std::mutex> l(mu);
     auto it = syncs.find(m.group());
     if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();
-    Sync& s = it->second;
-    s.done.insert(from);
-    MaybeFinishSync(m.group(), s);
-    if (s.usable && s.done.size() == config.peers.size()) syncs.erase(it);
+    it->second.done.insert(from);
+    AdvanceSync(m.group());
     return absl::OkStatus();
   }
 
