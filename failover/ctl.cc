@@ -952,20 +952,6 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
       }
     }
     out["controllers_recorded"] = recorded;
-    const Json answer = ParseJson(res2);
-    if (answer.is_object() && !answer.value("recorded_by_majority", true)) {
-      std::string by = target;
-      if (answer.contains("recorded_by") && answer["recorded_by"].is_array()) {
-        for (const auto& peer : answer["recorded_by"])
-          if (peer.is_string()) absl::StrAppend(&by, ", ", peer.get<std::string>());
-      }
-      r.err += absl::StrCat(
-          "warning: the declaration is not yet recorded by a majority of regions (only by ", by,
-          "): if ", target,
-          " is lost before the others record it, a later holder could reclaim the same units "
-          "again. It is sent to each peer again when its stream comes up; running declare-lost "
-          "again re-sends it and reclaims nothing twice.\n");
-    }
     r.out = json_ ? Dump(out)
                   : absl::StrCat(
                         region, " declared lost; its inventory rights were reclaimed into ", target,
@@ -983,6 +969,22 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
   } else if (res2.status == 409) {
     r.err += absl::StrCat("meridianctl: ", target, " refused: ", res2.body,
                           " (a region that still holds its own lease cannot be declared lost)\n");
+  } else if (const Json answer = Json::parse(res2.body, nullptr, false);
+             res2.status == 503 && answer.is_object() && answer.contains("pending_units")) {
+    // Recorded, not restocked: a majority of regions has not recorded the declaration yet.
+    std::string by = target;
+    if (answer.contains("recorded_by") && answer["recorded_by"].is_array()) {
+      for (const auto& peer : answer["recorded_by"])
+        if (peer.is_string()) absl::StrAppend(&by, ", ", peer.get<std::string>());
+    }
+    r.err += absl::StrCat(
+        "meridianctl: ", region, " is declared lost at ", target, ", but only ", by,
+        " recorded the declaration, not a majority of regions: ",
+        answer.value("pending_units", uint64_t{0}),
+        " units stay pending and none of them was restocked (if ", target,
+        " were lost with the only copy, the region could sell them again on its return). Run "
+        "declare-lost again once a majority of regions is reachable; nothing is reclaimed "
+        "twice.\n");
   } else {
     r.err += absl::StrCat("meridianctl: declare-lost at ", target, " failed: ", res2.Describe(),
                           " ", res2.body, "\n");

@@ -383,23 +383,25 @@ TEST_F(CtlTest, DeclareLost) {
   EXPECT_NE(r.err.find("warning: controller eu-west did not record it"), std::string::npos);
   EXPECT_NE(r.out.find("eu-west declared lost; its inventory rights were reclaimed into us-east"),
             std::string::npos);
-  EXPECT_EQ(r.err.find("not yet recorded by a majority"), std::string::npos) << r.err;
-  // Reclaimed, but no peer recorded the declaration in time: said, still a success.
-  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
+  // Recorded, but no peer recorded the declaration in time: nothing restocked, said, a failure.
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 503,
                 R"({"region":"eu-west","declaration_id":"dl10","declared_by":"us-east",)"
-                R"("reclaimed":[{"sku":"vase","units":3}],"reclaimed_units":3,"recorded_by":[],)"
-                R"("recorded_by_majority":false})");
+                R"("reclaimed":[],"reclaimed_units":0,"pending_units":3,"recorded_by":[],)"
+                R"("recorded_by_majority":false,"status":503})");
   r = run("eu-west", true, false);
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("warning: the declaration is not yet recorded by a majority of regions "
-                       "(only by us-east)"),
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("only us-east recorded the declaration, not a majority of regions: 3 "
+                       "units stay pending and none of them was restocked"),
             std::string::npos)
       << r.err;
+  EXPECT_EQ(http_.Calls("POST", "http://us-east.ctl/v1/regions/eu-west/declared-lost").size(), 1u)
+      << "the controllers are told only of a declaration that restocked";
   std::ifstream in(audit);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("decision=declare_lost region=eu-west into=us-east"), std::string::npos);
   EXPECT_NE(text.find("result=error status=404"), std::string::npos);
   EXPECT_NE(text.find("result=ok status=200"), std::string::npos);
+  EXPECT_NE(text.find("result=error status=503"), std::string::npos);
   EXPECT_NE(text.find("controllers_lost=us-east,ap-south"), std::string::npos) << text;
   // 409: the region still holds its own lease.
   http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 409,

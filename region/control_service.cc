@@ -422,21 +422,30 @@ class ControlService final : public pb::RegionControl::Service {
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       d->Clear();
       out->set_already_reclaimed_units(0);
+      out->set_pending_units(0);
       d->set_id(id);
       d->set_region(req->region());
       d->set_declared_by(app_.config.replica_id);
       d->set_declared_unix_ms(UnixNowMs());
+      d->set_pending(true);
       // What earlier declarations reclaimed and the region has not been told of: those units are
       // still counted in its rights here (it writes them off when it returns), and are ours or
-      // another survivor's already. Declaring it lost again (a retry, an operator's second try,
-      // a later holder of its group after the first declarer died) reclaims only the rest, or
-      // the same units would be restocked twice. Other regions' declarations are here once
-      // recorded (RecordLostDeclaration).
+      // another survivor's already, or will be once a majority has recorded ours (pending).
+      // Declaring it lost again (a retry, an operator's second try, a later holder of its group
+      // after the first declarer died) reclaims only the rest, or the same units would be
+      // restocked twice. Other regions' declarations are here once recorded
+      // (RecordLostDeclaration).
       std::map<std::string, int64_t> open;
-      for (const auto& r : tx.exec("SELECT sku, sum(units) FROM lost_declarations WHERE region = " +
-                                   tx.quote(req->region()) + " AND NOT announced GROUP BY sku")) {
-        open[r[0].as<std::string>()] = r[1].as<int64_t>();
-        out->set_already_reclaimed_units(out->already_reclaimed_units() + r[1].as<uint64_t>());
+      for (const auto& r :
+           tx.exec("SELECT sku, sum(units), sum(units) FILTER (WHERE declared_by = " +
+                   tx.quote(app_.config.replica_id) +
+                   " AND NOT restocked) FROM lost_declarations WHERE region = " +
+                   tx.quote(req->region()) + " AND NOT announced GROUP BY sku")) {
+        const int64_t all = r[1].as<int64_t>(), pending = r[2].as<int64_t>(0);
+        open[r[0].as<std::string>()] = all;
+        out->set_already_reclaimed_units(out->already_reclaimed_units() +
+                                         static_cast<uint64_t>(all - pending));
+        out->set_pending_units(out->pending_units() + static_cast<uint64_t>(pending));
       }
       std::string writes;
       for (const auto& r : tx.exec("SELECT sku, state FROM inventory ORDER BY sku FOR UPDATE")) {
@@ -447,15 +456,15 @@ class ControlService final : public pb::RegionControl::Service {
         if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
         const int64_t frozen = inv->Rights(sku, req->region()) - open[sku];
         if (frozen <= 0) continue;
-        // The lost region's rights become this region's: the same units, restocked here. They
-        // stay counted in its entries too until it returns and writes them off (RetireRights).
-        auto delta = inv->Restock(sku, static_cast<uint64_t>(frozen));
-        if (!delta.ok()) throw AbortTx{delta.status()};
-        writes += SaveInventorySql(tx, sku, *inv, *delta, app_.config.replica_id);
-        writes += "INSERT INTO lost_declarations (id, region, declared_by, sku, units) VALUES (" +
-                  tx.quote(id) + ", " + tx.quote(req->region()) + ", " +
-                  tx.quote(app_.config.replica_id) + ", " + tx.quote(sku) + ", " +
-                  tx.quote(frozen) + ");";
+        // Recorded, not restocked: the lost region's rights become this region's (the same units,
+        // restocked here) only once a majority of regions holds the declaration
+        // (RestockLostDeclaration), so that no region that outlives us can miss it.
+        writes +=
+            "INSERT INTO lost_declarations (id, region, declared_by, sku, units, "
+            "restocked) VALUES (" +
+            tx.quote(id) + ", " + tx.quote(req->region()) + ", " +
+            tx.quote(app_.config.replica_id) + ", " + tx.quote(sku) + ", " + tx.quote(frozen) +
+            ", false);";
         auto* item = d->add_items();
         item->set_sku(sku);
         item->set_units(static_cast<uint64_t>(frozen));
@@ -463,11 +472,65 @@ class ControlService final : public pb::RegionControl::Service {
       if (!writes.empty()) tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
-    app_.rights_signals.StockChanged();
     uint64_t units = 0;
     for (const auto& i : d->items()) units += i.units();
-    spdlog::warn("event=region_declared_lost region={} reclaimed_skus={} reclaimed_units={} id={}",
-                 app_.RegionName(req->region()), d->items_size(), units, id);
+    spdlog::warn(
+        "event=region_declared_lost region={} reclaimed_skus={} reclaimed_units={} id={} "
+        "(pending: restocked once a majority of regions recorded it)",
+        app_.RegionName(req->region()), d->items_size(), units, id);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RestockLostDeclaration(grpc::ServerContext*,
+                                      const pb::RestockLostDeclarationRequest* req,
+                                      pb::RestockLostDeclarationResponse* out) override {
+    if (req->id().empty() || req->id().size() > 64) {
+      return Invalid("RestockLostDeclaration: a declaration id is required");
+    }
+    uint32_t region = 0;
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      out->Clear();
+      region = 0;
+      const auto rows = tx.exec(
+          "SELECT sku, units, region FROM lost_declarations WHERE id = " + tx.quote(req->id()) +
+          " AND declared_by = " + tx.quote(app_.config.replica_id) +
+          " AND NOT restocked AND NOT announced ORDER BY sku FOR UPDATE");
+      if (rows.empty()) {
+        out->set_already(true);
+        return;
+      }
+      region = rows[0][2].as<uint32_t>();
+      for (const auto& r : rows) {
+        const std::string sku = r[0].as<std::string>();
+        const int64_t units = r[1].as<int64_t>();
+        // Every other declaration against the region that is still counted in its rights here
+        // (recorded since ours was made: a later holder's, sent to us) came first: ours restocks
+        // only what is left, so the same units are never restocked twice.
+        const int64_t others =
+            tx.exec1("SELECT coalesce(sum(units), 0) FROM lost_declarations WHERE region = " +
+                     tx.quote(region) + " AND sku = " + tx.quote(sku) + " AND id <> " +
+                     tx.quote(req->id()) + " AND NOT announced")[0]
+                .as<int64_t>();
+        crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
+        const int64_t n = std::clamp<int64_t>(inv.Rights(sku, region) - others, 0, units);
+        out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
+        if (n == 0) continue;
+        auto delta = inv.Restock(sku, static_cast<uint64_t>(n));
+        if (!delta.ok()) throw AbortTx{delta.status()};
+        SaveInventory(tx, sku, inv, *delta, app_.config.replica_id);
+        auto* item = out->add_items();
+        item->set_sku(sku);
+        item->set_units(static_cast<uint64_t>(n));
+      }
+      tx.exec0("UPDATE lost_declarations SET restocked = true WHERE id = " + tx.quote(req->id()));
+    });
+    if (!st.ok()) return FromStatus(st);
+    if (out->already()) return grpc::Status::OK;
+    app_.rights_signals.StockChanged();
+    uint64_t units = 0;
+    for (const auto& i : out->items()) units += i.units();
+    spdlog::warn("event=lost_declaration_restocked region={} id={} units={} short={}",
+                 app_.RegionName(region), req->id(), units, out->short_units());
     return grpc::Status::OK;
   }
 
@@ -478,13 +541,27 @@ class ControlService final : public pb::RegionControl::Service {
     return FromStatus(app_.global->Run([&](pqxx::work& tx) {
       out->clear_declarations();
       if (req->mark_announced()) {
-        tx.exec0("UPDATE lost_declarations SET announced = true WHERE region = " +
-                 tx.quote(req->region()) + " AND NOT announced");
+        // Our pending declarations are void from now on: the region is back before a majority
+        // recorded them, so they are never restocked and it keeps those rights.
+        for (const auto& r :
+             tx.exec("UPDATE lost_declarations SET announced = true WHERE region = " +
+                     tx.quote(req->region()) +
+                     " AND NOT announced RETURNING id, sku, units, declared_by = " +
+                     tx.quote(app_.config.replica_id) + " AND NOT restocked")) {
+          if (!r[3].as<bool>()) continue;
+          spdlog::warn(
+              "event=lost_declaration_void region={} id={} sku={} units={} (the region came back "
+              "before a majority recorded it: not restocked, its rights stay its own)",
+              app_.RegionName(req->region()), r[0].as<std::string>(), r[1].as<std::string>(),
+              r[2].as<int64_t>());
+        }
       }
       std::map<std::string, pb::LostDeclaration*> by_id;
       for (const auto& r :
            tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "
-                   "units FROM lost_declarations WHERE region = " +
+                   "units, declared_by = " +
+                   tx.quote(app_.config.replica_id) +
+                   " AND NOT restocked, announced FROM lost_declarations WHERE region = " +
                    tx.quote(req->region()) + " ORDER BY id, sku")) {
         const std::string id = r[0].as<std::string>();
         pb::LostDeclaration*& d = by_id[id];
@@ -494,6 +571,8 @@ class ControlService final : public pb::RegionControl::Service {
           d->set_region(req->region());
           d->set_declared_by(r[1].as<uint32_t>());
           d->set_declared_unix_ms(r[2].as<int64_t>());
+          d->set_pending(r[5].as<bool>() && !r[6].as<bool>());
+          d->set_voided(r[5].as<bool>() && r[6].as<bool>());
         }
         auto* item = d->add_items();
         item->set_sku(r[3].as<std::string>());

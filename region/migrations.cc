@@ -167,6 +167,13 @@ CREATE TABLE rights_retired (
 -- again must not reclaim them a second time.
 ALTER TABLE lost_declarations ADD COLUMN announced boolean NOT NULL DEFAULT false;
 )sql"},
+    {12, "lost_declarations_restocked",
+     R"sql(
+-- Whether the declarer restocked the reclaimed rights: only once a majority of regions recorded
+-- the declaration, so that it outlives the declarer. Earlier rows were restocked when made; other
+-- regions' declarations are recorded as they are (the flag means something only to the declarer).
+ALTER TABLE lost_declarations ADD COLUMN restocked boolean NOT NULL DEFAULT true;
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -209,6 +210,7 @@ struct Coordinator::Impl {
   // (DeclarationRecorded), under acks_mu.
   std::map<std::string, std::set<RegionId>> recorded_by;
   std::condition_variable recorded_cv;
+  std::mutex declare_mu;  // one declare-lost call at a time (they share recorded_by's entries)
 
   std::atomic<bool> stopping{false};
   std::mutex wake_mu;
@@ -582,10 +584,14 @@ struct Coordinator::Impl {
     r->set_done(resp.done());
     if (resp.done() && !m.catch_up()) {
       // Every declaration against the group's home region known here, whoever made it: if the
-      // home region is the one taking the group back, it writes them off before it sells.
+      // home region is the one taking the group back, it writes them off before it sells. It is
+      // back, so it is told now (announced): our pending declarations are void in the same
+      // transaction, which a restock of one serializes with (it is restocked and sent, or void).
+      const bool home = from == m.group();
       std::vector<rpb::LostDeclaration> known;
-      if (!ListDeclarations(m.group(), false, &known)) return absl::OkStatus();  // asked again
-      for (const auto& d : known) ToRetire(d, r->add_declarations());
+      if (!ListDeclarations(m.group(), home, &known)) return absl::OkStatus();  // asked again
+      for (const auto& d : known)
+        if (!d.voided() && !(home && d.pending())) ToRetire(d, r->add_declarations());
     }
     for (const auto& o : resp.orders()) {
       pb::SyncedOrder* x = r->add_orders();
@@ -773,7 +779,8 @@ struct Coordinator::Impl {
       }
       for (const auto& d : against) {
         // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest).
-        if (d.declared_by() != config.replica_id) continue;
+        // Ours that no majority recorded before it came back are void (ListLostDeclarations).
+        if (d.declared_by() != config.replica_id || d.pending() || d.voided()) continue;
         pb::Frame f;
         ToRetire(d, f.mutable_rights()->mutable_retire());
         (void)send(peer, std::move(f));
@@ -832,7 +839,7 @@ struct Coordinator::Impl {
     std::vector<rpb::LostDeclaration> known;
     if (!ListDeclarations(lost, false, &known)) return;
     for (const auto& d : known) {
-      if (d.declared_by() != config.replica_id) continue;
+      if (d.declared_by() != config.replica_id || d.voided()) continue;
       for (const auto& p : config.peers) {
         if (p.replica_id == lost || (to != 0 && p.replica_id != to)) continue;
         pb::Frame f;
@@ -924,7 +931,8 @@ struct Coordinator::Impl {
     if (lost == nullptr) {
       return HttpResponse::Problem(404, "Not Found", "no peer region named " + name);
     }
-    {
+    // Whether `lost` may be declared lost here now: a refusal, or nullopt.
+    auto refusal = [&]() -> std::optional<HttpResponse> {
       std::lock_guard<std::mutex> l(mu);
       if (lm->Alive(lost->replica_id)) {
         return HttpResponse::Problem(409, "Conflict",
@@ -939,55 +947,123 @@ struct Coordinator::Impl {
                 "'s order lease; declare it lost at the region that took it over (see "
                 "GET /v1/status), once its lease has expired");
       }
-    }
+      return std::nullopt;
+    };
+    if (auto no = refusal()) return *no;
+    std::lock_guard<std::mutex> one_at_a_time(declare_mu);
     rpb::DeclareLostRequest dreq;
     dreq.set_region(lost->replica_id);
     rpb::DeclareLostResponse dresp;
     auto ctx = Ctx(30000);
     grpc::Status s = region->DeclareLost(ctx.get(), dreq, &dresp);
     if (!s.ok()) return HttpResponse::Problem(503, "Service Unavailable", s.error_message());
-    Json items = Json::array();
-    uint64_t units = 0;
-    for (const auto& i : dresp.declaration().items()) {
-      items.push_back(Json{{"sku", i.sku()}, {"units", i.units()}});
-      units += i.units();
-    }
-    // The declaration goes to every other peer to record (with our earlier ones against the same
-    // region, in case a peer missed them): recorded by a majority, it outlives us. We wait a
-    // little for that and say whether it happened; a peer that missed it gets it again when its
-    // stream next comes up.
     const std::string id = dresp.declaration().id();
-    if (units > 0) {
+    // The region recorded it pending: nothing is restocked until a majority of regions holds it,
+    // so that it outlives us (a declarer that died with the only copy would leave the lost region
+    // to sell, on its return, units we had restocked). It goes to every other peer to record,
+    // with our earlier ones against the same region that are still pending (no majority recorded
+    // them in their call) or done (in case a peer missed them); we wait a little for a majority
+    // of each pending one, then restock those.
+    std::vector<rpb::LostDeclaration> known;
+    if (!ListDeclarations(lost->replica_id, false, &known)) {
+      return HttpResponse::Problem(503, "Service Unavailable",
+                                   "the region's declarations could not be read (declaration " +
+                                       id + " stays pending: run declare-lost again)");
+    }
+    std::vector<const rpb::LostDeclaration*> pending;
+    for (const auto& d : known)
+      if (d.pending()) pending.push_back(&d);
+    {
       std::lock_guard<std::mutex> l(acks_mu);
-      recorded_by[id];  // awaited: OnRecorded notes only awaited ids
+      for (const auto* d : pending) recorded_by[d->id()];  // awaited: OnRecorded notes only these
     }
     SendDeclarations(lost->replica_id);
-    Json recorded = Json::array();
-    bool majority = true;
-    if (units > 0) {
+    std::vector<bool> majority(pending.size(), false);
+    std::set<RegionId> by_all;  // peers that recorded every pending declaration
+    {
       std::unique_lock<std::mutex> l(acks_mu);
+      auto held = [&](const rpb::LostDeclaration* d) {
+        return recorded_by[d->id()].size() + 1 >= SyncQuorum();
+      };
       recorded_cv.wait_for(l, std::chrono::seconds(5),
-                           [&] { return recorded_by[id].size() + 1 >= SyncQuorum(); });
-      for (RegionId p : recorded_by[id]) recorded.push_back(Name(p));
-      majority = recorded_by[id].size() + 1 >= SyncQuorum();
-      recorded_by.erase(id);
+                           [&] { return std::all_of(pending.begin(), pending.end(), held); });
+      for (size_t i = 0; i < pending.size(); ++i) {
+        majority[i] = held(pending[i]);
+        const std::set<RegionId>& by = recorded_by[pending[i]->id()];
+        if (i == 0) {
+          by_all = by;
+        } else {
+          std::erase_if(by_all, [&](RegionId p) { return !by.contains(p); });
+        }
+      }
+      for (const auto* d : pending) recorded_by.erase(d->id());
     }
-    spdlog::warn("event=region_declared_lost region={} by=operator reclaimed_units={} id={}", name,
-                 units, dresp.declaration().id());
-    return HttpResponse::Json(200,
-                              Json{{"region", name},
-                                   {"declared_by", config.region},
-                                   {"declaration_id", dresp.declaration().id()},
-                                   {"reclaimed", items},
-                                   {"reclaimed_units", units},
-                                   {"already_reclaimed_units", dresp.already_reclaimed_units()},
-                                   {"recorded_by", recorded},
-                                   {"recorded_by_majority", majority},
-                                   {"note",
-                                    "units the lost region sold but never shipped are "
-                                    "reclaimed too; if it returns, it writes its reclaimed "
-                                    "rights off and logs any shortfall"}}
-                                  .dump());
+    Json recorded = Json::array();
+    for (RegionId p : by_all) recorded.push_back(Name(p));
+    // Restocked only while we still may: a lost region back meanwhile keeps its rights (our
+    // pending declarations are void once it is told), a lease lost meanwhile has a new holder.
+    if (auto no = refusal()) return *no;
+    Json items = Json::array();
+    uint64_t units = 0, still_pending = 0, short_units = 0;
+    std::string restock_error;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      uint64_t n = 0;
+      for (const auto& it : pending[i]->items()) n += it.units();
+      if (!majority[i]) {
+        still_pending += n;
+        continue;
+      }
+      rpb::RestockLostDeclarationRequest rreq;
+      rreq.set_id(pending[i]->id());
+      rpb::RestockLostDeclarationResponse rresp;
+      auto rctx = Ctx(30000);
+      grpc::Status rs = region->RestockLostDeclaration(rctx.get(), rreq, &rresp);
+      if (!rs.ok()) {
+        still_pending += n;
+        restock_error = rs.error_message();
+        continue;
+      }
+      for (const auto& it : rresp.items()) {
+        items.push_back(Json{{"sku", it.sku()}, {"units", it.units()}});
+        units += it.units();
+      }
+      short_units += rresp.short_units();
+    }
+    spdlog::warn(
+        "event=region_declared_lost region={} by=operator reclaimed_units={} pending_units={} "
+        "id={}",
+        name, units, still_pending, id);
+    Json answer{{"region", name},
+                {"declared_by", config.region},
+                {"declaration_id", id},
+                {"reclaimed", items},
+                {"reclaimed_units", units},
+                {"already_reclaimed_units", dresp.already_reclaimed_units()},
+                {"pending_units", still_pending},
+                {"recorded_by", recorded},
+                {"recorded_by_majority", still_pending == 0}};
+    if (short_units > 0) answer["short_units"] = short_units;
+    if (still_pending == 0) {
+      answer["note"] =
+          "units the lost region sold but never shipped are reclaimed too; if it returns, it "
+          "writes its reclaimed rights off and logs any shortfall";
+      return HttpResponse::Json(200, answer.dump());
+    }
+    answer["type"] = "about:blank";
+    answer["title"] = "Service Unavailable";
+    answer["status"] = 503;
+    answer["detail"] =
+        restock_error.empty()
+            ? absl::StrCat("not recorded by a majority of regions within 5 s: ", still_pending,
+                           " units stay pending and nothing of them was restocked (a declaration "
+                           "only this region held could be missed by a region that outlives it). "
+                           "Run declare-lost again once a majority of regions is reachable; "
+                           "nothing is reclaimed twice")
+            : absl::StrCat("the restock failed: ", restock_error, "; ", still_pending,
+                           " units stay pending: run declare-lost again");
+    HttpResponse r = HttpResponse::Json(503, answer.dump());
+    r.content_type = "application/problem+json";
+    return r;
   }
 
   // Called by the lease manager (under mu).

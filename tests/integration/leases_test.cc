@@ -755,6 +755,100 @@ TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
   EXPECT_EQ(Rights(kUs, "bowl", "us-east"), 0);
 }
 
+// A declaration restocks nothing until a majority of regions recorded it: one that only its
+// declarer holds would be missed by a region that outlives it (us-east returning with ap-south as
+// its majority would sell the units again). ap-south's database refuses to record it, so
+// eu-west's declare-lost answers 503 and its rights stay as they were; once ap-south records it
+// (declare-lost again), the same declaration restocks, once.
+TEST_F(LeasesTest, ADeclarationRestocksOnlyOnceAMajorityRecordedIt) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "lamp");
+  Restock(kUs, "lamp", 30);
+  Restock(kEu, "lamp", 10);
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "us-east") == 30; }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  auto record_fault = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kAp, "global")}, "record_fault",
+      test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+  Response d = DeclareUsLost(kEu);
+  EXPECT_EQ(d.status, 503) << d.body;
+  Json dj = Json::parse(d.body, nullptr, false);
+  ASSERT_TRUE(dj.is_object()) << d.body;
+  EXPECT_EQ(dj.value("reclaimed_units", -1), 0) << d.body;
+  EXPECT_EQ(dj.value("pending_units", 0), 30) << d.body;
+  EXPECT_EQ(dj["recorded_by"], Json::array()) << d.body;
+  EXPECT_EQ(Rights(kEu, "lamp", "eu-west"), 10) << "restocked without a majority";
+  const std::string auth = "Bearer " + Customer(kEu, "ivy@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 14; ++i) sold += CheckoutOne(kEu, auth, "lamp") == 201;
+  EXPECT_EQ(sold, 10) << "eu-west sold units no majority knows it reclaimed";
+  record_fault.reset();
+  Response again = DeclareUsLost(kEu);
+  ASSERT_EQ(again.status, 200) << again.body;
+  Json aj = Json::parse(again.body);
+  EXPECT_EQ(aj.value("reclaimed_units", 0), 30) << again.body;
+  EXPECT_EQ(aj.value("pending_units", -1), 0) << again.body;
+  EXPECT_EQ(aj["recorded_by"], Json::array({"ap-south"})) << again.body;
+  EXPECT_EQ(Rights(kEu, "lamp", "eu-west"), 30);
+  {
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations WHERE declared_by = 2 AND "
+                       "region = 1 AND sku = 'lamp' AND units = 30")[0]
+                  .as<int64_t>(),
+              1);
+  }
+  // Restocked once: a third call reclaims nothing.
+  Response third = DeclareUsLost(kEu);
+  ASSERT_EQ(third.status, 200) << third.body;
+  EXPECT_EQ(Json::parse(third.body).value("reclaimed_units", -1), 0) << third.body;
+  EXPECT_EQ(Json::parse(third.body).value("already_reclaimed_units", 0), 30) << third.body;
+  EXPECT_EQ(Rights(kEu, "lamp", "eu-west"), 30);
+}
+
+// A pending declaration (no majority recorded it) is void once its region is back: us-east was
+// never told of it and nobody restocked its units, so it keeps its rights and sells them, and
+// eu-west sends the void declaration to no one.
+TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  Product(kUs, "rug");
+  Restock(kUs, "rug", 30);
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "rug", "us-east") == 30; }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  auto record_fault = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kAp, "global")}, "record_fault",
+      test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+  Response d = DeclareUsLost(kEu);
+  ASSERT_EQ(d.status, 503) << d.body;
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
+  record_fault.reset();
+  const std::string auth = "Bearer " + Customer(kUs, "jon@example.com").first;
+  EXPECT_TRUE(Eventually([&] { return CheckoutOne(kUs, auth, "rug") == 201; }, 20))
+      << "us-east cannot sell its own rights";
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 29);
+  EXPECT_EQ(Rights(kEu, "rug", "eu-west"), 0) << "eu-west restocked a void declaration";
+  // Streams that come up again do not spread it.
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  auto count = [&](size_t at, const std::string& where) {
+    pqxx::connection conn(c_->Dsn(at, "global"));
+    pqxx::work tx(conn);
+    return tx.exec1("SELECT count(*) FROM lost_declarations WHERE sku = 'rug' AND " + where)[0]
+        .as<int64_t>();
+  };
+  EXPECT_EQ(count(kAp, "true"), 0);
+  EXPECT_EQ(count(kEu, "announced AND NOT restocked AND units = 30"), 1);
+}
+
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
 // other when it dies; with the witness gone the two regions still hold their leases.
 TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
