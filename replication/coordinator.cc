@@ -1004,7 +1004,7 @@ struct Coordinator::Impl {
     // pending declarations are void once it is told), a lease lost meanwhile has a new holder.
     if (auto no = refusal()) return *no;
     Json items = Json::array();
-    uint64_t units = 0, still_pending = 0, short_units = 0;
+    uint64_t units = 0, still_pending = 0, short_units = 0, void_units = 0;
     std::string restock_error;
     for (size_t i = 0; i < pending.size(); ++i) {
       uint64_t n = 0;
@@ -1023,6 +1023,7 @@ struct Coordinator::Impl {
         restock_error = rs.error_message();
         continue;
       }
+      if (rresp.already()) void_units += n;  // the region came back meanwhile: void
       for (const auto& it : rresp.items()) {
         items.push_back(Json{{"sku", it.sku()}, {"units", it.units()}});
         units += it.units();
@@ -1042,7 +1043,8 @@ struct Coordinator::Impl {
                 {"pending_units", still_pending},
                 {"recorded_by", recorded},
                 {"recorded_by_majority", still_pending == 0}};
-    if (short_units > 0) answer["short_units"] = short_units;
+    if (short_units > 0) answer["short_units"] = short_units;  // others reclaimed them first
+    if (void_units > 0) answer["void_units"] = void_units;     // it came back: not restocked
     if (still_pending == 0) {
       answer["note"] =
           "units the lost region sold but never shipped are reclaimed too; if it returns, it "
