@@ -242,6 +242,27 @@ class LeasesTest : public ::testing::Test {
     return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
                    {{"Authorization", Operator()}});
   }
+  // Three regions; `sku` stocked with `us_units` at us-east (and `eu_units` at eu-west), seen by
+  // eu-west; then us-east dies and eu-west takes its group over.
+  void UsEastLostHolding(const std::string& sku, int us_units, int eu_units) {
+    ASSERT_NO_FATAL_FAILURE(StartThree());
+    ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+    Product(kUs, sku);
+    ASSERT_NO_FATAL_FAILURE(Restock(kUs, sku, us_units));
+    if (eu_units > 0) {
+      ASSERT_NO_FATAL_FAILURE(Restock(kEu, sku, eu_units));
+    }
+    ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "us-east") == us_units; }, 20));
+    ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+    ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+    ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  }
+  // ap-south's database refuses to record declarations while the result lives.
+  std::unique_ptr<test_support::DbFault> ApSouthCannotRecordDeclarations() {
+    return std::make_unique<test_support::DbFault>(
+        std::vector<std::string>{c_->Dsn(kAp, "global")}, "record_fault",
+        test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+  }
   // A checkout of one `sku` at `at`, in a cart of its own: the status.
   int CheckoutOne(size_t at, const std::string& auth, const std::string& sku) {
     if (Request(c_->http_port(at), "PUT", "/v1/cart/items/" + sku, Json{{"quantity", 1}}.dump(),
@@ -716,15 +737,7 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
 // recorded the declaration when it was made, hands it to us-east in the sync that gives us-east
 // its group back, and us-east writes its rights off before it sells: nothing is sold twice.
 TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
-  ASSERT_NO_FATAL_FAILURE(StartThree());
-  LeasesSettled();
-  Product(kUs, "bowl");
-  Restock(kUs, "bowl", 30);
-  Restock(kEu, "bowl", 10);
-  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "bowl", "us-east") == 30; }, 20));
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("bowl", 30, 10));
   Response d = DeclareUsLost(kEu);
   ASSERT_EQ(d.status, 200) << d.body;
   Json dj = Json::parse(d.body);
@@ -772,18 +785,8 @@ TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
 // eu-west's declare-lost answers 503 and its rights stay as they were; once ap-south records it
 // (declare-lost again), the same declaration restocks, once.
 TEST_F(LeasesTest, ADeclarationRestocksOnlyOnceAMajorityRecordedIt) {
-  ASSERT_NO_FATAL_FAILURE(StartThree());
-  LeasesSettled();
-  Product(kUs, "lamp");
-  Restock(kUs, "lamp", 30);
-  Restock(kEu, "lamp", 10);
-  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "us-east") == 30; }, 20));
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  auto record_fault = std::make_unique<test_support::DbFault>(
-      std::vector<std::string>{c_->Dsn(kAp, "global")}, "record_fault",
-      test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("lamp", 30, 10));
+  auto record_fault = ApSouthCannotRecordDeclarations();
   Response d = DeclareUsLost(kEu);
   EXPECT_EQ(d.status, 503) << d.body;
   Json dj = Json::parse(d.body, nullptr, false);
@@ -824,17 +827,8 @@ TEST_F(LeasesTest, ADeclarationRestocksOnlyOnceAMajorityRecordedIt) {
 // never told of it and nobody restocked its units, so it keeps its rights and sells them, and
 // eu-west sends the void declaration to no one.
 TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
-  ASSERT_NO_FATAL_FAILURE(StartThree());
-  LeasesSettled();
-  Product(kUs, "rug");
-  Restock(kUs, "rug", 30);
-  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "rug", "us-east") == 30; }, 20));
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  auto record_fault = std::make_unique<test_support::DbFault>(
-      std::vector<std::string>{c_->Dsn(kAp, "global")}, "record_fault",
-      test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("rug", 30, 0));
+  auto record_fault = ApSouthCannotRecordDeclarations();
   Response d = DeclareUsLost(kEu);
   ASSERT_EQ(d.status, 503) << d.body;
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
