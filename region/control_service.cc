@@ -500,19 +500,20 @@ class ControlService final : public pb::RegionControl::Service {
         return;
       }
       region = rows[0][2].as<uint32_t>();
+      // Every other declaration against the region that is still counted in its rights here
+      // (recorded since ours was made: a later holder's, sent to us) came first: ours restocks
+      // only what is left, so the same units are never restocked twice.
+      std::map<std::string, int64_t> others;
+      for (const auto& r : tx.exec(
+               "SELECT sku, sum(units) FROM lost_declarations WHERE region = " + tx.quote(region) +
+               " AND id <> " + tx.quote(req->id()) + " AND NOT announced GROUP BY sku")) {
+        others[r[0].as<std::string>()] = r[1].as<int64_t>();
+      }
       for (const auto& r : rows) {
         const std::string sku = r[0].as<std::string>();
         const int64_t units = r[1].as<int64_t>();
-        // Every other declaration against the region that is still counted in its rights here
-        // (recorded since ours was made: a later holder's, sent to us) came first: ours restocks
-        // only what is left, so the same units are never restocked twice.
-        const int64_t others =
-            tx.exec1("SELECT coalesce(sum(units), 0) FROM lost_declarations WHERE region = " +
-                     tx.quote(region) + " AND sku = " + tx.quote(sku) + " AND id <> " +
-                     tx.quote(req->id()) + " AND NOT announced")[0]
-                .as<int64_t>();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
-        const int64_t n = std::clamp<int64_t>(inv.Rights(sku, region) - others, 0, units);
+        const int64_t n = std::clamp<int64_t>(inv.Rights(sku, region) - others[sku], 0, units);
         out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
         if (n == 0) continue;
         auto delta = inv.Restock(sku, static_cast<uint64_t>(n));

@@ -591,7 +591,7 @@ struct Coordinator::Impl {
       std::vector<rpb::LostDeclaration> known;
       if (!ListDeclarations(m.group(), home, &known)) return absl::OkStatus();  // asked again
       for (const auto& d : known)
-        if (!d.voided() && !(home && d.pending())) ToRetire(d, r->add_declarations());
+        if (!d.voided()) ToRetire(d, r->add_declarations());
     }
     for (const auto& o : resp.orders()) {
       pb::SyncedOrder* x = r->add_orders();
@@ -780,7 +780,7 @@ struct Coordinator::Impl {
       for (const auto& d : against) {
         // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest).
         // Ours that no majority recorded before it came back are void (ListLostDeclarations).
-        if (d.declared_by() != config.replica_id || d.pending() || d.voided()) continue;
+        if (d.declared_by() != config.replica_id || d.voided()) continue;
         pb::Frame f;
         ToRetire(d, f.mutable_rights()->mutable_retire());
         (void)send(peer, std::move(f));
@@ -837,7 +837,11 @@ struct Coordinator::Impl {
   // Sends our declarations against `lost` to `to` (every peer but `lost` when 0), to record.
   void SendDeclarations(RegionId lost, RegionId to = 0) {
     std::vector<rpb::LostDeclaration> known;
-    if (!ListDeclarations(lost, false, &known)) return;
+    if (ListDeclarations(lost, false, &known)) SendDeclarations(lost, known, to);
+  }
+  // The same, from the declarations already read.
+  void SendDeclarations(RegionId lost, const std::vector<rpb::LostDeclaration>& known,
+                        RegionId to = 0) {
     for (const auto& d : known) {
       if (d.declared_by() != config.replica_id || d.voided()) continue;
       for (const auto& p : config.peers) {
@@ -977,7 +981,7 @@ struct Coordinator::Impl {
       std::lock_guard<std::mutex> l(acks_mu);
       for (const auto* d : pending) recorded_by[d->id()];  // awaited: OnRecorded notes only these
     }
-    SendDeclarations(lost->replica_id);
+    SendDeclarations(lost->replica_id, known);
     std::vector<bool> majority(pending.size(), false);
     std::set<RegionId> by_all;  // peers that recorded every pending declaration
     {
