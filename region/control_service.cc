@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
@@ -542,8 +544,9 @@ class ControlService final : public pb::RegionControl::Service {
     return FromStatus(app_.global->Run([&](pqxx::work& tx) {
       out->clear_declarations();
       if (req->mark_announced()) {
-        // Our pending declarations are void from now on: the region is back before a majority
-        // recorded them, so they are never restocked and it keeps those rights.
+        // Our pending declarations await the region's answer from now on: it is back before a
+        // majority was known to record them, so they restock only by what it says it wrote off
+        // (from another region's record), or are void if it refuses them (DeclarationSettled).
         for (const auto& r :
              tx.exec("UPDATE lost_declarations SET announced = true WHERE region = " +
                      tx.quote(req->region()) +
@@ -551,8 +554,9 @@ class ControlService final : public pb::RegionControl::Service {
                      tx.quote(app_.config.replica_id) + " AND NOT restocked")) {
           if (!r[3].as<bool>()) continue;
           spdlog::warn(
-              "event=lost_declaration_void region={} id={} sku={} units={} (the region came back "
-              "before a majority recorded it: not restocked, its rights stay its own)",
+              "event=lost_declaration_awaiting_region region={} id={} sku={} units={} (the region "
+              "came back before a majority was known to record it: restocked by what it wrote "
+              "off, or void if it refuses it)",
               app_.RegionName(req->region()), r[0].as<std::string>(), r[1].as<std::string>(),
               r[2].as<int64_t>());
         }
@@ -562,7 +566,7 @@ class ControlService final : public pb::RegionControl::Service {
            tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "
                    "units, declared_by = " +
                    tx.quote(app_.config.replica_id) +
-                   " AND NOT restocked, announced FROM lost_declarations WHERE region = " +
+                   " AND NOT restocked, announced, voided FROM lost_declarations WHERE region = " +
                    tx.quote(req->region()) + " ORDER BY id, sku")) {
         const std::string id = r[0].as<std::string>();
         pb::LostDeclaration*& d = by_id[id];
@@ -572,8 +576,10 @@ class ControlService final : public pb::RegionControl::Service {
           d->set_region(req->region());
           d->set_declared_by(r[1].as<uint32_t>());
           d->set_declared_unix_ms(r[2].as<int64_t>());
-          d->set_pending(r[5].as<bool>() && !r[6].as<bool>());
-          d->set_voided(r[5].as<bool>() && r[6].as<bool>());
+          const bool unrestocked_own = r[5].as<bool>(), announced = r[6].as<bool>();
+          d->set_voided(r[7].as<bool>());
+          d->set_pending(unrestocked_own && !announced);
+          d->set_awaiting(unrestocked_own && announced && !d->voided());
         }
         auto* item = d->add_items();
         item->set_sku(r[3].as<std::string>());
@@ -631,28 +637,45 @@ class ControlService final : public pb::RegionControl::Service {
         !ValidReplica(d.declared_by()) || d.items_size() > 100000) {
       return Invalid("RetireRights: a declaration against this region is required");
     }
+    std::set<std::string_view> skus;
     for (const auto& i : d.items()) {
       if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-          i.units() > crdt::BoundedCounter::kMaxUnits) {
-        return Invalid("RetireRights: malformed item");
+          i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second) {
+        return Invalid("RetireRights: malformed or repeated item");
       }
     }
-    uint64_t units = 0;
     uint64_t short_units = 0;
-    bool already = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
-      units = short_units = 0;
-      already = false;
+      out->Clear();
+      short_units = 0;
       uint64_t total = 0;
       for (const auto& i : d.items()) total += i.units();
-      if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units) VALUES (" +
+      // One decision per declaration: written off (what it took, per SKU, kept to answer its
+      // declarer again) or, asked to settle one not written off before, refused for good.
+      if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
+                  "VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
-                  tx.quote(static_cast<int64_t>(total)) +
-                  ") ON CONFLICT (declaration_id) DO NOTHING RETURNING 1")
+                  tx.quote(static_cast<int64_t>(req->settle() ? 0 : total)) + ", " +
+                  tx.quote(req->settle()) + ") ON CONFLICT (declaration_id) DO NOTHING RETURNING 1")
               .empty()) {
-        already = true;
+        out->set_already(true);
+        out->set_refused(tx.exec1("SELECT refused FROM rights_retired WHERE declaration_id = " +
+                                  tx.quote(d.id()))[0]
+                             .as<bool>());
+        for (const auto& r : tx.exec("SELECT sku, units FROM rights_retired_items WHERE "
+                                     "declaration_id = " +
+                                     tx.quote(d.id()) + " ORDER BY sku")) {
+          auto* item = out->add_items();
+          item->set_sku(r[0].as<std::string>());
+          item->set_units(r[1].as<uint64_t>());
+        }
         return;
       }
+      if (req->settle()) {
+        out->set_refused(true);
+        return;
+      }
+      std::string writes;
       for (const auto& i : d.items()) {
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
@@ -662,16 +685,100 @@ class ControlService final : public pb::RegionControl::Service {
         auto delta = inv.Take(i.sku(), n);
         if (!delta.ok()) throw AbortTx{delta.status()};
         SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
-        units += n;
+        writes += "INSERT INTO rights_retired_items (declaration_id, sku, units) VALUES (" +
+                  tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
+                  tx.quote(static_cast<int64_t>(n)) + ");";
+        auto* item = out->add_items();
+        item->set_sku(i.sku());
+        item->set_units(n);
+        out->set_units(out->units() + n);
       }
+      if (!writes.empty()) tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
-    out->set_already(already);
-    out->set_units(units);
-    if (!already) {
+    if (out->already()) return grpc::Status::OK;
+    if (out->refused()) {
+      spdlog::warn(
+          "event=rights_retire_refused declaration={} declared_by={} (never written off here: "
+          "this region keeps its rights and the declaration is void)",
+          d.id(), app_.RegionName(d.declared_by()));
+    } else {
       // Short: this region sold units the declarer did not know about when it reclaimed them.
       spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}", d.id(),
-                   app_.RegionName(d.declared_by()), units, short_units);
+                   app_.RegionName(d.declared_by()), out->units(), short_units);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SettleLostDeclaration(grpc::ServerContext*,
+                                     const pb::SettleLostDeclarationRequest* req,
+                                     pb::SettleLostDeclarationResponse* out) override {
+    if (req->id().empty() || req->id().size() > 64 || !ValidReplica(req->region()) ||
+        req->region() == app_.config.replica_id || req->written_off_size() > 100000 ||
+        (req->refused() && req->written_off_size() > 0)) {
+      return Invalid("SettleLostDeclaration: an awaiting declaration and its region's answer");
+    }
+    std::map<std::string, uint64_t> written_off;
+    for (const auto& i : req->written_off()) {
+      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
+          i.units() > crdt::BoundedCounter::kMaxUnits ||
+          !written_off.emplace(i.sku(), i.units()).second) {
+        return Invalid("SettleLostDeclaration: malformed written-off item");
+      }
+    }
+    absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      out->Clear();
+      const auto rows =
+          tx.exec("SELECT sku, units FROM lost_declarations WHERE id = " + tx.quote(req->id()) +
+                  " AND region = " + tx.quote(req->region()) +
+                  " AND declared_by = " + tx.quote(app_.config.replica_id) +
+                  " AND announced AND NOT restocked AND NOT voided ORDER BY sku FOR UPDATE");
+      if (rows.empty()) {
+        out->set_already(true);
+        return;
+      }
+      std::map<std::string, int64_t> declared;
+      for (const auto& r : rows) declared[r[0].as<std::string>()] = r[1].as<int64_t>();
+      for (const auto& [sku, units] : written_off) {
+        auto it = declared.find(sku);
+        if (it == declared.end() || static_cast<int64_t>(units) > it->second) {
+          throw AbortTx{absl::InvalidArgumentError("SettleLostDeclaration: the region wrote off " +
+                                                   std::to_string(units) + " of " + sku +
+                                                   ", more than the declaration reclaimed")};
+        }
+      }
+      if (req->refused()) {
+        tx.exec0("UPDATE lost_declarations SET voided = true WHERE id = " + tx.quote(req->id()));
+        return;
+      }
+      // Exactly what the region wrote off: its rights went down by these units, ours go up by
+      // them, so the stock is counted once.
+      for (const auto& [sku, units] : written_off) {
+        crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
+        auto delta = inv.Restock(sku, units);
+        if (!delta.ok()) throw AbortTx{delta.status()};
+        SaveInventory(tx, sku, inv, *delta, app_.config.replica_id);
+        auto* item = out->add_items();
+        item->set_sku(sku);
+        item->set_units(units);
+      }
+      tx.exec0("UPDATE lost_declarations SET restocked = true WHERE id = " + tx.quote(req->id()));
+    });
+    if (!st.ok()) return FromStatus(st);
+    if (out->already()) return grpc::Status::OK;
+    uint64_t units = 0;
+    for (const auto& i : out->items()) units += i.units();
+    if (req->refused()) {
+      spdlog::warn(
+          "event=lost_declaration_void region={} id={} (the region came back and refused it: "
+          "not restocked, its rights stay its own)",
+          app_.RegionName(req->region()), req->id());
+    } else {
+      app_.rights_signals.StockChanged();
+      spdlog::warn(
+          "event=lost_declaration_restocked region={} id={} units={} (settled: what the region "
+          "wrote off)",
+          app_.RegionName(req->region()), req->id(), units);
     }
     return grpc::Status::OK;
   }

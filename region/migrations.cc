@@ -174,6 +174,24 @@ ALTER TABLE lost_declarations ADD COLUMN announced boolean NOT NULL DEFAULT fals
 -- regions' declarations are recorded as they are (the flag means something only to the declarer).
 ALTER TABLE lost_declarations ADD COLUMN restocked boolean NOT NULL DEFAULT true;
 )sql"},
+    {13, "lost_declarations_settled",
+     R"sql(
+-- A declaration its declarer had not restocked when the region it named came back is settled by
+-- that region: it wrote the declaration off (learned from another region's record), and the
+-- declarer restocks exactly what it wrote off, or it refused it (kept its rights) and the
+-- declaration is void. Before, such a declaration was void as soon as the region was back; those
+-- rows stay void. On the returning region, a refusal is kept like a write-off (once per
+-- declaration), and a write-off keeps what it took per SKU, to answer the declarer again.
+ALTER TABLE lost_declarations ADD COLUMN voided boolean NOT NULL DEFAULT false;
+UPDATE lost_declarations SET voided = true WHERE announced AND NOT restocked;
+ALTER TABLE rights_retired ADD COLUMN refused boolean NOT NULL DEFAULT false;
+CREATE TABLE rights_retired_items (
+  declaration_id text NOT NULL REFERENCES rights_retired (declaration_id),
+  sku            text NOT NULL,
+  units          bigint NOT NULL CHECK (units > 0),
+  PRIMARY KEY (declaration_id, sku)
+);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

@@ -202,6 +202,9 @@ struct Coordinator::Impl {
   std::mutex acks_mu;
   std::map<std::pair<std::string, RegionId>, int64_t> acks;  // not yet reported to the region
   std::set<RegionId> peers_up;  // streams that came up: tell them of declarations (under acks_mu)
+  // Peers asked to settle our declarations against them (RightsRetire.settle): asked again at
+  // this time while any is still awaiting (an answer lost with a stream, a database error there).
+  std::map<RegionId, std::chrono::steady_clock::time_point> settle_retry;
   // Declarations against this region whose write-off failed (the region unreachable, a database
   // error): tried again every tick until it succeeds, since until then the region still counts
   // the reclaimed units as its own rights (under acks_mu).
@@ -585,13 +588,14 @@ struct Coordinator::Impl {
     if (resp.done() && !m.catch_up()) {
       // Every declaration against the group's home region known here, whoever made it: if the
       // home region is the one taking the group back, it writes them off before it sells. It is
-      // back, so it is told now (announced): our pending declarations are void in the same
-      // transaction, which a restock of one serializes with (it is restocked and sent, or void).
+      // back, so it is told now (announced): our pending declarations await its answer from the
+      // same transaction on, which a restock of one serializes with (restocked and sent, or left
+      // to the region's answer: AnnounceDeclarations asks it to settle them).
       const bool home = from == m.group();
       std::vector<rpb::LostDeclaration> known;
       if (!ListDeclarations(m.group(), home, &known)) return absl::OkStatus();  // asked again
       for (const auto& d : known)
-        if (!d.voided()) ToRetire(d, r->add_declarations());
+        if (!d.voided() && !d.awaiting()) ToRetire(d, r->add_declarations());
     }
     for (const auto& o : resp.orders()) {
       pb::SyncedOrder* x = r->add_orders();
@@ -769,6 +773,15 @@ struct Coordinator::Impl {
     {
       std::lock_guard<std::mutex> l(acks_mu);
       up.swap(peers_up);
+      const auto now = std::chrono::steady_clock::now();
+      for (auto it = settle_retry.begin(); it != settle_retry.end();) {
+        if (it->second > now) {
+          ++it;
+          continue;
+        }
+        up.insert(it->first);
+        it = settle_retry.erase(it);
+      }
     }
     for (RegionId peer : up) {
       std::vector<rpb::LostDeclaration> against;
@@ -777,13 +790,21 @@ struct Coordinator::Impl {
         peers_up.insert(peer);  // try again next tick
         continue;
       }
+      bool asked = false;
       for (const auto& d : against) {
         // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest).
-        // Ours that no majority recorded before it came back are void (ListLostDeclarations).
+        // Ours that it refused are void; ours that no majority was known to record before it came
+        // back await its answer (settle): restocked by what it wrote off, or void.
         if (d.declared_by() != config.replica_id || d.voided()) continue;
         pb::Frame f;
         ToRetire(d, f.mutable_rights()->mutable_retire());
+        f.mutable_rights()->mutable_retire()->set_settle(d.awaiting());
+        asked = asked || d.awaiting();
         (void)send(peer, std::move(f));
+      }
+      if (asked) {
+        std::lock_guard<std::mutex> l(acks_mu);
+        settle_retry[peer] = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       }
       // And our declarations against the others, for the peer to record (again: idempotent).
       for (const auto& other : config.peers) {
@@ -843,7 +864,8 @@ struct Coordinator::Impl {
   void SendDeclarations(RegionId lost, const std::vector<rpb::LostDeclaration>& known,
                         RegionId to = 0) {
     for (const auto& d : known) {
-      if (d.declared_by() != config.replica_id || d.voided()) continue;
+      // Not ours, or settled by the region's own answer (awaiting it, or void).
+      if (d.declared_by() != config.replica_id || d.voided() || d.awaiting()) continue;
       for (const auto& p : config.peers) {
         if (p.replica_id == lost || (to != 0 && p.replica_id != to)) continue;
         pb::Frame f;
@@ -890,15 +912,38 @@ struct Coordinator::Impl {
   }
 
   // A declaration against this region (`r` passed CheckFrame: from a write-off frame, declared
-  // by its sender; from a takeover sync's reply, by any region): written off once.
+  // by its sender; from a takeover sync's reply, by any region): written off once. Its declarer
+  // asking to settle it (`r.settle()`) writes nothing off: it is answered with what was written
+  // off before, or the declaration is refused for good.
   absl::Status OnRetire(const pb::RightsRetire& r) {
     rpb::RetireRightsRequest req;
     FromRetire(r, config.replica_id, req.mutable_declaration());
+    req.set_settle(r.settle());
     rpb::RetireRightsResponse resp;
     auto ctx = Ctx(10000);
     grpc::Status s = region->RetireRights(ctx.get(), req, &resp);
     if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
       return absl::InvalidArgumentError(absl::StrCat("rights retire: ", s.error_message()));
+    }
+    if (r.settle()) {
+      if (!s.ok()) {
+        spdlog::warn(
+            "event=declaration_settle_failed declared_by={} declaration={} error=\"{}\" (the "
+            "declarer asks again)",
+            Name(r.declared_by()), r.declaration_id(), s.error_message());
+        return absl::OkStatus();
+      }
+      pb::Frame f;
+      pb::DeclarationSettled* x = f.mutable_rights()->mutable_settled();
+      x->set_declaration_id(r.declaration_id());
+      x->set_refused(resp.refused());
+      for (const auto& i : resp.items()) {
+        auto* w = x->add_written_off();
+        w->set_sku(i.sku());
+        w->set_units(i.units());
+      }
+      (void)send(r.declared_by(), std::move(f));
+      return absl::OkStatus();
     }
     if (!s.ok()) {
       spdlog::warn(
@@ -912,6 +957,32 @@ struct Coordinator::Impl {
     if (!resp.already()) {
       spdlog::warn("event=rights_written_off declared_by={} declaration={} units={}",
                    Name(r.declared_by()), r.declaration_id(), resp.units());
+    }
+    return absl::OkStatus();
+  }
+
+  // The region a declaration of ours named answered how it settled it: restocked by exactly what
+  // it wrote off, or void.
+  absl::Status OnSettled(RegionId from, const pb::DeclarationSettled& m) {
+    rpb::SettleLostDeclarationRequest req;
+    req.set_id(m.declaration_id());
+    req.set_region(from);
+    req.set_refused(m.refused());
+    for (const auto& w : m.written_off()) {
+      auto* i = req.add_written_off();
+      i->set_sku(w.sku());
+      i->set_units(w.units());
+    }
+    rpb::SettleLostDeclarationResponse resp;
+    auto ctx = Ctx(10000);
+    grpc::Status s = region->SettleLostDeclaration(ctx.get(), req, &resp);
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return absl::InvalidArgumentError(absl::StrCat("declaration settled: ", s.error_message()));
+    }
+    if (!s.ok()) {
+      spdlog::warn(
+          "event=declaration_settle_failed region={} declaration={} error=\"{}\" (asked again)",
+          Name(from), m.declaration_id(), s.error_message());
     }
     return absl::OkStatus();
   }
@@ -1004,11 +1075,11 @@ struct Coordinator::Impl {
     }
     Json recorded = Json::array();
     for (RegionId p : by_all) recorded.push_back(Name(p));
-    // Restocked only while we still may: a lost region back meanwhile keeps its rights (our
-    // pending declarations are void once it is told), a lease lost meanwhile has a new holder.
+    // Restocked only while we still may: a lost region back meanwhile settles our pending
+    // declarations itself once it is told of them, a lease lost meanwhile has a new holder.
     if (auto no = refusal()) return *no;
     Json items = Json::array();
-    uint64_t units = 0, still_pending = 0, short_units = 0, void_units = 0;
+    uint64_t units = 0, still_pending = 0, short_units = 0, awaiting_units = 0;
     std::string restock_error;
     for (size_t i = 0; i < pending.size(); ++i) {
       uint64_t n = 0;
@@ -1027,7 +1098,8 @@ struct Coordinator::Impl {
         restock_error = rs.error_message();
         continue;
       }
-      if (rresp.already()) void_units += n;  // the region came back meanwhile: void
+      // The region came back meanwhile: its answer settles it (AnnounceDeclarations).
+      if (rresp.already()) awaiting_units += n;
       for (const auto& it : rresp.items()) {
         items.push_back(Json{{"sku", it.sku()}, {"units", it.units()}});
         units += it.units();
@@ -1048,7 +1120,8 @@ struct Coordinator::Impl {
                 {"recorded_by", recorded},
                 {"recorded_by_majority", still_pending == 0}};
     if (short_units > 0) answer["short_units"] = short_units;  // others reclaimed them first
-    if (void_units > 0) answer["void_units"] = void_units;     // it came back: not restocked
+    // It came back: restocked by what it wrote off, or void (it keeps them).
+    if (awaiting_units > 0) answer["awaiting_region_units"] = awaiting_units;
     if (still_pending == 0) {
       answer["note"] =
           "units the lost region sold but never shipped are reclaimed too; if it returns, it "
@@ -1321,7 +1394,9 @@ absl::Status Coordinator::CheckFrame(RegionId peer, const pb::Frame& frame) {
         return absl::InvalidArgumentError("sync reply: group or size out of range");
       }
       for (const auto& d : m.declarations()) {
-        if (!WellFormed(d)) return absl::InvalidArgumentError("sync reply: malformed declaration");
+        if (!WellFormed(d) || d.settle()) {
+          return absl::InvalidArgumentError("sync reply: malformed declaration");
+        }
       }
       return absl::OkStatus();
     }
@@ -1340,6 +1415,14 @@ absl::Status Coordinator::CheckFrame(RegionId peer, const pb::Frame& frame) {
       if (rf.has_recorded() &&
           (rf.recorded().declaration_id().empty() || rf.recorded().declaration_id().size() > 64)) {
         return absl::InvalidArgumentError("declaration recorded: malformed id");
+      }
+      // The region a declaration named, answering its declarer (the region checks the rest: the
+      // declaration is ours, against the sender, and the units within what it reclaimed).
+      if (rf.has_settled() &&
+          (rf.settled().declaration_id().empty() || rf.settled().declaration_id().size() > 64 ||
+           rf.settled().written_off_size() > 100000 ||
+           (rf.settled().refused() && rf.settled().written_off_size() > 0))) {
+        return absl::InvalidArgumentError("declaration settled: malformed answer");
       }
       return absl::OkStatus();
     }
@@ -1366,6 +1449,7 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
         c.OnRecorded(peer, frame.rights().recorded());
         return absl::OkStatus();
       }
+      if (frame.rights().has_settled()) return c.OnSettled(peer, frame.rights().settled());
       auto m = FromFrame(frame.rights());
       if (!m.ok()) return m.status();
       {

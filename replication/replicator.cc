@@ -1171,7 +1171,8 @@ class Session {
   // frames only touch memory and stay on the reader.
   static bool CallsTheRegion(const pb::Frame& f) {
     return f.has_sync_request() || f.has_sync_reply() ||
-           (f.has_rights() && (f.rights().has_retire() || f.rights().has_declared()));
+           (f.has_rights() &&
+            (f.rights().has_retire() || f.rights().has_declared() || f.rights().has_settled()));
   }
 
   // Queues `f` for the coordination thread (started on first use). At most kCoordinationQueued

@@ -823,9 +823,9 @@ TEST_F(LeasesTest, ADeclarationRestocksOnlyOnceAMajorityRecordedIt) {
   EXPECT_EQ(Rights(kEu, "lamp", "eu-west"), 30);
 }
 
-// A pending declaration (no majority recorded it) is void once its region is back: us-east was
-// never told of it and nobody restocked its units, so it keeps its rights and sells them, and
-// eu-west sends the void declaration to no one.
+// A pending declaration (no majority recorded it) is settled by its region once it is back:
+// us-east never wrote it off, so it refuses it, keeps its rights and sells them; eu-west holds it
+// void and sends it to no one.
 TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
   ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("rug", 30, 0));
   auto record_fault = ApSouthCannotRecordDeclarations();
@@ -851,7 +851,59 @@ TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
         .as<int64_t>();
   };
   EXPECT_EQ(count(kAp, "true"), 0);
-  EXPECT_EQ(count(kEu, "announced AND NOT restocked AND units = 30"), 1);
+  // Settled by us-east's answer: it refused the declaration for good, so a copy that reaches it
+  // later writes nothing off, and eu-west holds it void.
+  EXPECT_TRUE(
+      Eventually([&] { return count(kEu, "voided AND NOT restocked AND units = 30") == 1; }, 20));
+  pqxx::connection conn(c_->Dsn(kUs, "global"));
+  pqxx::work tx(conn);
+  EXPECT_EQ(
+      tx.exec1("SELECT count(*) FROM rights_retired WHERE refused AND units = 0")[0].as<int64_t>(),
+      1);
+}
+
+// A declaration a majority recorded but its declarer never restocked (its restock failed, then
+// it died): us-east comes back with ap-south as its majority and writes its rights off from
+// ap-south's record. eu-west, back later, asks us-east what became of its declaration and
+// restocks exactly what us-east wrote off: the 30 units move, none is lost and none sold twice.
+TEST_F(LeasesTest, ADeclarationItsDeclarerNeverRestockedIsSettledByTheRegionItNamed) {
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("vase", 30, 10));
+  {
+    test_support::DbFault restock_fault({c_->Dsn(kEu, "global")}, "restock_fault",
+                                        test_support::DbFault::Kind::kError, "UPDATE",
+                                        "lost_declarations", "NEW.restocked", 1'000'000);
+    Response d = DeclareUsLost(kEu);
+    ASSERT_EQ(d.status, 503) << d.body;
+    Json dj = Json::parse(d.body, nullptr, false);
+    ASSERT_TRUE(dj.is_object()) << d.body;
+    EXPECT_EQ(dj["recorded_by"], Json::array({"ap-south"})) << d.body;
+    EXPECT_EQ(dj.value("pending_units", 0), 30) << d.body;
+  }
+  EXPECT_EQ(Rights(kEu, "vase", "eu-west"), 10);
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs, /*await_streams=*/false).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
+  EXPECT_TRUE(Eventually([&] { return Rights(kUs, "vase", "us-east") == 0; }, 20))
+      << "us-east did not write off the declaration ap-south recorded";
+  ASSERT_TRUE(c_->StartRegionServer(kEu).ok());
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  EXPECT_TRUE(Eventually([&] { return Rights(kEu, "vase", "eu-west") == 40; }, 30))
+      << "eu-west never restocked the 30 units us-east wrote off (rights "
+      << Rights(kEu, "vase", "eu-west") << ")";
+  // Once eu-west has its own group back, it sells the 40 units, and nothing after them.
+  const std::string auth = "Bearer " + Customer(kEu, "kim@example.com").first;
+  int sold = 0;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        const int status = CheckoutOne(kEu, auth, "vase");
+        sold += status == 201;
+        return status == 409;
+      },
+      60));
+  EXPECT_EQ(sold, 40);
+  EXPECT_EQ(Rights(kUs, "vase", "us-east"), 0);
 }
 
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
@@ -1007,6 +1059,48 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     pqxx::connection conn(c_->Dsn(kAp, "global"));
     pqxx::work tx(conn);
     EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations")[0].as<int64_t>(), 0);
+  }
+  {  // a write-off naming one SKU twice: refused whole, nothing written off or recorded
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* r = f.mutable_rights()->mutable_retire();
+    r->set_declaration_id("forged-twice");
+    r->set_declared_by(c_->spec(kEu).replica_id);
+    for (int i = 0; i < 2; ++i) {
+      auto* item = r->add_items();
+      item->set_sku("vase");
+      item->set_units(5);
+    }
+    expect_rejected(p.SendAndFinish(f), "rights retire");
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM rights_retired")[0].as<int64_t>(), 0);
+  }
+  {  // an answer to a declaration that both refuses it and gives units written off
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* x = f.mutable_rights()->mutable_settled();
+    x->set_declaration_id("forged");
+    x->set_refused(true);
+    auto* w = x->add_written_off();
+    w->set_sku("vase");
+    w->set_units(5);
+    expect_rejected(p.SendAndFinish(f), "declaration settled");
+  }
+  {  // a takeover sync's reply asking the region to settle a declaration: only its declarer may
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_sync_reply()->set_group(ap);
+    f.mutable_sync_reply()->set_epoch(1);
+    f.mutable_sync_reply()->set_done(true);
+    auto* d = f.mutable_sync_reply()->add_declarations();
+    d->set_declaration_id("forged");
+    d->set_declared_by(c_->spec(kUs).replica_id);
+    d->set_settle(true);
+    expect_rejected(p.SendAndFinish(f), "sync reply");
   }
   // SKUs the region would refuse: taken in, they made every later rights-view refresh fail.
   {  // gossip about a SKU with a space
