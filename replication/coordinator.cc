@@ -954,6 +954,10 @@ struct Coordinator::Impl {
       pending_retires.emplace(r.declaration_id(), r);
       return absl::OkStatus();
     }
+    {
+      std::lock_guard<std::mutex> l(acks_mu);
+      pending_retires.erase(r.declaration_id());
+    }
     if (!resp.already()) {
       spdlog::warn("event=rights_written_off declared_by={} declaration={} units={}",
                    Name(r.declared_by()), r.declaration_id(), resp.units());
@@ -987,13 +991,16 @@ struct Coordinator::Impl {
     return absl::OkStatus();
   }
 
+  // A failed write-off stays in pending_retires, holding our lease back, until a retry commits
+  // it (OnRetire erases it then): emptied for the retry's duration, a sync finishing meanwhile
+  // would make the lease usable while the region still counts the reclaimed units as its own.
   void RetryRetires() {
     std::map<std::string, pb::RightsRetire> again;
     {
       std::lock_guard<std::mutex> l(acks_mu);
-      again.swap(pending_retires);
+      again = pending_retires;
     }
-    for (const auto& [id, r] : again) (void)OnRetire(r);  // re-queued if it fails again
+    for (const auto& [id, r] : again) (void)OnRetire(r);
   }
 
   HttpResponse DeclareLost(HttpRequest& req) {
