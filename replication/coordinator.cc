@@ -769,17 +769,17 @@ struct Coordinator::Impl {
   // A peer whose stream just came up may have been declared lost here: send it what we reclaimed
   // from it, so it writes those rights off (idempotently) and nothing is counted twice.
   void AnnounceDeclarations() {
-    std::set<RegionId> up;
+    std::set<RegionId> up, retry;
     {
       std::lock_guard<std::mutex> l(acks_mu);
       up.swap(peers_up);
       const auto now = std::chrono::steady_clock::now();
       for (auto it = settle_retry.begin(); it != settle_retry.end();) {
-        if (it->second > now) {
+        if (it->second > now || up.contains(it->first)) {
           ++it;
           continue;
         }
-        up.insert(it->first);
+        retry.insert(it->first);
         it = settle_retry.erase(it);
       }
     }
@@ -790,26 +790,45 @@ struct Coordinator::Impl {
         peers_up.insert(peer);  // try again next tick
         continue;
       }
-      bool asked = false;
-      for (const auto& d : against) {
-        // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest).
-        // Ours that it refused are void; ours that no majority was known to record before it came
-        // back await its answer (settle): restocked by what it wrote off, or void.
-        if (d.declared_by() != config.replica_id || d.voided()) continue;
-        pb::Frame f;
-        ToRetire(d, f.mutable_rights()->mutable_retire());
-        f.mutable_rights()->mutable_retire()->set_settle(d.awaiting());
-        asked = asked || d.awaiting();
-        (void)send(peer, std::move(f));
-      }
-      if (asked) {
-        std::lock_guard<std::mutex> l(acks_mu);
-        settle_retry[peer] = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      }
+      // Others' declarations recorded here reach it in its takeover sync (OnSyncRequest). Ours
+      // that it refused are void; ours that no majority was known to record before it came back
+      // await its answer (settle): restocked by what it wrote off, or void.
+      SendOwnDeclarations(peer, against, false);
       // And our declarations against the others, for the peer to record (again: idempotent).
       for (const auto& other : config.peers) {
         if (other.replica_id != peer) SendDeclarations(other.replica_id, peer);
       }
+    }
+    // Settle requests not answered yet: asked again, without marking anything announced (the
+    // region may be gone again, and a declaration made since must restock by a majority).
+    for (RegionId peer : retry) {
+      std::vector<rpb::LostDeclaration> against;
+      if (ListDeclarations(peer, false, &against)) {
+        SendOwnDeclarations(peer, against, true);
+      } else {
+        std::lock_guard<std::mutex> l(acks_mu);
+        settle_retry.emplace(peer, std::chrono::steady_clock::now() + std::chrono::seconds(10));
+      }
+    }
+  }
+
+  // Sends `peer` our declarations against it: the restocked ones to write off (unless
+  // `awaiting_only`), the awaiting ones to settle; asks again in 10 s while any awaits.
+  void SendOwnDeclarations(RegionId peer, const std::vector<rpb::LostDeclaration>& against,
+                           bool awaiting_only) {
+    bool asked = false;
+    for (const auto& d : against) {
+      if (d.declared_by() != config.replica_id || d.voided() || d.pending()) continue;
+      if (awaiting_only && !d.awaiting()) continue;
+      pb::Frame f;
+      ToRetire(d, f.mutable_rights()->mutable_retire());
+      f.mutable_rights()->mutable_retire()->set_settle(d.awaiting());
+      asked = asked || d.awaiting();
+      (void)send(peer, std::move(f));
+    }
+    if (asked) {
+      std::lock_guard<std::mutex> l(acks_mu);
+      settle_retry[peer] = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     }
   }
 
