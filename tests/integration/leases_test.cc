@@ -831,10 +831,23 @@ TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
   auto record_fault = ApSouthCannotRecordDeclarations();
   Response d = DeclareUsLost(kEu);
   ASSERT_EQ(d.status, 503) << d.body;
+  // At first us-east's database cannot record its answer: eu-west asks again until it gets one.
+  auto answer_fault = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kUs, "global")}, "answer_fault",
+      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
   record_fault.reset();
+  ASSERT_TRUE(Eventually(
+      [&] {
+        std::ifstream log(c_->replicator_log(kUs));
+        const std::string text((std::istreambuf_iterator<char>(log)),
+                               std::istreambuf_iterator<char>());
+        return text.find("event=declaration_settle_failed") != std::string::npos;
+      },
+      20));
+  answer_fault.reset();
   const std::string auth = "Bearer " + Customer(kUs, "jon@example.com").first;
   EXPECT_TRUE(Eventually([&] { return CheckoutOne(kUs, auth, "rug") == 201; }, 20))
       << "us-east cannot sell its own rights";
@@ -851,8 +864,8 @@ TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
         .as<int64_t>();
   };
   EXPECT_EQ(count(kAp, "true"), 0);
-  // Settled by us-east's answer: it refused the declaration for good, so a copy that reaches it
-  // later writes nothing off, and eu-west holds it void.
+  // Settled by us-east's answer to a later ask: it refused the declaration for good, so a copy
+  // that reaches it later writes nothing off, and eu-west holds it void.
   EXPECT_TRUE(
       Eventually([&] { return count(kEu, "voided AND NOT restocked AND units = 30") == 1; }, 20));
   pqxx::connection conn(c_->Dsn(kUs, "global"));
