@@ -237,6 +237,12 @@ class LeasesTest : public ::testing::Test {
       if (x.value("region", "") == of) return x.value("rights", int64_t{0});
     return 0;
   }
+  // Whether region `at`'s replicator has logged `what`.
+  bool ReplicatorLogged(size_t at, const std::string& what) {
+    std::ifstream log(c_->replicator_log(at));
+    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    return text.find(what) != std::string::npos;
+  }
   // Declares us-east lost at region `at`.
   Response DeclareUsLost(size_t at) {
     return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
@@ -700,11 +706,7 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   // (40 restocked, 40 sold) and us-east holds no rights.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
-  auto logged = [&](const std::string& what) {
-    std::ifstream log(c_->replicator_log(kUs));
-    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-    return text.find(what) != std::string::npos;
-  };
+  auto logged = [&](const std::string& what) { return ReplicatorLogged(kUs, what); };
   ASSERT_TRUE(Eventually([&] { return logged("event=rights_retire_failed"); }, 20));
   const std::string us_auth = "Bearer " + Customer(kUs, "eve@example.com").first;
   const std::string ap_auth = "Bearer " + Customer(kAp, "fay@example.com").first;
@@ -839,14 +841,8 @@ TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
   record_fault.reset();
-  ASSERT_TRUE(Eventually(
-      [&] {
-        std::ifstream log(c_->replicator_log(kUs));
-        const std::string text((std::istreambuf_iterator<char>(log)),
-                               std::istreambuf_iterator<char>());
-        return text.find("event=declaration_settle_failed") != std::string::npos;
-      },
-      20));
+  ASSERT_TRUE(
+      Eventually([&] { return ReplicatorLogged(kUs, "event=declaration_settle_failed"); }, 20));
   answer_fault.reset();
   const std::string auth = "Bearer " + Customer(kUs, "jon@example.com").first;
   EXPECT_TRUE(Eventually([&] { return CheckoutOne(kUs, auth, "rug") == 201; }, 20))
