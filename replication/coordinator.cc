@@ -1304,9 +1304,11 @@ absl::Status Coordinator::Start() {
   if (!st.ok()) return st;
   std::vector<RegionId> ids{c.config.replica_id};
   std::vector<RegionId> peers;
+  std::map<RegionId, std::string> jurisdictions{{c.config.replica_id, c.config.jurisdiction}};
   for (const auto& p : c.config.peers) {
     ids.push_back(p.replica_id);
     peers.push_back(p.replica_id);
+    jurisdictions.emplace(p.replica_id, p.jurisdiction);
   }
   std::vector<RegionId> witnesses;
   if (c.config.witness) witnesses.push_back(c.config.witness->replica_id);
@@ -1315,6 +1317,9 @@ absl::Status Coordinator::Start() {
       [&c](RegionId to, const LeaseMessage& m) { c.SendLease(to, m); },
       [&c](const LeaseEvent& e) { c.OnLeaseEvent(e); },
       [&c](RegionId g, uint64_t e) { c.StartSync(g, e); });
+  // Peers' jurisdictions are checked against their hellos, so every region orders successors
+  // alike.
+  c.lm->SetJurisdictions(std::move(jurisdictions));
   if (st = c.lm->Start(); !st.ok()) return st;
   c.rm = std::make_unique<RightsManager>(
       c.config.replica_id, peers, c.config.rights, &c.clock,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 
@@ -125,12 +126,28 @@ bool LeaseManager::IsHolder() const {
   return std::binary_search(regions_.begin(), regions_.end(), self_);
 }
 
+void LeaseManager::SetJurisdictions(std::map<RegionId, std::string> jurisdictions) {
+  assert(!started_);
+  jurisdictions_ = std::move(jurisdictions);
+}
+
 std::vector<RegionId> LeaseManager::Preference(RegionId group) const {
+  auto jurisdiction = [&](RegionId r) -> std::string_view {
+    auto it = jurisdictions_.find(r);
+    return it == jurisdictions_.end() ? std::string_view() : std::string_view(it->second);
+  };
+  const std::string_view home = jurisdiction(group);
   std::vector<RegionId> out;
   auto it = std::lower_bound(regions_.begin(), regions_.end(), group);
   for (size_t i = 0; i < regions_.size(); ++i) {
     size_t idx = (static_cast<size_t>(it - regions_.begin()) + i) % regions_.size();
     out.push_back(regions_[idx]);
+  }
+  // The home (first when it is a region) and its jurisdiction's regions ahead of the rest; the
+  // stable partition keeps each part in wrap-around order.
+  if (!home.empty()) {
+    std::stable_partition(out.begin(), out.end(),
+                          [&](RegionId r) { return r == group || jurisdiction(r) == home; });
   }
   return out;
 }

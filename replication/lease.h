@@ -26,12 +26,14 @@
 //
 // Liveness: a group whose owner is silent (no message for alive_timeout_ms) is taken over, once
 // the acceptors' promises to the old owner have run out, by the first region that is alive in the
-// group's preference order: its home first, then the others by ascending id after the home,
-// wrapping around. Every acquisition asks for a fresh epoch, above every epoch this region has
-// seen claimed anywhere, so candidates never deadlock on a contested epoch; an acceptor grants a
-// higher epoch at once to the region it already promised (nobody else can hold a promise from it).
-// An epoch above 1 becomes usable only after the host reports that it synced the group's orders
-// from its peers (SyncDone): the new owner does not work on a stale copy.
+// group's preference order: its home first, then the regions of the home's jurisdiction, then the
+// others, each part by ascending id after the home, wrapping around (a pinned customer's orders
+// stay workable after a failover wherever a second region of their jurisdiction exists). Every
+// acquisition asks for a fresh epoch, above every epoch this region has seen claimed anywhere, so
+// candidates never deadlock on a contested epoch; an acceptor grants a higher epoch at once to the
+// region it already promised (nobody else can hold a promise from it). An epoch above 1 becomes
+// usable only after the host reports that it synced the group's orders from its peers (SyncDone):
+// the new owner does not work on a stale copy.
 //
 // Claims and wins: an acceptor's record is a *claim* (the candidate may not have won). This region
 // keeps the highest claim (to pick fresh epochs) apart from the highest epoch it knows was *won*
@@ -187,6 +189,10 @@ class LeaseManager {
                LeaseConfig config, LeaseStore* store, const Clock* clock, SendFn send,
                EventFn on_event = {}, SyncFn on_sync = {});
 
+  // Each region's jurisdiction, for the preference order (regions missing here share none).
+  // Every region must be given the same map, as it must the same `regions`. Call before Start().
+  void SetJurisdictions(std::map<RegionId, std::string> jurisdictions);
+
   // Loads the acceptor records and starts the restart quarantine. Call once, before anything else.
   [[nodiscard]] absl::Status Start();
 
@@ -210,7 +216,7 @@ class LeaseManager {
   [[nodiscard]] std::vector<GroupView> Views() const;
   [[nodiscard]] bool Alive(RegionId peer) const;
   [[nodiscard]] RegionId self() const { return self_; }
-  // The group's successors in preference order (home first).
+  // The group's successors in preference order: home first, then the regions of its jurisdiction.
   [[nodiscard]] std::vector<RegionId> Preference(RegionId group) const;
 
  private:
@@ -263,6 +269,7 @@ class LeaseManager {
   RegionId self_;
   std::vector<RegionId> regions_;    // sorted
   std::vector<RegionId> witnesses_;  // sorted
+  std::map<RegionId, std::string> jurisdictions_;
   LeaseConfig config_;
   LeaseStore* store_;
   const Clock* clock_;

@@ -77,7 +77,13 @@ struct Cluster {
     std::vector<LeaseEvent> events;
   };
 
-  Cluster(int n, LeaseConfig cfg, uint64_t seed, bool drift = false) : config(cfg), rng(seed) {
+  // `jurisdictions`: region i + 1's is jurisdictions[i] (empty: none given to the managers).
+  Cluster(int n, LeaseConfig cfg, uint64_t seed, bool drift = false,
+          std::vector<std::string> jurisdictions = {})
+      : config(cfg), rng(seed) {
+    for (size_t i = 0; i < jurisdictions.size(); ++i) {
+      regions_jurisdiction[static_cast<RegionId>(i + 1)] = jurisdictions[i];
+    }
     for (int i = 1; i <= n; ++i) ids.push_back(static_cast<RegionId>(i));
     for (RegionId id : ids) {
       double rate = 1.0;
@@ -98,6 +104,7 @@ struct Cluster {
         [this, id](RegionId to, const LeaseMessage& m) { Send(id, to, m); },
         [&n](const LeaseEvent& e) { n.events.push_back(e); },
         [this, id](RegionId g, uint64_t e) { pending_syncs.emplace_back(id, g, e); });
+    if (!regions_jurisdiction.empty()) n.lm->SetJurisdictions(regions_jurisdiction);
     ASSERT_TRUE(n.lm->Start().ok());
     n.up = true;
   }
@@ -174,6 +181,7 @@ struct Cluster {
   int64_t jitter_ms = 0;
   double loss = 0;
   std::vector<RegionId> ids;
+  std::map<RegionId, std::string> regions_jurisdiction;
   std::map<RegionId, Node> nodes;
   std::priority_queue<Msg, std::vector<Msg>, std::greater<Msg>> q;
   std::set<std::pair<RegionId, RegionId>> cut;
@@ -231,6 +239,44 @@ TEST(Lease, SuccessorTakesOverAfterExpiryOnlyAndHomeGetsItBack) {
   EXPECT_EQ(c.Holder(1), 1u);
   EXPECT_EQ(c.nodes[1].lm->View(1).epoch, 3u);
   EXPECT_EQ(c.violations, 0);
+}
+
+TEST(Lease, PreferencePutsTheHomesJurisdictionFirst) {
+  MemStore store;
+  int64_t now = 0;
+  TestClock clock(&now, 1.0, 0);
+  LeaseManager lm(1, {1, 2, 3, 4, 5}, {}, FastConfig(), &store, &clock,
+                  [](RegionId, const LeaseMessage&) {});
+  using Order = std::vector<RegionId>;
+  EXPECT_EQ(lm.Preference(2), (Order{2, 3, 4, 5, 1})) << "no jurisdictions: by id after home";
+  lm.SetJurisdictions({{1, "us"}, {2, "eu"}, {3, "ap"}, {4, "eu"}, {5, "eu"}});
+  EXPECT_EQ(lm.Preference(2), (Order{2, 4, 5, 3, 1}));
+  EXPECT_EQ(lm.Preference(4), (Order{4, 5, 2, 1, 3})) << "wrapping around within the jurisdiction";
+  EXPECT_EQ(lm.Preference(1), (Order{1, 2, 3, 4, 5})) << "alone in its jurisdiction";
+  EXPECT_EQ(lm.Preference(3), (Order{3, 4, 5, 1, 2}));
+}
+
+// A pinned customer's orders can be worked on only inside their jurisdiction: with a second
+// region there, it, not the next region by id, takes a silent region's group.
+TEST(Lease, ASilentRegionsGroupGoesToARegionOfItsJurisdiction) {
+  for (bool with_jurisdictions : {false, true}) {
+    SCOPED_TRACE(with_jurisdictions ? "with jurisdictions" : "without");
+    Cluster c(4, FastConfig(), 11, false,
+              with_jurisdictions ? std::vector<std::string>{"us", "eu", "ap", "eu"}
+                                 : std::vector<std::string>{});
+    c.Run(700);
+    ASSERT_EQ(c.Holder(2), 2u);
+    c.Crash(2);
+    c.Run(c.config.ttl_ms + 1000);
+    EXPECT_EQ(c.Holder(2), with_jurisdictions ? 4u : 3u);
+    // The others keep their own groups.
+    for (RegionId g : {1u, 3u, 4u}) EXPECT_EQ(c.Holder(g), g);
+    // Home returns and gets it back, whoever held it.
+    c.Restart(2);
+    c.Run(4000);
+    EXPECT_EQ(c.Holder(2), 2u);
+    EXPECT_EQ(c.violations, 0);
+  }
 }
 
 TEST(Lease, IsolatedHolderStopsBeforeTheMajorityTakesOver) {

@@ -544,6 +544,55 @@ TEST_F(LeasesTest, APinnedCustomersPaymentIsNotForwardedOutsideTheirJurisdiction
   EXPECT_EQ(Metric(kUs, "meridian_order_forwards_total{result=\"residency\"}"), 2);
 }
 
+// With a second region in a pinned customer's jurisdiction, a lost home's orders go there: four
+// regions, two of them in the EU; eu-west dies, and eu-north (replica 4), not ap-south (replica
+// 3, next by id), takes its group, so an EU-pinned customer's order is paid at eu-north. Before,
+// ap-south took it and the pay was refused: 503, ap-south may not hold the customer's data.
+TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
+  constexpr size_t kEuNorth = 3;
+  test_support::ClusterOptions o;
+  o.name = "pinsucc";
+  o.regions = {
+      {"us-east", "us", 1}, {"eu-west", "eu", 2}, {"ap-south", "ap", 3}, {"eu-north", "eu", 4}};
+  o.delay_ms = {{"us-east/eu-west", 8},   {"us-east/ap-south", 20}, {"eu-west/ap-south", 12},
+                {"us-east/eu-north", 10}, {"eu-west/eu-north", 3},  {"ap-south/eu-north", 14}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.pool_size = 6;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
+  Product(kEu, "kettle");
+  Restock(kEu, "kettle", 10);
+  auto [token, user] = Customer(kEu, "eva@example.com", "eu");
+  const std::string auth = "Bearer " + token;
+  const std::string order = OrderOne(kEu, auth, "kettle");
+  ASSERT_FALSE(order.empty());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Request(c_->http_port(kEuNorth), "GET", "/v1/orders/" + order, "",
+                       {{"Authorization", auth}})
+                   .status == 200;
+      },
+      20))
+      << "the order never reached eu-north";
+
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  ASSERT_TRUE(
+      Eventually([&] { return HeldHere(kEuNorth, "eu-west") || HeldHere(kAp, "eu-west"); }, 20))
+      << "nobody took eu-west's group";
+  EXPECT_TRUE(HeldHere(kEuNorth, "eu-west")) << "ap-south took it";
+
+  Response pay = Request(c_->http_port(kEuNorth), "POST", "/v1/orders/" + order + "/pay",
+                         R"({"card_number":"4242424242424242"})", {{"Authorization", auth}});
+  EXPECT_EQ(pay.status, 200) << pay.body;
+  EXPECT_NE(pay.body.find(R"("status":"paid")"), std::string::npos) << pay.body;
+  EXPECT_EQ(Metric(kEuNorth, "meridian_order_forwards_total{result=\"residency\"}"), 0);
+  // Nothing of the customer went to ap-south on the way.
+  EXPECT_EQ(Count(kAp, "SELECT count(*) FROM users WHERE user_id = '" + user + "'"), 0);
+  EXPECT_EQ(Count(kAp, "SELECT count(*) FROM orders WHERE user_id = '" + user + "'"), 0);
+}
+
 // A region dies after shipping an order to one peer only (its link to the other is cut): the
 // peer that takes its group over syncs from the survivors, and the survivor it asks pulls the
 // group's orders back from it (catch-up), so the order is known, and forwarded, everywhere.
