@@ -243,11 +243,12 @@ class LeasesTest : public ::testing::Test {
     const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
     return text.find(what) != std::string::npos;
   }
-  // Declares us-east lost at region `at`.
-  Response DeclareUsLost(size_t at) {
-    return Request(c_->admin_port(at), "POST", "/v1/regions/us-east/declare-lost", "",
+  // Declares region `lost` (us-east unless named) lost at region `at`.
+  Response DeclareLost(size_t at, const std::string& lost) {
+    return Request(c_->admin_port(at), "POST", "/v1/regions/" + lost + "/declare-lost", "",
                    {{"Authorization", Operator()}});
   }
+  Response DeclareUsLost(size_t at) { return DeclareLost(at, "us-east"); }
   // Three regions; `sku` stocked with `us_units` at us-east (and `eu_units` at eu-west), seen by
   // eu-west; then us-east dies and eu-west takes its group over.
   void UsEastLostHolding(const std::string& sku, int us_units, int eu_units) {
@@ -828,6 +829,94 @@ TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
       60));
   EXPECT_EQ(sold_again, 0) << "us-east sold units eu-west had reclaimed and sold";
   EXPECT_EQ(Rights(kUs, "bowl", "us-east"), 0);
+}
+
+// A lost region's group can have a second holder once its first dies too, which takes five
+// regions (three of them still a majority). us-east dies; eu-west takes its group, reclaims its 30
+// units and sells 5 of its 40; then eu-west dies, and ap-south holds both groups. Declaring
+// us-east lost again at ap-south reclaims nothing (eu-west's declaration, recorded here, counts
+// those units already), declaring eu-west lost reclaims its 35, and ap-south sells exactly those.
+// Both regions return and write off what was reclaimed from them: 40 units sold of 40 stocked,
+// and none left anywhere.
+TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
+  constexpr size_t kSa = 3, kAf = 4;
+  test_support::ClusterOptions o;
+  o.name = "second";
+  o.regions = {{"us-east", "us", 1},
+               {"eu-west", "eu", 2},
+               {"ap-south", "ap", 3},
+               {"sa-east", "sa", 4},
+               {"af-south", "af", 5}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.pool_size = 4;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
+  Product(kUs, "jar");
+  Restock(kUs, "jar", 30);
+  Restock(kEu, "jar", 10);
+  auto rights = [&](size_t at, const std::string& of) { return Rights(at, "jar", of); };
+  ASSERT_TRUE(
+      Eventually([&] { return rights(kAp, "us-east") == 30 && rights(kAp, "eu-west") == 10; }, 20));
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  Response first = DeclareUsLost(kEu);
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(Json::parse(first.body).value("reclaimed_units", 0), 30) << first.body;
+  ASSERT_EQ(rights(kEu, "eu-west"), 40);
+  const std::string eu_auth = "Bearer " + Customer(kEu, "kit@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 5; ++i) sold += CheckoutOne(kEu, eu_auth, "jar") == 201;
+  ASSERT_EQ(sold, 5);
+  ASSERT_TRUE(Eventually([&] { return rights(kAp, "eu-west") == 35; }, 20));
+
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kAp, "us-east") && HeldHere(kAp, "eu-west"); }, 30))
+      << "ap-south never held both lost regions' groups";
+  Response again = DeclareUsLost(kAp);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("reclaimed_units", -1), 0) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("already_reclaimed_units", 0), 30) << again.body;
+  EXPECT_EQ(rights(kAp, "ap-south"), 0);
+  Response eu = DeclareLost(kAp, "eu-west");
+  ASSERT_EQ(eu.status, 200) << eu.body;
+  EXPECT_EQ(Json::parse(eu.body).value("reclaimed_units", 0), 35) << eu.body;
+  EXPECT_EQ(rights(kAp, "ap-south"), 35);
+  const std::string ap_auth = "Bearer " + Customer(kAp, "lin@example.com").first;
+  for (int i = 0; i < 40; ++i) sold += CheckoutOne(kAp, ap_auth, "jar") == 201;
+  EXPECT_EQ(sold, 40) << "units sold of the 40 stocked";
+
+  // Both come back and write off what was reclaimed from them; nobody has anything to sell.
+  for (size_t r : {kUs, kEu}) {
+    ASSERT_TRUE(c_->StartRegionServer(r).ok());
+    ASSERT_TRUE(c_->StartReplicator(r).ok());
+  }
+  for (size_t i = 0; i < c_->size(); ++i) {
+    EXPECT_TRUE(Eventually(
+        [&] {
+          Response inv = Request(c_->http_port(i), "GET", "/v1/inventory/jar");
+          return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 0 &&
+                 rights(i, "us-east") == 0 && rights(i, "eu-west") == 0;
+        },
+        60))
+        << c_->spec(i).name << " still counts units of the lost regions";
+  }
+  for (size_t r : {kUs, kEu, kSa, kAf}) {
+    const std::string auth =
+        "Bearer " + Customer(r, "buyer" + std::to_string(r) + "@example.com").first;
+    int status = 0;
+    EXPECT_TRUE(Eventually(
+        [&] {
+          status = CheckoutOne(r, auth, "jar");
+          EXPECT_NE(status, 201) << c_->spec(r).name << " sold a unit that does not exist";
+          return status == 409;
+        },
+        60))
+        << c_->spec(r).name << " answered " << status;
+  }
 }
 
 // A declaration restocks nothing until a majority of regions recorded it: one that only its
