@@ -114,6 +114,22 @@ class LeasesTest : public ::testing::Test {
     return r.status == 201 ? Json::parse(r.body).value("order_id", "") : "";
   }
 
+  // Ten kettles stocked at `region` and one of them ordered there by a new customer of
+  // `residency`: the customer's "Bearer ..." header, their id, and the order's id (empty, and
+  // the test failed, when a step did not succeed).
+  struct PlacedOrder {
+    std::string auth, user, order;
+  };
+  PlacedOrder KettleOrderedAt(size_t region, const std::string& email,
+                              const std::string& residency) {
+    Product(region, "kettle");
+    Restock(region, "kettle", 10);
+    auto [token, user] = Customer(region, email, residency);
+    PlacedOrder placed{"Bearer " + token, user, ""};
+    placed.order = OrderOne(region, placed.auth, "kettle");
+    return placed;
+  }
+
   void Restock(size_t region, const std::string& sku, int units) {
     Response r = Request(c_->http_port(region), "POST", "/v1/admin/inventory/" + sku + "/restock",
                          Json{{"units", units}}.dump(), {{"Authorization", Operator()}});
@@ -506,11 +522,7 @@ TEST_F(LeasesTest, APinnedCustomersPaymentIsNotForwardedOutsideTheirJurisdiction
   o.pool_size = 8;
   ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
-  Product(kUs, "kettle");
-  Restock(kUs, "kettle", 10);
-  auto [token, user] = Customer(kUs, "una@example.com", "us");
-  const std::string auth = "Bearer " + token;
-  const std::string order = OrderOne(kUs, auth, "kettle");
+  const auto [auth, user, order] = KettleOrderedAt(kUs, "una@example.com", "us");
   ASSERT_FALSE(order.empty());
 
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
@@ -562,11 +574,7 @@ TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
   o.pool_size = 6;
   ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
-  Product(kEu, "kettle");
-  Restock(kEu, "kettle", 10);
-  auto [token, user] = Customer(kEu, "eva@example.com", "eu");
-  const std::string auth = "Bearer " + token;
-  const std::string order = OrderOne(kEu, auth, "kettle");
+  const auto [auth, user, order] = KettleOrderedAt(kEu, "eva@example.com", "eu");
   ASSERT_FALSE(order.empty());
   ASSERT_TRUE(Eventually(
       [&] {
