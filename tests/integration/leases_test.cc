@@ -522,7 +522,8 @@ TEST_F(LeasesTest, APinnedCustomersPaymentIsNotForwardedOutsideTheirJurisdiction
   o.pool_size = 8;
   ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
-  const auto [auth, user, order] = KettleOrderedAt(kUs, "una@example.com", "us");
+  const PlacedOrder placed = KettleOrderedAt(kUs, "una@example.com", "us");
+  const std::string auth = placed.auth, order = placed.order;
   ASSERT_FALSE(order.empty());
 
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
@@ -574,7 +575,8 @@ TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
   o.pool_size = 6;
   ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
-  const auto [auth, user, order] = KettleOrderedAt(kEu, "eva@example.com", "eu");
+  const PlacedOrder placed = KettleOrderedAt(kEu, "eva@example.com", "eu");
+  const std::string auth = placed.auth, user = placed.user, order = placed.order;
   ASSERT_FALSE(order.empty());
   ASSERT_TRUE(Eventually(
       [&] {
