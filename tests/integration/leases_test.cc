@@ -114,6 +114,12 @@ class LeasesTest : public ::testing::Test {
     return r.status == 201 ? Json::parse(r.body).value("order_id", "") : "";
   }
 
+  // The status of a GET of order `id` at `region`, as the customer whose header is `auth`.
+  int OrderStatusAt(size_t region, const std::string& id, const std::string& auth) {
+    return Request(c_->http_port(region), "GET", "/v1/orders/" + id, "", {{"Authorization", auth}})
+        .status;
+  }
+
   // Ten kettles stocked at `region` and one of them ordered there by a new customer of
   // `residency`: the customer's "Bearer ..." header, their id, and the order's id (empty, and
   // the test failed, when a step did not succeed).
@@ -434,13 +440,7 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   // SurvivorsLearnADeadRegionsOrdersFromItsSuccessor covers; this test is about the ownership.
   for (size_t peer : {kEu, kAp}) {
     for (const std::string& id : orders) {
-      ASSERT_TRUE(Eventually(
-          [&] {
-            return Request(c_->http_port(peer), "GET", "/v1/orders/" + id, "",
-                           {{"Authorization", auth}})
-                       .status == 200;
-          },
-          20))
+      ASSERT_TRUE(Eventually([&] { return OrderStatusAt(peer, id, auth) == 200; }, 20))
           << "order " << id << " never reached " << c_->spec(peer).name;
     }
   }
@@ -578,13 +578,7 @@ TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
   const PlacedOrder placed = KettleOrderedAt(kEu, "eva@example.com", "eu");
   const std::string auth = placed.auth, user = placed.user, order = placed.order;
   ASSERT_FALSE(order.empty());
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Request(c_->http_port(kEuNorth), "GET", "/v1/orders/" + order, "",
-                       {{"Authorization", auth}})
-                   .status == 200;
-      },
-      20))
+  ASSERT_TRUE(Eventually([&] { return OrderStatusAt(kEuNorth, order, auth) == 200; }, 20))
       << "the order never reached eu-north";
 
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
@@ -625,11 +619,7 @@ TEST_F(LeasesTest, SurvivorsLearnADeadRegionsOrdersFromItsSuccessor) {
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
   const std::string order = OrderOne(kUs, auth, "kettle");
   ASSERT_FALSE(order.empty());
-  auto get = [&](size_t region) {
-    return Request(c_->http_port(region), "GET", "/v1/orders/" + order, "",
-                   {{"Authorization", auth}})
-        .status;
-  };
+  auto get = [&](size_t region) { return OrderStatusAt(region, order, auth); };
   ASSERT_TRUE(Eventually([&] { return get(kEu) == 200; }, 20)) << "never reached eu-west";
   ASSERT_EQ(get(kAp), 404) << "the cut link let the order through";
 
