@@ -364,6 +364,14 @@ void RegionApp::Impl::SetupMetrics() {
                   .Name("meridian_order_forwards_total")
                   .Help("Order changes forwarded to the order's owner region, by result")
                   .Register(*registry);
+  account_lookups =
+      &BuildCounter()
+           .Name("meridian_account_lookups_total")
+           .Help(
+               "Accounts this region holds no row of, looked up at the peer regions (a login "
+               "miss, a registration), by result: elsewhere, none, incomplete (not found and a "
+               "peer unanswered), failed (the replicator unreachable)")
+           .Register(*registry);
   rights_waits = &BuildCounter()
                       .Name("meridian_rights_waits_total")
                       .Help(

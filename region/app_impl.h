@@ -116,6 +116,7 @@ struct RegionApp::Impl {
   prometheus::Family<prometheus::Counter>* forwards = nullptr;             // {result}
   prometheus::Family<prometheus::Counter>* rights_waits = nullptr;         // {result}
   prometheus::Family<prometheus::Counter>* checkout_durability = nullptr;  // {mode}
+  prometheus::Family<prometheus::Counter>* account_lookups = nullptr;      // {result}
 
   // background jobs
   std::mutex jobs_mu;
@@ -187,6 +188,27 @@ struct RegionApp::Impl {
   std::string RegionName(uint32_t replica) const;
   // Whether peer `replica`'s jurisdiction allows data of `residency` (false for an unknown one).
   bool PeerMayHold(uint32_t replica, std::string_view residency) const;
+
+  // Accounts this region has no row of. The stored account, when this region holds it:
+  struct StoredUser {
+    std::string password_hash;
+    std::string residency;
+  };
+  absl::StatusOr<std::optional<StoredUser>> FindUser(const std::string& user_id);
+  // Where else the account lives (region/control_service.cc): every peer region is asked at once
+  // through the replicator, which answers within about a second. Only a residency comes back.
+  // A login's `password` goes to the region found to hold the account only, which checks it.
+  struct AccountElsewhere {
+    bool found = false;
+    uint32_t region = 0;
+    std::string residency;
+    bool password_ok = false;  // a password was given, and it is the account's
+    // Some peer could not be asked (unreachable, or the replicator was); trivially true without
+    // peers or without a replicator (a region of its own).
+    bool complete = true;
+    std::string unanswered;  // who, for messages: "eu-west, ap-south" or "the replicator"
+  };
+  AccountElsewhere LocateAccount(const std::string& user_id, const std::string& password);
   // Refunds the captured charges that `where` (an SQL condition on sandbox_charges) selects;
   // returns the ids of those refunded. Idempotent: a refunded charge is not selected again.
   static std::vector<std::string> RefundCaptured(pqxx::work& tx, const std::string& where);

@@ -28,6 +28,12 @@ class OrderForwarder {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     return stub_->ForwardOrder(&ctx, req, out);
   }
+  grpc::Status Locate(const pb::LocateAccountRequest& req, pb::LocateAccountResponse* out) {
+    grpc::ClientContext ctx;
+    // The replicator waits at most about a second for its peers.
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    return stub_->LocateAccount(&ctx, req, out);
+  }
 
  private:
   std::unique_ptr<pb::OrderForwarder::Stub> stub_;
@@ -92,6 +98,40 @@ HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& 
   r.content_type = r.status >= 400 ? "application/problem+json" : "application/json";
   r.headers.emplace_back("X-Meridian-Owner-Region", owner_name);
   return r;
+}
+
+RegionApp::Impl::AccountElsewhere RegionApp::Impl::LocateAccount(const std::string& user_id,
+                                                                 const std::string& password) {
+  AccountElsewhere where;
+  if (!forwarder) return where;
+  pb::LocateAccountRequest req;
+  req.set_user_id(user_id);
+  req.set_password(password);
+  pb::LocateAccountResponse out;
+  grpc::Status s = forwarder->Locate(req, &out);
+  if (!s.ok()) {
+    account_lookups->Add({{"result", "failed"}}).Increment();
+    spdlog::warn("event=account_lookup_failed code={} error=\"{}\"",
+                 static_cast<int>(s.error_code()), s.error_message());
+    where.complete = false;
+    where.unanswered = "this region's replicator";
+    return where;
+  }
+  where.found = out.found();
+  where.region = out.region();
+  where.residency = out.residency();
+  where.password_ok = out.password_ok();
+  for (uint32_t peer : out.unanswered()) {
+    absl::StrAppend(&where.unanswered, where.unanswered.empty() ? "" : ", ", RegionName(peer));
+  }
+  where.complete = out.unanswered().empty();
+  const char* result = where.found ? "elsewhere" : where.complete ? "none" : "incomplete";
+  account_lookups->Add({{"result", result}}).Increment();
+  // No user id in the log: the account may be pinned to another jurisdiction.
+  spdlog::info("event=account_lookup result={} region={} residency={} unanswered=\"{}\"", result,
+               where.found ? RegionName(where.region) : "-", where.found ? where.residency : "-",
+               where.unanswered);
+  return where;
 }
 
 namespace {
@@ -805,6 +845,23 @@ class ControlService final : public pb::RegionControl::Service {
                  app_.RegionName(req->from_region()), r.status);
     out->set_http_status(r.status);
     out->set_body(r.body);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status FindAccount(grpc::ServerContext*, const pb::FindAccountRequest* req,
+                           pb::FindAccountResponse* out) override {
+    if (!services::IsUserId(req->user_id())) {
+      return Invalid("FindAccount: user_id must be \"u\" and 24 lowercase hex digits");
+    }
+    if (req->password().size() > 256) return Invalid("FindAccount: password longer than 256 bytes");
+    auto user = app_.FindUser(req->user_id());
+    if (!user.ok()) return FromStatus(user.status());
+    if (*user) {
+      out->set_found(true);
+      out->set_residency((*user)->residency);
+      out->set_password_ok(!req->password().empty() &&
+                           services::VerifyPassword(req->password(), (*user)->password_hash));
+    }
     return grpc::Status::OK;
   }
 

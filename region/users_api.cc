@@ -26,6 +26,13 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
   }
   if (auto redirect = ResidencyRedirect(*residency, req)) return *redirect;
   std::string user_id = services::UserIdForEmail(*email);
+  // The e-mail may be taken in a region that holds none of its data here (an account pinned to
+  // another jurisdiction): the peers are asked first. A peer that cannot be asked does not stop
+  // a registration (a region must be able to register while another is down); two registrations
+  // of one e-mail that way keep their profiles apart (a profile never changes its residency).
+  if (AccountElsewhere where = LocateAccount(user_id, ""); where.found) {
+    return HttpResponse::Problem(409, "Conflict", "an account with this e-mail already exists");
+  }
   std::string hash = services::HashPassword(*password);
   crdt::HlcTimestamp ts = Now();
   // The profile replicates to the regions its residency allows (the outbox row carries it), as
@@ -53,6 +60,18 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
       201, Json{{"user_id", user_id}, {"email", *email}, {"residency", *residency}}.dump());
 }
 
+absl::StatusOr<std::optional<RegionApp::Impl::StoredUser>> RegionApp::Impl::FindUser(
+    const std::string& user_id) {
+  std::optional<StoredUser> user;
+  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
+    pqxx::result r =
+        tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " + tx.quote(user_id));
+    if (!r.empty()) user = StoredUser{r[0][0].as<std::string>(), r[0][1].as<std::string>()};
+  });
+  if (!st.ok()) return st;
+  return user;
+}
+
 HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   auto body = ParseBody(req);
   if (!body.ok()) return ProblemFromStatus(body.status());
@@ -61,22 +80,47 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   if (!email.ok()) return ProblemFromStatus(email.status());
   if (!password.ok()) return ProblemFromStatus(password.status());
   std::string user_id = services::UserIdForEmail(*email);
-  std::optional<std::pair<std::string, std::string>> row;  // hash, residency
-  absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r =
-        tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " + tx.quote(user_id));
-    if (!r.empty()) row.emplace(r[0][0].as<std::string>(), r[0][1].as<std::string>());
-  });
-  if (!st.ok()) return ProblemFromStatus(st);
+  auto user = FindUser(user_id);
+  if (!user.ok()) return ProblemFromStatus(user.status());
   // The same answer for an unknown e-mail and a wrong password.
-  if (!row || !services::VerifyPassword(*password, row->first)) {
-    return HttpResponse::Problem(401, "Unauthorized", "wrong e-mail or password");
+  const HttpResponse refused =
+      HttpResponse::Problem(401, "Unauthorized", "wrong e-mail or password");
+  if (!*user) {
+    // No row here: the account may be pinned to another jurisdiction (its data never comes
+    // here), or made moments ago in another region. The peers say where, and the region that
+    // holds it checks the password, so that a redirect tells nothing to someone without it.
+    if (password->size() > 256) return refused;  // longer than any account's
+    AccountElsewhere where = LocateAccount(user_id, *password);
+    if (where.found && !where.password_ok) return refused;
+    if (where.found && !services::ResidencyAllows(where.residency, config.jurisdiction)) {
+      return *ResidencyRedirect(where.residency, req);  // 307 to an allowed region, or 403
+    }
+    if (where.found) {
+      HttpResponse r = HttpResponse::Problem(
+          503, "Service Unavailable",
+          absl::StrCat("this account was made in region ", RegionName(where.region),
+                       " and has not reached region ", config.name, " yet; retry in a moment"));
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    if (!where.complete) {
+      HttpResponse r = HttpResponse::Problem(
+          503, "Service Unavailable",
+          absl::StrCat("no account with this e-mail is held in region ", config.name,
+                       ", and the regions that might hold it could not all be asked (",
+                       where.unanswered, "); retry shortly"));
+      r.headers.emplace_back("Retry-After", "2");
+      return r;
+    }
+    return refused;
   }
-  if (auto redirect = ResidencyRedirect(row->second, req)) return *redirect;
-  services::TokenClaims claims{user_id, row->second, UnixNowS() + config.token_ttl_s};
+  if (!services::VerifyPassword(*password, (*user)->password_hash)) return refused;
+  const std::string& residency = (*user)->residency;
+  if (auto redirect = ResidencyRedirect(residency, req)) return *redirect;
+  services::TokenClaims claims{user_id, residency, UnixNowS() + config.token_ttl_s};
   return HttpResponse::Json(200, Json{{"token", services::IssueToken(claims, config.token_secret)},
                                       {"user_id", user_id},
-                                      {"residency", row->second},
+                                      {"residency", residency},
                                       {"expires_at", claims.expires_unix_s}}
                                      .dump());
 }

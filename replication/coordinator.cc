@@ -22,6 +22,7 @@
 #include "replication/lease.h"
 #include "replication/lease_frames.h"
 #include "replication/rights.h"
+#include "services/auth.h"
 #include "services/domain.h"
 
 namespace meridian::replication {
@@ -1187,6 +1188,85 @@ struct Coordinator::Impl {
     return it == peer_stubs.end() ? nullptr : it->second.get();
   }
 
+  // --- accounts ----------------------------------------------------------------------------------
+  // Asks every peer heard from lately, all at once, whether it holds the account; peers not heard
+  // from are reported unanswered at once (a partitioned peer would hold every login for the
+  // deadline). The answer is the lowest replica id that holds it.
+  void LocateAccount(const std::string& user_id, const std::string& password,
+                     rpb::LocateAccountResponse* out) {
+    struct Ask {
+      RegionId peer = 0;
+      pb::Replication::Stub* stub = nullptr;
+      grpc::ClientContext ctx;
+      pb::FindAccountResponse resp;
+      grpc::Status status;
+    };
+    std::vector<std::unique_ptr<Ask>> asks;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      for (const auto& p : config.peers) {
+        pb::Replication::Stub* stub = PeerStub(p.replica_id);
+        if (stub == nullptr || !lm->Alive(p.replica_id)) {
+          out->add_unanswered(p.replica_id);
+          continue;
+        }
+        auto a = std::make_unique<Ask>();
+        a->peer = p.replica_id;
+        a->stub = stub;
+        asks.push_back(std::move(a));
+      }
+    }
+    pb::FindAccountRequest q;
+    q.set_user_id(user_id);
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+    size_t done = 0;
+    for (auto& a : asks) {
+      a->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1500));
+      a->ctx.set_wait_for_ready(true);  // a peer heard from lately: its channel may be reconnecting
+      Ask* ask = a.get();
+      // The callback runs once for every call, on success, error or deadline alike.
+      ask->stub->async()->FindAccount(&ask->ctx, &q, &ask->resp, [&, ask](grpc::Status s) {
+        std::lock_guard<std::mutex> l(done_mu);
+        ask->status = std::move(s);
+        ++done;
+        done_cv.notify_all();
+      });
+    }
+    std::unique_lock<std::mutex> l(done_mu);
+    done_cv.wait(l, [&] { return done == asks.size(); });
+    std::sort(asks.begin(), asks.end(),
+              [](const auto& a, const auto& b) { return a->peer < b->peer; });
+    for (const auto& a : asks) {
+      if (!a->status.ok()) {
+        out->add_unanswered(a->peer);
+        spdlog::info("event=account_find_unanswered peer={} code={} error=\"{}\"", Name(a->peer),
+                     static_cast<int>(a->status.error_code()), a->status.error_message());
+      } else if (a->resp.found() && !out->found()) {
+        out->set_found(true);
+        out->set_region(a->peer);
+        out->set_residency(a->resp.residency());
+      }
+    }
+    if (!out->found() || password.empty()) return;
+    // A login: its password goes to that region only, which holds the account and checks it.
+    q.set_password(password);
+    pb::FindAccountResponse checked;
+    auto ctx = Ctx(1500);
+    ctx->set_wait_for_ready(true);
+    grpc::Status s = PeerStub(out->region())->FindAccount(ctx.get(), q, &checked);
+    if (!s.ok() || !checked.found()) {
+      spdlog::info("event=account_password_unchecked peer={} code={} error=\"{}\"",
+                   Name(out->region()), static_cast<int>(s.error_code()), s.error_message());
+      out->add_unanswered(out->region());
+      out->set_found(false);
+      out->set_region(0);
+      out->clear_residency();
+      return;
+    }
+    out->set_password_ok(checked.password_ok());
+  }
+
   // --- operators
   // ------------------------------------------------------------------------------------
   bool Authorized(const HttpRequest& req) const {
@@ -1274,6 +1354,20 @@ class ForwarderService final : public rpb::OrderForwarder::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status LocateAccount(grpc::ServerContext*, const rpb::LocateAccountRequest* req,
+                             rpb::LocateAccountResponse* out) override {
+    if (!services::IsUserId(req->user_id())) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "LocateAccount: user_id must be \"u\" and 24 lowercase hex digits");
+    }
+    if (req->password().size() > 256) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "LocateAccount: password longer than 256 bytes");
+    }
+    c_.LocateAccount(req->user_id(), req->password(), out);
+    return grpc::Status::OK;
+  }
+
  private:
   Coordinator::Impl& c_;
 };
@@ -1340,8 +1434,15 @@ absl::Status Coordinator::Start() {
     tls.pem_cert_chain = c.tls.cert;
     grpc::ChannelArguments args;
     args.SetSslTargetNameOverride(p.name);
-    c.peer_stubs[p.replica_id] = pb::Replication::NewStub(grpc::CreateCustomChannel(
-        absl::StrCat(p.address.host, ":", p.address.port), grpc::SslCredentials(tls), args));
+    // A peer that was down is tried again within a second of its return (gRPC's default backoff
+    // grows to two minutes), and the channel connects now: an account lookup (a login) should
+    // not pay for the handshake.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    auto channel = grpc::CreateCustomChannel(absl::StrCat(p.address.host, ":", p.address.port),
+                                             grpc::SslCredentials(tls), args);
+    channel->GetState(true);
+    c.peer_stubs[p.replica_id] = pb::Replication::NewStub(channel);
   }
   if (c.config.witness) {
     grpc::SslCredentialsOptions tls;
@@ -1536,6 +1637,21 @@ grpc::Status Coordinator::ForwardIncoming(RegionId from, const pb::ForwardOrderR
   if (!s.ok()) return s;
   out->set_http_status(resp.http_status());
   out->set_body(resp.body());
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::FindAccountIncoming(const pb::FindAccountRequest& req,
+                                              pb::FindAccountResponse* out) {
+  rpb::FindAccountRequest q;
+  q.set_user_id(req.user_id());
+  q.set_password(req.password());
+  rpb::FindAccountResponse resp;
+  auto ctx = Ctx(1000);
+  grpc::Status s = impl_->region->FindAccount(ctx.get(), q, &resp);
+  if (!s.ok()) return s;
+  out->set_found(resp.found());
+  out->set_residency(resp.residency());
+  out->set_password_ok(resp.password_ok());
   return grpc::Status::OK;
 }
 

@@ -71,6 +71,8 @@ class Coordinator {
   // Replication.ForwardOrder from a peer: run the change at our region.
   grpc::Status ForwardIncoming(RegionId from, const pb::ForwardOrderRequest& req,
                                pb::ForwardOrderResponse* out);
+  // Replication.FindAccount from a peer: whether our region holds the account (validated).
+  grpc::Status FindAccountIncoming(const pb::FindAccountRequest& req, pb::FindAccountResponse* out);
 
   [[nodiscard]] uint16_t control_port() const;
   [[nodiscard]] uint16_t admin_port() const;

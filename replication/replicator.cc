@@ -32,6 +32,7 @@
 #include "replication/frames.h"
 #include "replication/recent_keys.h"
 #include "replication/replication.grpc.pb.h"
+#include "services/auth.h"
 #include "services/domain.h"
 
 namespace meridian::replication {
@@ -1962,12 +1963,18 @@ class ReplicationService final : public pb::Replication::Service {
  public:
   explicit ReplicationService(Replicator::Impl& r) : r_(r) {}
 
-  grpc::Status ForwardOrder(grpc::ServerContext* ctx, const pb::ForwardOrderRequest* req,
-                            pb::ForwardOrderResponse* out) override {
+  // The caller's name, as its certificate (signed by the deployment's CA) gives it.
+  static std::string CommonName(const grpc::ServerContext& ctx) {
     std::string cn;
-    for (const auto& v : ctx->auth_context()->FindPropertyValues("x509_common_name")) {
+    for (const auto& v : ctx.auth_context()->FindPropertyValues("x509_common_name")) {
       cn.assign(v.data(), v.size());
     }
+    return cn;
+  }
+
+  grpc::Status ForwardOrder(grpc::ServerContext* ctx, const pb::ForwardOrderRequest* req,
+                            pb::ForwardOrderResponse* out) override {
+    const std::string cn = CommonName(*ctx);
     PeerState* peer = r_.PeerNamed(cn);
     if (!peer) {
       return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
@@ -1983,13 +1990,31 @@ class ReplicationService final : public pb::Replication::Service {
     return r_.coordinator->ForwardIncoming(peer->config.replica_id, *req, out);
   }
 
+  grpc::Status FindAccount(grpc::ServerContext* ctx, const pb::FindAccountRequest* req,
+                           pb::FindAccountResponse* out) override {
+    const std::string cn = CommonName(*ctx);
+    if (!r_.PeerNamed(cn)) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "no configured peer region has this certificate's name");
+    }
+    if (!r_.coordinator) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "coordination is off here");
+    }
+    if (!services::IsUserId(req->user_id())) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "FindAccount: user_id must be \"u\" and 24 lowercase hex digits");
+    }
+    if (req->password().size() > 256) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "FindAccount: password longer than 256 bytes");
+    }
+    return r_.coordinator->FindAccountIncoming(*req, out);
+  }
+
   grpc::Status Stream(grpc::ServerContext* ctx,
                       grpc::ServerReaderWriter<pb::Frame, pb::Frame>* rw) override {
     // The peer is who its certificate says (the CA signed it for that region's name).
-    std::string cn;
-    for (const auto& v : ctx->auth_context()->FindPropertyValues("x509_common_name")) {
-      cn.assign(v.data(), v.size());
-    }
+    const std::string cn = CommonName(*ctx);
     PeerState* peer = r_.PeerNamed(cn);
     if (!peer) {
       spdlog::warn("event=replication_peer_refused cn=\"{}\" peer={}", cn, ctx->peer());

@@ -94,6 +94,12 @@ std::string UserIdForEmail(std::string_view email) {
   return "u" + Hex(digest, 12);
 }
 
+bool IsUserId(std::string_view id) {
+  return id.size() == 25 && id[0] == 'u' && std::all_of(id.begin() + 1, id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 std::string IssueToken(const TokenClaims& claims, std::string_view secret) {
   std::string body =
       absl::StrCat(claims.user_id, ".", claims.residency, ".", claims.expires_unix_s);

@@ -24,6 +24,8 @@ std::string HashPassword(std::string_view password, int iterations = kPasswordIt
 bool VerifyPassword(std::string_view password, std::string_view stored);
 
 std::string UserIdForEmail(std::string_view email);
+// True for an id UserIdForEmail can make ("u" and 24 lowercase hex digits).
+bool IsUserId(std::string_view id);
 
 struct TokenClaims {
   std::string user_id;

@@ -33,6 +33,12 @@ TEST(Auth, UserIdIsStableAndCaseInsensitive) {
   EXPECT_EQ(UserIdForEmail("Ann@Example.com"), UserIdForEmail("ann@example.com"));
   EXPECT_NE(UserIdForEmail("ann@example.com"), UserIdForEmail("bob@example.com"));
   EXPECT_EQ(UserIdForEmail("a@b.c").size(), 25u);
+  EXPECT_TRUE(IsUserId(UserIdForEmail("a@b.c")));
+  EXPECT_FALSE(IsUserId(""));
+  EXPECT_FALSE(IsUserId("u0123456789abcdef0123456"));   // 23 hex digits
+  EXPECT_FALSE(IsUserId("u0123456789ABCDEF01234567"));  // upper case
+  EXPECT_FALSE(IsUserId("x0123456789abcdef01234567"));  // no leading u
+  EXPECT_FALSE(IsUserId("u0123456789abcdef0123456'"));  // not hex
 }
 
 }  // namespace

@@ -598,6 +598,64 @@ TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
   EXPECT_EQ(Count(kAp, "SELECT count(*) FROM orders WHERE user_id = '" + user + "'"), 0);
 }
 
+// A pinned customer's data never reaches a region outside their jurisdiction, so such a region
+// has no row to log them in with. It asks the peers where the account lives and sends the
+// customer there (307), as it does with a token; before, it answered 401 "wrong e-mail or
+// password" and the customer could not log in at all away from home. The e-mail is also taken
+// in every region: a second registration of it elsewhere is refused (before: 201, a second
+// account with the same id).
+TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywhere) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  const std::string email = "ines@example.eu";
+  const std::string user = Customer(kEu, email, "eu").second;
+  ASSERT_FALSE(user.empty());
+  const std::string login = Json{{"email", email}, {"password", "long-password"}}.dump();
+  const std::string eu_sessions =
+      "http://127.0.0.1:" + std::to_string(c_->http_port(kEu)) + "/v1/sessions";
+  for (size_t region : {kUs, kAp}) {
+    Response away = Request(c_->http_port(region), "POST", "/v1/sessions", login);
+    EXPECT_EQ(away.status, 307) << c_->spec(region).name << ": " << away.body;
+    EXPECT_EQ(away.Header("location"), eu_sessions) << away.body;
+    EXPECT_EQ(away.body.find(user), std::string::npos) << "her id in the answer: " << away.body;
+  }
+  // The redirect is followed: she logs in at home.
+  Response home = Request(c_->http_port(kEu), "POST", "/v1/sessions", login);
+  EXPECT_EQ(home.status, 200) << home.body;
+  // The password is checked where the account is held: a wrong one is refused, not redirected
+  // (the redirect would tell where her data is pinned).
+  Response wrong = Request(c_->http_port(kUs), "POST", "/v1/sessions",
+                           Json{{"email", email}, {"password", "wrong-password"}}.dump());
+  EXPECT_EQ(wrong.status, 401) << wrong.body;
+  EXPECT_EQ(wrong.Header("location"), "") << wrong.body;
+  // An e-mail no region holds is still refused.
+  Response nobody = Request(c_->http_port(kUs), "POST", "/v1/sessions",
+                            Json{{"email", "nobody@example.com"}, {"password", "x"}}.dump());
+  EXPECT_EQ(nobody.status, 401) << nobody.body;
+
+  // Her e-mail cannot be registered again where her account is not held.
+  Response again = Request(
+      c_->http_port(kAp), "POST", "/v1/users",
+      Json{{"email", email}, {"password", "another-password"}, {"residency", "any"}}.dump());
+  EXPECT_EQ(again.status, 409) << again.body;
+  EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
+  EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"none\"}"), 1);
+  EXPECT_EQ(Metric(kAp, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
+
+  // With her home's replicator down, a region that holds nothing of hers cannot tell: it says
+  // so (503), rather than that her password is wrong.
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(Eventually(
+      [&] { return Request(c_->http_port(kUs), "POST", "/v1/sessions", login).status == 503; }, 10))
+      << "us-east never noticed that eu-west could not be asked";
+  EXPECT_GE(Metric(kUs, "meridian_account_lookups_total{result=\"incomplete\"}"), 1);
+  // Nothing of hers was written outside the EU on the way.
+  for (size_t region : {kUs, kAp}) {
+    EXPECT_EQ(Count(region, "SELECT count(*) FROM users WHERE user_id = '" + user + "'"), 0)
+        << c_->spec(region).name;
+  }
+}
+
 // A region dies after shipping an order to one peer only (its link to the other is cut): the
 // peer that takes its group over syncs from the survivors, and the survivor it asks pulls the
 // group's orders back from it (catch-up), so the order is known, and forwarded, everywhere.
