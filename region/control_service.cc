@@ -12,6 +12,7 @@
 #include "crdt/codec.h"
 #include "region/control.grpc.pb.h"
 #include "region/documents.h"
+#include "services/auth.h"
 #include "services/domain.h"
 #include "services/orders.h"
 
@@ -850,10 +851,10 @@ class ControlService final : public pb::RegionControl::Service {
 
   grpc::Status FindAccount(grpc::ServerContext*, const pb::FindAccountRequest* req,
                            pb::FindAccountResponse* out) override {
-    if (!services::IsUserId(req->user_id())) {
-      return Invalid("FindAccount: user_id must be \"u\" and 24 lowercase hex digits");
+    if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
+        !st.ok()) {
+      return Invalid(absl::StrCat("FindAccount: ", st.message()));
     }
-    if (req->password().size() > 256) return Invalid("FindAccount: password longer than 256 bytes");
     auto user = app_.FindUser(req->user_id());
     if (!user.ok()) return FromStatus(user.status());
     if (*user) {

@@ -89,7 +89,7 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
     // No row here: the account may be pinned to another jurisdiction (its data never comes
     // here), or made moments ago in another region. The peers say where, and the region that
     // holds it checks the password, so that a redirect tells nothing to someone without it.
-    if (password->size() > 256) return refused;  // longer than any account's
+    if (password->size() > services::kMaxPasswordBytes) return refused;  // no account's
     AccountElsewhere where = LocateAccount(user_id, *password);
     if (where.found && !where.password_ok) return refused;
     if (where.found && !services::ResidencyAllows(where.residency, config.jurisdiction)) {

@@ -1356,13 +1356,10 @@ class ForwarderService final : public rpb::OrderForwarder::Service {
 
   grpc::Status LocateAccount(grpc::ServerContext*, const rpb::LocateAccountRequest* req,
                              rpb::LocateAccountResponse* out) override {
-    if (!services::IsUserId(req->user_id())) {
+    if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
+        !st.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "LocateAccount: user_id must be \"u\" and 24 lowercase hex digits");
-    }
-    if (req->password().size() > 256) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "LocateAccount: password longer than 256 bytes");
+                          absl::StrCat("LocateAccount: ", st.message()));
     }
     c_.LocateAccount(req->user_id(), req->password(), out);
     return grpc::Status::OK;

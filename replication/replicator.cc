@@ -2000,13 +2000,10 @@ class ReplicationService final : public pb::Replication::Service {
     if (!r_.coordinator) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "coordination is off here");
     }
-    if (!services::IsUserId(req->user_id())) {
+    if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
+        !st.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "FindAccount: user_id must be \"u\" and 24 lowercase hex digits");
-    }
-    if (req->password().size() > 256) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "FindAccount: password longer than 256 bytes");
+                          absl::StrCat("FindAccount: ", st.message()));
     }
     return r_.coordinator->FindAccountIncoming(*req, out);
   }

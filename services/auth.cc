@@ -100,6 +100,17 @@ bool IsUserId(std::string_view id) {
          });
 }
 
+absl::Status ValidateAccountQuery(std::string_view user_id, std::string_view password) {
+  if (!IsUserId(user_id)) {
+    return absl::InvalidArgumentError("user_id must be \"u\" and 24 lowercase hex digits");
+  }
+  if (password.size() > kMaxPasswordBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("password longer than ", kMaxPasswordBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 std::string IssueToken(const TokenClaims& claims, std::string_view secret) {
   std::string body =
       absl::StrCat(claims.user_id, ".", claims.residency, ".", claims.expires_unix_s);

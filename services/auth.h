@@ -26,6 +26,11 @@ bool VerifyPassword(std::string_view password, std::string_view stored);
 std::string UserIdForEmail(std::string_view email);
 // True for an id UserIdForEmail can make ("u" and 24 lowercase hex digits).
 bool IsUserId(std::string_view id);
+// The longest password an account can have (registration takes 8..256 characters).
+inline constexpr size_t kMaxPasswordBytes = 256;
+// A question about an account from another process (a peer's FindAccount): InvalidArgument
+// unless `user_id` IsUserId and `password` (empty: none) is at most kMaxPasswordBytes.
+absl::Status ValidateAccountQuery(std::string_view user_id, std::string_view password);
 
 struct TokenClaims {
   std::string user_id;

@@ -39,6 +39,12 @@ TEST(Auth, UserIdIsStableAndCaseInsensitive) {
   EXPECT_FALSE(IsUserId("u0123456789ABCDEF01234567"));  // upper case
   EXPECT_FALSE(IsUserId("x0123456789abcdef01234567"));  // no leading u
   EXPECT_FALSE(IsUserId("u0123456789abcdef0123456'"));  // not hex
+  const std::string id = UserIdForEmail("a@b.c");
+  EXPECT_TRUE(ValidateAccountQuery(id, "").ok());
+  EXPECT_TRUE(ValidateAccountQuery(id, std::string(kMaxPasswordBytes, 'p')).ok());
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(ValidateAccountQuery(id, std::string(kMaxPasswordBytes + 1, 'p'))));
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidateAccountQuery("u1", "")));
 }
 
 }  // namespace

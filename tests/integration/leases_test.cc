@@ -642,6 +642,28 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"none\"}"), 1);
   EXPECT_EQ(Metric(kAp, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
 
+  // What a peer's replicator may ask eu-west (as us-east's certificate): only the residency and
+  // whether a password is hers come back; a malformed question is refused.
+  {
+    test_support::ForgedPeer peer(*c_, kUs, kEu);
+    rpb::FindAccountRequest q;
+    rpb::FindAccountResponse a;
+    q.set_user_id(user);
+    ASSERT_TRUE(peer.FindAccount(q, &a).ok());
+    EXPECT_TRUE(a.found());
+    EXPECT_EQ(a.residency(), "eu");
+    EXPECT_FALSE(a.password_ok());
+    q.set_password("long-password");
+    ASSERT_TRUE(peer.FindAccount(q, &a).ok());
+    EXPECT_TRUE(a.password_ok());
+    q.set_password(std::string(257, 'p'));
+    EXPECT_EQ(peer.FindAccount(q, &a).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    q.clear_password();
+    q.set_user_id("u' OR '1'='1");
+    grpc::Status bad = peer.FindAccount(q, &a);
+    EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.error_message();
+  }
+
   // With her home's replicator down, a region that holds nothing of hers cannot tell: it says
   // so (503), rather than that her password is wrong.
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());

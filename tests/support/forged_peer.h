@@ -99,6 +99,14 @@ class ForgedPeer {
     return {};
   }
 
+  // A unary call with this peer's certificate (Replication.FindAccount), 5 s deadline.
+  grpc::Status FindAccount(const ::meridian::replication::v1::FindAccountRequest& req,
+                           ::meridian::replication::v1::FindAccountResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return stub_->FindAccount(&ctx, req, out);
+  }
+
   // A stream still open is cut (a NextAsync's read ends with it).
   ~ForgedPeer() {
     ctx_.TryCancel();
