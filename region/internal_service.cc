@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/strings.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
@@ -318,6 +319,9 @@ class Service final : public pb::RegionInternal::Service {
       return bad("origin_database: 1..64 characters");
     }
     if (req->records_size() > 10000) return bad("records: at most 10000 per call");
+    if (req->receiver_streams_size() > 0) {
+      if (grpc::Status st = SameStreams(req->receiver_streams()); !st.ok()) return st;
+    }
     // Pass 1: check and decode everything; a bad record rejects the call with nothing applied.
     std::vector<Prepared> prepared;
     int64_t last_seq = 0;
@@ -822,6 +826,29 @@ class Service final : public pb::RegionInternal::Service {
   }
 
  private:
+  // FAILED_PRECONDITION unless `streams` are this region's databases' stream names now (the
+  // calling session's view of them is from before a rebuild otherwise).
+  grpc::Status SameStreams(const google::protobuf::RepeatedPtrField<std::string>& streams) {
+    std::set<std::string> now;
+    for (PgPool* pool : AllPools()) {
+      auto name = app_.StreamName(*pool);
+      if (!name.ok()) return ToGrpc(name.status());
+      now.insert(*name);
+    }
+    if (std::set<std::string>(streams.begin(), streams.end()) == now) return grpc::Status::OK;
+    spdlog::info("event=apply_refused_local_streams_changed now=\"{}\"", absl::StrJoin(now, ","));
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("this region's databases are now ", absl::StrJoin(now, ", "),
+                                     ", not those the session started with (rebuilt since?): "
+                                     "nothing applied; start a new session"));
+  }
+
+  std::vector<PgPool*> AllPools() {
+    std::vector<PgPool*> pools{app_.global.get()};
+    for (auto& s : app_.shards) pools.push_back(s.get());
+    return pools;
+  }
+
   PgPool* PoolNamed(const std::string& name) {
     if (name == app_.global->name()) return app_.global.get();
     for (auto& s : app_.shards)

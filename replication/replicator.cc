@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/config_files.h"
 #include "region/internal.grpc.pb.h"
@@ -416,6 +417,11 @@ struct Replicator::Impl {
   // session's check of its peer's resume point against the outbox (CatchUpFromState).
   std::mutex truncate_mu;
   std::atomic<bool> stopping{false};
+  // The local databases' stream names as Housekeeping last read them (a database rebuilt while
+  // sessions are up gets a new one, its seqs start over); the generation moves when they change.
+  std::mutex local_streams_mu;
+  std::set<std::string> local_streams;
+  std::atomic<uint64_t> local_streams_generation{0};
   std::mutex stop_mu;
   std::condition_variable stop_cv;
   std::vector<std::thread> threads;
@@ -569,6 +575,7 @@ struct Replicator::Impl {
   absl::Status RunSession(PeerState& peer, FrameStream& stream);
   void DialLoop(PeerState& peer);
   void Housekeeping();
+  void NoteLocalStreams(const std::map<std::string, std::string>& names);
 };
 
 namespace {
@@ -583,6 +590,7 @@ class Session {
   absl::Status Run() {
     auto dbs = r_.LocalDatabases();
     if (!dbs.ok()) return dbs.status();
+    for (const auto& [name, stream] : *dbs) streams_.insert(stream);
     rpb::GetStreamMarksResponse marks;
     {
       auto ctx = r_.RegionCtx(5000);
@@ -742,6 +750,16 @@ class Session {
     }
   }
 
+  // True once Housekeeping has read local stream names other than this session's (checked when
+  // its generation moves: the first reading after the session started may already differ).
+  bool LocalStreamsRenamed() {
+    const uint64_t generation = r_.local_streams_generation.load();
+    if (generation == streams_checked_) return false;
+    streams_checked_ = generation;
+    std::lock_guard<std::mutex> l(r_.local_streams_mu);
+    return !r_.local_streams.empty() && r_.local_streams != streams_;
+  }
+
   void Watch() {
     const auto timeout = std::chrono::milliseconds(r_.config.peer_timeout_ms);
     std::unique_lock<std::mutex> l(mu_);
@@ -751,10 +769,17 @@ class Session {
       const bool apply_failed =
           !apply_status_.ok() && SteadyTime::now() - apply_failed_at_ > std::chrono::seconds(1);
       const bool silent = !held_back_ && SteadyTime::now() - last_received_.load() > timeout;
-      if (silent || r_.stopping || apply_failed) {
+      const bool renamed = LocalStreamsRenamed();
+      if (silent || r_.stopping || apply_failed || renamed) {
         if (silent && !r_.stopping) {
           spdlog::warn("event=replication_peer_silent peer={} timeout_ms={}", peer_.config.name,
                        r_.config.peer_timeout_ms);
+        }
+        if (renamed) {
+          // Our records would go on under the old names, below the peer's marks for them, and
+          // be skipped there: a new session ships the new streams from their start.
+          spdlog::info("event=replication_session_restart peer={} reason=local_stream_renamed",
+                       peer_.config.name);
         }
         stream_.Cancel();
         cancelled_ = true;
@@ -918,6 +943,7 @@ class Session {
       req.set_origin_database(db);
       req.set_through_seq(through);
       req.set_mark_now(true);
+      for (const auto& stream : streams_) req.add_receiver_streams(stream);
       rpb::ApplyDeltasResponse resp;
       auto ctx = r_.RegionCtx(5000);
       grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
@@ -1045,6 +1071,7 @@ class Session {
         ++applying_;
         req.set_origin(peer_.config.replica_id);
         req.set_origin_database(origin_db);
+        for (const auto& stream : streams_) req.add_receiver_streams(stream);
         req.set_state(queue.front().state);
         first_seq = queue.front().first_seq;
         queued_at = queue.front().queued_at;
@@ -1918,9 +1945,11 @@ class Session {
   // only who can proceed): the writer, the watchdog, the sender's window, and the rest (the
   // reader's backpressure and the end of the session).
   std::condition_variable write_cv_, watch_cv_, window_cv_, state_cv_;
-  bool draining_ = false;   // the reader waits for the appliers to finish
-  bool held_back_ = false;  // the reader waits for the apply queue to shrink
-  bool cancelled_ = false;  // the watchdog cancelled the stream
+  bool draining_ = false;          // the reader waits for the appliers to finish
+  bool held_back_ = false;         // the reader waits for the apply queue to shrink
+  bool cancelled_ = false;         // the watchdog cancelled the stream
+  std::set<std::string> streams_;  // the local stream names this session ships under
+  uint64_t streams_checked_ = 0;   // the local_streams_generation last compared (watchdog)
   bool done_ = false;
   bool write_failed_ = false;
   bool writing_ = false;
@@ -2093,6 +2122,22 @@ void Replicator::Impl::DialLoop(PeerState& peer) {
   }
 }
 
+// Sessions compare their stream names with these (Session::LocalStreamsRenamed).
+void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>& names) {
+  std::set<std::string> streams;
+  for (const auto& [stream, db] : names) {
+    if (stream.empty()) return;  // a database unreachable: no complete reading
+    streams.insert(stream);
+  }
+  std::lock_guard<std::mutex> l(local_streams_mu);
+  if (streams == local_streams) return;
+  if (!local_streams.empty()) {
+    spdlog::info("event=local_streams_changed streams=\"{}\"", absl::StrJoin(streams, ","));
+  }
+  local_streams = std::move(streams);
+  ++local_streams_generation;
+}
+
 // Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
 // every peer has acked (only once every peer has said where it stands since this start).
 void Replicator::Impl::Housekeeping() {
@@ -2105,6 +2150,7 @@ void Replicator::Impl::Housekeeping() {
     std::map<std::string, int64_t> through;    // per local stream
     std::map<std::string, std::string> names;  // stream -> database name
     for (const auto& d : status.databases()) names[d.stream()] = d.name();
+    NoteLocalStreams(names);
     bool all_heard = true;
     for (auto& p : peers) {
       std::lock_guard<std::mutex> l(p->mu);

@@ -370,6 +370,58 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
   ASSERT_TRUE(Eventually([&] { return Converged(users, {}, &why); }, 30)) << why;
 }
 
+// ap-south's databases are rebuilt while its replicator keeps running (only the region server
+// restarts): its streams get new names and their seqs start over. The sessions must start over
+// too, so that the peers see ap-south's new resume points (and send their full state), and ap-
+// south ships under the new names. Before, the sessions went on as if nothing had happened: no
+// state came back, and ap-south's new writes went out under the old names, below the peers'
+// marks for them, and were skipped until some reconnect.
+TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName) {
+  Product(kUs, "sku-1", 500);
+  ProductsEverywhere({"sku-1"});
+  std::string ann = Customer(kUs, "ann@example.com", "any");
+  const std::string ann_id = services::UserIdForEmail("ann@example.com");
+  ASSERT_EQ(Add(kUs, ann, "sku-1", 1), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({ann_id}, {{ann_id, {{"sku-1", 1}}}}, &why);
+      },
+      30))
+      << why;
+  ASSERT_TRUE(Eventually([&] { return OutboxRows(kUs) == 0; }, 30));
+
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  {
+    pqxx::connection admin(c_->Dsn(kAp, "postgres"));
+    pqxx::nontransaction tx(admin);
+    for (const char* db : {"global", "shard0", "shard1"}) {
+      tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
+      tx.exec(std::string("CREATE DATABASE ") + db);
+    }
+  }
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  // ann's profile and cart come back from the peers; then her new write at ap-south reaches
+  // them.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kAp, ann_id);
+        return Count(kAp, "shard0", "SELECT count(*) FROM users") +
+                       Count(kAp, "shard1", "SELECT count(*) FROM users") ==
+                   1 &&
+               cart && *cart == Lines{{"sku-1", 1}};
+      },
+      30))
+      << "ap-south never got ann's profile and cart back";
+  ASSERT_EQ(Add(kAp, ann, "sku-1", 2), 200);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Converged({ann_id}, {{ann_id, {{"sku-1", 3}}}}, &why);
+      },
+      20))
+      << why;
+}
+
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
 // certificates, lying or confused) let ap-south truncate what its outbox holds, no more: once the
 // genuine peers are back, later records are still truncated after they acked them. As the first
