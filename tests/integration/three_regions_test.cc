@@ -169,6 +169,38 @@ class ThreeRegions : public ::testing::Test {
     return true;
   }
 
+  // sku-1 in every region, and a new customer (residency any) registered at `region` with one
+  // sku-1 in their cart there, converged everywhere: their token and id (the test failed when a
+  // step did not succeed).
+  struct Shopper {
+    std::string token, id;
+  };
+  Shopper OneItemEverywhere(size_t region, const std::string& email) {
+    Product(region, "sku-1", 500);
+    ProductsEverywhere({"sku-1"});
+    std::string token = Customer(region, email, "any");
+    std::string id = services::UserIdForEmail(email);
+    EXPECT_EQ(Add(region, token, "sku-1", 1), 200);
+    std::string why;
+    EXPECT_TRUE(Eventually(
+        [&] {
+          return Converged({id}, {{id, {{"sku-1", 1}}}}, &why);
+        },
+        30))
+        << why;
+    return {token, id};
+  }
+
+  // Drops `region`'s three databases and creates them empty (its region server stopped first).
+  void RebuildDatabases(size_t region) {
+    pqxx::connection admin(c_->Dsn(region, "postgres"));
+    pqxx::nontransaction tx(admin);
+    for (const char* db : {"global", "shard0", "shard1"}) {
+      tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
+      tx.exec(std::string("CREATE DATABASE ") + db);
+    }
+  }
+
   std::unique_ptr<Cluster> c_;
 };
 
@@ -316,14 +348,7 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
   // ap-south loses everything and comes back empty.
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
-  {
-    pqxx::connection admin(c_->Dsn(kAp, "postgres"));
-    pqxx::nontransaction tx(admin);
-    for (const char* db : {"global", "shard0", "shard1"}) {
-      tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
-      tx.exec(std::string("CREATE DATABASE ") + db);
-    }
-  }
+  RebuildDatabases(kAp);
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
   // Writes go on at us-east while ap-south catches up from its full state: a state transfer's
   // cursor lands on a barrier taken after the session read the outbox's last seq, and must not
@@ -377,29 +402,13 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
 // state came back, and ap-south's new writes went out under the old names, below the peers'
 // marks for them, and were skipped until some reconnect.
 TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName) {
-  Product(kUs, "sku-1", 500);
-  ProductsEverywhere({"sku-1"});
-  std::string ann = Customer(kUs, "ann@example.com", "any");
-  const std::string ann_id = services::UserIdForEmail("ann@example.com");
-  ASSERT_EQ(Add(kUs, ann, "sku-1", 1), 200);
-  std::string why;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Converged({ann_id}, {{ann_id, {{"sku-1", 1}}}}, &why);
-      },
-      30))
-      << why;
+  const Shopper shopper = OneItemEverywhere(kUs, "ann@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string ann = shopper.token, ann_id = shopper.id;
   ASSERT_TRUE(Eventually([&] { return OutboxRows(kUs) == 0; }, 30));
 
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
-  {
-    pqxx::connection admin(c_->Dsn(kAp, "postgres"));
-    pqxx::nontransaction tx(admin);
-    for (const char* db : {"global", "shard0", "shard1"}) {
-      tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
-      tx.exec(std::string("CREATE DATABASE ") + db);
-    }
-  }
+  RebuildDatabases(kAp);
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
   // ann's profile and cart come back from the peers; then her new write at ap-south reaches
   // them.
@@ -414,6 +423,7 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
       30))
       << "ap-south never got ann's profile and cart back";
   ASSERT_EQ(Add(kAp, ann, "sku-1", 2), 200);
+  std::string why;
   EXPECT_TRUE(Eventually(
       [&] {
         return Converged({ann_id}, {{ann_id, {{"sku-1", 3}}}}, &why);
@@ -427,18 +437,10 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
 // genuine peers are back, later records are still truncated after they acked them. As the first
 // session after a restart, the claim does not move ap-south's shared outbox reader either.
 TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedReader) {
-  Product(kAp, "sku-1", 500);
-  ProductsEverywhere({"sku-1"});
-  std::string ada = Customer(kAp, "ada@example.com", "any");
-  const std::string ada_id = services::UserIdForEmail("ada@example.com");
-  ASSERT_EQ(Add(kAp, ada, "sku-1", 1), 200);
+  const Shopper shopper = OneItemEverywhere(kAp, "ada@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string ada = shopper.token, ada_id = shopper.id;
   std::string why;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Converged({ada_id}, {{ada_id, {{"sku-1", 1}}}}, &why);
-      },
-      30))
-      << why;
   // ap-south's streams: the region's database name and its outbox stream id.
   std::vector<std::pair<std::string, int64_t>> claim;
   for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
