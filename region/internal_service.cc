@@ -276,8 +276,7 @@ class Service final : public pb::RegionInternal::Service {
       });
       d->set_reachable(st.ok());
     };
-    describe(*app_.global);
-    for (auto& s : app_.shards) describe(*s);
+    for (PgPool* pool : AllPools()) describe(*pool);
     SetNow(out->mutable_now(), UnixNowMs());
     return grpc::Status::OK;
   }
@@ -652,9 +651,8 @@ class Service final : public pb::RegionInternal::Service {
                               pb::GetStreamMarksResponse* out) override {
     // The resume points live in the global database; each database also holds the mark of
     // what was applied to it (ApplyDeltas), and the highest of those is the highest applied.
-    std::vector<PgPool*> dbs{app_.global.get()};
-    if (req->highest())
-      for (auto& s : app_.shards) dbs.push_back(s.get());
+    const std::vector<PgPool*> dbs =
+        req->highest() ? AllPools() : std::vector<PgPool*>{app_.global.get()};
     std::map<std::pair<uint32_t, std::string>, int64_t> marks;
     for (PgPool* db : dbs) {
       absl::Status st = db->Run([&](pqxx::work& tx) {
@@ -843,6 +841,7 @@ class Service final : public pb::RegionInternal::Service {
                                      "nothing applied; start a new session"));
   }
 
+  // The global database, then the shards.
   std::vector<PgPool*> AllPools() {
     std::vector<PgPool*> pools{app_.global.get()};
     for (auto& s : app_.shards) pools.push_back(s.get());
