@@ -318,6 +318,10 @@ class Service final : public pb::RegionInternal::Service {
       return bad("origin_database: 1..64 characters");
     }
     if (req->records_size() > 10000) return bad("records: at most 10000 per call");
+    if (req->state_end() && !req->state()) return bad("state_end: only with state");
+    if (req->state() && !req->state_end() && req->through_seq() != 0) {
+      return bad("through_seq: 0 in a state transfer's call that does not end it");
+    }
     if (req->receiver_streams_size() > 0) {
       if (grpc::Status st = SameStreams(req->receiver_streams()); !st.ok()) return st;
     }
@@ -394,7 +398,7 @@ class Service final : public pb::RegionInternal::Service {
       return bad("through_seq: below the last record's seq");
     }
     last_seq = std::max(last_seq, req->through_seq());
-    if (last_seq == 0 && prepared.empty()) return grpc::Status::OK;
+    if (last_seq == 0 && prepared.empty() && !req->state_end()) return grpc::Status::OK;
     // Pass 2: one transaction per target database that has records. Each checks and advances
     // that database's high-water mark for this stream, so a record is applied exactly once
     // however often it is resent. The stream's resume point (GetStreamMarks) lives in the
@@ -453,8 +457,10 @@ class Service final : public pb::RegionInternal::Service {
     }
     if (stock_changed) app_.rights_signals.StockChanged();
     if (req->state()) {
-      // The end of a state transfer moves the stream's marks in every database at once.
-      if (last_seq > 0) {
+      // The end of a state transfer moves the stream's marks in every database at once (and
+      // creates them at 0 for an outbox that never took a record: the peer knows we have its
+      // documents).
+      if (req->state_end()) {
         for (PgPool* target : targets) {
           absl::Status st = target->Run([&](pqxx::work& tx) {
             tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));

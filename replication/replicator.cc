@@ -111,6 +111,8 @@ struct PeerMetrics {
   prometheus::Counter* survivor_confirmed;  // the peer applied our answer: the exchange is done
   prometheus::Counter* survivor_records;    // state records sent in those exchanges
   prometheus::Counter* own_outbox_reads;    // reads of the outbox for this peer alone
+  prometheus::Counter* state_truncated;     // full-state transfers: resume point truncated
+  prometheus::Counter* state_unknown;       // full-state transfers: no resume point
 };
 
 // A live session's way out for coordination frames. The coordinator sends through a copy taken
@@ -546,8 +548,19 @@ struct Replicator::Impl {
                               "point lies before what the shared reader holds (a peer catching "
                               "up) or past the outbox's end; 0 while the peer keeps up")
                           .Register(*registry);
+    auto& states = prometheus::BuildCounter()
+                       .Name("meridian_replication_state_transfers_total")
+                       .Help(
+                           "Full-state transfers of a database to the peer: its resume point lay "
+                           "in the truncated part of our outbox (reason=resume_point_truncated), "
+                           "or it had none (reason=no_resume_point: a new or rebuilt region; "
+                           "once per database and peer)")
+                       .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
+      p->m.state_truncated =
+          &states.Add({{"peer", p->config.name}, {"reason", "resume_point_truncated"}});
+      p->m.state_unknown = &states.Add({{"peer", p->config.name}, {"reason", "no_resume_point"}});
       p->m.lag_ms =
           &lag.Add(l, prometheus::Summary::Quantiles{{0.5, 0.01}, {0.9, 0.005}, {0.99, 0.001}},
                    std::chrono::seconds(30), 3);
@@ -649,7 +662,8 @@ class Session {
  private:
   struct Pending {
     std::string db;
-    bool state = false;  // a state transfer's batch
+    bool state = false;      // a state transfer's batch
+    bool state_end = false;  // its last (no records; last_seq its barrier, maybe 0)
     int64_t first_seq = 0, last_seq = 0;
     std::vector<rpb::OutboxRecord> records;
     size_t bytes = kPendingOverhead;  // what it holds in memory, for the apply backpressure
@@ -668,6 +682,9 @@ class Session {
     // Whether we know the peer's resume point is not in the truncated part of our outbox
     // (CatchUpFromState); an unchecked cursor ships nothing.
     bool checked = false;
+    // Whether the peer's hello gave a resume point for this database: one it never had (a new
+    // or rebuilt region) gets our full state first (CatchUpFromState).
+    bool known = false;
     // The resume point lies past the last seq our outbox ever took (CatchUpFromState): the peer
     // claims more than we wrote, and the session must not start the shared feed there.
     bool past_end = false;
@@ -834,9 +851,12 @@ class Session {
       std::lock_guard<std::mutex> l(peer_.mu);
       peer_.heard = true;
       for (const auto& [db, stream] : dbs) {
-        Cursor c{db, stream, 0, 0, 0, false};
-        for (const auto& a : ph.applied())
-          if (a.origin_database() == stream) c.after_seq = std::max<int64_t>(0, a.seq());
+        Cursor c{db, stream};
+        for (const auto& a : ph.applied()) {
+          if (a.origin_database() != stream) continue;
+          c.after_seq = std::max<int64_t>(0, a.seq());
+          c.known = true;
+        }
         peer_.acked[stream] = c.after_seq;
         cursors.push_back(c);
       }
@@ -963,6 +983,7 @@ class Session {
     Pending p;
     p.db = b.origin_database();
     p.state = b.state();
+    p.state_end = b.state() && list->records_size() == 0;
     p.first_seq = b.first_seq();
     p.last_seq = b.last_seq();
     p.queued_at = SteadyTime::now();
@@ -1001,7 +1022,7 @@ class Session {
     // (which may only come before any deltas) moves the stream to the transfer's barrier. A gap
     // would move our mark past records we never saw.
     int64_t& queued_through = queued_through_[p.db];
-    if (b.state() && b.last_seq() != 0) {
+    if (p.state_end) {
       if (deltas_queued_.count(p.db) || b.last_seq() < queued_through) {
         const int64_t at = queued_through;
         l.unlock();
@@ -1084,6 +1105,7 @@ class Session {
           }
           for (auto& o : p.records) *req.add_records() = std::move(o);
           req.set_through_seq(std::max(req.through_seq(), p.last_seq));
+          if (p.state_end) req.set_state_end(true);
           apply_bytes_ -= p.bytes;
           --apply_queued_;
           peer_.m.apply_queue_bytes->Decrement(static_cast<double>(p.bytes));
@@ -1456,8 +1478,12 @@ class Session {
   }
 
   // Anti-entropy: a peer whose resume point lies in the part of our outbox already truncated
-  // (a new or rebuilt region, or one that was away while the others truncated) gets the full
-  // documents of that database instead, then the outbox from the barrier seq on. Checks the
+  // (one that was away while the others truncated) gets the full documents of that database
+  // instead, then the outbox from the barrier seq on. So does a peer with no resume point for
+  // it (a new region, or one whose databases were rebuilt): our outbox holds only what this
+  // region wrote, and the peer needs every document we hold, its own among them (which no
+  // outbox holds any more). Its end gives the peer a resume point, so this happens once per
+  // database and peer. Checks the
   // cursors not checked yet; one whose database cannot be read now (the region or that
   // database unreachable) stays unchecked, and the ship loop tries again a second later: reading
   // on regardless would ship past a truncated gap as if it were aborted transactions. False when
@@ -1491,10 +1517,14 @@ class Session {
         const bool truncated = (decided != truncating.end() && c.after_seq < decided->second) ||
                                (d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
                                                        : d.outbox_last_seq() > c.after_seq);
+        const bool send_state = truncated || !c.known;
         // Before SendState, which moves the cursor to a barrier taken later (past this status's
         // last seq once anything was written meanwhile).
-        c.past_end = !truncated && c.after_seq > d.outbox_last_seq();
-        if (truncated && !SendState(c)) return false;
+        c.past_end = !send_state && c.after_seq > d.outbox_last_seq();
+        if (send_state) {
+          (truncated ? peer_.m.state_truncated : peer_.m.state_unknown)->Increment();
+          if (!SendState(c, truncated ? "resume_point_truncated" : "no_resume_point")) return false;
+        }
         if (c.past_end) {
           spdlog::warn(
               "event=peer_resume_past_outbox_end peer={} db={} resume_seq={} outbox_last_seq={}",
@@ -1506,7 +1536,7 @@ class Session {
     return true;
   }
 
-  bool SendState(Cursor& c) {
+  bool SendState(Cursor& c, const char* reason) {
     rpb::OutboxBarrierRequest breq;
     breq.set_database(c.db);
     rpb::OutboxBarrierResponse barrier;
@@ -1519,8 +1549,9 @@ class Session {
         return false;
       }
     }
-    spdlog::info("event=state_transfer_started peer={} db={} peer_resume={} through_seq={}",
-                 peer_.config.name, c.db, c.after_seq, barrier.seq());
+    spdlog::info(
+        "event=state_transfer_started peer={} db={} reason={} peer_resume={} through_seq={}",
+        peer_.config.name, c.db, reason, c.after_seq, barrier.seq());
     int64_t sent = 0;
     if (!SendDocuments(c, &sent)) return false;
     if (!SendBatch(c.stream, 0, barrier.seq(), pb::RecordList(), BatchKind::kState)) return false;
@@ -1911,7 +1942,14 @@ class Session {
     return Write(f);
   }
 
+  // The sender's way to end the stream when shipping failed. Not once the session is over: its
+  // writes fail then because it is (the reader rejected a frame, say), and a cancel would
+  // replace the status the session ends with (INVALID_ARGUMENT naming the frame) by CANCELLED.
   void Fail() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (done_) return;
+    }
     ship_error_ = true;
     stream_.Cancel();
   }

@@ -101,10 +101,11 @@ std::string UserOnShard(const std::string& base, int32_t shard) {
 
 // Holds eu-west's global outbox in SHARE mode (as OutboxBarrier does) while eu-west's replicator
 // truncates it: the DELETE waits behind the lock past the call's deadline (shortened to 1 s).
-// Meanwhile us-east reconnects from nothing (a rebuilt or restored peer; here a forged one that
-// acknowledges nothing, so eu-west's window stops its shipping part way). Then the lock goes. A
-// DELETE that committed after the call gave up would leave the rest of the rows unshipped: the
-// stream would jump over them as over a gap. The peer must get every row or a state transfer.
+// Meanwhile us-east reconnects from before every row (a peer restored from an old backup; here a
+// forged one that acknowledges nothing, so eu-west's window stops its shipping part way). Then the
+// lock goes. A DELETE that committed after the call gave up would leave the rest of the rows
+// unshipped: the stream would jump over them as over a gap. The peer must get every row or a state
+// transfer.
 TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFromBefore) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
@@ -164,15 +165,17 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
       << "eu-west never tried to truncate its outbox";
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
 
-  // us-east reconnects from nothing, and acknowledges nothing. (What the reader fills in is
-  // declared before the peer: the peer's destructor ends the reader.)
+  // us-east reconnects from before every row (a peer restored from an old backup: a peer with
+  // no resume point at all gets the state whatever was truncated), and acknowledges nothing.
+  // (What the reader fills in is declared before the peer: the peer's destructor ends the
+  // reader.)
   std::mutex mu;
   bool state = false;      // a state transfer of eu-west's global database came
   std::set<int64_t> got;   // the rows that came as deltas
   int64_t delta_last = 0;  // the highest seq the deltas covered
   auto last_batch = std::chrono::steady_clock::now();
   ForgedPeer peer(*c_, kUs, kEu, "", std::chrono::seconds(120));
-  ASSERT_TRUE(peer.Hello());
+  ASSERT_TRUE(peer.Hello({{stream, 0}}));
   peer.NextAsync([&](const rpb::Frame& f) {
     if (!f.has_batch() || f.batch().origin_database() != stream) return false;
     auto list = replication::DecodeBatch(f.batch(), 2);

@@ -432,6 +432,62 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
       << why;
 }
 
+// A region rebuilt from nothing gets back the documents it had originated itself, which only its
+// peers' databases hold (its outbox went with it, and theirs never had them): each peer sends the
+// full state of every database the rebuilt region has no resume point for. The end of a transfer
+// gives it one, even for a database whose outbox never took a record, so a reconnect does not
+// send the state again.
+TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
+  const Shopper shopper = OneItemEverywhere(kAp, "bea@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string bea = shopper.token, bea_id = shopper.id;
+  const std::string unknown =
+      "meridian_replication_state_transfers_total{peer=\"ap-south\",reason=\"no_resume_point\"}";
+  auto transfers = [&](size_t region) { return c_->Metric(region, unknown).value_or(-1); };
+  const double us_before = transfers(kUs), eu_before = transfers(kEu);
+
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  RebuildDatabases(kAp);
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kAp, bea_id);
+        return Count(kAp, "shard0", "SELECT count(*) FROM users") +
+                       Count(kAp, "shard1", "SELECT count(*) FROM users") ==
+                   1 &&
+               cart && *cart == Lines{{"sku-1", 1}};
+      },
+      30))
+      << "ap-south never got its own customer's profile and cart back";
+  // Every database of both peers came (three each, with no resume point at ap-south).
+  EXPECT_TRUE(Eventually(
+      [&] { return transfers(kUs) - us_before >= 3 && transfers(kEu) - eu_before >= 3; }, 15))
+      << "us-east sent " << transfers(kUs) - us_before << ", eu-west "
+      << transfers(kEu) - eu_before;
+  ASSERT_EQ(Add(kAp, bea, "sku-1", 2), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({bea_id}, {{bea_id, {{"sku-1", 3}}}}, &why);
+      },
+      20))
+      << why;
+
+  // Now ap-south has a resume point for every database of its peers: a new session resumes.
+  const double us_after = transfers(kUs), eu_after = transfers(kEu);
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  ASSERT_EQ(Add(kAp, bea, "sku-1", 1), 200);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({bea_id}, {{bea_id, {{"sku-1", 4}}}}, &why);
+      },
+      30))
+      << why;
+  EXPECT_EQ(transfers(kUs), us_after);
+  EXPECT_EQ(transfers(kEu), eu_after);
+}
+
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
 // certificates, lying or confused) let ap-south truncate what its outbox holds, no more: once the
 // genuine peers are back, later records are still truncated after they acked them. As the first
