@@ -229,6 +229,19 @@ PgPool& RegionApp::Impl::ShardFor(std::string_view user_id) {
   return *shards[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
 }
 
+void RegionApp::Impl::RefuseLocalWriteIfHeld() {
+  if (!local_writes_held.load()) return;
+  std::string peers;
+  {
+    std::lock_guard<std::mutex> l(hold_mu);
+    peers = hold_peers;
+  }
+  throw AbortTx{absl::UnavailableError(absl::StrCat(
+      "this region's databases were rebuilt, and it is taking its peers' state back (from ",
+      peers.empty() ? "its peers" : peers,
+      "): cart and stock changes wait until it is in; retry shortly"))};
+}
+
 crdt::HlcTimestamp RegionApp::Impl::Now() {
   std::lock_guard<std::mutex> lock(hlc_mu);
   return hlc.Now(static_cast<uint64_t>(UnixNowMs()));

@@ -95,6 +95,16 @@ struct RegionApp::Impl {
   std::mutex streams_mu;
   std::map<std::string, std::string> stream_names;  // pool name -> its outbox stream name
 
+  // Set by the replicator (SetLocalWriteHold) while this region, its databases rebuilt, waits
+  // for its peers' state: no change of its own to a cart or to stock meanwhile (each would take
+  // a CRDT dot or per-replica count it had already used before the rebuild).
+  std::atomic<bool> local_writes_held{false};
+  std::mutex hold_mu;
+  std::string hold_peers;  // the peers awaited, for the error
+  // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
+  // transaction of every local cart and stock change, before it writes.
+  void RefuseLocalWriteIfHeld();
+
   // metrics
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Histogram>* latency = nullptr;

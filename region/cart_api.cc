@@ -83,6 +83,7 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
   CartRow saved;
   bool changed = false;
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
+    app.RefuseLocalWriteIfHeld();
     CartRow row = LoadCart(tx, who.user_id, app.config.replica_id, true);
     CartChange delta = change(row.cart);
     if (!delta.ok()) throw AbortTx{delta.status()};

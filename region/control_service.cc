@@ -428,6 +428,7 @@ class ControlService final : public pb::RegionControl::Service {
     bool moved = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       moved = false;
+      app_.RefuseLocalWriteIfHeld();
       crdt::Inventory inv = LoadInventoryForUpdate(tx, req->sku(), app_.config.replica_id);
       auto delta = inv.Transfer(req->sku(), req->to(), req->units());
       if (!delta.ok()) return;  // sold meanwhile: nothing to give
@@ -555,6 +556,7 @@ class ControlService final : public pb::RegionControl::Service {
       for (const auto& r : rows) {
         const std::string sku = r[0].as<std::string>();
         const int64_t units = r[1].as<int64_t>();
+        app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
         const int64_t n = std::clamp<int64_t>(inv.Rights(sku, region) - others[sku], 0, units);
         out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
@@ -718,6 +720,7 @@ class ControlService final : public pb::RegionControl::Service {
       }
       std::string writes;
       for (const auto& i : d.items()) {
+        app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
         const uint64_t n = std::min<uint64_t>(i.units(), static_cast<uint64_t>(have));
@@ -795,6 +798,7 @@ class ControlService final : public pb::RegionControl::Service {
       // Exactly what the region wrote off: its rights went down by these units, ours go up by
       // them, so the stock is counted once.
       for (const auto& [sku, units] : written_off) {
+        app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
         auto delta = inv.Restock(sku, units);
         if (!delta.ok()) throw AbortTx{delta.status()};

@@ -491,6 +491,26 @@ class Service final : public pb::RegionInternal::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SetLocalWriteHold(grpc::ServerContext*, const pb::SetLocalWriteHoldRequest* req,
+                                 pb::SetLocalWriteHoldResponse*) override {
+    if (req->peers_size() > 64) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 64");
+    }
+    std::string peers = absl::StrJoin(req->peers(), ", ");
+    if (peers.size() > 1024) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: long");
+    std::lock_guard<std::mutex> l(app_.hold_mu);
+    const bool was = app_.local_writes_held.exchange(req->hold());
+    if (was != req->hold() || (req->hold() && peers != app_.hold_peers)) {
+      if (req->hold()) {
+        spdlog::warn("event=local_writes_held awaiting=\"{}\"", peers);
+      } else {
+        spdlog::info("event=local_writes_released");
+      }
+    }
+    app_.hold_peers = req->hold() ? std::move(peers) : std::string();
+    return grpc::Status::OK;
+  }
+
   grpc::Status OutboxBarrier(grpc::ServerContext*, const pb::OutboxBarrierRequest* req,
                              pb::OutboxBarrierResponse* out) override {
     PgPool* pool = PoolNamed(req->database());

@@ -193,6 +193,7 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
       items.emplace_back(i[0].as<std::string>(), i[1].as<int64_t>());
     }
     // The units return as this region's rights: it took them from its own rights.
+    if (!items.empty()) RefuseLocalWriteIfHeld();
     for (const auto& [sku, units] : items) {
       crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
       auto delta = inv.Restock(sku, static_cast<uint64_t>(units));
@@ -309,6 +310,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     std::map<std::string, int64_t> short_units;  // SKU -> units missing here
     const uint64_t stock_seen = rights_signals.StockVersion();
     st = global->Run([&](pqxx::work& tx) {
+      RefuseLocalWriteIfHeld();  // it takes stock, then clears the cart
       // Reset here, not before Run: it runs this body again after a deadlock or serialization
       // failure, and a total summed over two attempts would be charged.
       short_units.clear();

@@ -388,6 +388,7 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
     if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
       throw AbortTx{absl::NotFoundError(absl::StrCat("no product ", sku))};
     }
+    RefuseLocalWriteIfHeld();
     crdt::Inventory inv = LoadInventory(tx, sku, config.replica_id, true);
     auto delta = inv.Restock(sku, static_cast<uint64_t>(*units));
     if (!delta.ok()) throw AbortTx{Unprocessable(std::string(delta.status().message()))};

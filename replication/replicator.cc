@@ -158,6 +158,11 @@ struct PeerState {
   // Takeovers of each lost region our coordinator saw: an exchange confirmed for an earlier one
   // does not end the exchange a later one needs.
   std::map<uint32_t, uint64_t> takeovers;
+  // Guarded by mu. Our databases were rebuilt and the peer knows our past (its hello had resume
+  // points for streams of ours that are gone): the peer's databases (stream names) whose state
+  // has not come yet. While any peer's is not empty, the region takes no local cart or stock
+  // change (SyncWriteHold). Cleared when the session ends (the next hello sets it again).
+  std::set<std::string> awaiting_state;
   // Bumped whenever a session may have marks to send or to answer; each session's sender
   // handles every bump (sessions may overlap while an old one winds down).
   std::atomic<uint64_t> exchange_generation{0};
@@ -588,6 +593,12 @@ struct Replicator::Impl {
   absl::Status RunSession(PeerState& peer, FrameStream& stream);
   void DialLoop(PeerState& peer);
   void Housekeeping();
+  // Tells the region whether to hold its local cart and stock changes: while any peer's
+  // awaiting_state is not empty. On a change, and every second from Housekeeping (a region
+  // server that restarted starts released).
+  void SyncWriteHold();
+  std::mutex hold_mu;  // one SetLocalWriteHold at a time, in order
+  bool hold_told = false;
   void NoteLocalStreams(const std::map<std::string, std::string>& names);
 };
 
@@ -616,6 +627,7 @@ class Session {
     h->set_jurisdiction(r_.config.jurisdiction);
     h->set_replica_id(r_.config.replica_id);
     h->set_protocol_version(pb::PROTOCOL_VERSION_1);
+    for (const auto& [name, stream] : *dbs) h->add_streams(stream);
     for (const auto& m : marks.marks()) {
       if (m.origin() != peer_.config.replica_id) continue;
       pb::AckedSeq* a = h->add_applied();
@@ -650,6 +662,13 @@ class Session {
     peer_.m.apply_queue_bytes->Decrement(static_cast<double>(apply_bytes_));
     peer_.m.apply_queue_batches->Decrement(apply_queued_);
     FlushResumePoints();
+    bool was_awaiting = false;
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      was_awaiting = !peer_.awaiting_state.empty();
+      peer_.awaiting_state.clear();
+    }
+    if (was_awaiting) r_.SyncWriteHold();
     if (outlet_) {
       outlet_->Close();
       // A newer session with this peer may have put its own in place already.
@@ -815,6 +834,42 @@ class Session {
     }
   }
 
+  // Our databases were rebuilt when the peer has applied records of streams of ours that are
+  // gone (its resume points name them, past 0). Then, until we hold a resume point for each of
+  // the peer's databases (its state transfer's end gives one), the region takes no local cart
+  // or stock change: ours would take dots and per-replica counts we had used before.
+  void AwaitStateIfRebuilt(const pb::Hello& ours, const pb::Hello& theirs) {
+    std::vector<std::string> gone;
+    for (const auto& a : theirs.applied())
+      if (a.seq() > 0 && !streams_.count(a.origin_database())) gone.push_back(a.origin_database());
+    std::set<std::string> awaiting;
+    if (!gone.empty()) {
+      for (const std::string& stream : theirs.streams()) awaiting.insert(stream);
+      for (const auto& a : ours.applied()) awaiting.erase(a.origin_database());
+    }
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      if (peer_.awaiting_state == awaiting) return;
+      peer_.awaiting_state = awaiting;
+    }
+    if (!awaiting.empty()) {
+      spdlog::warn(
+          "event=rebuilt_region_awaits_state peer={} our_gone_streams=\"{}\" awaiting=\"{}\"",
+          peer_.config.name, absl::StrJoin(gone, ","), absl::StrJoin(awaiting, ","));
+    }
+    r_.SyncWriteHold();
+  }
+
+  // A state transfer of the peer's database `stream` ended here.
+  void StateArrived(const std::string& stream) {
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      if (!peer_.awaiting_state.erase(stream) || !peer_.awaiting_state.empty()) return;
+    }
+    spdlog::info("event=rebuilt_region_state_in peer={}", peer_.config.name);
+    r_.SyncWriteHold();
+  }
+
   absl::Status Converse(const pb::Frame& hello,
                         const std::vector<std::pair<std::string, std::string>>& dbs) {
     if (!Write(hello)) return absl::UnavailableError("the stream closed before our hello");
@@ -841,6 +896,11 @@ class Session {
                                    " is not a seq"));
       }
     }
+    if (ph.streams_size() > 64) return Reject("a hello naming more than 64 streams");
+    for (const std::string& name : ph.streams()) {
+      if (!ValidDatabaseName(name)) return Reject("a hello naming a malformed stream");
+    }
+    AwaitStateIfRebuilt(hello.hello(), ph);
     {
       // The peer ships each of its databases from the resume point we gave.
       std::lock_guard<std::mutex> l(mu_);
@@ -1149,6 +1209,7 @@ class Session {
         peer_.m.lag_ms->Observe(static_cast<double>(std::max<int64_t>(0, now - committed)));
       }
       peer_.m.applied->Increment(resp.applied());
+      if (req.state_end()) StateArrived(origin_db);
       if (req.state()) {
         peer_.recent.StateApplied(origin_db, req.through_seq());
       } else {
@@ -2178,9 +2239,36 @@ void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>
 
 // Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
 // every peer has acked (only once every peer has said where it stands since this start).
+void Replicator::Impl::SyncWriteHold() {
+  std::lock_guard<std::mutex> hl(hold_mu);
+  rpb::SetLocalWriteHoldRequest req;
+  for (auto& p : peers) {
+    std::lock_guard<std::mutex> l(p->mu);
+    if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
+  }
+  req.set_hold(req.peers_size() > 0);
+  rpb::SetLocalWriteHoldResponse resp;
+  auto ctx = RegionCtx(5000);
+  grpc::Status s = region->SetLocalWriteHold(ctx.get(), req, &resp);
+  if (!s.ok()) {
+    // A region server that is down starts released: only a hold it missed matters.
+    if (req.hold() || hold_told) {
+      spdlog::warn("event=local_write_hold_not_set hold={} error=\"{}\"", req.hold(),
+                   s.error_message());
+    }
+    return;
+  }
+  if (req.hold() != hold_told) {
+    spdlog::info("event=local_write_hold hold={} awaiting=\"{}\"", req.hold(),
+                 absl::StrJoin(req.peers(), ","));
+  }
+  hold_told = req.hold();
+}
+
 void Replicator::Impl::Housekeeping() {
   auto last_truncate = SteadyTime::now();
   while (SleepFor(std::chrono::milliseconds(1000))) {
+    SyncWriteHold();
     rpb::GetStatusResponse status;
     auto ctx = RegionCtx(5000);
     if (!region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) continue;

@@ -106,6 +106,14 @@ class ThreeRegions : public ::testing::Test {
         .status;
   }
 
+  // A cart add at a region whose databases were rebuilt: it answers 503 (writing nothing) until
+  // every connected peer that knows its past has sent its state, so it is retried until then.
+  int AddAfterRebuild(size_t region, const std::string& token, const std::string& sku, int qty) {
+    int status = 0;
+    (void)Eventually([&] { return (status = Add(region, token, sku, qty)) != 503; }, 20);
+    return status;
+  }
+
   // The cart as the region's PostgreSQL holds it (both shards are searched).
   // On failure *error (when given) says why.
   std::optional<Lines> DbCart(size_t region, const std::string& user_id,
@@ -385,7 +393,7 @@ TEST_F(ThreeRegions, ARebuiltRegionCatchesUpFromThePeersFullState) {
     EXPECT_EQ(Count(kAp, db, "SELECT count(*) FROM carts WHERE user_id = '" + eve_id + "'"), 0);
   }
   // Its own new writes reach the others (its sequences started over: a new stream to them).
-  ASSERT_EQ(Add(kAp, tokens[0], "sku-2", 5), 200);
+  ASSERT_EQ(AddAfterRebuild(kAp, tokens[0], "sku-2", 5), 200);
   ASSERT_TRUE(Eventually(
       [&] {
         auto cart = DbCart(kUs, users[0]);
@@ -422,7 +430,7 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
       },
       30))
       << "ap-south never got ann's profile and cart back";
-  ASSERT_EQ(Add(kAp, ann, "sku-1", 2), 200);
+  ASSERT_EQ(AddAfterRebuild(kAp, ann, "sku-1", 2), 200);
   std::string why;
   EXPECT_TRUE(Eventually(
       [&] {
@@ -464,7 +472,7 @@ TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
       [&] { return transfers(kUs) - us_before >= 3 && transfers(kEu) - eu_before >= 3; }, 15))
       << "us-east sent " << transfers(kUs) - us_before << ", eu-west "
       << transfers(kEu) - eu_before;
-  ASSERT_EQ(Add(kAp, bea, "sku-1", 2), 200);
+  ASSERT_EQ(AddAfterRebuild(kAp, bea, "sku-1", 2), 200);
   std::string why;
   ASSERT_TRUE(Eventually(
       [&] {
@@ -486,6 +494,85 @@ TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
       << why;
   EXPECT_EQ(transfers(kUs), us_after);
   EXPECT_EQ(transfers(kEu), eu_after);
+}
+
+// A region whose databases were rebuilt takes no cart change of its own until every connected
+// peer that knows its past has sent its state: a change before that would take a CRDT dot it had
+// used before the rebuild (its replica id, counting from 1 again), which the peers take for one
+// they have seen. A forged eu-west (eu-west's certificate) that says it applied records of
+// ap-south's old databases holds ap-south's writes until it has ended a state transfer of each
+// of its databases.
+TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
+  const Shopper shopper = OneItemEverywhere(kAp, "cy@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string cy = shopper.token, cy_id = shopper.id;
+  std::string old_stream;
+  {
+    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+    pqxx::work tx(conn);
+    old_stream = "shard-0-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+  }
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  RebuildDatabases(kAp);
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  // us-east (real) sends its state: cy's profile and cart come back.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kAp, cy_id);
+        return cart && *cart == Lines{{"sku-1", 1}};
+      },
+      30))
+      << "ap-south never got cy's cart back from us-east";
+
+  const std::vector<std::string> eu_streams = {"global-e0", "shard-0-e0", "shard-1-e0"};
+  {
+    ForgedPeer eu(*c_, kEu, kAp, "", std::chrono::seconds(120));
+    ASSERT_TRUE(eu.Hello({{old_stream, 5}}, eu_streams));
+    auto beat = [&] {
+      rpb::Frame f;
+      f.mutable_heartbeat();
+      return eu.Write(f);
+    };
+    // Waits for the hold with a change that changes nothing (the quantity it has): until the
+    // hold is on, it answers 200 and writes nothing.
+    auto same_quantity = [&] {
+      return Request(c_->http_port(kAp), "PUT", "/v1/cart/items/sku-1",
+                     Json{{"quantity", 1}}.dump(), {{"Authorization", "Bearer " + cy}})
+          .status;
+    };
+    int status = 0;
+    EXPECT_TRUE(Eventually([&] { return beat() && (status = same_quantity()) == 503; }, 10))
+        << "a cart change at the rebuilt ap-south answered " << status
+        << " while eu-west's state was awaited";
+    EXPECT_EQ(Add(kAp, cy, "sku-1", 1), 503);
+    // Two of eu-west's three databases: still held.
+    auto state_end = [&](const std::string& stream) {
+      rpb::Frame f;
+      *f.mutable_batch() = replication::EncodeBatch(2, stream, 0, 0, rpb::RecordList(), 1,
+                                                    replication::BatchKind::kState);
+      return eu.Write(f);
+    };
+    ASSERT_TRUE(state_end(eu_streams[0]) && state_end(eu_streams[1]));
+    for (int i = 0; i < 4; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      ASSERT_TRUE(beat());
+      EXPECT_EQ(Add(kAp, cy, "sku-1", 1), 503) << "released before eu-west's last database";
+    }
+    EXPECT_EQ(*DbCart(kAp, cy_id), (Lines{{"sku-1", 1}})) << "a refused change was written";
+    ASSERT_TRUE(state_end(eu_streams[2]));
+    EXPECT_TRUE(
+        Eventually([&] { return beat() && (status = Add(kAp, cy, "sku-1", 1)) == 200; }, 10))
+        << "still " << status << " after eu-west's state came";
+  }
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  std::string why;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Converged({cy_id}, {{cy_id, {{"sku-1", 2}}}}, &why);
+      },
+      30))
+      << why;
 }
 
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
@@ -828,6 +915,13 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     rpb::Frame f;
     f.mutable_heartbeat();
     expect_rejected(p.SendAndFinish(f), "resume point");
+  }
+  {  // a hello naming a stream of its own that is no database name
+    ForgedPeer p(*c_, kEu, kAp);
+    (void)p.Hello({}, {"shard-0'; DROP TABLE carts; --"});
+    rpb::Frame f;
+    f.mutable_heartbeat();
+    expect_rejected(p.SendAndFinish(f), "malformed stream");
   }
   {  // an ack past what ap-south shipped: it would let ap-south truncate its outbox early
     ASSERT_EQ(Add(kAp, Customer(kAp, "ack@example.com", "any"), "sku-1", 1), 200);

@@ -59,9 +59,10 @@ class ForgedPeer {
     spec_ = c.spec(as);
   }
 
-  // Sends our hello (with `applied` as our resume points) and reads the peer's; false when the
-  // stream never came up.
-  bool Hello(const std::vector<std::pair<std::string, int64_t>>& applied = {}) {
+  // Sends our hello (with `applied` as our resume points, and `streams` as our databases' stream
+  // names) and reads the peer's; false when the stream never came up.
+  bool Hello(const std::vector<std::pair<std::string, int64_t>>& applied = {},
+             const std::vector<std::string>& streams = {}) {
     Frame f;
     f.mutable_hello()->set_region(spec_.name);
     f.mutable_hello()->set_jurisdiction(spec_.jurisdiction);
@@ -72,6 +73,7 @@ class ForgedPeer {
       a->set_origin_database(db);
       a->set_seq(seq);
     }
+    for (const std::string& stream : streams) f.mutable_hello()->add_streams(stream);
     if (!rw_->Write(f)) return false;
     Frame in;
     if (rw_->Read(&in) && in.has_hello()) return true;
