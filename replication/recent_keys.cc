@@ -19,8 +19,9 @@ namespace {
 
 // The file: kMagic, then entries {u32 body length, u32 crc32 of the body, body}, host byte order.
 // Body: u8 'A', u32 stream length, stream, i64 first_seq, i64 through_seq, u32 n, then n times
-// {i64 seq, u32 kind, u32 key length, key} (an Applied call); or u8 'S', u32 stream length,
-// stream, i64 through_seq (a StateApplied call).
+// {i64 seq, u32 kind, u32 key length, key} (an Applied call); or u8 'S' (a StateApplied call
+// within a transfer; before 2026-12-03 also its end when through_seq > 0) or 'E' (one that ended
+// it), u32 stream length, stream, i64 through_seq.
 constexpr std::string_view kMagic = "MERIDIAN-RECENT-KEYS 1\n";
 constexpr size_t kMaxBody = size_t{64} << 20;
 // The file's weight is its records plus its entries (an entry without records, a range of records
@@ -172,10 +173,10 @@ size_t RecentKeys::Replay(std::string_view data, size_t* entries) {
       if (!ok || !r.done()) break;
       file_weight_ += n + 1;
       ApplyLocked(stream, first, through, std::move(records));
-    } else if (body[0] == 'S') {
+    } else if (body[0] == 'S' || body[0] == 'E') {
       if (!r.GetBytes(&stream) || !r.Get(&through) || !r.done()) break;
       file_weight_ += 1;
-      StateLocked(stream, through);
+      StateLocked(stream, through, body[0] == 'E' || through > 0);
     } else {
       break;
     }
@@ -237,18 +238,18 @@ void RecentKeys::Applied(const std::string& stream, int64_t first_seq, int64_t t
   RewriteIfDue();
 }
 
-void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq) {
+void RecentKeys::StateApplied(const std::string& stream, int64_t through_seq, bool ended) {
   std::lock_guard<std::mutex> l(mu_);
   if (fd_ >= 0) {
     std::string entry;
     AppendEntry(&entry, [&](std::string* body) {
-      *body += 'S';
+      *body += ended ? 'E' : 'S';
       PutBytes(body, stream);
       Put<int64_t>(body, through_seq);
     });
     Log(entry, 0);
   }
-  StateLocked(stream, through_seq);
+  StateLocked(stream, through_seq, ended);
   RewriteIfDue();
 }
 
@@ -275,11 +276,11 @@ void RecentKeys::ApplyLocked(const std::string& stream, int64_t first_seq, int64
   }
 }
 
-void RecentKeys::StateLocked(const std::string& stream, int64_t through_seq) {
+void RecentKeys::StateLocked(const std::string& stream, int64_t through_seq, bool ended) {
   Stream& s = streams_[stream];
   listed_records_ -= s.records.size();
   s.records.clear();
-  s.known = through_seq > 0;
+  s.known = ended;
   s.floor = s.last = std::max<int64_t>(0, through_seq);
 }
 

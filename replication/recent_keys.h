@@ -71,9 +71,10 @@ class RecentKeys {
   // leaves a hole, so the listing starts over there.
   void Applied(const std::string& stream, int64_t first_seq, int64_t through_seq,
                std::vector<Record> records);
-  // A state transfer's batch of the stream: through_seq 0 within the transfer (the listing is
-  // forgotten: its documents have no seqs), > 0 at its end (listing from through_seq on).
-  void StateApplied(const std::string& stream, int64_t through_seq);
+  // A state transfer's batch of the stream: within the transfer (`ended` false, through_seq 0)
+  // the listing is forgotten (its documents have no seqs); at its end, the listing starts from
+  // through_seq (0 when the sender's outbox never took a record).
+  void StateApplied(const std::string& stream, int64_t through_seq, bool ended);
   // Appends (kind, key) of every listed record of the stream with after < seq <= through to
   // *out. False, with *out unchanged, when the listing does not cover that whole range.
   bool KeysBetween(const std::string& stream, int64_t after, int64_t through,
@@ -87,7 +88,7 @@ class RecentKeys {
   };
   void ApplyLocked(const std::string& stream, int64_t first_seq, int64_t through_seq,
                    std::vector<Record> records);
-  void StateLocked(const std::string& stream, int64_t through_seq);
+  void StateLocked(const std::string& stream, int64_t through_seq, bool ended);
   // Replays a file's entries (after its magic) into this listing, up to the first damaged one:
   // the bytes replayed, magic included, and the entries.
   size_t Replay(std::string_view file, size_t* entries);

@@ -76,11 +76,11 @@ TEST(RecentKeysTest, TheOldestGoFirstAndRaiseTheFloor) {
 TEST(RecentKeysTest, AStateTransferForgetsUntilItsEnd) {
   RecentKeys r;
   r.Applied("s", 1, 3, {{2, 1, "a"}});
-  r.StateApplied("s", 0);
+  r.StateApplied("s", 0, false);
   bool ok = true;
   Between(r, 0, 3, &ok);
   EXPECT_FALSE(ok);
-  r.StateApplied("s", 50);
+  r.StateApplied("s", 50, true);
   Between(r, 40, 50, &ok);
   EXPECT_FALSE(ok);  // the documents carry no seqs
   r.Applied("s", 51, 52, {{52, 1, "z"}});
@@ -88,7 +88,6 @@ TEST(RecentKeysTest, AStateTransferForgetsUntilItsEnd) {
   EXPECT_TRUE(ok);
 }
 
-// A file in a fresh directory, removed with it.
 class PersistedRecentKeysTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -131,12 +130,30 @@ class PersistedRecentKeysTest : public ::testing::Test {
   std::string dir_, path_;
 };
 
+// A transfer from a peer whose outbox never took a record ends at 0: the listing is complete from
+// there (the peer's first records are listed from seq 1), also when loaded from the file.
+TEST_F(PersistedRecentKeysTest, AStateTransferEndingAtZeroListsFromTheStart) {
+  {
+    auto r = Open();
+    r->StateApplied("s", 0, false);
+    r->StateApplied("s", 0, true);
+    ApplyEach(*r, 1, 2);
+    bool ok = false;
+    EXPECT_EQ(Between(*r, 0, 2, &ok), KeysOf(1, 2));
+    EXPECT_TRUE(ok);
+  }
+  auto again = Open();
+  bool ok = false;
+  EXPECT_EQ(Between(*again, 0, 2, &ok), KeysOf(1, 2));
+  EXPECT_TRUE(ok);
+}
+
 TEST_F(PersistedRecentKeysTest, ARestartedProcessKnowsWhatTheOneBeforeApplied) {
   {
     auto r = Open();
     r->Applied("s", 1, 5, {{2, 1, "ann"}, {4, 3, "o1"}});
     r->Applied("t", 1, 2, {{1, 1, "x"}});
-    r->StateApplied("t", 0);  // a state transfer of t under way
+    r->StateApplied("t", 0, false);  // a state transfer of t under way
     r->Applied("s", 6, 9, {{6, 1, "bo"}, {9, 1, "ann"}});
   }
   auto r = Open();

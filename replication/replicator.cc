@@ -112,7 +112,7 @@ struct PeerMetrics {
   prometheus::Counter* survivor_records;    // state records sent in those exchanges
   prometheus::Counter* own_outbox_reads;    // reads of the outbox for this peer alone
   prometheus::Counter* state_truncated;     // full-state transfers: resume point truncated
-  prometheus::Counter* state_unknown;       // full-state transfers: no resume point
+  prometheus::Counter* state_rebuilt;       // full-state transfers: the peer was rebuilt
 };
 
 // A live session's way out for coordination frames. The coordinator sends through a copy taken
@@ -558,14 +558,14 @@ struct Replicator::Impl {
                        .Help(
                            "Full-state transfers of a database to the peer: its resume point lay "
                            "in the truncated part of our outbox (reason=resume_point_truncated), "
-                           "or it had none (reason=no_resume_point: a new or rebuilt region; "
-                           "once per database and peer)")
+                           "or its databases were rebuilt and it had none (reason=peer_rebuilt; "
+                           "once per database and rebuild)")
                        .Register(*registry);
     for (auto& p : peers) {
       prometheus::Labels l{{"peer", p->config.name}};
       p->m.state_truncated =
           &states.Add({{"peer", p->config.name}, {"reason", "resume_point_truncated"}});
-      p->m.state_unknown = &states.Add({{"peer", p->config.name}, {"reason", "no_resume_point"}});
+      p->m.state_rebuilt = &states.Add({{"peer", p->config.name}, {"reason", "peer_rebuilt"}});
       p->m.lag_ms =
           &lag.Add(l, prometheus::Summary::Quantiles{{0.5, 0.01}, {0.9, 0.005}, {0.99, 0.001}},
                    std::chrono::seconds(30), 3);
@@ -701,8 +701,8 @@ class Session {
     // Whether we know the peer's resume point is not in the truncated part of our outbox
     // (CatchUpFromState); an unchecked cursor ships nothing.
     bool checked = false;
-    // Whether the peer's hello gave a resume point for this database: one it never had (a new
-    // or rebuilt region) gets our full state first (CatchUpFromState).
+    // Whether the peer's hello gave a resume point for this database: a rebuilt peer without
+    // one gets our full state first (CatchUpFromState).
     bool known = false;
     // The resume point lies past the last seq our outbox ever took (CatchUpFromState): the peer
     // claims more than we wrote, and the session must not start the shared feed there.
@@ -901,6 +901,14 @@ class Session {
       if (!ValidDatabaseName(name)) return Reject("a hello naming a malformed stream");
     }
     AwaitStateIfRebuilt(hello.hello(), ph);
+    // The peer was rebuilt when we applied records of streams of its that are gone: it needs
+    // our full state, its own documents among them (CatchUpFromState).
+    for (const auto& a : hello.hello().applied()) {
+      if (a.seq() > 0 && std::find(ph.streams().begin(), ph.streams().end(), a.origin_database()) ==
+                             ph.streams().end()) {
+        peer_rebuilt_ = ph.streams_size() > 0;
+      }
+    }
     {
       // The peer ships each of its databases from the resume point we gave.
       std::lock_guard<std::mutex> l(mu_);
@@ -1211,7 +1219,7 @@ class Session {
       peer_.m.applied->Increment(resp.applied());
       if (req.state_end()) StateArrived(origin_db);
       if (req.state()) {
-        peer_.recent.StateApplied(origin_db, req.through_seq());
+        peer_.recent.StateApplied(origin_db, req.through_seq(), req.state_end());
       } else {
         std::vector<RecentKeys::Record> recs;
         recs.reserve(static_cast<size_t>(req.records_size()));
@@ -1539,12 +1547,12 @@ class Session {
   }
 
   // Anti-entropy: a peer whose resume point lies in the part of our outbox already truncated
-  // (one that was away while the others truncated) gets the full documents of that database
-  // instead, then the outbox from the barrier seq on. So does a peer with no resume point for
-  // it (a new region, or one whose databases were rebuilt): our outbox holds only what this
-  // region wrote, and the peer needs every document we hold, its own among them (which no
-  // outbox holds any more). Its end gives the peer a resume point, so this happens once per
-  // database and peer. Checks the
+  // (a new region, or one that was away while the others truncated) gets the full documents of
+  // that database instead, then the outbox from the barrier seq on. So does a rebuilt peer
+  // (peer_rebuilt_) with no resume point for it: our outbox holds only what this region wrote,
+  // and the peer needs every document we hold, its own among them (which no outbox holds any
+  // more). The transfer's end gives the peer a resume point, so this happens once per database
+  // and rebuild. Checks the
   // cursors not checked yet; one whose database cannot be read now (the region or that
   // database unreachable) stays unchecked, and the ship loop tries again a second later: reading
   // on regardless would ship past a truncated gap as if it were aborted transactions. False when
@@ -1578,13 +1586,13 @@ class Session {
         const bool truncated = (decided != truncating.end() && c.after_seq < decided->second) ||
                                (d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
                                                        : d.outbox_last_seq() > c.after_seq);
-        const bool send_state = truncated || !c.known;
+        const bool send_state = truncated || (peer_rebuilt_ && !c.known);
         // Before SendState, which moves the cursor to a barrier taken later (past this status's
         // last seq once anything was written meanwhile).
         c.past_end = !send_state && c.after_seq > d.outbox_last_seq();
         if (send_state) {
-          (truncated ? peer_.m.state_truncated : peer_.m.state_unknown)->Increment();
-          if (!SendState(c, truncated ? "resume_point_truncated" : "no_resume_point")) return false;
+          (truncated ? peer_.m.state_truncated : peer_.m.state_rebuilt)->Increment();
+          if (!SendState(c, truncated ? "resume_point_truncated" : "peer_rebuilt")) return false;
         }
         if (c.past_end) {
           spdlog::warn(
@@ -2062,6 +2070,9 @@ class Session {
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};
   std::atomic<bool> up_{false};  // the hellos were exchanged
+  // The peer's hello named its streams, and streams of its we applied records of are not among
+  // them: its databases were rebuilt (set before the sender starts).
+  bool peer_rebuilt_ = false;
   std::atomic<bool> ship_error_{false};
   std::shared_ptr<Outlet> outlet_;  // this session's coordination frames (peer_.send)
   std::atomic<bool> over_{false};   // done_, for waits outside mu_

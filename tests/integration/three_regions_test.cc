@@ -199,6 +199,16 @@ class ThreeRegions : public ::testing::Test {
     return {token, id};
   }
 
+  // After a rebuild of `region`: its databases hold the profile of OneItemEverywhere's customer
+  // (and no other) and their cart of one sku-1.
+  bool TheOneItemCustomerIsBack(size_t region, const std::string& id) {
+    auto cart = DbCart(region, id);
+    return Count(region, "shard0", "SELECT count(*) FROM users") +
+                   Count(region, "shard1", "SELECT count(*) FROM users") ==
+               1 &&
+           cart && *cart == Lines{{"sku-1", 1}};
+  }
+
   // Drops `region`'s three databases and creates them empty (its region server stopped first).
   void RebuildDatabases(size_t region) {
     pqxx::connection admin(c_->Dsn(region, "postgres"));
@@ -420,15 +430,7 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
   // ann's profile and cart come back from the peers; then her new write at ap-south reaches
   // them.
-  ASSERT_TRUE(Eventually(
-      [&] {
-        auto cart = DbCart(kAp, ann_id);
-        return Count(kAp, "shard0", "SELECT count(*) FROM users") +
-                       Count(kAp, "shard1", "SELECT count(*) FROM users") ==
-                   1 &&
-               cart && *cart == Lines{{"sku-1", 1}};
-      },
-      30))
+  ASSERT_TRUE(Eventually([&] { return TheOneItemCustomerIsBack(kAp, ann_id); }, 30))
       << "ap-south never got ann's profile and cart back";
   ASSERT_EQ(AddAfterRebuild(kAp, ann, "sku-1", 2), 200);
   std::string why;
@@ -450,22 +452,14 @@ TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
   ASSERT_FALSE(HasFailure());
   const std::string bea = shopper.token, bea_id = shopper.id;
   const std::string unknown =
-      "meridian_replication_state_transfers_total{peer=\"ap-south\",reason=\"no_resume_point\"}";
+      "meridian_replication_state_transfers_total{peer=\"ap-south\",reason=\"peer_rebuilt\"}";
   auto transfers = [&](size_t region) { return c_->Metric(region, unknown).value_or(-1); };
   const double us_before = transfers(kUs), eu_before = transfers(kEu);
 
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
   RebuildDatabases(kAp);
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
-  ASSERT_TRUE(Eventually(
-      [&] {
-        auto cart = DbCart(kAp, bea_id);
-        return Count(kAp, "shard0", "SELECT count(*) FROM users") +
-                       Count(kAp, "shard1", "SELECT count(*) FROM users") ==
-                   1 &&
-               cart && *cart == Lines{{"sku-1", 1}};
-      },
-      30))
+  ASSERT_TRUE(Eventually([&] { return TheOneItemCustomerIsBack(kAp, bea_id); }, 30))
       << "ap-south never got its own customer's profile and cart back";
   // Every database of both peers came (three each, with no resume point at ap-south).
   EXPECT_TRUE(Eventually(
