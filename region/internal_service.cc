@@ -497,7 +497,9 @@ class Service final : public pb::RegionInternal::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 64");
     }
     std::string peers = absl::StrJoin(req->peers(), ", ");
-    if (peers.size() > 1024) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: long");
+    if (peers.size() > 1024) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 1024 characters");
+    }
     std::lock_guard<std::mutex> l(app_.hold_mu);
     const bool was = app_.local_writes_held.exchange(req->hold());
     if (was != req->hold() || (req->hold() && peers != app_.hold_peers)) {

@@ -179,6 +179,17 @@ constexpr size_t kKeysPerRead = 1000;  // keys named in one ReadState
 // Marks per origin replica and origin database (stream).
 using Marks = std::map<uint32_t, std::map<std::string, int64_t>>;
 
+// The streams of a region that `applied` (resume points for them) has records of, past 0, and
+// that are not among `now`: the region's databases were rebuilt since.
+std::vector<std::string> GoneStreams(
+    const google::protobuf::RepeatedPtrField<pb::AckedSeq>& applied,
+    const std::set<std::string>& now) {
+  std::vector<std::string> gone;
+  for (const auto& a : applied)
+    if (a.seq() > 0 && !now.count(a.origin_database())) gone.push_back(a.origin_database());
+  return gone;
+}
+
 std::string Describe(const std::map<std::string, int64_t>& marks) {
   std::string s;
   for (const auto& [db, seq] : marks) absl::StrAppend(&s, s.empty() ? "" : " ", db, ":", seq);
@@ -839,9 +850,7 @@ class Session {
   // the peer's databases (its state transfer's end gives one), the region takes no local cart
   // or stock change: ours would take dots and per-replica counts we had used before.
   void AwaitStateIfRebuilt(const pb::Hello& ours, const pb::Hello& theirs) {
-    std::vector<std::string> gone;
-    for (const auto& a : theirs.applied())
-      if (a.seq() > 0 && !streams_.count(a.origin_database())) gone.push_back(a.origin_database());
+    const std::vector<std::string> gone = GoneStreams(theirs.applied(), streams_);
     std::set<std::string> awaiting;
     if (!gone.empty()) {
       for (const std::string& stream : theirs.streams()) awaiting.insert(stream);
@@ -903,12 +912,9 @@ class Session {
     AwaitStateIfRebuilt(hello.hello(), ph);
     // The peer was rebuilt when we applied records of streams of its that are gone: it needs
     // our full state, its own documents among them (CatchUpFromState).
-    for (const auto& a : hello.hello().applied()) {
-      if (a.seq() > 0 && std::find(ph.streams().begin(), ph.streams().end(), a.origin_database()) ==
-                             ph.streams().end()) {
-        peer_rebuilt_ = ph.streams_size() > 0;
-      }
-    }
+    peer_rebuilt_ =
+        ph.streams_size() > 0 &&
+        !GoneStreams(hello.hello().applied(), {ph.streams().begin(), ph.streams().end()}).empty();
     {
       // The peer ships each of its databases from the resume point we gave.
       std::lock_guard<std::mutex> l(mu_);
@@ -1552,11 +1558,10 @@ class Session {
   // (peer_rebuilt_) with no resume point for it: our outbox holds only what this region wrote,
   // and the peer needs every document we hold, its own among them (which no outbox holds any
   // more). The transfer's end gives the peer a resume point, so this happens once per database
-  // and rebuild. Checks the
-  // cursors not checked yet; one whose database cannot be read now (the region or that
-  // database unreachable) stays unchecked, and the ship loop tries again a second later: reading
-  // on regardless would ship past a truncated gap as if it were aborted transactions. False when
-  // the stream failed.
+  // and rebuild. Checks the cursors not checked yet; one whose database cannot be read now (the
+  // region or that database unreachable) stays unchecked, and the ship loop tries again a second
+  // later: reading on regardless would ship past a truncated gap as if it were aborted
+  // transactions. False when the stream failed.
   bool CatchUpFromState(std::vector<Cursor>& cursors) {
     if (std::all_of(cursors.begin(), cursors.end(), [](const Cursor& c) { return c.checked; }))
       return true;
@@ -2248,8 +2253,6 @@ void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>
   ++local_streams_generation;
 }
 
-// Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
-// every peer has acked (only once every peer has said where it stands since this start).
 void Replicator::Impl::SyncWriteHold() {
   std::lock_guard<std::mutex> hl(hold_mu);
   rpb::SetLocalWriteHoldRequest req;
@@ -2276,6 +2279,8 @@ void Replicator::Impl::SyncWriteHold() {
   hold_told = req.hold();
 }
 
+// Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
+// every peer has acked (only once every peer has said where it stands since this start).
 void Replicator::Impl::Housekeeping() {
   auto last_truncate = SteadyTime::now();
   while (SleepFor(std::chrono::milliseconds(1000))) {

@@ -443,17 +443,18 @@ TEST_F(ThreeRegions, ADatabaseRebuiltUnderARunningReplicatorShipsUnderItsNewName
 }
 
 // A region rebuilt from nothing gets back the documents it had originated itself, which only its
-// peers' databases hold (its outbox went with it, and theirs never had them): each peer sends the
-// full state of every database the rebuilt region has no resume point for. The end of a transfer
-// gives it one, even for a database whose outbox never took a record, so a reconnect does not
-// send the state again.
+// peers' databases hold (its outbox went with it, and theirs never had them). A peer that applied
+// records of streams the region's hello no longer names knows it was rebuilt, and sends the full
+// state of every database the region has no resume point for. The end of a transfer gives it one,
+// even for a database whose outbox never took a record, so a reconnect does not send the state
+// again.
 TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
   const Shopper shopper = OneItemEverywhere(kAp, "bea@example.com");
   ASSERT_FALSE(HasFailure());
   const std::string bea = shopper.token, bea_id = shopper.id;
-  const std::string unknown =
+  const std::string rebuilt =
       "meridian_replication_state_transfers_total{peer=\"ap-south\",reason=\"peer_rebuilt\"}";
-  auto transfers = [&](size_t region) { return c_->Metric(region, unknown).value_or(-1); };
+  auto transfers = [&](size_t region) { return c_->Metric(region, rebuilt).value_or(-1); };
   const double us_before = transfers(kUs), eu_before = transfers(kEu);
 
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
