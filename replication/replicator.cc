@@ -605,8 +605,8 @@ struct Replicator::Impl {
   void DialLoop(PeerState& peer);
   void Housekeeping();
   // Tells the region whether to hold its local cart and stock changes: while any peer's
-  // awaiting_state is not empty. On a change, and every second from Housekeeping (a region
-  // server that restarted starts released).
+  // awaiting_state is not empty. On a change, and every second from Housekeeping while held (a
+  // region server that restarted starts released); nothing while nothing is or was held.
   void SyncWriteHold();
   std::mutex hold_mu;  // one SetLocalWriteHold at a time, in order
   bool hold_told = false;
@@ -2261,6 +2261,9 @@ void Replicator::Impl::SyncWriteHold() {
     if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
   }
   req.set_hold(req.peers_size() > 0);
+  // A region server starts released: a release it was already told of (or never needed) is not
+  // sent again. A hold is, every second, for a region server that restarted meanwhile.
+  if (!req.hold() && !hold_told) return;
   rpb::SetLocalWriteHoldResponse resp;
   auto ctx = RegionCtx(5000);
   grpc::Status s = region->SetLocalWriteHold(ctx.get(), req, &resp);
