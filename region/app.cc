@@ -383,7 +383,8 @@ void RegionApp::Impl::SetupMetrics() {
            .Help(
                "Accounts this region holds no row of, looked up at the peer regions (a login "
                "miss, a registration), by result: elsewhere, none, incomplete (not found and a "
-               "peer unanswered), failed (the replicator unreachable)")
+               "peer unanswered), failed (the replicator unreachable), busy (not asked: "
+               "limits.account_lookups were in flight; answered 503)")
            .Register(*registry);
   rights_waits = &BuildCounter()
                       .Name("meridian_rights_waits_total")

@@ -217,8 +217,13 @@ struct RegionApp::Impl {
     // peers or without a replicator (a region of its own).
     bool complete = true;
     std::string unanswered;  // who, for messages: "eu-west, ap-south" or "the replicator"
+    // Not asked: `limits.account_lookups` lookups were already waiting for the peers.
+    bool busy = false;
   };
   AccountElsewhere LocateAccount(const std::string& user_id, const std::string& password);
+  std::atomic<int> account_lookups_in_flight{0};
+  // The 503 for a lookup refused as busy (Retry-After 1).
+  HttpResponse AccountLookupsBusy() const;
   // Refunds the captured charges that `where` (an SQL condition on sandbox_charges) selects;
   // returns the ids of those refunded. Idempotent: a refunded charge is not selected again.
   static std::vector<std::string> RefundCaptured(pqxx::work& tx, const std::string& where);

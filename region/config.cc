@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <limits>
 #include <set>
 
@@ -158,10 +159,17 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   YAML::Node lim = r.Map(root, "limits", "limits", false);
   r.OnlyKeys(lim, "limits",
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
-              "reservation_ttl_s", "max_cart_lines", "max_line_quantity"});
+              "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "account_lookups"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
+  c.account_lookups = r.Integer<int>(lim, "account_lookups", "limits.account_lookups",
+                                     std::max(1, c.http_threads / 4), 1, 256);
+  if (r.ok() && c.account_lookups > c.http_threads) {
+    r.Fail("limits.account_lookups",
+           absl::StrCat("at most limits.http_threads (", c.http_threads,
+                        "): lookups waiting for the peers must leave threads to serve the rest"));
+  }
   c.rate_limit_per_s = r.Number(lim, "rate_limit_per_s", "limits.rate_limit_per_s", 50, 0.1, 1e7);
   c.rate_limit_burst = r.Number(lim, "rate_limit_burst", "limits.rate_limit_burst", 100, 1, 1e7);
   c.reservation_ttl_s =

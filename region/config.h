@@ -64,6 +64,11 @@ struct RegionConfig {
   // limits
   size_t max_body_bytes = 1 << 20;
   int http_threads = 8;
+  // Account lookups at the peers (a login or registration of an e-mail this region holds no
+  // row of) in flight at once. Each holds an HTTP thread until the peers answer (up to about
+  // 3 s when one cannot), so they may take only a share of the threads; the rest answer 503.
+  // Default http_threads / 4, at least 1.
+  int account_lookups = 2;
   double rate_limit_per_s = 50;
   double rate_limit_burst = 100;
   int reservation_ttl_s = 900;

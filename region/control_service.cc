@@ -105,6 +105,21 @@ RegionApp::Impl::AccountElsewhere RegionApp::Impl::LocateAccount(const std::stri
                                                                  const std::string& password) {
   AccountElsewhere where;
   if (!forwarder) return where;
+  // Each lookup holds this HTTP thread until the peers answer: a flood of misses (unknown
+  // e-mails, while a peer cannot answer) must not hold every thread, or the region stops serving
+  // everyone else. Past the limit the caller answers 503 at once.
+  if (account_lookups_in_flight.fetch_add(1) >= config.account_lookups) {
+    account_lookups_in_flight.fetch_sub(1);
+    account_lookups->Add({{"result", "busy"}}).Increment();
+    spdlog::debug("event=account_lookup result=busy limit={}", config.account_lookups);
+    where.busy = true;
+    where.complete = false;
+    return where;
+  }
+  struct Release {
+    std::atomic<int>& n;
+    ~Release() { n.fetch_sub(1); }
+  } release{account_lookups_in_flight};
   pb::LocateAccountRequest req;
   req.set_user_id(user_id);
   req.set_password(password);
@@ -133,6 +148,17 @@ RegionApp::Impl::AccountElsewhere RegionApp::Impl::LocateAccount(const std::stri
                where.found ? RegionName(where.region) : "-", where.found ? where.residency : "-",
                where.unanswered);
   return where;
+}
+
+HttpResponse RegionApp::Impl::AccountLookupsBusy() const {
+  HttpResponse r = HttpResponse::Problem(
+      503, "Service Unavailable",
+      absl::StrCat("no account with this e-mail is held in region ", config.name, ", and ",
+                   config.account_lookups,
+                   " lookups at the other regions are already waiting for an answer; retry in a "
+                   "second"));
+  r.headers.emplace_back("Retry-After", "1");
+  return r;
 }
 
 namespace {

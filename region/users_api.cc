@@ -32,6 +32,8 @@ HttpResponse RegionApp::Impl::Register(HttpRequest& req) {
   // of one e-mail that way keep their profiles apart (a profile never changes its residency).
   if (AccountElsewhere where = LocateAccount(user_id, ""); where.found) {
     return HttpResponse::Problem(409, "Conflict", "an account with this e-mail already exists");
+  } else if (where.busy) {
+    return AccountLookupsBusy();  // not asked: registering now could take a used e-mail
   }
   std::string hash = services::HashPassword(*password);
   crdt::HlcTimestamp ts = Now();
@@ -91,6 +93,7 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
     // holds it checks the password, so that a redirect tells nothing to someone without it.
     if (password->size() > services::kMaxPasswordBytes) return refused;  // no account's
     AccountElsewhere where = LocateAccount(user_id, *password);
+    if (where.busy) return AccountLookupsBusy();
     if (where.found && !where.password_ok) return refused;
     if (where.found && !services::ResidencyAllows(where.residency, config.jurisdiction)) {
       return *ResidencyRedirect(where.residency, req);  // 307 to an allowed region, or 403

@@ -678,6 +678,97 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   }
 }
 
+// A login of an e-mail a region holds no row of asks the peers, and its HTTP thread waits for
+// their answer: about 1.5 s from a peer that is cut off but still counted as alive. A flood of
+// unknown e-mails then held every one of the region's 8 HTTP threads, and the region stopped
+// serving everyone else (a product page waited seconds behind the flood). At most
+// `limits.account_lookups` (2 here, the default) lookups now wait at once; the rest answer 503
+// at once.
+TEST_F(LeasesTest, AFloodOfUnknownEmailsWhileAPeerCannotAnswerLeavesTheRegionServing) {
+  test_support::ClusterOptions o;
+  o.name = "lookups";
+  o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
+  o.coordination = true;
+  o.coordination_yaml =  // as kFastLeases, but a cut-off peer stays "alive" through the test
+      "leases: {ttl_ms: 3000, renew_interval_ms: 500, retry_interval_ms: 100, round_timeout_ms: "
+      "800, alive_timeout_ms: 20000, handback_after_ms: 2000}";
+  o.pool_size = 8;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "kettle");
+  auto login = [&](const std::string& email) {
+    return Request(c_->http_port(kUs), "POST", "/v1/sessions",
+                   Json{{"email", email}, {"password", "long-password"}}.dump());
+  };
+  auto elapsed_ms = [](std::chrono::steady_clock::time_point since) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since)
+        .count();
+  };
+
+  ASSERT_TRUE(c_->PartitionPair(kUs, kEu).ok());
+  // The premise: a lookup now waits for eu-west, which cannot answer.
+  auto t0 = std::chrono::steady_clock::now();
+  Response one = login("nobody-0@example.com");
+  const double one_ms = elapsed_ms(t0);
+  EXPECT_EQ(one.status, 503) << one.body;
+  EXPECT_NE(one.body.find("eu-west"), std::string::npos) << one.body;
+  ASSERT_GE(one_ms, 1000) << "the lookup did not wait for eu-west: " << one.body;
+
+  constexpr int kFlood = 24;
+  std::vector<std::future<Response>> flood;
+  for (int i = 1; i <= kFlood; ++i) {
+    flood.push_back(
+        std::async(std::launch::async, login, "nobody-" + std::to_string(i) + "@example.com"));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  t0 = std::chrono::steady_clock::now();
+  Response page = Request(c_->http_port(kUs), "GET", "/v1/products/kettle");
+  const double page_ms = elapsed_ms(t0);
+  EXPECT_EQ(page.status, 200) << page.body;
+  EXPECT_LT(page_ms, 1000) << "a product page waited behind the flood of logins";
+  // A registration meanwhile is refused the same way, rather than made without asking.
+  t0 = std::chrono::steady_clock::now();
+  Response reg = Request(
+      c_->http_port(kUs), "POST", "/v1/users",
+      Json{{"email", "new@example.com"}, {"password", "long-password"}, {"residency", "any"}}
+          .dump());
+  const double reg_ms = elapsed_ms(t0);
+  EXPECT_EQ(reg.status, 503) << reg.body;
+  EXPECT_NE(reg.body.find("already waiting"), std::string::npos) << reg.body;
+  EXPECT_LT(reg_ms, 1000) << "a registration waited behind the flood of logins";
+  std::printf("login miss %.0f ms; during the flood: product page %.0f ms, registration %.0f ms\n",
+              one_ms, page_ms, reg_ms);
+
+  int busy = 0, unanswered = 0;
+  for (auto& f : flood) {
+    Response r = f.get();
+    EXPECT_EQ(r.status, 503) << r.body;
+    if (r.body.find("already waiting") != std::string::npos) {
+      ++busy;
+      EXPECT_EQ(r.Header("retry-after"), "1") << r.body;
+    } else if (r.body.find("could not all be asked") != std::string::npos) {
+      ++unanswered;
+    } else {
+      ADD_FAILURE() << "unexpected answer: " << r.body;
+    }
+  }
+  std::printf("flood of %d: %d looked up (eu-west unanswered), %d refused at once\n", kFlood,
+              unanswered, busy);
+  EXPECT_GE(busy, kFlood - 4);  // two at a time, each waiting >= 1 s
+  EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"busy\"}"), busy + 1);
+  EXPECT_EQ(Count(kUs, "SELECT count(*) FROM users WHERE email = 'new@example.com'"), 0);
+  EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"incomplete\"}"), unanswered + 1);
+
+  // Healed, a miss is a plain 401 again: no slot was left taken.
+  ASSERT_TRUE(c_->HealPair(kUs, kEu).ok());
+  ASSERT_TRUE(Eventually([&] { return login("nobody-0@example.com").status == 401; }, 20));
+  std::vector<std::future<Response>> after;
+  for (int i = 0; i < 2; ++i) {
+    after.push_back(std::async(std::launch::async, login, "nobody-0@example.com"));
+  }
+  for (auto& f : after) EXPECT_EQ(f.get().status, 401);
+}
+
 // A region dies after shipping an order to one peer only (its link to the other is cut): the
 // peer that takes its group over syncs from the survivors, and the survivor it asks pulls the
 // group's orders back from it (catch-up), so the order is known, and forwarded, everywhere.
