@@ -6,6 +6,8 @@
 # results/crdt.json (both parts) and results/crdt_compare.json.
 #
 # Usage: tests/bench/crdt_compare.sh [--carts N] [--ops N] [--round N] [--seed N]
+# Each runner starts with its heap reserved (Automerge: 512 MiB of wasm memory; Meridian: 64 MiB,
+# `crdt_compare_meridian --heap-mib`), so that neither pays for growing it inside a timed op.
 # Takes a few minutes; Automerge is by far the slowest part and prints its progress.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
