@@ -2,6 +2,7 @@
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <set>
 #include <vector>
@@ -236,6 +237,11 @@ void RegionApp::Impl::RefuseLocalWriteIfHeld() {
     std::lock_guard<std::mutex> l(hold_mu);
     peers = hold_peers;
   }
+  if (peers.empty() && held_since_start.load()) {
+    throw AbortTx{absl::UnavailableError(
+        "this region's databases are new: until its replicator has heard from its peers whether "
+        "this region was rebuilt, cart and stock changes wait; retry shortly")};
+  }
   throw AbortTx{absl::UnavailableError(absl::StrCat(
       "this region's databases were rebuilt, and it is taking its peers' state back (from ",
       peers.empty() ? "its peers" : peers,
@@ -340,6 +346,15 @@ void RegionApp::Impl::SetupMetrics() {
                                   "failed): read from PostgreSQL until the copy is deleted")
                               .Register(*registry)
                               .Add({});
+  local_writes_held_gauge =
+      &BuildGauge()
+           .Name("meridian_local_writes_held")
+           .Help(
+               "1 while this region's cart and stock changes answer 503: its databases are new "
+               "or were rebuilt, and its replicator has not yet heard from the peers or taken "
+               "their state back")
+           .Register(*registry)
+           .Add({});
   rate_limited = &BuildCounter()
                       .Name("meridian_rate_limited_total")
                       .Help("Requests refused by the rate limiter")
@@ -516,6 +531,7 @@ void RegionApp::Impl::WarmCatalogCache() {
 }
 
 void RegionApp::Impl::SampleGauges() {
+  local_writes_held_gauge->Set(local_writes_held.load() ? 1 : 0);
   pool_in_use->Add({{"pool", global->name()}}).Set(global->in_use());
   for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
   auto depth = [&](PgPool& p) {
@@ -546,13 +562,26 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     if (!shard.ok()) return shard.status();
     impl->shards.push_back(*std::move(shard));
   }
+  // A database whose outbox stream is made now is new, or was rebuilt: this region may have
+  // lived before, and its peers may hold records it no longer has.
+  bool new_stream = false;
   auto applied = ApplyMigrations(*impl->global, SchemaKind::kGlobal);
   if (!applied.ok()) return applied.status();
+  new_stream = std::ranges::find(*applied, kGlobalOutboxStreamVersion) != applied->end();
   for (auto& s : impl->shards) {
     applied = ApplyMigrations(*s, SchemaKind::kShard);
     if (!applied.ok()) return applied.status();
+    new_stream =
+        new_stream || std::ranges::find(*applied, kShardOutboxStreamVersion) != applied->end();
   }
   impl->migrations_done = true;
+  // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
+  // per-replica count) this region used before a rebuild, which the peers drop as seen.
+  if (new_stream && c.hold_new_databases && !c.peers.empty()) {
+    impl->held_since_start = true;
+    impl->local_writes_held = true;
+    spdlog::warn("event=local_writes_held reason=new_databases");
+  }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
                                               c.replication.lease_margin_ms);
   impl->redis = std::make_unique<RedisClient>(

@@ -101,6 +101,10 @@ struct RegionApp::Impl {
   std::atomic<bool> local_writes_held{false};
   std::mutex hold_mu;
   std::string hold_peers;  // the peers awaited, for the error
+  // Held since the start: a database's outbox stream was made at this start (the databases are
+  // new or were rebuilt), so until the replicator has heard from the peers nobody can tell
+  // whether they hold records of an earlier life of this region. Cleared by any release.
+  std::atomic<bool> held_since_start{false};
   // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
   // transaction of every local cart and stock change, before it writes.
   void RefuseLocalWriteIfHeld();
@@ -113,6 +117,7 @@ struct RegionApp::Impl {
   prometheus::Counter* cache_misses = nullptr;
   prometheus::Counter* redis_fallbacks = nullptr;
   prometheus::Gauge* stale_hot_cart_gauge = nullptr;
+  prometheus::Gauge* local_writes_held_gauge = nullptr;
   prometheus::Counter* rate_limited = nullptr;
   prometheus::Family<prometheus::Gauge>* pool_in_use = nullptr;
   prometheus::Family<prometheus::Gauge>* outbox_depth = nullptr;

@@ -25,7 +25,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   RegionConfig c;
   r.OnlyKeys(root, "",
              {"region", "listen", "postgres", "redis", "security", "durability", "limits", "peers",
-              "replication"});
+              "replication", "hold_new_databases"});
 
   YAML::Node region = r.Map(root, "region", "region", true);
   r.OnlyKeys(region, "region", {"name", "jurisdiction", "replica_id"});
@@ -130,6 +130,13 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     }
   }
 
+  const std::string hold =
+      r.String(root, "hold_new_databases", "hold_new_databases", false, "true");
+  if (hold == "true" || hold == "false") {
+    c.hold_new_databases = hold == "true";
+  } else {
+    r.Fail("hold_new_databases", absl::StrCat("must be true or false, got '", hold, "'"));
+  }
   std::string durability = r.String(root, "durability", "durability", false, "async");
   if (durability == "async") {
     c.durability = Durability::kAsync;
@@ -164,7 +171,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
   c.account_lookups = r.Integer<int>(lim, "account_lookups", "limits.account_lookups",
-                                     std::max(1, c.http_threads / 4), 1, 256);
+                                     std::max(1, c.http_threads / 2), 1, 256);
   if (r.ok() && c.account_lookups > c.http_threads) {
     r.Fail("limits.account_lookups",
            absl::StrCat("at most limits.http_threads (", c.http_threads,

@@ -57,6 +57,11 @@ struct RegionConfig {
   int token_ttl_s = 86400;
   // peers
   std::vector<PeerRegion> peers;
+  // With peers: a start that makes new databases (a new region, or one rebuilt from nothing)
+  // holds cart and stock changes (503) until the replicator has heard from the peers, which may
+  // hold records of an earlier life of this region (a change before could reuse a CRDT dot they
+  // have seen, and be dropped). Off only for a region run with peers but without a replicator.
+  bool hold_new_databases = true;
   // durability
   Durability durability = Durability::kAsync;
   // replication
@@ -66,9 +71,9 @@ struct RegionConfig {
   int http_threads = 8;
   // Account lookups at the peers (a login or registration of an e-mail this region holds no
   // row of) in flight at once. Each holds an HTTP thread until the peers answer (up to about
-  // 3 s when one cannot), so they may take only a share of the threads; the rest answer 503.
-  // Default http_threads / 4, at least 1.
-  int account_lookups = 2;
+  // 3 s when one cannot), so they may take only half of the threads; the rest answer 503.
+  // Default http_threads / 2, at least 1.
+  int account_lookups = 4;
   double rate_limit_per_s = 50;
   double rate_limit_burst = 100;
   int reservation_ttl_s = 900;

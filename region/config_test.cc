@@ -26,7 +26,8 @@ TEST(Config, ParsesAGoodFileWithDefaults) {
   EXPECT_EQ(c->durability, Durability::kAsync);
   EXPECT_EQ(c->max_body_bytes, 1u << 20);
   EXPECT_EQ(c->http_threads, 8);
-  EXPECT_EQ(c->account_lookups, 2);  // a quarter of the HTTP threads
+  EXPECT_EQ(c->account_lookups, 4);  // half the HTTP threads
+  EXPECT_TRUE(c->hold_new_databases);
   ASSERT_EQ(c->peers.size(), 1u);
   EXPECT_EQ(c->peers[0].jurisdiction, "eu");
 }
@@ -61,6 +62,8 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "limits: {http_threads: 4, account_lookups: 5}\n",
               "limits.account_lookups: at most limits.http_threads (4)");
   ExpectError(std::string(kGood) + "limits: {account_lookups: 0}\n", "limits.account_lookups");
+  ExpectError(std::string(kGood) + "hold_new_databases: maybe\n",
+              "hold_new_databases: must be true or false");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");
   ExpectError(std::string(kGood) + "durability: sync-peer\n", "durability");
@@ -73,10 +76,10 @@ TEST(Config, NamesTheBadField) {
 }
 
 // Without a replication section a region is alone: it owns its orders (no leases to wait for).
-// Account lookups wait for the peers on an HTTP thread: by default a quarter of them, at least
-// one, may do so at once.
-TEST(Config, AccountLookupsDefaultToAQuarterOfTheHttpThreads) {
-  for (auto [threads, lookups] : {std::pair{16, 4}, {3, 1}, {1, 1}}) {
+// Account lookups wait for the peers on an HTTP thread: by default half of them, at least one,
+// may do so at once.
+TEST(Config, AccountLookupsDefaultToHalfTheHttpThreads) {
+  for (auto [threads, lookups] : {std::pair{16, 8}, {3, 1}, {1, 1}}) {
     auto c = ParseConfig(std::string(kGood) + "limits: {http_threads: " + std::to_string(threads) +
                          "}\n");
     ASSERT_TRUE(c.ok()) << c.status();

@@ -277,6 +277,7 @@ class Service final : public pb::RegionInternal::Service {
       d->set_reachable(st.ok());
     };
     for (PgPool* pool : AllPools()) describe(*pool);
+    out->set_held_since_start(app_.held_since_start.load());
     SetNow(out->mutable_now(), UnixNowMs());
     return grpc::Status::OK;
   }
@@ -501,6 +502,7 @@ class Service final : public pb::RegionInternal::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 1024 characters");
     }
     std::lock_guard<std::mutex> l(app_.hold_mu);
+    if (!req->hold()) app_.held_since_start = false;
     const bool was = app_.local_writes_held.exchange(req->hold());
     if (was != req->hold() || (req->hold() && peers != app_.hold_peers)) {
       if (req->hold()) {

@@ -128,7 +128,7 @@ CREATE TABLE sandbox_charges (
     {5, "replication_applied", kReplicationApplied},
     {6, "outbox_commit_order", kOutboxCommitOrder},
     {7, "outbox_insert_time", kOutboxInsertTime},
-    {8, "outbox_stream", kOutboxStream},
+    {kGlobalOutboxStreamVersion, "outbox_stream", kOutboxStream},
     {9, "lease_acceptor",
      R"sql(
 -- The order-lease acceptor's durable records (replication/lease.h): per lease group, the highest
@@ -279,7 +279,7 @@ ALTER TABLE users ADD COLUMN hlc bigint NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN origin integer NOT NULL DEFAULT 0;
 )sql"},
     {9, "outbox_insert_time", kOutboxInsertTime},
-    {10, "outbox_stream", kOutboxStream},
+    {kShardOutboxStreamVersion, "outbox_stream", kOutboxStream},
     {11, "order_leases",
      R"sql(
 -- Order ownership (issue 5): every order belongs to the lease group of the region that created

@@ -22,6 +22,10 @@ struct Migration {
 
 const std::vector<Migration>& Migrations(SchemaKind kind);
 
+// The migrations that make a database's outbox stream: applied at a start, the database is new.
+inline constexpr int kGlobalOutboxStreamVersion = 8;
+inline constexpr int kShardOutboxStreamVersion = 10;
+
 // Applies what is missing; returns the versions it applied (empty when up to date).
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind);
 

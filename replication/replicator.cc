@@ -163,6 +163,9 @@ struct PeerState {
   // has not come yet. While any peer's is not empty, the region takes no local cart or stock
   // change (SyncWriteHold). Cleared when the session ends (the next hello sets it again).
   std::set<std::string> awaiting_state;
+  // Guarded by mu. Our stream names in the session whose hello from the peer was judged last
+  // (AwaitStateIfRebuilt): equal to the current ones, the peer has had its say about them.
+  std::set<std::string> hello_streams;
   // Bumped whenever a session may have marks to send or to answer; each session's sender
   // handles every bump (sessions may overlap while an old one winds down).
   std::atomic<uint64_t> exchange_generation{0};
@@ -439,7 +442,11 @@ struct Replicator::Impl {
   // sessions are up gets a new one, its seqs start over); the generation moves when they change.
   std::mutex local_streams_mu;
   std::set<std::string> local_streams;
+  SteadyTime::time_point local_streams_since;  // when they were first read as they are
   std::atomic<uint64_t> local_streams_generation{0};
+  // The region server started with new databases and has not been released since (its
+  // GetStatus, read every second): SyncWriteHold releases it once every peer has been heard.
+  std::atomic<bool> region_held_since_start{false};
   std::mutex stop_mu;
   std::condition_variable stop_cv;
   std::vector<std::thread> threads;
@@ -858,7 +865,8 @@ class Session {
     }
     {
       std::lock_guard<std::mutex> l(peer_.mu);
-      if (peer_.awaiting_state == awaiting) return;
+      peer_.hello_streams = streams_;
+      if (peer_.awaiting_state == awaiting && !r_.region_held_since_start) return;
       peer_.awaiting_state = awaiting;
     }
     if (!awaiting.empty()) {
@@ -2250,6 +2258,7 @@ void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>
     spdlog::info("event=local_streams_changed streams=\"{}\"", absl::StrJoin(streams, ","));
   }
   local_streams = std::move(streams);
+  local_streams_since = SteadyTime::now();
   ++local_streams_generation;
 }
 
@@ -2261,9 +2270,35 @@ void Replicator::Impl::SyncWriteHold() {
     if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
   }
   req.set_hold(req.peers_size() > 0);
-  // A region server starts released: a release it was already told of (or never needed) is not
-  // sent again. A hold is, every second, for a region server that restarted meanwhile.
-  if (!req.hold() && !hold_told) return;
+  if (!req.hold() && region_held_since_start) {
+    // The region's databases are new, or were rebuilt: it stays held until each peer has said
+    // hello to a session of our current streams (AwaitStateIfRebuilt has judged whether it
+    // knows our past), or has stayed silent for two peer timeouts since they appeared (a peer
+    // that is down must not hold a new region for ever).
+    std::set<std::string> streams;
+    SteadyTime::time_point since;
+    {
+      std::lock_guard<std::mutex> l(local_streams_mu);
+      streams = local_streams;
+      since = local_streams_since;
+    }
+    if (streams.empty()) return;
+    const bool waited_enough =
+        SteadyTime::now() - since > std::chrono::milliseconds(2 * config.peer_timeout_ms);
+    std::vector<std::string> unheard;
+    for (auto& p : peers) {
+      std::lock_guard<std::mutex> l(p->mu);
+      if (p->hello_streams != streams) unheard.push_back(p->config.name);
+    }
+    if (!unheard.empty() && !waited_enough) return;
+    spdlog::info("event=new_databases_released unheard=\"{}\"", absl::StrJoin(unheard, ","));
+    region_held_since_start = false;
+  } else if (!req.hold() && !hold_told) {
+    // A region server starts released (new databases aside): a release it was already told of
+    // (or never needed) is not sent again. A hold is, every second, for a region server that
+    // restarted meanwhile.
+    return;
+  }
   rpb::SetLocalWriteHoldResponse resp;
   auto ctx = RegionCtx(5000);
   grpc::Status s = region->SetLocalWriteHold(ctx.get(), req, &resp);
@@ -2287,15 +2322,19 @@ void Replicator::Impl::SyncWriteHold() {
 void Replicator::Impl::Housekeeping() {
   auto last_truncate = SteadyTime::now();
   while (SleepFor(std::chrono::milliseconds(1000))) {
-    SyncWriteHold();
     rpb::GetStatusResponse status;
     auto ctx = RegionCtx(5000);
-    if (!region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok()) continue;
-    std::lock_guard<std::mutex> tl(truncate_mu);
-    std::map<std::string, int64_t> through;    // per local stream
+    const bool got = region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok();
     std::map<std::string, std::string> names;  // stream -> database name
-    for (const auto& d : status.databases()) names[d.stream()] = d.name();
-    NoteLocalStreams(names);
+    if (got) {
+      region_held_since_start = status.held_since_start();
+      for (const auto& d : status.databases()) names[d.stream()] = d.name();
+      NoteLocalStreams(names);
+    }
+    SyncWriteHold();
+    if (!got) continue;
+    std::lock_guard<std::mutex> tl(truncate_mu);
+    std::map<std::string, int64_t> through;  // per local stream
     bool all_heard = true;
     for (auto& p : peers) {
       std::lock_guard<std::mutex> l(p->mu);

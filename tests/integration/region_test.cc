@@ -92,6 +92,7 @@ class RegionTest : public ::testing::Test {
     c.max_body_bytes = 64 * 1024;
     c.http_threads = 16;
     c.peers = {{"eu-west", "eu", "http://eu-west.example:8080"}};
+    c.hold_new_databases = false;  // no replicator here to release it
     return c;
   }
 

@@ -570,6 +570,56 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
       << why;
 }
 
+// A region server that starts with new databases cannot tell a new region from a rebuilt one:
+// until its replicator has heard from the peers (which may know its past) it takes no cart or
+// stock change. Before, changes in that window (here, with the replicator down, as long as it
+// likes) were answered 200 and took CRDT dots of the region's replica again from 1, which the
+// peers held from before the rebuild: the carts converged to 8 units where 9 had been added.
+TEST_F(ThreeRegions, ARebuiltRegionTakesNoChangeBeforeItsReplicatorHasHeardFromThePeers) {
+  const Shopper shopper = OneItemEverywhere(kAp, "dee@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string dee = shopper.token, dee_id = shopper.id;
+  auto held = [&] {
+    auto v = Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body,
+                             "meridian_local_writes_held");
+    return v.ok() ? *v : -1;
+  };
+  EXPECT_EQ(held(), 0);
+
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  RebuildDatabases(kAp);
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  // No replicator yet, so nobody has heard from the peers: held, however long it takes.
+  for (int i = 0; i < 3; ++i) {
+    Response r = Request(c_->http_port(kAp), "POST", "/v1/cart/items",
+                         Json{{"sku", "sku-1"}, {"quantity", 2}}.dump(),
+                         {{"Authorization", "Bearer " + dee}});
+    EXPECT_EQ(r.status, 503) << r.body;
+    EXPECT_NE(r.body.find("databases are new"), std::string::npos) << r.body;
+    EXPECT_EQ(r.Header("retry-after"), "1");
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  EXPECT_EQ(held(), 1);
+  EXPECT_EQ(Count(kAp, "shard0", "SELECT count(*) FROM carts") +
+                Count(kAp, "shard1", "SELECT count(*) FROM carts"),
+            0)
+      << "a refused change was written";
+
+  // The replicator comes: the peers say they know ap-south's past, send their state, and the
+  // add goes through once it is in.
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  ASSERT_EQ(AddAfterRebuild(kAp, dee, "sku-1", 2), 200);
+  EXPECT_EQ(held(), 0);
+  std::string why;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Converged({dee_id}, {{dee_id, {{"sku-1", 3}}}}, &why);
+      },
+      30))
+      << why;
+}
+
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
 // certificates, lying or confused) let ap-south truncate what its outbox holds, no more: once the
 // genuine peers are back, later records are still truncated after they acked them. As the first

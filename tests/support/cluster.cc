@@ -283,6 +283,22 @@ absl::Status Cluster::Build() {
   for (size_t i = 0; i < regions_.size(); ++i) {
     if (auto st = StartReplicator(i); !st.ok()) return st;
   }
+  // New databases: each region takes cart and stock changes once its replicator has heard from
+  // the peers (they could hold records of an earlier life of it).
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    bool released = false;
+    for (int k = 0; k < 600 && !released; ++k) {
+      auto held =
+          Sample(HttpGet(regions_[i]->http_port, "/metrics").second, "meridian_local_writes_held");
+      released = held.ok() && *held == 0;
+      if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!released) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          regions_[i]->spec.name, " still holds its local writes 30 s after the start: ",
+          FileTail(regions_[i]->replicator ? regions_[i]->replicator->log_path() : "")));
+    }
+  }
   return absl::OkStatus();
 }
 
