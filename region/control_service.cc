@@ -8,6 +8,7 @@
 #include <set>
 #include <string_view>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/control.grpc.pb.h"
@@ -116,10 +117,7 @@ RegionApp::Impl::AccountElsewhere RegionApp::Impl::LocateAccount(const std::stri
     where.complete = false;
     return where;
   }
-  struct Release {
-    std::atomic<int>& n;
-    ~Release() { n.fetch_sub(1); }
-  } release{account_lookups_in_flight};
+  absl::Cleanup release = [this] { account_lookups_in_flight.fetch_sub(1); };
   pb::LocateAccountRequest req;
   req.set_user_id(user_id);
   req.set_password(password);
