@@ -25,6 +25,18 @@ std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::st
          tx.quote(absl::StrCat(AbslView(kind), ":", key)) + ", 0));";
 }
 
+crdt::ReplicaId CartActor(uint32_t replica_id, std::string_view stream_id) {
+  uint32_t h = 2166136261u;  // FNV-1a: stable across builds and processes
+  for (unsigned char ch : stream_id) h = (h ^ ch) * 16777619u;
+  uint32_t epoch = h & 0xffffff;
+  if (epoch == 0) epoch = 1;
+  return (epoch << 8) | (replica_id & 0xff);
+}
+
+crdt::ReplicaId RegionApp::Impl::CartActorFor(std::string_view user_id) const {
+  return cart_actors[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
+}
+
 int64_t UnixNowS() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -575,6 +587,17 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
         new_stream || std::ranges::find(*applied, kShardOutboxStreamVersion) != applied->end();
   }
   impl->migrations_done = true;
+  // Each shard's cart actor, from its outbox stream id (see CartActor).
+  for (auto& s : impl->shards) {
+    std::string id;
+    absl::Status st = s->Run([&](pqxx::work& tx) {
+      pqxx::result r = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
+      if (!r.empty()) id = r[0][0].as<std::string>();
+    });
+    if (!st.ok()) return st;
+    if (id.empty()) return absl::FailedPreconditionError(s->name() + ": outbox_stream is empty");
+    impl->cart_actors.push_back(CartActor(c.replica_id, id));
+  }
   // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
   // per-replica count) this region used before a rebuild, which the peers drop as seen.
   if (new_stream && c.hold_new_databases && !c.peers.empty()) {

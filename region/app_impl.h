@@ -142,6 +142,9 @@ struct RegionApp::Impl {
   std::atomic<int> fail_next_notifications{0};
 
   PgPool& ShardFor(std::string_view user_id);
+  // The actor of local changes to this user's cart: its shard's (documents.h CartActor).
+  crdt::ReplicaId CartActorFor(std::string_view user_id) const;
+  std::vector<crdt::ReplicaId> cart_actors;  // per shard, set at the start
   crdt::HlcTimestamp Now();
 
   void SetupMetrics();

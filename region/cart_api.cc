@@ -84,7 +84,7 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
   bool changed = false;
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
     app.RefuseLocalWriteIfHeld();
-    CartRow row = LoadCart(tx, who.user_id, app.config.replica_id, true);
+    CartRow row = LoadCart(tx, who.user_id, app.CartActorFor(who.user_id), true);
     CartChange delta = change(row.cart);
     if (!delta.ok()) throw AbortTx{delta.status()};
     changed = delta->has_value();
@@ -126,7 +126,7 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   if (!stale_hot_carts.IsStale(key)) {
     auto hot = redis->HGetAll(key);
     if (hot.ok() && hot->count("s") && hot->count("v")) {
-      auto cart = crdt::DecodeCart(hot->at("s"), config.replica_id);
+      auto cart = crdt::DecodeCart(hot->at("s"), CartActorFor(who->user_id));
       int64_t version = 0;
       if (cart.ok() && ParseInt(hot->at("v"), &version)) {
         cache_hits->Increment();
@@ -138,7 +138,7 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   cache_misses->Increment();
   CartRow row;
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
-    row = LoadCart(tx, who->user_id, config.replica_id, false);
+    row = LoadCart(tx, who->user_id, CartActorFor(who->user_id), false);
   });
   if (!st.ok()) return ProblemFromStatus(st);
   return HttpResponse::Json(200, CartJson(who->user_id, row.cart, row.version).dump());

@@ -27,6 +27,15 @@ void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& res
               const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
               crdt::ReplicaId origin);
 
+// The CRDT replica id ("actor") that a region's local cart changes take their dots from: the
+// region's replica id (1..255) in the low 8 bits and, above it, 24 bits (never all zero) of the
+// outbox stream id of the cart's shard database. That id is drawn afresh whenever the database is
+// made, so a region whose databases were rebuilt counts its cart dots under a new actor: it can
+// never hand out a dot it used in an earlier life, which a peer that saw it would drop as a
+// duplicate (and whose own copy of the old change it would drop in turn: the carts would never
+// converge). Riak's vnode epochs answer the same problem. REQUIRES: 1 <= replica_id <= 255.
+crdt::ReplicaId CartActor(uint32_t replica_id, std::string_view stream_id);
+
 // Saves the SKU's inventory document and its delta.
 std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
                              const crdt::Inventory& delta, crdt::ReplicaId origin);

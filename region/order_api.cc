@@ -260,7 +260,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   };
 
   // 1. A repeated key returns the order it made.
-  crdt::Cart snapshot(config.replica_id);
+  crdt::Cart snapshot(CartActorFor(user_id));
   std::optional<std::string> existing;
   absl::Status st = shard.Run([&](pqxx::work& tx) {
     // Cart first, key second: each statement sees the latest commits (READ COMMITTED), and a twin
@@ -268,7 +268,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     pqxx::result r = tx.exec("SELECT state FROM carts WHERE user_id = " + tx.quote(user_id));
     if (!r.empty()) {
       pqxx::binarystring bytes(r[0][0]);
-      auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+      auto cart =
+          crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), CartActorFor(user_id));
       if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
       snapshot = *std::move(cart);
     }
@@ -444,7 +445,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     // double click) cannot both take its lines; the one that comes second takes nothing.
     if (r.empty()) throw AbortTx{Unprocessable("cart: empty, nothing to check out")};
     pqxx::binarystring bytes(r[0][0]);
-    auto cart = crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), config.replica_id);
+    auto cart =
+        crdt::DecodeCart(std::string_view(bytes.get(), bytes.size()), CartActorFor(user_id));
     if (!cart.ok()) throw AbortTx{absl::DataLossError(std::string(cart.status().message()))};
     crdt::Cart taken = snapshot;
     crdt::Cart delta = taken.Clear();

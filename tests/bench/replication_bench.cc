@@ -65,8 +65,12 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       std::vector<std::unique_ptr<pqxx::connection>> shards;
+      std::vector<uint32_t> actors;  // each shard's cart actor, as the region takes it
       for (const char* db : {"shard0", "shard1"}) {
         shards.push_back(std::make_unique<pqxx::connection>(c.Dsn(region, db)));
+        pqxx::nontransaction q(*shards.back());
+        actors.push_back(meridian::region::CartActor(
+            replica, q.exec1("SELECT id FROM outbox_stream LIMIT 1")[0].as<std::string>()));
       }
       std::mt19937_64 rng(region * 1000 + t);
       const double per_thread = rate / threads / per_tx;
@@ -104,7 +108,8 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
           std::map<std::string, std::pair<meridian::crdt::Cart, int64_t>> rows;
           for (const auto& r : tx.exec(read)) {
             pqxx::binarystring b(r[1]);
-            auto decoded = meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), replica);
+            auto decoded =
+                meridian::crdt::DecodeCart(std::string_view(b.get(), b.size()), actors[shard]);
             if (!decoded.ok()) throw std::runtime_error("undecodable cart");
             rows.emplace(r[0].as<std::string>(),
                          std::make_pair(*std::move(decoded), r[2].as<int64_t>()));
@@ -116,8 +121,8 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
             std::string sku = "sku-" + std::to_string(rng() % nskus);
             skus.push_back(sku);
             auto it = rows.find(user);
-            meridian::crdt::Cart cart =
-                it == rows.end() ? meridian::crdt::Cart(replica) : std::move(it->second.first);
+            meridian::crdt::Cart cart = it == rows.end() ? meridian::crdt::Cart(actors[shard])
+                                                         : std::move(it->second.first);
             const int64_t version = it == rows.end() ? 0 : it->second.second;
             meridian::crdt::Cart delta = cart.Add(sku, 1);
             const std::string d = meridian::crdt::Encode(delta);
