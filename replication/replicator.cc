@@ -158,6 +158,9 @@ struct PeerState {
   // Takeovers of each lost region our coordinator saw: an exchange confirmed for an earlier one
   // does not end the exchange a later one needs.
   std::map<uint32_t, uint64_t> takeovers;
+  // Guarded by mu. Streams of the peer's that are gone (it was rebuilt) and that started a
+  // survivors' exchange about it: once per set of gone streams and process.
+  std::set<std::string> exchanged_gone;
   // Guarded by mu. Our databases were rebuilt and the peer knows our past (its hello had resume
   // points for streams of ours that are gone): the peer's databases (stream names) whose state
   // has not come yet. While any peer's is not empty, the region takes no local cart or stock
@@ -615,10 +618,31 @@ struct Replicator::Impl {
   // awaiting_state is not empty. On a change, and every second from Housekeeping while held (a
   // region server that restarted starts released); nothing while nothing is or was held.
   void SyncWriteHold();
+  // Starts the survivors' exchange about region `lost` with every other peer (the region was
+  // taken over, or its databases were rebuilt): each may hold records of it the others lack.
+  void AskSurvivorMarks(uint32_t lost);
   std::mutex hold_mu;  // one SetLocalWriteHold at a time, in order
   bool hold_told = false;
   void NoteLocalStreams(const std::map<std::string, std::string>& names);
 };
+
+void Replicator::Impl::AskSurvivorMarks(uint32_t lost) {
+  for (auto& p : peers) {
+    if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
+    bool fresh;
+    {
+      std::lock_guard<std::mutex> l(p->mu);
+      fresh = p->owe_marks.insert(lost).second;
+      p->answer_marks.insert(lost);
+      ++p->takeovers[lost];
+    }
+    ++p->exchange_generation;
+    feed->Kick();  // a sender waiting for records
+    if (fresh) {
+      spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
+    }
+  }
+}
 
 namespace {
 
@@ -920,9 +944,26 @@ class Session {
     AwaitStateIfRebuilt(hello.hello(), ph);
     // The peer was rebuilt when we applied records of streams of its that are gone: it needs
     // our full state, its own documents among them (CatchUpFromState).
-    peer_rebuilt_ =
-        ph.streams_size() > 0 &&
-        !GoneStreams(hello.hello().applied(), {ph.streams().begin(), ph.streams().end()}).empty();
+    const std::vector<std::string> peer_gone =
+        ph.streams_size() > 0
+            ? GoneStreams(hello.hello().applied(), {ph.streams().begin(), ph.streams().end()})
+            : std::vector<std::string>();
+    peer_rebuilt_ = !peer_gone.empty();
+    // The last records of its earlier life may have reached some of the other peers and not
+    // others, and each hears the peer's records only from the peer, whose outbox of them is
+    // gone: the survivors compare what they applied of it, as after a loss.
+    bool new_gone = false;
+    {
+      std::lock_guard<std::mutex> l(peer_.mu);
+      for (const std::string& stream : peer_gone) {
+        new_gone = peer_.exchanged_gone.insert(stream).second || new_gone;
+      }
+    }
+    if (new_gone) {
+      spdlog::info("event=survivor_exchange_for_rebuilt_peer peer={} gone_streams=\"{}\"",
+                   peer_.config.name, absl::StrJoin(peer_gone, ","));
+      r_.AskSurvivorMarks(peer_.config.replica_id);
+    }
     {
       // The peer ships each of its databases from the resume point we gave.
       std::lock_guard<std::mutex> l(mu_);
@@ -2481,21 +2522,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         spdlog::warn("event=survivor_takeover_ignored group={} reason=\"not a peer region\"", lost);
         return;
       }
-      for (auto& p : raw->peers) {
-        if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
-        bool fresh;
-        {
-          std::lock_guard<std::mutex> l(p->mu);
-          fresh = p->owe_marks.insert(lost).second;
-          p->answer_marks.insert(lost);
-          ++p->takeovers[lost];
-        }
-        ++p->exchange_generation;
-        raw->feed->Kick();  // a sender waiting for records
-        if (fresh) {
-          spdlog::info("event=survivor_marks_asked peer={} lost_replica={}", p->config.name, lost);
-        }
-      }
+      raw->AskSurvivorMarks(lost);
     });
     if (absl::Status st = raw->coordinator->Start(); !st.ok()) return st;
   }

@@ -634,6 +634,7 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoChangeBeforeItsReplicatorHasHeardFromT
 // earlier life used. Before, they counted from its replica id's dot 1 again: eu-west, which held
 // ap-south's last change, dropped ap-south's new add as a dot it had seen, ap-south dropped
 // eu-west's copy of that last change for the same reason, and the two carts never converged.
+// And that last change, which only eu-west held, reaches us-east too: before, nobody sent it.
 TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPeerHeld) {
   const Shopper shopper = OneItemEverywhere(kAp, "eve@example.com");
   ASSERT_FALSE(HasFailure());
@@ -663,27 +664,17 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   ASSERT_EQ(*DbCart(kAp, eve_id), (Lines{{"sku-1", 1}, {"sku-3", 1}}));
 
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  // ap-south's new add reaches eu-west, eu-west's copy of the last change of ap-south's earlier
+  // life reaches ap-south (eu-west's state) and us-east (the survivors' exchange that eu-west and
+  // us-east start on seeing ap-south's streams gone: no one else holds that change).
   const Lines all = {{"sku-1", 1}, {"sku-2", 1}, {"sku-3", 1}};
-  std::optional<Lines> ap, eu;
-  EXPECT_TRUE(Eventually(
-      [&] {
-        ap = DbCart(kAp, eve_id);
-        eu = DbCart(kEu, eve_id);
-        return ap == all && eu == all;
-      },
-      30))
-      << "ap-south " << (ap ? Show(*ap) : "no cart") << ", eu-west "
-      << (eu ? Show(*eu) : "no cart");
-  // us-east has ap-south's new change. The last change of ap-south's earlier life, which only
-  // eu-west holds, does not reach it: a peer sends its own records, never another region's
-  // (replication/README, "Not done yet").
-  std::optional<Lines> us;
-  EXPECT_TRUE(Eventually(
-      [&] {
-        return (us = DbCart(kUs, eve_id)) == Lines{{"sku-1", 1}, {"sku-3", 1}};
-      },
-      30))
-      << "us-east " << (us ? Show(*us) : "no cart");
+  std::string why;
+  EXPECT_TRUE(Eventually([&] { return Converged({eve_id}, {{eve_id, all}}, &why); }, 30)) << why;
+  for (size_t region : {kUs, kEu, kAp}) {
+    auto cart = DbCart(region, eve_id);
+    EXPECT_TRUE(cart && *cart == all)
+        << c_->spec(region).name << " " << (cart ? Show(*cart) : "no cart");
+  }
 }
 
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
