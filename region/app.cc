@@ -33,6 +33,17 @@ crdt::ReplicaId CartActor(uint32_t replica_id, std::string_view stream_id) {
   return (epoch << 8) | (replica_id & 0xff);
 }
 
+absl::StatusOr<std::string> ReadStreamId(PgPool& pool) {
+  std::string id;
+  absl::Status st = pool.Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
+    if (!r.empty()) id = r[0][0].as<std::string>();
+  });
+  if (!st.ok()) return st;
+  if (id.empty()) return absl::FailedPreconditionError(pool.name() + ": outbox_stream is empty");
+  return id;
+}
+
 crdt::ReplicaId RegionApp::Impl::CartActorFor(std::string_view user_id) const {
   return cart_actors[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
 }
@@ -589,14 +600,9 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   impl->migrations_done = true;
   // Each shard's cart actor, from its outbox stream id (see CartActor).
   for (auto& s : impl->shards) {
-    std::string id;
-    absl::Status st = s->Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
-      if (!r.empty()) id = r[0][0].as<std::string>();
-    });
-    if (!st.ok()) return st;
-    if (id.empty()) return absl::FailedPreconditionError(s->name() + ": outbox_stream is empty");
-    impl->cart_actors.push_back(CartActor(c.replica_id, id));
+    auto id = ReadStreamId(*s);
+    if (!id.ok()) return id.status();
+    impl->cart_actors.push_back(CartActor(c.replica_id, *id));
   }
   // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
   // per-replica count) this region used before a rebuild, which the peers drop as seen.

@@ -57,6 +57,9 @@ absl::Status Unprocessable(std::string message);
 int64_t UnixNowS();
 int64_t UnixNowMs();
 
+// The database's outbox stream id (region/migrations.cc: drawn when the database is made).
+absl::StatusOr<std::string> ReadStreamId(PgPool& pool);
+
 class OrderForwarder;  // region/control_service.cc: the client of the replicator's forwarder
 std::string RandomId(std::string_view prefix);
 

@@ -936,13 +936,9 @@ absl::StatusOr<std::string> RegionApp::Impl::StreamName(PgPool& pool) {
     auto it = stream_names.find(pool.name());
     if (it != stream_names.end()) return it->second;
   }
-  std::string id;
-  absl::Status st = pool.Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
-    if (!r.empty()) id = r[0][0].as<std::string>();
-  });
-  if (!st.ok()) return st;
-  std::string name = absl::StrCat(pool.name(), "-", id);
+  auto id = ReadStreamId(pool);
+  if (!id.ok()) return id.status();
+  std::string name = absl::StrCat(pool.name(), "-", *id);
   std::lock_guard<std::mutex> lock(streams_mu);
   stream_names[pool.name()] = name;
   return name;

@@ -148,18 +148,18 @@ struct PeerState {
   // The survivors' exchange after a region was lost (ExchangeAfterLossIfAsked), guarded by mu:
   // the lost regions whose exchange with the peer is not done (our marks go out once per
   // session until the peer's answer, and what came before it, is applied here); the lost
-  // regions for which we answer the peer's marks (a takeover our coordinator saw, until the
-  // peer confirms: marks about any other region are parked, so a peer cannot make us send our
-  // documents unasked); and when we last answered about each (once per session, and not again
+  // regions for which we answer the peer's marks (a takeover our coordinator saw, or a rebuild,
+  // until the peer confirms: marks about any other region are parked, so a peer cannot make us send
+  // our documents unasked); and when we last answered about each (once per session, and not again
   // within kReanswerGap: a peer that redials cannot make us send them again and again).
   std::set<uint32_t> owe_marks;
   std::set<uint32_t> answer_marks;
   std::map<uint32_t, SteadyTime::time_point> last_answer;
-  // Takeovers of each lost region our coordinator saw: an exchange confirmed for an earlier one
-  // does not end the exchange a later one needs.
+  // Takeovers of each lost region our coordinator saw (and rebuilds of it, seen in its hello):
+  // an exchange confirmed for an earlier one does not end the exchange a later one needs.
   std::map<uint32_t, uint64_t> takeovers;
   // Guarded by mu. Streams of the peer's that are gone (it was rebuilt) and that started a
-  // survivors' exchange about it: once per set of gone streams and process.
+  // survivors' exchange about it: once per gone stream and process.
   std::set<std::string> exchanged_gone;
   // Guarded by mu. Our databases were rebuilt and the peer knows our past (its hello had resume
   // points for streams of ours that are gone): the peer's databases (stream names) whose state
