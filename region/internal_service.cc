@@ -502,11 +502,14 @@ class Service final : public pb::RegionInternal::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 1024 characters");
     }
     std::lock_guard<std::mutex> l(app_.hold_mu);
-    if (!req->hold()) app_.held_since_start = false;
-    const bool was = app_.local_writes_held.exchange(req->hold());
-    if (was != req->hold() || (req->hold() && peers != app_.hold_peers)) {
+    if (!req->hold() && req->release_new_databases()) app_.held_since_start = false;
+    const bool hold = req->hold() || app_.held_since_start.load();
+    const bool was = app_.local_writes_held.exchange(hold);
+    if (was != hold || (req->hold() && peers != app_.hold_peers)) {
       if (req->hold()) {
         spdlog::warn("event=local_writes_held awaiting=\"{}\"", peers);
+      } else if (hold) {
+        spdlog::info("event=local_writes_held reason=new_databases (peers' state is in)");
       } else {
         spdlog::info("event=local_writes_released");
       }

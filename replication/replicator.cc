@@ -2334,6 +2334,7 @@ void Replicator::Impl::SyncWriteHold() {
     if (!unheard.empty() && !waited_enough) return;
     spdlog::info("event=new_databases_released unheard=\"{}\"", absl::StrJoin(unheard, ","));
     region_held_since_start = false;
+    req.set_release_new_databases(true);
   } else if (!req.hold() && !hold_told) {
     // A region server starts released (new databases aside): a release it was already told of
     // (or never needed) is not sent again. A hold is, every second, for a region server that

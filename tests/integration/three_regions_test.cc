@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "crdt/codec.h"
+#include "region/internal.grpc.pb.h"
 #include "replication/frames.h"
 #include "replication/replication.grpc.pb.h"
 #include "services/auth.h"
@@ -609,6 +610,23 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoChangeBeforeItsReplicatorHasHeardFromT
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   EXPECT_EQ(held(), 1);
+  // A release that does not say the peers were heard (a replicator that ends a peer's state
+  // transfer before it has read the region's status) leaves the hold of the new databases on.
+  // Before, it ended it, and under load a second peer's hello came only after a write got in.
+  {
+    auto internal = region::v1::RegionInternal::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(c_->grpc_port(kAp)), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    region::v1::SetLocalWriteHoldRequest release;
+    release.set_hold(false);
+    region::v1::SetLocalWriteHoldResponse out;
+    ASSERT_TRUE(internal->SetLocalWriteHold(&ctx, release, &out).ok());
+    Response r = Request(c_->http_port(kAp), "POST", "/v1/cart/items",
+                         Json{{"sku", "sku-1"}, {"quantity", 2}}.dump(),
+                         {{"Authorization", "Bearer " + dee}});
+    EXPECT_EQ(r.status, 503) << r.body;
+    EXPECT_EQ(held(), 1);
+  }
   EXPECT_EQ(Count(kAp, "shard0", "SELECT count(*) FROM carts") +
                 Count(kAp, "shard1", "SELECT count(*) FROM carts"),
             0)
