@@ -253,7 +253,18 @@ PgPool& RegionApp::Impl::ShardFor(std::string_view user_id) {
   return *shards[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
 }
 
-void RegionApp::Impl::RefuseLocalWriteIfHeld() {
+void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
+  if (takes_stock && !local_writes_held.load() && stock_held.load()) {
+    std::string awaited;
+    {
+      std::lock_guard<std::mutex> l(hold_mu);
+      awaited = stock_awaits;
+    }
+    throw AbortTx{absl::UnavailableError(absl::StrCat(
+        "this region's databases are new, and its replicator has not heard from ", awaited,
+        ", which may hold its last stock changes from before: stock changes (checkouts, restocks, "
+        "rights moves) wait until it has; cart changes go through"))};
+  }
   if (!local_writes_held.load()) return;
   std::string peers;
   {
@@ -376,6 +387,15 @@ void RegionApp::Impl::SetupMetrics() {
                "1 while this region's cart and stock changes answer 503: its databases are new "
                "or were rebuilt, and its replicator has not yet heard from the peers or taken "
                "their state back")
+           .Register(*registry)
+           .Add({});
+  stock_writes_held_gauge =
+      &BuildGauge()
+           .Name("meridian_stock_writes_held")
+           .Help(
+               "1 while this region's stock changes (checkouts, restocks, rights moves) answer "
+               "503: it started with new databases and was released without hearing a peer that "
+               "may hold its last stock changes from before")
            .Register(*registry)
            .Add({});
   rate_limited = &BuildCounter()
@@ -555,6 +575,7 @@ void RegionApp::Impl::WarmCatalogCache() {
 
 void RegionApp::Impl::SampleGauges() {
   local_writes_held_gauge->Set(local_writes_held.load() ? 1 : 0);
+  stock_writes_held_gauge->Set(stock_held.load() ? 1 : 0);
   pool_in_use->Add({{"pool", global->name()}}).Set(global->in_use());
   for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
   auto depth = [&](PgPool& p) {

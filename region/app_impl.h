@@ -106,11 +106,17 @@ struct RegionApp::Impl {
   std::string hold_peers;  // the peers awaited, for the error
   // Held since the start: a database's outbox stream was made at this start (the databases are
   // new or were rebuilt), so until the replicator has heard from the peers nobody can tell
-  // whether they hold records of an earlier life of this region. Cleared by any release.
+  // whether they hold records of an earlier life of this region. Cleared by a release that says
+  // the peers were heard (SetLocalWriteHoldRequest.release_new_databases).
   std::atomic<bool> held_since_start{false};
+  // Stock changes held (SetLocalWriteHoldRequest.stock_awaits): a start with new databases was
+  // released without hearing these peers. stock_awaits is guarded by hold_mu.
+  std::string stock_awaits;
+  std::atomic<bool> stock_held{false};
   // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
-  // transaction of every local cart and stock change, before it writes.
-  void RefuseLocalWriteIfHeld();
+  // transaction of every local cart and stock change, before it writes; `takes_stock` false for
+  // a cart change alone, which the stock hold lets through.
+  void RefuseLocalWriteIfHeld(bool takes_stock = true);
 
   // metrics
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -121,6 +127,7 @@ struct RegionApp::Impl {
   prometheus::Counter* redis_fallbacks = nullptr;
   prometheus::Gauge* stale_hot_cart_gauge = nullptr;
   prometheus::Gauge* local_writes_held_gauge = nullptr;
+  prometheus::Gauge* stock_writes_held_gauge = nullptr;
   prometheus::Counter* rate_limited = nullptr;
   prometheus::Family<prometheus::Gauge>* pool_in_use = nullptr;
   prometheus::Family<prometheus::Gauge>* outbox_depth = nullptr;

@@ -83,7 +83,7 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
   CartRow saved;
   bool changed = false;
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
-    app.RefuseLocalWriteIfHeld();
+    app.RefuseLocalWriteIfHeld(/*takes_stock=*/false);
     CartRow row = LoadCart(tx, who.user_id, app.CartActorFor(who.user_id), true);
     CartChange delta = change(row.cart);
     if (!delta.ok()) throw AbortTx{delta.status()};

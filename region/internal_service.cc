@@ -494,12 +494,14 @@ class Service final : public pb::RegionInternal::Service {
 
   grpc::Status SetLocalWriteHold(grpc::ServerContext*, const pb::SetLocalWriteHoldRequest* req,
                                  pb::SetLocalWriteHoldResponse*) override {
-    if (req->peers_size() > 64) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 64");
+    if (req->peers_size() > 64 || req->stock_awaits_size() > 64) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers, stock_awaits: at most 64");
     }
     std::string peers = absl::StrJoin(req->peers(), ", ");
-    if (peers.size() > 1024) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers: at most 1024 characters");
+    std::string stock = absl::StrJoin(req->stock_awaits(), ", ");
+    if (peers.size() > 1024 || stock.size() > 1024) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "peers, stock_awaits: at most 1024 characters");
     }
     std::lock_guard<std::mutex> l(app_.hold_mu);
     if (!req->hold() && req->release_new_databases()) app_.held_since_start = false;
@@ -515,6 +517,15 @@ class Service final : public pb::RegionInternal::Service {
       }
     }
     app_.hold_peers = req->hold() ? std::move(peers) : std::string();
+    const bool stock_was = app_.stock_held.exchange(!stock.empty());
+    if (stock_was != !stock.empty() || stock != app_.stock_awaits) {
+      if (stock.empty()) {
+        spdlog::info("event=stock_writes_released");
+      } else {
+        spdlog::warn("event=stock_writes_held awaiting=\"{}\"", stock);
+      }
+    }
+    app_.stock_awaits = std::move(stock);
     return grpc::Status::OK;
   }
 

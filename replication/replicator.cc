@@ -450,6 +450,13 @@ struct Replicator::Impl {
   // The region server started with new databases and has not been released since (its
   // GetStatus, read every second): SyncWriteHold releases it once every peer has been heard.
   std::atomic<bool> region_held_since_start{false};
+  // Peers not heard when the new databases' hold was released (after two peer timeouts): they
+  // may hold the last stock changes of this region's earlier life, which it would count again
+  // (stock counts are per replica id). Stock changes stay held until each has said hello to a
+  // session of the current streams (its state, if it knows our past, then comes under the full
+  // hold). Guarded by hold_mu.
+  std::set<std::string> stock_awaits;
+  bool stock_told = false;
   std::mutex stop_mu;
   std::condition_variable stop_cv;
   std::vector<std::thread> threads;
@@ -2311,52 +2318,64 @@ void Replicator::Impl::SyncWriteHold() {
     if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
   }
   req.set_hold(req.peers_size() > 0);
-  if (!req.hold() && region_held_since_start) {
-    // The region's databases are new, or were rebuilt: it stays held until each peer has said
-    // hello to a session of our current streams (AwaitStateIfRebuilt has judged whether it
-    // knows our past), or has stayed silent for two peer timeouts since they appeared (a peer
-    // that is down must not hold a new region for ever).
-    std::set<std::string> streams;
-    SteadyTime::time_point since;
-    {
-      std::lock_guard<std::mutex> l(local_streams_mu);
-      streams = local_streams;
-      since = local_streams_since;
+  std::set<std::string> streams;
+  SteadyTime::time_point since;
+  {
+    std::lock_guard<std::mutex> l(local_streams_mu);
+    streams = local_streams;
+    since = local_streams_since;
+  }
+  // A peer has had its say about our databases once it said hello to a session of our current
+  // streams (AwaitStateIfRebuilt judged whether it knows our past, and holds us for its state).
+  auto heard = [&](PeerState& p) {
+    std::lock_guard<std::mutex> l(p.mu);
+    return !streams.empty() && p.hello_streams == streams;
+  };
+  for (auto& p : peers) {
+    if (stock_awaits.count(p->config.name) && heard(*p)) {
+      stock_awaits.erase(p->config.name);
+      spdlog::info("event=stock_hold_peer_heard peer={}", p->config.name);
     }
+  }
+  if (!req.hold() && region_held_since_start) {
+    // The region's databases are new, or were rebuilt: it stays held until each peer has been
+    // heard, or has stayed silent for two peer timeouts since our streams appeared (a peer that
+    // is down must not hold a new region for ever; its stock changes stay held, stock_awaits).
     if (streams.empty()) return;
     const bool waited_enough =
         SteadyTime::now() - since > std::chrono::milliseconds(2 * config.peer_timeout_ms);
     std::vector<std::string> unheard;
-    for (auto& p : peers) {
-      std::lock_guard<std::mutex> l(p->mu);
-      if (p->hello_streams != streams) unheard.push_back(p->config.name);
-    }
+    for (auto& p : peers)
+      if (!heard(*p)) unheard.push_back(p->config.name);
     if (!unheard.empty() && !waited_enough) return;
     spdlog::info("event=new_databases_released unheard=\"{}\"", absl::StrJoin(unheard, ","));
     region_held_since_start = false;
     req.set_release_new_databases(true);
-  } else if (!req.hold() && !hold_told) {
-    // A region server starts released (new databases aside): a release it was already told of
-    // (or never needed) is not sent again. A hold is, every second, for a region server that
-    // restarted meanwhile.
-    return;
+    stock_awaits.insert(unheard.begin(), unheard.end());
   }
+  for (const std::string& name : stock_awaits) req.add_stock_awaits(name);
+  const bool stock = !stock_awaits.empty();
+  // A region server starts released (new databases aside): a release it was already told of
+  // (or never needed) is not sent again. A hold is, every second, for a region server that
+  // restarted meanwhile.
+  if (!req.hold() && !req.release_new_databases() && !hold_told && !stock && !stock_told) return;
   rpb::SetLocalWriteHoldResponse resp;
   auto ctx = RegionCtx(5000);
   grpc::Status s = region->SetLocalWriteHold(ctx.get(), req, &resp);
   if (!s.ok()) {
     // A region server that is down starts released: only a hold it missed matters.
-    if (req.hold() || hold_told) {
-      spdlog::warn("event=local_write_hold_not_set hold={} error=\"{}\"", req.hold(),
-                   s.error_message());
+    if (req.hold() || hold_told || stock || stock_told) {
+      spdlog::warn("event=local_write_hold_not_set hold={} stock_awaits=\"{}\" error=\"{}\"",
+                   req.hold(), absl::StrJoin(req.stock_awaits(), ","), s.error_message());
     }
     return;
   }
-  if (req.hold() != hold_told) {
-    spdlog::info("event=local_write_hold hold={} awaiting=\"{}\"", req.hold(),
-                 absl::StrJoin(req.peers(), ","));
+  if (req.hold() != hold_told || stock != stock_told) {
+    spdlog::info("event=local_write_hold hold={} awaiting=\"{}\" stock_awaits=\"{}\"", req.hold(),
+                 absl::StrJoin(req.peers(), ","), absl::StrJoin(req.stock_awaits(), ","));
   }
   hold_told = req.hold();
+  stock_told = stock;
 }
 
 // Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows

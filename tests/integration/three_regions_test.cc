@@ -680,12 +680,29 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   ASSERT_TRUE(c_->StartReplicator(kAp).ok());
   ASSERT_EQ(AddAfterRebuild(kAp, eve, "sku-3", 1), 200);
   ASSERT_EQ(*DbCart(kAp, eve_id), (Lines{{"sku-1", 1}, {"sku-3", 1}}));
+  // Stock counts per replica id, not per actor: eu-west may hold ap-south's last sales and
+  // restocks, which ap-south would count again. Stock changes wait for eu-west.
+  auto restock = [&] {
+    return Request(c_->http_port(kAp), "POST", "/v1/admin/inventory/sku-2/restock",
+                   Json{{"units", 5}}.dump(), {{"Authorization", Operator()}});
+  };
+  Response held = restock();
+  EXPECT_EQ(held.status, 503) << held.body;
+  EXPECT_NE(held.body.find("eu-west"), std::string::npos) << held.body;
+  EXPECT_EQ(Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body,
+                            "meridian_stock_writes_held")
+                .value_or(-1),
+            1);
+  EXPECT_EQ(Add(kAp, eve, "sku-3", 1), 200) << "a cart change while only stock is held";
 
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  int status = 0;
+  EXPECT_TRUE(Eventually([&] { return (status = restock().status) == 200; }, 30))
+      << "a restock at ap-south still answers " << status << " after eu-west was heard";
   // ap-south's new add reaches eu-west, eu-west's copy of the last change of ap-south's earlier
   // life reaches ap-south (eu-west's state) and us-east (the survivors' exchange that eu-west and
   // us-east start on seeing ap-south's streams gone: no one else holds that change).
-  const Lines all = {{"sku-1", 1}, {"sku-2", 1}, {"sku-3", 1}};
+  const Lines all = {{"sku-1", 1}, {"sku-2", 1}, {"sku-3", 2}};
   std::string why;
   EXPECT_TRUE(Eventually([&] { return Converged({eve_id}, {{eve_id, all}}, &why); }, 30)) << why;
   for (size_t region : {kUs, kEu, kAp}) {
