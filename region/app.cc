@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/strings.h"
 #include "region/app_impl.h"
 #include "region/control_service.h"
@@ -258,7 +259,7 @@ void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
     std::string awaited;
     {
       std::lock_guard<std::mutex> l(hold_mu);
-      awaited = stock_awaits;
+      awaited = absl::StrJoin(stock_awaits, ", ");
     }
     throw AbortTx{absl::UnavailableError(absl::StrCat(
         "this region's databases are new, and its replicator has not heard from ", awaited,

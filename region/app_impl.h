@@ -111,7 +111,7 @@ struct RegionApp::Impl {
   std::atomic<bool> held_since_start{false};
   // Stock changes held (SetLocalWriteHoldRequest.stock_awaits): a start with new databases was
   // released without hearing these peers. stock_awaits is guarded by hold_mu.
-  std::string stock_awaits;
+  std::vector<std::string> stock_awaits;
   std::atomic<bool> stock_held{false};
   // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
   // transaction of every local cart and stock change, before it writes; `takes_stock` false for

@@ -278,6 +278,10 @@ class Service final : public pb::RegionInternal::Service {
     };
     for (PgPool* pool : AllPools()) describe(*pool);
     out->set_held_since_start(app_.held_since_start.load());
+    {
+      std::lock_guard<std::mutex> l(app_.hold_mu);
+      for (const std::string& peer : app_.stock_awaits) out->add_stock_awaits(peer);
+    }
     SetNow(out->mutable_now(), UnixNowMs());
     return grpc::Status::OK;
   }
@@ -518,14 +522,14 @@ class Service final : public pb::RegionInternal::Service {
     }
     app_.hold_peers = req->hold() ? std::move(peers) : std::string();
     const bool stock_was = app_.stock_held.exchange(!stock.empty());
-    if (stock_was != !stock.empty() || stock != app_.stock_awaits) {
+    if (stock_was != !stock.empty() || stock != absl::StrJoin(app_.stock_awaits, ", ")) {
       if (stock.empty()) {
         spdlog::info("event=stock_writes_released");
       } else {
         spdlog::warn("event=stock_writes_held awaiting=\"{}\"", stock);
       }
     }
-    app_.stock_awaits = std::move(stock);
+    app_.stock_awaits.assign(req->stock_awaits().begin(), req->stock_awaits().end());
     return grpc::Status::OK;
   }
 

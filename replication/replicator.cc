@@ -457,6 +457,7 @@ struct Replicator::Impl {
   // hold). Guarded by hold_mu.
   std::set<std::string> stock_awaits;
   bool stock_told = false;
+  bool stock_awaits_read = false;  // Housekeeping: the region's list, taken up once
   std::mutex stop_mu;
   std::condition_variable stop_cv;
   std::vector<std::thread> threads;
@@ -2389,6 +2390,19 @@ void Replicator::Impl::Housekeeping() {
     std::map<std::string, std::string> names;  // stream -> database name
     if (got) {
       region_held_since_start = status.held_since_start();
+      if (!stock_awaits_read) {
+        // A replicator that restarted takes up the stock hold its predecessor set: nothing
+        // else would ever release it.
+        std::lock_guard<std::mutex> hl(hold_mu);
+        for (const std::string& peer : status.stock_awaits()) {
+          if (std::any_of(peers.begin(), peers.end(),
+                          [&](const auto& p) { return p->config.name == peer; })) {
+            stock_awaits.insert(peer);
+          }
+        }
+        stock_told = stock_told || status.stock_awaits_size() > 0;
+        stock_awaits_read = true;
+      }
       for (const auto& d : status.databases()) names[d.stream()] = d.name();
       NoteLocalStreams(names);
     }

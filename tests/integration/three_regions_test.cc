@@ -694,6 +694,12 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
                 .value_or(-1),
             1);
   EXPECT_EQ(Add(kAp, eve, "sku-3", 1), 200) << "a cart change while only stock is held";
+  // A replicator that restarts takes the stock hold up from the region (nothing else would
+  // release it): still held after its first status read, released once eu-west is heard.
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(restock().status, 503);
 
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
   int status = 0;
