@@ -2313,12 +2313,6 @@ void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>
 
 void Replicator::Impl::SyncWriteHold() {
   std::lock_guard<std::mutex> hl(hold_mu);
-  rpb::SetLocalWriteHoldRequest req;
-  for (auto& p : peers) {
-    std::lock_guard<std::mutex> l(p->mu);
-    if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
-  }
-  req.set_hold(req.peers_size() > 0);
   std::set<std::string> streams;
   SteadyTime::time_point since;
   {
@@ -2326,17 +2320,24 @@ void Replicator::Impl::SyncWriteHold() {
     streams = local_streams;
     since = local_streams_since;
   }
-  // A peer has had its say about our databases once it said hello to a session of our current
-  // streams (AwaitStateIfRebuilt judged whether it knows our past, and holds us for its state).
-  auto heard = [&](PeerState& p) {
-    std::lock_guard<std::mutex> l(p.mu);
-    return !streams.empty() && p.hello_streams == streams;
-  };
+  // Per peer, in one look (AwaitStateIfRebuilt sets both together): whether we await its state,
+  // and whether it has had its say about our databases (said hello to a session of our current
+  // streams: it holds us for its state there if it knows our past).
+  rpb::SetLocalWriteHoldRequest req;
+  std::set<std::string> heard;
   for (auto& p : peers) {
-    if (stock_awaits.count(p->config.name) && heard(*p)) {
-      stock_awaits.erase(p->config.name);
-      spdlog::info("event=stock_hold_peer_heard peer={}", p->config.name);
+    std::lock_guard<std::mutex> l(p->mu);
+    if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
+    if (!streams.empty() && p->hello_streams == streams) heard.insert(p->config.name);
+  }
+  req.set_hold(req.peers_size() > 0);
+  for (auto it = stock_awaits.begin(); it != stock_awaits.end();) {
+    if (!heard.count(*it)) {
+      ++it;
+      continue;
     }
+    spdlog::info("event=stock_hold_peer_heard peer={}", *it);
+    it = stock_awaits.erase(it);
   }
   if (!req.hold() && region_held_since_start) {
     // The region's databases are new, or were rebuilt: it stays held until each peer has been
@@ -2347,7 +2348,7 @@ void Replicator::Impl::SyncWriteHold() {
         SteadyTime::now() - since > std::chrono::milliseconds(2 * config.peer_timeout_ms);
     std::vector<std::string> unheard;
     for (auto& p : peers)
-      if (!heard(*p)) unheard.push_back(p->config.name);
+      if (!heard.count(p->config.name)) unheard.push_back(p->config.name);
     if (!unheard.empty() && !waited_enough) return;
     spdlog::info("event=new_databases_released unheard=\"{}\"", absl::StrJoin(unheard, ","));
     region_held_since_start = false;
