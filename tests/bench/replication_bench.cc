@@ -328,8 +328,9 @@ int main(int argc, char** argv) {
   o.shipping_yaml =
       std::getenv("MERIDIAN_BENCH_SHIPPING") ? std::getenv("MERIDIAN_BENCH_SHIPPING") : "{}";
   std::fprintf(stderr,
-               "starting three regions (PostgreSQL fsync=off, Redis, region, "
-               "replicator each; link proxies)...\n");
+               "starting %d regions (PostgreSQL fsync=off, Redis, region, "
+               "replicator each; link proxies)...\n",
+               regions);
   auto cluster = Cluster::Start(o);
   if (!cluster.ok()) {
     std::fprintf(stderr, "replication_bench: %s\n",
