@@ -45,6 +45,44 @@ absl::StatusOr<std::string> ReadStreamId(PgPool& pool) {
   return id;
 }
 
+namespace {
+
+struct PersistedHold {
+  bool new_databases = false;
+  std::vector<std::string> stock_awaits;
+};
+
+// Reads the write hold a previous run of the region server left (table write_hold); with
+// `mark_new_databases` (databases were made at this start) it first records that they were.
+absl::StatusOr<PersistedHold> LoadWriteHold(PgPool& global, bool mark_new_databases) {
+  PersistedHold h;
+  absl::Status st = global.Run([&](pqxx::work& tx) {
+    h = PersistedHold{};
+    if (mark_new_databases) tx.exec0("UPDATE write_hold SET new_databases = true");
+    h.new_databases = tx.exec1("SELECT new_databases FROM write_hold")[0].as<bool>();
+    for (const auto& row : tx.exec("SELECT unnest(stock_awaits) FROM write_hold")) {
+      h.stock_awaits.push_back(row[0].as<std::string>());
+    }
+  });
+  if (!st.ok()) return st;
+  return h;
+}
+
+}  // namespace
+
+absl::Status RegionApp::Impl::SaveWriteHold(bool new_databases,
+                                            const std::vector<std::string>& stock_awaits) {
+  return global->Run([&](pqxx::work& tx) {
+    std::string list;
+    for (const std::string& peer : stock_awaits) {
+      absl::StrAppend(&list, list.empty() ? "" : ",", tx.quote(peer));
+    }
+    tx.exec0(
+        absl::StrCat("UPDATE write_hold SET new_databases = ", new_databases ? "true" : "false",
+                     ", stock_awaits = ARRAY[", list, "]::text[]"));
+  });
+}
+
 crdt::ReplicaId RegionApp::Impl::CartActorFor(std::string_view user_id) const {
   return cart_actors[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
 }
@@ -255,7 +293,9 @@ PgPool& RegionApp::Impl::ShardFor(std::string_view user_id) {
 }
 
 void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
-  if (takes_stock && !local_writes_held.load() && stock_held.load()) {
+  // One look at the full hold: SetLocalWriteHold puts a hold on before it takes another off.
+  const bool held = local_writes_held.load();
+  if (!held && takes_stock && stock_held.load()) {
     std::string awaited;
     {
       std::lock_guard<std::mutex> l(hold_mu);
@@ -266,7 +306,7 @@ void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
         ", which may hold its last stock changes from before: stock changes (checkouts, restocks, "
         "rights moves) wait until it has; cart changes go through"))};
   }
-  if (!local_writes_held.load()) return;
+  if (!held) return;
   std::string peers;
   {
     std::lock_guard<std::mutex> l(hold_mu);
@@ -628,10 +668,23 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   }
   // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
   // per-replica count) this region used before a rebuild, which the peers drop as seen.
-  if (new_stream && c.hold_new_databases && !c.peers.empty()) {
-    impl->held_since_start = true;
-    impl->local_writes_held = true;
-    spdlog::warn("event=local_writes_held reason=new_databases");
+  // The hold outlives a restart of this server (table write_hold): databases made at an earlier
+  // start that the replicator had not released yet, and stock changes still awaiting peers.
+  if (c.hold_new_databases && !c.peers.empty()) {
+    auto persisted = LoadWriteHold(*impl->global, new_stream);
+    if (!persisted.ok()) return persisted.status();
+    if (persisted->new_databases) {
+      impl->held_since_start = true;
+      impl->local_writes_held = true;
+      spdlog::warn("event=local_writes_held reason=new_databases{}",
+                   new_stream ? "" : " (made at an earlier start, not yet released)");
+    }
+    if (!persisted->stock_awaits.empty()) {
+      impl->stock_awaits = std::move(persisted->stock_awaits);
+      impl->stock_held = true;
+      spdlog::warn("event=stock_writes_held awaiting=\"{}\" reason=earlier_start",
+                   absl::StrJoin(impl->stock_awaits, ", "));
+    }
   }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
                                               c.replication.lease_margin_ms);

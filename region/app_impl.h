@@ -113,10 +113,15 @@ struct RegionApp::Impl {
   // released without hearing these peers. stock_awaits is guarded by hold_mu.
   std::vector<std::string> stock_awaits;
   std::atomic<bool> stock_held{false};
+  // Writes held_since_start's and stock_awaits' next values to the global database (table
+  // write_hold), where the next start of the region server reads them.
+  absl::Status SaveWriteHold(bool new_databases, const std::vector<std::string>& stock_awaits);
   // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
   // transaction of every local cart and stock change, before it writes; `takes_stock` false for
   // a cart change alone, which the stock hold lets through.
   void RefuseLocalWriteIfHeld(bool takes_stock = true);
+  // Whether stock changes are held (either hold), for changes that wait rather than fail.
+  bool StockWritesHeld() const { return local_writes_held.load() || stock_held.load(); }
 
   // metrics
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -255,7 +260,10 @@ struct RegionApp::Impl {
   // shared pieces
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
   absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
-  absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason);
+  // Returns a reservation's units to this region's rights, once. While stock changes are held
+  // it leaves the reservation held for a later sweep (*deferred true) and succeeds.
+  absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason,
+                                  bool* deferred = nullptr);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or

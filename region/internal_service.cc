@@ -508,9 +508,22 @@ class Service final : public pb::RegionInternal::Service {
                           "peers, stock_awaits: at most 1024 characters");
     }
     std::lock_guard<std::mutex> l(app_.hold_mu);
-    if (!req->hold() && req->release_new_databases()) app_.held_since_start = false;
-    const bool hold = req->hold() || app_.held_since_start.load();
-    const bool was = app_.local_writes_held.exchange(hold);
+    const bool new_databases =
+        app_.held_since_start.load() && (req->hold() || !req->release_new_databases());
+    std::vector<std::string> stock_awaits(req->stock_awaits().begin(), req->stock_awaits().end());
+    // What outlives a restart is written first: if it cannot be, nothing changes (the
+    // replicator sends its hold again within a second).
+    if (new_databases != app_.held_since_start.load() || stock_awaits != app_.stock_awaits) {
+      absl::Status st = app_.SaveWriteHold(new_databases, stock_awaits);
+      if (!st.ok()) return ToGrpc(st);
+    }
+    app_.held_since_start = new_databases;
+    const bool hold = req->hold() || new_databases;
+    // A hold goes on before another comes off, so that a write checking them in between (the
+    // full hold first, then the stock hold) never finds both off.
+    bool was = hold ? app_.local_writes_held.exchange(true) : app_.local_writes_held.load();
+    const bool stock_was = app_.stock_held.exchange(!stock_awaits.empty());
+    if (!hold) was = app_.local_writes_held.exchange(false);
     if (was != hold || (req->hold() && peers != app_.hold_peers)) {
       if (req->hold()) {
         spdlog::warn("event=local_writes_held awaiting=\"{}\"", peers);
@@ -521,15 +534,14 @@ class Service final : public pb::RegionInternal::Service {
       }
     }
     app_.hold_peers = req->hold() ? std::move(peers) : std::string();
-    const bool stock_was = app_.stock_held.exchange(!stock.empty());
-    if (stock_was != !stock.empty() || stock != absl::StrJoin(app_.stock_awaits, ", ")) {
-      if (stock.empty()) {
+    if (stock_was != !stock_awaits.empty() || stock_awaits != app_.stock_awaits) {
+      if (stock_awaits.empty()) {
         spdlog::info("event=stock_writes_released");
       } else {
         spdlog::warn("event=stock_writes_held awaiting=\"{}\"", stock);
       }
     }
-    app_.stock_awaits.assign(req->stock_awaits().begin(), req->stock_awaits().end());
+    app_.stock_awaits = std::move(stock_awaits);
     return grpc::Status::OK;
   }
 

@@ -52,8 +52,9 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
                        charge, status);
         }
       }
-      if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status));
-      if (st.ok()) ++released;
+      bool deferred = false;
+      if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status), &deferred);
+      if (st.ok() && !deferred) ++released;
     }
     if (!st.ok()) return st;
   }

@@ -192,6 +192,18 @@ CREATE TABLE rights_retired_items (
   PRIMARY KEY (declaration_id, sku)
 );
 )sql"},
+    {14, "write_hold",
+     R"sql(
+-- The write hold (region/app_impl.h) outlives a restart of the region server: whether a start
+-- with new databases still waits for the replicator's release, and which peers its stock changes
+-- still await. Written before the region server acts on a change of either.
+CREATE TABLE write_hold (
+  singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  new_databases boolean NOT NULL DEFAULT false,
+  stock_awaits  text[] NOT NULL DEFAULT '{}'
+);
+INSERT INTO write_hold DEFAULT VALUES;
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

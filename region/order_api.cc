@@ -179,10 +179,10 @@ absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
 }
 
 absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_id,
-                                                 const std::string& reason) {
-  bool released = false;
+                                                 const std::string& reason, bool* was_deferred) {
+  bool released = false, deferred = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
-    released = false;
+    released = deferred = false;
     pqxx::result r = tx.exec(
         "SELECT state FROM reservations WHERE id = " + tx.quote(reservation_id) + " FOR UPDATE");
     if (r.empty() || r[0][0].as<std::string>() == "released") return;  // idempotent
@@ -192,8 +192,20 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
                                  tx.quote(reservation_id) + " ORDER BY sku")) {
       items.emplace_back(i[0].as<std::string>(), i[1].as<int64_t>());
     }
-    // The units return as this region's rights: it took them from its own rights.
-    if (!items.empty()) RefuseLocalWriteIfHeld();
+    // The units return as this region's rights: it took them from its own rights. While its
+    // stock changes are held, the reservation stays out of sale instead and a later sweep
+    // releases it, so that what asked for the release (a cancel, a declined payment, the sweep
+    // itself) does not fail half-way after its own change went through.
+    if (!items.empty() && StockWritesHeld()) {
+      // Held and due: the sweep settles it by its order's status (a paid order's reservation
+      // commits, any other is released), at its next run after the hold.
+      tx.exec0(
+          "UPDATE reservations SET state = 'held', expires_at = LEAST(expires_at, now()) "
+          "WHERE id = " +
+          tx.quote(reservation_id));
+      deferred = true;
+      return;
+    }
     for (const auto& [sku, units] : items) {
       crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
       auto delta = inv.Restock(sku, static_cast<uint64_t>(units));
@@ -207,6 +219,13 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
     reservations_released->Increment();
     spdlog::info("event=reservation_released id={} reason={}", reservation_id, reason);
   }
+  if (st.ok() && deferred) {
+    spdlog::info(
+        "event=reservation_release_deferred id={} reason={} (stock changes are held; "
+        "the sweep releases it once they are not)",
+        reservation_id, reason);
+  }
+  if (was_deferred) *was_deferred = st.ok() && deferred;
   return st;
 }
 

@@ -717,6 +717,9 @@ class Session {
       std::lock_guard<std::mutex> l(peer_.mu);
       was_awaiting = !peer_.awaiting_state.empty();
       peer_.awaiting_state.clear();
+      // Its state did not all arrive: it has not had its say about our databases after all (a
+      // stock hold awaiting it stays on until a later session brings the state in).
+      if (was_awaiting) peer_.hello_streams.clear();
     }
     if (was_awaiting) r_.SyncWriteHold();
     if (outlet_) {
@@ -2313,6 +2316,10 @@ void Replicator::Impl::NoteLocalStreams(const std::map<std::string, std::string>
 
 void Replicator::Impl::SyncWriteHold() {
   std::lock_guard<std::mutex> hl(hold_mu);
+  // Until the region's status was read once, this replicator does not know the stock hold a
+  // predecessor set (nor whether the region is held since its start): telling the region a hold
+  // now would replace that list with an empty one. Housekeeping reads it at once.
+  if (!stock_awaits_read) return;
   std::set<std::string> streams;
   SteadyTime::time_point since;
   {
@@ -2321,14 +2328,17 @@ void Replicator::Impl::SyncWriteHold() {
     since = local_streams_since;
   }
   // Per peer, in one look (AwaitStateIfRebuilt sets both together): whether we await its state,
-  // and whether it has had its say about our databases (said hello to a session of our current
-  // streams: it holds us for its state there if it knows our past).
+  // and whether it has had its say about our databases: said hello to a session of our current
+  // streams, and what it held of our past (if anything) is in.
   rpb::SetLocalWriteHoldRequest req;
   std::set<std::string> heard;
   for (auto& p : peers) {
     std::lock_guard<std::mutex> l(p->mu);
-    if (!p->awaiting_state.empty()) req.add_peers(p->config.name);
-    if (!streams.empty() && p->hello_streams == streams) heard.insert(p->config.name);
+    if (!p->awaiting_state.empty()) {
+      req.add_peers(p->config.name);
+    } else if (!streams.empty() && p->hello_streams == streams) {
+      heard.insert(p->config.name);
+    }
   }
   req.set_hold(req.peers_size() > 0);
   for (auto it = stock_awaits.begin(); it != stock_awaits.end();) {
@@ -2384,7 +2394,8 @@ void Replicator::Impl::SyncWriteHold() {
 // every peer has acked (only once every peer has said where it stands since this start).
 void Replicator::Impl::Housekeeping() {
   auto last_truncate = SteadyTime::now();
-  while (SleepFor(std::chrono::milliseconds(1000))) {
+  // The first status read at once (SyncWriteHold waits for it), then one a second.
+  for (bool first = true; first || SleepFor(std::chrono::milliseconds(1000)); first = false) {
     rpb::GetStatusResponse status;
     auto ctx = RegionCtx(5000);
     const bool got = region->GetStatus(ctx.get(), rpb::GetStatusRequest(), &status).ok();

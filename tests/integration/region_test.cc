@@ -703,6 +703,48 @@ TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
   EXPECT_EQ(Available("sku-5"), before);  // released once
 }
 
+// While the region's stock changes are held (a rebuilt region awaiting a peer), a cancel still
+// cancels and refunds, and answers 200; its units stay out of sale until the first sweep after
+// the hold returns them, once. Before, the cancel answered 503 after cancelling, and the sweep
+// stopped at the first reservation it could not release.
+TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterTheHold) {
+  auto stub = v1::RegionInternal::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+  auto hold_stock = [&](std::vector<std::string> awaits) {
+    grpc::ClientContext ctx;
+    v1::SetLocalWriteHoldRequest req;
+    for (const std::string& peer : awaits) req.add_stock_awaits(peer);
+    v1::SetLocalWriteHoldResponse out;
+    return stub->SetLocalWriteHold(&ctx, req, &out).ok();
+  };
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-4");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":3})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(o.status, 201) << o.body;
+  ASSERT_EQ(Json::parse(o.body)["status"], "paid");
+  std::string id = Json::parse(o.body)["order_id"];
+
+  ASSERT_TRUE(hold_stock({"eu-west"}));
+  Response cancelled = As(t, "POST", "/v1/orders/" + id + "/cancel");
+  EXPECT_EQ(cancelled.status, 200) << cancelled.body;
+  EXPECT_EQ(Order(t, id)["status"], "refunded");
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(*swept, 0);
+  EXPECT_EQ(Available("sku-4"), before - 3) << "units returned while stock changes are held";
+
+  ASSERT_TRUE(hold_stock({}));
+  swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-4"), before);
+  EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
+  swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-4"), before);  // released once
+}
+
 // Concurrent decrements in two regions can leave a line below zero (hidden from the customer).
 // Adding to it shows exactly what was added, not a line still hidden at -3 + 1.
 TEST_F(RegionTest, AddingToALineBelowZeroShowsWhatWasAdded) {

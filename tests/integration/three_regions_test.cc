@@ -627,6 +627,19 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoChangeBeforeItsReplicatorHasHeardFromT
     EXPECT_EQ(r.status, 503) << r.body;
     EXPECT_EQ(held(), 1);
   }
+  // A region server that restarts before the release is still held: its databases are no
+  // longer new to it, but they were never released (table write_hold). Before, it came back
+  // released and took the add.
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  {
+    Response r = Request(c_->http_port(kAp), "POST", "/v1/cart/items",
+                         Json{{"sku", "sku-1"}, {"quantity", 2}}.dump(),
+                         {{"Authorization", "Bearer " + dee}});
+    EXPECT_EQ(r.status, 503) << r.body;
+    EXPECT_NE(r.body.find("databases are new"), std::string::npos) << r.body;
+    EXPECT_EQ(held(), 1);
+  }
   EXPECT_EQ(Count(kAp, "shard0", "SELECT count(*) FROM carts") +
                 Count(kAp, "shard1", "SELECT count(*) FROM carts"),
             0)
@@ -697,6 +710,18 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   // A replicator that restarts takes the stock hold up from the region (nothing else would
   // release it): still held after its first status read, released once eu-west is heard.
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(restock().status, 503);
+  // The hold outlives both processes (table write_hold): the region server held from its start,
+  // before its replicator is back, and after. Before, it started released and its replicator
+  // read an empty list from it: the restock answered 200.
+  ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  held = restock();
+  EXPECT_EQ(held.status, 503) << held.body;
+  EXPECT_NE(held.body.find("eu-west"), std::string::npos) << held.body;
   ASSERT_TRUE(c_->StartReplicator(kAp).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   EXPECT_EQ(restock().status, 503);
