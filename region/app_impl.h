@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "crdt/hlc.h"
 #include "region/app.h"
 #include "region/config.h"
@@ -59,6 +60,10 @@ int64_t UnixNowMs();
 
 // The database's outbox stream id (region/migrations.cc: drawn when the database is made).
 absl::StatusOr<std::string> ReadStreamId(PgPool& pool);
+// A database's stream as the replicator names it: "<pool name>-<outbox stream id>".
+inline std::string StreamNameOf(const PgPool& pool, const std::string& stream_id) {
+  return absl::StrCat(pool.name(), "-", stream_id);
+}
 
 class OrderForwarder;  // region/control_service.cc: the client of the replicator's forwarder
 std::string RandomId(std::string_view prefix);

@@ -272,7 +272,7 @@ class Service final : public pb::RegionInternal::Service {
         d->set_outbox_max_seq(r[1].as<int64_t>());
         d->set_outbox_min_seq(r[2].as<int64_t>());
         d->set_outbox_last_seq(r[3].as<int64_t>());
-        d->set_stream(pool.name() + "-" + r[4].as<std::string>());
+        d->set_stream(StreamNameOf(pool, r[4].as<std::string>()));
       });
       d->set_reachable(st.ok());
     };

@@ -957,7 +957,7 @@ absl::StatusOr<std::string> RegionApp::Impl::StreamName(PgPool& pool) {
   }
   auto id = ReadStreamId(pool);
   if (!id.ok()) return id.status();
-  std::string name = absl::StrCat(pool.name(), "-", *id);
+  std::string name = StreamNameOf(pool, *id);
   std::lock_guard<std::mutex> lock(streams_mu);
   stream_names[pool.name()] = name;
   return name;

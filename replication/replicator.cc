@@ -2407,10 +2407,7 @@ void Replicator::Impl::Housekeeping() {
         // else would ever release it.
         std::lock_guard<std::mutex> hl(hold_mu);
         for (const std::string& peer : status.stock_awaits()) {
-          if (std::any_of(peers.begin(), peers.end(),
-                          [&](const auto& p) { return p->config.name == peer; })) {
-            stock_awaits.insert(peer);
-          }
+          if (PeerNamed(peer)) stock_awaits.insert(peer);
         }
         stock_told = stock_told || status.stock_awaits_size() > 0;
         stock_awaits_read = true;
