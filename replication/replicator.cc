@@ -169,6 +169,9 @@ struct PeerState {
   // Guarded by mu. Our stream names in the session whose hello from the peer was judged last
   // (AwaitStateIfRebuilt): equal to the current ones, the peer has had its say about them.
   std::set<std::string> hello_streams;
+  // Guarded by mu. The session that set the two above last: only it clears them at its end (an
+  // old session winding down after the peer's next hello leaves the newer session's alone).
+  const void* judged_by = nullptr;
   // Bumped whenever a session may have marks to send or to answer; each session's sender
   // handles every bump (sessions may overlap while an old one winds down).
   std::atomic<uint64_t> exchange_generation{0};
@@ -715,11 +718,14 @@ class Session {
     bool was_awaiting = false;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
-      was_awaiting = !peer_.awaiting_state.empty();
-      peer_.awaiting_state.clear();
-      // Its state did not all arrive: it has not had its say about our databases after all (a
-      // stock hold awaiting it stays on until a later session brings the state in).
-      if (was_awaiting) peer_.hello_streams.clear();
+      if (peer_.judged_by == this) {
+        peer_.judged_by = nullptr;
+        was_awaiting = !peer_.awaiting_state.empty();
+        peer_.awaiting_state.clear();
+        // Its state did not all arrive: it has not had its say about our databases after all
+        // (a stock hold awaiting it stays on until a later session brings the state in).
+        if (was_awaiting) peer_.hello_streams.clear();
+      }
     }
     if (was_awaiting) r_.SyncWriteHold();
     if (outlet_) {
@@ -900,6 +906,7 @@ class Session {
     }
     {
       std::lock_guard<std::mutex> l(peer_.mu);
+      peer_.judged_by = this;
       peer_.hello_streams = streams_;
       if (peer_.awaiting_state == awaiting && !r_.region_held_since_start) return;
       peer_.awaiting_state = awaiting;
