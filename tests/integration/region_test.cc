@@ -149,6 +149,20 @@ class RegionTest : public ::testing::Test {
     return Request(port_, method, target, body, extra);
   }
 
+  // A paid order of `quantity` units of `sku` (the customer's cart is empty before); its id, or
+  // "" with a test failure.
+  static std::string PaidOrder(const std::string& token, const std::string& sku, int quantity) {
+    Response add =
+        As(token, "POST", "/v1/cart/items", Json{{"sku", sku}, {"quantity", quantity}}.dump());
+    EXPECT_EQ(add.status, 200) << add.body;
+    Response o = As(token, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+    EXPECT_EQ(o.status, 201) << o.body;
+    if (o.status != 201) return "";
+    Json order = Json::parse(o.body);
+    EXPECT_EQ(order["status"], "paid");
+    return order["order_id"];
+  }
+
   static int64_t Available(const std::string& sku) {
     Response r = Request(port_, "GET", "/v1/inventory/" + sku);
     return Json::parse(r.body)["available"];
@@ -681,11 +695,8 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
 TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
   std::string t = NewCustomer();
   int64_t before = Available("sku-5");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
-  ASSERT_EQ(o.status, 201) << o.body;
-  ASSERT_EQ(Json::parse(o.body)["status"], "paid");
-  std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = PaidOrder(t, "sku-5", 2);
+  ASSERT_FALSE(HasFailure());
   {
     auto fault = InjectFault({{0, "global"}}, "fail_release", Fault::kError, "UPDATE",
                              "reservations", "NEW.state = 'released'");
@@ -719,11 +730,8 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
   };
   std::string t = NewCustomer();
   int64_t before = Available("sku-4");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":3})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
-  ASSERT_EQ(o.status, 201) << o.body;
-  ASSERT_EQ(Json::parse(o.body)["status"], "paid");
-  std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = PaidOrder(t, "sku-4", 3);
+  ASSERT_FALSE(HasFailure());
 
   ASSERT_TRUE(hold_stock({"eu-west"}));
   Response cancelled = As(t, "POST", "/v1/orders/" + id + "/cancel");
