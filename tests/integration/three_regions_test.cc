@@ -579,6 +579,123 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
       << why;
 }
 
+// A peer counts as heard by a rebuilt region only once its state is in, and only the peer's
+// latest session decides. Two faults, each fixed before it had a test on real processes:
+// - A session that ended with the peer's state half sent counted the peer as heard: the region's
+//   stock hold for it ended, and a restock went through on a stale escrow view (fixed in
+//   2cef7c3; before, the restock at the end of part 2 answered 200).
+// - An old session winding down after the peer's next hello cleared the hold the newer session
+//   had set (fixed in 283b748; before, the add in part 1 answered 200 with eu-west's state not
+//   in). Here the old session's end waits for an apply that the test holds up by taking the
+//   stream's advisory lock in ap-south's databases, so it ends after the new hello.
+// eu-west is a forged peer (eu-west's certificate) whose hellos say it applied records of
+// ap-south's old databases.
+TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsStateWasIn) {
+  const Shopper shopper = OneItemEverywhere(kAp, "fay@example.com");
+  ASSERT_FALSE(HasFailure());
+  const std::string fay = shopper.token, fay_id = shopper.id;
+  std::string old_stream;
+  {
+    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+    pqxx::work tx(conn);
+    old_stream = "shard-0-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+  }
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  RebuildDatabases(kAp);
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  auto held = [&](const char* gauge) {
+    return Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body, gauge).value_or(-1);
+  };
+  auto restock = [&] {
+    return Request(c_->http_port(kAp), "POST", "/v1/admin/inventory/sku-1/restock",
+                   Json{{"units", 5}}.dump(), {{"Authorization", Operator()}});
+  };
+  auto add = [&] { return Add(kAp, fay, "sku-1", 1); };
+  // Released without eu-west after two peer timeouts (us-east sent its state): cart changes go
+  // through, stock changes wait for eu-west.
+  ASSERT_EQ(AddAfterRebuild(kAp, fay, "sku-1", 1), 200);
+  Response r = restock();
+  ASSERT_EQ(r.status, 503) << r.body;
+  ASSERT_NE(r.body.find("eu-west"), std::string::npos) << r.body;
+
+  const std::vector<std::string> eu_streams = {"global-e0", "shard-0-e0", "shard-1-e0"};
+  auto beat = [](ForgedPeer& eu) {
+    rpb::Frame f;
+    f.mutable_heartbeat();
+    return eu.Write(f);
+  };
+  auto state_end = [](ForgedPeer& eu, const std::string& stream) {
+    rpb::Frame f;
+    *f.mutable_batch() = replication::EncodeBatch(2, stream, 0, 0, rpb::RecordList(), 1,
+                                                  replication::BatchKind::kState);
+    return eu.Write(f);
+  };
+  // Part 1: session A holds ap-south for eu-west's state; its batch's apply waits for the
+  // stream's lock.
+  std::vector<std::unique_ptr<pqxx::connection>> lockers;
+  for (const char* db : {"shard0", "shard1"}) {
+    lockers.push_back(std::make_unique<pqxx::connection>(c_->Dsn(kAp, db)));
+    pqxx::nontransaction tx(*lockers.back());
+    tx.exec("SELECT pg_advisory_lock(hashtextextended('stream:2/shard-0-e0', 0))");
+  }
+  auto a = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(a->Hello({{old_stream, 5}}, eu_streams));
+  int status = 0;
+  ASSERT_TRUE(Eventually([&] { return beat(*a) && (status = add()) == 503; }, 10))
+      << "an add answered " << status << " while eu-west's state was awaited";
+  ASSERT_TRUE(a->Write(
+      test_support::CartBatch(2, fay_id, "any", 1, replication::BatchKind::kDeltas, "shard-0-e0")));
+  auto waiting_applies = [&] {
+    return Count(kAp, "shard0",
+                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'") +
+           Count(kAp, "shard1",
+                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'");
+  };
+  ASSERT_TRUE(Eventually([&] { return beat(*a) && waiting_applies() > 0; }, 10))
+      << "session A's apply never waited for the stream's lock";
+  // Session B (eu-west redials) replaces A: A's end waits for its apply.
+  auto b = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(b->Hello({{old_stream, 5}}, eu_streams));
+  for (int i = 0; i < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ASSERT_TRUE(beat(*b));
+  }
+  lockers.clear();  // A's apply goes through and A ends, after B's hello
+  ASSERT_TRUE(Eventually([&] { return beat(*b) && waiting_applies() == 0; }, 10));
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ASSERT_TRUE(beat(*b));
+    EXPECT_EQ(add(), 503) << "released by session A's end while session B awaits the state";
+  }
+  EXPECT_EQ(held("meridian_local_writes_held"), 1);
+  a.reset();
+
+  // Part 2: B sends one of eu-west's three databases and ends. The cart changes are released
+  // (eu-west stays away), the stock changes are not: eu-west has not been heard.
+  ASSERT_TRUE(state_end(*b, eu_streams[0]));
+  ASSERT_TRUE(beat(*b));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  b.reset();
+  EXPECT_TRUE(Eventually([&] { return (status = add()) == 200; }, 10))
+      << "cart changes still answer " << status << " after session B ended";
+  r = restock();
+  EXPECT_EQ(r.status, 503) << "a restock went through with eu-west's state not in: " << r.body;
+  EXPECT_NE(r.body.find("eu-west"), std::string::npos) << r.body;
+  EXPECT_EQ(held("meridian_stock_writes_held"), 1);
+
+  // Part 3: a session that brings the rest of the state in releases the stock changes (ap-south
+  // holds resume points for the other two databases: global-e0's state ended in session B, and
+  // shard-0-e0 carried A's deltas).
+  ForgedPeer c(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(c.Hello({{old_stream, 5}}, eu_streams));
+  ASSERT_TRUE(state_end(c, eu_streams[2]));
+  EXPECT_TRUE(Eventually([&] { return beat(c) && (status = restock().status) == 200; }, 10))
+      << "a restock still answers " << status << " after eu-west's whole state came";
+  EXPECT_EQ(held("meridian_stock_writes_held"), 0);
+  EXPECT_EQ(held("meridian_local_writes_held"), 0);
+}
+
 // A region server that starts with new databases cannot tell a new region from a rebuilt one:
 // until its replicator has heard from the peers (which may know its past) it takes no cart or
 // stock change. Before, changes in that window (here, with the replicator down, as long as it

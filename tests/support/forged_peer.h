@@ -234,12 +234,13 @@ inline ::meridian::replication::v1::Frame LeaseRenewal(uint32_t group, uint64_t 
   return f;
 }
 
-// A batch of one cart record from `origin`'s database "shard-0" at `seq`: sku-1 x3 for
+// A batch of one cart record from `origin`'s database `origin_database` at `seq`: sku-1 x3 for
 // `user_id`, pinned to `residency` ("any" for none). As a state batch (`kind` kState) it is a
 // document of a state transfer or a survivors' exchange: no seq, and `seq` must be 0.
 inline ::meridian::replication::v1::Frame CartBatch(
     uint32_t origin, const std::string& user_id, const std::string& residency, int64_t seq,
-    replication::BatchKind kind = replication::BatchKind::kDeltas) {
+    replication::BatchKind kind = replication::BatchKind::kDeltas,
+    const std::string& origin_database = "shard-0") {
   namespace rpb = ::meridian::replication::v1;
   crdt::Cart cart(origin);
   crdt::Cart delta = cart.Add("sku-1", 3);
@@ -252,7 +253,7 @@ inline ::meridian::replication::v1::Frame CartBatch(
   r->set_residency(residency);
   r->set_committed_unix_ms(1);
   rpb::Frame f;
-  *f.mutable_batch() = replication::EncodeBatch(origin, "shard-0", seq, seq, list, 1, kind);
+  *f.mutable_batch() = replication::EncodeBatch(origin, origin_database, seq, seq, list, 1, kind);
   return f;
 }
 
