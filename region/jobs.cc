@@ -11,9 +11,14 @@ namespace meridian::region {
 
 absl::StatusOr<int> RegionApp::Impl::Sweep() {
   std::vector<std::pair<std::string, std::string>> expired;  // reservation (= order) id, user
+  // A release deferred by a stock hold is due at -infinity (ReleaseReservation): the first sweep
+  // after the hold takes those first, and the sweeps during the hold pass over them (they could
+  // only defer them again, and the oldest 500 would hold back every newer expiry).
+  const std::string pass_over_deferred = StockWritesHeld() ? "expires_at > '-infinity' AND " : "";
   absl::Status st = global->Run([&](pqxx::work& tx) {
-    for (const auto& r : tx.exec("SELECT id, user_id FROM reservations WHERE state = 'held' AND "
-                                 "expires_at < now() ORDER BY expires_at LIMIT 500")) {
+    for (const auto& r :
+         tx.exec("SELECT id, user_id FROM reservations WHERE state = 'held' AND " +
+                 pass_over_deferred + "expires_at < now() ORDER BY expires_at LIMIT 500")) {
       expired.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
     }
   });

@@ -197,12 +197,11 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
     // releases it, so that what asked for the release (a cancel, a declined payment, the sweep
     // itself) does not fail half-way after its own change went through.
     if (!items.empty() && StockWritesHeld()) {
-      // Held and due: the sweep settles it by its order's status (a paid order's reservation
-      // commits, any other is released), at its next run after the hold.
-      tx.exec0(
-          "UPDATE reservations SET state = 'held', expires_at = LEAST(expires_at, now()) "
-          "WHERE id = " +
-          tx.quote(reservation_id));
+      // Held and due before any expiry: the first sweep after the hold settles it by its
+      // order's status (a paid order's reservation commits, any other is released); the sweeps
+      // during the hold pass over it (Sweep).
+      tx.exec0("UPDATE reservations SET state = 'held', expires_at = '-infinity' WHERE id = " +
+               tx.quote(reservation_id));
       deferred = true;
       return;
     }

@@ -202,6 +202,18 @@ class RegionTest : public ::testing::Test {
     ASSERT_EQ(rec.status, 200);
     EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
   }
+  // Holds the region's stock changes for `awaits` (as a rebuilt region's replicator does for the
+  // peers it has not heard); an empty list ends the hold. Whether the call succeeded.
+  static bool HoldStock(const std::vector<std::string>& awaits) {
+    auto stub = v1::RegionInternal::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::SetLocalWriteHoldRequest req;
+    for (const std::string& peer : awaits) req.add_stock_awaits(peer);
+    v1::SetLocalWriteHoldResponse out;
+    return stub->SetLocalWriteHold(&ctx, req, &out).ok();
+  }
+
   static Json Order(const std::string& token, const std::string& id) {
     Response r = As(token, "GET", "/v1/orders/" + id);
     EXPECT_EQ(r.status, 200) << r.body;
@@ -719,21 +731,12 @@ TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
 // the hold returns them, once. Before, the cancel answered 503 after cancelling, and the sweep
 // stopped at the first reservation it could not release.
 TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterTheHold) {
-  auto stub = v1::RegionInternal::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
-  auto hold_stock = [&](std::vector<std::string> awaits) {
-    grpc::ClientContext ctx;
-    v1::SetLocalWriteHoldRequest req;
-    for (const std::string& peer : awaits) req.add_stock_awaits(peer);
-    v1::SetLocalWriteHoldResponse out;
-    return stub->SetLocalWriteHold(&ctx, req, &out).ok();
-  };
   std::string t = NewCustomer();
   int64_t before = Available("sku-4");
   const std::string id = PaidOrder(t, "sku-4", 3);
   ASSERT_FALSE(HasFailure());
 
-  ASSERT_TRUE(hold_stock({"eu-west"}));
+  ASSERT_TRUE(HoldStock({"eu-west"}));
   Response cancelled = As(t, "POST", "/v1/orders/" + id + "/cancel");
   EXPECT_EQ(cancelled.status, 200) << cancelled.body;
   EXPECT_EQ(Order(t, id)["status"], "refunded");
@@ -743,7 +746,7 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
   EXPECT_EQ(*swept, 0);
   EXPECT_EQ(Available("sku-4"), before - 3) << "units returned while stock changes are held";
 
-  ASSERT_TRUE(hold_stock({}));
+  ASSERT_TRUE(HoldStock({}));
   swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(Available("sku-4"), before);
@@ -751,6 +754,54 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
   swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(Available("sku-4"), before);  // released once
+}
+
+// The sweeps during a stock hold pass over the reservations whose release they deferred: 501
+// of them, due before an unpaid order's, do not keep that order from expiring. Before, each
+// sweep took the same 500 oldest again (deferring them again) and the order stayed
+// pending_payment until the hold ended. After the hold, every deferred release goes through.
+TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
+  constexpr int kDeferred = 501;
+  std::string t = NewCustomer();
+  const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  ASSERT_TRUE(HoldStock({"eu-west"}));
+  {
+    // Checkouts that died half-way (no order) an hour ago, one unit of sku-5 each: the sweep
+    // releases them, deferred while stock is held.
+    pqxx::connection c(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(c);
+    tx.exec0(
+        "INSERT INTO reservations (id, user_id, state, expires_at) SELECT 'stale-' || g, "
+        "'u00000000000000000000abcd', 'held', now() - interval '1 hour' + g * interval "
+        "'1 ms' FROM generate_series(1, " +
+        std::to_string(kDeferred) + ") g");
+    tx.exec0(
+        "INSERT INTO reservation_items (reservation_id, sku, units) SELECT 'stale-' || g, "
+        "'sku-5', 1 FROM generate_series(1, " +
+        std::to_string(kDeferred) + ") g");
+    tx.commit();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  for (int i = 0; i < 2; ++i) {
+    auto swept = app_->SweepReservations();
+    ASSERT_TRUE(swept.ok()) << swept.status();
+    EXPECT_EQ(*swept, 0) << "released while stock changes are held";
+  }
+  EXPECT_EQ(Order(t, id)["status"], "expired");
+  EXPECT_EQ(Available("sku-3"), before3 - 1) << "units returned while stock changes are held";
+  EXPECT_EQ(Available("sku-5"), before5);
+
+  ASSERT_TRUE(HoldStock({}));
+  for (int i = 0; i < 5 && Available("sku-5") < before5 + kDeferred; ++i) {
+    auto swept = app_->SweepReservations();
+    ASSERT_TRUE(swept.ok()) << swept.status();
+  }
+  EXPECT_EQ(Available("sku-3"), before3);
+  EXPECT_EQ(Available("sku-5"), before5 + kDeferred);
 }
 
 // Concurrent decrements in two regions can leave a line below zero (hidden from the customer).
