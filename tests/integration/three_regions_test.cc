@@ -228,6 +228,37 @@ class ThreeRegions : public ::testing::Test {
     }
   }
 
+  // ap-south's databases rebuilt (its region server restarted on them, its replicator running)
+  // while eu-west's replicator is down: the stream name of ap-south's old shard0 database, which
+  // a forged eu-west's hello can say it applied records of.
+  std::string RebuildApSouthWithEuWestDown() {
+    std::string old_stream;
+    {
+      pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+      pqxx::work tx(conn);
+      old_stream = "shard-0-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+    }
+    EXPECT_TRUE(c_->KillReplicator(kEu).ok());
+    EXPECT_TRUE(c_->KillRegionServer(kAp).ok());
+    RebuildDatabases(kAp);
+    EXPECT_TRUE(c_->StartRegionServer(kAp).ok());
+    return old_stream;
+  }
+
+  // A forged peer's heartbeat, and the end of its (empty) state transfer of database `stream`
+  // (as eu-west, replica 2); false once the stream is gone.
+  static bool Beat(ForgedPeer& peer) {
+    rpb::Frame f;
+    f.mutable_heartbeat();
+    return peer.Write(f);
+  }
+  static bool StateEnd(ForgedPeer& peer, const std::string& stream) {
+    rpb::Frame f;
+    *f.mutable_batch() = replication::EncodeBatch(2, stream, 0, 0, rpb::RecordList(), 1,
+                                                  replication::BatchKind::kState);
+    return peer.Write(f);
+  }
+
   std::unique_ptr<Cluster> c_;
 };
 
@@ -510,16 +541,8 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
   const Shopper shopper = OneItemEverywhere(kAp, "cy@example.com");
   ASSERT_FALSE(HasFailure());
   const std::string cy = shopper.token, cy_id = shopper.id;
-  std::string old_stream;
-  {
-    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
-    pqxx::work tx(conn);
-    old_stream = "shard-0-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
-  }
-  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
-  RebuildDatabases(kAp);
-  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  const std::string old_stream = RebuildApSouthWithEuWestDown();
+  ASSERT_FALSE(HasFailure());
   // us-east (real) sends its state: cy's profile and cart come back.
   ASSERT_TRUE(Eventually(
       [&] {
@@ -533,11 +556,7 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
   {
     ForgedPeer eu(*c_, kEu, kAp, "", std::chrono::seconds(120));
     ASSERT_TRUE(eu.Hello({{old_stream, 5}}, eu_streams));
-    auto beat = [&] {
-      rpb::Frame f;
-      f.mutable_heartbeat();
-      return eu.Write(f);
-    };
+    auto beat = [&] { return Beat(eu); };
     // Waits for the hold with a change that changes nothing (the quantity it has): until the
     // hold is on, it answers 200 and writes nothing.
     auto same_quantity = [&] {
@@ -551,12 +570,7 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoCartChangeUntilItsPeersStateIsIn) {
         << " while eu-west's state was awaited";
     EXPECT_EQ(Add(kAp, cy, "sku-1", 1), 503);
     // Two of eu-west's three databases: still held.
-    auto state_end = [&](const std::string& stream) {
-      rpb::Frame f;
-      *f.mutable_batch() = replication::EncodeBatch(2, stream, 0, 0, rpb::RecordList(), 1,
-                                                    replication::BatchKind::kState);
-      return eu.Write(f);
-    };
+    auto state_end = [&](const std::string& stream) { return StateEnd(eu, stream); };
     ASSERT_TRUE(state_end(eu_streams[0]) && state_end(eu_streams[1]));
     for (int i = 0; i < 4; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -594,16 +608,8 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   const Shopper shopper = OneItemEverywhere(kAp, "fay@example.com");
   ASSERT_FALSE(HasFailure());
   const std::string fay = shopper.token, fay_id = shopper.id;
-  std::string old_stream;
-  {
-    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
-    pqxx::work tx(conn);
-    old_stream = "shard-0-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
-  }
-  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
-  RebuildDatabases(kAp);
-  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  const std::string old_stream = RebuildApSouthWithEuWestDown();
+  ASSERT_FALSE(HasFailure());
   auto held = [&](const char* gauge) {
     return Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body, gauge).value_or(-1);
   };
@@ -620,17 +626,6 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   ASSERT_NE(r.body.find("eu-west"), std::string::npos) << r.body;
 
   const std::vector<std::string> eu_streams = {"global-e0", "shard-0-e0", "shard-1-e0"};
-  auto beat = [](ForgedPeer& eu) {
-    rpb::Frame f;
-    f.mutable_heartbeat();
-    return eu.Write(f);
-  };
-  auto state_end = [](ForgedPeer& eu, const std::string& stream) {
-    rpb::Frame f;
-    *f.mutable_batch() = replication::EncodeBatch(2, stream, 0, 0, rpb::RecordList(), 1,
-                                                  replication::BatchKind::kState);
-    return eu.Write(f);
-  };
   // Part 1: session A holds ap-south for eu-west's state; its batch's apply waits for the
   // stream's lock.
   std::vector<std::unique_ptr<pqxx::connection>> lockers;
@@ -642,7 +637,7 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   auto a = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
   ASSERT_TRUE(a->Hello({{old_stream, 5}}, eu_streams));
   int status = 0;
-  ASSERT_TRUE(Eventually([&] { return beat(*a) && (status = add()) == 503; }, 10))
+  ASSERT_TRUE(Eventually([&] { return Beat(*a) && (status = add()) == 503; }, 10))
       << "an add answered " << status << " while eu-west's state was awaited";
   ASSERT_TRUE(a->Write(
       test_support::CartBatch(2, fay_id, "any", 1, replication::BatchKind::kDeltas, "shard-0-e0")));
@@ -652,20 +647,20 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
            Count(kAp, "shard1",
                  "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'");
   };
-  ASSERT_TRUE(Eventually([&] { return beat(*a) && waiting_applies() > 0; }, 10))
+  ASSERT_TRUE(Eventually([&] { return Beat(*a) && waiting_applies() > 0; }, 10))
       << "session A's apply never waited for the stream's lock";
   // Session B (eu-west redials) replaces A: A's end waits for its apply.
   auto b = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
   ASSERT_TRUE(b->Hello({{old_stream, 5}}, eu_streams));
   for (int i = 0; i < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    ASSERT_TRUE(beat(*b));
+    ASSERT_TRUE(Beat(*b));
   }
   lockers.clear();  // A's apply goes through and A ends, after B's hello
-  ASSERT_TRUE(Eventually([&] { return beat(*b) && waiting_applies() == 0; }, 10));
+  ASSERT_TRUE(Eventually([&] { return Beat(*b) && waiting_applies() == 0; }, 10));
   for (int i = 0; i < 4; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    ASSERT_TRUE(beat(*b));
+    ASSERT_TRUE(Beat(*b));
     EXPECT_EQ(add(), 503) << "released by session A's end while session B awaits the state";
   }
   EXPECT_EQ(held("meridian_local_writes_held"), 1);
@@ -673,8 +668,8 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
 
   // Part 2: B sends one of eu-west's three databases and ends. The cart changes are released
   // (eu-west stays away), the stock changes are not: eu-west has not been heard.
-  ASSERT_TRUE(state_end(*b, eu_streams[0]));
-  ASSERT_TRUE(beat(*b));
+  ASSERT_TRUE(StateEnd(*b, eu_streams[0]));
+  ASSERT_TRUE(Beat(*b));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   b.reset();
   EXPECT_TRUE(Eventually([&] { return (status = add()) == 200; }, 10))
@@ -689,8 +684,8 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   // shard-0-e0 carried A's deltas).
   ForgedPeer c(*c_, kEu, kAp, "", std::chrono::seconds(120));
   ASSERT_TRUE(c.Hello({{old_stream, 5}}, eu_streams));
-  ASSERT_TRUE(state_end(c, eu_streams[2]));
-  EXPECT_TRUE(Eventually([&] { return beat(c) && (status = restock().status) == 200; }, 10))
+  ASSERT_TRUE(StateEnd(c, eu_streams[2]));
+  EXPECT_TRUE(Eventually([&] { return Beat(c) && (status = restock().status) == 200; }, 10))
       << "a restock still answers " << status << " after eu-west's whole state came";
   EXPECT_EQ(held("meridian_stock_writes_held"), 0);
   EXPECT_EQ(held("meridian_local_writes_held"), 0);
