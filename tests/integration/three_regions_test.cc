@@ -259,6 +259,12 @@ class ThreeRegions : public ::testing::Test {
     return peer.Write(f);
   }
 
+  // A sample of the region server's /metrics (say `meridian_stock_writes_held`); -1 when absent.
+  double RegionGauge(size_t region, const std::string& name) {
+    return Cluster::Sample(Request(c_->http_port(region), "GET", "/metrics").body, name)
+        .value_or(-1);
+  }
+
   std::unique_ptr<Cluster> c_;
 };
 
@@ -610,9 +616,6 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   const std::string fay = shopper.token, fay_id = shopper.id;
   const std::string old_stream = RebuildApSouthWithEuWestDown();
   ASSERT_FALSE(HasFailure());
-  auto held = [&](const char* gauge) {
-    return Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body, gauge).value_or(-1);
-  };
   auto restock = [&] {
     return Request(c_->http_port(kAp), "POST", "/v1/admin/inventory/sku-1/restock",
                    Json{{"units", 5}}.dump(), {{"Authorization", Operator()}});
@@ -663,7 +666,7 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
     ASSERT_TRUE(Beat(*b));
     EXPECT_EQ(add(), 503) << "released by session A's end while session B awaits the state";
   }
-  EXPECT_EQ(held("meridian_local_writes_held"), 1);
+  EXPECT_EQ(RegionGauge(kAp, "meridian_local_writes_held"), 1);
   a.reset();
 
   // Part 2: B sends one of eu-west's three databases and ends. The cart changes are released
@@ -677,7 +680,7 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   r = restock();
   EXPECT_EQ(r.status, 503) << "a restock went through with eu-west's state not in: " << r.body;
   EXPECT_NE(r.body.find("eu-west"), std::string::npos) << r.body;
-  EXPECT_EQ(held("meridian_stock_writes_held"), 1);
+  EXPECT_EQ(RegionGauge(kAp, "meridian_stock_writes_held"), 1);
 
   // Part 3: a session that brings the rest of the state in releases the stock changes (ap-south
   // holds resume points for the other two databases: global-e0's state ended in session B, and
@@ -687,8 +690,8 @@ TEST_F(ThreeRegions, ARebuiltRegionStaysHeldForAPeerWhoseSessionEndedBeforeItsSt
   ASSERT_TRUE(StateEnd(c, eu_streams[2]));
   EXPECT_TRUE(Eventually([&] { return Beat(c) && (status = restock().status) == 200; }, 10))
       << "a restock still answers " << status << " after eu-west's whole state came";
-  EXPECT_EQ(held("meridian_stock_writes_held"), 0);
-  EXPECT_EQ(held("meridian_local_writes_held"), 0);
+  EXPECT_EQ(RegionGauge(kAp, "meridian_stock_writes_held"), 0);
+  EXPECT_EQ(RegionGauge(kAp, "meridian_local_writes_held"), 0);
 }
 
 // A region server that starts with new databases cannot tell a new region from a rebuilt one:
@@ -700,11 +703,7 @@ TEST_F(ThreeRegions, ARebuiltRegionTakesNoChangeBeforeItsReplicatorHasHeardFromT
   const Shopper shopper = OneItemEverywhere(kAp, "dee@example.com");
   ASSERT_FALSE(HasFailure());
   const std::string dee = shopper.token, dee_id = shopper.id;
-  auto held = [&] {
-    auto v = Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body,
-                             "meridian_local_writes_held");
-    return v.ok() ? *v : -1;
-  };
+  auto held = [&] { return RegionGauge(kAp, "meridian_local_writes_held"); };
   EXPECT_EQ(held(), 0);
 
   ASSERT_TRUE(c_->KillReplicator(kAp).ok());
@@ -814,10 +813,7 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   Response held = restock();
   EXPECT_EQ(held.status, 503) << held.body;
   EXPECT_NE(held.body.find("eu-west"), std::string::npos) << held.body;
-  EXPECT_EQ(Cluster::Sample(Request(c_->http_port(kAp), "GET", "/metrics").body,
-                            "meridian_stock_writes_held")
-                .value_or(-1),
-            1);
+  EXPECT_EQ(RegionGauge(kAp, "meridian_stock_writes_held"), 1);
   EXPECT_EQ(Add(kAp, eve, "sku-3", 1), 200) << "a cart change while only stock is held";
   // A replicator that restarts takes the stock hold up from the region (nothing else would
   // release it): still held after its first status read, released once eu-west is heard.
