@@ -23,6 +23,7 @@
 #include "region/app_impl.h"
 #include "region/control_service.h"
 #include "region/internal.grpc.pb.h"
+#include "region/peer_records.h"
 #include "services/auth.h"
 #include "services/domain.h"
 
@@ -67,13 +68,9 @@ pb::OutboxKind KindOf(const std::string& kind) {
   return pb::OUTBOX_KIND_UNSPECIFIED;
 }
 
-// One peer record, checked and decoded before anything is applied.
-struct Prepared {
-  const pb::OutboxRecord* record;
-  PgPool* target;
-  std::optional<crdt::Cart> cart;
-  std::optional<crdt::Inventory> inventory;
-  Json json;
+// One peer record, checked and decoded before anything is applied, and the database it goes to.
+struct Prepared : PeerRecord {
+  PgPool* target = nullptr;
 };
 
 // Wakes PollOutbox long polls: bumped whenever a database NOTIFYs meridian_outbox (the outbox
@@ -112,139 +109,6 @@ class OutboxListener final : public pqxx::notification_receiver {
  private:
   OutboxSignal& signal_;
 };
-
-// An order event's epoch or version: an integer that a lease could have reached (an epoch far
-// beyond would fix the order's status for good: no later owner could outrank it).
-bool InEpochRange(const Json& v) {
-  if (!v.is_number_integer()) return false;
-  if (v.is_number_unsigned()) return v.get<uint64_t>() <= (uint64_t{1} << 53);
-  const int64_t x = v.get<int64_t>();
-  return x >= 0 && x <= (int64_t{1} << 53);
-}
-
-// An integer in [lo, hi] (0 <= hi), as JSON may carry it: signed or unsigned, never a float.
-bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {
-  if (!v.is_number_integer()) return false;
-  if (v.is_number_unsigned()) {
-    const uint64_t x = v.get<uint64_t>();
-    return x <= static_cast<uint64_t>(hi) && (lo <= 0 || x >= static_cast<uint64_t>(lo));
-  }
-  const int64_t x = v.get<int64_t>();
-  return x >= lo && x <= hi;
-}
-
-constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
-constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-
-// Characters as PostgreSQL's length() counts them in a UTF-8 database (nlohmann's parser
-// admits only valid UTF-8): every byte that does not continue a sequence.
-size_t Utf8Length(const std::string& s) {
-  return static_cast<size_t>(std::count_if(
-      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
-}
-
-// Whether `j` lacks `field`, or has it and `ok` holds for it (present as null counts as present:
-// the apply's j.value() would throw on it).
-template <typename Pred>
-bool Optional(const Json& j, const char* field, Pred ok) {
-  auto it = j.find(field);
-  return it == j.end() || ok(*it);
-}
-
-bool IsString(const Json& v) { return v.is_string(); }
-
-// What is wrong with a peer's record, checked before anything is applied: every field that
-// Apply and ApplyOrderEvent read, with the type they read it as and the range the schema's
-// CHECK constraints and column types allow (region/migrations.cc). A record that passed here
-// and failed there would fail after other databases of the call had committed, as a region
-// error (not INVALID_ARGUMENT): the replicator would not count it as a rejected frame, and the
-// peer would resend it forever. Empty when the record is well formed.
-std::string ProductWriteProblem(const Json& j) {
-  auto text = [&](const char* f, size_t min, size_t max) {
-    return Optional(j, f, [&](const Json& v) {
-      if (!v.is_string()) return false;
-      const size_t n = Utf8Length(v.get<std::string>());
-      return n >= min && n <= max;
-    });
-  };
-  if (!j.contains("sku") || !j["sku"].is_string() ||
-      !services::ValidateSku(j["sku"].get<std::string>()).ok()) {
-    return "sku: a SKU";
-  }
-  if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kInt64Max) || !j["hlc"].is_number_unsigned()) {
-    return "hlc: 0..2^63-1";
-  }
-  if (!j.contains("name") || !text("name", 1, 200)) return "name: 1..200 characters";
-  if (!text("description", 0, 4000)) return "description: at most 4000 characters";
-  if (!Optional(j, "category", [](const Json& v) {
-        return v.is_string() && (v.get<std::string>().empty() ||
-                                 services::ValidateCategoryId(v.get<std::string>()).ok());
-      })) {
-    return "category: empty or a category id ([a-z0-9-]{1,64})";
-  }
-  if (!j.contains("price_cents") || !IntegerIn(j["price_cents"], 0, kInt64Max)) {
-    return "price_cents: an integer >= 0";
-  }
-  if (!j.contains("currency") || !j["currency"].is_string() ||
-      !services::ValidateCurrency(j["currency"].get<std::string>()).ok()) {
-    return "currency: three capital letters";
-  }
-  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
-    return "origin: a replica id";
-  }
-  return "";
-}
-
-std::string OrderEventProblem(const Json& j) {
-  if (!j.contains("user_id") || !j["user_id"].is_string()) return "user_id: a string";
-  if (!j.contains("event") || !j["event"].is_string()) return "event: a string";
-  if (!j.contains("epoch") || !InEpochRange(j["epoch"])) return "epoch: 0..2^53";
-  // version and group are read only when they are integers (events from before leases lack
-  // them, or carry something else).
-  if (j.contains("version") && j["version"].is_number_integer() && !InEpochRange(j["version"])) {
-    return "version: 0..2^53";
-  }
-  if (j.contains("group") && j["group"].is_number_integer() && !IntegerIn(j["group"], 0, 255)) {
-    return "group: 0..255";
-  }
-  if (!Optional(j, "owner_region", IsString)) return "owner_region: a string";
-  if (!Optional(j, "total_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
-    return "total_cents: an integer >= 0";
-  }
-  if (!Optional(j, "currency", IsString)) return "currency: a string";
-  if (!Optional(j, "items", [](const Json& v) { return v.is_array(); })) return "items: a list";
-  if (j.contains("items")) {
-    for (const Json& it : j["items"]) {
-      if (!it.is_object() || !Optional(it, "sku", IsString) ||
-          !Optional(it, "quantity", [](const Json& v) { return IntegerIn(v, 1, kInt32Max); }) ||
-          !Optional(it, "price_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
-        return "items: objects of sku (a string), quantity (1..2^31-1) and price_cents (>= 0)";
-      }
-    }
-  }
-  return "";
-}
-
-std::string ProfileWriteProblem(const Json& j, const pb::OutboxRecord& rec) {
-  auto str = [&](const char* f) { return j.is_object() && j.contains(f) && j[f].is_string(); };
-  if (!str("user_id") || !str("email") || !str("name") || !str("password_hash")) {
-    return "user_id, email, name and password_hash: strings";
-  }
-  if (!j.contains("hlc") || !j["hlc"].is_number_unsigned() || !IntegerIn(j["hlc"], 0, kInt64Max)) {
-    return "hlc: 0..2^63-1";
-  }
-  const std::string email = j["email"].get<std::string>();
-  if (j["user_id"].get<std::string>() != rec.key()) return "user_id: not the record's key";
-  if (!services::ValidateEmail(email).ok()) return "email: an e-mail address";
-  // A user's id is derived from the e-mail: another id with this e-mail would break the
-  // e-mail's uniqueness in the apply.
-  if (rec.key() != services::UserIdForEmail(email)) return "user_id: not the e-mail's user id";
-  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
-    return "origin: a replica id";
-  }
-  if (rec.residency().empty()) return "residency: required";
-  return "";
-}
 
 class Service final : public pb::RegionInternal::Service {
  public:
@@ -316,93 +180,23 @@ class Service final : public pb::RegionInternal::Service {
                    req->origin_database(), why);
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
     };
-    if (req->origin() == 0 || req->origin() == app_.config.replica_id) {
-      return bad("origin: a peer's replica id, not 0 or this region's own");
-    }
-    if (req->origin_database().empty() || req->origin_database().size() > 64) {
-      return bad("origin_database: 1..64 characters");
-    }
-    if (req->records_size() > 10000) return bad("records: at most 10000 per call");
-    if (req->state_end() && !req->state()) return bad("state_end: only with state");
-    if (req->state() && !req->state_end() && req->through_seq() != 0) {
-      return bad("through_seq: 0 in a state transfer's call that does not end it");
+    if (absl::Status st = CheckApplyCall(*req, app_.config.replica_id); !st.ok()) {
+      return bad(std::string(st.message()));
     }
     if (req->receiver_streams_size() > 0) {
       if (grpc::Status st = SameStreams(req->receiver_streams()); !st.ok()) return st;
     }
     // Pass 1: check and decode everything; a bad record rejects the call with nothing applied.
+    auto checked = CheckPeerRecords(*req, app_.config.replica_id, app_.config.jurisdiction);
+    if (!checked.ok()) return bad(std::string(checked.status().message()));
     std::vector<Prepared> prepared;
-    int64_t last_seq = 0;
-    for (const auto& rec : req->records()) {
-      if (req->state()) {
-        if (rec.seq() != 0) return bad("records of a state transfer carry seq 0");
-      } else {
-        if (rec.seq() <= last_seq) return bad("records: seq must ascend");
-        last_seq = rec.seq();
-      }
-      if (!services::ResidencyAllows(rec.residency(), app_.config.jurisdiction)) {
-        return bad(absl::StrCat("residency violation: record ", rec.seq(), " is pinned to ",
-                                rec.residency(), ", this region is ", app_.config.jurisdiction));
-      }
-      Prepared p{&rec, nullptr, std::nullopt, std::nullopt, Json()};
-      switch (rec.kind()) {
-        case pb::OUTBOX_KIND_CART: {
-          auto c = crdt::DecodeCart(rec.payload(), app_.config.replica_id);
-          if (!c.ok()) return bad(absl::StrCat("record ", rec.seq(), ": ", c.status().message()));
-          if (rec.key().empty() || rec.key().size() > 64) return bad("cart key: a user id");
-          p.cart = *std::move(c);
-          p.target = &app_.ShardFor(rec.key());
-          break;
-        }
-        case pb::OUTBOX_KIND_INVENTORY: {
-          auto inv = crdt::DecodeInventory(rec.payload(), app_.config.replica_id);
-          if (!inv.ok()) {
-            return bad(absl::StrCat("record ", rec.seq(), ": ", inv.status().message()));
-          }
-          if (!services::ValidateSku(rec.key()).ok()) return bad("inventory key: a SKU");
-          for (const auto& [sku, counter] : inv->items()) {
-            if (sku != rec.key()) return bad("inventory delta names another SKU than its key");
-          }
-          p.inventory = *std::move(inv);
-          p.target = app_.global.get();
-          break;
-        }
-        case pb::OUTBOX_KIND_PRODUCT:
-        case pb::OUTBOX_KIND_ORDER: {
-          p.json = Json::parse(rec.payload(), nullptr, false);
-          if (p.json.is_discarded() || !p.json.is_object()) {
-            return bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
-          }
-          if (rec.kind() == pb::OUTBOX_KIND_PRODUCT) {
-            if (const std::string why = ProductWriteProblem(p.json); !why.empty()) {
-              return bad(absl::StrCat("record ", rec.seq(), ": malformed product write: ", why));
-            }
-            p.target = app_.global.get();
-          } else {
-            if (const std::string why = OrderEventProblem(p.json); !why.empty()) {
-              return bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
-            }
-            p.target = &app_.ShardFor(p.json["user_id"].get<std::string>());
-          }
-          break;
-        }
-        case pb::OUTBOX_KIND_USER: {
-          p.json = Json::parse(rec.payload(), nullptr, false);
-          if (const std::string why = ProfileWriteProblem(p.json, rec); !why.empty()) {
-            return bad(absl::StrCat("record ", rec.seq(), ": malformed profile write: ", why));
-          }
-          p.target = &app_.ShardFor(rec.key());
-          break;
-        }
-        default:
-          return bad(absl::StrCat("record ", rec.seq(), ": unknown kind"));
-      }
-      prepared.push_back(std::move(p));
+    prepared.reserve(checked->records.size());
+    for (PeerRecord& r : checked->records) {
+      Prepared& p = prepared.emplace_back();
+      static_cast<PeerRecord&>(p) = std::move(r);
+      p.target = p.global ? app_.global.get() : &app_.ShardFor(p.shard_key);
     }
-    if (req->through_seq() != 0 && req->through_seq() < last_seq) {
-      return bad("through_seq: below the last record's seq");
-    }
-    last_seq = std::max(last_seq, req->through_seq());
+    const int64_t last_seq = checked->last_seq;
     if (last_seq == 0 && prepared.empty() && !req->state_end()) return grpc::Status::OK;
     // Pass 2: one transaction per target database that has records. Each checks and advances
     // that database's high-water mark for this stream, so a record is applied exactly once

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole pass/fail suite, from a clean checkout: installs dependencies, builds, runs every test
 # (ctest) in a Release build (GCC) and again in a sanitizer build (clang: AddressSanitizer +
-# UndefinedBehaviorSanitizer, with the libFuzzer target), then fuzzes the CRDT decoders with that
-# build's libFuzzer target for 60 s. Exit status 0 only if all of it passed.
+# UndefinedBehaviorSanitizer, with the libFuzzer target), then fuzzes the decoders of peer input
+# (CRDT documents, replication frames, the region's ApplyDeltas checks) with that build's
+# libFuzzer target for 60 s. Exit status 0 only if all of it passed.
 #
 # Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), JOBS (default: nproc),
 #              SKIP_ASAN=1 to skip the sanitizer pass and the fuzzing (local iteration only; CI
@@ -47,7 +48,7 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
     ctest --test-dir build-san --output-on-failure -j "$JOBS"
 
   if [[ "$FUZZ_SECONDS" -gt 0 ]]; then
-    step "fuzzing the CRDT decoders for ${FUZZ_SECONDS} s (libFuzzer, ASan+UBSan)"
+    step "fuzzing the decoders of peer input for ${FUZZ_SECONDS} s (libFuzzer, ASan+UBSan)"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     cp tests/fuzz/corpus/* "$work"/

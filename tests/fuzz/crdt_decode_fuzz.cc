@@ -1,7 +1,7 @@
-// libFuzzer target for every CRDT decoder and the replication frame decoder. The first byte
-// picks the decoder; the rest is the message. Whatever the input, a decoder must return an error or
-// a value that keeps its invariants, re-encodes to bytes that decode to the same value, and merges
-// without harm.
+// libFuzzer target for every CRDT decoder, the replication frame decoder and the region's checks of
+// a peer's ApplyDeltas call. The first byte picks the decoder; the rest is the message. Whatever
+// the input, a decoder must return an error or a value that keeps its invariants, re-encodes to
+// bytes that decode to the same value, and merges without harm.
 
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "crdt/codec.h"
+#include "region/peer_records.h"
 #include "replication/frames.h"
 
 namespace {
@@ -30,12 +31,57 @@ void RoundTrip(std::string_view bytes, DecodeFn decode) {
   Check(merged == *v);
 }
 
+// A call the region's checks pass holds what the apply reads: every record decoded as its kind
+// says, bound for the database its kind and key say, within the call's seq range; and it merges
+// into this region's documents without harm.
+void CheckPeerCall(std::string_view bytes) {
+  namespace region = meridian::region;
+  region::v1::ApplyDeltasRequest req;
+  if (!req.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return;
+  if (!region::CheckApplyCall(req, 7).ok()) return;
+  absl::StatusOr<region::CheckedRecords> checked = region::CheckPeerRecords(req, 7, "eu");
+  if (!checked.ok()) return;
+  Check(checked->records.size() == static_cast<size_t>(req.records_size()));
+  Cart cart(7);
+  Inventory stock(7);
+  for (const region::PeerRecord& p : checked->records) {
+    const auto& rec = *p.record;
+    Check(rec.residency() == "any" || rec.residency() == "eu");
+    Check(req.state() ? rec.seq() == 0 : rec.seq() >= 1 && rec.seq() <= checked->last_seq);
+    switch (rec.kind()) {
+      case region::v1::OUTBOX_KIND_CART:
+        Check(p.cart.has_value() && !p.global && p.shard_key == rec.key());
+        Check(p.cart->version().CheckInvariants());
+        cart.Merge(*p.cart);
+        break;
+      case region::v1::OUTBOX_KIND_INVENTORY:
+        Check(p.inventory.has_value() && p.global);
+        stock.Merge(*p.inventory);
+        (void)stock.Take(rec.key(), 1);
+        break;
+      case region::v1::OUTBOX_KIND_PRODUCT:
+        Check(p.global && p.json.contains("sku") && p.json["sku"].is_string());
+        break;
+      case region::v1::OUTBOX_KIND_ORDER:
+        Check(!p.global && p.json.contains("user_id") && p.shard_key == p.json["user_id"]);
+        break;
+      case region::v1::OUTBOX_KIND_USER:
+        Check(!p.global && p.shard_key == rec.key() && p.json.contains("user_id") &&
+              p.json["user_id"] == rec.key());
+        break;
+      default:
+        Check(false);  // an unknown kind must not pass
+    }
+  }
+  Check(cart.version().CheckInvariants() && stock.version().CheckInvariants());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   std::string_view bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 10) {
+  switch (data[0] % 11) {
     case 0:
       RoundTrip<GCounter>(bytes, [](std::string_view b) { return DecodeGCounter(b); });
       break;
@@ -89,6 +135,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Check(again.ok() && again->SerializeAsString() == list->SerializeAsString());
       break;
     }
+    case 10:  // a peer's ApplyDeltas call at the region (region/peer_records.h)
+      CheckPeerCall(bytes);
+      break;
     default: {
       absl::StatusOr<Inventory> inv = DecodeInventory(bytes, 7);
       if (!inv.ok()) break;

@@ -5,7 +5,9 @@
 #include <string>
 
 #include "crdt/codec.h"
+#include "region/internal.pb.h"
 #include "replication/frames.h"
+#include "services/auth.h"
 
 using namespace meridian::crdt;  // NOLINT: a tool's main
 
@@ -79,5 +81,36 @@ int main(int argc, char** argv) {
         meridian::replication::EncodeBatch(3, "shard-0", 100, 150, records, 1,
                                            meridian::replication::BatchKind::kDeltas)
             .SerializeAsString());
+  // A peer's ApplyDeltas call with a record of every kind, as region/peer_records_test.cc has it.
+  namespace rpb = meridian::region::v1;
+  rpb::ApplyDeltasRequest call;
+  call.set_origin(3);
+  call.set_origin_database("shard-0");
+  call.set_through_seq(12);
+  auto add = [&](int64_t seq, rpb::OutboxKind kind, const std::string& key,
+                 const std::string& payload, const std::string& residency) {
+    rpb::OutboxRecord* r = call.add_records();
+    r->set_seq(seq);
+    r->set_kind(kind);
+    r->set_key(key);
+    r->set_payload(payload);
+    r->set_residency(residency);
+  };
+  const std::string user = meridian::services::UserIdForEmail("ada@example.com");
+  add(3, rpb::OUTBOX_KIND_CART, user, Encode(Cart(3).Add("sku-0042", 2)), "any");
+  Inventory stock(3);
+  add(4, rpb::OUTBOX_KIND_INVENTORY, "sku-0042", Encode(*stock.Restock("sku-0042", 5)), "any");
+  add(6, rpb::OUTBOX_KIND_PRODUCT, "sku-0042",
+      R"({"sku":"sku-0042","hlc":9,"name":"Mug","price_cents":500,"currency":"EUR"})", "any");
+  add(7, rpb::OUTBOX_KIND_ORDER, "o-1",
+      R"({"user_id":")" + user +
+          R"(","event":"placed","epoch":1,"items":[{"sku":"sku-0042",)"
+          R"("quantity":1,"price_cents":500}]})",
+      "any");
+  add(8, rpb::OUTBOX_KIND_USER, user,
+      R"({"user_id":")" + user +
+          R"(","email":"ada@example.com","name":"Ada","password_hash":"x","hlc":7})",
+      "eu");
+  Write(dir, "region_apply_call", 10, call.SerializeAsString());
   return 0;
 }

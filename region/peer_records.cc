@@ -1,0 +1,244 @@
+#include "region/peer_records.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "crdt/codec.h"
+#include "services/auth.h"
+#include "services/domain.h"
+
+namespace meridian::region {
+namespace {
+
+using Json = nlohmann::json;
+
+// An order event's epoch or version: an integer that a lease could have reached (an epoch far
+// beyond would fix the order's status for good: no later owner could outrank it).
+bool InEpochRange(const Json& v) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= (uint64_t{1} << 53);
+  const int64_t x = v.get<int64_t>();
+  return x >= 0 && x <= (int64_t{1} << 53);
+}
+
+// An integer in [lo, hi] (0 <= hi), as JSON may carry it: signed or unsigned, never a float.
+bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) {
+    const uint64_t x = v.get<uint64_t>();
+    return x <= static_cast<uint64_t>(hi) && (lo <= 0 || x >= static_cast<uint64_t>(lo));
+  }
+  const int64_t x = v.get<int64_t>();
+  return x >= lo && x <= hi;
+}
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// Characters as PostgreSQL's length() counts them in a UTF-8 database (nlohmann's parser
+// admits only valid UTF-8): every byte that does not continue a sequence.
+size_t Utf8Length(const std::string& s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// Whether `j` lacks `field`, or has it and `ok` holds for it (present as null counts as present:
+// the apply's j.value() would throw on it).
+template <typename Pred>
+bool Optional(const Json& j, const char* field, Pred ok) {
+  auto it = j.find(field);
+  return it == j.end() || ok(*it);
+}
+
+bool IsString(const Json& v) { return v.is_string(); }
+
+// What is wrong with a peer's record (see the header): every field that Apply and
+// ApplyOrderEvent read. Empty when the record is well formed.
+std::string ProductWriteProblem(const Json& j) {
+  auto text = [&](const char* f, size_t min, size_t max) {
+    return Optional(j, f, [&](const Json& v) {
+      if (!v.is_string()) return false;
+      const size_t n = Utf8Length(v.get<std::string>());
+      return n >= min && n <= max;
+    });
+  };
+  if (!j.contains("sku") || !j["sku"].is_string() ||
+      !services::ValidateSku(j["sku"].get<std::string>()).ok()) {
+    return "sku: a SKU";
+  }
+  if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kInt64Max) || !j["hlc"].is_number_unsigned()) {
+    return "hlc: 0..2^63-1";
+  }
+  if (!j.contains("name") || !text("name", 1, 200)) return "name: 1..200 characters";
+  if (!text("description", 0, 4000)) return "description: at most 4000 characters";
+  if (!Optional(j, "category", [](const Json& v) {
+        return v.is_string() && (v.get<std::string>().empty() ||
+                                 services::ValidateCategoryId(v.get<std::string>()).ok());
+      })) {
+    return "category: empty or a category id ([a-z0-9-]{1,64})";
+  }
+  if (!j.contains("price_cents") || !IntegerIn(j["price_cents"], 0, kInt64Max)) {
+    return "price_cents: an integer >= 0";
+  }
+  if (!j.contains("currency") || !j["currency"].is_string() ||
+      !services::ValidateCurrency(j["currency"].get<std::string>()).ok()) {
+    return "currency: three capital letters";
+  }
+  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
+    return "origin: a replica id";
+  }
+  return "";
+}
+
+std::string OrderEventProblem(const Json& j) {
+  if (!j.contains("user_id") || !j["user_id"].is_string()) return "user_id: a string";
+  if (!j.contains("event") || !j["event"].is_string()) return "event: a string";
+  if (!j.contains("epoch") || !InEpochRange(j["epoch"])) return "epoch: 0..2^53";
+  // version and group are read only when they are integers (events from before leases lack
+  // them, or carry something else).
+  if (j.contains("version") && j["version"].is_number_integer() && !InEpochRange(j["version"])) {
+    return "version: 0..2^53";
+  }
+  if (j.contains("group") && j["group"].is_number_integer() && !IntegerIn(j["group"], 0, 255)) {
+    return "group: 0..255";
+  }
+  if (!Optional(j, "owner_region", IsString)) return "owner_region: a string";
+  if (!Optional(j, "total_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
+    return "total_cents: an integer >= 0";
+  }
+  if (!Optional(j, "currency", IsString)) return "currency: a string";
+  if (!Optional(j, "items", [](const Json& v) { return v.is_array(); })) return "items: a list";
+  if (j.contains("items")) {
+    for (const Json& it : j["items"]) {
+      if (!it.is_object() || !Optional(it, "sku", IsString) ||
+          !Optional(it, "quantity", [](const Json& v) { return IntegerIn(v, 1, kInt32Max); }) ||
+          !Optional(it, "price_cents", [](const Json& v) { return IntegerIn(v, 0, kInt64Max); })) {
+        return "items: objects of sku (a string), quantity (1..2^31-1) and price_cents (>= 0)";
+      }
+    }
+  }
+  return "";
+}
+
+std::string ProfileWriteProblem(const Json& j, const v1::OutboxRecord& rec) {
+  auto str = [&](const char* f) { return j.is_object() && j.contains(f) && j[f].is_string(); };
+  if (!str("user_id") || !str("email") || !str("name") || !str("password_hash")) {
+    return "user_id, email, name and password_hash: strings";
+  }
+  if (!j.contains("hlc") || !j["hlc"].is_number_unsigned() || !IntegerIn(j["hlc"], 0, kInt64Max)) {
+    return "hlc: 0..2^63-1";
+  }
+  const std::string email = j["email"].get<std::string>();
+  if (j["user_id"].get<std::string>() != rec.key()) return "user_id: not the record's key";
+  if (!services::ValidateEmail(email).ok()) return "email: an e-mail address";
+  // A user's id is derived from the e-mail: another id with this e-mail would break the
+  // e-mail's uniqueness in the apply.
+  if (rec.key() != services::UserIdForEmail(email)) return "user_id: not the e-mail's user id";
+  if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
+    return "origin: a replica id";
+  }
+  if (rec.residency().empty()) return "residency: required";
+  return "";
+}
+
+absl::Status Bad(const std::string& why) { return absl::InvalidArgumentError(why); }
+
+}  // namespace
+
+absl::Status CheckApplyCall(const v1::ApplyDeltasRequest& req, uint32_t replica_id) {
+  if (req.origin() == 0 || req.origin() == replica_id) {
+    return Bad("origin: a peer's replica id, not 0 or this region's own");
+  }
+  if (req.origin_database().empty() || req.origin_database().size() > 64) {
+    return Bad("origin_database: 1..64 characters");
+  }
+  if (req.records_size() > 10000) return Bad("records: at most 10000 per call");
+  if (req.state_end() && !req.state()) return Bad("state_end: only with state");
+  if (req.state() && !req.state_end() && req.through_seq() != 0) {
+    return Bad("through_seq: 0 in a state transfer's call that does not end it");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& req,
+                                                uint32_t replica_id,
+                                                std::string_view jurisdiction) {
+  CheckedRecords out;
+  out.records.reserve(static_cast<size_t>(req.records_size()));
+  int64_t last_seq = 0;
+  for (const auto& rec : req.records()) {
+    if (req.state()) {
+      if (rec.seq() != 0) return Bad("records of a state transfer carry seq 0");
+    } else {
+      if (rec.seq() <= last_seq) return Bad("records: seq must ascend");
+      last_seq = rec.seq();
+    }
+    if (!services::ResidencyAllows(rec.residency(), jurisdiction)) {
+      return Bad(absl::StrCat("residency violation: record ", rec.seq(), " is pinned to ",
+                              rec.residency(), ", this region is ", std::string(jurisdiction)));
+    }
+    PeerRecord p;
+    p.record = &rec;
+    switch (rec.kind()) {
+      case v1::OUTBOX_KIND_CART: {
+        auto c = crdt::DecodeCart(rec.payload(), replica_id);
+        if (!c.ok()) return Bad(absl::StrCat("record ", rec.seq(), ": ", c.status().message()));
+        if (rec.key().empty() || rec.key().size() > 64) return Bad("cart key: a user id");
+        p.cart = *std::move(c);
+        p.shard_key = rec.key();
+        break;
+      }
+      case v1::OUTBOX_KIND_INVENTORY: {
+        auto inv = crdt::DecodeInventory(rec.payload(), replica_id);
+        if (!inv.ok()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": ", inv.status().message()));
+        }
+        if (!services::ValidateSku(rec.key()).ok()) return Bad("inventory key: a SKU");
+        for (const auto& [sku, counter] : inv->items()) {
+          if (sku != rec.key()) return Bad("inventory delta names another SKU than its key");
+        }
+        p.inventory = *std::move(inv);
+        p.global = true;
+        break;
+      }
+      case v1::OUTBOX_KIND_PRODUCT:
+      case v1::OUTBOX_KIND_ORDER: {
+        p.json = Json::parse(rec.payload(), nullptr, false);
+        if (p.json.is_discarded() || !p.json.is_object()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
+        }
+        if (rec.kind() == v1::OUTBOX_KIND_PRODUCT) {
+          if (const std::string why = ProductWriteProblem(p.json); !why.empty()) {
+            return Bad(absl::StrCat("record ", rec.seq(), ": malformed product write: ", why));
+          }
+          p.global = true;
+        } else {
+          if (const std::string why = OrderEventProblem(p.json); !why.empty()) {
+            return Bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
+          }
+          p.shard_key = p.json["user_id"].get<std::string>();
+        }
+        break;
+      }
+      case v1::OUTBOX_KIND_USER: {
+        p.json = Json::parse(rec.payload(), nullptr, false);
+        if (const std::string why = ProfileWriteProblem(p.json, rec); !why.empty()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": malformed profile write: ", why));
+        }
+        p.shard_key = rec.key();
+        break;
+      }
+      default:
+        return Bad(absl::StrCat("record ", rec.seq(), ": unknown kind"));
+    }
+    out.records.push_back(std::move(p));
+  }
+  if (req.through_seq() != 0 && req.through_seq() < last_seq) {
+    return Bad("through_seq: below the last record's seq");
+  }
+  out.last_seq = std::max(last_seq, req.through_seq());
+  return out;
+}
+
+}  // namespace meridian::region

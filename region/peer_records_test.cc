@@ -1,0 +1,170 @@
+#include "region/peer_records.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "crdt/codec.h"
+#include "services/auth.h"
+
+namespace meridian::region {
+namespace {
+
+constexpr uint32_t kSelf = 2;  // this region's replica id; the peer is 1
+
+v1::OutboxRecord* AddRecord(v1::ApplyDeltasRequest& req, int64_t seq, v1::OutboxKind kind,
+                            const std::string& key, const std::string& payload,
+                            const std::string& residency = "any") {
+  v1::OutboxRecord* r = req.add_records();
+  r->set_seq(seq);
+  r->set_kind(kind);
+  r->set_key(key);
+  r->set_payload(payload);
+  r->set_residency(residency);
+  return r;
+}
+
+std::string CartDelta() { return crdt::Encode(crdt::Cart(1).Add("sku-1", 2)); }
+
+std::string StockDelta(const std::string& sku) {
+  return crdt::Encode(*crdt::Inventory(1).Restock(sku, 5));
+}
+
+std::string Profile(const std::string& email) {
+  return nlohmann::json{{"user_id", services::UserIdForEmail(email)},
+                        {"email", email},
+                        {"name", "Ada"},
+                        {"password_hash", "x"},
+                        {"hlc", 7u}}
+      .dump();
+}
+
+// A call with one record of every kind, as a peer's replicator sends it.
+v1::ApplyDeltasRequest EveryKind() {
+  v1::ApplyDeltasRequest req;
+  req.set_origin(1);
+  req.set_origin_database("shard-0");
+  const std::string user = services::UserIdForEmail("ada@example.com");
+  AddRecord(req, 3, v1::OUTBOX_KIND_CART, user, CartDelta());
+  AddRecord(req, 4, v1::OUTBOX_KIND_INVENTORY, "sku-1", StockDelta("sku-1"));
+  AddRecord(req, 6, v1::OUTBOX_KIND_PRODUCT, "sku-1",
+            R"({"sku":"sku-1","hlc":9,"name":"Mug","price_cents":500,"currency":"EUR"})");
+  AddRecord(req, 7, v1::OUTBOX_KIND_ORDER, "o-1",
+            nlohmann::json{{"user_id", user}, {"event", "placed"}, {"epoch", 1}}.dump());
+  AddRecord(req, 8, v1::OUTBOX_KIND_USER, user, Profile("ada@example.com"), "eu");
+  return req;
+}
+
+TEST(PeerRecords, DecodesEveryKindAndNamesTheDatabaseEachGoesTo) {
+  v1::ApplyDeltasRequest req = EveryKind();
+  req.set_through_seq(10);
+  ASSERT_TRUE(CheckApplyCall(req, kSelf).ok());
+  auto checked = CheckPeerRecords(req, kSelf, "eu");
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  ASSERT_EQ(checked->records.size(), 5u);
+  const std::string user = services::UserIdForEmail("ada@example.com");
+  const auto& r = checked->records;
+  EXPECT_TRUE(r[0].cart.has_value());
+  EXPECT_EQ(r[0].cart->Quantity("sku-1"), 2);
+  EXPECT_FALSE(r[0].global);
+  EXPECT_EQ(r[0].shard_key, user);
+  EXPECT_TRUE(r[1].inventory.has_value());
+  EXPECT_EQ(r[1].inventory->Available("sku-1"), 5);
+  EXPECT_TRUE(r[1].global);
+  EXPECT_TRUE(r[2].global);
+  EXPECT_EQ(r[2].json["name"], "Mug");
+  EXPECT_FALSE(r[3].global);
+  EXPECT_EQ(r[3].shard_key, user);  // an order event goes to its customer's shard
+  EXPECT_EQ(r[4].shard_key, user);
+  EXPECT_EQ(checked->last_seq, 10);  // through_seq covers seqs that were not for this region
+  EXPECT_EQ(r[4].record, &req.records(4));
+}
+
+TEST(PeerRecords, RefusesACallWhoseOwnFieldsAreWrong) {
+  v1::ApplyDeltasRequest req = EveryKind();
+  req.set_origin(0);
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
+  req.set_origin(kSelf);  // our own records coming back
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
+  req.set_origin(1);
+  req.set_origin_database("");
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
+  req.set_origin_database("shard-0");
+  req.set_state_end(true);  // without state
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
+}
+
+// Each case breaks one record of an otherwise good call: the whole call is refused, naming why.
+TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
+  struct Case {
+    const char* name;
+    void (*breaks)(v1::ApplyDeltasRequest&);
+    const char* says;
+  };
+  const Case cases[] = {
+      {"seq out of order", [](v1::ApplyDeltasRequest& r) { r.mutable_records(2)->set_seq(4); },
+       "seq must ascend"},
+      {"pinned elsewhere",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(4)->set_residency("us"); },
+       "residency violation"},
+      {"cart payload",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(0)->set_payload("\x0a\xff"); },
+       "record 3"},
+      {"stock of another SKU",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(1)->set_key("sku-2"); }, "another SKU"},
+      {"product hlc",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(2)->set_payload(
+             R"({"sku":"sku-1","hlc":-1,"name":"Mug","price_cents":500,"currency":"EUR"})");
+       },
+       "hlc"},
+      {"order epoch",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":"u1","event":"placed","epoch":9007199254740993})");
+       },
+       "epoch"},
+      {"order not JSON",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
+       "not a JSON object"},
+      {"profile under another id",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(4)->set_payload(Profile("grace@example.com"));
+       },
+       "user_id"},
+      {"unknown kind",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(1)->set_kind(static_cast<v1::OutboxKind>(42));
+       },
+       "unknown kind"},
+      {"through_seq below the records", [](v1::ApplyDeltasRequest& r) { r.set_through_seq(7); },
+       "through_seq"},
+  };
+  for (const Case& c : cases) {
+    v1::ApplyDeltasRequest req = EveryKind();
+    c.breaks(req);
+    auto checked = CheckPeerRecords(req, kSelf, "eu");
+    ASSERT_FALSE(checked.ok()) << c.name;
+    EXPECT_TRUE(absl::IsInvalidArgument(checked.status())) << c.name;
+    EXPECT_NE(checked.status().message().find(c.says), absl::string_view::npos)
+        << c.name << ": " << checked.status();
+  }
+}
+
+TEST(PeerRecords, AStateTransferCarriesSeqZero) {
+  v1::ApplyDeltasRequest req;
+  req.set_origin(1);
+  req.set_origin_database("shard-0");
+  req.set_state(true);
+  AddRecord(req, 0, v1::OUTBOX_KIND_CART, "u1", CartDelta());
+  AddRecord(req, 0, v1::OUTBOX_KIND_CART, "u2", CartDelta());
+  ASSERT_TRUE(CheckApplyCall(req, kSelf).ok());
+  auto checked = CheckPeerRecords(req, kSelf, "eu");
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  EXPECT_EQ(checked->last_seq, 0);
+  req.mutable_records(1)->set_seq(5);
+  EXPECT_FALSE(CheckPeerRecords(req, kSelf, "eu").ok());
+}
+
+}  // namespace
+}  // namespace meridian::region
