@@ -106,6 +106,29 @@ inline constexpr size_t kConfigFileBytesMax = 4 << 20;
   return text;
 }
 
+// A region's (or a witness's) name as every daemon's config takes it: 1..32 of [A-Za-z0-9-]. It
+// becomes a TLS target name, a metric label and part of file names, so nothing else goes.
+inline bool ValidRegionName(std::string_view s) {
+  if (s.empty() || s.size() > 32) return false;
+  for (char ch : s) {
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+          ch == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A jurisdiction, as customers' residencies name it (services::ValidateResidency): 2..16
+// lowercase letters. Residency is compared exactly, so "EU" would never match a customer's "eu".
+inline bool ValidJurisdiction(std::string_view s) {
+  if (s.size() < 2 || s.size() > 16) return false;
+  for (char ch : s) {
+    if (ch < 'a' || ch > 'z') return false;
+  }
+  return true;
+}
+
 // The smallest operator bearer token any daemon accepts.
 inline constexpr size_t kOperatorTokenBytesMin = 16;
 

@@ -146,26 +146,17 @@ class YamlReader {
     return v;
   }
 
+  // host:port for an address to listen on: port 0 takes any free port. The host must not be
+  // empty or hold spaces; the port is decimal digits only.
   Endpoint HostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
                     bool required) {
-    std::string s = String(parent, key, path, required);
-    Endpoint e;
-    if (s.empty()) return e;
-    auto colon = s.rfind(':');
-    if (colon == std::string::npos || colon == 0) {
-      Fail(path, absl::StrCat("must be host:port, got '", s, "'"));
-      return e;
-    }
-    e.host = s.substr(0, colon);
-    std::string port = s.substr(colon + 1);
-    char* end = nullptr;
-    long p = std::strtol(port.c_str(), &end, 10);
-    if (port.empty() || *end != '\0' || p < 0 || p > 65535) {
-      Fail(path, absl::StrCat("port must be 0..65535, got '", port, "'"));
-      return e;
-    }
-    e.port = static_cast<uint16_t>(p);
-    return e;
+    return ParseHostPort(parent, key, path, required, 0);
+  }
+  // host:port for an address this process connects to: the port is 1..65535 (port 0 could
+  // never be reached, and would fail only at the first connect, far from the config).
+  Endpoint DialHostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
+                        bool required) {
+    return ParseHostPort(parent, key, path, required, 1);
   }
 
   // Keys not in `known` are errors: a typo must not silently fall back to a default. So is a key
@@ -196,6 +187,36 @@ class YamlReader {
   }
 
  private:
+  Endpoint ParseHostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
+                         bool required, long min_port) {
+    std::string s = String(parent, key, path, required);
+    Endpoint e;
+    if (s.empty()) return e;
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos || colon == 0) {
+      Fail(path, absl::StrCat("must be host:port, got '", s, "'"));
+      return e;
+    }
+    std::string host = s.substr(0, colon);
+    if (host.find_first_of(" \t\r\n") != std::string::npos) {
+      Fail(path, absl::StrCat("host must not hold spaces, got '", host, "'"));
+      return e;
+    }
+    std::string port = s.substr(colon + 1);
+    long p = -1;
+    if (!port.empty() && port.size() <= 5 &&
+        port.find_first_not_of("0123456789") == std::string::npos) {
+      p = std::strtol(port.c_str(), nullptr, 10);
+    }
+    if (p < min_port || p > 65535) {
+      Fail(path, absl::StrCat("port must be ", min_port, "..65535, got '", port, "'"));
+      return e;
+    }
+    e.host = std::move(host);
+    e.port = static_cast<uint16_t>(p);
+    return e;
+  }
+
   std::string source_;
   std::string error_;
 };

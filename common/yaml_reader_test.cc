@@ -103,6 +103,37 @@ TEST(YamlReader, ARequiredStringGivenEmptyIsMissing) {
   EXPECT_NE(Message(h).find("address: must not be empty"), std::string::npos) << Message(h);
 }
 
+TEST(YamlReader, HostPortTakesDigitsOnlyAndADialedAddressARealPort) {
+  const YAML::Node root = YAML::Load(
+      "any: \"127.0.0.1:0\"\nv6: \"[::1]:5432\"\nspaced: \"127.0.0.1: 6379\"\n"
+      "signed: \"127.0.0.1:+80\"\nblank: \" :6379\"\nbig: \"h:65536\"\n");
+  {
+    YamlReader r{"t.yaml"};
+    EXPECT_EQ(r.HostPort(root, "any", "any", true).port, 0);  // listen: any free port
+    Endpoint v6 = r.DialHostPort(root, "v6", "v6", true);
+    EXPECT_EQ(v6.host, "[::1]");
+    EXPECT_EQ(v6.port, 5432);
+    EXPECT_TRUE(r.ok()) << Message(r);
+  }
+  const std::pair<const char*, const char*> bad[] = {
+      {"spaced", "port must be 0..65535, got ' 6379'"},
+      {"signed", "port must be 0..65535, got '+80'"},
+      {"blank", "host must not hold spaces"},
+      {"big", "port must be 0..65535, got '65536'"},
+  };
+  for (const auto& [key, says] : bad) {
+    YamlReader r{"t.yaml"};
+    Endpoint e = r.HostPort(root, key, key, true);
+    EXPECT_NE(Message(r).find(says), std::string::npos) << key << ": " << Message(r);
+    EXPECT_EQ(e.port, 0) << key;
+    EXPECT_EQ(e.host, "") << key;
+  }
+  YamlReader d{"t.yaml"};
+  d.DialHostPort(root, "any", "any", true);
+  EXPECT_NE(Message(d).find("any: port must be 1..65535, got '0'"), std::string::npos)
+      << Message(d);
+}
+
 TEST(LoadConfigYaml, OneDocumentWithAMappingAtTheTop) {
   auto ok = LoadConfigYaml("---\na: 1\n", "t.yaml");
   ASSERT_TRUE(ok.ok()) << ok.status();

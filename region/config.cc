@@ -17,6 +17,13 @@ namespace {
 
 using Reader = YamlReader;
 
+// "http://host..." or "https://host...": a URL a customer can be redirected to.
+bool HasHttpHost(const std::string& url) {
+  size_t at = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
+  if (at == 0 || url.size() == at || url[at] == '/' || url[at] == ':') return false;
+  return url.find_first_of(" \t\r\n", at) == std::string::npos;
+}
+
 absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
   auto loaded = LoadConfigYaml(yaml, source);
   if (!loaded.ok()) return loaded.status();
@@ -33,21 +40,9 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.jurisdiction = r.String(region, "jurisdiction", "region.jurisdiction", true);
   c.replica_id = r.Integer<uint32_t>(region, "replica_id", "region.replica_id", 0, 1, 255);
   if (r.ok() && c.replica_id == 0) r.Fail("region.replica_id", "missing");
-  auto valid_name = [](const std::string& s) {
-    if (s.empty() || s.size() > 32) return false;
-    for (char ch : s)
-      if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-')) return false;
-    return true;
-  };
-  if (r.ok() && !valid_name(c.name)) r.Fail("region.name", "1..32 of [A-Za-z0-9-]");
-  auto valid_jurisdiction = [](const std::string& s) {
-    if (s.size() < 2 || s.size() > 16) return false;
-    for (char ch : s)
-      if (!std::islower(static_cast<unsigned char>(ch))) return false;
-    return true;
-  };
+  if (r.ok() && !common::ValidRegionName(c.name)) r.Fail("region.name", "1..32 of [A-Za-z0-9-]");
   // Must match how customers' residencies are written (services::ValidateResidency).
-  if (r.ok() && !valid_jurisdiction(c.jurisdiction)) {
+  if (r.ok() && !common::ValidJurisdiction(c.jurisdiction)) {
     r.Fail("region.jurisdiction", "2..16 lowercase letters, like a residency (e.g. eu, us)");
   }
 
@@ -82,7 +77,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
 
   YAML::Node redis = r.Map(root, "redis", "redis", true);
   r.OnlyKeys(redis, "redis", {"address", "timeout_ms"});
-  c.redis = r.HostPort(redis, "address", "redis.address", true);
+  c.redis = r.DialHostPort(redis, "address", "redis.address", true);
   c.redis_timeout_ms = r.Integer<int>(redis, "timeout_ms", "redis.timeout_ms", 200, 1, 60000);
 
   YAML::Node sec = r.Map(root, "security", "security", true);
@@ -106,6 +101,8 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     if (!peers.IsSequence()) {
       r.Fail("peers", "must be a list");
     } else {
+      std::set<std::string> names;
+      std::set<uint32_t> ids;
       for (size_t i = 0; i < peers.size(); ++i) {
         std::string path = absl::StrCat("peers[", i, "]");
         if (!peers[i].IsMap()) {
@@ -118,12 +115,20 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
         p.jurisdiction = r.String(peers[i], "jurisdiction", path + ".jurisdiction", true);
         p.public_url = r.String(peers[i], "url", path + ".url", true);
         p.replica_id = r.Integer<uint32_t>(peers[i], "replica_id", path + ".replica_id", 0, 1, 255);
-        if (r.ok() && p.replica_id == c.replica_id) {
-          r.Fail(path + ".replica_id", "must differ from region.replica_id");
+        if (r.ok() && (!common::ValidRegionName(p.name) || p.name == c.name ||
+                       !names.insert(p.name).second)) {
+          r.Fail(path + ".name", "1..32 of [A-Za-z0-9-], unique, not region.name");
         }
-        if (r.ok() && p.public_url.rfind("http://", 0) != 0 &&
-            p.public_url.rfind("https://", 0) != 0) {
-          r.Fail(path + ".url", "must start with http:// or https://");
+        // Compared exactly with customers' residencies: "EU" would never match "eu".
+        if (r.ok() && !common::ValidJurisdiction(p.jurisdiction)) {
+          r.Fail(path + ".jurisdiction", "2..16 lowercase letters, like a residency (e.g. eu)");
+        }
+        if (r.ok() && (p.replica_id == c.replica_id ||
+                       (p.replica_id != 0 && !ids.insert(p.replica_id).second))) {
+          r.Fail(path + ".replica_id", "unique, and not region.replica_id");
+        }
+        if (r.ok() && !HasHttpHost(p.public_url)) {
+          r.Fail(path + ".url", "http:// or https:// and a host (customers are sent there)");
         }
         c.peers.push_back(std::move(p));
       }
@@ -136,6 +141,13 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     c.hold_new_databases = hold == "true";
   } else {
     r.Fail("hold_new_databases", absl::StrCat("must be true or false, got '", hold, "'"));
+  }
+  // Only the replicator releases the hold, through listen.grpc: without it, a region with new
+  // databases would answer 503 to every cart and stock change for good.
+  if (r.ok() && c.hold_new_databases && !c.peers.empty() && c.grpc.host.empty()) {
+    r.Fail("hold_new_databases",
+           "with peers and no listen.grpc nothing could release the hold on new databases: set "
+           "listen.grpc (and run the replicator) or hold_new_databases: false");
   }
   std::string durability = r.String(root, "durability", "durability", false, "async");
   if (durability == "async") {
@@ -151,13 +163,18 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     r.OnlyKeys(repl, "replication",
                {"replicator", "rights_wait_ms", "sync_peer_timeout_ms", "lease_margin_ms"});
     c.replication.enabled = true;
-    c.replication.replicator = r.HostPort(repl, "replicator", "replication.replicator", false);
+    c.replication.replicator = r.DialHostPort(repl, "replicator", "replication.replicator", false);
     c.replication.rights_wait_ms =
         r.Integer<int>(repl, "rights_wait_ms", "replication.rights_wait_ms", 200, 0, 60000);
     c.replication.sync_peer_timeout_ms = r.Integer<int>(
         repl, "sync_peer_timeout_ms", "replication.sync_peer_timeout_ms", 2000, 1, 600000);
     c.replication.lease_margin_ms =
         r.Integer<int>(repl, "lease_margin_ms", "replication.lease_margin_ms", 100, 0, 60000);
+  }
+  // Leases, rights and fences come from the replicator through listen.grpc: without it every
+  // order would wait for a lease that never comes.
+  if (r.ok() && c.replication.enabled && c.grpc.host.empty()) {
+    r.Fail("replication", "needs listen.grpc (the replicator pushes leases and rights there)");
   }
   if (r.ok() && c.durability == Durability::kSyncPeer && !c.replication.enabled) {
     r.Fail("durability", "sync-peer needs a replication section (there is no peer to wait for)");

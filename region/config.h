@@ -60,7 +60,8 @@ struct RegionConfig {
   // With peers: a start that makes new databases (a new region, or one rebuilt from nothing)
   // holds cart and stock changes (503) until the replicator has heard from the peers, which may
   // hold records of an earlier life of this region (a change before could reuse a CRDT dot they
-  // have seen, and be dropped). Off only for a region run with peers but without a replicator.
+  // have seen, and be dropped). Only the replicator releases it, through listen.grpc: with peers
+  // and no listen.grpc the config is refused unless this is off.
   bool hold_new_databases = true;
   // durability
   Durability durability = Durability::kAsync;

@@ -7,7 +7,7 @@ namespace {
 
 constexpr const char* kGood = R"(
 region: {name: us-east, jurisdiction: us, replica_id: 1}
-listen: {http: "127.0.0.1:8080"}
+listen: {http: "127.0.0.1:8080", grpc: "127.0.0.1:9090"}
 postgres:
   global: "host=127.0.0.1 port=5432 dbname=g"
   shards: ["host=127.0.0.1 port=5433 dbname=s0", "host=127.0.0.1 port=5434 dbname=s1"]
@@ -75,6 +75,34 @@ TEST(Config, NamesTheBadField) {
               "peers[0].replica_id");
 }
 
+// Values that parse but could never work are refused at start, naming the field, rather than
+// failing later (a hold nothing releases, leases that never come, a redirect to nowhere).
+TEST(Config, RefusesWhatCouldNeverWork) {
+  const std::string no_grpc = Replace(kGood, ", grpc: \"127.0.0.1:9090\"", "");
+  ExpectError(no_grpc, "hold_new_databases: with peers and no listen.grpc");
+  EXPECT_TRUE(ParseConfig(no_grpc + "hold_new_databases: false\n").ok());
+  ExpectError(no_grpc + "hold_new_databases: false\nreplication: {}\n",
+              "replication: needs listen.grpc");
+  ExpectError(Replace(kGood, "jurisdiction: eu", "jurisdiction: EU"), "peers[0].jurisdiction");
+  ExpectError(Replace(kGood, "name: eu-west", "name: us-east"), "peers[0].name");
+  ExpectError(Replace(kGood, "name: eu-west", "name: \"eu west!\""), "peers[0].name");
+  ExpectError(std::string(kGood) + "  - {name: eu-west, jurisdiction: eu, url: \"http://b\"}\n",
+              "peers[1].name");
+  ExpectError(Replace(kGood, "url: \"http://127.0.0.1:8081\"",
+                      "replica_id: 2, url: \"http://127.0.0.1:8081\"") +
+                  "  - {name: ap-south, jurisdiction: ap, url: \"http://c\", replica_id: 2}\n",
+              "peers[1].replica_id");
+  for (const char* url : {"http://", "https:///x", "http://a b"}) {
+    ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", std::string("\"") + url + "\""),
+                "peers[0].url");
+  }
+  ExpectError(Replace(kGood, "\"127.0.0.1:6379\"", "\"127.0.0.1:0\""),
+              "redis.address: port must be 1..65535");
+  ExpectError(Replace(kGood, "\"127.0.0.1:6379\"", "\"127.0.0.1: 6379\""), "redis.address");
+  ExpectError(std::string(kGood) + "replication: {replicator: \"127.0.0.1:0\"}\n",
+              "replication.replicator: port must be 1..65535");
+}
+
 // Without a replication section a region is alone: it owns its orders (no leases to wait for).
 // Account lookups wait for the peers on an HTTP thread: by default half of them, at least one,
 // may do so at once.
@@ -115,7 +143,8 @@ TEST(Config, ASectionThatIsNotAMappingIsAnErrorNotACrash) {
     EXPECT_NE(std::string(c.status().message()).find(text), std::string::npos)
         << c.status().message();
   };
-  expect(Replace(kGood, "listen: {http: \"127.0.0.1:8080\"}", "listen: 0.0.0.0:8080"),
+  expect(Replace(kGood, "listen: {http: \"127.0.0.1:8080\", grpc: \"127.0.0.1:9090\"}",
+                 "listen: 0.0.0.0:8080"),
          "listen: must be a mapping");
   for (const char* bad : {"5", "text", "[1, 2]"}) {
     expect(Replace(kGood, "region: {name: us-east, jurisdiction: us, replica_id: 1}",

@@ -8,12 +8,8 @@
 namespace meridian::replication {
 namespace {
 
-bool ValidJurisdiction(const std::string& j) {
-  if (j.size() < 2 || j.size() > 16) return false;
-  for (char c : j)
-    if (c < 'a' || c > 'z') return false;
-  return true;
-}
+using common::ValidJurisdiction;
+using common::ValidRegionName;
 
 absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
                                                 std::string_view base_dir) {
@@ -26,13 +22,14 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
               "peers", "shipping", "coordination", "state_dir"});
   ReplicatorConfig c;
   c.region = r.String(root, "region", "region", true);
+  if (r.ok() && !ValidRegionName(c.region)) r.Fail("region", "1..32 of [A-Za-z0-9-]");
   c.jurisdiction = r.String(root, "jurisdiction", "jurisdiction", true);
   if (r.ok() && !ValidJurisdiction(c.jurisdiction)) {
     r.Fail("jurisdiction", "2..16 lowercase letters");
   }
   c.replica_id = r.Integer<uint32_t>(root, "replica_id", "replica_id", 0, 1, 255);
   if (r.ok() && c.replica_id == 0) r.Fail("replica_id", "missing (1..255)");
-  c.region_grpc = r.HostPort(root, "region_grpc", "region_grpc", true);
+  c.region_grpc = r.DialHostPort(root, "region_grpc", "region_grpc", true);
   c.listen = r.HostPort(root, "listen", "listen", true);
   c.metrics = r.HostPort(root, "metrics", "metrics", false);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
@@ -88,7 +85,10 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
       wp.jurisdiction = "none";
       wp.replica_id =
           r.Integer<uint32_t>(w, "replica_id", "coordination.witness.replica_id", 0, 1, 255);
-      wp.address = r.HostPort(w, "address", "coordination.witness.address", true);
+      wp.address = r.DialHostPort(w, "address", "coordination.witness.address", true);
+      if (r.ok() && (!ValidRegionName(wp.name) || wp.name == c.region)) {
+        r.Fail("coordination.witness.name", "1..32 of [A-Za-z0-9-], not this region's own");
+      }
       if (r.ok() && (wp.replica_id == 0 || wp.replica_id == c.replica_id)) {
         r.Fail("coordination.witness.replica_id", "1..255, not this region's own");
       }
@@ -189,9 +189,10 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
         r.Fail(path + ".jurisdiction", "2..16 lowercase letters");
       }
       p.replica_id = r.Integer<uint32_t>(n, "replica_id", path + ".replica_id", 0, 1, 255);
-      p.address = r.HostPort(n, "address", path + ".address", true);
-      if (r.ok() && (p.name == c.region || !names.insert(p.name).second)) {
-        r.Fail(path + ".name", "must be unique and not this region's own");
+      p.address = r.DialHostPort(n, "address", path + ".address", true);
+      if (r.ok() &&
+          (!ValidRegionName(p.name) || p.name == c.region || !names.insert(p.name).second)) {
+        r.Fail(path + ".name", "1..32 of [A-Za-z0-9-], unique, not this region's own");
       }
       if (r.ok() && (p.replica_id == 0 || !ids.insert(p.replica_id).second)) {
         r.Fail(path + ".replica_id", "1..255, unique, not this region's own");

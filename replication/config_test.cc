@@ -64,6 +64,13 @@ TEST(ReplicatorConfig, ErrorsNameTheField) {
                "shipping.truncate_timeout_ms");
   expect_error(replace("tls: {ca: ca.pem, cert: us-east.pem, key: us-east.key}", ""), "tls");
   expect_error("region: [", "not valid YAML");
+  // Names become TLS target names and addresses are dialed: refused here, not at a handshake or
+  // a connect to port 0 later.
+  expect_error(replace("region: us-east", "region: \"us east/x\""), "region: 1..32");
+  expect_error(replace("name: eu-west", "name: \"eu west!\""), "peers[0].name");
+  expect_error(replace("127.0.0.1:7001", "127.0.0.1:0"), "region_grpc: port must be 1..65535");
+  expect_error(replace("127.0.0.1:7102", "127.0.0.1:0"), "peers[0].address: port must be 1..65535");
+  expect_error(replace("127.0.0.1:7102", "\" :7102\""), "peers[0].address");
 }
 
 }  // namespace
@@ -114,6 +121,10 @@ TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
   expect_error("coordination: {witness: {name: eu-west, replica_id: 2, address: 1.2.3.4:5}}\n",
                "coordination.witness");
   expect_error("coordination: {lease: {}}\n", "coordination.lease");
+  expect_error("coordination: {witness: {name: us-east, replica_id: 9, address: 1.2.3.4:5}}\n",
+               "coordination.witness.name");
+  expect_error("coordination: {witness: {name: w, replica_id: 9, address: 1.2.3.4:0}}\n",
+               "coordination.witness.address: port must be 1..65535");
 }
 
 }  // namespace
