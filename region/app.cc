@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <set>
 #include <vector>
 
@@ -116,24 +117,51 @@ absl::Status Unprocessable(std::string message) {
   return absl::OutOfRangeError(std::move(message));
 }
 
-HttpResponse ProblemFromStatus(const absl::Status& s) {
-  std::string detail(s.message());
-  if (IsDatabaseError(s) && s.code() != absl::StatusCode::kInternal &&
-      s.code() != absl::StatusCode::kUnknown) {
-    // The database's own text names hosts, tables, constraints and values: logged, not sent.
-    spdlog::warn("event=database_error status=\"{}\"", s.ToString());
-    switch (s.code()) {
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kDeadlineExceeded:
-        detail = "a database of this region is unavailable; retry shortly";
-        break;
-      case absl::StatusCode::kInvalidArgument:
-        detail = "the database refused a value of the request";
-        break;
-      default:
-        detail = "the request conflicts with the data as it is now (changed meanwhile); retry";
-    }
+namespace {
+
+// The codes ProblemFromStatus answers with a 4xx or 503; every other one is a 500.
+bool IsClientFacingCode(absl::StatusCode c) {
+  switch (c) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return true;
+    default:
+      return false;
   }
+}
+
+}  // namespace
+
+std::string PublicDetail(const absl::Status& s) {
+  if (!IsClientFacingCode(s.code())) {
+    spdlog::error("event=internal_error status=\"{}\"", s.ToString());
+    return "internal error";
+  }
+  if (!IsDatabaseError(s)) return std::string(s.message());
+  // The database's own text names hosts, tables, constraints and values: logged, not sent.
+  spdlog::warn("event=database_error status=\"{}\"", s.ToString());
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return "a database of this region is unavailable; retry shortly";
+    case absl::StatusCode::kInvalidArgument:
+      return "the database refused a value of the request";
+    default:
+      return "the request conflicts with the data as it is now (changed meanwhile); retry";
+  }
+}
+
+HttpResponse ProblemFromStatus(const absl::Status& s) {
+  const std::string detail = PublicDetail(s);
   switch (s.code()) {
     case absl::StatusCode::kInvalidArgument:
       return HttpResponse::Problem(400, "Bad Request", detail);
@@ -159,8 +187,7 @@ HttpResponse ProblemFromStatus(const absl::Status& s) {
       return r;
     }
     default:
-      spdlog::error("event=internal_error status=\"{}\"", s.ToString());
-      return HttpResponse::Problem(500, "Internal Server Error", "internal error");
+      return HttpResponse::Problem(500, "Internal Server Error", detail);
   }
 }
 
@@ -258,7 +285,12 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
     if (required) return Unprocessable(absl::StrCat(name, ": required"));
     return def;
   }
-  if (!it->is_number_integer()) return Unprocessable(absl::StrCat(name, ": must be an integer"));
+  // An unsigned value above INT64_MAX would come back negative from get<int64_t>().
+  if (!it->is_number_integer() ||
+      (it->is_number_unsigned() &&
+       it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))) {
+    return Unprocessable(absl::StrCat(name, ": must be an integer from -2^63 to 2^63-1"));
+  }
   return it->get<int64_t>();
 }
 

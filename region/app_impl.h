@@ -39,7 +39,12 @@ using http::HttpRequest;
 using http::HttpResponse;
 using Json = nlohmann::json;
 
-// Maps a Status to the problem+json response with the right HTTP status.
+// What a client may read of `s`: its message, except that a database's own text (hosts, tables,
+// values) becomes a fixed wording per code and an internal error (a 500) becomes "internal
+// error"; both are logged in full (event=database_error, event=internal_error).
+std::string PublicDetail(const absl::Status& s);
+
+// Maps a Status to the problem+json response with the right HTTP status (detail: PublicDetail).
 HttpResponse ProblemFromStatus(const absl::Status& s);
 
 // Parses a JSON object body; InvalidArgument (-> 400) when it is not one, when it nests

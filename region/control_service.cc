@@ -85,11 +85,11 @@ HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& 
     forwards->Add({{"result", "failed"}}).Increment();
     spdlog::warn("event=order_forward_failed order={} owner={} code={} error=\"{}\"", order_id,
                  owner_name, static_cast<int>(s.error_code()), s.error_message());
-    HttpResponse r =
-        HttpResponse::Problem(503, "Service Unavailable",
-                              absl::StrCat("order ", order_id, " is owned by region ", owner_name,
-                                           ", which could not be reached to make this change (",
-                                           s.error_message(), "); retry shortly"));
+    // gRPC's text (internal addresses, TLS details) goes to the log above, not to the customer.
+    HttpResponse r = HttpResponse::Problem(
+        503, "Service Unavailable",
+        absl::StrCat("order ", order_id, " is owned by region ", owner_name,
+                     ", which could not be reached to make this change; retry shortly"));
     r.headers.emplace_back("Retry-After", "2");
     return r;
   }

@@ -564,8 +564,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     if (status == 200) status = 201;
     if (!order.ok()) {
       // The order exists and the cart is cleared: report it, awaiting payment, with the reason,
-      // rather than an error that would make the customer check out again.
-      std::string why(order.status().message());
+      // rather than an error that would make the customer check out again. (The reason as a
+      // problem response would give it: a database's own text stays in the log.)
+      std::string why = PublicDetail(order.status());
       order = OrderJson(user_id, order_id);
       if (order.ok()) (*order)["payment_error"] = why;
       status = 201;

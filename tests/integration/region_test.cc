@@ -644,6 +644,34 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
   ExpectReconciled();
 }
 
+// A checkout's payment fails on a database error after the order was made: the customer gets the
+// order (201, awaiting payment) with payment_error saying why in the region's words, as a problem
+// response would; the database's own text (here the injected fault's) stays in the log.
+TEST_F(RegionTest, ACheckoutsPaymentErrorDoesNotCarryTheDatabasesText) {
+  for (const char* sqlstate : {"23505", "P0001"}) {  // a conflict; an internal error
+    std::string t = NewCustomer();
+    ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+    Response o;
+    {
+      auto fault = InjectFault(Shards(), "fail_checkout_pay", Fault::kError, "UPDATE", "orders",
+                               "NEW.status = 'paid'", 1, sqlstate);
+      o = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})");
+    }
+    ASSERT_EQ(o.status, 201) << sqlstate << ": " << o.body;
+    const Json order = Json::parse(o.body);
+    EXPECT_EQ(order["status"], "pending_payment") << o.body;
+    ASSERT_TRUE(order.contains("payment_error")) << o.body;
+    const std::string why = order["payment_error"];
+    EXPECT_EQ(why.find("injected fault"), std::string::npos) << sqlstate << ": " << why;
+    EXPECT_EQ(why.find("postgres"), std::string::npos) << sqlstate << ": " << why;
+    EXPECT_EQ(Charges(order["order_id"], "refunded"), 1) << sqlstate;
+    // Gives the unit back now: a later test's sweep must not find this order's reservation.
+    const std::string id = order["order_id"];
+    EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200) << sqlstate;
+  }
+  ExpectReconciled();
+}
+
 // The connection breaks while the order's payment commits: the outcome is unknown to the region,
 // so it keeps the capture (a refund could leave a paid order without its money) and says so; the
 // order did not commit here and is never paid, so the sweep expires it, refunds the capture and
