@@ -120,22 +120,29 @@ int main(int argc, char** argv) {
   // Every URL a flag gives is an http(s) base URL with a host: anything else would only fail
   // later as an unreachable region, in a table that looks like an outage.
   const auto bad_url = [](const char* flag, const std::string& url) {
-    const bool ok = (url.rfind("http://", 0) == 0 && url.size() > 7) ||
-                    (url.rfind("https://", 0) == 0 && url.size() > 8);
+    const size_t host = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
+    const bool ok = host != 0 && url.size() > host && url[host] != '/' && url[host] != ':' &&
+                    url.find_first_of(" \t\r\n") == std::string::npos;
     if (!ok) {
-      std::fprintf(stderr, "meridianctl: %s: '%s' is not an http:// or https:// URL\n", flag,
-                   url.c_str());
+      std::fprintf(stderr, "meridianctl: %s: '%s' is not an http:// or https:// URL with a host\n",
+                   flag, url.c_str());
     }
     return !ok;
   };
+  if (!token.empty() && !token_file.empty()) {
+    std::fprintf(stderr, "meridianctl: give --token or --token-file, not both\n");
+    return 2;
+  }
   if (!token.empty()) {
     if (absl::Status st = meridian::common::CheckOperatorToken(token); !st.ok()) {
       std::fprintf(stderr, "meridianctl: --token: %s\n", std::string(st.message()).c_str());
       return 2;
     }
   }
-  for (const auto& g : geo_urls)
+  for (auto& g : geo_urls) {
     if (bad_url("--geo", g)) return 2;
+    while (g.back() == '/') g.pop_back();  // bad_url made sure a host follows the scheme
+  }
   ClusterEndpoints cluster;
   if (!region_urls.empty()) {
     for (const auto& s : region_urls) {
@@ -182,10 +189,15 @@ int main(int argc, char** argv) {
         }
       }
     }
-    for (auto g : geo_urls) {
-      while (!g.empty() && g.back() == '/') g.pop_back();
-      cluster.geo.push_back(g);
+    // Every call but /readyz and /metrics needs the cluster's operator token: without one, each
+    // would answer 401 and the tables would read as an outage.
+    if (token.empty() && token_file.empty()) {
+      std::fprintf(stderr,
+                   "meridianctl: --region needs --token or --token-file (the cluster's operator "
+                   "token)\n");
+      return 2;
     }
+    cluster.geo = geo_urls;
     cluster.token = token;
   } else {
     if (!replicator_urls.empty() || !metrics_urls.empty() || !failover_urls.empty()) {
