@@ -10,6 +10,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -127,6 +128,31 @@ inline bool ValidJurisdiction(std::string_view s) {
     if (ch < 'a' || ch > 'z') return false;
   }
   return true;
+}
+
+// An http(s)://host[:port][/path] URL as a config or flag may name one: a host after the scheme,
+// a port (when given) of 1..65535, no spaces or control characters. Anything else would only fail
+// at the first request, as an unreachable region.
+inline bool ValidHttpUrl(std::string_view url) {
+  const size_t at = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
+  if (at == 0) return false;
+  for (char ch : url) {
+    if (static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f) return false;
+  }
+  const size_t slash = url.find('/', at);
+  const std::string_view authority =
+      url.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
+  const size_t colon = authority.rfind(':'), bracket = authority.rfind(']');
+  if (colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket)) {
+    return !authority.empty();  // no port: a host (or an [IPv6] literal)
+  }
+  const std::string_view port = authority.substr(colon + 1);
+  if (colon == 0 || port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  const long n = std::strtol(std::string(port).c_str(), nullptr, 10);
+  return n >= 1 && n <= 65535;
 }
 
 // The smallest operator bearer token any daemon accepts.

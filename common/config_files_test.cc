@@ -29,6 +29,18 @@ TEST(ResolveConfigPath, RelativePathsGoUnderTheConfigFolder) {
   EXPECT_EQ(ResolveConfigPath(ConfigDir("/r.yaml"), "t"), "/t");
 }
 
+TEST(ValidHttpUrl, AHostAfterTheSchemeAndARealPortWhenGiven) {
+  for (const char* ok : {"http://10.77.0.1:4000", "https://a.example/readyz", "http://a",
+                         "http://[::1]:8080/x", "http://[::1]", "http://h:65535/"}) {
+    EXPECT_TRUE(ValidHttpUrl(ok)) << ok;
+  }
+  for (const char* bad : {"", "ftp://x", "127.0.0.1:1/readyz", "http://", "https:///x",
+                          "http://:80", "http://h:0", "http://h:99999", "http://h:", "http://h:x/",
+                          "http://x:y:z", "http://a b", "http://a\tb", "http://[::1]:0"}) {
+    EXPECT_FALSE(ValidHttpUrl(bad)) << bad;
+  }
+}
+
 TEST(CheckOperatorToken, NamesTheRuleThatFailed) {
   EXPECT_TRUE(CheckOperatorToken("0123456789abcdef").ok());
   EXPECT_NE(CheckOperatorToken("0123456789abcde").message().find("at least 16"), std::string::npos);

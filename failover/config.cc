@@ -20,23 +20,6 @@ bool ValidName(std::string_view name) {
   return true;
 }
 
-// An http(s)://host[:port][/path] URL without spaces or control characters.
-bool ValidUrl(std::string_view url) {
-  std::string_view rest;
-  if (url.rfind("http://", 0) == 0) {
-    rest = url.substr(7);
-  } else if (url.rfind("https://", 0) == 0) {
-    rest = url.substr(8);
-  } else {
-    return false;
-  }
-  if (rest.empty() || rest[0] == '/' || rest[0] == ':') return false;
-  for (char c : url) {
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
-  }
-  return true;
-}
-
 std::string TrimSlash(std::string s) {
   while (!s.empty() && s.back() == '/') s.pop_back();
   return s;
@@ -49,7 +32,7 @@ std::string Url(YamlReader& r, const YAML::Node& n, const std::string& key, cons
     if (required && r.ok()) r.Fail(path, "must not be empty");
     return u;
   }
-  if (!ValidUrl(u)) {
+  if (!common::ValidHttpUrl(u)) {
     r.Fail(path, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
     return "";
   }
@@ -158,7 +141,7 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
           break;
         }
         const std::string u = geo[i].Scalar();
-        if (!ValidUrl(u)) {
+        if (!common::ValidHttpUrl(u)) {
           r.Fail(p, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
           break;
         }

@@ -86,6 +86,10 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
               "regions[2].name: 'us-east' appears twice");
   ExpectError(With("url: http://10.77.0.1:4000", "url: ftp://x"),
               "regions[0].url: must be an http");
+  ExpectError(With("url: http://10.77.0.1:4000", "url: http://10.77.0.1:99999"),
+              "regions[0].url: must be an http");
+  ExpectError(With("controller: http://127.0.0.1:4100}", "controller: \"http://x:y:z\"}"),
+              "regions[0].controller: must be an http");
   ExpectError(With(", replicator: http://10.77.0.2:4005", ""), "regions[1].replicator: missing");
   ExpectError(With("metrics: http://10.77.0.3:4004/metrics", "metrics: \"http://a b\""),
               "regions[2].metrics: must be an http");

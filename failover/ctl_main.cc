@@ -120,9 +120,7 @@ int main(int argc, char** argv) {
   // Every URL a flag gives is an http(s) base URL with a host: anything else would only fail
   // later as an unreachable region, in a table that looks like an outage.
   const auto bad_url = [](const char* flag, const std::string& url) {
-    const size_t host = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
-    const bool ok = host != 0 && url.size() > host && url[host] != '/' && url[host] != ':' &&
-                    url.find_first_of(" \t\r\n") == std::string::npos;
+    const bool ok = meridian::common::ValidHttpUrl(url);
     if (!ok) {
       std::fprintf(stderr, "meridianctl: %s: '%s' is not an http:// or https:// URL with a host\n",
                    flag, url.c_str());

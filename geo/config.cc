@@ -197,10 +197,10 @@ void ParseRegions(YamlReader& r, const YAML::Node& root, GeoConfig& c,
     region.location.lat_deg = r.RequiredNumber(n[i], "lat", path + ".lat", -90, 90);
     region.location.lon_deg = r.RequiredNumber(n[i], "lon", path + ".lon", -180, 180);
     region.readyz_url = r.String(n[i], "readyz", path + ".readyz", false);
-    if (!region.readyz_url.empty() && region.readyz_url.rfind("http://", 0) != 0 &&
-        region.readyz_url.rfind("https://", 0) != 0) {
-      r.Fail(path + ".readyz",
-             absl::StrCat("'", region.readyz_url, "' must be an http:// or https:// URL"));
+    if (!region.readyz_url.empty() && !common::ValidHttpUrl(region.readyz_url)) {
+      r.Fail(path + ".readyz", absl::StrCat("'", region.readyz_url,
+                                            "' must be an http:// or https:// URL with a host "
+                                            "(and a port of 1..65535 when given)"));
     }
     index[region.name] = c.regions.size();
     c.regions.push_back(std::move(region));

@@ -17,13 +17,6 @@ namespace {
 
 using Reader = YamlReader;
 
-// "http://host..." or "https://host...": a URL a customer can be redirected to.
-bool HasHttpHost(const std::string& url) {
-  size_t at = url.rfind("http://", 0) == 0 ? 7 : url.rfind("https://", 0) == 0 ? 8 : 0;
-  if (at == 0 || url.size() == at || url[at] == '/' || url[at] == ':') return false;
-  return url.find_first_of(" \t\r\n", at) == std::string::npos;
-}
-
 absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
   auto loaded = LoadConfigYaml(yaml, source);
   if (!loaded.ok()) return loaded.status();
@@ -127,8 +120,9 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
                        (p.replica_id != 0 && !ids.insert(p.replica_id).second))) {
           r.Fail(path + ".replica_id", "unique, and not region.replica_id");
         }
-        if (r.ok() && !HasHttpHost(p.public_url)) {
-          r.Fail(path + ".url", "http:// or https:// and a host (customers are sent there)");
+        if (r.ok() && !common::ValidHttpUrl(p.public_url)) {
+          r.Fail(path + ".url",
+                 "an http:// or https:// URL with a host (customers are sent there)");
         }
         c.peers.push_back(std::move(p));
       }

@@ -92,7 +92,7 @@ TEST(Config, RefusesWhatCouldNeverWork) {
                       "replica_id: 2, url: \"http://127.0.0.1:8081\"") +
                   "  - {name: ap-south, jurisdiction: ap, url: \"http://c\", replica_id: 2}\n",
               "peers[1].replica_id");
-  for (const char* url : {"http://", "https:///x", "http://a b"}) {
+  for (const char* url : {"http://", "https:///x", "http://a b", "http://a:99999"}) {
     ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", std::string("\"") + url + "\""),
                 "peers[0].url");
   }
