@@ -155,6 +155,17 @@ inline bool ValidHttpUrl(std::string_view url) {
   return n >= 1 && n <= 65535;
 }
 
+// Compares a presented bearer token with the configured one in time that does not depend on
+// where they differ (the length of the configured token is not a secret worth hiding).
+inline bool TokenEquals(std::string_view presented, std::string_view configured) {
+  if (presented.size() != configured.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < presented.size(); ++i) {
+    diff |= static_cast<unsigned char>(presented[i]) ^ static_cast<unsigned char>(configured[i]);
+  }
+  return diff == 0;
+}
+
 // The smallest operator bearer token any daemon accepts.
 inline constexpr size_t kOperatorTokenBytesMin = 16;
 

@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/config_files.h"
 #include "failover/decision.h"
 #include "failover/probe.h"
 #include "failover/wire.h"
@@ -39,6 +40,9 @@ namespace {
 constexpr size_t kMaxAuditEntries = 200;
 constexpr int64_t kHandbackRetryMs = 1000;
 constexpr size_t kMaxDeclarationBytes = 4 << 20;
+// Declarations of one lost region a controller keeps (an operator makes one per loss; each adds
+// at most 2^40 units per SKU to the reclaimed totals).
+constexpr size_t kMaxDeclarationsPerRegion = 10000;
 
 std::string UtcNow() {
   const auto now = std::chrono::system_clock::now();
@@ -74,6 +78,13 @@ double StateValue(RegionState s) {
       return 2;
   }
   return -1;
+}
+
+// `j[key]` when it is a string, else "": j.value(key, "") throws on a field of another type,
+// and these are other daemons' replies, read on the controller's own threads.
+std::string StringOr(const Json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
 bool ValidSku(std::string_view sku) {
@@ -534,7 +545,7 @@ class Controller::Impl {
       Json j = Json::parse(r.body, nullptr, false);
       std::string override_state;
       if (j.is_object() && j.contains("override") && j["override"].is_object())
-        override_state = j["override"].value("state", "");
+        override_state = StringOr(j["override"], "state");
       {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) == RegionState::kUp) return;  // recovered meanwhile
@@ -564,7 +575,7 @@ class Controller::Impl {
       const std::string reason =
           o.contains("reason") && o["reason"].is_string() ? o["reason"].get<std::string>() : "";
       // Only our own kind of override: an operator's "down" stays until the operator lifts it.
-      if (o.value("state", "") != "down" || reason.rfind("meridian-failover", 0) != 0) continue;
+      if (StringOr(o, "state") != "down" || reason.rfind("meridian-failover", 0) != 0) continue;
       {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) != RegionState::kUp) return;
@@ -606,7 +617,7 @@ class Controller::Impl {
   absl::Status Authorized(const HttpRequest& r) const {
     auto h = r.Header("authorization");
     if (!h) return absl::UnauthenticatedError("operator token required");
-    if (*h != "Bearer " + config_.operator_token)
+    if (h->substr(0, 7) != "Bearer " || !common::TokenEquals(h->substr(7), config_.operator_token))
       return absl::PermissionDeniedError("wrong operator token");
     return absl::OkStatus();
   }
@@ -855,13 +866,13 @@ class Controller::Impl {
       return HttpResponse::Problem(400, "Bad Request", "body: too large");
     Json j = Json::parse(r.body, nullptr, false);
     if (!j.is_object()) return HttpResponse::Problem(400, "Bad Request", "body: not a JSON object");
-    if (j.value("region", "") != region)
+    if (!j.contains("region") || !j["region"].is_string() || j["region"] != region)
       return HttpResponse::Problem(400, "Bad Request", "region: must name the region in the path");
     const std::string id = j.contains("declaration_id") && j["declaration_id"].is_string()
                                ? j["declaration_id"].get<std::string>()
                                : "";
-    if (id.empty() || id.size() > 128 || !ValidSku(id))
-      return HttpResponse::Problem(400, "Bad Request", "declaration_id: 1..128 of [A-Za-z0-9._-]");
+    if (id.empty() || !ValidSku(id))  // ValidSku: 1..64 of [A-Za-z0-9._-]
+      return HttpResponse::Problem(400, "Bad Request", "declaration_id: 1..64 of [A-Za-z0-9._-]");
     if (!j.contains("reclaimed") || !j["reclaimed"].is_array() || j["reclaimed"].size() > 100000)
       return HttpResponse::Problem(400, "Bad Request", "reclaimed: an array of {sku, units}");
     std::map<std::string, int64_t> units;
@@ -873,8 +884,13 @@ class Controller::Impl {
         return HttpResponse::Problem(400, "Bad Request",
                                      "reclaimed[]: each needs a valid sku and units 0..2^40");
       }
-      units[e["sku"].get<std::string>()] += e["units"].get<int64_t>();
+      int64_t& n = units[e["sku"].get<std::string>()];
+      n += e["units"].get<int64_t>();
       total += e["units"].get<int64_t>();
+      if (n > (int64_t{1} << 40)) {  // no SKU's stock holds more (crdt::BoundedCounter)
+        return HttpResponse::Problem(400, "Bad Request",
+                                     "reclaimed[]: more than 2^40 units of one sku");
+      }
     }
     const std::string by = j.contains("declared_by") && j["declared_by"].is_string()
                                ? j["declared_by"].get<std::string>()
@@ -888,10 +904,18 @@ class Controller::Impl {
     if (p.declarations.count(id)) {
       return HttpResponse::Json(200, Json{{"recorded", false}, {"already", true}}.dump());
     }
+    if (p.declarations.size() >= kMaxDeclarationsPerRegion) {
+      return HttpResponse::Problem(
+          409, "Conflict",
+          absl::StrCat(region, " already has ", p.declarations.size(),
+                       " declarations recorded here, the most this controller keeps"));
+    }
     p.declarations[id] = Json{{"declaration_id", id},
                               {"declared_by", by},
                               {"reclaimed_units", total},
                               {"skus", units.size()}};
+    // Bounded: each declaration adds at most 2^40 per SKU, and at most
+    // kMaxDeclarationsPerRegion are kept, so the sums stay far below 2^63.
     for (const auto& [sku, n] : units) p.reclaimed_units[sku] += n;
     AuditDecision(region, "rights_reclaimed",
                   absl::StrCat("declaration=", LogValue(id), " declared_by=", LogValue(by),

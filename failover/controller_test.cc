@@ -265,6 +265,17 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
   EXPECT_EQ(Call("POST", "/v1/regions/us-east/declared-lost", declared).status, 400)
       << "the body names another region";
   EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost",
+                 R"({"region":5,"declaration_id":"d","reclaimed":[]})")
+                .status,
+            400)
+      << "a region that is not a string";
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost",
+                 R"({"region":"eu-west","declaration_id":"d","reclaimed":[)"
+                 R"({"sku":"a","units":1099511627776},{"sku":"a","units":1}]})")
+                .status,
+            400)
+      << "more than 2^40 units of one SKU";
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost",
                  R"({"region":"eu-west","declaration_id":"x y","reclaimed":[]})")
                 .status,
             400);

@@ -40,9 +40,13 @@ absl::StatusOr<ReplicatorStatus> ParseReplicatorStatus(std::string_view text) {
       if (l.contains("epoch") && l["epoch"].is_number_unsigned())
         li.epoch = l["epoch"].get<uint64_t>();
       if (l.contains("owner") && l["owner"].is_string()) li.owner = l["owner"].get<std::string>();
-      li.held_here = l.value("held_here", false);
-      li.usable = l.value("usable", false);
-      li.syncing = l.value("syncing", false);
+      // value() would throw on a field of another type (`"held_here": 1`), on the probe thread.
+      auto flag = [&](const char* key) {
+        return l.contains(key) && l[key].is_boolean() && l[key].get<bool>();
+      };
+      li.held_here = flag("held_here");
+      li.usable = flag("usable");
+      li.syncing = flag("syncing");
       if (l.contains("valid_for_ms") && l["valid_for_ms"].is_number_integer())
         li.valid_for_ms = l["valid_for_ms"].get<int64_t>();
       s.leases.push_back(std::move(li));

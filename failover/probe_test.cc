@@ -105,6 +105,14 @@ TEST(ProbeTest, ReplicatorStatus) {
   EXPECT_FALSE(ParseReplicatorStatus(R"({"region":"x"})").ok());
   EXPECT_FALSE(ParseReplicatorStatus(R"({"region":"x","peers":[{"name":"y"}]})").ok());
   EXPECT_FALSE(ParseReplicatorStatus(R"({"region":"x","peers":[],"leases":{}})").ok());
+  // A flag of another type reads as false: it must not throw on the probe thread.
+  absl::StatusOr<ReplicatorStatus> odd = absl::UnknownError("not parsed");
+  ASSERT_NO_THROW(odd = ParseReplicatorStatus(
+                      R"({"region":"x","peers":[],"leases":[{"group_region":"x","held_here":1,)"
+                      R"("usable":"yes","syncing":null}]})"));
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  EXPECT_FALSE(odd->leases[0].held_here);
+  EXPECT_FALSE(odd->leases[0].usable);
 }
 
 // A round in which every region is fine; `previous` from an earlier identical round.

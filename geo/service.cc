@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 #include "geo/health.h"
 #include "geo/locator.h"
 #include "geo/remote_backend.h"
@@ -52,16 +53,6 @@ std::string Quote(std::string_view s) {
   }
   out.push_back('"');
   return out;
-}
-
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  // The length of the configured token is not a secret worth hiding; its bytes are.
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
-  }
-  return diff == 0;
 }
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -303,7 +294,7 @@ class GeoService::Impl : public BackendObserver {
       resp.headers.emplace_back("WWW-Authenticate", "Bearer");
       return resp;
     }
-    if (!ConstantTimeEquals(auth->substr(7), config_.operator_token)) {
+    if (!common::TokenEquals(auth->substr(7), config_.operator_token)) {
       hook_requests_unauthorized_->Increment();
       spdlog::warn("event=geo_hook_rejected reason=bad_token remote={}", r.remote_address);
       return HttpResponse::Problem(403, "Forbidden", "the bearer token is not the operator token");
@@ -376,7 +367,14 @@ class GeoService::Impl : public BackendObserver {
                 {"ttl_s", d.ttl_s},
                 {"last_resort", d.last_resort},
                 {"distance_km", distances}};
-    if (!geoip_error.ok()) out["geoip_error"] = std::string(geoip_error.message());
+    if (!geoip_error.ok()) {
+      // The reader's own text names the database file: logged, not sent (this route is open).
+      spdlog::warn("event=geoip_lookup_failed client={} error=\"{}\"", cidr->ToString(),
+                   geoip_error.ToString());
+      out["geoip_error"] = absl::IsNotFound(geoip_error)
+                               ? "the client's address is not in the GeoIP database"
+                               : "the GeoIP lookup failed (meridian-geo's log says why)";
+    }
     return HttpResponse::Json(200, Dump(out));
   }
 

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_files.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
 #include "replication/clock.h"
@@ -1271,7 +1272,8 @@ struct Coordinator::Impl {
   // ------------------------------------------------------------------------------------
   bool Authorized(const HttpRequest& req) const {
     auto h = req.Header("authorization");
-    return h && h->substr(0, 7) == "Bearer " && h->substr(7) == config.operator_token;
+    return h && h->substr(0, 7) == "Bearer " &&
+           common::TokenEquals(h->substr(7), config.operator_token);
   }
 
   HttpResponse Status(HttpRequest& req) {
