@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cstring>
 
@@ -125,9 +126,44 @@ std::optional<CidrTable::Match> CidrTable::Lookup(const IpAddress& address) cons
   const Family& family = address.is_v4 ? v4_ : v6_;
   for (const auto& [length, networks] : family.by_length) {
     auto it = networks.find(MaskAddress(address, length).bytes);
-    if (it != networks.end()) return Match{it->second, length};
+    if (it != networks.end()) {
+      return Match{it->second, length, ScopeLen(address, length, length)};
+    }
   }
   return std::nullopt;
+}
+
+namespace {
+
+// Leading bits `a` and `b` share, at most `limit`.
+int CommonPrefixLen(const std::array<uint8_t, 16>& a, const std::array<uint8_t, 16>& b, int limit) {
+  int n = 0;
+  for (size_t i = 0; i < a.size() && n < limit; ++i) {
+    const uint8_t diff = a[i] ^ b[i];
+    if (diff == 0) {
+      n += 8;
+      continue;
+    }
+    return std::min(limit, n + std::countl_zero(diff));
+  }
+  return std::min(n, limit);
+}
+
+}  // namespace
+
+int CidrTable::ScopeLen(const IpAddress& address, int matched_len, int at_least) const {
+  // A longer prefix X lies inside the address's /L block when L <= the bits they share (which
+  // are fewer than X's length: X does not hold the address, or it would have matched). So the
+  // block must be one bit longer than the most the address shares with any such X.
+  const Family& family = address.is_v4 ? v4_ : v6_;
+  int scope = at_least;
+  for (const auto& [length, networks] : family.by_length) {
+    if (length <= matched_len) break;  // by_length runs longest first
+    for (const auto& [network, value] : networks) {
+      scope = std::max(scope, CommonPrefixLen(address.bytes, network, length) + 1);
+    }
+  }
+  return std::min(scope, address.bit_count());
 }
 
 }  // namespace meridian::geo

@@ -61,11 +61,19 @@ class CidrTable {
   struct Match {
     size_t value = 0;
     int prefix_len = 0;  // the matched prefix's length
+    // The shortest prefix of the address over which every address gets this same match: the
+    // matched prefix's length, or longer when more specific prefixes lie inside it (an EDNS
+    // client-subnet scope: a resolver reuses the answer for that whole block).
+    int scope_len = 0;
   };
 
   // AlreadyExists when the same prefix was inserted before.
   [[nodiscard]] absl::Status Insert(const Cidr& cidr, size_t value);
   [[nodiscard]] std::optional<Match> Lookup(const IpAddress& address) const;
+  // The shortest prefix length L >= `at_least` such that no prefix of the table longer than
+  // `matched_len` lies inside the address's /L block (-1: the address matched nothing). Costs
+  // one pass over the prefixes longer than `matched_len`.
+  [[nodiscard]] int ScopeLen(const IpAddress& address, int matched_len, int at_least) const;
   [[nodiscard]] size_t size() const { return size_; }
 
  private:

@@ -124,5 +124,53 @@ RC_GTEST_PROP(CidrTable, MatchesBruteForce, ()) {
   }
 }
 
+// The scope is exact: every address of the probe's /scope block has the probe's match (checked
+// at random addresses of the block and at every inserted network inside it), and one bit less
+// would take in an address that matches otherwise (or the scope is the matched length).
+RC_GTEST_PROP(CidrTable, ScopeHoldsOnlyAddressesWithTheSameMatch, ()) {
+  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
+      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
+  auto v4 = [](uint32_t bits) {
+    IpAddress a;
+    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
+    return a;
+  };
+  auto bits_of = [](const IpAddress& a) {
+    return uint32_t{a.bytes[0]} << 24 | uint32_t{a.bytes[1]} << 16 | uint32_t{a.bytes[2]} << 8 |
+           a.bytes[3];
+  };
+  CidrTable table;
+  std::vector<Cidr> inserted;
+  for (const auto& [bits, len] : prefixes) {
+    Cidr c{MaskAddress(v4(bits), len), len};
+    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
+  }
+  const IpAddress probe = v4(*rc::gen::arbitrary<uint32_t>());
+  const auto m = table.Lookup(probe);
+  RC_PRE(m.has_value());
+  RC_ASSERT(m->scope_len >= m->prefix_len);
+  RC_ASSERT(m->scope_len <= 32);
+  const Cidr block{MaskAddress(probe, m->scope_len), m->scope_len};
+  auto same = [&](const IpAddress& a) {
+    auto other = table.Lookup(a);
+    return other.has_value() && other->value == m->value;
+  };
+  const uint32_t host_mask = m->scope_len == 32 ? 0 : ~uint32_t{0} >> m->scope_len;
+  for (int i = 0; i < 20; ++i) {
+    const uint32_t a = bits_of(block.network) | (*rc::gen::arbitrary<uint32_t>() & host_mask);
+    RC_ASSERT(same(v4(a)));
+  }
+  for (const Cidr& c : inserted) {
+    if (block.Contains(c.network)) RC_ASSERT(same(c.network));
+  }
+  if (m->scope_len > m->prefix_len) {
+    // The block one bit wider holds an inserted network that matches otherwise.
+    const Cidr wider{MaskAddress(probe, m->scope_len - 1), m->scope_len - 1};
+    bool found = false;
+    for (const Cidr& c : inserted) found = found || (wider.Contains(c.network) && !same(c.network));
+    RC_ASSERT(found);
+  }
+}
+
 }  // namespace
 }  // namespace meridian::geo

@@ -43,13 +43,14 @@ ClientLocation ClientLocator::Locate(const Cidr& client, absl::Status* geoip_err
   }
   if (std::optional<CidrTable::Match> m = table_.Lookup(client.network)) {
     out.point = points_[m->value];
-    out.scope_prefix_len = m->prefix_len;
+    out.scope_prefix_len = m->scope_len;  // longer than the row's when rows lie inside it
     out.source = LocationSource::kCidrTable;
     out.table_row = m->value;
     return out;
   }
   out.point = default_point_;
-  out.scope_prefix_len = client.prefix_len;
+  // The client's own prefix, or longer when a row lies inside it (its clients answer otherwise).
+  out.scope_prefix_len = table_.ScopeLen(client.network, -1, client.prefix_len);
   out.source = LocationSource::kDefault;
   return out;
 }

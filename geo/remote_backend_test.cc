@@ -137,10 +137,15 @@ TEST_F(RemoteBackendTest, ServiceNameAnswersTheNearestRegionWithScopeAndTtl) {
   EXPECT_EQ(r["result"][0]["ttl"], 5);
   EXPECT_EQ(r["result"][0]["scopeMask"], 24);
 
-  // The /16 catches the rest of 198.18/16: the scope is the matched prefix's.
+  // The /16 catches the rest of 198.18/16, but its /24s answer otherwise: the scope is the
+  // block around the client that holds none of them (198.18.64.0/18), not the /16, or a
+  // resolver would give this answer to 198.18.1.x clients too.
   r = Lookup("shop.example.test.", "A", "198.18.77.0/24");
   EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.3.0.1"});
-  EXPECT_EQ(r["result"][0]["scopeMask"], 16);
+  EXPECT_EQ(r["result"][0]["scopeMask"], 18);
+  r = Lookup("shop.example.test.", "A", "198.18.200.0/24");
+  EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.3.0.1"});
+  EXPECT_EQ(r["result"][0]["scopeMask"], 17);  // 198.18.128.0/17 holds no /24 of the table
 
   // ANY brings SOA, NS and the region's A and AAAA.
   r = Lookup("shop.example.test.", "ANY", "198.18.1.0/24");
