@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
+#include "crdt/bounded_counter.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
 #include "replication/clock.h"
@@ -79,23 +80,41 @@ pb::Frame ToFrame(const RightsMessage& m) {
   return f;
 }
 
-// A declaration's shape (its SKUs and units are checked by the region that stores it). In a
-// takeover sync's reply its declarer may be any region (the replier's records of others'); in a
-// write-off or a declaration frame it must be the sender (CheckFrame).
+// A declaration as the region that stores it takes it (RegionControl.RetireRights): an id, a
+// declarer, and items of distinct valid SKUs with 1..2^40 units. Checked up front, so that a
+// frame carrying several (a takeover sync's reply) is refused before any is written off, not
+// after the first few. In that reply its declarer may be any region (the replier's records of
+// others'); in a write-off or a declaration frame it must be the sender (CheckFrame).
 bool WellFormed(const pb::RightsRetire& r) {
-  return !r.declaration_id().empty() && r.declaration_id().size() <= 64 && r.declared_by() != 0 &&
-         r.declared_by() <= 255 && r.items_size() <= 100000;
+  if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() == 0 ||
+      r.declared_by() > 255 || r.items_size() > 100000) {
+    return false;
+  }
+  std::set<std::string_view> skus;
+  for (const auto& i : r.items()) {
+    if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
+        i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second) {
+      return false;
+    }
+  }
+  return true;
 }
 
-absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
+// A peer's gossip or request, checked whole: a frame with one entry out of range is refused (and
+// counted), not used in part. The ranges are RightsManager::OnMessage's, which still drops
+// such entries of any other caller. `max_entries`: twice the gossip size this region sends.
+absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r, size_t max_entries) {
+  constexpr uint64_t kMaxUnits = uint64_t{1} << 40;  // a request, a wait (as OnMessage)
   if (r.has_gossip()) {
-    if (r.gossip().entries_size() > 100000) {
-      return absl::InvalidArgumentError("rights gossip: too many entries");
+    if (static_cast<size_t>(r.gossip().entries_size()) > max_entries) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rights gossip: more than ", max_entries, " entries"));
     }
     RightsGossip g;
     for (const auto& x : r.gossip().entries()) {
       if (!services::ValidateSku(x.sku()).ok() || !std::isfinite(x.demand_per_s()) ||
-          x.received_size() > 255) {
+          x.demand_per_s() < 0 || x.demand_per_s() > 1e9 || x.rights() < -(int64_t{1} << 41) ||
+          x.rights() > (int64_t{1} << 41) || x.waiting() > kMaxUnits || x.received_size() > 255) {
         return absl::InvalidArgumentError("rights gossip: malformed entry");
       }
       RightsGossip::Entry e;
@@ -104,8 +123,8 @@ absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
       e.demand_per_s = x.demand_per_s();
       e.waiting = x.waiting();
       for (const auto& rf : x.received()) {
-        if (rf.replica() == 0 || rf.replica() > 255) {
-          return absl::InvalidArgumentError("rights gossip: replica out of range");
+        if (rf.replica() == 0 || rf.replica() > 255 || rf.units() > (uint64_t{1} << 50)) {
+          return absl::InvalidArgumentError("rights gossip: received rights out of range");
         }
         e.received[rf.replica()] = rf.units();
       }
@@ -114,8 +133,8 @@ absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r) {
     return RightsMessage(std::move(g));
   }
   if (r.has_request()) {
-    if (!services::ValidateSku(r.request().sku()).ok()) {
-      return absl::InvalidArgumentError("rights request: malformed SKU");
+    if (!services::ValidateSku(r.request().sku()).ok() || r.request().units() > kMaxUnits) {
+      return absl::InvalidArgumentError("rights request: malformed SKU or units above 2^40");
     }
     return RightsMessage(RightsRequest{r.request().sku(), r.request().units()});
   }
@@ -1581,7 +1600,7 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
         return absl::OkStatus();
       }
       if (frame.rights().has_settled()) return c.OnSettled(peer, frame.rights().settled());
-      auto m = FromFrame(frame.rights());
+      auto m = FromFrame(frame.rights(), 2 * c.config.rights.max_skus_per_gossip);
       if (!m.ok()) return m.status();
       {
         std::lock_guard<std::mutex> l(c.mu);

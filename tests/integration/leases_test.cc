@@ -1426,6 +1426,26 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     d->set_settle(true);
     expect_rejected(p.SendAndFinish(f), "sync reply");
   }
+  {  // a sync reply whose second declaration repeats a SKU: refused before the first is written
+     // off (the region refuses such a declaration, and the ones before it were already done)
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_sync_reply()->set_group(ap);
+    f.mutable_sync_reply()->set_epoch(1);
+    f.mutable_sync_reply()->set_done(true);
+    for (const char* id : {"first", "second"}) {
+      auto* d = f.mutable_sync_reply()->add_declarations();
+      d->set_declaration_id(id);
+      d->set_declared_by(c_->spec(kEu).replica_id);
+      auto* item = d->add_items();
+      item->set_sku("vase");
+      item->set_units(3);
+    }
+    *f.mutable_sync_reply()->mutable_declarations(1)->add_items() =
+        f.sync_reply().declarations(1).items(0);
+    expect_rejected(p.SendAndFinish(f), "sync reply");
+  }
   // SKUs the region would refuse: taken in, they made every later rights-view refresh fail.
   {  // gossip about a SKU with a space
     test_support::ForgedPeer p(*c_, kEu, kAp);
@@ -1441,6 +1461,28 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     f.mutable_rights()->mutable_request()->set_sku(std::string(65, 'x'));
     f.mutable_rights()->mutable_request()->set_units(1);
     expect_rejected(p.SendAndFinish(f), "rights request: malformed SKU");
+  }
+  // Values out of range refuse the whole frame (they were dropped one by one, the rest used, and
+  // nothing counted): a good entry beside a negative demand, and a request above 2^40 units.
+  {
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* good = f.mutable_rights()->mutable_gossip()->add_entries();
+    good->set_sku("vase");
+    good->set_demand_per_s(1);
+    auto* bad = f.mutable_rights()->mutable_gossip()->add_entries();
+    bad->set_sku("kettle");
+    bad->set_demand_per_s(-5);
+    expect_rejected(p.SendAndFinish(f), "rights gossip: malformed entry");
+  }
+  {
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    f.mutable_rights()->mutable_request()->set_sku("vase");
+    f.mutable_rights()->mutable_request()->set_units((uint64_t{1} << 40) + 1);
+    expect_rejected(p.SendAndFinish(f), "units above 2^40");
   }
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
