@@ -410,8 +410,12 @@ TEST_F(GeoDnsTest, AnswersTheNearestRegionPerSubnetWithEcsScopeAndTtl) {
     const char* address;
     int scope;
   } cases[] = {
-      {kUsEastSubnet, kUsEast, 24},        {kEuWestSubnet, kEuWest, 24}, {kApSubnet, kAp, 24},
-      {"198.18.200.0/24", kAp, 16},         // only the /16 matches: scope 16
+      {kUsEastSubnet, kUsEast, 24},
+      {kEuWestSubnet, kEuWest, 24},
+      {kApSubnet, kAp, 24},
+      // Only the /16 matches, but its /24s above answer otherwise: the scope is the block around
+      // the client that holds none of them (198.18.128.0/17), not the /16.
+      {"198.18.200.0/24", kAp, 17},
       {"192.0.2.0/24", kEuWest, 24},        // Frankfurt by coordinates: Dublin is nearest
       {"8.8.8.0/24", kUsEast, 24},          // unknown: the default region, the client's own prefix
       {"2001:db8:1200::/56", kUsEast, 56},  // an IPv6 client subnet works the same way

@@ -1413,14 +1413,19 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     w->set_units(5);
     expect_rejected(p.SendAndFinish(f), "declaration settled");
   }
+  // The last page of a sync of ap-south's group at epoch 1.
+  auto last_page = [&](rpb::Frame& f) {
+    rpb::GroupSyncReply* r = f.mutable_sync_reply();
+    r->set_group(ap);
+    r->set_epoch(1);
+    r->set_done(true);
+    return r;
+  };
   {  // a takeover sync's reply asking the region to settle a declaration: only its declarer may
     test_support::ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
     rpb::Frame f;
-    f.mutable_sync_reply()->set_group(ap);
-    f.mutable_sync_reply()->set_epoch(1);
-    f.mutable_sync_reply()->set_done(true);
-    auto* d = f.mutable_sync_reply()->add_declarations();
+    auto* d = last_page(f)->add_declarations();
     d->set_declaration_id("forged");
     d->set_declared_by(c_->spec(kUs).replica_id);
     d->set_settle(true);
@@ -1431,19 +1436,16 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     test_support::ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
     rpb::Frame f;
-    f.mutable_sync_reply()->set_group(ap);
-    f.mutable_sync_reply()->set_epoch(1);
-    f.mutable_sync_reply()->set_done(true);
+    rpb::GroupSyncReply* reply = last_page(f);
     for (const char* id : {"first", "second"}) {
-      auto* d = f.mutable_sync_reply()->add_declarations();
+      auto* d = reply->add_declarations();
       d->set_declaration_id(id);
       d->set_declared_by(c_->spec(kEu).replica_id);
       auto* item = d->add_items();
       item->set_sku("vase");
       item->set_units(3);
     }
-    *f.mutable_sync_reply()->mutable_declarations(1)->add_items() =
-        f.sync_reply().declarations(1).items(0);
+    *reply->mutable_declarations(1)->add_items() = reply->declarations(1).items(0);
     expect_rejected(p.SendAndFinish(f), "sync reply");
   }
   // SKUs the region would refuse: taken in, they made every later rights-view refresh fail.
