@@ -10,7 +10,6 @@
 
 #include <cctype>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -18,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/strings.h"
 
 namespace meridian::common {
 
@@ -146,13 +146,8 @@ inline bool ValidHttpUrl(std::string_view url) {
   if (colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket)) {
     return !authority.empty();  // no port: a host (or an [IPv6] literal)
   }
-  const std::string_view port = authority.substr(colon + 1);
-  if (colon == 0 || port.empty() || port.size() > 5 ||
-      port.find_first_not_of("0123456789") != std::string_view::npos) {
-    return false;
-  }
-  const long n = std::strtol(std::string(port).c_str(), nullptr, 10);
-  return n >= 1 && n <= 65535;
+  uint16_t port = 0;
+  return colon != 0 && ParseInt(authority.substr(colon + 1), &port) && port >= 1;
 }
 
 // Compares a presented bearer token with the configured one in time that does not depend on

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/strings.h"
 
 namespace meridian {
 
@@ -188,7 +189,7 @@ class YamlReader {
 
  private:
   Endpoint ParseHostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
-                         bool required, long min_port) {
+                         bool required, uint16_t min_port) {
     std::string s = String(parent, key, path, required);
     Endpoint e;
     if (s.empty()) return e;
@@ -203,17 +204,13 @@ class YamlReader {
       return e;
     }
     std::string port = s.substr(colon + 1);
-    long p = -1;
-    if (!port.empty() && port.size() <= 5 &&
-        port.find_first_not_of("0123456789") == std::string::npos) {
-      p = std::strtol(port.c_str(), nullptr, 10);
-    }
-    if (p < min_port || p > 65535) {
+    uint16_t p = 0;
+    if (!ParseInt(port, &p) || p < min_port) {
       Fail(path, absl::StrCat("port must be ", min_port, "..65535, got '", port, "'"));
       return e;
     }
     e.host = std::move(host);
-    e.port = static_cast<uint16_t>(p);
+    e.port = p;
     return e;
   }
 

@@ -119,30 +119,43 @@ absl::Status Unprocessable(std::string message) {
 
 namespace {
 
-// The codes ProblemFromStatus answers with a 4xx or 503; every other one is a 500.
-bool IsClientFacingCode(absl::StatusCode c) {
+struct HttpStatus {
+  int code;
+  const char* title;
+};
+
+// The HTTP status ProblemFromStatus answers a status code with: a 4xx or 503, else a 500.
+HttpStatus HttpStatusOf(absl::StatusCode c) {
   switch (c) {
     case absl::StatusCode::kInvalidArgument:
+      return {400, "Bad Request"};
     case absl::StatusCode::kUnauthenticated:
+      return {401, "Unauthorized"};
     case absl::StatusCode::kPermissionDenied:
+      return {403, "Forbidden"};
     case absl::StatusCode::kNotFound:
+      return {404, "Not Found"};
     case absl::StatusCode::kAlreadyExists:
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kAborted:
+      return {409, "Conflict"};
     case absl::StatusCode::kOutOfRange:
+      return {422, "Unprocessable Entity"};
     case absl::StatusCode::kResourceExhausted:
+      return {429, "Too Many Requests"};
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
-      return true;
+      // Overload (no free database connection) or a broken database connection: both pass.
+      return {503, "Service Unavailable"};
     default:
-      return false;
+      return {500, "Internal Server Error"};
   }
 }
 
 }  // namespace
 
 std::string PublicDetail(const absl::Status& s) {
-  if (!IsClientFacingCode(s.code())) {
+  if (HttpStatusOf(s.code()).code == 500) {
     spdlog::error("event=internal_error status=\"{}\"", s.ToString());
     return "internal error";
   }
@@ -161,34 +174,10 @@ std::string PublicDetail(const absl::Status& s) {
 }
 
 HttpResponse ProblemFromStatus(const absl::Status& s) {
-  const std::string detail = PublicDetail(s);
-  switch (s.code()) {
-    case absl::StatusCode::kInvalidArgument:
-      return HttpResponse::Problem(400, "Bad Request", detail);
-    case absl::StatusCode::kUnauthenticated:
-      return HttpResponse::Problem(401, "Unauthorized", detail);
-    case absl::StatusCode::kPermissionDenied:
-      return HttpResponse::Problem(403, "Forbidden", detail);
-    case absl::StatusCode::kNotFound:
-      return HttpResponse::Problem(404, "Not Found", detail);
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kAborted:
-      return HttpResponse::Problem(409, "Conflict", detail);
-    case absl::StatusCode::kOutOfRange:
-      return HttpResponse::Problem(422, "Unprocessable Entity", detail);
-    case absl::StatusCode::kResourceExhausted:
-      return HttpResponse::Problem(429, "Too Many Requests", detail);
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded: {
-      // Overload (no free database connection) or a broken database connection: both pass.
-      HttpResponse r = HttpResponse::Problem(503, "Service Unavailable", detail);
-      r.headers.emplace_back("Retry-After", "1");
-      return r;
-    }
-    default:
-      return HttpResponse::Problem(500, "Internal Server Error", detail);
-  }
+  const HttpStatus status = HttpStatusOf(s.code());
+  HttpResponse r = HttpResponse::Problem(status.code, status.title, PublicDetail(s));
+  if (status.code == 503) r.headers.emplace_back("Retry-After", "1");
+  return r;
 }
 
 namespace {
