@@ -208,6 +208,7 @@ struct Coordinator::Impl {
   std::function<void(RegionId)> on_taken_over;
   std::vector<RegionId> taken_over;              // groups taken over since the last tick
   std::map<RegionId, uint64_t> takeover_epochs;  // the latest takeover noted per group
+  std::set<RegionId> streams_down;  // peers whose stream ended and has not come up again
 
   // Notes (under mu) that `group`, a peer region's, is held away from its home at `epoch`: the
   // tick hands it to on_taken_over once per epoch, however many of the ways below saw it first
@@ -316,6 +317,19 @@ struct Coordinator::Impl {
   std::deque<pb::LeaseFrame> witness_queue;
   std::unique_ptr<pb::LeaseWitness::Stub> witness_stub;
   void SendRights(RegionId to, const RightsMessage& m) { (void)send(to, ToFrame(m)); }
+  // The peers rights must not be given to (under mu): those without a stream, and those whose
+  // group another region holds (lost). A region that died has gossiped its demand until its last
+  // moment, and that gossip stays fresh for info_ttl_ms: without this, a survivor that restocked
+  // (a declaration's reclaimed units) within that time gave them all to the dead region.
+  std::set<RegionId> Away(const std::vector<GroupView>& leases) const {
+    std::set<RegionId> away = streams_down;
+    for (const GroupView& v : leases) {
+      if (v.group != config.replica_id && v.owner != kNoRegion && v.owner != v.group) {
+        away.insert(v.group);
+      }
+    }
+    return away;
+  }
 
   // --- the tick: leases, grants, rights views, the region's lease table, syncs -------------------
   void TickLoop() {
@@ -332,6 +346,8 @@ struct Coordinator::Impl {
       std::lock_guard<std::mutex> l(mu);
       lm->Tick();
       taken.swap(taken_over);
+      leases = lm->Views();
+      rm->SetAway(Away(leases));
       grants = rm->Tick();
       // Rights are spent (sold or given) only under this region's own lease, usable only once its
       // write-offs are done (MaybeFinishSync): a returning region's rights may include units
@@ -341,7 +357,6 @@ struct Coordinator::Impl {
                       grants.size());
         grants.clear();
       }
-      leases = lm->Views();
       // The region reads at most 10,000 SKUs a call: what was asked about first, in slices, then
       // the cached views to refresh.
       for (const auto& sku : wanted) {
@@ -1623,7 +1638,16 @@ void Coordinator::OnPeerUp(RegionId peer) {
     std::lock_guard<std::mutex> l(impl_->acks_mu);
     impl_->peers_up.insert(peer);
   }
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    impl_->streams_down.erase(peer);
+  }
   impl_->Wake();
+}
+
+void Coordinator::OnPeerDown(RegionId peer) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->streams_down.insert(peer);
 }
 
 void Coordinator::OnRegionTakenOver(std::function<void(RegionId group)> fn) {

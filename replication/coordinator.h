@@ -62,6 +62,9 @@ class Coordinator {
   [[nodiscard]] static absl::Status CheckFrame(RegionId peer, const pb::Frame& frame);
   // A stream with `peer` is up: declarations of it as lost (if any) are sent to it.
   void OnPeerUp(RegionId peer);
+  // The stream with `peer` ended (and no newer one replaced it): no rights go to it until it is
+  // up again.
+  void OnPeerDown(RegionId peer);
   // Called (from the coordinator's tick, no lock held) once per takeover of a region's group by
   // a region other than its home, here or at a peer: that region is gone, and the survivors
   // should exchange their documents. Set before Start().

@@ -2257,11 +2257,16 @@ absl::Status Replicator::Impl::RunSession(PeerState& peer, FrameStream& stream) 
   }
   Session session(*this, peer, stream);
   absl::Status st = session.Run();
+  bool replaced = true;  // by a newer stream: the peer is still up
   {
     std::lock_guard<std::mutex> l(peer.mu);
-    if (peer.active == &stream) peer.active = nullptr;
+    if (peer.active == &stream) {
+      peer.active = nullptr;
+      replaced = false;
+    }
   }
   if (!stopping) {
+    if (!replaced && coordinator) coordinator->OnPeerDown(peer.config.replica_id);
     peer.m.reconnects->Increment();
     spdlog::info("event=replication_stream_down peer={} reason=\"{}\"", peer.config.name,
                  std::string(st.message()));

@@ -94,6 +94,8 @@ void RightsManager::SetWaiting(const std::string& sku, uint64_t units) {
   }
 }
 
+void RightsManager::SetAway(std::set<RegionId> away) { away_ = std::move(away); }
+
 void RightsManager::OnMessage(RegionId from, const RightsMessage& message) {
   if (!std::binary_search(peers_.begin(), peers_.end(), from)) return;  // not a peer
   const int64_t now = clock_->NowMs();
@@ -208,6 +210,7 @@ void RightsManager::Decide(const std::string& sku, int64_t now, std::vector<Gran
   };
   std::vector<Peer> peers;
   for (const auto& [id, p] : pi->second) {
+    if (away_.count(id)) continue;
     const bool gossip_fresh = Fresh(p.at_ms, now);
     const bool urgent_fresh =
         p.urgent_units > 0 && Fresh(p.urgent_at_ms, now) && p.urgent_at_ms >= p.at_ms;

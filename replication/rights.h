@@ -10,7 +10,8 @@
 // streams. Only a region's own rights can be given away, so no decision here can oversell: the
 // bounded counter's invariant holds whatever this logic decides.
 //
-// Policy, per SKU, on every Tick (never while checkouts here wait for this SKU themselves):
+// Policy, per SKU, on every Tick (never while checkouts here wait for this SKU themselves, and
+// never toward a peer the host reports away: SetAway):
 //   1. Urgent: a peer that reported checkouts waiting for units (RightsRequest, or `waiting` in its
 //      gossip) gets them from any rights we hold (they are sales now; our reserve, our recent
 //      demand over `lead_ms`, is sales we only expect), plus, from what we hold above our
@@ -34,6 +35,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 #include <vector>
@@ -110,6 +112,11 @@ class RightsManager {
   // A rise sends an urgent RightsRequest to every peer (at most one per request_cooldown_ms).
   void SetWaiting(const std::string& sku, uint64_t units);
   void OnMessage(RegionId from, const RightsMessage& message);
+  // The peers that are away: no stream to them, or their group held by another region (they are
+  // lost). They get no grant, urgent or ahead of demand, whatever their last gossip said: units
+  // moved to a region that cannot sell them are lost to every customer until it is back. Their
+  // information is kept, and counts again once they are no longer named here. Replaces the set.
+  void SetAway(std::set<RegionId> away);
   // Sends gossip when due and returns the grants to execute now. The host reports the outcome
   // through the view (a grant that failed because the rights were sold meanwhile is harmless).
   [[nodiscard]] std::vector<Grant> Tick();
@@ -159,6 +166,7 @@ class RightsManager {
   std::map<std::string, Local> local_;
   std::map<std::string, std::map<RegionId, PeerInfo>> peers_info_;
   std::map<std::pair<std::string, RegionId>, int64_t> last_grant_ms_;
+  std::set<RegionId> away_;
   // Grants decided here that the view may not show yet: `given` should reach expected_given.
   struct Pending {
     uint64_t expected_given = 0;

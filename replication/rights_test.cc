@@ -189,6 +189,24 @@ TEST(Rights, StaleInformationIsIgnored) {
   EXPECT_TRUE(h.rm->Tick().empty());
 }
 
+// A region that died gossiped its demand (and its waiting checkouts) until its last moment, and
+// that gossip is still fresh: an away peer gets nothing, the others get what they would have,
+// and once it is back its information counts again.
+TEST(Rights, APeerThatIsAwayGetsNothing) {
+  Harness h;
+  h.views["kettle"].rights = 30;
+  h.rm->OnMessage(2, RightsGossip{{h.Entry("kettle", 0, 50, 10)}});
+  h.rm->OnMessage(2, RightsRequest{"kettle", 10});
+  h.rm->SetAway({2});
+  EXPECT_TRUE(h.rm->Tick().empty());
+  h.rm->OnMessage(3, RightsGossip{{h.Entry("kettle", 0, 5)}});
+  EXPECT_EQ(h.Total(h.rm->Tick(), 3), 30u);
+  h.rm->SetAway({});
+  h.clock.now += 100;
+  h.views["kettle"].rights = 30;
+  EXPECT_GE(h.Total(h.rm->Tick(), 2), 10u);
+}
+
 TEST(Rights, MalformedGossipIsDropped) {
   Harness h;
   h.views["kettle"].rights = 100;

@@ -299,15 +299,18 @@ class LeasesTest : public ::testing::Test {
         test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
   }
   // A checkout of one `sku` at `at`, in a cart of its own: the status.
-  int CheckoutOne(size_t at, const std::string& auth, const std::string& sku) {
+  int CheckoutOne(size_t at, const std::string& auth, const std::string& sku,
+                  std::string* body = nullptr) {
     if (Request(c_->http_port(at), "PUT", "/v1/cart/items/" + sku, Json{{"quantity", 1}}.dump(),
                 {{"Authorization", auth}})
             .status == 404) {
       Request(c_->http_port(at), "POST", "/v1/cart/items",
               Json{{"sku", sku}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
     }
-    return Request(c_->http_port(at), "POST", "/v1/checkout", "{}", {{"Authorization", auth}})
-        .status;
+    Response r =
+        Request(c_->http_port(at), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+    if (body != nullptr) *body = std::move(r.body);
+    return r.status;
   }
 
   int64_t Count(size_t region, const std::string& sql) {
@@ -1063,8 +1066,15 @@ TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
   EXPECT_EQ(Json::parse(eu.body).value("reclaimed_units", 0), 35) << eu.body;
   EXPECT_EQ(rights(kAp, "ap-south"), 35);
   const std::string ap_auth = "Bearer " + Customer(kAp, "lin@example.com").first;
-  for (int i = 0; i < 40; ++i) sold += CheckoutOne(kAp, ap_auth, "jar") == 201;
-  EXPECT_EQ(sold, 40) << "units sold of the 40 stocked";
+  std::map<int, std::string> ap_refusals;  // status -> the first body with it
+  for (int i = 0; i < 40; ++i) {
+    std::string body;
+    const int status = CheckoutOne(kAp, ap_auth, "jar", &body);
+    sold += status == 201;
+    if (status != 201) ap_refusals.emplace(status, body);
+  }
+  EXPECT_EQ(sold, 40) << "units sold of the 40 stocked; ap-south refused with "
+                      << ::testing::PrintToString(ap_refusals);
 
   // Both come back and write off what was reclaimed from them; nobody has anything to sell.
   for (size_t r : {kUs, kEu}) {
@@ -1094,6 +1104,32 @@ TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
         60))
         << c_->spec(r).name << " answered " << status;
   }
+}
+
+// A region's rights gossip stays fresh for a while after it died (info_ttl_ms): eu-west sold out
+// its 5 units, so its last gossip shows demand and nothing left. ap-south, restocked just after
+// eu-west's replicator died, once gave its 20 units straight to the dead region (ahead of its
+// demand), where no customer could buy them until it came back; in a five-region drill that
+// refused every checkout of the units reclaimed from a lost region. A peer without a stream (or
+// whose group another region holds) gets no rights.
+TEST_F(LeasesTest, ADeadRegionsLastGossipDrawsNoRights) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kEu, "cup");
+  Restock(kEu, "cup", 5);
+  const std::string eu_auth = "Bearer " + Customer(kEu, "eve@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 5; ++i) sold += CheckoutOne(kEu, eu_auth, "cup") == 201;
+  ASSERT_EQ(sold, 5);
+  // Its gossip (every 100 ms) now carries the demand and no rights left.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  Restock(kAp, "cup", 20);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(Rights(kAp, "cup", "ap-south"), 20) << "ap-south's units went elsewhere";
+  EXPECT_EQ(Rights(kAp, "cup", "eu-west"), 0) << "the dead region was given units";
+  const std::string ap_auth = "Bearer " + Customer(kAp, "ann@example.com").first;
+  EXPECT_EQ(CheckoutOne(kAp, ap_auth, "cup"), 201);
 }
 
 // A declaration restocks nothing until a majority of regions recorded it: one that only its
