@@ -172,10 +172,34 @@ grpc::Status FromStatus(const absl::Status& s) {
   if (absl::IsNotFound(s)) code = grpc::StatusCode::NOT_FOUND;
   if (absl::IsFailedPrecondition(s)) code = grpc::StatusCode::FAILED_PRECONDITION;
   if (absl::IsDataLoss(s)) code = grpc::StatusCode::DATA_LOSS;
+  if (absl::IsResourceExhausted(s)) code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   return grpc::Status(code, std::string(s.message()));
 }
 
 bool ValidReplica(uint32_t r) { return r >= 1 && r <= 255; }
+
+// The declarations against one region a region holds at most (its own and those recorded from
+// peers). A takeover sync's last page carries every one of them to the region taking its group
+// back, and a replicator refuses a page of more than 10,000 (Coordinator::CheckFrame): beyond
+// that, the region could never take its group back. A lost region is reclaimed from by a
+// declaration or two per survivor; only a broken or hostile peer makes thousands.
+constexpr int64_t kMaxDeclarationsAgainstARegion = 5000;
+
+// In the transaction that would add declaration `id` against `region`: ResourceExhausted when
+// that would pass kMaxDeclarationsAgainstARegion (a declaration held already adds nothing).
+void RefuseDeclarationPastTheLimit(pqxx::work& tx, uint32_t region, const std::string& name,
+                                   const std::string& id) {
+  // One declaration against a region at a time, so that two cannot both take the last place.
+  tx.exec("SELECT pg_advisory_xact_lock(" + tx.quote(int64_t{0x6c6f7374} * 256 + region) + ")");
+  const pqxx::row r = tx.exec1("SELECT count(DISTINCT id), bool_or(id = " + tx.quote(id) +
+                               ") FROM lost_declarations WHERE region = " + tx.quote(region));
+  if (!r[1].is_null() && r[1].as<bool>()) return;
+  if (r[0].as<int64_t>() >= kMaxDeclarationsAgainstARegion) {
+    throw AbortTx{absl::ResourceExhaustedError(absl::StrCat(
+        name, " has ", kMaxDeclarationsAgainstARegion,
+        " declarations against it here already, the most a region holds; no more are recorded"))};
+  }
+}
 
 void FillRights(const crdt::Inventory& inv, const std::string& sku, crdt::ReplicaId self,
                 pb::RightsView* v) {
@@ -537,7 +561,9 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_sku(sku);
         item->set_units(static_cast<uint64_t>(frozen));
       }
-      if (!writes.empty()) tx.exec(writes);
+      if (writes.empty()) return;
+      RefuseDeclarationPastTheLimit(tx, req->region(), app_.RegionName(req->region()), id);
+      tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
     uint64_t units = 0;
@@ -674,6 +700,7 @@ class ControlService final : public pb::RegionControl::Service {
     }
     bool already = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
+      RefuseDeclarationPastTheLimit(tx, d.region(), app_.RegionName(d.region()), d.id());
       std::string values;
       for (const auto& i : d.items()) {
         values += (values.empty() ? "(" : ", (") + tx.quote(d.id()) + ", " + tx.quote(d.region()) +

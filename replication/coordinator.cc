@@ -943,6 +943,13 @@ struct Coordinator::Impl {
     if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
       return absl::InvalidArgumentError(absl::StrCat("lost region declared: ", s.error_message()));
     }
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      spdlog::error(
+          "event=lost_declaration_refused declared_by={} region={} id={} error=\"{}\" (not "
+          "recorded: the declarer's restock waits for a majority that does not count us)",
+          Name(from), Name(m.region()), r.declaration_id(), s.error_message());
+      return absl::OkStatus();
+    }
     if (!s.ok()) {
       spdlog::warn(
           "event=lost_declaration_record_failed declared_by={} region={} id={} error=\"{}\" "
@@ -1093,6 +1100,9 @@ struct Coordinator::Impl {
     rpb::DeclareLostResponse dresp;
     auto ctx = Ctx(30000);
     grpc::Status s = region->DeclareLost(ctx.get(), dreq, &dresp);
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      return HttpResponse::Problem(409, "Conflict", s.error_message());  // the limit: final
+    }
     if (!s.ok()) return HttpResponse::Problem(503, "Service Unavailable", s.error_message());
     const std::string id = dresp.declaration().id();
     // The region recorded it pending: nothing is restocked until a majority of regions holds it,

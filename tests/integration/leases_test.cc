@@ -1834,6 +1834,77 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A region holds at most 5,000 declarations against one region (a takeover sync's last page
+// carries them all, and a replicator refuses a page of more than 10,000): past that, a peer's
+// new declaration is refused (RESOURCE_EXHAUSTED) and so is the region's own, recording nothing,
+// while one it holds already is still answered, and declarations against other regions go on.
+TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
+  test_support::ClusterOptions o;
+  o.name = "declcap";
+  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+  o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  Product(kEu, "lamp");
+  Restock(kEu, "lamp", 5);
+  ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "eu-west") == 5; }, 20));
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c_->grpc_port(kUs)),
+                                     grpc::InsecureChannelCredentials());
+  auto control = cpb::RegionControl::NewStub(channel);
+  auto record = [&](const std::string& id, uint32_t region, bool* already = nullptr) {
+    cpb::RecordLostDeclarationRequest req;
+    auto* d = req.mutable_declaration();
+    d->set_id(id);
+    d->set_region(region);
+    d->set_declared_by(3);  // a third region's declaration, relayed
+    d->set_declared_unix_ms(1'700'000'000'000);
+    auto* item = d->add_items();
+    item->set_sku("vase");  // not lamp: these would count as reclaimed of lamp already
+    item->set_units(1);
+    cpb::RecordLostDeclarationResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = control->RecordLostDeclaration(&ctx, req, &resp);
+    if (already != nullptr) *already = resp.already();
+    return st;
+  };
+  auto held = [&](const std::string& where) {
+    pqxx::connection conn(c_->Dsn(kUs, "global"));
+    pqxx::work tx(conn);
+    return tx.exec1("SELECT count(DISTINCT id) FROM lost_declarations WHERE " + where)[0]
+        .as<int64_t>();
+  };
+  {
+    pqxx::connection conn(c_->Dsn(kUs, "global"));
+    pqxx::work tx(conn);
+    tx.exec0(
+        "INSERT INTO lost_declarations (id, region, declared_by, sku, units) SELECT 'dlfill' || "
+        "g, 2, 3, 'vase', 1 FROM generate_series(1, 4999) g");
+    tx.commit();
+  }
+  bool already = true;
+  grpc::Status last = record("dl-last", 2, &already);
+  ASSERT_TRUE(last.ok()) << last.error_message();
+  EXPECT_FALSE(already);
+  last = record("dl-last", 2, &already);
+  ASSERT_TRUE(last.ok()) << "a declaration held already is answered: " << last.error_message();
+  EXPECT_TRUE(already);
+  grpc::Status over = record("dl-over", 2);
+  EXPECT_EQ(over.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << over.error_message();
+  EXPECT_NE(over.error_message().find("eu-west has 5000 declarations"), std::string::npos)
+      << over.error_message();
+  EXPECT_EQ(held("id = 'dl-over'"), 0);
+  EXPECT_TRUE(record("dl-elsewhere", 4).ok()) << "the limit is per region declared lost";
+
+  cpb::DeclareLostRequest dreq;
+  dreq.set_region(2);
+  cpb::DeclareLostResponse dresp;
+  grpc::ClientContext dctx;
+  grpc::Status own = control->DeclareLost(&dctx, dreq, &dresp);
+  EXPECT_EQ(own.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << own.error_message();
+  EXPECT_EQ(held("declared_by = 1"), 0) << "the refused declaration was recorded";
+  EXPECT_EQ(held("region = 2"), 5000);
+  EXPECT_EQ(Rights(kUs, "lamp", "eu-west"), 5);
+}
+
 // Stale epochs, driven through the region's control API against real PostgreSQL: a fenced write
 // by a region whose lease epoch is older than the group's fence matches nothing and is counted;
 // a peer's event below the order's epoch changes nothing and is counted.
