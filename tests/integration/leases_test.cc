@@ -67,6 +67,19 @@ class LeasesTest : public ::testing::Test {
   }
 
   std::string Operator() { return "Bearer " + c_->options().operator_token; }
+  // us-east and eu-west, with no coordination in their replicators: the test plays the
+  // coordinator through a region's control API (ControlOf).
+  void StartTwoUncoordinated(const std::string& name) {
+    test_support::ClusterOptions o;
+    o.name = name;
+    o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+    o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
+    Start(std::move(o));
+  }
+  std::unique_ptr<cpb::RegionControl::Stub> ControlOf(size_t at) {
+    return cpb::RegionControl::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(c_->grpc_port(at)), grpc::InsecureChannelCredentials()));
+  }
 
   std::pair<std::string, std::string> Customer(size_t region, const std::string& email,
                                                const std::string& residency = "any") {
@@ -1839,17 +1852,11 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
 // new declaration is refused (RESOURCE_EXHAUSTED) and so is the region's own, recording nothing,
 // while one it holds already is still answered, and declarations against other regions go on.
 TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
-  test_support::ClusterOptions o;
-  o.name = "declcap";
-  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
-  o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
-  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("declcap"));
   Product(kEu, "lamp");
   Restock(kEu, "lamp", 5);
   ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "eu-west") == 5; }, 20));
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c_->grpc_port(kUs)),
-                                     grpc::InsecureChannelCredentials());
-  auto control = cpb::RegionControl::NewStub(channel);
+  auto control = ControlOf(kUs);
   auto record = [&](const std::string& id, uint32_t region, bool* already = nullptr) {
     cpb::RecordLostDeclarationRequest req;
     auto* d = req.mutable_declaration();
@@ -1909,15 +1916,8 @@ TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
 // by a region whose lease epoch is older than the group's fence matches nothing and is counted;
 // a peer's event below the order's epoch changes nothing and is counted.
 TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
-  test_support::ClusterOptions o;
-  o.name = "stale";
-  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
-  // No coordination in the replicators: this test plays the replicator for us-east.
-  o.region_yaml_extra = "replication: {rights_wait_ms: 0}\n";
-  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c_->grpc_port(kUs)),
-                                     grpc::InsecureChannelCredentials());
-  auto control = cpb::RegionControl::NewStub(channel);
+  ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("stale"));
+  auto control = ControlOf(kUs);
   auto set_lease = [&](uint64_t epoch, bool usable) {
     cpb::SetLeasesRequest req;
     auto* g = req.add_groups();
@@ -1975,7 +1975,8 @@ TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
   ASSERT_TRUE(control->ApplyOrderStates(&actx, states, &applied).ok());
   EXPECT_EQ(applied.changed(), 1);
 
-  auto internal = cpb::RegionInternal::NewStub(channel);
+  auto internal = cpb::RegionInternal::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(c_->grpc_port(kUs)), grpc::InsecureChannelCredentials()));
   cpb::ApplyDeltasRequest deltas;
   deltas.set_origin(2);
   deltas.set_origin_database("shard-0-test");
