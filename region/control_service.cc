@@ -190,9 +190,11 @@ constexpr int64_t kMaxDeclarationsAgainstARegion = 5000;
 void RefuseDeclarationPastTheLimit(pqxx::work& tx, uint32_t region, const std::string& name,
                                    const std::string& id) {
   // One declaration against a region at a time, so that two cannot both take the last place.
-  tx.exec("SELECT pg_advisory_xact_lock(" + tx.quote(int64_t{0x6c6f7374} * 256 + region) + ")");
-  const pqxx::row r = tx.exec1("SELECT count(DISTINCT id), bool_or(id = " + tx.quote(id) +
-                               ") FROM lost_declarations WHERE region = " + tx.quote(region));
+  const pqxx::result res =
+      tx.exec(DocumentLockSql(tx, "lost_declarations", std::to_string(region)) +
+              "SELECT count(DISTINCT id), bool_or(id = " + tx.quote(id) +
+              ") FROM lost_declarations WHERE region = " + tx.quote(region));
+  const pqxx::row r = res.at(0);
   if (!r[1].is_null() && r[1].as<bool>()) return;
   if (r[0].as<int64_t>() >= kMaxDeclarationsAgainstARegion) {
     throw AbortTx{absl::ResourceExhaustedError(absl::StrCat(
