@@ -1,6 +1,7 @@
 #include "failover/config.h"
 
 #include <arpa/inet.h>
+#include <openssl/sha.h>
 
 #include <set>
 
@@ -39,7 +40,60 @@ std::string Url(YamlReader& r, const YAML::Node& n, const std::string& key, cons
   return TrimSlash(u);
 }
 
+bool IsSha256Hex(std::string_view s) {
+  if (s.size() != 2 * SHA256_DIGEST_LENGTH) return false;
+  for (char ch : s) {
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) return false;
+  }
+  return true;
+}
+
+// A bearer token given inline (`name`) or in a file (`name`_file): exactly one of them when
+// `required`, at most one otherwise. Empty when absent or on an error (recorded in r).
+std::string TokenField(YamlReader& r, const YAML::Node& root, const std::string& name,
+                       std::string_view base_dir, bool required) {
+  const std::string file_key = name + "_file";
+  const bool inline_given = root[name] && !root[name].IsNull();
+  const bool file_given = root[file_key] && !root[file_key].IsNull();
+  if (!r.ok()) return "";
+  if (inline_given == file_given) {
+    if (inline_given || required) {
+      r.Fail(name, absl::StrCat(required ? "exactly one" : "at most one", " of ", name, " and ",
+                                file_key, required ? " is required" : " may be given"));
+    }
+    return "";
+  }
+  if (inline_given) {
+    std::string token = r.String(root, name, name, true);
+    // (A token file is checked by ReadOperatorTokenFile.)
+    if (absl::Status st = common::CheckOperatorToken(token); r.ok() && !st.ok()) {
+      r.Fail(name, std::string(st.message()));
+      return "";
+    }
+    return token;
+  }
+  auto token = common::ReadOperatorTokenFile(
+      common::ResolveConfigPath(base_dir, r.String(root, file_key, file_key, true)));
+  if (!token.ok()) {
+    r.Fail(file_key, std::string(token.status().message()));
+    return "";
+  }
+  return *std::move(token);
+}
+
 }  // namespace
+
+std::string TokenSha256Hex(std::string_view token) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), digest);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(2 * SHA256_DIGEST_LENGTH, '0');
+  for (size_t i = 0; i < SHA256_DIGEST_LENGTH; ++i) {
+    out[2 * i] = kHex[digest[i] >> 4];
+    out[2 * i + 1] = kHex[digest[i] & 0xf];
+  }
+  return out;
+}
 
 DeciderConfig FailoverConfig::decider_config() const {
   DeciderConfig d;
@@ -57,6 +111,16 @@ const RegionEndpoints* FailoverConfig::Find(std::string_view name) const {
   return nullptr;
 }
 
+const RegionEndpoints* FailoverConfig::PeerControllerOfToken(std::string_view token) const {
+  const std::string digest = TokenSha256Hex(token);
+  const RegionEndpoints* found = nullptr;
+  for (const auto& r : regions) {
+    if (r.name == region || r.controller_token_sha256.empty()) continue;
+    if (common::TokenEquals(digest, r.controller_token_sha256)) found = &r;
+  }
+  return found;
+}
+
 namespace {
 
 absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string_view source,
@@ -66,11 +130,12 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
   const YAML::Node root = *std::move(loaded);
   YamlReader r{std::string(source)};
   FailoverConfig c;
-  r.OnlyKeys(root, "",
-             {"region", "listen", "http_threads", "regions", "geo", "probe_interval_ms",
-              "probe_timeout_ms", "lost_after_checks", "recover_after_checks", "observation_ttl_ms",
-              "catch_up", "handback_timeout_ms", "geo_reconcile_interval_ms", "audit_file",
-              "operator_token", "operator_token_file"});
+  r.OnlyKeys(
+      root, "",
+      {"region", "listen", "http_threads", "regions", "geo", "probe_interval_ms",
+       "probe_timeout_ms", "lost_after_checks", "recover_after_checks", "observation_ttl_ms",
+       "catch_up", "handback_timeout_ms", "geo_reconcile_interval_ms", "audit_file",
+       "operator_token", "operator_token_file", "controller_token", "controller_token_file"});
   c.region = r.String(root, "region", "region", true);
   if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
   // The HTTP server binds an IP literal; a name would pass here and fail only at start.
@@ -98,7 +163,8 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
         r.Fail(p, "must be a mapping");
         break;
       }
-      r.OnlyKeys(n, p, {"name", "url", "replicator", "metrics", "controller"});
+      r.OnlyKeys(n, p,
+                 {"name", "url", "replicator", "metrics", "controller", "controller_token_sha256"});
       RegionEndpoints e;
       e.name = r.String(n, "name", p + ".name", true);
       if (r.ok() && !ValidName(e.name)) {
@@ -112,6 +178,12 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
       e.replicator = Url(r, n, "replicator", p + ".replicator", true);
       e.metrics = Url(r, n, "metrics", p + ".metrics", true);
       e.controller = Url(r, n, "controller", p + ".controller", false);
+      e.controller_token_sha256 =
+          r.String(n, "controller_token_sha256", p + ".controller_token_sha256", false);
+      if (r.ok() && !e.controller_token_sha256.empty() && !IsSha256Hex(e.controller_token_sha256)) {
+        r.Fail(p + ".controller_token_sha256",
+               "must be 64 lowercase hex digits (printf %s \"$token\" | sha256sum)");
+      }
       c.regions.push_back(std::move(e));
     }
   }
@@ -124,6 +196,12 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
         r.Fail(Idx("regions", i) + ".controller",
                "missing (every other region's controller URL is required: observations are "
                "exchanged)");
+        break;
+      }
+      if (c.regions[i].name != c.region && c.regions[i].controller_token_sha256.empty()) {
+        r.Fail(Idx("regions", i) + ".controller_token_sha256",
+               "missing (every other region's controller token digest is required: its "
+               "observations are taken only with its own token)");
         break;
       }
     }
@@ -184,23 +262,20 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
   c.audit_file =
       common::ResolveConfigPath(base_dir, r.String(root, "audit_file", "audit_file", false));
 
-  const bool has_token = root["operator_token"] && !root["operator_token"].IsNull();
-  const bool has_file = root["operator_token_file"] && !root["operator_token_file"].IsNull();
-  if (r.ok() && has_token == has_file) {
-    r.Fail("operator_token", "exactly one of operator_token and operator_token_file is required");
-  } else if (r.ok() && has_token) {
-    c.operator_token = r.String(root, "operator_token", "operator_token", true);
-    // (A token file is checked by ReadOperatorTokenFile.)
-    if (absl::Status st = common::CheckOperatorToken(c.operator_token); r.ok() && !st.ok()) {
-      r.Fail("operator_token", std::string(st.message()));
+  c.operator_token = TokenField(r, root, "operator_token", base_dir, true);
+  c.controller_token = TokenField(r, root, "controller_token", base_dir, c.regions.size() > 1);
+  if (r.ok() && !c.controller_token.empty()) {
+    if (common::TokenEquals(c.controller_token, c.operator_token)) {
+      r.Fail("controller_token",
+             "must differ from the operator token (every operator holds that one; this one "
+             "proves to the peers that an observation is this controller's)");
     }
-  } else if (r.ok()) {
-    auto token = common::ReadOperatorTokenFile(common::ResolveConfigPath(
-        base_dir, r.String(root, "operator_token_file", "operator_token_file", true)));
-    if (!token.ok()) {
-      r.Fail("operator_token_file", std::string(token.status().message()));
-    } else {
-      c.operator_token = *std::move(token);
+    const RegionEndpoints* self = c.Find(c.region);
+    if (r.ok() && self != nullptr && !self->controller_token_sha256.empty() &&
+        self->controller_token_sha256 != TokenSha256Hex(c.controller_token)) {
+      r.Fail("controller_token",
+             absl::StrCat("its SHA-256 is not regions[].controller_token_sha256 of '", c.region,
+                          "' (the peers would refuse this controller's observations)"));
     }
   }
   if (!r.ok()) return r.status();

@@ -23,6 +23,9 @@ struct RegionEndpoints {
   std::string replicator;  // the replicator's operator API base URL (coordination.admin)
   std::string metrics;     // the replicator's Prometheus URL (http://host:port/metrics)
   std::string controller;  // that region's meridian-failover base URL (required for peers)
+  // SHA-256 (64 lowercase hex digits) of that region's controller_token: a peer's observation is
+  // taken only with the token whose digest is its `from` region's (required for peers).
+  std::string controller_token_sha256;
 };
 
 struct FailoverConfig {
@@ -41,10 +44,20 @@ struct FailoverConfig {
   int64_t geo_reconcile_interval_ms = 5000;  // re-check geo overrides of lost regions this often
   std::string audit_file;                    // appended to; empty: log only
   std::string operator_token;
+  // This controller's own credential: it sends its observations with it, and no other controller
+  // holds it (they hold its digest). Required when there are other regions; not the operator token.
+  std::string controller_token;
 
   [[nodiscard]] DeciderConfig decider_config() const;
   [[nodiscard]] const RegionEndpoints* Find(std::string_view name) const;
+  // The other region whose controller_token_sha256 is the digest of `token`, or nullptr. Compares
+  // with every peer's digest in time that does not depend on which one matches.
+  [[nodiscard]] const RegionEndpoints* PeerControllerOfToken(std::string_view token) const;
 };
+
+// SHA-256 of `token` in 64 lowercase hex digits: what regions[].controller_token_sha256 holds
+// (`printf %s "$token" | sha256sum` gives the same).
+[[nodiscard]] std::string TokenSha256Hex(std::string_view token);
 
 // Parses and validates. `source` names the file in errors; `base_dir` resolves relative paths.
 [[nodiscard]] absl::StatusOr<FailoverConfig> ParseConfig(std::string_view yaml,

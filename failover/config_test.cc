@@ -15,12 +15,15 @@ const char* kValid = R"(
 region: eu-west
 listen: 127.0.0.1:0
 operator_token: a-token-of-sixteen-bytes
+controller_token: eu-west-controller-token
 geo: [http://127.0.0.1:8053/, http://127.0.0.1:8054]
 audit_file: audit.log
 regions:
-  - {name: us-east, url: http://10.77.0.1:4000, replicator: http://10.77.0.1:4005, metrics: http://10.77.0.1:4004/metrics, controller: http://127.0.0.1:4100}
+  - {name: us-east, url: http://10.77.0.1:4000, replicator: http://10.77.0.1:4005, metrics: http://10.77.0.1:4004/metrics, controller: http://127.0.0.1:4100,
+     controller_token_sha256: 0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6}
   - {name: eu-west, url: http://10.77.0.2:4000, replicator: http://10.77.0.2:4005, metrics: http://10.77.0.2:4004/metrics}
-  - {name: ap-south, url: http://10.77.0.3:4000/, replicator: http://10.77.0.3:4005, metrics: http://10.77.0.3:4004/metrics, controller: http://127.0.0.1:4102}
+  - {name: ap-south, url: http://10.77.0.3:4000/, replicator: http://10.77.0.3:4005, metrics: http://10.77.0.3:4004/metrics, controller: http://127.0.0.1:4102,
+     controller_token_sha256: 77775addfe43840e9ab5f1f86ed1c7fcc0b5fa98c11c05330a65283ceb9bf487}
 )";
 
 absl::StatusOr<FailoverConfig> Parse(const std::string& yaml) {
@@ -64,6 +67,14 @@ TEST(FailoverConfigTest, ValidWithDefaults) {
   EXPECT_TRUE(c->decider_config().Validate().ok());
   EXPECT_NE(c->Find("ap-south"), nullptr);
   EXPECT_EQ(c->Find("mars"), nullptr);
+  EXPECT_EQ(c->controller_token, "eu-west-controller-token");
+  ASSERT_NE(c->PeerControllerOfToken("ap-south-controller-token"), nullptr);
+  EXPECT_EQ(c->PeerControllerOfToken("ap-south-controller-token")->name, "ap-south");
+  EXPECT_EQ(c->PeerControllerOfToken("us-east-controller-token")->name, "us-east");
+  EXPECT_EQ(c->PeerControllerOfToken("eu-west-controller-token"), nullptr) << "our own";
+  EXPECT_EQ(c->PeerControllerOfToken("a-token-of-sixteen-bytes"), nullptr) << "the operator's";
+  EXPECT_EQ(TokenSha256Hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   // A short interval scales the derived defaults.
   c = Parse(std::string(kValid) + "probe_interval_ms: 100\n");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -88,16 +99,38 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
               "regions[0].url: must be an http");
   ExpectError(With("url: http://10.77.0.1:4000", "url: http://10.77.0.1:99999"),
               "regions[0].url: must be an http");
-  ExpectError(With("controller: http://127.0.0.1:4100}", "controller: \"http://x:y:z\"}"),
+  ExpectError(With("controller: http://127.0.0.1:4100,", "controller: \"http://x:y:z\","),
               "regions[0].controller: must be an http");
   ExpectError(With(", replicator: http://10.77.0.2:4005", ""), "regions[1].replicator: missing");
   ExpectError(With("metrics: http://10.77.0.3:4004/metrics", "metrics: \"http://a b\""),
               "regions[2].metrics: must be an http");
   ExpectError(With(", controller: http://127.0.0.1:4100", ""),
               "regions[0].controller: missing (every other region's controller");
-  ExpectError(
-      With("controller: http://127.0.0.1:4100}", "controller: http://127.0.0.1:4100, x: 1}"),
-      "regions[0].x: unknown field");
+  ExpectError(With("controller_token_sha256: "
+                   "0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6",
+                   "x: 1"),
+              "regions[0].x: unknown field");
+  ExpectError(With(",\n     controller_token_sha256: "
+                   "0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6",
+                   ""),
+              "regions[0].controller_token_sha256: missing (every other region's controller token "
+              "digest");
+  ExpectError(With("77775addfe43840e9ab5f1f86ed1c7fcc0b5fa98c11c05330a65283ceb9bf487",
+                   "77775ADDFE43840E9AB5F1F86ED1C7FCC0B5FA98C11C05330A65283CEB9BF487"),
+              "regions[2].controller_token_sha256: must be 64 lowercase hex digits");
+  ExpectError(With("metrics: http://10.77.0.2:4004/metrics}",
+                   "metrics: http://10.77.0.2:4004/metrics, controller_token_sha256: "
+                   "0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6}"),
+              "controller_token: its SHA-256 is not regions[].controller_token_sha256 of "
+              "'eu-west'");
+  ExpectError(With("controller_token: eu-west-controller-token\n", ""),
+              "controller_token: exactly one of controller_token and controller_token_file is "
+              "required");
+  ExpectError(With("controller_token: eu-west-controller-token", "controller_token: short"),
+              "controller_token: the token must be at least 16");
+  ExpectError(With("controller_token: eu-west-controller-token",
+                   "controller_token: a-token-of-sixteen-bytes"),
+              "controller_token: must differ from the operator token");
   ExpectError("region: a\noperator_token: a-token-of-sixteen-bytes\nregions: []\n",
               "regions: must be a non-empty list");
   ExpectError("region: a\noperator_token: a-token-of-sixteen-bytes\n", "regions: missing");
@@ -136,14 +169,20 @@ TEST(FailoverConfigTest, TokenFileAndLoad) {
   const std::string path = dir + "/failover.yaml";
   {
     std::ofstream out(path);
-    out << With("operator_token: a-token-of-sixteen-bytes", "operator_token_file: token");
+    { std::ofstream(dir + "/ctl") << "eu-west-controller-token\n"; }
+    std::string yaml =
+        With("operator_token: a-token-of-sixteen-bytes", "operator_token_file: token");
+    const std::string inline_ctl = "controller_token: eu-west-controller-token";
+    out << yaml.replace(yaml.find(inline_ctl), inline_ctl.size(), "controller_token_file: ctl");
   }
   auto c = LoadConfigFile(path);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->operator_token, "a-token-from-a-file-0123");
+  EXPECT_EQ(c->controller_token, "eu-west-controller-token");
   EXPECT_EQ(c->audit_file, dir + "/audit.log");
   EXPECT_TRUE(absl::IsNotFound(LoadConfigFile(dir + "/missing.yaml").status()));
   std::remove((dir + "/token").c_str());
+  std::remove((dir + "/ctl").c_str());
   std::remove(path.c_str());
   std::remove(dir.c_str());
 }

@@ -238,7 +238,7 @@ class Controller::Impl {
     for (const auto& r : config_.regions) {
       if (r.name == config_.region || r.controller.empty()) continue;
       calls.push_back(
-          HttpCall{"POST", r.controller + "/v1/observations", body, config_.operator_token});
+          HttpCall{"POST", r.controller + "/v1/observations", body, config_.controller_token});
       to.push_back(r.name);
     }
     std::vector<HttpResult> res = http_->Run(calls, config_.probe_timeout_ms);
@@ -673,17 +673,46 @@ class Controller::Impl {
                                        .dump(-1, ' ', false, Json::error_handler_t::replace));
   }
 
+  // The peer controller whose own token (controller_token) the request carries. Not the operator
+  // token: an operator, or anyone holding that token, cannot speak for a controller.
+  absl::StatusOr<const RegionEndpoints*> PeerController(const HttpRequest& r) const {
+    auto h = r.Header("authorization");
+    if (!h) return absl::UnauthenticatedError("the sending controller's token required");
+    if (h->substr(0, 7) != "Bearer ") return absl::PermissionDeniedError("wrong token");
+    const std::string_view token = h->substr(7);
+    if (const RegionEndpoints* peer = config_.PeerControllerOfToken(token)) return peer;
+    if (common::TokenEquals(token, config_.operator_token)) {
+      return absl::PermissionDeniedError(
+          "observations are taken with the sending controller's own token (controller_token), "
+          "not the operator token");
+    }
+    return absl::PermissionDeniedError("not the token of any peer controller");
+  }
+
   HttpResponse PostObservation(HttpRequest& r) {
-    if (auto st = Authorized(r); !st.ok()) return AuthProblem(st);
+    auto sender = PeerController(r);
+    if (!sender.ok()) {
+      m_observations_->Add({{"from", "?"}, {"result", "rejected"}}).Increment();
+      return AuthProblem(sender.status());
+    }
+    const std::string& from = (*sender)->name;
     auto o = ObservationFromJson(r.body);
     if (!o.ok()) {
-      m_observations_->Add({{"from", "?"}, {"result", "rejected"}}).Increment();
+      m_observations_->Add({{"from", from}, {"result", "rejected"}}).Increment();
       return HttpResponse::Problem(400, "Bad Request", std::string(o.status().message()));
+    }
+    if (o->from != from) {
+      // A controller speaks only for itself: a forged `from` (or `seq`, which could silence the
+      // real sender's observations until it restarted) needs that controller's token.
+      m_observations_->Add({{"from", from}, {"result", "rejected"}}).Increment();
+      spdlog::warn("event=failover_observation_forged sender={} from={}", from, LogValue(o->from));
+      return HttpResponse::Problem(
+          403, "Forbidden",
+          absl::StrCat("from: '", o->from, "', but the token is the controller of '", from, "'"));
     }
     const int64_t now = clock_->NowMs();
     std::lock_guard<std::mutex> l(mu_);
     absl::Status st = decider_.AcceptPeerObservation(now, *o);
-    const std::string from = config_.Find(o->from) != nullptr ? o->from : "?";
     if (absl::IsFailedPrecondition(st)) {
       m_observations_->Add({{"from", from}, {"result", "stale"}}).Increment();
       return HttpResponse::Problem(409, "Conflict", std::string(st.message()));

@@ -9,7 +9,7 @@
 //   GET  /healthz                 liveness
 //   GET  /metrics                 Prometheus text
 //   GET  /v1/observations         this controller's latest observation and the peers' it holds
-//   POST /v1/observations         a peer controller's observation (operator bearer token)
+//   POST /v1/observations         a peer controller's observation (that controller's own token)
 //   GET  /v1/regions              every region: state, votes, this controller's check, lease
 //                                 holder, takeover/handback progress, rights frozen or not
 //   GET  /v1/decisions            the last 200 audit entries (decisions and actions)

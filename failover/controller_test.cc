@@ -28,6 +28,9 @@ using region::http::HttpResponse;
 
 const std::vector<std::string> kThree = {"us-east", "eu-west", "ap-south"};
 const char* kToken = "operator-token-for-tests";
+// Each controller's own token (controller_token); the others hold only its digest.
+std::string ControllerToken(const std::string& region) { return "controller-token-of-" + region; }
+std::string AsController(const std::string& region) { return "Bearer " + ControllerToken(region); }
 
 class FakeClock final : public Clock {
  public:
@@ -79,12 +82,13 @@ class ControllerTest : public ::testing::Test {
     dir_ = mkdtemp(tmpl);
     std::string yaml =
         absl::StrCat("region: us-east\nlisten: 127.0.0.1:0\noperator_token: ", kToken,
+                     "\ncontroller_token: ", ControllerToken("us-east"),
                      "\ngeo: [http://geo]\naudit_file: ", dir_,
                      "/audit.log\nrecover_after_checks: 3\n", "regions:\n");
     for (const auto& r : kThree) {
       absl::StrAppend(&yaml, "  - {name: ", r, ", url: http://", r, ".region, replicator: http://",
                       r, ".repl, metrics: http://", r, ".repl/metrics, controller: http://", r,
-                      ".ctl}\n");
+                      ".ctl, controller_token_sha256: ", TokenSha256Hex(ControllerToken(r)), "}\n");
     }
     auto config = ParseConfig(yaml, "test.yaml", "");
     ASSERT_TRUE(config.ok()) << config.status();
@@ -154,7 +158,8 @@ class ControllerTest : public ::testing::Test {
                             : RegionReport{true, caught_up, 0, 0, ""};
     }
     ap_->RecordOwnChecks(clock_.NowMs(), checks);
-    return Call("POST", "/v1/observations", ObservationToJson(ap_->own()));
+    return Call("POST", "/v1/observations", ObservationToJson(ap_->own()),
+                AsController("ap-south"));
   }
 
   void Round() {
@@ -447,16 +452,22 @@ TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
 TEST_F(ControllerTest, ObservationEndpointValidates) {
   ap_->RecordOwnChecks(clock_.NowMs(), {});
   const std::string body = ObservationToJson(ap_->own());
+  const std::string ap = AsController("ap-south");
   EXPECT_EQ(Call("POST", "/v1/observations", body, "").status, 401);
   EXPECT_EQ(Call("POST", "/v1/observations", body, "Bearer wrong-token-0123456789").status, 403);
-  HttpResponse bad = Call("POST", "/v1/observations", R"({"from":"ap-south"})");
+  HttpResponse op = Call("POST", "/v1/observations", body);
+  EXPECT_EQ(op.status, 403) << "the operator token does not speak for a controller";
+  EXPECT_NE(op.body.find("controller_token"), std::string::npos) << op.body;
+  EXPECT_EQ(Call("POST", "/v1/observations", body, AsController("us-east")).status, 403)
+      << "our own token is no peer's";
+  HttpResponse bad = Call("POST", "/v1/observations", R"({"from":"ap-south"})", ap);
   EXPECT_EQ(bad.status, 400);
   EXPECT_NE(bad.body.find("incarnation"), std::string::npos);
   Observation self = ap_->own();
   self.from = "us-east";
-  EXPECT_EQ(Call("POST", "/v1/observations", ObservationToJson(self)).status, 400);
-  EXPECT_EQ(Call("POST", "/v1/observations", body).status, 200);
-  EXPECT_EQ(Call("POST", "/v1/observations", body).status, 409) << "a replay";
+  EXPECT_EQ(Call("POST", "/v1/observations", ObservationToJson(self), ap).status, 403);
+  EXPECT_EQ(Call("POST", "/v1/observations", body, ap).status, 200);
+  EXPECT_EQ(Call("POST", "/v1/observations", body, ap).status, 409) << "a replay";
   Json obs = Json::parse(Call("GET", "/v1/observations").body);
   EXPECT_EQ(obs["controller"], "us-east");
   EXPECT_EQ(obs["peers"]["ap-south"]["fresh"], true);
@@ -471,6 +482,42 @@ TEST_F(ControllerTest, ObservationEndpointValidates) {
   EXPECT_EQ(Call("GET", "/healthz").status, 200);
 }
 
+// A controller speaks only for itself. Before per-controller tokens, anyone holding the operator
+// token (every operator, every controller) could push an observation "from" any controller: here
+// a forged ap-south vote completes the quorum on a region only us-east cannot reach, and its
+// huge seq makes the real ap-south's observations look stale until ap-south restarts.
+TEST_F(ControllerTest, AnObservationIsTakenOnlyWithItsSendersOwnToken) {
+  SetRegion("eu-west", false);  // us-east loses sight of eu-west; ap-south still sees it
+  for (int i = 0; i < 3; ++i) Round();
+  DeciderConfig as_ap;
+  as_ap.regions = kThree;
+  as_ap.self = "ap-south";
+  Decider forger(as_ap);
+  for (int i = 0; i < 3; ++i) {
+    forger.RecordOwnChecks(clock_.NowMs(), {{"us-east", {true, true, 0, 0, ""}},
+                                            {"eu-west", {false, false, 0, 0, "forged"}},
+                                            {"ap-south", {true, true, 0, 0, ""}}});
+  }
+  Observation forged = forger.own();
+  forged.incarnation = 99;  // the real ap-south's incarnation
+  forged.seq = uint64_t{1} << 62;
+  const std::string body = ObservationToJson(forged);
+  for (const std::string& auth : {std::string("Bearer ") + kToken, AsController("eu-west")}) {
+    HttpResponse r = Call("POST", "/v1/observations", body, auth);
+    EXPECT_EQ(r.status, 403) << auth << ": " << r.body;
+  }
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_EQ(Region("eu-west")["votes"]["lost"], Json::array({"us-east"}));
+  // The real ap-south is heard, and says eu-west is healthy.
+  ASSERT_EQ(PeerRound().status, 200);
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_TRUE(http_.Calls("POST", "http://geo").empty());
+  EXPECT_NE(Call("GET", "/metrics")
+                .body.find("meridian_failover_observations_received_total{from=\"eu-west\","
+                           "result=\"rejected\"} 1"),
+            std::string::npos);
+}
+
 TEST_F(ControllerTest, PushesItsObservationToEveryPeer) {
   http_.SetJson("POST http://eu-west.ctl/v1/observations", 200, R"({"accepted":true})");
   Round();
@@ -482,7 +529,7 @@ TEST_F(ControllerTest, PushesItsObservationToEveryPeer) {
     ASSERT_TRUE(o.ok()) << o.status();
     EXPECT_EQ(o->from, "us-east");
     EXPECT_EQ(o->seq, 1u);
-    EXPECT_EQ(calls[0].bearer, kToken);
+    EXPECT_EQ(calls[0].bearer, ControllerToken("us-east")) << "its own token, not the operator's";
   }
   EXPECT_TRUE(http_.Calls("POST", "http://us-east.ctl").empty());
   EXPECT_NE(Call("GET", "/metrics")

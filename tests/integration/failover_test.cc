@@ -21,6 +21,7 @@
 #include <memory>
 #include <thread>
 
+#include "failover/config.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
 #include "tests/support/eventually.h"
@@ -97,6 +98,8 @@ class FailoverTest : public ::testing::Test {
 
   std::string Name(size_t i) const { return c_->spec(i).name; }
   std::string Token() const { return c_->options().operator_token; }
+  // Controller i's own token (each controller holds only the others' digests).
+  std::string ControllerToken(size_t i) const { return "controller-token-of-" + Name(i); }
 
   void StartGeo() {
     for (int attempt = 0; attempt < 5; ++attempt) {
@@ -135,7 +138,8 @@ class FailoverTest : public ::testing::Test {
   std::string ControllerConfig(size_t self) {
     std::string y =
         "region: " + Name(self) + "\nlisten: 127.0.0.1:" + std::to_string(controller_ports_[self]) +
-        "\noperator_token: " + Token() + "\ngeo: [\"http://127.0.0.1:" + std::to_string(geo_port_) +
+        "\noperator_token: " + Token() + "\ncontroller_token: " + ControllerToken(self) +
+        "\ngeo: [\"http://127.0.0.1:" + std::to_string(geo_port_) +
         "\"]\nrecover_after_checks: 6\ncatch_up: {max_backlog_records: 0}\naudit_file: " +
         Audit(self) + "\nregions:\n";
     for (size_t i = 0; i < c_->size(); ++i) {
@@ -143,7 +147,8 @@ class FailoverTest : public ::testing::Test {
       y += "  - {name: " + Name(i) + ", url: \"" + host + std::to_string(c_->http_port(i)) +
            "\", replicator: \"" + host + std::to_string(c_->admin_port(i)) + "\", metrics: \"" +
            host + std::to_string(c_->metrics_port(i)) + "/metrics\", controller: \"" + host +
-           std::to_string(controller_ports_[i]) + "\"}\n";
+           std::to_string(controller_ports_[i]) +
+           "\", controller_token_sha256: " + failover::TokenSha256Hex(ControllerToken(i)) + "}\n";
     }
     return y;
   }
@@ -239,6 +244,19 @@ TEST_F(FailoverTest, KilledRegionIsDeclaredLostMovedOutOfDnsAndFailsBack) {
           },
           15))
           << Name(c) << " never saw " << Name(r) << " healthy: " << View(c, Name(r)).dump();
+    }
+  }
+  // A controller takes observations only with their sender's own token: not the operator's, and
+  // not one controller's for another (a vote "from" ap-south that eu-west's token carries).
+  {
+    Json held = GetJson(controller_ports_[0], "/v1/observations");
+    ASSERT_TRUE(held.is_object() && held["peers"][Name(2)].is_object()) << held.dump();
+    Json forged = held["peers"][Name(2)]["observation"];
+    forged["seq"] = uint64_t{1} << 62;
+    for (const std::string& token : {Token(), ControllerToken(1)}) {
+      auto r = testing::Request(controller_ports_[0], "POST", "/v1/observations", forged.dump(),
+                                {{"Authorization", "Bearer " + token}});
+      EXPECT_EQ(r.status, 403) << r.body;
     }
   }
 
