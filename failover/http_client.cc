@@ -8,11 +8,6 @@
 
 namespace meridian::failover {
 
-std::string HttpResult::Describe() const {
-  if (!error.empty()) return error;
-  return absl::StrCat("HTTP ", status);
-}
-
 namespace {
 
 struct Transfer {

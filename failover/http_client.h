@@ -23,8 +23,11 @@ struct HttpResult {
   std::string error;  // empty when a response arrived: "connection refused", "timeout after 400 ms"
   [[nodiscard]] bool responded() const { return error.empty(); }
   [[nodiscard]] bool ok() const { return error.empty() && status >= 200 && status < 300; }
-  // "HTTP 503" or the transport error, for reasons and messages.
-  [[nodiscard]] std::string Describe() const;
+  // "HTTP 503" or the transport error, for reasons and messages. (Inline: the pure core's probe
+  // rules use it without the curl client.)
+  [[nodiscard]] std::string Describe() const {
+    return error.empty() ? "HTTP " + std::to_string(status) : error;
+  }
 };
 
 inline constexpr size_t kMaxBodyBytes = 8 << 20;
