@@ -614,10 +614,19 @@ class Controller::Impl {
   }
 
   // ---------------------------------------------------------------------------------- HTTP API
-  absl::Status Authorized(const HttpRequest& r) const {
+  // The bearer token of a request: Unauthenticated(`missing`) without an Authorization header,
+  // PermissionDenied(`wrong`) when it is not a bearer one.
+  static absl::StatusOr<std::string_view> BearerOf(const HttpRequest& r, const char* missing,
+                                                   const char* wrong) {
     auto h = r.Header("authorization");
-    if (!h) return absl::UnauthenticatedError("operator token required");
-    if (h->substr(0, 7) != "Bearer " || !common::TokenEquals(h->substr(7), config_.operator_token))
+    if (!h) return absl::UnauthenticatedError(missing);
+    if (h->substr(0, 7) != "Bearer ") return absl::PermissionDeniedError(wrong);
+    return h->substr(7);
+  }
+  absl::Status Authorized(const HttpRequest& r) const {
+    auto token = BearerOf(r, "operator token required", "wrong operator token");
+    if (!token.ok()) return token.status();
+    if (!common::TokenEquals(*token, config_.operator_token))
       return absl::PermissionDeniedError("wrong operator token");
     return absl::OkStatus();
   }
@@ -676,10 +685,9 @@ class Controller::Impl {
   // The peer controller whose own token (controller_token) the request carries. Not the operator
   // token: an operator, or anyone holding that token, cannot speak for a controller.
   absl::StatusOr<const RegionEndpoints*> PeerController(const HttpRequest& r) const {
-    auto h = r.Header("authorization");
-    if (!h) return absl::UnauthenticatedError("the sending controller's token required");
-    if (h->substr(0, 7) != "Bearer ") return absl::PermissionDeniedError("wrong token");
-    const std::string_view token = h->substr(7);
+    auto bearer = BearerOf(r, "the sending controller's token required", "wrong token");
+    if (!bearer.ok()) return bearer.status();
+    const std::string_view token = *bearer;
     if (const RegionEndpoints* peer = config_.PeerControllerOfToken(token)) return peer;
     if (common::TokenEquals(token, config_.operator_token)) {
       return absl::PermissionDeniedError(
