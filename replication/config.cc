@@ -3,6 +3,7 @@
 #include <cctype>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "common/config_files.h"
 
 namespace meridian::replication {
@@ -40,10 +41,11 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.state_dir =
       common::ResolveConfigPath(base_dir, r.String(root, "state_dir", "state_dir", false));
   YAML::Node ship = r.Map(root, "shipping", "shipping", false);
-  r.OnlyKeys(ship, "shipping",
-             {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
-              "heartbeat_ms", "peer_timeout_ms", "backoff_min_ms", "backoff_max_ms",
-              "truncate_interval_ms", "truncate_timeout_ms", "recent_keys_per_stream"});
+  r.OnlyKeys(
+      ship, "shipping",
+      {"batch_max_records", "batch_max_bytes", "max_inflight_bytes", "batch_linger_ms",
+       "heartbeat_ms", "peer_timeout_ms", "min_link_mbit", "backoff_min_ms", "backoff_max_ms",
+       "truncate_interval_ms", "truncate_timeout_ms", "recent_keys_per_stream"});
   c.batch_max_records =
       r.Integer<int>(ship, "batch_max_records", "shipping.batch_max_records", 512, 1, 10000);
   c.batch_max_bytes =
@@ -56,6 +58,7 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.heartbeat_ms = r.Integer<int>(ship, "heartbeat_ms", "shipping.heartbeat_ms", 500, 50, 60000);
   c.peer_timeout_ms =
       r.Integer<int>(ship, "peer_timeout_ms", "shipping.peer_timeout_ms", 3000, 200, 600000);
+  c.min_link_mbit = r.Integer<int>(ship, "min_link_mbit", "shipping.min_link_mbit", 10, 1, 1000000);
   c.backoff_min_ms =
       r.Integer<int>(ship, "backoff_min_ms", "shipping.backoff_min_ms", 100, 1, 60000);
   c.backoff_max_ms =
@@ -68,6 +71,21 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
                                             "shipping.recent_keys_per_stream", 50000, 0, 10000000);
   if (r.ok() && c.peer_timeout_ms <= c.heartbeat_ms) {
     r.Fail("shipping.peer_timeout_ms", "must be greater than heartbeat_ms");
+  }
+  // A full batch's time on the slowest link, in ms: bits / (Mbit/s * 1,000).
+  const int64_t crossing_ms = (int64_t{c.batch_max_bytes} * 8 + c.min_link_mbit * 1000 - 1) /
+                              (int64_t{c.min_link_mbit} * 1000);
+  if (r.ok() && 2 * crossing_ms > c.peer_timeout_ms) {
+    r.Fail("shipping.batch_max_bytes",
+           absl::StrCat(c.batch_max_bytes, " bytes take ", crossing_ms, " ms to cross a ",
+                        c.min_link_mbit,
+                        " Mbit/s link (shipping.min_link_mbit), more than half "
+                        "of peer_timeout_ms (",
+                        c.peer_timeout_ms,
+                        "): the watchdog hears whole "
+                        "frames only, so the receiver would cut the stream mid-batch. Lower "
+                        "batch_max_bytes, raise peer_timeout_ms, or raise min_link_mbit if every "
+                        "link is faster"));
   }
   if (r.ok() && c.backoff_max_ms < c.backoff_min_ms) {
     r.Fail("shipping.backoff_max_ms", "must be at least backoff_min_ms");

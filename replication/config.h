@@ -41,6 +41,10 @@ struct ReplicatorConfig {
   int batch_linger_ms = 5;  // under load, wait this long between outbox reads
   int heartbeat_ms = 500;
   int peer_timeout_ms = 3000;  // no frame for this long: the stream is dead
+  // The slowest link between two regions this config is built for. The silence watchdog hears
+  // only whole frames, so a batch must cross such a link well within peer_timeout_ms (the config
+  // refuses a batch_max_bytes that would take more than half of it).
+  int min_link_mbit = 10;
   int backoff_min_ms = 100;
   int backoff_max_ms = 5000;
   int truncate_interval_ms = 5000;

@@ -38,6 +38,27 @@ TEST(ReplicatorConfig, ParsesAGoodFile) {
   EXPECT_EQ(c->state_dir, "");  // the recent keys in memory only
 }
 
+TEST(ReplicatorConfig, ABatchThatCrossesTheSlowestLinkInHalfThePeerTimeoutIsTaken) {
+  std::string yaml = kGood;
+  const std::string from = "shipping: {batch_max_records: 100}";
+  auto with = [&](const std::string& shipping) {
+    std::string s = yaml;
+    s.replace(s.find(from), from.size(), "shipping: " + shipping);
+    return ParseReplicatorConfig(s, "r.yaml");
+  };
+  // The defaults: 256 KiB take 210 ms at 10 Mbit/s, well within 1.5 s.
+  auto defaults = with("{}");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->min_link_mbit, 10);
+  // 1 MiB take 839 ms at 10 Mbit/s: 1,678 ms is the least peer_timeout_ms it fits.
+  EXPECT_TRUE(with("{batch_max_bytes: 1048576, peer_timeout_ms: 1678}").ok());
+  EXPECT_FALSE(with("{batch_max_bytes: 1048576, peer_timeout_ms: 1677}").ok());
+  // A faster floor takes the largest batch within the default timeout.
+  auto fast = with("{batch_max_bytes: 8388608, min_link_mbit: 100}");
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_EQ(fast->min_link_mbit, 100);
+}
+
 TEST(ReplicatorConfig, ErrorsNameTheField) {
   auto expect_error = [](std::string yaml, std::string field) {
     auto c = ParseReplicatorConfig(yaml, "r.yaml");
@@ -62,6 +83,13 @@ TEST(ReplicatorConfig, ErrorsNameTheField) {
                "shipping.recent_keys_per_stream");
   expect_error(replace("batch_max_records: 100", "truncate_timeout_ms: 50"),
                "shipping.truncate_timeout_ms");
+  expect_error(replace("batch_max_records: 100", "min_link_mbit: 0"), "shipping.min_link_mbit");
+  // 8 MiB take 6,711 ms on the default 10 Mbit/s floor: more than half of the default 3 s
+  // peer_timeout_ms, so the peer's watchdog would cut the stream in the middle of a full batch.
+  expect_error(replace("batch_max_records: 100", "batch_max_bytes: 8388608"),
+               "shipping.batch_max_bytes: 8388608 bytes take 6711 ms to cross a 10 Mbit/s link");
+  expect_error(replace("batch_max_records: 100", "batch_max_bytes: 1048576, peer_timeout_ms: 1600"),
+               "half of peer_timeout_ms (1600)");
   expect_error(replace("tls: {ca: ca.pem, cert: us-east.pem, key: us-east.key}", ""), "tls");
   expect_error("region: [", "not valid YAML");
   // Names become TLS target names and addresses are dialed: refused here, not at a handshake or

@@ -265,7 +265,7 @@ TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
   // the timeout stays long so that this test is about the batch limit alone.
   ASSERT_NO_FATAL_FAILURE(StartCluster(
       "{heartbeat_ms: 200, peer_timeout_ms: 10000, backoff_max_ms: 1000, truncate_interval_ms: "
-      "300, batch_max_records: 5001, batch_max_bytes: 8388608}"));
+      "300, batch_max_records: 5001, batch_max_bytes: 8388608, min_link_mbit: 1000}"));
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   // Paid orders in us-east's shard0 that its outbox no longer holds (truncated: the sequence
   // moved on, the outbox is empty), so eu-west can only get them from us-east's full state.
