@@ -260,6 +260,12 @@ struct RegionApp::Impl {
   // Refunds the captured charges that `where` (an SQL condition on sandbox_charges) selects;
   // returns the ids of those refunded. Idempotent: a refunded charge is not selected again.
   static std::vector<std::string> RefundCaptured(pqxx::work& tx, const std::string& where);
+  // The sandbox charge's status ("" when there is none); a database error aborts the caller's
+  // transaction (AbortTx).
+  std::string ChargeStatus(const std::string& charge_id);
+  // A payment attempt whose order update failed after its capture: whether the order is paid with
+  // that charge by a concurrent attempt (they share it); if not, the charge is refunded.
+  bool PaidWith(PgPool& shard, const std::string& order_id, const std::string& charge_id);
   // The outbox stream name of a database ("shard-0-<id>"), as the replicator reports acks.
   absl::StatusOr<std::string> StreamName(PgPool& pool);
   // Raises the fence of `group` to `epoch` in every shard (never lowers it).

@@ -678,6 +678,14 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
       throw AbortTx{absl::FailedPreconditionError(
           absl::StrCat("order ", order_id, " changed while being paid"))};
     }
+    // Attempts at once share the charge (it is keyed by the order), and one that fails gives it
+    // back under this order's row lock (below), which our UPDATE now holds: the charge must
+    // still be captured as we record it.
+    if (approved && ChargeStatus(charge_id) != "captured") {
+      throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
+          "order ", order_id,
+          ": its charge was given back by a concurrent payment attempt that failed; pay again"))};
+    }
     OrderEvent(tx, config.replica_id, order_id, residency,
                Json{{"event", next},
                     {"order_id", order_id},
@@ -699,10 +707,10 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           ": it may or may not be paid; read the order, and pay again if "
           "it still awaits payment (the same charge is used)"));
     }
-    if (approved) {
-      // The order was not paid here: give the money back rather than leave a stray capture.
-      (void)global->Run(
-          [&](pqxx::work& tx) { RefundCaptured(tx, "charge_id = " + tx.quote(charge_id)); });
+    if (approved && PaidWith(shard, order_id, charge_id)) {
+      // A concurrent attempt paid the order with this same charge: it is that one's now.
+      return absl::FailedPreconditionError(
+          absl::StrCat("order ", order_id, " was paid by a concurrent request"));
     }
     return st;
   }
@@ -930,6 +938,40 @@ bool RegionApp::Impl::PeerMayHold(uint32_t replica, std::string_view residency) 
   for (const auto& p : config.peers)
     if (p.replica_id == replica) return services::ResidencyAllows(residency, p.jurisdiction);
   return false;
+}
+
+std::string RegionApp::Impl::ChargeStatus(const std::string& charge_id) {
+  std::string status;
+  absl::Status st = global->RunAutocommit([&](pqxx::nontransaction& q) {
+    pqxx::result r =
+        q.exec("SELECT status FROM sandbox_charges WHERE charge_id = " + q.quote(charge_id));
+    if (!r.empty()) status = r[0][0].as<std::string>();
+  });
+  if (!st.ok()) throw AbortTx{st};
+  return status;
+}
+
+bool RegionApp::Impl::PaidWith(PgPool& shard, const std::string& order_id,
+                               const std::string& charge_id) {
+  bool paid_with = false;
+  absl::Status st = shard.Run([&](pqxx::work& tx) {
+    // The row lock orders this against a concurrent attempt recording the same charge (it
+    // checks the charge under this lock): either it committed and we see its payment_ref, or it
+    // will find the charge refunded and not record it.
+    pqxx::result r = tx.exec(
+        "SELECT payment_ref FROM orders WHERE order_id = " + tx.quote(order_id) + " FOR UPDATE");
+    paid_with = !r.empty() && !r[0][0].is_null() && r[0][0].as<std::string>() == charge_id;
+    if (paid_with) return;
+    absl::Status refunded =
+        global->Run([&](pqxx::work& g) { RefundCaptured(g, "charge_id = " + g.quote(charge_id)); });
+    if (!refunded.ok()) throw AbortTx{refunded};
+  });
+  if (!st.ok()) {
+    // The capture stays; the sweep refunds it once the order is settled unpaid.
+    spdlog::warn("event=payment_refund_failed order={} charge={} status=\"{}\"", order_id,
+                 charge_id, st.ToString());
+  }
+  return paid_with;
 }
 
 std::vector<std::string> RegionApp::Impl::RefundCaptured(pqxx::work& tx, const std::string& where) {

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <future>
 #include <latch>
+#include <mutex>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -641,6 +642,47 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
       409);
   EXPECT_EQ(Charges(id, "captured"), 1);
+  ExpectReconciled();
+}
+
+// Pays of one order at once (a double click, a client's retry racing its first try): the order
+// ends paid by one capture that stays captured. The charge is keyed by the order, so the others
+// reuse the winner's; finding the order paid, they used to give that charge back as their own
+// (4 of 5 double clicks, 2026-12-03): a paid order whose money was refunded.
+TEST_F(RegionTest, ConcurrentPaysOfOneOrderKeepTheWinnersCharge) {
+  constexpr int kOrders = 4, kClicks = 6;
+  for (int n = 0; n < kOrders; ++n) {
+    std::string t = NewCustomer();
+    ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":1})").status, 200);
+    Response o = As(t, "POST", "/v1/checkout");
+    ASSERT_EQ(o.status, 201) << o.body;
+    const std::string id = Json::parse(o.body)["order_id"];
+    std::atomic<int> paid{0}, conflict{0};
+    std::vector<std::string> others;
+    std::mutex others_mu;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kClicks; ++i) {
+      threads.emplace_back([&] {
+        Response r =
+            As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+        if (r.status == 200) {
+          ++paid;
+        } else if (r.status == 409) {
+          ++conflict;
+        } else {
+          std::lock_guard<std::mutex> l(others_mu);
+          others.push_back(std::to_string(r.status) + " " + r.body);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(paid.load(), 1) << "order " << n;
+    EXPECT_EQ(conflict.load(), kClicks - 1) << "order " << n;
+    EXPECT_TRUE(others.empty()) << others.front();
+    EXPECT_EQ(Order(t, id)["status"], "paid");
+    EXPECT_EQ(Charges(id, "captured"), 1) << "order " << n;
+    EXPECT_EQ(Charges(id, "refunded"), 0) << "order " << n;
+  }
   ExpectReconciled();
 }
 
