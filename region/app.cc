@@ -753,7 +753,7 @@ void RegionApp::Stop() {
 uint16_t RegionApp::http_port() const { return impl_->server ? impl_->server->port() : 0; }
 uint16_t RegionApp::grpc_port() const { return impl_->grpc ? impl_->grpc->port() : 0; }
 
-absl::StatusOr<int> RegionApp::SweepReservations() { return impl_->Sweep(); }
+absl::StatusOr<SweepCounts> RegionApp::SweepReservations() { return impl_->Sweep(); }
 absl::StatusOr<int> RegionApp::RunNotificationsOnce() { return impl_->NotifyOnce(); }
 
 }  // namespace meridian::region

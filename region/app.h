@@ -21,6 +21,12 @@
 
 namespace meridian::region {
 
+// One run of the reservation sweep.
+struct SweepCounts {
+  int released = 0;  // reservations whose stock went back
+  int failed = 0;    // reservations it could not settle (left for the next sweep)
+};
+
 class RegionApp {
  public:
   static absl::StatusOr<std::unique_ptr<RegionApp>> Create(RegionConfig config);
@@ -33,8 +39,10 @@ class RegionApp {
   [[nodiscard]] uint16_t grpc_port() const;
 
   // Background jobs, also callable directly (tests, operator endpoints).
-  // Releases the stock of held reservations whose order was not paid before expiry.
-  absl::StatusOr<int> SweepReservations();
+  // Releases the stock of held reservations whose order was not paid before expiry. An error
+  // only when a database is unavailable; a reservation that cannot be settled is counted in
+  // `failed`, logged (event=sweep_item_failed) and left for the next sweep.
+  absl::StatusOr<SweepCounts> SweepReservations();
   // Sends due notifications once; returns how many were sent.
   absl::StatusOr<int> RunNotificationsOnce();
 

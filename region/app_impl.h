@@ -298,7 +298,8 @@ struct RegionApp::Impl {
   absl::StatusOr<Json> Pay(const std::string& user_id, const std::string& order_id,
                            const std::string& card_number, int* http_status,
                            const KnownOrder* known = nullptr);
-  absl::StatusOr<int> Sweep();
+  absl::StatusOr<SweepCounts> Sweep();
+  bool SkipFailedSweepItem(const std::string& id, const absl::Status& st, SweepCounts* counts);
   absl::StatusOr<int> NotifyOnce();
   void SampleGauges();
   void WarmCatalogCache();

@@ -9,7 +9,7 @@
 
 namespace meridian::region {
 
-absl::StatusOr<int> RegionApp::Impl::Sweep() {
+absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
   std::vector<std::pair<std::string, std::string>> expired;  // reservation (= order) id, user
   // A release deferred by a stock hold is due at -infinity (ReleaseReservation): the first sweep
   // after the hold takes those first, and the sweeps during the hold pass over them (they could
@@ -23,7 +23,7 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
     }
   });
   if (!st.ok()) return st;
-  int released = 0;
+  SweepCounts counts;
   for (const auto& entry : expired) {
     // Plain references, not structured bindings: the lambdas below capture them, which clang 14
     // (the sanitizer build's compiler) does not allow for bindings.
@@ -31,7 +31,11 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
     const std::string& user_id = entry.second;
     // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
     auto expired = ExpireOrder(id, user_id);
-    if (!expired.ok()) return expired.status();
+    if (!expired.ok()) {
+      st = expired.status();
+      if (!SkipFailedSweepItem(id, st, &counts)) return st;
+      continue;
+    }
     const std::string& status = *expired;
     if (status == "pending_payment") {
       // Another region owns the order now (a failover): it may still be paid there. Its owner
@@ -59,11 +63,23 @@ absl::StatusOr<int> RegionApp::Impl::Sweep() {
       }
       bool deferred = false;
       if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status), &deferred);
-      if (st.ok() && !deferred) ++released;
+      if (st.ok() && !deferred) ++counts.released;
     }
-    if (!st.ok()) return st;
+    if (!st.ok() && !SkipFailedSweepItem(id, st, &counts)) return st;
   }
-  return released;
+  return counts;
+}
+
+// One reservation the sweep cannot settle (its stock cannot go back, its order cannot be read)
+// must not hold back every other: it is logged, counted and tried again by the next sweep. A
+// database that is down fails the whole sweep (every other item would fail the same way).
+bool RegionApp::Impl::SkipFailedSweepItem(const std::string& id, const absl::Status& st,
+                                          SweepCounts* counts) {
+  if (absl::IsUnavailable(st)) return false;
+  ++counts->failed;
+  spdlog::error("event=sweep_item_failed reservation={} status=\"{}\" (the next sweep retries)", id,
+                st.ToString());
+  return true;
 }
 
 absl::StatusOr<int> RegionApp::Impl::NotifyOnce() {
@@ -146,6 +162,8 @@ void RegionApp::Impl::StartJobs() {
       if (++tick % 5 == 0) {
         if (auto n = Sweep(); !n.ok()) {
           spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());
+        } else if (n->failed > 0) {
+          spdlog::warn("event=sweep_job_partial released={} failed={}", n->released, n->failed);
         }
       }
       lock.lock();
@@ -168,7 +186,7 @@ HttpResponse RegionApp::Impl::SweepNow(HttpRequest& req) {
   if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
   auto n = Sweep();
   if (!n.ok()) return ProblemFromStatus(n.status());
-  return HttpResponse::Json(200, Json{{"released", *n}}.dump());
+  return HttpResponse::Json(200, Json{{"released", n->released}, {"failed", n->failed}}.dump());
 }
 
 HttpResponse RegionApp::Impl::NotifyNow(HttpRequest& req) {
