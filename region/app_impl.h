@@ -63,6 +63,15 @@ absl::Status Unprocessable(std::string message);
 int64_t UnixNowS();
 int64_t UnixNowMs();
 
+// An order's creation time is a fact of the order, set once by the region that made it and
+// carried to the others (its created event, state transfers, takeover syncs), so that every
+// region shows the same `created_at`. Stored to the millisecond; shown in whole seconds, rounded
+// down. SQL for a column value from milliseconds since the epoch, and for reading one back.
+inline std::string TimestampFromMsSql(int64_t ms) {
+  return absl::StrCat("to_timestamp(", ms, " / 1000.0)");
+}
+inline constexpr const char* kCreatedMsSql = "floor(extract(epoch from created_at) * 1000)::bigint";
+
 // The database's outbox stream id (region/migrations.cc: drawn when the database is made).
 absl::StatusOr<std::string> ReadStreamId(PgPool& pool);
 // A database's stream as the replicator names it: "<pool name>-<outbox stream id>".

@@ -13,6 +13,7 @@
 #include "crdt/codec.h"
 #include "region/control.grpc.pb.h"
 #include "region/documents.h"
+#include "region/peer_records.h"
 #include "services/auth.h"
 #include "services/domain.h"
 #include "services/orders.h"
@@ -299,7 +300,9 @@ class ControlService final : public pb::RegionControl::Service {
             "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.currency, o.residency, "
             "o.epoch, o.version, coalesce(o.payment_ref, ''), coalesce((SELECT "
             "json_agg(json_build_array(i.sku, i.quantity, i.price_cents) ORDER BY i.sku) FROM "
-            "order_items i WHERE i.order_id = o.order_id)::text, '[]') FROM orders o WHERE "
+            "order_items i WHERE i.order_id = o.order_id)::text, '[]'), " +
+            std::string(kCreatedMsSql) +
+            " FROM orders o WHERE "
             "(o.lease_group = " +
             tx.quote(req->group()) + " OR (o.lease_group = 0 AND o.owner_region = " +
             tx.quote(creator) + ")) AND o.order_id > " + tx.quote(req->after_key()) +
@@ -319,6 +322,7 @@ class ControlService final : public pb::RegionControl::Service {
           s.set_epoch(static_cast<uint64_t>(row[6].as<int64_t>()));
           s.set_version(static_cast<uint64_t>(row[7].as<int64_t>()));
           s.set_payment_ref(row[8].as<std::string>());
+          s.set_created_at_ms(row[10].as<int64_t>());
           Json items = Json::parse(row[9].as<std::string>(), nullptr, false);
           if (items.is_array()) {
             for (const auto& it : items) {
@@ -355,6 +359,7 @@ class ControlService final : public pb::RegionControl::Service {
       if (s.order_id().empty() || s.order_id().size() > 64 || s.user_id().empty() ||
           s.user_id().size() > 128 || !ValidReplica(s.group()) || s.epoch() == 0 ||
           s.version() == 0 || !services::ParseOrderStatus(s.status()).ok() || s.total_cents() < 0 ||
+          s.created_at_ms() < 0 || s.created_at_ms() > kMaxCreatedAtMs ||
           !services::ValidateResidency(s.residency()).ok() || s.items_size() > 1000) {
         return Invalid(absl::StrCat("order state ", s.order_id(), ": malformed"));
       }
@@ -377,14 +382,15 @@ class ControlService final : public pb::RegionControl::Service {
           tx.exec0(
               "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
               "reservation_id, owner_region, epoch, version, lease_group, payment_ref, "
-              "residency) VALUES (" +
+              "residency, created_at) VALUES (" +
               tx.quote(s.order_id()) + ", " + tx.quote(s.user_id()) + ", " + tx.quote(s.status()) +
               ", " + tx.quote(s.total_cents()) + ", " +
               tx.quote(s.currency().empty() ? std::string("USD") : s.currency()) + ", " +
               tx.quote(s.order_id()) + ", " + tx.quote(app_.RegionName(s.group())) + ", " +
               tx.quote(epoch) + ", " + tx.quote(version) + ", " + tx.quote(s.group()) + ", " +
               (s.payment_ref().empty() ? std::string("NULL") : tx.quote(s.payment_ref())) + ", " +
-              tx.quote(s.residency()) + ")");
+              tx.quote(s.residency()) + ", " +
+              (s.created_at_ms() > 0 ? TimestampFromMsSql(s.created_at_ms()) : "now()") + ")");
           for (const auto& line : s.items()) {
             tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
                      tx.quote(s.order_id()) + ", " + tx.quote(line.sku()) + ", " +

@@ -376,7 +376,8 @@ class Service final : public pb::RegionInternal::Service {
             "SELECT order_id, user_id, status, total_cents, currency, owner_region, epoch, "
             "residency, (SELECT coalesce(json_agg(json_build_object('sku', sku, 'quantity', "
             "quantity, 'price_cents', price_cents)), '[]') FROM order_items i WHERE i.order_id "
-            "= o.order_id)::text, lease_group, version FROM orders o WHERE facts";
+            "= o.order_id)::text, lease_group, version, " +
+            std::string(kCreatedMsSql) + " FROM orders o WHERE facts";
         break;
       case pb::OUTBOX_KIND_PRODUCT:
         base_sql =
@@ -460,7 +461,8 @@ class Service final : public pb::RegionInternal::Service {
                          {"owner_region", r[5].as<std::string>()},
                          {"total_cents", r[3].as<int64_t>()},
                          {"currency", r[4].as<std::string>()},
-                         {"items", Json::parse(r[8].as<std::string>(), nullptr, false)}};
+                         {"items", Json::parse(r[8].as<std::string>(), nullptr, false)},
+                         {"created_at_ms", r[11].as<int64_t>()}};
             add(pb::OUTBOX_KIND_ORDER, k, created.dump(), r[7].as<std::string>());
             const std::string status = r[2].as<std::string>();
             if (status != "pending_payment") {
@@ -1094,13 +1096,18 @@ class Service final : public pb::RegionInternal::Service {
     if (!created && !kStatuses.count(event)) return;
     const std::string status = created ? "pending_payment" : event;
     const std::string user_id = j["user_id"].get<std::string>();
+    // The creating region's time (events from before it was carried: when it arrives here).
+    const std::string created_at = created && j.contains("created_at_ms")
+                                       ? TimestampFromMsSql(j["created_at_ms"].get<int64_t>())
+                                       : std::string("now()");
     pqxx::result row =
         tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
                 " FOR UPDATE");
     if (row.empty()) {
       tx.exec0(
           "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
-          "owner_region, epoch, version, lease_group, payment_ref, residency, facts) VALUES (" +
+          "owner_region, epoch, version, lease_group, payment_ref, residency, facts, created_at) "
+          "VALUES (" +
           tx.quote(rec.key()) + ", " + tx.quote(user_id) + ", " + tx.quote(status) + ", " +
           tx.quote(j.value("total_cents", int64_t{0})) + ", " +
           tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) + ", " +
@@ -1109,7 +1116,8 @@ class Service final : public pb::RegionInternal::Service {
           (j.contains("payment_ref") && j["payment_ref"].is_string()
                ? tx.quote(j["payment_ref"].get<std::string>())
                : std::string("NULL")) +
-          ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ")");
+          ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
+          created_at + ")");
       if (created) InsertItems(tx, rec.key(), j);
       return;
     }
@@ -1119,7 +1127,8 @@ class Service final : public pb::RegionInternal::Service {
       // The creation facts arrive after a later status: fill them in, keep the status.
       tx.exec0("UPDATE orders SET total_cents = " + tx.quote(j.value("total_cents", int64_t{0})) +
                ", currency = " + tx.quote(j.value("currency", std::string("USD"))) +
-               ", facts = true WHERE order_id = " + tx.quote(rec.key()));
+               ", facts = true, created_at = " + created_at +
+               " WHERE order_id = " + tx.quote(rec.key()));
       InsertItems(tx, rec.key(), j);
     }
     if (std::make_pair(epoch, version) > std::make_pair(row_epoch, row_version)) {

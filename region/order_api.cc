@@ -151,7 +151,7 @@ absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     pqxx::result r = tx.exec(
         "SELECT order_id, status, total_cents, currency, owner_region, epoch, payment_ref, "
-        "extract(epoch from created_at)::bigint AS created FROM orders WHERE order_id = " +
+        "floor(extract(epoch from created_at))::bigint AS created FROM orders WHERE order_id = " +
         tx.quote(order_id) + OfCustomer(tx, user_id));
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
     const auto& row = r[0];
@@ -420,6 +420,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   //    the lines it took (lines added meanwhile stay). The event goes last: its outbox seq is what
   //    a sync-peer checkout waits for a peer to acknowledge.
   Json created_items = Json::array();
+  const int64_t created_ms = UnixNowMs();
   int64_t event_seq = 0;
   st = shard.Run([&](pqxx::work& tx) {
     // Reads first (the cart, locked), then every write in one round trip.
@@ -435,13 +436,14 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
-        "reservation_id, idempotency_key, owner_region, residency, lease_group, epoch, version) "
-        "VALUES (" +
+        "reservation_id, idempotency_key, owner_region, residency, lease_group, epoch, version, "
+        "created_at) VALUES (" +
         tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " + tx.quote(total) +
         ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
         (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " + tx.quote(config.name) +
         ", " + tx.quote(who->residency) + ", " + tx.quote(config.replica_id) + ", " +
-        tx.quote(static_cast<int64_t>(lease.epoch)) + ", 1);";
+        tx.quote(static_cast<int64_t>(lease.epoch)) + ", 1, " + TimestampFromMsSql(created_ms) +
+        ");";
     Json items = Json::array();
     for (const auto& [sku, qty] : lines) {
       writes += "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
@@ -454,7 +456,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                {"user_id", user_id},          {"group", config.replica_id},
                {"epoch", lease.epoch},        {"version", 1},
                {"owner_region", config.name}, {"total_cents", total},
-               {"currency", currency},        {"items", items}};
+               {"currency", currency},        {"items", items},
+               {"created_at_ms", created_ms}};
     writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
               tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
               tx.quote(event.dump()) + ");";
@@ -555,7 +558,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                         {"owner_region", config.name},
                         {"epoch", lease.epoch},
                         {"payment_ref", Json()},
-                        {"created_at", UnixNowS()},
+                        {"created_at", created_ms / 1000},
                         {"items", created_items}}};
   int status = 201;
   absl::StatusOr<Json> order;

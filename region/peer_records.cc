@@ -108,6 +108,10 @@ std::string OrderEventProblem(const Json& j) {
     return "total_cents: an integer >= 0";
   }
   if (!Optional(j, "currency", IsString)) return "currency: a string";
+  if (!Optional(j, "created_at_ms",
+                [](const Json& v) { return IntegerIn(v, 0, kMaxCreatedAtMs); })) {
+    return "created_at_ms: 0..2^45 (ms since 1970)";
+  }
   if (!Optional(j, "items", [](const Json& v) { return v.is_array(); })) return "items: a list";
   if (j.contains("items")) {
     for (const Json& it : j["items"]) {

@@ -25,6 +25,10 @@
 
 namespace meridian::region {
 
+// The latest creation time an order may carry (`created_at_ms`, ms since 1970): 2^45, the year
+// 3084.
+inline constexpr int64_t kMaxCreatedAtMs = int64_t{1} << 45;
+
 // One peer record that passed the checks, decoded.
 struct PeerRecord {
   const v1::OutboxRecord* record = nullptr;  // points into the request

@@ -124,6 +124,18 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              R"({"user_id":"u1","event":"placed","epoch":9007199254740993})");
        },
        "epoch"},
+      {"order creation time past 2^45 ms",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":"u1","event":"created","epoch":1,"created_at_ms":35184372088833})");
+       },
+       "created_at_ms"},
+      {"order creation time not a number",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":"u1","event":"created","epoch":1,"created_at_ms":"yesterday"})");
+       },
+       "created_at_ms"},
       {"order not JSON",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
        "not a JSON object"},

@@ -644,6 +644,7 @@ struct Coordinator::Impl {
       x->set_version(o.version());
       x->set_status(o.status());
       x->set_payment_ref(o.payment_ref());
+      x->set_created_at_ms(o.created_at_ms());
       for (const auto& i : o.items()) {
         auto* line = x->add_items();
         line->set_sku(i.sku());
@@ -717,6 +718,7 @@ struct Coordinator::Impl {
       s->set_version(o.version());
       s->set_status(o.status());
       s->set_payment_ref(o.payment_ref());
+      s->set_created_at_ms(o.created_at_ms());
       for (const auto& i : o.items()) {
         auto* line = s->add_items();
         line->set_sku(i.sku());

@@ -821,6 +821,15 @@ TEST_F(LeasesTest, SurvivorsLearnADeadRegionsOrdersFromItsSuccessor) {
   ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
   EXPECT_TRUE(Eventually([&] { return get(kAp) == 200; }, 20))
       << "ap-south never learnt the order eu-west holds for the dead us-east";
+  // The order's creation time is the one us-east gave it, wherever it is read: eu-west has it
+  // from the created event, ap-south from eu-west's sync. Each used to stamp its own arrival.
+  const std::string created_ms =
+      "SELECT coalesce(sum(floor(extract(epoch from created_at) * 1000)), 0)::bigint FROM orders "
+      "WHERE order_id = '" +
+      order + "'";
+  EXPECT_GT(Count(kUs, created_ms), 0);
+  EXPECT_EQ(Count(kEu, created_ms), Count(kUs, created_ms));
+  EXPECT_EQ(Count(kAp, created_ms), Count(kUs, created_ms));
   // And ap-south forwards the customer's cancel to the owner.
   Response fwd = Request(c_->http_port(kAp), "POST", "/v1/orders/" + order + "/cancel", "",
                          {{"Authorization", auth}});

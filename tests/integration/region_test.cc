@@ -645,6 +645,27 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
   ExpectReconciled();
 }
 
+// An order's created_at is set once, by the region that made it: the checkout's answer, later
+// reads and the created event (which carries it to the other regions) agree. The answer used the
+// server's clock truncated and reads the database's rounded: they differed in about half of
+// the checkouts (2026-12-03).
+TEST_F(RegionTest, AnOrdersCreationTimeIsTheSameInEveryAnswer) {
+  std::string t = NewCustomer();
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+    Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4000000000000002"})");
+    ASSERT_EQ(o.status, 402) << o.body;  // declined: the stock goes back
+    const Json answered = Json::parse(o.body);
+    const std::string id = answered["order_id"];
+    EXPECT_EQ(Order(t, id)["created_at"], answered["created_at"]) << id;
+    const int64_t event_ms = CountAllShards(
+        "SELECT coalesce(max((convert_from(payload, 'UTF8')::jsonb->>'created_at_ms')::bigint), "
+        "0) FROM outbox WHERE kind = 'order' AND key = '" +
+        id + "'");
+    EXPECT_EQ(event_ms / 1000, answered["created_at"].get<int64_t>()) << id;
+  }
+}
+
 // Pays of one order at once (a double click, a client's retry racing its first try): the order
 // ends paid by one capture that stays captured. The charge is keyed by the order, so the others
 // reuse the winner's; finding the order paid, they used to give that charge back as their own
