@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/json_text.h"
 
 namespace meridian::failover {
 
@@ -47,7 +48,7 @@ absl::Status OnlyKeys(const Json& j, const std::string& path, const std::set<std
 absl::StatusOr<Observation> ObservationFromJson(std::string_view body) {
   if (body.size() > kMaxObservationBytes)
     return Bad("body", absl::StrCat("larger than ", kMaxObservationBytes, " bytes"));
-  Json j = Json::parse(body, nullptr, false);
+  Json j = common::ParseJsonText<Json>(body);
   if (j.is_discarded() || !j.is_object()) return Bad("body", "not a JSON object");
   if (auto st = OnlyKeys(j, "", {"from", "incarnation", "seq", "regions"}); !st.ok()) return st;
   Observation o;

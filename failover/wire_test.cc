@@ -83,6 +83,9 @@ TEST(WireTest, RejectionsNameTheField) {
   EXPECT_FALSE(ObservationFromJson(std::string(kMaxObservationBytes + 1, ' ')).ok());
   EXPECT_FALSE(ObservationFromJson("[1,2]").ok());
   EXPECT_FALSE(ObservationFromJson("{").ok());
+  // A NUL byte ended nlohmann's input: the observation before it was taken, the rest ignored.
+  EXPECT_FALSE(
+      ObservationFromJson(ObservationToJson(Sample()) + std::string(1, '\0') + "junk").ok());
 }
 
 RC_GTEST_PROP(WireProperty, RandomValidObservationsRoundTrip, ()) {

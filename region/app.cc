@@ -246,6 +246,11 @@ class JsonShapeCheck : public nlohmann::json_sax<Json> {
 absl::StatusOr<Json> ParseBody(const HttpRequest& req) {
   if (req.body.empty())
     return absl::InvalidArgumentError("request body: a JSON object is required");
+  // nlohmann's lexer ends the input at a NUL byte, which JSON text never holds: without this,
+  // "{...}<NUL>anything" was taken as the object (common::ParseJsonText).
+  if (req.body.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("request body: malformed JSON (a NUL byte)");
+  }
   JsonShapeCheck check;
   if (!Json::sax_parse(req.body, &check)) {
     return absl::InvalidArgumentError(check.problem().empty() ? "request body: malformed JSON"

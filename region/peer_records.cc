@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_text.h"
 #include "crdt/codec.h"
 #include "services/auth.h"
 #include "services/domain.h"
@@ -208,7 +209,7 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
       }
       case v1::OUTBOX_KIND_PRODUCT:
       case v1::OUTBOX_KIND_ORDER: {
-        p.json = Json::parse(rec.payload(), nullptr, false);
+        p.json = common::ParseJsonText<Json>(rec.payload());
         if (p.json.is_discarded() || !p.json.is_object()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
         }
@@ -226,7 +227,7 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         break;
       }
       case v1::OUTBOX_KIND_USER: {
-        p.json = Json::parse(rec.payload(), nullptr, false);
+        p.json = common::ParseJsonText<Json>(rec.payload());
         if (const std::string why = ProfileWriteProblem(p.json, rec); !why.empty()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": malformed profile write: ", why));
         }

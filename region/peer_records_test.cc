@@ -136,6 +136,11 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              R"({"user_id":"u1","event":"created","epoch":1,"created_at_ms":"yesterday"})");
        },
        "created_at_ms"},
+      {"order with a NUL byte and more after its JSON",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(r.records(3).payload() + std::string(1, '\0') + "}");
+       },
+       "not a JSON object"},
       {"order not JSON",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
        "not a JSON object"},
