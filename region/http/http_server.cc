@@ -231,6 +231,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Connection& c = Of(parser);
     if (c.in_header_value_) c.CommitHeader();
     HttpRequest& request = c.request_;
+    // Fields that carry one value (RFC 9110, 5.3; Host: RFC 9112, 3.2), sent twice: which one the
+    // client meant is not ours to guess. The first used to win silently (a second Idempotency-Key
+    // made a second order; a valid then a bogus Authorization was let in).
+    for (std::string_view name : {"host", "authorization", "idempotency-key", "content-type"}) {
+      const auto n = std::count_if(request.headers.begin(), request.headers.end(),
+                                   [&](const auto& h) { return h.first == name; });
+      if (n > 1) {
+        return c.Fail(400, "Bad Request",
+                      "the " + std::string(name) + " header is given more than once");
+      }
+    }
     const auto method = static_cast<enum http_method>(parser->method);
     request.method = http_method_str(method);
     c.head_ = method == HTTP_HEAD;

@@ -329,6 +329,27 @@ TEST_F(HttpServerTest, MalformedRequestIs400ThenClose) {
   EXPECT_EQ(calls_.load(), 0);
 }
 
+TEST_F(HttpServerTest, AOneValueHeaderGivenTwiceIs400) {
+  StartServer(SmallOptions());
+  for (const char* twice : {"Authorization: Bearer a\r\nAuthorization: Bearer b",
+                            "Idempotency-Key: k1\r\nidempotency-key: k2", "Host: a\r\nHost: b",
+                            "Content-Type: application/json\r\nContent-Type: text/plain"}) {
+    TestClient client(server_->port());
+    auto response = client.RoundTrip(std::string("GET /x HTTP/1.1\r\n") + twice + "\r\n\r\n");
+    ASSERT_TRUE(response) << twice;
+    EXPECT_EQ(response->status, 400) << twice;
+    EXPECT_NE(ProblemOf(*response)["detail"].get<std::string>().find("more than once"),
+              std::string::npos)
+        << twice;
+  }
+  // Other fields may repeat (a list, or ours to ignore).
+  TestClient client(server_->port());
+  auto response = client.RoundTrip("GET /x HTTP/1.1\r\nHost: a\r\nAccept: a\r\nAccept: b\r\n\r\n");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(calls_.load(), 1);
+}
+
 TEST_F(HttpServerTest, OversizedBodyIs413WithoutReadingIt) {
   StartServer(SmallOptions());
   {
