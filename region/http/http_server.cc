@@ -112,6 +112,7 @@ std::string_view ReasonPhrase(int status) {
   // http_status is an unscoped enum without a fixed type: only values within its range
   // (0..511) may be cast to it.
   if (status < 100 || status > 511) return "";
+  if (status == 413) return "Content Too Large";  // RFC 9110's name (http_parser has the old one)
   const std::string_view reason = http_status_str(static_cast<enum http_status>(status));
   return reason == "<unknown>" ? std::string_view() : reason;
 }
@@ -213,6 +214,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // A field after a value starts the next header; several fields in a row are one name split
     // across reads.
     if (c.in_header_value_) c.CommitHeader();
+    // A new field line also costs its ": " and CRLF: without them, thousands of one-letter
+    // headers fitted under the limit.
+    if (c.header_name_.empty() && !c.CountHeaderBytes(4)) return -1;
     for (size_t i = 0; i < length; ++i) {
       c.header_name_.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(at[i]))));
     }
@@ -267,6 +271,31 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     if (url.field_set & (1 << UF_QUERY)) request.query = field(UF_QUERY);
 
+    // What this server cannot honour is refused rather than half done: another HTTP version than
+    // 1.x (HTTP/0.9 and "HTTP/2.7" were answered as HTTP/1.1), a transfer coding other than
+    // chunked (the body was taken still encoded), a content coding, an expectation other than
+    // 100-continue (RFC 9110, 10.1.1).
+    if (parser->http_major != 1) {
+      return c.Fail(505, "HTTP Version Not Supported", "this server speaks HTTP/1.0 and HTTP/1.1");
+    }
+    if (const auto te = request.Header("transfer-encoding");
+        te && !EqualsIgnoreCase(*te, "chunked")) {
+      return c.Fail(501, "Not Implemented",
+                    "transfer coding \"" + std::string(*te) + "\" is not supported (only chunked)");
+    }
+    if (const auto ce = request.Header("content-encoding");
+        ce && !ce->empty() && !EqualsIgnoreCase(*ce, "identity")) {
+      return c.Fail(
+          415, "Unsupported Media Type",
+          "content coding \"" + std::string(*ce) + "\" is not supported; send the body as is");
+    }
+    if (const auto expect = request.Header("expect");
+        expect && !EqualsIgnoreCase(*expect, "100-continue")) {
+      return c.Fail(
+          417, "Expectation Failed",
+          "only \"Expect: 100-continue\" is supported, not \"" + std::string(*expect) + "\"");
+    }
+
     const bool chunked = (parser->flags & F_CHUNKED) != 0;
     const bool length_known = !chunked && parser->content_length != ULLONG_MAX;
     if (length_known && parser->content_length > c.core_.options.max_body_bytes) {
@@ -279,10 +308,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (length_known)
       request.body.reserve(std::min<uint64_t>(parser->content_length, kBodyReserveBytesMax));
     const bool has_body = chunked || (length_known && parser->content_length > 0);
-    if (has_body && !c.http10_) {
-      const std::optional<std::string_view> expect = request.Header("expect");
-      c.expect_continue_ = expect && EqualsIgnoreCase(*expect, "100-continue");
-    }
+    if (has_body && !c.http10_) c.expect_continue_ = request.Header("expect").has_value();
     return 0;
   }
 

@@ -33,6 +33,7 @@ using std::chrono::steady_clock;
 
 struct ClientResponse {
   int status = 0;
+  std::string reason;
   std::map<std::string, std::string> headers;  // names lowercased
   std::string body;
 
@@ -89,6 +90,7 @@ class TestClient {
     const std::string status_line = head.substr(0, line_end);
     if (status_line.rfind("HTTP/1.1 ", 0) != 0) return std::nullopt;
     response.status = std::stoi(status_line.substr(9, 3));
+    response.reason = status_line.size() > 13 ? status_line.substr(13) : "";
     while (line_end != std::string::npos) {
       const size_t start = line_end + 2;
       line_end = head.find("\r\n", start);
@@ -350,6 +352,52 @@ TEST_F(HttpServerTest, AOneValueHeaderGivenTwiceIs400) {
   EXPECT_EQ(calls_.load(), 1);
 }
 
+// What the server cannot honour is refused, not half done (these were answered 200 before).
+TEST_F(HttpServerTest, UnsupportedVersionsCodingsAndExpectationsAreRefused) {
+  StartServer(SmallOptions());
+  const struct {
+    std::string request;
+    int status;
+  } cases[] = {
+      {"GET /v HTTP/2.7\r\nHost: t\r\n\r\n", 505},
+      {"POST /v HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, "
+       "chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+       501},
+      {"POST /v HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+       415},
+      {"POST /v HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\nabc", 417},
+  };
+  for (const auto& c : cases) {
+    TestClient client(server_->port());
+    auto response = client.RoundTrip(c.request);
+    ASSERT_TRUE(response) << c.request;
+    EXPECT_EQ(response->status, c.status) << c.request;
+    ProblemOf(*response);
+  }
+  EXPECT_EQ(calls_.load(), 0);
+  // What is supported still is.
+  TestClient client(server_->port());
+  auto ok = client.RoundTrip(
+      "POST /v HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nContent-Encoding: "
+      "identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(ok->body, "POST /v path=/v query= x-test=- body=abc");
+}
+
+// A field line costs its name, its value, ": " and CRLF: 200 one-letter headers are 1,200
+// bytes, over the 1,024 of SmallOptions (they counted as 400 before).
+TEST_F(HttpServerTest, EveryHeaderLineCountsTowardsTheLimit) {
+  StartServer(SmallOptions());
+  std::string many;
+  for (int i = 0; i < 200; ++i) many += "a:b\r\n";
+  TestClient client(server_->port());
+  auto response = client.RoundTrip("GET /h HTTP/1.1\r\n" + many + "\r\n");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 431);
+  EXPECT_EQ(calls_.load(), 0);
+}
+
 TEST_F(HttpServerTest, OversizedBodyIs413WithoutReadingIt) {
   StartServer(SmallOptions());
   {
@@ -359,6 +407,7 @@ TEST_F(HttpServerTest, OversizedBodyIs413WithoutReadingIt) {
         "POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + std::string(100, 'x'));
     ASSERT_TRUE(response);
     EXPECT_EQ(response->status, 413);
+    EXPECT_EQ(response->reason, "Content Too Large");  // as the problem's title
     EXPECT_EQ(response->Header("connection"), "close");
     ProblemOf(*response);
     EXPECT_TRUE(client.ClosedByServer());
