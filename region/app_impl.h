@@ -274,7 +274,8 @@ struct RegionApp::Impl {
   std::string ChargeStatus(const std::string& charge_id);
   // A payment attempt whose order update failed after its capture: whether the order is paid with
   // that charge by a concurrent attempt (they share it); if not, the charge is refunded.
-  bool PaidWith(PgPool& shard, const std::string& order_id, const std::string& charge_id);
+  bool RefundUnlessPaidWith(PgPool& shard, const std::string& order_id,
+                            const std::string& charge_id);
   // The outbox stream name of a database ("shard-0-<id>"), as the replicator reports acks.
   absl::StatusOr<std::string> StreamName(PgPool& pool);
   // Raises the fence of `group` to `epoch` in every shard (never lowers it).

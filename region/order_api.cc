@@ -710,7 +710,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           ": it may or may not be paid; read the order, and pay again if "
           "it still awaits payment (the same charge is used)"));
     }
-    if (approved && PaidWith(shard, order_id, charge_id)) {
+    if (approved && RefundUnlessPaidWith(shard, order_id, charge_id)) {
       // A concurrent attempt paid the order with this same charge: it is that one's now.
       return absl::FailedPreconditionError(
           absl::StrCat("order ", order_id, " was paid by a concurrent request"));
@@ -954,8 +954,8 @@ std::string RegionApp::Impl::ChargeStatus(const std::string& charge_id) {
   return status;
 }
 
-bool RegionApp::Impl::PaidWith(PgPool& shard, const std::string& order_id,
-                               const std::string& charge_id) {
+bool RegionApp::Impl::RefundUnlessPaidWith(PgPool& shard, const std::string& order_id,
+                                           const std::string& charge_id) {
   bool paid_with = false;
   absl::Status st = shard.Run([&](pqxx::work& tx) {
     // The row lock orders this against a concurrent attempt recording the same charge (it
