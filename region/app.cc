@@ -728,6 +728,7 @@ absl::Status RegionApp::Start() {
   o.port = i.config.http.port;
   o.threads = i.config.http_threads;
   o.max_body_bytes = i.config.max_body_bytes;
+  o.max_connections_per_client = i.config.max_connections_per_client;
   i.server = std::make_unique<http::HttpServer>(o, [&i](HttpRequest& r) { return i.Dispatch(r); });
   absl::Status st = i.server->Start();
   if (!st.ok()) return st;

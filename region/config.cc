@@ -177,10 +177,13 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   YAML::Node lim = r.Map(root, "limits", "limits", false);
   r.OnlyKeys(lim, "limits",
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
-              "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "account_lookups"});
+              "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "account_lookups",
+              "max_connections_per_client"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
+  c.max_connections_per_client = r.Integer<int>(lim, "max_connections_per_client",
+                                                "limits.max_connections_per_client", 256, 0, 1024);
   c.account_lookups = r.Integer<int>(lim, "account_lookups", "limits.account_lookups",
                                      std::max(1, c.http_threads / 2), 1, 256);
   if (r.ok() && c.account_lookups > c.http_threads) {

@@ -69,6 +69,9 @@ struct RegionConfig {
   ReplicationLink replication;
   // limits
   size_t max_body_bytes = 1 << 20;
+  // HTTP connections from one remote address at a time (of 1,024 in all); 0 = no limit (e.g.
+  // behind a proxy through which every customer comes from one address).
+  int max_connections_per_client = 256;
   int http_threads = 8;
   // Account lookups at the peers (a login or registration of an e-mail this region holds no
   // row of) in flight at once. Each holds an HTTP thread until the peers answer (up to about

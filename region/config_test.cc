@@ -62,6 +62,8 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "limits: {http_threads: 4, account_lookups: 5}\n",
               "limits.account_lookups: at most limits.http_threads (4)");
   ExpectError(std::string(kGood) + "limits: {account_lookups: 0}\n", "limits.account_lookups");
+  ExpectError(std::string(kGood) + "limits: {max_connections_per_client: -1}\n",
+              "limits.max_connections_per_client");
   ExpectError(std::string(kGood) + "hold_new_databases: maybe\n",
               "hold_new_databases: must be true or false");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");

@@ -74,6 +74,8 @@ struct ServerCore {
   // Live connections, for max_connections and for Stop(). Guarded by mu.
   std::unordered_map<uint64_t, std::weak_ptr<Connection>> connections;
   uint64_t next_connection_id = 0;  // guarded by mu
+  // Live connections per remote address (only with max_connections_per_client). Guarded by mu.
+  std::unordered_map<std::string, int> per_client;
 };
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
@@ -126,8 +128,13 @@ std::string EndpointString(const asio::ip::address& address, uint16_t port) {
 // responses, one request at a time. Everything after the constructor runs on the socket's strand.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(ServerCore& core, Socket socket, uint64_t id)
-      : core_(core), id_(id), socket_(std::move(socket)), deadline_(socket_.get_executor()) {
+  // `client`: the remote address counted in core.per_client ("" when not counted).
+  Connection(ServerCore& core, Socket socket, uint64_t id, std::string client)
+      : core_(core),
+        id_(id),
+        client_(std::move(client)),
+        socket_(std::move(socket)),
+        deadline_(socket_.get_executor()) {
     asio::error_code ec;
     // Responses go out in one write; Nagle would hold a second small write (or the client's next
     // request) back for up to an ACK delay, 40-200 ms.
@@ -141,6 +148,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ~Connection() {
     std::lock_guard<std::mutex> lock(core_.mu);
     core_.connections.erase(id_);
+    if (!client_.empty()) {
+      auto it = core_.per_client.find(client_);
+      if (it != core_.per_client.end() && --it->second <= 0) core_.per_client.erase(it);
+    }
   }
 
   Connection(const Connection&) = delete;
@@ -582,6 +593,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   ServerCore& core_;
   const uint64_t id_;
+  const std::string client_;
   Socket socket_;
   Timer deadline_;  // the one timeout in force for the current state
   State state_ = State::kReading;
@@ -634,6 +646,10 @@ class HttpServer::Impl {
       return absl::InvalidArgumentError(
           "HttpServer::Start: threads, max_connections, max_header_bytes and the timeouts must "
           "be positive");
+    }
+    if (o.max_connections_per_client < 0) {
+      return absl::InvalidArgumentError(
+          "HttpServer::Start: max_connections_per_client must be 0 (no limit) or positive");
     }
     asio::error_code ec;
     const asio::ip::address address = asio::ip::make_address(o.address, ec);
@@ -759,12 +775,25 @@ class HttpServer::Impl {
       });
       return;
     }
+    std::string client;
+    if (core_.options.max_connections_per_client > 0) {
+      asio::error_code remote_ec;
+      const Tcp::endpoint remote = socket.remote_endpoint(remote_ec);
+      if (!remote_ec) client = remote.address().to_string();
+    }
     std::shared_ptr<Connection> connection;
+    const char* refused_for = "max_connections";
     {
       std::lock_guard<std::mutex> lock(core_.mu);
-      if (core_.connections.size() < static_cast<size_t>(core_.options.max_connections)) {
+      if (core_.connections.size() >= static_cast<size_t>(core_.options.max_connections)) {
+        refused_for = "max_connections";
+      } else if (!client.empty() &&
+                 core_.per_client[client] >= core_.options.max_connections_per_client) {
+        refused_for = "max_connections_per_client";
+      } else {
         const uint64_t id = core_.next_connection_id++;
-        connection = std::make_shared<Connection>(core_, std::move(socket), id);
+        if (!client.empty()) ++core_.per_client[client];
+        connection = std::make_shared<Connection>(core_, std::move(socket), id, client);
         core_.connections.emplace(id, connection);
       }
     }
@@ -776,9 +805,10 @@ class HttpServer::Impl {
       socket.close(ignored);
       if (refused_++ % 1024 == 0) {
         spdlog::warn(
-            "event=http_connection_refused reason=max_connections max_connections={} "
-            "refused_total={}",
-            core_.options.max_connections, refused_);
+            "event=http_connection_refused reason={} max_connections={} "
+            "max_connections_per_client={} client={} refused_total={}",
+            refused_for, core_.options.max_connections, core_.options.max_connections_per_client,
+            client, refused_);
       }
     }
     DoAccept();

@@ -26,10 +26,10 @@ namespace meridian::region::http {
 //   first byte (of the accept, for a connection's first request) -> 408.
 // A keep-alive connection idle for idle_timeout_ms, or one that sent nothing within
 // read_timeout_ms of being accepted, is closed without a response. A response the client does not
-// take within write_timeout_ms is abandoned (close). Connections over max_connections are closed
-// as soon as they are accepted. After an error response the server closes its sending side and
-// discards what the client still sends for a short, bounded time, so the client reads the
-// response instead of a reset.
+// take within write_timeout_ms is abandoned (close). Connections over max_connections, or over
+// max_connections_per_client from one remote address, are closed as soon as they are accepted.
+// After an error response the server closes its sending side and discards what the client still
+// sends for a short, bounded time, so the client reads the response instead of a reset.
 //
 // Threading: `threads` threads run one io_context. Each connection's work runs on its own strand,
 // and its handler calls run inline there: a handler that blocks (database calls) holds one pool
@@ -45,13 +45,16 @@ class HttpServer {
     std::string address = "127.0.0.1";  // an IPv4 or IPv6 literal, not a host name
     uint16_t port = 0;                  // 0 = pick a free one; see port()
     int threads = 4;
-    // Counts the request target and the header names and values (not the method, version,
-    // separators). http_parser caps the whole head at 80 KiB whatever this says.
+    // Counts the request target and each header line (name, value, ": " and CRLF; not the
+    // method and version). http_parser caps the whole head at 80 KiB whatever this says.
     size_t max_header_bytes = 16 * 1024;
     size_t max_body_bytes = 1 << 20;
     int read_timeout_ms = 10000;  // the whole request must arrive within this
     int idle_timeout_ms = 30000;  // keep-alive idle between requests
     int max_connections = 1024;
+    // Connections from one remote address at a time; 0 = no limit. Without it one client's idle
+    // sockets could take every connection (a health check then waited out their idle timeout).
+    int max_connections_per_client = 0;
     int write_timeout_ms = 10000;  // a response must be taken by the client within this
   };
 

@@ -47,8 +47,13 @@ struct ClientResponse {
 // wire. Every read gives up after 2 s, so a server bug fails a test instead of hanging it.
 class TestClient {
  public:
-  explicit TestClient(uint16_t port) {
+  // `from`: the loopback address to connect from (host order; any of 127.0.0.0/8).
+  explicit TestClient(uint16_t port, uint32_t from = INADDR_LOOPBACK) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_addr.s_addr = htonl(from);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof(local));
     timeval timeout{};
     timeout.tv_sec = 2;
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
@@ -580,6 +585,37 @@ TEST_F(HttpServerTest, ConnectionsOverTheLimitAreRefused) {
   auto again = first.RoundTrip(Get("/first"));
   ASSERT_TRUE(again);
   EXPECT_EQ(again->status, 200);
+}
+
+// One address's connections are capped; another address still gets in, and a closed connection
+// frees its place.
+TEST_F(HttpServerTest, ConnectionsOverTheLimitOfOneClientAreRefused) {
+  HttpServer::Options options = SmallOptions();
+  options.max_connections_per_client = 2;
+  StartServer(options);
+  auto first = std::make_unique<TestClient>(server_->port());
+  TestClient second(server_->port());
+  for (TestClient* c : {first.get(), &second}) {
+    auto response = c->RoundTrip(Get("/a"));  // accepted and registered
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 200);
+  }
+  TestClient third(server_->port());
+  EXPECT_TRUE(third.ClosedByServer());
+  constexpr uint32_t kOtherLoopback = 0x7f000002;  // 127.0.0.2
+  TestClient elsewhere(server_->port(), kOtherLoopback);
+  auto other = elsewhere.RoundTrip(Get("/b"));
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 200);
+  first.reset();  // the server sees the close and frees the place
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {
+    TestClient next(server_->port());
+    auto response = next.RoundTrip(Get("/c"));
+    served = response && response->status == 200;
+    if (!served) std::this_thread::sleep_for(milliseconds(20));
+  }
+  EXPECT_TRUE(served);
 }
 
 TEST_F(HttpServerTest, StopClosesConnectedClients) {
