@@ -159,11 +159,16 @@ absl::Status ValidateText(std::string_view field, std::string_view value, size_t
 }
 
 absl::Status ValidateCardNumber(std::string_view number) {
+  // Digits first: a number of other characters (full-width digits, say) is told so, not that
+  // its byte count is off.
+  if (!std::all_of(number.begin(), number.end(),
+                   [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; })) {
+    return Bad("card_number", "digits 0-9 only");
+  }
   if (number.size() < 12 || number.size() > 19) return Bad("card_number", "12..19 digits");
   int sum = 0;
   bool dbl = false;
   for (auto it = number.rbegin(); it != number.rend(); ++it) {
-    if (!std::isdigit(static_cast<unsigned char>(*it))) return Bad("card_number", "digits only");
     int d = *it - '0';
     if (dbl) {
       d *= 2;

@@ -75,6 +75,12 @@ TEST(Domain, SandboxCards) {
   EXPECT_TRUE(ValidateCardNumber("4242424242424242").ok());
   EXPECT_FALSE(ValidateCardNumber("4242424242424241").ok());
   EXPECT_FALSE(ValidateCardNumber("42424242abcd4242").ok());
+  // Full-width digits (3 bytes each: 48 bytes, over 19) are named as what they are.
+  const auto wide = ValidateCardNumber(
+      "\uFF14\uFF12\uFF14\uFF12\uFF14\uFF12\uFF14\uFF12\uFF14\uFF12\uFF14\uFF12\uFF14\uFF12\uFF14"
+      "\uFF12");
+  ASSERT_FALSE(wide.ok());
+  EXPECT_NE(wide.message().find("digits 0-9 only"), absl::string_view::npos) << wide;
   EXPECT_EQ(SandboxDecision("4242424242424242"), CardDecision::kApproved);
   EXPECT_EQ(SandboxDecision("4000000000000002"), CardDecision::kDeclined);
   EXPECT_TRUE(ValidateCardNumber("4000000000000002").ok());
