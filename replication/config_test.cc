@@ -282,6 +282,41 @@ TEST(WitnessConfig, EmptyFieldsAndARegionNamedTwiceAreRefused) {
                      "regions[0].name: 'witness' is named twice");
   ExpectWitnessError(Witness("replica_id: 250", "replica_id: 250\nreplica_id: 251"),
                      "replica_id: given twice");
+  // Names are matched against certificates' common names: the replicator's rule.
+  ExpectWitnessError(Witness("name: witness", "name: \"bad name\""), "name: 1..32 of");
+  ExpectWitnessError(Witness("{name: us-east, replica_id: 1}", "{name: \"a\\nb\", replica_id: 1}"),
+                     "regions[0].name: 1..32 of");
+}
+
+class WitnessStore : public test_support::TempDirTest {};
+
+// A first start writes the empty store at once; what is saved is read back.
+TEST_F(WitnessStore, AFirstStartWritesTheStoreAndSavedRecordsComeBack) {
+  const std::string path = dir_ + "/leases.json";
+  FileLeaseStore first(path);
+  ASSERT_TRUE(first.Open().ok());
+  EXPECT_TRUE(std::filesystem::is_regular_file(path));
+  ASSERT_TRUE(first.Save(3, AcceptorRecord{7, 2}).ok());
+  FileLeaseStore again(path);
+  ASSERT_TRUE(again.Open().ok());
+  EXPECT_EQ(again.Load(), (std::map<RegionId, AcceptorRecord>{{3, AcceptorRecord{7, 2}}}));
+}
+
+// A store that cannot be read or written is an error at the start. It used to be taken for a first
+// start (no records: epochs it had granted could be granted again), and one that could never be
+// written failed only at the first grant.
+TEST_F(WitnessStore, AStoreThatCannotBeReadOrWrittenFailsTheStart) {
+  std::ofstream(dir_ + "/file") << "x";
+  FileLeaseStore under_a_file(dir_ + "/file/leases.json");
+  EXPECT_FALSE(under_a_file.Open().ok());
+  std::filesystem::create_directories(dir_ + "/folder");
+  FileLeaseStore folder(dir_ + "/folder");
+  const absl::Status st = folder.Open();
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("is a folder"), absl::string_view::npos) << st;
+  std::ofstream(dir_ + "/corrupt.json") << R"({"records":[{"group":1}]})";
+  FileLeaseStore corrupt(dir_ + "/corrupt.json");
+  EXPECT_TRUE(absl::IsInvalidArgument(corrupt.Open()));
 }
 
 TEST(WitnessConfig, ParsesAGoodFile) {

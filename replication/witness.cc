@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
+#include "common/json_text.h"
 #include "replication/clock.h"
 #include "replication/lease_frames.h"
 #include "replication/replication.grpc.pb.h"
@@ -41,6 +43,8 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
   r.OnlyKeys(root, "", {"name", "replica_id", "listen", "tls", "store", "regions", "leases"});
   WitnessConfig c;
   c.name = r.String(root, "name", "name", true);
+  // Names are matched against the regions' certificates' common names (and the witness's own).
+  if (r.ok() && !common::ValidRegionName(c.name)) r.Fail("name", "1..32 of [A-Za-z0-9-]");
   c.replica_id = r.Integer<uint32_t>(root, "replica_id", "replica_id", 0, 1, 255);
   if (r.ok() && c.replica_id == 0) r.Fail("replica_id", "missing (1..255)");
   c.listen = r.HostPort(root, "listen", "listen", true);
@@ -65,6 +69,9 @@ absl::StatusOr<WitnessConfig> ParseUnguarded(std::string_view yaml, std::string_
       r.OnlyKeys(regions[i], path, {"name", "replica_id"});
       WitnessConfig::Region reg;
       reg.name = r.String(regions[i], "name", path + ".name", true);
+      if (r.ok() && !common::ValidRegionName(reg.name)) {
+        r.Fail(path + ".name", "1..32 of [A-Za-z0-9-]");
+      }
       reg.replica_id =
           r.Integer<uint32_t>(regions[i], "replica_id", path + ".replica_id", 0, 1, 255);
       if (r.ok() && (reg.replica_id == 0 || !ids.insert(reg.replica_id).second)) {
@@ -109,11 +116,18 @@ absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
 }
 
 absl::Status FileLeaseStore::Open() {
-  std::ifstream in(path_);
-  if (!in) return absl::OkStatus();  // a first start
-  std::stringstream ss;
-  ss << in.rdbuf();
-  Json j = Json::parse(ss.str(), nullptr, false);
+  records_.clear();
+  std::error_code ec;
+  if (std::filesystem::symlink_status(path_, ec).type() == std::filesystem::file_type::not_found) {
+    // A first start: the empty store is written now, so that a store that cannot be written
+    // fails the start, not the first grant.
+    return Write(records_);
+  }
+  // Any other failure to read is an error, never a first start: granting with the records
+  // forgotten could grant an epoch twice.
+  auto text = common::ReadRegularFile(path_, "lease store");
+  if (!text.ok()) return text.status();
+  Json j = common::ParseJsonText<Json>(*text);
   if (!j.is_object() || !j.contains("records") || !j["records"].is_array()) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": not a lease store"));
   }
@@ -132,6 +146,10 @@ absl::Status FileLeaseStore::Open() {
 absl::Status FileLeaseStore::Save(RegionId group, const AcceptorRecord& record) {
   auto next = records_;
   next[group] = record;
+  return Write(std::move(next));
+}
+
+absl::Status FileLeaseStore::Write(std::map<RegionId, AcceptorRecord> next) {
   Json j{{"records", Json::array()}};
   for (const auto& [g, r] : next) {
     j["records"].push_back(Json{{"group", g}, {"epoch", r.epoch}, {"owner", r.owner}});

@@ -47,12 +47,18 @@ struct WitnessConfig {
 class FileLeaseStore final : public LeaseStore {
  public:
   explicit FileLeaseStore(std::string path) : path_(std::move(path)) {}
-  // Reads the file (missing: empty). InvalidArgument for a corrupt file.
+  // Reads the file. Missing: a first start, and the empty store is written at once (an error if
+  // it cannot be). Unreadable (or not a regular file): an error, never taken for a first start.
+  // InvalidArgument for a corrupt file.
   [[nodiscard]] absl::Status Open();
   std::map<RegionId, AcceptorRecord> Load() override { return records_; }
   absl::Status Save(RegionId group, const AcceptorRecord& record) override;
 
  private:
+  // Writes `next` durably (temporary file, fsync, rename, fsync of the folder); on success it
+  // becomes the records.
+  absl::Status Write(std::map<RegionId, AcceptorRecord> next);
+
   std::string path_;
   std::map<RegionId, AcceptorRecord> records_;
 };
