@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "common/cli.h"
+#include "common/config_files.h"
 #include "common/daemon.h"
 #include "replication/config.h"
 #include "replication/replicator.h"
@@ -20,6 +21,13 @@ int main(int argc, char** argv) {
   meridian::common::ApplyLogLevel(opt);
 
   auto config = meridian::replication::LoadReplicatorConfig(opt.config_path);
+  if (config.ok()) {
+    if (absl::Status files =
+            meridian::common::CheckPemFiles(config->tls_ca, config->tls_cert, config->tls_key);
+        !files.ok()) {
+      config = files;
+    }
+  }
   if (!config.ok()) {
     std::fprintf(stderr, "meridian-replicator: %s\n",
                  std::string(config.status().message()).c_str());

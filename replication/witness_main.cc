@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "common/cli.h"
+#include "common/config_files.h"
 #include "common/daemon.h"
 #include "replication/witness.h"
 
@@ -18,6 +19,13 @@ int main(int argc, char** argv) {
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
   auto config = meridian::replication::LoadWitnessConfig(opt.config_path);
+  if (config.ok()) {
+    if (absl::Status files =
+            meridian::common::CheckPemFiles(config->tls_ca, config->tls_cert, config->tls_key);
+        !files.ok()) {
+      config = files;
+    }
+  }
   if (!config.ok()) {
     std::fprintf(stderr, "meridian-witness: %s\n", std::string(config.status().message()).c_str());
     return 2;
