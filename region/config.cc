@@ -1,5 +1,6 @@
 #include "region/config.h"
 
+#include <libpq-fe.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +17,20 @@ namespace meridian::region {
 namespace {
 
 using Reader = YamlReader;
+
+// A PostgreSQL connection string as libpq will read it ("host=... dbname=..." or a
+// postgresql:// URI), so that a malformed one fails the config check, not the start.
+void CheckConnectionString(Reader& r, const std::string& path, const std::string& dsn) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(dsn.c_str(), &error);
+  if (options == nullptr) {
+    std::string why = error != nullptr ? error : "out of memory";
+    while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+    r.Fail(path, "not a PostgreSQL connection string: " + why);
+  }
+  PQconninfoFree(options);
+  PQfreemem(error);
+}
 
 absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_view source) {
   auto loaded = LoadConfigYaml(yaml, source);
@@ -47,6 +62,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   YAML::Node pg = r.Map(root, "postgres", "postgres", true);
   r.OnlyKeys(pg, "postgres", {"global", "shards", "pool_size"});
   c.global_dsn = r.String(pg, "global", "postgres.global", true);
+  if (r.ok()) CheckConnectionString(r, "postgres.global", c.global_dsn);
   if (pg && pg["shards"]) {
     YAML::Node shards = pg["shards"];
     if (!shards.IsSequence() || shards.size() == 0) {
@@ -59,6 +75,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
         if (!shards[i].IsScalar() || shards[i].Scalar().empty()) {
           r.Fail(path, "must be a non-empty connection string");
         } else {
+          CheckConnectionString(r, path, shards[i].Scalar());
           c.shard_dsns.push_back(shards[i].Scalar());
         }
       }

@@ -54,6 +54,9 @@ TEST(Config, NamesTheBadField) {
   ExpectError(Replace(kGood, "0123456789abcdef0123456789abcdef", "short"), "security.token_secret");
   ExpectError(Replace(kGood, "\"host=127.0.0.1 port=5432 dbname=g\"", "\"\""),
               "postgres.global: must not be empty");
+  // libpq's own reading: refused by --check-config, not at the start (CLI probe).
+  ExpectError(Replace(kGood, "\"host=127.0.0.1 port=5432 dbname=g\"", "\"abc\""),
+              "postgres.global: not a PostgreSQL connection string: missing \"=\" after \"abc\"");
   ExpectError(Replace(kGood, "\"operator-token-1234\"", "\"                \""),
               "security.operator_token: the token must be printable ASCII without spaces");
   ExpectError(std::string(kGood) + "limits: {http_threads: 4, http_threads: -5}\n",
