@@ -374,6 +374,7 @@ CtlResult Ctl::Status(const std::string& sku) {
 
   Json regions = Json::array();
   std::vector<std::vector<std::string>> rows;
+  bool all_ready = true;
   for (size_t i = 0; i < n; ++i) {
     const ClusterRegion& r = c_.regions[i];
     Json geo = nullptr;
@@ -449,6 +450,7 @@ CtlResult Ctl::Status(const std::string& sku) {
                                                : absl::StrCat("held by ", g.holder, " e", g.epoch));
     if (r.replicator.empty()) lease_cell = "-";
     const bool ready = at(0, i).ok();
+    all_ready = all_ready && ready;
     regions.push_back(
         Json{{"name", r.name},
              {"url", r.url},
@@ -486,6 +488,7 @@ CtlResult Ctl::Status(const std::string& sku) {
                        c_.dns.empty() ? "" : absl::StrCat("; dns: ", c_.dns), "\n");
   if (!sku.empty()) {
     CtlResult rights = Rights(sku);
+    if (rights.exit_code == 2) return rights;  // a bad --sku is bad usage, as for `rights`
     if (json_) {
       Json rj = Json::parse(rights.out, nullptr, false);
       out["rights"] = rj.is_discarded() ? Json() : rj;
@@ -503,6 +506,9 @@ CtlResult Ctl::Status(const std::string& sku) {
     for (const auto& e : errors)
       result.err += absl::StrCat("warning: ", e.get<std::string>(), "\n");
   }
+  // A region not ready or a part that did not answer is a problem found (exit 1), as the other
+  // commands report theirs: a script can tell a healthy cluster from the exit status alone.
+  if (!all_ready || !errors.empty()) result.exit_code = 1;
   return result;
 }
 
@@ -904,8 +910,16 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
   const ClusterRegion* t = Find(target);
   if (target == region || t == nullptr || t->replicator.empty()) {
     r.exit_code = 2;
-    r.err = absl::StrCat("meridianctl: no live region to reclaim ", region,
-                         "'s rights into (use --into REGION)\n");
+    if (into.empty()) {
+      r.err = absl::StrCat("meridianctl: no live region to reclaim ", region,
+                           "'s rights into (use --into REGION)\n");
+    } else {
+      r.err = absl::StrCat("meridianctl: --into ", into,
+                           into == region ? ": the region declared lost cannot take its own rights"
+                           : t == nullptr ? ": not a region of this cluster"
+                                          : ": that region runs no replicator",
+                           "\n");
+    }
     return r;
   }
   const std::string url = absl::StrCat(t->replicator, "/v1/regions/", region, "/declare-lost");

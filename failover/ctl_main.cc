@@ -57,7 +57,9 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
 
   auto* status =
-      app.add_subcommand("status", "regions, readiness, geo health, failover state, lag, leases");
+      app.add_subcommand("status",
+                         "regions, readiness, geo health, failover state, lag, leases (exit 1: a "
+                         "region not ready or a part not answering)");
   std::string status_sku;
   status->add_option("--sku", status_sku, "also summarize this SKU's rights");
   auto* leases = app.add_subcommand("leases", "every order-lease group: holder, epoch, views");

@@ -168,6 +168,7 @@ TEST_F(CtlTest, StatusWithARegionLost) {
   }
   EXPECT_NE(Line(r.out, "us-east ").find("eu-west DOWN p99 5ms"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("warning: eu-west replicator: connection refused"), std::string::npos);
+  EXPECT_EQ(r.exit_code, 1);  // a problem found, as the other commands say theirs
   r = Run(true, [](Ctl& c) { return c.Status(""); });
   Json j = Json::parse(r.out);
   EXPECT_EQ(j["regions"][1]["ready"], false);
@@ -243,6 +244,7 @@ TEST_F(CtlTest, RightsShowFrozenUnits) {
   // Status --sku includes the summary.
   r = Run(false, [](Ctl& c) { return c.Status("sku-1"); });
   EXPECT_NE(r.out.find("rights of sku-1"), std::string::npos);
+  EXPECT_EQ(Run(false, [](Ctl& c) { return c.Status("bad sku"); }).exit_code, 2);
 }
 
 std::string Residency(const std::string& region, const std::string& jur, Json tables,
@@ -338,11 +340,11 @@ TEST_F(CtlTest, Handback) {
 TEST_F(CtlTest, DeclareLost) {
   const std::string audit = ::testing::TempDir() + "/ctl-audit.log";
   std::remove(audit.c_str());
-  auto run = [&](const std::string& region, bool yes, bool force) {
+  auto run = [&](const std::string& region, bool yes, bool force, const std::string& into = "") {
     ClusterEndpoints c = Cluster();
     c.audit_file = audit;
     Ctl ctl(c, &http_, false);
-    return ctl.DeclareLost(region, "", yes, force);
+    return ctl.DeclareLost(region, into, yes, force);
   };
   Healthy();
   CtlResult r = run("eu-west", false, false);
@@ -357,6 +359,15 @@ TEST_F(CtlTest, DeclareLost) {
   EuLost();
   http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 404,
                 R"({"title":"Not Found","status":404})");
+  // An --into that cannot take the rights is named as such (it used to say "use --into REGION").
+  r = run("eu-west", true, false, "eu-west");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--into eu-west: the region declared lost cannot take its own rights"),
+            std::string::npos)
+      << r.err;
+  r = run("eu-west", true, false, "nowhere");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--into nowhere: not a region of this cluster"), std::string::npos) << r.err;
   r = run("eu-west", true, false);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("does not offer POST /v1/regions/{region}/declare-lost (HTTP 404)"),
