@@ -105,4 +105,21 @@ namespace meridian::common {
   return absl::OkStatus();
 }
 
+// Writes `text` to `path` (its missing folders made) and says whether all of it reached the file:
+// a benchmark's results, so that "wrote PATH" is never printed over a file that was not written.
+[[nodiscard]] inline absl::Status WriteTextFile(const std::string& path, const std::string& text) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot write '", path, "': ", ec ? ec.message() : std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace meridian::common

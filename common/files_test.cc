@@ -74,6 +74,19 @@ TEST_F(CheckWritable, UnwritableFileNamesTheFlag) {
   EXPECT_FALSE(CheckWritableFile("--out", "").ok());
 }
 
+// A results file is written whole, its folder made; one that cannot be written is an error, not
+// a "wrote" over nothing (the benchmarks printed that, CLI probe).
+TEST_F(CheckWritable, WriteTextFileSaysWhetherTheFileWasWritten) {
+  const std::string out = dir_ + "/results/deep/r.json";
+  ASSERT_TRUE(WriteTextFile(out, "{}\n").ok());
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "{}\n");
+  std::ofstream(dir_ + "/a-file") << "x";
+  EXPECT_FALSE(WriteTextFile(dir_ + "/a-file/r.json", "{}\n").ok());
+  EXPECT_FALSE(WriteTextFile(dir_, "{}\n").ok());  // a folder
+}
+
 TEST_F(CheckWritable, FolderIsCreatedAndLeftEmpty) {
   const std::string out = dir_ + "/drills/x";
   EXPECT_TRUE(CheckWritableDir("--output-dir", out).ok());

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "common/files.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
 #include "tests/support/eventually.h"
@@ -349,6 +350,10 @@ int main(int argc, char** argv) {
       ->check(meridian::common::FiniteRange(1.0, 500.0));
   app.add_option("--out", out_path, "JSON results file");
   if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
+  if (absl::Status st = meridian::common::CheckWritableFile("--out", out_path); !st.ok()) {
+    std::fprintf(stderr, "coordination_bench: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   std::vector<double> skew;
   std::stringstream ss(skew_s);
   for (std::string part; std::getline(ss, part, ',');) skew.push_back(std::atof(part.c_str()));
@@ -365,7 +370,10 @@ int main(int argc, char** argv) {
     if (!all.is_object()) all = Json::object();
   }
   all[mode] = result;
-  std::ofstream(out_path) << all.dump(2) << "\n";
+  if (absl::Status st = meridian::common::WriteTextFile(out_path, all.dump(2) + "\n"); !st.ok()) {
+    std::fprintf(stderr, "coordination_bench: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   std::printf("written to %s\n", out_path.c_str());
   return 0;
 }

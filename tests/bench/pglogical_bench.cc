@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
+#include "common/files.h"
 #include "tests/support/cluster.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/process.h"
@@ -85,6 +86,10 @@ int main(int argc, char** argv) {
   cli.add_option("--threads", threads, "connections per node")->check(CLI::Range(1, 64));
   cli.add_option("--out", out_path, "results file (JSON)");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
+  if (absl::Status st = meridian::common::CheckWritableFile("--out", out_path); !st.ok()) {
+    std::fprintf(stderr, "pglogical_bench: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
 
   std::fprintf(stderr, "starting two PostgreSQL nodes with pglogical...\n");
   std::vector<std::unique_ptr<PostgresServer>> nodes;
@@ -280,7 +285,11 @@ int main(int argc, char** argv) {
                  {"lag_p50_ms", p50},
                  {"lag_p99_ms", p99},
                  {"postgres", "fsync=off (test servers)"}};
-  std::ofstream(out_path) << result.dump(2) << "\n";
+  if (absl::Status st = meridian::common::WriteTextFile(out_path, result.dump(2) + "\n");
+      !st.ok()) {
+    std::fprintf(stderr, "pglogical_bench: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   std::printf("wrote %s\n", out_path.c_str());
   return 0;
 }

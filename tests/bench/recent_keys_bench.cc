@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "common/files.h"
 #include "replication/recent_keys.h"
 
 namespace {
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
   std::string dir, out = "results/recent_keys.json";
   app.add_option("--rate", rate, "Records per second, over the three streams")
       ->check(CLI::Range(100, 10000000));
-  app.add_option("--seconds", seconds, "How long to feed")->check(CLI::Range(1.0, 3600.0));
+  app.add_option("--seconds", seconds, "How long to feed")
+      ->check(meridian::common::FiniteRange(1.0, 3600.0));  // CLI::Range lets NaN through
   app.add_option("--batch", batch, "Records per Applied call")->check(CLI::Range(1, 10000));
   app.add_option("--per-stream", per_stream, "Keys kept per stream (the replicator's default)")
       ->check(CLI::Range(1, 10000000));
@@ -45,9 +47,18 @@ int main(int argc, char** argv) {
   app.add_flag("--no-persist", no_persist, "Keep the keys in memory only");
   app.add_option("--out", out, "Results file (JSON)");
   if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
+  if (absl::Status st = meridian::common::CheckWritableFile("--out", out); !st.ok()) {
+    std::fprintf(stderr, "recent_keys_bench: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
 
   bool made_dir = false;
-  if (dir.empty()) {  // on the disk, as a state_dir is (not /dev/shm)
+  if (!dir.empty()) {
+    if (absl::Status st = meridian::common::CheckWritableDir("--dir", dir); !st.ok()) {
+      std::fprintf(stderr, "recent_keys_bench: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+  } else {  // on the disk, as a state_dir is (not /dev/shm)
     std::string tmpl = (std::filesystem::temp_directory_path() / "recent-keys-bench-XXXXXX");
     if (!::mkdtemp(tmpl.data())) {
       std::perror("recent_keys_bench: mkdtemp");
@@ -94,8 +105,9 @@ int main(int argc, char** argv) {
       keys.Applied(streams[s], seqs[s] - batch + 1, seqs[s], std::move(records));
       call_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
-    if (!no_persist && round % 1000 == 0 && std::filesystem::exists(path)) {
-      biggest_file = std::max<size_t>(biggest_file, std::filesystem::file_size(path));
+    if (std::error_code ec; !no_persist && round % 1000 == 0) {
+      const auto size = std::filesystem::file_size(path, ec);
+      if (!ec) biggest_file = std::max<size_t>(biggest_file, size);
     }
   }
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
@@ -118,10 +130,10 @@ int main(int argc, char** argv) {
       "%.1f; %ld calls over 1 ms, %ld over 5 ms; file at most %zu bytes\n",
       no_persist ? "memory only" : "persisted", call_ms.size(), wall, at(0.5), at(0.99), at(0.999),
       sorted.back(), static_cast<long>(over(1)), static_cast<long>(over(5)), biggest_file);
-  std::filesystem::create_directories(std::filesystem::path(out).parent_path().empty()
-                                          ? "."
-                                          : std::filesystem::path(out).parent_path());
-  std::ofstream(out) << j.dump(2) << "\n";
-  if (made_dir) std::filesystem::remove_all(dir);
+  if (std::error_code ec; made_dir) std::filesystem::remove_all(dir, ec);
+  if (absl::Status st = meridian::common::WriteTextFile(out, j.dump(2) + "\n"); !st.ok()) {
+    std::fprintf(stderr, "recent_keys_bench: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   return write_errors == 0 ? 0 : 1;
 }

@@ -36,6 +36,7 @@
 #include <thread>
 
 #include "common/cli.h"
+#include "common/files.h"
 #include "crdt/codec.h"
 #include "region/documents.h"
 #include "services/domain.h"
@@ -319,6 +320,10 @@ int main(int argc, char** argv) {
                "run the replicators without a state_dir: the keys of applied records in memory "
                "only, as before 2026-12-02 (what persisting them costs the lag)");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
+  if (absl::Status st = meridian::common::CheckWritableFile("--out", out_path); !st.ok()) {
+    std::fprintf(stderr, "replication_bench: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
 
   meridian::test_support::ClusterOptions o;
   o.replicator_state_dir = !memory_keys;
@@ -537,7 +542,11 @@ int main(int argc, char** argv) {
   for (const auto& [group, pct] : cpu) by_use.emplace_back(pct, group);
   std::sort(by_use.rbegin(), by_use.rend());
   for (const auto& [pct, group] : by_use) std::printf("  %-44s %6.1f%%\n", group.c_str(), pct);
-  std::ofstream(out_path) << result.dump(2) << "\n";
+  if (absl::Status st = meridian::common::WriteTextFile(out_path, result.dump(2) + "\n");
+      !st.ok()) {
+    std::fprintf(stderr, "replication_bench: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   std::printf("wrote %s\n", out_path.c_str());
   return 0;
 }
