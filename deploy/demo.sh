@@ -45,8 +45,10 @@ done
 [[ "$REGION" =~ ^(us-east|eu-west|ap-south)$ ]] ||
   { echo "meridian demo: --region must be us-east, eu-west or ap-south" >&2; exit 2; }
 [[ "$MODE" =~ ^(kill|partition)$ ]] || { echo "meridian demo: --mode must be kill or partition" >&2; exit 2; }
-[[ "$DURATION" =~ ^[0-9]+$ ]] && (( DURATION >= 5 && DURATION <= 600 )) ||
+# Base 10 (bash reads 08 as bad octal and 010 as 8) and at most 3 digits (a long number wraps).
+[[ "$DURATION" =~ ^[0-9]{1,3}$ ]] && (( 10#$DURATION >= 5 && 10#$DURATION <= 600 )) ||
   { echo "meridian demo: --duration must be 5..600 seconds" >&2; exit 2; }
+DURATION=$((10#$DURATION))
 
 BUILD=${MERIDIAN_BUILD:-$ROOT/build}
 export MERIDIAN_BUILD=$BUILD
