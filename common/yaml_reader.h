@@ -3,6 +3,7 @@
 // Typed YAML field access for config files, with errors that name the field
 // ("postgres.shards[1]: must not be empty"). Shared by every process's config parser.
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
@@ -226,6 +227,11 @@ class YamlReader {
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(std::string(yaml));
+  } catch (const YAML::DeepRecursion& e) {
+    // yaml-cpp's own message for this is "bad file".
+    return absl::InvalidArgumentError(absl::StrCat(src, ": not valid YAML (line ", e.mark.line + 1,
+                                                   "): nested more than ", e.depth() - 1,
+                                                   " levels deep"));
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(src, ": not valid YAML (line ", e.mark.line + 1, "): ", e.msg));

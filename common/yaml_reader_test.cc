@@ -152,6 +152,10 @@ TEST(LoadConfigYaml, OneDocumentWithAMappingAtTheTop) {
   auto bad = LoadConfigYaml("a: [\n", "t.yaml");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("not valid YAML (line"), std::string::npos) << bad.status();
+  // Past yaml-cpp's depth guard: said as such (yaml-cpp's own message is "bad file").
+  auto deep = LoadConfigYaml("a: " + std::string(5000, '['), "t.yaml");
+  ASSERT_FALSE(deep.ok());
+  EXPECT_NE(deep.status().message().find("levels deep"), std::string::npos) << deep.status();
 }
 
 }  // namespace

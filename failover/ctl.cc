@@ -245,6 +245,9 @@ absl::StatusOr<ClusterEndpoints> LoadClusterFromDataDir(const std::string& dir) 
   c.audit_file = dir + "/operator-audit.log";
   int n = 1;
   auto cluster = ReadEnvFile(dir + "/cluster.env");
+  // Missing: a one-region folder from before cluster.env. Present but not KEY=VALUE lines: damaged,
+  // not a reason to take the folder for one region.
+  if (absl::IsInvalidArgument(cluster.status())) return cluster.status();
   if (cluster.ok()) {
     const std::string v = Get(*cluster, "CLUSTER_REGIONS");
     if (v != "1" && v != "2" && v != "3") {

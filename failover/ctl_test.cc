@@ -458,6 +458,11 @@ TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
   write(dir / "cluster.env", "CLUSTER_REGIONS=7\n");
   EXPECT_NE(LoadClusterFromDataDir(dir.string()).status().message().find("CLUSTER_REGIONS"),
             std::string::npos);
+  // A damaged file is an error, not a one-region folder (its url "cannot read" before).
+  write(dir / "cluster.env", std::string("\x7f\x45\x4c\x46\x02\x01\n", 7));
+  const absl::Status damaged = LoadClusterFromDataDir(dir.string()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(damaged)) << damaged;
+  EXPECT_NE(damaged.message().find("cluster.env:1: not KEY=VALUE"), std::string::npos) << damaged;
   write(dir / "cluster.env", "CLUSTER_REGIONS=1\n");
   write(dir / "url", "http://127.0.0.1:4000\n");
   c = LoadClusterFromDataDir(dir.string());

@@ -40,6 +40,8 @@ TARGET=
 
 log() { printf 'netns: %s\n' "$*"; }
 die() { printf 'netns: error: %s\n' "$*" >&2; exit 1; }
+# Bad usage exits 2, as deploy/meridian's does; 1 is a command that ran and failed.
+bad() { printf 'netns: %s\n' "$*" >&2; exit 2; }
 usage() { sed -n '2,24p' "$0"; }
 
 CMD=${1:-}
@@ -47,13 +49,14 @@ CMD=${1:-}
 case "$CMD" in
   partition | heal | set-delay | set-loss | addr | ns)
     TARGET=${1:-}
-    [[ -n "$TARGET" && "$TARGET" != -* ]] || die "$CMD needs an argument (see --help)"
+    [[ -n "$TARGET" && "$TARGET" != -* ]] || bad "$CMD needs an argument (see --help)"
     shift
     ;;
-  -h | --help | help | "") usage; exit 0 ;;
+  -h | --help | help) usage; exit 0 ;;
+  "") usage >&2; bad "no command given" ;;
 esac
 while [[ $# -gt 0 ]]; do
-  [[ $# -ge 2 || "$1" == -h || "$1" == --help ]] || die "$1 needs a value"
+  [[ $# -ge 2 || "$1" == -h || "$1" == --help ]] || bad "$1 needs a value"
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
     --state) STATE=$2; shift 2 ;;
@@ -65,12 +68,12 @@ while [[ $# -gt 0 ]]; do
     --seed) SEED=$2; shift 2 ;;
     --nfq) NFQ=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) die "unknown argument '$1' (see --help)" ;;
+    *) bad "unknown argument '$1' (see --help)" ;;
   esac
 done
 
 [[ "$PREFIX" =~ ^[a-z][a-z0-9]{0,9}$ ]] ||
-  die "--prefix must be 1..10 characters of [a-z0-9] starting with a letter (interface names are at most 15)"
+  bad "--prefix must be 1..10 characters of [a-z0-9] starting with a letter (interface names are at most 15)"
 STATE=${STATE:-/run/meridian-netem/$PREFIX}
 BR="$PREFIX-br"
 FWD_COMMENT="meridian-netem-$PREFIX"
@@ -548,5 +551,5 @@ case "$CMD" in
   addr) require_state; addr_of "$(index_of "$TARGET")" ;;
   ns) require_state; index_of "$TARGET" >/dev/null; echo "$PREFIX-$TARGET" ;;
   check) cmd_check ;;
-  *) die "unknown command '$CMD' (see --help)" ;;
+  *) bad "unknown command '$CMD' (see --help)" ;;
 esac

@@ -530,7 +530,15 @@ int main(int argc, char** argv) {
                  "rules, one per line (# comments); reloaded on SIGHUP")
       ->check(CLI::ExistingFile);
   auto* seed_opt =
-      cli.add_option("--seed", o.seed, "seed of the loss RNG (default: random, printed)");
+      cli.add_option("--seed", o.seed, "seed of the loss RNG (default: random, printed)")
+          // CLI11 reads "-1" into an unsigned as 2^64-1: digits only.
+          ->check(CLI::Validator(
+              [](std::string& in) {
+                return !in.empty() && in.find_first_not_of("0123456789") == std::string::npos
+                           ? std::string()
+                           : "'" + in + "' is not a number 0..2^64-1";
+              },
+              "UINT64"));
   cli.add_option("--max-held", o.max_held, "packets held at most; beyond that they are dropped")
       ->check(CLI::Range(size_t{1}, size_t{1000000}));
   cli.add_option("--stats-interval-s", o.stats_interval_s,

@@ -62,6 +62,8 @@ echo "prefix $P, subnet $SUBNET.0/24, state $STATE"
 ! net up --nfq "$NFQ" --subnet "$SUBNET" --loss us-east/eu-west=101 2>/dev/null || fail "loss 101 % was accepted"
 ! net up --nfq "$NFQ" --subnet 10.300.1 2>/dev/null || fail "subnet 10.300.1 was accepted"
 ! ip netns list | grep -q "^$P-" || fail "a refused up left namespaces behind"
+rc=0; net frobnicate 2>/dev/null || rc=$?
+[[ $rc == 2 ]] || fail "an unknown command exited $rc, not 2 (bad usage)"
 out=$("$NFQ" --queue 1 --rule 'dst=10.1.1.1 delay=fast' 2>&1) && fail "a bad --rule was accepted"
 [[ "$out" == *"delay=fast: not a number"* ]] || fail "unclear --rule error: $out"
 echo "dst=10.1.1.1 delay=5" >"$STATE/bad.rules"
