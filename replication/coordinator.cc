@@ -589,7 +589,15 @@ struct Coordinator::Impl {
       std::vector<GroupView> leases;
       {
         std::lock_guard<std::mutex> l(mu);
-        lm->Learn(m.group(), m.epoch(), from);
+        // Nothing of the fence moves, and no order is read, on the asker's word alone: until its
+        // win is vouched for (lease.h) the request goes unanswered, and the asker asks again. (A
+        // group that is no region here has no lease to vouch for, and no orders: answered.)
+        const bool region_group = m.group() == config.replica_id || PeerById(m.group());
+        if (!lm->Learn(m.group(), m.epoch(), from) && region_group) {
+          spdlog::info("event=lease_sync_claim_checking group={} epoch={} from={}", Name(m.group()),
+                       m.epoch(), Name(from));
+          return absl::OkStatus();
+        }
         if (m.after_key().empty()) leases = lm->Views();
       }
       // The region learns the new owner now, not at the next tick: before the group's orders

@@ -145,5 +145,21 @@ TEST(LeaseFrames, RejectEpochsBeyondTheLimit) {
   EXPECT_FALSE(FromLeaseFrame(f).ok());
 }
 
+TEST(LeaseFrames, RecordQueriesRoundTripAndRecordsAreChecked) {
+  for (const LeaseMessage& m :
+       {LeaseMessage(LeaseQuery{3, 7, 42}), LeaseMessage(LeaseRecordAnswer{3, 7, 42, 6, 2}),
+        LeaseMessage(LeaseRecordAnswer{3, 7, 43, 0, kNoRegion})}) {
+    auto back = FromLeaseFrame(ToLeaseFrame(m));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, m);
+  }
+  v1::LeaseFrame f = ToLeaseFrame(LeaseRecordAnswer{3, 7, 42, 6, 2});
+  f.mutable_record()->set_record_owner(256);
+  EXPECT_FALSE(FromLeaseFrame(f).ok());
+  f.mutable_record()->set_record_owner(2);
+  f.mutable_record()->set_record_epoch(kMaxEpoch + 1);
+  EXPECT_FALSE(FromLeaseFrame(f).ok());
+}
+
 }  // namespace
 }  // namespace meridian::replication

@@ -291,8 +291,12 @@ void LeaseManager::OnMessage(RegionId from, const LeaseMessage& message) {
           OnReply(from, m);
         } else if constexpr (std::is_same_v<T, LeaseRelease>) {
           OnRelease(from, m);
-        } else {
+        } else if constexpr (std::is_same_v<T, LeaseHandback>) {
           OnHandback(from, m);
+        } else if constexpr (std::is_same_v<T, LeaseQuery>) {
+          OnQuery(from, m);
+        } else {
+          OnRecordAnswer(from, m);
         }
       },
       message);
@@ -308,6 +312,9 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
     Emit(LeaseEvent::Kind::kStaleRefused, m.group, m.epoch, from);
   } else if (m.epoch == a.record.epoch) {
     grant = a.record.owner == from;  // one owner per epoch
+  } else if (m.epoch > claimed_.at(m.group) + kMaxEpochJump) {
+    grant =
+        false;  // far above anything seen claimed: not on one peer's word (a renewal is checked)
   } else if (from == a.record.owner ||
              (now >= a.promised_until_ms && now >= quarantine_until_ms_)) {
     // Only a.record.owner can hold a promise from us, so it may move to a higher epoch at once.
@@ -319,15 +326,23 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
   }
   if (grant) a.promised_until_ms = std::max(a.promised_until_ms, now + config_.ttl_ms);
   Claim(m.group, a.record.epoch);
-  if (m.renewal && from != self_) {
-    LearnWon(m.group, m.epoch, from);
-    if (won_.at(m.group).epoch == m.epoch) last_renewal_[m.group] = {from, now};
+  // A renewal says its sender won the epoch: taken once vouched for (granted here above, or a
+  // majority's records). A witness holds no fence and takes no group: it only answers.
+  if (m.renewal && from != self_ && IsHolder() && Vouched(m.group, m.epoch, from)) {
+    const Won& w = won_.at(m.group);
+    if (w.epoch == m.epoch && w.owner == from) last_renewal_[m.group] = {from, now};
   }
   Deliver(from, LeaseReply{m.group, m.epoch, m.round, grant, a.record.epoch, a.record.owner});
 }
 
 void LeaseManager::OnReply(RegionId from, const LeaseReply& m) {
-  Claim(m.group, m.known_epoch);
+  if (m.known_epoch <= claimed_.at(m.group) + kMaxEpochJump) {
+    Claim(m.group, m.known_epoch);
+  } else {
+    // A record far ahead of everything seen: counted once a majority's records show it (a region
+    // rebuilt from nothing catches up so), never on one acceptor's word.
+    (void)Vouched(m.group, m.known_epoch, m.known_owner);
+  }
   Holding& h = holdings_[m.group];
   if (!h.round_open || m.round != h.round || m.epoch != h.epoch) return;  // a stale reply
   if (!m.granted) {
@@ -389,16 +404,71 @@ void LeaseManager::OnRelease(RegionId from, const LeaseRelease& m) {
 
 void LeaseManager::OnHandback(RegionId from, const LeaseHandback& m) {
   if (m.group != self_ || m.epoch == 0) return;  // only a group's home takes it back
-  LearnWon(m.group, m.epoch, from);
+  if (!Vouched(m.group, m.epoch, from)) return;  // checking: the holder repeats its offer
   Holding& h = holdings_[m.group];
   if (m.epoch >= won_.at(m.group).epoch && m.epoch > h.handback_offer_epoch) {
     h.handback_offer_epoch = m.epoch;
   }
 }
 
-void LeaseManager::Learn(RegionId group, uint64_t epoch, RegionId owner) {
-  if (!won_.count(group) || epoch == 0 || owner == kNoRegion) return;
-  LearnWon(group, epoch, owner);
+bool LeaseManager::Learn(RegionId group, uint64_t epoch, RegionId owner) {
+  if (!won_.count(group) || epoch == 0 || owner == kNoRegion) return false;
+  return Vouched(group, epoch, owner);
+}
+
+bool LeaseManager::IsMember(RegionId from) const {
+  return from != kNoRegion && (std::binary_search(regions_.begin(), regions_.end(), from) ||
+                               std::binary_search(witnesses_.begin(), witnesses_.end(), from));
+}
+
+bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner) {
+  const Won& w = won_.at(group);
+  if (w.epoch > epoch || (w.epoch == epoch && w.owner == owner)) return true;
+  // Only a region holds a group.
+  if (epoch == 0 || !std::binary_search(regions_.begin(), regions_.end(), owner)) return false;
+  const AcceptorRecord& own = acceptors_.at(group).record;
+  if (own.epoch == epoch && own.owner == owner) {
+    LearnWon(group, epoch, owner);
+    return true;
+  }
+  // Ask every acceptor for its record. One check per group at a time: a repeat of the claim being
+  // checked waits for its answers (round_timeout_ms), and another claim replaces it only after
+  // retry_interval_ms, so a peer's stream of claims does not multiply into queries.
+  const int64_t now = clock_->NowMs();
+  if (auto it = checks_.find(group); it != checks_.end()) {
+    const Check& c = it->second;
+    const bool same = c.epoch == epoch && c.owner == owner;
+    const int64_t age = now - c.started_ms;
+    if (age < config_.round_timeout_ms && (same || age < config_.retry_interval_ms)) return false;
+  }
+  Check& c = checks_[group];
+  c = Check{epoch, owner, next_query_id_++, now, {}};
+  const LeaseQuery q{group, epoch, c.query};
+  for (RegionId r : regions_)
+    if (r != self_) Deliver(r, q);
+  for (RegionId r : witnesses_)
+    if (r != self_) Deliver(r, q);
+  return false;
+}
+
+void LeaseManager::OnQuery(RegionId from, const LeaseQuery& m) {
+  if (!IsMember(from) || from == self_) return;
+  const AcceptorRecord& r = acceptors_.at(m.group).record;
+  Deliver(from, LeaseRecordAnswer{m.group, m.epoch, m.query, r.epoch, r.owner});
+}
+
+void LeaseManager::OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m) {
+  auto it = checks_.find(m.group);
+  if (it == checks_.end() || it->second.query != m.query || !IsMember(from)) return;
+  Check& c = it->second;
+  if (m.record_epoch == c.epoch && m.record_owner == c.owner) c.backers.insert(from);
+  // Our own record counts as it stands now (it may have granted the claim since the check began).
+  const AcceptorRecord& own = acceptors_.at(m.group).record;
+  if (own.epoch == c.epoch && own.owner == c.owner) c.backers.insert(self_);
+  if (c.backers.size() < Majority()) return;
+  const Won won{c.epoch, c.owner};
+  checks_.erase(it);
+  LearnWon(m.group, won.epoch, won.owner);
 }
 
 void LeaseManager::Claim(RegionId group, uint64_t epoch) {

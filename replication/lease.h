@@ -36,9 +36,16 @@
 // the new owner does not work on a stale copy.
 //
 // Claims and wins: an acceptor's record is a *claim* (the candidate may not have won). This region
-// keeps the highest claim (to pick fresh epochs) apart from the highest epoch it knows was *won*
-// (from its own wins, a winner's sync request — Learn() — or a handback): only a won epoch moves
-// the region's fence and makes a holder step down.
+// keeps the highest claim (to pick fresh epochs) apart from the highest epoch it knows was *won*:
+// only a won epoch moves the region's fence and makes a holder step down. It knows an epoch was
+// won from its own wins, or from a peer saying so (a renewal, a winner's sync request — Learn() —
+// or a handback) once that is *vouched for*: its own acceptor granted that epoch to that peer, or
+// a majority of acceptors' records, asked for with a LeaseQuery, show it (records only grow, and
+// an acceptor grants one owner per epoch: a majority holding it granted it). A peer's word alone
+// (a bug, or a stolen certificate) moves nothing: a region that named an epoch nobody granted it
+// cannot fence a group's rightful owner out. Likewise a request or a reply's record more than
+// kMaxEpochJump above everything this region has seen claimed is not taken at its word (refused;
+// checked with a query), so no single peer can push a group to kMaxEpoch.
 //
 // Threading: not thread-safe; the host serializes calls (the replicator under one mutex, the
 // simulator on one thread). No I/O: messages leave through the `send` callback, durable state
@@ -67,6 +74,11 @@ inline constexpr RegionId kNoRegion = 0;
 // hostile one would), that group is not acquired again rather than asked for at an epoch every
 // peer refuses.
 inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
+
+// How far above the highest epoch this region has seen claimed a request may ask, or a reply's
+// record may be taken unchecked. Honest epochs grow by one per acquisition round (at most one
+// every retry_interval_ms): 2^20 is days of failed rounds this region did not see.
+inline constexpr uint64_t kMaxEpochJump = uint64_t{1} << 20;
 
 // ttl_ms's range; within it, the other timings set the real minimum (LeaseConfig::MinTtlMs).
 inline constexpr int64_t kLeaseTtlMsMin = 100;
@@ -127,7 +139,24 @@ struct LeaseHandback {
   uint64_t epoch = 0;
   friend bool operator==(const LeaseHandback&, const LeaseHandback&) = default;
 };
-using LeaseMessage = std::variant<LeaseRequest, LeaseReply, LeaseRelease, LeaseHandback>;
+// "What is your record for `group`?", asked to check that `epoch` was won (query: matches answers).
+struct LeaseQuery {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;
+  uint64_t query = 0;
+  friend bool operator==(const LeaseQuery&, const LeaseQuery&) = default;
+};
+// An acceptor's answer to a LeaseQuery: its record for the group (0/kNoRegion: none).
+struct LeaseRecordAnswer {
+  RegionId group = kNoRegion;
+  uint64_t epoch = 0;  // the queried epoch, echoed
+  uint64_t query = 0;
+  uint64_t record_epoch = 0;
+  RegionId record_owner = kNoRegion;
+  friend bool operator==(const LeaseRecordAnswer&, const LeaseRecordAnswer&) = default;
+};
+using LeaseMessage = std::variant<LeaseRequest, LeaseReply, LeaseRelease, LeaseHandback, LeaseQuery,
+                                  LeaseRecordAnswer>;
 
 // An acceptor's durable record for one group.
 struct AcceptorRecord {
@@ -205,9 +234,11 @@ class LeaseManager {
   void Heard(RegionId peer);
   // The host finished syncing `group` for `epoch`: the group becomes usable (if still held).
   void SyncDone(RegionId group, uint64_t epoch);
-  // Another region told us it won `group` at `epoch` (its sync request): remember it, and step
-  // down if this region held an older epoch.
-  void Learn(RegionId group, uint64_t epoch, RegionId owner);
+  // Another region told us it won `group` at `epoch` (its sync request). True when that is known
+  // here (vouched for, see above; or a later epoch is): it is remembered, and a holder of an older
+  // epoch steps down. False while it is being checked with the acceptors (the host acts on none
+  // of it; the peer asks again) or when it cannot be (a malformed claim).
+  [[nodiscard]] bool Learn(RegionId group, uint64_t epoch, RegionId owner);
   // Operator or failover controller: hand `group` back to its home now (if held and not home).
   [[nodiscard]] absl::Status HandBack(RegionId group);
 
@@ -246,11 +277,26 @@ class LeaseManager {
     uint64_t epoch = 0;
     RegionId owner = kNoRegion;
   };
+  // A claim being checked: which acceptors' records show `owner` holding `epoch`.
+  struct Check {
+    uint64_t epoch = 0;
+    RegionId owner = kNoRegion;
+    uint64_t query = 0;
+    int64_t started_ms = 0;
+    std::set<RegionId> backers;
+  };
 
   void OnRequest(RegionId from, const LeaseRequest& m);
   void OnReply(RegionId from, const LeaseReply& m);
   void OnRelease(RegionId from, const LeaseRelease& m);
   void OnHandback(RegionId from, const LeaseHandback& m);
+  void OnQuery(RegionId from, const LeaseQuery& m);
+  void OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m);
+  // True when `owner` is known to have won `epoch` of `group` (or a later epoch is known won);
+  // otherwise starts (or keeps) a check of it with the acceptors and returns false.
+  bool Vouched(RegionId group, uint64_t epoch, RegionId owner);
+  // Whether `from` is an acceptor of this deployment (a region or a witness).
+  bool IsMember(RegionId from) const;
   void Deliver(RegionId to, const LeaseMessage& m);
   void StartRound(RegionId group, Holding& h, uint64_t epoch, int64_t now);
   void StepDown(RegionId group, Holding& h, LeaseEvent::Kind why);
@@ -288,6 +334,8 @@ class LeaseManager {
   std::map<RegionId, std::pair<RegionId, int64_t>> last_renewal_;
   std::map<RegionId, int64_t> last_heard_ms_;
   std::map<RegionId, uint64_t> synced_epoch_;  // SyncDone received for this epoch
+  std::map<RegionId, Check> checks_;           // at most one claim checked per group at a time
+  uint64_t next_query_id_ = 1;
 };
 
 }  // namespace meridian::replication

@@ -21,8 +21,15 @@ v1::LeaseFrame ToLeaseFrame(const LeaseMessage& m) {
           r->set_known_owner(x.known_owner);
         } else if constexpr (std::is_same_v<T, LeaseRelease>) {
           l->mutable_release();
-        } else {
+        } else if constexpr (std::is_same_v<T, LeaseHandback>) {
           l->mutable_handback();
+        } else if constexpr (std::is_same_v<T, LeaseQuery>) {
+          l->mutable_query()->set_query(x.query);
+        } else {
+          auto* r = l->mutable_record();
+          r->set_query(x.query);
+          r->set_record_epoch(x.record_epoch);
+          r->set_record_owner(x.record_owner);
         }
       },
       m);
@@ -48,6 +55,14 @@ absl::StatusOr<LeaseMessage> FromLeaseFrame(const v1::LeaseFrame& l) {
       return LeaseMessage(LeaseRelease{l.group(), l.epoch()});
     case v1::LeaseFrame::kHandback:
       return LeaseMessage(LeaseHandback{l.group(), l.epoch()});
+    case v1::LeaseFrame::kQuery:
+      return LeaseMessage(LeaseQuery{l.group(), l.epoch(), l.query().query()});
+    case v1::LeaseFrame::kRecord:
+      if (l.record().record_owner() > 255 || l.record().record_epoch() > kMaxEpoch) {
+        return absl::InvalidArgumentError("lease record: owner or epoch out of range");
+      }
+      return LeaseMessage(LeaseRecordAnswer{l.group(), l.epoch(), l.record().query(),
+                                            l.record().record_epoch(), l.record().record_owner()});
     default:
       return absl::InvalidArgumentError("lease frame without a kind");
   }

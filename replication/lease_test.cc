@@ -348,20 +348,26 @@ TEST(Lease, StoreFailureRefusesTheGrant) {
   EXPECT_FALSE(std::get<LeaseReply>(sent.back()).granted);
 }
 
-// A peer that names the last epoch there is (kMaxEpoch) does not make this region ask for one past
-// it, which every peer would refuse, ending the stream each time.
+// A claim near the last epoch there is (kMaxEpoch), once a majority's records show it, does not
+// make this region ask for one past it, which every peer would refuse, ending the stream each time.
 TEST(Lease, NoEpochPastTheLastIsAskedFor) {
   MemStore store;
   int64_t now = 10000;
   TestClock clock(&now, 1.0, 0);
   std::vector<LeaseRequest> asked;
+  std::vector<LeaseQuery> queries;
   LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
                   [&](RegionId, const LeaseMessage& m) {
                     if (auto* r = std::get_if<LeaseRequest>(&m)) asked.push_back(*r);
+                    if (auto* q = std::get_if<LeaseQuery>(&m)) queries.push_back(*q);
                   });
   ASSERT_TRUE(lm.Start().ok());
-  lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch - 1, 3});  // a claim one below the last
-  for (int i = 0; i < 200; ++i) {  // region 1 silent: region 2, its successor, takes group 1
+  lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch - 1, 3});  // a record one below the last
+  ASSERT_FALSE(queries.empty()) << "a record that far ahead is checked with the acceptors";
+  for (RegionId from : {1u, 3u})
+    lm.OnMessage(from, LeaseRecordAnswer{1, kMaxEpoch - 1, queries.back().query, kMaxEpoch - 1, 3});
+  ASSERT_EQ(lm.View(1).epoch, kMaxEpoch - 1);
+  for (int i = 0; i < 200; ++i) {  // regions 1 and 3 silent: region 2, the successor, takes group 1
     now += 10;
     lm.Tick();
   }
@@ -380,6 +386,124 @@ TEST(Lease, NoEpochPastTheLastIsAskedFor) {
   for (size_t i = before; i < asked.size(); ++i) {
     EXPECT_LE(asked[i].epoch, kMaxEpoch) << "group " << asked[i].group;
   }
+}
+
+// One acceptor's record far ahead is not taken at its word: the takeover keeps to the epochs this
+// region has seen (before, a hostile reply naming kMaxEpoch stopped the group's takeovers for
+// good).
+TEST(Lease, ARecordFarAheadIsNotClaimedOnOneAcceptorsWord) {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<LeaseRequest> asked;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId, const LeaseMessage& m) {
+                    if (auto* r = std::get_if<LeaseRequest>(&m)) asked.push_back(*r);
+                  });
+  ASSERT_TRUE(lm.Start().ok());
+  lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch, 3});
+  lm.OnMessage(3, LeaseRecordAnswer{1, kMaxEpoch, 1, kMaxEpoch, 3});  // only one acceptor says so
+  EXPECT_EQ(lm.View(1).claimed_epoch, 0u);
+  for (int i = 0; i < 200; ++i) {
+    now += 10;
+    lm.Tick();
+  }
+  bool asked_group1 = false;
+  for (const LeaseRequest& r : asked) {
+    if (r.group != 1) continue;
+    asked_group1 = true;
+    EXPECT_LE(r.epoch, kMaxEpochJump) << "asked for an epoch only a lone acceptor named";
+  }
+  EXPECT_TRUE(asked_group1);
+  // Within the jump a reply's record counts as a claim at once, as it always did.
+  lm.OnMessage(3, LeaseReply{1, 1, 99, false, 5000, 3});
+  EXPECT_EQ(lm.View(1).claimed_epoch, 5000u);
+}
+
+// A request far above anything this acceptor has seen claimed is refused: no peer pushes a group
+// to the last epoch in one step.
+TEST(Lease, ARequestBeyondTheEpochJumpIsRefused) {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<LeaseReply> replies;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId, const LeaseMessage& m) {
+                    if (auto* r = std::get_if<LeaseReply>(&m)) replies.push_back(*r);
+                  });
+  ASSERT_TRUE(lm.Start().ok());
+  lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump + 1, 7});
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_FALSE(replies.back().granted);
+  EXPECT_TRUE(store.records.empty());
+  lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump, 8});
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_TRUE(replies.back().granted);
+  EXPECT_EQ(store.records.at(1), (AcceptorRecord{kMaxEpochJump, 3}));
+}
+
+// A peer's word that it won an epoch (a renewal, a sync request, a handback) moves nothing here
+// until this acceptor granted it that epoch or a majority's records show it. Before, a renewal
+// naming an epoch nobody granted raised the group's fence at once, fencing its rightful owner out.
+TEST(Lease, AClaimedWinIsLearntOnlyWhenVouchedFor) {
+  Cluster c(3, FastConfig(), 11);
+  c.Run(700);
+  ASSERT_EQ(c.Holder(1), 1u);
+  const GroupView before = c.nodes[2].lm->View(1);
+  // Region 3 says, falsely, that it won group 1 at epoch 40 and then at the last epoch there is.
+  for (uint64_t epoch : {uint64_t{40}, kMaxEpoch}) {
+    c.nodes[2].lm->OnMessage(3, LeaseRequest{1, epoch, 99, true});
+    EXPECT_FALSE(c.nodes[2].lm->Learn(1, epoch, 3));
+    c.Run(300);  // the acceptors answer the check: their records say region 1 holds epoch 1
+    EXPECT_FALSE(c.nodes[2].lm->Learn(1, epoch, 3));
+    c.Run(300);
+    const GroupView v = c.nodes[2].lm->View(1);
+    EXPECT_EQ(v.epoch, before.epoch);
+    EXPECT_EQ(v.owner, 1u);
+    EXPECT_LT(v.claimed_epoch, 40u);
+  }
+  // Nor does a handback of a group nobody granted its sender: its home keeps it as it is.
+  c.nodes[1].lm->OnMessage(3, LeaseHandback{1, 77});
+  c.Run(300);
+  EXPECT_EQ(c.nodes[1].lm->View(1).epoch, before.epoch);
+  EXPECT_EQ(c.Holder(1), 1u);
+  EXPECT_EQ(c.violations, 0);
+}
+
+// A win this acceptor did not grant (it was away) is learnt from a majority's records.
+TEST(Lease, AWinThisAcceptorMissedIsLearntFromAMajoritysRecords) {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock(&now, 1.0, 0);
+  std::vector<std::pair<RegionId, LeaseQuery>> queries;
+  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
+                  [&](RegionId to, const LeaseMessage& m) {
+                    if (auto* q = std::get_if<LeaseQuery>(&m)) queries.emplace_back(to, *q);
+                  });
+  ASSERT_TRUE(lm.Start().ok());
+  EXPECT_FALSE(lm.Learn(1, 5, 3));
+  ASSERT_EQ(queries.size(), 2u) << "every other acceptor is asked";
+  EXPECT_FALSE(lm.Learn(1, 5, 3));
+  EXPECT_EQ(queries.size(), 2u) << "a repeat of the claim waits for the answers";
+  const uint64_t q = queries.back().second.query;
+  lm.OnMessage(1, LeaseRecordAnswer{1, 5, q + 1, 5, 3});  // another check's answer
+  lm.OnMessage(1, LeaseRecordAnswer{1, 5, q, 4, 3});      // another record
+  lm.OnMessage(9, LeaseRecordAnswer{1, 5, q, 5, 3});      // not a member
+  EXPECT_EQ(lm.View(1).epoch, 0u);
+  lm.OnMessage(3, LeaseRecordAnswer{1, 5, q, 5, 3});  // one of the two needed
+  EXPECT_EQ(lm.View(1).epoch, 0u);
+  lm.OnMessage(1, LeaseRecordAnswer{1, 5, q, 5, 3});  // the majority
+  EXPECT_EQ(lm.View(1).epoch, 5u);
+  EXPECT_EQ(lm.View(1).owner, 3u);
+  EXPECT_TRUE(lm.Learn(1, 5, 3));
+  EXPECT_TRUE(lm.Learn(1, 4, 1)) << "an older epoch is superseded, nothing to check";
+  // A claim this acceptor granted itself needs no check.
+  queries.clear();
+  now += 1000;
+  lm.OnMessage(1, LeaseRequest{1, 6, 3});
+  EXPECT_TRUE(lm.Learn(1, 6, 1));
+  EXPECT_TRUE(queries.empty());
+  EXPECT_EQ(lm.View(1).epoch, 6u);
 }
 
 TEST(Lease, UnknownGroupFromAPeerIsIgnored) {

@@ -255,6 +255,31 @@ class LeasesTest : public ::testing::Test {
     ASSERT_NO_FATAL_FAILURE(SurvivorsHoldAllOf(kUs));
   }
 
+  // The forged eu-west on `p` wins us-east's group at epoch 2 at ap-south as a real successor
+  // would: us-east's replicator is killed (its renewals stop), and the forged peer asks ap-south's
+  // acceptor for the epoch until its promise to us-east has run out and it grants it. Its takeover
+  // sync request and renewals then count at ap-south (its own grant vouches for them); a peer's
+  // word alone would not (Lease.AClaimedWinIsLearntOnlyWhenVouchedFor).
+  void ForgedEuWinsUsEast(test_support::ForgedPeer& p) {
+    ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+    const uint32_t us = c_->spec(kUs).replica_id;
+    auto reply = [us](const rpb::Frame& f) {
+      return f.has_lease() && f.lease().has_reply() && f.lease().group() == us &&
+             f.lease().epoch() == 2;
+    };
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    for (uint64_t round = 1; std::chrono::steady_clock::now() < end; ++round) {
+      ASSERT_TRUE(p.Write(test_support::LeaseAcquisition(us, 2, round)));
+      auto next = p.NextAsync(reply);
+      ASSERT_TRUE(p.BeatUntil(next, std::chrono::seconds(5))) << "no lease reply";
+      const rpb::Frame got = next.get();
+      ASSERT_TRUE(got.has_lease()) << "the stream ended";
+      if (got.lease().reply().granted()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+    FAIL() << "ap-south never granted the forged eu-west us-east's group at epoch 2";
+  }
+
   // Whether a frame is a survivor's marks about region `lost`.
   static auto MarksAbout(uint32_t lost) {
     return [lost](const rpb::Frame& f) {
@@ -1599,9 +1624,9 @@ TEST_F(LeasesTest, SurvivorMarksForARegionNotTakenOverAreParked) {
 // The survivors' exchange is confirmed, because frames queued on a session that breaks are lost:
 // until the asker has applied the answer (and what came before it) its marks go out again on
 // every new session, and the answerer answers them again, once a session and not within 10 s of
-// its last answer. A forged eu-west takes us-east's group over (its sync request) and plays the
-// other survivor against ap-south. The exchange used to run once: a session cut in the middle
-// left a survivor without the documents until the lost region came back.
+// its last answer. A forged eu-west takes us-east's group over (an acquisition, then its sync
+// request) and plays the other survivor against ap-south. The exchange used to run once: a session
+// cut in the middle left a survivor without the documents until the lost region came back.
 TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
   using std::chrono::seconds;
   ASSERT_NO_FATAL_FAILURE(StartThreeWithUsEastRecordsEverywhere());
@@ -1617,8 +1642,9 @@ TEST_F(LeasesTest, SurvivorsExchangeIsRedoneUntilConfirmed) {
   std::chrono::steady_clock::time_point marks_sent;  // before ap-south could first answer them
   {  // session 1: ap-south sends its marks and answers ours with its documents; then the
      // stream breaks before either side confirms
-    test_support::ForgedPeer p(*c_, kEu, kAp);
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(40));
     ASSERT_TRUE(p.Hello());
+    ASSERT_NO_FATAL_FAILURE(ForgedEuWinsUsEast(p));
     ASSERT_TRUE(p.Write(test_support::TakeoverSyncRequest(us, 2)));
     ASSERT_TRUE(p.NextBeating(marks_about_us, seconds(10)).has_survivor_marks())
         << "ap-south never sent its marks";
@@ -1707,8 +1733,9 @@ TEST_F(LeasesTest, ARestartedSurvivorTakesTheExchangeUpAgain) {
   const uint32_t us = c_->spec(kUs).replica_id;
   const auto marks_about_us = MarksAbout(us);
   {  // session 1: eu-west took us-east's group over; ap-south sends its marks, which go unanswered
-    test_support::ForgedPeer p(*c_, kEu, kAp);
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", seconds(40));
     ASSERT_TRUE(p.Hello());
+    ASSERT_NO_FATAL_FAILURE(ForgedEuWinsUsEast(p));
     ASSERT_TRUE(p.Write(test_support::TakeoverSyncRequest(us, 2)));
     ASSERT_TRUE(p.NextBeating(marks_about_us, seconds(10)).has_survivor_marks())
         << "ap-south never sent its marks";

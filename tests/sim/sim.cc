@@ -570,7 +570,8 @@ class World {
   }
 
   void OnSyncRequest(Region& r, RegionId from, const SyncRequest& m) {
-    if (m.group != 0) r.lm->Learn(m.group, m.epoch, from);
+    // A takeover sync is answered only once the asker's win is vouched for (it asks again).
+    if (m.group != 0 && !r.lm->Learn(m.group, m.epoch, from)) return;
     const Region& to = R(from);
     SyncReply reply;
     reply.group = m.group;

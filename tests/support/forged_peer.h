@@ -215,8 +215,8 @@ inline ::meridian::replication::v1::Frame CatchUpRequest(uint32_t group,
   return f;
 }
 
-// A new owner's takeover sync request for `group`'s orders at `epoch` (the receiver raises its
-// fence and learns the new owner: a takeover it has seen).
+// A new owner's takeover sync request for `group`'s orders at `epoch` (the receiver, once the win
+// is vouched for, raises its fence and learns the new owner: a takeover it has seen).
 inline ::meridian::replication::v1::Frame TakeoverSyncRequest(uint32_t group, uint64_t epoch) {
   ::meridian::replication::v1::Frame f;
   f.mutable_sync_request()->set_group(group);
@@ -224,7 +224,19 @@ inline ::meridian::replication::v1::Frame TakeoverSyncRequest(uint32_t group, ui
   return f;
 }
 
-// A holder's renewal of `group`'s lease at `epoch` (receivers learn who holds the group from it).
+// A candidate's request for `group`'s lease at a new `epoch` (an acquisition: the acceptor grants
+// it once no other region holds a promise from it), round `round`.
+inline ::meridian::replication::v1::Frame LeaseAcquisition(uint32_t group, uint64_t epoch,
+                                                           uint64_t round) {
+  ::meridian::replication::v1::Frame f;
+  f.mutable_lease()->set_group(group);
+  f.mutable_lease()->set_epoch(epoch);
+  f.mutable_lease()->mutable_request()->set_round(round);
+  return f;
+}
+
+// A holder's renewal of `group`'s lease at `epoch` (receivers learn who holds the group from it,
+// once vouched for: the receiver granted it that epoch, or a majority's records show it).
 inline ::meridian::replication::v1::Frame LeaseRenewal(uint32_t group, uint64_t epoch) {
   ::meridian::replication::v1::Frame f;
   f.mutable_lease()->set_group(group);
