@@ -79,6 +79,9 @@ TextProblem CheckText(std::string_view value) {
 
 absl::Status ValidateSku(std::string_view sku) {
   if (sku.empty() || sku.size() > 64) return Bad("sku", "must be 1..64 characters");
+  // A URL path step, which clients resolve away before sending: such a product could never be
+  // reached by its path.
+  if (sku == "." || sku == "..") return Bad("sku", "'.' and '..' are path steps, not SKUs");
   for (char c : sku) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
       return Bad("sku", "only letters, digits, '-', '_' and '.'");
@@ -91,9 +94,15 @@ absl::Status ValidateEmail(std::string_view email) {
   if (email.size() < 3 || email.size() > 254) return Bad("email", "must be 3..254 characters");
   size_t at = email.find('@');
   if (at == std::string_view::npos || at == 0 || at + 1 >= email.size() ||
-      email.find('@', at + 1) != std::string_view::npos ||
-      email.find('.', at) == std::string_view::npos) {
+      email.find('@', at + 1) != std::string_view::npos) {
     return Bad("email", "not an e-mail address");
+  }
+  // The domain: two labels at least, none of them empty ("a@.", "a@b." and "a@b..io" are no
+  // addresses anyone could receive mail at).
+  const std::string_view domain = email.substr(at + 1);
+  if (domain.find('.') == std::string_view::npos || domain.front() == '.' || domain.back() == '.' ||
+      domain.find("..") != std::string_view::npos) {
+    return Bad("email", "not an e-mail address (the part after '@' needs labels like b.io)");
   }
   const TextProblem problem = CheckText(email);
   if (problem == TextProblem::kInvalidUtf8) return Bad("email", "must be valid UTF-8");
@@ -139,6 +148,9 @@ absl::Status ValidateCategoryId(std::string_view id) {
           std::isdigit(static_cast<unsigned char>(c)) || c == '-')) {
       return Bad("category", "only a-z, 0-9 and '-'");
     }
+  if (std::all_of(id.begin(), id.end(), [](char c) { return c == '-'; })) {
+    return Bad("category", "needs a letter or digit, not only '-'");
+  }
   return absl::OkStatus();
 }
 

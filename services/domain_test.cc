@@ -71,6 +71,29 @@ TEST(Domain, Validators) {
   EXPECT_FALSE(ResidencyAllows("eu", "us"));
 }
 
+// Found by the 2026-12-03 probe: these passed before and made records nobody could use (a
+// product at the path step "..", an address no mail reaches, a category named "-").
+TEST(Domain, PathStepSkusEmptyDomainLabelsAndDashOnlyCategoriesAreRefused) {
+  for (const char* sku : {".", ".."}) {
+    absl::Status st = ValidateSku(sku);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << sku;
+    EXPECT_NE(st.message().find("path steps"), std::string::npos) << st.message();
+  }
+  EXPECT_TRUE(ValidateSku("...").ok());
+  EXPECT_TRUE(ValidateSku(".hidden").ok());
+  EXPECT_TRUE(ValidateSku("v1.2").ok());
+  for (const char* email : {"a@.", "a@b.", "a@.io", "a@b..io", "a@bio", "a@b.io."}) {
+    absl::Status st = ValidateEmail(email);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << email;
+  }
+  EXPECT_TRUE(ValidateEmail("a@b.c.io").ok());
+  EXPECT_TRUE(ValidateEmail("first.last@example.co.uk").ok());
+  EXPECT_FALSE(ValidateCategoryId("-").ok());
+  EXPECT_FALSE(ValidateCategoryId("--").ok());
+  EXPECT_TRUE(ValidateCategoryId("-a").ok());
+  EXPECT_TRUE(ValidateCategoryId("home-garden").ok());
+}
+
 TEST(Domain, SandboxCards) {
   EXPECT_TRUE(ValidateCardNumber("4242424242424242").ok());
   EXPECT_FALSE(ValidateCardNumber("4242424242424241").ok());
