@@ -564,7 +564,8 @@ void RegionApp::Impl::SetupRoutes() {
 HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
   auto start = std::chrono::steady_clock::now();
   HttpResponse resp;
-  std::string route = "unmatched";
+  // The route label: the matched pattern (bounded cardinality), "" when no pattern matches.
+  std::string route;
   bool limited = false;
   if (req.path != "/healthz" && req.path != "/readyz" && req.path != "/metrics") {
     // Per client: the customer when the token verifies (a forged or random token must not buy a
@@ -585,6 +586,7 @@ HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {
       resp = HttpResponse::Problem(429, "Too Many Requests",
                                    "rate limit exceeded; retry after a second");
       resp.headers.emplace_back("Retry-After", "1");
+      route = router.PatternFor(req);  // counted under its route, as if it had been served
     }
   }
   if (!limited) resp = router.Handle(req, &route);

@@ -90,50 +90,64 @@ bool Router::MoreSpecific(const Route& a, const Route& b) {
   return false;
 }
 
+bool Router::Segments(const std::string& path, std::vector<std::string>* out) {
+  // Origin-form targets always start with '/'; anything else ("*", a bare authority) has no
+  // route.
+  if (path.empty() || path.front() != '/') return false;
+  out->clear();
+  for (std::string_view raw : SplitPath(path)) {
+    out->push_back(PercentDecode(raw, /*plus_as_space=*/false));
+  }
+  return true;
+}
+
+Router::Match Router::Find(const std::vector<std::string>& segments,
+                           const std::string& method) const {
+  Match m;
+  for (const Route& route : routes_) {
+    if (!Matches(route, segments)) continue;
+    if (m.path_match == nullptr || MoreSpecific(route, *m.path_match)) m.path_match = &route;
+    for (const auto& [route_method, route_handler] : route.methods) {
+      m.allowed.insert(route_method);
+      if (route_method != method) continue;
+      if (m.method_match == nullptr || MoreSpecific(route, *m.method_match)) {
+        m.method_match = &route;
+        m.handler = &route_handler;
+      }
+    }
+  }
+  return m;
+}
+
+std::string Router::PatternFor(const HttpRequest& request) const {
+  std::vector<std::string> segments;
+  if (!Segments(request.path, &segments)) return "";
+  const Match m = Find(segments, request.method);
+  if (m.method_match != nullptr) return m.method_match->pattern;
+  return m.path_match != nullptr ? m.path_match->pattern : "";
+}
+
 HttpResponse Router::Handle(HttpRequest& request, std::string* matched_pattern) const {
   if (matched_pattern != nullptr) matched_pattern->clear();
   request.params.clear();
-  // Origin-form targets always start with '/'; anything else ("*", a bare authority) has no
-  // route.
-  if (request.path.empty() || request.path.front() != '/') {
+  std::vector<std::string> segments;
+  if (!Segments(request.path, &segments)) {
     return HttpResponse::Problem(404, "Not Found", "no route for this request target");
   }
-
-  std::vector<std::string> segments;
-  for (std::string_view raw : SplitPath(request.path)) {
-    segments.push_back(PercentDecode(raw, /*plus_as_space=*/false));
-  }
-
-  const Route* path_match = nullptr;    // most specific route for the path, any method
-  const Route* method_match = nullptr;  // most specific route for the path and the method
-  const Handler* handler = nullptr;
-  std::set<std::string> allowed;
-  for (const Route& route : routes_) {
-    if (!Matches(route, segments)) continue;
-    if (path_match == nullptr || MoreSpecific(route, *path_match)) path_match = &route;
-    for (const auto& [method, route_handler] : route.methods) {
-      allowed.insert(method);
-      if (method != request.method) continue;
-      if (method_match == nullptr || MoreSpecific(route, *method_match)) {
-        method_match = &route;
-        handler = &route_handler;
-      }
-    }
-  }
-
-  if (method_match != nullptr) {
+  Match m = Find(segments, request.method);
+  if (m.method_match != nullptr) {
     for (size_t i = 0; i < segments.size(); ++i) {
-      if (method_match->segments[i].is_param) {
-        request.params[method_match->segments[i].text] = std::move(segments[i]);
+      if (m.method_match->segments[i].is_param) {
+        request.params[m.method_match->segments[i].text] = std::move(segments[i]);
       }
     }
-    if (matched_pattern != nullptr) *matched_pattern = method_match->pattern;
-    return (*handler)(request);
+    if (matched_pattern != nullptr) *matched_pattern = m.method_match->pattern;
+    return (*m.handler)(request);
   }
-  if (path_match != nullptr) {
-    if (matched_pattern != nullptr) *matched_pattern = path_match->pattern;
+  if (m.path_match != nullptr) {
+    if (matched_pattern != nullptr) *matched_pattern = m.path_match->pattern;
     std::string allow;
-    for (const std::string& method : allowed) {
+    for (const std::string& method : m.allowed) {
       if (!allow.empty()) allow += ", ";
       allow += method;
     }

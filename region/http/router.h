@@ -1,5 +1,6 @@
 #pragma once
 
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,10 @@ class Router {
   // (bounded cardinality, unlike the path); it is set to "" on a 404.
   HttpResponse Handle(HttpRequest& request, std::string* matched_pattern = nullptr) const;
 
+  // The pattern Handle would report for this request, without calling anything: for the metrics
+  // of a request answered before routing (a 429). "" when no pattern matches the path.
+  std::string PatternFor(const HttpRequest& request) const;
+
  private:
   struct Segment {
     std::string text;  // the literal, or the parameter's name
@@ -44,6 +49,19 @@ class Router {
     std::vector<Segment> segments;
     std::vector<std::pair<std::string, Handler>> methods;  // a few per pattern: a vector is enough
   };
+
+  // What matches a request: the most specific route for its path (any method) and for its path
+  // and method, with that method's handler, and every method the path allows.
+  struct Match {
+    const Route* path_match = nullptr;
+    const Route* method_match = nullptr;
+    const Handler* handler = nullptr;
+    std::set<std::string> allowed;
+  };
+  // Match for the decoded `segments` of a path and `method`.
+  Match Find(const std::vector<std::string>& segments, const std::string& method) const;
+  // The percent-decoded segments of an origin-form path; false for any other request target.
+  static bool Segments(const std::string& path, std::vector<std::string>* out);
 
   static bool Matches(const Route& route, const std::vector<std::string>& segments);
   // True when `a` should win over `b`; both must match the same path.

@@ -44,6 +44,30 @@ TEST(RouterTest, ExtractsPercentDecodedPathParams) {
   EXPECT_EQ(pattern, "/v1/carts/{user_id}/items/{sku}");
 }
 
+// PatternFor labels a request without serving it (a 429 answered before routing): the pattern
+// Handle would report, "" for a path no pattern matches.
+TEST(RouterTest, PatternForNamesWhatHandleWouldMatchWithoutCallingIt) {
+  Router router;
+  int calls = 0;
+  router.Add("GET", "/v1/carts/{user_id}", [&calls](HttpRequest&) {
+    ++calls;
+    return HttpResponse::Json(200, "param");
+  });
+  router.Add("GET", "/v1/carts/summary", Named("literal"));
+  EXPECT_EQ(router.PatternFor(Request("GET", "/v1/carts/u1")), "/v1/carts/{user_id}");
+  EXPECT_EQ(router.PatternFor(Request("GET", "/v1/carts/summary")), "/v1/carts/summary");
+  EXPECT_EQ(router.PatternFor(Request("POST", "/v1/carts/u1")), "/v1/carts/{user_id}");  // a 405
+  EXPECT_EQ(router.PatternFor(Request("GET", "/v1/nothing")), "");
+  EXPECT_EQ(router.PatternFor(Request("GET", "*")), "");
+  EXPECT_EQ(calls, 0);
+  for (const char* path : {"/v1/carts/u1", "/v1/carts/summary", "/v1/nothing"}) {
+    HttpRequest request = Request("GET", path);
+    std::string handled;
+    (void)router.Handle(request, &handled);
+    EXPECT_EQ(router.PatternFor(Request("GET", path)), handled) << path;
+  }
+}
+
 TEST(RouterTest, LiteralSegmentBeatsParameter) {
   Router router;
   router.Add("GET", "/v1/carts/{user_id}", Named("param"));

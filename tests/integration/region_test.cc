@@ -1289,6 +1289,14 @@ TEST_F(RegionTest, RateLimitedPerClient) {
   EXPECT_EQ(ok, 3);
   EXPECT_EQ(limited, 3);
   EXPECT_EQ(retry_after, "1");
+  // The 429s are counted under their route, as the served requests are (they used to go under
+  // route="unmatched": the limit runs before routing).
+  const std::string metrics = Request(port, "GET", "/metrics").body;
+  EXPECT_NE(
+      metrics.find(R"(meridian_http_requests_total{code="429",method="GET",route="/v1/cart"} 3)"),
+      std::string::npos)
+      << metrics.substr(0, 4000);
+  EXPECT_EQ(metrics.find(R"(route="unmatched")"), std::string::npos);
   std::string other = NewCustomer();
   EXPECT_EQ(Request(port, "GET", "/v1/cart", "", {{"Authorization", "Bearer " + other}}).status,
             200);
