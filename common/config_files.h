@@ -151,15 +151,36 @@ inline bool ValidHttpUrl(std::string_view url) {
   for (char ch : url) {
     if (static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f) return false;
   }
-  const size_t slash = url.find('/', at);
+  const size_t end = url.find_first_of("/?#", at);
   const std::string_view authority =
-      url.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
-  const size_t colon = authority.rfind(':'), bracket = authority.rfind(']');
-  if (colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket)) {
-    return !authority.empty();  // no port: a host (or an [IPv6] literal)
+      url.substr(at, end == std::string_view::npos ? std::string_view::npos : end - at);
+  // The host: an [IPv6] literal (closed, hex digits, ':' and '.') or a name or IPv4 address
+  // (letters, digits, '-', '.', '_'); then nothing, or ':' and a port 1..65535.
+  std::string_view host = authority, rest;
+  if (!authority.empty() && authority.front() == '[') {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    for (char ch : authority.substr(1, close - 1)) {
+      if (!std::isxdigit(static_cast<unsigned char>(ch)) && ch != ':' && ch != '.') return false;
+    }
+    host = authority.substr(0, close + 1);
+    rest = authority.substr(close + 1);
+  } else {
+    const size_t colon = authority.find(':');
+    if (colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      rest = authority.substr(colon);
+    }
+    if (host.empty()) return false;
+    for (char ch : host) {
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.' && ch != '_') {
+        return false;
+      }
+    }
   }
+  if (rest.empty()) return true;
   uint16_t port = 0;
-  return colon != 0 && ParseInt(authority.substr(colon + 1), &port) && port >= 1;
+  return rest.front() == ':' && ParseInt(rest.substr(1), &port) && port >= 1;
 }
 
 // Compares a presented bearer token with the configured one in time that does not depend on

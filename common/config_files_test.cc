@@ -31,12 +31,17 @@ TEST(ResolveConfigPath, RelativePathsGoUnderTheConfigFolder) {
 
 TEST(ValidHttpUrl, AHostAfterTheSchemeAndARealPortWhenGiven) {
   for (const char* ok : {"http://10.77.0.1:4000", "https://a.example/readyz", "http://a",
-                         "http://[::1]:8080/x", "http://[::1]", "http://h:65535/"}) {
+                         "http://[::1]:8080/x", "http://[::1]", "http://h:65535/", "http://h?x=1",
+                         "http://[::ffff:127.0.0.1]:80", "http://my_host.local"}) {
     EXPECT_TRUE(ValidHttpUrl(ok)) << ok;
   }
   for (const char* bad : {"", "ftp://x", "127.0.0.1:1/readyz", "http://", "https:///x",
                           "http://:80", "http://h:0", "http://h:99999", "http://h:", "http://h:x/",
-                          "http://x:y:z", "http://a b", "http://a\tb", "http://[::1]:0"}) {
+                          "http://x:y:z", "http://a b", "http://a\tb", "http://[::1]:0",
+                          // an unclosed or empty IPv6 literal, stray brackets, a user part
+                          // (meridianctl took these, and failed on every request)
+                          "http://[::1", "http://[::1:80", "http://[]:80", "http://[::g]",
+                          "http://[::1]x", "http://a]b", "http://u@h", "http://h:80@x"}) {
     EXPECT_FALSE(ValidHttpUrl(bad)) << bad;
   }
 }

@@ -211,6 +211,10 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
   if (geo && !geo.IsNull()) {
     if (!geo.IsSequence()) {
       r.Fail("geo", "must be a list of meridian-geo base URLs");
+    } else if (geo.size() == 0) {
+      // Written out empty, it reads as a list someone forgot to fill: this controller would never
+      // move DNS. Without GeoDNS, geo is left out.
+      r.Fail("geo", "an empty list: give meridian-geo base URLs, or leave geo out (no GeoDNS)");
     } else {
       for (size_t i = 0; i < geo.size() && r.ok(); ++i) {
         const std::string p = Idx("geo", i);

@@ -138,6 +138,8 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
               "geo[0]: must be an http");
   ExpectError(With("geo: [http://127.0.0.1:8053/, http://127.0.0.1:8054]", "geo: http://x"),
               "geo: must be a list");
+  ExpectError(With("geo: [http://127.0.0.1:8053/, http://127.0.0.1:8054]", "geo: []"),
+              "geo: an empty list");
   ExpectError(std::string(kValid) + "probe_interval_ms: 10\n",
               "probe_interval_ms: must be between 50");
   ExpectError(std::string(kValid) + "probe_timeout_ms: 500\n",
