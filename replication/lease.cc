@@ -186,11 +186,14 @@ bool LeaseManager::WantsToAcquire(RegionId group, const Holding& h) const {
   // acceptor keeps promising itself).
   if (w.owner != self_ && w.owner != kNoRegion) {
     auto r = last_renewal_.find(group);
-    if (r != last_renewal_.end() && r->second.first == w.owner &&
-        clock_->NowMs() - r->second.second < config_.alive_timeout_ms) {
+    if (r != last_renewal_.end() && r->second.from == w.owner && r->second.epoch == w.epoch &&
+        clock_->NowMs() - r->second.at_ms < config_.alive_timeout_ms) {
       return false;
     }
   }
+  // Nor while another region's claim on it is being checked: a region just back hears the new
+  // owner's renewals before it knows the win, and competing would only burn epochs.
+  if (Checking(group)) return false;
   return Designated(group);
 }
 
@@ -198,6 +201,16 @@ void LeaseManager::Tick() {
   assert(started_);
   if (!IsHolder()) return;
   const int64_t now = clock_->NowMs();
+  // Checks of claims: ask again whoever has not answered; drop one whose claim went quiet.
+  for (auto it = checks_.begin(); it != checks_.end();) {
+    Check& c = it->second;
+    if (now - c.claimed_ms >= config_.alive_timeout_ms) {
+      it = checks_.erase(it);
+      continue;
+    }
+    if (!Refuted(c) && now - c.sent_ms >= config_.retry_interval_ms) AskRecords(it->first, c, now);
+    ++it;
+  }
   for (RegionId g : regions_) {
     Holding& h = holdings_[g];
     if (h.round_open && now - h.round_start_ms >= config_.round_timeout_ms) {
@@ -327,10 +340,12 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
   if (grant) a.promised_until_ms = std::max(a.promised_until_ms, now + config_.ttl_ms);
   Claim(m.group, a.record.epoch);
   // A renewal says its sender won the epoch: taken once vouched for (granted here above, or a
-  // majority's records). A witness holds no fence and takes no group: it only answers.
-  if (m.renewal && from != self_ && IsHolder() && Vouched(m.group, m.epoch, from)) {
-    const Won& w = won_.at(m.group);
-    if (w.epoch == m.epoch && w.owner == from) last_renewal_[m.group] = {from, now};
+  // majority's records). Meanwhile it counts as a claim (fresh epochs go above it) if it is not
+  // far ahead. A witness holds no fence and takes no group: it only answers.
+  if (m.renewal && from != self_ && IsHolder()) {
+    if (m.epoch <= claimed_.at(m.group) + kMaxEpochJump) Claim(m.group, m.epoch);
+    last_renewal_[m.group] = Renewal{from, m.epoch, now};
+    (void)Vouched(m.group, m.epoch, from, /*renewal=*/true);
   }
   Deliver(from, LeaseReply{m.group, m.epoch, m.round, grant, a.record.epoch, a.record.owner});
 }
@@ -421,7 +436,7 @@ bool LeaseManager::IsMember(RegionId from) const {
                                std::binary_search(witnesses_.begin(), witnesses_.end(), from));
 }
 
-bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner) {
+bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner, bool renewal) {
   const Won& w = won_.at(group);
   if (w.epoch > epoch || (w.epoch == epoch && w.owner == owner)) return true;
   // Only a region holds a group.
@@ -431,24 +446,48 @@ bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner) {
     LearnWon(group, epoch, owner);
     return true;
   }
-  // Ask every acceptor for its record. One check per group at a time: a repeat of the claim being
-  // checked waits for its answers (round_timeout_ms), and another claim replaces it only after
-  // retry_interval_ms, so a peer's stream of claims does not multiply into queries.
+  // Ask every acceptor for its record. One check per group at a time: a repeat of the claim keeps
+  // its check open (asked again once refuted, after round_timeout_ms: records move), and another
+  // claim replaces it only after retry_interval_ms, so a peer's stream of claims does not
+  // multiply into queries.
   const int64_t now = clock_->NowMs();
   if (auto it = checks_.find(group); it != checks_.end()) {
-    const Check& c = it->second;
-    const bool same = c.epoch == epoch && c.owner == owner;
+    Check& c = it->second;
     const int64_t age = now - c.started_ms;
-    if (age < config_.round_timeout_ms && (same || age < config_.retry_interval_ms)) return false;
+    if (c.epoch == epoch && c.owner == owner) {
+      c.claimed_ms = now;
+      if (renewal) c.renewed_ms = now;
+      if (!Refuted(c) || age < config_.round_timeout_ms) return false;
+    } else if (age < config_.retry_interval_ms) {
+      return false;
+    }
   }
   Check& c = checks_[group];
-  c = Check{epoch, owner, next_query_id_++, now, {}};
-  const LeaseQuery q{group, epoch, c.query};
-  for (RegionId r : regions_)
-    if (r != self_) Deliver(r, q);
-  for (RegionId r : witnesses_)
-    if (r != self_) Deliver(r, q);
+  c = Check{epoch, owner, next_query_id_++, now, now, now, renewal ? now : -1, {self_}, {}};
+  AskRecords(group, c, now);
   return false;
+}
+
+void LeaseManager::AskRecords(RegionId group, Check& c, int64_t now) {
+  c.sent_ms = now;
+  const LeaseQuery q{group, c.epoch, c.query};
+  for (RegionId r : regions_)
+    if (!c.answered.count(r)) Deliver(r, q);
+  for (RegionId r : witnesses_)
+    if (!c.answered.count(r)) Deliver(r, q);
+}
+
+bool LeaseManager::Refuted(const Check& c) const {
+  const size_t members = regions_.size() + witnesses_.size();
+  return c.answered.size() - c.backers.size() > members - Majority();
+}
+
+bool LeaseManager::Checking(RegionId group) const {
+  auto it = checks_.find(group);
+  if (it == checks_.end()) return false;
+  const Check& c = it->second;
+  return c.owner != self_ && !Refuted(c) && c.renewed_ms >= 0 &&
+         clock_->NowMs() - c.renewed_ms < config_.alive_timeout_ms;
 }
 
 void LeaseManager::OnQuery(RegionId from, const LeaseQuery& m) {
@@ -459,8 +498,11 @@ void LeaseManager::OnQuery(RegionId from, const LeaseQuery& m) {
 
 void LeaseManager::OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m) {
   auto it = checks_.find(m.group);
-  if (it == checks_.end() || it->second.query != m.query || !IsMember(from)) return;
+  if (it == checks_.end() || it->second.query != m.query || !IsMember(from) || from == self_) {
+    return;
+  }
   Check& c = it->second;
+  c.answered.insert(from);
   if (m.record_epoch == c.epoch && m.record_owner == c.owner) c.backers.insert(from);
   // Our own record counts as it stands now (it may have granted the claim since the check began).
   const AcceptorRecord& own = acceptors_.at(m.group).record;

@@ -277,13 +277,27 @@ class LeaseManager {
     uint64_t epoch = 0;
     RegionId owner = kNoRegion;
   };
-  // A claim being checked: which acceptors' records show `owner` holding `epoch`.
+  // A claim being checked: which acceptors' records show `owner` holding `epoch`. It stays open
+  // while the claim is repeated (a holder renews every renew_interval_ms), and the acceptors that
+  // have not answered are asked again every retry_interval_ms (a query lost with a stream that
+  // was not up yet must not hold the answer back for long).
   struct Check {
     uint64_t epoch = 0;
     RegionId owner = kNoRegion;
     uint64_t query = 0;
     int64_t started_ms = 0;
-    std::set<RegionId> backers;
+    int64_t sent_ms = 0;
+    int64_t claimed_ms = 0;       // when the claim was last heard
+    int64_t renewed_ms = -1;      // when it was last heard as a renewal (-1: never)
+    std::set<RegionId> answered;  // this region counts as having answered from the start
+    std::set<RegionId> backers;   // answered with exactly (epoch, owner)
+  };
+  // A renewal heard: who renewed which epoch, when. It makes this region leave the group alone
+  // only once that epoch is known won by that renewer.
+  struct Renewal {
+    RegionId from = kNoRegion;
+    uint64_t epoch = 0;
+    int64_t at_ms = 0;
   };
 
   void OnRequest(RegionId from, const LeaseRequest& m);
@@ -293,8 +307,16 @@ class LeaseManager {
   void OnQuery(RegionId from, const LeaseQuery& m);
   void OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m);
   // True when `owner` is known to have won `epoch` of `group` (or a later epoch is known won);
-  // otherwise starts (or keeps) a check of it with the acceptors and returns false.
-  bool Vouched(RegionId group, uint64_t epoch, RegionId owner);
+  // otherwise starts (or keeps open) a check of it with the acceptors and returns false.
+  // `renewal`: the claim is a holder's renewal (a live holder repeats it).
+  bool Vouched(RegionId group, uint64_t epoch, RegionId owner, bool renewal = false);
+  void AskRecords(RegionId group, Check& c, int64_t now);
+  // Whether the answers so far leave `c` no way to a majority.
+  bool Refuted(const Check& c) const;
+  // Whether another region's renewal of `group` is being checked (this region then waits for the
+  // answer rather than compete for the group). Only renewals count: they stop when their holder
+  // steps down, while a sync request is asked again until answered.
+  bool Checking(RegionId group) const;
   // Whether `from` is an acceptor of this deployment (a region or a witness).
   bool IsMember(RegionId from) const;
   void Deliver(RegionId to, const LeaseMessage& m);
@@ -331,7 +353,7 @@ class LeaseManager {
   std::map<RegionId, uint64_t> claimed_;  // highest epoch seen claimed
   std::map<RegionId, Won> won_;           // highest epoch known won
   // the last renewal request heard for each group: from whom, when (its holder is active)
-  std::map<RegionId, std::pair<RegionId, int64_t>> last_renewal_;
+  std::map<RegionId, Renewal> last_renewal_;
   std::map<RegionId, int64_t> last_heard_ms_;
   std::map<RegionId, uint64_t> synced_epoch_;  // SyncDone received for this epoch
   std::map<RegionId, Check> checks_;           // at most one claim checked per group at a time
