@@ -43,7 +43,8 @@
 // a majority of acceptors' records, asked for with a LeaseQuery, show it (records only grow, and
 // an acceptor grants one owner per epoch: a majority holding it granted it). A peer's word alone
 // (a bug, or a stolen certificate) moves nothing: a region that named an epoch nobody granted it
-// cannot fence a group's rightful owner out. Likewise a request or a reply's record more than
+// cannot fence a group's rightful owner out. While another region's renewal is being checked,
+// this region does not compete for that group. Likewise a request or a reply's record more than
 // kMaxEpochJump above everything this region has seen claimed is not taken at its word (refused;
 // checked with a query), so no single peer can push a group to kMaxEpoch.
 //
