@@ -58,6 +58,34 @@ LeaseConfig FastConfig() {
   return c;
 }
 
+// Region 2 of {1, 2, 3} on its own, on a clock the test moves: every message it sends is kept
+// (Sent<T>() lists those of one kind), and nothing reaches it unless the test delivers it.
+struct LoneRegion {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock{&now, 1.0, 0};
+  std::vector<std::pair<RegionId, LeaseMessage>> sent;
+  LeaseManager lm{
+      2, {1, 2, 3}, {}, FastConfig(), &store, &clock, [this](RegionId to, const LeaseMessage& m) {
+        sent.emplace_back(to, m);
+      }};
+
+  template <class T>
+  std::vector<T> Sent() const {
+    std::vector<T> out;
+    for (const auto& [to, m] : sent)
+      if (const T* x = std::get_if<T>(&m)) out.push_back(*x);
+    return out;
+  }
+  // Ticks every 10 ms for `ms`.
+  void Run(int64_t ms) {
+    for (int64_t t = 0; t < ms; t += 10) {
+      now += 10;
+      lm.Tick();
+    }
+  }
+};
+
 // N regions on a simulated network: delays, loss, partitions, crashes; every 1 ms each live node
 // may tick. Checks after every step that no group is mutable at two regions.
 struct Cluster {
@@ -351,26 +379,17 @@ TEST(Lease, StoreFailureRefusesTheGrant) {
 // A claim near the last epoch there is (kMaxEpoch), once a majority's records show it, does not
 // make this region ask for one past it, which every peer would refuse, ending the stream each time.
 TEST(Lease, NoEpochPastTheLastIsAskedFor) {
-  MemStore store;
-  int64_t now = 10000;
-  TestClock clock(&now, 1.0, 0);
-  std::vector<LeaseRequest> asked;
-  std::vector<LeaseQuery> queries;
-  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
-                  [&](RegionId, const LeaseMessage& m) {
-                    if (auto* r = std::get_if<LeaseRequest>(&m)) asked.push_back(*r);
-                    if (auto* q = std::get_if<LeaseQuery>(&m)) queries.push_back(*q);
-                  });
+  LoneRegion r2;
+  LeaseManager& lm = r2.lm;
   ASSERT_TRUE(lm.Start().ok());
   lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch - 1, 3});  // a record one below the last
+  const auto queries = r2.Sent<LeaseQuery>();
   ASSERT_FALSE(queries.empty()) << "a record that far ahead is checked with the acceptors";
   for (RegionId from : {1u, 3u})
     lm.OnMessage(from, LeaseRecordAnswer{1, kMaxEpoch - 1, queries.back().query, kMaxEpoch - 1, 3});
   ASSERT_EQ(lm.View(1).epoch, kMaxEpoch - 1);
-  for (int i = 0; i < 200; ++i) {  // regions 1 and 3 silent: region 2, the successor, takes group 1
-    now += 10;
-    lm.Tick();
-  }
+  r2.Run(2000);  // regions 1 and 3 silent: region 2, the successor, takes group 1
+  std::vector<LeaseRequest> asked = r2.Sent<LeaseRequest>();
   bool asked_last = false;
   for (const LeaseRequest& r : asked) {
     EXPECT_LE(r.epoch, kMaxEpoch);
@@ -379,10 +398,8 @@ TEST(Lease, NoEpochPastTheLastIsAskedFor) {
   EXPECT_TRUE(asked_last) << "the takeover should still use the last epoch";
   lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch, 3});  // now the last one is claimed
   const size_t before = asked.size();
-  for (int i = 0; i < 200; ++i) {
-    now += 10;
-    lm.Tick();
-  }
+  r2.Run(2000);
+  asked = r2.Sent<LeaseRequest>();
   for (size_t i = before; i < asked.size(); ++i) {
     EXPECT_LE(asked[i].epoch, kMaxEpoch) << "group " << asked[i].group;
   }
@@ -392,24 +409,15 @@ TEST(Lease, NoEpochPastTheLastIsAskedFor) {
 // region has seen (before, a hostile reply naming kMaxEpoch stopped the group's takeovers for
 // good).
 TEST(Lease, ARecordFarAheadIsNotClaimedOnOneAcceptorsWord) {
-  MemStore store;
-  int64_t now = 10000;
-  TestClock clock(&now, 1.0, 0);
-  std::vector<LeaseRequest> asked;
-  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
-                  [&](RegionId, const LeaseMessage& m) {
-                    if (auto* r = std::get_if<LeaseRequest>(&m)) asked.push_back(*r);
-                  });
+  LoneRegion r2;
+  LeaseManager& lm = r2.lm;
   ASSERT_TRUE(lm.Start().ok());
   lm.OnMessage(3, LeaseReply{1, 1, 99, false, kMaxEpoch, 3});
   lm.OnMessage(3, LeaseRecordAnswer{1, kMaxEpoch, 1, kMaxEpoch, 3});  // only one acceptor says so
   EXPECT_EQ(lm.View(1).claimed_epoch, 0u);
-  for (int i = 0; i < 200; ++i) {
-    now += 10;
-    lm.Tick();
-  }
+  r2.Run(2000);
   bool asked_group1 = false;
-  for (const LeaseRequest& r : asked) {
+  for (const LeaseRequest& r : r2.Sent<LeaseRequest>()) {
     if (r.group != 1) continue;
     asked_group1 = true;
     EXPECT_LE(r.epoch, kMaxEpochJump) << "asked for an epoch only a lone acceptor named";
@@ -423,23 +431,18 @@ TEST(Lease, ARecordFarAheadIsNotClaimedOnOneAcceptorsWord) {
 // A request far above anything this acceptor has seen claimed is refused: no peer pushes a group
 // to the last epoch in one step.
 TEST(Lease, ARequestBeyondTheEpochJumpIsRefused) {
-  MemStore store;
-  int64_t now = 10000;
-  TestClock clock(&now, 1.0, 0);
-  std::vector<LeaseReply> replies;
-  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
-                  [&](RegionId, const LeaseMessage& m) {
-                    if (auto* r = std::get_if<LeaseReply>(&m)) replies.push_back(*r);
-                  });
-  ASSERT_TRUE(lm.Start().ok());
-  lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump + 1, 7});
+  LoneRegion r2;
+  ASSERT_TRUE(r2.lm.Start().ok());
+  r2.lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump + 1, 7});
+  std::vector<LeaseReply> replies = r2.Sent<LeaseReply>();
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_FALSE(replies.back().granted);
-  EXPECT_TRUE(store.records.empty());
-  lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump, 8});
+  EXPECT_TRUE(r2.store.records.empty());
+  r2.lm.OnMessage(3, LeaseRequest{1, kMaxEpochJump, 8});
+  replies = r2.Sent<LeaseReply>();
   ASSERT_EQ(replies.size(), 2u);
   EXPECT_TRUE(replies.back().granted);
-  EXPECT_EQ(store.records.at(1), (AcceptorRecord{kMaxEpochJump, 3}));
+  EXPECT_EQ(r2.store.records.at(1), (AcceptorRecord{kMaxEpochJump, 3}));
 }
 
 // A peer's word that it won an epoch (a renewal, a sync request, a handback) moves nothing here
@@ -506,20 +509,14 @@ TEST(Lease, ARegionBackWaitsForTheCheckOfItsSuccessorsWinInsteadOfCompeting) {
 
 // A win this acceptor did not grant (it was away) is learnt from a majority's records.
 TEST(Lease, AWinThisAcceptorMissedIsLearntFromAMajoritysRecords) {
-  MemStore store;
-  int64_t now = 10000;
-  TestClock clock(&now, 1.0, 0);
-  std::vector<std::pair<RegionId, LeaseQuery>> queries;
-  LeaseManager lm(2, {1, 2, 3}, {}, FastConfig(), &store, &clock,
-                  [&](RegionId to, const LeaseMessage& m) {
-                    if (auto* q = std::get_if<LeaseQuery>(&m)) queries.emplace_back(to, *q);
-                  });
+  LoneRegion r2;
+  LeaseManager& lm = r2.lm;
   ASSERT_TRUE(lm.Start().ok());
   EXPECT_FALSE(lm.Learn(1, 5, 3));
-  ASSERT_EQ(queries.size(), 2u) << "every other acceptor is asked";
+  ASSERT_EQ(r2.Sent<LeaseQuery>().size(), 2u) << "every other acceptor is asked";
   EXPECT_FALSE(lm.Learn(1, 5, 3));
-  EXPECT_EQ(queries.size(), 2u) << "a repeat of the claim waits for the answers";
-  const uint64_t q = queries.back().second.query;
+  EXPECT_EQ(r2.Sent<LeaseQuery>().size(), 2u) << "a repeat of the claim waits for the answers";
+  const uint64_t q = r2.Sent<LeaseQuery>().back().query;
   lm.OnMessage(1, LeaseRecordAnswer{1, 5, q + 1, 5, 3});  // another check's answer
   lm.OnMessage(1, LeaseRecordAnswer{1, 5, q, 4, 3});      // another record
   lm.OnMessage(9, LeaseRecordAnswer{1, 5, q, 5, 3});      // not a member
@@ -532,11 +529,11 @@ TEST(Lease, AWinThisAcceptorMissedIsLearntFromAMajoritysRecords) {
   EXPECT_TRUE(lm.Learn(1, 5, 3));
   EXPECT_TRUE(lm.Learn(1, 4, 1)) << "an older epoch is superseded, nothing to check";
   // A claim this acceptor granted itself needs no check.
-  queries.clear();
-  now += 1000;
+  r2.sent.clear();
+  r2.now += 1000;
   lm.OnMessage(1, LeaseRequest{1, 6, 3});
   EXPECT_TRUE(lm.Learn(1, 6, 1));
-  EXPECT_TRUE(queries.empty());
+  EXPECT_TRUE(r2.Sent<LeaseQuery>().empty());
   EXPECT_EQ(lm.View(1).epoch, 6u);
 }
 
