@@ -191,7 +191,7 @@ bool LeaseManager::WantsToAcquire(RegionId group, const Holding& h) const {
       return false;
     }
   }
-  // Nor while another region's claim on it is being checked: a region just back hears the new
+  // Nor while another region's renewal of it is being checked: a region just back hears the new
   // owner's renewals before it knows the win, and competing would only burn epochs.
   if (Checking(group)) return false;
   return Designated(group);
@@ -326,8 +326,8 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
   } else if (m.epoch == a.record.epoch) {
     grant = a.record.owner == from;  // one owner per epoch
   } else if (m.epoch > claimed_.at(m.group) + kMaxEpochJump) {
-    grant =
-        false;  // far above anything seen claimed: not on one peer's word (a renewal is checked)
+    // Far above anything seen claimed: not on one peer's word (a renewal is checked below).
+    grant = false;
   } else if (from == a.record.owner ||
              (now >= a.promised_until_ms && now >= quarantine_until_ms_)) {
     // Only a.record.owner can hold a promise from us, so it may move to a higher epoch at once.
