@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/config_files.h"
+#include "common/strings.h"
 #include "failover/decision.h"
 #include "failover/probe.h"
 #include "failover/wire.h"
@@ -63,10 +64,9 @@ int64_t UnixMs() {
       .count();
 }
 
-std::string Truncate(std::string s, size_t n) {
-  if (s.size() > n) s.resize(n);
-  return s;
-}
+// Every JSON this controller serves or sends carries text from elsewhere (a region's reason, a
+// reply body): strict dumping would throw on one invalid byte, so invalid UTF-8 is replaced.
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
 double StateValue(RegionState s) {
   switch (s) {
@@ -214,7 +214,7 @@ class Controller::Impl {
       RegionReport rep;
       rep.healthy = c.healthy;
       rep.caught_up = c.caught_up;
-      rep.reason = Truncate(c.reason, kMaxReasonBytes);
+      rep.reason = Utf8Prefix(c.reason, kMaxReasonBytes);
       reports[name] = rep;
       m_healthy_.at(name)->Set(c.healthy ? 1 : 0);
       m_caught_up_.at(name)->Set(c.caught_up ? 1 : 0);
@@ -523,7 +523,7 @@ class Controller::Impl {
   void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
     if (config_.geo.empty()) return;
     Enqueue([this, region, state, reason] {
-      const std::string body = Json{{"state", state}, {"reason", reason}}.dump();
+      const std::string body = Dump(Json{{"state", state}, {"reason", reason}});
       std::vector<HttpCall> calls;
       for (const auto& g : config_.geo) {
         calls.push_back(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
@@ -551,14 +551,13 @@ class Controller::Impl {
         if (decider_.state(region) == RegionState::kUp) return;  // recovered meanwhile
       }
       if (override_state == "down") continue;
-      HttpResult post =
-          http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
-                             Json{{"state", "down"},
-                                  {"reason", absl::StrCat("meridian-failover ", config_.region,
-                                                          ": region lost (override restored)")}}
-                                 .dump(),
-                             config_.operator_token},
-                    2000);
+      HttpResult post = http_->Do(
+          HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
+                   Dump(Json{{"state", "down"},
+                             {"reason", absl::StrCat("meridian-failover ", config_.region,
+                                                     ": region lost (override restored)")}}),
+                   config_.operator_token},
+          2000);
       Action("geo_health", region, absl::StrCat("state=down geo=", LogValue(g), " reconcile=1"),
              post);
     }
@@ -580,14 +579,13 @@ class Controller::Impl {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) != RegionState::kUp) return;
       }
-      HttpResult post =
-          http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
-                             Json{{"state", "auto"},
-                                  {"reason", absl::StrCat("meridian-failover ", config_.region,
-                                                          ": region up (a stale override lifted)")}}
-                                 .dump(),
-                             config_.operator_token},
-                    2000);
+      HttpResult post = http_->Do(
+          HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
+                   Dump(Json{{"state", "auto"},
+                             {"reason", absl::StrCat("meridian-failover ", config_.region,
+                                                     ": region up (a stale override lifted)")}}),
+                   config_.operator_token},
+          2000);
       Action("geo_health", region, absl::StrCat("state=auto geo=", LogValue(g), " reconcile=1"),
              post);
     }
@@ -608,7 +606,7 @@ class Controller::Impl {
     const std::string result = r.ok() ? "ok" : "error";
     m_actions_->Add({{"action", action}, {"result", result}}).Increment();
     Json entry{{"action", action}, {"result", result}, {"status", r.status}};
-    std::string detail = r.ok() ? "" : Truncate(r.error.empty() ? r.body : r.error, 300);
+    std::string detail = r.ok() ? "" : Utf8Prefix(r.error.empty() ? r.body : r.error, 300);
     Audit("failover_action", region, absl::StrCat("action=", action, " result=", result),
           absl::StrCat(fields, " status=", r.status), detail, std::move(entry));
   }
@@ -653,8 +651,7 @@ class Controller::Impl {
       std::lock_guard<std::mutex> l(audit_mu_);
       Json list = Json::array();
       for (const auto& e : audit_entries_) list.push_back(e);
-      return HttpResponse::Json(200,
-                                Json{{"controller", config_.region}, {"entries", list}}.dump());
+      return HttpResponse::Json(200, Dump(Json{{"controller", config_.region}, {"entries", list}}));
     });
     router_.Add("GET", "/v1/admin/rights/{sku}", [this](HttpRequest& r) { return GetRights(r); });
     router_.Add("POST", "/v1/regions/{region}/declared-lost",
@@ -676,10 +673,10 @@ class Controller::Impl {
                          {"received_ms_ago", now - held->received_ms},
                          {"fresh", now - held->received_ms < config_.observation_ttl_ms}};
     }
-    return HttpResponse::Json(200, Json{{"controller", config_.region},
+    return HttpResponse::Json(200,
+                              Dump(Json{{"controller", config_.region},
                                         {"own", Json::parse(ObservationToJson(decider_.own()))},
-                                        {"peers", peers}}
-                                       .dump(-1, ' ', false, Json::error_handler_t::replace));
+                                        {"peers", peers}}));
   }
 
   // The peer controller whose own token (controller_token) the request carries. Not the operator
@@ -800,13 +797,12 @@ class Controller::Impl {
           {"handback", p.handback_state.empty() ? Json() : Json(p.handback_state)},
           {"detected_after_ms", p.detected_after_ms ? Json(*p.detected_after_ms) : Json()}});
     }
-    return HttpResponse::Json(200, Json{{"controller", config_.region},
-                                        {"quorum", decider_.quorum()},
-                                        {"lost_after_checks", config_.lost_after_checks},
-                                        {"recover_after_checks", config_.recover_after_checks},
-                                        {"probe_interval_ms", config_.probe_interval_ms},
-                                        {"regions", regions}}
-                                       .dump(-1, ' ', false, Json::error_handler_t::replace));
+    return HttpResponse::Json(200, Dump(Json{{"controller", config_.region},
+                                             {"quorum", decider_.quorum()},
+                                             {"lost_after_checks", config_.lost_after_checks},
+                                             {"recover_after_checks", config_.recover_after_checks},
+                                             {"probe_interval_ms", config_.probe_interval_ms},
+                                             {"regions", regions}}));
   }
 
   HttpResponse GetRights(HttpRequest& r) {
@@ -872,14 +868,13 @@ class Controller::Impl {
         out["reclaimed_units"] = moved;
         rows.push_back(out);
       }
-      return HttpResponse::Json(200, Json{{"sku", sku},
-                                          {"controller", config_.region},
-                                          {"as_seen_by", j.value("as_seen_by", e->name)},
-                                          {"available", j.value("available", Json())},
-                                          {"regions", rows},
-                                          {"frozen_regions", frozen_regions},
-                                          {"frozen_units", frozen}}
-                                         .dump());
+      return HttpResponse::Json(200, Dump(Json{{"sku", sku},
+                                               {"controller", config_.region},
+                                               {"as_seen_by", j.value("as_seen_by", e->name)},
+                                               {"available", j.value("available", Json())},
+                                               {"regions", rows},
+                                               {"frozen_regions", frozen_regions},
+                                               {"frozen_units", frozen}}));
     }
     return HttpResponse::Problem(503, "Service Unavailable",
                                  absl::StrCat("no live region answered: ", errors));
@@ -939,7 +934,7 @@ class Controller::Impl {
     }
     Progress& p = progress_[region];
     if (p.declarations.count(id)) {
-      return HttpResponse::Json(200, Json{{"recorded", false}, {"already", true}}.dump());
+      return HttpResponse::Json(200, Dump(Json{{"recorded", false}, {"already", true}}));
     }
     if (p.declarations.size() >= kMaxDeclarationsPerRegion) {
       return HttpResponse::Problem(
@@ -959,7 +954,7 @@ class Controller::Impl {
                                " units=", total, " skus=", units.size()),
                   "an operator declared the region lost (meridianctl declare-lost): its rights "
                   "were reclaimed; it writes them off if it returns");
-    return HttpResponse::Json(200, Json{{"recorded", true}}.dump());
+    return HttpResponse::Json(200, Dump(Json{{"recorded", true}}));
   }
 
   // ---------------------------------------------------------------------------------- metrics

@@ -449,6 +449,30 @@ TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
   EXPECT_NE(Audit().find("decision=handback_gave_up"), std::string::npos);
 }
 
+// A reply that is not valid UTF-8 (a proxy's Latin-1 error page; a character across the 300-byte
+// cut) is kept in the audit trail with '?' in place of the bad bytes, and /v1/decisions keeps
+// answering: it answered 500 (nlohmann's strict dump) until 200 more entries pushed it out.
+TEST_F(ControllerTest, AReplyThatIsNotUtf8DoesNotBreakTheDecisionsEndpoint) {
+  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 502,
+                "\xff\xfe upstream " + std::string(287, 'x') + "\xc3\xa9 says no");
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound("eu-west").status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  c_->RunPendingActions();
+  HttpResponse r = Call("GET", "/v1/decisions");
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::string reason;
+  const Json decisions = Json::parse(r.body);
+  for (const Json& e : decisions["entries"])
+    if (e.value("action", std::string()) == "geo_health") reason = e["reason"].get<std::string>();
+  // 299 bytes: the cut at 300 drops the character it would split.
+  EXPECT_EQ(reason, "?? upstream " + std::string(287, 'x'));
+  EXPECT_NE(Audit().find("action=geo_health result=error"), std::string::npos);
+}
+
 TEST_F(ControllerTest, ObservationEndpointValidates) {
   ap_->RecordOwnChecks(clock_.NowMs(), {});
   const std::string body = ObservationToJson(ap_->own());
