@@ -400,5 +400,24 @@ TEST(WitnessConfig, DeployScriptsTtlMinimumIsLeaseConfigs) {
   EXPECT_EQ(scripted, LeaseConfig{}.MinTtlMs());
 }
 
+TEST(WitnessFrames, OnlyRequestsReleasesAndQueriesOfARegionsGroupAreTaken) {
+  const std::vector<RegionId> regions{1, 2};
+  EXPECT_TRUE(CheckWitnessFrame(LeaseRequest{1, 5, 1, false}, regions).ok());
+  EXPECT_TRUE(CheckWitnessFrame(LeaseRequest{2, 5, 1, true}, regions).ok());
+  EXPECT_TRUE(CheckWitnessFrame(LeaseRelease{2, 5}, regions).ok());
+  EXPECT_TRUE(CheckWitnessFrame(LeaseQuery{1, 5, 9}, regions).ok());
+  // Before, a reply's record was taken as a claim: each one moved the witness's epochs a jump.
+  absl::Status st = CheckWitnessFrame(LeaseReply{2, 5, 1, false, 1 << 20, 1}, regions);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("answers nothing"), std::string_view::npos) << st;
+  EXPECT_FALSE(CheckWitnessFrame(LeaseRecordAnswer{2, 5, 9, 5, 1}, regions).ok());
+  EXPECT_FALSE(CheckWitnessFrame(LeaseHandback{1, 5}, regions).ok());
+  // Groups the witness does not know (it answered them OK with an empty frame).
+  st = CheckWitnessFrame(LeaseRequest{3, 5, 1, false}, regions);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("group 3 is not a region"), std::string_view::npos) << st;
+  EXPECT_FALSE(CheckWitnessFrame(LeaseQuery{250, 5, 9}, regions).ok());
+}
+
 }  // namespace
 }  // namespace meridian::replication

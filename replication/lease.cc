@@ -106,6 +106,7 @@ absl::Status LeaseManager::Start() {
   for (RegionId g : regions_) {
     Acceptor& a = acceptors_[g];
     if (auto it = saved.find(g); it != saved.end()) a.record = it->second;
+    a.start_epoch = a.record.epoch;
     claimed_[g] = a.record.epoch;
     won_[g];
     holdings_[g];
@@ -208,7 +209,9 @@ void LeaseManager::Tick() {
       it = checks_.erase(it);
       continue;
     }
-    if (!Refuted(c) && now - c.sent_ms >= config_.retry_interval_ms) AskRecords(it->first, c, now);
+    if (!Refuted(c) && now - c.sent_ms >= config_.retry_interval_ms) {
+      AskRecords(it->first.first, c, now);
+    }
     ++it;
   }
   for (RegionId g : regions_) {
@@ -256,7 +259,7 @@ void LeaseManager::Tick() {
       StartRound(g, h, h.epoch, now);
       h.next_round_ms = now + config_.renew_interval_ms;
     } else if (now >= listen_until_ms_ && WantsToAcquire(g, h)) {
-      const uint64_t next = std::max(claimed_.at(g), w.epoch) + 1;
+      const uint64_t next = NextEpoch(g, h);
       if (next > kMaxEpoch) continue;  // see kMaxEpoch
       h.state = Holding::State::kAcquiring;
       StartRound(g, h, next, now);
@@ -273,6 +276,7 @@ void LeaseManager::StartRound(RegionId group, Holding& h, uint64_t epoch, int64_
   h.round_open = true;
   h.grants.clear();
   h.refusals.clear();
+  h.records.clear();
   const LeaseRequest req{group, epoch, h.round, Held(h)};
   // Ask ourselves first: our own acceptor is the cheapest vote.
   Deliver(self_, req);
@@ -325,8 +329,8 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
     Emit(LeaseEvent::Kind::kStaleRefused, m.group, m.epoch, from);
   } else if (m.epoch == a.record.epoch) {
     grant = a.record.owner == from;  // one owner per epoch
-  } else if (m.epoch > claimed_.at(m.group) + kMaxEpochJump) {
-    // Far above anything seen claimed: not on one peer's word (a renewal is checked below).
+  } else if (m.epoch > JumpBase(m.group) + kMaxEpochJump) {
+    // Far above anything known won: not on one peer's word (a renewal is checked below).
     grant = false;
   } else if (from == a.record.owner ||
              (now >= a.promised_until_ms && now >= quarantine_until_ms_)) {
@@ -340,26 +344,25 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
   if (grant) a.promised_until_ms = std::max(a.promised_until_ms, now + config_.ttl_ms);
   Claim(m.group, a.record.epoch);
   // A renewal says its sender won the epoch: taken once vouched for (granted here above, or a
-  // majority's records). Meanwhile it counts as a claim (fresh epochs go above it) if it is not
-  // far ahead. A witness holds no fence and takes no group: it only answers.
+  // majority's records). Until then it moves nothing (fresh epochs go above it once the acceptors
+  // report it in their records). A witness holds no fence and takes no group: it only answers.
   if (m.renewal && from != self_ && IsHolder()) {
-    if (m.epoch <= claimed_.at(m.group) + kMaxEpochJump) Claim(m.group, m.epoch);
     last_renewal_[m.group] = Renewal{from, m.epoch, now};
-    (void)Vouched(m.group, m.epoch, from, /*renewal=*/true);
+    (void)Vouched(m.group, m.epoch, from, from, /*renewal=*/true);
   }
   Deliver(from, LeaseReply{m.group, m.epoch, m.round, grant, a.record.epoch, a.record.owner});
 }
 
 void LeaseManager::OnReply(RegionId from, const LeaseReply& m) {
-  if (m.known_epoch <= claimed_.at(m.group) + kMaxEpochJump) {
-    Claim(m.group, m.known_epoch);
-  } else {
-    // A record far ahead of everything seen: counted once a majority's records show it (a region
+  if (m.known_epoch > JumpBase(m.group) + kMaxEpochJump && IsMember(from)) {
+    // A record far ahead of everything known: counted once a majority's records show it (a region
     // rebuilt from nothing catches up so), never on one acceptor's word.
-    (void)Vouched(m.group, m.known_epoch, m.known_owner);
+    (void)Vouched(m.group, m.known_epoch, m.known_owner, from);
   }
   Holding& h = holdings_[m.group];
   if (!h.round_open || m.round != h.round || m.epoch != h.epoch) return;  // a stale reply
+  // The acceptor's record, for the next round's bid (one reply per acceptor and round counts).
+  if (IsMember(from)) h.records.emplace(from, m.known_epoch);
   if (!m.granted) {
     // A renewal goes on whatever: the lease stays valid until it expires. An acquisition that can
     // no longer reach a majority ends now and is retried, at a fresh epoch, on the next retry.
@@ -418,8 +421,8 @@ void LeaseManager::OnRelease(RegionId from, const LeaseRelease& m) {
 }
 
 void LeaseManager::OnHandback(RegionId from, const LeaseHandback& m) {
-  if (m.group != self_ || m.epoch == 0) return;  // only a group's home takes it back
-  if (!Vouched(m.group, m.epoch, from)) return;  // checking: the holder repeats its offer
+  if (m.group != self_ || m.epoch == 0) return;        // only a group's home takes it back
+  if (!Vouched(m.group, m.epoch, from, from)) return;  // checking: the holder repeats its offer
   Holding& h = holdings_[m.group];
   if (m.epoch >= won_.at(m.group).epoch && m.epoch > h.handback_offer_epoch) {
     h.handback_offer_epoch = m.epoch;
@@ -428,7 +431,7 @@ void LeaseManager::OnHandback(RegionId from, const LeaseHandback& m) {
 
 bool LeaseManager::Learn(RegionId group, uint64_t epoch, RegionId owner) {
   if (!won_.count(group) || epoch == 0 || owner == kNoRegion) return false;
-  return Vouched(group, epoch, owner);
+  return Vouched(group, epoch, owner, owner);
 }
 
 bool LeaseManager::IsMember(RegionId from) const {
@@ -436,7 +439,8 @@ bool LeaseManager::IsMember(RegionId from) const {
                                std::binary_search(witnesses_.begin(), witnesses_.end(), from));
 }
 
-bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner, bool renewal) {
+bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner, RegionId from,
+                           bool renewal) {
   const Won& w = won_.at(group);
   if (w.epoch > epoch || (w.epoch == epoch && w.owner == owner)) return true;
   // Only a region holds a group.
@@ -446,12 +450,13 @@ bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner, bool 
     LearnWon(group, epoch, owner);
     return true;
   }
-  // Ask every acceptor for its record. One check per group at a time: a repeat of the claim keeps
-  // its check open (asked again once refuted, after round_timeout_ms: records move), and another
-  // claim replaces it only after retry_interval_ms, so a peer's stream of claims does not
-  // multiply into queries.
+  // Ask every acceptor for its record. One check per group and peer at a time: a repeat of the
+  // claim keeps its check open (asked again once refuted, after round_timeout_ms: records move),
+  // and another claim of the same peer replaces it only after retry_interval_ms, so a peer's
+  // stream of claims does not multiply into queries, nor hold up the check of another's claim.
   const int64_t now = clock_->NowMs();
-  if (auto it = checks_.find(group); it != checks_.end()) {
+  const auto key = std::make_pair(group, from);
+  if (auto it = checks_.find(key); it != checks_.end()) {
     Check& c = it->second;
     const int64_t age = now - c.started_ms;
     if (c.epoch == epoch && c.owner == owner) {
@@ -462,7 +467,7 @@ bool LeaseManager::Vouched(RegionId group, uint64_t epoch, RegionId owner, bool 
       return false;
     }
   }
-  Check& c = checks_[group];
+  Check& c = checks_[key];
   c = Check{epoch, owner, next_query_id_++, now, now, now, renewal ? now : -1, {self_}, {}};
   AskRecords(group, c, now);
   return false;
@@ -483,11 +488,15 @@ bool LeaseManager::Refuted(const Check& c) const {
 }
 
 bool LeaseManager::Checking(RegionId group) const {
-  auto it = checks_.find(group);
-  if (it == checks_.end()) return false;
-  const Check& c = it->second;
-  return c.owner != self_ && !Refuted(c) && c.renewed_ms >= 0 &&
-         clock_->NowMs() - c.renewed_ms < config_.alive_timeout_ms;
+  for (auto it = checks_.lower_bound({group, kNoRegion});
+       it != checks_.end() && it->first.first == group; ++it) {
+    const Check& c = it->second;
+    if (c.owner != self_ && !Refuted(c) && c.renewed_ms >= 0 &&
+        clock_->NowMs() - c.renewed_ms < config_.alive_timeout_ms) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void LeaseManager::OnQuery(RegionId from, const LeaseQuery& m) {
@@ -497,10 +506,10 @@ void LeaseManager::OnQuery(RegionId from, const LeaseQuery& m) {
 }
 
 void LeaseManager::OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m) {
-  auto it = checks_.find(m.group);
-  if (it == checks_.end() || it->second.query != m.query || !IsMember(from) || from == self_) {
-    return;
-  }
+  if (!IsMember(from) || from == self_) return;
+  auto it = checks_.lower_bound({m.group, kNoRegion});
+  while (it != checks_.end() && it->first.first == m.group && it->second.query != m.query) ++it;
+  if (it == checks_.end() || it->first.first != m.group) return;
   Check& c = it->second;
   c.answered.insert(from);
   if (m.record_epoch == c.epoch && m.record_owner == c.owner) c.backers.insert(from);
@@ -511,6 +520,28 @@ void LeaseManager::OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m) {
   const Won won{c.epoch, c.owner};
   checks_.erase(it);
   LearnWon(m.group, won.epoch, won.owner);
+}
+
+uint64_t LeaseManager::JumpBase(RegionId group) const {
+  return std::max(won_.at(group).epoch, acceptors_.at(group).start_epoch);
+}
+
+uint64_t LeaseManager::NextEpoch(RegionId group, const Holding& h) const {
+  // Enough to win: above the records of a majority, the majority-th smallest of those reported
+  // (with our own acceptor's record as it stands). An acceptor above it is not needed, so no
+  // single acceptor's record, true or not, pushes the bid up; fewer reports than a majority (the
+  // first round, or peers silent) count as what they are.
+  std::vector<uint64_t> records;
+  for (const auto& [from, epoch] : h.records)
+    if (from != self_) records.push_back(epoch);
+  records.push_back(acceptors_.at(group).record.epoch);
+  std::sort(records.begin(), records.end());
+  const uint64_t enough = records[std::min(records.size(), Majority()) - 1];
+  const uint64_t base = JumpBase(group);
+  // Never past what the acceptors grant (the jump), and always above the epoch known won.
+  return std::max(std::min(std::max(base, enough), base + kMaxEpochJump - 1),
+                  won_.at(group).epoch) +
+         1;
 }
 
 void LeaseManager::Claim(RegionId group, uint64_t epoch) {

@@ -29,24 +29,35 @@
 // group's preference order: its home first, then the regions of the home's jurisdiction, then the
 // others, each part by ascending id after the home, wrapping around (a pinned customer's orders
 // stay workable after a failover wherever a second region of their jurisdiction exists). Every
-// acquisition asks for a fresh epoch, above every epoch this region has seen claimed anywhere, so
-// candidates never deadlock on a contested epoch; an acceptor grants a higher epoch at once to the
-// region it already promised (nobody else can hold a promise from it). An epoch above 1 becomes
+// acquisition asks for a fresh epoch: above the highest epoch known won, and above the records a
+// majority of acceptors reported in the last round (the majority-th smallest of them: enough to
+// win, and no single acceptor's record can push it up), so candidates never deadlock on a
+// contested epoch; an acceptor grants a higher epoch at once to the region it already promised
+// (nobody else can hold a promise from it). An epoch above 1 becomes
 // usable only after the host reports that it synced the group's orders from its peers (SyncDone):
 // the new owner does not work on a stale copy.
 //
 // Claims and wins: an acceptor's record is a *claim* (the candidate may not have won). This region
-// keeps the highest claim (to pick fresh epochs) apart from the highest epoch it knows was *won*:
-// only a won epoch moves the region's fence and makes a holder step down. It knows an epoch was
+// keeps the highest epoch its own acceptor granted (claimed_epoch, for operators) apart from the
+// highest epoch it knows was *won*: only a won epoch moves the region's fence and makes a holder
+// step down. It knows an epoch was
 // won from its own wins, or from a peer saying so (a renewal, a winner's sync request — Learn() —
 // or a handback) once that is *vouched for*: its own acceptor granted that epoch to that peer, or
 // a majority of acceptors' records, asked for with a LeaseQuery, show it (records only grow, and
 // an acceptor grants one owner per epoch: a majority holding it granted it). A peer's word alone
 // (a bug, or a stolen certificate) moves nothing: a region that named an epoch nobody granted it
 // cannot fence a group's rightful owner out. While another region's renewal is being checked,
-// this region does not compete for that group. Likewise a request or a reply's record more than
-// kMaxEpochJump above everything this region has seen claimed is not taken at its word (refused;
-// checked with a query), so no single peer can push a group to kMaxEpoch.
+// this region does not compete for that group. Each peer's claims are checked apart from every
+// other peer's, so no peer's stream of claims keeps a real win from being checked.
+//
+// Epoch jumps: a request more than kMaxEpochJump above the group's *jump base* is refused: the
+// highest epoch known won, or the acceptor's record as it was at Start (what it granted before),
+// neither of which a peer's word moves. So one peer can move an acceptor's record at most that far
+// while no majority wins, however many frames it sends, and never to kMaxEpoch; and no peer's
+// word (a reply's record, an unchecked renewal) moves the epochs this region asks for: before,
+// two such frames each raised them by the jump, past what every other acceptor would grant, and
+// the group was never taken over again. A reply's record beyond the jump is checked with a query
+// (a region rebuilt from nothing catches up so).
 //
 // Threading: not thread-safe; the host serializes calls (the replicator under one mutex, the
 // simulator on one thread). No I/O: messages leave through the `send` callback, durable state
@@ -58,6 +69,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -76,9 +88,10 @@ inline constexpr RegionId kNoRegion = 0;
 // peer refuses.
 inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
 
-// How far above the highest epoch this region has seen claimed a request may ask, or a reply's
-// record may be taken unchecked. Honest epochs grow by one per acquisition round (at most one
-// every retry_interval_ms): 2^20 is days of failed rounds this region did not see.
+// How far above a group's jump base (the highest epoch known won, or the acceptor's record at its
+// start) a request may ask, and a candidate may bid. Honest epochs grow by one per acquisition
+// round (at most one every retry_interval_ms): 2^20 is days of failed rounds this region did not
+// see.
 inline constexpr uint64_t kMaxEpochJump = uint64_t{1} << 20;
 
 // ttl_ms's range; within it, the other timings set the real minimum (LeaseConfig::MinTtlMs).
@@ -197,7 +210,7 @@ struct GroupView {
   RegionId group = kNoRegion;
   uint64_t epoch = 0;          // highest epoch known to have been won (the fence); 0: none
   RegionId owner = kNoRegion;  // who won it
-  uint64_t claimed_epoch = 0;  // highest epoch seen claimed at any acceptor
+  uint64_t claimed_epoch = 0;  // highest epoch granted by this acceptor or known won
   bool held = false;           // this region holds it (usable or syncing)
   bool usable = false;         // this region may mutate the group's orders now
   int64_t valid_for_ms = 0;    // when usable: how much longer (by this region's clock)
@@ -255,6 +268,7 @@ class LeaseManager {
   struct Acceptor {
     AcceptorRecord record;
     int64_t promised_until_ms = 0;
+    uint64_t start_epoch = 0;  // the record's epoch at Start (part of the jump base)
   };
   struct Holding {
     enum class State { kIdle, kAcquiring, kSyncing, kActive };
@@ -268,6 +282,8 @@ class LeaseManager {
     bool round_open = false;
     std::set<RegionId> grants;
     std::set<RegionId> refusals;
+    // The records the acceptors reported in replies to the last round (the next bid's basis).
+    std::map<RegionId, uint64_t> records;
     int64_t next_round_ms = 0;
     // handbacks
     uint64_t released_epoch = 0;        // this region released this epoch (don't reacquire it)
@@ -309,8 +325,9 @@ class LeaseManager {
   void OnRecordAnswer(RegionId from, const LeaseRecordAnswer& m);
   // True when `owner` is known to have won `epoch` of `group` (or a later epoch is known won);
   // otherwise starts (or keeps open) a check of it with the acceptors and returns false.
-  // `renewal`: the claim is a holder's renewal (a live holder repeats it).
-  bool Vouched(RegionId group, uint64_t epoch, RegionId owner, bool renewal = false);
+  // `from`: the peer whose word it is (its claims share one check); `renewal`: the claim is a
+  // holder's renewal (a live holder repeats it).
+  bool Vouched(RegionId group, uint64_t epoch, RegionId owner, RegionId from, bool renewal = false);
   void AskRecords(RegionId group, Check& c, int64_t now);
   // Whether the answers so far leave `c` no way to a majority.
   bool Refuted(const Check& c) const;
@@ -324,6 +341,10 @@ class LeaseManager {
   void StartRound(RegionId group, Holding& h, uint64_t epoch, int64_t now);
   void StepDown(RegionId group, Holding& h, LeaseEvent::Kind why);
   void Claim(RegionId group, uint64_t epoch);
+  // See kMaxEpochJump.
+  uint64_t JumpBase(RegionId group) const;
+  // The epoch the next acquisition round of `group` asks for (may exceed kMaxEpoch: not asked).
+  uint64_t NextEpoch(RegionId group, const Holding& h) const;
   void LearnWon(RegionId group, uint64_t epoch, RegionId owner);
   void Release(RegionId group, Holding& h);
   bool WantsToAcquire(RegionId group, const Holding& h) const;
@@ -351,13 +372,14 @@ class LeaseManager {
   uint64_t next_round_id_ = 1;
   std::map<RegionId, Acceptor> acceptors_;
   std::map<RegionId, Holding> holdings_;
-  std::map<RegionId, uint64_t> claimed_;  // highest epoch seen claimed
+  std::map<RegionId, uint64_t> claimed_;  // highest epoch granted here or known won
   std::map<RegionId, Won> won_;           // highest epoch known won
   // the last renewal request heard for each group: from whom, when (its holder is active)
   std::map<RegionId, Renewal> last_renewal_;
   std::map<RegionId, int64_t> last_heard_ms_;
   std::map<RegionId, uint64_t> synced_epoch_;  // SyncDone received for this epoch
-  std::map<RegionId, Check> checks_;           // at most one claim checked per group at a time
+  // Claims being checked, by (group, the peer whose word it is): one per peer and group at a time.
+  std::map<std::pair<RegionId, RegionId>, Check> checks_;
   uint64_t next_query_id_ = 1;
 };
 

@@ -423,9 +423,10 @@ TEST(Lease, ARecordFarAheadIsNotClaimedOnOneAcceptorsWord) {
     EXPECT_LE(r.epoch, kMaxEpochJump) << "asked for an epoch only a lone acceptor named";
   }
   EXPECT_TRUE(asked_group1);
-  // Within the jump a reply's record counts as a claim at once, as it always did.
+  // Nor within the jump: a reply's record counts only toward the bid of the round it answers.
+  const uint64_t granted_here = lm.View(1).claimed_epoch;  // its own acceptor's record
   lm.OnMessage(3, LeaseReply{1, 1, 99, false, 5000, 3});
-  EXPECT_EQ(lm.View(1).claimed_epoch, 5000u);
+  EXPECT_EQ(lm.View(1).claimed_epoch, granted_here);
 }
 
 // A request far above anything this acceptor has seen claimed is refused: no peer pushes a group
@@ -535,6 +536,96 @@ TEST(Lease, AWinThisAcceptorMissedIsLearntFromAMajoritysRecords) {
   EXPECT_TRUE(lm.Learn(1, 6, 1));
   EXPECT_TRUE(r2.Sent<LeaseQuery>().empty());
   EXPECT_EQ(lm.View(1).epoch, 6u);
+}
+
+// A peer's frames cannot push the epochs a designated successor asks for beyond what the other
+// acceptors grant (found by the adversarial review of 2026-12-04). Before, each unsolicited reply
+// naming a record kMaxEpochJump above this region's highest claim, and each renewal that far
+// above, raised that claim by the jump; after two such frames the successor asked for epochs every
+// other acceptor refused, its own acceptor saved them, and the group was never taken over again,
+// across restarts too.
+void PushEpochs(Cluster& c, RegionId victim, RegionId attacker, RegionId group, bool renewals) {
+  for (int i = 1; i <= 2; ++i) {
+    const uint64_t far = c.nodes[victim].lm->View(group).claimed_epoch + i * kMaxEpochJump;
+    if (renewals) {
+      c.nodes[victim].lm->OnMessage(attacker, LeaseRequest{group, far, 424242, true});
+    } else {
+      c.nodes[victim].lm->OnMessage(attacker, LeaseReply{group, 1, 424242, false, far, attacker});
+    }
+  }
+}
+
+TEST(Lease, APeersRepliesDoNotPushTheSuccessorsEpochsOutOfReach) {
+  Cluster c(3, FastConfig(), 7);
+  c.Run(700);
+  ASSERT_EQ(c.Holder(1), 1u);
+  PushEpochs(c, /*victim=*/2, /*attacker=*/3, /*group=*/1, /*renewals=*/false);
+  c.Crash(1);
+  c.Run(5000);
+  EXPECT_EQ(c.Holder(1), 2u) << "the designated successor did not take the group over";
+  EXPECT_LT(c.nodes[2].lm->View(1).epoch, 10u);
+  c.Crash(2);  // and nothing durable was left behind
+  c.Restart(2);
+  c.Run(5000);
+  EXPECT_NE(c.Holder(1), 0u);
+  EXPECT_EQ(c.violations, 0);
+}
+
+TEST(Lease, APeersRenewalsDoNotPushTheSuccessorsEpochsOutOfReach) {
+  Cluster c(5, FastConfig(), 9);
+  c.Run(700);
+  ASSERT_EQ(c.Holder(1), 1u);
+  PushEpochs(c, /*victim=*/2, /*attacker=*/5, /*group=*/1, /*renewals=*/true);
+  c.Crash(1);
+  c.Run(5000);
+  EXPECT_EQ(c.Holder(1), 2u) << "the designated successor did not take the group over";
+  EXPECT_EQ(c.violations, 0);
+}
+
+// Requests are bounded by what is known won, not by this acceptor's own record, which a peer's
+// requests move: however many it sends while the group is free, the record stays within one jump.
+TEST(Lease, APeersRequestsMoveThisAcceptorsRecordAtMostOneJump) {
+  LoneRegion r2;
+  ASSERT_TRUE(r2.lm.Start().ok());
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t record = r2.store.records.count(1) ? r2.store.records.at(1).epoch : 0;
+    r2.lm.OnMessage(3, LeaseRequest{1, record + kMaxEpochJump, static_cast<uint64_t>(i)});
+  }
+  EXPECT_EQ(r2.store.records.at(1), (AcceptorRecord{kMaxEpochJump, 3}));
+  for (int i = 0; i < 1000; ++i) {
+    r2.lm.OnMessage(3, LeaseReply{1, 1, 1, false, r2.lm.View(1).claimed_epoch + kMaxEpochJump, 3});
+  }
+  EXPECT_EQ(r2.lm.View(1).claimed_epoch, kMaxEpochJump) << "no reply moves it";
+}
+
+// One peer's stream of claims, each replacing the last, does not keep another peer's real win
+// from being checked: each peer's claims have their own check. Before, the group's one check was
+// the attacker's whenever the real renewal came, and the win was never learnt.
+TEST(Lease, APeersClaimsDoNotStarveTheCheckOfAnothersWin) {
+  LoneRegion r2;
+  // Region 2's acceptor voted for the losing candidate of epoch 5 (region 1); region 3 won it
+  // (acceptors 1 and 3 hold (5, 3)), so a majority's records show the win.
+  r2.store.records[1] = AcceptorRecord{5, 1};
+  ASSERT_TRUE(r2.lm.Start().ok());
+  bool learnt = false;
+  for (int t = 0; t < 3000 && !learnt; t += 10) {
+    r2.now += 10;
+    if (t % 50 == 0) {  // region 1: a record far ahead, alternating, every 50 ms
+      const uint64_t far = r2.lm.View(1).claimed_epoch + kMaxEpochJump + 1 + (t / 50) % 2;
+      r2.lm.OnMessage(1, LeaseReply{1, 1, 1, false, far, 1});
+    }
+    if (t % 100 == 30) r2.lm.OnMessage(3, LeaseRequest{1, 5, 77, true});  // the real renewal
+    std::vector<std::pair<RegionId, LeaseMessage>> sent;
+    sent.swap(r2.sent);
+    for (const auto& [to, m] : sent) {
+      if (const auto* q = std::get_if<LeaseQuery>(&m)) {
+        r2.lm.OnMessage(to, LeaseRecordAnswer{1, q->epoch, q->query, 5, 3});
+      }
+    }
+    r2.lm.Tick();
+    learnt = r2.lm.View(1).epoch == 5;
+  }
+  EXPECT_TRUE(learnt) << "the real win was never checked";
 }
 
 TEST(Lease, UnknownGroupFromAPeerIsIgnored) {

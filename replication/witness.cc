@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -13,6 +14,8 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <type_traits>
+#include <variant>
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
@@ -170,12 +173,34 @@ absl::Status FileLeaseStore::Write(std::map<RegionId, AcceptorRecord> next) {
   return absl::OkStatus();
 }
 
+absl::Status CheckWitnessFrame(const LeaseMessage& message, const std::vector<RegionId>& regions) {
+  return std::visit(
+      [&](const auto& m) -> absl::Status {
+        using T = std::decay_t<decltype(m)>;
+        if (std::find(regions.begin(), regions.end(), m.group) == regions.end()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("group ", m.group, " is not a region of this deployment"));
+        }
+        if constexpr (std::is_same_v<T, LeaseRequest> || std::is_same_v<T, LeaseRelease> ||
+                      std::is_same_v<T, LeaseQuery>) {
+          return absl::OkStatus();
+        } else if constexpr (std::is_same_v<T, LeaseHandback>) {
+          return absl::InvalidArgumentError("a handback goes to the group's home, not the witness");
+        } else {
+          return absl::InvalidArgumentError(
+              "the witness asks nothing: a reply or a record answer to it answers nothing");
+        }
+      },
+      message);
+}
+
 struct Witness::Impl final : public v1::LeaseWitness::Service {
   WitnessConfig config;
   SteadyClock clock;
   std::unique_ptr<FileLeaseStore> store;
   std::mutex mu;
   std::unique_ptr<LeaseManager> lm;
+  std::vector<RegionId> regions;      // the regions' replica ids: the groups
   std::optional<LeaseMessage> reply;  // what lm answered to the request being handled
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -196,6 +221,11 @@ struct Witness::Impl final : public v1::LeaseWitness::Service {
     auto m = FromLeaseFrame(*req);
     if (!m.ok())
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(m.status().message()));
+    if (absl::Status st = CheckWitnessFrame(*m, regions); !st.ok()) {
+      spdlog::warn("event=witness_frame_refused from={} error=\"{}\"", cn,
+                   std::string(st.message()));
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(st.message()));
+    }
     std::lock_guard<std::mutex> l(mu);
     reply.reset();
     lm->OnMessage(from, *m);
@@ -221,11 +251,11 @@ absl::StatusOr<std::unique_ptr<Witness>> Witness::Start(WitnessConfig config) {
   Impl* w = impl.get();
   w->store = std::make_unique<FileLeaseStore>(w->config.store_path);
   if (absl::Status st = w->store->Open(); !st.ok()) return st;
-  std::vector<RegionId> regions;
-  for (const auto& r : w->config.regions) regions.push_back(r.replica_id);
+  for (const auto& r : w->config.regions) w->regions.push_back(r.replica_id);
   w->lm = std::make_unique<LeaseManager>(
-      w->config.replica_id, regions, std::vector<RegionId>{w->config.replica_id}, w->config.leases,
-      w->store.get(), &w->clock, [w](RegionId, const LeaseMessage& m) { w->reply = m; },
+      w->config.replica_id, w->regions, std::vector<RegionId>{w->config.replica_id},
+      w->config.leases, w->store.get(), &w->clock,
+      [w](RegionId, const LeaseMessage& m) { w->reply = m; },
       [](const LeaseEvent& e) {
         if (e.kind == LeaseEvent::Kind::kStaleRefused) {
           spdlog::info("event={} group={} epoch={} from={}", LeaseEventName(e.kind), e.group,

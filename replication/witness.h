@@ -42,6 +42,14 @@ struct WitnessConfig {
                                                                std::string_view base_dir = "");
 [[nodiscard]] absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path);
 
+// What the witness takes from a region: a request, a release or a query, of a group that is a
+// region of the deployment (`regions`). Anything else is InvalidArgument naming it: the witness
+// sends no requests, so a reply or a record answer to it is not an answer to anything (before,
+// it took a reply's record as a claim, letting a region move its epochs at will), it is no
+// group's home (a handback), and a group it does not know is a misconfigured peer.
+[[nodiscard]] absl::Status CheckWitnessFrame(const LeaseMessage& message,
+                                             const std::vector<RegionId>& regions);
+
 // The acceptor's records in a file: Save writes a temporary file, fsyncs it, renames it over the
 // old one and fsyncs the folder, so a crash leaves the old records or the new ones.
 class FileLeaseStore final : public LeaseStore {
