@@ -10,6 +10,7 @@
 #include <climits>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <system_error>
@@ -165,6 +166,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
     asio::post(socket_.get_executor(), [self = shared_from_this()] { self->Close(); });
   }
 
+  // Since when (steady clock, ns) the connection has been waiting for a request with none begun:
+  // from its accept, and again after each response of a keep-alive connection; -1 while a request
+  // is being read, handled or answered. Safe from any thread (read under core.mu by the accept).
+  int64_t idle_since() const { return idle_since_.load(std::memory_order_relaxed); }
+  bool evicting() const { return evicted_.load(); }
+  // Marks the connection to make room for a new one (a full server, the longest idle): it closes
+  // now if still idle, else once its request is answered. False when it already was marked.
+  bool MakeRoom() {
+    if (evicted_.exchange(true)) return false;
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+      if (self->idle_since() >= 0 && self->state_ == State::kReading) self->Close();
+    });
+    return true;
+  }
+
  private:
   enum class State {
     kReading,          // parsing; a read may be pending
@@ -206,6 +222,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     c.message_begun_ = true;
     c.expect_continue_ = false;
     c.head_ = false;
+    c.idle_since_.store(-1, std::memory_order_relaxed);
     // A connection's first request is timed from the accept (Begin armed it), so a client cannot
     // hold a connection longer by trickling its first byte late.
     if (c.requests_begun_++ > 0) c.ArmDeadline(c.core_.options.read_timeout_ms);
@@ -545,7 +562,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (ec) return Close();
     if (out_.capacity() > kOutBufferKeepBytes) std::string().swap(out_);
     if (close_after_write_) return Linger();
+    if (evicted_.load()) return Close();  // made room for a new connection while it was busy
     state_ = State::kReading;
+    idle_since_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     // OnMessageBegin switches to the read timeout when the next request starts.
     ArmDeadline(core_.options.idle_timeout_ms);
     ProcessInput();
@@ -594,6 +613,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ServerCore& core_;
   const uint64_t id_;
   const std::string client_;
+  std::atomic<int64_t> idle_since_{Clock::now().time_since_epoch().count()};
+  std::atomic<bool> evicted_{false};
   Socket socket_;
   Timer deadline_;  // the one timeout in force for the current state
   State state_ = State::kReading;
@@ -783,13 +804,22 @@ class HttpServer::Impl {
     }
     std::shared_ptr<Connection> connection;
     const char* refused_for = "max_connections";
+    // Connections looked at while making room: released after the lock (the last reference's
+    // destructor takes core_.mu).
+    std::vector<std::shared_ptr<Connection>> looked_at;
     {
       std::lock_guard<std::mutex> lock(core_.mu);
-      if (core_.connections.size() >= static_cast<size_t>(core_.options.max_connections)) {
-        refused_for = "max_connections";
-      } else if (!client.empty() &&
-                 core_.per_client[client] >= core_.options.max_connections_per_client) {
+      // A full server makes room by closing the connection idle the longest (it holds no request),
+      // so that idle keep-alive sockets, one client's or many, cannot lock everyone else out
+      // (pdns's backend connections and the failover controllers' hooks at meridian-geo, found by
+      // the probe of 2026-12-04). Only when every connection has a request under way is a new
+      // one refused. A client over its own limit is refused first: it makes no room.
+      const bool full =
+          core_.connections.size() >= static_cast<size_t>(core_.options.max_connections);
+      if (!client.empty() && core_.per_client[client] >= core_.options.max_connections_per_client) {
         refused_for = "max_connections_per_client";
+      } else if (full && !MakeRoomLocked(&looked_at)) {
+        refused_for = "max_connections";
       } else {
         const uint64_t id = core_.next_connection_id++;
         if (!client.empty()) ++core_.per_client[client];
@@ -814,6 +844,30 @@ class HttpServer::Impl {
     DoAccept();
   }
 
+  // Marks the connection idle the longest to close (Connection::MakeRoom). False when none is
+  // idle. REQUIRES: core_.mu held; every connection it locks goes into *looked_at, for the
+  // caller to release after unlocking.
+  bool MakeRoomLocked(std::vector<std::shared_ptr<Connection>>* looked_at) {
+    Connection* longest = nullptr;
+    int64_t oldest = std::numeric_limits<int64_t>::max();
+    for (const auto& [id, weak] : core_.connections) {
+      std::shared_ptr<Connection> c = weak.lock();
+      if (!c) continue;
+      looked_at->push_back(c);
+      const int64_t since = c->idle_since();
+      if (since >= 0 && since < oldest && !c->evicting()) {
+        oldest = since;
+        longest = c.get();
+      }
+    }
+    if (!longest || !longest->MakeRoom()) return false;
+    if (evicted_++ % 1024 == 0) {
+      spdlog::info("event=http_idle_connection_closed_for_room max_connections={} total={}",
+                   core_.options.max_connections, evicted_);
+    }
+    return true;
+  }
+
   // Declared before io_: connections, destroyed with io_ at the latest, unregister from it.
   ServerCore core_;
   asio::io_context io_;
@@ -823,6 +877,7 @@ class HttpServer::Impl {
   std::vector<std::thread> threads_;
   std::atomic<uint16_t> port_{0};
   uint64_t refused_ = 0;  // acceptor strand only
+  uint64_t evicted_ = 0;  // acceptor strand only
 
   std::mutex lifecycle_mu_;
   Lifecycle lifecycle_ = Lifecycle::kNew;  // guarded by lifecycle_mu_

@@ -571,20 +571,49 @@ TEST_F(HttpServerTest, ExpectContinueWithTheBodyAlreadySentGetsNo100) {
   EXPECT_EQ(next->body, "GET /next path=/next query= x-test=- body=");
 }
 
-TEST_F(HttpServerTest, ConnectionsOverTheLimitAreRefused) {
+// A full server closes the connection idle the longest to take a new one: idle keep-alive
+// sockets cannot lock everyone else out (the probe of 2026-12-04 held meridian-geo's 1,024 with
+// one client, and pdns and the failover hooks were refused for the 300 s idle timeout). Before,
+// every connection over the limit was refused.
+TEST_F(HttpServerTest, AFullServerClosesTheLongestIdleConnectionForANewOne) {
   HttpServer::Options options = SmallOptions();
-  options.max_connections = 1;
+  options.max_connections = 2;
   StartServer(options);
   TestClient first(server_->port());
-  auto response = first.RoundTrip(Get("/first"));  // accepted and registered
-  ASSERT_TRUE(response);
-  EXPECT_EQ(response->status, 200);
+  ASSERT_TRUE(first.RoundTrip(Get("/first")));  // accepted, answered, idle since
+  std::this_thread::sleep_for(milliseconds(20));
   TestClient second(server_->port());
-  EXPECT_TRUE(second.ClosedByServer());
-  // The first one still works.
-  auto again = first.RoundTrip(Get("/first"));
-  ASSERT_TRUE(again);
+  ASSERT_TRUE(second.RoundTrip(Get("/second")));
+  TestClient third(server_->port());
+  auto response = third.RoundTrip(Get("/third"));
+  ASSERT_TRUE(response) << "refused while two connections sat idle";
+  EXPECT_EQ(response->status, 200);
+  EXPECT_TRUE(first.ClosedByServer()) << "the longest idle makes room";
+  auto again = second.RoundTrip(Get("/second"));
+  ASSERT_TRUE(again) << "the other idle connection stays";
   EXPECT_EQ(again->status, 200);
+}
+
+// Only when every connection has a request under way is a new one refused.
+TEST_F(HttpServerTest, AFullServerOfBusyConnectionsRefusesANewOne) {
+  std::atomic<bool> entered{false};
+  std::atomic<bool> release{false};
+  HttpServer::Options options = SmallOptions();
+  options.max_connections = 1;
+  StartServer(options, [&](HttpRequest&) {
+    entered = true;
+    while (!release) std::this_thread::sleep_for(milliseconds(1));
+    return HttpResponse::Json(200, "{}");
+  });
+  TestClient busy(server_->port());
+  ASSERT_TRUE(busy.Send(Get("/slow")));
+  while (!entered) std::this_thread::sleep_for(milliseconds(1));
+  TestClient refused(server_->port());
+  EXPECT_TRUE(refused.ClosedByServer());
+  release = true;
+  auto response = busy.Read();
+  ASSERT_TRUE(response) << "the busy connection keeps its request";
+  EXPECT_EQ(response->status, 200);
 }
 
 // One address's connections are capped; another address still gets in, and a closed connection
