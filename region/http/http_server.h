@@ -26,8 +26,11 @@ namespace meridian::region::http {
 //   first byte (of the accept, for a connection's first request) -> 408.
 // A keep-alive connection idle for idle_timeout_ms, or one that sent nothing within
 // read_timeout_ms of being accepted, is closed without a response. A response the client does not
-// take within write_timeout_ms is abandoned (close). Connections over max_connections, or over
-// max_connections_per_client from one remote address, are closed as soon as they are accepted.
+// take within write_timeout_ms is abandoned (close). A connection over max_connections_per_client
+// from one remote address is closed as soon as it is accepted. One over max_connections takes the
+// place of the connection idle the longest (accepted or answered, no request begun since), which
+// is closed (at once, or after its response if a request began meanwhile); it is closed at once
+// only when every connection has a request under way.
 // After an error response the server closes its sending side and discards what the client still
 // sends for a short, bounded time, so the client reads the response instead of a reset.
 //
