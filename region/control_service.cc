@@ -747,50 +747,81 @@ class ControlService final : public pb::RegionControl::Service {
       }
     }
     uint64_t short_units = 0;
+    std::string first_declared_by;  // set when another copy of the id came first under another name
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       out->Clear();
       short_units = 0;
+      first_declared_by.clear();
       uint64_t total = 0;
       for (const auto& i : d.items()) total += i.units();
       // One decision per declaration: written off (what it took, per SKU, kept to answer its
       // declarer again) or, asked to settle one not written off before, refused for good.
+      std::map<std::string, uint64_t> written;  // per SKU, what copies of the id took before
       if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
                   "VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
                   tx.quote(static_cast<int64_t>(req->settle() ? 0 : total)) + ", " +
                   tx.quote(req->settle()) + ") ON CONFLICT (declaration_id) DO NOTHING RETURNING 1")
               .empty()) {
-        out->set_already(true);
-        out->set_refused(tx.exec1("SELECT refused FROM rights_retired WHERE declaration_id = " +
-                                  tx.quote(d.id()))[0]
-                             .as<bool>());
+        const pqxx::row first =
+            tx.exec1("SELECT refused, declared_by FROM rights_retired WHERE declaration_id = " +
+                     tx.quote(d.id()) + " FOR UPDATE");
+        const bool refused = first[0].as<bool>();
+        const uint32_t by = first[1].as<uint32_t>();
         for (const auto& r : tx.exec("SELECT sku, units FROM rights_retired_items WHERE "
                                      "declaration_id = " +
                                      tx.quote(d.id()) + " ORDER BY sku")) {
-          auto* item = out->add_items();
-          item->set_sku(r[0].as<std::string>());
-          item->set_units(r[1].as<uint64_t>());
+          written[r[0].as<std::string>()] = r[1].as<uint64_t>();
         }
-        return;
-      }
-      if (req->settle()) {
+        // A settle, or the declarer's own write-off of what it refused itself, is answered with
+        // the decision. A write-off that asks more of a SKU than the copies before took, or one
+        // refused under another region's name, writes the rest off too. Honest copies of a
+        // declaration are equal (its id is random, its declarer's); a different one came from a
+        // peer's word, and a refusal or a smaller write-off under it must not keep this region's
+        // units once the declarer restocked them: writing off more is the safe side (before, a
+        // peer's settle sent first made the declarer's write-off "already", and the units were
+        // sold twice: adversarial review, 2026-12-04).
+        bool more = false;
+        if (!req->settle() && !(refused && by == d.declared_by())) {
+          for (const auto& i : d.items()) more = more || i.units() > written[i.sku()];
+        }
+        if (!more) {
+          out->set_already(true);
+          out->set_refused(refused);
+          for (const auto& [sku, units] : written) {
+            if (units == 0) continue;
+            auto* item = out->add_items();
+            item->set_sku(sku);
+            item->set_units(units);
+          }
+          return;
+        }
+        first_declared_by = app_.RegionName(by);
+        tx.exec("UPDATE rights_retired SET refused = false, units = units + " +
+                tx.quote(static_cast<int64_t>(total)) +
+                " WHERE declaration_id = " + tx.quote(d.id()));
+      } else if (req->settle()) {
         out->set_refused(true);
         return;
       }
       std::string writes;
       for (const auto& i : d.items()) {
+        const uint64_t before = written.count(i.sku()) ? written[i.sku()] : 0;
+        if (i.units() <= before) continue;
+        const uint64_t wanted = i.units() - before;
         app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
-        const uint64_t n = std::min<uint64_t>(i.units(), static_cast<uint64_t>(have));
-        short_units += i.units() - n;
+        const uint64_t n = std::min<uint64_t>(wanted, static_cast<uint64_t>(have));
+        short_units += wanted - n;
         if (n == 0) continue;
         auto delta = inv.Take(i.sku(), n);
         if (!delta.ok()) throw AbortTx{delta.status()};
         SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
         writes += "INSERT INTO rights_retired_items (declaration_id, sku, units) VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
-                  tx.quote(static_cast<int64_t>(n)) + ");";
+                  tx.quote(static_cast<int64_t>(before + n)) +
+                  ") ON CONFLICT (declaration_id, sku) DO UPDATE SET units = EXCLUDED.units;";
         auto* item = out->add_items();
         item->set_sku(i.sku());
         item->set_units(n);
@@ -807,8 +838,12 @@ class ControlService final : public pb::RegionControl::Service {
           d.id(), app_.RegionName(d.declared_by()));
     } else {
       // Short: this region sold units the declarer did not know about when it reclaimed them.
-      spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}", d.id(),
-                   app_.RegionName(d.declared_by()), out->units(), short_units);
+      spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}{}", d.id(),
+                   app_.RegionName(d.declared_by()), out->units(), short_units,
+                   first_declared_by.empty()
+                       ? std::string()
+                       : " conflict=\"another copy of this declaration came first, from " +
+                             first_declared_by + "; the difference is written off\"");
     }
     return grpc::Status::OK;
   }

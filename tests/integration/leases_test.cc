@@ -1313,6 +1313,42 @@ TEST_F(LeasesTest, ADeclarationItsDeclarerNeverRestockedIsSettledByTheRegionItNa
   EXPECT_EQ(Rights(kUs, "vase", "us-east"), 0);
 }
 
+// A peer's settle of another region's declaration, sent first under its own name (the id reached
+// it in the declarer's record request), makes the returning region refuse the declaration; the
+// declarer's own write-off must still take the units it restocked. Before, that write-off was
+// "already" decided, us-east kept its 30 units while eu-west had restocked them, and 70 of 40 were
+// sold (adversarial review, 2026-12-04).
+TEST_F(LeasesTest, APeersSettleOfAnotherRegionsDeclarationDoesNotKeepItsUnitsTwice) {
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("vase", 30, 10));
+  Response d = DeclareUsLost(kEu);
+  ASSERT_EQ(d.status, 200) << d.body;
+  const std::string id = Json::parse(d.body).value("declaration_id", "");
+  ASSERT_FALSE(id.empty()) << d.body;
+  ASSERT_EQ(Rights(kEu, "vase", "eu-west"), 40);
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // its write-off must not reach us-east first
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  {
+    // What us-east's coordinator does with ap-south's frame RightsRetire{id, declared_by:
+    // ap-south, settle: true}: it passes CheckFrame (declared by its sender).
+    cpb::RetireRightsRequest req;
+    req.mutable_declaration()->set_id(id);
+    req.mutable_declaration()->set_region(c_->spec(kUs).replica_id);
+    req.mutable_declaration()->set_declared_by(c_->spec(kAp).replica_id);
+    req.set_settle(true);
+    cpb::RetireRightsResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = ControlOf(kUs)->RetireRights(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(resp.refused());
+  }
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  EXPECT_TRUE(Eventually([&] { return Rights(kUs, "vase", "us-east") == 0; }, 40))
+      << "us-east kept the 30 units eu-west restocked (rights " << Rights(kUs, "vase", "us-east")
+      << ")";
+  EXPECT_EQ(Rights(kEu, "vase", "eu-west"), 40);
+}
+
 // Two regions and a witness: the witness is the third vote, so either region's orders move to the
 // other when it dies; with the witness gone the two regions still hold their leases.
 TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
