@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<MaxMindDatabase>> MaxMindDatabase::Open(const std
   return std::unique_ptr<MaxMindDatabase>(new MaxMindDatabase(path, std::move(handle)));
 }
 
-absl::StatusOr<std::optional<GeoIpHit>> MaxMindDatabase::Lookup(const IpAddress& address) const {
+absl::StatusOr<GeoIpLookup> MaxMindDatabase::Lookup(const IpAddress& address) const {
   const MMDB_s* mmdb = &handle_->mmdb;
   sockaddr_storage storage{};
   if (address.is_v4) {
@@ -59,11 +59,18 @@ absl::StatusOr<std::optional<GeoIpHit>> MaxMindDatabase::Lookup(const IpAddress&
       MMDB_lookup_sockaddr(mmdb, reinterpret_cast<const sockaddr*>(&storage), &mmdb_error);
   if (mmdb_error != MMDB_SUCCESS) {
     // An IPv6 address in an IPv4-only database: simply not covered.
-    if (mmdb_error == MMDB_IPV6_LOOKUP_IN_IPV4_DATABASE_ERROR) return std::nullopt;
+    if (mmdb_error == MMDB_IPV6_LOOKUP_IN_IPV4_DATABASE_ERROR) return GeoIpLookup{};
     return absl::InternalError(absl::StrCat("maxmind_db '", path_, "': lookup of ",
                                             address.ToString(), ": ", MMDB_strerror(mmdb_error)));
   }
-  if (!result.found_entry) return std::nullopt;
+  // An IPv4 address found in an IPv6 tree (::a.b.c.d/96) carries an IPv6 netmask. On a miss the
+  // netmask is the empty block's: before, it was dropped, and an answer from the CIDR table was
+  // scoped over networks the database places elsewhere (probe, 2026-12-04).
+  GeoIpLookup out;
+  int prefix = result.netmask;
+  if (address.is_v4 && mmdb->metadata.ip_version == 6) prefix -= 96;
+  out.prefix_len = std::clamp(prefix, 0, address.bit_count());
+  if (!result.found_entry) return out;
 
   double coordinates[2] = {0, 0};
   const char* const kKeys[2] = {"latitude", "longitude"};
@@ -72,7 +79,7 @@ absl::StatusOr<std::optional<GeoIpHit>> MaxMindDatabase::Lookup(const IpAddress&
     const int rc = MMDB_get_value(&result.entry, &data, "location", kKeys[i], nullptr);
     if (rc == MMDB_LOOKUP_PATH_DOES_NOT_MATCH_DATA_ERROR ||
         (rc == MMDB_SUCCESS && !data.has_data)) {
-      return std::nullopt;
+      return out;
     }
     if (rc != MMDB_SUCCESS) {
       return absl::InternalError(absl::StrCat("maxmind_db '", path_, "': location.", kKeys[i],
@@ -87,18 +94,14 @@ absl::StatusOr<std::optional<GeoIpHit>> MaxMindDatabase::Lookup(const IpAddress&
                                               " of ", address.ToString(), " is not a number"));
     }
   }
-  GeoIpHit hit;
-  hit.point = {coordinates[0], coordinates[1]};
-  if (!std::isfinite(hit.point.lat_deg) || !std::isfinite(hit.point.lon_deg) ||
-      std::fabs(hit.point.lat_deg) > 90 || std::fabs(hit.point.lon_deg) > 180) {
+  const GeoPoint point{coordinates[0], coordinates[1]};
+  if (!std::isfinite(point.lat_deg) || !std::isfinite(point.lon_deg) ||
+      std::fabs(point.lat_deg) > 90 || std::fabs(point.lon_deg) > 180) {
     return absl::InternalError(absl::StrCat("maxmind_db '", path_, "': location of ",
                                             address.ToString(), " is out of range"));
   }
-  // An IPv4 address found in an IPv6 tree (::a.b.c.d/96) carries an IPv6 netmask.
-  int prefix = result.netmask;
-  if (address.is_v4 && mmdb->metadata.ip_version == 6) prefix -= 96;
-  hit.prefix_len = std::clamp(prefix, 0, address.bit_count());
-  return std::optional<GeoIpHit>(hit);
+  out.point = point;
+  return out;
 }
 
 }  // namespace meridian::geo

@@ -13,19 +13,21 @@
 
 namespace meridian::geo {
 
-struct GeoIpHit {
-  GeoPoint point;
-  int prefix_len = 0;  // the database network's prefix length, in the address's own family
+struct GeoIpLookup {
+  std::optional<GeoPoint> point;  // none: no record for the address, or one without a location
+  // The database's network that holds the address, hit or not (a miss is a block of the tree with
+  // no record), as a prefix length in the address's own family: an answer made for the address
+  // holds for that block only (its ECS scope is at least this long).
+  int prefix_len = 0;
 };
 
 // Thread-safety: Lookup is const and safe to call concurrently.
 class GeoIpDatabase {
  public:
   virtual ~GeoIpDatabase() = default;
-  // nullopt when the database has no record for the address, or the record has no
+  // No point when the database has no record for the address, or the record has no
   // location.latitude/longitude; an error when the database is corrupt at that record.
-  [[nodiscard]] virtual absl::StatusOr<std::optional<GeoIpHit>> Lookup(
-      const IpAddress& address) const = 0;
+  [[nodiscard]] virtual absl::StatusOr<GeoIpLookup> Lookup(const IpAddress& address) const = 0;
 };
 
 // A MaxMind DB file (GeoLite2-City, GeoIP2-City, or any .mmdb whose records carry
@@ -41,8 +43,7 @@ class MaxMindDatabase : public GeoIpDatabase {
   MaxMindDatabase(const MaxMindDatabase&) = delete;
   MaxMindDatabase& operator=(const MaxMindDatabase&) = delete;
 
-  [[nodiscard]] absl::StatusOr<std::optional<GeoIpHit>> Lookup(
-      const IpAddress& address) const override;
+  [[nodiscard]] absl::StatusOr<GeoIpLookup> Lookup(const IpAddress& address) const override;
 
   [[nodiscard]] const std::string& path() const { return path_; }
 

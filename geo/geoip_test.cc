@@ -66,24 +66,29 @@ TEST(MaxMindDatabase, LooksUpIpv4AndIpv6WithTheirNetworkPrefix) {
 
   auto frankfurt = (*db)->Lookup(Ip("203.0.113.77"));
   ASSERT_TRUE(frankfurt.ok()) << frankfurt.status();
-  ASSERT_TRUE(frankfurt->has_value());
-  EXPECT_DOUBLE_EQ((*frankfurt)->point.lat_deg, 50.11);
-  EXPECT_DOUBLE_EQ((*frankfurt)->point.lon_deg, 8.68);
-  EXPECT_EQ((*frankfurt)->prefix_len, 24);  // the IPv6 tree's /120, in IPv4 terms
+  ASSERT_TRUE(frankfurt->point);
+  EXPECT_DOUBLE_EQ(frankfurt->point->lat_deg, 50.11);
+  EXPECT_DOUBLE_EQ(frankfurt->point->lon_deg, 8.68);
+  EXPECT_EQ(frankfurt->prefix_len, 24);  // the IPv6 tree's /120, in IPv4 terms
 
   auto singapore = (*db)->Lookup(Ip("2001:db8:1::5"));
   ASSERT_TRUE(singapore.ok());
-  ASSERT_TRUE(singapore->has_value());
-  EXPECT_DOUBLE_EQ((*singapore)->point.lat_deg, 1.35);
-  EXPECT_EQ((*singapore)->prefix_len, 48);
+  ASSERT_TRUE(singapore->point);
+  EXPECT_DOUBLE_EQ(singapore->point->lat_deg, 1.35);
+  EXPECT_EQ(singapore->prefix_len, 48);
 
   auto no_location = (*db)->Lookup(Ip("198.51.100.1"));
   ASSERT_TRUE(no_location.ok());
-  EXPECT_FALSE(no_location->has_value());
+  EXPECT_FALSE(no_location->point);
 
   auto absent = (*db)->Lookup(Ip("8.8.8.8"));
   ASSERT_TRUE(absent.ok());
-  EXPECT_FALSE(absent->has_value());
+  EXPECT_FALSE(absent->point);
+  // A miss next to a network the database holds: the empty block around it stops short of it.
+  auto next_door = (*db)->Lookup(Ip("203.0.114.1"));
+  ASSERT_TRUE(next_door.ok());
+  EXPECT_FALSE(next_door->point);
+  EXPECT_EQ(next_door->prefix_len, 23);  // 203.0.114.0/23: 203.0.113.0/24 lies next to it
 }
 
 GeoConfig LocatorConfig() {
@@ -111,7 +116,7 @@ TEST(ClientLocator, GeoIpFirstThenTheTableThenTheDefault) {
   ClientLocation table = locator.Locate(Net("198.51.100.0/24"));
   EXPECT_EQ(table.source, LocationSource::kCidrTable);
   EXPECT_DOUBLE_EQ(table.point.lat_deg, 53.3);  // eu-west's coordinates
-  EXPECT_EQ(table.scope_prefix_len, 24);
+  EXPECT_EQ(table.scope_prefix_len, 25);  // the database's record without a location: a /25
   EXPECT_EQ(table.table_row, 1u);
 
   ClientLocation point = locator.Locate(Net("100.64.7.0/24"));
@@ -125,10 +130,35 @@ TEST(ClientLocator, GeoIpFirstThenTheTableThenTheDefault) {
   EXPECT_EQ(fallback.scope_prefix_len, 24);  // the client's own prefix
 }
 
+// A table row wider than a database network: a client the database misses gets the row's region,
+// scoped to the database's empty block around it, not the row, which holds a network the database
+// places elsewhere. Before, 203.0.114.0/24 was answered for all of 203.0.0.0/16, and a resolver
+// handed that answer to 203.0.113.0/24, which the database places in Frankfurt (probe, 2026-12-04).
+TEST(ClientLocator, AnAnswerPastAGeoIpMissIsScopedToTheDatabasesEmptyBlock) {
+  auto db = MaxMindDatabase::Open(kTestDb);
+  ASSERT_TRUE(db.ok()) << db.status();
+  GeoConfig config = LocatorConfig();
+  config.locations = {LocationConfig{Net("203.0.0.0/16"), 0, {}},
+                      LocationConfig{Net("2001:db8::/32"), 0, {}}};
+  ClientLocator locator(config, *std::move(db));
+  ClientLocation v4 = locator.Locate(Net("203.0.114.0/24"));
+  EXPECT_EQ(v4.source, LocationSource::kCidrTable);
+  EXPECT_EQ(v4.scope_prefix_len, 23) << "203.0.114.0/23 holds no database network";
+  ClientLocation v6 = locator.Locate(Net("2001:db8::/32"));
+  EXPECT_EQ(v6.source, LocationSource::kCidrTable);
+  EXPECT_GE(v6.scope_prefix_len, 48) << "2001:db8:1::/48 is Singapore's";
+  ClientLocation fallback = locator.Locate(Net("203.1.0.0/16"));
+  EXPECT_EQ(fallback.source, LocationSource::kDefault);
+  EXPECT_GE(fallback.scope_prefix_len, 16);
+  ClientLocation geoip = locator.Locate(Net("203.0.113.0/24"));
+  EXPECT_EQ(geoip.source, LocationSource::kGeoIp);
+  EXPECT_EQ(geoip.scope_prefix_len, 24);
+}
+
 // A database that fails: the locator reports the error and uses its table.
 class FailingDatabase : public GeoIpDatabase {
  public:
-  absl::StatusOr<std::optional<GeoIpHit>> Lookup(const IpAddress&) const override {
+  absl::StatusOr<GeoIpLookup> Lookup(const IpAddress&) const override {
     return absl::InternalError("corrupt search tree");
   }
 };

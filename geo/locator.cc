@@ -1,5 +1,6 @@
 #include "geo/locator.h"
 
+#include <algorithm>
 #include <cassert>
 
 namespace meridian::geo {
@@ -30,27 +31,35 @@ ClientLocator::ClientLocator(const GeoConfig& config, std::unique_ptr<GeoIpDatab
 
 ClientLocation ClientLocator::Locate(const Cidr& client, absl::Status* geoip_error) const {
   ClientLocation out;
+  // Past a database miss, the answer holds only within the database's empty block around the
+  // client: a wider scope would take in networks the database places elsewhere.
+  int geoip_block = 0;
   if (geoip_) {
-    absl::StatusOr<std::optional<GeoIpHit>> hit = geoip_->Lookup(client.network);
-    if (!hit.ok()) {
-      if (geoip_error) *geoip_error = hit.status();
-    } else if (hit->has_value()) {
-      out.point = (*hit)->point;
-      out.scope_prefix_len = (*hit)->prefix_len;
+    absl::StatusOr<GeoIpLookup> found = geoip_->Lookup(client.network);
+    if (!found.ok()) {
+      if (geoip_error) *geoip_error = found.status();
+    } else if (found->point) {
+      out.point = *found->point;
+      out.scope_prefix_len = found->prefix_len;
       out.source = LocationSource::kGeoIp;
       return out;
+    } else {
+      geoip_block = found->prefix_len;
     }
   }
   if (std::optional<CidrTable::Match> m = table_.Lookup(client.network)) {
     out.point = points_[m->value];
-    out.scope_prefix_len = m->scope_len;  // longer than the row's when rows lie inside it
+    // Longer than the row's when rows lie inside it, or the database's block is smaller.
+    out.scope_prefix_len = std::max(m->scope_len, geoip_block);
     out.source = LocationSource::kCidrTable;
     out.table_row = m->value;
     return out;
   }
   out.point = default_point_;
-  // The client's own prefix, or longer when a row lies inside it (its clients answer otherwise).
-  out.scope_prefix_len = table_.ScopeLen(client.network, -1, client.prefix_len);
+  // The client's own prefix, or longer when a row lies inside it (its clients answer otherwise)
+  // or the database's block is smaller.
+  out.scope_prefix_len =
+      std::max(table_.ScopeLen(client.network, -1, client.prefix_len), geoip_block);
   out.source = LocationSource::kDefault;
   return out;
 }
