@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_text.h"
 
 namespace meridian::geo {
 namespace {
@@ -103,8 +104,11 @@ BackendReply RemoteBackend::Handle(std::string_view body) const {
       return BadRequest(observer_,
                         absl::StrCat("body of ", body.size(), " bytes is over the limit"));
     }
-    const json request = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-    if (request.is_discarded()) return BadRequest(observer_, "body is not valid JSON");
+    const json request = common::ParseJsonText<json>(body);
+    if (request.is_discarded()) {
+      return BadRequest(observer_,
+                        "body is not valid JSON (or holds a NUL byte or a repeated key)");
+    }
     if (!request.is_object()) return BadRequest(observer_, "body is not a JSON object");
     auto method_it = request.find("method");
     if (method_it == request.end() || !method_it->is_string()) {

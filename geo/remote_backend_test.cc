@@ -242,6 +242,9 @@ TEST_F(RemoteBackendTest, MalformedBodiesGet400AndFalseNeverACrash) {
       "{\"method\": \"lookup\xff\"}",  // invalid UTF-8
       std::string(60000, '[') + std::string(60000, ']'),
       std::string(70 * 1024, ' '),  // over the body limit
+      // After a NUL byte, and a repeated key: taken before (the probe of 2026-12-04).
+      std::string("{\"method\": \"initialize\"}\0garbage", 32),
+      "{\"method\": \"lookup\", \"method\": \"initialize\"}",
   };
   for (const std::string& body : cases) {
     BackendReply reply = backend_.Handle(body);

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
+#include "common/json_text.h"
 #include "geo/health.h"
 #include "geo/locator.h"
 #include "geo/remote_backend.h"
@@ -310,7 +311,7 @@ class GeoService::Impl : public BackendObserver {
       return HttpResponse::Problem(400, "Bad Request", detail);
     };
     if (r.body.size() > kHookBodyBytesMax) return bad("body over 4096 bytes");
-    const json body = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+    const json body = common::ParseJsonText<json>(r.body);
     if (body.is_discarded() || !body.is_object()) {
       return bad(R"(body must be a JSON object {"state":"down"|"up"|"auto","reason":"..."})");
     }
