@@ -805,6 +805,25 @@ class Controller::Impl {
                                              {"regions", regions}}));
   }
 
+  // A region's GET /v1/admin/rights/{sku} body as GetRights reads it: an object whose `regions`
+  // are objects with a string `region` and, if any, integer `rights`; `as_seen_by` a string and
+  // `available` an integer, if given.
+  static bool WellFormedRights(const Json& j) {
+    if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) return false;
+    if (j.contains("as_seen_by") && !j["as_seen_by"].is_string()) return false;
+    if (j.contains("available") && !j["available"].is_number_integer()) return false;
+    for (const Json& row : j["regions"]) {
+      if (!row.is_object() || !row.contains("region") || !row["region"].is_string()) return false;
+      if (row.contains("rights") &&
+          (!row["rights"].is_number_integer() ||
+           (row["rights"].is_number_unsigned() &&
+            row["rights"].get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()}))) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   HttpResponse GetRights(HttpRequest& r) {
     if (auto st = Authorized(r); !st.ok()) return AuthProblem(st);
     const std::string sku = r.params["sku"];
@@ -838,7 +857,9 @@ class Controller::Impl {
         return HttpResponse{res.status, "application/problem+json", {}, res.body};
       }
       Json j = res.ok() ? Json::parse(res.body, nullptr, false) : Json();
-      if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) {
+      if (!WellFormedRights(j)) {
+        // A body of another shape (a field of the wrong type, rights that are not an integer)
+        // is that region's fault: the next one is asked (before, it answered 500).
         absl::StrAppend(&errors, errors.empty() ? "" : "; ", e->name, ": ",
                         res.ok() ? "bad body" : res.Describe());
         continue;
@@ -847,10 +868,8 @@ class Controller::Impl {
       Json frozen_regions = Json::array();
       Json rows = Json::array();
       for (const Json& row : j["regions"]) {
-        if (!row.is_object()) continue;
-        const std::string name = row.value("region", "");
-        const int64_t units =
-            row.contains("rights") && row["rights"].is_number() ? row["rights"].get<int64_t>() : 0;
+        const std::string name = row["region"].get<std::string>();
+        const int64_t units = row.contains("rights") ? row["rights"].get<int64_t>() : 0;
         auto st = states.find(name);
         const bool lost = st != states.end() && st->second != RegionState::kUp;
         // Rights an operator reclaimed (declare-lost) still show in the counter until the
@@ -924,9 +943,14 @@ class Controller::Impl {
                                      "reclaimed[]: more than 2^40 units of one sku");
       }
     }
-    const std::string by = j.contains("declared_by") && j["declared_by"].is_string()
-                               ? j["declared_by"].get<std::string>()
-                               : "?";
+    if (j.contains("declared_by") &&
+        (!j["declared_by"].is_string() || j["declared_by"].get<std::string>().empty() ||
+         j["declared_by"].get<std::string>().size() > 64)) {
+      // Kept with the declaration and in the audit trail: a name, not a document (the probe
+      // stored 3 MB of it twice).
+      return HttpResponse::Problem(400, "Bad Request", "declared_by: 1..64 characters expected");
+    }
+    const std::string by = j.contains("declared_by") ? j["declared_by"].get<std::string>() : "?";
     std::lock_guard<std::mutex> l(mu_);
     if (decider_.state(region) == RegionState::kUp) {
       return HttpResponse::Problem(409, "Conflict",

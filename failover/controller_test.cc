@@ -258,6 +258,22 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
   EXPECT_EQ(rj["frozen_regions"], Json::array({"eu-west"}));
   EXPECT_EQ(Call("GET", "/v1/admin/rights/sku-1", "", "").status, 401);
   EXPECT_EQ(Call("GET", "/v1/admin/rights/bad%20sku").status, 400);
+  // A region whose answer has a field of the wrong type is passed over for the next one (it
+  // answered 500 before: nlohmann's value() threw); with none left, 503.
+  for (const char* bad :
+       {R"({"regions":[{"region":5,"rights":1}]})", R"({"as_seen_by":7,"regions":[]})",
+        R"({"regions":[{"region":"us-east","rights":1e300}]})",
+        R"({"regions":[{"region":"us-east","rights":18446744073709551615}]})"}) {
+    http_.SetJson("http://us-east.region/v1/admin/rights/sku-1", 200, bad);
+    http_.SetJson("http://ap-south.region/v1/admin/rights/sku-1", 200, bad);
+    HttpResponse r = Call("GET", "/v1/admin/rights/sku-1");
+    EXPECT_EQ(r.status, 503) << bad << " " << r.body;
+  }
+  http_.SetJson("http://us-east.region/v1/admin/rights/sku-1", 200,
+                R"({"sku":"sku-1","as_seen_by":"us-east","available":230,"regions":[
+                   {"replica_id":1,"region":"us-east","rights":100},
+                   {"replica_id":2,"region":"eu-west","rights":70},
+                   {"replica_id":3,"region":"ap-south","rights":60}],"waiting_here":0})");
 
   // An operator declares it lost (meridianctl forwards the replicator's answer): the reclaimed
   // units stop counting as frozen.
@@ -284,6 +300,12 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
                  R"({"region":"eu-west","declaration_id":"x y","reclaimed":[]})")
                 .status,
             400);
+  EXPECT_EQ(Call("POST", "/v1/regions/eu-west/declared-lost",
+                 R"({"region":"eu-west","declaration_id":"d","declared_by":")" +
+                     std::string(65, 'x') + R"(","reclaimed":[]})")
+                .status,
+            400)
+      << "a declared_by longer than a name";
   EXPECT_EQ(
       Call("POST", "/v1/regions/eu-west/declared-lost",
            R"({"region":"eu-west","declaration_id":"d","reclaimed":[{"sku":"a","units":-1}]})")
