@@ -39,6 +39,8 @@ using region::http::HttpResponse;
 constexpr size_t kRefreshWanted = 5000;
 constexpr size_t kRefreshViews = 2000;
 constexpr int kSyncPage = 500;
+// Write-offs a peer asked for that the region could not do yet, kept to retry.
+constexpr size_t kMaxPendingRetires = 1000;
 // How long a survivor keeps asking a new owner for a dead region's orders.
 constexpr auto kCatchUpMax = std::chrono::minutes(2);
 
@@ -243,6 +245,19 @@ struct Coordinator::Impl {
   bool wake = false;
   std::vector<std::thread> threads;
 
+  // The slow half of each tick (region calls of up to seconds each: write-offs, grants, view
+  // refreshes) runs on a thread of its own (WorkLoop), so that lease rounds never wait for it:
+  // before, a tick that waited out a slow region (a 10 s write-off retry per pending
+  // declaration, grants, views) held the next renewal back, and the region's own lease could
+  // lapse (adversarial review, 2026-12-04). A tick hands over its latest grants and SKUs to
+  // refresh; grants the worker had not started yet are replaced (the rights manager takes an
+  // unexecuted grant as one the views will correct).
+  std::mutex work_mu;
+  std::condition_variable work_cv;
+  bool work_ready = false;
+  std::vector<RightsManager::Grant> work_grants;
+  std::set<std::string> work_want;
+
   std::map<RegionId, std::unique_ptr<pb::Replication::Stub>> peer_stubs;
   std::unique_ptr<grpc::Server> control_server;
   std::unique_ptr<rpb::OrderForwarder::Service> forwarder;
@@ -408,14 +423,36 @@ struct Coordinator::Impl {
     if (!taken.empty() && on_taken_over) {
       for (RegionId g : taken) on_taken_over(g);
     }
-    AnnounceDeclarations();
-    RetryRetires();
     {
-      std::lock_guard<std::mutex> l(mu);
-      AdvanceSync(config.replica_id);  // a home sync held for write-offs that are done now
+      std::lock_guard<std::mutex> l(work_mu);
+      work_grants = std::move(grants);
+      work_want = std::move(want);
+      work_ready = true;
     }
-    for (const auto& g : grants) ExecuteGrant(g);
-    RefreshViews(want);
+    work_cv.notify_one();
+  }
+
+  void WorkLoop() {
+    while (true) {
+      std::vector<RightsManager::Grant> grants;
+      std::set<std::string> want;
+      {
+        std::unique_lock<std::mutex> l(work_mu);
+        work_cv.wait(l, [&] { return work_ready || stopping.load(); });
+        if (stopping) return;
+        work_ready = false;
+        grants.swap(work_grants);
+        want.swap(work_want);
+      }
+      AnnounceDeclarations();
+      RetryRetires();
+      {
+        std::lock_guard<std::mutex> l(mu);
+        AdvanceSync(config.replica_id);  // a home sync held for write-offs that are done now
+      }
+      for (const auto& g : grants) ExecuteGrant(g);
+      RefreshViews(want);
+    }
   }
 
   void ExecuteGrant(const RightsManager::Grant& g) {
@@ -1023,7 +1060,15 @@ struct Coordinator::Impl {
           "(tried again next tick)",
           Name(r.declared_by()), r.declaration_id(), s.error_message());
       std::lock_guard<std::mutex> l(acks_mu);
-      pending_retires.emplace(r.declaration_id(), r);
+      // Bounded: each is retried every tick with a region call, and a peer's frames fill it.
+      // One left out comes back with its declarer's next announcement (a new stream).
+      if (pending_retires.size() < kMaxPendingRetires ||
+          pending_retires.count(r.declaration_id())) {
+        pending_retires.emplace(r.declaration_id(), r);
+      } else {
+        spdlog::warn("event=rights_retire_not_kept declaration={} pending={}", r.declaration_id(),
+                     pending_retires.size());
+      }
       return absl::OkStatus();
     }
     {
@@ -1537,6 +1582,7 @@ absl::Status Coordinator::Start() {
     if (st = c.admin->Start(); !st.ok()) return st;
   }
   c.threads.emplace_back([&c] { c.TickLoop(); });
+  c.threads.emplace_back([&c] { c.WorkLoop(); });
   c.threads.emplace_back([&c] { c.DemandLoop(); });
   c.threads.emplace_back([&c] { c.AcksLoop(); });
   spdlog::info("event=coordination_started region={} lease_ttl_ms={} control_port={} admin_port={}",
@@ -1549,6 +1595,8 @@ void Coordinator::Stop() {
   Impl& c = *impl_;
   if (c.stopping.exchange(true)) return;
   c.Wake();
+  { std::lock_guard<std::mutex> l(c.work_mu); }  // a worker between its check and its wait
+  c.work_cv.notify_all();
   c.acks_cv.notify_all();
   c.witness_cv.notify_all();
   for (auto& t : c.threads) t.join();
