@@ -66,7 +66,9 @@ int64_t UnixMs() {
 
 // Every JSON this controller serves or sends carries text from elsewhere (a region's reason, a
 // reply body): strict dumping would throw on one invalid byte, so invalid UTF-8 is replaced.
-std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+std::string JsonBody(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 double StateValue(RegionState s) {
   switch (s) {
@@ -523,7 +525,7 @@ class Controller::Impl {
   void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
     if (config_.geo.empty()) return;
     Enqueue([this, region, state, reason] {
-      const std::string body = Dump(Json{{"state", state}, {"reason", reason}});
+      const std::string body = JsonBody(Json{{"state", state}, {"reason", reason}});
       std::vector<HttpCall> calls;
       for (const auto& g : config_.geo) {
         calls.push_back(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
@@ -551,16 +553,22 @@ class Controller::Impl {
         if (decider_.state(region) == RegionState::kUp) return;  // recovered meanwhile
       }
       if (override_state == "down") continue;
-      HttpResult post = http_->Do(
-          HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
-                   Dump(Json{{"state", "down"},
-                             {"reason", absl::StrCat("meridian-failover ", config_.region,
-                                                     ": region lost (override restored)")}}),
-                   config_.operator_token},
-          2000);
-      Action("geo_health", region, absl::StrCat("state=down geo=", LogValue(g), " reconcile=1"),
-             post);
+      ReconcileGeo(g, region, "down", "region lost (override restored)");
     }
+  }
+
+  // Puts an override back (or lifts ours) at one geo, found otherwise by a reconcile pass.
+  void ReconcileGeo(const std::string& geo, const std::string& region, const char* state,
+                    const char* why) {
+    HttpResult post = http_->Do(
+        HttpCall{"POST", absl::StrCat(geo, "/v1/regions/", region, "/health"),
+                 JsonBody(Json{
+                     {"state", state},
+                     {"reason", absl::StrCat("meridian-failover ", config_.region, ": ", why)}}),
+                 config_.operator_token},
+        2000);
+    Action("geo_health", region,
+           absl::StrCat("state=", state, " geo=", LogValue(geo), " reconcile=1"), post);
   }
 
   void EnsureGeoNotDownByUs(const std::string& region) {
@@ -579,15 +587,7 @@ class Controller::Impl {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) != RegionState::kUp) return;
       }
-      HttpResult post = http_->Do(
-          HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"),
-                   Dump(Json{{"state", "auto"},
-                             {"reason", absl::StrCat("meridian-failover ", config_.region,
-                                                     ": region up (a stale override lifted)")}}),
-                   config_.operator_token},
-          2000);
-      Action("geo_health", region, absl::StrCat("state=auto geo=", LogValue(g), " reconcile=1"),
-             post);
+      ReconcileGeo(g, region, "auto", "region up (a stale override lifted)");
     }
   }
 
@@ -651,7 +651,8 @@ class Controller::Impl {
       std::lock_guard<std::mutex> l(audit_mu_);
       Json list = Json::array();
       for (const auto& e : audit_entries_) list.push_back(e);
-      return HttpResponse::Json(200, Dump(Json{{"controller", config_.region}, {"entries", list}}));
+      return HttpResponse::Json(200,
+                                JsonBody(Json{{"controller", config_.region}, {"entries", list}}));
     });
     router_.Add("GET", "/v1/admin/rights/{sku}", [this](HttpRequest& r) { return GetRights(r); });
     router_.Add("POST", "/v1/regions/{region}/declared-lost",
@@ -674,9 +675,9 @@ class Controller::Impl {
                          {"fresh", now - held->received_ms < config_.observation_ttl_ms}};
     }
     return HttpResponse::Json(200,
-                              Dump(Json{{"controller", config_.region},
-                                        {"own", Json::parse(ObservationToJson(decider_.own()))},
-                                        {"peers", peers}}));
+                              JsonBody(Json{{"controller", config_.region},
+                                            {"own", Json::parse(ObservationToJson(decider_.own()))},
+                                            {"peers", peers}}));
   }
 
   // The peer controller whose own token (controller_token) the request carries. Not the operator
@@ -797,12 +798,13 @@ class Controller::Impl {
           {"handback", p.handback_state.empty() ? Json() : Json(p.handback_state)},
           {"detected_after_ms", p.detected_after_ms ? Json(*p.detected_after_ms) : Json()}});
     }
-    return HttpResponse::Json(200, Dump(Json{{"controller", config_.region},
-                                             {"quorum", decider_.quorum()},
-                                             {"lost_after_checks", config_.lost_after_checks},
-                                             {"recover_after_checks", config_.recover_after_checks},
-                                             {"probe_interval_ms", config_.probe_interval_ms},
-                                             {"regions", regions}}));
+    return HttpResponse::Json(200,
+                              JsonBody(Json{{"controller", config_.region},
+                                            {"quorum", decider_.quorum()},
+                                            {"lost_after_checks", config_.lost_after_checks},
+                                            {"recover_after_checks", config_.recover_after_checks},
+                                            {"probe_interval_ms", config_.probe_interval_ms},
+                                            {"regions", regions}}));
   }
 
   // A region's GET /v1/admin/rights/{sku} body as GetRights reads it: an object whose `regions`
@@ -887,13 +889,13 @@ class Controller::Impl {
         out["reclaimed_units"] = moved;
         rows.push_back(out);
       }
-      return HttpResponse::Json(200, Dump(Json{{"sku", sku},
-                                               {"controller", config_.region},
-                                               {"as_seen_by", j.value("as_seen_by", e->name)},
-                                               {"available", j.value("available", Json())},
-                                               {"regions", rows},
-                                               {"frozen_regions", frozen_regions},
-                                               {"frozen_units", frozen}}));
+      return HttpResponse::Json(200, JsonBody(Json{{"sku", sku},
+                                                   {"controller", config_.region},
+                                                   {"as_seen_by", j.value("as_seen_by", e->name)},
+                                                   {"available", j.value("available", Json())},
+                                                   {"regions", rows},
+                                                   {"frozen_regions", frozen_regions},
+                                                   {"frozen_units", frozen}}));
     }
     return HttpResponse::Problem(503, "Service Unavailable",
                                  absl::StrCat("no live region answered: ", errors));
@@ -958,7 +960,7 @@ class Controller::Impl {
     }
     Progress& p = progress_[region];
     if (p.declarations.count(id)) {
-      return HttpResponse::Json(200, Dump(Json{{"recorded", false}, {"already", true}}));
+      return HttpResponse::Json(200, JsonBody(Json{{"recorded", false}, {"already", true}}));
     }
     if (p.declarations.size() >= kMaxDeclarationsPerRegion) {
       return HttpResponse::Problem(
@@ -978,7 +980,7 @@ class Controller::Impl {
                                " units=", total, " skus=", units.size()),
                   "an operator declared the region lost (meridianctl declare-lost): its rights "
                   "were reclaimed; it writes them off if it returns");
-    return HttpResponse::Json(200, Dump(Json{{"recorded", true}}));
+    return HttpResponse::Json(200, JsonBody(Json{{"recorded", true}}));
   }
 
   // ---------------------------------------------------------------------------------- metrics
