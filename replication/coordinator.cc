@@ -252,6 +252,7 @@ struct Coordinator::Impl {
   // lapse (adversarial review, 2026-12-04). A tick hands over its latest grants and SKUs to
   // refresh; grants the worker had not started yet are replaced (the rights manager takes an
   // unexecuted grant as one the views will correct).
+  std::mutex push_mu;  // one lease push at a time (PushLeases); taken before mu
   std::mutex work_mu;
   std::condition_variable work_cv;
   bool work_ready = false;
@@ -418,7 +419,7 @@ struct Coordinator::Impl {
     // everything between taking the views and pushing them (grants and view refreshes are RPCs of
     // up to seconds) would be time the region believes it holds a lease the manager may no
     // longer hold.
-    PushLeases(leases);
+    PushLeases();
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
     if (!taken.empty() && on_taken_over) {
       for (RegionId g : taken) on_taken_over(g);
@@ -494,7 +495,18 @@ struct Coordinator::Impl {
     }
   }
 
-  void PushLeases(const std::vector<GroupView>& leases) {
+  // Pushes the lease views to the region, taken now. One push at a time, each with views taken
+  // after the one before it was sent: the region counts a lease's validity from a push's arrival
+  // and keeps the last one, so a view taken earlier must never arrive later (before, a sync
+  // request's push could land after the tick's newer one and mark a lapsed lease usable again
+  // until the next tick: adversarial review, 2026-12-04).
+  void PushLeases() {
+    std::lock_guard<std::mutex> push(push_mu);
+    std::vector<GroupView> leases;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      leases = lm->Views();
+    }
     rpb::SetLeasesRequest req;
     for (const GroupView& v : leases) {
       auto* g = req.add_groups();
@@ -623,7 +635,6 @@ struct Coordinator::Impl {
   absl::Status OnSyncRequest(RegionId from, const pb::GroupSyncRequest& m) {
     const Peer* p = PeerById(from);
     if (!m.catch_up()) {
-      std::vector<GroupView> leases;
       {
         std::lock_guard<std::mutex> l(mu);
         // Nothing of the fence moves, and no order is read, on the asker's word alone: until its
@@ -635,12 +646,11 @@ struct Coordinator::Impl {
                        m.epoch(), Name(from));
           return absl::OkStatus();
         }
-        if (m.after_key().empty()) leases = lm->Views();
       }
       // The region learns the new owner now, not at the next tick: before the group's orders
       // reach it by the catch-up below, so it forwards their changes to the right region. Once
       // per sync round (its first page, or a resent first page), not for every page.
-      if (m.after_key().empty()) PushLeases(leases);
+      if (m.after_key().empty()) PushLeases();
     }
     rpb::ReadGroupOrdersRequest req;
     req.set_group(m.group());
