@@ -75,7 +75,10 @@ json DomainInfo(const ZoneConfig& zone) {
 
 // The client's subnet: real-remote (EDNS Client Subnet, or the resolver's address as a full
 // prefix) when it parses and is not the empty prefix, else remote, else nothing known.
-Cidr ClientSubnet(const json& params) {
+// *asked_zero: real-remote was the empty prefix, an ECS query that asks for no client subnet to
+// be used (RFC 7871: its answer then has scope 0).
+Cidr ClientSubnet(const json& params, bool* asked_zero) {
+  *asked_zero = false;
   const auto text = [&](const char* key) -> std::optional<std::string> {
     auto it = params.find(key);
     if (it == params.end() || !it->is_string()) return std::nullopt;
@@ -84,6 +87,7 @@ Cidr ClientSubnet(const json& params) {
   if (std::optional<std::string> real = text("real-remote")) {
     absl::StatusOr<Cidr> cidr = ParseCidr(*real, /*strict_host_bits=*/false);
     if (cidr.ok() && cidr->prefix_len > 0) return *cidr;
+    *asked_zero = cidr.ok();
   }
   if (std::optional<std::string> remote = text("remote")) {
     absl::StatusOr<IpAddress> ip = ParseIpAddress(*remote);
@@ -173,7 +177,8 @@ BackendReply RemoteBackend::Handle(std::string_view body) const {
       if (ns.name == *name) AddressRecords(ns.addresses, qname, qtype, zone.ttl_s, 0, records);
     }
     if (*name == zone.service_name && (qtype == "ANY" || qtype == "A" || qtype == "AAAA")) {
-      const Cidr client = ClientSubnet(params);
+      bool asked_zero = false;
+      const Cidr client = ClientSubnet(params, &asked_zero);
       absl::Status geoip_error;
       const ClientLocation where = locator_.Locate(client, &geoip_error);
       if (!geoip_error.ok() && observer_)
@@ -185,8 +190,10 @@ BackendReply RemoteBackend::Handle(std::string_view body) const {
         views[i].healthy = i < healthy.size() && healthy[i];
       }
       const Decision decision = Decide(where.point, views, config_.decision_policy());
-      // A last-resort answer is the same for every client: scope 0 lets resolvers share it.
-      const int scope = decision.last_resort ? 0 : where.scope_prefix_len;
+      // A last-resort answer is the same for every client: scope 0 lets resolvers share it. So is
+      // the answer to a query with an empty client subnet (placed by the resolver's address):
+      // before, it came back with the resolver's /32 (probe, 2026-12-04).
+      const int scope = decision.last_resort || asked_zero ? 0 : where.scope_prefix_len;
       for (size_t region : decision.regions) {
         AddressRecords(config_.regions[region].addresses, qname, qtype, decision.ttl_s, scope,
                        records);

@@ -165,8 +165,12 @@ TEST_F(RemoteBackendTest, WithoutEcsTheResolverAddressDecides) {
   // An unparseable or empty real-remote: fall back to remote.
   r = Lookup("shop.example.test.", "A", "garbage", "198.18.2.53");
   EXPECT_EQ(Contents(r, "A").front(), "10.2.0.1");
+  EXPECT_EQ(r["result"][0]["scopeMask"], 24);
+  // An ECS query with the empty subnet (/0) asks that no client subnet be used: placed by the
+  // resolver, answered with scope 0 (RFC 7871; it got the resolver's /24 before).
   r = Lookup("shop.example.test.", "A", "0.0.0.0/0", "198.18.2.53");
   EXPECT_EQ(Contents(r, "A").front(), "10.2.0.1");
+  EXPECT_FALSE(r["result"][0].contains("scopeMask")) << r.dump();
   // Unknown clients get the default location (us-east) with their own prefix as scope.
   r = Lookup("shop.example.test.", "A", "8.8.8.0/24");
   EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.1.0.1"});
