@@ -185,15 +185,22 @@ bool ValidReplica(uint32_t r) { return r >= 1 && r <= 255; }
 // that, the region could never take its group back. A lost region is reclaimed from by a
 // declaration or two per survivor; only a broken or hostile peer makes thousands.
 constexpr int64_t kMaxDeclarationsAgainstARegion = 5000;
+// Of those, the most one declarer's take, so that one broken or hostile peer cannot fill the
+// table and leave no room for another region's real declaration (adversarial review,
+// 2026-12-04).
+constexpr int64_t kMaxDeclarationsOfOneDeclarer = kMaxDeclarationsAgainstARegion / 2;
 
-// In the transaction that would add declaration `id` against `region`: ResourceExhausted when
-// that would pass kMaxDeclarationsAgainstARegion (a declaration held already adds nothing).
+// In the transaction that would add declaration `id` by `declared_by` against `region`:
+// ResourceExhausted when that would pass kMaxDeclarationsAgainstARegion, or
+// kMaxDeclarationsOfOneDeclarer of `declared_by`'s (a declaration held already adds nothing).
 void RefuseDeclarationPastTheLimit(pqxx::work& tx, uint32_t region, const std::string& name,
+                                   uint32_t declared_by, const std::string& declarer,
                                    const std::string& id) {
   // One declaration against a region at a time, so that two cannot both take the last place.
   const pqxx::result res =
       tx.exec(DocumentLockSql(tx, "lost_declarations", std::to_string(region)) +
               "SELECT count(DISTINCT id), bool_or(id = " + tx.quote(id) +
+              "), count(DISTINCT id) FILTER (WHERE declared_by = " + tx.quote(declared_by) +
               ") FROM lost_declarations WHERE region = " + tx.quote(region));
   const pqxx::row r = res.at(0);
   if (!r[1].is_null() && r[1].as<bool>()) return;
@@ -201,6 +208,11 @@ void RefuseDeclarationPastTheLimit(pqxx::work& tx, uint32_t region, const std::s
     throw AbortTx{absl::ResourceExhaustedError(absl::StrCat(
         name, " has ", kMaxDeclarationsAgainstARegion,
         " declarations against it here already, the most a region holds; no more are recorded"))};
+  }
+  if (r[2].as<int64_t>() >= kMaxDeclarationsOfOneDeclarer) {
+    throw AbortTx{absl::ResourceExhaustedError(absl::StrCat(
+        declarer, " has made ", kMaxDeclarationsOfOneDeclarer, " declarations against ", name,
+        " here already, the most one region makes; no more of its are recorded"))};
   }
 }
 
@@ -570,7 +582,9 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_units(static_cast<uint64_t>(frozen));
       }
       if (writes.empty()) return;
-      RefuseDeclarationPastTheLimit(tx, req->region(), app_.RegionName(req->region()), id);
+      RefuseDeclarationPastTheLimit(tx, req->region(), app_.RegionName(req->region()),
+                                    app_.config.replica_id, app_.RegionName(app_.config.replica_id),
+                                    id);
       tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
@@ -708,7 +722,8 @@ class ControlService final : public pb::RegionControl::Service {
     }
     bool already = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
-      RefuseDeclarationPastTheLimit(tx, d.region(), app_.RegionName(d.region()), d.id());
+      RefuseDeclarationPastTheLimit(tx, d.region(), app_.RegionName(d.region()), d.declared_by(),
+                                    app_.RegionName(d.declared_by()), d.id());
       std::string values;
       for (const auto& i : d.items()) {
         values += (values.empty() ? "(" : ", (") + tx.quote(d.id()) + ", " + tx.quote(d.region()) +

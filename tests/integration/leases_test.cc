@@ -1929,12 +1929,13 @@ TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
   Restock(kEu, "lamp", 5);
   ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "eu-west") == 5; }, 20));
   auto control = ControlOf(kUs);
-  auto record = [&](const std::string& id, uint32_t region, bool* already = nullptr) {
+  auto record = [&](const std::string& id, uint32_t region, bool* already = nullptr,
+                    uint32_t declared_by = 3) {
     cpb::RecordLostDeclarationRequest req;
     auto* d = req.mutable_declaration();
     d->set_id(id);
     d->set_region(region);
-    d->set_declared_by(3);  // a third region's declaration, relayed
+    d->set_declared_by(declared_by);  // a third region's declaration, relayed
     d->set_declared_unix_ms(1'700'000'000'000);
     auto* item = d->add_items();
     item->set_sku("vase");  // not lamp: these would count as reclaimed of lamp already
@@ -1951,14 +1952,17 @@ TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
     return tx.exec1("SELECT count(DISTINCT id) FROM lost_declarations WHERE " + where)[0]
         .as<int64_t>();
   };
-  {
+  auto fill = [&](const std::string& prefix, int declared_by, int n) {
     pqxx::connection conn(c_->Dsn(kUs, "global"));
     pqxx::work tx(conn);
-    tx.exec0(
-        "INSERT INTO lost_declarations (id, region, declared_by, sku, units) SELECT 'dlfill' || "
-        "g, 2, 3, 'vase', 1 FROM generate_series(1, 4999) g");
+    tx.exec0("INSERT INTO lost_declarations (id, region, declared_by, sku, units) SELECT " +
+             tx.quote(prefix) + " || g, 2, " + std::to_string(declared_by) +
+             ", 'vase', 1 FROM generate_series(1, " + std::to_string(n) + ") g");
     tx.commit();
-  }
+  };
+  // One declarer takes at most half the places: one broken or hostile peer cannot leave none for
+  // another region's declaration (before, region 3's 5,000 refused everyone's).
+  fill("dlfill", 3, 2499);
   bool already = true;
   grpc::Status last = record("dl-last", 2, &already);
   ASSERT_TRUE(last.ok()) << last.error_message();
@@ -1968,10 +1972,19 @@ TEST_F(LeasesTest, ARegionHoldsAtMostFiveThousandDeclarationsAgainstARegion) {
   EXPECT_TRUE(already);
   grpc::Status over = record("dl-over", 2);
   EXPECT_EQ(over.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << over.error_message();
-  EXPECT_NE(over.error_message().find("eu-west has 5000 declarations"), std::string::npos)
+  EXPECT_NE(over.error_message().find("has made 2500 declarations against eu-west"),
+            std::string::npos)
       << over.error_message();
   EXPECT_EQ(held("id = 'dl-over'"), 0);
+  EXPECT_TRUE(record("dl-other", 2, nullptr, 4).ok()) << "another declarer still has room";
   EXPECT_TRUE(record("dl-elsewhere", 4).ok()) << "the limit is per region declared lost";
+  // And all of them together at most 5,000.
+  fill("dlfill4-", 4, 2499);
+  EXPECT_EQ(held("region = 2"), 5000);
+  grpc::Status full = record("dl-full", 2, nullptr, 5);
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << full.error_message();
+  EXPECT_NE(full.error_message().find("eu-west has 5000 declarations"), std::string::npos)
+      << full.error_message();
 
   cpb::DeclareLostRequest dreq;
   dreq.set_region(2);
