@@ -349,6 +349,10 @@ void LeaseManager::OnRequest(RegionId from, const LeaseRequest& m) {
   if (m.renewal && from != self_ && IsHolder()) {
     last_renewal_[m.group] = Renewal{from, m.epoch, now};
     (void)Vouched(m.group, m.epoch, from, from, /*renewal=*/true);
+  } else if (m.renewal && from != self_ && a.record == AcceptorRecord{m.epoch, from}) {
+    // A witness checks no claims, but a renewal it granted itself is a win it knows: its jump
+    // base follows the deployment's epochs, not only its record at its start.
+    LearnWon(m.group, m.epoch, from);
   }
   Deliver(from, LeaseReply{m.group, m.epoch, m.round, grant, a.record.epoch, a.record.owner});
 }

@@ -628,6 +628,31 @@ TEST(Lease, APeersClaimsDoNotStarveTheCheckOfAnothersWin) {
   EXPECT_TRUE(learnt) << "the real win was never checked";
 }
 
+// A witness checks no claims, yet its jump base must follow the deployment's epochs: a renewal of
+// an epoch it granted is a win it knows. Without that, its base stayed its record at its start,
+// and a deployment 2^20 epochs further on would be refused by it.
+TEST(Lease, AWitnessLearnsTheWinsItGrantedFromTheirRenewals) {
+  MemStore store;
+  int64_t now = 10000;
+  TestClock clock{&now, 1.0, 0};
+  std::vector<LeaseMessage> sent;
+  LeaseManager witness(9, {1, 2}, {9}, FastConfig(), &store, &clock,
+                       [&](RegionId, const LeaseMessage& m) { sent.push_back(m); });
+  ASSERT_TRUE(witness.Start().ok());
+  witness.OnMessage(1, LeaseRequest{1, kMaxEpochJump, 1, false});
+  ASSERT_TRUE(std::get<LeaseReply>(sent.back()).granted);
+  EXPECT_EQ(witness.View(1).epoch, 0u) << "a grant is not a win";
+  witness.OnMessage(1, LeaseRequest{1, kMaxEpochJump, 2, true});  // region 1 won: it renews
+  EXPECT_EQ(witness.View(1).epoch, kMaxEpochJump);
+  EXPECT_EQ(witness.View(1).owner, 1u);
+  now += FastConfig().ttl_ms + 1;  // region 1's promise runs out
+  witness.OnMessage(2, LeaseRequest{1, 2 * kMaxEpochJump, 3, false});
+  EXPECT_TRUE(std::get<LeaseReply>(sent.back()).granted) << "within a jump of the win it knows";
+  // A renewal of an epoch it did not grant that owner teaches it nothing.
+  witness.OnMessage(1, LeaseRequest{1, 2 * kMaxEpochJump, 4, true});
+  EXPECT_EQ(witness.View(1).epoch, kMaxEpochJump);
+}
+
 TEST(Lease, UnknownGroupFromAPeerIsIgnored) {
   Cluster c(3, FastConfig(), 5);
   c.nodes[1].lm->OnMessage(2, LeaseRequest{77, 5, 1});
