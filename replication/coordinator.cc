@@ -104,8 +104,12 @@ bool WellFormed(const pb::RightsRetire& r) {
 
 // A peer's gossip or request, checked whole: a frame with one entry out of range is refused (and
 // counted), not used in part. The ranges are RightsManager::OnMessage's, which still drops
-// such entries of any other caller. `max_entries`: twice the gossip size this region sends.
-absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r, size_t max_entries) {
+// such entries of any other caller. `max_entries`: twice the gossip size this region sends;
+// `regions`: the deployment's replica ids, the only ones an entry's `received` may name (before,
+// any id 1..255 was taken, so a frame could hold 255 map nodes per entry: the adversarial review
+// of 2026-12-04 counted about 50 MB of memory kept for an 8 MB frame).
+absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r, size_t max_entries,
+                                        const std::set<uint32_t>& regions) {
   constexpr uint64_t kMaxUnits = uint64_t{1} << 40;  // a request, a wait (as OnMessage)
   if (r.has_gossip()) {
     if (static_cast<size_t>(r.gossip().entries_size()) > max_entries) {
@@ -125,10 +129,13 @@ absl::StatusOr<RightsMessage> FromFrame(const pb::RightsFrame& r, size_t max_ent
       e.demand_per_s = x.demand_per_s();
       e.waiting = x.waiting();
       for (const auto& rf : x.received()) {
-        if (rf.replica() == 0 || rf.replica() > 255 || rf.units() > (uint64_t{1} << 50)) {
-          return absl::InvalidArgumentError("rights gossip: received rights out of range");
+        if (!regions.contains(rf.replica()) || rf.units() > (uint64_t{1} << 50)) {
+          return absl::InvalidArgumentError(
+              "rights gossip: received rights of a region not in the deployment, or out of range");
         }
-        e.received[rf.replica()] = rf.units();
+        if (!e.received.emplace(rf.replica(), rf.units()).second) {
+          return absl::InvalidArgumentError("rights gossip: received rights named twice");
+        }
       }
       g.entries.push_back(std::move(e));
     }
@@ -1693,7 +1700,9 @@ absl::Status Coordinator::OnFrame(RegionId peer, const pb::Frame& frame) {
         return absl::OkStatus();
       }
       if (frame.rights().has_settled()) return c.OnSettled(peer, frame.rights().settled());
-      auto m = FromFrame(frame.rights(), 2 * c.config.rights.max_skus_per_gossip);
+      std::set<uint32_t> regions{c.config.replica_id};
+      for (const auto& peer : c.config.peers) regions.insert(peer.replica_id);
+      auto m = FromFrame(frame.rights(), 2 * c.config.rights.max_skus_per_gossip, regions);
       if (!m.ok()) return m.status();
       {
         std::lock_guard<std::mutex> l(c.mu);

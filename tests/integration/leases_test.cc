@@ -1605,6 +1605,19 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     f.mutable_rights()->mutable_request()->set_units((uint64_t{1} << 40) + 1);
     expect_rejected(p.SendAndFinish(f), "units above 2^40");
   }
+  // Received rights may name only the deployment's regions, each once (any id 1..255 was taken).
+  for (uint32_t named : {uint32_t{77}, c_->spec(kUs).replica_id}) {
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* e = f.mutable_rights()->mutable_gossip()->add_entries();
+    e->set_sku("vase");
+    auto* r = e->add_received();
+    r->set_replica(named);
+    r->set_units(1);
+    if (named != 77) *e->add_received() = *r;  // a region named twice
+    expect_rejected(p.SendAndFinish(f), "rights gossip: received rights");
+  }
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
