@@ -116,7 +116,7 @@ TEST(ClientLocator, GeoIpFirstThenTheTableThenTheDefault) {
   ClientLocation table = locator.Locate(Net("198.51.100.0/24"));
   EXPECT_EQ(table.source, LocationSource::kCidrTable);
   EXPECT_DOUBLE_EQ(table.point.lat_deg, 53.3);  // eu-west's coordinates
-  EXPECT_EQ(table.scope_prefix_len, 25);  // the database's record without a location: a /25
+  EXPECT_EQ(table.scope_prefix_len, 25);        // the database's record without a location: a /25
   EXPECT_EQ(table.table_row, 1u);
 
   ClientLocation point = locator.Locate(Net("100.64.7.0/24"));
