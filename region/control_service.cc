@@ -772,6 +772,10 @@ class ControlService final : public pb::RegionControl::Service {
       // One decision per declaration: written off (what it took, per SKU, kept to answer its
       // declarer again) or, asked to settle one not written off before, refused for good.
       std::map<std::string, uint64_t> written;  // per SKU, what copies of the id took before
+      const auto before = [&](const std::string& sku) {
+        auto it = written.find(sku);
+        return it == written.end() ? uint64_t{0} : it->second;
+      };
       if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
                   "VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
@@ -798,13 +802,12 @@ class ControlService final : public pb::RegionControl::Service {
         // sold twice: adversarial review, 2026-12-04).
         bool more = false;
         if (!req->settle() && !(refused && by == d.declared_by())) {
-          for (const auto& i : d.items()) more = more || i.units() > written[i.sku()];
+          for (const auto& i : d.items()) more = more || i.units() > before(i.sku());
         }
         if (!more) {
           out->set_already(true);
           out->set_refused(refused);
           for (const auto& [sku, units] : written) {
-            if (units == 0) continue;
             auto* item = out->add_items();
             item->set_sku(sku);
             item->set_units(units);
@@ -812,18 +815,15 @@ class ControlService final : public pb::RegionControl::Service {
           return;
         }
         first_declared_by = app_.RegionName(by);
-        tx.exec("UPDATE rights_retired SET refused = false, units = units + " +
-                tx.quote(static_cast<int64_t>(total)) +
-                " WHERE declaration_id = " + tx.quote(d.id()));
       } else if (req->settle()) {
         out->set_refused(true);
         return;
       }
       std::string writes;
       for (const auto& i : d.items()) {
-        const uint64_t before = written.count(i.sku()) ? written[i.sku()] : 0;
-        if (i.units() <= before) continue;
-        const uint64_t wanted = i.units() - before;
+        const uint64_t taken = before(i.sku());
+        if (i.units() <= taken) continue;
+        const uint64_t wanted = i.units() - taken;
         app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
@@ -835,12 +835,18 @@ class ControlService final : public pb::RegionControl::Service {
         SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
         writes += "INSERT INTO rights_retired_items (declaration_id, sku, units) VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
-                  tx.quote(static_cast<int64_t>(before + n)) +
+                  tx.quote(static_cast<int64_t>(taken + n)) +
                   ") ON CONFLICT (declaration_id, sku) DO UPDATE SET units = EXCLUDED.units;";
         auto* item = out->add_items();
         item->set_sku(i.sku());
         item->set_units(n);
         out->set_units(out->units() + n);
+      }
+      // A later copy that took more: the decision is a write-off now, of everything taken.
+      if (!first_declared_by.empty()) {
+        writes += "UPDATE rights_retired SET refused = false, units = units + " +
+                  tx.quote(static_cast<int64_t>(out->units())) +
+                  " WHERE declaration_id = " + tx.quote(d.id()) + ";";
       }
       if (!writes.empty()) tx.exec(writes);
     });

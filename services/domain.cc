@@ -36,43 +36,17 @@ absl::Status Bad(std::string_view field, std::string_view why) {
 }  // namespace
 
 TextProblem CheckText(std::string_view value) {
-  // Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF. PostgreSQL
-  // rejects the same sequences, so a string that passes here can always be quoted and stored.
-  const auto* p = reinterpret_cast<const unsigned char*>(value.data());
-  const auto* end = p + value.size();
-  while (p < end) {
-    const unsigned char c = *p;
+  // Strict UTF-8 (common/strings.h): PostgreSQL rejects the same sequences, so a string that
+  // passes here can always be quoted and stored.
+  for (size_t i = 0; i < value.size();) {
     uint32_t cp = 0;
-    size_t n = 0;
-    if (c < 0x80) {
-      cp = c;
-      n = 1;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      cp = c & 0x1Fu;
-      n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      cp = c & 0x0Fu;
-      n = 3;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      cp = c & 0x07u;
-      n = 4;
-    } else {
-      return TextProblem::kInvalidUtf8;  // a continuation byte, C0/C1 (overlong) or F5..FF
-    }
-    if (static_cast<size_t>(end - p) < n) return TextProblem::kInvalidUtf8;
-    for (size_t i = 1; i < n; ++i) {
-      if ((p[i] & 0xC0u) != 0x80u) return TextProblem::kInvalidUtf8;
-      cp = (cp << 6) | (p[i] & 0x3Fu);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return TextProblem::kInvalidUtf8;
-    }
+    const size_t n = Utf8Sequence(value, i, &cp);
+    if (n == 0) return TextProblem::kInvalidUtf8;
     // C0 controls except tab and newline, DEL, and the C1 controls U+0080..U+009F.
     if ((cp < 0x20 && cp != '\n' && cp != '\t') || (cp >= 0x7F && cp <= 0x9F)) {
       return TextProblem::kControl;
     }
-    p += n;
+    i += n;
   }
   return TextProblem::kNone;
 }
