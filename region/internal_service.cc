@@ -26,6 +26,7 @@
 #include "region/peer_records.h"
 #include "services/auth.h"
 #include "services/domain.h"
+#include "services/orders.h"
 
 namespace meridian::region {
 namespace {
@@ -1119,6 +1120,7 @@ class Service final : public pb::RegionInternal::Service {
           ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
           created_at + ")");
       if (created) InsertItems(tx, rec.key(), j);
+      SettleIfGivenUp(status, rec.key());
       return;
     }
     const int64_t row_epoch = row[0][0].as<int64_t>();
@@ -1138,12 +1140,20 @@ class Service final : public pb::RegionInternal::Service {
                     ? ", payment_ref = " + tx.quote(j["payment_ref"].get<std::string>())
                     : std::string()) +
                ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()));
+      SettleIfGivenUp(status, rec.key());
     } else if (epoch < row_epoch && !created) {
       app_.stale_peer_events->Increment();
       spdlog::info(
           "event=stale_epoch_event_rejected order={} origin={} event={} epoch={} order_epoch={}",
           rec.key(), rec.origin(), event, epoch, row_epoch);
     }
+  }
+
+  // An order given up elsewhere (a successor cancelled or refunded it while this region was
+  // away, say) whose reservation and charges are here: they are settled here, by the next sweep.
+  void SettleIfGivenUp(const std::string& status, const std::string& order_id) {
+    auto s = services::ParseOrderStatus(status);
+    if (s.ok() && services::OrderGivesBack(*s)) app_.SettleAtNextSweep(order_id);
   }
 
   static void InsertItems(pqxx::work& tx, const std::string& order_id, const Json& j) {

@@ -833,7 +833,6 @@ HttpResponse RegionApp::Impl::CancelOrder(HttpRequest& req) {
 HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const std::string& order_id,
                                             bool may_forward) {
   std::string next;
-  std::string payment_ref;
   std::string already;  // the order was cancelled or refunded before: only settle the rest
   std::string residency;
   bool stale = false;
@@ -842,15 +841,13 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     not_mine.reset();
     already.clear();
     next.clear();
-    payment_ref.clear();
     stale = false;
     pqxx::result r = tx.exec(
-        "SELECT status, payment_ref, residency, lease_group, owner_region FROM orders WHERE "
-        "order_id = " +
+        "SELECT status, residency, lease_group, owner_region FROM orders WHERE order_id = " +
         tx.quote(order_id) + OfCustomer(tx, user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
-    const uint32_t group = GroupOf(r[0][3].as<int64_t>(), r[0][4].as<std::string>());
-    residency = r[0][2].as<std::string>();
+    const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
+    residency = r[0][1].as<std::string>();
     LeaseTable::Decision lease = leases->ForGroup(group);
     if (!lease.mine) {
       not_mine = lease;
@@ -861,13 +858,11 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
       next = "cancelled";
     } else if (status == "paid") {
       next = "refunded";
-      payment_ref = r[0][1].as<std::string>();
     } else if (status == "cancelled" || status == "refunded") {
       // A retry of a cancel whose refund or stock release failed after the status changed: do
       // those again (both are idempotent), then answer as for any order already cancelled.
       already = status;
       next = status;
-      payment_ref = status == "refunded" && !r[0][1].is_null() ? r[0][1].as<std::string>() : "";
       return;
     } else {
       throw AbortTx{absl::FailedPreconditionError(
@@ -890,6 +885,9 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
                     {"group", group},
                     {"epoch", epoch},
                     {"version", u[0][0].as<int64_t>()}});
+    // Should the refund or the release below fail, and the customer not retry, the sweep still
+    // settles them.
+    SettleAtNextSweep(order_id);
   });
   if (stale) stale_local_writes->Increment();
   if (!st.ok()) return ProblemFromStatus(st);
@@ -899,11 +897,11 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     }
     return NotOwnerProblem(order_id, *not_mine);
   }
-  if (!payment_ref.empty()) {
-    st = global->Run(
-        [&](pqxx::work& tx) { RefundCaptured(tx, "charge_id = " + tx.quote(payment_ref)); });
-    if (!st.ok()) return ProblemFromStatus(st);
-  }
+  // Every capture of the order, not only the paid one: a payment whose order update was in doubt
+  // left a capture on a pending order. Charges captured in another region (the order was paid
+  // there, before a failover) are refunded there, when it learns the order's status.
+  st = global->Run([&](pqxx::work& tx) { RefundCaptured(tx, "order_id = " + tx.quote(order_id)); });
+  if (!st.ok()) return ProblemFromStatus(st);
   st = ReleaseReservation(order_id, next);
   if (!st.ok()) return ProblemFromStatus(st);
   if (!already.empty()) {
@@ -935,6 +933,14 @@ uint32_t RegionApp::Impl::GroupOf(int64_t lease_group, const std::string& owner_
   for (const auto& p : config.peers)
     if (p.name == owner_region && p.replica_id != 0) return p.replica_id;
   return config.replica_id;
+}
+
+void RegionApp::Impl::SettleAtNextSweep(const std::string& order_id) {
+  absl::Status st = global->Run([&](pqxx::work& g) {
+    g.exec0("UPDATE reservations SET state = 'held', expires_at = '-infinity' WHERE id = " +
+            g.quote(order_id) + " AND state IN ('held', 'committed')");
+  });
+  if (!st.ok()) throw AbortTx{st};
 }
 
 bool RegionApp::Impl::PeerMayHold(uint32_t replica, std::string_view residency) const {

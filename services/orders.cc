@@ -55,6 +55,11 @@ bool OrderTransitionAllowed(OrderStatus from, OrderStatus to) {
   }
 }
 
+bool OrderGivesBack(OrderStatus s) {
+  return s == OrderStatus::kPaymentDeclined || s == OrderStatus::kCancelled ||
+         s == OrderStatus::kExpired || s == OrderStatus::kRefunded;
+}
+
 absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event) {
   if (event.order_id.empty() || event.group == 0 || event.epoch == 0 || event.version == 0) {
     return absl::InvalidArgumentError("order event: order_id, group, epoch and version are needed");

@@ -42,6 +42,10 @@ absl::StatusOr<OrderStatus> ParseOrderStatus(std::string_view name);
 
 // Whether the owner may move an order from `from` to `to` (pay, decline, cancel, expire, refund).
 bool OrderTransitionAllowed(OrderStatus from, OrderStatus to);
+// Whether an order in this status has given up its sale for good (declined, cancelled, expired,
+// refunded): its reserved stock goes back on sale and any capture of it is refunded, wherever the
+// status was decided.
+bool OrderGivesBack(OrderStatus s);
 
 struct OrderLine {
   std::string sku;

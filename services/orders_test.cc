@@ -31,6 +31,21 @@ TEST(Orders, Transitions) {
   EXPECT_FALSE(OrderTransitionAllowed(OrderStatus::kCancelled, OrderStatus::kPaid));
 }
 
+TEST(Orders, OnlyAnOrderThatEndedUnsoldGivesItsStockAndMoneyBack) {
+  EXPECT_FALSE(OrderGivesBack(OrderStatus::kPendingPayment));
+  EXPECT_FALSE(OrderGivesBack(OrderStatus::kPaid));
+  for (OrderStatus s : {OrderStatus::kPaymentDeclined, OrderStatus::kCancelled,
+                        OrderStatus::kExpired, OrderStatus::kRefunded}) {
+    EXPECT_TRUE(OrderGivesBack(s)) << OrderStatusName(s);
+    // None of them can move on to another status.
+    for (OrderStatus to :
+         {OrderStatus::kPendingPayment, OrderStatus::kPaid, OrderStatus::kPaymentDeclined,
+          OrderStatus::kCancelled, OrderStatus::kExpired, OrderStatus::kRefunded}) {
+      EXPECT_FALSE(OrderTransitionAllowed(s, to));
+    }
+  }
+}
+
 TEST(Orders, ApplyCreatesThenChanges) {
   OrderState s;
   ASSERT_EQ(*ApplyOrderEvent(s, Created()), ApplyOutcome::kApplied);

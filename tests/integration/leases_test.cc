@@ -138,6 +138,13 @@ class LeasesTest : public ::testing::Test {
     return Request(c_->http_port(region), "GET", "/v1/orders/" + id, "", {{"Authorization", auth}})
         .status;
   }
+  // The order's own status there ("" when it cannot be read).
+  std::string OrderStatus(size_t region, const std::string& id, const std::string& auth) {
+    Response o =
+        Request(c_->http_port(region), "GET", "/v1/orders/" + id, "", {{"Authorization", auth}});
+    Json j = Json::parse(o.body, nullptr, false);
+    return o.status == 200 && j.is_object() ? j.value("status", "") : "";
+  }
 
   // Ten kettles stocked at `region` and one of them ordered there by a new customer of
   // `residency`: the customer's "Bearer ..." header, their id, and the order's id (empty, and
@@ -482,6 +489,12 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
     ASSERT_EQ(r.status, 201) << r.body;
     orders.push_back(Json::parse(r.body).value("order_id", ""));
   }
+  // A fourth is paid at us-east, which keeps the capture and the committed reservation.
+  const std::string paid = OrderOne(kUs, auth, "kettle");
+  ASSERT_FALSE(paid.empty());
+  Response pay = Request(c_->http_port(kUs), "POST", "/v1/orders/" + paid + "/pay",
+                         R"({"card_number":"4242424242424242"})", {{"Authorization", auth}});
+  ASSERT_EQ(pay.status, 200) << pay.body;
   // Every order reaches both peers before the kill: a batch still on its way to ap-south (100 ms
   // away) when us-east dies would reach it only by the catch-up after eu-west's takeover, which
   // SurvivorsLearnADeadRegionsOrdersFromItsSuccessor covers; this test is about the ownership.
@@ -490,6 +503,8 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
       ASSERT_TRUE(Eventually([&] { return OrderStatusAt(peer, id, auth) == 200; }, 20))
           << "order " << id << " never reached " << c_->spec(peer).name;
     }
+    ASSERT_TRUE(Eventually([&] { return OrderStatus(peer, paid, auth) == "paid"; }, 20))
+        << "the payment never reached " << c_->spec(peer).name;
   }
 
   // Never two owners: watch every live region's view of us-east's group throughout.
@@ -529,6 +544,11 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
                          {{"Authorization", auth}});
   EXPECT_EQ(fwd.status, 200) << fwd.body;
   EXPECT_EQ(fwd.Header("x-meridian-owner-region"), "eu-west");
+  // And has eu-west refund the order paid at us-east.
+  Response refund = Request(c_->http_port(kEu), "POST", "/v1/orders/" + paid + "/cancel", "",
+                            {{"Authorization", auth}});
+  EXPECT_EQ(refund.status, 200) << refund.body;
+  EXPECT_EQ(Json::parse(refund.body, nullptr, false).value("status", ""), "refunded");
 
   // us-east returns: it learns epoch >= 2 and does not act, then gets its group back.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
@@ -542,13 +562,31 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   Response home = Request(c_->http_port(kUs), "POST", "/v1/orders/" + orders[2] + "/cancel", "",
                           {{"Authorization", auth}});
   EXPECT_EQ(home.status, 200) << home.body;
+  EXPECT_TRUE(Eventually([&] { return OrderStatus(kUs, orders[0], auth) == "cancelled"; }, 20));
+  // What eu-west decided is carried out where the money and the stock are: us-east refunds its
+  // capture and puts the units of every order given up while it was away back on sale (all 50).
+  // Before, the refund was never made, and the units stayed out of sale: the paid order's for
+  // good, the others' until their reservations expired (15 minutes by default).
   EXPECT_TRUE(Eventually(
       [&] {
-        Response o = Request(c_->http_port(kUs), "GET", "/v1/orders/" + orders[0], "",
-                             {{"Authorization", auth}});
-        return Json::parse(o.body, nullptr, false).value("status", "") == "cancelled";
+        pqxx::connection conn(c_->Dsn(kUs, "global"));
+        pqxx::work tx(conn);
+        return tx.exec1(
+                     "SELECT count(*) FROM sandbox_charges WHERE status = 'refunded' AND "
+                     "order_id = " +
+                     tx.quote(paid))[0]
+                   .as<int64_t>() == 1;
       },
-      20));
+      30))
+      << "us-east never refunded the payment eu-west refunded";
+  EXPECT_TRUE(Eventually(
+      [&] {
+        Response inv = Request(c_->http_port(kUs), "GET", "/v1/inventory/kettle");
+        return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 50;
+      },
+      30))
+      << "us-east has not put the units of the orders given up elsewhere back on sale: "
+      << Request(c_->http_port(kUs), "GET", "/v1/inventory/kettle").body;
   watching = false;
   watcher.join();
   EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";

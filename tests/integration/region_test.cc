@@ -798,6 +798,35 @@ TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
   ExpectReconciled();
 }
 
+// A customer who cancels after a payment in doubt (its capture kept, the order still pending)
+// gets the money back with the cancel. Before, the cancel refunded only the order's recorded
+// payment, none here: the charge stayed captured for good, as the cancel released the
+// reservation the sweep would have refunded it by.
+TEST_F(RegionTest, ACancelAfterAPaymentInDoubtRefundsItsCapture) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-4");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":2})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  std::string id = Json::parse(o.body)["order_id"];
+  {
+    auto fault = InjectFault(Shards(), "kill_paid_commit", Fault::kKillAtCommit, "UPDATE", "orders",
+                             "NEW.status = 'paid'");
+    EXPECT_EQ(
+        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
+        503);
+  }
+  ASSERT_EQ(Charges(id, "captured"), 1);
+
+  Response cancel = As(t, "POST", "/v1/orders/" + id + "/cancel");
+  EXPECT_EQ(cancel.status, 200) << cancel.body;
+  EXPECT_EQ(Order(t, id)["status"], "cancelled");
+  EXPECT_EQ(Charges(id, "captured"), 0);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(Available("sku-4"), before);
+  ExpectReconciled();
+}
+
 // A reservation the sweep cannot settle (here its release fails every time) is counted and left
 // for the next sweep; the ones behind it are settled. Before, the first failure ended every sweep
 // (the oldest first, so the same one each time), and no expired order's stock came back again.
@@ -882,6 +911,32 @@ TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
   EXPECT_EQ(Charges(id, "refunded"), 1);
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
   EXPECT_EQ(Available("sku-5"), before);  // released once
+}
+
+// The same failed release, and the customer never retries: the sweep returns the stock. Before,
+// the reservation of a paid order stayed committed, which no sweep looks at again.
+TEST_F(RegionTest, AFailedReleaseOfARefundIsSettledByTheSweepWithoutARetry) {
+  std::string t = NewCustomer();
+  int64_t before = Available("sku-5");
+  const std::string id = PaidOrder(t, "sku-5", 2);
+  ASSERT_FALSE(HasFailure());
+  {
+    auto fault = InjectFault({{0, "global"}}, "fail_release", Fault::kError, "UPDATE",
+                             "reservations", "NEW.state = 'released'");
+    EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 500);
+  }
+  EXPECT_EQ(Order(t, id)["status"], "refunded");
+  EXPECT_EQ(Available("sku-5"), before - 2);
+
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->released, 1);
+  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(Charges(id, "captured"), 0);
+  EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
+  EXPECT_EQ(Available("sku-5"), before);  // released once
+  ExpectReconciled();
 }
 
 // While the region's stock changes are held (a rebuilt region awaiting a peer), a cancel still
