@@ -359,7 +359,41 @@ absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpReques
   if (!h || h->substr(0, 7) != "Bearer ") {
     return absl::UnauthenticatedError("missing bearer token (Authorization: Bearer <token>)");
   }
-  return services::VerifyToken(h->substr(7), config.token_secret, UnixNowS());
+  auto claims = services::VerifyToken(h->substr(7), config.token_secret, UnixNowS());
+  // A token for a residency this region may not hold is only redirected, and reads nothing here.
+  if (!claims.ok() || !services::ResidencyAllows(claims->residency, config.jurisdiction)) {
+    return claims;
+  }
+  auto here = AccountHere(claims->user_id);
+  if (!here.ok()) return here.status();
+  if (*here && **here != claims->account) {
+    return absl::UnauthenticatedError(
+        "this token is of another account with this e-mail than the one this region holds (the "
+        "e-mail was registered again while the regions could not see each other); log in here");
+  }
+  return claims;
+}
+
+absl::StatusOr<std::optional<std::string>> RegionApp::Impl::AccountHere(
+    const std::string& user_id) {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard<std::mutex> lock(accounts_mu);
+    auto it = accounts.find(user_id);
+    if (it != accounts.end() && now - it->second.second < kAccountCacheTtl) return it->second.first;
+  }
+  auto user = FindUser(user_id);
+  if (!user.ok()) return user.status();
+  if (!*user) return std::optional<std::string>();  // not cached: it may arrive any moment
+  std::lock_guard<std::mutex> lock(accounts_mu);
+  if (accounts.size() >= kAccountCacheMax) accounts.clear();
+  accounts[user_id] = {(*user)->account, now};
+  return std::optional<std::string>((*user)->account);
+}
+
+void RegionApp::Impl::ForgetAccount(const std::string& user_id) {
+  std::lock_guard<std::mutex> lock(accounts_mu);
+  accounts.erase(user_id);
 }
 
 absl::Status RegionApp::Impl::Operator(const HttpRequest& req) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <future>
 #include <map>
@@ -17,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -185,8 +187,20 @@ struct RegionApp::Impl {
   void SetupRoutes();
   HttpResponse Dispatch(HttpRequest& req);
 
-  // Authentication: the customer's claims, or a 401 status.
+  // Authentication: the customer's claims, or a 401 status. Where the token's residency allows
+  // this region, the token must be of the account stored here, if one is (AccountHere): one
+  // e-mail registered in two regions that could not see each other is two accounts under one user
+  // id, and one's token opens nothing of the other's.
   absl::StatusOr<services::TokenClaims> Customer(const HttpRequest& req);
+  // The AccountStamp of the profile stored here under `user_id` (nullopt: none), cached for
+  // kAccountCacheTtl; ForgetAccount drops the entry when the profile is written.
+  absl::StatusOr<std::optional<std::string>> AccountHere(const std::string& user_id);
+  void ForgetAccount(const std::string& user_id);
+  static constexpr std::chrono::seconds kAccountCacheTtl{30};
+  static constexpr size_t kAccountCacheMax = 200000;
+  std::mutex accounts_mu;
+  std::unordered_map<std::string, std::pair<std::string, std::chrono::steady_clock::time_point>>
+      accounts;
   absl::Status Operator(const HttpRequest& req);
   // 307 to an allowed region (or 403) when the residency does not allow this region.
   std::optional<HttpResponse> ResidencyRedirect(std::string_view residency, const HttpRequest& req);
@@ -245,6 +259,7 @@ struct RegionApp::Impl {
   struct StoredUser {
     std::string password_hash;
     std::string residency;
+    std::string account;  // services::AccountStamp of its registration
   };
   absl::StatusOr<std::optional<StoredUser>> FindUser(const std::string& user_id);
   // Where else the account lives (region/control_service.cc): every peer region is asked at once

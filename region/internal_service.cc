@@ -1042,9 +1042,14 @@ class Service final : public pb::RegionInternal::Service {
         break;
       case pb::OUTBOX_KIND_USER: {
         const Json& j = p.json;
-        // A profile never changes its residency: a write with another one is a second
-        // registration of the same e-mail in another region (which could not see the pinned
-        // profile), and must neither unpin the customer's data nor replace their password.
+        // A profile is written once, by its registration. A second one under the same id is a
+        // second registration of the same e-mail in a region that could not see the first (a
+        // partition, or a pinned profile that never leaves its jurisdiction). It must neither
+        // unpin the customer's data nor replace their password: a stored profile never changes
+        // its residency, and among registrations of one residency the first, by (HLC, origin),
+        // keeps the account in every region. (The later registrant's token then opens nothing
+        // here: it names another account, RegionApp::Impl::Customer.)
+        app_.ForgetAccount(rec.key());
         pqxx::result kept = tx.exec(
             "INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
             "VALUES (" +
@@ -1055,17 +1060,25 @@ class Service final : public pb::RegionInternal::Service {
             tx.quote(j.value("origin", 0)) +
             ") ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, "
             "password_hash = EXCLUDED.password_hash, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin "
-            "WHERE (users.hlc, users.origin) < (EXCLUDED.hlc, EXCLUDED.origin) AND "
+            "WHERE (users.hlc, users.origin) > (EXCLUDED.hlc, EXCLUDED.origin) AND "
             "users.residency = EXCLUDED.residency RETURNING 1");
         if (kept.empty()) {
-          pqxx::result stored =
-              tx.exec("SELECT residency FROM users WHERE user_id = " + tx.quote(rec.key()) +
-                      " AND residency <> " + tx.quote(rec.residency()));
+          pqxx::result stored = tx.exec(
+              "SELECT residency, hlc, origin FROM users WHERE user_id = " + tx.quote(rec.key()) +
+              " AND (residency <> " + tx.quote(rec.residency()) + " OR (hlc, origin) <> (" +
+              tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
+              tx.quote(j.value("origin", 0)) + "))");
           if (!stored.empty()) {
             spdlog::warn(
-                "event=profile_residency_conflict user_id={} stored={} incoming={} origin={} "
-                "(the stored profile is kept)",
-                rec.key(), stored[0][0].as<std::string>(), rec.residency(), rec.origin());
+                "event=profile_registration_conflict user_id={} stored_residency={} "
+                "stored_account={} incoming_residency={} incoming_account={} origin={} (the "
+                "stored profile is kept)",
+                rec.key(), stored[0][0].as<std::string>(),
+                services::AccountStamp(stored[0][1].as<int64_t>(), stored[0][2].as<int64_t>()),
+                rec.residency(),
+                services::AccountStamp(static_cast<int64_t>(j["hlc"].get<uint64_t>()),
+                                       j.value("origin", 0)),
+                rec.origin());
           }
         }
         break;

@@ -66,9 +66,14 @@ absl::StatusOr<std::optional<RegionApp::Impl::StoredUser>> RegionApp::Impl::Find
     const std::string& user_id) {
   std::optional<StoredUser> user;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r =
-        tx.exec("SELECT password_hash, residency FROM users WHERE user_id = " + tx.quote(user_id));
-    if (!r.empty()) user = StoredUser{r[0][0].as<std::string>(), r[0][1].as<std::string>()};
+    pqxx::result r = tx.exec(
+        "SELECT password_hash, residency, hlc, origin FROM users WHERE "
+        "user_id = " +
+        tx.quote(user_id));
+    if (!r.empty()) {
+      user = StoredUser{r[0][0].as<std::string>(), r[0][1].as<std::string>(),
+                        services::AccountStamp(r[0][2].as<int64_t>(), r[0][3].as<int64_t>())};
+    }
   });
   if (!st.ok()) return st;
   return user;
@@ -125,7 +130,8 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   if (!services::VerifyPassword(*password, (*user)->password_hash)) return refused;
   const std::string& residency = (*user)->residency;
   if (auto redirect = ResidencyRedirect(residency, req)) return *redirect;
-  services::TokenClaims claims{user_id, residency, UnixNowS() + config.token_ttl_s};
+  services::TokenClaims claims{user_id, residency, UnixNowS() + config.token_ttl_s,
+                               (*user)->account};
   return HttpResponse::Json(200, Json{{"token", services::IssueToken(claims, config.token_secret)},
                                       {"user_id", user_id},
                                       {"residency", residency},

@@ -3,9 +3,11 @@
 // Customer credentials and tokens.
 // - Passwords: PBKDF2-HMAC-SHA256 (OpenSSL), 16-byte random salt, stored as
 //   "pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>"; verification is constant-time.
-// - Tokens: "<user_id>.<residency>.<expiry unix s>.<hex HMAC-SHA256 of the first three>", signed
-//   with the region's token secret. A token names the user and the user's residency so that a
-//   region can route and refuse without a database read.
+// - Tokens: "<user_id>.<residency>.<account>.<expiry unix s>.<hex HMAC-SHA256 of the first
+//   four>", signed with the region's token secret. A token names the user and the user's
+//   residency so that a region can route and refuse without a database read, and the account:
+//   the stamp of the registration it was issued for (AccountStamp), which tells apart two
+//   accounts that one e-mail got in two regions that could not see each other (one user id).
 // - User ids derive from the normalized e-mail (so a login finds the user's shard without a
 //   global index): "u" + the first 24 hex digits of SHA-256(lowercased e-mail).
 // Thread-safe (no state).
@@ -36,7 +38,11 @@ struct TokenClaims {
   std::string user_id;
   std::string residency;
   int64_t expires_unix_s = 0;
+  std::string account;  // AccountStamp of the registration; never holds '.'
 };
+
+// The stamp of one registration of an account: its profile's HLC and origin region.
+std::string AccountStamp(int64_t hlc, int64_t origin);
 
 std::string IssueToken(const TokenClaims& claims, std::string_view secret);
 // Unauthenticated for a malformed, forged or expired token.

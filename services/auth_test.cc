@@ -15,12 +15,15 @@ TEST(Auth, PasswordHashVerifies) {
 }
 
 TEST(Auth, TokensRoundTripAndRejectForgery) {
-  TokenClaims c{"u123", "eu", 2000};
+  TokenClaims c{"u123", "eu", 2000, AccountStamp(1234567, 2)};
+  EXPECT_EQ(c.account, "1234567-2");
   std::string t = IssueToken(c, "secret-secret-secret-secret-secret");
   auto ok = VerifyToken(t, "secret-secret-secret-secret-secret", 1000);
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->user_id, "u123");
   EXPECT_EQ(ok->residency, "eu");
+  EXPECT_EQ(ok->account, "1234567-2");
+  EXPECT_EQ(ok->expires_unix_s, 2000);
   EXPECT_FALSE(VerifyToken(t, "another-secret-another-secret-xx", 1000).ok());
   EXPECT_FALSE(VerifyToken(t, "secret-secret-secret-secret-secret", 2000).ok());  // expired
   std::string forged = t;

@@ -131,8 +131,10 @@ class ApplyDeltasTest : public ::testing::Test {
 };
 
 TEST_F(ApplyDeltasTest, ConcurrentCartEditsConvergeBothWaysAndResendsAreHarmless) {
-  // The same customer (the user id derives from the e-mail) edits in both regions at once.
+  // The same customer edits in both regions at once: registered in us-east, whose profile
+  // replicates, and logged in in both.
   std::string t1 = Login(*us_, "ann@example.com", "us");
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
   std::string t2 = Login(*us2_, "ann@example.com", "us");
   auto add = [](Region& r, const std::string& t, const std::string& body) {
     return Request(r.port(), "POST", "/v1/cart/items", body, {{"Authorization", "Bearer " + t}});
@@ -375,6 +377,68 @@ TEST_F(ApplyDeltasTest, AnotherAccountsCartAndOrdersUnderTheSameIdStayApart) {
   // The account it belongs to still sees both.
   EXPECT_EQ(Cart(*us_, other)[0]["quantity"], 5);
   EXPECT_EQ(as(*us_, other, "GET", "/v1/orders/" + order_id).status, 200);
+  // Nor does the other account's token open the customer's cart or orders here: it names another
+  // account than the one this region holds. Before, it read and changed them, and its writes
+  // tagged her cart `any`, for every region.
+  EXPECT_EQ(as(*us2_, other, "GET", "/v1/cart").status, 401);
+  EXPECT_EQ(as(*us2_, other, "GET", "/v1/orders").status, 401);
+  Response sneak = as(*us2_, other, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":2})");
+  EXPECT_EQ(sneak.status, 401) << sneak.body;
+  EXPECT_NE(sneak.body.find("another account"), std::string::npos) << sneak.body;
+  EXPECT_EQ(Cart(*us2_, pinned)[0]["quantity"], 1);
+  int64_t tagged_any = 0;
+  for (auto* c : {&c0, &c1}) {
+    pqxx::work tx(*c);
+    tagged_any += tx.exec1("SELECT count(*) FROM outbox WHERE residency = 'any' AND key = " +
+                           tx.quote(services::UserIdForEmail(email)))[0]
+                      .as<int64_t>();
+  }
+  EXPECT_EQ(tagged_any, 0) << "the customer's data was written for export";
+}
+
+// Two registrations of one e-mail with one residency, in regions that could not see each other:
+// once they hear each other, the first keeps the account in both, and the second's token opens
+// nothing. Before, the later registration's profile replaced the first's everywhere, password
+// included: its registrant took over the first customer's account, cart and orders.
+TEST_F(ApplyDeltasTest, ASecondRegistrationOfAnEmailNeverTakesTheFirstAccount) {
+  const std::string email = "erin@example.com";
+  auto token = [&](Region& r, const std::string& password) {
+    EXPECT_EQ(Request(r.port(), "POST", "/v1/users",
+                      Json{{"email", email}, {"password", password}, {"residency", "any"}}.dump())
+                  .status,
+              201);
+    return Json::parse(Request(r.port(), "POST", "/v1/sessions",
+                               Json{{"email", email}, {"password", password}}.dump())
+                           .body)
+        .value("token", "");
+  };
+  auto login = [&](Region& r, const std::string& password) {
+    return Request(r.port(), "POST", "/v1/sessions",
+                   Json{{"email", email}, {"password", password}}.dump())
+        .status;
+  };
+  auto cart_status = [](Region& r, const std::string& t) {
+    return Request(r.port(), "GET", "/v1/cart", "", {{"Authorization", "Bearer " + t}}).status;
+  };
+  const std::string first = token(*us2_, "erins-own-password");
+  ASSERT_FALSE(first.empty());
+  ASSERT_EQ(Request(us2_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                    {{"Authorization", "Bearer " + first}})
+                .status,
+            200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a later HLC for the second
+  const std::string second = token(*us_, "somebody-elses-password");
+  ASSERT_FALSE(second.empty());
+  EXPECT_EQ(cart_status(*us_, second), 200);  // cached as the account us-east holds now
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  ASSERT_TRUE(Ship(*us2_, *us_, 2).ok());
+
+  for (Region* r : {us_.get(), us2_.get()}) {
+    EXPECT_EQ(login(*r, "erins-own-password"), 200);
+    EXPECT_EQ(login(*r, "somebody-elses-password"), 401);
+    EXPECT_EQ(cart_status(*r, first), 200);
+    EXPECT_EQ(cart_status(*r, second), 401);
+  }
 }
 
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {

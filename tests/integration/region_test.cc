@@ -431,7 +431,8 @@ TEST_F(RegionTest, SettingTheQuantityALineHasWritesNothing) {
 
 TEST_F(RegionTest, RedirectLocationIsBuiltFromPathAndQuery) {
   // A customer pinned to the EU (the token alone decides; GET /v1/cart reads nothing first).
-  std::string eu = services::IssueToken({"u-eu-redirect", "eu", 4102444800}, config_.token_secret);
+  std::string eu =
+      services::IssueToken({"u-eu-redirect", "eu", 4102444800, ""}, config_.token_secret);
   Response origin = As(eu, "GET", "/v1/cart?view=full");
   EXPECT_EQ(origin.status, 307) << origin.body;
   EXPECT_EQ(origin.Header("location"), "http://eu-west.example:8080/v1/cart?view=full");
