@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -226,6 +227,13 @@ struct RegionApp::Impl {
   HttpResponse SetCartItem(HttpRequest& req);
   HttpResponse RemoveCartItem(HttpRequest& req);
   HttpResponse Checkout(HttpRequest& req);
+  // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
+  // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
+  // key and replays it. Without the wait it could see only what the first had done so far (the
+  // stock it took, the cart it emptied) and refuse a purchase that was going through.
+  std::mutex checkout_keys_mu;
+  std::condition_variable checkout_keys_cv;
+  std::set<std::string> checkout_keys_busy;
   HttpResponse ListOrders(HttpRequest& req);
   HttpResponse GetOrder(HttpRequest& req);
   HttpResponse PayOrder(HttpRequest& req);

@@ -45,6 +45,10 @@ std::string OfCustomer(pqxx::work& tx, const std::string& user_id) {
 // (each a transient database failure): past this, Pay refuses rather than charge again.
 constexpr int kMaxPaymentAttempts = 8;
 
+// How long a checkout waits for a twin with its Idempotency-Key (CheckoutTurn) beyond the twin's
+// own wait for stock (replication.rights_wait_ms).
+constexpr std::chrono::seconds kTwinWait{30};
+
 absl::Status ValidIdempotencyKey(std::string_view k) {
   if (k.empty() || k.size() > 128) {
     return absl::InvalidArgumentError("Idempotency-Key: 1..128 characters");
@@ -245,6 +249,40 @@ bool ClearedExactly(const std::vector<std::pair<std::string, int64_t>>& before,
 
 }  // namespace
 
+namespace {
+
+// This checkout's turn among those of one customer with one Idempotency-Key (checkout_keys_busy):
+// taken by the constructor, waiting until `deadline` at most; given back by the destructor.
+class CheckoutTurn {
+ public:
+  CheckoutTurn(RegionApp::Impl& app, std::string key,
+               std::chrono::steady_clock::time_point deadline)
+      : app_(app), key_(std::move(key)) {
+    std::unique_lock<std::mutex> lock(app_.checkout_keys_mu);
+    held_ = app_.checkout_keys_cv.wait_until(lock, deadline,
+                                             [&] { return !app_.checkout_keys_busy.count(key_); });
+    if (held_) app_.checkout_keys_busy.insert(key_);
+  }
+  ~CheckoutTurn() {
+    if (!held_) return;
+    {
+      std::lock_guard<std::mutex> lock(app_.checkout_keys_mu);
+      app_.checkout_keys_busy.erase(key_);
+    }
+    app_.checkout_keys_cv.notify_all();
+  }
+  CheckoutTurn(const CheckoutTurn&) = delete;
+  CheckoutTurn& operator=(const CheckoutTurn&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  RegionApp::Impl& app_;
+  const std::string key_;
+  bool held_ = false;
+};
+
+}  // namespace
+
 HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
@@ -269,6 +307,22 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   }
   const std::string& user_id = who->user_id;
   PgPool& shard = ShardFor(user_id);
+  // A twin still under way after its longest wait for stock and a good margin is stuck: this one
+  // is refused rather than held as long.
+  std::optional<CheckoutTurn> turn;
+  if (!idem.empty()) {
+    turn.emplace(*this, absl::StrCat(user_id, "\n", idem),
+                 std::chrono::steady_clock::now() + kTwinWait +
+                     std::chrono::milliseconds(config.replication.rights_wait_ms));
+    if (!turn->held()) {
+      HttpResponse r = HttpResponse::Problem(
+          409, "Conflict",
+          "a checkout with this Idempotency-Key is still under way; retry it in a moment to get "
+          "its order");
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+  }
 
   auto replay = [&](const std::string& order_id) {
     auto order = OrderJson(user_id, order_id);

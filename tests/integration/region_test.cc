@@ -25,6 +25,7 @@
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/db_fault.h"
+#include "tests/support/eventually.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
 
@@ -32,6 +33,7 @@ namespace meridian::region {
 namespace {
 
 using Json = nlohmann::json;
+using test_support::Eventually;
 using test_support::PostgresServer;
 using test_support::RedisServer;
 using testing::Request;
@@ -601,6 +603,44 @@ TEST_F(RegionTest, RepeatedIdempotencyKeyReturnsTheSameOrder) {
   EXPECT_FALSE(ids[0].empty());
   Response list = As(t, "GET", "/v1/orders");
   EXPECT_EQ(Json::parse(list.body)["items"].size(), 1u);
+}
+
+// A client's retry of a checkout still under way (same Idempotency-Key) when the first has taken
+// the last unit: the retry waits for the first and replays its order. Before, it saw the stock
+// gone (the first took it) and answered 409 out of stock while the first made the order.
+TEST_F(RegionTest, ARetryOfACheckoutThatTookTheLastUnitReplaysItsOrder) {
+  std::string t = NewCustomer();
+  const std::string user = t.substr(0, t.find('.'));
+  ASSERT_EQ(Admin("PUT", "/v1/admin/products/sku-last", R"({"name":"Last one","price_cents":900})")
+                .status,
+            201);
+  ASSERT_EQ(Admin("POST", "/v1/admin/inventory/sku-last/restock", R"({"units":1})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-last","quantity":1})").status, 200);
+  // The customer's cart lock, held here, stops the first checkout in its last step, after it
+  // took the unit.
+  std::vector<std::unique_ptr<pqxx::connection>> conns;
+  std::vector<std::unique_ptr<pqxx::work>> locks;
+  for (const auto& [pg, db] : Shards()) {
+    conns.push_back(std::make_unique<pqxx::connection>(pgs_[pg]->ConnectionString(db)));
+    locks.push_back(std::make_unique<pqxx::work>(*conns.back()));
+    locks.back()->exec("SELECT pg_advisory_xact_lock(hashtextextended(" +
+                       locks.back()->quote("cart:" + user) + ", 0))");
+  }
+  auto checkout = [&] {
+    return As(t, "POST", "/v1/checkout", "", {{"Idempotency-Key", "last-unit"}});
+  };
+  std::future<Response> first = std::async(std::launch::async, checkout);
+  ASSERT_TRUE(Eventually([&] { return Available("sku-last") == 0; }, 10));
+  std::future<Response> retry = std::async(std::launch::async, checkout);
+  const bool waited = retry.wait_for(std::chrono::milliseconds(500)) == std::future_status::timeout;
+  for (auto& l : locks) l->abort();
+  Response a = first.get(), b = retry.get();
+  EXPECT_TRUE(waited) << "the retry did not wait for the first: " << b.body;
+  ASSERT_EQ(a.status, 201) << a.body;
+  ASSERT_EQ(b.status, 200) << b.body;
+  EXPECT_EQ(Json::parse(b.body)["order_id"], Json::parse(a.body)["order_id"]);
+  EXPECT_EQ(Json::parse(b.body)["idempotent_replay"], true);
+  EXPECT_EQ(Available("sku-last"), 0);
 }
 
 TEST_F(RegionTest, SweepReleasesExpiredReservations) {
