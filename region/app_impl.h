@@ -313,21 +313,25 @@ struct RegionApp::Impl {
   // it leaves the reservation held for a later sweep (*deferred true) and succeeds.
   absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason,
                                   bool* deferred = nullptr);
-  // Called inside the transaction that gives an order up for good (services::OrderGivesBack: a
-  // cancel or refund here, or such a status learned from a peer), before it commits: if this
-  // region holds the order's reservation, unreleased, it goes first in the sweep's line (held, due
-  // at -infinity), and the next sweep settles it by the order's status then: it refunds what this
-  // region captured for the order and puts the units back on sale (or, should the transaction
-  // not have committed after all, commits a paid order's reservation again). So the money and
-  // stock come back however the caller's own settling ends, and wherever the order was given up:
-  // a paid reservation is not swept otherwise, and only this region holds its charges and
-  // reservations. A database error aborts the caller's transaction (AbortTx).
+  // Called inside the transaction that decides an order (services::OrderDecided: a cancel or
+  // refund here, or a status learned from a peer), before it commits: if this region holds the
+  // order's reservation, unreleased, it goes first in the sweep's line (held, due at -infinity),
+  // and the next sweep settles it by the order's status then. Given up: it refunds what this
+  // region captured for the order and puts the units back on sale. Paid: it commits the
+  // reservation and refunds the captures here other than the paid one (a payment here whose
+  // event a successor never got, before the customer paid again there). Should the transaction
+  // not commit after all, the sweep settles by the status as it stands. So money and stock are
+  // settled however the caller's own settling ends, and wherever the order was decided: a paid
+  // reservation is not swept otherwise, and only this region holds its charges and reservations.
+  // A database error aborts the caller's transaction (AbortTx).
   void SettleAtNextSweep(const std::string& order_id);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or
-  // "pending_payment" when another region owns it (its owner decides; the sweep waits).
-  absl::StatusOr<std::string> ExpireOrder(const std::string& order_id, const std::string& user_id);
+  // "pending_payment" when another region owns it (its owner decides; the sweep waits); and in
+  // *payment_ref the order's payment ("" when none).
+  absl::StatusOr<std::string> ExpireOrder(const std::string& order_id, const std::string& user_id,
+                                          std::string* payment_ref);
   // An order the caller has just written (checkout): Pay needs no read, and the response is built
   // from it instead of read back.
   struct KnownOrder {

@@ -384,9 +384,9 @@ class ControlService final : public pb::RegionControl::Service {
     }
     int changed = 0;
     for (const auto& s : req->orders()) {
-      // Given up while this region was away (a successor cancelled it, say): its reservation and
-      // charges here are settled by the next sweep. (The status was checked above.)
-      const bool given_up = services::OrderGivesBack(*services::ParseOrderStatus(s.status()));
+      // Decided while this region was away (a successor cancelled or was paid for it, say): its
+      // reservation and charges here are settled by the next sweep. (The status was checked above.)
+      const bool decided = services::OrderDecided(*services::ParseOrderStatus(s.status()));
       absl::Status st = app_.ShardFor(s.user_id()).Run([&](pqxx::work& tx) {
         pqxx::result r =
             tx.exec("SELECT epoch, version FROM orders WHERE order_id = " + tx.quote(s.order_id()) +
@@ -414,7 +414,7 @@ class ControlService final : public pb::RegionControl::Service {
                      ") ON CONFLICT DO NOTHING");
           }
           ++changed;
-          if (given_up) app_.SettleAtNextSweep(s.order_id());
+          if (decided) app_.SettleAtNextSweep(s.order_id());
           return;
         }
         // The register: the larger (epoch, version) wins.
@@ -427,7 +427,7 @@ class ControlService final : public pb::RegionControl::Service {
             ") RETURNING 1");
         if (u.empty()) return;
         ++changed;
-        if (given_up) app_.SettleAtNextSweep(s.order_id());
+        if (decided) app_.SettleAtNextSweep(s.order_id());
       });
       if (!st.ok()) return FromStatus(st);
     }

@@ -1133,7 +1133,7 @@ class Service final : public pb::RegionInternal::Service {
           ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
           created_at + ")");
       if (created) InsertItems(tx, rec.key(), j);
-      SettleIfGivenUp(status, rec.key());
+      SettleIfDecided(status, rec.key());
       return;
     }
     const int64_t row_epoch = row[0][0].as<int64_t>();
@@ -1153,7 +1153,7 @@ class Service final : public pb::RegionInternal::Service {
                     ? ", payment_ref = " + tx.quote(j["payment_ref"].get<std::string>())
                     : std::string()) +
                ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()));
-      SettleIfGivenUp(status, rec.key());
+      SettleIfDecided(status, rec.key());
     } else if (epoch < row_epoch && !created) {
       app_.stale_peer_events->Increment();
       spdlog::info(
@@ -1162,11 +1162,12 @@ class Service final : public pb::RegionInternal::Service {
     }
   }
 
-  // An order given up elsewhere (a successor cancelled or refunded it while this region was
-  // away, say) whose reservation and charges are here: they are settled here, by the next sweep.
-  void SettleIfGivenUp(const std::string& status, const std::string& order_id) {
+  // An order decided elsewhere (a successor cancelled it, or was paid for it, while this region
+  // was away, say) whose reservation and charges are here: they are settled here, by the next
+  // sweep.
+  void SettleIfDecided(const std::string& status, const std::string& order_id) {
     auto s = services::ParseOrderStatus(status);
-    if (s.ok() && services::OrderGivesBack(*s)) app_.SettleAtNextSweep(order_id);
+    if (s.ok() && services::OrderDecided(*s)) app_.SettleAtNextSweep(order_id);
   }
 
   static void InsertItems(pqxx::work& tx, const std::string& order_id, const Json& j) {

@@ -30,7 +30,8 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     const std::string& id = entry.first;
     const std::string& user_id = entry.second;
     // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
-    auto expired = ExpireOrder(id, user_id);
+    std::string payment_ref;
+    auto expired = ExpireOrder(id, user_id, &payment_ref);
     if (!expired.ok()) {
       st = expired.status();
       if (!SkipFailedSweepItem(id, st, &counts)) return st;
@@ -44,10 +45,23 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
       continue;
     }
     if (status == "paid") {
+      // Its stock stays sold. A capture here other than the paid one is a payment whose event
+      // the region that took the order over never got, before the customer paid there again.
+      std::vector<std::string> refunded;
       st = global->Run([&](pqxx::work& tx) {
         tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(id) +
                  " AND state = 'held'");
+        if (!payment_ref.empty()) {
+          refunded = RefundCaptured(
+              tx, "order_id = " + tx.quote(id) + " AND charge_id <> " + tx.quote(payment_ref));
+        }
       });
+      if (st.ok()) {
+        for (const std::string& charge : refunded) {
+          spdlog::warn("event=second_capture_refunded order={} charge={} paid_with={}", id, charge,
+                       payment_ref);
+        }
+      }
     } else {
       // Expired, cancelled, declined, or no order at all (a checkout that died half-way). A
       // capture of an order that is not paid is a payment whose order update was in doubt and

@@ -110,17 +110,21 @@ std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::strin
 }  // namespace
 
 absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& order_id,
-                                                         const std::string& user_id) {
+                                                         const std::string& user_id,
+                                                         std::string* payment_ref) {
   std::string status;
   bool stale = false;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     status = "missing";
+    payment_ref->clear();
     stale = false;
     pqxx::result r = tx.exec(
-        "SELECT status, residency, lease_group, owner_region FROM orders WHERE order_id = " +
+        "SELECT status, residency, lease_group, owner_region, payment_ref FROM orders WHERE "
+        "order_id = " +
         tx.quote(order_id) + " FOR UPDATE");
     if (r.empty()) return;
     status = r[0][0].as<std::string>();
+    if (!r[0][4].is_null()) *payment_ref = r[0][4].as<std::string>();
     if (status != "pending_payment") return;
     const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
     LeaseTable::Decision lease = leases->ForGroup(group);

@@ -55,10 +55,7 @@ bool OrderTransitionAllowed(OrderStatus from, OrderStatus to) {
   }
 }
 
-bool OrderGivesBack(OrderStatus s) {
-  return s == OrderStatus::kPaymentDeclined || s == OrderStatus::kCancelled ||
-         s == OrderStatus::kExpired || s == OrderStatus::kRefunded;
-}
+bool OrderDecided(OrderStatus s) { return s != OrderStatus::kPendingPayment; }
 
 absl::StatusOr<ApplyOutcome> ApplyOrderEvent(OrderState& state, const OrderEvent& event) {
   if (event.order_id.empty() || event.group == 0 || event.epoch == 0 || event.version == 0) {

@@ -42,10 +42,11 @@ absl::StatusOr<OrderStatus> ParseOrderStatus(std::string_view name);
 
 // Whether the owner may move an order from `from` to `to` (pay, decline, cancel, expire, refund).
 bool OrderTransitionAllowed(OrderStatus from, OrderStatus to);
-// Whether an order in this status has given up its sale for good (declined, cancelled, expired,
-// refunded): its reserved stock goes back on sale and any capture of it is refunded, wherever the
-// status was decided.
-bool OrderGivesBack(OrderStatus s);
+// Whether an order in this status is decided: paid, or given up for good (declined, cancelled,
+// expired, refunded). The region holding its reservation and captures settles them by it,
+// wherever it was decided: a paid order keeps its stock and one capture, the paid one; a given-up
+// order's stock goes back on sale and every capture of it is refunded.
+bool OrderDecided(OrderStatus s);
 
 struct OrderLine {
   std::string sku;

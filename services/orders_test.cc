@@ -31,13 +31,13 @@ TEST(Orders, Transitions) {
   EXPECT_FALSE(OrderTransitionAllowed(OrderStatus::kCancelled, OrderStatus::kPaid));
 }
 
-TEST(Orders, OnlyAnOrderThatEndedUnsoldGivesItsStockAndMoneyBack) {
-  EXPECT_FALSE(OrderGivesBack(OrderStatus::kPendingPayment));
-  EXPECT_FALSE(OrderGivesBack(OrderStatus::kPaid));
+TEST(Orders, EveryStatusButAwaitingPaymentIsDecided) {
+  EXPECT_FALSE(OrderDecided(OrderStatus::kPendingPayment));
+  EXPECT_TRUE(OrderDecided(OrderStatus::kPaid));
   for (OrderStatus s : {OrderStatus::kPaymentDeclined, OrderStatus::kCancelled,
                         OrderStatus::kExpired, OrderStatus::kRefunded}) {
-    EXPECT_TRUE(OrderGivesBack(s)) << OrderStatusName(s);
-    // None of them can move on to another status.
+    EXPECT_TRUE(OrderDecided(s)) << OrderStatusName(s);
+    // A given-up order cannot move on to another status.
     for (OrderStatus to :
          {OrderStatus::kPendingPayment, OrderStatus::kPaid, OrderStatus::kPaymentDeclined,
           OrderStatus::kCancelled, OrderStatus::kExpired, OrderStatus::kRefunded}) {

@@ -441,6 +441,74 @@ TEST_F(ApplyDeltasTest, ASecondRegistrationOfAnEmailNeverTakesTheFirstAccount) {
   }
 }
 
+// A payment made here whose event the region that took the order over never got (this region
+// died first): the customer paid again there, and that payment's event arrives here. The order
+// is paid once, with that payment: the next sweep refunds the capture here and keeps the stock
+// sold. Before, the capture stayed for good: the reservation was committed, which no sweep
+// looks at again.
+TEST_F(ApplyDeltasTest, ASecondPaymentMadeAtASuccessorRefundsTheFirstHere) {
+  const std::string t = Login(*us_, "fay@example.com", "us");
+  const std::string user = services::UserIdForEmail("fay@example.com");
+  auto op = [](Region& r, const std::string& method, const std::string& path,
+               const std::string& body = "") {
+    return Request(r.port(), method, path, body,
+                   {{"Authorization", std::string("Bearer ") + kOperator}});
+  };
+  auto available = [&] {
+    return Json::parse(Request(us_->port(), "GET", "/v1/inventory/sku-1").body)["available"];
+  };
+  ASSERT_EQ(op(*us_, "POST", "/v1/admin/inventory/sku-1/restock", R"({"units":5})").status, 200);
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                    {{"Authorization", "Bearer " + t}})
+                .status,
+            200);
+  Response paid =
+      Request(us_->port(), "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})",
+              {{"Authorization", "Bearer " + t}});
+  ASSERT_EQ(paid.status, 201) << paid.body;
+  const std::string order = Json::parse(paid.body)["order_id"];
+  const std::string first_charge = Json::parse(paid.body)["payment_ref"];
+  ASSERT_EQ(available(), 4);
+
+  // us-west's event, as its replicator ships it: paid at epoch 2 (it took us-east's group).
+  v1::ApplyDeltasRequest req;
+  req.set_origin(2);
+  req.set_origin_database("shard-0");
+  auto* rec = req.add_records();
+  rec->set_seq(1);
+  rec->set_kind(v1::OUTBOX_KIND_ORDER);
+  rec->set_key(order);
+  rec->set_residency("us");
+  rec->set_payload(Json{{"event", "paid"},
+                        {"order_id", order},
+                        {"user_id", user},
+                        {"group", 1},
+                        {"epoch", 2},
+                        {"version", 3},
+                        {"payment_ref", "ch-paid-at-us-west"}}
+                       .dump());
+  grpc::ClientContext ctx;
+  v1::ApplyDeltasResponse out;
+  ASSERT_TRUE(us_->stub->ApplyDeltas(&ctx, req, &out).ok());
+  ASSERT_EQ(op(*us_, "POST", "/v1/admin/sweep").status, 200);
+
+  Json o = Json::parse(
+      Request(us_->port(), "GET", "/v1/orders/" + order, "", {{"Authorization", "Bearer " + t}})
+          .body);
+  EXPECT_EQ(o["status"], "paid");
+  EXPECT_EQ(o["payment_ref"], "ch-paid-at-us-west");
+  pqxx::connection g(us_->pg->ConnectionString("global"));
+  pqxx::work tx(g);
+  EXPECT_EQ(
+      tx.exec1("SELECT status FROM sandbox_charges WHERE charge_id = " + tx.quote(first_charge))[0]
+          .as<std::string>(),
+      "refunded");
+  EXPECT_EQ(
+      tx.exec1("SELECT state FROM reservations WHERE id = " + tx.quote(order))[0].as<std::string>(),
+      "committed");
+  EXPECT_EQ(available(), 4) << "the paid unit went back on sale";
+}
+
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   auto put = [](Region& r, const std::string& body) {
     return Request(r.port(), "PUT", "/v1/admin/products/sku-2", body,
