@@ -1050,14 +1050,15 @@ class Service final : public pb::RegionInternal::Service {
         // keeps the account in every region. (The later registrant's token then opens nothing
         // here: it names another account, RegionApp::Impl::Customer.)
         app_.ForgetAccount(rec.key());
+        const auto hlc = static_cast<int64_t>(j["hlc"].get<uint64_t>());
+        const int64_t origin = j.value("origin", 0);
         pqxx::result kept = tx.exec(
             "INSERT INTO users (user_id, email, name, password_hash, residency, hlc, origin) "
             "VALUES (" +
             tx.quote(rec.key()) + ", " + tx.quote(j["email"].get<std::string>()) + ", " +
             tx.quote(j["name"].get<std::string>()) + ", " +
             tx.quote(j["password_hash"].get<std::string>()) + ", " + tx.quote(rec.residency()) +
-            ", " + tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
-            tx.quote(j.value("origin", 0)) +
+            ", " + tx.quote(hlc) + ", " + tx.quote(origin) +
             ") ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, "
             "password_hash = EXCLUDED.password_hash, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin "
             "WHERE (users.hlc, users.origin) > (EXCLUDED.hlc, EXCLUDED.origin) AND "
@@ -1066,8 +1067,7 @@ class Service final : public pb::RegionInternal::Service {
           pqxx::result stored = tx.exec(
               "SELECT residency, hlc, origin FROM users WHERE user_id = " + tx.quote(rec.key()) +
               " AND (residency <> " + tx.quote(rec.residency()) + " OR (hlc, origin) <> (" +
-              tx.quote(static_cast<int64_t>(j["hlc"].get<uint64_t>())) + ", " +
-              tx.quote(j.value("origin", 0)) + "))");
+              tx.quote(hlc) + ", " + tx.quote(origin) + "))");
           if (!stored.empty()) {
             spdlog::warn(
                 "event=profile_registration_conflict user_id={} stored_residency={} "
@@ -1075,10 +1075,7 @@ class Service final : public pb::RegionInternal::Service {
                 "stored profile is kept)",
                 rec.key(), stored[0][0].as<std::string>(),
                 services::AccountStamp(stored[0][1].as<int64_t>(), stored[0][2].as<int64_t>()),
-                rec.residency(),
-                services::AccountStamp(static_cast<int64_t>(j["hlc"].get<uint64_t>()),
-                                       j.value("origin", 0)),
-                rec.origin());
+                rec.residency(), services::AccountStamp(hlc, origin), rec.origin());
           }
         }
         break;
