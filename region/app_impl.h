@@ -227,6 +227,9 @@ struct RegionApp::Impl {
   HttpResponse SetCartItem(HttpRequest& req);
   HttpResponse RemoveCartItem(HttpRequest& req);
   HttpResponse Checkout(HttpRequest& req);
+  // Redis's hot copy of a cart just committed at `version` (cart_api.cc): written unless Redis
+  // holds a newer one; when the write fails the key is read around until it is repaired.
+  void StoreHotCart(const std::string& user_id, int64_t version, const crdt::Cart& cart);
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
   // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
   // key and replays it. Without the wait it could see only what the first had done so far (the

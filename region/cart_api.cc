@@ -99,7 +99,13 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
   if (!changed) {
     return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
   }
-  // Hot copy: written only if newer than what Redis holds (a slower writer cannot regress it).
+  app.StoreHotCart(who.user_id, saved.version, saved.cart);
+  return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
+}
+
+void RegionApp::Impl::StoreHotCart(const std::string& user_id, int64_t version,
+                                   const crdt::Cart& cart) {
+  // Written only if newer than what Redis holds (a slower writer cannot regress it).
   static constexpr const char* kSetIfNewer = R"lua(
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
 if tonumber(ARGV[1]) > v then
@@ -107,14 +113,11 @@ if tonumber(ARGV[1]) > v then
   redis.call('EXPIRE', KEYS[1], 3600)
 end
 return 1)lua";
-  const std::string key = "cart:" + who.user_id;
-  if (!app.redis
-           ->Eval(kSetIfNewer, {key}, {std::to_string(saved.version), crdt::Encode(saved.cart)})
-           .ok()) {
+  const std::string key = "cart:" + user_id;
+  if (!redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok()) {
     // Redis may still hold the copy before this change: read around it until it is deleted.
-    app.stale_hot_carts.Mark(key);
+    stale_hot_carts.Mark(key);
   }
-  return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
 }
 
 HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {

@@ -480,6 +480,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   Json created_items = Json::array();
   const int64_t created_ms = UnixNowMs();
   int64_t event_seq = 0;
+  int64_t cleared_version = 0;  // the cart as the order left it
+  crdt::Cart cleared(CartActorFor(user_id));
   st = shard.Run([&](pqxx::work& tx) {
     // Reads first (the cart, locked), then every write in one round trip.
     pqxx::result r = tx.exec(
@@ -538,8 +540,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                               "cart: it changed while checking out (another checkout, or a "
                               "change made in another region); review it and check out again")};
     }
-    writes += SaveCartSql(tx, user_id, who->residency, *cart, delta, r[0][1].as<int64_t>() + 1,
-                          config.replica_id);
+    cleared_version = r[0][1].as<int64_t>() + 1;
+    writes +=
+        SaveCartSql(tx, user_id, who->residency, *cart, delta, cleared_version, config.replica_id);
+    cleared = *std::move(cart);
     std::string ev = OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
     ev.pop_back();  // the trailing ';'
     writes += ev + " RETURNING seq";
@@ -572,7 +576,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     return ProblemFromStatus(st);
   }
-  if (!redis->Del("cart:" + user_id).ok()) stale_hot_carts.Mark("cart:" + user_id);
+  // The hot copy as the cart now is, by version as every cart write: a deletion instead would
+  // let a cart change committed before this checkout, slower to write its copy, put the lines
+  // just ordered back on view for an hour.
+  StoreHotCart(user_id, cleared_version, cleared);
 
   // 5. Durability: in sync-peer mode, answer once another region allowed to hold this customer's
   //    data has applied the order, while this region still holds its lease (a takeover syncs from
