@@ -1111,14 +1111,24 @@ class Service final : public pb::RegionInternal::Service {
     const std::string created_at = created && j.contains("created_at_ms")
                                        ? TimestampFromMsSql(j["created_at_ms"].get<int64_t>())
                                        : std::string("now()");
+    // The checkout's Idempotency-Key, so that the customer's retry here finds the order -- unless
+    // this region holds another order of theirs under it (a twin made here before this one
+    // arrived), which keeps it.
+    const std::string idempotency_key =
+        created && j.contains("idempotency_key")
+            ? "(SELECT CASE WHEN EXISTS (SELECT 1 FROM orders WHERE user_id = " +
+                  tx.quote(user_id) +
+                  " AND idempotency_key = " + tx.quote(j["idempotency_key"].get<std::string>()) +
+                  ") THEN NULL ELSE " + tx.quote(j["idempotency_key"].get<std::string>()) + " END)"
+            : std::string("NULL");
     pqxx::result row =
         tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
                 " FOR UPDATE");
     if (row.empty()) {
       tx.exec0(
           "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
-          "owner_region, epoch, version, lease_group, payment_ref, residency, facts, created_at) "
-          "VALUES (" +
+          "owner_region, epoch, version, lease_group, payment_ref, residency, facts, created_at, "
+          "idempotency_key) VALUES (" +
           tx.quote(rec.key()) + ", " + tx.quote(user_id) + ", " + tx.quote(status) + ", " +
           tx.quote(j.value("total_cents", int64_t{0})) + ", " +
           tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) + ", " +
@@ -1128,7 +1138,7 @@ class Service final : public pb::RegionInternal::Service {
                ? tx.quote(j["payment_ref"].get<std::string>())
                : std::string("NULL")) +
           ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
-          created_at + ")");
+          created_at + ", " + idempotency_key + ")");
       if (created) InsertItems(tx, rec.key(), j);
       SettleIfDecided(status, rec.key());
       return;
@@ -1139,8 +1149,8 @@ class Service final : public pb::RegionInternal::Service {
       // The creation facts arrive after a later status: fill them in, keep the status.
       tx.exec0("UPDATE orders SET total_cents = " + tx.quote(j.value("total_cents", int64_t{0})) +
                ", currency = " + tx.quote(j.value("currency", std::string("USD"))) +
-               ", facts = true, created_at = " + created_at +
-               " WHERE order_id = " + tx.quote(rec.key()));
+               ", facts = true, created_at = " + created_at + ", idempotency_key = " +
+               idempotency_key + " WHERE order_id = " + tx.quote(rec.key()));
       InsertItems(tx, rec.key(), j);
     }
     if (std::make_pair(epoch, version) > std::make_pair(row_epoch, row_version)) {

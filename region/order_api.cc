@@ -49,18 +49,6 @@ constexpr int kMaxPaymentAttempts = 8;
 // own wait for stock (replication.rights_wait_ms).
 constexpr std::chrono::seconds kTwinWait{30};
 
-absl::Status ValidIdempotencyKey(std::string_view k) {
-  if (k.empty() || k.size() > 128) {
-    return absl::InvalidArgumentError("Idempotency-Key: 1..128 characters");
-  }
-  for (char c : k)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
-          c == ':')) {
-      return absl::InvalidArgumentError("Idempotency-Key: letters, digits and -_.: only");
-    }
-  return absl::OkStatus();
-}
-
 // Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order.
 absl::Status ValidOrderId(std::string_view id) {
   bool ok = id.size() == 25 && id[0] == 'o';
@@ -307,7 +295,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   std::string idem;
   if (auto h = req.Header("idempotency-key")) {
     idem = std::string(*h);
-    if (auto st = ValidIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
+    if (auto st = services::ValidateIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
   }
   const std::string& user_id = who->user_id;
   PgPool& shard = ShardFor(user_id);
@@ -518,6 +506,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                {"owner_region", config.name}, {"total_cents", total},
                {"currency", currency},        {"items", items},
                {"created_at_ms", created_ms}};
+    // The key goes with the order, so that a retry that reaches another region (DNS moved the
+    // customer meanwhile) finds the order there too.
+    if (!idem.empty()) event["idempotency_key"] = idem;
     writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
               tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
               tx.quote(event.dump()) + ");";

@@ -113,6 +113,11 @@ std::string OrderEventProblem(const Json& j) {
                 [](const Json& v) { return IntegerIn(v, 0, kMaxCreatedAtMs); })) {
     return "created_at_ms: 0..2^45 (ms since 1970)";
   }
+  if (!Optional(j, "idempotency_key", [](const Json& v) {
+        return v.is_string() && services::ValidateIdempotencyKey(v.get<std::string>()).ok();
+      })) {
+    return "idempotency_key: 1..128 of letters, digits and -_.:";
+  }
   if (!Optional(j, "items", [](const Json& v) { return v.is_array(); })) return "items: a list";
   if (j.contains("items")) {
     for (const Json& it : j["items"]) {

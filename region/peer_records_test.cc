@@ -136,6 +136,18 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              R"({"user_id":"u1","event":"created","epoch":1,"created_at_ms":"yesterday"})");
        },
        "created_at_ms"},
+      {"order idempotency key with a quote",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":"u1","event":"created","epoch":1,"idempotency_key":"k'1"})");
+       },
+       "idempotency_key"},
+      {"order idempotency key not a string",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":"u1","event":"created","epoch":1,"idempotency_key":7})");
+       },
+       "idempotency_key"},
       {"order with a NUL byte and more after its JSON",
        [](v1::ApplyDeltasRequest& r) {
          r.mutable_records(3)->set_payload(r.records(3).payload() + std::string(1, '\0') + "}");

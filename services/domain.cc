@@ -115,6 +115,16 @@ absl::Status ValidateCurrency(std::string_view c) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateIdempotencyKey(std::string_view key) {
+  if (key.empty() || key.size() > 128) return Bad("Idempotency-Key", "1..128 characters");
+  for (char c : key)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == ':')) {
+      return Bad("Idempotency-Key", "letters, digits and -_.: only");
+    }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateCategoryId(std::string_view id) {
   if (id.empty() || id.size() > 64) return Bad("category", "must be 1..64 characters");
   for (char c : id)

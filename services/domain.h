@@ -27,6 +27,9 @@ absl::Status ValidatePassword(std::string_view password);
 absl::Status ValidateResidency(std::string_view residency);  // "any" or [a-z]{2,16}
 absl::Status ValidateCurrency(std::string_view currency);    // ISO 4217 shape
 absl::Status ValidateCategoryId(std::string_view id);
+// A checkout's Idempotency-Key: 1..128 of letters, digits and -_.: (a header value, and a field
+// of the order's created event).
+absl::Status ValidateIdempotencyKey(std::string_view key);
 // Free text (names, descriptions, search queries, any query/path/body string stored or sent to
 // PostgreSQL): min_len..max_len bytes of valid UTF-8 without control characters (C0 except tab
 // and newline, DEL, C1).

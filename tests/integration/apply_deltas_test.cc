@@ -509,6 +509,41 @@ TEST_F(ApplyDeltasTest, ASecondPaymentMadeAtASuccessorRefundsTheFirstHere) {
   EXPECT_EQ(available(), 4) << "the paid unit went back on sale";
 }
 
+// A checkout whose answer the customer never got (a timeout, or an in-doubt 503), retried with
+// the same Idempotency-Key after DNS moved them to another region: the order reached that region,
+// and so did its key, so the retry replays it. Before, the key stayed behind: the retry found the
+// cart emptied by the order and answered 422 (or, had the cart change not arrived yet, made a
+// second order).
+TEST_F(ApplyDeltasTest, ACheckoutRetriedInAnotherRegionReplaysTheOrderMadeInTheFirst) {
+  const std::string t1 = Login(*us_, "gus@example.com", "us");
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());  // the profile
+  const std::string t2 = Login(*us2_, "gus@example.com", "us");
+  ASSERT_FALSE(t2.empty());
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/admin/inventory/sku-1/restock", R"({"units":5})",
+                    {{"Authorization", std::string("Bearer ") + kOperator}})
+                .status,
+            200);
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":2})",
+                    {{"Authorization", "Bearer " + t1}})
+                .status,
+            200);
+  Response first = Request(us_->port(), "POST", "/v1/checkout", "",
+                           {{"Authorization", "Bearer " + t1}, {"Idempotency-Key", "gus-cart-1"}});
+  ASSERT_EQ(first.status, 201) << first.body;
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+
+  Response retry = Request(us2_->port(), "POST", "/v1/checkout", "",
+                           {{"Authorization", "Bearer " + t2}, {"Idempotency-Key", "gus-cart-1"}});
+  ASSERT_EQ(retry.status, 200) << retry.body;
+  EXPECT_EQ(Json::parse(retry.body)["order_id"], Json::parse(first.body)["order_id"]);
+  EXPECT_EQ(Json::parse(retry.body)["idempotent_replay"], true);
+  // Another key is another checkout: of a cart the order emptied.
+  EXPECT_EQ(Request(us2_->port(), "POST", "/v1/checkout", "",
+                    {{"Authorization", "Bearer " + t2}, {"Idempotency-Key", "gus-cart-2"}})
+                .status,
+            422);
+}
+
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   auto put = [](Region& r, const std::string& body) {
     return Request(r.port(), "PUT", "/v1/admin/products/sku-2", body,
