@@ -42,7 +42,8 @@ std::string OfCustomer(pqxx::work& tx, const std::string& user_id) {
 }
 
 // Payment attempts of one order whose charge was refunded because the order's update failed
-// (each a transient database failure): past this, Pay refuses rather than charge again.
+// (each a transient database failure), or declined before a retry with another card: past this,
+// Pay refuses rather than charge again.
 constexpr int kMaxPaymentAttempts = 8;
 
 // How long a checkout waits for a twin with its Idempotency-Key (CheckoutTurn) beyond the twin's
@@ -675,6 +676,8 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   // The sandbox provider: one live charge per order (idempotent capture by key). A retry reuses
   // the first decision -- unless that charge was refunded because this order's update failed
   // (below): that attempt is void, and the retry is a new attempt, keyed after the refunded one.
+  // A decline binds only the card that got it: when recording it failed (the order still awaits
+  // payment), a retry with a card the provider approves is a new attempt as well.
   const bool decision = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
   bool approved = decision;
   std::string charge_id;
@@ -698,11 +701,12 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
       charge_id = prior[0].as<std::string>();
       const std::string status = prior[1].as<std::string>();
       approved = status == "captured";
-      if (status != "refunded") return;
+      if (status != "refunded" && !(status == "declined" && decision)) return;
       if (attempt >= kMaxPaymentAttempts) {
         throw AbortTx{absl::FailedPreconditionError(
             absl::StrCat("order ", order_id, ": ", kMaxPaymentAttempts,
-                         " payment attempts were given back already; not trying again"))};
+                         " payment attempts were given back or declined already; not trying "
+                         "again"))};
       }
       key = absl::StrCat("pay:", order_id, ":after:", charge_id);
     }

@@ -208,7 +208,6 @@ class RegionTest : public ::testing::Test {
   static int64_t CountAllShards(const std::string& sql) {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
   }
-
   // test_support::DbFault in databases named by (server, database).
   using Fault = test_support::DbFault::Kind;
   static std::unique_ptr<test_support::DbFault> InjectFault(
@@ -748,6 +747,35 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
       409);
   EXPECT_EQ(Charges(id, "captured"), 1);
+  ExpectReconciled();
+}
+
+// The update that records a declined payment fails: the order still awaits payment, and the
+// customer's retry with another card is a new attempt that pays it -- not the first card's
+// decline read back, which gave the order up and its stock with it.
+TEST_F(RegionTest, APaymentRetriedWithAnotherCardAfterAnUnrecordedDeclinePays) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  const int64_t held = Available("sku-4");
+  {
+    auto fault = InjectFault(Shards(), "fail_declined_update", Fault::kError, "UPDATE", "orders",
+                             "NEW.status = 'payment_declined'");
+    Response failed =
+        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4000000000000002"})");
+    EXPECT_EQ(failed.status, 500) << failed.body;
+  }
+  EXPECT_EQ(Order(t, id)["status"], "pending_payment");
+  EXPECT_EQ(Charges(id, "declined"), 1);
+
+  Response paid =
+      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+  ASSERT_EQ(paid.status, 200) << paid.body;
+  EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
+  EXPECT_EQ(Charges(id, "captured"), 1);
+  EXPECT_EQ(Available("sku-4"), held);  // the stock stays with the order
   ExpectReconciled();
 }
 
