@@ -471,11 +471,25 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   int64_t event_seq = 0;
   int64_t cleared_version = 0;  // the cart as the order left it
   crdt::Cart cleared(CartActorFor(user_id));
+  const auto lease_lost = [&] {
+    return absl::UnavailableError(absl::StrCat(
+        "region ", config.name,
+        " lost its order lease while taking the stock (another region now owns its orders); the "
+        "stock went back, retry shortly"));
+  };
   st = shard.Run([&](pqxx::work& tx) {
-    // Reads first (the cart, locked), then every write in one round trip.
-    pqxx::result r = tx.exec(
-        DocumentLockSql(tx, "cart", user_id) +
-        "SELECT state, version FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
+    // The wait for stock can be long (rights_wait_ms): the lease must still be ours, at the
+    // epoch the order is written with, and no newer owner of the group known here (the fence).
+    const LeaseTable::Decision now = leases->ForGroup(config.replica_id);
+    if (!now.mine || now.epoch != lease.epoch) throw AbortTx{lease_lost()};
+    // Reads first (the cart, locked, and the fence), then every write in one round trip.
+    pqxx::result r =
+        tx.exec(DocumentLockSql(tx, "cart", user_id) +
+                "SELECT state, version, EXISTS (SELECT 1 FROM order_fence WHERE grp = " +
+                tx.quote(config.replica_id) + " AND epoch > " +
+                tx.quote(static_cast<int64_t>(lease.epoch)) +
+                ") FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
+    if (!r.empty() && r[0][2].as<bool>()) throw AbortTx{lease_lost()};
     // After the lock: a twin with the same key that got it first has committed its order by
     // now, and this statement sees it (it would otherwise find the cart emptied by its twin).
     if (!idem.empty()) {

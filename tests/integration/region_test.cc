@@ -17,6 +17,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/app.h"
 #include "region/config.h"
@@ -208,6 +209,15 @@ class RegionTest : public ::testing::Test {
   static int64_t CountAllShards(const std::string& sql) {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
   }
+  static void ExecAllShards(const std::string& sql) {
+    for (const auto& [pg, db] : Shards()) {
+      pqxx::connection c(pgs_[pg]->ConnectionString(db));
+      pqxx::work tx(c);
+      tx.exec0(sql);
+      tx.commit();
+    }
+  }
+
   // test_support::DbFault in databases named by (server, database).
   using Fault = test_support::DbFault::Kind;
   static std::unique_ptr<test_support::DbFault> InjectFault(
@@ -1264,6 +1274,40 @@ TEST_F(RegionTest, ACheckoutLeavesTheHotCartAtItsNewVersion) {
   EXPECT_TRUE(cart["lines"].empty()) << cart;
   EXPECT_EQ(cart["version"], 2) << cart;
   redisFree(c);
+}
+
+// A newer owner of this region's order group became known here (its fence, which the region
+// raises when its lease table learns of one) while a checkout was taking stock: the checkout
+// makes no order at its old epoch -- the group's owner would never hear of it -- and gives the
+// stock back; the cart keeps its lines.
+TEST_F(RegionTest, ACheckoutFencedOffByANewerOwnerMakesNoOrderAndKeepsTheCart) {
+  std::string t = NewCustomer();
+  const std::string first = PaidOrder(t, "sku-3", 1);
+  ASSERT_FALSE(first.empty());
+  // The group and epoch this region makes orders at (the order is in one shard: max over both).
+  const std::string of = " FROM orders WHERE order_id = '" + first + "'";
+  const int64_t group = CountAllShards("SELECT coalesce(max(lease_group), 0)" + of);
+  const int64_t epoch = CountAllShards("SELECT coalesce(max(epoch), 0)" + of);
+  ASSERT_GT(group, 0);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":2})").status, 200);
+  const int64_t before = Available("sku-3");
+  const int64_t orders = CountAllShards("SELECT count(*) FROM orders");
+
+  ExecAllShards(absl::StrCat("INSERT INTO order_fence (grp, epoch, owner) VALUES (", group, ", ",
+                             epoch + 1, ", 200)"));
+  Response fenced = As(t, "POST", "/v1/checkout");
+  ExecAllShards(absl::StrCat("DELETE FROM order_fence WHERE grp = ", group));
+  EXPECT_EQ(fenced.status, 503) << fenced.body;
+  EXPECT_NE(fenced.body.find("lost its order lease"), std::string::npos) << fenced.body;
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM orders"), orders);
+  EXPECT_EQ(Available("sku-3"), before);
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"],
+            Json::parse(R"([{"sku":"sku-3","quantity":2}])"));
+
+  // No newer owner after all (the fence is gone): the same cart checks out.
+  Response o = As(t, "POST", "/v1/checkout");
+  EXPECT_EQ(o.status, 201) << o.body;
+  EXPECT_EQ(Available("sku-3"), before - 2);
 }
 
 TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
