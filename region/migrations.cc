@@ -311,6 +311,17 @@ CREATE TABLE order_fence (
 );
 CREATE INDEX orders_lease_group ON orders (lease_group, order_id);
 )sql"},
+    {12, "orders_void",
+     R"sql(
+-- A checkout whose order the sweep found missing once its reservation expired: the stock went
+-- back on sale, so that checkout must not make its order after all (a commit late past the
+-- reservation's time to live). One row per such checkout, which is rare: a checkout that died
+-- half-way or stalled; its id is never used again.
+CREATE TABLE orders_void (
+  order_id  text PRIMARY KEY,
+  voided_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 }  // namespace

@@ -79,6 +79,11 @@ std::string FenceSql(pqxx::work& tx, uint32_t group, int64_t epoch) {
          " AND f.epoch > " + tx.quote(epoch) + ")";
 }
 
+// Serializes the checkout that writes an order with the sweep that finds it missing (ExpireOrder).
+std::string OrderLockSql(pqxx::work& tx, const std::string& order_id) {
+  return DocumentLockSql(tx, "order", order_id);
+}
+
 // After a fenced UPDATE matched nothing: was it the epoch (a newer owner), not the status?
 bool IsStale(pqxx::work& tx, const std::string& order_id, uint32_t group, int64_t epoch) {
   pqxx::result r = tx.exec(
@@ -107,11 +112,20 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
     status = "missing";
     payment_ref->clear();
     stale = false;
+    // The order's lock, which its checkout takes before writing it (OrderLockSql): a checkout
+    // still writing the order commits first and is seen here; one that comes later finds the
+    // order void and makes none.
     pqxx::result r = tx.exec(
+        OrderLockSql(tx, order_id) +
         "SELECT status, residency, lease_group, owner_region, payment_ref FROM orders WHERE "
         "order_id = " +
         tx.quote(order_id) + " FOR UPDATE");
-    if (r.empty()) return;
+    if (r.empty()) {
+      // Missing: its checkout died half-way, or has yet to commit. Its stock goes back on sale.
+      tx.exec0("INSERT INTO orders_void (order_id) VALUES (" + tx.quote(order_id) +
+               ") ON CONFLICT DO NOTHING");
+      return;
+    }
     status = r[0][0].as<std::string>();
     if (!r[0][4].is_null()) *payment_ref = r[0][4].as<std::string>();
     if (status != "pending_payment") return;
@@ -482,14 +496,21 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     // epoch the order is written with, and no newer owner of the group known here (the fence).
     const LeaseTable::Decision now = leases->ForGroup(config.replica_id);
     if (!now.mine || now.epoch != lease.epoch) throw AbortTx{lease_lost()};
-    // Reads first (the cart, locked, and the fence), then every write in one round trip.
+    // Reads first (the cart, locked; the fence; whether the sweep gave this checkout's stock
+    // back), then every write in one round trip.
     pqxx::result r =
-        tx.exec(DocumentLockSql(tx, "cart", user_id) +
+        tx.exec(DocumentLockSql(tx, "cart", user_id) + OrderLockSql(tx, order_id) +
                 "SELECT state, version, EXISTS (SELECT 1 FROM order_fence WHERE grp = " +
                 tx.quote(config.replica_id) + " AND epoch > " +
                 tx.quote(static_cast<int64_t>(lease.epoch)) +
+                "), EXISTS (SELECT 1 FROM orders_void WHERE order_id = " + tx.quote(order_id) +
                 ") FROM carts WHERE user_id = " + tx.quote(user_id) + " FOR UPDATE");
     if (!r.empty() && r[0][2].as<bool>()) throw AbortTx{lease_lost()};
+    if (!r.empty() && r[0][3].as<bool>()) {
+      throw AbortTx{absl::AbortedError(absl::StrCat(
+          "the checkout took longer than its stock reservation (", config.reservation_ttl_s,
+          " s), and the stock went back on sale; check out again"))};
+    }
     // After the lock: a twin with the same key that got it first has committed its order by
     // now, and this statement sees it (it would otherwise find the cart emptied by its twin).
     if (!idem.empty()) {

@@ -984,6 +984,43 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
   EXPECT_EQ(Available("sku-5"), before);
 }
 
+// A checkout stalls between taking its stock and writing its order (here the test holds the
+// cart's lock) past the reservation's time to live. The sweep finds no order and puts the stock
+// back on sale; the checkout, when it goes on, must not make the order after all (those units
+// may be sold again by then): it answers 409 and the cart keeps its lines.
+TEST_F(RegionTest, ACheckoutLatePastItsReservationMakesNoOrder) {
+  std::string t = NewCustomer();
+  const int64_t before = Available("sku-5");
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  const std::string user = Json::parse(add.body)["user_id"];
+  const auto in_shard0 =
+      Count(0, "shard0", "SELECT count(*) FROM carts WHERE user_id = '" + user + "'") == 1;
+
+  std::future<Response> checkout;  // declared first: the hold below ends before it is awaited
+  pqxx::connection c(in_shard0 ? pgs_[0]->ConnectionString("shard0")
+                               : pgs_[1]->ConnectionString("shard1"));
+  pqxx::work hold(c);
+  hold.exec("SELECT pg_advisory_xact_lock(hashtextextended(" + hold.quote("cart:" + user) +
+            ", 0))");
+  checkout = std::async(std::launch::async, [&] { return As(t, "POST", "/v1/checkout"); });
+  // It has taken its stock and waits for the cart.
+  ASSERT_TRUE(Eventually([&] { return Available("sku-5") == before - 2; }, 10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-5"), before);  // back on sale
+  hold.abort();
+
+  Response late = checkout.get();
+  EXPECT_EQ(late.status, 409) << late.body;
+  EXPECT_NE(late.body.find("took longer than its stock reservation"), std::string::npos)
+      << late.body;
+  EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
+  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);
+}
+
 // A cancel whose stock release fails after the order became refunded: the retry, answered 409
 // as for any refunded order, still returns the stock (it stayed committed for good before).
 TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
