@@ -345,9 +345,21 @@ struct RegionApp::Impl {
     uint64_t epoch = 0;
     Json json;
   };
+  // *event_seq, when given: the outbox seq of the status event the payment wrote (0: none).
   absl::StatusOr<Json> Pay(const std::string& user_id, const std::string& order_id,
                            const std::string& card_number, int* http_status,
-                           const KnownOrder* known = nullptr);
+                           const KnownOrder* known = nullptr, int64_t* event_seq = nullptr);
+  // What an answer says of an order change's durability ("durability", "durability_note").
+  struct PeerDurability {
+    std::string mode = "async";
+    std::string note;
+  };
+  // In sync-peer mode: waits (sync_peer_timeout_ms at most) until a region allowed to hold
+  // `residency` data has applied `shard`'s events through `seq`, and says "sync-peer" if this
+  // region still holds `group`'s lease then (a takeover syncs from that region before acting);
+  // otherwise "async" with the reason. In async mode: "async" at once.
+  PeerDurability AwaitPeer(PgPool& shard, int64_t seq, const std::string& residency,
+                           uint32_t group);
   absl::StatusOr<SweepCounts> Sweep();
   bool SkipFailedSweepItem(const std::string& id, const absl::Status& st, SweepCounts* counts);
   absl::StatusOr<int> NotifyOnce();

@@ -608,35 +608,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   // just ordered back on view for an hour.
   StoreHotCart(user_id, cleared_version, cleared);
 
-  // 5. Durability: in sync-peer mode, answer once another region allowed to hold this customer's
-  //    data has applied the order, while this region still holds its lease (a takeover syncs from
-  //    that region before acting). Without that in time the answer says it is async.
-  std::string durability = "async";
-  std::string durability_note;
-  if (config.durability == Durability::kSyncPeer) {
-    auto stream = StreamName(shard);
-    uint32_t peer = 0;
-    if (stream.ok() && event_seq > 0) {
-      const std::string residency = who->residency;
-      peer = peer_acks.WaitFor(
-          *stream, event_seq, [&](uint32_t p) { return PeerMayHold(p, residency); },
-          std::chrono::steady_clock::now() +
-              std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
-    }
-    if (peer != 0 && leases->ForGroup(config.replica_id).mine) {
-      durability = "sync-peer";
-      durability_note = absl::StrCat("persisted in region ", RegionName(peer));
-    } else if (peer != 0) {
-      durability_note = "a peer applied the order, but this region's lease lapsed meanwhile";
-    } else {
-      durability_note = absl::StrCat("no region allowed to hold this order confirmed it within ",
-                                     config.replication.sync_peer_timeout_ms,
-                                     " ms; it is committed here and replicates asynchronously");
-    }
-  }
-  checkout_durability->Add({{"mode", durability}}).Increment();
-
-  // 6. Pay now when a card came with the checkout. The response is built from what was written
+  // 5. Pay now when a card came with the checkout. The response is built from what was written
   //    (no read back).
   KnownOrder known{total,
                    currency,
@@ -654,8 +626,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                         {"items", created_items}}};
   int status = 201;
   absl::StatusOr<Json> order;
+  int64_t pay_seq = 0;  // the payment's event, after the order's in the same stream
   if (!card->empty()) {
-    order = Pay(user_id, order_id, *card, &status, &known);
+    order = Pay(user_id, order_id, *card, &status, &known, &pay_seq);
     if (status == 200) status = 201;
     if (!order.ok()) {
       // The order exists and the cart is cleared: report it, awaiting payment, with the reason,
@@ -670,14 +643,45 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     order = known.json;
   }
   if (!order.ok()) return ProblemFromStatus(order.status());
-  (*order)["durability"] = durability;
-  if (!durability_note.empty()) (*order)["durability_note"] = durability_note;
+  // 6. Durability: in sync-peer mode, the answer waits for a peer to have the order and its
+  //    payment (acknowledgements are cumulative: the payment's event covers the order's).
+  const PeerDurability durability =
+      AwaitPeer(shard, std::max(event_seq, pay_seq), who->residency, config.replica_id);
+  checkout_durability->Add({{"mode", durability.mode}}).Increment();
+  (*order)["durability"] = durability.mode;
+  if (!durability.note.empty()) (*order)["durability_note"] = durability.note;
   return HttpResponse::Json(status, order->dump());
+}
+
+RegionApp::Impl::PeerDurability RegionApp::Impl::AwaitPeer(PgPool& shard, int64_t seq,
+                                                           const std::string& residency,
+                                                           uint32_t group) {
+  PeerDurability out;
+  if (config.durability != Durability::kSyncPeer) return out;
+  auto stream = StreamName(shard);
+  uint32_t peer = 0;
+  if (stream.ok() && seq > 0) {
+    peer = peer_acks.WaitFor(
+        *stream, seq, [&](uint32_t p) { return PeerMayHold(p, residency); },
+        std::chrono::steady_clock::now() +
+            std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
+  }
+  if (peer != 0 && leases->ForGroup(group).mine) {
+    out.mode = "sync-peer";
+    out.note = absl::StrCat("persisted in region ", RegionName(peer));
+  } else if (peer != 0) {
+    out.note = "a peer applied the order, but this region's lease lapsed meanwhile";
+  } else {
+    out.note = absl::StrCat("no region allowed to hold this order confirmed it within ",
+                            config.replication.sync_peer_timeout_ms,
+                            " ms; it is committed here and replicates asynchronously");
+  }
+  return out;
 }
 
 absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std::string& order_id,
                                           const std::string& card_number, int* http_status,
-                                          const KnownOrder* known) {
+                                          const KnownOrder* known, int64_t* event_seq) {
   PgPool& shard = ShardFor(user_id);
   int64_t total = known ? known->total_cents : 0;
   std::string currency = known ? known->currency : "";
@@ -749,6 +753,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   if (!st.ok()) return st;
 
   bool stale = false;
+  int64_t seq = 0;
   st = shard.Run([&](pqxx::work& tx) {
     stale = false;
     // The charge took a round trip: the lease must still be ours, at the same epoch, as we write
@@ -784,14 +789,16 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           "order ", order_id,
           ": its charge was given back by a concurrent payment attempt that failed; pay again"))};
     }
-    OrderEvent(tx, config.replica_id, order_id, residency,
-               Json{{"event", next},
-                    {"order_id", order_id},
-                    {"user_id", user_id},
-                    {"group", group},
-                    {"epoch", epoch},
-                    {"version", r[0][0].as<int64_t>()},
-                    {"payment_ref", charge_id}});
+    std::string ev = OrderEventSql(tx, config.replica_id, order_id, residency,
+                                   Json{{"event", next},
+                                        {"order_id", order_id},
+                                        {"user_id", user_id},
+                                        {"group", group},
+                                        {"epoch", epoch},
+                                        {"version", r[0][0].as<int64_t>()},
+                                        {"payment_ref", charge_id}});
+    ev.pop_back();  // the trailing ';'
+    seq = tx.exec1(ev + " RETURNING seq")[0].as<int64_t>();
   });
   if (!st.ok()) {
     if (stale) stale_local_writes->Increment();
@@ -812,6 +819,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     }
     return st;
   }
+  if (event_seq != nullptr) *event_seq = seq;
   if (approved) {
     st = global->Run([&](pqxx::work& tx) {
       tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(order_id) +
@@ -879,8 +887,14 @@ HttpResponse RegionApp::Impl::PayForUser(const std::string& user_id, const std::
     return NotOwnerProblem(order_id, lease);
   }
   int status = 200;
-  auto order = Pay(user_id, order_id, card_number, &status);
+  int64_t seq = 0;
+  auto order = Pay(user_id, order_id, card_number, &status, nullptr, &seq);
   if (!order.ok()) return ProblemFromStatus(order.status());
+  // Sync-peer mode covers a payment as it does a checkout: a successor that took the order over
+  // without its payment would ask the customer to pay again.
+  const PeerDurability durability = AwaitPeer(ShardFor(user_id), seq, o.residency, o.group);
+  (*order)["durability"] = durability.mode;
+  if (!durability.note.empty()) (*order)["durability_note"] = durability.note;
   return HttpResponse::Json(status, order->dump());
 }
 

@@ -1416,8 +1416,10 @@ TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
   EXPECT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
 }
 
-// Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so; cut off,
-// the region answers within its lease with durability async and a reason, then refuses orders.
+// Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so, and so is a
+// payment (before, a payment was answered at once: a successor that took the order over could
+// still see it unpaid and charge the customer again); cut off, the region answers within its
+// lease with durability async and a reason, then refuses orders.
 TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   ASSERT_NO_FATAL_FAILURE(StartThree("durability: sync-peer\n"));
   LeasesSettled();
@@ -1425,14 +1427,20 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   Restock(kUs, "mug", 20);
   auto [token, user] = Customer(kUs, "bob@example.com");
   const std::string auth = "Bearer " + token;
-  auto checkout = [&]() {
+  auto checkout = [&](const std::string& body = "{}") {
     if (Request(c_->http_port(kUs), "PUT", "/v1/cart/items/mug", Json{{"quantity", 1}}.dump(),
                 {{"Authorization", auth}})
             .status == 404) {
       Request(c_->http_port(kUs), "POST", "/v1/cart/items",
               Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
     }
-    return Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+    return Request(c_->http_port(kUs), "POST", "/v1/checkout", body, {{"Authorization", auth}});
+  };
+  // How many peers' databases hold order `id` (with `status`, when given).
+  auto at_peers = [&](const std::string& id, const std::string& status = "") {
+    const std::string sql = "SELECT count(*) FROM orders WHERE order_id = '" + id + "'" +
+                            (status.empty() ? "" : " AND status = '" + status + "'");
+    return Count(kEu, sql) + Count(kAp, sql);
   };
   Response ok = checkout();
   ASSERT_EQ(ok.status, 201) << ok.body;
@@ -1440,9 +1448,21 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   EXPECT_EQ(o.value("durability", ""), "sync-peer") << ok.body;
   // The order is in a peer's database when the answer came back.
   const std::string id = o.value("order_id", "");
-  EXPECT_TRUE(Count(kEu, "SELECT count(*) FROM orders WHERE order_id = '" + id + "'") +
-                  Count(kAp, "SELECT count(*) FROM orders WHERE order_id = '" + id + "'") >=
-              1);
+  EXPECT_GE(at_peers(id), 1);
+  // Its payment too.
+  const std::string card = R"({"card_number":"4242424242424242"})";
+  Response paid = Request(c_->http_port(kUs), "POST", "/v1/orders/" + id + "/pay", card,
+                          {{"Authorization", auth}});
+  ASSERT_EQ(paid.status, 200) << paid.body;
+  EXPECT_EQ(Json::parse(paid.body).value("durability", ""), "sync-peer") << paid.body;
+  EXPECT_GE(at_peers(id, "paid"), 1);
+  // And a checkout that pays at once.
+  Response bought = checkout(card);
+  ASSERT_EQ(bought.status, 201) << bought.body;
+  Json b = Json::parse(bought.body);
+  EXPECT_EQ(b.value("status", ""), "paid") << bought.body;
+  EXPECT_EQ(b.value("durability", ""), "sync-peer") << bought.body;
+  EXPECT_GE(at_peers(b.value("order_id", ""), "paid"), 1);
 
   ASSERT_TRUE(c_->Partition(kUs).ok());
   Response degraded = checkout();
