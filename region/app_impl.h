@@ -353,6 +353,10 @@ struct RegionApp::Impl {
   struct PeerDurability {
     std::string mode = "async";
     std::string note;
+    void AddTo(Json& answer) const {
+      answer["durability"] = mode;
+      if (!note.empty()) answer["durability_note"] = note;
+    }
   };
   // In sync-peer mode: waits (sync_peer_timeout_ms at most) until a region allowed to hold
   // `residency` data has applied `shard`'s events through `seq`, and says "sync-peer" if this

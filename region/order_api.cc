@@ -67,9 +67,12 @@ std::string OrderEventSql(pqxx::work& tx, crdt::ReplicaId origin, const std::str
          tx.quote(residency) + ");";
 }
 
-void OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
-                const std::string& residency, const Json& event) {
-  tx.exec(OrderEventSql(tx, origin, order_id, residency, event));
+// Writes the event to the outbox; its seq there.
+int64_t OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
+                   const std::string& residency, const Json& event) {
+  std::string sql = OrderEventSql(tx, origin, order_id, residency, event);
+  sql.pop_back();  // the trailing ';'
+  return tx.exec1(sql + " RETURNING seq")[0].as<int64_t>();
 }
 
 // The fencing clause of an order UPDATE: nothing matches once the group's fence (the highest epoch
@@ -648,8 +651,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   const PeerDurability durability =
       AwaitPeer(shard, std::max(event_seq, pay_seq), who->residency, config.replica_id);
   checkout_durability->Add({{"mode", durability.mode}}).Increment();
-  (*order)["durability"] = durability.mode;
-  if (!durability.note.empty()) (*order)["durability_note"] = durability.note;
+  durability.AddTo(*order);
   return HttpResponse::Json(status, order->dump());
 }
 
@@ -789,16 +791,14 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           "order ", order_id,
           ": its charge was given back by a concurrent payment attempt that failed; pay again"))};
     }
-    std::string ev = OrderEventSql(tx, config.replica_id, order_id, residency,
-                                   Json{{"event", next},
-                                        {"order_id", order_id},
-                                        {"user_id", user_id},
-                                        {"group", group},
-                                        {"epoch", epoch},
-                                        {"version", r[0][0].as<int64_t>()},
-                                        {"payment_ref", charge_id}});
-    ev.pop_back();  // the trailing ';'
-    seq = tx.exec1(ev + " RETURNING seq")[0].as<int64_t>();
+    seq = OrderEvent(tx, config.replica_id, order_id, residency,
+                     Json{{"event", next},
+                          {"order_id", order_id},
+                          {"user_id", user_id},
+                          {"group", group},
+                          {"epoch", epoch},
+                          {"version", r[0][0].as<int64_t>()},
+                          {"payment_ref", charge_id}});
   });
   if (!st.ok()) {
     if (stale) stale_local_writes->Increment();
@@ -893,8 +893,7 @@ HttpResponse RegionApp::Impl::PayForUser(const std::string& user_id, const std::
   // Sync-peer mode covers a payment as it does a checkout: a successor that took the order over
   // without its payment would ask the customer to pay again.
   const PeerDurability durability = AwaitPeer(ShardFor(user_id), seq, o.residency, o.group);
-  (*order)["durability"] = durability.mode;
-  if (!durability.note.empty()) (*order)["durability_note"] = durability.note;
+  durability.AddTo(*order);
   return HttpResponse::Json(status, order->dump());
 }
 
@@ -944,18 +943,21 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   std::string next;
   std::string already;  // the order was cancelled or refunded before: only settle the rest
   std::string residency;
+  uint32_t group = 0;
+  int64_t seq = 0;  // the status event's
   bool stale = false;
   std::optional<LeaseTable::Decision> not_mine;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
     not_mine.reset();
     already.clear();
     next.clear();
+    seq = 0;
     stale = false;
     pqxx::result r = tx.exec(
         "SELECT status, residency, lease_group, owner_region FROM orders WHERE order_id = " +
         tx.quote(order_id) + OfCustomer(tx, user_id) + " FOR UPDATE");
     if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
-    const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
+    group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
     residency = r[0][1].as<std::string>();
     LeaseTable::Decision lease = leases->ForGroup(group);
     if (!lease.mine) {
@@ -987,13 +989,13 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
       throw AbortTx{absl::FailedPreconditionError(absl::StrCat(
           "order ", order_id, " has been changed by a newer owner; this change was refused"))};
     }
-    OrderEvent(tx, config.replica_id, order_id, residency,
-               Json{{"event", next},
-                    {"order_id", order_id},
-                    {"user_id", user_id},
-                    {"group", group},
-                    {"epoch", epoch},
-                    {"version", u[0][0].as<int64_t>()}});
+    seq = OrderEvent(tx, config.replica_id, order_id, residency,
+                     Json{{"event", next},
+                          {"order_id", order_id},
+                          {"user_id", user_id},
+                          {"group", group},
+                          {"epoch", epoch},
+                          {"version", u[0][0].as<int64_t>()}});
     // Should the refund or the release below fail, and the customer not retry, the sweep still
     // settles them.
     SettleAtNextSweep(order_id);
@@ -1019,6 +1021,10 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   }
   auto o = OrderJson(user_id, order_id);
   if (!o.ok()) return ProblemFromStatus(o.status());
+  // Sync-peer mode covers a cancel as it does a payment: a successor that took the order over
+  // without it would still ship a paid order whose money went back.
+  const PeerDurability durability = AwaitPeer(ShardFor(user_id), seq, residency, group);
+  durability.AddTo(*o);
   return HttpResponse::Json(200, o->dump());
 }
 

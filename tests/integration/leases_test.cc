@@ -1416,10 +1416,11 @@ TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
   EXPECT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
 }
 
-// Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so, and so is a
-// payment (before, a payment was answered at once: a successor that took the order over could
-// still see it unpaid and charge the customer again); cut off, the region answers within its
-// lease with durability async and a reason, then refuses orders.
+// Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so, and so are
+// a payment and a cancel (before, both were answered at once: a successor that took the order
+// over could still see it unpaid and charge the customer again, or ship a refunded order); cut
+// off, the region answers within its lease with durability async and a reason, then refuses
+// orders.
 TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   ASSERT_NO_FATAL_FAILURE(StartThree("durability: sync-peer\n"));
   LeasesSettled();
@@ -1463,6 +1464,13 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   EXPECT_EQ(b.value("status", ""), "paid") << bought.body;
   EXPECT_EQ(b.value("durability", ""), "sync-peer") << bought.body;
   EXPECT_GE(at_peers(b.value("order_id", ""), "paid"), 1);
+  // And its cancel: the refund is in a peer's database too.
+  Response cancelled =
+      Request(c_->http_port(kUs), "POST", "/v1/orders/" + b.value("order_id", "") + "/cancel", "",
+              {{"Authorization", auth}});
+  ASSERT_EQ(cancelled.status, 200) << cancelled.body;
+  EXPECT_EQ(Json::parse(cancelled.body).value("durability", ""), "sync-peer") << cancelled.body;
+  EXPECT_GE(at_peers(b.value("order_id", ""), "refunded"), 1);
 
   ASSERT_TRUE(c_->Partition(kUs).ok());
   Response degraded = checkout();
