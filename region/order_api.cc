@@ -405,8 +405,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       std::string writes;
       for (const auto& [sku, qty] : lines) {  // Lines() is sorted by SKU: a fixed lock order
         pqxx::result p = tx.exec(
-            "SELECT p.price_cents, p.currency, i.state FROM products p JOIN inventory i USING "
-            "(sku) WHERE p.sku = " +
+            "SELECT p.price_cents, p.currency, i.state, p.hlc FROM products p JOIN inventory i "
+            "USING (sku) WHERE p.sku = " +
             tx.quote(sku) + " FOR UPDATE OF i");
         if (p.empty()) {
           if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
@@ -414,6 +414,14 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
           }
           short_units[sku] = qty;
           continue;
+        }
+        if (p[0][3].as<int64_t>() == 0) {
+          // Its stock arrived from another region before its catalog write: no price yet (the
+          // row's 0 is a placeholder, not a price to charge).
+          throw AbortTx{Unprocessable(absl::StrCat("cart: product ", sku,
+                                                   " is not yet in this region's catalog (it is "
+                                                   "on its way from another region); retry "
+                                                   "shortly"))};
         }
         if (!currency.empty() && p[0][1].as<std::string>() != currency) {
           throw AbortTx{Unprocessable("cart: products in different currencies")};

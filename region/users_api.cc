@@ -152,6 +152,9 @@ Json ProductRow(const pqxx::row& r) {
 }
 
 constexpr const char* kProductCols = "sku, name, description, category_id, price_cents, currency";
+// A product row made for stock that arrived before its catalog write (hlc 0: see ApplyDeltas) is
+// not a product yet: no name or price of its own. Customers never see it.
+constexpr const char* kRealProduct = "hlc > 0";
 
 absl::StatusOr<int> LimitParam(const HttpRequest& req, const char* name, int def, int max) {
   auto v = req.QueryParam(name);
@@ -178,8 +181,8 @@ absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku)
   return product_flight.Do(key, [&]() -> absl::StatusOr<std::string> {
     std::optional<std::string> json;
     absl::Status st = global->Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec(
-          absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ", tx.quote(sku)));
+      pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ",
+                                            tx.quote(sku), " AND ", kRealProduct));
       if (!r.empty()) json = ProductRow(r[0]).dump();
     });
     if (!st.ok()) return st;
@@ -208,7 +211,8 @@ HttpResponse RegionApp::Impl::ListProducts(HttpRequest& req) {
   }
   Json items = Json::array();
   absl::Status st = global->Run([&](pqxx::work& tx) {
-    std::string where = category ? " WHERE category_id = " + tx.quote(*category) : "";
+    std::string where = absl::StrCat(" WHERE ", kRealProduct);
+    if (category) absl::StrAppend(&where, " AND category_id = ", tx.quote(*category));
     for (const auto& r :
          tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products", where,
                               " ORDER BY sku LIMIT ", *limit, " OFFSET ", *offset))) {
@@ -242,9 +246,9 @@ HttpResponse RegionApp::Impl::Search(HttpRequest& req) {
           "q: more than 32 search operators (such as '-') in a row; PostgreSQL cannot run it")};
     }
     const std::string query = tx.quote(parsed) + "::tsquery";
-    for (const auto& r : tx.exec(absl::StrCat("SELECT ", kProductCols, ", ts_rank(search, ", query,
-                                              ") AS rank FROM products WHERE ", "search @@ ", query,
-                                              " ORDER BY rank DESC, sku LIMIT ", *limit))) {
+    for (const auto& r : tx.exec(absl::StrCat(
+             "SELECT ", kProductCols, ", ts_rank(search, ", query, ") AS rank FROM products WHERE ",
+             kRealProduct, " AND search @@ ", query, " ORDER BY rank DESC, sku LIMIT ", *limit))) {
       Json p = ProductRow(r);
       p["rank"] = r["rank"].as<double>();
       items.push_back(std::move(p));

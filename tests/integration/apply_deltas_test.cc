@@ -566,6 +566,57 @@ TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   EXPECT_EQ(inv["rights_by_replica"]["1"], 7);  // the rights stay with the restocking region
 }
 
+// A product made in us-east and restocked in us-south, with a customer's cart there: us-south's
+// stream brings the stock and the cart to us-west before us-east's brings the product. The row
+// made for that stock has no price of its own (0): us-west must neither show the product nor
+// sell it until the catalog write arrives -- before, a checkout there charged 0 for it.
+TEST_F(ApplyDeltasTest, StockThatArrivesBeforeItsProductIsNeitherShownNorSoldForNothing) {
+  auto south = StartRegion("us-south", "us", 3);
+  const std::pair<std::string, std::string> op{"Authorization", std::string("Bearer ") + kOperator};
+  ASSERT_EQ(Request(us_->port(), "PUT", "/v1/admin/products/sku-9",
+                    R"({"name":"Clock","price_cents":900})", {op})
+                .status,
+            201);
+  ASSERT_TRUE(Ship(*us_, *south, 1).ok());
+  ASSERT_EQ(
+      Request(south->port(), "POST", "/v1/admin/inventory/sku-9/restock", R"({"units":5})", {op})
+          .status,
+      200);
+  const std::string t = Login(*south, "early@example.com", "us");
+  ASSERT_EQ(Request(south->port(), "POST", "/v1/cart/items", R"({"sku":"sku-9","quantity":1})",
+                    {{"Authorization", "Bearer " + t}})
+                .status,
+            200);
+  ASSERT_TRUE(Ship(*south, *us2_, 3).ok());  // the stock, the profile, the cart
+  ASSERT_EQ(
+      Request(us2_->port(), "POST", "/v1/admin/inventory/sku-9/restock", R"({"units":3})", {op})
+          .status,
+      200);
+
+  EXPECT_EQ(Request(us2_->port(), "GET", "/v1/products/sku-9").status, 404);
+  EXPECT_EQ(Json::parse(Request(us2_->port(), "GET", "/v1/products").body)["items"].size(), 1u);
+  const std::string t2 = Login(*us2_, "early@example.com", "us");
+  ASSERT_FALSE(t2.empty());
+  EXPECT_EQ(Cart(*us2_, t2), Json::parse(R"([{"sku":"sku-9","quantity":1}])"));
+  Response bought =
+      Request(us2_->port(), "POST", "/v1/checkout", "{}", {{"Authorization", "Bearer " + t2}});
+  EXPECT_EQ(bought.status, 422) << bought.body;
+  EXPECT_NE(bought.body.find("not yet in this region's catalog"), std::string::npos) << bought.body;
+  EXPECT_EQ(Request(us2_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-9","quantity":1})",
+                    {{"Authorization", "Bearer " + t2}})
+                .status,
+            422);
+
+  // us-east's stream arrives with the product: it is shown and sold at its price. (Ship keeps
+  // one mark per sender: us-east's stream starts over for us-west.)
+  us_->shipped_global = us_->shipped_shard0 = us_->shipped_shard1 = 0;
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  EXPECT_EQ(Request(us2_->port(), "GET", "/v1/products/sku-9").status, 200);
+  bought = Request(us2_->port(), "POST", "/v1/checkout", "{}", {{"Authorization", "Bearer " + t2}});
+  ASSERT_EQ(bought.status, 201) << bought.body;
+  EXPECT_EQ(Json::parse(bought.body)["total_cents"], 900) << bought.body;
+}
+
 }  // namespace
 }  // namespace meridian::region
 
