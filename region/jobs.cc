@@ -10,25 +10,29 @@
 namespace meridian::region {
 
 absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
-  std::vector<std::pair<std::string, std::string>> expired;  // reservation (= order) id, user
+  struct Expired {
+    std::string id;       // the reservation's, which is its order's
+    std::string user_id;  // the order's customer
+    std::string version;  // the row's xmin: any change to it since (a cancel's mark) shows
+  };
+  std::vector<Expired> expired;
   // A release deferred by a stock hold is due at -infinity (ReleaseReservation): the first sweep
   // after the hold takes those first, and the sweeps during the hold pass over them (they could
   // only defer them again, and the oldest 500 would hold back every newer expiry).
   const std::string pass_over_deferred = StockWritesHeld() ? "expires_at > '-infinity' AND " : "";
   absl::Status st = global->Run([&](pqxx::work& tx) {
+    expired.clear();  // Run may run this again (a serialization failure)
     for (const auto& r :
-         tx.exec("SELECT id, user_id FROM reservations WHERE state = 'held' AND " +
+         tx.exec("SELECT id, user_id, xmin::text FROM reservations WHERE state = 'held' AND " +
                  pass_over_deferred + "expires_at < now() ORDER BY expires_at LIMIT 500")) {
-      expired.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+      expired.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>()});
     }
   });
   if (!st.ok()) return st;
   SweepCounts counts;
   for (const auto& entry : expired) {
-    // Plain references, not structured bindings: the lambdas below capture them, which clang 14
-    // (the sanitizer build's compiler) does not allow for bindings.
-    const std::string& id = entry.first;
-    const std::string& user_id = entry.second;
+    const std::string& id = entry.id;
+    const std::string& user_id = entry.user_id;
     // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
     std::string payment_ref;
     auto expired = ExpireOrder(id, user_id, &payment_ref);
@@ -49,8 +53,10 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
       // the region that took the order over never got, before the customer paid there again.
       std::vector<std::string> refunded;
       st = global->Run([&](pqxx::work& tx) {
+        // Only the row as selected: a cancel that marked it since (SettleAtNextSweep) decided the
+        // order again after we read it paid, and the next sweep settles it by that.
         tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(id) +
-                 " AND state = 'held'");
+                 " AND state = 'held' AND xmin::text = " + tx.quote(entry.version));
         if (!payment_ref.empty()) {
           refunded = RefundCaptured(
               tx, "order_id = " + tx.quote(id) + " AND charge_id <> " + tx.quote(payment_ref));

@@ -829,9 +829,11 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   }
   if (event_seq != nullptr) *event_seq = seq;
   if (approved) {
+    // Not over a mark for the sweep (SettleAtNextSweep): a cancel since our commit decided the
+    // order again, and its release may have failed; the sweep settles it by the order's status.
     st = global->Run([&](pqxx::work& tx) {
       tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(order_id) +
-               " AND state = 'held'");
+               " AND state = 'held' AND expires_at > '-infinity'");
     });
     if (!st.ok()) return st;
     *http_status = 200;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <latch>
 #include <mutex>
@@ -209,6 +210,9 @@ class RegionTest : public ::testing::Test {
   static int64_t CountAllShards(const std::string& sql) {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
   }
+  static void CancelRacesAReservationCommit(const std::string& id,
+                                            const std::function<void()>& commit,
+                                            const std::function<bool()>& paid_at_lock);
   static void ExecAllShards(const std::string& sql) {
     for (const auto& [pg, db] : Shards()) {
       pqxx::connection c(pgs_[pg]->ConnectionString(db));
@@ -1019,6 +1023,87 @@ TEST_F(RegionTest, ACheckoutLatePastItsReservationMakesNoOrder) {
   EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
   EXPECT_EQ(Available("sku-5"), before);
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);
+}
+
+// A cancel decides a paid order again (refunded) and marks its reservation for the sweep, but its
+// own stock release fails, while a writer that read the order paid is about to commit the
+// reservation: `commit` runs that writer, blocked on the reservation's row lock, which this test
+// holds while it plays the cancel. The late commit must leave the mark, so that the sweep returns
+// the refunded order's stock; before, it turned the mark into `committed`, which no sweep reads,
+// and the units stayed out of sale for good. `paid_at_lock` waits until the writer read the
+// order paid and reached the lock.
+void RegionTest::CancelRacesAReservationCommit(const std::string& id,
+                                               const std::function<void()>& commit,
+                                               const std::function<bool()>& paid_at_lock) {
+  std::future<void> writer;  // declared first: the lock below ends before it is awaited
+  pqxx::connection g(pgs_[0]->ConnectionString("global"));
+  pqxx::work lock(g);
+  lock.exec("SELECT 1 FROM reservations WHERE id = " + lock.quote(id) + " FOR UPDATE");
+  writer = std::async(std::launch::async, commit);
+  ASSERT_TRUE(Eventually(paid_at_lock, 10));
+  // The cancel: the order refunded, the reservation marked (SettleAtNextSweep), no release.
+  ExecAllShards("UPDATE orders SET status = 'refunded', version = version + 1 WHERE order_id = '" +
+                id + "'");
+  lock.exec0("UPDATE reservations SET state = 'held', expires_at = '-infinity' WHERE id = " +
+             lock.quote(id));
+  lock.commit();
+  writer.get();
+}
+
+// The writer is the payment: its order update committed, its reservation commit comes late.
+TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) {
+  std::string t = NewCustomer();
+  const int64_t before = Available("sku-5");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  const std::string paid_here =
+      "SELECT count(*) FROM orders WHERE order_id = '" + id + "' AND status = 'paid'";
+  Response pay;
+  CancelRacesAReservationCommit(
+      id,
+      [&] {
+        pay = As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+      },
+      [&] { return CountAllShards(paid_here) == 1; });
+  ASSERT_FALSE(HasFailure());
+  EXPECT_EQ(pay.status, 200) << pay.body;
+
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+}
+
+// The writer is the sweep, settling a paid order's marked reservation (a paid status learned from
+// a peer): it read the order paid, and commits the reservation late.
+TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSweep) {
+  std::string t = NewCustomer();
+  const int64_t before = Available("sku-5");
+  const std::string id = PaidOrder(t, "sku-5", 2);
+  ASSERT_FALSE(id.empty());
+  {
+    pqxx::connection g(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(g);
+    tx.exec0("UPDATE reservations SET state = 'held', expires_at = '-infinity' WHERE id = " +
+             tx.quote(id));
+    tx.commit();
+  }
+  absl::StatusOr<SweepCounts> first;
+  const auto start = std::chrono::steady_clock::now();
+  CancelRacesAReservationCommit(
+      id, [&] { first = app_->SweepReservations(); },
+      // The sweep reads the order, then waits for the lock; nothing shows it waiting but time.
+      [&] { return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(500); });
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(Available("sku-5"), before - 2);  // that sweep left it alone
+
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
 }
 
 // A cancel whose stock release fails after the order became refunded: the retry, answered 409
