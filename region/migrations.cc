@@ -204,6 +204,17 @@ CREATE TABLE write_hold (
 );
 INSERT INTO write_hold DEFAULT VALUES;
 )sql"},
+    {15, "restock_requests",
+     R"sql(
+-- Restocks made with an Idempotency-Key: a retry of one (its answer lost, or its commit in
+-- doubt) adds nothing. Kept for good: restocks are operator actions, a handful a day.
+CREATE TABLE restock_requests (
+  idempotency_key text PRIMARY KEY,
+  sku             text NOT NULL,
+  units           bigint NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

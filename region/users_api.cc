@@ -401,23 +401,56 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
   if (*units <= 0 || *units > 1'000'000'000) {
     return ProblemFromStatus(Unprocessable("units: must be 1..1000000000"));
   }
+  std::string idem;
+  if (auto h = req.Header("idempotency-key")) {
+    idem = std::string(*h);
+    if (auto st = services::ValidateIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
+  }
   int64_t available = 0, rights = 0;
+  bool replay = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
+    replay = false;
     if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
       throw AbortTx{absl::NotFoundError(absl::StrCat("no product ", sku))};
     }
     RefuseLocalWriteIfHeld();
     crdt::Inventory inv = LoadInventory(tx, sku, config.replica_id, true);
-    auto delta = inv.Restock(sku, static_cast<uint64_t>(*units));
-    if (!delta.ok()) throw AbortTx{Unprocessable(std::string(delta.status().message()))};
-    SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    if (!idem.empty()) {
+      // After the stock row's lock: a twin with the key has committed, or has yet to begin.
+      pqxx::result r = tx.exec(
+          "INSERT INTO restock_requests (idempotency_key, sku, units) VALUES (" + tx.quote(idem) +
+          ", " + tx.quote(sku) + ", " + tx.quote(*units) +
+          ") ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key"
+          " RETURNING sku, units, (xmax = 0) AS created");
+      replay = !r[0][2].as<bool>();
+      if (replay && (r[0][0].as<std::string>() != sku || r[0][1].as<int64_t>() != *units)) {
+        throw AbortTx{Unprocessable(absl::StrCat(
+            "Idempotency-Key: already used for a restock of ", r[0][1].as<int64_t>(), " units of ",
+            r[0][0].as<std::string>(), "; a new restock needs a new key"))};
+      }
+    }
+    if (!replay) {
+      auto delta = inv.Restock(sku, static_cast<uint64_t>(*units));
+      if (!delta.ok()) throw AbortTx{Unprocessable(std::string(delta.status().message()))};
+      SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    }
     available = inv.Available(sku);
     rights = inv.Rights(sku, config.replica_id);
   });
+  if (absl::IsUnknown(st)) {
+    return ProblemFromStatus(absl::UnavailableError(
+        absl::StrCat("the database connection failed while committing the restock of ", sku,
+                     ": it may or may not have been applied; ",
+                     idem.empty() ? "read GET /v1/inventory/" + sku +
+                                        " before restocking again (a restock "
+                                        "with an Idempotency-Key can be retried)"
+                                  : std::string("retry with the same Idempotency-Key"))));
+  }
   if (!st.ok()) return ProblemFromStatus(st);
-  rights_signals.StockChanged();  // waiting checkouts may now have the units
-  return HttpResponse::Json(
-      200, Json{{"sku", sku}, {"available", available}, {"local_rights", rights}}.dump());
+  if (!replay) rights_signals.StockChanged();  // waiting checkouts may now have the units
+  Json out{{"sku", sku}, {"available", available}, {"local_rights", rights}};
+  if (replay) out["idempotent_replay"] = true;
+  return HttpResponse::Json(200, out.dump());
 }
 
 HttpResponse RegionApp::Impl::GetInventory(HttpRequest& req) {

@@ -1432,6 +1432,37 @@ TEST_F(RegionTest, ACheckoutFencedOffByANewerOwnerMakesNoOrderAndKeepsTheCart) {
   EXPECT_EQ(Available("sku-3"), before - 2);
 }
 
+// A restock's answer can be lost (a timeout, a reset, a commit in doubt) and setup tools retry
+// it: with an Idempotency-Key the retry adds nothing and says it is a replay, a commit in doubt
+// is answered 503 saying so (before: a bare 500 "internal error", and every retry added the
+// units again), and a key used again for another restock is refused.
+TEST_F(RegionTest, ARestockRetriedWithItsIdempotencyKeyAddsNothing) {
+  const int64_t before = Available("sku-2");
+  auto restock = [&](const std::string& body, const std::string& key) {
+    return Request(
+        port_, "POST", "/v1/admin/inventory/sku-2/restock", body,
+        {{"Authorization", std::string("Bearer ") + kOperator}, {"Idempotency-Key", key}});
+  };
+  Response first = restock(R"({"units":5})", "restock-1");
+  ASSERT_EQ(first.status, 200) << first.body;
+  Response again = restock(R"({"units":5})", "restock-1");
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_TRUE(Json::parse(again.body).value("idempotent_replay", false)) << again.body;
+  EXPECT_EQ(Available("sku-2"), before + 5);
+  EXPECT_EQ(restock(R"({"units":6})", "restock-1").status, 422);
+  EXPECT_EQ(Available("sku-2"), before + 5);
+  {
+    auto fault = InjectFault({{0, "global"}}, "kill_restock", Fault::kKillAtCommit, "INSERT",
+                             "restock_requests", "true");
+    Response doubt = restock(R"({"units":3})", "restock-2");
+    EXPECT_EQ(doubt.status, 503) << doubt.body;
+    EXPECT_NE(doubt.body.find("may or may not have been applied"), std::string::npos) << doubt.body;
+  }
+  EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
+  EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
+  EXPECT_EQ(Available("sku-2"), before + 8);
+}
+
 TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);

@@ -395,6 +395,11 @@ absl::Status LoadDriver::State::SeedProducts(const std::string& prefix, int coun
   out->resize(static_cast<size_t>(count));
   std::vector<Header> auth = {{"Authorization", "Bearer " + opt.operator_token}};
   const int regions = static_cast<int>(endpoints.size());
+  // Restocks are retried on a transport error (the answer may be lost after the commit): each
+  // carries a key of its own, unique to this run, so that a retry adds nothing.
+  const std::string run = std::to_string(std::random_device{}()) + "-" +
+                          std::to_string(std::chrono::system_clock::now().time_since_epoch() /
+                                         std::chrono::microseconds(1));
   return ParallelFor(
       count * regions, opt.setup_concurrency, endpoints, hosts,
       [&](SetupClients& clients, int job) -> absl::Status {
@@ -422,8 +427,10 @@ absl::Status LoadDriver::State::SeedProducts(const std::string& prefix, int coun
                                      Describe(r));
         }
         Json restock = {{"units", stock}};
+        std::vector<Header> keyed = auth;
+        keyed.emplace_back("Idempotency-Key", "seed-" + run + "-" + where + "-" + sku);
         r = client.CallRetrying("POST", std::string("/v1/admin/inventory/") + sku + "/restock",
-                                auth, restock.dump());
+                                keyed, restock.dump());
         if (r.error != HttpResult::Error::kNone || r.status != 200) {
           return absl::InternalError(std::string("restocking ") + sku + " in " + where + ": " +
                                      Describe(r));
