@@ -207,6 +207,15 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         if (!services::ValidateSku(rec.key()).ok()) return Bad("inventory key: a SKU");
         for (const auto& [sku, counter] : inv->items()) {
           if (sku != rec.key()) return Bad("inventory delta names another SKU than its key");
+          // Stock rights belong to regions (replica ids 1..255): units of any other id could
+          // never be sold or given back, and enough such ids make the joined document one that
+          // no longer decodes (the SKU could then be neither sold nor released).
+          for (const crdt::ReplicaId r : counter.Replicas()) {
+            if (r < 1 || r > 255) {
+              return Bad(absl::StrCat("record ", rec.seq(), ": inventory rights of replica ", r,
+                                      ", which is no region (1..255)"));
+            }
+          }
         }
         p.inventory = *std::move(inv);
         p.global = true;

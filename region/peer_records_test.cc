@@ -112,6 +112,12 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
        "record 3"},
       {"stock of another SKU",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(1)->set_key("sku-2"); }, "another SKU"},
+      {"stock of a replica that is no region",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(1)->set_payload(
+             crdt::Encode(*crdt::Inventory(1000).Restock("sku-1", 5)));
+       },
+       "no region"},
       {"product hlc",
        [](v1::ApplyDeltasRequest& r) {
          r.mutable_records(2)->set_payload(
