@@ -188,6 +188,40 @@ class RegionTest : public ::testing::Test {
     return id;
   }
 
+  // An order of one sku-4 whose payment with `card` failed (500) because the order's update to
+  // `status` failed: it still awaits payment. Its id ("" on a failure); *held: the stock after
+  // its checkout.
+  static std::string OrderWhosePaymentsUpdateFailed(const std::string& token,
+                                                    const std::string& card,
+                                                    const std::string& status, int64_t* held) {
+    EXPECT_EQ(As(token, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+    Response o = As(token, "POST", "/v1/checkout");
+    EXPECT_EQ(o.status, 201) << o.body;
+    if (o.status != 201) return "";
+    const std::string id = Json::parse(o.body)["order_id"];
+    *held = Available("sku-4");
+    {
+      auto fault = InjectFault(Shards(), "fail_" + status + "_update", Fault::kError, "UPDATE",
+                               "orders", "NEW.status = '" + status + "'");
+      Response failed =
+          As(token, "POST", "/v1/orders/" + id + "/pay", Json{{"card_number", card}}.dump());
+      EXPECT_EQ(failed.status, 500) << failed.body;
+    }
+    EXPECT_EQ(Order(token, id)["status"], "pending_payment");
+    return id;
+  }
+
+  // The customer pays order `id` (of one sku-4) again with a good card: it is paid with one
+  // capture, and its stock, `held` after its checkout, stays with it.
+  static void ExpectARetryPays(const std::string& token, const std::string& id, int64_t held) {
+    Response paid =
+        As(token, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+    ASSERT_EQ(paid.status, 200) << paid.body;
+    EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
+    EXPECT_EQ(Charges(id, "captured"), 1);
+    EXPECT_EQ(Available("sku-4"), held);
+  }
+
   // Cancels paid order `id` while its stock release fails: 500, the order refunded all the same.
   static void RefundWhoseReleaseFails(const std::string& token, const std::string& id) {
     auto fault = InjectFault({{0, "global"}}, "fail_release", Fault::kError, "UPDATE",
@@ -209,6 +243,13 @@ class RegionTest : public ::testing::Test {
   }
   static int64_t CountAllShards(const std::string& sql) {
     return Count(0, "shard0", sql) + Count(1, "shard1", sql);
+  }
+  // The next sweep settles refunded order `id`: its charge refunded, `sku` back to `before`.
+  static void ExpectSettledBySweep(const std::string& id, const std::string& sku, int64_t before) {
+    auto swept = app_->SweepReservations();
+    ASSERT_TRUE(swept.ok()) << swept.status();
+    EXPECT_EQ(Available(sku), before);
+    EXPECT_EQ(Charges(id, "refunded"), 1);
   }
   static void CancelRacesAReservationCommit(const std::string& id,
                                             const std::function<void()>& commit,
@@ -735,27 +776,12 @@ TEST_F(RegionTest, DeclinedPaymentReleasesStock) {
 // the refunded first charge read back as a decline, which killed the order and its stock.
 TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  std::string id = Json::parse(o.body)["order_id"];
-  int64_t held = Available("sku-4");
-  {
-    auto fault = InjectFault(Shards(), "fail_paid_update", Fault::kError, "UPDATE", "orders",
-                             "NEW.status = 'paid'");
-    Response failed =
-        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
-    EXPECT_EQ(failed.status, 500) << failed.body;
-  }
-  EXPECT_EQ(Order(t, id)["status"], "pending_payment");
+  int64_t held = 0;
+  const std::string id = OrderWhosePaymentsUpdateFailed(t, "4242424242424242", "paid", &held);
+  ASSERT_FALSE(id.empty());
   EXPECT_EQ(Charges(id, "refunded"), 1);  // the first attempt, given back
 
-  Response paid =
-      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
-  ASSERT_EQ(paid.status, 200) << paid.body;
-  EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
-  EXPECT_EQ(Charges(id, "captured"), 1);
-  EXPECT_EQ(Available("sku-4"), held);  // the stock stays with the order
+  ExpectARetryPays(t, id, held);
   // A third call reuses nothing: the order is paid.
   EXPECT_EQ(
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
@@ -769,27 +795,13 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
 // decline read back, which gave the order up and its stock with it.
 TEST_F(RegionTest, APaymentRetriedWithAnotherCardAfterAnUnrecordedDeclinePays) {
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
-  const int64_t held = Available("sku-4");
-  {
-    auto fault = InjectFault(Shards(), "fail_declined_update", Fault::kError, "UPDATE", "orders",
-                             "NEW.status = 'payment_declined'");
-    Response failed =
-        As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4000000000000002"})");
-    EXPECT_EQ(failed.status, 500) << failed.body;
-  }
-  EXPECT_EQ(Order(t, id)["status"], "pending_payment");
+  int64_t held = 0;
+  const std::string id =
+      OrderWhosePaymentsUpdateFailed(t, "4000000000000002", "payment_declined", &held);
+  ASSERT_FALSE(id.empty());
   EXPECT_EQ(Charges(id, "declined"), 1);
 
-  Response paid =
-      As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
-  ASSERT_EQ(paid.status, 200) << paid.body;
-  EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
-  EXPECT_EQ(Charges(id, "captured"), 1);
-  EXPECT_EQ(Available("sku-4"), held);  // the stock stays with the order
+  ExpectARetryPays(t, id, held);
   ExpectReconciled();
 }
 
@@ -1070,10 +1082,7 @@ TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) 
   ASSERT_FALSE(HasFailure());
   EXPECT_EQ(pay.status, 200) << pay.body;
 
-  auto swept = app_->SweepReservations();
-  ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-5"), before);
-  EXPECT_EQ(Charges(id, "refunded"), 1);
+  ExpectSettledBySweep(id, "sku-5", before);
 }
 
 // The writer is the sweep, settling a paid order's marked reservation (a paid status learned from
@@ -1100,10 +1109,7 @@ TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSwe
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(Available("sku-5"), before - 2);  // that sweep left it alone
 
-  auto swept = app_->SweepReservations();
-  ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-5"), before);
-  EXPECT_EQ(Charges(id, "refunded"), 1);
+  ExpectSettledBySweep(id, "sku-5", before);
 }
 
 // A cancel whose stock release fails after the order became refunded: the retry, answered 409
