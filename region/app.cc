@@ -243,6 +243,14 @@ class JsonShapeCheck : public nlohmann::json_sax<Json> {
 
 }  // namespace
 
+absl::StatusOr<std::string> IdempotencyKey(const HttpRequest& req) {
+  auto h = req.Header("idempotency-key");
+  if (!h) return std::string();
+  std::string key(*h);
+  if (auto st = services::ValidateIdempotencyKey(key); !st.ok()) return st;
+  return key;
+}
+
 absl::StatusOr<Json> ParseBody(const HttpRequest& req) {
   if (req.body.empty())
     return absl::InvalidArgumentError("request body: a JSON object is required");

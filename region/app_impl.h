@@ -62,6 +62,8 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
 
 // A validation failure on a well-formed body: 422.
 absl::Status Unprocessable(std::string message);
+// The request's Idempotency-Key header, checked ("" when there is none).
+absl::StatusOr<std::string> IdempotencyKey(const HttpRequest& req);
 
 int64_t UnixNowS();
 int64_t UnixNowMs();

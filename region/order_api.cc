@@ -58,21 +58,29 @@ absl::Status ValidOrderId(std::string_view id) {
   return ok ? absl::OkStatus() : absl::NotFoundError("no such order");
 }
 
+// The statement that writes an order event to the outbox and returns its seq there (what a
+// sync-peer answer waits for a peer to have applied). No trailing ';': it can end a batch.
 std::string OrderEventSql(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
                           const std::string& residency, const Json& event) {
   std::string e = event.dump();
   return "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
          ", 'order', " + tx.quote(order_id) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(e.data()), e.size()) + ", " +
-         tx.quote(residency) + ");";
+         tx.quote(residency) + ") RETURNING seq";
 }
 
 // Writes the event to the outbox; its seq there.
 int64_t OrderEvent(pqxx::work& tx, crdt::ReplicaId origin, const std::string& order_id,
                    const std::string& residency, const Json& event) {
-  std::string sql = OrderEventSql(tx, origin, order_id, residency, event);
-  sql.pop_back();  // the trailing ';'
-  return tx.exec1(sql + " RETURNING seq")[0].as<int64_t>();
+  return tx.exec1(OrderEventSql(tx, origin, order_id, residency, event))[0].as<int64_t>();
+}
+
+// An order's status change as its event: the owner's epoch and the order's new version order it
+// against every other change of the order.
+Json StatusEvent(std::string_view status, const std::string& order_id, const std::string& user_id,
+                 uint32_t group, int64_t epoch, int64_t version) {
+  return Json{{"event", status}, {"order_id", order_id}, {"user_id", user_id},
+              {"group", group},  {"epoch", epoch},       {"version", version}};
 }
 
 // The fencing clause of an order UPDATE: nothing matches once the group's fence (the highest epoch
@@ -146,12 +154,7 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
       return;
     }
     OrderEvent(tx, config.replica_id, order_id, r[0][1].as<std::string>(),
-               Json{{"event", "expired"},
-                    {"order_id", order_id},
-                    {"user_id", user_id},
-                    {"group", group},
-                    {"epoch", epoch},
-                    {"version", u[0][0].as<int64_t>()}});
+               StatusEvent("expired", order_id, user_id, group, epoch, u[0][0].as<int64_t>()));
     status = "expired";
   });
   if (!st.ok()) return st;
@@ -310,11 +313,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       return ProblemFromStatus(Unprocessable(std::string(st.message())));
     }
   }
-  std::string idem;
-  if (auto h = req.Header("idempotency-key")) {
-    idem = std::string(*h);
-    if (auto st = services::ValidateIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
-  }
+  auto key = IdempotencyKey(req);
+  if (!key.ok()) return ProblemFromStatus(key.status());
+  const std::string& idem = *key;
   const std::string& user_id = who->user_id;
   PgPool& shard = ShardFor(user_id);
   // A twin still under way after its longest wait for stock and a good margin is stuck: this one
@@ -582,9 +583,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     writes +=
         SaveCartSql(tx, user_id, who->residency, *cart, delta, cleared_version, config.replica_id);
     cleared = *std::move(cart);
-    std::string ev = OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
-    ev.pop_back();  // the trailing ';'
-    writes += ev + " RETURNING seq";
+    writes += OrderEventSql(tx, config.replica_id, order_id, who->residency, event);
     pqxx::result out = tx.exec(writes);
     if (out.size() == 1) event_seq = out[0][0].as<int64_t>();
   });
@@ -799,14 +798,9 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
           "order ", order_id,
           ": its charge was given back by a concurrent payment attempt that failed; pay again"))};
     }
-    seq = OrderEvent(tx, config.replica_id, order_id, residency,
-                     Json{{"event", next},
-                          {"order_id", order_id},
-                          {"user_id", user_id},
-                          {"group", group},
-                          {"epoch", epoch},
-                          {"version", r[0][0].as<int64_t>()},
-                          {"payment_ref", charge_id}});
+    Json event = StatusEvent(next, order_id, user_id, group, epoch, r[0][0].as<int64_t>());
+    event["payment_ref"] = charge_id;
+    seq = OrderEvent(tx, config.replica_id, order_id, residency, event);
   });
   if (!st.ok()) {
     if (stale) stale_local_writes->Increment();
@@ -1000,12 +994,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
           "order ", order_id, " has been changed by a newer owner; this change was refused"))};
     }
     seq = OrderEvent(tx, config.replica_id, order_id, residency,
-                     Json{{"event", next},
-                          {"order_id", order_id},
-                          {"user_id", user_id},
-                          {"group", group},
-                          {"epoch", epoch},
-                          {"version", u[0][0].as<int64_t>()}});
+                     StatusEvent(next, order_id, user_id, group, epoch, u[0][0].as<int64_t>()));
     // Should the refund or the release below fail, and the customer not retry, the sweep still
     // settles them.
     SettleAtNextSweep(order_id);

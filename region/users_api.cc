@@ -401,11 +401,9 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
   if (*units <= 0 || *units > 1'000'000'000) {
     return ProblemFromStatus(Unprocessable("units: must be 1..1000000000"));
   }
-  std::string idem;
-  if (auto h = req.Header("idempotency-key")) {
-    idem = std::string(*h);
-    if (auto st = services::ValidateIdempotencyKey(idem); !st.ok()) return ProblemFromStatus(st);
-  }
+  auto key = IdempotencyKey(req);
+  if (!key.ok()) return ProblemFromStatus(key.status());
+  const std::string& idem = *key;
   int64_t available = 0, rights = 0;
   bool replay = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
