@@ -55,13 +55,23 @@ int64_t Clamp(__int128 v) {
 }  // namespace
 
 int64_t BoundedCounter::Rights(ReplicaId replica) const {
+  // Each side is at most kMaxReplicas * kMaxUnits entries' worth (< 2^49): no overflow.
+  return Received(replica) - Consumed(replica);
+}
+
+int64_t BoundedCounter::Received(ReplicaId replica) const {
   __int128 r = 0;
-  for (const Transfer& t : transfers_) {
+  for (const Transfer& t : transfers_)
     if (t.to == replica) r += t.units;  // includes increments (from == to)
-    if (t.from == replica && t.to != replica) r -= t.units;
-  }
+  return Clamp(r);
+}
+
+int64_t BoundedCounter::Consumed(ReplicaId replica) const {
+  __int128 r = 0;
+  for (const Transfer& t : transfers_)
+    if (t.from == replica && t.to != replica) r += t.units;
   for (const Spent& s : spent_)
-    if (s.replica == replica) r -= s.units;
+    if (s.replica == replica) r += s.units;
   return Clamp(r);
 }
 

@@ -29,6 +29,8 @@ class BoundedCounter {
   // Upper bound for any entry (about 10^12 units); decoders reject larger values.
   static constexpr uint64_t kMaxUnits = uint64_t{1} << 40;
   static constexpr size_t kMaxReplicas = 256;
+  // The most Received or Consumed can be: one entry of kMaxUnits per replica.
+  static constexpr uint64_t kMaxTotal = kMaxUnits * kMaxReplicas;
 
   struct Transfer {  // P[(from, to)]; from == to holds increments.
     ReplicaId from = kNoReplica;
@@ -57,6 +59,11 @@ class BoundedCounter {
   // Units `replica` may still decrement or transfer, as this replica sees it. Can be negative in a
   // state that has a replica's outgoing transfer but not yet the incoming rights it passed on.
   [[nodiscard]] int64_t Rights(ReplicaId replica) const;
+  // The two sides of Rights (Received - Consumed), each of which only grows: the rights `replica`
+  // was ever given (its increments and transfers to it) and the rights it ever used (its
+  // decrements and transfers away), as this replica sees them.
+  [[nodiscard]] int64_t Received(ReplicaId replica) const;
+  [[nodiscard]] int64_t Consumed(ReplicaId replica) const;
   // The value as this replica sees it. The true global value (the join of every replica's state)
   // is never negative. A partial view can be, transiently, when deltas arrive out of causal order
   // (a sale seen before the restock whose rights allowed it); readers that show stock clamp it.

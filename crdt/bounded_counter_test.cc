@@ -23,6 +23,7 @@ struct BcModel {
   BoundedCounter Op(BoundedCounter& c, ReplicaId id, uint32_t pick, uint32_t arg) {
     ++seq;
     uint64_t n = arg % 4 + 1;
+    const int64_t received = c.Received(id), consumed = c.Consumed(id);
     absl::StatusOr<BoundedCounter> d;
     switch (pick % 5) {
       case 0:
@@ -40,6 +41,9 @@ struct BcModel {
       }
     }
     RC_ASSERT(c.Rights(id) >= 0);  // a replica never spends or gives away rights it lacks
+    // Both sides of its rights only grow, and their difference is its rights.
+    RC_ASSERT(c.Received(id) >= received && c.Consumed(id) >= consumed);
+    RC_ASSERT(c.Rights(id) == c.Received(id) - c.Consumed(id));
     if (!d.ok()) return {};
     global.Join(*d);
     RC_ASSERT(global.Value() >= 0);  // the global value never goes below zero
@@ -63,6 +67,26 @@ TEST(BoundedCounter, DecrementOnlyWithinOwnRights) {
   EXPECT_TRUE(a.Decrement(2, 3, 1).ok());
   EXPECT_EQ(a.Value(), 2);
   EXPECT_FALSE(a.Move(1, 1, 1, 4).ok());
+}
+
+TEST(BoundedCounter, ReceivedAndConsumedAreTheTwoSidesOfRights) {
+  BoundedCounter a;
+  ASSERT_TRUE(a.Increment(1, 5, 1).ok());
+  ASSERT_TRUE(a.Move(1, 2, 3, 2).ok());
+  ASSERT_TRUE(a.Decrement(1, 1, 3).ok());
+  BoundedCounter b = a;
+  ASSERT_TRUE(b.Decrement(2, 2, 1).ok());
+  ASSERT_TRUE(b.Increment(2, 4, 2).ok());
+  EXPECT_EQ(a.Received(1), 5);
+  EXPECT_EQ(a.Consumed(1), 4);  // 3 given to 2, 1 spent
+  EXPECT_EQ(a.Received(2), 3);
+  EXPECT_EQ(a.Consumed(2), 0);
+  a.Join(b);
+  EXPECT_EQ(a.Received(2), 7);  // 3 from 1, 4 of its own
+  EXPECT_EQ(a.Consumed(2), 2);
+  EXPECT_EQ(a.Rights(2), 5);
+  EXPECT_EQ(a.Received(3), 0);
+  EXPECT_EQ(a.Consumed(3), 0);
 }
 
 TEST(BoundedCounter, RefusedOperationChangesNothing) {

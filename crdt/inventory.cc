@@ -111,6 +111,16 @@ int64_t Inventory::Rights(std::string_view sku, ReplicaId replica) const {
   return c ? c->Rights(replica) : 0;
 }
 
+int64_t Inventory::Received(std::string_view sku, ReplicaId replica) const {
+  const BoundedCounter* c = Find(sku);
+  return c ? c->Received(replica) : 0;
+}
+
+int64_t Inventory::Consumed(std::string_view sku, ReplicaId replica) const {
+  const BoundedCounter* c = Find(sku);
+  return c ? c->Consumed(replica) : 0;
+}
+
 Inventory Inventory::FromParts(std::vector<Item> items, CausalContext version) {
   Inventory inv;
   inv.items_ = std::move(items);

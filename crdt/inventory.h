@@ -45,6 +45,9 @@ class Inventory {
   // Stock as seen here, clamped at zero (see BoundedCounter::Value on transient partial views).
   [[nodiscard]] int64_t Available(std::string_view sku) const;
   [[nodiscard]] int64_t Rights(std::string_view sku, ReplicaId replica) const;
+  // BoundedCounter::Received and Consumed of the SKU (0 for a SKU not here).
+  [[nodiscard]] int64_t Received(std::string_view sku, ReplicaId replica) const;
+  [[nodiscard]] int64_t Consumed(std::string_view sku, ReplicaId replica) const;
   [[nodiscard]] const BoundedCounter* Find(std::string_view sku) const;
   [[nodiscard]] const std::vector<Item>& items() const { return items_; }
   [[nodiscard]] const CausalContext& version() const { return version_; }

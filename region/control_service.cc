@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 #include <string_view>
 
@@ -214,6 +215,57 @@ void RefuseDeclarationPastTheLimit(pqxx::work& tx, uint32_t region, const std::s
         declarer, " has made ", kMaxDeclarationsOfOneDeclarer, " declarations against ", name,
         " here already, the most one region makes; no more of its are recorded"))};
   }
+}
+
+// One SKU's part of a declaration against a region, as far as it still counts in that region's
+// rights here.
+struct DeclaredPart {
+  int64_t units = 0;
+  std::optional<int64_t> received;  // NULL on rows made before the figure (migration 16)
+  bool announced = false;
+  bool own_unrestocked = false;  // ours, not restocked yet (pending, or awaiting the region)
+};
+
+// The declarations against `region` that may still count in its rights here, per SKU: every
+// declarer's but void ones (the region refused them and kept its rights), and but `except_id`.
+std::map<std::string, std::vector<DeclaredPart>> DeclaredParts(pqxx::work& tx, uint32_t region,
+                                                               uint32_t self,
+                                                               const std::string& except_id = "") {
+  std::map<std::string, std::vector<DeclaredPart>> out;
+  for (const auto& r : tx.exec(
+           "SELECT sku, units, received, announced, declared_by = " + tx.quote(self) +
+           " AND NOT restocked FROM lost_declarations WHERE region = " + tx.quote(region) +
+           " AND NOT voided" + (except_id.empty() ? "" : " AND id <> " + tx.quote(except_id)))) {
+    DeclaredPart p;
+    p.units = r[1].as<int64_t>();
+    if (!r[2].is_null()) p.received = r[2].as<int64_t>();
+    p.announced = r[3].as<bool>();
+    p.own_unrestocked = r[4].as<bool>();
+    out[r[0].as<std::string>()].push_back(p);
+  }
+  return out;
+}
+
+// The units of `p` still counted in `region`'s rights in `sku` here: reclaimed by the
+// declaration, not yet seen written off. The declaration reclaimed all the region had received
+// and not spent, so the region has consumed its units (sold them before it died, which reached us
+// late, or written them off on its return) once its consumption seen here reaches what it had
+// received. Counting on until then errs on the safe side: the units stay out of sale until the
+// write-off arrives. Before, a declaration stopped counting once announced to the returning
+// region; if its write-off never arrived (the region was cut off again) a second declaration
+// reclaimed the same units again, and they were sold twice (review of the stock paths,
+// 2026-12-04).
+int64_t StillCounted(const DeclaredPart& p, const crdt::Inventory& inv, const std::string& sku,
+                     uint32_t region) {
+  if (!p.received) return p.announced ? 0 : p.units;  // the rule of older rows
+  return std::clamp<int64_t>(*p.received - inv.Consumed(sku, region), 0, p.units);
+}
+
+int64_t StillCounted(const std::vector<DeclaredPart>& parts, const crdt::Inventory& inv,
+                     const std::string& sku, uint32_t region) {
+  int64_t n = 0;
+  for (const auto& p : parts) n += StillCounted(p, inv, sku, region);
+  return n;
 }
 
 void FillRights(const crdt::Inventory& inv, const std::string& sku, crdt::ReplicaId self,
@@ -546,25 +598,14 @@ class ControlService final : public pb::RegionControl::Service {
       d->set_declared_by(app_.config.replica_id);
       d->set_declared_unix_ms(UnixNowMs());
       d->set_pending(true);
-      // What earlier declarations reclaimed and the region has not been told of: those units are
-      // still counted in its rights here (it writes them off when it returns), and are ours or
-      // another survivor's already, or will be once a majority has recorded ours (pending).
-      // Declaring it lost again (a retry, an operator's second try, a later holder of its group
-      // after the first declarer died) reclaims only the rest, or the same units would be
-      // restocked twice. Other regions' declarations are here once recorded
-      // (RecordLostDeclaration).
-      std::map<std::string, int64_t> open;
-      for (const auto& r :
-           tx.exec("SELECT sku, sum(units), sum(units) FILTER (WHERE declared_by = " +
-                   tx.quote(app_.config.replica_id) +
-                   " AND NOT restocked) FROM lost_declarations WHERE region = " +
-                   tx.quote(req->region()) + " AND NOT announced GROUP BY sku")) {
-        const int64_t all = r[1].as<int64_t>(), pending = r[2].as<int64_t>(0);
-        open[r[0].as<std::string>()] = all;
-        out->set_already_reclaimed_units(out->already_reclaimed_units() +
-                                         static_cast<uint64_t>(all - pending));
-        out->set_pending_units(out->pending_units() + static_cast<uint64_t>(pending));
-      }
+      // What earlier declarations reclaimed and the region has not been seen to write off (its
+      // consumption seen here has not reached them, StillCounted): those units are still counted
+      // in its rights here, and are ours or another survivor's already, or will be once a
+      // majority has recorded ours (pending). Declaring it lost again (a retry, an operator's
+      // second try, a later holder of its group after the first declarer died, a second loss
+      // after a brief return) reclaims only the rest, or the same units would be restocked twice.
+      // Other regions' declarations are here once recorded (RecordLostDeclaration).
+      const auto declared = DeclaredParts(tx, req->region(), app_.config.replica_id);
       std::string writes;
       for (const auto& r : tx.exec("SELECT sku, state FROM inventory ORDER BY sku FOR UPDATE")) {
         const std::string sku = r[0].as<std::string>();
@@ -572,20 +613,35 @@ class ControlService final : public pb::RegionControl::Service {
         auto inv = crdt::DecodeInventory(std::string_view(bytes.get(), bytes.size()),
                                          app_.config.replica_id);
         if (!inv.ok()) throw AbortTx{absl::DataLossError(std::string(inv.status().message()))};
-        const int64_t frozen = inv->Rights(sku, req->region()) - open[sku];
+        int64_t open = 0;
+        if (auto it = declared.find(sku); it != declared.end()) {
+          for (const auto& p : it->second) {
+            const int64_t n = StillCounted(p, *inv, sku, req->region());
+            open += n;
+            if (p.own_unrestocked && !p.announced) {
+              out->set_pending_units(out->pending_units() + static_cast<uint64_t>(n));
+            } else {
+              out->set_already_reclaimed_units(out->already_reclaimed_units() +
+                                               static_cast<uint64_t>(n));
+            }
+          }
+        }
+        const int64_t frozen = inv->Rights(sku, req->region()) - open;
         if (frozen <= 0) continue;
         // Recorded, not restocked: the lost region's rights become this region's (the same units,
         // restocked here) only once a majority of regions holds the declaration
         // (RestockLostDeclaration), so that no region that outlives us can miss it.
+        const int64_t received = inv->Received(sku, req->region());
         writes +=
-            "INSERT INTO lost_declarations (id, region, declared_by, sku, units, "
+            "INSERT INTO lost_declarations (id, region, declared_by, sku, units, received, "
             "restocked) VALUES (" +
             tx.quote(id) + ", " + tx.quote(req->region()) + ", " +
             tx.quote(app_.config.replica_id) + ", " + tx.quote(sku) + ", " + tx.quote(frozen) +
-            ", false);";
+            ", " + tx.quote(received) + ", false);";
         auto* item = d->add_items();
         item->set_sku(sku);
         item->set_units(static_cast<uint64_t>(frozen));
+        item->set_received(static_cast<uint64_t>(received));
       }
       if (writes.empty()) return;
       RefuseDeclarationPastTheLimit(tx, req->region(), app_.RegionName(req->region()),
@@ -625,18 +681,14 @@ class ControlService final : public pb::RegionControl::Service {
       // Every other declaration against the region that is still counted in its rights here
       // (recorded since ours was made: a later holder's, sent to us) came first: ours restocks
       // only what is left, so the same units are never restocked twice.
-      std::map<std::string, int64_t> others;
-      for (const auto& r : tx.exec(
-               "SELECT sku, sum(units) FROM lost_declarations WHERE region = " + tx.quote(region) +
-               " AND id <> " + tx.quote(req->id()) + " AND NOT announced GROUP BY sku")) {
-        others[r[0].as<std::string>()] = r[1].as<int64_t>();
-      }
+      auto others = DeclaredParts(tx, region, app_.config.replica_id, req->id());
       for (const auto& r : rows) {
         const std::string sku = r[0].as<std::string>();
         const int64_t units = r[1].as<int64_t>();
         app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
-        const int64_t n = std::clamp<int64_t>(inv.Rights(sku, region) - others[sku], 0, units);
+        const int64_t n = std::clamp<int64_t>(
+            inv.Rights(sku, region) - StillCounted(others[sku], inv, sku, region), 0, units);
         out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
         if (n == 0) continue;
         auto delta = inv.Restock(sku, static_cast<uint64_t>(n));
@@ -687,7 +739,8 @@ class ControlService final : public pb::RegionControl::Service {
            tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "
                    "units, declared_by = " +
                    tx.quote(app_.config.replica_id) +
-                   " AND NOT restocked, announced, voided FROM lost_declarations WHERE region = " +
+                   " AND NOT restocked, announced, voided, received FROM lost_declarations WHERE "
+                   "region = " +
                    tx.quote(req->region()) + " ORDER BY id, sku")) {
         const std::string id = r[0].as<std::string>();
         pb::LostDeclaration*& d = by_id[id];
@@ -705,6 +758,7 @@ class ControlService final : public pb::RegionControl::Service {
         auto* item = d->add_items();
         item->set_sku(r[3].as<std::string>());
         item->set_units(static_cast<uint64_t>(r[4].as<int64_t>()));
+        item->set_received(static_cast<uint64_t>(r[8].as<int64_t>(0)));
       }
     }));
   }
@@ -722,7 +776,9 @@ class ControlService final : public pb::RegionControl::Service {
     }
     for (const auto& i : d.items()) {
       if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-          i.units() > crdt::BoundedCounter::kMaxUnits) {
+          i.units() > crdt::BoundedCounter::kMaxUnits ||
+          (i.received() != 0 &&
+           (i.received() < i.units() || i.received() > crdt::BoundedCounter::kMaxTotal))) {
         return Invalid("RecordLostDeclaration: malformed item");
       }
     }
@@ -734,12 +790,15 @@ class ControlService final : public pb::RegionControl::Service {
       for (const auto& i : d.items()) {
         values += (values.empty() ? "(" : ", (") + tx.quote(d.id()) + ", " + tx.quote(d.region()) +
                   ", " + tx.quote(d.declared_by()) + ", " + tx.quote(i.sku()) + ", " +
-                  tx.quote(static_cast<int64_t>(i.units())) + ", to_timestamp(" +
-                  tx.quote(static_cast<double>(d.declared_unix_ms()) / 1000) + "))";
+                  tx.quote(static_cast<int64_t>(i.units())) + ", " +
+                  (i.received() == 0 ? std::string("NULL")
+                                     : tx.quote(static_cast<int64_t>(i.received()))) +
+                  ", to_timestamp(" + tx.quote(static_cast<double>(d.declared_unix_ms()) / 1000) +
+                  "))";
       }
       already = tx.exec(
                       "INSERT INTO lost_declarations (id, region, declared_by, sku, units, "
-                      "declared_at) VALUES " +
+                      "received, declared_at) VALUES " +
                       values + " ON CONFLICT (id, sku) DO NOTHING RETURNING 1")
                     .empty();
     });

@@ -215,6 +215,16 @@ CREATE TABLE restock_requests (
   created_at      timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {16, "lost_declarations_received",
+     R"sql(
+-- The region's rights ever received in the SKU (restocks and transfers to it) as the declarer saw
+-- them: the declaration stays counted in the region's rights here until the region's consumption
+-- seen here (spent and given away, its write-off included) reaches this figure. Being announced
+-- to the region (migration 11) is not enough: its write-off may never have arrived, and a second
+-- declaration would reclaim the same units again (review of the stock paths, 2026-12-04). NULL
+-- on rows made before: those keep the rule of being counted until announced.
+ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL OR received >= units);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

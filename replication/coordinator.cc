@@ -83,10 +83,11 @@ pb::Frame ToFrame(const RightsMessage& m) {
 }
 
 // A declaration as the region that stores it takes it (RegionControl.RetireRights): an id, a
-// declarer, and items of distinct valid SKUs with 1..2^40 units. Checked up front, so that a
-// frame carrying several (a takeover sync's reply) is refused before any is written off, not
-// after the first few. In that reply its declarer may be any region (the replier's records of
-// others'); in a write-off or a declaration frame it must be the sender (CheckFrame).
+// declarer, and items of distinct valid SKUs with 1..2^40 units, each received figure unknown (0)
+// or at least its units (the declaration reclaimed part of what the region had received). Checked
+// up front, so that a frame carrying several (a takeover sync's reply) is refused before any is
+// written off, not after the first few. In that reply its declarer may be any region (the replier's
+// records of others'); in a write-off or a declaration frame it must be the sender (CheckFrame).
 bool WellFormed(const pb::RightsRetire& r) {
   if (r.declaration_id().empty() || r.declaration_id().size() > 64 || r.declared_by() == 0 ||
       r.declared_by() > 255 || r.items_size() > 100000) {
@@ -95,7 +96,9 @@ bool WellFormed(const pb::RightsRetire& r) {
   std::set<std::string_view> skus;
   for (const auto& i : r.items()) {
     if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-        i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second) {
+        i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second ||
+        (i.received() != 0 &&
+         (i.received() < i.units() || i.received() > crdt::BoundedCounter::kMaxTotal))) {
       return false;
     }
   }
@@ -940,6 +943,7 @@ struct Coordinator::Impl {
       auto* x = r->add_items();
       x->set_sku(i.sku());
       x->set_units(i.units());
+      x->set_received(i.received());
     }
   }
 
@@ -953,6 +957,7 @@ struct Coordinator::Impl {
       auto* x = d->add_items();
       x->set_sku(i.sku());
       x->set_units(i.units());
+      x->set_received(i.received());
     }
   }
 

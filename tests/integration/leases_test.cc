@@ -1049,6 +1049,61 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   EXPECT_TRUE(Eventually([&] { return checkout(kUs, us_auth) == 409; }, 20));
 }
 
+// us-east is declared lost, comes back only long enough to hear of the declaration (its
+// write-off fails) and is lost again before any write-off reaches eu-west. Declaring it lost a
+// second time reclaims nothing: the first declaration's 30 units stay counted in its rights at
+// eu-west until its write-off is seen there, not only until it was told. Before, the second
+// declaration reclaimed and restocked the same 30 units again, and eu-west sold 70 of the 40
+// there are. When us-east returns for good it writes the 30 off once.
+TEST_F(LeasesTest, ARegionLostAgainBeforeItsWriteOffArrivedIsNotReclaimedTwice) {
+  ASSERT_NO_FATAL_FAILURE(UsEastLostHolding("jug", 30, 10));
+  Response d1 = DeclareUsLost(kEu);
+  ASSERT_EQ(d1.status, 200) << d1.body;
+  EXPECT_EQ(Json::parse(d1.body).value("reclaimed_units", 0), 30) << d1.body;
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "jug", "eu-west") == 40; }, 20));
+  auto retire_fault = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kUs, "global")}, "retire_fault",
+      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return ReplicatorLogged(kUs, "event=rights_retire_failed"); }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  retire_fault.reset();
+  // us-east's 30 units are still in its rights as eu-west sees them.
+  EXPECT_EQ(Rights(kEu, "jug", "us-east"), 30);
+  Response d2;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        d2 = DeclareUsLost(kEu);
+        return d2.status == 200;
+      },
+      30))
+      << d2.status << " " << d2.body;
+  const Json j = Json::parse(d2.body);
+  EXPECT_EQ(j.value("reclaimed_units", -1), 0) << d2.body;
+  EXPECT_EQ(j.value("already_reclaimed_units", 0), 30) << d2.body;
+  // Longer than a declaration's wait for a majority: nothing more is restocked.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(Rights(kEu, "jug", "eu-west"), 40);
+  const std::string auth = "Bearer " + Customer(kEu, "gus@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 45; ++i) sold += CheckoutOne(kEu, auth, "jug") == 201;
+  EXPECT_EQ(sold, 40);
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(Eventually(
+        [&] {
+          Response inv = Request(c_->http_port(i), "GET", "/v1/inventory/jug");
+          return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 0 &&
+                 Rights(i, "jug", "us-east") == 0;
+        },
+        30))
+        << c_->spec(i).name;
+  }
+}
+
 // A declaration outlives its declarer: eu-west reclaims us-east's rights, sells them and dies;
 // us-east returns while eu-west is still down (us-east and ap-south are a majority). ap-south
 // recorded the declaration when it was made, hands it to us-east in the sync that gives us-east
@@ -1564,6 +1619,24 @@ TEST_F(LeasesTest, ForgedCoordinationFramesAreAnsweredOrRejected) {
     auto* item = d->mutable_declaration()->add_items();
     item->set_sku("vase");
     item->set_units(5);
+    expect_rejected(p.SendAndFinish(f), "lost region declared");
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations")[0].as<int64_t>(), 0);
+  }
+  {  // a declaration that claims to reclaim more than the region had ever received: it would
+     // stop counting in the region's rights before its units were written off
+    test_support::ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::Frame f;
+    auto* d = f.mutable_rights()->mutable_declared();
+    d->set_region(c_->spec(kUs).replica_id);
+    d->mutable_declaration()->set_declaration_id("forged-received");
+    d->mutable_declaration()->set_declared_by(c_->spec(kEu).replica_id);
+    auto* item = d->mutable_declaration()->add_items();
+    item->set_sku("vase");
+    item->set_units(5);
+    item->set_received(4);
     expect_rejected(p.SendAndFinish(f), "lost region declared");
     pqxx::connection conn(c_->Dsn(kAp, "global"));
     pqxx::work tx(conn);
