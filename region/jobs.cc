@@ -20,15 +20,33 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
   // after the hold takes those first, and the sweeps during the hold pass over them (they could
   // only defer them again, and the oldest 500 would hold back every newer expiry).
   const std::string pass_over_deferred = StockWritesHeld() ? "expires_at > '-infinity' AND " : "";
+  constexpr size_t kPage = 500;
+  std::optional<std::pair<std::string, std::string>> cursor;
+  {
+    std::lock_guard<std::mutex> l(sweep_mu);
+    cursor = sweep_cursor;
+  }
+  std::optional<std::pair<std::string, std::string>> last;
   absl::Status st = global->Run([&](pqxx::work& tx) {
     expired.clear();  // Run may run this again (a serialization failure)
+    last.reset();
+    const std::string after = cursor ? "(expires_at, id) > (" + tx.quote(cursor->first) +
+                                           "::timestamptz, " + tx.quote(cursor->second) + ") AND "
+                                     : "";
     for (const auto& r :
-         tx.exec("SELECT id, user_id, xmin::text FROM reservations WHERE state = 'held' AND " +
-                 pass_over_deferred + "expires_at < now() ORDER BY expires_at LIMIT 500")) {
+         tx.exec("SELECT id, user_id, xmin::text, expires_at::text FROM reservations WHERE state = "
+                 "'held' AND " +
+                 pass_over_deferred + after + "expires_at < now() ORDER BY expires_at, id LIMIT " +
+                 std::to_string(kPage))) {
       expired.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>()});
+      last.emplace(r[3].as<std::string>(), r[0].as<std::string>());
     }
   });
   if (!st.ok()) return st;
+  {
+    std::lock_guard<std::mutex> l(sweep_mu);
+    sweep_cursor = expired.size() == kPage ? last : std::nullopt;
+  }
   SweepCounts counts;
   for (const auto& entry : expired) {
     const std::string& id = entry.id;

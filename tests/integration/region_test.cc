@@ -1229,6 +1229,52 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
   EXPECT_EQ(Available("sku-5"), before5 + kDeferred);
 }
 
+// 500 expired reservations whose release fails every time do not hold back a newer expiry: each
+// sweep goes on where the last one stopped (before, every sweep took the same 500 oldest, and the
+// newer order's units stayed held for good).
+TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
+  constexpr int kStuck = 500;
+  std::string t = NewCustomer();
+  const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  {
+    // Checkouts that died half-way (no order) an hour ago, one unit of sku-5 each.
+    pqxx::connection c(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(c);
+    tx.exec0(
+        "INSERT INTO reservations (id, user_id, state, expires_at) SELECT 'stuck-' || g, "
+        "'u00000000000000000000abcd', 'held', now() - interval '1 hour' + g * interval "
+        "'1 ms' FROM generate_series(1, " +
+        std::to_string(kStuck) + ") g");
+    tx.exec0(
+        "INSERT INTO reservation_items (reservation_id, sku, units) SELECT 'stuck-' || g, "
+        "'sku-5', 1 FROM generate_series(1, " +
+        std::to_string(kStuck) + ") g");
+    tx.commit();
+  }
+  {
+    auto fault = InjectFault({{0, "global"}}, "fail_stuck_releases", Fault::kError, "UPDATE",
+                             "reservations", "NEW.id LIKE 'stuck-%'", 1'000'000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+    for (int i = 0; i < 2; ++i) {
+      auto swept = app_->SweepReservations();
+      ASSERT_TRUE(swept.ok()) << swept.status();
+    }
+    EXPECT_EQ(Order(t, id)["status"], "expired");
+    EXPECT_EQ(Available("sku-3"), before3);
+    EXPECT_EQ(Available("sku-5"), before5);
+  }
+  // Once their releases work again, the stuck ones are released too.
+  for (int i = 0; i < 5 && Available("sku-5") < before5 + kStuck; ++i) {
+    auto swept = app_->SweepReservations();
+    ASSERT_TRUE(swept.ok()) << swept.status();
+  }
+  EXPECT_EQ(Available("sku-5"), before5 + kStuck);
+}
+
 // Concurrent decrements in two regions can leave a line below zero (hidden from the customer).
 // Adding to it shows exactly what was added, not a line still hidden at -3 + 1.
 TEST_F(RegionTest, AddingToALineBelowZeroShowsWhatWasAdded) {
