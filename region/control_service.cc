@@ -551,6 +551,13 @@ class ControlService final : public pb::RegionControl::Service {
                           "TransferRights: this region does not hold its own lease (its rights "
                           "may have been reclaimed while it was away)");
     }
+    // Only to a region of this deployment that still holds its own group: units given to a
+    // region whose group was taken over (it may have been declared lost meanwhile, its rights
+    // reclaimed from a snapshot before this grant) would sit in rights nobody reclaims (review
+    // of the stock paths, 2026-12-04).
+    if (auto why = GrantDestinationRefused(req->to()); !why.empty()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "TransferRights: " + why);
+    }
     bool moved = false;
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       moved = false;
@@ -568,6 +575,24 @@ class ControlService final : public pb::RegionControl::Service {
                    app_.RegionName(req->to()), req->units());
     }
     return grpc::Status::OK;
+  }
+
+  // Why rights may not go to region `to` now (empty: they may): it is no peer of this region's
+  // config (where every peer's replica id is given), or its group is owned by another region.
+  std::string GrantDestinationRefused(uint32_t to) const {
+    const auto& peers = app_.config.peers;
+    const bool ids_known = std::all_of(peers.begin(), peers.end(),
+                                       [](const PeerRegion& p) { return p.replica_id != 0; });
+    if (ids_known && std::none_of(peers.begin(), peers.end(),
+                                  [&](const PeerRegion& p) { return p.replica_id == to; })) {
+      return absl::StrCat("replica ", to, " is no peer of this region");
+    }
+    const LeaseTable::Decision d = app_.leases->ForGroup(to);
+    if (d.owner != 0 && d.owner != to) {
+      return absl::StrCat(app_.RegionName(to), "'s group is held by ", app_.RegionName(d.owner),
+                          " (it went away): no rights go to it");
+    }
+    return "";
   }
 
   grpc::Status ReportPeerAcks(grpc::ServerContext*, const pb::ReportPeerAcksRequest* req,

@@ -461,7 +461,21 @@ struct Coordinator::Impl {
         std::lock_guard<std::mutex> l(mu);
         AdvanceSync(config.replica_id);  // a home sync held for write-offs that are done now
       }
-      for (const auto& g : grants) ExecuteGrant(g);
+      // The write-offs and announcements above can take seconds: a region that went away since
+      // the grants were decided (its group taken over, maybe declared lost) gets none of them.
+      std::set<RegionId> away;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        away = Away(lm->Views());
+      }
+      for (const auto& g : grants) {
+        if (away.count(g.to) > 0) {
+          spdlog::info("event=rights_grant_dropped sku={} to={} units={} (it went away since)",
+                       g.sku, Name(g.to), g.units);
+          continue;
+        }
+        ExecuteGrant(g);
+      }
       RefreshViews(want);
     }
   }

@@ -2244,5 +2244,53 @@ TEST_F(LeasesTest, StaleEpochWritesAndEventsAreRefusedAndCounted) {
             1);
 }
 
+// Rights go only to a region of the deployment that still holds its own group: units given to
+// a region whose group was taken over (it may be declared lost meanwhile, from a snapshot taken
+// before the grant) would sit in rights nobody reclaims; units given to a replica id that is no
+// region could never be sold.
+TEST_F(LeasesTest, RightsAreGrantedOnlyToARegionHoldingItsOwnGroup) {
+  ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("grant"));
+  auto control = ControlOf(kUs);
+  auto set_leases = [&](uint32_t eu_owner) {
+    cpb::SetLeasesRequest req;
+    for (uint32_t group : {1u, 2u}) {
+      auto* g = req.add_groups();
+      g->set_group(group);
+      g->set_epoch(group == 2 && eu_owner != 2 ? 2 : 1);
+      g->set_owner(group == 1 ? 1 : eu_owner);
+      g->set_usable(group == 1 || eu_owner == 1);
+      g->set_valid_for_ms(60000);
+    }
+    cpb::SetLeasesResponse resp;
+    grpc::ClientContext ctx;
+    return control->SetLeases(&ctx, req, &resp);
+  };
+  auto grant = [&](uint32_t to, cpb::TransferRightsResponse* resp) {
+    cpb::TransferRightsRequest req;
+    req.set_sku("lamp");
+    req.set_to(to);
+    req.set_units(3);
+    grpc::ClientContext ctx;
+    return control->TransferRights(&ctx, req, resp);
+  };
+  ASSERT_TRUE(set_leases(2).ok());
+  Product(kUs, "lamp");
+  Restock(kUs, "lamp", 10);
+  cpb::TransferRightsResponse resp;
+  grpc::Status st = grant(200, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("no peer"), std::string::npos) << st.error_message();
+  st = grant(2, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.moved(), 3u);
+  // us-east took eu-west's group over: eu-west is away, and gets nothing more.
+  ASSERT_TRUE(set_leases(1).ok());
+  st = grant(2, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("held by us-east"), std::string::npos) << st.error_message();
+  EXPECT_EQ(Rights(kUs, "lamp", "us-east"), 7);
+  EXPECT_EQ(Rights(kUs, "lamp", "eu-west"), 3);
+}
+
 }  // namespace
 }  // namespace meridian
