@@ -154,6 +154,27 @@ std::string ProfileWriteProblem(const Json& j, const v1::OutboxRecord& rec) {
 
 absl::Status Bad(const std::string& why) { return absl::InvalidArgumentError(why); }
 
+// The most events of one replica a peer's record may claim: far beyond any real count (4.5e15
+// changes), far below the decoders' limit (2^62). Past it, this region's next change of the
+// document would take its own counter past that limit, and the stored document would no longer
+// decode (review of the stock paths, 2026-12-04: the SKU could then be neither sold nor released).
+constexpr uint64_t kMaxPeerCounter = uint64_t{1} << 52;
+
+// Empty when every counter in `seen` is within kMaxPeerCounter; else why not.
+std::string CounterPastTheLimit(const crdt::CausalContext& seen) {
+  uint64_t most = 0;
+  crdt::ReplicaId of = 0;
+  for (const auto& [replica, max] : seen.version_vector()) {
+    if (max > most) std::tie(most, of) = std::pair{max, replica};
+  }
+  for (const crdt::Dot& d : seen.cloud()) {
+    if (d.counter > most) std::tie(most, of) = std::pair{d.counter, d.replica};
+  }
+  if (most <= kMaxPeerCounter) return "";
+  return absl::StrCat("claims event ", most, " of replica ", of, ", past the limit of ",
+                      kMaxPeerCounter);
+}
+
 }  // namespace
 
 absl::Status CheckApplyCall(const v1::ApplyDeltasRequest& req, uint32_t replica_id) {
@@ -195,6 +216,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         auto c = crdt::DecodeCart(rec.payload(), replica_id);
         if (!c.ok()) return Bad(absl::StrCat("record ", rec.seq(), ": ", c.status().message()));
         if (rec.key().empty() || rec.key().size() > 64) return Bad("cart key: a user id");
+        if (auto why = CounterPastTheLimit(c->version()); !why.empty()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": cart ", why));
+        }
         p.cart = *std::move(c);
         p.shard_key = rec.key();
         break;
@@ -205,6 +229,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
           return Bad(absl::StrCat("record ", rec.seq(), ": ", inv.status().message()));
         }
         if (!services::ValidateSku(rec.key()).ok()) return Bad("inventory key: a SKU");
+        if (auto why = CounterPastTheLimit(inv->version()); !why.empty()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": inventory ", why));
+        }
         for (const auto& [sku, counter] : inv->items()) {
           if (sku != rec.key()) return Bad("inventory delta names another SKU than its key");
           // Stock rights belong to regions (replica ids 1..255): units of any other id could

@@ -118,6 +118,21 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              crdt::Encode(*crdt::Inventory(1000).Restock("sku-1", 5)));
        },
        "no region"},
+      {"stock claiming events past any real count",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(1)->set_payload(crdt::Encode(crdt::Inventory::FromParts(
+             {}, crdt::CausalContext::FromParts({{kSelf, (uint64_t{1} << 52) + 1}}, {}))));
+       },
+       "past the limit"},
+      {"a cart claiming events past any real count",
+       [](v1::ApplyDeltasRequest& r) {
+         const crdt::Cart cart = crdt::Cart(1).Add("sku-1", 2);
+         auto state = cart.state();
+         state.ctx.Insert(crdt::Dot{kSelf, (uint64_t{1} << 52) + 1});
+         r.mutable_records(0)->set_payload(crdt::Encode(
+             crdt::Cart::FromParts(std::move(state), cart.currency_field(), cart.note_field())));
+       },
+       "past the limit"},
       {"product hlc",
        [](v1::ApplyDeltasRequest& r) {
          r.mutable_records(2)->set_payload(
