@@ -800,10 +800,7 @@ class ControlService final : public pb::RegionControl::Service {
           "RecordLostDeclaration: another region's declaration against a third is required");
     }
     for (const auto& i : d.items()) {
-      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-          i.units() > crdt::BoundedCounter::kMaxUnits ||
-          (i.received() != 0 &&
-           (i.received() < i.units() || i.received() > crdt::BoundedCounter::kMaxTotal))) {
+      if (!services::ValidReclaimedItem(i.sku(), i.units(), i.received())) {
         return Invalid("RecordLostDeclaration: malformed item");
       }
     }
@@ -846,8 +843,8 @@ class ControlService final : public pb::RegionControl::Service {
     }
     std::set<std::string_view> skus;
     for (const auto& i : d.items()) {
-      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-          i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second) {
+      if (!services::ValidReclaimedItem(i.sku(), i.units(), i.received()) ||
+          !skus.insert(i.sku()).second) {
         return Invalid("RetireRights: malformed or repeated item");
       }
     }
@@ -969,8 +966,7 @@ class ControlService final : public pb::RegionControl::Service {
     }
     std::map<std::string, uint64_t> written_off;
     for (const auto& i : req->written_off()) {
-      if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-          i.units() > crdt::BoundedCounter::kMaxUnits ||
+      if (!services::ValidReclaimedItem(i.sku(), i.units()) ||
           !written_off.emplace(i.sku(), i.units()).second) {
         return Invalid("SettleLostDeclaration: malformed written-off item");
       }

@@ -83,8 +83,7 @@ pb::Frame ToFrame(const RightsMessage& m) {
 }
 
 // A declaration as the region that stores it takes it (RegionControl.RetireRights): an id, a
-// declarer, and items of distinct valid SKUs with 1..2^40 units, each received figure unknown (0)
-// or at least its units (the declaration reclaimed part of what the region had received). Checked
+// declarer, and items of distinct SKUs, each well formed (services::ValidReclaimedItem). Checked
 // up front, so that a frame carrying several (a takeover sync's reply) is refused before any is
 // written off, not after the first few. In that reply its declarer may be any region (the replier's
 // records of others'); in a write-off or a declaration frame it must be the sender (CheckFrame).
@@ -95,10 +94,8 @@ bool WellFormed(const pb::RightsRetire& r) {
   }
   std::set<std::string_view> skus;
   for (const auto& i : r.items()) {
-    if (!services::ValidateSku(i.sku()).ok() || i.units() == 0 ||
-        i.units() > crdt::BoundedCounter::kMaxUnits || !skus.insert(i.sku()).second ||
-        (i.received() != 0 &&
-         (i.received() < i.units() || i.received() > crdt::BoundedCounter::kMaxTotal))) {
+    if (!services::ValidReclaimedItem(i.sku(), i.units(), i.received()) ||
+        !skus.insert(i.sku()).second) {
       return false;
     }
   }

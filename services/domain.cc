@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
+#include "crdt/bounded_counter.h"
 
 namespace meridian::services {
 
@@ -62,6 +63,12 @@ absl::Status ValidateSku(std::string_view sku) {
     }
   }
   return absl::OkStatus();
+}
+
+bool ValidReclaimedItem(std::string_view sku, uint64_t units, uint64_t received) {
+  using crdt::BoundedCounter;
+  return ValidateSku(sku).ok() && units > 0 && units <= BoundedCounter::kMaxUnits &&
+         (received == 0 || (received >= units && received <= BoundedCounter::kMaxTotal));
 }
 
 absl::Status ValidateEmail(std::string_view email) {

@@ -22,6 +22,11 @@ inline int32_t ShardForUser(std::string_view user_id, int32_t shards) {
 
 // Field validators: OK or InvalidArgument naming the field.
 absl::Status ValidateSku(std::string_view sku);
+// An item of a declaration that a region is lost (its rights reclaimed in one SKU), or of its
+// write-off: a valid SKU, 1..2^40 units, and `received` (the lost region's rights ever received
+// in the SKU, as the declarer saw them) unknown (0) or at least the units, at most what a
+// bounded counter can hold.
+bool ValidReclaimedItem(std::string_view sku, uint64_t units, uint64_t received = 0);
 absl::Status ValidateEmail(std::string_view email);
 absl::Status ValidatePassword(std::string_view password);
 absl::Status ValidateResidency(std::string_view residency);  // "any" or [a-z]{2,16}

@@ -94,6 +94,18 @@ TEST(Domain, PathStepSkusEmptyDomainLabelsAndDashOnlyCategoriesAreRefused) {
   EXPECT_TRUE(ValidateCategoryId("home-garden").ok());
 }
 
+TEST(Domain, ReclaimedItems) {
+  constexpr uint64_t kMaxUnits = uint64_t{1} << 40;
+  EXPECT_TRUE(ValidReclaimedItem("vase", 5));
+  EXPECT_TRUE(ValidReclaimedItem("vase", 5, 5));
+  EXPECT_TRUE(ValidReclaimedItem("vase", kMaxUnits, kMaxUnits * 256));
+  EXPECT_FALSE(ValidReclaimedItem("..", 5));
+  EXPECT_FALSE(ValidReclaimedItem("vase", 0));
+  EXPECT_FALSE(ValidReclaimedItem("vase", kMaxUnits + 1));
+  EXPECT_FALSE(ValidReclaimedItem("vase", 5, 4));  // reclaimed more than it had received
+  EXPECT_FALSE(ValidReclaimedItem("vase", 5, kMaxUnits * 256 + 1));
+}
+
 TEST(Domain, SandboxCards) {
   EXPECT_TRUE(ValidateCardNumber("4242424242424242").ok());
   EXPECT_FALSE(ValidateCardNumber("4242424242424241").ok());
