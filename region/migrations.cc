@@ -225,6 +225,13 @@ CREATE TABLE restock_requests (
 -- on rows made before: those keep the rule of being counted until announced.
 ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL OR received >= units);
 )sql"},
+    {17, "outbox_residency_required",
+     R"sql(
+-- Every outbox record names its residency: a write that forgot it would otherwise have shipped a
+-- pinned customer's record to every region, with no error (residency review, 2026-12-04).
+-- Products and stock are written 'any' explicitly.
+ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
+)sql"},
 };
 
 const std::vector<Migration> kShard = {
@@ -342,6 +349,13 @@ CREATE TABLE orders_void (
   order_id  text PRIMARY KEY,
   voided_at timestamptz NOT NULL DEFAULT now()
 );
+)sql"},
+    {13, "outbox_residency_required",
+     R"sql(
+-- Every outbox record names its residency: a write that forgot it would otherwise have shipped a
+-- pinned customer's record to every region, with no error (residency review, 2026-12-04).
+-- Products and stock are written 'any' explicitly.
+ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
 )sql"},
 };
 

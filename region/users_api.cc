@@ -333,11 +333,11 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
                {"currency", *currency},
                {"hlc", ts.value},
                {"origin", config.replica_id}};
-    tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (" +
+    tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
              tx.quote(config.replica_id) + ", 'product', " + tx.quote(sku) + ", " +
              tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.dump().data()),
                           delta.dump().size()) +
-             ")");
+             ", 'any')");
   });
   if (!st.ok()) return ProblemFromStatus(st);
   (void)redis->Del("product:" + sku);
@@ -374,9 +374,9 @@ std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt:
   return "INSERT INTO inventory (sku, state) VALUES (" + tx.quote(sku) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
          ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now();" +
-         "INSERT INTO outbox (origin, kind, key, payload) VALUES (" + tx.quote(origin) +
+         "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
          ", 'inventory', " + tx.quote(sku) + ", " +
-         tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ");";
+         tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", 'any');";
 }
 
 void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,

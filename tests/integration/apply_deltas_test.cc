@@ -623,6 +623,19 @@ TEST_F(ApplyDeltasTest, StockThatArrivesBeforeItsProductIsNeitherShownNorSoldFor
 namespace meridian::region {
 namespace {
 
+// An outbox record must name its residency: a write that forgot it fails, rather than ship a
+// pinned customer's record everywhere as 'any'.
+TEST_F(ApplyDeltasTest, AnOutboxRecordWithoutAResidencyIsRefused) {
+  for (const char* db : {"global", "shard0", "shard1"}) {
+    pqxx::connection c(us_->pg->ConnectionString(db));
+    pqxx::work tx(c);
+    EXPECT_THROW(
+        tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (1, 'cart', 'k', 'x')"),
+        pqxx::not_null_violation)
+        << db;
+  }
+}
+
 // The case that sank a naive snapshot check: the transaction holding the lower seq has the
 // higher xid, and no transaction with a higher xid has completed, so it is not in the snapshot's
 // list of running transactions at all (it is at or above xmax).
@@ -633,7 +646,8 @@ TEST_F(ApplyDeltasTest, PollOutboxWaitsForALowerSeqHeldByAYoungerTransaction) {
   older.exec("SELECT pg_current_xact_id()");
   younger.exec("SELECT pg_current_xact_id()");
   const char* insert =
-      "INSERT INTO outbox (origin, kind, key, payload) VALUES (1, 'cart', 'k', 'x') RETURNING seq";
+      "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'k', 'x', "
+      "'any') RETURNING seq";
   int64_t low = younger.exec1(insert)[0].as<int64_t>();
   int64_t high = older.exec1(insert)[0].as<int64_t>();
   ASSERT_LT(low, high);
@@ -684,8 +698,8 @@ TEST_F(ApplyDeltasTest, PollOutboxNeverSkipsARowThatCommitsLate) {
         if (rng() % 2 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 10));
         std::vector<int64_t> seqs;
         for (int n = 1 + static_cast<int>(rng() % 3); n > 0; --n) {
-          seqs.push_back(tx.exec1("INSERT INTO outbox (origin, kind, key, payload) VALUES (1, "
-                                  "'cart', 'k', 'x') RETURNING seq")[0]
+          seqs.push_back(tx.exec1("INSERT INTO outbox (origin, kind, key, payload, residency) "
+                                  "VALUES (1, 'cart', 'k', 'x', 'any') RETURNING seq")[0]
                              .as<int64_t>());
           if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 30));
         }

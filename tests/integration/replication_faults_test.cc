@@ -133,8 +133,10 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
                        {"currency", "USD"},
                        {"hlc", uint64_t{1000} + static_cast<uint64_t>(i)},
                        {"origin", 2}};
-      tx.exec0("INSERT INTO outbox (origin, kind, key, payload) VALUES (2, 'product', " +
-               tx.quote(sku) + ", convert_to(" + tx.quote(write.dump()) + ", 'UTF8'))");
+      tx.exec0(
+          "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (2, "
+          "'product', " +
+          tx.quote(sku) + ", convert_to(" + tx.quote(write.dump()) + ", 'UTF8'), 'any')");
     }
     tx.commit();
   };
