@@ -511,6 +511,20 @@ struct Replicator::Impl {
     auto ctx = RegionCtx(5000);
     grpc::Status s = region->GetStatus(ctx.get(), req, &resp);
     if (!s.ok()) return RegionError(s, "GetStatus");
+    // The region server must be the one this replicator is configured as: the jurisdiction
+    // decides which records go to and come from each peer (residency), the replica id names the
+    // records. A hand-edited config that disagrees streams nothing, rather than apply one
+    // jurisdiction's rules to another's customers (residency review, 2026-12-04).
+    if (resp.region() != config.region || resp.jurisdiction() != config.jurisdiction ||
+        resp.replica_id() != config.replica_id) {
+      const std::string why = absl::StrCat(
+          "the region server is ", resp.region(), " (jurisdiction ", resp.jurisdiction(),
+          ", replica id ", resp.replica_id(), ") but this replicator is configured as ",
+          config.region, " (jurisdiction ", config.jurisdiction, ", replica id ", config.replica_id,
+          "): no stream until the two configs agree");
+      spdlog::error("event=region_config_mismatch error=\"{}\"", why);
+      return absl::FailedPreconditionError(why);
+    }
     std::vector<std::pair<std::string, std::string>> dbs;
     for (const auto& d : resp.databases()) {
       if (d.stream().empty()) return absl::UnavailableError("region GetStatus: no stream names");

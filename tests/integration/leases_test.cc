@@ -2302,5 +2302,46 @@ TEST_F(LeasesTest, RightsAreGrantedOnlyToARegionHoldingItsOwnGroup) {
   EXPECT_EQ(Rights(kUs, "lamp", "eu-west"), 3);
 }
 
+// A region server whose config names another jurisdiction than its replicator's (and its peers'
+// view of it) makes the replicator stream nothing, and say why: it would apply one
+// jurisdiction's residency rules to another's customers. Once the configs agree, it streams.
+// (Its peers already refuse a replicator whose hello disagrees with their own config.)
+TEST_F(LeasesTest, ARegionConfiguredForAnotherJurisdictionThanItsReplicatorStreamsNothing) {
+  ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("mismatch"));
+  const std::string path = c_->region_config(kEu);
+  std::string yaml;
+  {
+    std::ifstream in(path);
+    yaml.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto restart_with = [&](const std::string& text) {
+    ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+    ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+    {
+      std::ofstream out(path, std::ios::trunc);
+      out << text;
+    }
+    ASSERT_TRUE(c_->StartRegionServer(kEu).ok());
+    ASSERT_TRUE(c_->StartReplicator(kEu, /*await_streams=*/false).ok());
+  };
+  const std::string right = "name: eu-west, jurisdiction: eu,";
+  const size_t at = yaml.find(right);
+  ASSERT_NE(at, std::string::npos) << yaml;
+  ASSERT_NO_FATAL_FAILURE(restart_with(
+      std::string(yaml).replace(at, right.size(), "name: eu-west, jurisdiction: us,")));
+  EXPECT_TRUE(
+      Eventually([&] { return ReplicatorLogged(kEu, "event=region_config_mismatch"); }, 20));
+  Response put = Request(c_->http_port(kUs), "PUT", "/v1/admin/products/kettle",
+                         Json{{"name", "Kettle"}, {"price_cents", 1000}}.dump(),
+                         {{"Authorization", Operator()}});
+  ASSERT_TRUE(put.status == 200 || put.status == 201) << put.body;
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(Request(c_->http_port(kEu), "GET", "/v1/products/kettle").status, 404)
+      << "a replicator whose config disagrees with its region server's streamed";
+  ASSERT_NO_FATAL_FAILURE(restart_with(yaml));
+  EXPECT_TRUE(Eventually(
+      [&] { return Request(c_->http_port(kEu), "GET", "/v1/products/kettle").status == 200; }, 20));
+}
+
 }  // namespace
 }  // namespace meridian

@@ -96,6 +96,8 @@ class Cluster {
 
   // Where a region's replicator logs (kept across its restarts: each start appends).
   [[nodiscard]] std::string replicator_log(size_t i) const;
+  // A region server's config file, read at each start (a test may edit it in between).
+  [[nodiscard]] std::string region_config(size_t i) const { return regions_[i]->region_yaml; }
   // The Prometheus text of a region's replicator.
   [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
   // One sample of it, named with its labels as the page prints them
