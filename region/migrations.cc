@@ -21,6 +21,13 @@ CREATE TABLE outbox (
 );
 )sql";
 
+// Every outbox record names its residency: a write that forgot it would otherwise have shipped a
+// pinned customer's record to every region, with no error (residency review, 2026-12-04).
+// Products and stock are written 'any' explicitly. (Global migration 17, shard migration 13.)
+constexpr const char* kOutboxResidencyRequired = R"sql(
+ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
+)sql";
+
 // Per peer stream (origin replica, origin database): the highest seq applied to this database.
 constexpr const char* kReplicationApplied = R"sql(
 CREATE TABLE replication_applied (
@@ -225,13 +232,7 @@ CREATE TABLE restock_requests (
 -- on rows made before: those keep the rule of being counted until announced.
 ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL OR received >= units);
 )sql"},
-    {17, "outbox_residency_required",
-     R"sql(
--- Every outbox record names its residency: a write that forgot it would otherwise have shipped a
--- pinned customer's record to every region, with no error (residency review, 2026-12-04).
--- Products and stock are written 'any' explicitly.
-ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
-)sql"},
+    {17, "outbox_residency_required", kOutboxResidencyRequired},
 };
 
 const std::vector<Migration> kShard = {
@@ -350,13 +351,7 @@ CREATE TABLE orders_void (
   voided_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
-    {13, "outbox_residency_required",
-     R"sql(
--- Every outbox record names its residency: a write that forgot it would otherwise have shipped a
--- pinned customer's record to every region, with no error (residency review, 2026-12-04).
--- Products and stock are written 'any' explicitly.
-ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
-)sql"},
+    {13, "outbox_residency_required", kOutboxResidencyRequired},
 };
 
 }  // namespace

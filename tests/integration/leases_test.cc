@@ -339,6 +339,13 @@ class LeasesTest : public ::testing::Test {
     ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
     ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
   }
+  // us-east's database refuses to record a write-off (or a settle's answer) while the result
+  // lives: its RetireRights fails.
+  std::unique_ptr<test_support::DbFault> UsEastCannotWriteOff(const std::string& name) {
+    return std::make_unique<test_support::DbFault>(std::vector<std::string>{c_->Dsn(kUs, "global")},
+                                                   name, test_support::DbFault::Kind::kError,
+                                                   "INSERT", "rights_retired", "true", 1'000'000);
+  }
   // ap-south's database refuses to record declarations while the result lives.
   std::unique_ptr<test_support::DbFault> ApSouthCannotRecordDeclarations() {
     return std::make_unique<test_support::DbFault>(
@@ -1024,9 +1031,7 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   // counts the reclaimed units as its own, so it is tried again every tick (not only when a
   // stream next comes up), and us-east spends no rights: its own lease stays unusable, so it
   // neither sells (503) nor grants to ap-south, which has none (409).
-  auto retire_fault = std::make_unique<test_support::DbFault>(
-      std::vector<std::string>{c_->Dsn(kUs, "global")}, "retire_fault",
-      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
+  auto retire_fault = UsEastCannotWriteOff("retire_fault");
   // us-east returns: it writes off the 30 reclaimed units; every region ends with 0 available
   // (40 restocked, 40 sold) and us-east holds no rights.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
@@ -1071,9 +1076,7 @@ TEST_F(LeasesTest, ARegionLostAgainBeforeItsWriteOffArrivedIsNotReclaimedTwice) 
   ASSERT_EQ(d1.status, 200) << d1.body;
   EXPECT_EQ(Json::parse(d1.body).value("reclaimed_units", 0), 30) << d1.body;
   ASSERT_TRUE(Eventually([&] { return Rights(kEu, "jug", "eu-west") == 40; }, 20));
-  auto retire_fault = std::make_unique<test_support::DbFault>(
-      std::vector<std::string>{c_->Dsn(kUs, "global")}, "retire_fault",
-      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
+  auto retire_fault = UsEastCannotWriteOff("retire_fault");
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return ReplicatorLogged(kUs, "event=rights_retire_failed"); }, 20));
@@ -1335,9 +1338,7 @@ TEST_F(LeasesTest, APendingDeclarationIsVoidOnceItsRegionIsBack) {
   Response d = DeclareUsLost(kEu);
   ASSERT_EQ(d.status, 503) << d.body;
   // At first us-east's database cannot record its answer: eu-west asks again until it gets one.
-  auto answer_fault = std::make_unique<test_support::DbFault>(
-      std::vector<std::string>{c_->Dsn(kUs, "global")}, "answer_fault",
-      test_support::DbFault::Kind::kError, "INSERT", "rights_retired", "true", 1'000'000);
+  auto answer_fault = UsEastCannotWriteOff("answer_fault");
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
   ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));

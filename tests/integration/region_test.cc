@@ -288,6 +288,21 @@ class RegionTest : public ::testing::Test {
     ASSERT_EQ(rec.status, 200);
     EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
   }
+  // `n` checkouts that died half-way (a reservation, no order) an hour ago, one unit of sku-5
+  // each, with ids `prefix`1..n.
+  static void InsertDeadCheckouts(const std::string& prefix, int n) {
+    pqxx::connection c(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(c);
+    tx.exec0("INSERT INTO reservations (id, user_id, state, expires_at) SELECT " +
+             tx.quote(prefix) +
+             " || g, 'u00000000000000000000abcd', 'held', now() - interval '1 hour' + g * "
+             "interval '1 ms' FROM generate_series(1, " +
+             std::to_string(n) + ") g");
+    tx.exec0("INSERT INTO reservation_items (reservation_id, sku, units) SELECT " +
+             tx.quote(prefix) + " || g, 'sku-5', 1 FROM generate_series(1, " + std::to_string(n) +
+             ") g");
+    tx.commit();
+  }
   // Holds the region's stock changes for `awaits` (as a rebuilt region's replicator does for the
   // peers it has not heard); an empty list ends the hold. Whether the call succeeded.
   static bool HoldStock(const std::vector<std::string>& awaits) {
@@ -1194,22 +1209,8 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
   ASSERT_TRUE(HoldStock({"eu-west"}));
-  {
-    // Checkouts that died half-way (no order) an hour ago, one unit of sku-5 each: the sweep
-    // releases them, deferred while stock is held.
-    pqxx::connection c(pgs_[0]->ConnectionString("global"));
-    pqxx::work tx(c);
-    tx.exec0(
-        "INSERT INTO reservations (id, user_id, state, expires_at) SELECT 'stale-' || g, "
-        "'u00000000000000000000abcd', 'held', now() - interval '1 hour' + g * interval "
-        "'1 ms' FROM generate_series(1, " +
-        std::to_string(kDeferred) + ") g");
-    tx.exec0(
-        "INSERT INTO reservation_items (reservation_id, sku, units) SELECT 'stale-' || g, "
-        "'sku-5', 1 FROM generate_series(1, " +
-        std::to_string(kDeferred) + ") g");
-    tx.commit();
-  }
+  // The sweep releases them, deferred while stock is held.
+  InsertDeadCheckouts("stale-", kDeferred);
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   for (int i = 0; i < 2; ++i) {
     auto swept = app_->SweepReservations();
@@ -1240,21 +1241,7 @@ TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
-  {
-    // Checkouts that died half-way (no order) an hour ago, one unit of sku-5 each.
-    pqxx::connection c(pgs_[0]->ConnectionString("global"));
-    pqxx::work tx(c);
-    tx.exec0(
-        "INSERT INTO reservations (id, user_id, state, expires_at) SELECT 'stuck-' || g, "
-        "'u00000000000000000000abcd', 'held', now() - interval '1 hour' + g * interval "
-        "'1 ms' FROM generate_series(1, " +
-        std::to_string(kStuck) + ") g");
-    tx.exec0(
-        "INSERT INTO reservation_items (reservation_id, sku, units) SELECT 'stuck-' || g, "
-        "'sku-5', 1 FROM generate_series(1, " +
-        std::to_string(kStuck) + ") g");
-    tx.commit();
-  }
+  InsertDeadCheckouts("stuck-", kStuck);
   {
     auto fault = InjectFault({{0, "global"}}, "fail_stuck_releases", Fault::kError, "UPDATE",
                              "reservations", "NEW.id LIKE 'stuck-%'", 1'000'000);
