@@ -154,6 +154,17 @@ class RegionTest : public ::testing::Test {
     return Request(port_, method, target, body, extra);
   }
 
+  // An order of `quantity` units of `sku` left unpaid (the customer's cart is empty before); its
+  // id, or "" with a test failure.
+  static std::string UnpaidOrder(const std::string& token, const std::string& sku, int quantity) {
+    Response add =
+        As(token, "POST", "/v1/cart/items", Json{{"sku", sku}, {"quantity", quantity}}.dump());
+    EXPECT_EQ(add.status, 200) << add.body;
+    Response o = As(token, "POST", "/v1/checkout");
+    EXPECT_EQ(o.status, 201) << o.body;
+    return o.status == 201 ? Json::parse(o.body)["order_id"].get<std::string>() : "";
+  }
+
   // A paid order of `quantity` units of `sku` (the customer's cart is empty before); its id, or
   // "" with a test failure.
   static std::string PaidOrder(const std::string& token, const std::string& sku, int quantity) {
@@ -1204,10 +1215,8 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
   constexpr int kDeferred = 501;
   std::string t = NewCustomer();
   const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = UnpaidOrder(t, "sku-3", 1);
+  ASSERT_FALSE(id.empty());
   ASSERT_TRUE(HoldStock({"eu-west"}));
   // The sweep releases them, deferred while stock is held.
   InsertDeadCheckouts("stale-", kDeferred);
@@ -1237,10 +1246,8 @@ TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
   constexpr int kStuck = 500;
   std::string t = NewCustomer();
   const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = UnpaidOrder(t, "sku-3", 1);
+  ASSERT_FALSE(id.empty());
   InsertDeadCheckouts("stuck-", kStuck);
   {
     auto fault = InjectFault({{0, "global"}}, "fail_stuck_releases", Fault::kError, "UPDATE",
