@@ -23,6 +23,7 @@
 #include "region/app.h"
 #include "region/config.h"
 #include "region/internal.grpc.pb.h"
+#include "region/pg_pool.h"
 #include "services/auth.h"
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
@@ -1706,6 +1707,38 @@ TEST_F(RegionTest, RateLimitedPerClient) {
   }
   EXPECT_EQ(Request(port, "GET", "/v1/products/sku-1").status, 429);
   app->Stop();
+}
+
+// A pool opens all its connections at the start, several at once. One it cannot open fails the
+// whole pool, with the database's reason, and none of those it did open stays behind.
+TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
+  const std::string dsn = pgs_[1]->ConnectionString("shard1");
+  pqxx::connection watcher(dsn);
+  auto backends = [&] {
+    pqxx::nontransaction q(watcher);
+    return q
+        .exec1(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shard1' AND pid <> "
+            "pg_backend_pid()")[0]
+        .as<int>();
+  };
+  const int before = backends();
+  {
+    auto pool = PgPool::Create({"shard-1", dsn, 7});
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    EXPECT_EQ(backends(), before + 7);
+    EXPECT_EQ((*pool)->size(), 7);
+    EXPECT_TRUE((*pool)->Ping());
+  }
+  EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
+  // More connections than the server takes (max_connections is 100 there).
+  auto too_many = PgPool::Create({"shard-1", dsn, 120});
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kUnavailable) << too_many.status();
+  EXPECT_TRUE(IsDatabaseError(too_many.status()));
+  EXPECT_NE(too_many.status().message().find("too many clients"), std::string::npos)
+      << too_many.status();
+  EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
 }
 
 TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
