@@ -146,9 +146,6 @@ absl::Status Cluster::Build() {
     auto pg = PostgresServer::Start({.name = s.name, .max_connections = 120});
     if (!pg.ok()) return pg.status();
     r->pg = *std::move(pg);
-    for (const char* db : {"global", "shard0", "shard1"}) {
-      if (auto st = r->pg->CreateDatabase(db); !st.ok()) return st;
-    }
     auto redis = RedisServer::Start({.name = s.name});
     if (!redis.ok()) return redis.status();
     r->redis = *std::move(redis);
@@ -163,6 +160,24 @@ absl::Status Cluster::Build() {
       if (p == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
     }
     regions_.push_back(std::move(r));
+  }
+  // Each region's databases, the regions side by side (CREATE DATABASE copies template1 and
+  // waits on the disk; no process is spawned here, so other threads may do it).
+  {
+    std::vector<absl::Status> created(regions_.size());
+    std::vector<std::thread> creators;
+    for (size_t i = 0; i < regions_.size(); ++i) {
+      creators.emplace_back([this, i, &created] {
+        for (const char* db : {"global", "shard0", "shard1"}) {
+          created[i] = regions_[i]->pg->CreateDatabase(db);
+          if (!created[i].ok()) return;
+        }
+      });
+    }
+    for (std::thread& t : creators) t.join();
+    for (const absl::Status& st : created) {
+      if (!st.ok()) return st;
+    }
   }
   // Links: the lower replica id dials, through a delaying proxy in front of the higher one.
   for (size_t a = 0; a < regions_.size(); ++a) {
@@ -277,11 +292,19 @@ absl::Status Cluster::Build() {
     if (auto st = WriteFile(witness_yaml_, wy); !st.ok()) return st;
     if (auto st = StartWitness(); !st.ok()) return st;
   }
+  // The regions start side by side: every process is spawned before any is waited for (from
+  // this thread, which the processes' lifetime is tied to; see Process).
   for (size_t i = 0; i < regions_.size(); ++i) {
-    if (auto st = StartRegionServer(i); !st.ok()) return st;
+    if (auto st = SpawnRegionServer(i); !st.ok()) return st;
   }
   for (size_t i = 0; i < regions_.size(); ++i) {
-    if (auto st = StartReplicator(i); !st.ok()) return st;
+    if (auto st = AwaitRegionServer(i); !st.ok()) return st;
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    if (auto st = SpawnReplicator(i); !st.ok()) return st;
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    if (auto st = AwaitReplicator(i, /*await_streams=*/true); !st.ok()) return st;
   }
   // New databases: each region takes cart and stock changes once its replicator has heard from
   // the peers (they could hold records of an earlier life of it).
@@ -311,12 +334,22 @@ absl::Status Cluster::KillRegionServer(size_t i) {
 }
 
 absl::Status Cluster::StartRegionServer(size_t i) {
+  if (absl::Status st = SpawnRegionServer(i); !st.ok()) return st;
+  return AwaitRegionServer(i);
+}
+
+absl::Status Cluster::SpawnRegionServer(size_t i) {
   Region& r = *regions_[i];
   auto p =
       Process::Spawn({.argv = {RegionBinary(), "--config", r.region_yaml, "--log-level", "warn"},
                       .log_path = absl::StrCat(dir_, "/", r.spec.name, "-region.log")});
   if (!p.ok()) return p.status();
   r.server = *std::move(p);
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::AwaitRegionServer(size_t i) {
+  Region& r = *regions_[i];
   return AwaitHttp(*r.server, r.http_port, "/readyz", "meridian-region " + r.spec.name);
 }
 
@@ -329,6 +362,11 @@ absl::Status Cluster::KillReplicator(size_t i) {
 }
 
 absl::Status Cluster::StartReplicator(size_t i, bool await_streams) {
+  if (absl::Status st = SpawnReplicator(i); !st.ok()) return st;
+  return AwaitReplicator(i, await_streams);
+}
+
+absl::Status Cluster::SpawnReplicator(size_t i) {
   Region& r = *regions_[i];
   const char* level = std::getenv("MERIDIAN_REPLICATOR_LOG_LEVEL");
   auto p = Process::Spawn({.argv = {ReplicatorBinary(), "--config", r.replicator_yaml,
@@ -336,6 +374,11 @@ absl::Status Cluster::StartReplicator(size_t i, bool await_streams) {
                            .log_path = replicator_log(i)});
   if (!p.ok()) return p.status();
   r.replicator = *std::move(p);
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::AwaitReplicator(size_t i, bool await_streams) {
+  Region& r = *regions_[i];
   const std::string what = "meridian-replicator " + r.spec.name;
   if (absl::Status st = AwaitHttp(*r.replicator, r.metrics_port, "/metrics", what); !st.ok()) {
     return st;

@@ -126,6 +126,11 @@ class Cluster {
 
   explicit Cluster(ClusterOptions options) : options_(std::move(options)) {}
   absl::Status Build();
+  // The halves of StartRegionServer and StartReplicator, so that Build starts regions side by side.
+  absl::Status SpawnRegionServer(size_t i);
+  absl::Status AwaitRegionServer(size_t i);
+  absl::Status SpawnReplicator(size_t i);
+  absl::Status AwaitReplicator(size_t i, bool await_streams);
 
   ClusterOptions options_;
   std::string dir_, cert_dir_;
