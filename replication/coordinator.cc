@@ -20,6 +20,7 @@
 #include "crdt/bounded_counter.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
+#include "replication/accounts.h"
 #include "replication/clock.h"
 #include "replication/lease.h"
 #include "replication/lease_frames.h"
@@ -1324,27 +1325,35 @@ struct Coordinator::Impl {
   // --- accounts ----------------------------------------------------------------------------------
   // Asks every peer heard from lately, all at once, whether it holds the account; peers not heard
   // from are reported unanswered at once (a partitioned peer would hold every login for the
-  // deadline). The answer is the lowest replica id that holds it.
+  // deadline). The answer is the holder ChooseAccountHolder ranks first (replication/accounts.h).
   void LocateAccount(const std::string& user_id, const std::string& password,
                      rpb::LocateAccountResponse* out) {
     struct Ask {
       RegionId peer = 0;
+      std::string jurisdiction;
       pb::Replication::Stub* stub = nullptr;
       grpc::ClientContext ctx;
       pb::FindAccountResponse resp;
       grpc::Status status;
     };
     std::vector<std::unique_ptr<Ask>> asks;
+    std::vector<AccountAnswer> answers;
     {
       std::lock_guard<std::mutex> l(mu);
       for (const auto& p : config.peers) {
         pb::Replication::Stub* stub = PeerStub(p.replica_id);
         if (stub == nullptr || !lm->Alive(p.replica_id)) {
           out->add_unanswered(p.replica_id);
+          answers.push_back({.peer = p.replica_id,
+                             .jurisdiction = p.jurisdiction,
+                             .answered = false,
+                             .found = false,
+                             .residency = ""});
           continue;
         }
         auto a = std::make_unique<Ask>();
         a->peer = p.replica_id;
+        a->jurisdiction = p.jurisdiction;
         a->stub = stub;
         asks.push_back(std::move(a));
       }
@@ -1375,13 +1384,32 @@ struct Coordinator::Impl {
         out->add_unanswered(a->peer);
         spdlog::info("event=account_find_unanswered peer={} code={} error=\"{}\"", Name(a->peer),
                      static_cast<int>(a->status.error_code()), a->status.error_message());
-      } else if (a->resp.found() && !out->found()) {
-        out->set_found(true);
-        out->set_region(a->peer);
-        out->set_residency(a->resp.residency());
       }
+      answers.push_back({.peer = a->peer,
+                         .jurisdiction = a->jurisdiction,
+                         .answered = a->status.ok(),
+                         .found = a->status.ok() && a->resp.found(),
+                         .residency = a->resp.residency()});
     }
-    if (!out->found() || password.empty()) return;
+    std::optional<AccountHolder> holder = ChooseAccountHolder(answers, config.jurisdiction);
+    if (!holder) return;
+    out->set_found(true);
+    out->set_region(holder->peer);
+    out->set_residency(holder->residency);
+    if (password.empty()) return;
+    if (!holder->may_check_password) {
+      // The account the customer means may be the one an unanswered peer of this jurisdiction
+      // holds: their password does not go abroad to be checked against another account of the
+      // same e-mail. The lookup is incomplete (those peers are listed unanswered).
+      spdlog::info(
+          "event=account_password_held holder={} reason=\"a peer of jurisdiction {} did "
+          "not answer\"",
+          Name(holder->peer), config.jurisdiction);
+      out->set_found(false);
+      out->set_region(0);
+      out->clear_residency();
+      return;
+    }
     // A login: its password goes to that region only, which holds the account and checks it.
     q.set_password(password);
     pb::FindAccountResponse checked;

@@ -786,6 +786,48 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
 // serving everyone else (a product page waited seconds behind the flood). At most
 // `limits.account_lookups` (4 here, the default: half the threads) lookups now wait at once;
 // the rest answer 503 at once.
+// Residency review, finding 4. One e-mail, two accounts: registered pinned to eu at eu-west while
+// eu-west was cut off, then pinned to ap at ap-south, which could not ask eu-west. Her login at
+// eu-north (which holds neither account) must not send her password to ap-south to be checked
+// against the other account: with eu-west, a region of her jurisdiction, unanswered it is 503,
+// retry shortly (it was a 401, her password having gone abroad). Once eu-west is back, her account
+// reaches eu-north and she logs in there.
+TEST_F(LeasesTest, ALoginSendsNoPasswordAbroadWhileARegionOfItsJurisdictionIsUnanswered) {
+  constexpr size_t kEuWest = 0, kEuNorth = 1, kApSouth = 2;
+  test_support::ClusterOptions o;
+  o.name = "twoeu";
+  o.regions = {{"eu-west", "eu", 1}, {"eu-north", "eu", 2}, {"ap-south", "ap", 3}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  const std::string email = "ilse@example.eu";
+  ASSERT_TRUE(c_->Partition(kEuWest).ok());
+  const std::string user = Customer(kEuWest, email, "eu").second;
+  ASSERT_FALSE(user.empty());
+  Response other =
+      Request(c_->http_port(kApSouth), "POST", "/v1/users",
+              Json{{"email", email}, {"password", "someone-elses"}, {"residency", "ap"}}.dump());
+  ASSERT_EQ(other.status, 201) << other.body;
+
+  const std::string login = Json{{"email", email}, {"password", "long-password"}}.dump();
+  Response r = Request(c_->http_port(kEuNorth), "POST", "/v1/sessions", login);
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("eu-west"), std::string::npos) << r.body;
+  EXPECT_EQ(Metric(kEuNorth, "meridian_account_lookups_total{result=\"incomplete\"}"), 1);
+
+  ASSERT_TRUE(c_->Heal(kEuWest).ok());
+  Response home;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        home = Request(c_->http_port(kEuNorth), "POST", "/v1/sessions", login);
+        return home.status == 200;
+      },
+      20))
+      << home.status << " " << home.body;
+  EXPECT_EQ(Json::parse(home.body, nullptr, false).value("residency", ""), "eu") << home.body;
+}
+
 TEST_F(LeasesTest, AFloodOfUnknownEmailsWhileAPeerCannotAnswerLeavesTheRegionServing) {
   test_support::ClusterOptions o;
   o.name = "lookups";
