@@ -56,11 +56,9 @@ std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::s
   std::string d = crdt::Encode(delta);
   return "INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
          ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
-         ", " + tx.quote(residency) + ", " + tx.quote(version) +
-         ") ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-         "EXCLUDED.version, updated_at = now();" +
-         "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
-         ", 'cart', " + tx.quote(user_id) + ", " +
+         ", " + tx.quote(residency) + ", " + tx.quote(version) + ")" + kCartUpsertConflictSql +
+         ";" + "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+         tx.quote(origin) + ", 'cart', " + tx.quote(user_id) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", " +
          tx.quote(residency) + ");";
 }

@@ -19,6 +19,18 @@ namespace meridian::region {
 // and the second upsert overwrites the first's join. Take several in key order.
 std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key);
 
+// The ON CONFLICT clause of every upsert of a cart row (`INSERT INTO carts (user_id, state,
+// residency, version) VALUES ...`): the new state and version, and a residency that only ever
+// narrows. Within a region a cart's tag is `any` or this region's jurisdiction; once a change
+// tagged with the jurisdiction is in the document, the row ships under that tag (a state
+// transfer or the survivors' exchange reads it), whoever wrote first. Two accounts can share a
+// user id (one e-mail registered in two regions that could not see each other), and the first
+// writer's `any` would otherwise carry a pinned customer's lines to every region.
+inline constexpr const char* kCartUpsertConflictSql =
+    " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version, "
+    "residency = CASE WHEN carts.residency = 'any' THEN EXCLUDED.residency ELSE carts.residency "
+    "END, updated_at = now()";
+
 // Saves the cart's state and its delta (to the outbox, tagged with `residency`).
 std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
                         const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,

@@ -954,17 +954,21 @@ class Service final : public pb::RegionInternal::Service {
       crdt::Cart cart =
           it == current.end() ? crdt::Cart(app_.config.replica_id) : std::move(it->second.first);
       int64_t version = it == current.end() ? 0 : it->second.second;
-      for (const Prepared* p : deltas) cart.Merge(*p->cart);
+      // The narrowest tag of what is merged (`any`, or this region's jurisdiction), not the
+      // last delta's: the row ships under it (kCartUpsertConflictSql narrows an existing row).
+      std::string residency = "any";
+      for (const Prepared* p : deltas) {
+        cart.Merge(*p->cart);
+        if (p->record->residency() != "any") residency = p->record->residency();
+      }
       std::string state = crdt::Encode(cart);
       values += (values.empty() ? "(" : ", (") + tx.quote(key) + ", " +
                 tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
-                ", " + tx.quote(deltas.back()->record->residency()) + ", " + tx.quote(version + 1) +
-                ")";
+                ", " + tx.quote(residency) + ", " + tx.quote(version + 1) + ")";
     }
     if (!values.empty()) {
       writes += "INSERT INTO carts (user_id, state, residency, version) VALUES " + values +
-                " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-                "EXCLUDED.version, updated_at = now();";
+                kCartUpsertConflictSql + ";";
     }
     // The rarer kinds one by one: stock documents in key order, then the rest in seq order.
     if constexpr (!kOwnTransaction) {

@@ -352,6 +352,17 @@ CREATE TABLE orders_void (
 );
 )sql"},
     {13, "outbox_residency_required", kOutboxResidencyRequired},
+    {14, "carts_residency_narrowed",
+     R"sql(
+-- A cart row kept the tag of its first writer. Under two accounts of one user id (one e-mail
+-- registered in two regions that could not see each other) an `any` first writer left a pinned
+-- customer's lines under `any`, for state transfers to ship everywhere. Rows now only narrow
+-- (region/documents.h, kCartUpsertConflictSql); rows written before narrow to their owner's
+-- profile here.
+UPDATE carts c SET residency = u.residency
+  FROM users u
+ WHERE c.user_id = u.user_id AND c.residency = 'any' AND u.residency <> 'any';
+)sql"},
 };
 
 }  // namespace

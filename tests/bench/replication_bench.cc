@@ -144,9 +144,8 @@ void Drive(const Cluster& c, size_t region, double rate, int threads, int per_tx
           }
           if (!per_change_sql) {
             writes = "INSERT INTO carts (user_id, state, residency, version) VALUES " + cart_rows +
-                     " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, version = "
-                     "EXCLUDED.version, updated_at = now(); INSERT INTO outbox (origin, kind, key, "
-                     "payload, residency) VALUES " +
+                     meridian::region::kCartUpsertConflictSql +
+                     "; INSERT INTO outbox (origin, kind, key, payload, residency) VALUES " +
                      outbox_rows + ";";
           }
           tx.exec(writes);

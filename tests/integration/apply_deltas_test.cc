@@ -20,7 +20,10 @@
 #include "crdt/codec.h"
 #include "region/app.h"
 #include "region/internal.grpc.pb.h"
+#include "region/migrations.h"
+#include "region/pg_pool.h"
 #include "services/auth.h"
+#include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_server.h"
@@ -751,6 +754,90 @@ TEST_F(ApplyDeltasTest, PollOutboxNeverSkipsARowThatCommitsLate) {
   }
   EXPECT_EQ(seen, want) << "saw " << seen.size() << " of " << want.size() << ", cursor at "
                         << cursor.after_seq() << " horizon " << cursor.gap_horizon();
+}
+
+// Residency review, finding 1. Two accounts share a user id: an `any` account of the e-mail made
+// in a third region writes the first cart line at us-west (which holds no profile of that id yet),
+// then the customer pinned to us (registered at us-east) adds hers there and at us-west. The cart
+// row at us-west held her lines under the first writer's `any`, and a state transfer or the
+// survivors' exchange (ReadState) would ship them to every region.
+class CartResidencyTest : public ApplyDeltasTest {
+ protected:
+  // A token of the `any` account: registered in a third region, never heard of here.
+  static std::string OtherAccountsToken(const std::string& user) {
+    services::TokenClaims other{user, "any",
+                                std::chrono::duration_cast<std::chrono::seconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                        .count() +
+                                    600,
+                                services::AccountStamp(1, 3)};
+    return services::IssueToken(other, "a-test-secret-shared-by-all-regions!!");
+  }
+  // What us-west would ship of `user`'s cart in a state transfer: (residency, quantity of sku-1).
+  std::vector<std::pair<std::string, int64_t>> Shipped(const std::string& user) {
+    std::vector<std::pair<std::string, int64_t>> docs;
+    for (const char* shard : {"shard-0", "shard-1"}) {
+      grpc::ClientContext ctx;
+      v1::ReadStateRequest req;
+      req.set_database(shard);
+      req.set_kind(v1::OUTBOX_KIND_CART);
+      req.add_keys(user);
+      v1::ReadStateResponse out;
+      EXPECT_TRUE(us2_->stub->ReadState(&ctx, req, &out).ok());
+      for (const auto& r : out.records()) {
+        auto cart = crdt::DecodeCart(r.payload(), 2);
+        EXPECT_TRUE(cart.ok()) << cart.status();
+        docs.emplace_back(r.residency(), cart.ok() ? cart->Quantity("sku-1") : -1);
+      }
+    }
+    return docs;
+  }
+  Response Add(Region& r, const std::string& token, int quantity) {
+    return Request(r.port(), "POST", "/v1/cart/items",
+                   Json{{"sku", "sku-1"}, {"quantity", quantity}}.dump(),
+                   {{"Authorization", "Bearer " + token}});
+  }
+};
+
+TEST_F(CartResidencyTest, APinnedCustomersLinesNeverShipUnderAnotherAccountsWiderTag) {
+  const std::string user = services::UserIdForEmail("gail@example.com");
+  ASSERT_EQ(Add(*us2_, OtherAccountsToken(user), 4).status, 200);  // the row, tagged `any`
+  ASSERT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"any", 4}}));
+  const std::string pinned = Login(*us_, "gail@example.com", "us");
+  ASSERT_EQ(Add(*us_, pinned, 1).status, 200);
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());  // her profile and her cart's delta
+  EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}))
+      << "her line would go to every region under `any`";
+  // The other account's token is refused here now that her profile is (401, another account).
+  EXPECT_EQ(Add(*us2_, OtherAccountsToken(user), 1).status, 401);
+}
+
+TEST_F(CartResidencyTest, HerOwnChangeHereNarrowsTheRowAndOldRowsNarrowAtTheMigration) {
+  const std::string user = services::UserIdForEmail("hale@example.com");
+  ASSERT_EQ(Add(*us2_, OtherAccountsToken(user), 4).status, 200);
+  const std::string pinned = Login(*us_, "hale@example.com", "us");
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());  // her profile only: no line of hers yet
+  EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"any", 4}}));
+  ASSERT_EQ(Add(*us2_, pinned, 1).status, 200);  // her own change, written here
+  EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}));
+
+  // A row written before this release, `any` under a pinned profile, narrows when shard
+  // migration 14 runs.
+  const std::string db = services::ShardForUser(user, 2) == 0 ? "shard0" : "shard1";
+  {
+    pqxx::connection c(us2_->pg->ConnectionString(db));
+    pqxx::work tx(c);
+    tx.exec0("UPDATE carts SET residency = 'any' WHERE user_id = " + tx.quote(user));
+    tx.exec0("DELETE FROM schema_migrations WHERE version = 14");
+    tx.commit();
+  }
+  EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"any", 5}}));
+  auto pool = PgPool::Create({db, us2_->pg->ConnectionString(db), 1});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  auto applied = ApplyMigrations(**pool, SchemaKind::kShard);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, std::vector<int>{14});
+  EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}));
 }
 
 }  // namespace
