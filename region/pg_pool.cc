@@ -50,6 +50,10 @@ absl::Status StatusFromPqxx(const std::exception& e, const std::string& context)
 }
 
 absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
+  if (options.size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("postgres ", options.name, ": pool size ", options.size, " is below 1"));
+  }
   std::unique_ptr<PgPool> pool(new PgPool(std::move(options)));
   // The first connection alone: a database that cannot be reached fails with one error.
   auto first = pool->Connect();

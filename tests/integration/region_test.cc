@@ -1731,6 +1731,8 @@ TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
     EXPECT_TRUE((*pool)->Ping());
   }
   EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
+  EXPECT_EQ(PgPool::Create({"shard-1", dsn, 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
   // More connections than the server takes (max_connections is 100 there).
   auto too_many = PgPool::Create({"shard-1", dsn, 120});
   ASSERT_FALSE(too_many.ok());
