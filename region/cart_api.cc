@@ -57,7 +57,7 @@ std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::s
   return "INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
          ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
          ", " + tx.quote(residency) + ", " + tx.quote(version) + ")" + kCartUpsertConflictSql +
-         ";" + "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+         "; INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
          tx.quote(origin) + ", 'cart', " + tx.quote(user_id) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", " +
          tx.quote(residency) + ");";

@@ -1343,7 +1343,6 @@ struct Coordinator::Impl {
       for (const auto& p : config.peers) {
         pb::Replication::Stub* stub = PeerStub(p.replica_id);
         if (stub == nullptr || !lm->Alive(p.replica_id)) {
-          out->add_unanswered(p.replica_id);
           answers.push_back({.peer = p.replica_id,
                              .jurisdiction = p.jurisdiction,
                              .answered = false,
@@ -1381,7 +1380,6 @@ struct Coordinator::Impl {
               [](const auto& a, const auto& b) { return a->peer < b->peer; });
     for (const auto& a : asks) {
       if (!a->status.ok()) {
-        out->add_unanswered(a->peer);
         spdlog::info("event=account_find_unanswered peer={} code={} error=\"{}\"", Name(a->peer),
                      static_cast<int>(a->status.error_code()), a->status.error_message());
       }
@@ -1390,6 +1388,9 @@ struct Coordinator::Impl {
                          .answered = a->status.ok(),
                          .found = a->status.ok() && a->resp.found(),
                          .residency = a->resp.residency()});
+    }
+    for (const AccountAnswer& a : answers) {
+      if (!a.answered) out->add_unanswered(a.peer);
     }
     std::optional<AccountHolder> holder = ChooseAccountHolder(answers, config.jurisdiction);
     if (!holder) return;
