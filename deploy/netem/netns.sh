@@ -10,18 +10,22 @@
 #   netns.sh heal      REGION|A/B [--prefix P]              restore what partition cut
 #   netns.sh set-delay A/B=MS [--prefix P]                  change a pair's one-way delay, live
 #   netns.sh set-loss  A/B=PCT [--prefix P]                 change a pair's loss (each direction), live
+#   netns.sh expose REGION --ports P1,P2,... [--prefix P]   other regions may open TCP connections
+#                      to REGION on these ports only (1..15 ports, or 'none'); the region itself
+#                      and the root namespace (operators, customers) still reach every port
 #   netns.sh status    [--prefix P]                         namespaces, links, partitions, counters
 #   netns.sh addr REGION [--prefix P]                       the region's address (10.A.B.i)
 #   netns.sh ns   REGION [--prefix P]                       the region's namespace name (P-REGION)
 #   netns.sh check     [--nfq BIN]                          can namespaces and NFQUEUE be used here?
 #
 # Names: namespace P-REGION, bridge P-br (root namespace, address 10.A.B.254), host-side veth P-vI
-# (the namespace side is eth0, address 10.A.B.(I+1)), iptables chains MERIDIAN-PART and
-# MERIDIAN-DELAY inside each namespace. P is 1..10 of [a-z0-9] starting with a letter (default
-# mer); use a unique P per concurrent user. Defaults: subnet 10.77.0, regions us-east,eu-west,
-# ap-south, delays us-east/eu-west 38, us-east/ap-south 100, eu-west/ap-south 60 ms (other pairs
-# 0), loss 0, delay applied on ingress (by source; --hook egress: by destination). State (rules,
-# pids, counters, logs) in --state DIR, default /run/meridian-netem/P.
+# (the namespace side is eth0, address 10.A.B.(I+1)), iptables chains MERIDIAN-PART,
+# MERIDIAN-DELAY and (once exposed) MERIDIAN-GUARD inside each namespace. P is 1..10 of [a-z0-9]
+# starting with a letter (default mer); use a unique P per concurrent user. Defaults: subnet
+# 10.77.0, regions us-east,eu-west,ap-south, delays us-east/eu-west 38, us-east/ap-south 100,
+# eu-west/ap-south 60 ms (other pairs 0), loss 0, delay applied on ingress (by source; --hook
+# egress: by destination). State (rules, pids, counters, logs) in --state DIR, default
+# /run/meridian-netem/P.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -37,17 +41,18 @@ NFQ=${MERIDIAN_NETEM_NFQ:-}
 DELAY_ARGS=()
 LOSS_ARGS=()
 TARGET=
+PORTS=
 
 log() { printf 'netns: %s\n' "$*"; }
 die() { printf 'netns: error: %s\n' "$*" >&2; exit 1; }
 # Bad usage exits 2, as deploy/meridian's does; 1 is a command that ran and failed.
 bad() { printf 'netns: %s\n' "$*" >&2; exit 2; }
-usage() { sed -n '2,24p' "$0"; }
+usage() { sed -n '2,28p' "$0"; }
 
 CMD=${1:-}
 [[ $# -gt 0 ]] && shift
 case "$CMD" in
-  partition | heal | set-delay | set-loss | addr | ns)
+  partition | heal | set-delay | set-loss | addr | ns | expose)
     TARGET=${1:-}
     [[ -n "$TARGET" && "$TARGET" != -* ]] || bad "$CMD needs an argument (see --help)"
     shift
@@ -67,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     --hook) HOOK=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --nfq) NFQ=$2; shift 2 ;;
+    --ports) PORTS=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) bad "unknown argument '$1' (see --help)" ;;
   esac
@@ -495,6 +501,40 @@ cmd_set() { # cmd_set delay|loss
   log "link $key: one-way delay ${PAIR_DELAY[$key]} ms, loss ${PAIR_LOSS[$key]} %"
 }
 
+# expose REGION --ports: in REGION's namespace, MERIDIAN-GUARD (first in INPUT, so a refused
+# connection never waits in the delay queue) refuses (TCP reset) every new connection from another
+# region except to the ports given. Each region's processes listen on its address, which the other
+# regions' namespaces reach over the bridge; without this a process in another region's namespace
+# could talk to the region's internal gRPC, its replicator's control port or its Redis, none of
+# which authenticate, going around the replicators' mTLS. The region's own processes (loopback)
+# and the root namespace (bridge address .254: operators, the failover controllers, customers)
+# pass. Replies to connections the region opened are not new connections and pass. Idempotent:
+# each call replaces the region's list.
+cmd_expose() {
+  need_root
+  require_state
+  local i ns p n=0
+  i=$(index_of "$TARGET") || exit 1
+  ns=$(ns_of "$i")
+  [[ -n "$PORTS" ]] || bad "expose needs --ports P1,P2,... (or --ports none)"
+  if [[ "$PORTS" != none ]]; then
+    [[ "$PORTS" =~ ^[0-9]{1,5}(,[0-9]{1,5})*$ ]] || die "--ports must be a comma-separated list of ports, got '$PORTS'"
+    for p in ${PORTS//,/ }; do
+      ((10#$p >= 1 && 10#$p <= 65535)) || die "--ports: $p is not a port (1..65535)"
+      n=$((n + 1))
+    done
+    ((n <= 15)) || die "--ports: at most 15 ports (iptables multiport), got $n"
+  fi
+  ipt "$ns" -N MERIDIAN-GUARD 2>/dev/null || true
+  ipt "$ns" -C INPUT -j MERIDIAN-GUARD 2>/dev/null || ipt "$ns" -I INPUT 1 -j MERIDIAN-GUARD
+  ipt "$ns" -F MERIDIAN-GUARD
+  ipt "$ns" -A MERIDIAN-GUARD -i lo -j RETURN
+  ipt "$ns" -A MERIDIAN-GUARD -s "$SUBNET.254/32" -j RETURN
+  [[ "$PORTS" == none ]] || ipt "$ns" -A MERIDIAN-GUARD -p tcp -m multiport --dports "$PORTS" -j RETURN
+  ipt "$ns" -A MERIDIAN-GUARD -p tcp --syn -m comment --comment "exposed:$PORTS" -j REJECT --reject-with tcp-reset
+  log "${REGIONS[$i]}: other regions may connect to ports $PORTS only"
+}
+
 cmd_status() {
   require_state
   echo "prefix $PREFIX: ${#REGIONS[@]} regions on $SUBNET.0/24 (bridge $BR at $SUBNET.254), delay on $HOOK, state $STATE"
@@ -512,6 +552,8 @@ cmd_status() {
     if [[ "$st" == up && $(id -u) -eq 0 ]]; then
       parts=$(ipt "$ns" -S MERIDIAN-PART 2>/dev/null | sed -n 's/.*partition:\([^ "]*\).*/\1/p' | sort -u | tr '\n' ' ')
       [[ -n "$parts" ]] && echo "    partitioned: $parts"
+      p=$(ipt "$ns" -S MERIDIAN-GUARD 2>/dev/null | sed -n 's/.*exposed:\([^ "]*\).*/\1/p' | head -1 || true)
+      if [[ -n "$p" ]]; then echo "    to other regions: TCP ports $p only"; else echo "    to other regions: every port (not exposed)"; fi
     fi
   done
   for p in $(printf '%s\n' "${!PAIR_DELAY[@]}" | sort); do
@@ -551,5 +593,6 @@ case "$CMD" in
   addr) require_state; addr_of "$(index_of "$TARGET")" ;;
   ns) require_state; index_of "$TARGET" >/dev/null; echo "$PREFIX-$TARGET" ;;
   check) cmd_check ;;
+  expose) cmd_expose ;;
   *) bad "unknown command '$CMD' (see --help)" ;;
 esac

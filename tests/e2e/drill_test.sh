@@ -9,7 +9,9 @@
 #     oversell (scarce SKUs sold out across the kill), no sync-peer acknowledged order missing at
 #     the survivors while the region is away, the region back (ready, caught up, lease and DNS
 #     home), sampled carts identical in every region, and the survivors compared their marks of
-#     the lost region (the report notes what each sent the other).
+#     the lost region (the report notes what each sent the other);
+#   - in namespaces, another region reaches eu-west only on its HTTP and replicator ports: its
+#     internal gRPC, the replicator's control port and Redis refuse it, the root namespace not.
 # Timing targets (detection, DNS switch, takeover, error rate) are measured and printed but do not
 # fail the test: on a shared 2-core CI machine (and under the sanitizers) they measure the machine
 # as much as the system; the demo's drill and drills/ hold the figures. The invariants must hold
@@ -63,6 +65,27 @@ bash "$ROOT/deploy/meridian" up --data "$DATA" --regions 3 --durability sync-pee
   { tail -n 30 "$DATA/up.log" >&2; fail "deploy/meridian up failed"; }
 [[ -f "$DATA/geo/ports.env" ]] || fail "deploy/meridian up started no GeoDNS ($DATA/geo/ports.env)"
 echo "up in $(( $(date +%s) - start )) s ($(grep -o 'links: [a-z]*' "$DATA/up.log" | head -1))"
+
+envval() { sed -n "s/^$2=//p" "$1" | head -1; }
+if [[ "$(envval "$DATA/cluster.env" LINKS_MODE)" == netns ]]; then
+  NSP=$(envval "$DATA/cluster.env" NETNS_PREFIX)
+  EU=$(envval "$DATA/cluster.env" NETNS_SUBNET).2
+  E=$DATA/eu-west/ports.env
+  # reach NS PORT: "ok" or the connect's error, from NS (root: the root namespace).
+  reach() {
+    local x=(); [[ "$1" == root ]] || x=(ip netns exec "$NSP-$1")
+    "${x[@]}" timeout 2 bash -c "exec 3<>/dev/tcp/$EU/$2 && echo ok" 2>&1 | tail -1 || true
+  }
+  for p in HTTP_PORT REPL_PORT; do
+    [[ "$(reach us-east "$(envval "$E" $p)")" == ok ]] || fail "us-east cannot reach eu-west's $p"
+  done
+  for p in GRPC_PORT CONTROL_PORT ADMIN_PORT REDIS_PORT PG_PORT_0; do
+    r=$(reach ap-south "$(envval "$E" $p)")
+    [[ "$r" == *"Connection refused"* ]] || fail "ap-south reached eu-west's $p ($r): want refused"
+    [[ "$(reach root "$(envval "$E" $p)")" == ok ]] || fail "the root namespace cannot reach eu-west's $p"
+  done
+  echo "another region reaches eu-west on HTTP and the replicator's port only (internal gRPC, control, admin, Redis, PostgreSQL refused)"
+fi
 
 echo "== drill"
 rc=0

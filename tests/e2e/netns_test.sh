@@ -6,6 +6,8 @@
 #   - a loss setting drops about that share in each direction;
 #   - a partition blocks TCP between regions (customers in the root namespace still get through),
 #     a pair partition cuts only that pair, heal restores both;
+#   - expose: other regions open TCP connections to a region on its exposed ports only (refused at
+#     once elsewhere), while the region itself and the root namespace reach every port;
 #   - SIGTERM makes the tool accept what it holds;
 #   - bad input fails clearly and creates nothing; down leaves nothing behind (twice: idempotent).
 #
@@ -47,8 +49,10 @@ done
 [[ -n "$SUBNET" ]] || fail "no free 10.x.y.0/24 found"
 STATE=$(mktemp -d)
 LISTENER=
+LISTENER2=
 cleanup() {
   [[ -n "$LISTENER" ]] && kill "$LISTENER" 2>/dev/null
+  [[ -n "$LISTENER2" ]] && kill "$LISTENER2" 2>/dev/null
   bash "$NETNS" down --prefix "$P" --state "$STATE" >/dev/null 2>&1 || true
   rm -rf "$STATE"
 }
@@ -118,6 +122,45 @@ ms=$(connect_ms us-east)
 [[ -n "$ms" ]] || fail "TCP connect us-east -> eu-west failed"
 awk -v m="$ms" 'BEGIN { exit !(m >= 76 && m <= 86) }' || fail "TCP connect us-east -> eu-west took $ms ms, want 76..86"
 ok "TCP connect us-east -> eu-west in $ms ms (one RTT, 76)"
+
+# ---- expose: a second listener on 7001; other regions may reach eu-west on 7001 only.
+ip netns exec "$P-eu-west" redis-server --port 7001 --bind "$EU" --protected-mode no --save '' \
+  --appendonly no --daemonize no --logfile "$STATE/redis2.log" </dev/null >/dev/null 2>&1 &
+LISTENER2=$!
+for _ in $(seq 1 100); do redis-cli -h "$EU" -p 7001 ping >/dev/null 2>&1 && break; sleep 0.05; done
+# connect_result NS PORT: "ok", or the connect's error (within 2 s).
+connect_result() {
+  ip netns exec "$P-$1" timeout 2 bash -c "exec 3<>/dev/tcp/$EU/$2 && echo ok" 2>&1 | tail -1 || true
+}
+rules_before=$(ip netns exec "$P-eu-west" iptables -S)
+! net expose eu-west --ports 70000 2>/dev/null || fail "expose accepted port 70000"
+! net expose eu-west --ports 7001,x 2>/dev/null || fail "expose accepted port x"
+! net expose eu-west 2>/dev/null || fail "expose without --ports was accepted"
+! net expose mars --ports 7001 2>/dev/null || fail "expose accepted an unknown region"
+[[ "$(ip netns exec "$P-eu-west" iptables -S)" == "$rules_before" ]] || fail "a refused expose changed eu-west's rules"
+net expose eu-west --ports 7001 >/dev/null
+net expose eu-west --ports 7001 >/dev/null
+n=$(ip netns exec "$P-eu-west" iptables -S INPUT | grep -c -- '-j MERIDIAN-GUARD' || true)
+[[ "$n" == 1 ]] || fail "expose twice: $n jumps to MERIDIAN-GUARD, want 1"
+ip netns exec "$P-eu-west" iptables -S INPUT | sed -n 2p | grep -q -- '-j MERIDIAN-GUARD' ||
+  fail "MERIDIAN-GUARD is not first in eu-west's INPUT: $(ip netns exec "$P-eu-west" iptables -S INPUT)"
+t0=$EPOCHREALTIME
+res=$(connect_result us-east 7000)
+t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+[[ "$res" == *"Connection refused"* ]] || fail "us-east -> eu-west:7000 (not exposed): want refused, got: $res"
+[[ "$(connect_result ap-south 7000)" == *"Connection refused"* ]] || fail "ap-south reached eu-west:7000 (not exposed)"
+[[ "$(connect_result us-east 7001)" == ok ]] || fail "us-east could not reach eu-west:7001 (exposed)"
+[[ "$(connect_result eu-west 7000)" == ok ]] || fail "eu-west could not reach its own port 7000"
+[[ "$(redis-cli -h "$EU" -p 7000 ping 2>/dev/null)" == PONG ]] || fail "the root namespace could not reach eu-west:7000"
+ip netns exec "$P-us-east" ping -n -q -c 2 -i 0.2 -w 2 "$EU" >/dev/null || fail "expose cut ping between regions"
+net status | grep -A2 "^  eu-west:" | grep -q "TCP ports 7001 only" || fail "status does not show eu-west's exposed ports: $(net status)"
+ok "expose eu-west 7001: other regions refused on 7000 (in $t ms) and let through on 7001; eu-west itself and the root namespace reach 7000"
+net expose eu-west --ports 7000,7001 >/dev/null
+[[ "$(connect_result us-east 7000)" == ok ]] || fail "us-east could not reach eu-west:7000 once exposed"
+ok "expose replaces the list: 7000 reachable again"
+kill "$LISTENER2" 2>/dev/null || true
+wait "$LISTENER2" 2>/dev/null || true
+LISTENER2=
 
 # ---- live delay change
 net set-delay eu-west/us-east=10 >/dev/null
