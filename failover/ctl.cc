@@ -655,16 +655,60 @@ CtlResult Ctl::Rights(const std::string& sku) {
 }
 
 // ---------------------------------------------------------------------------- residency audit
+// Who holds a profile of each owner the regions listed as unverified (a cart or order tagged
+// "any" where its owner has no profile): every region is asked for all of them, 1000 at a time.
+// owner id -> (region, the profile's residency there).
+std::map<std::string, std::vector<std::pair<std::string, std::string>>> Ctl::ProfilesOf(
+    const std::vector<Json>& answers) {
+  std::set<std::string> ids;
+  for (const Json& j : answers) {
+    if (!j.is_object() || !j.contains("unverified") || !j["unverified"].is_array()) continue;
+    for (const Json& u : j["unverified"]) {
+      if (u.is_object() && u.contains("user_id") && u["user_id"].is_string())
+        ids.insert(u["user_id"].get<std::string>());
+    }
+  }
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> held;
+  if (ids.empty()) return held;
+  std::vector<std::vector<std::string>> chunks;
+  for (const auto& id : ids) {
+    if (chunks.empty() || chunks.back().size() == 1000) chunks.emplace_back();
+    chunks.back().push_back(id);
+  }
+  std::vector<HttpCall> calls;
+  std::vector<size_t> region_of;
+  for (size_t i = 0; i < c_.regions.size(); ++i) {
+    for (const auto& chunk : chunks) {
+      calls.push_back(HttpCall{"POST", c_.regions[i].url + "/v1/admin/residency/profiles",
+                               Json{{"user_ids", chunk}}.dump(), c_.token});
+      region_of.push_back(i);
+    }
+  }
+  std::vector<HttpResult> res = http_->Run(calls, timeout_ms_);
+  for (size_t k = 0; k < res.size(); ++k) {
+    Json j = ParseJson(res[k]);
+    if (!j.is_object() || !j.contains("profiles") || !j["profiles"].is_object()) continue;
+    for (auto it = j["profiles"].begin(); it != j["profiles"].end(); ++it) {
+      if (ids.count(it.key()) && it.value().is_string())
+        held[it.key()].emplace_back(c_.regions[region_of[k]].name, it.value().get<std::string>());
+    }
+  }
+  return held;
+}
+
 CtlResult Ctl::ResidencyAudit() {
   std::vector<std::string> urls;
   for (const auto& reg : c_.regions) urls.push_back(reg.url + "/v1/admin/residency");
   std::vector<HttpResult> res = Get(urls, true);
+  std::vector<Json> answers;
+  for (const auto& r : res) answers.push_back(ParseJson(r));
+  const auto profiles = ProfilesOf(answers);
   Json regions = Json::array();
   size_t failures = 0, records = 0;
   std::string text;
   for (size_t i = 0; i < res.size(); ++i) {
     const std::string& name = c_.regions[i].name;
-    Json j = ParseJson(res[i]);
+    const Json& j = answers[i];
     Json entry{{"region", name}};
     std::vector<std::string> problems;
     if (!j.is_object() || !j.contains("tables") || !j["tables"].is_object() ||
@@ -717,6 +761,55 @@ CtlResult Ctl::ResidencyAudit() {
       }
       absl::StrAppend(&text, name, " (jurisdiction ", jur, "): ", absl::StrJoin(table_cells, " "),
                       "; violations listed: ", vc, "\n");
+      // Records tagged "any" whose owner has no profile here: checked against the profile the
+      // other regions hold.
+      const Json none = Json::array();
+      const Json& unverified =
+          j.contains("unverified") && j["unverified"].is_array() ? j["unverified"] : none;
+      const int64_t uc = j.contains("unverified_count") && j["unverified_count"].is_number()
+                             ? j["unverified_count"].get<int64_t>()
+                             : static_cast<int64_t>(unverified.size());
+      Json checked = Json::array();
+      for (const Json& u : unverified) {
+        const std::string what = absl::StrCat(Str(u, "table"), " ", Str(u, "key"));
+        auto it = profiles.find(Str(u, "user_id"));
+        Json c{{"table", Str(u, "table")}, {"key", Str(u, "key")}, {"user_id", Str(u, "user_id")}};
+        std::vector<std::string> pinned, holders;
+        if (it != profiles.end()) {
+          for (const auto& [holder, residency] : it->second) {
+            holders.push_back(absl::StrCat(holder, ":", residency));
+            if (residency != "any" && residency != jur)
+              pinned.push_back(absl::StrCat(residency, " (profile at ", holder, ")"));
+          }
+        }
+        c["profiles"] = holders;
+        if (!pinned.empty()) {
+          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name, " (", jur,
+                                          "), but its owner is pinned to ",
+                                          absl::StrJoin(pinned, ", ")));
+          c["result"] = "violation";
+        } else if (holders.empty()) {
+          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name,
+                                          ", and no region holds its owner's profile: its "
+                                          "residency cannot be proven"));
+          c["result"] = "unproven";
+        } else {
+          c["result"] = "ok";
+        }
+        checked.push_back(c);
+      }
+      if (uc > static_cast<int64_t>(unverified.size())) {
+        problems.push_back(absl::StrCat(uc - static_cast<int64_t>(unverified.size()),
+                                        " more record(s) tagged 'any' without their owner's "
+                                        "profile here were not listed: not proven"));
+      }
+      entry["unverified"] = checked;
+      entry["unverified_count"] = uc;
+      if (uc > 0) {
+        absl::StrAppend(&text, "  ", uc,
+                        " record(s) tagged 'any' without their owner's profile "
+                        "here, checked against the other regions' profiles\n");
+      }
     }
     entry["problems"] = problems;
     entry["ok"] = problems.empty();

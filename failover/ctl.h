@@ -8,8 +8,12 @@
 // violation, an unreachable region in an audit, a refused operator action); 2 bad usage or the
 // cluster cannot be found.
 
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "failover/http_client.h"
@@ -61,7 +65,10 @@ class Ctl {
   // One SKU's rights per region as each region sees them, and the units frozen in lost regions.
   [[nodiscard]] CtlResult Rights(const std::string& sku);
   // Every region's GET /v1/admin/residency, checked: exit 1 on any violation or unreachable
-  // region.
+  // region. A record a region lists as unverified (tagged "any", no profile of its owner there)
+  // is checked against every region's profile of its owner (POST /v1/admin/residency/profiles):
+  // a violation if the owner is pinned to another jurisdiction, unproven (exit 1) if no region
+  // holds the profile.
   [[nodiscard]] CtlResult ResidencyAudit();
   // POST /v1/leases/{region}/handback at the replicator holding the region's group (or `from`);
   // then waits up to wait_s for the region to hold it again.
@@ -75,6 +82,8 @@ class Ctl {
  private:
   const ClusterRegion* Find(const std::string& name) const;
   std::vector<HttpResult> Get(const std::vector<std::string>& urls, bool auth);
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> ProfilesOf(
+      const std::vector<nlohmann::json>& answers);
 
   ClusterEndpoints c_;
   HttpClient* http_;

@@ -311,6 +311,67 @@ TEST_F(CtlTest, ResidencyAuditFails) {
   EXPECT_EQ(r.exit_code, 1);
 }
 
+// A record tagged "any" where its owner has no profile is checked against the profiles the
+// other regions hold: a cart copied to ap-south under a wrong "any" tag, whose owner is pinned to
+// eu at eu-west, is a violation; one whose owner's profile is "any" passes; one whose owner no
+// region holds cannot be proven.
+TEST_F(CtlTest, ResidencyAuditChecksUnverifiedRecordsAgainstTheOtherRegionsProfiles) {
+  auto with_unverified = [](const std::string& region, const std::string& jur, Json unverified,
+                            int64_t count) {
+    Json j = Json::parse(Residency(region, jur, Json{{"carts", {{"any", count}}}}));
+    j["unverified"] = unverified;
+    j["unverified_count"] = count;
+    return j.dump();
+  };
+  auto cart = [](const std::string& user) {
+    return Json{{"table", "carts"}, {"key", user}, {"user_id", user}, {"database", "shard0"}};
+  };
+  http_.SetJson("http://us-east.region/v1/admin/residency", 200,
+                Residency("us-east", "us", Json{{"users", {{"any", 1}}}}));
+  http_.SetJson("http://eu-west.region/v1/admin/residency", 200,
+                Residency("eu-west", "eu", Json{{"users", {{"eu", 1}}}}));
+  http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
+                with_unverified("ap-south", "ap", Json::array({cart("u-any")}), 1));
+  http_.SetJson("POST http://us-east.region/v1/admin/residency/profiles", 200,
+                R"({"profiles":{"u-any":"any"}})");
+  http_.SetJson("POST http://eu-west.region/v1/admin/residency/profiles", 200,
+                R"({"profiles":{}})");
+  http_.SetJson("POST http://ap-south.region/v1/admin/residency/profiles", 200,
+                R"({"profiles":{}})");
+  CtlResult r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  auto asked = http_.Calls("POST", "http://eu-west.region/v1/admin/residency/profiles");
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(Json::parse(asked[0].body), Json::parse(R"({"user_ids":["u-any"]})"));
+  EXPECT_EQ(asked[0].bearer, "tok");
+
+  // The pinned customer's cart at ap-south, and an owner no region holds.
+  http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
+                with_unverified("ap-south", "ap",
+                                Json::array({cart("u-any"), cart("u-eu"), cart("u-gone")}), 4));
+  http_.SetJson("POST http://eu-west.region/v1/admin/residency/profiles", 200,
+                R"({"profiles":{"u-eu":"eu"}})");
+  r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("VIOLATION ap-south: carts u-eu is tagged 'any' in ap-south (ap), but its "
+                       "owner is pinned to eu (profile at eu-west)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("VIOLATION ap-south: carts u-gone is tagged 'any' in ap-south, and no "
+                       "region holds its owner's profile"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("VIOLATION ap-south: 1 more record(s) tagged 'any'"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("u-any is tagged"), std::string::npos) << r.out;
+  r = Run(true, [](Ctl& c) { return c.ResidencyAudit(); });
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["result"], "fail");
+  EXPECT_EQ(j["regions"][2]["unverified"][1]["result"], "violation");
+  EXPECT_EQ(j["regions"][2]["unverified"][0]["result"], "ok");
+  EXPECT_EQ(j["regions"][2]["unverified"][2]["result"], "unproven");
+}
+
 TEST_F(CtlTest, Handback) {
   EuLost();
   // Back, but us-east still holds the group.

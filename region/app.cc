@@ -601,6 +601,7 @@ void RegionApp::Impl::SetupRoutes() {
   router.Add("GET", "/v1/admin/leases", bind(&Impl::GetLeases));
   router.Add("GET", "/v1/admin/rights/{sku}", bind(&Impl::GetRights));
   router.Add("GET", "/v1/admin/residency", bind(&Impl::ResidencyAudit));
+  router.Add("POST", "/v1/admin/residency/profiles", bind(&Impl::ResidencyProfiles));
 }
 
 HttpResponse RegionApp::Impl::Dispatch(HttpRequest& req) {

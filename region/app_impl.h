@@ -249,6 +249,7 @@ struct RegionApp::Impl {
   HttpResponse GetLeases(HttpRequest& req);
   HttpResponse GetRights(HttpRequest& req);
   HttpResponse ResidencyAudit(HttpRequest& req);
+  HttpResponse ResidencyProfiles(HttpRequest& req);
 
   // Order changes, for the HTTP handlers and for changes forwarded from other regions. When this
   // region does not hold the order's lease and `may_forward`, the change goes to the owner.

@@ -1,9 +1,13 @@
 // Operator views of the multi-region coordination (issue 5): order leases and inventory rights.
 
+#include <map>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
 #include "region/documents.h"
+#include "services/auth.h"
 #include "services/domain.h"
 
 namespace meridian::region {
@@ -89,8 +93,12 @@ namespace meridian::region {
 // Residency audit: what this region holds per residency, and every record whose residency does
 // not allow this region's jurisdiction, or whose tag differs from its owner's profile here (a
 // cart or order tagged more widely than the customer is pinned could have been shipped where it
-// must not go): there must be none; meridianctl residency audit checks every region. Reads every
-// shard; bounded output (at most 1000 violations listed).
+// must not go): there must be none; meridianctl residency audit checks every region. A cart or
+// order tagged "any" whose owner has no profile here cannot be checked here: it is listed as
+// `unverified` (with its owner's id), and meridianctl asks the other regions for that owner's
+// profile (ResidencyProfiles): a copy of a pinned customer's record that reached a region under
+// a wrong "any" tag, without her profile, is found that way. Reads every shard; bounded output
+// (at most 1000 violations and 1000 unverified records listed, each with its full count).
 HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
   if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
   Json tables = Json::object();
@@ -142,13 +150,79 @@ HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
     });
     if (!st.ok()) return ProblemFromStatus(st);
   }
+  Json unverified = Json::array();
+  int64_t unverified_count = 0;
+  for (auto& shard : shards) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      bool first = true;
+      for (const auto& r : tx.exec(
+               "SELECT t, k, u, count(*) OVER () FROM ((SELECT 'carts' AS t, c.user_id AS k, "
+               "c.user_id AS u FROM carts c WHERE c.residency = 'any' AND NOT EXISTS (SELECT 1 "
+               "FROM users p WHERE p.user_id = c.user_id)) UNION ALL (SELECT 'orders', o.order_id, "
+               "o.user_id FROM orders o WHERE o.residency = 'any' AND NOT EXISTS (SELECT 1 FROM "
+               "users p WHERE p.user_id = o.user_id))) s ORDER BY 1, 2 LIMIT 1000")) {
+        if (first) unverified_count += r[3].as<int64_t>();  // the shard's whole count
+        first = false;
+        if (unverified.size() < 1000) {
+          unverified.push_back(Json{{"table", r[0].as<std::string>()},
+                                    {"key", r[1].as<std::string>()},
+                                    {"user_id", r[2].as<std::string>()},
+                                    {"database", shard->name()}});
+        }
+      }
+    });
+    if (!st.ok()) return ProblemFromStatus(st);
+  }
   return HttpResponse::Json(200, Json{{"region", config.name},
                                       {"jurisdiction", config.jurisdiction},
                                       {"tables", tables},
                                       {"violations", violations},
                                       {"violation_count", violation_count},
+                                      {"unverified", unverified},
+                                      {"unverified_count", unverified_count},
                                       {"checked_at", UnixNowS()}}
                                      .dump());
+}
+
+// For meridianctl's residency audit: the residency of each of these owners' profiles held here
+// (owners without one are left out). Operator only; at most 1000 ids, each a user id, or 422 and
+// nothing read.
+HttpResponse RegionApp::Impl::ResidencyProfiles(HttpRequest& req) {
+  if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
+  auto body = ParseBody(req);
+  if (!body.ok()) return ProblemFromStatus(body.status());
+  if (!body->is_object() || !body->contains("user_ids") || !(*body)["user_ids"].is_array()) {
+    return ProblemFromStatus(Unprocessable("user_ids: an array of user ids is required"));
+  }
+  const Json& ids = (*body)["user_ids"];
+  if (ids.size() > 1000) {
+    return ProblemFromStatus(
+        Unprocessable(absl::StrCat("user_ids: at most 1000 per request, got ", ids.size())));
+  }
+  std::map<PgPool*, std::vector<std::string>> by_shard;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!ids[i].is_string() || !services::IsUserId(ids[i].get<std::string>())) {
+      return ProblemFromStatus(Unprocessable(absl::StrCat("user_ids[", i, "]: not a user id")));
+    }
+    const std::string id = ids[i].get<std::string>();
+    by_shard[&ShardFor(id)].push_back(id);
+  }
+  Json profiles = Json::object();
+  for (auto& [shard, list] : by_shard) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      std::string in;
+      for (const auto& id : list) absl::StrAppend(&in, in.empty() ? "" : ", ", tx.quote(id));
+      for (const auto& r :
+           tx.exec("SELECT user_id, residency FROM users WHERE user_id IN (" + in + ")")) {
+        profiles[r[0].as<std::string>()] = r[1].as<std::string>();
+      }
+    });
+    if (!st.ok()) return ProblemFromStatus(st);
+  }
+  return HttpResponse::Json(
+      200,
+      Json{{"region", config.name}, {"jurisdiction", config.jurisdiction}, {"profiles", profiles}}
+          .dump());
 }
 
 }  // namespace meridian::region

@@ -1614,6 +1614,67 @@ TEST_F(RegionTest, TheResidencyAuditFlagsACartTaggedMoreWidelyThanItsOwner) {
   }
 }
 
+// A cart tagged "any" whose owner has no profile here cannot be checked here: the audit lists it
+// as unverified, with its owner, and the region answers meridianctl's question about profiles
+// (residency of those it holds; bad input refused whole).
+TEST_F(RegionTest, TheResidencyAuditListsRecordsItCannotCheckAndAnswersForItsProfiles) {
+  std::string pinned = NewCustomer("us");
+  std::string open = NewCustomer("any");
+  Response add = As(open, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  const std::string open_id = Json::parse(add.body)["user_id"];
+  Response me = As(pinned, "GET", "/v1/cart");
+  ASSERT_EQ(me.status, 200) << me.body;
+  const std::string pinned_id = Json::parse(me.body)["user_id"];
+  // The open customer's cart, moved under an owner this region holds no profile of: as a copy of
+  // another region's customer's cart would arrive.
+  const std::string stranger = "u" + std::string(23, '0') + "7";
+  auto move_cart = [&](const std::string& from, const std::string& to) {
+    for (const auto& [pg, db] : Shards()) {
+      pqxx::connection c(pgs_[pg]->ConnectionString(db));
+      pqxx::work tx(c);
+      tx.exec0("UPDATE carts SET user_id = " + tx.quote(to) + " WHERE user_id = " + tx.quote(from));
+      tx.commit();
+    }
+  };
+  auto listed = [&](const Json& a) {
+    int n = 0;
+    for (const auto& u : a["unverified"]) {
+      n += u.value("user_id", "") == stranger && u.value("table", "") == "carts";
+    }
+    return n;
+  };
+  Json a = Json::parse(Admin("GET", "/v1/admin/residency").body, nullptr, false);
+  EXPECT_EQ(listed(a), 0) << a.dump();
+  move_cart(open_id, stranger);
+  a = Json::parse(Admin("GET", "/v1/admin/residency").body, nullptr, false);
+  move_cart(stranger, open_id);
+  EXPECT_EQ(listed(a), 1) << a.dump();
+  EXPECT_GE(a.value("unverified_count", 0), 1);
+  EXPECT_EQ(a["violation_count"], 0) << a.dump();
+
+  Response p = Admin("POST", "/v1/admin/residency/profiles",
+                     Json{{"user_ids", {pinned_id, open_id, stranger}}}.dump());
+  ASSERT_EQ(p.status, 200) << p.body;
+  Json profiles = Json::parse(p.body)["profiles"];
+  EXPECT_EQ(profiles, (Json{{pinned_id, "us"}, {open_id, "any"}})) << p.body;
+
+  // Operator only; bad input refused whole.
+  EXPECT_EQ(
+      Request(port_, "POST", "/v1/admin/residency/profiles", Json{{"user_ids", {pinned_id}}}.dump())
+          .status,
+      401);
+  std::vector<std::string> many(1001, pinned_id);
+  for (const std::string& body :
+       {std::string(R"({"user_ids":"x"})"), std::string("{}"),
+        Json{{"user_ids", {pinned_id, "not-an-id"}}}.dump(), Json{{"user_ids", many}}.dump()}) {
+    Response bad = Admin("POST", "/v1/admin/residency/profiles", body);
+    EXPECT_EQ(bad.status, 422) << body.substr(0, 80) << ": " << bad.body;
+  }
+  EXPECT_EQ(Admin("POST", "/v1/admin/residency/profiles", "{not json").status, 400);
+  EXPECT_EQ(Admin("POST", "/v1/admin/residency/profiles", "[1]").status, 400);
+}
+
 TEST_F(RegionTest, InternalGrpcApi) {
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(app_->grpc_port()),
                                      grpc::InsecureChannelCredentials());
