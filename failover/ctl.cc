@@ -19,6 +19,7 @@
 #include "common/config_files.h"
 #include "failover/probe.h"
 #include "failover/wire.h"
+#include "services/auth.h"
 
 namespace meridian::failover {
 
@@ -657,19 +658,20 @@ CtlResult Ctl::Rights(const std::string& sku) {
 // ---------------------------------------------------------------------------- residency audit
 // Who holds a profile of each owner the regions listed as unverified (a cart or order tagged
 // "any" where its owner has no profile): every region is asked for all of them, 1000 at a time.
-// owner id -> (region, the profile's residency there).
-std::map<std::string, std::vector<std::pair<std::string, std::string>>> Ctl::ProfilesOf(
-    const std::vector<Json>& answers) {
+// Ids that are not user ids are not sent (a region refuses a request with one whole); the
+// records they name stay unproven. A region that does not answer every request is listed in
+// `unanswered`: it may hold a profile that would make a record a violation.
+Ctl::OwnerProfiles Ctl::ProfilesOf(const std::vector<Json>& answers) {
   std::set<std::string> ids;
   for (const Json& j : answers) {
     if (!j.is_object() || !j.contains("unverified") || !j["unverified"].is_array()) continue;
     for (const Json& u : j["unverified"]) {
-      if (u.is_object() && u.contains("user_id") && u["user_id"].is_string())
-        ids.insert(u["user_id"].get<std::string>());
+      const std::string id = Str(u, "user_id");
+      if (services::IsUserId(id)) ids.insert(id);
     }
   }
-  std::map<std::string, std::vector<std::pair<std::string, std::string>>> held;
-  if (ids.empty()) return held;
+  OwnerProfiles out;
+  if (ids.empty()) return out;
   std::vector<std::vector<std::string>> chunks;
   for (const auto& id : ids) {
     if (chunks.empty() || chunks.back().size() == 1000) chunks.emplace_back();
@@ -685,15 +687,22 @@ std::map<std::string, std::vector<std::pair<std::string, std::string>>> Ctl::Pro
     }
   }
   std::vector<HttpResult> res = http_->Run(calls, timeout_ms_);
+  std::set<size_t> unanswered;
   for (size_t k = 0; k < res.size(); ++k) {
     Json j = ParseJson(res[k]);
-    if (!j.is_object() || !j.contains("profiles") || !j["profiles"].is_object()) continue;
+    if (!j.is_object() || !j.contains("profiles") || !j["profiles"].is_object()) {
+      unanswered.insert(region_of[k]);
+      continue;
+    }
     for (auto it = j["profiles"].begin(); it != j["profiles"].end(); ++it) {
-      if (ids.count(it.key()) && it.value().is_string())
-        held[it.key()].emplace_back(c_.regions[region_of[k]].name, it.value().get<std::string>());
+      if (ids.count(it.key()) && it.value().is_string()) {
+        out.held[it.key()].emplace_back(c_.regions[region_of[k]].name,
+                                        it.value().get<std::string>());
+      }
     }
   }
-  return held;
+  for (size_t i : unanswered) out.unanswered.push_back(c_.regions[i].name);
+  return out;
 }
 
 CtlResult Ctl::ResidencyAudit() {
@@ -766,35 +775,49 @@ CtlResult Ctl::ResidencyAudit() {
       const Json none = Json::array();
       const Json& unverified =
           j.contains("unverified") && j["unverified"].is_array() ? j["unverified"] : none;
-      const int64_t uc = j.contains("unverified_count") && j["unverified_count"].is_number()
-                             ? j["unverified_count"].get<int64_t>()
-                             : static_cast<int64_t>(unverified.size());
+      const bool counted = j.contains("unverified_count") && j["unverified_count"].is_number();
+      const int64_t uc = counted ? j["unverified_count"].get<int64_t>() : 0;
+      if (!counted) {
+        problems.push_back(
+            "no unverified_count in the answer: its records tagged 'any' were not checked");
+      }
       Json checked = Json::array();
       for (const Json& u : unverified) {
         const std::string what = absl::StrCat(Str(u, "table"), " ", Str(u, "key"));
-        auto it = profiles.find(Str(u, "user_id"));
-        Json c{{"table", Str(u, "table")}, {"key", Str(u, "key")}, {"user_id", Str(u, "user_id")}};
+        const std::string owner = Str(u, "user_id");
+        auto it = profiles.held.find(owner);
+        Json c{{"table", Str(u, "table")}, {"key", Str(u, "key")}, {"user_id", owner}};
         std::vector<std::string> pinned, holders;
-        if (it != profiles.end()) {
+        if (it != profiles.held.end()) {
           for (const auto& [holder, residency] : it->second) {
             holders.push_back(absl::StrCat(holder, ":", residency));
-            if (residency != "any" && residency != jur)
+            // Pinned anywhere, even to this jurisdiction: under "any" the record could be
+            // shipped everywhere (the region's own differs_from_profile rule).
+            if (residency != "any")
               pinned.push_back(absl::StrCat(residency, " (profile at ", holder, ")"));
           }
         }
         c["profiles"] = holders;
+        std::string unproven;
         if (!pinned.empty()) {
           problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name, " (", jur,
                                           "), but its owner is pinned to ",
                                           absl::StrJoin(pinned, ", ")));
           c["result"] = "violation";
+        } else if (!services::IsUserId(owner)) {
+          unproven = absl::StrCat("its owner id '", owner.substr(0, 40), "' is not a user id");
+        } else if (!profiles.unanswered.empty()) {
+          unproven = absl::StrCat(absl::StrJoin(profiles.unanswered, ", "),
+                                  " did not answer for its owner's profile");
         } else if (holders.empty()) {
-          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name,
-                                          ", and no region holds its owner's profile: its "
-                                          "residency cannot be proven"));
-          c["result"] = "unproven";
+          unproven = "no region holds its owner's profile";
         } else {
           c["result"] = "ok";
+        }
+        if (!unproven.empty()) {
+          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name, ", and ", unproven,
+                                          ": its residency cannot be proven"));
+          c["result"] = "unproven";
         }
         checked.push_back(c);
       }

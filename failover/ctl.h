@@ -82,8 +82,12 @@ class Ctl {
  private:
   const ClusterRegion* Find(const std::string& name) const;
   std::vector<HttpResult> Get(const std::vector<std::string>& urls, bool auth);
-  std::map<std::string, std::vector<std::pair<std::string, std::string>>> ProfilesOf(
-      const std::vector<nlohmann::json>& answers);
+  struct OwnerProfiles {
+    // owner id -> (region, the residency of its profile there)
+    std::map<std::string, std::vector<std::pair<std::string, std::string>>> held;
+    std::vector<std::string> unanswered;  // regions that did not answer every request
+  };
+  OwnerProfiles ProfilesOf(const std::vector<nlohmann::json>& answers);
 
   ClusterEndpoints c_;
   HttpClient* http_;

@@ -254,6 +254,8 @@ std::string Residency(const std::string& region, const std::string& jur, Json ta
               {"tables", tables},
               {"violations", violations},
               {"violation_count", violations.size()},
+              {"unverified", Json::array()},
+              {"unverified_count", 0},
               {"checked_at", 1700000000}}
       .dump();
 }
@@ -313,9 +315,12 @@ TEST_F(CtlTest, ResidencyAuditFails) {
 
 // A record tagged "any" where its owner has no profile is checked against the profiles the
 // other regions hold: a cart copied to ap-south under a wrong "any" tag, whose owner is pinned to
-// eu at eu-west, is a violation; one whose owner's profile is "any" passes; one whose owner no
-// region holds cannot be proven.
+// eu at eu-west (or to ap, ap-south's own jurisdiction), is a violation; one whose owner's
+// profile is "any" passes; one whose owner no region holds, or whose owner id is not a user id,
+// or while a region did not answer, cannot be proven.
 TEST_F(CtlTest, ResidencyAuditChecksUnverifiedRecordsAgainstTheOtherRegionsProfiles) {
+  auto id = [](char c) { return "u" + std::string(24, c); };
+  const std::string open = id('a'), eu = id('b'), ap = id('c'), gone = id('d');
   auto with_unverified = [](const std::string& region, const std::string& jur, Json unverified,
                             int64_t count) {
     Json j = Json::parse(Residency(region, jur, Json{{"carts", {{"any", count}}}}));
@@ -326,50 +331,87 @@ TEST_F(CtlTest, ResidencyAuditChecksUnverifiedRecordsAgainstTheOtherRegionsProfi
   auto cart = [](const std::string& user) {
     return Json{{"table", "carts"}, {"key", user}, {"user_id", user}, {"database", "shard0"}};
   };
+  auto profiles = [](Json p) { return Json{{"profiles", p}}.dump(); };
   http_.SetJson("http://us-east.region/v1/admin/residency", 200,
                 Residency("us-east", "us", Json{{"users", {{"any", 1}}}}));
   http_.SetJson("http://eu-west.region/v1/admin/residency", 200,
                 Residency("eu-west", "eu", Json{{"users", {{"eu", 1}}}}));
   http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
-                with_unverified("ap-south", "ap", Json::array({cart("u-any")}), 1));
+                with_unverified("ap-south", "ap", Json::array({cart(open)}), 1));
   http_.SetJson("POST http://us-east.region/v1/admin/residency/profiles", 200,
-                R"({"profiles":{"u-any":"any"}})");
+                profiles(Json{{open, "any"}}));
   http_.SetJson("POST http://eu-west.region/v1/admin/residency/profiles", 200,
-                R"({"profiles":{}})");
+                profiles(Json::object()));
   http_.SetJson("POST http://ap-south.region/v1/admin/residency/profiles", 200,
-                R"({"profiles":{}})");
+                profiles(Json::object()));
   CtlResult r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
   EXPECT_EQ(r.exit_code, 0) << r.out;
   auto asked = http_.Calls("POST", "http://eu-west.region/v1/admin/residency/profiles");
   ASSERT_EQ(asked.size(), 1u);
-  EXPECT_EQ(Json::parse(asked[0].body), Json::parse(R"({"user_ids":["u-any"]})"));
+  EXPECT_EQ(Json::parse(asked[0].body), (Json{{"user_ids", {open}}}));
   EXPECT_EQ(asked[0].bearer, "tok");
 
-  // The pinned customer's cart at ap-south, and an owner no region holds.
-  http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
-                with_unverified("ap-south", "ap",
-                                Json::array({cart("u-any"), cart("u-eu"), cart("u-gone")}), 4));
+  // The pinned customers' carts at ap-south, an owner no region holds, an id that is not a
+  // user id (not sent: a region refuses a request with one whole), and one more not listed.
+  http_.ClearCalls();
+  http_.SetJson(
+      "http://ap-south.region/v1/admin/residency", 200,
+      with_unverified("ap-south", "ap",
+                      Json::array({cart(open), cart(eu), cart(ap), cart(gone), cart("u-bad")}), 6));
   http_.SetJson("POST http://eu-west.region/v1/admin/residency/profiles", 200,
-                R"({"profiles":{"u-eu":"eu"}})");
+                profiles(Json{{eu, "eu"}}));
+  http_.SetJson("POST http://us-east.region/v1/admin/residency/profiles", 200,
+                profiles(Json{{open, "any"}, {ap, "ap"}}));
   r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_NE(r.out.find("VIOLATION ap-south: carts u-eu is tagged 'any' in ap-south (ap), but its "
-                       "owner is pinned to eu (profile at eu-west)"),
-            std::string::npos)
-      << r.out;
-  EXPECT_NE(r.out.find("VIOLATION ap-south: carts u-gone is tagged 'any' in ap-south, and no "
-                       "region holds its owner's profile"),
-            std::string::npos)
-      << r.out;
-  EXPECT_NE(r.out.find("VIOLATION ap-south: 1 more record(s) tagged 'any'"), std::string::npos)
-      << r.out;
-  EXPECT_EQ(r.out.find("u-any is tagged"), std::string::npos) << r.out;
+  asked = http_.Calls("POST", "http://eu-west.region/v1/admin/residency/profiles");
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(Json::parse(asked[0].body), (Json{{"user_ids", {open, eu, ap, gone}}}));
+  for (const std::string& line :
+       {"VIOLATION ap-south: carts " + eu +
+            " is tagged 'any' in ap-south (ap), but its owner is pinned to eu (profile at "
+            "eu-west)",
+        "VIOLATION ap-south: carts " + ap +
+            " is tagged 'any' in ap-south (ap), but its owner is pinned to ap (profile at "
+            "us-east)",
+        "VIOLATION ap-south: carts " + gone +
+            " is tagged 'any' in ap-south, and no region holds its owner's profile",
+        std::string("VIOLATION ap-south: carts u-bad is tagged 'any' in ap-south, and its owner "
+                    "id 'u-bad' is not a user id"),
+        std::string("VIOLATION ap-south: 1 more record(s) tagged 'any'")}) {
+    EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+  }
+  EXPECT_EQ(r.out.find(open + " is tagged"), std::string::npos) << r.out;
   r = Run(true, [](Ctl& c) { return c.ResidencyAudit(); });
   Json j = Json::parse(r.out);
   EXPECT_EQ(j["result"], "fail");
-  EXPECT_EQ(j["regions"][2]["unverified"][1]["result"], "violation");
-  EXPECT_EQ(j["regions"][2]["unverified"][0]["result"], "ok");
-  EXPECT_EQ(j["regions"][2]["unverified"][2]["result"], "unproven");
+  std::vector<std::string> results;
+  for (const auto& u : j["regions"][2]["unverified"]) results.push_back(u["result"]);
+  EXPECT_EQ(results,
+            (std::vector<std::string>{"ok", "violation", "violation", "unproven", "unproven"}));
+
+  // A region that does not answer the profiles question may hold the pin: nothing is proven.
+  http_.SetJson("http://ap-south.region/v1/admin/residency", 200,
+                with_unverified("ap-south", "ap", Json::array({cart(open)}), 1));
+  http_.Set("POST http://eu-west.region/v1/admin/residency/profiles",
+            HttpResult{0, "", "connection refused"});
+  r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("carts " + open +
+                       " is tagged 'any' in ap-south, and eu-west did not answer for its owner's "
+                       "profile: its residency cannot be proven"),
+            std::string::npos)
+      << r.out;
+
+  // A region without the unverified check passes nothing unchecked.
+  Json old = Json::parse(Residency("ap-south", "ap", Json{{"carts", {{"any", 1}}}}));
+  old.erase("unverified");
+  old.erase("unverified_count");
+  http_.SetJson("http://ap-south.region/v1/admin/residency", 200, old.dump());
+  r = Run(false, [](Ctl& c) { return c.ResidencyAudit(); });
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("VIOLATION ap-south: no unverified_count in the answer"), std::string::npos)
+      << r.out;
 }
 
 TEST_F(CtlTest, Handback) {

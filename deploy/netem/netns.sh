@@ -501,37 +501,48 @@ cmd_set() { # cmd_set delay|loss
   log "link $key: one-way delay ${PAIR_DELAY[$key]} ms, loss ${PAIR_LOSS[$key]} %"
 }
 
-# expose REGION --ports: in REGION's namespace, MERIDIAN-GUARD (first in INPUT, so a refused
-# connection never waits in the delay queue) refuses (TCP reset) every new connection from another
-# region except to the ports given. Each region's processes listen on its address, which the other
-# regions' namespaces reach over the bridge; without this a process in another region's namespace
-# could talk to the region's internal gRPC, its replicator's control port or its Redis, none of
-# which authenticate, going around the replicators' mTLS. The region's own processes (loopback)
-# and the root namespace (bridge address .254: operators, the failover controllers, customers)
-# pass. Replies to connections the region opened are not new connections and pass. Idempotent:
-# each call replaces the region's list.
+# expose REGION --ports: in REGION's namespace, MERIDIAN-GUARD (first in INPUT, before the
+# partitions and the delay queue, whose accept would end INPUT for a packet) resets every new
+# connection from another region except to the ports given. Each region's processes listen on its
+# address, which the other regions' namespaces reach over the bridge; without this a process in
+# another region's namespace could talk to the region's internal gRPC, its replicator's control
+# port or its Redis, none of which authenticate, going around the replicators' mTLS. The region's
+# own processes (loopback) and the root namespace (bridge address .254: operators, the failover
+# controllers, customers) pass. Replies to connections the region opened are not new connections
+# and pass. Each call replaces the region's list: the new chain is built whole beside the old one
+# and swapped in, so no moment leaves every port open, and a rule that cannot be made leaves the
+# old guard as it was.
 cmd_expose() {
   need_root
   require_state
-  local i ns p n=0
+  local i ns p n=0 new=MERIDIAN-GUARD-NEW
   i=$(index_of "$TARGET") || exit 1
   ns=$(ns_of "$i")
   [[ -n "$PORTS" ]] || bad "expose needs --ports P1,P2,... (or --ports none)"
   if [[ "$PORTS" != none ]]; then
-    [[ "$PORTS" =~ ^[0-9]{1,5}(,[0-9]{1,5})*$ ]] || die "--ports must be a comma-separated list of ports, got '$PORTS'"
+    [[ "$PORTS" =~ ^[0-9]{1,5}(,[0-9]{1,5})*$ ]] || bad "--ports must be a comma-separated list of ports, got '$PORTS'"
     for p in ${PORTS//,/ }; do
-      ((10#$p >= 1 && 10#$p <= 65535)) || die "--ports: $p is not a port (1..65535)"
+      ((10#$p >= 1 && 10#$p <= 65535)) || bad "--ports: $p is not a port (1..65535)"
       n=$((n + 1))
     done
-    ((n <= 15)) || die "--ports: at most 15 ports (iptables multiport), got $n"
+    ((n <= 15)) || bad "--ports: at most 15 ports (iptables multiport), got $n"
   fi
-  ipt "$ns" -N MERIDIAN-GUARD 2>/dev/null || true
-  ipt "$ns" -C INPUT -j MERIDIAN-GUARD 2>/dev/null || ipt "$ns" -I INPUT 1 -j MERIDIAN-GUARD
-  ipt "$ns" -F MERIDIAN-GUARD
-  ipt "$ns" -A MERIDIAN-GUARD -i lo -j RETURN
-  ipt "$ns" -A MERIDIAN-GUARD -s "$SUBNET.254/32" -j RETURN
-  [[ "$PORTS" == none ]] || ipt "$ns" -A MERIDIAN-GUARD -p tcp -m multiport --dports "$PORTS" -j RETURN
-  ipt "$ns" -A MERIDIAN-GUARD -p tcp --syn -m comment --comment "exposed:$PORTS" -j REJECT --reject-with tcp-reset
+  # What a call that stopped half-way may have left (its old guard, if any, still stands).
+  while ipt "$ns" -D INPUT -j "$new" 2>/dev/null; do :; done
+  if ipt "$ns" -F "$new" 2>/dev/null; then ipt "$ns" -X "$new"; fi
+  ipt "$ns" -N "$new"
+  if ! { ipt "$ns" -A "$new" -i lo -j RETURN &&
+    ipt "$ns" -A "$new" -s "$SUBNET.254/32" -j RETURN &&
+    { [[ "$PORTS" == none ]] || ipt "$ns" -A "$new" -p tcp -m multiport --dports "$PORTS" -j RETURN; } &&
+    ipt "$ns" -A "$new" -p tcp --syn -m comment --comment "exposed:$PORTS" -j REJECT --reject-with tcp-reset; }; then
+    ipt "$ns" -F "$new"
+    ipt "$ns" -X "$new"
+    die "${REGIONS[$i]}: the guard's rules could not be made (above); the region's guard is unchanged"
+  fi
+  ipt "$ns" -I INPUT 1 -j "$new"
+  while ipt "$ns" -D INPUT -j MERIDIAN-GUARD 2>/dev/null; do :; done
+  if ipt "$ns" -F MERIDIAN-GUARD 2>/dev/null; then ipt "$ns" -X MERIDIAN-GUARD; fi
+  ipt "$ns" -E "$new" MERIDIAN-GUARD
   log "${REGIONS[$i]}: other regions may connect to ports $PORTS only"
 }
 
@@ -574,12 +585,15 @@ cmd_check() {
   fi
   if ! why=$(ip netns exec "$probe" iptables -w -A OUTPUT -d 10.255.255.1/32 -j NFQUEUE --queue-num 0 --queue-bypass 2>&1); then
     ok=0; why="iptables NFQUEUE in a namespace failed: $why"
+  elif ! why=$(ip netns exec "$probe" iptables -w -A INPUT -p tcp --syn -m multiport --dports 1,2 \
+    -m comment --comment probe -j REJECT --reject-with tcp-reset 2>&1); then
+    ok=0; why="iptables REJECT, multiport or comment in a namespace failed (expose needs them): $why"
   elif ! why=$(ip netns exec "$probe" "$NFQ" --queue 0 --probe 2>&1); then
     ok=0; why="meridian-netem-nfq cannot bind a queue: $why"
   fi
   ip netns del "$probe" 2>/dev/null || true
   ((ok)) || { echo "netns: $why" >&2; exit 1; }
-  echo "netns: ok (namespaces, iptables NFQUEUE, $NFQ)"
+  echo "netns: ok (namespaces, iptables NFQUEUE and REJECT, $NFQ)"
 }
 
 case "$CMD" in

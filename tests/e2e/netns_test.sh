@@ -142,6 +142,7 @@ net expose eu-west --ports 7001 >/dev/null
 net expose eu-west --ports 7001 >/dev/null
 n=$(ip netns exec "$P-eu-west" iptables -S INPUT | grep -c -- '-j MERIDIAN-GUARD' || true)
 [[ "$n" == 1 ]] || fail "expose twice: $n jumps to MERIDIAN-GUARD, want 1"
+! ip netns exec "$P-eu-west" iptables -S | grep -q MERIDIAN-GUARD-NEW || fail "expose left its new chain behind"
 ip netns exec "$P-eu-west" iptables -S INPUT | sed -n 2p | grep -q -- '-j MERIDIAN-GUARD' ||
   fail "MERIDIAN-GUARD is not first in eu-west's INPUT: $(ip netns exec "$P-eu-west" iptables -S INPUT)"
 t0=$EPOCHREALTIME

@@ -1620,37 +1620,45 @@ TEST_F(RegionTest, TheResidencyAuditFlagsACartTaggedMoreWidelyThanItsOwner) {
 TEST_F(RegionTest, TheResidencyAuditListsRecordsItCannotCheckAndAnswersForItsProfiles) {
   std::string pinned = NewCustomer("us");
   std::string open = NewCustomer("any");
+  const std::string order = UnpaidOrder(open, "sku-1", 1);
+  ASSERT_FALSE(order.empty());
   Response add = As(open, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
   ASSERT_EQ(add.status, 200) << add.body;
   const std::string open_id = Json::parse(add.body)["user_id"];
   Response me = As(pinned, "GET", "/v1/cart");
   ASSERT_EQ(me.status, 200) << me.body;
   const std::string pinned_id = Json::parse(me.body)["user_id"];
-  // The open customer's cart, moved under an owner this region holds no profile of: as a copy of
-  // another region's customer's cart would arrive.
+  // The open customer's cart and order, moved under an owner this region holds no profile of: as
+  // copies of another region's customer's records would arrive.
   const std::string stranger = "u" + std::string(23, '0') + "7";
   auto move_cart = [&](const std::string& from, const std::string& to) {
     for (const auto& [pg, db] : Shards()) {
       pqxx::connection c(pgs_[pg]->ConnectionString(db));
       pqxx::work tx(c);
-      tx.exec0("UPDATE carts SET user_id = " + tx.quote(to) + " WHERE user_id = " + tx.quote(from));
+      for (const char* table : {"carts", "orders"}) {
+        tx.exec0(std::string("UPDATE ") + table + " SET user_id = " + tx.quote(to) +
+                 " WHERE user_id = " + tx.quote(from));
+      }
       tx.commit();
     }
   };
   auto listed = [&](const Json& a) {
-    int n = 0;
+    std::vector<std::string> keys;
     for (const auto& u : a["unverified"]) {
-      n += u.value("user_id", "") == stranger && u.value("table", "") == "carts";
+      if (u.value("user_id", "") == stranger)
+        keys.push_back(u["table"].get<std::string>() + " " + u["key"].get<std::string>());
     }
-    return n;
+    return keys;
   };
   Json a = Json::parse(Admin("GET", "/v1/admin/residency").body, nullptr, false);
-  EXPECT_EQ(listed(a), 0) << a.dump();
+  EXPECT_TRUE(listed(a).empty()) << a.dump();
+  const int64_t before = a.value("unverified_count", -1);
   move_cart(open_id, stranger);
   a = Json::parse(Admin("GET", "/v1/admin/residency").body, nullptr, false);
   move_cart(stranger, open_id);
-  EXPECT_EQ(listed(a), 1) << a.dump();
-  EXPECT_GE(a.value("unverified_count", 0), 1);
+  EXPECT_EQ(listed(a), (std::vector<std::string>{"carts " + stranger, "orders " + order}))
+      << a.dump();
+  EXPECT_EQ(a.value("unverified_count", -1), before + 2) << a.dump();
   EXPECT_EQ(a["violation_count"], 0) << a.dump();
 
   Response p = Admin("POST", "/v1/admin/residency/profiles",
