@@ -208,8 +208,9 @@ HttpResponse RegionApp::Impl::ResidencyProfiles(HttpRequest& req) {
     by_shard[&ShardFor(id)].push_back(id);
   }
   Json profiles = Json::object();
-  for (auto& [shard, list] : by_shard) {
-    absl::Status st = shard->Run([&](pqxx::work& tx) {
+  for (auto& entry : by_shard) {
+    const std::vector<std::string>& list = entry.second;  // a lambda cannot capture a binding
+    absl::Status st = entry.first->Run([&](pqxx::work& tx) {
       std::string in;
       for (const auto& id : list) absl::StrAppend(&in, in.empty() ? "" : ", ", tx.quote(id));
       for (const auto& r :
