@@ -705,6 +705,51 @@ Ctl::OwnerProfiles Ctl::ProfilesOf(const std::vector<Json>& answers) {
   return out;
 }
 
+// One record `name` (jurisdiction `jur`) listed as unverified, against its owner's profiles
+// elsewhere: its entry for the JSON output ("ok", "violation" or "unproven"); a problem for the
+// latter two.
+Json Ctl::CheckUnverified(const Json& u, const OwnerProfiles& profiles, const std::string& name,
+                          const std::string& jur, std::vector<std::string>* problems) {
+  const std::string what = absl::StrCat(Str(u, "table"), " ", Str(u, "key"));
+  const std::string owner = Str(u, "user_id");
+  Json c{{"table", Str(u, "table")}, {"key", Str(u, "key")}, {"user_id", owner}};
+  std::vector<std::string> pinned, holders;
+  if (auto it = profiles.held.find(owner); it != profiles.held.end()) {
+    for (const auto& [holder, residency] : it->second) {
+      holders.push_back(absl::StrCat(holder, ":", residency));
+      // Pinned anywhere, even to this jurisdiction: under "any" the record could be shipped
+      // everywhere (the region's own differs_from_profile rule).
+      if (residency != "any")
+        pinned.push_back(absl::StrCat(residency, " (profile at ", holder, ")"));
+    }
+  }
+  c["profiles"] = holders;
+  if (!pinned.empty()) {
+    problems->push_back(absl::StrCat(what, " is tagged 'any' in ", name, " (", jur,
+                                     "), but its owner is pinned to ",
+                                     absl::StrJoin(pinned, ", ")));
+    c["result"] = "violation";
+    return c;
+  }
+  std::string unproven;
+  if (!services::IsUserId(owner)) {
+    unproven = absl::StrCat("its owner id '", owner.substr(0, 40), "' is not a user id");
+  } else if (!profiles.unanswered.empty()) {
+    unproven = absl::StrCat(absl::StrJoin(profiles.unanswered, ", "),
+                            " did not answer for its owner's profile");
+  } else if (holders.empty()) {
+    unproven = "no region holds its owner's profile";
+  }
+  if (unproven.empty()) {
+    c["result"] = "ok";
+  } else {
+    problems->push_back(absl::StrCat(what, " is tagged 'any' in ", name, ", and ", unproven,
+                                     ": its residency cannot be proven"));
+    c["result"] = "unproven";
+  }
+  return c;
+}
+
 CtlResult Ctl::ResidencyAudit() {
   std::vector<std::string> urls;
   for (const auto& reg : c_.regions) urls.push_back(reg.url + "/v1/admin/residency");
@@ -782,45 +827,8 @@ CtlResult Ctl::ResidencyAudit() {
             "no unverified_count in the answer: its records tagged 'any' were not checked");
       }
       Json checked = Json::array();
-      for (const Json& u : unverified) {
-        const std::string what = absl::StrCat(Str(u, "table"), " ", Str(u, "key"));
-        const std::string owner = Str(u, "user_id");
-        auto it = profiles.held.find(owner);
-        Json c{{"table", Str(u, "table")}, {"key", Str(u, "key")}, {"user_id", owner}};
-        std::vector<std::string> pinned, holders;
-        if (it != profiles.held.end()) {
-          for (const auto& [holder, residency] : it->second) {
-            holders.push_back(absl::StrCat(holder, ":", residency));
-            // Pinned anywhere, even to this jurisdiction: under "any" the record could be
-            // shipped everywhere (the region's own differs_from_profile rule).
-            if (residency != "any")
-              pinned.push_back(absl::StrCat(residency, " (profile at ", holder, ")"));
-          }
-        }
-        c["profiles"] = holders;
-        std::string unproven;
-        if (!pinned.empty()) {
-          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name, " (", jur,
-                                          "), but its owner is pinned to ",
-                                          absl::StrJoin(pinned, ", ")));
-          c["result"] = "violation";
-        } else if (!services::IsUserId(owner)) {
-          unproven = absl::StrCat("its owner id '", owner.substr(0, 40), "' is not a user id");
-        } else if (!profiles.unanswered.empty()) {
-          unproven = absl::StrCat(absl::StrJoin(profiles.unanswered, ", "),
-                                  " did not answer for its owner's profile");
-        } else if (holders.empty()) {
-          unproven = "no region holds its owner's profile";
-        } else {
-          c["result"] = "ok";
-        }
-        if (!unproven.empty()) {
-          problems.push_back(absl::StrCat(what, " is tagged 'any' in ", name, ", and ", unproven,
-                                          ": its residency cannot be proven"));
-          c["result"] = "unproven";
-        }
-        checked.push_back(c);
-      }
+      for (const Json& u : unverified)
+        checked.push_back(CheckUnverified(u, profiles, name, jur, &problems));
       if (uc > static_cast<int64_t>(unverified.size())) {
         problems.push_back(absl::StrCat(uc - static_cast<int64_t>(unverified.size()),
                                         " more record(s) tagged 'any' without their owner's "

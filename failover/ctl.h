@@ -67,8 +67,9 @@ class Ctl {
   // Every region's GET /v1/admin/residency, checked: exit 1 on any violation or unreachable
   // region. A record a region lists as unverified (tagged "any", no profile of its owner there)
   // is checked against every region's profile of its owner (POST /v1/admin/residency/profiles):
-  // a violation if the owner is pinned to another jurisdiction, unproven (exit 1) if no region
-  // holds the profile.
+  // a violation if the owner is pinned (anywhere: under "any" the record could ship everywhere),
+  // unproven (exit 1) if no region holds the profile, its owner id is malformed, or a region did
+  // not answer.
   [[nodiscard]] CtlResult ResidencyAudit();
   // POST /v1/leases/{region}/handback at the replicator holding the region's group (or `from`);
   // then waits up to wait_s for the region to hold it again.
@@ -88,6 +89,9 @@ class Ctl {
     std::vector<std::string> unanswered;  // regions that did not answer every request
   };
   OwnerProfiles ProfilesOf(const std::vector<nlohmann::json>& answers);
+  static nlohmann::json CheckUnverified(const nlohmann::json& u, const OwnerProfiles& profiles,
+                                        const std::string& name, const std::string& jur,
+                                        std::vector<std::string>* problems);
 
   ClusterEndpoints c_;
   HttpClient* http_;
