@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole pass/fail suite, from a clean checkout: installs dependencies, builds, runs every test
 # (ctest) in a Release build (GCC) and again in a sanitizer build (clang: AddressSanitizer +
-# UndefinedBehaviorSanitizer, with the libFuzzer target; it builds while the release tests run, at
-# idle priority), then fuzzes the decoders of peer input
-# (CRDT documents, replication frames, the region's ApplyDeltas checks) with that build's
-# libFuzzer target for 60 s. Exit status 0 only if all of it passed.
+# UndefinedBehaviorSanitizer, with the libFuzzer targets; it builds while the release tests run, at
+# idle priority), then runs that build's two libFuzzer targets side by side for 60 s: the decoders
+# of peer input (CRDT documents, replication frames, the region's ApplyDeltas checks) and the
+# region's HTTP server and router (a client's bytes over loopback). Exit status 0 only if all of it
+# passed.
 #
 # Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), JOBS (default: nproc),
 #              SKIP_ASAN=1 to skip the sanitizer pass and the fuzzing (local iteration only; CI
@@ -72,14 +73,36 @@ if [[ -n $san_build ]]; then
     ctest --test-dir build-san --output-on-failure -j "$JOBS"
 
   if [[ "$FUZZ_SECONDS" -gt 0 ]]; then
-    step "fuzzing the decoders of peer input for ${FUZZ_SECONDS} s (libFuzzer, ASan+UBSan)"
+    step "fuzzing for ${FUZZ_SECONDS} s (libFuzzer, ASan+UBSan): the decoders of peer input and the HTTP server, side by side"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    cp tests/fuzz/corpus/* "$work"/
+    # fuzz TARGET CORPUS: runs build-san's TARGET on a copy of CORPUS; its output in $work/TARGET.log.
     # A crash leaves crash-* in build-san and fails this script.
-    (cd build-san && ./tests/fuzz/crdt_decode_fuzz -max_total_time="$FUZZ_SECONDS" -max_len=4096 \
-      -print_final_stats=1 "$work" 2>&1 | tail -n 12)
-    echo "fuzz: ${FUZZ_SECONDS} s without a crash"
+    fuzz() {
+      mkdir "$work/$1" && cp "$2"/* "$work/$1"/
+      (cd build-san && "./tests/fuzz/$1" -max_total_time="$FUZZ_SECONDS" -max_len=4096 \
+        -print_final_stats=1 "$work/$1" >"$work/$1.log" 2>&1)
+    }
+    fuzz crdt_decode_fuzz tests/fuzz/corpus &
+    crdt_fuzz=$!
+    fuzz http_request_fuzz tests/fuzz/http_corpus &
+    http_fuzz=$!
+    failed=()
+    wait "$crdt_fuzz" || failed+=(crdt_decode_fuzz)
+    wait "$http_fuzz" || failed+=(http_request_fuzz)
+    for target in crdt_decode_fuzz http_request_fuzz; do
+      echo "-- $target"
+      if [[ " ${failed[*]} " == *" $target "* ]]; then
+        tail -n 60 "$work/$target.log"
+      else
+        grep -E '^(Done|stat::)' "$work/$target.log"
+      fi
+    done
+    if ((${#failed[@]})); then
+      echo "fuzzing failed: ${failed[*]} (the crash input is build-san/crash-*)" >&2
+      exit 1
+    fi
+    echo "fuzz: ${FUZZ_SECONDS} s without a crash, each target"
   fi
 fi
 
