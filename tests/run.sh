@@ -58,7 +58,7 @@ step "release tests${san_build:+ (the sanitizer tree builds beside them at idle 
 ctest --test-dir build --output-on-failure -j "$JOBS"
 
 if [[ -n $san_build ]]; then
-  step "sanitizer build (clang -O0, ASan+UBSan, libFuzzer target): waiting for it to finish"
+  step "sanitizer build (clang -O0, ASan+UBSan, libFuzzer targets): waiting for it to finish"
   if ! wait "$san_build"; then
     san_build=""
     tail -n 40 build-san/build.log
