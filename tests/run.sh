@@ -37,7 +37,7 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
   # 84 s for region/internal_service.cc), and the optimizer is not what this pass tests: the
   # release pass runs -O3. The CPU-bound code (MERIDIAN_HOT_CODE_OPTIONS, see CMakeLists.txt) is
   # built -O1, or its properties and the simulator run up to 8x slower. MERIDIAN_FUZZ builds the
-  # decoders' fuzz target in the same tree.
+  # fuzz targets (decoders, HTTP server) in the same tree.
   CC=clang CXX=clang++ cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DMERIDIAN_SANITIZE=ON -DMERIDIAN_FUZZ=ON -DMERIDIAN_BENCH=OFF -DMERIDIAN_UNITY_BUILD=ON \
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O0 -g1 -DNDEBUG" -DMERIDIAN_HOT_CODE_OPTIONS=-O1 \
