@@ -95,7 +95,7 @@ if [[ -n $san_build ]]; then
       if [[ " ${failed[*]} " == *" $target "* ]]; then
         tail -n 60 "$work/$target.log"
       else
-        grep -E '^(Done|stat::)' "$work/$target.log"
+        grep -E '^(Done|stat::)' "$work/$target.log" || true
       fi
     done
     if ((${#failed[@]})); then
