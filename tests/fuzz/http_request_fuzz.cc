@@ -38,6 +38,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
 
@@ -78,7 +79,11 @@ http::HttpResponse Echo(http::HttpRequest& req) {
   for (const auto& [k, v] : req.params) detail += " " + k + "=" + v;
   if (auto q = req.QueryParam("q")) detail += " q=" + *q;
   http::HttpResponse r = http::HttpResponse::Problem(200, req.method, detail);
-  if (auto s = req.Header("x-status")) r.status = std::atoi(std::string(*s).c_str());
+  // Any number, or -1 (invalid too) when it is none: the server must answer an invalid one as 500.
+  if (auto s = req.Header("x-status");
+      s && !absl::SimpleAtoi(absl::string_view(s->data(), s->size()), &r.status)) {
+    r.status = -1;
+  }
   // Percent-decoded, so that the handler can return CR, LF or NUL, which no request header holds.
   if (auto n = req.Header("x-header-name")) {
     r.headers.emplace_back(http::PercentDecode(*n, false),
