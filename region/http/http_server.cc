@@ -105,10 +105,18 @@ bool IsTokenChar(char c) {
          std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
-// A header the handler set that we can put on the wire without it splitting the response.
+// A byte a field value may hold (RFC 9110 5.5): HTAB, visible ASCII, space, and obs-text (0x80 and
+// up). Any other control (CR, LF and NUL among them) would split the response, or make strict
+// clients (http-parser, Node) refuse all of it.
+bool IsFieldValueChar(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u == '\t' || (u >= 0x20 && u != 0x7f);
+}
+
+// A header the handler set that we can put on the wire as it is.
 bool IsSafeHeader(std::string_view name, std::string_view value) {
   return !name.empty() && std::all_of(name.begin(), name.end(), IsTokenChar) &&
-         value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+         std::all_of(value.begin(), value.end(), IsFieldValueChar);
 }
 
 std::string_view ReasonPhrase(int status) {

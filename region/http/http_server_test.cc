@@ -494,6 +494,14 @@ TEST_F(HttpServerTest, InvalidStatusAndUnsafeHeadersFromHandler) {
     response.headers.emplace_back("X-Ok", "yes");
     response.headers.emplace_back("X-Split", "a\r\nX-Injected: 1");
     response.headers.emplace_back("Content-Length", "999");
+    // Controls other than HTAB may not be in a field value (RFC 9110 5.5): strict clients
+    // (http-parser, Node) refuse the whole response. HTAB and bytes over 0x7F may.
+    response.headers.emplace_back("X-Ctl", std::string("a\x10"
+                                                       "b"));
+    response.headers.emplace_back("X-Del", std::string("a\x7f"
+                                                       "b"));
+    response.headers.emplace_back("X-Tab", "a\tb");
+    response.headers.emplace_back("X-Obs", "caf\xc3\xa9");
     return response;
   });
   TestClient client(server_->port());
@@ -506,6 +514,10 @@ TEST_F(HttpServerTest, InvalidStatusAndUnsafeHeadersFromHandler) {
   EXPECT_EQ(created->Header("x-ok"), "yes");
   EXPECT_EQ(created->Header("x-split"), "");
   EXPECT_EQ(created->Header("x-injected"), "");
+  EXPECT_EQ(created->Header("x-ctl"), "");
+  EXPECT_EQ(created->Header("x-del"), "");
+  EXPECT_EQ(created->Header("x-tab"), "a\tb");
+  EXPECT_EQ(created->Header("x-obs"), "caf\xc3\xa9");
   EXPECT_EQ(created->Header("content-length"), "2");
   EXPECT_EQ(created->body, "{}");
 }

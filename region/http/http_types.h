@@ -37,7 +37,8 @@ struct HttpRequest {
 // What a Handler returns. The server always adds Content-Length (except for 204 and 304, which
 // carry no body) and a Connection header when it closes; it ignores Content-Length,
 // Transfer-Encoding and Content-Type in `headers` (Content-Type comes from `content_type`, empty
-// for none) and drops headers whose name or value could split the response (CR, LF, NUL).
+// for none) and drops headers whose name is not a token or whose value holds a control other than
+// HTAB (CR, LF and NUL would split the response; the others make strict clients refuse it).
 // A `Connection: close` header in `headers` makes the server close after this response.
 struct HttpResponse {
   int status = 200;  // REQUIRES: 200..599; anything else is answered as a 500
