@@ -23,7 +23,6 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -38,22 +37,20 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/numbers.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "common/strings.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
 
 namespace {
 
 namespace http = meridian::region::http;
+using meridian::AbslView;
+using meridian::ParseInt;
 
 constexpr size_t kMaxBodyBytes = 2048;
 constexpr int kClientTimeoutS = 10;
-
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 [[noreturn]] void Fail(const std::string& what) {
   std::fprintf(stderr, "http_request_fuzz: %s\n", what.c_str());
@@ -80,10 +77,7 @@ http::HttpResponse Echo(http::HttpRequest& req) {
   if (auto q = req.QueryParam("q")) detail += " q=" + *q;
   http::HttpResponse r = http::HttpResponse::Problem(200, req.method, detail);
   // Any number, or -1 (invalid too) when it is none: the server must answer an invalid one as 500.
-  if (auto s = req.Header("x-status");
-      s && !absl::SimpleAtoi(absl::string_view(s->data(), s->size()), &r.status)) {
-    r.status = -1;
-  }
+  if (auto s = req.Header("x-status"); s && !ParseInt(*s, &r.status)) r.status = -1;
   // Percent-decoded, so that the handler can return CR, LF or NUL, which no request header holds.
   if (auto n = req.Header("x-header-name")) {
     r.headers.emplace_back(http::PercentDecode(*n, false),
@@ -118,7 +112,9 @@ class Server {
       CheckRequest(req);
       http::HttpResponse r = router_.Handle(req);
       // The input may name its echoed header so: only the wrapper's own may remain.
-      std::erase_if(r.headers, [](const auto& h) { return Lower(h.first) == "x-req-method"; });
+      std::erase_if(r.headers, [](const auto& h) {
+        return absl::EqualsIgnoreCase(AbslView(h.first), "x-req-method");
+      });
       r.headers.emplace_back("x-req-method", req.method);
       return r;
     });
@@ -212,7 +208,7 @@ class ResponseChecker {
   }
   static int OnHeaderValue(http_parser* p, const char* at, size_t n) {
     ResponseChecker& c = Self(p);
-    const std::string lower = Lower(c.field_);
+    const std::string lower = absl::AsciiStrToLower(AbslView(c.field_));
     const std::string_view value(at, n);
     if (lower == "content-length") c.content_length_ = true;
     if (lower == "content-type" && value == "application/problem+json") c.problem_json_ = true;
