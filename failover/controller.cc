@@ -457,6 +457,17 @@ class Controller::Impl {
     return out;
   }
 
+  // Whether the controllers still back a "down" override of `region` at now: a quorum of them
+  // heard from (this one included) and no quorum that sees it recovered. A controller cut off
+  // from its peers keeps its last decision (lost) but does not put geo's override back on its
+  // own view: the others may have recovered the region and lifted it, and it would flap the region
+  // in and out of DNS every reconcile interval against them.
+  bool DownStillBackedLocked(int64_t now, const std::string& region) const {
+    const Tally t = decider_.Count(now, region);
+    const size_t voters = decider_.config().regions.size() - 1;  // a region's own does not vote
+    return voters - t.silent.size() >= t.needed && t.recovered.size() < t.needed;
+  }
+
   void FollowUpsLocked(int64_t now) {
     const std::map<std::string, Holder> holders = HoldersLocked();
     for (const auto& r : names_) {
@@ -477,7 +488,8 @@ class Controller::Impl {
               absl::StrCat(h->second.region, "'s replicator holds ", r, "'s order lease (usable)"),
               p.takeover);
         }
-        if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms) {
+        if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms &&
+            DownStillBackedLocked(now, r)) {
           p.geo_checked_ms = now;
           const std::string region = r;
           Enqueue([this, region] { EnsureGeoDown(region); });
@@ -550,7 +562,8 @@ class Controller::Impl {
         override_state = StringOr(j["override"], "state");
       {
         std::lock_guard<std::mutex> l(mu_);
-        if (decider_.state(region) == RegionState::kUp) return;  // recovered meanwhile
+        if (decider_.state(region) == RegionState::kUp) return;       // recovered meanwhile
+        if (!DownStillBackedLocked(clock_->NowMs(), region)) return;  // cut off meanwhile
       }
       if (override_state == "down") continue;
       ReconcileGeo(g, region, "down", "region lost (override restored)");

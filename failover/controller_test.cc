@@ -336,6 +336,7 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
                 R"({"name":"eu-west","override":{"state":"auto"},"effective":"down"})");
   http_.ClearCalls();
   clock_.Advance(5000);
+  ASSERT_EQ(PeerRound("eu-west").status, 200);  // the quorum still sees eu-west lost
   Round();
   geo = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
   ASSERT_EQ(geo.size(), 1u);
@@ -405,6 +406,42 @@ TEST_F(ControllerTest, LossAndRecoveryEndToEnd) {
 
   Json decisions = Json::parse(Call("GET", "/v1/decisions").body);
   EXPECT_GE(decisions["entries"].size(), 8u);
+}
+
+// A controller that decided a region lost and then stops hearing its peers (say their pushes no
+// longer reach it) stays "lost", but puts geo's "down" override back only while a quorum of fresh
+// observations still backs it: the others may have recovered the region and lifted the override,
+// and one cut-off controller must not flap it out of DNS against them.
+TEST_F(ControllerTest, ACutOffControllerDoesNotPutBackADownOverride) {
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound("eu-west").status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  c_->RunPendingActions();
+  // The majority lifted the override (eu-west recovered there); ap-south's pushes stop reaching us.
+  http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                R"({"name":"eu-west","override":{"state":"auto"},"effective":"up"})");
+  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
+  http_.ClearCalls();
+  for (int i = 0; i < 30; ++i) Round();  // 15 s: three reconcile intervals
+  EXPECT_EQ(Region("eu-west")["state"], "lost") << "it cannot recover alone either";
+  EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
+  const std::string restored = "action=geo_health result=ok state=down geo=http://geo reconcile=1";
+  EXPECT_EQ(Audit().find(restored), std::string::npos);
+  // Heard again, and the quorum still sees eu-west down: the override is put back.
+  ASSERT_EQ(PeerRound("eu-west").status, 200);
+  Round();
+  auto geo = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(geo.size(), 1u);
+  EXPECT_EQ(Json::parse(geo[0].body)["state"], "down");
+  EXPECT_NE(Audit().find(restored), std::string::npos);
+  EXPECT_NE(geo[0].body.find("override restored"), std::string::npos) << geo[0].body;
 }
 
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {

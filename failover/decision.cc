@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace meridian::failover {
@@ -85,11 +86,20 @@ absl::Status Decider::AcceptPeerObservation(int64_t now_ms, const Observation& o
     if (!o.regions.count(r))
       return absl::InvalidArgumentError(absl::StrCat("regions: '", r, "' is missing"));
   }
+  std::deque<uint64_t>& old = superseded_[o.from];
+  if (std::find(old.begin(), old.end(), o.incarnation) != old.end()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "incarnation %016x of '%s' was superseded by a restart", o.incarnation, o.from));
+  }
   auto it = peers_.find(o.from);
   if (it != peers_.end() && it->second.observation.incarnation == o.incarnation &&
       o.seq <= it->second.observation.seq) {
     return absl::FailedPreconditionError(
         absl::StrCat("seq ", o.seq, " is not newer than ", it->second.observation.seq));
+  }
+  if (it != peers_.end() && it->second.observation.incarnation != o.incarnation) {
+    old.push_back(it->second.observation.incarnation);  // a restart: the old one is done
+    if (old.size() > kSupersededKept) old.pop_front();
   }
   peers_[o.from] = Held{o, now_ms};
   return absl::OkStatus();

@@ -30,6 +30,7 @@
 // Thread-safety: none; the owner serializes calls.
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <string>
@@ -104,7 +105,9 @@ class Decider {
 
   // A peer's observation, received at now_ms. InvalidArgument (and nothing changes) when it is
   // from an unknown region or ourselves, names an unknown region, or lacks one; FailedPrecondition
-  // when it is older than the one we hold (same incarnation, seq not higher).
+  // when it is older than the one we hold (same incarnation, seq not higher) or comes from an
+  // incarnation a restart of that peer superseded (the last kSupersededKept of them are kept), so
+  // that a push delayed across the peer's restart, or replayed, never counts again.
   [[nodiscard]] absl::Status AcceptPeerObservation(int64_t now_ms, const Observation& o);
 
   // Applies the rules at now_ms; returns the transitions taken, in order.
@@ -136,6 +139,8 @@ class Decider {
   Observation own_;
   int64_t own_recorded_ms_ = -1;
   std::map<std::string, Held> peers_;
+  static constexpr size_t kSupersededKept = 64;
+  std::map<std::string, std::deque<uint64_t>> superseded_;  // per peer, oldest first
   std::map<std::string, RegionState> state_;
   std::map<std::string, int64_t> since_ms_;
   std::map<std::string, int64_t> fail_since_ms_;

@@ -256,6 +256,24 @@ TEST(DecisionTest, PeerObservationValidation) {
   restarted.d.set_incarnation(8);
   restarted.d.RecordOwnChecks(5, All(kThree));
   EXPECT_TRUE(us.AcceptPeerObservation(5, restarted.d.own()).ok());
+  // A push of the incarnation the restart superseded (delayed across the restart, or replayed)
+  // is refused, even with a higher seq, and the restarted peer's observation is kept.
+  ap.d.RecordOwnChecks(6, All(kThree, "eu-west"));
+  const absl::Status stale = us.AcceptPeerObservation(6, ap.d.own());
+  EXPECT_TRUE(absl::IsFailedPrecondition(stale)) << stale;
+  EXPECT_NE(stale.message().find("superseded"), std::string::npos) << stale;
+  EXPECT_EQ(us.peer("ap-south")->observation.incarnation, 8u);
+  EXPECT_TRUE(us.peer("ap-south")->observation.regions.at("eu-west").healthy);
+  // The restarted one goes on; a second restart supersedes it too.
+  restarted.d.RecordOwnChecks(7, All(kThree));
+  EXPECT_TRUE(us.AcceptPeerObservation(7, restarted.d.own()).ok());
+  Peer again("ap-south");
+  again.d.set_incarnation(9);
+  again.d.RecordOwnChecks(8, All(kThree));
+  EXPECT_TRUE(us.AcceptPeerObservation(8, again.d.own()).ok());
+  restarted.d.RecordOwnChecks(9, All(kThree));
+  EXPECT_TRUE(absl::IsFailedPrecondition(us.AcceptPeerObservation(9, restarted.d.own())));
+  EXPECT_TRUE(absl::IsFailedPrecondition(us.AcceptPeerObservation(9, ap.d.own())));
 }
 
 TEST(DecisionTest, TwoRegionsNeedBothControllers) {
