@@ -194,6 +194,11 @@ inline bool TokenEquals(std::string_view presented, std::string_view configured)
   return diff == 0;
 }
 
+// Whether `host` (as a config's listen address gives it) is reachable from this machine only.
+inline bool IsLoopbackHost(std::string_view host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || host.starts_with("127.");
+}
+
 // The smallest operator bearer token any daemon accepts.
 inline constexpr size_t kOperatorTokenBytesMin = 16;
 

@@ -91,7 +91,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.redis_timeout_ms = r.Integer<int>(redis, "timeout_ms", "redis.timeout_ms", 200, 1, 60000);
 
   YAML::Node sec = r.Map(root, "security", "security", true);
-  r.OnlyKeys(sec, "security", {"token_secret", "operator_token", "token_ttl_s"});
+  r.OnlyKeys(sec, "security", {"token_secret", "operator_token", "token_ttl_s", "internal_token"});
   c.token_secret = r.String(sec, "token_secret", "security.token_secret", true);
   c.operator_token = r.String(sec, "operator_token", "security.operator_token", true);
   c.token_ttl_s = r.Integer<int>(sec, "token_ttl_s", "security.token_ttl_s", 86400, 60, 30 * 86400);
@@ -104,6 +104,20 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     if (absl::Status st = common::CheckOperatorToken(c.operator_token); !st.ok()) {
       r.Fail("security.operator_token", std::string(st.message()));
     }
+  }
+  // The replicator's key to listen.grpc (common/grpc_auth.h): that API moves orders, stock
+  // rights and holds, so a listener other machines can reach needs it.
+  c.internal_token = r.String(sec, "internal_token", "security.internal_token", false);
+  if (r.ok() && !c.internal_token.empty()) {
+    if (absl::Status st = common::CheckOperatorToken(c.internal_token); !st.ok()) {
+      r.Fail("security.internal_token", std::string(st.message()));
+    }
+  }
+  if (r.ok() && !c.grpc.host.empty() && c.internal_token.empty() &&
+      !common::IsLoopbackHost(c.grpc.host)) {
+    r.Fail("security.internal_token",
+           absl::StrCat("required when listen.grpc is not a loopback address (", c.grpc.host,
+                        "): it is the replicator's key to the region's internal API"));
   }
 
   if (root["peers"]) {

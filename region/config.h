@@ -54,6 +54,10 @@ struct RegionConfig {
   // security
   std::string token_secret;    // HMAC key for customer tokens, >= 32 bytes
   std::string operator_token;  // bearer token for admin routes, >= 16 bytes
+  // The bearer token of the internal gRPC API (listen.grpc) and of the replicator's control port,
+  // shared with this region's replicator (its region_token_file); empty: none, and then
+  // listen.grpc must be a loopback address.
+  std::string internal_token;
   int token_ttl_s = 86400;
   // peers
   std::vector<PeerRegion> peers;

@@ -44,6 +44,31 @@ std::string Replace(std::string s, const std::string& from, const std::string& t
   return s;
 }
 
+// The internal gRPC API moves orders, stock rights and holds: a listener beyond loopback needs
+// the replicator's token.
+TEST(Config, AnInternalApiBeyondLoopbackNeedsTheInternalToken) {
+  const std::string exposed =
+      Replace(kGood, "grpc: \"127.0.0.1:9090\"", "grpc: \"10.77.0.1:9090\"");
+  ExpectError(exposed,
+              "security.internal_token: required when listen.grpc is not a loopback "
+              "address (10.77.0.1)");
+  ExpectError(Replace(kGood, "grpc: \"127.0.0.1:9090\"", "grpc: \"0.0.0.0:0\""),
+              "security.internal_token");
+  const std::string with_token = Replace(exposed, "operator_token: \"operator-token-1234\"",
+                                         "operator_token: \"operator-token-1234\", "
+                                         "internal_token: \"internal-token-0123456789\"");
+  auto c = ParseConfig(with_token);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->internal_token, "internal-token-0123456789");
+  auto loopback = ParseConfig(kGood);
+  ASSERT_TRUE(loopback.ok()) << loopback.status();
+  EXPECT_EQ(loopback->internal_token, "") << "optional on loopback";
+  ExpectError(Replace(with_token, "internal-token-0123456789", "short"),
+              "security.internal_token: the token must be at least 16 bytes");
+  ExpectError(Replace(with_token, "internal-token-0123456789", "internal token 0123456789"),
+              "security.internal_token: the token must be printable ASCII without spaces");
+}
+
 TEST(Config, NamesTheBadField) {
   ExpectError("region: [", "not valid YAML");
   ExpectError(Replace(kGood, "replica_id: 1", "replica_id: 0"), "region.replica_id");

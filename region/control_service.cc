@@ -11,6 +11,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_auth.h"
 #include "crdt/codec.h"
 #include "region/control.grpc.pb.h"
 #include "region/documents.h"
@@ -46,8 +47,9 @@ class OrderForwarder {
 void ConnectForwarder(RegionApp::Impl& app) {
   const auto& r = app.config.replication;
   if (!r.enabled || r.replicator.host.empty() || r.replicator.port == 0) return;
-  app.forwarder = std::make_shared<OrderForwarder>(grpc::CreateChannel(
-      absl::StrCat(r.replicator.host, ":", r.replicator.port), grpc::InsecureChannelCredentials()));
+  // The replicator's control port asks for security.internal_token too.
+  app.forwarder = std::make_shared<OrderForwarder>(common::ChannelWithBearerToken(
+      absl::StrCat(r.replicator.host, ":", r.replicator.port), app.config.internal_token));
 }
 
 HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& user_id,
@@ -293,8 +295,14 @@ class ControlService final : public pb::RegionControl::Service {
  public:
   explicit ControlService(RegionApp::Impl& app) : app_(app) {}
 
-  grpc::Status SetLeases(grpc::ServerContext*, const pb::SetLeasesRequest* req,
+  // Every call must carry the internal token (common/grpc_auth.h) when one is configured.
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const {
+    return common::CheckBearerToken(*ctx, app_.config.internal_token, "security.internal_token");
+  }
+
+  grpc::Status SetLeases(grpc::ServerContext* ctx, const pb::SetLeasesRequest* req,
                          pb::SetLeasesResponse*) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     std::vector<LeaseGrant> grants;
     for (const auto& g : req->groups()) {
       if (!ValidReplica(g.group()) || (g.owner() != 0 && !ValidReplica(g.owner())) ||
@@ -311,8 +319,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status LoadLeaseRecords(grpc::ServerContext*, const pb::LoadLeaseRecordsRequest*,
+  grpc::Status LoadLeaseRecords(grpc::ServerContext* ctx, const pb::LoadLeaseRecordsRequest*,
                                 pb::LoadLeaseRecordsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     return FromStatus(app_.global->Run([&](pqxx::work& tx) {
       out->clear_records();
       for (const auto& r : tx.exec("SELECT grp, epoch, owner FROM lease_acceptor ORDER BY grp")) {
@@ -324,8 +333,9 @@ class ControlService final : public pb::RegionControl::Service {
     }));
   }
 
-  grpc::Status SaveLeaseRecord(grpc::ServerContext*, const pb::SaveLeaseRecordRequest* req,
+  grpc::Status SaveLeaseRecord(grpc::ServerContext* ctx, const pb::SaveLeaseRecordRequest* req,
                                pb::SaveLeaseRecordResponse*) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     const auto& r = req->record();
     if (!ValidReplica(r.group()) || (r.owner() != 0 && !ValidReplica(r.owner())) ||
         r.epoch() > (uint64_t{1} << 62)) {
@@ -340,8 +350,9 @@ class ControlService final : public pb::RegionControl::Service {
     }));
   }
 
-  grpc::Status ReadGroupOrders(grpc::ServerContext*, const pb::ReadGroupOrdersRequest* req,
+  grpc::Status ReadGroupOrders(grpc::ServerContext* ctx, const pb::ReadGroupOrdersRequest* req,
                                pb::ReadGroupOrdersResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (!ValidReplica(req->group()) || !ValidReplica(req->owner()) || req->epoch() == 0 ||
         req->limit() < 0 || req->limit() > 5000 || req->after_key().size() > 64 ||
         !services::ValidateResidency(req->jurisdiction()).ok()) {
@@ -415,8 +426,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ApplyOrderStates(grpc::ServerContext*, const pb::ApplyOrderStatesRequest* req,
+  grpc::Status ApplyOrderStates(grpc::ServerContext* ctx, const pb::ApplyOrderStatesRequest* req,
                                 pb::ApplyOrderStatesResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->orders_size() > 5000) return Invalid("ApplyOrderStates: at most 5000 orders");
     // Validate everything first: a bad state fails the call with nothing applied.
     for (const auto& s : req->orders()) {
@@ -487,8 +499,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status WaitRightsDemand(grpc::ServerContext*, const pb::WaitRightsDemandRequest* req,
+  grpc::Status WaitRightsDemand(grpc::ServerContext* ctx, const pb::WaitRightsDemandRequest* req,
                                 pb::WaitRightsDemandResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->wait_ms() < 0 || req->wait_ms() > 10000) return Invalid("wait_ms: 0..10000");
     RightsSignals::Poll p =
         app_.rights_signals.TakeSignals(std::chrono::milliseconds(req->wait_ms()));
@@ -505,8 +518,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetRightsViews(grpc::ServerContext*, const pb::GetRightsViewsRequest* req,
+  grpc::Status GetRightsViews(grpc::ServerContext* ctx, const pb::GetRightsViewsRequest* req,
                               pb::GetRightsViewsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->skus_size() > 10000) return Invalid("GetRightsViews: at most 10000 SKUs");
     if (req->skus_size() == 0) return grpc::Status::OK;
     for (const auto& sku : req->skus()) {
@@ -537,8 +551,9 @@ class ControlService final : public pb::RegionControl::Service {
     }));
   }
 
-  grpc::Status TransferRights(grpc::ServerContext*, const pb::TransferRightsRequest* req,
+  grpc::Status TransferRights(grpc::ServerContext* ctx, const pb::TransferRightsRequest* req,
                               pb::TransferRightsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (!services::ValidateSku(req->sku()).ok() || !ValidReplica(req->to()) ||
         req->to() == app_.config.replica_id || req->units() == 0 ||
         req->units() > crdt::BoundedCounter::kMaxUnits) {
@@ -595,8 +610,9 @@ class ControlService final : public pb::RegionControl::Service {
     return "";
   }
 
-  grpc::Status ReportPeerAcks(grpc::ServerContext*, const pb::ReportPeerAcksRequest* req,
+  grpc::Status ReportPeerAcks(grpc::ServerContext* ctx, const pb::ReportPeerAcksRequest* req,
                               pb::ReportPeerAcksResponse*) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     for (const auto& a : req->acks()) {
       if (a.database().empty() || a.database().size() > 128 || !ValidReplica(a.peer()) ||
           a.seq() < 0) {
@@ -607,8 +623,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status DeclareLost(grpc::ServerContext*, const pb::DeclareLostRequest* req,
+  grpc::Status DeclareLost(grpc::ServerContext* ctx, const pb::DeclareLostRequest* req,
                            pb::DeclareLostResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (!ValidReplica(req->region()) || req->region() == app_.config.replica_id) {
       return Invalid("DeclareLost: region must be another region's replica id");
     }
@@ -684,9 +701,10 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RestockLostDeclaration(grpc::ServerContext*,
+  grpc::Status RestockLostDeclaration(grpc::ServerContext* ctx,
                                       const pb::RestockLostDeclarationRequest* req,
                                       pb::RestockLostDeclarationResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->id().empty() || req->id().size() > 64) {
       return Invalid("RestockLostDeclaration: a declaration id is required");
     }
@@ -735,9 +753,10 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListLostDeclarations(grpc::ServerContext*,
+  grpc::Status ListLostDeclarations(grpc::ServerContext* ctx,
                                     const pb::ListLostDeclarationsRequest* req,
                                     pb::ListLostDeclarationsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (!ValidReplica(req->region())) return Invalid("ListLostDeclarations: region out of range");
     return FromStatus(app_.global->Run([&](pqxx::work& tx) {
       out->clear_declarations();
@@ -788,9 +807,10 @@ class ControlService final : public pb::RegionControl::Service {
     }));
   }
 
-  grpc::Status RecordLostDeclaration(grpc::ServerContext*,
+  grpc::Status RecordLostDeclaration(grpc::ServerContext* ctx,
                                      const pb::RecordLostDeclarationRequest* req,
                                      pb::RecordLostDeclarationResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     const auto& d = req->declaration();
     if (d.id().empty() || d.id().size() > 64 || !ValidReplica(d.region()) ||
         !ValidReplica(d.declared_by()) || d.region() == app_.config.replica_id ||
@@ -834,8 +854,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RetireRights(grpc::ServerContext*, const pb::RetireRightsRequest* req,
+  grpc::Status RetireRights(grpc::ServerContext* ctx, const pb::RetireRightsRequest* req,
                             pb::RetireRightsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     const auto& d = req->declaration();
     if (d.id().empty() || d.id().size() > 64 || d.region() != app_.config.replica_id ||
         !ValidReplica(d.declared_by()) || d.items_size() > 100000) {
@@ -956,9 +977,10 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status SettleLostDeclaration(grpc::ServerContext*,
+  grpc::Status SettleLostDeclaration(grpc::ServerContext* ctx,
                                      const pb::SettleLostDeclarationRequest* req,
                                      pb::SettleLostDeclarationResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->id().empty() || req->id().size() > 64 || !ValidReplica(req->region()) ||
         req->region() == app_.config.replica_id || req->written_off_size() > 100000 ||
         (req->refused() && req->written_off_size() > 0)) {
@@ -1029,8 +1051,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status MutateOrder(grpc::ServerContext*, const pb::MutateOrderRequest* req,
+  grpc::Status MutateOrder(grpc::ServerContext* ctx, const pb::MutateOrderRequest* req,
                            pb::MutateOrderResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->order_id().empty() || req->order_id().size() > 64 || req->user_id().empty() ||
         req->user_id().size() > 128) {
       return Invalid("MutateOrder: order_id and user_id are required");
@@ -1054,8 +1077,9 @@ class ControlService final : public pb::RegionControl::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status FindAccount(grpc::ServerContext*, const pb::FindAccountRequest* req,
+  grpc::Status FindAccount(grpc::ServerContext* ctx, const pb::FindAccountRequest* req,
                            pb::FindAccountResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
         !st.ok()) {
       return Invalid(absl::StrCat("FindAccount: ", st.message()));

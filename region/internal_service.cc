@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/grpc_auth.h"
 #include "common/strings.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
@@ -115,8 +116,14 @@ class Service final : public pb::RegionInternal::Service {
  public:
   explicit Service(RegionApp::Impl& app) : app_(app) {}
 
-  grpc::Status GetStatus(grpc::ServerContext*, const pb::GetStatusRequest*,
+  // Every call must carry the internal token (common/grpc_auth.h) when one is configured.
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const {
+    return common::CheckBearerToken(*ctx, app_.config.internal_token, "security.internal_token");
+  }
+
+  grpc::Status GetStatus(grpc::ServerContext* ctx, const pb::GetStatusRequest*,
                          pb::GetStatusResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     out->set_region(app_.config.name);
     out->set_jurisdiction(app_.config.jurisdiction);
     out->set_replica_id(app_.config.replica_id);
@@ -151,8 +158,10 @@ class Service final : public pb::RegionInternal::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetInventoryRights(grpc::ServerContext*, const pb::GetInventoryRightsRequest* req,
+  grpc::Status GetInventoryRights(grpc::ServerContext* ctx,
+                                  const pb::GetInventoryRightsRequest* req,
                                   pb::GetInventoryRightsResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (auto st = services::ValidateSku(req->sku()); !st.ok()) return ToGrpc(st);
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       pqxx::result r = tx.exec("SELECT state FROM inventory WHERE sku = " + tx.quote(req->sku()));
@@ -173,8 +182,9 @@ class Service final : public pb::RegionInternal::Service {
     return ToGrpc(st);
   }
 
-  grpc::Status ApplyDeltas(grpc::ServerContext*, const pb::ApplyDeltasRequest* req,
+  grpc::Status ApplyDeltas(grpc::ServerContext* ctx, const pb::ApplyDeltasRequest* req,
                            pb::ApplyDeltasResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     auto bad = [&](const std::string& why) {
       app_.replication_rejected->Increment();
       spdlog::warn("event=replication_frame_rejected origin={} db={} reason=\"{}\"", req->origin(),
@@ -291,8 +301,9 @@ class Service final : public pb::RegionInternal::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status SetLocalWriteHold(grpc::ServerContext*, const pb::SetLocalWriteHoldRequest* req,
+  grpc::Status SetLocalWriteHold(grpc::ServerContext* ctx, const pb::SetLocalWriteHoldRequest* req,
                                  pb::SetLocalWriteHoldResponse*) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->peers_size() > 64 || req->stock_awaits_size() > 64) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "peers, stock_awaits: at most 64");
     }
@@ -340,8 +351,9 @@ class Service final : public pb::RegionInternal::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status OutboxBarrier(grpc::ServerContext*, const pb::OutboxBarrierRequest* req,
+  grpc::Status OutboxBarrier(grpc::ServerContext* ctx, const pb::OutboxBarrierRequest* req,
                              pb::OutboxBarrierResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     PgPool* pool = PoolNamed(req->database());
     if (!pool) return UnknownDatabase(req->database());
     // SHARE mode waits for every transaction that inserted into the outbox and holds new ones
@@ -355,8 +367,9 @@ class Service final : public pb::RegionInternal::Service {
     return ToGrpc(st);
   }
 
-  grpc::Status ReadState(grpc::ServerContext*, const pb::ReadStateRequest* req,
+  grpc::Status ReadState(grpc::ServerContext* ctx, const pb::ReadStateRequest* req,
                          pb::ReadStateResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     PgPool* pool = PoolNamed(req->database());
     if (!pool) return UnknownDatabase(req->database());
     const bool global = pool == app_.global.get();
@@ -504,8 +517,9 @@ class Service final : public pb::RegionInternal::Service {
     return ToGrpc(st);
   }
 
-  grpc::Status GetStreamMarks(grpc::ServerContext*, const pb::GetStreamMarksRequest* req,
+  grpc::Status GetStreamMarks(grpc::ServerContext* ctx, const pb::GetStreamMarksRequest* req,
                               pb::GetStreamMarksResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     // The resume points live in the global database; each database also holds the mark of
     // what was applied to it (ApplyDeltas), and the highest of those is the highest applied.
     const std::vector<PgPool*> dbs =
@@ -538,6 +552,7 @@ class Service final : public pb::RegionInternal::Service {
   // there, so a backlog too large for one deadline still goes, chunk by chunk.
   grpc::Status TruncateOutbox(grpc::ServerContext* ctx, const pb::TruncateOutboxRequest* req,
                               pb::TruncateOutboxResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     PgPool* pool = PoolNamed(req->database());
     if (!pool) return UnknownDatabase(req->database());
     if (req->through_seq() < 0) {
@@ -599,6 +614,7 @@ class Service final : public pb::RegionInternal::Service {
 
   grpc::Status PollOutbox(grpc::ServerContext* ctx, const pb::PollOutboxRequest* req,
                           pb::PollOutboxResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     int limit = req->limit() == 0 ? 1000 : req->limit();
     if (limit < 1 || limit > 10000) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit: 1..10000");
@@ -650,8 +666,9 @@ class Service final : public pb::RegionInternal::Service {
 
   OutboxSignal& outbox_signal() { return outbox_signal_; }
 
-  grpc::Status ReadOutbox(grpc::ServerContext*, const pb::ReadOutboxRequest* req,
+  grpc::Status ReadOutbox(grpc::ServerContext* ctx, const pb::ReadOutboxRequest* req,
                           pb::ReadOutboxResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     PgPool* pool = PoolNamed(req->database());
     if (!pool) return UnknownDatabase(req->database());
     int limit = req->limit() == 0 ? 1000 : req->limit();

@@ -20,7 +20,7 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   YamlReader r{std::string(source)};
   r.OnlyKeys(root, "",
              {"region", "jurisdiction", "replica_id", "region_grpc", "listen", "metrics", "tls",
-              "peers", "shipping", "coordination", "state_dir"});
+              "peers", "shipping", "coordination", "state_dir", "region_token_file"});
   ReplicatorConfig c;
   c.region = r.String(root, "region", "region", true);
   if (r.ok() && !ValidRegionName(c.region)) r.Fail("region", "1..32 of [A-Za-z0-9-]");
@@ -31,6 +31,18 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.replica_id = r.Integer<uint32_t>(root, "replica_id", "replica_id", 0, 1, 255);
   if (r.ok() && c.replica_id == 0) r.Fail("replica_id", "missing (1..255)");
   c.region_grpc = r.DialHostPort(root, "region_grpc", "region_grpc", true);
+  // The region's security.internal_token (common/grpc_auth.h): sent on every call to region_grpc,
+  // and asked of the region's calls to coordination.control.
+  const std::string region_token_file = common::ResolveConfigPath(
+      base_dir, r.String(root, "region_token_file", "region_token_file", false));
+  if (r.ok() && !region_token_file.empty()) {
+    auto token = common::ReadOperatorTokenFile(region_token_file);
+    if (!token.ok()) {
+      r.Fail("region_token_file", std::string(token.status().message()));
+    } else {
+      c.region_token = *std::move(token);
+    }
+  }
   c.listen = r.HostPort(root, "listen", "listen", true);
   c.metrics = r.HostPort(root, "metrics", "metrics", false);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
@@ -126,6 +138,12 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
     }
     if (r.ok() && c.admin.port != 0 && c.operator_token.empty()) {
       r.Fail("coordination.operator_token_file", "required when coordination.admin is set");
+    }
+    if (r.ok() && c.control.port != 0 && c.region_token.empty() &&
+        !common::IsLoopbackHost(c.control.host)) {
+      r.Fail("region_token_file",
+             absl::StrCat("required when coordination.control is not a loopback address (",
+                          c.control.host, "): it is the region's key to order forwarding"));
     }
     YAML::Node l = r.Map(co, "leases", "coordination.leases", false);
     r.OnlyKeys(l, "coordination.leases",

@@ -28,8 +28,12 @@ struct ReplicatorConfig {
   std::string jurisdiction;
   uint32_t replica_id = 0;
   Endpoint region_grpc;  // this region's internal API
-  Endpoint listen;       // peers dial here
-  Endpoint metrics;      // Prometheus /metrics; port 0 = off
+  // The region's security.internal_token (from region_token_file): sent on every call to
+  // region_grpc and asked of every call to `control`; empty: none (`control` must then be a
+  // loopback address).
+  std::string region_token;
+  Endpoint listen;   // peers dial here
+  Endpoint metrics;  // Prometheus /metrics; port 0 = off
   // mutual TLS: this region's key and certificate, and the CA that signs every region's (paths
   // as given, or resolved against the config file's folder when relative).
   std::string tls_ca, tls_cert, tls_key;

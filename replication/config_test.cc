@@ -234,6 +234,34 @@ TEST_F(ReplicatorConfigFiles, RelativePathsAreRelativeToTheConfigFile) {
   EXPECT_EQ(absolute_kept->tls_ca, "/pki/ca.pem");
 }
 
+// The region's internal token: sent to region_grpc, asked of the region's calls to a control
+// port; a control port beyond loopback needs it.
+TEST_F(ReplicatorConfigFiles, TheRegionTokenIsReadAndAControlPortBeyondLoopbackNeedsIt) {
+  std::ofstream(dir_ + "/etc/region_token") << "internal-token-0123456789\n";
+  std::ofstream(dir_ + "/etc/r.yaml") << kGood << "region_token_file: region_token\n"
+                                      << "coordination: {control: 10.77.0.1:7400}\n";
+  auto c = LoadReplicatorConfig(dir_ + "/etc/r.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->region_token, "internal-token-0123456789");
+  std::ofstream(dir_ + "/etc/r.yaml", std::ios::trunc)
+      << kGood << "coordination: {control: 10.77.0.1:7400}\n";
+  ExpectErrorNaming(LoadReplicatorConfig(dir_ + "/etc/r.yaml"),
+                    "region_token_file: required when coordination.control is not a loopback "
+                    "address (10.77.0.1)");
+  std::ofstream(dir_ + "/etc/r.yaml", std::ios::trunc)
+      << kGood << "coordination: {control: 127.0.0.1:7400}\n";
+  auto loopback = LoadReplicatorConfig(dir_ + "/etc/r.yaml");
+  ASSERT_TRUE(loopback.ok()) << loopback.status();
+  EXPECT_EQ(loopback->region_token, "");
+  std::ofstream(dir_ + "/etc/region_token", std::ios::trunc) << "short\n";
+  std::ofstream(dir_ + "/etc/r.yaml", std::ios::trunc)
+      << kGood << "region_token_file: region_token\n";
+  ExpectErrorNaming(LoadReplicatorConfig(dir_ + "/etc/r.yaml"), "region_token_file");
+  std::ofstream(dir_ + "/etc/r.yaml", std::ios::trunc)
+      << kGood << "region_token_file: missing_file\n";
+  ExpectErrorNaming(LoadReplicatorConfig(dir_ + "/etc/r.yaml"), "region_token_file");
+}
+
 TEST_F(ReplicatorConfigFiles, AShortTokenAfterTrimmingIsRefused) {
   std::ofstream(dir_ + "/etc/operator_token") << "short\r\n";
   std::ofstream(dir_ + "/etc/r.yaml")

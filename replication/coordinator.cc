@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
+#include "common/grpc_auth.h"
 #include "crdt/bounded_counter.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
@@ -1495,8 +1496,13 @@ namespace {
 class ForwarderService final : public rpb::OrderForwarder::Service {
  public:
   explicit ForwarderService(Coordinator::Impl& c) : c_(c) {}
-  grpc::Status ForwardOrder(grpc::ServerContext*, const rpb::MutateOrderRequest* req,
+  // The region's calls carry region_token_file's token (common/grpc_auth.h) when one is set.
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const {
+    return common::CheckBearerToken(*ctx, c_.config.region_token, "region_token_file");
+  }
+  grpc::Status ForwardOrder(grpc::ServerContext* ctx, const rpb::MutateOrderRequest* req,
                             rpb::MutateOrderResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     pb::Replication::Stub* stub = c_.PeerStub(req->owner());
     if (stub == nullptr) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -1509,16 +1515,17 @@ class ForwarderService final : public rpb::OrderForwarder::Service {
     f.set_card_number(req->card_number());
     f.set_from_region(c_.config.replica_id);
     pb::ForwardOrderResponse resp;
-    auto ctx = Ctx(4000);
-    grpc::Status s = stub->ForwardOrder(ctx.get(), f, &resp);
+    auto peer_ctx = Ctx(4000);
+    grpc::Status s = stub->ForwardOrder(peer_ctx.get(), f, &resp);
     if (!s.ok()) return s;
     out->set_http_status(resp.http_status());
     out->set_body(resp.body());
     return grpc::Status::OK;
   }
 
-  grpc::Status LocateAccount(grpc::ServerContext*, const rpb::LocateAccountRequest* req,
+  grpc::Status LocateAccount(grpc::ServerContext* ctx, const rpb::LocateAccountRequest* req,
                              rpb::LocateAccountResponse* out) override {
+    if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
         !st.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

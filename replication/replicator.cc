@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/config_files.h"
+#include "common/grpc_auth.h"
 #include "region/internal.grpc.pb.h"
 #include "replication/coordinator.h"
 #include "replication/frames.h"
@@ -2553,9 +2554,10 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   }
   grpc::ChannelArguments region_args;
   region_args.SetMaxReceiveMessageSize(64 << 20);
+  const std::string region_target = absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port);
+  // Every call to the region carries region_token_file's token (common/grpc_auth.h).
   impl->region = rpb::RegionInternal::NewStub(
-      grpc::CreateCustomChannel(absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port),
-                                grpc::InsecureChannelCredentials(), region_args));
+      common::ChannelWithBearerToken(region_target, c.region_token, region_args));
 
   grpc::SslServerCredentialsOptions tls(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   tls.pem_root_certs = impl->ca;
@@ -2568,9 +2570,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   // may be slow or restarting) it has no lease or rights manager to hand them to.
   if (c.coordination) {
     raw->coordinator = std::make_unique<Coordinator>(
-        c,
-        grpc::CreateChannel(absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port),
-                            grpc::InsecureChannelCredentials()),
+        c, common::ChannelWithBearerToken(region_target, c.region_token),
         Coordinator::Tls{raw->ca, raw->cert, raw->key}, [raw](RegionId to, pb::Frame f) {
           for (auto& p : raw->peers) {
             if (p->config.replica_id != to) continue;
