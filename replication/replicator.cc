@@ -1340,9 +1340,10 @@ class Session {
     std::lock_guard<std::mutex> l(mu_);
     auto it = inflight_.find(a.origin_database());
     if (it == inflight_.end()) return Reject("an ack for a database we did not ship");
-    // An ack past what we shipped would let the outbox be truncated (and a sync-peer checkout
-    // be reported durable) before the peer has the records.
-    if (const int64_t shipped = shipped_through_[a.origin_database()]; a.seq() > shipped) {
+    // An ack past what we shipped, or past where the peer's hello said it stood, would let the
+    // outbox be truncated before the peer has the records.
+    const int64_t shipped = shipped_through_[a.origin_database()];
+    if (a.seq() > std::max(shipped, claimed_through_[a.origin_database()])) {
       return Reject(absl::StrCat("an ack of ", a.origin_database(), " through ", a.seq(),
                                  ", past what was shipped (", shipped, ")"));
     }
@@ -1357,8 +1358,13 @@ class Session {
       acked = std::max(acked, a.seq());
     }
     window_cv_.notify_all();
-    if (r_.coordinator)
-      r_.coordinator->OnAck(peer_.config.replica_id, a.origin_database(), a.seq());
+    // Sync-peer durability counts only what this session sent: the hello's claim is the peer's
+    // word alone, and one claiming the last seq would otherwise make every checkout on the
+    // stream "persisted" there at once, though it holds none of it.
+    if (r_.coordinator && shipped > 0) {
+      r_.coordinator->OnAck(peer_.config.replica_id, a.origin_database(),
+                            std::min(a.seq(), shipped));
+    }
     return absl::OkStatus();
   }
 
@@ -1498,7 +1504,7 @@ class Session {
       std::lock_guard<std::mutex> l(mu_);
       for (const Cursor& c : cursors) {
         inflight_[c.stream];
-        shipped_through_[c.stream] = c.after_seq;
+        claimed_through_[c.stream] = c.after_seq;
       }
     }
     if (!CatchUpFromState(cursors)) return Fail();
@@ -2153,6 +2159,7 @@ class Session {
   static constexpr size_t kOutgoingBytesMax = 64 << 20;
   std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
   std::map<std::string, int64_t> shipped_through_;  // per database: the highest seq sent
+  std::map<std::string, int64_t> claimed_through_;  // per database: the hello's resume point
   int64_t inflight_bytes_ = 0;
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};

@@ -22,6 +22,7 @@
 
 #include "region/control.grpc.pb.h"
 #include "region/internal.grpc.pb.h"
+#include "replication/frames.h"
 #include "services/auth.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
@@ -1594,6 +1595,81 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   Response refused = checkout();
   EXPECT_EQ(refused.status, 503) << refused.body;
   ASSERT_TRUE(c_->Heal(kUs).ok());
+}
+
+// A peer whose hello claims it holds everything of a stream (the last seq), then acks that, has
+// been sent nothing: its ack must not make a sync-peer checkout "persisted in" it. (Before, the
+// claim bounded what an ack could say, and every checkout on the stream was answered sync-peer at
+// once.) ap-south, the only real peer left, applies nothing meanwhile (its orders are locked), so
+// the checkout can only wait for an ack that does not come.
+TEST_F(LeasesTest, AnAckOfWhatAHelloClaimedMakesNoCheckoutDurable) {
+  ASSERT_NO_FATAL_FAILURE(StartThree("durability: sync-peer\n"));
+  LeasesSettled();
+  Product(kEu, "mug");
+  Restock(kEu, "mug", 20);
+  auto [token, user] = Customer(kEu, "claimed@example.com");
+  const std::string auth = "Bearer " + token;
+  ASSERT_EQ(Request(c_->http_port(kEu), "POST", "/v1/cart/items",
+                    Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
+                .status,
+            200);
+  // eu-west's streams, each claimed through the last seq there can be.
+  std::vector<std::pair<std::string, int64_t>> claim;
+  for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
+                          std::pair{"shard-1", "shard1"}}) {
+    pqxx::connection conn(c_->Dsn(kEu, db));
+    pqxx::work tx(conn);
+    claim.emplace_back(
+        std::string(pool) + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>(),
+        replication::kMaxSeq);
+  }
+  // The lower replica id dials: the forged peer is us-east, calling eu-west (its real replicator
+  // would displace the forged stream).
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  std::vector<std::unique_ptr<pqxx::connection>> lockers;
+  std::vector<std::unique_ptr<pqxx::work>> locks;
+  for (const char* db : {"shard0", "shard1"}) {
+    lockers.push_back(std::make_unique<pqxx::connection>(c_->Dsn(kAp, db)));
+    locks.push_back(std::make_unique<pqxx::work>(*lockers.back()));
+    locks.back()->exec0("LOCK TABLE orders IN EXCLUSIVE MODE");
+  }
+  test_support::ForgedPeer us(*c_, kUs, kEu, "", std::chrono::seconds(60));
+  ASSERT_TRUE(us.Hello(claim));
+  auto ack_everything = [&] {
+    bool ok = true;
+    for (const auto& [stream, seq] : claim) {
+      rpb::Frame f;
+      f.mutable_ack()->set_origin_database(stream);
+      f.mutable_ack()->set_seq(seq);
+      ok = us.Write(f) && ok;
+    }
+    return ok;
+  };
+  // The acks go in once eu-west ships to the forged stream (it takes them then: the stream stays
+  // up), and again after the checkout's order event was written.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        rpb::Frame beat;
+        beat.mutable_heartbeat();
+        return us.Write(beat) && ack_everything() &&
+               ReplicatorMetric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1;
+      },
+      10));
+  auto checkout = std::async(std::launch::async, [&] {
+    return Request(c_->http_port(kEu), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+  });
+  while (checkout.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+    ASSERT_TRUE(ack_everything()) << "the forged stream ended";
+  }
+  Response r = checkout.get();
+  for (auto& l : locks) l->commit();
+  if (r.status == 201) {
+    Json o = Json::parse(r.body);
+    EXPECT_NE(o.value("durability", ""), "sync-peer") << r.body;
+    EXPECT_EQ(o.value("durability_note", "").find("us-east"), std::string::npos) << r.body;
+  } else {
+    EXPECT_EQ(r.status, 503) << r.body;
+  }
 }
 
 // Coordination frames that call the region (sync pages, rights write-offs) are handled off the
