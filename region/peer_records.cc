@@ -54,6 +54,22 @@ bool Optional(const Json& j, const char* field, Pred ok) {
 
 bool IsString(const Json& v) { return v.is_string(); }
 
+// Whether a string of `j` (a value or a key, at any depth) holds U+0000, which JSON may escape
+// but PostgreSQL's text cannot store: libpqxx's quoting stops at it, so "\u0000" would be stored
+// as '' (and fail a CHECK after other databases of the call committed) and "ab\u0000c" as "ab".
+bool HoldsNul(const Json& j) {
+  if (j.is_string()) return j.get_ref<const std::string&>().find('\0') != std::string::npos;
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (it.key().find('\0') != std::string::npos || HoldsNul(it.value())) return true;
+    }
+    return false;
+  }
+  if (j.is_array())
+    return std::any_of(j.begin(), j.end(), [](const Json& v) { return HoldsNul(v); });
+  return false;
+}
+
 // What is wrong with a peer's record (see the header): every field that Apply and
 // ApplyOrderEvent read. Empty when the record is well formed.
 std::string ProductWriteProblem(const Json& j) {
@@ -254,6 +270,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         if (p.json.is_discarded() || !p.json.is_object()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": payload is not a JSON object"));
         }
+        if (HoldsNul(p.json)) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": a string holds U+0000"));
+        }
         if (rec.kind() == v1::OUTBOX_KIND_PRODUCT) {
           if (const std::string why = ProductWriteProblem(p.json); !why.empty()) {
             return Bad(absl::StrCat("record ", rec.seq(), ": malformed product write: ", why));
@@ -271,6 +290,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         p.json = common::ParseJsonText<Json>(rec.payload());
         if (const std::string why = ProfileWriteProblem(p.json, rec); !why.empty()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": malformed profile write: ", why));
+        }
+        if (HoldsNul(p.json)) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": a string holds U+0000"));
         }
         p.shard_key = rec.key();
         break;

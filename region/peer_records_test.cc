@@ -174,6 +174,29 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
          r.mutable_records(3)->set_payload(r.records(3).payload() + std::string(1, '\0') + "}");
        },
        "not a JSON object"},
+      // PostgreSQL's text holds no NUL: stored, "\u0000" would be '' and fail the product's
+      // name CHECK after the call's shards committed; inside a string it would be cut there.
+      {"product name of one escaped NUL",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(2)->set_payload(
+             R"({"sku":"sku-1","hlc":9,"name":"\u0000","price_cents":500,"currency":"EUR"})");
+       },
+       "record 6: a string holds U+0000"},
+      {"order item SKU with an escaped NUL inside",
+       [](v1::ApplyDeltasRequest& r) {
+         const std::string user = services::UserIdForEmail("ada@example.com");
+         r.mutable_records(3)->set_payload(
+             R"({"user_id":")" + user +
+             R"(","event":"placed","epoch":1,"items":[{"sku":"sku\u00001","quantity":1}]})");
+       },
+       "record 7: a string holds U+0000"},
+      {"profile name with an escaped NUL",
+       [](v1::ApplyDeltasRequest& r) {
+         nlohmann::json j = nlohmann::json::parse(Profile("ada@example.com"));
+         j["name"] = std::string("Ad\0a", 4);
+         r.mutable_records(4)->set_payload(j.dump());
+       },
+       "record 8: a string holds U+0000"},
       {"order not JSON",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
        "not a JSON object"},
