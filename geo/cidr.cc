@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace meridian::geo {
@@ -90,8 +91,9 @@ absl::StatusOr<Cidr> ParseCidr(std::string_view text, bool strict_host_bits) {
     int len = -1;
     const auto [end, ec] = std::from_chars(len_text.data(), len_text.data() + len_text.size(), len);
     const int max_len = mapped ? 128 : address->bit_count();
-    if (len_text.empty() || ec != std::errc() || end != len_text.data() + len_text.size() ||
-        len < 0 || len > max_len) {
+    // Digits only: from_chars takes a sign, and "/-0" is no prefix length.
+    if (len_text.empty() || !absl::ascii_isdigit(static_cast<unsigned char>(len_text[0])) ||
+        ec != std::errc() || end != len_text.data() + len_text.size() || len < 0 || len > max_len) {
       return absl::InvalidArgumentError(
           absl::StrCat("'", std::string(text), "': prefix length must be 0..", max_len));
     }

@@ -56,8 +56,8 @@ TEST(Cidr, ParsesAndChecksHostBits) {
 }
 
 TEST(Cidr, RejectsBadLengths) {
-  for (const char* bad : {"10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/", "10.0.0.0/1x", "::/129",
-                          "::ffff:10.0.0.0/95", "/8", "10.0.0.0/8/8"}) {
+  for (const char* bad : {"10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/-0", "10.0.0.0/+8", "10.0.0.0/",
+                          "10.0.0.0/1x", "::/129", "::ffff:10.0.0.0/95", "/8", "10.0.0.0/8/8"}) {
     EXPECT_FALSE(ParseCidr(bad, false).ok()) << bad;
   }
 }

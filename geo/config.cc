@@ -140,6 +140,15 @@ void ParseZone(YamlReader& r, const YAML::Node& root, ZoneConfig& z) {
       if (r.ok() && !server.addresses.empty() && !IsWithin(server.name, z.name)) {
         r.Fail(path + ".addresses", "glue addresses are only for names inside the zone");
       }
+      // The service name answers with the one nearest healthy region; glue there would add the
+      // name server's own addresses (another TTL, no scope) to every answer.
+      if (r.ok() && !server.addresses.empty() && server.name == z.service_name) {
+        r.Fail(path + ".name",
+               absl::StrCat("'", server.name,
+                            "' is the service name: a name server with glue addresses needs a "
+                            "name of its own (e.g. ns1.",
+                            z.name, ")"));
+      }
       for (const NameServerConfig& other : z.nameservers) {
         if (other.name == server.name) r.Fail(path + ".name", "listed twice");
       }

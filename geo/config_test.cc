@@ -121,6 +121,10 @@ TEST(GeoConfig, EveryErrorNamesItsField) {
       {With("    - name: ns1.shop.example.test.\n      addresses: [127.0.0.1]\n",
             "    - name: ns1.elsewhere.test.\n      addresses: [127.0.0.1]\n"),
        "zone.nameservers[0].addresses: glue addresses are only for names inside the zone"},
+      {With("    - name: ns1.shop.example.test.\n",
+            "    - name: shop.example.test.\n"),  // the apex, the default service name
+       "zone.nameservers[0].name: 'shop.example.test.' is the service name: a name server with "
+       "glue addresses needs a name of its own"},
       {With("operator_token: operator-token-0123456789", "operator_token: short"),
        "operator_token: the token must be at least 16 bytes"},
       {With("operator_token: operator-token-0123456789", ""),

@@ -76,9 +76,12 @@ json DomainInfo(const ZoneConfig& zone) {
 // The client's subnet: real-remote (EDNS Client Subnet, or the resolver's address as a full
 // prefix) when it parses and is not the empty prefix, else remote, else nothing known.
 // *asked_zero: real-remote was the empty prefix, an ECS query that asks for no client subnet to
-// be used (RFC 7871: its answer then has scope 0).
-Cidr ClientSubnet(const json& params, bool* asked_zero) {
+// be used (RFC 7871: its answer then has scope 0). *mapped: real-remote was an IPv4-mapped IPv6
+// prefix (::ffff:a.b.c.d/L), located as IPv4 but asked in the IPv6 family, so the answer's scope
+// must count IPv6 bits again.
+Cidr ClientSubnet(const json& params, bool* asked_zero, bool* mapped) {
   *asked_zero = false;
+  *mapped = false;
   const auto text = [&](const char* key) -> std::optional<std::string> {
     auto it = params.find(key);
     if (it == params.end() || !it->is_string()) return std::nullopt;
@@ -86,7 +89,10 @@ Cidr ClientSubnet(const json& params, bool* asked_zero) {
   };
   if (std::optional<std::string> real = text("real-remote")) {
     absl::StatusOr<Cidr> cidr = ParseCidr(*real, /*strict_host_bits=*/false);
-    if (cidr.ok() && cidr->prefix_len > 0) return *cidr;
+    if (cidr.ok() && cidr->prefix_len > 0) {
+      *mapped = cidr->network.is_v4 && real->find(':') != std::string::npos;
+      return *cidr;
+    }
     *asked_zero = cidr.ok();
   }
   if (std::optional<std::string> remote = text("remote")) {
@@ -177,8 +183,8 @@ BackendReply RemoteBackend::Handle(std::string_view body) const {
       if (ns.name == *name) AddressRecords(ns.addresses, qname, qtype, zone.ttl_s, 0, records);
     }
     if (*name == zone.service_name && (qtype == "ANY" || qtype == "A" || qtype == "AAAA")) {
-      bool asked_zero = false;
-      const Cidr client = ClientSubnet(params, &asked_zero);
+      bool asked_zero = false, mapped = false;
+      const Cidr client = ClientSubnet(params, &asked_zero, &mapped);
       absl::Status geoip_error;
       const ClientLocation where = locator_.Locate(client, &geoip_error);
       if (!geoip_error.ok() && observer_)
@@ -193,7 +199,10 @@ BackendReply RemoteBackend::Handle(std::string_view body) const {
       // A last-resort answer is the same for every client: scope 0 lets resolvers share it. So is
       // the answer to a query with an empty client subnet (placed by the resolver's address):
       // before, it came back with the resolver's /32 (probe, 2026-12-04).
-      const int scope = decision.last_resort || asked_zero ? 0 : where.scope_prefix_len;
+      // An IPv4-mapped client subnet was located as IPv4: its scope back in IPv6 bits (a /24
+      // there would tell resolvers the answer holds for all of ::/24).
+      int scope = decision.last_resort || asked_zero ? 0 : where.scope_prefix_len;
+      if (mapped && scope > 0) scope += 96;
       for (size_t region : decision.regions) {
         AddressRecords(config_.regions[region].addresses, qname, qtype, decision.ttl_s, scope,
                        records);

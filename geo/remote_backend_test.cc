@@ -147,6 +147,15 @@ TEST_F(RemoteBackendTest, ServiceNameAnswersTheNearestRegionWithScopeAndTtl) {
   EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.3.0.1"});
   EXPECT_EQ(r["result"][0]["scopeMask"], 17);  // 198.18.128.0/17 holds no /24 of the table
 
+  // The same clients as IPv4-mapped IPv6 subnets: located as IPv4, the same regions, but the
+  // scope counts IPv6 bits (a 24 there would cover all of ::/24, every mapped client).
+  r = Lookup("shop.example.test.", "A", "::ffff:198.18.2.0/120");
+  EXPECT_EQ(Contents(r, "A"), (std::vector<std::string>{"10.2.0.1", "10.2.0.2"}));
+  EXPECT_EQ(r["result"][0]["scopeMask"], 120);
+  r = Lookup("shop.example.test.", "A", "::ffff:198.18.77.0/120");
+  EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.3.0.1"});
+  EXPECT_EQ(r["result"][0]["scopeMask"], 114);
+
   // ANY brings SOA, NS and the region's A and AAAA.
   r = Lookup("shop.example.test.", "ANY", "198.18.1.0/24");
   EXPECT_EQ(Contents(r, "A"), std::vector<std::string>{"10.1.0.1"});
