@@ -204,6 +204,17 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
                "observations are taken only with its own token)");
         break;
       }
+      // One token per controller: two regions with one digest would make either's observations
+      // look like the other's (and be refused as forged), so one controller could never vote.
+      for (size_t j = 0; j < i && r.ok(); ++j) {
+        if (!c.regions[i].controller_token_sha256.empty() &&
+            c.regions[i].controller_token_sha256 == c.regions[j].controller_token_sha256) {
+          r.Fail(Idx("regions", i) + ".controller_token_sha256",
+                 absl::StrCat("the same as '", c.regions[j].name,
+                              "''s: every controller needs a token of its own"));
+        }
+      }
+      if (!r.ok()) break;
     }
   }
 
@@ -275,6 +286,13 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
              "proves to the peers that an observation is this controller's)");
     }
     const RegionEndpoints* self = c.Find(c.region);
+    if (r.ok()) {
+      if (const RegionEndpoints* peer = c.PeerControllerOfToken(c.controller_token)) {
+        r.Fail("controller_token",
+               absl::StrCat("its SHA-256 is regions[].controller_token_sha256 of '", peer->name,
+                            "': this controller could speak as that one"));
+      }
+    }
     if (r.ok() && self != nullptr && !self->controller_token_sha256.empty() &&
         self->controller_token_sha256 != TokenSha256Hex(c.controller_token)) {
       r.Fail("controller_token",

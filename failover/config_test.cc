@@ -120,9 +120,18 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
               "regions[2].controller_token_sha256: must be 64 lowercase hex digits");
   ExpectError(With("metrics: http://10.77.0.2:4004/metrics}",
                    "metrics: http://10.77.0.2:4004/metrics, controller_token_sha256: "
-                   "0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6}"),
+                   "1111111111111111111111111111111111111111111111111111111111111111}"),
               "controller_token: its SHA-256 is not regions[].controller_token_sha256 of "
               "'eu-west'");
+  // One token per controller: a digest given twice would make one controller's observations
+  // look like the other's; our own token must not be a peer's.
+  ExpectError(With("77775addfe43840e9ab5f1f86ed1c7fcc0b5fa98c11c05330a65283ceb9bf487",
+                   "0be2424907177f1e391061f621fe30172b97a47de3729b729e51e43ea72372f6"),
+              "regions[2].controller_token_sha256: the same as 'us-east''s: every controller "
+              "needs a token of its own");
+  ExpectError(With("controller_token: eu-west-controller-token",
+                   "controller_token: us-east-controller-token"),
+              "controller_token: its SHA-256 is regions[].controller_token_sha256 of 'us-east'");
   ExpectError(With("controller_token: eu-west-controller-token\n", ""),
               "controller_token: exactly one of controller_token and controller_token_file is "
               "required");

@@ -355,7 +355,9 @@ CtlResult Ctl::Status(const std::string& sku) {
     Json j = ParseJson(res[4 * n + g]);
     if (j.is_object() && j.contains("regions") && j["regions"].is_array()) {
       geo_regions = j["regions"];
-      last_resort = j.value("last_resort_active", false);
+      // value() throws on a key of another type (and nothing catches it): check the type.
+      last_resort = j.contains("last_resort_active") && j["last_resort_active"].is_boolean() &&
+                    j["last_resort_active"].get<bool>();
       geo_error.clear();
       break;
     }
@@ -536,7 +538,9 @@ CtlResult Ctl::Leases() {
   }
   const std::vector<Group> groups = Groups(c_.regions, statuses);
   CtlResult r;
-  bool problems = false;
+  // A replicator that did not answer is a problem, as for `status`: nothing was checked there
+  // (a script looking for split brain must not read "ok" from an unanswered question).
+  bool problems = !unreachable.empty();
   for (const auto& g : groups) problems = problems || !g.problems.empty();
   r.exit_code = problems ? 1 : 0;
   if (json_) {
@@ -880,6 +884,12 @@ CtlResult Ctl::Handback(const std::string& region, const std::string& from, int 
         absl::StrCat("meridianctl: no region '", region, "' with a replicator in this cluster\n");
     return r;
   }
+  if (from == region) {  // "already home" would be said without looking
+    r.exit_code = 2;
+    r.err = absl::StrCat("meridianctl: --from ", from, ": the region that holds ", region,
+                         "'s lease now, not the region itself (leave --from out to find it)\n");
+    return r;
+  }
   auto statuses = [&] {
     std::vector<std::string> urls;
     for (const auto& reg : c_.regions)
@@ -1121,7 +1131,9 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
     r.err += absl::StrCat(
         "meridianctl: ", region, " is declared lost at ", target, ", but only ", by,
         " recorded the declaration, not a majority of regions: ",
-        answer.value("pending_units", uint64_t{0}),
+        answer.contains("pending_units") && answer["pending_units"].is_number_unsigned()
+            ? answer["pending_units"].get<uint64_t>()
+            : 0,
         " units stay pending and none of them was restocked (if ", target,
         " were lost with the only copy, the region could sell them again on its return). Run "
         "declare-lost again once a majority of regions is reachable; nothing is reclaimed "

@@ -201,6 +201,26 @@ TEST_F(CtlTest, LeasesFlagTwoHolders) {
   EXPECT_EQ(Json::parse(r.out)["groups"][1]["problems"].size(), 2u);
 }
 
+// A replicator that did not answer: nothing was checked there, so not "ok" (exit 1, as status
+// says it); the others' view is still shown.
+TEST_F(CtlTest, LeasesWithAReplicatorUnansweredIsAProblem) {
+  EuLost();
+  CtlResult r = Run(false, [](Ctl& c) { return c.Leases(); });
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.err.find("eu-west replicator"), std::string::npos) << r.err;
+  r = Run(true, [](Ctl& c) { return c.Leases(); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(Json::parse(r.out)["unreachable"].size(), 1u);
+}
+
+// A field of the wrong type in meridian-geo's answer is no crash (nlohmann's value() throws).
+TEST_F(CtlTest, StatusWithAGeoFieldOfTheWrongType) {
+  Healthy();
+  http_.SetJson("http://geo/v1/regions", 200, R"({"regions":[],"last_resort_active":"no"})");
+  CtlResult r = Run(true, [](Ctl& c) { return c.Status(""); });
+  EXPECT_TRUE(Json::parse(r.out, nullptr, false).is_object()) << r.out;
+}
+
 TEST_F(CtlTest, RightsShowFrozenUnits) {
   EuLost();
   const std::string rights =
@@ -438,6 +458,15 @@ TEST_F(CtlTest, Handback) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no replicator holds eu-west's lease group"), std::string::npos);
   EXPECT_EQ(Run(false, [](Ctl& c) { return c.Handback("mars", "", 0); }).exit_code, 2);
+  // --from the region itself is a usage error, not "already home" said without looking (us-east
+  // holds eu-west's group here).
+  EuLost();
+  r = Run(false, [](Ctl& c) { return c.Handback("eu-west", "eu-west", 0); });
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("--from eu-west: the region that holds eu-west's lease now"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST_F(CtlTest, DeclareLost) {
