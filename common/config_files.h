@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -181,6 +182,17 @@ inline bool ValidHttpUrl(std::string_view url) {
   if (rest.empty()) return true;
   uint16_t port = 0;
   return rest.front() == ':' && ParseInt(rest.substr(1), &port) && port >= 1;
+}
+
+// The token of an Authorization header value of the Bearer scheme ("Bearer <token>"; the scheme
+// is case-insensitive, RFC 9110 11.1), or nullopt for another scheme or none.
+inline std::optional<std::string_view> BearerToken(std::string_view header) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (header.size() <= kScheme.size()) return std::nullopt;
+  for (size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return std::nullopt;
+  }
+  return header.substr(kScheme.size());
 }
 
 // Compares a presented bearer token with the configured one in time that does not depend on

@@ -46,6 +46,18 @@ TEST(ValidHttpUrl, AHostAfterTheSchemeAndARealPortWhenGiven) {
   }
 }
 
+// The scheme is case-insensitive (RFC 9110 11.1); the token is what follows it, as sent.
+TEST(BearerToken, TheSchemeInAnyCaseAndNothingElse) {
+  EXPECT_EQ(BearerToken("Bearer abc"), "abc");
+  EXPECT_EQ(BearerToken("bearer abc"), "abc");
+  EXPECT_EQ(BearerToken("BEARER Abc"), "Abc");
+  EXPECT_EQ(BearerToken("Basic abc"), std::nullopt);
+  EXPECT_EQ(BearerToken("Bearer "), std::nullopt);
+  EXPECT_EQ(BearerToken("Bearer"), std::nullopt);
+  EXPECT_EQ(BearerToken("Bearerabc"), std::nullopt);
+  EXPECT_EQ(BearerToken(""), std::nullopt);
+}
+
 TEST(CheckOperatorToken, NamesTheRuleThatFailed) {
   EXPECT_TRUE(CheckOperatorToken("0123456789abcdef").ok());
   EXPECT_NE(CheckOperatorToken("0123456789abcde").message().find("at least 16"), std::string::npos);

@@ -18,13 +18,12 @@
 #include <grpcpp/support/status.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "common/config_files.h"
-#include "common/strings.h"
 
 namespace meridian::common {
 
@@ -79,10 +78,8 @@ inline grpc::Status CheckBearerToken(const grpc::ServerContext& ctx, const std::
   auto it = md.find("authorization");
   std::string_view presented;
   if (it != md.end()) presented = std::string_view(it->second.data(), it->second.size());
-  constexpr std::string_view kScheme = "bearer ";
-  if (presented.size() > kScheme.size() &&
-      absl::EqualsIgnoreCase(AbslView(presented.substr(0, kScheme.size())), AbslView(kScheme)) &&
-      TokenEquals(presented.substr(kScheme.size()), token)) {
+  if (std::optional<std::string_view> bearer = BearerToken(presented);
+      bearer && TokenEquals(*bearer, token)) {
     return grpc::Status::OK;
   }
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,

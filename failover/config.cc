@@ -138,6 +138,10 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
        "operator_token", "operator_token_file", "controller_token", "controller_token_file"});
   c.region = r.String(root, "region", "region", true);
   if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
+  // "[::1]:4100": the brackets only delimit the address (as meridian-geo's listen takes it).
+  if (c.listen.host.size() > 2 && c.listen.host.front() == '[' && c.listen.host.back() == ']') {
+    c.listen.host = c.listen.host.substr(1, c.listen.host.size() - 2);
+  }
   // The HTTP server binds an IP literal; a name would pass here and fail only at start.
   in_addr a4{};
   in6_addr a6{};

@@ -86,6 +86,12 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
   ExpectError("[1, 2]", "(top level): must be a mapping");
   ExpectError("region: us-east\n---\nregion: eu-west\n", "holds 2 YAML documents");
   ExpectError("a: [", "not valid YAML");
+  for (const char* listen : {"\"[::1]:4100\"", "\"::1:4100\""}) {  // as meridian-geo takes it
+    auto c = Parse(With("listen: 127.0.0.1:0", std::string("listen: ") + listen));
+    ASSERT_TRUE(c.ok()) << listen << ": " << c.status();
+    EXPECT_EQ(c->listen.host, "::1");
+    EXPECT_EQ(c->listen.port, 4100);
+  }
   ExpectError(With("listen: 127.0.0.1:0", "listen: localhost:8080"),
               "listen: the host must be an IP address, got 'localhost'");
   ExpectError(std::string(kValid) + "colour: red\n", "colour: unknown field");

@@ -631,8 +631,9 @@ class Controller::Impl {
                                                    const char* wrong) {
     auto h = r.Header("authorization");
     if (!h) return absl::UnauthenticatedError(missing);
-    if (h->substr(0, 7) != "Bearer ") return absl::PermissionDeniedError(wrong);
-    return h->substr(7);
+    std::optional<std::string_view> bearer = common::BearerToken(*h);
+    if (!bearer) return absl::PermissionDeniedError(wrong);
+    return *bearer;
   }
   absl::Status Authorized(const HttpRequest& r) const {
     auto token = BearerOf(r, "operator token required", "wrong operator token");

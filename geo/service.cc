@@ -287,15 +287,17 @@ class GeoService::Impl : public BackendObserver {
   }
 
   HttpResponse SetHealth(HttpRequest& r) {
-    const std::optional<std::string_view> auth = r.Header("authorization");
-    if (!auth || auth->substr(0, 7) != "Bearer ") {
+    const std::optional<std::string_view> header = r.Header("authorization");
+    const std::optional<std::string_view> auth =
+        header ? common::BearerToken(*header) : std::nullopt;
+    if (!auth) {
       hook_requests_unauthorized_->Increment();
       HttpResponse resp = HttpResponse::Problem(
           401, "Unauthorized", "this endpoint needs Authorization: Bearer <operator token>");
       resp.headers.emplace_back("WWW-Authenticate", "Bearer");
       return resp;
     }
-    if (!common::TokenEquals(auth->substr(7), config_.operator_token)) {
+    if (!common::TokenEquals(*auth, config_.operator_token)) {
       hook_requests_unauthorized_->Increment();
       spdlog::warn("event=geo_hook_rejected reason=bad_token remote={}", r.remote_address);
       return HttpResponse::Problem(403, "Forbidden", "the bearer token is not the operator token");

@@ -207,6 +207,15 @@ TEST_F(GeoServiceTest, HealthHookNeedsTheOperatorToken) {
   EXPECT_NE(Call("GET", "/metrics")
                 .body.find("meridian_geo_health_hook_requests_total{result=\"unauthorized\"} 3"),
             std::string::npos);
+  // The scheme is case-insensitive (RFC 9110 11.1): "bearer" is the same credential.
+  HttpRequest lower;
+  lower.method = "POST";
+  lower.target = lower.path = "/v1/regions/eu-west/health";
+  lower.body = down;
+  lower.remote_address = "127.0.0.1:5555";
+  lower.headers.emplace_back("authorization", std::string("bearer ") + kToken);
+  EXPECT_EQ(service_->Handle(lower).status, 200);
+  EXPECT_EQ(Answer("198.18.2.0/24"), std::vector<std::string>{"10.1.0.1"});  // now it is down
 }
 
 TEST_F(GeoServiceTest, HealthHookRejectsBadInputAndChangesNothing) {

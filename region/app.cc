@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/config_files.h"
 #include "common/strings.h"
 #include "region/app_impl.h"
 #include "region/control_service.h"
@@ -364,10 +365,11 @@ crdt::HlcTimestamp RegionApp::Impl::Now() {
 
 absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpRequest& req) {
   auto h = req.Header("authorization");
-  if (!h || h->substr(0, 7) != "Bearer ") {
+  std::optional<std::string_view> bearer = h ? common::BearerToken(*h) : std::nullopt;
+  if (!bearer) {
     return absl::UnauthenticatedError("missing bearer token (Authorization: Bearer <token>)");
   }
-  auto claims = services::VerifyToken(h->substr(7), config.token_secret, UnixNowS());
+  auto claims = services::VerifyToken(*bearer, config.token_secret, UnixNowS());
   // A token for a residency this region may not hold is only redirected, and reads nothing here.
   if (!claims.ok() || !services::ResidencyAllows(claims->residency, config.jurisdiction)) {
     return claims;
@@ -406,10 +408,11 @@ void RegionApp::Impl::ForgetAccount(const std::string& user_id) {
 
 absl::Status RegionApp::Impl::Operator(const HttpRequest& req) {
   auto h = req.Header("authorization");
-  if (!h || h->substr(0, 7) != "Bearer ") {
+  std::optional<std::string_view> bearer = h ? common::BearerToken(*h) : std::nullopt;
+  if (!bearer) {
     return absl::UnauthenticatedError("operator token required");
   }
-  if (!services::SecretsEqual(h->substr(7), config.operator_token)) {
+  if (!services::SecretsEqual(*bearer, config.operator_token)) {
     return absl::PermissionDeniedError("not an operator token");
   }
   return absl::OkStatus();

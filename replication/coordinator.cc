@@ -1434,8 +1434,8 @@ struct Coordinator::Impl {
   // ------------------------------------------------------------------------------------
   bool Authorized(const HttpRequest& req) const {
     auto h = req.Header("authorization");
-    return h && h->substr(0, 7) == "Bearer " &&
-           common::TokenEquals(h->substr(7), config.operator_token);
+    std::optional<std::string_view> bearer = h ? common::BearerToken(*h) : std::nullopt;
+    return bearer && common::TokenEquals(*bearer, config.operator_token);
   }
 
   HttpResponse Status(HttpRequest& req) {
