@@ -107,6 +107,18 @@ int main(int argc, char** argv) {
   const bool json = output == "json";
 
   if (region_loss->parsed()) {
+    // The drill runs the cluster of --data (it kills and restarts its processes): flags naming
+    // another cluster would be ignored without a word, so they are refused.
+    for (const char* flag : {"--region", "--replicator", "--metrics", "--failover", "--geo",
+                             "--token", "--token-file", "--timeout-ms"}) {
+      if (app.count(flag) > 0) {
+        std::fprintf(stderr,
+                     "meridianctl: %s: drill region-loss runs the cluster of --data (default "
+                     ".meridian) and takes no explicit cluster flags\n",
+                     flag);
+        return 2;
+      }
+    }
     drill_options.data_dir = data;
     drill_options.json = json;
 #ifdef MERIDIAN_HAVE_DRILL
