@@ -72,7 +72,7 @@ bool HoldsNul(const Json& j) {
 
 // What is wrong with a peer's record (see the header): every field that Apply and
 // ApplyOrderEvent read. Empty when the record is well formed.
-std::string ProductWriteProblem(const Json& j) {
+std::string ProductWriteProblem(const Json& j, const std::string& key) {
   auto text = [&](const char* f, size_t min, size_t max) {
     return Optional(j, f, [&](const Json& v) {
       if (!v.is_string()) return false;
@@ -84,6 +84,9 @@ std::string ProductWriteProblem(const Json& j) {
       !services::ValidateSku(j["sku"].get<std::string>()).ok()) {
     return "sku: a SKU";
   }
+  // The record's key names the document (the Redis copy dropped, the keys a survivor lists after
+  // a loss): it must be the row the apply writes.
+  if (j["sku"].get<std::string>() != key) return "sku: not the record's key";
   if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kInt64Max) || !j["hlc"].is_number_unsigned()) {
     return "hlc: 0..2^63-1";
   }
@@ -144,6 +147,8 @@ std::string OrderEventProblem(const Json& j) {
       }
     }
   }
+  // It picks the shard the event goes to, and is stored: an id as the region makes them.
+  if (!services::IsUserId(j["user_id"].get<std::string>())) return "user_id: not a user id";
   return "";
 }
 
@@ -274,7 +279,7 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
           return Bad(absl::StrCat("record ", rec.seq(), ": a string holds U+0000"));
         }
         if (rec.kind() == v1::OUTBOX_KIND_PRODUCT) {
-          if (const std::string why = ProductWriteProblem(p.json); !why.empty()) {
+          if (const std::string why = ProductWriteProblem(p.json, rec.key()); !why.empty()) {
             return Bad(absl::StrCat("record ", rec.seq(), ": malformed product write: ", why));
           }
           p.global = true;

@@ -197,6 +197,14 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
          r.mutable_records(4)->set_payload(j.dump());
        },
        "record 8: a string holds U+0000"},
+      {"product whose key is another SKU",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(2)->set_key("sku-2"); },
+       "record 6: malformed product write: sku: not the record's key"},
+      {"order of a user id the region never makes",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(3)->set_payload(R"({"user_id":"u1","event":"placed","epoch":1})");
+       },
+       "record 7: malformed order event: user_id: not a user id"},
       {"order not JSON",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
        "not a JSON object"},

@@ -91,7 +91,8 @@ class ReplicationFaults : public ::testing::Test {
 // A user id that the regions keep in shard `shard` (of two), derived from `base`.
 std::string UserOnShard(const std::string& base, int32_t shard) {
   for (int i = 0;; ++i) {
-    std::string id = base + "-" + std::to_string(i);
+    // A user id as the region makes them (ApplyDeltas refuses an order event's other ids).
+    std::string id = services::UserIdForEmail(base + "-" + std::to_string(i) + "@example.com");
     if (services::ShardForUser(id, 2) == shard) return id;
   }
 }
