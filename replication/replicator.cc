@@ -1160,6 +1160,15 @@ class Session {
                                    b.origin_database(), " is pinned to ", rec.residency(),
                                    ", this region is ", r_.config.jurisdiction));
       }
+      // Nor may the peer send what it could not hold itself: a region never writes, or is sent,
+      // a record pinned to another jurisdiction (its customers are sent home to write), so such a
+      // record is forged (say, a profile write that would take over an account pinned here).
+      if (!services::ResidencyAllows(rec.residency(), peer_.config.jurisdiction)) {
+        return Reject(absl::StrCat("residency violation: record ", rec.seq(), " of ",
+                                   b.origin_database(), " is pinned to ", rec.residency(),
+                                   ", which ", peer_.config.name, " (", peer_.config.jurisdiction,
+                                   ") could not hold"));
+      }
       rpb::OutboxRecord& o = p.records.emplace_back();
       o.set_seq(rec.seq());
       o.set_origin(b.origin());

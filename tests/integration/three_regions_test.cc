@@ -1042,6 +1042,17 @@ TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejec
   EXPECT_NE(metrics->find("meridian_replication_rejected_frames_total{peer=\"eu-west\"} 1"),
             std::string::npos)
       << *metrics;
+
+  // Nor does eu-west take from us-east a record pinned to eu: us-east could never hold one (its
+  // customers pinned elsewhere are sent home), so it is forged, though eu-west may hold it.
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());  // the lower id dials: us-east's stream is forged
+  ForgedPeer us(*c_, kUs, kEu);
+  ASSERT_TRUE(us.Hello());
+  st = us.SendAndFinish(CartBatch(1, eve_id, "eu", 1));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("which us-east (us) could not hold"), std::string::npos)
+      << st.error_message();
 }
 
 TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReconnects) {
