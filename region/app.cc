@@ -363,6 +363,20 @@ crdt::HlcTimestamp RegionApp::Impl::Now() {
   return hlc.Now(static_cast<uint64_t>(UnixNowMs()));
 }
 
+absl::StatusOr<crdt::HlcTimestamp> RegionApp::Impl::NowAfter(uint64_t seen) {
+  const crdt::HlcTimestamp remote{seen};
+  const int64_t now_ms = UnixNowMs();
+  if (remote.physical_ms() > static_cast<uint64_t>(now_ms + kMaxHlcAheadMs)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "its last write is timestamped ", remote.physical_ms() - static_cast<uint64_t>(now_ms),
+        " ms ahead of this region's clock (at most ", kMaxHlcAheadMs,
+        " ms are taken): this write would lose to it; check the regions' clocks"));
+  }
+  std::lock_guard<std::mutex> lock(hlc_mu);
+  hlc.Observe(remote, static_cast<uint64_t>(now_ms));
+  return hlc.Now(static_cast<uint64_t>(now_ms));
+}
+
 absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpRequest& req) {
   auto h = req.Header("authorization");
   std::optional<std::string_view> bearer = h ? common::BearerToken(*h) : std::nullopt;

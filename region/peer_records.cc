@@ -35,6 +35,9 @@ bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {
 }
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+// A write's HLC: its physical part (the high 48 bits) within the commit times' bound, 2^45 ms
+// since 1970 (year ~3084). Beyond, one forged write would outrank every real one for ever.
+constexpr int64_t kMaxHlc = int64_t{1} << 61;
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 // Characters as PostgreSQL's length() counts them in a UTF-8 database (nlohmann's parser
@@ -87,8 +90,8 @@ std::string ProductWriteProblem(const Json& j, const std::string& key) {
   // The record's key names the document (the Redis copy dropped, the keys a survivor lists after
   // a loss): it must be the row the apply writes.
   if (j["sku"].get<std::string>() != key) return "sku: not the record's key";
-  if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kInt64Max) || !j["hlc"].is_number_unsigned()) {
-    return "hlc: 0..2^63-1";
+  if (!j.contains("hlc") || !IntegerIn(j["hlc"], 0, kMaxHlc) || !j["hlc"].is_number_unsigned()) {
+    return "hlc: 0..2^61 (a physical part within 2^45 ms since 1970)";
   }
   if (!j.contains("name") || !text("name", 1, 200)) return "name: 1..200 characters";
   if (!text("description", 0, 4000)) return "description: at most 4000 characters";
@@ -157,8 +160,8 @@ std::string ProfileWriteProblem(const Json& j, const v1::OutboxRecord& rec) {
   if (!str("user_id") || !str("email") || !str("name") || !str("password_hash")) {
     return "user_id, email, name and password_hash: strings";
   }
-  if (!j.contains("hlc") || !j["hlc"].is_number_unsigned() || !IntegerIn(j["hlc"], 0, kInt64Max)) {
-    return "hlc: 0..2^63-1";
+  if (!j.contains("hlc") || !j["hlc"].is_number_unsigned() || !IntegerIn(j["hlc"], 0, kMaxHlc)) {
+    return "hlc: 0..2^61 (a physical part within 2^45 ms since 1970)";
   }
   const std::string email = j["email"].get<std::string>();
   if (j["user_id"].get<std::string>() != rec.key()) return "user_id: not the record's key";

@@ -139,6 +139,13 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              R"({"sku":"sku-1","hlc":-1,"name":"Mug","price_cents":500,"currency":"EUR"})");
        },
        "hlc"},
+      {"product hlc past 2^45 ms since 1970",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(2)->set_payload(
+             R"({"sku":"sku-1","hlc":9223372036854775807,"name":"Mug","price_cents":500,)"
+             R"("currency":"EUR"})");
+       },
+       "hlc: 0..2^61"},
       {"order epoch",
        [](v1::ApplyDeltasRequest& r) {
          r.mutable_records(3)->set_payload(

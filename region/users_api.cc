@@ -304,12 +304,24 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
       return ProblemFromStatus(Unprocessable(std::string(st.message())));
     }
   }
-  crdt::HlcTimestamp ts = Now();
   bool created = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
     if (!category->empty() &&
         tx.exec("SELECT 1 FROM categories WHERE id = " + tx.quote(*category)).empty()) {
       throw AbortTx{Unprocessable(absl::StrCat("category: no category ", *category))};
+    }
+    // After the write it replaces, whoever made it: a peer's from a clock ahead of ours would
+    // otherwise keep the row, and this write be answered 200 with the old values and lost.
+    crdt::HlcTimestamp ts = Now();
+    pqxx::result row =
+        tx.exec("SELECT hlc FROM products WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
+    if (!row.empty() && row[0][0].as<int64_t>() > 0) {
+      auto after = NowAfter(static_cast<uint64_t>(row[0][0].as<int64_t>()));
+      if (!after.ok()) {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("product ", sku, ": ", after.status().message()))};
+      }
+      ts = *after;
     }
     std::string cat = category->empty() ? "NULL" : tx.quote(*category);
     // Last writer by HLC wins, also against a concurrent replicated write (issue 4).

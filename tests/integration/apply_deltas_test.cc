@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -567,6 +568,62 @@ TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   Json inv = Json::parse(Request(us2_->port(), "GET", "/v1/inventory/sku-2").body);
   EXPECT_EQ(inv["available"], 7);
   EXPECT_EQ(inv["rights_by_replica"]["1"], 7);  // the rights stay with the restocking region
+}
+
+// us-west's clock runs ahead: its write of a product reaches us-east timestamped in us-east's
+// future. An operator's edit at us-east after it must still win (us-east's clock observes the
+// row's HLC): before, the row kept us-west's values and the edit was answered 200 with them, and
+// lost everywhere. A write timestamped more than a minute ahead (a clock far off, or forged) is
+// not observed: the edit is refused with 409 saying why, not answered 200 and lost.
+TEST_F(ApplyDeltasTest, AnEditAfterAPeersWriteFromAClockAheadWins) {
+  const std::pair<std::string, std::string> op{"Authorization", std::string("Bearer ") + kOperator};
+  auto product_from_us_west = [&](const std::string& sku, int64_t ahead_ms, int64_t seq) {
+    const uint64_t now_ms =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count());
+    v1::ApplyDeltasRequest req;
+    req.set_origin(2);
+    req.set_origin_database("global-ahead");
+    auto* rec = req.add_records();
+    rec->set_seq(seq);
+    rec->set_kind(v1::OUTBOX_KIND_PRODUCT);
+    rec->set_key(sku);
+    rec->set_residency("any");
+    rec->set_payload(Json{
+        {"sku", sku},
+        {"name", "From the future"},
+        {"price_cents", 100},
+        {"currency", "USD"},
+        {"hlc", (now_ms + static_cast<uint64_t>(ahead_ms)) << 16},
+        {"origin", 2}}.dump());
+    grpc::ClientContext ctx;
+    v1::ApplyDeltasResponse out;
+    return us_->stub->ApplyDeltas(&ctx, req, &out);
+  };
+  auto name_at_us_east = [&](const std::string& sku) {
+    pqxx::connection g(us_->pg->ConnectionString("global"));
+    pqxx::work tx(g);
+    return tx.exec1("SELECT name FROM products WHERE sku = " + tx.quote(sku))[0].as<std::string>();
+  };
+  ASSERT_TRUE(product_from_us_west("sku-7", 20'000, 1).ok());
+  ASSERT_EQ(name_at_us_east("sku-7"), "From the future");
+  Response edit = Request(us_->port(), "PUT", "/v1/admin/products/sku-7",
+                          R"({"name":"Edited here","price_cents":250})", {op});
+  ASSERT_EQ(edit.status, 200) << edit.body;
+  EXPECT_EQ(Json::parse(edit.body)["name"], "Edited here") << edit.body;
+  EXPECT_EQ(name_at_us_east("sku-7"), "Edited here");
+  // And it is the last write everywhere: us-west takes it over its own.
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  EXPECT_EQ(Json::parse(Request(us2_->port(), "GET", "/v1/products/sku-7").body)["name"],
+            "Edited here");
+
+  ASSERT_TRUE(product_from_us_west("sku-8", 3'600'000, 2).ok());
+  edit = Request(us_->port(), "PUT", "/v1/admin/products/sku-8",
+                 R"({"name":"Edited here","price_cents":250})", {op});
+  EXPECT_EQ(edit.status, 409) << edit.body;
+  EXPECT_NE(edit.body.find("ahead of this region's clock"), std::string::npos) << edit.body;
+  EXPECT_EQ(name_at_us_east("sku-8"), "From the future") << "nothing written";
 }
 
 // A product made in us-east and restocked in us-south, with a customer's cart there: us-south's
