@@ -168,6 +168,17 @@ class ControllerTest : public ::testing::Test {
     c_->RunPendingActions();
   }
 
+  // eu-west goes down; three rounds of ours and ap-south's declare it lost (actions run).
+  void EuWestLost() {
+    SetRegion("eu-west", false);
+    for (int i = 0; i < 3; ++i) {
+      Round();
+      ASSERT_EQ(PeerRound("eu-west").status, 200);
+    }
+    ASSERT_EQ(Region("eu-west")["state"], "lost");
+    c_->RunPendingActions();
+  }
+
   std::string Audit() {
     std::ifstream in(dir_ + "/audit.log");
     std::stringstream ss;
@@ -417,13 +428,7 @@ TEST_F(ControllerTest, ACutOffControllerDoesNotPutBackADownOverride) {
     Round();
     ASSERT_EQ(PeerRound().status, 200);
   }
-  SetRegion("eu-west", false);
-  for (int i = 0; i < 3; ++i) {
-    Round();
-    ASSERT_EQ(PeerRound("eu-west").status, 200);
-  }
-  ASSERT_EQ(Region("eu-west")["state"], "lost");
-  c_->RunPendingActions();
+  ASSERT_NO_FATAL_FAILURE(EuWestLost());
   // The majority lifted the override (eu-west recovered there); ap-south's pushes stop reaching us.
   http_.SetJson("http://geo/v1/regions/eu-west", 200,
                 R"({"name":"eu-west","override":{"state":"auto"},"effective":"up"})");
@@ -514,13 +519,7 @@ TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
 TEST_F(ControllerTest, AReplyThatIsNotUtf8DoesNotBreakTheDecisionsEndpoint) {
   http_.SetJson("POST http://geo/v1/regions/eu-west/health", 502,
                 "\xff\xfe upstream " + std::string(287, 'x') + "\xc3\xa9 says no");
-  SetRegion("eu-west", false);
-  for (int i = 0; i < 3; ++i) {
-    Round();
-    ASSERT_EQ(PeerRound("eu-west").status, 200);
-  }
-  ASSERT_EQ(Region("eu-west")["state"], "lost");
-  c_->RunPendingActions();
+  ASSERT_NO_FATAL_FAILURE(EuWestLost());
   HttpResponse r = Call("GET", "/v1/decisions");
   ASSERT_EQ(r.status, 200) << r.body;
   std::string reason;

@@ -1613,16 +1613,7 @@ TEST_F(LeasesTest, AnAckOfWhatAHelloClaimedMakesNoCheckoutDurable) {
                     Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}})
                 .status,
             200);
-  // eu-west's streams, each claimed through the last seq there can be.
-  std::vector<std::pair<std::string, int64_t>> claim;
-  for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
-                          std::pair{"shard-1", "shard1"}}) {
-    pqxx::connection conn(c_->Dsn(kEu, db));
-    pqxx::work tx(conn);
-    claim.emplace_back(
-        std::string(pool) + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>(),
-        replication::kMaxSeq);
-  }
+  const auto claim = test_support::ClaimEveryStream(*c_, kEu);
   // The lower replica id dials: the forged peer is us-east, calling eu-west (its real replicator
   // would displace the forged stream).
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());

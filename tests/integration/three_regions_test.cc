@@ -860,16 +860,7 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedR
   ASSERT_FALSE(HasFailure());
   const std::string ada = shopper.token, ada_id = shopper.id;
   std::string why;
-  // ap-south's streams: the region's database name and its outbox stream id.
-  std::vector<std::pair<std::string, int64_t>> claim;
-  for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
-                          std::pair{"shard-1", "shard1"}}) {
-    pqxx::connection conn(c_->Dsn(kAp, db));
-    pqxx::work tx(conn);
-    claim.emplace_back(
-        std::string(pool) + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>(),
-        replication::kMaxSeq);
-  }
+  const auto claim = test_support::ClaimEveryStream(*c_, kAp);
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   {

@@ -6,6 +6,7 @@
 // replicator ended the stream. Header-only; link gRPC, meridian_replication_core and meridian_crdt.
 
 #include <grpcpp/grpcpp.h>
+#include <pqxx/pqxx>
 
 #include <chrono>
 #include <cstdio>
@@ -267,6 +268,22 @@ inline ::meridian::replication::v1::Frame CartBatch(
   rpb::Frame f;
   *f.mutable_batch() = replication::EncodeBatch(origin, origin_database, seq, seq, list, 1, kind);
   return f;
+}
+
+// A hello's `applied` that claims every stream of `region` (global, shard-0, shard-1, as its
+// replicator names them) through the last seq there can be (replication::kMaxSeq).
+inline std::vector<std::pair<std::string, int64_t>> ClaimEveryStream(const Cluster& c,
+                                                                     size_t region) {
+  std::vector<std::pair<std::string, int64_t>> claim;
+  for (auto [pool, db] : {std::pair{"global", "global"}, std::pair{"shard-0", "shard0"},
+                          std::pair{"shard-1", "shard1"}}) {
+    pqxx::connection conn(c.Dsn(region, db));
+    pqxx::work tx(conn);
+    claim.emplace_back(
+        std::string(pool) + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>(),
+        replication::kMaxSeq);
+  }
+  return claim;
 }
 
 }  // namespace meridian::test_support
