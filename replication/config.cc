@@ -31,18 +31,21 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   c.replica_id = r.Integer<uint32_t>(root, "replica_id", "replica_id", 0, 1, 255);
   if (r.ok() && c.replica_id == 0) r.Fail("replica_id", "missing (1..255)");
   c.region_grpc = r.DialHostPort(root, "region_grpc", "region_grpc", true);
+  // A token from the file `key` of `node` names (relative to the config's folder): "" without
+  // one, a failure naming `path` when it cannot be read or is no usable token.
+  auto token_from_file = [&](const YAML::Node& node, const char* key, const std::string& path) {
+    const std::string file = common::ResolveConfigPath(base_dir, r.String(node, key, path, false));
+    if (!r.ok() || file.empty()) return std::string();
+    auto token = common::ReadOperatorTokenFile(file);
+    if (!token.ok()) {
+      r.Fail(path, std::string(token.status().message()));
+      return std::string();
+    }
+    return *std::move(token);
+  };
   // The region's security.internal_token (common/grpc_auth.h): sent on every call to region_grpc,
   // and asked of the region's calls to coordination.control.
-  const std::string region_token_file = common::ResolveConfigPath(
-      base_dir, r.String(root, "region_token_file", "region_token_file", false));
-  if (r.ok() && !region_token_file.empty()) {
-    auto token = common::ReadOperatorTokenFile(region_token_file);
-    if (!token.ok()) {
-      r.Fail("region_token_file", std::string(token.status().message()));
-    } else {
-      c.region_token = *std::move(token);
-    }
-  }
+  c.region_token = token_from_file(root, "region_token_file", "region_token_file");
   c.listen = r.HostPort(root, "listen", "listen", true);
   c.metrics = r.HostPort(root, "metrics", "metrics", false);
   YAML::Node tls = r.Map(root, "tls", "tls", true);
@@ -126,16 +129,8 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
     }
     c.control = r.HostPort(co, "control", "coordination.control", false);
     c.admin = r.HostPort(co, "admin", "coordination.admin", false);
-    const std::string token_file = common::ResolveConfigPath(
-        base_dir, r.String(co, "operator_token_file", "coordination.operator_token_file", false));
-    if (r.ok() && !token_file.empty()) {
-      auto token = common::ReadOperatorTokenFile(token_file);
-      if (!token.ok()) {
-        r.Fail("coordination.operator_token_file", std::string(token.status().message()));
-      } else {
-        c.operator_token = *std::move(token);
-      }
-    }
+    c.operator_token =
+        token_from_file(co, "operator_token_file", "coordination.operator_token_file");
     if (r.ok() && c.admin.port != 0 && c.operator_token.empty()) {
       r.Fail("coordination.operator_token_file", "required when coordination.admin is set");
     }
