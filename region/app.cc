@@ -373,8 +373,7 @@ absl::StatusOr<crdt::HlcTimestamp> RegionApp::Impl::NowAfter(uint64_t seen) {
         " ms are taken): this write would lose to it; check the regions' clocks"));
   }
   std::lock_guard<std::mutex> lock(hlc_mu);
-  hlc.Observe(remote, static_cast<uint64_t>(now_ms));
-  return hlc.Now(static_cast<uint64_t>(now_ms));
+  return hlc.Observe(remote, static_cast<uint64_t>(now_ms));  // past `seen` and everything before
 }
 
 absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpRequest& req) {

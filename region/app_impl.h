@@ -186,7 +186,8 @@ struct RegionApp::Impl {
   std::vector<crdt::ReplicaId> cart_actors;  // per shard, set at the start
   crdt::HlcTimestamp Now();
   // A timestamp after `seen` (the HLC of the row a local write replaces, maybe a peer's from a
-  // clock ahead of ours), so that the write wins as it should: this region's clock observes it.
+  // clock ahead of ours; 0: none), so that the write wins as it should: this region's clock
+  // observes it.
   // FailedPrecondition when `seen` is more than kMaxHlcAheadMs ahead of this region's clock (a
   // clock far off, or a forged write): observing it would move every later write that far ahead.
   static constexpr int64_t kMaxHlcAheadMs = 60'000;

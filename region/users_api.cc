@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 #include "crdt/codec.h"
@@ -312,17 +314,15 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
     }
     // After the write it replaces, whoever made it: a peer's from a clock ahead of ours would
     // otherwise keep the row, and this write be answered 200 with the old values and lost.
-    crdt::HlcTimestamp ts = Now();
     pqxx::result row =
         tx.exec("SELECT hlc FROM products WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
-    if (!row.empty() && row[0][0].as<int64_t>() > 0) {
-      auto after = NowAfter(static_cast<uint64_t>(row[0][0].as<int64_t>()));
-      if (!after.ok()) {
-        throw AbortTx{absl::FailedPreconditionError(
-            absl::StrCat("product ", sku, ": ", after.status().message()))};
-      }
-      ts = *after;
+    const int64_t seen = row.empty() ? 0 : std::max<int64_t>(0, row[0][0].as<int64_t>());
+    auto after = NowAfter(static_cast<uint64_t>(seen));
+    if (!after.ok()) {
+      throw AbortTx{absl::FailedPreconditionError(
+          absl::StrCat("product ", sku, ": ", after.status().message()))};
     }
+    const crdt::HlcTimestamp ts = *after;
     std::string cat = category->empty() ? "NULL" : tx.quote(*category);
     // Last writer by HLC wins, also against a concurrent replicated write (issue 4).
     pqxx::result r = tx.exec(
