@@ -279,13 +279,16 @@ class Service final : public pb::RegionInternal::Service {
         }
         spdlog::info("event=state_transfer_applied origin={} db={} through_seq={}", req->origin(),
                      req->origin_database(), last_seq);
+        out->set_marked_through_seq(last_seq);
       }
-    } else if (!global_marked &&
-               (req->mark_now() || StreamMarkDue(req->origin(), req->origin_database()))) {
+    } else if (global_marked) {
+      out->set_marked_through_seq(last_seq);  // the global database's transaction moved it
+    } else if (req->mark_now() || StreamMarkDue(req->origin(), req->origin_database())) {
       absl::Status st = app_.global->Run([&](pqxx::work& tx) {
         tx.exec0(MarkSql(tx, req->origin(), req->origin_database(), last_seq));
       });
       if (!st.ok()) return ToGrpc(st);
+      out->set_marked_through_seq(last_seq);
     }
     // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
     if (!stale.empty()) {

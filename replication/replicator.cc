@@ -143,6 +143,9 @@ struct PeerState {
   FrameStream* active = nullptr;  // the live session's stream, if any
   // What the peer has durably applied of each of our databases (from its Hello and Acks).
   std::map<std::string, int64_t> acked;
+  // Where the peer would resume each of them if it reconnected now (its Hello, then the
+  // resume_seq of its Acks): the outbox is truncated through this, never through `acked`.
+  std::map<std::string, int64_t> resumable;
   bool heard = false;  // a Hello arrived since this process started
   // Queues a frame on the live session (coordination frames); empty while there is none.
   std::shared_ptr<Outlet> send;
@@ -1014,6 +1017,7 @@ class Session {
           c.known = true;
         }
         peer_.acked[stream] = c.after_seq;
+        peer_.resumable[stream] = c.after_seq;
         cursors.push_back(c);
       }
     }
@@ -1130,6 +1134,40 @@ class Session {
     }
   }
 
+  static pb::Frame AckFrame(const std::string& db, int64_t seq, int64_t resume_seq) {
+    pb::Frame f;
+    f.mutable_ack()->set_origin_database(db);
+    f.mutable_ack()->set_seq(seq);
+    f.mutable_ack()->set_resume_seq(resume_seq);
+    return f;
+  }
+
+  // The applier of `db` found no batch for kIdleMark after applying through `through`, past the
+  // stream's resume point: moves the resume point there and acks it. False when the stream
+  // could not take the ack (the session is over).
+  bool MarkIdleStream(const std::string& db, int64_t through) {
+    rpb::ApplyDeltasRequest req;
+    req.set_origin(peer_.config.replica_id);
+    req.set_origin_database(db);
+    req.set_through_seq(through);
+    req.set_mark_now(true);
+    for (const auto& stream : streams_) req.add_receiver_streams(stream);
+    rpb::ApplyDeltasResponse resp;
+    auto ctx = r_.RegionCtx(5000);
+    grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event=resume_point_mark_failed peer={} db={} through={} error=\"{}\"",
+                   peer_.config.name, db, through, s.error_message());
+      return true;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      int64_t& m = marked_through_[db];
+      m = std::max(m, through);
+    }
+    return Write(AckFrame(db, through, through));
+  }
+
   // Checks a peer's batch and queues it for the applier. Batches arrive faster than one
   // ApplyDeltas per batch could take them; the applier takes everything queued per database in
   // one call (group commit), so the apply keeps up and its batches grow with the load.
@@ -1239,11 +1277,13 @@ class Session {
   // in one ApplyDeltas call (at most 10,000 records; a state transfer's batches apart).
   void ApplyLoop(const std::string& origin_db) {
     bool busy = false;
+    int64_t idle_mark_tried = 0;  // the last `through` an idle mark was tried for
     while (true) {
       rpb::ApplyDeltasRequest req;
       int64_t first_seq = 0;
       SteadyTime::time_point queued_at;
       uint64_t taken = 0;  // batches in this call
+      int64_t mark_idle_through = 0;
       {
         std::unique_lock<std::mutex> l(mu_);
         ApplyQueue& aq = apply_queues_[origin_db];
@@ -1251,10 +1291,32 @@ class Session {
         if (busy) --applying_;
         busy = false;
         if (draining_) state_cv_.notify_all();
-        aq.cv.wait(l, [&] { return done_ || !queue.empty(); });
+        const auto ready = [&] { return done_ || !queue.empty(); };
+        // While batches come, the region moves the stream's resume point at most every 200 ms;
+        // once they stop for kIdleMark, the resume point is moved to what was applied, so that
+        // the acks let the peer truncate through all of it (see Ack.resume_seq). One try per
+        // position: a failed one waits for the next batch or the session's end.
+        const int64_t through = applied_through_[origin_db];
+        if (marked_through_[origin_db] < through && idle_mark_tried < through) {
+          if (!aq.cv.wait_for(l, kIdleMark, ready)) mark_idle_through = idle_mark_tried = through;
+        } else {
+          aq.cv.wait(l, ready);
+        }
         if (done_) return;
         busy = true;
         ++applying_;
+        if (mark_idle_through > 0) {
+          l.unlock();
+          if (!MarkIdleStream(origin_db, mark_idle_through)) {
+            {
+              std::lock_guard<std::mutex> ll(mu_);
+              --applying_;
+            }
+            state_cv_.notify_all();
+            return;
+          }
+          continue;
+        }
         req.set_origin(peer_.config.replica_id);
         req.set_origin_database(origin_db);
         for (const auto& stream : streams_) req.add_receiver_streams(stream);
@@ -1324,16 +1386,17 @@ class Session {
           recs.push_back({o.seq(), static_cast<uint32_t>(o.kind()), std::move(*o.mutable_key())});
         peer_.recent.Applied(origin_db, first_seq, req.through_seq(), std::move(recs));
       }
+      int64_t marked = 0;
       {
         std::lock_guard<std::mutex> l(mu_);
         int64_t& through = applied_through_[origin_db];
         through = std::max(through, req.through_seq());
         apply_queues_[origin_db].applied += taken;
+        int64_t& m = marked_through_[origin_db];
+        m = std::max(m, resp.marked_through_seq());
+        marked = std::min(m, req.through_seq());
       }
-      pb::Frame ack;
-      ack.mutable_ack()->set_origin_database(origin_db);
-      ack.mutable_ack()->set_seq(req.through_seq());
-      if (!Write(std::move(ack))) {
+      if (!Write(AckFrame(origin_db, req.through_seq(), marked))) {
         {
           std::lock_guard<std::mutex> l(mu_);
           --applying_;
@@ -1356,6 +1419,10 @@ class Session {
       return Reject(absl::StrCat("an ack of ", a.origin_database(), " through ", a.seq(),
                                  ", past what was shipped (", shipped, ")"));
     }
+    if (a.has_resume_seq() && (a.resume_seq() < 0 || a.resume_seq() > a.seq())) {
+      return Reject(absl::StrCat("an ack of ", a.origin_database(), " through ", a.seq(),
+                                 " with a resume point of ", a.resume_seq(), " past it"));
+    }
     auto& q = it->second;
     while (!q.empty() && q.front().first <= a.seq()) {
       inflight_bytes_ -= q.front().second;
@@ -1365,6 +1432,8 @@ class Session {
       std::lock_guard<std::mutex> pl(peer_.mu);
       int64_t& acked = peer_.acked[a.origin_database()];
       acked = std::max(acked, a.seq());
+      int64_t& resumable = peer_.resumable[a.origin_database()];
+      resumable = std::max(resumable, a.has_resume_seq() ? a.resume_seq() : a.seq());
     }
     window_cv_.notify_all();
     // Sync-peer durability counts only what this session sent: the hello's claim is the peer's
@@ -2134,6 +2203,9 @@ class Session {
   std::condition_variable coordination_cv_;    // coordination_ waits here
   bool coordinating_ = false;                  // coordination_ is handling a frame
   static constexpr size_t kCoordinationQueued = 64;
+  // How long an applier waits for the next batch before it moves the stream's resume point to
+  // what it applied (longer than the region's own 200 ms mark interval).
+  static constexpr auto kIdleMark = std::chrono::milliseconds(300);
   struct ApplyQueue {
     std::deque<Pending> batches;
     std::condition_variable cv;        // its applier waits here
@@ -2147,6 +2219,8 @@ class Session {
   std::map<std::string, int64_t> queued_through_;   // per origin database: the stream's position
   std::set<std::string> deltas_queued_;             // origin databases with deltas this session
   std::map<std::string, int64_t> applied_through_;  // per origin database, by this session
+  // Where this session moved the stream's resume point (the region's ApplyDeltas says when).
+  std::map<std::string, int64_t> marked_through_;
   absl::Status apply_status_;
   SteadyTime::time_point apply_failed_at_;
   std::mutex mu_;
@@ -2434,7 +2508,8 @@ void Replicator::Impl::SyncWriteHold() {
 }
 
 // Every second: the lag in records per peer; every truncate_interval_ms: deletes the outbox rows
-// every peer has acked (only once every peer has said where it stands since this start).
+// every peer has acked as within its resume point (only once every peer has said where it
+// stands since this start).
 void Replicator::Impl::Housekeeping() {
   auto last_truncate = SteadyTime::now();
   // The first status read at once (SyncWriteHold waits for it), then one a second.
@@ -2466,14 +2541,18 @@ void Replicator::Impl::Housekeeping() {
     for (auto& p : peers) {
       std::lock_guard<std::mutex> l(p->mu);
       int64_t behind = 0;
+      // No peer has applied past what the outbox holds: a hello claiming more (up to kMaxSeq)
+      // would otherwise be truncated through and recorded, and nothing truncated again.
+      auto seen = [&](const std::map<std::string, int64_t>& m, const auto& d) {
+        auto it = m.find(d.stream());
+        return std::min(it == m.end() ? 0 : it->second, d.outbox_max_seq());
+      };
       for (const auto& d : status.databases()) {
-        auto it = p->acked.find(d.stream());
-        // No peer has applied past what the outbox holds: a hello claiming more (up to kMaxSeq)
-        // would otherwise be truncated through and recorded, and nothing truncated again.
-        const int64_t acked = std::min(it == p->acked.end() ? 0 : it->second, d.outbox_max_seq());
-        behind += std::max<int64_t>(0, d.outbox_max_seq() - acked);
-        auto [t, fresh] = through.emplace(d.stream(), acked);
-        if (!fresh) t->second = std::min(t->second, acked);
+        behind += std::max<int64_t>(0, d.outbox_max_seq() - seen(p->acked, d));
+        // Through where the peer would resume after a crash, not through what it applied.
+        const int64_t resumable = seen(p->resumable, d);
+        auto [t, fresh] = through.emplace(d.stream(), resumable);
+        if (!fresh) t->second = std::min(t->second, resumable);
       }
       p->m.lag_seq->Set(static_cast<double>(behind));
       all_heard = all_heard && p->heard;

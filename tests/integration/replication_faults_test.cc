@@ -7,7 +7,9 @@
 //   status is two records) is split below the peer's limit, so the transfer ends;
 // - a peer's record that the apply could not store (a type or a value the schema refuses) is
 //   refused as INVALID_ARGUMENT before any database is written, and the replicator counts it as
-//   a rejected frame.
+//   a rejected frame;
+// - a receiver killed right after a burst comes back from its resume point, which the sender's
+//   truncation never passes: it is sent nothing again, not the sender's full state.
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -85,7 +87,44 @@ class ReplicationFaults : public ::testing::Test {
     return v.ok() ? *v : -1;
   }
 
+  // Writes `n` catalog records (sku-<first> on) into `region`'s global outbox, in one
+  // transaction, as its region server would; each has a description of `description_bytes`
+  // random characters, which do not compress.
+  void InsertProducts(size_t region, int first, int n, size_t description_bytes) {
+    const std::string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    pqxx::connection conn(c_->Dsn(region, "global"));
+    pqxx::work tx(conn);
+    const uint32_t origin = c_->spec(region).replica_id;
+    for (int i = first; i < first + n; ++i) {
+      std::string description(description_bytes, 'x');
+      for (char& ch : description) ch = alphabet[rng_() % alphabet.size()];
+      const std::string sku = "sku-" + std::to_string(i);
+      const Json write{{"sku", sku},
+                       {"name", "Item " + std::to_string(i)},
+                       {"description", description},
+                       {"category", ""},
+                       {"price_cents", 100},
+                       {"currency", "USD"},
+                       {"hlc", uint64_t{1000} + static_cast<uint64_t>(i)},
+                       {"origin", origin}};
+      tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+               std::to_string(origin) + ", 'product', " + tx.quote(sku) + ", convert_to(" +
+               tx.quote(write.dump()) + ", 'UTF8'), 'any')");
+    }
+    tx.commit();
+  }
+
+  // The stream name of `region`'s database `db` ("global", "shard0", "shard1"): the region's
+  // name of the database ("global", "shard-0", "shard-1"), a dash and its stream id.
+  std::string Stream(size_t region, const std::string& db) {
+    pqxx::connection conn(c_->Dsn(region, db));
+    pqxx::work tx(conn);
+    const std::string name = db == "global" ? db : "shard-" + db.substr(5);
+    return name + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+  }
+
   std::unique_ptr<Cluster> c_;
+  std::mt19937 rng_{7};
 };
 
 // A user id that the regions keep in shard `shard` (of two), derived from `base`.
@@ -117,38 +156,13 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
 
   // 60 catalog writes of ~4 KB that do not compress: far more than the 64 KiB window.
   constexpr int kRows = 60;
-  std::mt19937 rng(7);
-  const std::string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  auto insert_rows = [&](int first, int n) {
-    pqxx::connection conn(c_->Dsn(kEu, "global"));
-    pqxx::work tx(conn);
-    for (int i = first; i < first + n; ++i) {
-      std::string description(3900, 'x');
-      for (char& ch : description) ch = alphabet[rng() % alphabet.size()];
-      const std::string sku = "sku-" + std::to_string(i);
-      const Json write{{"sku", sku},
-                       {"name", "Item " + std::to_string(i)},
-                       {"description", description},
-                       {"category", ""},
-                       {"price_cents", 100},
-                       {"currency", "USD"},
-                       {"hlc", uint64_t{1000} + static_cast<uint64_t>(i)},
-                       {"origin", 2}};
-      tx.exec0(
-          "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (2, "
-          "'product', " +
-          tx.quote(sku) + ", convert_to(" + tx.quote(write.dump()) + ", 'UTF8'), 'any')");
-    }
-    tx.commit();
-  };
-  insert_rows(0, kRows);
+  InsertProducts(kEu, 0, kRows, 3900);
   std::set<int64_t> rows;
-  std::string stream;
+  const std::string stream = Stream(kEu, "global");
   {
     pqxx::connection conn(c_->Dsn(kEu, "global"));
     pqxx::work tx(conn);
     for (const auto& r : tx.exec("SELECT seq FROM outbox")) rows.insert(r[0].as<int64_t>());
-    stream = "global-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
   }
   ASSERT_EQ(rows.size(), static_cast<size_t>(kRows));
 
@@ -236,7 +250,7 @@ TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFrom
   EXPECT_TRUE(beat_until([&] { return deletes("true") == 0; }, 15));
   acking = true;
   // One more row, so that the stream must carry everything before it.
-  insert_rows(kRows, 1);
+  InsertProducts(kEu, kRows, 1, 3900);
   const int64_t last = *rows.rbegin() + 1;
   EXPECT_TRUE(beat_until(
       [&] {
@@ -525,6 +539,68 @@ TEST_F(ReplicationFaults, ARecordTheApplyCannotStoreIsRefusedBeforeAnythingIsWri
   EXPECT_NE(st.error_message().find("total_cents"), std::string::npos) << st.error_message();
   EXPECT_EQ(Metric(kEu, "meridian_replication_rejected_frames_total{peer=\"us-east\"}"), 1);
   EXPECT_TRUE(untouched("forged-0", cart_user));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 4 (review of 2026-12-05): a resume point behind the truncation.
+
+// The receiver's resume point (the mark its next hello gives) moves at most every 200 ms while
+// batches apply, and acks used to let the sender truncate through everything applied. A burst
+// whose last batches came within 200 ms of a mark left the resume point behind the truncation:
+// a receiver killed then came back from below it and got the sender's full state instead of
+// nothing. Now acks say where the receiver would resume, an idle stream's resume point moves to
+// what it applied, and the outbox is truncated only through that.
+TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, batch_max_records: 2}"));
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  const std::string stream = Stream(kEu, "shard0");
+  // Cart changes land in a shard, so that the stream's resume point (in the global database)
+  // moves only with the 200 ms mark, not in the apply's own transaction as a catalog write's
+  // does. Eight writes of five changes, 20 ms apart, in batches of two: us-east applies them in
+  // several calls within 200 ms, and the last ones move no mark.
+  constexpr int kWrites = 8, kPerWrite = 5;
+  for (int w = 0; w < kWrites; ++w) {
+    pqxx::connection conn(c_->Dsn(kEu, "shard0"));
+    pqxx::work tx(conn);
+    for (int i = 0; i < kPerWrite; ++i) {
+      crdt::Cart cart(2);
+      const std::string user = UserOnShard("burst-" + std::to_string(w * kPerWrite + i), 0);
+      const std::string delta = crdt::Encode(cart.Add("sku-1", 1));
+      tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (2, 'cart', " +
+               tx.quote(user) + ", " +
+               tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.data()), delta.size()) +
+               ", 'any')");
+    }
+    tx.commit();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const int64_t last = Count(kEu, "shard0", "SELECT max(seq) FROM outbox");
+  // Everything applied at us-east and eu-west's outbox truncated through it.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Count(kUs, "shard0", "SELECT count(*) FROM carts") == kWrites * kPerWrite &&
+               Count(kEu, "shard0", "SELECT count(*) FROM outbox") == 0;
+      },
+      30))
+      << "us-east did not apply the cart changes, or eu-west did not truncate its outbox";
+  EXPECT_EQ(Count(kUs, "global",
+                  "SELECT coalesce(max(seq), 0) FROM replication_applied WHERE origin = 2 AND "
+                  "origin_db = '" +
+                      stream + "'"),
+            last)
+      << "eu-west truncated its outbox past us-east's resume point";
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());  // -9: no session end moves the resume point
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  EXPECT_EQ(Metric(kEu,
+                   "meridian_replication_state_transfers_total{peer=\"us-east\",reason="
+                   "\"resume_point_truncated\"}"),
+            0)
+      << "us-east came back from below eu-west's truncation";
 }
 
 }  // namespace

@@ -1230,6 +1230,17 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     f.mutable_ack()->set_seq(shipped.last_seq() + 1'000'000);
     expect_rejected(p.SendAndFinish(f), "past what was shipped");
   }
+  {  // an ack whose resume point lies past what it acks: ap-south truncates through the former
+    ForgedPeer p(*c_, kEu, kAp);
+    ASSERT_TRUE(p.Hello());
+    rpb::DeltaBatch shipped = p.NextBatch();
+    ASSERT_FALSE(shipped.origin_database().empty());
+    rpb::Frame f;
+    f.mutable_ack()->set_origin_database(shipped.origin_database());
+    f.mutable_ack()->set_seq(shipped.last_seq() - 1);
+    f.mutable_ack()->set_resume_seq(shipped.last_seq());
+    expect_rejected(p.SendAndFinish(f), "with a resume point of");
+  }
   {  // a certificate from another CA is refused at the handshake
     std::string other = c_->dir() + "/other-ca";
     ASSERT_TRUE(test_support::Process::Run(
