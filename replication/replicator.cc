@@ -1243,15 +1243,11 @@ class Session {
     }
     queued_through = std::max(queued_through, b.last_seq());
     // Backpressure: a reader that stops reading lets HTTP/2 flow control hold the peer (and the
-    // watchdog does not count the peer's silence meanwhile). A failed apply or a cancelled
-    // stream ends the wait: the failed applier will never drain its queue.
-    held_back_ = true;
-    state_cv_.wait(
-        l, [&] { return done_ || cancelled_ || !apply_status_.ok() || apply_bytes_ < (16 << 20); });
-    held_back_ = false;
-    last_received_ = SteadyTime::now();
-    if (!apply_status_.ok()) return apply_status_;
-    if (done_ || cancelled_) return absl::CancelledError("the session is ending");
+    // watchdog does not count the peer's silence meanwhile). A failed apply, a cancelled stream
+    // or a failed write ends the wait: the failed applier will never drain its queue, and an
+    // applier whose ack cannot be written stops with its queue full (the reader would then wait
+    // for good, and the watchdog does not cut a reader held back).
+    if (!HoldBackReader([&] { return apply_bytes_ < (16 << 20); }, l)) return ReaderReleased();
     auto queue = apply_queues_.find(p.db);
     if (queue == apply_queues_.end()) {
       // One applier per origin database: the peer's databases go to different databases
@@ -1455,6 +1451,26 @@ class Session {
     for (auto& [db, q] : apply_queues_) q.cv.notify_all();
   }
 
+  // Holds the reader back (holding `l` on mu_) until `room` or the session can go no further: a
+  // failed apply, the session's end, a cancel or a failed write (after which no ack goes out,
+  // so the appliers stop and the queues never drain). True when there is room.
+  template <class Room>
+  bool HoldBackReader(Room room, std::unique_lock<std::mutex>& l) {
+    held_back_ = true;
+    state_cv_.wait(
+        l, [&] { return done_ || cancelled_ || write_failed_ || !apply_status_.ok() || room(); });
+    held_back_ = false;
+    last_received_ = SteadyTime::now();
+    return !done_ && !cancelled_ && !write_failed_ && apply_status_.ok();
+  }
+
+  // Why HoldBackReader returned false (mu_ held).
+  absl::Status ReaderReleased() const {
+    if (!apply_status_.ok()) return apply_status_;
+    if (write_failed_) return absl::UnavailableError("a write to the peer failed");
+    return absl::CancelledError("the session is ending");
+  }
+
   // Coordination frames whose handling calls the region (a takeover's or catch-up's order pages,
   // a rights write-off) can take seconds; they run on this session's coordination thread, in
   // arrival order, so that the reader goes on reading: leases, acks and batches are not held up
@@ -1470,15 +1486,9 @@ class Session {
   // frames wait; beyond that the reader waits too, as for a full apply queue.
   absl::Status QueueCoordination(pb::Frame f) {
     std::unique_lock<std::mutex> l(mu_);
-    held_back_ = true;
-    state_cv_.wait(l, [&] {
-      return done_ || cancelled_ || !apply_status_.ok() ||
-             coordination_frames_.size() < kCoordinationQueued;
-    });
-    held_back_ = false;
-    last_received_ = SteadyTime::now();
-    if (!apply_status_.ok()) return apply_status_;
-    if (done_ || cancelled_) return absl::CancelledError("the session is ending");
+    if (!HoldBackReader([&] { return coordination_frames_.size() < kCoordinationQueued; }, l)) {
+      return ReaderReleased();
+    }
     // An asker re-sends a page it has no answer to every second; while a slow region call holds
     // the thread, one copy in the queue is enough.
     if (f.has_sync_request()) {

@@ -156,6 +156,17 @@ class ThreeRegions : public ::testing::Test {
     return tx.exec1(sql)[0].as<int64_t>();
   }
 
+  // A sample of a region's replicator metrics; -1 when the page lacks it.
+  double Metric(size_t region, const std::string& name_and_labels) {
+    return c_->Metric(region, name_and_labels).value_or(-1);
+  }
+
+  // Batches in `region`'s apply queue of the stream with `peer`; -1 when unknown.
+  int64_t ApplyQueueBatches(size_t region, const std::string& peer) {
+    return static_cast<int64_t>(
+        Metric(region, "meridian_replication_apply_queue_batches{peer=\"" + peer + "\"}"));
+  }
+
   // Rows in the region's outboxes (every database), truncated once every peer acked them.
   int64_t OutboxRows(size_t region) {
     return Count(region, "global", "SELECT count(*) FROM outbox") +
@@ -936,6 +947,20 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedR
                        << ", us-east " << us_reads << " reads so far";
 }
 
+// Writes `batches` empty batches of the stream "flood-0" (seqs 1 on) as eu-west, one a seq;
+// counts what was written into `written` and stops when the stream is gone.
+std::thread FloodWithEmptyBatches(ForgedPeer& eu, int64_t batches, std::atomic<int64_t>* written) {
+  return std::thread([&eu, batches, written] {
+    for (int64_t seq = 1; seq <= batches; ++seq) {
+      rpb::Frame f;
+      *f.mutable_batch() = replication::EncodeBatch(2, "flood-0", seq, seq, rpb::RecordList(), 1,
+                                                    replication::BatchKind::kDeltas);
+      if (!eu.Write(f)) return;
+      ++*written;
+    }
+  });
+}
+
 // A peer sending empty batches (ranges of seqs with nothing for this region) faster than they
 // apply meets the apply backpressure as one sending records does: while ap-south's applies are
 // held up, its reader stops taking the peer's batches at 16 MiB of queue (256 B per batch, so
@@ -951,23 +976,12 @@ TEST_F(ThreeRegions, EmptyBatchesMeetTheApplyBackpressure) {
   lock.exec0("LOCK TABLE replication_applied IN ACCESS EXCLUSIVE MODE");
   constexpr int64_t kBatches = 100'000, kCap = (16 << 20) / 256;
   std::atomic<int64_t> written{0};
-  std::thread flood([&] {
-    for (int64_t seq = 1; seq <= kBatches; ++seq) {
-      rpb::Frame f;
-      *f.mutable_batch() = replication::EncodeBatch(2, "flood-0", seq, seq, rpb::RecordList(), 1,
-                                                    replication::BatchKind::kDeltas);
-      if (!eu.Write(f)) return;
-      ++written;
-    }
-  });
-  auto queued = [&]() -> int64_t {
-    auto m = c_->Metric(kAp, "meridian_replication_apply_queue_batches{peer=\"eu-west\"}");
-    return m.ok() ? static_cast<int64_t>(*m) : -1;
-  };
+  std::thread flood = FloodWithEmptyBatches(eu, kBatches, &written);
   // No ASSERT until the flood is over: the lock holds its writes up.
-  EXPECT_TRUE(Eventually([&] { return queued() >= kCap; }, 20)) << queued();
+  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
+      << ApplyQueueBatches(kAp, "eu-west");
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  EXPECT_EQ(queued(), kCap) << written << " batches written";
+  EXPECT_EQ(ApplyQueueBatches(kAp, "eu-west"), kCap) << written << " batches written";
   lock.commit();
   flood.join();
   EXPECT_EQ(written, kBatches);
@@ -978,7 +992,39 @@ TEST_F(ThreeRegions, EmptyBatchesMeetTheApplyBackpressure) {
       },
       std::chrono::seconds(30));
   EXPECT_TRUE(ack.has_ack());
-  EXPECT_TRUE(Eventually([&] { return queued() == 0; }, 10)) << queued();
+  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") == 0; }, 10))
+      << ApplyQueueBatches(kAp, "eu-west");
+}
+
+// The same backpressure, and the stream breaks while the reader is held back: ap-south's writer
+// finds it gone, the held-up apply ends with its ack unwritten, and its applier stops with the
+// queue still full. The session must end (before 2026-12-05 its reader waited for the queue to
+// drain for good: here its thread and 16 MiB of queue stayed behind, and a dialer in that state
+// never redials, so that its pair of regions stopped replicating).
+TEST_F(ThreeRegions, AStreamThatBreaksWhileTheApplyQueueIsFullEndsItsSession) {
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  auto eu = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(eu->Hello());
+  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
+  pqxx::work lock(lock_conn);
+  lock.exec0("LOCK TABLE replication_applied IN ACCESS EXCLUSIVE MODE");
+  constexpr int64_t kCap = (16 << 20) / 256;
+  std::atomic<int64_t> written{0};
+  std::thread flood = FloodWithEmptyBatches(*eu, 100'000, &written);
+  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
+      << ApplyQueueBatches(kAp, "eu-west");
+  (void)eu->Cut();
+  flood.join();
+  eu.reset();
+  // ap-south's next heartbeat (every 200 ms) finds the stream gone; then the apply goes on.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  lock.commit();
+  const std::string connected = "meridian_replication_connected{peer=\"eu-west\"}";
+  EXPECT_TRUE(Eventually([&] { return Metric(kAp, connected) == 0; }, 10))
+      << "ap-south's session with the broken stream never ended";
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+  EXPECT_TRUE(Eventually([&] { return Metric(kAp, connected) == 1; }, 20))
+      << "eu-west could not come back";
 }
 
 TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {
