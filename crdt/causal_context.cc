@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <limits>
 
 namespace meridian::crdt {
 
@@ -90,7 +91,12 @@ void CausalContext::Compact() {
 
 uint64_t CausalContext::DotCount() const {
   uint64_t n = cloud_.size();
-  for (const auto& e : vv_) n += e.second;
+  for (const auto& e : vv_) {
+    if (e.second > std::numeric_limits<uint64_t>::max() - n) {
+      return std::numeric_limits<uint64_t>::max();
+    }
+    n += e.second;
+  }
   return n;
 }
 

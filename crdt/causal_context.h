@@ -46,6 +46,8 @@ class CausalContext {
     }
     for (const Dot& d : cloud_) fn(d);
   }
+  // Saturates at UINT64_MAX: four version entries of 2^62 (which a decoder takes) would wrap a
+  // plain sum to 0, and a caller bounding ForEachDot with it would then walk 2^64 dots.
   [[nodiscard]] uint64_t DotCount() const;
 
   [[nodiscard]] bool Empty() const { return vv_.empty() && cloud_.empty(); }

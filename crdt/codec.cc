@@ -967,10 +967,11 @@ absl::StatusOr<Inventory> DecodeInventory(std::string_view bytes, ReplicaId repl
   }
   absl::StatusOr<CausalContext> version = ReadContext(m.version(), {}, l);
   if (!version.ok()) return version.status();
-  Inventory decoded = Inventory::FromParts(std::move(items), *std::move(version));
+  absl::StatusOr<Inventory> decoded = Inventory::FromParts(std::move(items), *std::move(version));
+  if (!decoded.ok()) return Invalid(decoded.status().message());
   if (replica == kNoReplica) return decoded;
   Inventory out(replica);
-  out.Merge(decoded);
+  out.Merge(*decoded);
   return out;
 }
 

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <limits>
+
 #include "crdt/crdt.pb.h"
 
 namespace meridian::crdt {
@@ -157,6 +159,53 @@ TEST(Codec, RejectsHostileCarts) {
   DecodeLimits small;
   small.max_message_bytes = 4;
   EXPECT_FALSE(DecodeCart(ok, kNoReplica, small).ok());
+}
+
+// A context whose version entries add up past 2^64 (four of 2^62, each within the decoder's
+// limit). Its dot count used to wrap to 0: merges then skipped the removals it implies in one
+// order and not the other, and ChangesSince, bounded by that count, walked 2^62 dots.
+TEST(Codec, AContextOfMoreThan2To64DotsMergesTheSameInEitherOrder) {
+  v1::Cart m;
+  m.set_format_version(kFormatVersion);
+  for (uint32_t replica : {1u, 2u, 3u, 7u}) {
+    auto* e = m.mutable_context()->add_versions();
+    e->set_replica(replica);
+    e->set_counter(uint64_t{1} << 62);
+  }
+  auto hostile = DecodeCart(m.SerializeAsString());
+  ASSERT_TRUE(hostile.ok()) << hostile.status();
+  EXPECT_EQ(hostile->version().DotCount(), std::numeric_limits<uint64_t>::max());
+  Cart a(7);
+  a.Add("sku-a", 1);  // dot (7, 1): the hostile context covers it, so it removes the line
+  Cart a_then_h = a, h_then_a = *hostile;
+  a_then_h.Merge(*hostile);
+  h_then_a.Merge(a);
+  EXPECT_EQ(a_then_h.Quantity("sku-a"), 0);
+  EXPECT_EQ(h_then_a.Quantity("sku-a"), 0);
+  EXPECT_TRUE(a_then_h == h_then_a);
+  // Bounded by the count, it gives the whole state (a valid delta) instead of walking the dots.
+  Cart fresh(9);
+  fresh.Merge(a_then_h.ChangesSince(CausalContext{}));
+  EXPECT_TRUE(fresh.version() == a_then_h.version());
+}
+
+TEST(Codec, RejectsAnInventoryEventOnTwoEntries) {
+  v1::Inventory m;
+  m.set_format_version(kFormatVersion);
+  for (const char* sku : {"sku-1", "sku-2"}) {
+    auto* item = m.add_items();
+    item->set_sku(sku);
+    auto* t = item->add_transfers();
+    t->set_from_replica(1);
+    t->set_to_replica(1);
+    t->set_units(5);
+    t->set_seq(3);  // the same (1, 3) on both SKUs
+  }
+  auto st = DecodeInventory(m.SerializeAsString());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.status().message().find("on two entries"), std::string::npos) << st.status();
+  m.mutable_items(1)->mutable_transfers(0)->set_seq(4);
+  EXPECT_TRUE(DecodeInventory(m.SerializeAsString()).ok());
 }
 
 TEST(Codec, OneChangeCartDeltaIsSmall) {

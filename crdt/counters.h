@@ -4,12 +4,25 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
 #include "crdt/dot.h"
 
 namespace meridian::crdt {
+
+// a + b, held at the type's bounds instead of wrapping (or, signed, undefined behaviour): a
+// decoder takes entries up to 2^62, and a few of them, or enough joined changes, pass 2^63.
+template <class T>
+T SaturatingAdd(T a, T b) {
+  T sum;
+  if (!__builtin_add_overflow(a, b, &sum)) return sum;
+  if constexpr (std::numeric_limits<T>::is_signed) {
+    if (b < 0) return std::numeric_limits<T>::min();
+  }
+  return std::numeric_limits<T>::max();
+}
 
 // Per-replica monotone counts; value = their sum. Each replica only raises its own entry.
 // Value type, not thread-safe.
@@ -26,9 +39,9 @@ class GCounter {
     return delta;
   }
 
-  [[nodiscard]] uint64_t Value() const {
+  [[nodiscard]] uint64_t Value() const {  // saturates at UINT64_MAX
     uint64_t v = 0;
-    for (const auto& e : entries_) v += e.second;
+    for (const auto& e : entries_) v = SaturatingAdd(v, e.second);
     return v;
   }
   [[nodiscard]] uint64_t Get(ReplicaId replica) const {
@@ -82,8 +95,10 @@ class PNCounter {
     d.n_ = n_.Increment(replica, n);
     return d;
   }
-  [[nodiscard]] int64_t Value() const {
-    return static_cast<int64_t>(p_.Value()) - static_cast<int64_t>(n_.Value());
+  [[nodiscard]] int64_t Value() const {  // held within int64's range
+    const __int128 v = static_cast<__int128>(p_.Value()) - static_cast<__int128>(n_.Value());
+    return static_cast<int64_t>(std::clamp<__int128>(v, std::numeric_limits<int64_t>::min(),
+                                                     std::numeric_limits<int64_t>::max()));
   }
   void Join(const PNCounter& other) {
     p_.Join(other.p_);

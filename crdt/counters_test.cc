@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <limits>
+
 #include "crdt/crdt_testing.h"
 
 namespace meridian::crdt {
@@ -37,6 +39,27 @@ TEST(GCounter, SumsReplicas) {
   a.Join(b);
   a.Join(b);
   EXPECT_EQ(a.Value(), 7u);
+}
+
+// Entries of up to 2^62 (what a decoder takes) add up past 2^64: the values hold at the bounds
+// (before, GCounter wrapped and PNCounter's subtraction overflowed).
+TEST(Counters, ValuesHoldAtTheBoundsInsteadOfWrapping) {
+  constexpr uint64_t kBig = uint64_t{1} << 62;
+  GCounter g;
+  for (ReplicaId r = 1; r <= 4; ++r) g.Increment(r, kBig);
+  EXPECT_EQ(g.Value(), std::numeric_limits<uint64_t>::max());
+  PNCounter up, down;
+  up.Increment(1, kBig);
+  up.Increment(2, kBig);
+  EXPECT_EQ(up.Value(), std::numeric_limits<int64_t>::max());
+  down.Increment(1, kBig);
+  down.Increment(2, kBig);
+  down.Decrement(1, 1);
+  EXPECT_EQ(down.Value(), std::numeric_limits<int64_t>::max());
+  PNCounter negative;
+  for (ReplicaId r = 1; r <= 4; ++r) negative.Decrement(r, kBig);
+  EXPECT_EQ(negative.Value(), std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(SaturatingAdd<int64_t>(-5, 3), -2);
 }
 
 RC_GTEST_PROP(GCounterProp, JoinLaws, ()) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 
 namespace meridian::crdt {
 namespace {
@@ -121,14 +122,23 @@ int64_t Inventory::Consumed(std::string_view sku, ReplicaId replica) const {
   return c ? c->Consumed(replica) : 0;
 }
 
-Inventory Inventory::FromParts(std::vector<Item> items, CausalContext version) {
+absl::StatusOr<Inventory> Inventory::FromParts(std::vector<Item> items, CausalContext version) {
   Inventory inv;
   inv.items_ = std::move(items);
-  inv.version_ = std::move(version);
+  // The entries' dots, sorted once: inserting them one at a time into the context's sorted cloud
+  // took quadratic time (200,000 entries with descending seqs, 2.5 MB, took 15 s to decode).
+  std::vector<Dot> dots;
   for (const auto& [sku, counter] : inv.items_) {
-    for (const auto& t : counter.transfers()) inv.version_.Insert(Dot{t.from, t.seq});
-    for (const auto& s : counter.spent()) inv.version_.Insert(Dot{s.replica, s.seq});
+    for (const auto& t : counter.transfers()) dots.push_back(Dot{t.from, t.seq});
+    for (const auto& s : counter.spent()) dots.push_back(Dot{s.replica, s.seq});
   }
+  std::sort(dots.begin(), dots.end());
+  if (auto same = std::adjacent_find(dots.begin(), dots.end()); same != dots.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("inventory: the event (", same->replica, ", ",
+                                                   same->counter, ") is on two entries"));
+  }
+  inv.version_ = std::move(version);
+  if (!dots.empty()) inv.version_.Join(CausalContext::FromParts({}, std::move(dots)));
   return inv;
 }
 

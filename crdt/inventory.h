@@ -54,7 +54,9 @@ class Inventory {
   [[nodiscard]] ReplicaId replica() const { return replica_; }
 
   // For the codec: items sorted by SKU and unique. Adds every entry's (writer, seq) to `version`.
-  static Inventory FromParts(std::vector<Item> items, CausalContext version);
+  // InvalidArgument when two entries (of one SKU or of two) carry the same (writer, seq): each
+  // event is one entry, and a peer that has seen the dot through one would skip the other.
+  static absl::StatusOr<Inventory> FromParts(std::vector<Item> items, CausalContext version);
 
   friend bool operator==(const Inventory& a, const Inventory& b) {
     return a.items_ == b.items_ && a.version_ == b.version_;

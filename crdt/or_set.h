@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "crdt/causal_context.h"
+#include "crdt/counters.h"
 #include "crdt/dot_store.h"
 
 namespace meridian::crdt {
@@ -137,9 +138,9 @@ class ORMap {
 // replica).
 using CounterStore = DotFun<int64_t>;
 
-inline int64_t CounterValue(const CounterStore& s) {
+inline int64_t CounterValue(const CounterStore& s) {  // held within int64's range
   int64_t v = 0;
-  for (const auto& e : s.entries()) v += e.second;
+  for (const auto& e : s.entries()) v = SaturatingAdd(v, e.second);
   return v;
 }
 

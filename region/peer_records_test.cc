@@ -120,7 +120,7 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
        "no region"},
       {"stock claiming events past any real count",
        [](v1::ApplyDeltasRequest& r) {
-         r.mutable_records(1)->set_payload(crdt::Encode(crdt::Inventory::FromParts(
+         r.mutable_records(1)->set_payload(crdt::Encode(*crdt::Inventory::FromParts(
              {}, crdt::CausalContext::FromParts({{kSelf, (uint64_t{1} << 52) + 1}}, {}))));
        },
        "past the limit"},
