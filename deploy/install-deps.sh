@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential g++ clang libclang-rt-14-dev cmake ninja-build ccache pkg-config clang-format
+  build-essential g++ clang curl libclang-rt-14-dev cmake ninja-build ccache pkg-config clang-format
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libpqxx-dev libasio-dev libhiredis-dev libhttp-parser-dev libabsl-dev libspdlog-dev
   libyaml-cpp-dev prometheus-cpp-dev libcli11-dev librapidcheck-dev libgtest-dev libgmock-dev
