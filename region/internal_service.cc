@@ -644,15 +644,29 @@ class Service final : public pb::RegionInternal::Service {
       uint64_t generation = outbox_signal_.generation();
       out->clear_chunks();
       bool any = false, gap = false;
+      absl::Status failed;  // the last database that could not be read, if every one failed
+      size_t read = 0;
       for (size_t i = 0; i < cursors.size(); ++i) {
         pb::OutboxChunk* chunk = out->add_chunks();
-        absl::Status st = ReadChunk(*pools[i], cursors[i], limit, chunk);
-        if (!st.ok()) return ToGrpc(st);
+        // One database that cannot be read (down, or its outbox unreadable) holds up none of
+        // the others: its chunk says why, and its cursor stays where it was.
+        if (absl::Status st = ReadChunk(*pools[i], cursors[i], limit, chunk); !st.ok()) {
+          chunk->Clear();
+          chunk->set_database(cursors[i].database());
+          chunk->set_next_after_seq(cursors[i].after_seq());
+          chunk->set_gap_horizon(cursors[i].gap_horizon());
+          chunk->set_gap_horizon_seq(cursors[i].gap_horizon_seq());
+          chunk->set_error(std::string(st.message()));
+          failed = st;
+          continue;
+        }
+        ++read;
         any = any || chunk->records_size() > 0;
         gap = gap || chunk->gap_horizon() != 0;
         cursors[i].set_gap_horizon(chunk->gap_horizon());
         cursors[i].set_gap_horizon_seq(chunk->gap_horizon_seq());
       }
+      if (read == 0) return ToGrpc(failed);
       auto now = std::chrono::steady_clock::now();
       if (any || ctx->IsCancelled() || now >= deadline) break;
       if (gap) {

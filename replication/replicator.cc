@@ -369,6 +369,13 @@ class OutboxFeed {
               req.cursors(static_cast<int>(i)).after_seq() != d.next_after) {
             continue;  // not what we asked for (or the slices started afresh): read again
           }
+          if (!chunk.error().empty()) {  // that database alone: read again at the next poll
+            if (SteadyTime::now() - d.warned_at > std::chrono::seconds(10)) {
+              spdlog::warn("event=outbox_read_failed db={} error=\"{}\"", names[i], chunk.error());
+              d.warned_at = SteadyTime::now();
+            }
+            continue;
+          }
           d.gap_horizon = chunk.gap_horizon();
           d.gap_horizon_seq = chunk.gap_horizon_seq();
           gaps += chunk.gap_horizon() != 0;
@@ -417,6 +424,7 @@ class OutboxFeed {
     std::deque<Slice> slices;
     size_t count = 0;                          // records in slices
     std::map<const void*, int64_t> positions;  // attached sessions
+    SteadyTime::time_point warned_at{};        // the last outbox_read_failed logged
   };
 
   // Drops the slices every attached session has passed (all of them when none is attached).
@@ -1640,8 +1648,12 @@ class Session {
         continue;
       }
       if (!sent) {
+        // Checked cursors only: an unchecked one ships nothing (its database could not be read;
+        // it is checked again every second), and the feed past it would end every wait at once,
+        // a loop at full speed until then.
         std::map<std::string, int64_t> positions;
-        for (const Cursor& c : cursors) positions[c.db] = c.after_seq;
+        for (const Cursor& c : cursors)
+          if (c.checked) positions[c.db] = c.after_seq;
         // Marks to send or answer (exchange_generation, reanswer_at_) wake us too.
         feed.Wait(positions, reanswer_at_ ? std::min(heartbeat_due, *reanswer_at_) : heartbeat_due,
                   [&] { return over_.load() || peer_.exchange_generation != exchange_seen_; });

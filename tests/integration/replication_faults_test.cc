@@ -57,6 +57,8 @@ bool Eventually(const std::function<bool()>& done, double seconds) {
   return test_support::Eventually(done, seconds, 100);
 }
 
+std::string UserOnShard(const std::string& base, int32_t shard);
+
 class ReplicationFaults : public ::testing::Test {
  protected:
   void StartCluster(const std::string& shipping_yaml) {
@@ -110,6 +112,24 @@ class ReplicationFaults : public ::testing::Test {
       tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
                std::to_string(origin) + ", 'product', " + tx.quote(sku) + ", convert_to(" +
                tx.quote(write.dump()) + ", 'UTF8'), 'any')");
+    }
+    tx.commit();
+  }
+
+  // Writes `n` cart changes (sku-1 +1, a user each, named from `base`) into `region`'s outbox of
+  // shard `shard`, in one transaction, as its region server would.
+  void InsertCartChanges(size_t region, int32_t shard, const std::string& base, int n) {
+    pqxx::connection conn(c_->Dsn(region, "shard" + std::to_string(shard)));
+    pqxx::work tx(conn);
+    const uint32_t origin = c_->spec(region).replica_id;
+    for (int i = 0; i < n; ++i) {
+      crdt::Cart cart(origin);
+      const std::string user = UserOnShard(base + "-" + std::to_string(i), shard);
+      const std::string delta = crdt::Encode(cart.Add("sku-1", 1));
+      tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" +
+               std::to_string(origin) + ", 'cart', " + tx.quote(user) + ", " +
+               tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.data()), delta.size()) +
+               ", 'any')");
     }
     tx.commit();
   }
@@ -563,18 +583,7 @@ TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer
   // several calls within 200 ms, and the last ones move no mark.
   constexpr int kWrites = 8, kPerWrite = 5;
   for (int w = 0; w < kWrites; ++w) {
-    pqxx::connection conn(c_->Dsn(kEu, "shard0"));
-    pqxx::work tx(conn);
-    for (int i = 0; i < kPerWrite; ++i) {
-      crdt::Cart cart(2);
-      const std::string user = UserOnShard("burst-" + std::to_string(w * kPerWrite + i), 0);
-      const std::string delta = crdt::Encode(cart.Add("sku-1", 1));
-      tx.exec0("INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (2, 'cart', " +
-               tx.quote(user) + ", " +
-               tx.quote_raw(reinterpret_cast<const unsigned char*>(delta.data()), delta.size()) +
-               ", 'any')");
-    }
-    tx.commit();
+    InsertCartChanges(kEu, 0, "burst-" + std::to_string(w), kPerWrite);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const int64_t last = Count(kEu, "shard0", "SELECT max(seq) FROM outbox");
@@ -601,6 +610,38 @@ TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer
                    "\"resume_point_truncated\"}"),
             0)
       << "us-east came back from below eu-west's truncation";
+}
+
+// Defect 5 (review of 2026-12-05): one database whose outbox cannot be read.
+
+// The replicator reads every database's outbox in one PollOutbox call, and one database that
+// could not be read failed the call: nothing of the others reached any peer until it was back.
+// Now that database's chunk says why and the others ship.
+TEST_F(ReplicationFaults, AnOutboxThatCannotBeReadHoldsUpNoOtherDatabase) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300}"));
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  Exec(kUs, "shard1", "ALTER TABLE outbox RENAME TO outbox_away");
+  InsertProducts(kUs, 0, 3, 50);
+  InsertCartChanges(kUs, 0, "while-away", 2);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Count(kEu, "global", "SELECT count(*) FROM products WHERE sku LIKE 'sku-%'") == 3 &&
+               Count(kEu, "shard0", "SELECT count(*) FROM carts") == 2;
+      },
+      20))
+      << "us-east's global and shard-0 outboxes did not ship while shard-1's could not be read";
+  std::ifstream log(c_->replicator_log(kUs));
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("event=outbox_read_failed db=shard-1"), std::string::npos);
+  // Back: what shard-1 takes from now on ships too.
+  Exec(kUs, "shard1", "ALTER TABLE outbox_away RENAME TO outbox");
+  InsertCartChanges(kUs, 1, "after", 2);
+  EXPECT_TRUE(
+      Eventually([&] { return Count(kEu, "shard1", "SELECT count(*) FROM carts") == 2; }, 20))
+      << "shard-1's outbox did not ship once it could be read again";
 }
 
 }  // namespace
