@@ -1142,11 +1142,13 @@ class Session {
     }
   }
 
-  static pb::Frame AckFrame(const std::string& db, int64_t seq, int64_t resume_seq) {
+  static pb::Frame AckFrame(const std::string& db, int64_t seq, int64_t resume_seq,
+                            uint32_t state_batches) {
     pb::Frame f;
     f.mutable_ack()->set_origin_database(db);
     f.mutable_ack()->set_seq(seq);
     f.mutable_ack()->set_resume_seq(resume_seq);
+    f.mutable_ack()->set_state_batches(state_batches);
     return f;
   }
 
@@ -1173,7 +1175,7 @@ class Session {
       int64_t& m = marked_through_[db];
       m = std::max(m, through);
     }
-    return Write(AckFrame(db, through, through));
+    return Write(AckFrame(db, through, through, 0));
   }
 
   // Checks a peer's batch and queues it for the applier. Batches arrive faster than one
@@ -1400,7 +1402,8 @@ class Session {
         m = std::max(m, resp.marked_through_seq());
         marked = std::min(m, req.through_seq());
       }
-      if (!Write(AckFrame(origin_db, req.through_seq(), marked))) {
+      if (!Write(AckFrame(origin_db, req.through_seq(), marked,
+                          req.state() ? static_cast<uint32_t>(taken) : 0))) {
         {
           std::lock_guard<std::mutex> l(mu_);
           --applying_;
@@ -1428,8 +1431,23 @@ class Session {
                                  " with a resume point of ", a.resume_seq(), " past it"));
     }
     auto& q = it->second;
-    while (!q.empty() && q.front().first <= a.seq()) {
-      inflight_bytes_ -= q.front().second;
+    // State batches leave the window as the peer counts them applied (state_batches); before it
+    // said so, an ack of seq 0 (every state call's) took all of them out, applied or not, and a
+    // transfer of small documents grew the outgoing queue toward the size of the database.
+    uint32_t state_credit = a.state_batches();
+    if (a.has_state_batches()) {
+      const auto in_flight = static_cast<size_t>(
+          std::count_if(q.begin(), q.end(), [](const InFlight& b) { return b.state; }));
+      if (state_credit > in_flight) {
+        return Reject(absl::StrCat("an ack of ", state_credit, " state batches of ",
+                                   a.origin_database(), ", ", in_flight, " in flight"));
+      }
+    }
+    while (!q.empty()) {
+      const InFlight& b = q.front();
+      if ((b.state && a.has_state_batches()) ? state_credit == 0 : b.last > a.seq()) break;
+      if (b.state && a.has_state_batches()) --state_credit;
+      inflight_bytes_ -= static_cast<int64_t>(b.bytes);
       q.pop_front();
     }
     {
@@ -1562,7 +1580,7 @@ class Session {
     size_t bytes = f.ByteSizeLong();
     {
       std::lock_guard<std::mutex> l(mu_);
-      inflight_[db].emplace_back(last, bytes);
+      inflight_[db].push_back(InFlight{last, bytes, kind == BatchKind::kState});
       inflight_bytes_ += static_cast<int64_t>(bytes);
       int64_t& shipped = shipped_through_[db];
       shipped = std::max(shipped, last);
@@ -2262,9 +2280,14 @@ class Session {
   size_t outgoing_bytes_ = 0;  // of the frames in outgoing_ other than batches
   bool not_reading_ = false;   // the session ended because outgoing_bytes_ hit its cap
   static constexpr size_t kOutgoingBytesMax = 64 << 20;
-  std::map<std::string, std::deque<std::pair<int64_t, size_t>>> inflight_;
-  std::map<std::string, int64_t> shipped_through_;  // per database: the highest seq sent
-  std::map<std::string, int64_t> claimed_through_;  // per database: the hello's resume point
+  struct InFlight {
+    int64_t last;  // the batch's last_seq (0 for a state batch but a transfer's end)
+    size_t bytes;
+    bool state;
+  };
+  std::map<std::string, std::deque<InFlight>> inflight_;  // per database, in the order sent
+  std::map<std::string, int64_t> shipped_through_;        // per database: the highest seq sent
+  std::map<std::string, int64_t> claimed_through_;        // per database: the hello's resume point
   int64_t inflight_bytes_ = 0;
   std::atomic<SteadyTime::time_point> last_received_{SteadyTime::now()};
   std::atomic<SteadyTime::time_point> last_sent_{SteadyTime::now()};

@@ -644,5 +644,101 @@ TEST_F(ReplicationFaults, AnOutboxThatCannotBeReadHoldsUpNoOtherDatabase) {
       << "shard-1's outbox did not ship once it could be read again";
 }
 
+// Defect 6 (review of 2026-12-05): the window and a state transfer.
+
+// State batches carry no seq, and every apply call of them is acked with seq 0, which took every
+// state batch in flight out of the window, applied or not: after each ack the sender could send
+// a whole window more, and a transfer of small documents grew its outgoing queue toward the size
+// of the database. Acks now say how many state batches they cover; one acked batch lets about one
+// more go.
+TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, batch_max_records: 40, batch_max_bytes: 4096, max_inflight_bytes: 65536}"));
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  // 2,000 carts at eu-west (documents: what a state transfer sends), each with a note of 200
+  // random characters, so that a batch of 4 KiB holds about 16 and the whole transfer is some
+  // 125 batches, 8 windows; and one change through its outbox, shipped and truncated, so that
+  // a peer resuming from 0 needs the state.
+  {
+    const std::string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    pqxx::connection conn(c_->Dsn(kEu, "shard0"));
+    pqxx::work tx(conn);
+    for (int i = 0; i < 2000; ++i) {
+      std::string note(200, 'x');
+      for (char& ch : note) ch = alphabet[rng_() % alphabet.size()];
+      crdt::Cart cart(2);
+      cart.Add("sku-1", 1);
+      cart.SetNote(note, crdt::HlcTimestamp{1000});
+      const std::string state = crdt::Encode(cart);
+      tx.exec0("INSERT INTO carts (user_id, state, residency) VALUES ('doc-" + std::to_string(i) +
+               "', " +
+               tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
+               ", 'any')");
+    }
+    tx.commit();
+  }
+  InsertCartChanges(kEu, 0, "shipped", 1);
+  ASSERT_TRUE(
+      Eventually([&] { return Count(kEu, "shard0", "SELECT count(*) FROM outbox") == 0; }, 30))
+      << "eu-west never truncated its shard-0 outbox";
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  const std::string stream = Stream(kEu, "shard0");
+  std::mutex mu;
+  int state_batches = 0;
+  auto last_batch = std::chrono::steady_clock::now();
+  ForgedPeer peer(*c_, kUs, kEu, "", std::chrono::seconds(60));
+  ASSERT_TRUE(peer.Hello({{stream, 0}}));
+  peer.NextAsync([&](const rpb::Frame& f) {
+    if (f.has_batch() && f.batch().origin_database() == stream && f.batch().state()) {
+      std::lock_guard<std::mutex> l(mu);
+      ++state_batches;
+      last_batch = std::chrono::steady_clock::now();
+    }
+    return false;  // reads on until the stream ends
+  });
+  auto received = [&] {
+    std::lock_guard<std::mutex> l(mu);
+    return state_batches;
+  };
+  // Heartbeats (eu-west keeps the stream) until no batch came for a second since this call
+  // began (or since the last batch): the window is full.
+  auto until_quiet = [&] {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      rpb::Frame f;
+      f.mutable_heartbeat();
+      if (!peer.Write(f)) return false;
+      std::lock_guard<std::mutex> l(mu);
+      if (state_batches > 0 && std::chrono::steady_clock::now() - std::max(last_batch, start) >
+                                   std::chrono::seconds(1)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  ASSERT_TRUE(until_quiet()) << "no state batch came, or they never stopped";
+  const int window = received();
+  ASSERT_GT(window, 4) << "the window held fewer batches than this test needs";
+  ASSERT_LT(window, 60) << "most of the transfer came in one window";
+  // The applier's ack of one state batch (as a state apply call's: seq 0).
+  rpb::Frame ack;
+  ack.mutable_ack()->set_origin_database(stream);
+  ack.mutable_ack()->set_seq(0);
+  ack.mutable_ack()->set_state_batches(1);
+  ASSERT_TRUE(peer.Write(ack));
+  ASSERT_TRUE(until_quiet());
+  EXPECT_LE(received() - window, 2) << window << " batches filled the window; after an ack of one, "
+                                    << received() - window << " more came";
+  // The ack of everything received opens it again.
+  ack.mutable_ack()->set_state_batches(static_cast<uint32_t>(received() - 1));
+  ASSERT_TRUE(peer.Write(ack));
+  ASSERT_TRUE(until_quiet());
+  EXPECT_GT(received() - window, 4);
+  (void)peer.Cut();
+}
+
 }  // namespace
 }  // namespace meridian
