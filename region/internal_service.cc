@@ -139,12 +139,13 @@ class Service final : public pb::RegionInternal::Service {
         pqxx::row r = tx.exec1(
             "SELECT count(*), coalesce(max(seq), 0), coalesce(min(seq), 0), (SELECT CASE WHEN "
             "is_called THEN last_value ELSE 0 END FROM outbox_seq_seq), (SELECT id FROM "
-            "outbox_stream LIMIT 1) FROM outbox");
+            "outbox_stream LIMIT 1), (SELECT through_seq FROM outbox_truncated) FROM outbox");
         d->set_outbox_rows(r[0].as<int64_t>());
         d->set_outbox_max_seq(r[1].as<int64_t>());
         d->set_outbox_min_seq(r[2].as<int64_t>());
         d->set_outbox_last_seq(r[3].as<int64_t>());
         d->set_stream(StreamNameOf(pool, r[4].as<std::string>()));
+        d->set_outbox_truncated_through(r[5].as<int64_t>());
       });
       d->set_reachable(st.ok());
     };
@@ -590,6 +591,10 @@ class Service final : public pb::RegionInternal::Service {
         }
         pqxx::result r;
         try {
+          // Recorded with the DELETE (it commits or rolls back with it): a peer resuming below
+          // this needs the state, and a gap above it is a seq that never committed.
+          tx.exec0("UPDATE outbox_truncated SET through_seq = GREATEST(through_seq, " +
+                   tx.quote(req->through_seq()) + ")");
           r = tx.exec("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= " +
                       tx.quote(req->through_seq()) + " ORDER BY seq LIMIT " +
                       tx.quote(kTruncateRowsMax) + ")");

@@ -28,6 +28,17 @@ constexpr const char* kOutboxResidencyRequired = R"sql(
 ALTER TABLE outbox ALTER COLUMN residency DROP DEFAULT;
 )sql";
 
+// How far the outbox was ever truncated (TruncateOutbox, in the transaction of its DELETE): a peer
+// resuming below it needs the database's full state. One row. An outbox truncated before this
+// was recorded is taken as truncated through every seq below its lowest row, or through every
+// seq taken when it is empty (the replicator's rule until then).
+constexpr const char* kOutboxTruncated = R"sql(
+CREATE TABLE outbox_truncated (through_seq bigint NOT NULL);
+INSERT INTO outbox_truncated
+SELECT coalesce((SELECT min(seq) - 1 FROM outbox),
+                (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq));
+)sql";
+
 // Per peer stream (origin replica, origin database): the highest seq applied to this database.
 constexpr const char* kReplicationApplied = R"sql(
 CREATE TABLE replication_applied (
@@ -233,6 +244,7 @@ CREATE TABLE restock_requests (
 ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL OR received >= units);
 )sql"},
     {17, "outbox_residency_required", kOutboxResidencyRequired},
+    {18, "outbox_truncated", kOutboxTruncated},
 };
 
 const std::vector<Migration> kShard = {
@@ -363,6 +375,7 @@ UPDATE carts c SET residency = u.residency
   FROM users u
  WHERE c.user_id = u.user_id AND c.residency = 'any' AND u.residency <> 'any';
 )sql"},
+    {15, "outbox_truncated", kOutboxTruncated},
 };
 
 }  // namespace

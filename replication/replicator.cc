@@ -1794,9 +1794,16 @@ class Session {
       for (const auto& d : status.databases()) {
         if (d.name() != c.db || !d.reachable()) continue;
         auto decided = truncating.find(c.stream);
+        // The region records how far its outbox was truncated. Before it did, a missing row
+        // right after the resume point was taken for a truncated one, and a seq that never
+        // committed (a rolled-back write, or the sequence's jump after a PostgreSQL crash) with
+        // the peer resuming just before it cost a full state transfer. A region server from
+        // before that still gets the old rule.
         const bool truncated = (decided != truncating.end() && c.after_seq < decided->second) ||
-                               (d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
-                                                       : d.outbox_last_seq() > c.after_seq);
+                               (d.has_outbox_truncated_through()
+                                    ? c.after_seq < d.outbox_truncated_through()
+                                    : (d.outbox_min_seq() > 0 ? d.outbox_min_seq() > c.after_seq + 1
+                                                              : d.outbox_last_seq() > c.after_seq));
         const bool send_state = truncated || (peer_rebuilt_ && !c.known);
         // Before SendState, which moves the cursor to a barrier taken later (past this status's
         // last seq once anything was written meanwhile).

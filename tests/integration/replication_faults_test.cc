@@ -134,6 +134,12 @@ class ReplicationFaults : public ::testing::Test {
     tx.commit();
   }
 
+  // As if `region`'s outbox of `db` had been truncated through a seq no peer has: a peer
+  // reconnecting gets the database's full state.
+  void TruncatedPastEveryPeer(size_t region, const std::string& db) {
+    Exec(region, db, "UPDATE outbox_truncated SET through_seq = nextval('outbox_seq_seq')");
+  }
+
   // The stream name of `region`'s database `db` ("global", "shard0", "shard1"): the region's
   // name of the database ("global", "shard-0", "shard-1"), a dash and its stream id.
   std::string Stream(size_t region, const std::string& db) {
@@ -314,7 +320,7 @@ TEST_F(ReplicationFaults, AStateTransferOfOrdersStaysWithinTheBatchLimit) {
            "', 'paid', 100, 'USD', 'o-' || g, 'us-east', 'any', 1, 1, 2 FROM "
            "generate_series(1, " +
            std::to_string(kOrders) + ") g");
-  Exec(kUs, "shard0", "SELECT nextval('outbox_seq_seq')");
+  TruncatedPastEveryPeer(kUs, "shard0");
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
   auto orders = [&] {
     return Count(kEu, "shard0", "SELECT count(*) FROM orders WHERE status = 'paid'") +
@@ -344,7 +350,7 @@ TEST_F(ReplicationFaults, AStatePageSlowToReadKeepsTheStreamUp) {
            "', 'paid', 100, 'USD', 'o-slow-' || g, 'us-east', 'any', 1, 1, 2 FROM "
            "generate_series(1, " +
            std::to_string(kOrders) + ") g");
-  Exec(kUs, "shard0", "SELECT nextval('outbox_seq_seq')");  // not in the outbox: a state transfer
+  TruncatedPastEveryPeer(kUs, "shard0");
   pqxx::connection holder(c_->Dsn(kUs, "shard0"));
   pqxx::work lock(holder);
   lock.exec0("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
@@ -738,6 +744,43 @@ TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked
   ASSERT_TRUE(until_quiet());
   EXPECT_GT(received() - window, 4);
   (void)peer.Cut();
+}
+
+// Defect 7 (review of 2026-12-05): a seq that never committed, right after a resume point.
+
+// Whether a peer's resume point lay in the truncated part of the outbox was guessed from the
+// outbox's lowest row (or, empty, the sequence): a seq taken but never committed right after the
+// resume point (a rolled-back write; PostgreSQL's sequence jumps after a crash) looked
+// truncated, and a peer reconnecting then got the database's full state. The region now records
+// how far it truncated.
+TEST_F(ReplicationFaults, ASeqThatNeverCommittedAfterAResumePointNeedsNoStateTransfer) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300}"));
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  InsertCartChanges(kEu, 0, "before", 2);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Count(kUs, "shard0", "SELECT count(*) FROM carts") == 2 &&
+               Count(kEu, "shard0", "SELECT count(*) FROM outbox") == 0;
+      },
+      30))
+      << "us-east did not apply the changes, or eu-west did not truncate its outbox";
+  Exec(kEu, "shard0", "SELECT nextval('outbox_seq_seq') FROM generate_series(1, 3)");
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually(
+      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
+  EXPECT_EQ(Metric(kEu,
+                   "meridian_replication_state_transfers_total{peer=\"us-east\",reason="
+                   "\"resume_point_truncated\"}"),
+            0)
+      << "three seqs that never committed were taken for a truncation";
+  // Shipping goes on past them.
+  InsertCartChanges(kEu, 0, "after", 2);
+  EXPECT_TRUE(
+      Eventually([&] { return Count(kUs, "shard0", "SELECT count(*) FROM carts") == 4; }, 20));
 }
 
 }  // namespace
