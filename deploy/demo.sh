@@ -31,7 +31,7 @@ DOWN=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data | --region | --mode | --duration)
-      [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || { echo "meridian demo: $1 needs a value (see --help)" >&2; exit 2; }
+      [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || { echo "meridian demo: $1 needs a value (see --help)" >&2; exit 2; }
       ;;&
     --data) DATA=$2; shift 2 ;;
     --region) REGION=$2; shift 2 ;;
@@ -72,6 +72,11 @@ CTL=$BUILD/failover/meridianctl
 
 step "2/5 three regions with emulated latency, GeoDNS and failover controllers ($DATA)"
 if [[ -f "$DATA/cluster.env" ]]; then
+  # A folder's shape is fixed by its first up: one of fewer regions would be started and then
+  # found to have no GeoDNS, so say so before anything starts.
+  had=$(sed -n 's/^CLUSTER_REGIONS=//p' "$DATA/cluster.env" | head -1)
+  [[ "$had" == 3 ]] ||
+    die "$DATA holds a ${had:-?}-region cluster (chosen on its first up); the demo needs three: give another --data, or 'deploy/meridian down --data $DATA' and remove it"
   echo "reusing the cluster in $DATA (its shape and durability were fixed on its first up)"
   bash "$ROOT/deploy/meridian" up --data "$DATA" || die "deploy/meridian up failed (above)"
 else

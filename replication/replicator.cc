@@ -1125,21 +1125,27 @@ class Session {
   // exact while the peer is away: the survivors' exchange after a loss compares them.
   void FlushResumePoints() {
     for (const auto& [db, through] : applied_through_) {
-      if (through <= 0) continue;
-      rpb::ApplyDeltasRequest req;
-      req.set_origin(peer_.config.replica_id);
-      req.set_origin_database(db);
-      req.set_through_seq(through);
-      req.set_mark_now(true);
-      for (const auto& stream : streams_) req.add_receiver_streams(stream);
-      rpb::ApplyDeltasResponse resp;
-      auto ctx = r_.RegionCtx(5000);
-      grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
-      if (!s.ok()) {
-        spdlog::warn("event=resume_point_flush_failed peer={} db={} through={} error=\"{}\"",
-                     peer_.config.name, db, through, s.error_message());
-      }
+      if (through > 0) (void)MarkResumePoint(db, through, "resume_point_flush_failed");
     }
+  }
+
+  // Moves the stream's resume point for `db` to `through` (every record through it applied);
+  // logs `failure_event` when the region could not. True when it did.
+  bool MarkResumePoint(const std::string& db, int64_t through, const char* failure_event) {
+    rpb::ApplyDeltasRequest req;
+    req.set_origin(peer_.config.replica_id);
+    req.set_origin_database(db);
+    req.set_through_seq(through);
+    req.set_mark_now(true);
+    for (const auto& stream : streams_) req.add_receiver_streams(stream);
+    rpb::ApplyDeltasResponse resp;
+    auto ctx = r_.RegionCtx(5000);
+    grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("event={} peer={} db={} through={} error=\"{}\"", failure_event,
+                   peer_.config.name, db, through, s.error_message());
+    }
+    return s.ok();
   }
 
   static pb::Frame AckFrame(const std::string& db, int64_t seq, int64_t resume_seq,
@@ -1156,20 +1162,7 @@ class Session {
   // stream's resume point: moves the resume point there and acks it. False when the stream
   // could not take the ack (the session is over).
   bool MarkIdleStream(const std::string& db, int64_t through) {
-    rpb::ApplyDeltasRequest req;
-    req.set_origin(peer_.config.replica_id);
-    req.set_origin_database(db);
-    req.set_through_seq(through);
-    req.set_mark_now(true);
-    for (const auto& stream : streams_) req.add_receiver_streams(stream);
-    rpb::ApplyDeltasResponse resp;
-    auto ctx = r_.RegionCtx(5000);
-    grpc::Status s = r_.region->ApplyDeltas(ctx.get(), req, &resp);
-    if (!s.ok()) {
-      spdlog::warn("event=resume_point_mark_failed peer={} db={} through={} error=\"{}\"",
-                   peer_.config.name, db, through, s.error_message());
-      return true;
-    }
+    if (!MarkResumePoint(db, through, "resume_point_mark_failed")) return true;
     {
       std::lock_guard<std::mutex> l(mu_);
       int64_t& m = marked_through_[db];

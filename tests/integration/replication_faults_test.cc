@@ -89,6 +89,23 @@ class ReplicationFaults : public ::testing::Test {
     return v.ok() ? *v : -1;
   }
 
+  // StartCluster, then waits until eu-west hears us-east.
+  void StartConnected(const std::string& shipping_yaml) {
+    ASSERT_NO_FATAL_FAILURE(StartCluster(shipping_yaml));
+    ASSERT_TRUE(Eventually([&] { return Metric(kEu, kUsConnected) == 1; }, 20))
+        << "eu-west never heard us-east";
+  }
+
+  // eu-west's full-state transfers to us-east because us-east's resume point lay in the
+  // truncated part of the outbox.
+  double TruncatedStateTransfersToUs() {
+    return Metric(kEu,
+                  "meridian_replication_state_transfers_total{peer=\"us-east\",reason="
+                  "\"resume_point_truncated\"}");
+  }
+
+  static constexpr const char* kUsConnected = "meridian_replication_connected{peer=\"us-east\"}";
+
   // Writes `n` catalog records (sku-<first> on) into `region`'s global outbox, in one
   // transaction, as its region server would; each has a description of `description_bytes`
   // random characters, which do not compress.
@@ -173,11 +190,9 @@ std::string UserOnShard(const std::string& base, int32_t shard) {
 // unshipped: the stream would jump over them as over a gap. The peer must get every row or a state
 // transfer.
 TEST_F(ReplicationFaults, ATruncationThatTimedOutStillCountsForAPeerResumingFromBefore) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, truncate_timeout_ms: 1000, batch_max_records: 2, max_inflight_bytes: 65536}"));
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
 
   // 60 catalog writes of ~4 KB that do not compress: far more than the 64 KiB window.
@@ -577,11 +592,9 @@ TEST_F(ReplicationFaults, ARecordTheApplyCannotStoreIsRefusedBeforeAnythingIsWri
 // nothing. Now acks say where the receiver would resume, an idle stream's resume point moves to
 // what it applied, and the outbox is truncated only through that.
 TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, batch_max_records: 2}"));
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
   const std::string stream = Stream(kEu, "shard0");
   // Cart changes land in a shard, so that the stream's resume point (in the global database)
   // moves only with the 200 ms mark, not in the apply's own transaction as a catalog write's
@@ -609,12 +622,8 @@ TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer
       << "eu-west truncated its outbox past us-east's resume point";
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());  // -9: no session end moves the resume point
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
-  EXPECT_EQ(Metric(kEu,
-                   "meridian_replication_state_transfers_total{peer=\"us-east\",reason="
-                   "\"resume_point_truncated\"}"),
-            0)
+  ASSERT_TRUE(Eventually([&] { return Metric(kEu, kUsConnected) == 1; }, 20));
+  EXPECT_EQ(TruncatedStateTransfersToUs(), 0)
       << "us-east came back from below eu-west's truncation";
 }
 
@@ -624,11 +633,9 @@ TEST_F(ReplicationFaults, AReceiverKilledAfterABurstResumesWithoutAStateTransfer
 // could not be read failed the call: nothing of the others reached any peer until it was back.
 // Now that database's chunk says why and the others ship.
 TEST_F(ReplicationFaults, AnOutboxThatCannotBeReadHoldsUpNoOtherDatabase) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
       "300}"));
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
   Exec(kUs, "shard1", "ALTER TABLE outbox RENAME TO outbox_away");
   InsertProducts(kUs, 0, 3, 50);
   InsertCartChanges(kUs, 0, "while-away", 2);
@@ -658,11 +665,9 @@ TEST_F(ReplicationFaults, AnOutboxThatCannotBeReadHoldsUpNoOtherDatabase) {
 // of the database. Acks now say how many state batches they cover; one acked batch lets about one
 // more go.
 TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, batch_max_records: 40, batch_max_bytes: 4096, max_inflight_bytes: 65536}"));
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
   // 2,000 carts at eu-west (documents: what a state transfer sends), each with a note of 200
   // random characters, so that a batch of 4 KiB holds about 16 and the whole transfer is some
   // 125 batches, 8 windows; and one change through its outbox, shipped and truncated, so that
@@ -754,11 +759,9 @@ TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked
 // truncated, and a peer reconnecting then got the database's full state. The region now records
 // how far it truncated.
 TEST_F(ReplicationFaults, ASeqThatNeverCommittedAfterAResumePointNeedsNoStateTransfer) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
       "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
       "300}"));
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
   InsertCartChanges(kEu, 0, "before", 2);
   ASSERT_TRUE(Eventually(
       [&] {
@@ -770,12 +773,8 @@ TEST_F(ReplicationFaults, ASeqThatNeverCommittedAfterAResumePointNeedsNoStateTra
   Exec(kEu, "shard0", "SELECT nextval('outbox_seq_seq') FROM generate_series(1, 3)");
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs).ok());
-  ASSERT_TRUE(Eventually(
-      [&] { return Metric(kEu, "meridian_replication_connected{peer=\"us-east\"}") == 1; }, 20));
-  EXPECT_EQ(Metric(kEu,
-                   "meridian_replication_state_transfers_total{peer=\"us-east\",reason="
-                   "\"resume_point_truncated\"}"),
-            0)
+  ASSERT_TRUE(Eventually([&] { return Metric(kEu, kUsConnected) == 1; }, 20));
+  EXPECT_EQ(TruncatedStateTransfersToUs(), 0)
       << "three seqs that never committed were taken for a truncation";
   // Shipping goes on past them.
   InsertCartChanges(kEu, 0, "after", 2);

@@ -1265,27 +1265,27 @@ TEST_F(ThreeRegions, MalformedFramesEndTheStreamWithNothingAppliedAndThePeerReco
     f.mutable_heartbeat();
     expect_rejected(p.SendAndFinish(f), "malformed stream");
   }
-  {  // an ack past what ap-south shipped: it would let ap-south truncate its outbox early
-    ASSERT_EQ(Add(kAp, Customer(kAp, "ack@example.com", "any"), "sku-1", 1), 200);
+  // Acks of what ap-south shipped (a change of its own first, so that it ships something).
+  ASSERT_EQ(Add(kAp, Customer(kAp, "ack@example.com", "any"), "sku-1", 1), 200);
+  const std::vector<std::pair<std::function<void(rpb::Ack*, int64_t)>, std::string>> bad_acks = {
+      // past what ap-south shipped: it would let ap-south truncate its outbox early
+      {[](rpb::Ack* a, int64_t last) { a->set_seq(last + 1'000'000); }, "past what was shipped"},
+      // a resume point past what it acks: ap-south truncates through the former
+      {[](rpb::Ack* a, int64_t last) {
+         a->set_seq(last - 1);
+         a->set_resume_seq(last);
+       },
+       "with a resume point of"},
+  };
+  for (const auto& [forge, why] : bad_acks) {
     ForgedPeer p(*c_, kEu, kAp);
     ASSERT_TRUE(p.Hello());
     rpb::DeltaBatch shipped = p.NextBatch();
     ASSERT_FALSE(shipped.origin_database().empty());
     rpb::Frame f;
     f.mutable_ack()->set_origin_database(shipped.origin_database());
-    f.mutable_ack()->set_seq(shipped.last_seq() + 1'000'000);
-    expect_rejected(p.SendAndFinish(f), "past what was shipped");
-  }
-  {  // an ack whose resume point lies past what it acks: ap-south truncates through the former
-    ForgedPeer p(*c_, kEu, kAp);
-    ASSERT_TRUE(p.Hello());
-    rpb::DeltaBatch shipped = p.NextBatch();
-    ASSERT_FALSE(shipped.origin_database().empty());
-    rpb::Frame f;
-    f.mutable_ack()->set_origin_database(shipped.origin_database());
-    f.mutable_ack()->set_seq(shipped.last_seq() - 1);
-    f.mutable_ack()->set_resume_seq(shipped.last_seq());
-    expect_rejected(p.SendAndFinish(f), "with a resume point of");
+    forge(f.mutable_ack(), shipped.last_seq());
+    expect_rejected(p.SendAndFinish(f), why);
   }
   {  // a certificate from another CA is refused at the handshake
     std::string other = c_->dir() + "/other-ca";
