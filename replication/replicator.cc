@@ -1438,8 +1438,9 @@ class Session {
     }
     while (!q.empty()) {
       const InFlight& b = q.front();
-      if ((b.state && a.has_state_batches()) ? state_credit == 0 : b.last > a.seq()) break;
-      if (b.state && a.has_state_batches()) --state_credit;
+      const bool counted = b.state && a.has_state_batches();  // out by count, not by seq
+      if (counted ? state_credit == 0 : b.last > a.seq()) break;
+      if (counted) --state_credit;
       inflight_bytes_ -= static_cast<int64_t>(b.bytes);
       q.pop_front();
     }
