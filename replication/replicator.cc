@@ -1428,7 +1428,7 @@ class Session {
     // said so, an ack of seq 0 (every state call's) took all of them out, applied or not, and a
     // transfer of small documents grew the outgoing queue toward the size of the database.
     uint32_t state_credit = a.state_batches();
-    if (a.has_state_batches()) {
+    if (state_credit > 0) {  // (not on a delta call's ack, which says 0: the hot path)
       const auto in_flight = static_cast<size_t>(
           std::count_if(q.begin(), q.end(), [](const InFlight& b) { return b.state; }));
       if (state_credit > in_flight) {
