@@ -1567,6 +1567,11 @@ class Session {
     return !done_ && !write_failed_;
   }
 
+  bool WindowFull() {
+    std::lock_guard<std::mutex> l(mu_);
+    return inflight_bytes_ >= r_.config.max_inflight_bytes;
+  }
+
   bool SendBatch(const std::string& db, int64_t first, int64_t last, const pb::RecordList& list,
                  BatchKind kind) {
     pb::Frame f;
@@ -1675,7 +1680,9 @@ class Session {
 
   // Batches the records of `slices` past the cursor, by count and bytes; records the peer may
   // not hold are left out (the batch's range still covers them, so the peer's resume point moves
-  // past them). False when the stream failed.
+  // past them). Stops after the batch that fills the window (the cursor then stands at its end,
+  // and the feed keeps the rest): a peer behind by many slices would otherwise get them all at
+  // once, however little it acked. False when the stream failed.
   bool ShipSlices(Cursor& c, const std::vector<OutboxFeed::Slice>& slices, int64_t through) {
     pb::RecordList list;
     size_t bytes = 0;
@@ -1693,6 +1700,10 @@ class Session {
           first = rec.seq() + 1;
           list.Clear();
           bytes = 0;
+          if (rec.seq() < through && WindowFull()) {
+            c.after_seq = rec.seq();
+            return true;
+          }
         }
       }
     }

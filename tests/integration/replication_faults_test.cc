@@ -23,6 +23,7 @@
 #include <functional>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -164,6 +165,27 @@ class ReplicationFaults : public ::testing::Test {
     pqxx::work tx(conn);
     const std::string name = db == "global" ? db : "shard-" + db.substr(5);
     return name + "-" + tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+  }
+
+  // Heartbeats to `peer` every 200 ms (so that eu-west keeps the stream) until no batch came
+  // for a second since this call began, or since the last batch (`last_batch()`; nullopt while
+  // none came): eu-west's window is full, or it has nothing more to send. False when the stream
+  // broke, or after 20 s.
+  using BatchTime = std::optional<std::chrono::steady_clock::time_point>;
+  static bool BeatUntilQuiet(ForgedPeer& peer, const std::function<BatchTime()>& last_batch) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      rpb::Frame f;
+      f.mutable_heartbeat();
+      if (!peer.Write(f)) return false;
+      const BatchTime last = last_batch();
+      if (last &&
+          std::chrono::steady_clock::now() - std::max(*last, start) > std::chrono::seconds(1)) {
+        return true;
+      }
+    }
+    return false;
   }
 
   std::unique_ptr<Cluster> c_;
@@ -713,22 +735,12 @@ TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked
     std::lock_guard<std::mutex> l(mu);
     return state_batches;
   };
-  // Heartbeats (eu-west keeps the stream) until no batch came for a second since this call
-  // began (or since the last batch): the window is full.
   auto until_quiet = [&] {
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < 100; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      rpb::Frame f;
-      f.mutable_heartbeat();
-      if (!peer.Write(f)) return false;
+    return BeatUntilQuiet(peer, [&]() -> BatchTime {
       std::lock_guard<std::mutex> l(mu);
-      if (state_batches > 0 && std::chrono::steady_clock::now() - std::max(last_batch, start) >
-                                   std::chrono::seconds(1)) {
-        return true;
-      }
-    }
-    return false;
+      if (state_batches == 0) return std::nullopt;
+      return last_batch;
+    });
   };
   ASSERT_TRUE(until_quiet()) << "no state batch came, or they never stopped";
   const int window = received();
@@ -749,6 +761,113 @@ TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked
   ASSERT_TRUE(until_quiet());
   EXPECT_GT(received() - window, 4);
   (void)peer.Cut();
+}
+
+// Left open by the review of 2026-12-05: a peer behind within the feed's reach.
+
+// A session shipped every slice the shared feed held past its peer's position in one pass, with
+// no window check between the batches. The feed reads ahead while a session waits for its
+// window, so a peer that fell behind (it acked nothing for a while) got the whole backlog after
+// its next ack: up to the feed's 200,000 records per database, far past max_inflight_bytes. us-east
+// (forged, acking by hand) follows eu-west's global outbox while 3,000 catalog records of some 300
+// bytes (about 0.9 MB, 14 windows) are written.
+TEST_F(ReplicationFaults, APeerBehindWithinTheFeedGetsNoMoreThanItsWindow) {
+  constexpr int kRecords = 3000;
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, batch_max_records: 40, batch_max_bytes: 4096, max_inflight_bytes: 65536}"));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  const std::string stream = Stream(kEu, "global");
+  // us-east's resume point: every seq the outbox took so far (none of it is missing there).
+  const int64_t from = Count(
+      kEu, "global", "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq");
+  struct Batch {
+    int64_t first, last;
+    size_t bytes;  // its frame's, as the sender counts it in the window
+  };
+  std::mutex mu;
+  std::vector<Batch> batches;  // the delta batches, as they came
+  std::set<int64_t> got;       // the records' seqs
+  auto last_batch = std::chrono::steady_clock::now();
+  ForgedPeer peer(*c_, kUs, kEu, "", std::chrono::seconds(120));
+  ASSERT_TRUE(peer.Hello({{stream, from}}));
+  peer.NextAsync([&](const rpb::Frame& f) {
+    if (!f.has_batch() || f.batch().origin_database() != stream || f.batch().state()) return false;
+    auto list = replication::DecodeBatch(f.batch(), 2);
+    std::lock_guard<std::mutex> l(mu);
+    batches.push_back({f.batch().first_seq(), f.batch().last_seq(), f.ByteSizeLong()});
+    if (list.ok())
+      for (const rpb::Record& r : list->records()) got.insert(r.seq());
+    last_batch = std::chrono::steady_clock::now();
+    return false;  // reads on until the stream ends
+  });
+  auto until_quiet = [&] {
+    return BeatUntilQuiet(peer, [&]() -> BatchTime {
+      std::lock_guard<std::mutex> l(mu);
+      if (batches.empty()) return std::nullopt;
+      return last_batch;
+    });
+  };
+  size_t acked = 0;  // batches
+  auto ack = [&](int64_t seq) {
+    rpb::Frame f;
+    f.mutable_ack()->set_origin_database(stream);
+    f.mutable_ack()->set_seq(seq);
+    return peer.Write(f);
+  };
+  // What came and is not acked: at most the window and the batch that filled it (4 KiB of
+  // records, and its frame's own bytes).
+  constexpr size_t kMostUnacked = 65536 + 2 * 4096;
+  auto unacked = [&] {
+    std::lock_guard<std::mutex> l(mu);
+    size_t n = 0;
+    for (size_t i = acked; i < batches.size(); ++i) n += batches[i].bytes;
+    return n;
+  };
+  InsertProducts(kEu, 0, kRecords, 200);
+  ASSERT_TRUE(until_quiet()) << "no batch came, or they never stopped";
+  size_t window = 0;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    window = batches.size();
+  }
+  EXPECT_LE(unacked(), kMostUnacked) << window << " batches before any ack";
+  ASSERT_LT(window, 60u) << "most of the records came in one window";
+  // An ack of half of them (the feed read the rest of the records meanwhile): half a window
+  // more, not the backlog.
+  int64_t half = 0;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    acked = window / 2;
+    half = batches[acked - 1].last;
+  }
+  ASSERT_TRUE(ack(half));
+  ASSERT_TRUE(until_quiet());
+  {
+    std::lock_guard<std::mutex> l(mu);
+    EXPECT_GT(batches.size(), window) << "the ack opened no window";
+  }
+  EXPECT_LE(unacked(), kMostUnacked) << "after an ack of " << acked << " of " << window
+                                     << " batches, " << unacked() << " bytes unacked";
+  // Acked as they come, every record arrives, in batches that leave no seq uncovered.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        int64_t last = 0;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          if (got.size() >= static_cast<size_t>(kRecords)) return true;
+          last = batches.back().last;
+        }
+        (void)ack(last);  // a stream that broke shows in the count
+        return false;
+      },
+      30))
+      << got.size() << " of " << kRecords << " records came";
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(batches.front().first, from + 1);
+  for (size_t i = 1; i < batches.size(); ++i)
+    EXPECT_EQ(batches[i].first, batches[i - 1].last + 1) << "batch " << i;
+  EXPECT_EQ(got.size(), static_cast<size_t>(kRecords));
 }
 
 // Defect 7 (review of 2026-12-05): a seq that never committed, right after a resume point.
