@@ -452,8 +452,9 @@ struct Replicator::Impl {
   std::string ca, cert, key;
   std::unique_ptr<rpb::RegionInternal::Stub> region;
   std::vector<std::unique_ptr<PeerState>> peers;
-  // Held by Housekeeping from reading the peers' acks to the end of its truncation, and by a
-  // session's check of its peer's resume point against the outbox (CatchUpFromState).
+  // Held by Housekeeping while it reads the peers' acks and decides its truncations (each
+  // recorded in `truncating` before the call that makes it, which goes outside the lock), and by
+  // a session's check of its peer's resume point against the outbox (CatchUpFromState).
   std::mutex truncate_mu;
   std::atomic<bool> stopping{false};
   // The local databases' stream names as Housekeeping last read them (a database rebuilt while
@@ -651,6 +652,9 @@ struct Replicator::Impl {
   absl::Status RunSession(PeerState& peer, FrameStream& stream);
   void DialLoop(PeerState& peer);
   void Housekeeping();
+  void DecideTruncations(const rpb::GetStatusResponse& status,
+                         SteadyTime::time_point& last_truncate,
+                         std::vector<std::pair<std::string, int64_t>>* out);
   // Tells the region whether to hold its local cart and stock changes: while any peer's
   // awaiting_state is not empty. On a change, and every second from Housekeeping while held (a
   // region server that restarted starts released); nothing while nothing is or was held.
@@ -1779,9 +1783,9 @@ class Session {
     rpb::GetStatusResponse status;
     std::map<std::string, int64_t> truncating;
     {
-      // Housekeeping truncates under the same lock, from acks read under it, and records each
-      // truncation it decides before calling the region: so a truncation that went past the
-      // peer's hello shows here, in this status or in `truncating`, or none will. The status
+      // Housekeeping decides its truncations under the same lock, from acks read under it, and
+      // records each before calling the region: so a truncation that went past the peer's hello
+      // shows here, in this status or in `truncating`, or none will. The status
       // alone would not do: a TruncateOutbox that timed out may still be deleting (its DELETE
       // waiting for a lock or a connection), and commit after this status was read.
       std::lock_guard<std::mutex> tl(r_.truncate_mu);
@@ -2592,40 +2596,15 @@ void Replicator::Impl::Housekeeping() {
     }
     SyncWriteHold();
     if (!got) continue;
-    std::lock_guard<std::mutex> tl(truncate_mu);
-    std::map<std::string, int64_t> through;  // per local stream
-    bool all_heard = true;
-    for (auto& p : peers) {
-      std::lock_guard<std::mutex> l(p->mu);
-      int64_t behind = 0;
-      // No peer has applied past what the outbox holds: a hello claiming more (up to kMaxSeq)
-      // would otherwise be truncated through and recorded, and nothing truncated again.
-      auto seen = [&](const std::map<std::string, int64_t>& m, const auto& d) {
-        auto it = m.find(d.stream());
-        return std::min(it == m.end() ? 0 : it->second, d.outbox_max_seq());
-      };
-      for (const auto& d : status.databases()) {
-        behind += std::max<int64_t>(0, d.outbox_max_seq() - seen(p->acked, d));
-        // Through where the peer would resume after a crash, not through what it applied.
-        const int64_t resumable = seen(p->resumable, d);
-        auto [t, fresh] = through.emplace(d.stream(), resumable);
-        if (!fresh) t->second = std::min(t->second, resumable);
-      }
-      p->m.lag_seq->Set(static_cast<double>(behind));
-      all_heard = all_heard && p->heard;
+    // Decided under truncate_mu, from acks read under it; called outside it, so that a
+    // session's check of its peer's resume point (CatchUpFromState) never waits for a slow
+    // DELETE (up to truncate_timeout_ms).
+    std::vector<std::pair<std::string, int64_t>> truncations;  // stream, through seq
+    {
+      std::lock_guard<std::mutex> tl(truncate_mu);
+      DecideTruncations(status, last_truncate, &truncations);
     }
-    if (!all_heard || SteadyTime::now() - last_truncate <
-                          std::chrono::milliseconds(config.truncate_interval_ms)) {
-      continue;
-    }
-    last_truncate = SteadyTime::now();
-    for (const auto& [stream, seq] : through) {
-      if (stream.empty() || seq <= truncated[stream]) continue;  // (unreachable: no stream)
-      // Decided: from here on a peer resuming below `seq` gets a state transfer, whatever the
-      // call returns. A call that timed out may have deleted, or may still (the region bounds
-      // its DELETE by our deadline, but a commit can race it); a failed one is retried.
-      int64_t& decided = truncating[stream];
-      decided = std::max(decided, seq);
+    for (const auto& [stream, seq] : truncations) {
       const std::string& db = names[stream];
       rpb::TruncateOutboxRequest req;
       req.set_database(db);
@@ -2634,7 +2613,11 @@ void Replicator::Impl::Housekeeping() {
       auto tctx = RegionCtx(config.truncate_timeout_ms);
       grpc::Status s = region->TruncateOutbox(tctx.get(), req, &resp);
       if (s.ok()) {
-        truncated[stream] = seq;
+        {
+          std::lock_guard<std::mutex> tl(truncate_mu);
+          int64_t& done = truncated[stream];
+          done = std::max(done, seq);
+        }
         if (resp.deleted() > 0) {
           spdlog::info("event=outbox_truncated db={} through_seq={} rows={}", db, seq,
                        resp.deleted());
@@ -2644,6 +2627,49 @@ void Replicator::Impl::Housekeeping() {
                      s.error_message());
       }
     }
+  }
+}
+
+// Housekeeping's part under truncate_mu: the lag per peer, and, every truncate_interval_ms once
+// every peer was heard, the truncations to make (each stream's lowest resume point over the
+// peers), each recorded in `truncating` before it is made.
+void Replicator::Impl::DecideTruncations(const rpb::GetStatusResponse& status,
+                                         SteadyTime::time_point& last_truncate,
+                                         std::vector<std::pair<std::string, int64_t>>* out) {
+  std::map<std::string, int64_t> through;  // per local stream
+  bool all_heard = true;
+  for (auto& p : peers) {
+    std::lock_guard<std::mutex> l(p->mu);
+    int64_t behind = 0;
+    // No peer has applied past what the outbox holds: a hello claiming more (up to kMaxSeq)
+    // would otherwise be truncated through and recorded, and nothing truncated again.
+    auto seen = [&](const std::map<std::string, int64_t>& m, const auto& d) {
+      auto it = m.find(d.stream());
+      return std::min(it == m.end() ? 0 : it->second, d.outbox_max_seq());
+    };
+    for (const auto& d : status.databases()) {
+      behind += std::max<int64_t>(0, d.outbox_max_seq() - seen(p->acked, d));
+      // Through where the peer would resume after a crash, not through what it applied.
+      const int64_t resumable = seen(p->resumable, d);
+      auto [t, fresh] = through.emplace(d.stream(), resumable);
+      if (!fresh) t->second = std::min(t->second, resumable);
+    }
+    p->m.lag_seq->Set(static_cast<double>(behind));
+    all_heard = all_heard && p->heard;
+  }
+  if (!all_heard ||
+      SteadyTime::now() - last_truncate < std::chrono::milliseconds(config.truncate_interval_ms)) {
+    return;
+  }
+  last_truncate = SteadyTime::now();
+  for (const auto& [stream, seq] : through) {
+    if (stream.empty() || seq <= truncated[stream]) continue;  // (unreachable: no stream)
+    // Decided: from here on a peer resuming below `seq` gets a state transfer, whatever the
+    // call returns. A call that timed out may have deleted, or may still (the region bounds
+    // its DELETE by our deadline, but a commit can race it); a failed one is retried.
+    int64_t& decided = truncating[stream];
+    decided = std::max(decided, seq);
+    out->emplace_back(stream, seq);
   }
 }
 

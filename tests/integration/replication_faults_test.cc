@@ -870,6 +870,51 @@ TEST_F(ReplicationFaults, APeerBehindWithinTheFeedGetsNoMoreThanItsWindow) {
   EXPECT_EQ(got.size(), static_cast<size_t>(kRecords));
 }
 
+// Left open by the review of 2026-12-05: a session's start waited for a slow truncation.
+
+// Housekeeping held truncate_mu across its TruncateOutbox calls, and a session's first check of
+// its peer's resume point (CatchUpFromState) takes the same lock: while one DELETE waited on a
+// lock (up to truncate_timeout_ms, 10 s by default), no session to any peer could start shipping
+// any database. Here eu-west's global outbox row is held FOR UPDATE while its replicator
+// truncates it (a call of up to 20 s); us-east's replicator restarts meanwhile, and a cart change
+// in shard 0 must reach it long before that call ends.
+TEST_F(ReplicationFaults, ASessionStartsShippingWhileATruncationWaitsOnALock) {
+  ASSERT_NO_FATAL_FAILURE(StartConnected(
+      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "300, truncate_timeout_ms: 20000}"));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  InsertProducts(kEu, 0, 1, 100);
+  pqxx::connection conn(c_->Dsn(kEu, "global"));
+  pqxx::work lock(conn);
+  lock.exec("SELECT seq FROM outbox FOR UPDATE");
+  auto waiting_deletes = [&] {
+    return Count(kEu, "global",
+                 "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                 "query LIKE 'DELETE FROM outbox%' AND wait_event_type = 'Lock'");
+  };
+  // us-east applies the row and marks it as its resume point; eu-west's DELETE of it waits.
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return waiting_deletes() > 0; }, 20))
+      << "eu-west never truncated its global outbox";
+  const auto waiting_since = std::chrono::steady_clock::now();
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  InsertCartChanges(kEu, 0, "meanwhile", 1);
+  EXPECT_TRUE(
+      Eventually([&] { return Count(kUs, "shard0", "SELECT count(*) FROM carts") == 1; }, 8))
+      << "eu-west's new session to us-east shipped nothing while its truncation waited";
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - waiting_since).count();
+  EXPECT_GT(waiting_deletes(), 0) << "the DELETE ended before the change arrived (" << waited
+                                  << " s): this test measured nothing";
+  lock.abort();
+  // us-east resumed where it had applied: the truncation in flight needed no state transfer.
+  EXPECT_EQ(TruncatedStateTransfersToUs(), 0);
+  EXPECT_TRUE(
+      Eventually([&] { return Count(kEu, "global", "SELECT count(*) FROM outbox") == 0; }, 20))
+      << "the truncation never went through once the lock was gone";
+}
+
 // Defect 7 (review of 2026-12-05): a seq that never committed, right after a resume point.
 
 // Whether a peer's resume point lay in the truncated part of the outbox was guessed from the
