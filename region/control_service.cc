@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_auth.h"
 #include "crdt/codec.h"
@@ -432,12 +433,8 @@ class ControlService final : public pb::RegionControl::Service {
     if (req->orders_size() > 5000) return Invalid("ApplyOrderStates: at most 5000 orders");
     // Validate everything first: a bad state fails the call with nothing applied.
     for (const auto& s : req->orders()) {
-      if (s.order_id().empty() || s.order_id().size() > 64 || s.user_id().empty() ||
-          s.user_id().size() > 128 || !ValidReplica(s.group()) || s.epoch() == 0 ||
-          s.version() == 0 || !services::ParseOrderStatus(s.status()).ok() || s.total_cents() < 0 ||
-          s.created_at_ms() < 0 || s.created_at_ms() > kMaxCreatedAtMs ||
-          !services::ValidateResidency(s.residency()).ok() || s.items_size() > 1000) {
-        return Invalid(absl::StrCat("order state ", s.order_id(), ": malformed"));
+      if (const std::string why = OrderStateProblem(s); !why.empty()) {
+        return Invalid(absl::StrCat("order state ", absl::CHexEscape(s.order_id()), ": ", why));
       }
       if (!services::ResidencyAllows(s.residency(), app_.config.jurisdiction)) {
         app_.replication_rejected->Increment();
@@ -473,8 +470,7 @@ class ControlService final : public pb::RegionControl::Service {
           for (const auto& line : s.items()) {
             tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
                      tx.quote(s.order_id()) + ", " + tx.quote(line.sku()) + ", " +
-                     tx.quote(std::max<int64_t>(1, line.quantity())) + ", " +
-                     tx.quote(std::max<int64_t>(0, line.price_cents())) +
+                     tx.quote(line.quantity()) + ", " + tx.quote(line.price_cents()) +
                      ") ON CONFLICT DO NOTHING");
           }
           ++changed;

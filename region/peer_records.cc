@@ -8,6 +8,7 @@
 #include "crdt/codec.h"
 #include "services/auth.h"
 #include "services/domain.h"
+#include "services/orders.h"
 
 namespace meridian::region {
 namespace {
@@ -201,12 +202,43 @@ std::string CounterPastTheLimit(const crdt::CausalContext& seen) {
 
 }  // namespace
 
+std::string OrderStateProblem(const v1::OrderState& s) {
+  auto has_nul = [](const std::string& v) { return v.find('\0') != std::string::npos; };
+  auto epoch_like = [](uint64_t v) { return v >= 1 && v <= (uint64_t{1} << 53); };
+  if (s.order_id().empty() || s.order_id().size() > 64 || has_nul(s.order_id())) {
+    return "order_id: 1..64 characters, no NUL";
+  }
+  if (!services::IsUserId(s.user_id())) return "user_id: not a user id";
+  if (s.group() < 1 || s.group() > 255) return "group: 1..255";
+  if (!epoch_like(s.epoch())) return "epoch: 1..2^53";
+  if (!epoch_like(s.version())) return "version: 1..2^53";
+  if (!services::ParseOrderStatus(s.status()).ok()) return "status: an order status";
+  if (s.total_cents() < 0) return "total_cents: >= 0";
+  if (s.currency().size() > 16 || has_nul(s.currency())) return "currency: a currency code";
+  if (!services::ValidateResidency(s.residency()).ok()) return "residency: 'any' or [a-z]{2,16}";
+  if (s.created_at_ms() < 0 || s.created_at_ms() > kMaxCreatedAtMs) {
+    return "created_at_ms: 0..2^45 (ms since 1970)";
+  }
+  if (s.payment_ref().size() > 256 || has_nul(s.payment_ref())) {
+    return "payment_ref: at most 256 characters, no NUL";
+  }
+  if (s.items_size() > 1000) return "items: at most 1000";
+  for (const auto& line : s.items()) {
+    if (!services::ValidateSku(line.sku()).ok() || line.quantity() < 1 ||
+        line.quantity() > kInt32Max || line.price_cents() < 0) {
+      return "items: a SKU, quantity 1..2^31-1 and price_cents >= 0 each";
+    }
+  }
+  return "";
+}
+
 absl::Status CheckApplyCall(const v1::ApplyDeltasRequest& req, uint32_t replica_id) {
   if (req.origin() == 0 || req.origin() == replica_id) {
     return Bad("origin: a peer's replica id, not 0 or this region's own");
   }
-  if (req.origin_database().empty() || req.origin_database().size() > 64) {
-    return Bad("origin_database: 1..64 characters");
+  if (req.origin_database().empty() || req.origin_database().size() > 64 ||
+      req.origin_database().find('\0') != std::string::npos) {
+    return Bad("origin_database: 1..64 characters, no NUL");
   }
   if (req.records_size() > 10000) return Bad("records: at most 10000 per call");
   if (req.state_end() && !req.state()) return Bad("state_end: only with state");
@@ -229,6 +261,12 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
       if (rec.seq() <= last_seq) return Bad("records: seq must ascend");
       last_seq = rec.seq();
     }
+    // libpqxx quotes a string only up to its first NUL: a key "<victim>\0x" would read and write
+    // the victim's row while every lookup by the whole key missed (the merge would start from an
+    // empty document, and the stored cart be replaced by the delta alone).
+    if (rec.key().find('\0') != std::string::npos) {
+      return Bad(absl::StrCat("record ", rec.seq(), ": its key holds a NUL byte"));
+    }
     if (!services::ResidencyAllows(rec.residency(), jurisdiction)) {
       return Bad(absl::StrCat("residency violation: record ", rec.seq(), " is pinned to ",
                               rec.residency(), ", this region is ", std::string(jurisdiction)));
@@ -239,7 +277,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
       case v1::OUTBOX_KIND_CART: {
         auto c = crdt::DecodeCart(rec.payload(), replica_id);
         if (!c.ok()) return Bad(absl::StrCat("record ", rec.seq(), ": ", c.status().message()));
-        if (rec.key().empty() || rec.key().size() > 64) return Bad("cart key: a user id");
+        // A cart is a customer's: its key picks the shard and the profile its residency is
+        // checked against, as an id the region makes.
+        if (!services::IsUserId(rec.key())) return Bad("cart key: a user id");
         if (auto why = CounterPastTheLimit(c->version()); !why.empty()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": cart ", why));
         }

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "crdt/cart.h"
 #include "crdt/inventory.h"
+#include "region/control.pb.h"
 #include "region/internal.pb.h"
 
 namespace meridian::region {
@@ -56,5 +57,12 @@ absl::Status CheckApplyCall(const v1::ApplyDeltasRequest& req, uint32_t replica_
 // REQUIRES: CheckApplyCall(req, replica_id) is OK. The result points into `req`.
 absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& req,
                                                 uint32_t replica_id, std::string_view jurisdiction);
+
+// An order's state from a peer (a takeover sync's page, ApplyOrderStates), checked as an order
+// event's fields are (OrderEventProblem): "" when every field is one the apply can store and a
+// lease could have made, else what is wrong. An epoch far beyond any real one would fix the
+// order's status for good, and a value that fails in the database would fail after other orders
+// of the page committed.
+std::string OrderStateProblem(const v1::OrderState& s);
 
 }  // namespace meridian::region

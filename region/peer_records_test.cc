@@ -89,6 +89,8 @@ TEST(PeerRecords, RefusesACallWhoseOwnFieldsAreWrong) {
   req.set_origin(1);
   req.set_origin_database("");
   EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
+  req.set_origin_database(std::string("shard-0\0x", 9));  // quoted as another stream's name
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
   req.set_origin_database("shard-0");
   req.set_state_end(true);  // without state
   EXPECT_TRUE(absl::IsInvalidArgument(CheckApplyCall(req, kSelf)));
@@ -212,6 +214,20 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
          r.mutable_records(3)->set_payload(R"({"user_id":"u1","event":"placed","epoch":1})");
        },
        "record 7: malformed order event: user_id: not a user id"},
+      // libpqxx quotes up to the first NUL: this key would read and write ada's row while
+      // every lookup by the whole key missed.
+      {"cart key of a user id, a NUL and more",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(0)->set_key(services::UserIdForEmail("ada@example.com") +
+                                       std::string("\0x", 2));
+       },
+       "record 3: its key holds a NUL byte"},
+      {"order key with a NUL",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_key(std::string("o-1\0", 4)); },
+       "record 7: its key holds a NUL byte"},
+      {"cart key that is no user id",
+       [](v1::ApplyDeltasRequest& r) { r.mutable_records(0)->set_key("someone"); },
+       "cart key: a user id"},
       {"order not JSON",
        [](v1::ApplyDeltasRequest& r) { r.mutable_records(3)->set_payload("{\"user_id\":"); },
        "not a JSON object"},
@@ -244,14 +260,69 @@ TEST(PeerRecords, AStateTransferCarriesSeqZero) {
   req.set_origin(1);
   req.set_origin_database("shard-0");
   req.set_state(true);
-  AddRecord(req, 0, v1::OUTBOX_KIND_CART, "u1", CartDelta());
-  AddRecord(req, 0, v1::OUTBOX_KIND_CART, "u2", CartDelta());
+  AddRecord(req, 0, v1::OUTBOX_KIND_CART, services::UserIdForEmail("ada@example.com"), CartDelta());
+  AddRecord(req, 0, v1::OUTBOX_KIND_CART, services::UserIdForEmail("grace@example.com"),
+            CartDelta());
   ASSERT_TRUE(CheckApplyCall(req, kSelf).ok());
   auto checked = CheckPeerRecords(req, kSelf, "eu");
   ASSERT_TRUE(checked.ok()) << checked.status();
   EXPECT_EQ(checked->last_seq, 0);
   req.mutable_records(1)->set_seq(5);
   EXPECT_FALSE(CheckPeerRecords(req, kSelf, "eu").ok());
+}
+
+// Review of 2026-12-05 (receiving side), finding 4: a takeover sync's order states were checked
+// for presence, not range. An epoch of 2^60 fixed the order's status for good, and a quantity
+// past the column's range failed after the page's earlier orders had committed.
+TEST(PeerRecords, AnOrderStateIsCheckedAsAnOrderEventIs) {
+  v1::OrderState good;
+  good.set_order_id("o0123456789abcdef01234567");
+  good.set_group(1);
+  good.set_user_id(services::UserIdForEmail("ada@example.com"));
+  good.set_total_cents(1000);
+  good.set_currency("EUR");
+  good.set_residency("any");
+  good.set_epoch(3);
+  good.set_version(2);
+  good.set_status("paid");
+  good.set_created_at_ms(1700000000000);
+  v1::OrderLine* line = good.add_items();
+  line->set_sku("sku-1");
+  line->set_quantity(2);
+  line->set_price_cents(500);
+  EXPECT_EQ(OrderStateProblem(good), "");
+  struct Case {
+    const char* name;
+    void (*breaks)(v1::OrderState&);
+    const char* says;
+  };
+  const Case cases[] = {
+      {"epoch 2^60", [](v1::OrderState& s) { s.set_epoch(uint64_t{1} << 60); }, "epoch"},
+      {"epoch 2^63", [](v1::OrderState& s) { s.set_epoch(uint64_t{1} << 63); }, "epoch"},
+      {"version 0", [](v1::OrderState& s) { s.set_version(0); }, "version"},
+      {"quantity 2^31",
+       [](v1::OrderState& s) { s.mutable_items(0)->set_quantity(int64_t{1} << 31); }, "items"},
+      {"quantity 0", [](v1::OrderState& s) { s.mutable_items(0)->set_quantity(0); }, "items"},
+      {"price below 0", [](v1::OrderState& s) { s.mutable_items(0)->set_price_cents(-1); },
+       "items"},
+      {"SKU with a NUL",
+       [](v1::OrderState& s) { s.mutable_items(0)->set_sku(std::string("sku\0x", 5)); }, "items"},
+      {"user id the region never makes", [](v1::OrderState& s) { s.set_user_id("u1"); }, "user_id"},
+      {"order id with a NUL", [](v1::OrderState& s) { s.set_order_id(std::string("o0123\0x", 7)); },
+       "order_id"},
+      {"group 0", [](v1::OrderState& s) { s.set_group(0); }, "group"},
+      {"unknown status", [](v1::OrderState& s) { s.set_status("lost"); }, "status"},
+      {"created past 2^45 ms",
+       [](v1::OrderState& s) { s.set_created_at_ms((int64_t{1} << 45) + 1); }, "created_at_ms"},
+      {"payment ref with a NUL",
+       [](v1::OrderState& s) { s.set_payment_ref(std::string("pay\0", 4)); }, "payment_ref"},
+  };
+  for (const Case& c : cases) {
+    v1::OrderState s = good;
+    c.breaks(s);
+    const std::string why = OrderStateProblem(s);
+    EXPECT_NE(why.find(c.says), std::string::npos) << c.name << ": \"" << why << "\"";
+  }
 }
 
 }  // namespace

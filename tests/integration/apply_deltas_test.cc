@@ -252,13 +252,13 @@ TEST_F(ApplyDeltasTest, RejectsBadFramesAndResidencyViolationsWithNothingApplied
   auto* ok = req.add_records();
   ok->set_seq(1);
   ok->set_kind(v1::OUTBOX_KIND_CART);
-  ok->set_key("u-someone");
+  ok->set_key(services::UserIdForEmail("someone@example.com"));
   ok->set_residency("us");
   ok->set_payload(crdt::Encode(good.Add("sku-1", 1)));
   auto* garbage = req.add_records();  // a truncated delta after a good one
   garbage->set_seq(2);
   garbage->set_kind(v1::OUTBOX_KIND_CART);
-  garbage->set_key("u-someone");
+  garbage->set_key(services::UserIdForEmail("someone@example.com"));
   garbage->set_residency("us");
   std::string bytes = crdt::Encode(good.Add("sku-1", 1));
   garbage->set_payload(bytes.substr(0, bytes.size() - 2));
