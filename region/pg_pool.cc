@@ -82,7 +82,16 @@ PgPool::~PgPool() = default;
 
 absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
   try {
-    return std::make_unique<pqxx::connection>(options_.dsn);
+    auto c = std::make_unique<pqxx::connection>(options_.dsn);
+    // Never an asynchronous commit: one returns before its WAL is written, so a PostgreSQL crash
+    // can lose a commit that clients and peers already saw. The outbox rows shipped from it
+    // would then live on at the peers, and its seqs be taken again by new rows that no peer
+    // ever receives (their marks are past them). A server set to `off` gets `on` for our
+    // sessions; any other setting (local, remote_write, remote_apply) is the operator's.
+    pqxx::nontransaction(*c).exec(
+        "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit') WHEN "
+        "'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)");
+    return c;
   } catch (const std::exception& e) {
     return TagDatabaseError(absl::UnavailableError(
         absl::StrCat("postgres ", options_.name, ": cannot connect: ", e.what())));

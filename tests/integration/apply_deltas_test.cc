@@ -47,10 +47,13 @@ struct Region {
   uint16_t port() const { return app->http_port(); }
 };
 
-std::unique_ptr<Region> StartRegion(const std::string& name, const std::string& jurisdiction,
-                                    uint32_t replica) {
+// `pg_settings`: more server settings for the region's PostgreSQL.
+std::unique_ptr<Region> StartRegion(
+    const std::string& name, const std::string& jurisdiction, uint32_t replica,
+    std::vector<std::pair<std::string, std::string>> pg_settings = {}) {
   auto r = std::make_unique<Region>();
-  auto pg = test_support::PostgresServer::Start({.name = name});
+  auto pg =
+      test_support::PostgresServer::Start({.name = name, .extra_settings = std::move(pg_settings)});
   EXPECT_TRUE(pg.ok()) << pg.status();
   r->pg = *std::move(pg);
   for (const char* db : {"global", "shard0", "shard1"}) EXPECT_TRUE(r->pg->CreateDatabase(db).ok());
@@ -895,6 +898,38 @@ TEST_F(CartResidencyTest, HerOwnChangeHereNarrowsTheRowAndOldRowsNarrowAtTheMigr
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, std::vector<int>{14});
   EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}));
+}
+
+// Review of 2026-12-05 (outbox read path), finding 1. `meridian up` ran PostgreSQL with
+// synchronous_commit=off: a commit returned (and its outbox row was visible, to be shipped)
+// before its WAL was written, so a PostgreSQL crash could lose a registration the customer was
+// told of, and a row a peer had applied, and then give its seq to a new row that no peer would
+// ever get. The region's sessions now commit synchronously whatever the server's default.
+TEST(RegionDurability, ACommitTheClientSawSurvivesAPostgresCrashUnderAsynchronousCommit) {
+  // The WAL writer's delay at its longest: an asynchronous commit stays in memory for 10 s.
+  auto r = StartRegion("us-east", "us", 1,
+                       {{"synchronous_commit", "off"}, {"wal_writer_delay", "10000"}});
+  auto rows = [&](const char* sql) {
+    int64_t n = 0;
+    for (const char* db : {"shard0", "shard1"}) {
+      pqxx::connection c(r->pg->ConnectionString(db));
+      pqxx::nontransaction q(c);
+      n += q.exec1(sql)[0].as<int64_t>();
+    }
+    return n;
+  };
+  ASSERT_EQ(rows("SELECT count(*) FROM users"), 0);
+  Response created =
+      Request(r->port(), "POST", "/v1/users",
+              Json{{"email", "ada@example.com"}, {"password", "long-password"}}.dump());
+  ASSERT_EQ(created.status, 201) << created.body;
+  ASSERT_EQ(rows("SELECT count(*) FROM users"), 1);
+  ASSERT_EQ(rows("SELECT count(*) FROM outbox WHERE kind = 'user'"), 1);
+  // PostgreSQL crashes (an immediate stop: no checkpoint, no WAL written on the way out).
+  ASSERT_TRUE(r->pg->Restart().ok());
+  EXPECT_EQ(rows("SELECT count(*) FROM users"), 1) << "the registration the client saw is gone";
+  EXPECT_EQ(rows("SELECT count(*) FROM outbox WHERE kind = 'user'"), 1)
+      << "the outbox row a peer may have applied is gone";
 }
 
 }  // namespace
