@@ -400,15 +400,20 @@ absl::StatusOr<services::TokenClaims> RegionApp::Impl::Customer(const HttpReques
 absl::StatusOr<std::optional<std::string>> RegionApp::Impl::AccountHere(
     const std::string& user_id) {
   const auto now = std::chrono::steady_clock::now();
+  uint64_t forgotten = 0;
   {
     std::lock_guard<std::mutex> lock(accounts_mu);
     auto it = accounts.find(user_id);
     if (it != accounts.end() && now - it->second.second < kAccountCacheTtl) return it->second.first;
+    forgotten = accounts_forgotten;
   }
   auto user = FindUser(user_id);
   if (!user.ok()) return user.status();
   if (!*user) return std::optional<std::string>();  // not cached: it may arrive any moment
   std::lock_guard<std::mutex> lock(accounts_mu);
+  // A profile written while we read (ForgetAccount since): what we read may be the one it
+  // replaced, not to be cached.
+  if (accounts_forgotten != forgotten) return std::optional<std::string>((*user)->account);
   if (accounts.size() >= kAccountCacheMax) accounts.clear();
   accounts[user_id] = {(*user)->account, now};
   return std::optional<std::string>((*user)->account);
@@ -417,6 +422,7 @@ absl::StatusOr<std::optional<std::string>> RegionApp::Impl::AccountHere(
 void RegionApp::Impl::ForgetAccount(const std::string& user_id) {
   std::lock_guard<std::mutex> lock(accounts_mu);
   accounts.erase(user_id);
+  ++accounts_forgotten;
 }
 
 absl::Status RegionApp::Impl::Operator(const HttpRequest& req) {

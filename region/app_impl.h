@@ -203,7 +203,8 @@ struct RegionApp::Impl {
   // id, and one's token opens nothing of the other's.
   absl::StatusOr<services::TokenClaims> Customer(const HttpRequest& req);
   // The AccountStamp of the profile stored here under `user_id` (nullopt: none), cached for
-  // kAccountCacheTtl; ForgetAccount drops the entry when the profile is written.
+  // kAccountCacheTtl; ForgetAccount drops the entry once a profile write committed (and a read
+  // that overlapped it caches nothing: accounts_forgotten).
   absl::StatusOr<std::optional<std::string>> AccountHere(const std::string& user_id);
   void ForgetAccount(const std::string& user_id);
   static constexpr std::chrono::seconds kAccountCacheTtl{30};
@@ -211,6 +212,7 @@ struct RegionApp::Impl {
   std::mutex accounts_mu;
   std::unordered_map<std::string, std::pair<std::string, std::chrono::steady_clock::time_point>>
       accounts;
+  uint64_t accounts_forgotten = 0;  // ForgetAccount calls so far (guarded by accounts_mu)
   absl::Status Operator(const HttpRequest& req);
   // 307 to an allowed region (or 403) when the residency does not allow this region.
   std::optional<HttpResponse> ResidencyRedirect(std::string_view residency, const HttpRequest& req);
@@ -239,6 +241,11 @@ struct RegionApp::Impl {
   // Redis's hot copy of a cart just committed at `version` (cart_api.cc): written unless Redis
   // holds a newer one; when the write fails the key is read around until it is repaired.
   void StoreHotCart(const std::string& user_id, int64_t version, const crdt::Cart& cart);
+  // Peers' changes committed these carts at these versions (user id, version): each hot copy
+  // older than that becomes a marker of the version alone, which reads go around (to
+  // PostgreSQL) and which keeps a slower local writer's older copy out. Deleting the copy
+  // instead let that writer put back a cart without the peer's lines, served for an hour.
+  void RetireHotCarts(const std::vector<std::pair<std::string, int64_t>>& carts);
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
   // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
   // key and replays it. Without the wait it could see only what the first had done so far (the

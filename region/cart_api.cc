@@ -118,6 +118,30 @@ return 1)lua";
   }
 }
 
+void RegionApp::Impl::RetireHotCarts(const std::vector<std::pair<std::string, int64_t>>& carts) {
+  if (carts.empty()) return;
+  // One round trip for the call's carts; a copy at the same version or newer (a local write
+  // committed after the peer's, so it holds its lines) stays.
+  static constexpr const char* kRetireIfOlder = R"lua(
+for i, key in ipairs(KEYS) do
+  local v = tonumber(redis.call('HGET', key, 'v') or '-1')
+  if tonumber(ARGV[i]) > v then
+    redis.call('HSET', key, 'v', ARGV[i])
+    redis.call('HDEL', key, 's')
+    redis.call('EXPIRE', key, 3600)
+  end
+end
+return 1)lua";
+  std::vector<std::string> keys, versions;
+  for (const auto& [user_id, version] : carts) {
+    keys.push_back("cart:" + user_id);
+    versions.push_back(std::to_string(version));
+  }
+  if (!redis->Eval(kRetireIfOlder, keys, versions).ok()) {
+    for (const std::string& key : keys) stale_hot_carts.Mark(key);
+  }
+}
+
 HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());

@@ -221,13 +221,15 @@ class Service final : public pb::RegionInternal::Service {
     int applied = 0, duplicates = 0;
     bool global_marked = false;
     bool stock_changed = false;      // wake checkouts waiting for rights
-    std::vector<std::string> stale;  // hot copies to drop from Redis
+    std::vector<std::string> stale;  // hot product copies to drop from Redis
+    std::vector<std::pair<std::string, int64_t>> carts_written;  // user id, version
     for (PgPool* target : targets) {
       std::vector<Prepared*> mine;
       for (Prepared& p : prepared)
         if (p.target == target) mine.push_back(&p);
       if (mine.empty()) continue;
       int n_applied = 0, n_dup = 0;
+      std::vector<std::pair<std::string, int64_t>> written;
       const bool carts_only =
           std::all_of(mine.begin(), mine.end(), [](const Prepared* p) { return p->cart; });
       absl::Status st;
@@ -237,8 +239,10 @@ class Service final : public pb::RegionInternal::Service {
         // connection goes back to the pool).
         st = target->RunAutocommit([&](pqxx::nontransaction& tx) {
           n_applied = n_dup = 0;
+          written.clear();
           try {
-            ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
+            ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup,
+                          &written);
           } catch (...) {
             try {
               tx.exec0("ROLLBACK");
@@ -250,7 +254,8 @@ class Service final : public pb::RegionInternal::Service {
       } else {
         st = target->Run([&](pqxx::work& tx) {
           n_applied = n_dup = 0;
-          ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup);
+          written.clear();
+          ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup, &written);
         });
       }
       // What committed stays committed; the peer resends the rest and the marks skip it.
@@ -258,12 +263,13 @@ class Service final : public pb::RegionInternal::Service {
       global_marked = global_marked || target == app_.global.get();
       applied += n_applied;
       duplicates += n_dup;
+      carts_written.insert(carts_written.end(), written.begin(), written.end());
       for (Prepared* p : mine) {
-        if (p->record->kind() == pb::OUTBOX_KIND_CART) stale.push_back("cart:" + p->record->key());
         if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
           stale.push_back("product:" + p->record->key());
         }
         if (p->record->kind() == pb::OUTBOX_KIND_INVENTORY) stock_changed = true;
+        if (p->record->kind() == pb::OUTBOX_KIND_USER) app_.ForgetAccount(p->record->key());
       }
     }
     if (stock_changed) app_.rights_signals.StockChanged();
@@ -291,7 +297,9 @@ class Service final : public pb::RegionInternal::Service {
       if (!st.ok()) return ToGrpc(st);
       out->set_marked_through_seq(last_seq);
     }
-    // The hot copies are stale now: drop them (the next read fills them from PostgreSQL).
+    // The hot copies are stale now: the carts' become markers of their new versions, the
+    // products' are dropped (the next read fills them from PostgreSQL).
+    app_.RetireHotCarts(carts_written);
     if (!stale.empty()) {
       std::sort(stale.begin(), stale.end());
       stale.erase(std::unique(stale.begin(), stale.end()), stale.end());
@@ -362,13 +370,38 @@ class Service final : public pb::RegionInternal::Service {
     if (!pool) return UnknownDatabase(req->database());
     // SHARE mode waits for every transaction that inserted into the outbox and holds new ones
     // back until we have read the sequence: every seq up to it has committed or aborted.
-    absl::Status st = pool->Run([&](pqxx::work& tx) {
-      tx.exec0("LOCK TABLE outbox IN SHARE MODE");
-      out->set_seq(tx.exec1("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "
-                            "outbox_seq_seq")[0]
-                       .as<int64_t>());
-    });
-    return ToGrpc(st);
+    // While the lock request is queued every new outbox writer of the database waits behind it,
+    // so it waits 250 ms at a time (lock_timeout): a writer holding its transaction open (a long
+    // one, or one idle in it) would otherwise stall every cart write until it ended, and the
+    // wait would outlive the caller. Between tries the writers go on; the call gives up at its
+    // deadline (30 s without one).
+    const auto now = std::chrono::system_clock::now();
+    const auto deadline = std::min(ctx->deadline(), now + std::chrono::seconds(30));
+    for (int attempt = 1;; ++attempt) {
+      bool lock_timed_out = false;
+      absl::Status st = pool->Run([&](pqxx::work& tx) {
+        tx.exec0("SET LOCAL lock_timeout = 250");
+        try {
+          tx.exec0("LOCK TABLE outbox IN SHARE MODE");
+        } catch (const pqxx::sql_error& e) {
+          lock_timed_out = e.sqlstate() == "55P03";  // lock_not_available
+          throw;
+        }
+        out->set_seq(tx.exec1("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "
+                              "outbox_seq_seq")[0]
+                         .as<int64_t>());
+      });
+      if (!lock_timed_out) return ToGrpc(st);
+      if (ctx->IsCancelled() ||
+          std::chrono::system_clock::now() + std::chrono::milliseconds(300) >= deadline) {
+        return grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("the barrier of ", req->database(), "'s outbox: its writers held it for ",
+                         attempt,
+                         " tries of 250 ms (a transaction holding its outbox rows open?)"));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
 
   grpc::Status ReadState(grpc::ServerContext* ctx, const pb::ReadStateRequest* req,
@@ -589,6 +622,18 @@ class Service final : public pb::RegionInternal::Service {
           }
           tx.exec0("SET LOCAL statement_timeout = " + tx.quote(timeout_ms));
         }
+        if (!req->stream().empty()) {
+          // The seq is the stream's: a database rebuilt since the caller read its status has
+          // new seqs, and deleting through this one would remove rows no peer has.
+          pqxx::result id = tx.exec("SELECT id FROM outbox_stream LIMIT 1");
+          const std::string here =
+              id.empty() ? "" : StreamNameOf(*pool, id[0][0].as<std::string>());
+          if (here != req->stream()) {
+            throw AbortTx{absl::FailedPreconditionError(
+                absl::StrCat("truncating ", req->database(), ": its stream is ", here, ", not ",
+                             req->stream(), " (the database was rebuilt)"))};
+          }
+        }
         pqxx::result r;
         try {
           // Recorded with the DELETE (it commits or rolls back with it): a peer resuming below
@@ -651,11 +696,12 @@ class Service final : public pb::RegionInternal::Service {
       bool any = false, gap = false;
       absl::Status failed;  // the last database that could not be read, if every one failed
       size_t read = 0;
+      size_t budget = kPollReplyBytesMax;
       for (size_t i = 0; i < cursors.size(); ++i) {
         pb::OutboxChunk* chunk = out->add_chunks();
         // One database that cannot be read (down, or its outbox unreadable) holds up none of
         // the others: its chunk says why, and its cursor stays where it was.
-        if (absl::Status st = ReadChunk(*pools[i], cursors[i], limit, chunk); !st.ok()) {
+        if (absl::Status st = ReadChunk(*pools[i], cursors[i], limit, &budget, chunk); !st.ok()) {
           chunk->Clear();
           chunk->set_database(cursors[i].database());
           chunk->set_next_after_seq(cursors[i].after_seq());
@@ -773,7 +819,14 @@ class Service final : public pb::RegionInternal::Service {
   // key. gap_horizon is an xid taken after the sequence was read, so the older rule also holds:
   // once the snapshot's xmin passes it every possible holder has ended (the fallback when the
   // list is gone, say after a restart of this server).
-  absl::Status ReadChunk(PgPool& pool, const pb::OutboxCursor& cursor, int limit,
+  // The records of one PollOutbox reply, in bytes: the rows are capped in number (`limit`, per
+  // database), but 10,000 large catalog rows in each of three databases would pass the
+  // replicator's 64 MiB message limit, and every read after would fail the same way. A chunk
+  // stops before the record that would pass it (a chunk's first record always goes, so that
+  // every cursor moves).
+  static constexpr size_t kPollReplyBytesMax = 8 << 20;
+
+  absl::Status ReadChunk(PgPool& pool, const pb::OutboxCursor& cursor, int limit, size_t* budget,
                          pb::OutboxChunk* chunk) {
     chunk->set_database(cursor.database());
     chunk->set_next_after_seq(cursor.after_seq());
@@ -808,8 +861,16 @@ class Service final : public pb::RegionInternal::Service {
           // A gap: the seqs in it were taken by transactions that may still be running (or
           // have aborted). (The snapshot's own xmax would not do for the xid rule: a running
           // transaction younger than every completed one is at or above it.)
-          const bool ended = cursor.gap_horizon() != 0 && seq - 1 <= cursor.gap_horizon_seq() &&
-                             (writers_done || xmin >= cursor.gap_horizon());
+          const bool covered = cursor.gap_horizon() != 0 && seq - 1 <= cursor.gap_horizon_seq();
+          const bool ended = covered && (writers_done || xmin >= cursor.gap_horizon());
+          if (!ended && covered) {
+            // Not yet: wait on the same writers. A new horizon would list the writers that
+            // began since, and under writers that keep overlapping, a seq that never commits
+            // (an aborted write) would never be passed.
+            horizon = cursor.gap_horizon();
+            horizon_seq = cursor.gap_horizon_seq();
+            break;
+          }
           if (!ended) {
             // Every seq taken so far (read first), then the writers that may hold one, and
             // an xid above every xid so far.
@@ -828,12 +889,15 @@ class Service final : public pb::RegionInternal::Service {
             break;
           }
         }
+        pqxx::binarystring payload(r[6]);
+        const size_t bytes = payload.size() + r[5].size() + 64;
+        if (chunk->records_size() > 0 && bytes > *budget) break;
+        *budget -= std::min(bytes, *budget);
         pb::OutboxRecord* rec = chunk->add_records();
         rec->set_seq(seq);
         rec->set_origin(r[3].as<uint32_t>());
         rec->set_kind(KindOf(r[4].as<std::string>()));
         rec->set_key(r[5].as<std::string>());
-        pqxx::binarystring payload(r[6]);
         rec->set_payload(payload.str());
         rec->set_residency(r[7].as<std::string>());
         SetNow(rec->mutable_created_at(), r[8].as<int64_t>());
@@ -913,7 +977,8 @@ class Service final : public pb::RegionInternal::Service {
   // goes with the first round trip and COMMIT with the last.
   template <typename Tx>
   void ApplyToTarget(Tx& tx, const pb::ApplyDeltasRequest& req, const std::vector<Prepared*>& mine,
-                     int64_t last_seq, int* n_applied, int* n_dup) {
+                     int64_t last_seq, int* n_applied, int* n_dup,
+                     std::vector<std::pair<std::string, int64_t>>* carts_written) {
     constexpr bool kOwnTransaction = std::is_same_v<Tx, pqxx::nontransaction>;
     std::map<std::string, std::vector<Prepared*>> carts, stock;
     for (Prepared* p : mine) {
@@ -1004,6 +1069,7 @@ class Service final : public pb::RegionInternal::Service {
       values += (values.empty() ? "(" : ", (") + tx.quote(key) + ", " +
                 tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
                 ", " + tx.quote(residency) + ", " + tx.quote(version + 1) + ")";
+      carts_written->emplace_back(key, version + 1);
     }
     if (!values.empty()) {
       writes += "INSERT INTO carts (user_id, state, residency, version) VALUES " + values +
@@ -1091,8 +1157,9 @@ class Service final : public pb::RegionInternal::Service {
         // unpin the customer's data nor replace their password: a stored profile never changes
         // its residency, and among registrations of one residency the first, by (HLC, origin),
         // keeps the account in every region. (The later registrant's token then opens nothing
-        // here: it names another account, RegionApp::Impl::Customer.)
-        app_.ForgetAccount(rec.key());
+        // here: it names another account, RegionApp::Impl::Customer.) The cached account is
+        // dropped once this commits (ApplyDeltas): dropped before, a request meanwhile would
+        // cache the old one again for kAccountCacheTtl.
         const auto hlc = static_cast<int64_t>(j["hlc"].get<uint64_t>());
         const int64_t origin = j.value("origin", 0);
         pqxx::result kept = tx.exec(

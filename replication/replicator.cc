@@ -2609,6 +2609,7 @@ void Replicator::Impl::Housekeeping() {
       rpb::TruncateOutboxRequest req;
       req.set_database(db);
       req.set_through_seq(seq);
+      req.set_stream(stream);
       rpb::TruncateOutboxResponse resp;
       auto tctx = RegionCtx(config.truncate_timeout_ms);
       grpc::Status s = region->TruncateOutbox(tctx.get(), req, &resp);

@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
 
 #include <pqxx/pqxx>
@@ -740,6 +741,211 @@ TEST_F(ApplyDeltasTest, PollOutboxWaitsForALowerSeqHeldByAYoungerTransaction) {
   EXPECT_EQ(seen, (std::vector<int64_t>{low, high}));
 }
 
+// Review of 2026-12-05 (outbox read path), finding 2. At a gap not yet settled, every read took a
+// new horizon: a new list of the outbox's writers, among them those that began after the gap.
+// Under writers that keep overlapping, the list never emptied, and a seq that never commits (an
+// aborted write) held every later row of the database back for good. Now a gap within the
+// cursor's horizon waits on that horizon's writers alone, a list that only shrinks.
+TEST_F(ApplyDeltasTest, PollOutboxPassesAnAbortedSeqWhileWritersKeepOverlapping) {
+  const std::string dsn = us_->pg->ConnectionString("shard0");
+  const char* insert =
+      "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'k', 'x', "
+      "'any') RETURNING seq";
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 8; ++w) {
+    writers.emplace_back([&, w] {
+      pqxx::connection conn(dsn);
+      std::mt19937 rng(w);
+      while (!stop) {
+        pqxx::work tx(conn);
+        tx.exec(insert);
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 20));  // the lock held
+        tx.commit();
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // writers overlapping
+  int64_t aborted = 0;
+  {
+    pqxx::connection conn(dsn);
+    pqxx::work tx(conn);
+    aborted = tx.exec1(insert)[0].as<int64_t>();
+    tx.abort();
+  }
+  v1::OutboxCursor cursor;
+  cursor.set_database("shard-0");
+  cursor.set_after_seq(aborted - 1);
+  const auto start = std::chrono::steady_clock::now();
+  double passed_after = -1;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    grpc::ClientContext ctx;
+    v1::PollOutboxRequest req;
+    *req.add_cursors() = cursor;
+    req.set_wait_ms(20);
+    v1::PollOutboxResponse resp;
+    ASSERT_TRUE(us_->stub->PollOutbox(&ctx, req, &resp).ok());
+    cursor.set_after_seq(resp.chunks(0).next_after_seq());
+    cursor.set_gap_horizon(resp.chunks(0).gap_horizon());
+    cursor.set_gap_horizon_seq(resp.chunks(0).gap_horizon_seq());
+    if (cursor.after_seq() > aborted) {
+      passed_after =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      break;
+    }
+  }
+  stop = true;
+  for (std::thread& t : writers) t.join();
+  EXPECT_GE(passed_after, 0) << "seq " << aborted << " (aborted) held the reader for 5 s";
+  EXPECT_LT(passed_after, 2.0) << "seq " << aborted << " (aborted) held the reader";
+}
+
+// Review of 2026-12-05 (outbox read path), finding 3. OutboxBarrier (a state transfer's start)
+// queued its SHARE lock with no timeout: behind one writer that held its transaction open, every
+// new outbox writer of the database (every cart write) waited too, for as long as that writer
+// did, and the wait outlived the caller. Now the lock waits 250 ms at a time, the writers go on
+// in between, and the call ends at its deadline.
+TEST_F(ApplyDeltasTest, AnOutboxBarrierBehindAnOpenWriterHoldsNoOtherWriterBack) {
+  const std::string dsn = us_->pg->ConnectionString("shard0");
+  const char* insert =
+      "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'k', 'x', "
+      "'any')";
+  pqxx::connection open_conn(dsn);
+  pqxx::work open_writer(open_conn);  // inserted, and idle in its transaction
+  open_writer.exec0(insert);
+  grpc::Status barrier_status;
+  std::thread barrier([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::OutboxBarrierRequest req;
+    req.set_database("shard-0");
+    v1::OutboxBarrierResponse out;
+    barrier_status = us_->stub->OutboxBarrier(&ctx, req, &out);
+  });
+  auto waiting_barriers = [&] {
+    pqxx::connection c(dsn);
+    pqxx::nontransaction q(c);
+    return q
+        .exec1(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE outbox%' "
+            "AND wait_event_type = 'Lock'")[0]
+        .as<int>();
+  };
+  for (int i = 0; i < 100 && waiting_barriers() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Another writer meanwhile (given up after 3 s: behind the barrier it would wait for good).
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    pqxx::connection c(dsn);
+    pqxx::work w(c);
+    w.exec0("SET LOCAL statement_timeout = 3000");
+    w.exec0(insert);
+    w.commit();
+  } catch (const pqxx::sql_error& e) {
+    ADD_FAILURE() << "the other writer failed: " << e.what();
+  }
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  barrier.join();
+  EXPECT_LT(waited, 1.0) << "an outbox write waited behind the barrier's lock";
+  EXPECT_EQ(barrier_status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << barrier_status.error_message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(waiting_barriers(), 0) << "the barrier's lock still waits after its call ended";
+  open_writer.abort();
+}
+
+// Review of 2026-12-05 (outbox read path), finding 4. A truncation was named by database alone:
+// decided for one incarnation of shard-0 and called after the database was rebuilt (its seqs
+// started over), it deleted the new incarnation's rows, which no peer had. The call now names
+// the stream, and a database whose stream is another is left alone.
+TEST_F(ApplyDeltasTest, ATruncationOfAnotherIncarnationOfTheDatabaseDeletesNothing) {
+  {
+    pqxx::connection c(us_->pg->ConnectionString("shard0"));
+    pqxx::work tx(c);
+    for (int i = 0; i < 3; ++i) {
+      tx.exec0(
+          "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'k', "
+          "'x', 'any')");
+    }
+    tx.commit();
+  }
+  auto rows = [&] {
+    pqxx::connection c(us_->pg->ConnectionString("shard0"));
+    pqxx::nontransaction q(c);
+    return q.exec1("SELECT count(*) FROM outbox")[0].as<int>();
+  };
+  std::string stream;
+  {
+    grpc::ClientContext ctx;
+    v1::GetStatusResponse status;
+    ASSERT_TRUE(us_->stub->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok());
+    for (const auto& d : status.databases())
+      if (d.name() == "shard-0") stream = d.stream();
+  }
+  ASSERT_FALSE(stream.empty());
+  auto truncate = [&](const std::string& named) {
+    grpc::ClientContext ctx;
+    v1::TruncateOutboxRequest req;
+    req.set_database("shard-0");
+    req.set_through_seq(1000000);
+    req.set_stream(named);
+    v1::TruncateOutboxResponse out;
+    return us_->stub->TruncateOutbox(&ctx, req, &out);
+  };
+  ASSERT_EQ(rows(), 3);
+  const grpc::Status other = truncate("shard-0-an-earlier-incarnation");
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << other.error_message();
+  EXPECT_EQ(rows(), 3) << "rows of this incarnation deleted by another's truncation";
+  ASSERT_TRUE(truncate(stream).ok());
+  EXPECT_EQ(rows(), 0);
+}
+
+// Review of 2026-12-05 (outbox read path), finding 5. A PollOutbox reply was capped in rows, not
+// bytes: with batch_max_records at its maximum, 10,000 large catalog rows per database would
+// pass the replicator's 64 MiB message limit, and every read after failed the same way, so
+// nothing shipped again. A reply now stops at 8 MiB of records, at a row boundary.
+TEST_F(ApplyDeltasTest, APollOfLargeRowsStopsAtItsByteLimitAndGoesOnNextTime) {
+  int64_t before = 0;  // the catalog writes of the fixture
+  {
+    pqxx::connection c(us_->pg->ConnectionString("global"));
+    pqxx::work tx(c);
+    before = tx.exec1("SELECT coalesce(max(seq), 0) FROM outbox")[0].as<int64_t>();
+    tx.exec0(
+        "INSERT INTO outbox (origin, kind, key, payload, residency) SELECT 1, 'product', "
+        "'sku-' || i, convert_to(repeat('x', 1048576), 'UTF8'), 'any' FROM generate_series(1, "
+        "12) AS i");
+    tx.commit();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);  // as the replicator's
+  auto stub = v1::RegionInternal::NewStub(
+      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(us_->app->grpc_port()),
+                                grpc::InsecureChannelCredentials(), args));
+  v1::OutboxCursor cursor;
+  cursor.set_database("global");
+  cursor.set_after_seq(before);
+  std::vector<int> per_reply;
+  std::vector<int64_t> seen;
+  for (int i = 0; i < 10 && seen.size() < 12; ++i) {
+    grpc::ClientContext ctx;
+    v1::PollOutboxRequest req;
+    *req.add_cursors() = cursor;
+    req.set_limit(10000);
+    v1::PollOutboxResponse resp;
+    grpc::Status st = stub->PollOutbox(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    per_reply.push_back(resp.chunks(0).records_size());
+    for (const auto& r : resp.chunks(0).records()) seen.push_back(r.seq());
+    cursor.set_after_seq(resp.chunks(0).next_after_seq());
+  }
+  ASSERT_EQ(seen.size(), 12u);
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_EQ(seen.back() - seen.front(), 11) << "a row skipped";
+  EXPECT_LE(per_reply[0], 8) << "12 MiB in one reply";
+  EXPECT_GE(per_reply.size(), 2u);
+}
+
 // Writers commit outbox rows concurrently, out of seq order (a transaction takes its seq, then
 // sleeps while later ones commit); a reader following PollOutbox's cursors must see every
 // committed row exactly once, in seq order, and never skip one that commits late.
@@ -898,6 +1104,59 @@ TEST_F(CartResidencyTest, HerOwnChangeHereNarrowsTheRowAndOldRowsNarrowAtTheMigr
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, std::vector<int>{14});
   EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}));
+}
+
+// Review of 2026-12-05 (receiving side), finding 2. The apply deleted a cart's hot copy in Redis;
+// a local change that committed just before the peer's (its write of the hot copy still to come)
+// then found no version there and put back a copy without the peer's lines, served until the
+// next local change or the copy's hour of expiry. The apply now leaves a marker of the version it
+// committed, which only a newer copy replaces, and which reads go around.
+TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyReplaces) {
+  const std::string token = Login(*us_, "ada@example.com", "us");
+  Response local = Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                           {{"Authorization", "Bearer " + token}});
+  ASSERT_EQ(local.status, 200) << local.body;
+  const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
+  redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
+  ASSERT_TRUE(c && !c->err);
+  auto command = [&](const std::string& cmd) {
+    auto* r = static_cast<redisReply*>(redisCommand(c, cmd.c_str()));
+    std::string out = r == nullptr                    ? "(error)"
+                      : r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len)
+                      : r->type == REDIS_REPLY_NIL    ? "(nil)"
+                                                      : std::to_string(r->integer);
+    if (r) freeReplyObject(r);
+    return out;
+  };
+  const std::string key = "cart:" + user;
+  ASSERT_EQ(command("HGET " + key + " v"), "1");  // the local change's hot copy
+  // us-west's change of the same cart (2 more), as its replicator would apply it.
+  v1::ApplyDeltasRequest req;
+  req.set_origin(2);
+  req.set_origin_database("shard-0");
+  v1::OutboxRecord* rec = req.add_records();
+  rec->set_seq(1);
+  rec->set_kind(v1::OUTBOX_KIND_CART);
+  rec->set_key(user);
+  rec->set_residency("us");
+  rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 2)));
+  grpc::ClientContext ctx;
+  v1::ApplyDeltasResponse out;
+  ASSERT_TRUE(us_->stub->ApplyDeltas(&ctx, req, &out).ok());
+  ASSERT_EQ(out.applied(), 1);
+  EXPECT_EQ(command("HGET " + key + " v"), "2") << "no marker of the peer's version";
+  EXPECT_EQ(command("HEXISTS " + key + " s"), "0") << "a cart without the peer's lines is kept";
+  const Json lines = Cart(*us_, token);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["quantity"], 3) << "read around the marker, from PostgreSQL";
+  // The next local change replaces the marker with its copy.
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                    {{"Authorization", "Bearer " + token}})
+                .status,
+            200);
+  EXPECT_EQ(command("HGET " + key + " v"), "3");
+  EXPECT_EQ(command("HEXISTS " + key + " s"), "1");
+  redisFree(c);
 }
 
 // Review of 2026-12-05 (outbox read path), finding 1. `meridian up` ran PostgreSQL with
