@@ -121,14 +121,16 @@ return 1)lua";
 void RegionApp::Impl::RetireHotCarts(const std::vector<std::pair<std::string, int64_t>>& carts) {
   if (carts.empty()) return;
   // One round trip for the call's carts; a copy at the same version or newer (a local write
-  // committed after the peer's, so it holds its lines) stays.
+  // committed after the peer's, so it holds its lines) stays. A marker lives 60 s: a local
+  // writer stores its copy right after its commit, and most carts a peer changes have no copy
+  // here (their customers shop elsewhere), so markers of an hour would fill Redis with them.
   static constexpr const char* kRetireIfOlder = R"lua(
 for i, key in ipairs(KEYS) do
   local v = tonumber(redis.call('HGET', key, 'v') or '-1')
   if tonumber(ARGV[i]) > v then
     redis.call('HSET', key, 'v', ARGV[i])
     redis.call('HDEL', key, 's')
-    redis.call('EXPIRE', key, 3600)
+    redis.call('EXPIRE', key, 60)
   end
 end
 return 1)lua";
