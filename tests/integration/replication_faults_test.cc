@@ -774,7 +774,7 @@ TEST_F(ReplicationFaults, AStateTransferStaysWithinTheWindowAsItsBatchesAreAcked
 TEST_F(ReplicationFaults, APeerBehindWithinTheFeedGetsNoMoreThanItsWindow) {
   constexpr int kRecords = 3000;
   ASSERT_NO_FATAL_FAILURE(StartConnected(
-      "{heartbeat_ms: 200, peer_timeout_ms: 1500, backoff_max_ms: 1000, truncate_interval_ms: "
+      "{heartbeat_ms: 200, peer_timeout_ms: 10000, backoff_max_ms: 1000, truncate_interval_ms: "
       "300, batch_max_records: 40, batch_max_bytes: 4096, max_inflight_bytes: 65536}"));
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
   const std::string stream = Stream(kEu, "global");
@@ -789,6 +789,9 @@ TEST_F(ReplicationFaults, APeerBehindWithinTheFeedGetsNoMoreThanItsWindow) {
   std::vector<Batch> batches;  // the delta batches, as they came
   std::set<int64_t> got;       // the records' seqs
   auto last_batch = std::chrono::steady_clock::now();
+  // Written before the peer says hello: the insert takes seconds in the sanitizer build, and
+  // the peer would send no heartbeat meanwhile.
+  InsertProducts(kEu, 0, kRecords, 200);
   ForgedPeer peer(*c_, kUs, kEu, "", std::chrono::seconds(120));
   ASSERT_TRUE(peer.Hello({{stream, from}}));
   peer.NextAsync([&](const rpb::Frame& f) {
@@ -824,7 +827,6 @@ TEST_F(ReplicationFaults, APeerBehindWithinTheFeedGetsNoMoreThanItsWindow) {
     for (size_t i = acked; i < batches.size(); ++i) n += batches[i].bytes;
     return n;
   };
-  InsertProducts(kEu, 0, kRecords, 200);
   ASSERT_TRUE(until_quiet()) << "no batch came, or they never stopped";
   size_t window = 0;
   {
