@@ -28,6 +28,7 @@
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/postgres_server.h"
+#include "tests/support/redis_command.h"
 #include "tests/support/redis_server.h"
 
 namespace meridian::region {
@@ -1119,15 +1120,7 @@ TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyRepl
   const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
   redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
   ASSERT_TRUE(c && !c->err);
-  auto command = [&](const std::string& cmd) {
-    auto* r = static_cast<redisReply*>(redisCommand(c, cmd.c_str()));
-    std::string out = r == nullptr                    ? "(error)"
-                      : r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len)
-                      : r->type == REDIS_REPLY_NIL    ? "(nil)"
-                                                      : std::to_string(r->integer);
-    if (r) freeReplyObject(r);
-    return out;
-  };
+  auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
   const std::string key = "cart:" + user;
   ASSERT_EQ(command("HGET " + key + " v"), "1");  // the local change's hot copy
   // us-west's change of the same cart (2 more), as its replicator would apply it.

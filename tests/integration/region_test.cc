@@ -34,6 +34,7 @@
 #include "tests/support/db_fault.h"
 #include "tests/support/eventually.h"
 #include "tests/support/postgres_server.h"
+#include "tests/support/redis_command.h"
 #include "tests/support/redis_server.h"
 
 namespace meridian::region {
@@ -1389,15 +1390,7 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   const std::string key = "cart:" + Json::parse(first.body)["user_id"].get<std::string>();
   redisContext* c = redisConnect("127.0.0.1", redis_->port());
   ASSERT_TRUE(c && !c->err);
-  auto command = [&](const std::string& cmd) {
-    auto* r = static_cast<redisReply*>(redisCommand(c, cmd.c_str()));
-    std::string out = r == nullptr                    ? "(error)"
-                      : r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len)
-                      : r->type == REDIS_REPLY_NIL    ? "(nil)"
-                                                      : std::to_string(r->integer);
-    if (r) freeReplyObject(r);
-    return out;
-  };
+  auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
   ASSERT_EQ(command("HGET " + key + " v"), "1");  // the hot copy of version 1
 
   command("CLIENT PAUSE 800 WRITE");  // scripts and writes wait; the region gives up at 200 ms
