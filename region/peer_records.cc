@@ -15,14 +15,21 @@ namespace {
 
 using Json = nlohmann::json;
 
-// An order event's epoch or version: an integer that a lease could have reached (an epoch far
+// The highest epoch or version an order may carry: one a lease could have reached (an epoch far
 // beyond would fix the order's status for good: no later owner could outrank it).
+constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
+
+// An order event's epoch or version, as JSON carries it: an integer in 0..kMaxEpoch.
 bool InEpochRange(const Json& v) {
   if (!v.is_number_integer()) return false;
-  if (v.is_number_unsigned()) return v.get<uint64_t>() <= (uint64_t{1} << 53);
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= kMaxEpoch;
   const int64_t x = v.get<int64_t>();
-  return x >= 0 && x <= (int64_t{1} << 53);
+  return x >= 0 && static_cast<uint64_t>(x) <= kMaxEpoch;
 }
+
+// PostgreSQL's text holds no NUL, and libpqxx's quoting stops at the first one: a string with one
+// would be stored (or looked up) cut short, as another value.
+bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 
 // An integer in [lo, hi] (0 <= hi), as JSON may carry it: signed or unsigned, never a float.
 bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {
@@ -62,10 +69,10 @@ bool IsString(const Json& v) { return v.is_string(); }
 // but PostgreSQL's text cannot store: libpqxx's quoting stops at it, so "\u0000" would be stored
 // as '' (and fail a CHECK after other databases of the call committed) and "ab\u0000c" as "ab".
 bool HoldsNul(const Json& j) {
-  if (j.is_string()) return j.get_ref<const std::string&>().find('\0') != std::string::npos;
+  if (j.is_string()) return HasNul(j.get_ref<const std::string&>());
   if (j.is_object()) {
     for (auto it = j.begin(); it != j.end(); ++it) {
-      if (it.key().find('\0') != std::string::npos || HoldsNul(it.value())) return true;
+      if (HasNul(it.key()) || HoldsNul(it.value())) return true;
     }
     return false;
   }
@@ -203,9 +210,8 @@ std::string CounterPastTheLimit(const crdt::CausalContext& seen) {
 }  // namespace
 
 std::string OrderStateProblem(const v1::OrderState& s) {
-  auto has_nul = [](const std::string& v) { return v.find('\0') != std::string::npos; };
-  auto epoch_like = [](uint64_t v) { return v >= 1 && v <= (uint64_t{1} << 53); };
-  if (s.order_id().empty() || s.order_id().size() > 64 || has_nul(s.order_id())) {
+  auto epoch_like = [](uint64_t v) { return v >= 1 && v <= kMaxEpoch; };
+  if (s.order_id().empty() || s.order_id().size() > 64 || HasNul(s.order_id())) {
     return "order_id: 1..64 characters, no NUL";
   }
   if (!services::IsUserId(s.user_id())) return "user_id: not a user id";
@@ -214,12 +220,12 @@ std::string OrderStateProblem(const v1::OrderState& s) {
   if (!epoch_like(s.version())) return "version: 1..2^53";
   if (!services::ParseOrderStatus(s.status()).ok()) return "status: an order status";
   if (s.total_cents() < 0) return "total_cents: >= 0";
-  if (s.currency().size() > 16 || has_nul(s.currency())) return "currency: a currency code";
+  if (s.currency().size() > 16 || HasNul(s.currency())) return "currency: a currency code";
   if (!services::ValidateResidency(s.residency()).ok()) return "residency: 'any' or [a-z]{2,16}";
   if (s.created_at_ms() < 0 || s.created_at_ms() > kMaxCreatedAtMs) {
     return "created_at_ms: 0..2^45 (ms since 1970)";
   }
-  if (s.payment_ref().size() > 256 || has_nul(s.payment_ref())) {
+  if (s.payment_ref().size() > 256 || HasNul(s.payment_ref())) {
     return "payment_ref: at most 256 characters, no NUL";
   }
   if (s.items_size() > 1000) return "items: at most 1000";
@@ -237,7 +243,7 @@ absl::Status CheckApplyCall(const v1::ApplyDeltasRequest& req, uint32_t replica_
     return Bad("origin: a peer's replica id, not 0 or this region's own");
   }
   if (req.origin_database().empty() || req.origin_database().size() > 64 ||
-      req.origin_database().find('\0') != std::string::npos) {
+      HasNul(req.origin_database())) {
     return Bad("origin_database: 1..64 characters, no NUL");
   }
   if (req.records_size() > 10000) return Bad("records: at most 10000 per call");
@@ -264,7 +270,7 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
     // libpqxx quotes a string only up to its first NUL: a key "<victim>\0x" would read and write
     // the victim's row while every lookup by the whole key missed (the merge would start from an
     // empty document, and the stored cart be replaced by the delta alone).
-    if (rec.key().find('\0') != std::string::npos) {
+    if (HasNul(rec.key())) {
       return Bad(absl::StrCat("record ", rec.seq(), ": its key holds a NUL byte"));
     }
     if (!services::ResidencyAllows(rec.residency(), jurisdiction)) {
