@@ -110,6 +110,7 @@ struct RegionApp::Impl {
   // Hot carts ("cart:<user>") whose Redis copy may be older than PostgreSQL's row; the jobs
   // thread deletes them from Redis. One hour: the copies' expiry.
   StaleKeys stale_hot_carts{200'000, std::chrono::seconds(3600)};
+  HotCartWriters hot_cart_writers;  // the local cart writes between their BEGIN and their copy
   std::mutex hlc_mu;
   crdt::Hlc hlc;
   std::atomic<bool> migrations_done{false};
@@ -238,14 +239,18 @@ struct RegionApp::Impl {
   HttpResponse SetCartItem(HttpRequest& req);
   HttpResponse RemoveCartItem(HttpRequest& req);
   HttpResponse Checkout(HttpRequest& req);
-  // Redis's hot copy of a cart just committed at `version` (cart_api.cc): written unless Redis
-  // holds a newer one; when the write fails the key is read around until it is repaired.
-  void StoreHotCart(const std::string& user_id, int64_t version, const crdt::Cart& cart);
-  // Peers' changes committed these carts at these versions (user id, version): each hot copy
-  // older than that becomes a marker of the version alone, which reads go around (to
-  // PostgreSQL) and which keeps a slower local writer's older copy out. Deleting the copy
-  // instead let that writer put back a cart without the peer's lines, served for an hour.
-  void RetireHotCarts(const std::vector<std::pair<std::string, int64_t>>& carts);
+  // Redis's hot copy of a cart just committed at `version` (cart_api.cc) by `writer`, entered in
+  // hot_cart_writers before its transaction: written unless Redis holds a newer one, and deleted
+  // again when a peer's change committed meanwhile may be missing from it; when a write fails
+  // the key is read around until it is repaired.
+  void StoreHotCart(HotCartWriters::Writer& writer, const std::string& user_id, int64_t version,
+                    const crdt::Cart& cart);
+  // Peers' changes committed these carts at these versions (user id, version) and made these
+  // other Redis keys stale: all are deleted in one round trip (reads go to PostgreSQL until the
+  // next local write stores a cart's copy), and a cart's local writer still in flight learns it
+  // (HotCartWriters).
+  void RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
+                       std::vector<std::string> keys);
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
   // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
   // key and replays it. Without the wait it could see only what the first had done so far (the

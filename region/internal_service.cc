@@ -297,16 +297,8 @@ class Service final : public pb::RegionInternal::Service {
       if (!st.ok()) return ToGrpc(st);
       out->set_marked_through_seq(last_seq);
     }
-    // The hot copies are stale now: the carts' become markers of their new versions, the
-    // products' are dropped (the next read fills them from PostgreSQL).
-    app_.RetireHotCarts(carts_written);
-    if (!stale.empty()) {
-      std::sort(stale.begin(), stale.end());
-      stale.erase(std::unique(stale.begin(), stale.end()), stale.end());
-      if (!app_.redis->DelMany(stale).ok()) {
-        for (const std::string& key : stale) app_.stale_hot_carts.Mark(key);
-      }
-    }
+    // The hot copies are stale now: dropped (the next read goes to PostgreSQL).
+    app_.RetireHotCopies(carts_written, std::move(stale));
     out->set_applied_through_seq(last_seq);
     out->set_applied(applied);
     out->set_duplicates(duplicates);
