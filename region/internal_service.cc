@@ -463,8 +463,10 @@ class Service final : public pb::RegionInternal::Service {
       }
       sql += " ORDER BY " + key + " LIMIT " + tx.quote(limit);
       pqxx::result rows = tx.exec(sql);
+      size_t bytes = 0;  // the reply's records so far
       auto add = [&](pb::OutboxKind kind, const std::string& k, std::string payload,
                      const std::string& residency) {
+        bytes += k.size() + payload.size();
         pb::OutboxRecord* rec = out->add_records();
         rec->set_origin(app_.config.replica_id);
         rec->set_kind(kind);
@@ -473,7 +475,14 @@ class Service final : public pb::RegionInternal::Service {
         rec->set_residency(residency);
         SetNow(rec->mutable_created_at(), UnixNowMs());
       };
+      bool capped = false;
       for (const auto& r : rows) {
+        // Past the reply's byte limit, the page ends before this row (the first always goes, so
+        // that every page moves); the next page starts after the last key sent.
+        if (bytes >= kReplyBytesMax) {
+          capped = true;
+          break;
+        }
         const std::string k = r[0].as<std::string>();
         out->set_last_key(k);
         switch (req->kind()) {
@@ -541,7 +550,7 @@ class Service final : public pb::RegionInternal::Service {
           }
         }
       }
-      out->set_done(static_cast<int>(rows.size()) < limit);
+      out->set_done(!capped && static_cast<int>(rows.size()) < limit);
     });
     return ToGrpc(st);
   }
@@ -688,7 +697,7 @@ class Service final : public pb::RegionInternal::Service {
       bool any = false, gap = false;
       absl::Status failed;  // the last database that could not be read, if every one failed
       size_t read = 0;
-      size_t budget = kPollReplyBytesMax;
+      size_t budget = kReplyBytesMax;
       for (size_t i = 0; i < cursors.size(); ++i) {
         pb::OutboxChunk* chunk = out->add_chunks();
         // One database that cannot be read (down, or its outbox unreadable) holds up none of
@@ -811,12 +820,13 @@ class Service final : public pb::RegionInternal::Service {
   // key. gap_horizon is an xid taken after the sequence was read, so the older rule also holds:
   // once the snapshot's xmin passes it every possible holder has ended (the fallback when the
   // list is gone, say after a restart of this server).
-  // The records of one PollOutbox reply, in bytes: the rows are capped in number (`limit`, per
-  // database), but 10,000 large catalog rows in each of three databases would pass the
-  // replicator's 64 MiB message limit, and every read after would fail the same way. A chunk
-  // stops before the record that would pass it (a chunk's first record always goes, so that
-  // every cursor moves).
-  static constexpr size_t kPollReplyBytesMax = 8 << 20;
+  // The records of one PollOutbox or ReadState reply, in bytes: the rows are capped in number
+  // (`limit`, per database), but 10,000 large catalog rows in each of three databases, or
+  // 10,000 large carts or orders, would pass the replicator's 64 MiB message limit, and every
+  // read after would fail the same way. A PollOutbox chunk stops before the record that would
+  // pass it, a ReadState page after the row that reaches it (a reply's first record always
+  // goes, so that every cursor moves).
+  static constexpr size_t kReplyBytesMax = 8 << 20;
 
   absl::Status ReadChunk(PgPool& pool, const pb::OutboxCursor& cursor, int limit, size_t* budget,
                          pb::OutboxChunk* chunk) {

@@ -906,6 +906,14 @@ TEST_F(ApplyDeltasTest, ATruncationOfAnotherIncarnationOfTheDatabaseDeletesNothi
 // bytes: with batch_max_records at its maximum, 10,000 large catalog rows per database would
 // pass the replicator's 64 MiB message limit, and every read after failed the same way, so
 // nothing shipped again. A reply now stops at 8 MiB of records, at a row boundary.
+// A stub that receives messages up to the replicator's limit (64 MiB), not gRPC's 4 MiB.
+std::unique_ptr<v1::RegionInternal::Stub> ReplicatorSizedStub(Region& r) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::RegionInternal::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(r.app->grpc_port()), grpc::InsecureChannelCredentials(), args));
+}
+
 TEST_F(ApplyDeltasTest, APollOfLargeRowsStopsAtItsByteLimitAndGoesOnNextTime) {
   int64_t before = 0;  // the catalog writes of the fixture
   {
@@ -918,11 +926,7 @@ TEST_F(ApplyDeltasTest, APollOfLargeRowsStopsAtItsByteLimitAndGoesOnNextTime) {
         "12) AS i");
     tx.commit();
   }
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);  // as the replicator's
-  auto stub = v1::RegionInternal::NewStub(
-      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(us_->app->grpc_port()),
-                                grpc::InsecureChannelCredentials(), args));
+  auto stub = ReplicatorSizedStub(*us_);
   v1::OutboxCursor cursor;
   cursor.set_database("global");
   cursor.set_after_seq(before);
@@ -945,6 +949,48 @@ TEST_F(ApplyDeltasTest, APollOfLargeRowsStopsAtItsByteLimitAndGoesOnNextTime) {
   EXPECT_EQ(seen.back() - seen.front(), 11) << "a row skipped";
   EXPECT_LE(per_reply[0], 8) << "12 MiB in one reply";
   EXPECT_GE(per_reply.size(), 2u);
+}
+
+// A state transfer's pages were capped in rows only (ReadState's limit, up to 10,000): large
+// carts (or orders, or catalog rows) could make a page past the replicator's 64 MiB message
+// limit, and every read after would fail the same way, the transfer never ending. A page now
+// ends after the row that reaches 8 MiB, and the next one starts after its last key.
+TEST_F(ApplyDeltasTest, AStatePageOfLargeCartsStopsAtItsByteLimitAndTheNextGoesOn) {
+  {
+    pqxx::connection c(us_->pg->ConnectionString("shard0"));
+    pqxx::work tx(c);
+    tx.exec0(
+        "INSERT INTO carts (user_id, state, residency) SELECT 'big-' || lpad(i::text, 2, '0'), "
+        "convert_to(repeat('x', 1048576), 'UTF8'), 'us' FROM generate_series(1, 12) AS i");
+    tx.commit();
+  }
+  auto stub = ReplicatorSizedStub(*us_);
+  std::vector<int> per_page;
+  std::vector<std::string> seen;
+  std::string after;
+  for (bool done = false; !done && per_page.size() < 10;) {
+    grpc::ClientContext ctx;
+    v1::ReadStateRequest req;
+    req.set_database("shard-0");
+    req.set_kind(v1::OUTBOX_KIND_CART);
+    req.set_after_key(after);
+    req.set_limit(10000);
+    v1::ReadStateResponse resp;
+    grpc::Status st = stub->ReadState(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    per_page.push_back(resp.records_size());
+    for (const auto& r : resp.records()) seen.push_back(r.key());
+    after = resp.last_key();
+    done = resp.done();
+  }
+  std::vector<std::string> big;
+  for (const std::string& k : seen) {
+    if (k.rfind("big-", 0) == 0) big.push_back(k);
+  }
+  ASSERT_EQ(big.size(), 12u) << "a cart skipped or sent twice";
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_LE(per_page[0], 9) << "12 MiB in one page";
+  EXPECT_GE(per_page.size(), 2u);
 }
 
 // Writers commit outbox rows concurrently, out of seq order (a transaction takes its seq, then
