@@ -51,8 +51,14 @@ Json CartJson(const std::string& user_id, const crdt::Cart& cart, int64_t versio
 // replicator's filter. SaveCart runs it; a caller batching several writes appends it to its own.
 std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
                         const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-                        crdt::ReplicaId origin) {
+                        crdt::ReplicaId origin, size_t max_state_bytes) {
   std::string bytes = crdt::Encode(cart);
+  if (max_state_bytes > 0 && bytes.size() > max_state_bytes) {
+    throw AbortTx{
+        Unprocessable(absl::StrCat("cart: too large to add to (its stored state would be ",
+                                   bytes.size(), " bytes, the limit is ", max_state_bytes,
+                                   "); remove a line or check out, then add again"))};
+  }
   std::string d = crdt::Encode(delta);
   return "INSERT INTO carts (user_id, state, residency, version) VALUES (" + tx.quote(user_id) +
          ", " + tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
@@ -65,19 +71,34 @@ std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::s
 
 void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
               const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-              crdt::ReplicaId origin) {
-  tx.exec(SaveCartSql(tx, user_id, residency, cart, delta, version, origin));  // one round trip
+              crdt::ReplicaId origin, size_t max_state_bytes) {
+  tx.exec(SaveCartSql(tx, user_id, residency, cart, delta, version, origin,
+                      max_state_bytes));  // one round trip
 }
 
 // What a cart change makes of the cart: its delta, or nullopt when the request asks for what the
 // cart already is.
 using CartChange = absl::StatusOr<std::optional<crdt::Cart>>;
 
+// The line at `quantity` units as this region sees it: what this region has seen of the line
+// goes (each of its changes was an entry of the stored state), and one change of `quantity`
+// takes its place. Changes made elsewhere that this region has not seen still count, as they
+// would with a change by the difference; but the line keeps one entry of ours, where changes by
+// the difference kept one per change for as long as the line lived (a quantity toggled 200,000
+// times made a cart no decoder accepts). A line that concurrent decreases left below zero also
+// starts afresh this way, so the customer sees what they asked for.
+static crdt::Cart ReplaceLine(crdt::Cart& cart, const std::string& sku, int64_t quantity) {
+  crdt::Cart delta = cart.Remove(sku);
+  delta.Merge(cart.Add(sku, quantity));
+  return delta;
+}
+
 // Applies `change` to the customer's cart in one transaction, then refreshes Redis. A change
 // that is nullopt writes nothing (no version bump, no outbox row), so repeating a request cannot
-// grow the cart's history or the replication stream.
+// grow the cart's history or the replication stream. A change that `grows` the cart is refused
+// past limits.max_cart_bytes of stored state (422); one that shrinks it never is.
 static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims& who,
-                               const std::function<CartChange(crdt::Cart&)>& change) {
+                               const std::function<CartChange(crdt::Cart&)>& change, bool grows) {
   CartRow saved;
   bool changed = false;
   auto writer = app.hot_cart_writers.Enter(who.user_id);
@@ -90,7 +111,7 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
     if (changed) {
       row.version += 1;
       SaveCart(tx, who.user_id, who.residency, row.cart, **delta, row.version,
-               app.config.replica_id);
+               app.config.replica_id, grows ? app.config.max_cart_bytes : 0);
     }
     saved = std::move(row);
   });
@@ -186,26 +207,27 @@ HttpResponse RegionApp::Impl::AddCartItem(HttpRequest& req) {
     return ProblemFromStatus(Unprocessable(absl::StrCat("sku: no product ", *sku)));
   }
   if (!product.ok()) return ProblemFromStatus(product.status());
-  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
-    int64_t current = cart.Quantity(*sku);
-    if (std::max<int64_t>(current, 0) + *qty > config.max_line_quantity) {
-      return Unprocessable(
-          absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
-    }
-    if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
-      return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
-    }
-    if (current < 0) {
-      // Concurrent decrements in two regions left the line below zero, so the customer does not
-      // see it: adding to it would leave it hidden. Start the line afresh (remove what this
-      // region has seen of it, then add): the customer sees exactly what they added, and
-      // changes made elsewhere meanwhile still count.
-      crdt::Cart delta = cart.Remove(*sku);
-      delta.Merge(cart.Add(*sku, *qty));
-      return delta;
-    }
-    return cart.Add(*sku, *qty);
-  });
+  return MutateCart(
+      *this, *who,
+      [&](crdt::Cart& cart) -> CartChange {
+        int64_t current = cart.Quantity(*sku);
+        if (std::max<int64_t>(current, 0) + *qty > config.max_line_quantity) {
+          return Unprocessable(
+              absl::StrCat("quantity: at most ", config.max_line_quantity, " per line"));
+        }
+        if (current <= 0 && static_cast<int>(cart.Lines().size()) >= config.max_cart_lines) {
+          return Unprocessable(absl::StrCat("cart: at most ", config.max_cart_lines, " lines"));
+        }
+        if (current < 0) {
+          // Concurrent decrements in two regions left the line below zero, so the customer does not
+          // see it: adding to it would leave it hidden. Start the line afresh (remove what this
+          // region has seen of it, then add): the customer sees exactly what they added, and
+          // changes made elsewhere meanwhile still count.
+          return ReplaceLine(cart, *sku, *qty);
+        }
+        return cart.Add(*sku, *qty);
+      },
+      /*grows=*/true);
 }
 
 HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
@@ -222,13 +244,16 @@ HttpResponse RegionApp::Impl::SetCartItem(HttpRequest& req) {
     return ProblemFromStatus(
         Unprocessable(absl::StrCat("quantity: must be 0..", config.max_line_quantity)));
   }
-  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
-    int64_t current = cart.Quantity(sku);
-    if (current <= 0) return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
-    if (*qty == current) return std::nullopt;  // already so: an idempotent PUT writes nothing
-    if (*qty == 0) return cart.Remove(sku);
-    return cart.Add(sku, *qty - current);  // a change by the difference: concurrent changes add
-  });
+  return MutateCart(
+      *this, *who,
+      [&](crdt::Cart& cart) -> CartChange {
+        int64_t current = cart.Quantity(sku);
+        if (current <= 0) return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+        if (*qty == current) return std::nullopt;  // already so: an idempotent PUT writes nothing
+        if (*qty == 0) return cart.Remove(sku);
+        return ReplaceLine(cart, sku, *qty);
+      },
+      /*grows=*/*qty > 0);
 }
 
 HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
@@ -237,12 +262,15 @@ HttpResponse RegionApp::Impl::RemoveCartItem(HttpRequest& req) {
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   const std::string sku = req.params["sku"];
   if (auto st = services::ValidateSku(sku); !st.ok()) return ProblemFromStatus(st);
-  return MutateCart(*this, *who, [&](crdt::Cart& cart) -> CartChange {
-    if (cart.Quantity(sku) <= 0) {
-      return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
-    }
-    return cart.Remove(sku);
-  });
+  return MutateCart(
+      *this, *who,
+      [&](crdt::Cart& cart) -> CartChange {
+        if (cart.Quantity(sku) <= 0) {
+          return absl::NotFoundError(absl::StrCat("no line ", sku, " in the cart"));
+        }
+        return cart.Remove(sku);
+      },
+      /*grows=*/false);
 }
 
 }  // namespace meridian::region

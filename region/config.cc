@@ -208,8 +208,8 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   YAML::Node lim = r.Map(root, "limits", "limits", false);
   r.OnlyKeys(lim, "limits",
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
-              "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "account_lookups",
-              "max_connections_per_client"});
+              "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "max_cart_bytes",
+              "account_lookups", "max_connections_per_client"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
@@ -229,6 +229,9 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.max_cart_lines = r.Integer<int>(lim, "max_cart_lines", "limits.max_cart_lines", 100, 1, 10000);
   c.max_line_quantity =
       r.Integer<int>(lim, "max_line_quantity", "limits.max_line_quantity", 999, 1, 1000000);
+  // At most 2 MiB: well inside the decoders' 200,000 entries (about 13 bytes each).
+  c.max_cart_bytes =
+      r.Integer<size_t>(lim, "max_cart_bytes", "limits.max_cart_bytes", 1 << 20, 1024, 2 << 20);
 
   if (!r.ok()) return r.status();
   return c;

@@ -87,6 +87,10 @@ struct RegionConfig {
   int reservation_ttl_s = 900;
   int max_cart_lines = 100;
   int max_line_quantity = 999;
+  // A cart's stored state, in bytes, past which a change that adds to it is refused (422): the
+  // state keeps one entry per add, and a document that grew past what the decoders accept
+  // (crdt/codec.h's limits) could no longer be read, here or at a peer.
+  size_t max_cart_bytes = 1 << 20;
 };
 
 // Parses and validates. `source` names the file in messages.

@@ -31,13 +31,14 @@ inline constexpr const char* kCartUpsertConflictSql =
     "residency = CASE WHEN carts.residency = 'any' THEN EXCLUDED.residency ELSE carts.residency "
     "END, updated_at = now()";
 
-// Saves the cart's state and its delta (to the outbox, tagged with `residency`).
+// Saves the cart's state and its delta (to the outbox, tagged with `residency`). A state past
+// `max_state_bytes` (0: no limit) aborts the transaction (AbortTx, 422).
 std::string SaveCartSql(pqxx::work& tx, const std::string& user_id, const std::string& residency,
                         const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-                        crdt::ReplicaId origin);
+                        crdt::ReplicaId origin, size_t max_state_bytes = 0);
 void SaveCart(pqxx::work& tx, const std::string& user_id, const std::string& residency,
               const crdt::Cart& cart, const crdt::Cart& delta, int64_t version,
-              crdt::ReplicaId origin);
+              crdt::ReplicaId origin, size_t max_state_bytes = 0);
 
 // The CRDT replica id ("actor") that a region's local cart changes take their dots from: the
 // region's replica id (1..255) in the low 8 bits and, above it, 24 bits (never all zero) of the

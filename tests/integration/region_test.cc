@@ -1415,6 +1415,63 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   redisFree(c);
 }
 
+// Review of 2026-12-05 (write paths), finding 1. A quantity change wrote a change by the
+// difference, one more entry of the stored state each time for as long as the line lived: a
+// quantity toggled 200,000 times made a cart no decoder accepts (every cart call and checkout of
+// that customer then failed, and peers refused state transfers carrying it). A PUT now replaces
+// what this region has seen of the line with one change.
+TEST_F(RegionTest, RepeatedQuantityChangesKeepTheLineToOneStoredChange) {
+  std::string t = NewCustomer();
+  Response first = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  const std::string user = Json::parse(first.body)["user_id"];
+  auto state_bytes = [&] {
+    return CountAllShards(
+        "SELECT coalesce(sum(octet_length(state)), 0) FROM carts WHERE user_id = '" + user + "'");
+  };
+  ASSERT_EQ(As(t, "PUT", "/v1/cart/items/sku-1", R"({"quantity":2})").status, 200);
+  const int64_t after_one = state_bytes();
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_EQ(
+        As(t, "PUT", "/v1/cart/items/sku-1", i % 2 == 0 ? R"({"quantity":1})" : R"({"quantity":2})")
+            .status,
+        200);
+  }
+  EXPECT_LE(state_bytes(), after_one + 16) << "the line keeps an entry per change";
+  Json cart = Json::parse(As(t, "GET", "/v1/cart").body);
+  ASSERT_EQ(cart["lines"].size(), 1u) << cart;
+  EXPECT_EQ(cart["lines"][0]["quantity"], 2) << cart;
+}
+
+// Past limits.max_cart_bytes of stored state, a change that adds to the cart is refused with 422
+// and writes nothing; removing a line still works.
+TEST_F(RegionTest, AnAddThatWouldTakeTheCartPastItsByteLimitIsRefusedAndChangesNothing) {
+  RegionConfig c = BaseConfig();
+  c.max_cart_bytes = 1024;
+  std::unique_ptr<RegionApp> small = StartSecondApp(c);
+  ASSERT_NE(small, nullptr);
+  const std::string t = NewCustomer();
+  auto call = [&](const std::string& method, const std::string& target, const std::string& body) {
+    return Request(small->http_port(), method, target, body, {{"Authorization", "Bearer " + t}});
+  };
+  Response last;
+  int added = 0;
+  for (; added < 500; ++added) {  // each add keeps its own entry (concurrent adds all count)
+    last = call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
+    if (last.status != 200) break;
+  }
+  ASSERT_EQ(last.status, 422) << last.body;
+  EXPECT_NE(last.body.find("limit is 1024"), std::string::npos) << last.body;
+  Json cart = Json::parse(call("GET", "/v1/cart", "").body);
+  EXPECT_EQ(cart["version"], added) << "the refused add wrote a version";
+  EXPECT_EQ(cart["lines"][0]["quantity"], added);
+  // A PUT folds the line into one change, far below the limit; a DELETE is never refused.
+  EXPECT_EQ(call("PUT", "/v1/cart/items/sku-1", R"({"quantity":3})").status, 200);
+  EXPECT_EQ(call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  EXPECT_EQ(call("DELETE", "/v1/cart/items/sku-1", "").status, 200);
+  small->Stop();
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
