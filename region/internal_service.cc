@@ -16,6 +16,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_auth.h"
@@ -223,6 +224,12 @@ class Service final : public pb::RegionInternal::Service {
     bool stock_changed = false;      // wake checkouts waiting for rights
     std::vector<std::string> stale;  // hot product copies to drop from Redis
     std::vector<std::pair<std::string, int64_t>> carts_written;  // user id, version
+    // On every return, an error after a database committed too: what committed is stale in
+    // Redis, and the peer's resend would find those records duplicates and retire nothing.
+    absl::Cleanup retire = [&] {
+      if (stock_changed) app_.rights_signals.StockChanged();
+      app_.RetireHotCopies(carts_written, std::move(stale));
+    };
     for (PgPool* target : targets) {
       std::vector<Prepared*> mine;
       for (Prepared& p : prepared)
@@ -272,7 +279,6 @@ class Service final : public pb::RegionInternal::Service {
         if (p->record->kind() == pb::OUTBOX_KIND_USER) app_.ForgetAccount(p->record->key());
       }
     }
-    if (stock_changed) app_.rights_signals.StockChanged();
     if (req->state()) {
       // The end of a state transfer moves the stream's marks in every database at once (and
       // creates them at 0 for an outbox that never took a record: the peer knows we have its
@@ -297,8 +303,6 @@ class Service final : public pb::RegionInternal::Service {
       if (!st.ok()) return ToGrpc(st);
       out->set_marked_through_seq(last_seq);
     }
-    // The hot copies are stale now: dropped (the next read goes to PostgreSQL).
-    app_.RetireHotCopies(carts_written, std::move(stale));
     out->set_applied_through_seq(last_seq);
     out->set_applied(applied);
     out->set_duplicates(duplicates);

@@ -1199,6 +1199,50 @@ TEST_F(ApplyDeltasTest, APeersCartChangeDeletesTheHotCopyAndTheNextLocalChangeSt
   redisFree(c);
 }
 
+// Review of 2026-12-05 (write paths), finding 2. An apply whose shard committed and whose next
+// step failed (here the global database's stream mark) returned before deleting the carts' hot
+// copies, and the peer's resend found the records duplicates: GET /v1/cart served the cart
+// without the peer's lines for up to an hour, while a checkout took them.
+TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopies) {
+  const std::string token = Login(*us_, "bo@example.com", "us");
+  Response local = Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                           {{"Authorization", "Bearer " + token}});
+  ASSERT_EQ(local.status, 200) << local.body;
+  const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
+  redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
+  ASSERT_TRUE(c && !c->err);
+  const std::string key = "cart:" + user;
+  ASSERT_EQ(test_support::RedisCommandText(c, "EXISTS " + key), "1");
+  {
+    pqxx::connection g(us_->pg->ConnectionString("global"));
+    pqxx::work tx(g);
+    tx.exec0(
+        "CREATE FUNCTION refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE "
+        "EXCEPTION 'mark refused by the test'; END $$; CREATE TRIGGER refuse_mark BEFORE INSERT "
+        "OR UPDATE ON replication_applied FOR EACH ROW EXECUTE FUNCTION refuse_mark()");
+    tx.commit();
+  }
+  v1::ApplyDeltasRequest req;
+  req.set_origin(2);
+  req.set_origin_database("shard-0");
+  req.set_mark_now(true);  // the global mark, after the shard's commit
+  v1::OutboxRecord* rec = req.add_records();
+  rec->set_seq(1);
+  rec->set_kind(v1::OUTBOX_KIND_CART);
+  rec->set_key(user);
+  rec->set_residency("us");
+  rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 4)));
+  grpc::ClientContext ctx;
+  v1::ApplyDeltasResponse out;
+  EXPECT_FALSE(us_->stub->ApplyDeltas(&ctx, req, &out).ok()) << "the mark did not fail";
+  EXPECT_EQ(test_support::RedisCommandText(c, "EXISTS " + key), "0")
+      << "the copy without the peer's lines stays";
+  const Json lines = Cart(*us_, token);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["quantity"], 5);
+  redisFree(c);
+}
+
 // Review of 2026-12-05 (outbox read path), finding 1. `meridian up` ran PostgreSQL with
 // synchronous_commit=off: a commit returned (and its outbox row was visible, to be shipped)
 // before its WAL was written, so a PostgreSQL crash could lose a registration the customer was
