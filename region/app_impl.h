@@ -62,6 +62,8 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
 
 // A validation failure on a well-formed body: 422.
 absl::Status Unprocessable(std::string message);
+// Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order (NotFound).
+absl::Status ValidOrderId(std::string_view id);
 // The request's Idempotency-Key header, checked ("" when there is none).
 absl::StatusOr<std::string> IdempotencyKey(const HttpRequest& req);
 

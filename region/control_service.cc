@@ -307,7 +307,7 @@ class ControlService final : public pb::RegionControl::Service {
     std::vector<LeaseGrant> grants;
     for (const auto& g : req->groups()) {
       if (!ValidReplica(g.group()) || (g.owner() != 0 && !ValidReplica(g.owner())) ||
-          g.valid_for_ms() < 0 || g.valid_for_ms() > 3600000) {
+          g.epoch() > kMaxEpoch || g.valid_for_ms() < 0 || g.valid_for_ms() > 3600000) {
         return Invalid(absl::StrCat("lease for group ", g.group(), ": out of range"));
       }
       grants.push_back(LeaseGrant{g.group(), g.epoch(), g.owner(), g.usable(), g.valid_for_ms()});
@@ -351,11 +351,14 @@ class ControlService final : public pb::RegionControl::Service {
     }));
   }
 
+  static constexpr size_t kGroupPageBytes = 2 << 20;
+
   grpc::Status ReadGroupOrders(grpc::ServerContext* ctx, const pb::ReadGroupOrdersRequest* req,
                                pb::ReadGroupOrdersResponse* out) override {
     if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (!ValidReplica(req->group()) || !ValidReplica(req->owner()) || req->epoch() == 0 ||
-        req->limit() < 0 || req->limit() > 5000 || req->after_key().size() > 64 ||
+        req->epoch() > kMaxEpoch || req->limit() < 0 || req->limit() > 5000 ||
+        req->after_key().size() > 64 || HasNul(req->after_key()) ||
         !services::ValidateResidency(req->jurisdiction()).ok()) {
       return Invalid("ReadGroupOrders: group, owner, epoch, jurisdiction or limit out of range");
     }
@@ -420,7 +423,18 @@ class ControlService final : public pb::RegionControl::Service {
       rows.resize(static_cast<size_t>(limit));
       more = true;
     }
-    for (auto& r : rows) *out->add_orders() = std::move(r);
+    // A page of large orders ends after the order that reaches kGroupPageBytes (a prefix of the
+    // sorted rows: no id up to the last key is skipped), so that neither the reply nor the sync
+    // frame that carries it passes a message limit: 500 orders of 255 lines are 9 MB.
+    size_t bytes = 0;
+    for (auto& r : rows) {
+      if (bytes >= kGroupPageBytes) {
+        more = true;
+        break;
+      }
+      bytes += r.ByteSizeLong();
+      *out->add_orders() = std::move(r);
+    }
     out->set_last_key(out->orders().empty() ? req->after_key()
                                             : out->orders(out->orders_size() - 1).order_id());
     out->set_done(!more);
@@ -1050,9 +1064,8 @@ class ControlService final : public pb::RegionControl::Service {
   grpc::Status MutateOrder(grpc::ServerContext* ctx, const pb::MutateOrderRequest* req,
                            pb::MutateOrderResponse* out) override {
     if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
-    if (req->order_id().empty() || req->order_id().size() > 64 || req->user_id().empty() ||
-        req->user_id().size() > 128) {
-      return Invalid("MutateOrder: order_id and user_id are required");
+    if (!ValidOrderId(req->order_id()).ok() || !services::IsUserId(req->user_id())) {
+      return Invalid("MutateOrder: order_id and user_id must be an order's and a customer's ids");
     }
     HttpResponse r;
     if (req->action() == pb::ORDER_ACTION_PAY) {

@@ -27,6 +27,13 @@
 
 namespace meridian::region {
 
+absl::Status ValidOrderId(std::string_view id) {
+  bool ok = id.size() == 25 && id[0] == 'o';
+  for (size_t i = 1; ok && i < id.size(); ++i)
+    ok = std::isxdigit(static_cast<unsigned char>(id[i]));
+  return ok ? absl::OkStatus() : absl::NotFoundError("no such order");
+}
+
 namespace {
 
 // The filter for "this customer's orders": the customer's id and the residency of their stored
@@ -49,14 +56,6 @@ constexpr int kMaxPaymentAttempts = 8;
 // How long a checkout waits for a twin with its Idempotency-Key (CheckoutTurn) beyond the twin's
 // own wait for stock (replication.rights_wait_ms).
 constexpr std::chrono::seconds kTwinWait{30};
-
-// Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order.
-absl::Status ValidOrderId(std::string_view id) {
-  bool ok = id.size() == 25 && id[0] == 'o';
-  for (size_t i = 1; ok && i < id.size(); ++i)
-    ok = std::isxdigit(static_cast<unsigned char>(id[i]));
-  return ok ? absl::OkStatus() : absl::NotFoundError("no such order");
-}
 
 // The statement that writes an order event to the outbox and returns its seq there (what a
 // sync-peer answer waits for a peer to have applied). No trailing ';': it can end a batch.

@@ -15,10 +15,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-// The highest epoch or version an order may carry: one a lease could have reached (an epoch far
-// beyond would fix the order's status for good: no later owner could outrank it).
-constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
-
 // An order event's epoch or version, as JSON carries it: an integer in 0..kMaxEpoch.
 bool InEpochRange(const Json& v) {
   if (!v.is_number_integer()) return false;
@@ -26,10 +22,6 @@ bool InEpochRange(const Json& v) {
   const int64_t x = v.get<int64_t>();
   return x >= 0 && static_cast<uint64_t>(x) <= kMaxEpoch;
 }
-
-// PostgreSQL's text holds no NUL, and libpqxx's quoting stops at the first one: a string with one
-// would be stored (or looked up) cut short, as another value.
-bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 
 // An integer in [lo, hi] (0 <= hi), as JSON may carry it: signed or unsigned, never a float.
 bool IntegerIn(const Json& v, int64_t lo, int64_t hi) {

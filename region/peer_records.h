@@ -26,6 +26,15 @@
 
 namespace meridian::region {
 
+// The highest epoch or version an order or a lease may carry: one a lease could have reached (an
+// epoch far beyond would fix an order's status for good, and a fence's: no later owner could
+// outrank it).
+inline constexpr uint64_t kMaxEpoch = uint64_t{1} << 53;
+
+// PostgreSQL's text holds no NUL, and libpqxx's quoting stops at the first one: a string with one
+// would be stored (or looked up) cut short, as another value.
+inline bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
+
 // The latest creation time an order may carry (`created_at_ms`, ms since 1970): 2^45, the year
 // 3084.
 inline constexpr int64_t kMaxCreatedAtMs = int64_t{1} << 45;

@@ -20,6 +20,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_auth.h"
 #include "crdt/codec.h"
@@ -1470,6 +1471,114 @@ TEST_F(RegionTest, AnAddThatWouldTakeTheCartPastItsByteLimitIsRefusedAndChangesN
   EXPECT_EQ(call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
   EXPECT_EQ(call("DELETE", "/v1/cart/items/sku-1", "").status, 200);
   small->Stop();
+}
+
+// Review of 2026-12-05 (control paths), finding 2: ReadGroupOrders capped its page in orders only,
+// and 500 orders of 255 lines were a 9 MB reply, past the replicator's channel limit on every
+// retry: the takeover sync never finished. A page now ends after the order that reaches 2 MiB.
+TEST_F(RegionTest, AGroupOrdersPageOfLargeOrdersStopsAtItsByteLimitAndTheNextGoesOn) {
+  auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+  // 400 paid orders of 120 lines of 60-character SKUs (about 8 KB each), after every other id.
+  auto exec = [&](const std::string& sql) {
+    pqxx::connection c(pgs_[0]->ConnectionString("shard0"));
+    pqxx::work tx(c);
+    tx.exec0(sql);
+    tx.commit();
+  };
+  exec(
+      "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+      "owner_region, residency, lease_group) SELECT 'offff' || lpad(to_hex(i), 20, '0'), "
+      "'u-big', 'paid', 100, 'USD', 'r' || i, 'us-east', 'us', 1 FROM generate_series(1, 400) i; "
+      "INSERT INTO order_items (order_id, sku, quantity, price_cents) SELECT 'offff' || "
+      "lpad(to_hex(i), 20, '0'), lpad(j::text, 60, 'x'), 1, 1 FROM generate_series(1, 400) i, "
+      "generate_series(1, 120) j");
+  std::vector<std::string> big;
+  std::vector<int> per_page;
+  std::string after;
+  for (bool done = false; !done && per_page.size() < 20;) {
+    v1::ReadGroupOrdersRequest req;
+    req.set_group(1);
+    req.set_epoch(1);
+    req.set_owner(1);
+    req.set_read_only(true);
+    req.set_jurisdiction("us");
+    req.set_after_key(after);
+    req.set_limit(500);
+    v1::ReadGroupOrdersResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = control->ReadGroupOrders(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();  // 4 MiB: gRPC's default limit, this stub's
+    EXPECT_LE(resp.ByteSizeLong(), size_t{(2 << 20) + (64 << 10)});
+    int n = 0;
+    for (const auto& o : resp.orders()) {
+      if (o.order_id().rfind("offff", 0) == 0) {
+        big.push_back(o.order_id());
+        ++n;
+      }
+    }
+    per_page.push_back(n);
+    after = resp.last_key();
+    done = resp.done();
+  }
+  exec(
+      "DELETE FROM order_items WHERE order_id LIKE 'offff%'; DELETE FROM orders WHERE order_id "
+      "LIKE 'offff%'");
+  ASSERT_EQ(big.size(), 400u) << "an order skipped or sent twice";
+  EXPECT_TRUE(std::is_sorted(big.begin(), big.end()));
+  EXPECT_GE(per_page.size(), 2u);
+}
+
+// Review of 2026-12-05 (control paths), finding 8: the control API took any epoch (2^64-1 turned
+// the fence negative and stopped every later raise of it) and order ids with NUL bytes (libpqxx
+// quotes up to the first NUL: another order's row).
+TEST_F(RegionTest, TheControlApiRefusesEpochsPast2To53AndIdsThatCannotNameAnOrder) {
+  auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+  {
+    v1::ReadGroupOrdersRequest req;
+    req.set_group(3);
+    req.set_epoch(~uint64_t{0});
+    req.set_owner(2);
+    req.set_jurisdiction("us");
+    v1::ReadGroupOrdersResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(control->ReadGroupOrders(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+    req.set_epoch(2);
+    req.set_read_only(true);
+    req.set_after_key(std::string("o\0x", 3));
+    grpc::ClientContext ctx2;
+    EXPECT_EQ(control->ReadGroupOrders(&ctx2, req, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    v1::SetLeasesRequest req;
+    auto* g = req.add_groups();
+    g->set_group(3);
+    g->set_epoch(uint64_t{1} << 60);
+    g->set_owner(2);
+    g->set_valid_for_ms(1000);
+    v1::SetLeasesResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(control->SetLeases(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  const std::string order = "o" + std::string(24, 'a');
+  const std::string user = services::UserIdForEmail("nul@example.com");
+  for (const auto& [id, who] : {std::pair{order + std::string("\0x", 2), user},
+                                std::pair{order, user + std::string("\0x", 2)},
+                                std::pair{std::string("o-not-an-order"), user}}) {
+    v1::MutateOrderRequest req;
+    req.set_order_id(id);
+    req.set_user_id(who);
+    req.set_action(v1::ORDER_ACTION_CANCEL);
+    v1::MutateOrderResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(control->MutateOrder(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << absl::CHexEscape(id) << " " << absl::CHexEscape(who);
+  }
 }
 
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
