@@ -83,10 +83,21 @@ Json StatusEvent(std::string_view status, const std::string& order_id, const std
 }
 
 // The fencing clause of an order UPDATE: nothing matches once the group's fence (the highest epoch
-// this region knows was won for it) is above the writer's epoch.
+// this region knows was won for it) is above the writer's epoch. The statement must follow
+// FenceLockSql's, in its own statement (so that its snapshot is taken after the lock).
 std::string FenceSql(pqxx::work& tx, uint32_t group, int64_t epoch) {
   return " AND NOT EXISTS (SELECT 1 FROM order_fence f WHERE f.grp = " + tx.quote(group) +
          " AND f.epoch > " + tx.quote(epoch) + ")";
+}
+
+// The group's fence lock: shared by the writers of its orders, from before their fence check to
+// their commit; RaiseFence takes it exclusively. A raise then waits for every writer that passed
+// the old fence, so that the new owner's sync page, read after the raise, holds their writes, and
+// a writer after the raise sees the new fence. Without it a writer that had checked the fence
+// could commit after the raise, a change the new owner never heard of.
+std::string FenceLockSql(pqxx::work& tx, uint32_t group, bool exclusive) {
+  return std::string("SELECT pg_advisory_xact_lock") + (exclusive ? "" : "_shared") +
+         "(hashtextextended(" + tx.quote(absl::StrCat("fence:", group)) + ", 0));";
 }
 
 // Serializes the checkout that writes an order with the sweep that finds it missing (ExpireOrder).
@@ -144,6 +155,7 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
     if (!lease.mine) return;  // its owner expires it; the event tells us
     const auto epoch = static_cast<int64_t>(lease.epoch);
     pqxx::result u = tx.exec(
+        FenceLockSql(tx, group, false) +
         "UPDATE orders SET status = 'expired', epoch = " + tx.quote(epoch) +
         ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
         " AND status = 'pending_payment' AND epoch <= " + tx.quote(epoch) +
@@ -512,6 +524,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     // back), then every write in one round trip.
     pqxx::result r =
         tx.exec(DocumentLockSql(tx, "cart", user_id) + OrderLockSql(tx, order_id) +
+                FenceLockSql(tx, config.replica_id, false) +
                 "SELECT state, version, EXISTS (SELECT 1 FROM order_fence WHERE grp = " +
                 tx.quote(config.replica_id) + " AND epoch > " +
                 tx.quote(static_cast<int64_t>(lease.epoch)) +
@@ -775,8 +788,8 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     std::string next = approved ? "paid" : "payment_declined";
     // Fenced: nothing matches if the order or its group has moved to a newer epoch.
     pqxx::result r = tx.exec(
-        "UPDATE orders SET status = " + tx.quote(next) + ", payment_ref = " + tx.quote(charge_id) +
-        ", epoch = " + tx.quote(epoch) +
+        FenceLockSql(tx, group, false) + "UPDATE orders SET status = " + tx.quote(next) +
+        ", payment_ref = " + tx.quote(charge_id) + ", epoch = " + tx.quote(epoch) +
         ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
         " AND status = 'pending_payment' AND epoch <= " + tx.quote(epoch) +
         FenceSql(tx, group, epoch) + " RETURNING version");
@@ -985,7 +998,8 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
     }
     const auto epoch = static_cast<int64_t>(lease.epoch);
     pqxx::result u = tx.exec(
-        "UPDATE orders SET status = " + tx.quote(next) + ", epoch = " + tx.quote(epoch) +
+        FenceLockSql(tx, group, false) + "UPDATE orders SET status = " + tx.quote(next) +
+        ", epoch = " + tx.quote(epoch) +
         ", version = version + 1, updated_at = now() WHERE order_id = " + tx.quote(order_id) +
         " AND epoch <= " + tx.quote(epoch) + FenceSql(tx, group, epoch) + " RETURNING version");
     if (u.empty()) {
@@ -1135,7 +1149,8 @@ absl::Status RegionApp::Impl::RaiseFence(uint32_t group, uint64_t epoch, uint32_
   }
   for (auto& shard : shards) {
     absl::Status st = shard->Run([&](pqxx::work& tx) {
-      tx.exec0("INSERT INTO order_fence (grp, epoch, owner) VALUES (" + tx.quote(group) + ", " +
+      tx.exec0(FenceLockSql(tx, group, true) +
+               "INSERT INTO order_fence (grp, epoch, owner) VALUES (" + tx.quote(group) + ", " +
                tx.quote(static_cast<int64_t>(epoch)) + ", " + tx.quote(owner) +
                ") ON CONFLICT (grp) DO UPDATE SET epoch = EXCLUDED.epoch, owner = "
                "EXCLUDED.owner, updated_at = now() WHERE order_fence.epoch < EXCLUDED.epoch");

@@ -1581,6 +1581,67 @@ TEST_F(RegionTest, TheControlApiRefusesEpochsPast2To53AndIdsThatCannotNameAnOrde
   }
 }
 
+// Review of 2026-12-05 (control paths), finding 4. Raising a group's fence did not wait for a
+// writer that had passed the old fence: a payment whose fenced UPDATE had matched committed after
+// the raise, and the new owner's sync page, read right after the raise, still had the order
+// awaiting payment. The raise now waits for such writers (the group's fence lock).
+TEST_F(RegionTest, AFenceRaisedDuringAPaymentWaitsForItAndTheSyncPageHoldsIt) {
+  RegionConfig c = BaseConfig();
+  c.name = "us-test";
+  c.replica_id = 7;  // a group of its own: the fence raised here leaves the fixture's alone
+  std::unique_ptr<RegionApp> seven = StartSecondApp(c);
+  ASSERT_NE(seven, nullptr);
+  const std::string t = NewCustomer();
+  auto call = [&](const std::string& method, const std::string& target, const std::string& body) {
+    return Request(seven->http_port(), method, target, body, {{"Authorization", "Bearer " + t}});
+  };
+  // Stock rights of its own (the unit is sold below: the fixture's counts stay as they were).
+  ASSERT_EQ(Request(seven->http_port(), "POST", "/v1/admin/inventory/sku-5/restock",
+                    R"({"units":1})", {{"Authorization", std::string("Bearer ") + kOperator}})
+                .status,
+            200);
+  ASSERT_EQ(call("POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":1})").status, 200);
+  Response o = call("POST", "/v1/checkout", "");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  // The payment's UPDATE, once past the fence, waits 1.5 s before its commit.
+  ExecAllShards(
+      "CREATE FUNCTION slow_paid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+      "pg_sleep(1.5); RETURN NULL; END $$; CREATE TRIGGER slow_paid AFTER UPDATE ON orders FOR "
+      "EACH ROW WHEN (NEW.status = 'paid') EXECUTE FUNCTION slow_paid()");
+  auto paying = std::async(std::launch::async, [&] {
+    return call("POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+  });
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return CountAllShards(
+                   "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") > 0;
+      },
+      10))
+      << "the payment never reached its UPDATE";
+  // Another region won group 7 at epoch 5 and reads its orders from here.
+  auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(seven->grpc_port()), grpc::InsecureChannelCredentials()));
+  v1::ReadGroupOrdersRequest req;
+  req.set_group(7);
+  req.set_epoch(5);
+  req.set_owner(2);
+  req.set_jurisdiction("us");
+  v1::ReadGroupOrdersResponse page;
+  grpc::ClientContext ctx;
+  grpc::Status st = control->ReadGroupOrders(&ctx, req, &page);
+  Response paid = paying.get();
+  ExecAllShards("DROP TRIGGER slow_paid ON orders; DROP FUNCTION slow_paid()");
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(paid.status, 200) << paid.body;
+  std::string synced;
+  for (const auto& s : page.orders()) {
+    if (s.order_id() == id) synced = s.status();
+  }
+  EXPECT_EQ(synced, "paid") << "the new owner's page misses a change the old owner committed";
+  seven->Stop();
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
