@@ -2,6 +2,7 @@
 
 // Internal to region/: the state RegionApp's handlers and jobs share. Not a public header.
 
+#include <grpcpp/support/status_code_enum.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -62,6 +63,10 @@ absl::StatusOr<int64_t> IntField(const Json& j, const char* name, bool required,
 
 // A validation failure on a well-formed body: 422.
 absl::Status Unprocessable(std::string message);
+// The answer to a customer whose change of order `order_id` could not be forwarded to its owner
+// region (control_service.cc): 503, saying whether the change may have been made.
+HttpResponse ForwardFailedProblem(grpc::StatusCode code, const std::string& order_id,
+                                  const std::string& owner_name);
 // Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order (NotFound).
 absl::Status ValidOrderId(std::string_view id);
 // The request's Idempotency-Key header, checked ("" when there is none).

@@ -42,5 +42,24 @@ TEST(PublicDetail, KeepsTheDatabasesAndInternalTextsInTheLog) {
   EXPECT_EQ(r.body.find("postgres"), std::string::npos) << r.body;
 }
 
+// Review of 2026-12-05 (control paths), finding 5: a forwarded payment that outlived its
+// deadline was still made at the owner, and the customer was told it "could not be reached to
+// make this change".
+TEST(ForwardFailedProblem, ADeadlineIsInDoubtAndAnUnreachableOwnerIsNot) {
+  const std::string id = "o0123456789abcdef01234567";
+  for (auto code : {grpc::StatusCode::DEADLINE_EXCEEDED, grpc::StatusCode::CANCELLED,
+                    grpc::StatusCode::UNKNOWN, grpc::StatusCode::INTERNAL}) {
+    HttpResponse r = ForwardFailedProblem(code, id, "eu-west");
+    EXPECT_EQ(r.status, 503);
+    EXPECT_NE(r.body.find("may or may not have been made"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find("/v1/orders/" + id), std::string::npos) << r.body;
+  }
+  for (auto code : {grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::PERMISSION_DENIED}) {
+    HttpResponse r = ForwardFailedProblem(code, id, "eu-west");
+    EXPECT_EQ(r.status, 503);
+    EXPECT_NE(r.body.find("could not be reached"), std::string::npos) << r.body;
+  }
+}
+
 }  // namespace
 }  // namespace meridian::region

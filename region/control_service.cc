@@ -36,8 +36,9 @@ class OrderForwarder {
   }
   grpc::Status Locate(const pb::LocateAccountRequest& req, pb::LocateAccountResponse* out) {
     grpc::ClientContext ctx;
-    // The replicator waits at most about a second for its peers.
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    // The replicator asks its peers in up to two rounds of up to 1.5 s each (the account's
+    // holders, then the password's check): its answer must not come after this deadline.
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(4));
     return stub_->LocateAccount(&ctx, req, out);
   }
 
@@ -51,6 +52,26 @@ void ConnectForwarder(RegionApp::Impl& app) {
   // The replicator's control port asks for security.internal_token too.
   app.forwarder = std::make_shared<OrderForwarder>(common::ChannelWithBearerToken(
       absl::StrCat(r.replicator.host, ":", r.replicator.port), app.config.internal_token));
+}
+
+HttpResponse ForwardFailedProblem(grpc::StatusCode code, const std::string& order_id,
+                                  const std::string& owner_name) {
+  // gRPC's text (internal addresses, TLS details) goes to the log, not to the customer.
+  // A deadline or a broken call after the request left may have let the owner make the change
+  // (its region runs a change to the end, and may wait for a peer's acknowledgement): in doubt.
+  const bool in_doubt = code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                        code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::UNKNOWN ||
+                        code == grpc::StatusCode::INTERNAL;
+  HttpResponse r = HttpResponse::Problem(
+      503, "Service Unavailable",
+      in_doubt ? absl::StrCat("order ", order_id, " is owned by region ", owner_name,
+                              ", which did not answer in time: the change may or may not have "
+                              "been made; read the order (GET /v1/orders/",
+                              order_id, ") before retrying (a retry never charges twice)")
+               : absl::StrCat("order ", order_id, " is owned by region ", owner_name,
+                              ", which could not be reached to make this change; retry shortly"));
+  r.headers.emplace_back("Retry-After", "2");
+  return r;
 }
 
 HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& user_id,
@@ -90,13 +111,8 @@ HttpResponse RegionApp::Impl::ForwardToOwner(uint32_t owner, const std::string& 
     forwards->Add({{"result", "failed"}}).Increment();
     spdlog::warn("event=order_forward_failed order={} owner={} code={} error=\"{}\"", order_id,
                  owner_name, static_cast<int>(s.error_code()), s.error_message());
-    // gRPC's text (internal addresses, TLS details) goes to the log above, not to the customer.
-    HttpResponse r = HttpResponse::Problem(
-        503, "Service Unavailable",
-        absl::StrCat("order ", order_id, " is owned by region ", owner_name,
-                     ", which could not be reached to make this change; retry shortly"));
-    r.headers.emplace_back("Retry-After", "2");
-    return r;
+    return ForwardFailedProblem(s.ok() ? grpc::StatusCode::INTERNAL : s.error_code(), order_id,
+                                owner_name);
   }
   forwards->Add({{"result", "ok"}}).Increment();
   HttpResponse r;
@@ -463,8 +479,12 @@ class ControlService final : public pb::RegionControl::Service {
       // reservation and charges here are settled by the next sweep. (The status was checked above.)
       const bool decided = services::OrderDecided(*services::ParseOrderStatus(s.status()));
       absl::Status st = app_.ShardFor(s.user_id()).Run([&](pqxx::work& tx) {
+        // The order's lock first (a missing row locks nothing): of two applies of one new order
+        // (two peers' pages, a page and the order's event), the second then finds the first's
+        // row instead of failing on its unique key.
         pqxx::result r =
-            tx.exec("SELECT epoch, version FROM orders WHERE order_id = " + tx.quote(s.order_id()) +
+            tx.exec(DocumentLockSql(tx, "order", s.order_id()) +
+                    "SELECT epoch, version FROM orders WHERE order_id = " + tx.quote(s.order_id()) +
                     " FOR UPDATE");
         const auto epoch = static_cast<int64_t>(s.epoch());
         const auto version = static_cast<int64_t>(s.version());

@@ -1237,8 +1237,11 @@ class Service final : public pb::RegionInternal::Service {
                   " AND idempotency_key = " + tx.quote(j["idempotency_key"].get<std::string>()) +
                   ") THEN NULL ELSE " + tx.quote(j["idempotency_key"].get<std::string>()) + " END)"
             : std::string("NULL");
+    // The order's lock first, as ApplyOrderStates and the checkout take it: a missing row locks
+    // nothing, and two applies of one new order would both insert it.
     pqxx::result row =
-        tx.exec("SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
+        tx.exec(DocumentLockSql(tx, "order", rec.key()) +
+                "SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
                 " FOR UPDATE");
     if (row.empty()) {
       tx.exec0(

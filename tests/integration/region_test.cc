@@ -1642,6 +1642,58 @@ TEST_F(RegionTest, AFenceRaisedDuringAPaymentWaitsForItAndTheSyncPageHoldsIt) {
   seven->Stop();
 }
 
+// Review of 2026-12-05 (control paths), finding 9. An apply of an order this region lacks read
+// `SELECT ... FOR UPDATE`, which locks nothing when no row exists, then inserted: of two
+// concurrent applies of one new order (two peers' sync pages, a page and the order's event), the
+// second failed on the unique key, and its whole page was asked again. Here an uncommitted row
+// of the order holds both inserts until it is rolled back; then the first creates the order and
+// the second must find it.
+TEST_F(RegionTest, TwoConcurrentAppliesOfOneNewOrderBothSucceed) {
+  auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+  const std::string id = "o" + std::string(23, 'e') + "1";
+  const std::string user = services::UserIdForEmail("twice@example.com");
+  std::vector<std::unique_ptr<pqxx::connection>> holders;
+  std::vector<std::unique_ptr<pqxx::work>> held;
+  for (const auto& [pg, db] : Shards()) {
+    holders.push_back(std::make_unique<pqxx::connection>(pgs_[pg]->ConnectionString(db)));
+    held.push_back(std::make_unique<pqxx::work>(*holders.back()));
+    held.back()->exec0(
+        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+        "owner_region, residency) VALUES ('" +
+        id + "', 'x', 'paid', 0, 'USD', 'x', 'x', 'us')");
+  }
+  auto apply = [&](uint64_t version) {
+    v1::ApplyOrderStatesRequest req;
+    v1::OrderState* s = req.add_orders();
+    s->set_order_id(id);
+    s->set_group(2);
+    s->set_created(true);
+    s->set_user_id(user);
+    s->set_status(version == 1 ? "pending_payment" : "paid");
+    s->set_total_cents(500);
+    s->set_currency("USD");
+    s->set_residency("us");
+    s->set_epoch(1);
+    s->set_version(version);
+    s->set_payment_ref(version == 1 ? "" : "ch-1");
+    v1::ApplyOrderStatesResponse resp;
+    grpc::ClientContext ctx;
+    return control->ApplyOrderStates(&ctx, req, &resp);
+  };
+  auto first = std::async(std::launch::async, apply, 1);
+  auto second = std::async(std::launch::async, apply, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // both wait on the row
+  for (auto& tx : held) tx->abort();
+  const grpc::Status a = first.get(), b = second.get();
+  EXPECT_TRUE(a.ok()) << a.error_message();
+  EXPECT_TRUE(b.ok()) << b.error_message();
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM orders WHERE order_id = '" + id +
+                           "' AND status = 'paid' AND version = 2"),
+            1);
+  ExecAllShards("DELETE FROM orders WHERE order_id = '" + id + "'");
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
