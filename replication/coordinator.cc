@@ -25,6 +25,7 @@
 #include "replication/clock.h"
 #include "replication/lease.h"
 #include "replication/lease_frames.h"
+#include "replication/page_cursor.h"
 #include "replication/rights.h"
 #include "services/auth.h"
 #include "services/domain.h"
@@ -202,16 +203,16 @@ struct Coordinator::Impl {
   struct Sync {
     uint64_t epoch = 0;
     std::set<RegionId> done;
-    std::map<RegionId, std::chrono::steady_clock::time_point> asked;
+    std::map<RegionId, PageCursor> pages;  // per peer: the page asked of it, when
     bool usable = false;
     bool held_for_retires = false;  // quorum answered; waits for this region's write-offs
   };
   std::map<RegionId, Sync> syncs;  // per group being synced after a win
   struct CatchUp {
     uint64_t epoch = 0;
-    RegionId owner = 0;     // the group's new owner, asked for its orders
-    std::string after_key;  // the next page starts after this order id
-    std::chrono::steady_clock::time_point started, asked;
+    RegionId owner = 0;  // the group's new owner, asked for its orders
+    PageCursor page;     // the page asked of it, when
+    std::chrono::steady_clock::time_point started;
     int64_t orders = 0;  // received so far
     bool done = false;   // kept, so a resent sync request of the same epoch starts no second one
   };
@@ -393,20 +394,20 @@ struct Coordinator::Impl {
         want.insert(sku);
       }
       const auto now = std::chrono::steady_clock::now();
+      const int64_t now_ms = clock.NowMs();
+      // Syncs: ask each peer for its first page, then again for the page outstanding (never the
+      // first again) when it has been quiet for a second (a frame lost with a stream, or a round
+      // slower than that: its reply to the page asked before is still taken, a duplicate dropped).
       for (auto& [group, s] : syncs) {
         for (const auto& p : config.peers) {
           if (s.done.count(p.replica_id)) continue;
-          auto it = s.asked.find(p.replica_id);
-          if (it != s.asked.end() && now - it->second < std::chrono::seconds(1)) continue;
-          s.asked[p.replica_id] = now;
-          pb::Frame f;
-          f.mutable_sync_request()->set_group(group);
-          f.mutable_sync_request()->set_epoch(s.epoch);
-          sync_asks.emplace_back(p.replica_id, std::move(f));
+          if (std::optional<std::string> key = s.pages[p.replica_id].Reask(now_ms)) {
+            sync_asks.emplace_back(p.replica_id, SyncRequest(group, s.epoch, *key));
+          }
         }
       }
-      // Catch-ups: ask again for a page unanswered for a second (a frame lost with a stream);
-      // give up after kCatchUpMax (the owner gone too: the next owner's sync starts a new one).
+      // Catch-ups: ask again for the page outstanding when unanswered for a second; give up after
+      // kCatchUpMax (the owner gone too: the next owner's sync starts a new one).
       for (auto it = catchups.begin(); it != catchups.end();) {
         CatchUp& c = it->second;
         if (c.done) {
@@ -417,8 +418,7 @@ struct Coordinator::Impl {
           spdlog::warn("event=lease_catchup_abandoned group={} epoch={} from={} orders={}",
                        Name(it->first), c.epoch, Name(c.owner), c.orders);
           c.done = true;
-        } else if (now - c.asked >= std::chrono::seconds(1)) {
-          c.asked = now;
+        } else if (c.page.Reask(now_ms)) {
           sync_asks.emplace_back(c.owner, CatchUpRequest(it->first, c));
         }
         ++it;
@@ -697,6 +697,7 @@ struct Coordinator::Impl {
     r->set_group(m.group());
     r->set_epoch(m.epoch());
     r->set_catch_up(m.catch_up());
+    r->set_after_key(m.after_key());  // which page this answers: the asker drops any other
     r->set_last_key(resp.last_key());
     r->set_done(resp.done());
     if (resp.done() && !m.catch_up()) {
@@ -740,40 +741,83 @@ struct Coordinator::Impl {
     return absl::OkStatus();
   }
 
+  // The request a sync reply answers, as the replier echoes it (absent: a replier built before
+  // the echo; PageCursor::Answers).
+  static std::optional<std::string> Echoed(const pb::GroupSyncReply& m) {
+    if (!m.has_after_key()) return std::nullopt;
+    return m.after_key();
+  }
+
+  static pb::Frame SyncRequest(RegionId group, uint64_t epoch, const std::string& after_key) {
+    pb::Frame f;
+    f.mutable_sync_request()->set_group(group);
+    f.mutable_sync_request()->set_epoch(epoch);
+    f.mutable_sync_request()->set_after_key(after_key);
+    return f;
+  }
+
+  // Under mu: the page cursor of the sync this reply answers (this group, this epoch, the page
+  // outstanding at `from`), or null.
+  PageCursor* SyncPage(RegionId from, const pb::GroupSyncReply& m) {
+    auto it = syncs.find(m.group());
+    if (it == syncs.end() || it->second.epoch != m.epoch() || it->second.done.count(from)) {
+      return nullptr;
+    }
+    PageCursor& page = it->second.pages[from];
+    return page.Answers(Echoed(m)) ? &page : nullptr;
+  }
+
+  // The page of `m` could not be applied: asked again once the peer is quiet for a second.
+  void SyncPageNotApplied(RegionId from, const pb::GroupSyncReply& m) {
+    std::lock_guard<std::mutex> l(mu);
+    if (PageCursor* page = SyncPage(from, m)) page->NotApplied(clock.NowMs());
+  }
+
   absl::Status OnSyncReply(RegionId from, const pb::GroupSyncReply& m) {
     if (m.catch_up()) return OnCatchUpReply(from, m);
     {
       std::lock_guard<std::mutex> l(mu);
-      auto it = syncs.find(m.group());
-      if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();  // old
+      PageCursor* page = SyncPage(from, m);
+      if (!page) {
+        // An old epoch's, or a page not outstanding any more (a re-ask's duplicate): taking it
+        // would move the cursor back and start a second chain of pages.
+        spdlog::debug("event=lease_sync_reply_dropped group={} epoch={} from={} after_key=\"{}\"",
+                      Name(m.group()), m.epoch(), Name(from), m.after_key());
+        return absl::OkStatus();
+      }
+      page->Applying(clock.NowMs());  // may take over a second: no re-ask meanwhile
     }
     // Taking our own group back: what was reclaimed from us while we were away is written off
     // before the peer counts towards the quorum (a failed write-off waits in pending_retires,
     // which holds the lease back: MaybeFinishSync).
     if (m.done() && m.group() == config.replica_id) {
       for (const auto& d : m.declarations()) {
-        if (absl::Status st = OnRetire(d); !st.ok()) return st;
+        if (absl::Status st = OnRetire(d); !st.ok()) {
+          SyncPageNotApplied(from, m);
+          return st;
+        }
       }
     }
     if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
+      SyncPageNotApplied(from, m);
       return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
     }
-    if (!m.done()) {
-      pb::Frame f;
-      f.mutable_sync_request()->set_group(m.group());
-      f.mutable_sync_request()->set_epoch(m.epoch());
-      f.mutable_sync_request()->set_after_key(m.last_key());
-      (void)send(from, std::move(f));
+    pb::Frame f;
+    {
       std::lock_guard<std::mutex> l(mu);
-      auto it = syncs.find(m.group());
-      if (it != syncs.end()) it->second.asked[from] = std::chrono::steady_clock::now();
-      return absl::OkStatus();
+      // Checked again: the sync may have moved on while the page was applied (a newer epoch, or
+      // the same page's duplicate applied first on another session).
+      PageCursor* page = SyncPage(from, m);
+      if (!page) return absl::OkStatus();
+      std::optional<std::string> next = page->Advance(m.last_key(), m.done(), clock.NowMs());
+      if (!next) {
+        syncs[m.group()].done.insert(from);
+        AdvanceSync(m.group());
+        return absl::OkStatus();
+      }
+      f = SyncRequest(m.group(), m.epoch(), *next);
     }
-    std::lock_guard<std::mutex> l(mu);
-    auto it = syncs.find(m.group());
-    if (it == syncs.end() || it->second.epoch != m.epoch()) return absl::OkStatus();
-    it->second.done.insert(from);
-    AdvanceSync(m.group());
+    (void)send(from, std::move(f));
     return absl::OkStatus();
   }
 
@@ -823,7 +867,8 @@ struct Coordinator::Impl {
       CatchUp& c = catchups[group];
       if (c.epoch >= epoch) return;  // already pulling from this owner (or a later one)
       const auto now = std::chrono::steady_clock::now();
-      c = CatchUp{epoch, owner, "", now, now, 0, false};
+      c = CatchUp{epoch, owner, {}, now, 0, false};
+      (void)c.page.Reask(clock.NowMs());  // the first page, asked now
       f = CatchUpRequest(group, c);
       NoteTakeover(group, epoch);
     }
@@ -837,16 +882,17 @@ struct Coordinator::Impl {
     pb::Frame f;
     f.mutable_sync_request()->set_group(group);
     f.mutable_sync_request()->set_epoch(c.epoch);
-    f.mutable_sync_request()->set_after_key(c.after_key);
+    f.mutable_sync_request()->set_after_key(c.page.after_key());
     f.mutable_sync_request()->set_catch_up(true);
     return f;
   }
 
-  // Under mu: the catch-up this reply answers (this owner, this epoch, still pulling), or null.
+  // Under mu: the catch-up this reply answers (this owner, this epoch, still pulling, the page
+  // outstanding), or null.
   CatchUp* Answered(RegionId from, const pb::GroupSyncReply& m) {
     auto it = catchups.find(m.group());
     if (it == catchups.end() || it->second.done || it->second.epoch != m.epoch() ||
-        it->second.owner != from) {
+        it->second.owner != from || !it->second.page.Answers(Echoed(m))) {
       return nullptr;
     }
     return &it->second;
@@ -855,9 +901,20 @@ struct Coordinator::Impl {
   absl::Status OnCatchUpReply(RegionId from, const pb::GroupSyncReply& m) {
     {
       std::lock_guard<std::mutex> l(mu);
-      if (!Answered(from, m)) return absl::OkStatus();  // not what we asked (any more)
+      CatchUp* c = Answered(from, m);
+      if (!c) {
+        // Not what we asked (any more): a duplicate of a page already applied would move the
+        // cursor back and start a second chain of pages.
+        spdlog::debug(
+            "event=lease_catchup_reply_dropped group={} epoch={} from={} after_key=\"{}\"",
+            Name(m.group()), m.epoch(), Name(from), m.after_key());
+        return absl::OkStatus();
+      }
+      c->page.Applying(clock.NowMs());  // may take over a second: no re-ask meanwhile
     }
     if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
+      std::lock_guard<std::mutex> l(mu);
+      if (CatchUp* c = Answered(from, m)) c->page.NotApplied(clock.NowMs());
       return st.code() == absl::StatusCode::kInvalidArgument ? st : absl::OkStatus();
     }
     pb::Frame f;
@@ -867,14 +924,12 @@ struct Coordinator::Impl {
       if (!found) return absl::OkStatus();
       CatchUp& c = *found;
       c.orders += m.orders_size();
-      if (m.done()) {
+      if (!c.page.Advance(m.last_key(), m.done(), clock.NowMs())) {
         spdlog::info("event=lease_catchup_done group={} epoch={} from={} orders={}",
                      Name(m.group()), m.epoch(), Name(from), c.orders);
         c.done = true;
         return absl::OkStatus();
       }
-      c.after_key = m.last_key();
-      c.asked = std::chrono::steady_clock::now();
       f = CatchUpRequest(m.group(), c);
     }
     (void)send(from, std::move(f));
@@ -1692,7 +1747,7 @@ absl::Status Coordinator::CheckFrame(RegionId peer, const pb::Frame& frame) {
     case pb::Frame::kSyncReply: {
       const pb::GroupSyncReply& m = frame.sync_reply();
       if (m.group() == 0 || m.group() > 255 || m.orders_size() > 5000 ||
-          m.declarations_size() > 10000) {
+          m.declarations_size() > 10000 || m.after_key().size() > 64) {
         return absl::InvalidArgumentError("sync reply: group or size out of range");
       }
       for (const auto& d : m.declarations()) {
