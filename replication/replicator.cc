@@ -2731,6 +2731,9 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
                                                  c.metrics.port, ": ", e.what()));
     }
   }
+  // Both channels to the region (the internal API's and the coordinator's control API) take
+  // replies of up to 64 MiB: gRPC's default of 4 MiB refused a ReadGroupOrders page of 500 large
+  // orders (9.35 MB, RESOURCE_EXHAUSTED on every ask), and the sync or catch-up never finished.
   grpc::ChannelArguments region_args;
   region_args.SetMaxReceiveMessageSize(64 << 20);
   const std::string region_target = absl::StrCat(c.region_grpc.host, ":", c.region_grpc.port);
@@ -2749,7 +2752,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   // may be slow or restarting) it has no lease or rights manager to hand them to.
   if (c.coordination) {
     raw->coordinator = std::make_unique<Coordinator>(
-        c, common::ChannelWithBearerToken(region_target, c.region_token),
+        c, common::ChannelWithBearerToken(region_target, c.region_token, region_args),
         Coordinator::Tls{raw->ca, raw->cert, raw->key}, [raw](RegionId to, pb::Frame f) {
           for (auto& p : raw->peers) {
             if (p->config.replica_id != to) continue;

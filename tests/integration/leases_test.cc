@@ -2191,6 +2191,46 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }
 
+// A page of 500 large orders is over gRPC's default 4 MiB: the coordinator's channel to its region
+// takes up to 64 MiB, as the internal API's does. Before 2026-12-05 it had the default, and such a
+// page failed RESOURCE_EXHAUSTED on every ask (event=lease_sync_read_failed): no reply ever came,
+// and the sync or catch-up never finished (review of 2026-12-05, finding 2: 9.35 MB).
+TEST_F(LeasesTest, ASyncPageOverFourMebibytesIsAnswered) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
+  const uint32_t ap = c_->spec(kAp).replica_id;
+  {  // 500 orders of ap-south's group with 10 KB each: one page of about 5 MB
+    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+    pqxx::work tx(conn);
+    tx.exec(
+        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+        "owner_region, lease_group, payment_ref, residency) SELECT 'big-' || lpad(i::text, 4, "
+        "'0'), 'big-user', 'paid', 100, 'USD', 'r-' || i, 'ap-south', " +
+        tx.quote(ap) + ", repeat(md5(i::text), 320), 'any' FROM generate_series(1, 500) i");
+    tx.commit();
+  }
+  {
+    test_support::ForgedPeer p(*c_, kEu, kAp, "", std::chrono::seconds(60));
+    ASSERT_TRUE(p.Hello());
+    ASSERT_TRUE(p.Write(test_support::CatchUpRequest(ap)));
+    // ReadGroupOrders reads and sends about 5 MB: heartbeats meanwhile, as a replicator's.
+    rpb::Frame reply = p.NextBeating([](const rpb::Frame& in) { return in.has_sync_reply(); },
+                                     std::chrono::seconds(20));
+    if (!reply.has_sync_reply()) {
+      const std::string log =
+          test_support::forged_peer_detail::ReadFileOrEmpty(c_->replicator_log(kAp));
+      const size_t at = log.find("event=lease_sync_read_failed");
+      FAIL() << "no reply in 20 s; ap-south's replicator: "
+             << (at == std::string::npos ? "no read failure logged"
+                                         : log.substr(at, log.find('\n', at) - at));
+    }
+    EXPECT_EQ(reply.sync_reply().orders_size(), 500);
+    EXPECT_GT(reply.sync_reply().ByteSizeLong(), size_t{4} << 20);
+    EXPECT_TRUE(reply.sync_reply().has_after_key());  // it echoes the page it answers
+  }
+  ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+}
+
 // A region holds at most 5,000 declarations against one region (a takeover sync's last page
 // carries them all, and a replicator refuses a page of more than 10,000): past that, a peer's
 // new declaration is refused (RESOURCE_EXHAUSTED) and so is the region's own, recording nothing,

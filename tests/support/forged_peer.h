@@ -52,6 +52,7 @@ class ForgedPeer {
     grpc::ChannelArguments args;
     args.SetSslTargetNameOverride(c.spec(to).name);
     args.SetMaxSendMessageSize(64 << 20);
+    args.SetMaxReceiveMessageSize(32 << 20);  // a replicator's frame limit (kMaxFrameBytes)
     channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(c.replication_port(to)),
                                          grpc::SslCredentials(tls), args);
     stub_ = ::meridian::replication::v1::Replication::NewStub(channel_);
