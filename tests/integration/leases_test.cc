@@ -1525,6 +1525,78 @@ TEST_F(LeasesTest, TwoRegionsAndAWitnessSurviveLosingOne) {
   EXPECT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
 }
 
+// The new owner's takeover sync pages from one cursor per peer. A peer quiet for a second is
+// asked again for the page outstanding, not the first page; a stale reply (to a page already
+// applied) is dropped, not followed by a page of its own; the last page ends the asking. Before
+// 2026-12-05 a re-ask restarted at page 1 and every reply led to the next page of its own chain:
+// once a page round took over a second, scans piled up and the sync never finished (review of
+// 2026-12-05, finding 3). The unit tests of replication/page_cursor.h play that out in time.
+TEST_F(LeasesTest, ATakeoverSyncAsksAgainForTheOutstandingPageAndDropsStaleReplies) {
+  test_support::ClusterOptions o;
+  o.name = "syncpages";
+  o.regions = {{"us-east", "us", 1}, {"eu-west", "eu", 2}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.witness = true;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  LeasesSettled();
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20))
+      << "eu-west never took us-east's orders with the witness's vote";
+  // us-east's stream comes back, played by the test: eu-west asks it for the group's orders.
+  const uint32_t us = c_->spec(kUs).replica_id;
+  test_support::ForgedPeer p(*c_, kUs, kEu, "", std::chrono::seconds(90));
+  ASSERT_TRUE(p.Hello());
+  uint64_t epoch = 0;
+  auto next_ask = [&](std::chrono::milliseconds timeout) {
+    return p.NextBeating(
+        [&](const rpb::Frame& in) {
+          return in.has_sync_request() && !in.sync_request().catch_up() &&
+                 in.sync_request().group() == us &&
+                 (epoch == 0 || in.sync_request().epoch() == epoch);
+        },
+        timeout);
+  };
+  auto reply = [&](const std::string& after_key, const std::string& last_key, bool done) {
+    rpb::Frame f;
+    rpb::GroupSyncReply* r = f.mutable_sync_reply();
+    r->set_group(us);
+    r->set_epoch(epoch);
+    r->set_after_key(after_key);
+    r->set_last_key(last_key);  // pages without orders: nothing for the region to apply
+    r->set_done(done);
+    return p.Write(f);
+  };
+  rpb::Frame first = next_ask(std::chrono::seconds(20));
+  ASSERT_TRUE(first.has_sync_request()) << "eu-west never asked us-east for the group's orders";
+  epoch = first.sync_request().epoch();
+  EXPECT_EQ(first.sync_request().after_key(), "");
+  ASSERT_TRUE(reply("", "page-1-end", false));
+  rpb::Frame second = next_ask(std::chrono::seconds(10));
+  ASSERT_TRUE(second.has_sync_request());
+  EXPECT_EQ(second.sync_request().after_key(), "page-1-end");
+  const auto asked_at = std::chrono::steady_clock::now();
+  // The first page's reply again (a re-ask's duplicate, say): dropped, so nothing is asked until
+  // the second page has gone unanswered for a second, and then the second page again.
+  ASSERT_TRUE(reply("", "page-1-end", false));
+  for (int i = 0; i < 2; ++i) {
+    rpb::Frame again = next_ask(std::chrono::seconds(10));
+    ASSERT_TRUE(again.has_sync_request());
+    EXPECT_EQ(again.sync_request().after_key(), "page-1-end")
+        << "asked again from another page than the outstanding one";
+    if (i == 0) {
+      EXPECT_GE(std::chrono::steady_clock::now() - asked_at, std::chrono::milliseconds(500))
+          << "asked at once: the stale reply led to a page of its own";
+    }
+  }
+  // The last page: no more asking (one ask may have crossed it).
+  ASSERT_TRUE(reply("page-1-end", "page-2-end", true));
+  rpb::Frame after = next_ask(std::chrono::milliseconds(2500));
+  if (after.has_sync_request()) after = next_ask(std::chrono::milliseconds(2500));
+  EXPECT_FALSE(after.has_sync_request()) << "still asked after the last page";
+}
+
 // Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so, and so are
 // a payment and a cancel (before, both were answered at once: a successor that took the order
 // over could still see it unpaid and charge the customer again, or ship a refunded order); cut
