@@ -117,7 +117,6 @@ struct RegionApp::Impl {
   // Hot carts ("cart:<user>") whose Redis copy may be older than PostgreSQL's row; the jobs
   // thread deletes them from Redis. One hour: the copies' expiry.
   StaleKeys stale_hot_carts{200'000, std::chrono::seconds(3600)};
-  HotCartWriters hot_cart_writers;  // the local cart writes between their BEGIN and their copy
   std::mutex hlc_mu;
   crdt::Hlc hlc;
   std::atomic<bool> migrations_done{false};
@@ -246,16 +245,20 @@ struct RegionApp::Impl {
   HttpResponse SetCartItem(HttpRequest& req);
   HttpResponse RemoveCartItem(HttpRequest& req);
   HttpResponse Checkout(HttpRequest& req);
-  // Redis's hot copy of a cart just committed at `version` (cart_api.cc) by `writer`, entered in
-  // hot_cart_writers before its transaction: written unless Redis holds a newer one, and deleted
-  // again when a peer's change committed meanwhile may be missing from it; when a write fails
-  // the key is read around until it is repaired.
-  void StoreHotCart(HotCartWriters::Writer& writer, const std::string& user_id, int64_t version,
-                    const crdt::Cart& cart);
+  // Redis's hot copy of a cart: its key names the cart's database actor as well as the customer,
+  // so that a copy of a database since rebuilt (whose versions start again from 0) is never
+  // read nor compared with a new one.
+  std::string HotCartKey(std::string_view user_id) const;
+  // Redis's hot copy of a cart just committed at `version` (cart_api.cc): written unless Redis
+  // holds a newer copy or marker; when the write fails the key is read around until it is
+  // repaired.
+  void StoreHotCart(const std::string& user_id, int64_t version, const crdt::Cart& cart);
   // Peers' changes committed these carts at these versions (user id, version) and made these
-  // other Redis keys stale: all are deleted in one round trip (reads go to PostgreSQL until the
-  // next local write stores a cart's copy), and a cart's local writer still in flight learns it
-  // (HotCartWriters).
+  // other Redis keys stale, all in one round trip: each cart's copy older than that becomes a
+  // marker of the version alone, which reads go around (to PostgreSQL) and which keeps a
+  // slower local writer's older copy out, in any process of the region; the other keys are
+  // deleted. Deleting the copy instead let such a writer put back a cart without the peer's
+  // lines, served for an hour.
   void RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
                        std::vector<std::string> keys);
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process

@@ -101,7 +101,6 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
                                const std::function<CartChange(crdt::Cart&)>& change, bool grows) {
   CartRow saved;
   bool changed = false;
-  auto writer = app.hot_cart_writers.Enter(who.user_id);
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
     app.RefuseLocalWriteIfHeld(/*takes_stock=*/false);
     CartRow row = LoadCart(tx, who.user_id, app.CartActorFor(who.user_id), true);
@@ -119,12 +118,16 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
   if (!changed) {
     return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
   }
-  app.StoreHotCart(*writer, who.user_id, saved.version, saved.cart);
+  app.StoreHotCart(who.user_id, saved.version, saved.cart);
   return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
 }
 
-void RegionApp::Impl::StoreHotCart(HotCartWriters::Writer& writer, const std::string& user_id,
-                                   int64_t version, const crdt::Cart& cart) {
+std::string RegionApp::Impl::HotCartKey(std::string_view user_id) const {
+  return absl::StrCat("cart:", CartActorFor(user_id), ":", AbslView(user_id));
+}
+
+void RegionApp::Impl::StoreHotCart(const std::string& user_id, int64_t version,
+                                   const crdt::Cart& cart) {
   // Written only if newer than what Redis holds (a slower writer cannot regress it).
   static constexpr const char* kSetIfNewer = R"lua(
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
@@ -133,28 +136,46 @@ if tonumber(ARGV[1]) > v then
   redis.call('EXPIRE', KEYS[1], 3600)
 end
 return 1)lua";
-  const std::string key = "cart:" + user_id;
-  const bool written =
-      redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok();
-  // A peer's apply that committed after this writer and deleted the copy before this store:
-  // the copy lacks the peer's lines.
-  const bool outdated = writer.Stored(version);
-  // Redis may still hold the copy before this change, or this one outdated: read around it
-  // until it is deleted.
-  if (!written || (outdated && !redis->Del(key).ok())) stale_hot_carts.Mark(key);
+  const std::string key = HotCartKey(user_id);
+  if (!redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok()) {
+    // Redis may still hold the copy before this change: read around it until it is deleted.
+    stale_hot_carts.Mark(key);
+  }
 }
 
 void RegionApp::Impl::RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
                                       std::vector<std::string> keys) {
-  // The writers in flight first: one that stores its copy after the deletion below then finds
-  // the retirement when it leaves, and deletes its copy itself.
-  hot_cart_writers.Retire(carts);
-  for (const auto& cart : carts) keys.push_back("cart:" + cart.first);
-  if (keys.empty()) return;
+  // One round trip: KEYS holds the carts (ARGV their versions), then the keys to delete. A copy
+  // at the same version or newer (a local write committed after the peer's, so it holds its
+  // lines) stays. A marker lives 60 s: a local writer stores its copy right after its commit,
+  // and most carts a peer changes in real traffic have no copy here (their customers shop
+  // elsewhere), so markers of an hour would fill Redis with them.
+  static constexpr const char* kRetire = R"lua(
+for i, key in ipairs(KEYS) do
+  if i <= #ARGV then
+    local v = tonumber(redis.call('HGET', key, 'v') or '-1')
+    if tonumber(ARGV[i]) > v then
+      redis.call('HSET', key, 'v', ARGV[i])
+      redis.call('HDEL', key, 's')
+      redis.call('EXPIRE', key, 60)
+    end
+  else
+    redis.call('DEL', key)
+  end
+end
+return 1)lua";
+  if (carts.empty() && keys.empty()) return;
+  std::vector<std::string> all, versions;
+  all.reserve(carts.size() + keys.size());
+  for (const auto& [user_id, version] : carts) {
+    all.push_back(HotCartKey(user_id));
+    versions.push_back(std::to_string(version));
+  }
   std::sort(keys.begin(), keys.end());
   keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-  if (!redis->DelMany(keys).ok()) {  // one round trip
-    for (const std::string& key : keys) stale_hot_carts.Mark(key);
+  all.insert(all.end(), keys.begin(), keys.end());
+  if (!redis->Eval(kRetire, all, versions).ok()) {
+    for (const std::string& key : all) stale_hot_carts.Mark(key);
   }
 }
 
@@ -162,7 +183,7 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
-  const std::string key = "cart:" + who->user_id;
+  const std::string key = HotCartKey(who->user_id);
   // A copy that may be older than the row (writing it failed) is not read.
   if (!stale_hot_carts.IsStale(key)) {
     auto hot = redis->HGetAll(key);

@@ -508,7 +508,6 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   int64_t event_seq = 0;
   int64_t cleared_version = 0;  // the cart as the order left it
   crdt::Cart cleared(CartActorFor(user_id));
-  auto cart_writer = hot_cart_writers.Enter(user_id);  // the cart's copy follows the commit
   const auto lease_lost = [&] {
     return absl::UnavailableError(absl::StrCat(
         "region ", config.name,
@@ -629,7 +628,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   // The hot copy as the cart now is, by version as every cart write: a deletion instead would
   // let a cart change committed before this checkout, slower to write its copy, put the lines
   // just ordered back on view for an hour.
-  StoreHotCart(*cart_writer, user_id, cleared_version, cleared);
+  StoreHotCart(user_id, cleared_version, cleared);
 
   // 5. Pay now when a card came with the checkout. The response is built from what was written
   //    (no read back).

@@ -262,47 +262,4 @@ size_t StaleKeys::size() const {
   return keys_.size();
 }
 
-HotCartWriters::Writer::Writer(HotCartWriters* writers, std::string key)
-    : writers_(writers), key_(std::move(key)) {}
-
-HotCartWriters::Writer::~Writer() {
-  if (!left_) writers_->Leave(key_);
-}
-
-bool HotCartWriters::Writer::Stored(int64_t version) {
-  left_ = true;
-  return writers_->Leave(key_) > version;
-}
-
-std::unique_ptr<HotCartWriters::Writer> HotCartWriters::Enter(const std::string& key) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    entries_[key].writers += 1;
-  }
-  return std::make_unique<Writer>(this, key);
-}
-
-int64_t HotCartWriters::Leave(const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = entries_.find(key);
-  if (it == entries_.end()) return -1;  // not reached: every Writer entered
-  const int64_t retired = it->second.retired;
-  if (--it->second.writers == 0) entries_.erase(it);
-  return retired;
-}
-
-void HotCartWriters::Retire(const std::vector<std::pair<std::string, int64_t>>& carts) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (entries_.empty()) return;
-  for (const auto& [key, version] : carts) {
-    auto it = entries_.find(key);
-    if (it != entries_.end()) it->second.retired = std::max(it->second.retired, version);
-  }
-}
-
-size_t HotCartWriters::in_flight() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return entries_.size();
-}
-
 }  // namespace meridian::region

@@ -96,48 +96,4 @@ class StaleKeys {
   mutable std::atomic<bool> any_{false};
 };
 
-// The local writers of hot cart copies, each from before its transaction to after its copy's
-// store, and the versions peers' applies committed while they were in flight. A peer's apply
-// deletes the carts' copies after its commit; a local writer that committed just before it, but
-// stores its copy only after that deletion, would put back a cart without the peer's lines.
-// Such a writer learns it here when it leaves (`Stored` is true), and deletes its copy. Any
-// other writer either stored its copy before the apply's deletion, which removed it, or
-// committed after the apply, so its copy holds the peer's lines. In process, as StaleKeys: one
-// region process writes a region's hot copies. Thread-safe; the map holds the carts in flight.
-class HotCartWriters {
- public:
-  class Writer {
-   public:
-    Writer(HotCartWriters* writers, std::string key);
-    Writer(const Writer&) = delete;
-    Writer& operator=(const Writer&) = delete;
-    ~Writer();  // leaves, if Stored did not
-    // Leaves, its copy of `version` stored: true if a peer's apply committed a newer version of
-    // the cart while this writer was in flight, so that the copy may lack the peer's change.
-    [[nodiscard]] bool Stored(int64_t version);
-
-   private:
-    HotCartWriters* writers_;
-    std::string key_;
-    bool left_ = false;
-  };
-
-  // Call before the writer's transaction begins.
-  [[nodiscard]] std::unique_ptr<Writer> Enter(const std::string& key);
-  // Peers' applies committed these carts at these versions (key, version), before deleting
-  // their copies.
-  void Retire(const std::vector<std::pair<std::string, int64_t>>& carts);
-  [[nodiscard]] size_t in_flight() const;
-
- private:
-  struct Entry {
-    int writers = 0;
-    int64_t retired = -1;  // the newest version a peer's apply committed while in flight
-  };
-  int64_t Leave(const std::string& key);  // the entry's `retired`
-
-  mutable std::mutex mu_;
-  std::unordered_map<std::string, Entry> entries_;
-};
-
 }  // namespace meridian::region

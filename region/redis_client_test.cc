@@ -35,38 +35,5 @@ TEST(StaleKeysTest, KeysStayListedWhileRedisCannotDeleteThem) {
   EXPECT_TRUE(stale.IsStale("cart:a"));
 }
 
-TEST(HotCartWritersTest, AWriterInFlightLearnsOfANewerVersionAPeerCommitted) {
-  HotCartWriters writers;
-  // Committed version 2 before the peer's apply committed 3, and stores its copy after the
-  // apply deleted the cart's: the copy lacks the peer's lines.
-  auto slow = writers.Enter("u1");
-  writers.Retire({{"u1", 3}, {"u2", 7}});
-  EXPECT_TRUE(slow->Stored(2));
-  EXPECT_EQ(writers.in_flight(), 0u);
-  // The same writer with version 4 committed after the apply: its copy holds the peer's lines.
-  auto after = writers.Enter("u1");
-  writers.Retire({{"u1", 3}});
-  EXPECT_FALSE(after->Stored(4));
-  // No writer in flight: nothing is kept for a later writer.
-  writers.Retire({{"u1", 9}});
-  EXPECT_FALSE(writers.Enter("u1")->Stored(5));
-  EXPECT_EQ(writers.in_flight(), 0u);
-}
-
-TEST(HotCartWritersTest, TwoWritersOfOneCartEachCompareTheirOwnVersion) {
-  HotCartWriters writers;
-  auto first = writers.Enter("u1");
-  auto second = writers.Enter("u1");
-  writers.Retire({{"u1", 3}});
-  EXPECT_TRUE(first->Stored(2));  // committed before the peer
-  EXPECT_EQ(writers.in_flight(), 1u);
-  EXPECT_FALSE(second->Stored(4));  // committed after it
-  EXPECT_EQ(writers.in_flight(), 0u);
-  {
-    auto failed = writers.Enter("u1");  // its transaction failed: it leaves storing nothing
-  }
-  EXPECT_EQ(writers.in_flight(), 0u);
-}
-
 }  // namespace
 }  // namespace meridian::region

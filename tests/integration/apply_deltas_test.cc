@@ -49,19 +49,23 @@ struct Region {
   uint16_t port() const { return app->http_port(); }
 };
 
-// `pg_settings`: more server settings for the region's PostgreSQL.
+// `pg_settings`: more server settings for the region's PostgreSQL; `redis_port`: a Redis of the
+// test's to use instead of one of the region's own.
 std::unique_ptr<Region> StartRegion(
     const std::string& name, const std::string& jurisdiction, uint32_t replica,
-    std::vector<std::pair<std::string, std::string>> pg_settings = {}) {
+    std::vector<std::pair<std::string, std::string>> pg_settings = {}, uint16_t redis_port = 0) {
   auto r = std::make_unique<Region>();
   auto pg =
       test_support::PostgresServer::Start({.name = name, .extra_settings = std::move(pg_settings)});
   EXPECT_TRUE(pg.ok()) << pg.status();
   r->pg = *std::move(pg);
   for (const char* db : {"global", "shard0", "shard1"}) EXPECT_TRUE(r->pg->CreateDatabase(db).ok());
-  auto redis = test_support::RedisServer::Start();
-  EXPECT_TRUE(redis.ok()) << redis.status();
-  r->redis = *std::move(redis);
+  if (redis_port == 0) {
+    auto redis = test_support::RedisServer::Start();
+    EXPECT_TRUE(redis.ok()) << redis.status();
+    r->redis = *std::move(redis);
+    redis_port = r->redis->port();
+  }
   RegionConfig c;
   c.name = name;
   c.jurisdiction = jurisdiction;
@@ -71,7 +75,7 @@ std::unique_ptr<Region> StartRegion(
   c.global_dsn = r->pg->ConnectionString("global");
   c.shard_dsns = {r->pg->ConnectionString("shard0"), r->pg->ConnectionString("shard1")};
   c.pool_size = 4;
-  c.redis = {"127.0.0.1", r->redis->port()};
+  c.redis = {"127.0.0.1", redis_port};
   c.token_secret = "a-test-secret-shared-by-all-regions!!";
   c.operator_token = kOperator;
   c.rate_limit_per_s = 100000;
@@ -1153,14 +1157,13 @@ TEST_F(CartResidencyTest, HerOwnChangeHereNarrowsTheRowAndOldRowsNarrowAtTheMigr
   EXPECT_EQ(Shipped(user), (std::vector<std::pair<std::string, int64_t>>{{"us", 5}}));
 }
 
-// A peer's cart change deletes the cart's hot copy in Redis (one DEL per apply), reads go to
-// PostgreSQL, and the next local change stores a copy again. Review of 2026-12-05 (receiving
-// side), finding 2: a local change that committed just before the peer's, its copy still to
-// store, could put back a cart without the peer's lines after that deletion. Such a writer now
-// learns of the peer's version when it leaves (HotCartWriters, region/redis_client_test.cc) and
-// deletes its copy; the apply no longer writes a marker of every cart it changes, which cost
-// Redis four times its CPU in replication_bench.
-TEST_F(ApplyDeltasTest, APeersCartChangeDeletesTheHotCopyAndTheNextLocalChangeStoresOne) {
+// Review of 2026-12-05 (receiving side), finding 2. The apply deleted a cart's hot copy in Redis;
+// a local change that committed just before the peer's (its write of the hot copy still to come)
+// then found no version there and put back a copy without the peer's lines, served until the
+// next local change or the copy's hour of expiry. The apply now leaves a marker of the version it
+// committed, which only a newer copy replaces, and which reads go around. (A process-local guard
+// instead, tried the same day, left the race open between two processes of one region.)
+TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyReplaces) {
   const std::string token = Login(*us_, "ada@example.com", "us");
   Response local = Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
                            {{"Authorization", "Bearer " + token}});
@@ -1169,7 +1172,7 @@ TEST_F(ApplyDeltasTest, APeersCartChangeDeletesTheHotCopyAndTheNextLocalChangeSt
   redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
   ASSERT_TRUE(c && !c->err);
   auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
-  const std::string key = "cart:" + user;
+  const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
   ASSERT_EQ(command("HGET " + key + " v"), "1");  // the local change's hot copy
   // us-west's change of the same cart (2 more), as its replicator would apply it.
   v1::ApplyDeltasRequest req;
@@ -1185,11 +1188,12 @@ TEST_F(ApplyDeltasTest, APeersCartChangeDeletesTheHotCopyAndTheNextLocalChangeSt
   v1::ApplyDeltasResponse out;
   ASSERT_TRUE(us_->stub->ApplyDeltas(&ctx, req, &out).ok());
   ASSERT_EQ(out.applied(), 1);
-  EXPECT_EQ(command("EXISTS " + key), "0") << "a cart without the peer's lines is kept";
+  EXPECT_EQ(command("HGET " + key + " v"), "2") << "no marker of the peer's version";
+  EXPECT_EQ(command("HEXISTS " + key + " s"), "0") << "a cart without the peer's lines is kept";
   const Json lines = Cart(*us_, token);
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_EQ(lines[0]["quantity"], 3) << "read from PostgreSQL";
-  // The next local change stores its copy.
+  EXPECT_EQ(lines[0]["quantity"], 3) << "read around the marker, from PostgreSQL";
+  // The next local change replaces the marker with its copy.
   ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
                     {{"Authorization", "Bearer " + token}})
                 .status,
@@ -1211,8 +1215,8 @@ TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopi
   const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
   redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
   ASSERT_TRUE(c && !c->err);
-  const std::string key = "cart:" + user;
-  ASSERT_EQ(test_support::RedisCommandText(c, "EXISTS " + key), "1");
+  const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
+  ASSERT_EQ(test_support::RedisCommandText(c, "HEXISTS " + key + " s"), "1");
   {
     pqxx::connection g(us_->pg->ConnectionString("global"));
     pqxx::work tx(g);
@@ -1235,12 +1239,45 @@ TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopi
   grpc::ClientContext ctx;
   v1::ApplyDeltasResponse out;
   EXPECT_FALSE(us_->stub->ApplyDeltas(&ctx, req, &out).ok()) << "the mark did not fail";
-  EXPECT_EQ(test_support::RedisCommandText(c, "EXISTS " + key), "0")
+  EXPECT_EQ(test_support::RedisCommandText(c, "HEXISTS " + key + " s"), "0")
       << "the copy without the peer's lines stays";
   const Json lines = Cart(*us_, token);
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_EQ(lines[0]["quantity"], 5);
   redisFree(c);
+}
+
+// Review of 2026-12-05 (write paths), finding 3. A region's databases rebuilt (or restored)
+// while its Redis ran on: cart versions start again from 0, so the copies of the databases
+// before, at higher versions, won every version comparison, and GET /v1/cart served a cart the
+// databases no longer held, for up to an hour. A copy's key now names the cart's database actor,
+// which a rebuilt database does not share.
+TEST(HotCartsAfterARebuild, ACopyFromTheDatabasesBeforeIsNeverServed) {
+  auto redis = test_support::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::pair<std::string, std::string> op{"Authorization", std::string("Bearer ") + kOperator};
+  auto shop = [&](Region& r, int quantity) {
+    Request(r.port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
+            {op});
+    const std::string token = Login(r, "re@example.com", "us");
+    for (int i = 0; i < quantity; ++i) {
+      EXPECT_EQ(Request(r.port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                        {{"Authorization", "Bearer " + token}})
+                    .status,
+                200);
+    }
+    return token;
+  };
+  {
+    auto before = StartRegion("us-east", "us", 1, {}, (*redis)->port());
+    shop(*before, 3);  // a copy at version 3
+    before->app->Stop();
+  }
+  auto after = StartRegion("us-east", "us", 1, {}, (*redis)->port());  // new databases
+  const std::string token = shop(*after, 1);
+  const Json lines = Cart(*after, token);
+  ASSERT_EQ(lines.size(), 1u) << lines;
+  EXPECT_EQ(lines[0]["quantity"], 1) << "the copy of the databases before was served";
 }
 
 // Review of 2026-12-05 (outbox read path), finding 1. `meridian up` ran PostgreSQL with

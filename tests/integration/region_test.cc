@@ -1388,9 +1388,10 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   std::string t = NewCustomer();
   Response first = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
   ASSERT_EQ(first.status, 200) << first.body;
-  const std::string key = "cart:" + Json::parse(first.body)["user_id"].get<std::string>();
   redisContext* c = redisConnect("127.0.0.1", redis_->port());
   ASSERT_TRUE(c && !c->err);
+  const std::string key = test_support::RedisOnlyKey(
+      c, "cart:*:" + Json::parse(first.body)["user_id"].get<std::string>());
   auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
   ASSERT_EQ(command("HGET " + key + " v"), "1");  // the hot copy of version 1
 
@@ -1702,9 +1703,10 @@ TEST_F(RegionTest, ACheckoutLeavesTheHotCartAtItsNewVersion) {
   std::string t = NewCustomer();
   Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
   ASSERT_EQ(add.status, 200) << add.body;
-  const std::string key = "cart:" + Json::parse(add.body)["user_id"].get<std::string>();
   redisContext* c = redisConnect("127.0.0.1", redis_->port());
   ASSERT_TRUE(c && !c->err);
+  const std::string key = test_support::RedisOnlyKey(
+      c, "cart:*:" + Json::parse(add.body)["user_id"].get<std::string>());
   auto version = [&] {
     auto* r = static_cast<redisReply*>(redisCommand(c, "HGET %s v", key.c_str()));
     std::string out =
