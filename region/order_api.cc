@@ -173,34 +173,43 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
   return status;
 }
 
+namespace {
+
+// The customer's orders that `where` selects (a condition on orders o), newest first, at most
+// `limit`, each with its items: one statement, whatever their number.
+std::vector<Json> OrdersJson(pqxx::work& tx, const std::string& user_id, const std::string& where,
+                             int limit) {
+  std::vector<Json> out;
+  for (const auto& row :
+       tx.exec("SELECT o.order_id, o.status, o.total_cents, o.currency, o.owner_region, o.epoch, "
+               "o.payment_ref, floor(extract(epoch from o.created_at))::bigint, (SELECT "
+               "coalesce(json_agg(json_build_object('sku', i.sku, 'quantity', i.quantity, "
+               "'price_cents', i.price_cents) ORDER BY i.sku), '[]') FROM order_items i WHERE "
+               "i.order_id = o.order_id)::text FROM orders o WHERE " +
+               where + OfCustomer(tx, user_id) + " ORDER BY o.created_at DESC LIMIT " +
+               tx.quote(limit))) {
+    out.push_back(Json{{"order_id", row[0].as<std::string>()},
+                       {"status", row[1].as<std::string>()},
+                       {"total_cents", row[2].as<int64_t>()},
+                       {"currency", row[3].as<std::string>()},
+                       {"owner_region", row[4].as<std::string>()},
+                       {"epoch", row[5].as<int64_t>()},
+                       {"payment_ref", row[6].is_null() ? Json() : Json(row[6].as<std::string>())},
+                       {"created_at", row[7].as<int64_t>()},
+                       {"items", Json::parse(row[8].as<std::string>())}});
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<Json> RegionApp::Impl::OrderJson(const std::string& user_id,
                                                 const std::string& order_id) {
   Json out;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec(
-        "SELECT order_id, status, total_cents, currency, owner_region, epoch, payment_ref, "
-        "floor(extract(epoch from created_at))::bigint AS created FROM orders WHERE order_id = " +
-        tx.quote(order_id) + OfCustomer(tx, user_id));
-    if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
-    const auto& row = r[0];
-    Json items = Json::array();
-    for (const auto& i : tx.exec("SELECT sku, quantity, price_cents FROM order_items WHERE "
-                                 "order_id = " +
-                                 tx.quote(order_id) + " ORDER BY sku")) {
-      items.push_back(Json{{"sku", i[0].as<std::string>()},
-                           {"quantity", i[1].as<int64_t>()},
-                           {"price_cents", i[2].as<int64_t>()}});
-    }
-    out = Json{{"order_id", row["order_id"].as<std::string>()},
-               {"status", row["status"].as<std::string>()},
-               {"total_cents", row["total_cents"].as<int64_t>()},
-               {"currency", row["currency"].as<std::string>()},
-               {"owner_region", row["owner_region"].as<std::string>()},
-               {"epoch", row["epoch"].as<int64_t>()},
-               {"payment_ref",
-                row["payment_ref"].is_null() ? Json() : Json(row["payment_ref"].as<std::string>())},
-               {"created_at", row["created"].as<int64_t>()},
-               {"items", items}};
+    std::vector<Json> found = OrdersJson(tx, user_id, "o.order_id = " + tx.quote(order_id), 1);
+    if (found.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+    out = std::move(found[0]);
   });
   if (!st.ok()) return st;
   return out;
@@ -917,21 +926,11 @@ HttpResponse RegionApp::Impl::ListOrders(HttpRequest& req) {
   auto who = Customer(req);
   if (!who.ok()) return ProblemFromStatus(who.status());
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
-  std::vector<std::string> ids;
+  Json items = Json::array();
   absl::Status st = ShardFor(who->user_id).Run([&](pqxx::work& tx) {
-    for (const auto& r :
-         tx.exec("SELECT order_id FROM orders WHERE true" + OfCustomer(tx, who->user_id) +
-                 " ORDER BY created_at DESC LIMIT 100")) {
-      ids.push_back(r[0].as<std::string>());
-    }
+    items = OrdersJson(tx, who->user_id, "true", 100);
   });
   if (!st.ok()) return ProblemFromStatus(st);
-  Json items = Json::array();
-  for (const auto& id : ids) {
-    auto o = OrderJson(who->user_id, id);
-    if (!o.ok()) return ProblemFromStatus(o.status());
-    items.push_back(*std::move(o));
-  }
   return HttpResponse::Json(200, Json{{"items", items}}.dump());
 }
 
