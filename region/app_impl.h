@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "crdt/hlc.h"
 #include "region/app.h"
 #include "region/config.h"
@@ -67,6 +68,20 @@ absl::Status Unprocessable(std::string message);
 // region (control_service.cc): 503, saying whether the change may have been made.
 HttpResponse ForwardFailedProblem(grpc::StatusCode code, const std::string& order_id,
                                   const std::string& owner_name);
+// A product's copy in Redis ("product:<sku>") is its HLC as 20 decimal digits (so that versions
+// compare as strings, in Lua too), '|', and its JSON; a marker of a peer's write is the first two
+// alone. kStoreProductCopy (KEYS: the key; ARGV: the version, the value) writes the value unless
+// Redis holds a newer version, or the same version as a copy (a marker gives way to a copy of
+// its own version), for 300 s.
+inline std::string ProductCopyVersion(uint64_t hlc) { return absl::StrFormat("%020u", hlc); }
+inline constexpr const char* kStoreProductCopy = R"lua(
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 21, 21) == '|' then
+  local theirs = string.sub(cur, 1, 20)
+  if theirs > ARGV[1] or (theirs == ARGV[1] and (#cur > 21 or #ARGV[2] <= 21)) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', 300)
+return 1)lua";
 // Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order (NotFound).
 absl::Status ValidOrderId(std::string_view id);
 // The request's Idempotency-Key header, checked ("" when there is none).
@@ -253,14 +268,14 @@ struct RegionApp::Impl {
   // holds a newer copy or marker; when the write fails the key is read around until it is
   // repaired.
   void StoreHotCart(const std::string& user_id, int64_t version, const crdt::Cart& cart);
-  // Peers' changes committed these carts at these versions (user id, version) and made these
-  // other Redis keys stale, all in one round trip: each cart's copy older than that becomes a
-  // marker of the version alone, which reads go around (to PostgreSQL) and which keeps a
-  // slower local writer's older copy out, in any process of the region; the other keys are
-  // deleted. Deleting the copy instead let such a writer put back a cart without the peer's
-  // lines, served for an hour.
+  // Peers' changes committed these carts at these versions (user id, version) and wrote these
+  // products (sku, HLC), all retired in one round trip: each copy older than that becomes a
+  // marker of the version alone, which reads go around (to PostgreSQL) and which keeps a slower
+  // writer's or reader's older copy out, in any process of the region. Deleting the copy instead
+  // let such a writer put back a cart without the peer's lines, served for an hour (a product,
+  // for 5 minutes).
   void RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
-                       std::vector<std::string> keys);
+                       const std::vector<std::pair<std::string, uint64_t>>& products);
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
   // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
   // key and replays it. Without the wait it could see only what the first had done so far (the
@@ -343,6 +358,9 @@ struct RegionApp::Impl {
 
   // shared pieces
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
+  // The product's HLC and JSON from the global database, stored in the cache unless it holds a
+  // newer copy or marker (NotFound for no product).
+  absl::StatusOr<std::pair<uint64_t, std::string>> LoadProduct(const std::string& sku);
   absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
   // Returns a reservation's units to this region's rights, once. While stock changes are held
   // it leaves the reservation held for a later sweep (*deferred true) and succeeds.

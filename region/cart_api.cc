@@ -143,39 +143,46 @@ return 1)lua";
   }
 }
 
-void RegionApp::Impl::RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
-                                      std::vector<std::string> keys) {
-  // One round trip: KEYS holds the carts (ARGV their versions), then the keys to delete. A copy
-  // at the same version or newer (a local write committed after the peer's, so it holds its
-  // lines) stays. A marker lives 60 s: a local writer stores its copy right after its commit,
-  // and most carts a peer changes in real traffic have no copy here (their customers shop
-  // elsewhere), so markers of an hour would fill Redis with them.
+void RegionApp::Impl::RetireHotCopies(
+    const std::vector<std::pair<std::string, int64_t>>& carts,
+    const std::vector<std::pair<std::string, uint64_t>>& products) {
+  // One round trip: KEYS holds the carts, then the products; ARGV[1] the number of carts, then
+  // each key's version. A copy at the same version or newer (a local write committed after the
+  // peer's, so it holds its lines) stays. A cart's marker lives 60 s: a local writer stores its
+  // copy right after its commit, and most carts a peer changes in real traffic have no copy here
+  // (their customers shop elsewhere), so markers of an hour would fill Redis with them. A
+  // product's lives as long as its copies, 300 s (kStoreProductCopy's rules).
   static constexpr const char* kRetire = R"lua(
+local n = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  if i <= #ARGV then
+  local version = ARGV[i + 1]
+  if i <= n then
     local v = tonumber(redis.call('HGET', key, 'v') or '-1')
-    if tonumber(ARGV[i]) > v then
-      redis.call('HSET', key, 'v', ARGV[i])
+    if tonumber(version) > v then
+      redis.call('HSET', key, 'v', version)
       redis.call('HDEL', key, 's')
       redis.call('EXPIRE', key, 60)
     end
   else
-    redis.call('DEL', key)
+    local cur = redis.call('GET', key)
+    if not cur or string.sub(cur, 21, 21) ~= '|' or string.sub(cur, 1, 20) < version then
+      redis.call('SET', key, version .. '|', 'EX', 300)
+    end
   end
 end
 return 1)lua";
-  if (carts.empty() && keys.empty()) return;
-  std::vector<std::string> all, versions;
-  all.reserve(carts.size() + keys.size());
+  if (carts.empty() && products.empty()) return;
+  std::vector<std::string> keys, args{std::to_string(carts.size())};
   for (const auto& [user_id, version] : carts) {
-    all.push_back(HotCartKey(user_id));
-    versions.push_back(std::to_string(version));
+    keys.push_back(HotCartKey(user_id));
+    args.push_back(std::to_string(version));
   }
-  std::sort(keys.begin(), keys.end());
-  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-  all.insert(all.end(), keys.begin(), keys.end());
-  if (!redis->Eval(kRetire, all, versions).ok()) {
-    for (const std::string& key : all) stale_hot_carts.Mark(key);
+  for (const auto& [sku, hlc] : products) {
+    keys.push_back("product:" + sku);
+    args.push_back(ProductCopyVersion(hlc));
+  }
+  if (!redis->Eval(kRetire, keys, args).ok()) {
+    for (const std::string& key : keys) stale_hot_carts.Mark(key);
   }
 }
 

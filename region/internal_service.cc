@@ -221,14 +221,14 @@ class Service final : public pb::RegionInternal::Service {
     targets.push_back(app_.global.get());
     int applied = 0, duplicates = 0;
     bool global_marked = false;
-    bool stock_changed = false;      // wake checkouts waiting for rights
-    std::vector<std::string> stale;  // hot product copies to drop from Redis
+    bool stock_changed = false;                              // wake checkouts waiting for rights
+    std::vector<std::pair<std::string, uint64_t>> products;  // sku, HLC of the peer's write
     std::vector<std::pair<std::string, int64_t>> carts_written;  // user id, version
     // On every return, an error after a database committed too: what committed is stale in
     // Redis, and the peer's resend would find those records duplicates and retire nothing.
     absl::Cleanup retire = [&] {
       if (stock_changed) app_.rights_signals.StockChanged();
-      app_.RetireHotCopies(carts_written, std::move(stale));
+      app_.RetireHotCopies(carts_written, products);
     };
     for (PgPool* target : targets) {
       std::vector<Prepared*> mine;
@@ -273,7 +273,7 @@ class Service final : public pb::RegionInternal::Service {
       carts_written.insert(carts_written.end(), written.begin(), written.end());
       for (Prepared* p : mine) {
         if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
-          stale.push_back("product:" + p->record->key());
+          products.emplace_back(p->record->key(), p->json["hlc"].get<uint64_t>());
         }
         if (p->record->kind() == pb::OUTBOX_KIND_INVENTORY) stock_changed = true;
         if (p->record->kind() == pb::OUTBOX_KIND_USER) app_.ForgetAccount(p->record->key());

@@ -170,27 +170,43 @@ absl::StatusOr<int> LimitParam(const HttpRequest& req, const char* name, int def
 
 }  // namespace
 
+absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
+    const std::string& sku) {
+  std::optional<std::pair<uint64_t, std::string>> found;
+  absl::Status st = global->Run([&](pqxx::work& tx) {
+    pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols,
+                                          ", hlc FROM products WHERE sku = ", tx.quote(sku),
+                                          " AND ", kRealProduct));
+    if (!r.empty()) found.emplace(r[0]["hlc"].as<uint64_t>(), ProductRow(r[0]).dump());
+  });
+  if (!st.ok()) return st;
+  if (!found) return absl::NotFoundError(absl::StrCat("no product ", sku));
+  // Written unless Redis holds a newer copy, or a marker of a newer write: a reader that read
+  // the row before a write and stores after its deletion cannot put the old product back.
+  (void)redis->Eval(
+      kStoreProductCopy, {"product:" + sku},
+      {ProductCopyVersion(found->first), ProductCopyVersion(found->first) + "|" + found->second});
+  return *std::move(found);
+}
+
 absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku) {
   std::string key = "product:" + sku;
   auto cached = redis->Get(key);
-  if (cached.ok() && cached->has_value()) {
+  // A copy is "<version>|<json>"; a marker (a newer write than any copy read so far), the
+  // version and '|' alone: read around it.
+  constexpr size_t kHead = 21;
+  if (cached.ok() && cached->has_value() && (*cached)->size() > kHead &&
+      (**cached)[kHead - 1] == '|') {
     cache_hits->Increment();
-    return **cached;
+    return (*cached)->substr(kHead);
   }
   if (!cached.ok()) redis_fallbacks->Increment();
   cache_misses->Increment();
   // Single flight: a burst of misses on one product makes one database read.
   return product_flight.Do(key, [&]() -> absl::StatusOr<std::string> {
-    std::optional<std::string> json;
-    absl::Status st = global->Run([&](pqxx::work& tx) {
-      pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols, " FROM products WHERE sku = ",
-                                            tx.quote(sku), " AND ", kRealProduct));
-      if (!r.empty()) json = ProductRow(r[0]).dump();
-    });
-    if (!st.ok()) return st;
-    if (!json) return absl::NotFoundError(absl::StrCat("no product ", sku));
-    (void)redis->Set(key, *json, 300);
-    return *json;
+    auto loaded = LoadProduct(sku);
+    if (!loaded.ok()) return loaded.status();
+    return std::move(loaded->second);
   });
 }
 
@@ -352,10 +368,11 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
              ", 'any')");
   });
   if (!st.ok()) return ProblemFromStatus(st);
-  (void)redis->Del("product:" + sku);
-  auto json = ProductJson(sku);
+  // The answer is the product as this write left it (the cache, or a read in flight that began
+  // before the write, could still give it as it was), and the same goes to the cache.
+  auto json = LoadProduct(sku);
   if (!json.ok()) return ProblemFromStatus(json.status());
-  return HttpResponse::Json(created ? 201 : 200, *json);
+  return HttpResponse::Json(created ? 201 : 200, json->second);
 }
 
 namespace {

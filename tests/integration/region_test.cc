@@ -1695,6 +1695,73 @@ TEST_F(RegionTest, TwoConcurrentAppliesOfOneNewOrderBothSucceed) {
   ExecAllShards("DELETE FROM orders WHERE order_id = '" + id + "'");
 }
 
+// Review of 2026-12-05 (write paths), finding 7. A product's cached copy was deleted on a write
+// and filled by any reader: a reader that had read the row before the write stored the old
+// product after the deletion (for 5 minutes), and an operator's PUT, joining that reader's
+// flight, answered with the old product. Copies now carry the product's HLC, a peer's write
+// leaves a marker of its HLC, and only a newer copy replaces either.
+TEST_F(RegionTest, APeersCatalogWriteLeavesAMarkerThatOnlyItsOwnOrANewerCopyReplaces) {
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto value = [&] { return test_support::RedisCommandText(c, "GET product:sku-3"); };
+  ASSERT_EQ(Request(port_, "GET", "/v1/products/sku-3").status, 200);
+  const std::string copy = value();
+  ASSERT_GT(copy.size(), 21u) << copy;
+  ASSERT_EQ(copy[20], '|') << copy;
+  const uint64_t hlc = std::stoull(copy.substr(0, 20));
+  EXPECT_EQ(hlc, static_cast<uint64_t>(
+                     Count(0, "global", "SELECT hlc FROM products WHERE sku = 'sku-3'")));
+  auto internal = v1::RegionInternal::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
+  static int64_t seq = 1'000'000;
+  auto peer_write = [&](uint64_t at, const std::string& name) {
+    v1::ApplyDeltasRequest req;
+    req.set_origin(2);
+    req.set_origin_database("global");
+    v1::OutboxRecord* rec = req.add_records();
+    rec->set_seq(++seq);
+    rec->set_kind(v1::OUTBOX_KIND_PRODUCT);
+    rec->set_key("sku-3");
+    rec->set_residency("any");
+    rec->set_payload(Json{
+        {"sku", "sku-3"},
+        {"name", name},
+        {"description", "boils water"},
+        {"category", "kitchen"},
+        {"price_cents", 3000},
+        {"currency", "USD"},
+        {"hlc", at},
+        {"origin", 2}}.dump());
+    v1::ApplyDeltasResponse out;
+    grpc::ClientContext ctx;
+    grpc::Status st = internal->ApplyDeltas(&ctx, req, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  };
+  // An older write than the copy's (it loses by last writer): the copy stays.
+  peer_write(hlc - 1, "Older kettle");
+  EXPECT_EQ(value(), copy);
+  // A newer one: a marker of its HLC, read around; the next read stores the new copy.
+  char newer[32];
+  std::snprintf(newer, sizeof newer, "%020llu", static_cast<unsigned long long>(hlc + 1000));
+  peer_write(hlc + 1000, "Newer kettle");
+  EXPECT_EQ(value(), std::string(newer) + "|");
+  Response read = Request(port_, "GET", "/v1/products/sku-3");
+  ASSERT_EQ(read.status, 200);
+  EXPECT_EQ(Json::parse(read.body)["name"], "Newer kettle");
+  EXPECT_EQ(value(), std::string(newer) + "|" + read.body);
+  // An operator's PUT answers with what it wrote, and caches it.
+  Response put = Admin("PUT", "/v1/admin/products/sku-3",
+                       Json{{"name", "Copper kettle 3"},
+                            {"description", "boils water"},
+                            {"category", "kitchen"},
+                            {"price_cents", 3000}}
+                           .dump());
+  ASSERT_EQ(put.status, 200) << put.body;
+  EXPECT_EQ(Json::parse(put.body)["name"], "Copper kettle 3");
+  EXPECT_EQ(value().substr(21), put.body);
+  redisFree(c);
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
