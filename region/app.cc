@@ -697,13 +697,21 @@ HttpResponse RegionApp::Impl::Metrics(HttpRequest&) {
 void RegionApp::Impl::WarmCatalogCache() {
   // Fill the cache before the first customer arrives, so a cold start is not a stampede on the
   // global shard. Best effort: without Redis the region serves from PostgreSQL anyway.
-  int warmed = 0;
+  // The SKUs are read first, in a transaction of their own: ProductJson draws a connection from
+  // the same pool, and one held here meanwhile would make each product wait for a free one (with
+  // postgres.pool_size 1, the whole acquire timeout, for every product).
+  std::vector<std::string> skus;
   absl::Status st = global->Run([&](pqxx::work& tx) {
+    skus.clear();
     for (const auto& r : tx.exec("SELECT sku FROM products ORDER BY updated_at DESC LIMIT 2000")) {
-      if (redis->breaker_open()) return;
-      if (ProductJson(r[0].as<std::string>()).ok()) ++warmed;
+      skus.push_back(r[0].as<std::string>());
     }
   });
+  int warmed = 0;
+  for (const std::string& sku : skus) {
+    if (redis->breaker_open()) break;
+    if (ProductJson(sku).ok()) ++warmed;
+  }
   spdlog::info("event=catalog_cache_warmed products={} status=\"{}\"", warmed, st.ToString());
 }
 

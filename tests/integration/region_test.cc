@@ -2272,5 +2272,29 @@ TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
   app->Stop();
 }
 
+// Start-up warms the catalog cache with one connection per pool: the SKU list is read and its
+// transaction ended before each product is read (and cached), so no product waits for the pool's
+// only connection (5 s each before).
+TEST_F(RegionTest, StartUpWarmsTheCatalogCacheQuicklyWithOneConnectionPerPool) {
+  redisContext* r = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(r != nullptr && r->err == 0);
+  ASSERT_NE(test_support::RedisCommandText(r, "FLUSHALL"), "(error)");
+  RegionConfig c = BaseConfig();
+  c.pool_size = 1;
+  const auto start = std::chrono::steady_clock::now();
+  auto app = StartSecondApp(c);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_NE(app, nullptr);
+  EXPECT_LT(took, std::chrono::seconds(4))
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  // Every seeded product is cached.
+  for (int i = 1; i <= 5; ++i) {
+    EXPECT_NE(test_support::RedisCommandText(r, "GET product:sku-" + std::to_string(i)), "(nil)")
+        << i;
+  }
+  app->Stop();
+  redisFree(r);
+}
+
 }  // namespace
 }  // namespace meridian::region
