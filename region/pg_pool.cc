@@ -144,41 +144,65 @@ int PgPool::in_use() const {
 }
 
 absl::Status PgPool::Run(const std::function<void(pqxx::work&)>& fn, bool serializable) {
-  return WithConnection([&](pqxx::connection& c) {
+  return WithConnection([&](pqxx::connection& c, bool& body_started) {
     pqxx::work tx(c);
     if (serializable) tx.exec0("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    body_started = true;
     fn(tx);
     tx.commit();
   });
 }
 
 absl::Status PgPool::RunAutocommit(const std::function<void(pqxx::nontransaction&)>& fn) {
-  return WithConnection([&](pqxx::connection& c) {
+  return WithConnection([&](pqxx::connection& c, bool& body_started) {
     pqxx::nontransaction tx(c);
+    // Each of fn's statements commits as it is sent: from the first one on, nothing is retried.
+    body_started = true;
     fn(tx);
   });
 }
 
-absl::Status PgPool::WithConnection(const std::function<void(pqxx::connection&)>& fn) {
+absl::Status PgPool::WithConnection(
+    const std::function<void(pqxx::connection&, bool& body_started)>& fn) {
   for (int attempt = 0;; ++attempt) {
     auto conn = Acquire();
     if (!conn.ok()) return conn.status();
     std::unique_ptr<pqxx::connection> c = *std::move(conn);
     absl::Status result;
     bool retry = false;
-    try {
-      if (!c->is_open()) throw pqxx::broken_connection("connection closed");
-      fn(*c);
-    } catch (const AbortTx& abort) {
-      result = abort.status;
-    } catch (const pqxx::transaction_rollback& e) {  // serialization failure, deadlock
-      retry = attempt < options_.max_retries;
-      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
-    } catch (const pqxx::broken_connection& e) {
-      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
-      c.reset();  // dropped; Acquire opens a new one when the slot is next needed
-    } catch (const std::exception& e) {
-      result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+    // A pooled connection whose server went away (a PostgreSQL restart) still looks open until it
+    // is used: it fails on the transaction's start, before any of fn's statements was sent. That
+    // is retried once, on a freshly opened connection in the same slot (another idle one may be
+    // just as stale); a failure from fn on is not, as a statement or COMMIT may have run.
+    for (bool reconnected = false;;) {
+      bool body_started = false;
+      result = absl::OkStatus();
+      try {
+        if (!c->is_open()) throw pqxx::broken_connection("connection closed");
+        fn(*c, body_started);
+      } catch (const AbortTx& abort) {
+        result = abort.status;
+      } catch (const pqxx::transaction_rollback& e) {  // serialization failure, deadlock
+        retry = attempt < options_.max_retries;
+        result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+      } catch (const pqxx::broken_connection& e) {
+        result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+        c.reset();  // dropped; Acquire opens a new one when the slot is next needed
+        if (!body_started && !reconnected) {
+          reconnected = true;
+          spdlog::info("event=pg_reconnect pool={} reason=\"{}\"", options_.name, e.what());
+          auto fresh = Connect();
+          if (fresh.ok()) {
+            c = *std::move(fresh);
+            continue;
+          }
+          spdlog::warn("event=pg_reconnect_failed pool={} status=\"{}\"", options_.name,
+                       fresh.status().ToString());
+        }
+      } catch (const std::exception& e) {
+        result = StatusFromPqxx(e, absl::StrCat("postgres ", options_.name));
+      }
+      break;
     }
     // A connection lost in some other way (an in-doubt COMMIT, a server that ended the session
     // with an error) goes too: pooled, it would fail the next request that draws it.

@@ -3,10 +3,12 @@
 // A fixed-size pool of libpqxx connections to one PostgreSQL database (a shard), and the one way
 // code runs SQL: Run(fn) executes fn(pqxx::work&) in a transaction, commits, and turns libpqxx
 // exceptions into absl::Status with context. Serialization failures and deadlocks are retried a
-// bounded number of times; a broken connection is replaced and the call fails with Unavailable
-// (the caller's transaction may or may not have committed only for in-doubt commits, reported as
-// Unknown; that connection is replaced too). No free connection within acquire_timeout_ms is
-// Unavailable too (overload). Thread-safe.
+// bounded number of times. A connection found broken when its transaction starts (a pooled one
+// whose server restarted) is replaced and the call made again once, on a new connection; broken
+// later, it is replaced and the call fails with Unavailable (the caller's transaction may or may
+// not have committed only for in-doubt commits, reported as Unknown; that connection is replaced
+// too). RunAutocommit has no start of its own: its calls are not made again. No free connection
+// within acquire_timeout_ms is Unavailable too (overload). Thread-safe.
 
 #include <pqxx/pqxx>
 
@@ -62,8 +64,10 @@ class PgPool {
  private:
   explicit PgPool(Options options) : options_(std::move(options)) {}
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire();
-  // Acquire, run, release; failures become a Status; serialization failures are retried.
-  absl::Status WithConnection(const std::function<void(pqxx::connection&)>& fn);
+  // Acquire, run, release; failures become a Status; serialization failures are retried, and so
+  // is, once and on a new connection, a broken connection before fn set `body_started` (nothing
+  // of the caller's was sent yet).
+  absl::Status WithConnection(const std::function<void(pqxx::connection&, bool& body_started)>& fn);
   void Release(std::unique_ptr<pqxx::connection> c);
 
   Options options_;

@@ -2296,5 +2296,42 @@ TEST_F(RegionTest, StartUpWarmsTheCatalogCacheQuicklyWithOneConnectionPerPool) {
   redisFree(r);
 }
 
+// After a PostgreSQL restart every idle pooled connection still looks open. The first call on
+// each fails on its transaction's start, before anything of the caller's was sent, and is made
+// again on a new connection: no request fails. A connection that breaks once the body ran is
+// not retried (a statement or COMMIT may have run): that call is Unavailable.
+TEST_F(RegionTest, APooledConnectionBrokenByAPostgresRestartIsReplacedWithoutFailingTheCall) {
+  auto pg = PostgresServer::Start({.name = "restart"});
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  auto pool = PgPool::Create({"restart", (*pg)->ConnectionString(), 2});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  auto backend = [&](std::string* out) {
+    return (*pool)->Run(
+        [&](pqxx::work& tx) { *out = tx.exec1("SELECT pg_backend_pid()")[0].as<std::string>(); });
+  };
+  std::string before;
+  ASSERT_TRUE(backend(&before).ok());
+  ASSERT_TRUE((*pg)->Restart().ok());
+  // Both idle connections are stale; each call draws one.
+  for (int i = 0; i < 2; ++i) {
+    std::string after;
+    absl::Status st = backend(&after);
+    EXPECT_TRUE(st.ok()) << i << ": " << st;
+    EXPECT_NE(after, before);
+  }
+  EXPECT_TRUE((*pool)->RunAutocommit([](pqxx::nontransaction& q) { q.exec1("SELECT 1"); }).ok());
+  EXPECT_EQ((*pool)->in_use(), 0);
+  // Broken after the body's first statement: made once, Unavailable.
+  int bodies = 0;
+  absl::Status killed = (*pool)->Run([&](pqxx::work& tx) {
+    ++bodies;
+    tx.exec("SELECT pg_terminate_backend(pg_backend_pid())");
+  });
+  EXPECT_TRUE(absl::IsUnavailable(killed)) << killed;
+  EXPECT_EQ(bodies, 1);
+  EXPECT_TRUE((*pool)->Ping());
+  EXPECT_EQ((*pool)->in_use(), 0);
+}
+
 }  // namespace
 }  // namespace meridian::region
