@@ -748,17 +748,21 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     if (!shard.ok()) return shard.status();
     impl->shards.push_back(*std::move(shard));
   }
-  // A database whose outbox stream is made now is new, or was rebuilt: this region may have
-  // lived before, and its peers may hold records it no longer has.
+  // A database whose outbox stream was made since the last start that got past the write hold
+  // is new, or was rebuilt: this region may have lived before, and its peers may hold records it
+  // no longer has. That is the stream's mark (migrations.h), made in the stream's own
+  // transaction, not "this start made it": a start that stopped after the stream was made (killed,
+  // or a later migration failing) leaves the mark for the next one.
+  std::vector<PgPool*> databases = {impl->global.get()};
+  for (auto& s : impl->shards) databases.push_back(s.get());
   bool new_stream = false;
-  auto applied = ApplyMigrations(*impl->global, SchemaKind::kGlobal);
-  if (!applied.ok()) return applied.status();
-  new_stream = std::ranges::find(*applied, kGlobalOutboxStreamVersion) != applied->end();
-  for (auto& s : impl->shards) {
-    applied = ApplyMigrations(*s, SchemaKind::kShard);
+  for (PgPool* db : databases) {
+    auto applied =
+        ApplyMigrations(*db, db == impl->global.get() ? SchemaKind::kGlobal : SchemaKind::kShard);
     if (!applied.ok()) return applied.status();
-    new_stream =
-        new_stream || std::ranges::find(*applied, kShardOutboxStreamVersion) != applied->end();
+    auto marked = NewStreamMarked(*db);
+    if (!marked.ok()) return marked.status();
+    new_stream = new_stream || *marked;
   }
   impl->migrations_done = true;
   // Each shard's cart actor, from its outbox stream id (see CartActor).
@@ -785,6 +789,15 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
       impl->stock_held = true;
       spdlog::warn("event=stock_writes_held awaiting=\"{}\" reason=earlier_start",
                    absl::StrJoin(impl->stock_awaits, ", "));
+    }
+  }
+  // The marks are handed over now: to write_hold.new_databases (committed above), which only the
+  // replicator's release clears, or, with the hold off, to nothing, as before. A start that stops
+  // before this point leaves them, and the next one marks the hold again.
+  if (new_stream) {
+    for (PgPool* db : databases) {
+      absl::Status cleared = ClearNewStreamMark(*db);
+      if (!cleared.ok()) return cleared;
     }
   }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,

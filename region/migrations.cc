@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 namespace meridian::region {
@@ -80,6 +82,18 @@ ALTER TABLE outbox ALTER COLUMN created_at SET DEFAULT clock_timestamp();
 constexpr const char* kOutboxStream = R"sql(
 CREATE TABLE outbox_stream (id text PRIMARY KEY);
 INSERT INTO outbox_stream VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8));
+)sql";
+
+// The outbox stream made in this database, from the transaction of the migration that makes it
+// until a start has handed it to the write hold (region/app.cc): a start that stops in between
+// (killed, or a later migration failing) leaves the mark for the next one. Made before any
+// migration, like schema_migrations, so that the stream's migration can write it; empty in a
+// database whose stream was made before marks were kept (those starts recorded their hold).
+constexpr const char* kNewStreamMarks = R"sql(
+CREATE TABLE IF NOT EXISTS new_stream_marks (
+  stream_id text PRIMARY KEY,
+  marked_at timestamptz NOT NULL DEFAULT now()
+)
 )sql";
 
 const std::vector<Migration> kGlobal = {
@@ -394,8 +408,11 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) 
     tx.exec0(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT "
         "NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+    tx.exec0(kNewStreamMarks);
   });
   if (!st.ok()) return st;
+  const int stream_version =
+      kind == SchemaKind::kGlobal ? kGlobalOutboxStreamVersion : kShardOutboxStreamVersion;
   // Each migration in its own transaction with the row that records it.
   for (const Migration& m : Migrations(kind)) {
     bool did = false;
@@ -409,6 +426,9 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) 
       tx.exec0(m.sql);
       tx.exec0("INSERT INTO schema_migrations (version, name) VALUES (" + tx.quote(m.version) +
                ", " + tx.quote(m.name) + ")");
+      if (m.version == stream_version) {
+        tx.exec0("INSERT INTO new_stream_marks (stream_id) SELECT id FROM outbox_stream");
+      }
       did = true;
     });
     if (!st.ok()) {
@@ -421,6 +441,18 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) 
     spdlog::info("event=migrations_applied db={} count={}", pool.name(), applied.size());
   }
   return applied;
+}
+
+absl::StatusOr<bool> NewStreamMarked(PgPool& pool) {
+  bool marked = false;
+  absl::Status st = pool.Run(
+      [&](pqxx::work& tx) { marked = !tx.exec("SELECT 1 FROM new_stream_marks LIMIT 1").empty(); });
+  if (!st.ok()) return st;
+  return marked;
+}
+
+absl::Status ClearNewStreamMark(PgPool& pool) {
+  return pool.Run([](pqxx::work& tx) { tx.exec0("DELETE FROM new_stream_marks"); });
 }
 
 }  // namespace meridian::region

@@ -22,11 +22,19 @@ struct Migration {
 
 const std::vector<Migration>& Migrations(SchemaKind kind);
 
-// The migrations that make a database's outbox stream: applied at a start, the database is new.
+// The migrations that make a database's outbox stream: the database is new. In the same
+// transaction ApplyMigrations marks the stream as new (NewStreamMarked).
 inline constexpr int kGlobalOutboxStreamVersion = 8;
 inline constexpr int kShardOutboxStreamVersion = 10;
 
 // Applies what is missing; returns the versions it applied (empty when up to date).
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind);
+
+// Whether the database's outbox stream was made (by ApplyMigrations) and its mark not cleared
+// since: true from the stream migration's commit on, also across a start that stopped after it.
+// REQUIRES: ApplyMigrations ran on `pool`.
+absl::StatusOr<bool> NewStreamMarked(PgPool& pool);
+// Clears the mark, once the start has recorded what it means (the write hold, region/app.cc).
+absl::Status ClearNewStreamMark(PgPool& pool);
 
 }  // namespace meridian::region

@@ -28,6 +28,7 @@
 #include "region/config.h"
 #include "region/control.grpc.pb.h"
 #include "region/internal.grpc.pb.h"
+#include "region/migrations.h"
 #include "region/pg_pool.h"
 #include "services/auth.h"
 #include "services/domain.h"
@@ -2331,6 +2332,57 @@ TEST_F(RegionTest, APooledConnectionBrokenByAPostgresRestartIsReplacedWithoutFai
   EXPECT_EQ(bodies, 1);
   EXPECT_TRUE((*pool)->Ping());
   EXPECT_EQ((*pool)->in_use(), 0);
+}
+
+// A region with peers whose first start on new databases stops after a shard's outbox stream was
+// made (here a later shard migration fails: a table it makes is in the way) is held at its next
+// start all the same: the stream's mark, made with the stream, outlives the failed start. The
+// hold then outlives restarts until the replicator releases it, and no start after that holds.
+TEST_F(RegionTest, AStartThatStoppedAfterTheStreamWasMadeLeavesTheNextStartHeld) {
+  ASSERT_TRUE(pgs_[1]->CreateDatabase("held_global").ok());
+  ASSERT_TRUE(pgs_[1]->CreateDatabase("held_shard").ok());
+  RegionConfig c = BaseConfig();
+  c.global_dsn = pgs_[1]->ConnectionString("held_global");
+  c.shard_dsns = {pgs_[1]->ConnectionString("held_shard")};
+  c.hold_new_databases = true;
+  pqxx::connection global(c.global_dsn);
+  pqxx::connection shard(c.shard_dsns[0]);
+  auto sql = [](pqxx::connection& db, const std::string& q) {
+    pqxx::work tx(db);
+    pqxx::result r = tx.exec(q);
+    tx.commit();
+    return r;
+  };
+  // Shard migration 11 creates order_fence: it fails, after migration 10 made the stream.
+  sql(shard, "CREATE TABLE order_fence (x int)");
+  auto first = RegionApp::Create(c);
+  ASSERT_FALSE(first.ok());
+  EXPECT_NE(first.status().message().find("migration 11"), std::string::npos) << first.status();
+  EXPECT_EQ(sql(shard, "SELECT max(version) FROM schema_migrations")[0][0].as<int>(),
+            kShardOutboxStreamVersion);
+  EXPECT_FALSE(sql(global, "SELECT new_databases FROM write_hold")[0][0].as<bool>());
+  sql(shard, "DROP TABLE order_fence");
+
+  auto held = [&](const RegionConfig& config) {
+    auto app = StartSecondApp(config);
+    if (app == nullptr) return -1;
+    Response m = Request(app->http_port(), "GET", "/metrics");
+    app->Stop();
+    if (m.body.find("\nmeridian_local_writes_held 1") != std::string::npos) return 1;
+    return m.body.find("\nmeridian_local_writes_held 0") != std::string::npos ? 0 : -1;
+  };
+  EXPECT_EQ(held(c), 1);
+  EXPECT_TRUE(sql(global, "SELECT new_databases FROM write_hold")[0][0].as<bool>());
+  EXPECT_EQ(held(c), 1);  // not yet released
+  for (pqxx::connection* db : {&global, &shard}) {
+    EXPECT_EQ(sql(*db, "SELECT count(*) FROM new_stream_marks")[0][0].as<int>(), 0);
+  }
+  RegionConfig off = c;
+  off.hold_new_databases = false;  // still skips the hold
+  EXPECT_EQ(held(off), 0);
+  // The replicator's release (SetLocalWriteHold.release_new_databases) writes this.
+  sql(global, "UPDATE write_hold SET new_databases = false");
+  EXPECT_EQ(held(c), 0);
 }
 
 }  // namespace
