@@ -765,11 +765,22 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     new_stream = new_stream || *marked;
   }
   impl->migrations_done = true;
-  // Each shard's cart actor, from its outbox stream id (see CartActor).
-  for (auto& s : impl->shards) {
-    auto id = ReadStreamId(*s);
+  // Each shard's cart actor, from its outbox stream id (see CartActor). Two pools on one stream
+  // name one database (two shard DSNs, spelled alike or not): the second found the first's
+  // migrations applied, and the two would share the users, the outbox and its stream.
+  std::vector<std::pair<std::string, std::string>> streams;  // stream id, pool
+  for (PgPool* db : databases) {
+    auto id = ReadStreamId(*db);
     if (!id.ok()) return id.status();
-    impl->cart_actors.push_back(CartActor(c.replica_id, *id));
+    for (const auto& [seen, pool] : streams) {
+      if (seen == *id) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(db->name(), " and ", pool, " are one database (both hold outbox stream ",
+                         *id, "): each needs a database of its own: check the connection strings"));
+      }
+    }
+    streams.emplace_back(*id, db->name());
+    if (db != impl->global.get()) impl->cart_actors.push_back(CartActor(c.replica_id, *id));
   }
   // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
   // per-replica count) this region used before a rebuild, which the peers drop as seen.

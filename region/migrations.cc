@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -398,19 +400,72 @@ const std::vector<Migration>& Migrations(SchemaKind kind) {
   return kind == SchemaKind::kGlobal ? kGlobal : kShard;
 }
 
+namespace {
+
+const char* KindName(SchemaKind kind) {
+  return kind == SchemaKind::kGlobal ? "the global schema" : "a shard's schema";
+}
+
+// The recorded migrations' names must be this schema's: versions are numbered from 1 in both
+// schemas, so a database holding the other (a shard DSN naming the global database, or the
+// reverse) would otherwise find every version "applied" and start without its tables.
+// Versions this build does not know (a newer build's) are left alone.
+absl::Status CheckRecorded(pqxx::work& tx, const PgPool& pool, SchemaKind kind) {
+  const std::vector<Migration>& want = Migrations(kind);
+  const SchemaKind other_kind =
+      kind == SchemaKind::kGlobal ? SchemaKind::kShard : SchemaKind::kGlobal;
+  const std::vector<Migration>& other = Migrations(other_kind);
+  auto name_of = [](const std::vector<Migration>& list, int version) -> const char* {
+    for (const Migration& m : list) {
+      if (m.version == version) return m.name;
+    }
+    return nullptr;
+  };
+  std::optional<std::pair<int, std::string>> first_wrong;
+  bool all_others = true;  // every recorded name is the other schema's
+  for (const auto& row : tx.exec("SELECT version, name FROM schema_migrations ORDER BY version")) {
+    const int version = row[0].as<int>();
+    const std::string name = row[1].as<std::string>();
+    const char* expected = name_of(want, version);
+    const char* theirs = name_of(other, version);
+    if (theirs == nullptr || name != theirs) all_others = false;
+    if (expected != nullptr && name != expected && !first_wrong) first_wrong.emplace(version, name);
+  }
+  if (!first_wrong) return absl::OkStatus();
+  const std::string db = tx.exec1("SELECT current_database()")[0].as<std::string>();
+  const std::string configured = kind == SchemaKind::kGlobal
+                                     ? std::string("the global database (postgres.global)")
+                                     : absl::StrCat(pool.name(), " (postgres.shards)");
+  const std::string holds =
+      all_others ? KindName(other_kind)
+                 : absl::StrCat("a schema this build does not know (its migration ",
+                                first_wrong->first, " is \"", first_wrong->second, "\", not \"",
+                                name_of(want, first_wrong->first), "\")");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "database \"", db, "\" holds ", holds, "; it is configured as ", configured, ", which needs ",
+      KindName(kind), " in a database of its own: check the connection strings"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) {
   std::vector<int> applied;
   // One advisory lock per database: concurrent starters wait here, then find nothing to do.
   constexpr long long kLockKey = 0x4d6572696469616eLL;  // "Meridian"
   const std::string lock = absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ")");
+  absl::Status checked;
   absl::Status st = pool.Run([&](pqxx::work& tx) {
     tx.exec(lock);
     tx.exec0(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT "
         "NULL, applied_at timestamptz NOT NULL DEFAULT now())");
     tx.exec0(kNewStreamMarks);
+    checked = CheckRecorded(tx, pool, kind);
   });
   if (!st.ok()) return st;
+  if (!checked.ok()) {
+    return absl::Status(checked.code(), absl::StrCat(pool.name(), ": ", checked.message()));
+  }
   const int stream_version =
       kind == SchemaKind::kGlobal ? kGlobalOutboxStreamVersion : kShardOutboxStreamVersion;
   // Each migration in its own transaction with the row that records it.

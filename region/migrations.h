@@ -27,7 +27,9 @@ const std::vector<Migration>& Migrations(SchemaKind kind);
 inline constexpr int kGlobalOutboxStreamVersion = 8;
 inline constexpr int kShardOutboxStreamVersion = 10;
 
-// Applies what is missing; returns the versions it applied (empty when up to date).
+// Applies what is missing; returns the versions it applied (empty when up to date). Refuses
+// (FailedPrecondition, naming the database and what it holds) a database whose recorded
+// migrations are not `kind`'s: the other schema's, or some other one's.
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind);
 
 // Whether the database's outbox stream was made (by ApplyMigrations) and its mark not cleared

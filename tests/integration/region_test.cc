@@ -2385,5 +2385,41 @@ TEST_F(RegionTest, AStartThatStoppedAfterTheStreamWasMadeLeavesTheNextStartHeld)
   EXPECT_EQ(held(c), 0);
 }
 
+// A DSN naming the wrong database is refused at the start, naming the database and what it
+// holds: before, global and shard migrations share their version numbers, so a shard pointed at
+// the global database found every shard migration "applied" and the region started without its
+// tables; and a second shard on the first shard's database started on the first one's stream.
+TEST_F(RegionTest, AConnectionStringNamingAnotherSchemasDatabaseIsRefusedAtTheStart) {
+  auto refused = [](const RegionConfig& c) {
+    auto app = RegionApp::Create(c);
+    EXPECT_FALSE(app.ok());
+    if (app.ok()) return std::string();
+    EXPECT_EQ(app.status().code(), absl::StatusCode::kFailedPrecondition) << app.status();
+    return std::string(app.status().message());
+  };
+  RegionConfig global_as_shard = BaseConfig();
+  global_as_shard.shard_dsns[0] = pgs_[0]->ConnectionString("global");
+  std::string why = refused(global_as_shard);
+  EXPECT_NE(why.find("database \"global\" holds the global schema"), std::string::npos) << why;
+  EXPECT_NE(why.find("configured as shard-0"), std::string::npos) << why;
+
+  RegionConfig shard_as_global = BaseConfig();
+  shard_as_global.global_dsn = pgs_[1]->ConnectionString("shard1");
+  why = refused(shard_as_global);
+  EXPECT_NE(why.find("database \"shard1\" holds a shard's schema"), std::string::npos) << why;
+  EXPECT_NE(why.find("configured as the global database"), std::string::npos) << why;
+
+  RegionConfig one_database = BaseConfig();
+  one_database.shard_dsns[1] = pgs_[0]->ConnectionString("shard0");
+  why = refused(one_database);
+  EXPECT_NE(why.find("shard-1 and shard-0 are one database"), std::string::npos) << why;
+
+  // Nothing was applied to them: the region still starts on its own databases.
+  auto app = StartSecondApp(BaseConfig());
+  ASSERT_NE(app, nullptr);
+  EXPECT_EQ(Request(app->http_port(), "GET", "/v1/products/sku-1").status, 200);
+  app->Stop();
+}
+
 }  // namespace
 }  // namespace meridian::region
