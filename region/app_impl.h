@@ -415,6 +415,9 @@ struct RegionApp::Impl {
   PeerDurability AwaitPeer(PgPool& shard, int64_t seq, const std::string& residency,
                            uint32_t group);
   absl::StatusOr<SweepCounts> Sweep();
+  // Refunds the captured charges that failed payments owe (refunds_due, each shard), as a sweep's
+  // last step.
+  void RefundsDue();
   // Where the last sweep stopped (its last item's expires_at as text, and id) when it took a full
   // page: the next one goes on from there, and from the oldest again after a page that was not
   // full. Items a sweep cannot settle (failing for good, or left to their order's owner) are

@@ -105,7 +105,29 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     }
     if (!st.ok() && !SkipFailedSweepItem(id, st, &counts)) return st;
   }
+  RefundsDue();
   return counts;
+}
+
+void RegionApp::Impl::RefundsDue() {
+  constexpr int kPage = 100;
+  for (auto& shard : shards) {
+    std::vector<std::pair<std::string, std::string>> due;  // charge, order
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      due.clear();
+      for (const auto& r :
+           tx.exec("SELECT charge_id, order_id FROM refunds_due ORDER BY created_at LIMIT " +
+                   std::to_string(kPage))) {
+        due.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+      }
+    });
+    if (!st.ok()) {
+      spdlog::warn("event=refunds_due_unread pool={} status=\"{}\"", shard->name(), st.ToString());
+      continue;
+    }
+    // Each is refunded unless its order was paid with it meanwhile; its row goes once settled.
+    for (const auto& [charge, order] : due) (void)RefundUnlessPaidWith(*shard, order, charge);
+  }
 }
 
 // One reservation the sweep cannot settle (its stock cannot go back, its order cannot be read)

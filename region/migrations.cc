@@ -392,6 +392,18 @@ UPDATE carts c SET residency = u.residency
  WHERE c.user_id = u.user_id AND c.residency = 'any' AND u.residency <> 'any';
 )sql"},
     {15, "outbox_truncated", kOutboxTruncated},
+    {16, "refunds_due",
+     R"sql(
+-- Captured charges that a failed payment must give back and could not at once (the global
+-- database did not answer): the sweep refunds them (RegionApp::Impl::RefundsDue). Kept on the
+-- order's shard, in the transaction that found the payment failed, so that the obligation
+-- outlives the global database's outage and the process.
+CREATE TABLE refunds_due (
+  charge_id  text PRIMARY KEY,
+  order_id   text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 }  // namespace

@@ -1096,13 +1096,26 @@ bool RegionApp::Impl::RefundUnlessPaidWith(PgPool& shard, const std::string& ord
     pqxx::result r = tx.exec(
         "SELECT payment_ref FROM orders WHERE order_id = " + tx.quote(order_id) + " FOR UPDATE");
     paid_with = !r.empty() && !r[0][0].is_null() && r[0][0].as<std::string>() == charge_id;
-    if (paid_with) return;
-    absl::Status refunded =
-        global->Run([&](pqxx::work& g) { RefundCaptured(g, "charge_id = " + g.quote(charge_id)); });
-    if (!refunded.ok()) throw AbortTx{refunded};
+    if (!paid_with) {
+      absl::Status refunded = global->Run(
+          [&](pqxx::work& g) { RefundCaptured(g, "charge_id = " + g.quote(charge_id)); });
+      if (!refunded.ok()) {
+        // The capture stays, owed: the sweep refunds it (RefundsDue). The order may be decided
+        // already (a cancel or an expiry that came first), its reservation released, so no
+        // sweep of reservations would ever look at it again.
+        spdlog::warn(
+            "event=payment_refund_failed order={} charge={} status=\"{}\" (the sweep retries)",
+            order_id, charge_id, refunded.ToString());
+        tx.exec0("INSERT INTO refunds_due (charge_id, order_id) VALUES (" + tx.quote(charge_id) +
+                 ", " + tx.quote(order_id) + ") ON CONFLICT DO NOTHING");
+        return;
+      }
+    }
+    tx.exec0("DELETE FROM refunds_due WHERE charge_id = " + tx.quote(charge_id));  // settled
   });
   if (!st.ok()) {
-    // The capture stays; the sweep refunds it once the order is settled unpaid.
+    // Nothing recorded (the order's shard failed too): the capture stays for the reconcile
+    // report (charge_without_order), or for the sweep if the order expires unpaid.
     spdlog::warn("event=payment_refund_failed order={} charge={} status=\"{}\"", order_id,
                  charge_id, st.ToString());
   }

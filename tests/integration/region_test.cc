@@ -1763,6 +1763,56 @@ TEST_F(RegionTest, APeersCatalogWriteLeavesAMarkerThatOnlyItsOwnOrANewerCopyRepl
   redisFree(c);
 }
 
+// Review of 2026-12-05 (write paths), finding 5. A payment captured its charge while the order
+// was being cancelled (the cancel had nothing to refund yet, and released the reservation); the
+// payment then found the order cancelled, and its refund of the capture failed (the global
+// database did not answer). The sweep settles only reservations still held, so the customer
+// stayed charged for a cancelled order. The obligation is now recorded on the order's shard, and
+// the sweep refunds it.
+TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSweep) {
+  std::string t = NewCustomer();
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+  Response o = As(t, "POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  auto global = [&](const std::string& sql) {
+    pqxx::connection c(pgs_[0]->ConnectionString("global"));
+    pqxx::work tx(c);
+    tx.exec0(sql);
+    tx.commit();
+  };
+  // The capture takes 1.5 s (a slow provider); its refund fails, once.
+  global(
+      "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+      "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
+      "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
+  auto fault = InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE",
+                           "sandbox_charges", "NEW.status = 'refunded'");
+  auto paying = std::async(std::launch::async, [&] {
+    return As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+  });
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Count(0, "global",
+                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") > 0;
+      },
+      10))
+      << "the payment never reached its capture";
+  EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
+  Response paid = paying.get();
+  global("DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
+  EXPECT_EQ(paid.status, 409) << paid.body;
+  ASSERT_EQ(Charges(id, "captured"), 1) << "the refund did not fail: nothing to test";
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM refunds_due WHERE order_id = '" + id + "'"), 1);
+  fault.reset();
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Charges(id, "captured"), 0);
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(CountAllShards("SELECT count(*) FROM refunds_due"), 0);
+  EXPECT_EQ(Order(t, id)["status"], "cancelled");
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
