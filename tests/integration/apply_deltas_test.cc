@@ -124,6 +124,15 @@ std::string Login(Region& r, const std::string& email, const std::string& reside
   return Json::parse(s.body).value("token", "");
 }
 
+// A customer of region `r` (their token and user id) who added one sku-1 to their cart there.
+std::pair<std::string, std::string> CustomerWithACart(Region& r, const std::string& email) {
+  const std::string token = Login(r, email, "us");
+  Response local = Request(r.port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                           {{"Authorization", "Bearer " + token}});
+  EXPECT_EQ(local.status, 200) << local.body;
+  return {token, Json::parse(local.body).value("user_id", "")};
+}
+
 Json Cart(Region& r, const std::string& token) {
   return Json::parse(
       Request(r.port(), "GET", "/v1/cart", "", {{"Authorization", "Bearer " + token}})
@@ -1164,11 +1173,7 @@ TEST_F(CartResidencyTest, HerOwnChangeHereNarrowsTheRowAndOldRowsNarrowAtTheMigr
 // committed, which only a newer copy replaces, and which reads go around. (A process-local guard
 // instead, tried the same day, left the race open between two processes of one region.)
 TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyReplaces) {
-  const std::string token = Login(*us_, "ada@example.com", "us");
-  Response local = Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
-                           {{"Authorization", "Bearer " + token}});
-  ASSERT_EQ(local.status, 200) << local.body;
-  const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
+  const auto [token, user] = CustomerWithACart(*us_, "ada@example.com");
   redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
   ASSERT_TRUE(c && !c->err);
   auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
@@ -1208,11 +1213,7 @@ TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyRepl
 // copies, and the peer's resend found the records duplicates: GET /v1/cart served the cart
 // without the peer's lines for up to an hour, while a checkout took them.
 TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopies) {
-  const std::string token = Login(*us_, "bo@example.com", "us");
-  Response local = Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
-                           {{"Authorization", "Bearer " + token}});
-  ASSERT_EQ(local.status, 200) << local.body;
-  const std::string user = Json::parse(local.body)["user_id"].get<std::string>();
+  const auto [token, user] = CustomerWithACart(*us_, "bo@example.com");
   redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
   ASSERT_TRUE(c && !c->err);
   const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);

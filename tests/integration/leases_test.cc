@@ -378,6 +378,21 @@ class LeasesTest : public ::testing::Test {
     return n;
   }
 
+  // `n` paid orders of ap-south's group in its shard0, ids `<prefix>-0001` on, each carrying a
+  // payment reference of `md5s` MD5 hex digests (32 bytes each): the bulk of a sync page.
+  void SeedApSouthOrders(const std::string& prefix, int n, int md5s) {
+    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
+    pqxx::work tx(conn);
+    tx.exec0(
+        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+        "owner_region, lease_group, payment_ref, residency) SELECT " +
+        tx.quote(prefix + "-") + " || lpad(i::text, 4, '0'), " + tx.quote(prefix + "-user") +
+        ", 'paid', 100, 'USD', 'r-' || i, 'ap-south', " + tx.quote(c_->spec(kAp).replica_id) +
+        ", repeat(md5(i::text), " + std::to_string(md5s) + "), 'any' FROM generate_series(1, " +
+        std::to_string(n) + ") i");
+    tx.commit();
+  }
+
   std::unique_ptr<Cluster> c_;
 };
 
@@ -2209,16 +2224,8 @@ TEST_F(LeasesTest, APeerThatAsksWithoutReadingIsCutOffAt64MiB) {
   ASSERT_NO_FATAL_FAILURE(StartThree());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
   const uint32_t ap = c_->spec(kAp).replica_id;
-  {  // 1,000 orders of ap-south's group with 4 KB each: every page of 500 is a 2 MB reply
-    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
-    pqxx::work tx(conn);
-    tx.exec(
-        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
-        "owner_region, lease_group, payment_ref, residency) SELECT 'flood-' || lpad(i::text, 4, "
-        "'0'), 'flood-user', 'paid', 100, 'USD', 'r-' || i, 'ap-south', " +
-        tx.quote(ap) + ", repeat(md5(i::text), 128), 'any' FROM generate_series(1, 1000) i");
-    tx.commit();
-  }
+  // 1,000 orders of ap-south's group with 4 KB each: every page of 500 is a 2 MB reply
+  SeedApSouthOrders("flood", 1000, 128);
   const std::string log_path = c_->replicator_log(kAp);
   {
     // Sanitizer builds read the pages some times slower: room for that.
@@ -2273,16 +2280,7 @@ TEST_F(LeasesTest, ASyncPageOfLargeOrdersIsAnsweredWithinItsByteLimit) {
   ASSERT_NO_FATAL_FAILURE(StartThree());
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());  // it would displace the forged stream
   const uint32_t ap = c_->spec(kAp).replica_id;
-  {  // 500 orders of ap-south's group with 10 KB each: one page of about 5 MB
-    pqxx::connection conn(c_->Dsn(kAp, "shard0"));
-    pqxx::work tx(conn);
-    tx.exec(
-        "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
-        "owner_region, lease_group, payment_ref, residency) SELECT 'big-' || lpad(i::text, 4, "
-        "'0'), 'big-user', 'paid', 100, 'USD', 'r-' || i, 'ap-south', " +
-        tx.quote(ap) + ", repeat(md5(i::text), 320), 'any' FROM generate_series(1, 500) i");
-    tx.commit();
-  }
+  SeedApSouthOrders("big", 500, 320);  // 10 KB each: 5 MB in all
   {
     test_support::ForgedPeer p(*c_, kEu, kAp, "", std::chrono::seconds(60));
     ASSERT_TRUE(p.Hello());

@@ -273,13 +273,15 @@ class RegionTest : public ::testing::Test {
   static void CancelRacesAReservationCommit(const std::string& id,
                                             const std::function<void()>& commit,
                                             const std::function<bool()>& paid_at_lock);
+  // Runs `sql` (no rows back) in database `db` of server `pg`, committed.
+  static void Exec(int pg, const std::string& db, const std::string& sql) {
+    pqxx::connection c(pgs_[pg]->ConnectionString(db));
+    pqxx::work tx(c);
+    tx.exec0(sql);
+    tx.commit();
+  }
   static void ExecAllShards(const std::string& sql) {
-    for (const auto& [pg, db] : Shards()) {
-      pqxx::connection c(pgs_[pg]->ConnectionString(db));
-      pqxx::work tx(c);
-      tx.exec0(sql);
-      tx.commit();
-    }
+    for (const auto& [pg, db] : Shards()) Exec(pg, db, sql);
   }
 
   // test_support::DbFault in databases named by (server, database).
@@ -1482,19 +1484,13 @@ TEST_F(RegionTest, AGroupOrdersPageOfLargeOrdersStopsAtItsByteLimitAndTheNextGoe
   auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
       "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
   // 400 paid orders of 120 lines of 60-character SKUs (about 8 KB each), after every other id.
-  auto exec = [&](const std::string& sql) {
-    pqxx::connection c(pgs_[0]->ConnectionString("shard0"));
-    pqxx::work tx(c);
-    tx.exec0(sql);
-    tx.commit();
-  };
-  exec(
-      "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
-      "owner_region, residency, lease_group) SELECT 'offff' || lpad(to_hex(i), 20, '0'), "
-      "'u-big', 'paid', 100, 'USD', 'r' || i, 'us-east', 'us', 1 FROM generate_series(1, 400) i; "
-      "INSERT INTO order_items (order_id, sku, quantity, price_cents) SELECT 'offff' || "
-      "lpad(to_hex(i), 20, '0'), lpad(j::text, 60, 'x'), 1, 1 FROM generate_series(1, 400) i, "
-      "generate_series(1, 120) j");
+  Exec(0, "shard0",
+       "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+       "owner_region, residency, lease_group) SELECT 'offff' || lpad(to_hex(i), 20, '0'), "
+       "'u-big', 'paid', 100, 'USD', 'r' || i, 'us-east', 'us', 1 FROM generate_series(1, 400) i; "
+       "INSERT INTO order_items (order_id, sku, quantity, price_cents) SELECT 'offff' || "
+       "lpad(to_hex(i), 20, '0'), lpad(j::text, 60, 'x'), 1, 1 FROM generate_series(1, 400) i, "
+       "generate_series(1, 120) j");
   std::vector<std::string> big;
   std::vector<int> per_page;
   std::string after;
@@ -1523,9 +1519,9 @@ TEST_F(RegionTest, AGroupOrdersPageOfLargeOrdersStopsAtItsByteLimitAndTheNextGoe
     after = resp.last_key();
     done = resp.done();
   }
-  exec(
-      "DELETE FROM order_items WHERE order_id LIKE 'offff%'; DELETE FROM orders WHERE order_id "
-      "LIKE 'offff%'");
+  Exec(0, "shard0",
+       "DELETE FROM order_items WHERE order_id LIKE 'offff%'; DELETE FROM orders WHERE order_id "
+       "LIKE 'offff%'");
   ASSERT_EQ(big.size(), 400u) << "an order skipped or sent twice";
   EXPECT_TRUE(std::is_sorted(big.begin(), big.end()));
   EXPECT_GE(per_page.size(), 2u);
@@ -1775,17 +1771,11 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
-  auto global = [&](const std::string& sql) {
-    pqxx::connection c(pgs_[0]->ConnectionString("global"));
-    pqxx::work tx(c);
-    tx.exec0(sql);
-    tx.commit();
-  };
   // The capture takes 1.5 s (a slow provider); its refund fails, once.
-  global(
-      "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
-      "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
-      "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
+  Exec(0, "global",
+       "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+       "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
+       "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
   auto fault = InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE",
                            "sandbox_charges", "NEW.status = 'refunded'");
   auto paying = std::async(std::launch::async, [&] {
@@ -1800,7 +1790,7 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
       << "the payment never reached its capture";
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
   Response paid = paying.get();
-  global("DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
+  Exec(0, "global", "DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
   EXPECT_EQ(paid.status, 409) << paid.body;
   ASSERT_EQ(Charges(id, "captured"), 1) << "the refund did not fail: nothing to test";
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM refunds_due WHERE order_id = '" + id + "'"), 1);
