@@ -1041,9 +1041,16 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
 // back on sale; the checkout, when it goes on, must not make the order after all (those units
 // may be sold again by then): it answers 409 and the cart keeps its lines.
 TEST_F(RegionTest, ACheckoutLatePastItsReservationMakesNoOrder) {
+  // A product of its own: the sweep below also releases other tests' expired reservations, and
+  // their units must not count here (in one process, an earlier test's sku-5 did).
+  ASSERT_EQ(Admin("PUT", "/v1/admin/products/sku-late",
+                  R"({"name":"Late lamp","category":"kitchen","price_cents":700})")
+                .status,
+            201);
+  ASSERT_EQ(Admin("POST", "/v1/admin/inventory/sku-late/restock", R"({"units":10})").status, 200);
   std::string t = NewCustomer();
-  const int64_t before = Available("sku-5");
-  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})");
+  const int64_t before = Available("sku-late");
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-late","quantity":2})");
   ASSERT_EQ(add.status, 200) << add.body;
   const std::string user = Json::parse(add.body)["user_id"];
   const auto in_shard0 =
@@ -1057,11 +1064,11 @@ TEST_F(RegionTest, ACheckoutLatePastItsReservationMakesNoOrder) {
             ", 0))");
   checkout = std::async(std::launch::async, [&] { return As(t, "POST", "/v1/checkout"); });
   // It has taken its stock and waits for the cart.
-  ASSERT_TRUE(Eventually([&] { return Available("sku-5") == before - 2; }, 10));
+  ASSERT_TRUE(Eventually([&] { return Available("sku-late") == before - 2; }, 10));
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   auto swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-5"), before);  // back on sale
+  EXPECT_EQ(Available("sku-late"), before);  // back on sale
   hold.abort();
 
   Response late = checkout.get();
@@ -1069,7 +1076,7 @@ TEST_F(RegionTest, ACheckoutLatePastItsReservationMakesNoOrder) {
   EXPECT_NE(late.body.find("took longer than its stock reservation"), std::string::npos)
       << late.body;
   EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
-  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Available("sku-late"), before);
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);
 }
 
