@@ -23,9 +23,10 @@ namespace meridian::region {
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the handlers.
 
-std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key) {
-  return "SELECT pg_advisory_xact_lock(hashtextextended(" +
-         tx.quote(absl::StrCat(AbslView(kind), ":", key)) + ", 0));";
+std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key,
+                            bool shared) {
+  return std::string("SELECT pg_advisory_xact_lock") + (shared ? "_shared" : "") +
+         "(hashtextextended(" + tx.quote(absl::StrCat(AbslView(kind), ":", key)) + ", 0));";
 }
 
 crdt::ReplicaId CartActor(uint32_t replica_id, std::string_view stream_id) {

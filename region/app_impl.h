@@ -70,18 +70,24 @@ HttpResponse ForwardFailedProblem(grpc::StatusCode code, const std::string& orde
                                   const std::string& owner_name);
 // A product's copy in Redis ("product:<sku>") is its HLC as 20 decimal digits (so that versions
 // compare as strings, in Lua too), '|', and its JSON; a marker of a peer's write is the first two
-// alone. kStoreProductCopy (KEYS: the key; ARGV: the version, the value) writes the value unless
-// Redis holds a newer version, or the same version as a copy (a marker gives way to a copy of
-// its own version), for 300 s.
+// alone. store_product(key, version, value), a Lua function that scripts begin with
+// (kStoreProductCopyFn), writes the value unless Redis holds a newer version, or the same version
+// as a copy (a marker gives way to a copy of its own version), for 300 s. kStoreProductCopy runs
+// it alone (KEYS: the key; ARGV: the version, the value).
 inline std::string ProductCopyVersion(uint64_t hlc) { return absl::StrFormat("%020u", hlc); }
-inline constexpr const char* kStoreProductCopy = R"lua(
-local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 21, 21) == '|' then
-  local theirs = string.sub(cur, 1, 20)
-  if theirs > ARGV[1] or (theirs == ARGV[1] and (#cur > 21 or #ARGV[2] <= 21)) then return 0 end
+inline constexpr const char* kStoreProductCopyFn = R"lua(
+local function store_product(key, version, value)
+  local cur = redis.call('GET', key)
+  if cur and string.sub(cur, 21, 21) == '|' then
+    local theirs = string.sub(cur, 1, 20)
+    if theirs > version or (theirs == version and (#cur > 21 or #value <= 21)) then return 0 end
+  end
+  redis.call('SET', key, value, 'EX', 300)
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', 300)
-return 1)lua";
+)lua";
+inline const std::string kStoreProductCopy =
+    std::string(kStoreProductCopyFn) + "return store_product(KEYS[1], ARGV[1], ARGV[2])";
 // Order ids are "o" + 24 hex digits (RandomId); anything else cannot name an order (NotFound).
 absl::Status ValidOrderId(std::string_view id);
 // The request's Idempotency-Key header, checked ("" when there is none).

@@ -151,8 +151,8 @@ void RegionApp::Impl::RetireHotCopies(
   // peer's, so it holds its lines) stays. A cart's marker lives 60 s: a local writer stores its
   // copy right after its commit, and most carts a peer changes in real traffic have no copy here
   // (their customers shop elsewhere), so markers of an hour would fill Redis with them. A
-  // product's lives as long as its copies, 300 s (kStoreProductCopy's rules).
-  static constexpr const char* kRetire = R"lua(
+  // product's lives as long as its copies, 300 s (store_product's rules).
+  static const std::string kRetire = std::string(kStoreProductCopyFn) + R"lua(
 local n = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   local version = ARGV[i + 1]
@@ -164,10 +164,7 @@ for i, key in ipairs(KEYS) do
       redis.call('EXPIRE', key, 60)
     end
   else
-    local cur = redis.call('GET', key)
-    if not cur or string.sub(cur, 21, 21) ~= '|' or string.sub(cur, 1, 20) < version then
-      redis.call('SET', key, version .. '|', 'EX', 300)
-    end
+    store_product(key, version, version .. '|')
   end
 end
 return 1)lua";

@@ -17,7 +17,9 @@ namespace meridian::region {
 // "SELECT pg_advisory_xact_lock(...);" for one document (a cart, a SKU's inventory): every
 // read-merge-write of a CRDT row takes it first, so that two writers never both see "no row yet"
 // and the second upsert overwrites the first's join. Take several in key order.
-std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key);
+// `shared`: the lock's shared form (many holders at once, none while it is held exclusively).
+std::string DocumentLockSql(pqxx::work& tx, std::string_view kind, const std::string& key,
+                            bool shared = false);
 
 // The ON CONFLICT clause of every upsert of a cart row (`INSERT INTO carts (user_id, state,
 // residency, version) VALUES ...`): the new state and version, and a residency that only ever

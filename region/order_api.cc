@@ -96,8 +96,7 @@ std::string FenceSql(pqxx::work& tx, uint32_t group, int64_t epoch) {
 // a writer after the raise sees the new fence. Without it a writer that had checked the fence
 // could commit after the raise, a change the new owner never heard of.
 std::string FenceLockSql(pqxx::work& tx, uint32_t group, bool exclusive) {
-  return std::string("SELECT pg_advisory_xact_lock") + (exclusive ? "" : "_shared") +
-         "(hashtextextended(" + tx.quote(absl::StrCat("fence:", group)) + ", 0));";
+  return DocumentLockSql(tx, "fence", std::to_string(group), /*shared=*/!exclusive);
 }
 
 // Serializes the checkout that writes an order with the sweep that finds it missing (ExpireOrder).

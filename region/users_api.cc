@@ -183,9 +183,9 @@ absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
   if (!found) return absl::NotFoundError(absl::StrCat("no product ", sku));
   // Written unless Redis holds a newer copy, or a marker of a newer write: a reader that read
   // the row before a write and stores after its deletion cannot put the old product back.
-  (void)redis->Eval(
-      kStoreProductCopy, {"product:" + sku},
-      {ProductCopyVersion(found->first), ProductCopyVersion(found->first) + "|" + found->second});
+  const std::string version = ProductCopyVersion(found->first);
+  (void)redis->Eval(kStoreProductCopy, {"product:" + sku},
+                    {version, absl::StrCat(version, "|", found->second)});
   return *std::move(found);
 }
 
