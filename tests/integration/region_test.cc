@@ -54,11 +54,9 @@ constexpr const char* kOperator = "operator-token-for-tests";
 class RegionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    for (int i = 0; i < 2; ++i) {
-      auto pg = PostgresServer::Start({.name = "shard" + std::to_string(i)});
-      ASSERT_TRUE(pg.ok()) << pg.status();
-      pgs_.push_back(*std::move(pg));
-    }
+    auto pgs = PostgresServer::StartAll({{.name = "shard0"}, {.name = "shard1"}});
+    ASSERT_TRUE(pgs.ok()) << pgs.status();
+    pgs_ = *std::move(pgs);
     ASSERT_TRUE(pgs_[0]->CreateDatabase("global").ok());
     ASSERT_TRUE(pgs_[0]->CreateDatabase("shard0").ok());
     ASSERT_TRUE(pgs_[1]->CreateDatabase("shard1").ok());

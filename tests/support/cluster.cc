@@ -113,7 +113,17 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options) 
 }
 
 Cluster::~Cluster() {
-  // Replicators and servers first (they hold connections to the databases).
+  // Replicators and servers first (they hold connections to the databases): every one is sent
+  // SIGKILL before any is waited for, so that they exit side by side.
+  for (auto& r : regions_) {
+    for (Process* p : {r->replicator.get(), r->server.get()}) {
+      if (p != nullptr) (void)p->Signal(SIGKILL);
+    }
+  }
+  for (Link& l : links_) {
+    if (l.proxy) (void)l.proxy->Signal(SIGKILL);
+  }
+  if (witness_) (void)witness_->Signal(SIGKILL);
   for (auto& r : regions_) {
     r->replicator.reset();
     r->server.reset();
@@ -140,12 +150,18 @@ absl::Status Cluster::Build() {
       !st.ok()) {
     return st;
   }
+  // The regions' PostgreSQL servers start side by side.
+  std::vector<PostgresServer::Options> pg_options;
   for (const RegionSpec& s : options_.regions) {
+    pg_options.push_back({.name = s.name, .max_connections = 120});
+  }
+  auto pgs = PostgresServer::StartAll(std::move(pg_options));
+  if (!pgs.ok()) return pgs.status();
+  for (size_t i = 0; i < options_.regions.size(); ++i) {
+    const RegionSpec& s = options_.regions[i];
     auto r = std::make_unique<Region>();
     r->spec = s;
-    auto pg = PostgresServer::Start({.name = s.name, .max_connections = 120});
-    if (!pg.ok()) return pg.status();
-    r->pg = *std::move(pg);
+    r->pg = std::move((*pgs)[i]);
     auto redis = RedisServer::Start({.name = s.name});
     if (!redis.ok()) return redis.status();
     r->redis = *std::move(redis);

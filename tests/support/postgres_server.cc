@@ -163,6 +163,14 @@ absl::StatusOr<std::string> PostgresServer::MakeSharedTemplate(pid_t owner) {
 absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() { return Start(Options{}); }
 
 absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(Options options) {
+  std::vector<Options> one;
+  one.push_back(std::move(options));
+  auto started = StartAll(std::move(one));
+  if (!started.ok()) return started.status();
+  return std::move(started->front());
+}
+
+absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Prepare(Options options) {
   absl::StatusOr<std::string> bin_dir = FindBinDir();
   if (!bin_dir.ok()) return bin_dir.status();
   const std::string user = ServerUser();
@@ -182,29 +190,59 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(Options op
     return absl::Status(s.code(), absl::StrCat("PostgresServer '", server->name(),
                                                "': copying the template: ", s.message()));
   }
+  return server;
+}
 
-  std::string last_error;
-  for (int attempt = 1; attempt <= kPortAttemptsMax; ++attempt) {
-    server->port_ = FreeTcpPort();
-    if (server->port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
-    switch (server->StartOnce(&last_error)) {
+absl::StatusOr<std::vector<std::unique_ptr<PostgresServer>>> PostgresServer::StartAll(
+    std::vector<Options> options) {
+  std::vector<std::unique_ptr<PostgresServer>> servers;
+  std::vector<Attempt> attempts(options.size());
+  for (size_t i = 0; i < options.size(); ++i) {
+    auto server = Prepare(std::move(options[i]));
+    if (!server.ok()) return server.status();
+    servers.push_back(*std::move(server));
+  }
+  // Every postmaster is spawned before any is waited for: most of a start is the postmaster
+  // setting itself up, which the servers then do side by side.
+  for (size_t i = 0; i < servers.size(); ++i) {
+    servers[i]->port_ = FreeTcpPort();
+    if (servers[i]->port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
+    attempts[i] = servers[i]->Spawn();
+  }
+  for (size_t i = 0; i < servers.size(); ++i) {
+    PostgresServer& server = *servers[i];
+    std::string last_error;
+    Outcome outcome = server.AwaitReady(std::move(attempts[i]), &last_error);
+    // Lost the race for the port: pick another, a bounded number of times.
+    for (int attempt = 2; outcome == Outcome::kPortInUse && attempt <= kPortAttemptsMax;
+         ++attempt) {
+      server.port_ = FreeTcpPort();
+      if (server.port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
+      outcome = server.AwaitReady(server.Spawn(), &last_error);
+    }
+    switch (outcome) {
       case Outcome::kReady:
-        return server;
+        break;
       case Outcome::kPortInUse:
-        continue;  // Lost the race for the port: pick another.
+        return absl::UnavailableError(
+            absl::StrCat("PostgresServer '", server.name(), "': ", kPortAttemptsMax,
+                         " ports in a row were taken; last: ", last_error));
       case Outcome::kShmemInUse:
       case Outcome::kFailed:
         return absl::InternalError(last_error);
     }
   }
-  return absl::UnavailableError(absl::StrCat("PostgresServer '", server->name(),
-                                             "': ", kPortAttemptsMax,
-                                             " ports in a row were taken; last: ", last_error));
+  return servers;
 }
 
 PostgresServer::Outcome PostgresServer::StartOnce(std::string* error) {
+  return AwaitReady(Spawn(), error);
+}
+
+PostgresServer::Attempt PostgresServer::Spawn() {
+  Attempt attempt;
   const std::string log = log_path();
-  const uint64_t log_offset = FileSize(log);
+  attempt.log_offset = FileSize(log);
   Process::Options postgres;
   postgres.argv = {bin_dir_ + "/postgres",
                    "-D",
@@ -233,8 +271,15 @@ PostgresServer::Outcome PostgresServer::StartOnce(std::string* error) {
   postgres.log_path = log;
   postgres.user = user_;
   postgres.working_dir = directory_;
+  attempt.process = Process::Spawn(std::move(postgres));
+  return attempt;
+}
+
+PostgresServer::Outcome PostgresServer::AwaitReady(Attempt attempt, std::string* error) {
+  const std::string log = log_path();
+  const uint64_t log_offset = attempt.log_offset;
   const std::string what = absl::StrCat("PostgresServer '", name(), "' on port ", port_);
-  absl::StatusOr<std::unique_ptr<Process>> process = Process::Spawn(std::move(postgres));
+  absl::StatusOr<std::unique_ptr<Process>>& process = attempt.process;
   if (!process.ok()) {
     *error = absl::StrCat(what, ": ", process.status().message());
     return Outcome::kFailed;
@@ -312,8 +357,11 @@ absl::Status PostgresServer::CreateDatabase(std::string_view name_view) {
   } else if (char* quoted = PQescapeIdentifier(conn, name.data(), name.size()); !quoted) {
     status = absl::InvalidArgumentError(absl::StrCat(what, name, ": ", PQerrorMessage(conn)));
   } else {
-    // Not in a transaction block: CREATE DATABASE refuses to run inside one.
-    PGresult* result = PQexec(conn, absl::StrCat("CREATE DATABASE ", quoted).c_str());
+    // Not in a transaction block: CREATE DATABASE refuses to run inside one. FILE_COPY copies
+    // template1's files instead of writing them all to the WAL (the default since 15): about half
+    // the time here (0.09 against 0.16 s).
+    PGresult* result =
+        PQexec(conn, absl::StrCat("CREATE DATABASE ", quoted, " STRATEGY = FILE_COPY").c_str());
     PQfreemem(quoted);
     if (PQresultStatus(result) != PGRES_COMMAND_OK) {
       status = absl::InternalError(absl::StrCat(what, name, ": ", PQerrorMessage(conn)));

@@ -36,7 +36,7 @@ namespace meridian::test_support {
 // /usr/lib/postgresql/<N>/bin. Set MERIDIAN_KEEP_TEST_DIRS=1 to keep the directory (and its
 // postgres.log) after the test; the path is printed to stderr.
 //
-// Start() is thread-safe; one PostgresServer is driven by one thread at a time.
+// Start() and StartAll() are thread-safe; one PostgresServer is driven by one thread at a time.
 class PostgresServer {
  public:
   struct Options {
@@ -55,6 +55,10 @@ class PostgresServer {
   // choosing and binding it, retries with a new one (bounded). Errors quote the server log tail.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(Options options);
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<PostgresServer>> Start();
+  // Starts several servers side by side (every postmaster is spawned before any is waited for),
+  // as Start does one; in the order of `options`. Call from a thread that outlives the servers.
+  [[nodiscard]] static absl::StatusOr<std::vector<std::unique_ptr<PostgresServer>>> StartAll(
+      std::vector<Options> options);
 
   // Runs initdb into a new directory for other processes' Start() to copy, hands the directory
   // to process `owner` (a sweep removes it once that process is gone; see HandTempDirTo) and
@@ -103,7 +107,17 @@ class PostgresServer {
         directory_(std::move(directory)) {}
 
   enum class Outcome { kReady, kPortInUse, kShmemInUse, kFailed };
-  // One attempt to start the postmaster on port_; on kReady, process_ holds it.
+  // A postmaster spawned on port_ and not yet known to be ready; its log grew from log_offset.
+  struct Attempt {
+    absl::StatusOr<std::unique_ptr<Process>> process = absl::UnknownError("not spawned");
+    uint64_t log_offset = 0;
+  };
+  // A new directory holding a copy of the template cluster, not started.
+  static absl::StatusOr<std::unique_ptr<PostgresServer>> Prepare(Options options);
+  // One attempt to start the postmaster on port_, in two halves: Spawn, then AwaitReady, which
+  // on kReady leaves the postmaster in process_. StartOnce is both.
+  Attempt Spawn();
+  Outcome AwaitReady(Attempt attempt, std::string* error);
   Outcome StartOnce(std::string* error);
   // Waits until no process is attached to the shared memory of a SIGKILLed postmaster.
   absl::Status WaitForOrphans(bool remove_segment);

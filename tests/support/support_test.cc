@@ -295,12 +295,15 @@ TEST(PostgresServerTest, StartTimes) {
 }
 
 TEST(PostgresServerTest, TwoServersCreateDatabaseKill9Restart) {
-  auto a = PostgresServer::Start({.name = "pg-a"});
-  ASSERT_TRUE(a.ok()) << a.status();
-  auto b = PostgresServer::Start({.name = "pg-b", .max_connections = 20});
-  ASSERT_TRUE(b.ok()) << b.status();
-  PostgresServer& pa = **a;
-  PostgresServer& pb = **b;
+  // Started side by side, each with its own options.
+  auto both = PostgresServer::StartAll({{.name = "pg-a"}, {.name = "pg-b", .max_connections = 20}});
+  ASSERT_TRUE(both.ok()) << both.status();
+  ASSERT_EQ(both->size(), 2u);
+  std::unique_ptr<PostgresServer>* a = &(*both)[0];
+  PostgresServer& pa = *(*both)[0];
+  PostgresServer& pb = *(*both)[1];
+  EXPECT_EQ(pa.name(), "pg-a");
+  EXPECT_EQ(QueryOne(pa.ConnectionString(), "SHOW max_connections"), "100");
   EXPECT_NE(pa.port(), pb.port());
   EXPECT_EQ(pa.ConnectionString("x"),
             "host=127.0.0.1 port=" + std::to_string(pa.port()) + " user=postgres dbname=x");
