@@ -741,11 +741,17 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   const RegionConfig& c = impl->config;
-  auto global = PgPool::Create({"global", c.global_dsn, c.pool_size});
+  auto global = PgPool::Create({.name = "global",
+                                .dsn = c.global_dsn,
+                                .size = c.pool_size,
+                                .open_at_start = c.pool_open_at_start});
   if (!global.ok()) return global.status();
   impl->global = *std::move(global);
   for (size_t i = 0; i < c.shard_dsns.size(); ++i) {
-    auto shard = PgPool::Create({absl::StrCat("shard-", i), c.shard_dsns[i], c.pool_size});
+    auto shard = PgPool::Create({.name = absl::StrCat("shard-", i),
+                                 .dsn = c.shard_dsns[i],
+                                 .size = c.pool_size,
+                                 .open_at_start = c.pool_open_at_start});
     if (!shard.ok()) return shard.status();
     impl->shards.push_back(*std::move(shard));
   }

@@ -60,7 +60,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.grpc = r.HostPort(listen, "grpc", "listen.grpc", false);
 
   YAML::Node pg = r.Map(root, "postgres", "postgres", true);
-  r.OnlyKeys(pg, "postgres", {"global", "shards", "pool_size"});
+  r.OnlyKeys(pg, "postgres", {"global", "shards", "pool_size", "open_at_start"});
   c.global_dsn = r.String(pg, "global", "postgres.global", true);
   if (r.ok()) CheckConnectionString(r, "postgres.global", c.global_dsn);
   if (pg && pg["shards"]) {
@@ -84,6 +84,12 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     r.Fail("postgres.shards", "missing");
   }
   c.pool_size = r.Integer<int>(pg, "pool_size", "postgres.pool_size", 8, 1, 256);
+  c.pool_open_at_start =
+      r.Integer<int>(pg, "open_at_start", "postgres.open_at_start", c.pool_size, 1, 256);
+  if (c.pool_open_at_start > c.pool_size) {
+    r.Fail("postgres.open_at_start",
+           absl::StrCat("at most postgres.pool_size (", c.pool_size, ")"));
+  }
 
   YAML::Node redis = r.Map(root, "redis", "redis", true);
   r.OnlyKeys(redis, "redis", {"address", "timeout_ms"});

@@ -48,6 +48,10 @@ struct RegionConfig {
   std::string global_dsn;               // catalog, inventory
   std::vector<std::string> shard_dsns;  // user-keyed data, placed by jump hash of user_id
   int pool_size = 8;                    // connections per shard
+  // postgres.open_at_start: connections each pool opens at the start (1..pool_size; default
+  // pool_size, so that a server that cannot take them all is found at the start); the rest open
+  // when first needed.
+  int pool_open_at_start = 8;
   // redis
   Endpoint redis;
   int redis_timeout_ms = 200;

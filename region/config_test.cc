@@ -28,6 +28,8 @@ TEST(Config, ParsesAGoodFileWithDefaults) {
   EXPECT_EQ(c->http_threads, 8);
   EXPECT_EQ(c->account_lookups, 4);  // half the HTTP threads
   EXPECT_TRUE(c->hold_new_databases);
+  EXPECT_EQ(c->pool_size, 8);
+  EXPECT_EQ(c->pool_open_at_start, 8);  // every connection, as pool_size says
   ASSERT_EQ(c->peers.size(), 1u);
   EXPECT_EQ(c->peers[0].jurisdiction, "eu");
 }
@@ -95,6 +97,14 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "hold_new_databases: maybe\n",
               "hold_new_databases: must be true or false");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
+  const std::string shards = "\"host=127.0.0.1 port=5434 dbname=s1\"]\n";
+  ExpectError(Replace(kGood, shards, shards + "  pool_size: 4\n  open_at_start: 5\n"),
+              "postgres.open_at_start: at most postgres.pool_size (4)");
+  ExpectError(Replace(kGood, shards, shards + "  open_at_start: 0\n"), "postgres.open_at_start");
+  auto lazy = ParseConfig(Replace(kGood, shards, shards + "  pool_size: 4\n  open_at_start: 1\n"));
+  ASSERT_TRUE(lazy.ok()) << lazy.status();
+  EXPECT_EQ(lazy->pool_size, 4);
+  EXPECT_EQ(lazy->pool_open_at_start, 1);
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");
   ExpectError(std::string(kGood) + "durability: sync-peer\n", "durability");
   ExpectError(std::string(kGood) + "replication: {rights_wait_ms: -1}\n",

@@ -61,7 +61,10 @@ absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
   pool->idle_.push_back(*std::move(first));
   // The rest side by side, a few at a time: each one costs the server a backend start (about
   // 15 ms here), which a region of several pools otherwise pays one after another at every start.
-  const size_t rest = static_cast<size_t>(pool->options_.size - 1);
+  const int at_start = pool->options_.open_at_start > 0
+                           ? std::min(pool->options_.open_at_start, pool->options_.size)
+                           : pool->options_.size;
+  const size_t rest = static_cast<size_t>(at_start - 1);
   std::vector<absl::StatusOr<std::unique_ptr<pqxx::connection>>> opened(rest);
   std::atomic<size_t> next{0};
   std::vector<std::thread> openers;

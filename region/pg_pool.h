@@ -37,11 +37,14 @@ class PgPool {
     std::string name;  // for logs and metrics, e.g. "shard-1"
     std::string dsn;
     int size = 8;
+    // Connections Create opens (0: all `size`); the rest open when first needed.
+    int open_at_start = 0;
     int acquire_timeout_ms = 5000;
     int max_retries = 5;  // serialization failures and deadlocks
   };
 
-  // Opens every connection up front: a region that cannot reach a shard does not start.
+  // Opens the connections of open_at_start (all of them by default) up front: a region that
+  // cannot reach a shard, or whose server cannot take them, does not start.
   static absl::StatusOr<std::unique_ptr<PgPool>> Create(Options options);
   ~PgPool();
 

@@ -2240,8 +2240,9 @@ TEST_F(RegionTest, RateLimitedPerClient) {
   app->Stop();
 }
 
-// A pool opens all its connections at the start, several at once. One it cannot open fails the
-// whole pool, with the database's reason, and none of those it did open stays behind.
+// A pool opens all its connections at the start, several at once (or open_at_start of them, and
+// the others when first needed). One it cannot open fails the whole pool, with the database's
+// reason, and none of those it did open stays behind.
 TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
   const std::string dsn = pgs_[1]->ConnectionString("shard1");
   pqxx::connection watcher(dsn);
@@ -2260,6 +2261,28 @@ TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
     EXPECT_EQ(backends(), before + 7);
     EXPECT_EQ((*pool)->size(), 7);
     EXPECT_TRUE((*pool)->Ping());
+  }
+  EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
+  {
+    // open_at_start: 2 of 7 at the start, the others when first needed, up to the size.
+    auto pool = PgPool::Create({.name = "shard-1", .dsn = dsn, .size = 7, .open_at_start = 2});
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    EXPECT_EQ(backends(), before + 2);
+    std::vector<std::thread> users;
+    std::atomic<int> inside{0};
+    for (int i = 0; i < 9; ++i) {
+      users.emplace_back([&] {
+        EXPECT_TRUE((*pool)
+                        ->Run([&](pqxx::work& tx) {
+                          ++inside;
+                          tx.exec("SELECT pg_sleep(0.3)");
+                        })
+                        .ok());
+      });
+    }
+    for (auto& t : users) t.join();
+    EXPECT_EQ(inside.load(), 9);
+    EXPECT_EQ(backends(), before + 7);
   }
   EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
   EXPECT_EQ(PgPool::Create({"shard-1", dsn, 0}).status().code(),
