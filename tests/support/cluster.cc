@@ -7,17 +7,21 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tests/support/ports.h"
 #include "tests/support/temp_dir.h"
 
 namespace meridian::test_support {
 namespace {
+
+namespace fs = std::filesystem;
 
 // A minimal HTTP GET on loopback: the status code and body ("" and 0 when unreachable).
 std::pair<int, std::string> HttpGet(uint16_t port, const std::string& path) {
@@ -106,6 +110,42 @@ std::string WitnessBinary() { return MERIDIAN_WITNESS_BIN; }
 std::string NetemProxyBinary() { return MERIDIAN_NETEM_PROXY_BIN; }
 std::string SourceDir() { return MERIDIAN_SOURCE_DIR; }
 
+namespace {
+
+// deploy/make-certs.sh's CA and certificates for `names` in `to`. The script runs 11 openssl
+// processes for three regions (0.35 s here), so within a ctest run they are made once per set of
+// names, beside the run's PostgreSQL template, and each cluster gets a copy of its own.
+absl::Status MakeCerts(const std::vector<std::string>& names, const std::string& to,
+                       const std::string& log_path) {
+  auto make = [&](const std::string& dir) {
+    std::vector<std::string> argv = {"bash", SourceDir() + "/deploy/make-certs.sh", dir};
+    argv.insert(argv.end(), names.begin(), names.end());
+    return Process::Run({.argv = argv, .log_path = log_path}, absl::Seconds(60));
+  };
+  const std::optional<std::string> run_dir = PostgresServer::SharedRunDirectory();
+  if (!run_dir.has_value()) return make(to);
+  const fs::path cached = fs::path(*run_dir) / ("certs-" + absl::StrJoin(names, "+"));
+  std::error_code ec;
+  if (!fs::is_regular_file(cached / "ca.pem", ec)) {
+    // Made aside and renamed into place, so that a reader never sees half of it.
+    const fs::path fresh = fs::path(*run_dir) / absl::StrCat("certs-making-", getpid());
+    fs::remove_all(fresh, ec);
+    if (absl::Status st = make(fresh.string()); !st.ok()) return st;
+    fs::rename(fresh, cached, ec);
+    if (ec) fs::remove_all(fresh, ec);  // another process put its own in place first
+  }
+  if (!fs::is_regular_file(cached / "ca.pem", ec)) return make(to);
+  fs::create_directories(to, ec);
+  fs::copy(cached, to, fs::copy_options::overwrite_existing | fs::copy_options::recursive, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("copying the certificates from ", cached.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options) {
   std::unique_ptr<Cluster> c(new Cluster(std::move(options)));
   if (auto st = c->Build(); !st.ok()) return st;
@@ -143,13 +183,10 @@ absl::Status Cluster::Build() {
   if (!dir.ok()) return dir.status();
   dir_ = *dir;
   cert_dir_ = dir_ + "/certs";
-  std::vector<std::string> argv = {"bash", SourceDir() + "/deploy/make-certs.sh", cert_dir_};
-  for (const RegionSpec& s : options_.regions) argv.push_back(s.name);
-  if (options_.witness) argv.push_back("witness");
-  if (auto st = Process::Run({.argv = argv, .log_path = dir_ + "/certs.log"}, absl::Seconds(60));
-      !st.ok()) {
-    return st;
-  }
+  std::vector<std::string> names;
+  for (const RegionSpec& s : options_.regions) names.push_back(s.name);
+  if (options_.witness) names.push_back("witness");
+  if (auto st = MakeCerts(names, cert_dir_, dir_ + "/certs.log"); !st.ok()) return st;
   // The regions' PostgreSQL servers start side by side.
   std::vector<PostgresServer::Options> pg_options;
   for (const RegionSpec& s : options_.regions) {

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <system_error>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -115,6 +116,16 @@ std::optional<absl::StatusOr<std::string>> SharedTemplateDataDir() {
   return data;
 }
 
+}  // namespace
+
+std::optional<std::string> PostgresServer::SharedRunDirectory() {
+  std::optional<absl::StatusOr<std::string>> data = SharedTemplateDataDir();
+  if (!data.has_value() || !data->ok()) return std::nullopt;
+  return fs::path(**data).parent_path().string();
+}
+
+namespace {
+
 // The cluster every instance copies: the ctest run's shared template if there is one, else one
 // initdb'd once per process and removed at exit by the process that made it (not by a forked
 // child, e.g. a gtest death test, that happens to exit normally).
@@ -195,13 +206,21 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Prepare(Options 
 
 absl::StatusOr<std::vector<std::unique_ptr<PostgresServer>>> PostgresServer::StartAll(
     std::vector<Options> options) {
+  // The template copies side by side too (each `cp` is waited for by the thread that ran it).
+  std::vector<absl::StatusOr<std::unique_ptr<PostgresServer>>> prepared(options.size());
+  {
+    std::vector<std::thread> copiers;
+    for (size_t i = 0; i < options.size(); ++i) {
+      copiers.emplace_back([&, i] { prepared[i] = Prepare(std::move(options[i])); });
+    }
+    for (std::thread& t : copiers) t.join();
+  }
   std::vector<std::unique_ptr<PostgresServer>> servers;
-  std::vector<Attempt> attempts(options.size());
-  for (size_t i = 0; i < options.size(); ++i) {
-    auto server = Prepare(std::move(options[i]));
+  for (auto& server : prepared) {
     if (!server.ok()) return server.status();
     servers.push_back(*std::move(server));
   }
+  std::vector<Attempt> attempts(servers.size());
   // Every postmaster is spawned before any is waited for: most of a start is the postmaster
   // setting itself up, which the servers then do side by side.
   for (size_t i = 0; i < servers.size(); ++i) {

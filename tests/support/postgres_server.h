@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -66,6 +67,9 @@ class PostgresServer {
   // $MERIDIAN_TEST_PG_TEMPLATE_FILE names a file whose first line is this directory. ctest makes
   // one per run (tests/support/CMakeLists.txt), so initdb runs once per run, not once per test.
   [[nodiscard]] static absl::StatusOr<std::string> MakeSharedTemplate(pid_t owner);
+  // The directory of the ctest run's shared template (MakeSharedTemplate), where other things
+  // made once per run may be kept too; nullopt when this process has none.
+  [[nodiscard]] static std::optional<std::string> SharedRunDirectory();
 
   PostgresServer(const PostgresServer&) = delete;
   PostgresServer& operator=(const PostgresServer&) = delete;
