@@ -18,6 +18,7 @@
 #include <functional>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -203,8 +204,13 @@ class Controller::Impl {
     }
     const int64_t now = clock_->NowMs();
     std::lock_guard<std::mutex> l(mu_);
+    // Regions decided lost do not hold back another region's catch-up (probe.h): one that
+    // returns while another is still gone fails back.
+    std::set<std::string> lost;
+    for (const auto& n : names_)
+      if (decider_.state(n) == RegionState::kLost) lost.insert(n);
     std::map<std::string, RegionCheck> checks =
-        ComputeChecks(names_, probes, prev_metrics_, config_.catch_up);
+        ComputeChecks(names_, probes, prev_metrics_, config_.catch_up, lost);
     std::map<std::string, RegionReport> reports;
     for (auto& [name, c] : checks) {
       // Without metrics this round, the next one has no interval to measure lag over.

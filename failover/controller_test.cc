@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -162,6 +163,32 @@ class ControllerTest : public ::testing::Test {
                 AsController("ap-south"));
   }
 
+  // Both other controllers (deploy/meridian's layout: controllers outside the regions, so
+  // eu-west's runs while its region is down) check once, with the regions in `down` unhealthy,
+  // and send their observations.
+  void PeersRound(const std::set<std::string>& down) {
+    if (!eu_) {
+      DeciderConfig peer;
+      peer.regions = kThree;
+      peer.self = "eu-west";
+      peer.recover_after_checks = 3;
+      eu_ = std::make_unique<Decider>(peer);
+      eu_->set_incarnation(77);
+    }
+    std::map<std::string, RegionReport> checks;
+    for (const auto& r : kThree) {
+      checks[r] = down.contains(r) ? RegionReport{false, false, 0, 0, "readyz: connection refused"}
+                                   : RegionReport{true, true, 0, 0, ""};
+    }
+    for (auto* peer : {ap_.get(), eu_.get()}) {
+      peer->RecordOwnChecks(clock_.NowMs(), checks);
+      ASSERT_EQ(Call("POST", "/v1/observations", ObservationToJson(peer->own()),
+                     AsController(peer->own().from))
+                    .status,
+                200);
+    }
+  }
+
   void Round() {
     clock_.Advance(500);
     c_->RunRound();
@@ -201,6 +228,7 @@ class ControllerTest : public ::testing::Test {
   std::string dir_;
   std::unique_ptr<Controller> c_;
   std::unique_ptr<Decider> ap_;
+  std::unique_ptr<Decider> eu_;  // eu-west's controller, made by PeersRound
   std::map<std::string, bool> up_;
   std::map<std::string, std::vector<std::pair<std::string, uint64_t>>> held_;
 };
@@ -447,6 +475,42 @@ TEST_F(ControllerTest, ACutOffControllerDoesNotPutBackADownOverride) {
   EXPECT_EQ(Json::parse(geo[0].body)["state"], "down");
   EXPECT_NE(Audit().find(restored), std::string::npos);
   EXPECT_NE(geo[0].body.find("override restored"), std::string::npos) << geo[0].body;
+}
+
+// A region that returns while another is still lost fails back: the lost one no longer holds its
+// catch-up back ("every peer alive", and that peer's backlog, whose metrics cannot be read).
+// Before, ap-south stayed "recovering" here ("catching up: peer eu-west not alive") until eu-west
+// came back, and geo kept its "down" override (review of the failover controller, finding 2).
+TEST_F(ControllerTest, ARegionFailsBackWhileAnotherStaysLost) {
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    PeersRound({});
+  }
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    PeersRound({"eu-west"});
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  // ap-south goes too; us-east's replicator is then cut off from a majority (unhealthy as well).
+  SetRegion("ap-south", false);
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    PeersRound({"eu-west", "ap-south", "us-east"});
+  }
+  ASSERT_EQ(Region("ap-south")["state"], "lost");
+  // ap-south returns; eu-west stays gone.
+  SetRegion("ap-south", true);
+  for (int i = 0; i < 6; ++i) {
+    Round();
+    PeersRound({"eu-west"});
+  }
+  const Json ap = Region("ap-south");
+  EXPECT_EQ(ap["check"]["caught_up"], true) << ap.dump();
+  EXPECT_EQ(ap["state"], "up") << ap.dump();
+  EXPECT_EQ(Region("eu-west")["state"], "lost");
+  EXPECT_EQ(Region("us-east")["check"]["caught_up"], true);
+  EXPECT_NE(Audit().find("region=ap-south decision=recovered"), std::string::npos);
 }
 
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {

@@ -163,7 +163,8 @@ absl::StatusOr<ReplicationMetrics> ParseReplicationMetrics(std::string_view text
 
 std::map<std::string, RegionCheck> ComputeChecks(
     const std::vector<std::string>& regions, const std::map<std::string, RegionProbe>& probes,
-    const std::map<std::string, ReplicationMetrics>& previous, const CatchUpPolicy& policy) {
+    const std::map<std::string, ReplicationMetrics>& previous, const CatchUpPolicy& policy,
+    const std::set<std::string>& lost) {
   const size_t majority = regions.size() / 2 + 1;
   std::map<std::string, RegionCheck> out;
   // Every replicator's metrics first: a region's catch-up needs its peers' backlogs toward it.
@@ -220,10 +221,11 @@ std::map<std::string, RegionCheck> ComputeChecks(
       c.healthy = true;
     }
     if (c.healthy) {
-      // Catch-up: every peer alive, recent apply lag and peers' backlogs under the limits.
+      // Catch-up: every peer alive, recent apply lag and peers' backlogs under the limits; peers
+      // decided lost are left out (see probe.h).
       std::string lagging;
       for (const auto& [peer, a] : c.status->peers_alive) {
-        if (!a) {
+        if (!a && !lost.contains(peer)) {
           lagging = absl::StrCat("peer ", peer, " not alive");
           break;
         }
@@ -239,6 +241,7 @@ std::map<std::string, RegionCheck> ComputeChecks(
         auto prev = previous.find(r);
         for (const auto& [peer, a] : c.status->peers_alive) {
           (void)a;
+          if (lost.contains(peer)) continue;
           const auto now_it = c.metrics->peers.find(peer);
           if (now_it == c.metrics->peers.end()) {
             fail(absl::StrCat("no replication metrics for peer ", peer));

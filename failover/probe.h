@@ -10,18 +10,23 @@
 //     regions / 2 + 1): a region cut off from the others (a partition) cannot renew its leases or
 //     replicate, even while it still answers probes from the management network.
 // It is CAUGHT UP (ready for failback) when healthy and also
-//   - its replicator sees every peer alive,
+//   - its replicator sees every peer alive, except peers this controller has decided are lost,
 //   - the mean apply lag at the region for each peer, over the last probe interval (from the
 //     `meridian_replication_lag_ms` summary's _sum and _count), is at most max_apply_lag_ms, and
 //   - every peer's backlog toward it (`meridian_replication_lag_seq{peer=<region>}` at the peer:
 //     records committed there and not yet acknowledged by the region) is at most
-//     max_backlog_records.
+//     max_backlog_records; again except peers this controller has decided are lost.
+// Why lost peers are left out: a region that returns while another one is still gone would
+// otherwise never count as caught up, so it would never fail back until the other one returned
+// too (never, if that region was destroyed). A lost peer's records are not being replicated to
+// anyone; the region catches up on them, as the survivors do, when that peer returns.
 // Why not the summary's p99: its window is 30 s, so the catch-up burst of a returning region
 // would hold failback back for up to 30 s after it caught up. The p99 is still reported.
 
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -101,9 +106,12 @@ struct RegionCheck {
 
 // Applies the rules above to one round. `regions` lists every region (names); `probes` and
 // `previous` are keyed by region (`previous`: the last round's parsed metrics, for the interval's
-// mean lag; may lack entries).
+// mean lag; may lack entries). `lost`: the regions this controller has decided are lost; they
+// do not hold back another region's catch-up (they still count for its health: a majority of
+// peers alive is needed either way).
 [[nodiscard]] std::map<std::string, RegionCheck> ComputeChecks(
     const std::vector<std::string>& regions, const std::map<std::string, RegionProbe>& probes,
-    const std::map<std::string, ReplicationMetrics>& previous, const CatchUpPolicy& policy);
+    const std::map<std::string, ReplicationMetrics>& previous, const CatchUpPolicy& policy,
+    const std::set<std::string>& lost = {});
 
 }  // namespace meridian::failover

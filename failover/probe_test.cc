@@ -212,5 +212,46 @@ TEST(ProbeTest, CatchUpRules) {
   EXPECT_NE(checks["us-east"].reason.find("metrics: connection refused"), std::string::npos);
 }
 
+// A peer this controller has decided is lost does not hold back another region's catch-up: not
+// through "every peer alive", nor through its backlog (its metrics are unreachable). Before, a
+// region that returned while another region stayed lost never counted as caught up, so it never
+// failed back (review of the failover controller, finding 2).
+TEST(ProbeTest, ALostPeerDoesNotHoldBackCatchUp) {
+  CatchUpPolicy policy{1000, 50};
+  auto probes = HealthyRound();
+  // ap-south is gone: its probes fail, eu-west and us-east see it dead.
+  probes["ap-south"] = RegionProbe{Refused(), Refused(), Refused()};
+  probes["eu-west"].status = Ok(Status("eu-west", true, false));
+  probes["us-east"].status = Ok(Status("us-east", true, false));
+  auto checks = ComputeChecks(kThree, probes, Previous(500, 100), policy);
+  EXPECT_TRUE(checks["eu-west"].healthy);
+  EXPECT_FALSE(checks["eu-west"].caught_up) << "not decided lost: it still holds catch-up back";
+  EXPECT_NE(checks["eu-west"].reason.find("peer ap-south not alive"), std::string::npos);
+  checks = ComputeChecks(kThree, probes, Previous(500, 100), policy, {"ap-south"});
+  for (const char* r : {"eu-west", "us-east"}) {
+    EXPECT_TRUE(checks[r].healthy) << r << ": " << checks[r].reason;
+    EXPECT_TRUE(checks[r].caught_up) << r << ": " << checks[r].reason;
+    EXPECT_EQ(checks[r].backlog_records.count("ap-south"), 0u) << r;
+  }
+  EXPECT_FALSE(checks["ap-south"].healthy);
+  // The other peers' rules still apply: us-east's backlog toward eu-west above the limit.
+  probes["us-east"].metrics = Ok(Metrics("us-east", 500, 100, 51));
+  checks = ComputeChecks(kThree, probes, Previous(500, 100), policy, {"ap-south"});
+  EXPECT_FALSE(checks["eu-west"].caught_up);
+  EXPECT_NE(checks["eu-west"].reason.find("us-east has 51 records not yet acked"),
+            std::string::npos)
+      << checks["eu-west"].reason;
+  // A peer that is merely dead (not decided lost) still counts, however the others are.
+  probes["us-east"].metrics = Ok(Metrics("us-east", 500, 100, 0));
+  checks = ComputeChecks(kThree, probes, Previous(500, 100), policy, {"us-east"});
+  EXPECT_FALSE(checks["eu-west"].caught_up);
+  EXPECT_NE(checks["eu-west"].reason.find("peer ap-south not alive"), std::string::npos);
+  // Health is unchanged by it: a majority of peers alive is still needed.
+  probes["eu-west"].status = Ok(Status("eu-west", false, false));
+  checks = ComputeChecks(kThree, probes, Previous(500, 100), policy, {"ap-south", "us-east"});
+  EXPECT_FALSE(checks["eu-west"].healthy);
+  EXPECT_FALSE(checks["eu-west"].caught_up);
+}
+
 }  // namespace
 }  // namespace meridian::failover
