@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -40,7 +42,10 @@ using Json = nlohmann::json;
 namespace {
 
 constexpr size_t kMaxAuditEntries = 200;
+// A handback is retried this long after the previous request finished.
 constexpr int64_t kHandbackRetryMs = 1000;
+// Each HTTP call of an action (geo hooks and reads, handback requests) waits at most this long.
+constexpr int kActionTimeoutMs = 2000;
 constexpr size_t kMaxDeclarationBytes = 4 << 20;
 // Declarations of one lost region a controller keeps (an operator makes one per loss; each adds
 // at most 2^40 units per SKU to the reclaimed totals).
@@ -108,6 +113,9 @@ struct Holder {
 }  // namespace
 
 class Controller::Impl {
+  // The kinds of periodic work; at most one of each per region is queued or running at a time.
+  enum class Periodic { kGeoDown, kGeoNotDown, kHandback };
+
  public:
   Impl(FailoverConfig config, Options options)
       : config_(std::move(config)), decider_(config_.decider_config()) {
@@ -127,6 +135,7 @@ class Controller::Impl {
     while (inc == 0) inc = std::random_device{}() * uint64_t{0x100000001} ^ std::random_device{}();
     decider_.set_incarnation(inc);
     for (const auto& r : config_.regions) names_.push_back(r.name);
+    for (const auto& n : names_) geo_write_mu_.try_emplace(n, config_.geo.size());
     InitMetrics();
     InitRoutes();
   }
@@ -151,10 +160,10 @@ class Controller::Impl {
     server_ = std::make_unique<region::http::HttpServer>(
         o, [this](HttpRequest& r) { return router_.Handle(r); });
     if (absl::Status st = server_->Start(); !st.ok()) return st;
-    started_ = true;
     probe_thread_ = std::thread([this] { ProbeLoop(); });
     push_thread_ = std::thread([this] { PushLoop(); });
     action_thread_ = std::thread([this] { ActionLoop(); });
+    geo_update_thread_ = std::thread([this] { GeoUpdateLoop(); });
     spdlog::info(
         "event=failover_started region={} listen={}:{} regions={} probe_interval_ms={} "
         "lost_after_checks={} recover_after_checks={} quorum={} geo={} audit_file={}",
@@ -172,10 +181,25 @@ class Controller::Impl {
       if (stopping_) return;
       stopping_ = true;
     }
+    // Queued actions are dropped, not drained: with a geo instance that hangs, draining took
+    // 2 s per action. The other controllers act on the same decisions, and the reconciles of a
+    // restarted controller put back whatever is missing. An action already running finishes its
+    // current HTTP call (at most kActionTimeoutMs) and makes no further ones.
+    size_t dropped = 0;
+    {
+      std::lock_guard<std::mutex> l(actions_mu_);
+      actions_stopping_ = true;
+      dropped = geo_updates_.size() + periodic_.size();
+      geo_updates_.clear();
+      periodic_.clear();
+    }
     wake_cv_.notify_all();
+    actions_cv_.notify_all();
     if (probe_thread_.joinable()) probe_thread_.join();
     if (push_thread_.joinable()) push_thread_.join();
     if (action_thread_.joinable()) action_thread_.join();
+    if (geo_update_thread_.joinable()) geo_update_thread_.join();
+    if (dropped > 0) spdlog::info("event=failover_actions_dropped count={}", dropped);
     if (server_) server_->Stop();
   }
 
@@ -260,16 +284,17 @@ class Controller::Impl {
     }
   }
 
+  // The decisions' geo updates first (once started they have a thread of their own, so they never
+  // wait behind periodic work), then the periodic work.
   void RunPendingActions() {
     for (;;) {
-      std::function<void()> a;
-      {
-        std::lock_guard<std::mutex> l(actions_mu_);
-        if (actions_.empty()) return;
-        a = std::move(actions_.front());
-        actions_.pop_front();
+      if (std::function<void()> a = NextGeoUpdate(false)) {
+        a();
+      } else if (std::function<void()> b = NextPeriodic(false)) {
+        b();
+      } else {
+        return;
       }
-      a();
     }
   }
 
@@ -310,30 +335,71 @@ class Controller::Impl {
     }
   }
 
+  // Periodic work: geo reconciles and handback requests.
   void ActionLoop() {
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> l(wake_mu_);
-        wake_cv_.wait(l, [this] { return stopping_ || actions_due_; });
-        if (stopping_) return;
-        actions_due_ = false;
-      }
-      RunPendingActions();
-    }
+    while (std::function<void()> a = NextPeriodic(true)) a();
   }
 
-  void Enqueue(std::function<void()> action) {
+  // The geo updates that decisions make (lost: "down", recovered: "auto").
+  void GeoUpdateLoop() {
+    while (std::function<void()> a = NextGeoUpdate(true)) a();
+  }
+
+  // The next action of a lane; empty once stopping, or (wait false) when none is queued.
+  std::function<void()> NextGeoUpdate(bool wait) {
+    std::unique_lock<std::mutex> l(actions_mu_);
+    if (wait) actions_cv_.wait(l, [this] { return actions_stopping_ || !geo_updates_.empty(); });
+    if (actions_stopping_ || geo_updates_.empty()) return nullptr;
+    std::function<void()> a = std::move(geo_updates_.front().second);
+    geo_updates_.pop_front();
+    return a;
+  }
+  std::function<void()> NextPeriodic(bool wait) {
+    std::unique_lock<std::mutex> l(actions_mu_);
+    if (wait) actions_cv_.wait(l, [this] { return actions_stopping_ || !periodic_.empty(); });
+    if (actions_stopping_ || periodic_.empty()) return nullptr;
+    std::function<void()> a = std::move(periodic_.front());
+    periodic_.pop_front();
+    return a;
+  }
+
+  bool ActionsStopping() {
+    std::lock_guard<std::mutex> l(actions_mu_);
+    return actions_stopping_;
+  }
+
+  // A decision's geo update of `region`. At most one is pending per region: a newer decision's
+  // replaces it in place (only the latest state matters; geo updates are idempotent).
+  void EnqueueGeoUpdate(const std::string& region, std::function<void()> action) {
     {
       std::lock_guard<std::mutex> l(actions_mu_);
-      actions_.push_back(std::move(action));
-    }
-    if (started_) {
-      {
-        std::lock_guard<std::mutex> l(wake_mu_);
-        actions_due_ = true;
+      if (actions_stopping_) return;
+      auto it = std::find_if(geo_updates_.begin(), geo_updates_.end(),
+                             [&](const auto& e) { return e.first == region; });
+      if (it != geo_updates_.end()) {
+        it->second = std::move(action);
+      } else {
+        geo_updates_.emplace_back(region, std::move(action));
       }
-      wake_cv_.notify_all();
     }
+    actions_cv_.notify_all();
+  }
+
+  // Periodic work of `kind` for `region`, unless one is already queued or running: with a geo
+  // instance that hangs, each reconcile takes kActionTimeoutMs, and without this the queue grew
+  // without bound. False when not queued.
+  bool EnqueuePeriodic(const std::string& region, Periodic kind, std::function<void()> action) {
+    {
+      std::lock_guard<std::mutex> l(actions_mu_);
+      if (actions_stopping_ || !periodic_busy_.insert({region, kind}).second) return false;
+      periodic_.push_back([this, region, kind, a = std::move(action)] {
+        a();
+        std::lock_guard<std::mutex> done(actions_mu_);
+        periodic_busy_.erase({region, kind});
+      });
+    }
+    actions_cv_.notify_all();
+    return true;
   }
 
   // -------------------------------------------------------------------------------- decisions
@@ -495,10 +561,9 @@ class Controller::Impl {
               p.takeover);
         }
         if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms &&
-            DownStillBackedLocked(now, r)) {
+            DownStillBackedLocked(now, r) &&
+            EnqueuePeriodic(r, Periodic::kGeoDown, [this, r] { EnsureGeoDown(r); })) {
           p.geo_checked_ms = now;
-          const std::string region = r;
-          Enqueue([this, region] { EnsureGeoDown(region); });
         }
         continue;
       }
@@ -506,10 +571,9 @@ class Controller::Impl {
       // lost) is lifted once a quorum sees the region healthy and caught up for M checks: the
       // same evidence a recovery needs, so a controller cut off from the others cannot do it.
       if (!config_.geo.empty() && now - p.geo_checked_ms >= config_.geo_reconcile_interval_ms &&
-          decider_.Count(now, r).recovered.size() >= decider_.quorum()) {
+          decider_.Count(now, r).recovered.size() >= decider_.quorum() &&
+          EnqueuePeriodic(r, Periodic::kGeoNotDown, [this, r] { EnsureGeoNotDownByUs(r); })) {
         p.geo_checked_ms = now;
-        const std::string region = r;
-        Enqueue([this, region] { EnsureGeoNotDownByUs(region); });
       }
       if (!p.handback_pending) continue;
       if (h != holders.end() && h->second.region == r) {
@@ -530,53 +594,99 @@ class Controller::Impl {
                          " ms; the replicators' automatic handback may still do it"));
         continue;
       }
+      // The next request kHandbackRetryMs after the previous one finished (RequestHandback
+      // records when), and never a second one while one is queued or running.
       if (h != holders.end() &&
           (p.handback_last_try_ms < 0 || now - p.handback_last_try_ms >= kHandbackRetryMs)) {
-        p.handback_last_try_ms = now;
-        const std::string region = r, holder = h->second.region;
-        Enqueue([this, region, holder] { RequestHandback(region, holder); });
+        const std::string holder = h->second.region;
+        (void)EnqueuePeriodic(r, Periodic::kHandback,
+                              [this, r, holder] { RequestHandback(r, holder); });
       }
     }
   }
 
   // ------------------------------------------------------------------------------------ actions
+  // A decision's geo update, on its own lane (EnqueueGeoUpdate).
   void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
     if (config_.geo.empty()) return;
-    Enqueue([this, region, state, reason] {
+    EnqueueGeoUpdate(region, [this, region, state, reason] {
       const std::string body = JsonBody(Json{{"state", state}, {"reason", reason}});
-      std::vector<HttpCall> calls;
-      for (const auto& g : config_.geo) {
-        calls.push_back(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
-                                 config_.operator_token});
-      }
-      std::vector<HttpResult> res = http_->Run(calls, 2000);
-      for (size_t i = 0; i < res.size(); ++i) {
-        Action("geo_health", region,
-               absl::StrCat("state=", state, " geo=", LogValue(config_.geo[i])), res[i]);
-      }
+      ForEachGeo([&](size_t i) {
+        const std::string& g = config_.geo[i];
+        // Ordered against a reconcile of the same region (see geo_write_mu_).
+        std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
+        HttpResult post =
+            http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
+                               config_.operator_token},
+                      kActionTimeoutMs);
+        Action("geo_health", region, absl::StrCat("state=", state, " geo=", LogValue(g)), post);
+      });
     });
   }
 
+  // Runs step(i) for every configured geo instance i, each on a thread of its own when there are
+  // several, so that one instance that hangs (each call waits up to kActionTimeoutMs) delays
+  // neither the others nor the decision's update of them.
+  void ForEachGeo(const std::function<void(size_t)>& step) {
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < config_.geo.size(); ++i) {
+      try {
+        threads.emplace_back(step, i);
+      } catch (const std::system_error& e) {  // no thread to be had: in turn, then
+        spdlog::warn("event=failover_thread_failed error={}", LogValue(e.what()));
+        step(i);
+      }
+    }
+    if (!config_.geo.empty()) step(0);
+    for (std::thread& t : threads) t.join();
+  }
+
+  // The override geo's GET /v1/regions/{r} reports: state ("down", "up", "auto"; "" if none or
+  // unreadable) and reason.
+  struct GeoOverride {
+    std::string state;
+    std::string reason;
+  };
+  static GeoOverride OverrideOf(const HttpResult& r) {
+    GeoOverride o;
+    if (!r.ok()) return o;
+    const Json j = Json::parse(r.body, nullptr, false);
+    if (j.is_object() && j.contains("override") && j["override"].is_object()) {
+      o.state = StringOr(j["override"], "state");
+      o.reason = StringOr(j["override"], "reason");
+    }
+    return o;
+  }
+  HttpResult ReadGeo(const std::string& geo, const std::string& region) {
+    return http_->Do(HttpCall{"GET", absl::StrCat(geo, "/v1/regions/", region), "", ""},
+                     kActionTimeoutMs);
+  }
+
+  // A reconcile of `region` finished: the next one is due geo_reconcile_interval_ms from now.
+  void ReconcileDone(const std::string& region) {
+    std::lock_guard<std::mutex> l(mu_);
+    progress_[region].geo_checked_ms = clock_->NowMs();
+  }
+
   void EnsureGeoDown(const std::string& region) {
-    for (const auto& g : config_.geo) {
-      HttpResult r =
-          http_->Do(HttpCall{"GET", absl::StrCat(g, "/v1/regions/", region), "", ""}, 2000);
-      if (!r.ok()) continue;
-      Json j = Json::parse(r.body, nullptr, false);
-      std::string override_state;
-      if (j.is_object() && j.contains("override") && j["override"].is_object())
-        override_state = StringOr(j["override"], "state");
+    ForEachGeo([&](size_t i) {
+      const std::string& g = config_.geo[i];
+      HttpResult r = ReadGeo(g, region);
+      if (!r.ok() || ActionsStopping()) return;
+      if (OverrideOf(r).state == "down") return;
+      std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
       {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) == RegionState::kUp) return;       // recovered meanwhile
         if (!DownStillBackedLocked(clock_->NowMs(), region)) return;  // cut off meanwhile
       }
-      if (override_state == "down") continue;
       ReconcileGeo(g, region, "down", "region lost (override restored)");
-    }
+    });
+    ReconcileDone(region);
   }
 
   // Puts an override back (or lifts ours) at one geo, found otherwise by a reconcile pass.
+  // REQUIRES: geo_write_mu_ of `region` held.
   void ReconcileGeo(const std::string& geo, const std::string& region, const char* state,
                     const char* why) {
     HttpResult post = http_->Do(
@@ -585,39 +695,65 @@ class Controller::Impl {
                      {"state", state},
                      {"reason", absl::StrCat("meridian-failover ", config_.region, ": ", why)}}),
                  config_.operator_token},
-        2000);
+        kActionTimeoutMs);
     Action("geo_health", region,
            absl::StrCat("state=", state, " geo=", LogValue(geo), " reconcile=1"), post);
   }
 
   void EnsureGeoNotDownByUs(const std::string& region) {
-    for (const auto& g : config_.geo) {
-      HttpResult r =
-          http_->Do(HttpCall{"GET", absl::StrCat(g, "/v1/regions/", region), "", ""}, 2000);
-      if (!r.ok()) continue;
-      Json j = Json::parse(r.body, nullptr, false);
-      if (!j.is_object() || !j.contains("override") || !j["override"].is_object()) continue;
-      const Json& o = j["override"];
-      const std::string reason =
-          o.contains("reason") && o["reason"].is_string() ? o["reason"].get<std::string>() : "";
+    ForEachGeo([&](size_t i) {
+      const std::string& g = config_.geo[i];
+      HttpResult r = ReadGeo(g, region);
+      if (!r.ok() || ActionsStopping()) return;
+      const GeoOverride o = OverrideOf(r);
       // Only our own kind of override: an operator's "down" stays until the operator lifts it.
-      if (StringOr(o, "state") != "down" || reason.rfind("meridian-failover", 0) != 0) continue;
+      if (o.state != "down" || !ByFailover(o.reason)) return;
+      std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
       {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) != RegionState::kUp) return;
       }
       ReconcileGeo(g, region, "auto", "region up (a stale override lifted)");
-    }
+    });
+    ReconcileDone(region);
   }
 
+  // Whether an override's reason is one a meridian-failover wrote (any controller's).
+  static bool ByFailover(const std::string& reason) {
+    return reason.rfind("meridian-failover", 0) == 0;
+  }
+
+  // Queued earlier, so checked again now: the region may have been lost again (its lease must
+  // then stay with the survivor), or the lease may have moved (home already, or another holder).
   void RequestHandback(const std::string& region, const std::string& holder) {
     const RegionEndpoints* h = config_.Find(holder);
-    if (h == nullptr) return;
+    std::string stale;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      const std::map<std::string, Holder> holders = HoldersLocked();
+      auto now_held = holders.find(region);
+      if (decider_.state(region) != RegionState::kUp) {
+        stale = absl::StrCat(region, " is ", RegionStateName(decider_.state(region)));
+      } else if (!progress_[region].handback_pending) {
+        stale = "no handback pending";
+      } else if (now_held == holders.end() || now_held->second.region != holder) {
+        stale = absl::StrCat(holder, " no longer holds the lease");
+      }
+    }
+    if (h == nullptr || ActionsStopping()) return;
+    if (!stale.empty()) {
+      Audit("failover_action", region, "action=lease_handback result=skipped",
+            absl::StrCat("holder=", holder), absl::StrCat("queued, and since then ", stale),
+            Json{{"action", "lease_handback"}, {"result", "skipped"}});
+      return;
+    }
     HttpResult r =
         http_->Do(HttpCall{"POST", absl::StrCat(h->replicator, "/v1/leases/", region, "/handback"),
                            "{}", config_.operator_token},
-                  2000);
+                  kActionTimeoutMs);
     Action("lease_handback", region, absl::StrCat("holder=", holder), r);
+    std::lock_guard<std::mutex> l(mu_);
+    progress_[region].handback_last_try_ms = clock_->NowMs();
   }
 
   void Action(const std::string& action, const std::string& region, const std::string& fields,
@@ -1079,7 +1215,6 @@ class Controller::Impl {
   HttpClient* http_;
   region::http::Router router_;
   std::unique_ptr<region::http::HttpServer> server_;
-  bool started_ = false;
 
   std::mutex mu_;  // the decider and everything derived from rounds
   Decider decider_;
@@ -1091,15 +1226,26 @@ class Controller::Impl {
   std::ofstream audit_;
   std::deque<Json> audit_entries_;
 
+  // Two lanes of actions, each run by a thread of its own (after Start): the decisions' geo
+  // updates (at most one pending per region), and periodic work (at most one queued or running
+  // per region and kind). Lock order: mu_ before actions_mu_; an action takes neither while it
+  // waits for the network.
   std::mutex actions_mu_;
-  std::deque<std::function<void()>> actions_;
+  std::condition_variable actions_cv_;
+  bool actions_stopping_ = false;
+  std::deque<std::pair<std::string, std::function<void()>>> geo_updates_;
+  std::deque<std::function<void()>> periodic_;
+  std::set<std::pair<std::string, Periodic>> periodic_busy_;
+  // Per region and geo instance: held across a reconcile's recheck of the decided state and its
+  // POST, and across a decision's POST, so a reconcile that checked before a decision cannot land
+  // after it. Built in the constructor, never resized.
+  std::map<std::string, std::deque<std::mutex>> geo_write_mu_;
 
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
   bool stopping_ = false;
   bool push_due_ = false;
-  bool actions_due_ = false;
-  std::thread probe_thread_, push_thread_, action_thread_;
+  std::thread probe_thread_, push_thread_, action_thread_, geo_update_thread_;
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::map<std::string, prometheus::Gauge*> m_state_, m_healthy_, m_caught_up_, m_lost_votes_,

@@ -21,10 +21,17 @@
 //
 // Threads (after Start): the HTTP server's, one probe thread (a round every probe_interval_ms on
 // fixed ticks), one push thread (sends each round's observation to every peer controller at
-// once), one action thread (geo hooks, handbacks; so a slow geo never delays probing).
+// once), and two action threads, so a slow geo never delays probing: one for the geo updates
+// that decisions make (lost: "down", recovered: "auto"; at most one pending per region), one for
+// periodic work (geo reconciles, handback requests; at most one queued or running per region and
+// kind, the next due an interval after the previous finished). Each geo instance is called on a
+// thread of its own, so one that hangs delays neither the others nor a decision.
+// Stop drops queued actions and returns once the running ones finish their current HTTP call
+// (each bounded by 2 s).
 // Thread-safety: every public method may be called from any thread once Create returned, except
 // Start/Stop (the owner, once each) and the test drivers RunRound/RunPendingActions/
-// PushObservation (only when not Start()ed).
+// PushObservation (only when not Start()ed). RunPendingActions runs the decisions' geo updates
+// before the periodic work.
 
 #include <cstdint>
 #include <memory>

@@ -9,11 +9,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "failover/decision.h"
@@ -81,18 +84,6 @@ class ControllerTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/failover-controller-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    std::string yaml =
-        absl::StrCat("region: us-east\nlisten: 127.0.0.1:0\noperator_token: ", kToken,
-                     "\ncontroller_token: ", ControllerToken("us-east"),
-                     "\ngeo: [http://geo]\naudit_file: ", dir_,
-                     "/audit.log\nrecover_after_checks: 3\n", "regions:\n");
-    for (const auto& r : kThree) {
-      absl::StrAppend(&yaml, "  - {name: ", r, ", url: http://", r, ".region, replicator: http://",
-                      r, ".repl, metrics: http://", r, ".repl/metrics, controller: http://", r,
-                      ".ctl, controller_token_sha256: ", TokenSha256Hex(ControllerToken(r)), "}\n");
-    }
-    auto config = ParseConfig(yaml, "test.yaml", "");
-    ASSERT_TRUE(config.ok()) << config.status();
     http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, R"({"name":"eu-west"})");
     for (const auto& r : kThree) {
       SetRegion(r, true);
@@ -101,9 +92,7 @@ class ControllerTest : public ::testing::Test {
     SetHeld("us-east", {{"us-east", 1}});
     SetHeld("eu-west", {{"eu-west", 1}});
     SetHeld("ap-south", {{"ap-south", 1}});
-    auto c = Controller::Create(*std::move(config), {&clock_, &http_, 0x1234});
-    ASSERT_TRUE(c.ok()) << c.status();
-    c_ = *std::move(c);
+    ASSERT_NO_FATAL_FAILURE(MakeController());
     DeciderConfig peer;
     peer.regions = kThree;
     peer.self = "ap-south";
@@ -111,6 +100,28 @@ class ControllerTest : public ::testing::Test {
     ap_ = std::make_unique<Decider>(peer);
     ap_->set_incarnation(99);
   }
+  // (Re)makes the controller under test: `geo` its geo list, `extra` more config lines, on the
+  // fake clock unless `steady_clock`.
+  void MakeController(const std::string& geo = "[http://geo]", const std::string& extra = "",
+                      bool steady_clock = false) {
+    c_.reset();
+    std::string yaml = absl::StrCat(
+        "region: us-east\nlisten: 127.0.0.1:0\noperator_token: ", kToken,
+        "\ncontroller_token: ", ControllerToken("us-east"), "\ngeo: ", geo, "\naudit_file: ", dir_,
+        "/audit.log\nrecover_after_checks: 3\n", extra, "regions:\n");
+    for (const auto& r : kThree) {
+      absl::StrAppend(&yaml, "  - {name: ", r, ", url: http://", r, ".region, replicator: http://",
+                      r, ".repl, metrics: http://", r, ".repl/metrics, controller: http://", r,
+                      ".ctl, controller_token_sha256: ", TokenSha256Hex(ControllerToken(r)), "}\n");
+    }
+    auto config = ParseConfig(yaml, "test.yaml", "");
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto c =
+        Controller::Create(*std::move(config), {steady_clock ? nullptr : &clock_, &http_, 0x1234});
+    ASSERT_TRUE(c.ok()) << c.status();
+    c_ = *std::move(c);
+  }
+
   void TearDown() override {
     c_.reset();
     std::remove((dir_ + "/audit.log").c_str());
@@ -511,6 +522,173 @@ TEST_F(ControllerTest, ARegionFailsBackWhileAnotherStaysLost) {
   EXPECT_EQ(Region("eu-west")["state"], "lost");
   EXPECT_EQ(Region("us-east")["check"]["caught_up"], true);
   EXPECT_NE(Audit().find("region=ap-south decision=recovered"), std::string::npos);
+}
+
+// Periodic work is queued at most once per region and kind: with a geo instance that hangs, each
+// reconcile takes 2 s per region, so more were queued than run and the action queue grew without
+// bound (review of the failover controller, finding 1). Here the actions do not run at all for
+// ten reconcile intervals; then each region's reconcile runs once.
+TEST_F(ControllerTest, AReconcileIsQueuedOncePerRegionWhileItWaits) {
+  for (int i = 0; i < 4; ++i) {
+    Round();
+    PeersRound({});
+  }
+  ASSERT_EQ(Region("us-east")["votes"]["recovered"].size(), 2u);
+  http_.ClearCalls();
+  for (int i = 0; i < 10; ++i) {
+    clock_.Advance(5000);
+    PeersRound({});
+    c_->RunRound();
+  }
+  c_->RunPendingActions();
+  for (const auto& r : kThree)
+    EXPECT_EQ(http_.Calls("GET", "http://geo/v1/regions/" + r).size(), 1u) << r;
+  // The next one is due an interval after that one finished.
+  http_.ClearCalls();
+  clock_.Advance(4000);
+  PeersRound({});
+  Round();
+  EXPECT_TRUE(http_.Calls("GET", "http://geo/v1/regions/").empty());
+  clock_.Advance(1000);
+  PeersRound({});
+  Round();
+  EXPECT_EQ(http_.Calls("GET", "http://geo/v1/regions/us-east").size(), 1u);
+}
+
+// A handback request is queued at most once per region, and checked again when it runs: one that
+// was queued before the region was lost again does not take the lease from the survivor. Before,
+// one was queued every second however many were waiting, and each ran whatever had happened
+// since (review finding 1).
+TEST_F(ControllerTest, AHandbackIsQueuedOnceAndCheckedAgainBeforeItRuns) {
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  ASSERT_NO_FATAL_FAILURE(EuWestLost());
+  SetHeld("us-east", {{"us-east", 1}, {"eu-west", 2}});
+  SetHeld("eu-west", {});
+  SetRegion("eu-west", true);
+  http_.SetJson("POST http://us-east.repl/v1/leases/eu-west/handback", 200, "{}");
+  for (int i = 0; i < 5; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "up");
+  ASSERT_EQ(Region("eu-west")["handback"], "pending");
+  // Ten seconds of rounds whose actions do not run (the action thread held up elsewhere).
+  http_.ClearCalls();
+  for (int i = 0; i < 20; ++i) {
+    clock_.Advance(500);
+    ASSERT_EQ(PeerRound().status, 200);
+    c_->RunRound();
+  }
+  c_->RunPendingActions();
+  EXPECT_EQ(http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback").size(), 1u);
+  // One is queued; eu-west is lost again before it runs.
+  http_.ClearCalls();
+  clock_.Advance(1000);
+  ASSERT_EQ(PeerRound().status, 200);
+  c_->RunRound();
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    clock_.Advance(500);
+    c_->RunRound();
+    ASSERT_EQ(PeerRound("eu-west").status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  c_->RunPendingActions();
+  EXPECT_TRUE(http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback").empty());
+  EXPECT_NE(Audit().find("region=eu-west action=lease_handback result=skipped holder=us-east "
+                         "reason=\"queued, and since then eu-west is lost\""),
+            std::string::npos)
+      << Audit();
+}
+
+// A decision's geo update does not wait behind queued reconciles (review finding 1): they run on
+// a thread of their own; RunPendingActions, which stands in for both threads, runs them first.
+TEST_F(ControllerTest, ADecisionsGeoUpdateGoesBeforeQueuedReconciles) {
+  for (int i = 0; i < 4; ++i) {
+    Round();
+    PeersRound({});
+  }
+  http_.ClearCalls();
+  clock_.Advance(5000);
+  PeersRound({});
+  c_->RunRound();  // a reconcile queued for every region
+  SetRegion("eu-west", false);
+  for (int i = 0; i < 3; ++i) {
+    clock_.Advance(500);
+    c_->RunRound();
+    PeersRound({"eu-west"});
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "lost");
+  c_->RunPendingActions();
+  const std::vector<HttpCall> calls = http_.AllCalls();
+  size_t down = calls.size(), reconcile = calls.size();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    if (calls[i].method == "POST" && calls[i].url == "http://geo/v1/regions/eu-west/health" &&
+        Json::parse(calls[i].body)["state"] == "down")
+      down = std::min(down, i);
+    if (calls[i].method == "GET" && (calls[i].url == "http://geo/v1/regions/us-east" ||
+                                     calls[i].url == "http://geo/v1/regions/ap-south"))
+      reconcile = std::min(reconcile, i);
+  }
+  ASSERT_LT(down, calls.size()) << "no down posted";
+  ASSERT_LT(reconcile, calls.size()) << "no reconcile ran";
+  EXPECT_LT(down, reconcile);
+}
+
+// The threads themselves, with one of two geo instances hanging (every call waits until its
+// timeout): the decision's "down" reaches the other instance at once, and Stop returns promptly.
+// Before, each reconcile waited on the hung instance, the queue grew without bound, the "down"
+// waited behind it, and Stop drained the whole queue first (review finding 1).
+TEST_F(ControllerTest, AHungGeoInstanceDelaysNeitherALossNorStop) {
+  using Steady = std::chrono::steady_clock;
+  using std::chrono::milliseconds;
+  for (const auto& r : kThree) {
+    for (const std::string& key : {"GET http://hung-geo/v1/regions/" + r,
+                                   "POST http://hung-geo/v1/regions/" + r + "/health"}) {
+      http_.On(key, [](const HttpCall&) {
+        std::this_thread::sleep_for(milliseconds(1500));
+        return HttpResult{0, "", "timeout after 2000 ms"};
+      });
+    }
+    http_.SetJson("http://geo/v1/regions/" + r, 200, R"({"override":{"state":"auto"}})");
+    http_.SetJson("POST http://geo/v1/regions/" + r + "/health", 200, "{}");
+  }
+  ASSERT_NO_FATAL_FAILURE(MakeController(
+      "[http://hung-geo, http://geo]",
+      "probe_interval_ms: 50\nobservation_ttl_ms: 1000\ngeo_reconcile_interval_ms: 200\n", true));
+  ASSERT_TRUE(c_->Start().ok());
+  // Feeds both peers' observations every 20 ms until `done` or `limit`.
+  auto feed = [&](const std::set<std::string>& down, Steady::duration limit,
+                  const std::function<bool()>& done) {
+    for (const auto end = Steady::now() + limit; Steady::now() < end;) {
+      PeersRound(down);
+      if (done && done()) return true;
+      std::this_thread::sleep_for(milliseconds(20));
+    }
+    return false;
+  };
+  // Steady state: every region up with a recovered quorum; reconciles due every 200 ms each.
+  feed({}, std::chrono::seconds(2), nullptr);
+  ASSERT_EQ(Region("us-east")["votes"]["recovered"].size(), 2u);
+  SetRegion("eu-west", false);
+  ASSERT_TRUE(feed({"eu-west"}, std::chrono::seconds(5),
+                   [&] { return Region("eu-west")["state"] == "lost"; }));
+  const auto lost_at = Steady::now();
+  const bool posted = feed({"eu-west"}, std::chrono::seconds(5), [&] {
+    for (const HttpCall& c : http_.Calls("POST", "http://geo/v1/regions/eu-west/health"))
+      if (Json::parse(c.body)["state"] == "down") return true;
+    return false;
+  });
+  const auto down_ms = std::chrono::duration_cast<milliseconds>(Steady::now() - lost_at).count();
+  EXPECT_TRUE(posted) << "no down at the healthy geo within 5 s of the decision";
+  EXPECT_LT(down_ms, 1000) << "the down reached the healthy geo only after the hung one's calls";
+  const auto stop_at = Steady::now();
+  c_->Stop();
+  const auto stop_ms = std::chrono::duration_cast<milliseconds>(Steady::now() - stop_at).count();
+  EXPECT_LT(stop_ms, 4000) << "Stop waited for queued actions";
 }
 
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {

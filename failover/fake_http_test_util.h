@@ -60,6 +60,11 @@ class FakeHttp final : public HttpClient {
       if (c.method == method && c.url.rfind(url_prefix, 0) == 0) out.push_back(c);
     return out;
   }
+  // Every call since the last ClearCalls, in the order they were made.
+  std::vector<HttpCall> AllCalls() {
+    std::lock_guard<std::mutex> l(mu_);
+    return calls_;
+  }
   void ClearCalls() {
     std::lock_guard<std::mutex> l(mu_);
     calls_.clear();
