@@ -606,41 +606,6 @@ class Controller::Impl {
   }
 
   // ------------------------------------------------------------------------------------ actions
-  // A decision's geo update, on its own lane (EnqueueGeoUpdate).
-  void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
-    if (config_.geo.empty()) return;
-    EnqueueGeoUpdate(region, [this, region, state, reason] {
-      const std::string body = JsonBody(Json{{"state", state}, {"reason", reason}});
-      ForEachGeo([&](size_t i) {
-        const std::string& g = config_.geo[i];
-        // Ordered against a reconcile of the same region (see geo_write_mu_).
-        std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
-        HttpResult post =
-            http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
-                               config_.operator_token},
-                      kActionTimeoutMs);
-        Action("geo_health", region, absl::StrCat("state=", state, " geo=", LogValue(g)), post);
-      });
-    });
-  }
-
-  // Runs step(i) for every configured geo instance i, each on a thread of its own when there are
-  // several, so that one instance that hangs (each call waits up to kActionTimeoutMs) delays
-  // neither the others nor the decision's update of them.
-  void ForEachGeo(const std::function<void(size_t)>& step) {
-    std::vector<std::thread> threads;
-    for (size_t i = 1; i < config_.geo.size(); ++i) {
-      try {
-        threads.emplace_back(step, i);
-      } catch (const std::system_error& e) {  // no thread to be had: in turn, then
-        spdlog::warn("event=failover_thread_failed error={}", LogValue(e.what()));
-        step(i);
-      }
-    }
-    if (!config_.geo.empty()) step(0);
-    for (std::thread& t : threads) t.join();
-  }
-
   // The override geo's GET /v1/regions/{r} reports: state ("down", "up", "auto"; "" if none or
   // unreadable) and reason.
   struct GeoOverride {
@@ -660,6 +625,85 @@ class Controller::Impl {
   HttpResult ReadGeo(const std::string& geo, const std::string& region) {
     return http_->Do(HttpCall{"GET", absl::StrCat(geo, "/v1/regions/", region), "", ""},
                      kActionTimeoutMs);
+  }
+
+  // Whether an override's reason is one a meridian-failover wrote (any controller's).
+  static bool ByFailover(const std::string& reason) {
+    return reason.rfind("meridian-failover", 0) == 0;
+  }
+
+  // A decision's geo update, on its own lane (EnqueueGeoUpdate): "down" when the region is lost,
+  // "auto" when it recovered.
+  //
+  // An operator's override is left alone. geo keeps one override per region, and posting "down"
+  // on a loss used to replace an operator's "down" (say, a drain for maintenance) and its reason,
+  // so the "auto" of the recovery then lifted the operator's drain and sent customers to a region
+  // still under maintenance. So each geo instance is read first:
+  //   - lost: an operator's "down" (a reason not written by a meridian-failover) already takes
+  //     the region out; it is kept, reason and all. That kept override is how the operator's
+  //     intent is remembered: geo holds it, across restarts of the controllers too.
+  //   - recovered: "auto" is sent only when the override there is ours or none; an operator's
+  //     "down" or "up" stays until the operator lifts it. When geo cannot be read, nothing is
+  //     sent: the reconcile (EnsureGeoNotDownByUs) lifts a "down" of ours once it can read it.
+  // A read that fails on a loss does not hold the "down" back. Reading and posting are two calls,
+  // so an operator's override set in between can still be replaced; the window is one round trip.
+  void SetGeo(const std::string& region, const std::string& state, const std::string& reason) {
+    if (config_.geo.empty()) return;
+    EnqueueGeoUpdate(region, [this, region, state, reason] {
+      const std::string body = JsonBody(Json{{"state", state}, {"reason", reason}});
+      ForEachGeo([&](size_t i) {
+        const std::string& g = config_.geo[i];
+        const HttpResult read = ReadGeo(g, region);
+        const GeoOverride o = OverrideOf(read);
+        const bool operators = (o.state == "down" || o.state == "up") && !ByFailover(o.reason);
+        if (operators && (state == "auto" || o.state == "down")) {
+          KeptOperatorsOverride(region, g, state, o);
+          return;
+        }
+        if (state == "auto" && o.state.empty()) {
+          HttpResult unread = read;
+          if (unread.ok()) unread.error = "no override in geo's answer";
+          Action("geo_health", region, absl::StrCat("state=auto geo=", LogValue(g), " read=1"),
+                 unread);
+          return;
+        }
+        if (ActionsStopping()) return;
+        // Ordered against a reconcile of the same region (see geo_write_mu_).
+        std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
+        HttpResult post =
+            http_->Do(HttpCall{"POST", absl::StrCat(g, "/v1/regions/", region, "/health"), body,
+                               config_.operator_token},
+                      kActionTimeoutMs);
+        Action("geo_health", region, absl::StrCat("state=", state, " geo=", LogValue(g)), post);
+      });
+    });
+  }
+
+  void KeptOperatorsOverride(const std::string& region, const std::string& geo,
+                             const std::string& state, const GeoOverride& o) {
+    m_actions_->Add({{"action", "geo_health"}, {"result", "kept"}}).Increment();
+    Audit("failover_action", region, "action=geo_health result=kept",
+          absl::StrCat("state=", state, " geo=", LogValue(geo), " override=", o.state),
+          absl::StrCat("an operator's override (", o.state, ": ", Utf8Prefix(o.reason, 256),
+                       ") stays until the operator lifts it"),
+          Json{{"action", "geo_health"}, {"result", "kept"}});
+  }
+
+  // Runs step(i) for every configured geo instance i, each on a thread of its own when there are
+  // several, so that one instance that hangs (each call waits up to kActionTimeoutMs) delays
+  // neither the others nor the decision's update of them.
+  void ForEachGeo(const std::function<void(size_t)>& step) {
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < config_.geo.size(); ++i) {
+      try {
+        threads.emplace_back(step, i);
+      } catch (const std::system_error& e) {  // no thread to be had: in turn, then
+        spdlog::warn("event=failover_thread_failed error={}", LogValue(e.what()));
+        step(i);
+      }
+    }
+    if (!config_.geo.empty()) step(0);
+    for (std::thread& t : threads) t.join();
   }
 
   // A reconcile of `region` finished: the next one is due geo_reconcile_interval_ms from now.
@@ -716,11 +760,6 @@ class Controller::Impl {
       ReconcileGeo(g, region, "auto", "region up (a stale override lifted)");
     });
     ReconcileDone(region);
-  }
-
-  // Whether an override's reason is one a meridian-failover wrote (any controller's).
-  static bool ByFailover(const std::string& reason) {
-    return reason.rfind("meridian-failover", 0) == 0;
   }
 
   // Queued earlier, so checked again now: the region may have been lost again (its lease must

@@ -14,6 +14,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -689,6 +691,91 @@ TEST_F(ControllerTest, AHungGeoInstanceDelaysNeitherALossNorStop) {
   c_->Stop();
   const auto stop_ms = std::chrono::duration_cast<milliseconds>(Steady::now() - stop_at).count();
   EXPECT_LT(stop_ms, 4000) << "Stop waited for queued actions";
+}
+
+// An operator's "down" override (a drain for maintenance) outlasts a loss and recovery of the
+// region: it is not replaced by the controllers' "down", and recovery sends no "auto" over it.
+// Before, the loss replaced it (reason and all) and the recovery lifted it, routing customers to
+// a region still under maintenance (review of the failover controller, finding 3).
+TEST_F(ControllerTest, AnOperatorsDownOverrideOutlastsALossAndRecovery) {
+  // geo's override slot for eu-west, as meridian-geo keeps it.
+  struct Slot {
+    std::mutex mu;
+    std::string state = "auto", reason;
+  };
+  auto slot = std::make_shared<Slot>();
+  http_.On("GET http://geo/v1/regions/eu-west", [slot](const HttpCall&) {
+    std::lock_guard<std::mutex> l(slot->mu);
+    Json o{{"state", slot->state}};
+    o["reason"] = slot->reason.empty() ? Json() : Json(slot->reason);
+    return HttpResult{200, Json{{"name", "eu-west"}, {"override", o}}.dump(), ""};
+  });
+  http_.On("POST http://geo/v1/regions/eu-west/health", [slot](const HttpCall& c) {
+    const Json b = Json::parse(c.body);
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->state = b["state"];
+    slot->reason = slot->state == "auto" ? "" : b["reason"].get<std::string>();
+    return HttpResult{200, "{}", ""};
+  });
+  auto override_now = [slot] {
+    std::lock_guard<std::mutex> l(slot->mu);
+    return std::make_pair(slot->state, slot->reason);
+  };
+  auto lose_and_recover = [&] {
+    SetRegion("eu-west", false);
+    for (int i = 0; i < 3; ++i) {
+      Round();
+      ASSERT_EQ(PeerRound("eu-west").status, 200);
+    }
+    ASSERT_EQ(Region("eu-west")["state"], "lost");
+    for (int i = 0; i < 12; ++i) Round();  // reconciles while lost
+    SetRegion("eu-west", true);
+    for (int i = 0; i < 5; ++i) {
+      Round();
+      ASSERT_EQ(PeerRound().status, 200);
+    }
+    ASSERT_EQ(Region("eu-west")["state"], "up");
+    for (int i = 0; i < 12; ++i) {
+      Round();
+      ASSERT_EQ(PeerRound().status, 200);
+    }
+  };
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  {
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->state = "down";
+    slot->reason = "maintenance";
+  }
+  ASSERT_NO_FATAL_FAILURE(lose_and_recover());
+  EXPECT_EQ(override_now(), std::make_pair(std::string("down"), std::string("maintenance")));
+  EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
+  EXPECT_NE(Audit().find("region=eu-west action=geo_health result=kept state=down "
+                         "geo=http://geo override=down reason=\"an operator's override (down: "
+                         "maintenance) stays until the operator lifts it\""),
+            std::string::npos)
+      << Audit();
+  EXPECT_NE(Audit().find("action=geo_health result=kept state=auto"), std::string::npos);
+  // The operator lifts it; the next loss and recovery are the controllers' own again.
+  {
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->state = "auto";
+    slot->reason.clear();
+  }
+  auto states = std::make_shared<std::vector<std::string>>();
+  http_.On("POST http://geo/v1/regions/eu-west/health", [slot, states](const HttpCall& c) {
+    const Json b = Json::parse(c.body);
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->state = b["state"];
+    slot->reason = slot->state == "auto" ? "" : b["reason"].get<std::string>();
+    states->push_back(slot->state);
+    return HttpResult{200, "{}", ""};
+  });
+  ASSERT_NO_FATAL_FAILURE(lose_and_recover());
+  EXPECT_EQ(*states, (std::vector<std::string>{"down", "auto"}));
+  EXPECT_EQ(override_now().first, "auto");
 }
 
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
