@@ -575,6 +575,24 @@ class Controller::Impl {
           EnqueuePeriodic(r, Periodic::kGeoNotDown, [this, r] { EnsureGeoNotDownByUs(r); })) {
         p.geo_checked_ms = now;
       }
+      // Progress is not persisted: a controller restarted while a region was lost (or before its
+      // handback finished) never saw the "recovered" that starts one. So a region that is up,
+      // with the same evidence a recovery needs (a quorum of RECOVERED votes), whose order lease
+      // another region holds usable, gets the same handback as after "recovered". Once per run
+      // of this controller and region state: not again after "done" or "gave_up" (a "lost"
+      // clears it, and the next "recovered" starts its own).
+      if (!p.handback_pending && p.handback_state.empty() && h != holders.end() &&
+          h->second.region != r && decider_.Count(now, r).recovered.size() >= decider_.quorum()) {
+        p.handback_pending = true;
+        p.handback_state = "pending";
+        p.handback_started_ms = now;
+        p.handback_last_try_ms = -1;
+        AuditDecision(r, "handback_started",
+                      absl::StrCat("holder=", h->second.region, " epoch=", h->second.epoch),
+                      absl::StrCat(r, " is up and caught up at a quorum, but ", h->second.region,
+                                   " holds its order lease: asking for it back, as after "
+                                   "\"recovered\""));
+      }
       if (!p.handback_pending) continue;
       if (h != holders.end() && h->second.region == r) {
         p.handback_pending = false;

@@ -778,6 +778,39 @@ TEST_F(ControllerTest, AnOperatorsDownOverrideOutlastsALossAndRecovery) {
   EXPECT_EQ(override_now().first, "auto");
 }
 
+// A controller restarted while a region's lease was away (Progress is not persisted) starts the
+// same handback as after "recovered" once a quorum sees the region recovered. Before, it never
+// asked, and with the replicators' automatic handback off the lease stayed with the survivor
+// (review of the failover controller, finding 5).
+TEST_F(ControllerTest, ARestartedControllerAsksForALeaseThatIsStillAway) {
+  // Just started: eu-west is up, but us-east's replicator holds eu-west's group.
+  SetHeld("us-east", {{"us-east", 1}, {"eu-west", 2}});
+  SetHeld("eu-west", {});
+  http_.SetJson("POST http://us-east.repl/v1/leases/eu-west/handback", 200, "{}");
+  // Our own view alone is no quorum: nothing is asked.
+  for (int i = 0; i < 6; ++i) Round();
+  EXPECT_TRUE(http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback").empty());
+  EXPECT_EQ(Region("eu-west")["handback"], nullptr);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(PeerRound().status, 200);
+    Round();
+  }
+  EXPECT_EQ(Region("eu-west")["state"], "up");
+  EXPECT_EQ(Region("eu-west")["handback"], "pending");
+  EXPECT_GE(http_.Calls("POST", "http://us-east.repl/v1/leases/eu-west/handback").size(), 1u);
+  EXPECT_NE(Audit().find("region=eu-west decision=handback_started holder=us-east epoch=2"),
+            std::string::npos)
+      << Audit();
+  EXPECT_TRUE(http_.Calls("POST", "http://us-east.repl/v1/leases/us-east/handback").empty());
+  // eu-west holds it again: done, and not started again.
+  SetHeld("us-east", {{"us-east", 1}});
+  SetHeld("eu-west", {{"eu-west", 3}});
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "done");
+  EXPECT_NE(Audit().find("region=eu-west decision=lease_home epoch=3"), std::string::npos);
+}
+
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
   // A previous controller left eu-west overridden down; this one (just started) sees it healthy.
   http_.SetJson("http://geo/v1/regions/eu-west", 200,
