@@ -1009,29 +1009,68 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
     urls.push_back(reg.replicator.empty() ? "" : reg.replicator + "/v1/status");
   std::vector<HttpResult> res = Get(urls, true);
   const size_t n = c_.regions.size();
-  std::vector<std::string> lost_by, up_by;
+  // Only a controller whose state for the region is "lost" agrees: "recovering" means a quorum
+  // sees it healthy again, and an empty or unknown state says nothing. Without --force a majority
+  // of all regions' controllers must agree, the quorum of their own decision: a single
+  // controller cut off from the others keeps "lost" (DownStillBackedLocked in controller.cc).
+  const size_t quorum = n / 2 + 1;
+  std::vector<std::string> lost_by, up_by, recovering_by, other_by, silent;
   for (size_t i = 0; i < n; ++i) {
     Json j = ParseJson(res[i]);
-    if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) continue;
-    for (const Json& e : j["regions"]) {
-      if (Str(e, "name") != region) continue;
-      (Str(e, "state") == "up" ? up_by : lost_by).push_back(c_.regions[i].name);
+    if (!j.is_object() || !j.contains("regions") || !j["regions"].is_array()) {
+      silent.push_back(c_.regions[i].name);
+      continue;
     }
+    bool listed = false;
+    for (const Json& e : j["regions"]) {
+      if (!e.is_object() || Str(e, "name") != region) continue;
+      listed = true;
+      const std::string state = Str(e, "state");
+      if (state == "lost") {
+        lost_by.push_back(c_.regions[i].name);
+      } else if (state == "up") {
+        up_by.push_back(c_.regions[i].name);
+      } else if (state == "recovering") {
+        recovering_by.push_back(c_.regions[i].name);
+      } else {
+        other_by.push_back(c_.regions[i].name);
+      }
+      break;
+    }
+    if (!listed) other_by.push_back(c_.regions[i].name);
   }
+  const bool agreed = lost_by.size() >= quorum;
+  std::string others;
+  for (const auto& [what, who] :
+       {std::pair<const char*, const std::vector<std::string>*>{"up at ", &up_by},
+        {"recovering at ", &recovering_by},
+        {"no state at ", &other_by},
+        {"no answer from ", &silent}}) {
+    if (who->empty()) continue;
+    absl::StrAppend(&others, others.empty() ? "" : "; ", what, absl::StrJoin(*who, ","));
+  }
+  const std::string agree =
+      absl::StrCat(lost_by.size(), " of ", n, " failover controllers consider ", region, " lost",
+                   lost_by.empty() ? "" : absl::StrCat(" (", absl::StrJoin(lost_by, ","), ")"));
   std::vector<std::optional<ReplicatorStatus>> statuses(n);
   for (size_t i = 0; i < n; ++i) {
     if (!res[n + i].ok()) continue;
     auto s = ParseReplicatorStatus(res[n + i].body);
     if (s.ok()) statuses[i] = *std::move(s);
   }
-  if (lost_by.empty() && !force) {
+  if (!agreed && !force) {
     r.exit_code = 1;
-    r.err = absl::StrCat("meridianctl: no failover controller considers ", region, " lost",
-                         up_by.empty() ? " (none answered)"
-                                       : absl::StrCat(" (up at ", absl::StrJoin(up_by, ","), ")"),
-                         "; refusing. Use --force to declare it lost anyway.\n");
+    r.err = absl::StrCat(
+        "meridianctl: ",
+        lost_by.empty() ? absl::StrCat("no failover controller considers ", region, " lost")
+                        : absl::StrCat("only ", agree),
+        others.empty() ? "" : absl::StrCat(" (", others, ")"), "; ", quorum, " of ", n,
+        " must (a majority, as for their own decision); refusing. Use --force to declare it "
+        "lost anyway.\n");
     return r;
   }
+  r.err += absl::StrCat(agree, agreed ? "" : absl::StrCat(", fewer than ", quorum, " (--force)"),
+                        others.empty() ? "" : absl::StrCat("; ", others), "\n");
   std::string target = into;
   if (target.empty()) {
     for (const Group& g : Groups(c_.regions, statuses))
@@ -1067,8 +1106,8 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
       "event=operator_decision decision=declare_lost region=", LogValue(region),
       " into=", LogValue(target), " by=", LogValue(user != nullptr ? user : "?"),
       " controllers_lost=", LogValue(absl::StrJoin(lost_by, ",")),
-      " forced=", force && lost_by.empty() ? 1 : 0, " result=", result, " status=", res2.status,
-      " detail=",
+      " controllers_agree=", lost_by.size(), "/", n, " forced=", force && !agreed ? 1 : 0,
+      " result=", result, " status=", res2.status, " detail=",
       LogValue(res2.ok() ? "" : (res2.error.empty() ? res2.body.substr(0, 300) : res2.error)));
   r.err += absl::StrCat(Now(), " ", line, "\n");
   if (!c_.audit_file.empty()) {
@@ -1080,6 +1119,8 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
            {"status", res2.status},
            {"result", result},
            {"controllers_lost", lost_by},
+           {"controllers", n},
+           {"controllers_needed", quorum},
            {"response", ParseJson(res2)}};
   if (res2.ok()) {
     // Tell the controllers, so their rights reports count the reclaimed units as moved.

@@ -75,8 +75,10 @@ class Ctl {
   // then waits up to wait_s for the region to hold it again.
   [[nodiscard]] CtlResult Handback(const std::string& region, const std::string& from, int wait_s);
   // Operator decision: reclaims a lost region's inventory rights into `into` (default: the holder
-  // of its lease group). Refused without `yes`; refused when no controller considers the region
-  // lost unless `force`. Logged to stderr and the audit file.
+  // of its lease group). Refused without `yes`; unless `force`, refused when fewer than a
+  // majority of all regions' controllers (regions / 2 + 1) report the region's state as "lost"
+  // ("recovering", an empty or missing state, no answer do not count). Says how many agree.
+  // Logged to stderr and the audit file.
   [[nodiscard]] CtlResult DeclareLost(const std::string& region, const std::string& into, bool yes,
                                       bool force);
 

@@ -555,6 +555,67 @@ TEST_F(CtlTest, DeclareLost) {
   std::remove(audit.c_str());
 }
 
+// declare-lost without --force needs a majority of the controllers to say "lost": "recovering"
+// (healthy again at a quorum), an empty state or a missing entry do not count, and neither does a
+// single controller alone. It says how many agree. Before, any state but "up" counted, so a
+// region back and recovering could have its rights reclaimed without --force (review of the
+// failover controller, finding 6).
+TEST_F(CtlTest, DeclareLostCountsOnlyControllersThatSayLost) {
+  auto run = [&](bool force) {
+    Ctl ctl(Cluster(), &http_, false);
+    return ctl.DeclareLost("eu-west", "", true, force);
+  };
+  auto states = [&](const std::string& us, const std::string& ap) {
+    for (const auto& [ctl, st] : {std::pair{"us-east", us}, std::pair{"ap-south", ap}}) {
+      std::map<std::string, std::string> m{{"us-east", "up"}, {"ap-south", "up"}};
+      if (st != "-") m["eu-west"] = st;  // "-": no entry for eu-west at all
+      http_.SetJson(absl::StrCat("http://", ctl, ".ctl/v1/regions"), 200, ControllerRegions(m));
+    }
+  };
+  EuLost();
+  http_.SetJson("POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
+                R"({"region":"eu-west","declaration_id":"dl1","declared_by":"us-east",)"
+                R"("reclaimed":[]})");
+  states("recovering", "recovering");
+  CtlResult r = run(false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no failover controller considers eu-west lost (recovering at "
+                       "us-east,ap-south; no answer from eu-west); 2 of 3 must"),
+            std::string::npos)
+      << r.err;
+  states("lost", "");
+  r = run(false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("only 1 of 3 failover controllers consider eu-west lost (us-east) (no "
+                       "state at ap-south; no answer from eu-west); 2 of 3 must"),
+            std::string::npos)
+      << r.err;
+  states("lost", "-");
+  EXPECT_EQ(run(false).exit_code, 1);
+  EXPECT_TRUE(http_.Calls("POST", "http://").empty()) << "nothing was asked of any replicator";
+  // --force overrides, and the audit line says so.
+  r = run(true);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("1 of 3 failover controllers consider eu-west lost (us-east), fewer than 2 "
+                       "(--force); no state at ap-south; no answer from eu-west"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("controllers_lost=us-east controllers_agree=1/3 forced=1"),
+            std::string::npos)
+      << r.err;
+  // A majority: proceeds without --force, and says who agrees.
+  http_.ClearCalls();
+  states("lost", "lost");
+  r = run(false);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("2 of 3 failover controllers consider eu-west lost (us-east,ap-south); no "
+                       "answer from eu-west\n"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("controllers_agree=2/3 forced=0"), std::string::npos) << r.err;
+  EXPECT_EQ(http_.Calls("POST", "http://us-east.repl/v1/regions/eu-west/declare-lost").size(), 1u);
+}
+
 TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(::testing::TempDir()) / "ctl-data-test";
