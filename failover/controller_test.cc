@@ -95,12 +95,17 @@ class ControllerTest : public ::testing::Test {
     SetHeld("eu-west", {{"eu-west", 1}});
     SetHeld("ap-south", {{"ap-south", 1}});
     ASSERT_NO_FATAL_FAILURE(MakeController());
+    ap_ = PeerDecider("ap-south", 99);
+  }
+  // Another region's controller's decider, as the tests' controllers are configured.
+  static std::unique_ptr<Decider> PeerDecider(const std::string& self, uint64_t incarnation) {
     DeciderConfig peer;
     peer.regions = kThree;
-    peer.self = "ap-south";
+    peer.self = self;
     peer.recover_after_checks = 3;
-    ap_ = std::make_unique<Decider>(peer);
-    ap_->set_incarnation(99);
+    auto d = std::make_unique<Decider>(peer);
+    d->set_incarnation(incarnation);
+    return d;
   }
   // (Re)makes the controller under test: `geo` its geo list, `extra` more config lines, on the
   // fake clock unless `steady_clock`.
@@ -180,14 +185,7 @@ class ControllerTest : public ::testing::Test {
   // eu-west's runs while its region is down) check once, with the regions in `down` unhealthy,
   // and send their observations.
   void PeersRound(const std::set<std::string>& down) {
-    if (!eu_) {
-      DeciderConfig peer;
-      peer.regions = kThree;
-      peer.self = "eu-west";
-      peer.recover_after_checks = 3;
-      eu_ = std::make_unique<Decider>(peer);
-      eu_->set_incarnation(77);
-    }
+    if (!eu_) eu_ = PeerDecider("eu-west", 77);
     std::map<std::string, RegionReport> checks;
     for (const auto& r : kThree) {
       checks[r] = down.contains(r) ? RegionReport{false, false, 0, 0, "readyz: connection refused"}
