@@ -347,19 +347,18 @@ class Controller::Impl {
 
   // The next action of a lane; empty once stopping, or (wait false) when none is queued.
   std::function<void()> NextGeoUpdate(bool wait) {
-    std::unique_lock<std::mutex> l(actions_mu_);
-    if (wait) actions_cv_.wait(l, [this] { return actions_stopping_ || !geo_updates_.empty(); });
-    if (actions_stopping_ || geo_updates_.empty()) return nullptr;
-    std::function<void()> a = std::move(geo_updates_.front().second);
-    geo_updates_.pop_front();
-    return a;
+    return NextOf(geo_updates_, wait, [](auto& e) { return std::move(e.second); });
   }
   std::function<void()> NextPeriodic(bool wait) {
+    return NextOf(periodic_, wait, [](auto& e) { return std::move(e); });
+  }
+  template <class Lane, class Take>
+  std::function<void()> NextOf(Lane& lane, bool wait, Take take) {
     std::unique_lock<std::mutex> l(actions_mu_);
-    if (wait) actions_cv_.wait(l, [this] { return actions_stopping_ || !periodic_.empty(); });
-    if (actions_stopping_ || periodic_.empty()) return nullptr;
-    std::function<void()> a = std::move(periodic_.front());
-    periodic_.pop_front();
+    if (wait) actions_cv_.wait(l, [&] { return actions_stopping_ || !lane.empty(); });
+    if (actions_stopping_ || lane.empty()) return nullptr;
+    std::function<void()> a = take(lane.front());
+    lane.pop_front();
     return a;
   }
 

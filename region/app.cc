@@ -741,17 +741,17 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   const RegionConfig& c = impl->config;
-  auto global = PgPool::Create({.name = "global",
-                                .dsn = c.global_dsn,
-                                .size = c.pool_size,
-                                .open_at_start = c.pool_open_at_start});
+  auto pool = [&c](std::string name, const std::string& dsn) {
+    return PgPool::Create({.name = std::move(name),
+                           .dsn = dsn,
+                           .size = c.pool_size,
+                           .open_at_start = c.pool_open_at_start});
+  };
+  auto global = pool("global", c.global_dsn);
   if (!global.ok()) return global.status();
   impl->global = *std::move(global);
   for (size_t i = 0; i < c.shard_dsns.size(); ++i) {
-    auto shard = PgPool::Create({.name = absl::StrCat("shard-", i),
-                                 .dsn = c.shard_dsns[i],
-                                 .size = c.pool_size,
-                                 .open_at_start = c.pool_open_at_start});
+    auto shard = pool(absl::StrCat("shard-", i), c.shard_dsns[i]);
     if (!shard.ok()) return shard.status();
     impl->shards.push_back(*std::move(shard));
   }

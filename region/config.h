@@ -50,8 +50,8 @@ struct RegionConfig {
   int pool_size = 8;                    // connections per shard
   // postgres.open_at_start: connections each pool opens at the start (1..pool_size; default
   // pool_size, so that a server that cannot take them all is found at the start); the rest open
-  // when first needed.
-  int pool_open_at_start = 8;
+  // when first needed. 0 (a config built in code): all of them, whatever pool_size is.
+  int pool_open_at_start = 0;
   // redis
   Endpoint redis;
   int redis_timeout_ms = 200;
