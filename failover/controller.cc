@@ -628,14 +628,20 @@ class Controller::Impl {
   struct GeoOverride {
     std::string state;
     std::string reason;
+    int64_t since_ms_ago = -1;  // -1: not given
   };
   static GeoOverride OverrideOf(const HttpResult& r) {
     GeoOverride o;
     if (!r.ok()) return o;
     const Json j = Json::parse(r.body, nullptr, false);
     if (j.is_object() && j.contains("override") && j["override"].is_object()) {
-      o.state = StringOr(j["override"], "state");
-      o.reason = StringOr(j["override"], "reason");
+      const Json& ov = j["override"];
+      o.state = StringOr(ov, "state");
+      o.reason = StringOr(ov, "reason");
+      if (ov.contains("since_ms_ago") && ov["since_ms_ago"].is_number_integer() &&
+          ov["since_ms_ago"].get<int64_t>() >= 0) {
+        o.since_ms_ago = ov["since_ms_ago"].get<int64_t>();
+      }
     }
     return o;
   }
@@ -647,6 +653,24 @@ class Controller::Impl {
   // Whether an override's reason is one a meridian-failover wrote (any controller's).
   static bool ByFailover(const std::string& reason) {
     return reason.rfind("meridian-failover", 0) == 0;
+  }
+
+  // Whether `o` is an "auto" a controller set after this one decided `region` lost: a peer saw a
+  // quorum of RECOVERED votes and failed the region back. This controller, still "recovering"
+  // (its own caught-up streak reset by one slow check, say) or "lost", would otherwise put "down"
+  // back every reconcile interval, and the region would leave DNS again until its own streak
+  // reached M (review of the failover controller, finding 4). An "auto" of geo's start (no
+  // reason: a restarted geo), an operator's, or one older than this controller's "lost" still
+  // gets the "down" back. A relapse is a new "lost" at the peers, which sends "down" itself.
+  bool LiftedByARecoveryLocked(const std::string& region, const GeoOverride& o) const {
+    auto p = progress_.find(region);
+    const int64_t lost_at = p == progress_.end() ? -1 : p->second.lost_at_ms;
+    if (o.state != "auto" || !ByFailover(o.reason) || o.since_ms_ago < 0 || lost_at < 0)
+      return false;
+    if (o.since_ms_ago >= clock_->NowMs() - lost_at) return false;
+    spdlog::debug("event=failover_reconcile_skipped region={} override=auto reason={}", region,
+                  LogValue(Utf8Prefix(o.reason, 256)));
+    return true;
   }
 
   // A decision's geo update, on its own lane (EnqueueGeoUpdate): "down" when the region is lost,
@@ -734,12 +758,14 @@ class Controller::Impl {
       const std::string& g = config_.geo[i];
       HttpResult r = ReadGeo(g, region);
       if (!r.ok() || ActionsStopping()) return;
-      if (OverrideOf(r).state == "down") return;
+      const GeoOverride o = OverrideOf(r);
+      if (o.state == "down") return;
       std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
       {
         std::lock_guard<std::mutex> l(mu_);
         if (decider_.state(region) == RegionState::kUp) return;       // recovered meanwhile
         if (!DownStillBackedLocked(clock_->NowMs(), region)) return;  // cut off meanwhile
+        if (LiftedByARecoveryLocked(region, o)) return;
       }
       ReconcileGeo(g, region, "down", "region lost (override restored)");
     });

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "failover/decision.h"
 #include "failover/fake_http_test_util.h"
 #include "failover/wire.h"
@@ -486,6 +487,87 @@ TEST_F(ControllerTest, ACutOffControllerDoesNotPutBackADownOverride) {
   EXPECT_EQ(Json::parse(geo[0].body)["state"], "down");
   EXPECT_NE(Audit().find(restored), std::string::npos);
   EXPECT_NE(geo[0].body.find("override restored"), std::string::npos) << geo[0].body;
+}
+
+// A controller still "recovering" (its own caught-up streak short of M) leaves alone the "auto" a
+// peer set on its recovery after this controller's "lost": before, it put "down" back every
+// reconcile interval, and the region left DNS again until its own streak reached M (review of the
+// failover controller, finding 4). An "auto" from before its "lost", or of a restarted geo (no
+// reason), still gets the "down" back.
+TEST_F(ControllerTest, ARecoveringControllerLeavesAPeersRecoveryAlone) {
+  struct Slot {  // geo's override of eu-west, as meridian-geo keeps it
+    std::mutex mu;
+    std::string state = "auto", reason;
+    int64_t since_ms = 0;
+  };
+  auto slot = std::make_shared<Slot>();
+  FakeClock* clock = &clock_;
+  http_.On("GET http://geo/v1/regions/eu-west", [slot, clock](const HttpCall&) {
+    std::lock_guard<std::mutex> l(slot->mu);
+    Json o{{"state", slot->state}, {"since_ms_ago", clock->NowMs() - slot->since_ms}};
+    o["reason"] = slot->reason.empty() ? Json() : Json(slot->reason);
+    return HttpResult{200, Json{{"name", "eu-west"}, {"override", o}}.dump(), ""};
+  });
+  auto posts = std::make_shared<std::vector<std::string>>();
+  http_.On("POST http://geo/v1/regions/eu-west/health", [slot, clock, posts](const HttpCall& c) {
+    const Json b = Json::parse(c.body);
+    std::lock_guard<std::mutex> l(slot->mu);
+    if (slot->state != b["state"]) slot->since_ms = clock->NowMs();
+    slot->state = b["state"];
+    slot->reason = b["reason"];
+    posts->push_back(slot->state);
+    return HttpResult{200, "{}", ""};
+  });
+  auto set_override = [slot](const std::string& reason, int64_t since_ms) {
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->state = "auto";
+    slot->reason = reason;
+    slot->since_ms = since_ms;
+  };
+  for (int i = 0; i < 2; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  ASSERT_NO_FATAL_FAILURE(EuWestLost());
+  const int64_t lost_at = clock_.NowMs();
+  ASSERT_EQ(*posts, std::vector<std::string>{"down"});
+  // eu-west is back; ap-south sees it caught up, we see our backlog to it (not caught up).
+  SetRegion("eu-west", true);
+  std::string behind = MetricsText("us-east");
+  const std::string no_backlog = "meridian_replication_lag_seq{peer=\"eu-west\"} 0";
+  behind.replace(behind.find(no_backlog), no_backlog.size(),
+                 "meridian_replication_lag_seq{peer=\"eu-west\"} 100000");
+  http_.SetJson("http://us-east.repl/metrics", 200, behind);
+  for (int i = 0; i < 4; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  ASSERT_EQ(Region("eu-west")["state"], "recovering");
+  // ap-south decided "recovered" (our streak counted in its quorum a moment ago) and sent "auto".
+  set_override("meridian-failover ap-south: region recovered", clock_.NowMs());
+  posts->clear();
+  for (int i = 0; i < 24; ++i) {  // 12 s: two reconcile intervals
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_EQ(Region("eu-west")["state"], "recovering");
+  EXPECT_TRUE(posts->empty()) << "put back: " << absl::StrJoin(*posts, ",");
+  // The same "auto", but from before our "lost" (a peer's failback missed our loss): put back.
+  set_override("meridian-failover ap-south: region recovered", lost_at - 1000);
+  for (int i = 0; i < 12; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_EQ(*posts, std::vector<std::string>{"down"});
+  // A restarted geo (auto since its start, no reason): put back.
+  set_override("", clock_.NowMs());
+  posts->clear();
+  for (int i = 0; i < 12; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  EXPECT_EQ(*posts, std::vector<std::string>{"down"});
+  EXPECT_NE(Audit().find("state=down geo=http://geo reconcile=1"), std::string::npos);
 }
 
 // A region that returns while another is still lost fails back: the lost one no longer holds its

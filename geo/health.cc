@@ -96,7 +96,9 @@ HealthTransition HealthTracker::SetOverride(size_t region, Override o, std::stri
   HealthTransition t;
   if (o != r.override_state) r.override_since_ms = now_ms;
   r.override_state = o;
-  r.override_reason = o == Override::kAuto ? std::string() : std::string(reason);
+  // Kept for "auto" too: who cleared an override, and why, is what a failover controller asks
+  // (did a peer's recovery lift the "down" it would put back?) and what an operator reads.
+  r.override_reason = std::string(reason);
   t.probe_state = r.probe_state;
   t.effective = r.effective();
   t.reason = o == Override::kAuto

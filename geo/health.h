@@ -32,7 +32,7 @@ struct RegionHealth {
   int consecutive_failures = 0;   // counts towards `fall` while probe_state is up
   int consecutive_successes = 0;  // counts towards `rise` while probe_state is down
   Override override_state = Override::kAuto;
-  std::string override_reason;
+  std::string override_reason;    // of the last SetOverride, "auto" included
   int64_t override_since_ms = 0;  // when override_state last changed (or the start)
   int64_t probe_state_since_ms = 0;
   int64_t effective_since_ms = 0;

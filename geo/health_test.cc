@@ -73,7 +73,7 @@ TEST(HealthTracker, OverrideWinsUntilAutoAndProbesGoOnUnderneath) {
   EXPECT_TRUE(cleared.effective_changed);
   EXPECT_EQ(cleared.effective, Health::kDown);
   EXPECT_EQ(cleared.reason, "override cleared (drill over); probes say down");
-  EXPECT_TRUE(t.region(0).override_reason.empty());
+  EXPECT_EQ(t.region(0).override_reason, "drill over");  // who cleared it, and why
 }
 
 TEST(HealthNames, RoundTrip) {

@@ -263,9 +263,15 @@ TEST_F(GeoServiceTest, HealthHookOverridesProbesUntilAuto) {
             200);
   EXPECT_EQ(Log().find("\nevent=fake"), std::string::npos);
 
-  ASSERT_EQ(Call("POST", "/v1/regions/eu-west/health", R"({"state":"auto"})", kToken).status, 200);
+  ASSERT_EQ(Call("POST", "/v1/regions/eu-west/health",
+                 R"({"state":"auto","reason":"failover: region recovered"})", kToken)
+                .status,
+            200);
   EXPECT_EQ(Answer("198.18.2.0/24"), std::vector<std::string>{"10.2.0.1"});
-  EXPECT_EQ(Regions()["regions"][1]["override"]["reason"], nullptr);
+  EXPECT_EQ(Regions()["regions"][1]["override"]["reason"], "failover: region recovered");
+  EXPECT_LT(Regions()["regions"][1]["override"]["since_ms_ago"], 60000);
+  ASSERT_EQ(Call("POST", "/v1/regions/eu-west/health", R"({"state":"auto"})", kToken).status, 200);
+  EXPECT_EQ(Regions()["regions"][1]["override"]["reason"], "no reason given");
 }
 
 TEST_F(GeoServiceTest, EveryRegionDownAnswersTheLastResort) {
