@@ -838,8 +838,10 @@ class Service final : public pb::RegionInternal::Service {
     chunk->set_next_after_seq(cursor.after_seq());
     std::optional<std::vector<int64_t>> writers;
     if (cursor.gap_horizon() != 0) writers = GapWriters(cursor.database(), cursor.gap_horizon());
-    return pool.RunAutocommit([&](pqxx::nontransaction& tx) {
+    const size_t budget_at_start = *budget;
+    return pool.ReadAutocommit([&](pqxx::nontransaction& tx) {
       chunk->clear_records();
+      *budget = budget_at_start;
       std::string writers_ended = "false";
       if (writers) {
         std::string list;

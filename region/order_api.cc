@@ -1076,7 +1076,8 @@ bool RegionApp::Impl::PeerMayHold(uint32_t replica, std::string_view residency) 
 
 std::string RegionApp::Impl::ChargeStatus(const std::string& charge_id) {
   std::string status;
-  absl::Status st = global->RunAutocommit([&](pqxx::nontransaction& q) {
+  absl::Status st = global->ReadAutocommit([&](pqxx::nontransaction& q) {
+    status.clear();
     pqxx::result r =
         q.exec("SELECT status FROM sandbox_charges WHERE charge_id = " + q.quote(charge_id));
     if (!r.empty()) status = r[0][0].as<std::string>();

@@ -165,6 +165,13 @@ absl::Status PgPool::RunAutocommit(const std::function<void(pqxx::nontransaction
   });
 }
 
+absl::Status PgPool::ReadAutocommit(const std::function<void(pqxx::nontransaction&)>& fn) {
+  return WithConnection([&](pqxx::connection& c, bool& /*body_started*/) {
+    pqxx::nontransaction tx(c);
+    fn(tx);  // reads only: made again after a broken connection, whatever it had sent
+  });
+}
+
 absl::Status PgPool::WithConnection(
     const std::function<void(pqxx::connection&, bool& body_started)>& fn) {
   for (int attempt = 0;; ++attempt) {

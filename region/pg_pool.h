@@ -7,8 +7,9 @@
 // whose server restarted) is replaced and the call made again once, on a new connection; broken
 // later, it is replaced and the call fails with Unavailable (the caller's transaction may or may
 // not have committed only for in-doubt commits, reported as Unknown; that connection is replaced
-// too). RunAutocommit has no start of its own: its calls are not made again. No free connection
-// within acquire_timeout_ms is Unavailable too (overload). Thread-safe.
+// too). RunAutocommit has no start of its own: its calls are not made again (ReadAutocommit's,
+// reads only, are). No free connection within acquire_timeout_ms is Unavailable too (overload).
+// Thread-safe.
 
 #include <pqxx/pqxx>
 
@@ -54,6 +55,11 @@ class PgPool {
   // Runs `fn` outside a transaction block: each statement commits on its own (one round trip per
   // statement, no BEGIN/COMMIT). For reads that need no snapshot across statements.
   absl::Status RunAutocommit(const std::function<void(pqxx::nontransaction&)>& fn);
+  // As RunAutocommit, for a `fn` that only reads (and resets what it fills in when it starts):
+  // a connection that breaks at any point of it is replaced and `fn` made again once, as Run
+  // does when a transaction's start fails. So the first read after a PostgreSQL restart does not
+  // fail on a stale pooled connection.
+  absl::Status ReadAutocommit(const std::function<void(pqxx::nontransaction&)>& fn);
 
   // Opens a fresh connection (outside the pool) for a one-off job such as migrations.
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Connect() const;

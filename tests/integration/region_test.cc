@@ -2390,6 +2390,40 @@ TEST_F(RegionTest, APooledConnectionBrokenByAPostgresRestartIsReplacedWithoutFai
   }
   EXPECT_TRUE((*pool)->RunAutocommit([](pqxx::nontransaction& q) { q.exec1("SELECT 1"); }).ok());
   EXPECT_EQ((*pool)->in_use(), 0);
+  // Autocommit statements have no start of their own: a connection whose backend is gone fails
+  // on RunAutocommit's first statement, which is not made again (it may have written);
+  // ReadAutocommit's reads are, on a new connection. One connection, its backend terminated
+  // from outside while it is idle in the pool.
+  auto one = PgPool::Create({"one", (*pg)->ConnectionString(), 1});
+  ASSERT_TRUE(one.ok()) << one.status();
+  auto terminate_idle = [&] {
+    std::string pid;
+    ASSERT_TRUE((*one)
+                    ->ReadAutocommit([&](pqxx::nontransaction& q) {
+                      pid = q.exec1("SELECT pg_backend_pid()")[0].as<std::string>();
+                    })
+                    .ok());
+    pqxx::connection admin((*pg)->ConnectionString());
+    pqxx::nontransaction(admin).exec1("SELECT pg_terminate_backend(" + pid + ")");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  };
+  ASSERT_NO_FATAL_FAILURE(terminate_idle());
+  int writes = 0;
+  absl::Status stale = (*one)->RunAutocommit([&](pqxx::nontransaction& q) {
+    ++writes;
+    q.exec1("SELECT 1");
+  });
+  EXPECT_TRUE(absl::IsUnavailable(stale)) << stale;
+  EXPECT_EQ(writes, 1);
+  ASSERT_NO_FATAL_FAILURE(terminate_idle());
+  int reads = 0;
+  absl::Status read = (*one)->ReadAutocommit([&](pqxx::nontransaction& q) {
+    ++reads;
+    q.exec1("SELECT 1");
+  });
+  EXPECT_TRUE(read.ok()) << read;
+  EXPECT_EQ(reads, 2) << "made again on a new connection";
+  EXPECT_EQ((*one)->in_use(), 0);
   // Broken after the body's first statement: made once, Unavailable.
   int bodies = 0;
   absl::Status killed = (*pool)->Run([&](pqxx::work& tx) {
