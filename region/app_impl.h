@@ -415,11 +415,12 @@ struct RegionApp::Impl {
     }
   };
   // In sync-peer mode: waits (sync_peer_timeout_ms at most) until a region allowed to hold
-  // `residency` data has applied `shard`'s events through `seq`, and says "sync-peer" if this
-  // region still holds `group`'s lease then (a takeover syncs from that region before acting);
-  // otherwise "async" with the reason. In async mode: "async" at once.
-  PeerDurability AwaitPeer(PgPool& shard, int64_t seq, const std::string& residency,
-                           uint32_t group);
+  // `residency` data has applied `shard`'s events through `seq` and, when `stock_seq` > 0, the
+  // global database's through `stock_seq` (a checkout's stock take), and says "sync-peer" if
+  // this region still holds `group`'s lease then (a takeover syncs from that region before
+  // acting); otherwise "async" with the reason. In async mode: "async" at once.
+  PeerDurability AwaitPeer(PgPool& shard, int64_t seq, const std::string& residency, uint32_t group,
+                           int64_t stock_seq = 0);
   absl::StatusOr<SweepCounts> Sweep();
   // Refunds the captured charges that failed payments owe (refunds_due, each shard), as a sweep's
   // last step.

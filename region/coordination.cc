@@ -91,16 +91,25 @@ void PeerAcks::Update(const std::string& stream, uint32_t peer, int64_t seq) {
   cv_.notify_all();
 }
 
-uint32_t PeerAcks::WaitFor(const std::string& stream, int64_t seq,
+uint32_t PeerAcks::WaitFor(const std::vector<Mark>& marks,
                            const std::function<bool(uint32_t)>& allowed,
                            Clock::time_point deadline) {
+  if (marks.empty()) return 0;
   std::unique_lock<std::mutex> lock(mu_);
+  auto acked = [&](const Mark& m, uint32_t peer) {
+    auto it = acked_.find(m.stream);
+    if (it == acked_.end()) return false;
+    auto p = it->second.find(peer);
+    return p != it->second.end() && p->second >= m.seq;
+  };
   uint32_t found = 0;
   cv_.wait_until(lock, deadline, [&] {
-    auto it = acked_.find(stream);
+    auto it = acked_.find(marks[0].stream);
     if (it == acked_.end()) return false;
     for (const auto& [peer, s] : it->second) {
-      if (s >= seq && allowed(peer)) {
+      (void)s;
+      if (!allowed(peer)) continue;
+      if (std::all_of(marks.begin(), marks.end(), [&](const Mark& m) { return acked(m, peer); })) {
         found = peer;
         return true;
       }

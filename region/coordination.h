@@ -69,10 +69,16 @@ class PeerAcks {
  public:
   using Clock = std::chrono::steady_clock;
 
+  struct Mark {
+    std::string stream;
+    int64_t seq = 0;
+  };
+
   void Update(const std::string& stream, uint32_t peer, int64_t seq);
-  // Waits until some peer accepted by `allowed` has acknowledged `stream` through `seq`, or the
-  // deadline. Returns that peer's id, or 0 on timeout.
-  uint32_t WaitFor(const std::string& stream, int64_t seq,
+  // Waits until one peer accepted by `allowed` has acknowledged every mark's stream through its
+  // seq (the same peer for all of them), or the deadline. Returns that peer's id, or 0 on timeout
+  // (and at once when `marks` is empty).
+  uint32_t WaitFor(const std::vector<Mark>& marks,
                    const std::function<bool(uint32_t peer)>& allowed, Clock::time_point deadline);
   [[nodiscard]] std::map<std::string, std::map<uint32_t, int64_t>> Snapshot() const;
 

@@ -83,7 +83,7 @@ TEST(PeerAcks, WaitsForAnAllowedPeer) {
   PeerAcks a;
   auto deadline = std::chrono::steady_clock::now() + 50ms;
   EXPECT_EQ(a.WaitFor(
-                "shard-0-x", 5, [](uint32_t) { return true; }, deadline),
+                {{"shard-0-x", 5}}, [](uint32_t) { return true; }, deadline),
             0u);
   a.Update("shard-0-x", 3, 9);  // not allowed (e.g. another jurisdiction)
   std::thread t([&] {
@@ -91,12 +91,35 @@ TEST(PeerAcks, WaitsForAnAllowedPeer) {
     a.Update("shard-0-x", 2, 5);
   });
   EXPECT_EQ(a.WaitFor(
-                "shard-0-x", 5, [](uint32_t p) { return p == 2; },
+                {{"shard-0-x", 5}}, [](uint32_t p) { return p == 2; },
                 std::chrono::steady_clock::now() + 5000ms),
             2u);
   t.join();
   a.Update("shard-0-x", 2, 4);  // never goes back
   EXPECT_EQ(a.Snapshot().at("shard-0-x").at(2), 5);
+  EXPECT_EQ(a.WaitFor(
+                {}, [](uint32_t) { return true; }, deadline),
+            0u);
+}
+
+// A checkout's order event and its stock take travel on two streams (the shard's and the global
+// database's): the peer that answers for it must have both.
+TEST(PeerAcks, OnePeerMustHaveAcknowledgedEveryMark) {
+  PeerAcks a;
+  const std::vector<PeerAcks::Mark> both = {{"shard-0-x", 7}, {"global-y", 3}};
+  auto all = [](uint32_t) { return true; };
+  a.Update("shard-0-x", 2, 7);  // peer 2 has the order event, not the take
+  a.Update("global-y", 3, 3);   // peer 3 has the take, not the order event
+  EXPECT_EQ(a.WaitFor(both, all, std::chrono::steady_clock::now() + 50ms), 0u);
+  std::thread t([&] {
+    std::this_thread::sleep_for(10ms);
+    a.Update("global-y", 2, 4);
+  });
+  EXPECT_EQ(a.WaitFor(both, all, std::chrono::steady_clock::now() + 5000ms), 2u);
+  t.join();
+  EXPECT_EQ(a.WaitFor(
+                both, [](uint32_t p) { return p == 3; }, std::chrono::steady_clock::now() + 50ms),
+            0u);
 }
 
 }  // namespace

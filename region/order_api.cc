@@ -409,6 +409,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       std::chrono::steady_clock::now() +
       std::chrono::milliseconds(config.replication.enabled ? config.replication.rights_wait_ms : 0);
   bool waited = false;
+  int64_t stock_seq = 0;  // the global outbox's seq of the last stock take
   for (;;) {
     std::map<std::string, int64_t> short_units;  // SKU -> units missing here
     const uint64_t stock_seen = rights_signals.StockVersion();
@@ -475,7 +476,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
         writes += "INSERT INTO reservation_items (reservation_id, sku, units) VALUES (" +
                   tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ");";
       }
-      tx.exec(writes);
+      // The last outbox row of this transaction is its last stock take (each line's delta, in
+      // SKU order): what a sync-peer answer waits for on the global stream.
+      writes += "SELECT currval('outbox_seq_seq');";
+      stock_seq = tx.exec(writes)[0][0].as<int64_t>();
     });
     // Only a shortage waits for stock; any other refusal (a product gone, mixed currencies, an
     // absurd total) is final even when an earlier line was short as well.
@@ -673,10 +677,13 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     order = known.json;
   }
   if (!order.ok()) return ProblemFromStatus(order.status());
-  // 6. Durability: in sync-peer mode, the answer waits for a peer to have the order and its
-  //    payment (acknowledgements are cumulative: the payment's event covers the order's).
+  // 6. Durability: in sync-peer mode, the answer waits for a peer to have the order, its
+  //    payment (acknowledgements are cumulative: the payment's event covers the order's) and
+  //    its stock take. The take travels on the global database's stream, the order on the
+  //    shard's: a peer with the order but not the take would, once this region is declared
+  //    lost, count the units sold here as this region's rights, reclaim and sell them again.
   const PeerDurability durability =
-      AwaitPeer(shard, std::max(event_seq, pay_seq), who->residency, config.replica_id);
+      AwaitPeer(shard, std::max(event_seq, pay_seq), who->residency, config.replica_id, stock_seq);
   checkout_durability->Add({{"mode", durability.mode}}).Increment();
   durability.AddTo(*order);
   return HttpResponse::Json(status, order->dump());
@@ -684,14 +691,18 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
 
 RegionApp::Impl::PeerDurability RegionApp::Impl::AwaitPeer(PgPool& shard, int64_t seq,
                                                            const std::string& residency,
-                                                           uint32_t group) {
+                                                           uint32_t group, int64_t stock_seq) {
   PeerDurability out;
   if (config.durability != Durability::kSyncPeer) return out;
   auto stream = StreamName(shard);
+  absl::StatusOr<std::string> stock_stream =
+      stock_seq > 0 ? StreamName(*global) : absl::StatusOr<std::string>("");
   uint32_t peer = 0;
-  if (stream.ok() && seq > 0) {
+  if (stream.ok() && stock_stream.ok() && seq > 0) {
+    std::vector<PeerAcks::Mark> marks = {{*stream, seq}};
+    if (stock_seq > 0) marks.push_back({*stock_stream, stock_seq});
     peer = peer_acks.WaitFor(
-        *stream, seq, [&](uint32_t p) { return PeerMayHold(p, residency); },
+        marks, [&](uint32_t p) { return PeerMayHold(p, residency); },
         std::chrono::steady_clock::now() +
             std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
   }
