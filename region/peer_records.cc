@@ -305,6 +305,27 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
                                       ", which is no region (1..255)"));
             }
           }
+          // Every entry has one writer (bounded_counter.h), and a region's deltas are its own
+          // mutations: the units it restocked, moved or spent. Only a state transfer carries the
+          // other writers' entries. A delta holding another region's entry (this region's own
+          // restocks, say) would give rights to units nobody restocked (review of the inventory
+          // paths, finding 2).
+          if (!req.state()) {
+            for (const auto& t : counter.transfers()) {
+              if (t.from != req.origin()) {
+                return Bad(absl::StrCat("record ", rec.seq(), ": an inventory delta of region ",
+                                        req.origin(), " carries rights written by replica ",
+                                        t.from));
+              }
+            }
+            for (const auto& u : counter.spent()) {
+              if (u.replica != req.origin()) {
+                return Bad(absl::StrCat("record ", rec.seq(), ": an inventory delta of region ",
+                                        req.origin(), " carries units spent by replica ",
+                                        u.replica));
+              }
+            }
+          }
         }
         p.inventory = *std::move(inv);
         p.global = true;

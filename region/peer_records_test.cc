@@ -120,6 +120,19 @@ TEST(PeerRecords, RefusesTheWholeCallForOneBadRecord) {
              crdt::Encode(*crdt::Inventory(1000).Restock("sku-1", 5)));
        },
        "no region"},
+      {"stock this region restocked, in the peer's delta",
+       [](v1::ApplyDeltasRequest& r) {
+         r.mutable_records(1)->set_payload(
+             crdt::Encode(*crdt::Inventory(kSelf).Restock("sku-1", 1000)));
+       },
+       "carries rights written by replica 2"},
+      {"units a third region spent, in the peer's delta",
+       [](v1::ApplyDeltasRequest& r) {
+         crdt::Inventory third(3);
+         (void)third.Restock("sku-1", 5);
+         r.mutable_records(1)->set_payload(crdt::Encode(*third.Take("sku-1", 1)));
+       },
+       "carries units spent by replica 3"},
       {"stock claiming events past any real count",
        [](v1::ApplyDeltasRequest& r) {
          r.mutable_records(1)->set_payload(crdt::Encode(*crdt::Inventory::FromParts(
@@ -269,6 +282,15 @@ TEST(PeerRecords, AStateTransferCarriesSeqZero) {
   EXPECT_EQ(checked->last_seq, 0);
   req.mutable_records(1)->set_seq(5);
   EXPECT_FALSE(CheckPeerRecords(req, kSelf, "eu").ok());
+  // A state transfer sends whole documents: every writer's entries, this region's included.
+  req.mutable_records(1)->set_seq(0);
+  crdt::Inventory doc(1);
+  (void)doc.Restock("sku-1", 5);
+  doc.Merge(*crdt::Inventory(kSelf).Restock("sku-1", 7));
+  AddRecord(req, 0, v1::OUTBOX_KIND_INVENTORY, "sku-1", crdt::Encode(doc));
+  auto whole = CheckPeerRecords(req, kSelf, "eu");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->records[2].inventory->Available("sku-1"), 12);
 }
 
 // Review of 2026-12-05 (receiving side), finding 4: a takeover sync's order states were checked
