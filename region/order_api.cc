@@ -253,6 +253,10 @@ absl::Status RegionApp::Impl::ReleaseReservation(const std::string& reservation_
   if (st.ok() && released) {
     reservations_released->Increment();
     spdlog::info("event=reservation_released id={} reason={}", reservation_id, reason);
+    // The units are this region's rights again: a checkout waiting for them takes them now
+    // rather than after rights_wait_ms, and the replicator stops asking peers for them
+    // (review of the inventory paths, finding 4).
+    rights_signals.StockChanged();
   }
   if (st.ok() && deferred) {
     spdlog::info(
