@@ -471,7 +471,11 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
                      idem.empty() ? "read GET /v1/inventory/" + sku +
                                         " before restocking again (a restock "
                                         "with an Idempotency-Key can be retried)"
-                                  : std::string("retry with the same Idempotency-Key"))));
+                                  : absl::StrCat("retry with the same Idempotency-Key at this "
+                                                 "region (",
+                                                 config.name,
+                                                 ", its own URL): a key is known only to "
+                                                 "the region that took it"))));
   }
   if (!st.ok()) return ProblemFromStatus(st);
   if (!replay) rights_signals.StockChanged();  // waiting checkouts may now have the units

@@ -1895,6 +1895,9 @@ TEST_F(RegionTest, ARestockRetriedWithItsIdempotencyKeyAddsNothing) {
     Response doubt = restock(R"({"units":3})", "restock-2");
     EXPECT_EQ(doubt.status, 503) << doubt.body;
     EXPECT_NE(doubt.body.find("may or may not have been applied"), std::string::npos) << doubt.body;
+    // Keys are per region: the retry must come back here, not through a name GeoDNS resolves.
+    EXPECT_NE(doubt.body.find("at this region (us-east, its own URL)"), std::string::npos)
+        << doubt.body;
   }
   EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
   EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
