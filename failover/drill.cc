@@ -202,6 +202,16 @@ bool Alive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
 }
 
+// deploy/meridian is run as `bash PATH ...`: it must be a regular file we can read.
+absl::Status CheckReadableScript(const std::string& what, const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec) || access(path.c_str(), R_OK) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, "='", path, "': not a readable file (nothing was removed)"));
+  }
+  return absl::OkStatus();
+}
+
 std::string ExeDir() {
   std::error_code ec;
   auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -385,6 +395,8 @@ absl::Status Drill::Preflight() {
     return absl::FailedPreconditionError(
         "deploy/meridian not found (run from the repository, or set MERIDIAN_DRILL_MERIDIAN)");
   }
+  // Also for a path given in DrillOptions directly: it is needed after the removal.
+  if (absl::Status st = CheckReadableScript("deploy/meridian", meridian_); !st.ok()) return st;
   // deploy/meridian builds into $MERIDIAN_BUILD (default ROOT/build): point it at our build.
   if (getenv("MERIDIAN_BUILD") == nullptr) {
     setenv("MERIDIAN_BUILD", fs::weakly_canonical(exe + "/..").c_str(), 1);
@@ -1225,6 +1237,9 @@ absl::Status ApplyEnvironment(DrillOptions* o) {
   }
   if (const char* v = getenv("MERIDIAN_DRILL_LOADGEN"); v != nullptr && *v != '\0') o->loadgen = v;
   if (const char* v = getenv("MERIDIAN_DRILL_MERIDIAN"); v != nullptr && *v != '\0') {
+    // In kill mode the script is needed only to bring the region back, after the kill: a path
+    // that cannot be read must be refused now, or the drill leaves the region down.
+    if (absl::Status st = CheckReadableScript("MERIDIAN_DRILL_MERIDIAN", v); !st.ok()) return st;
     o->meridian_script = v;
   }
   return absl::OkStatus();

@@ -20,9 +20,11 @@ class PrepareDrillOptionsTest : public test_support::TempDirTest {
     ASSERT_NO_FATAL_FAILURE(TempDirTest::SetUp());
     std::ofstream(dir_ + "/a-file") << "x\n";
     ::unsetenv("MERIDIAN_DRILL_RATE");
+    ::unsetenv("MERIDIAN_DRILL_MERIDIAN");
   }
   void TearDown() override {
     ::unsetenv("MERIDIAN_DRILL_RATE");
+    ::unsetenv("MERIDIAN_DRILL_MERIDIAN");
     TempDirTest::TearDown();
   }
   DrillOptions Options(const std::string& output_dir) {
@@ -59,6 +61,25 @@ TEST_F(PrepareDrillOptionsTest, RateFromTheEnvironmentMustBeFinite) {
   DrillOptions o = Options(dir_ + "/drills");
   ASSERT_TRUE(PrepareDrillOptions(&o).ok());
   EXPECT_EQ(o.rate_per_s, 80);
+}
+
+// The script brings the region back after the kill: a bad path must be refused before the kill.
+TEST_F(PrepareDrillOptionsTest, MeridianScriptFromTheEnvironmentMustBeAReadableFile) {
+  fs::create_directories(dir_ + "/a-folder");
+  for (const std::string& bad : {dir_ + "/nonexistent", dir_ + "/a-folder"}) {
+    ::setenv("MERIDIAN_DRILL_MERIDIAN", bad.c_str(), 1);
+    DrillOptions o = Options(dir_ + "/drills");
+    absl::Status st = PrepareDrillOptions(&o);
+    ASSERT_FALSE(st.ok()) << bad;
+    EXPECT_NE(std::string(st.message()).find("MERIDIAN_DRILL_MERIDIAN='" + bad + "'"),
+              std::string::npos)
+        << st;
+    EXPECT_TRUE(o.meridian_script.empty()) << bad;
+  }
+  ::setenv("MERIDIAN_DRILL_MERIDIAN", (dir_ + "/a-file").c_str(), 1);
+  DrillOptions o = Options(dir_ + "/drills");
+  ASSERT_TRUE(PrepareDrillOptions(&o).ok());
+  EXPECT_EQ(o.meridian_script, dir_ + "/a-file");
 }
 
 TEST_F(PrepareDrillOptionsTest, ModeAndDurationNameTheFlag) {
