@@ -5,6 +5,8 @@
 # DIR/REGION.pem and DIR/REGION.key carry CN=REGION and subjectAltName DNS:REGION, which is the
 # name a peer checks (and how a replicator tells which peer is calling). EC P-256, 825 days.
 # A development CA only: production regions get certificates from the operator's own CA.
+# Every region name is checked before anything is written (the daemons' rule, ValidRegionName in
+# common/config_files.h: 1..32 of [A-Za-z0-9-]); a bad one exits 2.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 DIR REGION..." >&2
@@ -12,6 +14,12 @@ if [[ $# -lt 2 ]]; then
 fi
 dir=$1
 shift
+for region in "$@"; do
+  if [[ ! $region =~ ^[A-Za-z0-9-]{1,32}$ || $region == ca ]]; then
+    echo "make-certs: region name '$region' must be 1..32 of [A-Za-z0-9-], and not 'ca' (nothing was written)" >&2
+    exit 2
+  fi
+done
 mkdir -p "$dir"
 umask 077
 if [[ ! -s $dir/ca.pem || ! -s $dir/ca.key ]]; then
@@ -21,10 +29,6 @@ if [[ ! -s $dir/ca.pem || ! -s $dir/ca.key ]]; then
     -out "$dir/ca.pem" 2>/dev/null
 fi
 for region in "$@"; do
-  if [[ ! $region =~ ^[a-z0-9-]{1,64}$ ]]; then
-    echo "make-certs: region name '$region' must be 1..64 of [a-z0-9-]" >&2
-    exit 2
-  fi
   [[ -s $dir/$region.pem && -s $dir/$region.key ]] && continue
   openssl ecparam -name prime256v1 -genkey -noout -out "$dir/$region.key" 2>/dev/null
   openssl req -new -key "$dir/$region.key" -subj "/CN=$region" -out "$dir/$region.csr" 2>/dev/null
