@@ -14,6 +14,7 @@
 # 5. prints the drill's targets (PASS/FAIL) and where its report is (drills/<time>-<region>-<mode>/
 #    report.md, report.json, timeline.svg) — only a report this run's drill wrote, never an older one.
 #
+# --data (and a kept folder's shape) is checked before step 1, as `deploy/meridian up` checks it.
 # The cluster keeps running afterwards (DIR defaults to .meridian/demo) unless --down is given:
 # explore it with `meridianctl --data DIR status`, stop it with `deploy/meridian down --data DIR`.
 # Needs the packages of deploy/install-deps.sh. About 70 s on 2 cores once built and the cluster
@@ -56,6 +57,21 @@ STARTED=$(date +%s)
 step() { printf '\n\033[1m== [%s, +%ss] %s\033[0m\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - STARTED ))" "$*"; }
 die() { printf 'meridian demo: %s\n' "$*" >&2; exit 2; }
 
+# --data as deploy/meridian up will take it (characters, length, a folder, postgres can reach it,
+# the cluster's shape), before the build: a typo must not cost a build first.
+if [[ -f "$DATA/cluster.env" ]]; then
+  # A folder's shape is fixed by its first up: one of fewer regions would be started and then
+  # found to have no GeoDNS, so say so before anything starts.
+  had=$(sed -n 's/^CLUSTER_REGIONS=//p' "$DATA/cluster.env" | head -1)
+  [[ "$had" == 3 ]] || {
+    echo "meridian demo: $DATA holds a ${had:-?}-region cluster (chosen on its first up); the demo needs three: give another --data, or 'deploy/meridian down --data $DATA' and remove it" >&2
+    exit 2
+  }
+  bash "$ROOT/deploy/meridian" check-args up --data "$DATA" || exit 2
+else
+  bash "$ROOT/deploy/meridian" check-args up --data "$DATA" --regions 3 --durability sync-peer || exit 2
+fi
+
 for tool in cmake ninja pdns_server dig redis-server; do
   command -v "$tool" >/dev/null || die "$tool not found: run deploy/install-deps.sh first"
 done
@@ -72,11 +88,6 @@ CTL=$BUILD/failover/meridianctl
 
 step "2/5 three regions with emulated latency, GeoDNS and failover controllers ($DATA)"
 if [[ -f "$DATA/cluster.env" ]]; then
-  # A folder's shape is fixed by its first up: one of fewer regions would be started and then
-  # found to have no GeoDNS, so say so before anything starts.
-  had=$(sed -n 's/^CLUSTER_REGIONS=//p' "$DATA/cluster.env" | head -1)
-  [[ "$had" == 3 ]] ||
-    die "$DATA holds a ${had:-?}-region cluster (chosen on its first up); the demo needs three: give another --data, or 'deploy/meridian down --data $DATA' and remove it"
   echo "reusing the cluster in $DATA (its shape and durability were fixed on its first up)"
   bash "$ROOT/deploy/meridian" up --data "$DATA" || die "deploy/meridian up failed (above)"
 else
