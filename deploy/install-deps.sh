@@ -2,7 +2,15 @@
 # Installs every Debian package Meridian needs to build, test and run (this issue and the ones
 # after it). Idempotent: packages already present are left alone, and apt-get update runs only
 # when something is missing. Needs root (or sudo) and Debian 12.
+#   deploy/install-deps.sh           install what is missing
+#   deploy/install-deps.sh --help    this text; any other argument exits 2, installing nothing
 set -euo pipefail
+
+case "$#:${1:-}" in
+  0:) ;;
+  1:-h | 1:--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
+  *) echo "install-deps: unknown argument(s): $* (it takes none; see --help); nothing was installed" >&2; exit 2 ;;
+esac
 
 PACKAGES=(
   build-essential g++ clang curl libclang-rt-14-dev cmake ninja-build ccache pkg-config clang-format
