@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
       "meridianctl: operate a Meridian cluster (status, leases, rights, residency audit, "
       "handback, declare-lost, drills)"};
   app.require_subcommand(1);
+  // Global flags also after the subcommand (`meridianctl status --data X`), as deploy/meridian
+  // and netns.sh take flags in any position; subcommands created below inherit this.
+  app.fallthrough();
   std::string data = ".meridian";
   std::string output = "table";
   int timeout_ms = 3000;
