@@ -232,9 +232,40 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadEnvFile(
   return out;
 }
 
+namespace {
+
+// A region's url file, checked as the --region flag is: a damaged one would otherwise show up as
+// an unreachable region, in a table that looks like an outage.
+absl::StatusOr<std::string> ReadRegionUrl(const std::string& path) {
+  bool ok = false;
+  std::string url = Trim(ReadFile(path, &ok));
+  if (!ok || url.empty()) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+  if (!common::ValidHttpUrl(url)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": '", url, "' is not an http://HOST:PORT URL (damaged; deploy/meridian ",
+        "up writes it again)"));
+  }
+  return url;
+}
+
+// KEY's value in the env file at `path`: "" when absent, else a port 1..65535.
+absl::StatusOr<std::string> PortValue(const std::string& path,
+                                      const std::vector<std::pair<std::string, std::string>>& env,
+                                      const std::string& key) {
+  const std::string v = Get(env, key);
+  if (v.empty()) return v;
+  const bool digits = v.size() <= 5 && v.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || v[0] == '0' || std::stoi(v) > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", key, "='", v, "' is not a port 1..65535 (damaged)"));
+  }
+  return v;
+}
+
+}  // namespace
+
 absl::StatusOr<ClusterEndpoints> LoadClusterFromDataDir(const std::string& dir) {
   ClusterEndpoints c;
-  bool ok = false;
   auto token = common::ReadOperatorTokenFile(dir + "/operator_token");
   if (absl::IsNotFound(token.status())) {
     return absl::NotFoundError(
@@ -260,8 +291,9 @@ absl::StatusOr<ClusterEndpoints> LoadClusterFromDataDir(const std::string& dir) 
   if (n == 1) {
     ClusterRegion r;
     r.name = "local";
-    r.url = Trim(ReadFile(dir + "/url", &ok));
-    if (!ok || r.url.empty()) return absl::NotFoundError(absl::StrCat(dir, "/url: cannot read"));
+    auto url = ReadRegionUrl(dir + "/url");
+    if (!url.ok()) return url.status();
+    r.url = *std::move(url);
     c.regions.push_back(std::move(r));
     return c;
   }
@@ -269,26 +301,36 @@ absl::StatusOr<ClusterEndpoints> LoadClusterFromDataDir(const std::string& dir) 
     ClusterRegion r;
     r.name = kRegionNames[i];
     const std::string rdir = absl::StrCat(dir, "/", r.name);
-    r.url = Trim(ReadFile(rdir + "/url", &ok));
-    if (!ok || r.url.empty()) return absl::NotFoundError(absl::StrCat(rdir, "/url: cannot read"));
-    auto ports = ReadEnvFile(rdir + "/ports.env");
+    auto url = ReadRegionUrl(rdir + "/url");
+    if (!url.ok()) return url.status();
+    r.url = *std::move(url);
+    const std::string ports_path = rdir + "/ports.env";
+    auto ports = ReadEnvFile(ports_path);
     if (!ports.ok()) return ports.status();
     const std::string host = HostOf(r.url);
-    const std::string admin = Get(*ports, "ADMIN_PORT");
-    const std::string metrics = Get(*ports, "METRICS_PORT");
-    const std::string failover = Get(*ports, "FAILOVER_PORT");
+    std::string admin, metrics, failover;
+    for (auto [key, out] : {std::pair<const char*, std::string*>{"ADMIN_PORT", &admin},
+                            {"METRICS_PORT", &metrics},
+                            {"FAILOVER_PORT", &failover}}) {
+      auto v = PortValue(ports_path, *ports, key);
+      if (!v.ok()) return v.status();
+      *out = *std::move(v);
+    }
     if (!admin.empty()) r.replicator = absl::StrCat("http://", host, ":", admin);
     if (!metrics.empty()) r.metrics = absl::StrCat("http://", host, ":", metrics, "/metrics");
     // Controllers run in the root namespace, on loopback.
     if (!failover.empty()) r.controller = absl::StrCat("http://127.0.0.1:", failover);
     c.regions.push_back(std::move(r));
   }
-  auto geo = ReadEnvFile(dir + "/geo/ports.env");
+  const std::string geo_path = dir + "/geo/ports.env";
+  auto geo = ReadEnvFile(geo_path);
   if (geo.ok()) {
-    if (const std::string p = Get(*geo, "GEO_PORT"); !p.empty())
-      c.geo.push_back(absl::StrCat("http://127.0.0.1:", p));
-    if (const std::string p = Get(*geo, "DNS_PORT"); !p.empty())
-      c.dns = absl::StrCat("127.0.0.1:", p);
+    auto geo_port = PortValue(geo_path, *geo, "GEO_PORT");
+    if (!geo_port.ok()) return geo_port.status();
+    auto dns_port = PortValue(geo_path, *geo, "DNS_PORT");
+    if (!dns_port.ok()) return dns_port.status();
+    if (!geo_port->empty()) c.geo.push_back(absl::StrCat("http://127.0.0.1:", *geo_port));
+    if (!dns_port->empty()) c.dns = absl::StrCat("127.0.0.1:", *dns_port);
   }
   return c;
 }
@@ -589,10 +631,11 @@ CtlResult Ctl::Rights(const std::string& sku) {
   std::vector<std::vector<std::string>> rows;
   std::map<std::string, int64_t> frozen;  // from the first live view
   bool frozen_done = false;
-  int answered = 0;
+  int answered = 0, no_stock = 0;
   for (size_t i = 0; i < n; ++i) {
     Json j = ParseJson(res[i]);
     if (res[i].status == 404) {
+      ++no_stock;  // it answered: it has no stock record of this SKU
       views.push_back(Json{{"as_seen_by", c_.regions[i].name}, {"error", "no stock for this SKU"}});
       rows.push_back({c_.regions[i].name, "no stock for this SKU"});
       continue;
@@ -654,7 +697,14 @@ CtlResult Ctl::Rights(const std::string& sku) {
       absl::StrAppend(&r.out, "frozen (lost regions; reclaim with meridianctl declare-lost): ",
                       absl::StrJoin(parts, ", "), " = ", frozen_total, " units\n");
     }
-    if (answered == 0) r.err = "meridianctl: no region answered\n";
+    if (answered == 0 && no_stock == static_cast<int>(n)) {
+      r.err = absl::StrCat("meridianctl: no region stocks ", sku, "\n");
+    } else if (answered == 0 && no_stock > 0) {
+      r.err = absl::StrCat("meridianctl: no region answered with rights for ", sku, " (", no_stock,
+                           " of ", n, " have no stock of it, the others did not answer)\n");
+    } else if (answered == 0) {
+      r.err = "meridianctl: no region answered\n";
+    }
   }
   return r;
 }
@@ -993,6 +1043,19 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
     r.err = absl::StrCat("meridianctl: no region '", region, "' in this cluster\n");
     return r;
   }
+  // --into before the quorum query: a bad one must not be met only after following its advice.
+  if (!into.empty()) {
+    const ClusterRegion* t = Find(into);
+    if (into == region || t == nullptr || t->replicator.empty()) {
+      r.exit_code = 2;
+      r.err = absl::StrCat("meridianctl: --into ", into,
+                           into == region ? ": the region declared lost cannot take its own rights"
+                           : t == nullptr ? ": not a region of this cluster"
+                                          : ": that region runs no replicator",
+                           "\n");
+      return r;
+    }
+  }
   if (!yes) {
     r.exit_code = 2;
     r.err = absl::StrCat(
@@ -1110,9 +1173,17 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
       " result=", result, " status=", res2.status, " detail=",
       LogValue(res2.ok() ? "" : (res2.error.empty() ? res2.body.substr(0, 300) : res2.error)));
   r.err += absl::StrCat(Now(), " ", line, "\n");
+  // The record of an operator decision must not be lost in silence: a failure to write it is a
+  // warning and exit 1, whatever the replicator answered.
+  bool audit_lost = false;
   if (!c_.audit_file.empty()) {
     std::ofstream audit(c_.audit_file, std::ios::app);
-    if (audit) audit << Now() << " " << line << "\n";
+    if (audit) audit << Now() << " " << line << "\n" << std::flush;
+    if (!audit) {
+      audit_lost = true;
+      r.err += absl::StrCat("warning: the decision could not be written to ", c_.audit_file,
+                            " (the line above is its only record; keep it)\n");
+    }
   }
   Json out{{"region", region},
            {"into", target},
@@ -1148,6 +1219,7 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
                   : absl::StrCat(
                         region, " declared lost; its inventory rights were reclaimed into ", target,
                         " (recorded by ", recorded.size(), " controllers):\n", res2.body, "\n");
+    if (audit_lost) r.exit_code = 1;
     return r;
   }
   r.exit_code = 1;

@@ -267,6 +267,54 @@ TEST_F(CtlTest, RightsShowFrozenUnits) {
   EXPECT_EQ(Run(false, [](Ctl& c) { return c.Status("bad sku"); }).exit_code, 2);
 }
 
+// Every region answering 404 (no stock record) answered: the SKU is stocked nowhere, not "no
+// region answered" (review of the command lines, finding 11).
+TEST_F(CtlTest, RightsOfASkuNoRegionStocks) {
+  Healthy();
+  for (const auto& reg : kThree) {
+    http_.SetJson(absl::StrCat("http://", reg, ".region/v1/admin/rights/nosuch"), 404,
+                  R"({"title":"Not Found","status":404})");
+  }
+  CtlResult r = Run(false, [](Ctl& c) { return c.Rights("nosuch"); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "meridianctl: no region stocks nosuch\n");
+  http_.Refuse("http://eu-west.region/v1/admin/rights/nosuch");
+  r = Run(false, [](Ctl& c) { return c.Rights("nosuch"); });
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no region answered with rights for nosuch (2 of 3 have no stock of it"),
+            std::string::npos)
+      << r.err;
+}
+
+// --into is checked before the quorum query: without a quorum, --into mars used to get the
+// quorum refusal and its "Use --force" advice, and only then "not a region".
+TEST_F(CtlTest, DeclareLostChecksIntoFirst) {
+  Healthy();
+  Ctl ctl(Cluster(), &http_, false);
+  http_.ClearCalls();
+  CtlResult r = ctl.DeclareLost("eu-west", "mars", true, false);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "meridianctl: --into mars: not a region of this cluster\n");
+  EXPECT_TRUE(http_.AllCalls().empty()) << "nothing asked before the flags are checked";
+}
+
+// The audit line of a decision that cannot be written is a warning and exit 1, not lost silently.
+TEST_F(CtlTest, DeclareLostSaysWhenTheAuditLineCannotBeWritten) {
+  EuLost();
+  http_.SetJson(
+      "POST http://us-east.repl/v1/regions/eu-west/declare-lost", 200,
+      R"({"region":"eu-west","declaration_id":"dl9","declared_by":"us-east","reclaimed":[]})");
+  ClusterEndpoints c = Cluster();
+  c.audit_file = ::testing::TempDir() + "/no-such-folder/operator-audit.log";
+  Ctl ctl(c, &http_, false);
+  CtlResult r = ctl.DeclareLost("eu-west", "", true, false);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("warning: the decision could not be written to " + c.audit_file),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("eu-west declared lost"), std::string::npos) << r.out;
+}
+
 std::string Residency(const std::string& region, const std::string& jur, Json tables,
                       Json violations = Json::array()) {
   return Json{{"region", region},
@@ -666,6 +714,29 @@ TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
   auto env = ReadEnvFile((dir / "geo" / "ports.env").string());
   ASSERT_TRUE(env.ok());
   EXPECT_EQ(env->size(), 2u);
+  // A damaged url or port is named with its file, not met later as an unreachable region.
+  write(dir / "cluster.env", "CLUSTER_REGIONS=3\n");
+  write(dir / "eu-west" / "url", "garbage\n");
+  absl::Status st = LoadClusterFromDataDir(dir.string()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+  EXPECT_NE(st.message().find("eu-west/url: 'garbage' is not an http://HOST:PORT URL"),
+            std::string::npos)
+      << st;
+  write(dir / "eu-west" / "url", "http://10.77.0.2:4000\n");
+  for (const char* bad : {"abc", "0", "65536", "080", "-1", "123456"}) {
+    write(dir / "eu-west" / "ports.env", absl::StrCat("ADMIN_PORT=", bad, "\n"));
+    st = LoadClusterFromDataDir(dir.string()).status();
+    EXPECT_NE(st.message().find(
+                  absl::StrCat("eu-west/ports.env: ADMIN_PORT='", bad, "' is not a port 1..65535")),
+              std::string::npos)
+        << bad << ": " << st;
+  }
+  write(dir / "eu-west" / "ports.env", "ADMIN_PORT=65535\n");
+  write(dir / "geo" / "ports.env", "GEO_PORT=x\n");
+  st = LoadClusterFromDataDir(dir.string()).status();
+  EXPECT_NE(st.message().find("geo/ports.env: GEO_PORT='x'"), std::string::npos) << st;
+  write(dir / "geo" / "ports.env", "GEO_PORT=5100\n");
+  EXPECT_TRUE(LoadClusterFromDataDir(dir.string()).ok());
   write(dir / "bad.env", "no equals sign\n");
   EXPECT_NE(ReadEnvFile((dir / "bad.env").string()).status().message().find("bad.env:1"),
             std::string::npos);
