@@ -106,8 +106,8 @@ uint32_t PeerAcks::WaitFor(const std::vector<Mark>& marks,
   cv_.wait_until(lock, deadline, [&] {
     auto it = acked_.find(marks[0].stream);
     if (it == acked_.end()) return false;
-    for (const auto& [peer, s] : it->second) {
-      (void)s;
+    for (const auto& entry : it->second) {
+      const uint32_t peer = entry.first;  // (a structured binding cannot be captured in C++20)
       if (!allowed(peer)) continue;
       if (std::all_of(marks.begin(), marks.end(), [&](const Mark& m) { return acked(m, peer); })) {
         found = peer;
