@@ -56,9 +56,10 @@ class LeasesTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     c_ = *std::move(c);
   }
-  void StartThree(const std::string& region_extra = "") {
+  void StartThree(const std::string& region_extra = "", int rights_wait_ms = 200) {
     test_support::ClusterOptions o;
     o.name = "leases";
+    o.rights_wait_ms = rights_wait_ms;
     o.delay_ms = {{"us-east/eu-west", 8}, {"us-east/ap-south", 20}, {"eu-west/ap-south", 12}};
     o.coordination = true;
     o.coordination_yaml = kFastLeases;
@@ -1610,6 +1611,40 @@ TEST_F(LeasesTest, ATakeoverSyncAsksAgainForTheOutstandingPageAndDropsStaleRepli
   rpb::Frame after = next_ask(std::chrono::milliseconds(2500));
   if (after.has_sync_request()) after = next_ask(std::chrono::milliseconds(2500));
   EXPECT_FALSE(after.has_sync_request()) << "still asked after the last page";
+}
+
+// A checkout short of rights waits (rights_wait_ms) for units to come back. A cancel gives its
+// reservation's units back as this region's rights and wakes it at once; before, the waiting
+// checkout slept out rights_wait_ms (5 s here) while its replicator asked peers for rights (review
+// of the inventory paths, finding 4).
+TEST_F(LeasesTest, ACancelWakesACheckoutWaitingForItsUnits) {
+  ASSERT_NO_FATAL_FAILURE(StartThree("", 5000));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "kettle");
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "kettle", 1));
+  const std::string token_a = Customer(kUs, "first@example.com").first;
+  const std::string token_b = Customer(kUs, "second@example.com").first;
+  std::string body;
+  ASSERT_EQ(CheckoutOne(kUs, "Bearer " + token_a, "kettle", &body), 201) << body;
+  const std::string order = Json::parse(body).value("order_id", "");
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point done;
+  int second = 0;
+  std::string second_body;
+  std::thread waiting([&] {
+    second = CheckoutOne(kUs, "Bearer " + token_b, "kettle", &second_body);
+    done = Clock::now();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto cancelled_at = Clock::now();
+  Response c = Request(c_->http_port(kUs), "POST", "/v1/orders/" + order + "/cancel", "",
+                       {{"Authorization", "Bearer " + token_a}});
+  waiting.join();
+  EXPECT_EQ(c.status, 200) << c.body;
+  EXPECT_EQ(second, 201) << second_body;
+  const double after_s = std::chrono::duration<double>(done - cancelled_at).count();
+  EXPECT_LT(after_s, 2.5) << "the waiting checkout ended " << after_s
+                          << " s after the cancel (rights_wait_ms 5000)";
 }
 
 // Sync-peer: a checkout is acknowledged after a peer persisted the order, and says so, and so are
