@@ -1148,17 +1148,10 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
   }
   const ClusterRegion* t = Find(target);
   if (target == region || t == nullptr || t->replicator.empty()) {
+    // A given --into was checked at the start: only a target chosen here can be missing.
     r.exit_code = 2;
-    if (into.empty()) {
-      r.err = absl::StrCat("meridianctl: no live region to reclaim ", region,
-                           "'s rights into (use --into REGION)\n");
-    } else {
-      r.err = absl::StrCat("meridianctl: --into ", into,
-                           into == region ? ": the region declared lost cannot take its own rights"
-                           : t == nullptr ? ": not a region of this cluster"
-                                          : ": that region runs no replicator",
-                           "\n");
-    }
+    r.err = absl::StrCat("meridianctl: no live region to reclaim ", region,
+                         "'s rights into (use --into REGION)\n");
     return r;
   }
   const std::string url = absl::StrCat(t->replicator, "/v1/regions/", region, "/declare-lost");
