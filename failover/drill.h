@@ -49,9 +49,10 @@ struct DrillOptions {
 
 // What RunDrillCommand does first, before it looks at the cluster: applies the
 // MERIDIAN_DRILL_<NAME> environment overrides to `options` (a bad value, NaN included, or a
-// MERIDIAN_DRILL_MERIDIAN that is not a readable file, is an error naming the variable), checks --mode and --duration, and creates --output-dir and writes a
-// probe file in it, so that a report folder that cannot be written is found before a region is
-// removed. InvalidArgument naming the flag or variable otherwise.
+// MERIDIAN_DRILL_MERIDIAN that is not a readable file, is an error naming the variable), checks
+// --mode and --duration, and creates --output-dir and writes a probe file in it, so that a report
+// folder that cannot be written is found before a region is removed. InvalidArgument naming the
+// flag or variable otherwise.
 [[nodiscard]] absl::Status PrepareDrillOptions(DrillOptions* options);
 
 // Runs the drill; returns the exit code: 0 every target met and every invariant held; 1 the
