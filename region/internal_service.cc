@@ -211,6 +211,7 @@ class Service final : public pb::RegionInternal::Service {
     }
     const int64_t last_seq = checked->last_seq;
     if (last_seq == 0 && prepared.empty() && !req->state_end()) return grpc::Status::OK;
+    if (absl::Status st = JoinStockTakes(prepared); !st.ok()) return ToGrpc(st);
     // Pass 2: one transaction per target database that has records. Each checks and advances
     // that database's high-water mark for this stream, so a record is applied exactly once
     // however often it is resent. The stream's resume point (GetStreamMarks) lives in the
@@ -1096,38 +1097,59 @@ class Service final : public pb::RegionInternal::Service {
     if (!writes.empty()) tx.exec(writes);
   }
 
+  // Joins peer deltas of one SKU's stock document into `tx` (the global database's).
+  void JoinStock(pqxx::work& tx, const std::string& sku,
+                 const std::vector<const crdt::Inventory*>& deltas) {
+    pqxx::result r =
+        tx.exec(DocumentLockSql(tx, "inventory", sku) +
+                "SELECT state FROM inventory WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
+    crdt::Inventory inv(app_.config.replica_id);
+    if (!r.empty()) {
+      pqxx::binarystring b(r[0][0]);
+      auto i = crdt::DecodeInventory(std::string_view(b.get(), b.size()), app_.config.replica_id);
+      if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
+      inv = *std::move(i);
+    }
+    for (const crdt::Inventory* d : deltas) inv.Merge(*d);
+    const std::string state = crdt::Encode(inv);
+    // The stock row needs its product: replicated catalog writes may arrive later, so a
+    // placeholder product is made and overwritten by the real (later-HLC) write.
+    tx.exec0("INSERT INTO products (sku, name, price_cents, currency, hlc, origin) VALUES (" +
+             tx.quote(sku) + ", " + tx.quote(sku) +
+             ", 0, 'USD', 0, 0) ON CONFLICT (sku) DO NOTHING;"
+             "INSERT INTO inventory (sku, state) VALUES (" +
+             tx.quote(sku) + ", " +
+             tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
+             ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+  }
+
+  // The stock takes that the call's order events carry (PeerRecord::stock_takes), joined into the
+  // global database before the events are applied: a region that holds an order then holds its
+  // stock consumption, even if the stock stream that carries the take too never delivers it (its
+  // origin was lost first; a declaration would then count the sold units as the lost region's
+  // rights and sell them again: review of the inventory paths, finding 1). Joins are idempotent:
+  // the take arriving again on its own stream changes nothing.
+  absl::Status JoinStockTakes(const std::vector<Prepared>& prepared) {
+    std::map<std::string, std::vector<const crdt::Inventory*>> by_sku;  // the locks in SKU order
+    for (const Prepared& p : prepared) {
+      for (const crdt::Inventory& take : p.stock_takes) {
+        by_sku[take.items().front().first].push_back(&take);
+      }
+    }
+    if (by_sku.empty()) return absl::OkStatus();
+    return app_.global->Run([&](pqxx::work& tx) {
+      for (const auto& [sku, takes] : by_sku) JoinStock(tx, sku, takes);
+    });
+  }
+
   // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
   // full mesh every region hears every origin directly (never send a peer back what came from it).
   void Apply(pqxx::work& tx, Prepared& p) {
     const pb::OutboxRecord& rec = *p.record;
-    auto bytes = [&](const std::string& b) {
-      return tx.quote_raw(reinterpret_cast<const unsigned char*>(b.data()), b.size());
-    };
     switch (rec.kind()) {
-      case pb::OUTBOX_KIND_INVENTORY: {
-        pqxx::result r = tx.exec(DocumentLockSql(tx, "inventory", rec.key()) +
-                                 "SELECT state FROM inventory WHERE sku = " + tx.quote(rec.key()) +
-                                 " FOR UPDATE");
-        crdt::Inventory inv(app_.config.replica_id);
-        if (!r.empty()) {
-          pqxx::binarystring b(r[0][0]);
-          auto i =
-              crdt::DecodeInventory(std::string_view(b.get(), b.size()), app_.config.replica_id);
-          if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
-          inv = *std::move(i);
-        }
-        inv.Merge(*p.inventory);
-        // The stock row needs its product: replicated catalog writes may arrive later, so a
-        // placeholder product is made and overwritten by the real (later-HLC) write.
-        tx.exec0("INSERT INTO products (sku, name, price_cents, currency, hlc, origin) VALUES (" +
-                 tx.quote(rec.key()) + ", " + tx.quote(rec.key()) +
-                 ", 0, 'USD', 0, 0) ON CONFLICT "
-                 "(sku) DO NOTHING");
-        tx.exec0("INSERT INTO inventory (sku, state) VALUES (" + tx.quote(rec.key()) + ", " +
-                 bytes(crdt::Encode(inv)) +
-                 ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+      case pb::OUTBOX_KIND_INVENTORY:
+        JoinStock(tx, rec.key(), {&*p.inventory});
         break;
-      }
       case pb::OUTBOX_KIND_PRODUCT: {
         const Json& j = p.json;
         std::string category = j.value("category", std::string());

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
@@ -414,6 +415,9 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       std::chrono::milliseconds(config.replication.enabled ? config.replication.rights_wait_ms : 0);
   bool waited = false;
   int64_t stock_seq = 0;  // the global outbox's seq of the last stock take
+  // SKU -> the base64 of its take's delta: the order's created event carries them (see
+  // StockTakesProblem in peer_records.cc).
+  Json stock_takes = Json::object();
   for (;;) {
     std::map<std::string, int64_t> short_units;  // SKU -> units missing here
     const uint64_t stock_seen = rights_signals.StockVersion();
@@ -422,6 +426,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
       // Reset here, not before Run: it runs this body again after a deadlock or serialization
       // failure, and a total summed over two attempts would be charged.
       short_units.clear();
+      stock_takes = Json::object();
       total = 0;
       currency.clear();
       prices.clear();
@@ -471,6 +476,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
           continue;
         }
         writes += SaveInventorySql(tx, sku, *inv, *delta, config.replica_id);
+        stock_takes[sku] = absl::Base64Escape(crdt::Encode(*delta));
       }
       if (!short_units.empty()) throw AbortTx{absl::ResourceExhaustedError("short of rights")};
       writes += "INSERT INTO reservations (id, user_id, state, expires_at) VALUES (" +
@@ -588,6 +594,8 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     writes += "INSERT INTO notifications (order_id, user_id, kind, payload) VALUES (" +
               tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'order_confirmation', " +
               tx.quote(event.dump()) + ");";
+    // Not in the customer's confirmation: the stock takes are for the regions.
+    event["stock_takes"] = stock_takes;
     // Clear what the snapshot held. The snapshot was read unlocked: the order stands only if
     // the locked cart still holds every unit of it, so that two checkouts of one cart (a
     // double click) cannot both take its lines; the one that comes second takes nothing.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/json_text.h"
 #include "crdt/codec.h"
@@ -110,6 +111,85 @@ std::string ProductWriteProblem(const Json& j, const std::string& key) {
   }
   if (!Optional(j, "origin", [](const Json& v) { return IntegerIn(v, 0, 255); })) {
     return "origin: a replica id";
+  }
+  return "";
+}
+
+// What is wrong with an inventory document or delta of `sku` from a peer ("" when nothing):
+// every item is `sku`'s, and every entry's replica is a region (1..255). With `writer` (not 0),
+// every entry is one that replica wrote. Every entry has one writer (bounded_counter.h), and a
+// region's deltas are its own mutations: the units it restocked, moved or spent. Only a state
+// transfer carries the other writers' entries. A delta holding another region's entry (this
+// region's own restocks, say) would give rights to units nobody restocked (review of the
+// inventory paths, finding 2).
+std::string InventoryDeltaProblem(const crdt::Inventory& inv, const std::string& sku,
+                                  uint32_t writer) {
+  for (const auto& [item, counter] : inv.items()) {
+    if (item != sku) return "inventory delta names another SKU than its key";
+    // Stock rights belong to regions (replica ids 1..255): units of any other id could never be
+    // sold or given back, and enough such ids make the joined document one that no longer
+    // decodes (the SKU could then be neither sold nor released).
+    for (const crdt::ReplicaId r : counter.Replicas()) {
+      if (r < 1 || r > 255) {
+        return absl::StrCat("inventory rights of replica ", r, ", which is no region (1..255)");
+      }
+    }
+    if (writer == 0) continue;
+    for (const auto& t : counter.transfers()) {
+      if (t.from != writer) {
+        return absl::StrCat("an inventory delta of region ", writer,
+                            " carries rights written by replica ", t.from);
+      }
+    }
+    for (const auto& u : counter.spent()) {
+      if (u.replica != writer) {
+        return absl::StrCat("an inventory delta of region ", writer,
+                            " carries units spent by replica ", u.replica);
+      }
+    }
+  }
+  return "";
+}
+
+// The bytes of one encoded stock take, at most (a take is one SKU's spent entry and its dot: a few
+// dozen bytes).
+constexpr size_t kMaxStockTakeBytes = 1024;
+
+// An order's `created` event carries its checkout's stock takes ("stock_takes": SKU -> the base64
+// of the take's inventory delta), so that a region holding the order holds its stock consumption
+// too, whatever became of the stock stream that carries the take as well (review of the inventory
+// paths, finding 1). Each take names a SKU of the order's items and is only units spent by the
+// event's origin (`origin`): a checkout spends, it moves no rights. Decoded into `out`; "" or what
+// is wrong.
+std::string StockTakesProblem(const Json& j, uint32_t origin, uint32_t replica_id,
+                              std::vector<crdt::Inventory>* out) {
+  const Json& takes = j["stock_takes"];
+  if (!takes.is_object()) return "stock_takes: an object of SKU to take";
+  if (j["event"] != "created") return "stock_takes: only in a created event";
+  if (!j.contains("items") || takes.size() > j["items"].size()) {
+    return "stock_takes: more takes than items";
+  }
+  for (auto it = takes.begin(); it != takes.end(); ++it) {
+    const std::string& sku = it.key();
+    const bool ordered = std::any_of(j["items"].begin(), j["items"].end(), [&](const Json& item) {
+      return item.contains("sku") && item["sku"] == sku;
+    });
+    if (!ordered) return "stock_takes: a take of a SKU that is not among the items";
+    std::string bytes;
+    if (!it.value().is_string() ||
+        it.value().get_ref<const std::string&>().size() > kMaxStockTakeBytes * 4 / 3 + 4 ||
+        !absl::Base64Unescape(it.value().get<std::string>(), &bytes)) {
+      return "stock_takes: base64 of an encoded inventory delta";
+    }
+    auto take = crdt::DecodeInventory(bytes, replica_id);
+    if (!take.ok()) return absl::StrCat("stock_takes: ", take.status().message());
+    if (const std::string why = InventoryDeltaProblem(*take, sku, origin); !why.empty()) {
+      return "stock_takes: " + why;
+    }
+    if (take->items().size() != 1 || !take->items()[0].second.transfers().empty()) {
+      return "stock_takes: a take is units spent of its SKU, nothing else";
+    }
+    out->push_back(*std::move(take));
   }
   return "";
 }
@@ -294,38 +374,10 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         if (auto why = CounterPastTheLimit(inv->version()); !why.empty()) {
           return Bad(absl::StrCat("record ", rec.seq(), ": inventory ", why));
         }
-        for (const auto& [sku, counter] : inv->items()) {
-          if (sku != rec.key()) return Bad("inventory delta names another SKU than its key");
-          // Stock rights belong to regions (replica ids 1..255): units of any other id could
-          // never be sold or given back, and enough such ids make the joined document one that
-          // no longer decodes (the SKU could then be neither sold nor released).
-          for (const crdt::ReplicaId r : counter.Replicas()) {
-            if (r < 1 || r > 255) {
-              return Bad(absl::StrCat("record ", rec.seq(), ": inventory rights of replica ", r,
-                                      ", which is no region (1..255)"));
-            }
-          }
-          // Every entry has one writer (bounded_counter.h), and a region's deltas are its own
-          // mutations: the units it restocked, moved or spent. Only a state transfer carries the
-          // other writers' entries. A delta holding another region's entry (this region's own
-          // restocks, say) would give rights to units nobody restocked (review of the inventory
-          // paths, finding 2).
-          if (!req.state()) {
-            for (const auto& t : counter.transfers()) {
-              if (t.from != req.origin()) {
-                return Bad(absl::StrCat("record ", rec.seq(), ": an inventory delta of region ",
-                                        req.origin(), " carries rights written by replica ",
-                                        t.from));
-              }
-            }
-            for (const auto& u : counter.spent()) {
-              if (u.replica != req.origin()) {
-                return Bad(absl::StrCat("record ", rec.seq(), ": an inventory delta of region ",
-                                        req.origin(), " carries units spent by replica ",
-                                        u.replica));
-              }
-            }
-          }
+        if (const std::string why =
+                InventoryDeltaProblem(*inv, rec.key(), req.state() ? 0 : req.origin());
+            !why.empty()) {
+          return Bad(absl::StrCat("record ", rec.seq(), ": ", why));
         }
         p.inventory = *std::move(inv);
         p.global = true;
@@ -348,6 +400,16 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
         } else {
           if (const std::string why = OrderEventProblem(p.json); !why.empty()) {
             return Bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
+          }
+          // A state transfer's orders come from the peer's tables (without takes: its stock
+          // documents come whole in the same transfer).
+          if (p.json.contains("stock_takes")) {
+            const std::string why =
+                req.state() ? "stock_takes: not in a state transfer"
+                            : StockTakesProblem(p.json, req.origin(), replica_id, &p.stock_takes);
+            if (!why.empty()) {
+              return Bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
+            }
           }
           p.shard_key = p.json["user_id"].get<std::string>();
         }

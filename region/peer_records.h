@@ -44,7 +44,9 @@ struct PeerRecord {
   const v1::OutboxRecord* record = nullptr;  // points into the request
   std::optional<crdt::Cart> cart;            // OUTBOX_KIND_CART
   std::optional<crdt::Inventory> inventory;  // OUTBOX_KIND_INVENTORY
-  nlohmann::json json;                       // product, order and user records
+  // An order's `created` event: its checkout's stock takes, one SKU each (StockTakesProblem).
+  std::vector<crdt::Inventory> stock_takes;
+  nlohmann::json json;    // product, order and user records
   bool global = false;    // stock and catalog records: the global database stores them
   std::string shard_key;  // otherwise: the user id whose shard stores the record
 };

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "crdt/codec.h"
 #include "services/auth.h"
 
@@ -291,6 +292,86 @@ TEST(PeerRecords, AStateTransferCarriesSeqZero) {
   auto whole = CheckPeerRecords(req, kSelf, "eu");
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(whole->records[2].inventory->Available("sku-1"), 12);
+}
+
+// Review of the inventory paths, finding 1: an order's created event carries its checkout's stock
+// takes, so that a region holding the order holds its stock consumption. A take is checked as a
+// stock delta of the event's origin is, and more narrowly: only units spent, of a SKU the order
+// holds, only in a created event, never in a state transfer.
+TEST(PeerRecords, AnOrderCarriesItsStockTakesCheckedAsStockDeltasAre) {
+  const std::string user = services::UserIdForEmail("ada@example.com");
+  crdt::Inventory origin(1);
+  (void)origin.Restock("sku-1", 10);
+  const crdt::Inventory take = *origin.Take("sku-1", 4);
+  auto b64 = [](const std::string& bytes) { return absl::Base64Escape(bytes); };
+  auto call = [&](nlohmann::json takes, const char* event = "created") {
+    v1::ApplyDeltasRequest req;
+    req.set_origin(1);
+    req.set_origin_database("shard-0");
+    nlohmann::json e{{"user_id", user},
+                     {"event", event},
+                     {"epoch", 1},
+                     {"group", 1},
+                     {"items", {{{"sku", "sku-1"}, {"quantity", 4}, {"price_cents", 100}}}}};
+    e["stock_takes"] = std::move(takes);
+    AddRecord(req, 7, v1::OUTBOX_KIND_ORDER, "o-1", e.dump());
+    return req;
+  };
+  {
+    v1::ApplyDeltasRequest req = call({{"sku-1", b64(crdt::Encode(take))}});
+    auto checked = CheckPeerRecords(req, kSelf, "us");
+    ASSERT_TRUE(checked.ok()) << checked.status();
+    ASSERT_EQ(checked->records[0].stock_takes.size(), 1u);
+    EXPECT_EQ(checked->records[0].stock_takes[0].Consumed("sku-1", 1), 4);
+  }
+  crdt::Inventory third(3);
+  (void)third.Restock("sku-1", 5);
+  crdt::Inventory moved(1);
+  (void)moved.Restock("sku-1", 5);
+  struct Case {
+    const char* name;
+    nlohmann::json takes;
+    const char* event;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"units a third region spent",
+       {{"sku-1", b64(crdt::Encode(*third.Take("sku-1", 1)))}},
+       "created",
+       "carries units spent by replica 3"},
+      {"rights moved, not spent",
+       {{"sku-1", b64(crdt::Encode(*moved.Transfer("sku-1", kSelf, 2)))}},
+       "created",
+       "units spent of its SKU"},
+      {"a SKU the order does not hold",
+       {{"sku-2", b64(crdt::Encode(take))}},
+       "created",
+       "not among the items"},
+      {"a take of another SKU than its name",
+       {{"sku-1", b64(crdt::Encode(*crdt::Inventory(1).Restock("sku-2", 1)))}},
+       "created",
+       "another SKU"},
+      {"not base64", {{"sku-1", "%%%"}}, "created", "base64"},
+      {"not an encoded delta", {{"sku-1", b64("\x0a\xff")}}, "created", "stock_takes: "},
+      {"not an object", nlohmann::json::array(), "created", "an object of SKU"},
+      {"in a status event", {{"sku-1", b64(crdt::Encode(take))}}, "paid", "only in a created"},
+  };
+  for (const Case& c : cases) {
+    v1::ApplyDeltasRequest req = call(c.takes, c.event);
+    auto checked = CheckPeerRecords(req, kSelf, "us");
+    ASSERT_FALSE(checked.ok()) << c.name;
+    EXPECT_TRUE(absl::IsInvalidArgument(checked.status())) << c.name;
+    EXPECT_NE(checked.status().message().find(c.says), absl::string_view::npos)
+        << c.name << ": " << checked.status();
+  }
+  // A state transfer's orders come from the peer's tables, never with takes.
+  v1::ApplyDeltasRequest state = call({{"sku-1", b64(crdt::Encode(take))}});
+  state.set_state(true);
+  state.mutable_records(0)->set_seq(0);
+  auto refused = CheckPeerRecords(state, kSelf, "us");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("not in a state transfer"), absl::string_view::npos)
+      << refused.status();
 }
 
 // Review of 2026-12-05 (receiving side), finding 4: a takeover sync's order states were checked

@@ -64,6 +64,12 @@ void CheckPeerCall(std::string_view bytes) {
         break;
       case region::v1::OUTBOX_KIND_ORDER:
         Check(!p.global && p.json.contains("user_id") && p.shard_key == p.json["user_id"]);
+        for (const Inventory& take : p.stock_takes) {  // units the origin spent, of one SKU
+          Check(!req.state() && take.items().size() == 1 &&
+                take.items()[0].second.transfers().empty());
+          for (const auto& u : take.items()[0].second.spent()) Check(u.replica == req.origin());
+          stock.Merge(take);
+        }
         break;
       case region::v1::OUTBOX_KIND_USER:
         Check(!p.global && p.shard_key == rec.key() && p.json.contains("user_id") &&

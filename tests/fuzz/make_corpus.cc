@@ -4,6 +4,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "crdt/codec.h"
 #include "region/internal.pb.h"
 #include "replication/frames.h"
@@ -112,5 +113,16 @@ int main(int argc, char** argv) {
           R"(","email":"ada@example.com","name":"Ada","password_hash":"x","hlc":7})",
       "eu");
   Write(dir, "region_apply_call", 10, call.SerializeAsString());
+  // An order's created event with its checkout's stock take (StockTakesProblem).
+  call = rpb::ApplyDeltasRequest();
+  call.set_origin(3);
+  call.set_origin_database("shard-1");
+  add(9, rpb::OUTBOX_KIND_ORDER, "o-2",
+      R"({"user_id":")" + user +
+          R"(","event":"created","epoch":1,"group":3,"items":[{"sku":"sku-0042",)"
+          R"("quantity":2,"price_cents":500}],"stock_takes":{"sku-0042":")" +
+          absl::Base64Escape(Encode(*stock.Take("sku-0042", 2))) + R"("}})",
+      "any");
+  Write(dir, "region_apply_call_stock_takes", 10, call.SerializeAsString());
   return 0;
 }

@@ -1123,6 +1123,46 @@ TEST_F(LeasesTest, DeclaredLostRegionsRightsAreReclaimedAndWrittenOffOnReturn) {
   EXPECT_TRUE(Eventually([&] { return checkout(kUs, us_auth) == 409; }, 20));
 }
 
+// Review of the inventory paths, finding 1, end to end in async mode. A checkout's stock take
+// travels on the global database's stream and its order on the shard stream. Here the survivors
+// apply none of us-east's global stream after its restock (their database refuses the stream's
+// mark), so its takes never reach them; its orders do. us-east is then lost and declared. Before,
+// eu-west still counted the 4 sold units as us-east's rights, reclaimed all 10 and sold 10 more:
+// 14 of 10. The order event now carries its take, so the declaration reclaims 6.
+TEST_F(LeasesTest, AnOrderAtASurvivorKeepsItsUnitsSoldThoughItsStockStreamNeverCame) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "lamp");
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "lamp", 10));
+  ASSERT_TRUE(Eventually(
+      [&] { return Rights(kEu, "lamp", "us-east") == 10 && Rights(kAp, "lamp", "us-east") == 10; },
+      20));
+  const std::string us = std::to_string(c_->spec(kUs).replica_id);
+  auto held = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kEu, "global"), c_->Dsn(kAp, "global")}, "hold_us_stock",
+      test_support::DbFault::Kind::kError, "INSERT OR UPDATE", "replication_applied",
+      "NEW.origin = " + us + " AND NEW.origin_db LIKE 'global-%'", 1'000'000);
+  const auto [token, user] = Customer(kUs, "lou@example.com");
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(CheckoutOne(kUs, "Bearer " + token, "lamp"), 201);
+  const std::string orders = "SELECT count(*) FROM orders WHERE user_id = '" + user + "'";
+  ASSERT_TRUE(Eventually([&] { return Count(kEu, orders) == 4 && Count(kAp, orders) == 4; }, 20))
+      << "us-east's orders did not reach its peers";
+  EXPECT_EQ(Rights(kEu, "lamp", "us-east"), 6) << "an order stored without its stock take";
+  EXPECT_EQ(Rights(kAp, "lamp", "us-east"), 6) << "an order stored without its stock take";
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  held.reset();  // the takes are gone with us-east
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  Response d = DeclareUsLost(kEu);
+  ASSERT_EQ(d.status, 200) << d.body;
+  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 6) << d.body;
+  const std::string auth = "Bearer " + Customer(kEu, "max@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 10; ++i) sold += CheckoutOne(kEu, auth, "lamp") == 201;
+  EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
+}
+
 // us-east is declared lost, comes back only long enough to hear of the declaration (its
 // write-off fails) and is lost again before any write-off reaches eu-west. Declaring it lost a
 // second time reclaims nothing: the first declaration's 30 units stay counted in its rights at
@@ -1683,10 +1723,11 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   EXPECT_GE(at_peers(id), 1);
   {
     // The order alone is not enough: its stock take travels on the global database's stream.
-    // With both peers' stock applies held up (their inventory locked), the order reaches them
-    // but the take does not, and the answer says async. (Before, it said sync-peer: declared
-    // lost, us-east's sold unit would have counted as its rights at the peer, and been sold
-    // again; review of the inventory paths, finding 1.)
+    // With both peers' stock applies held up (their inventory locked), the answer says async.
+    // (Before, it said sync-peer: the order reached a peer without its take and, declared lost,
+    // us-east's sold unit would have counted as its rights there, and been sold again; review
+    // of the inventory paths, finding 1.) The order event carries its take as well, so no peer
+    // stores the order before it can store the take.
     std::vector<std::unique_ptr<pqxx::connection>> lockers;
     std::vector<std::unique_ptr<pqxx::work>> locks;
     for (size_t r : {kEu, kAp}) {
@@ -1698,9 +1739,10 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
     ASSERT_EQ(held.status, 201) << held.body;
     Json h = Json::parse(held.body);
     EXPECT_EQ(h.value("durability", ""), "async") << held.body;
+    EXPECT_EQ(at_peers(h.value("order_id", "")), 0) << "an order stored without its stock take";
+    for (auto& l : locks) l->commit();
     EXPECT_TRUE(Eventually([&] { return at_peers(h.value("order_id", "")) >= 1; }, 10))
         << "the order event did not get through";
-    for (auto& l : locks) l->commit();
   }
   // Its payment too.
   const std::string card = R"({"card_number":"4242424242424242"})";
