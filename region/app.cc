@@ -550,6 +550,11 @@ void RegionApp::Impl::SetupMetrics() {
   notifications_sent = &notes.Add({{"result", "sent"}});
   notifications_failed = &notes.Add({{"result", "failed"}});
   notifications_dead = &notes.Add({{"result", "dead_letter"}});
+  notifications_oldest_due =
+      &BuildGauge()
+           .Name("meridian_notifications_oldest_due_seconds")
+           .Help("How long the oldest notification due for sending has waited, per shard (0: none)")
+           .Register(*registry);
   replication_rejected = &BuildCounter()
                               .Name("meridian_replication_rejected_frames_total")
                               .Help("Peer delta batches refused (malformed, residency, origin)")

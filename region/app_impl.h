@@ -191,6 +191,7 @@ struct RegionApp::Impl {
   prometheus::Counter* notifications_sent = nullptr;
   prometheus::Counter* notifications_failed = nullptr;
   prometheus::Counter* notifications_dead = nullptr;
+  prometheus::Family<prometheus::Gauge>* notifications_oldest_due = nullptr;
   prometheus::Counter* reservations_released = nullptr;
   prometheus::Counter* replication_rejected = nullptr;
   prometheus::Counter* stale_local_writes = nullptr;  // fenced UPDATEs that matched nothing
@@ -434,6 +435,9 @@ struct RegionApp::Impl {
   std::optional<std::pair<std::string, std::string>> sweep_cursor;
   bool SkipFailedSweepItem(const std::string& id, const absl::Status& st, SweepCounts* counts);
   absl::StatusOr<int> NotifyOnce();
+  // One batch of at most `limit` due notifications of `shard`, in one transaction: those sent
+  // (`*rows`: the due rows it took, sent or not).
+  absl::StatusOr<int> NotifyBatch(PgPool& shard, int limit, int* rows);
   void SampleGauges();
   void WarmCatalogCache();
   void StartJobs();

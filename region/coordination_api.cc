@@ -90,6 +90,14 @@ HttpResponse RegionApp::Impl::GetRights(HttpRequest& req) {
 
 namespace meridian::region {
 
+namespace {
+// The rows a listing query matched before its LIMIT: its `column` of count(*) OVER () (the same in
+// every row), 0 when it matched none.
+int64_t WholeCount(const pqxx::result& rows, int column) {
+  return rows.empty() ? 0 : rows[0][column].as<int64_t>();
+}
+}  // namespace
+
 // Residency audit: what this region holds per residency, and every record whose residency does
 // not allow this region's jurisdiction, or whose tag differs from its owner's profile here (a
 // cart or order tagged more widely than the customer is pinned could have been shipped where it
@@ -113,10 +121,11 @@ HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
              tx.exec(std::string("SELECT residency, count(*) FROM ") + table + " GROUP BY 1")) {
           counts[r[0].as<std::string>()] += r[1].as<int64_t>();
         }
-        for (const auto& r : tx.exec("SELECT " + key + ", residency FROM " + table +
-                                     " WHERE residency <> 'any' AND residency <> " +
-                                     tx.quote(config.jurisdiction) + " ORDER BY 1 LIMIT 1000")) {
-          ++violation_count;
+        const pqxx::result bad = tx.exec("SELECT " + key + ", residency, count(*) OVER () FROM " +
+                                         table + " WHERE residency <> 'any' AND residency <> " +
+                                         tx.quote(config.jurisdiction) + " ORDER BY 1 LIMIT 1000");
+        violation_count += WholeCount(bad, 2);
+        for (const auto& r : bad) {
           if (violations.size() < 1000) {
             violations.push_back(Json{{"table", table},
                                       {"key", r[0].as<std::string>()},
@@ -134,12 +143,14 @@ HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
   int64_t unverified_count = 0;
   for (auto& shard : shards) {
     absl::Status st = shard->Run([&](pqxx::work& tx) {
-      for (const auto& r :
-           tx.exec("(SELECT 'carts', c.user_id, c.residency, u.residency FROM carts c JOIN users u "
-                   "USING (user_id) WHERE c.residency <> u.residency) UNION ALL (SELECT 'orders', "
-                   "o.order_id, o.residency, u.residency FROM orders o JOIN users u ON u.user_id = "
-                   "o.user_id WHERE o.residency <> u.residency) ORDER BY 1, 2 LIMIT 1000")) {
-        ++violation_count;
+      const pqxx::result differs = tx.exec(
+          "SELECT t, k, r, p, count(*) OVER () FROM ((SELECT 'carts' AS t, c.user_id AS k, "
+          "c.residency AS r, u.residency AS p FROM carts c JOIN users u USING (user_id) WHERE "
+          "c.residency <> u.residency) UNION ALL (SELECT 'orders', o.order_id, o.residency, "
+          "u.residency FROM orders o JOIN users u ON u.user_id = o.user_id WHERE o.residency <> "
+          "u.residency)) s ORDER BY 1, 2 LIMIT 1000");
+      violation_count += WholeCount(differs, 4);
+      for (const auto& r : differs) {
         if (violations.size() < 1000) {
           violations.push_back(Json{{"table", r[0].as<std::string>()},
                                     {"key", r[1].as<std::string>()},
@@ -150,15 +161,14 @@ HttpResponse RegionApp::Impl::ResidencyAudit(HttpRequest& req) {
         }
       }
       // Tagged "any", no profile of the owner here: nothing to compare the tag with.
-      bool first = true;
-      for (const auto& r : tx.exec(
-               "SELECT t, k, u, count(*) OVER () FROM ((SELECT 'carts' AS t, c.user_id AS k, "
-               "c.user_id AS u FROM carts c WHERE c.residency = 'any' AND NOT EXISTS (SELECT 1 "
-               "FROM users p WHERE p.user_id = c.user_id)) UNION ALL (SELECT 'orders', o.order_id, "
-               "o.user_id FROM orders o WHERE o.residency = 'any' AND NOT EXISTS (SELECT 1 FROM "
-               "users p WHERE p.user_id = o.user_id))) s ORDER BY 1, 2 LIMIT 1000")) {
-        if (first) unverified_count += r[3].as<int64_t>();  // the shard's whole count
-        first = false;
+      const pqxx::result any = tx.exec(
+          "SELECT t, k, u, count(*) OVER () FROM ((SELECT 'carts' AS t, c.user_id AS k, "
+          "c.user_id AS u FROM carts c WHERE c.residency = 'any' AND NOT EXISTS (SELECT 1 "
+          "FROM users p WHERE p.user_id = c.user_id)) UNION ALL (SELECT 'orders', o.order_id, "
+          "o.user_id FROM orders o WHERE o.residency = 'any' AND NOT EXISTS (SELECT 1 FROM "
+          "users p WHERE p.user_id = o.user_id))) s ORDER BY 1, 2 LIMIT 1000");
+      unverified_count += WholeCount(any, 3);
+      for (const auto& r : any) {
         if (unverified.size() < 1000) {
           unverified.push_back(Json{{"table", r[0].as<std::string>()},
                                     {"key", r[1].as<std::string>()},

@@ -27,6 +27,7 @@
 #include "services/auth.h"
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
+#include "tests/support/eventually.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_command.h"
 #include "tests/support/redis_server.h"
@@ -1318,6 +1319,67 @@ TEST(HotCartsAfterARebuild, ACopyFromTheDatabasesBeforeIsNeverServed) {
   const Json lines = Cart(*after, token);
   ASSERT_EQ(lines.size(), 1u) << lines;
   EXPECT_EQ(lines[0]["quantity"], 1) << "the copy of the databases before was served";
+}
+
+// Review of accounts and payments, findings 2 and 3. The sender took one batch of 50
+// confirmations per shard a second, well below the rate a region takes orders at (1,000 queued
+// took 22 s), and a shard whose database failed stopped every other shard's confirmations. Now
+// batches follow each other while they come back full, and a failing shard holds no other back.
+TEST(Notifications, TheSenderKeepsUpAndAFailingShardHoldsNoOtherBack) {
+  auto r = StartRegion("us-east", "us", 1);
+  auto sql = [&](const char* db, const std::string& q) {
+    pqxx::connection c(r->pg->ConnectionString(db));
+    pqxx::work tx(c);
+    pqxx::result out = tx.exec(q);
+    tx.commit();
+    return out;
+  };
+  auto enqueue = [&](const char* db, int n) {
+    sql(db,
+        "INSERT INTO notifications (order_id, user_id, kind, payload) SELECT 'o-' || i, 'u-1', "
+        "'order_confirmation', '{}' FROM generate_series(1, " +
+            std::to_string(n) + ") i");
+  };
+  auto unsent = [&](const char* db) {
+    return sql(db, "SELECT count(*) FROM notifications WHERE sent_at IS NULL")[0][0].as<int>();
+  };
+  enqueue("shard1", 1000);
+  EXPECT_TRUE(test_support::Eventually([&] { return unsent("shard1") == 0; }, 8))
+      << unsent("shard1") << " of 1000 confirmations still unsent after 8 s";
+  EXPECT_NE(Request(r->port(), "GET", "/metrics")
+                .body.find("meridian_notifications_oldest_due_seconds{db=\"shard-1\"} 0"),
+            std::string::npos);
+
+  enqueue("shard0", 5);
+  sql("shard0", "ALTER TABLE notifications RENAME TO notifications_away");
+  enqueue("shard1", 20);
+  EXPECT_TRUE(test_support::Eventually([&] { return unsent("shard1") == 0; }, 5))
+      << "shard-0's failure held shard-1's confirmations back";
+  EXPECT_FALSE(r->app->RunNotificationsOnce().ok()) << "shard-0's failure went unreported";
+  sql("shard0", "ALTER TABLE notifications_away RENAME TO notifications");
+  EXPECT_TRUE(test_support::Eventually([&] { return unsent("shard0") == 0; }, 5));
+}
+
+// Review of accounts and payments, finding 5. The residency audit lists at most 1,000 records
+// per query, and counted only those: a region holding more records pinned elsewhere reported
+// 1,000, and a compliance report built on violation_count understated the breach.
+TEST(ResidencyAudit, CountsEveryViolationNotOnlyTheListedOnes) {
+  auto r = StartRegion("us-east", "us", 1);
+  {
+    pqxx::connection c(r->pg->ConnectionString("shard0"));
+    pqxx::work tx(c);
+    tx.exec0(
+        "INSERT INTO carts (user_id, state, residency) SELECT 'u-eu-' || i, '', 'eu' FROM "
+        "generate_series(1, 1200) i");
+    tx.commit();
+  }
+  Response audit = Request(r->port(), "GET", "/v1/admin/residency", "",
+                           {{"Authorization", std::string("Bearer ") + kOperator}});
+  ASSERT_EQ(audit.status, 200) << audit.body;
+  const Json a = Json::parse(audit.body);
+  EXPECT_EQ(a["violation_count"], 1200);
+  EXPECT_EQ(a["violations"].size(), 1000u);  // the listing stays bounded
+  EXPECT_EQ(a["tables"]["carts"]["eu"], 1200);
 }
 
 // Review of 2026-12-05 (outbox read path), finding 1. `meridian up` ran PostgreSQL with
