@@ -373,18 +373,21 @@ struct RegionApp::Impl {
   // it leaves the reservation held for a later sweep (*deferred true) and succeeds.
   absl::Status ReleaseReservation(const std::string& reservation_id, const std::string& reason,
                                   bool* deferred = nullptr);
-  // Called inside the transaction that decides an order (services::OrderDecided: a cancel or
-  // refund here, or a status learned from a peer), before it commits: if this region holds the
-  // order's reservation, unreleased, it goes first in the sweep's line (held, due at -infinity),
-  // and the next sweep settles it by the order's status then. Given up: it refunds what this
-  // region captured for the order and puts the units back on sale. Paid: it commits the
-  // reservation and refunds the captures here other than the paid one (a payment here whose
-  // event a successor never got, before the customer paid again there). Should the transaction
-  // not commit after all, the sweep settles by the status as it stands. So money and stock are
-  // settled however the caller's own settling ends, and wherever the order was decided: a paid
-  // reservation is not swept otherwise, and only this region holds its charges and reservations.
-  // A database error aborts the caller's transaction (AbortTx).
-  void SettleAtNextSweep(const std::string& order_id);
+  // Called inside `tx`, the order's shard transaction that decides the order
+  // (services::OrderDecided: a cancel or refund here, or a status learned from a peer), before it
+  // commits. If this region holds the order's reservation, unreleased, it goes first in the
+  // sweep's line (held, due at -infinity), and the next sweep settles it by the order's status
+  // then. Given up: it refunds what this region captured for the order and puts the units back
+  // on sale. Paid: it commits the reservation and refunds the captures here other than the paid
+  // one (a payment here whose event a successor never got, before the customer paid again
+  // there). Independently, if this region holds a capture of the order, the order goes into
+  // `charges_to_settle` in `tx`, and the sweep settles its captures by its status
+  // (SettleCharges), reservation or not: a successor holds the captures of the payments it took
+  // for a lost region's orders, never their reservations. Should the transaction not commit
+  // after all, the sweep settles by the status as it stands. So money and stock are settled
+  // however the caller's own settling ends, and wherever the order was decided. A database error
+  // aborts the caller's transaction (AbortTx).
+  void SettleAtNextSweep(pqxx::work& tx, const std::string& order_id);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or
@@ -424,8 +427,17 @@ struct RegionApp::Impl {
                            int64_t stock_seq = 0);
   absl::StatusOr<SweepCounts> Sweep();
   // Refunds the captured charges that failed payments owe (refunds_due, each shard), as a sweep's
-  // last step.
+  // step.
   void RefundsDue();
+  // Settles the captures here of the orders in `charges_to_settle` (each shard, its oldest 500
+  // rows), as a sweep's last step: by each order's status, under its row lock.
+  // Paid: every capture but the one it is paid with goes back. Refunded, cancelled, expired or
+  // declined: every capture goes back, the paid one included. A row goes in the transaction that
+  // settled it; a refund that fails leaves it for the next sweep (counted in counts->failed).
+  // Refunds are idempotent, so a crash between a refund and its row's removal refunds nothing
+  // twice.
+  void SettleCharges(SweepCounts* counts);
+  absl::Status SettleChargesOf(PgPool& shard, const std::string& order_id);
   // Where the last sweep stopped (its last item's expires_at as text, and id) when it took a full
   // page: the next one goes on from there, and from the oldest again after a page that was not
   // full. Items a sweep cannot settle (failing for good, or left to their order's owner) are

@@ -508,7 +508,7 @@ class ControlService final : public pb::RegionControl::Service {
                      ") ON CONFLICT DO NOTHING");
           }
           ++changed;
-          if (decided) app_.SettleAtNextSweep(s.order_id());
+          if (decided) app_.SettleAtNextSweep(tx, s.order_id());
           return;
         }
         // The register: the larger (epoch, version) wins.
@@ -521,7 +521,7 @@ class ControlService final : public pb::RegionControl::Service {
             ") RETURNING 1");
         if (u.empty()) return;
         ++changed;
-        if (decided) app_.SettleAtNextSweep(s.order_id());
+        if (decided) app_.SettleAtNextSweep(tx, s.order_id());
       });
       if (!st.ok()) return FromStatus(st);
     }

@@ -1283,7 +1283,7 @@ class Service final : public pb::RegionInternal::Service {
           ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
           created_at + ", " + idempotency_key + ")");
       if (created) InsertItems(tx, rec.key(), j);
-      SettleIfDecided(status, rec.key());
+      SettleIfDecided(tx, status, rec.key());
       return;
     }
     const int64_t row_epoch = row[0][0].as<int64_t>();
@@ -1303,7 +1303,7 @@ class Service final : public pb::RegionInternal::Service {
                     ? ", payment_ref = " + tx.quote(j["payment_ref"].get<std::string>())
                     : std::string()) +
                ", updated_at = now() WHERE order_id = " + tx.quote(rec.key()));
-      SettleIfDecided(status, rec.key());
+      SettleIfDecided(tx, status, rec.key());
     } else if (epoch < row_epoch && !created) {
       app_.stale_peer_events->Increment();
       spdlog::info(
@@ -1313,11 +1313,11 @@ class Service final : public pb::RegionInternal::Service {
   }
 
   // An order decided elsewhere (a successor cancelled it, or was paid for it, while this region
-  // was away, say) whose reservation and charges are here: they are settled here, by the next
-  // sweep.
-  void SettleIfDecided(const std::string& status, const std::string& order_id) {
+  // was away; or its home region refunded it after taking it back from this one) whose
+  // reservation or captures are here: they are settled here, by the next sweep.
+  void SettleIfDecided(pqxx::work& tx, const std::string& status, const std::string& order_id) {
     auto s = services::ParseOrderStatus(status);
-    if (s.ok() && services::OrderDecided(*s)) app_.SettleAtNextSweep(order_id);
+    if (s.ok() && services::OrderDecided(*s)) app_.SettleAtNextSweep(tx, order_id);
   }
 
   static void InsertItems(pqxx::work& tx, const std::string& order_id, const Json& j) {

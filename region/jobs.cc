@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "region/app_impl.h"
+#include "services/orders.h"
 
 namespace meridian::region {
 
@@ -106,6 +107,7 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     if (!st.ok() && !SkipFailedSweepItem(id, st, &counts)) return st;
   }
   RefundsDue();
+  SettleCharges(&counts);
   return counts;
 }
 
@@ -128,6 +130,75 @@ void RegionApp::Impl::RefundsDue() {
     // Each is refunded unless its order was paid with it meanwhile; its row goes once settled.
     for (const auto& [charge, order] : due) (void)RefundUnlessPaidWith(*shard, order, charge);
   }
+}
+
+void RegionApp::Impl::SettleCharges(SweepCounts* counts) {
+  constexpr int kSettlePageMax = 500;
+  for (auto& shard : shards) {
+    std::vector<std::string> due;  // order ids
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      due.clear();
+      for (const auto& r : tx.exec("SELECT order_id FROM charges_to_settle ORDER BY created_at, "
+                                   "order_id LIMIT " +
+                                   std::to_string(kSettlePageMax))) {
+        due.push_back(r[0].as<std::string>());
+      }
+    });
+    if (!st.ok()) {
+      spdlog::warn("event=charges_to_settle_unread pool={} status=\"{}\"", shard->name(),
+                   st.ToString());
+      ++counts->failed;
+      continue;
+    }
+    for (const std::string& order : due) {
+      st = SettleChargesOf(*shard, order);
+      if (!st.ok()) {
+        ++counts->failed;
+        spdlog::error("event=charge_settle_failed order={} status=\"{}\" (the next sweep retries)",
+                      order, st.ToString());
+      }
+    }
+  }
+}
+
+absl::Status RegionApp::Impl::SettleChargesOf(PgPool& shard, const std::string& order_id) {
+  std::string status;
+  std::string paid_with;
+  // Not cleared when Run runs the body again: what an attempt refunded stays refunded.
+  std::vector<std::string> refunded;
+  absl::Status st = shard.Run([&](pqxx::work& tx) {
+    // The order's row lock: a status applied meanwhile waits for us, then finds this row gone and
+    // writes it again if captures are left; a payment here records its charge only under it.
+    pqxx::result r =
+        tx.exec("SELECT status, payment_ref FROM orders WHERE order_id = " + tx.quote(order_id) +
+                " FOR UPDATE");
+    status = r.empty() ? "missing" : r[0][0].as<std::string>();
+    paid_with = r.empty() || r[0][1].is_null() ? "" : r[0][1].as<std::string>();
+    const auto parsed = services::ParseOrderStatus(status);
+    // Paid: never the charge it is paid with, while it stays paid; a paid order without one is
+    // not refunded on a guess (the reconcile report shows its charges). Given up: every capture,
+    // the one it was paid with included. Undecided or missing here: nothing goes back on a guess
+    // (the apply of its decided status writes the row again).
+    const bool paid = status == "paid";
+    const bool given_up = !paid && parsed.ok() && services::OrderDecided(*parsed);
+    if ((paid && !paid_with.empty()) || given_up) {
+      absl::Status g = global->Run([&](pqxx::work& gtx) {
+        for (std::string& charge : RefundCaptured(
+                 gtx, "order_id = " + gtx.quote(order_id) +
+                          (paid ? " AND charge_id <> " + gtx.quote(paid_with) : std::string()))) {
+          refunded.push_back(std::move(charge));
+        }
+      });
+      if (!g.ok()) throw AbortTx{g};
+    }
+    tx.exec0("DELETE FROM charges_to_settle WHERE order_id = " + tx.quote(order_id));
+  });
+  if (!st.ok()) return st;
+  for (const std::string& charge : refunded) {
+    spdlog::info("event=capture_settled_refunded order={} charge={} order_status={} paid_with={}",
+                 order_id, charge, status, paid_with.empty() ? "-" : paid_with);
+  }
+  return absl::OkStatus();
 }
 
 // One reservation the sweep cannot settle (its stock cannot go back, its order cannot be read)

@@ -261,6 +261,13 @@ ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL
 )sql"},
     {17, "outbox_residency_required", kOutboxResidencyRequired},
     {18, "outbox_truncated", kOutboxTruncated},
+    {19, "sandbox_charges_by_order",
+     R"sql(
+-- Every apply of an order's decided status asks whether this region holds a capture of it
+-- (SettleAtNextSweep), and the sweep refunds an order's captures: both by order, which scanned
+-- the whole table before.
+CREATE INDEX sandbox_charges_order ON sandbox_charges (order_id);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {
@@ -401,6 +408,20 @@ UPDATE carts c SET residency = u.residency
 CREATE TABLE refunds_due (
   charge_id  text PRIMARY KEY,
   order_id   text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+    {17, "charges_to_settle",
+     R"sql(
+-- Orders decided (here or at a peer) while this region holds captures of them: the sweep settles
+-- those captures by the order's status (RegionApp::Impl::SettleCharges), whether or not this
+-- region holds the order's reservation. A successor that took payments for a lost region's
+-- orders holds their captures but not their reservations: before, those captures were never
+-- refunded once the order was refunded, cancelled or expired after the handback (review of
+-- accounts and money, 2026-12-05, finding 1). Written in the transaction that decides the order
+-- or applies its decided status, on the order's shard; a row goes once its order is settled.
+CREATE TABLE charges_to_settle (
+  order_id   text PRIMARY KEY,
   created_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},

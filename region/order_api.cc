@@ -1031,7 +1031,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
                      StatusEvent(next, order_id, user_id, group, epoch, u[0][0].as<int64_t>()));
     // Should the refund or the release below fail, and the customer not retry, the sweep still
     // settles them.
-    SettleAtNextSweep(order_id);
+    SettleAtNextSweep(tx, order_id);
   });
   if (stale) stale_local_writes->Increment();
   if (!st.ok()) return ProblemFromStatus(st);
@@ -1043,7 +1043,9 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
   }
   // Every capture of the order, not only the paid one: a payment whose order update was in doubt
   // left a capture on a pending order. Charges captured in another region (the order was paid
-  // there, before a failover) are refunded there, when it learns the order's status.
+  // there, a successor's, during a failover) are refunded there, when it applies the order's
+  // status (SettleAtNextSweep, then its sweep). Should this refund fail, this region's sweep
+  // makes it (charges_to_settle, written with the status change).
   st = global->Run([&](pqxx::work& tx) { RefundCaptured(tx, "order_id = " + tx.quote(order_id)); });
   if (!st.ok()) return ProblemFromStatus(st);
   st = ReleaseReservation(order_id, next);
@@ -1083,12 +1085,25 @@ uint32_t RegionApp::Impl::GroupOf(int64_t lease_group, const std::string& owner_
   return config.replica_id;
 }
 
-void RegionApp::Impl::SettleAtNextSweep(const std::string& order_id) {
+void RegionApp::Impl::SettleAtNextSweep(pqxx::work& tx, const std::string& order_id) {
+  bool captured_here = false;
   absl::Status st = global->Run([&](pqxx::work& g) {
     g.exec0("UPDATE reservations SET state = 'held', expires_at = '-infinity' WHERE id = " +
             g.quote(order_id) + " AND state IN ('held', 'committed')");
+    captured_here = !g.exec("SELECT 1 FROM sandbox_charges WHERE order_id = " + g.quote(order_id) +
+                            " AND status = 'captured' LIMIT 1")
+                         .empty();
   });
   if (!st.ok()) throw AbortTx{st};
+  // The captures go by the order's status, not by its reservation: a successor that was paid for
+  // a lost region's order holds the capture, while the reservation stays where the order was
+  // made. A capture committed after this read is a payment here whose order update comes after
+  // ours (it waits for this row lock): it finds the order decided and gives its capture back
+  // itself (RefundUnlessPaidWith).
+  if (captured_here) {
+    tx.exec0("INSERT INTO charges_to_settle (order_id) VALUES (" + tx.quote(order_id) +
+             ") ON CONFLICT DO NOTHING");
+  }
 }
 
 bool RegionApp::Impl::PeerMayHold(uint32_t replica, std::string_view residency) const {

@@ -10,6 +10,7 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <iterator>
@@ -21,6 +22,7 @@
 
 #include "crdt/codec.h"
 #include "region/app.h"
+#include "region/control.grpc.pb.h"
 #include "region/internal.grpc.pb.h"
 #include "region/migrations.h"
 #include "region/pg_pool.h"
@@ -51,10 +53,13 @@ struct Region {
 };
 
 // `pg_settings`: more server settings for the region's PostgreSQL; `redis_port`: a Redis of the
-// test's to use instead of one of the region's own.
+// test's to use instead of one of the region's own; `leases_from_test`: the region takes its
+// order leases from SetLeases calls (the test plays the replicator) instead of owning its own
+// group forever.
 std::unique_ptr<Region> StartRegion(
     const std::string& name, const std::string& jurisdiction, uint32_t replica,
-    std::vector<std::pair<std::string, std::string>> pg_settings = {}, uint16_t redis_port = 0) {
+    std::vector<std::pair<std::string, std::string>> pg_settings = {}, uint16_t redis_port = 0,
+    bool leases_from_test = false) {
   auto r = std::make_unique<Region>();
   auto pg =
       test_support::PostgresServer::Start({.name = name, .extra_settings = std::move(pg_settings)});
@@ -81,6 +86,7 @@ std::unique_ptr<Region> StartRegion(
   c.operator_token = kOperator;
   c.rate_limit_per_s = 100000;
   c.rate_limit_burst = 100000;
+  c.replication.enabled = leases_from_test;
   auto app = RegionApp::Create(c);
   EXPECT_TRUE(app.ok()) << app.status();
   r->app = *std::move(app);
@@ -533,6 +539,213 @@ TEST_F(ApplyDeltasTest, ASecondPaymentMadeAtASuccessorRefundsTheFirstHere) {
       tx.exec1("SELECT state FROM reservations WHERE id = " + tx.quote(order))[0].as<std::string>(),
       "committed");
   EXPECT_EQ(available(), 4) << "the paid unit went back on sale";
+}
+
+// Review of accounts and money, finding 1. While a region is lost, its successor takes payments
+// for its orders into the successor's own charges; the order's reservation stays in the lost
+// region's database. Once the group is handed back, the order is decided there (refunded,
+// cancelled, expired), and the successor must still give its captures back: before, it settled
+// money only for orders whose reservation it held, so the customer saw "refunded" and stayed
+// charged. us-east (replica 1) creates the order; us-west (replica 2) takes group 1 over and back.
+class SuccessorChargesTest : public ApplyDeltasTest {
+ protected:
+  void SetUp() override {
+    us_ = StartRegion("us-east", "us", 1, {}, 0, /*leases_from_test=*/true);
+    us2_ = StartRegion("us-west", "us", 2, {}, 0, /*leases_from_test=*/true);
+    for (Region* r : {us_.get(), us2_.get()}) {
+      ASSERT_EQ(
+          Operator(*r, "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})")
+              .status,
+          201);
+      ASSERT_TRUE(SetLeases(*r, {{2, 1, 2}}).ok());
+    }
+    ASSERT_TRUE(OwnGroup1(1, 1).ok());
+  }
+
+  static Response Operator(Region& r, const std::string& method, const std::string& path,
+                           const std::string& body = "") {
+    return Request(r.port(), method, path, body,
+                   {{"Authorization", std::string("Bearer ") + kOperator}});
+  }
+  // Each of (group, epoch, owner) as the replicator would push it: usable where owner is `r`.
+  grpc::Status SetLeases(Region& r, const std::vector<std::array<uint32_t, 3>>& leases) {
+    auto control = v1::RegionControl::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(r.app->grpc_port()), grpc::InsecureChannelCredentials()));
+    v1::SetLeasesRequest req;
+    for (const auto& lease : leases) {
+      auto* g = req.add_groups();
+      g->set_group(lease[0]);
+      g->set_epoch(lease[1]);
+      g->set_owner(lease[2]);
+      g->set_usable(lease[2] == (&r == us_.get() ? 1u : 2u));
+      g->set_valid_for_ms(600000);
+    }
+    v1::SetLeasesResponse resp;
+    grpc::ClientContext ctx;
+    return control->SetLeases(&ctx, req, &resp);
+  }
+  // us-east's group 1 at `epoch`, owned by `owner`, in both regions.
+  grpc::Status OwnGroup1(uint64_t epoch, uint32_t owner) {
+    for (Region* r : {us_.get(), us2_.get()}) {
+      grpc::Status st = SetLeases(*r, {{1, static_cast<uint32_t>(epoch), owner}});
+      if (!st.ok()) return st;
+    }
+    return grpc::Status::OK;
+  }
+  // A pending order of a new customer of us-east, known at us-west too. Returns its id and the
+  // customer's token in each region.
+  struct PendingOrder {
+    std::string id, token_east, token_west;
+  };
+  PendingOrder PendingOrderKnownToBoth(const std::string& email) {
+    PendingOrder o;
+    o.token_east = Login(*us_, email, "us");
+    EXPECT_EQ(Operator(*us_, "POST", "/v1/admin/inventory/sku-1/restock", R"({"units":5})").status,
+              200);
+    EXPECT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                      {{"Authorization", "Bearer " + o.token_east}})
+                  .status,
+              200);
+    Response checkout = Request(us_->port(), "POST", "/v1/checkout", "",
+                                {{"Authorization", "Bearer " + o.token_east}});
+    EXPECT_EQ(checkout.status, 201) << checkout.body;
+    o.id = Json::parse(checkout.body, nullptr, false).value("order_id", "");
+    EXPECT_EQ(Json::parse(checkout.body, nullptr, false).value("status", ""), "pending_payment");
+    EXPECT_TRUE(Ship(*us_, *us2_, 1).ok());
+    o.token_west = Login(*us2_, email, "us");
+    EXPECT_FALSE(o.token_west.empty());
+    return o;
+  }
+  static Response Pay(Region& r, const std::string& order, const std::string& token) {
+    return Request(r.port(), "POST", "/v1/orders/" + order + "/pay",
+                   R"({"card_number":"4242424242424242"})", {{"Authorization", "Bearer " + token}});
+  }
+  // A capture of `order` in `r`'s own charges whose order update never committed (a payment
+  // whose COMMIT was in doubt, never retried): its charge id.
+  static std::string StrayCapture(Region& r, const std::string& order, const std::string& key) {
+    pqxx::connection g(r.pg->ConnectionString("global"));
+    pqxx::work tx(g);
+    const std::string charge = "ch-stray-" + key;
+    tx.exec0(
+        "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
+        "currency, status) VALUES (" +
+        tx.quote(charge) + ", " + tx.quote(key) + ", " + tx.quote(order) +
+        ", 1500, 'USD', 'captured')");
+    tx.commit();
+    return charge;
+  }
+  // (status, refunded_cents) of a charge in `r`'s own charges.
+  static std::pair<std::string, int64_t> Charge(Region& r, const std::string& charge) {
+    pqxx::connection g(r.pg->ConnectionString("global"));
+    pqxx::work tx(g);
+    pqxx::result row = tx.exec(
+        "SELECT status, refunded_cents FROM sandbox_charges WHERE charge_id = " + tx.quote(charge));
+    if (row.empty()) return {"none", 0};
+    return {row[0][0].as<std::string>(), row[0][1].as<int64_t>()};
+  }
+  static Json Mismatches(Region& r) {
+    return Json::parse(Operator(r, "POST", "/v1/admin/reconcile").body, nullptr, false)
+        .value("mismatches", Json::array());
+  }
+};
+
+TEST_F(SuccessorChargesTest,
+       APaymentAtASuccessorIsRefundedThereWhenTheOrderIsRefundedAfterHandback) {
+  const PendingOrder o = PendingOrderKnownToBoth("ida@example.com");
+  ASSERT_FALSE(o.id.empty());
+  // us-east is lost: us-west takes its group, and the customer pays there.
+  ASSERT_TRUE(OwnGroup1(2, 2).ok());
+  Response paid = Pay(*us2_, o.id, o.token_west);
+  ASSERT_EQ(paid.status, 200) << paid.body;
+  const std::string charge = Json::parse(paid.body)["payment_ref"];
+  ASSERT_TRUE(Ship(*us2_, *us_, 2).ok());
+  // us-east is back and gets its group; the customer cancels the paid order there.
+  ASSERT_TRUE(OwnGroup1(3, 1).ok());
+  Response cancel = Request(us_->port(), "POST", "/v1/orders/" + o.id + "/cancel", "",
+                            {{"Authorization", "Bearer " + o.token_east}});
+  ASSERT_EQ(cancel.status, 200) << cancel.body;
+  ASSERT_EQ(Json::parse(cancel.body)["status"], "refunded");
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  Json at_west = Json::parse(Request(us2_->port(), "GET", "/v1/orders/" + o.id, "",
+                                     {{"Authorization", "Bearer " + o.token_west}})
+                                 .body);
+  ASSERT_EQ(at_west["status"], "refunded");
+
+  // us-west's sweep gives its capture back; a sweep that cannot leaves it to the next one.
+  auto charges_table = [&](const std::string& from, const std::string& to) {
+    pqxx::connection g(us2_->pg->ConnectionString("global"));
+    pqxx::work tx(g);
+    tx.exec0("ALTER TABLE " + from + " RENAME TO " + to);
+    tx.commit();
+  };
+  charges_table("sandbox_charges", "sandbox_charges_away");
+  Response failed = Operator(*us2_, "POST", "/v1/admin/sweep");
+  charges_table("sandbox_charges_away", "sandbox_charges");
+  ASSERT_EQ(failed.status, 200) << failed.body;
+  EXPECT_GE(Json::parse(failed.body).value("failed", 0), 1) << failed.body;
+  EXPECT_EQ(Charge(*us2_, charge).first, "captured");
+  // Once, however many sweeps run.
+  for (int sweep = 0; sweep < 3; ++sweep) {
+    ASSERT_EQ(Operator(*us2_, "POST", "/v1/admin/sweep").status, 200);
+  }
+  EXPECT_EQ(Charge(*us2_, charge), std::make_pair(std::string("refunded"), int64_t{1500}))
+      << "the order reads refunded and the customer is still charged at us-west";
+  EXPECT_EQ(Mismatches(*us2_), Json::array());
+}
+
+// The same for a capture whose payment was in doubt at the successor (the order never read paid
+// there): the order is cancelled at home after the handback, and the capture goes back. And for
+// an order that stays paid: every capture of it but the one it was paid with goes back.
+TEST_F(SuccessorChargesTest, AStrayCaptureAtASuccessorGoesBackAndThePaidChargeStays) {
+  const PendingOrder cancelled = PendingOrderKnownToBoth("jon@example.com");
+  const PendingOrder paid = PendingOrderKnownToBoth("kim@example.com");
+  ASSERT_FALSE(cancelled.id.empty());
+  ASSERT_FALSE(paid.id.empty());
+  ASSERT_TRUE(OwnGroup1(2, 2).ok());
+  const std::string in_doubt = StrayCapture(*us2_, cancelled.id, "pay:" + cancelled.id);
+  const std::string earlier = StrayCapture(*us2_, paid.id, "pay:" + paid.id + ":lost");
+  Response pay = Pay(*us2_, paid.id, paid.token_west);
+  ASSERT_EQ(pay.status, 200) << pay.body;
+  const std::string paid_with = Json::parse(pay.body)["payment_ref"];
+  ASSERT_NE(paid_with, earlier);
+  ASSERT_TRUE(Ship(*us2_, *us_, 2).ok());
+  ASSERT_TRUE(OwnGroup1(3, 1).ok());
+
+  Response cancel = Request(us_->port(), "POST", "/v1/orders/" + cancelled.id + "/cancel", "",
+                            {{"Authorization", "Bearer " + cancelled.token_east}});
+  ASSERT_EQ(cancel.status, 200) << cancel.body;
+  ASSERT_EQ(Json::parse(cancel.body)["status"], "cancelled");
+  // us-east's owner restates the paid order at the new epoch (as a takeover sync would): us-west
+  // applies a decided status of an order it holds captures of.
+  v1::ApplyDeltasRequest req;
+  req.set_origin(1);
+  req.set_origin_database("shard-0");
+  auto* rec = req.add_records();
+  rec->set_seq(1000);
+  rec->set_kind(v1::OUTBOX_KIND_ORDER);
+  rec->set_key(paid.id);
+  rec->set_residency("us");
+  rec->set_payload(Json{
+      {"event", "paid"},
+      {"order_id", paid.id},
+      {"user_id", services::UserIdForEmail("kim@example.com")},
+      {"group", 1},
+      {"epoch", 3},
+      {"version", 3},
+      {"payment_ref",
+       paid_with}}.dump());
+  ASSERT_TRUE(Ship(*us_, *us2_, 1).ok());
+  grpc::ClientContext ctx;
+  v1::ApplyDeltasResponse out;
+  ASSERT_TRUE(us2_->stub->ApplyDeltas(&ctx, req, &out).ok());
+
+  for (int sweep = 0; sweep < 2; ++sweep) {
+    ASSERT_EQ(Operator(*us2_, "POST", "/v1/admin/sweep").status, 200);
+  }
+  EXPECT_EQ(Charge(*us2_, in_doubt).first, "refunded") << "the cancelled order kept a capture";
+  EXPECT_EQ(Charge(*us2_, earlier).first, "refunded") << "the paid order kept a second capture";
+  EXPECT_EQ(Charge(*us2_, paid_with), std::make_pair(std::string("captured"), int64_t{0}))
+      << "the charge the order is paid with was given back";
 }
 
 // A checkout whose answer the customer never got (a timeout, or an in-doubt 503), retried with
