@@ -123,6 +123,19 @@ class RegionTest : public ::testing::Test {
     }
   }
 
+  // Makes product `sku` (priced `price_cents`, `units` in stock) for the test that calls it. A
+  // test that counts a product's units sells one of its own: the tests share the fixture's
+  // region, and a sweep (the test's own, or the jobs thread's every 5 s) releases the expired
+  // reservations other tests left, which would put their units back into its count.
+  static void OwnProduct(const std::string& sku, int64_t price_cents = 1000, int64_t units = 100) {
+    Response put = Admin("PUT", "/v1/admin/products/" + sku,
+                         Json{{"name", "Own product " + sku}, {"price_cents", price_cents}}.dump());
+    ASSERT_EQ(put.status, 201) << sku << ": " << put.body;
+    Response restock =
+        Admin("POST", "/v1/admin/inventory/" + sku + "/restock", Json{{"units", units}}.dump());
+    ASSERT_EQ(restock.status, 200) << sku << ": " << restock.body;
+  }
+
   static void TearDownTestSuite() {
     if (app_) app_->Stop();
     app_.reset();
@@ -205,18 +218,20 @@ class RegionTest : public ::testing::Test {
     return id;
   }
 
-  // An order of one sku-4 whose payment with `card` failed (500) because the order's update to
+  // An order of one `sku` whose payment with `card` failed (500) because the order's update to
   // `status` failed: it still awaits payment. Its id ("" on a failure); *held: the stock after
   // its checkout.
   static std::string OrderWhosePaymentsUpdateFailed(const std::string& token,
-                                                    const std::string& card,
+                                                    const std::string& sku, const std::string& card,
                                                     const std::string& status, int64_t* held) {
-    EXPECT_EQ(As(token, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
+    EXPECT_EQ(
+        As(token, "POST", "/v1/cart/items", Json{{"sku", sku}, {"quantity", 1}}.dump()).status,
+        200);
     Response o = As(token, "POST", "/v1/checkout");
     EXPECT_EQ(o.status, 201) << o.body;
     if (o.status != 201) return "";
     const std::string id = Json::parse(o.body)["order_id"];
-    *held = Available("sku-4");
+    *held = Available(sku);
     {
       auto fault = InjectFault(Shards(), "fail_" + status + "_update", Fault::kError, "UPDATE",
                                "orders", "NEW.status = '" + status + "'");
@@ -228,15 +243,16 @@ class RegionTest : public ::testing::Test {
     return id;
   }
 
-  // The customer pays order `id` (of one sku-4) again with a good card: it is paid with one
+  // The customer pays order `id` (of one `sku`) again with a good card: it is paid with one
   // capture, and its stock, `held` after its checkout, stays with it.
-  static void ExpectARetryPays(const std::string& token, const std::string& id, int64_t held) {
+  static void ExpectARetryPays(const std::string& token, const std::string& id,
+                               const std::string& sku, int64_t held) {
     Response paid =
         As(token, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
     ASSERT_EQ(paid.status, 200) << paid.body;
     EXPECT_EQ(Json::parse(paid.body)["status"], "paid");
     EXPECT_EQ(Charges(id, "captured"), 1);
-    EXPECT_EQ(Available("sku-4"), held);
+    EXPECT_EQ(Available(sku), held);
   }
 
   // Cancels paid order `id` while its stock release fails: 500, the order refunded all the same.
@@ -307,9 +323,9 @@ class RegionTest : public ::testing::Test {
     ASSERT_EQ(rec.status, 200);
     EXPECT_TRUE(Json::parse(rec.body)["mismatches"].empty()) << rec.body;
   }
-  // `n` checkouts that died half-way (a reservation, no order) an hour ago, one unit of sku-5
+  // `n` checkouts that died half-way (a reservation, no order) an hour ago, one unit of `sku`
   // each, with ids `prefix`1..n.
-  static void InsertDeadCheckouts(const std::string& prefix, int n) {
+  static void InsertDeadCheckouts(const std::string& prefix, int n, const std::string& sku) {
     pqxx::connection c(pgs_[0]->ConnectionString("global"));
     pqxx::work tx(c);
     tx.exec0("INSERT INTO reservations (id, user_id, state, expires_at) SELECT " +
@@ -318,8 +334,8 @@ class RegionTest : public ::testing::Test {
              "interval '1 ms' FROM generate_series(1, " +
              std::to_string(n) + ") g");
     tx.exec0("INSERT INTO reservation_items (reservation_id, sku, units) SELECT " +
-             tx.quote(prefix) + " || g, 'sku-5', 1 FROM generate_series(1, " + std::to_string(n) +
-             ") g");
+             tx.quote(prefix) + " || g, " + tx.quote(sku) + ", 1 FROM generate_series(1, " +
+             std::to_string(n) + ") g");
     tx.commit();
   }
   // Holds the region's stock changes for `awaits` (as a rebuilt region's replicator does for the
@@ -348,6 +364,7 @@ class RegionTest : public ::testing::Test {
 };
 
 TEST_F(RegionTest, CustomerFlowEndToEnd) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("flow-lamp", 1000));  // its units are counted below
   EXPECT_EQ(Request(port_, "GET", "/healthz").status, 200);
   Response ready = Request(port_, "GET", "/readyz");
   EXPECT_EQ(ready.status, 200) << ready.body;
@@ -362,7 +379,7 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-2").status, 200);
   EXPECT_EQ(Request(port_, "GET", "/v1/products/sku-404").status, 404);
 
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":2})").status, 200);
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"flow-lamp","quantity":2})").status, 200);
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":1})").status, 200);
   ASSERT_EQ(As(t, "PUT", "/v1/cart/items/sku-2", R"({"quantity":3})").status, 200);
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":1})").status, 200);
@@ -370,9 +387,9 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   Response cart = As(t, "GET", "/v1/cart");
   ASSERT_EQ(cart.status, 200);
   EXPECT_EQ(Json::parse(cart.body)["lines"],
-            Json::parse(R"([{"sku":"sku-1","quantity":2},{"sku":"sku-2","quantity":3}])"));
+            Json::parse(R"([{"sku":"flow-lamp","quantity":2},{"sku":"sku-2","quantity":3}])"));
 
-  int64_t before = Available("sku-1");
+  int64_t before = Available("flow-lamp");
   Response order = As(t, "POST", "/v1/checkout", R"({"card_number":"4242424242424242"})",
                       {{"Idempotency-Key", "flow-1"}});
   ASSERT_EQ(order.status, 201) << order.body;
@@ -380,7 +397,7 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   EXPECT_EQ(o["status"], "paid");
   EXPECT_EQ(o["total_cents"], 2 * 1000 + 3 * 2000);
   EXPECT_EQ(o["durability"], "async");
-  EXPECT_EQ(Available("sku-1"), before - 2);
+  EXPECT_EQ(Available("flow-lamp"), before - 2);
   EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].empty());
 
   Response orders = As(t, "GET", "/v1/orders");
@@ -390,7 +407,7 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   Response cancel = As(t, "POST", "/v1/orders/" + id + "/cancel");
   ASSERT_EQ(cancel.status, 200) << cancel.body;
   EXPECT_EQ(Json::parse(cancel.body)["status"], "refunded");
-  EXPECT_EQ(Available("sku-1"), before);  // stock released
+  EXPECT_EQ(Available("flow-lamp"), before);  // stock released
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
 
   ExpectReconciled();
@@ -678,9 +695,10 @@ TEST_F(RegionTest, ConcurrentCheckoutsOfTheLastUnits) {
 // A double click without an Idempotency-Key: checkouts of one cart at once make one order,
 // take its units once and charge once; the others find the cart empty (or changed).
 TEST_F(RegionTest, ConcurrentCheckoutsOfOneCartMakeOneOrder) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-twins"));
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":2})").status, 200);
-  const int64_t before = Available("sku-3");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-twins","quantity":2})").status, 200);
+  const int64_t before = Available("sku-twins");
   constexpr int kTwins = 6;
   std::latch go(kTwins);
   std::vector<Response> answers(kTwins);
@@ -702,8 +720,8 @@ TEST_F(RegionTest, ConcurrentCheckoutsOfOneCartMakeOneOrder) {
   }
   EXPECT_EQ(created, 1);
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/orders").body)["items"].size(), 1u);
-  EXPECT_EQ(Available("sku-3"), before - 2);
-  EXPECT_EQ(As(t, "GET", "/v1/cart").body.find("sku-3"), std::string::npos);
+  EXPECT_EQ(Available("sku-twins"), before - 2);
+  EXPECT_EQ(As(t, "GET", "/v1/cart").body.find("sku-twins"), std::string::npos);
 }
 
 TEST_F(RegionTest, RepeatedIdempotencyKeyReturnsTheSameOrder) {
@@ -767,19 +785,20 @@ TEST_F(RegionTest, ARetryOfACheckoutThatTookTheLastUnitReplaysItsOrder) {
 }
 
 TEST_F(RegionTest, SweepReleasesExpiredReservations) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-swept"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-3");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":4})").status, 200);
+  int64_t before = Available("sku-swept");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-swept","quantity":4})").status, 200);
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   EXPECT_EQ(Json::parse(o.body)["status"], "pending_payment");
-  EXPECT_EQ(Available("sku-3"), before - 4);
+  EXPECT_EQ(Available("sku-swept"), before - 4);
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   // The background job sweeps every 5 s and may have been first; either way, after a sweep the
   // stock is back and the order expired.
   auto released = app_->SweepReservations();
   ASSERT_TRUE(released.ok()) << released.status();
-  EXPECT_EQ(Available("sku-3"), before);
+  EXPECT_EQ(Available("sku-swept"), before);
   std::string id = Json::parse(o.body)["order_id"];
   Json order = Json::parse(As(t, "GET", "/v1/orders/" + id).body);
   EXPECT_EQ(order["status"], "expired");
@@ -796,26 +815,29 @@ TEST_F(RegionTest, SweepReleasesExpiredReservations) {
 }
 
 TEST_F(RegionTest, DeclinedPaymentReleasesStock) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-declined"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-2");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":1})").status, 200);
+  int64_t before = Available("sku-declined");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-declined","quantity":1})").status, 200);
   Response o = As(t, "POST", "/v1/checkout", R"({"card_number":"4000000000000002"})");
   EXPECT_EQ(o.status, 402) << o.body;
   EXPECT_EQ(Json::parse(o.body)["status"], "payment_declined");
-  EXPECT_EQ(Available("sku-2"), before);
+  EXPECT_EQ(Available("sku-declined"), before);
 }
 
 // The order's update fails after the card was charged: the charge is given back, and the
 // customer's retry (the API says 5xx may be retried) is a new attempt that pays the order -- not
 // the refunded first charge read back as a decline, which killed the order and its stock.
 TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-repaid"));
   std::string t = NewCustomer();
   int64_t held = 0;
-  const std::string id = OrderWhosePaymentsUpdateFailed(t, "4242424242424242", "paid", &held);
+  const std::string id =
+      OrderWhosePaymentsUpdateFailed(t, "sku-repaid", "4242424242424242", "paid", &held);
   ASSERT_FALSE(id.empty());
   EXPECT_EQ(Charges(id, "refunded"), 1);  // the first attempt, given back
 
-  ExpectARetryPays(t, id, held);
+  ExpectARetryPays(t, id, "sku-repaid", held);
   // A third call reuses nothing: the order is paid.
   EXPECT_EQ(
       As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})").status,
@@ -828,14 +850,15 @@ TEST_F(RegionTest, APaymentRetriedAfterAFailedOrderUpdatePays) {
 // customer's retry with another card is a new attempt that pays it -- not the first card's
 // decline read back, which gave the order up and its stock with it.
 TEST_F(RegionTest, APaymentRetriedWithAnotherCardAfterAnUnrecordedDeclinePays) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-other-card"));
   std::string t = NewCustomer();
   int64_t held = 0;
-  const std::string id =
-      OrderWhosePaymentsUpdateFailed(t, "4000000000000002", "payment_declined", &held);
+  const std::string id = OrderWhosePaymentsUpdateFailed(t, "sku-other-card", "4000000000000002",
+                                                        "payment_declined", &held);
   ASSERT_FALSE(id.empty());
   EXPECT_EQ(Charges(id, "declined"), 1);
 
-  ExpectARetryPays(t, id, held);
+  ExpectARetryPays(t, id, "sku-other-card", held);
   ExpectReconciled();
 }
 
@@ -934,13 +957,14 @@ TEST_F(RegionTest, ACheckoutsPaymentErrorDoesNotCarryTheDatabasesText) {
 // order did not commit here and is never paid, so the sweep expires it, refunds the capture and
 // returns the stock.
 TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-doubt-swept"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-4");
-  const std::string id = OrderWithPaymentInDoubt(t, "sku-4", 2);
+  int64_t before = Available("sku-doubt-swept");
+  const std::string id = OrderWithPaymentInDoubt(t, "sku-doubt-swept", 2);
   ASSERT_FALSE(HasFailure());
   EXPECT_EQ(Order(t, id)["status"], "pending_payment");
   EXPECT_EQ(Charges(id, "captured"), 1);
-  EXPECT_EQ(Available("sku-4"), before - 2);
+  EXPECT_EQ(Available("sku-doubt-swept"), before - 2);
 
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   auto swept = app_->SweepReservations();
@@ -948,7 +972,7 @@ TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
   EXPECT_EQ(Order(t, id)["status"], "expired");
   EXPECT_EQ(Charges(id, "captured"), 0);
   EXPECT_EQ(Charges(id, "refunded"), 1);
-  EXPECT_EQ(Available("sku-4"), before);
+  EXPECT_EQ(Available("sku-doubt-swept"), before);
   ExpectReconciled();
 }
 
@@ -957,9 +981,10 @@ TEST_F(RegionTest, APaymentWhoseCommitIsInDoubtKeepsTheChargeUntilTheSweep) {
 // payment, none here: the charge stayed captured for good, as the cancel released the
 // reservation the sweep would have refunded it by.
 TEST_F(RegionTest, ACancelAfterAPaymentInDoubtRefundsItsCapture) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-doubt-cancelled"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-4");
-  const std::string id = OrderWithPaymentInDoubt(t, "sku-4", 2);
+  int64_t before = Available("sku-doubt-cancelled");
+  const std::string id = OrderWithPaymentInDoubt(t, "sku-doubt-cancelled", 2);
   ASSERT_FALSE(HasFailure());
   ASSERT_EQ(Charges(id, "captured"), 1);
 
@@ -968,7 +993,7 @@ TEST_F(RegionTest, ACancelAfterAPaymentInDoubtRefundsItsCapture) {
   EXPECT_EQ(Order(t, id)["status"], "cancelled");
   EXPECT_EQ(Charges(id, "captured"), 0);
   EXPECT_EQ(Charges(id, "refunded"), 1);
-  EXPECT_EQ(Available("sku-4"), before);
+  EXPECT_EQ(Available("sku-doubt-cancelled"), before);
   ExpectReconciled();
 }
 
@@ -976,14 +1001,18 @@ TEST_F(RegionTest, ACancelAfterAPaymentInDoubtRefundsItsCapture) {
 // for the next sweep; the ones behind it are settled. Before, the first failure ended every sweep
 // (the oldest first, so the same one each time), and no expired order's stock came back again.
 TEST_F(RegionTest, AReservationTheSweepCannotSettleDoesNotHoldBackTheOthers) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-stuck"));
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-unstuck"));
   std::string stuck_customer = NewCustomer(), other_customer = NewCustomer();
-  const int64_t before2 = Available("sku-2"), before3 = Available("sku-3");
-  ASSERT_EQ(As(stuck_customer, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":2})").status,
-            200);
+  const int64_t before_stuck = Available("sku-stuck"), before_other = Available("sku-unstuck");
+  ASSERT_EQ(
+      As(stuck_customer, "POST", "/v1/cart/items", R"({"sku":"sku-stuck","quantity":2})").status,
+      200);
   Response stuck = As(stuck_customer, "POST", "/v1/checkout");
   ASSERT_EQ(stuck.status, 201) << stuck.body;
-  ASSERT_EQ(As(other_customer, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":3})").status,
-            200);
+  ASSERT_EQ(
+      As(other_customer, "POST", "/v1/cart/items", R"({"sku":"sku-unstuck","quantity":3})").status,
+      200);
   Response other = As(other_customer, "POST", "/v1/checkout");
   ASSERT_EQ(other.status, 201) << other.body;
   const std::string stuck_id = Json::parse(stuck.body)["order_id"];
@@ -996,8 +1025,8 @@ TEST_F(RegionTest, AReservationTheSweepCannotSettleDoesNotHoldBackTheOthers) {
     ASSERT_TRUE(swept.ok()) << swept.status();
     EXPECT_EQ(swept->failed, 1);
     EXPECT_EQ(Order(other_customer, other_id)["status"], "expired");
-    EXPECT_EQ(Available("sku-3"), before3);
-    EXPECT_EQ(Available("sku-2"), before2 - 2);  // still held: its release failed
+    EXPECT_EQ(Available("sku-unstuck"), before_other);
+    EXPECT_EQ(Available("sku-stuck"), before_stuck - 2);  // still held: its release failed
     Response now = Admin("POST", "/v1/admin/sweep");
     ASSERT_EQ(now.status, 200) << now.body;
     EXPECT_EQ(Json::parse(now.body)["failed"], 1) << now.body;
@@ -1006,7 +1035,7 @@ TEST_F(RegionTest, AReservationTheSweepCannotSettleDoesNotHoldBackTheOthers) {
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(swept->failed, 0);
   EXPECT_EQ(Order(stuck_customer, stuck_id)["status"], "expired");
-  EXPECT_EQ(Available("sku-2"), before2);
+  EXPECT_EQ(Available("sku-stuck"), before_stuck);
 }
 
 // The connection breaks while a checkout's order commits: the region cannot know whether the
@@ -1014,9 +1043,11 @@ TEST_F(RegionTest, AReservationTheSweepCannotSettleDoesNotHoldBackTheOthers) {
 // would be sold twice). The reservation stays held until the sweep settles it by the order's
 // status; here the order did not commit, so the sweep returns the stock.
 TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-order-doubt"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-5");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":3})").status, 200);
+  int64_t before = Available("sku-order-doubt");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-order-doubt","quantity":3})").status,
+            200);
   {
     auto fault = InjectFault(Shards(), "kill_order_commit", Fault::kKillAtCommit, "INSERT",
                              "orders", "true");
@@ -1024,14 +1055,14 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
     EXPECT_EQ(doubt.status, 503) << doubt.body;
     EXPECT_NE(doubt.body.find("may or may not have been created"), std::string::npos) << doubt.body;
   }
-  EXPECT_EQ(Available("sku-5"), before - 3);  // held, not released on a guess
+  EXPECT_EQ(Available("sku-order-doubt"), before - 3);  // held, not released on a guess
   EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);  // the cart is kept
 
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   auto swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Available("sku-order-doubt"), before);
 }
 
 // A checkout stalls between taking its stock and writing its order (here the test holds the
@@ -1105,9 +1136,10 @@ void RegionTest::CancelRacesAReservationCommit(const std::string& id,
 
 // The writer is the payment: its order update committed, its reservation commit comes late.
 TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-late-pay"));
   std::string t = NewCustomer();
-  const int64_t before = Available("sku-5");
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-5","quantity":2})").status, 200);
+  const int64_t before = Available("sku-late-pay");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-late-pay","quantity":2})").status, 200);
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
@@ -1123,15 +1155,16 @@ TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) 
   ASSERT_FALSE(HasFailure());
   EXPECT_EQ(pay.status, 200) << pay.body;
 
-  ExpectSettledBySweep(id, "sku-5", before);
+  ExpectSettledBySweep(id, "sku-late-pay", before);
 }
 
 // The writer is the sweep, settling a paid order's marked reservation (a paid status learned from
 // a peer): it read the order paid, and commits the reservation late.
 TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSweep) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-late-sweep"));
   std::string t = NewCustomer();
-  const int64_t before = Available("sku-5");
-  const std::string id = PaidOrder(t, "sku-5", 2);
+  const int64_t before = Available("sku-late-sweep");
+  const std::string id = PaidOrder(t, "sku-late-sweep", 2);
   ASSERT_FALSE(id.empty());
   {
     pqxx::connection g(pgs_[0]->ConnectionString("global"));
@@ -1148,47 +1181,49 @@ TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSwe
       [&] { return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(500); });
   ASSERT_FALSE(HasFailure());
   ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_EQ(Available("sku-5"), before - 2);  // that sweep left it alone
+  EXPECT_EQ(Available("sku-late-sweep"), before - 2);  // that sweep left it alone
 
-  ExpectSettledBySweep(id, "sku-5", before);
+  ExpectSettledBySweep(id, "sku-late-sweep", before);
 }
 
 // A cancel whose stock release fails after the order became refunded: the retry, answered 409
 // as for any refunded order, still returns the stock (it stayed committed for good before).
 TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-recancelled"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-5");
-  const std::string id = PaidOrder(t, "sku-5", 2);
+  int64_t before = Available("sku-recancelled");
+  const std::string id = PaidOrder(t, "sku-recancelled", 2);
   ASSERT_FALSE(HasFailure());
   RefundWhoseReleaseFails(t, id);
-  EXPECT_EQ(Available("sku-5"), before - 2);
+  EXPECT_EQ(Available("sku-recancelled"), before - 2);
 
   Response again = As(t, "POST", "/v1/orders/" + id + "/cancel");
   EXPECT_EQ(again.status, 409) << again.body;
-  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Available("sku-recancelled"), before);
   EXPECT_EQ(Charges(id, "refunded"), 1);
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
-  EXPECT_EQ(Available("sku-5"), before);  // released once
+  EXPECT_EQ(Available("sku-recancelled"), before);  // released once
 }
 
 // The same failed release, and the customer never retries: the sweep returns the stock. Before,
 // the reservation of a paid order stayed committed, which no sweep looks at again.
 TEST_F(RegionTest, AFailedReleaseOfARefundIsSettledByTheSweepWithoutARetry) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-refund-swept"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-5");
-  const std::string id = PaidOrder(t, "sku-5", 2);
+  int64_t before = Available("sku-refund-swept");
+  const std::string id = PaidOrder(t, "sku-refund-swept", 2);
   ASSERT_FALSE(HasFailure());
   RefundWhoseReleaseFails(t, id);
-  EXPECT_EQ(Available("sku-5"), before - 2);
+  EXPECT_EQ(Available("sku-refund-swept"), before - 2);
 
   auto swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(swept->released, 1);
-  EXPECT_EQ(Available("sku-5"), before);
+  EXPECT_EQ(Available("sku-refund-swept"), before);
   EXPECT_EQ(Charges(id, "refunded"), 1);
   EXPECT_EQ(Charges(id, "captured"), 0);
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
-  EXPECT_EQ(Available("sku-5"), before);  // released once
+  EXPECT_EQ(Available("sku-refund-swept"), before);  // released once
   ExpectReconciled();
 }
 
@@ -1197,9 +1232,10 @@ TEST_F(RegionTest, AFailedReleaseOfARefundIsSettledByTheSweepWithoutARetry) {
 // the hold returns them, once. Before, the cancel answered 503 after cancelling, and the sweep
 // stopped at the first reservation it could not release.
 TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterTheHold) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-held-cancel"));
   std::string t = NewCustomer();
-  int64_t before = Available("sku-4");
-  const std::string id = PaidOrder(t, "sku-4", 3);
+  int64_t before = Available("sku-held-cancel");
+  const std::string id = PaidOrder(t, "sku-held-cancel", 3);
   ASSERT_FALSE(HasFailure());
 
   ASSERT_TRUE(HoldStock({"eu-west"}));
@@ -1210,16 +1246,17 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
   auto swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(swept->released, 0);
-  EXPECT_EQ(Available("sku-4"), before - 3) << "units returned while stock changes are held";
+  EXPECT_EQ(Available("sku-held-cancel"), before - 3)
+      << "units returned while stock changes are held";
 
   ASSERT_TRUE(HoldStock({}));
   swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-4"), before);
+  EXPECT_EQ(Available("sku-held-cancel"), before);
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 409);
   swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
-  EXPECT_EQ(Available("sku-4"), before);  // released once
+  EXPECT_EQ(Available("sku-held-cancel"), before);  // released once
 }
 
 // The sweeps during a stock hold pass over the reservations whose release they deferred: 501
@@ -1228,13 +1265,16 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
 // pending_payment until the hold ended. After the hold, every deferred release goes through.
 TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
   constexpr int kDeferred = 501;
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-deferred-order"));
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-deferred"));
   std::string t = NewCustomer();
-  const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
-  const std::string id = UnpaidOrder(t, "sku-3", 1);
+  const int64_t before_order = Available("sku-deferred-order"),
+                before_dead = Available("sku-deferred");
+  const std::string id = UnpaidOrder(t, "sku-deferred-order", 1);
   ASSERT_FALSE(id.empty());
   ASSERT_TRUE(HoldStock({"eu-west"}));
   // The sweep releases them, deferred while stock is held.
-  InsertDeadCheckouts("stale-", kDeferred);
+  InsertDeadCheckouts("stale-", kDeferred, "sku-deferred");
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
   for (int i = 0; i < 2; ++i) {
     auto swept = app_->SweepReservations();
@@ -1242,16 +1282,17 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
     EXPECT_EQ(swept->released, 0) << "released while stock changes are held";
   }
   EXPECT_EQ(Order(t, id)["status"], "expired");
-  EXPECT_EQ(Available("sku-3"), before3 - 1) << "units returned while stock changes are held";
-  EXPECT_EQ(Available("sku-5"), before5);
+  EXPECT_EQ(Available("sku-deferred-order"), before_order - 1)
+      << "units returned while stock changes are held";
+  EXPECT_EQ(Available("sku-deferred"), before_dead);
 
   ASSERT_TRUE(HoldStock({}));
-  for (int i = 0; i < 5 && Available("sku-5") < before5 + kDeferred; ++i) {
+  for (int i = 0; i < 5 && Available("sku-deferred") < before_dead + kDeferred; ++i) {
     auto swept = app_->SweepReservations();
     ASSERT_TRUE(swept.ok()) << swept.status();
   }
-  EXPECT_EQ(Available("sku-3"), before3);
-  EXPECT_EQ(Available("sku-5"), before5 + kDeferred);
+  EXPECT_EQ(Available("sku-deferred-order"), before_order);
+  EXPECT_EQ(Available("sku-deferred"), before_dead + kDeferred);
 }
 
 // 500 expired reservations whose release fails every time do not hold back a newer expiry: each
@@ -1259,11 +1300,14 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
 // newer order's units stayed held for good).
 TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
   constexpr int kStuck = 500;
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-newer-order"));
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-stuck-dead"));
   std::string t = NewCustomer();
-  const int64_t before3 = Available("sku-3"), before5 = Available("sku-5");
-  const std::string id = UnpaidOrder(t, "sku-3", 1);
+  const int64_t before_order = Available("sku-newer-order"),
+                before_dead = Available("sku-stuck-dead");
+  const std::string id = UnpaidOrder(t, "sku-newer-order", 1);
   ASSERT_FALSE(id.empty());
-  InsertDeadCheckouts("stuck-", kStuck);
+  InsertDeadCheckouts("stuck-", kStuck, "sku-stuck-dead");
   {
     auto fault = InjectFault({{0, "global"}}, "fail_stuck_releases", Fault::kError, "UPDATE",
                              "reservations", "NEW.id LIKE 'stuck-%'", 1'000'000);
@@ -1273,15 +1317,15 @@ TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
       ASSERT_TRUE(swept.ok()) << swept.status();
     }
     EXPECT_EQ(Order(t, id)["status"], "expired");
-    EXPECT_EQ(Available("sku-3"), before3);
-    EXPECT_EQ(Available("sku-5"), before5);
+    EXPECT_EQ(Available("sku-newer-order"), before_order);
+    EXPECT_EQ(Available("sku-stuck-dead"), before_dead);
   }
   // Once their releases work again, the stuck ones are released too.
-  for (int i = 0; i < 5 && Available("sku-5") < before5 + kStuck; ++i) {
+  for (int i = 0; i < 5 && Available("sku-stuck-dead") < before_dead + kStuck; ++i) {
     auto swept = app_->SweepReservations();
     ASSERT_TRUE(swept.ok()) << swept.status();
   }
-  EXPECT_EQ(Available("sku-5"), before5 + kStuck);
+  EXPECT_EQ(Available("sku-stuck-dead"), before_dead + kStuck);
 }
 
 // Concurrent decrements in two regions can leave a line below zero (hidden from the customer).
@@ -1841,16 +1885,17 @@ TEST_F(RegionTest, ACheckoutLeavesTheHotCartAtItsNewVersion) {
 // makes no order at its old epoch -- the group's owner would never hear of it -- and gives the
 // stock back; the cart keeps its lines.
 TEST_F(RegionTest, ACheckoutFencedOffByANewerOwnerMakesNoOrderAndKeepsTheCart) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-fenced"));
   std::string t = NewCustomer();
-  const std::string first = PaidOrder(t, "sku-3", 1);
+  const std::string first = PaidOrder(t, "sku-fenced", 1);
   ASSERT_FALSE(first.empty());
   // The group and epoch this region makes orders at (the order is in one shard: max over both).
   const std::string of = " FROM orders WHERE order_id = '" + first + "'";
   const int64_t group = CountAllShards("SELECT coalesce(max(lease_group), 0)" + of);
   const int64_t epoch = CountAllShards("SELECT coalesce(max(epoch), 0)" + of);
   ASSERT_GT(group, 0);
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-3","quantity":2})").status, 200);
-  const int64_t before = Available("sku-3");
+  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-fenced","quantity":2})").status, 200);
+  const int64_t before = Available("sku-fenced");
   const int64_t orders = CountAllShards("SELECT count(*) FROM orders");
 
   ExecAllShards(absl::StrCat("INSERT INTO order_fence (grp, epoch, owner) VALUES (", group, ", ",
@@ -1860,14 +1905,14 @@ TEST_F(RegionTest, ACheckoutFencedOffByANewerOwnerMakesNoOrderAndKeepsTheCart) {
   EXPECT_EQ(fenced.status, 503) << fenced.body;
   EXPECT_NE(fenced.body.find("lost its order lease"), std::string::npos) << fenced.body;
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM orders"), orders);
-  EXPECT_EQ(Available("sku-3"), before);
+  EXPECT_EQ(Available("sku-fenced"), before);
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"],
-            Json::parse(R"([{"sku":"sku-3","quantity":2}])"));
+            Json::parse(R"([{"sku":"sku-fenced","quantity":2}])"));
 
   // No newer owner after all (the fence is gone): the same cart checks out.
   Response o = As(t, "POST", "/v1/checkout");
   EXPECT_EQ(o.status, 201) << o.body;
-  EXPECT_EQ(Available("sku-3"), before - 2);
+  EXPECT_EQ(Available("sku-fenced"), before - 2);
 }
 
 // A restock's answer can be lost (a timeout, a reset, a commit in doubt) and setup tools retry
@@ -1875,10 +1920,11 @@ TEST_F(RegionTest, ACheckoutFencedOffByANewerOwnerMakesNoOrderAndKeepsTheCart) {
 // is answered 503 saying so (before: a bare 500 "internal error", and every retry added the
 // units again), and a key used again for another restock is refused.
 TEST_F(RegionTest, ARestockRetriedWithItsIdempotencyKeyAddsNothing) {
-  const int64_t before = Available("sku-2");
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-restocked"));
+  const int64_t before = Available("sku-restocked");
   auto restock = [&](const std::string& body, const std::string& key) {
     return Request(
-        port_, "POST", "/v1/admin/inventory/sku-2/restock", body,
+        port_, "POST", "/v1/admin/inventory/sku-restocked/restock", body,
         {{"Authorization", std::string("Bearer ") + kOperator}, {"Idempotency-Key", key}});
   };
   Response first = restock(R"({"units":5})", "restock-1");
@@ -1886,9 +1932,9 @@ TEST_F(RegionTest, ARestockRetriedWithItsIdempotencyKeyAddsNothing) {
   Response again = restock(R"({"units":5})", "restock-1");
   ASSERT_EQ(again.status, 200) << again.body;
   EXPECT_TRUE(Json::parse(again.body).value("idempotent_replay", false)) << again.body;
-  EXPECT_EQ(Available("sku-2"), before + 5);
+  EXPECT_EQ(Available("sku-restocked"), before + 5);
   EXPECT_EQ(restock(R"({"units":6})", "restock-1").status, 422);
-  EXPECT_EQ(Available("sku-2"), before + 5);
+  EXPECT_EQ(Available("sku-restocked"), before + 5);
   {
     auto fault = InjectFault({{0, "global"}}, "kill_restock", Fault::kKillAtCommit, "INSERT",
                              "restock_requests", "true");
@@ -1901,7 +1947,7 @@ TEST_F(RegionTest, ARestockRetriedWithItsIdempotencyKeyAddsNothing) {
   }
   EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
   EXPECT_EQ(restock(R"({"units":3})", "restock-2").status, 200);
-  EXPECT_EQ(Available("sku-2"), before + 8);
+  EXPECT_EQ(Available("sku-restocked"), before + 8);
 }
 
 TEST_F(RegionTest, NotificationsRetryThenDeadLetter) {
