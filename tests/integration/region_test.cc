@@ -284,6 +284,26 @@ class RegionTest : public ::testing::Test {
     EXPECT_EQ(Available(sku), before);
     EXPECT_EQ(Charges(id, "refunded"), 1);
   }
+  // Settles the reservations other tests left held (their unpaid orders), as the sweep would once
+  // they expire, and leaves the sweep's cursor at the start. The tests share the region: a sweep
+  // (the test's own, or the jobs thread's every 5 s) takes every due reservation in it, expiring
+  // an order writes its event to the outbox and returning stock writes the global outbox, and a
+  // sweep that took a full page of 500 leaves the next one to go on after its last, past a mark
+  // made due at once (SettleAtNextSweep). A test that counts what a sweep does, needs its first
+  // sweep to take its own mark, or counts an outbox calls this first.
+  static void SettleOtherTestsReservations() {
+    const std::string held = "SELECT count(*) FROM reservations WHERE state = 'held'";
+    Exec(0, "global",
+         "UPDATE reservations SET expires_at = now() - interval '1 ms' WHERE state = 'held' AND "
+         "expires_at > now() - interval '1 ms'");
+    for (int i = 0; i < 5 && Count(0, "global", held) > 0; ++i) {
+      auto swept = app_->SweepReservations();
+      ASSERT_TRUE(swept.ok()) << swept.status();
+    }
+    ASSERT_EQ(Count(0, "global", held), 0) << "other tests' reservations the sweep cannot settle";
+    auto swept = app_->SweepReservations();  // finds nothing: the next sweep starts at the start
+    ASSERT_TRUE(swept.ok()) << swept.status();
+  }
   static void CancelRacesAReservationCommit(const std::string& id,
                                             const std::function<void()>& commit,
                                             const std::function<bool()>& paid_at_lock);
@@ -417,6 +437,8 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
 }
 
 TEST_F(RegionTest, BadInputsChangeNothing) {
+  // The outbox is counted: no other test's order may expire meanwhile.
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
   std::string cart_before = As(t, "GET", "/v1/cart").body;
@@ -506,6 +528,8 @@ TEST_F(RegionTest, TextThatIsNotUtf8OrHasControlsIs400) {
 }
 
 TEST_F(RegionTest, DuplicateMembersAndDeepNestingAre400AndChangeNothing) {
+  // The outbox is counted: no other test's order may expire meanwhile.
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
   std::string cart_before = As(t, "GET", "/v1/cart").body;
@@ -543,6 +567,8 @@ TEST_F(RegionTest, DuplicateMembersAndDeepNestingAre400AndChangeNothing) {
 }
 
 TEST_F(RegionTest, SettingTheQuantityALineHasWritesNothing) {
+  // The outbox is counted: no other test's order may expire meanwhile.
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
   std::string t = NewCustomer();
   ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-2","quantity":2})").status, 200);
   Response before = As(t, "GET", "/v1/cart");
@@ -582,6 +608,8 @@ TEST_F(RegionTest, RedirectLocationIsBuiltFromPathAndQuery) {
 }
 
 TEST_F(RegionTest, CheckoutTotalOverflowIs422AndTakesNothing) {
+  // The global outbox is counted: no other test's stock may go back meanwhile.
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
   ASSERT_EQ(
       Admin("PUT", "/v1/admin/products/pricey", R"({"name":"Pricey","price_cents":100})").status,
       201);
@@ -1136,6 +1164,7 @@ void RegionTest::CancelRacesAReservationCommit(const std::string& id,
 
 // The writer is the payment: its order update committed, its reservation commit comes late.
 TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the next sweep takes the mark
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-late-pay"));
   std::string t = NewCustomer();
   const int64_t before = Available("sku-late-pay");
@@ -1161,6 +1190,7 @@ TEST_F(RegionTest, APaymentsLateReservationCommitLeavesACancelsMarkForTheSweep) 
 // The writer is the sweep, settling a paid order's marked reservation (a paid status learned from
 // a peer): it read the order paid, and commits the reservation late.
 TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSweep) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the next sweeps take the marks
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-late-sweep"));
   std::string t = NewCustomer();
   const int64_t before = Available("sku-late-sweep");
@@ -1208,6 +1238,8 @@ TEST_F(RegionTest, ACancelRetriedAfterAFailedReleaseReturnsTheStock) {
 // The same failed release, and the customer never retries: the sweep returns the stock. Before,
 // the reservation of a paid order stayed committed, which no sweep looks at again.
 TEST_F(RegionTest, AFailedReleaseOfARefundIsSettledByTheSweepWithoutARetry) {
+  // The sweep's count is of the whole region, and it must take the mark at once.
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-refund-swept"));
   std::string t = NewCustomer();
   int64_t before = Available("sku-refund-swept");
@@ -1232,6 +1264,7 @@ TEST_F(RegionTest, AFailedReleaseOfARefundIsSettledByTheSweepWithoutARetry) {
 // the hold returns them, once. Before, the cancel answered 503 after cancelling, and the sweep
 // stopped at the first reservation it could not release.
 TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterTheHold) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the first sweep takes the release
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-held-cancel"));
   std::string t = NewCustomer();
   int64_t before = Available("sku-held-cancel");
@@ -1265,6 +1298,7 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
 // pending_payment until the hold ended. After the hold, every deferred release goes through.
 TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
   constexpr int kDeferred = 501;
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the sweeps' pages are its own
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-deferred-order"));
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-deferred"));
   std::string t = NewCustomer();
@@ -1300,6 +1334,7 @@ TEST_F(RegionTest, ReleasesDeferredByAStockHoldDoNotHoldBackNewerExpiries) {
 // newer order's units stayed held for good).
 TEST_F(RegionTest, ReservationsTheSweepCannotSettleDoNotHoldBackNewerExpiries) {
   constexpr int kStuck = 500;
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the sweeps' pages are its own
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-newer-order"));
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-stuck-dead"));
   std::string t = NewCustomer();
