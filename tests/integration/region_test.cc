@@ -256,9 +256,10 @@ class RegionTest : public ::testing::Test {
   }
 
   // Cancels paid order `id` while its stock release fails: 500, the order refunded all the same.
+  // Only this order's release fails: the jobs thread's sweep may release another's meanwhile.
   static void RefundWhoseReleaseFails(const std::string& token, const std::string& id) {
     auto fault = InjectFault({{0, "global"}}, "fail_release", Fault::kError, "UPDATE",
-                             "reservations", "NEW.state = 'released'");
+                             "reservations", "NEW.id = '" + id + "' AND NEW.state = 'released'");
     Response failed = As(token, "POST", "/v1/orders/" + id + "/cancel");
     EXPECT_EQ(failed.status, 500) << failed.body;
     EXPECT_EQ(Order(token, id)["status"], "refunded");
@@ -1855,13 +1856,16 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
-  // The capture takes 1.5 s (a slow provider); its refund fails, once.
+  // The capture takes 1.5 s (a slow provider); its refund fails, and so does every refund of the
+  // order until the fault is lifted below: the jobs thread's sweep (every 5 s) would otherwise
+  // refund the capture before the test has looked at what the payment left owed.
   Exec(0, "global",
        "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
        "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
        "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
-  auto fault = InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE",
-                           "sandbox_charges", "NEW.status = 'refunded'");
+  auto fault =
+      InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
+                  "NEW.order_id = '" + id + "' AND NEW.status = 'refunded'", 1'000'000);
   auto paying = std::async(std::launch::async, [&] {
     return As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
   });
@@ -2328,14 +2332,16 @@ TEST_F(RegionTest, RateLimitedPerClient) {
 // the others when first needed). One it cannot open fails the whole pool, with the database's
 // reason, and none of those it did open stays behind.
 TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
-  const std::string dsn = pgs_[1]->ConnectionString("shard1");
-  pqxx::connection watcher(dsn);
+  // The pools' connections carry a name of their own, and only those are counted: connections
+  // of the other tests (a region of theirs stopped, a query of theirs) may still be going away.
+  const std::string dsn = pgs_[1]->ConnectionString("shard1") + " application_name=pool_test";
+  pqxx::connection watcher(pgs_[1]->ConnectionString("shard1"));
   auto backends = [&] {
     pqxx::nontransaction q(watcher);
     return q
         .exec1(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shard1' AND pid <> "
-            "pg_backend_pid()")[0]
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shard1' AND "
+            "application_name = 'pool_test'")[0]
         .as<int>();
   };
   const int before = backends();
