@@ -1,6 +1,12 @@
 // The region against real PostgreSQL (two shard servers, the global shard beside shard 0) and a
 // real Redis, all started on free loopback ports by tests/support. The region runs in-process on
 // a free port; requests go over real sockets.
+//
+// The cases share that region (SetUpTestSuite) and run in one process in a random order (ctest
+// runs the binary in shards, with --gtest_shuffle: tests/integration/CMakeLists.txt), so none may
+// lean on what another did or left: a case makes its own customers, and its own products when it
+// counts their units (OwnProduct); one that counts what a sweep does, or a whole outbox, settles
+// the reservations the others left first (SettleOtherTestsReservations).
 
 #include <gtest/gtest.h>
 #include <hiredis/hiredis.h>
