@@ -1211,11 +1211,19 @@ TEST_F(RegionTest, TheSweepsLateReservationCommitLeavesACancelsMarkForTheNextSwe
     tx.commit();
   }
   absl::StatusOr<SweepCounts> first;
-  const auto start = std::chrono::steady_clock::now();
   CancelRacesAReservationCommit(
       id, [&] { first = app_->SweepReservations(); },
-      // The sweep reads the order, then waits for the lock; nothing shows it waiting but time.
-      [&] { return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(500); });
+      // The sweep reads the order, then waits for the reservation's row lock: a session of the
+      // global database waiting on a lock. (A fixed 500 ms wait was not always enough under the
+      // sanitizers: the sweep read the order after the cancel.)
+      [&] {
+        pqxx::connection c(pgs_[0]->ConnectionString("global"));
+        pqxx::nontransaction q(c);
+        return q.exec1(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'global' AND "
+                    "wait_event_type = 'Lock'")[0]
+                   .as<int>() > 0;
+      });
   ASSERT_FALSE(HasFailure());
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(Available("sku-late-sweep"), before - 2);  // that sweep left it alone
