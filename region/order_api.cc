@@ -487,7 +487,10 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                   tx.quote(order_id) + ", " + tx.quote(sku) + ", " + tx.quote(qty) + ");";
       }
       // The last outbox row of this transaction is its last stock take (each line's delta, in
-      // SKU order): what a sync-peer answer waits for on the global stream.
+      // SKU order): what a sync-peer answer waits for on the global stream. (The order's event
+      // carries its takes too, and a peer of this version joins them before it stores the order;
+      // the wait still covers a peer of an earlier version, which ignores them, during an
+      // upgrade.)
       writes += "SELECT currval('outbox_seq_seq');";
       stock_seq = tx.exec(writes)[0][0].as<int64_t>();
     });
