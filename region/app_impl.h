@@ -388,6 +388,18 @@ struct RegionApp::Impl {
   // however the caller's own settling ends, and wherever the order was decided. A database error
   // aborts the caller's transaction (AbortTx).
   void SettleAtNextSweep(pqxx::work& tx, const std::string& order_id);
+  // Joins peer deltas of one SKU's stock document into `tx` (the global database's), under the
+  // document's lock; a SKU without a product row gets a placeholder (its catalog write may come
+  // later). (region/internal_service.cc)
+  void JoinStock(pqxx::work& tx, const std::string& sku,
+                 const std::vector<const crdt::Inventory*>& deltas);
+  // Orders' checkout stock takes (one SKU each, checked by the caller) joined into the global
+  // database in one transaction, SKUs locked in order. Called before the orders are stored, so
+  // that a region that holds an order holds its stock consumption too: a declaration would
+  // otherwise count the order's sold units as the lost creator's rights and sell them again
+  // (review of the inventory paths, finding 1). Idempotent: the take arriving again on its own
+  // stream, or with the order again, changes nothing. (region/internal_service.cc)
+  absl::Status JoinStockTakes(const std::vector<const crdt::Inventory*>& takes);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or

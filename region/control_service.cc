@@ -199,6 +199,27 @@ grpc::Status FromStatus(const absl::Status& s) {
 
 bool ValidReplica(uint32_t r) { return r >= 1 && r <= 255; }
 
+// An order's stock takes as orders.stock_takes holds them, and as its created event carries
+// them: a JSON object of SKU to the base64 of the take. "" when the state has none.
+std::string StockTakesColumn(const pb::OrderState& s) {
+  if (s.stock_takes().empty()) return "";
+  Json takes = Json::object();
+  for (const auto& [sku, bytes] : s.stock_takes()) takes[sku] = absl::Base64Escape(bytes);
+  return takes.dump();
+}
+
+// orders.stock_takes (this region's own column, written from checked takes) into `s`.
+void StockTakesFromColumn(const std::string& column, pb::OrderState* s) {
+  const Json takes = Json::parse(column, nullptr, false);
+  if (!takes.is_object()) return;
+  for (auto it = takes.begin(); it != takes.end(); ++it) {
+    std::string bytes;
+    if (it.value().is_string() && absl::Base64Unescape(it.value().get<std::string>(), &bytes)) {
+      (*s->mutable_stock_takes())[it.key()] = std::move(bytes);
+    }
+  }
+}
+
 // The declarations against one region a region holds at most (its own and those recorded from
 // peers). A takeover sync's last page carries every one of them to the region taking its group
 // back, and a replicator refuses a page of more than 10,000 (Coordinator::CheckFrame): beyond
@@ -397,7 +418,7 @@ class ControlService final : public pb::RegionControl::Service {
             "json_agg(json_build_array(i.sku, i.quantity, i.price_cents) ORDER BY i.sku) FROM "
             "order_items i WHERE i.order_id = o.order_id)::text, '[]'), " +
             std::string(kCreatedMsSql) +
-            " FROM orders o WHERE "
+            ", o.stock_takes FROM orders o WHERE "
             "(o.lease_group = " +
             tx.quote(req->group()) + " OR (o.lease_group = 0 AND o.owner_region = " +
             tx.quote(creator) + ")) AND o.order_id > " + tx.quote(req->after_key()) +
@@ -418,6 +439,7 @@ class ControlService final : public pb::RegionControl::Service {
           s.set_version(static_cast<uint64_t>(row[7].as<int64_t>()));
           s.set_payment_ref(row[8].as<std::string>());
           s.set_created_at_ms(row[10].as<int64_t>());
+          if (!row[11].is_null()) StockTakesFromColumn(row[11].as<std::string>(), &s);
           Json items = Json::parse(row[9].as<std::string>(), nullptr, false);
           if (items.is_array()) {
             for (const auto& it : items) {
@@ -462,8 +484,10 @@ class ControlService final : public pb::RegionControl::Service {
     if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     if (req->orders_size() > 5000) return Invalid("ApplyOrderStates: at most 5000 orders");
     // Validate everything first: a bad state fails the call with nothing applied.
+    std::vector<crdt::Inventory> stock_takes;
     for (const auto& s : req->orders()) {
-      if (const std::string why = OrderStateProblem(s); !why.empty()) {
+      if (const std::string why = OrderStateProblem(s, app_.config.replica_id, &stock_takes);
+          !why.empty()) {
         return Invalid(absl::StrCat("order state ", absl::CHexEscape(s.order_id()), ": ", why));
       }
       if (!services::ResidencyAllows(s.residency(), app_.config.jurisdiction)) {
@@ -473,8 +497,15 @@ class ControlService final : public pb::RegionControl::Service {
                                          " and may not be stored in ", app_.config.name));
       }
     }
+    // The orders' stock consumption before the orders themselves (RegionApp::Impl::JoinStockTakes):
+    // a page applied halfway leaves takes without their orders, which the page's retry finds
+    // joined already, never an order without its take.
+    std::vector<const crdt::Inventory*> takes;
+    for (const crdt::Inventory& take : stock_takes) takes.push_back(&take);
+    if (absl::Status st = app_.JoinStockTakes(takes); !st.ok()) return FromStatus(st);
     int changed = 0;
     for (const auto& s : req->orders()) {
+      const std::string takes = StockTakesColumn(s);
       // Decided while this region was away (a successor cancelled or was paid for it, say): its
       // reservation and charges here are settled by the next sweep. (The status was checked above.)
       const bool decided = services::OrderDecided(*services::ParseOrderStatus(s.status()));
@@ -482,17 +513,18 @@ class ControlService final : public pb::RegionControl::Service {
         // The order's lock first (a missing row locks nothing): of two applies of one new order
         // (two peers' pages, a page and the order's event), the second then finds the first's
         // row instead of failing on its unique key.
-        pqxx::result r =
-            tx.exec(DocumentLockSql(tx, "order", s.order_id()) +
-                    "SELECT epoch, version FROM orders WHERE order_id = " + tx.quote(s.order_id()) +
-                    " FOR UPDATE");
+        pqxx::result r = tx.exec(DocumentLockSql(tx, "order", s.order_id()) +
+                                 "SELECT epoch, version, stock_takes IS NULL FROM orders WHERE "
+                                 "order_id = " +
+                                 tx.quote(s.order_id()) + " FOR UPDATE");
         const auto epoch = static_cast<int64_t>(s.epoch());
         const auto version = static_cast<int64_t>(s.version());
+        const std::string takes_sql = takes.empty() ? std::string("NULL") : tx.quote(takes);
         if (r.empty()) {
           tx.exec0(
               "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
               "reservation_id, owner_region, epoch, version, lease_group, payment_ref, "
-              "residency, created_at) VALUES (" +
+              "residency, created_at, stock_takes) VALUES (" +
               tx.quote(s.order_id()) + ", " + tx.quote(s.user_id()) + ", " + tx.quote(s.status()) +
               ", " + tx.quote(s.total_cents()) + ", " +
               tx.quote(s.currency().empty() ? std::string("USD") : s.currency()) + ", " +
@@ -500,7 +532,8 @@ class ControlService final : public pb::RegionControl::Service {
               tx.quote(epoch) + ", " + tx.quote(version) + ", " + tx.quote(s.group()) + ", " +
               (s.payment_ref().empty() ? std::string("NULL") : tx.quote(s.payment_ref())) + ", " +
               tx.quote(s.residency()) + ", " +
-              (s.created_at_ms() > 0 ? TimestampFromMsSql(s.created_at_ms()) : "now()") + ")");
+              (s.created_at_ms() > 0 ? TimestampFromMsSql(s.created_at_ms()) : "now()") + ", " +
+              takes_sql + ")");
           for (const auto& line : s.items()) {
             tx.exec0("INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +
                      tx.quote(s.order_id()) + ", " + tx.quote(line.sku()) + ", " +
@@ -510,6 +543,11 @@ class ControlService final : public pb::RegionControl::Service {
           ++changed;
           if (decided) app_.SettleAtNextSweep(tx, s.order_id());
           return;
+        }
+        if (!takes.empty() && r[0][2].as<bool>()) {
+          // Known before without them (from a region of an earlier version).
+          tx.exec0("UPDATE orders SET stock_takes = " + takes_sql +
+                   " WHERE order_id = " + tx.quote(s.order_id()));
         }
         // The register: the larger (epoch, version) wins.
         pqxx::result u = tx.exec(

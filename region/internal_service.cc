@@ -425,7 +425,7 @@ class Service final : public pb::RegionInternal::Service {
             "residency, (SELECT coalesce(json_agg(json_build_object('sku', sku, 'quantity', "
             "quantity, 'price_cents', price_cents)), '[]') FROM order_items i WHERE i.order_id "
             "= o.order_id)::text, lease_group, version, " +
-            std::string(kCreatedMsSql) + " FROM orders o WHERE facts";
+            std::string(kCreatedMsSql) + ", stock_takes FROM orders o WHERE facts";
         break;
       case pb::OUTBOX_KIND_PRODUCT:
         base_sql =
@@ -520,6 +520,13 @@ class Service final : public pb::RegionInternal::Service {
                          {"currency", r[4].as<std::string>()},
                          {"items", Json::parse(r[8].as<std::string>(), nullptr, false)},
                          {"created_at_ms", r[11].as<int64_t>()}};
+            // Its stock takes go with it (the receiver joins them before the order), so that a
+            // declarer that learns a lost region's order only from a survivor does not count its
+            // sold units as rights.
+            if (!r[12].is_null()) {
+              Json takes = Json::parse(r[12].as<std::string>(), nullptr, false);
+              if (takes.is_object() && !takes.empty()) created["stock_takes"] = std::move(takes);
+            }
             add(pb::OUTBOX_KIND_ORDER, k, created.dump(), r[7].as<std::string>());
             const std::string status = r[2].as<std::string>();
             if (status != "pending_payment") {
@@ -1097,49 +1104,14 @@ class Service final : public pb::RegionInternal::Service {
     if (!writes.empty()) tx.exec(writes);
   }
 
-  // Joins peer deltas of one SKU's stock document into `tx` (the global database's).
-  void JoinStock(pqxx::work& tx, const std::string& sku,
-                 const std::vector<const crdt::Inventory*>& deltas) {
-    pqxx::result r =
-        tx.exec(DocumentLockSql(tx, "inventory", sku) +
-                "SELECT state FROM inventory WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
-    crdt::Inventory inv(app_.config.replica_id);
-    if (!r.empty()) {
-      pqxx::binarystring b(r[0][0]);
-      auto i = crdt::DecodeInventory(std::string_view(b.get(), b.size()), app_.config.replica_id);
-      if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
-      inv = *std::move(i);
-    }
-    for (const crdt::Inventory* d : deltas) inv.Merge(*d);
-    const std::string state = crdt::Encode(inv);
-    // The stock row needs its product: replicated catalog writes may arrive later, so a
-    // placeholder product is made and overwritten by the real (later-HLC) write.
-    tx.exec0("INSERT INTO products (sku, name, price_cents, currency, hlc, origin) VALUES (" +
-             tx.quote(sku) + ", " + tx.quote(sku) +
-             ", 0, 'USD', 0, 0) ON CONFLICT (sku) DO NOTHING;"
-             "INSERT INTO inventory (sku, state) VALUES (" +
-             tx.quote(sku) + ", " +
-             tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
-             ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
-  }
-
-  // The stock takes that the call's order events carry (PeerRecord::stock_takes), joined into the
-  // global database before the events are applied: a region that holds an order then holds its
-  // stock consumption, even if the stock stream that carries the take too never delivers it (its
-  // origin was lost first; a declaration would then count the sold units as the lost region's
-  // rights and sell them again: review of the inventory paths, finding 1). Joins are idempotent:
-  // the take arriving again on its own stream changes nothing.
+  // The stock takes that the call's order records carry (PeerRecord::stock_takes), joined into
+  // the global database before the orders are applied (RegionApp::Impl::JoinStockTakes).
   absl::Status JoinStockTakes(const std::vector<Prepared>& prepared) {
-    std::map<std::string, std::vector<const crdt::Inventory*>> by_sku;  // the locks in SKU order
+    std::vector<const crdt::Inventory*> takes;
     for (const Prepared& p : prepared) {
-      for (const crdt::Inventory& take : p.stock_takes) {
-        by_sku[take.items().front().first].push_back(&take);
-      }
+      for (const crdt::Inventory& take : p.stock_takes) takes.push_back(&take);
     }
-    if (by_sku.empty()) return absl::OkStatus();
-    return app_.global->Run([&](pqxx::work& tx) {
-      for (const auto& [sku, takes] : by_sku) JoinStock(tx, sku, takes);
-    });
+    return app_.JoinStockTakes(takes);
   }
 
   // Joins one peer record into `tx`'s database. Peer deltas are not written to our outbox: in a
@@ -1148,7 +1120,7 @@ class Service final : public pb::RegionInternal::Service {
     const pb::OutboxRecord& rec = *p.record;
     switch (rec.kind()) {
       case pb::OUTBOX_KIND_INVENTORY:
-        JoinStock(tx, rec.key(), {&*p.inventory});
+        app_.JoinStock(tx, rec.key(), {&*p.inventory});
         break;
       case pb::OUTBOX_KIND_PRODUCT: {
         const Json& j = p.json;
@@ -1261,17 +1233,22 @@ class Service final : public pb::RegionInternal::Service {
                   " AND idempotency_key = " + tx.quote(j["idempotency_key"].get<std::string>()) +
                   ") THEN NULL ELSE " + tx.quote(j["idempotency_key"].get<std::string>()) + " END)"
             : std::string("NULL");
+    // The checkout's stock takes (checked, and joined into the global database before this
+    // apply: JoinStockTakes), kept with the order so that it passes them on as state.
+    const std::string stock_takes = created && j.contains("stock_takes")
+                                        ? tx.quote(j["stock_takes"].dump())
+                                        : std::string("NULL");
     // The order's lock first, as ApplyOrderStates and the checkout take it: a missing row locks
     // nothing, and two applies of one new order would both insert it.
-    pqxx::result row =
-        tx.exec(DocumentLockSql(tx, "order", rec.key()) +
-                "SELECT epoch, version, facts FROM orders WHERE order_id = " + tx.quote(rec.key()) +
-                " FOR UPDATE");
+    pqxx::result row = tx.exec(DocumentLockSql(tx, "order", rec.key()) +
+                               "SELECT epoch, version, facts, stock_takes IS NULL FROM orders "
+                               "WHERE order_id = " +
+                               tx.quote(rec.key()) + " FOR UPDATE");
     if (row.empty()) {
       tx.exec0(
           "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
           "owner_region, epoch, version, lease_group, payment_ref, residency, facts, created_at, "
-          "idempotency_key) VALUES (" +
+          "idempotency_key, stock_takes) VALUES (" +
           tx.quote(rec.key()) + ", " + tx.quote(user_id) + ", " + tx.quote(status) + ", " +
           tx.quote(j.value("total_cents", int64_t{0})) + ", " +
           tx.quote(j.value("currency", std::string("USD"))) + ", " + tx.quote(rec.key()) + ", " +
@@ -1281,7 +1258,7 @@ class Service final : public pb::RegionInternal::Service {
                ? tx.quote(j["payment_ref"].get<std::string>())
                : std::string("NULL")) +
           ", " + tx.quote(rec.residency()) + ", " + (created ? "true" : "false") + ", " +
-          created_at + ", " + idempotency_key + ")");
+          created_at + ", " + idempotency_key + ", " + stock_takes + ")");
       if (created) InsertItems(tx, rec.key(), j);
       SettleIfDecided(tx, status, rec.key());
       return;
@@ -1295,6 +1272,11 @@ class Service final : public pb::RegionInternal::Service {
                ", facts = true, created_at = " + created_at + ", idempotency_key = " +
                idempotency_key + " WHERE order_id = " + tx.quote(rec.key()));
       InsertItems(tx, rec.key(), j);
+    }
+    if (stock_takes != "NULL" && row[0][3].as<bool>()) {
+      // Known before without them (as state from a region of an earlier version).
+      tx.exec0("UPDATE orders SET stock_takes = " + stock_takes +
+               " WHERE order_id = " + tx.quote(rec.key()));
     }
     if (std::make_pair(epoch, version) > std::make_pair(row_epoch, row_version)) {
       tx.exec0("UPDATE orders SET status = " + tx.quote(status) + ", epoch = " + tx.quote(epoch) +
@@ -1344,6 +1326,40 @@ class Service final : public pb::RegionInternal::Service {
 };
 
 }  // namespace
+
+void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
+                                const std::vector<const crdt::Inventory*>& deltas) {
+  pqxx::result r =
+      tx.exec(DocumentLockSql(tx, "inventory", sku) +
+              "SELECT state FROM inventory WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
+  crdt::Inventory inv(config.replica_id);
+  if (!r.empty()) {
+    pqxx::binarystring b(r[0][0]);
+    auto i = crdt::DecodeInventory(std::string_view(b.get(), b.size()), config.replica_id);
+    if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
+    inv = *std::move(i);
+  }
+  for (const crdt::Inventory* d : deltas) inv.Merge(*d);
+  const std::string state = crdt::Encode(inv);
+  // The stock row needs its product: replicated catalog writes may arrive later, so a
+  // placeholder product is made and overwritten by the real (later-HLC) write.
+  tx.exec0("INSERT INTO products (sku, name, price_cents, currency, hlc, origin) VALUES (" +
+           tx.quote(sku) + ", " + tx.quote(sku) +
+           ", 0, 'USD', 0, 0) ON CONFLICT (sku) DO NOTHING;"
+           "INSERT INTO inventory (sku, state) VALUES (" +
+           tx.quote(sku) + ", " +
+           tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
+           ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+}
+
+absl::Status RegionApp::Impl::JoinStockTakes(const std::vector<const crdt::Inventory*>& takes) {
+  std::map<std::string, std::vector<const crdt::Inventory*>> by_sku;  // the locks in SKU order
+  for (const crdt::Inventory* take : takes) by_sku[take->items().front().first].push_back(take);
+  if (by_sku.empty()) return absl::OkStatus();
+  return global->Run([&](pqxx::work& tx) {
+    for (const auto& [sku, of_sku] : by_sku) JoinStock(tx, sku, of_sku);
+  });
+}
 
 struct InternalServer::Impl {
   std::unique_ptr<Service> service;

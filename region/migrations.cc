@@ -425,6 +425,15 @@ CREATE TABLE charges_to_settle (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {18, "order_stock_takes",
+     R"sql(
+-- An order's checkout stock takes (a JSON object: SKU -> base64 of the take's encoded inventory
+-- delta), kept with the order so that whoever learns the order as state (a survivors' exchange,
+-- a takeover sync's page) learns its stock consumption too; NULL when this region never had
+-- them (an order from a region of an earlier version). A declaration would otherwise count the
+-- sold units of a lost region's order as that region's rights and sell them again.
+ALTER TABLE orders ADD COLUMN stock_takes text;
+)sql"},
 };
 
 }  // namespace

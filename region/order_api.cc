@@ -570,13 +570,13 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     std::string writes =
         "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
         "reservation_id, idempotency_key, owner_region, residency, lease_group, epoch, version, "
-        "created_at) VALUES (" +
+        "created_at, stock_takes) VALUES (" +
         tx.quote(order_id) + ", " + tx.quote(user_id) + ", 'pending_payment', " + tx.quote(total) +
         ", " + tx.quote(currency) + ", " + tx.quote(order_id) + ", " +
         (idem.empty() ? std::string("NULL") : tx.quote(idem)) + ", " + tx.quote(config.name) +
         ", " + tx.quote(who->residency) + ", " + tx.quote(config.replica_id) + ", " +
         tx.quote(static_cast<int64_t>(lease.epoch)) + ", 1, " + TimestampFromMsSql(created_ms) +
-        ");";
+        ", " + tx.quote(stock_takes.dump()) + ");";
     Json items = Json::array();
     for (const auto& [sku, qty] : lines) {
       writes += "INSERT INTO order_items (order_id, sku, quantity, price_cents) VALUES (" +

@@ -155,12 +155,32 @@ std::string InventoryDeltaProblem(const crdt::Inventory& inv, const std::string&
 // dozen bytes).
 constexpr size_t kMaxStockTakeBytes = 1024;
 
+// One stock take of `sku` (its encoded inventory delta): units spent by `writer` (0: by any
+// region), of that SKU and nothing else, since a checkout spends and moves no rights. Decoded
+// into `out`; "" or what is wrong.
+std::string StockTakeProblem(const std::string& sku, std::string_view bytes, uint32_t writer,
+                             uint32_t replica_id, std::vector<crdt::Inventory>* out) {
+  if (bytes.size() > kMaxStockTakeBytes) {
+    return absl::StrCat("stock_takes: a take of at most ", kMaxStockTakeBytes, " bytes");
+  }
+  auto take = crdt::DecodeInventory(bytes, replica_id);
+  if (!take.ok()) return absl::StrCat("stock_takes: ", take.status().message());
+  if (const std::string why = InventoryDeltaProblem(*take, sku, writer); !why.empty()) {
+    return "stock_takes: " + why;
+  }
+  if (take->items().size() != 1 || !take->items()[0].second.transfers().empty()) {
+    return "stock_takes: a take is units spent of its SKU, nothing else";
+  }
+  out->push_back(*std::move(take));
+  return "";
+}
+
 // An order's `created` event carries its checkout's stock takes ("stock_takes": SKU -> the base64
 // of the take's inventory delta), so that a region holding the order holds its stock consumption
 // too, whatever became of the stock stream that carries the take as well (review of the inventory
-// paths, finding 1). Each take names a SKU of the order's items and is only units spent by the
-// event's origin (`origin`): a checkout spends, it moves no rights. Decoded into `out`; "" or what
-// is wrong.
+// paths, finding 1). Each take names a SKU of the order's items and is a StockTakeProblem-checked
+// take spent by the event's origin (`origin`; 0 in a state transfer, whose orders a survivor may
+// pass on from any region). Decoded into `out`; "" or what is wrong.
 std::string StockTakesProblem(const Json& j, uint32_t origin, uint32_t replica_id,
                               std::vector<crdt::Inventory>* out) {
   const Json& takes = j["stock_takes"];
@@ -181,15 +201,9 @@ std::string StockTakesProblem(const Json& j, uint32_t origin, uint32_t replica_i
         !absl::Base64Unescape(it.value().get<std::string>(), &bytes)) {
       return "stock_takes: base64 of an encoded inventory delta";
     }
-    auto take = crdt::DecodeInventory(bytes, replica_id);
-    if (!take.ok()) return absl::StrCat("stock_takes: ", take.status().message());
-    if (const std::string why = InventoryDeltaProblem(*take, sku, origin); !why.empty()) {
-      return "stock_takes: " + why;
+    if (std::string why = StockTakeProblem(sku, bytes, origin, replica_id, out); !why.empty()) {
+      return why;
     }
-    if (take->items().size() != 1 || !take->items()[0].second.transfers().empty()) {
-      return "stock_takes: a take is units spent of its SKU, nothing else";
-    }
-    out->push_back(*std::move(take));
   }
   return "";
 }
@@ -281,7 +295,8 @@ std::string CounterPastTheLimit(const crdt::CausalContext& seen) {
 
 }  // namespace
 
-std::string OrderStateProblem(const v1::OrderState& s) {
+std::string OrderStateProblem(const v1::OrderState& s, uint32_t replica_id,
+                              std::vector<crdt::Inventory>* stock_takes) {
   auto epoch_like = [](uint64_t v) { return v >= 1 && v <= kMaxEpoch; };
   if (s.order_id().empty() || s.order_id().size() > 64 || HasNul(s.order_id())) {
     return "order_id: 1..64 characters, no NUL";
@@ -305,6 +320,16 @@ std::string OrderStateProblem(const v1::OrderState& s) {
     if (!services::ValidateSku(line.sku()).ok() || line.quantity() < 1 ||
         line.quantity() > kInt32Max || line.price_cents() < 0) {
       return "items: a SKU, quantity 1..2^31-1 and price_cents >= 0 each";
+    }
+  }
+  if (s.stock_takes_size() > s.items_size()) return "stock_takes: more takes than items";
+  for (const auto& [sku, bytes] : s.stock_takes()) {
+    const bool ordered = std::any_of(s.items().begin(), s.items().end(),
+                                     [&](const v1::OrderLine& line) { return line.sku() == sku; });
+    if (!ordered) return "stock_takes: a take of a SKU that is not among the items";
+    // A sync page may hold any region's orders (a survivor's catch-up), so any region's take.
+    if (std::string why = StockTakeProblem(sku, bytes, 0, replica_id, stock_takes); !why.empty()) {
+      return why;
     }
   }
   return "";
@@ -401,12 +426,12 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
           if (const std::string why = OrderEventProblem(p.json); !why.empty()) {
             return Bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
           }
-          // A state transfer's orders come from the peer's tables (without takes: its stock
-          // documents come whole in the same transfer).
+          // A state transfer's orders come from the peer's tables, with the takes it stored
+          // with them: spent by whichever region checked the order out (a survivor passes on a
+          // lost region's orders), as a state transfer's stock documents may hold any region's.
           if (p.json.contains("stock_takes")) {
-            const std::string why =
-                req.state() ? "stock_takes: not in a state transfer"
-                            : StockTakesProblem(p.json, req.origin(), replica_id, &p.stock_takes);
+            const std::string why = StockTakesProblem(p.json, req.state() ? 0 : req.origin(),
+                                                      replica_id, &p.stock_takes);
             if (!why.empty()) {
               return Bad(absl::StrCat("record ", rec.seq(), ": malformed order event: ", why));
             }

@@ -73,7 +73,9 @@ absl::StatusOr<CheckedRecords> CheckPeerRecords(const v1::ApplyDeltasRequest& re
 // event's fields are (OrderEventProblem): "" when every field is one the apply can store and a
 // lease could have made, else what is wrong. An epoch far beyond any real one would fix the
 // order's status for good, and a value that fails in the database would fail after other orders
-// of the page committed.
-std::string OrderStateProblem(const v1::OrderState& s);
+// of the page committed. Its stock takes (each units spent of one of its SKUs, by any region) are
+// decoded and appended to `stock_takes`.
+std::string OrderStateProblem(const v1::OrderState& s, uint32_t replica_id,
+                              std::vector<crdt::Inventory>* stock_takes);
 
 }  // namespace meridian::region

@@ -297,7 +297,8 @@ TEST(PeerRecords, AStateTransferCarriesSeqZero) {
 // Review of the inventory paths, finding 1: an order's created event carries its checkout's stock
 // takes, so that a region holding the order holds its stock consumption. A take is checked as a
 // stock delta of the event's origin is, and more narrowly: only units spent, of a SKU the order
-// holds, only in a created event, never in a state transfer.
+// holds, only in a created event. A state transfer's orders carry the takes their sender stored
+// with them, spent by whichever region checked the order out.
 TEST(PeerRecords, AnOrderCarriesItsStockTakesCheckedAsStockDeltasAre) {
   const std::string user = services::UserIdForEmail("ada@example.com");
   crdt::Inventory origin(1);
@@ -364,13 +365,23 @@ TEST(PeerRecords, AnOrderCarriesItsStockTakesCheckedAsStockDeltasAre) {
     EXPECT_NE(checked.status().message().find(c.says), absl::string_view::npos)
         << c.name << ": " << checked.status();
   }
-  // A state transfer's orders come from the peer's tables, never with takes.
-  v1::ApplyDeltasRequest state = call({{"sku-1", b64(crdt::Encode(take))}});
+  // A state transfer: a survivor (origin 1 here) passes on another region's order with its take
+  // (spent by region 3), still units spent of a SKU the order holds.
+  crdt::Inventory creator(3);
+  (void)creator.Restock("sku-1", 5);
+  v1::ApplyDeltasRequest state = call({{"sku-1", b64(crdt::Encode(*creator.Take("sku-1", 2)))}});
+  state.set_state(true);
+  state.mutable_records(0)->set_seq(0);
+  auto passed_on = CheckPeerRecords(state, kSelf, "us");
+  ASSERT_TRUE(passed_on.ok()) << passed_on.status();
+  ASSERT_EQ(passed_on->records[0].stock_takes.size(), 1u);
+  EXPECT_EQ(passed_on->records[0].stock_takes[0].Consumed("sku-1", 3), 2);
+  state = call({{"sku-1", b64(crdt::Encode(*moved.Transfer("sku-1", kSelf, 2)))}});
   state.set_state(true);
   state.mutable_records(0)->set_seq(0);
   auto refused = CheckPeerRecords(state, kSelf, "us");
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("not in a state transfer"), absl::string_view::npos)
+  EXPECT_NE(refused.status().message().find("units spent of its SKU"), absl::string_view::npos)
       << refused.status();
 }
 
@@ -393,7 +404,14 @@ TEST(PeerRecords, AnOrderStateIsCheckedAsAnOrderEventIs) {
   line->set_sku("sku-1");
   line->set_quantity(2);
   line->set_price_cents(500);
-  EXPECT_EQ(OrderStateProblem(good), "");
+  // Its take, spent by the region that checked it out (any region's, in a sync page).
+  crdt::Inventory creator(3);
+  (void)creator.Restock("sku-1", 5);
+  (*good.mutable_stock_takes())["sku-1"] = crdt::Encode(*creator.Take("sku-1", 2));
+  std::vector<crdt::Inventory> takes;
+  EXPECT_EQ(OrderStateProblem(good, kSelf, &takes), "");
+  ASSERT_EQ(takes.size(), 1u);
+  EXPECT_EQ(takes[0].Consumed("sku-1", 3), 2);
   struct Case {
     const char* name;
     void (*breaks)(v1::OrderState&);
@@ -419,11 +437,31 @@ TEST(PeerRecords, AnOrderStateIsCheckedAsAnOrderEventIs) {
        [](v1::OrderState& s) { s.set_created_at_ms((int64_t{1} << 45) + 1); }, "created_at_ms"},
       {"payment ref with a NUL",
        [](v1::OrderState& s) { s.set_payment_ref(std::string("pay\0", 4)); }, "payment_ref"},
+      {"a take of a SKU it does not hold",
+       [](v1::OrderState& s) {
+         (*s.mutable_stock_takes())["sku-2"] = s.stock_takes().at("sku-1");
+         s.mutable_stock_takes()->erase("sku-1");
+       },
+       "not among the items"},
+      {"a take that moves rights",
+       [](v1::OrderState& s) {
+         crdt::Inventory from(3);
+         (void)from.Restock("sku-1", 5);
+         (*s.mutable_stock_takes())["sku-1"] = crdt::Encode(*from.Transfer("sku-1", 1, 2));
+       },
+       "units spent of its SKU"},
+      {"a take that does not decode",
+       [](v1::OrderState& s) { (*s.mutable_stock_takes())["sku-1"] = "\x0a\xff"; },
+       "stock_takes: "},
+      {"a take past 1024 bytes",
+       [](v1::OrderState& s) { (*s.mutable_stock_takes())["sku-1"] = std::string(1025, 'x'); },
+       "at most 1024 bytes"},
   };
   for (const Case& c : cases) {
     v1::OrderState s = good;
     c.breaks(s);
-    const std::string why = OrderStateProblem(s);
+    std::vector<crdt::Inventory> ignored;
+    const std::string why = OrderStateProblem(s, kSelf, &ignored);
     EXPECT_NE(why.find(c.says), std::string::npos) << c.name << ": \"" << why << "\"";
   }
 }

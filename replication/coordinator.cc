@@ -724,6 +724,7 @@ struct Coordinator::Impl {
       x->set_status(o.status());
       x->set_payment_ref(o.payment_ref());
       x->set_created_at_ms(o.created_at_ms());
+      *x->mutable_stock_takes() = o.stock_takes();
       for (const auto& i : o.items()) {
         auto* line = x->add_items();
         line->set_sku(i.sku());
@@ -841,6 +842,7 @@ struct Coordinator::Impl {
       s->set_status(o.status());
       s->set_payment_ref(o.payment_ref());
       s->set_created_at_ms(o.created_at_ms());
+      *s->mutable_stock_takes() = o.stock_takes();
       for (const auto& i : o.items()) {
         auto* line = s->add_items();
         line->set_sku(i.sku());

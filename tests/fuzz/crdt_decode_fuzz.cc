@@ -64,10 +64,13 @@ void CheckPeerCall(std::string_view bytes) {
         break;
       case region::v1::OUTBOX_KIND_ORDER:
         Check(!p.global && p.json.contains("user_id") && p.shard_key == p.json["user_id"]);
-        for (const Inventory& take : p.stock_takes) {  // units the origin spent, of one SKU
-          Check(!req.state() && take.items().size() == 1 &&
-                take.items()[0].second.transfers().empty());
-          for (const auto& u : take.items()[0].second.spent()) Check(u.replica == req.origin());
+        // Units spent, of one SKU: by the origin in an event, by any region in a state transfer
+        // (a survivor passes on a lost region's orders with their takes).
+        for (const Inventory& take : p.stock_takes) {
+          Check(take.items().size() == 1 && take.items()[0].second.transfers().empty());
+          for (const auto& u : take.items()[0].second.spent()) {
+            Check(u.replica >= 1 && u.replica <= 255 && (req.state() || u.replica == req.origin()));
+          }
           stock.Merge(take);
         }
         break;

@@ -819,6 +819,102 @@ TEST_F(ApplyDeltasTest, AnOrderBringsItsStockTakeAlongAheadOfTheStockStream) {
   EXPECT_EQ(Json::parse(Request(us_->port(), "GET", "/v1/inventory/sku-1").body)["available"], 6);
 }
 
+// The same finding, for an order a region learns as state: from a survivor's exchange
+// (ReadState) or a takeover sync's page (ReadGroupOrders, ApplyOrderStates). us-west holds
+// us-east's order (with its take, from the event) but never its stock stream; us-west's copy then
+// goes on as state to two regions that heard nothing of us-east but its restock. Before, the state
+// carried no take, and both counted the 4 sold units as us-east's rights.
+TEST_F(ApplyDeltasTest, AnOrderLearnedAsStateBringsItsStockTake) {
+  const std::pair<std::string, std::string> op{"Authorization", std::string("Bearer ") + kOperator};
+  auto by_state = StartRegion("us-south", "us", 3);
+  auto by_sync = StartRegion("us-north", "us", 4);
+  ASSERT_EQ(
+      Request(us_->port(), "POST", "/v1/admin/inventory/sku-1/restock", R"({"units":10})", {op})
+          .status,
+      200);
+  for (Region* to : {us2_.get(), by_state.get(), by_sync.get()}) {
+    us_->shipped_global = 0;  // the restock to each of them, not the take
+    ASSERT_TRUE(Ship(*us_, *to, 1, nullptr, {"global"}).ok());
+  }
+  const std::string token = Login(*us_, "ivo@example.com", "us");
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":4})",
+                    {{"Authorization", "Bearer " + token}})
+                .status,
+            200);
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/checkout", "", {{"Authorization", "Bearer " + token}})
+                .status,
+            201);
+  ASSERT_TRUE(Ship(*us_, *us2_, 1, nullptr, {"shard-0", "shard-1"}).ok());
+  auto us_east_rights = [](Region& r) {
+    return Json::parse(Request(r.port(), "GET", "/v1/inventory/sku-1").body)["rights_by_replica"]
+        .value("1", int64_t{-1});
+  };
+  ASSERT_EQ(us_east_rights(*us2_), 6);
+  ASSERT_EQ(us_east_rights(*by_state), 10);
+  ASSERT_EQ(us_east_rights(*by_sync), 10);
+
+  // us-west's orders as a survivor's exchange sends them, applied at us-south.
+  int orders = 0;
+  for (const char* shard : {"shard-0", "shard-1"}) {
+    grpc::ClientContext rctx;
+    v1::ReadStateRequest read;
+    read.set_database(shard);
+    read.set_kind(v1::OUTBOX_KIND_ORDER);
+    v1::ReadStateResponse page;
+    ASSERT_TRUE(us2_->stub->ReadState(&rctx, read, &page).ok());
+    if (page.records().empty()) continue;
+    orders += page.records_size();
+    for (const auto& rec : page.records()) {
+      EXPECT_TRUE(Json::parse(rec.payload()).contains("stock_takes")) << rec.payload();
+    }
+    grpc::ClientContext actx;
+    v1::ApplyDeltasRequest apply;
+    apply.set_origin(2);
+    apply.set_origin_database(shard);
+    apply.set_state(true);
+    *apply.mutable_records() = page.records();
+    v1::ApplyDeltasResponse applied;
+    grpc::Status st = by_state->stub->ApplyDeltas(&actx, apply, &applied);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(orders, 1);
+  EXPECT_EQ(us_east_rights(*by_state), 6) << "an order learned as state without its take";
+
+  // us-west's orders as a takeover sync's page carries them, applied at us-north.
+  auto control = [](Region& r) {
+    return v1::RegionControl::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(r.app->grpc_port()), grpc::InsecureChannelCredentials()));
+  };
+  grpc::ClientContext rctx;
+  v1::ReadGroupOrdersRequest read;
+  read.set_group(1);
+  read.set_epoch(1);
+  read.set_owner(4);
+  read.set_jurisdiction("us");
+  read.set_read_only(true);
+  v1::ReadGroupOrdersResponse page;
+  grpc::Status st = control(*us2_)->ReadGroupOrders(&rctx, read, &page);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(page.orders_size(), 1);
+  EXPECT_EQ(page.orders(0).stock_takes().size(), 1u);
+  grpc::ClientContext actx;
+  v1::ApplyOrderStatesRequest apply;
+  *apply.mutable_orders() = page.orders();
+  v1::ApplyOrderStatesResponse applied;
+  st = control(*by_sync)->ApplyOrderStates(&actx, apply, &applied);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(us_east_rights(*by_sync), 6) << "an order of a sync page without its take";
+  // And us-north keeps the take with the order, to pass it on in turn.
+  grpc::ClientContext again;
+  v1::ReadGroupOrdersResponse passed_on;
+  ASSERT_TRUE(control(*by_sync)->ReadGroupOrders(&again, read, &passed_on).ok());
+  ASSERT_EQ(passed_on.orders_size(), 1);
+  auto takes = [](const v1::OrderState& o) {
+    return std::map<std::string, std::string>(o.stock_takes().begin(), o.stock_takes().end());
+  };
+  EXPECT_EQ(takes(passed_on.orders(0)), takes(page.orders(0)));
+}
+
 TEST_F(ApplyDeltasTest, CatalogLastWriterWinsAndStockReplicates) {
   auto put = [](Region& r, const std::string& body) {
     return Request(r.port(), "PUT", "/v1/admin/products/sku-2", body,

@@ -1163,6 +1163,56 @@ TEST_F(LeasesTest, AnOrderAtASurvivorKeepsItsUnitsSoldThoughItsStockStreamNeverC
   EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
 }
 
+// The same loss, but eu-west, the declarer, never hears us-east's orders at all (the link between
+// them is cut before the checkouts): it learns them as state, from ap-south (the survivors'
+// exchange, or the takeover sync's pages). ap-south's database refuses us-east's stock stream as
+// above, so no stock document goes to eu-west as state either. Before, the orders' states carried
+// no takes, so eu-west held the 4 orders with us-east's rights still at 10, reclaimed 10 and sold
+// 10 more: 14 of 10. The takes are now stored with each order and go with its state.
+TEST_F(LeasesTest, AnOrderLearnedAsStateFromASurvivorBringsItsStockTake) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "kettle");
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "kettle", 10));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Rights(kEu, "kettle", "us-east") == 10 && Rights(kAp, "kettle", "us-east") == 10;
+      },
+      20));
+  const std::string us = std::to_string(c_->spec(kUs).replica_id);
+  auto stock_held = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kAp, "global")}, "hold_us_stock",
+      test_support::DbFault::Kind::kError, "INSERT OR UPDATE", "replication_applied",
+      "NEW.origin = " + us + " AND NEW.origin_db LIKE 'global-%'", 1'000'000);
+  ASSERT_TRUE(c_->PartitionPair(kUs, kEu).ok());
+  const auto [token, user] = Customer(kUs, "ivy@example.com");
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(CheckoutOne(kUs, "Bearer " + token, "kettle"), 201);
+  const std::string orders = "SELECT count(*) FROM orders WHERE user_id = '" + user + "'";
+  ASSERT_TRUE(Eventually([&] { return Count(kAp, orders) == 4; }, 20))
+      << "us-east's orders did not reach ap-south";
+  EXPECT_EQ(Rights(kAp, "kettle", "us-east"), 6);
+  EXPECT_EQ(Count(kEu, orders), 0) << "eu-west applied us-east's orders itself";
+  EXPECT_EQ(Rights(kEu, "kettle", "us-east"), 10);
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return Count(kEu, orders) == 4; }, 30))
+      << "eu-west never learned us-east's orders from ap-south";
+  EXPECT_EQ(Rights(kEu, "kettle", "us-east"), 6) << "an order learned without its stock take";
+  const std::string takes =
+      "SELECT count(*) FROM orders WHERE stock_takes IS NOT NULL AND user_id = '" + user + "'";
+  EXPECT_EQ(Count(kEu, takes), 4) << "eu-west does not keep the takes to pass them on";
+  stock_held.reset();
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east") || HeldHere(kAp, "us-east"); }, 20));
+  Response d = DeclareUsLost(kEu);
+  ASSERT_EQ(d.status, 200) << d.body;
+  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 6) << d.body;
+  const std::string auth = "Bearer " + Customer(kEu, "rex@example.com").first;
+  int sold = 0;
+  for (int i = 0; i < 10; ++i) sold += CheckoutOne(kEu, auth, "kettle") == 201;
+  EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
+}
+
 // us-east is declared lost, comes back only long enough to hear of the declaration (its
 // write-off fails) and is lost again before any write-off reaches eu-west. Declaring it lost a
 // second time reclaims nothing: the first declaration's 30 units stay counted in its rights at
