@@ -323,7 +323,9 @@ std::string OrderStateProblem(const v1::OrderState& s, uint32_t replica_id,
     }
   }
   if (s.stock_takes_size() > s.items_size()) return "stock_takes: more takes than items";
-  for (const auto& [sku, bytes] : s.stock_takes()) {
+  for (const auto& take : s.stock_takes()) {
+    const std::string& sku = take.first;
+    const std::string& bytes = take.second;
     const bool ordered = std::any_of(s.items().begin(), s.items().end(),
                                      [&](const v1::OrderLine& line) { return line.sku() == sku; });
     if (!ordered) return "stock_takes: a take of a SKU that is not among the items";
