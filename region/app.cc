@@ -465,23 +465,55 @@ std::optional<HttpResponse> RegionApp::Impl::ResidencyRedirect(std::string_view 
                    ") and no allowed region is configured"));
 }
 
-bool RegionApp::Impl::RateLimit(const std::string& client) {
+bool RegionApp::Impl::TakeBucketToken(const std::string& key, double rate_per_s, double burst,
+                                      double cost) {
   int64_t now = UnixNowMs();
-  auto taken =
-      redis->TakeToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst, now);
+  auto taken = redis->TakeToken(key, rate_per_s, burst, now, cost);
   if (taken.ok()) return *taken;
   // Redis down: keep limiting, per process.
   redis_fallbacks->Increment();
   std::lock_guard<std::mutex> lock(local_buckets_mu);
-  if (local_buckets.size() > 100000) local_buckets.clear();
-  auto& [tokens, ts] =
-      local_buckets.try_emplace(client, config.rate_limit_burst, now).first->second;
-  tokens = std::min(config.rate_limit_burst,
-                    tokens + static_cast<double>(now - ts) * config.rate_limit_per_s / 1000.0);
+  auto found = local_buckets.find(key);
+  if (found == local_buckets.end()) {
+    if (cost == 0) return true;  // a full bucket
+    if (local_buckets.size() > 100000) local_buckets.clear();
+    found = local_buckets.try_emplace(key, burst, now).first;
+  }
+  auto& [tokens, ts] = found->second;
+  tokens = std::min(burst, tokens + static_cast<double>(now - ts) * rate_per_s / 1000.0);
   ts = now;
   if (tokens < 1) return false;
-  tokens -= 1;
+  tokens -= cost;
   return true;
+}
+
+bool RegionApp::Impl::RateLimit(const std::string& client) {
+  return TakeBucketToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst);
+}
+
+bool RegionApp::Impl::LoginAttemptsLeft(const std::string& user_id) {
+  if (config.login_attempts_per_account == 0) return true;
+  if (TakeBucketToken("login:" + user_id, 1.0 / config.login_attempt_refill_s,
+                      config.login_attempts_per_account, 0)) {
+    return true;
+  }
+  login_attempts_refused->Increment();
+  return false;
+}
+
+void RegionApp::Impl::CountFailedLogin(const std::string& user_id) {
+  if (config.login_attempts_per_account == 0) return;
+  (void)TakeBucketToken("login:" + user_id, 1.0 / config.login_attempt_refill_s,
+                        config.login_attempts_per_account);
+}
+
+HttpResponse RegionApp::Impl::TooManyLoginAttempts() const {
+  HttpResponse r = HttpResponse::Problem(
+      429, "Too Many Requests",
+      absl::StrCat("too many login attempts for this e-mail; one more is allowed every ",
+                   config.login_attempt_refill_s, " s"));
+  r.headers.emplace_back("Retry-After", std::to_string(config.login_attempt_refill_s));
+  return r;
 }
 
 void RegionApp::Impl::SetupMetrics() {
@@ -535,6 +567,13 @@ void RegionApp::Impl::SetupMetrics() {
                       .Help("Requests refused by the rate limiter")
                       .Register(*registry)
                       .Add({});
+  login_attempts_refused = &BuildCounter()
+                                .Name("meridian_login_attempts_refused_total")
+                                .Help(
+                                    "Logins refused unchecked: the account's attempts were used "
+                                    "up (limits.login_attempts_per_account)")
+                                .Register(*registry)
+                                .Add({});
   pool_in_use = &BuildGauge()
                      .Name("meridian_pg_pool_in_use")
                      .Help("PostgreSQL connections in use per pool")

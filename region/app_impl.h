@@ -186,6 +186,7 @@ struct RegionApp::Impl {
   prometheus::Gauge* local_writes_held_gauge = nullptr;
   prometheus::Gauge* stock_writes_held_gauge = nullptr;
   prometheus::Counter* rate_limited = nullptr;
+  prometheus::Counter* login_attempts_refused = nullptr;
   prometheus::Family<prometheus::Gauge>* pool_in_use = nullptr;
   prometheus::Family<prometheus::Gauge>* outbox_depth = nullptr;
   prometheus::Counter* notifications_sent = nullptr;
@@ -246,6 +247,19 @@ struct RegionApp::Impl {
   // 307 to an allowed region (or 403) when the residency does not allow this region.
   std::optional<HttpResponse> ResidencyRedirect(std::string_view residency, const HttpRequest& req);
   bool RateLimit(const std::string& client);
+  // Takes `cost` tokens from the bucket `key` (Redis, shared by the region's processes; per
+  // process while Redis is down) if it holds at least one; cost 0 only looks. False when it
+  // holds none.
+  bool TakeBucketToken(const std::string& key, double rate_per_s, double burst, double cost = 1);
+  // Failed logins per account: `limits.login_attempts_per_account` of them, one more every
+  // `limits.login_attempt_refill_s` seconds. Counted in the region that checks the password:
+  // the one that holds the account (only there may its id be written to Redis) or, for an
+  // e-mail with no account anywhere, the region asked (the id is then no customer's), so that
+  // a 429 tells no one whether an account exists. LoginAttemptsLeft false: refuse the login
+  // (TooManyLoginAttempts) without checking the password; CountFailedLogin after a wrong one.
+  bool LoginAttemptsLeft(const std::string& user_id);
+  void CountFailedLogin(const std::string& user_id);
+  HttpResponse TooManyLoginAttempts() const;
   std::mutex local_buckets_mu;
   std::map<std::string, std::pair<double, int64_t>> local_buckets;
 
@@ -335,6 +349,8 @@ struct RegionApp::Impl {
     uint32_t region = 0;
     std::string residency;
     bool password_ok = false;  // a password was given, and it is the account's
+    // A password was given and not checked: the account's login attempts there are used up.
+    bool attempts_exhausted = false;
     // Some peer could not be asked (unreachable, or the replicator was); trivially true without
     // peers or without a replicator (a region of its own).
     bool complete = true;

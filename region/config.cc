@@ -215,7 +215,8 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   r.OnlyKeys(lim, "limits",
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
               "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "max_cart_bytes",
-              "account_lookups", "max_connections_per_client"});
+              "account_lookups", "max_connections_per_client", "login_attempts_per_account",
+              "login_attempt_refill_s"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
@@ -230,6 +231,10 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   }
   c.rate_limit_per_s = r.Number(lim, "rate_limit_per_s", "limits.rate_limit_per_s", 50, 0.1, 1e7);
   c.rate_limit_burst = r.Number(lim, "rate_limit_burst", "limits.rate_limit_burst", 100, 1, 1e7);
+  c.login_attempts_per_account = r.Integer<int>(
+      lim, "login_attempts_per_account", "limits.login_attempts_per_account", 10, 0, 1000000);
+  c.login_attempt_refill_s =
+      r.Integer<int>(lim, "login_attempt_refill_s", "limits.login_attempt_refill_s", 60, 1, 86400);
   c.reservation_ttl_s =
       r.Integer<int>(lim, "reservation_ttl_s", "limits.reservation_ttl_s", 900, 1, 7 * 86400);
   c.max_cart_lines = r.Integer<int>(lim, "max_cart_lines", "limits.max_cart_lines", 100, 1, 10000);

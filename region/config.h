@@ -88,6 +88,12 @@ struct RegionConfig {
   int account_lookups = 4;
   double rate_limit_per_s = 50;
   double rate_limit_burst = 100;
+  // Failed logins per account (a guessing limit that an address limit cannot give, since a
+  // guesser spreads over addresses): this many at once, then one more every
+  // login_attempt_refill_s seconds; past them, 429 without a password check. A successful login
+  // costs nothing. 0 = no per-account limit.
+  int login_attempts_per_account = 10;
+  int login_attempt_refill_s = 60;
   int reservation_ttl_s = 900;
   int max_cart_lines = 100;
   int max_line_quantity = 999;

@@ -27,6 +27,8 @@ TEST(Config, ParsesAGoodFileWithDefaults) {
   EXPECT_EQ(c->max_body_bytes, 1u << 20);
   EXPECT_EQ(c->http_threads, 8);
   EXPECT_EQ(c->account_lookups, 4);  // half the HTTP threads
+  EXPECT_EQ(c->login_attempts_per_account, 10);
+  EXPECT_EQ(c->login_attempt_refill_s, 60);
   EXPECT_TRUE(c->hold_new_databases);
   EXPECT_EQ(c->pool_size, 8);
   EXPECT_EQ(c->pool_open_at_start, 8);  // every connection, as pool_size says
@@ -94,6 +96,10 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "limits: {account_lookups: 0}\n", "limits.account_lookups");
   ExpectError(std::string(kGood) + "limits: {max_connections_per_client: -1}\n",
               "limits.max_connections_per_client");
+  ExpectError(std::string(kGood) + "limits: {login_attempts_per_account: -1}\n",
+              "limits.login_attempts_per_account");
+  ExpectError(std::string(kGood) + "limits: {login_attempt_refill_s: 0}\n",
+              "limits.login_attempt_refill_s");
   ExpectError(std::string(kGood) + "hold_new_databases: maybe\n",
               "hold_new_databases: must be true or false");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");

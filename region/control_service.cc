@@ -156,6 +156,7 @@ RegionApp::Impl::AccountElsewhere RegionApp::Impl::LocateAccount(const std::stri
   where.region = out.region();
   where.residency = out.residency();
   where.password_ok = out.password_ok();
+  where.attempts_exhausted = out.attempts_exhausted();
   for (uint32_t peer : out.unanswered()) {
     absl::StrAppend(&where.unanswered, where.unanswered.empty() ? "" : ", ", RegionName(peer));
   }
@@ -1156,8 +1157,15 @@ class ControlService final : public pb::RegionControl::Service {
     if (*user) {
       out->set_found(true);
       out->set_residency((*user)->residency);
-      out->set_password_ok(!req->password().empty() &&
-                           services::VerifyPassword(req->password(), (*user)->password_hash));
+      if (req->password().empty()) return grpc::Status::OK;
+      // A login elsewhere: its failure counts here, where the account lives (only here may its
+      // id be written to Redis).
+      if (!app_.LoginAttemptsLeft(req->user_id())) {
+        out->set_attempts_exhausted(true);
+        return grpc::Status::OK;
+      }
+      out->set_password_ok(services::VerifyPassword(req->password(), (*user)->password_hash));
+      if (!out->password_ok()) app_.CountFailedLogin(req->user_id());
     }
     return grpc::Status::OK;
   }

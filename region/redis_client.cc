@@ -21,13 +21,16 @@ int64_t NowMs() {
 constexpr const char* kTokenBucketLua = R"lua(
 local b = redis.call('HMGET', KEYS[1], 't', 'ts')
 local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
 local ok = 0
-if tokens >= 1 then tokens = tokens - 1; ok = 1 end
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+if tokens >= 1 then tokens = tokens - cost; ok = 1 end
+if cost > 0 then
+  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+end
 return ok
 )lua";
 
@@ -156,10 +159,10 @@ absl::Status RedisClient::DelMany(const std::vector<std::string>& keys) {
 }
 
 absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s, double burst,
-                                            int64_t now_ms) {
+                                            int64_t now_ms, double cost) {
   std::string rate = std::to_string(rate_per_s), b = std::to_string(burst),
-              now = std::to_string(now_ms);
-  auto r = Command({"EVAL", kTokenBucketLua, "1", key, rate, b, now});
+              now = std::to_string(now_ms), c = std::to_string(cost);
+  auto r = Command({"EVAL", kTokenBucketLua, "1", key, rate, b, now, c});
   if (!r.ok()) return r.status();
   return (*r)->r->type == REDIS_REPLY_INTEGER && (*r)->r->integer == 1;
 }

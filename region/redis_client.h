@@ -41,9 +41,10 @@ class RedisClient {
   absl::Status Del(std::string_view key);
   // One DEL of many keys (one round trip).
   absl::Status DelMany(const std::vector<std::string>& keys);
-  // Token bucket in one Lua script (atomic across regions' threads): true if a token was taken.
+  // Token bucket in one Lua script (atomic across regions' threads): true if the bucket held a
+  // token, of which `cost` was then taken (0: only look; nothing is written).
   absl::StatusOr<bool> TakeToken(std::string_view key, double rate_per_s, double burst,
-                                 int64_t now_ms);
+                                 int64_t now_ms, double cost = 1);
   absl::Status Ping();
   // EVAL a script; the reply is ignored beyond errors.
   absl::Status Eval(std::string_view script, const std::vector<std::string>& keys,

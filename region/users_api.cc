@@ -101,6 +101,7 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
     if (password->size() > services::kMaxPasswordBytes) return refused;  // no account's
     AccountElsewhere where = LocateAccount(user_id, *password);
     if (where.busy) return AccountLookupsBusy();
+    if (where.found && where.attempts_exhausted) return TooManyLoginAttempts();
     if (where.found && !where.password_ok) return refused;
     if (where.found && !services::ResidencyAllows(where.residency, config.jurisdiction)) {
       return *ResidencyRedirect(where.residency, req);  // 307 to an allowed region, or 403
@@ -122,14 +123,23 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
       r.headers.emplace_back("Retry-After", "2");
       return r;
     }
-    // No account anywhere: check the password against a hash all the same, so that the refusal
-    // takes as long as a wrong password's (an unknown e-mail answered in 1 ms, a wrong password
-    // in 22-37: the timing told which e-mails have accounts).
+    // No account anywhere: its failed logins are limited as an account's are (here, where the
+    // id is no customer's), so that a 429 does not tell which e-mails have accounts.
+    if (!LoginAttemptsLeft(user_id)) return TooManyLoginAttempts();
+    // And the password is checked against a hash all the same, so that the refusal takes as long
+    // as a wrong password's (an unknown e-mail answered in 1 ms, a wrong password in 22-37: the
+    // timing told which e-mails have accounts).
     static const std::string kNoAccountHash = services::HashPassword("no account has this");
     (void)services::VerifyPassword(*password, kNoAccountHash);
+    CountFailedLogin(user_id);
     return refused;
   }
-  if (!services::VerifyPassword(*password, (*user)->password_hash)) return refused;
+  // The account is held here: its failed logins count here.
+  if (!LoginAttemptsLeft(user_id)) return TooManyLoginAttempts();
+  if (!services::VerifyPassword(*password, (*user)->password_hash)) {
+    CountFailedLogin(user_id);
+    return refused;
+  }
   const std::string& residency = (*user)->residency;
   if (auto redirect = ResidencyRedirect(residency, req)) return *redirect;
   services::TokenClaims claims{user_id, residency, UnixNowS() + config.token_ttl_s,

@@ -1485,6 +1485,7 @@ struct Coordinator::Impl {
       return;
     }
     out->set_password_ok(checked.password_ok());
+    out->set_attempts_exhausted(checked.attempts_exhausted());
   }
 
   // --- operators
@@ -1890,6 +1891,7 @@ grpc::Status Coordinator::FindAccountIncoming(const pb::FindAccountRequest& req,
   out->set_found(resp.found());
   out->set_residency(resp.residency());
   out->set_password_ok(resp.password_ok());
+  out->set_attempts_exhausted(resp.attempts_exhausted());
   return grpc::Status::OK;
 }
 

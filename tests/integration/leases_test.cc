@@ -29,6 +29,7 @@
 #include "tests/support/db_fault.h"
 #include "tests/support/eventually.h"
 #include "tests/support/forged_peer.h"
+#include "tests/support/redis_command.h"
 
 namespace meridian {
 namespace {
@@ -65,8 +66,10 @@ class LeasesTest : public ::testing::Test {
     o.coordination_yaml = kFastLeases;
     o.region_yaml_extra = region_extra;
     o.pool_size = 8;
+    o.login_attempts_per_account = login_attempts_per_account_;
     Start(std::move(o));
   }
+  int login_attempts_per_account_ = 1000000;  // StartThree's
 
   std::string Operator() { return "Bearer " + c_->options().operator_token; }
   // us-east and eu-west, with no coordination in their replicators: the test plays the
@@ -707,6 +710,49 @@ TEST_F(LeasesTest, APinnedCustomersOrdersMoveToARegionOfTheirJurisdiction) {
   // Nothing of the customer went to ap-south on the way.
   EXPECT_EQ(Count(kAp, "SELECT count(*) FROM users WHERE user_id = '" + user + "'"), 0);
   EXPECT_EQ(Count(kAp, "SELECT count(*) FROM orders WHERE user_id = '" + user + "'"), 0);
+}
+
+// Review of accounts and money (2026-12-05), finding 4, across regions: failed logins count per
+// account in the region that checks the password, which for a login away from a pinned
+// customer's jurisdiction is her home (the region asked holds nothing of her and may write
+// nothing of her, not even her id in its Redis). So her failures count once, wherever they were
+// made, and every region refuses the next login (429) until one comes back.
+TEST_F(LeasesTest, FailedLoginsAwayCountWhereTheAccountLives) {
+  login_attempts_per_account_ = 3;
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  const std::string email = "jade@example.eu";
+  const std::string user = Customer(kEu, email, "eu").second;
+  ASSERT_FALSE(user.empty());
+  auto login = [&](size_t region, const std::string& password) {
+    Response r;
+    // 503: a peer did not answer the account lookup in time; the client retries, as told.
+    Eventually(
+        [&] {
+          r = Request(c_->http_port(region), "POST", "/v1/sessions",
+                      Json{{"email", email}, {"password", password}}.dump());
+          return r.status != 503;
+        },
+        10);
+    return r;
+  };
+  EXPECT_EQ(login(kUs, "wrong-password").status, 401);
+  EXPECT_EQ(login(kAp, "wrong-password").status, 401);
+  EXPECT_EQ(login(kEu, "wrong-password").status, 401);
+  Response away = login(kUs, "long-password");
+  EXPECT_EQ(away.status, 429) << away.body;
+  EXPECT_EQ(away.Header("retry-after"), "60");
+  EXPECT_EQ(login(kAp, "long-password").status, 429);
+  EXPECT_EQ(login(kEu, "long-password").status, 429);
+  EXPECT_EQ(Metric(kEu, "meridian_login_attempts_refused_total"), 3);
+  EXPECT_EQ(Metric(kUs, "meridian_login_attempts_refused_total"), 0);
+  for (size_t region : {kUs, kAp, kEu}) {
+    redisContext* redis = redisConnect("127.0.0.1", c_->redis_port(region));
+    ASSERT_TRUE(redis != nullptr && redis->err == 0);
+    const std::string key = test_support::RedisOnlyKey(redis, "*" + user + "*");
+    redisFree(redis);
+    EXPECT_EQ(key, region == kEu ? "login:" + user : "") << c_->spec(region).name;
+  }
 }
 
 // A pinned customer's data never reaches a region outside their jurisdiction, so such a region

@@ -105,6 +105,7 @@ class RegionTest : public ::testing::Test {
     c.operator_token = kOperator;
     c.rate_limit_per_s = 100000;
     c.rate_limit_burst = 100000;
+    c.login_attempts_per_account = 0;  // LoginsAreLimitedPerAccount turns it on
     c.reservation_ttl_s = 2;
     c.max_body_bytes = 64 * 1024;
     c.http_threads = 16;
@@ -675,6 +676,44 @@ TEST_F(RegionTest, ALoginsRefusalTakesAsLongWithoutAnAccount) {
   const double no_account_ms = fastest(nobody, 5);
   EXPECT_GT(no_account_ms, 0.5 * wrong_password_ms)
       << "no account: " << no_account_ms << " ms, wrong password: " << wrong_password_ms << " ms";
+}
+
+// Review of accounts and money (2026-12-05), finding 4: logins were limited per client address
+// only, so a guesser spread over addresses could try any number of passwords for one account.
+// Failed logins now count per account: 3 here, then 429 without a password check (the right
+// password included) until one comes back. A successful login costs nothing, and an e-mail
+// without an account is limited alike, so that a 429 tells nothing about which e-mails have
+// accounts.
+TEST_F(RegionTest, FailedLoginsAreLimitedPerAccount) {
+  RegionConfig c = BaseConfig();
+  c.login_attempts_per_account = 3;
+  c.login_attempt_refill_s = 5;
+  auto app = StartSecondApp(c);
+  ASSERT_NE(app, nullptr);
+  const uint16_t port = app->http_port();
+  const std::string email = "guessed-" + std::to_string(std::time(nullptr)) + "@example.com";
+  ASSERT_EQ(Request(port, "POST", "/v1/users",
+                    Json{{"email", email}, {"password", "long-password"}}.dump())
+                .status,
+            201);
+  auto login = [&](const std::string& who, const std::string& password) {
+    return Request(port, "POST", "/v1/sessions",
+                   Json{{"email", who}, {"password", password}}.dump());
+  };
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(login(email, "long-password").status, 200);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(login(email, "wrong-password").status, 401);
+  Response limited = login(email, "long-password");
+  EXPECT_EQ(limited.status, 429) << limited.body;
+  EXPECT_EQ(limited.Header("retry-after"), "5");
+  const std::string nobody = "nobody-" + email;
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(login(nobody, "long-password").status, 401);
+  EXPECT_EQ(login(nobody, "long-password").status, 429) << "told apart from an account";
+  EXPECT_NE(Request(port, "GET", "/metrics").body.find("meridian_login_attempts_refused_total 2"),
+            std::string::npos);
+  // Another account is not held back, and an attempt comes back after 5 s.
+  EXPECT_EQ(login("someone-else-" + email, "long-password").status, 401);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5200));
+  EXPECT_EQ(login(email, "long-password").status, 200);
 }
 
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {

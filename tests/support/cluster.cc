@@ -271,7 +271,9 @@ absl::Status Cluster::Build() {
         "\"\n  pool_size: ", options_.pool_size, "\n  open_at_start: 1\n",
         "redis: {address: \"127.0.0.1:", r.redis->port(), "\"}\n", "security: {token_secret: \"",
         options_.token_secret, "\", operator_token: \"", options_.operator_token, "\"}\n",
-        "limits: {rate_limit_per_s: 1000000, rate_limit_burst: 1000000}\n", "peers:\n");
+        "limits: {rate_limit_per_s: 1000000, rate_limit_burst: 1000000, "
+        "login_attempts_per_account: ",
+        options_.login_attempts_per_account, "}\n", "peers:\n");
     for (size_t j = 0; j < regions_.size(); ++j) {
       if (j == i) continue;
       absl::StrAppend(&y, "  - {name: ", regions_[j]->spec.name,

@@ -36,6 +36,9 @@ struct ClusterOptions {
   std::map<std::string, double> delay_ms = {};
   std::string operator_token = "operator-token-for-tests";
   std::string token_secret = "a-test-secret-shared-by-all-regions!!";
+  // Each region's limits.login_attempts_per_account (password checks per account, one more a
+  // minute): no limit to speak of unless a test is about it, as tests log in again and again.
+  int login_attempts_per_account = 1000000;
   // Extra YAML appended to every region's config (e.g. "durability: sync-peer\n").
   std::string region_yaml_extra = "";
   // Replicator shipping settings (YAML mapping body, e.g. "{heartbeat_ms: 200}").
@@ -98,6 +101,7 @@ class Cluster {
   [[nodiscard]] std::string replicator_log(size_t i) const;
   // A region server's config file, read at each start (a test may edit it in between).
   [[nodiscard]] std::string region_config(size_t i) const { return regions_[i]->region_yaml; }
+  [[nodiscard]] uint16_t redis_port(size_t i) const { return regions_[i]->redis->port(); }
   // The Prometheus text of a region's replicator.
   [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
   // One sample of it, named with its labels as the page prints them
