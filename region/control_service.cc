@@ -506,7 +506,7 @@ class ControlService final : public pb::RegionControl::Service {
     if (absl::Status st = app_.JoinStockTakes(takes); !st.ok()) return FromStatus(st);
     int changed = 0;
     for (const auto& s : req->orders()) {
-      const std::string takes = StockTakesColumn(s);
+      const std::string takes_column = StockTakesColumn(s);
       // Decided while this region was away (a successor cancelled or was paid for it, say): its
       // reservation and charges here are settled by the next sweep. (The status was checked above.)
       const bool decided = services::OrderDecided(*services::ParseOrderStatus(s.status()));
@@ -520,7 +520,8 @@ class ControlService final : public pb::RegionControl::Service {
                                  tx.quote(s.order_id()) + " FOR UPDATE");
         const auto epoch = static_cast<int64_t>(s.epoch());
         const auto version = static_cast<int64_t>(s.version());
-        const std::string takes_sql = takes.empty() ? std::string("NULL") : tx.quote(takes);
+        const std::string takes_sql =
+            takes_column.empty() ? std::string("NULL") : tx.quote(takes_column);
         if (r.empty()) {
           tx.exec0(
               "INSERT INTO orders (order_id, user_id, status, total_cents, currency, "
@@ -545,7 +546,7 @@ class ControlService final : public pb::RegionControl::Service {
           if (decided) app_.SettleAtNextSweep(tx, s.order_id());
           return;
         }
-        if (!takes.empty() && r[0][2].as<bool>()) {
+        if (!takes_column.empty() && r[0][2].as<bool>()) {
           // Known before without them (from a region of an earlier version).
           tx.exec0("UPDATE orders SET stock_takes = " + takes_sql +
                    " WHERE order_id = " + tx.quote(s.order_id()));
