@@ -3,6 +3,7 @@
 // Typed YAML field access for config files, with errors that name the field
 // ("postgres.shards[1]: must not be empty"). Shared by every process's config parser.
 
+#include <arpa/inet.h>
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
@@ -153,6 +154,25 @@ class YamlReader {
   Endpoint HostPort(const YAML::Node& parent, const std::string& key, const std::string& path,
                     bool required) {
     return ParseHostPort(parent, key, path, required, 0);
+  }
+  // host:port for the HTTP server (region/http/http_server.h) to listen on: as HostPort, and the
+  // host is an IPv4 or IPv6 address ("[::1]:8080": the brackets only delimit it, and are
+  // dropped), since the server binds no names: `localhost:8080` would pass HostPort and fail only
+  // at the start.
+  Endpoint HttpListenHostPort(const YAML::Node& parent, const std::string& key,
+                              const std::string& path, bool required) {
+    Endpoint e = ParseHostPort(parent, key, path, required, 0);
+    if (e.host.size() > 2 && e.host.front() == '[' && e.host.back() == ']') {
+      e.host = e.host.substr(1, e.host.size() - 2);
+    }
+    in_addr a4{};
+    in6_addr a6{};
+    if (!e.host.empty() && inet_pton(AF_INET, e.host.c_str(), &a4) != 1 &&
+        inet_pton(AF_INET6, e.host.c_str(), &a6) != 1) {
+      Fail(path, absl::StrCat("the host must be an IP address, got '", e.host, "'"));
+      return {};
+    }
+    return e;
   }
   // host:port for an address this process connects to: the port is 1..65535 (port 0 could
   // never be reached, and would fail only at the first connect, far from the config).

@@ -1,6 +1,5 @@
 #include "failover/config.h"
 
-#include <arpa/inet.h>
 #include <openssl/sha.h>
 
 #include <set>
@@ -137,18 +136,7 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
        "catch_up", "handback_timeout_ms", "geo_reconcile_interval_ms", "audit_file",
        "operator_token", "operator_token_file", "controller_token", "controller_token_file"});
   c.region = r.String(root, "region", "region", true);
-  if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
-  // "[::1]:4100": the brackets only delimit the address (as meridian-geo's listen takes it).
-  if (c.listen.host.size() > 2 && c.listen.host.front() == '[' && c.listen.host.back() == ']') {
-    c.listen.host = c.listen.host.substr(1, c.listen.host.size() - 2);
-  }
-  // The HTTP server binds an IP literal; a name would pass here and fail only at start.
-  in_addr a4{};
-  in6_addr a6{};
-  if (r.ok() && inet_pton(AF_INET, c.listen.host.c_str(), &a4) != 1 &&
-      inet_pton(AF_INET6, c.listen.host.c_str(), &a6) != 1) {
-    r.Fail("listen", absl::StrCat("the host must be an IP address, got '", c.listen.host, "'"));
-  }
+  if (root["listen"]) c.listen = r.HttpListenHostPort(root, "listen", "listen", false);
   c.http_threads = r.Integer<int>(root, "http_threads", "http_threads", 2, 1, 16);
 
   YAML::Node regions = root["regions"];

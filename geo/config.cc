@@ -374,17 +374,7 @@ absl::StatusOr<GeoConfig> ParseConfig(std::string_view yaml, std::string_view so
                {"listen", "dns_path", "http_threads", "answer_ttl_s", "zone", "regions", "health",
                 "last_resort", "locations", "default_location", "maxmind_db", "operator_token",
                 "operator_token_file"});
-    if (root["listen"]) c.listen = r.HostPort(root, "listen", "listen", false);
-    // "[::1]:8053": the brackets only delimit the address.
-    if (c.listen.host.size() > 2 && c.listen.host.front() == '[' && c.listen.host.back() == ']') {
-      c.listen.host = c.listen.host.substr(1, c.listen.host.size() - 2);
-    }
-    if (r.ok()) {
-      absl::StatusOr<IpAddress> listen_ip = ParseIpAddress(c.listen.host);
-      if (!listen_ip.ok()) {
-        r.Fail("listen", absl::StrCat("the host must be an IP address, got '", c.listen.host, "'"));
-      }
-    }
+    if (root["listen"]) c.listen = r.HttpListenHostPort(root, "listen", "listen", false);
     c.dns_path = r.String(root, "dns_path", "dns_path", false, "/dns");
     if (r.ok() && (c.dns_path.empty() || c.dns_path.front() != '/' ||
                    c.dns_path.find_first_of("?#{} ") != std::string::npos ||

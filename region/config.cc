@@ -56,7 +56,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
 
   YAML::Node listen = r.Map(root, "listen", "listen", true);
   r.OnlyKeys(listen, "listen", {"http", "grpc"});
-  c.http = r.HostPort(listen, "http", "listen.http", true);
+  c.http = r.HttpListenHostPort(listen, "http", "listen.http", true);
   c.grpc = r.HostPort(listen, "grpc", "listen.grpc", false);
 
   YAML::Node pg = r.Map(root, "postgres", "postgres", true);
@@ -209,6 +209,15 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   }
   if (r.ok() && c.durability == Durability::kSyncPeer && !c.replication.enabled) {
     r.Fail("durability", "sync-peer needs a replication section (there is no peer to wait for)");
+  }
+  // A sync-peer checkout waits for an ack from a peer named by its replica id: with none, every
+  // checkout would wait out sync_peer_timeout_ms and fall back to async.
+  if (r.ok() && c.durability == Durability::kSyncPeer &&
+      std::none_of(c.peers.begin(), c.peers.end(),
+                   [](const PeerRegion& p) { return p.replica_id != 0; })) {
+    r.Fail("durability",
+           "sync-peer needs a peer with a replica_id (peers[].replica_id): acks "
+           "count only from peers named by their replica id");
   }
 
   YAML::Node lim = r.Map(root, "limits", "limits", false);

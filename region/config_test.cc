@@ -96,6 +96,8 @@ TEST(Config, NamesTheBadField) {
   ExpectError(std::string(kGood) + "limits: {account_lookups: 0}\n", "limits.account_lookups");
   ExpectError(std::string(kGood) + "limits: {max_connections_per_client: -1}\n",
               "limits.max_connections_per_client");
+  ExpectError(Replace(kGood, "\"127.0.0.1:8080\"", "\"localhost:8080\""),
+              "listen.http: the host must be an IP address, got 'localhost'");
   ExpectError(std::string(kGood) + "limits: {login_attempts_per_account: -1}\n",
               "limits.login_attempts_per_account");
   ExpectError(std::string(kGood) + "limits: {login_attempt_refill_s: 0}\n",
@@ -168,9 +170,14 @@ TEST(Config, ReplicationIsOffUnlessConfigured) {
   auto alone = ParseConfig(kGood);
   ASSERT_TRUE(alone.ok()) << alone.status();
   EXPECT_FALSE(alone->replication.enabled);
-  auto linked = ParseConfig(std::string(kGood) +
-                            "replication: {replicator: \"127.0.0.1:7301\", rights_wait_ms: 150}\n"
-                            "durability: sync-peer\n");
+  const std::string replicated =
+      std::string(kGood) + "replication: {replicator: \"127.0.0.1:7301\", rights_wait_ms: 150}\n" +
+      "durability: sync-peer\n";
+  // An ack counts only from a peer named by its replica id: without one, sync-peer could never
+  // be met (every checkout would wait out its timeout).
+  ExpectError(replicated, "durability: sync-peer needs a peer with a replica_id");
+  auto linked = ParseConfig(Replace(replicated, "url: \"http://127.0.0.1:8081\"}",
+                                    "url: \"http://127.0.0.1:8081\", replica_id: 2}"));
   ASSERT_TRUE(linked.ok()) << linked.status();
   EXPECT_TRUE(linked->replication.enabled);
   EXPECT_EQ(linked->replication.rights_wait_ms, 150);
