@@ -50,6 +50,35 @@ absl::StatusOr<std::string> ReadStreamId(PgPool& pool) {
 
 namespace {
 
+// Shard `index` of `count` (postgres.shards): recorded in the database at its first start, and
+// the same at every start after (migration 19, shard_placement). FailedPrecondition naming both
+// when the list changed: users are placed by a jump hash over it, so a reordered, shortened or
+// lengthened list puts them on shards that hold none of their rows.
+absl::Status CheckShardPlacement(PgPool& shard, size_t index, size_t count) {
+  int64_t was_index = 0, was_count = 0;
+  std::string since;
+  absl::Status st = shard.Run([&](pqxx::work& tx) {
+    pqxx::row r = tx.exec1(
+        "INSERT INTO shard_placement (shard_index, shard_count) VALUES (" +
+        tx.quote(static_cast<int64_t>(index)) + ", " + tx.quote(static_cast<int64_t>(count)) +
+        ") ON CONFLICT (only_row) DO UPDATE SET only_row = true RETURNING shard_index, "
+        "shard_count, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')");
+    was_index = r[0].as<int64_t>();
+    was_count = r[1].as<int64_t>();
+    since = r[2].as<std::string>();
+  });
+  if (!st.ok()) return st;
+  if (was_index == static_cast<int64_t>(index) && was_count == static_cast<int64_t>(count)) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "postgres.shards[", index, "] (", shard.name(), ") is the database that was shard ",
+      was_index, " of ", was_count, " (since ", since, " UTC), and the list now has ", count,
+      ": a user's shard is the jump hash of the user id over the list's order and length, so "
+      "changing it puts customers on shards that hold none of their rows (there is no "
+      "resharding); restore the list as it was"));
+}
+
 struct PersistedHold {
   bool new_databases = false;
   std::vector<std::string> stock_awaits;
@@ -832,6 +861,11 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     }
     streams.emplace_back(*id, db->name());
     if (db != impl->global.get()) impl->cart_actors.push_back(CartActor(c.replica_id, *id));
+  }
+  for (size_t i = 0; i < impl->shards.size(); ++i) {
+    if (absl::Status st = CheckShardPlacement(*impl->shards[i], i, impl->shards.size()); !st.ok()) {
+      return st;
+    }
   }
   // Until the replicator has heard from the peers, a change here could take a CRDT dot (or a
   // per-replica count) this region used before a rebuild, which the peers drop as seen.

@@ -434,6 +434,20 @@ CREATE TABLE charges_to_settle (
 -- sold units of a lost region's order as that region's rights and sell them again.
 ALTER TABLE orders ADD COLUMN stock_takes text;
 )sql"},
+    {19, "shard_placement",
+     R"sql(
+-- Where this database sits in its region's postgres.shards list: a user's shard is the jump hash
+-- of the user id over the list's length, so the list's order and length place every user's rows.
+-- Written at the first start that finds it empty and checked at every start after
+-- (RegionApp::Create): a reordered, shortened or lengthened list would otherwise put customers
+-- on shards that hold none of their rows, without an error (there is no resharding).
+CREATE TABLE shard_placement (
+  only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  shard_index integer NOT NULL,
+  shard_count integer NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 }  // namespace

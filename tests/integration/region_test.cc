@@ -2666,5 +2666,41 @@ TEST_F(RegionTest, AConnectionStringNamingAnotherSchemasDatabaseIsRefusedAtTheSt
   app->Stop();
 }
 
+// Users are placed by a jump hash over postgres.shards, so a list reordered, shortened or
+// lengthened since the databases were first used put customers on shards that hold none of their
+// rows, without an error (config review of 2026-12-06). Each shard now records its place at the
+// first start, and a start with another list is refused, naming the database and its place.
+TEST_F(RegionTest, AShardListChangedSinceTheFirstStartIsRefused) {
+  auto refused = [](const RegionConfig& c) {
+    auto app = RegionApp::Create(c);
+    EXPECT_FALSE(app.ok());
+    if (app.ok()) return std::string();
+    EXPECT_EQ(app.status().code(), absl::StatusCode::kFailedPrecondition) << app.status();
+    return std::string(app.status().message());
+  };
+  RegionConfig swapped = BaseConfig();
+  std::swap(swapped.shard_dsns[0], swapped.shard_dsns[1]);
+  std::string why = refused(swapped);
+  EXPECT_NE(why.find("postgres.shards[0] (shard-0) is the database that was shard 1 of 2"),
+            std::string::npos)
+      << why;
+  RegionConfig shorter = BaseConfig();
+  shorter.shard_dsns.pop_back();
+  why = refused(shorter);
+  EXPECT_NE(why.find("was shard 0 of 2"), std::string::npos) << why;
+  EXPECT_NE(why.find("the list now has 1"), std::string::npos) << why;
+  const std::string extra = "extra_shard_" + std::to_string(std::time(nullptr));
+  ASSERT_TRUE(pgs_[1]->CreateDatabase(extra).ok());
+  RegionConfig longer = BaseConfig();
+  longer.shard_dsns.push_back(pgs_[1]->ConnectionString(extra));
+  why = refused(longer);
+  EXPECT_NE(why.find("the list now has 3"), std::string::npos) << why;
+  // The list as it was still starts.
+  auto app = StartSecondApp(BaseConfig());
+  ASSERT_NE(app, nullptr);
+  EXPECT_EQ(Request(app->http_port(), "GET", "/v1/products/sku-1").status, 200);
+  app->Stop();
+}
+
 }  // namespace
 }  // namespace meridian::region
