@@ -47,7 +47,7 @@ struct RegionConfig {
   // postgres
   std::string global_dsn;               // catalog, inventory
   std::vector<std::string> shard_dsns;  // user-keyed data, placed by jump hash of user_id
-  int pool_size = 8;                    // connections per shard
+  int pool_size = 8;                    // connections per database pool (global and each shard)
   // postgres.open_at_start: connections each pool opens at the start (1..pool_size; default
   // pool_size, so that a server that cannot take them all is found at the start); the rest open
   // when first needed. 0 (a config built in code): all of them, whatever pool_size is.
@@ -56,8 +56,9 @@ struct RegionConfig {
   Endpoint redis;
   int redis_timeout_ms = 200;
   // security
-  std::string token_secret;    // HMAC key for customer tokens, >= 32 bytes
-  std::string operator_token;  // bearer token for admin routes, >= 16 bytes
+  std::string token_secret;  // HMAC key for customer tokens, >= 32 bytes
+  // bearer token for admin routes: >= 16 bytes, printable ASCII without spaces
+  std::string operator_token;
   // The bearer token of the internal gRPC API (listen.grpc) and of the replicator's control port,
   // shared with this region's replicator (its region_token_file); empty: none, and then
   // listen.grpc must be a loopback address.
@@ -83,8 +84,8 @@ struct RegionConfig {
   int http_threads = 8;
   // Account lookups at the peers (a login or registration of an e-mail this region holds no
   // row of) in flight at once. Each holds an HTTP thread until the peers answer (up to about
-  // 3 s when one cannot), so they may take only half of the threads; the rest answer 503.
-  // Default http_threads / 2, at least 1.
+  // 3 s when one cannot), so they may not take every thread: at most http_threads, by default
+  // half of them (at least 1); past the limit a lookup is answered 503 at once.
   int account_lookups = 4;
   double rate_limit_per_s = 50;
   double rate_limit_burst = 100;
