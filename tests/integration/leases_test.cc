@@ -329,6 +329,17 @@ class LeasesTest : public ::testing::Test {
                    {{"Authorization", Operator()}});
   }
   Response DeclareUsLost(size_t at) { return DeclareLost(at, "us-east"); }
+  // us-east, which sold 4 of the 10 units of `sku` it restocked, declared lost at eu-west: the
+  // declaration reclaims the 6 left, and eu-west then sells those 6 and no more (to `buyer`).
+  void DeclaringUsAtEuReclaimsAndSellsTheSixLeft(const std::string& sku, const std::string& buyer) {
+    Response d = DeclareUsLost(kEu);
+    ASSERT_EQ(d.status, 200) << d.body;
+    EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 6) << d.body;
+    const std::string auth = "Bearer " + Customer(kEu, buyer).first;
+    int sold = 0;
+    for (int i = 0; i < 10; ++i) sold += CheckoutOne(kEu, auth, sku) == 201;
+    EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
+  }
   // Three regions; `sku` stocked with `us_units` at us-east (and `eu_units` at eu-west), seen by
   // eu-west; then us-east dies and eu-west takes its group over.
   void UsEastLostHolding(const std::string& sku, int us_units, int eu_units) {
@@ -1200,13 +1211,7 @@ TEST_F(LeasesTest, AnOrderAtASurvivorKeepsItsUnitsSoldThoughItsStockStreamNeverC
   ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
   held.reset();  // the takes are gone with us-east
   ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  Response d = DeclareUsLost(kEu);
-  ASSERT_EQ(d.status, 200) << d.body;
-  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 6) << d.body;
-  const std::string auth = "Bearer " + Customer(kEu, "max@example.com").first;
-  int sold = 0;
-  for (int i = 0; i < 10; ++i) sold += CheckoutOne(kEu, auth, "lamp") == 201;
-  EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
+  DeclaringUsAtEuReclaimsAndSellsTheSixLeft("lamp", "max@example.com");
 }
 
 // The same loss, but eu-west, the declarer, never hears us-east's orders at all (the link between
@@ -1250,13 +1255,7 @@ TEST_F(LeasesTest, AnOrderLearnedAsStateFromASurvivorBringsItsStockTake) {
   EXPECT_EQ(Count(kEu, takes), 4) << "eu-west does not keep the takes to pass them on";
   stock_held.reset();
   ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east") || HeldHere(kAp, "us-east"); }, 20));
-  Response d = DeclareUsLost(kEu);
-  ASSERT_EQ(d.status, 200) << d.body;
-  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 6) << d.body;
-  const std::string auth = "Bearer " + Customer(kEu, "rex@example.com").first;
-  int sold = 0;
-  for (int i = 0; i < 10; ++i) sold += CheckoutOne(kEu, auth, "kettle") == 201;
-  EXPECT_EQ(sold, 6) << "of 10 units restocked, us-east sold 4";
+  DeclaringUsAtEuReclaimsAndSellsTheSixLeft("kettle", "rex@example.com");
 }
 
 // us-east is declared lost, comes back only long enough to hear of the declaration (its

@@ -89,6 +89,15 @@ class RegionTest : public ::testing::Test {
     EXPECT_TRUE(started.ok()) << started;
     return started.ok() ? std::move(*app) : nullptr;
   }
+  // Why a region with `c` may not start: its FailedPrecondition's message ("" and the test
+  // failed when it started, or failed otherwise).
+  static std::string RefusedAtStart(const RegionConfig& c) {
+    auto app = RegionApp::Create(c);
+    EXPECT_FALSE(app.ok());
+    if (app.ok()) return std::string();
+    EXPECT_EQ(app.status().code(), absl::StatusCode::kFailedPrecondition) << app.status();
+    return std::string(app.status().message());
+  }
 
   static RegionConfig BaseConfig() {
     RegionConfig c;
@@ -2635,28 +2644,21 @@ TEST_F(RegionTest, AStartThatStoppedAfterTheStreamWasMadeLeavesTheNextStartHeld)
 // the global database found every shard migration "applied" and the region started without its
 // tables; and a second shard on the first shard's database started on the first one's stream.
 TEST_F(RegionTest, AConnectionStringNamingAnotherSchemasDatabaseIsRefusedAtTheStart) {
-  auto refused = [](const RegionConfig& c) {
-    auto app = RegionApp::Create(c);
-    EXPECT_FALSE(app.ok());
-    if (app.ok()) return std::string();
-    EXPECT_EQ(app.status().code(), absl::StatusCode::kFailedPrecondition) << app.status();
-    return std::string(app.status().message());
-  };
   RegionConfig global_as_shard = BaseConfig();
   global_as_shard.shard_dsns[0] = pgs_[0]->ConnectionString("global");
-  std::string why = refused(global_as_shard);
+  std::string why = RefusedAtStart(global_as_shard);
   EXPECT_NE(why.find("database \"global\" holds the global schema"), std::string::npos) << why;
   EXPECT_NE(why.find("configured as shard-0"), std::string::npos) << why;
 
   RegionConfig shard_as_global = BaseConfig();
   shard_as_global.global_dsn = pgs_[1]->ConnectionString("shard1");
-  why = refused(shard_as_global);
+  why = RefusedAtStart(shard_as_global);
   EXPECT_NE(why.find("database \"shard1\" holds a shard's schema"), std::string::npos) << why;
   EXPECT_NE(why.find("configured as the global database"), std::string::npos) << why;
 
   RegionConfig one_database = BaseConfig();
   one_database.shard_dsns[1] = pgs_[0]->ConnectionString("shard0");
-  why = refused(one_database);
+  why = RefusedAtStart(one_database);
   EXPECT_NE(why.find("shard-1 and shard-0 are one database"), std::string::npos) << why;
 
   // Nothing was applied to them: the region still starts on its own databases.
@@ -2671,29 +2673,22 @@ TEST_F(RegionTest, AConnectionStringNamingAnotherSchemasDatabaseIsRefusedAtTheSt
 // rows, without an error (config review of 2026-12-06). Each shard now records its place at the
 // first start, and a start with another list is refused, naming the database and its place.
 TEST_F(RegionTest, AShardListChangedSinceTheFirstStartIsRefused) {
-  auto refused = [](const RegionConfig& c) {
-    auto app = RegionApp::Create(c);
-    EXPECT_FALSE(app.ok());
-    if (app.ok()) return std::string();
-    EXPECT_EQ(app.status().code(), absl::StatusCode::kFailedPrecondition) << app.status();
-    return std::string(app.status().message());
-  };
   RegionConfig swapped = BaseConfig();
   std::swap(swapped.shard_dsns[0], swapped.shard_dsns[1]);
-  std::string why = refused(swapped);
+  std::string why = RefusedAtStart(swapped);
   EXPECT_NE(why.find("postgres.shards[0] (shard-0) is the database that was shard 1 of 2"),
             std::string::npos)
       << why;
   RegionConfig shorter = BaseConfig();
   shorter.shard_dsns.pop_back();
-  why = refused(shorter);
+  why = RefusedAtStart(shorter);
   EXPECT_NE(why.find("was shard 0 of 2"), std::string::npos) << why;
   EXPECT_NE(why.find("the list now has 1"), std::string::npos) << why;
   const std::string extra = "extra_shard_" + std::to_string(std::time(nullptr));
   ASSERT_TRUE(pgs_[1]->CreateDatabase(extra).ok());
   RegionConfig longer = BaseConfig();
   longer.shard_dsns.push_back(pgs_[1]->ConnectionString(extra));
-  why = refused(longer);
+  why = RefusedAtStart(longer);
   EXPECT_NE(why.find("the list now has 3"), std::string::npos) << why;
   // The list as it was still starts.
   auto app = StartSecondApp(BaseConfig());
