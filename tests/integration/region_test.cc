@@ -99,6 +99,14 @@ class RegionTest : public ::testing::Test {
     return std::string(app.status().message());
   }
 
+  // A second region on BaseConfig() starts and serves (after starts refused above it).
+  static void ExpectBaseConfigStarts() {
+    auto app = StartSecondApp(BaseConfig());
+    ASSERT_NE(app, nullptr);
+    EXPECT_EQ(Request(app->http_port(), "GET", "/v1/products/sku-1").status, 200);
+    app->Stop();
+  }
+
   static RegionConfig BaseConfig() {
     RegionConfig c;
     c.name = "us-east";
@@ -2662,10 +2670,7 @@ TEST_F(RegionTest, AConnectionStringNamingAnotherSchemasDatabaseIsRefusedAtTheSt
   EXPECT_NE(why.find("shard-1 and shard-0 are one database"), std::string::npos) << why;
 
   // Nothing was applied to them: the region still starts on its own databases.
-  auto app = StartSecondApp(BaseConfig());
-  ASSERT_NE(app, nullptr);
-  EXPECT_EQ(Request(app->http_port(), "GET", "/v1/products/sku-1").status, 200);
-  app->Stop();
+  ExpectBaseConfigStarts();
 }
 
 // Users are placed by a jump hash over postgres.shards, so a list reordered, shortened or
@@ -2691,10 +2696,7 @@ TEST_F(RegionTest, AShardListChangedSinceTheFirstStartIsRefused) {
   why = RefusedAtStart(longer);
   EXPECT_NE(why.find("the list now has 3"), std::string::npos) << why;
   // The list as it was still starts.
-  auto app = StartSecondApp(BaseConfig());
-  ASSERT_NE(app, nullptr);
-  EXPECT_EQ(Request(app->http_port(), "GET", "/v1/products/sku-1").status, 200);
-  app->Stop();
+  ExpectBaseConfigStarts();
 }
 
 }  // namespace
