@@ -78,6 +78,19 @@ class YamlReader {
     return n;
   }
 
+  // Map() for an optional section whose presence turns a feature on (region.yaml's
+  // `replication`, replicator.yaml's `coordination`): `key:` with nothing after it is refused,
+  // not read as absent. YAML makes `key:` a null and `key: {}` an empty mapping, and a reader
+  // who wrote the first to turn the feature on with its defaults would otherwise get it off.
+  YAML::Node SwitchMap(const YAML::Node& parent, const std::string& key, const std::string& path) {
+    if (parent && parent.IsMap() && parent[key] && parent[key].IsNull()) {
+      Fail(path, absl::StrCat("is empty: write '", key,
+                              ": {}' to turn it on with its defaults, or leave the key out"));
+      return YAML::Node(YAML::NodeType::Undefined);
+    }
+    return Map(parent, key, path, false);
+  }
+
   std::string String(const YAML::Node& parent, const std::string& key, const std::string& path,
                      bool required, std::string def = "") {
     if (!parent || !parent.IsMap()) return def;

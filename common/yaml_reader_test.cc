@@ -51,6 +51,23 @@ TEST(YamlReader, AMissingOrNullSectionIsUndefined) {
   EXPECT_NE(Message(r).find("missing: missing"), std::string::npos) << Message(r);
 }
 
+TEST(YamlReader, ASwitchSectionLeftEmptyIsRefusedNotOff) {
+  const YAML::Node root = YAML::Load("set: {}\nbare:\nnull_: ~\nscalar: 1\n");
+  YamlReader r{"t.yaml"};
+  EXPECT_FALSE(r.SwitchMap(root, "missing", "missing"));
+  EXPECT_TRUE(r.SwitchMap(root, "set", "set"));
+  EXPECT_TRUE(r.ok());
+  EXPECT_FALSE(r.SwitchMap(root, "bare", "sec.bare"));
+  EXPECT_NE(Message(r).find("sec.bare: is empty: write 'bare: {}'"), std::string::npos)
+      << Message(r);
+  YamlReader r2{"t.yaml"};
+  EXPECT_FALSE(r2.SwitchMap(root, "null_", "null_"));
+  EXPECT_FALSE(r2.ok());
+  YamlReader r3{"t.yaml"};
+  EXPECT_FALSE(r3.SwitchMap(root, "scalar", "scalar"));
+  EXPECT_NE(Message(r3).find("scalar: must be a mapping"), std::string::npos) << Message(r3);
+}
+
 TEST(YamlReader, ARequiredNumberThatIsAbsentOrNullIsMissingNotZero) {
   for (const char* text : {"{}", "lat:", "lat: ~", "lat: null"}) {
     YamlReader r{"t.yaml"};

@@ -189,7 +189,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
     r.Fail("durability", absl::StrCat("must be async or sync-peer, got '", durability, "'"));
   }
 
-  YAML::Node repl = r.Map(root, "replication", "replication", false);
+  YAML::Node repl = r.SwitchMap(root, "replication", "replication");
   if (repl) {
     r.OnlyKeys(repl, "replication",
                {"replicator", "rights_wait_ms", "sync_peer_timeout_ms", "lease_margin_ms"});

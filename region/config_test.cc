@@ -131,6 +131,13 @@ TEST(Config, RefusesWhatCouldNeverWork) {
   EXPECT_TRUE(ParseConfig(no_grpc + "hold_new_databases: false\n").ok());
   ExpectError(no_grpc + "hold_new_databases: false\nreplication: {}\n",
               "replication: needs listen.grpc");
+  // `replication:` with nothing after it is a YAML null: refused rather than read as a single
+  // region, since `replication: {}` turns the replicator on.
+  ExpectError(std::string(kGood) + "replication:\n",
+              "replication: is empty: write 'replication: {}'");
+  auto on = ParseConfig(std::string(kGood) + "replication: {}\n");
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_TRUE(on->replication.enabled);
   ExpectError(Replace(kGood, "jurisdiction: eu", "jurisdiction: EU"), "peers[0].jurisdiction");
   ExpectError(Replace(kGood, "name: eu-west", "name: us-east"), "peers[0].name");
   ExpectError(Replace(kGood, "name: eu-west", "name: \"eu west!\""), "peers[0].name");

@@ -105,12 +105,12 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   if (r.ok() && c.backoff_max_ms < c.backoff_min_ms) {
     r.Fail("shipping.backoff_max_ms", "must be at least backoff_min_ms");
   }
-  YAML::Node co = r.Map(root, "coordination", "coordination", false);
+  YAML::Node co = r.SwitchMap(root, "coordination", "coordination");
   if (co) {
     c.coordination = true;
     r.OnlyKeys(co, "coordination",
                {"control", "admin", "operator_token_file", "leases", "rights", "witness"});
-    YAML::Node w = r.Map(co, "witness", "coordination.witness", false);
+    YAML::Node w = r.SwitchMap(co, "witness", "coordination.witness");
     if (w) {
       r.OnlyKeys(w, "coordination.witness", {"name", "replica_id", "address"});
       Peer wp;

@@ -124,6 +124,24 @@ TEST(ReplicatorConfig, CoordinationIsOffUnlessConfigured) {
   EXPECT_EQ(co->rights.lead_ms, 200);
   ASSERT_TRUE(co->witness.has_value());
   EXPECT_EQ(co->witness->replica_id, 250u);
+  auto empty = ParseReplicatorConfig(std::string(kGood) + "coordination: {}\n", "r.yaml");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->coordination);
+  // `coordination:` with nothing after it is a YAML null, not `{}`: refused, not read as off.
+  for (const char* extra : {"coordination:\n", "coordination: ~\n"}) {
+    auto bare = ParseReplicatorConfig(std::string(kGood) + extra, "r.yaml");
+    ASSERT_FALSE(bare.ok()) << extra;
+    EXPECT_NE(std::string(bare.status().message())
+                  .find("coordination: is empty: write 'coordination: {}'"),
+              std::string::npos)
+        << bare.status().message();
+  }
+  auto bare_witness = ParseReplicatorConfig(
+      std::string(kGood) + "coordination:\n  control: 127.0.0.1:7301\n  witness:\n", "r.yaml");
+  ASSERT_FALSE(bare_witness.ok());
+  EXPECT_NE(std::string(bare_witness.status().message()).find("coordination.witness: is empty"),
+            std::string::npos)
+      << bare_witness.status().message();
 }
 
 TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
