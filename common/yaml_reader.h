@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 
@@ -118,14 +119,23 @@ class YamlReader {
     if (!parent || !parent.IsMap()) return def;
     YAML::Node n = parent[key];
     if (!n || n.IsNull()) return def;
-    long long v = 0;
-    try {
-      v = n.as<long long>();
-    } catch (const YAML::Exception&) {
-      Fail(path, absl::StrCat("must be an integer, got '", n.IsScalar() ? n.Scalar() : "?", "'"));
+    if (!n.IsScalar()) {
+      Fail(path, absl::StrCat("must be an integer, got ", Kind(n)));
       return def;
     }
-    if (v < static_cast<long long>(min) || v > static_cast<long long>(max)) {
+    // Decimal only: yaml-cpp's as<long long>() reads 010 as octal 8 and 0x0A as hex 10, where
+    // nobody writing a TTL of 06000 means 3072 (a number with a fraction reads 010 as 10).
+    const std::string& text = n.Scalar();
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(text, &v)) {
+      const size_t digits_from = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+      const bool digits = text.size() > digits_from &&
+                          text.find_first_not_of("0123456789", digits_from) == std::string::npos;
+      Fail(path, digits ? absl::StrCat("must be between ", min, " and ", max, ", got ", text)
+                        : absl::StrCat("must be an integer (decimal digits), got '", text, "'"));
+      return def;
+    }
+    if (v < static_cast<int64_t>(min) || v > static_cast<int64_t>(max)) {
       Fail(path, absl::StrCat("must be between ", min, " and ", max, ", got ", v));
       return def;
     }

@@ -51,6 +51,39 @@ TEST(YamlReader, AMissingOrNullSectionIsUndefined) {
   EXPECT_NE(Message(r).find("missing: missing"), std::string::npos) << Message(r);
 }
 
+// yaml-cpp reads 06000 as octal (3072) and 0x0A as hex: a lease TTL written 06000 would run at
+// half of what its writer meant. Integers are decimal, with a leading zero just a zero.
+TEST(YamlReader, IntegersAreDecimal) {
+  const YAML::Node root = YAML::Load(
+      "oct: 06000\nquoted: '010'\nsigned: -07\nplus: +5\nhex: 0x0A\nunder: 1_000\n"
+      "frac: 1.5\nhuge: 99999999999999999999\nlist: [1]\n");
+  auto read = [&](const char* key, std::string* message) {
+    YamlReader r{"t.yaml"};
+    const int64_t v = r.Integer<int64_t>(root, key, key, -1, -100, 100000);
+    *message = r.ok() ? "" : Message(r);
+    return v;
+  };
+  std::string m;
+  EXPECT_EQ(read("oct", &m), 6000);
+  EXPECT_EQ(m, "");
+  EXPECT_EQ(read("quoted", &m), 10);
+  EXPECT_EQ(read("signed", &m), -7);
+  EXPECT_EQ(read("plus", &m), 5);
+  EXPECT_EQ(m, "");
+  for (const char* key : {"hex", "under", "frac"}) {
+    EXPECT_EQ(read(key, &m), -1) << key;
+    EXPECT_NE(m.find(absl::StrCat(key, ": must be an integer (decimal digits), got '")),
+              std::string::npos)
+        << m;
+  }
+  EXPECT_EQ(read("huge", &m), -1);
+  EXPECT_NE(m.find("huge: must be between -100 and 100000, got 99999999999999999999"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(read("list", &m), -1);
+  EXPECT_NE(m.find("list: must be an integer, got a list"), std::string::npos) << m;
+}
+
 TEST(YamlReader, ASwitchSectionLeftEmptyIsRefusedNotOff) {
   const YAML::Node root = YAML::Load("set: {}\nbare:\nnull_: ~\nscalar: 1\n");
   YamlReader r{"t.yaml"};
