@@ -108,18 +108,6 @@ inline constexpr size_t kConfigFileBytesMax = 4 << 20;
   return text;
 }
 
-// The TLS files a loaded config names, read as the daemon's start reads them, so that
-// `--check-config` (which `deploy/meridian up` runs before it starts anything) catches a missing
-// or wrong file instead of the start after it. The first error, naming the field.
-[[nodiscard]] inline absl::Status CheckPemFiles(const std::string& ca, const std::string& cert,
-                                                const std::string& key) {
-  for (const auto& [field, path] :
-       {std::pair{"tls.ca", &ca}, std::pair{"tls.cert", &cert}, std::pair{"tls.key", &key}}) {
-    if (auto text = ReadPemFile(field, *path); !text.ok()) return text.status();
-  }
-  return absl::OkStatus();
-}
-
 // A region's (or a witness's) name as every daemon's config takes it: 1..32 of [A-Za-z0-9-]. It
 // becomes a TLS target name, a metric label and part of file names, so nothing else goes.
 inline bool ValidRegionName(std::string_view s) {

@@ -150,16 +150,5 @@ TEST_F(RegularFile, APemFileMustHoldABlock) {
   EXPECT_TRUE(ReadPemFile("tls.ca", pem).ok());
 }
 
-// What a daemon's --check-config runs on its TLS files: the first bad one, named by its field.
-TEST_F(RegularFile, CheckPemFilesNamesTheFirstBadFile) {
-  const std::string pem = dir_ + "/good.pem";
-  std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-  EXPECT_TRUE(CheckPemFiles(pem, pem, pem).ok());
-  const absl::Status missing = CheckPemFiles(pem, dir_ + "/nowhere.pem", pem);
-  ASSERT_FALSE(missing.ok());
-  EXPECT_EQ(missing.message().rfind("tls.cert: cannot read", 0), 0u) << missing;
-  EXPECT_EQ(CheckPemFiles(pem, pem, dir_).message().rfind("tls.key:", 0), 0u);
-}
-
 }  // namespace
 }  // namespace meridian::common

@@ -7,10 +7,10 @@
 #include <cstdio>
 
 #include "common/cli.h"
-#include "common/config_files.h"
 #include "common/daemon.h"
 #include "replication/config.h"
 #include "replication/replicator.h"
+#include "replication/tls_files.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"meridian-replicator: replicates one region with its peers over gRPC streams"};
@@ -22,8 +22,8 @@ int main(int argc, char** argv) {
 
   auto config = meridian::replication::LoadReplicatorConfig(opt.config_path);
   if (config.ok()) {
-    if (absl::Status files =
-            meridian::common::CheckPemFiles(config->tls_ca, config->tls_cert, config->tls_key);
+    if (absl::Status files = meridian::replication::CheckTlsIdentity(
+            config->tls_ca, config->tls_cert, config->tls_key, config->region);
         !files.ok()) {
       config = files;
     }
