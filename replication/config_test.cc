@@ -365,6 +365,29 @@ TEST_F(WitnessStore, AStoreThatCannotBeReadOrWrittenFailsTheStart) {
   EXPECT_TRUE(absl::IsInvalidArgument(corrupt.Open()));
 }
 
+// --check-config refuses what Open would, and writes nothing: no store before a first start.
+TEST_F(WitnessStore, CheckFindsWhatOpenWouldRefuseAndWritesNothing) {
+  const std::string path = dir_ + "/leases.json";
+  EXPECT_TRUE(FileLeaseStore(path).Check().ok());
+  EXPECT_FALSE(std::filesystem::exists(path));
+  const absl::Status no_folder = FileLeaseStore(dir_ + "/nowhere/leases.json").Check();
+  EXPECT_NE(no_folder.message().find("the folder '" + dir_ + "/nowhere' does not exist"),
+            absl::string_view::npos)
+      << no_folder;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/nowhere"));
+  std::filesystem::create_directories(dir_ + "/folder");
+  EXPECT_NE(FileLeaseStore(dir_ + "/folder").Check().message().find("is a folder"),
+            absl::string_view::npos);
+  std::ofstream(dir_ + "/garbage.json") << "not json";
+  EXPECT_FALSE(FileLeaseStore(dir_ + "/garbage.json").Check().ok());
+  std::ofstream(dir_ + "/corrupt.json") << R"({"records":[{"group":1}]})";
+  EXPECT_TRUE(absl::IsInvalidArgument(FileLeaseStore(dir_ + "/corrupt.json").Check()));
+  FileLeaseStore saved(path);
+  ASSERT_TRUE(saved.Open().ok());
+  ASSERT_TRUE(saved.Save(3, AcceptorRecord{7, 2}).ok());
+  EXPECT_TRUE(FileLeaseStore(path).Check().ok());
+}
+
 TEST(WitnessConfig, ParsesAGoodFile) {
   auto c = ParseWitnessNoThrow(kWitness);
   ASSERT_TRUE(c.ok()) << c.status();

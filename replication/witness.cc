@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -118,13 +120,10 @@ absl::StatusOr<WitnessConfig> LoadWitnessConfig(const std::string& path) {
   return ParseWitnessConfig(*text, path, common::ConfigDir(path));
 }
 
-absl::Status FileLeaseStore::Open() {
-  records_.clear();
+absl::StatusOr<std::optional<std::map<RegionId, AcceptorRecord>>> FileLeaseStore::Read() const {
   std::error_code ec;
   if (std::filesystem::symlink_status(path_, ec).type() == std::filesystem::file_type::not_found) {
-    // A first start: the empty store is written now, so that a store that cannot be written
-    // fails the start, not the first grant.
-    return Write(records_);
+    return std::nullopt;
   }
   // Any other failure to read is an error, never a first start: granting with the records
   // forgotten could grant an epoch twice.
@@ -134,14 +133,46 @@ absl::Status FileLeaseStore::Open() {
   if (!j.is_object() || !j.contains("records") || !j["records"].is_array()) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": not a lease store"));
   }
+  std::map<RegionId, AcceptorRecord> records;
   for (const auto& r : j["records"]) {
     if (!r.is_object() || !r.value("group", Json()).is_number_unsigned() ||
         !r.value("epoch", Json()).is_number_unsigned() ||
         !r.value("owner", Json()).is_number_unsigned()) {
       return absl::InvalidArgumentError(absl::StrCat(path_, ": malformed record"));
     }
-    records_[r["group"].get<uint32_t>()] =
+    records[r["group"].get<uint32_t>()] =
         AcceptorRecord{r["epoch"].get<uint64_t>(), r["owner"].get<uint32_t>()};
+  }
+  return records;
+}
+
+absl::Status FileLeaseStore::Open() {
+  auto read = Read();
+  if (!read.ok()) return read.status();
+  records_.clear();
+  // A first start: the empty store is written now, so that a store that cannot be written fails
+  // the start, not the first grant.
+  if (!read->has_value()) return Write(records_);
+  records_ = **std::move(read);
+  return absl::OkStatus();
+}
+
+absl::Status FileLeaseStore::Check() const {
+  auto read = Read();
+  if (!read.ok()) return read.status();
+  if (read->has_value()) return absl::OkStatus();
+  // A first start writes the store (a temporary file beside it, then a rename): its folder must
+  // be there and writable. Nothing is created here.
+  const std::filesystem::path folder = std::filesystem::path(path_).parent_path();
+  const std::string shown = folder.empty() ? "." : folder.string();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(folder.empty() ? "." : folder, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": the folder '", shown, "' does not exist (the store is made there)"));
+  }
+  if (::access(shown.c_str(), W_OK | X_OK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": the folder '", shown, "' cannot be written (", std::strerror(errno), ")"));
   }
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,6 +60,9 @@ class FileLeaseStore final : public LeaseStore {
   // it cannot be). Unreadable (or not a regular file): an error, never taken for a first start.
   // InvalidArgument for a corrupt file.
   [[nodiscard]] absl::Status Open();
+  // What Open would refuse, found without writing anything (--check-config): a file that is not
+  // a readable lease store, or, before a first start, a folder the store cannot be made in.
+  [[nodiscard]] absl::Status Check() const;
   std::map<RegionId, AcceptorRecord> Load() override { return records_; }
   absl::Status Save(RegionId group, const AcceptorRecord& record) override;
 
@@ -66,6 +70,8 @@ class FileLeaseStore final : public LeaseStore {
   // Writes `next` durably (temporary file, fsync, rename, fsync of the folder); on success it
   // becomes the records.
   absl::Status Write(std::map<RegionId, AcceptorRecord> next);
+  // The records in the file, or nullopt when there is none (a first start).
+  absl::StatusOr<std::optional<std::map<RegionId, AcceptorRecord>>> Read() const;
 
   std::string path_;
   std::map<RegionId, AcceptorRecord> records_;

@@ -6,9 +6,10 @@
 #include <csignal>
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "common/cli.h"
-#include "common/config_files.h"
 #include "common/daemon.h"
+#include "replication/tls_files.h"
 #include "replication/witness.h"
 
 int main(int argc, char** argv) {
@@ -20,10 +21,14 @@ int main(int argc, char** argv) {
   meridian::common::ApplyLogLevel(opt);
   auto config = meridian::replication::LoadWitnessConfig(opt.config_path);
   if (config.ok()) {
-    if (absl::Status files =
-            meridian::common::CheckPemFiles(config->tls_ca, config->tls_cert, config->tls_key);
+    if (absl::Status files = meridian::replication::CheckTlsIdentity(
+            config->tls_ca, config->tls_cert, config->tls_key, config->name);
         !files.ok()) {
       config = files;
+    } else if (absl::Status store =
+                   meridian::replication::FileLeaseStore(config->store_path).Check();
+               !store.ok()) {
+      config = absl::Status(store.code(), absl::StrCat("store: ", store.message()));
     }
   }
   if (!config.ok()) {
