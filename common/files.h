@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <system_error>
 
@@ -19,11 +20,39 @@
 
 namespace meridian::common {
 
+namespace files_internal {
+
+// Where opening `path` for writing creates the file: `path` itself, or the path a (dangling)
+// symlink finally points at, following up to 16 links; nullopt past that. A link that cannot be
+// read ends the walk where it is (the open will then report it). Shared by CheckWritableFile and
+// MakeParentFolders so that the folders made are the ones checked.
+[[nodiscard]] inline std::optional<std::filesystem::path> WhereCreated(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target(path);
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
+    if (hops == 16) return std::nullopt;
+    const fs::path next = fs::read_symlink(target, ec);
+    if (ec) break;
+    target = next.is_absolute() ? next : target.parent_path() / next;
+  }
+  return target;
+}
+
+// The folder a file at `target` goes in ("." for a bare name).
+inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
+  return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+}
+
+}  // namespace files_internal
+
 // Whether a file can be written at `path` (an output flag such as --out), checked before the work
-// whose result goes there. An existing file (or the file a symlink points to) is opened for
-// appending, which leaves its contents alone; for a new one, the missing parent folders are created
-// (the writer will need them) and the folder is checked for write access, so nothing else is
-// created or removed. InvalidArgument naming `flag` and the reason otherwise.
+// whose result goes there. Changes nothing on disk, so a command refused or failed after the check
+// leaves no trace: an existing file (or the file a symlink points to) is opened for appending,
+// which leaves its contents alone; for a new one (or a dangling symlink, judged by its target) the
+// nearest existing ancestor of its folder must be a folder that can be written and searched, and no
+// part of the path may be a file. The writer makes the missing folders with MakeParentFolders right
+// before it creates the file. InvalidArgument naming `flag` and the reason otherwise.
 [[nodiscard]] inline absl::Status CheckWritableFile(const std::string& flag,
                                                     const std::string& path) {
   namespace fs = std::filesystem;
@@ -50,26 +79,65 @@ namespace meridian::common {
     return absl::OkStatus();
   }
   // A new file, or a dangling symlink: judged by where the file would be created.
-  fs::path target(path);
-  for (int hops = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
-    if (hops == 16) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(flag, " '", path, "': too many levels of symbolic links"));
-    }
-    const fs::path next = fs::read_symlink(target, ec);
-    if (ec) break;
-    target = next.is_absolute() ? next : target.parent_path() / next;
+  const std::optional<fs::path> target = files_internal::WhereCreated(path);
+  if (!target) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': too many levels of symbolic links"));
   }
-  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const fs::path parent = files_internal::FolderOf(*target);
+  // Up from the folder to the nearest part that exists: the missing folders are made in it later.
+  fs::path existing = parent;
+  for (;;) {
+    const fs::file_status st = fs::status(existing, ec);  // through symlinks
+    if (st.type() != fs::file_type::not_found) {
+      if (st.type() == fs::file_type::none) {  // an error other than "not there"
+        return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': cannot check ",
+                                                       existing.string(), ": ", ec.message()));
+      }
+      break;
+    }
+    if (fs::is_symlink(fs::symlink_status(existing, ec))) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': ", existing.string(),
+                                                     " is a symbolic link to nothing"));
+    }
+    fs::path up = existing.parent_path();
+    if (up.empty()) up = ".";
+    if (up == existing) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " '", path, "': no part of ", parent.string(), " exists"));
+    }
+    existing = up;
+  }
+  if (!fs::is_directory(existing, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': ", existing.string(), " is not a folder"));
+  }
+  if (::access(existing.c_str(), W_OK | X_OK) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': ",
+                     existing == parent ? "cannot be written in "
+                                        : absl::StrCat("cannot create ", parent.string(), " in "),
+                     existing.string(), " (", std::strerror(errno), ")"));
+  }
+  return absl::OkStatus();
+}
+
+// Makes the missing folders a new file at `path` goes in (for a dangling symlink, those of the file
+// it points at, as CheckWritableFile judged them). What a writer calls right before it creates a
+// file checked with CheckWritableFile. OK if they exist already; Unavailable with the reason if
+// they cannot be made.
+[[nodiscard]] inline absl::Status MakeParentFolders(const std::string& path) {
+  namespace fs = std::filesystem;
+  const std::optional<fs::path> target = files_internal::WhereCreated(path);
+  if (!target) {
+    return absl::UnavailableError(absl::StrCat("'", path, "': too many levels of symbolic links"));
+  }
+  const fs::path parent = files_internal::FolderOf(*target);
+  std::error_code ec;
   fs::create_directories(parent, ec);
   if (ec) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " '", path, "': cannot create ", parent.string(), ": ", ec.message()));
-  }
-  if (::access(parent.c_str(), W_OK | X_OK) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': cannot be written in ",
-                                                   parent.string(), " (", std::strerror(errno),
-                                                   ")"));
+    return absl::UnavailableError(
+        absl::StrCat("'", path, "': cannot create ", parent.string(), ": ", ec.message()));
   }
   return absl::OkStatus();
 }
@@ -105,19 +173,19 @@ namespace meridian::common {
   return absl::OkStatus();
 }
 
-// Writes `text` to `path` (its missing folders made) and says whether all of it reached the file:
-// a benchmark's results, so that "wrote PATH" is never printed over a file that was not written.
+// Writes `text` to `path` (its missing folders made, see MakeParentFolders) and says whether all
+// of it reached the file: a benchmark's results, so that "wrote PATH" is never printed over a file
+// that was not written.
 [[nodiscard]] inline absl::Status WriteTextFile(const std::string& path, const std::string& text) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (absl::Status st = MakeParentFolders(path); !st.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", st.message()));
+  }
   std::ofstream out(path, std::ios::trunc);
   out << text;
   out.close();
   if (!out) {
     return absl::UnavailableError(
-        absl::StrCat("cannot write '", path, "': ", ec ? ec.message() : std::strerror(errno)));
+        absl::StrCat("cannot write '", path, "': ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }

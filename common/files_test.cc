@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -24,11 +25,40 @@ class TempDir : public test_support::TempDirTest {
 
 using CheckWritable = TempDir;
 
-TEST_F(CheckWritable, FileInNewFoldersIsCheckedWithoutBeingLeftBehind) {
+// The check changes nothing: a command refused or failed after it (another flag bad, a target
+// that does not answer) left the folders of its --out behind (an earlier version made them in the
+// check). The writer makes them with MakeParentFolders right before it writes.
+TEST_F(CheckWritable, FileInNewFoldersIsCheckedWithoutMakingThem) {
   const std::string out = dir_ + "/x/y/results.json";
   EXPECT_TRUE(CheckWritableFile("--out", out).ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/x"));
+  ASSERT_TRUE(MakeParentFolders(out).ok());
   EXPECT_TRUE(fs::is_directory(dir_ + "/x/y"));
   EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(MakeParentFolders(out).ok());  // already there
+  EXPECT_TRUE(MakeParentFolders("bare-name.json").ok());
+}
+
+// Below the nearest folder that exists, a part of the path that is a file is named; a folder that
+// cannot be written in is refused; nothing is made either way.
+TEST_F(CheckWritable, NewFileUnderAFileOrAReadOnlyFolderIsRefused) {
+  absl::Status st = CheckWritableFile("--out", dir_ + "/a-file/x/y/results.json");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find(dir_ + "/a-file is not a folder"), std::string::npos)
+      << st;
+  EXPECT_FALSE(MakeParentFolders(dir_ + "/a-file/x/results.json").ok());
+
+  fs::create_directories(dir_ + "/ro");
+  fs::permissions(dir_ + "/ro", fs::perms::owner_read | fs::perms::owner_exec);
+  if (::access((dir_ + "/ro").c_str(), W_OK) == 0) GTEST_SKIP() << "running as root";
+  st = CheckWritableFile("--out", dir_ + "/ro/new/results.json");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("cannot create " + dir_ + "/ro/new in " + dir_ + "/ro"),
+            std::string::npos)
+      << st;
+  EXPECT_FALSE(CheckWritableFile("--out", dir_ + "/ro/results.json").ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/ro/new"));
+  fs::permissions(dir_ + "/ro", fs::perms::owner_all);
 }
 
 TEST_F(CheckWritable, ExistingFileKeepsItsContents) {
@@ -40,14 +70,18 @@ TEST_F(CheckWritable, ExistingFileKeepsItsContents) {
 }
 
 // A symlink to a file not yet written is checked where its target would go, and nothing is made
-// or removed (an earlier version created the target, then removed the link instead).
+// or removed (an earlier version created the target, then removed the link instead); the writer's
+// MakeParentFolders makes the target's folder, not the link's.
 TEST_F(CheckWritable, DanglingSymlinkIsJudgedByItsTargetAndKept) {
   const std::string link = dir_ + "/latest.json";
   fs::create_symlink("runs/r1.json", link);
   EXPECT_TRUE(CheckWritableFile("--out", link).ok());
   EXPECT_TRUE(fs::is_symlink(link));
-  EXPECT_FALSE(fs::exists(dir_ + "/runs/r1.json"));
+  EXPECT_FALSE(fs::exists(dir_ + "/runs"));
+  ASSERT_TRUE(MakeParentFolders(link).ok());
   EXPECT_TRUE(fs::is_directory(dir_ + "/runs"));
+  EXPECT_FALSE(fs::exists(dir_ + "/runs/r1.json"));
+  EXPECT_TRUE(fs::is_symlink(link));
 
   fs::create_symlink("a-file/r.json", dir_ + "/bad.json");  // its folder would be a file
   EXPECT_FALSE(CheckWritableFile("--out", dir_ + "/bad.json").ok());
@@ -58,6 +92,7 @@ TEST_F(CheckWritable, SymlinkLoopsAndFolderPathsAreRefused) {
   fs::create_symlink("loop-b", dir_ + "/loop-a");
   fs::create_symlink("loop-a", dir_ + "/loop-b");
   EXPECT_FALSE(CheckWritableFile("--out", dir_ + "/loop-a").ok());
+  EXPECT_FALSE(MakeParentFolders(dir_ + "/loop-a").ok());
   absl::Status st = CheckWritableFile("--out", dir_ + "/out/");
   EXPECT_FALSE(st.ok());
   EXPECT_NE(std::string(st.message()).find("names a folder"), std::string::npos) << st;

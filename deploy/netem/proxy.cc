@@ -197,6 +197,12 @@ int main(int argc, char** argv) {
     tcp::endpoint tep = *resolver.resolve(thost, tport).begin();
     tcp::acceptor acceptor(io, lep);
     if (!port_file.empty()) {
+      // The check at start made no folders; they are made for the file written now.
+      if (absl::Status st = meridian::common::MakeParentFolders(port_file + ".tmp"); !st.ok()) {
+        std::fprintf(stderr, "meridian-netem proxy: cannot write --port-file %s\n",
+                     std::string(st.message()).c_str());
+        return 1;
+      }
       std::ofstream out(port_file + ".tmp");
       out << acceptor.local_endpoint().port() << "\n";
       out.close();
@@ -283,6 +289,13 @@ int main(int argc, char** argv) {
         if (!ec) write_stats();
       });
     };
+    if (!stats_file.empty()) {
+      if (absl::Status st = meridian::common::MakeParentFolders(stats_file + ".tmp"); !st.ok()) {
+        std::fprintf(stderr, "meridian-netem proxy: cannot write --stats-file %s\n",
+                     std::string(st.message()).c_str());
+        return 1;
+      }
+    }
     write_stats();
     io.run();
   } catch (const std::exception& e) {

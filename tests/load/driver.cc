@@ -22,6 +22,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/files.h"
 #include "tests/load/http_connection.h"
 #include "tests/load/timeline.h"
 
@@ -259,6 +260,10 @@ class LinesFile {
   absl::Status Open(const std::string& path) {
     path_ = path;
     if (path.empty()) return absl::OkStatus();
+    // Checked by meridian-loadgen without making its folders, so that a refused run makes none.
+    if (absl::Status st = common::MakeParentFolders(path); !st.ok()) {
+      return absl::UnavailableError("cannot write " + std::string(st.message()));
+    }
     out_.open(path, std::ios::trunc);
     if (!out_) return absl::UnavailableError("cannot write " + path);
     return absl::OkStatus();

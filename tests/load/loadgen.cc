@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
@@ -310,10 +309,13 @@ int main(int argc, char** argv) {
   report->command_line = CommandLine(argc, argv);
   std::cout << "\n" << report->ToTable() << std::flush;
 
-  std::error_code ec;
-  std::filesystem::path out(out_path);
-  if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path(), ec);
-  std::ofstream file(out);
+  // Its folders are made only now: a run refused or failed before this leaves none behind.
+  if (absl::Status st = meridian::common::MakeParentFolders(out_path); !st.ok()) {
+    std::fprintf(stderr, "meridian-loadgen: could not write %s\n",
+                 std::string(st.message()).c_str());
+    return 1;
+  }
+  std::ofstream file(out_path);
   file << report->ToJson().dump(2) << "\n";
   file.close();
   if (!file) {

@@ -159,6 +159,12 @@ int main(int argc, char** argv) {
       total.grants, total.crashes, total.partitions, total.lost_region, total.takeovers,
       total.handbacks, static_cast<long long>(total.messages));
   if (!results.empty()) {
+    // Its folders are made only now (the check above made none).
+    if (absl::Status st = meridian::common::MakeParentFolders(results); !st.ok()) {
+      std::fprintf(stderr, "meridian-sim: could not write --results %s\n",
+                   std::string(st.message()).c_str());
+      return 1;
+    }
     std::ofstream out(results);
     out << "{\"runs\": " << runs << ", \"first_seed\": " << first << ", \"seeds\": " << seeds
         << ", \"durability\": \"" << durability << "\", \"failures\": " << failures
