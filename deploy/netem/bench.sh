@@ -11,11 +11,25 @@
 #      us-east's), from utime+stime in /proc before and after; release lateness from the tool.
 #   4. TCP bulk throughput us-east -> eu-west for 5 s, delay on ingress and on egress (needs
 #      python3; skipped without it).
-# Environment: RATES (default "1000 5000"), SECONDS_CPU (default 8).
+# Environment: RATES (default "1000 5000"), SECONDS_CPU (default 8). -h/--help: this text.
+# Exit status: 0 done, 1 failed (with the reason), 2 bad usage (an unknown option, two paths).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NFQ=${1:-$ROOT/build/deploy/netem/meridian-netem-nfq}
+usage() { sed -n '2,15p' "$0"; }
+NFQ=
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    -*) echo "bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    *)
+      [[ -z "$NFQ" ]] || { echo "bench: one PATH/TO/meridian-netem-nfq, got '$NFQ' and '$1'" >&2; exit 2; }
+      NFQ=$1
+      ;;
+  esac
+  shift
+done
+NFQ=${NFQ:-$ROOT/build/deploy/netem/meridian-netem-nfq}
 NETNS="$ROOT/deploy/netem/netns.sh"
 RATES=${RATES:-1000 5000}
 SECONDS_CPU=${SECONDS_CPU:-8}

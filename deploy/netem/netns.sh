@@ -61,25 +61,67 @@ case "$CMD" in
   "") usage >&2; bad "no command given" ;;
 esac
 while [[ $# -gt 0 ]]; do
-  [[ $# -ge 2 || "$1" == -h || "$1" == --help ]] || bad "$1 needs a value"
   case "$1" in
-    --prefix) PREFIX=$2; shift 2 ;;
-    --state) STATE=$2; shift 2 ;;
-    --subnet) SUBNET=$2; shift 2 ;;
-    --regions) REGIONS_CSV=$2; shift 2 ;;
-    --delay) DELAY_ARGS+=("$2"); shift 2 ;;
-    --loss) LOSS_ARGS+=("$2"); shift 2 ;;
-    --hook) HOOK=$2; shift 2 ;;
-    --seed) SEED=$2; shift 2 ;;
-    --nfq) NFQ=$2; shift 2 ;;
-    --ports) PORTS=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
+    --prefix | --state | --subnet | --regions | --delay | --loss | --hook | --seed | --nfq | --ports)
+      [[ $# -ge 2 ]] || bad "$1 needs a value" ;;
     *) bad "unknown argument '$1' (see --help)" ;;
   esac
+  case "$1" in
+    --prefix) PREFIX=$2 ;;
+    --state) STATE=$2 ;;
+    --subnet) SUBNET=$2 ;;
+    --regions) REGIONS_CSV=$2 ;;
+    --delay) DELAY_ARGS+=("$2") ;;
+    --loss) LOSS_ARGS+=("$2") ;;
+    --hook) HOOK=$2 ;;
+    --seed) SEED=$2 ;;
+    --nfq) NFQ=$2 ;;
+    --ports) PORTS=$2 ;;
+  esac
+  shift 2
 done
+
+# The shape of a run, checked alike in the flags (a bad one is bad usage) and in state.env (a bad
+# line is a damaged file). Each prints nothing and returns 0, or returns 1 with the reason.
+regions_ok() { # regions_ok NAME...
+  local r
+  (($# >= 2 && $# <= 200)) || { echo "give 2..200 regions"; return 1; }
+  for r in "$@"; do
+    [[ "$r" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || { echo "region name '$r': use [a-z0-9-], starting with a letter"; return 1; }
+  done
+  [[ $(printf '%s\n' "$@" | sort -u | wc -l) -eq $# ]] || { echo "a name is given twice"; return 1; }
+}
+subnet_ok() {
+  [[ "$1" =~ ^10\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]] &&
+    ((BASH_REMATCH[1] <= 255 && BASH_REMATCH[2] <= 255)) && return 0
+  echo "must be 10.A.B (a /24 of 10/8), got '$1'"
+  return 1
+}
+hook_ok() { [[ "$1" == egress || "$1" == ingress ]] || { echo "must be egress or ingress, got '$1'"; return 1; }; }
+# A --delay/--loss (or set-delay/set-loss) setting A/B=V with V at most MAX, or bad usage.
+setting_ok() { # setting_ok LABEL MAX SETTING
+  [[ "$3" =~ ^([a-z0-9/-]+)=([0-9]+(\.[0-9]+)?)$ ]] || bad "$1 must be A/B=NUMBER, got '$3'"
+  awk -v v="${BASH_REMATCH[2]}" -v m="$2" 'BEGIN { exit !(v <= m) }' || bad "$1 $3: must be at most $2"
+}
+seed_ok() { [[ "$1" =~ ^[0-9]{1,18}$ ]] || { echo "must be a number (up to 18 digits), got '$1'"; return 1; }; }
 
 [[ "$PREFIX" =~ ^[a-z][a-z0-9]{0,9}$ ]] ||
   bad "--prefix must be 1..10 characters of [a-z0-9] starting with a letter (interface names are at most 15)"
+WHY=
+if [[ -n "$REGIONS_CSV" ]]; then
+  IFS=, read -r -a WANT_REGIONS <<<"$REGIONS_CSV"
+  WHY=$(regions_ok "${WANT_REGIONS[@]}") || bad "--regions: $WHY"
+fi
+[[ -z "$SUBNET" ]] || WHY=$(subnet_ok "$SUBNET") || bad "--subnet $WHY"
+[[ -z "$HOOK" ]] || WHY=$(hook_ok "$HOOK") || bad "--hook $WHY"
+[[ -z "$SEED" ]] || WHY=$(seed_ok "$SEED") || bad "--seed $WHY"
+for S in "${DELAY_ARGS[@]}"; do setting_ok --delay 60000 "$S"; done
+for S in "${LOSS_ARGS[@]}"; do setting_ok --loss 100 "$S"; done
+case "$CMD" in
+  set-delay) setting_ok set-delay 60000 "$TARGET" ;;
+  set-loss) setting_ok set-loss 100 "$TARGET" ;;
+esac
 STATE=${STATE:-/run/meridian-netem/$PREFIX}
 BR="$PREFIX-br"
 FWD_COMMENT="meridian-netem-$PREFIX"
@@ -90,21 +132,88 @@ FWD_COMMENT="meridian-netem-$PREFIX"
 REGIONS=()
 declare -A PAIR_DELAY=() PAIR_LOSS=()
 
+# A damaged state file ends the command with the file and line, and how to get out of it.
+damaged() {
+  local names=A,B,...
+  ((${#REGIONS[@]})) && names=$(IFS=,; echo "${REGIONS[*]}")
+  die "$1; restore it, or remove $STATE/state.env and clean up with: netns.sh down --prefix $PREFIX --state $STATE --regions $names"
+}
+
+# state.env is read line by line as the KEY=VALUE lines save_state writes, as deploy/meridian reads
+# its .env files, never sourced: a line that is not one of those keys with a value `up` would
+# accept is an error naming the file and line, so a damaged or planted file runs nothing (this
+# runs as root).
+read_state_env() {
+  local f=$1 line n=0 key val why
+  local -A seen=()
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    n=$((n + 1))
+    [[ -z "$line" || "$line" == \#* ]] && continue
+    key='' val='' why="not a KEY=VALUE line"
+    if [[ "$line" =~ ^([A-Z][A-Z0-9_]*)=\"?([^\"]*)\"?$ ]]; then
+      key=${BASH_REMATCH[1]} val=${BASH_REMATCH[2]}
+      if [[ -n "${seen[$key]:-}" ]]; then
+        why="$key is given twice"
+      else
+        why=$(state_value_ok "$key" "$val") && why=
+      fi
+    fi
+    [[ -z "$why" ]] || damaged "$f, line $n, is damaged: '$line' ($why)"
+    seen[$key]=1
+    printf -v "$key" '%s' "$val"
+  done <"$f"
+  for key in STATE_REGIONS STATE_SUBNET STATE_HOOK STATE_SEED STATE_NFQ STATE_FWD_RULE; do
+    [[ -n "${seen[$key]:-}" ]] || damaged "$f is damaged: it has no $key line"
+  done
+}
+
+state_value_ok() { # state_value_ok KEY VALUE: 0, or 1 with the reason
+  local -a names
+  case "$1" in
+    STATE_REGIONS) read -r -a names <<<"$2"; regions_ok "${names[@]}" ;;
+    STATE_SUBNET) subnet_ok "$2" ;;
+    STATE_HOOK) hook_ok "$2" ;;
+    STATE_SEED) seed_ok "$2" ;;
+    STATE_NFQ) [[ "$2" == /* ]] || { echo "not an absolute path"; return 1; } ;;
+    STATE_FWD_RULE) [[ "$2" == 0 || "$2" == 1 ]] || { echo "must be 0 or 1"; return 1; } ;;
+    *) echo "not a key netns.sh writes"; return 1 ;;
+  esac
+}
+
 load_state() {
   [[ -f "$STATE/state.env" ]] || return 1
-  # shellcheck disable=SC1091
-  source "$STATE/state.env"
+  read_state_env "$STATE/state.env"
   read -r -a REGIONS <<<"$STATE_REGIONS"
   SUBNET=$STATE_SUBNET
   HOOK=$STATE_HOOK
   SEED=$STATE_SEED
   NFQ=${NFQ:-$STATE_NFQ}
-  local pair d l
-  while read -r pair d l; do
-    [[ -n "$pair" ]] || continue
+  # links: one "A/B DELAY_MS LOSS_PCT" line per pair of the regions (A before B), as save_state
+  # writes it; checked likewise.
+  local f="$STATE/links" line n=0 pair d l i j
+  [[ -f "$f" ]] || damaged "$f is missing (state.env is there)"
+  local -A want=()
+  for ((i = 0; i < ${#REGIONS[@]}; i++)); do
+    for ((j = i + 1; j < ${#REGIONS[@]}; j++)); do want["${REGIONS[$i]}/${REGIONS[$j]}"]=1; done
+  done
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    n=$((n + 1))
+    [[ -n "$line" ]] || continue
+    if ! [[ "$line" =~ ^([a-z0-9-]+/[a-z0-9-]+)\ ([0-9]+(\.[0-9]+)?)\ ([0-9]+(\.[0-9]+)?)$ ]]; then
+      damaged "$f, line $n, is damaged: '$line' (not 'A/B DELAY_MS LOSS_PCT')"
+    fi
+    pair=${BASH_REMATCH[1]} d=${BASH_REMATCH[2]} l=${BASH_REMATCH[4]}
+    [[ -n "${want[$pair]:-}" ]] ||
+      damaged "$f, line $n, is damaged: '$line' (not a pair A/B of the regions ${REGIONS[*]}, in their order)"
+    [[ -z "${PAIR_DELAY[$pair]:-}" ]] || damaged "$f, line $n, is damaged: '$line' ($pair is given twice)"
+    awk -v d="$d" -v l="$l" 'BEGIN { exit !(d <= 60000 && l <= 100) }' ||
+      damaged "$f, line $n, is damaged: '$line' (delay at most 60000 ms, loss at most 100 %)"
     PAIR_DELAY[$pair]=$d
     PAIR_LOSS[$pair]=$l
-  done <"$STATE/links"
+  done <"$f"
+  for pair in "${!want[@]}"; do
+    [[ -n "${PAIR_DELAY[$pair]:-}" ]] || damaged "$f is damaged: it has no line for the pair $pair"
+  done
   return 0
 }
 
@@ -154,10 +263,9 @@ apply_settings() {
   local max=$2 what=$3 s key
   shift 3
   for s in "$@"; do
-    [[ "$s" =~ ^([a-z0-9/-]+)=([0-9]+(\.[0-9]+)?)$ ]] || die "--$what must be A/B=NUMBER, got '$s'"
+    setting_ok "--$what" "$max" "$s"
+    [[ "$s" =~ ^([a-z0-9/-]+)=([0-9]+(\.[0-9]+)?)$ ]]
     key=$(pair_key "${BASH_REMATCH[1]}")
-    awk -v v="${BASH_REMATCH[2]}" -v m="$max" 'BEGIN { exit !(v <= m) }' ||
-      die "--$what $s: must be at most $max"
     # shellcheck disable=SC2034,SC2004  # table is a nameref to an associative array
     table[$key]=${BASH_REMATCH[2]}
   done
@@ -336,18 +444,8 @@ cmd_up() {
     HOOK=${HOOK:-ingress}
     SEED=${SEED:-1}
   fi
-  local r o
-  ((${#REGIONS[@]} >= 2 && ${#REGIONS[@]} <= 200)) || die "--regions: give 2..200 regions"
-  for r in "${REGIONS[@]}"; do
-    [[ "$r" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "region name '$r': use [a-z0-9-], starting with a letter"
-  done
-  [[ $(printf '%s\n' "${REGIONS[@]}" | sort -u | wc -l) -eq ${#REGIONS[@]} ]] || die "--regions: a name is given twice"
-  if ! [[ "$SUBNET" =~ ^10\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]] ||
-    ((BASH_REMATCH[1] > 255 || BASH_REMATCH[2] > 255)); then
-    die "--subnet must be 10.A.B (a /24 of 10/8), got '$SUBNET'"
-  fi
-  [[ "$HOOK" == egress || "$HOOK" == ingress ]] || die "--hook must be egress or ingress"
-  [[ "$SEED" =~ ^[0-9]{1,18}$ ]] || die "--seed must be a number"
+  # The flags were checked after parsing (exit 2), the state as it was read.
+  local o
   if ((had_state == 0)); then
     local i j key
     for i in "${!REGIONS[@]}"; do
@@ -604,7 +702,13 @@ case "$CMD" in
   set-delay) cmd_set delay ;;
   set-loss) cmd_set loss ;;
   status) cmd_status ;;
-  addr) require_state; addr_of "$(index_of "$TARGET")" ;;
+  addr)
+    require_state
+    # Not addr_of "$(index_of ...)": index_of's die would end only the $(...), and an unknown
+    # region would print the first region's address.
+    I=$(index_of "$TARGET") || exit 1
+    addr_of "$I"
+    ;;
   ns) require_state; index_of "$TARGET" >/dev/null; echo "$PREFIX-$TARGET" ;;
   check) cmd_check ;;
   expose) cmd_expose ;;
