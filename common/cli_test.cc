@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/daemon.h"
+
 #include <string>
 #include <vector>
 
@@ -53,6 +55,23 @@ TEST(ParseFlags, AnUnknownFlagIsNamedBeforeAMissingRequiredOne) {
 }
 
 TEST(ParseFlags, HelpExitsWithZero) { EXPECT_EQ(Parse({"--help"}), 0); }
+
+// `--check-config=false` would start the daemon for a reader who meant only to check.
+TEST(DaemonOptions, CheckConfigTakesNoValue) {
+  for (const char* arg : {"--check-config=false", "--check-config=0", "--check-config=off"}) {
+    CLI::App app{"test"};
+    DaemonOptions opt;
+    AddDaemonOptions(app, &opt, "config");
+    const char* argv[] = {"test", arg};
+    EXPECT_EQ(ParseFlags(app, 2, argv), kUsageExitCode) << arg;
+  }
+  CLI::App app{"test"};
+  DaemonOptions opt;
+  AddDaemonOptions(app, &opt, "config");
+  const char* argv[] = {"test", "--check-config"};
+  EXPECT_EQ(ParseFlags(app, 2, argv), std::nullopt);
+  EXPECT_TRUE(opt.check_only);
+}
 
 TEST(FiniteRange, RefusesNanInfinitiesAndValuesOutsideTheRange) {
   for (const char* bad :

@@ -27,7 +27,9 @@ inline CLI::Option* AddDaemonOptions(
       cli.add_option("-c,--config", o->config_path, config_help)->check(CLI::ExistingFile);
   cli.add_option("--log-level", o->log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
-  cli.add_flag("--check-config", o->check_only, check_help);
+  // No `--check-config=false`: a flag that can be turned off by a value would start the daemon
+  // for a reader who meant only to check.
+  cli.add_flag("--check-config", o->check_only, check_help)->disable_flag_override();
   return config;
 }
 

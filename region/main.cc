@@ -19,7 +19,10 @@ int main(int argc, char** argv) {
   auto* config_opt = meridian::common::AddDaemonOptions(cli, &opt, "YAML config file");
   cli.add_option("--print-schema", print_schema,
                  "print the SQL of every migration of a database kind (global or shard) and exit")
-      ->check(CLI::IsMember({"global", "shard"}));
+      ->check(CLI::IsMember({"global", "shard"}))
+      // It reads no config: given one (or --check-config), the reader expected a check.
+      ->excludes(config_opt)
+      ->excludes(cli.get_option("--check-config"));
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
   if (!print_schema.empty()) {
