@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/strings.h"
 
 namespace meridian {
@@ -166,7 +167,8 @@ class YamlReader {
       return def;
     }
     if (!(v >= min && v <= max)) {
-      Fail(path, absl::StrCat("must be between ", min, " and ", max, ", got ", v));
+      // %.15g: a bound of 3600000 reads as that, not as StrCat's 3.6e+06.
+      Fail(path, absl::StrFormat("must be between %.15g and %.15g, got %.15g", min, max, v));
       return def;
     }
     return v;

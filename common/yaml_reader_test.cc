@@ -113,6 +113,11 @@ TEST(YamlReader, ARequiredNumberThatIsAbsentOrNullIsMissingNotZero) {
   EXPECT_TRUE(r.ok()) << Message(r);
   EXPECT_EQ(r.RequiredNumber(YAML::Load("lat: 91"), "lat", "lat", -90, 90), 0);
   EXPECT_NE(Message(r).find("lat: must be between -90 and 90"), std::string::npos) << Message(r);
+  // Bounds and values as written, not in StrCat's six-digit exponent form (3.6e+06).
+  YamlReader big{"t.yaml"};
+  big.Number(YAML::Load("ms: -1"), "ms", "ms", 1000, 1, 3600000);
+  EXPECT_NE(Message(big).find("ms: must be between 1 and 3600000, got -1"), std::string::npos)
+      << Message(big);
 }
 
 TEST(YamlReader, ANonStringKeyIsAnErrorNotAnException) {
