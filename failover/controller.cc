@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <fstream>
@@ -142,10 +144,12 @@ class Controller::Impl {
 
   absl::Status OpenAudit() {
     if (config_.audit_file.empty()) return absl::OkStatus();
+    errno = 0;
     audit_.open(config_.audit_file, std::ios::app);
     if (!audit_) {
-      return absl::UnavailableError(
-          absl::StrCat("audit_file: cannot open '", config_.audit_file, "' for appending"));
+      return absl::UnavailableError(absl::StrCat("audit_file: cannot open '", config_.audit_file,
+                                                 "' for appending (",
+                                                 errno ? std::strerror(errno) : "unknown", ")"));
     }
     return absl::OkStatus();
   }

@@ -6,10 +6,13 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/daemon.h"
+#include "common/files.h"
 #include "failover/config.h"
 #include "failover/controller.h"
 
@@ -22,6 +25,21 @@ int main(int argc, char** argv) {
   meridian::common::ApplyLogLevel(opt);
 
   auto config = meridian::failover::LoadConfigFile(opt.config_path);
+  // The audit file is opened (in a folder that exists) at the start: one that cannot be fails
+  // --check-config too, which deploy/meridian runs before it starts anything. Nothing is written.
+  if (config.ok() && !config->audit_file.empty()) {
+    const std::filesystem::path folder = std::filesystem::path(config->audit_file).parent_path();
+    std::error_code ec;
+    if (!folder.empty() && !std::filesystem::is_directory(folder, ec)) {
+      config = absl::InvalidArgumentError(absl::StrCat("audit_file '", config->audit_file,
+                                                       "': the folder '", folder.string(),
+                                                       "' does not exist"));
+    } else if (absl::Status st =
+                   meridian::common::CheckWritableFile("audit_file", config->audit_file);
+               !st.ok()) {
+      config = st;
+    }
+  }
   if (!config.ok()) {
     std::fprintf(stderr, "meridian-failover: %s\n", std::string(config.status().message()).c_str());
     return 2;
