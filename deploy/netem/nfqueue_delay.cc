@@ -41,7 +41,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "common/cli.h"
+#include "common/files.h"
 #include "deploy/netem/nfq_policy.h"
 
 extern "C" {
@@ -488,6 +490,7 @@ class App {
 
   void WriteStatsFile() const {
     if (opts_.stats_file.empty()) return;
+    if (!meridian::common::MakeParentFolders(opts_.stats_file).ok()) return;
     const std::string tmp = opts_.stats_file + ".tmp";
     {
       std::ofstream out(tmp);
@@ -534,7 +537,9 @@ int main(int argc, char** argv) {
           // CLI11 reads "-1" into an unsigned as 2^64-1: digits only.
           ->check(CLI::Validator(
               [](std::string& in) {
-                return !in.empty() && in.find_first_not_of("0123456789") == std::string::npos
+                uint64_t v = 0;  // SimpleAtoi refuses what overflows (CLI11 would saturate)
+                return !in.empty() && in.find_first_not_of("0123456789") == std::string::npos &&
+                               absl::SimpleAtoi(in, &v)
                            ? std::string()
                            : "'" + in + "' is not a number 0..2^64-1";
               },
@@ -575,6 +580,15 @@ int main(int argc, char** argv) {
       return 2;
     }
     rules.insert(rules.end(), loaded->begin(), loaded->end());
+  }
+  if (!o.stats_file.empty()) {
+    // Written (as FILE.tmp, then renamed) from the first stats line on: a path that cannot be
+    // is a usage error now, not counters silently missing later.
+    if (absl::Status st = meridian::common::CheckWritableFile("--stats-file", o.stats_file);
+        !st.ok()) {
+      std::fprintf(stderr, "%s: %s\n", kProg, std::string(st.message()).c_str());
+      return 2;
+    }
   }
   o.seed_given = seed_opt->count() > 0;
   const uint64_t seed =

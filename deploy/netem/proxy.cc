@@ -154,7 +154,9 @@ int main(int argc, char** argv) {
   CLI::App cli{"meridian-netem proxy: a TCP link with one-way delay and partitions on demand"};
   std::string listen = "127.0.0.1:0", target, port_file, stats_file;
   double delay_ms = 0;
-  cli.add_option("--listen", listen, "host:port to listen on (port 0: any free port)");
+  cli.add_option("--listen", listen,
+                 "host:port to listen on (port 0: any free port; write it with --port-file)")
+      ->capture_default_str();
   cli.add_option("--target", target, "host:port to forward to")->required();
   cli.add_option("--delay-ms", delay_ms, "one-way delay, each direction")
       ->check(meridian::common::FiniteRange(0.0, 60000.0));
@@ -176,10 +178,16 @@ int main(int argc, char** argv) {
     return p >= min_port && p <= 65535;
   };
   std::string lhost, lport, thost, tport;
-  if (!split(listen, lhost, lport, 0) || !split(target, thost, tport, 1)) {
+  if (!split(listen, lhost, lport, 0)) {
     std::fprintf(stderr,
-                 "meridian-netem proxy: --listen must be host:port (port 0..65535, 0: any free "
-                 "one) and --target host:port (port 1..65535)\n");
+                 "meridian-netem proxy: --listen '%s' must be host:port (port 0..65535, 0: any "
+                 "free one)\n",
+                 listen.c_str());
+    return 2;
+  }
+  if (!split(target, thost, tport, 1)) {
+    std::fprintf(stderr, "meridian-netem proxy: --target '%s' must be host:port (port 1..65535)\n",
+                 target.c_str());
     return 2;
   }
   for (const auto& [flag, path] :
