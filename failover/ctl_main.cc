@@ -148,6 +148,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meridianctl: give --token or --token-file, not both\n");
     return 2;
   }
+  // --region names the cluster explicitly, and then --data would be ignored without a word.
+  if (!region_urls.empty() && app.count("--data") > 0) {
+    std::fprintf(stderr,
+                 "meridianctl: give --data (a deploy/meridian cluster) or --region (an explicit "
+                 "cluster), not both\n");
+    return 2;
+  }
   if (!token.empty()) {
     if (absl::Status st = meridian::common::CheckOperatorToken(token); !st.ok()) {
       std::fprintf(stderr, "meridianctl: --token: %s\n", std::string(st.message()).c_str());
