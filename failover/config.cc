@@ -20,6 +20,11 @@ bool ValidName(std::string_view name) {
   return true;
 }
 
+// What common::ValidHttpUrl takes, said in full: a port of 0 or 65536 fails the URL, and the
+// message must say why.
+constexpr const char* kUrlRule =
+    "must be an http:// or https:// URL with a host (and, if given, a port 1..65535)";
+
 std::string TrimSlash(std::string s) {
   while (!s.empty() && s.back() == '/') s.pop_back();
   return s;
@@ -33,7 +38,7 @@ std::string Url(YamlReader& r, const YAML::Node& n, const std::string& key, cons
     return u;
   }
   if (!common::ValidHttpUrl(u)) {
-    r.Fail(path, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
+    r.Fail(path, absl::StrCat(kUrlRule, ", got '", u, "'"));
     return "";
   }
   return TrimSlash(u);
@@ -227,7 +232,7 @@ absl::StatusOr<FailoverConfig> ParseUnguarded(std::string_view yaml, std::string
         }
         const std::string u = geo[i].Scalar();
         if (!common::ValidHttpUrl(u)) {
-          r.Fail(p, absl::StrCat("must be an http:// or https:// URL, got '", u, "'"));
+          r.Fail(p, absl::StrCat(kUrlRule, ", got '", u, "'"));
           break;
         }
         c.geo.push_back(TrimSlash(u));

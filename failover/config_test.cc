@@ -105,6 +105,9 @@ TEST(FailoverConfigTest, ErrorsNameTheField) {
               "regions[0].url: must be an http");
   ExpectError(With("url: http://10.77.0.1:4000", "url: http://10.77.0.1:99999"),
               "regions[0].url: must be an http");
+  ExpectError(With("url: http://10.77.0.1:4000", "url: http://10.77.0.1:0"),
+              "regions[0].url: must be an http:// or https:// URL with a host (and, if given, a "
+              "port 1..65535), got 'http://10.77.0.1:0'");
   ExpectError(With("controller: http://127.0.0.1:4100,", "controller: \"http://x:y:z\","),
               "regions[0].controller: must be an http");
   ExpectError(With(", replicator: http://10.77.0.2:4005", ""), "regions[1].replicator: missing");
