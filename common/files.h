@@ -122,6 +122,19 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
   return absl::OkStatus();
 }
 
+// CheckWritableFile for a file whose folder must exist already, as its writer makes none (a
+// daemon's audit log, the witness's lease store): a missing folder is named as such.
+[[nodiscard]] inline absl::Status CheckWritableFileInExistingFolder(const std::string& flag,
+                                                                    const std::string& path) {
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!folder.empty() && !std::filesystem::is_directory(folder, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': the folder '", folder.string(), "' does not exist"));
+  }
+  return CheckWritableFile(flag, path);
+}
+
 // Makes the missing folders a new file at `path` goes in (for a dangling symlink, those of the file
 // it points at, as CheckWritableFile judged them). What a writer calls right before it creates a
 // file checked with CheckWritableFile. OK if they exist already; Unavailable with the reason if

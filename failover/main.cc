@@ -6,10 +6,8 @@
 
 #include <csignal>
 #include <cstdio>
-#include <filesystem>
 #include <string>
 
-#include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/daemon.h"
 #include "common/files.h"
@@ -28,15 +26,9 @@ int main(int argc, char** argv) {
   // The audit file is opened (in a folder that exists) at the start: one that cannot be fails
   // --check-config too, which deploy/meridian runs before it starts anything. Nothing is written.
   if (config.ok() && !config->audit_file.empty()) {
-    const std::filesystem::path folder = std::filesystem::path(config->audit_file).parent_path();
-    std::error_code ec;
-    if (!folder.empty() && !std::filesystem::is_directory(folder, ec)) {
-      config = absl::InvalidArgumentError(absl::StrCat("audit_file '", config->audit_file,
-                                                       "': the folder '", folder.string(),
-                                                       "' does not exist"));
-    } else if (absl::Status st =
-                   meridian::common::CheckWritableFile("audit_file", config->audit_file);
-               !st.ok()) {
+    if (absl::Status st =
+            meridian::common::CheckWritableFileInExistingFolder("audit_file", config->audit_file);
+        !st.ok()) {
       config = st;
     }
   }

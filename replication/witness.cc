@@ -6,8 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -21,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
+#include "common/files.h"
 #include "common/json_text.h"
 #include "replication/clock.h"
 #include "replication/lease_frames.h"
@@ -161,20 +160,9 @@ absl::Status FileLeaseStore::Check() const {
   auto read = Read();
   if (!read.ok()) return read.status();
   if (read->has_value()) return absl::OkStatus();
-  // A first start writes the store (a temporary file beside it, then a rename): its folder must
-  // be there and writable. Nothing is created here.
-  const std::filesystem::path folder = std::filesystem::path(path_).parent_path();
-  const std::string shown = folder.empty() ? "." : folder.string();
-  std::error_code ec;
-  if (!std::filesystem::is_directory(folder.empty() ? "." : folder, ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": the folder '", shown, "' does not exist (the store is made there)"));
-  }
-  if (::access(shown.c_str(), W_OK | X_OK) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": the folder '", shown, "' cannot be written (", std::strerror(errno), ")"));
-  }
-  return absl::OkStatus();
+  // A first start writes the store (a temporary file beside it, then a rename) in a folder that
+  // must be there already. Nothing is created here.
+  return common::CheckWritableFileInExistingFolder("lease store", path_);
 }
 
 absl::Status FileLeaseStore::Save(RegionId group, const AcceptorRecord& record) {
