@@ -490,7 +490,6 @@ class App {
 
   void WriteStatsFile() const {
     if (opts_.stats_file.empty()) return;
-    if (!meridian::common::MakeParentFolders(opts_.stats_file).ok()) return;
     const std::string tmp = opts_.stats_file + ".tmp";
     {
       std::ofstream out(tmp);
@@ -598,6 +597,14 @@ int main(int argc, char** argv) {
   if (o.probe) {
     std::fprintf(stderr, "%s: probe ok: queue(s) bound\n", kProg);
     return 0;
+  }
+  // The check above made no folders: they are made once, now that the run starts, not at every
+  // stats write.
+  if (!o.stats_file.empty()) {
+    if (absl::Status st = meridian::common::MakeParentFolders(o.stats_file); !st.ok()) {
+      std::fprintf(stderr, "%s: --stats-file %s\n", kProg, std::string(st.message()).c_str());
+      return 1;
+    }
   }
   return app.Run();
 }
