@@ -1033,6 +1033,16 @@ class Session {
         cursors.push_back(c);
       }
     }
+    {
+      // The peer may ack what its hello claimed as soon as it has our hello: the reader below
+      // must know the streams before the sender thread gets to run (it used to register them
+      // itself, and an early ack was refused as "for a database we did not ship").
+      std::lock_guard<std::mutex> l(mu_);
+      for (const Cursor& c : cursors) {
+        inflight_[c.stream];
+        claimed_through_[c.stream] = c.after_seq;
+      }
+    }
     peer_.m.connected->Set(1);
     {
       // Coordination frames (leases, rights, syncs) from now on go out on this stream.
@@ -1101,7 +1111,12 @@ class Session {
       }
       if (!result.ok()) break;
     }
-    peer_.m.connected->Set(0);
+    {
+      // A session replaced by the peer's redial winds down after the new one said "connected":
+      // only the live session may say the peer is not.
+      std::lock_guard<std::mutex> l(peer_.mu);
+      if (peer_.active == &stream_) peer_.m.connected->Set(0);
+    }
     if (result.ok()) {
       // The peer half-closed (or went away): let the appliers and the coordination thread
       // finish what arrived, so that a rejected frame ends the stream with its own status. Not
@@ -1617,13 +1632,6 @@ class Session {
   // Ships our outbox to the peer: from the region-wide feed, or, for a database where the peer
   // is further behind than the feed reaches, from the outbox itself until it catches up.
   void Ship(std::vector<Cursor> cursors) {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      for (const Cursor& c : cursors) {
-        inflight_[c.stream];
-        claimed_through_[c.stream] = c.after_seq;
-      }
-    }
     if (!CatchUpFromState(cursors)) return Fail();
     auto next_check = SteadyTime::now() + std::chrono::seconds(1);
     OutboxFeed& feed = *r_.feed;
