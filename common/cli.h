@@ -2,8 +2,9 @@
 
 // What every Meridian binary's main() shares when parsing its command line: one exit code for a
 // usage error (2, as failover/README.md and failover/DRILL.md promise, instead of CLI11's own
-// 105, 106, 109...) and a range validator for floating-point flags that also refuses NaN and
-// infinities (CLI11 2.1.2's Range lets NaN through: `val < min || val > max` is false for it).
+// 105, 106, 109...), integer flags read as decimal, and a range validator for floating-point flags
+// that also refuses NaN and infinities (CLI11 2.1.2's Range lets NaN through: `val < min ||
+// val > max` is false for it).
 // Header-only; the binary links meridian_cli (CLI11). Output paths: common/files.h.
 
 #include <CLI/CLI.hpp>
@@ -20,12 +21,40 @@ namespace meridian::common {
 // The exit code of a usage error: an unknown flag, a bad value, a missing required flag.
 inline constexpr int kUsageExitCode = 2;
 
+// CLI11 2.1.2 reads an integer flag with strtoll's base 0, so `--seed 010` was 8 and
+// `--queue 0x10` 16, where every number in a config file is decimal (common/yaml_reader.h).
+// ParseFlags puts this in front of every integer flag's checks: decimal digits with an optional
+// sign only, leading zeros dropped so that CLI11 reads what a person wrote.
+inline std::string DecimalInteger(std::string& value) {
+  size_t digits = value.empty() || (value[0] != '+' && value[0] != '-') ? 0 : 1;
+  if (digits == value.size() ||
+      value.find_first_not_of("0123456789", digits) != std::string::npos) {
+    return "'" + value + "' is not a decimal integer";
+  }
+  const size_t first = value.find_first_not_of('0', digits);
+  value.erase(digits, (first == std::string::npos ? value.size() - 1 : first) - digits);
+  return {};
+}
+
+// Every flag (of `app` and its subcommands) that takes integers reads them as decimal.
+inline void MakeIntegerFlagsDecimal(CLI::App& app) {
+  for (CLI::Option* option : app.get_options()) {
+    const std::string type = option->get_type_name();
+    const std::string base = type.substr(0, type.find(':'));
+    if (base == "INT" || base == "UINT") option->transform(CLI::Validator(DecimalInteger, ""));
+  }
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    MakeIntegerFlagsDecimal(*sub);
+  }
+}
+
 // Parses argv into `app`. Returns nullopt when main should go on; otherwise the code main must
 // return: 0 after --help or --version (printed to stdout), kUsageExitCode after a usage error
 // (CLI11's message, which names the flag, printed to stderr). Usage:
 //   if (auto rc = meridian::common::ParseFlags(app, argc, argv)) return *rc;
 [[nodiscard]] inline std::optional<int> ParseFlags(CLI::App& app, int argc,
                                                    const char* const* argv) {
+  MakeIntegerFlagsDecimal(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::RequiredError& e) {

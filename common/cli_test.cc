@@ -4,6 +4,7 @@
 
 #include "common/daemon.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,54 @@ TEST(ParseFlags, AnUnknownFlagIsNamedBeforeAMissingRequiredOne) {
   EXPECT_EQ(Parse({"--count", "3"}), kUsageExitCode);  // nothing unknown: the missing flag
   err = testing::internal::GetCapturedStderr();
   EXPECT_NE(err.find("--name is required"), std::string::npos) << err;
+}
+
+// CLI11 alone reads integers with strtoll's base 0: 010 was 8, 0x10 was 16.
+TEST(ParseFlags, IntegerFlagsAreDecimal) {
+  struct Flags {
+    int count = 1;
+    uint64_t big = 0;
+    std::vector<int> ids;
+    int sub_n = 0;
+  };
+  auto parse = [](std::vector<std::string> args, Flags* f, std::string* err = nullptr) {
+    CLI::App app{"test"};
+    app.add_option("--count", f->count)->check(CLI::Range(1, 10));
+    app.add_option("--big", f->big);
+    app.add_option("--ids", f->ids);
+    app.add_subcommand("sub")->add_option("--n", f->sub_n);
+    std::vector<const char*> argv{"test"};
+    for (const auto& a : args) argv.push_back(a.c_str());
+    testing::internal::CaptureStderr();
+    auto rc = ParseFlags(app, static_cast<int>(argv.size()), argv.data());
+    std::string text = testing::internal::GetCapturedStderr();
+    if (err != nullptr) *err = text;
+    // The check is not shown in --help: the type stays as CLI11 names it.
+    EXPECT_EQ(app.get_option("--count")->get_type_name(), "INT:INT in [1 - 10]");
+    return rc;
+  };
+  Flags f;
+  EXPECT_EQ(parse({"--count", "010", "--big", "0018446744073709551615", "--ids", "07", "08", "0",
+                   "sub", "--n", "-09"},
+                  &f),
+            std::nullopt);
+  EXPECT_EQ(f.count, 10);  // range-checked as 10, not as 8
+  EXPECT_EQ(f.big, 18446744073709551615u);
+  EXPECT_EQ(f.ids, (std::vector<int>{7, 8, 0}));
+  EXPECT_EQ(f.sub_n, -9);
+  EXPECT_EQ(parse({"--count", "+7", "--big", "000"}, &f), std::nullopt);
+  EXPECT_EQ(f.count, 7);
+  EXPECT_EQ(f.big, 0u);
+  for (const char* bad : {"0x5", "1e1", " 5", "5 ", "", "+", "-", "1_0", "1.0", "05a"}) {
+    std::string err;
+    EXPECT_EQ(parse({"--count", bad}, &f, &err), kUsageExitCode) << bad;
+    EXPECT_NE(err.find(std::string("'") + bad + "' is not a decimal integer"), std::string::npos)
+        << bad << ": " << err;
+  }
+  std::string err;
+  EXPECT_EQ(parse({"sub", "--n", "0x10"}, &f, &err), kUsageExitCode);
+  EXPECT_NE(err.find("'0x10' is not a decimal integer"), std::string::npos) << err;
+  EXPECT_EQ(parse({"--count", "0011"}, &f), kUsageExitCode);  // 11: outside 1..10
 }
 
 TEST(ParseFlags, HelpExitsWithZero) { EXPECT_EQ(Parse({"--help"}), 0); }
