@@ -38,9 +38,14 @@ before=$(cat "$WORK/c/cluster.env")
 expect 1 "line 3, is damaged: CLUSTER_REGIONS is already set on line 1" -- status --data "$WORK/c"
 [[ "$(cat "$WORK/c/cluster.env")" == "$before" ]] || fail "status changed a damaged cluster.env"
 [[ "$(ls -A "$WORK/c")" == cluster.env ]] || fail "status wrote into a damaged folder: $(ls -A "$WORK/c")"
-# The same file with each key once reads (the check above is about the repeat, not the keys).
+# The same file with each key once reads (the check above is about the repeat, not the keys);
+# status then says the region an `up` never got to is not made, and so not ready (exit 1).
 printf 'CLUSTER_REGIONS=1\nCLUSTER_SHARDS=2\n' > "$WORK/c/cluster.env"
-expect 0 "" -- status --data "$WORK/c"
+expect 1 "not ready: local" -- status --data "$WORK/c"
+out=$(bash "$M" status --data "$WORK/c" 2>/dev/null)
+[[ "$out" == *"not made yet (run: deploy/meridian up --data $WORK/c)"* ]] ||
+  fail "status of a region never made: '$out'"
+[[ "$(ls -A "$WORK/c")" == cluster.env ]] || fail "status wrote into the folder: $(ls -A "$WORK/c")"
 
 if ((failures > 0)); then
   printf '%d case(s) failed\n' "$failures" >&2
