@@ -1027,6 +1027,43 @@ TEST_F(ThreeRegions, AStreamThatBreaksWhileTheApplyQueueIsFullEndsItsSession) {
       << "eu-west could not come back";
 }
 
+// The peer redials while its old session is held up by the apply backpressure: the new session
+// comes up, and the old one ends after it (its heartbeat finds its cancelled stream gone, its
+// held-up apply then finishes). Before 2026-12-06 the old session set
+// meridian_replication_connected to 0 as it ended, with the new stream up and running.
+TEST_F(ThreeRegions, AReplacedSessionEndingAfterTheRedialLeavesThePeerConnected) {
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  auto old_stream = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
+  ASSERT_TRUE(old_stream->Hello());
+  const std::string connected = "meridian_replication_connected{peer=\"eu-west\"}";
+  const std::string reconnects = "meridian_replication_reconnects_total{peer=\"eu-west\"}";
+  ASSERT_TRUE(Eventually([&] { return Metric(kAp, connected) == 1; }, 10));
+  const double ended_before = Metric(kAp, reconnects);
+  // The applies wait to write the stream's mark; reads of the marks (the redial's hello) do not.
+  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
+  pqxx::work lock(lock_conn);
+  lock.exec0("LOCK TABLE replication_applied IN EXCLUSIVE MODE");
+  constexpr int64_t kCap = (16 << 20) / 256;
+  std::atomic<int64_t> written{0};
+  std::thread flood = FloodWithEmptyBatches(*old_stream, 100'000, &written);
+  // No ASSERT until the flood is over: the lock holds its writes up.
+  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
+      << ApplyQueueBatches(kAp, "eu-west");
+  ForgedPeer redial(*c_, kEu, kAp, "", std::chrono::seconds(60));
+  const bool up = redial.Hello();
+  flood.join();  // the redial cancelled the old stream: its writes fail
+  EXPECT_TRUE(up);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the old reader leaves its loop
+  lock.commit();
+  ASSERT_TRUE(Eventually([&] { return Metric(kAp, reconnects) >= ended_before + 1; }, 20))
+      << "the replaced session never ended";
+  EXPECT_EQ(Metric(kAp, connected), 1) << "the redialled stream is up";
+  rpb::Frame beat;
+  beat.mutable_heartbeat();
+  EXPECT_TRUE(redial.Write(beat));
+  old_stream.reset();
+}
+
 TEST_F(ThreeRegions, PinnedDataNeverLeavesItsJurisdictionAndForgedFramesAreRejected) {
   Product(kEu, "sku-1", 500);
   ProductsEverywhere({"sku-1"});
