@@ -61,6 +61,36 @@ bool Eventually(const std::function<bool()>& done, double seconds) {
   return test_support::Eventually(done, seconds, 100);
 }
 
+// Writes `batches` empty batches of the stream "flood-0" (seqs 1 on) as eu-west, one a seq;
+// counts what was written into `written` and stops when the stream is gone.
+std::thread FloodWithEmptyBatches(ForgedPeer& eu, int64_t batches, std::atomic<int64_t>* written) {
+  return std::thread([&eu, batches, written] {
+    for (int64_t seq = 1; seq <= batches; ++seq) {
+      rpb::Frame f;
+      *f.mutable_batch() = replication::EncodeBatch(2, "flood-0", seq, seq, rpb::RecordList(), 1,
+                                                    replication::BatchKind::kDeltas);
+      if (!eu.Write(f)) return;
+      ++*written;
+    }
+  });
+}
+
+// eu-west's stream into ap-south held up by the apply backpressure: ap-south's stream marks are
+// locked in `mode` (an apply of empty batches only moves the stream's mark in ap-south's global
+// database, so it waits for the lock), and `eu` floods `batches` empty batches until the apply
+// queue is at its cap. Commit `lock` to let the applies run; join `flood` once the stream ends
+// or the batches are written. No ASSERT while the flood runs: the lock holds its writes up.
+constexpr int64_t kApplyQueueCap = (16 << 20) / 256;  // 16 MiB of queue, 256 B a batch
+struct HeldApplies {
+  HeldApplies(const std::string& dsn, const char* mode) : conn(dsn), lock(conn) {
+    lock.exec0(std::string("LOCK TABLE replication_applied IN ") + mode + " MODE");
+  }
+  pqxx::connection conn;
+  pqxx::work lock;
+  std::atomic<int64_t> written{0};
+  std::thread flood;
+};
+
 class ThreeRegions : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -165,6 +195,17 @@ class ThreeRegions : public ::testing::Test {
   int64_t ApplyQueueBatches(size_t region, const std::string& peer) {
     return static_cast<int64_t>(
         Metric(region, "meridian_replication_apply_queue_batches{peer=\"" + peer + "\"}"));
+  }
+
+  // Holds ap-south's applies of `eu`'s batches (HeldApplies: the stream marks locked in
+  // `lock_mode`), floods `batches` empty batches, and waits (EXPECT) for the queue's cap.
+  std::unique_ptr<HeldApplies> HoldAppliesAndFillTheQueue(ForgedPeer& eu, const char* lock_mode,
+                                                          int64_t batches = 100'000) {
+    auto held = std::make_unique<HeldApplies>(c_->Dsn(kAp, "global"), lock_mode);
+    held->flood = FloodWithEmptyBatches(eu, batches, &held->written);
+    EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kApplyQueueCap; }, 20))
+        << ApplyQueueBatches(kAp, "eu-west");
+    return held;
   }
 
   // Rows in the region's outboxes (every database), truncated once every peer acked them.
@@ -947,20 +988,6 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedR
                        << ", us-east " << us_reads << " reads so far";
 }
 
-// Writes `batches` empty batches of the stream "flood-0" (seqs 1 on) as eu-west, one a seq;
-// counts what was written into `written` and stops when the stream is gone.
-std::thread FloodWithEmptyBatches(ForgedPeer& eu, int64_t batches, std::atomic<int64_t>* written) {
-  return std::thread([&eu, batches, written] {
-    for (int64_t seq = 1; seq <= batches; ++seq) {
-      rpb::Frame f;
-      *f.mutable_batch() = replication::EncodeBatch(2, "flood-0", seq, seq, rpb::RecordList(), 1,
-                                                    replication::BatchKind::kDeltas);
-      if (!eu.Write(f)) return;
-      ++*written;
-    }
-  });
-}
-
 // A peer sending empty batches (ranges of seqs with nothing for this region) faster than they
 // apply meets the apply backpressure as one sending records does: while ap-south's applies are
 // held up, its reader stops taking the peer's batches at 16 MiB of queue (256 B per batch, so
@@ -969,22 +996,14 @@ TEST_F(ThreeRegions, EmptyBatchesMeetTheApplyBackpressure) {
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   ForgedPeer eu(*c_, kEu, kAp, "", std::chrono::seconds(120));
   ASSERT_TRUE(eu.Hello());
-  // An apply of empty batches only moves the stream's mark in ap-south's global database: it
-  // waits for this lock.
-  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
-  pqxx::work lock(lock_conn);
-  lock.exec0("LOCK TABLE replication_applied IN ACCESS EXCLUSIVE MODE");
-  constexpr int64_t kBatches = 100'000, kCap = (16 << 20) / 256;
-  std::atomic<int64_t> written{0};
-  std::thread flood = FloodWithEmptyBatches(eu, kBatches, &written);
-  // No ASSERT until the flood is over: the lock holds its writes up.
-  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
-      << ApplyQueueBatches(kAp, "eu-west");
+  constexpr int64_t kBatches = 100'000;
+  std::unique_ptr<HeldApplies> held = HoldAppliesAndFillTheQueue(eu, "ACCESS EXCLUSIVE", kBatches);
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  EXPECT_EQ(ApplyQueueBatches(kAp, "eu-west"), kCap) << written << " batches written";
-  lock.commit();
-  flood.join();
-  EXPECT_EQ(written, kBatches);
+  EXPECT_EQ(ApplyQueueBatches(kAp, "eu-west"), kApplyQueueCap)
+      << held->written << " batches written";
+  held->lock.commit();
+  held->flood.join();
+  EXPECT_EQ(held->written, kBatches);
   // Every batch is applied: ap-south acks the last seq, and its queue is empty.
   rpb::Frame ack = eu.NextBeating(
       [&](const rpb::Frame& f) {
@@ -1005,20 +1024,13 @@ TEST_F(ThreeRegions, AStreamThatBreaksWhileTheApplyQueueIsFullEndsItsSession) {
   ASSERT_TRUE(c_->KillReplicator(kEu).ok());
   auto eu = std::make_unique<ForgedPeer>(*c_, kEu, kAp, "", std::chrono::seconds(120));
   ASSERT_TRUE(eu->Hello());
-  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
-  pqxx::work lock(lock_conn);
-  lock.exec0("LOCK TABLE replication_applied IN ACCESS EXCLUSIVE MODE");
-  constexpr int64_t kCap = (16 << 20) / 256;
-  std::atomic<int64_t> written{0};
-  std::thread flood = FloodWithEmptyBatches(*eu, 100'000, &written);
-  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
-      << ApplyQueueBatches(kAp, "eu-west");
+  std::unique_ptr<HeldApplies> held = HoldAppliesAndFillTheQueue(*eu, "ACCESS EXCLUSIVE");
   (void)eu->Cut();
-  flood.join();
+  held->flood.join();
   eu.reset();
   // ap-south's next heartbeat (every 200 ms) finds the stream gone; then the apply goes on.
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  lock.commit();
+  held->lock.commit();
   const std::string connected = "meridian_replication_connected{peer=\"eu-west\"}";
   EXPECT_TRUE(Eventually([&] { return Metric(kAp, connected) == 0; }, 10))
       << "ap-south's session with the broken stream never ended";
@@ -1040,21 +1052,13 @@ TEST_F(ThreeRegions, AReplacedSessionEndingAfterTheRedialLeavesThePeerConnected)
   ASSERT_TRUE(Eventually([&] { return Metric(kAp, connected) == 1; }, 10));
   const double ended_before = Metric(kAp, reconnects);
   // The applies wait to write the stream's mark; reads of the marks (the redial's hello) do not.
-  pqxx::connection lock_conn(c_->Dsn(kAp, "global"));
-  pqxx::work lock(lock_conn);
-  lock.exec0("LOCK TABLE replication_applied IN EXCLUSIVE MODE");
-  constexpr int64_t kCap = (16 << 20) / 256;
-  std::atomic<int64_t> written{0};
-  std::thread flood = FloodWithEmptyBatches(*old_stream, 100'000, &written);
-  // No ASSERT until the flood is over: the lock holds its writes up.
-  EXPECT_TRUE(Eventually([&] { return ApplyQueueBatches(kAp, "eu-west") >= kCap; }, 20))
-      << ApplyQueueBatches(kAp, "eu-west");
+  std::unique_ptr<HeldApplies> held = HoldAppliesAndFillTheQueue(*old_stream, "EXCLUSIVE");
   ForgedPeer redial(*c_, kEu, kAp, "", std::chrono::seconds(60));
   const bool up = redial.Hello();
-  flood.join();  // the redial cancelled the old stream: its writes fail
+  held->flood.join();  // the redial cancelled the old stream: its writes fail
   EXPECT_TRUE(up);
   std::this_thread::sleep_for(std::chrono::seconds(1));  // the old reader leaves its loop
-  lock.commit();
+  held->lock.commit();
   ASSERT_TRUE(Eventually([&] { return Metric(kAp, reconnects) >= ended_before + 1; }, 20))
       << "the replaced session never ended";
   EXPECT_EQ(Metric(kAp, connected), 1) << "the redialled stream is up";
