@@ -26,7 +26,7 @@ inline constexpr int kUsageExitCode = 2;
 // ParseFlags puts this in front of every integer flag's checks: decimal digits with an optional
 // sign only, leading zeros dropped so that CLI11 reads what a person wrote.
 inline std::string DecimalInteger(std::string& value) {
-  size_t digits = value.empty() || (value[0] != '+' && value[0] != '-') ? 0 : 1;
+  const size_t digits = value.empty() || (value[0] != '+' && value[0] != '-') ? 0 : 1;
   if (digits == value.size() ||
       value.find_first_not_of("0123456789", digits) != std::string::npos) {
     return "'" + value + "' is not a decimal integer";

@@ -1012,11 +1012,6 @@ class Session {
                    peer_.config.name, absl::StrJoin(peer_gone, ","));
       r_.AskSurvivorMarks(peer_.config.replica_id);
     }
-    {
-      // The peer ships each of its databases from the resume point we gave.
-      std::lock_guard<std::mutex> l(mu_);
-      for (const auto& a : hello.hello().applied()) queued_through_[a.origin_database()] = a.seq();
-    }
     std::vector<Cursor> cursors;
     {
       std::lock_guard<std::mutex> l(peer_.mu);
@@ -1034,10 +1029,12 @@ class Session {
       }
     }
     {
-      // The peer may ack what its hello claimed as soon as it has our hello: the reader below
-      // must know the streams before the sender thread gets to run (it used to register them
-      // itself, and an early ack was refused as "for a database we did not ship").
+      // The peer ships each of its databases from the resume point we gave.
       std::lock_guard<std::mutex> l(mu_);
+      for (const auto& a : hello.hello().applied()) queued_through_[a.origin_database()] = a.seq();
+      // It may ack what its hello claimed as soon as it has our hello: the reader below must
+      // know our streams before the sender thread gets to run (it used to register them itself,
+      // and an early ack was refused as "for a database we did not ship").
       for (const Cursor& c : cursors) {
         inflight_[c.stream];
         claimed_through_[c.stream] = c.after_seq;
