@@ -5,6 +5,7 @@
 // that a bad output path is a usage error up front rather than a lost result at the end.
 // Header-only, part of meridian_common.
 
+#include <stdio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -199,6 +200,34 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
   if (!out) {
     return absl::UnavailableError(
         absl::StrCat("cannot write '", path, "': ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+// Replaces the contents of the file at `path` whole: a reader (a script polling a port or stats
+// file) sees the old contents or the new, never a part. The text goes to a temporary file beside
+// the file that `path` finally names, then is renamed over it: a `path` that is a symlink stays
+// one, pointing at the new contents (a rename over the link itself replaced it with a plain file).
+// Its missing folders are made (see MakeParentFolders). Unavailable with the reason otherwise, the
+// old contents and no temporary file left.
+[[nodiscard]] inline absl::Status ReplaceTextFile(const std::string& path,
+                                                  const std::string& text) {
+  const std::optional<std::filesystem::path> target = files_internal::WhereCreated(path);
+  if (!target) {
+    return absl::UnavailableError(absl::StrCat("'", path, "': too many levels of symbolic links"));
+  }
+  if (absl::Status st = MakeParentFolders(path); !st.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", st.message()));
+  }
+  const std::string tmp = target->string() + ".tmp";
+  std::ofstream out(tmp, std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out || ::rename(tmp.c_str(), target->c_str()) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot write '", path, "': ", std::strerror(error)));
   }
   return absl::OkStatus();
 }

@@ -125,6 +125,36 @@ TEST_F(CheckWritable, WriteTextFileSaysWhetherTheFileWasWritten) {
   EXPECT_FALSE(WriteTextFile(dir_, "{}\n").ok());  // a folder
 }
 
+// A port or stats file named through a symlink (a drill's folder linking to the run's): the
+// proxy's rename over the path replaced the link with a plain file, and the link's target kept
+// the old port.
+TEST_F(CheckWritable, ReplaceTextFileWritesThroughASymlinkAndLeavesItOne) {
+  fs::create_directories(dir_ + "/run");
+  fs::create_symlink("run/port", dir_ + "/port");
+  ASSERT_TRUE(ReplaceTextFile(dir_ + "/port", "4100\n").ok());
+  ASSERT_TRUE(ReplaceTextFile(dir_ + "/port", "4101\n").ok());
+  EXPECT_TRUE(fs::is_symlink(dir_ + "/port"));
+  std::ifstream in(dir_ + "/run/port");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "4101\n");
+  EXPECT_FALSE(fs::exists(dir_ + "/run/port.tmp"));
+  EXPECT_FALSE(fs::exists(dir_ + "/port.tmp"));
+
+  ASSERT_TRUE(ReplaceTextFile(dir_ + "/new/deep/stats.json", "{}\n").ok());  // folders made
+  EXPECT_TRUE(fs::is_regular_file(dir_ + "/new/deep/stats.json"));
+
+  // A file that cannot be replaced (its target is a folder) keeps what it had, no .tmp left.
+  fs::create_directories(dir_ + "/taken");
+  absl::Status st = ReplaceTextFile(dir_ + "/taken", "x\n");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("taken"), std::string::npos) << st;
+  EXPECT_TRUE(fs::is_directory(dir_ + "/taken"));
+  EXPECT_FALSE(fs::exists(dir_ + "/taken.tmp"));
+  fs::create_symlink("loop-b", dir_ + "/loop-a");
+  fs::create_symlink("loop-a", dir_ + "/loop-b");
+  EXPECT_FALSE(ReplaceTextFile(dir_ + "/loop-a", "x\n").ok());
+}
+
 TEST_F(CheckWritable, FolderIsCreatedAndLeftEmpty) {
   const std::string out = dir_ + "/drills/x";
   EXPECT_TRUE(CheckWritableDir("--output-dir", out).ok());

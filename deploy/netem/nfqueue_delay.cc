@@ -490,13 +490,13 @@ class App {
 
   void WriteStatsFile() const {
     if (opts_.stats_file.empty()) return;
-    const std::string tmp = opts_.stats_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << StatsJson().dump() << "\n";
-      if (!out) return;
+    // Checked writable at start; a failure now (a full disk) is said once, and retried.
+    if (absl::Status st =
+            meridian::common::ReplaceTextFile(opts_.stats_file, StatsJson().dump() + "\n");
+        !st.ok() && !stats_write_failure_said_) {
+      stats_write_failure_said_ = true;
+      std::fprintf(stderr, "%s: --stats-file: %s\n", kProg, std::string(st.message()).c_str());
     }
-    std::rename(tmp.c_str(), opts_.stats_file.c_str());
   }
 
   Options opts_;
@@ -506,6 +506,7 @@ class App {
   Stats stats_;
   int64_t late_samples_ = 0;
   bool shutting_down_ = false;
+  mutable bool stats_write_failure_said_ = false;  // WriteStatsFile said it once
   nfq_handle* h_ = nullptr;
   int fd_ = -1;
   std::vector<std::unique_ptr<Queue>> queues_;
@@ -581,8 +582,8 @@ int main(int argc, char** argv) {
     rules.insert(rules.end(), loaded->begin(), loaded->end());
   }
   if (!o.stats_file.empty()) {
-    // Written (as FILE.tmp, then renamed) from the first stats line on: a path that cannot be
-    // is a usage error now, not counters silently missing later.
+    // Written (as a temporary file beside it, then renamed) from the first stats line on: a path
+    // that cannot be is a usage error now, not counters silently missing later.
     if (absl::Status st = meridian::common::CheckWritableFile("--stats-file", o.stats_file);
         !st.ok()) {
       std::fprintf(stderr, "%s: %s\n", kProg, std::string(st.message()).c_str());
@@ -598,8 +599,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s: probe ok: queue(s) bound\n", kProg);
     return 0;
   }
-  // The check above made no folders: they are made once, now that the run starts, not at every
-  // stats write.
+  // The check above made no folders: they are made now that the run starts, so that one that
+  // cannot be made stops it here (each stats write makes them again should they go).
   if (!o.stats_file.empty()) {
     if (absl::Status st = meridian::common::MakeParentFolders(o.stats_file); !st.ok()) {
       std::fprintf(stderr, "%s: --stats-file %s\n", kProg, std::string(st.message()).c_str());

@@ -15,7 +15,6 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
-#include <fstream>
 #include <list>
 #include <memory>
 #include <string>
@@ -206,17 +205,11 @@ int main(int argc, char** argv) {
     tcp::acceptor acceptor(io, lep);
     if (!port_file.empty()) {
       // The check at start made no folders; they are made for the file written now.
-      if (absl::Status st = meridian::common::MakeParentFolders(port_file + ".tmp"); !st.ok()) {
-        std::fprintf(stderr, "meridian-netem proxy: cannot write --port-file %s\n",
+      if (absl::Status st = meridian::common::ReplaceTextFile(
+              port_file, absl::StrCat(acceptor.local_endpoint().port(), "\n"));
+          !st.ok()) {
+        std::fprintf(stderr, "meridian-netem proxy: --port-file: %s\n",
                      std::string(st.message()).c_str());
-        return 1;
-      }
-      std::ofstream out(port_file + ".tmp");
-      out << acceptor.local_endpoint().port() << "\n";
-      out.close();
-      if (!out || std::rename((port_file + ".tmp").c_str(), port_file.c_str()) != 0) {
-        std::fprintf(stderr, "meridian-netem proxy: cannot write --port-file %s\n",
-                     port_file.c_str());
         return 1;
       }
     }
@@ -276,20 +269,19 @@ int main(int argc, char** argv) {
     asio::steady_timer tick(io);
     std::function<void()> write_stats = [&] {
       if (!stats_file.empty()) {
-        std::ofstream out(stats_file + ".tmp");
-        out << "{\"bytes_forward\": " << g_stats.bytes_forward
-            << ", \"bytes_backward\": " << g_stats.bytes_backward
-            << ", \"connections\": " << g_stats.connections
-            << ", \"dropped_bytes\": " << g_stats.dropped_bytes
-            << ", \"partitioned\": " << (g_partitioned ? "true" : "false") << "}\n";
-        out.close();
+        const std::string json =
+            absl::StrCat("{\"bytes_forward\": ", g_stats.bytes_forward,
+                         ", \"bytes_backward\": ", g_stats.bytes_backward,
+                         ", \"connections\": ", g_stats.connections,
+                         ", \"dropped_bytes\": ", g_stats.dropped_bytes,
+                         ", \"partitioned\": ", g_partitioned ? "true" : "false", "}\n");
         // Checked writable at start; a failure now (a full disk) is said once, and retried.
         static bool said = false;
-        if ((!out || std::rename((stats_file + ".tmp").c_str(), stats_file.c_str()) != 0) &&
-            !said) {
+        if (absl::Status st = meridian::common::ReplaceTextFile(stats_file, json);
+            !st.ok() && !said) {
           said = true;
-          std::fprintf(stderr, "meridian-netem proxy: cannot write --stats-file %s\n",
-                       stats_file.c_str());
+          std::fprintf(stderr, "meridian-netem proxy: --stats-file: %s\n",
+                       std::string(st.message()).c_str());
         }
       }
       tick.expires_after(std::chrono::milliseconds(200));

@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
+#include "common/files.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/temp_dir.h"
 
@@ -74,8 +75,7 @@ int Make(const std::string& state_file) {
     return 1;
   }
   // A test never reads half a path.
-  if (absl::Status s = meridian::test_support::WriteFileReplacing(state_file, *root + "\n");
-      !s.ok()) {
+  if (absl::Status s = meridian::common::ReplaceTextFile(state_file, *root + "\n"); !s.ok()) {
     std::fprintf(stderr, "meridian-test-pg-template: %s\n", std::string(s.message()).c_str());
     meridian::test_support::RemoveTempDir(*root);
     return 1;

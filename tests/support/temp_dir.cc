@@ -18,6 +18,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "tests/support/pg_shmem.h"
 
 namespace meridian::test_support {
@@ -145,29 +146,14 @@ absl::StatusOr<std::string> MakeTempDir(std::string_view prefix, std::string_vie
   return dir;
 }
 
-absl::Status WriteFileReplacing(const std::string& path, const std::string& text) {
-  const std::string partial = path + ".new";
-  {
-    std::ofstream out(partial);
-    out << text;
-    if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write ", partial));
-  }
-  if (rename(partial.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    unlink(partial.c_str());
-    return absl::InternalError(absl::StrCat("rename to ", path, ": ", strerror(error)));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status HandTempDirTo(const std::string& dir, pid_t pid) {
   const std::string identity = ProcessIdentity(std::to_string(pid));
   if (identity.empty()) {
     return absl::NotFoundError(absl::StrCat("HandTempDirTo ", dir, ": no process ", pid));
   }
   // A concurrent sweep never reads half an owner.
-  absl::Status written =
-      WriteFileReplacing(dir + "/" + kOwnerFile, absl::StrCat(identity, " ", PidNamespace(), "\n"));
+  absl::Status written = common::ReplaceTextFile(dir + "/" + kOwnerFile,
+                                                 absl::StrCat(identity, " ", PidNamespace(), "\n"));
   if (!written.ok()) return absl::InternalError(absl::StrCat("HandTempDirTo: ", written.message()));
   return absl::OkStatus();
 }

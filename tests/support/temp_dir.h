@@ -30,10 +30,6 @@ namespace meridian::test_support {
 // owner is ctest).
 [[nodiscard]] absl::Status HandTempDirTo(const std::string& dir, pid_t pid);
 
-// Writes `text` to `path` + ".new" and renames it over `path`, so a reader sees the old file or the
-// whole new one, never a part.
-[[nodiscard]] absl::Status WriteFileReplacing(const std::string& path, const std::string& text);
-
 // Removes `dir` recursively, unless MERIDIAN_KEEP_TEST_DIRS is set to a non-empty value other
 // than "0", in which case it prints the kept path to stderr. Errors are ignored (best effort).
 void RemoveTempDir(const std::string& dir);
