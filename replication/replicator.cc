@@ -24,6 +24,7 @@
 #include <thread>
 #include <tuple>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -42,6 +43,19 @@ namespace {
 
 namespace rpb = ::meridian::region::v1;
 using SteadyTime = std::chrono::steady_clock;
+
+// The topmost folder on the way to `dir` that does not exist yet: what making `dir` creates. Empty
+// when `dir` exists already.
+std::filesystem::path FirstMissingFolder(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::path missing;
+  for (std::filesystem::path at = std::filesystem::absolute(dir, ec).lexically_normal();
+       !ec && !at.empty() && !std::filesystem::exists(at, ec) && !ec; at = at.parent_path()) {
+    missing = at;
+    if (at == at.root_path()) break;
+  }
+  return missing;
+}
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -2697,7 +2711,12 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     if (!text.ok()) return text.status();
     *out = *std::move(text);
   }
+  // The recent keys are loaded (and their files made) before the stream service listens, as a
+  // peer may connect at once; a start that fails after that (its port taken) removes the folders
+  // it made, so that a typo in a port leaves nothing behind.
+  std::filesystem::path made_state_dir;
   if (!c.state_dir.empty()) {
+    made_state_dir = FirstMissingFolder(c.state_dir);
     std::error_code ec;
     std::filesystem::create_directories(c.state_dir, ec);
     if (ec) {
@@ -2705,6 +2724,12 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           absl::StrCat("state_dir: cannot make ", c.state_dir, ": ", ec.message()));
     }
   }
+  // (The recent-keys files still open are unlinked with it; nothing writes them before a start.)
+  absl::Cleanup remove_made_state_dir = [&made_state_dir] {
+    if (made_state_dir.empty()) return;
+    std::error_code ignored;
+    std::filesystem::remove_all(made_state_dir, ignored);
+  };
   for (const Peer& p : c.peers) {
     auto state = std::make_unique<PeerState>(static_cast<size_t>(c.recent_keys_per_stream));
     state->config = p;
@@ -2802,6 +2827,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   }
   raw->threads.emplace_back([raw] { raw->Housekeeping(); });
   raw->threads.emplace_back([raw] { raw->feed->Run(); });
+  std::move(remove_made_state_dir).Cancel();
   spdlog::info("event=replicator_started region={} listen={}:{} peers={}", c.region, c.listen.host,
                raw->port, c.peers.size());
   return std::unique_ptr<Replicator>(new Replicator(std::move(impl)));
