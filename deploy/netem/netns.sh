@@ -60,12 +60,22 @@ case "$CMD" in
   -h | --help | help) usage; exit 0 ;;
   "") usage >&2; bad "no command given" ;;
 esac
+# Each flag but --delay and --loss (one per pair) is given once: of two, which did the operator
+# mean? (The last one silently won, and a command ran on another state folder than the one named.)
+declare -A GIVEN=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --prefix | --state | --subnet | --regions | --delay | --loss | --hook | --seed | --nfq | --ports)
       [[ $# -ge 2 ]] || bad "$1 needs a value" ;;
     *) bad "unknown argument '$1' (see --help)" ;;
+  esac
+  case "$1" in
+    --delay | --loss) ;;
+    *)
+      [[ -z "${GIVEN[$1]+set}" ]] || bad "$1 given twice ('${GIVEN[$1]}' and '$2')"
+      GIVEN[$1]=$2
+      ;;
   esac
   case "$1" in
     --prefix) PREFIX=$2 ;;
