@@ -58,8 +58,9 @@ struct ReplicatorConfig {
   // loss a survivor sends another only the documents it lacks; 0 = keep none (always send every
   // document). About 100 bytes each.
   int recent_keys_per_stream = 50000;
-  // The replicator's own folder (made if missing): the recent keys, one file per peer, so that a
-  // restarted replicator still knows them. Empty: they are kept in memory only.
+  // The replicator's own folder (made if missing): the recent keys, one file per peer, and the
+  // survivors' exchanges done (done-exchanges), so that a restarted replicator still knows them.
+  // Empty: they are kept in memory only.
   std::string state_dir;
   // coordination (issue 5): leases, rights, takeover sync, forwarding, operator API
   bool coordination = false;

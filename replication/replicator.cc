@@ -32,6 +32,7 @@
 #include "common/grpc_auth.h"
 #include "region/internal.grpc.pb.h"
 #include "replication/coordinator.h"
+#include "replication/done_exchanges.h"
 #include "replication/frames.h"
 #include "replication/recent_keys.h"
 #include "replication/replication.grpc.pb.h"
@@ -504,6 +505,9 @@ struct Replicator::Impl {
   std::map<std::string, int64_t> truncating;
   std::map<std::string, int64_t> truncated;
   std::unique_ptr<OutboxFeed> feed;
+  // The survivors' exchanges about a rebuilt peer's gone streams we asked for and saw done (in
+  // state_dir, so that a restart does not ask again).
+  DoneExchanges done_exchanges;
 
   // Sleeps up to `d`; false when the replicator is stopping.
   bool SleepFor(std::chrono::milliseconds d) {
@@ -675,21 +679,40 @@ struct Replicator::Impl {
   void SyncWriteHold();
   // Starts the survivors' exchange about region `lost` with every other peer (the region was
   // taken over, or its databases were rebuilt): each may hold records of it the others lack.
-  void AskSurvivorMarks(uint32_t lost);
+  // For a rebuilt region, `gone` names its streams that are gone: a peer with which an exchange
+  // about every one of them is done already (done_exchanges, a process before a restart) is not
+  // asked again; its marks are still answered.
+  void AskSurvivorMarks(uint32_t lost, const std::vector<std::string>& gone = {});
+  // The streams of peer `lost` known gone (its databases were rebuilt): no record of them can
+  // come any more, so an exchange about them once done stays done.
+  std::set<std::string> GoneStreamsOf(uint32_t lost) {
+    for (auto& p : peers) {
+      if (p->config.replica_id != lost) continue;
+      std::lock_guard<std::mutex> l(p->mu);
+      return p->exchanged_gone;
+    }
+    return {};
+  }
   std::mutex hold_mu;  // one SetLocalWriteHold at a time, in order
   bool hold_told = false;
   void NoteLocalStreams(const std::map<std::string, std::string>& names);
 };
 
-void Replicator::Impl::AskSurvivorMarks(uint32_t lost) {
+void Replicator::Impl::AskSurvivorMarks(uint32_t lost, const std::vector<std::string>& gone) {
   for (auto& p : peers) {
     if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
+    const bool done = done_exchanges.Covers(lost, p->config.replica_id, gone);
     bool fresh;
     {
       std::lock_guard<std::mutex> l(p->mu);
-      fresh = p->owe_marks.insert(lost).second;
+      fresh = !done && p->owe_marks.insert(lost).second;
       p->answer_marks.insert(lost);
       ++p->takeovers[lost];
+    }
+    if (done) {
+      spdlog::info(
+          "event=survivor_exchange_already_done peer={} lost_replica={} gone_streams=\"{}\"",
+          p->config.name, lost, absl::StrJoin(gone, ","));
     }
     ++p->exchange_generation;
     feed->Kick();  // a sender waiting for records
@@ -1024,7 +1047,7 @@ class Session {
     if (new_gone) {
       spdlog::info("event=survivor_exchange_for_rebuilt_peer peer={} gone_streams=\"{}\"",
                    peer_.config.name, absl::StrJoin(peer_gone, ","));
-      r_.AskSurvivorMarks(peer_.config.replica_id);
+      r_.AskSurvivorMarks(peer_.config.replica_id, peer_gone);
     }
     std::vector<Cursor> cursors;
     {
@@ -2008,6 +2031,15 @@ class Session {
     Marks resume, highest;
     if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return false;
     for (uint32_t lost : owe) {
+      // The gone streams (of a rebuilt peer) our marks name: once the exchange is done, it is
+      // recorded as done for them (DoneExchanges), before the peer can answer.
+      const std::set<std::string> gone = r_.GoneStreamsOf(lost);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        Asked& a = asked_[lost];
+        for (const auto& [db, seq] : resume[lost])
+          if (gone.count(db)) a.streams.insert(db);
+      }
       pb::Frame f;
       pb::SurvivorMarks* sm = f.mutable_survivor_marks();
       sm->set_lost(lost);
@@ -2168,7 +2200,12 @@ class Session {
   // Confirms the peer's answers whose batches are applied: the exchange about that lost region
   // is done, our marks stop going out, and the peer stops answering.
   void ConfirmAppliedAnswers() {
-    std::vector<std::pair<uint32_t, bool>> done;  // lost region, taken over again since
+    struct Done {
+      uint32_t lost;
+      bool taken_again;  // since our marks
+      std::set<std::string> gone_streams;
+    };
+    std::vector<Done> done;
     bool again = false;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -2190,7 +2227,7 @@ class Session {
           continue;
         }
         const bool moved = peer_.takeovers[it->first] != it->second.takeover;
-        done.emplace_back(it->first, moved);
+        done.push_back({it->first, moved, std::move(it->second.streams)});
         if (moved) {
           again = true;  // taken over again since our marks: they go out again
         } else {
@@ -2202,9 +2239,16 @@ class Session {
     if (again) {
       WakeExchange();
     }
-    for (const auto& [lost, taken_again] : done) {
+    for (const auto& [lost, taken_again, gone_streams] : done) {
       spdlog::info("event=survivor_exchange_done peer={} lost_replica={} taken_over_again={}",
                    peer_.config.name, lost, taken_again);
+      if (!taken_again) {
+        if (absl::Status st = r_.done_exchanges.Record(lost, peer_.config.replica_id, gone_streams);
+            !st.ok()) {
+          spdlog::warn("event=done_exchange_not_persisted peer={} lost_replica={} error=\"{}\"",
+                       peer_.config.name, lost, std::string(st.message()));
+        }
+      }
       pb::Frame f;
       f.mutable_survivor_confirm()->set_lost(lost);
       // Lost with the session, the peer keeps answer_marks open; we send no more marks.
@@ -2344,6 +2388,7 @@ class Session {
     uint64_t takeover = 0;
     bool answered = false;
     std::map<std::string, uint64_t> queued;
+    std::set<std::string> streams;  // of the lost region, that our marks named
   };
   std::map<uint32_t, Asked> asked_;
   Marks peer_marks_;
@@ -2730,6 +2775,16 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     std::error_code ignored;
     std::filesystem::remove_all(made_state_dir, ignored);
   };
+  {
+    std::string warning;
+    absl::Status st = impl->done_exchanges.Load(
+        c.state_dir.empty() ? "" : absl::StrCat(c.state_dir, "/done-exchanges"), &warning);
+    // Not known, an exchange only runs again: the replicator runs on.
+    if (!st.ok()) {
+      spdlog::warn("event=done_exchanges_not_read error=\"{}\"", std::string(st.message()));
+    }
+    if (!warning.empty()) spdlog::warn("event=done_exchanges_damaged detail=\"{}\"", warning);
+  }
   for (const Peer& p : c.peers) {
     auto state = std::make_unique<PeerState>(static_cast<size_t>(c.recent_keys_per_stream));
     state->config = p;

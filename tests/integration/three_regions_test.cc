@@ -901,6 +901,35 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
     EXPECT_TRUE(cart && *cart == all)
         << c_->spec(region).name << " " << (cart ? Show(*cart) : "no cart");
   }
+
+  // That exchange, once done, is recorded in us-east's state_dir: a restarted us-east (kill -9)
+  // sees ap-south's streams gone again but does not ask eu-west again. Before, it sent eu-west
+  // its marks after every restart (and eu-west parked them, on every session).
+  const std::string ap = absl::StrCat(" lost_replica=", c_->spec(kAp).replica_id);
+  auto us_log = [&](size_t from) {
+    return test_support::forged_peer_detail::ReadFileOrEmpty(c_->replicator_log(kUs)).substr(from);
+  };
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return us_log(0).find("event=survivor_exchange_done peer=eu-west" + ap) !=
+               std::string::npos;
+      },
+      30));
+  const size_t before_restart = us_log(0).size();
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return us_log(before_restart)
+                   .find("event=survivor_exchange_already_done peer=eu-west" + ap) !=
+               std::string::npos;
+      },
+      30))
+      << us_log(before_restart);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // a session's exchange step, had it asked
+  EXPECT_EQ(us_log(before_restart).find("event=survivor_marks_sent peer=eu-west" + ap),
+            std::string::npos)
+      << us_log(before_restart);
 }
 
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
