@@ -2031,8 +2031,8 @@ class Session {
     Marks resume, highest;
     if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return false;
     for (uint32_t lost : owe) {
-      // The gone streams (of a rebuilt peer) our marks name: once the exchange is done, it is
-      // recorded as done for them (DoneExchanges), before the peer can answer.
+      // The gone streams (of a rebuilt peer) our marks name, noted before the marks go out (so
+      // before the peer can answer): once the exchange is done, it is recorded as done for them.
       const std::set<std::string> gone = r_.GoneStreamsOf(lost);
       {
         std::lock_guard<std::mutex> l(mu_);
