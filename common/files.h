@@ -6,6 +6,8 @@
 // Header-only, part of meridian_common.
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -205,13 +207,15 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
 }
 
 // Replaces the contents of the file at `path` whole: a reader (a script polling a port or stats
-// file) sees the old contents or the new, never a part. The text goes to a temporary file beside
-// the file that `path` finally names, then is renamed over it: a `path` that is a symlink stays
-// one, pointing at the new contents (a rename over the link itself replaced it with a plain file).
-// Its missing folders are made (see MakeParentFolders). Unavailable with the reason otherwise, the
-// old contents and no temporary file left.
-[[nodiscard]] inline absl::Status ReplaceTextFile(const std::string& path,
-                                                  const std::string& text) {
+// file) sees the old contents or the new, never a part. The text goes to a temporary file of a
+// unique name (mkstemp) beside the file that `path` finally names, then is renamed over it: a
+// `path` that is a symlink stays one, pointing at the new contents (a rename over the link itself
+// replaced it with a plain file), and two writers never share a temporary file. The new file gets
+// `mode`. Its missing folders are made (see MakeParentFolders). Unavailable with the reason
+// otherwise, the old contents and no temporary file left. No fsync: for files whose loss in a
+// crash costs nothing but a redo.
+[[nodiscard]] inline absl::Status ReplaceTextFile(const std::string& path, const std::string& text,
+                                                  mode_t mode = 0644) {
   const std::optional<std::filesystem::path> target = files_internal::WhereCreated(path);
   if (!target) {
     return absl::UnavailableError(absl::StrCat("'", path, "': too many levels of symbolic links"));
@@ -219,12 +223,29 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
   if (absl::Status st = MakeParentFolders(path); !st.ok()) {
     return absl::UnavailableError(absl::StrCat("cannot write ", st.message()));
   }
-  const std::string tmp = target->string() + ".tmp";
-  std::ofstream out(tmp, std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out || ::rename(tmp.c_str(), target->c_str()) != 0) {
-    const int error = errno;
+  std::string tmp = target->string() + ".XXXXXX";
+  const int fd = ::mkstemp(tmp.data());
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot write '", path, "': ", std::strerror(errno)));
+  }
+  bool ok = ::fchmod(fd, mode) == 0;
+  for (size_t at = 0; ok && at < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + at, text.size() - at);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) at += static_cast<size_t>(n);
+  }
+  int error = ok ? 0 : errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    error = errno;
+  }
+  if (ok && ::rename(tmp.c_str(), target->c_str()) != 0) {
+    ok = false;
+    error = errno;
+  }
+  if (!ok) {
     ::unlink(tmp.c_str());
     return absl::UnavailableError(
         absl::StrCat("cannot write '", path, "': ", std::strerror(error)));

@@ -137,8 +137,11 @@ TEST_F(CheckWritable, ReplaceTextFileWritesThroughASymlinkAndLeavesItOne) {
   std::ifstream in(dir_ + "/run/port");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(text, "4101\n");
-  EXPECT_FALSE(fs::exists(dir_ + "/run/port.tmp"));
-  EXPECT_FALSE(fs::exists(dir_ + "/port.tmp"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_ + "/run"), fs::directory_iterator()), 1)
+      << "a temporary file is left beside the port file";
+  EXPECT_EQ(fs::status(dir_ + "/run/port").permissions(), fs::perms(0644));
+  ASSERT_TRUE(ReplaceTextFile(dir_ + "/run/secret", "x\n", 0600).ok());
+  EXPECT_EQ(fs::status(dir_ + "/run/secret").permissions(), fs::perms(0600));
 
   ASSERT_TRUE(ReplaceTextFile(dir_ + "/new/deep/stats.json", "{}\n").ok());  // folders made
   EXPECT_TRUE(fs::is_regular_file(dir_ + "/new/deep/stats.json"));
@@ -149,7 +152,9 @@ TEST_F(CheckWritable, ReplaceTextFileWritesThroughASymlinkAndLeavesItOne) {
   EXPECT_FALSE(st.ok());
   EXPECT_NE(std::string(st.message()).find("taken"), std::string::npos) << st;
   EXPECT_TRUE(fs::is_directory(dir_ + "/taken"));
-  EXPECT_FALSE(fs::exists(dir_ + "/taken.tmp"));
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().rfind("taken.", 0), std::string::npos) << e.path();
+  }
   fs::create_symlink("loop-b", dir_ + "/loop-a");
   fs::create_symlink("loop-a", dir_ + "/loop-b");
   EXPECT_FALSE(ReplaceTextFile(dir_ + "/loop-a", "x\n").ok());

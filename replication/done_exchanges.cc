@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -13,7 +14,16 @@
 namespace meridian::replication {
 namespace {
 
-constexpr char kHeader[] = "meridian-done-exchanges 1";
+constexpr char kHeader[] = "meridian-done-exchanges 2";
+
+// A region's life as a hello names it: 1 to 64 stream names joined by ",".
+bool ValidLife(const std::string& life) {
+  std::vector<std::string> streams = absl::StrSplit(life, ',');
+  if (streams.size() > 64) return false;
+  for (const std::string& s : streams)
+    if (!ValidDatabaseName(s)) return false;
+  return true;
+}
 
 }  // namespace
 
@@ -43,7 +53,7 @@ absl::Status DoneExchanges::Load(const std::string& path, std::string* warning) 
     std::vector<std::string> f = absl::StrSplit(line, ' ');
     uint32_t lost = 0, peer = 0;
     if (f.size() != 3 || !absl::SimpleAtoi(f[0], &lost) || !absl::SimpleAtoi(f[1], &peer) ||
-        lost == 0 || peer == 0 || !ValidDatabaseName(f[2])) {
+        lost == 0 || peer == 0 || !ValidLife(f[2])) {
       *warning = absl::StrCat(path, ", line ", n, ", is damaged ('", line.substr(0, 80),
                               "'); the exchanges it lists run again");
       return absl::OkStatus();
@@ -57,26 +67,22 @@ absl::Status DoneExchanges::Load(const std::string& path, std::string* warning) 
   return absl::OkStatus();
 }
 
-bool DoneExchanges::Covers(uint32_t lost, uint32_t peer,
-                           const std::vector<std::string>& streams) const {
+bool DoneExchanges::Done(uint32_t lost, uint32_t peer, const std::string& life) const {
   std::lock_guard<std::mutex> l(mu_);
-  for (const std::string& s : streams) {
-    if (!done_.count({lost, peer, s})) return false;
-  }
-  return !streams.empty();
+  return done_.count({lost, peer, life}) > 0;
 }
 
-absl::Status DoneExchanges::Record(uint32_t lost, uint32_t peer,
-                                   const std::set<std::string>& streams) {
-  std::lock_guard<std::mutex> l(mu_);
-  bool fresh = false;
-  for (const std::string& s : streams) fresh = done_.emplace(lost, peer, s).second || fresh;
-  if (!fresh || path_.empty()) return absl::OkStatus();
-  std::string text = absl::StrCat(kHeader, "\n");
-  for (const auto& [l_lost, l_peer, stream] : done_) {
-    absl::StrAppend(&text, l_lost, " ", l_peer, " ", stream, "\n");
+absl::Status DoneExchanges::Record(uint32_t lost, uint32_t peer, const std::string& life) {
+  if (lost == 0 || peer == 0 || !ValidLife(life)) {
+    return absl::InvalidArgumentError(absl::StrCat("not a region's life: '", life, "'"));
   }
-  return common::ReplaceTextFile(path_, text);
+  std::lock_guard<std::mutex> l(mu_);
+  if (!done_.emplace(lost, peer, life).second || path_.empty()) return absl::OkStatus();
+  std::string text = absl::StrCat(kHeader, "\n");
+  for (const auto& [l_lost, l_peer, l_life] : done_) {
+    absl::StrAppend(&text, l_lost, " ", l_peer, " ", l_life, "\n");
+  }
+  return common::ReplaceTextFile(path_, text, 0600);
 }
 
 }  // namespace meridian::replication

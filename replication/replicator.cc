@@ -45,17 +45,25 @@ namespace {
 namespace rpb = ::meridian::region::v1;
 using SteadyTime = std::chrono::steady_clock;
 
-// The topmost folder on the way to `dir` that does not exist yet: what making `dir` creates. Empty
-// when `dir` exists already.
-std::filesystem::path FirstMissingFolder(const std::filesystem::path& dir) {
+// Makes the folder `dir` and its missing parents. Into `made`, the folders this call made, parents
+// first (another process may make one of them at the same time: that one is not listed).
+std::error_code MakeFolders(const std::filesystem::path& dir,
+                            std::vector<std::filesystem::path>* made) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  std::filesystem::path missing;
-  for (std::filesystem::path at = std::filesystem::absolute(dir, ec).lexically_normal();
-       !ec && !at.empty() && !std::filesystem::exists(at, ec) && !ec; at = at.parent_path()) {
-    missing = at;
+  std::vector<fs::path> missing;
+  for (fs::path at = fs::absolute(dir, ec); !ec && !at.empty() && !fs::exists(at, ec) && !ec;
+       at = at.parent_path()) {
+    missing.push_back(at);
     if (at == at.root_path()) break;
   }
-  return missing;
+  if (ec) return ec;
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (fs::create_directory(*it, ec)) made->push_back(*it);
+    if (ec) return ec;
+  }
+  if (!fs::is_directory(dir, ec) && !ec) ec = std::make_error_code(std::errc::not_a_directory);
+  return ec;
 }
 
 int64_t UnixMs() {
@@ -177,9 +185,13 @@ struct PeerState {
   // Takeovers of each lost region our coordinator saw (and rebuilds of it, seen in its hello):
   // an exchange confirmed for an earlier one does not end the exchange a later one needs.
   std::map<uint32_t, uint64_t> takeovers;
-  // Guarded by mu. Streams of the peer's that are gone (it was rebuilt) and that started a
-  // survivors' exchange about it: once per gone stream and process.
-  std::set<std::string> exchanged_gone;
+  // Guarded by mu. The peer's current streams, sorted and joined by ",", as of its last hello
+  // that showed it rebuilt (streams of its that we applied records of are gone): its current
+  // life. "" until then. Each life starts one survivors' exchange about the peer per process
+  // (exchanged_lives); a life that comes after another we never heard from (rebuilt twice) is a
+  // new one, though the streams we see gone are the same.
+  std::string rebuilt_life;
+  std::set<std::string> exchanged_lives;
   // Guarded by mu. Our databases were rebuilt and the peer knows our past (its hello had resume
   // points for streams of ours that are gone): the peer's databases (stream names) whose state
   // has not come yet. While any peer's is not empty, the region takes no local cart or stock
@@ -679,29 +691,29 @@ struct Replicator::Impl {
   void SyncWriteHold();
   // Starts the survivors' exchange about region `lost` with every other peer (the region was
   // taken over, or its databases were rebuilt): each may hold records of it the others lack.
-  // For a rebuilt region, `gone` names its streams that are gone: a peer with which an exchange
-  // about every one of them is done already (done_exchanges, a process before a restart) is not
-  // asked again; its marks are still answered.
-  void AskSurvivorMarks(uint32_t lost, const std::vector<std::string>& gone = {});
-  // The streams of peer `lost` known gone (its databases were rebuilt): no record of them can
-  // come any more, so an exchange about them once done stays done.
-  std::set<std::string> GoneStreamsOf(uint32_t lost) {
+  // For a rebuilt region, `rebuilt_life` names its current life: a peer with which an exchange
+  // in that life is done already (done_exchanges, by a process before a restart) is not asked
+  // again; its marks are still answered.
+  void AskSurvivorMarks(uint32_t lost, const std::string& rebuilt_life = "");
+  // PeerState::rebuilt_life of peer `lost`: "" unless it was seen rebuilt.
+  std::string RebuiltLifeOf(uint32_t lost) {
     for (auto& p : peers) {
       if (p->config.replica_id != lost) continue;
       std::lock_guard<std::mutex> l(p->mu);
-      return p->exchanged_gone;
+      return p->rebuilt_life;
     }
-    return {};
+    return "";
   }
   std::mutex hold_mu;  // one SetLocalWriteHold at a time, in order
   bool hold_told = false;
   void NoteLocalStreams(const std::map<std::string, std::string>& names);
 };
 
-void Replicator::Impl::AskSurvivorMarks(uint32_t lost, const std::vector<std::string>& gone) {
+void Replicator::Impl::AskSurvivorMarks(uint32_t lost, const std::string& rebuilt_life) {
   for (auto& p : peers) {
     if (p->config.replica_id == lost) continue;  // the lost region is the origin: not it
-    const bool done = done_exchanges.Covers(lost, p->config.replica_id, gone);
+    const bool done =
+        !rebuilt_life.empty() && done_exchanges.Done(lost, p->config.replica_id, rebuilt_life);
     bool fresh;
     {
       std::lock_guard<std::mutex> l(p->mu);
@@ -710,9 +722,8 @@ void Replicator::Impl::AskSurvivorMarks(uint32_t lost, const std::vector<std::st
       ++p->takeovers[lost];
     }
     if (done) {
-      spdlog::info(
-          "event=survivor_exchange_already_done peer={} lost_replica={} gone_streams=\"{}\"",
-          p->config.name, lost, absl::StrJoin(gone, ","));
+      spdlog::info("event=survivor_exchange_already_done peer={} lost_replica={} life=\"{}\"",
+                   p->config.name, lost, rebuilt_life);
     }
     ++p->exchange_generation;
     feed->Kick();  // a sender waiting for records
@@ -1037,17 +1048,21 @@ class Session {
     // The last records of its earlier life may have reached some of the other peers and not
     // others, and each hears the peer's records only from the peer, whose outbox of them is
     // gone: the survivors compare what they applied of it, as after a loss.
-    bool new_gone = false;
-    {
-      std::lock_guard<std::mutex> l(peer_.mu);
-      for (const std::string& stream : peer_gone) {
-        new_gone = peer_.exchanged_gone.insert(stream).second || new_gone;
+    if (!peer_gone.empty()) {
+      std::set<std::string> now(ph.streams().begin(), ph.streams().end());
+      const std::string life = absl::StrJoin(now, ",");
+      bool new_life;
+      {
+        std::lock_guard<std::mutex> l(peer_.mu);
+        peer_.rebuilt_life = life;
+        new_life = peer_.exchanged_lives.insert(life).second;
       }
-    }
-    if (new_gone) {
-      spdlog::info("event=survivor_exchange_for_rebuilt_peer peer={} gone_streams=\"{}\"",
-                   peer_.config.name, absl::StrJoin(peer_gone, ","));
-      r_.AskSurvivorMarks(peer_.config.replica_id, peer_gone);
+      if (new_life) {
+        spdlog::info(
+            "event=survivor_exchange_for_rebuilt_peer peer={} gone_streams=\"{}\" life=\"{}\"",
+            peer_.config.name, absl::StrJoin(peer_gone, ","), life);
+        r_.AskSurvivorMarks(peer_.config.replica_id, life);
+      }
     }
     std::vector<Cursor> cursors;
     {
@@ -2031,14 +2046,13 @@ class Session {
     Marks resume, highest;
     if (!ReadMarks(false, &resume) || !ReadMarks(true, &highest)) return false;
     for (uint32_t lost : owe) {
-      // The gone streams (of a rebuilt peer) our marks name, noted before the marks go out (so
-      // before the peer can answer): once the exchange is done, it is recorded as done for them.
-      const std::set<std::string> gone = r_.GoneStreamsOf(lost);
+      // The life of a rebuilt peer our marks go out in, noted before they go (so before the
+      // peer can answer): once the exchange is done, it is recorded as done for that life.
+      const std::string life = r_.RebuiltLifeOf(lost);
       {
         std::lock_guard<std::mutex> l(mu_);
-        Asked& a = asked_[lost];
-        for (const auto& [db, seq] : resume[lost])
-          if (gone.count(db)) a.streams.insert(db);
+        auto it = asked_.find(lost);
+        if (it != asked_.end()) it->second.rebuilt_life = life;
       }
       pb::Frame f;
       pb::SurvivorMarks* sm = f.mutable_survivor_marks();
@@ -2203,7 +2217,7 @@ class Session {
     struct Done {
       uint32_t lost;
       bool taken_again;  // since our marks
-      std::set<std::string> gone_streams;
+      std::string rebuilt_life;
     };
     std::vector<Done> done;
     bool again = false;
@@ -2227,7 +2241,7 @@ class Session {
           continue;
         }
         const bool moved = peer_.takeovers[it->first] != it->second.takeover;
-        done.push_back({it->first, moved, std::move(it->second.streams)});
+        done.push_back({it->first, moved, std::move(it->second.rebuilt_life)});
         if (moved) {
           again = true;  // taken over again since our marks: they go out again
         } else {
@@ -2239,16 +2253,21 @@ class Session {
     if (again) {
       WakeExchange();
     }
-    for (const auto& [lost, taken_again, gone_streams] : done) {
-      spdlog::info("event=survivor_exchange_done peer={} lost_replica={} taken_over_again={}",
-                   peer_.config.name, lost, taken_again);
-      if (!taken_again) {
-        if (absl::Status st = r_.done_exchanges.Record(lost, peer_.config.replica_id, gone_streams);
-            !st.ok()) {
+    for (const auto& [lost, taken_again, rebuilt_life] : done) {
+      // Recorded (a rebuilt peer's life) before it is logged: a kill right after the line
+      // finds the record.
+      bool recorded = false;
+      if (!taken_again && !rebuilt_life.empty()) {
+        absl::Status st = r_.done_exchanges.Record(lost, peer_.config.replica_id, rebuilt_life);
+        recorded = st.ok();
+        if (!st.ok()) {
           spdlog::warn("event=done_exchange_not_persisted peer={} lost_replica={} error=\"{}\"",
                        peer_.config.name, lost, std::string(st.message()));
         }
       }
+      spdlog::info(
+          "event=survivor_exchange_done peer={} lost_replica={} taken_over_again={} recorded={}",
+          peer_.config.name, lost, taken_again, recorded);
       pb::Frame f;
       f.mutable_survivor_confirm()->set_lost(lost);
       // Lost with the session, the peer keeps answer_marks open; we send no more marks.
@@ -2388,7 +2407,7 @@ class Session {
     uint64_t takeover = 0;
     bool answered = false;
     std::map<std::string, uint64_t> queued;
-    std::set<std::string> streams;  // of the lost region, that our marks named
+    std::string rebuilt_life;  // of the lost region when our marks went out (rebuilt_life)
   };
   std::map<uint32_t, Asked> asked_;
   Marks peer_marks_;
@@ -2757,24 +2776,23 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
     *out = *std::move(text);
   }
   // The recent keys are loaded (and their files made) before the stream service listens, as a
-  // peer may connect at once; a start that fails after that (its port taken) removes the folders
-  // it made, so that a typo in a port leaves nothing behind.
-  std::filesystem::path made_state_dir;
+  // peer may connect at once; a start that fails after that (its port taken) removes the files
+  // and folders it made, by name, so that a typo in a port leaves nothing behind. (Not a tree: a
+  // folder another process filled meanwhile stays, with what it holds.)
+  std::vector<std::filesystem::path> made_folders, made_files;
+  absl::Cleanup remove_what_start_made = [&made_folders, &made_files] {
+    std::error_code ignored;
+    for (const auto& f : made_files) std::filesystem::remove(f, ignored);
+    for (auto it = made_folders.rbegin(); it != made_folders.rend(); ++it) {
+      std::filesystem::remove(*it, ignored);  // only if empty
+    }
+  };
   if (!c.state_dir.empty()) {
-    made_state_dir = FirstMissingFolder(c.state_dir);
-    std::error_code ec;
-    std::filesystem::create_directories(c.state_dir, ec);
-    if (ec) {
+    if (std::error_code ec = MakeFolders(c.state_dir, &made_folders)) {
       return absl::UnavailableError(
           absl::StrCat("state_dir: cannot make ", c.state_dir, ": ", ec.message()));
     }
   }
-  // (The recent-keys files still open are unlinked with it; nothing writes them before a start.)
-  absl::Cleanup remove_made_state_dir = [&made_state_dir] {
-    if (made_state_dir.empty()) return;
-    std::error_code ignored;
-    std::filesystem::remove_all(made_state_dir, ignored);
-  };
   {
     std::string warning;
     absl::Status st = impl->done_exchanges.Load(
@@ -2797,6 +2815,8 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
         spdlog::warn("event=recent_keys_not_persisted peer={} error=\"{}\"", name, why);
       };
       std::string warning;
+      std::error_code ec;
+      if (!std::filesystem::exists(path, ec) && !ec) made_files.push_back(path);
       absl::Status st = state->recent.Persist(path, &warning, not_persisted);
       if (!st.ok()) not_persisted(std::string(st.message()));
       if (!warning.empty()) {
@@ -2882,7 +2902,7 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
   }
   raw->threads.emplace_back([raw] { raw->Housekeeping(); });
   raw->threads.emplace_back([raw] { raw->feed->Run(); });
-  std::move(remove_made_state_dir).Cancel();
+  std::move(remove_what_start_made).Cancel();
   spdlog::info("event=replicator_started region={} listen={}:{} peers={}", c.region, c.listen.host,
                raw->port, c.peers.size());
   return std::unique_ptr<Replicator>(new Replicator(std::move(impl)));

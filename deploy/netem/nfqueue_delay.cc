@@ -490,7 +490,8 @@ class App {
 
   void WriteStatsFile() const {
     if (opts_.stats_file.empty()) return;
-    // Checked writable at start; a failure now (a full disk) is said once, and retried.
+    // Checked at start; a failure now (a full disk, a folder that cannot be written) is said
+    // once, and retried.
     if (absl::Status st =
             meridian::common::ReplaceTextFile(opts_.stats_file, StatsJson().dump() + "\n");
         !st.ok() && !stats_write_failure_said_) {

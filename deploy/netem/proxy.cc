@@ -275,7 +275,8 @@ int main(int argc, char** argv) {
                          ", \"connections\": ", g_stats.connections,
                          ", \"dropped_bytes\": ", g_stats.dropped_bytes,
                          ", \"partitioned\": ", g_partitioned ? "true" : "false", "}\n");
-        // Checked writable at start; a failure now (a full disk) is said once, and retried.
+        // Checked at start; a failure now (a full disk, a folder that cannot be written) is said
+        // once, and retried.
         static bool said = false;
         if (absl::Status st = meridian::common::ReplaceTextFile(stats_file, json);
             !st.ok() && !said) {
@@ -290,7 +291,7 @@ int main(int argc, char** argv) {
       });
     };
     if (!stats_file.empty()) {
-      if (absl::Status st = meridian::common::MakeParentFolders(stats_file + ".tmp"); !st.ok()) {
+      if (absl::Status st = meridian::common::MakeParentFolders(stats_file); !st.ok()) {
         std::fprintf(stderr, "meridian-netem proxy: cannot write --stats-file %s\n",
                      std::string(st.message()).c_str());
         return 1;

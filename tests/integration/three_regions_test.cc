@@ -911,8 +911,8 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   };
   ASSERT_TRUE(Eventually(
       [&] {
-        return us_log(0).find("event=survivor_exchange_done peer=eu-west" + ap) !=
-               std::string::npos;
+        return us_log(0).find("event=survivor_exchange_done peer=eu-west" + ap +
+                              " taken_over_again=false recorded=true") != std::string::npos;
       },
       30));
   const size_t before_restart = us_log(0).size();
@@ -930,6 +930,58 @@ TEST_F(ThreeRegions, ARebuiltRegionReleasedWithoutAPeerNeverReusesACartDotThatPe
   EXPECT_EQ(us_log(before_restart).find("event=survivor_marks_sent peer=eu-west" + ap),
             std::string::npos)
       << us_log(before_restart);
+}
+
+// ap-south rebuilt twice, the life in between never heard at us-east (cut from ap-south, its
+// replicator running all along): that life's last change, which only eu-west holds, reaches
+// us-east through the survivors' exchange of the third life. An exchange is started, and recorded
+// done, per life of the rebuilt region, not per stream seen gone: us-east sees the same streams
+// gone (the first life's) in the second and third lives' hellos, and so never asked again.
+TEST_F(ThreeRegions, ALifeOfARebuiltRegionNeverHeardHereStillReachesItThroughASurvivor) {
+  const Shopper shopper = OneItemEverywhere(kAp, "ivy@example.com");
+  ASSERT_FALSE(HasFailure());
+  Product(kUs, "sku-2", 500);
+  ProductsEverywhere({"sku-2"});
+  ASSERT_FALSE(HasFailure());
+  const std::string ap = absl::StrCat(" lost_replica=", c_->spec(kAp).replica_id);
+  auto rebuild_ap = [&] {
+    ASSERT_TRUE(c_->KillReplicator(kAp).ok());
+    ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+    RebuildDatabases(kAp);
+    ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  };
+  // The second life, every region up: us-east's exchange with eu-west about it is done.
+  ASSERT_NO_FATAL_FAILURE(rebuild_ap());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return test_support::forged_peer_detail::ReadFileOrEmpty(c_->replicator_log(kUs))
+                   .find("event=survivor_exchange_done peer=eu-west" + ap +
+                         " taken_over_again=false recorded=true") != std::string::npos;
+      },
+      30));
+  // Its last change reaches eu-west only.
+  ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
+  ASSERT_EQ(AddAfterRebuild(kAp, shopper.token, "sku-2", 1), 200);
+  const Lines both = {{"sku-1", 1}, {"sku-2", 1}};
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kEu, shopper.id);
+        return cart && *cart == both;
+      },
+      30));
+  // The third life, the link back.
+  ASSERT_NO_FATAL_FAILURE(rebuild_ap());
+  ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
+  ASSERT_TRUE(c_->StartReplicator(kAp).ok());
+  std::optional<Lines> cart;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        cart = DbCart(kUs, shopper.id);
+        return cart && *cart == both;
+      },
+      30))
+      << "us-east never got the second life's change: " << (cart ? Show(*cart) : "no cart");
 }
 
 // Peers whose hellos claim every stream of ap-south applied through kMaxSeq (peers with valid
