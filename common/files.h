@@ -211,17 +211,23 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
 // unique name (mkstemp) beside the file that `path` finally names, then is renamed over it: a
 // `path` that is a symlink stays one, pointing at the new contents (a rename over the link itself
 // replaced it with a plain file), and two writers never share a temporary file. The new file gets
-// `mode`. Its missing folders are made (see MakeParentFolders). Unavailable with the reason
-// otherwise, the old contents and no temporary file left. No fsync: for files whose loss in a
-// crash costs nothing but a redo.
+// `mode`. Its missing folders are made (as MakeParentFolders makes them). Unavailable with the
+// reason otherwise, the old contents and no temporary file left. No fsync: for files whose loss in
+// a crash costs nothing but a redo.
 [[nodiscard]] inline absl::Status ReplaceTextFile(const std::string& path, const std::string& text,
                                                   mode_t mode = 0644) {
   const std::optional<std::filesystem::path> target = files_internal::WhereCreated(path);
   if (!target) {
     return absl::UnavailableError(absl::StrCat("'", path, "': too many levels of symbolic links"));
   }
-  if (absl::Status st = MakeParentFolders(path); !st.ok()) {
-    return absl::UnavailableError(absl::StrCat("cannot write ", st.message()));
+  // The folders MakeParentFolders would make, from the target already found (it would walk the
+  // links again, on every write of a stats file).
+  const std::filesystem::path parent = files_internal::FolderOf(*target);
+  std::error_code made;
+  std::filesystem::create_directories(parent, made);
+  if (made) {
+    return absl::UnavailableError(absl::StrCat("cannot write '", path, "': cannot create ",
+                                               parent.string(), ": ", made.message()));
   }
   std::string tmp = target->string() + ".XXXXXX";
   const int fd = ::mkstemp(tmp.data());
