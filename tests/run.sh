@@ -17,6 +17,20 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-$(nproc)}
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+# run_ctest DIR [ENV=VALUE...]: every test of build tree DIR. On a failure its last lines (all a
+# CI page may show) repeat each failed test's name and its assertions' first lines, which ctest
+# printed further up among the output of everything that passed.
+run_ctest() {
+  local dir=$1 rc=0
+  shift
+  env "$@" ctest --test-dir "$dir" --output-on-failure -j "$JOBS" || rc=$?
+  ((rc == 0)) && return 0
+  echo "-- what failed in $dir (whole output: $dir/Testing/Temporary/LastTest.log)"
+  awk '/^[0-9]+\/[0-9]+ Testing: / { test = $3 }
+       /: Failure$|^\[  FAILED  \] [A-Za-z]|Sanitizer|runtime error/ { left = 4; print "[" test "]" }
+       left > 0 { print "  " $0; left-- }' "$dir/Testing/Temporary/LastTest.log" | tail -n 40
+  exit "$rc"
+}
 
 step "dependencies"
 bash deploy/install-deps.sh
@@ -55,7 +69,7 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
 fi
 
 step "release tests${san_build:+ (the sanitizer tree builds beside them at idle priority)}"
-ctest --test-dir build --output-on-failure -j "$JOBS"
+run_ctest build
 
 if [[ -n $san_build ]]; then
   step "sanitizer build (clang -O0, ASan+UBSan, libFuzzer targets): waiting for it to finish"
@@ -68,9 +82,9 @@ if [[ -n $san_build ]]; then
   san_build=""
   echo "sanitizer build done, $(($(date +%s) - san_started)) s after it started"
   step "sanitizer tests"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0" \
-    ctest --test-dir build-san --output-on-failure -j "$JOBS"
+  run_ctest build-san ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1 \
+    LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 
   if [[ "$FUZZ_SECONDS" -gt 0 ]]; then
     step "fuzzing for ${FUZZ_SECONDS} s (libFuzzer, ASan+UBSan): the decoders of peer input and the HTTP server, side by side"
