@@ -225,7 +225,7 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
              {"max_body_bytes", "http_threads", "rate_limit_per_s", "rate_limit_burst",
               "reservation_ttl_s", "max_cart_lines", "max_line_quantity", "max_cart_bytes",
               "account_lookups", "max_connections_per_client", "login_attempts_per_account",
-              "login_attempt_refill_s"});
+              "login_attempt_refill_s", "sweep_interval_s"});
   c.max_body_bytes =
       r.Integer<size_t>(lim, "max_body_bytes", "limits.max_body_bytes", 1 << 20, 1024, 64 << 20);
   c.http_threads = r.Integer<int>(lim, "http_threads", "limits.http_threads", 8, 1, 256);
@@ -246,6 +246,8 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
       r.Integer<int>(lim, "login_attempt_refill_s", "limits.login_attempt_refill_s", 60, 1, 86400);
   c.reservation_ttl_s =
       r.Integer<int>(lim, "reservation_ttl_s", "limits.reservation_ttl_s", 900, 1, 7 * 86400);
+  c.sweep_interval_s =
+      r.Integer<int>(lim, "sweep_interval_s", "limits.sweep_interval_s", 5, 0, 3600);
   c.max_cart_lines = r.Integer<int>(lim, "max_cart_lines", "limits.max_cart_lines", 100, 1, 10000);
   c.max_line_quantity =
       r.Integer<int>(lim, "max_line_quantity", "limits.max_line_quantity", 999, 1, 1000000);

@@ -96,6 +96,10 @@ struct RegionConfig {
   int login_attempts_per_account = 10;
   int login_attempt_refill_s = 60;
   int reservation_ttl_s = 900;
+  // Seconds between the jobs thread's sweeps (expired reservations, orders left in doubt,
+  // deferred releases and refunds). 0: no background sweep; only `POST /v1/admin/sweep` runs one
+  // (tests that drive the sweep themselves and must not race it).
+  int sweep_interval_s = 5;
   int max_cart_lines = 100;
   int max_line_quantity = 999;
   // A cart's stored state, in bytes, past which a change that adds to it is refused (422): the

@@ -29,6 +29,7 @@ TEST(Config, ParsesAGoodFileWithDefaults) {
   EXPECT_EQ(c->account_lookups, 4);  // half the HTTP threads
   EXPECT_EQ(c->login_attempts_per_account, 10);
   EXPECT_EQ(c->login_attempt_refill_s, 60);
+  EXPECT_EQ(c->sweep_interval_s, 5);
   EXPECT_TRUE(c->hold_new_databases);
   EXPECT_EQ(c->pool_size, 8);
   EXPECT_EQ(c->pool_open_at_start, 8);  // every connection, as pool_size says
@@ -102,6 +103,8 @@ TEST(Config, NamesTheBadField) {
               "limits.login_attempts_per_account");
   ExpectError(std::string(kGood) + "limits: {login_attempt_refill_s: 0}\n",
               "limits.login_attempt_refill_s");
+  ExpectError(std::string(kGood) + "limits: {sweep_interval_s: -1}\n", "limits.sweep_interval_s");
+  ExpectError(std::string(kGood) + "limits: {sweep_interval_s: 3601}\n", "limits.sweep_interval_s");
   ExpectError(std::string(kGood) + "hold_new_databases: maybe\n",
               "hold_new_databases: must be true or false");
   ExpectError(std::string(kGood) + "limits: {max_body_byte: 10}\n", "limits.max_body_byte");
@@ -171,6 +174,15 @@ TEST(Config, AccountLookupsDefaultToHalfTheHttpThreads) {
   auto c = ParseConfig(std::string(kGood) + "limits: {http_threads: 4, account_lookups: 4}\n");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->account_lookups, 4);
+}
+
+TEST(Config, ABackgroundSweepOfZeroSecondsIsNone) {
+  auto c = ParseConfig(std::string(kGood) + "limits: {sweep_interval_s: 0}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sweep_interval_s, 0);
+  c = ParseConfig(std::string(kGood) + "limits: {sweep_interval_s: 30}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sweep_interval_s, 30);
 }
 
 TEST(Config, ReplicationIsOffUnlessConfigured) {

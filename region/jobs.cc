@@ -323,7 +323,8 @@ void RegionApp::Impl::StartJobs() {
       if (stale_hot_carts.size() > 0 && !redis->breaker_open()) {
         stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_carts.Repair(*redis)));
       }
-      if (++tick % 5 == 0) {
+      if (config.sweep_interval_s > 0 && ++tick >= config.sweep_interval_s) {
+        tick = 0;
         if (auto n = Sweep(); !n.ok()) {
           spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());
         } else if (n->failed > 0) {
