@@ -154,7 +154,7 @@ class RegionTest : public ::testing::Test {
 
   // Makes product `sku` (priced `price_cents`, `units` in stock) for the test that calls it. A
   // test that counts a product's units sells one of its own: the tests share the fixture's
-  // region, and a sweep (the test's own, or the jobs thread's every 5 s) releases the expired
+  // region, and a sweep (a test's own; the jobs thread's is off here) releases the expired
   // reservations other tests left, which would put their units back into its count.
   static void OwnProduct(const std::string& sku, int64_t price_cents = 1000, int64_t units = 100) {
     Response put = Admin("PUT", "/v1/admin/products/" + sku,
@@ -316,7 +316,7 @@ class RegionTest : public ::testing::Test {
   }
   // Settles the reservations other tests left held (their unpaid orders), as the sweep would once
   // they expire, and leaves the sweep's cursor at the start. The tests share the region: a sweep
-  // (the test's own, or the jobs thread's every 5 s) takes every due reservation in it, expiring
+  // (any test's own; the jobs thread's is off here) takes every due reservation in it, expiring
   // an order writes its event to the outbox and returning stock writes the global outbox, and a
   // sweep that took a full page of 500 leaves the next one to go on after its last, past a mark
   // made due at once (SettleAtNextSweep). A test that counts what a sweep does, needs its first
@@ -1964,8 +1964,9 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
   // The capture takes 1.5 s (a slow provider); its refund fails, and so does every refund of the
-  // order until the fault is lifted below: the jobs thread's sweep (every 5 s) would otherwise
-  // refund the capture before the test has looked at what the payment left owed.
+  // order until the fault is lifted below: a sweep (a region's jobs thread's, off in this
+  // fixture) would otherwise refund the capture before the test has looked at what the payment
+  // left owed.
   Exec(0, "global",
        "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
        "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
