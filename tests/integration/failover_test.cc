@@ -27,6 +27,7 @@
 #include "tests/support/eventually.h"
 #include "tests/support/ports.h"
 #include "tests/support/process.h"
+#include "tests/support/sanitized.h"
 #include "tests/support/temp_dir.h"
 
 namespace meridian {
@@ -277,7 +278,9 @@ TEST_F(FailoverTest, KilledRegionIsDeclaredLostMovedOutOfDnsAndFailsBack) {
       "[failover] detection after kill -9: us-east's controller %lld ms, ap-south's %lld ms "
       "(target <= 3000)\n",
       static_cast<long long>(detect_us), static_cast<long long>(detect_ap));
-  EXPECT_LE(std::max(detect_us, detect_ap), 3000);
+  // The 3 s target holds in the Release build; under the sanitizers a probe round of 9 probes can
+  // overrun its 500 ms tick and stretch the three failed rounds the verdict needs.
+  EXPECT_LE(std::max(detect_us, detect_ap), test_support::kSanitized ? 4500 : 3000);
   // Geo: the override (the controllers' hook), not only its own probes.
   int64_t geo_down = -1;
   ASSERT_TRUE(Eventually(

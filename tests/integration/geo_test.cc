@@ -510,7 +510,9 @@ TEST_F(GeoDnsTest, FailingReadyzMovesTheAnswerWithinTheThresholds) {
               up_ms, 4 * 500, 5 * 500, dig_ms);
   ASSERT_GT(up_ms, 0) << "the answer never came back";
   EXPECT_GT(up_ms, 4 * 500 - 100) << "up before `rise` good probes: no hysteresis";
-  EXPECT_LE(up_ms, 5 * 500 + 300 + dig_ms);
+  // The 5th good probe lands up to one interval after the heal, plus the probe thread's and the
+  // previous dig's lateness on a loaded machine (other clusters run beside this test).
+  EXPECT_LE(up_ms, 5 * 500 + 800 + dig_ms);
 
   // A region that stops answering at all (connection refused) goes down the same way.
   const auto stopped_at = Clock::now();

@@ -781,16 +781,20 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   const std::string login = Json{{"email", email}, {"password", "long-password"}}.dump();
   const std::string eu_sessions =
       "http://127.0.0.1:" + std::to_string(c_->http_port(kEu)) + "/v1/sessions";
-  for (size_t region : {kUs, kAp}) {
-    // 503 "retry shortly": a peer did not answer the account lookup in time (once under the
-    // sanitizer build); the client retries, as told.
-    Response away;
+  // 503 "retry shortly": a peer did not answer the account lookup in time (seen under the
+  // sanitizer build); the client retries, as told. Every lookup below is made so.
+  auto answered = [&](size_t region, const std::string& path, const std::string& body) {
+    Response r;
     Eventually(
         [&] {
-          away = Request(c_->http_port(region), "POST", "/v1/sessions", login);
-          return away.status != 503;
+          r = Request(c_->http_port(region), "POST", path, body);
+          return r.status != 503;
         },
         10);
+    return r;
+  };
+  for (size_t region : {kUs, kAp}) {
+    Response away = answered(region, "/v1/sessions", login);
     EXPECT_EQ(away.status, 307) << c_->spec(region).name << ": " << away.body;
     EXPECT_EQ(away.Header("location"), eu_sessions) << away.body;
     EXPECT_EQ(away.body.find(user), std::string::npos) << "her id in the answer: " << away.body;
@@ -800,18 +804,18 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   EXPECT_EQ(home.status, 200) << home.body;
   // The password is checked where the account is held: a wrong one is refused, not redirected
   // (the redirect would tell where her data is pinned).
-  Response wrong = Request(c_->http_port(kUs), "POST", "/v1/sessions",
-                           Json{{"email", email}, {"password", "wrong-password"}}.dump());
+  Response wrong =
+      answered(kUs, "/v1/sessions", Json{{"email", email}, {"password", "wrong-password"}}.dump());
   EXPECT_EQ(wrong.status, 401) << wrong.body;
   EXPECT_EQ(wrong.Header("location"), "") << wrong.body;
   // An e-mail no region holds is still refused.
-  Response nobody = Request(c_->http_port(kUs), "POST", "/v1/sessions",
-                            Json{{"email", "nobody@example.com"}, {"password", "x"}}.dump());
+  Response nobody = answered(kUs, "/v1/sessions",
+                             Json{{"email", "nobody@example.com"}, {"password", "x"}}.dump());
   EXPECT_EQ(nobody.status, 401) << nobody.body;
 
   // Her e-mail cannot be registered again where her account is not held.
-  Response again = Request(
-      c_->http_port(kAp), "POST", "/v1/users",
+  Response again = answered(
+      kAp, "/v1/users",
       Json{{"email", email}, {"password", "another-password"}, {"residency", "any"}}.dump());
   EXPECT_EQ(again.status, 409) << again.body;
   EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
@@ -2175,13 +2179,17 @@ TEST_F(LeasesTest, ASlowSyncPageDoesNotHoldUpTheStream) {
   ASSERT_TRUE(p.Write(test_support::CartBatch(
       c_->spec(kEu).replica_id, services::UserIdForEmail("slow@example.com"), "any", 1)));
   const auto t0 = std::chrono::steady_clock::now();
-  rpb::Frame ack = p.Next([](const rpb::Frame& in) { return in.has_ack() || in.has_sync_reply(); });
+  // Both waits beat: ap-south ends a stream it hears nothing from for 1.5 s.
+  rpb::Frame ack =
+      p.NextBeating([](const rpb::Frame& in) { return in.has_ack() || in.has_sync_reply(); },
+                    std::chrono::seconds(20));
   const double waited_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_TRUE(ack.has_ack()) << "the sync reply came first: the region call was not held up";
   EXPECT_LT(waited_s, 3.0) << "the batch's ack waited behind the sync page";
   lock.commit();  // the region reads the page now and the reply follows
-  rpb::Frame reply = p.Next([](const rpb::Frame& in) { return in.has_sync_reply(); });
+  rpb::Frame reply = p.NextBeating([](const rpb::Frame& in) { return in.has_sync_reply(); },
+                                   std::chrono::seconds(20));
   EXPECT_TRUE(reply.has_sync_reply());
   ASSERT_TRUE(c_->StartReplicator(kEu).ok());
 }

@@ -1031,7 +1031,21 @@ TEST_F(ThreeRegions, AHelloClaimingTheLastSeqStopsNeitherTruncationNorTheSharedR
   {
     ForgedPeer us(*c_, kUs, kAp, "", std::chrono::seconds(120));
     ASSERT_TRUE(us.Hello(claim));
-    ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+    // `us` beats while eu-west's replicator starts (seconds under the sanitizers): ap-south ends
+    // a stream it hears nothing from for 1.5 s, and `us` must stay its first session. (The
+    // replicator starts on this thread: its parent-death signal follows the thread that made it.)
+    std::atomic<bool> started{false};
+    std::thread beater([&] {
+      while (!started.load()) {
+        EXPECT_TRUE(Beat(us));
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      }
+    });
+    const absl::Status eu_started = c_->StartReplicator(kEu);
+    started = true;
+    beater.join();
+    ASSERT_TRUE(eu_started.ok()) << eu_started;
+    ASSERT_TRUE(Beat(us));
     ASSERT_EQ(Add(kAp, ada, "sku-1", 1), 200);
     ASSERT_TRUE(Eventually(
         [&] {
@@ -1138,9 +1152,16 @@ TEST_F(ThreeRegions, AReplacedSessionEndingAfterTheRedialLeavesThePeerConnected)
   const bool up = redial.Hello();
   held->flood.join();  // the redial cancelled the old stream: its writes fail
   EXPECT_TRUE(up);
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // the old reader leaves its loop
+  // The old reader leaves its loop meanwhile. The redial beats all along: ap-south ends a
+  // stream it hears nothing from for peer_timeout_ms (1.5 s), and that end would count as the
+  // replaced session's.
+  for (int i = 0; i < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    EXPECT_TRUE(Beat(redial));
+  }
   held->lock.commit();
-  ASSERT_TRUE(Eventually([&] { return Metric(kAp, reconnects) >= ended_before + 1; }, 20))
+  ASSERT_TRUE(
+      Eventually([&] { return Beat(redial) && Metric(kAp, reconnects) >= ended_before + 1; }, 20))
       << "the replaced session never ended";
   EXPECT_EQ(Metric(kAp, connected), 1) << "the redialled stream is up";
   rpb::Frame beat;
