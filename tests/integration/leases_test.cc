@@ -86,6 +86,20 @@ class LeasesTest : public ::testing::Test {
         "127.0.0.1:" + std::to_string(c_->grpc_port(at)), grpc::InsecureChannelCredentials()));
   }
 
+  // POST `body` to `path` at `region`, again while the answer is 503 (a peer did not answer an
+  // account lookup in time, seen under the sanitizers), for up to 10 s, as a client told to
+  // retry shortly does.
+  Response PostAnswered(size_t region, const std::string& path, const std::string& body) {
+    Response r;
+    Eventually(
+        [&] {
+          r = Request(c_->http_port(region), "POST", path, body);
+          return r.status != 503;
+        },
+        10);
+    return r;
+  }
+
   std::pair<std::string, std::string> Customer(size_t region, const std::string& email,
                                                const std::string& residency = "any") {
     // A 503 with Retry-After (lookups at the peers busy, say) is retried, as a client does.
@@ -736,16 +750,8 @@ TEST_F(LeasesTest, FailedLoginsAwayCountWhereTheAccountLives) {
   const std::string user = Customer(kEu, email, "eu").second;
   ASSERT_FALSE(user.empty());
   auto login = [&](size_t region, const std::string& password) {
-    Response r;
-    // 503: a peer did not answer the account lookup in time; the client retries, as told.
-    Eventually(
-        [&] {
-          r = Request(c_->http_port(region), "POST", "/v1/sessions",
-                      Json{{"email", email}, {"password", password}}.dump());
-          return r.status != 503;
-        },
-        10);
-    return r;
+    return PostAnswered(region, "/v1/sessions",
+                        Json{{"email", email}, {"password", password}}.dump());
   };
   EXPECT_EQ(login(kUs, "wrong-password").status, 401);
   EXPECT_EQ(login(kAp, "wrong-password").status, 401);
@@ -781,20 +787,9 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   const std::string login = Json{{"email", email}, {"password", "long-password"}}.dump();
   const std::string eu_sessions =
       "http://127.0.0.1:" + std::to_string(c_->http_port(kEu)) + "/v1/sessions";
-  // 503 "retry shortly": a peer did not answer the account lookup in time (seen under the
-  // sanitizer build); the client retries, as told. Every lookup below is made so.
-  auto answered = [&](size_t region, const std::string& path, const std::string& body) {
-    Response r;
-    Eventually(
-        [&] {
-          r = Request(c_->http_port(region), "POST", path, body);
-          return r.status != 503;
-        },
-        10);
-    return r;
-  };
+  // Every lookup below retries a 503 "retry shortly", as the client is told to.
   for (size_t region : {kUs, kAp}) {
-    Response away = answered(region, "/v1/sessions", login);
+    Response away = PostAnswered(region, "/v1/sessions", login);
     EXPECT_EQ(away.status, 307) << c_->spec(region).name << ": " << away.body;
     EXPECT_EQ(away.Header("location"), eu_sessions) << away.body;
     EXPECT_EQ(away.body.find(user), std::string::npos) << "her id in the answer: " << away.body;
@@ -804,17 +799,17 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   EXPECT_EQ(home.status, 200) << home.body;
   // The password is checked where the account is held: a wrong one is refused, not redirected
   // (the redirect would tell where her data is pinned).
-  Response wrong =
-      answered(kUs, "/v1/sessions", Json{{"email", email}, {"password", "wrong-password"}}.dump());
+  Response wrong = PostAnswered(kUs, "/v1/sessions",
+                                Json{{"email", email}, {"password", "wrong-password"}}.dump());
   EXPECT_EQ(wrong.status, 401) << wrong.body;
   EXPECT_EQ(wrong.Header("location"), "") << wrong.body;
   // An e-mail no region holds is still refused.
-  Response nobody = answered(kUs, "/v1/sessions",
-                             Json{{"email", "nobody@example.com"}, {"password", "x"}}.dump());
+  Response nobody = PostAnswered(kUs, "/v1/sessions",
+                                 Json{{"email", "nobody@example.com"}, {"password", "x"}}.dump());
   EXPECT_EQ(nobody.status, 401) << nobody.body;
 
   // Her e-mail cannot be registered again where her account is not held.
-  Response again = answered(
+  Response again = PostAnswered(
       kAp, "/v1/users",
       Json{{"email", email}, {"password", "another-password"}, {"residency", "any"}}.dump());
   EXPECT_EQ(again.status, 409) << again.body;
