@@ -226,6 +226,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     c.header_name_.clear();
     c.header_value_.clear();
     c.in_header_value_ = false;
+    c.in_trailer_ = false;
     c.header_bytes_ = 0;
     c.message_begun_ = true;
     c.expect_continue_ = false;
@@ -247,6 +248,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnHeaderField(http_parser* parser, const char* at, size_t length) {
     Connection& c = Of(parser);
     if (!c.CountHeaderBytes(length)) return -1;
+    // A chunked body's trailer fields (RFC 9112, 7.1.2) are counted against the header limit
+    // and dropped: taken as headers, they came after the check of fields given twice, so a
+    // trailer could add a second Authorization or Idempotency-Key, or the one a proxy never saw.
+    if (c.in_trailer_) return 0;
     // A field after a value starts the next header; several fields in a row are one name split
     // across reads.
     if (c.in_header_value_) c.CommitHeader();
@@ -262,6 +267,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnHeaderValue(http_parser* parser, const char* at, size_t length) {
     Connection& c = Of(parser);
     if (!c.CountHeaderBytes(length)) return -1;
+    if (c.in_trailer_) return 0;
     c.in_header_value_ = true;
     c.header_value_.append(at, length);
     return 0;
@@ -270,6 +276,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnHeadersComplete(http_parser* parser) {
     Connection& c = Of(parser);
     if (c.in_header_value_) c.CommitHeader();
+    c.in_trailer_ = true;
     HttpRequest& request = c.request_;
     // Fields that carry one value (RFC 9110, 5.3; Host: RFC 9112, 3.2), sent twice: which one the
     // client meant is not ours to guess. The first used to win silently (a second Idempotency-Key
@@ -641,6 +648,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string header_name_;
   std::string header_value_;
   bool in_header_value_ = false;
+  // Past the headers: fields now are a chunked body's trailer, which is dropped.
+  bool in_trailer_ = false;
   size_t header_bytes_ = 0;
   bool message_begun_ = false;  // between its first byte and its last
   bool expect_continue_ = false;

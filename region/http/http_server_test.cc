@@ -305,6 +305,24 @@ TEST_F(HttpServerTest, ChunkedBodyAcrossSeveralWrites) {
   EXPECT_EQ(response->body, "POST /chunked path=/chunked query= x-test=- body=hello world");
 }
 
+// A chunked body's trailer fields are dropped, not taken as headers: they came after the check of
+// fields given twice, so a trailer added a second Host (or Authorization, or Idempotency-Key), or
+// one the headers lacked, unseen by whatever checked the headers.
+TEST_F(HttpServerTest, ChunkedTrailerFieldsAreNotHeaders) {
+  StartServer(SmallOptions());
+  TestClient client(server_->port());
+  auto response = client.RoundTrip(
+      "POST /trailer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\nX-Test: from-trailer\r\nHost: other\r\nX-Test: again\r\n\r\n");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "POST /trailer path=/trailer query= x-test=- body=abc");
+  // The next request on the connection has its headers again.
+  auto next = client.RoundTrip("GET /next HTTP/1.1\r\nHost: t\r\nX-Test: second\r\n\r\n");
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->body, "GET /next path=/next query= x-test=second body=");
+}
+
 TEST_F(HttpServerTest, HeadersSplitAcrossWritesAndEmptyValues) {
   StartServer(SmallOptions());
   TestClient client(server_->port());
