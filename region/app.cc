@@ -504,13 +504,17 @@ bool RegionApp::Impl::TakeBucketToken(const std::string& key, double rate_per_s,
   std::lock_guard<std::mutex> lock(local_buckets_mu);
   auto found = local_buckets.find(key);
   if (found == local_buckets.end()) {
-    if (cost == 0) return true;  // a full bucket
+    if (cost < 0) return true;  // a full bucket: nothing to give back
     if (local_buckets.size() > 100000) local_buckets.clear();
     found = local_buckets.try_emplace(key, burst, now).first;
   }
   auto& [tokens, ts] = found->second;
   tokens = std::min(burst, tokens + static_cast<double>(now - ts) * rate_per_s / 1000.0);
   ts = now;
+  if (cost < 0) {
+    tokens = std::min(burst, tokens - cost);
+    return true;
+  }
   if (tokens < 1) return false;
   tokens -= cost;
   return true;
@@ -520,20 +524,20 @@ bool RegionApp::Impl::RateLimit(const std::string& client) {
   return TakeBucketToken("rl:" + client, config.rate_limit_per_s, config.rate_limit_burst);
 }
 
-bool RegionApp::Impl::LoginAttemptsLeft(const std::string& user_id) {
+bool RegionApp::Impl::TakeLoginAttempt(const std::string& user_id) {
   if (config.login_attempts_per_account == 0) return true;
   if (TakeBucketToken("login:" + user_id, 1.0 / config.login_attempt_refill_s,
-                      config.login_attempts_per_account, 0)) {
+                      config.login_attempts_per_account)) {
     return true;
   }
   login_attempts_refused->Increment();
   return false;
 }
 
-void RegionApp::Impl::CountFailedLogin(const std::string& user_id) {
+void RegionApp::Impl::ReturnLoginAttempt(const std::string& user_id) {
   if (config.login_attempts_per_account == 0) return;
   (void)TakeBucketToken("login:" + user_id, 1.0 / config.login_attempt_refill_s,
-                        config.login_attempts_per_account);
+                        config.login_attempts_per_account, -1);
 }
 
 HttpResponse RegionApp::Impl::TooManyLoginAttempts() const {

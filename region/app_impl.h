@@ -248,17 +248,20 @@ struct RegionApp::Impl {
   std::optional<HttpResponse> ResidencyRedirect(std::string_view residency, const HttpRequest& req);
   bool RateLimit(const std::string& client);
   // Takes `cost` tokens from the bucket `key` (Redis, shared by the region's processes; per
-  // process while Redis is down) if it holds at least one; cost 0 only looks. False when it
-  // holds none.
+  // process while Redis is down) if it holds at least one. False when it holds none. A negative
+  // cost gives tokens back (up to the burst).
   bool TakeBucketToken(const std::string& key, double rate_per_s, double burst, double cost = 1);
   // Failed logins per account: `limits.login_attempts_per_account` of them, one more every
   // `limits.login_attempt_refill_s` seconds. Counted in the region that checks the password:
   // the one that holds the account (only there may its id be written to Redis) or, for an
   // e-mail with no account anywhere, the region asked (the id is then no customer's), so that
-  // a 429 tells no one whether an account exists. LoginAttemptsLeft false: refuse the login
-  // (TooManyLoginAttempts) without checking the password; CountFailedLogin after a wrong one.
-  bool LoginAttemptsLeft(const std::string& user_id);
-  void CountFailedLogin(const std::string& user_id);
+  // a 429 tells no one whether an account exists. Every password check takes an attempt first
+  // (TakeLoginAttempt false: refuse the login, TooManyLoginAttempts, without checking it), and a
+  // right password gives it back (ReturnLoginAttempt). Taken before the check, not counted after
+  // a wrong one: concurrent guesses all passed a look at a bucket that still held one attempt,
+  // and each got its password checked.
+  bool TakeLoginAttempt(const std::string& user_id);
+  void ReturnLoginAttempt(const std::string& user_id);
   HttpResponse TooManyLoginAttempts() const;
   std::mutex local_buckets_mu;
   std::map<std::string, std::pair<double, int64_t>> local_buckets;

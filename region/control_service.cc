@@ -1161,12 +1161,12 @@ class ControlService final : public pb::RegionControl::Service {
       if (req->password().empty()) return grpc::Status::OK;
       // A login elsewhere: its failure counts here, where the account lives (only here may its
       // id be written to Redis).
-      if (!app_.LoginAttemptsLeft(req->user_id())) {
+      if (!app_.TakeLoginAttempt(req->user_id())) {
         out->set_attempts_exhausted(true);
         return grpc::Status::OK;
       }
       out->set_password_ok(services::VerifyPassword(req->password(), (*user)->password_hash));
-      if (!out->password_ok()) app_.CountFailedLogin(req->user_id());
+      if (out->password_ok()) app_.ReturnLoginAttempt(req->user_id());
     }
     return grpc::Status::OK;
   }

@@ -16,8 +16,8 @@ int64_t NowMs() {
       .count();
 }
 
-// KEYS[1] bucket; ARGV rate/s, burst, now ms. Stores tokens and last refill time; expires idle
-// buckets so that keys do not pile up.
+// KEYS[1] bucket; ARGV rate/s, burst, now ms, cost. Stores tokens and last refill time; expires
+// idle buckets so that keys do not pile up. A negative cost gives tokens back (up to the burst).
 constexpr const char* kTokenBucketLua = R"lua(
 local b = redis.call('HMGET', KEYS[1], 't', 'ts')
 local rate = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
@@ -26,11 +26,10 @@ local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
 local ok = 0
-if tokens >= 1 then tokens = tokens - cost; ok = 1 end
-if cost > 0 then
-  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-end
+if cost < 0 then tokens = math.min(burst, tokens - cost); ok = 1
+elseif tokens >= 1 then tokens = tokens - cost; ok = 1 end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return ok
 )lua";
 

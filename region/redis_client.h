@@ -42,7 +42,8 @@ class RedisClient {
   // One DEL of many keys (one round trip).
   absl::Status DelMany(const std::vector<std::string>& keys);
   // Token bucket in one Lua script (atomic across regions' threads): true if the bucket held a
-  // token, of which `cost` was then taken (0: only look; nothing is written).
+  // token, of which `cost` was then taken. A negative cost gives -cost tokens back, up to the
+  // burst, whatever the bucket holds (always true).
   absl::StatusOr<bool> TakeToken(std::string_view key, double rate_per_s, double burst,
                                  int64_t now_ms, double cost = 1);
   absl::Status Ping();

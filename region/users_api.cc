@@ -125,21 +125,18 @@ HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
     }
     // No account anywhere: its failed logins are limited as an account's are (here, where the
     // id is no customer's), so that a 429 does not tell which e-mails have accounts.
-    if (!LoginAttemptsLeft(user_id)) return TooManyLoginAttempts();
+    if (!TakeLoginAttempt(user_id)) return TooManyLoginAttempts();
     // And the password is checked against a hash all the same, so that the refusal takes as long
     // as a wrong password's (an unknown e-mail answered in 1 ms, a wrong password in 22-37: the
     // timing told which e-mails have accounts).
     static const std::string kNoAccountHash = services::HashPassword("no account has this");
     (void)services::VerifyPassword(*password, kNoAccountHash);
-    CountFailedLogin(user_id);
     return refused;
   }
   // The account is held here: its failed logins count here.
-  if (!LoginAttemptsLeft(user_id)) return TooManyLoginAttempts();
-  if (!services::VerifyPassword(*password, (*user)->password_hash)) {
-    CountFailedLogin(user_id);
-    return refused;
-  }
+  if (!TakeLoginAttempt(user_id)) return TooManyLoginAttempts();
+  if (!services::VerifyPassword(*password, (*user)->password_hash)) return refused;
+  ReturnLoginAttempt(user_id);
   const std::string& residency = (*user)->residency;
   if (auto redirect = ResidencyRedirect(residency, req)) return *redirect;
   services::TokenClaims claims{user_id, residency, UnixNowS() + config.token_ttl_s,

@@ -20,6 +20,7 @@
 #include <functional>
 #include <future>
 #include <latch>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -741,6 +742,63 @@ TEST_F(RegionTest, FailedLoginsAreLimitedPerAccount) {
   EXPECT_EQ(login("someone-else-" + email, "long-password").status, 401);
   std::this_thread::sleep_for(std::chrono::milliseconds(5200));
   EXPECT_EQ(login(email, "long-password").status, 200);
+}
+
+// Guesses sent at once get no more password checks than guesses sent one after another. Before,
+// a login only looked at the account's bucket, and a wrong password took from it after its check
+// (22-37 ms): every guess that looked while one attempt was left got its password checked, up to
+// one per HTTP thread (all 12 here). A right password still costs nothing: it gives its attempt
+// back. The same holds while Redis is down, each process then counting on its own.
+TEST_F(RegionTest, ConcurrentGuessesGetNoMoreAttemptsThanTheLimit) {
+  RegionConfig c = BaseConfig();
+  c.login_attempts_per_account = 3;
+  c.login_attempt_refill_s = 600;
+  auto app = StartSecondApp(c);
+  ASSERT_NE(app, nullptr);
+  const uint16_t port = app->http_port();
+  const std::string stamp = std::to_string(std::time(nullptr));
+  // `n` logins of `email` with `password` at once (one thread each; the region has 16 HTTP
+  // threads): how many were answered each status.
+  auto at_once = [&](const std::string& email, const std::string& password, int n) {
+    std::vector<int> statuses(n);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([&, i] {
+        statuses[i] = Request(port, "POST", "/v1/sessions",
+                              Json{{"email", email}, {"password", password}}.dump())
+                          .status;
+      });
+    }
+    for (auto& t : threads) t.join();
+    std::map<int, int> counts;
+    for (int s : statuses) ++counts[s];
+    return counts;
+  };
+  auto guesses_and_logins = [&](const std::string& name) {
+    SCOPED_TRACE(name);
+    const std::string guessed = "guessed-" + name + "-" + stamp + "@example.com";
+    const std::string owner = "owner-" + name + "-" + stamp + "@example.com";
+    for (const std::string& email : {guessed, owner}) {
+      ASSERT_EQ(Request(port, "POST", "/v1/users",
+                        Json{{"email", email}, {"password", "long-password"}}.dump())
+                    .status,
+                201);
+    }
+    EXPECT_EQ(at_once(guessed, "wrong-password", 12), (std::map<int, int>{{401, 3}, {429, 9}}));
+    EXPECT_EQ(at_once(guessed, "long-password", 1), (std::map<int, int>{{429, 1}}));
+
+    EXPECT_EQ(at_once(owner, "wrong-password", 2), (std::map<int, int>{{401, 2}}));
+    for (int i = 0; i < 5; ++i) {  // one attempt left: each takes it and gives it back
+      EXPECT_EQ(at_once(owner, "long-password", 1), (std::map<int, int>{{200, 1}})) << i;
+    }
+    EXPECT_EQ(at_once(owner, "wrong-password", 1), (std::map<int, int>{{401, 1}}));
+    EXPECT_EQ(at_once(owner, "long-password", 1), (std::map<int, int>{{429, 1}}));
+  };
+  guesses_and_logins("redis-up");
+  ASSERT_TRUE(redis_->Kill9().ok());
+  guesses_and_logins("redis-down");
+  ASSERT_TRUE(redis_->Restart().ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // the breakers re-probe
 }
 
 TEST_F(RegionTest, AnotherCustomersOrderIsInvisible) {
