@@ -407,6 +407,15 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   // 2. Prices, and 3. stock: take it and record the reservation. A region sells only within its
   //    own rights; short of them, it waits (bounded) for a grant from a region that has spare.
   std::string order_id = RandomId("o");
+  // Puts this checkout's stock back, if it took any, when no order will be made; should that
+  // fail, the sweep releases it when the reservation expires.
+  const auto put_stock_back = [&](std::string_view reason) {
+    absl::Status undo = ReleaseReservation(order_id, std::string(reason));
+    if (!undo.ok()) {
+      spdlog::error("event=reservation_release_failed id={} status=\"{}\" (the sweep retries)",
+                    order_id, undo.ToString());
+    }
+  };
   int64_t total = 0;
   std::string currency;
   std::map<std::string, int64_t> prices;
@@ -521,6 +530,17 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     }
     (void)rights_signals.WaitForStockChange(stock_seen, wait_deadline);
     for (uint64_t t : tickets) rights_signals.DoneWaiting(t);
+  }
+  if (absl::IsUnknown(st)) {
+    // The connection broke during the stock step's COMMIT: the stock may be taken, for an order
+    // that will not be made. Nothing refers to the reservation yet, so it goes back now rather
+    // than when it expires, when a retry would have found those units gone (a release finds
+    // nothing if the commit did not happen; one that lands after this check is the sweep's).
+    spdlog::warn("event=stock_take_in_doubt order={} status=\"{}\"", order_id, st.ToString());
+    put_stock_back("checkout_in_doubt");
+    return ProblemFromStatus(absl::UnavailableError(
+        "the database connection failed while reserving the stock for this checkout; no order "
+        "was made and the cart is unchanged: retry"));
   }
   if (!st.ok()) return ProblemFromStatus(st);
   if (waited) rights_waits->Add({{"result", "granted"}}).Increment();
@@ -637,11 +657,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                      "or retry with the same Idempotency-Key")));
   }
   if (!st.ok()) {
-    absl::Status undo = ReleaseReservation(order_id, "checkout_failed");
-    if (!undo.ok()) {
-      spdlog::error("event=reservation_release_failed id={} status=\"{}\" (the sweep retries)",
-                    order_id, undo.ToString());
-    }
+    put_stock_back("checkout_failed");
     if (absl::IsAlreadyExists(st) && !idem.empty()) {
       // A concurrent request with the same key won (seen by our check, or by the unique index
       // when both checked before either committed): answer with its order.
@@ -868,6 +884,10 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     return st;
   }
   if (event_seq != nullptr) *event_seq = seq;
+  // The order's status is decided and committed: the answer is that status. Settling its
+  // reservation is the sweep's work as well (when the reservation expires it commits a paid
+  // order's and releases any other's), so a failure here only leaves the stock held until then.
+  // Before, it answered 503 "retry shortly" for an order it had paid, and the retry 409.
   if (approved) {
     // Not over a mark for the sweep (SettleAtNextSweep): a cancel since our commit decided the
     // order again, and its release may have failed; the sweep settles it by the order's status.
@@ -875,12 +895,14 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
       tx.exec0("UPDATE reservations SET state = 'committed' WHERE id = " + tx.quote(order_id) +
                " AND state = 'held' AND expires_at > '-infinity'");
     });
-    if (!st.ok()) return st;
     *http_status = 200;
   } else {
     st = ReleaseReservation(order_id, "payment_declined");
-    if (!st.ok()) return st;
     *http_status = 402;
+  }
+  if (!st.ok()) {
+    spdlog::warn("event=reservation_left_to_sweep order={} order_status={} status=\"{}\"", order_id,
+                 approved ? "paid" : "payment_declined", st.ToString());
   }
   if (known) {
     Json out = known->json;

@@ -1246,6 +1246,83 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtKeepsItsStockUntilTheSweep) {
   EXPECT_EQ(Available("sku-order-doubt"), before);
 }
 
+// The connection breaks during the COMMIT of the checkout's stock step, before any order is
+// written: the answer says no order was made and to retry (it was a bare 500), nothing of it stays
+// held, and the retry checks out.
+TEST_F(RegionTest, ACheckoutWhoseStockTakeIsInDoubtMakesNoOrderAndAsksForARetry) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-take-doubt"));
+  std::string t = NewCustomer();
+  const int64_t before = Available("sku-take-doubt");
+  Response add = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-take-doubt","quantity":3})");
+  ASSERT_EQ(add.status, 200) << add.body;
+  const std::string user = Json::parse(add.body)["user_id"];
+  {
+    auto fault = InjectFault({{0, "global"}}, "kill_stock_commit", Fault::kKillAtCommit, "INSERT",
+                             "reservations", "NEW.user_id = '" + user + "'");
+    Response doubt = As(t, "POST", "/v1/checkout");
+    EXPECT_EQ(doubt.status, 503) << doubt.body;
+    EXPECT_NE(doubt.body.find("no order was made"), std::string::npos) << doubt.body;
+    EXPECT_EQ(doubt.Header("retry-after"), "1");
+  }
+  EXPECT_EQ(Available("sku-take-doubt"), before);
+  EXPECT_EQ(
+      Count(0, "global",
+            "SELECT count(*) FROM reservations WHERE user_id = '" + user + "' AND state = 'held'"),
+      0);
+  EXPECT_TRUE(Json::parse(As(t, "GET", "/v1/orders").body)["items"].empty());
+  EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"].size(), 1u);
+
+  Response retry = As(t, "POST", "/v1/checkout");
+  EXPECT_EQ(retry.status, 201) << retry.body;
+  EXPECT_EQ(Available("sku-take-doubt"), before - 3);
+}
+
+// A payment's order update commits, then what settles its reservation fails: the answer is the
+// order as decided (paid 200, declined 402), not a 503 "retry shortly" whose retry was refused
+// (409: already paid). The reservation stays held, its stock out of sale, and the sweep settles
+// it when it expires: a paid order's stock stays sold, a declined one's returns.
+TEST_F(RegionTest, APaymentWhoseReservationStepFailsIsAnsweredAsDecided) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the sweep below takes ours
+  const struct {
+    std::string sku, card, status;
+    int http;
+    std::string settled;
+  } cases[] = {{"sku-paid-unsettled", "4242424242424242", "paid", 200, "committed"},
+               {"sku-declined-unsettled", "4000000000000002", "payment_declined", 402, "released"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.status);
+    ASSERT_NO_FATAL_FAILURE(OwnProduct(c.sku));
+    std::string t = NewCustomer();
+    const int64_t before = Available(c.sku);
+    ASSERT_EQ(As(t, "POST", "/v1/cart/items", Json{{"sku", c.sku}, {"quantity", 2}}.dump()).status,
+              200);
+    Response o = As(t, "POST", "/v1/checkout");
+    ASSERT_EQ(o.status, 201) << o.body;
+    const std::string id = Json::parse(o.body)["order_id"];
+    const std::string reservation = "SELECT count(*) FROM reservations WHERE id = '" + id + "'";
+    {
+      auto fault =
+          InjectFault({{0, "global"}}, "fail_settle_" + c.settled, Fault::kError, "UPDATE",
+                      "reservations", "NEW.id = '" + id + "' AND NEW.state = '" + c.settled + "'");
+      Response pay =
+          As(t, "POST", "/v1/orders/" + id + "/pay", Json{{"card_number", c.card}}.dump());
+      EXPECT_EQ(pay.status, c.http) << pay.body;
+      EXPECT_EQ(Json::parse(pay.body)["status"], c.status) << pay.body;
+    }
+    EXPECT_EQ(Order(t, id)["status"], c.status);
+    EXPECT_EQ(Count(0, "global", reservation + " AND state = 'held'"), 1);
+    EXPECT_EQ(Available(c.sku), before - 2);
+
+    Exec(0, "global",
+         "UPDATE reservations SET expires_at = now() - interval '1 ms' WHERE id = '" + id + "'");
+    auto swept = app_->SweepReservations();
+    ASSERT_TRUE(swept.ok()) << swept.status();
+    EXPECT_EQ(Count(0, "global", reservation + " AND state = '" + c.settled + "'"), 1);
+    EXPECT_EQ(Available(c.sku), c.status == "paid" ? before - 2 : before);
+    EXPECT_EQ(Order(t, id)["status"], c.status);
+  }
+}
+
 // A checkout stalls between taking its stock and writing its order (here the test holds the
 // cart's lock) past the reservation's time to live. The sweep finds no order and puts the stock
 // back on sale; the checkout, when it goes on, must not make the order after all (those units
