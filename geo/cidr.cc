@@ -6,6 +6,7 @@
 #include <bit>
 #include <charconv>
 #include <cstring>
+#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -156,20 +157,22 @@ int CommonPrefixLen(const std::array<uint8_t, 16>& a, const std::array<uint8_t, 
 int CidrTable::ScopeLen(const IpAddress& address, int matched_len, int at_least) const {
   // A longer prefix X lies inside the address's /L block when L <= the bits they share (which
   // are fewer than X's length: X does not hold the address, or it would have matched). So the
-  // block must be one bit longer than the most the address shares with any such X.
-  // Only prefixes inside the address's /at_least block can ask for more: they form one range of
-  // each length's map (ordered as numbers), from the block's first address to its last.
+  // block must be one bit longer than the most the address shares with any such X; a prefix
+  // outside the /at_least block shares fewer than at_least bits and asks for nothing more.
+  // Of one length's networks, ordered as numbers, the most bits with the address are shared by
+  // its neighbours: the first network at or above it and the last below. Two lookups a length,
+  // not a pass over every network in the block: a client's short ECS prefix (0.0.0.0/1) made
+  // each DNS answer walk half the table.
   const Family& family = address.is_v4 ? v4_ : v6_;
-  const std::array<uint8_t, 16> first = MaskAddress(address, at_least).bytes;
-  std::array<uint8_t, 16> last = first;
-  for (int bit = at_least; bit < address.bit_count(); ++bit) {
-    last[static_cast<size_t>(bit / 8)] |= static_cast<uint8_t>(0x80u >> (bit % 8));
-  }
   int scope = at_least;
   for (const auto& [length, networks] : family.by_length) {
     if (length <= matched_len) break;  // by_length runs longest first
-    for (auto it = networks.lower_bound(first); it != networks.end() && it->first <= last; ++it) {
+    auto it = networks.lower_bound(address.bytes);
+    if (it != networks.end()) {
       scope = std::max(scope, CommonPrefixLen(address.bytes, it->first, length) + 1);
+    }
+    if (it != networks.begin()) {
+      scope = std::max(scope, CommonPrefixLen(address.bytes, std::prev(it)->first, length) + 1);
     }
   }
   return std::min(scope, address.bit_count());

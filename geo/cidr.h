@@ -72,7 +72,7 @@ class CidrTable {
   [[nodiscard]] std::optional<Match> Lookup(const IpAddress& address) const;
   // The shortest prefix length L >= `at_least` such that no prefix of the table longer than
   // `matched_len` lies inside the address's /L block (-1: the address matched nothing). Costs
-  // a pass over the longer prefixes inside the address's /at_least block.
+  // two ordered lookups per prefix length longer than `matched_len`.
   // REQUIRES: 0 <= at_least <= address.bit_count().
   [[nodiscard]] int ScopeLen(const IpAddress& address, int matched_len, int at_least) const;
   [[nodiscard]] size_t size() const { return size_; }

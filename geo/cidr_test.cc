@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -170,6 +171,71 @@ RC_GTEST_PROP(CidrTable, ScopeHoldsOnlyAddressesWithTheSameMatch, ()) {
     for (const Cidr& c : inserted) found = found || (wider.Contains(c.network) && !same(c.network));
     RC_ASSERT(found);
   }
+}
+
+// ScopeLen, which looks only at each length's neighbours of the address, gives what a pass over
+// every longer prefix inside the /at_least block gives, for matched and unmatched addresses and
+// any at_least (a client's ECS prefix on the unmatched path).
+RC_GTEST_PROP(CidrTable, ScopeLenMatchesAPassOverTheBlock, ()) {
+  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
+      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
+  auto v4 = [](uint32_t bits) {
+    IpAddress a;
+    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
+    return a;
+  };
+  CidrTable table;
+  std::vector<Cidr> inserted;
+  for (const auto& [bits, len] : prefixes) {
+    Cidr c{MaskAddress(v4(bits), len), len};
+    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
+  }
+  // Near an inserted network half the time, so that long shared prefixes come up.
+  uint32_t bits = *rc::gen::arbitrary<uint32_t>();
+  if (!inserted.empty() && *rc::gen::arbitrary<bool>()) {
+    const Cidr& near = inserted[*rc::gen::inRange<size_t>(0, inserted.size())];
+    const uint32_t base = uint32_t{near.network.bytes[0]} << 24 |
+                          uint32_t{near.network.bytes[1]} << 16 |
+                          uint32_t{near.network.bytes[2]} << 8 | near.network.bytes[3];
+    bits = base ^ (bits & 0xffu);
+  }
+  const IpAddress probe = v4(bits);
+  const auto m = table.Lookup(probe);
+  const int matched_len = m ? m->prefix_len : -1;
+  const int at_least = m ? matched_len : *rc::gen::inRange(0, 33);
+  int expected = at_least;
+  const Cidr block{MaskAddress(probe, at_least), at_least};
+  for (const Cidr& c : inserted) {
+    if (c.prefix_len <= matched_len || !block.Contains(c.network)) continue;
+    int shared = 0;
+    while (shared < c.prefix_len &&
+           MaskAddress(probe, shared + 1) == MaskAddress(c.network, shared + 1))
+      ++shared;
+    expected = std::max(expected, shared + 1);
+  }
+  RC_ASSERT(table.ScopeLen(probe, matched_len, at_least) == std::min(expected, 32));
+}
+
+// A short client prefix over a large table costs lookups, not a pass over the table: 0.0.0.0/1
+// held half of these 262,144 networks, each DNS answer walking them.
+TEST(CidrTable, AShortClientPrefixDoesNotWalkTheTable) {
+  CidrTable table;
+  for (uint32_t i = 1; i <= (1u << 18); ++i) {
+    IpAddress a;
+    const uint32_t bits = i << 8;  // 0.0.1.0/24, 0.0.2.0/24, ... 4.0.0.0/24
+    for (int b = 0; b < 4; ++b) a.bytes[b] = static_cast<uint8_t>(bits >> (24 - 8 * b));
+    ASSERT_TRUE(table.Insert({a, 24}, i).ok());
+  }
+  auto zero = ParseIpAddress("0.0.0.0");
+  ASSERT_TRUE(zero.ok());
+  ASSERT_FALSE(table.Lookup(*zero).has_value());
+  const auto start = std::chrono::steady_clock::now();
+  int scope = 0;
+  for (int i = 0; i < 20000; ++i) scope = table.ScopeLen(*zero, -1, 1);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(scope, 24);  // 0.0.1.0/24 lies inside 0.0.0.0/23
+  EXPECT_LT(seconds, 2.0) << "20,000 scopes of 0.0.0.0/1 took " << seconds << " s";
 }
 
 }  // namespace
