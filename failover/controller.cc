@@ -801,8 +801,15 @@ class Controller::Impl {
       if (o.state != "down" || !ByFailover(o.reason)) return;
       std::lock_guard<std::mutex> w(geo_write_mu_.at(region)[i]);
       {
+        // Queued with a quorum of RECOVERED votes, but the lane may run it seconds later (behind
+        // a hung geo): by then this controller may be cut off from peers that declared the
+        // region lost, and an "auto" of ours would undo their "down" (a newer "auto" of a
+        // controller reads as a recovery to them). So the evidence is checked again.
         std::lock_guard<std::mutex> l(mu_);
-        if (decider_.state(region) != RegionState::kUp) return;
+        if (decider_.state(region) != RegionState::kUp ||
+            decider_.Count(clock_->NowMs(), region).recovered.size() < decider_.quorum()) {
+          return;
+        }
       }
       ReconcileGeo(g, region, "auto", "region up (a stale override lifted)");
     });

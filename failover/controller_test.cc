@@ -929,6 +929,38 @@ TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
   EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
 }
 
+// The lift is queued with a quorum but its lane may run it seconds later (behind a hung geo). By
+// then the peers' votes may be gone (this controller cut off from them while they declared the
+// region lost): it is not sent. Before, only the region's state was checked again, and the late
+// "auto" undid the peers' "down" for good (review of 2026-12-06).
+TEST_F(ControllerTest, ALiftQueuedWithAQuorumIsNotSentOnceTheQuorumIsGone) {
+  http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                R"j({"name":"eu-west","effective":"down","override":{"state":"down",
+                     "reason":"meridian-failover us-east: region lost (2/3 controllers)"}})j");
+  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
+  for (int i = 0; i < 3; ++i) {
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+  clock_.Advance(5000);
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  clock_.Advance(500);
+  c_->RunRound();  // a quorum of RECOVERED votes: the lift is queued
+  ASSERT_EQ(Region("eu-west")["votes"]["recovered"].size(), 2u);
+  clock_.Advance(2000);  // ap-south's votes go stale (observation_ttl_ms 1500) before it runs
+  c_->RunPendingActions();
+  EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
+  // With ap-south heard from again, the next reconcile lifts it.
+  clock_.Advance(5000);
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  auto posts = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
+  ASSERT_EQ(posts.size(), 1u);
+  EXPECT_EQ(Json::parse(posts[0].body)["state"], "auto");
+}
+
 TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
   SetRegion("eu-west", false);
   for (int i = 0; i < 3; ++i) {
