@@ -1,4 +1,3 @@
-#include <openssl/rand.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
@@ -133,7 +132,7 @@ int64_t UnixNowMs() {
 
 std::string RandomId(std::string_view prefix) {
   unsigned char b[12];
-  RAND_bytes(b, sizeof b);
+  services::RandomBytes(b, sizeof b);
   static const char* kHex = "0123456789abcdef";
   std::string out(prefix);
   for (unsigned char c : b) {

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -66,9 +68,16 @@ bool SecretsEqual(std::string_view a, std::string_view b) {
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+void RandomBytes(unsigned char* out, size_t n) {
+  if (RAND_bytes(out, static_cast<int>(n)) != 1) {
+    std::fprintf(stderr, "meridian: OpenSSL's random generator failed (RAND_bytes); aborting\n");
+    std::abort();
+  }
+}
+
 std::string HashPassword(std::string_view password, int iterations) {
   unsigned char salt[16];
-  RAND_bytes(salt, sizeof salt);
+  RandomBytes(salt, sizeof salt);
   return absl::StrCat("pbkdf2-sha256$", iterations, "$", Hex(salt, sizeof salt), "$",
                       Pbkdf2(password, salt, sizeof salt, iterations));
 }

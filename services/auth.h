@@ -52,4 +52,8 @@ absl::StatusOr<TokenClaims> VerifyToken(std::string_view token, std::string_view
 // Constant-time comparison of two secrets (operator token checks).
 bool SecretsEqual(std::string_view a, std::string_view b);
 
+// Fills out[0..n) from OpenSSL's generator. Should it fail, the process aborts: a salt or an id
+// made of whatever the buffer held could repeat.
+void RandomBytes(unsigned char* out, size_t n);
+
 }  // namespace meridian::services
