@@ -135,8 +135,9 @@ struct RegionApp::Impl {
   std::unique_ptr<class InternalServer> grpc;
   http::Router router;
   SingleFlight product_flight;
-  // Hot carts ("cart:<user>") whose Redis copy may be older than PostgreSQL's row; the jobs
-  // thread deletes them from Redis. One hour: the copies' expiry.
+  // Hot copies of carts ("cart:<actor>:<user>") and products ("product:<sku>") that may be
+  // older than PostgreSQL's row: not read, and the jobs thread deletes them from Redis. One
+  // hour: the carts' expiry (a product's is shorter).
   StaleKeys stale_hot_carts{200'000, std::chrono::seconds(3600)};
   std::mutex hlc_mu;
   crdt::Hlc hlc;
@@ -385,8 +386,11 @@ struct RegionApp::Impl {
   // shared pieces
   absl::StatusOr<std::string> ProductJson(const std::string& sku);  // cached
   // The product's HLC and JSON from the global database, stored in the cache unless it holds a
-  // newer copy or marker (NotFound for no product).
-  absl::StatusOr<std::pair<uint64_t, std::string>> LoadProduct(const std::string& sku);
+  // newer copy or marker (NotFound for no product). `after_write`: the product was just changed
+  // here, so a copy Redis holds is older: if storing fails, the key is marked stale and read
+  // around until the jobs thread deletes it.
+  absl::StatusOr<std::pair<uint64_t, std::string>> LoadProduct(const std::string& sku,
+                                                               bool after_write = false);
   absl::StatusOr<Json> OrderJson(const std::string& user_id, const std::string& order_id);
   // Returns a reservation's units to this region's rights, once. While stock changes are held
   // it leaves the reservation held for a later sweep (*deferred true) and succeeds.

@@ -178,7 +178,7 @@ absl::StatusOr<int> LimitParam(const HttpRequest& req, const char* name, int def
 }  // namespace
 
 absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
-    const std::string& sku) {
+    const std::string& sku, bool after_write) {
   std::optional<std::pair<uint64_t, std::string>> found;
   absl::Status st = global->Run([&](pqxx::work& tx) {
     pqxx::result r = tx.exec(absl::StrCat("SELECT ", kProductCols,
@@ -191,14 +191,22 @@ absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
   // Written unless Redis holds a newer copy, or a marker of a newer write: a reader that read
   // the row before a write and stores after its deletion cannot put the old product back.
   const std::string version = ProductCopyVersion(found->first);
-  (void)redis->Eval(kStoreProductCopy, {"product:" + sku},
-                    {version, absl::StrCat(version, "|", found->second)});
+  const std::string key = "product:" + sku;
+  if (!redis->Eval(kStoreProductCopy, {key}, {version, absl::StrCat(version, "|", found->second)})
+           .ok() &&
+      after_write) {
+    // Redis may still hold the copy before this write (an operator's price change was served
+    // from it for up to 300 s, while checkouts charged the new price).
+    stale_hot_carts.Mark(key);
+  }
   return *std::move(found);
 }
 
 absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku) {
   std::string key = "product:" + sku;
-  auto cached = redis->Get(key);
+  // A copy that may be older than the row (storing a write's copy failed) is not read.
+  absl::StatusOr<std::optional<std::string>> cached = std::nullopt;
+  if (!stale_hot_carts.IsStale(key)) cached = redis->Get(key);
   // A copy is "<version>|<json>"; a marker (a newer write than any copy read so far), the
   // version and '|' alone: read around it.
   constexpr size_t kHead = 21;
@@ -377,7 +385,7 @@ HttpResponse RegionApp::Impl::PutProduct(HttpRequest& req) {
   if (!st.ok()) return ProblemFromStatus(st);
   // The answer is the product as this write left it (the cache, or a read in flight that began
   // before the write, could still give it as it was), and the same goes to the cache.
-  auto json = LoadProduct(sku);
+  auto json = LoadProduct(sku, /*after_write=*/true);
   if (!json.ok()) return ProblemFromStatus(json.status());
   return HttpResponse::Json(created ? 201 : 200, json->second);
 }

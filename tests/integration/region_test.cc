@@ -1747,6 +1747,39 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   redisFree(c);
 }
 
+// The same for an operator's product change: its copy could not be stored (Redis paused past the
+// client's timeout), so Redis keeps the product before it. Before, that copy was served until it
+// expired (300 s): the catalog showed the old price while checkouts charged the new one.
+TEST_F(RegionTest, AProductCopyThatFailedToUpdateIsNotServed) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-recached", 1000));
+  auto price = [&] {
+    Response r = Request(port_, "GET", "/v1/products/sku-recached");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Json::parse(r.body)["price_cents"].get<int64_t>();
+  };
+  ASSERT_EQ(price(), 1000);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto command = [&](const std::string& cmd) { return test_support::RedisCommandText(c, cmd); };
+  auto copy_has = [&](const std::string& text) {
+    return command("GET product:sku-recached").find(text) != std::string::npos;
+  };
+  ASSERT_TRUE(copy_has("\"price_cents\":1000"));  // the copy the next reads are served
+
+  command("CLIENT PAUSE 800 WRITE");  // scripts and writes wait; the region gives up at 200 ms
+  Response put = Admin("PUT", "/v1/admin/products/sku-recached",
+                       R"({"name":"Own product sku-recached","price_cents":1500})");
+  ASSERT_EQ(put.status, 200) << put.body;
+  EXPECT_EQ(Json::parse(put.body)["price_cents"], 1500);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pause over, breaker closed
+  EXPECT_EQ(price(), 1500);
+
+  // The jobs thread (every second) deletes the stale copy; reads fill and use Redis after that.
+  EXPECT_TRUE(Eventually([&] { return !copy_has("\"price_cents\":1000"); }, 5));
+  EXPECT_TRUE(Eventually([&] { return price() == 1500 && copy_has("\"price_cents\":1500"); }, 5));
+  redisFree(c);
+}
+
 // Review of 2026-12-05 (write paths), finding 1. A quantity change wrote a change by the
 // difference, one more entry of the stored state each time for as long as the line lived: a
 // quantity toggled 200,000 times made a cart no decoder accepts (every cart call and checkout of
