@@ -797,6 +797,14 @@ void RegionApp::Impl::SampleGauges() {
   stock_writes_held_gauge->Set(stock_held.load() ? 1 : 0);
   pool_in_use->Add({{"pool", global->name()}}).Set(global->in_use());
   for (auto& s : shards) pool_in_use->Add({{"pool", s->name()}}).Set(s->in_use());
+  // The outbox depths are a count on every database, through the pools customers use, and
+  // /metrics answers anyone, outside the rate limit: a few clients looping on it held the
+  // connections and HTTP threads. So at most one count a second, and none while one is in
+  // flight; a scrape meanwhile gets the last depths.
+  std::unique_lock<std::mutex> lock(outbox_depth_mu, std::try_to_lock);
+  const auto now = std::chrono::steady_clock::now();
+  if (!lock.owns_lock() || now - outbox_depth_at < std::chrono::seconds(1)) return;
+  outbox_depth_at = now;
   auto depth = [&](PgPool& p) {
     int64_t n = -1;
     (void)p.Run(

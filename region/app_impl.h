@@ -486,6 +486,8 @@ struct RegionApp::Impl {
   // (`*rows`: the due rows it took, sent or not).
   absl::StatusOr<int> NotifyBatch(PgPool& shard, int limit, int* rows);
   void SampleGauges();
+  std::mutex outbox_depth_mu;                             // SampleGauges' depth counts
+  std::chrono::steady_clock::time_point outbox_depth_at;  // the last of them
   void WarmCatalogCache();
   void StartJobs();
   void StopJobs();

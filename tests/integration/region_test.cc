@@ -467,6 +467,27 @@ TEST_F(RegionTest, CustomerFlowEndToEnd) {
   EXPECT_NE(metrics.body.find("meridian_outbox_depth"), std::string::npos);
 }
 
+// /metrics answers anyone, outside the rate limit, and its outbox depths are a count on every
+// database: they are counted at most once a second, a scrape in between gets the last ones.
+TEST_F(RegionTest, MetricsCountTheOutboxesAtMostOnceASecond) {
+  auto global_depth = [&] {
+    const std::string body = Request(port_, "GET", "/metrics").body;
+    const std::string name = "meridian_outbox_depth{db=\"global\"} ";
+    const size_t at = body.find(name);
+    EXPECT_NE(at, std::string::npos) << body;
+    return at == std::string::npos ? -1 : std::stoll(body.substr(at + name.size()));
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const int64_t before = global_depth();
+  // A product change writes one row to the global database's outbox.
+  ASSERT_EQ(
+      Admin("PUT", "/v1/admin/products/sku-depth", R"({"name":"Depth","price_cents":100})").status,
+      201);
+  EXPECT_EQ(global_depth(), before);  // counted less than a second ago
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ(global_depth(), before + 1);
+}
+
 TEST_F(RegionTest, BadInputsChangeNothing) {
   // The outbox is counted: no other test's order may expire meanwhile.
   ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
