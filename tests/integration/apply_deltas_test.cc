@@ -319,6 +319,58 @@ TEST_F(ApplyDeltasTest, RejectsBadFramesAndResidencyViolationsWithNothingApplied
   EXPECT_EQ(count_carts(*us2_), before + 1);
 }
 
+// Two cart records of a peer, each valid alone, whose join is not a state the region can read:
+// one dot on two cart fields (a broken or forged peer's). Stored, it failed every later read of
+// the cart (500) and every apply that touched it; now the call that would store it is refused,
+// with nothing of it written, and the cart keeps working.
+TEST_F(ApplyDeltasTest, DeltasThatJoinIntoAnUnreadableCartAreRefused) {
+  const auto [token, user] = CustomerWithACart(*us2_, "dora@example.com");
+  ASSERT_FALSE(user.empty());
+  const crdt::HlcTimestamp now{
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count())
+      << crdt::HlcTimestamp::kLogicalBits};
+  // Two fresh carts of replica 7: each field write takes dot (7, 1).
+  const std::string currency = crdt::Encode(crdt::Cart(7).SetCurrency("EUR", now));
+  const std::string note = crdt::Encode(crdt::Cart(7).SetNote("leave at the door", now));
+  auto request = [&](std::vector<std::pair<int64_t, std::string>> records) {
+    v1::ApplyDeltasRequest req;
+    req.set_origin(1);
+    req.set_origin_database("shard-0");
+    for (const auto& [seq, payload] : records) {
+      auto* r = req.add_records();
+      r->set_seq(seq);
+      r->set_kind(v1::OUTBOX_KIND_CART);
+      r->set_key(user);
+      r->set_residency("us");
+      r->set_payload(payload);
+    }
+    grpc::ClientContext ctx;
+    v1::ApplyDeltasResponse out;
+    return us2_->stub->ApplyDeltas(&ctx, req, &out);
+  };
+  auto readable = [&] {
+    Response r =
+        Request(us2_->port(), "GET", "/v1/cart", "", {{"Authorization", "Bearer " + token}});
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.status == 200 && Json::parse(r.body)["lines"].size() == 1;
+  };
+  grpc::Status both = request({{1, currency}, {2, note}});
+  EXPECT_EQ(both.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(both.error_message().find("does not decode"), std::string::npos)
+      << both.error_message();
+  EXPECT_TRUE(readable());
+  // One after the other: the first joins, the second is refused.
+  EXPECT_TRUE(request({{1, currency}}).ok());
+  EXPECT_EQ(request({{2, note}}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(readable());
+  EXPECT_EQ(Request(us2_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                    {{"Authorization", "Bearer " + token}})
+                .status,
+            200);
+}
+
 // The same e-mail registered again in another region, which could not see the pinned profile
 // (it never leaves its jurisdiction), as "any" with another password: its profile write reaches
 // the home region and must change nothing there -- not unpin the customer (whose later carts and
