@@ -207,6 +207,25 @@ class ControllerTest : public ::testing::Test {
     c_->RunPendingActions();
   }
 
+  // geo holds a "down" override of eu-west that a controller left behind, and takes posts.
+  void StaleDownOverrideOfOurs() {
+    http_.SetJson("http://geo/v1/regions/eu-west", 200,
+                  R"j({"name":"eu-west","effective":"down","override":{"state":"down",
+                     "reason":"meridian-failover us-east: region lost (2/3 controllers)"}})j");
+    http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
+  }
+  // Three rounds of ours and ap-south's with every region healthy and caught up, and after 5 s
+  // one more of each: a quorum of RECOVERED votes.
+  void RecoveredStreak() {
+    for (int i = 0; i < 3; ++i) {
+      Round();
+      ASSERT_EQ(PeerRound().status, 200);
+    }
+    clock_.Advance(5000);
+    Round();
+    ASSERT_EQ(PeerRound().status, 200);
+  }
+
   // eu-west goes down; three rounds of ours and ap-south's declare it lost (actions run).
   void EuWestLost() {
     SetRegion("eu-west", false);
@@ -893,23 +912,14 @@ TEST_F(ControllerTest, ARestartedControllerAsksForALeaseThatIsStillAway) {
 
 TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
   // A previous controller left eu-west overridden down; this one (just started) sees it healthy.
-  http_.SetJson("http://geo/v1/regions/eu-west", 200,
-                R"j({"name":"eu-west","effective":"down","override":{"state":"down",
-                     "reason":"meridian-failover us-east: region lost (2/3 controllers)"}})j");
-  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
+  StaleDownOverrideOfOurs();
   // Our own view alone (no peer observations) is not enough, however long.
   for (int i = 0; i < 15; ++i) Round();
   clock_.Advance(5000);
   Round();
   EXPECT_TRUE(http_.Calls("POST", "http://geo/v1/regions/eu-west/health").empty());
   // With ap-south's caught-up streak too: lifted ("auto"), and audited.
-  for (int i = 0; i < 3; ++i) {
-    Round();
-    ASSERT_EQ(PeerRound().status, 200);
-  }
-  clock_.Advance(5000);
-  Round();
-  ASSERT_EQ(PeerRound().status, 200);
+  ASSERT_NO_FATAL_FAILURE(RecoveredStreak());
   Round();
   auto posts = http_.Calls("POST", "http://geo/v1/regions/eu-west/health");
   ASSERT_EQ(posts.size(), 1u);
@@ -934,17 +944,8 @@ TEST_F(ControllerTest, LiftsAStaleDownOverrideOfOursOnlyWithAQuorum) {
 // region lost): it is not sent. Before, only the region's state was checked again, and the late
 // "auto" undid the peers' "down" for good (review of 2026-12-06).
 TEST_F(ControllerTest, ALiftQueuedWithAQuorumIsNotSentOnceTheQuorumIsGone) {
-  http_.SetJson("http://geo/v1/regions/eu-west", 200,
-                R"j({"name":"eu-west","effective":"down","override":{"state":"down",
-                     "reason":"meridian-failover us-east: region lost (2/3 controllers)"}})j");
-  http_.SetJson("POST http://geo/v1/regions/eu-west/health", 200, "{}");
-  for (int i = 0; i < 3; ++i) {
-    Round();
-    ASSERT_EQ(PeerRound().status, 200);
-  }
-  clock_.Advance(5000);
-  Round();
-  ASSERT_EQ(PeerRound().status, 200);
+  StaleDownOverrideOfOurs();
+  ASSERT_NO_FATAL_FAILURE(RecoveredStreak());
   clock_.Advance(500);
   c_->RunRound();  // a quorum of RECOVERED votes: the lift is queued
   ASSERT_EQ(Region("eu-west")["votes"]["recovered"].size(), 2u);

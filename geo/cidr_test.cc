@@ -22,6 +22,30 @@ Cidr Prefix(const char* text) {
   return c.ok() ? *c : Cidr{};
 }
 
+IpAddress V4(uint32_t bits) {
+  IpAddress a;
+  for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
+  return a;
+}
+
+uint32_t BitsOf(const IpAddress& a) {
+  return uint32_t{a.bytes[0]} << 24 | uint32_t{a.bytes[1]} << 16 | uint32_t{a.bytes[2]} << 8 |
+         a.bytes[3];
+}
+
+// A table of RapidCheck's random IPv4 prefixes; *inserted: those it took (a repeat is refused),
+// each with its index as its value.
+CidrTable RandomV4Table(std::vector<Cidr>* inserted) {
+  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
+      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
+  CidrTable table;
+  for (const auto& [bits, len] : prefixes) {
+    Cidr c{MaskAddress(V4(bits), len), len};
+    if (table.Insert(c, inserted->size()).ok()) inserted->push_back(c);
+  }
+  return table;
+}
+
 TEST(IpAddress, ParsesBothFamiliesAndUnmapsV4MappedV6) {
   EXPECT_TRUE(Ip("10.1.2.3").is_v4);
   EXPECT_EQ(Ip("10.1.2.3").ToString(), "10.1.2.3");
@@ -94,19 +118,9 @@ TEST(CidrTable, LongestPrefixWinsAndFamiliesStayApart) {
 
 // The table agrees with a brute-force scan: the longest prefix that contains the address.
 RC_GTEST_PROP(CidrTable, MatchesBruteForce, ()) {
-  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
-      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
-  CidrTable table;
   std::vector<Cidr> inserted;
-  for (const auto& [bits, len] : prefixes) {
-    IpAddress a;
-    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
-    Cidr c{MaskAddress(a, len), len};
-    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
-  }
-  const uint32_t probe_bits = *rc::gen::arbitrary<uint32_t>();
-  IpAddress probe;
-  for (int i = 0; i < 4; ++i) probe.bytes[i] = static_cast<uint8_t>(probe_bits >> (24 - 8 * i));
+  const CidrTable table = RandomV4Table(&inserted);
+  const IpAddress probe = V4(*rc::gen::arbitrary<uint32_t>());
   int best_len = -1;
   size_t best = 0;
   for (size_t i = 0; i < inserted.size(); ++i) {
@@ -129,24 +143,9 @@ RC_GTEST_PROP(CidrTable, MatchesBruteForce, ()) {
 // at random addresses of the block and at every inserted network inside it), and one bit less
 // would take in an address that matches otherwise (or the scope is the matched length).
 RC_GTEST_PROP(CidrTable, ScopeHoldsOnlyAddressesWithTheSameMatch, ()) {
-  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
-      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
-  auto v4 = [](uint32_t bits) {
-    IpAddress a;
-    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
-    return a;
-  };
-  auto bits_of = [](const IpAddress& a) {
-    return uint32_t{a.bytes[0]} << 24 | uint32_t{a.bytes[1]} << 16 | uint32_t{a.bytes[2]} << 8 |
-           a.bytes[3];
-  };
-  CidrTable table;
   std::vector<Cidr> inserted;
-  for (const auto& [bits, len] : prefixes) {
-    Cidr c{MaskAddress(v4(bits), len), len};
-    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
-  }
-  const IpAddress probe = v4(*rc::gen::arbitrary<uint32_t>());
+  const CidrTable table = RandomV4Table(&inserted);
+  const IpAddress probe = V4(*rc::gen::arbitrary<uint32_t>());
   const auto m = table.Lookup(probe);
   RC_PRE(m.has_value());
   RC_ASSERT(m->scope_len >= m->prefix_len);
@@ -158,8 +157,8 @@ RC_GTEST_PROP(CidrTable, ScopeHoldsOnlyAddressesWithTheSameMatch, ()) {
   };
   const uint32_t host_mask = m->scope_len == 32 ? 0 : ~uint32_t{0} >> m->scope_len;
   for (int i = 0; i < 20; ++i) {
-    const uint32_t a = bits_of(block.network) | (*rc::gen::arbitrary<uint32_t>() & host_mask);
-    RC_ASSERT(same(v4(a)));
+    const uint32_t a = BitsOf(block.network) | (*rc::gen::arbitrary<uint32_t>() & host_mask);
+    RC_ASSERT(same(V4(a)));
   }
   for (const Cidr& c : inserted) {
     if (block.Contains(c.network)) RC_ASSERT(same(c.network));
@@ -177,29 +176,15 @@ RC_GTEST_PROP(CidrTable, ScopeHoldsOnlyAddressesWithTheSameMatch, ()) {
 // every longer prefix inside the /at_least block gives, for matched and unmatched addresses and
 // any at_least (a client's ECS prefix on the unmatched path).
 RC_GTEST_PROP(CidrTable, ScopeLenMatchesAPassOverTheBlock, ()) {
-  const auto prefixes = *rc::gen::container<std::vector<std::pair<uint32_t, int>>>(
-      rc::gen::pair(rc::gen::arbitrary<uint32_t>(), rc::gen::inRange(0, 33)));
-  auto v4 = [](uint32_t bits) {
-    IpAddress a;
-    for (int i = 0; i < 4; ++i) a.bytes[i] = static_cast<uint8_t>(bits >> (24 - 8 * i));
-    return a;
-  };
-  CidrTable table;
   std::vector<Cidr> inserted;
-  for (const auto& [bits, len] : prefixes) {
-    Cidr c{MaskAddress(v4(bits), len), len};
-    if (table.Insert(c, inserted.size()).ok()) inserted.push_back(c);
-  }
+  const CidrTable table = RandomV4Table(&inserted);
   // Near an inserted network half the time, so that long shared prefixes come up.
   uint32_t bits = *rc::gen::arbitrary<uint32_t>();
   if (!inserted.empty() && *rc::gen::arbitrary<bool>()) {
     const Cidr& near = inserted[*rc::gen::inRange<size_t>(0, inserted.size())];
-    const uint32_t base = uint32_t{near.network.bytes[0]} << 24 |
-                          uint32_t{near.network.bytes[1]} << 16 |
-                          uint32_t{near.network.bytes[2]} << 8 | near.network.bytes[3];
-    bits = base ^ (bits & 0xffu);
+    bits = BitsOf(near.network) ^ (bits & 0xffu);
   }
-  const IpAddress probe = v4(bits);
+  const IpAddress probe = V4(bits);
   const auto m = table.Lookup(probe);
   const int matched_len = m ? m->prefix_len : -1;
   const int at_least = m ? matched_len : *rc::gen::inRange(0, 33);
@@ -220,11 +205,8 @@ RC_GTEST_PROP(CidrTable, ScopeLenMatchesAPassOverTheBlock, ()) {
 // held half of these 262,144 networks, each DNS answer walking them.
 TEST(CidrTable, AShortClientPrefixDoesNotWalkTheTable) {
   CidrTable table;
-  for (uint32_t i = 1; i <= (1u << 18); ++i) {
-    IpAddress a;
-    const uint32_t bits = i << 8;  // 0.0.1.0/24, 0.0.2.0/24, ... 4.0.0.0/24
-    for (int b = 0; b < 4; ++b) a.bytes[b] = static_cast<uint8_t>(bits >> (24 - 8 * b));
-    ASSERT_TRUE(table.Insert({a, 24}, i).ok());
+  for (uint32_t i = 1; i <= (1u << 18); ++i) {  // 0.0.1.0/24, 0.0.2.0/24, ... 4.0.0.0/24
+    ASSERT_TRUE(table.Insert({V4(i << 8), 24}, i).ok());
   }
   auto zero = ParseIpAddress("0.0.0.0");
   ASSERT_TRUE(zero.ok());

@@ -91,6 +91,13 @@ class RegionTest : public ::testing::Test {
     EXPECT_TRUE(started.ok()) << started;
     return started.ok() ? std::move(*app) : nullptr;
   }
+  // A second region whose accounts get 3 failed logins, one more every `refill_s` seconds.
+  static std::unique_ptr<RegionApp> StartLoginLimitedApp(int refill_s) {
+    RegionConfig c = BaseConfig();
+    c.login_attempts_per_account = 3;
+    c.login_attempt_refill_s = refill_s;
+    return StartSecondApp(c);
+  }
   // Why a region with `c` may not start: its FailedPrecondition's message ("" and the test
   // failed when it started, or failed otherwise).
   static std::string RefusedAtStart(const RegionConfig& c) {
@@ -734,10 +741,7 @@ TEST_F(RegionTest, ALoginsRefusalTakesAsLongWithoutAnAccount) {
 // without an account is limited alike, so that a 429 tells nothing about which e-mails have
 // accounts.
 TEST_F(RegionTest, FailedLoginsAreLimitedPerAccount) {
-  RegionConfig c = BaseConfig();
-  c.login_attempts_per_account = 3;
-  c.login_attempt_refill_s = 5;
-  auto app = StartSecondApp(c);
+  auto app = StartLoginLimitedApp(5);
   ASSERT_NE(app, nullptr);
   const uint16_t port = app->http_port();
   const std::string email = "guessed-" + std::to_string(std::time(nullptr)) + "@example.com";
@@ -771,10 +775,7 @@ TEST_F(RegionTest, FailedLoginsAreLimitedPerAccount) {
 // one per HTTP thread (all 12 here). A right password still costs nothing: it gives its attempt
 // back. The same holds while Redis is down, each process then counting on its own.
 TEST_F(RegionTest, ConcurrentGuessesGetNoMoreAttemptsThanTheLimit) {
-  RegionConfig c = BaseConfig();
-  c.login_attempts_per_account = 3;
-  c.login_attempt_refill_s = 600;
-  auto app = StartSecondApp(c);
+  auto app = StartLoginLimitedApp(600);
   ASSERT_NE(app, nullptr);
   const uint16_t port = app->http_port();
   const std::string stamp = std::to_string(std::time(nullptr));
