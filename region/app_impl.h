@@ -138,7 +138,7 @@ struct RegionApp::Impl {
   // Hot copies of carts ("cart:<actor>:<user>") and products ("product:<sku>") that may be
   // older than PostgreSQL's row: not read, and the jobs thread deletes them from Redis. One
   // hour: the carts' expiry (a product's is shorter).
-  StaleKeys stale_hot_carts{200'000, std::chrono::seconds(3600)};
+  StaleKeys stale_hot_copies{200'000, std::chrono::seconds(3600)};
   std::mutex hlc_mu;
   crdt::Hlc hlc;
   std::atomic<bool> migrations_done{false};

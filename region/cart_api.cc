@@ -139,7 +139,7 @@ return 1)lua";
   const std::string key = HotCartKey(user_id);
   if (!redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok()) {
     // Redis may still hold the copy before this change: read around it until it is deleted.
-    stale_hot_carts.Mark(key);
+    stale_hot_copies.Mark(key);
   }
 }
 
@@ -179,7 +179,7 @@ return 1)lua";
     args.push_back(ProductCopyVersion(hlc));
   }
   if (!redis->Eval(kRetire, keys, args).ok()) {
-    for (const std::string& key : keys) stale_hot_carts.Mark(key);
+    for (const std::string& key : keys) stale_hot_copies.Mark(key);
   }
 }
 
@@ -189,7 +189,7 @@ HttpResponse RegionApp::Impl::GetCart(HttpRequest& req) {
   if (auto redirect = ResidencyRedirect(who->residency, req)) return *redirect;
   const std::string key = HotCartKey(who->user_id);
   // A copy that may be older than the row (writing it failed) is not read.
-  if (!stale_hot_carts.IsStale(key)) {
+  if (!stale_hot_copies.IsStale(key)) {
     auto hot = redis->HGetAll(key);
     if (hot.ok() && hot->count("s") && hot->count("v")) {
       auto cart = crdt::DecodeCart(hot->at("s"), CartActorFor(who->user_id));

@@ -320,8 +320,8 @@ void RegionApp::Impl::StartJobs() {
       if (auto n = NotifyOnce(); !n.ok()) {
         spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
       }
-      if (stale_hot_carts.size() > 0 && !redis->breaker_open()) {
-        stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_carts.Repair(*redis)));
+      if (stale_hot_copies.size() > 0 && !redis->breaker_open()) {
+        stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_copies.Repair(*redis)));
       }
       if (config.sweep_interval_s > 0 && ++tick >= config.sweep_interval_s) {
         tick = 0;

@@ -887,7 +887,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   // The order's status is decided and committed: the answer is that status. Settling its
   // reservation is the sweep's work as well (when the reservation expires it commits a paid
   // order's and releases any other's), so a failure here only leaves the stock held until then.
-  // Before, it answered 503 "retry shortly" for an order it had paid, and the retry 409.
+  // Before, it answered 500 for an order it had paid, and the retry 409.
   if (approved) {
     // Not over a mark for the sweep (SettleAtNextSweep): a cancel since our commit decided the
     // order again, and its release may have failed; the sweep settles it by the order's status.

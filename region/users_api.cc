@@ -197,7 +197,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
       after_write) {
     // Redis may still hold the copy before this write (an operator's price change was served
     // from it for up to 300 s, while checkouts charged the new price).
-    stale_hot_carts.Mark(key);
+    stale_hot_copies.Mark(key);
   }
   return *std::move(found);
 }
@@ -206,7 +206,7 @@ absl::StatusOr<std::string> RegionApp::Impl::ProductJson(const std::string& sku)
   std::string key = "product:" + sku;
   // A copy that may be older than the row (storing a write's copy failed) is not read.
   absl::StatusOr<std::optional<std::string>> cached = std::nullopt;
-  if (!stale_hot_carts.IsStale(key)) cached = redis->Get(key);
+  if (!stale_hot_copies.IsStale(key)) cached = redis->Get(key);
   // A copy is "<version>|<json>"; a marker (a newer write than any copy read so far), the
   // version and '|' alone: read around it.
   constexpr size_t kHead = 21;
