@@ -225,7 +225,25 @@ absl::Status PgPool::WithConnection(
 }
 
 bool PgPool::Ping() {
-  return Run([](pqxx::work& tx) { tx.exec1("SELECT 1"); }).ok();
+  std::unique_lock<std::timed_mutex> lock(ping_mu_, std::chrono::seconds(2));
+  if (!lock.owns_lock()) return false;
+  // Two tries: the connection kept from the last probe may be stale after a server restart.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!ping_conn_ || !ping_conn_->is_open()) {
+      auto fresh = Connect();
+      if (!fresh.ok()) return false;
+      ping_conn_ = *std::move(fresh);
+    }
+    try {
+      pqxx::nontransaction(*ping_conn_).exec1("SELECT 1");
+      return true;
+    } catch (const pqxx::broken_connection&) {
+      ping_conn_.reset();
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  return false;
 }
 
 }  // namespace meridian::region

@@ -67,7 +67,11 @@ class PgPool {
   [[nodiscard]] const std::string& name() const { return options_.name; }
   [[nodiscard]] int size() const { return options_.size; }
   [[nodiscard]] int in_use() const;
-  // True if a trivial query succeeds now.
+  // True if a trivial query succeeds now. It runs on a connection of the probe's own, outside
+  // the pool (opened at the first call, and again after it broke): readiness asks whether the
+  // server answers, and a pool whose connections are all busy under load has it answering. A
+  // ping through the pool waited for a free connection, up to acquire_timeout_ms, and a region
+  // busy under load read as unreachable to probers that give up after 400 ms.
   [[nodiscard]] bool Ping();
 
  private:
@@ -84,6 +88,10 @@ class PgPool {
   std::condition_variable cv_;
   std::vector<std::unique_ptr<pqxx::connection>> idle_;
   int in_use_ = 0;
+  // One probe at a time on ping_conn_. A probe that waited 2 s for the one before it (stuck
+  // connecting, or on a server that does not answer) answers false, and does not pile up.
+  std::timed_mutex ping_mu_;
+  std::unique_ptr<pqxx::connection> ping_conn_;
 };
 
 // Turns the libpqxx exception in flight into a Status (call from a catch block), tagged as a

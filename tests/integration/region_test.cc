@@ -2691,7 +2691,7 @@ TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
   EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
 }
 
-TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
+TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfterAndStaysReady) {
   // A second region process on the same databases with one connection per pool. A cart change
   // that waits for a row lock held outside holds the shard's only connection; the next request
   // for that shard finds no free connection within 5 s: server overload, 503 with Retry-After,
@@ -2730,6 +2730,15 @@ TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfter) {
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_EQ(r.Header("retry-after"), "1");
   EXPECT_NE(r.body.find("no free connection"), std::string::npos) << r.body;
+  // The region is busy, not unreachable: /readyz asks the servers on connections of its own, so
+  // probers (400 ms timeout) do not take an overloaded region for a lost one. It waited for the
+  // full pool before (5 s, then 503 "postgres_shardN: unreachable").
+  const auto asked = std::chrono::steady_clock::now();
+  Response ready = Request(port, "GET", "/readyz");
+  const auto took = std::chrono::steady_clock::now() - asked;
+  EXPECT_EQ(ready.status, 200) << ready.body;
+  EXPECT_LT(took, std::chrono::seconds(2))
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
   hold.commit();  // releases the lock: the waiting change completes
   EXPECT_EQ(blocked.get(), 200);
   app->Stop();
@@ -2776,7 +2785,14 @@ TEST_F(RegionTest, APooledConnectionBrokenByAPostgresRestartIsReplacedWithoutFai
   };
   std::string before;
   ASSERT_TRUE(backend(&before).ok());
+  EXPECT_TRUE((*pool)->Ping());  // opens the probe's own connection
   ASSERT_TRUE((*pg)->Restart().ok());
+  // The probe's connection is stale too: the probe tries once more on a fresh one.
+  EXPECT_TRUE((*pool)->Ping());
+  ASSERT_TRUE((*pg)->Stop().ok());
+  EXPECT_FALSE((*pool)->Ping());
+  ASSERT_TRUE((*pg)->Restart().ok());
+  EXPECT_TRUE((*pool)->Ping());
   // Both idle connections are stale; each call draws one.
   for (int i = 0; i < 2; ++i) {
     std::string after;
