@@ -949,6 +949,9 @@ void RegionApp::Stop() {
   impl_->StopJobs();
   if (impl_->grpc) impl_->grpc->Stop();
   if (impl_->server) impl_->server->Stop();
+  // A last save of the stale Redis copies marked since the jobs thread's last tick, so that the
+  // next run, or another process of the region, reads around them.
+  if (impl_->global && !impl_->stale_hot_copies.Unsaved(1).empty()) impl_->SyncStaleCopies();
 }
 
 uint16_t RegionApp::http_port() const { return impl_->server ? impl_->server->port() : 0; }

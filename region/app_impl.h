@@ -136,8 +136,8 @@ struct RegionApp::Impl {
   http::Router router;
   SingleFlight product_flight;
   // Hot copies of carts ("cart:<actor>:<user>") and products ("product:<sku>") that may be
-  // older than PostgreSQL's row: not read, and the jobs thread deletes them from Redis. One
-  // hour: the carts' expiry (a product's is shorter).
+  // older than PostgreSQL's row: not read, and the jobs thread retires them in Redis
+  // (SyncStaleCopies). One hour: the carts' expiry (a product's is shorter).
   StaleKeys stale_hot_copies{200'000, std::chrono::seconds(3600)};
   std::mutex hlc_mu;
   crdt::Hlc hlc;
@@ -301,6 +301,15 @@ struct RegionApp::Impl {
   // for 5 minutes).
   void RetireHotCopies(const std::vector<std::pair<std::string, int64_t>>& carts,
                        const std::vector<std::pair<std::string, uint64_t>>& products);
+  // The retire of RetireHotCopies for copies given by key ("cart:..." or "product:...") and
+  // version, in one round trip; StaleKeys::Repair's RetireFn.
+  absl::Status RetireCopies(const std::vector<StaleKeys::Entry>& copies);
+  // The jobs thread's tick for stale_hot_copies: saves new marks to the global database's
+  // stale_hot_copies table, retires what Redis can take now and deletes it from the table, then
+  // lists what other processes of the region saved since the last look (all of it at the first
+  // tick, so a restart knows what the run before it could not repair).
+  void SyncStaleCopies();
+  std::string stale_copies_seen_until;  // the jobs thread's: the global database's clock
   // Checkouts of one customer that carry one Idempotency-Key run one at a time in this process
   // (CheckoutTurn, order_api.cc): a twin waits for the first to end, then finds its order by the
   // key and replays it. Without the wait it could see only what the first had done so far (the

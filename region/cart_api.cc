@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 #include "crdt/codec.h"
@@ -138,48 +139,59 @@ end
 return 1)lua";
   const std::string key = HotCartKey(user_id);
   if (!redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok()) {
-    // Redis may still hold the copy before this change: read around it until it is deleted.
-    stale_hot_copies.Mark(key);
+    // Redis may still hold the copy before this change: read around it until it is retired.
+    stale_hot_copies.Mark(key, std::to_string(version));
   }
 }
 
-void RegionApp::Impl::RetireHotCopies(
-    const std::vector<std::pair<std::string, int64_t>>& carts,
-    const std::vector<std::pair<std::string, uint64_t>>& products) {
-  // One round trip: KEYS holds the carts, then the products; ARGV[1] the number of carts, then
-  // each key's version. A copy at the same version or newer (a local write committed after the
-  // peer's, so it holds its lines) stays. A cart's marker lives 60 s: a local writer stores its
-  // copy right after its commit, and most carts a peer changes in real traffic have no copy here
-  // (their customers shop elsewhere), so markers of an hour would fill Redis with them. A
-  // product's lives as long as its copies, 300 s (store_product's rules).
+absl::Status RegionApp::Impl::RetireCopies(const std::vector<StaleKeys::Entry>& copies) {
+  // One round trip: KEYS holds the copies' keys, ARGV their versions. A copy at the same version
+  // or newer (a write committed after the one retired, so it holds its change) stays. A cart's
+  // marker lives 60 s: a local writer stores its copy right after its commit, and most carts a
+  // peer changes in real traffic have no copy here (their customers shop elsewhere), so markers
+  // of an hour would fill Redis with them. A product's lives as long as its copies, 300 s
+  // (store_product's rules).
   static const std::string kRetire = std::string(kStoreProductCopyFn) + R"lua(
-local n = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local version = ARGV[i + 1]
-  if i <= n then
+  local version = ARGV[i]
+  if string.sub(key, 1, 8) == 'product:' then
+    store_product(key, version, version .. '|')
+  else
     local v = tonumber(redis.call('HGET', key, 'v') or '-1')
     if tonumber(version) > v then
       redis.call('HSET', key, 'v', version)
       redis.call('HDEL', key, 's')
       redis.call('EXPIRE', key, 60)
     end
-  else
-    store_product(key, version, version .. '|')
   end
 end
 return 1)lua";
-  if (carts.empty() && products.empty()) return;
-  std::vector<std::string> keys, args{std::to_string(carts.size())};
+  if (copies.empty()) return absl::OkStatus();
+  std::vector<std::string> keys, versions;
+  for (const StaleKeys::Entry& c : copies) {
+    keys.push_back(c.key);
+    versions.push_back(c.version);
+    // A product's version is compared as a string of 20 digits (ProductCopyVersion); one listed
+    // from the database lost its leading zeros.
+    if (absl::StartsWith(c.key, "product:") && c.version.size() < 20) {
+      versions.back().insert(0, 20 - c.version.size(), '0');
+    }
+  }
+  return redis->Eval(kRetire, keys, versions);
+}
+
+void RegionApp::Impl::RetireHotCopies(
+    const std::vector<std::pair<std::string, int64_t>>& carts,
+    const std::vector<std::pair<std::string, uint64_t>>& products) {
+  std::vector<StaleKeys::Entry> copies;
   for (const auto& [user_id, version] : carts) {
-    keys.push_back(HotCartKey(user_id));
-    args.push_back(std::to_string(version));
+    copies.push_back({HotCartKey(user_id), std::to_string(version)});
   }
   for (const auto& [sku, hlc] : products) {
-    keys.push_back("product:" + sku);
-    args.push_back(ProductCopyVersion(hlc));
+    copies.push_back({"product:" + sku, ProductCopyVersion(hlc)});
   }
-  if (!redis->Eval(kRetire, keys, args).ok()) {
-    for (const std::string& key : keys) stale_hot_copies.Mark(key);
+  if (!RetireCopies(copies).ok()) {
+    for (const StaleKeys::Entry& c : copies) stale_hot_copies.Mark(c.key, c.version);
   }
 }
 

@@ -309,6 +309,74 @@ absl::StatusOr<int> RegionApp::Impl::NotifyBatch(PgPool& shard, int limit, int* 
   return shard_sent;
 }
 
+void RegionApp::Impl::SyncStaleCopies() {
+  constexpr size_t kBatch = 1000;
+  // The rows of (key, version) pairs, for unnest.
+  auto rows = [](pqxx::work& tx, const std::vector<StaleKeys::Entry>& entries) {
+    std::string keys, versions;
+    for (const StaleKeys::Entry& e : entries) {
+      absl::StrAppend(&keys, keys.empty() ? "" : ", ", tx.quote(e.key));
+      absl::StrAppend(&versions, versions.empty() ? "" : ", ", tx.quote(e.version));
+    }
+    return absl::StrCat("unnest(ARRAY[", keys, "]::text[], ARRAY[", versions,
+                        "]::numeric[]) AS r(key, version)");
+  };
+  // Marks not saved yet: saved, so that a restart or another process of the region knows them.
+  if (std::vector<StaleKeys::Entry> unsaved = stale_hot_copies.Unsaved(kBatch); !unsaved.empty()) {
+    absl::Status st = global->Run([&](pqxx::work& tx) {
+      tx.exec0(
+          absl::StrCat("INSERT INTO stale_hot_copies (key, version) SELECT key, version FROM ",
+                       rows(tx, unsaved),
+                       " ON CONFLICT (key) DO UPDATE SET version = "
+                       "GREATEST(stale_hot_copies.version, excluded.version), marked_at = now()"));
+    });
+    if (st.ok()) {
+      stale_hot_copies.Saved(unsaved);
+    } else {
+      spdlog::warn("event=stale_copies_save_failed keys={} status=\"{}\"", unsaved.size(),
+                   st.ToString());
+    }
+  }
+  // Retired in Redis: no longer listed, here or in the table (unless marked since at a higher
+  // version).
+  if (stale_hot_copies.size() > 0 && !redis->breaker_open()) {
+    std::vector<StaleKeys::Entry> retired = stale_hot_copies.Repair(
+        [this](const std::vector<StaleKeys::Entry>& copies) { return RetireCopies(copies); },
+        kBatch);
+    if (!retired.empty()) {
+      absl::Status st = global->Run([&](pqxx::work& tx) {
+        tx.exec0(absl::StrCat("DELETE FROM stale_hot_copies s USING ", rows(tx, retired),
+                              " WHERE s.key = r.key AND s.version <= r.version"));
+      });
+      // The rows left are listed again below and retired again: no harm.
+      if (!st.ok()) {
+        spdlog::warn("event=stale_copies_delete_failed status=\"{}\"", st.ToString());
+      }
+    }
+  }
+  // What the other processes saved since the last look (with a margin for their transactions
+  // still open then), or everything at the first look.
+  std::vector<std::pair<std::string, std::string>> listed;
+  std::string now;
+  absl::Status st = global->ReadAutocommit([&](pqxx::nontransaction& tx) {
+    listed.clear();
+    now = tx.exec1("SELECT now()::text")[0].as<std::string>();
+    std::string sql = "SELECT key, version::text FROM stale_hot_copies";
+    if (!stale_copies_seen_until.empty()) {
+      absl::StrAppend(&sql, " WHERE marked_at > ", tx.quote(stale_copies_seen_until),
+                      "::timestamptz - interval '10 seconds'");
+    }
+    for (const auto& r : tx.exec(absl::StrCat(sql, " LIMIT 200000"))) {
+      listed.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+    }
+  });
+  if (st.ok()) {
+    stale_hot_copies.Adopt(listed);
+    stale_copies_seen_until = now;
+  }
+  stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_copies.size()));
+}
+
 void RegionApp::Impl::StartJobs() {
   jobs.emplace_back([this] {
     int tick = 0;
@@ -320,9 +388,7 @@ void RegionApp::Impl::StartJobs() {
       if (auto n = NotifyOnce(); !n.ok()) {
         spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
       }
-      if (stale_hot_copies.size() > 0 && !redis->breaker_open()) {
-        stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_copies.Repair(*redis)));
-      }
+      SyncStaleCopies();
       if (config.sweep_interval_s > 0 && ++tick >= config.sweep_interval_s) {
         tick = 0;
         if (auto n = Sweep(); !n.ok()) {

@@ -268,6 +268,21 @@ ALTER TABLE lost_declarations ADD COLUMN received bigint CHECK (received IS NULL
 -- the whole table before.
 CREATE INDEX sandbox_charges_order ON sandbox_charges (order_id);
 )sql"},
+    {20, "stale_hot_copies",
+     R"sql(
+-- Redis copies (carts, products) that may be older than their row, because writing or retiring
+-- them failed, with the version of that write (RegionApp::Impl::SyncStaleCopies). Every process
+-- of the region saves the ones it could not repair yet and lists the ones the others saved, so
+-- that neither another process nor a restart reads such a copy (they served it for up to its
+-- expiry before: an hour for a cart, 5 minutes for a product). A row goes once its copy is
+-- retired.
+CREATE TABLE stale_hot_copies (
+  key       text PRIMARY KEY,
+  version   numeric(20) NOT NULL CHECK (version >= 0),
+  marked_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX stale_hot_copies_marked ON stale_hot_copies (marked_at);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

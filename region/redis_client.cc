@@ -150,13 +150,6 @@ absl::StatusOr<bool> RedisClient::SetNx(std::string_view key, std::string_view v
 
 absl::Status RedisClient::Del(std::string_view key) { return Command({"DEL", key}).status(); }
 
-absl::Status RedisClient::DelMany(const std::vector<std::string>& keys) {
-  if (keys.empty()) return absl::OkStatus();
-  std::vector<std::string_view> args{"DEL"};
-  for (const auto& k : keys) args.push_back(k);
-  return Command(args).status();
-}
-
 absl::StatusOr<bool> RedisClient::TakeToken(std::string_view key, double rate_per_s, double burst,
                                             int64_t now_ms, double cost) {
   std::string rate = std::to_string(rate_per_s), b = std::to_string(burst),
@@ -206,12 +199,29 @@ absl::Status RedisClient::Ping() {
   return absl::UnavailableError("redis: no reply to PING");
 }
 
-void StaleKeys::Mark(const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
+bool VersionBelow(std::string_view a, std::string_view b) {
+  auto digits = [](std::string_view v) {
+    const size_t first = v.find_first_not_of('0');
+    return first == std::string_view::npos ? std::string_view() : v.substr(first);
+  };
+  a = digits(a);
+  b = digits(b);
+  return a.size() != b.size() ? a.size() < b.size() : a < b;
+}
+
+void StaleKeys::ListLocked(const std::string& key, std::string_view version, bool saved) {
   any_.store(true, std::memory_order_release);
   auto it = keys_.find(key);
   if (it != keys_.end()) {
-    it->second = ++generation_;
+    Listed& l = it->second;
+    if (!saved) {
+      // Marked again: Repair's and Unsaved's copies of the entry are out of date.
+      l.generation = ++generation_;
+      l.saved = false;
+    } else if (VersionBelow(l.version, version)) {
+      l.generation = ++generation_;  // a retire in flight at the lower version does not clear it
+    }
+    if (VersionBelow(l.version, version)) l.version = std::string(version);
     return;
   }
   if (keys_.size() >= capacity_) {
@@ -224,7 +234,17 @@ void StaleKeys::Mark(const std::string& key) {
     all_until_ = std::chrono::steady_clock::now() + ttl_;
     return;
   }
-  keys_.emplace(key, ++generation_);
+  keys_.emplace(key, Listed{std::string(version), ++generation_, saved});
+}
+
+void StaleKeys::Mark(const std::string& key, std::string_view version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ListLocked(key, version, false);
+}
+
+void StaleKeys::Adopt(const std::vector<std::pair<std::string, std::string>>& listed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, version] : listed) ListLocked(key, version, true);
 }
 
 bool StaleKeys::IsStale(const std::string& key) const {
@@ -235,28 +255,44 @@ bool StaleKeys::IsStale(const std::string& key) const {
   return window || keys_.count(key) > 0;
 }
 
-size_t StaleKeys::Repair(RedisClient& redis, size_t batch) {
-  std::vector<std::string> keys;
-  std::vector<uint64_t> generations;
+std::vector<StaleKeys::Entry> StaleKeys::Unsaved(size_t batch) const {
+  std::vector<Entry> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, l] : keys_) {
+    if (out.size() == batch) break;
+    if (!l.saved) out.push_back(Entry{key, l.version, l.generation});
+  }
+  return out;
+}
+
+void StaleKeys::Saved(const std::vector<Entry>& saved) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const Entry& e : saved) {
+    auto it = keys_.find(e.key);
+    if (it != keys_.end() && it->second.generation == e.generation) it->second.saved = true;
+  }
+}
+
+std::vector<StaleKeys::Entry> StaleKeys::Repair(const RetireFn& retire, size_t batch) {
+  std::vector<Entry> entries;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [key, generation] : keys_) {
-      if (keys.size() == batch) break;
-      keys.push_back(key);
-      generations.push_back(generation);
+    for (const auto& [key, l] : keys_) {
+      if (entries.size() == batch) break;
+      entries.push_back(Entry{key, l.version, l.generation});
     }
   }
-  if (keys.empty() || !redis.DelMany(keys).ok()) return size();
+  if (entries.empty() || !retire(entries).ok()) return {};
   std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = keys_.find(keys[i]);
-    // Marked again after the DEL was sent: that failure may have left a copy older still.
-    if (it != keys_.end() && it->second == generations[i]) keys_.erase(it);
+  for (const Entry& e : entries) {
+    auto it = keys_.find(e.key);
+    // Marked again after the retire was sent: that failure may have left a copy older still.
+    if (it != keys_.end() && it->second.generation == e.generation) keys_.erase(it);
   }
   if (keys_.empty() && std::chrono::steady_clock::now() >= all_until_) {
     any_.store(false, std::memory_order_release);
   }
-  return keys_.size();
+  return entries;
 }
 
 size_t StaleKeys::size() const {

@@ -30,6 +30,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/grpc_auth.h"
 #include "crdt/codec.h"
 #include "region/app.h"
@@ -1733,7 +1734,7 @@ TEST_F(RegionTest, KeepsServingWhileRedisIsDown) {
 // Writing a cart's hot copy fails while Redis stalls (its writes paused past the client's
 // timeout), so Redis keeps the copy before the change. Once Redis answers again that copy is not
 // served (it was, for up to its hour of expiry): the cart is read from PostgreSQL until the jobs
-// thread has deleted the copy.
+// thread has retired the copy.
 TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   std::string t = NewCustomer();
   Response first = As(t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
@@ -1753,12 +1754,15 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pause over, breaker closed
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"], lines);
 
-  // The jobs thread (every second) deletes the stale copy; reads use Redis again after that.
+  // The jobs thread (every second) retires the stale copy to a marker of the change's version,
+  // which keeps an older copy out (the copy was deleted before, marker and all); reads use Redis
+  // again after that.
   std::string v;
   for (int i = 0; i < 50 && (v = command("HGET " + key + " v")) == "1"; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_NE(v, "1");
+  EXPECT_EQ(v, "2");
+  EXPECT_EQ(command("HEXISTS " + key + " s"), "0");
   // The gauge is set once that repair has forgotten the mark, a moment after the copy is gone.
   EXPECT_TRUE(Eventually(
       [&] {
@@ -1802,6 +1806,65 @@ TEST_F(RegionTest, AProductCopyThatFailedToUpdateIsNotServed) {
   // The jobs thread (every second) deletes the stale copy; reads fill and use Redis after that.
   EXPECT_TRUE(Eventually([&] { return !copy_has("\"price_cents\":1000"); }, 5));
   EXPECT_TRUE(Eventually([&] { return price() == 1500 && copy_has("\"price_cents\":1500"); }, 5));
+  redisFree(c);
+}
+
+// A copy one process of the region could not update (and then stopped, before Redis answered
+// again) is read around by the other processes: the mark is saved in the global database, which
+// every process lists each second. The retire leaves a marker of the write's version, so that a
+// slower writer of an older version cannot put its copy back. Before, the mark lived in the
+// stopped process only: the others served the old price until the copy expired (300 s), and a
+// repair deleted the copy, marker and all.
+TEST_F(RegionTest, AStaleCopyMarkedByOneProcessIsReadAroundByTheOthersAndRetiredToAMarker) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-stale-shared", 1000));
+  auto price = [&](uint16_t port) {
+    Response r = Request(port, "GET", "/v1/products/sku-stale-shared");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.status == 200 ? Json::parse(r.body)["price_cents"].get<int64_t>() : -1;
+  };
+  std::unique_ptr<RegionApp> second = StartSecondApp(BaseConfig());
+  ASSERT_NE(second, nullptr);
+  ASSERT_EQ(price(port_), 1000);
+  ASSERT_EQ(price(second->http_port()), 1000);
+  redisContext* c = redisConnect("127.0.0.1", redis_->port());
+  ASSERT_TRUE(c && !c->err);
+  auto copy = [&] { return test_support::RedisCommandText(c, "GET product:sku-stale-shared"); };
+  ASSERT_NE(copy().find("\"price_cents\":1000"), std::string::npos) << copy();
+
+  // The second process takes the write and cannot store its copy; it stops before Redis takes
+  // writes again, so it never repairs the copy itself.
+  test_support::RedisCommandText(c, "CLIENT PAUSE 2500 WRITE");
+  const auto paused = std::chrono::steady_clock::now();
+  Response put = Request(second->http_port(), "PUT", "/v1/admin/products/sku-stale-shared",
+                         R"({"name":"Own product sku-stale-shared","price_cents":1500})",
+                         {{"Authorization", std::string("Bearer ") + kOperator}});
+  ASSERT_EQ(put.status, 200) << put.body;
+  second->Stop();
+  second.reset();
+  ASSERT_LT(std::chrono::steady_clock::now() - paused, std::chrono::milliseconds(2500))
+      << "the second process stopped after the pause: the test proves nothing";
+  EXPECT_EQ(Count(0, "global",
+                  "SELECT count(*) FROM stale_hot_copies WHERE key = "
+                  "'product:sku-stale-shared'"),
+            1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2600) -
+                              (std::chrono::steady_clock::now() - paused));
+
+  // The first process serves the new price and retires the copy to a marker of the write.
+  const std::string version = absl::StrFormat(
+      "%020u", Count(0, "global", "SELECT hlc FROM products WHERE sku = 'sku-stale-shared'"));
+  EXPECT_TRUE(Eventually([&] { return copy() == version + "|"; }, 5)) << copy();
+  EXPECT_EQ(price(port_), 1500);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Count(0, "global",
+                     "SELECT count(*) FROM stale_hot_copies WHERE key = "
+                     "'product:sku-stale-shared'") == 0;
+      },
+      5));
+  EXPECT_TRUE(
+      Eventually([&] { return copy().find("\"price_cents\":1500") != std::string::npos; }, 5))
+      << copy();
   redisFree(c);
 }
 
