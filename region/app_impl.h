@@ -435,10 +435,11 @@ struct RegionApp::Impl {
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or
-  // "pending_payment" when another region owns it (its owner decides; the sweep waits); and in
-  // *payment_ref the order's payment ("" when none).
+  // "pending_payment" when another region owns it (its owner decides; the sweep waits) or its
+  // payment window is not over (`window_over` false); and in *payment_ref the order's payment
+  // ("" when none).
   absl::StatusOr<std::string> ExpireOrder(const std::string& order_id, const std::string& user_id,
-                                          std::string* payment_ref);
+                                          std::string* payment_ref, bool window_over);
   // An order the caller has just written (checkout): Pay needs no read, and the response is built
   // from it instead of read back.
   struct KnownOrder {

@@ -15,6 +15,9 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     std::string id;       // the reservation's, which is its order's
     std::string user_id;  // the order's customer
     std::string version;  // the row's xmin: any change to it since (a cancel's mark) shows
+    // Marked due (expires_at -infinity) within its order's payment window: the order, if it
+    // still awaits payment, is not expired (see below).
+    bool early = false;
   };
   std::vector<Expired> expired;
   // A release deferred by a stock hold is due at -infinity (ReleaseReservation): the first sweep
@@ -34,12 +37,14 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     const std::string after = cursor ? "(expires_at, id) > (" + tx.quote(cursor->first) +
                                            "::timestamptz, " + tx.quote(cursor->second) + ") AND "
                                      : "";
-    for (const auto& r :
-         tx.exec("SELECT id, user_id, xmin::text, expires_at::text FROM reservations WHERE state = "
-                 "'held' AND " +
-                 pass_over_deferred + after + "expires_at < now() ORDER BY expires_at, id LIMIT " +
-                 std::to_string(kPage))) {
-      expired.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>()});
+    for (const auto& r : tx.exec(
+             "SELECT id, user_id, xmin::text, expires_at::text, expires_at = '-infinity' AND "
+             "created_at + " +
+             tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) +
+             "::interval > now() FROM reservations WHERE state = 'held' AND " + pass_over_deferred +
+             after + "expires_at < now() ORDER BY expires_at, id LIMIT " + std::to_string(kPage))) {
+      expired.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>(),
+                         r[4].as<bool>()});
       last.emplace(r[3].as<std::string>(), r[0].as<std::string>());
     }
   });
@@ -54,13 +59,32 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     const std::string& user_id = entry.user_id;
     // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
     std::string payment_ref;
-    auto expired = ExpireOrder(id, user_id, &payment_ref);
+    auto expired = ExpireOrder(id, user_id, &payment_ref, /*window_over=*/!entry.early);
     if (!expired.ok()) {
       st = expired.status();
       if (!SkipFailedSweepItem(id, st, &counts)) return st;
       continue;
     }
     const std::string& status = *expired;
+    if (status == "pending_payment" && entry.early) {
+      // A mark for a decision (SettleAtNextSweep) whose transaction then failed on the order's
+      // shard: it commits in the global database first. The order still awaits payment within
+      // its window, so its reservation gets its expiry back. Before, this sweep expired the order
+      // at once, in the middle of its customer's payment window.
+      st = global->Run([&](pqxx::work& tx) {
+        tx.exec0("UPDATE reservations SET expires_at = created_at + " +
+                 tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) +
+                 "::interval WHERE id = " + tx.quote(id) +
+                 " AND state = 'held' AND expires_at = '-infinity' AND xmin::text = " +
+                 tx.quote(entry.version));
+      });
+      if (st.ok()) {
+        spdlog::info("event=sweep_mark_undone reservation={} (its order awaits payment)", id);
+      } else if (!SkipFailedSweepItem(id, st, &counts)) {
+        return st;
+      }
+      continue;
+    }
     if (status == "pending_payment") {
       // Another region owns the order now (a failover): it may still be paid there. Its owner
       // expires or settles it, the event reaches us, and a later sweep settles the reservation.

@@ -126,7 +126,8 @@ std::optional<std::string> FindByIdempotencyKey(pqxx::work& tx, const std::strin
 
 absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& order_id,
                                                          const std::string& user_id,
-                                                         std::string* payment_ref) {
+                                                         std::string* payment_ref,
+                                                         bool window_over) {
   std::string status;
   bool stale = false;
   absl::Status st = ShardFor(user_id).Run([&](pqxx::work& tx) {
@@ -149,7 +150,7 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
     }
     status = r[0][0].as<std::string>();
     if (!r[0][4].is_null()) *payment_ref = r[0][4].as<std::string>();
-    if (status != "pending_payment") return;
+    if (status != "pending_payment" || !window_over) return;
     const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
     LeaseTable::Decision lease = leases->ForGroup(group);
     if (!lease.mine) return;  // its owner expires it; the event tells us

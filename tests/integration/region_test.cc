@@ -1868,6 +1868,50 @@ TEST_F(RegionTest, AStaleCopyMarkedByOneProcessIsReadAroundByTheOthersAndRetired
   redisFree(c);
 }
 
+// A cancel marks its order's reservation due for the sweep (SettleAtNextSweep) in the global
+// database before its own transaction commits on the order's shard. When that commit is cut off,
+// the order still awaits payment under a mark: the sweep leaves the order alone within its
+// payment window and gives the reservation its expiry back. Before, the next sweep expired the
+// order at once.
+TEST_F(RegionTest, AMarkLeftByAFailedCancelDoesNotExpireTheOrderEarly) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
+  RegionConfig c = BaseConfig();
+  c.reservation_ttl_s = 600;  // a window no slow machine outlasts
+  std::unique_ptr<RegionApp> app = StartSecondApp(c);
+  ASSERT_NE(app, nullptr);
+  const std::string t = NewCustomer();
+  auto call = [&](const std::string& method, const std::string& target,
+                  const std::string& body = "") {
+    return Request(app->http_port(), method, target, body, {{"Authorization", "Bearer " + t}});
+  };
+  ASSERT_EQ(call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
+  Response o = call("POST", "/v1/checkout");
+  ASSERT_EQ(o.status, 201) << o.body;
+  const std::string id = Json::parse(o.body)["order_id"];
+  {
+    auto fault = InjectFault(Shards(), "kill_cancel_commit", Fault::kKillAtCommit, "UPDATE",
+                             "orders", "NEW.status = 'cancelled'");
+    Response cancel = call("POST", "/v1/orders/" + id + "/cancel");
+    EXPECT_GE(cancel.status, 500) << cancel.body;
+  }
+  const std::string marked = "SELECT count(*) FROM reservations WHERE id = '" + id +
+                             "' AND state = 'held' AND expires_at = '-infinity'";
+  ASSERT_EQ(Count(0, "global", marked), 1) << "the failed cancel left no mark: nothing to test";
+  ASSERT_EQ(Json::parse(call("GET", "/v1/orders/" + id).body)["status"], "pending_payment");
+
+  auto swept = app->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Json::parse(call("GET", "/v1/orders/" + id).body)["status"], "pending_payment");
+  EXPECT_EQ(Count(0, "global",
+                  "SELECT count(*) FROM reservations WHERE id = '" + id +
+                      "' AND state = 'held' AND expires_at > now() + interval '500 seconds'"),
+            1);
+  Response paid =
+      call("POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
+  EXPECT_EQ(paid.status, 200) << paid.body;
+  app->Stop();
+}
+
 // Review of 2026-12-05 (write paths), finding 1. A quantity change wrote a change by the
 // difference, one more entry of the stored state each time for as long as the line lived: a
 // quantity toggled 200,000 times made a cart no decoder accepts (every cart call and checkout of
