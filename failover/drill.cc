@@ -1158,7 +1158,10 @@ int Drill::Run() {
     o.full_recovery_ms = *recovery - return_ms_;
   }
   o.rpo = report.rpo;
+  o.rpo_checked = report.rpo_checked_unix_ms != 0;
   o.stock = report.stock;
+  o.acked_total = report.acked_total;
+  o.acked_missing_after_recovery = report.acked_missing_after_recovery;
   o.carts_compared = report.carts.customers;
   o.carts_converged =
       report.carts.customers > 0 && report.carts.identical == report.carts.customers;

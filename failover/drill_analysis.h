@@ -138,8 +138,13 @@ struct Observed {
   bool carts_converged = false;
   int64_t carts_compared = 0;
   RpoFigures rpo;
+  bool rpo_checked = false;  // false: the acks or the survivors' databases could not be read
   std::vector<StockFigures> stock;
+  int64_t acked_total = 0;                    // orders acknowledged in the whole run
+  int64_t acked_missing_after_recovery = -1;  // of them, absent from some region; -1 unchecked
 };
+// A check that did not run, or had nothing to check (no order acknowledged by the lost region,
+// no unit sold), fails its target: a drill that saw nothing does not pass.
 [[nodiscard]] std::vector<Target> JudgeTargets(const Observed& o);
 
 }  // namespace meridian::failover::drill

@@ -175,7 +175,11 @@ Observed GoodRun() {
   o.carts_converged = true;
   o.carts_compared = 20;
   o.rpo.acked_sync_peer = 40;
+  o.rpo.acked_by_lost = 40;
+  o.rpo_checked = true;
   o.stock = {{"s-1", 90, 90, 50, 0}};
+  o.acked_total = 120;
+  o.acked_missing_after_recovery = 0;
   return o;
 }
 
@@ -212,6 +216,26 @@ TEST(JudgeTargetsTest, PassesAGoodRunAndFailsEachLimit) {
   o.stock.clear();  // nothing accounted is not a pass
   EXPECT_EQ(failing(o), std::vector<std::string>{"oversell"});
   o = GoodRun();
+  o.stock[0].sold = 0;  // nothing sold is not a pass either
+  EXPECT_EQ(failing(o), std::vector<std::string>{"oversell"});
+  // A check that did not run, or had nothing to check, is not a pass.
+  o = GoodRun();
+  o.rpo_checked = false;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (sync-peer)"});
+  o = GoodRun();
+  o.rpo.acked_by_lost = 0;
+  o.rpo.acked_sync_peer = 0;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (sync-peer)"});
+  o = GoodRun();
+  o.acked_missing_after_recovery = 2;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"acknowledged orders"});
+  o = GoodRun();
+  o.acked_missing_after_recovery = -1;  // could not be checked
+  EXPECT_EQ(failing(o), std::vector<std::string>{"acknowledged orders"});
+  o = GoodRun();
+  o.acked_total = 0;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"acknowledged orders"});
+  o = GoodRun();
   o.carts_converged = false;
   EXPECT_EQ(failing(o), std::vector<std::string>{"carts converged"});
   o = GoodRun();
@@ -223,6 +247,9 @@ TEST(JudgeTargetsTest, PassesAGoodRunAndFailsEachLimit) {
   o.rpo.missing_async = 3;
   o.rpo.async_window_orders = 3;
   EXPECT_TRUE(failing(o).empty());
+  o.rpo_checked = false;
+  EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (async)"});
+  o.rpo_checked = true;
   o.rpo.missing_async = 4;
   EXPECT_EQ(failing(o), std::vector<std::string>{"RPO (async)"});
   o.rpo.missing_async = 2;
@@ -231,7 +258,7 @@ TEST(JudgeTargetsTest, PassesAGoodRunAndFailsEachLimit) {
   // Invariants are flagged as such.
   int invariants = 0;
   for (const Target& t : JudgeTargets(GoodRun())) invariants += t.invariant;
-  EXPECT_EQ(invariants, 4);  // RPO sync-peer, oversell, region back, carts
+  EXPECT_EQ(invariants, 5);  // RPO sync-peer, oversell, acknowledged orders, region back, carts
 }
 
 DrillReport SampleReport() {
