@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "region/app_impl.h"
@@ -54,18 +55,35 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
     sweep_cursor = expired.size() == kPage ? last : std::nullopt;
   }
   SweepCounts counts;
+  // A customer's shard that does not answer holds back only its own customers' items: the rest
+  // of the page, and the refunds and captures settled below, go on; the sweep then reports the
+  // error. Before, the first such item ended the sweep, and nothing was settled on any shard
+  // while one was down.
+  absl::Status unavailable;
+  std::set<const PgPool*> shards_down;
   for (const auto& entry : expired) {
     const std::string& id = entry.id;
     const std::string& user_id = entry.user_id;
+    const PgPool* shard = &ShardFor(user_id);
+    if (shards_down.contains(shard)) continue;
     // Expire the order if it is still unpaid and ours (a paid order keeps its stock).
     std::string payment_ref;
     auto expired = ExpireOrder(id, user_id, &payment_ref, /*window_over=*/!entry.early);
     if (!expired.ok()) {
       st = expired.status();
+      if (absl::IsUnavailable(st)) {
+        shards_down.insert(shard);
+        if (unavailable.ok()) unavailable = st;
+        ++counts.failed;
+        spdlog::warn("event=sweep_shard_skipped pool={} status=\"{}\"", shard->name(),
+                     st.ToString());
+        continue;
+      }
       if (!SkipFailedSweepItem(id, st, &counts)) return st;
       continue;
     }
     const std::string& status = *expired;
+    st = absl::OkStatus();
     if (status == "pending_payment" && entry.early) {
       // A mark for a decision (SettleAtNextSweep) whose transaction then failed on the order's
       // shard: it commits in the global database first. The order still awaits payment within
@@ -80,18 +98,13 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
       });
       if (st.ok()) {
         spdlog::info("event=sweep_mark_undone reservation={} (its order awaits payment)", id);
-      } else if (!SkipFailedSweepItem(id, st, &counts)) {
-        return st;
       }
-      continue;
-    }
-    if (status == "pending_payment") {
+    } else if (status == "pending_payment") {
       // Another region owns the order now (a failover): it may still be paid there. Its owner
       // expires or settles it, the event reaches us, and a later sweep settles the reservation.
       spdlog::debug("event=sweep_deferred reservation={} (the order's owner decides)", id);
       continue;
-    }
-    if (status == "paid") {
+    } else if (status == "paid") {
       // Its stock stays sold. A capture here other than the paid one is a payment whose event
       // the region that took the order over never got, before the customer paid there again.
       std::vector<std::string> refunded;
@@ -128,10 +141,15 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
       if (st.ok()) st = ReleaseReservation(id, absl::StrCat("expired_", status), &deferred);
       if (st.ok() && !deferred) ++counts.released;
     }
-    if (!st.ok() && !SkipFailedSweepItem(id, st, &counts)) return st;
+    if (!st.ok() && !SkipFailedSweepItem(id, st, &counts)) {
+      // The global database does not answer: every other item needs it too.
+      unavailable = st;
+      break;
+    }
   }
   RefundsDue();
   SettleCharges(&counts);
+  if (!unavailable.ok()) return unavailable;
   return counts;
 }
 
@@ -201,10 +219,12 @@ absl::Status RegionApp::Impl::SettleChargesOf(PgPool& shard, const std::string& 
     const auto parsed = services::ParseOrderStatus(status);
     // Paid: never the charge it is paid with, while it stays paid; a paid order without one is
     // not refunded on a guess (the reconcile report shows its charges). Given up: every capture,
-    // the one it was paid with included. Undecided or missing here: nothing goes back on a guess
-    // (the apply of its decided status writes the row again).
+    // the one it was paid with included. Missing here: nothing goes back on a guess (the apply
+    // of its decided status writes the row again). Undecided: the row stays until the order is
+    // decided (a payment attempt wrote it before capturing, and may have died after).
     const bool paid = status == "paid";
     const bool given_up = !paid && parsed.ok() && services::OrderDecided(*parsed);
+    if (!paid && !given_up && status != "missing") return;
     if ((paid && !paid_with.empty()) || given_up) {
       absl::Status g = global->Run([&](pqxx::work& gtx) {
         for (std::string& charge : RefundCaptured(
@@ -226,8 +246,9 @@ absl::Status RegionApp::Impl::SettleChargesOf(PgPool& shard, const std::string& 
 }
 
 // One reservation the sweep cannot settle (its stock cannot go back, its order cannot be read)
-// must not hold back every other: it is logged, counted and tried again by the next sweep. A
-// database that is down fails the whole sweep (every other item would fail the same way).
+// must not hold back every other: it is logged, counted and tried again by the next sweep. The
+// global database down ends the sweep's items (every other item would fail the same way); a
+// customer's shard down skips that shard's items (Sweep).
 bool RegionApp::Impl::SkipFailedSweepItem(const std::string& id, const absl::Status& st,
                                           SweepCounts* counts) {
   if (absl::IsUnavailable(st)) return false;

@@ -792,6 +792,18 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   const bool decision = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
   bool approved = decision;
   std::string charge_id;
+  if (decision) {
+    // Before the capture, on the order's shard: the order's captures are settled by its status
+    // (SettleChargesOf) unless this attempt records its payment. A capture whose payment is never
+    // recorded (the process died, or the shard stopped answering, after the capture) is then
+    // refunded once the order is decided. Before, one that committed after a cancel or an expiry
+    // had looked for captures was never refunded.
+    st = shard.Run([&](pqxx::work& tx) {
+      tx.exec0("INSERT INTO charges_to_settle (order_id) VALUES (" + tx.quote(order_id) +
+               ") ON CONFLICT DO NOTHING");
+    });
+    if (!st.ok()) return st;
+  }
   st = global->Run([&](pqxx::work& tx) {
     std::string key = "pay:" + order_id;
     for (int attempt = 1;; ++attempt) {
@@ -864,6 +876,11 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
     Json event = StatusEvent(next, order_id, user_id, group, epoch, r[0][0].as<int64_t>());
     event["payment_ref"] = charge_id;
     seq = OrderEvent(tx, config.replica_id, order_id, residency, event);
+    // Paid with this charge: every attempt at once captures this same charge (they share its
+    // key), so no capture of the order is left for the sweep to settle.
+    if (approved) {
+      tx.exec0("DELETE FROM charges_to_settle WHERE order_id = " + tx.quote(order_id));
+    }
   });
   if (!st.ok()) {
     if (stale) stale_local_writes->Increment();
