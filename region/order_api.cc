@@ -807,7 +807,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   st = global->Run([&](pqxx::work& tx) {
     std::string key = "pay:" + order_id;
     for (int attempt = 1;; ++attempt) {
-      charge_id = RandomId("ch");
+      charge_id = RandomId(services::ChargeIdPrefix(config.replica_id));
       approved = decision;
       pqxx::result r = tx.exec(
           "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
@@ -1282,7 +1282,7 @@ HttpResponse RegionApp::Impl::Reconcile(HttpRequest& req) {
     if (!st.ok()) return ProblemFromStatus(st);
   }
   Json mismatches = Json::array();
-  for (const auto& m : services::Reconcile(charges, orders)) {
+  for (const auto& m : services::Reconcile(charges, orders, config.replica_id)) {
     mismatches.push_back(Json{{"kind", m.kind},
                               {"order_id", m.order_id},
                               {"charge_id", m.charge_id},

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -188,8 +189,20 @@ CardDecision SandboxDecision(std::string_view card_number) {
   return card_number == "4000000000000002" ? CardDecision::kDeclined : CardDecision::kApproved;
 }
 
+std::string ChargeIdPrefix(uint32_t replica_id) { return absl::StrCat("ch", replica_id, "_"); }
+
+bool ChargeTakenElsewhere(std::string_view charge_id, uint32_t replica_id) {
+  if (!charge_id.starts_with("ch")) return false;
+  const char* first = charge_id.data() + 2;
+  const char* end = charge_id.data() + charge_id.size();
+  uint32_t taken_by = 0;
+  auto [after, ec] = std::from_chars(first, end, taken_by);
+  if (ec != std::errc() || after == first || after == end || *after != '_') return false;
+  return taken_by != replica_id;
+}
+
 std::vector<Mismatch> Reconcile(const std::vector<ProviderCharge>& charges,
-                                const std::vector<OrderPayment>& orders) {
+                                const std::vector<OrderPayment>& orders, uint32_t replica_id) {
   std::vector<Mismatch> out;
   std::map<std::string, const OrderPayment*> by_ref;
   for (const auto& o : orders)
@@ -221,7 +234,8 @@ std::vector<Mismatch> Reconcile(const std::vector<ProviderCharge>& charges,
   }
   for (const auto& o : orders) {
     if ((o.status == "paid" || o.status == "refunded") &&
-        (o.payment_ref.empty() || !by_id.count(o.payment_ref))) {
+        (o.payment_ref.empty() ||
+         (!by_id.count(o.payment_ref) && !ChargeTakenElsewhere(o.payment_ref, replica_id)))) {
       out.push_back({"paid_order_without_charge", o.order_id, o.payment_ref,
                      absl::StrCat("order ", o.status, " but the provider has no such charge")});
     }

@@ -77,7 +77,15 @@ struct Mismatch {
   std::string charge_id;
   std::string detail;
 };
+// Orders paid with a charge another region took (ChargeTakenElsewhere) are not compared: each
+// region's provider holds only its own charges, and the region that took one reconciles it.
 std::vector<Mismatch> Reconcile(const std::vector<ProviderCharge>& charges,
-                                const std::vector<OrderPayment>& orders);
+                                const std::vector<OrderPayment>& orders, uint32_t replica_id);
+
+// A charge id names the region that took it: "ch<replica id>_<24 hex digits>".
+std::string ChargeIdPrefix(uint32_t replica_id);
+// True for a charge id of another region than `replica_id` (ids without a region, from before,
+// count as this region's).
+bool ChargeTakenElsewhere(std::string_view charge_id, uint32_t replica_id);
 
 }  // namespace meridian::services

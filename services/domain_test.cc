@@ -134,7 +134,7 @@ TEST(Domain, ReconcileFindsEveryKindOfMismatch) {
   std::vector<OrderPayment> orders = {{"o1", "paid", "c1", 100},      {"o2", "paid", "c2", 250},
                                       {"o3", "cancelled", "c3", 300}, {"o4", "paid", "c404", 10},
                                       {"o6", "cancelled", "", 70},    {"o7", "paid", "c7", 80}};
-  auto m = Reconcile(charges, orders);
+  auto m = Reconcile(charges, orders, 1);
   std::vector<std::string> kinds;
   for (const auto& x : m) kinds.push_back(x.kind + ":" + x.order_id);
   EXPECT_EQ(kinds.size(), 5u);
@@ -143,6 +143,24 @@ TEST(Domain, ReconcileFindsEveryKindOfMismatch) {
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "status_differs:o3"), kinds.end());
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "charge_without_order:o9"), kinds.end());
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "paid_order_without_charge:o4"), kinds.end());
+}
+
+// An order paid (or refunded) with a charge another region took is reconciled there: its charge
+// is not in this region's provider. One of this region's, or of an id without a region, is.
+TEST(Domain, ReconcileLeavesChargesOfOtherRegionsToThem) {
+  EXPECT_EQ(ChargeIdPrefix(2), "ch2_");
+  EXPECT_TRUE(ChargeTakenElsewhere("ch2_00aa", 1));
+  EXPECT_FALSE(ChargeTakenElsewhere("ch1_00aa", 1));
+  EXPECT_FALSE(ChargeTakenElsewhere("ch00aa11", 1));  // from before ids named their region
+  EXPECT_FALSE(ChargeTakenElsewhere("chx_00aa", 1));
+  std::vector<OrderPayment> orders = {{"o1", "paid", "ch2_aa", 100},
+                                      {"o2", "refunded", "ch3_bb", 100},
+                                      {"o3", "paid", "ch1_cc", 100},
+                                      {"o4", "paid", "chdd", 100}};
+  auto m = Reconcile({}, orders, 1);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].order_id, "o3");
+  EXPECT_EQ(m[1].order_id, "o4");
 }
 
 }  // namespace

@@ -749,6 +749,9 @@ TEST_F(SuccessorChargesTest,
   EXPECT_EQ(Charge(*us2_, charge), std::make_pair(std::string("refunded"), int64_t{1500}))
       << "the order reads refunded and the customer is still charged at us-west";
   EXPECT_EQ(Mismatches(*us2_), Json::array());
+  // us-east holds the order, paid with us-west's charge: that charge is us-west's to reconcile
+  // (us-east reported it as paid_order_without_charge before).
+  EXPECT_EQ(Mismatches(*us_), Json::array());
 }
 
 // The same for a capture whose payment was in doubt at the successor (the order never read paid
