@@ -114,8 +114,9 @@ std::string ReadAll(const std::string& path) {
 
 // ---- child processes ----------------------------------------------------------------------
 
-// Starts argv[0] (a path) with stdout and stderr appended to `log`. -1 on failure.
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
+// Starts argv[0] (a path) with stdout and stderr appended to `log`, in a process group of its own
+// when `own_group` (its pid is the group's id). -1 on failure.
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log, bool own_group = false) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -124,8 +125,15 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  if (own_group) {
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+  }
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ);
+  int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   return rc == 0 ? pid : -1;
 }
@@ -143,14 +151,20 @@ int WaitChild(pid_t pid, int64_t timeout_ms) {
   }
 }
 
-// Runs a command to completion (bounded); its output goes to `log`.
+// Runs a command to completion (bounded); its output goes to `log`. One that overruns gets a
+// SIGTERM (deploy/meridian passes it on to its run, which stops what it started), 30 s to end,
+// then, still running, a SIGKILL to its whole process group: before, only its first process was
+// killed, and the run under it (flock, the locked run, what it started) went on behind the drill.
 int RunCommand(const std::vector<std::string>& argv, const std::string& log, int64_t timeout_ms) {
-  pid_t pid = Spawn(argv, log);
+  pid_t pid = Spawn(argv, log, /*own_group=*/true);
   if (pid < 0) return -3;
   int rc = WaitChild(pid, timeout_ms);
   if (rc == -1) {
-    kill(pid, SIGKILL);
-    WaitChild(pid, 2000);
+    kill(pid, SIGTERM);
+    if (WaitChild(pid, 30'000) == -1) {
+      kill(-pid, SIGKILL);
+      WaitChild(pid, 2000);
+    }
   }
   return rc;
 }

@@ -22,7 +22,7 @@ expect() {
   [[ -z "$pattern" || "$err" == *"$pattern"* ]] || fail "meridian $*: '$err' lacks '$pattern'"
 }
 
-# A value flag twice is refused before anything is made; --delay may repeat (one per pair).
+# A value flag twice is refused before anything is made; --delay may repeat (once per link).
 expect 2 "--regions given twice ('3' and '2')" -- check-args up --data "$WORK/a" --regions 3 --regions 2
 expect 2 "--data given twice" -- check-args up --data "$WORK/a" --data "$WORK/b"
 expect 2 "--shards given twice" -- check-args up --data "$WORK/a" --shards 2 --shards 2
@@ -30,6 +30,10 @@ expect 2 "--shards given twice" -- check-args up --data "$WORK/a" --shards 2 --s
 expect 0 "" -- check-args up --data "$WORK/a" --regions 3 --delay us-east/eu-west=5 \
   --delay eu-west/ap-south=6
 [[ ! -e "$WORK/a" ]] || fail "check-args created its folder"
+# ... but one link once: the second of two --delay for one link was taken silently before.
+expect 2 "the link us-east/eu-west was given already (--delay eu-west/us-east=5)" -- check-args up \
+  --data "$WORK/a" --regions 3 --delay eu-west/us-east=5 --delay us-east/eu-west=7
+[[ ! -e "$WORK/a" ]] || fail "a refused check-args created its folder"
 
 # cluster.env with a key set twice: which line is the record? Refused, naming both lines.
 mkdir "$WORK/c"
