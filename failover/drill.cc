@@ -1277,12 +1277,18 @@ absl::Status PrepareDrillOptions(DrillOptions* o) {
   return common::CheckWritableDir("--output-dir", o->output_dir);
 }
 
+std::string DataDirAsDeploySpellsIt(const std::string& data_dir) {
+  std::error_code ec;
+  std::filesystem::path spelled = std::filesystem::absolute(data_dir, ec).lexically_normal();
+  if (ec) return data_dir;
+  if (!spelled.has_filename() && spelled != spelled.root_path()) spelled = spelled.parent_path();
+  return spelled.string();
+}
+
 int RunDrillCommand(const DrillOptions& options) {
   DrillOptions o = options;
   // The cluster first (it only reads): a drill refused for its --data creates no output folder.
-  std::error_code ec;
-  std::string data = std::filesystem::weakly_canonical(o.data_dir, ec).string();
-  if (ec || data.empty()) data = o.data_dir;
+  const std::string data = DataDirAsDeploySpellsIt(o.data_dir);
   auto cluster = drill::LoadDrillCluster(data);
   if (!cluster.ok()) {
     std::fprintf(stderr, "meridianctl drill: %s\n",

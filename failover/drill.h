@@ -55,6 +55,12 @@ struct DrillOptions {
 // flag or variable otherwise.
 [[nodiscard]] absl::Status PrepareDrillOptions(DrillOptions* options);
 
+// --data as deploy/meridian spells it (`cd DIR && pwd`: absolute, "." and ".." folded, no
+// trailing slash, symlinks kept): deploy/meridian finds a cluster's processes by that spelling in
+// their command lines, so a resolved symlink made the drill's `up` and `partition` take the
+// survivors' processes for strangers.
+[[nodiscard]] std::string DataDirAsDeploySpellsIt(const std::string& data_dir);
+
 // Runs the drill; returns the exit code: 0 every target met and every invariant held; 1 the
 // drill ran and something missed (the report says what); 2 bad options or a cluster not ready
 // for a drill (nothing was removed).

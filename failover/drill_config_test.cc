@@ -91,5 +91,21 @@ TEST_F(PrepareDrillOptionsTest, ModeAndDurationNameTheFlag) {
   EXPECT_NE(std::string(PrepareDrillOptions(&o).message()).find("--duration"), std::string::npos);
 }
 
+// The drill names the cluster's folder as deploy/meridian does (cd DIR && pwd), or the script
+// does not know its own processes: a symlink stays, "." and ".." fold, no trailing slash.
+TEST_F(PrepareDrillOptionsTest, TheDataFolderIsSpelledAsDeployMeridianSpellsIt) {
+  const fs::path real = fs::path(dir_) / "real";
+  fs::create_directories(real);
+  fs::create_directory_symlink(real, fs::path(dir_) / "link");
+  const std::string link = (fs::path(dir_) / "link").string();
+  EXPECT_EQ(DataDirAsDeploySpellsIt(link + "/"), link);
+  EXPECT_EQ(DataDirAsDeploySpellsIt(link + "/./x/.."), link);
+  EXPECT_EQ(DataDirAsDeploySpellsIt("/"), "/");
+  const fs::path cwd = fs::current_path();
+  fs::current_path(dir_);
+  EXPECT_EQ(DataDirAsDeploySpellsIt("link"), link);
+  fs::current_path(cwd);
+}
+
 }  // namespace
 }  // namespace meridian::failover
