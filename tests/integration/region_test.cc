@@ -92,6 +92,38 @@ class RegionTest : public ::testing::Test {
     EXPECT_TRUE(started.ok()) << started;
     return started.ok() ? std::move(*app) : nullptr;
   }
+  // The sweep tests' own region process: other tests' reservations settled first, a reservation
+  // TTL no slow machine outlasts, and its shard connections named `application_name` (so that
+  // CutShardOff can take them away from it alone). Null (and the test failed) when it did not
+  // start.
+  static std::unique_ptr<RegionApp> StartSweepingApp(const std::string& application_name) {
+    SettleOtherTestsReservations();
+    if (::testing::Test::HasFatalFailure()) return nullptr;
+    RegionConfig c = BaseConfig();
+    c.reservation_ttl_s = 600;
+    for (std::string& dsn : c.shard_dsns) dsn += " application_name=" + application_name;
+    return StartSecondApp(c);
+  }
+  // Shard `shard` stops answering the processes whose connections are named `application_name`
+  // (ShardBack gives it back): it takes no new connection, and theirs are ended.
+  static void CutShardOff(int shard, const std::string& application_name) {
+    const std::string db = "shard" + std::to_string(shard);
+    Exec(shard, "postgres", "ALTER DATABASE " + db + " ALLOW_CONNECTIONS false");
+    Exec(shard, "postgres",
+         "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+         "application_name = '" +
+             application_name + "' AND datname = '" + db + "'; END $$");
+  }
+  static void ShardBack(int shard) {
+    Exec(shard, "postgres",
+         "ALTER DATABASE shard" + std::to_string(shard) + " ALLOW_CONNECTIONS true");
+  }
+  // A request to `port` as the customer of `token`.
+  static Response AsOn(uint16_t port, const std::string& token, const std::string& method,
+                       const std::string& target, const std::string& body = "") {
+    return Request(port, method, target, body, {{"Authorization", "Bearer " + token}});
+  }
+
   // A second region whose accounts get 3 failed logins, one more every `refill_s` seconds.
   static std::unique_ptr<RegionApp> StartLoginLimitedApp(int refill_s) {
     RegionConfig c = BaseConfig();
@@ -1874,15 +1906,12 @@ TEST_F(RegionTest, AStaleCopyMarkedByOneProcessIsReadAroundByTheOthersAndRetired
 // payment window and gives the reservation its expiry back. Before, the next sweep expired the
 // order at once.
 TEST_F(RegionTest, AMarkLeftByAFailedCancelDoesNotExpireTheOrderEarly) {
-  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
-  RegionConfig c = BaseConfig();
-  c.reservation_ttl_s = 600;  // a window no slow machine outlasts
-  std::unique_ptr<RegionApp> app = StartSecondApp(c);
+  std::unique_ptr<RegionApp> app = StartSweepingApp("mark_left");
   ASSERT_NE(app, nullptr);
   const std::string t = NewCustomer();
   auto call = [&](const std::string& method, const std::string& target,
                   const std::string& body = "") {
-    return Request(app->http_port(), method, target, body, {{"Authorization", "Bearer " + t}});
+    return AsOn(app->http_port(), t, method, target, body);
   };
   ASSERT_EQ(call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})").status, 200);
   Response o = call("POST", "/v1/checkout");
@@ -1920,16 +1949,12 @@ TEST_F(RegionTest, AMarkLeftByAFailedCancelDoesNotExpireTheOrderEarly) {
 // puts the order in charges_to_settle on its shard before capturing, and the sweep settles the
 // captures of a decided order.
 TEST_F(RegionTest, ACaptureAfterACancelWhosePaymentIsNeverRecordedIsRefundedByTheSweep) {
-  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
-  RegionConfig c = BaseConfig();
-  c.reservation_ttl_s = 600;
-  for (std::string& dsn : c.shard_dsns) dsn += " application_name=pay_race";
-  std::unique_ptr<RegionApp> app = StartSecondApp(c);
+  std::unique_ptr<RegionApp> app = StartSweepingApp("pay_race");
   ASSERT_NE(app, nullptr);
   const std::string t = NewCustomer();
   auto call = [&](const std::string& method, const std::string& target,
                   const std::string& body = "") {
-    return Request(app->http_port(), method, target, body, {{"Authorization", "Bearer " + t}});
+    return AsOn(app->http_port(), t, method, target, body);
   };
   Response added = call("POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
   ASSERT_EQ(added.status, 200) << added.body;
@@ -1938,7 +1963,6 @@ TEST_F(RegionTest, ACaptureAfterACancelWhosePaymentIsNeverRecordedIsRefundedByTh
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
   const int shard = services::ShardForUser(user_id, 2);
-  const std::string shard_db = "shard" + std::to_string(shard);
 
   // Captures wait 3 s in the global database before they commit; the shard is given back to this
   // process, and the trigger dropped, however the test ends.
@@ -1950,7 +1974,7 @@ TEST_F(RegionTest, ACaptureAfterACancelWhosePaymentIsNeverRecordedIsRefundedByTh
     std::function<void()> fn;
     ~Restore() { fn(); }
   } restore{[&] {
-    Exec(shard, "postgres", "ALTER DATABASE " + shard_db + " ALLOW_CONNECTIONS true");
+    ShardBack(shard);
     Exec(0, "global",
          "DROP TRIGGER test_slow_capture ON sandbox_charges; DROP FUNCTION test_slow_capture()");
   }};
@@ -1968,11 +1992,7 @@ TEST_F(RegionTest, ACaptureAfterACancelWhosePaymentIsNeverRecordedIsRefundedByTh
   Response cancel = call("POST", "/v1/orders/" + id + "/cancel");
   EXPECT_EQ(cancel.status, 200) << cancel.body;
   // Before the capture commits, the order's shard stops answering this process.
-  Exec(shard, "postgres", "ALTER DATABASE " + shard_db + " ALLOW_CONNECTIONS false");
-  Exec(shard, "postgres",
-       "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-       "application_name = 'pay_race' AND datname = '" +
-           shard_db + "'; END $$");
+  CutShardOff(shard, "pay_race");
   Response paid = pay.get();
   EXPECT_GE(paid.status, 500) << paid.body;
   ASSERT_EQ(Charges(id, "captured"), 1) << "no capture left behind: the test proves nothing";
@@ -1992,25 +2012,19 @@ TEST_F(RegionTest, ACaptureAfterACancelWhosePaymentIsNeverRecordedIsRefundedByTh
 // to settle, waited until that shard was back. Now that shard's items are passed over, the rest
 // goes on, and the sweep still reports the error.
 TEST_F(RegionTest, AShardThatDoesNotAnswerHoldsBackOnlyItsOwnCustomersInTheSweep) {
-  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());
-  RegionConfig c = BaseConfig();
-  c.reservation_ttl_s = 600;
-  for (std::string& dsn : c.shard_dsns) dsn += " application_name=sweep_down";
-  std::unique_ptr<RegionApp> app = StartSecondApp(c);
+  std::unique_ptr<RegionApp> app = StartSweepingApp("sweep_down");
   ASSERT_NE(app, nullptr);
   // A customer on each shard, each with an order awaiting payment.
   std::map<int, std::string> order_on;  // shard -> order id
   for (int i = 0; i < 50 && order_on.size() < 2; ++i) {
     const std::string t = NewCustomer();
-    const std::vector<std::pair<std::string, std::string>> auth = {
-        {"Authorization", "Bearer " + t}};
-    Response added = Request(app->http_port(), "POST", "/v1/cart/items",
-                             R"({"sku":"sku-1","quantity":1})", auth);
+    Response added =
+        AsOn(app->http_port(), t, "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})");
     ASSERT_EQ(added.status, 200) << added.body;
     const int shard =
         services::ShardForUser(Json::parse(added.body)["user_id"].get<std::string>(), 2);
     if (order_on.contains(shard)) continue;
-    Response o = Request(app->http_port(), "POST", "/v1/checkout", "", auth);
+    Response o = AsOn(app->http_port(), t, "POST", "/v1/checkout");
     ASSERT_EQ(o.status, 201) << o.body;
     order_on[shard] = Json::parse(o.body)["order_id"];
   }
@@ -2023,12 +2037,9 @@ TEST_F(RegionTest, AShardThatDoesNotAnswerHoldsBackOnlyItsOwnCustomersInTheSweep
        "UPDATE reservations SET expires_at = now() - interval '1 minute' WHERE id = '" +
            order_on[0] + "'");
   struct Restore {
-    ~Restore() { Exec(1, "postgres", "ALTER DATABASE shard1 ALLOW_CONNECTIONS true"); }
+    ~Restore() { ShardBack(1); }
   } restore;
-  Exec(1, "postgres", "ALTER DATABASE shard1 ALLOW_CONNECTIONS false");
-  Exec(1, "postgres",
-       "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-       "application_name = 'sweep_down' AND datname = 'shard1'; END $$");
+  CutShardOff(1, "sweep_down");
 
   auto swept = app->SweepReservations();
   EXPECT_TRUE(absl::IsUnavailable(swept.status())) << swept.status();
@@ -2040,7 +2051,7 @@ TEST_F(RegionTest, AShardThatDoesNotAnswerHoldsBackOnlyItsOwnCustomersInTheSweep
                   "SELECT count(*) FROM reservations WHERE state = 'released' AND id = '" +
                       order_on[0] + "'"),
             1);
-  Exec(1, "postgres", "ALTER DATABASE shard1 ALLOW_CONNECTIONS true");
+  ShardBack(1);
   swept = app->SweepReservations();
   EXPECT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(Count(1, "shard1",
