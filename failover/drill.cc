@@ -364,14 +364,18 @@ class Drill {
   double lag_p99_ms_ = 0;
 };
 
+// --region names one of the cluster's regions.
+absl::Status CheckRegion(const DrillCluster& c, const std::string& region) {
+  if (c.Find(region) != nullptr) return absl::OkStatus();
+  std::vector<std::string> names;
+  for (const DrillRegion& r : c.regions) names.push_back(r.name);
+  return absl::InvalidArgumentError(absl::StrCat("--region: no region '", region,
+                                                 "' (regions: ", absl::StrJoin(names, ", "), ")"));
+}
+
 absl::Status Drill::Preflight() {
+  if (absl::Status st = CheckRegion(c_, opt_.region); !st.ok()) return st;
   lost_ = c_.Find(opt_.region);
-  if (lost_ == nullptr) {
-    std::vector<std::string> names;
-    for (const DrillRegion& r : c_.regions) names.push_back(r.name);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--region: no region '", opt_.region, "' (regions: ", absl::StrJoin(names, ", "), ")"));
-  }
   for (const DrillRegion& r : c_.regions)
     if (&r != lost_) survivors_.push_back(&r);
 
@@ -1295,7 +1299,10 @@ int RunDrillCommand(const DrillOptions& options) {
                  std::string(cluster.status().message()).c_str());
     return 2;
   }
-  if (absl::Status st = PrepareDrillOptions(&o); !st.ok()) {
+  // Then --region, also before PrepareDrillOptions makes the output folder (a typo left one).
+  absl::Status st = CheckRegion(*cluster, o.region);
+  if (st.ok()) st = PrepareDrillOptions(&o);
+  if (!st.ok()) {
     std::fprintf(stderr, "meridianctl drill: %s\n", std::string(st.message()).c_str());
     return 2;
   }
