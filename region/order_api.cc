@@ -759,29 +759,50 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   std::string currency = known ? known->currency : "";
   std::string residency = known ? known->residency : "";
   uint32_t group = known ? known->group : 0;
-  absl::Status st = known ? absl::OkStatus() : shard.Run([&](pqxx::work& tx) {
-    pqxx::result r = tx.exec(
-        "SELECT status, total_cents, currency, residency, lease_group, owner_region FROM orders "
-        "WHERE order_id = " +
-        tx.quote(order_id) + OfCustomer(tx, user_id));
-    if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
-    std::string status = r[0][0].as<std::string>();
-    if (status != "pending_payment") {
-      throw AbortTx{absl::FailedPreconditionError(
-          absl::StrCat("order ", order_id, " is ", status, ", not awaiting payment"))};
-    }
-    total = r[0][1].as<int64_t>();
-    currency = r[0][2].as<std::string>();
-    residency = r[0][3].as<std::string>();
-    group = GroupOf(r[0][4].as<int64_t>(), r[0][5].as<std::string>());
-  });
-  if (!st.ok()) return st;
+  const bool decision = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
   // Only the lease holder changes an order, with its epoch; checked again in the UPDATE.
-  LeaseTable::Decision lease = leases->ForGroup(group);
-  if (!lease.mine) {
+  LeaseTable::Decision lease;
+  auto take_lease = [&]() -> absl::Status {
+    lease = leases->ForGroup(group);
+    if (lease.mine) return absl::OkStatus();
     return absl::UnavailableError(
         absl::StrCat("region ", config.name, " does not hold the lease of order ", order_id));
+  };
+  // Before an approved capture, on the order's shard (in the transaction that reads the order,
+  // when it is read): the order's captures are settled by its status (SettleChargesOf) unless
+  // this attempt records its payment. A capture whose payment is never recorded (the process
+  // died, or the shard stopped answering, after the capture) is then refunded once the order is
+  // decided. Before, one that committed after a cancel or an expiry had looked for captures was
+  // never refunded.
+  auto settle_unless_recorded = [&](pqxx::work& tx) {
+    tx.exec0("INSERT INTO charges_to_settle (order_id) VALUES (" + tx.quote(order_id) +
+             ") ON CONFLICT DO NOTHING");
+  };
+  absl::Status st;
+  if (!known) {
+    st = shard.Run([&](pqxx::work& tx) {
+      pqxx::result r = tx.exec(
+          "SELECT status, total_cents, currency, residency, lease_group, owner_region FROM orders "
+          "WHERE order_id = " +
+          tx.quote(order_id) + OfCustomer(tx, user_id));
+      if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
+      std::string status = r[0][0].as<std::string>();
+      if (status != "pending_payment") {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("order ", order_id, " is ", status, ", not awaiting payment"))};
+      }
+      total = r[0][1].as<int64_t>();
+      currency = r[0][2].as<std::string>();
+      residency = r[0][3].as<std::string>();
+      group = GroupOf(r[0][4].as<int64_t>(), r[0][5].as<std::string>());
+      if (absl::Status mine = take_lease(); !mine.ok()) throw AbortTx{mine};
+      if (decision) settle_unless_recorded(tx);
+    });
+  } else {
+    st = take_lease();
+    if (st.ok() && decision) st = shard.Run(settle_unless_recorded);
   }
+  if (!st.ok()) return st;
   const auto epoch = static_cast<int64_t>(lease.epoch);
 
   // The sandbox provider: one live charge per order (idempotent capture by key). A retry reuses
@@ -789,21 +810,8 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   // (below): that attempt is void, and the retry is a new attempt, keyed after the refunded one.
   // A decline binds only the card that got it: when recording it failed (the order still awaits
   // payment), a retry with a card the provider approves is a new attempt as well.
-  const bool decision = services::SandboxDecision(card_number) == services::CardDecision::kApproved;
   bool approved = decision;
   std::string charge_id;
-  if (decision) {
-    // Before the capture, on the order's shard: the order's captures are settled by its status
-    // (SettleChargesOf) unless this attempt records its payment. A capture whose payment is never
-    // recorded (the process died, or the shard stopped answering, after the capture) is then
-    // refunded once the order is decided. Before, one that committed after a cancel or an expiry
-    // had looked for captures was never refunded.
-    st = shard.Run([&](pqxx::work& tx) {
-      tx.exec0("INSERT INTO charges_to_settle (order_id) VALUES (" + tx.quote(order_id) +
-               ") ON CONFLICT DO NOTHING");
-    });
-    if (!st.ok()) return st;
-  }
   st = global->Run([&](pqxx::work& tx) {
     std::string key = "pay:" + order_id;
     for (int attempt = 1;; ++attempt) {

@@ -214,14 +214,12 @@ void StaleKeys::ListLocked(const std::string& key, std::string_view version, boo
   auto it = keys_.find(key);
   if (it != keys_.end()) {
     Listed& l = it->second;
-    if (!saved) {
-      // Marked again: Repair's and Unsaved's copies of the entry are out of date.
-      l.generation = ++generation_;
-      l.saved = false;
-    } else if (VersionBelow(l.version, version)) {
-      l.generation = ++generation_;  // a retire in flight at the lower version does not clear it
-    }
-    if (VersionBelow(l.version, version)) l.version = std::string(version);
+    const bool higher = VersionBelow(l.version, version);
+    // Marked again, or listed elsewhere at a higher version: Repair's and Unsaved's copies of the
+    // entry are out of date (a retire in flight at the lower version does not clear it).
+    if (!saved || higher) l.generation = ++generation_;
+    if (!saved) l.saved = false;
+    if (higher) l.version = std::string(version);
     return;
   }
   if (keys_.size() >= capacity_) {
