@@ -152,6 +152,39 @@ void BoundedCounter::Join(const BoundedCounter& other) {
   for (const Spent& s : other.spent_) MaxInto(SpentSlot(s.replica), s);
 }
 
+namespace {
+// Whether two versions of one entry are steps of one writer's history (see CheckSameWrites).
+template <class E>
+bool InStep(const E& a, const E& b) {
+  if (a.seq == b.seq) return a.units == b.units;
+  return a.seq < b.seq ? a.units <= b.units : a.units >= b.units;
+}
+template <class E>
+std::string Versions(const E& a, const E& b) {
+  return absl::StrCat(a.units, " units at seq ", a.seq, " here and ", b.units, " units at seq ",
+                      b.seq, " in the other record");
+}
+}  // namespace
+
+absl::Status BoundedCounter::CheckSameWrites(const BoundedCounter& other) const {
+  for (const Transfer& t : other.transfers_) {
+    auto it = std::lower_bound(transfers_.begin(), transfers_.end(), t, TransferLess);
+    if (it != transfers_.end() && it->from == t.from && it->to == t.to && !InStep(*it, t)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bounded counter: rights ", t.from, "->", t.to, " are ", Versions(*it, t)));
+    }
+  }
+  for (const Spent& s : other.spent_) {
+    auto it = std::lower_bound(spent_.begin(), spent_.end(), s.replica,
+                               [](const Spent& e, ReplicaId r) { return e.replica < r; });
+    if (it != spent_.end() && it->replica == s.replica && !InStep(*it, s)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bounded counter: units spent by ", s.replica, " are ", Versions(*it, s)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 BoundedCounter BoundedCounter::Since(const CausalContext& seen) const {
   BoundedCounter out;
   for (const Transfer& t : transfers_)

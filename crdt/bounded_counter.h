@@ -70,6 +70,12 @@ class BoundedCounter {
   [[nodiscard]] int64_t Value() const;
 
   void Join(const BoundedCounter& other);
+  // InvalidArgument when an entry both counters hold was written out of step: one writer's entry
+  // only grows, event by event, so of two versions the one with the later seq has at least the
+  // units of the other, and one seq has one value. Only a forged or corrupted record breaks that,
+  // and joining it would make replicas diverge for good: Since never sends the other version to
+  // a replica whose context has its seq. Receivers of peer records check before Join.
+  [[nodiscard]] absl::Status CheckSameWrites(const BoundedCounter& other) const;
   // Entries whose last write (writer, seq) is not in `seen`; whole entries, so joining is exact.
   [[nodiscard]] BoundedCounter Since(const CausalContext& seen) const;
 

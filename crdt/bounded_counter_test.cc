@@ -50,7 +50,11 @@ struct BcModel {
     RC_ASSERT(global.Value() == restocked - sold);
     return *d;
   }
-  void Merge(BoundedCounter& into, const BoundedCounter& d) { into.Join(d); }
+  // Honest histories never look forged, whatever the order, duplication or loss of deltas.
+  void Merge(BoundedCounter& into, const BoundedCounter& d) {
+    RC_ASSERT(into.CheckSameWrites(d).ok());
+    into.Join(d);
+  }
 };
 
 TEST(BoundedCounter, DecrementOnlyWithinOwnRights) {

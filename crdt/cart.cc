@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cassert>
 
+#include "absl/strings/str_cat.h"
+
 namespace meridian::crdt {
 
 Causal<Cart::Lines_>& Cart::General() {
@@ -237,6 +239,42 @@ void Cart::JoinField(Field& mine, const Field& theirs) {
     mine.dot = theirs.dot;
   }
   mine.reg = std::move(joined);
+}
+
+absl::Status Cart::CheckSameWrites(const Cart& other) const {
+  CartView mine, theirs;
+  FillView(&mine);
+  if (mine.changes.empty()) return absl::OkStatus();
+  other.FillView(&theirs);
+  struct Held {
+    Dot dot;
+    uint32_t line;
+    int64_t amount;
+  };
+  std::vector<Held> held;
+  held.reserve(mine.changes.size());
+  for (uint32_t l = 0; l < mine.lines.size(); ++l) {
+    for (uint32_t j = mine.lines[l].begin; j < mine.lines[l].end; ++j) {
+      held.push_back({mine.changes[j].first, l, mine.changes[j].second});
+    }
+  }
+  std::sort(held.begin(), held.end(), [](const Held& a, const Held& b) { return a.dot < b.dot; });
+  for (const CartView::Line& line : theirs.lines) {
+    for (uint32_t j = line.begin; j < line.end; ++j) {
+      const auto& [dot, amount] = theirs.changes[j];
+      auto it = std::lower_bound(held.begin(), held.end(), dot,
+                                 [](const Held& h, const Dot& d) { return h.dot < d; });
+      if (it == held.end() || it->dot != dot) continue;
+      const std::string_view sku = mine.lines[it->line].sku;
+      if (sku != line.sku || it->amount != amount) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("dot ", dot.replica, ":", dot.counter, " is a change of ", it->amount,
+                         " on line '", std::string(sku), "' here and of ", amount, " on line '",
+                         std::string(line.sku), "' in the other record: one dot names one write"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 void Cart::Merge(const Cart& other) {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "crdt/causal_context.h"
 #include "crdt/dot_store.h"
 #include "crdt/hlc.h"
@@ -125,6 +126,14 @@ class Cart {
 
   // Joins a delta or a whole state. Idempotent, commutative, associative.
   void Merge(const Cart& other);
+
+  // InvalidArgument when `other` holds a change whose dot this cart holds too, but on another line
+  // or with another amount. A dot names one write, so only a forged or corrupted record does that,
+  // and joining it would make replicas diverge for good: the join keeps whichever line came first
+  // (and the larger amount), and ChangesSince never sends the other version to a replica that has
+  // the dot. Receivers of peer records check before Merge. A dot this cart has seen but no longer
+  // holds (its line was removed) cannot be checked; the join drops it either way.
+  [[nodiscard]] absl::Status CheckSameWrites(const Cart& other) const;
 
   // What a replica whose version is `seen` lacks: lines and fields with unseen dots, plus the dots
   // of changes removed since. Joining it into that replica gives the same state as joining the

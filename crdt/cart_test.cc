@@ -43,7 +43,11 @@ struct CartModel {
       }
     }
   }
-  void Merge(Cart& into, const Cart& d) { into.Merge(d); }
+  // Honest histories never look forged, whatever the order, duplication or loss of deltas.
+  void Merge(Cart& into, const Cart& d) {
+    RC_ASSERT(into.CheckSameWrites(d).ok());
+    into.Merge(d);
+  }
 
   std::optional<int64_t> Expected(const std::string& sku) const {
     return testing::ExpectedCounter(changes, removes, sku);
@@ -84,6 +88,30 @@ TEST(Cart, FieldsAreLastWriterWins) {
   b.Merge(d1);
   EXPECT_EQ(*a.currency(), "USD");
   EXPECT_EQ(a, b);
+}
+
+// A forged record reusing a held dot on another line would be kept or dropped depending on the
+// order of joins; with another amount, ChangesSince would never send the other version.
+TEST(Cart, ARewrittenDotIsNamed) {
+  Cart a(1);
+  const Cart first = a.Add("x", 2);
+  a.Add("y", 1);
+  const Cart other_line = Cart(1).Add("y", 2);    // dot (1, 1) on y
+  const Cart other_amount = Cart(1).Add("x", 3);  // dot (1, 1) with 3
+  for (const Cart* forged : {&other_line, &other_amount}) {
+    absl::Status st = a.CheckSameWrites(*forged);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("dot 1:1"), std::string_view::npos) << st;
+    EXPECT_EQ(forged->CheckSameWrites(a).code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(a.CheckSameWrites(first).ok());
+  EXPECT_TRUE(a.CheckSameWrites(a).ok());
+  // A dot this cart no longer holds (its line was removed) cannot be checked: the join drops it.
+  Cart removed = a;
+  removed.Remove("x");
+  EXPECT_TRUE(removed.CheckSameWrites(other_line).ok());
+  removed.Merge(other_line);
+  EXPECT_EQ(removed.Quantity("y"), 1);
 }
 
 TEST(Cart, NovelPartDropsWhatTheStateHas) {

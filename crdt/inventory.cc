@@ -67,6 +67,17 @@ void Inventory::Merge(const Inventory& other) {
   version_.Join(other.version_);
 }
 
+absl::Status Inventory::CheckSameWrites(const Inventory& other) const {
+  for (const auto& [sku, theirs] : other.items_) {
+    const BoundedCounter* mine = Find(sku);
+    if (mine == nullptr) continue;
+    if (absl::Status st = mine->CheckSameWrites(theirs); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("stock of ", sku, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 Inventory Inventory::ChangesSince(const CausalContext& seen) const {
   Inventory out;
   for (const auto& [sku, counter] : items_) {

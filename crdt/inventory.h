@@ -36,6 +36,8 @@ class Inventory {
                                                    uint64_t units);
 
   void Merge(const Inventory& other);
+  // BoundedCounter::CheckSameWrites for every SKU both hold, naming the SKU.
+  [[nodiscard]] absl::Status CheckSameWrites(const Inventory& other) const;
   [[nodiscard]] Inventory ChangesSince(const CausalContext& seen) const;
 
   // The part of this delta that `state` lacks (for DeltaBuffer's redundancy removal).

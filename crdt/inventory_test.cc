@@ -43,7 +43,11 @@ struct InventoryModel {
     }
     return *d;
   }
-  void Merge(Inventory& into, const Inventory& d) { into.Merge(d); }
+  // Honest histories never look forged, whatever the order, duplication or loss of deltas.
+  void Merge(Inventory& into, const Inventory& d) {
+    RC_ASSERT(into.CheckSameWrites(d).ok());
+    into.Merge(d);
+  }
 };
 
 TEST(Inventory, SellsOnlyWithinLocalRights) {
@@ -59,6 +63,39 @@ TEST(Inventory, SellsOnlyWithinLocalRights) {
   EXPECT_TRUE(us.Take("sku-1", 2).ok());
   EXPECT_FALSE(us.Take("sku-1", 1).ok());
   EXPECT_EQ(us.Rights("sku-1", 1), 1);
+}
+
+// One writer's entry only grows with its seq; a record out of step with the held one is forged.
+TEST(Inventory, AnEntryOutOfStepIsNamed) {
+  Inventory eu(1);
+  auto three = eu.Restock("sku-1", 3);  // P[1][1] = 3 at seq 1
+  auto five = eu.Restock("sku-1", 2);   // 5 at seq 2
+  ASSERT_TRUE(three.ok() && five.ok());
+  auto other_units = Inventory(1).Restock("sku-1", 6);  // 6 at seq 1, more than 5 at seq 2
+  ASSERT_TRUE(other_units.ok());
+  absl::Status st = eu.CheckSameWrites(*other_units);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("stock of sku-1"), std::string_view::npos) << st;
+  Inventory fewer_later(1);
+  ASSERT_TRUE(fewer_later.Restock("sku-1", 1).ok());
+  ASSERT_TRUE(fewer_later.Restock("sku-1", 1).ok());
+  auto two_at_three = fewer_later.Restock("sku-1", 0);  // 2 at seq 3, against 5 at seq 2
+  ASSERT_TRUE(two_at_three.ok());
+  EXPECT_EQ(eu.CheckSameWrites(*two_at_three).code(), absl::StatusCode::kInvalidArgument);
+  // Only the held version is known: 4 at seq 1 could be an older step of it (the units at seq 1
+  // were 3), so it passes.
+  auto four = Inventory(1).Restock("sku-1", 4);
+  ASSERT_TRUE(four.ok());
+  EXPECT_TRUE(eu.CheckSameWrites(*four).ok());
+  // Older and newer versions of the entry in step, another SKU, and a whole honest state pass.
+  EXPECT_TRUE(eu.CheckSameWrites(*three).ok());
+  EXPECT_TRUE(Inventory(2).CheckSameWrites(eu).ok());
+  Inventory us(2);
+  us.Merge(*three);
+  EXPECT_TRUE(us.CheckSameWrites(eu).ok());
+  auto other_sku = Inventory(1).Restock("sku-2", 9);
+  ASSERT_TRUE(other_sku.ok());
+  EXPECT_TRUE(eu.CheckSameWrites(*other_sku).ok());
 }
 
 RC_GTEST_PROP(InventoryProp, JoinLaws, ()) {

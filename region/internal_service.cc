@@ -74,6 +74,16 @@ std::string EncodeReadable(const Doc& doc, Decode decode, const char* kind,
   return state;
 }
 
+// A peer's record that rewrites a write this region holds (a cart change's dot on another line or
+// with another amount; a stock entry out of step with its seq) would join into states that differ
+// by the order of joins, for good. Refused, with nothing of the call written.
+void RefuseOutOfStep(const absl::Status& st, const char* kind, const std::string& key) {
+  if (st.ok()) return;
+  throw AbortTx{absl::InvalidArgumentError(
+      absl::StrCat(kind, " ", key, ": a peer's record rewrites a write held here (", st.message(),
+                   "); nothing applied"))};
+}
+
 void SetNow(google::protobuf::Timestamp* t, int64_t unix_ms) {
   t->set_seconds(unix_ms / 1000);
   t->set_nanos(static_cast<int32_t>((unix_ms % 1000) * 1000000));
@@ -1095,6 +1105,7 @@ class Service final : public pb::RegionInternal::Service {
       // last delta's: the row ships under it (kCartUpsertConflictSql narrows an existing row).
       std::string residency = "any";
       for (const Prepared* p : deltas) {
+        RefuseOutOfStep(cart.CheckSameWrites(*p->cart), "cart", key);
         cart.Merge(*p->cart);
         if (p->record->residency() != "any") residency = p->record->residency();
       }
@@ -1359,7 +1370,10 @@ void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
     if (!i.ok()) throw AbortTx{absl::DataLossError(std::string(i.status().message()))};
     inv = *std::move(i);
   }
-  for (const crdt::Inventory* d : deltas) inv.Merge(*d);
+  for (const crdt::Inventory* d : deltas) {
+    RefuseOutOfStep(inv.CheckSameWrites(*d), "stock of", sku);
+    inv.Merge(*d);
+  }
   const std::string state = EncodeReadable(
       inv, [&](std::string_view bytes) { return crdt::DecodeInventory(bytes, config.replica_id); },
       "stock of", sku);

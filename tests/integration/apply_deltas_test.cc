@@ -374,6 +374,92 @@ TEST_F(ApplyDeltasTest, DeltasThatJoinIntoAnUnreadableCartAreRefused) {
             200);
 }
 
+// A forged record that rewrites a write this region holds: a cart change's dot on another line, or
+// with another amount; a stock entry's seq with other units. Each join would be readable, but the
+// result would depend on the order of joins (and ChangesSince would never send the other version
+// to a region that has the dot), so replicas would differ for good.
+TEST_F(ApplyDeltasTest, RecordsThatRewriteAHeldWriteAreRefused) {
+  const std::pair<std::string, std::string> customer = CustomerWithACart(*us2_, "erin@example.com");
+  const std::string& token = customer.first;
+  const std::string& user = customer.second;
+  ASSERT_FALSE(user.empty());
+  auto request = [&](v1::OutboxKind kind, const std::string& database, const std::string& key,
+                     int64_t seq, const std::string& payload) {
+    v1::ApplyDeltasRequest req;
+    req.set_origin(1);
+    req.set_origin_database(database);
+    auto* r = req.add_records();
+    r->set_seq(seq);
+    r->set_kind(kind);
+    r->set_key(key);
+    r->set_residency(kind == v1::OUTBOX_KIND_CART ? "us" : "any");
+    r->set_payload(payload);
+    grpc::ClientContext ctx;
+    v1::ApplyDeltasResponse out;
+    return us2_->stub->ApplyDeltas(&ctx, req, &out);
+  };
+  auto cart = [&](int64_t seq, const crdt::Cart& delta) {
+    return request(v1::OUTBOX_KIND_CART, "shard-0", user, seq, crdt::Encode(delta));
+  };
+  auto quantities = [&] {
+    std::map<std::string, int64_t> out;
+    for (const Json& line : Cart(*us2_, token)) out[line["sku"]] = line["quantity"];
+    return out;
+  };
+  // Replica 7's first change, dot (7, 1): two units of sku-2.
+  crdt::Cart writer(7);
+  const crdt::Cart first = writer.Add("sku-2", 2);
+  ASSERT_TRUE(cart(1, first).ok());
+  const std::map<std::string, int64_t> held{{"sku-1", 1}, {"sku-2", 2}};
+  ASSERT_EQ(quantities(), held);
+  // The same dot on another line, then on the same line with another amount.
+  for (const crdt::Cart& forged : {crdt::Cart(7).Add("sku-3", 2), crdt::Cart(7).Add("sku-2", 5)}) {
+    grpc::Status st = cart(2, forged);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("rewrites a write held here"), std::string::npos)
+        << st.error_message();
+    EXPECT_EQ(quantities(), held);
+  }
+  // The refused seq was not marked applied: the writer's real next change is taken at it, and
+  // the same first change again is a duplicate.
+  ASSERT_TRUE(cart(2, writer.Add("sku-3", 1)).ok());
+  const std::map<std::string, int64_t> after{{"sku-1", 1}, {"sku-2", 2}, {"sku-3", 1}};
+  EXPECT_EQ(quantities(), after);
+  EXPECT_TRUE(cart(1, first).ok());
+  EXPECT_EQ(quantities(), after);
+
+  // Stock (a peer writes only its own entries): region 1 restocks 10 units of sku-9 at its seq 1; a
+  // record of 12 units at that seq, or of fewer units at a later one, rewrites it.
+  auto stock = [&](int64_t seq, const crdt::Inventory& delta) {
+    return request(v1::OUTBOX_KIND_INVENTORY, "global", "sku-9", seq, crdt::Encode(delta));
+  };
+  auto available = [&] {
+    return Json::parse(Request(us2_->port(), "GET", "/v1/inventory/sku-9").body)["available"];
+  };
+  crdt::Inventory stocker(1);
+  absl::StatusOr<crdt::Inventory> ten = stocker.Restock("sku-9", 10);
+  ASSERT_TRUE(ten.ok());
+  grpc::Status first_stock = stock(1, *ten);
+  ASSERT_TRUE(first_stock.ok()) << first_stock.error_message();
+  ASSERT_EQ(available(), 10);
+  crdt::Inventory at_seq_two(1);
+  ASSERT_TRUE(at_seq_two.Restock("sku-9", 1).ok());
+  absl::StatusOr<crdt::Inventory> fewer_later = at_seq_two.Restock("sku-9", 4);  // 5 at seq 2
+  absl::StatusOr<crdt::Inventory> more_same = crdt::Inventory(1).Restock("sku-9", 12);
+  ASSERT_TRUE(fewer_later.ok() && more_same.ok());
+  for (const crdt::Inventory& forged : {*more_same, *fewer_later}) {
+    grpc::Status st = stock(2, forged);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("rewrites a write held here"), std::string::npos)
+        << st.error_message();
+    EXPECT_EQ(available(), 10);
+  }
+  absl::StatusOr<crdt::Inventory> more = stocker.Restock("sku-9", 3);
+  ASSERT_TRUE(more.ok());
+  ASSERT_TRUE(stock(2, *more).ok());
+  EXPECT_EQ(available(), 13);
+}
+
 // The same e-mail registered again in another region, which could not see the pinned profile
 // (it never leaves its jurisdiction), as "any" with another password: its profile write reaches
 // the home region and must change nothing there -- not unpin the customer (whose later carts and
