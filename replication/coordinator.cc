@@ -798,6 +798,24 @@ struct Coordinator::Impl {
           return st;
         }
       }
+    } else if (m.done()) {
+      // Taking over a lost region's group: the declarations against it that the peer holds are
+      // recorded here before the peer counts towards the quorum, so that declaring the region
+      // lost here reclaims only what no declaration took yet. A declarer that died before it
+      // reached us (its stream to us was down) would otherwise have its units reclaimed and
+      // restocked a second time (DeclaredParts counts the declarations recorded here).
+      for (const auto& d : m.declarations()) {
+        if (d.declared_by() == config.replica_id || d.declared_by() == m.group()) continue;
+        grpc::Status s = RecordDeclaration(d, m.group());
+        if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("sync reply: declaration: ", s.error_message()));
+        }
+        if (!s.ok() && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          SyncPageNotApplied(from, m);
+          return absl::OkStatus();
+        }
+      }
     }
     if (absl::Status st = ApplySyncedOrders(m); !st.ok()) {
       SyncPageNotApplied(from, m);
@@ -1071,31 +1089,38 @@ struct Coordinator::Impl {
     }
   }
 
-  // A peer's declaration against a third region: recorded here, then acknowledged.
-  absl::Status OnDeclared(RegionId from, const pb::LostRegionDeclared& m) {
+  // Records another region's declaration against `lost` in this region. OK: recorded (or held
+  // already); RESOURCE_EXHAUSTED: refused for good (logged); INVALID_ARGUMENT: malformed; any
+  // other error: not recorded now (logged), to be sent again.
+  grpc::Status RecordDeclaration(const pb::RightsRetire& r, RegionId lost) {
     rpb::RecordLostDeclarationRequest req;
-    const pb::RightsRetire& r = m.declaration();
-    FromRetire(r, m.region(), req.mutable_declaration());
+    FromRetire(r, lost, req.mutable_declaration());
     rpb::RecordLostDeclarationResponse resp;
     auto ctx = Ctx(10000);
     grpc::Status s = region->RecordLostDeclaration(ctx.get(), req, &resp);
-    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-      return absl::InvalidArgumentError(absl::StrCat("lost region declared: ", s.error_message()));
-    }
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
       spdlog::error(
           "event=lost_declaration_refused declared_by={} region={} id={} error=\"{}\" (not "
           "recorded: the declarer's restock waits for a majority that does not count us)",
-          Name(from), Name(m.region()), r.declaration_id(), s.error_message());
-      return absl::OkStatus();
-    }
-    if (!s.ok()) {
+          Name(r.declared_by()), Name(lost), r.declaration_id(), s.error_message());
+    } else if (!s.ok() && s.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
       spdlog::warn(
           "event=lost_declaration_record_failed declared_by={} region={} id={} error=\"{}\" "
-          "(recorded when the declarer sends it again: its next declare, or a new stream)",
-          Name(from), Name(m.region()), r.declaration_id(), s.error_message());
-      return absl::OkStatus();
+          "(recorded when it comes again: the declarer's next declare, a new stream, or the "
+          "takeover sync's next ask)",
+          Name(r.declared_by()), Name(lost), r.declaration_id(), s.error_message());
     }
+    return s;
+  }
+
+  // A peer's declaration against a third region: recorded here, then acknowledged.
+  absl::Status OnDeclared(RegionId from, const pb::LostRegionDeclared& m) {
+    const pb::RightsRetire& r = m.declaration();
+    grpc::Status s = RecordDeclaration(r, m.region());
+    if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return absl::InvalidArgumentError(absl::StrCat("lost region declared: ", s.error_message()));
+    }
+    if (!s.ok()) return absl::OkStatus();
     pb::Frame f;
     f.mutable_rights()->mutable_recorded()->set_declaration_id(r.declaration_id());
     (void)send(from, std::move(f));

@@ -1452,6 +1452,62 @@ TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
   }
 }
 
+// The same, with eu-west's declaration of us-east's loss never recorded at ap-south (its writes
+// to lost_declarations fail meanwhile): the declaration reaches a majority without ap-south
+// (eu-west, sa-east, af-south) and eu-west restocks its 30 units, then dies. ap-south takes
+// us-east's group over; the sync replies of sa-east and af-south carry eu-west's declaration,
+// which ap-south records before it counts them, so declaring us-east lost there reclaims nothing.
+// Before, ap-south reclaimed (and restocked) the same 30 units again.
+TEST_F(LeasesTest, ASecondHolderThatMissedTheFirstDeclarationReclaimsNothingTwice) {
+  test_support::ClusterOptions o;
+  o.name = "missed";
+  o.regions = {{"us-east", "us", 1},
+               {"eu-west", "eu", 2},
+               {"ap-south", "ap", 3},
+               {"sa-east", "sa", 4},
+               {"af-south", "af", 5}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.pool_size = 4;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
+  Product(kUs, "jar");
+  Restock(kUs, "jar", 30);
+  auto rights = [&](size_t at, const std::string& of) { return Rights(at, "jar", of); };
+  ASSERT_TRUE(Eventually([&] { return rights(kAp, "us-east") == 30; }, 20));
+  const auto declarations_at_ap = [&] {
+    pqxx::connection conn(c_->Dsn(kAp, "global"));
+    pqxx::work tx(conn);
+    return tx.exec1("SELECT count(*) FROM lost_declarations")[0].as<int64_t>();
+  };
+  auto missed = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kAp, "global")}, "miss_declarations",
+      test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
+
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  Response first = DeclareUsLost(kEu);
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(Json::parse(first.body).value("reclaimed_units", 0), 30) << first.body;
+  ASSERT_TRUE(Eventually([&] { return rights(kEu, "eu-west") == 30; }, 20))
+      << "eu-west never restocked: its declaration did not reach a majority";
+  EXPECT_EQ(declarations_at_ap(), 0);
+
+  ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kEu).ok());
+  missed.reset();
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kAp, "us-east"); }, 30))
+      << "ap-south never took us-east's group";
+  Response again = DeclareUsLost(kAp);
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("reclaimed_units", -1), 0) << again.body;
+  EXPECT_EQ(Json::parse(again.body).value("already_reclaimed_units", 0), 30) << again.body;
+  // Nothing of us-east's is restocked here later either.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(rights(kAp, "ap-south"), 0);
+}
+
 // A region's rights gossip stays fresh for a while after it died (info_ttl_ms): eu-west sold out
 // its 5 units, so its last gossip shows demand and nothing left. ap-south, restocked just after
 // eu-west's replicator died, once gave its 20 units straight to the dead region (ahead of its
