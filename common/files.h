@@ -189,6 +189,29 @@ inline std::filesystem::path FolderOf(const std::filesystem::path& target) {
   return absl::OkStatus();
 }
 
+// The same check, leaving nothing behind: the folders it had to make are removed again. For a
+// command that may still refuse to run after the check (a drill waiting for its cluster): it
+// makes its output folder only once it writes into it.
+[[nodiscard]] inline absl::Status CheckDirCanBeMade(const std::string& flag,
+                                                    const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = fs::absolute(dir, ec).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // a trailing slash
+  fs::path first_missing;                      // the outermost folder the check makes
+  while (!ec && !p.empty() && p != p.root_path()) {
+    const bool there =
+        fs::exists(fs::symlink_status(p, ec)) || ec != std::errc::no_such_file_or_directory;
+    if (there) break;
+    ec.clear();
+    first_missing = p;
+    p = p.parent_path();
+  }
+  absl::Status st = CheckWritableDir(flag, dir);
+  if (!first_missing.empty()) fs::remove_all(first_missing, ec);
+  return st;
+}
+
 // Writes `text` to `path` (its missing folders made, see MakeParentFolders) and says whether all
 // of it reached the file: a benchmark's results, so that "wrote PATH" is never printed over a file
 // that was not written.

@@ -167,6 +167,19 @@ TEST_F(CheckWritable, FolderIsCreatedAndLeftEmpty) {
   EXPECT_TRUE(fs::is_empty(out));
 }
 
+TEST_F(CheckWritable, AFolderThatCanBeMadeIsNotLeftBehind) {
+  EXPECT_TRUE(CheckDirCanBeMade("--output-dir", dir_ + "/drills/x/").ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/drills"));
+  fs::create_directories(dir_ + "/kept");
+  EXPECT_TRUE(CheckDirCanBeMade("--output-dir", dir_ + "/kept").ok());
+  EXPECT_TRUE(fs::is_directory(dir_ + "/kept"));
+  EXPECT_TRUE(CheckDirCanBeMade("--output-dir", dir_ + "/kept/new").ok());
+  EXPECT_TRUE(fs::is_empty(dir_ + "/kept"));
+  absl::Status st = CheckDirCanBeMade("--output-dir", dir_ + "/a-file/drills");
+  EXPECT_NE(std::string(st.message()).find("--output-dir"), std::string::npos) << st;
+  EXPECT_TRUE(fs::is_regular_file(dir_ + "/a-file"));
+}
+
 TEST_F(CheckWritable, UnwritableFolderNamesTheFlag) {
   absl::Status st = CheckWritableDir("--output-dir", dir_ + "/a-file/drills");
   EXPECT_FALSE(st.ok());

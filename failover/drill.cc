@@ -1277,8 +1277,9 @@ absl::Status PrepareDrillOptions(DrillOptions* o) {
     return absl::InvalidArgumentError("--duration must be 1..3600 seconds");
   }
   // The report is written after the outage; a folder that cannot take it must be found now,
-  // before anything is removed.
-  return common::CheckWritableDir("--output-dir", o->output_dir);
+  // before anything is removed. Made only when the report is written: a drill refused before
+  // (its cluster not ready) leaves no folder.
+  return common::CheckDirCanBeMade("--output-dir", o->output_dir);
 }
 
 std::string DataDirAsDeploySpellsIt(const std::string& data_dir) {
