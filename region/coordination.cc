@@ -91,10 +91,11 @@ void PeerAcks::Update(const std::string& stream, uint32_t peer, int64_t seq) {
   cv_.notify_all();
 }
 
-uint32_t PeerAcks::WaitFor(const std::vector<Mark>& marks,
-                           const std::function<bool(uint32_t)>& allowed,
-                           Clock::time_point deadline) {
-  if (marks.empty()) return 0;
+std::vector<uint32_t> PeerAcks::WaitFor(const std::vector<Mark>& marks,
+                                        const std::function<bool(uint32_t)>& allowed, size_t needed,
+                                        Clock::time_point deadline) {
+  std::vector<uint32_t> found;
+  if (marks.empty() || needed == 0) return found;
   std::unique_lock<std::mutex> lock(mu_);
   auto acked = [&](const Mark& m, uint32_t peer) {
     auto it = acked_.find(m.stream);
@@ -102,20 +103,21 @@ uint32_t PeerAcks::WaitFor(const std::vector<Mark>& marks,
     auto p = it->second.find(peer);
     return p != it->second.end() && p->second >= m.seq;
   };
-  uint32_t found = 0;
-  cv_.wait_until(lock, deadline, [&] {
+  const bool enough = cv_.wait_until(lock, deadline, [&] {
+    found.clear();
     auto it = acked_.find(marks[0].stream);
     if (it == acked_.end()) return false;
     for (const auto& entry : it->second) {
       const uint32_t peer = entry.first;  // (a structured binding cannot be captured in C++20)
       if (!allowed(peer)) continue;
       if (std::all_of(marks.begin(), marks.end(), [&](const Mark& m) { return acked(m, peer); })) {
-        found = peer;
-        return true;
+        found.push_back(peer);
+        if (found.size() == needed) return true;
       }
     }
     return false;
   });
+  if (!enough) found.clear();
   return found;
 }
 

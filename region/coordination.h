@@ -75,11 +75,12 @@ class PeerAcks {
   };
 
   void Update(const std::string& stream, uint32_t peer, int64_t seq);
-  // Waits until one peer accepted by `allowed` has acknowledged every mark's stream through its
-  // seq (the same peer for all of them), or the deadline. Returns that peer's id, or 0 on timeout
+  // Waits until `needed` peers accepted by `allowed` have each acknowledged every mark's stream
+  // through its seq, or the deadline. Returns those peers' ids (ascending), or nothing on timeout
   // (and at once when `marks` is empty).
-  uint32_t WaitFor(const std::vector<Mark>& marks,
-                   const std::function<bool(uint32_t peer)>& allowed, Clock::time_point deadline);
+  std::vector<uint32_t> WaitFor(const std::vector<Mark>& marks,
+                                const std::function<bool(uint32_t peer)>& allowed, size_t needed,
+                                Clock::time_point deadline);
   [[nodiscard]] std::map<std::string, std::map<uint32_t, int64_t>> Snapshot() const;
 
  private:

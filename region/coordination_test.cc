@@ -81,45 +81,73 @@ TEST(RightsSignals, WaitingCheckoutWakesOnStockChangeOrDeadline) {
 
 TEST(PeerAcks, WaitsForAnAllowedPeer) {
   PeerAcks a;
+  using Peers = std::vector<uint32_t>;
   auto deadline = std::chrono::steady_clock::now() + 50ms;
   EXPECT_EQ(a.WaitFor(
-                {{"shard-0-x", 5}}, [](uint32_t) { return true; }, deadline),
-            0u);
+                {{"shard-0-x", 5}}, [](uint32_t) { return true; }, 1, deadline),
+            Peers{});
   a.Update("shard-0-x", 3, 9);  // not allowed (e.g. another jurisdiction)
   std::thread t([&] {
     std::this_thread::sleep_for(10ms);
     a.Update("shard-0-x", 2, 5);
   });
   EXPECT_EQ(a.WaitFor(
-                {{"shard-0-x", 5}}, [](uint32_t p) { return p == 2; },
+                {{"shard-0-x", 5}}, [](uint32_t p) { return p == 2; }, 1,
                 std::chrono::steady_clock::now() + 5000ms),
-            2u);
+            Peers{2});
   t.join();
   a.Update("shard-0-x", 2, 4);  // never goes back
   EXPECT_EQ(a.Snapshot().at("shard-0-x").at(2), 5);
   EXPECT_EQ(a.WaitFor(
-                {}, [](uint32_t) { return true; }, deadline),
-            0u);
+                {}, [](uint32_t) { return true; }, 1, deadline),
+            Peers{});
 }
 
 // A checkout's order event and its stock take travel on two streams (the shard's and the global
 // database's): the peer that answers for it must have both.
 TEST(PeerAcks, OnePeerMustHaveAcknowledgedEveryMark) {
   PeerAcks a;
+  using Peers = std::vector<uint32_t>;
   const std::vector<PeerAcks::Mark> both = {{"shard-0-x", 7}, {"global-y", 3}};
   auto all = [](uint32_t) { return true; };
   a.Update("shard-0-x", 2, 7);  // peer 2 has the order event, not the take
   a.Update("global-y", 3, 3);   // peer 3 has the take, not the order event
-  EXPECT_EQ(a.WaitFor(both, all, std::chrono::steady_clock::now() + 50ms), 0u);
+  EXPECT_EQ(a.WaitFor(both, all, 1, std::chrono::steady_clock::now() + 50ms), Peers{});
   std::thread t([&] {
     std::this_thread::sleep_for(10ms);
     a.Update("global-y", 2, 4);
   });
-  EXPECT_EQ(a.WaitFor(both, all, std::chrono::steady_clock::now() + 5000ms), 2u);
+  EXPECT_EQ(a.WaitFor(both, all, 1, std::chrono::steady_clock::now() + 5000ms), Peers{2});
+  t.join();
+  EXPECT_EQ(
+      a.WaitFor(
+          both, [](uint32_t p) { return p == 3; }, 1, std::chrono::steady_clock::now() + 50ms),
+      Peers{});
+}
+
+// With five regions a write survives the region's loss only once two peers hold it: one peer
+// is not in every takeover quorum.
+TEST(PeerAcks, WaitsForAsManyPeersAsNeeded) {
+  PeerAcks a;
+  using Peers = std::vector<uint32_t>;
+  auto all = [](uint32_t) { return true; };
+  a.Update("shard-0-x", 4, 8);
+  EXPECT_EQ(a.WaitFor({{"shard-0-x", 8}}, all, 2, std::chrono::steady_clock::now() + 50ms),
+            Peers{});
+  a.Update("shard-0-x", 2, 7);  // behind
+  EXPECT_EQ(a.WaitFor({{"shard-0-x", 8}}, all, 2, std::chrono::steady_clock::now() + 50ms),
+            Peers{});
+  std::thread t([&] {
+    std::this_thread::sleep_for(10ms);
+    a.Update("shard-0-x", 2, 8);
+  });
+  EXPECT_EQ(a.WaitFor({{"shard-0-x", 8}}, all, 2, std::chrono::steady_clock::now() + 5000ms),
+            (Peers{2, 4}));
   t.join();
   EXPECT_EQ(a.WaitFor(
-                both, [](uint32_t p) { return p == 3; }, std::chrono::steady_clock::now() + 50ms),
-            0u);
+                {{"shard-0-x", 8}}, [](uint32_t p) { return p != 4; }, 2,
+                std::chrono::steady_clock::now() + 50ms),
+            Peers{});
 }
 
 }  // namespace

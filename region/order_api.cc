@@ -21,6 +21,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/quorum.h"
 #include "crdt/codec.h"
 #include "region/app_impl.h"
 #include "region/documents.h"
@@ -729,22 +731,30 @@ RegionApp::Impl::PeerDurability RegionApp::Impl::AwaitPeer(PgPool& shard, int64_
   auto stream = StreamName(shard);
   absl::StatusOr<std::string> stock_stream =
       stock_seq > 0 ? StreamName(*global) : absl::StatusOr<std::string>("");
-  uint32_t peer = 0;
+  // Enough peers that every takeover sync's quorum includes one of them (common/quorum.h): with
+  // five regions one peer is not, and a successor that synced from the three others would
+  // count the units sold here as rights to reclaim.
+  const size_t needed = common::PeersForSurvival(config.peers.size() + 1);
+  std::vector<uint32_t> peers;
   if (stream.ok() && stock_stream.ok() && seq > 0) {
     std::vector<PeerAcks::Mark> marks = {{*stream, seq}};
     if (stock_seq > 0) marks.push_back({*stock_stream, stock_seq});
-    peer = peer_acks.WaitFor(
-        marks, [&](uint32_t p) { return PeerMayHold(p, residency); },
+    peers = peer_acks.WaitFor(
+        marks, [&](uint32_t p) { return PeerMayHold(p, residency); }, needed,
         std::chrono::steady_clock::now() +
             std::chrono::milliseconds(config.replication.sync_peer_timeout_ms));
   }
-  if (peer != 0 && leases->ForGroup(group).mine) {
+  if (!peers.empty() && leases->ForGroup(group).mine) {
     out.mode = "sync-peer";
-    out.note = absl::StrCat("persisted in region ", RegionName(peer));
-  } else if (peer != 0) {
-    out.note = "a peer applied the order, but this region's lease lapsed meanwhile";
+    std::vector<std::string> names;
+    for (uint32_t p : peers) names.push_back(RegionName(p));
+    out.note = absl::StrCat("persisted in region", peers.size() > 1 ? "s " : " ",
+                            absl::StrJoin(names, ", "));
+  } else if (!peers.empty()) {
+    out.note = "peers applied the order, but this region's lease lapsed meanwhile";
   } else {
-    out.note = absl::StrCat("no region allowed to hold this order confirmed it within ",
+    out.note = absl::StrCat("fewer than ", needed, " region", needed > 1 ? "s" : "",
+                            " allowed to hold this order confirmed it within ",
                             config.replication.sync_peer_timeout_ms,
                             " ms; it is committed here and replicates asynchronously");
   }

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/config_files.h"
 #include "common/grpc_auth.h"
+#include "common/quorum.h"
 #include "crdt/bounded_counter.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
@@ -601,13 +602,8 @@ struct Coordinator::Impl {
 
   // --- takeover sync
   // --- takeover sync -------------------------------------------------------------------------
-  // How many regions (this one included) must have answered a takeover sync: a majority of the
-  // regions, but never the old owner too: with two regions (and a witness) the survivor is the
-  // only other copy there is, and it needs no one's answer.
-  size_t SyncQuorum() const {
-    const size_t regions = config.peers.size() + 1;
-    return std::max<size_t>(1, std::min(regions / 2 + 1, regions - 1));
-  }
+  // How many regions (this one included) must have answered a takeover sync (common/quorum.h).
+  size_t SyncQuorum() const { return common::TakeoverSyncQuorum(config.peers.size() + 1); }
 
   // Called by the lease manager (under mu) after a win.
   void StartSync(RegionId group, uint64_t epoch) {

@@ -1932,6 +1932,57 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
   ASSERT_TRUE(c_->Heal(kUs).ok());
 }
 
+// With five regions a takeover syncs from three of them (the taker and two peers): a checkout
+// held by one peer only may be missed by the successor, whose declaration would then count the
+// units sold here as rights to reclaim. A sync-peer answer needs two peers (each with the order
+// and its take). Before, one peer's ack answered sync-peer.
+TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
+  test_support::ClusterOptions o;
+  o.name = "syncfive";
+  o.regions = {{"us-east", "us", 1},
+               {"eu-west", "eu", 2},
+               {"ap-south", "ap", 3},
+               {"sa-east", "sa", 4},
+               {"af-south", "af", 5}};
+  o.coordination = true;
+  o.coordination_yaml = kFastLeases;
+  o.region_yaml_extra = "durability: sync-peer\n";
+  o.pool_size = 4;
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "mug");
+  Restock(kUs, "mug", 20);
+  const std::string auth = "Bearer " + Customer(kUs, "five@example.com").first;
+  auto checkout = [&] {
+    Request(c_->http_port(kUs), "POST", "/v1/cart/items",
+            Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
+    Response r =
+        Request(c_->http_port(kUs), "POST", "/v1/checkout", "{}", {{"Authorization", auth}});
+    EXPECT_EQ(r.status, 201) << r.body;
+    return Json::parse(r.body, nullptr, false);
+  };
+  Json all = checkout();
+  EXPECT_EQ(all.value("durability", ""), "sync-peer") << all.dump();
+  EXPECT_NE(all.value("durability_note", "").find("persisted in regions "), std::string::npos)
+      << all.dump();
+  // Three peers' stock applies held up (their inventory locked): only ap-south can hold a take.
+  std::vector<std::unique_ptr<pqxx::connection>> lockers;
+  std::vector<std::unique_ptr<pqxx::work>> locks;
+  for (size_t r : {kEu, size_t{3}, size_t{4}}) {
+    lockers.push_back(std::make_unique<pqxx::connection>(c_->Dsn(r, "global")));
+    locks.push_back(std::make_unique<pqxx::work>(*lockers.back()));
+    locks.back()->exec0("LOCK TABLE inventory IN EXCLUSIVE MODE");  // reads go on
+  }
+  Json one = checkout();
+  EXPECT_EQ(one.value("durability", ""), "async") << one.dump();
+  EXPECT_NE(one.value("durability_note", "").find("fewer than 2 regions"), std::string::npos)
+      << one.dump();
+  locks.front()->commit();  // eu-west applies again: two peers can
+  Json two = checkout();
+  EXPECT_EQ(two.value("durability", ""), "sync-peer") << two.dump();
+  for (size_t i = 1; i < locks.size(); ++i) locks[i]->commit();
+}
+
 // A peer whose hello claims it holds everything of a stream (the last seq), then acks that, has
 // been sent nothing: its ack must not make a sync-peer checkout "persisted in" it. (Before, the
 // claim bounded what an ack could say, and every checkout on the stream was answered sync-peer at

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <variant>
 
+#include "common/quorum.h"
 #include "crdt/cart.h"
 #include "crdt/inventory.h"
 #include "replication/clock.h"
@@ -771,8 +772,9 @@ class World {
     }
   }
 
-  // A sync-peer checkout is acknowledged once a peer has applied its order event, and only while
-  // this region still holds the lease: a takeover after that syncs from that peer.
+  // A sync-peer checkout is acknowledged once enough peers have applied its order event that
+  // every takeover quorum holds one, and only while this region still holds the lease: a
+  // takeover after that syncs from one of those peers.
   void CheckSyncWaits(Region& r) {
     std::vector<Region::SyncWait> rest;
     for (const auto& w : r.sync_waits) {
@@ -781,7 +783,9 @@ class World {
         if (ps.acked >= w.seq && Allowed(R(peer), orders_[w.order_id].residency)) {
           persisted.insert(peer);
         }
-      if (!persisted.empty() && r.lm->CanMutate(w.group)) {
+      // As the region's AwaitPeer: enough peers that every takeover quorum holds one of them.
+      if (persisted.size() >= common::PeersForSurvival(regions_.size()) &&
+          r.lm->CanMutate(w.group)) {
         orders_[w.order_id].sync_acked = true;
         orders_[w.order_id].persisted_at = persisted;
         ++result_.stats.orders_sync_acked;
