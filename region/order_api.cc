@@ -734,7 +734,14 @@ RegionApp::Impl::PeerDurability RegionApp::Impl::AwaitPeer(PgPool& shard, int64_
   // Enough peers that every takeover sync's quorum includes one of them (common/quorum.h): with
   // five regions one peer is not, and a successor that synced from the three others would
   // count the units sold here as rights to reclaim.
-  const size_t needed = common::PeersForSurvival(config.peers.size() + 1);
+  // A customer pinned to a jurisdiction of few regions: a takeover syncs their orders only to a
+  // taker of that jurisdiction, itself one of the allowed peers, so all of those suffice.
+  size_t allowed = 0;
+  for (const PeerRegion& p : config.peers) {
+    allowed += p.replica_id != 0 && services::ResidencyAllows(residency, p.jurisdiction);
+  }
+  const size_t needed =
+      std::max<size_t>(1, std::min(common::PeersForSurvival(config.peers.size() + 1), allowed));
   std::vector<uint32_t> peers;
   if (stream.ok() && stock_stream.ok() && seq > 0) {
     std::vector<PeerAcks::Mark> marks = {{*stream, seq}};

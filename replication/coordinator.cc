@@ -801,9 +801,13 @@ struct Coordinator::Impl {
       // reached us (its stream to us was down) would otherwise have its units reclaimed and
       // restocked a second time (DeclaredParts counts the declarations recorded here).
       for (const auto& d : m.declarations()) {
-        if (d.declared_by() == config.replica_id || d.declared_by() == m.group()) continue;
+        if (d.declared_by() == config.replica_id || d.declared_by() == m.group() ||
+            d.items_size() == 0) {
+          continue;  // ours, or one that reclaims nothing
+        }
         grpc::Status s = RecordDeclaration(d, m.group());
         if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          SyncPageNotApplied(from, m);
           return absl::InvalidArgumentError(
               absl::StrCat("sync reply: declaration: ", s.error_message()));
         }

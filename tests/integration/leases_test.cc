@@ -1935,7 +1935,8 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
 // With five regions a takeover syncs from three of them (the taker and two peers): a checkout
 // held by one peer only may be missed by the successor, whose declaration would then count the
 // units sold here as rights to reclaim. A sync-peer answer needs two peers (each with the order
-// and its take). Before, one peer's ack answered sync-peer.
+// and its take), or every peer allowed to hold a pinned customer's order. Before, one peer's ack
+// answered sync-peer.
 TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
   test_support::ClusterOptions o;
   o.name = "syncfive";
@@ -1943,7 +1944,7 @@ TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
                {"eu-west", "eu", 2},
                {"ap-south", "ap", 3},
                {"sa-east", "sa", 4},
-               {"af-south", "af", 5}};
+               {"us-west", "us", 5}};
   o.coordination = true;
   o.coordination_yaml = kFastLeases;
   o.region_yaml_extra = "durability: sync-peer\n";
@@ -1953,7 +1954,7 @@ TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
   Product(kUs, "mug");
   Restock(kUs, "mug", 20);
   const std::string auth = "Bearer " + Customer(kUs, "five@example.com").first;
-  auto checkout = [&] {
+  auto checkout = [&](const std::string& auth) {
     Request(c_->http_port(kUs), "POST", "/v1/cart/items",
             Json{{"sku", "mug"}, {"quantity", 1}}.dump(), {{"Authorization", auth}});
     Response r =
@@ -1961,7 +1962,7 @@ TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
     EXPECT_EQ(r.status, 201) << r.body;
     return Json::parse(r.body, nullptr, false);
   };
-  Json all = checkout();
+  Json all = checkout(auth);
   EXPECT_EQ(all.value("durability", ""), "sync-peer") << all.dump();
   EXPECT_NE(all.value("durability_note", "").find("persisted in regions "), std::string::npos)
       << all.dump();
@@ -1973,14 +1974,21 @@ TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
     locks.push_back(std::make_unique<pqxx::work>(*lockers.back()));
     locks.back()->exec0("LOCK TABLE inventory IN EXCLUSIVE MODE");  // reads go on
   }
-  Json one = checkout();
+  Json one = checkout(auth);
   EXPECT_EQ(one.value("durability", ""), "async") << one.dump();
   EXPECT_NE(one.value("durability_note", "").find("fewer than 2 regions"), std::string::npos)
       << one.dump();
   locks.front()->commit();  // eu-west applies again: two peers can
-  Json two = checkout();
+  Json two = checkout(auth);
   EXPECT_EQ(two.value("durability", ""), "sync-peer") << two.dump();
   for (size_t i = 1; i < locks.size(); ++i) locks[i]->commit();
+  // A customer pinned to us: only us-west may hold their orders, and a takeover of them syncs
+  // from a taker of that jurisdiction, so us-west's ack is enough (waiting for a second allowed
+  // peer that does not exist held every answer for the whole timeout, then said async).
+  const std::string pinned = "Bearer " + Customer(kUs, "pinned@example.com", "us").first;
+  Json home = checkout(pinned);
+  EXPECT_EQ(home.value("durability", ""), "sync-peer") << home.dump();
+  EXPECT_EQ(home.value("durability_note", ""), "persisted in region us-west") << home.dump();
 }
 
 // A peer whose hello claims it holds everything of a stream (the last seq), then acks that, has
