@@ -207,10 +207,20 @@ net heal eu-west/ap-south >/dev/null
 ok "pair partition ap-south/eu-west cuts only that pair; heal restores it"
 
 # ---- SIGTERM releases held packets at once
+# Packets eu-west's delay rules have queued so far (from us-east: the ping below).
+queued_at_eu() {
+  ip netns exec "$P-eu-west" iptables -w -L MERIDIAN-DELAY -v -x -n |
+    awk -v a="$US" '$8 == a || $8 == a "/32" { n += $1 } END { print n + 0 }'
+}
 net set-delay us-east/eu-west=4000 >/dev/null
+before=$(queued_at_eu)
 ip netns exec "$P-us-east" ping -U -n -c 1 -W 12 "$EU" >"$STATE/ping.out" 2>&1 &
 pinger=$!
-sleep 0.5
+# The tools are stopped once the ping is held (a fixed 0.5 s was not always enough for the ping
+# to start on a busy machine: it then went through unheld, past the stopped tools).
+for _ in $(seq 1 200); do (($(queued_at_eu) > before)) && break; sleep 0.05; done
+(($(queued_at_eu) > before)) || fail "the ping never reached eu-west's delay queue"
+sleep 0.2
 tools="$(cat "$STATE/$P-eu-west.nfq.pid") $(cat "$STATE/$P-us-east.nfq.pid")"
 # shellcheck disable=SC2086
 kill -TERM $tools
