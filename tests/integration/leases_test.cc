@@ -57,6 +57,23 @@ class LeasesTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     c_ = *std::move(c);
   }
+  // Five regions with fast leases: us-east, eu-west, ap-south, sa-east and `fifth` (af-south, or
+  // another region of us, us-west).
+  void StartFive(const std::string& name, const std::string& region_extra = "",
+                 const test_support::RegionSpec& fifth = {"af-south", "af", 5}) {
+    test_support::ClusterOptions o;
+    o.name = name;
+    o.regions = {{"us-east", "us", 1},
+                 {"eu-west", "eu", 2},
+                 {"ap-south", "ap", 3},
+                 {"sa-east", "sa", 4},
+                 fifth};
+    o.coordination = true;
+    o.coordination_yaml = kFastLeases;
+    o.region_yaml_extra = region_extra;
+    o.pool_size = 4;
+    Start(std::move(o));
+  }
   void StartThree(const std::string& region_extra = "", int rights_wait_ms = 200) {
     test_support::ClusterOptions o;
     o.name = "leases";
@@ -343,6 +360,15 @@ class LeasesTest : public ::testing::Test {
                    {{"Authorization", Operator()}});
   }
   Response DeclareUsLost(size_t at) { return DeclareLost(at, "us-east"); }
+  // us-east killed, its group taken over by eu-west, and declared lost there: `reclaimed` units.
+  void KillUsAndDeclareItLostAtEu(int reclaimed) {
+    ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+    ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+    ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+    Response first = DeclareUsLost(kEu);
+    ASSERT_EQ(first.status, 200) << first.body;
+    EXPECT_EQ(Json::parse(first.body).value("reclaimed_units", 0), reclaimed) << first.body;
+  }
   // us-east, which sold 4 of the 10 units of `sku` it restocked, declared lost at eu-west: the
   // declaration reclaims the 6 left, and eu-west then sells those 6 and no more (to `buyer`).
   void DeclaringUsAtEuReclaimsAndSellsTheSixLeft(const std::string& sku, const std::string& buyer) {
@@ -1366,17 +1392,7 @@ TEST_F(LeasesTest, ADeclarationOutlivesItsDeclarer) {
 // and none left anywhere.
 TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
   constexpr size_t kSa = 3, kAf = 4;
-  test_support::ClusterOptions o;
-  o.name = "second";
-  o.regions = {{"us-east", "us", 1},
-               {"eu-west", "eu", 2},
-               {"ap-south", "ap", 3},
-               {"sa-east", "sa", 4},
-               {"af-south", "af", 5}};
-  o.coordination = true;
-  o.coordination_yaml = kFastLeases;
-  o.pool_size = 4;
-  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(StartFive("second"));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
   Product(kUs, "jar");
   Restock(kUs, "jar", 30);
@@ -1385,12 +1401,7 @@ TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
   ASSERT_TRUE(
       Eventually([&] { return rights(kAp, "us-east") == 30 && rights(kAp, "eu-west") == 10; }, 20));
 
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  Response first = DeclareUsLost(kEu);
-  ASSERT_EQ(first.status, 200) << first.body;
-  EXPECT_EQ(Json::parse(first.body).value("reclaimed_units", 0), 30) << first.body;
+  ASSERT_NO_FATAL_FAILURE(KillUsAndDeclareItLostAtEu(/*reclaimed=*/30));
   ASSERT_EQ(rights(kEu, "eu-west"), 40);
   const std::string eu_auth = "Bearer " + Customer(kEu, "kit@example.com").first;
   int sold = 0;
@@ -1459,17 +1470,7 @@ TEST_F(LeasesTest, ASecondHolderOfALostRegionsGroupReclaimsNothingTwice) {
 // which ap-south records before it counts them, so declaring us-east lost there reclaims nothing.
 // Before, ap-south reclaimed (and restocked) the same 30 units again.
 TEST_F(LeasesTest, ASecondHolderThatMissedTheFirstDeclarationReclaimsNothingTwice) {
-  test_support::ClusterOptions o;
-  o.name = "missed";
-  o.regions = {{"us-east", "us", 1},
-               {"eu-west", "eu", 2},
-               {"ap-south", "ap", 3},
-               {"sa-east", "sa", 4},
-               {"af-south", "af", 5}};
-  o.coordination = true;
-  o.coordination_yaml = kFastLeases;
-  o.pool_size = 4;
-  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(StartFive("missed"));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled(/*hand_back=*/true));
   Product(kUs, "jar");
   Restock(kUs, "jar", 30);
@@ -1484,12 +1485,7 @@ TEST_F(LeasesTest, ASecondHolderThatMissedTheFirstDeclarationReclaimsNothingTwic
       std::vector<std::string>{c_->Dsn(kAp, "global")}, "miss_declarations",
       test_support::DbFault::Kind::kError, "INSERT", "lost_declarations", "true", 1'000'000);
 
-  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
-  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
-  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
-  Response first = DeclareUsLost(kEu);
-  ASSERT_EQ(first.status, 200) << first.body;
-  EXPECT_EQ(Json::parse(first.body).value("reclaimed_units", 0), 30) << first.body;
+  ASSERT_NO_FATAL_FAILURE(KillUsAndDeclareItLostAtEu(/*reclaimed=*/30));
   ASSERT_TRUE(Eventually([&] { return rights(kEu, "eu-west") == 30; }, 20))
       << "eu-west never restocked: its declaration did not reach a majority";
   EXPECT_EQ(declarations_at_ap(), 0);
@@ -1938,18 +1934,7 @@ TEST_F(LeasesTest, SyncPeerCheckoutSaysWhichDurabilityApplied) {
 // and its take), or every peer allowed to hold a pinned customer's order. Before, one peer's ack
 // answered sync-peer.
 TEST_F(LeasesTest, SyncPeerAmongFiveRegionsWaitsForTwoPeers) {
-  test_support::ClusterOptions o;
-  o.name = "syncfive";
-  o.regions = {{"us-east", "us", 1},
-               {"eu-west", "eu", 2},
-               {"ap-south", "ap", 3},
-               {"sa-east", "sa", 4},
-               {"us-west", "us", 5}};
-  o.coordination = true;
-  o.coordination_yaml = kFastLeases;
-  o.region_yaml_extra = "durability: sync-peer\n";
-  o.pool_size = 4;
-  ASSERT_NO_FATAL_FAILURE(Start(std::move(o)));
+  ASSERT_NO_FATAL_FAILURE(StartFive("syncfive", "durability: sync-peer\n", {"us-west", "us", 5}));
   ASSERT_NO_FATAL_FAILURE(LeasesSettled());
   Product(kUs, "mug");
   Restock(kUs, "mug", 20);
