@@ -432,6 +432,18 @@ struct RegionApp::Impl {
   // (review of the inventory paths, finding 1). Idempotent: the take arriving again on its own
   // stream, or with the order again, changes nothing. (region/internal_service.cc)
   absl::Status JoinStockTakes(const std::vector<const crdt::Inventory*>& takes);
+  // Pays this region's rights debt in `sku` (rights_debt, oldest first) from the rights it holds
+  // in `inv`, which the caller locked and saves: takes them, merges the take into `delta`, and
+  // records the payment in `tx`. Every change that raises this region's rights calls it (a peer's
+  // grant joined, a restock), so units a short write-off still owes are not sold here once they
+  // arrive. Nothing while stock writes are held. Returns the units paid.
+  // (region/internal_service.cc)
+  uint64_t PayRightsDebt(pqxx::work& tx, const std::string& sku, crdt::Inventory& inv,
+                         crdt::Inventory& delta);
+  // The declarer of `declaration_id` settled it (it restocks exactly what this region wrote off,
+  // never what it reclaimed): its debt here is forgiven, and what was paid of it is restocked
+  // here. Returns the units given back. (region/internal_service.cc)
+  uint64_t ForgiveRightsDebt(pqxx::work& tx, const std::string& declaration_id);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or

@@ -806,6 +806,7 @@ class ControlService final : public pb::RegionControl::Service {
         if (n == 0) continue;
         auto delta = inv.Restock(sku, static_cast<uint64_t>(n));
         if (!delta.ok()) throw AbortTx{delta.status()};
+        app_.PayRightsDebt(tx, sku, inv, *delta);
         SaveInventory(tx, sku, inv, *delta, app_.config.replica_id);
         auto* item = out->add_items();
         item->set_sku(sku);
@@ -939,21 +940,24 @@ class ControlService final : public pb::RegionControl::Service {
         return Invalid("RetireRights: malformed or repeated item");
       }
     }
-    uint64_t short_units = 0;
+    uint64_t short_units = 0, forgiven = 0;
     std::string first_declared_by;  // set when another copy of the id came first under another name
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       out->Clear();
       short_units = 0;
+      forgiven = 0;
       first_declared_by.clear();
       uint64_t total = 0;
       for (const auto& i : d.items()) total += i.units();
       // One decision per declaration: written off (what it took, per SKU, kept to answer its
       // declarer again) or, asked to settle one not written off before, refused for good.
       std::map<std::string, uint64_t> written;  // per SKU, what copies of the id took before
-      const auto before = [&](const std::string& sku) {
-        auto it = written.find(sku);
-        return it == written.end() ? uint64_t{0} : it->second;
+      std::map<std::string, uint64_t> owed;     // and what they came short of (rights_debt)
+      const auto of = [](const std::map<std::string, uint64_t>& m, const std::string& sku) {
+        auto it = m.find(sku);
+        return it == m.end() ? uint64_t{0} : it->second;
       };
+      const auto before = [&](const std::string& sku) { return of(written, sku) + of(owed, sku); };
       if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
                   "VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
@@ -970,6 +974,10 @@ class ControlService final : public pb::RegionControl::Service {
                                      tx.quote(d.id()) + " ORDER BY sku")) {
           written[r[0].as<std::string>()] = r[1].as<uint64_t>();
         }
+        for (const auto& r : tx.exec("SELECT sku, owed FROM rights_debt WHERE declaration_id = " +
+                                     tx.quote(d.id()))) {
+          owed[r[0].as<std::string>()] = r[1].as<uint64_t>();
+        }
         // A settle, or the declarer's own write-off of what it refused itself, is answered with
         // the decision. A write-off that asks more of a SKU than the copies before took, or one
         // refused under another region's name, writes the rest off too. Honest copies of a
@@ -983,6 +991,11 @@ class ControlService final : public pb::RegionControl::Service {
           for (const auto& i : d.items()) more = more || i.units() > before(i.sku());
         }
         if (!more) {
+          // Its declarer settling it restocks exactly what was written off here, not what came
+          // short: that debt is forgiven (what was paid of it comes back).
+          if (req->settle() && !refused && by == d.declared_by()) {
+            forgiven = app_.ForgiveRightsDebt(tx, d.id());
+          }
           out->set_already(true);
           out->set_refused(refused);
           for (const auto& [sku, units] : written) {
@@ -999,21 +1012,29 @@ class ControlService final : public pb::RegionControl::Service {
       }
       std::string writes;
       for (const auto& i : d.items()) {
-        const uint64_t taken = before(i.sku());
-        if (i.units() <= taken) continue;
-        const uint64_t wanted = i.units() - taken;
+        if (i.units() <= before(i.sku())) continue;
+        const uint64_t wanted = i.units() - before(i.sku());
         app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
         const uint64_t n = std::min<uint64_t>(wanted, static_cast<uint64_t>(have));
-        short_units += wanted - n;
+        // Short (a grant to this region still in flight, or units it spent that the declarer had
+        // not seen): owed, and paid from this region's next rights in the SKU (PayRightsDebt).
+        if (wanted > n) {
+          short_units += wanted - n;
+          writes += "INSERT INTO rights_debt (declaration_id, sku, owed) VALUES (" +
+                    tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
+                    tx.quote(static_cast<int64_t>(wanted - n)) +
+                    ") ON CONFLICT (declaration_id, sku) DO UPDATE SET owed = rights_debt.owed + "
+                    "EXCLUDED.owed;";
+        }
         if (n == 0) continue;
         auto delta = inv.Take(i.sku(), n);
         if (!delta.ok()) throw AbortTx{delta.status()};
         SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
         writes += "INSERT INTO rights_retired_items (declaration_id, sku, units) VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
-                  tx.quote(static_cast<int64_t>(taken + n)) +
+                  tx.quote(static_cast<int64_t>(of(written, i.sku()) + n)) +
                   ") ON CONFLICT (declaration_id, sku) DO UPDATE SET units = EXCLUDED.units;";
         auto* item = out->add_items();
         item->set_sku(i.sku());
@@ -1029,6 +1050,12 @@ class ControlService final : public pb::RegionControl::Service {
       if (!writes.empty()) tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
+    if (forgiven > 0) {
+      spdlog::warn(
+          "event=rights_debt_forgiven declaration={} declared_by={} units_back={} (its declarer "
+          "settled it: it restocks what was written off here, not what came short)",
+          d.id(), app_.RegionName(d.declared_by()), forgiven);
+    }
     if (out->already()) return grpc::Status::OK;
     if (out->refused()) {
       spdlog::warn(
@@ -1036,7 +1063,8 @@ class ControlService final : public pb::RegionControl::Service {
           "this region keeps its rights and the declaration is void)",
           d.id(), app_.RegionName(d.declared_by()));
     } else {
-      // Short: this region sold units the declarer did not know about when it reclaimed them.
+      // Short: a grant to this region was still in flight, or it sold units the declarer did
+      // not know about when it reclaimed them. Owed (rights_debt) until its next rights pay it.
       spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}{}", d.id(),
                    app_.RegionName(d.declared_by()), out->units(), short_units,
                    first_declared_by.empty()
@@ -1095,6 +1123,7 @@ class ControlService final : public pb::RegionControl::Service {
         crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, app_.config.replica_id);
         auto delta = inv.Restock(sku, units);
         if (!delta.ok()) throw AbortTx{delta.status()};
+        app_.PayRightsDebt(tx, sku, inv, *delta);
         SaveInventory(tx, sku, inv, *delta, app_.config.replica_id);
         auto* item = out->add_items();
         item->set_sku(sku);

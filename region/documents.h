@@ -56,6 +56,9 @@ std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt:
                              const crdt::Inventory& delta, crdt::ReplicaId origin);
 void SaveInventory(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
                    const crdt::Inventory& delta, crdt::ReplicaId origin);
+// The outbox row of a stock delta alone (SaveInventorySql's second statement).
+std::string InventoryOutboxSql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& delta,
+                               crdt::ReplicaId origin);
 crdt::Inventory LoadInventoryForUpdate(pqxx::work& tx, const std::string& sku,
                                        crdt::ReplicaId replica);
 

@@ -1360,9 +1360,12 @@ class Service final : public pb::RegionInternal::Service {
 
 void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
                                 const std::vector<const crdt::Inventory*>& deltas) {
+  // With the document, whether this region owes rights in the SKU (read after the lock, which a
+  // write-off holds while it records a debt): one round trip either way.
   pqxx::result r =
       tx.exec(DocumentLockSql(tx, "inventory", sku) +
-              "SELECT state FROM inventory WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
+              "SELECT state, (SELECT count(*) FROM rights_debt WHERE paid < owed AND sku = " +
+              tx.quote(sku) + ") FROM inventory WHERE sku = " + tx.quote(sku) + " FOR UPDATE");
   crdt::Inventory inv(config.replica_id);
   if (!r.empty()) {
     pqxx::binarystring b(r[0][0]);
@@ -1374,6 +1377,9 @@ void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
     RefuseOutOfStep(inv.CheckSameWrites(*d), "stock of", sku);
     inv.Merge(*d);
   }
+  // A grant to this region that landed after its write-off came short pays that debt first.
+  crdt::Inventory paid(config.replica_id);
+  if (!r.empty() && r[0][1].as<int64_t>() > 0) PayRightsDebt(tx, sku, inv, paid);
   const std::string state = EncodeReadable(
       inv, [&](std::string_view bytes) { return crdt::DecodeInventory(bytes, config.replica_id); },
       "stock of", sku);
@@ -1385,7 +1391,60 @@ void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
            "INSERT INTO inventory (sku, state) VALUES (" +
            tx.quote(sku) + ", " +
            tx.quote_raw(reinterpret_cast<const unsigned char*>(state.data()), state.size()) +
-           ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now()");
+           ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now();" +
+           (paid.Empty() ? std::string() : InventoryOutboxSql(tx, sku, paid, config.replica_id)));
+}
+
+uint64_t RegionApp::Impl::PayRightsDebt(pqxx::work& tx, const std::string& sku,
+                                        crdt::Inventory& inv, crdt::Inventory& delta) {
+  const int64_t have = inv.Rights(sku, config.replica_id);
+  if (have <= 0 || StockWritesHeld()) return 0;
+  uint64_t paid = 0, left = 0;
+  std::string writes;
+  for (const auto& row :
+       tx.exec("SELECT declaration_id, owed - paid FROM rights_debt WHERE paid < owed AND sku = " +
+               tx.quote(sku) + " ORDER BY owed_since, declaration_id FOR UPDATE")) {
+    const auto owed = row[1].as<uint64_t>();
+    const uint64_t n = std::min(owed, static_cast<uint64_t>(have) - paid);
+    left += owed - n;
+    if (n == 0) continue;
+    paid += n;
+    writes += "UPDATE rights_debt SET paid = paid + " + tx.quote(static_cast<int64_t>(n)) +
+              " WHERE declaration_id = " + tx.quote(row[0].as<std::string>()) +
+              " AND sku = " + tx.quote(sku) + ";";
+  }
+  if (paid == 0) return 0;
+  auto take = inv.Take(sku, paid);
+  if (!take.ok()) throw AbortTx{take.status()};
+  delta.Merge(*take);
+  tx.exec0(writes);
+  spdlog::warn(
+      "event=rights_debt_paid sku={} units={} still_owed={} (rights this region received after "
+      "a write-off that came short: its declarer restocked them)",
+      sku, paid, left);
+  return paid;
+}
+
+uint64_t RegionApp::Impl::ForgiveRightsDebt(pqxx::work& tx, const std::string& declaration_id) {
+  uint64_t back = 0;
+  // Each SKU's stock lock before its debt row, as JoinStock and RetireRights take them.
+  for (const auto& row : tx.exec("SELECT sku FROM rights_debt WHERE declaration_id = " +
+                                 tx.quote(declaration_id) + " ORDER BY sku")) {
+    const auto sku = row[0].as<std::string>();
+    crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
+    const pqxx::result gone =
+        tx.exec("DELETE FROM rights_debt WHERE declaration_id = " + tx.quote(declaration_id) +
+                " AND sku = " + tx.quote(sku) + " RETURNING paid");
+    const uint64_t paid = gone.empty() ? 0 : gone[0][0].as<uint64_t>();
+    if (paid == 0) continue;
+    RefuseLocalWriteIfHeld();
+    auto delta = inv.Restock(sku, paid);
+    if (!delta.ok()) throw AbortTx{delta.status()};
+    PayRightsDebt(tx, sku, inv, *delta);  // another declaration's debt in the SKU comes first
+    SaveInventory(tx, sku, inv, *delta, config.replica_id);
+    back += paid;
+  }
+  return back;
 }
 
 absl::Status RegionApp::Impl::JoinStockTakes(const std::vector<const crdt::Inventory*>& takes) {

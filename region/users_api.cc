@@ -414,11 +414,16 @@ crdt::Inventory LoadInventory(pqxx::work& tx, const std::string& sku, crdt::Repl
 std::string SaveInventorySql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& state,
                              const crdt::Inventory& delta, crdt::ReplicaId origin) {
   std::string bytes = crdt::Encode(state);
-  std::string d = crdt::Encode(delta);
   return "INSERT INTO inventory (sku, state) VALUES (" + tx.quote(sku) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) +
          ") ON CONFLICT (sku) DO UPDATE SET state = EXCLUDED.state, updated_at = now();" +
-         "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
+         InventoryOutboxSql(tx, sku, delta, origin);
+}
+
+std::string InventoryOutboxSql(pqxx::work& tx, const std::string& sku, const crdt::Inventory& delta,
+                               crdt::ReplicaId origin) {
+  std::string d = crdt::Encode(delta);
+  return "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (" + tx.quote(origin) +
          ", 'inventory', " + tx.quote(sku) + ", " +
          tx.quote_raw(reinterpret_cast<const unsigned char*>(d.data()), d.size()) + ", 'any');";
 }
@@ -449,9 +454,11 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
   if (!key.ok()) return ProblemFromStatus(key.status());
   const std::string& idem = *key;
   int64_t available = 0, rights = 0;
+  uint64_t debt_paid = 0;
   bool replay = false;
   absl::Status st = global->Run([&](pqxx::work& tx) {
     replay = false;
+    debt_paid = 0;
     if (tx.exec("SELECT 1 FROM products WHERE sku = " + tx.quote(sku)).empty()) {
       throw AbortTx{absl::NotFoundError(absl::StrCat("no product ", sku))};
     }
@@ -474,6 +481,7 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
     if (!replay) {
       auto delta = inv.Restock(sku, static_cast<uint64_t>(*units));
       if (!delta.ok()) throw AbortTx{Unprocessable(std::string(delta.status().message()))};
+      debt_paid = PayRightsDebt(tx, sku, inv, *delta);
       SaveInventory(tx, sku, inv, *delta, config.replica_id);
     }
     available = inv.Available(sku);
@@ -496,6 +504,8 @@ HttpResponse RegionApp::Impl::Restock(HttpRequest& req) {
   if (!replay) rights_signals.StockChanged();  // waiting checkouts may now have the units
   Json out{{"sku", sku}, {"available", available}, {"local_rights", rights}};
   if (replay) out["idempotent_replay"] = true;
+  // Units of the restock that paid what an earlier short write-off owed (PayRightsDebt).
+  if (debt_paid > 0) out["rights_debt_paid"] = debt_paid;
   return HttpResponse::Json(200, out.dump());
 }
 

@@ -1662,6 +1662,127 @@ TEST_F(LeasesTest, ADeclarationItsDeclarerNeverRestockedIsSettledByTheRegionItNa
   EXPECT_EQ(Rights(kUs, "vase", "us-east"), 0);
 }
 
+// A rights grant to us-east that eu-west saw but us-east had not received when eu-west declared
+// it lost: eu-west reclaims and restocks 35 units (us-east's 30 and the 5 granted), and us-east
+// comes back holding 30, which it writes off, 5 short. When the grant lands there, its 5 units
+// pay that debt in the transaction that joins the grant: 40 units are on sale, as before the
+// loss. Before, us-east held the 5 granted units, free to sell them, until another copy of the
+// declaration asked for them (here ap-south's, close behind the grant on the healed link; with a
+// grant late on a link that does not reconnect, none comes): the stock review of 2026-12-06.
+TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSoldTwice) {
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, "lamp");
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "lamp", 30));
+  ASSERT_NO_FATAL_FAILURE(Restock(kAp, "lamp", 10));
+  ASSERT_TRUE(Eventually(
+      [&] { return Rights(kEu, "lamp", "us-east") == 30 && Rights(kEu, "lamp", "ap-south") == 10; },
+      20));
+  auto available = [&](size_t at) {
+    Json j = Json::parse(Request(c_->http_port(at), "GET", "/v1/inventory/lamp", "", {}).body,
+                         nullptr, false);
+    return j.is_object() ? j.value("available", int64_t{-1}) : -1;
+  };
+  ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
+  {
+    cpb::TransferRightsRequest req;
+    req.set_sku("lamp");
+    req.set_to(c_->spec(kUs).replica_id);
+    req.set_units(5);
+    cpb::TransferRightsResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = ControlOf(kAp)->TransferRights(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.moved(), 5u);
+  }
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "us-east") == 35; }, 20))
+      << "eu-west never saw ap-south's grant";
+  ASSERT_EQ(Rights(kUs, "lamp", "us-east"), 30) << "the cut link let the grant through";
+  ASSERT_NO_FATAL_FAILURE(KillUsAndDeclareItLostAtEu(/*reclaimed=*/35));
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "eu-west") == 35; }, 20))
+      << "eu-west never restocked its declaration";
+  // us-east comes back, still cut off from ap-south, and writes off the 30 it holds.
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs, /*await_streams=*/false).ok());
+  ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "us-east") == 0; }, 30))
+      << "us-east never wrote off the declaration";
+  ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
+  ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "ap-south") == 5; }, 30))
+      << "ap-south's grant never reached us-east";
+  EXPECT_EQ(Rights(kUs, "lamp", "us-east"), 0)
+      << "us-east holds the granted units eu-west restocked";
+  for (size_t at : {kUs, kEu, kAp}) {
+    EXPECT_TRUE(Eventually([&] { return available(at) == 40; }, 20))
+        << "region " << at << ": " << available(at) << " units on sale of 40";
+  }
+  pqxx::connection conn(c_->Dsn(kUs, "global"));
+  pqxx::work tx(conn);
+  const pqxx::row debt =
+      tx.exec1("SELECT sum(owed), sum(paid) FROM rights_debt WHERE sku = 'lamp'");
+  EXPECT_EQ(debt[0].as<int64_t>(0), 5);
+  EXPECT_EQ(debt[1].as<int64_t>(0), 5);
+}
+
+// A write-off short of its declaration (35 units asked of a region holding 30) leaves a debt of 5:
+// a copy of the declaration again takes nothing more, the region's next rights pay it (here 5 of
+// a restock of 10), and the declarer's settle, after which it restocks only the 30 written off,
+// forgives the debt and gives the 5 paid back.
+TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclarersSettle) {
+  ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("debt"));
+  Product(kUs, "rug");
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "rug", 30));
+  auto retire = [&](bool settle, cpb::RetireRightsResponse* resp) {
+    cpb::RetireRightsRequest req;
+    auto* d = req.mutable_declaration();
+    d->set_id("debt-1");
+    d->set_region(c_->spec(kUs).replica_id);
+    d->set_declared_by(c_->spec(kEu).replica_id);
+    auto* item = d->add_items();
+    item->set_sku("rug");
+    item->set_units(35);
+    req.set_settle(settle);
+    grpc::ClientContext ctx;
+    return ControlOf(kUs)->RetireRights(&ctx, req, resp);
+  };
+  auto owed_and_paid = [&] {
+    pqxx::connection conn(c_->Dsn(kUs, "global"));
+    pqxx::work tx(conn);
+    const pqxx::row r = tx.exec1(
+        "SELECT coalesce(sum(owed), 0), coalesce(sum(paid), 0) FROM "
+        "rights_debt WHERE sku = 'rug'");
+    return std::make_pair(r[0].as<int64_t>(), r[1].as<int64_t>());
+  };
+  cpb::RetireRightsResponse resp;
+  grpc::Status s = retire(false, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.units(), 30u);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
+  s = retire(false, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.already());
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
+  Response r = Request(c_->http_port(kUs), "POST", "/v1/admin/inventory/rug/restock",
+                       Json{{"units", 10}}.dump(), {{"Authorization", Operator()}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  Json j = Json::parse(r.body);
+  EXPECT_EQ(j.value("rights_debt_paid", 0), 5) << r.body;
+  EXPECT_EQ(j.value("local_rights", 0), 5) << r.body;
+  EXPECT_EQ(j.value("available", 0), 5) << r.body;
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{5}));
+  s = retire(true, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.already());
+  EXPECT_FALSE(resp.refused());
+  ASSERT_EQ(resp.items_size(), 1);
+  EXPECT_EQ(resp.items(0).units(), 30u) << "the settle answers what was written off";
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
+  // Settled again (the declarer asks until it hears): nothing more comes back.
+  s = retire(true, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
+}
+
 // A peer's settle of another region's declaration, sent first under its own name (the id reached
 // it in the declarer's record request), makes the returning region refuse the declaration; the
 // declarer's own write-off must still take the units it restocked. Before, that write-off was
