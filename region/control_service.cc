@@ -803,6 +803,8 @@ class ControlService final : public pb::RegionControl::Service {
         const int64_t n = std::clamp<int64_t>(
             inv.Rights(sku, region) - StillCounted(others[sku], inv, sku, region), 0, units);
         out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
+        tx.exec0("UPDATE lost_declarations SET restocked_units = " + tx.quote(n) +
+                 " WHERE id = " + tx.quote(req->id()) + " AND sku = " + tx.quote(sku));
         if (n == 0) continue;
         auto delta = inv.Restock(sku, static_cast<uint64_t>(n));
         if (!delta.ok()) throw AbortTx{delta.status()};
@@ -854,7 +856,9 @@ class ControlService final : public pb::RegionControl::Service {
            tx.exec("SELECT id, declared_by, (extract(epoch from declared_at) * 1000)::bigint, sku, "
                    "units, declared_by = " +
                    tx.quote(app_.config.replica_id) +
-                   " AND NOT restocked, announced, voided, received FROM lost_declarations WHERE "
+                   " AND NOT restocked, announced, voided, received, CASE WHEN declared_by = " +
+                   tx.quote(app_.config.replica_id) +
+                   " AND restocked THEN restocked_units END FROM lost_declarations WHERE "
                    "region = " +
                    tx.quote(req->region()) + " ORDER BY id, sku")) {
         const std::string id = r[0].as<std::string>();
@@ -874,6 +878,7 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_sku(r[3].as<std::string>());
         item->set_units(static_cast<uint64_t>(r[4].as<int64_t>()));
         item->set_received(static_cast<uint64_t>(r[8].as<int64_t>(0)));
+        if (!r[9].is_null()) item->set_restocked(r[9].as<uint64_t>());
       }
     }));
   }
@@ -936,7 +941,7 @@ class ControlService final : public pb::RegionControl::Service {
     std::set<std::string_view> skus;
     for (const auto& i : d.items()) {
       if (!services::ValidReclaimedItem(i.sku(), i.units(), i.received()) ||
-          !skus.insert(i.sku()).second) {
+          (i.has_restocked() && i.restocked() > i.units()) || !skus.insert(i.sku()).second) {
         return Invalid("RetireRights: malformed or repeated item");
       }
     }
@@ -958,6 +963,11 @@ class ControlService final : public pb::RegionControl::Service {
         return it == m.end() ? uint64_t{0} : it->second;
       };
       const auto before = [&](const std::string& sku) { return of(written, sku) + of(owed, sku); };
+      // What a copy asks of a SKU: what its declarer restocked when the copy says (the
+      // declarer's own announcement), else what the declaration reclaimed.
+      const auto asked = [](const pb::ReclaimedSku& i) {
+        return i.has_restocked() ? i.restocked() : i.units();
+      };
       if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
                   "VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(d.declared_by()) + ", " +
@@ -988,7 +998,7 @@ class ControlService final : public pb::RegionControl::Service {
         // sold twice: adversarial review, 2026-12-04).
         bool more = false;
         if (!req->settle() && !(refused && by == d.declared_by())) {
-          for (const auto& i : d.items()) more = more || i.units() > before(i.sku());
+          for (const auto& i : d.items()) more = more || asked(i) > before(i.sku());
         }
         if (!more) {
           // Its declarer settling it restocks exactly what was written off here, not what came
@@ -1012,16 +1022,18 @@ class ControlService final : public pb::RegionControl::Service {
       }
       std::string writes;
       for (const auto& i : d.items()) {
-        if (i.units() <= before(i.sku())) continue;
-        const uint64_t wanted = i.units() - before(i.sku());
+        if (asked(i) <= before(i.sku())) continue;
+        const uint64_t wanted = asked(i) - before(i.sku());
         app_.RefuseLocalWriteIfHeld();
         crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
         const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
         const uint64_t n = std::min<uint64_t>(wanted, static_cast<uint64_t>(have));
-        // Short (a grant to this region still in flight, or units it spent that the declarer had
-        // not seen): owed, and paid from this region's next rights in the SKU (PayRightsDebt).
-        if (wanted > n) {
-          short_units += wanted - n;
+        // Short of what its declarer restocked (a grant to this region still in flight, or units
+        // it spent that the declarer had not seen): owed, and paid from this region's next rights
+        // in the SKU (PayRightsDebt). A copy that does not say what was restocked leaves no debt:
+        // the declarer may have restocked fewer units (its view had shrunk by then).
+        short_units += wanted - n;
+        if (wanted > n && i.has_restocked()) {
           writes += "INSERT INTO rights_debt (declaration_id, sku, owed) VALUES (" +
                     tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
                     tx.quote(static_cast<int64_t>(wanted - n)) +

@@ -302,6 +302,14 @@ CREATE TABLE rights_debt (
 );
 CREATE INDEX rights_debt_unpaid ON rights_debt (sku, owed_since) WHERE paid < owed;
 )sql"},
+    {22, "lost_declarations_restocked_units",
+     R"sql(
+-- On the declarer: the units of each SKU it restocked (fewer than reclaimed when the lost
+-- region's rights it saw had shrunk by the restock). Its write-off announcement to the region
+-- carries them: the region owes what its write-off comes short of these, never more. NULL: not
+-- restocked here, or restocked before the figure was kept.
+ALTER TABLE lost_declarations ADD COLUMN restocked_units bigint CHECK (restocked_units >= 0);
+)sql"},
 };
 
 const std::vector<Migration> kShard = {

@@ -99,7 +99,7 @@ bool WellFormed(const pb::RightsRetire& r) {
   std::set<std::string_view> skus;
   for (const auto& i : r.items()) {
     if (!services::ValidReclaimedItem(i.sku(), i.units(), i.received()) ||
-        !skus.insert(i.sku()).second) {
+        (i.has_restocked() && i.restocked() > i.units()) || !skus.insert(i.sku()).second) {
       return false;
     }
   }
@@ -788,7 +788,12 @@ struct Coordinator::Impl {
     // before the peer counts towards the quorum (a failed write-off waits in pending_retires,
     // which holds the lease back: MaybeFinishSync).
     if (m.done() && m.group() == config.replica_id) {
-      for (const auto& d : m.declarations()) {
+      for (pb::RightsRetire d : m.declarations()) {
+        // What was restocked only its declarer can say (a replier's record of another region's
+        // declaration does not know, and a debt follows from it).
+        if (d.declared_by() != from) {
+          for (auto& i : *d.mutable_items()) i.clear_restocked();
+        }
         if (absl::Status st = OnRetire(d); !st.ok()) {
           SyncPageNotApplied(from, m);
           return st;
@@ -1032,6 +1037,7 @@ struct Coordinator::Impl {
       x->set_sku(i.sku());
       x->set_units(i.units());
       x->set_received(i.received());
+      if (i.has_restocked()) x->set_restocked(i.restocked());
     }
   }
 
@@ -1046,6 +1052,7 @@ struct Coordinator::Impl {
       x->set_sku(i.sku());
       x->set_units(i.units());
       x->set_received(i.received());
+      if (i.has_restocked()) x->set_restocked(i.restocked());
     }
   }
 

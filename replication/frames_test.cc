@@ -4,6 +4,7 @@
 
 #include <limits>
 
+#include "replication/coordinator.h"
 #include "replication/lease_frames.h"
 
 namespace meridian::replication {
@@ -21,6 +22,27 @@ pb::RecordList Records(int n, int64_t first_seq, std::string residency = "any") 
     r->set_committed_unix_ms(1700000000000 + i);
   }
   return list;
+}
+
+// A declarer's write-off frame may say what it restocked of a SKU, never more than it reclaimed:
+// the region that comes back would owe the difference (rights_debt).
+TEST(Frames, AWriteOffSaysItRestockedAtMostWhatItReclaimed) {
+  pb::Frame f;
+  pb::RightsRetire* r = f.mutable_rights()->mutable_retire();
+  r->set_declaration_id("d-1");
+  r->set_declared_by(2);
+  pb::RetiredSku* item = r->add_items();
+  item->set_sku("vase");
+  item->set_units(30);
+  EXPECT_TRUE(Coordinator::CheckFrame(2, f).ok());
+  item->set_restocked(30);
+  EXPECT_TRUE(Coordinator::CheckFrame(2, f).ok());
+  item->set_restocked(31);
+  EXPECT_EQ(Coordinator::CheckFrame(2, f).code(), absl::StatusCode::kInvalidArgument);
+  item->set_restocked(0);
+  EXPECT_TRUE(Coordinator::CheckFrame(2, f).ok());
+  EXPECT_EQ(Coordinator::CheckFrame(3, f).code(), absl::StatusCode::kInvalidArgument)
+      << "a write-off is its sender's own declaration";
 }
 
 TEST(Frames, RoundTripCompressesLargeBatches) {

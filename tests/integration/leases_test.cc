@@ -1723,15 +1723,18 @@ TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSo
   EXPECT_EQ(debt[1].as<int64_t>(0), 5);
 }
 
-// A write-off short of its declaration (35 units asked of a region holding 30) leaves a debt of 5:
-// a copy of the declaration again takes nothing more, the region's next rights pay it (here 5 of
-// a restock of 10), and the declarer's settle, after which it restocks only the 30 written off,
-// forgives the debt and gives the 5 paid back.
+// A declaration of 35 units against a region holding 30. A copy that does not say what its
+// declarer restocked (another region's record) writes off the 30 and leaves no debt; the
+// declarer's own, which says it restocked 35, leaves a debt of 5 and takes nothing twice; a copy
+// again takes nothing more; the region's next rights pay the debt (here 5 of a restock of 10); and
+// the declarer's settle, after which it restocks only the 30 written off, forgives the debt and
+// gives the 5 paid back.
 TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclarersSettle) {
   ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("debt"));
   Product(kUs, "rug");
   ASSERT_NO_FATAL_FAILURE(Restock(kUs, "rug", 30));
-  auto retire = [&](bool settle, cpb::RetireRightsResponse* resp) {
+  // `restocked`: -1 for a copy that does not say.
+  auto retire = [&](bool settle, int restocked, cpb::RetireRightsResponse* resp) {
     cpb::RetireRightsRequest req;
     auto* d = req.mutable_declaration();
     d->set_id("debt-1");
@@ -1740,6 +1743,7 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
     auto* item = d->add_items();
     item->set_sku("rug");
     item->set_units(35);
+    if (restocked >= 0) item->set_restocked(static_cast<uint64_t>(restocked));
     req.set_settle(settle);
     grpc::ClientContext ctx;
     return ControlOf(kUs)->RetireRights(&ctx, req, resp);
@@ -1753,13 +1757,22 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
     return std::make_pair(r[0].as<int64_t>(), r[1].as<int64_t>());
   };
   cpb::RetireRightsResponse resp;
-  grpc::Status s = retire(false, &resp);
+  grpc::Status s = retire(false, -1, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.units(), 30u);
-  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
-  s = retire(false, &resp);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
+  EXPECT_EQ(retire(false, 40, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << "restocked more than the declaration reclaimed";
+  s = retire(false, 35, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_TRUE(resp.already());
+  EXPECT_FALSE(resp.already());
+  EXPECT_EQ(resp.units(), 0u);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
+  for (int restocked : {35, -1}) {
+    s = retire(false, restocked, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(resp.already());
+  }
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
   Response r = Request(c_->http_port(kUs), "POST", "/v1/admin/inventory/rug/restock",
                        Json{{"units", 10}}.dump(), {{"Authorization", Operator()}});
@@ -1769,7 +1782,7 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
   EXPECT_EQ(j.value("local_rights", 0), 5) << r.body;
   EXPECT_EQ(j.value("available", 0), 5) << r.body;
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{5}));
-  s = retire(true, &resp);
+  s = retire(true, -1, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(resp.already());
   EXPECT_FALSE(resp.refused());
@@ -1778,9 +1791,25 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
   EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
   // Settled again (the declarer asks until it hears): nothing more comes back.
-  s = retire(true, &resp);
+  s = retire(true, -1, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
+  // A declarer that restocked fewer units than it reclaimed (4 of 10: the region's rights it saw
+  // had shrunk by then) is written off those 4 only, and nothing is owed.
+  cpb::RetireRightsRequest req;
+  req.mutable_declaration()->set_id("debt-2");
+  req.mutable_declaration()->set_region(c_->spec(kUs).replica_id);
+  req.mutable_declaration()->set_declared_by(c_->spec(kEu).replica_id);
+  auto* item = req.mutable_declaration()->add_items();
+  item->set_sku("rug");
+  item->set_units(10);
+  item->set_restocked(4);
+  grpc::ClientContext ctx;
+  s = ControlOf(kUs)->RetireRights(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.units(), 4u);
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 6);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
 }
 
 // A peer's settle of another region's declaration, sent first under its own name (the id reached
