@@ -440,10 +440,6 @@ struct RegionApp::Impl {
   // (region/internal_service.cc)
   uint64_t PayRightsDebt(pqxx::work& tx, const std::string& sku, crdt::Inventory& inv,
                          crdt::Inventory& delta);
-  // The declarer of `declaration_id` settled it (it restocks exactly what this region wrote off,
-  // never what it reclaimed): its debt here is forgiven, and what was paid of it is restocked
-  // here. Returns the units given back. (region/internal_service.cc)
-  uint64_t ForgiveRightsDebt(pqxx::work& tx, const std::string& declaration_id);
   // The reservation sweep's step on an unpaid order whose reservation expired: if this region
   // owns the order, it becomes `expired` (fenced, with its event, so every region learns it).
   // Returns the order's status afterwards: "expired", its current final status, "missing", or

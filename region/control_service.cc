@@ -945,12 +945,11 @@ class ControlService final : public pb::RegionControl::Service {
         return Invalid("RetireRights: malformed or repeated item");
       }
     }
-    uint64_t short_units = 0, forgiven = 0;
+    uint64_t short_units = 0;
     std::string first_declared_by;  // set when another copy of the id came first under another name
     absl::Status st = app_.global->Run([&](pqxx::work& tx) {
       out->Clear();
       short_units = 0;
-      forgiven = 0;
       first_declared_by.clear();
       uint64_t total = 0;
       for (const auto& i : d.items()) total += i.units();
@@ -958,15 +957,20 @@ class ControlService final : public pb::RegionControl::Service {
       // declarer again) or, asked to settle one not written off before, refused for good.
       std::map<std::string, uint64_t> written;  // per SKU, what copies of the id took before
       std::map<std::string, uint64_t> owed;     // and what they came short of (rights_debt)
+      std::map<std::string, uint64_t> ceiling;  // what its declarer said it restocked, once said
       const auto of = [](const std::map<std::string, uint64_t>& m, const std::string& sku) {
         auto it = m.find(sku);
         return it == m.end() ? uint64_t{0} : it->second;
       };
       const auto before = [&](const std::string& sku) { return of(written, sku) + of(owed, sku); };
-      // What a copy asks of a SKU: what its declarer restocked when the copy says (the
-      // declarer's own announcement), else what the declaration reclaimed.
-      const auto asked = [](const pb::ReclaimedSku& i) {
-        return i.has_restocked() ? i.restocked() : i.units();
+      // What a copy asks of a SKU: what its declarer restocked, once a copy said it (the
+      // declarer's own announcement; the first to say it holds), else what was reclaimed.
+      const auto asked = [&](const pb::ReclaimedSku& i) {
+        auto it = ceiling.find(i.sku());
+        return it != ceiling.end() ? it->second : i.has_restocked() ? i.restocked() : i.units();
+      };
+      const auto says_restocked = [&](const pb::ReclaimedSku& i) {
+        return i.has_restocked() && !ceiling.contains(i.sku());
       };
       if (tx.exec("INSERT INTO rights_retired (declaration_id, declared_by, units, refused) "
                   "VALUES (" +
@@ -984,9 +988,11 @@ class ControlService final : public pb::RegionControl::Service {
                                      tx.quote(d.id()) + " ORDER BY sku")) {
           written[r[0].as<std::string>()] = r[1].as<uint64_t>();
         }
-        for (const auto& r : tx.exec("SELECT sku, owed FROM rights_debt WHERE declaration_id = " +
-                                     tx.quote(d.id()))) {
+        for (const auto& r :
+             tx.exec("SELECT sku, owed, restocked FROM rights_debt WHERE declaration_id = " +
+                     tx.quote(d.id()))) {
           owed[r[0].as<std::string>()] = r[1].as<uint64_t>();
+          ceiling[r[0].as<std::string>()] = r[2].as<uint64_t>();
         }
         // A settle, or the declarer's own write-off of what it refused itself, is answered with
         // the decision. A write-off that asks more of a SKU than the copies before took, or one
@@ -998,14 +1004,11 @@ class ControlService final : public pb::RegionControl::Service {
         // sold twice: adversarial review, 2026-12-04).
         bool more = false;
         if (!req->settle() && !(refused && by == d.declared_by())) {
-          for (const auto& i : d.items()) more = more || asked(i) > before(i.sku());
+          for (const auto& i : d.items()) {
+            more = more || asked(i) > before(i.sku()) || says_restocked(i);
+          }
         }
         if (!more) {
-          // Its declarer settling it restocks exactly what was written off here, not what came
-          // short: that debt is forgiven (what was paid of it comes back).
-          if (req->settle() && !refused && by == d.declared_by()) {
-            forgiven = app_.ForgiveRightsDebt(tx, d.id());
-          }
           out->set_already(true);
           out->set_refused(refused);
           for (const auto& [sku, units] : written) {
@@ -1022,28 +1025,32 @@ class ControlService final : public pb::RegionControl::Service {
       }
       std::string writes;
       for (const auto& i : d.items()) {
-        if (asked(i) <= before(i.sku())) continue;
-        const uint64_t wanted = asked(i) - before(i.sku());
-        app_.RefuseLocalWriteIfHeld();
-        crdt::Inventory inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
-        const int64_t have = std::max<int64_t>(0, inv.Rights(i.sku(), app_.config.replica_id));
-        const uint64_t n = std::min<uint64_t>(wanted, static_cast<uint64_t>(have));
-        // Short of what its declarer restocked (a grant to this region still in flight, or units
-        // it spent that the declarer had not seen): owed, and paid from this region's next rights
-        // in the SKU (PayRightsDebt). A copy that does not say what was restocked leaves no debt:
-        // the declarer may have restocked fewer units (its view had shrunk by then).
+        const uint64_t wanted = asked(i) > before(i.sku()) ? asked(i) - before(i.sku()) : 0;
+        uint64_t n = 0;
+        std::optional<crdt::Inventory> inv;
+        if (wanted > 0) {
+          app_.RefuseLocalWriteIfHeld();
+          inv = LoadInventoryForUpdate(tx, i.sku(), app_.config.replica_id);
+          n = std::min<uint64_t>(
+              wanted, std::max<int64_t>(0, inv->Rights(i.sku(), app_.config.replica_id)));
+        }
         short_units += wanted - n;
-        if (wanted > n && i.has_restocked()) {
-          writes += "INSERT INTO rights_debt (declaration_id, sku, owed) VALUES (" +
+        // The first copy that says what its declarer restocked sets how far any copy writes off,
+        // and what this one comes short of that (a grant to this region still in flight, or units
+        // it spent that the declarer had not seen) is owed: paid from this region's next rights
+        // in the SKU (PayRightsDebt). Only such a copy leaves a debt (it is taken under the
+        // stock's lock when there is one); another may ask more than was restocked (the
+        // declarer's view had shrunk by its restock), and its shortfall is only logged.
+        if (says_restocked(i)) {
+          writes += "INSERT INTO rights_debt (declaration_id, sku, restocked, owed) VALUES (" +
                     tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
-                    tx.quote(static_cast<int64_t>(wanted - n)) +
-                    ") ON CONFLICT (declaration_id, sku) DO UPDATE SET owed = rights_debt.owed + "
-                    "EXCLUDED.owed;";
+                    tx.quote(static_cast<int64_t>(i.restocked())) + ", " +
+                    tx.quote(static_cast<int64_t>(wanted - n)) + ");";
         }
         if (n == 0) continue;
-        auto delta = inv.Take(i.sku(), n);
+        auto delta = inv->Take(i.sku(), n);
         if (!delta.ok()) throw AbortTx{delta.status()};
-        SaveInventory(tx, i.sku(), inv, *delta, app_.config.replica_id);
+        SaveInventory(tx, i.sku(), *inv, *delta, app_.config.replica_id);
         writes += "INSERT INTO rights_retired_items (declaration_id, sku, units) VALUES (" +
                   tx.quote(d.id()) + ", " + tx.quote(i.sku()) + ", " +
                   tx.quote(static_cast<int64_t>(of(written, i.sku()) + n)) +
@@ -1062,12 +1069,6 @@ class ControlService final : public pb::RegionControl::Service {
       if (!writes.empty()) tx.exec(writes);
     });
     if (!st.ok()) return FromStatus(st);
-    if (forgiven > 0) {
-      spdlog::warn(
-          "event=rights_debt_forgiven declaration={} declared_by={} units_back={} (its declarer "
-          "settled it: it restocks what was written off here, not what came short)",
-          d.id(), app_.RegionName(d.declared_by()), forgiven);
-    }
     if (out->already()) return grpc::Status::OK;
     if (out->refused()) {
       spdlog::warn(
@@ -1076,7 +1077,8 @@ class ControlService final : public pb::RegionControl::Service {
           d.id(), app_.RegionName(d.declared_by()));
     } else {
       // Short: a grant to this region was still in flight, or it sold units the declarer did
-      // not know about when it reclaimed them. Owed (rights_debt) until its next rights pay it.
+      // not know about when it reclaimed them. Owed (rights_debt) when the copy said what its
+      // declarer restocked, until this region's next rights pay it.
       spdlog::warn("event=rights_retired declaration={} declared_by={} units={} short={}{}", d.id(),
                    app_.RegionName(d.declared_by()), out->units(), short_units,
                    first_declared_by.empty()
@@ -1141,7 +1143,22 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_sku(sku);
         item->set_units(units);
       }
-      tx.exec0("UPDATE lost_declarations SET restocked = true WHERE id = " + tx.quote(req->id()));
+      // What was restocked per SKU (0 where nothing was written off): our write-off announcement,
+      // sent whenever the region's stream comes up, asks no more of it than it wrote off.
+      std::string sql =
+          "UPDATE lost_declarations SET restocked = true, restocked_units = 0 "
+          "WHERE id = " +
+          tx.quote(req->id()) + ";";
+      std::string values;
+      for (const auto& [sku, units] : written_off) {
+        values += (values.empty() ? "(" : ", (") + tx.quote(sku) + ", " +
+                  tx.quote(static_cast<int64_t>(units)) + "::bigint)";
+      }
+      if (!values.empty()) {
+        sql += "UPDATE lost_declarations l SET restocked_units = v.units FROM (VALUES " + values +
+               ") AS v (sku, units) WHERE l.id = " + tx.quote(req->id()) + " AND l.sku = v.sku;";
+      }
+      tx.exec(sql);
     });
     if (!st.ok()) return FromStatus(st);
     if (out->already()) return grpc::Status::OK;

@@ -1377,9 +1377,15 @@ void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
     RefuseOutOfStep(inv.CheckSameWrites(*d), "stock of", sku);
     inv.Merge(*d);
   }
-  // A grant to this region that landed after its write-off came short pays that debt first.
+  // A grant to this region that landed after its write-off came short pays that debt first (a
+  // write-off short in a SKU this region never had a row of leaves its debt without one).
   crdt::Inventory paid(config.replica_id);
-  if (!r.empty() && r[0][1].as<int64_t>() > 0) PayRightsDebt(tx, sku, inv, paid);
+  const bool owes = r.empty()
+                        ? tx.exec1("SELECT count(*) FROM rights_debt WHERE paid < owed AND sku = " +
+                                   tx.quote(sku))[0]
+                                  .as<int64_t>() > 0
+                        : r[0][1].as<int64_t>() > 0;
+  if (owes) PayRightsDebt(tx, sku, inv, paid);
   const std::string state = EncodeReadable(
       inv, [&](std::string_view bytes) { return crdt::DecodeInventory(bytes, config.replica_id); },
       "stock of", sku);
@@ -1423,28 +1429,6 @@ uint64_t RegionApp::Impl::PayRightsDebt(pqxx::work& tx, const std::string& sku,
       "a write-off that came short: its declarer restocked them)",
       sku, paid, left);
   return paid;
-}
-
-uint64_t RegionApp::Impl::ForgiveRightsDebt(pqxx::work& tx, const std::string& declaration_id) {
-  uint64_t back = 0;
-  // Each SKU's stock lock before its debt row, as JoinStock and RetireRights take them.
-  for (const auto& row : tx.exec("SELECT sku FROM rights_debt WHERE declaration_id = " +
-                                 tx.quote(declaration_id) + " ORDER BY sku")) {
-    const auto sku = row[0].as<std::string>();
-    crdt::Inventory inv = LoadInventoryForUpdate(tx, sku, config.replica_id);
-    const pqxx::result gone =
-        tx.exec("DELETE FROM rights_debt WHERE declaration_id = " + tx.quote(declaration_id) +
-                " AND sku = " + tx.quote(sku) + " RETURNING paid");
-    const uint64_t paid = gone.empty() ? 0 : gone[0][0].as<uint64_t>();
-    if (paid == 0) continue;
-    RefuseLocalWriteIfHeld();
-    auto delta = inv.Restock(sku, paid);
-    if (!delta.ok()) throw AbortTx{delta.status()};
-    PayRightsDebt(tx, sku, inv, *delta);  // another declaration's debt in the SKU comes first
-    SaveInventory(tx, sku, inv, *delta, config.replica_id);
-    back += paid;
-  }
-  return back;
 }
 
 absl::Status RegionApp::Impl::JoinStockTakes(const std::vector<const crdt::Inventory*>& takes) {

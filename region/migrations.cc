@@ -285,17 +285,17 @@ CREATE INDEX stale_hot_copies_marked ON stale_hot_copies (marked_at);
 )sql"},
     {21, "rights_debt",
      R"sql(
--- On a region that came back: what a write-off of a declaration against it came short of, per
--- SKU. The declaration reclaimed the rights its declarer saw this region hold; this region held
--- fewer when it wrote them off (a rights grant to it was still in flight, or it had spent units
--- the declarer had not seen), and the declarer may have restocked all of them. The shortfall is
--- paid from this region's next rights in the SKU (a grant landing, a restock), so those units
--- are not sold a second time; a declaration its declarer settles (it restocks exactly what was
--- written off) forgives its debt and gives back what was paid of it.
+-- On a region that came back, per declaration against it and SKU, once its declarer said how
+-- many units it restocked (its own write-off announcement): that figure, beyond which no copy of
+-- the declaration is written off, and what this region's write-off came short of it (a rights
+-- grant to it was still in flight, or it had spent units the declarer had not seen). The
+-- shortfall is paid from this region's next rights in the SKU (a grant landing, a restock), so
+-- that those units, which the declarer restocked, are not sold a second time.
 CREATE TABLE rights_debt (
   declaration_id text NOT NULL REFERENCES rights_retired (declaration_id),
   sku            text NOT NULL,
-  owed           bigint NOT NULL CHECK (owed > 0),
+  restocked      bigint NOT NULL CHECK (restocked >= 0),
+  owed           bigint NOT NULL CHECK (owed >= 0),
   paid           bigint NOT NULL DEFAULT 0 CHECK (paid >= 0 AND paid <= owed),
   owed_since     timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (declaration_id, sku)

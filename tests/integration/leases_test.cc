@@ -1662,31 +1662,40 @@ TEST_F(LeasesTest, ADeclarationItsDeclarerNeverRestockedIsSettledByTheRegionItNa
   EXPECT_EQ(Rights(kUs, "vase", "us-east"), 0);
 }
 
-// A rights grant to us-east that eu-west saw but us-east had not received when eu-west declared
-// it lost: eu-west reclaims and restocks 35 units (us-east's 30 and the 5 granted), and us-east
-// comes back holding 30, which it writes off, 5 short. When the grant lands there, its 5 units
-// pay that debt in the transaction that joins the grant: 40 units are on sale, as before the
+// A rights grant of 5 lamps from ap-south to us-east (holding 30 of its own) that eu-west saw but
+// us-east had not received when eu-west declared it lost: eu-west reclaims and restocks 35, and
+// us-east comes back holding 30, which it writes off, 5 short. When the grant lands there, its 5
+// units pay that debt in the transaction that joins the grant, and 40 are on sale, as before the
 // loss. Before, us-east held the 5 granted units, free to sell them, until another copy of the
 // declaration asked for them (here ap-south's, close behind the grant on the healed link; with a
 // grant late on a link that does not reconnect, none comes): the stock review of 2026-12-06.
 TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSoldTwice) {
+  const std::string sku = "lamp";
+  const int us_units = 30;
   ASSERT_NO_FATAL_FAILURE(StartThree());
   ASSERT_NO_FATAL_FAILURE(LeasesSettled());
-  Product(kUs, "lamp");
-  ASSERT_NO_FATAL_FAILURE(Restock(kUs, "lamp", 30));
-  ASSERT_NO_FATAL_FAILURE(Restock(kAp, "lamp", 10));
-  ASSERT_TRUE(Eventually(
-      [&] { return Rights(kEu, "lamp", "us-east") == 30 && Rights(kEu, "lamp", "ap-south") == 10; },
-      20));
+  Product(kUs, sku);
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, sku, us_units));
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "us-east") == us_units; }, 20));
   auto available = [&](size_t at) {
-    Json j = Json::parse(Request(c_->http_port(at), "GET", "/v1/inventory/lamp", "", {}).body,
+    Json j = Json::parse(Request(c_->http_port(at), "GET", "/v1/inventory/" + sku, "", {}).body,
                          nullptr, false);
     return j.is_object() ? j.value("available", int64_t{-1}) : -1;
   };
+  auto owed_and_paid = [&] {
+    pqxx::connection conn(c_->Dsn(kUs, "global"));
+    pqxx::work tx(conn);
+    const pqxx::row r = tx.exec1(
+        "SELECT coalesce(sum(owed), 0), coalesce(sum(paid), 0) FROM rights_debt WHERE sku = " +
+        tx.quote(sku));
+    return std::make_pair(r[0].as<int64_t>(), r[1].as<int64_t>());
+  };
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
+  ASSERT_NO_FATAL_FAILURE(Restock(kAp, sku, 10));
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "ap-south") == 10; }, 20));
   {
     cpb::TransferRightsRequest req;
-    req.set_sku("lamp");
+    req.set_sku(sku);
     req.set_to(c_->spec(kUs).replica_id);
     req.set_units(5);
     cpb::TransferRightsResponse resp;
@@ -1695,54 +1704,49 @@ TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSo
     ASSERT_TRUE(s.ok()) << s.error_message();
     ASSERT_EQ(resp.moved(), 5u);
   }
-  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "us-east") == 35; }, 20))
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "us-east") == us_units + 5; }, 20))
       << "eu-west never saw ap-south's grant";
-  ASSERT_EQ(Rights(kUs, "lamp", "us-east"), 30) << "the cut link let the grant through";
-  ASSERT_NO_FATAL_FAILURE(KillUsAndDeclareItLostAtEu(/*reclaimed=*/35));
-  ASSERT_TRUE(Eventually([&] { return Rights(kEu, "lamp", "eu-west") == 35; }, 20))
+  ASSERT_EQ(Rights(kUs, sku, "us-east"), us_units) << "the cut link let the grant through";
+  ASSERT_NO_FATAL_FAILURE(KillUsAndDeclareItLostAtEu(/*reclaimed=*/us_units + 5));
+  ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "eu-west") == us_units + 5; }, 20))
       << "eu-west never restocked its declaration";
-  // us-east comes back, still cut off from ap-south, and writes off the 30 it holds.
+  // us-east comes back, still cut off from ap-south, and writes off what it holds.
   ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
   ASSERT_TRUE(c_->StartReplicator(kUs, /*await_streams=*/false).ok());
-  ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "us-east") == 0; }, 30))
-      << "us-east never wrote off the declaration";
+  ASSERT_TRUE(Eventually([&] { return owed_and_paid().first == 5; }, 30))
+      << "us-east never wrote off the declaration, or did not owe the 5 granted units";
+  EXPECT_EQ(Rights(kUs, sku, "us-east"), 0);
   ASSERT_TRUE(c_->HealPair(kUs, kAp).ok());
-  ASSERT_TRUE(Eventually([&] { return Rights(kUs, "lamp", "ap-south") == 5; }, 30))
+  ASSERT_TRUE(Eventually([&] { return Rights(kUs, sku, "ap-south") == 5; }, 30))
       << "ap-south's grant never reached us-east";
-  EXPECT_EQ(Rights(kUs, "lamp", "us-east"), 0)
-      << "us-east holds the granted units eu-west restocked";
+  EXPECT_EQ(Rights(kUs, sku, "us-east"), 0) << "us-east holds the granted units eu-west restocked";
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{5}));
   for (size_t at : {kUs, kEu, kAp}) {
-    EXPECT_TRUE(Eventually([&] { return available(at) == 40; }, 20))
-        << "region " << at << ": " << available(at) << " units on sale of 40";
+    EXPECT_TRUE(Eventually([&] { return available(at) == us_units + 10; }, 20))
+        << "region " << at << ": " << available(at) << " units on sale of " << us_units + 10;
   }
-  pqxx::connection conn(c_->Dsn(kUs, "global"));
-  pqxx::work tx(conn);
-  const pqxx::row debt =
-      tx.exec1("SELECT sum(owed), sum(paid) FROM rights_debt WHERE sku = 'lamp'");
-  EXPECT_EQ(debt[0].as<int64_t>(0), 5);
-  EXPECT_EQ(debt[1].as<int64_t>(0), 5);
 }
 
 // A declaration of 35 units against a region holding 30. A copy that does not say what its
 // declarer restocked (another region's record) writes off the 30 and leaves no debt; the
-// declarer's own, which says it restocked 35, leaves a debt of 5 and takes nothing twice; a copy
-// again takes nothing more; the region's next rights pay the debt (here 5 of a restock of 10); and
-// the declarer's settle, after which it restocks only the 30 written off, forgives the debt and
-// gives the 5 paid back.
-TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclarersSettle) {
+// declarer's own, which says it restocked 35, leaves a debt of 5; no copy after it takes or owes
+// anything more; the region's next rights pay the debt (here 5 of a restock of 10). A declarer
+// that restocked fewer units than it reclaimed (4 of 10) is written off those only, by every copy.
+TEST_F(LeasesTest, AShortWriteOffIsOwedAndNoCopyWritesOffMoreThanItsDeclarerRestocked) {
   ASSERT_NO_FATAL_FAILURE(StartTwoUncoordinated("debt"));
   Product(kUs, "rug");
   ASSERT_NO_FATAL_FAILURE(Restock(kUs, "rug", 30));
-  // `restocked`: -1 for a copy that does not say.
-  auto retire = [&](bool settle, int restocked, cpb::RetireRightsResponse* resp) {
+  // A copy of declaration `id` of `units` rugs, saying what was restocked (-1: it does not say).
+  auto retire = [&](const std::string& id, int units, int restocked, bool settle,
+                    cpb::RetireRightsResponse* resp) {
     cpb::RetireRightsRequest req;
     auto* d = req.mutable_declaration();
-    d->set_id("debt-1");
+    d->set_id(id);
     d->set_region(c_->spec(kUs).replica_id);
     d->set_declared_by(c_->spec(kEu).replica_id);
     auto* item = d->add_items();
     item->set_sku("rug");
-    item->set_units(35);
+    item->set_units(static_cast<uint64_t>(units));
     if (restocked >= 0) item->set_restocked(static_cast<uint64_t>(restocked));
     req.set_settle(settle);
     grpc::ClientContext ctx;
@@ -1757,21 +1761,21 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
     return std::make_pair(r[0].as<int64_t>(), r[1].as<int64_t>());
   };
   cpb::RetireRightsResponse resp;
-  grpc::Status s = retire(false, -1, &resp);
+  grpc::Status s = retire("debt-1", 35, -1, false, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.units(), 30u);
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
-  EXPECT_EQ(retire(false, 40, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+  EXPECT_EQ(retire("debt-1", 35, 40, false, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << "restocked more than the declaration reclaimed";
-  s = retire(false, 35, &resp);
+  s = retire("debt-1", 35, 35, false, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_FALSE(resp.already());
   EXPECT_EQ(resp.units(), 0u);
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
-  for (int restocked : {35, -1}) {
-    s = retire(false, restocked, &resp);
+  for (int restocked : {35, -1, 20}) {
+    s = retire("debt-1", 35, restocked, false, &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    EXPECT_TRUE(resp.already());
+    EXPECT_TRUE(resp.already()) << "restocked " << restocked;
   }
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{0}));
   Response r = Request(c_->http_port(kUs), "POST", "/v1/admin/inventory/rug/restock",
@@ -1782,34 +1786,23 @@ TEST_F(LeasesTest, AShortWriteOffIsPaidFromTheNextRestockAndForgivenByItsDeclare
   EXPECT_EQ(j.value("local_rights", 0), 5) << r.body;
   EXPECT_EQ(j.value("available", 0), 5) << r.body;
   EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{5}));
-  s = retire(true, -1, &resp);
+  // A settle is answered with what was written off, and changes nothing.
+  s = retire("debt-1", 35, -1, true, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(resp.already());
-  EXPECT_FALSE(resp.refused());
   ASSERT_EQ(resp.items_size(), 1);
-  EXPECT_EQ(resp.items(0).units(), 30u) << "the settle answers what was written off";
-  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
-  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
-  // Settled again (the declarer asks until it hears): nothing more comes back.
-  s = retire(true, -1, &resp);
-  ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 10);
-  // A declarer that restocked fewer units than it reclaimed (4 of 10: the region's rights it saw
-  // had shrunk by then) is written off those 4 only, and nothing is owed.
-  cpb::RetireRightsRequest req;
-  req.mutable_declaration()->set_id("debt-2");
-  req.mutable_declaration()->set_region(c_->spec(kUs).replica_id);
-  req.mutable_declaration()->set_declared_by(c_->spec(kEu).replica_id);
-  auto* item = req.mutable_declaration()->add_items();
-  item->set_sku("rug");
-  item->set_units(10);
-  item->set_restocked(4);
-  grpc::ClientContext ctx;
-  s = ControlOf(kUs)->RetireRights(&ctx, req, &resp);
+  EXPECT_EQ(resp.items(0).units(), 30u);
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 5);
+  // The declarer's copy first this time: 4 of 10 restocked, 4 written off, nothing owed, and a
+  // record copy after it takes nothing more.
+  s = retire("debt-2", 10, 4, false, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.units(), 4u);
-  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 6);
-  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{0}, int64_t{0}));
+  s = retire("debt-2", 10, -1, false, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.already());
+  EXPECT_EQ(Rights(kUs, "rug", "us-east"), 1);
+  EXPECT_EQ(owed_and_paid(), std::make_pair(int64_t{5}, int64_t{5}));
 }
 
 // A peer's settle of another region's declaration, sent first under its own name (the id reached
