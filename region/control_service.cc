@@ -221,6 +221,24 @@ void StockTakesFromColumn(const std::string& column, pb::OrderState* s) {
   }
 }
 
+// Marks our declaration `id` restocked, with what it restocked per SKU (`restocked`; 0 for a SKU
+// not in it): our write-off announcement says so, and the region it named writes off no more.
+std::string MarkRestockedSql(pqxx::work& tx, const std::string& id,
+                             const std::map<std::string, uint64_t>& restocked) {
+  std::string sql =
+      "UPDATE lost_declarations SET restocked = true, restocked_units = 0 WHERE id = " +
+      tx.quote(id) + ";";
+  std::string values;
+  for (const auto& [sku, units] : restocked) {
+    if (units == 0) continue;
+    values += (values.empty() ? "(" : ", (") + tx.quote(sku) + ", " +
+              tx.quote(static_cast<int64_t>(units)) + "::bigint)";
+  }
+  if (values.empty()) return sql;
+  return sql + "UPDATE lost_declarations l SET restocked_units = v.units FROM (VALUES " + values +
+         ") AS v (sku, units) WHERE l.id = " + tx.quote(id) + " AND l.sku = v.sku;";
+}
+
 // The declarations against one region a region holds at most (its own and those recorded from
 // peers). A takeover sync's last page carries every one of them to the region taking its group
 // back, and a replicator refuses a page of more than 10,000 (Coordinator::CheckFrame): beyond
@@ -803,8 +821,6 @@ class ControlService final : public pb::RegionControl::Service {
         const int64_t n = std::clamp<int64_t>(
             inv.Rights(sku, region) - StillCounted(others[sku], inv, sku, region), 0, units);
         out->set_short_units(out->short_units() + static_cast<uint64_t>(units - n));
-        tx.exec0("UPDATE lost_declarations SET restocked_units = " + tx.quote(n) +
-                 " WHERE id = " + tx.quote(req->id()) + " AND sku = " + tx.quote(sku));
         if (n == 0) continue;
         auto delta = inv.Restock(sku, static_cast<uint64_t>(n));
         if (!delta.ok()) throw AbortTx{delta.status()};
@@ -814,7 +830,9 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_sku(sku);
         item->set_units(static_cast<uint64_t>(n));
       }
-      tx.exec0("UPDATE lost_declarations SET restocked = true WHERE id = " + tx.quote(req->id()));
+      std::map<std::string, uint64_t> restocked;
+      for (const auto& i : out->items()) restocked[i.sku()] = i.units();
+      tx.exec(MarkRestockedSql(tx, req->id(), restocked));
     });
     if (!st.ok()) return FromStatus(st);
     if (out->already()) return grpc::Status::OK;
@@ -1143,22 +1161,9 @@ class ControlService final : public pb::RegionControl::Service {
         item->set_sku(sku);
         item->set_units(units);
       }
-      // What was restocked per SKU (0 where nothing was written off): our write-off announcement,
-      // sent whenever the region's stream comes up, asks no more of it than it wrote off.
-      std::string sql =
-          "UPDATE lost_declarations SET restocked = true, restocked_units = 0 "
-          "WHERE id = " +
-          tx.quote(req->id()) + ";";
-      std::string values;
-      for (const auto& [sku, units] : written_off) {
-        values += (values.empty() ? "(" : ", (") + tx.quote(sku) + ", " +
-                  tx.quote(static_cast<int64_t>(units)) + "::bigint)";
-      }
-      if (!values.empty()) {
-        sql += "UPDATE lost_declarations l SET restocked_units = v.units FROM (VALUES " + values +
-               ") AS v (sku, units) WHERE l.id = " + tx.quote(req->id()) + " AND l.sku = v.sku;";
-      }
-      tx.exec(sql);
+      // Our write-off announcement, sent whenever the region's stream comes up, asks no more of
+      // it than it wrote off.
+      tx.exec(MarkRestockedSql(tx, req->id(), written_off));
     });
     if (!st.ok()) return FromStatus(st);
     if (out->already()) return grpc::Status::OK;

@@ -1377,15 +1377,11 @@ void RegionApp::Impl::JoinStock(pqxx::work& tx, const std::string& sku,
     RefuseOutOfStep(inv.CheckSameWrites(*d), "stock of", sku);
     inv.Merge(*d);
   }
-  // A grant to this region that landed after its write-off came short pays that debt first (a
-  // write-off short in a SKU this region never had a row of leaves its debt without one).
+  // A grant to this region that landed after its write-off came short pays that debt first. A
+  // write-off short in a SKU this region had no row of leaves its debt without one: the first
+  // row's join asks PayRightsDebt itself (it reads the debts only when there are rights to pay).
   crdt::Inventory paid(config.replica_id);
-  const bool owes = r.empty()
-                        ? tx.exec1("SELECT count(*) FROM rights_debt WHERE paid < owed AND sku = " +
-                                   tx.quote(sku))[0]
-                                  .as<int64_t>() > 0
-                        : r[0][1].as<int64_t>() > 0;
-  if (owes) PayRightsDebt(tx, sku, inv, paid);
+  if (r.empty() || r[0][1].as<int64_t>() > 0) PayRightsDebt(tx, sku, inv, paid);
   const std::string state = EncodeReadable(
       inv, [&](std::string_view bytes) { return crdt::DecodeInventory(bytes, config.replica_id); },
       "stock of", sku);
