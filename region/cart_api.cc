@@ -102,7 +102,9 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
                                const std::function<CartChange(crdt::Cart&)>& change, bool grows) {
   CartRow saved;
   bool changed = false;
+  int64_t written = 0;  // the version a failed COMMIT may have made
   absl::Status st = app.ShardFor(who.user_id).Run([&](pqxx::work& tx) {
+    written = 0;
     app.RefuseLocalWriteIfHeld(/*takes_stock=*/false);
     CartRow row = LoadCart(tx, who.user_id, app.CartActorFor(who.user_id), true);
     CartChange delta = change(row.cart);
@@ -112,10 +114,16 @@ static HttpResponse MutateCart(RegionApp::Impl& app, const services::TokenClaims
       row.version += 1;
       SaveCart(tx, who.user_id, who.residency, row.cart, **delta, row.version,
                app.config.replica_id, grows ? app.config.max_cart_bytes : 0);
+      written = row.version;
     }
     saved = std::move(row);
   });
-  if (!st.ok()) return ProblemFromStatus(st);
+  if (!st.ok()) {
+    // Failed after its write (the COMMIT's answer lost with the connection: it may have
+    // committed): the copy from before the change is not served on.
+    if (written > 0) app.RetireHotCopies({{who.user_id, written}}, {});
+    return ProblemFromStatus(st);
+  }
   if (!changed) {
     return HttpResponse::Json(200, CartJson(who.user_id, saved.cart, saved.version).dump());
   }

@@ -293,12 +293,14 @@ class Service final : public pb::RegionInternal::Service {
           ApplyToTarget(tx, *req, mine, req->state() ? 0 : last_seq, &n_applied, &n_dup, &written);
         });
       }
+      // Retired even when the transaction failed: its COMMIT may have gone through with the
+      // connection lost before the answer, and the peer's resend then finds duplicates.
+      carts_written.insert(carts_written.end(), written.begin(), written.end());
       // What committed stays committed; the peer resends the rest and the marks skip it.
       if (!st.ok()) return ToGrpc(st);
       global_marked = global_marked || target == app_.global.get();
       applied += n_applied;
       duplicates += n_dup;
-      carts_written.insert(carts_written.end(), written.begin(), written.end());
       for (Prepared* p : mine) {
         if (p->record->kind() == pb::OUTBOX_KIND_PRODUCT) {
           products.emplace_back(p->record->key(), p->json["hlc"].get<uint64_t>());

@@ -654,6 +654,7 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     // those units twice; the reservation stays held, and the sweep settles it by the order's
     // status once it expires (commits it if paid, releases it otherwise).
     spdlog::warn("event=checkout_in_doubt order={} status=\"{}\"", order_id, st.ToString());
+    if (cleared_version > 0) RetireHotCopies({{user_id, cleared_version}}, {});  // may be cleared
     return ProblemFromStatus(absl::UnavailableError(
         absl::StrCat("the database connection failed while committing order ", order_id,
                      ": it may or may not have been created; list your orders (GET /v1/orders) "

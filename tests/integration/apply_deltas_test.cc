@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -1741,6 +1742,97 @@ TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopi
   const Json lines = Cart(*us_, token);
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_EQ(lines[0]["quantity"], 5);
+  redisFree(c);
+}
+
+// Review of 2026-12-07 (carts), finding 1. A cart write whose COMMIT went through while its
+// connection broke (a PostgreSQL restart or failover under load) failed without touching Redis:
+// the copy from before it was served for up to an hour (a removed line back on view, a peer's
+// added line hidden). A customer's change and a peer's apply now retire the copy when a write that
+// may have committed fails. The COMMIT here waits for a standby that does not exist (committed
+// locally), and its session is ended while it waits.
+TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
+  pqxx::connection admin(us_->pg->ConnectionString("global"));
+  auto sync_standby = [&](bool on) {
+    pqxx::nontransaction tx(admin);
+    tx.exec0(on ? "ALTER SYSTEM SET synchronous_standby_names = 'nosuch'"
+                : "ALTER SYSTEM RESET synchronous_standby_names");
+    tx.exec("SELECT pg_reload_conf()");
+  };
+  // Runs `write` while every COMMIT waits for the standby, ends the shard session whose COMMIT
+  // waits, then lets commits go on. True when a waiting COMMIT was ended.
+  auto in_doubt = [&](const std::function<void()>& write) {
+    sync_standby(true);
+    std::thread writer(write);
+    bool ended = false;
+    for (int i = 0; i < 200 && !ended; ++i) {
+      pqxx::nontransaction tx(admin);
+      ended = !tx.exec(
+                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event "
+                     "= 'SyncRep' AND datname LIKE 'shard%'")
+                   .empty();
+      if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    sync_standby(false);
+    writer.join();
+    return ended;
+  };
+  auto stored_version = [&](const std::string& user) {
+    int64_t v = 0;
+    for (const char* db : {"shard0", "shard1"}) {
+      pqxx::connection c(us_->pg->ConnectionString(db));
+      pqxx::nontransaction tx(c);
+      pqxx::result r = tx.exec("SELECT version FROM carts WHERE user_id = " + tx.quote(user));
+      if (!r.empty()) v = r[0][0].as<int64_t>();
+    }
+    return v;
+  };
+  redisContext* c = redisConnect("127.0.0.1", us_->redis->port());
+  ASSERT_TRUE(c && !c->err);
+
+  // The customer removes the line.
+  {
+    const auto [token, user] = CustomerWithACart(*us_, "cy@example.com");
+    const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
+    ASSERT_EQ(test_support::RedisCommandText(c, "HEXISTS " + key + " s"), "1");
+    const int64_t before = stored_version(user);
+    Response removed;
+    ASSERT_TRUE(in_doubt([&, token = token] {
+      removed = Request(us_->port(), "DELETE", "/v1/cart/items/sku-1", "",
+                        {{"Authorization", "Bearer " + token}});
+    })) << "no COMMIT waited";
+    EXPECT_GE(removed.status, 500) << removed.body;
+    ASSERT_EQ(stored_version(user), before + 1) << "the remove did not commit";
+    EXPECT_TRUE(Cart(*us_, token).empty()) << "the removed line is served from the copy before";
+  }
+
+  // A peer's add is applied.
+  {
+    const auto [token, user] = CustomerWithACart(*us_, "cyd@example.com");
+    const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
+    ASSERT_EQ(test_support::RedisCommandText(c, "HEXISTS " + key + " s"), "1");
+    const int64_t before = stored_version(user);
+    v1::ApplyDeltasRequest req;
+    req.set_origin(2);
+    req.set_origin_database("shard-0");
+    v1::OutboxRecord* rec = req.add_records();
+    rec->set_seq(1);
+    rec->set_kind(v1::OUTBOX_KIND_CART);
+    rec->set_key(user);
+    rec->set_residency("us");
+    rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 4)));
+    grpc::Status applied;
+    ASSERT_TRUE(in_doubt([&] {
+      grpc::ClientContext ctx;
+      v1::ApplyDeltasResponse out;
+      applied = us_->stub->ApplyDeltas(&ctx, req, &out);
+    })) << "no COMMIT waited";
+    EXPECT_FALSE(applied.ok()) << "the apply's COMMIT was not the one ended";
+    ASSERT_EQ(stored_version(user), before + 1) << "the apply did not commit";
+    const Json lines = Cart(*us_, token);
+    ASSERT_EQ(lines.size(), 1u) << lines;
+    EXPECT_EQ(lines[0]["quantity"], 5) << "the peer's add is hidden by the copy before";
+  }
   redisFree(c);
 }
 
