@@ -175,6 +175,9 @@ HttpStatus HttpStatusOf(absl::StatusCode c) {
       return {429, "Too Many Requests"};
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
+    // A COMMIT whose answer was lost with the connection (PgPool: in doubt): the request may
+    // have been carried out; the answer says so (PublicDetail), not "internal error".
+    case absl::StatusCode::kUnknown:
       // Overload (no free database connection) or a broken database connection: both pass.
       return {503, "Service Unavailable"};
     default:
@@ -196,6 +199,9 @@ std::string PublicDetail(const absl::Status& s) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
       return "a database of this region is unavailable; retry shortly";
+    case absl::StatusCode::kUnknown:
+      return "the database connection failed while committing: the change may or may not have "
+             "been made; read it back before you retry";
     case absl::StatusCode::kInvalidArgument:
       return "the database refused a value of the request";
     default:

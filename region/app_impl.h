@@ -105,6 +105,12 @@ inline std::string TimestampFromMsSql(int64_t ms) {
 }
 inline constexpr const char* kCreatedMsSql = "floor(extract(epoch from created_at) * 1000)::bigint";
 
+// How long after a payment attempt wrote its charges_to_settle row the sweep keeps the row of a
+// decided order: longer than an attempt takes from reading the order to capturing (a connection
+// wait of at most PgPool::Options::acquire_timeout_ms, 5 s, and a capture), so that a capture it
+// makes after the order was decided is still settled.
+inline constexpr int kChargeAttemptGraceS = 120;
+
 // The database's outbox stream id (region/migrations.cc: drawn when the database is made).
 absl::StatusOr<std::string> ReadStreamId(PgPool& pool);
 // A database's stream as the replicator names it: "<pool name>-<outbox stream id>".
@@ -486,7 +492,9 @@ struct RegionApp::Impl {
   // rows), as a sweep's last step: by each order's status, under its row lock.
   // Paid: every capture but the one it is paid with goes back. Refunded, cancelled, expired or
   // declined: every capture goes back, the paid one included. A row goes in the transaction that
-  // settled it; a refund that fails leaves it for the next sweep (counted in counts->failed).
+  // settled it, once kChargeAttemptGraceS have passed since the payment attempt that wrote it
+  // (one still in flight may capture after this sweep); a refund that fails leaves it for the
+  // next sweep (counted in counts->failed).
   // Refunds are idempotent, so a crash between a refund and its row's removal refunds nothing
   // twice.
   void SettleCharges(SweepCounts* counts);

@@ -235,7 +235,14 @@ absl::Status RegionApp::Impl::SettleChargesOf(PgPool& shard, const std::string& 
       });
       if (!g.ok()) throw AbortTx{g};
     }
-    tx.exec0("DELETE FROM charges_to_settle WHERE order_id = " + tx.quote(order_id));
+    // The row stays while a payment attempt that wrote it may still capture: one that read the
+    // order as awaiting payment before it was decided, slower than this sweep (a wait for a
+    // connection, a slow provider). Its capture then finds the order decided, and should giving
+    // it back fail too, only this row brings it back to the sweep (review of the order paths,
+    // 2026-12-07, finding 1: deleted at once, such a capture stayed for good).
+    tx.exec0("DELETE FROM charges_to_settle WHERE order_id = " + tx.quote(order_id) +
+             " AND created_at < now() - make_interval(secs => " +
+             std::to_string(kChargeAttemptGraceS) + ")");
   });
   if (!st.ok()) return st;
   for (const std::string& charge : refunded) {

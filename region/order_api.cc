@@ -138,9 +138,10 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
     stale = false;
     // The order's lock, which its checkout takes before writing it (OrderLockSql): a checkout
     // still writing the order commits first and is seen here; one that comes later finds the
-    // order void and makes none.
+    // order void and makes none. A session that holds it longer than 5 s (hung in its COMMIT) is
+    // not waited for: this fails, and the sweep tries again.
     pqxx::result r = tx.exec(
-        OrderLockSql(tx, order_id) +
+        "SET LOCAL lock_timeout = '5s'; " + OrderLockSql(tx, order_id) +
         "SELECT status, residency, lease_group, owner_region, payment_ref FROM orders WHERE "
         "order_id = " +
         tx.quote(order_id) + " FOR UPDATE");
@@ -650,10 +651,27 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     if (out.size() == 1) event_seq = out[0][0].as<int64_t>();
   });
   if (absl::IsUnknown(st)) {
-    // The connection broke during COMMIT: the order may exist. Releasing its stock now could sell
-    // those units twice; the reservation stays held, and the sweep settles it by the order's
-    // status once it expires (commits it if paid, releases it otherwise).
-    spdlog::warn("event=checkout_in_doubt order={} status=\"{}\"", order_id, st.ToString());
+    // The connection broke during COMMIT: the order may exist. Settled now when it can be: on a
+    // fresh connection, under the order's lock (which waits for that COMMIT while its session
+    // runs), an order found missing is voided, so that no late COMMIT makes it, and its stock goes
+    // back at once; a retry then finds its units (it met "out of stock" when they were the
+    // last, until the sweep). Otherwise releasing the stock could sell those units twice: the
+    // reservation stays held, and the sweep settles it by the order's status once it expires
+    // (commits it if paid, releases it otherwise).
+    std::string unused_ref;
+    absl::StatusOr<std::string> found =
+        ExpireOrder(order_id, user_id, &unused_ref, /*window_over=*/false);
+    if (found.ok() && *found == "missing") {
+      spdlog::warn("event=checkout_in_doubt_not_made order={} status=\"{}\"", order_id,
+                   st.ToString());
+      put_stock_back("checkout_not_made");
+      return ProblemFromStatus(absl::UnavailableError(absl::StrCat(
+          "the database connection failed while committing order ", order_id,
+          ": it was not created; the cart is as it was, its stock goes back on sale; check out "
+          "again")));
+    }
+    spdlog::warn("event=checkout_in_doubt order={} status=\"{}\" settled=\"{}\"", order_id,
+                 st.ToString(), found.ok() ? *found : found.status().ToString());
     if (cleared_version > 0) RetireHotCopies({{user_id, cleared_version}}, {});  // may be cleared
     return ProblemFromStatus(absl::UnavailableError(
         absl::StrCat("the database connection failed while committing order ", order_id,
@@ -791,10 +809,11 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   // this attempt records its payment. A capture whose payment is never recorded (the process
   // died, or the shard stopped answering, after the capture) is then refunded once the order is
   // decided. Before, one that committed after a cancel or an expiry had looked for captures was
-  // never refunded.
+  // never refunded. The row's created_at is this attempt's: the sweep keeps a row for
+  // kChargeAttemptGraceS after the latest attempt (SettleChargesOf).
   auto settle_unless_recorded = [&](pqxx::work& tx) {
     tx.exec0("INSERT INTO charges_to_settle (order_id) VALUES (" + tx.quote(order_id) +
-             ") ON CONFLICT DO NOTHING");
+             ") ON CONFLICT (order_id) DO UPDATE SET created_at = now()");
   };
   absl::Status st;
   if (!known) {
