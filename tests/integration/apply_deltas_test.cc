@@ -147,6 +147,21 @@ std::pair<std::string, std::string> CustomerWithACart(Region& r, const std::stri
   return {token, Json::parse(local.body).value("user_id", "")};
 }
 
+// us-west's (replica 2) change `delta` of `user`'s cart, as its replicator ships it: the first
+// record of its shard-0 stream.
+v1::ApplyDeltasRequest PeerCartChange(const std::string& user, const crdt::Cart& delta) {
+  v1::ApplyDeltasRequest req;
+  req.set_origin(2);
+  req.set_origin_database("shard-0");
+  v1::OutboxRecord* rec = req.add_records();
+  rec->set_seq(1);
+  rec->set_kind(v1::OUTBOX_KIND_CART);
+  rec->set_key(user);
+  rec->set_residency("us");
+  rec->set_payload(crdt::Encode(delta));
+  return req;
+}
+
 Json Cart(Region& r, const std::string& token) {
   return Json::parse(
       Request(r.port(), "GET", "/v1/cart", "", {{"Authorization", "Bearer " + token}})
@@ -1677,15 +1692,7 @@ TEST_F(ApplyDeltasTest, APeersCartChangeLeavesAVersionMarkThatOnlyANewerCopyRepl
   const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
   ASSERT_EQ(command("HGET " + key + " v"), "1");  // the local change's hot copy
   // us-west's change of the same cart (2 more), as its replicator would apply it.
-  v1::ApplyDeltasRequest req;
-  req.set_origin(2);
-  req.set_origin_database("shard-0");
-  v1::OutboxRecord* rec = req.add_records();
-  rec->set_seq(1);
-  rec->set_kind(v1::OUTBOX_KIND_CART);
-  rec->set_key(user);
-  rec->set_residency("us");
-  rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 2)));
+  v1::ApplyDeltasRequest req = PeerCartChange(user, crdt::Cart(2).Add("sku-1", 2));
   grpc::ClientContext ctx;
   v1::ApplyDeltasResponse out;
   ASSERT_TRUE(us_->stub->ApplyDeltas(&ctx, req, &out).ok());
@@ -1724,16 +1731,8 @@ TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopi
         "OR UPDATE ON replication_applied FOR EACH ROW EXECUTE FUNCTION refuse_mark()");
     tx.commit();
   }
-  v1::ApplyDeltasRequest req;
-  req.set_origin(2);
-  req.set_origin_database("shard-0");
+  v1::ApplyDeltasRequest req = PeerCartChange(user, crdt::Cart(2).Add("sku-1", 4));
   req.set_mark_now(true);  // the global mark, after the shard's commit
-  v1::OutboxRecord* rec = req.add_records();
-  rec->set_seq(1);
-  rec->set_kind(v1::OUTBOX_KIND_CART);
-  rec->set_key(user);
-  rec->set_residency("us");
-  rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 4)));
   grpc::ClientContext ctx;
   v1::ApplyDeltasResponse out;
   EXPECT_FALSE(us_->stub->ApplyDeltas(&ctx, req, &out).ok()) << "the mark did not fail";
@@ -1812,15 +1811,7 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
     const std::string key = test_support::RedisOnlyKey(c, "cart:*:" + user);
     ASSERT_EQ(test_support::RedisCommandText(c, "HEXISTS " + key + " s"), "1");
     const int64_t before = stored_version(user);
-    v1::ApplyDeltasRequest req;
-    req.set_origin(2);
-    req.set_origin_database("shard-0");
-    v1::OutboxRecord* rec = req.add_records();
-    rec->set_seq(1);
-    rec->set_kind(v1::OUTBOX_KIND_CART);
-    rec->set_key(user);
-    rec->set_residency("us");
-    rec->set_payload(crdt::Encode(crdt::Cart(2).Add("sku-1", 4)));
+    const v1::ApplyDeltasRequest req = PeerCartChange(user, crdt::Cart(2).Add("sku-1", 4));
     grpc::Status applied;
     ASSERT_TRUE(in_doubt([&] {
       grpc::ClientContext ctx;

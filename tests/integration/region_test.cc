@@ -403,6 +403,32 @@ class RegionTest : public ::testing::Test {
   static std::vector<std::pair<int, std::string>> Shards() {
     return {{0, "shard0"}, {1, "shard1"}};
   }
+  // A payment of `order` whose capture takes 1.5 s (a slow provider), started and waited for
+  // until it sleeps in the capture (a test failure if it never gets there); its answer comes from
+  // the future. Captures stay slow until EndSlowCapture().
+  static std::future<Response> PayWithASlowCapture(const std::string& token,
+                                                   const std::string& order) {
+    Exec(0, "global",
+         "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+         "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
+         "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
+    auto paying = std::async(std::launch::async, [token, order] {
+      return As(token, "POST", "/v1/orders/" + order + "/pay",
+                R"({"card_number":"4242424242424242"})");
+    });
+    EXPECT_TRUE(Eventually(
+        [] {
+          return Count(0, "global",
+                       "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") > 0;
+        },
+        10))
+        << "the payment never reached its capture";
+    return paying;
+  }
+  static void EndSlowCapture() {
+    Exec(0, "global", "DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
+  }
+
   static int64_t Charges(const std::string& order_id, const std::string& status) {
     return Count(0, "global",
                  "SELECT count(*) FROM sandbox_charges WHERE order_id = '" + order_id +
@@ -2451,26 +2477,14 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
   // order until the fault is lifted below: a sweep (a region's jobs thread's, off in this
   // fixture) would otherwise refund the capture before the test has looked at what the payment
   // left owed.
-  Exec(0, "global",
-       "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
-       "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
-       "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
   auto fault =
       InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
                   "NEW.order_id = '" + id + "' AND NEW.status = 'refunded'", 1'000'000);
-  auto paying = std::async(std::launch::async, [&] {
-    return As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
-  });
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Count(0, "global",
-                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") > 0;
-      },
-      10))
-      << "the payment never reached its capture";
+  std::future<Response> paying = PayWithASlowCapture(t, id);
+  ASSERT_FALSE(HasFailure());
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
   Response paid = paying.get();
-  Exec(0, "global", "DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
+  EndSlowCapture();
   EXPECT_EQ(paid.status, 409) << paid.body;
   ASSERT_EQ(Charges(id, "captured"), 1) << "the refund did not fail: nothing to test";
   EXPECT_EQ(CountAllShards("SELECT count(*) FROM refunds_due WHERE order_id = '" + id + "'"), 1);
@@ -2495,30 +2509,18 @@ TEST_F(RegionTest, ACaptureMadeAfterASweepSettledItsOrderIsStillRefunded) {
   Response o = As(t, "POST", "/v1/checkout");
   ASSERT_EQ(o.status, 201) << o.body;
   const std::string id = Json::parse(o.body)["order_id"];
-  Exec(0, "global",
-       "CREATE FUNCTION slow_capture() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
-       "pg_sleep(1.5); RETURN NEW; END $$; CREATE TRIGGER slow_capture BEFORE INSERT ON "
-       "sandbox_charges FOR EACH ROW EXECUTE FUNCTION slow_capture()");
   auto refund_fails =
       InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
                   "NEW.order_id = '" + id + "' AND NEW.status = 'refunded'", 1'000'000);
   auto owed_fails = InjectFault(Shards(), "owed_fails", Fault::kError, "INSERT", "refunds_due",
                                 "NEW.order_id = '" + id + "'", 1'000'000);
-  auto paying = std::async(std::launch::async, [&] {
-    return As(t, "POST", "/v1/orders/" + id + "/pay", R"({"card_number":"4242424242424242"})");
-  });
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Count(0, "global",
-                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") > 0;
-      },
-      10))
-      << "the payment never reached its capture";
+  std::future<Response> paying = PayWithASlowCapture(t, id);
+  ASSERT_FALSE(HasFailure());
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
   auto during = app_->SweepReservations();  // the order is cancelled, nothing captured yet
   ASSERT_TRUE(during.ok()) << during.status();
   Response paid = paying.get();
-  Exec(0, "global", "DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
+  EndSlowCapture();
   EXPECT_GE(paid.status, 400) << paid.body;
   ASSERT_EQ(Charges(id, "captured"), 1) << "the refund did not fail: nothing to test";
   ASSERT_EQ(CountAllShards("SELECT count(*) FROM refunds_due WHERE order_id = '" + id + "'"), 0)
