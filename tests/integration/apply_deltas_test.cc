@@ -1752,11 +1752,26 @@ TEST_F(ApplyDeltasTest, AnApplyThatFailsAfterAShardCommittedStillDropsTheHotCopi
 // locally), and its session is ended while it waits.
 TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
   pqxx::connection admin(us_->pg->ConnectionString("global"));
+  // The reload is asynchronous: the postmaster re-reads the file, then signals every session,
+  // and a pooled session applies it before its next statement. A new session seeing the value
+  // means the postmaster has done both (under a loaded suite, a write sent right after the
+  // reload committed without waiting).
   auto sync_standby = [&](bool on) {
-    pqxx::nontransaction tx(admin);
-    tx.exec0(on ? "ALTER SYSTEM SET synchronous_standby_names = 'nosuch'"
-                : "ALTER SYSTEM RESET synchronous_standby_names");
-    tx.exec("SELECT pg_reload_conf()");
+    {
+      pqxx::nontransaction tx(admin);
+      tx.exec0(on ? "ALTER SYSTEM SET synchronous_standby_names = 'nosuch'"
+                  : "ALTER SYSTEM RESET synchronous_standby_names");
+      tx.exec("SELECT pg_reload_conf()");
+    }
+    EXPECT_TRUE(test_support::Eventually(
+        [&] {
+          pqxx::connection fresh(us_->pg->ConnectionString("shard0"));
+          pqxx::nontransaction tx(fresh);
+          return tx.exec1("SHOW synchronous_standby_names")[0].as<std::string>() ==
+                 (on ? "nosuch" : "");
+        },
+        20))
+        << "the setting never took effect";
   };
   // Runs `write` while every COMMIT waits for the standby, ends the shard session whose COMMIT
   // waits, then lets commits go on. True when a waiting COMMIT was ended.
@@ -1764,7 +1779,7 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
     sync_standby(true);
     std::thread writer(write);
     bool ended = false;
-    for (int i = 0; i < 200 && !ended; ++i) {
+    for (int i = 0; i < 400 && !ended; ++i) {
       pqxx::nontransaction tx(admin);
       ended = !tx.exec(
                      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event "
@@ -1799,7 +1814,8 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
     ASSERT_TRUE(in_doubt([&, token = token] {
       removed = Request(us_->port(), "DELETE", "/v1/cart/items/sku-1", "",
                         {{"Authorization", "Bearer " + token}});
-    })) << "no COMMIT waited";
+    })) << "no COMMIT waited; the remove answered "
+        << removed.status << " " << removed.body;
     EXPECT_GE(removed.status, 500) << removed.body;
     ASSERT_EQ(stored_version(user), before + 1) << "the remove did not commit";
     EXPECT_TRUE(Cart(*us_, token).empty()) << "the removed line is served from the copy before";
@@ -1817,7 +1833,8 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
       grpc::ClientContext ctx;
       v1::ApplyDeltasResponse out;
       applied = us_->stub->ApplyDeltas(&ctx, req, &out);
-    })) << "no COMMIT waited";
+    })) << "no COMMIT waited; the apply answered "
+        << applied.error_message();
     EXPECT_FALSE(applied.ok()) << "the apply's COMMIT was not the one ended";
     ASSERT_EQ(stored_version(user), before + 1) << "the apply did not commit";
     const Json lines = Cart(*us_, token);
