@@ -763,10 +763,15 @@ HttpResponse RegionApp::Impl::Readyz(HttpRequest&) {
     checks["postgres_" + s->name()] = ok ? "ok" : "unreachable";
     ready = ready && ok;
   }
-  bool redis_ok = redis->Ping().ok();
+  // Redis down degrades the region (reads and writes go to PostgreSQL) and does not make it
+  // unready: the failover controllers and meridian-geo read a 503 here as a failed region, and
+  // a Redis restart took a region that still served writes out of DNS and had it declared lost
+  // (review of the failover paths, 2026-12-07, finding 1).
+  const bool redis_ok = redis->Ping().ok();
   checks["redis"] = redis_ok ? "ok" : "unreachable";
-  ready = ready && redis_ok;
-  return HttpResponse::Json(ready ? 200 : 503, Json{{"ready", ready}, {"checks", checks}}.dump());
+  Json body{{"ready", ready}, {"checks", checks}};
+  if (!redis_ok) body["degraded"] = Json::array({"redis"});
+  return HttpResponse::Json(ready ? 200 : 503, body.dump());
 }
 
 HttpResponse RegionApp::Impl::Metrics(HttpRequest&) {
