@@ -47,7 +47,7 @@ for i in $(seq 1 "$ROUNDS"); do
   rc=0
   wait "$pid" || rc=$?
   sleep 1
-  left=$(pgrep -f -- "$d/" | wc -l)
+  left=$( (pgrep -f -- "$d/" || true) | wc -l)
   ns=$(ip netns list 2>/dev/null | wc -l)
   finished=no
   grep -q "operator token in" "$d.log" && finished=yes
