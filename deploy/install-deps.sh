@@ -19,7 +19,7 @@ PACKAGES=(
   libyaml-cpp-dev prometheus-cpp-dev libcli11-dev librapidcheck-dev libgtest-dev libgmock-dev
   libbenchmark-dev libssl-dev nlohmann-json3-dev
   postgresql postgresql-contrib postgresql-15-pglogical redis-server pdns-server pdns-backend-remote
-  dnsutils iproute2 iptables iputils-ping libnetfilter-queue-dev
+  dnsutils iproute2 iptables iputils-ping libnetfilter-queue-dev util-linux procps
   libmaxminddb-dev libcurl4-openssl-dev libmaxmind-db-writer-perl libc-ares-dev jq
 )
 # nodejs and npm: a machine may already carry a newer Node.js (for example NodeSource's, which
