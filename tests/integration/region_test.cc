@@ -425,6 +425,11 @@ class RegionTest : public ::testing::Test {
         << "the payment never reached its capture";
     return paying;
   }
+  // Every refund of a capture of `order` fails until the fault is reset.
+  static std::unique_ptr<test_support::DbFault> EveryRefundOfOrderFails(const std::string& order) {
+    return InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
+                       "NEW.order_id = '" + order + "' AND NEW.status = 'refunded'", 1'000'000);
+  }
   static void EndSlowCapture() {
     Exec(0, "global", "DROP TRIGGER slow_capture ON sandbox_charges; DROP FUNCTION slow_capture()");
   }
@@ -1342,11 +1347,8 @@ TEST_F(RegionTest, ACheckoutWhoseCommitIsInDoubtIsSettledAtOnce) {
 TEST_F(RegionTest, APaymentWhoseChargeCommitIsInDoubtIsAnswered503AndThePayAgainUsesOneCharge) {
   ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-charge-doubt"));
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-charge-doubt","quantity":1})").status,
-            200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = UnpaidOrder(t, "sku-charge-doubt", 1);
+  ASSERT_FALSE(id.empty());
   {
     auto fault = InjectFault({{0, "global"}}, "kill_charge_commit", Fault::kKillAtCommit, "INSERT",
                              "sandbox_charges", "NEW.order_id = '" + id + "'");
@@ -2475,17 +2477,13 @@ TEST_F(RegionTest, APeersCatalogWriteLeavesAMarkerThatOnlyItsOwnOrANewerCopyRepl
 // the sweep refunds it.
 TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSweep) {
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
+  const std::string id = UnpaidOrder(t, "sku-4", 1);
+  ASSERT_FALSE(id.empty());
   // The capture takes 1.5 s (a slow provider); its refund fails, and so does every refund of the
   // order until the fault is lifted below: a sweep (a region's jobs thread's, off in this
   // fixture) would otherwise refund the capture before the test has looked at what the payment
   // left owed.
-  auto fault =
-      InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
-                  "NEW.order_id = '" + id + "' AND NEW.status = 'refunded'", 1'000'000);
+  auto fault = EveryRefundOfOrderFails(id);
   std::future<Response> paying = PayWithASlowCapture(t, id);
   ASSERT_FALSE(HasFailure());
   EXPECT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
@@ -2511,13 +2509,9 @@ TEST_F(RegionTest, ACaptureThatAFailedPaymentCouldNotGiveBackIsRefundedByTheSwee
 // kChargeAttemptGraceS after the attempt that wrote it.
 TEST_F(RegionTest, ACaptureMadeAfterASweepSettledItsOrderIsStillRefunded) {
   std::string t = NewCustomer();
-  ASSERT_EQ(As(t, "POST", "/v1/cart/items", R"({"sku":"sku-4","quantity":1})").status, 200);
-  Response o = As(t, "POST", "/v1/checkout");
-  ASSERT_EQ(o.status, 201) << o.body;
-  const std::string id = Json::parse(o.body)["order_id"];
-  auto refund_fails =
-      InjectFault({{0, "global"}}, "refund_fails", Fault::kError, "UPDATE", "sandbox_charges",
-                  "NEW.order_id = '" + id + "' AND NEW.status = 'refunded'", 1'000'000);
+  const std::string id = UnpaidOrder(t, "sku-4", 1);
+  ASSERT_FALSE(id.empty());
+  auto refund_fails = EveryRefundOfOrderFails(id);
   auto owed_fails = InjectFault(Shards(), "owed_fails", Fault::kError, "INSERT", "refunds_due",
                                 "NEW.order_id = '" + id + "'", 1'000'000);
   std::future<Response> paying = PayWithASlowCapture(t, id);
