@@ -996,8 +996,8 @@ class Controller::Impl {
         Json e{{"lag_p99_ms", m.lag_p99_ms ? Json(*m.lag_p99_ms) : Json()},
                {"own_backlog_records", m.backlog_records ? Json(*m.backlog_records) : Json()},
                {"connected", m.connected ? Json(*m.connected) : Json()}};
-        if (auto a = c.apply_lag_ms.find(p); a != c.apply_lag_ms.end())
-          e["apply_lag_ms"] = a->second;
+        if (auto a = c.queue_lag_ms.find(p); a != c.queue_lag_ms.end())
+          e["queue_lag_ms"] = a->second;
         if (auto b = c.backlog_records.find(p); b != c.backlog_records.end())
           e["peer_backlog_records"] = b->second;
         repl[p] = e;

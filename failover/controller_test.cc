@@ -74,8 +74,8 @@ std::string MetricsText(const std::string& region) {
   for (const auto& p : kThree) {
     if (p == region) continue;
     absl::StrAppend(&out, "meridian_replication_lag_ms{peer=\"", p, "\",quantile=\"0.99\"} 5\n",
-                    "meridian_replication_lag_ms_sum{peer=\"", p, "\"} 100\n",
-                    "meridian_replication_lag_ms_count{peer=\"", p, "\"} 10\n",
+                    "meridian_replication_queue_lag_ms_sum{peer=\"", p, "\"} 100\n",
+                    "meridian_replication_queue_lag_ms_count{peer=\"", p, "\"} 10\n",
                     "meridian_replication_lag_seq{peer=\"", p, "\"} 0\n",
                     "meridian_replication_connected{peer=\"", p, "\"} 1\n");
   }

@@ -148,10 +148,10 @@ absl::StatusOr<ReplicationMetrics> ParseReplicationMetrics(std::string_view text
       auto q = s.labels.find("quantile");
       if (q != s.labels.end() && q->second == "0.99" && std::isfinite(s.value))
         p.lag_p99_ms = s.value;
-    } else if (s.name == "meridian_replication_lag_ms_sum") {
-      p.lag_sum_ms = s.value;
-    } else if (s.name == "meridian_replication_lag_ms_count") {
-      p.lag_count = s.value;
+    } else if (s.name == "meridian_replication_queue_lag_ms_sum") {
+      p.queue_lag_sum_ms = s.value;
+    } else if (s.name == "meridian_replication_queue_lag_ms_count") {
+      p.queue_lag_count = s.value;
     } else if (s.name == "meridian_replication_lag_seq") {
       p.backlog_records = s.value;
     } else if (s.name == "meridian_replication_connected") {
@@ -221,7 +221,7 @@ std::map<std::string, RegionCheck> ComputeChecks(
       c.healthy = true;
     }
     if (c.healthy) {
-      // Catch-up: every peer alive, recent apply lag and peers' backlogs under the limits; peers
+      // Catch-up: every peer alive, recent queue lag and peers' backlogs under the limits; peers
       // decided lost are left out (see probe.h).
       std::string lagging;
       for (const auto& [peer, a] : c.status->peers_alive) {
@@ -256,16 +256,16 @@ std::map<std::string, RegionCheck> ComputeChecks(
           if (before == nullptr) {
             fail("no previous metrics sample yet");
           } else {
-            double dn = now.lag_count - before->lag_count;
-            double ds = now.lag_sum_ms - before->lag_sum_ms;
+            double dn = now.queue_lag_count - before->queue_lag_count;
+            double ds = now.queue_lag_sum_ms - before->queue_lag_sum_ms;
             if (dn < 0) {  // the replicator restarted: everything since is this interval's
-              dn = now.lag_count;
-              ds = now.lag_sum_ms;
+              dn = now.queue_lag_count;
+              ds = now.queue_lag_sum_ms;
             }
             const double lag = dn > 0 ? ds / dn : 0;
-            c.apply_lag_ms[peer] = lag;
+            c.queue_lag_ms[peer] = lag;
             if (lag > policy.max_apply_lag_ms) {
-              fail(absl::StrFormat("apply lag from %s %.0f ms > %.0f ms", peer, lag,
+              fail(absl::StrFormat("queue lag from %s %.0f ms > %.0f ms", peer, lag,
                                    policy.max_apply_lag_ms));
             }
           }

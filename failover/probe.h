@@ -11,8 +11,13 @@
 //     replicate, even while it still answers probes from the management network.
 // It is CAUGHT UP (ready for failback) when healthy and also
 //   - its replicator sees every peer alive, except peers this controller has decided are lost,
-//   - the mean apply lag at the region for each peer, over the last probe interval (from the
-//     `meridian_replication_lag_ms` summary's _sum and _count), is at most max_apply_lag_ms, and
+//   - the mean queue lag at the region for each peer, over the last probe interval (from the
+//     `meridian_replication_queue_lag_ms` summary's _sum and _count), is at most
+//     max_apply_lag_ms: what records waited at the peer before they were sent, plus what they
+//     waited at the region until their apply committed. The network transit is left out: it is
+//     the one part that would need two hosts' clocks, and a returning host whose clock ran a
+//     second ahead would otherwise never count as caught up (one behind would switch the rule
+//     off). The lag from commit to apply (`meridian_replication_lag_ms`) is still reported.
 //   - every peer's backlog toward it (`meridian_replication_lag_seq{peer=<region>}` at the peer:
 //     records committed there and not yet acknowledged by the region) is at most
 //     max_backlog_records; again except peers this controller has decided are lost.
@@ -57,9 +62,9 @@ struct ReplicatorStatus {
 
 // The replication figures of one replicator's /metrics, per peer.
 struct PeerReplication {
-  std::optional<double> lag_p99_ms;       // summary quantile 0.99 (30 s window); NaN -> nullopt
-  double lag_sum_ms = 0;                  // summary _sum (since the replicator started)
-  double lag_count = 0;                   // summary _count
+  std::optional<double> lag_p99_ms;  // summary quantile 0.99 (30 s window); NaN -> nullopt
+  double queue_lag_sum_ms = 0;       // queue_lag_ms summary _sum (since the replicator started)
+  double queue_lag_count = 0;        // ... and _count
   std::optional<double> backlog_records;  // lag_seq: our records the peer has not acked
   std::optional<bool> connected;
 };
@@ -100,7 +105,7 @@ struct RegionCheck {
   bool ready = false;
   std::optional<ReplicatorStatus> status;
   std::optional<ReplicationMetrics> metrics;
-  std::map<std::string, double> apply_lag_ms;     // per peer, over the last interval (if any)
+  std::map<std::string, double> queue_lag_ms;     // per peer, over the last interval (if any)
   std::map<std::string, double> backlog_records;  // per peer: the peer's backlog toward us
 };
 

@@ -26,9 +26,11 @@ std::string Status(const std::string& region, bool peer1_alive = true, bool peer
       R"(","held_here":true,"usable":true,"syncing":false,"valid_for_ms":5400,"claimed_epoch":3}]})");
 }
 
-// prometheus-cpp's text for the replication series of `region`, with the given per-peer figures.
+// prometheus-cpp's text for the replication series of `region`, with the given per-peer figures:
+// `sum` and `count` of the queue lag; the lag from commit to apply holds `skew_ms` more per record
+// (this host's clock minus the peer's).
 std::string Metrics(const std::string& region, double sum, double count, double backlog,
-                    double p99 = 12.5) {
+                    double p99 = 12.5, double skew_ms = 0) {
   std::string out =
       "# HELP meridian_replication_lag_ms Milliseconds from the origin's commit to the apply\n"
       "# TYPE meridian_replication_lag_ms summary\n";
@@ -37,8 +39,10 @@ std::string Metrics(const std::string& region, double sum, double count, double 
     absl::StrAppend(&out, "meridian_replication_lag_ms{peer=\"", p, "\",quantile=\"0.5\"} 3\n",
                     "meridian_replication_lag_ms{peer=\"", p, "\",quantile=\"0.99\"} ",
                     std::isnan(p99) ? "Nan" : absl::StrCat(p99), "\n",
-                    "meridian_replication_lag_ms_sum{peer=\"", p, "\"} ", sum, "\n",
-                    "meridian_replication_lag_ms_count{peer=\"", p, "\"} ", count, "\n",
+                    "meridian_replication_lag_ms_sum{peer=\"", p, "\"} ", sum + skew_ms * count,
+                    "\n", "meridian_replication_lag_ms_count{peer=\"", p, "\"} ", count, "\n",
+                    "meridian_replication_queue_lag_ms_sum{peer=\"", p, "\"} ", sum, "\n",
+                    "meridian_replication_queue_lag_ms_count{peer=\"", p, "\"} ", count, "\n",
                     "meridian_replication_lag_seq{peer=\"", p, "\"} ", backlog, "\n",
                     "meridian_replication_connected{peer=\"", p, "\"} 1\n",
                     "meridian_replication_bytes_total{direction=\"sent\",peer=\"", p, "\"} 1234\n");
@@ -77,8 +81,8 @@ TEST(ProbeTest, ReplicationMetrics) {
   ASSERT_EQ(m->peers.size(), 2u);
   const PeerReplication& eu = m->peers.at("eu-west");
   EXPECT_EQ(*eu.lag_p99_ms, 12.5);
-  EXPECT_EQ(eu.lag_sum_ms, 500);
-  EXPECT_EQ(eu.lag_count, 100);
+  EXPECT_EQ(eu.queue_lag_sum_ms, 500);
+  EXPECT_EQ(eu.queue_lag_count, 100);
   EXPECT_EQ(*eu.backlog_records, 7);
   EXPECT_TRUE(*eu.connected);
   // No observation in the window: the quantile is NaN, reported as unknown.
@@ -139,8 +143,32 @@ TEST(ProbeTest, HealthyAndCaughtUp) {
     EXPECT_TRUE(c.healthy) << r << c.reason;
     EXPECT_TRUE(c.caught_up) << r << c.reason;
     EXPECT_EQ(c.reason, "");
-    EXPECT_DOUBLE_EQ(c.apply_lag_ms.begin()->second, 10);
+    EXPECT_DOUBLE_EQ(c.queue_lag_ms.begin()->second, 10);
     EXPECT_EQ(c.backlog_records.size(), 2u);
+  }
+}
+
+// The catch-up rule reads no lag that compares two hosts' clocks. Each record's lag from commit to
+// apply here holds 5 s of skew in either direction, and its queue lag is 10 ms. The region is
+// caught up, and judged by the 10 ms. Before, the rule read the commit-to-apply lag: a host whose
+// clock ran ahead was never caught up, and one behind had the rule switched off.
+TEST(ProbeTest, ACaughtUpRegionWithASkewedClockIsCaughtUp) {
+  for (double skew : {5000.0, -5000.0}) {
+    std::map<std::string, RegionProbe> round;
+    std::map<std::string, ReplicationMetrics> previous;
+    for (const auto& r : kThree) {
+      round[r] = RegionProbe{Ok(R"({"ready":true})"), Ok(Status(r)),
+                             Ok(Metrics(r, 1500, 200, 0, 12.5, skew))};
+      previous[r] = *ParseReplicationMetrics(Metrics(r, 500, 100, 0, 12.5, skew));
+    }
+    auto checks = ComputeChecks(kThree, round, previous, CatchUpPolicy{1000, 50});
+    EXPECT_TRUE(checks["eu-west"].caught_up) << skew << ": " << checks["eu-west"].reason;
+    EXPECT_DOUBLE_EQ(checks["eu-west"].queue_lag_ms.at("us-east"), 10) << skew;
+    // A real backlog is still seen whatever the skew: 10 records with 2,000 ms each.
+    for (const auto& r : kThree) round[r].metrics = Ok(Metrics(r, 20500, 110, 0, 12.5, skew));
+    checks = ComputeChecks(kThree, round, previous, CatchUpPolicy{1000, 50});
+    EXPECT_FALSE(checks["eu-west"].caught_up) << skew;
+    EXPECT_DOUBLE_EQ(checks["eu-west"].queue_lag_ms.at("us-east"), 2000) << skew;
   }
 }
 
@@ -179,19 +207,21 @@ TEST(ProbeTest, UnhealthyReasons) {
 
 TEST(ProbeTest, CatchUpRules) {
   CatchUpPolicy policy{1000, 50};
-  // Apply lag over the interval: 10 records with 20,000 ms of lag in total = 2000 ms each.
+  // Queue lag over the interval: 10 records with 20,000 ms of lag in total = 2000 ms each.
   auto checks = ComputeChecks(kThree, HealthyRound(20500, 110), Previous(500, 100), policy);
   EXPECT_TRUE(checks["eu-west"].healthy);
   EXPECT_FALSE(checks["eu-west"].caught_up);
-  EXPECT_NE(checks["eu-west"].reason.find("apply lag"), std::string::npos);
-  EXPECT_DOUBLE_EQ(checks["eu-west"].apply_lag_ms.at("us-east"), 2000);
+  EXPECT_NE(checks["eu-west"].reason.find("queue lag from ap-south 2000 ms > 1000 ms"),
+            std::string::npos)
+      << checks["eu-west"].reason;
+  EXPECT_DOUBLE_EQ(checks["eu-west"].queue_lag_ms.at("us-east"), 2000);
   // Nothing applied during the interval: no lag to speak of.
   checks = ComputeChecks(kThree, HealthyRound(500, 100), Previous(500, 100), policy);
   EXPECT_TRUE(checks["eu-west"].caught_up) << checks["eu-west"].reason;
   // A restarted replicator (counters went back): its figures since the restart count.
   checks = ComputeChecks(kThree, HealthyRound(30000, 10), Previous(500, 100), policy);
   EXPECT_FALSE(checks["eu-west"].caught_up);
-  EXPECT_DOUBLE_EQ(checks["eu-west"].apply_lag_ms.at("us-east"), 3000);
+  EXPECT_DOUBLE_EQ(checks["eu-west"].queue_lag_ms.at("us-east"), 3000);
   // Peers' backlog toward the region above the limit.
   checks = ComputeChecks(kThree, HealthyRound(500, 100, 51), Previous(500, 100), policy);
   EXPECT_FALSE(checks["eu-west"].caught_up);

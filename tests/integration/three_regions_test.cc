@@ -346,6 +346,19 @@ TEST_F(ThreeRegions, ConcurrentCartEditsAndCatalogWritesConverge) {
   for (const auto& u : users) want[u] = Lines{{"sku-1", 3 * kRounds}};  // no add lost
   std::string why;
   ASSERT_TRUE(Eventually([&] { return Converged(users, want, &why); }, 30)) << why;
+  // Each applied record is measured twice: from its commit at the peer (two hosts' clocks), and
+  // by its queue lag (waits at the peer and here, no network transit), which the failover
+  // controllers' catch-up rule reads. On one host's clock the queue lag is never the larger,
+  // but for the milliseconds each figure rounds down.
+  for (const char* peer : {"us-east", "ap-south"}) {
+    const std::string l = std::string("{peer=\"") + peer + "\"}";
+    const double n = Metric(kEu, "meridian_replication_lag_ms_count" + l);
+    EXPECT_GE(n, 4 * kRounds) << peer;  // this peer's adds, at least
+    EXPECT_EQ(Metric(kEu, "meridian_replication_queue_lag_ms_count" + l), n) << peer;
+    const double queue = Metric(kEu, "meridian_replication_queue_lag_ms_sum" + l);
+    EXPECT_GE(queue, 0) << peer;
+    EXPECT_LE(queue, Metric(kEu, "meridian_replication_lag_ms_sum" + l) + 2 * n) << peer;
+  }
 
   // A remove in eu (after seeing every add) while ap adds another line: the removed line stays
   // removed everywhere, the concurrent add survives.
