@@ -412,6 +412,7 @@ class Controller::Impl {
     bool handback_pending = false;
     int64_t handback_started_ms = 0;
     int64_t handback_last_try_ms = -1;
+    int64_t handback_gave_up_ms = -1;
     int64_t geo_checked_ms = 0;
     std::optional<int64_t> detected_after_ms;
     std::string handback_state;  // "", "pending", "done", "gave_up"
@@ -582,19 +583,29 @@ class Controller::Impl {
       // handback finished) never saw the "recovered" that starts one. So a region that is up,
       // with the same evidence a recovery needs (a quorum of RECOVERED votes), whose order lease
       // another region holds usable, gets the same handback as after "recovered". Once per run
-      // of this controller and region state: not again after "done" or "gave_up" (a "lost"
-      // clears it, and the next "recovered" starts its own).
-      if (!p.handback_pending && p.handback_state.empty() && h != holders.end() &&
+      // of this controller and region state, not again after "done" (a "lost" clears it, and
+      // the next "recovered" starts its own). After "gave_up", again once the timeout has passed
+      // once more: a region without its lease takes no orders and meridian-geo keeps it out of
+      // DNS (it probes /readyz?require=order_lease), so a holder that refused for a while (its
+      // region store unreachable, say) must be asked again, not left holding it for good.
+      const bool retry = p.handback_state == "gave_up" &&
+                         now - p.handback_gave_up_ms >= config_.handback_timeout_ms;
+      if (!p.handback_pending && (p.handback_state.empty() || retry) && h != holders.end() &&
           h->second.region != r && decider_.Count(now, r).recovered.size() >= decider_.quorum()) {
         p.handback_pending = true;
         p.handback_state = "pending";
         p.handback_started_ms = now;
         p.handback_last_try_ms = -1;
-        AuditDecision(r, "handback_started",
-                      absl::StrCat("holder=", h->second.region, " epoch=", h->second.epoch),
-                      absl::StrCat(r, " is up and caught up at a quorum, but ", h->second.region,
-                                   " holds its order lease: asking for it back, as after "
-                                   "\"recovered\""));
+        AuditDecision(
+            r, "handback_started",
+            absl::StrCat("holder=", h->second.region, " epoch=", h->second.epoch,
+                         retry ? " retry=1" : ""),
+            retry ? absl::StrCat(h->second.region, " still holds ", r,
+                                 "'s order lease after a handback was given up: asking "
+                                 "again")
+                  : absl::StrCat(r, " is up and caught up at a quorum, but ", h->second.region,
+                                 " holds its order lease: asking for it back, as after "
+                                 "\"recovered\""));
       }
       if (!p.handback_pending) continue;
       if (h != holders.end() && h->second.region == r) {
@@ -609,10 +620,12 @@ class Controller::Impl {
       if (now - p.handback_started_ms > config_.handback_timeout_ms) {
         p.handback_pending = false;
         p.handback_state = "gave_up";
+        p.handback_gave_up_ms = now;
         AuditDecision(
             r, "handback_gave_up", "",
             absl::StrCat(r, " did not get its lease back within ", config_.handback_timeout_ms,
-                         " ms; the replicators' automatic handback may still do it"));
+                         " ms; asking again in ", config_.handback_timeout_ms,
+                         " ms (the replicators' automatic handback may do it first)"));
         continue;
       }
       // The next request kHandbackRetryMs after the previous one finished (RequestHandback

@@ -986,6 +986,33 @@ TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
   EXPECT_NE(Audit().find("action=lease_handback result=error holder=ap-south status=409"),
             std::string::npos);
   EXPECT_NE(Audit().find("decision=handback_gave_up"), std::string::npos);
+
+  // Given up is not for good: with the lease still away once the timeout has passed again, the
+  // handback is asked for again (before, never again in this controller's run).
+  const size_t asked =
+      http_.Calls("POST", "http://ap-south.repl/v1/leases/eu-west/handback").size();
+  clock_.Advance(30000);
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "gave_up") << "half the timeout: not yet";
+  EXPECT_EQ(http_.Calls("POST", "http://ap-south.repl/v1/leases/eu-west/handback").size(), asked);
+  http_.SetJson("POST http://ap-south.repl/v1/leases/eu-west/handback", 200, "{}");
+  clock_.Advance(31000);
+  Round();
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "pending");
+  EXPECT_NE(
+      Audit().find("region=eu-west decision=handback_started holder=ap-south epoch=2 retry=1"),
+      std::string::npos)
+      << Audit();
+  EXPECT_GT(http_.Calls("POST", "http://ap-south.repl/v1/leases/eu-west/handback").size(), asked);
+  SetHeld("ap-south", {{"ap-south", 1}});
+  SetHeld("eu-west", {{"eu-west", 3}});
+  ASSERT_EQ(PeerRound().status, 200);
+  Round();
+  EXPECT_EQ(Region("eu-west")["handback"], "done");
 }
 
 // A reply that is not valid UTF-8 (a proxy's Latin-1 error page; a character across the 300-byte

@@ -751,7 +751,19 @@ HttpResponse RegionApp::Impl::Healthz(HttpRequest&) {
   return HttpResponse::Json(200, Json{{"status", "ok"}, {"region", config.name}}.dump());
 }
 
-HttpResponse RegionApp::Impl::Readyz(HttpRequest&) {
+HttpResponse RegionApp::Impl::Readyz(HttpRequest& req) {
+  // `?require=order_lease`, what meridian-geo probes: ready only while this region also holds
+  // its own order lease. A region back from a loss answers plain /readyz at once, and the
+  // failover controllers must see that to judge it recovered and ask for its lease back; but
+  // until the lease is home its checkouts answer 503, so DNS sends no customer there before.
+  bool need_lease = false;
+  if (std::optional<std::string> require = req.QueryParam("require")) {
+    if (*require != "order_lease") {
+      return HttpResponse::Problem(400, "Bad Request",
+                                   "require: the only check that can be required is order_lease");
+    }
+    need_lease = true;
+  }
   Json checks = Json::object();
   bool ready = migrations_done.load();
   checks["migrations"] = ready ? "done" : "pending";
@@ -769,6 +781,9 @@ HttpResponse RegionApp::Impl::Readyz(HttpRequest&) {
   // (review of the failover paths, 2026-12-07, finding 1).
   const bool redis_ok = redis->Ping().ok();
   checks["redis"] = redis_ok ? "ok" : "unreachable";
+  const bool lease_held = leases->ForGroup(config.replica_id).mine;
+  checks["order_lease"] = lease_held ? "held" : "not_held";
+  if (need_lease) ready = ready && lease_held;
   Json body{{"ready", ready}, {"checks", checks}};
   if (!redis_ok) body["degraded"] = Json::array({"redis"});
   return HttpResponse::Json(ready ? 200 : 503, body.dump());

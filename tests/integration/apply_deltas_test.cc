@@ -911,6 +911,54 @@ TEST_F(SuccessorChargesTest, AStrayCaptureAtASuccessorGoesBackAndThePaidChargeSt
       << "the charge the order is paid with was given back";
 }
 
+// meridian-geo probes /readyz?require=order_lease. A region whose order lease another region
+// holds (taken over while it was lost, not yet handed back) is ready on plain /readyz, which the
+// failover controllers must see to judge it recovered and ask for the lease back; but not for
+// DNS, since its checkouts answer 503 until the lease is home. Before, geo probed plain /readyz
+// and put such a region back into DNS first (review of the failover paths, 2026-12-07).
+TEST_F(SuccessorChargesTest, ARegionWithoutItsOrderLeaseIsReadyButNotForDns) {
+  auto readyz = [](Region& r, const std::string& query) {
+    return Request(r.port(), "GET", "/readyz" + query);
+  };
+  Response plain = readyz(*us_, "");
+  Response dns = readyz(*us_, "?require=order_lease");
+  EXPECT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(dns.status, 200) << dns.body;
+  EXPECT_EQ(Json::parse(dns.body, nullptr, false)["checks"]["order_lease"], "held") << dns.body;
+
+  // us-west takes us-east's group over: us-east cannot take orders.
+  ASSERT_TRUE(OwnGroup1(2, 2).ok());
+  plain = readyz(*us_, "");
+  dns = readyz(*us_, "?require=order_lease");
+  EXPECT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(Json::parse(plain.body, nullptr, false)["checks"]["order_lease"], "not_held")
+      << plain.body;
+  EXPECT_EQ(dns.status, 503) << dns.body;
+  EXPECT_EQ(Json::parse(dns.body, nullptr, false)["ready"], false) << dns.body;
+  const std::string token = Login(*us_, "lease-away@example.com", "us");
+  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                    {{"Authorization", "Bearer " + token}})
+                .status,
+            200);
+  Response checkout =
+      Request(us_->port(), "POST", "/v1/checkout", "", {{"Authorization", "Bearer " + token}});
+  EXPECT_EQ(checkout.status, 503) << checkout.body;
+  EXPECT_NE(checkout.body.find("does not hold its order lease"), std::string::npos)
+      << checkout.body;
+  // us-west holds its own group all along.
+  EXPECT_EQ(readyz(*us2_, "?require=order_lease").status, 200);
+
+  // Handed back: ready for DNS again.
+  ASSERT_TRUE(OwnGroup1(3, 1).ok());
+  dns = readyz(*us_, "?require=order_lease");
+  EXPECT_EQ(dns.status, 200) << dns.body;
+
+  // Any other requirement is refused, not ignored.
+  Response bad = readyz(*us_, "?require=everything");
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_NE(bad.body.find("order_lease"), std::string::npos) << bad.body;
+}
+
 // A checkout whose answer the customer never got (a timeout, or an in-doubt 503), retried with
 // the same Idempotency-Key after DNS moved them to another region: the order reached that region,
 // and so did its key, so the retry replays it. Before, the key stayed behind: the retry found the

@@ -116,7 +116,8 @@ class FailoverTest : public ::testing::Test {
                                 "lat: 19.1, lon: 72.9"};
         for (size_t i = 0; i < c_->size(); ++i) {
           out << "  - {name: " << Name(i) << ", addresses: [198.18.0." << i + 1 << "], "
-              << coords[i] << ", readyz: \"http://127.0.0.1:" << c_->http_port(i) << "/readyz\"}\n";
+              << coords[i] << ", readyz: \"http://127.0.0.1:" << c_->http_port(i)
+              << "/readyz?require=order_lease\"}\n";
         }
         out << "operator_token: " << Token() << "\n";
       }
@@ -379,32 +380,33 @@ TEST_F(FailoverTest, KilledRegionIsDeclaredLostMovedOutOfDnsAndFailsBack) {
       << View(kUs, eu).dump();
   EXPECT_EQ(testing::Request(c_->http_port(kEu), "GET", "/v1/products/while-away").status, 200)
       << "failed back before eu-west caught up";
+  // "auto": the override is lifted and geo's own probes decide again. They probe
+  // /readyz?require=order_lease, so eu-west is back in DNS only once its lease is home: geo is
+  // read before the lease each time, and an "up" read while the lease was still away is a
+  // failback into DNS before eu-west could take orders.
+  int64_t home = -1, geo_up = -1;
+  std::string early;
   ASSERT_TRUE(Eventually(
       [&] {
         Json g = GeoRegion(eu);
-        // "auto": the override is lifted, geo's own probes decide again.
-        return g.is_object() && g["override"].is_object() && g["override"]["state"] == "auto" &&
-               g["effective"] == "up";
+        const bool up = g.is_object() && g["override"].is_object() &&
+                        g["override"]["state"] == "auto" && g["effective"] == "up";
+        const bool held = Holds(kEu, eu);
+        if (held && home < 0) home = MsSince(restarted);
+        if (up && geo_up < 0) geo_up = MsSince(restarted);
+        if (up && !held && early.empty()) early = g.dump();
+        return home >= 0 && geo_up >= 0;
       },
-      5))
+      25, 50))
+      << "lease home " << home << " ms (ap-south holds it: " << Holds(kAp, eu) << "), geo "
       << GeoRegion(eu).dump();
-  int64_t home = -1;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        if (Holds(kEu, eu)) {
-          home = MsSince(restarted);
-          return true;
-        }
-        return false;
-      },
-      20))
-      << "the lease never came home; ap-south holds it: " << Holds(kAp, eu);
+  EXPECT_EQ(early, "") << "geo answered eu-west before its lease was home";
   EXPECT_FALSE(Holds(kAp, eu));
   std::printf(
       "[failover] after restart (processes ready in %lld ms): recovered %lld ms, lease "
-      "home %lld ms (automatic handback off)\n",
+      "home %lld ms (automatic handback off), back in DNS %lld ms\n",
       static_cast<long long>(start_ms), static_cast<long long>(recovered),
-      static_cast<long long>(home));
+      static_cast<long long>(home), static_cast<long long>(geo_up));
   EXPECT_TRUE(Eventually([&] { return View(kUs, eu)["handback"] == "done"; }, 5));
   std::string all_audits;
   for (size_t i = 0; i < c_->size(); ++i) all_audits += AuditText(i);
