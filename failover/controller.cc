@@ -46,6 +46,8 @@ namespace {
 constexpr size_t kMaxAuditEntries = 200;
 // A handback is retried this long after the previous request finished.
 constexpr int64_t kHandbackRetryMs = 1000;
+// A push to a peer that keeps failing the same way is warned about at most this often.
+constexpr int64_t kPushWarnEveryMs = 60000;
 // Each HTTP call of an action (geo hooks and reads, handback requests) waits at most this long.
 constexpr int kActionTimeoutMs = 2000;
 constexpr size_t kMaxDeclarationBytes = 4 << 20;
@@ -278,15 +280,44 @@ class Controller::Impl {
       to.push_back(r.name);
     }
     std::vector<HttpResult> res = http_->Run(calls, config_.probe_timeout_ms);
+    const int64_t now = clock_->NowMs();
     for (size_t i = 0; i < res.size(); ++i) {
+      PushLog& log = push_log_[to[i]];
       // 409: the peer already holds a newer one from us (a reordered push); not a failure.
-      if (!res[i].ok() && res[i].status != 409) {
-        m_push_failures_.at(to[i])->Increment();
-        spdlog::debug("event=failover_push_failed to={} error={}", to[i],
-                      LogValue(res[i].Describe()));
+      if (res[i].ok() || res[i].status == 409) {
+        if (!log.error.empty()) {
+          spdlog::info("event=failover_push_ok to={} after_error={}", to[i], LogValue(log.error));
+          log.error.clear();
+        }
+        continue;
       }
+      m_push_failures_.at(to[i])->Increment();
+      // Warned when it starts or changes and once a minute while it lasts (a push goes out
+      // every probe interval). A peer that refuses (4xx) does not count this controller's
+      // votes, so a quorum may be out of reach: that must not be at debug level only.
+      std::string why = res[i].Describe();
+      const bool refused = res[i].status >= 400 && res[i].status < 500;
+      if (refused) {
+        const Json body = Json::parse(res[i].body, nullptr, false);
+        if (body.is_object()) absl::StrAppend(&why, ": ", StringOr(body, "detail"));
+      }
+      if (why == log.error && now - log.warned_ms < kPushWarnEveryMs) continue;
+      spdlog::warn("event=failover_push_failed to={} error={}{}", to[i], LogValue(why),
+                   refused ? " hint=\"the peer refuses this controller's observations and does "
+                             "not count its votes: check that both configs list the same "
+                             "regions and that it holds this controller's token digest\""
+                           : "");
+      log.error = std::move(why);
+      log.warned_ms = now;
     }
   }
+  // Per peer: the failure the last push met ("" after a success), and when it was last warned.
+  // Only PushObservation touches it (the push thread; a test's direct call).
+  struct PushLog {
+    std::string error;
+    int64_t warned_ms = 0;
+  };
+  std::map<std::string, PushLog> push_log_;
 
   // The decisions' geo updates first (once started they have a thread of their own, so they never
   // wait behind periodic work), then the periodic work.

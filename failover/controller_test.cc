@@ -6,6 +6,8 @@
 #include "failover/controller.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <nlohmann/json.hpp>
 
@@ -1119,6 +1121,49 @@ TEST_F(ControllerTest, PushesItsObservationToEveryPeer) {
   EXPECT_NE(Call("GET", "/metrics")
                 .body.find("meridian_failover_observation_push_failures_total{to=\"ap-south\"} 1"),
             std::string::npos);
+}
+
+// A peer that refuses this controller's observations (a region list or token that differs) does
+// not count its votes, so a quorum may be out of reach: the refusal is a warning with the peer's
+// reason, once when it starts or changes and once a minute while it lasts, and the recovery is
+// logged. Before, it was logged at debug level only (review of the failover paths, 2026-12-07).
+TEST_F(ControllerTest, APeerThatRefusesItsObservationsIsWarnedAbout) {
+  std::ostringstream log;
+  struct Restore {
+    std::shared_ptr<spdlog::logger> logger;
+    ~Restore() { spdlog::set_default_logger(logger); }
+  } restore{spdlog::default_logger()};
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log)));
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    const std::string text = log.str();
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  http_.SetJson("POST http://ap-south.ctl/v1/observations", 200, R"({"accepted":true})");
+  http_.SetJson("POST http://eu-west.ctl/v1/observations", 401,
+                R"({"title":"Unauthorized","detail":"unknown controller token"})");
+  Round();
+  c_->PushObservation();
+  EXPECT_EQ(count("[warning] event=failover_push_failed to=eu-west"), 1u) << log.str();
+  EXPECT_NE(log.str().find("HTTP 401: unknown controller token"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("does not count its votes"), std::string::npos) << log.str();
+  EXPECT_EQ(count("to=ap-south"), 0u) << log.str();
+  // The same refusal every push: not warned again within the minute, then once more.
+  for (int i = 0; i < 10; ++i) {
+    Round();
+    c_->PushObservation();
+  }
+  EXPECT_EQ(count("event=failover_push_failed to=eu-west"), 1u) << log.str();
+  clock_.Advance(60000);
+  c_->PushObservation();
+  EXPECT_EQ(count("event=failover_push_failed to=eu-west"), 2u) << log.str();
+  // Accepted again: said once.
+  http_.SetJson("POST http://eu-west.ctl/v1/observations", 200, R"({"accepted":true})");
+  c_->PushObservation();
+  c_->PushObservation();
+  EXPECT_EQ(count("[info] event=failover_push_ok to=eu-west"), 1u) << log.str();
 }
 
 TEST(ControllerCreateTest, UnwritableAuditFileIsAnError) {
