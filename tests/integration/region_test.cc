@@ -2534,6 +2534,44 @@ TEST_F(RegionTest, ACaptureMadeAfterASweepSettledItsOrderIsStillRefunded) {
   EXPECT_EQ(Order(t, id)["status"], "cancelled");
 }
 
+// The sweep reads each shard's oldest charges_to_settle rows a page (500) at a time, and the
+// rows of orders still awaiting payment stay until those orders are decided. 500 of them in front
+// (failed payment attempts of unpaid orders) held every newer row back: a capture of a cancelled
+// order stayed taken until those orders expired (review of the order paths, 2026-12-07). The
+// page now leaves out the rows of orders awaiting payment.
+TEST_F(RegionTest, UnpaidOrdersRowsDoNotHoldASettlementBack) {
+  std::string t = NewCustomer();
+  const std::string id = UnpaidOrder(t, "sku-4", 1);
+  ASSERT_FALSE(id.empty());
+  ASSERT_EQ(As(t, "POST", "/v1/orders/" + id + "/cancel").status, 200);
+  // A capture of the cancelled order that nothing gave back (a payment whose answer was lost),
+  // its row an hour old, behind 500 rows of unpaid orders two hours old in each shard.
+  Exec(0, "global",
+       "INSERT INTO sandbox_charges (charge_id, idempotency_key, order_id, amount_cents, "
+       "currency, status) VALUES ('ch-behind-" +
+           id + "', 'key-behind-" + id + "', '" + id + "', 1500, 'USD', 'captured')");
+  ExecAllShards(
+      "INSERT INTO orders (order_id, user_id, status, total_cents, currency, reservation_id, "
+      "owner_region, residency) SELECT 'unpaid-filler-' || g, 'filler', 'pending_payment', 100, "
+      "'USD', 'filler-' || g, 'us-east', 'any' FROM generate_series(1, 500) g; "
+      "INSERT INTO charges_to_settle (order_id, created_at) SELECT 'unpaid-filler-' || g, "
+      "now() - interval '2 hours' FROM generate_series(1, 500) g; "
+      "INSERT INTO charges_to_settle (order_id, created_at) VALUES ('" +
+      id +
+      "', now() - interval '1 hour') ON CONFLICT (order_id) DO UPDATE SET created_at = "
+      "EXCLUDED.created_at");
+  auto swept = app_->SweepReservations();
+  const int64_t fillers_left = CountAllShards(
+      "SELECT count(*) FROM charges_to_settle WHERE order_id LIKE 'unpaid-filler-%'");
+  ExecAllShards(
+      "DELETE FROM charges_to_settle WHERE order_id LIKE 'unpaid-filler-%'; DELETE FROM orders "
+      "WHERE order_id LIKE 'unpaid-filler-%'");
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(Charges(id, "captured"), 0) << "held back behind the unpaid orders' rows";
+  EXPECT_EQ(Charges(id, "refunded"), 1);
+  EXPECT_EQ(fillers_left, 1000) << "an unpaid order's row goes only once the order is decided";
+}
+
 // A checkout leaves the hot copy at the cart's new version (the lines taken out), not deleted:
 // a cart change committed before the checkout whose copy is written after it (a slower request)
 // is then older than what Redis holds and cannot put the ordered lines back on view. Before, the
