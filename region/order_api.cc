@@ -366,6 +366,21 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
   auto replay = [&](const std::string& order_id) {
     auto order = OrderJson(user_id, order_id);
     if (!order.ok()) return ProblemFromStatus(order.status());
+    // A retry of a checkout with a card whose payment did not complete (its charge's COMMIT in
+    // doubt, a database failure, the answer lost): the order awaits payment, and the retry pays
+    // it, as the first request would have. A capture of the first attempt is the one used (the
+    // charge's key is the order's). Before, the retry answered the order as it was, unpaid, and
+    // the capture stayed until the order was paid with it or expired (review of the order paths,
+    // 2026-12-07).
+    if (!card->empty() && order->value("status", "") ==
+                              services::OrderStatusName(services::OrderStatus::kPendingPayment)) {
+      HttpResponse paid = PayForUser(user_id, order_id, *card, /*may_forward=*/true);
+      Json body = Json::parse(paid.body, nullptr, false);
+      if (paid.status / 100 != 2 || !body.is_object()) return paid;
+      body["idempotent_replay"] = true;
+      paid.body = body.dump();
+      return paid;
+    }
     (*order)["idempotent_replay"] = true;
     return HttpResponse::Json(200, order->dump());
   };

@@ -1367,6 +1367,44 @@ TEST_F(RegionTest, APaymentWhoseChargeCommitIsInDoubtIsAnswered503AndThePayAgain
             1);
 }
 
+// A checkout with a card whose charge's COMMIT is in doubt answers the order made, awaiting
+// payment, with the payment's error. The retry with the same key pays it, with that same charge.
+// Before, it answered the order as it was, unpaid, and the capture stayed until the order was
+// paid with it or expired (review of the order paths, 2026-12-07).
+TEST_F(RegionTest, ACheckoutRetryPaysAnOrderWhosePaymentWasInDoubt) {
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-checkout-charge-doubt"));
+  std::string t = NewCustomer();
+  ASSERT_EQ(
+      As(t, "POST", "/v1/cart/items", R"({"sku":"sku-checkout-charge-doubt","quantity":1})").status,
+      200);
+  const std::pair<std::string, std::string> key{"Idempotency-Key", "charge-doubt-1"};
+  const std::string card = R"({"card_number":"4242424242424242"})";
+  std::string id;
+  {
+    auto fault = InjectFault({{0, "global"}}, "kill_checkout_charge_commit", Fault::kKillAtCommit,
+                             "INSERT", "sandbox_charges", "true");
+    Response doubt = As(t, "POST", "/v1/checkout", card, {key});
+    ASSERT_EQ(doubt.status, 201) << doubt.body;
+    const Json order = Json::parse(doubt.body);
+    EXPECT_EQ(order.value("status", ""), "pending_payment") << doubt.body;
+    EXPECT_TRUE(order.contains("payment_error")) << doubt.body;
+    id = order.value("order_id", "");
+  }
+  ASSERT_FALSE(id.empty());
+  Response retry = As(t, "POST", "/v1/checkout", card, {key});
+  EXPECT_EQ(retry.status, 200) << retry.body;
+  const Json order = Json::parse(retry.body);
+  EXPECT_EQ(order.value("order_id", ""), id) << retry.body;
+  EXPECT_EQ(order.value("status", ""), "paid") << retry.body;
+  EXPECT_EQ(order.value("idempotent_replay", false), true) << retry.body;
+  EXPECT_EQ(Charges(id, "captured"), 1);
+  // A retry without a card still answers the order as it is.
+  Response plain = As(t, "POST", "/v1/checkout", "", {key});
+  EXPECT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(Json::parse(plain.body).value("status", ""), "paid") << plain.body;
+  EXPECT_EQ(Charges(id, "captured"), 1);
+}
+
 // The connection breaks during the COMMIT of the checkout's stock step, before any order is
 // written: the answer says no order was made and to retry (it was a bare 500), nothing of it stays
 // held, and the retry checks out.
