@@ -310,6 +310,14 @@ struct RegionApp::Impl {
   // The retire of RetireHotCopies for copies given by key ("cart:..." or "product:...") and
   // version, in one round trip; StaleKeys::Repair's RetireFn.
   absl::Status RetireCopies(const std::vector<StaleKeys::Entry>& copies);
+  // Marks copies Redis refused to update (it may still hold older ones) in stale_hot_copies and
+  // saves the marks to the global database at once, before the write is answered: a mark kept
+  // only in memory until the jobs thread's next tick (up to a second) was lost with a crash in
+  // that second, and the older copy was served until the next write or its expiry. A failed save
+  // is logged and left to the tick.
+  void MarkStale(const std::vector<StaleKeys::Entry>& copies);
+  // Upserts marks into the global database's stale_hot_copies (a higher version wins).
+  absl::Status SaveStaleMarks(const std::vector<StaleKeys::Entry>& marks);
   // The jobs thread's tick for stale_hot_copies: saves new marks to the global database's
   // stale_hot_copies table, retires what Redis can take now and deletes it from the table, then
   // lists what other processes of the region saved since the last look (all of it at the first

@@ -148,7 +148,7 @@ return 1)lua";
   const std::string key = HotCartKey(user_id);
   if (!redis->Eval(kSetIfNewer, {key}, {std::to_string(version), crdt::Encode(cart)}).ok()) {
     // Redis may still hold the copy before this change: read around it until it is retired.
-    stale_hot_copies.Mark(key, std::to_string(version));
+    MarkStale({{key, std::to_string(version)}});
   }
 }
 
@@ -198,8 +198,16 @@ void RegionApp::Impl::RetireHotCopies(
   for (const auto& [sku, hlc] : products) {
     copies.push_back({"product:" + sku, ProductCopyVersion(hlc)});
   }
-  if (!RetireCopies(copies).ok()) {
-    for (const StaleKeys::Entry& c : copies) stale_hot_copies.Mark(c.key, c.version);
+  if (!RetireCopies(copies).ok()) MarkStale(copies);
+}
+
+void RegionApp::Impl::MarkStale(const std::vector<StaleKeys::Entry>& copies) {
+  for (const StaleKeys::Entry& c : copies) stale_hot_copies.Mark(c.key, c.version);
+  // Left unsaved in memory: the jobs thread's tick saves them again (an upsert), which is
+  // harmless, and covers a save that failed here.
+  if (absl::Status st = SaveStaleMarks(copies); !st.ok()) {
+    spdlog::warn("event=stale_copies_save_failed keys={} status=\"{}\" (the jobs thread retries)",
+                 copies.size(), st.ToString());
   }
 }
 

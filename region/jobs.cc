@@ -368,27 +368,35 @@ absl::StatusOr<int> RegionApp::Impl::NotifyBatch(PgPool& shard, int limit, int* 
   return shard_sent;
 }
 
+namespace {
+// The rows of (key, version) pairs, for unnest.
+std::string StaleRows(pqxx::work& tx, const std::vector<StaleKeys::Entry>& entries) {
+  std::string keys, versions;
+  for (const StaleKeys::Entry& e : entries) {
+    absl::StrAppend(&keys, keys.empty() ? "" : ", ", tx.quote(e.key));
+    absl::StrAppend(&versions, versions.empty() ? "" : ", ", tx.quote(e.version));
+  }
+  return absl::StrCat("unnest(ARRAY[", keys, "]::text[], ARRAY[", versions,
+                      "]::numeric[]) AS r(key, version)");
+}
+}  // namespace
+
+absl::Status RegionApp::Impl::SaveStaleMarks(const std::vector<StaleKeys::Entry>& marks) {
+  if (marks.empty()) return absl::OkStatus();
+  return global->Run([&](pqxx::work& tx) {
+    tx.exec0(
+        absl::StrCat("INSERT INTO stale_hot_copies (key, version) SELECT key, version FROM ",
+                     StaleRows(tx, marks),
+                     " ON CONFLICT (key) DO UPDATE SET version = "
+                     "GREATEST(stale_hot_copies.version, excluded.version), marked_at = now()"));
+  });
+}
+
 void RegionApp::Impl::SyncStaleCopies() {
   constexpr size_t kBatch = 1000;
-  // The rows of (key, version) pairs, for unnest.
-  auto rows = [](pqxx::work& tx, const std::vector<StaleKeys::Entry>& entries) {
-    std::string keys, versions;
-    for (const StaleKeys::Entry& e : entries) {
-      absl::StrAppend(&keys, keys.empty() ? "" : ", ", tx.quote(e.key));
-      absl::StrAppend(&versions, versions.empty() ? "" : ", ", tx.quote(e.version));
-    }
-    return absl::StrCat("unnest(ARRAY[", keys, "]::text[], ARRAY[", versions,
-                        "]::numeric[]) AS r(key, version)");
-  };
   // Marks not saved yet: saved, so that a restart or another process of the region knows them.
   if (std::vector<StaleKeys::Entry> unsaved = stale_hot_copies.Unsaved(kBatch); !unsaved.empty()) {
-    absl::Status st = global->Run([&](pqxx::work& tx) {
-      tx.exec0(
-          absl::StrCat("INSERT INTO stale_hot_copies (key, version) SELECT key, version FROM ",
-                       rows(tx, unsaved),
-                       " ON CONFLICT (key) DO UPDATE SET version = "
-                       "GREATEST(stale_hot_copies.version, excluded.version), marked_at = now()"));
-    });
+    absl::Status st = SaveStaleMarks(unsaved);
     if (st.ok()) {
       stale_hot_copies.Saved(unsaved);
     } else {
@@ -404,7 +412,7 @@ void RegionApp::Impl::SyncStaleCopies() {
         kBatch);
     if (!retired.empty()) {
       absl::Status st = global->Run([&](pqxx::work& tx) {
-        tx.exec0(absl::StrCat("DELETE FROM stale_hot_copies s USING ", rows(tx, retired),
+        tx.exec0(absl::StrCat("DELETE FROM stale_hot_copies s USING ", StaleRows(tx, retired),
                               " WHERE s.key = r.key AND s.version <= r.version"));
       });
       // The rows left are listed again below and retired again: no harm.

@@ -197,7 +197,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> RegionApp::Impl::LoadProduct(
       after_write) {
     // Redis may still hold the copy before this write (an operator's price change was served
     // from it for up to 300 s, while checkouts charged the new price).
-    stale_hot_copies.Mark(key, version);
+    MarkStale({{key, version}});
   }
   return *std::move(found);
 }

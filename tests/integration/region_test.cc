@@ -1890,6 +1890,13 @@ TEST_F(RegionTest, AHotCartCopyThatFailedToUpdateIsNotServed) {
   ASSERT_EQ(add.status, 200) << add.body;
   const Json lines = Json::parse(add.body)["lines"];
   ASSERT_EQ(lines.size(), 2u);
+  // The mark is saved before the answer: a process that crashes now leaves it for its restart
+  // and for the region's other processes. Before, it lived in memory until the jobs thread's next
+  // tick, up to a second later (review of the cart paths, 2026-12-07).
+  EXPECT_EQ(
+      Count(0, "global",
+            "SELECT count(*) FROM stale_hot_copies WHERE key = '" + key + "' AND version = 2"),
+      1);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // pause over, breaker closed
   EXPECT_EQ(Json::parse(As(t, "GET", "/v1/cart").body)["lines"], lines);
 
