@@ -299,7 +299,8 @@ class Controller::Impl {
       const bool refused = res[i].status >= 400 && res[i].status < 500;
       if (refused) {
         const Json body = Json::parse(res[i].body, nullptr, false);
-        if (body.is_object()) absl::StrAppend(&why, ": ", StringOr(body, "detail"));
+        // The peer's own words, cut short: a peer's text is not ours to log at any length.
+        if (body.is_object()) absl::StrAppend(&why, ": ", StringOr(body, "detail").substr(0, 200));
       }
       if (why == log.error && now - log.warned_ms < kPushWarnEveryMs) continue;
       spdlog::warn("event=failover_push_failed to={} error={}{}", to[i], LogValue(why),
@@ -444,6 +445,7 @@ class Controller::Impl {
     int64_t handback_started_ms = 0;
     int64_t handback_last_try_ms = -1;
     int64_t handback_gave_up_ms = -1;
+    int handback_retries = 0;  // handbacks started again after a give-up, this run and state
     int64_t geo_checked_ms = 0;
     std::optional<int64_t> detected_after_ms;
     std::string handback_state;  // "", "pending", "done", "gave_up"
@@ -502,6 +504,7 @@ class Controller::Impl {
         p.takeover = nullptr;
         p.handback_pending = false;
         p.handback_state.clear();
+        p.handback_retries = 0;
         p.geo_checked_ms = now;
         // Detection as this controller saw it: from its first failed check in the streak.
         if (auto since = decider_.own_fail_since_ms(d.region); since) {
@@ -627,10 +630,11 @@ class Controller::Impl {
         p.handback_state = "pending";
         p.handback_started_ms = now;
         p.handback_last_try_ms = -1;
+        if (retry) ++p.handback_retries;
         AuditDecision(
             r, "handback_started",
             absl::StrCat("holder=", h->second.region, " epoch=", h->second.epoch,
-                         retry ? " retry=1" : ""),
+                         retry ? absl::StrCat(" retry=", p.handback_retries) : ""),
             retry ? absl::StrCat(h->second.region, " still holds ", r,
                                  "'s order lease after a handback was given up: asking "
                                  "again")

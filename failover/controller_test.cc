@@ -990,7 +990,8 @@ TEST_F(ControllerTest, HandbackGivesUpAfterTheTimeout) {
   EXPECT_NE(Audit().find("decision=handback_gave_up"), std::string::npos);
 
   // Given up is not for good: with the lease still away once the timeout has passed again, the
-  // handback is asked for again (before, never again in this controller's run).
+  // handback is asked for again (before, never again in this controller's run), and again after
+  // each further give-up (counted in the audit).
   const size_t asked =
       http_.Calls("POST", "http://ap-south.repl/v1/leases/eu-west/handback").size();
   clock_.Advance(30000);

@@ -150,8 +150,13 @@ absl::StatusOr<ReplicationMetrics> ParseReplicationMetrics(std::string_view text
         p.lag_p99_ms = s.value;
     } else if (s.name == "meridian_replication_queue_lag_ms_sum") {
       p.queue_lag_sum_ms = s.value;
+      p.queue_lag_seen = true;
     } else if (s.name == "meridian_replication_queue_lag_ms_count") {
       p.queue_lag_count = s.value;
+    } else if (s.name == "meridian_replication_lag_ms_sum") {
+      p.lag_sum_ms = s.value;
+    } else if (s.name == "meridian_replication_lag_ms_count") {
+      p.lag_count = s.value;
     } else if (s.name == "meridian_replication_lag_seq") {
       p.backlog_records = s.value;
     } else if (s.name == "meridian_replication_connected") {
@@ -256,16 +261,22 @@ std::map<std::string, RegionCheck> ComputeChecks(
           if (before == nullptr) {
             fail("no previous metrics sample yet");
           } else {
-            double dn = now.queue_lag_count - before->queue_lag_count;
-            double ds = now.queue_lag_sum_ms - before->queue_lag_sum_ms;
+            // A replicator from before the queue lag (a rolling upgrade) exports only the
+            // commit-to-apply lag: that is read then, skew and all, rather than no lag at all.
+            const bool queue = now.queue_lag_seen && before->queue_lag_seen;
+            double dn = queue ? now.queue_lag_count - before->queue_lag_count
+                              : now.lag_count - before->lag_count;
+            double ds = queue ? now.queue_lag_sum_ms - before->queue_lag_sum_ms
+                              : now.lag_sum_ms - before->lag_sum_ms;
             if (dn < 0) {  // the replicator restarted: everything since is this interval's
-              dn = now.queue_lag_count;
-              ds = now.queue_lag_sum_ms;
+              dn = queue ? now.queue_lag_count : now.lag_count;
+              ds = queue ? now.queue_lag_sum_ms : now.lag_sum_ms;
             }
             const double lag = dn > 0 ? ds / dn : 0;
             c.queue_lag_ms[peer] = lag;
             if (lag > policy.max_apply_lag_ms) {
-              fail(absl::StrFormat("queue lag from %s %.0f ms > %.0f ms", peer, lag,
+              fail(absl::StrFormat("%s from %s %.0f ms > %.0f ms",
+                                   queue ? "queue lag" : "apply lag", peer, lag,
                                    policy.max_apply_lag_ms));
             }
           }

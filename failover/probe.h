@@ -17,7 +17,10 @@
 //     waited at the region until their apply committed. The network transit is left out: it is
 //     the one part that would need two hosts' clocks, and a returning host whose clock ran a
 //     second ahead would otherwise never count as caught up (one behind would switch the rule
-//     off). The lag from commit to apply (`meridian_replication_lag_ms`) is still reported.
+//     off). The lag from commit to apply (`meridian_replication_lag_ms`) is still reported, and
+//     read instead from a replicator that does not export the queue lag (one from before it,
+//     during a rolling upgrade). The queue lag compares the origin database's commit time with
+//     the origin replicator's clock: they must run on one host or share a synchronised clock.
 //   - every peer's backlog toward it (`meridian_replication_lag_seq{peer=<region>}` at the peer:
 //     records committed there and not yet acknowledged by the region) is at most
 //     max_backlog_records; again except peers this controller has decided are lost.
@@ -65,6 +68,9 @@ struct PeerReplication {
   std::optional<double> lag_p99_ms;  // summary quantile 0.99 (30 s window); NaN -> nullopt
   double queue_lag_sum_ms = 0;       // queue_lag_ms summary _sum (since the replicator started)
   double queue_lag_count = 0;        // ... and _count
+  bool queue_lag_seen = false;       // the series is there (not a replicator from before it)
+  double lag_sum_ms = 0;             // lag_ms summary _sum: read when queue_lag_ms is not there
+  double lag_count = 0;              // ... and _count
   std::optional<double> backlog_records;  // lag_seq: our records the peer has not acked
   std::optional<bool> connected;
 };

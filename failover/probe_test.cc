@@ -6,7 +6,9 @@
 
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace meridian::failover {
 namespace {
@@ -146,6 +148,31 @@ TEST(ProbeTest, HealthyAndCaughtUp) {
     EXPECT_DOUBLE_EQ(c.queue_lag_ms.begin()->second, 10);
     EXPECT_EQ(c.backlog_records.size(), 2u);
   }
+}
+
+// A replicator from before the queue lag (a rolling upgrade) exports only the lag from commit to
+// apply: the rule reads that then, rather than finding no lag at all.
+TEST(ProbeTest, AReplicatorWithoutTheQueueLagIsJudgedByItsApplyLag) {
+  auto without_queue = [](std::string text) {
+    std::string out;
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (!absl::StrContains(line, "queue_lag")) absl::StrAppend(&out, line, "\n");
+    }
+    return out;
+  };
+  std::map<std::string, RegionProbe> round;
+  std::map<std::string, ReplicationMetrics> previous;
+  for (const auto& r : kThree) {
+    // 10 records of 2,000 ms each over the interval.
+    round[r] = RegionProbe{Ok(R"({"ready":true})"), Ok(Status(r)),
+                           Ok(without_queue(Metrics(r, 20500, 110, 0)))};
+    previous[r] = *ParseReplicationMetrics(without_queue(Metrics(r, 500, 100, 0)));
+  }
+  auto checks = ComputeChecks(kThree, round, previous, CatchUpPolicy{1000, 50});
+  EXPECT_FALSE(checks["eu-west"].caught_up);
+  EXPECT_NE(checks["eu-west"].reason.find("apply lag from"), std::string::npos)
+      << checks["eu-west"].reason;
+  EXPECT_DOUBLE_EQ(checks["eu-west"].queue_lag_ms.at("us-east"), 2000);
 }
 
 // The catch-up rule reads no lag that compares two hosts' clocks. Each record's lag from commit to

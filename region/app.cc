@@ -752,10 +752,13 @@ HttpResponse RegionApp::Impl::Healthz(HttpRequest&) {
 }
 
 HttpResponse RegionApp::Impl::Readyz(HttpRequest& req) {
-  // `?require=order_lease`, what meridian-geo probes: ready only while this region also holds
-  // its own order lease. A region back from a loss answers plain /readyz at once, and the
+  // `?require=order_lease`, what meridian-geo probes: not ready while another region holds this
+  // one's order lease. A region back from a loss answers plain /readyz at once, and the
   // failover controllers must see that to judge it recovered and ask for its lease back; but
   // until the lease is home its checkouts answer 503, so DNS sends no customer there before.
+  // A lease that only lapsed here (cut off from a majority, starting) does not count: a region
+  // left alone after its peers were lost cannot hold one, yet still serves browsing and carts,
+  // and with it out too geo would answer every region, the lost ones included.
   bool need_lease = false;
   if (std::optional<std::string> require = req.QueryParam("require")) {
     if (*require != "order_lease") {
@@ -782,8 +785,10 @@ HttpResponse RegionApp::Impl::Readyz(HttpRequest& req) {
   const bool redis_ok = redis->Ping().ok();
   checks["redis"] = redis_ok ? "ok" : "unreachable";
   const bool lease_held = leases->ForGroup(config.replica_id).mine;
-  checks["order_lease"] = lease_held ? "held" : "not_held";
-  if (need_lease) ready = ready && lease_held;
+  const bool elsewhere =
+      !lease_held && leases->HeldElsewhere(config.replica_id, std::chrono::seconds(10));
+  checks["order_lease"] = lease_held ? "held" : elsewhere ? "held_elsewhere" : "not_held";
+  if (need_lease) ready = ready && !elsewhere;
   Json body{{"ready", ready}, {"checks", checks}};
   if (!redis_ok) body["degraded"] = Json::array({"redis"});
   return HttpResponse::Json(ready ? 200 : 503, body.dump());

@@ -314,7 +314,7 @@ struct RegionApp::Impl {
   // saves the marks to the global database at once, before the write is answered: a mark kept
   // only in memory until the jobs thread's next tick (up to a second) was lost with a crash in
   // that second, and the older copy was served until the next write or its expiry. A failed save
-  // is logged and left to the tick.
+  // is logged and left to the tick. While Redis is down, every cart write pays one such save.
   void MarkStale(const std::vector<StaleKeys::Entry>& copies);
   // Upserts marks into the global database's stale_hot_copies (a higher version wins).
   absl::Status SaveStaleMarks(const std::vector<StaleKeys::Entry>& marks);

@@ -203,6 +203,10 @@ void RegionApp::Impl::RetireHotCopies(
 
 void RegionApp::Impl::MarkStale(const std::vector<StaleKeys::Entry>& copies) {
   for (const StaleKeys::Entry& c : copies) stale_hot_copies.Mark(c.key, c.version);
+  // While Redis is down this is one more write, to the global database, for every cart write:
+  // the price of a mark that survives a crash. (Leaving it to the tick when the breaker was
+  // already open did not work: the request's own earlier Redis call, the rate limiter's, is what
+  // opens it.)
   // Left unsaved in memory: the jobs thread's tick saves them again (an upsert), which is
   // harmless, and covers a save that failed here.
   if (absl::Status st = SaveStaleMarks(copies); !st.ok()) {

@@ -384,10 +384,13 @@ std::string StaleRows(pqxx::work& tx, const std::vector<StaleKeys::Entry>& entri
 absl::Status RegionApp::Impl::SaveStaleMarks(const std::vector<StaleKeys::Entry>& marks) {
   if (marks.empty()) return absl::OkStatus();
   return global->Run([&](pqxx::work& tx) {
+    // One row per key (a batch of a peer's records may write one product twice: an upsert may
+    // not touch a row twice), in key order (as every save: two saves lock rows in one order).
     tx.exec0(
-        absl::StrCat("INSERT INTO stale_hot_copies (key, version) SELECT key, version FROM ",
+        absl::StrCat("INSERT INTO stale_hot_copies (key, version) SELECT DISTINCT ON (key) "
+                     "key, version FROM ",
                      StaleRows(tx, marks),
-                     " ON CONFLICT (key) DO UPDATE SET version = "
+                     " ORDER BY key, version DESC ON CONFLICT (key) DO UPDATE SET version = "
                      "GREATEST(stale_hot_copies.version, excluded.version), marked_at = now()"));
   });
 }

@@ -33,6 +33,15 @@ LeaseTable::Decision LeaseTable::ForGroup(uint32_t group) const {
   return Decision{mine, e.grant.epoch, mine ? self_ : e.grant.owner};
 }
 
+bool LeaseTable::HeldElsewhere(uint32_t group, std::chrono::milliseconds fresh) const {
+  if (!managed_) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(group);
+  if (it == entries_.end()) return false;
+  const Entry& e = it->second;
+  return e.grant.owner != 0 && e.grant.owner != self_ && Clock::now() - e.updated < fresh;
+}
+
 uint64_t LeaseTable::Fence(uint32_t group) const {
   if (!managed_) return 1;
   std::lock_guard<std::mutex> lock(mu_);

@@ -45,6 +45,11 @@ class LeaseTable {
     uint32_t owner = 0;  // the owner to forward to (when not mine; 0: unknown)
   };
   [[nodiscard]] Decision ForGroup(uint32_t group) const;
+  // Whether another region won `group`'s lease after this one, as a push of the last `fresh`
+  // said (a replicator pushes every tick): the case of a region back from a loss whose group a
+  // survivor took over and has not handed back. Not when the lease simply lapsed here (cut off
+  // from a majority, starting): then no other region can take orders for it either.
+  [[nodiscard]] bool HeldElsewhere(uint32_t group, std::chrono::milliseconds fresh) const;
   // The epoch this region must fence writes with for `group` (the highest known won epoch).
   [[nodiscard]] uint64_t Fence(uint32_t group) const;
   [[nodiscard]] bool managed() const { return managed_; }

@@ -376,10 +376,17 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
                               services::OrderStatusName(services::OrderStatus::kPendingPayment)) {
       HttpResponse paid = PayForUser(user_id, order_id, *card, /*may_forward=*/true);
       Json body = Json::parse(paid.body, nullptr, false);
-      if (paid.status / 100 != 2 || !body.is_object()) return paid;
-      body["idempotent_replay"] = true;
-      paid.body = body.dump();
-      return paid;
+      if (paid.status == 409) {
+        // Decided meanwhile (paid by a twin request, cancelled): the order as it now is.
+        order = OrderJson(user_id, order_id);
+        if (!order.ok()) return ProblemFromStatus(order.status());
+      } else if (paid.status / 100 != 2 || !body.is_object()) {
+        return paid;
+      } else {
+        body["idempotent_replay"] = true;
+        paid.body = body.dump();
+        return paid;
+      }
     }
     (*order)["idempotent_replay"] = true;
     return HttpResponse::Json(200, order->dump());

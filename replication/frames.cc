@@ -54,6 +54,10 @@ absl::StatusOr<pb::RecordList> DecodeBatch(const pb::DeltaBatch& b, uint32_t exp
     return bad("batch seq range [", b.first_seq(), ", ", b.last_seq(), "] is not valid");
   }
   if (b.last_seq() > kMaxSeq) return bad("batch last_seq ", b.last_seq(), " is above ", kMaxSeq);
+  // The queue lag is measured from it (sent minus committed): a time like the records' own.
+  if (b.sent_unix_ms() < 0 || b.sent_unix_ms() > kMaxCommittedUnixMs) {
+    return bad("batch sent_unix_ms ", b.sent_unix_ms(), " is not a time");
+  }
   if (b.uncompressed_bytes() > kMaxBatchBytes) {
     return bad("batch of ", b.uncompressed_bytes(), " bytes exceeds the limit of ", kMaxBatchBytes);
   }

@@ -136,6 +136,15 @@ TEST(Frames, RejectsBadRecords) {
   EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
   list.mutable_records(1)->set_committed_unix_ms(kMaxCommittedUnixMs + 1);
   EXPECT_FALSE(DecodeBatch(EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas), 3).ok());
+  // Nor may the batch's send time be out of range: the queue lag is sent minus committed.
+  list = Records(3, 10);
+  for (int64_t sent : {int64_t{-1}, kMaxCommittedUnixMs + 1, std::numeric_limits<int64_t>::min()}) {
+    pb::DeltaBatch b = EncodeBatch(3, "global", 10, 20, list, 1, BatchKind::kDeltas);
+    b.set_sent_unix_ms(sent);
+    auto decoded = DecodeBatch(b, 3);
+    EXPECT_FALSE(decoded.ok()) << sent;
+    EXPECT_NE(decoded.status().message().find("sent_unix_ms"), std::string::npos) << sent;
+  }
 }
 
 TEST(Frames, RejectsSeqsNearTheLimit) {
