@@ -945,11 +945,7 @@ TEST_F(SuccessorChargesTest, ARegionWithoutItsOrderLeaseIsReadyButNotForDns) {
       << plain.body;
   EXPECT_EQ(dns.status, 503) << dns.body;
   EXPECT_EQ(Json::parse(dns.body, nullptr, false)["ready"], false) << dns.body;
-  const std::string token = Login(*us_, "lease-away@example.com", "us");
-  ASSERT_EQ(Request(us_->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
-                    {{"Authorization", "Bearer " + token}})
-                .status,
-            200);
+  const std::string token = CustomerWithACart(*us_, "lease-away@example.com").first;
   Response checkout =
       Request(us_->port(), "POST", "/v1/checkout", "", {{"Authorization", "Bearer " + token}});
   EXPECT_EQ(checkout.status, 503) << checkout.body;
