@@ -203,12 +203,11 @@ void RegionApp::Impl::RetireHotCopies(
 
 void RegionApp::Impl::MarkStale(const std::vector<StaleKeys::Entry>& copies) {
   for (const StaleKeys::Entry& c : copies) stale_hot_copies.Mark(c.key, c.version);
-  // While Redis is down this is one more write, to the global database, for every cart write:
-  // the price of a mark that survives a crash. (Leaving it to the tick when the breaker was
-  // already open did not work: the request's own earlier Redis call, the rate limiter's, is what
-  // opens it.)
-  // Left unsaved in memory: the jobs thread's tick saves them again (an upsert), which is
-  // harmless, and covers a save that failed here.
+  // Saved now, and left unsaved in memory: the jobs thread's tick saves them again (an upsert,
+  // harmless), which covers a save that fails here. While Redis is down this is one more write,
+  // to the global database, for every cart write: the price of a mark that survives a crash.
+  // (Skipping it while the breaker was already open did not work: the request's own earlier
+  // Redis call, the rate limiter's, is what opens it.)
   if (absl::Status st = SaveStaleMarks(copies); !st.ok()) {
     spdlog::warn("event=stale_copies_save_failed keys={} status=\"{}\" (the jobs thread retries)",
                  copies.size(), st.ToString());

@@ -375,18 +375,16 @@ HttpResponse RegionApp::Impl::Checkout(HttpRequest& req) {
     if (!card->empty() && order->value("status", "") ==
                               services::OrderStatusName(services::OrderStatus::kPendingPayment)) {
       HttpResponse paid = PayForUser(user_id, order_id, *card, /*may_forward=*/true);
-      Json body = Json::parse(paid.body, nullptr, false);
-      if (paid.status == 409) {
-        // Decided meanwhile (paid by a twin request, cancelled): the order as it now is.
-        order = OrderJson(user_id, order_id);
-        if (!order.ok()) return ProblemFromStatus(order.status());
-      } else if (paid.status / 100 != 2 || !body.is_object()) {
-        return paid;
-      } else {
+      if (paid.status != 409) {
+        Json body = Json::parse(paid.body, nullptr, false);
+        if (paid.status / 100 != 2 || !body.is_object()) return paid;
         body["idempotent_replay"] = true;
         paid.body = body.dump();
         return paid;
       }
+      // Decided meanwhile (paid by a twin request, cancelled): the order as it now is.
+      order = OrderJson(user_id, order_id);
+      if (!order.ok()) return ProblemFromStatus(order.status());
     }
     (*order)["idempotent_replay"] = true;
     return HttpResponse::Json(200, order->dump());

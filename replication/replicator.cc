@@ -836,6 +836,13 @@ class Session {
     SteadyTime::time_point queued_at;
     int64_t sent_unix_ms = 0;  // the peer's clock, as its committed times are
   };
+  // Of each batch one ApplyDeltas call took, in order: its records, when the peer sent it and
+  // when it was queued here (for the queue lag).
+  struct Taken {
+    int records;
+    int64_t sent_unix_ms;
+    SteadyTime::time_point queued_at;
+  };
   // Counted for every queued batch, records or not: a peer sending empty batches faster than
   // they apply must meet the backpressure too.
   static constexpr size_t kPendingOverhead = 256;
@@ -1357,8 +1364,7 @@ class Session {
   // before its batch was sent (the peer's clock) plus what its batch waited here until the
   // apply committed (this host's steady clock): the same less the network transit, and free of
   // skew, so the failover controllers can judge a returning region caught up by it.
-  template <typename TakenBatches>
-  void ObserveLag(const rpb::ApplyDeltasRequest& req, const TakenBatches& batches) {
+  void ObserveLag(const rpb::ApplyDeltasRequest& req, const std::vector<Taken>& batches) {
     const int64_t now = UnixMs();
     const auto steady_now = SteadyTime::now();
     int i = 0;
@@ -1385,12 +1391,6 @@ class Session {
       int64_t first_seq = 0;
       SteadyTime::time_point queued_at;
       uint64_t taken = 0;  // batches in this call
-      // Per batch taken, in order: its records, when the peer sent it and when it was queued here.
-      struct Taken {
-        int records;
-        int64_t sent_unix_ms;
-        SteadyTime::time_point queued_at;
-      };
       std::vector<Taken> batches;
       int64_t mark_idle_through = 0;
       {
