@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -264,13 +265,18 @@ std::map<std::string, RegionCheck> ComputeChecks(
             // A replicator from before the queue lag (a rolling upgrade) exports only the
             // commit-to-apply lag: that is read then, skew and all, rather than no lag at all.
             const bool queue = now.queue_lag_seen && before->queue_lag_seen;
-            double dn = queue ? now.queue_lag_count - before->queue_lag_count
-                              : now.lag_count - before->lag_count;
-            double ds = queue ? now.queue_lag_sum_ms - before->queue_lag_sum_ms
-                              : now.lag_sum_ms - before->lag_sum_ms;
+            // (count, sum) of the summary the rule reads.
+            auto series = [queue](const PeerReplication& r) {
+              return queue ? std::pair{r.queue_lag_count, r.queue_lag_sum_ms}
+                           : std::pair{r.lag_count, r.lag_sum_ms};
+            };
+            const auto [n_now, s_now] = series(now);
+            const auto [n_before, s_before] = series(*before);
+            double dn = n_now - n_before;
+            double ds = s_now - s_before;
             if (dn < 0) {  // the replicator restarted: everything since is this interval's
-              dn = queue ? now.queue_lag_count : now.lag_count;
-              ds = queue ? now.queue_lag_sum_ms : now.lag_sum_ms;
+              dn = n_now;
+              ds = s_now;
             }
             const double lag = dn > 0 ? ds / dn : 0;
             c.queue_lag_ms[peer] = lag;
