@@ -871,10 +871,11 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     impl->shards.push_back(*std::move(shard));
   }
   // A database whose outbox stream was made since the last start that got past the write hold
-  // is new, or was rebuilt: this region may have lived before, and its peers may hold records it
-  // no longer has. That is the stream's mark (migrations.h), made in the stream's own
-  // transaction, not "this start made it": a start that stopped after the stream was made (killed,
-  // or a later migration failing) leaves the mark for the next one.
+  // is new, was rebuilt, or was restored from a backup (CheckDatabaseLife gives it a new stream):
+  // this region may have lived before, and its peers may hold records it no longer has. That is the
+  // stream's mark (migrations.h), made in the stream's own transaction, not "this start made it": a
+  // start that stopped after the stream was made (killed, or a later migration failing) leaves the
+  // mark for the next one.
   std::vector<PgPool*> databases = {impl->global.get()};
   for (auto& s : impl->shards) databases.push_back(s.get());
   bool new_stream = false;
@@ -882,6 +883,7 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     auto applied =
         ApplyMigrations(*db, db == impl->global.get() ? SchemaKind::kGlobal : SchemaKind::kShard);
     if (!applied.ok()) return applied.status();
+    if (auto life = CheckDatabaseLife(*db, c.restored); !life.ok()) return life.status();
     auto marked = NewStreamMarked(*db);
     if (!marked.ok()) return marked.status();
     new_stream = new_stream || *marked;

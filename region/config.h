@@ -72,6 +72,9 @@ struct RegionConfig {
   // have seen, and be dropped). Only the replicator releases it, through listen.grpc: with peers
   // and no listen.grpc the config is refused unless this is off.
   bool hold_new_databases = true;
+  // Not from the file: `meridian-region --restored`. This start gives every database a new life
+  // (CheckDatabaseLife), for a restore PostgreSQL cannot tell apart.
+  bool restored = false;
   // durability
   Durability durability = Durability::kAsync;
   // replication

@@ -23,6 +23,11 @@ int main(int argc, char** argv) {
       // It reads no config: given one (or --check-config), the reader expected a check.
       ->excludes(config_opt)
       ->excludes(cli.get_option("--check-config"));
+  bool restored = false;
+  cli.add_flag("--restored", restored,
+               "this region's databases were put back from a backup in a way PostgreSQL cannot "
+               "tell (a file copy of the data directory): give each a new outbox stream, as after "
+               "a restore it does see; for this one start only, never in a service's flags");
   if (auto rc = meridian::common::ParseFlags(cli, argc, argv)) return *rc;
   meridian::common::ApplyLogLevel(opt);
   if (!print_schema.empty()) {
@@ -48,6 +53,7 @@ int main(int argc, char** argv) {
                 config->jurisdiction.c_str(), config->shard_dsns.size());
     return 0;
   }
+  config->restored = restored;
   // Block the signals in every thread; the main thread waits for them below.
   const sigset_t signals = meridian::common::BlockStopSignals();
 

@@ -98,6 +98,24 @@ CREATE TABLE IF NOT EXISTS new_stream_marks (
 )
 )sql";
 
+// What the database is, as PostgreSQL tells it: the cluster's system identifier, the timeline it
+// writes on, the database's OID, and this table's own OID. A restore changes one of them: a
+// physical restore to a point in time (or a promoted standby, which may lack the old primary's
+// last commits) writes on a new timeline; a logical restore makes a new database, or new tables
+// in the old one, or lands in another cluster. The region compares them at every start
+// (CheckDatabaseLife): a database that went back in time gets a new outbox stream, as a rebuilt
+// one does. One row; made at the first start that finds it empty.
+constexpr const char* kDatabaseIdentity = R"sql(
+CREATE TABLE database_identity (
+  only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  system_identifier text NOT NULL,
+  timeline          bigint NOT NULL,
+  database_oid      bigint NOT NULL,
+  table_oid         bigint NOT NULL,
+  recorded_at       timestamptz NOT NULL DEFAULT now()
+);
+)sql";
+
 const std::vector<Migration> kGlobal = {
     {1, "catalog",
      R"sql(
@@ -310,6 +328,7 @@ CREATE INDEX rights_debt_unpaid ON rights_debt (sku, owed_since) WHERE paid < ow
 -- restocked here, or restocked before the figure was kept.
 ALTER TABLE lost_declarations ADD COLUMN restocked_units bigint CHECK (restocked_units >= 0);
 )sql"},
+    {23, "database_identity", kDatabaseIdentity},
 };
 
 const std::vector<Migration> kShard = {
@@ -490,6 +509,7 @@ CREATE TABLE shard_placement (
   recorded_at timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {20, "database_identity", kDatabaseIdentity},
 };
 
 }  // namespace
@@ -544,13 +564,18 @@ absl::Status CheckRecorded(pqxx::work& tx, const PgPool& pool, SchemaKind kind) 
       KindName(kind), " in a database of its own: check the connection strings"));
 }
 
+// One advisory lock per database, held by a start's schema work to the end of its transaction:
+// concurrent starters wait here, then find nothing to do.
+std::string StartLockSql() {
+  constexpr long long kLockKey = 0x4d6572696469616eLL;  // "Meridian"
+  return absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ")");
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind) {
   std::vector<int> applied;
-  // One advisory lock per database: concurrent starters wait here, then find nothing to do.
-  constexpr long long kLockKey = 0x4d6572696469616eLL;  // "Meridian"
-  const std::string lock = absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ")");
+  const std::string lock = StartLockSql();
   absl::Status checked;
   absl::Status st = pool.Run([&](pqxx::work& tx) {
     tx.exec(lock);
@@ -606,6 +631,62 @@ absl::StatusOr<bool> NewStreamMarked(PgPool& pool) {
 
 absl::Status ClearNewStreamMark(PgPool& pool) {
   return pool.Run([](pqxx::work& tx) { tx.exec0("DELETE FROM new_stream_marks"); });
+}
+
+absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
+  std::string reason, old_stream, new_stream;
+  absl::Status st = pool.Run([&](pqxx::work& tx) {
+    reason.clear();
+    tx.exec(StartLockSql());
+    // The timeline is the first 8 hex digits of the current WAL segment's name; none of these
+    // needs a superuser.
+    pqxx::row now = tx.exec1(
+        "SELECT (SELECT system_identifier::text FROM pg_control_system()), ('x' || "
+        "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint, (SELECT "
+        "oid::bigint FROM pg_database WHERE datname = current_database()), "
+        "'database_identity'::regclass::oid::bigint");
+    constexpr const char* kNames[] = {"system identifier", "timeline", "database OID",
+                                      "identity table OID"};
+    pqxx::result was = tx.exec(
+        "SELECT system_identifier, timeline::text, database_oid::text, table_oid::text FROM "
+        "database_identity");
+    for (int i = 0; !was.empty() && i < 4 && reason.empty(); ++i) {
+      const std::string then = was[0][i].as<std::string>(), is = now[i].as<std::string>();
+      if (then != is) reason = absl::StrCat(kNames[i], " ", then, " -> ", is);
+    }
+    if (restored && reason.empty()) reason = "the operator said it was restored (--restored)";
+    if (!reason.empty()) {
+      // A new life, as a rebuilt database's: a new stream (peers resume nothing of it, and its
+      // shard's cart changes take dots under a new actor, documents.h CartActor), marked new
+      // (the write hold waits for the peers), and no resume points of the peers' streams (they
+      // were the backup's: each peer sends its full state, this region's own records made since
+      // the backup among them).
+      old_stream = tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
+      new_stream = tx.exec1(
+                         "UPDATE outbox_stream SET id = substr(md5(random()::text || "
+                         "clock_timestamp()::text), 1, 8) RETURNING id")[0]
+                       .as<std::string>();
+      tx.exec0("INSERT INTO new_stream_marks (stream_id) VALUES (" + tx.quote(new_stream) +
+               ") ON CONFLICT DO NOTHING");
+      tx.exec0("DELETE FROM replication_applied");
+    }
+    tx.exec0("DELETE FROM database_identity");
+    tx.exec0(
+        "INSERT INTO database_identity (system_identifier, timeline, database_oid, table_oid) "
+        "VALUES (" +
+        tx.quote(now[0].as<std::string>()) + ", " + tx.quote(now[1].as<int64_t>()) + ", " +
+        tx.quote(now[2].as<int64_t>()) + ", " + tx.quote(now[3].as<int64_t>()) + ")");
+  });
+  if (!st.ok()) {
+    return absl::Status(
+        st.code(), absl::StrCat("checking whether ", pool.name(), " was restored: ", st.message()));
+  }
+  if (reason.empty()) return false;
+  spdlog::warn(
+      "event=database_new_life db={} reason=\"{}\" old_stream={} new_stream={} (a restored "
+      "database: its peers send their full state, and its own writes wait for it)",
+      pool.name(), reason, old_stream, new_stream);
+  return true;
 }
 
 }  // namespace meridian::region

@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "crdt/codec.h"
 #include "region/internal.grpc.pb.h"
 #include "replication/frames.h"
@@ -54,6 +55,7 @@ std::string Show(const Lines& lines) {
 }
 
 constexpr size_t kUs = 0, kEu = 1, kAp = 2;
+constexpr const char* kDatabases[] = {"global", "shard0", "shard1"};
 
 // Polls `done` until it holds or `seconds` pass.
 // Polls every 100 ms.
@@ -270,11 +272,25 @@ class ThreeRegions : public ::testing::Test {
            cart && *cart == Lines{{"sku-1", 1}};
   }
 
+  // The outbox stream ids of the region's databases, in kDatabases' order.
+  std::vector<std::string> Streams(size_t region) {
+    std::vector<std::string> out;
+    for (const char* db : kDatabases) {
+      pqxx::connection conn(c_->Dsn(region, db));
+      pqxx::work tx(conn);
+      out.push_back(tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>());
+    }
+    return out;
+  }
+
+  void ExpectANewLifeAfterARestore(const std::string& email, const std::function<void()>& backup,
+                                   const std::function<void()>& restore);
+
   // Drops `region`'s three databases and creates them empty (its region server stopped first).
   void RebuildDatabases(size_t region) {
     pqxx::connection admin(c_->Dsn(region, "postgres"));
     pqxx::nontransaction tx(admin);
-    for (const char* db : {"global", "shard0", "shard1"}) {
+    for (const char* db : kDatabases) {
       tx.exec(std::string("DROP DATABASE ") + db + " WITH (FORCE)");
       tx.exec(std::string("CREATE DATABASE ") + db);
     }
@@ -600,6 +616,104 @@ TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
       << why;
   EXPECT_EQ(transfers(kUs), us_after);
   EXPECT_EQ(transfers(kEu), eu_after);
+}
+
+// ap-south is put back to a backup taken after its customer's first change (`backup` takes it,
+// `restore` puts it back, both with ap-south's region server stopped), after one more change that
+// its peers applied. Each database remembers what it is (PostgreSQL's system identifier and
+// timeline, its OID, its identity table's OID); a restore changes one of them, and the start gives
+// each database a new outbox stream and drops its resume points, as after a rebuild. Before, the
+// restored databases went on under their old streams: the change made after the backup never came
+// back (the peers send a region its own records only in a full state, which they sent only to a
+// region with no resume points), and ap-south's next change took that change's cart dot again,
+// which the peers refused ("rewrites a write held here"): its stream stopped.
+void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
+                                               const std::function<void()>& backup,
+                                               const std::function<void()>& restore) {
+  const Shopper shopper = OneItemEverywhere(kAp, email);
+  ASSERT_FALSE(HasFailure());
+  const std::vector<std::string> before = Streams(kAp);
+  backup();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(Add(kAp, shopper.token, "sku-1", 2), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 3}}}}, &why);
+      },
+      30))
+      << why;
+
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  restore();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(*DbCart(kAp, shopper.id), (Lines{{"sku-1", 1}})) << "the backup's cart";
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  const std::vector<std::string> after = Streams(kAp);
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_NE(after[i], before[i]) << kDatabases[i] << " kept its stream";
+  }
+  // The change made after the backup comes back from the peers' state.
+  EXPECT_TRUE(Eventually(
+      [&] {
+        auto cart = DbCart(kAp, shopper.id);
+        return cart && *cart == Lines{{"sku-1", 3}};
+      },
+      30))
+      << "ap-south never got back the change it made after the backup";
+  // Its next change (once its peers' state is in) reaches both peers.
+  ASSERT_EQ(AddAfterRebuild(kAp, shopper.token, "sku-1", 4), 200);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 7}}}}, &why);
+      },
+      30))
+      << why;
+  // A later start of the same databases is not a restore.
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  EXPECT_EQ(Streams(kAp), after);
+}
+
+// A logical restore: copies of the databases (CREATE DATABASE ... TEMPLATE), renamed over the
+// live ones: other databases, with other OIDs.
+TEST_F(ThreeRegions, ARegionRestoredFromACopyOfItsDatabasesGetsANewLifeAndLosesNoChange) {
+  auto admin = [&](const std::string& sql) {
+    pqxx::connection conn(c_->Dsn(kAp, "postgres"));
+    pqxx::nontransaction tx(conn);
+    tx.exec(sql);
+  };
+  ExpectANewLifeAfterARestore(
+      "flo@example.com",
+      [&] {
+        ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+        for (const char* db : kDatabases)
+          admin(absl::StrCat("CREATE DATABASE ", db, "_backup TEMPLATE ", db));
+        ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+      },
+      [&] {
+        for (const char* db : kDatabases) {
+          admin(absl::StrCat("DROP DATABASE ", db, " WITH (FORCE)"));
+          admin(absl::StrCat("ALTER DATABASE ", db, "_backup RENAME TO ", db));
+        }
+      });
+}
+
+// A physical restore to a point in time: ap-south's PostgreSQL put back to a base backup taken
+// while it ran, replaying its WAL onto a new timeline (the databases keep their OIDs).
+TEST_F(ThreeRegions, ARegionRestoredToAPointInTimeGetsANewLifeAndLosesNoChange) {
+  std::string backup;
+  ExpectANewLifeAfterARestore(
+      "gus@example.com",
+      [&] {
+        absl::StatusOr<std::string> taken = c_->postgres(kAp).BaseBackup();
+        ASSERT_TRUE(taken.ok()) << taken.status();
+        backup = *taken;
+      },
+      [&] {
+        absl::Status restored = c_->postgres(kAp).RestoreBaseBackup(backup);
+        ASSERT_TRUE(restored.ok()) << restored;
+      });
 }
 
 // A region whose databases were rebuilt takes no cart change of its own until every connected

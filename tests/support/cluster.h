@@ -102,6 +102,8 @@ class Cluster {
   // A region server's config file, read at each start (a test may edit it in between).
   [[nodiscard]] std::string region_config(size_t i) const { return regions_[i]->region_yaml; }
   [[nodiscard]] uint16_t redis_port(size_t i) const { return regions_[i]->redis->port(); }
+  // A region's PostgreSQL server (all its databases).
+  [[nodiscard]] PostgresServer& postgres(size_t i) const { return *regions_[i]->pg; }
   // The Prometheus text of a region's replicator.
   [[nodiscard]] absl::StatusOr<std::string> Metrics(size_t i) const;
   // One sample of it, named with its labels as the page prints them

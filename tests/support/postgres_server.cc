@@ -445,6 +445,50 @@ absl::Status PostgresServer::WaitForOrphans(bool remove_segment) {
   }
 }
 
+absl::StatusOr<std::string> PostgresServer::BaseBackup() {
+  static int backups = 0;
+  const std::string to = absl::StrCat(directory_, "/backup-", ++backups);
+  Process::Options backup;
+  // Over the instance's own Unix socket, as the replication connection initdb's trust allows.
+  backup.argv = {bin_dir_ + "/pg_basebackup",
+                 "-h",
+                 directory_,
+                 "-p",
+                 absl::StrCat(port_),
+                 "-U",
+                 "postgres",
+                 "-D",
+                 to,
+                 "-X",
+                 "stream",
+                 "--checkpoint=fast",
+                 "--no-sync"};
+  backup.log_path = directory_ + "/basebackup.log";
+  backup.user = user_;
+  backup.working_dir = directory_;
+  if (absl::Status s = Process::Run(std::move(backup), kReadyTimeout); !s.ok()) {
+    return absl::Status(
+        s.code(), absl::StrCat("PostgresServer '", name(), "': pg_basebackup: ", s.message()));
+  }
+  return to;
+}
+
+absl::Status PostgresServer::RestoreBaseBackup(const std::string& backup) {
+  if (absl::Status s = Stop(); !s.ok()) return s;
+  std::error_code ec;
+  fs::remove_all(data_directory(), ec);
+  if (!ec) fs::rename(backup, data_directory(), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("PostgresServer '", name(), "': putting ", backup,
+                                            " in place: ", ec.message()));
+  }
+  // No WAL archive: recovery replays what the backup holds, then ends on a new timeline.
+  std::ofstream(data_directory() + "/recovery.signal").close();
+  std::ofstream(data_directory() + "/postgresql.auto.conf", std::ios::app)
+      << "restore_command = 'false'\n";
+  return Restart();
+}
+
 absl::Status PostgresServer::Restart() {
   if (absl::Status s = Stop(); !s.ok()) return s;
   if (killed_) {

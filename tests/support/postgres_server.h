@@ -96,6 +96,14 @@ class PostgresServer {
   // Retries for a few seconds while the port or the old shared memory is still in use.
   [[nodiscard]] absl::Status Restart();
 
+  // A physical backup of the running server (pg_basebackup, its WAL streamed in) into a new
+  // directory beside data/; returns that directory. REQUIRES: running.
+  [[nodiscard]] absl::StatusOr<std::string> BaseBackup();
+  // A restore to the point in time of a BaseBackup(), as an operator does one: stops the server,
+  // puts the backup in place of data/ (the data since is gone), and starts it with
+  // recovery.signal, so that it replays the backup's WAL and comes up on a new timeline.
+  [[nodiscard]] absl::Status RestoreBaseBackup(const std::string& backup);
+
   [[nodiscard]] bool running();
   [[nodiscard]] const std::string& name() const { return options_.name; }
   // The instance directory: data/, postgres.log and the Unix socket live here.
