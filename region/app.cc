@@ -934,9 +934,14 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // The marks are handed over now: to write_hold.new_databases (committed above), which only the
   // replicator's release clears, or, with the hold off, to nothing, as before. A start that stops
   // before this point leaves them, and the next one marks the hold again.
+  // First every database forgets its resume points of the peers' streams: the hello's come from
+  // the global database, and a shard that is new (rebuilt, or restored from a backup) lacks what
+  // was applied to it since, which the peers would never send again. With none, each peer sends
+  // its full state (the records of this region's earlier life among them).
   if (new_stream) {
     for (PgPool* db : databases) {
-      absl::Status cleared = ClearNewStreamMark(*db);
+      absl::Status cleared = ForgetResumePoints(*db);
+      if (cleared.ok()) cleared = ClearNewStreamMark(*db);
       if (!cleared.ok()) return cleared;
     }
   }

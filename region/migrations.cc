@@ -633,6 +633,10 @@ absl::Status ClearNewStreamMark(PgPool& pool) {
   return pool.Run([](pqxx::work& tx) { tx.exec0("DELETE FROM new_stream_marks"); });
 }
 
+absl::Status ForgetResumePoints(PgPool& pool) {
+  return pool.Run([](pqxx::work& tx) { tx.exec0("DELETE FROM replication_applied"); });
+}
+
 absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
   std::string reason, old_stream, new_stream;
   absl::Status st = pool.Run([&](pqxx::work& tx) {
@@ -657,10 +661,10 @@ absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
     if (restored && reason.empty()) reason = "the operator said it was restored (--restored)";
     if (!reason.empty()) {
       // A new life, as a rebuilt database's: a new stream (peers resume nothing of it, and its
-      // shard's cart changes take dots under a new actor, documents.h CartActor), marked new
-      // (the write hold waits for the peers), and no resume points of the peers' streams (they
-      // were the backup's: each peer sends its full state, this region's own records made since
-      // the backup among them).
+      // shard's cart changes take dots under a new actor, documents.h CartActor), marked new:
+      // the start then holds writes for the peers and drops every database's resume points
+      // (they were the backup's), so each peer sends its full state, this region's own records
+      // made since the backup among them.
       old_stream = tx.exec1("SELECT id FROM outbox_stream")[0].as<std::string>();
       new_stream = tx.exec1(
                          "UPDATE outbox_stream SET id = substr(md5(random()::text || "
@@ -668,7 +672,6 @@ absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
                        .as<std::string>();
       tx.exec0("INSERT INTO new_stream_marks (stream_id) VALUES (" + tx.quote(new_stream) +
                ") ON CONFLICT DO NOTHING");
-      tx.exec0("DELETE FROM replication_applied");
     }
     tx.exec0("DELETE FROM database_identity");
     tx.exec0(

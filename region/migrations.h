@@ -38,13 +38,17 @@ absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind);
 absl::StatusOr<bool> NewStreamMarked(PgPool& pool);
 // Clears the mark, once the start has recorded what it means (the write hold, region/app.cc).
 absl::Status ClearNewStreamMark(PgPool& pool);
+// Drops the database's resume points of the peers' streams (table replication_applied): a start
+// with a new stream in any database does, in every database, before it clears the marks.
+absl::Status ForgetResumePoints(PgPool& pool);
 
 // Whether the database went back in time since the last start: restored from a backup (to a
 // point in time, or logically, into this cluster or another), a promoted standby, or `restored`
 // (the operator says so, for a restore PostgreSQL cannot tell: a file copy put back as it was).
 // Its outbox numbering and its cart dots went back with it, and so did its resume points of the
 // peers' streams; peers hold records of it past them. Such a database gets a new life, as a
-// rebuilt one (migrations.h NewStreamMarked): a new stream name, marked new, no resume points.
+// rebuilt one: a new stream name, marked new (NewStreamMarked; the start then drops the resume
+// points, ForgetResumePoints).
 // Returns true when it did that; records the database's identity (table database_identity)
 // either way. REQUIRES: ApplyMigrations ran on `pool`.
 absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored);

@@ -19,6 +19,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -28,6 +29,7 @@
 #include "replication/frames.h"
 #include "replication/replication.grpc.pb.h"
 #include "services/auth.h"
+#include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/cluster.h"
 #include "tests/support/eventually.h"
@@ -283,8 +285,13 @@ class ThreeRegions : public ::testing::Test {
     return out;
   }
 
-  void ExpectANewLifeAfterARestore(const std::string& email, const std::function<void()>& backup,
+  void ExpectANewLifeAfterARestore(const std::string& email, const std::set<std::string>& restored,
+                                   const std::function<void()>& backup,
                                    const std::function<void()>& restore);
+  // The same for a logical restore of `dbs`: copies (CREATE DATABASE ... TEMPLATE) renamed over
+  // the live ones, other databases with other OIDs.
+  void ExpectANewLifeAfterACopyIsPutBack(const std::string& email,
+                                         const std::vector<std::string>& dbs);
 
   // Drops `region`'s three databases and creates them empty (its region server stopped first).
   void RebuildDatabases(size_t region) {
@@ -619,15 +626,17 @@ TEST_F(ThreeRegions, ARebuiltRegionGetsItsOwnCustomersBackFromItsPeersOnce) {
 }
 
 // ap-south is put back to a backup taken after its customer's first change (`backup` takes it,
-// `restore` puts it back, both with ap-south's region server stopped), after one more change that
-// its peers applied. Each database remembers what it is (PostgreSQL's system identifier and
-// timeline, its OID, its identity table's OID); a restore changes one of them, and the start gives
-// each database a new outbox stream and drops its resume points, as after a rebuild. Before, the
-// restored databases went on under their old streams: the change made after the backup never came
-// back (the peers send a region its own records only in a full state, which they sent only to a
-// region with no resume points), and ap-south's next change took that change's cart dot again,
-// which the peers refused ("rewrites a write held here"): its stream stopped.
+// `restore` puts back the databases `restored`, both with ap-south's region server stopped),
+// after one more change of its own that its peers applied, and one at each peer that it applied.
+// Each database remembers what it is (PostgreSQL's system identifier and timeline, its OID, its
+// identity table's OID); a restore changes one of them, and the start gives each restored
+// database a new outbox stream, and every database drops its resume points, as after a rebuild.
+// Before, the restored databases went on under their old streams: its own change made after the
+// backup never came back (the peers send a region its own records only in a full state, which they
+// sent only to a region with no resume points), and ap-south's next change took that change's cart
+// dot again, which the peers refused ("rewrites a write held here"): its stream stopped.
 void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
+                                               const std::set<std::string>& restored,
                                                const std::function<void()>& backup,
                                                const std::function<void()>& restore) {
   const Shopper shopper = OneItemEverywhere(kAp, email);
@@ -635,11 +644,14 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
   const std::vector<std::string> before = Streams(kAp);
   backup();
   ASSERT_FALSE(HasFailure());
+  // After the backup: a change of ap-south's own, and one at each peer that ap-south applies.
   ASSERT_EQ(Add(kAp, shopper.token, "sku-1", 2), 200);
+  ASSERT_EQ(Add(kUs, shopper.token, "sku-1", 5), 200);
+  ASSERT_EQ(Add(kEu, shopper.token, "sku-1", 6), 200);
   std::string why;
   ASSERT_TRUE(Eventually(
       [&] {
-        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 3}}}}, &why);
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 14}}}}, &why);
       },
       30))
       << why;
@@ -651,21 +663,25 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
   const std::vector<std::string> after = Streams(kAp);
   for (size_t i = 0; i < after.size(); ++i) {
-    EXPECT_NE(after[i], before[i]) << kDatabases[i] << " kept its stream";
+    if (restored.contains(kDatabases[i])) {
+      EXPECT_NE(after[i], before[i]) << kDatabases[i] << " kept its stream";
+    } else {
+      EXPECT_EQ(after[i], before[i]) << kDatabases[i] << " was not restored";
+    }
   }
-  // The change made after the backup comes back from the peers' state.
+  // Both changes made after the backup come back from the peers' state.
   EXPECT_TRUE(Eventually(
       [&] {
         auto cart = DbCart(kAp, shopper.id);
-        return cart && *cart == Lines{{"sku-1", 3}};
+        return cart && *cart == Lines{{"sku-1", 14}};
       },
       30))
-      << "ap-south never got back the change it made after the backup";
+      << "ap-south never got back the changes made after the backup";
   // Its next change (once its peers' state is in) reaches both peers.
   ASSERT_EQ(AddAfterRebuild(kAp, shopper.token, "sku-1", 4), 200);
   EXPECT_TRUE(Eventually(
       [&] {
-        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 7}}}}, &why);
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 18}}}}, &why);
       },
       30))
       << why;
@@ -675,28 +691,46 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
   EXPECT_EQ(Streams(kAp), after);
 }
 
-// A logical restore: copies of the databases (CREATE DATABASE ... TEMPLATE), renamed over the
-// live ones: other databases, with other OIDs.
-TEST_F(ThreeRegions, ARegionRestoredFromACopyOfItsDatabasesGetsANewLifeAndLosesNoChange) {
+void ThreeRegions::ExpectANewLifeAfterACopyIsPutBack(const std::string& email,
+                                                     const std::vector<std::string>& dbs) {
   auto admin = [&](const std::string& sql) {
     pqxx::connection conn(c_->Dsn(kAp, "postgres"));
     pqxx::nontransaction tx(conn);
     tx.exec(sql);
   };
   ExpectANewLifeAfterARestore(
-      "flo@example.com",
+      email, {dbs.begin(), dbs.end()},
       [&] {
         ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
-        for (const char* db : kDatabases)
+        for (const std::string& db : dbs) {
           admin(absl::StrCat("CREATE DATABASE ", db, "_backup TEMPLATE ", db));
+        }
         ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
       },
       [&] {
-        for (const char* db : kDatabases) {
+        for (const std::string& db : dbs) {
           admin(absl::StrCat("DROP DATABASE ", db, " WITH (FORCE)"));
           admin(absl::StrCat("ALTER DATABASE ", db, "_backup RENAME TO ", db));
         }
       });
+}
+
+TEST_F(ThreeRegions, ARegionRestoredFromACopyOfItsDatabasesGetsANewLifeAndLosesNoChange) {
+  ExpectANewLifeAfterACopyIsPutBack("flo@example.com",
+                                    {kDatabases[0], kDatabases[1], kDatabases[2]});
+}
+
+// Only the customer's shard is put back: the hello's resume points come from the global
+// database, which kept its marks of the peers' shard streams past what the restored shard holds.
+// The start drops every database's marks when any database is new, so the peers send their
+// full state. Before (a rebuilt shard alone too), the peers resumed from the global database's
+// marks, sent no state of those streams, and the shard never got back the changes since the
+// backup.
+TEST_F(ThreeRegions, ARegionWithOneShardRestoredGetsItsChangesBack) {
+  const std::string email = "hal@example.com";
+  const std::string shard =
+      absl::StrCat("shard", services::ShardForUser(services::UserIdForEmail(email), 2));
+  ExpectANewLifeAfterACopyIsPutBack(email, {shard});
 }
 
 // A physical restore to a point in time: ap-south's PostgreSQL put back to a base backup taken
@@ -704,7 +738,7 @@ TEST_F(ThreeRegions, ARegionRestoredFromACopyOfItsDatabasesGetsANewLifeAndLosesN
 TEST_F(ThreeRegions, ARegionRestoredToAPointInTimeGetsANewLifeAndLosesNoChange) {
   std::string backup;
   ExpectANewLifeAfterARestore(
-      "gus@example.com",
+      "gus@example.com", {kDatabases[0], kDatabases[1], kDatabases[2]},
       [&] {
         absl::StatusOr<std::string> taken = c_->postgres(kAp).BaseBackup();
         ASSERT_TRUE(taken.ok()) << taken.status();
