@@ -362,7 +362,7 @@ PgPool& RegionApp::Impl::ShardFor(std::string_view user_id) {
   return *shards[services::ShardForUser(user_id, static_cast<int32_t>(shards.size()))];
 }
 
-void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
+absl::Status RegionApp::Impl::LocalWriteHold(bool takes_stock) {
   // One look at the full hold: SetLocalWriteHold puts a hold on before it takes another off.
   const bool held = local_writes_held.load();
   if (!held && takes_stock && stock_held.load()) {
@@ -371,26 +371,31 @@ void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
       std::lock_guard<std::mutex> l(hold_mu);
       awaited = absl::StrJoin(stock_awaits, ", ");
     }
-    throw AbortTx{absl::UnavailableError(absl::StrCat(
+    return absl::UnavailableError(absl::StrCat(
         "this region's databases are new, and its replicator has not heard from ", awaited,
         ", which may hold its last stock changes from before: stock changes (checkouts, restocks, "
-        "rights moves) wait until it has; cart changes go through"))};
+        "rights moves) wait until it has; cart changes go through"));
   }
-  if (!held) return;
+  if (!held) return absl::OkStatus();
   std::string peers;
   {
     std::lock_guard<std::mutex> l(hold_mu);
     peers = hold_peers;
   }
   if (peers.empty() && held_since_start.load()) {
-    throw AbortTx{absl::UnavailableError(
+    return absl::UnavailableError(
         "this region's databases are new: until its replicator has heard from its peers whether "
-        "this region was rebuilt, cart and stock changes wait; retry shortly")};
+        "this region was rebuilt or restored, cart, stock and order changes wait; retry shortly");
   }
-  throw AbortTx{absl::UnavailableError(absl::StrCat(
-      "this region's databases were rebuilt, and it is taking its peers' state back (from ",
+  return absl::UnavailableError(absl::StrCat(
+      "this region's databases were rebuilt or restored, and it is taking its peers' state back "
+      "(from ",
       peers.empty() ? "its peers" : peers,
-      "): cart and stock changes wait until it is in; retry shortly"))};
+      "): cart, stock and order changes wait until it is in; retry shortly"));
+}
+
+void RegionApp::Impl::RefuseLocalWriteIfHeld(bool takes_stock) {
+  if (absl::Status held = LocalWriteHold(takes_stock); !held.ok()) throw AbortTx{held};
 }
 
 crdt::HlcTimestamp RegionApp::Impl::Now() {
@@ -883,7 +888,14 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
     auto applied =
         ApplyMigrations(*db, db == impl->global.get() ? SchemaKind::kGlobal : SchemaKind::kShard);
     if (!applied.ok()) return applied.status();
-    if (auto life = CheckDatabaseLife(*db, c.restored); !life.ok()) return life.status();
+  }
+  // --restored first makes every database forget what it was, so that a start that stops half-way
+  // leaves the rest to be given their new lives by the next start, flag or not.
+  for (PgPool* db : c.restored ? databases : std::vector<PgPool*>()) {
+    if (absl::Status forgot = ForgetDatabaseIdentity(*db); !forgot.ok()) return forgot;
+  }
+  for (PgPool* db : databases) {
+    if (auto life = CheckDatabaseLife(*db); !life.ok()) return life.status();
     auto marked = NewStreamMarked(*db);
     if (!marked.ok()) return marked.status();
     new_stream = new_stream || *marked;
@@ -938,12 +950,54 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // the global database, and a shard that is new (rebuilt, or restored from a backup) lacks what
   // was applied to it since, which the peers would never send again. With none, each peer sends
   // its full state (the records of this region's earlier life among them).
-  if (new_stream) {
-    for (PgPool* db : databases) {
-      absl::Status cleared = ForgetResumePoints(*db);
-      if (cleared.ok()) cleared = ClearNewStreamMark(*db);
-      if (!cleared.ok()) return cleared;
+  // All are forgotten before any mark is cleared: a start that stops in between leaves a mark, and
+  // the next one forgets them again. Looked at again just before: another process of the region
+  // that started at the same time may have done both already, and its peers' state transfers may
+  // have left new resume points since.
+  bool still_new = false;
+  for (PgPool* db : new_stream ? databases : std::vector<PgPool*>()) {
+    auto marked = NewStreamMarked(*db);
+    if (!marked.ok()) return marked.status();
+    still_new = still_new || *marked;
+  }
+  for (PgPool* db : still_new ? databases : std::vector<PgPool*>()) {
+    if (absl::Status forgot = ForgetResumePoints(*db); !forgot.ok()) return forgot;
+  }
+  for (PgPool* db : still_new ? databases : std::vector<PgPool*>()) {
+    if (absl::Status cleared = ClearNewStreamMark(*db); !cleared.ok()) return cleared;
+  }
+  // From now on every new connection must find the database this start found: a restore or a
+  // failover to a standby under this server (its connections break, and it reconnects) would
+  // otherwise have it write at rewound seqs and dots; another process of the region that gave
+  // the database a new stream, under this one's cached cart actor. Such a connection is refused
+  // (503, and /readyz fails) until the server restarts, whose start gives the database its new
+  // life.
+  for (PgPool* db : databases) {
+    std::string identity;
+    if (absl::Status st = db->Run([&](pqxx::work& tx) { identity = DatabaseIdentity(tx); });
+        !st.ok()) {
+      return st;
     }
+    auto last_logged = std::make_shared<std::atomic<int64_t>>(0);
+    db->SetConnectCheck([identity, last_logged, name = db->name()](pqxx::connection& conn) {
+      pqxx::read_transaction tx(conn);
+      const std::string now = DatabaseIdentity(tx);
+      if (now == identity) return absl::OkStatus();
+      const int64_t t = UnixNowMs();
+      if (int64_t was = last_logged->load(); t - was >= 60'000) {
+        if (last_logged->compare_exchange_strong(was, t)) {
+          spdlog::error(
+              "event=database_changed_under_server db={} at_start=\"{}\" now=\"{}\" (restored "
+              "or failed over since this server started; restart it: its start gives the "
+              "database a new life)",
+              name, identity, now);
+        }
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "postgres ", name,
+          ": the database is no longer the one this server started on (restored from a backup, "
+          "or failed over to a standby); it takes no request until the region server restarts"));
+    });
   }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
                                               c.replication.lease_margin_ms);

@@ -175,9 +175,13 @@ struct RegionApp::Impl {
   // Writes held_since_start's and stock_awaits' next values to the global database (table
   // write_hold), where the next start of the region server reads them.
   absl::Status SaveWriteHold(bool new_databases, const std::vector<std::string>& stock_awaits);
-  // Throws AbortTx (Unavailable: 503, Retry-After 1) while the hold is on. Called in the
-  // transaction of every local cart and stock change, before it writes; `takes_stock` false for
-  // a cart change alone, which the stock hold lets through.
+  // Unavailable (503, Retry-After 1) while the hold is on, saying why; `takes_stock` false for a
+  // change that takes no stock, which the stock hold lets through. Order changes (a payment, a
+  // cancel, the sweep's expiry) ask it too: a restored shard holds orders at versions its peers
+  // may have passed, and a change of its own at the same version would never converge.
+  absl::Status LocalWriteHold(bool takes_stock = true);
+  // Throws AbortTx with LocalWriteHold's error. Called in the transaction of every local cart and
+  // stock change, before it writes.
   void RefuseLocalWriteIfHeld(bool takes_stock = true);
   // Whether stock changes are held (either hold), for changes that wait rather than fail.
   bool StockWritesHeld() const { return local_writes_held.load() || stock_held.load(); }

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace meridian::region {
@@ -87,7 +88,8 @@ INSERT INTO outbox_stream VALUES (substr(md5(random()::text || clock_timestamp()
 )sql";
 
 // The outbox stream made in this database, from the transaction of the migration that makes it
-// until a start has handed it to the write hold (region/app.cc): a start that stops in between
+// (or of CheckDatabaseLife, which gives a restored database a new one) until a start has handed
+// it to the write hold and dropped the resume points (region/app.cc): a start that stops in between
 // (killed, or a later migration failing) leaves the mark for the next one. Made before any
 // migration, like schema_migrations, so that the stream's migration can write it; empty in a
 // database whose stream was made before marks were kept (those starts recorded their hold).
@@ -637,28 +639,58 @@ absl::Status ForgetResumePoints(PgPool& pool) {
   return pool.Run([](pqxx::work& tx) { tx.exec0("DELETE FROM replication_applied"); });
 }
 
-absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
+namespace {
+// The system identifier ForgetDatabaseIdentity records: no cluster has it.
+constexpr const char* kForgotten = "forgotten (--restored)";
+// What the database is: PostgreSQL's system identifier, the timeline it writes on (the first 8
+// hex digits of the current WAL segment's name), its OID, the identity table's OID. None of
+// these needs a superuser.
+constexpr const char* kIdentityColumns =
+    "(SELECT system_identifier::text FROM pg_control_system()), ('x' || "
+    "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint, (SELECT "
+    "oid::bigint FROM pg_database WHERE datname = current_database()), "
+    "'public.database_identity'::regclass::oid::bigint";
+}  // namespace
+
+std::string DatabaseIdentity(pqxx::transaction_base& tx) {
+  pqxx::row r = tx.exec1(std::string("SELECT ") + kIdentityColumns +
+                         ", (SELECT id FROM outbox_stream LIMIT 1)");
+  return absl::StrCat("system identifier ", r[0].as<std::string>(), ", timeline ",
+                      r[1].as<std::string>(), ", database OID ", r[2].as<std::string>(),
+                      ", identity table OID ", r[3].as<std::string>(), ", outbox stream ",
+                      r[4].c_str());
+}
+
+absl::Status ForgetDatabaseIdentity(PgPool& pool) {
+  return pool.Run([](pqxx::work& tx) {
+    tx.exec(StartLockSql());
+    tx.exec0(
+        "INSERT INTO database_identity (system_identifier, timeline, database_oid, table_oid) "
+        "VALUES (" +
+        tx.quote(kForgotten) +
+        ", 0, 0, 0) ON CONFLICT (only_row) DO UPDATE SET system_identifier = " +
+        tx.quote(kForgotten));
+  });
+}
+
+absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool) {
   std::string reason, old_stream, new_stream;
   absl::Status st = pool.Run([&](pqxx::work& tx) {
     reason.clear();
     tx.exec(StartLockSql());
-    // The timeline is the first 8 hex digits of the current WAL segment's name; none of these
-    // needs a superuser.
-    pqxx::row now = tx.exec1(
-        "SELECT (SELECT system_identifier::text FROM pg_control_system()), ('x' || "
-        "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint, (SELECT "
-        "oid::bigint FROM pg_database WHERE datname = current_database()), "
-        "'database_identity'::regclass::oid::bigint");
+    pqxx::row now = tx.exec1(std::string("SELECT ") + kIdentityColumns);
     constexpr const char* kNames[] = {"system identifier", "timeline", "database OID",
                                       "identity table OID"};
     pqxx::result was = tx.exec(
         "SELECT system_identifier, timeline::text, database_oid::text, table_oid::text FROM "
         "database_identity");
+    if (!was.empty() && was[0][0].as<std::string>() == kForgotten) {
+      reason = "the operator said it was restored (--restored)";
+    }
     for (int i = 0; !was.empty() && i < 4 && reason.empty(); ++i) {
       const std::string then = was[0][i].as<std::string>(), is = now[i].as<std::string>();
       if (then != is) reason = absl::StrCat(kNames[i], " ", then, " -> ", is);
     }
-    if (restored && reason.empty()) reason = "the operator said it was restored (--restored)";
     if (!reason.empty()) {
       // A new life, as a rebuilt database's: a new stream (peers resume nothing of it, and its
       // shard's cart changes take dots under a new actor, documents.h CartActor), marked new:
@@ -682,7 +714,13 @@ absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored) {
   });
   if (!st.ok()) {
     return absl::Status(
-        st.code(), absl::StrCat("checking whether ", pool.name(), " was restored: ", st.message()));
+        st.code(),
+        absl::StrCat("checking whether ", pool.name(), " was restored: ", st.message(),
+                     absl::StrContains(st.message(), "permission denied")
+                         ? " (the region's role needs EXECUTE on pg_control_system(), "
+                           "pg_current_wal_lsn() and pg_walfile_name(), which PostgreSQL grants "
+                           "to every role unless revoked)"
+                         : ""));
   }
   if (reason.empty()) return false;
   spdlog::warn(

@@ -23,7 +23,8 @@ struct Migration {
 const std::vector<Migration>& Migrations(SchemaKind kind);
 
 // The migrations that make a database's outbox stream: the database is new. In the same
-// transaction ApplyMigrations marks the stream as new (NewStreamMarked).
+// transaction ApplyMigrations marks the stream as new (NewStreamMarked); CheckDatabaseLife
+// marks the new stream it gives a restored database too.
 inline constexpr int kGlobalOutboxStreamVersion = 8;
 inline constexpr int kShardOutboxStreamVersion = 10;
 
@@ -32,8 +33,9 @@ inline constexpr int kShardOutboxStreamVersion = 10;
 // migrations are not `kind`'s: the other schema's, or some other one's.
 absl::StatusOr<std::vector<int>> ApplyMigrations(PgPool& pool, SchemaKind kind);
 
-// Whether the database's outbox stream was made (by ApplyMigrations) and its mark not cleared
-// since: true from the stream migration's commit on, also across a start that stopped after it.
+// Whether the database's outbox stream was made (by ApplyMigrations, or anew by
+// CheckDatabaseLife) and its mark not cleared since: true from that commit on, also across a
+// start that stopped after it.
 // REQUIRES: ApplyMigrations ran on `pool`.
 absl::StatusOr<bool> NewStreamMarked(PgPool& pool);
 // Clears the mark, once the start has recorded what it means (the write hold, region/app.cc).
@@ -42,15 +44,23 @@ absl::Status ClearNewStreamMark(PgPool& pool);
 // with a new stream in any database does, in every database, before it clears the marks.
 absl::Status ForgetResumePoints(PgPool& pool);
 
-// Whether the database went back in time since the last start: restored from a backup (to a
-// point in time, or logically, into this cluster or another), a promoted standby, or `restored`
-// (the operator says so, for a restore PostgreSQL cannot tell: a file copy put back as it was).
-// Its outbox numbering and its cart dots went back with it, and so did its resume points of the
-// peers' streams; peers hold records of it past them. Such a database gets a new life, as a
-// rebuilt one: a new stream name, marked new (NewStreamMarked; the start then drops the resume
-// points, ForgetResumePoints).
-// Returns true when it did that; records the database's identity (table database_identity)
-// either way. REQUIRES: ApplyMigrations ran on `pool`.
-absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool, bool restored);
+// Whether the database went back in time since the last start: restored from a backup to a
+// point in time, or logically (into this cluster or another), or a standby promoted in its place
+// (which may lack the primary's last commits), or ForgetDatabaseIdentity ran. Its outbox
+// numbering and its cart dots went back with it, and so did its resume points of the peers'
+// streams; peers hold records of it past them. Such a database gets a new life, as a rebuilt
+// one: a new stream name, marked new (NewStreamMarked; the start then drops every database's
+// resume points, ForgetResumePoints, and holds writes until the peers' state is in). Returns
+// true when it did that; records the database's identity (table database_identity) either way.
+// REQUIRES: ApplyMigrations ran on `pool`.
+absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool);
+// `meridian-region --restored`, for a restore PostgreSQL cannot tell (a file copy of a stopped
+// server put back as it was): the recorded identity is forgotten, so that the next
+// CheckDatabaseLife gives the database a new life, at this start or, if it stops before, at the
+// next one.
+absl::Status ForgetDatabaseIdentity(PgPool& pool);
+// What the database is now (CheckDatabaseLife's identity) and its outbox stream, as one line: a
+// region server compares it on every new connection with what it was at the start.
+std::string DatabaseIdentity(pqxx::transaction_base& tx);
 
 }  // namespace meridian::region

@@ -157,6 +157,7 @@ absl::StatusOr<std::string> RegionApp::Impl::ExpireOrder(const std::string& orde
     const uint32_t group = GroupOf(r[0][2].as<int64_t>(), r[0][3].as<std::string>());
     LeaseTable::Decision lease = leases->ForGroup(group);
     if (!lease.mine) return;  // its owner expires it; the event tells us
+    if (!LocalWriteHold(/*takes_stock=*/false).ok()) return;  // a later sweep, once it is off
     const auto epoch = static_cast<int64_t>(lease.epoch);
     pqxx::result u = tx.exec(
         FenceLockSql(tx, group, false) +
@@ -819,6 +820,7 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   // Only the lease holder changes an order, with its epoch; checked again in the UPDATE.
   LeaseTable::Decision lease;
   auto take_lease = [&]() -> absl::Status {
+    if (absl::Status held = LocalWriteHold(/*takes_stock=*/false); !held.ok()) return held;
     lease = leases->ForGroup(group);
     if (lease.mine) return absl::OkStatus();
     return absl::UnavailableError(
@@ -1109,6 +1111,7 @@ HttpResponse RegionApp::Impl::CancelForUser(const std::string& user_id, const st
       not_mine = lease;
       return;
     }
+    RefuseLocalWriteIfHeld(/*takes_stock=*/false);
     std::string status = r[0][0].as<std::string>();
     if (status == "pending_payment") {
       next = "cancelled";

@@ -94,6 +94,9 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
     pqxx::nontransaction(*c).exec(
         "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit') WHEN "
         "'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)");
+    if (connect_check_) {
+      if (absl::Status checked = connect_check_(*c); !checked.ok()) return checked;
+    }
     return c;
   } catch (const std::exception& e) {
     return TagDatabaseError(absl::UnavailableError(

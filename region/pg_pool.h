@@ -63,6 +63,13 @@ class PgPool {
 
   // Opens a fresh connection (outside the pool) for a one-off job such as migrations.
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Connect() const;
+  // Runs on every connection opened from now on (the pool's, the probe's, Connect's) before it
+  // is used: an error drops the connection and is what the call that wanted it gets. Set once,
+  // before the pool is shared between threads. The region server's checks that the database is
+  // still the one it started on (a restore or a failover under it: region/app.cc).
+  void SetConnectCheck(std::function<absl::Status(pqxx::connection&)> check) {
+    connect_check_ = std::move(check);
+  }
 
   [[nodiscard]] const std::string& name() const { return options_.name; }
   [[nodiscard]] int size() const { return options_.size; }
@@ -84,6 +91,7 @@ class PgPool {
   void Release(std::unique_ptr<pqxx::connection> c);
 
   Options options_;
+  std::function<absl::Status(pqxx::connection&)> connect_check_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::unique_ptr<pqxx::connection>> idle_;

@@ -2063,8 +2063,8 @@ TEST(RegionDurability, ACommitTheClientSawSurvivesAPostgresCrashUnderAsynchronou
 // A database's lives (CheckDatabaseLife): its first check records what the database is and keeps
 // its stream, as does every check after while it stays the same database; one that finds it
 // changed (here the recorded system identifier is another cluster's, as in a dump restored from
-// there), or the operator's --restored, gives it a new stream, marked new. ThreeRegions.ARegion*
-// Restored* run whole restores.
+// there), or the operator's --restored (ForgetDatabaseIdentity), gives it a new stream, marked
+// new. ThreeRegions.ARegion*Restored* run whole restores.
 TEST(DatabaseLife, ARestoredDatabaseGetsANewStream) {
   auto pg = test_support::PostgresServer::Start();
   ASSERT_TRUE(pg.ok()) << pg.status();
@@ -2080,7 +2080,7 @@ TEST(DatabaseLife, ARestoredDatabaseGetsANewStream) {
   };
   const std::string first = one("SELECT id FROM outbox_stream");
   for (int start = 0; start < 2; ++start) {
-    auto life = CheckDatabaseLife(**pool, false);
+    auto life = CheckDatabaseLife(**pool);
     ASSERT_TRUE(life.ok()) << life.status();
     EXPECT_FALSE(*life);
   }
@@ -2089,7 +2089,7 @@ TEST(DatabaseLife, ARestoredDatabaseGetsANewStream) {
   EXPECT_FALSE(*NewStreamMarked(**pool));
 
   one("UPDATE database_identity SET system_identifier = '1' RETURNING 1");
-  auto life = CheckDatabaseLife(**pool, false);
+  auto life = CheckDatabaseLife(**pool);
   ASSERT_TRUE(life.ok()) << life.status();
   EXPECT_TRUE(*life);
   const std::string second = one("SELECT id FROM outbox_stream");
@@ -2098,11 +2098,12 @@ TEST(DatabaseLife, ARestoredDatabaseGetsANewStream) {
   EXPECT_EQ(one("SELECT system_identifier FROM database_identity"),
             one("SELECT system_identifier::text FROM pg_control_system()"));
   ASSERT_TRUE(ClearNewStreamMark(**pool).ok());
-  life = CheckDatabaseLife(**pool, false);
+  life = CheckDatabaseLife(**pool);
   ASSERT_TRUE(life.ok()) << life.status();
   EXPECT_FALSE(*life) << "the identity the restore found was recorded";
 
-  life = CheckDatabaseLife(**pool, /*restored=*/true);
+  ASSERT_TRUE(ForgetDatabaseIdentity(**pool).ok());  // --restored
+  life = CheckDatabaseLife(**pool);
   ASSERT_TRUE(life.ok()) << life.status();
   EXPECT_TRUE(*life);
   EXPECT_NE(one("SELECT id FROM outbox_stream"), second);

@@ -750,6 +750,42 @@ TEST_F(ThreeRegions, ARegionRestoredToAPointInTimeGetsANewLifeAndLosesNoChange) 
       });
 }
 
+// ap-south's PostgreSQL is restored to a point in time under its running region server: the
+// server's connections break, and the ones it opens again find another timeline. It refuses them
+// (503, and /readyz fails) until it restarts, whose start gives the databases their new lives.
+// Before, it reconnected and took the customer's next change at a cart dot the peers held.
+TEST_F(ThreeRegions, ARegionServerRunningThroughARestoreTakesNoChangeUntilItRestarts) {
+  const Shopper shopper = OneItemEverywhere(kAp, "ida@example.com");
+  ASSERT_FALSE(HasFailure());
+  absl::StatusOr<std::string> backup = c_->postgres(kAp).BaseBackup();
+  ASSERT_TRUE(backup.ok()) << backup.status();
+  ASSERT_EQ(Add(kAp, shopper.token, "sku-1", 2), 200);
+  std::string why;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 3}}}}, &why);
+      },
+      30))
+      << why;
+  absl::Status restored = c_->postgres(kAp).RestoreBaseBackup(*backup);
+  ASSERT_TRUE(restored.ok()) << restored;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Add(kAp, shopper.token, "sku-1", 4), 503) << "attempt " << i;
+    EXPECT_EQ(Request(c_->http_port(kAp), "GET", "/readyz").status, 503) << "attempt " << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(*DbCart(kAp, shopper.id), (Lines{{"sku-1", 1}})) << "the backup's cart, untouched";
+  ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
+  ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
+  ASSERT_EQ(AddAfterRebuild(kAp, shopper.token, "sku-1", 4), 200);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 7}}}}, &why);
+      },
+      30))
+      << why;
+}
+
 // A region whose databases were rebuilt takes no cart change of its own until every connected
 // peer that knows its past has sent its state: a change before that would take a CRDT dot it had
 // used before the rebuild (its replica id, counting from 1 again), which the peers take for one

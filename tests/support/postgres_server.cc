@@ -446,8 +446,7 @@ absl::Status PostgresServer::WaitForOrphans(bool remove_segment) {
 }
 
 absl::StatusOr<std::string> PostgresServer::BaseBackup() {
-  static int backups = 0;
-  const std::string to = absl::StrCat(directory_, "/backup-", ++backups);
+  const std::string to = absl::StrCat(directory_, "/backup-", ++backups_);
   Process::Options backup;
   // Over the instance's own Unix socket, as the replication connection initdb's trust allows.
   backup.argv = {bin_dir_ + "/pg_basebackup",
@@ -482,11 +481,35 @@ absl::Status PostgresServer::RestoreBaseBackup(const std::string& backup) {
     return absl::InternalError(absl::StrCat("PostgresServer '", name(), "': putting ", backup,
                                             " in place: ", ec.message()));
   }
-  // No WAL archive: recovery replays what the backup holds, then ends on a new timeline.
+  // No WAL archive (restore_command finds nothing; PostgreSQL insists on one for a recovery
+  // that is not a standby's): recovery replays what the backup holds, then ends on a new
+  // timeline. The setting stays, and is never used again without recovery.signal.
   std::ofstream(data_directory() + "/recovery.signal").close();
   std::ofstream(data_directory() + "/postgresql.auto.conf", std::ios::app)
       << "restore_command = 'false'\n";
-  return Restart();
+  if (absl::Status s = Restart(); !s.ok()) return s;
+  // The server takes connections (read-only) once recovery is consistent, before it ends.
+  const absl::Time deadline = absl::Now() + kReadyTimeout;
+  std::string last;
+  while (true) {
+    PGconn* c = PQconnectdb(ConnectionString().c_str());
+    bool recovering = true;
+    if (PQstatus(c) == CONNECTION_OK) {
+      PGresult* r = PQexec(c, "SELECT pg_is_in_recovery()");
+      if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        recovering = std::string(PQgetvalue(r, 0, 0)) == "t";
+      PQclear(r);
+    }
+    last = PQerrorMessage(c);
+    PQfinish(c);
+    if (!recovering) break;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("PostgresServer '", name(), "': still recovering the backup ", last));
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status PostgresServer::Restart() {

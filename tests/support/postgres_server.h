@@ -141,6 +141,7 @@ class PostgresServer {
   uint16_t port_ = 0;
   std::unique_ptr<Process> process_;
   bool killed_ = false;  // SIGKILLed and not restarted since: orphans may still run.
+  int backups_ = 0;      // BaseBackup's directories so far
 };
 
 }  // namespace meridian::test_support
