@@ -84,9 +84,12 @@ class LeasesTest : public ::testing::Test {
     o.region_yaml_extra = region_extra;
     o.pool_size = 8;
     o.login_attempts_per_account = login_attempts_per_account_;
+    o.reservation_ttl_s = reservation_ttl_s_;
+    o.sweep_interval_s = sweep_interval_s_;
     Start(std::move(o));
   }
-  int login_attempts_per_account_ = 1000000;  // StartThree's
+  int login_attempts_per_account_ = 1000000;          // StartThree's
+  int reservation_ttl_s_ = 0, sweep_interval_s_ = 0;  // StartThree's; 0: the defaults
 
   std::string Operator() { return "Bearer " + c_->options().operator_token; }
   // us-east and eu-west, with no coordination in their replicators: the test plays the
@@ -670,6 +673,44 @@ TEST_F(LeasesTest, KilledRegionsOrdersMoveToTheSuccessorAndBack) {
   watching = false;
   watcher.join();
   EXPECT_EQ(double_owned.load(), 0) << "two regions held us-east's orders at once";
+}
+
+// A lost region's order still awaiting payment expires at the region that took its group over,
+// once its payment window is over: the home region's sweep, which expires its orders by their
+// reservations, is away. It cannot be paid there after that. Back, the home region learns the
+// status and releases the units. Before, the order stayed payable at the successor for as long as
+// its home region was away.
+TEST_F(LeasesTest, ALostRegionsUnpaidOrderExpiresAtItsSuccessor) {
+  reservation_ttl_s_ = 6;
+  sweep_interval_s_ = 1;
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  LeasesSettled();
+  const PlacedOrder placed = KettleOrderedAt(kUs, "uma@example.com", "any");
+  ASSERT_FALSE(placed.order.empty());
+  ASSERT_TRUE(Eventually([&] { return OrderStatusAt(kEu, placed.order, placed.auth) == 200; }, 20));
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  EXPECT_TRUE(
+      Eventually([&] { return OrderStatus(kEu, placed.order, placed.auth) == "expired"; }, 20))
+      << "eu-west holds us-east's group and left its order " << placed.order << " "
+      << OrderStatus(kEu, placed.order, placed.auth);
+  Response pay = Request(c_->http_port(kEu), "POST", "/v1/orders/" + placed.order + "/pay",
+                         R"({"card_number":"4242424242424242"})", {{"Authorization", placed.auth}});
+  EXPECT_EQ(pay.status, 409) << pay.body;
+
+  ASSERT_TRUE(c_->StartRegionServer(kUs).ok());
+  ASSERT_TRUE(c_->StartReplicator(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kUs, "us-east"); }, 30));
+  EXPECT_TRUE(
+      Eventually([&] { return OrderStatus(kUs, placed.order, placed.auth) == "expired"; }, 20));
+  EXPECT_TRUE(Eventually(
+      [&] {
+        Response inv = Request(c_->http_port(kUs), "GET", "/v1/inventory/kettle");
+        return Json::parse(inv.body, nullptr, false).value("available", int64_t{-1}) == 10;
+      },
+      30))
+      << Request(c_->http_port(kUs), "GET", "/v1/inventory/kettle").body;
 }
 
 // While a successor outside a pinned customer's jurisdiction owns their home region's orders

@@ -273,7 +273,14 @@ absl::Status Cluster::Build() {
         options_.token_secret, "\", operator_token: \"", options_.operator_token, "\"}\n",
         "limits: {rate_limit_per_s: 1000000, rate_limit_burst: 1000000, "
         "login_attempts_per_account: ",
-        options_.login_attempts_per_account, "}\n", "peers:\n");
+        options_.login_attempts_per_account,
+        options_.reservation_ttl_s > 0
+            ? absl::StrCat(", reservation_ttl_s: ", options_.reservation_ttl_s)
+            : "",
+        options_.sweep_interval_s > 0
+            ? absl::StrCat(", sweep_interval_s: ", options_.sweep_interval_s)
+            : "",
+        "}\n", "peers:\n");
     for (size_t j = 0; j < regions_.size(); ++j) {
       if (j == i) continue;
       absl::StrAppend(&y, "  - {name: ", regions_[j]->spec.name,

@@ -50,6 +50,9 @@ struct ClusterOptions {
   // "leases: {ttl_ms: 3000, renew_interval_ms: 500}").
   std::string coordination_yaml = "";
   int rights_wait_ms = 200;
+  // Every region's limits.reservation_ttl_s and limits.sweep_interval_s; 0: the defaults.
+  int reservation_ttl_s = 0;
+  int sweep_interval_s = 0;
   // A meridian-witness (the third lease vote of a two-region deployment), replica id 250.
   bool witness = false;
   // Each replicator keeps its recent keys in a state_dir of its own (false: in memory only).
