@@ -25,9 +25,6 @@ namespace meridian::region {
 struct SweepCounts {
   int released = 0;  // reservations whose stock went back
   int failed = 0;    // reservations it could not settle (left for the next sweep)
-  // Orders of another region's lease group that this region holds (a takeover), expired here
-  // once their payment window was over.
-  int expired_taken_over = 0;
 };
 
 class RegionApp {

@@ -497,12 +497,6 @@ struct RegionApp::Impl {
   PeerDurability AwaitPeer(PgPool& shard, int64_t seq, const std::string& residency, uint32_t group,
                            int64_t stock_seq = 0);
   absl::StatusOr<SweepCounts> Sweep();
-  // Expires the orders still awaiting payment past `reservation_ttl_s` of every other region's
-  // lease group this region holds (it took the group over after a loss), as a sweep's step: their
-  // reservations are at their home region, whose sweep expires them only once it has its group
-  // back. Before, they stayed payable here for as long as the home region was away. The units
-  // stay reserved at the home region until its sweep learns the new status.
-  void ExpireTakenOverOrders(SweepCounts* counts);
   // Refunds the captured charges that failed payments owe (refunds_due, each shard), as a sweep's
   // step.
   void RefundsDue();

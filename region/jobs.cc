@@ -147,54 +147,10 @@ absl::StatusOr<SweepCounts> RegionApp::Impl::Sweep() {
       break;
     }
   }
-  if (unavailable.ok()) ExpireTakenOverOrders(&counts);
   RefundsDue();
   SettleCharges(&counts);
   if (!unavailable.ok()) return unavailable;
   return counts;
-}
-
-void RegionApp::Impl::ExpireTakenOverOrders(SweepCounts* counts) {
-  std::string groups;
-  for (const auto& [group, unused] : leases->Snapshot()) {
-    if (group == config.replica_id || !leases->ForGroup(group).mine) continue;
-    groups += (groups.empty() ? "" : ", ") + std::to_string(group);
-  }
-  if (groups.empty()) return;
-  constexpr int kPage = 500;  // per shard and sweep; the next sweep takes the rest
-  for (auto& shard : shards) {
-    std::vector<std::pair<std::string, std::string>> due;  // order, customer
-    absl::Status st = shard->Run([&](pqxx::work& tx) {
-      due.clear();
-      for (const auto& r :
-           tx.exec("SELECT order_id, user_id FROM orders WHERE status = 'pending_payment' AND "
-                   "lease_group IN (" +
-                   groups + ") AND created_at < now() - " +
-                   tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) +
-                   "::interval ORDER BY created_at LIMIT " + std::to_string(kPage))) {
-        due.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
-      }
-    });
-    for (size_t i = 0; st.ok() && i < due.size(); ++i) {
-      const auto& [order, user] = due[i];
-      std::string unused_ref;
-      auto status = ExpireOrder(order, user, &unused_ref, /*window_over=*/true);
-      if (!status.ok()) {
-        st = status.status();
-        if (SkipFailedSweepItem(order, st, counts)) st = absl::OkStatus();
-      } else if (*status == "expired") {
-        ++counts->expired_taken_over;
-        spdlog::info(
-            "event=taken_over_order_expired order={} (its home region's group is held here)",
-            order);
-      }
-    }
-    if (!st.ok()) {
-      ++counts->failed;
-      spdlog::warn("event=taken_over_orders_skipped pool={} status=\"{}\"", shard->name(),
-                   st.ToString());
-    }
-  }
 }
 
 void RegionApp::Impl::RefundsDue() {
@@ -531,10 +487,7 @@ HttpResponse RegionApp::Impl::SweepNow(HttpRequest& req) {
   if (auto st = Operator(req); !st.ok()) return ProblemFromStatus(st);
   auto n = Sweep();
   if (!n.ok()) return ProblemFromStatus(n.status());
-  return HttpResponse::Json(200, Json{{"released", n->released},
-                                      {"failed", n->failed},
-                                      {"expired_taken_over", n->expired_taken_over}}
-                                     .dump());
+  return HttpResponse::Json(200, Json{{"released", n->released}, {"failed", n->failed}}.dump());
 }
 
 HttpResponse RegionApp::Impl::NotifyNow(HttpRequest& req) {

@@ -512,14 +512,6 @@ CREATE TABLE shard_placement (
 );
 )sql"},
     {20, "database_identity", kDatabaseIdentity},
-    {21, "orders_pending_by_group",
-     R"sql(
--- A region that took another region's lease group over expires that group's orders still
--- awaiting payment once their window is over (RegionApp::Impl::ExpireTakenOverOrders): every
--- sweep looks for them, among what may be all of that region's orders.
-CREATE INDEX orders_pending_by_group ON orders (lease_group, created_at)
-  WHERE status = 'pending_payment';
-)sql"},
 };
 
 }  // namespace

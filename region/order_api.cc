@@ -841,9 +841,11 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
   if (!known) {
     st = shard.Run([&](pqxx::work& tx) {
       pqxx::result r = tx.exec(
-          "SELECT status, total_cents, currency, residency, lease_group, owner_region FROM orders "
-          "WHERE order_id = " +
-          tx.quote(order_id) + OfCustomer(tx, user_id));
+          "SELECT status, total_cents, currency, residency, lease_group, owner_region, created_at "
+          "< now() - " +
+          tx.quote(absl::StrCat(config.reservation_ttl_s, " seconds")) +
+          "::interval FROM orders WHERE order_id = " + tx.quote(order_id) +
+          OfCustomer(tx, user_id));
       if (r.empty()) throw AbortTx{absl::NotFoundError(absl::StrCat("no order ", order_id))};
       std::string status = r[0][0].as<std::string>();
       if (status != "pending_payment") {
@@ -855,6 +857,16 @@ absl::StatusOr<Json> RegionApp::Impl::Pay(const std::string& user_id, const std:
       residency = r[0][3].as<std::string>();
       group = GroupOf(r[0][4].as<int64_t>(), r[0][5].as<std::string>());
       if (absl::Status mine = take_lease(); !mine.ok()) throw AbortTx{mine};
+      // Another region's order, here because this region took its group over: its reservation,
+      // and the sweep that expires it once its payment window is over, are at its home region.
+      // Past that window it is not paid here: the home region, back, expires it (or finds it
+      // paid there before it was lost; expiring it here would have undone that payment).
+      if (group != config.replica_id && r[0][6].as<bool>()) {
+        throw AbortTx{absl::FailedPreconditionError(
+            absl::StrCat("order ", order_id, ": its payment window (", config.reservation_ttl_s,
+                         " s) is over; its home region ", r[0][5].as<std::string>(),
+                         " expires it once it is back. Place a new order"))};
+      }
       if (decision) settle_unless_recorded(tx);
     });
   } else {

@@ -669,7 +669,7 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
       EXPECT_EQ(after[i], before[i]) << kDatabases[i] << " was not restored";
     }
   }
-  // Both changes made after the backup come back from the peers' state.
+  // The three changes made after the backup come back from the peers' state.
   EXPECT_TRUE(Eventually(
       [&] {
         auto cart = DbCart(kAp, shopper.id);
