@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <functional>
 #include <string>
 
 namespace meridian::common {
@@ -53,6 +54,16 @@ inline int WaitForStopSignal(const sigset_t& signals) {
   int sig = 0;
   sigwait(&signals, &sig);
   return sig;
+}
+
+// As WaitForStopSignal, but also asks `stop_now` every second: 0 once it said true.
+inline int WaitForStopSignalOr(const sigset_t& signals, const std::function<bool()>& stop_now) {
+  const timespec second{1, 0};
+  while (true) {
+    const int sig = sigtimedwait(&signals, nullptr, &second);
+    if (sig > 0) return sig;
+    if (stop_now()) return 0;
+  }
 }
 
 }  // namespace meridian::common

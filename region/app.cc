@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/config_files.h"
@@ -972,31 +973,42 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // the database a new stream, under this one's cached cart actor. Such a connection is refused
   // (503, and /readyz fails) until the server restarts, whose start gives the database its new
   // life.
-  for (PgPool* db : databases) {
+  for (size_t i = 0; i < databases.size(); ++i) {
+    PgPool* db = databases[i];
     std::string identity;
     if (absl::Status st = db->Run([&](pqxx::work& tx) { identity = DatabaseIdentity(tx); });
         !st.ok()) {
       return st;
     }
+    // The cart actors above come from the streams read then: another process of the region
+    // that gave the database a new stream since would leave this one on the old actor.
+    if (!absl::EndsWith(identity, ", outbox stream " + streams[i].first)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          db->name(), "'s outbox stream changed during this start (", streams[i].first, ", now ",
+          identity, "): another process of the region gave it a new life; start again"));
+    }
     auto last_logged = std::make_shared<std::atomic<int64_t>>(0);
-    db->SetConnectCheck([identity, last_logged, name = db->name()](pqxx::connection& conn) {
+    db->SetConnectCheck([identity, last_logged, name = db->name(),
+                         changed = &impl->database_changed](pqxx::connection& conn) {
       pqxx::read_transaction tx(conn);
       const std::string now = DatabaseIdentity(tx);
       if (now == identity) return absl::OkStatus();
+      changed->store(true);
       const int64_t t = UnixNowMs();
       if (int64_t was = last_logged->load(); t - was >= 60'000) {
         if (last_logged->compare_exchange_strong(was, t)) {
           spdlog::error(
               "event=database_changed_under_server db={} at_start=\"{}\" now=\"{}\" (restored "
-              "or failed over since this server started; restart it: its start gives the "
-              "database a new life)",
+              "or failed over since this server started: the server stops with exit status 3; "
+              "its next start gives the database a new life)",
               name, identity, now);
         }
       }
       return absl::UnavailableError(absl::StrCat(
           "postgres ", name,
           ": the database is no longer the one this server started on (restored from a backup, "
-          "or failed over to a standby); it takes no request until the region server restarts"));
+          "or failed over to a standby); the region server stops, and takes requests again once "
+          "restarted"));
     });
   }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
@@ -1048,6 +1060,7 @@ void RegionApp::Stop() {
 
 uint16_t RegionApp::http_port() const { return impl_->server ? impl_->server->port() : 0; }
 uint16_t RegionApp::grpc_port() const { return impl_->grpc ? impl_->grpc->port() : 0; }
+bool RegionApp::database_changed() const { return impl_->database_changed.load(); }
 
 absl::StatusOr<SweepCounts> RegionApp::SweepReservations() { return impl_->Sweep(); }
 absl::StatusOr<int> RegionApp::RunNotificationsOnce() { return impl_->NotifyOnce(); }

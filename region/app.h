@@ -37,6 +37,9 @@ class RegionApp {
   [[nodiscard]] uint16_t http_port() const;
   // The internal gRPC API's port; 0 when listen.grpc is not configured.
   [[nodiscard]] uint16_t grpc_port() const;
+  // A database is no longer the one the start found (restored, or failed over to a standby,
+  // under this server): it takes no request on it, and must restart to give it a new life.
+  [[nodiscard]] bool database_changed() const;
 
   // Background jobs, also callable directly (tests, operator endpoints).
   // Releases the stock of held reservations whose order was not paid before expiry. An error

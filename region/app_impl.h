@@ -172,6 +172,8 @@ struct RegionApp::Impl {
   // released without hearing these peers. stock_awaits is guarded by hold_mu.
   std::vector<std::string> stock_awaits;
   std::atomic<bool> stock_held{false};
+  // Set by a connection that found a database changed since the start (RegionApp::Create).
+  std::atomic<bool> database_changed{false};
   // Writes held_since_start's and stock_awaits' next values to the global database (table
   // write_hold), where the next start of the region server reads them.
   absl::Status SaveWriteHold(bool new_databases, const std::vector<std::string>& stock_awaits);

@@ -67,7 +67,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meridian-region: cannot start: %s\n", std::string(st.message()).c_str());
     return 1;
   }
-  const int sig = meridian::common::WaitForStopSignal(signals);
+  const int sig =
+      meridian::common::WaitForStopSignalOr(signals, [&] { return (*app)->database_changed(); });
+  if (sig == 0) {
+    spdlog::critical(
+        "event=region_stopping reason=database_changed_under_server (exit status 3: start it "
+        "again, and its start gives the database a new life)");
+    (*app)->Stop();
+    return 3;
+  }
   spdlog::info("event=region_stopping signal={}", sig);
   (*app)->Stop();
   return 0;

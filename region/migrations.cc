@@ -649,7 +649,7 @@ constexpr const char* kIdentityColumns =
     "(SELECT system_identifier::text FROM pg_control_system()), ('x' || "
     "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint, (SELECT "
     "oid::bigint FROM pg_database WHERE datname = current_database()), "
-    "'public.database_identity'::regclass::oid::bigint";
+    "'database_identity'::regclass::oid::bigint";
 }  // namespace
 
 std::string DatabaseIdentity(pqxx::transaction_base& tx) {

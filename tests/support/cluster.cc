@@ -397,6 +397,14 @@ absl::Status Cluster::KillRegionServer(size_t i) {
   return st.ok() ? absl::OkStatus() : st.status();
 }
 
+absl::StatusOr<int> Cluster::AwaitRegionServerExit(size_t i, absl::Duration timeout) {
+  Region& r = *regions_[i];
+  if (!r.server) return absl::FailedPreconditionError("the region server is not running");
+  absl::StatusOr<int> status = r.server->Wait(timeout);
+  if (status.ok()) r.server.reset();
+  return status;
+}
+
 absl::Status Cluster::StartRegionServer(size_t i) {
   if (absl::Status st = SpawnRegionServer(i); !st.ok()) return st;
   return AwaitRegionServer(i);

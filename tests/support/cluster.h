@@ -85,6 +85,8 @@ class Cluster {
   // has loaded the lease records; await_streams false returns after /metrics, for a test that
   // holds that load up).
   absl::Status KillRegionServer(size_t i);
+  // Waits up to `timeout` for region i's server to exit on its own; its wait status.
+  absl::StatusOr<int> AwaitRegionServerExit(size_t i, absl::Duration timeout);
   absl::Status StartRegionServer(size_t i);
   absl::Status KillReplicator(size_t i);
   absl::Status StartReplicator(size_t i, bool await_streams = true);
