@@ -971,8 +971,8 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // failover to a standby under this server (its connections break, and it reconnects) would
   // otherwise have it write at rewound seqs and dots; another process of the region that gave
   // the database a new stream, under this one's cached cart actor. Such a connection is refused
-  // (503, and /readyz fails) until the server restarts, whose start gives the database its new
-  // life.
+  // (503), and the server stops with exit status 3 (main.cc); its next start gives the database
+  // its new life.
   for (size_t i = 0; i < databases.size(); ++i) {
     PgPool* db = databases[i];
     std::string identity;
