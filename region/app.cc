@@ -858,6 +858,52 @@ RegionApp::RegionApp(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 RegionApp::~RegionApp() { Stop(); }
 
+namespace {
+
+// Has every connection `db` opens from now on check that the database is the one it is now, with
+// the outbox stream `stream` the start read (see the caller): one that finds another is refused
+// (Unavailable) and sets `*changed`. Fails when the database's stream is already another.
+absl::Status WatchDatabaseIdentity(PgPool& db, const std::string& stream,
+                                   std::atomic<bool>* changed) {
+  std::string identity;
+  if (absl::Status st = db.Run([&](pqxx::work& tx) { identity = DatabaseIdentity(tx); });
+      !st.ok()) {
+    return st;
+  }
+  // The cart actors come from the streams the start read: another process of the region that
+  // gave the database a new stream since would leave this one on the old actor.
+  if (!absl::EndsWith(identity, ", outbox stream " + stream)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(db.name(), "'s outbox stream changed during this start (", stream, ", now ",
+                     identity, "): another process of the region gave it a new life; start again"));
+  }
+  auto last_logged = std::make_shared<std::atomic<int64_t>>(0);
+  db.SetConnectCheck([identity, last_logged, changed, name = db.name()](pqxx::connection& conn) {
+    pqxx::read_transaction tx(conn);
+    const std::string now = DatabaseIdentity(tx);
+    if (now == identity) return absl::OkStatus();
+    changed->store(true);
+    const int64_t t = UnixNowMs();
+    if (int64_t was = last_logged->load(); t - was >= 60'000) {
+      if (last_logged->compare_exchange_strong(was, t)) {
+        spdlog::error(
+            "event=database_changed_under_server db={} at_start=\"{}\" now=\"{}\" (restored or "
+            "failed over since this server started: the server stops with exit status 3; its "
+            "next start gives the database a new life)",
+            name, identity, now);
+      }
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "postgres ", name,
+        ": the database is no longer the one this server started on (restored from a backup, or "
+        "failed over to a standby); the region server stops, and takes requests again once "
+        "restarted"));
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config) {
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
@@ -892,7 +938,8 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   }
   // --restored first makes every database forget what it was, so that a start that stops half-way
   // leaves the rest to be given their new lives by the next start, flag or not.
-  for (PgPool* db : c.restored ? databases : std::vector<PgPool*>()) {
+  for (PgPool* db : databases) {
+    if (!c.restored) break;
     if (absl::Status forgot = ForgetDatabaseIdentity(*db); !forgot.ok()) return forgot;
   }
   for (PgPool* db : databases) {
@@ -956,16 +1003,19 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // that started at the same time may have done both already, and its peers' state transfers may
   // have left new resume points since.
   bool still_new = false;
-  for (PgPool* db : new_stream ? databases : std::vector<PgPool*>()) {
+  for (PgPool* db : databases) {
+    if (!new_stream) break;
     auto marked = NewStreamMarked(*db);
     if (!marked.ok()) return marked.status();
     still_new = still_new || *marked;
   }
-  for (PgPool* db : still_new ? databases : std::vector<PgPool*>()) {
-    if (absl::Status forgot = ForgetResumePoints(*db); !forgot.ok()) return forgot;
-  }
-  for (PgPool* db : still_new ? databases : std::vector<PgPool*>()) {
-    if (absl::Status cleared = ClearNewStreamMark(*db); !cleared.ok()) return cleared;
+  if (still_new) {
+    for (PgPool* db : databases) {
+      if (absl::Status forgot = ForgetResumePoints(*db); !forgot.ok()) return forgot;
+    }
+    for (PgPool* db : databases) {
+      if (absl::Status cleared = ClearNewStreamMark(*db); !cleared.ok()) return cleared;
+    }
   }
   // From now on every new connection must find the database this start found: a restore or a
   // failover to a standby under this server (its connections break, and it reconnects) would
@@ -974,42 +1024,9 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // (503), and the server stops with exit status 3 (main.cc); its next start gives the database
   // its new life.
   for (size_t i = 0; i < databases.size(); ++i) {
-    PgPool* db = databases[i];
-    std::string identity;
-    if (absl::Status st = db->Run([&](pqxx::work& tx) { identity = DatabaseIdentity(tx); });
-        !st.ok()) {
-      return st;
-    }
-    // The cart actors above come from the streams read then: another process of the region
-    // that gave the database a new stream since would leave this one on the old actor.
-    if (!absl::EndsWith(identity, ", outbox stream " + streams[i].first)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          db->name(), "'s outbox stream changed during this start (", streams[i].first, ", now ",
-          identity, "): another process of the region gave it a new life; start again"));
-    }
-    auto last_logged = std::make_shared<std::atomic<int64_t>>(0);
-    db->SetConnectCheck([identity, last_logged, name = db->name(),
-                         changed = &impl->database_changed](pqxx::connection& conn) {
-      pqxx::read_transaction tx(conn);
-      const std::string now = DatabaseIdentity(tx);
-      if (now == identity) return absl::OkStatus();
-      changed->store(true);
-      const int64_t t = UnixNowMs();
-      if (int64_t was = last_logged->load(); t - was >= 60'000) {
-        if (last_logged->compare_exchange_strong(was, t)) {
-          spdlog::error(
-              "event=database_changed_under_server db={} at_start=\"{}\" now=\"{}\" (restored "
-              "or failed over since this server started: the server stops with exit status 3; "
-              "its next start gives the database a new life)",
-              name, identity, now);
-        }
-      }
-      return absl::UnavailableError(absl::StrCat(
-          "postgres ", name,
-          ": the database is no longer the one this server started on (restored from a backup, "
-          "or failed over to a standby); the region server stops, and takes requests again once "
-          "restarted"));
-    });
+    absl::Status watched =
+        WatchDatabaseIdentity(*databases[i], streams[i].first, &impl->database_changed);
+    if (!watched.ok()) return watched;
   }
   impl->leases = std::make_unique<LeaseTable>(c.replica_id, c.replication.enabled,
                                               c.replication.lease_margin_ms);

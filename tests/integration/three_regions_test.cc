@@ -650,12 +650,14 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
   ASSERT_EQ(Add(kUs, shopper.token, "sku-1", 5), 200);
   ASSERT_EQ(Add(kEu, shopper.token, "sku-1", 6), 200);
   std::string why;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 14}}}}, &why);
-      },
-      30))
-      << why;
+  auto everywhere = [&](int64_t units) {
+    return Eventually(
+        [&] {
+          return Converged({shopper.id}, {{shopper.id, {{"sku-1", units}}}}, &why);
+        },
+        30);
+  };
+  ASSERT_TRUE(everywhere(14)) << why;
 
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
   restore();
@@ -680,12 +682,7 @@ void ThreeRegions::ExpectANewLifeAfterARestore(const std::string& email,
       << "ap-south never got back the changes made after the backup";
   // Its next change (once its peers' state is in) reaches both peers.
   ASSERT_EQ(AddAfterRebuild(kAp, shopper.token, "sku-1", 4), 200);
-  EXPECT_TRUE(Eventually(
-      [&] {
-        return Converged({shopper.id}, {{shopper.id, {{"sku-1", 18}}}}, &why);
-      },
-      30))
-      << why;
+  EXPECT_TRUE(everywhere(18)) << why;
   // A later start of the same databases is not a restore.
   ASSERT_TRUE(c_->KillRegionServer(kAp).ok());
   ASSERT_TRUE(c_->StartRegionServer(kAp).ok());
