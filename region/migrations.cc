@@ -705,6 +705,7 @@ absl::StatusOr<bool> CheckDatabaseLife(PgPool& pool) {
       tx.exec0("INSERT INTO new_stream_marks (stream_id) VALUES (" + tx.quote(new_stream) +
                ") ON CONFLICT DO NOTHING");
     }
+    if (!was.empty() && reason.empty()) return;  // the same database: nothing to record
     tx.exec0("DELETE FROM database_identity");
     tx.exec0(
         "INSERT INTO database_identity (system_identifier, timeline, database_oid, table_oid) "
