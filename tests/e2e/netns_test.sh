@@ -90,18 +90,29 @@ done
 ok "idempotent: one set of rules per namespace"
 
 # rtt_check NS DEST ONE_WAY_MS: ping (user-to-user times, -U) and check 2x one-way, never less.
+# A packet back early fails at once: no scheduling delay makes a packet faster. A median that is
+# off is measured again, up to three rounds: one stall of the machine (CI shares its cores; a
+# round once measured min 76.5 median 102 max 227 ms for 76) holds every packet of a 0.2 s round,
+# while a wrong delay is off in every round.
 rtt_check() {
-  local ns=$1 dst=$2 d=$3 times
-  times=$(ip netns exec "$P-$ns" ping -U -n -c 10 -i 0.02 -w 10 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p')
-  [[ $(wc -l <<<"$times") -ge 9 ]] || fail "$ns -> $dst: too few replies: $times"
-  sort -n <<<"$times" | awk -v d="$d" -v what="$ns -> $dst" '
-    { v[NR] = $1 }
-    END {
-      med = v[int((NR + 1) / 2)]; want = 2 * d
-      printf "ok: %s: RTT min %.2f median %.2f max %.2f ms for one-way %s ms (want %s +-5, min >= %s)\n", what, v[1], med, v[NR], d, want, want
-      if (v[1] < want - 0.05) { print "FAIL: " what ": a packet came back early" > "/dev/stderr"; exit 1 }
-      if (med < want - 5 || med > want + 5) { print "FAIL: " what ": median off" > "/dev/stderr"; exit 1 }
-    }'
+  local ns=$1 dst=$2 d=$3 times round rc
+  for round in 1 2 3; do
+    times=$(ip netns exec "$P-$ns" ping -U -n -c 10 -i 0.02 -w 10 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p')
+    [[ $(wc -l <<<"$times") -ge 9 ]] || fail "$ns -> $dst: too few replies: $times"
+    rc=0
+    sort -n <<<"$times" | awk -v d="$d" -v what="$ns -> $dst" -v round="$round" '
+      { v[NR] = $1 }
+      END {
+        med = v[int((NR + 1) / 2)]; want = 2 * d
+        printf "%s: %s: RTT min %.2f median %.2f max %.2f ms for one-way %s ms (want %s +-5, min >= %s; round %d of 3)\n", \
+          (v[1] < want - 0.05 || med < want - 5 || med > want + 5) ? "off" : "ok", what, v[1], med, v[NR], d, want, want, round
+        if (v[1] < want - 0.05) exit 1
+        if (med < want - 5 || med > want + 5) exit 2
+      }' || rc=$?
+    ((rc == 1)) && fail "$ns -> $dst: a packet came back early"
+    ((rc == 0)) && return 0
+  done
+  fail "$ns -> $dst: median off in three rounds"
 }
 rtt_check us-east "$EU" 38
 rtt_check us-east "$AP" 100
@@ -118,9 +129,15 @@ connect_ms() {
   ip netns exec "$P-$1" timeout 1 bash -c "s=\$EPOCHREALTIME; exec 3<>/dev/tcp/$EU/7000 && echo \"\$s \$EPOCHREALTIME\"" 2>/dev/null |
     awk '{ printf "%.2f\n", ($2 - $1) * 1000 }' || true
 }
-ms=$(connect_ms us-east)
-[[ -n "$ms" ]] || fail "TCP connect us-east -> eu-west failed"
-awk -v m="$ms" 'BEGIN { exit !(m >= 76 && m <= 86) }' || fail "TCP connect us-east -> eu-west took $ms ms, want 76..86"
+# Never under one RTT; over 86 ms is measured again (up to three times), as for the pings above.
+for round in 1 2 3; do
+  ms=$(connect_ms us-east)
+  [[ -n "$ms" ]] || fail "TCP connect us-east -> eu-west failed"
+  awk -v m="$ms" 'BEGIN { exit !(m >= 76) }' || fail "TCP connect us-east -> eu-west took $ms ms, under one RTT (76)"
+  awk -v m="$ms" 'BEGIN { exit !(m <= 86) }' && break
+  echo "off: TCP connect us-east -> eu-west took $ms ms, want 76..86 (round $round of 3)"
+  ((round < 3)) || fail "TCP connect us-east -> eu-west over 86 ms in three rounds"
+done
 ok "TCP connect us-east -> eu-west in $ms ms (one RTT, 76)"
 
 # ---- expose: a second listener on 7001; other regions may reach eu-west on 7001 only.
