@@ -463,11 +463,22 @@ class RegionTest : public ::testing::Test {
   // Holds the region's stock changes for `awaits` (as a rebuilt region's replicator does for the
   // peers it has not heard); an empty list ends the hold. Whether the call succeeded.
   static bool HoldStock(const std::vector<std::string>& awaits) {
+    v1::SetLocalWriteHoldRequest req;
+    for (const std::string& peer : awaits) req.add_stock_awaits(peer);
+    return SetLocalWriteHold(req);
+  }
+  // Holds every cart, stock and order change (as a restored region's replicator does while it
+  // takes eu-west's state back); false ends the hold. Whether the call succeeded.
+  static bool HoldAllWrites(bool hold) {
+    v1::SetLocalWriteHoldRequest req;
+    req.set_hold(hold);
+    if (hold) req.add_peers("eu-west");
+    return SetLocalWriteHold(req);
+  }
+  static bool SetLocalWriteHold(const v1::SetLocalWriteHoldRequest& req) {
     auto stub = v1::RegionInternal::NewStub(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(app_->grpc_port()), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
-    v1::SetLocalWriteHoldRequest req;
-    for (const std::string& peer : awaits) req.add_stock_awaits(peer);
     v1::SetLocalWriteHoldResponse out;
     return stub->SetLocalWriteHold(&ctx, req, &out).ok();
   }
@@ -1687,6 +1698,49 @@ TEST_F(RegionTest, ACancelWhileStockIsHeldReturnsTheStockAtTheFirstSweepAfterThe
   swept = app_->SweepReservations();
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(Available("sku-held-cancel"), before);  // released once
+}
+
+// While every local change is held (a restored region taking its peers' state back: its orders
+// may sit at versions the peers have passed), a payment and a cancel answer 503 and change
+// nothing, and the sweep leaves the unpaid orders past their window awaiting payment, their units
+// reserved. Once the hold is off, the next sweep expires them and returns their units. On the
+// code before the hold covered orders (75f30e0), the payment and the cancel went through (200),
+// and the sweep expired the third order.
+TEST_F(RegionTest, OrderChangesWaitWhileEveryLocalChangeIsHeld) {
+  ASSERT_NO_FATAL_FAILURE(SettleOtherTestsReservations());  // the sweeps below are this test's
+  ASSERT_NO_FATAL_FAILURE(OwnProduct("sku-held-orders"));
+  std::string t = NewCustomer();
+  const int64_t before = Available("sku-held-orders");
+  const std::string to_pay = UnpaidOrder(t, "sku-held-orders", 1);
+  const std::string to_cancel = UnpaidOrder(t, "sku-held-orders", 2);
+  const std::string left = UnpaidOrder(t, "sku-held-orders", 4);  // for the sweep alone
+  ASSERT_FALSE(to_pay.empty() || to_cancel.empty() || left.empty());
+
+  ASSERT_TRUE(HoldAllWrites(true));
+  const std::string why = "taking its peers' state back (from eu-west)";
+  Response paid =
+      As(t, "POST", "/v1/orders/" + to_pay + "/pay", R"({"card_number":"4242424242424242"})");
+  EXPECT_EQ(paid.status, 503) << paid.body;
+  EXPECT_NE(paid.body.find(why), std::string::npos) << paid.body;
+  Response cancelled = As(t, "POST", "/v1/orders/" + to_cancel + "/cancel");
+  EXPECT_EQ(cancelled.status, 503) << cancelled.body;
+  EXPECT_NE(cancelled.body.find(why), std::string::npos) << cancelled.body;
+  EXPECT_EQ(Charges(to_pay, "captured"), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // ttl is 2 s
+  auto swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  for (const std::string& id : {to_pay, to_cancel, left}) {
+    EXPECT_EQ(Order(t, id)["status"], "pending_payment") << id;
+  }
+  EXPECT_EQ(Available("sku-held-orders"), before - 7) << "units returned while the hold is on";
+
+  ASSERT_TRUE(HoldAllWrites(false));
+  swept = app_->SweepReservations();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  for (const std::string& id : {to_pay, to_cancel, left}) {
+    EXPECT_EQ(Order(t, id)["status"], "expired") << id;
+  }
+  EXPECT_EQ(Available("sku-held-orders"), before);
 }
 
 // The sweeps during a stock hold pass over the reservations whose release they deferred: 501
