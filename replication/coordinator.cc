@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/config_files.h"
 #include "common/grpc_auth.h"
 #include "common/quorum.h"
@@ -219,7 +220,11 @@ struct Coordinator::Impl {
   };
   std::map<RegionId, CatchUp> catchups;  // per dead region's group taken over by a peer
   std::function<void(RegionId)> on_taken_over;
-  std::vector<RegionId> taken_over;              // groups taken over since the last tick
+  // The survivors whose exchange about a lost region is not done here (Replicator: owe_marks).
+  std::function<std::vector<RegionId>(RegionId lost)> exchange_pending;
+  // Groups taken over and not yet handed to on_taken_over: kept until the tick's call returns, so
+  // that a declare-lost in between sees the exchange the takeover starts as not done.
+  std::vector<RegionId> taken_over;
   std::map<RegionId, uint64_t> takeover_epochs;  // the latest takeover noted per group
   std::set<RegionId> streams_down;  // peers whose stream ended and has not come up again
 
@@ -372,7 +377,7 @@ struct Coordinator::Impl {
     {
       std::lock_guard<std::mutex> l(mu);
       lm->Tick();
-      taken.swap(taken_over);
+      taken = taken_over;
       leases = lm->Views();
       rm->SetAway(Away(leases));
       grants = rm->Tick();
@@ -431,8 +436,13 @@ struct Coordinator::Impl {
     // longer hold.
     PushLeases();
     for (auto& [peer, f] : sync_asks) (void)send(peer, std::move(f));
-    if (!taken.empty() && on_taken_over) {
-      for (RegionId g : taken) on_taken_over(g);
+    if (!taken.empty()) {
+      if (on_taken_over) {
+        for (RegionId g : taken) on_taken_over(g);
+      }
+      std::lock_guard<std::mutex> l(mu);  // NoteTakeover only appends
+      taken_over.erase(taken_over.begin(),
+                       taken_over.begin() + static_cast<std::ptrdiff_t>(taken.size()));
     }
     {
       std::lock_guard<std::mutex> l(work_mu);
@@ -1244,6 +1254,52 @@ struct Coordinator::Impl {
     for (const auto& [id, r] : again) (void)OnRetire(r);
   }
 
+  // The survivors still exchanging with us what each holds of region `lost` (its records that
+  // reached one survivor and not another), among those heard from lately; a takeover of its group
+  // not yet handed to the replicator counts as every such survivor.
+  std::vector<RegionId> SurvivorsStillExchanging(const Peer& lost) {
+    std::vector<RegionId> pending;
+    if (exchange_pending) pending = exchange_pending(lost.replica_id);
+    std::lock_guard<std::mutex> l(mu);
+    if (std::find(taken_over.begin(), taken_over.end(), lost.replica_id) != taken_over.end()) {
+      for (const auto& p : config.peers)
+        if (p.replica_id != lost.replica_id) pending.push_back(p.replica_id);
+    }
+    std::erase_if(pending, [&](RegionId p) { return !lm->Alive(p); });
+    std::sort(pending.begin(), pending.end());
+    pending.erase(std::unique(pending.begin(), pending.end()), pending.end());
+    return pending;
+  }
+
+  // A declaration reclaims the lost region's rights as this region has seen them. A grant it made
+  // to another survivor that never reached us is counted in that survivor's rights and, unseen
+  // here, in the lost region's too: reclaimed, it would be on sale twice. The survivors' exchange
+  // after the takeover brings every such record, so the declaration waits for it (up to
+  // kExchangeWait, within meridianctl's default 3 s per request) with every survivor heard from
+  // lately; one that is not cannot exchange, and is not waited for. A 503 when it is not done:
+  // nothing is declared.
+  std::optional<HttpResponse> AwaitSurvivorsExchange(const Peer& lost) {
+    constexpr auto kExchangeWait = std::chrono::milliseconds(2500);
+    const auto until = std::chrono::steady_clock::now() + kExchangeWait;
+    std::vector<RegionId> pending = SurvivorsStillExchanging(lost);
+    while (!pending.empty() && std::chrono::steady_clock::now() < until && !stopping.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      pending = SurvivorsStillExchanging(lost);
+    }
+    if (pending.empty()) return std::nullopt;
+    std::vector<std::string> names;
+    for (RegionId p : pending) names.push_back(Name(p));
+    spdlog::warn("event=declare_lost_waits_for_exchange region={} survivors=\"{}\"", lost.name,
+                 absl::StrJoin(names, ","));
+    return HttpResponse::Problem(
+        503, "Service Unavailable",
+        absl::StrCat("the survivors' exchange about ", lost.name, " with ",
+                     absl::StrJoin(names, ", "), " is not done: they may hold rights grants of ",
+                     lost.name,
+                     " this region has not seen, which a declaration now would reclaim a second "
+                     "time. Nothing was declared; run declare-lost again shortly"));
+  }
+
   HttpResponse DeclareLost(HttpRequest& req) {
     if (!Authorized(req))
       return HttpResponse::Problem(401, "Unauthorized", "operator token required");
@@ -1273,6 +1329,7 @@ struct Coordinator::Impl {
       return std::nullopt;
     };
     if (auto no = refusal()) return *no;
+    if (auto no = AwaitSurvivorsExchange(*lost)) return *no;
     std::lock_guard<std::mutex> one_at_a_time(declare_mu);
     rpb::DeclareLostRequest dreq;
     dreq.set_region(lost->replica_id);
@@ -1882,6 +1939,11 @@ void Coordinator::OnPeerDown(RegionId peer) {
 void Coordinator::OnRegionTakenOver(std::function<void(RegionId group)> fn) {
   std::lock_guard<std::mutex> l(impl_->mu);
   impl_->on_taken_over = std::move(fn);
+}
+
+void Coordinator::SurvivorsExchangePending(std::function<std::vector<RegionId>(RegionId lost)> fn) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->exchange_pending = std::move(fn);
 }
 
 void Coordinator::OnAck(RegionId peer, const std::string& stream, int64_t seq) {

@@ -69,6 +69,9 @@ class Coordinator {
   // a region other than its home, here or at a peer: that region is gone, and the survivors
   // should exchange their documents. Set before Start().
   void OnRegionTakenOver(std::function<void(RegionId group)> fn);
+  // The peers whose survivors' exchange about region `lost` is not done here (their records of it
+  // may not all be here yet): declare-lost waits for them. Set before Start().
+  void SurvivorsExchangePending(std::function<std::vector<RegionId>(RegionId lost)> fn);
   // The peer acknowledged our `stream` through `seq` (for sync-peer checkouts).
   void OnAck(RegionId peer, const std::string& stream, int64_t seq);
   // Replication.ForwardOrder from a peer: run the change at our region.

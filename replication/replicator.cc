@@ -2908,6 +2908,14 @@ absl::StatusOr<std::unique_ptr<Replicator>> Replicator::Start(ReplicatorConfig c
           }
           return false;
         });
+    raw->coordinator->SurvivorsExchangePending([raw](RegionId lost) {
+      std::vector<RegionId> pending;
+      for (auto& p : raw->peers) {
+        std::lock_guard<std::mutex> l(p->mu);
+        if (p->owe_marks.contains(lost)) pending.push_back(p->config.replica_id);
+      }
+      return pending;
+    });
     raw->coordinator->OnRegionTakenOver([raw](RegionId lost) {
       // A peer's sync request may name any group: only a region of this deployment is lost
       // (marks about another would be rejected by every peer, on every session).

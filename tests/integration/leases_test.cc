@@ -1773,6 +1773,82 @@ TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSo
   }
 }
 
+// us-east grants 5 of its 30 units to ap-south while its link to eu-west is cut, and is lost.
+// eu-west takes its group over and is asked to declare it lost. Its applies of us-east's and
+// ap-south's stock records fail from before the grant, so it has not seen the grant, and the
+// survivors' exchange, which brings it, cannot finish: the declaration waits for it, answers 503
+// and declares nothing. Once the writes go through it reclaims 25, and the survivors hold the
+// rights of 30 units. Before, it reclaimed all 30 (the grant counted in us-east's rights too):
+// 35 of 30.
+TEST_F(LeasesTest, ADeclarationWaitsForTheSurvivorsExchangeAndReclaimsNoGrantTwice) {
+  const std::string sku = "bowl";
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  ASSERT_NO_FATAL_FAILURE(LeasesSettled());
+  Product(kUs, sku);
+  ASSERT_NO_FATAL_FAILURE(Restock(kUs, sku, 30));
+  ASSERT_TRUE(Eventually(
+      [&] { return Rights(kEu, sku, "us-east") == 30 && Rights(kAp, sku, "us-east") == 30; }, 20));
+  ASSERT_TRUE(c_->PartitionPair(kUs, kEu).ok());
+  // Every write of the SKU's stock document at eu-west fails: the grant's records (us-east's, and
+  // as state in the survivors' exchange), and its own restock.
+  auto stock_held = std::make_unique<test_support::DbFault>(
+      std::vector<std::string>{c_->Dsn(kEu, "global")}, "hold_stock",
+      test_support::DbFault::Kind::kError, "INSERT OR UPDATE", "inventory",
+      "NEW.sku = '" + sku + "'", 1'000'000);
+  {
+    cpb::TransferRightsRequest req;
+    req.set_sku(sku);
+    req.set_to(c_->spec(kAp).replica_id);
+    req.set_units(5);
+    cpb::TransferRightsResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = ControlOf(kUs)->TransferRights(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.moved(), 5u);
+  }
+  ASSERT_TRUE(Eventually([&] { return Rights(kAp, sku, "ap-south") == 5; }, 20))
+      << "ap-south never got us-east's grant";
+  ASSERT_TRUE(c_->KillReplicator(kUs).ok());
+  ASSERT_TRUE(c_->KillRegionServer(kUs).ok());
+  ASSERT_TRUE(Eventually([&] { return HeldHere(kEu, "us-east"); }, 20));
+  EXPECT_EQ(Rights(kEu, sku, "us-east"), 30) << "eu-west saw the grant before the exchange";
+  Response waited = DeclareUsLost(kEu);
+  EXPECT_EQ(waited.status, 503) << waited.body;
+  EXPECT_NE(waited.body.find("survivors' exchange about us-east with ap-south is not done"),
+            std::string::npos)
+      << waited.body;
+  EXPECT_EQ(Rights(kEu, sku, "eu-west"), 0) << "restocked while the exchange was not done";
+  {
+    pqxx::connection conn(c_->Dsn(kEu, "global"));
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM lost_declarations")[0].as<int64_t>(), 0)
+        << "declared all the same";
+  }
+
+  stock_held.reset();
+  Response d;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        d = DeclareUsLost(kEu);
+        return d.status != 503;
+      },
+      30))
+      << d.body;
+  ASSERT_EQ(d.status, 200) << d.body;
+  EXPECT_EQ(Json::parse(d.body).value("reclaimed_units", 0), 25) << d.body;
+  // The survivors hold 25 and 5 units' rights, each region sees.
+  for (size_t at : {kEu, kAp}) {
+    int64_t held = -1;
+    EXPECT_TRUE(Eventually(
+        [&] {
+          held = Rights(at, sku, "eu-west") + Rights(at, sku, "ap-south");
+          return held == 30;
+        },
+        20))
+        << c_->spec(at).name << " sees " << held << " units' rights at the survivors, of 30";
+  }
+}
+
 // A declaration of 35 units against a region holding 30. A copy that does not say what its
 // declarer restocked (another region's record) writes off the 30 and leaves no debt; the
 // declarer's own, which says it restocked 35, leaves a debt of 5; no copy after it takes or owes
