@@ -9,7 +9,7 @@
 #
 # Environment: FUZZ_SECONDS (default 60; 0 skips fuzzing), JOBS (default: nproc),
 #              SKIP_ASAN=1 to skip the sanitizer pass and the fuzzing (local iteration only; CI
-#              runs both), SAN_ALL=1 to run in the sanitizer pass the 17 cluster tests it leaves to
+#              runs both), SAN_ALL=1 to run in the sanitizer pass the 31 cluster tests it leaves to
 #              the Release pass (tests/integration/CMakeLists.txt says which and why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
