@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -1155,7 +1156,12 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
     return r;
   }
   const std::string url = absl::StrCat(t->replicator, "/v1/regions/", region, "/declare-lost");
-  HttpResult res2 = http_->Do(HttpCall{"POST", url, "{}", c_.token}, timeout_ms_);
+  // The replicator waits up to 2.5 s for the survivors' exchange, then up to 5 s for a majority
+  // to record the declaration, around the region's calls: --timeout-ms (3 s by default) would
+  // give up on a declaration that then goes through, its controllers never told.
+  constexpr int kDeclareLostTimeoutMs = 45000;
+  HttpResult res2 = http_->Do(HttpCall{"POST", url, "{}", c_.token},
+                              std::max(timeout_ms_, kDeclareLostTimeoutMs));
   const char* user = std::getenv("USER");
   const std::string result = res2.ok() ? "ok" : (res2.status == 409 ? "refused" : "error");
   const std::string line = absl::StrCat(

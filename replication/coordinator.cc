@@ -1255,17 +1255,24 @@ struct Coordinator::Impl {
   }
 
   // The survivors still exchanging with us what each holds of region `lost` (its records that
-  // reached one survivor and not another), among those heard from lately; a takeover of its group
-  // not yet handed to the replicator counts as every such survivor.
-  std::vector<RegionId> SurvivorsStillExchanging(const Peer& lost) {
-    std::vector<RegionId> pending;
-    if (exchange_pending) pending = exchange_pending(lost.replica_id);
+  // reached one survivor and not another); a takeover of its group not yet handed to the
+  // replicator counts as every survivor. `seen_alive` collects those heard from lately: the others
+  // cannot exchange now. Under mu throughout: the takeover is looked at before the exchanges (the
+  // tick's hand-off starts the exchange, then drops the takeover, both seen here in one piece),
+  // and mu before PeerState::mu is the order SendLease takes them in.
+  std::vector<RegionId> SurvivorsStillExchanging(const Peer& lost, std::set<RegionId>& seen_alive) {
     std::lock_guard<std::mutex> l(mu);
+    std::vector<RegionId> pending;
     if (std::find(taken_over.begin(), taken_over.end(), lost.replica_id) != taken_over.end()) {
       for (const auto& p : config.peers)
         if (p.replica_id != lost.replica_id) pending.push_back(p.replica_id);
     }
-    std::erase_if(pending, [&](RegionId p) { return !lm->Alive(p); });
+    if (exchange_pending) {
+      for (RegionId p : exchange_pending(lost.replica_id)) pending.push_back(p);
+    }
+    for (RegionId p : pending)
+      if (lm->Alive(p)) seen_alive.insert(p);
+    std::erase_if(pending, [&](RegionId p) { return !seen_alive.contains(p); });
     std::sort(pending.begin(), pending.end());
     pending.erase(std::unique(pending.begin(), pending.end()), pending.end());
     return pending;
@@ -1275,16 +1282,17 @@ struct Coordinator::Impl {
   // to another survivor that never reached us is counted in that survivor's rights and, unseen
   // here, in the lost region's too: reclaimed, it would be on sale twice. The survivors' exchange
   // after the takeover brings every such record, so the declaration waits for it (up to
-  // kExchangeWait, within meridianctl's default 3 s per request) with every survivor heard from
-  // lately; one that is not cannot exchange, and is not waited for. A 503 when it is not done:
-  // nothing is declared.
+  // kExchangeWait) with every survivor heard from at any time of the wait (a session that drops
+  // and comes back does not end the wait). One not heard from all along cannot exchange, and is
+  // not waited for. A 503 when it is not done: nothing is declared.
   std::optional<HttpResponse> AwaitSurvivorsExchange(const Peer& lost) {
     constexpr auto kExchangeWait = std::chrono::milliseconds(2500);
     const auto until = std::chrono::steady_clock::now() + kExchangeWait;
-    std::vector<RegionId> pending = SurvivorsStillExchanging(lost);
+    std::set<RegionId> seen_alive;
+    std::vector<RegionId> pending = SurvivorsStillExchanging(lost, seen_alive);
     while (!pending.empty() && std::chrono::steady_clock::now() < until && !stopping.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      pending = SurvivorsStillExchanging(lost);
+      pending = SurvivorsStillExchanging(lost, seen_alive);
     }
     if (pending.empty()) return std::nullopt;
     std::vector<std::string> names;
@@ -1330,6 +1338,7 @@ struct Coordinator::Impl {
     };
     if (auto no = refusal()) return *no;
     if (auto no = AwaitSurvivorsExchange(*lost)) return *no;
+    if (auto no = refusal()) return *no;  // again: the wait may have taken seconds
     std::lock_guard<std::mutex> one_at_a_time(declare_mu);
     rpb::DeclareLostRequest dreq;
     dreq.set_region(lost->replica_id);
