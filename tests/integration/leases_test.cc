@@ -363,6 +363,18 @@ class LeasesTest : public ::testing::Test {
                    {{"Authorization", Operator()}});
   }
   Response DeclareUsLost(size_t at) { return DeclareLost(at, "us-east"); }
+  // Region `from` grants `units` of its rights in `sku` to region `to` (RegionControl), all moved.
+  void GrantRights(size_t from, size_t to, const std::string& sku, uint32_t units) {
+    cpb::TransferRightsRequest req;
+    req.set_sku(sku);
+    req.set_to(c_->spec(to).replica_id);
+    req.set_units(units);
+    cpb::TransferRightsResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = ControlOf(from)->TransferRights(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.moved(), units);
+  }
   // us-east killed, its group taken over by eu-west, and declared lost there: `reclaimed` units.
   void KillUsAndDeclareItLostAtEu(int reclaimed) {
     ASSERT_TRUE(c_->KillReplicator(kUs).ok());
@@ -1739,17 +1751,7 @@ TEST_F(LeasesTest, AGrantInFlightWhenItsRegionWroteOffPaysTheShortfallAndIsNotSo
   ASSERT_TRUE(c_->PartitionPair(kUs, kAp).ok());
   ASSERT_NO_FATAL_FAILURE(Restock(kAp, sku, 10));
   ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "ap-south") == 10; }, 20));
-  {
-    cpb::TransferRightsRequest req;
-    req.set_sku(sku);
-    req.set_to(c_->spec(kUs).replica_id);
-    req.set_units(5);
-    cpb::TransferRightsResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = ControlOf(kAp)->TransferRights(&ctx, req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-    ASSERT_EQ(resp.moved(), 5u);
-  }
+  ASSERT_NO_FATAL_FAILURE(GrantRights(kAp, kUs, sku, 5));
   ASSERT_TRUE(Eventually([&] { return Rights(kEu, sku, "us-east") == us_units + 5; }, 20))
       << "eu-west never saw ap-south's grant";
   ASSERT_EQ(Rights(kUs, sku, "us-east"), us_units) << "the cut link let the grant through";
@@ -1795,17 +1797,7 @@ TEST_F(LeasesTest, ADeclarationWaitsForTheSurvivorsExchangeAndReclaimsNoGrantTwi
       std::vector<std::string>{c_->Dsn(kEu, "global")}, "hold_stock",
       test_support::DbFault::Kind::kError, "INSERT OR UPDATE", "inventory",
       "NEW.sku = '" + sku + "'", 1'000'000);
-  {
-    cpb::TransferRightsRequest req;
-    req.set_sku(sku);
-    req.set_to(c_->spec(kAp).replica_id);
-    req.set_units(5);
-    cpb::TransferRightsResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = ControlOf(kUs)->TransferRights(&ctx, req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-    ASSERT_EQ(resp.moved(), 5u);
-  }
+  ASSERT_NO_FATAL_FAILURE(GrantRights(kUs, kAp, sku, 5));
   ASSERT_TRUE(Eventually([&] { return Rights(kAp, sku, "ap-south") == 5; }, 20))
       << "ap-south never got us-east's grant";
   ASSERT_TRUE(c_->KillReplicator(kUs).ok());
