@@ -1160,8 +1160,24 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
   // to record the declaration, around the region's calls: --timeout-ms (3 s by default) would
   // give up on a declaration that then goes through, its controllers never told.
   constexpr int kDeclareLostTimeoutMs = 45000;
-  HttpResult res2 = http_->Do(HttpCall{"POST", url, "{}", c_.token},
-                              std::max(timeout_ms_, kDeclareLostTimeoutMs));
+  // Right after a takeover the replicator may refuse for a while: the survivors' exchange about
+  // the region is not done (503, nothing declared). Asked again until declare_retry_window_.
+  auto exchange_not_done = [](const HttpResult& res) {
+    if (res.status != 503) return false;
+    const Json answer = Json::parse(res.body, nullptr, false);
+    return answer.is_object() && !answer.contains("pending_units") &&
+           answer.value("detail", "").find("survivors' exchange") != std::string::npos;
+  };
+  const auto retry_until = std::chrono::steady_clock::now() + declare_retry_window_;
+  HttpResult res2;
+  for (int attempt = 1;; ++attempt) {
+    res2 = http_->Do(HttpCall{"POST", url, "{}", c_.token},
+                     std::max(timeout_ms_, kDeclareLostTimeoutMs));
+    if (!exchange_not_done(res2) || std::chrono::steady_clock::now() >= retry_until) break;
+    r.err += absl::StrCat(Now(), " ", target, ": the survivors' exchange about ", region,
+                          " is not done yet (try ", attempt, "; nothing declared); asking again\n");
+    std::this_thread::sleep_for(declare_retry_pause_);
+  }
   const char* user = std::getenv("USER");
   const std::string result = res2.ok() ? "ok" : (res2.status == 409 ? "refused" : "error");
   const std::string line = absl::StrCat(

@@ -8,6 +8,7 @@
 // violation, an unreachable region in an audit, a refused operator action); 2 bad usage or the
 // cluster cannot be found.
 
+#include <chrono>
 #include <map>
 #include <string>
 #include <utility>
@@ -81,6 +82,12 @@ class Ctl {
   // Logged to stderr and the audit file.
   [[nodiscard]] CtlResult DeclareLost(const std::string& region, const std::string& into, bool yes,
                                       bool force);
+  // How long DeclareLost asks again while the replicator answers that the survivors' exchange is
+  // not done (default 30 s, a second between tries; tests shorten them).
+  void SetDeclareLostRetry(std::chrono::milliseconds window, std::chrono::milliseconds pause) {
+    declare_retry_window_ = window;
+    declare_retry_pause_ = pause;
+  }
 
  private:
   const ClusterRegion* Find(const std::string& name) const;
@@ -99,6 +106,8 @@ class Ctl {
   HttpClient* http_;
   bool json_;
   int timeout_ms_;
+  std::chrono::milliseconds declare_retry_window_{30000};
+  std::chrono::milliseconds declare_retry_pause_{1000};
 };
 
 // A plain-text table: columns padded to their widest cell, two spaces apart.

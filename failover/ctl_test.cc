@@ -664,6 +664,61 @@ TEST_F(CtlTest, DeclareLostCountsOnlyControllersThatSayLost) {
   EXPECT_EQ(http_.Calls("POST", "http://us-east.repl/v1/regions/eu-west/declare-lost").size(), 1u);
 }
 
+// Right after a takeover the replicator answers 503 while the survivors' exchange about the lost
+// region is not done (nothing declared): declare-lost asks again, saying so, until it is done or
+// the retry window is over. A 503 of another kind (a majority not reached) is not asked again.
+TEST_F(CtlTest, DeclareLostAsksAgainWhileTheSurvivorsExchangeIsNotDone) {
+  const std::string url = "POST http://us-east.repl/v1/regions/eu-west/declare-lost";
+  const std::string not_done =
+      R"({"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the )"
+      R"(survivors' exchange about eu-west with ap-south is not done: ... Nothing was )"
+      R"(declared; run declare-lost again shortly"})";
+  const std::string declared =
+      R"({"region":"eu-west","declaration_id":"dl7","declared_by":"us-east","reclaimed":[]})";
+  auto run = [&](std::chrono::milliseconds window) {
+    Ctl ctl(Cluster(), &http_, false);
+    ctl.SetDeclareLostRetry(window, std::chrono::milliseconds(10));
+    return ctl.DeclareLost("eu-west", "", true, false);
+  };
+  EuLost();
+  int asked = 0;
+  http_.On(url, [&](const HttpCall&) {
+    return ++asked <= 2 ? HttpResult{503, not_done, ""} : HttpResult{200, declared, ""};
+  });
+  CtlResult r = run(std::chrono::seconds(10));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(asked, 3);
+  EXPECT_NE(r.err.find("us-east: the survivors' exchange about eu-west is not done yet (try 2; "
+                       "nothing declared); asking again"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("eu-west declared lost"), std::string::npos) << r.out;
+
+  // Never done within the window: the replicator's answer, exit 1.
+  asked = 0;
+  http_.On(url, [&](const HttpCall&) {
+    ++asked;
+    return HttpResult{503, not_done, ""};
+  });
+  r = run(std::chrono::milliseconds(50));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_GE(asked, 2);
+  EXPECT_NE(r.err.find("is not done: ... Nothing was declared"), std::string::npos) << r.err;
+
+  // Recorded but short of a majority: said once, not asked again.
+  asked = 0;
+  http_.On(url, [&](const HttpCall&) {
+    ++asked;
+    return HttpResult{503,
+                      R"({"region":"eu-west","declaration_id":"dl8","pending_units":3,)"
+                      R"("recorded_by":[],"detail":"not recorded by a majority"})",
+                      ""};
+  });
+  r = run(std::chrono::seconds(10));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(asked, 1);
+}
+
 TEST(ClusterFromDataDirTest, ReadsDeployMeridiansLayout) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(::testing::TempDir()) / "ctl-data-test";
