@@ -1165,8 +1165,7 @@ CtlResult Ctl::DeclareLost(const std::string& region, const std::string& into, b
   auto exchange_not_done = [](const HttpResult& res) {
     if (res.status != 503) return false;
     const Json answer = Json::parse(res.body, nullptr, false);
-    return answer.is_object() && !answer.contains("pending_units") &&
-           answer.value("detail", "").find("survivors' exchange") != std::string::npos;
+    return answer.is_object() && answer.contains("awaiting_exchange");
   };
   const auto retry_until = std::chrono::steady_clock::now() + declare_retry_window_;
   HttpResult res2;

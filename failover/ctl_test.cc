@@ -670,7 +670,8 @@ TEST_F(CtlTest, DeclareLostCountsOnlyControllersThatSayLost) {
 TEST_F(CtlTest, DeclareLostAsksAgainWhileTheSurvivorsExchangeIsNotDone) {
   const std::string url = "POST http://us-east.repl/v1/regions/eu-west/declare-lost";
   const std::string not_done =
-      R"({"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the )"
+      R"({"type":"about:blank","title":"Service Unavailable","status":503,)"
+      R"("awaiting_exchange":["ap-south"],"detail":"the )"
       R"(survivors' exchange about eu-west with ap-south is not done: ... Nothing was )"
       R"(declared; run declare-lost again shortly"})";
   const std::string declared =

@@ -1299,13 +1299,21 @@ struct Coordinator::Impl {
     for (RegionId p : pending) names.push_back(Name(p));
     spdlog::warn("event=declare_lost_waits_for_exchange region={} survivors=\"{}\"", lost.name,
                  absl::StrJoin(names, ","));
-    return HttpResponse::Problem(
-        503, "Service Unavailable",
-        absl::StrCat("the survivors' exchange about ", lost.name, " with ",
-                     absl::StrJoin(names, ", "), " is not done: they may hold rights grants of ",
-                     lost.name,
-                     " this region has not seen, which a declaration now would reclaim a second "
-                     "time. Nothing was declared; run declare-lost again shortly"));
+    // `awaiting_exchange` names them for a client to tell this refusal from the others.
+    Json answer{{"type", "about:blank"},
+                {"title", "Service Unavailable"},
+                {"status", 503},
+                {"region", lost.name},
+                {"awaiting_exchange", names},
+                {"detail", absl::StrCat("the survivors' exchange about ", lost.name, " with ",
+                                        absl::StrJoin(names, ", "),
+                                        " is not done: they may hold rights grants of ", lost.name,
+                                        " this region has not seen, which a declaration now "
+                                        "would reclaim a second time. Nothing was declared; run "
+                                        "declare-lost again shortly")}};
+    HttpResponse r = HttpResponse::Json(503, answer.dump());
+    r.content_type = "application/problem+json";
+    return r;
   }
 
   HttpResponse DeclareLost(HttpRequest& req) {
