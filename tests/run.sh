@@ -17,13 +17,15 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-$(nproc)}
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
-# run_ctest DIR [ENV=VALUE...]: every test of build tree DIR. On a failure its last lines (all a
+# run_ctest DIR [ENV=VALUE...]: every test of build tree DIR, at most two clusters of regions at a
+# time (tests/ctest-resources.json; tests/integration/CMakeLists.txt). On a failure its last lines (all a
 # CI page may show) repeat each failed test's name and its assertions' first lines, which ctest
 # printed further up among the output of everything that passed.
 run_ctest() {
   local dir=$1 rc=0
   shift
-  env "$@" ctest --test-dir "$dir" --output-on-failure -j "$JOBS" || rc=$?
+  env "$@" ctest --test-dir "$dir" --output-on-failure -j "$JOBS" \
+    --resource-spec-file "$PWD/tests/ctest-resources.json" || rc=$?
   ((rc == 0)) && return 0
   echo "-- what failed in $dir (whole output: $dir/Testing/Temporary/LastTest.log)"
   awk '/^[0-9]+\/[0-9]+ Testing: / { test = $3 }
