@@ -17,18 +17,16 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-$(nproc)}
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
-# run_ctest DIR SPEC [ENV=VALUE...]: every test of build tree DIR, with as many clusters of regions
-# at a time as tests/SPEC allows (tests/integration/CMakeLists.txt): two in the Release pass, one
-# in the sanitizer pass, which is bound by CPU: two clusters side by side there made it 82 s
-# longer (774 s against 692 s, 2026-12-07), while the Release pass got 70 s shorter (857 s
-# against 927 s). On a failure its last lines (all a CI page may show) repeat each failed test's
-# name and its assertions' first lines, which ctest printed further up among the output of
-# everything that passed.
+# run_ctest DIR [ENV=VALUE...]: every test of build tree DIR, with the clusters of regions that
+# tests/ctest-resources.json lets run at a time: two in the Release tree, one in the sanitizer
+# tree, which is bound by CPU (tests/integration/CMakeLists.txt). On a failure its last lines (all
+# a CI page may show) repeat each failed test's name and its assertions' first lines, which ctest
+# printed further up among the output of everything that passed.
 run_ctest() {
-  local dir=$1 spec=$2 rc=0
-  shift 2
+  local dir=$1 rc=0
+  shift
   env "$@" ctest --test-dir "$dir" --output-on-failure -j "$JOBS" \
-    --resource-spec-file "$PWD/tests/$spec" || rc=$?
+    --resource-spec-file "$PWD/tests/ctest-resources.json" || rc=$?
   ((rc == 0)) && return 0
   echo "-- what failed in $dir (whole output: $dir/Testing/Temporary/LastTest.log)"
   awk '/^[0-9]+\/[0-9]+ Testing: / { test = $3 }
@@ -74,7 +72,7 @@ if [[ "${SKIP_ASAN:-0}" != 1 ]]; then
 fi
 
 step "release tests${san_build:+ (the sanitizer tree builds beside them at idle priority)}"
-run_ctest build ctest-resources.json
+run_ctest build
 
 if [[ -n $san_build ]]; then
   step "sanitizer build (clang -O0, ASan+UBSan, libFuzzer targets): waiting for it to finish"
@@ -87,7 +85,7 @@ if [[ -n $san_build ]]; then
   san_build=""
   echo "sanitizer build done, $(($(date +%s) - san_started)) s after it started"
   step "sanitizer tests"
-  run_ctest build-san ctest-resources-sanitizer.json ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  run_ctest build-san ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1 \
     LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 
