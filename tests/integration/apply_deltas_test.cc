@@ -82,6 +82,10 @@ std::unique_ptr<Region> StartRegion(
   c.global_dsn = r->pg->ConnectionString("global");
   c.shard_dsns = {r->pg->ConnectionString("shard0"), r->pg->ConnectionString("shard1")};
   c.pool_size = 4;
+  // One connection per pool at the start, the rest when a test first needs them (as the cluster
+  // tests' regions do): most tests use one or two, and each opened costs the server a backend
+  // start that the sanitizer pass, bound by CPU, pays dozens of times a test.
+  c.pool_open_at_start = 1;
   c.redis = {"127.0.0.1", redis_port};
   c.token_secret = "a-test-secret-shared-by-all-regions!!";
   c.operator_token = kOperator;
