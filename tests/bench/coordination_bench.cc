@@ -52,6 +52,7 @@ const char* kLeases = "leases: {ttl_ms: 6000, renew_interval_ms: 1000, handback_
 
 std::unique_ptr<Cluster> StartCluster(const std::string& name, const std::string& region_extra) {
   meridian::test_support::ClusterOptions o;
+  o.pool_open_at_start = 0;  // every connection at the start, as a region opens them by default
   o.name = name;
   o.delay_ms = {{"us-east/eu-west", 38}, {"us-east/ap-south", 100}, {"eu-west/ap-south", 60}};
   o.coordination = true;

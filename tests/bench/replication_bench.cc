@@ -332,6 +332,7 @@ int main(int argc, char** argv) {
   }
 
   meridian::test_support::ClusterOptions o;
+  o.pool_open_at_start = 0;  // every connection at the start, as a region opens them by default
   o.replicator_state_dir = !memory_keys;
   o.name = "replbench";
   o.delay_ms = {{"us-east/eu-west", 38}, {"us-east/ap-south", 100}, {"eu-west/ap-south", 60}};

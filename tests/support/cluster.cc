@@ -258,8 +258,9 @@ absl::Status Cluster::Build() {
       links_.push_back(std::move(l));
     }
   }
-  // Each pool opens one connection at the start and the rest when first needed: the eager
-  // default costs a cluster start 3 x 3 x pool_size backend starts, most of them never used.
+  // How many connections each pool opens at the start: ClusterOptions::pool_open_at_start.
+  const int open_at_start =
+      options_.pool_open_at_start > 0 ? options_.pool_open_at_start : options_.pool_size;
   for (size_t i = 0; i < regions_.size(); ++i) {
     Region& r = *regions_[i];
     std::string y = absl::StrCat(
@@ -268,7 +269,7 @@ absl::Status Cluster::Build() {
         "\", grpc: \"127.0.0.1:", r.grpc_port, "\"}\n", "postgres:\n  global: \"",
         r.pg->ConnectionString("global"), "\"\n  shards:\n    - \"",
         r.pg->ConnectionString("shard0"), "\"\n    - \"", r.pg->ConnectionString("shard1"),
-        "\"\n  pool_size: ", options_.pool_size, "\n  open_at_start: 1\n",
+        "\"\n  pool_size: ", options_.pool_size, "\n  open_at_start: ", open_at_start, "\n",
         "redis: {address: \"127.0.0.1:", r.redis->port(), "\"}\n", "security: {token_secret: \"",
         options_.token_secret, "\", operator_token: \"", options_.operator_token, "\"}\n",
         "limits: {rate_limit_per_s: 1000000, rate_limit_burst: 1000000, "
