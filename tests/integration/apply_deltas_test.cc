@@ -82,10 +82,6 @@ std::unique_ptr<Region> StartRegion(
   c.global_dsn = r->pg->ConnectionString("global");
   c.shard_dsns = {r->pg->ConnectionString("shard0"), r->pg->ConnectionString("shard1")};
   c.pool_size = 4;
-  // One connection per pool at the start, the rest when a test first needs them, as the cluster
-  // tests' regions do: each connection costs PostgreSQL a backend start and exit, and all 12 at
-  // the start (4 x 3 databases) were 18 a case that most cases never used.
-  c.pool_open_at_start = 1;
   c.redis = {"127.0.0.1", redis_port};
   c.token_secret = "a-test-secret-shared-by-all-regions!!";
   c.operator_token = kOperator;
