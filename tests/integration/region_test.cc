@@ -159,7 +159,7 @@ class RegionTest : public ::testing::Test {
     c.global_dsn = pgs_[0]->ConnectionString("global");
     c.shard_dsns = {pgs_[0]->ConnectionString("shard0"), pgs_[1]->ConnectionString("shard1")};
     c.pool_size = 8;
-    c.pool_open_at_start = 1;  // the rest when first needed, as in apply_deltas_test.cc
+    c.pool_open_at_start = 1;  // the rest when first needed, as the cluster tests' regions do
     c.redis = {"127.0.0.1", redis_->port()};
     c.token_secret = "a-test-secret-of-at-least-32-characters!";
     c.operator_token = kOperator;
