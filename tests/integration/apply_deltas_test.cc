@@ -82,6 +82,10 @@ std::unique_ptr<Region> StartRegion(
   c.global_dsn = r->pg->ConnectionString("global");
   c.shard_dsns = {r->pg->ConnectionString("shard0"), r->pg->ConnectionString("shard1")};
   c.pool_size = 4;
+  // One connection per pool at the start, the rest when a test first needs them, as the cluster
+  // tests' regions do: each connection costs PostgreSQL a backend start and exit, and all 12 at
+  // the start (4 x 3 databases) were 18 a case that most cases never used.
+  c.pool_open_at_start = 1;
   c.redis = {"127.0.0.1", redis_port};
   c.token_secret = "a-test-secret-shared-by-all-regions!!";
   c.operator_token = kOperator;
@@ -1837,10 +1841,40 @@ TEST_F(ApplyDeltasTest, TwoWritesOfOneProductInOneApplyLeaveOneSavedMark) {
 // locally), and its session is ended while it waits.
 TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
   pqxx::connection admin(us_->pg->ConnectionString("global"));
-  // The reload is asynchronous: the postmaster re-reads the file, then signals every session,
-  // and a pooled session applies it before its next statement. A new session seeing the value
-  // means the postmaster has done both (under a loaded suite, a write sent right after the
-  // reload committed without waiting).
+  {
+    pqxx::nontransaction tx(admin);
+    tx.exec0("CREATE TABLE sync_probe (x int)");
+  }
+  // True when a COMMIT that wrote WAL waited for the standby (it is then cancelled, which commits
+  // it locally); false when it committed without waiting. A commit waits only once the
+  // checkpointer has re-read the configuration and published that a standby is named: sessions
+  // see the new value before that, and a checkpoint in progress delays it (the suite failed so
+  // once when the test waited only for a new session to see the value; a stopped checkpointer
+  // showed it by hand). Only a commit that writes WAL waits, hence the INSERT.
+  auto commit_waits = [&] {
+    pqxx::connection probe(us_->pg->ConnectionString("global"));
+    const std::string pid = std::to_string(probe.backendpid());
+    std::atomic<bool> done = false;
+    std::thread insert([&] {
+      try {
+        pqxx::nontransaction tx(probe);
+        tx.exec0("INSERT INTO sync_probe VALUES (1)");
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "the probe's INSERT failed: " << e.what();
+      }
+      done = true;
+    });
+    bool waited = false;
+    while (!done && !waited) {
+      pqxx::nontransaction tx(admin);
+      waited = !tx.exec("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = " + pid +
+                        " AND wait_event = 'SyncRep'")
+                    .empty();
+      if (!waited) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    insert.join();
+    return waited;
+  };
   auto sync_standby = [&](bool on) {
     {
       pqxx::nontransaction tx(admin);
@@ -1848,14 +1882,7 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
                   : "ALTER SYSTEM RESET synchronous_standby_names");
       tx.exec("SELECT pg_reload_conf()");
     }
-    EXPECT_TRUE(test_support::Eventually(
-        [&] {
-          pqxx::connection fresh(us_->pg->ConnectionString("shard0"));
-          pqxx::nontransaction tx(fresh);
-          return tx.exec1("SHOW synchronous_standby_names")[0].as<std::string>() ==
-                 (on ? "nosuch" : "");
-        },
-        20))
+    EXPECT_TRUE(test_support::Eventually([&] { return commit_waits() == on; }, 20))
         << "the setting never took effect";
   };
   // Runs `write` while every COMMIT waits for the standby, ends the shard session whose COMMIT
