@@ -664,6 +664,14 @@ void RegionApp::Impl::SetupMetrics() {
                "peer unanswered), failed (the replicator unreachable), busy (not asked: "
                "limits.account_lookups were in flight; answered 503)")
            .Register(*registry);
+  account_questions =
+      &BuildCounter()
+           .Name("meridian_account_questions_total")
+           .Help(
+               "Peers' questions whether this region holds an account (FindAccount), by form: "
+               "blind (a prefix and an HMAC, as every peer is asked) or named (the user id and "
+               "a login's password, sent only to the region that holds the account)")
+           .Register(*registry);
   rights_waits = &BuildCounter()
                       .Name("meridian_rights_waits_total")
                       .Help(

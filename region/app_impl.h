@@ -214,6 +214,7 @@ struct RegionApp::Impl {
   prometheus::Family<prometheus::Counter>* rights_waits = nullptr;         // {result}
   prometheus::Family<prometheus::Counter>* checkout_durability = nullptr;  // {mode}
   prometheus::Family<prometheus::Counter>* account_lookups = nullptr;      // {result}
+  prometheus::Family<prometheus::Counter>* account_questions = nullptr;    // {form}
 
   // background jobs
   std::mutex jobs_mu;
@@ -374,6 +375,11 @@ struct RegionApp::Impl {
     std::string account;  // services::AccountStamp of its registration
   };
   absl::StatusOr<std::optional<StoredUser>> FindUser(const std::string& user_id);
+  // A peer's question that does not name the account (services::BlindAccountQuery): the
+  // residency of the account held here whose id matches, if one does. The prefix is not the
+  // shard's key, so every shard is asked (an index range of one id in 4,096).
+  // REQUIRES: services::ValidateBlindAccountQuery(q) is OK.
+  absl::StatusOr<std::optional<std::string>> FindBlindAccount(const services::BlindAccountQuery& q);
   // Where else the account lives (region/control_service.cc): every peer region is asked at once
   // through the replicator, which answers within about a second. Only a residency comes back.
   // A login's `password` goes to the region found to hold the account only, which checks it.

@@ -1212,16 +1212,28 @@ class ControlService final : public pb::RegionControl::Service {
   grpc::Status FindAccount(grpc::ServerContext* ctx, const pb::FindAccountRequest* req,
                            pb::FindAccountResponse* out) override {
     if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
-    if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
+    const services::BlindAccountQuery blind{
+        .prefix = req->id_prefix(), .key = req->key(), .blinded = req->blinded_id()};
+    if (absl::Status st =
+            services::ValidatePeerAccountQuestion(req->user_id(), req->password(), blind);
         !st.ok()) {
       return Invalid(absl::StrCat("FindAccount: ", st.message()));
     }
+    if (req->user_id().empty()) {
+      // Asked as every peer is, without the id (services/auth.h, BlindAccountQuery).
+      app_.account_questions->Add({{"form", "blind"}}).Increment();
+      auto residency = app_.FindBlindAccount(blind);
+      if (!residency.ok()) return FromStatus(residency.status());
+      out->set_found(residency->has_value());
+      if (*residency) out->set_residency(**residency);
+      return grpc::Status::OK;
+    }
+    app_.account_questions->Add({{"form", "named"}}).Increment();
     auto user = app_.FindUser(req->user_id());
     if (!user.ok()) return FromStatus(user.status());
     if (*user) {
       out->set_found(true);
       out->set_residency((*user)->residency);
-      if (req->password().empty()) return grpc::Status::OK;
       // A login elsewhere: its failure counts here, where the account lives (only here may its
       // id be written to Redis).
       if (!app_.TakeLoginAttempt(req->user_id())) {

@@ -81,6 +81,29 @@ absl::StatusOr<std::optional<RegionApp::Impl::StoredUser>> RegionApp::Impl::Find
   return user;
 }
 
+absl::StatusOr<std::optional<std::string>> RegionApp::Impl::FindBlindAccount(
+    const services::BlindAccountQuery& q) {
+  std::optional<std::string> residency;
+  for (const auto& shard : shards) {
+    absl::Status st = shard->Run([&](pqxx::work& tx) {
+      // The ids that start with the prefix: every character after it is a hex digit, below 'g'
+      // (the primary key's index serves the range in any collation of ASCII).
+      pqxx::result r =
+          tx.exec("SELECT user_id, residency FROM users WHERE user_id >= " + tx.quote(q.prefix) +
+                  " AND user_id < " + tx.quote(q.prefix + "g"));
+      for (const auto& row : r) {
+        const std::string id = row[0].as<std::string>();
+        if (services::SecretsEqual(services::BlindedAccountId(q.key, id), q.blinded)) {
+          residency = row[1].as<std::string>();
+        }
+      }
+    });
+    if (!st.ok()) return st;
+    if (residency) break;
+  }
+  return residency;
+}
+
 HttpResponse RegionApp::Impl::Login(HttpRequest& req) {
   auto body = ParseBody(req);
   if (!body.ok()) return ProblemFromStatus(body.status());

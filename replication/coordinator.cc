@@ -1521,8 +1521,13 @@ struct Coordinator::Impl {
         asks.push_back(std::move(a));
       }
     }
+    // Every peer is asked without the id (services/auth.h, BlindAccountQuery): most of them do
+    // not hold the account, and some are in jurisdictions its data may not go to.
+    const services::BlindAccountQuery blind = services::BlindAccountId(user_id);
     pb::FindAccountRequest q;
-    q.set_user_id(user_id);
+    q.set_id_prefix(blind.prefix);
+    q.set_key(blind.key);
+    q.set_blinded_id(blind.blinded);
     std::mutex done_mu;
     std::condition_variable done_cv;
     size_t done = 0;
@@ -1575,12 +1580,15 @@ struct Coordinator::Impl {
       out->clear_residency();
       return;
     }
-    // A login: its password goes to that region only, which holds the account and checks it.
-    q.set_password(password);
+    // A login: the id and its password go to that region only, which holds the account and
+    // checks it.
+    pb::FindAccountRequest named;
+    named.set_user_id(user_id);
+    named.set_password(password);
     pb::FindAccountResponse checked;
     auto ctx = Ctx(1500);
     ctx->set_wait_for_ready(true);
-    grpc::Status s = PeerStub(out->region())->FindAccount(ctx.get(), q, &checked);
+    grpc::Status s = PeerStub(out->region())->FindAccount(ctx.get(), named, &checked);
     if (!s.ok() || !checked.found()) {
       spdlog::info("event=account_password_unchecked peer={} code={} error=\"{}\"",
                    Name(out->region()), static_cast<int>(s.error_code()), s.error_message());
@@ -1995,6 +2003,9 @@ grpc::Status Coordinator::FindAccountIncoming(const pb::FindAccountRequest& req,
   rpb::FindAccountRequest q;
   q.set_user_id(req.user_id());
   q.set_password(req.password());
+  q.set_id_prefix(req.id_prefix());
+  q.set_key(req.key());
+  q.set_blinded_id(req.blinded_id());
   rpb::FindAccountResponse resp;
   auto ctx = Ctx(1000);
   grpc::Status s = impl_->region->FindAccount(ctx.get(), q, &resp);

@@ -2498,7 +2498,9 @@ class ReplicationService final : public pb::Replication::Service {
     if (!r_.coordinator) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "coordination is off here");
     }
-    if (absl::Status st = services::ValidateAccountQuery(req->user_id(), req->password());
+    if (absl::Status st = services::ValidatePeerAccountQuestion(
+            req->user_id(), req->password(),
+            {.prefix = req->id_prefix(), .key = req->key(), .blinded = req->blinded_id()});
         !st.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("FindAccount: ", st.message()));

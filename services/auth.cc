@@ -120,6 +120,59 @@ absl::Status ValidateAccountQuery(std::string_view user_id, std::string_view pas
   return absl::OkStatus();
 }
 
+BlindAccountQuery BlindAccountId(std::string_view user_id) {
+  unsigned char key[16];
+  RandomBytes(key, sizeof key);
+  BlindAccountQuery q{.prefix = std::string(user_id.substr(0, 1 + kAccountPrefixDigits)),
+                      .key = Hex(key, sizeof key),
+                      .blinded = ""};
+  q.blinded = BlindedAccountId(q.key, user_id);
+  return q;
+}
+
+std::string BlindedAccountId(std::string_view key, std::string_view user_id) {
+  return Hmac(user_id, key);
+}
+
+absl::Status ValidateBlindAccountQuery(const BlindAccountQuery& q) {
+  auto lower_hex = [](std::string_view s, size_t digits) {
+    return s.size() == digits && std::all_of(s.begin(), s.end(), [](char c) {
+             return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+           });
+  };
+  if (q.prefix.size() != 1 + kAccountPrefixDigits || q.prefix[0] != 'u' ||
+      !lower_hex(std::string_view(q.prefix).substr(1), kAccountPrefixDigits)) {
+    return absl::InvalidArgumentError(absl::StrCat("id_prefix must be \"u\" and ",
+                                                   kAccountPrefixDigits, " lowercase hex digits"));
+  }
+  if (!lower_hex(q.key, 32)) {
+    return absl::InvalidArgumentError("key must be 32 lowercase hex digits");
+  }
+  if (!lower_hex(q.blinded, 64)) {
+    return absl::InvalidArgumentError("blinded_id must be 64 lowercase hex digits");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePeerAccountQuestion(std::string_view user_id, std::string_view password,
+                                         const BlindAccountQuery& blind) {
+  if (user_id.empty()) {
+    if (!password.empty()) {
+      return absl::InvalidArgumentError("a password goes only with the user id, to its holder");
+    }
+    return ValidateBlindAccountQuery(blind);
+  }
+  if (!blind.prefix.empty() || !blind.key.empty() || !blind.blinded.empty()) {
+    return absl::InvalidArgumentError("a question names the user id or blinds it, not both");
+  }
+  if (password.empty()) {
+    return absl::InvalidArgumentError(
+        "a question that names the account carries a login's password; without one, ask by "
+        "id_prefix, key and blinded_id");
+  }
+  return ValidateAccountQuery(user_id, password);
+}
+
 std::string AccountStamp(int64_t hlc, int64_t origin) { return absl::StrCat(hlc, "-", origin); }
 
 std::string IssueToken(const TokenClaims& claims, std::string_view secret) {

@@ -30,9 +30,34 @@ std::string UserIdForEmail(std::string_view email);
 bool IsUserId(std::string_view id);
 // The longest password an account can have (registration takes 8..256 characters).
 inline constexpr size_t kMaxPasswordBytes = 256;
-// A question about an account from another process (a peer's FindAccount): InvalidArgument
-// unless `user_id` IsUserId and `password` (empty: none) is at most kMaxPasswordBytes.
+// A question about an account from another process (the region's own LocateAccount):
+// InvalidArgument unless `user_id` IsUserId and `password` (empty: none) is at most
+// kMaxPasswordBytes.
 absl::Status ValidateAccountQuery(std::string_view user_id, std::string_view password);
+
+// The question a region asks every peer when it holds no row of an account (a customer pinned
+// to another jurisdiction, or one registered moments ago elsewhere), without giving them the
+// id: the id's first kAccountPrefixDigits hex digits, which one id in 4,096 shares, and an
+// HMAC-SHA256 of the whole id under a key made for this one question. A peer that holds the
+// account finds it among its ids with that prefix; any other peer learns 12 bits of an id it
+// cannot match to anyone. The id itself (and a login's password) then goes to the one peer
+// that holds the account, where it lives anyway.
+inline constexpr size_t kAccountPrefixDigits = 3;
+struct BlindAccountQuery {
+  std::string prefix;   // "u" and kAccountPrefixDigits lowercase hex digits
+  std::string key;      // 32 lowercase hex digits (16 random bytes), new for each question
+  std::string blinded;  // BlindedAccountId(key, id): 64 lowercase hex digits
+};
+// REQUIRES: IsUserId(user_id).
+BlindAccountQuery BlindAccountId(std::string_view user_id);
+std::string BlindedAccountId(std::string_view key, std::string_view user_id);
+// InvalidArgument unless the three parts have the forms above.
+absl::Status ValidateBlindAccountQuery(const BlindAccountQuery& q);
+// A peer's question (FindAccount) in one of its two forms, else InvalidArgument: blind (no
+// user id, no password, `blind` valid) or named (`blind` empty, ValidateAccountQuery, and a
+// password: only a login names the account, to the region that holds it).
+absl::Status ValidatePeerAccountQuestion(std::string_view user_id, std::string_view password,
+                                         const BlindAccountQuery& blind);
 
 struct TokenClaims {
   std::string user_id;

@@ -50,5 +50,49 @@ TEST(Auth, UserIdIsStableAndCaseInsensitive) {
   EXPECT_TRUE(absl::IsInvalidArgument(ValidateAccountQuery("u1", "")));
 }
 
+// The question every peer gets names no account: a prefix one id in 4,096 shares and an HMAC
+// under a key of its own, which only the id it was made from matches.
+TEST(Auth, ABlindAccountQueryMatchesOnlyItsIdAndNeverRepeats) {
+  const std::string id = UserIdForEmail("ann@example.com");
+  const BlindAccountQuery q = BlindAccountId(id);
+  EXPECT_EQ(q.prefix, id.substr(0, 4));
+  EXPECT_EQ(q.prefix.size(), 1 + kAccountPrefixDigits);
+  EXPECT_EQ(q.blinded.find(id.substr(4)), std::string::npos);
+  EXPECT_TRUE(ValidateBlindAccountQuery(q).ok());
+  EXPECT_EQ(BlindedAccountId(q.key, id), q.blinded);
+  // Another id with the same prefix does not match.
+  std::string neighbour = id;
+  neighbour.back() = neighbour.back() == '0' ? '1' : '0';
+  EXPECT_NE(BlindedAccountId(q.key, neighbour), q.blinded);
+  // A new question, a new key: two questions about one id cannot be linked by their HMAC.
+  const BlindAccountQuery again = BlindAccountId(id);
+  EXPECT_NE(again.key, q.key);
+  EXPECT_NE(again.blinded, q.blinded);
+  EXPECT_EQ(BlindedAccountId(again.key, id), again.blinded);
+
+  auto with = [&](auto change) {
+    BlindAccountQuery bad = q;
+    change(bad);
+    return ValidateBlindAccountQuery(bad);
+  };
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.prefix = id.substr(0, 5); })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.prefix = "u%%%"; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.prefix = "x" + id.substr(1, 3); })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.key = ""; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.key[0] = 'G'; })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.blinded.pop_back(); })));
+  EXPECT_TRUE(absl::IsInvalidArgument(with([&](auto& b) { b.blinded[3] = '\''; })));
+
+  // A peer asks blind, or names the account with a login's password; nothing in between.
+  EXPECT_TRUE(ValidatePeerAccountQuestion("", "", q).ok());
+  EXPECT_TRUE(ValidatePeerAccountQuestion(id, "password", {}).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion(id, "", {})));
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion("", "password", q)));
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion(id, "password", q)));
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion("", "", {})));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      ValidatePeerAccountQuestion(id, std::string(kMaxPasswordBytes + 1, 'p'), {})));
+}
+
 }  // namespace
 }  // namespace meridian::services

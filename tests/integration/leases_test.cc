@@ -900,26 +900,60 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
   EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
   EXPECT_EQ(Metric(kUs, "meridian_account_lookups_total{result=\"none\"}"), 1);
   EXPECT_EQ(Metric(kAp, "meridian_account_lookups_total{result=\"elsewhere\"}"), 2);
+  // Her id went to eu-west only, with each login's password (307, 307, 401); us-east and
+  // ap-south, which do not hold her account, were asked without it (residency review of
+  // 2026-12-04: every peer got the id, a hash of her e-mail).
+  EXPECT_GE(Metric(kEu, "meridian_account_questions_total{form=\"named\"}"), 3);
+  EXPECT_GE(Metric(kUs, "meridian_account_questions_total{form=\"blind\"}"), 2);
+  EXPECT_GE(Metric(kAp, "meridian_account_questions_total{form=\"blind\"}"), 3);
+  for (size_t region : {kUs, kAp}) {
+    EXPECT_EQ(Metric(region, "meridian_account_questions_total{form=\"named\"}"), 0)
+        << c_->spec(region).name << " was sent an account's id";
+  }
 
   // What a peer's replicator may ask eu-west (as us-east's certificate): only the residency and
   // whether a password is hers come back; a malformed question is refused.
   {
     test_support::ForgedPeer peer(*c_, kUs, kEu);
-    rpb::FindAccountRequest q;
     rpb::FindAccountResponse a;
-    q.set_user_id(user);
+    auto blind = [](const std::string& id) {
+      const services::BlindAccountQuery b = services::BlindAccountId(id);
+      rpb::FindAccountRequest q;
+      q.set_id_prefix(b.prefix);
+      q.set_key(b.key);
+      q.set_blinded_id(b.blinded);
+      return q;
+    };
+    rpb::FindAccountRequest q = blind(user);
     ASSERT_TRUE(peer.FindAccount(q, &a).ok());
     EXPECT_TRUE(a.found());
     EXPECT_EQ(a.residency(), "eu");
     EXPECT_FALSE(a.password_ok());
-    q.set_password("long-password");
-    ASSERT_TRUE(peer.FindAccount(q, &a).ok());
-    EXPECT_TRUE(a.password_ok());
-    q.set_password(std::string(257, 'p'));
+    // An id she does not have, with her prefix, is not found.
+    std::string neighbour = user;
+    neighbour.back() = neighbour.back() == '0' ? '1' : '0';
+    ASSERT_TRUE(peer.FindAccount(blind(neighbour), &a).ok());
+    EXPECT_FALSE(a.found());
+    EXPECT_EQ(a.residency(), "");
+    q.set_password("long-password");  // a password goes only with the id
     EXPECT_EQ(peer.FindAccount(q, &a).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    q.set_blinded_id(std::string(64, 'g'));
     q.clear_password();
-    q.set_user_id("u' OR '1'='1");
-    grpc::Status bad = peer.FindAccount(q, &a);
+    EXPECT_EQ(peer.FindAccount(q, &a).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+    rpb::FindAccountRequest named;
+    named.set_user_id(user);  // named without a login's password: refused
+    grpc::Status bare = peer.FindAccount(named, &a);
+    EXPECT_EQ(bare.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bare.error_message();
+    named.set_password("long-password");
+    ASSERT_TRUE(peer.FindAccount(named, &a).ok());
+    EXPECT_TRUE(a.found());
+    EXPECT_TRUE(a.password_ok());
+    named.set_password(std::string(257, 'p'));
+    EXPECT_EQ(peer.FindAccount(named, &a).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    named.set_password("long-password");
+    named.set_user_id("u' OR '1'='1");
+    grpc::Status bad = peer.FindAccount(named, &a);
     EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.error_message();
   }
 
