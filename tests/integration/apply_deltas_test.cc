@@ -1885,19 +1885,26 @@ TEST_F(ApplyDeltasTest, ACartWriteWhoseCommitIsInDoubtDropsTheHotCopy) {
     EXPECT_TRUE(test_support::Eventually([&] { return commit_waits() == on; }, 20))
         << "the setting never took effect";
   };
-  // Runs `write` while every COMMIT waits for the standby, ends the shard session whose COMMIT
-  // waits, then lets commits go on. True when a waiting COMMIT was ended.
+  // Runs `write` while every COMMIT waits for the standby, ends every shard session whose COMMIT
+  // waits until `write` has returned (for 20 s at most), then lets commits go on. True when a
+  // waiting COMMIT was ended. Not just the first: the region's own jobs write to the shards too,
+  // and ending only a job's COMMIT that waited first let the write's commit go on once the
+  // standby was unset (the suite failed so once, at 4266651).
   auto in_doubt = [&](const std::function<void()>& write) {
     sync_standby(true);
-    std::thread writer(write);
+    std::atomic<bool> returned = false;
+    std::thread writer([&] {
+      write();
+      returned = true;
+    });
     bool ended = false;
-    for (int i = 0; i < 400 && !ended; ++i) {
+    for (int i = 0; i < 1000 && !returned; ++i) {
       pqxx::nontransaction tx(admin);
-      ended = !tx.exec(
-                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event "
-                     "= 'SyncRep' AND datname LIKE 'shard%'")
-                   .empty();
-      if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      ended |= !tx.exec(
+                      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event "
+                      "= 'SyncRep' AND datname LIKE 'shard%'")
+                    .empty();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     sync_standby(false);
     writer.join();
