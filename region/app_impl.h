@@ -381,8 +381,9 @@ struct RegionApp::Impl {
   // REQUIRES: services::ValidateBlindAccountQuery(q) is OK.
   absl::StatusOr<std::optional<std::string>> FindBlindAccount(const services::BlindAccountQuery& q);
   // Where else the account lives (region/control_service.cc): every peer region is asked at once
-  // through the replicator, which answers within about a second. Only a residency comes back.
-  // A login's `password` goes to the region found to hold the account only, which checks it.
+  // through the replicator, which answers within about a second, without the id (a prefix and
+  // an HMAC, services::BlindAccountQuery). Only a residency comes back. The id and a login's
+  // `password` go to the region found to hold the account only, which checks it.
   struct AccountElsewhere {
     bool found = false;
     uint32_t region = 0;

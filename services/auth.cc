@@ -29,6 +29,13 @@ std::string Hex(const unsigned char* p, size_t n) {
   return out;
 }
 
+// `digits` lowercase hex digits, nothing else.
+bool IsLowerHex(std::string_view s, size_t digits) {
+  return s.size() == digits && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 bool Unhex(std::string_view s, std::vector<unsigned char>* out) {
   if (s.size() % 2) return false;
   out->clear();
@@ -104,9 +111,7 @@ std::string UserIdForEmail(std::string_view email) {
 }
 
 bool IsUserId(std::string_view id) {
-  return id.size() == 25 && id[0] == 'u' && std::all_of(id.begin() + 1, id.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
+  return !id.empty() && id[0] == 'u' && IsLowerHex(id.substr(1), 24);
 }
 
 absl::Status ValidateAccountQuery(std::string_view user_id, std::string_view password) {
@@ -135,20 +140,15 @@ std::string BlindedAccountId(std::string_view key, std::string_view user_id) {
 }
 
 absl::Status ValidateBlindAccountQuery(const BlindAccountQuery& q) {
-  auto lower_hex = [](std::string_view s, size_t digits) {
-    return s.size() == digits && std::all_of(s.begin(), s.end(), [](char c) {
-             return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-           });
-  };
-  if (q.prefix.size() != 1 + kAccountPrefixDigits || q.prefix[0] != 'u' ||
-      !lower_hex(std::string_view(q.prefix).substr(1), kAccountPrefixDigits)) {
+  if (q.prefix.empty() || q.prefix[0] != 'u' ||
+      !IsLowerHex(std::string_view(q.prefix).substr(1), kAccountPrefixDigits)) {
     return absl::InvalidArgumentError(absl::StrCat("id_prefix must be \"u\" and ",
                                                    kAccountPrefixDigits, " lowercase hex digits"));
   }
-  if (!lower_hex(q.key, 32)) {
+  if (!IsLowerHex(q.key, 32)) {
     return absl::InvalidArgumentError("key must be 32 lowercase hex digits");
   }
-  if (!lower_hex(q.blinded, 64)) {
+  if (!IsLowerHex(q.blinded, 64)) {
     return absl::InvalidArgumentError("blinded_id must be 64 lowercase hex digits");
   }
   return absl::OkStatus();
