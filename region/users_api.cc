@@ -95,6 +95,7 @@ absl::StatusOr<std::optional<std::string>> RegionApp::Impl::FindBlindAccount(
         const std::string id = row[0].as<std::string>();
         if (services::SecretsEqual(services::BlindedAccountId(q.key, id), q.blinded)) {
           residency = row[1].as<std::string>();
+          break;  // ids are unique
         }
       }
     });
