@@ -18,7 +18,8 @@ PACKAGES=(
   libpqxx-dev libasio-dev libhiredis-dev libhttp-parser-dev libabsl-dev libspdlog-dev
   libyaml-cpp-dev prometheus-cpp-dev libcli11-dev librapidcheck-dev libgtest-dev libgmock-dev
   libbenchmark-dev libssl-dev nlohmann-json3-dev
-  postgresql postgresql-contrib postgresql-15-pglogical redis-server pdns-server pdns-backend-remote
+  postgresql postgresql-contrib postgresql-15-pglogical pgbouncer redis-server pdns-server
+  pdns-backend-remote
   dnsutils iproute2 iptables iputils-ping libnetfilter-queue-dev util-linux procps
   libmaxminddb-dev libcurl4-openssl-dev libmaxmind-db-writer-perl libc-ares-dev jq
 )

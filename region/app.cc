@@ -936,8 +936,7 @@ absl::StatusOr<std::unique_ptr<RegionApp>> RegionApp::Create(RegionConfig config
   // stream's mark (migrations.h), made in the stream's own transaction, not "this start made it": a
   // start that stopped after the stream was made (killed, or a later migration failing) leaves the
   // mark for the next one.
-  std::vector<PgPool*> databases = {impl->global.get()};
-  for (auto& s : impl->shards) databases.push_back(s.get());
+  const std::vector<PgPool*> databases = impl->AllDatabases();
   bool new_stream = false;
   for (PgPool* db : databases) {
     auto applied =

@@ -225,6 +225,12 @@ struct RegionApp::Impl {
   std::atomic<int> fail_next_notifications{0};
 
   PgPool& ShardFor(std::string_view user_id);
+  // The global database, then the shards.
+  std::vector<PgPool*> AllDatabases() const {
+    std::vector<PgPool*> pools{global.get()};
+    for (const auto& s : shards) pools.push_back(s.get());
+    return pools;
+  }
   // The actor of local changes to this user's cart: its shard's (documents.h CartActor).
   crdt::ReplicaId CartActorFor(std::string_view user_id) const;
   std::vector<crdt::ReplicaId> cart_actors;  // per shard, set at the start

@@ -60,7 +60,8 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   c.grpc = r.HostPort(listen, "grpc", "listen.grpc", false);
 
   YAML::Node pg = r.Map(root, "postgres", "postgres", true);
-  r.OnlyKeys(pg, "postgres", {"global", "shards", "pool_size", "open_at_start"});
+  r.OnlyKeys(pg, "postgres",
+             {"global", "shards", "pool_size", "open_at_start", "identity_check_ms"});
   c.global_dsn = r.String(pg, "global", "postgres.global", true);
   if (r.ok()) CheckConnectionString(r, "postgres.global", c.global_dsn);
   if (pg && pg["shards"]) {
@@ -89,6 +90,13 @@ absl::StatusOr<RegionConfig> ParseUnguarded(std::string_view yaml, std::string_v
   if (c.pool_open_at_start > c.pool_size) {
     r.Fail("postgres.open_at_start",
            absl::StrCat("at most postgres.pool_size (", c.pool_size, ")"));
+  }
+
+  c.identity_check_ms =
+      r.Integer<int>(pg, "identity_check_ms", "postgres.identity_check_ms", 1000, 0, 60000);
+  if (c.identity_check_ms > 0 && c.identity_check_ms < 100) {
+    r.Fail("postgres.identity_check_ms",
+           absl::StrCat("0 (off) or 100..60000 ms, got ", c.identity_check_ms));
   }
 
   YAML::Node redis = r.Map(root, "redis", "redis", true);

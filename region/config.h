@@ -52,6 +52,10 @@ struct RegionConfig {
   // pool_size, so that a server that cannot take them all is found at the start); the rest open
   // when first needed. 0 (a config built in code): all of them, whatever pool_size is.
   int pool_open_at_start = 0;
+  // postgres.identity_check_ms: how often each pool rechecks, on a connection it keeps, that its
+  // database is still the one this server started on (PgPool::Recheck); 0: only new connections
+  // are checked.
+  int identity_check_ms = 1000;
   // redis
   Endpoint redis;
   int redis_timeout_ms = 200;

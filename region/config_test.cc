@@ -33,6 +33,7 @@ TEST(Config, ParsesAGoodFileWithDefaults) {
   EXPECT_TRUE(c->hold_new_databases);
   EXPECT_EQ(c->pool_size, 8);
   EXPECT_EQ(c->pool_open_at_start, 8);  // every connection, as pool_size says
+  EXPECT_EQ(c->identity_check_ms, 1000);
   ASSERT_EQ(c->peers.size(), 1u);
   EXPECT_EQ(c->peers[0].jurisdiction, "eu");
 }
@@ -116,6 +117,13 @@ TEST(Config, NamesTheBadField) {
   ASSERT_TRUE(lazy.ok()) << lazy.status();
   EXPECT_EQ(lazy->pool_size, 4);
   EXPECT_EQ(lazy->pool_open_at_start, 1);
+  ExpectError(Replace(kGood, shards, shards + "  identity_check_ms: 50\n"),
+              "postgres.identity_check_ms: 0 (off) or 100..60000 ms, got 50");
+  ExpectError(Replace(kGood, shards, shards + "  identity_check_ms: 60001\n"),
+              "postgres.identity_check_ms");
+  auto unchecked = ParseConfig(Replace(kGood, shards, shards + "  identity_check_ms: 0\n"));
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status();
+  EXPECT_EQ(unchecked->identity_check_ms, 0);
   ExpectError(Replace(kGood, "\"http://127.0.0.1:8081\"", "\"ftp://x\""), "peers[0].url");
   ExpectError(std::string(kGood) + "durability: sync-peer\n", "durability");
   ExpectError(std::string(kGood) + "replication: {rights_wait_ms: -1}\n",

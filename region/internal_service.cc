@@ -177,7 +177,7 @@ class Service final : public pb::RegionInternal::Service {
       });
       d->set_reachable(st.ok());
     };
-    for (PgPool* pool : AllPools()) describe(*pool);
+    for (PgPool* pool : app_.AllDatabases()) describe(*pool);
     out->set_held_since_start(app_.held_since_start.load());
     {
       std::lock_guard<std::mutex> l(app_.hold_mu);
@@ -602,7 +602,7 @@ class Service final : public pb::RegionInternal::Service {
     // The resume points live in the global database; each database also holds the mark of
     // what was applied to it (ApplyDeltas), and the highest of those is the highest applied.
     const std::vector<PgPool*> dbs =
-        req->highest() ? AllPools() : std::vector<PgPool*>{app_.global.get()};
+        req->highest() ? app_.AllDatabases() : std::vector<PgPool*>{app_.global.get()};
     std::map<std::pair<uint32_t, std::string>, int64_t> marks;
     for (PgPool* db : dbs) {
       absl::Status st = db->Run([&](pqxx::work& tx) {
@@ -812,7 +812,7 @@ class Service final : public pb::RegionInternal::Service {
   // calling session's view of them is from before a rebuild otherwise).
   grpc::Status SameStreams(const google::protobuf::RepeatedPtrField<std::string>& streams) {
     std::set<std::string> now;
-    for (PgPool* pool : AllPools()) {
+    for (PgPool* pool : app_.AllDatabases()) {
       auto name = app_.StreamName(*pool);
       if (!name.ok()) return ToGrpc(name.status());
       now.insert(*name);
@@ -823,13 +823,6 @@ class Service final : public pb::RegionInternal::Service {
                         absl::StrCat("this region's databases are now ", absl::StrJoin(now, ", "),
                                      ", not those the session started with (rebuilt since?): "
                                      "nothing applied; start a new session"));
-  }
-
-  // The global database, then the shards.
-  std::vector<PgPool*> AllPools() {
-    std::vector<PgPool*> pools{app_.global.get()};
-    for (auto& s : app_.shards) pools.push_back(s.get());
-    return pools;
   }
 
   PgPool* PoolNamed(const std::string& name) {

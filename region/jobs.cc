@@ -470,6 +470,29 @@ void RegionApp::Impl::StartJobs() {
       lock.lock();
     }
   });
+  // Apart from the jobs above, which a slow notification sink or sweep holds up: a database that
+  // changed under connections that did not break (a failover behind pgbouncer, a new life given
+  // by another process of the region) is found within identity_check_ms. The check refuses
+  // (database_changed, logged by it) and retires the pool: every call answers 503 until the
+  // server stops with exit status 3 (main.cc). Other failures (no free connection under load, a
+  // broken connection) are left to the next round.
+  if (config.identity_check_ms > 0) {
+    jobs.emplace_back([this] {
+      std::unique_lock<std::mutex> lock(jobs_mu);
+      while (!stopping) {
+        jobs_cv.wait_for(lock, std::chrono::milliseconds(config.identity_check_ms));
+        if (stopping) break;
+        lock.unlock();
+        for (PgPool* db : AllDatabases()) {
+          if (absl::Status st = db->Recheck(); !st.ok()) {
+            spdlog::debug("event=identity_recheck_failed db={} status=\"{}\"", db->name(),
+                          st.ToString());
+          }
+        }
+        lock.lock();
+      }
+    });
+  }
 }
 
 void RegionApp::Impl::StopJobs() {

@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.acquire_timeout_ms);
   while (idle_.empty()) {
+    if (!retired_.ok()) return retired_;  // Recheck: the pool keeps no connection
     // A slot freed by a dropped (broken) connection is refilled here, lazily.
     if (in_use_ + static_cast<int>(idle_.size()) < options_.size) {
       ++in_use_;
@@ -139,9 +140,37 @@ void PgPool::Release(std::unique_ptr<pqxx::connection> c) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --in_use_;
-    if (c) idle_.push_back(std::move(c));
+    if (c && retired_.ok()) idle_.push_back(std::move(c));
   }
   cv_.notify_one();
+}
+
+absl::Status PgPool::Recheck() {
+  if (!connect_check_) return absl::OkStatus();
+  auto conn = Acquire();
+  if (!conn.ok()) return conn.status();
+  std::unique_ptr<pqxx::connection> c = *std::move(conn);
+  absl::Status checked;
+  try {
+    checked = connect_check_(*c);
+  } catch (const std::exception& e) {
+    // The connection, not the database, failed: it is dropped, and nothing is retired.
+    Release(nullptr);
+    return StatusFromPqxx(e, absl::StrCat("postgres ", options_.name, ": rechecking"));
+  }
+  if (checked.ok()) {
+    Release(std::move(c));
+    return checked;
+  }
+  std::vector<std::unique_ptr<pqxx::connection>> closing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    retired_ = checked;
+    closing.swap(idle_);
+  }
+  Release(nullptr);
+  cv_.notify_all();  // callers waiting for a connection get the check's error now
+  return checked;
 }
 
 int PgPool::in_use() const {

@@ -70,6 +70,13 @@ class PgPool {
   void SetConnectCheck(std::function<absl::Status(pqxx::connection&)> check) {
     connect_check_ = std::move(check);
   }
+  // Runs the connect check again, on a connection of the pool (waiting for a free one as a call
+  // does). A pooled connection does not break when the database behind a pooler (pgbouncer)
+  // fails over, nor when another process changes what the check reads, so only this sees it.
+  // When the check refuses, the pool is retired: its connections are closed (busy ones when
+  // they come back), and every later call fails at once with the check's error. A failure to
+  // get or use a connection is returned and retires nothing. OK with no check set.
+  absl::Status Recheck();
 
   [[nodiscard]] const std::string& name() const { return options_.name; }
   [[nodiscard]] int size() const { return options_.size; }
@@ -96,6 +103,7 @@ class PgPool {
   std::condition_variable cv_;
   std::vector<std::unique_ptr<pqxx::connection>> idle_;
   int in_use_ = 0;
+  absl::Status retired_;  // not OK once Recheck's check refused: every call's answer
   // One probe at a time on ping_conn_. A probe that waited 2 s for the one before it (stuck
   // connecting, or on a server that does not answer) answers false, and does not pile up.
   std::timed_mutex ping_mu_;

@@ -31,6 +31,7 @@
 #include "services/domain.h"
 #include "tests/integration/http_client.h"
 #include "tests/support/eventually.h"
+#include "tests/support/pgbouncer.h"
 #include "tests/support/postgres_server.h"
 #include "tests/support/redis_command.h"
 #include "tests/support/redis_server.h"
@@ -56,11 +57,11 @@ struct Region {
 // `pg_settings`: more server settings for the region's PostgreSQL; `redis_port`: a Redis of the
 // test's to use instead of one of the region's own; `leases_from_test`: the region takes its
 // order leases from SetLeases calls (the test plays the replicator) instead of owning its own
-// group forever.
+// group forever; `adjust`: changes the test makes to the region's config (its servers started).
 std::unique_ptr<Region> StartRegion(
     const std::string& name, const std::string& jurisdiction, uint32_t replica,
     std::vector<std::pair<std::string, std::string>> pg_settings = {}, uint16_t redis_port = 0,
-    bool leases_from_test = false) {
+    bool leases_from_test = false, const std::function<void(Region&, RegionConfig&)>& adjust = {}) {
   auto r = std::make_unique<Region>();
   auto pg =
       test_support::PostgresServer::Start({.name = name, .extra_settings = std::move(pg_settings)});
@@ -95,6 +96,7 @@ std::unique_ptr<Region> StartRegion(
   // settle a charge between a test's fault and its own sweep.
   c.sweep_interval_s = 0;
   c.replication.enabled = leases_from_test;
+  if (adjust) adjust(*r, c);
   auto app = RegionApp::Create(c);
   EXPECT_TRUE(app.ok()) << app.status();
   r->app = *std::move(app);
@@ -1263,6 +1265,102 @@ TEST_F(ApplyDeltasTest, StockThatArrivesBeforeItsProductIsNeitherShownNorSoldFor
   bought = Request(us2_->port(), "POST", "/v1/checkout", "{}", {{"Authorization", "Bearer " + t2}});
   ASSERT_EQ(bought.status, 201) << bought.body;
   EXPECT_EQ(Json::parse(bought.body)["total_cents"], 900) << bought.body;
+}
+
+// A database given a new life under a running server whose connections stay open: here by
+// another process of the region started with --restored (ForgetDatabaseIdentity, then the start's
+// CheckDatabaseLife), as behind a pooler (pgbouncer) a failover is, whose connections to the
+// server do not break. Only new connections were checked, and the pool's kept ones went on
+// writing under the old stream and cart actor: the cart change below answered 200. Each pool
+// rechecks a kept connection every postgres.identity_check_ms (1 s by default): the change is
+// found within it, and every call then answers 503 until the server stops (exit status 3).
+TEST(DatabaseLife, ANewLifeUnderAServersOpenConnectionsIsFoundWithinASecond) {
+  // Every connection opened at the start, as region.yaml's default does: a new one would be
+  // checked, and the region here makes none.
+  std::unique_ptr<Region> r =
+      StartRegion("us-east", "us", 1, {}, 0, false,
+                  [](Region&, RegionConfig& c) { c.pool_open_at_start = c.pool_size; });
+  ASSERT_TRUE(r->app != nullptr);
+  Request(r->port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
+          {{"Authorization", std::string("Bearer ") + kOperator}});
+  const std::string token = CustomerWithACart(*r, "nia@example.com").first;
+  auto add = [&] {
+    return Request(r->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                   {{"Authorization", "Bearer " + token}});
+  };
+  ASSERT_EQ(add().status, 200);
+  for (const char* db : {"global", "shard0", "shard1"}) {
+    auto other = PgPool::Create({"other process", r->pg->ConnectionString(db), 1});
+    ASSERT_TRUE(other.ok()) << other.status();
+    ASSERT_TRUE(ForgetDatabaseIdentity(**other).ok());
+    auto life = CheckDatabaseLife(**other);
+    ASSERT_TRUE(life.ok()) << life.status();
+    ASSERT_TRUE(*life) << db;
+  }
+  const auto changed_at = std::chrono::steady_clock::now();
+  Response last;
+  ASSERT_TRUE(test_support::Eventually(
+      [&] {
+        last = add();
+        return last.status != 200;
+      },
+      5, 10))
+      << "the server went on writing to its changed databases";
+  const double refused_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - changed_at).count();
+  EXPECT_EQ(last.status, 503) << last.body;
+  EXPECT_LE(refused_s, 2.0) << "identity_check_ms is 1000";
+  std::printf("the first change refused %.3f s after the new life\n", refused_s);
+  EXPECT_TRUE(r->app->database_changed());
+}
+
+// The same behind pgbouncer, the pooler most PostgreSQL deployments run, in transaction pooling:
+// the server is restored to a point in time (pg_basebackup, replayed onto timeline 2) under the
+// pooler, which dials the restored server, and the region's connections to the pooler never
+// break. The cart change made after the backup is gone with the restore. Only new connections
+// were checked: the region went on writing on the rewound database (a restore being what it is,
+// its outbox seqs and cart dots the peers already held) for as long as it ran.
+TEST(DatabaseLife, ARestoreBehindPgbouncerIsFoundWithinASecond) {
+  std::unique_ptr<test_support::PgBouncer> bouncer;
+  std::unique_ptr<Region> r =
+      StartRegion("us-east", "us", 1, {}, 0, false, [&](Region& region, RegionConfig& c) {
+        auto started = test_support::PgBouncer::Start({.server_port = region.pg->port()});
+        ASSERT_TRUE(started.ok()) << started.status();
+        bouncer = *std::move(started);
+        c.global_dsn = bouncer->ConnectionString("global");
+        c.shard_dsns = {bouncer->ConnectionString("shard0"), bouncer->ConnectionString("shard1")};
+        c.pool_open_at_start = c.pool_size;
+      });
+  ASSERT_TRUE(r->app != nullptr && bouncer != nullptr);
+  Request(r->port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
+          {{"Authorization", std::string("Bearer ") + kOperator}});
+  const std::string token = CustomerWithACart(*r, "oda@example.com").first;
+  auto add = [&] {
+    return Request(r->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                   {{"Authorization", "Bearer " + token}});
+  };
+  auto backup = r->pg->BaseBackup();
+  ASSERT_TRUE(backup.ok()) << backup.status();
+  ASSERT_EQ(add().status, 200);  // after the backup: the restore takes it back
+  ASSERT_TRUE(r->pg->RestoreBaseBackup(*backup).ok());
+  const auto restored_at = std::chrono::steady_clock::now();
+  Response last;
+  int written = 0;
+  ASSERT_TRUE(test_support::Eventually(
+      [&] {
+        last = add();
+        written += last.status == 200;
+        return last.status != 200;
+      },
+      5, 10))
+      << "the region went on writing on the restored database: " << written << " changes";
+  const double refused_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - restored_at).count();
+  EXPECT_EQ(last.status, 503) << last.body;
+  EXPECT_LE(refused_s, 2.0) << "identity_check_ms is 1000";
+  EXPECT_TRUE(r->app->database_changed());
+  std::printf("restored: %d cart changes went on, the first refused %.3f s after the restore\n",
+              written, refused_s);
 }
 
 }  // namespace

@@ -3171,6 +3171,56 @@ TEST_F(RegionTest, APoolOpensEveryConnectionAtTheStartOrNone) {
   EXPECT_TRUE(Eventually([&] { return backends() == before; }, 10)) << backends();
 }
 
+// Recheck runs the connect check again on a kept connection. A broken connection is an error of
+// that round only: the pool takes the next call on a new connection. A refusal retires the pool:
+// its connections are closed, and every call after fails at once with the check's error, opening
+// none (region/app.cc: a database changed under the server).
+TEST_F(RegionTest, ARecheckThatRefusesRetiresThePoolAndABrokenConnectionDoesNot) {
+  const std::string dsn = pgs_[1]->ConnectionString("shard1") + " application_name=recheck_test";
+  pqxx::connection watcher(pgs_[1]->ConnectionString("shard1"));
+  auto backends = [&](const std::string& what) {
+    pqxx::nontransaction q(watcher);
+    return q
+        .exec1("SELECT " + what +
+               " FROM pg_stat_activity WHERE datname = 'shard1' AND application_name = "
+               "'recheck_test'")[0]
+        .as<int>();
+  };
+  auto pool = PgPool::Create({"shard-1", dsn, 2});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  std::atomic<int> checks{0};
+  std::atomic<bool> refuse{false};
+  (*pool)->SetConnectCheck([&](pqxx::connection& c) {
+    pqxx::read_transaction tx(c);
+    tx.exec1("SELECT 1");
+    ++checks;
+    return refuse ? absl::UnavailableError("not the database this pool started on")
+                  : absl::OkStatus();
+  });
+  EXPECT_TRUE((*pool)->Recheck().ok());
+  EXPECT_EQ(checks.load(), 1);
+  // Both connections broken under the pool: the round fails, nothing is retired.
+  EXPECT_EQ(backends("count(pg_terminate_backend(pid))"), 2);
+  EXPECT_TRUE(Eventually([&] { return backends("count(*)") == 0; }, 10));
+  absl::Status broken = (*pool)->Recheck();
+  EXPECT_EQ(broken.code(), absl::StatusCode::kUnavailable) << broken;
+  EXPECT_EQ(checks.load(), 1);
+  EXPECT_TRUE((*pool)->Run([](pqxx::work& tx) { tx.exec1("SELECT 1"); }).ok());
+  EXPECT_EQ(checks.load(), 2) << "the call's new connection was checked";
+
+  refuse = true;
+  absl::Status refused = (*pool)->Recheck();
+  EXPECT_EQ(refused.message(), "not the database this pool started on");
+  EXPECT_TRUE(Eventually([&] { return backends("count(*)") == 0; }, 10))
+      << "a retired pool keeps its connections";
+  const int checked = checks.load();
+  absl::Status after = (*pool)->Run([](pqxx::work& tx) { tx.exec1("SELECT 1"); });
+  EXPECT_EQ(after, refused);
+  EXPECT_EQ((*pool)->Recheck(), refused);
+  EXPECT_EQ(checks.load(), checked) << "a retired pool opened a connection";
+  EXPECT_EQ(backends("count(*)"), 0);
+}
+
 TEST_F(RegionTest, FullConnectionPoolIs503WithRetryAfterAndStaysReady) {
   // A second region process on the same databases with one connection per pool. A cart change
   // that waits for a row lock held outside holds the shard's only connection; the next request
