@@ -669,8 +669,10 @@ void RegionApp::Impl::SetupMetrics() {
            .Name("meridian_account_questions_total")
            .Help(
                "Peers' questions whether this region holds an account (FindAccount), by form: "
-               "blind (a prefix and an HMAC, as every peer is asked) or named (the user id and "
-               "a login's password, sent only to the region that holds the account)")
+               "blind (a prefix and an HMAC, as every peer is asked), named (the user id and "
+               "a login's password, sent only to the region that holds the account) or legacy "
+               "(the user id alone, from a peer older than blind questions, answered only while "
+               "coordination.account_questions is blind-or-named)")
            .Register(*registry);
   rights_waits = &BuildCounter()
                       .Name("meridian_rights_waits_total")

@@ -1214,8 +1214,10 @@ class ControlService final : public pb::RegionControl::Service {
     if (grpc::Status denied = Authorize(ctx); !denied.ok()) return denied;
     const services::BlindAccountQuery blind{
         .prefix = req->id_prefix(), .key = req->key(), .blinded = req->blinded_id()};
+    // Its replicator answers a named question without a password only while
+    // coordination.account_questions is blind-or-named (a rolling upgrade), and refuses it else.
     if (absl::Status st =
-            services::ValidatePeerAccountQuestion(req->user_id(), req->password(), blind);
+            services::ValidatePeerAccountQuestion(req->user_id(), req->password(), blind, true);
         !st.ok()) {
       return Invalid(absl::StrCat("FindAccount: ", st.message()));
     }
@@ -1228,12 +1230,15 @@ class ControlService final : public pb::RegionControl::Service {
       if (*residency) out->set_residency(**residency);
       return grpc::Status::OK;
     }
-    app_.account_questions->Add({{"form", "named"}}).Increment();
+    // "legacy": named without a password, as a peer from before blind questions asks.
+    app_.account_questions->Add({{"form", req->password().empty() ? "legacy" : "named"}})
+        .Increment();
     auto user = app_.FindUser(req->user_id());
     if (!user.ok()) return FromStatus(user.status());
     if (*user) {
       out->set_found(true);
       out->set_residency((*user)->residency);
+      if (req->password().empty()) return grpc::Status::OK;  // where it is, no login
       // A login elsewhere: its failure counts here, where the account lives (only here may its
       // id be written to Redis).
       if (!app_.TakeLoginAttempt(req->user_id())) {

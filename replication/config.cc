@@ -109,7 +109,18 @@ absl::StatusOr<ReplicatorConfig> ParseUnguarded(std::string_view yaml, std::stri
   if (co) {
     c.coordination = true;
     r.OnlyKeys(co, "coordination",
-               {"control", "admin", "operator_token_file", "leases", "rights", "witness"});
+               {"control", "admin", "operator_token_file", "leases", "rights", "witness",
+                "account_questions"});
+    const std::string questions =
+        r.String(co, "account_questions", "coordination.account_questions", false, "blind");
+    if (questions == "blind" || questions == "blind-or-named") {
+      c.account_questions_named = questions == "blind-or-named";
+    } else {
+      r.Fail("coordination.account_questions",
+             absl::StrCat("blind or blind-or-named (only while peers from before blind questions "
+                          "run), got '",
+                          questions, "'"));
+    }
     YAML::Node w = r.SwitchMap(co, "witness", "coordination.witness");
     if (w) {
       r.OnlyKeys(w, "coordination.witness", {"name", "replica_id", "address"});

@@ -69,6 +69,11 @@ struct ReplicatorConfig {
   std::string operator_token;  // bearer token of the admin API (from operator_token_file)
   LeaseConfig leases;
   RightsConfig rights;
+  // coordination.account_questions: `blind` (false, the default) or `blind-or-named` (true): for
+  // a rolling upgrade from a replicator before blind account questions, such a peer is asked again
+  // with the id, and its questions naming an account without a password are answered
+  // (account_questions.h).
+  bool account_questions_named = false;
   // A two-region deployment's witness (meridian-witness): the third lease vote. Optional.
   std::optional<Peer> witness;
 };

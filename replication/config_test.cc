@@ -124,6 +124,11 @@ TEST(ReplicatorConfig, CoordinationIsOffUnlessConfigured) {
   EXPECT_EQ(co->rights.lead_ms, 200);
   ASSERT_TRUE(co->witness.has_value());
   EXPECT_EQ(co->witness->replica_id, 250u);
+  EXPECT_FALSE(co->account_questions_named);  // blind
+  auto upgrading = ParseReplicatorConfig(
+      std::string(kGood) + "coordination: {account_questions: blind-or-named}\n", "r.yaml");
+  ASSERT_TRUE(upgrading.ok()) << upgrading.status();
+  EXPECT_TRUE(upgrading->account_questions_named);
   auto empty = ParseReplicatorConfig(std::string(kGood) + "coordination: {}\n", "r.yaml");
   ASSERT_TRUE(empty.ok()) << empty.status();
   EXPECT_TRUE(empty->coordination);
@@ -171,6 +176,8 @@ TEST(ReplicatorConfig, CoordinationErrorsNameTheField) {
                "coordination.witness.name");
   expect_error("coordination: {witness: {name: w, replica_id: 9, address: 1.2.3.4:0}}\n",
                "coordination.witness.address: port must be 1..65535");
+  expect_error("coordination: {account_questions: named}\n",
+               "coordination.account_questions: blind or blind-or-named");
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "crdt/bounded_counter.h"
 #include "region/http/http_server.h"
 #include "region/http/router.h"
+#include "replication/account_questions.h"
 #include "replication/accounts.h"
 #include "replication/clock.h"
 #include "replication/lease.h"
@@ -1492,15 +1493,7 @@ struct Coordinator::Impl {
   // deadline). The answer is the holder ChooseAccountHolder ranks first (replication/accounts.h).
   void LocateAccount(const std::string& user_id, const std::string& password,
                      rpb::LocateAccountResponse* out) {
-    struct Ask {
-      RegionId peer = 0;
-      std::string jurisdiction;
-      pb::Replication::Stub* stub = nullptr;
-      grpc::ClientContext ctx;
-      pb::FindAccountResponse resp;
-      grpc::Status status;
-    };
-    std::vector<std::unique_ptr<Ask>> asks;
+    std::vector<AccountPeer> asked;
     std::vector<AccountAnswer> answers;
     {
       std::lock_guard<std::mutex> l(mu);
@@ -1514,49 +1507,27 @@ struct Coordinator::Impl {
                              .residency = ""});
           continue;
         }
-        auto a = std::make_unique<Ask>();
-        a->peer = p.replica_id;
-        a->jurisdiction = p.jurisdiction;
-        a->stub = stub;
-        asks.push_back(std::move(a));
+        asked.push_back({.peer = p.replica_id, .jurisdiction = p.jurisdiction, .stub = stub});
       }
     }
-    // Every peer is asked without the id (services/auth.h, BlindAccountQuery): most of them do
-    // not hold the account, and some are in jurisdictions its data may not go to.
-    const services::BlindAccountQuery blind = services::BlindAccountId(user_id);
-    pb::FindAccountRequest q;
-    q.set_id_prefix(blind.prefix);
-    q.set_key(blind.key);
-    q.set_blinded_id(blind.blinded);
-    std::mutex done_mu;
-    std::condition_variable done_cv;
-    size_t done = 0;
-    for (auto& a : asks) {
-      a->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1500));
-      a->ctx.set_wait_for_ready(true);  // a peer heard from lately: its channel may be reconnecting
-      Ask* ask = a.get();
-      // The callback runs once for every call, on success, error or deadline alike.
-      ask->stub->async()->FindAccount(&ask->ctx, &q, &ask->resp, [&, ask](grpc::Status s) {
-        std::lock_guard<std::mutex> l(done_mu);
-        ask->status = std::move(s);
-        ++done;
-        done_cv.notify_all();
-      });
-    }
-    std::unique_lock<std::mutex> l(done_mu);
-    done_cv.wait(l, [&] { return done == asks.size(); });
-    std::sort(asks.begin(), asks.end(),
-              [](const auto& a, const auto& b) { return a->peer < b->peer; });
-    for (const auto& a : asks) {
-      if (!a->status.ok()) {
-        spdlog::info("event=account_find_unanswered peer={} code={} error=\"{}\"", Name(a->peer),
-                     static_cast<int>(a->status.error_code()), a->status.error_message());
+    std::sort(asked.begin(), asked.end(),
+              [](const auto& a, const auto& b) { return a.peer < b.peer; });
+    // Every peer is asked without the id (account_questions.h): most of them do not hold the
+    // account, and some are in jurisdictions its data may not go to.
+    for (const AccountQuestion& q : AskWhoHoldsAccount(
+             asked, user_id, config.account_questions_named, std::chrono::milliseconds(1500))) {
+      if (q.named) {
+        spdlog::warn(
+            "event=account_question_named peer={} code={} (a replicator from before blind "
+            "questions, asked with the id: coordination.account_questions is blind-or-named)",
+            Name(q.answer.peer), static_cast<int>(q.status.error_code()));
       }
-      answers.push_back({.peer = a->peer,
-                         .jurisdiction = a->jurisdiction,
-                         .answered = a->status.ok(),
-                         .found = a->status.ok() && a->resp.found(),
-                         .residency = a->resp.residency()});
+      if (!q.status.ok()) {
+        spdlog::info("event=account_find_unanswered peer={} code={} error=\"{}\"",
+                     Name(q.answer.peer), static_cast<int>(q.status.error_code()),
+                     q.status.error_message());
+      }
+      answers.push_back(q.answer);
     }
     for (const AccountAnswer& a : answers) {
       if (!a.answered) out->add_unanswered(a.peer);

@@ -2500,7 +2500,8 @@ class ReplicationService final : public pb::Replication::Service {
     }
     if (absl::Status st = services::ValidatePeerAccountQuestion(
             req->user_id(), req->password(),
-            {.prefix = req->id_prefix(), .key = req->key(), .blinded = req->blinded_id()});
+            {.prefix = req->id_prefix(), .key = req->key(), .blinded = req->blinded_id()},
+            r_.config.account_questions_named);
         !st.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("FindAccount: ", st.message()));

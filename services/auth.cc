@@ -155,7 +155,7 @@ absl::Status ValidateBlindAccountQuery(const BlindAccountQuery& q) {
 }
 
 absl::Status ValidatePeerAccountQuestion(std::string_view user_id, std::string_view password,
-                                         const BlindAccountQuery& blind) {
+                                         const BlindAccountQuery& blind, bool without_password_ok) {
   if (user_id.empty()) {
     if (!password.empty()) {
       return absl::InvalidArgumentError("a password goes only with the user id, to its holder");
@@ -165,7 +165,7 @@ absl::Status ValidatePeerAccountQuestion(std::string_view user_id, std::string_v
   if (!blind.prefix.empty() || !blind.key.empty() || !blind.blinded.empty()) {
     return absl::InvalidArgumentError("a question names the user id or blinds it, not both");
   }
-  if (password.empty()) {
+  if (password.empty() && !without_password_ok) {
     return absl::InvalidArgumentError(
         "a question that names the account carries a login's password; without one, ask by "
         "id_prefix, key and blinded_id");

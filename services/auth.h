@@ -55,9 +55,12 @@ std::string BlindedAccountId(std::string_view key, std::string_view user_id);
 absl::Status ValidateBlindAccountQuery(const BlindAccountQuery& q);
 // A peer's question (FindAccount) in one of its two forms, else InvalidArgument: blind (no
 // user id, no password, `blind` valid) or named (`blind` empty, ValidateAccountQuery, and a
-// password: only a login names the account, to the region that holds it).
+// password: only a login names the account, to the region that holds it). With
+// `without_password_ok` a named question needs no password: a replicator from before blind
+// questions asks every peer so (replication/account_questions.h, rolling upgrades).
 absl::Status ValidatePeerAccountQuestion(std::string_view user_id, std::string_view password,
-                                         const BlindAccountQuery& blind);
+                                         const BlindAccountQuery& blind,
+                                         bool without_password_ok = false);
 
 struct TokenClaims {
   std::string user_id;

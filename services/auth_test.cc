@@ -87,6 +87,10 @@ TEST(Auth, ABlindAccountQueryMatchesOnlyItsIdAndNeverRepeats) {
   EXPECT_TRUE(ValidatePeerAccountQuestion("", "", q).ok());
   EXPECT_TRUE(ValidatePeerAccountQuestion(id, "password", {}).ok());
   EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion(id, "", {})));
+  // During a rolling upgrade (replicator.yaml coordination.account_questions: blind-or-named).
+  EXPECT_TRUE(ValidatePeerAccountQuestion(id, "", {}, true).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion("u12", "", {}, true)));
+  EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion(id, "", q, true)));
   EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion("", "password", q)));
   EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion(id, "password", q)));
   EXPECT_TRUE(absl::IsInvalidArgument(ValidatePeerAccountQuestion("", "", {})));

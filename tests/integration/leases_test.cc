@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "region/control.grpc.pb.h"
@@ -955,6 +956,33 @@ TEST_F(LeasesTest, APinnedCustomerIsSentHomeToLogInAndTheirEmailIsTakenEverywher
     named.set_user_id("u' OR '1'='1");
     grpc::Status bad = peer.FindAccount(named, &a);
     EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.error_message();
+  }
+
+  // A rolling upgrade (replication/account_questions.h): eu-west's replicator run with
+  // `account_questions: blind-or-named` answers a peer from before blind questions, which names
+  // the id alone: where the account is, no password checked.
+  {
+    ASSERT_TRUE(c_->KillReplicator(kEu).ok());
+    const std::string path = c_->replicator_config(kEu);
+    std::stringstream yaml;
+    yaml << std::ifstream(path).rdbuf();
+    std::string text = yaml.str();
+    const size_t at = text.find("coordination:\n");
+    ASSERT_NE(at, std::string::npos) << text;
+    text.insert(at + 14, "  account_questions: blind-or-named\n");
+    std::ofstream(path, std::ios::trunc) << text;
+    ASSERT_TRUE(c_->StartReplicator(kEu).ok());
+    test_support::ForgedPeer peer(*c_, kUs, kEu);
+    rpb::FindAccountRequest legacy;
+    legacy.set_user_id(user);
+    rpb::FindAccountResponse a;
+    grpc::Status st = peer.FindAccount(legacy, &a);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(a.found());
+    EXPECT_EQ(a.residency(), "eu");
+    EXPECT_FALSE(a.password_ok());
+    EXPECT_FALSE(a.attempts_exhausted());
+    EXPECT_EQ(Metric(kEu, "meridian_account_questions_total{form=\"legacy\"}"), 1);
   }
 
   // With her home's replicator down, a region that holds nothing of hers cannot tell: it says

@@ -111,6 +111,10 @@ class Cluster {
   [[nodiscard]] std::string replicator_log(size_t i) const;
   // A region server's config file, read at each start (a test may edit it in between).
   [[nodiscard]] std::string region_config(size_t i) const { return regions_[i]->region_yaml; }
+  // A replicator's config file, read at each start (a test may edit it in between).
+  [[nodiscard]] std::string replicator_config(size_t i) const {
+    return regions_[i]->replicator_yaml;
+  }
   [[nodiscard]] uint16_t redis_port(size_t i) const { return regions_[i]->redis->port(); }
   // A region's PostgreSQL server (all its databases).
   [[nodiscard]] PostgresServer& postgres(size_t i) const { return *regions_[i]->pg; }
