@@ -1267,13 +1267,48 @@ TEST_F(ApplyDeltasTest, StockThatArrivesBeforeItsProductIsNeitherShownNorSoldFor
   EXPECT_EQ(Json::parse(bought.body)["total_cents"], 900) << bought.body;
 }
 
+// For the tests of a database changed under a running server: adds one sku-1 (made here) to the
+// cart of a new customer of `r`, and does so again at each call.
+std::function<Response()> CartAdder(Region& r, const std::string& email) {
+  Request(r.port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
+          {{"Authorization", std::string("Bearer ") + kOperator}});
+  const std::string token = CustomerWithACart(r, email).first;
+  return [&r, token] {
+    return Request(r.port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
+                   {{"Authorization", "Bearer " + token}});
+  };
+}
+
+// Calls `add` until it is refused, for up to 5 s, and checks that this was 503 within 2 s (the
+// pools recheck every identity_check_ms, 1000 ms by default) and that the server knows.
+void ExpectChangesRefusedWithinTwoSeconds(Region& r, const std::function<Response()>& add,
+                                          const std::string& what) {
+  const auto changed_at = std::chrono::steady_clock::now();
+  Response last;
+  int accepted = 0;
+  ASSERT_TRUE(test_support::Eventually(
+      [&] {
+        last = add();
+        accepted += last.status == 200;
+        return last.status != 200;
+      },
+      5, 10))
+      << "the server went on writing on its changed databases: " << accepted << " changes";
+  const double refused_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - changed_at).count();
+  EXPECT_EQ(last.status, 503) << last.body;
+  EXPECT_LE(refused_s, 2.0) << "identity_check_ms is 1000";
+  EXPECT_TRUE(r.app->database_changed());
+  std::printf("%s: %d cart changes went on, the first refused %.3f s after\n", what.c_str(),
+              accepted, refused_s);
+}
+
 // A database given a new life under a running server whose connections stay open: here by
 // another process of the region started with --restored (ForgetDatabaseIdentity, then the start's
-// CheckDatabaseLife), as behind a pooler (pgbouncer) a failover is, whose connections to the
-// server do not break. Only new connections were checked, and the pool's kept ones went on
-// writing under the old stream and cart actor: the cart change below answered 200. Each pool
-// rechecks a kept connection every postgres.identity_check_ms (1 s by default): the change is
-// found within it, and every call then answers 503 until the server stops (exit status 3).
+// CheckDatabaseLife). Only new connections were checked, and the pool's kept ones went on
+// writing under the old stream and cart actor. Each pool rechecks a kept connection every
+// postgres.identity_check_ms: the change is found within it, and every call then answers 503
+// until the server stops (exit status 3).
 TEST(DatabaseLife, ANewLifeUnderAServersOpenConnectionsIsFoundWithinASecond) {
   // Every connection opened at the start, as region.yaml's default does: a new one would be
   // checked, and the region here makes none.
@@ -1281,13 +1316,7 @@ TEST(DatabaseLife, ANewLifeUnderAServersOpenConnectionsIsFoundWithinASecond) {
       StartRegion("us-east", "us", 1, {}, 0, false,
                   [](Region&, RegionConfig& c) { c.pool_open_at_start = c.pool_size; });
   ASSERT_TRUE(r->app != nullptr);
-  Request(r->port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
-          {{"Authorization", std::string("Bearer ") + kOperator}});
-  const std::string token = CustomerWithACart(*r, "nia@example.com").first;
-  auto add = [&] {
-    return Request(r->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
-                   {{"Authorization", "Bearer " + token}});
-  };
+  const std::function<Response()> add = CartAdder(*r, "nia@example.com");
   ASSERT_EQ(add().status, 200);
   for (const char* db : {"global", "shard0", "shard1"}) {
     auto other = PgPool::Create({"other process", r->pg->ConnectionString(db), 1});
@@ -1297,21 +1326,7 @@ TEST(DatabaseLife, ANewLifeUnderAServersOpenConnectionsIsFoundWithinASecond) {
     ASSERT_TRUE(life.ok()) << life.status();
     ASSERT_TRUE(*life) << db;
   }
-  const auto changed_at = std::chrono::steady_clock::now();
-  Response last;
-  ASSERT_TRUE(test_support::Eventually(
-      [&] {
-        last = add();
-        return last.status != 200;
-      },
-      5, 10))
-      << "the server went on writing to its changed databases";
-  const double refused_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - changed_at).count();
-  EXPECT_EQ(last.status, 503) << last.body;
-  EXPECT_LE(refused_s, 2.0) << "identity_check_ms is 1000";
-  std::printf("the first change refused %.3f s after the new life\n", refused_s);
-  EXPECT_TRUE(r->app->database_changed());
+  ExpectChangesRefusedWithinTwoSeconds(*r, add, "a new life");
 }
 
 // The same behind pgbouncer, the pooler most PostgreSQL deployments run, in transaction pooling:
@@ -1332,35 +1347,12 @@ TEST(DatabaseLife, ARestoreBehindPgbouncerIsFoundWithinASecond) {
         c.pool_open_at_start = c.pool_size;
       });
   ASSERT_TRUE(r->app != nullptr && bouncer != nullptr);
-  Request(r->port(), "PUT", "/v1/admin/products/sku-1", R"({"name":"Lamp","price_cents":1500})",
-          {{"Authorization", std::string("Bearer ") + kOperator}});
-  const std::string token = CustomerWithACart(*r, "oda@example.com").first;
-  auto add = [&] {
-    return Request(r->port(), "POST", "/v1/cart/items", R"({"sku":"sku-1","quantity":1})",
-                   {{"Authorization", "Bearer " + token}});
-  };
+  const std::function<Response()> add = CartAdder(*r, "oda@example.com");
   auto backup = r->pg->BaseBackup();
   ASSERT_TRUE(backup.ok()) << backup.status();
   ASSERT_EQ(add().status, 200);  // after the backup: the restore takes it back
   ASSERT_TRUE(r->pg->RestoreBaseBackup(*backup).ok());
-  const auto restored_at = std::chrono::steady_clock::now();
-  Response last;
-  int written = 0;
-  ASSERT_TRUE(test_support::Eventually(
-      [&] {
-        last = add();
-        written += last.status == 200;
-        return last.status != 200;
-      },
-      5, 10))
-      << "the region went on writing on the restored database: " << written << " changes";
-  const double refused_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - restored_at).count();
-  EXPECT_EQ(last.status, 503) << last.body;
-  EXPECT_LE(refused_s, 2.0) << "identity_check_ms is 1000";
-  EXPECT_TRUE(r->app->database_changed());
-  std::printf("restored: %d cart changes went on, the first refused %.3f s after the restore\n",
-              written, refused_s);
+  ExpectChangesRefusedWithinTwoSeconds(*r, add, "restored behind pgbouncer");
 }
 
 }  // namespace

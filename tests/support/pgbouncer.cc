@@ -47,24 +47,16 @@ absl::StatusOr<std::unique_ptr<PgBouncer>> PgBouncer::Start(Options options) {
     users << "\"postgres\" \"\"\n";
     if (!users) return absl::InternalError("PgBouncer: cannot write users.txt");
   }
-  std::string last_error;
-  for (int attempt = 1; attempt <= kBouncerPortAttempts; ++attempt) {
-    pooler->port_ = FreeTcpPort();
-    if (pooler->port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
-    switch (pooler->StartOnce(&last_error)) {
-      case Outcome::kReady:
-        return pooler;
-      case Outcome::kPortInUse:
-        continue;
-      case Outcome::kFailed:
-        return absl::InternalError(last_error);
-    }
+  if (absl::Status st =
+          StartOnAFreePort("PgBouncer", kBouncerPortAttempts, &pooler->port_,
+                           [&](std::string* error) { return pooler->StartOnce(error); });
+      !st.ok()) {
+    return st;
   }
-  return absl::UnavailableError(absl::StrCat("PgBouncer: ", kBouncerPortAttempts,
-                                             " ports in a row were taken; last: ", last_error));
+  return pooler;
 }
 
-PgBouncer::Outcome PgBouncer::StartOnce(std::string* error) {
+PortStart PgBouncer::StartOnce(std::string* error) {
   const std::string ini = directory_ + "/pgbouncer.ini";
   {
     std::ofstream out(ini, std::ios::trunc);
@@ -79,7 +71,7 @@ PgBouncer::Outcome PgBouncer::StartOnce(std::string* error) {
         << "server_login_retry = 0\n";
     if (!out) {
       *error = absl::StrCat("PgBouncer: cannot write ", ini);
-      return Outcome::kFailed;
+      return PortStart::kFailed;
     }
   }
   const std::string log = log_path();
@@ -93,7 +85,7 @@ PgBouncer::Outcome PgBouncer::StartOnce(std::string* error) {
   absl::StatusOr<std::unique_ptr<Process>> process = Process::Spawn(std::move(p));
   if (!process.ok()) {
     *error = absl::StrCat(what, ": ", process.status().message());
-    return Outcome::kFailed;
+    return PortStart::kFailed;
   }
   // It logs where it listens once it has bound the port; another process on the port makes it
   // exit instead.
@@ -104,8 +96,8 @@ PgBouncer::Outcome PgBouncer::StartOnce(std::string* error) {
     if (!(*process)->Running()) {
       *error = absl::StrCat(what, ": ", DescribeWaitStatus(*(*process)->Wait(absl::ZeroDuration())),
                             " during startup; log (", log, "):\n", BouncerLogTail(output));
-      return absl::StrContains(output, "Address already in use") ? Outcome::kPortInUse
-                                                                 : Outcome::kFailed;
+      return absl::StrContains(output, "Address already in use") ? PortStart::kPortInUse
+                                                                 : PortStart::kFailed;
     }
     if (absl::StrContains(output, listening)) break;
     if (absl::Now() >= deadline) {
@@ -113,12 +105,12 @@ PgBouncer::Outcome PgBouncer::StartOnce(std::string* error) {
       *error =
           absl::StrCat(what, ": not listening after ", absl::FormatDuration(kBouncerReadyTimeout),
                        "; log (", log, "):\n", BouncerLogTail(output));
-      return Outcome::kFailed;
+      return PortStart::kFailed;
     }
     absl::SleepFor(absl::Milliseconds(5));
   }
   process_ = *std::move(process);
-  return Outcome::kReady;
+  return PortStart::kReady;
 }
 
 PgBouncer::~PgBouncer() {

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "tests/support/ports.h"
 #include "tests/support/process.h"
 
 namespace meridian::test_support {
@@ -47,8 +48,7 @@ class PgBouncer {
         binary_(std::move(binary)),
         directory_(std::move(directory)) {}
 
-  enum class Outcome { kReady, kPortInUse, kFailed };
-  Outcome StartOnce(std::string* error);
+  PortStart StartOnce(std::string* error);
 
   Options options_;
   std::string binary_;

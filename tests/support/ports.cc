@@ -12,6 +12,8 @@
 #include <random>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace meridian::test_support {
 namespace {
 
@@ -91,6 +93,25 @@ uint16_t FreeTcpPort() {
     // Someone else's listener (or TIME_WAIT): keep the claim, so we do not try it again.
   }
   return 0;
+}
+
+absl::Status StartOnAFreePort(std::string_view what, int attempts, uint16_t* port,
+                              const std::function<PortStart(std::string*)>& start_once) {
+  std::string last_error;
+  for (int attempt = 1; attempt <= attempts; ++attempt) {
+    *port = FreeTcpPort();
+    if (*port == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
+    switch (start_once(&last_error)) {
+      case PortStart::kReady:
+        return absl::OkStatus();
+      case PortStart::kPortInUse:
+        continue;  // lost the race for the port: pick another
+      case PortStart::kFailed:
+        return absl::InternalError(last_error);
+    }
+  }
+  return absl::UnavailableError(absl::StrCat(std::string(what), ": ", attempts,
+                                             " ports in a row were taken; last: ", last_error));
 }
 
 }  // namespace meridian::test_support

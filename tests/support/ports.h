@@ -1,6 +1,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
 
 namespace meridian::test_support {
 
@@ -23,5 +28,15 @@ namespace meridian::test_support {
 // Falls back to bind(0) (an ephemeral port) where the ephemeral range leaves no room below it.
 // Thread-safe.
 [[nodiscard]] uint16_t FreeTcpPort();
+
+// How one try to start a server on a port ended.
+enum class PortStart { kReady, kPortInUse, kFailed };
+
+// Tries `start_once` (which starts the server on `*port`, or says why not in `*error`) on a new
+// FreeTcpPort each time another program held the port, at most `attempts` times. OK once ready;
+// else the error names `what`.
+[[nodiscard]] absl::Status StartOnAFreePort(
+    std::string_view what, int attempts, uint16_t* port,
+    const std::function<PortStart(std::string*)>& start_once);
 
 }  // namespace meridian::test_support

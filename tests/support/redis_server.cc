@@ -66,22 +66,13 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
   // From here the destructor removes the directory on every error path.
   std::unique_ptr<RedisServer> server(
       new RedisServer(std::move(options), std::move(binary), *directory));
-  std::string last_error;
-  for (int attempt = 1; attempt <= kPortAttemptsMax; ++attempt) {
-    server->port_ = FreeTcpPort();
-    if (server->port_ == 0) return absl::UnavailableError("FreeTcpPort: no free loopback port");
-    switch (server->StartOnce(&last_error)) {
-      case Outcome::kReady:
-        return server;
-      case Outcome::kPortInUse:
-        continue;  // Lost the race for the port: pick another.
-      case Outcome::kFailed:
-        return absl::InternalError(last_error);
-    }
+  if (absl::Status st = StartOnAFreePort(
+          absl::StrCat("RedisServer '", server->name(), "'"), kPortAttemptsMax, &server->port_,
+          [&](std::string* error) { return server->StartOnce(error); });
+      !st.ok()) {
+    return st;
   }
-  return absl::UnavailableError(absl::StrCat("RedisServer '", server->name(),
-                                             "': ", kPortAttemptsMax,
-                                             " ports in a row were taken; last: ", last_error));
+  return server;
 }
 
 RedisServer::Outcome RedisServer::StartOnce(std::string* error) {

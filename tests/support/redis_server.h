@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "tests/support/ports.h"
 #include "tests/support/process.h"
 
 namespace meridian::test_support {
@@ -58,7 +59,7 @@ class RedisServer {
         binary_(std::move(binary)),
         directory_(std::move(directory)) {}
 
-  enum class Outcome { kReady, kPortInUse, kFailed };
+  using Outcome = PortStart;
   Outcome StartOnce(std::string* error);
 
   Options options_;
