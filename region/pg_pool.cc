@@ -104,10 +104,10 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() const {
   }
 }
 
-absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire(int wait_ms) {
+  if (wait_ms < 0) wait_ms = options_.acquire_timeout_ms;
   std::unique_lock<std::mutex> lock(mu_);
-  auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.acquire_timeout_ms);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   while (idle_.empty()) {
     if (!retired_.ok()) return retired_;  // Recheck: the pool keeps no connection
     // A slot freed by a dropped (broken) connection is refilled here, lazily.
@@ -126,8 +126,8 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
       // The server is overloaded (503), not the client over its quota (429): the caller did
       // nothing wrong and may retry shortly or at another region.
       return absl::UnavailableError(absl::StrCat(
-          "postgres ", options_.name, ": no free connection within ", options_.acquire_timeout_ms,
-          " ms (pool of ", options_.size, "); the region is overloaded, retry shortly"));
+          "postgres ", options_.name, ": no free connection within ", wait_ms, " ms (pool of ",
+          options_.size, "); the region is overloaded, retry shortly"));
     }
   }
   auto c = std::move(idle_.back());
@@ -147,7 +147,7 @@ void PgPool::Release(std::unique_ptr<pqxx::connection> c) {
 
 absl::Status PgPool::Recheck() {
   if (!connect_check_) return absl::OkStatus();
-  auto conn = Acquire();
+  auto conn = Acquire(kRecheckWaitMs);
   if (!conn.ok()) return conn.status();
   std::unique_ptr<pqxx::connection> c = *std::move(conn);
   absl::Status checked;

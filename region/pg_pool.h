@@ -70,13 +70,15 @@ class PgPool {
   void SetConnectCheck(std::function<absl::Status(pqxx::connection&)> check) {
     connect_check_ = std::move(check);
   }
-  // Runs the connect check again, on a connection of the pool (waiting for a free one as a call
-  // does). A pooled connection does not break when the database behind a pooler (pgbouncer)
-  // fails over, nor when another process changes what the check reads, so only this sees it.
-  // When the check refuses, the pool is retired: its connections are closed (busy ones when
-  // they come back), and every later call fails at once with the check's error. A failure to
-  // get or use a connection is returned and retires nothing. OK with no check set.
+  // Runs the connect check again, on a connection of the pool (waiting for a free one for at
+  // most kRecheckWaitMs: a pool busy that long is rechecked at the next call, and a server
+  // stopping does not wait for it). A pooled connection does not break when the database behind a
+  // pooler (pgbouncer) fails over, nor when another process changes what the check reads, so only
+  // this sees it. When the check refuses, the pool is retired: its connections are closed (busy
+  // ones when they come back), and every later call fails at once with the check's error. A failure
+  // to get or use a connection is returned and retires nothing. OK with no check set.
   absl::Status Recheck();
+  static constexpr int kRecheckWaitMs = 250;
 
   [[nodiscard]] const std::string& name() const { return options_.name; }
   [[nodiscard]] int size() const { return options_.size; }
@@ -90,7 +92,8 @@ class PgPool {
 
  private:
   explicit PgPool(Options options) : options_(std::move(options)) {}
-  absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire();
+  // Waits up to `wait_ms` for a connection (-1: acquire_timeout_ms).
+  absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire(int wait_ms = -1);
   // Acquire, run, release; failures become a Status; serialization failures are retried, and so
   // is, once and on a new connection, a broken connection before fn set `body_started` (nothing
   // of the caller's was sent yet).

@@ -3207,6 +3207,32 @@ TEST_F(RegionTest, ARecheckThatRefusesRetiresThePoolAndABrokenConnectionDoesNot)
   EXPECT_EQ(checks.load(), 1);
   EXPECT_TRUE((*pool)->Run([](pqxx::work& tx) { tx.exec1("SELECT 1"); }).ok());
   EXPECT_EQ(checks.load(), 2) << "the call's new connection was checked";
+  // Every connection busy: the round gives up after kRecheckWaitMs (250 ms), not the calls'
+  // acquire_timeout_ms (5 s), so that a server that stops does not wait for it.
+  {
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<int> holding{0};
+    std::vector<std::thread> holders;
+    for (int i = 0; i < 2; ++i) {
+      holders.emplace_back([&] {
+        EXPECT_TRUE((*pool)
+                        ->Run([&](pqxx::work&) {
+                          ++holding;
+                          released.wait();
+                        })
+                        .ok());
+      });
+    }
+    ASSERT_TRUE(Eventually([&] { return holding.load() == 2; }, 10));
+    const auto before = std::chrono::steady_clock::now();
+    absl::Status busy = (*pool)->Recheck();
+    const auto waited = std::chrono::steady_clock::now() - before;
+    release.set_value();
+    for (auto& t : holders) t.join();
+    EXPECT_EQ(busy.code(), absl::StatusCode::kUnavailable) << busy;
+    EXPECT_LT(waited, std::chrono::seconds(2));
+  }
 
   refuse = true;
   absl::Status refused = (*pool)->Recheck();
