@@ -542,6 +542,9 @@ struct RegionApp::Impl {
   std::mutex outbox_depth_mu;                             // SampleGauges' depth counts
   std::chrono::steady_clock::time_point outbox_depth_at;  // the last of them
   void WarmCatalogCache();
+  // A thread that runs `job` every `interval` until StopJobs (which it does not hold up between
+  // runs).
+  void RunEvery(std::chrono::milliseconds interval, std::function<void()> job);
   void StartJobs();
   void StopJobs();
 };

@@ -447,27 +447,32 @@ void RegionApp::Impl::SyncStaleCopies() {
   stale_hot_cart_gauge->Set(static_cast<double>(stale_hot_copies.size()));
 }
 
-void RegionApp::Impl::StartJobs() {
-  jobs.emplace_back([this] {
-    int tick = 0;
+void RegionApp::Impl::RunEvery(std::chrono::milliseconds interval, std::function<void()> job) {
+  jobs.emplace_back([this, interval, job = std::move(job)] {
     std::unique_lock<std::mutex> lock(jobs_mu);
     while (!stopping) {
-      jobs_cv.wait_for(lock, std::chrono::seconds(1));
+      jobs_cv.wait_for(lock, interval);
       if (stopping) break;
       lock.unlock();
-      if (auto n = NotifyOnce(); !n.ok()) {
-        spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
-      }
-      SyncStaleCopies();
-      if (config.sweep_interval_s > 0 && ++tick >= config.sweep_interval_s) {
-        tick = 0;
-        if (auto n = Sweep(); !n.ok()) {
-          spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());
-        } else if (n->failed > 0) {
-          spdlog::warn("event=sweep_job_partial released={} failed={}", n->released, n->failed);
-        }
-      }
+      job();
       lock.lock();
+    }
+  });
+}
+
+void RegionApp::Impl::StartJobs() {
+  RunEvery(std::chrono::seconds(1), [this, tick = 0]() mutable {
+    if (auto n = NotifyOnce(); !n.ok()) {
+      spdlog::warn("event=notify_job_failed status=\"{}\"", n.status().ToString());
+    }
+    SyncStaleCopies();
+    if (config.sweep_interval_s > 0 && ++tick >= config.sweep_interval_s) {
+      tick = 0;
+      if (auto n = Sweep(); !n.ok()) {
+        spdlog::warn("event=sweep_job_failed status=\"{}\"", n.status().ToString());
+      } else if (n->failed > 0) {
+        spdlog::warn("event=sweep_job_partial released={} failed={}", n->released, n->failed);
+      }
     }
   });
   // Apart from the jobs above, which a slow notification sink or sweep holds up: a database that
@@ -477,19 +482,12 @@ void RegionApp::Impl::StartJobs() {
   // server stops with exit status 3 (main.cc). Other failures (no free connection under load, a
   // broken connection) are left to the next round.
   if (config.identity_check_ms > 0) {
-    jobs.emplace_back([this] {
-      std::unique_lock<std::mutex> lock(jobs_mu);
-      while (!stopping) {
-        jobs_cv.wait_for(lock, std::chrono::milliseconds(config.identity_check_ms));
-        if (stopping) break;
-        lock.unlock();
-        for (PgPool* db : AllDatabases()) {
-          if (absl::Status st = db->Recheck(); !st.ok()) {
-            spdlog::debug("event=identity_recheck_failed db={} status=\"{}\"", db->name(),
-                          st.ToString());
-          }
+    RunEvery(std::chrono::milliseconds(config.identity_check_ms), [this] {
+      for (PgPool* db : AllDatabases()) {
+        if (absl::Status st = db->Recheck(); !st.ok()) {
+          spdlog::debug("event=identity_recheck_failed db={} status=\"{}\"", db->name(),
+                        st.ToString());
         }
-        lock.lock();
       }
     });
   }
