@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -1413,6 +1414,86 @@ TEST_F(ApplyDeltasTest, PollOutboxWaitsForALowerSeqHeldByAYoungerTransaction) {
   younger.commit();
   poll();
   EXPECT_EQ(seen, (std::vector<int64_t>{low, high}));
+}
+
+// An idle long poll read every database again every 250 ms of its wait: seven reads of each in a
+// poll of 1.5 s on a region where nothing was written, for every poll of every replicator. It
+// now reads when it starts and when a commit's NOTIFY wakes it (the outbox_notify trigger), so a
+// write in the middle of a long wait still comes back at once.
+TEST_F(ApplyDeltasTest, AnIdlePollReadsTheOutboxOnceAndACommitWakesIt) {
+  const std::string dsn = us_->pg->ConnectionString("shard0");
+  auto log_statements = [&](bool on) {
+    pqxx::connection c(us_->pg->ConnectionString("postgres"));
+    pqxx::nontransaction tx(c);
+    tx.exec0(on ? "ALTER SYSTEM SET log_min_duration_statement = 0"
+                : "ALTER SYSTEM RESET log_min_duration_statement");
+    tx.exec("SELECT pg_reload_conf()");
+  };
+  // The outbox reads (ReadChunk's statement) the server logged so far.
+  auto reads = [&] {
+    std::ifstream in(us_->pg->log_path());
+    const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t n = 0;
+    for (size_t at = log.find("statement: SELECT pg_snapshot_xmin("); at != std::string::npos;
+         at = log.find("statement: SELECT pg_snapshot_xmin(", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  v1::OutboxCursor cursor;
+  cursor.set_database("shard-0");
+  {
+    pqxx::connection c(dsn);
+    pqxx::work tx(c);
+    cursor.set_after_seq(tx.exec1("SELECT coalesce(max(seq), 0) FROM outbox")[0].as<int64_t>());
+  }
+  auto poll = [&](int wait_ms, v1::PollOutboxResponse* resp) {
+    grpc::ClientContext ctx;
+    v1::PollOutboxRequest req;
+    *req.add_cursors() = cursor;
+    req.set_wait_ms(wait_ms);
+    return us_->stub->PollOutbox(&ctx, req, resp);
+  };
+  log_statements(true);
+  // Every backend takes the setting at its next statement; a poll's first read shows it did.
+  ASSERT_TRUE(test_support::Eventually(
+      [&] {
+        v1::PollOutboxResponse resp;
+        return poll(0, &resp).ok() && reads() > 0;
+      },
+      10))
+      << "the server never logged an outbox read";
+
+  const size_t before = reads();
+  const auto start = std::chrono::steady_clock::now();
+  v1::PollOutboxResponse idle;
+  ASSERT_TRUE(poll(1500, &idle).ok());
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(idle.chunks(0).records_size(), 0);
+  EXPECT_GE(waited, 1.4) << "an idle poll answered before its wait";
+  EXPECT_EQ(reads() - before, 1u) << "the poll read the outbox again while nothing was written";
+
+  std::atomic<int64_t> committed_ns{0};
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    pqxx::connection c(dsn);
+    pqxx::work tx(c);
+    tx.exec0(
+        "INSERT INTO outbox (origin, kind, key, payload, residency) VALUES (1, 'cart', 'k', 'x', "
+        "'any')");
+    tx.commit();
+    committed_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  });
+  v1::PollOutboxResponse woken;
+  const grpc::Status st = poll(5000, &woken);
+  const int64_t answered_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  writer.join();
+  log_statements(false);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(woken.chunks(0).records_size(), 1) << "the commit did not wake the poll";
+  EXPECT_LT(static_cast<double>(answered_ns - committed_ns.load()) / 1e9, 1.0)
+      << "the poll answered long after the commit";
 }
 
 // Review of 2026-12-05 (outbox read path), finding 2. At a gap not yet settled, every read took a
