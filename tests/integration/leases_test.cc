@@ -291,15 +291,16 @@ class LeasesTest : public ::testing::Test {
   // way (Replicator: FlushResumePoints).
   bool ResumePointsAtHighest(size_t at, size_t from) {
     std::map<std::string, int64_t> highest, resume;
-    for (const char* db : {"global", "shard0", "shard1"}) {
+    for (const std::string db : {"global", "shard0", "shard1"}) {
       pqxx::connection conn(c_->Dsn(at, db));
       pqxx::work tx(conn);
       for (const auto& row :
            tx.exec("SELECT origin_db, seq FROM replication_applied WHERE origin = " +
                    tx.quote(c_->spec(from).replica_id))) {
-        int64_t& h = highest[row[0].as<std::string>()];
-        h = std::max(h, row[1].as<int64_t>());
-        if (std::string(db) == "global") resume[row[0].as<std::string>()] = row[1].as<int64_t>();
+        const std::string origin_db = row[0].as<std::string>();
+        const int64_t seq = row[1].as<int64_t>();
+        highest[origin_db] = std::max(highest[origin_db], seq);
+        if (db == "global") resume[origin_db] = seq;
       }
     }
     for (const auto& [db, seq] : highest) {
